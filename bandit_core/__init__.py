@@ -1,0 +1,51 @@
+"""banditops core: contextual-bandit algorithms and their math (numpy/scipy/torch only).
+
+No I/O lives here: no MLflow, SQL, web framework, Airflow, pandas or plotting imports.
+"""
+
+from bandit_core.features import FeatureMap
+from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core.policies import (
+    POLICIES,
+    EpsilonGreedy,
+    ExplorationFloor,
+    ExposureCap,
+    LinTS,
+    LinUCB,
+    Policy,
+    SharedLinTS,
+    SharedLinUCB,
+    UniformRandom,
+    make_policy,
+    policy_from_state,
+    policy_names,
+)
+from bandit_core.state import load_policy, load_state, save_policy, save_state
+from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
+
+__all__ = [
+    "POLICIES",
+    "BayesianLinearHead",
+    "Candidates",
+    "Decision",
+    "DecisionBatch",
+    "EpsilonGreedy",
+    "ExplorationFloor",
+    "ExposureCap",
+    "FeatureMap",
+    "HeadConfig",
+    "LinTS",
+    "LinUCB",
+    "Policy",
+    "PolicyState",
+    "SharedLinTS",
+    "SharedLinUCB",
+    "UniformRandom",
+    "load_policy",
+    "load_state",
+    "make_policy",
+    "policy_from_state",
+    "policy_names",
+    "save_policy",
+    "save_state",
+]

@@ -1,0 +1,198 @@
+"""Boundary checks shared by every public entry point of ``bandit_core``.
+
+Each check raises :class:`ValueError` (or :class:`TypeError` for a wrong kind of object)
+with a message that names the field, states the expectation and shows the value received,
+in the spirit of scikit-learn's ``_param_validation``. Checks run once, at the boundary;
+the numerical code behind them trusts its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A numeric constraint ``kind`` in ``[low, high]`` with open/closed ends."""
+
+    kind: type
+    low: float | None
+    high: float | None
+    closed: str = "both"  # "both", "left", "right" or "neither"
+
+    def describe(self) -> str:
+        name = "an int" if self.kind is int else "a float"
+        left = "[" if self.closed in ("both", "left") and self.low is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{name} in the range {left}{low}, {high}{right}"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        if self.kind is int:
+            if not isinstance(value, (int, np.integer)):
+                return False
+        elif not isinstance(value, (int, float, np.integer, np.floating)):
+            return False
+        v = float(value)
+        if not math.isfinite(v):
+            return False
+        if self.low is not None:
+            if v < self.low or (v == self.low and self.closed in ("right", "neither")):
+                return False
+        if self.high is not None:
+            if v > self.high or (v == self.high and self.closed in ("left", "neither")):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A constraint that the value is one of a fixed set of options."""
+
+    options: tuple[Any, ...]
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(o) for o in self.options)
+
+    def accepts(self, value: Any) -> bool:
+        return any(value == o and type(value) is type(o) for o in self.options)
+
+
+@dataclass(frozen=True)
+class OptionalOf:
+    """``None`` or a value satisfying the inner constraint."""
+
+    inner: Interval | OneOf
+
+    def describe(self) -> str:
+        return "None or " + self.inner.describe()
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or self.inner.accepts(value)
+
+
+@dataclass(frozen=True)
+class IsBool:
+    def describe(self) -> str:
+        return "a bool"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, (bool, np.bool_))
+
+
+@dataclass(frozen=True)
+class StrTuple:
+    """A tuple (or list) of distinct strings."""
+
+    def describe(self) -> str:
+        return "a sequence of distinct strings"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, str) or not isinstance(value, (tuple, list)):
+            return False
+        return all(isinstance(v, str) for v in value) and len(set(value)) == len(value)
+
+
+Constraint = Interval | OneOf | OptionalOf | IsBool | StrTuple
+
+
+def validate_params(owner: str, params: Mapping[str, Any], table: Mapping[str, Constraint]) -> None:
+    """Check every ``params`` entry against its constraint in ``table``.
+
+    Raises
+    ------
+    ValueError
+        "The 'alpha' parameter of LinUCB must be a float in the range [0, inf). Got -1.0."
+    """
+    for key, value in params.items():
+        constraint = table.get(key)
+        if constraint is None:
+            continue
+        if not constraint.accepts(value):
+            raise ValueError(
+                f"The {key!r} parameter of {owner} must be {constraint.describe()}. "
+                f"Got {_show(value)}."
+            )
+
+
+def check_known_options(owner: str, given: Mapping[str, Any], known: Sequence[str]) -> None:
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {', '.join(repr(u) for u in unknown)} for {owner}; "
+            f"expected some of: {', '.join(sorted(known))}."
+        )
+
+
+def as_float_vector(name: str, value: Any, dim: int | None = None) -> FloatArray:
+    """A finite 1-D float64 array (a copy when the input is not already one)."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a 1-D array of numbers; got {_show(value)}.") from exc
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array; got an array of shape {arr.shape}.")
+    if dim is not None and arr.shape[0] != dim:
+        raise ValueError(f"{name} must have length {dim}; got length {arr.shape[0]}.")
+    if not np.isfinite(arr).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise ValueError(f"{name} must be finite; got {arr[bad]!r} at index {bad}.")
+    return arr
+
+
+def as_float_matrix(
+    name: str, value: Any, n_cols: int | None = None, n_rows: int | None = None
+) -> FloatArray:
+    """A finite 2-D float64 array with the given number of columns (and rows)."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a 2-D array of numbers; got {_show(value)}.") from exc
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array; got an array of shape {arr.shape}.")
+    if n_cols is not None and arr.shape[1] != n_cols:
+        raise ValueError(
+            f"{name} must have {n_cols} columns; got an array of shape {arr.shape}."
+        )
+    if n_rows is not None and arr.shape[0] != n_rows:
+        raise ValueError(f"{name} must have {n_rows} rows; got an array of shape {arr.shape}.")
+    if not np.isfinite(arr).all():
+        row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(arr)))
+        raise ValueError(f"{name} must be finite; got {arr[row, col]!r} at [{row}, {col}].")
+    return arr
+
+
+def as_finite_float(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise ValueError(f"{name} must be a finite number; got {_show(value)}.")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number; got {v!r}.")
+    return v
+
+
+def check_generator(value: Any) -> np.random.Generator:
+    if not isinstance(value, np.random.Generator):
+        raise TypeError(
+            "rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(seed)); "
+            f"got {type(value).__name__}."
+        )
+    return value

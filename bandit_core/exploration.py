@@ -1,0 +1,74 @@
+"""Pure exploration rules: turn scores into exact choice probabilities, and sample.
+
+Every rule returns the full probability vector over the candidates, so the propensity
+logged with a decision is the probability the rule actually used to draw it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core._validation import FloatArray
+
+IntArray = NDArray[np.intp]
+
+#: Relative tolerance under which two scores count as tied.
+TIE_TOLERANCE = 1e-12
+
+
+def tied_with_max(scores: FloatArray) -> NDArray[np.bool_]:
+    """Mask (n, K) of the candidates whose score equals the row maximum (within tolerance)."""
+    top = scores.max(axis=-1, keepdims=True)
+    return scores >= top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top))
+
+
+def greedy_probabilities(scores: FloatArray, epsilon: float = 0.0) -> FloatArray:
+    """ε-greedy probabilities with ties broken uniformly (exact).
+
+    ``p_a = (1 − ε) · 1[a ∈ T] / |T| + ε / K`` where T is the set of arms with the
+    maximal score. ``scores`` has shape (n, K).
+    """
+    ties = tied_with_max(scores).astype(np.float64)
+    greedy = ties / ties.sum(axis=-1, keepdims=True)
+    if epsilon == 0.0:
+        return greedy
+    k = scores.shape[-1]
+    out: FloatArray = (1.0 - epsilon) * greedy + epsilon / k
+    return out
+
+
+def sample_categorical(probabilities: FloatArray, rng: np.random.Generator) -> IntArray:
+    """One draw per row of ``probabilities`` (n, K) by inverse CDF (one uniform per row)."""
+    cdf = np.cumsum(probabilities, axis=-1)
+    u = rng.random(probabilities.shape[0])[:, None] * cdf[:, -1:]
+    choice = (cdf <= u).sum(axis=-1)
+    out: IntArray = np.minimum(choice, probabilities.shape[-1] - 1).astype(np.intp)
+    # never land on a zero-probability arm through round-off at the top of the CDF
+    bad = probabilities[np.arange(choice.shape[0]), out] <= 0.0
+    if bad.any():
+        out[bad] = np.argmax(probabilities[bad] > 0.0, axis=-1)
+    return out
+
+
+def thompson_choice(sampled_scores: FloatArray) -> tuple[IntArray, FloatArray]:
+    """Decision and Monte-Carlo choice probabilities from posterior draws.
+
+    ``sampled_scores`` has shape (n, S, K): S independent posterior draws of every
+    candidate's score. Draw 0 makes the decision (it *is* a Thompson sample); the
+    probability of each arm is its argmax frequency over all S draws, which is an unbiased
+    estimate of the true Thompson probability, sums to 1 and is at least 1/S for the arm
+    actually chosen.
+    """
+    n, s, k = sampled_scores.shape
+    winners = sampled_scores.argmax(axis=-1)  # (n, S)
+    offsets = (np.arange(n) * k)[:, None]
+    counts = np.bincount((winners + offsets).ravel(), minlength=n * k).reshape(n, k)
+    return winners[:, 0].astype(np.intp), counts / float(s)
+
+
+def mix_uniform(probabilities: FloatArray, weight: float) -> FloatArray:
+    """``(1 − w) p + w / K``: the exact law of "with probability w pick uniformly"."""
+    k = probabilities.shape[-1]
+    out: FloatArray = (1.0 - weight) * probabilities + weight / k
+    return out

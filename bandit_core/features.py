@@ -1,0 +1,107 @@
+"""The one feature builder shared by serving, training and replay.
+
+A shared (joint) linear model scores candidate ``a`` for user context ``x`` on
+
+    φ(x, a) = [x_user ; x_arm ; vec(x_user ⊗ x_arm) (optional) ; one-hot(arm id) (optional)]
+
+The one-hot block follows the *hybrid* model of Li et al. (WWW 2010, §3.2): arms in
+``arm_vocabulary`` get their own coefficient; an arm outside it (a new item) gets a zero
+block and is scored from its features alone until the vocabulary is extended at the next
+rebuild.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bandit_core._validation import FloatArray, Interval, IsBool, StrTuple, validate_params
+
+_PARAMS = {
+    "dim_user": Interval(int, 0, None),
+    "dim_arm": Interval(int, 0, None),
+    "interactions": IsBool(),
+    "arm_vocabulary": StrTuple(),
+}
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """Builds φ(x, a) for every (context, candidate) pair, vectorised."""
+
+    dim_user: int
+    dim_arm: int = 0
+    interactions: bool = False
+    arm_vocabulary: tuple[str, ...] = ()
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_params(
+            "FeatureMap",
+            {
+                "dim_user": self.dim_user,
+                "dim_arm": self.dim_arm,
+                "interactions": self.interactions,
+                "arm_vocabulary": self.arm_vocabulary,
+            },
+            _PARAMS,
+        )
+        object.__setattr__(self, "arm_vocabulary", tuple(self.arm_vocabulary))
+        object.__setattr__(self, "_index", {a: i for i, a in enumerate(self.arm_vocabulary)})
+        if self.dim == 0:
+            raise ValueError("FeatureMap must produce at least one feature; got dim_user = dim_arm = 0 and no vocabulary.")
+
+    @property
+    def dim(self) -> int:
+        inter = self.dim_user * self.dim_arm if self.interactions else 0
+        return self.dim_user + self.dim_arm + inter + len(self.arm_vocabulary)
+
+    def one_hot(self, arm_ids: Sequence[str]) -> FloatArray:
+        """(len(arm_ids), len(vocabulary)) indicator block; unknown arms are all zero."""
+        block = np.zeros((len(arm_ids), len(self.arm_vocabulary)))
+        for row, arm in enumerate(arm_ids):
+            col = self._index.get(arm)
+            if col is not None:
+                block[row, col] = 1.0
+        return block
+
+    def build(
+        self, contexts: FloatArray, arm_features: FloatArray, arm_ids: Sequence[str]
+    ) -> FloatArray:
+        """φ for every context × candidate.
+
+        Parameters
+        ----------
+        contexts : (n, dim_user)
+        arm_features : (K, dim_arm)
+        arm_ids : K ids
+
+        Returns
+        -------
+        ndarray of shape (n, K, dim)
+        """
+        n, k = contexts.shape[0], arm_features.shape[0]
+        parts = [
+            np.broadcast_to(contexts[:, None, :], (n, k, self.dim_user)),
+            np.broadcast_to(arm_features[None, :, :], (n, k, self.dim_arm)),
+        ]
+        if self.interactions:
+            outer = contexts[:, None, :, None] * arm_features[None, :, None, :]
+            parts.append(outer.reshape(n, k, self.dim_user * self.dim_arm))
+        if self.arm_vocabulary:
+            parts.append(np.broadcast_to(self.one_hot(arm_ids)[None], (n, k, len(self.arm_vocabulary))))
+        return np.concatenate(parts, axis=-1)
+
+    def build_rows(
+        self, contexts: FloatArray, arm_features: FloatArray, arm_ids: Sequence[str]
+    ) -> FloatArray:
+        """φ for paired rows (the chosen arm of each logged decision), shape (n, dim)."""
+        n = contexts.shape[0]
+        parts = [contexts, arm_features]
+        if self.interactions:
+            parts.append((contexts[:, :, None] * arm_features[:, None, :]).reshape(n, -1))
+        if self.arm_vocabulary:
+            parts.append(self.one_hot(arm_ids))
+        return np.concatenate(parts, axis=-1)

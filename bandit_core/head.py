@@ -1,0 +1,440 @@
+"""Bayesian linear regression head with a Normal-inverse-gamma noise prior.
+
+Model (Riquelme, Tucker & Snoek, ICLR 2018, §3 "Linear methods")::
+
+    σ² ~ InvGamma(a0, b0),   θ | σ² ~ N(0, σ² (λ I)⁻¹),   r = θᵀφ + ε,  ε ~ N(0, σ²)
+
+Posterior after observations (Φ, r):
+
+    A = λ I + Σ φ φᵀ            (precision, up to σ²)
+    μ = A⁻¹ Σ r φ              (posterior mean)
+    a = a0 + n / 2
+    b = b0 + ½ (Σ r² − μᵀ A μ)
+
+A head may hold several independent posteriors of the same dimension (a *bank*: one per
+arm for disjoint models); every array then has a leading ``n_heads`` axis and all
+operations are vectorised across it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core._validation import (
+    FloatArray,
+    Interval,
+    OptionalOf,
+    as_finite_float,
+    as_float_matrix,
+    as_float_vector,
+    check_generator,
+    validate_params,
+)
+from bandit_core.linalg import (
+    inv_chol_rank1_update,
+    inverse_cholesky,
+    sufficient_statistics,
+)
+
+IntArray = NDArray[np.intp]
+
+_HEAD_PARAMS = {
+    "dim": Interval(int, 1, None),
+    "lambda_prior": Interval(float, 0.0, None, closed="neither"),
+    "a0": Interval(float, 0.0, None, closed="neither"),
+    "b0": Interval(float, 0.0, None, closed="neither"),
+    "gamma": Interval(float, 0.0, 1.0, closed="right"),
+    "window": OptionalOf(Interval(int, 1, None)),
+    "refactor_every": Interval(int, 1, None),
+}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Hyperparameters of a :class:`BayesianLinearHead`.
+
+    Parameters
+    ----------
+    dim : int
+        Feature dimension d.
+    lambda_prior : float
+        Prior precision λ (ridge strength); the prior on θ is N(0, σ²/λ I).
+    a0, b0 : float
+        Inverse-gamma prior on the noise variance σ².
+    gamma : float in (0, 1]
+        Discount for non-stationarity: before each update ``A ← γA + (1−γ)λI``,
+        ``b ← γb`` (so ``A_n = λI + Σ γ^{n−i} φ_i φ_iᵀ``). 1 disables discounting.
+        A discounted update refactorises the head (O(d³)) because ``(1−γ)λI`` is not a
+        low-rank change.
+    window : int or None
+        Keep only the last ``window`` observations (per head): each update also removes
+        the oldest one with a rank-one downdate. Exclusive with ``gamma < 1``.
+    refactor_every : int
+        Rebuild the factor from the precision after this many rank-one updates, bounding
+        the accumulated round-off.
+    """
+
+    dim: int
+    lambda_prior: float = 1.0
+    a0: float = 6.0
+    b0: float = 6.0
+    gamma: float = 1.0
+    window: int | None = None
+    refactor_every: int = 1000
+
+    def __post_init__(self) -> None:
+        validate_params("BayesianLinearHead", asdict(self), _HEAD_PARAMS)
+        if self.window is not None and self.gamma < 1.0:
+            raise ValueError(
+                "BayesianLinearHead takes either a discount (gamma < 1) or a sliding "
+                f"window, not both; got gamma={self.gamma} and window={self.window}."
+            )
+
+
+class BayesianLinearHead:
+    """One or more Bayesian linear regression posteriors with O(d²) updates.
+
+    Learned state (trailing underscore) is a set of arrays with a leading ``n_heads``
+    axis: ``precision_`` (m, d, d), ``inv_chol_`` (m, d, d) = L⁻¹ with A = L Lᵀ,
+    ``xty_`` (m, d) = Σ r φ, ``theta_`` (m, d) = μ, ``yty_`` (m,) = Σ r², ``count_`` (m,).
+    """
+
+    def __init__(self, config: HeadConfig, n_heads: int = 1) -> None:
+        if not isinstance(config, HeadConfig):
+            raise TypeError(f"config must be a HeadConfig; got {type(config).__name__}.")
+        validate_params("BayesianLinearHead", {"n_heads": n_heads}, {"n_heads": Interval(int, 1, None)})
+        self.config = config
+        d = config.dim
+        self._prior_inv_chol = np.eye(d) / np.sqrt(config.lambda_prior)
+        self.precision_: FloatArray = np.zeros((0, d, d))
+        self.inv_chol_: FloatArray = np.zeros((0, d, d))
+        self.xty_: FloatArray = np.zeros((0, d))
+        self.theta_: FloatArray = np.zeros((0, d))
+        self.yty_: FloatArray = np.zeros(0)
+        self.count_: FloatArray = np.zeros(0)
+        self.pending_: IntArray = np.zeros(0, dtype=np.intp)
+        w = config.window or 0
+        self.window_features_: FloatArray = np.zeros((0, w, d))
+        self.window_rewards_: FloatArray = np.zeros((0, w))
+        self.window_size_: IntArray = np.zeros(0, dtype=np.intp)
+        self.window_next_: IntArray = np.zeros(0, dtype=np.intp)
+        self.add_heads(n_heads)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.precision_.shape[0])
+
+    def add_heads(self, k: int, copy_from: int | None = None) -> int:
+        """Append ``k`` heads at the prior (or copies of head ``copy_from``).
+
+        Returns the index of the first new head.
+        """
+        first = self.n_heads
+        d = self.dim
+        if copy_from is None:
+            blocks: dict[str, Any] = {
+                "precision_": np.broadcast_to(self.config.lambda_prior * np.eye(d), (k, d, d)),
+                "inv_chol_": np.broadcast_to(self._prior_inv_chol, (k, d, d)),
+                "xty_": np.zeros((k, d)),
+                "theta_": np.zeros((k, d)),
+                "yty_": np.zeros(k),
+                "count_": np.zeros(k),
+                "pending_": np.zeros(k, dtype=np.intp),
+                "window_features_": np.zeros((k, *self.window_features_.shape[1:])),
+                "window_rewards_": np.zeros((k, self.window_rewards_.shape[1])),
+                "window_size_": np.zeros(k, dtype=np.intp),
+                "window_next_": np.zeros(k, dtype=np.intp),
+            }
+        else:
+            blocks = {
+                name: np.repeat(getattr(self, name)[copy_from : copy_from + 1], k, axis=0)
+                for name in self._array_names()
+            }
+        for name, block in blocks.items():
+            setattr(self, name, np.concatenate([getattr(self, name), block], axis=0))
+        return first
+
+    @staticmethod
+    def _array_names() -> tuple[str, ...]:
+        return (
+            "precision_",
+            "inv_chol_",
+            "xty_",
+            "theta_",
+            "yty_",
+            "count_",
+            "pending_",
+            "window_features_",
+            "window_rewards_",
+            "window_size_",
+            "window_next_",
+        )
+
+    def reset(self, heads: IntArray | None = None) -> None:
+        """Return the given heads (all when ``None``) to the prior."""
+        idx = np.arange(self.n_heads) if heads is None else np.asarray(heads, dtype=np.intp)
+        d = self.dim
+        self.precision_[idx] = self.config.lambda_prior * np.eye(d)
+        self.inv_chol_[idx] = self._prior_inv_chol
+        for name in ("xty_", "theta_", "yty_", "count_", "pending_", "window_size_", "window_next_"):
+            getattr(self, name)[idx] = 0
+        self.window_features_[idx] = 0.0
+        self.window_rewards_[idx] = 0.0
+
+    # ------------------------------------------------------------------ learning
+    def update(self, phi: Any, reward: Any, head: int = 0) -> None:
+        """Add one observation ``(φ, r)`` to head ``head`` in O(d²).
+
+        Raises ``ValueError`` for a wrong dimension, a non-finite value or a head index
+        out of range.
+        """
+        x = as_float_vector("phi", phi, self.dim)
+        r = as_finite_float("reward", reward)
+        self._check_head(head)
+        self._update(x, r, head)
+
+    def _check_head(self, head: int) -> None:
+        if not (0 <= int(head) < self.n_heads):
+            raise ValueError(f"head must be an index in [0, {self.n_heads}); got {head}.")
+
+    def _update(self, x: FloatArray, r: float, head: int) -> None:
+        cfg = self.config
+        if cfg.gamma < 1.0:
+            g = cfg.gamma
+            a = self.precision_[head]
+            a *= g
+            a[np.diag_indices_from(a)] += (1.0 - g) * cfg.lambda_prior
+            a += np.outer(x, x)
+            self.xty_[head] = g * self.xty_[head] + r * x
+            self.yty_[head] = g * self.yty_[head] + r * r
+            self.count_[head] = g * self.count_[head] + 1.0
+            self.inv_chol_[head] = inverse_cholesky(a)
+            self.pending_[head] = 0
+        else:
+            self._rank1(head, x, r, +1.0)
+            if cfg.window is not None:
+                self._push_window(head, x, r)
+            if self.pending_[head] >= cfg.refactor_every:
+                self._refactor_one(head)
+        u = self.inv_chol_[head]
+        self.theta_[head] = u.T @ (u @ self.xty_[head])
+
+    def _rank1(self, head: int, x: FloatArray, r: float, sign: float) -> None:
+        self.precision_[head] += sign * np.outer(x, x)
+        self.inv_chol_[head] = inv_chol_rank1_update(self.inv_chol_[head], x, sign)
+        self.xty_[head] += sign * r * x
+        self.yty_[head] += sign * r * r
+        self.count_[head] += sign
+        self.pending_[head] += 1
+
+    def _push_window(self, head: int, x: FloatArray, r: float) -> None:
+        w = self.config.window
+        assert w is not None  # guarded by the caller; not input validation
+        slot = int(self.window_next_[head])
+        if self.window_size_[head] == w:
+            self._rank1(head, self.window_features_[head, slot].copy(), float(self.window_rewards_[head, slot]), -1.0)
+        else:
+            self.window_size_[head] += 1
+        self.window_features_[head, slot] = x
+        self.window_rewards_[head, slot] = r
+        self.window_next_[head] = (slot + 1) % w
+
+    def _refactor_one(self, head: int) -> None:
+        self.inv_chol_[head] = inverse_cholesky(self.precision_[head])
+        self.pending_[head] = 0
+
+    def refactor(self, heads: IntArray | None = None) -> None:
+        """Recompute the factor (and mean) from the precision matrix."""
+        idx = np.arange(self.n_heads) if heads is None else np.asarray(heads, dtype=np.intp)
+        if idx.size == 0:
+            return
+        self.inv_chol_[idx] = inverse_cholesky(self.precision_[idx])
+        self.pending_[idx] = 0
+        u = self.inv_chol_[idx]
+        self.theta_[idx] = np.einsum("kji,kj->ki", u, np.einsum("kij,kj->ki", u, self.xty_[idx]))
+
+    def update_batch(self, features: Any, rewards: Any, heads: Any = None) -> None:
+        """Add ``n`` observations in order; equal to ``n`` calls of :meth:`update`.
+
+        Without discount or window the statistics are summed per head and the touched
+        heads refactorised once (O(n d² + m d³)); otherwise rows are applied in order.
+        """
+        phi, r, hd = self._check_batch(features, rewards, heads)
+        if self.config.gamma < 1.0 or self.config.window is not None:
+            for i in range(phi.shape[0]):
+                self._update(phi[i], float(r[i]), int(hd[i]))
+            return
+        touched = np.unique(hd)
+        for h in touched:
+            rows = hd == h
+            gram, xty, yty, count = sufficient_statistics(phi[rows], r[rows])
+            self.precision_[h] += gram
+            self.xty_[h] += xty
+            self.yty_[h] += yty
+            self.count_[h] += count
+        self.refactor(touched)
+
+    def _check_batch(
+        self, features: Any, rewards: Any, heads: Any
+    ) -> tuple[FloatArray, FloatArray, IntArray]:
+        phi = as_float_matrix("features", features, n_cols=self.dim)
+        r = as_float_vector("rewards", rewards, phi.shape[0])
+        if heads is None:
+            hd = np.zeros(phi.shape[0], dtype=np.intp)
+        else:
+            hd = np.asarray(heads)
+            if hd.shape != (phi.shape[0],) or not np.issubdtype(hd.dtype, np.integer):
+                raise ValueError(
+                    f"heads must be an integer array of shape ({phi.shape[0]},); got "
+                    f"dtype {hd.dtype} and shape {hd.shape}."
+                )
+            hd = hd.astype(np.intp)
+            if hd.size and (hd.min() < 0 or hd.max() >= self.n_heads):
+                raise ValueError(f"heads must be indices in [0, {self.n_heads}); got {hd.min()}..{hd.max()}.")
+        return phi, r, hd
+
+    def rebuild(
+        self, features: Any, rewards: Any, heads: Any = None, chunk_size: int = 8192
+    ) -> None:
+        """Reset every head and rebuild it from scratch from ``(Φ, r)`` (rows in time order).
+
+        The statistics are accumulated in chunks of ``chunk_size`` rows (O(d²) memory on
+        top of the inputs). With a discount the row ``i`` of ``n`` gets weight
+        ``γ^{n−1−i}``; with a window only each head's last ``window`` rows are kept.
+        """
+        phi, r, hd = self._check_batch(features, rewards, heads)
+        validate_params("rebuild", {"chunk_size": chunk_size}, {"chunk_size": Interval(int, 1, None)})
+        cfg = self.config
+        self.reset()
+        lam_eye = cfg.lambda_prior * np.eye(self.dim)
+        for h in np.unique(hd):
+            rows = np.flatnonzero(hd == h)
+            weights = None
+            if cfg.window is not None:
+                rows = rows[-cfg.window :]
+                k = rows.size
+                self.window_features_[h, :k] = phi[rows]
+                self.window_rewards_[h, :k] = r[rows]
+                self.window_size_[h] = k
+                self.window_next_[h] = k % cfg.window
+            elif cfg.gamma < 1.0:
+                weights = cfg.gamma ** np.arange(rows.size - 1, -1, -1, dtype=np.float64)
+            gram, xty, yty, count = sufficient_statistics(phi[rows], r[rows], weights, chunk_size)
+            self.precision_[h] = lam_eye + gram
+            self.xty_[h] = xty
+            self.yty_[h] = yty
+            self.count_[h] = count
+        self.refactor()
+
+    def load_statistics(
+        self, gram: Any, xty: Any, yty: float, count: float, head: int = 0
+    ) -> None:
+        """Set head ``head`` from additive statistics ``(Σφφᵀ, Σrφ, Σr², n)``.
+
+        The statistics of shards or replicas add up, so a head can be rebuilt by summing
+        them and loading the total here.
+        """
+        self._check_head(head)
+        g = as_float_matrix("gram", gram, n_cols=self.dim, n_rows=self.dim)
+        self.precision_[head] = self.config.lambda_prior * np.eye(self.dim) + g
+        self.xty_[head] = as_float_vector("xty", xty, self.dim)
+        self.yty_[head] = as_finite_float("yty", yty)
+        self.count_[head] = as_finite_float("count", count)
+        self.refactor(np.array([head]))
+
+    # ------------------------------------------------------------------ inference
+    def mean(self, features: FloatArray, heads: IntArray | None = None) -> FloatArray:
+        """Posterior mean score ``μᵀφ`` per row; ``heads`` (n,) picks each row's head."""
+        if heads is None:
+            out: FloatArray = features @ self.theta_[0]
+            return out
+        return np.einsum("nd,nd->n", features, self.theta_[heads])
+
+    def project(self, features: FloatArray, heads: IntArray | None = None) -> FloatArray:
+        """``U φ`` per row (n, d): ``‖Uφ‖² = φᵀA⁻¹φ`` and ``(Uφ)·z`` is a posterior draw."""
+        if heads is None:
+            out: FloatArray = features @ self.inv_chol_[0].T
+            return out
+        return np.einsum("nij,nj->ni", self.inv_chol_[heads], features)
+
+    def width(self, features: FloatArray, heads: IntArray | None = None) -> FloatArray:
+        """``√(φᵀ A⁻¹ φ)`` per row: the LinUCB confidence width before scaling by α."""
+        z = self.project(features, heads)
+        return np.sqrt(np.einsum("ij,ij->i", z, z))
+
+    def noise_posterior(self, heads: IntArray | None = None) -> tuple[FloatArray, FloatArray]:
+        """Inverse-gamma posterior ``(a, b)`` of σ² for each requested head."""
+        idx = slice(None) if heads is None else heads
+        cfg = self.config
+        a = cfg.a0 + 0.5 * self.count_[idx]
+        fit = self.yty_[idx] - np.einsum("...d,...d->...", self.theta_[idx], self.xty_[idx])
+        b = cfg.b0 + 0.5 * np.maximum(fit, 0.0)
+        return a, b
+
+    def sample_noise_variance(
+        self, rng: np.random.Generator, size: tuple[int, ...], heads: IntArray | None = None
+    ) -> FloatArray:
+        """Draws of σ² ~ InvGamma(a, b); ``size`` ends with the number of requested heads
+        (all heads when ``heads`` is None)."""
+        a, b = self.noise_posterior(heads)
+        out: FloatArray = b / rng.gamma(a, 1.0, size=size)
+        return out
+
+    def sample_theta(
+        self, n: int, rng: np.random.Generator, head: int = 0, sample_noise: bool = True
+    ) -> FloatArray:
+        """``n`` posterior draws of θ for one head, shape (n, d).
+
+        ``θ = μ + σ Uᵀ z``; with ``sample_noise`` σ² is drawn from its inverse-gamma
+        posterior for every draw (Riquelme et al. 2018), else σ = 1.
+        """
+        check_generator(rng)
+        self._check_head(head)
+        z = rng.standard_normal((n, self.dim))
+        step = z @ self.inv_chol_[head]
+        if sample_noise:
+            step = step * np.sqrt(self.sample_noise_variance(rng, (n, 1), np.array([head])))
+        out: FloatArray = self.theta_[head] + step
+        return out
+
+    def covariance(self, head: int = 0) -> FloatArray:
+        """Posterior covariance of θ up to σ²: ``A⁻¹ = Uᵀ U`` (d, d)."""
+        self._check_head(head)
+        u = self.inv_chol_[head]
+        out: FloatArray = u.T @ u
+        return out
+
+    # ------------------------------------------------------------------ state
+    def to_arrays(self, prefix: str = "head.") -> dict[str, NDArray[Any]]:
+        return {prefix + name.rstrip("_"): getattr(self, name).copy() for name in self._array_names()}
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    @classmethod
+    def from_arrays(
+        cls, config: HeadConfig, arrays: dict[str, NDArray[Any]], prefix: str = "head."
+    ) -> BayesianLinearHead:
+        n_heads = int(arrays[prefix + "precision"].shape[0])
+        head = cls(config, n_heads=max(n_heads, 1))
+        for name in cls._array_names():
+            value = np.asarray(arrays[prefix + name.rstrip("_")])
+            expected = getattr(head, name).shape
+            if n_heads == 0:
+                expected = (0, *expected[1:])
+            if value.shape != expected:
+                raise ValueError(
+                    f"state array {prefix + name.rstrip('_')!r} must have shape {expected}; "
+                    f"got {value.shape}."
+                )
+            setattr(head, name, value.astype(getattr(head, name).dtype, copy=True))
+        return head

@@ -1,0 +1,126 @@
+"""Pure linear-algebra kernels for Bayesian linear regression heads.
+
+The head keeps the *inverse Cholesky factor* ``U = L⁻¹`` of its precision matrix
+``A = L Lᵀ``, so that
+
+* the posterior covariance is ``A⁻¹ = Uᵀ U``;
+* a UCB width is ``‖U x‖`` (one matrix product for all candidates);
+* a posterior draw is ``θ = μ + σ Uᵀ z`` with ``z ~ N(0, I)`` (one product, no solve);
+
+and a rank-one change ``A ± x xᵀ`` updates ``U`` in O(d²) without any factorisation
+(Gill, Golub, Murray & Saunders, *Methods for modifying matrix factorizations*, Math. Comp.
+1974, the product form of the Cholesky update).  Every function accepts leading batch
+dimensions, so a bank of per-arm heads is updated with the same code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from bandit_core._validation import FloatArray
+
+
+def inverse_cholesky(precision: FloatArray) -> FloatArray:
+    """``U = L⁻¹`` for ``precision = L Lᵀ``; shape (..., d, d), lower triangular.
+
+    Used to build a head from sufficient statistics and for the periodic
+    refactorisation that bounds the round-off of rank-one updates.
+
+    Raises
+    ------
+    ValueError
+        If the matrix is not symmetric positive definite.
+    """
+    try:
+        chol = np.linalg.cholesky(precision)
+    except np.linalg.LinAlgError as exc:
+        raise ValueError(
+            "precision matrix must be symmetric positive definite; the Cholesky "
+            "factorisation failed (check lambda_prior > 0 and finite features)."
+        ) from exc
+    if chol.ndim == 2:
+        out: FloatArray = scipy.linalg.solve_triangular(
+            chol, np.eye(chol.shape[-1]), lower=True, check_finite=False
+        )
+        return out
+    eye = np.broadcast_to(np.eye(chol.shape[-1]), chol.shape)
+    return np.asarray(np.linalg.solve(chol, eye))
+
+
+def inv_chol_rank1_update(inv_chol: FloatArray, x: FloatArray, sign: float = 1.0) -> FloatArray:
+    """Inverse Cholesky factor of ``A + sign · x xᵀ`` from the factor ``U`` of ``A``.
+
+    With ``p = U x`` and ``β_j = 1 + sign · Σ_{i≤j} p_i²`` (β₀ = 1) the factor of
+    ``I + sign · p pᵀ`` is ``L̃`` with ``L̃_jj = √(β_j/β_{j−1})`` and
+    ``L̃_ij = sign · p_i p_j / √(β_j β_{j−1})`` for ``i > j`` (Gill et al. 1974, §3).
+    Its inverse has the same shape with the roles of the indices swapped, which gives
+    row ``j`` of the new factor as::
+
+        U'_j = √(β_{j−1}/β_j) U_j − sign · p_j / √(β_j β_{j−1}) · Σ_{i<j} p_i U_i
+
+    — a cumulative sum, O(d²), vectorised, no triangular solve.
+
+    Parameters
+    ----------
+    inv_chol : ndarray of shape (..., d, d)
+        ``U = L⁻¹`` of the current precision.
+    x : ndarray of shape (..., d)
+        The rank-one direction.
+    sign : {+1, -1}
+        +1 adds an observation, -1 removes one (sliding window). A downdate that would
+        make the precision indefinite raises ``ValueError``.
+    """
+    p = np.einsum("...ij,...j->...i", inv_chol, x)
+    beta = 1.0 + sign * np.cumsum(p * p, axis=-1)
+    if sign < 0 and np.any(beta[..., -1] <= 1e-12):
+        raise ValueError(
+            "rank-one downdate would make the precision matrix indefinite "
+            "(the removed observation is not part of the statistics)."
+        )
+    beta_prev = np.concatenate([np.ones_like(beta[..., :1]), beta[..., :-1]], axis=-1)
+    weighted = p[..., :, None] * inv_chol
+    partial = np.cumsum(weighted, axis=-2) - weighted  # Σ_{i<j} p_i U_i, row j
+    gain = -sign * p / np.sqrt(beta * beta_prev)
+    out: FloatArray = np.sqrt(beta_prev / beta)[..., :, None] * inv_chol + gain[..., :, None] * partial
+    return out
+
+
+def quad_form_rows(inv_chol: FloatArray, rows: FloatArray) -> FloatArray:
+    """``xᵀ A⁻¹ x`` for each row ``x`` of ``rows`` (n, d), with ``A⁻¹ = Uᵀ U``."""
+    projected = rows @ inv_chol.T
+    out: FloatArray = np.einsum("ij,ij->i", projected, projected)
+    return out
+
+
+def sufficient_statistics(
+    features: FloatArray,
+    rewards: FloatArray,
+    weights: FloatArray | None = None,
+    chunk_size: int = 8192,
+) -> tuple[FloatArray, FloatArray, float, float]:
+    """Additive statistics ``(Σ w φφᵀ, Σ w r φ, Σ w r², Σ w)`` computed in chunks.
+
+    Memory beyond the inputs is O(d² + chunk_size · d). The statistics of disjoint shards
+    add up exactly to those of their union, which is what scale-out builds on.
+    """
+    n, dim = features.shape
+    gram = np.zeros((dim, dim))
+    xty = np.zeros(dim)
+    yty = 0.0
+    count = 0.0
+    for start in range(0, n, chunk_size):
+        phi = features[start : start + chunk_size]
+        r = rewards[start : start + chunk_size]
+        if weights is None:
+            gram += phi.T @ phi
+            xty += phi.T @ r
+            yty += float(r @ r)
+            count += float(phi.shape[0])
+        else:
+            w = weights[start : start + chunk_size]
+            gram += (phi * w[:, None]).T @ phi
+            xty += phi.T @ (w * r)
+            yty += float(w @ (r * r))
+            count += float(w.sum())
+    return gram, xty, yty, count

@@ -1,0 +1,41 @@
+"""Bandit policies: the protocol, linear policies, uniform, wrappers, registry."""
+
+from bandit_core.policies.base import Policy
+from bandit_core.policies.linear import (
+    EpsilonGreedy,
+    EpsilonGreedyConfig,
+    LinearPolicy,
+    LinTS,
+    LinTSConfig,
+    LinUCB,
+    LinUCBConfig,
+    SharedLinTS,
+    SharedLinTSConfig,
+    SharedLinUCB,
+    SharedLinUCBConfig,
+)
+from bandit_core.policies.registry import POLICIES, make_policy, policy_from_state, policy_names
+from bandit_core.policies.uniform import UniformRandom
+from bandit_core.policies.wrappers import ExplorationFloor, ExposureCap
+
+__all__ = [
+    "POLICIES",
+    "EpsilonGreedy",
+    "EpsilonGreedyConfig",
+    "ExplorationFloor",
+    "ExposureCap",
+    "LinTS",
+    "LinTSConfig",
+    "LinUCB",
+    "LinUCBConfig",
+    "LinearPolicy",
+    "Policy",
+    "SharedLinTS",
+    "SharedLinTSConfig",
+    "SharedLinUCB",
+    "SharedLinUCBConfig",
+    "UniformRandom",
+    "make_policy",
+    "policy_from_state",
+    "policy_names",
+]

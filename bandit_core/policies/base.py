@@ -1,0 +1,126 @@
+"""The ``Policy`` protocol and the input checks every policy shares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from bandit_core._validation import (
+    FloatArray,
+    as_float_matrix,
+    as_float_vector,
+    check_generator,
+)
+from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What serving, training and the benchmarks rely on.
+
+    ``select`` never changes what the policy has learned (wrappers that track exposure
+    are the one exception: exposure is part of their state); ``update`` is the only
+    learning entry point. Randomness always comes from the ``rng`` argument.
+    """
+
+    name: str
+    model_version: str | None
+
+    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        """Choose one candidate for ``context`` (dim_user,)."""
+        ...
+
+    def select_batch(
+        self, contexts: Any, candidates: Any, rng: np.random.Generator
+    ) -> DecisionBatch:
+        """Independent decisions for ``contexts`` (n, dim_user) over one candidate set,
+        without learning in between (replay, OPE ``action_dist``, benchmarks)."""
+        ...
+
+    def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
+        """Learn from one reward for the arm chosen in ``context``."""
+        ...
+
+    def update_batch(
+        self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
+    ) -> None:
+        """Learn from ``n`` rewards in order; equal to ``n`` calls of ``update``."""
+        ...
+
+    def to_state(self) -> PolicyState:
+        """Config and learned arrays, enough to rebuild the policy bit for bit."""
+        ...
+
+
+def check_candidates(candidates: Any, dim_arm: int | None) -> Candidates:
+    """Accept a :class:`Candidates` or a sequence of ids; check the feature width."""
+    if not isinstance(candidates, Candidates):
+        if isinstance(candidates, (Sequence, np.ndarray)) and not isinstance(candidates, str):
+            candidates = Candidates.from_any(list(candidates))
+        else:
+            raise TypeError(
+                "candidates must be a bandit_core.Candidates (or a sequence of arm ids); "
+                f"got {type(candidates).__name__}."
+            )
+    if dim_arm is not None and dim_arm > 0 and candidates.dim != dim_arm:
+        raise ValueError(
+            f"candidates.features must have {dim_arm} columns (dim_arm); "
+            f"got {candidates.dim}."
+        )
+    return candidates
+
+
+def check_contexts(contexts: Any, dim_user: int | None) -> FloatArray:
+    return as_float_matrix("contexts", contexts, n_cols=dim_user)
+
+
+def check_context(context: Any, dim_user: int | None) -> FloatArray:
+    return as_float_vector("context", context, dim_user)[None, :]
+
+
+def check_updates(
+    contexts: Any,
+    arm_ids: Any,
+    rewards: Any,
+    arm_features: Any,
+    dim_user: int | None,
+    dim_arm: int,
+) -> tuple[FloatArray, list[str], FloatArray, FloatArray]:
+    """Validate a batch of feedback: ``(contexts (n, du), ids, rewards (n,), feats (n, da))``."""
+    x = check_contexts(contexts, dim_user)
+    n = x.shape[0]
+    if isinstance(arm_ids, (str, bytes)) or not isinstance(arm_ids, (Sequence, np.ndarray)):
+        raise ValueError(f"arm_ids must be a sequence of {n} arm ids; got {type(arm_ids).__name__}.")
+    ids = [str(a) for a in arm_ids]
+    if len(ids) != n:
+        raise ValueError(f"arm_ids must have {n} entries (one per context); got {len(ids)}.")
+    r = as_float_vector("rewards", rewards, n)
+    if dim_arm > 0:
+        if arm_features is None:
+            raise ValueError(f"arm_features is required: the policy uses {dim_arm} arm features.")
+        feats = as_float_matrix("arm_features", arm_features, n_cols=dim_arm, n_rows=n)
+    else:
+        feats = np.zeros((n, 0))
+    return x, ids, r, feats
+
+
+def to_decision(
+    batch: DecisionBatch, candidates: Candidates, explored: bool, model_version: str | None
+) -> Decision:
+    arm = int(batch.arms[0])
+    return Decision(
+        arm=arm,
+        arm_id=candidates.ids[arm],
+        propensity=float(batch.propensities[0]),
+        probabilities=batch.probabilities[0],
+        scores=batch.scores[0],
+        policy=batch.policy,
+        explored=explored,
+        model_version=model_version,
+    )
+
+
+def check_rng(rng: Any) -> np.random.Generator:
+    return check_generator(rng)

@@ -1,0 +1,440 @@
+"""Linear contextual bandits on :class:`~bandit_core.head.BayesianLinearHead`.
+
+* per-arm (disjoint) LinUCB — Li, Chu, Langford & Schapire, WWW 2010, Algorithm 1:
+  ``a_t = argmax_a θ_aᵀx + α √(xᵀ A_a⁻¹ x)``;
+* per-arm LinTS — Agrawal & Goyal, ICML 2013: ``θ̃_a ~ N(θ̂_a, v² A_a⁻¹)``; with
+  ``sample_noise`` the scale is the Normal-inverse-gamma posterior draw of σ (Riquelme et
+  al. 2018) times ``v``;
+* shared LinUCB / LinTS: one head on ``φ(x, a)`` from :class:`~bandit_core.features.FeatureMap`
+  (user and arm features, optional interactions and arm one-hot: the hybrid model);
+* ε-greedy on the posterior mean of either model.
+
+Scores of all candidates come from one matrix expression; no factorisation happens on the
+request path (the head keeps L⁻¹ up to date in O(d²)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core._validation import (
+    FloatArray,
+    Interval,
+    IsBool,
+    check_known_options,
+    validate_params,
+)
+from bandit_core.exploration import (
+    greedy_probabilities,
+    sample_categorical,
+    thompson_choice,
+    tied_with_max,
+)
+from bandit_core.features import FeatureMap
+from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core.policies.base import (
+    check_candidates,
+    check_context,
+    check_contexts,
+    check_rng,
+    check_updates,
+    to_decision,
+)
+from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
+
+IntArray = NDArray[np.intp]
+
+_POLICY_PARAMS = {
+    "alpha": Interval(float, 0.0, None, closed="left"),
+    "v": Interval(float, 0.0, None, closed="neither"),
+    "n_sim": Interval(int, 1, None),
+    "sample_noise": IsBool(),
+    "epsilon": Interval(float, 0.0, 1.0),
+    "shared": IsBool(),
+    "dim_user": Interval(int, 0, None),
+}
+
+#: Upper bound on the elements of one Monte-Carlo block (rows × draws × K [× d]).
+_MC_BLOCK = 4_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearConfig:
+    """Head hyperparameters shared by every linear policy (see :class:`HeadConfig`)."""
+
+    dim_user: int
+    lambda_prior: float = 1.0
+    a0: float = 6.0
+    b0: float = 6.0
+    gamma: float = 1.0
+    window: int | None = None
+    refactor_every: int = 1000
+
+    def __post_init__(self) -> None:
+        validate_params(type(self).__name__, asdict(self), _POLICY_PARAMS)
+        # The head validates its own hyperparameters (and their combination).
+        self.head_config(1)
+
+    def head_config(self, dim: int) -> HeadConfig:
+        return HeadConfig(
+            dim=dim,
+            lambda_prior=self.lambda_prior,
+            a0=self.a0,
+            b0=self.b0,
+            gamma=self.gamma,
+            window=self.window,
+            refactor_every=self.refactor_every,
+        )
+
+    def feature_map(self) -> FeatureMap | None:
+        """The shared feature map, or None for per-arm models."""
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedFeaturesConfig(LinearConfig):
+    dim_arm: int = 0
+    interactions: bool = False
+    arm_vocabulary: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "arm_vocabulary", tuple(self.arm_vocabulary))
+        self.feature_map()
+
+    def feature_map(self) -> FeatureMap | None:
+        return FeatureMap(self.dim_user, self.dim_arm, self.interactions, self.arm_vocabulary)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinUCBConfig(LinearConfig):
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinTSConfig(LinearConfig):
+    v: float = 1.0
+    n_sim: int = 1000
+    sample_noise: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedLinUCBConfig(SharedFeaturesConfig, LinUCBConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedLinTSConfig(SharedFeaturesConfig, LinTSConfig):
+    pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpsilonGreedyConfig(SharedFeaturesConfig):
+    epsilon: float = 0.1
+    shared: bool = True
+
+    def feature_map(self) -> FeatureMap | None:
+        return super().feature_map() if self.shared else None
+
+
+ConfigT = TypeVar("ConfigT", bound=LinearConfig)
+
+
+def build_config(config_class: type[ConfigT], owner: str, config: Any, options: dict[str, Any]) -> ConfigT:
+    """A validated config from either a config object or keyword options."""
+    if config is not None:
+        if options:
+            raise ValueError(f"{owner} takes either config or keyword options, not both.")
+        if not isinstance(config, config_class):
+            raise TypeError(f"config of {owner} must be a {config_class.__name__}; got {type(config).__name__}.")
+        return config
+    check_known_options(owner, options, [f.name for f in fields(config_class)])
+    if "dim_user" not in options:
+        raise ValueError(f"{owner} needs the option 'dim_user' (length of the user context).")
+    return config_class(**options)
+
+
+# ---------------------------------------------------------------------- models
+class PerArmModel:
+    """One head per arm (disjoint model). Head 0 is the prior, used for unseen arms."""
+
+    joint = False
+
+    def __init__(self, config: LinearConfig) -> None:
+        if config.dim_user < 1:
+            raise ValueError(
+                "a per-arm model needs user features: 'dim_user' must be at least 1; "
+                f"got {config.dim_user}."
+            )
+        self.head = BayesianLinearHead(config.head_config(config.dim_user), n_heads=1)
+        self.arm_ids: list[str] = []
+        self._slots: dict[str, int] = {}
+
+    dim_arm = 0
+
+    def heads_for(self, ids: tuple[str, ...] | list[str], create: bool) -> IntArray:
+        if create:
+            for arm in ids:
+                if arm not in self._slots:
+                    self._slots[arm] = self.head.add_heads(1)
+                    self.arm_ids.append(arm)
+        return np.fromiter((self._slots.get(a, 0) for a in ids), dtype=np.intp, count=len(ids))
+
+    def terms(self, contexts: FloatArray, candidates: Candidates) -> tuple[FloatArray, FloatArray, IntArray]:
+        """Posterior means (n, K), projections U_a x (n, K, d) and the head of each candidate."""
+        heads = self.heads_for(candidates.ids, create=False)
+        mean = contexts @ self.head.theta_[heads].T
+        proj = np.einsum("kij,nj->nki", self.head.inv_chol_[heads], contexts)
+        return mean, proj, heads
+
+    def learn(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
+        heads = self.heads_for(ids, create=True)
+        if contexts.shape[0] == 1:
+            self.head._update(contexts[0], float(rewards[0]), int(heads[0]))
+        else:
+            self.head.update_batch(contexts, rewards, heads)
+
+    def rebuild(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
+        heads = self.heads_for(ids, create=True)
+        self.head.rebuild(contexts, rewards, heads)
+
+    def arrays(self) -> dict[str, NDArray[Any]]:
+        out = self.head.to_arrays()
+        out["arm_ids"] = np.array(self.arm_ids, dtype=np.str_)
+        return out
+
+    def load_arrays(self, arrays: dict[str, NDArray[Any]]) -> None:
+        self.head = BayesianLinearHead.from_arrays(self.head.config, arrays)
+        self.arm_ids = [str(a) for a in arrays["arm_ids"]]
+        self._slots = {a: i + 1 for i, a in enumerate(self.arm_ids)}
+        if len(self.arm_ids) + 1 != self.head.n_heads:
+            raise ValueError(
+                f"state has {len(self.arm_ids)} arm ids but {self.head.n_heads - 1} arm heads."
+            )
+
+
+class SharedModel:
+    """One head on the joint features φ(x, a)."""
+
+    joint = True
+
+    def __init__(self, config: LinearConfig) -> None:
+        fmap = config.feature_map()
+        assert fmap is not None  # only built for shared configs
+        self.features = fmap
+        self.dim_arm = fmap.dim_arm
+        self.head = BayesianLinearHead(config.head_config(fmap.dim), n_heads=1)
+
+    def terms(self, contexts: FloatArray, candidates: Candidates) -> tuple[FloatArray, FloatArray, None]:
+        phi = self.features.build(contexts, candidates.features, candidates.ids)
+        mean = phi @ self.head.theta_[0]
+        proj = phi @ self.head.inv_chol_[0].T
+        return mean, proj, None
+
+    def learn(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
+        phi = self.features.build_rows(contexts, feats, ids)
+        if phi.shape[0] == 1:
+            self.head._update(phi[0], float(rewards[0]), 0)
+        else:
+            self.head.update_batch(phi, rewards)
+
+    def rebuild(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
+        self.head.rebuild(self.features.build_rows(contexts, feats, ids), rewards)
+
+    def arrays(self) -> dict[str, NDArray[Any]]:
+        return self.head.to_arrays()
+
+    def load_arrays(self, arrays: dict[str, NDArray[Any]]) -> None:
+        self.head = BayesianLinearHead.from_arrays(self.head.config, arrays)
+
+
+# ---------------------------------------------------------------------- policies
+class LinearPolicy:
+    """Config + model + exploration rule; subclasses define the rule in ``_explore``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[LinearConfig]]
+
+    def __init__(self, config: LinearConfig | None = None, **options: Any) -> None:
+        self.config = build_config(self.config_class, self.name, config, options)
+        self.model: PerArmModel | SharedModel = (
+            SharedModel(self.config) if self.config.feature_map() is not None else PerArmModel(self.config)
+        )
+        self.model_version: str | None = None
+
+    @property
+    def head(self) -> BayesianLinearHead:
+        return self.model.head
+
+    # -- decisions ------------------------------------------------------------
+    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        x = check_context(context, self.config.dim_user)
+        cands = check_candidates(candidates, self.model.dim_arm)
+        batch, explored = self._decide(x, cands, check_rng(rng))
+        return to_decision(batch, cands, bool(explored[0]), self.model_version)
+
+    def select_batch(self, contexts: Any, candidates: Any, rng: np.random.Generator) -> DecisionBatch:
+        x = check_contexts(contexts, self.config.dim_user)
+        cands = check_candidates(candidates, self.model.dim_arm)
+        return self._decide(x, cands, check_rng(rng))[0]
+
+    def _decide(
+        self, contexts: FloatArray, candidates: Candidates, rng: np.random.Generator
+    ) -> tuple[DecisionBatch, NDArray[np.bool_]]:
+        mean, proj, heads = self.model.terms(contexts, candidates)
+        choice, probs, scores = self._explore(mean, proj, heads, rng)
+        rows = np.arange(choice.shape[0])
+        explored = ~tied_with_max(mean)[rows, choice]
+        batch = DecisionBatch(
+            arms=choice,
+            propensities=probs[rows, choice],
+            probabilities=probs,
+            scores=scores,
+            policy=self.name,
+        )
+        return batch, explored
+
+    def _explore(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray]:
+        raise NotImplementedError
+
+    # -- learning ------------------------------------------------------------
+    def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
+        feats = None if arm_features is None else [arm_features]
+        self.update_batch(check_context(context, self.config.dim_user), [arm_id], [reward], feats)
+
+    def update_batch(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
+        x, ids, r, feats = check_updates(
+            contexts, arm_ids, rewards, arm_features, self.config.dim_user, self.model.dim_arm
+        )
+        self.model.learn(x, ids, feats, r)
+
+    def rebuild(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
+        """Forget everything and rebuild the posterior from the logged rows (in time order)."""
+        x, ids, r, feats = check_updates(
+            contexts, arm_ids, rewards, arm_features, self.config.dim_user, self.model.dim_arm
+        )
+        self.model.rebuild(x, ids, feats, r)
+
+    # -- state ---------------------------------------------------------------
+    def to_state(self) -> PolicyState:
+        config = asdict(self.config)
+        config["arm_vocabulary"] = list(config.get("arm_vocabulary", ()))
+        if not isinstance(self.config, SharedFeaturesConfig):
+            config.pop("arm_vocabulary")
+        meta = {"model_version": self.model_version}
+        return PolicyState(self.name, {**config, "__meta__": meta}, self.model.arrays(), SCHEMA_VERSION)
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> LinearPolicy:
+        if state.policy != cls.name:
+            raise ValueError(f"state is for policy {state.policy!r}, not {cls.name!r}.")
+        options = dict(state.config)
+        meta = options.pop("__meta__", {})
+        if "arm_vocabulary" in options:
+            options["arm_vocabulary"] = tuple(options["arm_vocabulary"])
+        policy = cls(**options)
+        policy.model.load_arrays(state.arrays)
+        policy.model_version = meta.get("model_version")
+        return policy
+
+
+class _UCBRule:
+    config: Any
+
+    def _explore(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray]:
+        width = np.sqrt(np.einsum("nkd,nkd->nk", proj, proj))
+        scores = mean + self.config.alpha * width
+        probs = greedy_probabilities(scores)
+        return sample_categorical(probs, rng), probs, scores
+
+
+class _ThompsonRule:
+    """Posterior sampling with Monte-Carlo propensities over ``n_sim`` extra draws."""
+
+    config: Any
+    model: PerArmModel | SharedModel
+
+    def _explore(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray]:
+        cfg = self.config
+        n, k, d = proj.shape
+        draws = cfg.n_sim + 1
+        per_row = draws * k * (d if heads is None else 1)
+        step = max(1, _MC_BLOCK // per_row)
+        choices, probs, scores = [], [], []
+        head = self.model.head
+        if heads is None:
+            a, b = head.noise_posterior(np.zeros(1, dtype=np.intp))
+        else:
+            a, b = head.noise_posterior(heads)
+            width = np.sqrt(np.einsum("nkd,nkd->nk", proj, proj))
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            m = rows.stop - rows.start
+            if heads is None:
+                # one θ draw per simulation, shared by all candidates (joint model)
+                z = rng.standard_normal((m, draws, d))
+                noise = z @ proj[rows].transpose(0, 2, 1)
+                shape: tuple[int, ...] = (m, draws, 1)
+            else:
+                # independent arms: the sampled score of arm a is N(θ_aᵀx, σ_a² ‖U_a x‖²)
+                noise = rng.standard_normal((m, draws, k)) * width[rows][:, None, :]
+                shape = (m, draws, k)
+            if cfg.sample_noise:
+                noise = noise * np.sqrt(b / rng.gamma(a, 1.0, size=shape))
+            sampled = mean[rows][:, None, :] + cfg.v * noise
+            choice, prob = thompson_choice(sampled)
+            choices.append(choice)
+            probs.append(prob)
+            scores.append(sampled[:, 0, :])
+        return np.concatenate(choices), np.concatenate(probs), np.concatenate(scores)
+
+
+class LinUCB(_UCBRule, LinearPolicy):
+    """Per-arm (disjoint) LinUCB (Li et al. 2010, Algorithm 1)."""
+
+    name = "linucb"
+    config_class = LinUCBConfig
+
+
+class LinTS(_ThompsonRule, LinearPolicy):
+    """Per-arm linear Thompson sampling (Agrawal & Goyal 2013)."""
+
+    name = "lints"
+    config_class = LinTSConfig
+
+
+class SharedLinUCB(_UCBRule, LinearPolicy):
+    """LinUCB with one head on joint user/arm features (hybrid with an arm one-hot)."""
+
+    name = "shared_linucb"
+    config_class = SharedLinUCBConfig
+
+
+class SharedLinTS(_ThompsonRule, LinearPolicy):
+    """Linear Thompson sampling with one head on joint user/arm features."""
+
+    name = "shared_lints"
+    config_class = SharedLinTSConfig
+
+
+class EpsilonGreedy(LinearPolicy):
+    """ε-greedy on the posterior mean: exact propensities ``(1−ε)/|T| + ε/K``."""
+
+    name = "epsilon_greedy"
+    config_class = EpsilonGreedyConfig
+
+    def _explore(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray]:
+        probs = greedy_probabilities(mean, self.config.epsilon)  # type: ignore[attr-defined]
+        return sample_categorical(probs, rng), probs, mean

@@ -1,0 +1,198 @@
+"""Wrappers that change how a policy explores while keeping its propensities exact."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from bandit_core._validation import Interval, validate_params
+from bandit_core.exploration import mix_uniform
+from bandit_core.policies.base import Policy, check_candidates, check_rng, to_decision
+from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
+
+
+def _inner_state(state: PolicyState) -> PolicyState:
+    inner = state.config["inner"]
+    arrays = {k[len("inner.") :]: v for k, v in state.arrays.items() if k.startswith("inner.")}
+    return PolicyState(inner["policy"], inner["config"], arrays, state.schema_version)
+
+
+def _nest(state: PolicyState, config: dict[str, Any], name: str, extra: dict[str, Any]) -> PolicyState:
+    arrays = {"inner." + k: v for k, v in state.arrays.items()}
+    arrays.update(extra)
+    inner = {"policy": state.policy, "config": state.config}
+    return PolicyState(name, {**config, "inner": inner}, arrays, SCHEMA_VERSION)
+
+
+def _restore_inner(state: PolicyState) -> Policy:
+    from bandit_core.policies.registry import policy_from_state
+
+    return policy_from_state(_inner_state(state))
+
+
+class _Wrapper:
+    kind: str
+
+    def __init__(self, inner: Policy) -> None:
+        if not isinstance(inner, Policy):
+            raise TypeError(f"inner must implement the Policy protocol; got {type(inner).__name__}.")
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}+{self.kind}"
+
+    @property
+    def model_version(self) -> str | None:
+        return self.inner.model_version
+
+    @model_version.setter
+    def model_version(self, value: str | None) -> None:
+        self.inner.model_version = value
+
+    def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
+        self.inner.update(context, arm_id, reward, arm_features)
+
+    def update_batch(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
+        self.inner.update_batch(contexts, arm_ids, rewards, arm_features)
+
+
+class ExplorationFloor(_Wrapper):
+    """Every candidate gets probability at least ``p_min``.
+
+    With ``w = min(1, K · p_min)`` the wrapper picks uniformly with probability ``w`` and
+    follows the inner policy otherwise, so ``p(a) = w/K + (1 − w) p_inner(a) ≥ p_min``
+    exactly (and uniform when ``p_min ≥ 1/K``). Unbiased off-policy evaluation of any
+    other policy needs every logging propensity bounded away from 0: this is that bound.
+    """
+
+    kind = "floor"
+
+    def __init__(self, inner: Policy, p_min: float = 0.01) -> None:
+        super().__init__(inner)
+        validate_params("ExplorationFloor", {"p_min": p_min}, {"p_min": Interval(float, 0.0, 1.0, closed="right")})
+        self.p_min = float(p_min)
+
+    def _mix(self, batch: DecisionBatch, rng: np.random.Generator) -> tuple[DecisionBatch, np.ndarray]:
+        n, k = batch.probabilities.shape
+        weight = min(1.0, k * self.p_min)
+        uniform_branch = rng.random(n) < weight
+        uniform_arm = rng.integers(0, k, size=n)
+        arms = np.where(uniform_branch, uniform_arm, batch.arms).astype(np.intp)
+        probs = mix_uniform(batch.probabilities, weight)
+        rows = np.arange(n)
+        out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name)
+        return out, uniform_branch & (arms != batch.arms)
+
+    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        cands = check_candidates(candidates, None)
+        inner = self.inner.select(context, cands, rng)
+        batch = DecisionBatch(
+            np.array([inner.arm]), np.array([inner.propensity]), inner.probabilities[None],
+            inner.scores[None], inner.policy,
+        )
+        mixed, switched = self._mix(batch, check_rng(rng))
+        return to_decision(mixed, cands, inner.explored or bool(switched[0]), self.model_version)
+
+    def select_batch(self, contexts: Any, candidates: Any, rng: np.random.Generator) -> DecisionBatch:
+        return self._mix(self.inner.select_batch(contexts, candidates, rng), check_rng(rng))[0]
+
+    def to_state(self) -> PolicyState:
+        return _nest(self.inner.to_state(), {"p_min": self.p_min}, "exploration_floor", {})
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> ExplorationFloor:
+        return cls(_restore_inner(state), p_min=state.config["p_min"])
+
+
+class ExposureCap(_Wrapper):
+    """No arm may take more than ``max_share`` of the last ``window`` decisions.
+
+    Arms at or over their share are removed from the candidate set before the inner
+    policy decides (unless that would remove every candidate); they get probability 0 and
+    the others keep the inner policy's exact probabilities. The cap is a function of the
+    recorded history, which is part of the state, so propensities stay exact given it.
+    ``select`` records the exposure; ``select_batch`` applies the current cap without
+    recording (a what-if for replay and evaluation).
+    """
+
+    kind = "cap"
+
+    def __init__(self, inner: Policy, max_share: float = 0.5, window: int = 1000, min_decisions: int = 100) -> None:
+        super().__init__(inner)
+        validate_params(
+            "ExposureCap",
+            {"max_share": max_share, "window": window, "min_decisions": min_decisions},
+            {
+                "max_share": Interval(float, 0.0, 1.0, closed="right"),
+                "window": Interval(int, 1, None),
+                "min_decisions": Interval(int, 0, None),
+            },
+        )
+        self.max_share = float(max_share)
+        self.window = int(window)
+        self.min_decisions = int(min_decisions)
+        self._recent: list[str] = []
+        self._next = 0
+        self._counts: Counter[str] = Counter()
+
+    def allowed(self, candidates: Candidates) -> np.ndarray:
+        """Indices of the candidates currently under their cap."""
+        total = len(self._recent)
+        everyone = np.arange(len(candidates))
+        if total < max(1, self.min_decisions):
+            return everyone
+        limit = self.max_share * total
+        keep = np.fromiter((self._counts[a] < limit for a in candidates.ids), dtype=bool, count=len(candidates))
+        return everyone if not keep.any() else everyone[keep]
+
+    def _record(self, arm_id: str) -> None:
+        if len(self._recent) < self.window:
+            self._recent.append(arm_id)
+        else:
+            self._counts[self._recent[self._next]] -= 1
+            self._recent[self._next] = arm_id
+            self._next = (self._next + 1) % self.window
+        self._counts[arm_id] += 1
+
+    def _expand(self, batch: DecisionBatch, keep: np.ndarray, k: int) -> DecisionBatch:
+        n = batch.probabilities.shape[0]
+        probs = np.zeros((n, k))
+        probs[:, keep] = batch.probabilities
+        scores = np.full((n, k), -np.inf)
+        scores[:, keep] = batch.scores
+        return DecisionBatch(keep[batch.arms], batch.propensities, probs, scores, self.name)
+
+    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        cands = check_candidates(candidates, None)
+        keep = self.allowed(cands)
+        inner = self.inner.select(context, cands.subset(keep), rng)
+        batch = self._expand(
+            DecisionBatch(np.array([inner.arm]), np.array([inner.propensity]), inner.probabilities[None], inner.scores[None], inner.policy),
+            keep,
+            len(cands),
+        )
+        decision = to_decision(batch, cands, inner.explored, self.model_version)
+        self._record(decision.arm_id)
+        return decision
+
+    def select_batch(self, contexts: Any, candidates: Any, rng: np.random.Generator) -> DecisionBatch:
+        cands = check_candidates(candidates, None)
+        keep = self.allowed(cands)
+        return self._expand(self.inner.select_batch(contexts, cands.subset(keep), rng), keep, len(cands))
+
+    def to_state(self) -> PolicyState:
+        config = {"max_share": self.max_share, "window": self.window, "min_decisions": self.min_decisions, "next": self._next}
+        extra = {"recent": np.array(self._recent, dtype=np.str_)}
+        return _nest(self.inner.to_state(), config, "exposure_cap", extra)
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> ExposureCap:
+        cfg = state.config
+        policy = cls(_restore_inner(state), cfg["max_share"], cfg["window"], cfg["min_decisions"])
+        policy._recent = [str(a) for a in state.arrays["recent"]]
+        policy._next = int(cfg["next"])
+        policy._counts = Counter(policy._recent)
+        return policy

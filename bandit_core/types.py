@@ -1,0 +1,138 @@
+"""Data contracts shared by every layer.
+
+Shapes used throughout (one vocabulary, as in Open Bandit Pipeline):
+
+``n_rounds``
+    number of logged decisions (rows of a replay batch).
+``n_candidates`` (``K``)
+    number of candidate arms offered in one decision.
+``dim_user`` / ``dim_arm``
+    length of the user-context vector and of each candidate's feature vector.
+``action_dist``
+    ``(n_rounds, n_actions, len_list)`` probabilities of the evaluation policy.
+``pscore``
+    ``(n_rounds,)`` propensity of the logged action under the logging policy.
+``reward``, ``position``
+    ``(n_rounds,)`` observed reward and slot index of the logged action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core._validation import FloatArray, as_float_matrix
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The candidate set of one decision.
+
+    Parameters
+    ----------
+    ids : tuple of str, length K
+        Distinct arm identifiers.
+    features : ndarray of shape (K, dim_arm)
+        One feature row per candidate (``dim_arm`` may be 0).
+    """
+
+    ids: tuple[str, ...]
+    features: FloatArray
+
+    @classmethod
+    def from_any(cls, ids: Sequence[Any], features: Any = None) -> Candidates:
+        """Validate and build a candidate set.
+
+        ``ids`` may hold strings or integers (stored as strings); ``features`` is a
+        ``(K, dim_arm)`` array or ``None`` for candidates without features.
+        """
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+            raise ValueError(
+                f"candidates.ids must be a sequence of arm ids; got {type(ids).__name__}."
+            )
+        id_tuple = tuple(str(i) for i in ids)
+        if len(id_tuple) == 0:
+            raise ValueError("candidates must hold at least one arm; got an empty candidate set.")
+        if len(set(id_tuple)) != len(id_tuple):
+            seen: set[str] = set()
+            dup = next(i for i in id_tuple if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise ValueError(f"candidates.ids must be distinct; arm id {dup!r} appears twice.")
+        if features is None:
+            feats = np.zeros((len(id_tuple), 0))
+        else:
+            feats = as_float_matrix("candidates.features", features, n_rows=len(id_tuple))
+        return cls(id_tuple, feats)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    def subset(self, index: NDArray[np.intp]) -> Candidates:
+        return Candidates(tuple(self.ids[i] for i in index), self.features[index])
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy chose for one request.
+
+    Attributes
+    ----------
+    arm : int
+        Index of the chosen candidate in the candidate set.
+    arm_id : str
+        Its identifier.
+    propensity : float
+        Probability, in (0, 1], that the policy picks this arm given this context and
+        candidate set (exact, or a Monte-Carlo estimate for sampling policies).
+    probabilities : ndarray of shape (K,)
+        The same probability for every candidate; sums to 1.
+    scores : ndarray of shape (K,)
+        The scores the policy ranked by (UCB, sampled value, posterior mean...).
+    policy : str
+        Policy name; ``model_version`` the version that made the decision, if known.
+    explored : bool
+        True when the chosen arm is not the arm with the highest posterior mean.
+    """
+
+    arm: int
+    arm_id: str
+    propensity: float
+    probabilities: FloatArray
+    scores: FloatArray
+    policy: str
+    explored: bool
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
+class DecisionBatch:
+    """Decisions for ``n_rounds`` contexts that share one candidate set.
+
+    ``arms`` (n_rounds,), ``propensities`` (n_rounds,), ``probabilities`` (n_rounds, K),
+    ``scores`` (n_rounds, K).
+    """
+
+    arms: NDArray[np.intp]
+    propensities: FloatArray
+    probabilities: FloatArray
+    scores: FloatArray
+    policy: str
+
+
+@dataclass
+class PolicyState:
+    """A policy's full state: JSON-able config plus named numpy arrays (never pickle)."""
+
+    policy: str
+    config: dict[str, Any]
+    arrays: dict[str, NDArray[Any]] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
