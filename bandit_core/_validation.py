@@ -152,7 +152,7 @@ def as_float_vector(name: str, value: Any, dim: int | None = None) -> FloatArray
         raise ValueError(f"{name} must have length {dim}; got length {arr.shape[0]}.")
     if not np.isfinite(arr).all():
         bad = int(np.flatnonzero(~np.isfinite(arr))[0])
-        raise ValueError(f"{name} must be finite; got {arr[bad]!r} at index {bad}.")
+        raise ValueError(f"{name} must be finite; got {float(arr[bad])!r} at index {bad}.")
     return arr
 
 
@@ -174,7 +174,7 @@ def as_float_matrix(
         raise ValueError(f"{name} must have {n_rows} rows; got an array of shape {arr.shape}.")
     if not np.isfinite(arr).all():
         row, col = (int(i[0]) for i in np.nonzero(~np.isfinite(arr)))
-        raise ValueError(f"{name} must be finite; got {arr[row, col]!r} at [{row}, {col}].")
+        raise ValueError(f"{name} must be finite; got {float(arr[row, col])!r} at [{row}, {col}].")
     return arr
 
 

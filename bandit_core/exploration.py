@@ -72,3 +72,23 @@ def mix_uniform(probabilities: FloatArray, weight: float) -> FloatArray:
     k = probabilities.shape[-1]
     out: FloatArray = (1.0 - weight) * probabilities + weight / k
     return out
+
+
+def greedy_choice_one(
+    scores: FloatArray, epsilon: float, rng: np.random.Generator
+) -> tuple[int, FloatArray]:
+    """Single-decision form of :func:`greedy_probabilities` + sampling (request path).
+
+    Returns the chosen index and the exact probabilities (K,). Draws from ``rng`` only
+    when there is something to randomise (ties or ε > 0).
+    """
+    top = float(scores.max())
+    ties = scores >= top - TIE_TOLERANCE * max(1.0, abs(top))
+    count = int(np.count_nonzero(ties))
+    if epsilon == 0.0:
+        if count == 1:
+            return int(scores.argmax()), ties.astype(np.float64)
+        probs: FloatArray = ties / count
+        return int(np.flatnonzero(ties)[rng.integers(count)]), probs
+    probs = ties * ((1.0 - epsilon) / count) + epsilon / scores.shape[0]
+    return int(sample_categorical(probs[None, :], rng)[0]), probs

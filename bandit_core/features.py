@@ -94,6 +94,45 @@ class FeatureMap:
             parts.append(np.broadcast_to(self.one_hot(arm_ids)[None], (n, k, len(self.arm_vocabulary))))
         return np.concatenate(parts, axis=-1)
 
+    def apply(
+        self,
+        contexts: FloatArray,
+        arm_features: FloatArray,
+        arm_ids: Sequence[str],
+        weights: FloatArray,
+    ) -> FloatArray:
+        """``φ(x, a) @ weights`` for every context × candidate, without building φ.
+
+        ``weights`` has shape (dim, m); the result (n, K, m) equals
+        ``build(contexts, arm_features, arm_ids) @ weights`` but costs
+        O(n·du·m + K·da·m) (plus O(n·du·da·m) with interactions) instead of O(n·K·dim·m):
+        each block of φ is contracted with its own rows of ``weights``.
+        """
+        du, da = self.dim_user, self.dim_arm
+        out = (contexts @ weights[:du])[:, None, :] + (arm_features @ weights[du : du + da])[None, :, :]
+        offset = du + da
+        if self.interactions:
+            block = weights[offset : offset + du * da].reshape(du, da, -1)
+            # Σ_ij x_i y_j W[(i,j)] = y · (Σ_i x_i W[i, :, :])
+            out = out + arm_features @ np.tensordot(contexts, block, axes=(1, 0))
+            offset += du * da
+        if self.arm_vocabulary:
+            out = out + (self.one_hot(arm_ids) @ weights[offset:])[None, :, :]
+        return out
+
+    def row(self, context: FloatArray, arm_features: FloatArray, arm_id: str) -> FloatArray:
+        """φ(x, a) for one (context, arm) pair, shape (dim,)."""
+        parts = [context, arm_features]
+        if self.interactions:
+            parts.append(np.multiply.outer(context, arm_features).ravel())
+        if self.arm_vocabulary:
+            block = np.zeros(len(self.arm_vocabulary))
+            col = self._index.get(arm_id)
+            if col is not None:
+                block[col] = 1.0
+            parts.append(block)
+        return np.concatenate(parts)
+
     def build_rows(
         self, contexts: FloatArray, arm_features: FloatArray, arm_ids: Sequence[str]
     ) -> FloatArray:

@@ -229,9 +229,13 @@ class BayesianLinearHead:
         self.theta_[head] = u.T @ (u @ self.xty_[head])
 
     def _rank1(self, head: int, x: FloatArray, r: float, sign: float) -> None:
-        self.precision_[head] += sign * np.outer(x, x)
+        xx = x[:, None] * x
+        if sign > 0:
+            self.precision_[head] += xx
+        else:
+            self.precision_[head] -= xx
         self.inv_chol_[head] = inv_chol_rank1_update(self.inv_chol_[head], x, sign)
-        self.xty_[head] += sign * r * x
+        self.xty_[head] += (sign * r) * x
         self.yty_[head] += sign * r * r
         self.count_[head] += sign
         self.pending_[head] += 1

@@ -25,10 +25,14 @@ from bandit_core._validation import (
     FloatArray,
     Interval,
     IsBool,
+    as_finite_float,
+    as_float_vector,
     check_known_options,
     validate_params,
 )
 from bandit_core.exploration import (
+    TIE_TOLERANCE,
+    greedy_choice_one,
     greedy_probabilities,
     sample_categorical,
     thompson_choice,
@@ -42,7 +46,6 @@ from bandit_core.policies.base import (
     check_contexts,
     check_rng,
     check_updates,
-    to_decision,
 )
 from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
 
@@ -57,6 +60,9 @@ _POLICY_PARAMS = {
     "shared": IsBool(),
     "dim_user": Interval(int, 0, None),
 }
+
+_NO_FEATURES = np.zeros(0)
+_NO_FEATURES.setflags(write=False)
 
 #: Upper bound on the elements of one Monte-Carlo block (rows × draws × K [× d]).
 _MC_BLOCK = 4_000_000
@@ -182,14 +188,21 @@ class PerArmModel:
                 if arm not in self._slots:
                     self._slots[arm] = self.head.add_heads(1)
                     self.arm_ids.append(arm)
-        return np.fromiter((self._slots.get(a, 0) for a in ids), dtype=np.intp, count=len(ids))
+        slots = self._slots
+        return np.array([slots.get(a, 0) for a in ids], dtype=np.intp)
 
     def terms(self, contexts: FloatArray, candidates: Candidates) -> tuple[FloatArray, FloatArray, IntArray]:
         """Posterior means (n, K), projections U_a x (n, K, d) and the head of each candidate."""
         heads = self.heads_for(candidates.ids, create=False)
         mean = contexts @ self.head.theta_[heads].T
-        proj = np.einsum("kij,nj->nki", self.head.inv_chol_[heads], contexts)
+        proj = np.matmul(self.head.inv_chol_[heads], contexts.T).transpose(2, 0, 1)
         return mean, proj, heads
+
+    def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
+        slot = self._slots.get(arm_id)
+        if slot is None:
+            slot = int(self.heads_for([arm_id], create=True)[0])
+        self.head._update(context, reward, slot)
 
     def learn(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
         heads = self.heads_for(ids, create=True)
@@ -228,28 +241,38 @@ class SharedModel:
         self.features = fmap
         self.dim_arm = fmap.dim_arm
         self.head = BayesianLinearHead(config.head_config(fmap.dim), n_heads=1)
+        self._weights: FloatArray | None = None
+
+    def _scoring_weights(self) -> FloatArray:
+        """``[μ | Uᵀ]`` (d, d + 1), cached until the next update: φ @ it gives the mean
+        and the projection U φ of every candidate in one pass."""
+        if self._weights is None:
+            head = self.head
+            self._weights = np.concatenate([head.theta_[0][:, None], head.inv_chol_[0].T], axis=1)
+        return self._weights
 
     def terms(self, contexts: FloatArray, candidates: Candidates) -> tuple[FloatArray, FloatArray, None]:
-        phi = self.features.build(contexts, candidates.features, candidates.ids)
-        mean = phi @ self.head.theta_[0]
-        proj = phi @ self.head.inv_chol_[0].T
-        return mean, proj, None
+        out = self.features.apply(contexts, candidates.features, candidates.ids, self._scoring_weights())
+        return out[..., 0], out[..., 1:], None
+
+    def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
+        self.head._update(self.features.row(context, feats, arm_id), reward, 0)
+        self._weights = None
 
     def learn(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
-        phi = self.features.build_rows(contexts, feats, ids)
-        if phi.shape[0] == 1:
-            self.head._update(phi[0], float(rewards[0]), 0)
-        else:
-            self.head.update_batch(phi, rewards)
+        self.head.update_batch(self.features.build_rows(contexts, feats, ids), rewards)
+        self._weights = None
 
     def rebuild(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
         self.head.rebuild(self.features.build_rows(contexts, feats, ids), rewards)
+        self._weights = None
 
     def arrays(self) -> dict[str, NDArray[Any]]:
         return self.head.to_arrays()
 
     def load_arrays(self, arrays: dict[str, NDArray[Any]]) -> None:
         self.head = BayesianLinearHead.from_arrays(self.head.config, arrays)
+        self._weights = None
 
 
 # ---------------------------------------------------------------------- policies
@@ -274,8 +297,27 @@ class LinearPolicy:
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         x = check_context(context, self.config.dim_user)
         cands = check_candidates(candidates, self.model.dim_arm)
-        batch, explored = self._decide(x, cands, check_rng(rng))
-        return to_decision(batch, cands, bool(explored[0]), self.model_version)
+        mean, proj, heads = self.model.terms(x, cands)
+        m = mean[0]
+        arm, probs, scores = self._explore_one(m, proj[0], heads, check_rng(rng))
+        top = float(m.max())
+        return Decision(
+            arm=arm,
+            arm_id=cands.ids[arm],
+            propensity=float(probs[arm]),
+            probabilities=probs,
+            scores=scores,
+            policy=self.name,
+            explored=bool(m[arm] < top - TIE_TOLERANCE * max(1.0, abs(top))),
+            model_version=self.model_version,
+        )
+
+    def _explore_one(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[int, FloatArray, FloatArray]:
+        """One decision: (chosen index, probabilities (K,), scores (K,))."""
+        choice, probs, scores = self._explore(mean[None], proj[None], heads, rng)
+        return int(choice[0]), probs[0], scores[0]
 
     def select_batch(self, contexts: Any, candidates: Any, rng: np.random.Generator) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
@@ -305,8 +347,16 @@ class LinearPolicy:
 
     # -- learning ------------------------------------------------------------
     def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
-        feats = None if arm_features is None else [arm_features]
-        self.update_batch(check_context(context, self.config.dim_user), [arm_id], [reward], feats)
+        x = as_float_vector("context", context, self.config.dim_user)
+        r = as_finite_float("reward", reward)
+        dim_arm = self.model.dim_arm
+        if dim_arm > 0:
+            if arm_features is None:
+                raise ValueError(f"arm_features is required: the policy uses {dim_arm} arm features.")
+            feats = as_float_vector("arm_features", arm_features, dim_arm)
+        else:
+            feats = _NO_FEATURES
+        self.model.learn_one(x, str(arm_id), feats, r)
 
     def update_batch(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
         x, ids, r, feats = check_updates(
@@ -346,6 +396,13 @@ class LinearPolicy:
 
 class _UCBRule:
     config: Any
+
+    def _explore_one(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[int, FloatArray, FloatArray]:
+        scores = mean + self.config.alpha * np.sqrt(np.einsum("kd,kd->k", proj, proj))
+        arm, probs = greedy_choice_one(scores, 0.0, rng)
+        return arm, probs, scores
 
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
@@ -432,6 +489,12 @@ class EpsilonGreedy(LinearPolicy):
 
     name = "epsilon_greedy"
     config_class = EpsilonGreedyConfig
+
+    def _explore_one(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[int, FloatArray, FloatArray]:
+        arm, probs = greedy_choice_one(mean, self.config.epsilon, rng)  # type: ignore[attr-defined]
+        return arm, probs, mean
 
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator

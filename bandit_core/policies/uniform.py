@@ -7,7 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from bandit_core._validation import Interval, OptionalOf, check_known_options, validate_params
+from bandit_core._validation import (
+    Interval,
+    OptionalOf,
+    as_finite_float,
+    check_known_options,
+    validate_params,
+)
 from bandit_core.exploration import sample_categorical
 from bandit_core.policies.base import (
     check_candidates,
@@ -47,7 +53,9 @@ class UniformRandom:
         return self._decide(x.shape[0], check_candidates(candidates, None), check_rng(rng))
 
     def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
-        check_updates(check_context(context, self.dim_user), [arm_id], [reward], None, None, 0)
+        """Validates the feedback (so a caller learns of bad input) and learns nothing."""
+        check_context(context, self.dim_user)
+        as_finite_float("reward", reward)
 
     def update_batch(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
         check_updates(contexts, arm_ids, rewards, None, self.dim_user, 0)

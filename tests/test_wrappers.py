@@ -1,0 +1,49 @@
+"""Exploration floor and exposure cap keep propensities exact and do their job."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bandit_core import Candidates, ExplorationFloor, ExposureCap, make_policy
+
+
+def _greedy_linucb() -> object:
+    policy = make_policy("linucb", dim_user=2, alpha=0.0)
+    for _ in range(30):
+        policy.update([1.0, 0.0], "best", 1.0)
+        policy.update([1.0, 0.0], "worst", -1.0)
+    return policy
+
+
+def test_floor_gives_every_candidate_at_least_p_min() -> None:
+    wrapped = ExplorationFloor(_greedy_linucb(), p_min=0.05)  # type: ignore[arg-type]
+    cands = Candidates.from_any(["best", "worst", "other"])
+    d = wrapped.select([1.0, 0.0], cands, np.random.default_rng(0))
+    np.testing.assert_allclose(d.probabilities, [0.05 + 0.85, 0.05, 0.05])
+    assert d.policy == "linucb+floor"
+
+
+def test_floor_larger_than_uniform_means_uniform() -> None:
+    wrapped = ExplorationFloor(_greedy_linucb(), p_min=0.5)  # type: ignore[arg-type]
+    d = wrapped.select([1.0, 0.0], Candidates.from_any(["best", "worst", "other"]), np.random.default_rng(0))
+    np.testing.assert_allclose(d.probabilities, [1 / 3] * 3)
+
+
+def test_exposure_cap_removes_an_arm_over_its_share() -> None:
+    capped = ExposureCap(_greedy_linucb(), max_share=0.5, window=20, min_decisions=4)  # type: ignore[arg-type]
+    cands = Candidates.from_any(["best", "worst"])
+    rng = np.random.default_rng(0)
+    picks = [capped.select([1.0, 0.0], cands, rng) for _ in range(40)]
+    shares = np.mean([d.arm_id == "best" for d in picks[4:]])
+    assert shares == pytest.approx(0.5, abs=0.05)
+    capped_ones = [d for d in picks if d.arm_id == "worst"]
+    assert capped_ones and all(d.probabilities[0] == 0.0 and d.propensity == 1.0 for d in capped_ones)
+
+
+def test_exposure_cap_never_empties_the_candidate_set() -> None:
+    capped = ExposureCap(make_policy("uniform"), max_share=0.1, window=10, min_decisions=1)
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        d = capped.select([0.0], Candidates.from_any(["only"]), rng)
+        assert d.arm_id == "only" and d.propensity == 1.0
