@@ -52,13 +52,13 @@ class Interval:
         v = float(value)
         if not math.isfinite(v):
             return False
-        if self.low is not None:
-            if v < self.low or (v == self.low and self.closed in ("right", "neither")):
-                return False
-        if self.high is not None:
-            if v > self.high or (v == self.high and self.closed in ("left", "neither")):
-                return False
-        return True
+        left_open = self.closed in ("right", "neither")
+        right_open = self.closed in ("left", "neither")
+        if self.low is not None and (v < self.low or (v == self.low and left_open)):
+            return False
+        return not (
+            self.high is not None and (v > self.high or (v == self.high and right_open))
+        )
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,7 @@ def as_float_matrix(
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array; got an array of shape {arr.shape}.")
     if n_cols is not None and arr.shape[1] != n_cols:
-        raise ValueError(
-            f"{name} must have {n_cols} columns; got an array of shape {arr.shape}."
-        )
+        raise ValueError(f"{name} must have {n_cols} columns; got an array of shape {arr.shape}.")
     if n_rows is not None and arr.shape[0] != n_rows:
         raise ValueError(f"{name} must have {n_rows} rows; got an array of shape {arr.shape}.")
     if not np.isfinite(arr).all():

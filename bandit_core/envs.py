@@ -54,11 +54,17 @@ class LinearEnvironment:
     name: str = "linear"
 
     @classmethod
-    def make(cls, rng: np.random.Generator, n_arms: int = 10, dim: int = 8, noise: float = 0.1) -> LinearEnvironment:
+    def make(
+        cls, rng: np.random.Generator, n_arms: int = 10, dim: int = 8, noise: float = 0.1
+    ) -> LinearEnvironment:
         validate_params(
             "LinearEnvironment",
             {"n_arms": n_arms, "dim": dim, "noise": noise},
-            {"n_arms": Interval(int, 1, None), "dim": Interval(int, 1, None), "noise": Interval(float, 0.0, None)},
+            {
+                "n_arms": Interval(int, 1, None),
+                "dim": Interval(int, 1, None),
+                "noise": Interval(float, 0.0, None),
+            },
         )
         return cls(rng.standard_normal((n_arms, dim)) / np.sqrt(dim), float(noise))
 
@@ -101,7 +107,11 @@ class WheelEnvironment:
     dim_arm: int = 5
 
     def __post_init__(self) -> None:
-        validate_params("WheelEnvironment", {"delta": self.delta}, {"delta": Interval(float, 0.0, 1.0, closed="neither")})
+        validate_params(
+            "WheelEnvironment",
+            {"delta": self.delta},
+            {"delta": Interval(float, 0.0, 1.0, closed="neither")},
+        )
 
     def sample(self, rng: np.random.Generator) -> tuple[FloatArray, Candidates]:
         radius = np.sqrt(rng.random())
@@ -165,16 +175,25 @@ class LogisticClickEnvironment:
     ) -> LogisticClickEnvironment:
         validate_params(
             "LogisticClickEnvironment",
-            {"n_items": n_items, "dim_user": dim_user, "dim_arm": dim_arm, "n_candidates": n_candidates},
+            {
+                "n_items": n_items,
+                "dim_user": dim_user,
+                "dim_arm": dim_arm,
+                "n_candidates": n_candidates,
+            },
             {k: Interval(int, 1, None) for k in ("n_items", "dim_user", "dim_arm", "n_candidates")},
         )
         if n_candidates > n_items:
-            raise ValueError(f"n_candidates must be at most n_items ({n_items}); got {n_candidates}.")
+            raise ValueError(
+                f"n_candidates must be at most n_items ({n_items}); got {n_candidates}."
+            )
         return cls(
             item_features=rng.standard_normal((n_items, dim_arm)),
             user_weights=0.3 * rng.standard_normal(dim_user),
             item_weights=0.3 * rng.standard_normal(dim_arm),
-            interaction=interaction_scale * rng.standard_normal((dim_user, dim_arm)) / np.sqrt(dim_user * dim_arm),
+            interaction=interaction_scale
+            * rng.standard_normal((dim_user, dim_arm))
+            / np.sqrt(dim_user * dim_arm),
             bias=float(bias),
             n_candidates=n_candidates,
         )
@@ -189,12 +208,19 @@ class LogisticClickEnvironment:
 
     def sample(self, rng: np.random.Generator) -> tuple[FloatArray, Candidates]:
         context = rng.standard_normal(self.dim_user)
-        items = np.sort(rng.choice(self.item_features.shape[0], size=self.n_candidates, replace=False))
+        items = np.sort(
+            rng.choice(self.item_features.shape[0], size=self.n_candidates, replace=False)
+        )
         return context, Candidates(tuple(f"item-{i}" for i in items), self.item_features[items])
 
     def expected_rewards(self, context: FloatArray, candidates: Candidates) -> FloatArray:
         y = candidates.features
-        logits = self.bias + context @ self.user_weights + y @ self.item_weights + y @ (self.interaction.T @ context)
+        logits = (
+            self.bias
+            + context @ self.user_weights
+            + y @ self.item_weights
+            + y @ (self.interaction.T @ context)
+        )
         return _sigmoid(logits)
 
     def reward(self, means: FloatArray, arm: int, u: float) -> float:

@@ -20,7 +20,8 @@ TIE_TOLERANCE = 1e-12
 def tied_with_max(scores: FloatArray) -> NDArray[np.bool_]:
     """Mask (n, K) of the candidates whose score equals the row maximum (within tolerance)."""
     top = scores.max(axis=-1, keepdims=True)
-    return scores >= top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top))
+    mask: NDArray[np.bool_] = scores >= top - TIE_TOLERANCE * np.maximum(1.0, np.abs(top))
+    return mask
 
 
 def greedy_probabilities(scores: FloatArray, epsilon: float = 0.0) -> FloatArray:
@@ -30,7 +31,7 @@ def greedy_probabilities(scores: FloatArray, epsilon: float = 0.0) -> FloatArray
     maximal score. ``scores`` has shape (n, K).
     """
     ties = tied_with_max(scores).astype(np.float64)
-    greedy = ties / ties.sum(axis=-1, keepdims=True)
+    greedy: FloatArray = ties / ties.sum(axis=-1, keepdims=True)
     if epsilon == 0.0:
         return greedy
     k = scores.shape[-1]
@@ -41,7 +42,7 @@ def greedy_probabilities(scores: FloatArray, epsilon: float = 0.0) -> FloatArray
 def sample_categorical(probabilities: FloatArray, rng: np.random.Generator) -> IntArray:
     """One draw per row of ``probabilities`` (n, K) by inverse CDF (one uniform per row)."""
     cdf = np.cumsum(probabilities, axis=-1)
-    u = rng.random(probabilities.shape[0])[:, None] * cdf[:, -1:]
+    u = rng.random((probabilities.shape[0], 1)) * cdf[:, -1:]
     choice = (cdf <= u).sum(axis=-1)
     out: IntArray = np.minimum(choice, probabilities.shape[-1] - 1).astype(np.intp)
     # never land on a zero-probability arm through round-off at the top of the CDF

@@ -17,9 +17,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bandit_core._validation import FloatArray, Interval, IsBool, StrTuple, validate_params
+from bandit_core._validation import (
+    Constraint,
+    FloatArray,
+    Interval,
+    IsBool,
+    StrTuple,
+    validate_params,
+)
 
-_PARAMS = {
+_PARAMS: dict[str, Constraint] = {
     "dim_user": Interval(int, 0, None),
     "dim_arm": Interval(int, 0, None),
     "interactions": IsBool(),
@@ -51,7 +58,10 @@ class FeatureMap:
         object.__setattr__(self, "arm_vocabulary", tuple(self.arm_vocabulary))
         object.__setattr__(self, "_index", {a: i for i, a in enumerate(self.arm_vocabulary)})
         if self.dim == 0:
-            raise ValueError("FeatureMap must produce at least one feature; got dim_user = dim_arm = 0 and no vocabulary.")
+            raise ValueError(
+                "FeatureMap must produce at least one feature; got dim_user = dim_arm = 0 "
+                "and no vocabulary."
+            )
 
     @property
     def dim(self) -> int:
@@ -91,7 +101,9 @@ class FeatureMap:
             outer = contexts[:, None, :, None] * arm_features[None, :, None, :]
             parts.append(outer.reshape(n, k, self.dim_user * self.dim_arm))
         if self.arm_vocabulary:
-            parts.append(np.broadcast_to(self.one_hot(arm_ids)[None], (n, k, len(self.arm_vocabulary))))
+            parts.append(
+                np.broadcast_to(self.one_hot(arm_ids)[None], (n, k, len(self.arm_vocabulary)))
+            )
         return np.concatenate(parts, axis=-1)
 
     def apply(
@@ -109,7 +121,9 @@ class FeatureMap:
         each block of φ is contracted with its own rows of ``weights``.
         """
         du, da = self.dim_user, self.dim_arm
-        out = (contexts @ weights[:du])[:, None, :] + (arm_features @ weights[du : du + da])[None, :, :]
+        out = (contexts @ weights[:du])[:, None, :] + (arm_features @ weights[du : du + da])[
+            None, :, :
+        ]
         offset = du + da
         if self.interactions:
             block = weights[offset : offset + du * da].reshape(du, da, -1)

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core._validation import (
+    Constraint,
     FloatArray,
     Interval,
     OptionalOf,
@@ -42,7 +43,7 @@ from bandit_core.linalg import (
 
 IntArray = NDArray[np.intp]
 
-_HEAD_PARAMS = {
+_HEAD_PARAMS: dict[str, Constraint] = {
     "dim": Interval(int, 1, None),
     "lambda_prior": Interval(float, 0.0, None, closed="neither"),
     "a0": Interval(float, 0.0, None, closed="neither"),
@@ -106,7 +107,9 @@ class BayesianLinearHead:
     def __init__(self, config: HeadConfig, n_heads: int = 1) -> None:
         if not isinstance(config, HeadConfig):
             raise TypeError(f"config must be a HeadConfig; got {type(config).__name__}.")
-        validate_params("BayesianLinearHead", {"n_heads": n_heads}, {"n_heads": Interval(int, 1, None)})
+        validate_params(
+            "BayesianLinearHead", {"n_heads": n_heads}, {"n_heads": Interval(int, 1, None)}
+        )
         self.config = config
         d = config.dim
         self._prior_inv_chol = np.eye(d) / np.sqrt(config.lambda_prior)
@@ -185,7 +188,15 @@ class BayesianLinearHead:
         d = self.dim
         self.precision_[idx] = self.config.lambda_prior * np.eye(d)
         self.inv_chol_[idx] = self._prior_inv_chol
-        for name in ("xty_", "theta_", "yty_", "count_", "pending_", "window_size_", "window_next_"):
+        for name in (
+            "xty_",
+            "theta_",
+            "yty_",
+            "count_",
+            "pending_",
+            "window_size_",
+            "window_next_",
+        ):
             getattr(self, name)[idx] = 0
         self.window_features_[idx] = 0.0
         self.window_rewards_[idx] = 0.0
@@ -245,7 +256,12 @@ class BayesianLinearHead:
         assert w is not None  # guarded by the caller; not input validation
         slot = int(self.window_next_[head])
         if self.window_size_[head] == w:
-            self._rank1(head, self.window_features_[head, slot].copy(), float(self.window_rewards_[head, slot]), -1.0)
+            self._rank1(
+                head,
+                self.window_features_[head, slot].copy(),
+                float(self.window_rewards_[head, slot]),
+                -1.0,
+            )
         else:
             self.window_size_[head] += 1
         self.window_features_[head, slot] = x
@@ -303,7 +319,9 @@ class BayesianLinearHead:
                 )
             hd = hd.astype(np.intp)
             if hd.size and (hd.min() < 0 or hd.max() >= self.n_heads):
-                raise ValueError(f"heads must be indices in [0, {self.n_heads}); got {hd.min()}..{hd.max()}.")
+                raise ValueError(
+                    f"heads must be indices in [0, {self.n_heads}); got {hd.min()}..{hd.max()}."
+                )
         return phi, r, hd
 
     def rebuild(
@@ -316,7 +334,9 @@ class BayesianLinearHead:
         ``γ^{n−1−i}``; with a window only each head's last ``window`` rows are kept.
         """
         phi, r, hd = self._check_batch(features, rewards, heads)
-        validate_params("rebuild", {"chunk_size": chunk_size}, {"chunk_size": Interval(int, 1, None)})
+        validate_params(
+            "rebuild", {"chunk_size": chunk_size}, {"chunk_size": Interval(int, 1, None)}
+        )
         cfg = self.config
         self.reset()
         lam_eye = cfg.lambda_prior * np.eye(self.dim)
@@ -339,9 +359,7 @@ class BayesianLinearHead:
             self.count_[h] = count
         self.refactor()
 
-    def load_statistics(
-        self, gram: Any, xty: Any, yty: float, count: float, head: int = 0
-    ) -> None:
+    def load_statistics(self, gram: Any, xty: Any, yty: float, count: float, head: int = 0) -> None:
         """Set head ``head`` from additive statistics ``(Σφφᵀ, Σrφ, Σr², n)``.
 
         The statistics of shards or replicas add up, so a head can be rebuilt by summing
@@ -361,19 +379,22 @@ class BayesianLinearHead:
         if heads is None:
             out: FloatArray = features @ self.theta_[0]
             return out
-        return np.einsum("nd,nd->n", features, self.theta_[heads])
+        out = np.einsum("nd,nd->n", features, self.theta_[heads])
+        return out
 
     def project(self, features: FloatArray, heads: IntArray | None = None) -> FloatArray:
         """``U φ`` per row (n, d): ``‖Uφ‖² = φᵀA⁻¹φ`` and ``(Uφ)·z`` is a posterior draw."""
         if heads is None:
             out: FloatArray = features @ self.inv_chol_[0].T
             return out
-        return np.einsum("nij,nj->ni", self.inv_chol_[heads], features)
+        out = np.einsum("nij,nj->ni", self.inv_chol_[heads], features)
+        return out
 
     def width(self, features: FloatArray, heads: IntArray | None = None) -> FloatArray:
         """``√(φᵀ A⁻¹ φ)`` per row: the LinUCB confidence width before scaling by α."""
         z = self.project(features, heads)
-        return np.sqrt(np.einsum("ij,ij->i", z, z))
+        out: FloatArray = np.sqrt(np.einsum("ij,ij->i", z, z))
+        return out
 
     def noise_posterior(self, heads: IntArray | None = None) -> tuple[FloatArray, FloatArray]:
         """Inverse-gamma posterior ``(a, b)`` of σ² for each requested head."""
@@ -419,7 +440,9 @@ class BayesianLinearHead:
 
     # ------------------------------------------------------------------ state
     def to_arrays(self, prefix: str = "head.") -> dict[str, NDArray[Any]]:
-        return {prefix + name.rstrip("_"): getattr(self, name).copy() for name in self._array_names()}
+        return {
+            prefix + name.rstrip("_"): getattr(self, name).copy() for name in self._array_names()
+        }
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)

@@ -73,7 +73,7 @@ def inv_chol_rank1_update(inv_chol: FloatArray, x: FloatArray, sign: float = 1.0
         +1 adds an observation, -1 removes one (sliding window). A downdate that would
         make the precision indefinite raises ``ValueError``.
     """
-    if inv_chol.ndim == 2:
+    if inv_chol.ndim == 2 and inv_chol.shape[-1] <= _SMALL_DIM:
         return _rank1_single(inv_chol, x, sign)
     p = np.einsum("...ij,...j->...i", inv_chol, x)
     beta = 1.0 + sign * np.cumsum(p * p, axis=-1)
@@ -82,7 +82,9 @@ def inv_chol_rank1_update(inv_chol: FloatArray, x: FloatArray, sign: float = 1.0
     weighted = p[..., :, None] * inv_chol
     partial = np.cumsum(weighted, axis=-2) - weighted  # Σ_{i<j} p_i U_i, row j
     gain = -sign * p / np.sqrt(beta * beta_prev)
-    out: FloatArray = np.sqrt(beta_prev / beta)[..., :, None] * inv_chol + gain[..., :, None] * partial
+    out: FloatArray = (
+        np.sqrt(beta_prev / beta)[..., :, None] * inv_chol + gain[..., :, None] * partial
+    )
     return out
 
 
@@ -94,6 +96,10 @@ def _check_downdate(beta_last: FloatArray | float, sign: float) -> None:
         )
 
 
+#: Up to this dimension one update is cheapest as a small d × d product (see _rank1_single).
+_SMALL_DIM = 64
+
+
 @functools.lru_cache(maxsize=32)
 def _strict_lower_ones(d: int) -> FloatArray:
     out: FloatArray = np.tri(d, d, -1)
@@ -102,20 +108,24 @@ def _strict_lower_ones(d: int) -> FloatArray:
 
 
 def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArray:
-    """The same update for one head, written with the fewest numpy calls (request path).
+    """The same update for one head with the fewest numpy calls (request path).
 
-    The exclusive cumulative sum over rows is a product with the strictly lower
-    triangular matrix of ones, which BLAS does faster than ``cumsum`` at these sizes.
+    The new factor is ``N U`` with ``N = L̃⁻¹ = diag(s) + strict_tril(g pᵀ)``,
+    ``s_j = √(β_{j−1}/β_j)`` and ``g_j = −sign · p_j / √(β_j β_{j−1})``: one small
+    matrix built from two vectors and one BLAS product (d³ flops, but at d ≤ 64 the
+    product is cheaper than the extra numpy calls of the cumulative-sum form).
     """
+    d = x.shape[0]
     p = inv_chol @ x
     beta = 1.0 + sign * np.cumsum(p * p)
     if sign < 0:
         _check_downdate(float(beta[-1]), sign)
     beta_prev = np.concatenate(((1.0,), beta[:-1]))
-    partial = _strict_lower_ones(p.shape[0]) @ (p[:, None] * inv_chol)
     scale = np.sqrt(beta_prev / beta)
-    gain = (-sign / beta_prev) * p * scale  # = −sign p_j / √(β_j β_{j−1})
-    out: FloatArray = scale[:, None] * inv_chol + gain[:, None] * partial
+    n = np.multiply.outer((-sign / beta_prev) * p * scale, p)
+    n *= _strict_lower_ones(d)
+    n.flat[:: d + 1] = scale
+    out: FloatArray = n @ inv_chol
     return out
 
 

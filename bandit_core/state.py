@@ -23,7 +23,11 @@ def save_state(state: PolicyState, path: str | Path) -> Path:
             raise ValueError(f"array name {_HEADER!r} is reserved.")
         if state.arrays[key].dtype == object:
             raise ValueError(f"state array {key!r} has dtype object, which would need pickle.")
-    header = {"policy": state.policy, "schema_version": state.schema_version, "config": state.config}
+    header = {
+        "policy": state.policy,
+        "schema_version": state.schema_version,
+        "config": state.config,
+    }
     payload: dict[str, Any] = {_HEADER: np.array(json.dumps(header, sort_keys=True))}
     payload.update(state.arrays)
     with path.open("wb") as fh:

@@ -25,8 +25,12 @@ class Policy(Protocol):
     learning entry point. Randomness always comes from the ``rng`` argument.
     """
 
-    name: str
     model_version: str | None
+
+    @property
+    def name(self) -> str:
+        """Policy name as used by the CLI and recorded with every decision."""
+        ...
 
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         """Choose one candidate for ``context`` (dim_user,)."""
@@ -58,7 +62,7 @@ def check_candidates(candidates: Any, dim_arm: int | None) -> Candidates:
     """Accept a :class:`Candidates` or a sequence of ids; check the feature width."""
     if not isinstance(candidates, Candidates):
         if isinstance(candidates, (Sequence, np.ndarray)) and not isinstance(candidates, str):
-            candidates = Candidates.from_any(list(candidates))
+            return check_candidates(Candidates.from_any(list(candidates)), dim_arm)
         else:
             raise TypeError(
                 "candidates must be a bandit_core.Candidates (or a sequence of arm ids); "
@@ -66,8 +70,7 @@ def check_candidates(candidates: Any, dim_arm: int | None) -> Candidates:
             )
     if dim_arm is not None and dim_arm > 0 and candidates.dim != dim_arm:
         raise ValueError(
-            f"candidates.features must have {dim_arm} columns (dim_arm); "
-            f"got {candidates.dim}."
+            f"candidates.features must have {dim_arm} columns (dim_arm); got {candidates.dim}."
         )
     return candidates
 
@@ -92,7 +95,9 @@ def check_updates(
     x = check_contexts(contexts, dim_user)
     n = x.shape[0]
     if isinstance(arm_ids, (str, bytes)) or not isinstance(arm_ids, (Sequence, np.ndarray)):
-        raise ValueError(f"arm_ids must be a sequence of {n} arm ids; got {type(arm_ids).__name__}.")
+        raise ValueError(
+            f"arm_ids must be a sequence of {n} arm ids; got {type(arm_ids).__name__}."
+        )
     ids = [str(a) for a in arm_ids]
     if len(ids) != n:
         raise ValueError(f"arm_ids must have {n} entries (one per context); got {len(ids)}.")

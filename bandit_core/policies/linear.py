@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core._validation import (
+    Constraint,
     FloatArray,
     Interval,
     IsBool,
@@ -51,7 +52,7 @@ from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatc
 
 IntArray = NDArray[np.intp]
 
-_POLICY_PARAMS = {
+_POLICY_PARAMS: dict[str, Constraint] = {
     "alpha": Interval(float, 0.0, None, closed="left"),
     "v": Interval(float, 0.0, None, closed="neither"),
     "n_sim": Interval(int, 1, None),
@@ -150,13 +151,17 @@ class EpsilonGreedyConfig(SharedFeaturesConfig):
 ConfigT = TypeVar("ConfigT", bound=LinearConfig)
 
 
-def build_config(config_class: type[ConfigT], owner: str, config: Any, options: dict[str, Any]) -> ConfigT:
+def build_config(
+    config_class: type[ConfigT], owner: str, config: Any, options: dict[str, Any]
+) -> ConfigT:
     """A validated config from either a config object or keyword options."""
     if config is not None:
         if options:
             raise ValueError(f"{owner} takes either config or keyword options, not both.")
         if not isinstance(config, config_class):
-            raise TypeError(f"config of {owner} must be a {config_class.__name__}; got {type(config).__name__}.")
+            raise TypeError(
+                f"config of {owner} must be a {config_class.__name__}; got {type(config).__name__}."
+            )
         return config
     check_known_options(owner, options, [f.name for f in fields(config_class)])
     if "dim_user" not in options:
@@ -191,7 +196,9 @@ class PerArmModel:
         slots = self._slots
         return np.array([slots.get(a, 0) for a in ids], dtype=np.intp)
 
-    def terms(self, contexts: FloatArray, candidates: Candidates) -> tuple[FloatArray, FloatArray, IntArray]:
+    def terms(
+        self, contexts: FloatArray, candidates: Candidates
+    ) -> tuple[FloatArray, FloatArray, IntArray]:
         """Posterior means (n, K), projections U_a x (n, K, d) and the head of each candidate."""
         heads = self.heads_for(candidates.ids, create=False)
         mean = contexts @ self.head.theta_[heads].T
@@ -204,14 +211,18 @@ class PerArmModel:
             slot = int(self.heads_for([arm_id], create=True)[0])
         self.head._update(context, reward, slot)
 
-    def learn(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
+    def learn(
+        self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
+    ) -> None:
         heads = self.heads_for(ids, create=True)
         if contexts.shape[0] == 1:
             self.head._update(contexts[0], float(rewards[0]), int(heads[0]))
         else:
             self.head.update_batch(contexts, rewards, heads)
 
-    def rebuild(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
+    def rebuild(
+        self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
+    ) -> None:
         heads = self.heads_for(ids, create=True)
         self.head.rebuild(contexts, rewards, heads)
 
@@ -251,19 +262,27 @@ class SharedModel:
             self._weights = np.concatenate([head.theta_[0][:, None], head.inv_chol_[0].T], axis=1)
         return self._weights
 
-    def terms(self, contexts: FloatArray, candidates: Candidates) -> tuple[FloatArray, FloatArray, None]:
-        out = self.features.apply(contexts, candidates.features, candidates.ids, self._scoring_weights())
+    def terms(
+        self, contexts: FloatArray, candidates: Candidates
+    ) -> tuple[FloatArray, FloatArray, None]:
+        out = self.features.apply(
+            contexts, candidates.features, candidates.ids, self._scoring_weights()
+        )
         return out[..., 0], out[..., 1:], None
 
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
         self.head._update(self.features.row(context, feats, arm_id), reward, 0)
         self._weights = None
 
-    def learn(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
+    def learn(
+        self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
+    ) -> None:
         self.head.update_batch(self.features.build_rows(contexts, feats, ids), rewards)
         self._weights = None
 
-    def rebuild(self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray) -> None:
+    def rebuild(
+        self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
+    ) -> None:
         self.head.rebuild(self.features.build_rows(contexts, feats, ids), rewards)
         self._weights = None
 
@@ -285,7 +304,9 @@ class LinearPolicy:
     def __init__(self, config: LinearConfig | None = None, **options: Any) -> None:
         self.config = build_config(self.config_class, self.name, config, options)
         self.model: PerArmModel | SharedModel = (
-            SharedModel(self.config) if self.config.feature_map() is not None else PerArmModel(self.config)
+            SharedModel(self.config)
+            if self.config.feature_map() is not None
+            else PerArmModel(self.config)
         )
         self.model_version: str | None = None
 
@@ -319,7 +340,9 @@ class LinearPolicy:
         choice, probs, scores = self._explore(mean[None], proj[None], heads, rng)
         return int(choice[0]), probs[0], scores[0]
 
-    def select_batch(self, contexts: Any, candidates: Any, rng: np.random.Generator) -> DecisionBatch:
+    def select_batch(
+        self, contexts: Any, candidates: Any, rng: np.random.Generator
+    ) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
         cands = check_candidates(candidates, self.model.dim_arm)
         return self._decide(x, cands, check_rng(rng))[0]
@@ -352,13 +375,17 @@ class LinearPolicy:
         dim_arm = self.model.dim_arm
         if dim_arm > 0:
             if arm_features is None:
-                raise ValueError(f"arm_features is required: the policy uses {dim_arm} arm features.")
+                raise ValueError(
+                    f"arm_features is required: the policy uses {dim_arm} arm features."
+                )
             feats = as_float_vector("arm_features", arm_features, dim_arm)
         else:
             feats = _NO_FEATURES
         self.model.learn_one(x, str(arm_id), feats, r)
 
-    def update_batch(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
+    def update_batch(
+        self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
+    ) -> None:
         x, ids, r, feats = check_updates(
             contexts, arm_ids, rewards, arm_features, self.config.dim_user, self.model.dim_arm
         )
@@ -378,7 +405,9 @@ class LinearPolicy:
         if not isinstance(self.config, SharedFeaturesConfig):
             config.pop("arm_vocabulary")
         meta = {"model_version": self.model_version}
-        return PolicyState(self.name, {**config, "__meta__": meta}, self.model.arrays(), SCHEMA_VERSION)
+        return PolicyState(
+            self.name, {**config, "__meta__": meta}, self.model.arrays(), SCHEMA_VERSION
+        )
 
     @classmethod
     def from_state(cls, state: PolicyState) -> LinearPolicy:
@@ -414,7 +443,14 @@ class _UCBRule:
 
 
 class _ThompsonRule:
-    """Posterior sampling with Monte-Carlo propensities over ``n_sim`` extra draws."""
+    """Posterior sampling with Monte-Carlo propensities.
+
+    Every decision draws ``S = 2·⌈(n_sim + 1)/2⌉`` posterior samples of all candidates'
+    scores in antithetic pairs (``μ + σ·ε`` and ``μ − σ·ε`` share one noise draw, which
+    halves the random numbers and the matrix products and lowers the estimator's
+    variance); sample 0 is the Thompson draw that decides, and every arm's propensity is
+    its argmax frequency over the S samples (:func:`thompson_choice`).
+    """
 
     config: Any
     model: PerArmModel | SharedModel
@@ -424,31 +460,33 @@ class _ThompsonRule:
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         cfg = self.config
         n, k, d = proj.shape
-        draws = cfg.n_sim + 1
-        per_row = draws * k * (d if heads is None else 1)
-        step = max(1, _MC_BLOCK // per_row)
-        choices, probs, scores = [], [], []
+        half = (cfg.n_sim + 2) // 2
+        step = max(1, _MC_BLOCK // (2 * half * k * (d if heads is None else 1)))
         head = self.model.head
         if heads is None:
             a, b = head.noise_posterior(np.zeros(1, dtype=np.intp))
         else:
             a, b = head.noise_posterior(heads)
             width = np.sqrt(np.einsum("nkd,nkd->nk", proj, proj))
+        choices, probs, scores = [], [], []
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
             m = rows.stop - rows.start
             if heads is None:
-                # one θ draw per simulation, shared by all candidates (joint model)
-                z = rng.standard_normal((m, draws, d))
+                # joint model: one θ draw θ = μ + σ Uᵀz per sample, shared by all candidates
+                z = rng.standard_normal((m, half, d))
+                if cfg.sample_noise:
+                    z *= np.sqrt(b / rng.standard_gamma(a, size=(m, half, 1)))
                 noise = z @ proj[rows].transpose(0, 2, 1)
-                shape: tuple[int, ...] = (m, draws, 1)
             else:
                 # independent arms: the sampled score of arm a is N(θ_aᵀx, σ_a² ‖U_a x‖²)
-                noise = rng.standard_normal((m, draws, k)) * width[rows][:, None, :]
-                shape = (m, draws, k)
-            if cfg.sample_noise:
-                noise = noise * np.sqrt(b / rng.gamma(a, 1.0, size=shape))
-            sampled = mean[rows][:, None, :] + cfg.v * noise
+                noise = rng.standard_normal((m, half, k)) * width[rows][:, None, :]
+                if cfg.sample_noise:
+                    noise *= np.sqrt(b / rng.standard_gamma(a, size=(m, half, k)))
+            if cfg.v != 1.0:
+                noise *= cfg.v
+            centre = mean[rows][:, None, :]
+            sampled = np.concatenate([centre + noise, centre - noise], axis=1)
             choice, prob = thompson_choice(sampled)
             choices.append(choice)
             probs.append(prob)

@@ -33,7 +33,9 @@ class UniformRandom:
 
     def __init__(self, dim_user: int | None = None, **options: Any) -> None:
         check_known_options(self.name, options, ["dim_user"])
-        validate_params("uniform", {"dim_user": dim_user}, {"dim_user": OptionalOf(Interval(int, 0, None))})
+        validate_params(
+            "uniform", {"dim_user": dim_user}, {"dim_user": OptionalOf(Interval(int, 0, None))}
+        )
         self.dim_user = dim_user
         self.model_version: str | None = None
 
@@ -48,7 +50,9 @@ class UniformRandom:
         cands = check_candidates(candidates, None)
         return to_decision(self._decide(1, cands, check_rng(rng)), cands, False, self.model_version)
 
-    def select_batch(self, contexts: Any, candidates: Any, rng: np.random.Generator) -> DecisionBatch:
+    def select_batch(
+        self, contexts: Any, candidates: Any, rng: np.random.Generator
+    ) -> DecisionBatch:
         x = check_contexts(contexts, self.dim_user)
         return self._decide(x.shape[0], check_candidates(candidates, None), check_rng(rng))
 
@@ -57,7 +61,9 @@ class UniformRandom:
         check_context(context, self.dim_user)
         as_finite_float("reward", reward)
 
-    def update_batch(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
+    def update_batch(
+        self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
+    ) -> None:
         check_updates(contexts, arm_ids, rewards, None, self.dim_user, 0)
 
     def to_state(self) -> PolicyState:

@@ -19,7 +19,9 @@ def _inner_state(state: PolicyState) -> PolicyState:
     return PolicyState(inner["policy"], inner["config"], arrays, state.schema_version)
 
 
-def _nest(state: PolicyState, config: dict[str, Any], name: str, extra: dict[str, Any]) -> PolicyState:
+def _nest(
+    state: PolicyState, config: dict[str, Any], name: str, extra: dict[str, Any]
+) -> PolicyState:
     arrays = {"inner." + k: v for k, v in state.arrays.items()}
     arrays.update(extra)
     inner = {"policy": state.policy, "config": state.config}
@@ -37,7 +39,9 @@ class _Wrapper:
 
     def __init__(self, inner: Policy) -> None:
         if not isinstance(inner, Policy):
-            raise TypeError(f"inner must implement the Policy protocol; got {type(inner).__name__}.")
+            raise TypeError(
+                f"inner must implement the Policy protocol; got {type(inner).__name__}."
+            )
         self.inner = inner
 
     @property
@@ -55,7 +59,9 @@ class _Wrapper:
     def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
         self.inner.update(context, arm_id, reward, arm_features)
 
-    def update_batch(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
+    def update_batch(
+        self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
+    ) -> None:
         self.inner.update_batch(contexts, arm_ids, rewards, arm_features)
 
 
@@ -72,10 +78,16 @@ class ExplorationFloor(_Wrapper):
 
     def __init__(self, inner: Policy, p_min: float = 0.01) -> None:
         super().__init__(inner)
-        validate_params("ExplorationFloor", {"p_min": p_min}, {"p_min": Interval(float, 0.0, 1.0, closed="right")})
+        validate_params(
+            "ExplorationFloor",
+            {"p_min": p_min},
+            {"p_min": Interval(float, 0.0, 1.0, closed="right")},
+        )
         self.p_min = float(p_min)
 
-    def _mix(self, batch: DecisionBatch, rng: np.random.Generator) -> tuple[DecisionBatch, np.ndarray]:
+    def _mix(
+        self, batch: DecisionBatch, rng: np.random.Generator
+    ) -> tuple[DecisionBatch, np.ndarray]:
         n, k = batch.probabilities.shape
         weight = min(1.0, k * self.p_min)
         uniform_branch = rng.random(n) < weight
@@ -90,13 +102,18 @@ class ExplorationFloor(_Wrapper):
         cands = check_candidates(candidates, None)
         inner = self.inner.select(context, cands, rng)
         batch = DecisionBatch(
-            np.array([inner.arm]), np.array([inner.propensity]), inner.probabilities[None],
-            inner.scores[None], inner.policy,
+            np.array([inner.arm]),
+            np.array([inner.propensity]),
+            inner.probabilities[None],
+            inner.scores[None],
+            inner.policy,
         )
         mixed, switched = self._mix(batch, check_rng(rng))
         return to_decision(mixed, cands, inner.explored or bool(switched[0]), self.model_version)
 
-    def select_batch(self, contexts: Any, candidates: Any, rng: np.random.Generator) -> DecisionBatch:
+    def select_batch(
+        self, contexts: Any, candidates: Any, rng: np.random.Generator
+    ) -> DecisionBatch:
         return self._mix(self.inner.select_batch(contexts, candidates, rng), check_rng(rng))[0]
 
     def to_state(self) -> PolicyState:
@@ -120,7 +137,9 @@ class ExposureCap(_Wrapper):
 
     kind = "cap"
 
-    def __init__(self, inner: Policy, max_share: float = 0.5, window: int = 1000, min_decisions: int = 100) -> None:
+    def __init__(
+        self, inner: Policy, max_share: float = 0.5, window: int = 1000, min_decisions: int = 100
+    ) -> None:
         super().__init__(inner)
         validate_params(
             "ExposureCap",
@@ -145,7 +164,9 @@ class ExposureCap(_Wrapper):
         if total < max(1, self.min_decisions):
             return everyone
         limit = self.max_share * total
-        keep = np.fromiter((self._counts[a] < limit for a in candidates.ids), dtype=bool, count=len(candidates))
+        keep = np.fromiter(
+            (self._counts[a] < limit for a in candidates.ids), dtype=bool, count=len(candidates)
+        )
         return everyone if not keep.any() else everyone[keep]
 
     def _record(self, arm_id: str) -> None:
@@ -170,7 +191,13 @@ class ExposureCap(_Wrapper):
         keep = self.allowed(cands)
         inner = self.inner.select(context, cands.subset(keep), rng)
         batch = self._expand(
-            DecisionBatch(np.array([inner.arm]), np.array([inner.propensity]), inner.probabilities[None], inner.scores[None], inner.policy),
+            DecisionBatch(
+                np.array([inner.arm]),
+                np.array([inner.propensity]),
+                inner.probabilities[None],
+                inner.scores[None],
+                inner.policy,
+            ),
             keep,
             len(cands),
         )
@@ -178,13 +205,22 @@ class ExposureCap(_Wrapper):
         self._record(decision.arm_id)
         return decision
 
-    def select_batch(self, contexts: Any, candidates: Any, rng: np.random.Generator) -> DecisionBatch:
+    def select_batch(
+        self, contexts: Any, candidates: Any, rng: np.random.Generator
+    ) -> DecisionBatch:
         cands = check_candidates(candidates, None)
         keep = self.allowed(cands)
-        return self._expand(self.inner.select_batch(contexts, cands.subset(keep), rng), keep, len(cands))
+        return self._expand(
+            self.inner.select_batch(contexts, cands.subset(keep), rng), keep, len(cands)
+        )
 
     def to_state(self) -> PolicyState:
-        config = {"max_share": self.max_share, "window": self.window, "min_decisions": self.min_decisions, "next": self._next}
+        config = {
+            "max_share": self.max_share,
+            "window": self.window,
+            "min_decisions": self.min_decisions,
+            "next": self._next,
+        }
         extra = {"recent": np.array(self._recent, dtype=np.str_)}
         return _nest(self.inner.to_state(), config, "exposure_cap", extra)
 
