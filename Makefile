@@ -24,7 +24,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	-$(BIN)/python -m pip install --quiet -e ".[bench]" || echo "bench peers (vowpalwabbit, mabwiser) not installable here; benchmarks run without them"
-	$(BIN)/python -m benchmarks.latency
+	mkdir -p bench-results
+	$(BIN)/python -m benchmarks.latency --json bench-results/latency.json
+	$(BIN)/python -m benchmarks.ope_speed --rows 1000000 --json bench-results/ope_speed.json
+	$(BIN)/python -m benchmarks.obd --data-dir ../shared/data/obd --campaign men --n-boot 30 --n-sim 1000000 --json bench-results/obd_men.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

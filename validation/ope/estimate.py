@@ -1,0 +1,185 @@
+"""One estimator, end to end: point estimate, bootstrap interval, ESS and max weight."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bandit_core._validation import (
+    FloatArray,
+    check_generator,
+    check_known_options,
+    validate_params,
+)
+from validation.ope.bootstrap import BOOTSTRAP_PARAMS, bootstrap_estimates, percentile_interval
+from validation.ope.estimators import ESTIMATORS, RoundTerms, check_estimator_name
+from validation.ope.inputs import BanditFeedback
+from validation.ope.tuning import LAMBDA_GRID, check_lambda, select_lambda
+
+#: Options each estimator accepts (besides the feedback and the generator).
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "replay": (),
+    "ips": ("clip",),
+    "snips": (),
+    "dm": (),
+    "dr": (),
+    "sndr": (),
+    "switch_dr": ("lambda_", "lambda_grid"),
+    "dros": ("lambda_", "lambda_grid"),
+}
+
+
+def effective_sample_size(weights: FloatArray) -> float:
+    """Kish's effective sample size ``(Σ w)² / Σ w²`` (0 when every weight is 0)."""
+    square = float(np.dot(weights, weights))
+    if square == 0.0:
+        return 0.0
+    total = float(weights.sum())
+    return total * total / square
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An estimator's result on one logged batch.
+
+    Attributes
+    ----------
+    estimator : str
+        Name in :data:`~validation.ope.estimators.ESTIMATORS`.
+    value : float
+        Point estimate of the evaluation policy's value.
+    ci_low, ci_high : float
+        Percentile bootstrap interval at ``level`` over ``n_resamples`` resamples.
+    ess : float
+        Effective sample size of the weights the estimator applies.
+    max_weight : float
+        Largest of those weights.
+    n_rounds : int
+        Logged rounds used.
+    params : dict of str to float
+        Hyperparameters (``clip``, ``lambda_``) and counts (``n_matched`` for replay).
+    """
+
+    estimator: str
+    value: float
+    ci_low: float
+    ci_high: float
+    level: float
+    n_resamples: int
+    ess: float
+    max_weight: float
+    n_rounds: int
+    params: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["params"] = dict(self.params)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Estimate:
+        return cls(**{**data, "params": dict(data.get("params", {}))})
+
+
+def round_terms(
+    estimator: str,
+    feedback: BanditFeedback,
+    rng: np.random.Generator | None = None,
+    **options: Any,
+) -> RoundTerms:
+    """The round terms of ``estimator`` on ``feedback`` (λ tuned when not given).
+
+    Parameters
+    ----------
+    estimator : str
+    feedback : BanditFeedback
+    rng : numpy.random.Generator, optional
+        Needed by ``replay`` only.
+    **options
+        ``clip`` (ips: max weight, > 0), ``lambda_`` (switch_dr, dros: in [0, ∞];
+        ``None`` tunes it by estimated MSE over ``lambda_grid``).
+    """
+    name = check_estimator_name(estimator)
+    check_known_options(name, options, OPTIONS[name])
+    fn = ESTIMATORS[name]
+    if name == "replay":
+        if rng is None:
+            raise ValueError(
+                "replay draws the evaluation policy's actions: pass rng (a numpy.random.Generator)."
+            )
+        return fn(feedback, check_generator(rng))
+    if name == "ips":
+        clip = options.get("clip")
+        if clip is not None and (
+            isinstance(clip, bool)
+            or not isinstance(clip, (int, float))
+            or not clip > 0
+            or math.isnan(clip)
+        ):
+            raise ValueError(
+                f"The 'clip' parameter of ips must be None or a float in (0, inf]; got {clip!r}."
+            )
+        return fn(feedback, clip=None if clip is None else float(clip))
+    if name in ("switch_dr", "dros"):
+        lam = options.get("lambda_")
+        if lam is None:
+            grid: Sequence[float] = options.get("lambda_grid") or LAMBDA_GRID
+            choice = select_lambda(name, feedback, grid)
+            terms = fn(feedback, choice.lambda_)
+            return RoundTerms(
+                terms.num, terms.weights, terms.den, terms.base, {**terms.params, "tuned": 1.0}
+            )
+        return fn(feedback, check_lambda(name, lam))
+    return fn(feedback)
+
+
+def estimate(
+    estimator: str,
+    feedback: BanditFeedback,
+    rng: np.random.Generator,
+    *,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    **options: Any,
+) -> Estimate:
+    """Run ``estimator`` on ``feedback``: value, bootstrap interval, ESS, max weight.
+
+    Parameters
+    ----------
+    estimator : str
+        One of ``replay, ips, snips, dm, dr, sndr, switch_dr, dros``.
+    feedback : BanditFeedback
+        From :func:`~validation.ope.inputs.check_feedback`.
+    rng : numpy.random.Generator
+        Drives the bootstrap (and replay's policy draws).
+    n_resamples : int
+        Bootstrap resamples.
+    level : float
+        Interval coverage in (0, 1).
+    **options
+        See :func:`round_terms`.
+
+    Returns
+    -------
+    Estimate
+    """
+    rng = check_generator(rng)
+    validate_params("estimate", {"n_resamples": n_resamples, "level": level}, BOOTSTRAP_PARAMS)
+    terms = round_terms(estimator, feedback, rng, **options)
+    low, high = percentile_interval(bootstrap_estimates(terms, rng, n_resamples), level)
+    return Estimate(
+        estimator=estimator,
+        value=terms.value(),
+        ci_low=low,
+        ci_high=high,
+        level=float(level),
+        n_resamples=int(n_resamples),
+        ess=effective_sample_size(terms.weights),
+        max_weight=float(terms.weights.max()),
+        n_rounds=feedback.n_rounds,
+        params=dict(terms.params),
+    )

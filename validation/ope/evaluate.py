@@ -1,0 +1,268 @@
+"""Evaluate a ``bandit_core`` policy on a logged batch with every estimator."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core import Candidates, Policy
+from bandit_core._validation import (
+    FloatArray,
+    Interval,
+    as_float_matrix,
+    as_float_vector,
+    check_generator,
+    validate_params,
+)
+from validation.ope.bootstrap import BOOTSTRAP_PARAMS
+from validation.ope.estimate import Estimate, estimate
+from validation.ope.estimators import MODEL_BASED, check_estimator_name
+from validation.ope.inputs import BanditFeedback, check_feedback
+from validation.ope.report import OPEReport
+from validation.ope.reward_models import CrossFitRewardModel, RidgeModel
+
+IntArray = NDArray[np.intp]
+
+#: Estimators run by default, in report order (replay only on uniformly random logs).
+DEFAULT_ESTIMATORS = ("replay", "ips", "snips", "dm", "dr", "sndr", "switch_dr", "dros")
+
+
+@dataclass(frozen=True)
+class LoggedBatch:
+    """A window of logged decisions that share one candidate set.
+
+    Parameters
+    ----------
+    contexts : array-like (n_rounds, dim_user)
+        User context of each decision.
+    candidates : bandit_core.Candidates
+        The shared candidate set (ids and ``(n_actions, dim_arm)`` features).
+    actions : array-like (n_rounds,)
+        Logged arm of each decision: an index into ``candidates`` or an arm id.
+    rewards : array-like (n_rounds,)
+    pscore : array-like (n_rounds,)
+        Logging propensity of the logged arm, in (0, 1].
+    positions : array-like of int (n_rounds,), optional
+        Slot of the logged arm in a ranked list of ``len_list`` slots; default 0.
+    len_list : int
+        Number of slots (1 for single-arm decisions).
+
+    The arrays are validated and stored as float64 / intp on construction.
+    """
+
+    contexts: FloatArray
+    candidates: Candidates
+    actions: IntArray
+    rewards: FloatArray
+    pscore: FloatArray
+    positions: IntArray | None = None
+    len_list: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.candidates, Candidates):
+            raise TypeError(
+                "candidates must be a bandit_core.Candidates; "
+                f"got {type(self.candidates).__name__}."
+            )
+        validate_params(
+            "LoggedBatch", {"len_list": self.len_list}, {"len_list": Interval(int, 1, None)}
+        )
+        x = as_float_matrix("contexts", self.contexts)
+        n = x.shape[0]
+        if n == 0:
+            raise ValueError("contexts must hold at least one logged decision; got 0 rows.")
+        object.__setattr__(self, "contexts", x)
+        object.__setattr__(self, "actions", _arm_indices(self.actions, self.candidates, n))
+        object.__setattr__(self, "rewards", as_float_vector("rewards", self.rewards, n))
+        object.__setattr__(self, "pscore", as_float_vector("pscore", self.pscore, n))
+        pos = np.zeros(n, dtype=np.intp) if self.positions is None else np.asarray(self.positions)
+        if pos.shape != (n,) or pos.dtype.kind not in "iu":
+            raise ValueError(
+                f"positions must be {n} integers (one per context); got shape {pos.shape}, "
+                f"dtype {pos.dtype}."
+            )
+        bad = (pos < 0) | (pos >= self.len_list)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"positions must be in [0, len_list = {self.len_list}); got {pos[i]} at index {i}."
+            )
+        object.__setattr__(self, "positions", pos.astype(np.intp))
+
+    @property
+    def n_rounds(self) -> int:
+        return int(self.contexts.shape[0])
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every array and the candidate ids: equal batches, equal digests."""
+        digest = hashlib.sha256()
+        for arr in (
+            self.contexts,
+            self.candidates.features,
+            self.actions,
+            self.rewards,
+            self.pscore,
+            self.positions,
+        ):
+            a = np.ascontiguousarray(arr)
+            digest.update(str((a.dtype.str, a.shape)).encode())
+            digest.update(a.tobytes())
+        digest.update("\x1f".join(self.candidates.ids).encode())
+        digest.update(str(self.len_list).encode())
+        return digest.hexdigest()
+
+    def is_uniform(self) -> bool:
+        """True when every logged propensity is 1 / n_actions (a uniformly random log)."""
+        return bool(np.allclose(self.pscore, 1.0 / len(self.candidates), rtol=1e-9, atol=0.0))
+
+
+def _arm_indices(actions: Any, candidates: Candidates, n: int) -> IntArray:
+    arr = np.asarray(actions)
+    if arr.shape != (n,):
+        raise ValueError(f"actions must have shape ({n},) (one per context); got {arr.shape}.")
+    k = len(candidates)
+    if arr.dtype.kind in "iu":
+        bad = (arr < 0) | (arr >= k)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"actions must index the {k} candidates; got {arr[i]} at index {i}.")
+        return arr.astype(np.intp)
+    lookup = {arm: j for j, arm in enumerate(candidates.ids)}
+    out = np.empty(n, dtype=np.intp)
+    for i, arm in enumerate(arr.tolist()):
+        j = lookup.get(str(arm))
+        if j is None:
+            raise ValueError(f"actions[{i}] = {arm!r} is not a candidate id.")
+        out[i] = j
+    return out
+
+
+def policy_action_dist(policy: Policy, batch: LoggedBatch, rng: np.random.Generator) -> FloatArray:
+    """The evaluation policy's ``action_dist`` (n_rounds, n_actions, len_list) on the batch.
+
+    ``policy.select_batch(...).probabilities`` (n_rounds, n_actions) is the policy's
+    choice distribution on every logged context (a Monte-Carlo estimate over the policy's
+    ``n_sim`` draws for Thompson policies). With several slots the same distribution is
+    used at every slot: the policy is evaluated as if it chose each slot's arm
+    independently of the slot, the Open Bandit Pipeline's position-independent case.
+    """
+    probs = np.asarray(
+        policy.select_batch(batch.contexts, batch.candidates, rng).probabilities, dtype=np.float64
+    )
+    expected = (batch.n_rounds, len(batch.candidates))
+    if probs.shape != expected:
+        raise ValueError(
+            f"policy.select_batch returned probabilities of shape {probs.shape}; "
+            f"expected {expected}."
+        )
+    return np.repeat(probs[:, :, None], batch.len_list, axis=2)
+
+
+def default_reward_model() -> CrossFitRewardModel:
+    """3-fold cross-fitted ridge regression (α = 1), one model per slot."""
+    return CrossFitRewardModel(lambda: RidgeModel(alpha=1.0), n_folds=3, per_position=True)
+
+
+def evaluate_policy(
+    policy: Policy,
+    batch: LoggedBatch,
+    rng: np.random.Generator,
+    *,
+    estimators: Sequence[str] | None = None,
+    reward_model: CrossFitRewardModel | None = None,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    clip: float | None = None,
+    switch_lambda: float | None = None,
+    dros_lambda: float | None = None,
+) -> OPEReport:
+    """Off-policy estimates of ``policy``'s value on ``batch``, with intervals.
+
+    Parameters
+    ----------
+    policy : bandit_core.Policy
+        The evaluation policy; only ``select_batch`` is called (it does not learn).
+    batch : LoggedBatch
+        The logged window.
+    rng : numpy.random.Generator
+        Drives the policy's sampling, the cross-fitting folds, replay and the bootstrap.
+    estimators : sequence of str, optional
+        Default: :data:`DEFAULT_ESTIMATORS` (replay is skipped, with a note, unless the
+        log is uniformly random).
+    reward_model : CrossFitRewardModel, optional
+        For the model-based estimators; default :func:`default_reward_model`. Its
+        features are ``[context ; arm features ; arm one-hot]``.
+    n_resamples, level : int, float
+        Bootstrap resamples and interval coverage.
+    clip : float, optional
+        Weight clipping of ``ips``.
+    switch_lambda, dros_lambda : float, optional
+        λ of Switch-DR and DRos; ``None`` tunes it by estimated MSE.
+
+    Returns
+    -------
+    OPEReport
+
+    Notes
+    -----
+    The bootstrap resamples rounds with the reward model, the tuned λ and the policy's
+    Monte-Carlo ``action_dist`` held fixed: it measures the estimator's sampling noise
+    given them. DM's interval in particular omits the model's own estimation error.
+    """
+    if not isinstance(batch, LoggedBatch):
+        raise TypeError(f"batch must be a LoggedBatch; got {type(batch).__name__}.")
+    rng = check_generator(rng)
+    validate_params(
+        "evaluate_policy", {"n_resamples": n_resamples, "level": level}, BOOTSTRAP_PARAMS
+    )
+    notes: list[str] = []
+    names = list(estimators) if estimators is not None else list(DEFAULT_ESTIMATORS)
+    for name in names:
+        check_estimator_name(name)
+    if "replay" in names and not batch.is_uniform():
+        if estimators is not None:
+            raise ValueError(
+                "replay was requested but the log is not uniformly random "
+                "(pscore != 1 / n_actions)."
+            )
+        names.remove("replay")
+        notes.append("replay skipped: the log is not uniformly random.")
+
+    action_dist = policy_action_dist(policy, batch, rng)
+    q_hat = None
+    if any(n in MODEL_BASED for n in names):
+        model = reward_model if reward_model is not None else default_reward_model()
+        k = len(batch.candidates)
+        feats = np.hstack([batch.candidates.features, np.eye(k)])
+        q_hat = model.fit_predict(
+            batch.contexts,
+            batch.actions,
+            batch.rewards,
+            feats,
+            batch.positions,
+            batch.len_list,
+            rng=rng,
+        )
+        notes.append(
+            f"reward model: {model.n_folds}-fold cross-fitted, per_position={model.per_position}."
+        )
+    fb: BanditFeedback = check_feedback(
+        batch.rewards, batch.actions, batch.pscore, action_dist, batch.positions, q_hat
+    )
+    options: dict[str, dict[str, Any]] = {
+        "ips": {"clip": clip},
+        "switch_dr": {"lambda_": switch_lambda},
+        "dros": {"lambda_": dros_lambda},
+    }
+    results: dict[str, Estimate] = {}
+    for name in names:
+        results[name] = estimate(
+            name, fb, rng, n_resamples=n_resamples, level=level, **options.get(name, {})
+        )
+    label = policy.name if policy.model_version is None else f"{policy.name}@{policy.model_version}"
+    return OPEReport(label, batch.n_rounds, batch.fingerprint(), results, tuple(notes))
