@@ -27,6 +27,7 @@ bench: $(STAMP)
 	mkdir -p bench-results
 	$(BIN)/python -m benchmarks.latency --json bench-results/latency.json
 	$(BIN)/python -m benchmarks.ope_speed --rows 1000000 --json bench-results/ope_speed.json
+	$(BIN)/python -m benchmarks.serving_load --rps 200 --seconds 30 --store both --json bench-results/serving_load.json
 	$(BIN)/python -m benchmarks.obd --data-dir ../shared/data/obd --campaign men --n-boot 30 --n-sim 1000000 --json bench-results/obd_men.json
 
 lint: $(STAMP)

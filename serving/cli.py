@@ -15,8 +15,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bandit_core import POLICIES, make_policy
-from bandit_core.envs import Environment, LinearEnvironment, LogisticClickEnvironment, WheelEnvironment
+from bandit_core.envs import (
+    Environment,
+    LinearEnvironment,
+    LogisticClickEnvironment,
+    WheelEnvironment,
+)
 from bandit_core.simulate import run_simulation
+from serving.commands import db_app, serve, store_app
 
 app = typer.Typer(
     help="banditops: contextual bandits with exact propensities, from simulation to serving.",
@@ -35,7 +41,9 @@ def _make_env(name: str, seed: int, delta: float) -> Environment:
     if name == "wheel":
         return WheelEnvironment(delta)
     if name == "logistic":
-        return LogisticClickEnvironment.make(rng, n_items=30, dim_user=6, dim_arm=4, n_candidates=10)
+        return LogisticClickEnvironment.make(
+            rng, n_items=30, dim_user=6, dim_arm=4, n_candidates=10
+        )
     raise typer.BadParameter(f"--env must be one of {', '.join(ENVIRONMENTS)}; got {name!r}.")
 
 
@@ -50,7 +58,9 @@ def _policy_for(name: str, env: Environment) -> Any:
     return make_policy(name, **options)
 
 
-def _run(env_name: str, policies: list[str], steps: int, seed: int, delta: float) -> list[dict[str, Any]]:
+def _run(
+    env_name: str, policies: list[str], steps: int, seed: int, delta: float
+) -> list[dict[str, Any]]:
     rows = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("simulating", total=len(policies))
@@ -81,7 +91,14 @@ def _run(env_name: str, policies: list[str], steps: int, seed: int, delta: float
 
 def _print(title: str, rows: list[dict[str, Any]]) -> None:
     table = Table(title=title)
-    for col in ("policy", "mean reward", "cumulative regret", "regret (uniform = 100)", "mean propensity", "seconds"):
+    for col in (
+        "policy",
+        "mean reward",
+        "cumulative regret",
+        "regret (uniform = 100)",
+        "mean propensity",
+        "seconds",
+    ):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for r in rows:
         norm = r["normalized_regret"]
@@ -99,17 +116,24 @@ def _print(title: str, rows: list[dict[str, Any]]) -> None:
 @app.command()
 def simulate(
     env: Annotated[str, typer.Option(help=f"Environment: {', '.join(ENVIRONMENTS)}.")] = "linear",
-    policies: Annotated[str, typer.Option(help="Comma-separated policy names.")] = "uniform,linucb,lints",
+    policies: Annotated[
+        str, typer.Option(help="Comma-separated policy names.")
+    ] = "uniform,linucb,lints",
     steps: Annotated[int, typer.Option(min=1, help="Steps per policy.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the environment and the policies.")] = 0,
     delta: Annotated[float, typer.Option(min=0.01, max=0.99, help="Wheel radius δ.")] = 0.5,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results here.")
+    ] = None,
 ) -> None:
     """Run policies online on a seeded simulated environment and compare their regret."""
     names = [p.strip() for p in policies.split(",") if p.strip()]
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
-        raise typer.BadParameter(f"unknown policy {unknown[0]!r}; expected some of {', '.join(sorted(POLICIES))}.", param_hint="--policies")
+        raise typer.BadParameter(
+            f"unknown policy {unknown[0]!r}; expected some of {', '.join(sorted(POLICIES))}.",
+            param_hint="--policies",
+        )
     rows = _run(env, names, steps, seed, delta)
     _print(f"{env}: {steps} steps, seed {seed}", rows)
     if json_path is not None:
@@ -120,7 +144,9 @@ def simulate(
 def demo(
     steps: Annotated[int, typer.Option(min=100, help="Simulated requests per policy.")] = 3000,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results here.")
+    ] = None,
 ) -> None:
     """Personalise a 30-item catalog for simulated users who click through a logistic
     model with user × item interactions; compare every policy with the uniform logger."""
@@ -133,7 +159,9 @@ def demo(
         f"{rows[0]['mean_reward']:.3f}; regret {best['normalized_regret']:.1f}% of uniform."
     )
     if json_path is not None:
-        json_path.write_text(json.dumps({"env": "logistic", "seed": seed, "results": rows}, indent=2))
+        json_path.write_text(
+            json.dumps({"env": "logistic", "seed": seed, "results": rows}, indent=2)
+        )
 
 
 @app.command(name="policies")
@@ -148,10 +176,17 @@ def list_policies() -> None:
             opts = "dim_user (None)"
         else:
             opts = ", ".join(
-                f"{f.name} ({'required' if f.default is MISSING else f.default!r})" for f in fields(config_class)
+                f"{f.name} ({'required' if f.default is MISSING else f.default!r})"
+                for f in fields(config_class)
             )
         table.add_row(name, opts)
     console.print(table)
+
+
+# The service commands live in serving/commands.py.
+app.command()(serve)
+app.add_typer(db_app, name="db")
+app.add_typer(store_app, name="store")
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -1,0 +1,5 @@
+"""``python -m serving`` is the ``banditops`` command."""
+
+from serving.cli import app
+
+app()

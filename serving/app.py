@@ -1,0 +1,63 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` wires the routes, the middleware and a lifespan that opens the
+event store (which must be at the current migration: ``banditops db upgrade``), starts
+the writer, the model loader and the snapshot timer, and on shutdown snapshots the heads
+and commits everything pending. ``uvicorn --factory serving.app:create_app`` works too
+(settings from ``BANDITOPS_*``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+
+from serving.errors import input_error, validation_error, with_status
+from serving.inputs import InputError
+from serving.metrics import ServiceMetrics
+from serving.middleware import BodyLimitMiddleware, MetricsMiddleware
+from serving.routes import router
+from serving.service import (
+    DecisionService,
+    NotFoundError,
+    NotReadyError,
+    StoreUnavailableError,
+)
+from serving.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A decision-service app for ``settings`` (default: from the environment)."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = DecisionService.from_settings(settings, metrics)
+        app.state.service = service
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="banditops decision service",
+        version="0.1.0",
+        description="Contextual-bandit decisions with exact propensities, logged before "
+        "they are answered; rewards update the deciding model at once.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(InputError, input_error)
+    app.add_exception_handler(NotFoundError, with_status(404))
+    app.add_exception_handler(NotReadyError, with_status(503))
+    app.add_exception_handler(StoreUnavailableError, with_status(503))
+    endpoints = {getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,121 @@
+"""The service commands of the ``banditops`` CLI: ``serve``, ``db upgrade``,
+``store prune`` (registered on the app in :mod:`serving.cli`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+db_app = typer.Typer(help="Create or upgrade the event store.", no_args_is_help=True)
+store_app = typer.Typer(help="Event store maintenance.", no_args_is_help=True)
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        help="SQLAlchemy URL (default: BANDITOPS_DATABASE_URL, else the workspace SQLite file).",
+    ),
+]
+
+
+def _url(url: str | None) -> str:
+    from serving.settings import Settings
+
+    return url or Settings().store_url
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
+    """Create the event-store tables, or migrate them to the newest schema."""
+    from serving.store import make_engine, upgrade
+
+    target = _url(url)
+    engine = make_engine(target)
+    try:
+        now = upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    console.print(f"event store {_shown(target)} is at revision {now}")
+
+
+@store_app.command("prune")
+def store_prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="Age to delete, e.g. 90d.")],
+    url: UrlOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
+) -> None:
+    """Delete decisions (with their rewards) and old head snapshots past the retention."""
+    from serving.durations import parse_duration
+    from serving.store import make_engine
+    from serving.store.repository import EventStore
+
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--older-than") from exc
+    cutoff = datetime.now(UTC) - age
+    engine = make_engine(_url(url))
+    try:
+        counts = EventStore(engine).prune(cutoff, dry_run=dry_run)
+    finally:
+        engine.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    parts = ", ".join(f"{n} {table}" for table, n in counts.items())
+    console.print(f"{verb} {parts} older than {cutoff.isoformat(timespec='seconds')}")
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    migrate: Annotated[
+        bool, typer.Option(help="Run `db upgrade` before starting (off: fail if behind).")
+    ] = True,
+    access_log: Annotated[bool, typer.Option(help="uvicorn access log.")] = False,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run the decision service with uvicorn (settings from BANDITOPS_* variables).
+
+    With several workers each process keeps its own online heads and rebuilds them from
+    the store when it starts (head snapshots are off), and Prometheus runs in
+    multiprocess mode.
+    """
+    import uvicorn
+
+    os.environ["BANDITOPS_WORKERS"] = str(workers)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="banditops-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from serving.settings import Settings
+
+    settings = Settings()
+    settings.resolve_salt()  # create a generated salt once, before workers start
+    if migrate:
+        db_upgrade(url=settings.store_url)
+    options = {"host": host, "port": port, "log_level": log_level, "access_log": access_log}
+    try:
+        if workers == 1:
+            from serving.app import create_app
+
+            uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+        else:
+            uvicorn.run("serving.app:create_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    finally:
+        if workers > 1 and os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").startswith(
+            tempfile.gettempdir()
+        ):
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,0 +1,124 @@
+"""Request bodies → arrays, with the checks that depend on settings or on the served
+model. Every failure is an :class:`InputError` naming the field (answered as 422)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core import Candidates
+from serving.models.served import Signature
+from serving.schemas import Candidate
+
+Loc = tuple[str | int, ...]
+
+
+class InputError(ValueError):
+    """A request field is unacceptable; ``loc`` is its path as in FastAPI's 422 body."""
+
+    def __init__(self, loc: Loc, message: str, value: object = None) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+        self.value = value
+
+
+@dataclass(frozen=True)
+class DecisionInput:
+    context: NDArray[np.float64]
+    candidates: Candidates
+
+
+def context_vector(
+    context: Sequence[float] | dict[str, float], names: Sequence[str]
+) -> NDArray[np.float64]:
+    """The context as a vector; named features are ordered as in ``names``."""
+    if not isinstance(context, dict):
+        return np.asarray(context, dtype=np.float64)
+    if not names:
+        raise InputError(
+            ("body", "context"),
+            "context must be a vector: no feature names are configured "
+            "(BANDITOPS_CONTEXT_FEATURES).",
+        )
+    unknown = sorted(set(context) - set(names))
+    if unknown:
+        raise InputError(
+            ("body", "context", unknown[0]),
+            f"unknown context feature {unknown[0]!r}; expected some of {', '.join(names)}.",
+        )
+    missing = [n for n in names if n not in context]
+    if missing:
+        raise InputError(
+            ("body", "context", missing[0]), f"context feature {missing[0]!r} is missing."
+        )
+    return np.array([context[n] for n in names], dtype=np.float64)
+
+
+def candidate_set(candidates: Sequence[Candidate], max_candidates: int) -> Candidates:
+    """Validated candidates: at most ``max_candidates``, distinct ids, equal widths."""
+    if len(candidates) > max_candidates:
+        raise InputError(
+            ("body", "candidates"),
+            f"at most {max_candidates} candidates are allowed; got {len(candidates)}.",
+        )
+    width = len(candidates[0].features)
+    seen: set[str] = set()
+    for i, cand in enumerate(candidates):
+        if cand.id in seen:
+            raise InputError(
+                ("body", "candidates", i, "id"), f"candidate id {cand.id!r} appears twice."
+            )
+        seen.add(cand.id)
+        if len(cand.features) != width:
+            raise InputError(
+                ("body", "candidates", i, "features"),
+                f"every candidate must have the same number of features ({width}, as "
+                f"candidate 0); got {len(cand.features)}.",
+            )
+    flat = np.fromiter(
+        itertools.chain.from_iterable(c.features for c in candidates),
+        dtype=np.float64,
+        count=len(candidates) * width,
+    )
+    return Candidates(tuple(c.id for c in candidates), flat.reshape(len(candidates), width))
+
+
+def check_signature(inp: DecisionInput, signature: Signature) -> None:
+    """The context and candidate widths the served model expects."""
+    du = signature.dim_user
+    if du is not None and inp.context.shape[0] != du:
+        raise InputError(
+            ("body", "context"),
+            f"context must have {du} features for the served model; got {inp.context.shape[0]}.",
+        )
+    da = signature.dim_arm
+    if da > 0 and inp.candidates.dim != da:
+        raise InputError(
+            ("body", "candidates", 0, "features"),
+            f"candidate features must have length {da} for the served model; got "
+            f"{inp.candidates.dim}.",
+        )
+
+
+def check_slate(k: int | None, n_candidates: int, max_slate: int) -> None:
+    if k is None:
+        return
+    limit = min(n_candidates, max_slate)
+    if k > limit:
+        raise InputError(
+            ("body", "k"),
+            f"k must be at most {limit} (the number of candidates, and at most "
+            f"{max_slate}); got {k}.",
+        )
+
+
+def check_reward(value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise InputError(
+            ("body", "reward"), f"reward must be in [{low:g}, {high:g}]; got {value!r}.", value
+        )

@@ -1,0 +1,125 @@
+"""Prometheus metrics of the decision service.
+
+One :class:`ServiceMetrics` per app, on its own registry (several apps can live in one
+test process). With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` is set before
+start (``banditops serve`` does it) and ``/metrics`` aggregates every worker's files
+through a ``MultiProcessCollector``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+)
+
+#: Distinct arm labels kept before the rest are counted as ``"other"``.
+MAX_ARM_LABELS = 1000
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServiceMetrics:
+    """Request counts and latency, decisions per arm, rewards, served versions, fallback
+    state and the event writer's batches."""
+
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode values live in files; the registry is built per scrape.
+        self.registry: CollectorRegistry | None = None if self.multiprocess else CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "banditops_requests", "HTTP requests", ["endpoint", "method", "status"], registry=reg
+        )
+        self.latency = Histogram(
+            "banditops_request_latency_seconds",
+            "Request latency in the service",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.decisions = Counter(
+            "banditops_decisions", "Decisions served", ["arm", "traffic", "fallback"], registry=reg
+        )
+        self.rewards = Counter("banditops_rewards", "Rewards received", ["status"], registry=reg)
+        self.reward_value = Summary(
+            "banditops_reward_value", "Reward values received", registry=reg
+        )
+        self.model_errors = Counter(
+            "banditops_model_errors",
+            "Decisions where the model raised (fallback used)",
+            registry=reg,
+        )
+        self.model_info = Gauge(
+            "banditops_model_info",
+            "1 for the model version serving each role",
+            ["role", "version", "policy"],
+            registry=reg,
+            multiprocess_mode="liveall",
+        )
+        self.fallback_active = Gauge(
+            "banditops_fallback_active",
+            "1 while no production model is served",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.batch_size = Histogram(
+            "banditops_store_batch_size",
+            "Events per group commit",
+            buckets=_BATCH_BUCKETS,
+            registry=reg,
+        )
+        self.commit_seconds = Histogram(
+            "banditops_store_commit_seconds",
+            "Duration of one group commit",
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._arms: set[str] = set()
+        self._model_labels: set[tuple[str, str, str]] = set()
+
+    def arm_label(self, arm_id: str) -> str:
+        if arm_id in self._arms:
+            return arm_id
+        if len(self._arms) < MAX_ARM_LABELS:
+            self._arms.add(arm_id)
+            return arm_id
+        return "other"
+
+    def observe_batch(self, n_items: int, seconds: float) -> None:
+        self.batch_size.observe(n_items)
+        self.commit_seconds.observe(seconds)
+
+    def set_models(self, served: Iterable[tuple[str, str, str]], fallback: bool) -> None:
+        """Mark ``(role, version, policy)`` triples as serving (others go to 0: label
+        removal is not supported in multiprocess mode)."""
+        now = set(served)
+        for labels in self._model_labels - now:
+            self.model_info.labels(*labels).set(0)
+        for labels in now:
+            self.model_info.labels(*labels).set(1)
+        self._model_labels |= now
+        self.fallback_active.set(1 if fallback else 0)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        registry = self.registry
+        if registry is None:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,29 @@
+"""The contract between training (which registers models) and serving (which loads them).
+
+A registered MLflow model version is servable when its model directory — what
+``MlflowClient.get_model_version_download_uri(name, version)`` points to — contains
+
+    artifacts/policy_state.npz
+
+a policy state written by :func:`bandit_core.save_policy` (arrays + JSON header, loaded
+with ``allow_pickle=False``). That is exactly where
+``mlflow.pyfunc.log_model(name=..., python_model=..., artifacts={"policy_state":
+"<dir>/policy_state.npz"})`` puts it; serving never loads the pyfunc wrapper (no pickle),
+only that file. The service reads ``models:/<name>@<alias>`` (``production``, and the
+rollout candidate's alias) and calls the version ``<name>/<version>`` in its decisions,
+rewards and snapshots.
+"""
+
+from __future__ import annotations
+
+#: Key of the state file in the pyfunc ``artifacts`` dict.
+POLICY_STATE_ARTIFACT = "policy_state"
+#: File name the training side must give the state file.
+POLICY_STATE_FILE = "policy_state.npz"
+#: Path of the state file inside the model version's directory.
+POLICY_STATE_PATH = f"artifacts/{POLICY_STATE_FILE}"
+
+
+def version_label(name: str, version: str | int) -> str:
+    """How the service names a registry version in its logs and in the store."""
+    return f"{name}/{version}"

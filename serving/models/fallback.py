@@ -1,0 +1,43 @@
+"""The fallback policy: serves when no model is ready or the model errors.
+
+``uniform`` picks every candidate with probability 1/K; ``epsilon_greedy`` keeps the
+caller's order as the default (the first candidate is the greedy choice) and explores
+uniformly with probability ε. Both report exact propensities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bandit_core import Candidates, Decision
+from bandit_core.exploration import greedy_choice_one
+
+
+class FallbackPolicy:
+    """ε-greedy around the caller's order; ``kind="uniform"`` is the ε = 1 case."""
+
+    def __init__(self, kind: str = "uniform", epsilon: float = 0.1) -> None:
+        if kind not in ("uniform", "epsilon_greedy"):
+            raise ValueError(f"fallback kind must be 'uniform' or 'epsilon_greedy'; got {kind!r}.")
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"fallback epsilon must be in [0, 1]; got {epsilon}.")
+        self.kind = kind
+        self.epsilon = 1.0 if kind == "uniform" else float(epsilon)
+        self.name = f"fallback:{kind}"
+        self.model_version: str | None = None
+
+    def select(self, context: object, candidates: Candidates, rng: np.random.Generator) -> Decision:
+        """Choose among ``candidates`` (the context is not used)."""
+        k = len(candidates)
+        scores = -np.arange(k, dtype=np.float64)
+        arm, probs = greedy_choice_one(scores, self.epsilon, rng)
+        return Decision(
+            arm=arm,
+            arm_id=candidates.ids[arm],
+            propensity=float(probs[arm]),
+            probabilities=probs,
+            scores=scores,
+            policy=self.name,
+            explored=self.kind == "epsilon_greedy" and arm != 0,
+            model_version=None,
+        )

@@ -1,0 +1,105 @@
+"""The models being served: one immutable set, swapped as a whole by the loader."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bandit_core import Policy
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Input shape a policy expects: ``dim_user`` (None = any) and ``dim_arm``
+    (0 = candidate features are not used, any width accepted)."""
+
+    dim_user: int | None
+    dim_arm: int
+
+    @classmethod
+    def of(cls, policy: Policy) -> Signature:
+        """Read the dimensions from the policy's state config (wrappers unwrapped)."""
+        config: dict[str, Any] = policy.to_state().config
+        while "inner" in config:
+            config = config["inner"]["config"]
+        dim_user = config.get("dim_user")
+        shared = config.get("shared", True)
+        dim_arm = int(config.get("dim_arm", 0) or 0) if shared else 0
+        return cls(None if dim_user is None else int(dim_user), dim_arm)
+
+
+def find_head(policy: Any) -> Any:
+    """The Bayesian head of ``policy`` (through wrappers), or None."""
+    while policy is not None:
+        head = getattr(policy, "head", None)
+        if head is not None:
+            return head
+        policy = getattr(policy, "inner", None)
+    return None
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A loaded model version and its online-learning bookkeeping.
+
+    ``policy`` is mutated only on the event-loop thread (decisions and reward
+    application); ``last_reward_id`` is the id of the last reward its head learnt from.
+    """
+
+    version: str
+    policy: Policy
+    source: str
+    signature: Signature
+    last_reward_id: int = 0
+    applied_rewards: int = 0
+    rewards_since_snapshot: int = 0
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_snapshot_at: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> dict[str, Any]:
+        """Version, policy, source, bookkeeping and head statistics (for ``/v1/model``)."""
+        return {
+            "version": self.version,
+            "policy": self.policy.name,
+            "source": self.source,
+            "loaded_at": self.loaded_at.isoformat(),
+            "applied_rewards": self.applied_rewards,
+            "last_reward_id": self.last_reward_id,
+            "head": self.head_summary(),
+        }
+
+    def head_summary(self) -> dict[str, Any] | None:
+        head = find_head(self.policy)
+        if head is None:
+            return None
+        a, b = head.noise_posterior()
+        return {
+            "dim": int(head.dim),
+            "n_heads": int(head.n_heads),
+            "observations": float(head.count_.sum()),
+            "theta_norm": float((head.theta_**2).sum() ** 0.5),
+            "noise_variance_mean": float((b / (a - 1.0)).mean()) if (a > 1.0).all() else None,
+        }
+
+
+@dataclass(frozen=True)
+class ServingSet:
+    """What serves now: production (None = fallback), the rollout candidate and its share."""
+
+    production: ServedModel | None
+    candidate: ServedModel | None = None
+    candidate_share: float = 0.0
+
+    def models(self) -> list[ServedModel]:
+        return [m for m in (self.production, self.candidate) if m is not None]
+
+    def for_version(self, version: str | None) -> ServedModel | None:
+        if version is None:
+            return None
+        return next((m for m in self.models() if m.version == version), None)
+
+    @property
+    def fallback_active(self) -> bool:
+        return self.production is None

@@ -1,0 +1,84 @@
+"""Where models come from: the ``ModelSource`` protocol and the local-file source.
+
+A source answers two questions off the request path: which version plays a role now
+(:meth:`ModelSource.resolve`, cheap, called at every poll) and what that version is
+(:meth:`ModelSource.load`, called once per new version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from bandit_core import Policy
+from serving.models.state_io import policy_from_bytes
+
+Role = Literal["production", "candidate"]
+ROLES: tuple[Role, ...] = ("production", "candidate")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model version: its label and whatever the source needs to load it."""
+
+    version: str
+    locator: Any = field(repr=False, compare=False)
+
+
+class ModelSource(Protocol):
+    name: str
+
+    def resolve(self, role: Role) -> ModelRef | None:
+        """The version playing ``role`` now, or None when there is none. Raises when
+        the source cannot be reached (the loader keeps what it serves)."""
+        ...
+
+    def load(self, ref: ModelRef) -> Policy:
+        """The policy of ``ref`` with ``model_version`` set to ``ref.version``."""
+        ...
+
+
+class FileModelSource:
+    """Policy state files on local disk, one per role.
+
+    The version is ``file-`` and the first 12 hex digits of the content's SHA-256, so
+    replacing the file (atomically, with ``os.replace``) is a new version, restarting on
+    the same file is the same version, and copying the candidate's file over the
+    production one promotes the candidate (with its online head). The file is read once
+    per change (size and mtime are checked at each poll), and the bytes hashed are the
+    bytes loaded.
+    """
+
+    name = "file"
+
+    def __init__(self, paths: dict[Role, Path | None]) -> None:
+        self.paths = {role: paths.get(role) for role in ROLES}
+        self._seen: dict[Role, tuple[tuple[int, int], ModelRef]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, role: Role) -> ModelRef | None:
+        path = self.paths[role]
+        if path is None:
+            return None
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        key = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._seen.get(role)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            data = path.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()[:12]
+            ref = ModelRef(f"file-{digest}", data)
+            self._seen[role] = (key, ref)
+            return ref
+
+    def load(self, ref: ModelRef) -> Policy:
+        policy = policy_from_bytes(ref.locator)
+        policy.model_version = ref.version
+        return policy

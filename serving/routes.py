@@ -1,0 +1,130 @@
+"""HTTP endpoints (thin: validation by the schemas, work by the service)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from serving.schemas import (
+    DecisionRequest,
+    DecisionResponse,
+    ModelInfo,
+    RewardRequest,
+    RewardResponse,
+)
+from serving.service import DecisionService
+
+router = APIRouter()
+Role = Literal["production", "candidate"]
+_bearer = HTTPBearer(auto_error=False, description="Required when BANDITOPS_API_TOKEN is set.")
+
+_UNAVAILABLE = {503: {"description": "Not ready, or the event store is unavailable."}}
+_UNAUTHORIZED = {401: {"description": "Missing or wrong bearer token."}}
+
+
+def service_of(request: Request) -> DecisionService:
+    service: DecisionService = request.app.state.service
+    return service
+
+
+# async: a plain-def dependency would run in the thread pool on every request
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """401 unless the configured bearer token (if any) is presented."""
+    token = service_of(request).settings.api_token
+    if token is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="a valid bearer token is required.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+Authorized = [Depends(require_token)]
+
+
+@router.post("/v1/decisions", responses=_UNAVAILABLE, tags=["decisions"])
+async def post_decision(body: DecisionRequest, request: Request) -> DecisionResponse:
+    """Choose an arm (or a ranked slate) and log the decision with its propensity.
+
+    Answered only once the decision is committed to the event store.
+    """
+    return await service_of(request).decide(body)
+
+
+@router.post(
+    "/v1/rewards",
+    dependencies=Authorized,
+    responses={**_UNAUTHORIZED, 404: {"description": "Unknown event id."}, **_UNAVAILABLE},
+    tags=["decisions"],
+)
+async def post_reward(body: RewardRequest, request: Request) -> RewardResponse:
+    """Log the reward of a decision and update the deciding model's head at once.
+
+    A repeated reward for an event is stored and never applied twice.
+    """
+    return await service_of(request).reward(body)
+
+
+@router.get("/v1/model", tags=["models"])
+async def get_model(request: Request) -> ModelInfo:
+    """The served versions, their policies and head statistics."""
+    return service_of(request).model_info()
+
+
+@router.post("/v1/admin/poll", dependencies=Authorized, responses=_UNAUTHORIZED, tags=["admin"])
+async def admin_poll(request: Request) -> ModelInfo:
+    """Poll the model source now (instead of waiting for the interval)."""
+    return await service_of(request).poll_now()
+
+
+@router.post("/v1/admin/snapshot", dependencies=Authorized, responses=_UNAUTHORIZED, tags=["admin"])
+async def admin_snapshot(request: Request) -> dict[str, list[int]]:
+    """Snapshot every head with rewards since its last snapshot."""
+    return {"snapshot_ids": await service_of(request).snapshot_now()}
+
+
+@router.get(
+    "/v1/admin/state",
+    dependencies=Authorized,
+    responses={**_UNAUTHORIZED, 404: {"description": "No model serves that role."}},
+    response_class=Response,
+    tags=["admin"],
+)
+async def admin_state(request: Request, role: Role = "production") -> Response:
+    """The live policy state of a role (``bandit_core.save_policy`` ``.npz`` bytes)."""
+    data = await service_of(request).state_bytes(role)
+    return Response(content=data, media_type="application/octet-stream")
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz", responses={503: {"description": "No model or fallback ready yet."}}, tags=["ops"]
+)
+async def readyz(request: Request, response: Response) -> dict[str, object]:
+    """200 once a model or the fallback is ready to serve, 503 before."""
+    service = service_of(request)
+    if not service.ready:
+        response.status_code = 503
+        return {"status": "starting"}
+    return {"status": "ready", "fallback_active": service.model_info().fallback_active}
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition."""
+    body, content_type = service_of(request).metrics.render()
+    return Response(content=body, media_type=content_type)

@@ -1,0 +1,110 @@
+"""Request and response bodies of the HTTP API (pydantic v2).
+
+Numbers are strict (a JSON string is not a number) and finite (``NaN``/``Infinity``
+tokens are rejected); unknown fields are rejected. Checks that depend on the served
+model or on settings (dimensions, number of candidates, reward range) run in the
+service and answer 422 in the same format, naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag
+
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Identifier = Annotated[str, Field(min_length=1, max_length=256)]
+EventId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _context_kind(value: object) -> str:
+    return "named" if isinstance(value, dict) else "vector"
+
+
+#: A vector, or named features; the error of the matching form only is reported, at
+#: ``context.vector[...]`` or ``context.named[...]``.
+Context = Annotated[
+    Annotated[list[FiniteFloat], Tag("vector")] | Annotated[dict[str, FiniteFloat], Tag("named")],
+    Discriminator(_context_kind),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Candidate(_Strict):
+    """One candidate arm."""
+
+    id: Identifier
+    features: list[FiniteFloat] = Field(
+        default_factory=list, description="Feature vector (dim_arm floats); may be empty."
+    )
+
+
+class DecisionRequest(_Strict):
+    """Ask for a decision among ``candidates`` for a user with ``context``."""
+
+    context: Context = Field(
+        description="User context: a vector of dim_user floats, or named features "
+        "(names configured in BANDITOPS_CONTEXT_FEATURES)."
+    )
+    candidates: list[Candidate] = Field(min_length=1, description="Candidate arms (1..max).")
+    k: int | None = Field(
+        default=None, ge=1, strict=True, description="Return a ranked slate of k arms."
+    )
+    user_id: Identifier | None = Field(
+        default=None, description="Stored only as a salted hash; keys the rollout split."
+    )
+
+
+class DecisionResponse(BaseModel):
+    event_id: str = Field(description="Quote it when sending the reward.")
+    arm_id: str = Field(description="The chosen arm (first of the ranking for a slate).")
+    propensity: float = Field(description="Probability that this arm was chosen, in (0, 1].")
+    ranking: list[str] | None = Field(default=None, description="The slate, best first.")
+    slate_propensities: list[float] | None = Field(
+        default=None,
+        description="Probability of each slate position given the positions before it.",
+    )
+    model_version: str | None
+    policy: str
+    explored: bool
+    fallback: bool = Field(description="True when the fallback policy decided.")
+    traffic: str = Field(description="Rollout arm of the request: production or candidate.")
+
+
+class RewardRequest(_Strict):
+    """The reward of an earlier decision."""
+
+    event_id: EventId
+    reward: FiniteFloat
+    timestamp: AwareDatetime | None = Field(
+        default=None, description="When the reward happened (default: when received)."
+    )
+
+
+class RewardResponse(BaseModel):
+    event_id: str
+    status: str = Field(description="applied, duplicate, summed, late, not_served or fallback.")
+    applied: bool = Field(description="Whether the deciding model's head learnt from it.")
+    model_version: str | None
+
+
+class ServedModelInfo(BaseModel):
+    version: str
+    policy: str
+    source: str
+    loaded_at: str
+    applied_rewards: int
+    last_reward_id: int
+    head: dict[str, float | int | None] | None
+
+
+class ModelInfo(BaseModel):
+    ready: bool
+    fallback_active: bool
+    fallback_policy: str
+    production: ServedModelInfo | None
+    candidate: ServedModelInfo | None
+    candidate_share: float

@@ -1,0 +1,441 @@
+"""The decision service: select and log, learn from each reward, snapshot heads.
+
+Threads and what they own:
+
+* the **event loop** (request handlers) owns every policy object: decisions, reward
+  application and snapshots (``to_state``) all run there, so no lock is needed and the
+  request-path numpy runs single-threaded (``threadpool_limits(1)``);
+* the **writer** thread commits events in groups (:mod:`serving.store.writer`); after a
+  commit it schedules the application of the batch's rewards on the loop *before*
+  completing the requests' futures, so a reward's response is sent after its head update,
+  and heads learn in reward-id order (which is what recovery replays);
+* the **loader** thread polls the model source and swaps the served set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Engine
+from threadpoolctl import threadpool_limits
+
+from serving.decide import choose
+from serving.identity import CANDIDATE, hash_user, route
+from serving.inputs import (
+    DecisionInput,
+    InputError,
+    candidate_set,
+    check_reward,
+    check_signature,
+    check_slate,
+    context_vector,
+)
+from serving.metrics import ServiceMetrics
+from serving.models.fallback import FallbackPolicy
+from serving.models.loader import ModelLoader
+from serving.models.served import ServedModel, ServingSet
+from serving.models.sources import FileModelSource, ModelSource
+from serving.models.state_io import state_to_bytes
+from serving.schemas import (
+    DecisionRequest,
+    DecisionResponse,
+    ModelInfo,
+    RewardRequest,
+    RewardResponse,
+    ServedModelInfo,
+)
+from serving.settings import Settings
+from serving.snapshots import Snapshotter
+from serving.store import records
+from serving.store.engine import make_engine
+from serving.store.migrate import require_current
+from serving.store.records import DecisionRow, RewardOutcome, RewardRow
+from serving.store.repository import EventStore, StoredDecision, write_events
+from serving.store.writer import GroupCommitWriter, WriterClosedError
+
+log = logging.getLogger(__name__)
+
+#: A reward timestamp may precede its decision by this much (clock skew) and no more.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class NotReadyError(RuntimeError):
+    """No model and no fallback decided yet (503)."""
+
+
+class NotFoundError(LookupError):
+    """An event id the store does not know, or a role no model serves (404)."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The event could not be committed, so it is not acknowledged (503)."""
+
+
+@dataclass(frozen=True)
+class LearnInput:
+    """What a head needs to learn from a reward of a decision."""
+
+    context: NDArray[np.float64]
+    arm_id: str
+    arm_features: NDArray[np.float64]
+
+
+def _why_not_applicable(late: bool, decision: StoredDecision, served: ServingSet) -> str | None:
+    """Why a (first) reward of ``decision`` cannot update a head here, or None."""
+    if late:
+        return records.LATE
+    if decision.fallback:
+        return records.FALLBACK
+    if served.for_version(decision.model_version) is None:
+        return records.NOT_SERVED
+    return None
+
+
+def build_source(settings: Settings) -> ModelSource:
+    """The MLflow registry source when a tracking URI is set, else local files."""
+    if settings.mlflow_tracking_uri is not None:
+        from serving.models.mlflow_source import MlflowModelSource
+
+        return MlflowModelSource(
+            settings.mlflow_tracking_uri,
+            settings.model_name,
+            {"production": settings.production_alias, "candidate": settings.candidate_alias},
+            registry_uri=settings.mlflow_registry_uri,
+        )
+    return FileModelSource(
+        {"production": settings.model_path, "candidate": settings.candidate_model_path}
+    )
+
+
+class DecisionService:
+    """Everything behind the HTTP endpoints.
+
+    Parameters
+    ----------
+    settings : Settings
+    engine : Engine
+        The event store (already at the current migration).
+    source : ModelSource
+    metrics : ServiceMetrics
+    rng : numpy Generator, optional
+        Randomness of every decision (default: seeded from ``settings.seed``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        source: ModelSource,
+        metrics: ServiceMetrics,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = EventStore(engine)
+        self.metrics = metrics
+        self.rng = rng if rng is not None else np.random.default_rng(settings.seed)
+        self.fallback = FallbackPolicy(settings.fallback_policy, settings.fallback_epsilon)
+        self.salt = settings.resolve_salt()
+        self.writer: GroupCommitWriter[Any, Any] = GroupCommitWriter(
+            engine,
+            write_events,
+            max_batch=settings.writer_max_batch,
+            on_committed=self._on_committed,
+            on_batch=metrics.observe_batch,
+        )
+        self.loader = ModelLoader(
+            source,
+            self.store,
+            settings.poll_interval_s,
+            settings.candidate_share,
+            on_swap=self._on_swap,
+        )
+        self.snapshots = Snapshotter(
+            self._commit,
+            settings.snapshot_every_rewards,
+            settings.snapshot_every_s,
+            enabled=settings.workers == 1,  # several workers rebuild from the store
+        )
+        self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._blas: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: ServiceMetrics) -> DecisionService:
+        engine = make_engine(settings.store_url, settings.sqlite_synchronous)
+        require_current(engine)
+        return cls(settings, engine, build_source(settings), metrics)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._blas = threadpool_limits(limits=1)
+        self.writer.start()
+        self.loader.start()
+        self._timer = asyncio.create_task(self.snapshots.timer(self._served_models))
+
+    async def stop(self) -> None:
+        """Stop polling, snapshot every head with unsaved rewards, commit, close."""
+        await asyncio.to_thread(self.loader.stop)
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.snapshots.dirty(self._served_models())
+        await self.snapshots.drain()
+        await asyncio.to_thread(self.writer.close)
+        self.engine.dispose()
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+
+    @property
+    def ready(self) -> bool:
+        return self.loader.ready
+
+    def _served(self) -> ServingSet:
+        served = self.loader.current
+        if served is None:
+            raise NotReadyError("no model or fallback is ready yet.")
+        return served
+
+    def _served_models(self) -> list[ServedModel]:
+        served = self.loader.current
+        return [] if served is None else served.models()
+
+    async def snapshot_now(self) -> list[int]:
+        """Snapshot every served head with rewards since its last snapshot."""
+        return await self.snapshots.dirty(self._served().models())
+
+    # ------------------------------------------------------------------ decisions
+    async def decide(self, req: DecisionRequest) -> DecisionResponse:
+        """Route, validate, choose (the fallback if the model fails), log, answer.
+
+        Raises
+        ------
+        InputError
+            A field does not fit the settings or the serving model (422).
+        NotReadyError, StoreUnavailableError
+            Nothing serves yet, or the decision could not be committed (503).
+        """
+        served = self._served()
+        settings = self.settings
+        user_hash = None if req.user_id is None else hash_user(req.user_id, self.salt)
+        share = served.candidate_share if served.candidate is not None else 0.0
+        traffic = route(user_hash, share, self.rng)
+        model = served.candidate if traffic == CANDIDATE else served.production
+        inp = DecisionInput(
+            context_vector(req.context, settings.context_features),
+            candidate_set(req.candidates, settings.max_candidates),
+        )
+        if model is not None:
+            check_signature(inp, model.signature)
+        check_slate(req.k, len(inp.candidates), settings.max_slate)
+        choice = None
+        if model is not None:
+            try:
+                choice = choose(model.policy, inp.context, inp.candidates, self.rng, req.k)
+            except Exception:
+                log.exception("model %s failed; the fallback decides", model.version)
+                self.metrics.model_errors.inc()
+        fallback = choice is None
+        if choice is None:
+            choice = choose(self.fallback, inp.context, inp.candidates, self.rng, req.k)
+        d = choice.decision
+        row = DecisionRow(
+            event_id=uuid.uuid4().hex,
+            created_at=datetime.now(UTC),
+            user_hash=user_hash,
+            context=inp.context,
+            candidate_ids=inp.candidates.ids,
+            candidate_features=inp.candidates.features,
+            chosen=d.arm,
+            propensity=d.propensity,
+            probabilities=np.asarray(d.probabilities, dtype=np.float64),
+            scores=np.asarray(d.scores, dtype=np.float64),
+            policy=d.policy,
+            model_version=None if fallback or model is None else model.version,
+            traffic=traffic,
+            fallback=fallback,
+            explored=bool(d.explored),
+            ranking=choice.ranking,
+            slate_propensities=choice.slate_propensities,
+        )
+        await self._commit(row)
+        self._remember(row)
+        self.metrics.decisions.labels(
+            self.metrics.arm_label(d.arm_id), traffic, "true" if fallback else "false"
+        ).inc()
+        ids = inp.candidates.ids
+        return DecisionResponse(
+            event_id=row.event_id,
+            arm_id=d.arm_id,
+            propensity=d.propensity,
+            ranking=None if choice.ranking is None else [ids[i] for i in choice.ranking],
+            slate_propensities=(
+                None if choice.slate_propensities is None else list(choice.slate_propensities)
+            ),
+            model_version=row.model_version,
+            policy=d.policy,
+            explored=row.explored,
+            fallback=fallback,
+            traffic=traffic,
+        )
+
+    def _remember(self, row: DecisionRow) -> None:
+        size = self.settings.decision_cache_size
+        if size == 0:
+            return
+        self._cache[row.event_id] = StoredDecision(
+            event_id=row.event_id,
+            created_at=row.created_at,
+            context=row.context,
+            arm_id=row.arm_id,
+            arm_features=row.candidate_features[row.chosen].copy(),  # not the (K, d) block
+            model_version=row.model_version,
+            fallback=row.fallback,
+        )
+        while len(self._cache) > size:
+            self._cache.popitem(last=False)
+
+    # ------------------------------------------------------------------ rewards
+    async def reward(self, req: RewardRequest) -> RewardResponse:
+        """Log a reward; the head of the deciding version learns from it before the
+        answer (once per event, in the window, while that version is served).
+
+        Raises
+        ------
+        InputError
+            Reward out of range, or a timestamp before the decision (422).
+        NotFoundError
+            Unknown event id (404).
+        NotReadyError, StoreUnavailableError
+            Nothing serves yet, or the reward could not be committed (503).
+        """
+        served = self._served()
+        settings = self.settings
+        check_reward(req.reward, settings.reward_min, settings.reward_max)
+        decision = self._cache.get(req.event_id)
+        if decision is None:
+            decision = await asyncio.to_thread(self.store.find_decision, req.event_id)
+        if decision is None:
+            raise NotFoundError(f"no decision with event_id {req.event_id!r}.")
+        received = datetime.now(UTC)
+        ts = req.timestamp.astimezone(UTC) if req.timestamp is not None else received
+        if ts < decision.created_at - CLOCK_SKEW:
+            raise InputError(
+                ("body", "timestamp"),
+                f"timestamp {ts.isoformat()} is before the decision "
+                f"({decision.created_at.isoformat()}).",
+            )
+        late = ts - decision.created_at > timedelta(seconds=settings.reward_window_s)
+        status = _why_not_applicable(late, decision, served)
+        row = RewardRow(
+            event_id=req.event_id,
+            value=req.reward,
+            ts=ts,
+            received_at=received,
+            model_version=decision.model_version,
+            eligible=status is None,
+            ineligible_status=status,
+            repeat_status=records.SUMMED if settings.duplicate_rule == "sum" else records.DUPLICATE,
+            learn=LearnInput(decision.context, decision.arm_id, decision.arm_features),
+        )
+        outcome: RewardOutcome = await self._commit(row)
+        self.metrics.rewards.labels(outcome.status).inc()
+        self.metrics.reward_value.observe(req.reward)
+        return RewardResponse(
+            event_id=req.event_id,
+            status=outcome.status,
+            applied=outcome.applied,
+            model_version=decision.model_version,
+        )
+
+    async def _commit(self, item: Any) -> Any:
+        try:
+            future = self.writer.submit(item)
+        except WriterClosedError as exc:
+            raise StoreUnavailableError(str(exc)) from exc
+        try:
+            return await asyncio.wrap_future(future)
+        except Exception as exc:
+            raise StoreUnavailableError(f"the event store refused the event: {exc}") from exc
+
+    def _on_committed(self, items: Sequence[Any], results: list[Any]) -> None:
+        """Writer thread: hand the committed, applied rewards to the loop (in order)."""
+        learn = [
+            (item, res)
+            for item, res in zip(items, results, strict=True)
+            if isinstance(item, RewardRow) and res.applied
+        ]
+        if learn and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._apply, learn)
+
+    def _apply(self, pairs: list[tuple[RewardRow, RewardOutcome]]) -> None:
+        """Loop thread: update the head of the version that made each decision."""
+        served = self.loader.current
+        for row, outcome in pairs:
+            model = served.for_version(row.model_version) if served is not None else None
+            if model is None:
+                log.warning(
+                    "reward %d for %s arrived after it was swapped out; the store "
+                    "keeps it for its next load",
+                    outcome.id,
+                    row.model_version,
+                )
+                continue
+            learn: LearnInput = row.learn
+            try:
+                model.policy.update(learn.context, learn.arm_id, row.value, learn.arm_features)
+            except Exception:
+                log.exception("head update failed for reward %d", outcome.id)
+                continue
+            model.last_reward_id = outcome.id
+            model.applied_rewards += 1
+            model.rewards_since_snapshot += 1
+            self.snapshots.after_reward(model)
+
+    # ------------------------------------------------------------------ models
+    async def state_bytes(self, role: str) -> bytes:
+        """The live state of ``role``'s policy as ``.npz`` bytes (copied on the loop)."""
+        served = self._served()
+        model = served.candidate if role == CANDIDATE else served.production
+        if model is None:
+            raise NotFoundError(f"no model serves the {role} role.")
+        state = model.policy.to_state()
+        return await asyncio.to_thread(state_to_bytes, state)
+
+    async def poll_now(self) -> ModelInfo:
+        await asyncio.to_thread(self.loader.poll)
+        return self.model_info()
+
+    def _on_swap(self, served: ServingSet) -> None:
+        labels = [
+            (role, m.version, m.policy.name)
+            for role, m in (("production", served.production), ("candidate", served.candidate))
+            if m is not None
+        ]
+        self.metrics.set_models(labels, served.fallback_active)
+
+    def model_info(self) -> ModelInfo:
+        """Served versions, policies and head statistics."""
+        served = self.loader.current
+
+        def describe(model: ServedModel | None) -> ServedModelInfo | None:
+            return None if model is None else ServedModelInfo(**model.summary())
+
+        return ModelInfo(
+            ready=served is not None,
+            fallback_active=served is None or served.fallback_active,
+            fallback_policy=self.fallback.name,
+            production=describe(served.production if served else None),
+            candidate=describe(served.candidate if served else None),
+            candidate_share=served.candidate_share if served else 0.0,
+        )

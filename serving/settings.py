@@ -1,0 +1,167 @@
+"""Service settings, read from ``BANDITOPS_*`` environment variables (pydantic-settings).
+
+Every knob of the decision service lives here, validated once at start-up; the rest of
+``serving`` receives a :class:`Settings` object and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SALT_FILE = "user_salt"
+
+
+class Settings(BaseSettings):
+    """Configuration of the decision service and its event store.
+
+    Attributes
+    ----------
+    workspace : Path
+        Directory for local state: the default SQLite database and the generated user-id
+        salt when none is configured.
+    database_url : str or None
+        SQLAlchemy URL of the event store; default ``sqlite:///<workspace>/banditops.db``.
+        PostgreSQL: ``postgresql+psycopg2://user@host:5432/db``.
+    sqlite_synchronous : {"FULL", "NORMAL"}
+        SQLite ``PRAGMA synchronous`` in WAL mode. ``FULL`` fsyncs the log on every
+        commit, so an acknowledged event survives a power loss; ``NORMAL`` survives a
+        process crash only.
+    model_path, candidate_model_path : Path or None
+        Local policy state files (``bandit_core.save_policy``) for the production model
+        and for the rollout candidate. Used when no MLflow tracking URI is set.
+    mlflow_tracking_uri, mlflow_registry_uri : str or None
+        MLflow server (or ``sqlite:///...``) to poll; enables the registry source.
+    model_name, production_alias, candidate_alias : str
+        The registry model is ``models:/<model_name>@<production_alias>``; the rollout
+        candidate (if ``candidate_share > 0``) is ``@<candidate_alias>``.
+    candidate_share : float in [0, 1]
+        Share of traffic, by hashed user id, served by the candidate version.
+    poll_interval_s : float
+        Seconds between two polls of the model source (off the request path).
+    fallback_policy : {"uniform", "epsilon_greedy"}
+        What serves when no model is ready or a model errors: uniform over the candidates,
+        or ε-greedy around the caller's order (the first candidate is the default).
+    api_token : SecretStr or None
+        Bearer token required by the reward and admin endpoints when set.
+    max_body_bytes, max_candidates, max_slate : int
+        Request limits (413 / 422 beyond them).
+    context_features : list of str
+        Names of the context features, in vector order, for named contexts.
+    reward_min, reward_max : float
+        Accepted reward range (422 outside it).
+    reward_window_s : float
+        A reward later than this after its decision is stored but not applied ("late").
+    duplicate_rule : {"first_wins", "sum"}
+        A repeated reward of an event is ignored, or added to the event's reward in the
+        training replay; online, only the first is ever applied to a head.
+    missing_reward, default_reward
+        What the training replay does with a decision without a reward in its window.
+    user_salt : SecretStr or None
+        Salt of the user-id hash (generated once into the workspace when unset).
+    snapshot_every_rewards, snapshot_every_s
+        Head snapshot cadence.
+    writer_max_batch : int
+        Most events in one group commit.
+    decision_cache_size : int
+        Recent decisions kept in memory for their rewards (older ones are read back from
+        the store).
+    seed : int or None
+        Seed of the decision randomness (None: fresh entropy).
+    workers : int
+        Worker processes (set by ``banditops serve``); above 1 each worker rebuilds its
+        heads from the store and snapshots are off.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BANDITOPS_", extra="ignore")
+
+    workspace: Path = Path("workspace")
+    database_url: str | None = None
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    model_path: Path | None = None
+    candidate_model_path: Path | None = None
+    mlflow_tracking_uri: str | None = None
+    mlflow_registry_uri: str | None = None
+    model_name: str = "banditops-policy"
+    production_alias: str = "production"
+    candidate_alias: str = "staging"
+    candidate_share: float = Field(0.0, ge=0.0, le=1.0)
+    poll_interval_s: float = Field(30.0, gt=0.0)
+
+    fallback_policy: Literal["uniform", "epsilon_greedy"] = "uniform"
+    fallback_epsilon: float = Field(0.1, ge=0.0, le=1.0)
+
+    api_token: SecretStr | None = None
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_candidates: int = Field(1000, ge=1)
+    max_slate: int = Field(20, ge=1)
+    context_features: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    reward_min: float = 0.0
+    reward_max: float = 1.0
+    reward_window_s: float = Field(86_400.0, gt=0.0)
+    duplicate_rule: Literal["first_wins", "sum"] = "first_wins"
+    missing_reward: Literal["default", "drop"] = "default"
+    default_reward: float = 0.0
+
+    user_salt: SecretStr | None = None
+
+    snapshot_every_rewards: int = Field(1000, ge=1)
+    snapshot_every_s: float = Field(300.0, gt=0.0)
+    writer_max_batch: int = Field(512, ge=1)
+    decision_cache_size: int = Field(50_000, ge=0)
+    seed: int | None = None
+    workers: int = Field(1, ge=1)
+
+    @field_validator("context_features", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        """Accept ``"a,b,c"`` as well as a JSON list in the environment."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.reward_min < self.reward_max:
+            raise ValueError(
+                f"reward_min must be below reward_max; got {self.reward_min} and {self.reward_max}."
+            )
+        if len(set(self.context_features)) != len(self.context_features):
+            raise ValueError("context_features must be distinct names.")
+        return self
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def store_url(self) -> str:
+        """The event-store URL (the configured one or the workspace SQLite file)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.workspace / 'banditops.db').resolve()}"
+
+    @property
+    def uses_mlflow(self) -> bool:
+        return self.mlflow_tracking_uri is not None
+
+    def resolve_salt(self) -> bytes:
+        """The user-id salt: configured, or generated once and kept in the workspace.
+
+        A generated salt is written with mode 0600 so hashes stay stable across restarts
+        (and so does the rollout split, which hashes the same salted id).
+        """
+        if self.user_salt is not None:
+            return self.user_salt.get_secret_value().encode()
+        path = self.workspace / SALT_FILE
+        if not path.exists():
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32))
+        return path.read_text().strip().encode()

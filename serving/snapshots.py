@@ -1,0 +1,103 @@
+"""Head snapshots: every N applied rewards, every T seconds, and at shutdown.
+
+A snapshot is taken on the event loop (``policy.to_state()`` copies the arrays, so the
+head may keep learning), then serialised in a worker thread and committed through the
+event writer. It records ``last_reward_id``: recovery loads the newest snapshot and
+replays the applied rewards after that id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from bandit_core import PolicyState
+from serving.models.served import ServedModel
+from serving.models.state_io import state_to_bytes
+from serving.store.records import SnapshotRow
+
+log = logging.getLogger(__name__)
+
+Commit = Callable[[SnapshotRow], Awaitable[Any]]
+
+
+class Snapshotter:
+    """Decides when to snapshot a served head and writes the snapshot.
+
+    Parameters
+    ----------
+    commit : async callable
+        Commits a :class:`SnapshotRow` and returns its id.
+    every_rewards : int
+        Snapshot a head after this many applied rewards.
+    every_s : float
+        ... or when it has unsaved rewards this many seconds after its last snapshot.
+    enabled : bool
+        False turns snapshots off (several workers: each rebuilds from the store).
+    """
+
+    def __init__(self, commit: Commit, every_rewards: int, every_s: float, enabled: bool) -> None:
+        self._commit = commit
+        self.every_rewards = every_rewards
+        self.every_s = every_s
+        self.enabled = enabled
+        self._pending: set[asyncio.Task[int]] = set()
+
+    def after_reward(self, model: ServedModel) -> None:
+        """Loop thread: count the reward; snapshot when N have accumulated."""
+        if model.rewards_since_snapshot >= self.every_rewards:
+            self.take(model)
+
+    def take(self, model: ServedModel) -> asyncio.Task[int] | None:
+        """Loop thread: copy the state now; serialise and commit it in the background."""
+        if not self.enabled:
+            return None
+        state = model.policy.to_state()
+        meta = {
+            "model_version": model.version,
+            "last_reward_id": model.last_reward_id,
+            "applied_rewards": model.applied_rewards,
+        }
+        model.rewards_since_snapshot = 0
+        model.last_snapshot_at = time.monotonic()
+        task = asyncio.create_task(self._write(state, meta))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def _write(self, state: PolicyState, meta: dict[str, Any]) -> int:
+        data = await asyncio.to_thread(state_to_bytes, state)
+        row = SnapshotRow(created_at=datetime.now(UTC), policy=state.policy, state=data, **meta)
+        snapshot_id: int = await self._commit(row)
+        log.info(
+            "snapshot %d of %s after reward %d",
+            snapshot_id,
+            meta["model_version"],
+            meta["last_reward_id"],
+        )
+        return snapshot_id
+
+    async def dirty(self, models: Iterable[ServedModel]) -> list[int]:
+        """Snapshot every head with unsaved rewards; the ids written."""
+        tasks = [self.take(m) for m in models if m.rewards_since_snapshot > 0]
+        return [await t for t in tasks if t is not None]
+
+    async def timer(self, current: Callable[[], Iterable[ServedModel]]) -> None:
+        """Run forever: snapshot heads whose unsaved rewards are older than ``every_s``."""
+        while True:
+            await asyncio.sleep(min(self.every_s, 5.0))
+            now = time.monotonic()
+            for model in current():
+                if (
+                    model.rewards_since_snapshot > 0
+                    and now - model.last_snapshot_at >= self.every_s
+                ):
+                    self.take(model)
+
+    async def drain(self) -> None:
+        """Wait for the snapshots in flight."""
+        await asyncio.gather(*list(self._pending), return_exceptions=True)

@@ -1,0 +1,56 @@
+"""Engines for the event store: SQLite in WAL mode, or PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def make_engine(url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5) -> Engine:
+    """An engine for ``url``.
+
+    SQLite files get ``journal_mode=WAL`` (readers never block the writer),
+    ``synchronous`` = ``sqlite_synchronous`` (``FULL``: every commit is fsynced),
+    ``foreign_keys=ON`` and a busy timeout for the case of several writer processes; the
+    parent directory is created. PostgreSQL connections are checked before use.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL.
+    sqlite_synchronous : {"FULL", "NORMAL"}
+        Durability of SQLite commits.
+    pool_size : int
+        Connections kept open (PostgreSQL).
+    """
+    parsed = make_url(url)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if sqlite_synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(
+                f"sqlite_synchronous must be 'FULL' or 'NORMAL'; got {sqlite_synchronous!r}."
+            )
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, **options)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.close()
+
+        return engine
+    options.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    return create_engine(parsed, **options)
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"

@@ -1,0 +1,131 @@
+"""What the request path hands to the writer, and what the writer hands back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from serving.store.types import encode_floats
+
+#: Reward ``status`` values.
+APPLIED = "applied"
+DUPLICATE = "duplicate"  # a later reward of the event under the first-wins rule
+SUMMED = "summed"  # a later reward under the sum rule: counted in the replay, not online
+LATE = "late"  # after the reward window
+NOT_SERVED = "not_served"  # the deciding model version is not loaded here any more
+FALLBACK = "fallback"  # the decision came from the fallback policy (nothing to learn)
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    """One decision, as logged (arrays are float64)."""
+
+    event_id: str
+    created_at: datetime
+    user_hash: str | None
+    context: NDArray[np.float64]
+    candidate_ids: tuple[str, ...]
+    candidate_features: NDArray[np.float64]
+    chosen: int
+    propensity: float
+    probabilities: NDArray[np.float64]
+    scores: NDArray[np.float64]
+    policy: str
+    model_version: str | None
+    traffic: str
+    fallback: bool
+    explored: bool
+    ranking: tuple[int, ...] | None = None
+    slate_propensities: tuple[float, ...] | None = None
+
+    @property
+    def arm_id(self) -> str:
+        return self.candidate_ids[self.chosen]
+
+    def params(self) -> dict[str, Any]:
+        """Column values for an INSERT."""
+        return {
+            "event_id": self.event_id,
+            "created_at": self.created_at,
+            "user_hash": self.user_hash,
+            "dim_user": int(self.context.shape[0]),
+            "context": encode_floats(self.context),
+            "n_candidates": len(self.candidate_ids),
+            "dim_arm": int(self.candidate_features.shape[1]),
+            "candidate_ids": list(self.candidate_ids),
+            "candidate_features": encode_floats(self.candidate_features),
+            "chosen": self.chosen,
+            "arm_id": self.arm_id,
+            "propensity": self.propensity,
+            "probabilities": encode_floats(self.probabilities),
+            "scores": encode_floats(self.scores),
+            "ranking": None if self.ranking is None else list(self.ranking),
+            "slate_propensities": (
+                None if self.slate_propensities is None else list(self.slate_propensities)
+            ),
+            "policy": self.policy,
+            "model_version": self.model_version,
+            "traffic": self.traffic,
+            "fallback": self.fallback,
+            "explored": self.explored,
+        }
+
+
+@dataclass(frozen=True)
+class RewardRow:
+    """One reward as received.
+
+    ``eligible`` is the request path's verdict (in the window, from a model version that
+    is served here); ``ineligible_status`` says why not. The writer adds the duplicate
+    check, which needs the store; a repeated reward gets ``repeat_status``
+    (``DUPLICATE`` under the first-wins rule, ``SUMMED`` under the sum rule). ``learn``
+    travels with the row to whoever applies committed rewards to a head; it is not
+    stored.
+    """
+
+    event_id: str
+    value: float
+    ts: datetime
+    received_at: datetime
+    model_version: str | None
+    eligible: bool
+    ineligible_status: str | None = None
+    repeat_status: str = DUPLICATE
+    learn: Any = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class RewardOutcome:
+    """The stored reward: its id (arrival order), ordinal within the event, and whether
+    the online head learns from it."""
+
+    id: int
+    ordinal: int
+    applied: bool
+    status: str
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """A head snapshot: ``state`` is a ``bandit_core.save_policy`` ``.npz`` as bytes."""
+
+    model_version: str
+    created_at: datetime
+    last_reward_id: int
+    applied_rewards: int
+    policy: str
+    state: bytes
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "created_at": self.created_at,
+            "last_reward_id": self.last_reward_id,
+            "applied_rewards": self.applied_rewards,
+            "policy": self.policy,
+            "state": self.state,
+        }

@@ -1,0 +1,156 @@
+"""The replay window for training: decisions with their reward joined, as a DataFrame or
+Parquet file.
+
+Rules (mirroring the service):
+
+* a reward counts when its timestamp is within ``reward_window`` of its decision; a late
+  reward is stored but neither applied online nor counted here;
+* several rewards of one event: ``"first_wins"`` keeps the first (lowest ordinal),
+  ``"sum"`` adds them up;
+* a decision without a reward in its window gets ``default_reward``
+  (``missing_reward="default"``) or is left out (``"drop"``);
+* decisions whose window is still open at ``as_of`` are left out (their reward is not
+  known yet).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from sqlalchemy import ColumnElement, Engine, select
+
+from serving.store.schema import decisions, rewards
+from serving.store.types import decode_floats
+
+COLUMNS = (
+    "event_id",
+    "created_at",
+    "user_hash",
+    "context",
+    "candidate_ids",
+    "candidate_features",
+    "chosen",
+    "arm_id",
+    "propensity",
+    "probabilities",
+    "policy",
+    "model_version",
+    "traffic",
+    "fallback",
+    "explored",
+    "reward",
+    "reward_observed",
+    "n_rewards",
+)
+
+_YIELD_PER = 2000
+
+
+def read_replay(
+    engine: Engine,
+    start: datetime,
+    end: datetime,
+    *,
+    reward_window: timedelta,
+    duplicate_rule: Literal["first_wins", "sum"] = "first_wins",
+    missing_reward: Literal["default", "drop"] = "default",
+    default_reward: float = 0.0,
+    as_of: datetime | None = None,
+) -> pd.DataFrame:
+    """Decisions created in ``[start, end)`` with their reward.
+
+    Parameters
+    ----------
+    engine : Engine
+        The event store.
+    start, end : datetime (timezone-aware)
+        The replay window.
+    reward_window : timedelta
+        How long after a decision its reward may arrive.
+    duplicate_rule, missing_reward, default_reward
+        See the module docstring.
+    as_of : datetime, optional
+        "Now" for deciding which windows are closed (default: the current time).
+
+    Returns
+    -------
+    DataFrame with the columns of :data:`COLUMNS`, one row per decision in time order;
+    ``context`` is a list of ``dim_user`` floats, ``candidate_features`` a list of K lists
+    of ``dim_arm`` floats, ``probabilities`` a list of K floats.
+    """
+    for name, value in (("start", start), ("end", end), ("as_of", as_of)):
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware; got {value!r}.")
+    if duplicate_rule not in ("first_wins", "sum"):
+        raise ValueError(f"duplicate_rule must be 'first_wins' or 'sum'; got {duplicate_rule!r}.")
+    if missing_reward not in ("default", "drop"):
+        raise ValueError(f"missing_reward must be 'default' or 'drop'; got {missing_reward!r}.")
+    closed_before = (as_of or datetime.now(UTC)) - reward_window
+    stop = min(end, closed_before)
+    d = decisions.c
+    in_window = (d.created_at >= start) & (d.created_at < stop)
+    observed = _rewards(engine, in_window, reward_window, duplicate_rule)
+    rows = []
+    query = select(decisions).where(in_window).order_by(d.id)
+    with engine.connect() as conn:
+        for row in conn.execution_options(yield_per=_YIELD_PER).execute(query):
+            value, count = observed.get(row.event_id, (None, 0))
+            if value is None and missing_reward == "drop":
+                continue
+            k, da = row.n_candidates, row.dim_arm
+            rows.append(
+                {
+                    "event_id": row.event_id,
+                    "created_at": row.created_at,
+                    "user_hash": row.user_hash,
+                    "context": decode_floats(row.context, (row.dim_user,)).tolist(),
+                    "candidate_ids": list(row.candidate_ids),
+                    "candidate_features": decode_floats(row.candidate_features, (k, da)).tolist(),
+                    "chosen": row.chosen,
+                    "arm_id": row.arm_id,
+                    "propensity": row.propensity,
+                    "probabilities": decode_floats(row.probabilities, (k,)).tolist(),
+                    "policy": row.policy,
+                    "model_version": row.model_version,
+                    "traffic": row.traffic,
+                    "fallback": bool(row.fallback),
+                    "explored": bool(row.explored),
+                    "reward": default_reward if value is None else value,
+                    "reward_observed": value is not None,
+                    "n_rewards": count,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _rewards(
+    engine: Engine, in_window: ColumnElement[bool], reward_window: timedelta, rule: str
+) -> dict[str, tuple[float, int]]:
+    """Per event: the reward under ``rule`` and how many rewards were in the window."""
+    d, r = decisions.c, rewards.c
+    query = (
+        select(r.event_id, r.ordinal, r.value, r.ts, d.created_at)
+        .join(decisions, d.event_id == r.event_id)
+        .where(in_window)
+        .order_by(r.event_id, r.ordinal)
+    )
+    values: dict[str, list[float]] = defaultdict(list)
+    with engine.connect() as conn:
+        for row in conn.execution_options(yield_per=_YIELD_PER).execute(query):
+            if row.ts - row.created_at <= reward_window:
+                values[row.event_id].append(float(row.value))
+    if rule == "sum":
+        return {e: (float(sum(v)), len(v)) for e, v in values.items()}
+    return {e: (v[0], len(v)) for e, v in values.items()}
+
+
+def write_replay_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a :func:`read_replay` frame to Parquet (pyarrow); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, engine="pyarrow", index=False)
+    return path

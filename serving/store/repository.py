@@ -1,0 +1,281 @@
+"""Reads and writes of the event store used by the service (training reads live in
+:mod:`serving.store.replay`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
+
+from serving.store import records
+from serving.store.records import DecisionRow, RewardOutcome, RewardRow, SnapshotRow
+from serving.store.schema import decisions, head_snapshots, rewards
+from serving.store.types import decode_floats
+
+Item = DecisionRow | RewardRow | SnapshotRow
+
+# Statements of the write path, built once (SQLAlchemy caches their compiled form).
+_INSERT_DECISIONS = insert(decisions)
+_COUNT_REWARDS = (
+    select(rewards.c.event_id, func.count())
+    .where(rewards.c.event_id.in_(bindparam("event_ids", expanding=True)))
+    .group_by(rewards.c.event_id)
+)
+_INSERT_REWARDS = insert(rewards).returning(rewards.c.id, sort_by_parameter_order=True)
+_INSERT_SNAPSHOT = insert(head_snapshots).returning(head_snapshots.c.id)
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """What a reward needs to know about its decision."""
+
+    event_id: str
+    created_at: datetime
+    context: NDArray[np.float64]
+    arm_id: str
+    arm_features: NDArray[np.float64]
+    model_version: str | None
+    fallback: bool
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    id: int
+    model_version: str
+    created_at: datetime
+    last_reward_id: int
+    applied_rewards: int
+    state: bytes
+
+
+@dataclass(frozen=True)
+class AppliedRewards:
+    """Applied rewards of one model version in id order, with the features to learn from.
+
+    ``contexts`` (n, dim_user), ``arm_features`` (n, dim_arm), ``values`` (n,), ``ids`` (n,).
+    """
+
+    ids: NDArray[np.int64]
+    contexts: NDArray[np.float64]
+    arm_ids: list[str]
+    arm_features: NDArray[np.float64]
+    values: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
+    """Write a batch inside the caller's transaction; one result per item.
+
+    Decisions return ``None``, snapshots their id, rewards a :class:`RewardOutcome`.
+    A reward's ordinal counts the event's rewards already stored plus those earlier in
+    the batch; only ordinal 0 of an eligible reward is applied. ``UNIQUE(event_id,
+    ordinal)`` turns a race between two writer processes into an error the writer
+    retries, never into a reward applied twice.
+    """
+    out: list[Any] = [None] * len(items)
+    new_decisions = [d.params() for d in items if isinstance(d, DecisionRow)]
+    if new_decisions:
+        conn.execute(_INSERT_DECISIONS, new_decisions)
+    reward_slots = [i for i, item in enumerate(items) if isinstance(item, RewardRow)]
+    if reward_slots:
+        rows: list[RewardRow] = [items[i] for i in reward_slots]  # type: ignore[misc]
+        for i, outcome in zip(reward_slots, _write_rewards(conn, rows), strict=True):
+            out[i] = outcome
+    for i, item in enumerate(items):
+        if isinstance(item, SnapshotRow):
+            out[i] = conn.execute(_INSERT_SNAPSHOT, item.params()).scalar_one()
+    return out
+
+
+def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcome]:
+    event_ids = sorted({r.event_id for r in rows})
+    seen: Counter[str] = Counter(dict(conn.execute(_COUNT_REWARDS, {"event_ids": event_ids}).all()))
+    params, verdicts = [], []
+    for row in rows:
+        ordinal = seen[row.event_id]
+        seen[row.event_id] += 1
+        if ordinal > 0:
+            status = row.repeat_status
+        elif row.eligible:
+            status = records.APPLIED
+        else:
+            status = row.ineligible_status or records.NOT_SERVED
+        applied = status == records.APPLIED
+        verdicts.append((ordinal, applied, status))
+        params.append(
+            {
+                "event_id": row.event_id,
+                "ordinal": ordinal,
+                "value": row.value,
+                "ts": row.ts,
+                "received_at": row.received_at,
+                "applied": applied,
+                "status": status,
+                "model_version": row.model_version,
+            }
+        )
+    ids = conn.execute(_INSERT_REWARDS, params).scalars()
+    return [
+        RewardOutcome(int(rid), ordinal, applied, status)
+        for rid, (ordinal, applied, status) in zip(ids, verdicts, strict=True)
+    ]
+
+
+class EventStore:
+    """Queries of the service over one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def find_decision(self, event_id: str) -> StoredDecision | None:
+        """The decision ``event_id`` or ``None``."""
+        d = decisions.c
+        query = select(
+            d.event_id,
+            d.created_at,
+            d.dim_user,
+            d.context,
+            d.n_candidates,
+            d.dim_arm,
+            d.candidate_features,
+            d.chosen,
+            d.arm_id,
+            d.model_version,
+            d.fallback,
+        ).where(d.event_id == event_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        feats = decode_floats(row.candidate_features, (row.n_candidates, row.dim_arm))
+        return StoredDecision(
+            event_id=row.event_id,
+            created_at=row.created_at,
+            context=decode_floats(row.context, (row.dim_user,)),
+            arm_id=row.arm_id,
+            arm_features=feats[row.chosen].copy(),
+            model_version=row.model_version,
+            fallback=bool(row.fallback),
+        )
+
+    def latest_snapshot(self, model_version: str) -> StoredSnapshot | None:
+        s = head_snapshots.c
+        query = (
+            select(
+                s.id, s.model_version, s.created_at, s.last_reward_id, s.applied_rewards, s.state
+            )
+            .where(s.model_version == model_version)
+            .order_by(s.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return StoredSnapshot(
+            int(row.id),
+            row.model_version,
+            row.created_at,
+            int(row.last_reward_id),
+            int(row.applied_rewards),
+            row.state,
+        )
+
+    def applied_rewards(self, model_version: str, after_id: int = 0) -> AppliedRewards:
+        """Rewards applied to ``model_version``'s head with id > ``after_id``, in id order."""
+        r, d = rewards.c, decisions.c
+        query = (
+            select(
+                r.id,
+                r.value,
+                d.dim_user,
+                d.context,
+                d.n_candidates,
+                d.dim_arm,
+                d.candidate_features,
+                d.chosen,
+                d.arm_id,
+            )
+            .join(decisions, d.event_id == r.event_id)
+            .where(r.model_version == model_version, r.applied.is_(True), r.id > after_id)
+            .order_by(r.id)
+        )
+        ids, values, contexts, arm_ids, feats = [], [], [], [], []
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                ids.append(int(row.id))
+                values.append(float(row.value))
+                contexts.append(decode_floats(row.context, (row.dim_user,)))
+                arm_ids.append(row.arm_id)
+                cand = decode_floats(row.candidate_features, (row.n_candidates, row.dim_arm))
+                feats.append(cand[row.chosen])
+        if not ids:
+            return AppliedRewards(
+                np.zeros(0, np.int64), np.zeros((0, 0)), [], np.zeros((0, 0)), np.zeros(0)
+            )
+        return AppliedRewards(
+            np.array(ids, dtype=np.int64),
+            np.vstack(contexts),
+            arm_ids,
+            np.vstack(feats),
+            np.array(values),
+        )
+
+    def count_rows(self) -> dict[str, int]:
+        """Rows per table."""
+        with self.engine.connect() as conn:
+            return {
+                table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+                for table in (decisions, rewards, head_snapshots)
+            }
+
+    def existing_event_ids(self, event_ids: Sequence[str], table: str = "decisions") -> set[str]:
+        """Which of ``event_ids`` have a row in ``decisions`` (or ``rewards``)."""
+        tbl = decisions if table == "decisions" else rewards
+        found: set[str] = set()
+        ids = list(event_ids)
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found.update(
+                    conn.execute(
+                        select(tbl.c.event_id).where(tbl.c.event_id.in_(chunk)).distinct()
+                    ).scalars()
+                )
+        return found
+
+    def prune(self, older_than: datetime, dry_run: bool = False) -> dict[str, int]:
+        """Delete decisions created before ``older_than`` with their rewards, and head
+        snapshots older than it except each version's newest (still needed to recover).
+
+        Returns the number of rows deleted (or that would be, with ``dry_run``) per table.
+        """
+        d, r, s = decisions.c, rewards.c, head_snapshots.c
+        old_events = select(d.event_id).where(d.created_at < older_than)
+        newest = select(func.max(s.id)).group_by(s.model_version)
+        old_snapshots = (s.created_at < older_than) & s.id.not_in(newest)
+        with self.engine.begin() as conn:
+            counts = {
+                "rewards": conn.execute(
+                    select(func.count()).where(r.event_id.in_(old_events))
+                ).scalar_one(),
+                "decisions": conn.execute(
+                    select(func.count()).where(d.created_at < older_than)
+                ).scalar_one(),
+                "head_snapshots": conn.execute(
+                    select(func.count()).select_from(head_snapshots).where(old_snapshots)
+                ).scalar_one(),
+            }
+            if not dry_run:
+                conn.execute(delete(rewards).where(r.event_id.in_(old_events)))
+                conn.execute(delete(decisions).where(d.created_at < older_than))
+                conn.execute(delete(head_snapshots).where(old_snapshots))
+        return {k: int(v) for k, v in counts.items()}

@@ -1,0 +1,125 @@
+"""Tables of the event store (SQLAlchemy 2 declarative models).
+
+``decisions``
+    One row per served decision: everything needed to rebuild the features and to
+    evaluate any other policy later — the hashed user, the context, every candidate with
+    its features, the chosen arm and its propensity, all choice probabilities, the slate
+    (if one was asked for), and which policy and model version served it on which
+    traffic arm of the rollout.
+``rewards``
+    Every reward received, in arrival order (``id``). ``ordinal`` numbers the rewards of
+    one event (0 = the first); ``UNIQUE(event_id, ordinal)`` makes "applied at most once"
+    hold even with several writer processes. ``applied`` says whether the online head of
+    the deciding model learnt from it; ``status`` says why not.
+``head_snapshots``
+    The online state of a served model version after its rewards up to
+    ``last_reward_id`` (a :func:`bandit_core.save_policy` ``.npz``, never pickle).
+
+The Alembic migrations in :mod:`serving.store.migrations` create exactly these tables;
+a test compares the two.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from serving.store.types import UTCDateTime
+
+#: SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a bigint.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+EVENT_ID_LENGTH = 64
+VERSION_LENGTH = 256
+ARM_ID_LENGTH = 256
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class DecisionEvent(Base):
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(EVENT_ID_LENGTH), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    user_hash: Mapped[str | None] = mapped_column(String(64))
+    dim_user: Mapped[int] = mapped_column(Integer)
+    context: Mapped[bytes] = mapped_column(LargeBinary)
+    n_candidates: Mapped[int] = mapped_column(Integer)
+    dim_arm: Mapped[int] = mapped_column(Integer)
+    candidate_ids: Mapped[list[str]] = mapped_column(JSON)
+    candidate_features: Mapped[bytes] = mapped_column(LargeBinary)
+    chosen: Mapped[int] = mapped_column(Integer)
+    arm_id: Mapped[str] = mapped_column(String(ARM_ID_LENGTH))
+    propensity: Mapped[float] = mapped_column(Double)
+    probabilities: Mapped[bytes] = mapped_column(LargeBinary)
+    scores: Mapped[bytes] = mapped_column(LargeBinary)
+    ranking: Mapped[list[int] | None] = mapped_column(JSON)
+    slate_propensities: Mapped[list[float] | None] = mapped_column(JSON)
+    policy: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH))
+    traffic: Mapped[str] = mapped_column(String(16))
+    fallback: Mapped[bool] = mapped_column(Boolean)
+    explored: Mapped[bool] = mapped_column(Boolean)
+
+
+class RewardEvent(Base):
+    __tablename__ = "rewards"
+    __table_args__ = (
+        UniqueConstraint("event_id", "ordinal"),
+        Index(None, "model_version", "applied", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(
+        String(EVENT_ID_LENGTH), ForeignKey("decisions.event_id", ondelete="CASCADE")
+    )
+    ordinal: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Double)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    applied: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH))
+
+
+class HeadSnapshot(Base):
+    __tablename__ = "head_snapshots"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_version: Mapped[str] = mapped_column(String(VERSION_LENGTH), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_reward_id: Mapped[int] = mapped_column(BigInteger)
+    applied_rewards: Mapped[int] = mapped_column(BigInteger)
+    policy: Mapped[str] = mapped_column(String(128))
+    state: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+decisions: Any = DecisionEvent.__table__
+rewards: Any = RewardEvent.__table__
+head_snapshots: Any = HeadSnapshot.__table__
+metadata = Base.metadata

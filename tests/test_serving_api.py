@@ -1,0 +1,312 @@
+"""The decision → reward → head-update path through the app (TestClient), with the
+real event store; auth, unknown events, duplicates, ops endpoints, fallback, slates,
+restart recovery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_core import load_policy
+from serving.models.recovery import rebuild_from_store
+from serving.store.replay import read_replay
+from tests.serving_helpers import (
+    decision_body,
+    head_difference,
+    policy_file,
+    running_client,
+    served_policy,
+    service_settings,
+)
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    return policy_file(tmp_path / "policy.npz", seed=0)
+
+
+def test_reward_updates_the_deciding_heads_at_once(
+    store_url: str, model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(tmp_path, store_url, model_path=model_path)
+    reference = load_policy(model_path)
+    with running_client(settings) as client:
+        for step in range(5):
+            body = decision_body(rng, n=6)
+            got = client.post("/v1/decisions", json=body)
+            assert got.status_code == 200, got.text
+            decision = got.json()
+            assert decision["fallback"] is False and decision["traffic"] == "production"
+            assert decision["model_version"].startswith("file-")
+            assert 0.0 < decision["propensity"] <= 1.0
+            reward = float(step % 2)
+            ack = client.post(
+                "/v1/rewards", json={"event_id": decision["event_id"], "reward": reward}
+            )
+            assert ack.json() == {
+                "event_id": decision["event_id"],
+                "status": "applied",
+                "applied": True,
+                "model_version": decision["model_version"],
+            }
+            arm = [c["id"] for c in body["candidates"]].index(decision["arm_id"])
+            reference.update(
+                body["context"], decision["arm_id"], reward, body["candidates"][arm]["features"]
+            )
+            # the head learnt before the reward was acknowledged
+            assert head_difference(served_policy(client), reference) < 1e-12
+        info = client.get("/v1/model").json()
+        assert info["production"]["applied_rewards"] == 5
+        assert info["production"]["head"]["observations"] == 55.0  # 50 warm-up + 5
+        service = client.app.state.service
+        rebuilt = rebuild_from_store(
+            service.store, decision["model_version"], load_policy(model_path)
+        )
+        assert head_difference(served_policy(client), rebuilt) < 1e-9
+
+
+def test_rewards_need_the_token_when_one_is_set(
+    model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(tmp_path, model_path=model_path, api_token="s3cret")
+    with running_client(settings) as client:
+        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        body = {"event_id": event, "reward": 1.0}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            denied = client.post("/v1/rewards", json=body, headers=headers)
+            assert denied.status_code == 401
+            assert denied.headers["www-authenticate"] == "Bearer"
+        for path in ("/v1/admin/poll", "/v1/admin/snapshot"):
+            assert client.post(path).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert client.post("/v1/rewards", json=body, headers=ok).json()["applied"] is True
+        assert client.post("/v1/admin/snapshot", headers=ok).status_code == 200
+        assert client.app.state.service.store.count_rows()["rewards"] == 1
+
+
+def test_unknown_event_is_404(model_path: Path, tmp_path: Path) -> None:
+    with running_client(service_settings(tmp_path, model_path=model_path)) as client:
+        got = client.post("/v1/rewards", json={"event_id": "f" * 32, "reward": 1.0})
+        assert got.status_code == 404
+        assert "f" * 32 in got.json()["detail"]
+        assert client.app.state.service.store.count_rows()["rewards"] == 0
+
+
+@pytest.mark.parametrize(
+    ("rule", "statuses", "replayed"),
+    [
+        ("first_wins", ["applied", "duplicate", "duplicate"], 1.0),
+        ("sum", ["applied", "summed", "summed"], 1.75),
+    ],
+)
+def test_repeated_rewards_follow_the_rule_and_apply_once(
+    rule: str,
+    statuses: list[str],
+    replayed: float,
+    model_path: Path,
+    tmp_path: Path,
+    rng: np.random.Generator,
+) -> None:
+    settings = service_settings(tmp_path, model_path=model_path, duplicate_rule=rule)
+    with running_client(settings) as client:
+        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        got = [
+            client.post("/v1/rewards", json={"event_id": event, "reward": r}).json()
+            for r in (1.0, 0.5, 0.25)
+        ]
+        assert [g["status"] for g in got] == statuses
+        assert client.get("/v1/model").json()["production"]["head"]["observations"] == 51.0
+        service = client.app.state.service
+        from datetime import UTC, datetime, timedelta
+
+        frame = read_replay(
+            service.engine,
+            datetime(2000, 1, 1, tzinfo=UTC),
+            datetime.now(UTC) + timedelta(days=1),
+            reward_window=timedelta(seconds=1),
+            duplicate_rule=rule,  # type: ignore[arg-type]
+            as_of=datetime.now(UTC) + timedelta(days=2),
+        )
+        assert frame["reward"].tolist() == [replayed]
+
+
+def test_late_reward_is_stored_not_applied(
+    model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(tmp_path, model_path=model_path, reward_window_s=60.0)
+    with running_client(settings) as client:
+        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        from datetime import UTC, datetime, timedelta
+
+        later = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+        got = client.post(
+            "/v1/rewards", json={"event_id": event, "reward": 1.0, "timestamp": later}
+        )
+        assert got.json()["status"] == "late" and got.json()["applied"] is False
+        assert client.get("/v1/model").json()["production"]["applied_rewards"] == 0
+
+
+def test_ops_endpoints(model_path: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    with running_client(service_settings(tmp_path, model_path=model_path)) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/readyz").json() == {"status": "ready", "fallback_active": False}
+        decision = client.post("/v1/decisions", json=decision_body(rng)).json()
+        client.post("/v1/rewards", json={"event_id": decision["event_id"], "reward": 1.0})
+        text = client.get("/metrics").text
+        version = decision["model_version"]
+        assert (
+            f'banditops_model_info{{policy="shared_linucb",role="production",'
+            f'version="{version}"}} 1.0'
+        ) in text
+        assert "banditops_fallback_active 0.0" in text
+        arm = decision["arm_id"]
+        assert (
+            f'banditops_decisions_total{{arm="{arm}",fallback="false",traffic="production"}} 1.0'
+        ) in text
+        assert 'banditops_rewards_total{status="applied"} 1.0' in text
+        assert (
+            'banditops_requests_total{endpoint="/v1/decisions",method="POST",status="200"}' in text
+        )
+        assert "banditops_request_latency_seconds_bucket" in text
+        assert "banditops_store_batch_size_count" in text
+        info = client.get("/v1/model").json()
+        assert info["production"]["policy"] == "shared_linucb"
+        assert info["production"]["head"]["dim"] == 7
+        spec = client.get("/openapi.json").json()
+        assert {
+            "/v1/decisions",
+            "/v1/rewards",
+            "/v1/model",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        } <= set(spec["paths"])
+        assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+def test_fallback_when_there_is_no_model(tmp_path: Path, rng: np.random.Generator) -> None:
+    settings = service_settings(tmp_path, model_path=tmp_path / "missing.npz")
+    with running_client(settings) as client:
+        assert client.get("/readyz").json() == {"status": "ready", "fallback_active": True}
+        got = client.post("/v1/decisions", json=decision_body(rng, n=4)).json()
+        assert got["fallback"] is True and got["model_version"] is None
+        assert got["policy"] == "fallback:uniform" and got["propensity"] == 0.25
+        reward = client.post("/v1/rewards", json={"event_id": got["event_id"], "reward": 1.0})
+        assert reward.json()["status"] == "fallback"
+        assert "banditops_fallback_active 1.0" in client.get("/metrics").text
+
+
+def test_epsilon_greedy_fallback_reports_exact_propensities(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(tmp_path, fallback_policy="epsilon_greedy", fallback_epsilon=0.2)
+    with running_client(settings) as client:
+        seen = {}
+        for _ in range(30):
+            got = client.post("/v1/decisions", json=decision_body(rng, n=5)).json()
+            seen[got["arm_id"]] = got["propensity"]
+        assert seen.pop("item-0") == pytest.approx(0.8 + 0.2 / 5)
+        assert all(p == pytest.approx(0.2 / 5) for p in seen.values())
+
+
+def test_a_model_that_errors_falls_back(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A corrupt head (negative observation count) makes Thompson sampling raise."""
+    from bandit_core import load_state, save_state
+
+    path = policy_file(tmp_path / "lints.npz", name="lints", warm=5)
+    state = load_state(path)
+    state.arrays["head.count"] = -100.0 * np.ones_like(state.arrays["head.count"])
+    save_state(state, path)
+    with running_client(service_settings(tmp_path, model_path=path)) as client:
+        got = client.post("/v1/decisions", json=decision_body(rng)).json()
+        assert got["fallback"] is True and got["policy"] == "fallback:uniform"
+        assert got["traffic"] == "production"
+        assert "banditops_model_errors_total 1.0" in client.get("/metrics").text
+
+
+def test_slate(model_path: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    with running_client(service_settings(tmp_path, model_path=model_path)) as client:
+        got = client.post("/v1/decisions", json={**decision_body(rng, n=6), "k": 4}).json()
+        ranking = got["ranking"]
+        assert len(ranking) == len(set(ranking)) == 4 and ranking[0] == got["arm_id"]
+        assert len(got["slate_propensities"]) == 4
+        assert got["slate_propensities"][0] == got["propensity"]
+        assert all(0.0 < p <= 1.0 for p in got["slate_propensities"])
+
+
+def test_named_context(model_path: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    names = ["age", "tenure", "visits", "spend"]
+    settings = service_settings(tmp_path, model_path=model_path, context_features=names)
+    with running_client(settings) as client:
+        body = decision_body(rng)
+        named = dict(zip(reversed(names), reversed(body["context"]), strict=True))
+        got = client.post("/v1/decisions", json={**body, "context": named})
+        assert got.status_code == 200
+        row = client.app.state.service.store.find_decision(got.json()["event_id"])
+        np.testing.assert_array_equal(row.context, body["context"])
+
+
+def test_restart_recovers_the_head(
+    store_url: str, model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Graceful restarts: a snapshot every 3 rewards, the rest replayed from the store."""
+    settings = service_settings(
+        tmp_path, store_url, model_path=model_path, snapshot_every_rewards=3
+    )
+    before: Any = None
+    for _ in range(2):
+        with running_client(settings) as client:
+            for _ in range(7):
+                event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+                client.post("/v1/rewards", json={"event_id": event, "reward": 1.0})
+            before = served_policy(client)
+    with running_client(settings) as client:
+        after = served_policy(client)
+        info = client.get("/v1/model").json()["production"]
+        store = client.app.state.service.store
+        rebuilt = rebuild_from_store(store, info["version"], load_policy(model_path))
+    assert info["applied_rewards"] == 14
+    assert store.count_rows()["head_snapshots"] >= 4
+    assert head_difference(after, before) < 1e-9
+    assert head_difference(after, rebuilt) < 1e-9
+
+
+def test_reward_for_a_decision_not_in_memory_reads_the_store(
+    store_url: str, model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(tmp_path, store_url, model_path=model_path, decision_cache_size=0)
+    reference = load_policy(model_path)
+    with running_client(settings) as client:
+        body = decision_body(rng)
+        decision = client.post("/v1/decisions", json=body).json()
+        got = client.post("/v1/rewards", json={"event_id": decision["event_id"], "reward": 1.0})
+        assert got.json()["status"] == "applied"
+        arm = [c["id"] for c in body["candidates"]].index(decision["arm_id"])
+        reference.update(
+            body["context"], decision["arm_id"], 1.0, body["candidates"][arm]["features"]
+        )
+        assert head_difference(served_policy(client), reference) < 1e-12
+
+
+def test_heads_are_snapshotted_every_t_seconds(
+    model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    import time
+
+    settings = service_settings(
+        tmp_path, model_path=model_path, snapshot_every_rewards=10_000, snapshot_every_s=0.2
+    )
+    with running_client(settings) as client:
+        store = client.app.state.service.store
+        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        client.post("/v1/rewards", json={"event_id": event, "reward": 1.0})
+        deadline = time.monotonic() + 10
+        while store.count_rows()["head_snapshots"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        snapshot = store.latest_snapshot(client.get("/v1/model").json()["production"]["version"])
+    assert snapshot is not None and snapshot.applied_rewards == 1

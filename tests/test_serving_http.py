@@ -1,0 +1,96 @@
+"""The service over real HTTP (uvicorn on a free loopback port): the decision → reward
+path, and a hot swap under concurrent requests with no failed request."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from serving.app import create_app
+from serving.store import make_engine, upgrade
+from tests.serving_helpers import LiveServer, decision_body, policy_file, service_settings
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+
+def _server(settings: Any) -> LiveServer:
+    engine = make_engine(settings.store_url)
+    upgrade(engine)
+    engine.dispose()
+    return LiveServer(create_app(settings))
+
+
+def test_decision_and_reward_over_http(
+    store_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(
+        tmp_path, store_url, model_path=policy_file(tmp_path / "p.npz"), api_token="t"
+    )
+    with _server(settings) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.get("/readyz").status_code == 200
+        decision = http.post("/v1/decisions", json=decision_body(rng)).json()
+        reward = http.post(
+            "/v1/rewards",
+            json={"event_id": decision["event_id"], "reward": 1.0},
+            headers={"Authorization": "Bearer t"},
+        )
+        assert reward.json()["status"] == "applied"
+        assert http.get("/v1/model").json()["production"]["applied_rewards"] == 1
+        bad = http.post(
+            "/v1/decisions",
+            content=b'{"context": [NaN]}',
+            headers={"content-type": "application/json"},
+        )
+        assert bad.status_code == 422
+
+
+def test_hot_swap_under_concurrent_requests(tmp_path: Path) -> None:
+    path = policy_file(tmp_path / "policy.npz", seed=0)
+    settings = service_settings(tmp_path, model_path=path, poll_interval_s=0.05)
+    results: list[tuple[int, str | None, int]] = []  # (request index, version, status)
+    errors: list[str] = []
+    lock = threading.Lock()
+    swapped = threading.Event()
+    with _server(settings) as server:
+        first = httpx.get(f"{server.url}/v1/model").json()["production"]["version"]
+
+        def client(seed: int) -> None:
+            local = np.random.default_rng(seed)
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                for i in range(60):
+                    if i == 20 and seed == 0:
+                        policy_file(tmp_path / "policy.npz", seed=1)  # atomic replace
+                        swapped.set()
+                    try:
+                        got = http.post("/v1/decisions", json=decision_body(local))
+                        version = got.json().get("model_version") if got.is_success else None
+                        ack = http.post(
+                            "/v1/rewards", json={"event_id": got.json()["event_id"], "reward": 1.0}
+                        )
+                        status = max(got.status_code, ack.status_code)
+                    except Exception as exc:  # a failed request fails the test below
+                        errors.append(repr(exc))
+                        continue
+                    with lock:
+                        results.append((seed, version, status))
+
+        threads = [threading.Thread(target=client, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        final = httpx.get(f"{server.url}/v1/model").json()["production"]["version"]
+    assert swapped.is_set() and not errors
+    assert {status for *_, status in results} == {200}
+    assert len(results) == 240
+    assert final != first
+    for seed in range(4):  # each client sees the old version, then only the new one
+        versions = [v for s, v, _ in results if s == seed]
+        switch = versions.index(final) if final in versions else len(versions)
+        assert set(versions[:switch]) <= {first}
+        assert set(versions[switch:]) <= {final}
+    assert {v for _, v, _ in results} == {first, final}

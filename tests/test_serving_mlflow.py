@@ -1,0 +1,159 @@
+"""The MLflow registry source against a real registry (SQLite tracking store in a temp
+dir): the test logs versions with the layout of ``serving.models.contract`` and moves the
+``production`` alias; the service follows, falls back without one, and keeps serving when
+a version cannot be loaded."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.models.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, version_label
+from tests.serving_helpers import decision_body, policy_file, running_client, service_settings
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+# Raised inside MLflow (its store on SQLAlchemy 2.1; its own type-hint inference while
+# logging a model); nothing of ours.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"
+    ),
+    pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning"),
+]
+
+NAME = "banditops-policy"
+
+MODEL_CODE = '''
+import mlflow
+
+
+class PolicyStateModel(mlflow.pyfunc.PythonModel):
+    """Carries the policy state as an artifact; serving reads only that file."""
+
+    def predict(self, context, model_input: list[str], params=None) -> list[str]:
+        return model_input
+
+
+mlflow.models.set_model(PolicyStateModel())
+'''
+
+
+class Registry:
+    """A throwaway MLflow tracking + registry store."""
+
+    def __init__(self, root: Path) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.root = root
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment = self.client.create_experiment(
+            "banditops-test", artifact_location=(root / "artifacts").as_uri()
+        )
+        self.code = root / "model_code.py"
+        self.code.write_text(textwrap.dedent(MODEL_CODE))
+        self._mlflow = mlflow
+
+    def log_version(self, state: Path | None, seed: int) -> str:
+        """Log and register a version whose artifacts hold ``state`` (or nothing)."""
+        mlflow = self._mlflow
+        mlflow.set_tracking_uri(self.uri)
+        staged = self.root / f"stage-{seed}"
+        staged.mkdir()
+        artifacts = {}
+        if state is not None:
+            artifacts[POLICY_STATE_ARTIFACT] = str(shutil.copy(state, staged / POLICY_STATE_FILE))
+        else:
+            (staged / "readme.txt").write_text("no policy state")
+            artifacts["other"] = str(staged / "readme.txt")
+        with mlflow.start_run(experiment_id=self.experiment):
+            info = mlflow.pyfunc.log_model(
+                name="policy",
+                python_model=str(self.code),
+                artifacts=artifacts,
+                pip_requirements=[],
+                registered_model_name=NAME,
+            )
+        return str(info.registered_model_version)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        yield Registry(tmp_path_factory.mktemp("mlflow"))
+    finally:
+        mp.undo()
+
+
+def test_service_follows_the_production_alias(
+    registry: Registry, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME)
+    with running_client(settings) as client:
+        # no registered model yet: the fallback serves
+        assert client.get("/readyz").json() == {"status": "ready", "fallback_active": True}
+        got = client.post("/v1/decisions", json=decision_body(rng)).json()
+        assert got["fallback"] is True
+
+        v1 = registry.log_version(policy_file(tmp_path / "v1.npz", seed=1), seed=1)
+        info = client.post("/v1/admin/poll").json()
+        assert info["fallback_active"] is True  # registered, but no alias yet
+        registry.client.set_registered_model_alias(NAME, "production", v1)
+        info = client.post("/v1/admin/poll").json()
+        assert info["production"]["version"] == version_label(NAME, v1)
+        assert info["production"]["source"] == "mlflow"
+        got = client.post("/v1/decisions", json=decision_body(rng)).json()
+        assert (got["fallback"], got["model_version"]) == (False, version_label(NAME, v1))
+        assert client.post("/v1/rewards", json={"event_id": got["event_id"], "reward": 1.0}).json()[
+            "applied"
+        ]
+
+        v2 = registry.log_version(policy_file(tmp_path / "v2.npz", seed=2), seed=2)
+        registry.client.set_registered_model_alias(NAME, "production", v2)
+        assert client.post("/v1/admin/poll").json()["production"]["version"] == version_label(
+            NAME, v2
+        )
+
+        # a version without the policy state: logged, and v2 keeps serving
+        broken = registry.log_version(None, seed=3)
+        registry.client.set_registered_model_alias(NAME, "production", broken)
+        loader = client.app.state.service.loader
+        failures = loader.failures
+        info = client.post("/v1/admin/poll").json()
+        assert info["production"]["version"] == version_label(NAME, v2)
+        assert loader.failures == failures + 1
+        got = client.post("/v1/decisions", json=decision_body(rng)).json()
+        assert got["model_version"] == version_label(NAME, v2)
+
+        # alias removed: no production model, the fallback serves again
+        registry.client.delete_registered_model_alias(NAME, "production")
+        assert client.post("/v1/admin/poll").json()["fallback_active"] is True
+        assert client.post("/v1/decisions", json=decision_body(rng)).json()["fallback"] is True
+
+
+def test_version_loads_without_pickle(registry: Registry, tmp_path: Path) -> None:
+    """The source reads only the ``.npz`` (``allow_pickle=False``), not the pyfunc."""
+    from serving.models.mlflow_source import MlflowModelSource
+
+    path = policy_file(tmp_path / "p.npz", seed=5)
+    version = registry.log_version(path, seed=5)
+    registry.client.set_registered_model_alias(NAME, "staging", version)
+    source = MlflowModelSource(registry.uri, NAME, {"production": None, "candidate": "staging"})
+    ref = source.resolve("candidate")
+    assert ref is not None and ref.version == version_label(NAME, version)
+    assert source.resolve("production") is None
+    policy: Any = source.load(ref)
+    assert policy.model_version == ref.version
+    from bandit_core import load_policy
+
+    np.testing.assert_array_equal(policy.head.theta_, load_policy(path).head.theta_)

@@ -1,0 +1,88 @@
+"""Gradual rollout: a stable share of users (by salted hash) goes to the candidate
+version, every decision records who served it, and rewards update that version's head."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from bandit_core import load_policy
+from serving.identity import CANDIDATE, PRODUCTION, hash_user, route
+from tests.serving_helpers import (
+    decision_body,
+    head_difference,
+    policy_file,
+    running_client,
+    served_policy,
+    service_settings,
+)
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+
+def test_split_is_within_one_point_over_20000_users() -> None:
+    rng = np.random.default_rng(0)  # not used for identified users
+    salt = b"rollout-test"
+    for share in (0.05, 0.3):
+        arms = [route(hash_user(f"user-{i}", salt), share, rng) for i in range(20_000)]
+        observed = arms.count(CANDIDATE) / len(arms)
+        assert abs(observed - share) < 0.01, (share, observed)
+        again = [route(hash_user(f"user-{i}", salt), share, rng) for i in range(2_000)]
+        assert again == arms[:2_000]  # stable per user
+
+
+def test_split_depends_on_the_salt() -> None:
+    rng = np.random.default_rng(0)
+    a = [route(hash_user(f"user-{i}", b"salt-a"), 0.5, rng) for i in range(200)]
+    b = [route(hash_user(f"user-{i}", b"salt-b"), 0.5, rng) for i in range(200)]
+    assert a != b
+
+
+def test_anonymous_requests_split_at_random_with_the_share() -> None:
+    rng = np.random.default_rng(1)
+    arms = [route(None, 0.2, rng) for _ in range(20_000)]
+    assert abs(arms.count(CANDIDATE) / 20_000 - 0.2) < 0.01
+    assert route(None, 0.0, rng) == PRODUCTION
+
+
+def test_each_version_learns_from_its_own_decisions(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    prod = policy_file(tmp_path / "prod.npz", seed=0)
+    cand = policy_file(tmp_path / "cand.npz", seed=1)
+    settings = service_settings(
+        tmp_path, model_path=prod, candidate_model_path=cand, candidate_share=0.5
+    )
+    expected = {PRODUCTION: load_policy(prod), CANDIDATE: load_policy(cand)}
+    with running_client(settings) as client:
+        info = client.get("/v1/model").json()
+        versions = {
+            PRODUCTION: info["production"]["version"],
+            CANDIDATE: info["candidate"]["version"],
+        }
+        traffic_of: dict[str, str] = {}
+        for i in range(40):
+            user = f"user-{i % 10}"
+            body = decision_body(rng, user=user)
+            got = client.post("/v1/decisions", json=body).json()
+            assert traffic_of.setdefault(user, got["traffic"]) == got["traffic"]  # stable
+            assert got["model_version"] == versions[got["traffic"]]
+            client.post("/v1/rewards", json={"event_id": got["event_id"], "reward": 1.0})
+            arm = [c["id"] for c in body["candidates"]].index(got["arm_id"])
+            expected[got["traffic"]].update(
+                body["context"], got["arm_id"], 1.0, body["candidates"][arm]["features"]
+            )
+        assert set(traffic_of.values()) == {PRODUCTION, CANDIDATE}
+        for role in (PRODUCTION, CANDIDATE):
+            assert head_difference(served_policy(client, role), expected[role]) < 1e-12
+        stored = client.app.state.service.store.find_decision(got["event_id"])
+        assert stored.model_version == versions[got["traffic"]]
+
+        # promote: the candidate's file becomes production; its online head carries over
+        promoted = served_policy(client, CANDIDATE)
+        shutil.copyfile(cand, prod)
+        info = client.post("/v1/admin/poll").json()
+        assert info["production"]["version"] == versions[CANDIDATE]
+        assert served_policy(client, PRODUCTION) is promoted

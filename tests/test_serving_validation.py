@@ -1,0 +1,167 @@
+"""Bad input is a 422 naming the field (never a 500), oversized bodies a 413; nothing
+invalid reaches the store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.serving_helpers import decision_body, policy_file, running_client, service_settings
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+BODY = decision_body(np.random.default_rng(3), n=5)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    tmp = tmp_path_factory.mktemp("validation")
+    settings = service_settings(
+        tmp,
+        model_path=policy_file(tmp / "policy.npz"),
+        max_candidates=8,
+        max_body_bytes=4096,
+        reward_min=0.0,
+        reward_max=1.0,
+    )
+    with running_client(settings) as c:
+        yield c
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    return {**json.loads(json.dumps(BODY)), **changes}
+
+
+def _candidates(**changes: Any) -> list[dict[str, Any]]:
+    cands = json.loads(json.dumps(BODY["candidates"]))
+    cands[1].update(changes)
+    return cands
+
+
+RAW_NAN = json.dumps(BODY).replace(str(BODY["context"][0]), "NaN", 1)
+RAW_INF = json.dumps(BODY).replace(str(BODY["candidates"][2]["features"][1]), "-Infinity", 1)
+
+DECISION_CASES: list[tuple[str, Any, tuple[Any, ...]]] = [
+    ("context NaN", RAW_NAN, ("body", "context", "vector", 0)),
+    ("feature -Infinity", RAW_INF, ("body", "candidates", 2, "features", 1)),
+    ("context too short", _with(context=[0.1, 0.2]), ("body", "context")),
+    ("context as text", _with(context=["1", 2, 3, 4]), ("body", "context", "vector", 0)),
+    ("context missing", {"candidates": BODY["candidates"]}, ("body", "context")),
+    ("named context without names", _with(context={"age": 1.0}), ("body", "context")),
+    ("unknown field", _with(extra=1), ("body", "extra")),
+    ("no candidates", _with(candidates=[]), ("body", "candidates")),
+    (
+        "too many candidates",
+        _with(candidates=[{"id": f"c{i}", "features": [0.0] * 3} for i in range(9)]),
+        ("body", "candidates"),
+    ),
+    (
+        "unknown candidate field",
+        _with(candidates=_candidates(price=3)),
+        ("body", "candidates", 1, "price"),
+    ),
+    ("candidate id empty", _with(candidates=_candidates(id="")), ("body", "candidates", 1, "id")),
+    (
+        "duplicate candidate id",
+        _with(candidates=_candidates(id="item-0")),
+        ("body", "candidates", 1, "id"),
+    ),
+    (
+        "ragged features",
+        _with(candidates=_candidates(features=[1.0])),
+        ("body", "candidates", 1, "features"),
+    ),
+    (
+        "features of the wrong width",
+        _with(candidates=[{"id": f"c{i}", "features": [0.0] * 5} for i in range(3)]),
+        ("body", "candidates", 0, "features"),
+    ),
+    ("k zero", _with(k=0), ("body", "k")),
+    ("k above K", _with(k=6), ("body", "k")),
+    ("k as text", _with(k="2"), ("body", "k")),
+    ("user id empty", _with(user_id=""), ("body", "user_id")),
+    ("body not JSON", "{context: [1, 2", ("body",)),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "loc"), DECISION_CASES, ids=[c[0] for c in DECISION_CASES]
+)
+def test_bad_decision_fields_are_422(
+    client: Any, case: str, body: Any, loc: tuple[Any, ...]
+) -> None:
+    before = client.app.state.service.store.count_rows()["decisions"]
+    if isinstance(body, str):
+        got = client.post(
+            "/v1/decisions", content=body, headers={"content-type": "application/json"}
+        )
+    else:
+        got = client.post("/v1/decisions", json=body)
+    assert got.status_code == 422, got.text
+    detail = got.json()["detail"]
+    assert tuple(detail[0]["loc"][: len(loc)]) == loc, detail
+    assert client.app.state.service.store.count_rows()["decisions"] == before
+
+
+@pytest.fixture(scope="module")
+def event_id(client: Any) -> str:
+    event: str = client.post("/v1/decisions", json=BODY).json()["event_id"]
+    return event
+
+
+REWARD_CASES: list[tuple[str, Any, tuple[Any, ...]]] = [
+    ("reward NaN", '{"event_id": "EVENT", "reward": NaN}', ("body", "reward")),
+    ("reward Infinity", '{"event_id": "EVENT", "reward": Infinity}', ("body", "reward")),
+    ("reward above range", {"reward": 1.5}, ("body", "reward")),
+    ("reward below range", {"reward": -0.1}, ("body", "reward")),
+    ("reward as text", {"reward": "1"}, ("body", "reward")),
+    ("reward missing", {"reward": None}, ("body", "reward")),
+    ("event id missing", {"event_id": None}, ("body", "event_id")),
+    ("event id too long", {"event_id": "e" * 65}, ("body", "event_id")),
+    ("naive timestamp", {"timestamp": "2026-11-01T12:00:00"}, ("body", "timestamp")),
+    ("timestamp before the decision", {"timestamp": "2001-01-01T00:00:00Z"}, ("body", "timestamp")),
+    ("unknown field", {"weight": 2}, ("body", "weight")),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "loc"), REWARD_CASES, ids=[c[0] for c in REWARD_CASES])
+def test_bad_reward_fields_are_422(
+    client: Any, event_id: str, case: str, change: Any, loc: tuple[Any, ...]
+) -> None:
+    if isinstance(change, str):
+        got = client.post(
+            "/v1/rewards",
+            content=change.replace("EVENT", event_id),
+            headers={"content-type": "application/json"},
+        )
+    else:
+        body = {"event_id": event_id, "reward": 1.0, **change}
+        got = client.post("/v1/rewards", json={k: v for k, v in body.items() if v is not None})
+    assert got.status_code == 422, got.text
+    assert tuple(got.json()["detail"][0]["loc"][: len(loc)]) == loc
+    assert client.app.state.service.store.count_rows()["rewards"] == 0
+
+
+def test_oversized_bodies_are_413(client: Any) -> None:
+    big = _with(candidates=[{"id": f"c{i}", "features": [0.123456789] * 3} for i in range(200)])
+    assert client.post("/v1/decisions", json=big).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no content-length: the limit applies while reading
+        payload = json.dumps(big).encode()
+        for start in range(0, len(payload), 1000):
+            yield payload[start : start + 1000]
+
+    got = client.post(
+        "/v1/decisions", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert got.status_code == 413
+    small = client.post(
+        "/v1/decisions",
+        content=iter([json.dumps(BODY).encode()]),
+        headers={"content-type": "application/json"},
+    )
+    assert small.status_code == 200

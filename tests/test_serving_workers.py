@@ -1,0 +1,52 @@
+"""``banditops serve --workers 2``: both workers serve from one store, a reward reaches the
+head of whichever worker receives it (the decision is read from the store when another
+worker made it), and ``/metrics`` aggregates every worker (Prometheus multiprocess)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from serving.store import make_engine
+from serving.store.repository import EventStore
+from tests.serving_helpers import ServiceProcess, decision_body, policy_file
+
+
+def test_two_workers_share_the_store_and_the_metrics(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    env = {
+        "BANDITOPS_DATABASE_URL": url,
+        "BANDITOPS_MODEL_PATH": str(policy_file(tmp_path / "policy.npz")),
+        "BANDITOPS_WORKSPACE": str(tmp_path / "ws"),
+    }
+    rng = np.random.default_rng(0)
+    service = ServiceProcess(env, tmp_path / "service.log", args=("--workers", "2")).start()
+    try:
+        statuses = []
+        for _ in range(20):  # a new connection per request: the kernel spreads them
+            event = httpx.post(
+                f"{service.url}/v1/decisions", json=decision_body(rng), timeout=10
+            ).json()["event_id"]
+            reward = httpx.post(
+                f"{service.url}/v1/rewards", json={"event_id": event, "reward": 1.0}, timeout=10
+            )
+            statuses.append(reward.json()["status"])
+        metrics = httpx.get(f"{service.url}/metrics", timeout=10).text
+    finally:
+        service.stop()
+    assert statuses == ["applied"] * 20
+    pids = set(re.findall(r'banditops_model_info\{pid="(\d+)"', metrics))
+    assert len(pids) == 2, metrics
+    total = sum(
+        float(v)
+        for v in re.findall(r"^banditops_decisions_total\{.*\} (\S+)$", metrics, flags=re.M)
+    )
+    assert total == 20.0
+    engine = make_engine(url)
+    try:
+        assert EventStore(engine).count_rows()["rewards"] == 20
+    finally:
+        engine.dispose()

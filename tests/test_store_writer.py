@@ -1,0 +1,164 @@
+"""Group commit: many events share one transaction, every acknowledged event is stored,
+one bad event fails alone, and a reward is applied at most once per event."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from serving.store import GroupCommitWriter, RewardOutcome, WriterClosedError, records
+from serving.store.repository import EventStore, write_events
+from serving.store.schema import rewards
+from tests.serving_helpers import decision_row, reward_row
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+
+def test_pending_events_commit_together(engine: sa.Engine, rng: np.random.Generator) -> None:
+    batches: list[int] = []
+    writer = GroupCommitWriter(
+        engine, write_events, max_batch=64, on_batch=lambda n, _s: batches.append(n)
+    )
+    rows = [decision_row(rng) for _ in range(100)]
+    futures = [writer.submit(row) for row in rows]  # queued before the thread starts
+    writer.start()
+    for f in futures:
+        assert f.result(timeout=30) is None
+    writer.close()
+    assert batches == [64, 36]
+    assert EventStore(engine).count_rows()["decisions"] == 100
+
+
+def test_concurrent_submitters_all_committed(engine: sa.Engine) -> None:
+    writer = GroupCommitWriter(engine, write_events).start()
+    acked: list[str] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        for _ in range(25):
+            row = decision_row(local)
+            writer.submit(row).result(timeout=30)
+            with lock:
+                acked.append(row.event_id)
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.close()
+    assert len(acked) == 200
+    assert EventStore(engine).existing_event_ids(acked) == set(acked)
+    assert writer.items == 200 and writer.batches <= 200
+
+
+def test_a_bad_event_fails_alone(engine: sa.Engine, rng: np.random.Generator) -> None:
+    first = decision_row(rng, event_id="dup")
+    writer = GroupCommitWriter(engine, write_events)
+    good = [decision_row(rng) for _ in range(5)]
+    futures: list[Future[object]] = [writer.submit(first)]
+    futures += [writer.submit(row) for row in good[:2]]
+    futures.append(writer.submit(decision_row(rng, event_id="dup")))  # unique violation
+    futures += [writer.submit(row) for row in good[2:]]
+    writer.start()
+    outcomes = [f.exception(timeout=30) for f in futures]
+    writer.close()
+    assert [o is None for o in outcomes] == [True, True, True, False, True, True, True]
+    assert isinstance(outcomes[3], IntegrityError)
+    stored = EventStore(engine).existing_event_ids(["dup"] + [r.event_id for r in good])
+    assert stored == {"dup"} | {r.event_id for r in good}
+
+
+def test_closed_writer_refuses_and_flushes(engine: sa.Engine, rng: np.random.Generator) -> None:
+    writer = GroupCommitWriter(engine, write_events)
+    pending = writer.submit(decision_row(rng))
+    writer.start()
+    writer.close()
+    assert pending.result(timeout=1) is None
+    with pytest.raises(WriterClosedError):
+        writer.submit(decision_row(rng))
+
+
+def test_a_cancelled_wait_still_stores_the_event(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    writer = GroupCommitWriter(engine, write_events)
+    row = decision_row(rng)
+    future = writer.submit(row)
+    assert future.cancel()  # the caller gave up before the commit
+    writer.start()
+    writer.close()
+    assert EventStore(engine).existing_event_ids([row.event_id]) == {row.event_id}
+
+
+def test_reward_ordinals_first_applied_rest_by_rule(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    decision = decision_row(rng)
+    writer = GroupCommitWriter(engine, write_events)
+    writer.submit(decision)
+    eid = decision.event_id
+    batch = [
+        reward_row(eid, 1.0),
+        reward_row(eid, 0.5, repeat_status=records.SUMMED),
+        reward_row(eid, 0.0),
+    ]
+    futures = [writer.submit(r) for r in batch]
+    writer.start()
+    got = [f.result(timeout=30) for f in futures]
+    later = writer.submit(reward_row(eid, 1.0)).result(timeout=30)
+    writer.close()
+    assert [(o.ordinal, o.applied, o.status) for o in [*got, later]] == [
+        (0, True, records.APPLIED),
+        (1, False, records.SUMMED),
+        (2, False, records.DUPLICATE),
+        (3, False, records.DUPLICATE),
+    ]
+    assert all(isinstance(o, RewardOutcome) for o in got)
+    assert [o.id for o in [*got, later]] == sorted(o.id for o in [*got, later])
+
+
+def test_ineligible_first_reward_is_stored_not_applied(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    d1, d2 = decision_row(rng), decision_row(rng)
+    writer = GroupCommitWriter(engine, write_events).start()
+    writer.submit(d1).result(timeout=30)
+    writer.submit(d2).result(timeout=30)
+    late = writer.submit(
+        reward_row(d1.event_id, 1.0, eligible=False, ineligible_status=records.LATE)
+    ).result(timeout=30)
+    unserved = writer.submit(reward_row(d2.event_id, 1.0, eligible=False)).result(timeout=30)
+    writer.close()
+    assert (late.applied, late.status) == (False, records.LATE)
+    assert (unserved.applied, unserved.status) == (False, records.NOT_SERVED)
+
+
+def test_one_event_never_gets_two_first_rewards(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """The unique (event_id, ordinal) constraint, which makes a second writer process
+    that races on the same event retry instead of applying twice."""
+    decision = decision_row(rng)
+    with engine.begin() as conn:
+        write_events(conn, [decision, reward_row(decision.event_id, 1.0)])
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(
+            sa.insert(rewards),
+            {
+                "event_id": decision.event_id,
+                "ordinal": 0,
+                "value": 1.0,
+                "ts": decision.created_at,
+                "received_at": decision.created_at,
+                "applied": True,
+                "status": records.APPLIED,
+                "model_version": "v1",
+            },
+        )
