@@ -246,8 +246,14 @@ def is_kind(value: Any, kind: str) -> bool:
 
 
 def as_finite_array(value: Any, dim: int, ndim: int) -> np.ndarray | None:
-    """``value`` as a float array of the declared shape and finite, else None."""
+    """``value`` as a float array of the declared shape and finite, else None.
+
+    Nested sequences read back from Parquet arrive as object arrays of arrays; they are
+    stacked row by row (rows of unequal length are not a matrix: None).
+    """
     try:
+        if ndim == 2 and isinstance(value, np.ndarray) and value.dtype == object:
+            value = np.stack([np.asarray(row, dtype=np.float64) for row in value])
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         return None

@@ -51,6 +51,10 @@ class LoggedBatch:
         Slot of the logged arm in a ranked list of ``len_list`` slots; default 0.
     len_list : int
         Number of slots (1 for single-arm decisions).
+    available : array-like of bool (n_rounds, n_actions), optional
+        Which of the candidates each decision could choose from, when candidate sets vary
+        per decision (``candidates`` is then their union); every logged action must be
+        available in its own row. Default: every candidate, every row.
 
     The arrays are validated and stored as float64 / intp on construction.
     """
@@ -62,6 +66,7 @@ class LoggedBatch:
     pscore: FloatArray
     positions: IntArray | None = None
     len_list: int = 1
+    available: NDArray[np.bool_] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.candidates, Candidates):
@@ -93,6 +98,22 @@ class LoggedBatch:
                 f"positions must be in [0, len_list = {self.len_list}); got {pos[i]} at index {i}."
             )
         object.__setattr__(self, "positions", pos.astype(np.intp))
+        if self.available is not None:
+            mask = np.asarray(self.available)
+            k = len(self.candidates)
+            if mask.shape != (n, k) or mask.dtype != np.bool_:
+                raise ValueError(
+                    f"available must be a boolean array of shape ({n}, {k}); got dtype "
+                    f"{mask.dtype} and shape {mask.shape}."
+                )
+            missing = ~mask[np.arange(n), self.actions]
+            if missing.any():
+                i = int(np.flatnonzero(missing)[0])
+                raise ValueError(
+                    f"available must include each row's logged action; row {i} logged "
+                    f"{self.candidates.ids[self.actions[i]]!r}, which it marks unavailable."
+                )
+            object.__setattr__(self, "available", mask)
 
     @property
     def n_rounds(self) -> int:
@@ -108,6 +129,7 @@ class LoggedBatch:
             self.rewards,
             self.pscore,
             self.positions,
+            *(() if self.available is None else (self.available,)),
         ):
             a = np.ascontiguousarray(arr)
             digest.update(str((a.dtype.str, a.shape)).encode())
@@ -150,10 +172,22 @@ def policy_action_dist(policy: Policy, batch: LoggedBatch, rng: np.random.Genera
     ``n_sim`` draws for Thompson policies). With several slots the same distribution is
     used at every slot: the policy is evaluated as if it chose each slot's arm
     independently of the slot, the Open Bandit Pipeline's position-independent case.
+    With per-row ``available`` candidates, rows that share a candidate set are decided
+    together over that set and every other action gets probability 0.
     """
-    probs = np.asarray(
-        policy.select_batch(batch.contexts, batch.candidates, rng).probabilities, dtype=np.float64
-    )
+    if batch.available is None:
+        probs = np.asarray(
+            policy.select_batch(batch.contexts, batch.candidates, rng).probabilities,
+            dtype=np.float64,
+        )
+    else:
+        probs = np.zeros((batch.n_rounds, len(batch.candidates)))
+        masks, inverse = np.unique(batch.available, axis=0, return_inverse=True)
+        for g in range(masks.shape[0]):
+            rows = np.flatnonzero(inverse.ravel() == g)
+            cols = np.flatnonzero(masks[g])
+            sub = policy.select_batch(batch.contexts[rows], batch.candidates.subset(cols), rng)
+            probs[np.ix_(rows, cols)] = sub.probabilities
     expected = (batch.n_rounds, len(batch.candidates))
     if probs.shape != expected:
         raise ValueError(

@@ -1,0 +1,143 @@
+"""training.registry against a real MLflow registry (SQLite backend in a temp dir)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bandit_core import Candidates, make_policy, save_policy
+from training.registry import ModelRegistry, RegistryError
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"
+)
+
+
+def _state(tmp_path: Path, seed: int) -> Path:
+    policy = make_policy("shared_linucb", dim_user=2, dim_arm=2)
+    rng = np.random.default_rng(seed)
+    policy.update_batch(
+        rng.normal(size=(50, 2)),
+        [str(a) for a in rng.integers(0, 3, 50)],
+        rng.random(50),
+        rng.normal(size=(50, 2)),
+    )
+    return save_policy(policy, tmp_path / f"state-{seed}.npz")
+
+
+def _table() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "request_id": ["r1", "r1", "r2"],
+            "arm_id": ["a", "b", "a"],
+            "ctx_0": [0.1, 0.1, -1.0],
+            "ctx_1": [0.5, 0.5, 0.0],
+            "feat_0": [1.0, 0.0, 1.0],
+            "feat_1": [0.0, 1.0, 0.0],
+        }
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(f"sqlite:///{tmp_path}/mlflow.db", model_name="test-policy")
+
+
+def test_register_gate_promote_rollback_with_history(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    v1 = registry.register_candidate(
+        state_path=_state(tmp_path, 1),
+        run_key="run-1",
+        params={"algorithm": "shared_linucb"},
+        metrics={"train_loss": 0.5},
+        tags={"data_hash": "abc"},
+        input_example=_table(),
+    )
+    assert (
+        v1.aliases == ("candidate",)
+        and v1.metrics["train_loss"] == 0.5
+        and v1.tags["data_hash"] == "abc"
+    )
+    assert registry.record_gate(v1.version, True, ["dr lower bound 0.31 ≥ 0.29"]) is True
+    registry.promote(v1.version, by="tester", reason="first model")
+    v2 = registry.register_candidate(state_path=_state(tmp_path, 2), run_key="run-2")
+    assert registry.record_gate(v2.version, False, ["dr lower bound 0.10 < 0.29"]) is False
+    assert registry.get(v2.version).tags["gate_passed"] == "false"
+    assert registry.by_alias("staging").version == v1.version  # a failed gate does not move staging
+    registry.promote(v2.version, by="tester", reason="manual override")
+    promoted = registry.get(v2.version)
+    assert (
+        promoted.tags["previous_production"] == v1.version
+        and promoted.tags["promoted_by"] == "tester"
+    )
+    back = registry.rollback(by="tester", reason="bad online CTR")
+    assert back.version == v1.version and registry.by_alias("production").version == v1.version
+    moves = [(m["alias"], m["version"]) for m in registry.alias_history()]
+    assert moves == [
+        ("candidate", "1"),
+        ("staging", "1"),
+        ("production", "1"),
+        ("candidate", "2"),
+        ("production", "2"),
+        ("production", "1"),
+    ]
+    with pytest.raises(RegistryError, match="no previous version to roll back to"):
+        registry.rollback(by="tester", reason="again")
+
+
+def test_same_run_key_never_registers_twice(registry: ModelRegistry, tmp_path: Path) -> None:
+    first = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="airflow-run-7")
+    again = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="airflow-run-7")
+    assert again.version == first.version and len(registry.versions()) == 1
+
+
+def test_a_state_that_does_not_load_is_refused(registry: ModelRegistry, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a numpy archive")
+    with pytest.raises(RegistryError, match="does not load"):
+        registry.register_candidate(state_path=broken, run_key="bad")
+    assert registry.versions() == []
+
+
+def test_logged_model_loads_in_a_fresh_process_without_pickle(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    state = _state(tmp_path, 3)
+    v = registry.register_candidate(state_path=state, run_key="run-x", input_example=_table())
+    registry.promote(v.version, by="tester", reason="test")
+    code = (
+        "import mlflow, pandas as pd, json, sys\n"
+        f"mlflow.set_tracking_uri({registry.tracking_uri!r})\n"
+        "m = mlflow.pyfunc.load_model('models:/test-policy@production')\n"
+        "import io; t = pd.read_json(io.StringIO(sys.stdin.read()), orient='split')\n"
+        "print(m.predict(t).to_json(orient='split'))\n"
+    )
+    env = {**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=_table().to_json(orient="split"),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    scored = pd.read_json(io.StringIO(out.stdout.strip().splitlines()[-1]), orient="split")
+    # the same policy, loaded here, gives the same probabilities for request r1
+    from bandit_core import load_policy
+
+    policy = load_policy(state)
+    d = policy.select(
+        [0.1, 0.5],
+        Candidates.from_any(["a", "b"], [[1.0, 0.0], [0.0, 1.0]]),
+        np.random.default_rng(0),
+    )
+    np.testing.assert_allclose(scored["probability"].to_numpy()[:2], d.probabilities)
+    assert scored["probability"].to_numpy()[2] == 1.0

@@ -1,0 +1,332 @@
+"""The MLflow model registry: the only module in banditops that writes to MLflow.
+
+Versions move through aliases, never stages: ``candidate`` (every registered version) →
+``staging`` (when the offline gate passes) → ``production`` (by :meth:`promote`).
+Every alias move is recorded as a registered-model tag ``alias_move.<ns timestamp>`` whose
+value is a JSON record (alias, version, previous version, when, by whom, why), so the
+history reads back with :meth:`ModelRegistry.alias_history`.
+
+The model of a version is an MLflow pyfunc logged *from code* (``training/pyfunc_model.py``)
+with the policy state as its artifact at ``artifacts/policy_state.npz`` (the layout the
+service loads, see :mod:`serving.models.contract`); nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from bandit_core import load_policy
+from serving.models.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, POLICY_STATE_PATH
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+ALIASES = ("candidate", "staging", "production")
+_MOVE_PREFIX = "alias_move."
+#: Requirements written into the model (skips MLflow's slow requirement inference).
+PIP_REQUIREMENTS = ["banditops", "numpy", "pandas", "mlflow"]
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be carried out (named version, alias, reason)."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered version as the CLI and the DAGs see it."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+class ModelRegistry:
+    """Registers, gates, promotes and rolls back policy versions.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        ``sqlite:///<workspace>/mlflow.db`` (embedded default), an MLflow server URL or a
+        database URL.
+    model_name : str
+        Registered model name (the service loads ``models:/<model_name>@production``).
+    experiment : str
+        Experiment that holds the training runs.
+    artifact_location : str, optional
+        Where the experiment keeps its artifacts. Default for a ``sqlite:///…/mlflow.db``
+        store: the folder ``mlartifacts`` beside the database (MLflow's own default would
+        be ``./mlruns`` under whatever the working directory happens to be).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str = "banditops-policy",
+        experiment: str = "banditops",
+        artifact_location: str | None = None,
+    ) -> None:
+        if not tracking_uri:
+            raise ValueError(
+                "tracking_uri must be an MLflow tracking URI "
+                "(e.g. sqlite:///workspace/mlflow.db); got an empty value."
+            )
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.experiment = experiment
+        if artifact_location is None and tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
+        self.artifact_location = artifact_location
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # ------------------------------------------------------------------ helpers
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return str(found.experiment_id)
+        return str(
+            self.client.create_experiment(self.experiment, artifact_location=self.artifact_location)
+        )
+
+    def _ensure_model(self) -> None:
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(self.model_name)
+
+    def _info(self, version: Any) -> VersionInfo:
+        metrics: dict[str, float] = {}
+        if version.run_id:
+            try:
+                metrics = dict(self.client.get_run(version.run_id).data.metrics)
+            except MlflowException:
+                metrics = {}
+        return VersionInfo(
+            name=self.model_name,
+            version=str(version.version),
+            run_id=str(version.run_id or ""),
+            aliases=tuple(sorted(getattr(version, "aliases", []) or [])),
+            tags=dict(version.tags or {}),
+            metrics=metrics,
+        )
+
+    def get(self, version: str | int) -> VersionInfo:
+        try:
+            return self._info(self.client.get_model_version(self.model_name, str(version)))
+        except MlflowException as exc:
+            raise RegistryError(f"model {self.model_name!r} has no version {version!r}.") from exc
+
+    def by_alias(self, alias: str) -> VersionInfo | None:
+        try:
+            return self._info(self.client.get_model_version_by_alias(self.model_name, alias))
+        except MlflowException:
+            return None
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version, newest first."""
+        try:
+            found = self.client.search_model_versions(f"name = '{self.model_name}'")
+        except MlflowException:
+            return []
+        infos = [
+            self._info(self.client.get_model_version(self.model_name, v.version)) for v in found
+        ]
+        return sorted(infos, key=lambda v: int(v.version), reverse=True)
+
+    def find_by_run_key(self, run_key: str) -> VersionInfo | None:
+        for info in self.versions():
+            if info.tags.get("run_key") == run_key:
+                return info
+        return None
+
+    # ------------------------------------------------------------------ registering
+    def register_candidate(
+        self,
+        *,
+        state_path: str | Path,
+        run_key: str,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+        artifacts: Mapping[str, str | Path] | None = None,
+        input_example: pd.DataFrame | None = None,
+    ) -> VersionInfo:
+        """Log a training run and register its policy as a new version aliased ``candidate``.
+
+        Idempotent per ``run_key`` (e.g. the Airflow run id): when a version with that key
+        exists it is returned and nothing new is registered. The logged model is loaded
+        back before it is registered; a model that does not load is refused
+        (:class:`RegistryError`) and no version is created.
+        """
+        existing = self.find_by_run_key(run_key)
+        if existing is not None:
+            return existing
+        state_path = Path(state_path)
+        try:
+            load_policy(state_path)
+        except Exception as exc:  # any failure to load means: refuse to register
+            raise RegistryError(f"policy state {state_path} does not load: {exc}") from exc
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            mlflow.start_run(experiment_id=self._experiment_id(), run_name=run_key) as run,
+        ):
+            staged = Path(tmp) / POLICY_STATE_FILE
+            shutil.copyfile(state_path, staged)
+            if params:
+                mlflow.log_params({k: _param(v) for k, v in params.items()})
+            if metrics:
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+            mlflow.set_tags({"run_key": run_key, **(tags or {})})
+            for name, path in (artifacts or {}).items():
+                path = Path(path)
+                if path.is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=name)
+                else:
+                    mlflow.log_artifact(str(path), artifact_path=name)
+            info = mlflow.pyfunc.log_model(
+                name="policy",
+                python_model=str(PYFUNC_CODE),
+                artifacts={POLICY_STATE_ARTIFACT: str(staged)},
+                input_example=input_example,
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+            self._verify_loadable(info.model_uri)
+            self._ensure_model()
+            created = self.client.create_model_version(
+                self.model_name,
+                source=info.model_uri,
+                run_id=run.info.run_id,
+                tags={"run_key": run_key, **(tags or {})},
+            )
+        version = str(created.version)
+        self._wait_ready(version)
+        self.set_alias("candidate", version, by="training", reason=f"registered by run {run_key}")
+        return self.get(version)
+
+    def _verify_loadable(self, model_uri: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+            try:
+                load_policy(local / POLICY_STATE_PATH)
+            except Exception as exc:
+                raise RegistryError(
+                    f"the logged model {model_uri} does not load back: {exc}"
+                ) from exc
+
+    def _wait_ready(self, version: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.client.get_model_version(self.model_name, version).status
+            if status == "READY":
+                return
+            if status == "FAILED_REGISTRATION":
+                raise RegistryError(f"version {version} of {self.model_name!r} failed to register.")
+            time.sleep(0.2)
+        raise RegistryError(
+            f"version {version} of {self.model_name!r} was not ready after {timeout_s:.0f} s."
+        )
+
+    # ------------------------------------------------------------------ aliases
+    def set_alias(self, alias: str, version: str | int, *, by: str, reason: str) -> None:
+        """Point ``alias`` at ``version`` and record the move in the history."""
+        version = str(version)
+        self.get(version)  # raises RegistryError for an unknown version
+        previous = self.by_alias(alias)
+        self.client.set_registered_model_alias(self.model_name, alias, version)
+        record = {
+            "alias": alias,
+            "version": version,
+            "previous": previous.version if previous else None,
+            "at": datetime.now(UTC).isoformat(),
+            "by": by,
+            "reason": reason,
+        }
+        self.client.set_registered_model_tag(
+            self.model_name, f"{_MOVE_PREFIX}{time.time_ns()}", json.dumps(record)
+        )
+
+    def alias_history(self) -> list[dict[str, Any]]:
+        """Every recorded alias move, oldest first."""
+        model = self.client.get_registered_model(self.model_name)
+        moves = sorted((k, v) for k, v in (model.tags or {}).items() if k.startswith(_MOVE_PREFIX))
+        return [json.loads(v) for _, v in moves]
+
+    def record_gate(
+        self, version: str | int, passed: bool, reasons: list[str], by: str = "gate"
+    ) -> bool:
+        """Tag the gate decision on ``version``; move ``staging`` to it when it passed."""
+        version = str(version)
+        self.client.set_model_version_tag(
+            self.model_name, version, "gate_passed", str(bool(passed)).lower()
+        )
+        self.client.set_model_version_tag(
+            self.model_name, version, "gate_reasons", json.dumps(reasons)
+        )
+        if passed:
+            self.set_alias("staging", version, by=by, reason="; ".join(reasons) or "gate passed")
+        return passed
+
+    def promote(
+        self, version: str | int, *, by: str, reason: str, alias: str = "production"
+    ) -> VersionInfo:
+        """Move ``alias`` (default ``production``) to ``version`` and tag who, when and why."""
+        version = str(version)
+        self.get(version)
+        previous = self.by_alias(alias)
+        if previous is not None and previous.version == version:
+            return self.get(version)
+        tags = {
+            "promoted_at": datetime.now(UTC).isoformat(),
+            "promoted_by": by,
+            "promotion_reason": reason,
+            f"previous_{alias}": previous.version if previous else "",
+        }
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, key, value)
+        self.set_alias(alias, version, by=by, reason=reason)
+        return self.get(version)
+
+    def rollback(self, *, by: str, reason: str, alias: str = "production") -> VersionInfo:
+        """Point ``alias`` back at the version it held before the current one."""
+        current = self.by_alias(alias)
+        if current is None:
+            raise RegistryError(
+                f"nothing to roll back: {self.model_name!r} has no @{alias} version."
+            )
+        previous = current.tags.get(f"previous_{alias}", "")
+        if not previous:
+            raise RegistryError(
+                f"version {current.version} is the first @{alias} of {self.model_name!r}; "
+                "there is no previous version to roll back to."
+            )
+        self.client.set_model_version_tag(
+            self.model_name, current.version, "rolled_back_at", datetime.now(UTC).isoformat()
+        )
+        self.client.set_model_version_tag(self.model_name, current.version, "rolled_back_by", by)
+        self.set_alias(alias, previous, by=by, reason=f"rollback from {current.version}: {reason}")
+        return self.get(previous)
+
+
+def _param(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]

@@ -1,0 +1,219 @@
+"""Replay windows: from the event store to one Parquet file per run, and back to arrays.
+
+``extract_replay`` writes the decisions of a window with their joined reward (the rules of
+:func:`serving.store.replay.read_replay`) to ``<out_dir>/replay.parquet`` plus a manifest
+(``replay.json``: window, row count, SHA-256 of the file). ``load_replay`` turns such a file
+into :class:`ReplayData`, the arrays every training and evaluation step works on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from serving.store.engine import make_engine
+from serving.store.replay import read_replay
+
+REPLAY_FILE = "replay.parquet"
+MANIFEST_FILE = "replay.json"
+
+
+@dataclass(frozen=True)
+class ReplayManifest:
+    """What an extraction produced: the file, its window, rows and content hash."""
+
+    path: str
+    start: str
+    end: str
+    rows: int
+    rewarded_rows: int
+    sha256: str
+    dim_user: int
+    dim_arm: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ReplayManifest:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract_replay(
+    store_url: str,
+    start: datetime,
+    end: datetime,
+    out_dir: str | Path,
+    *,
+    reward_window: timedelta = timedelta(days=1),
+    missing_reward: Literal["default", "drop"] = "default",
+    default_reward: float = 0.0,
+    as_of: datetime | None = None,
+) -> ReplayManifest:
+    """Write the replay window ``[start, end)`` of the store at ``store_url``.
+
+    The output overwrites ``<out_dir>/replay.parquet`` and ``replay.json`` (a retried task
+    rewrites its own run-scoped files). Returns the manifest.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(store_url)
+    try:
+        frame = read_replay(
+            engine,
+            start,
+            end,
+            reward_window=reward_window,
+            missing_reward=missing_reward,
+            default_reward=default_reward,
+            as_of=as_of,
+        )
+    finally:
+        engine.dispose()
+    path = out / REPLAY_FILE
+    tmp = path.with_suffix(".parquet.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    dim_user = len(frame["context"].iloc[0]) if len(frame) else 0
+    dim_arm = (
+        len(frame["candidate_features"].iloc[0][0])
+        if len(frame) and len(frame["candidate_features"].iloc[0])
+        else 0
+    )
+    manifest = ReplayManifest(
+        path=str(path),
+        start=start.astimezone(UTC).isoformat(),
+        end=end.astimezone(UTC).isoformat(),
+        rows=len(frame),
+        rewarded_rows=int(frame["reward_observed"].sum()) if len(frame) else 0,
+        sha256=file_sha256(path),
+        dim_user=int(dim_user),
+        dim_arm=int(dim_arm),
+    )
+    (out / MANIFEST_FILE).write_text(manifest.to_json())
+    return manifest
+
+
+@dataclass(frozen=True)
+class ReplayData:
+    """A replay window as arrays (rows in time order).
+
+    ``contexts`` (n, dim_user); ``arm_ids`` (n,) chosen arm ids; ``arm_features``
+    (n, dim_arm) of the chosen arms; ``rewards`` (n,); ``propensities`` (n,) logging
+    propensities; ``candidate_ids`` / ``candidate_features`` the per-row candidate sets
+    (lists, since sets may differ); ``chosen`` (n,) index of the chosen arm in its set;
+    ``model_versions`` (n,) the version that decided.
+    """
+
+    contexts: NDArray[np.float64]
+    arm_ids: list[str]
+    arm_features: NDArray[np.float64]
+    rewards: NDArray[np.float64]
+    propensities: NDArray[np.float64]
+    candidate_ids: list[list[str]]
+    candidate_features: list[NDArray[np.float64]]
+    chosen: NDArray[np.intp]
+    model_versions: list[str]
+    event_ids: list[str]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.contexts.shape[0])
+
+    @property
+    def dim_user(self) -> int:
+        return int(self.contexts.shape[1])
+
+    @property
+    def dim_arm(self) -> int:
+        return int(self.arm_features.shape[1])
+
+    def subset(self, rows: NDArray[np.intp] | slice) -> ReplayData:
+        index = np.arange(self.n_rows)[rows]
+        pick = [int(i) for i in index]
+        return ReplayData(
+            contexts=self.contexts[index],
+            arm_ids=[self.arm_ids[i] for i in pick],
+            arm_features=self.arm_features[index],
+            rewards=self.rewards[index],
+            propensities=self.propensities[index],
+            candidate_ids=[self.candidate_ids[i] for i in pick],
+            candidate_features=[self.candidate_features[i] for i in pick],
+            chosen=self.chosen[index],
+            model_versions=[self.model_versions[i] for i in pick],
+            event_ids=[self.event_ids[i] for i in pick],
+        )
+
+    def split(self, holdout_fraction: float) -> tuple[ReplayData, ReplayData]:
+        """Time split: the first rows train, the last ``holdout_fraction`` are held out."""
+        if not 0.0 < holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1); got {holdout_fraction!r}.")
+        cut = round(self.n_rows * (1.0 - holdout_fraction))
+        if cut < 1 or cut >= self.n_rows:
+            raise ValueError(
+                f"a holdout of {holdout_fraction:.0%} of {self.n_rows} rows leaves an empty side; "
+                "extract a longer window."
+            )
+        return self.subset(slice(0, cut)), self.subset(slice(cut, None))
+
+
+def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
+    """Arrays from a replay DataFrame (the columns of ``serving.store.replay.COLUMNS``)."""
+    if len(frame) == 0:
+        raise ValueError("the replay window holds no decisions; nothing to train or evaluate on.")
+    contexts = np.stack([np.asarray(c, dtype=np.float64) for c in frame["context"]])
+    cand_feats = [_matrix(f) for f in frame["candidate_features"]]
+    chosen = frame["chosen"].to_numpy(dtype=np.intp)
+    arm_feats = np.stack([cand_feats[i][chosen[i]] for i in range(len(frame))])
+    return ReplayData(
+        contexts=contexts,
+        arm_ids=[str(a) for a in frame["arm_id"]],
+        arm_features=arm_feats,
+        rewards=frame["reward"].to_numpy(dtype=np.float64),
+        propensities=frame["propensity"].to_numpy(dtype=np.float64),
+        candidate_ids=[[str(c) for c in ids] for ids in frame["candidate_ids"]],
+        candidate_features=cand_feats,
+        chosen=chosen,
+        model_versions=[str(v) for v in frame["model_version"]],
+        event_ids=[str(e) for e in frame["event_id"]],
+    )
+
+
+def _matrix(rows: Any) -> NDArray[np.float64]:
+    """(K, dim_arm) from a list of rows or a Parquet object array of row arrays."""
+    stacked = [np.asarray(r, dtype=np.float64) for r in rows]
+    if not stacked:
+        return np.zeros((0, 0))
+    return np.stack(stacked)
+
+
+def load_replay(path: str | Path) -> ReplayData:
+    """Read a replay Parquet file written by :func:`extract_replay`."""
+    return replay_from_frame(pd.read_parquet(path))
+
+
+def replay_summary(data: ReplayData) -> dict[str, Any]:
+    """Row counts and reward statistics, for run tags and logs."""
+    return {
+        "rows": data.n_rows,
+        "reward_mean": float(data.rewards.mean()),
+        "arms": len(set(data.arm_ids)),
+        "dim_user": data.dim_user,
+        "dim_arm": data.dim_arm,
+    }

@@ -1,0 +1,243 @@
+"""Train a candidate policy on a replay window and rebuild its head.
+
+The features are built by the policy itself through ``bandit_core.FeatureMap`` — the same
+builder serving uses — from the logged context, the chosen arm's features and its id.
+
+* linear policies train by rebuilding their head from the training rows;
+* neural policies fill their replay buffer (fast path only), train the network on it in
+  ``curve_points`` stages (each stage one call of the slow path's trainer, so the learning
+  curve records train and validation loss after every stage), then rebuild the head from
+  every stored row re-encoded by the final network.
+
+A "diagnosing linear failure" report compares a linear head with a network of the same
+shape on one split of the training rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bandit_core import POLICIES, Policy, load_policy, make_policy, save_policy
+from bandit_core.diagnostics import diagnose_linear_failure
+from training.replay import ReplayData, load_replay
+
+STATE_FILE = "policy_state.npz"
+RESULT_FILE = "train.json"
+NEURAL = ("neural_linear", "ensemble", "dropout")
+#: Never retrain the network on the request path: the slow path runs nightly.
+NO_ONLINE_RETRAIN = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train.
+
+    Parameters
+    ----------
+    algorithm : str
+        A registered policy name (default ``neural_linear``).
+    options : dict
+        Policy options (``alpha``, ``hidden``, ``epochs``, ``lambda_prior``…); ``dim_user``
+        and ``dim_arm`` come from the data.
+    holdout_fraction : float
+        The last share of the window (in time) held out for the offline evaluation.
+    min_rows : int
+        Fewest training rows accepted.
+    curve_points : int
+        Stages of the neural learning curve.
+    seed : int
+        Seeds the network, its training and the diagnostic split.
+    """
+
+    algorithm: str = "neural_linear"
+    options: dict[str, Any] = field(default_factory=dict)
+    holdout_fraction: float = 0.2
+    min_rows: int = 100
+    curve_points: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in POLICIES:
+            raise ValueError(
+                f"algorithm must be one of {', '.join(sorted(POLICIES))}; got {self.algorithm!r}."
+            )
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1); got {self.holdout_fraction!r}.")
+        if self.min_rows < 1 or self.curve_points < 1:
+            raise ValueError("min_rows and curve_points must be at least 1.")
+        for key in ("dim_user", "dim_arm"):
+            if key in self.options:
+                raise ValueError(f"options must not set {key!r}: it comes from the replay data.")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Paths and numbers a training run leaves behind (all JSON-able)."""
+
+    state_path: str
+    algorithm: str
+    n_train: int
+    n_holdout: int
+    metrics: dict[str, float]
+    curve: list[dict[str, float]]
+    diagnostics: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, path: str | Path) -> TrainResult:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def build_policy(config: TrainConfig, data: ReplayData, n_train: int) -> Policy:
+    options = dict(config.options)
+    options.update(dim_user=data.dim_user)
+    config_class = getattr(POLICIES[config.algorithm], "config_class", None)
+    names = set(getattr(config_class, "__dataclass_fields__", {}))
+    if "dim_arm" in names:
+        options["dim_arm"] = data.dim_arm
+    if config.algorithm in NEURAL:
+        options.setdefault("seed", config.seed)
+        options["retrain_every"] = NO_ONLINE_RETRAIN
+        options["buffer_size"] = max(n_train, int(options.get("buffer_size") or 0))
+        options.setdefault("loss", "bce" if set(np.unique(data.rewards)) <= {0.0, 1.0} else "mse")
+    return make_policy(config.algorithm, **options)
+
+
+def _mse(policy: Any, data: ReplayData) -> float:
+    """Validation loss of the network's point prediction for the logged arms."""
+    import torch
+
+    from bandit_core.nets import to_numpy
+
+    inputs = policy.features.build_rows(data.contexts, data.arm_features, data.arm_ids)
+    with torch.inference_mode():
+        out = policy.net_(policy._tensor(inputs)[None]).mean(0)
+        pred = to_numpy(policy._loss_link(out))
+    return float(np.mean((pred - data.rewards) ** 2))
+
+
+def _train_neural(
+    policy: Any, train: ReplayData, holdout: ReplayData, points: int
+) -> list[dict[str, float]]:
+    from bandit_core.nets import train_network
+
+    policy.update_batch(train.contexts, train.arm_ids, train.rewards, train.arm_features)
+    spec = policy._train_spec()
+    per_stage = max(1, spec.epochs // points)
+    curve = []
+    inputs = policy._tensor(policy.buffer_.inputs)
+    targets = policy._tensor(policy.buffer_.rewards)
+    weights = policy._tensor(policy.buffer_.weights.T) if policy.buffer_.n_weights else None
+    done = 0
+    while done < spec.epochs:
+        epochs = min(per_stage, spec.epochs - done)
+        loss = train_network(
+            policy.net_,
+            inputs,
+            targets,
+            replace(spec, epochs=epochs),
+            policy.generator_,
+            weights,
+            policy._concrete(),
+        )
+        done += epochs
+        curve.append(
+            {"epoch": float(done), "train_loss": float(loss), "val_loss": _mse(policy, holdout)}
+        )
+    policy._after_retrain()
+    policy.since_retrain_ = 0
+    policy.n_retrains_ += 1
+    policy.last_train_loss_ = curve[-1]["train_loss"]
+    return curve
+
+
+def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> TrainResult:
+    """Train ``config.algorithm`` on the first part of the replay window.
+
+    Writes ``<out_dir>/policy_state.npz`` and ``<out_dir>/train.json`` (overwriting a
+    previous attempt of the same run) and returns the result.
+    """
+    data = load_replay(replay_path)
+    train_part, holdout = data.split(config.holdout_fraction)
+    if train_part.n_rows < config.min_rows:
+        raise ValueError(
+            f"the replay window has {train_part.n_rows} training rows; "
+            f"min_rows is {config.min_rows}."
+        )
+    policy: Any = build_policy(config, data, train_part.n_rows)
+    if config.algorithm in NEURAL:
+        curve = _train_neural(policy, train_part, holdout, config.curve_points)
+    else:
+        policy.rebuild(
+            train_part.contexts, train_part.arm_ids, train_part.rewards, train_part.arm_features
+        )
+        curve = []
+    diag = _diagnose(policy, train_part, config.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = save_policy(policy, out / STATE_FILE)
+    metrics = {
+        **diag.as_metrics(),
+        "n_train": float(train_part.n_rows),
+        "n_holdout": float(holdout.n_rows),
+    }
+    if curve:
+        metrics.update(train_loss=curve[-1]["train_loss"], val_loss=curve[-1]["val_loss"])
+    result = TrainResult(
+        state_path=str(state),
+        algorithm=config.algorithm,
+        n_train=train_part.n_rows,
+        n_holdout=holdout.n_rows,
+        metrics=metrics,
+        curve=curve,
+        diagnostics=diag.summary(),
+    )
+    (out / RESULT_FILE).write_text(result.to_json())
+    return result
+
+
+def _diagnose(policy: Any, data: ReplayData, seed: int) -> Any:
+    features = getattr(policy, "features", None) or getattr(
+        getattr(policy, "model", None), "features", None
+    )
+    if features is not None:
+        inputs = features.build_rows(data.contexts, data.arm_features, data.arm_ids)
+    else:  # per-arm models: context and a one-hot of the arm
+        arms = sorted(set(data.arm_ids))
+        one_hot = np.eye(len(arms))[[arms.index(a) for a in data.arm_ids]]
+        inputs = np.hstack([data.contexts, one_hot])
+    hidden = tuple(getattr(getattr(policy, "config", None), "hidden", (50,)))
+    return diagnose_linear_failure(
+        inputs, data.rewards, np.random.default_rng(seed), hidden=hidden, epochs=20
+    )
+
+
+def rebuild_head(
+    state_path: str | Path,
+    replay_path: str | Path,
+    out_path: str | Path,
+    holdout_fraction: float = 0.2,
+) -> Path:
+    """Rebuild the Bayesian head completely, on the final network, from the training rows.
+
+    Neural policies re-encode every stored row with their current network (chunked);
+    linear policies rebuild their head from the training part of the replay window. The
+    held-out part is left out so the offline evaluation stays honest.
+    """
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    policy: Any = load_policy(state_path)
+    if hasattr(policy, "rebuild_head"):
+        policy.rebuild_head()
+    else:
+        train_part, _ = load_replay(replay_path).split(holdout_fraction)
+        policy.rebuild(
+            train_part.contexts, train_part.arm_ids, train_part.rewards, train_part.arm_features
+        )
+    return save_policy(policy, out_path)
