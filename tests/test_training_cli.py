@@ -1,0 +1,42 @@
+"""`banditops models / promote / rollback` against a real SQLite MLflow registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bandit_core import make_policy, save_policy
+from training.cli import app
+from training.registry import ModelRegistry
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"
+)
+
+
+def test_models_promote_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BANDITOPS_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("BANDITOPS_MLFLOW_TRACKING_URI", raising=False)
+    registry = ModelRegistry(f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
+    for seed in (1, 2):
+        policy = make_policy("linucb", dim_user=2)
+        policy.update(np.full(2, seed), "a", 1.0)
+        registry.register_candidate(
+            state_path=save_policy(policy, tmp_path / f"s{seed}.npz"), run_key=f"run-{seed}"
+        )
+    runner = CliRunner()
+    assert runner.invoke(app, ["promote", "1", "--reason", "first"]).exit_code == 0
+    out = runner.invoke(app, ["promote", "2", "--by", "alice"])
+    assert out.exit_code == 0 and "@production → version 2" in out.output
+    listing = runner.invoke(app, ["models"])
+    assert listing.exit_code == 0 and "production" in listing.output and "run-2" in listing.output
+    back = runner.invoke(app, ["rollback", "--reason", "bad CTR"])
+    assert back.exit_code == 0 and "@production → version 1" in back.output
+    assert registry.get("2").tags["rolled_back_by"] == "cli"
+    unknown = runner.invoke(app, ["promote", "9"])
+    assert unknown.exit_code != 0 and "no version '9'" in unknown.output
+    again = runner.invoke(app, ["rollback"])
+    assert again.exit_code == 1 and "no previous version" in again.output
