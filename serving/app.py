@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from serving.catalog.routes import router as catalog_router
 from serving.errors import input_error, validation_error, with_status
 from serving.inputs import InputError
 from serving.metrics import ServiceMetrics
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(catalog_router)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(InputError, input_error)
     app.add_exception_handler(NotFoundError, with_status(404))

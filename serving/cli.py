@@ -22,6 +22,7 @@ from bandit_core.envs import (
     WheelEnvironment,
 )
 from bandit_core.simulate import run_simulation
+from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
 
 app = typer.Typer(
@@ -187,6 +188,7 @@ def list_policies() -> None:
 app.command()(serve)
 app.add_typer(db_app, name="db")
 app.add_typer(store_app, name="store")
+app.add_typer(catalog_app, name="catalog")
 
 
 def main() -> None:  # pragma: no cover - console-script entry

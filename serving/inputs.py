@@ -88,8 +88,9 @@ def candidate_set(candidates: Sequence[Candidate], max_candidates: int) -> Candi
     return Candidates(tuple(c.id for c in candidates), flat.reshape(len(candidates), width))
 
 
-def check_signature(inp: DecisionInput, signature: Signature) -> None:
-    """The context and candidate widths the served model expects."""
+def check_signature(inp: DecisionInput, signature: Signature, position_slots: int = 0) -> None:
+    """The context and candidate widths the served model expects (with ``position_slots``
+    the model's arm features are the candidate's plus a position one-hot)."""
     du = signature.dim_user
     if du is not None and inp.context.shape[0] != du:
         raise InputError(
@@ -97,23 +98,43 @@ def check_signature(inp: DecisionInput, signature: Signature) -> None:
             f"context must have {du} features for the served model; got {inp.context.shape[0]}.",
         )
     da = signature.dim_arm
-    if da > 0 and inp.candidates.dim != da:
+    if position_slots and da > 0 and da <= position_slots:
+        raise InputError(
+            ("body", "candidates"),
+            f"the served model has {da} arm features, but BANDITOPS_POSITION_SLOTS = "
+            f"{position_slots} needs more than that (features + position one-hot).",
+        )
+    width = da - position_slots if da > 0 else 0
+    if width > 0 and inp.candidates.dim != width:
         raise InputError(
             ("body", "candidates", 0, "features"),
-            f"candidate features must have length {da} for the served model; got "
+            f"candidate features must have length {width} for the served model; got "
             f"{inp.candidates.dim}.",
         )
 
 
-def check_slate(k: int | None, n_candidates: int, max_slate: int) -> None:
+def check_slate(k: int | None, n_candidates: int, max_slate: int, position_slots: int = 0) -> None:
     if k is None:
         return
     limit = min(n_candidates, max_slate)
+    if position_slots:
+        limit = min(limit, position_slots)
     if k > limit:
         raise InputError(
             ("body", "k"),
-            f"k must be at most {limit} (the number of candidates, and at most "
-            f"{max_slate}); got {k}.",
+            f"k must be at most {limit} (the number of candidates, at most "
+            f"{max_slate}{f' and the {position_slots} position slots' if position_slots else ''}); "
+            f"got {k}.",
+        )
+
+
+def check_position(position: int | None, slate_length: int) -> None:
+    """A rewarded position must be one of the decision's slate positions."""
+    if position is not None and position >= slate_length:
+        raise InputError(
+            ("body", "position"),
+            f"position must be below the decision's slate length ({slate_length}); got {position}.",
+            position,
         )
 
 

@@ -8,9 +8,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from serving.grouped_decisions import decide_grouped
 from serving.schemas import (
     DecisionRequest,
     DecisionResponse,
+    GroupedDecisionRequest,
+    GroupedDecisionResponse,
     ModelInfo,
     RewardRequest,
     RewardResponse,
@@ -58,6 +61,15 @@ async def post_decision(body: DecisionRequest, request: Request) -> DecisionResp
     Answered only once the decision is committed to the event store.
     """
     return await service_of(request).decide(body)
+
+
+@router.post("/v1/decisions/grouped", responses=_UNAVAILABLE, tags=["decisions"])
+async def post_grouped_decision(
+    body: GroupedDecisionRequest, request: Request
+) -> GroupedDecisionResponse:
+    """Choose one variant per group (e.g. one artwork per title); each group's choice is
+    logged as a decision of its own, with its own event id and propensity."""
+    return await decide_grouped(service_of(request), body)
 
 
 @router.post(

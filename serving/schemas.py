@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(min_length=1, max_length=256)]
@@ -42,20 +50,74 @@ class Candidate(_Strict):
     )
 
 
+class Retrieve(_Strict):
+    """Take the candidates from the item catalog: the top ``k`` by inner product."""
+
+    k: int = Field(ge=1, strict=True, description="Candidates to retrieve (1..max_retrieve).")
+    query: list[FiniteFloat] | None = Field(
+        default=None,
+        description="Retrieval vector (the catalog's embedding width); default: the context.",
+    )
+
+
 class DecisionRequest(_Strict):
-    """Ask for a decision among ``candidates`` for a user with ``context``."""
+    """Ask for a decision among ``candidates`` (or the ``retrieve``d catalog items) for a
+    user with ``context``."""
 
     context: Context = Field(
         description="User context: a vector of dim_user floats, or named features "
         "(names configured in BANDITOPS_CONTEXT_FEATURES)."
     )
-    candidates: list[Candidate] = Field(min_length=1, description="Candidate arms (1..max).")
+    candidates: list[Candidate] | None = Field(
+        default=None, min_length=1, description="Candidate arms (1..max); or use retrieve."
+    )
+    retrieve: Retrieve | None = Field(
+        default=None, description="Retrieve the candidates from the item catalog instead."
+    )
     k: int | None = Field(
         default=None, ge=1, strict=True, description="Return a ranked slate of k arms."
     )
     user_id: Identifier | None = Field(
         default=None, description="Stored only as a salted hash; keys the rollout split."
     )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DecisionRequest:
+        if (self.candidates is None) == (self.retrieve is None):
+            raise ValueError("give exactly one of candidates and retrieve.")
+        return self
+
+
+class Group(_Strict):
+    """One group (e.g. a title) and its variants (e.g. its artworks)."""
+
+    id: Identifier
+    variants: list[Candidate] = Field(min_length=1, description="Variants (1..max).")
+
+
+class GroupedDecisionRequest(_Strict):
+    """Choose one variant for every group, for a user with ``context``."""
+
+    context: Context
+    groups: list[Group] = Field(min_length=1, description="Groups (1..max_groups).")
+    user_id: Identifier | None = None
+
+
+class GroupChoice(BaseModel):
+    group_id: str
+    event_id: str = Field(description="Quote it when sending this group's reward.")
+    arm_id: str = Field(description="The chosen variant.")
+    propensity: float = Field(description="Probability of this variant in its group.")
+    explored: bool
+
+
+class GroupedDecisionResponse(BaseModel):
+    request_id: str
+    groups: list[GroupChoice]
+    model_version: str | None
+    policy: str
+    fallback: bool
+    traffic: str
 
 
 class DecisionResponse(BaseModel):
@@ -66,6 +128,13 @@ class DecisionResponse(BaseModel):
     slate_propensities: list[float] | None = Field(
         default=None,
         description="Probability of each slate position given the positions before it.",
+    )
+    position_propensities: list[float] | None = Field(
+        default=None,
+        description="Probability of each shown item at its position (marginal).",
+    )
+    candidates: list[str] | None = Field(
+        default=None, description="The retrieved candidates (with retrieve)."
     )
     model_version: str | None
     policy: str
@@ -79,6 +148,9 @@ class RewardRequest(_Strict):
 
     event_id: EventId
     reward: FiniteFloat
+    position: int | None = Field(
+        default=None, ge=0, strict=True, description="Slate position rewarded (default 0)."
+    )
     timestamp: AwareDatetime | None = Field(
         default=None, description="When the reward happened (default: when received)."
     )

@@ -21,19 +21,23 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Engine
 from threadpoolctl import threadpool_limits
 
-from serving.decide import choose
+from bandit_core.slates import with_position
+from serving.catalog.index import Retrieved
+from serving.catalog.runtime import CatalogService
+from serving.decide import Choice, ChoiceOptions, choose
 from serving.identity import CANDIDATE, hash_user, route
 from serving.inputs import (
     DecisionInput,
     InputError,
     candidate_set,
+    check_position,
     check_reward,
     check_signature,
     check_slate,
@@ -46,6 +50,7 @@ from serving.models.served import ServedModel, ServingSet
 from serving.models.sources import FileModelSource, ModelSource
 from serving.models.state_io import state_to_bytes
 from serving.schemas import (
+    Candidate,
     DecisionRequest,
     DecisionResponse,
     ModelInfo,
@@ -165,6 +170,7 @@ class DecisionService:
             settings.snapshot_every_s,
             enabled=settings.workers == 1,  # several workers rebuild from the store
         )
+        self.catalog = CatalogService(engine, settings)
         self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -180,6 +186,7 @@ class DecisionService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._blas = threadpool_limits(limits=1)
+        await self.catalog.start()
         self.writer.start()
         self.loader.start()
         self._timer = asyncio.create_task(self.snapshots.timer(self._served_models))
@@ -187,6 +194,7 @@ class DecisionService:
     async def stop(self) -> None:
         """Stop polling, snapshot every head with unsaved rewards, commit, close."""
         await asyncio.to_thread(self.loader.stop)
+        await self.catalog.stop()
         if self._timer is not None:
             self._timer.cancel()
         await self.snapshots.dirty(self._served_models())
@@ -215,6 +223,21 @@ class DecisionService:
         return await self.snapshots.dirty(self._served().models())
 
     # ------------------------------------------------------------------ decisions
+    def route(self, user_id: str | None) -> tuple[str | None, str, ServedModel | None]:
+        """``(user hash, traffic arm, model of that arm)`` of a request.
+
+        Raises
+        ------
+        NotReadyError
+            Nothing serves yet (503).
+        """
+        served = self._served()
+        user_hash = None if user_id is None else hash_user(user_id, self.salt)
+        share = served.candidate_share if served.candidate is not None else 0.0
+        traffic = route(user_hash, share, self.rng)
+        model = served.candidate if traffic == CANDIDATE else served.production
+        return user_hash, traffic, model
+
     async def decide(self, req: DecisionRequest) -> DecisionResponse:
         """Route, validate, choose (the fallback if the model fails), log, answer.
 
@@ -225,29 +248,23 @@ class DecisionService:
         NotReadyError, StoreUnavailableError
             Nothing serves yet, or the decision could not be committed (503).
         """
-        served = self._served()
         settings = self.settings
-        user_hash = None if req.user_id is None else hash_user(req.user_id, self.salt)
-        share = served.candidate_share if served.candidate is not None else 0.0
-        traffic = route(user_hash, share, self.rng)
-        model = served.candidate if traffic == CANDIDATE else served.production
-        inp = DecisionInput(
-            context_vector(req.context, settings.context_features),
-            candidate_set(req.candidates, settings.max_candidates),
-        )
+        user_hash, traffic, model = self.route(req.user_id)
+        context = context_vector(req.context, settings.context_features)
+        retrieved = None
+        if req.retrieve is not None:
+            retrieved = self._retrieve(context, req.retrieve.k, req.retrieve.query)
+            candidates = retrieved.candidates
+        else:
+            # the schema requires exactly one of candidates and retrieve
+            candidates = candidate_set(
+                cast(list[Candidate], req.candidates), settings.max_candidates
+            )
+        inp = DecisionInput(context, candidates)
         if model is not None:
-            check_signature(inp, model.signature)
-        check_slate(req.k, len(inp.candidates), settings.max_slate)
-        choice = None
-        if model is not None:
-            try:
-                choice = choose(model.policy, inp.context, inp.candidates, self.rng, req.k)
-            except Exception:
-                log.exception("model %s failed; the fallback decides", model.version)
-                self.metrics.model_errors.inc()
-        fallback = choice is None
-        if choice is None:
-            choice = choose(self.fallback, inp.context, inp.candidates, self.rng, req.k)
+            check_signature(inp, model.signature, settings.position_slots)
+        check_slate(req.k, len(inp.candidates), settings.max_slate, settings.position_slots)
+        choice, fallback = self.choose_for(model, inp, req.k)
         d = choice.decision
         row = DecisionRow(
             event_id=uuid.uuid4().hex,
@@ -267,12 +284,13 @@ class DecisionService:
             explored=bool(d.explored),
             ranking=choice.ranking,
             slate_propensities=choice.slate_propensities,
+            position_propensities=choice.position_propensities,
+            catalog_seq=None if retrieved is None else retrieved.catalog_seq,
+            candidate_versions=None if retrieved is None else retrieved.versions,
+            retrieval=None if retrieved is None else retrieved.summary,
+            count_impressions=self.catalog.has_items,
         )
-        await self._commit(row)
-        self._remember(row)
-        self.metrics.decisions.labels(
-            self.metrics.arm_label(d.arm_id), traffic, "true" if fallback else "false"
-        ).inc()
+        await self.log_decision(row)
         ids = inp.candidates.ids
         return DecisionResponse(
             event_id=row.event_id,
@@ -282,12 +300,69 @@ class DecisionService:
             slate_propensities=(
                 None if choice.slate_propensities is None else list(choice.slate_propensities)
             ),
+            position_propensities=(
+                None if choice.position_propensities is None else list(choice.position_propensities)
+            ),
+            candidates=None if retrieved is None else list(ids),
             model_version=row.model_version,
             policy=d.policy,
             explored=row.explored,
             fallback=fallback,
             traffic=traffic,
         )
+
+    def _retrieve(
+        self, context: NDArray[np.float64], k: int, query: Sequence[float] | None
+    ) -> Retrieved:
+        if k > self.settings.max_retrieve:
+            raise InputError(
+                ("body", "retrieve", "k"),
+                f"retrieve.k must be at most {self.settings.max_retrieve}; got {k}.",
+            )
+        vector = context if query is None else np.asarray(query, dtype=np.float64)
+        return self.catalog.retrieve(vector, k)
+
+    def choose_for(
+        self, model: ServedModel | None, inp: DecisionInput, k: int | None
+    ) -> tuple[Choice, bool]:
+        """The model's choice, or the fallback's when there is no model or it fails."""
+        settings = self.settings
+        options = ChoiceOptions(
+            position_slots=settings.position_slots,
+            marginal_draws=settings.slate_marginal_draws,
+            max_states=settings.slate_max_states,
+            new_ids=self.catalog.new_ids(inp.candidates.ids),
+            new_p_min=settings.new_item_p_min,
+            new_max_share=settings.new_item_max_share,
+        )
+        if model is not None:
+            try:
+                return choose(
+                    model.policy, inp.context, inp.candidates, self.rng, k, options
+                ), False
+            except Exception:
+                log.exception("model %s failed; the fallback decides", model.version)
+                self.metrics.model_errors.inc()
+        fallback_options = ChoiceOptions(
+            marginal_draws=options.marginal_draws,
+            max_states=options.max_states,
+            new_ids=options.new_ids,
+            new_p_min=options.new_p_min,
+            new_max_share=options.new_max_share,
+        )
+        return choose(
+            self.fallback, inp.context, inp.candidates, self.rng, k, fallback_options
+        ), True
+
+    async def log_decision(self, row: DecisionRow) -> None:
+        """Commit a decision, remember it for its rewards, count it."""
+        await self._commit(row)
+        self._remember(row)
+        if row.count_impressions:
+            self.catalog.record_shown(row.shown_ids)
+        self.metrics.decisions.labels(
+            self.metrics.arm_label(row.arm_id), row.traffic, "true" if row.fallback else "false"
+        ).inc()
 
     def _remember(self, row: DecisionRow) -> None:
         size = self.settings.decision_cache_size
@@ -301,6 +376,10 @@ class DecisionService:
             arm_features=row.candidate_features[row.chosen].copy(),  # not the (K, d) block
             model_version=row.model_version,
             fallback=row.fallback,
+            slate_ids=None if row.ranking is None else row.shown_ids,
+            slate_features=None
+            if row.ranking is None
+            else row.candidate_features[list(row.ranking)],
         )
         while len(self._cache) > size:
             self._cache.popitem(last=False)
@@ -327,6 +406,10 @@ class DecisionService:
             decision = await asyncio.to_thread(self.store.find_decision, req.event_id)
         if decision is None:
             raise NotFoundError(f"no decision with event_id {req.event_id!r}.")
+        check_position(req.position, decision.slate_length)
+        arm_id, arm_features = decision.shown_at(req.position)
+        if settings.position_slots:
+            arm_features = with_position(arm_features, req.position or 0, settings.position_slots)
         received = datetime.now(UTC)
         ts = req.timestamp.astimezone(UTC) if req.timestamp is not None else received
         if ts < decision.created_at - CLOCK_SKEW:
@@ -346,7 +429,8 @@ class DecisionService:
             eligible=status is None,
             ineligible_status=status,
             repeat_status=records.SUMMED if settings.duplicate_rule == "sum" else records.DUPLICATE,
-            learn=LearnInput(decision.context, decision.arm_id, decision.arm_features),
+            position=req.position,
+            learn=LearnInput(decision.context, arm_id, arm_features),
         )
         outcome: RewardOutcome = await self._commit(row)
         self.metrics.rewards.labels(outcome.status).inc()

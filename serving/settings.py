@@ -76,6 +76,37 @@ class Settings(BaseSettings):
     workers : int
         Worker processes (set by ``banditops serve``); above 1 each worker rebuilds its
         heads from the store and snapshots are off.
+    catalog_index : {"auto", "exact", "hnsw"}
+        Retrieval over the item catalog: exact dot products, faiss HNSW, or exact up to
+        ``catalog_exact_max`` items and HNSW beyond.
+    catalog_hnsw_m, catalog_hnsw_ef_construction, catalog_hnsw_ef_search : int
+        HNSW graph degree and beam widths (build, search).
+    catalog_rebuild_fraction : float
+        Rebuild the index from the active items when this share of its rows belongs to
+        retired or superseded versions.
+    catalog_poll_s : float
+        Seconds between two reads of the catalog's change feed (changes made by other
+        workers or by ``banditops catalog load``).
+    max_retrieve : int
+        Largest ``retrieve.k``.
+    max_groups : int
+        Most groups in a grouped request.
+    new_item_impressions : int
+        An item is new until it has been shown this many times (0: no item is new).
+    new_item_p_min, new_item_max_share : float
+        Exploration floor of each new candidate, and the most probability the new
+        candidates may take together.
+    new_item_slots : int
+        Retrieved sets include up to this many of the best-scoring new items.
+    slate_marginal_draws : int
+        Monte-Carlo budget of the marginal (per-position) propensities of a slate; 0
+        logs only the conditional ones.
+    slate_max_states : int
+        Prefix sets the exact marginal computation may keep per position.
+    position_slots : int
+        Append a one-hot of the position (this many columns) to candidate features:
+        the served model has ``dim_arm`` = request features + ``position_slots`` and
+        learns a position bias; 0 turns it off.
     """
 
     model_config = SettingsConfigDict(env_prefix="BANDITOPS_", extra="ignore")
@@ -118,6 +149,23 @@ class Settings(BaseSettings):
     decision_cache_size: int = Field(50_000, ge=0)
     seed: int | None = None
     workers: int = Field(1, ge=1)
+
+    catalog_index: Literal["auto", "exact", "hnsw"] = "auto"
+    catalog_exact_max: int = Field(20_000, ge=0)
+    catalog_hnsw_m: int = Field(32, ge=4)
+    catalog_hnsw_ef_construction: int = Field(80, ge=8)
+    catalog_hnsw_ef_search: int = Field(256, ge=8)
+    catalog_rebuild_fraction: float = Field(0.2, gt=0.0, le=1.0)
+    catalog_poll_s: float = Field(5.0, gt=0.0)
+    max_retrieve: int = Field(1000, ge=1)
+    max_groups: int = Field(100, ge=1)
+    new_item_impressions: int = Field(100, ge=0)
+    new_item_p_min: float = Field(0.02, gt=0.0, le=1.0)
+    new_item_max_share: float = Field(0.2, gt=0.0, le=1.0)
+    new_item_slots: int = Field(2, ge=0)
+    slate_marginal_draws: int = Field(200, ge=0)
+    slate_max_states: int = Field(64, ge=1)
+    position_slots: int = Field(0, ge=0)
 
     @field_validator("context_features", mode="before")
     @classmethod

@@ -63,4 +63,7 @@ def test_migrations_ship_as_package_modules() -> None:
     assert (MIGRATIONS / "env.py").exists()
     versions = MIGRATIONS / "versions"
     assert (versions / "__init__.py").exists()
-    assert sorted(p.name for p in versions.glob("0*.py")) == ["0001_initial_schema.py"]
+    assert sorted(p.name for p in versions.glob("0*.py")) == [
+        "0001_initial_schema.py",
+        "0002_catalog_slates.py",
+    ]

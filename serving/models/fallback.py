@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bandit_core import Candidates, Decision
-from bandit_core.exploration import greedy_choice_one
+from bandit_core import Candidates, Decision, DecisionBatch
+from bandit_core.exploration import greedy_choice_one, greedy_probabilities, sample_categorical
 
 
 class FallbackPolicy:
@@ -41,3 +41,15 @@ class FallbackPolicy:
             explored=self.kind == "epsilon_greedy" and arm != 0,
             model_version=None,
         )
+
+    def select_batch(
+        self, contexts: object, candidates: Candidates, rng: np.random.Generator
+    ) -> DecisionBatch:
+        """The same law for every row of ``contexts`` (n, ·) (slate marginals, replay)."""
+        n = int(np.shape(contexts)[0])
+        scores = np.broadcast_to(
+            -np.arange(len(candidates), dtype=np.float64), (n, len(candidates))
+        )
+        probs = greedy_probabilities(np.ascontiguousarray(scores), self.epsilon)
+        arms = sample_categorical(probs, rng)
+        return DecisionBatch(arms, probs[np.arange(n), arms], probs, scores.copy(), self.name)

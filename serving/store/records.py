@@ -22,7 +22,14 @@ FALLBACK = "fallback"  # the decision came from the fallback policy (nothing to 
 
 @dataclass(frozen=True)
 class DecisionRow:
-    """One decision, as logged (arrays are float64)."""
+    """One decision, as logged (arrays are float64).
+
+    Slates add ``position_propensities`` (marginal probability of each shown item at its
+    slot); grouped requests share a ``request_id`` and name their ``group_id``; retrieval
+    adds the ``catalog_seq`` it saw, every candidate's item version and a ``retrieval``
+    summary. ``count_impressions`` asks the writer to add one impression to every shown
+    catalog item in the same transaction.
+    """
 
     event_id: str
     created_at: datetime
@@ -41,10 +48,24 @@ class DecisionRow:
     explored: bool
     ranking: tuple[int, ...] | None = None
     slate_propensities: tuple[float, ...] | None = None
+    position_propensities: tuple[float, ...] | None = None
+    request_id: str | None = None
+    group_id: str | None = None
+    catalog_seq: int | None = None
+    candidate_versions: tuple[int, ...] | None = None
+    retrieval: dict[str, Any] | None = None
+    count_impressions: bool = False
 
     @property
     def arm_id(self) -> str:
         return self.candidate_ids[self.chosen]
+
+    @property
+    def shown_ids(self) -> tuple[str, ...]:
+        """The arms shown to the user: the slate, or the chosen arm."""
+        if self.ranking is None:
+            return (self.arm_id,)
+        return tuple(self.candidate_ids[i] for i in self.ranking)
 
     def params(self) -> dict[str, Any]:
         """Column values for an INSERT."""
@@ -72,7 +93,17 @@ class DecisionRow:
             "traffic": self.traffic,
             "fallback": self.fallback,
             "explored": self.explored,
+            "position_propensities": _list(self.position_propensities),
+            "request_id": self.request_id,
+            "group_id": self.group_id,
+            "catalog_seq": self.catalog_seq,
+            "candidate_versions": _list(self.candidate_versions),
+            "retrieval": self.retrieval,
         }
+
+
+def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
+    return None if values is None else list(values)
 
 
 @dataclass(frozen=True)
@@ -82,9 +113,10 @@ class RewardRow:
     ``eligible`` is the request path's verdict (in the window, from a model version that
     is served here); ``ineligible_status`` says why not. The writer adds the duplicate
     check, which needs the store; a repeated reward gets ``repeat_status``
-    (``DUPLICATE`` under the first-wins rule, ``SUMMED`` under the sum rule). ``learn``
-    travels with the row to whoever applies committed rewards to a head; it is not
-    stored.
+    (``DUPLICATE`` under the first-wins rule, ``SUMMED`` under the sum rule). ``position``
+    names the slate position rewarded (None: the decision's arm, position 0); "repeated"
+    means another reward for the same event *and position*. ``learn`` travels with the
+    row to whoever applies committed rewards to a head; it is not stored.
     """
 
     event_id: str
@@ -95,6 +127,7 @@ class RewardRow:
     eligible: bool
     ineligible_status: str | None = None
     repeat_status: str = DUPLICATE
+    position: int | None = None
     learn: Any = field(default=None, compare=False)
 
 

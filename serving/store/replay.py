@@ -10,7 +10,9 @@ Rules (mirroring the service):
 * a decision without a reward in its window gets ``default_reward``
   (``missing_reward="default"``) or is left out (``"drop"``);
 * decisions whose window is still open at ``as_of`` are left out (their reward is not
-  known yet).
+  known yet);
+* a reward that names a slate position other than 0 belongs to the item shown there, not
+  to the decision's arm, and is not counted in the decision's reward.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Engine, select
+from sqlalchemy import ColumnElement, Engine, func, select
 
 from serving.store.schema import decisions, rewards
 from serving.store.types import decode_floats
@@ -135,7 +137,7 @@ def _rewards(
     query = (
         select(r.event_id, r.ordinal, r.value, r.ts, d.created_at)
         .join(decisions, d.event_id == r.event_id)
-        .where(in_window)
+        .where(in_window, func.coalesce(r.position, 0) == 0)
         .order_by(r.event_id, r.ordinal)
     )
     values: dict[str, list[float]] = defaultdict(list)

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 
 from serving.store import records
 from serving.store.records import DecisionRow, RewardOutcome, RewardRow, SnapshotRow
-from serving.store.schema import decisions, head_snapshots, rewards
+from serving.store.schema import decisions, head_snapshots, items, rewards
 from serving.store.types import decode_floats
 
 Item = DecisionRow | RewardRow | SnapshotRow
@@ -23,9 +23,14 @@ Item = DecisionRow | RewardRow | SnapshotRow
 # Statements of the write path, built once (SQLAlchemy caches their compiled form).
 _INSERT_DECISIONS = insert(decisions)
 _COUNT_REWARDS = (
-    select(rewards.c.event_id, func.count())
+    select(rewards.c.event_id, func.coalesce(rewards.c.position, 0), func.count())
     .where(rewards.c.event_id.in_(bindparam("event_ids", expanding=True)))
-    .group_by(rewards.c.event_id)
+    .group_by(rewards.c.event_id, func.coalesce(rewards.c.position, 0))
+)
+_ADD_IMPRESSIONS = (
+    update(items)
+    .where(items.c.item_id == bindparam("shown_id"))
+    .values(impressions=items.c.impressions + bindparam("shown_count"))
 )
 _INSERT_REWARDS = insert(rewards).returning(rewards.c.id, sort_by_parameter_order=True)
 _INSERT_SNAPSHOT = insert(head_snapshots).returning(head_snapshots.c.id)
@@ -33,7 +38,11 @@ _INSERT_SNAPSHOT = insert(head_snapshots).returning(head_snapshots.c.id)
 
 @dataclass(frozen=True)
 class StoredDecision:
-    """What a reward needs to know about its decision."""
+    """What a reward needs to know about its decision.
+
+    ``slate_ids`` / ``slate_features`` (k, dim_arm) are the shown slate, best first, when
+    the decision was a slate (position 0 is ``arm_id``).
+    """
 
     event_id: str
     created_at: datetime
@@ -42,6 +51,19 @@ class StoredDecision:
     arm_features: NDArray[np.float64]
     model_version: str | None
     fallback: bool
+    slate_ids: tuple[str, ...] | None = None
+    slate_features: NDArray[np.float64] | None = None
+
+    @property
+    def slate_length(self) -> int:
+        return 1 if self.slate_ids is None else len(self.slate_ids)
+
+    def shown_at(self, position: int | None) -> tuple[str, NDArray[np.float64]]:
+        """Arm id and features of the item shown at ``position`` (None: the decision's
+        arm); the caller checks ``position < slate_length``."""
+        if not position or self.slate_ids is None or self.slate_features is None:
+            return self.arm_id, self.arm_features
+        return self.slate_ids[position], self.slate_features[position]
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,17 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
         rows: list[RewardRow] = [items[i] for i in reward_slots]  # type: ignore[misc]
         for i, outcome in zip(reward_slots, _write_rewards(conn, rows), strict=True):
             out[i] = outcome
+    shown = Counter(
+        arm
+        for d in items
+        if isinstance(d, DecisionRow) and d.count_impressions
+        for arm in d.shown_ids
+    )
+    if shown:
+        conn.execute(
+            _ADD_IMPRESSIONS,
+            [{"shown_id": arm, "shown_count": n} for arm, n in sorted(shown.items())],
+        )
     for i, item in enumerate(items):
         if isinstance(item, SnapshotRow):
             out[i] = conn.execute(_INSERT_SNAPSHOT, item.params()).scalar_one()
@@ -96,13 +129,22 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
 
 
 def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcome]:
+    """Ordinals count an event's rewards; a reward repeats when its event already has one
+    at the same position (None counts as position 0)."""
     event_ids = sorted({r.event_id for r in rows})
-    seen: Counter[str] = Counter(dict(conn.execute(_COUNT_REWARDS, {"event_ids": event_ids}).all()))
+    seen: Counter[str] = Counter()
+    at_position: Counter[tuple[str, int]] = Counter()
+    for event_id, position, count in conn.execute(_COUNT_REWARDS, {"event_ids": event_ids}):
+        seen[event_id] += int(count)
+        at_position[(event_id, int(position))] += int(count)
     params, verdicts = [], []
     for row in rows:
         ordinal = seen[row.event_id]
         seen[row.event_id] += 1
-        if ordinal > 0:
+        key = (row.event_id, row.position or 0)
+        repeat = at_position[key] > 0
+        at_position[key] += 1
+        if repeat:
             status = row.repeat_status
         elif row.eligible:
             status = records.APPLIED
@@ -120,6 +162,7 @@ def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcom
                 "applied": applied,
                 "status": status,
                 "model_version": row.model_version,
+                "position": row.position,
             }
         )
     ids = conn.execute(_INSERT_REWARDS, params).scalars()
@@ -150,12 +193,15 @@ class EventStore:
             d.arm_id,
             d.model_version,
             d.fallback,
+            d.candidate_ids,
+            d.ranking,
         ).where(d.event_id == event_id)
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         if row is None:
             return None
         feats = decode_floats(row.candidate_features, (row.n_candidates, row.dim_arm))
+        ranking = row.ranking
         return StoredDecision(
             event_id=row.event_id,
             created_at=row.created_at,
@@ -164,6 +210,8 @@ class EventStore:
             arm_features=feats[row.chosen].copy(),
             model_version=row.model_version,
             fallback=bool(row.fallback),
+            slate_ids=None if ranking is None else tuple(row.candidate_ids[i] for i in ranking),
+            slate_features=None if ranking is None else feats[list(ranking)],
         )
 
     def latest_snapshot(self, model_version: str) -> StoredSnapshot | None:

@@ -14,6 +14,20 @@
 ``head_snapshots``
     The online state of a served model version after its rewards up to
     ``last_reward_id`` (a :func:`bandit_core.save_policy` ``.npz``, never pickle).
+``items``
+    The catalog as it is now: one row per item with its current version, features,
+    optional retrieval embedding, whether it is retired, and its impressions (how often
+    it was shown: new items get an exploration floor until they have enough).
+``item_versions``
+    Every version of every item, append-only; ``seq`` numbers the catalog's changes in
+    order. A decision logs the version of each candidate (``candidate_versions``), so it
+    can be re-featurised exactly as served.
+
+Slates, groups and retrieval add to ``decisions``: ``position_propensities`` (the
+marginal probability of each shown item at its slot), ``request_id`` and ``group_id``
+(one decision per group of a grouped request), and ``catalog_seq`` /
+``candidate_versions`` / ``retrieval`` (what retrieval produced). A reward may name the
+``position`` clicked.
 
 The Alembic migrations in :mod:`serving.store.migrations` create exactly these tables;
 a test compares the two.
@@ -85,6 +99,12 @@ class DecisionEvent(Base):
     traffic: Mapped[str] = mapped_column(String(16))
     fallback: Mapped[bool] = mapped_column(Boolean)
     explored: Mapped[bool] = mapped_column(Boolean)
+    position_propensities: Mapped[list[float] | None] = mapped_column(JSON)
+    request_id: Mapped[str | None] = mapped_column(String(EVENT_ID_LENGTH))
+    group_id: Mapped[str | None] = mapped_column(String(ARM_ID_LENGTH))
+    catalog_seq: Mapped[int | None] = mapped_column(BigInteger)
+    candidate_versions: Mapped[list[int] | None] = mapped_column(JSON)
+    retrieval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class RewardEvent(Base):
@@ -105,6 +125,7 @@ class RewardEvent(Base):
     applied: Mapped[bool] = mapped_column(Boolean)
     status: Mapped[str] = mapped_column(String(16))
     model_version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH))
+    position: Mapped[int | None] = mapped_column(Integer)
 
 
 class HeadSnapshot(Base):
@@ -119,7 +140,40 @@ class HeadSnapshot(Base):
     state: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class Item(Base):
+    __tablename__ = "items"
+
+    item_id: Mapped[str] = mapped_column(String(ARM_ID_LENGTH), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    retired: Mapped[bool] = mapped_column(Boolean)
+    dim_features: Mapped[int] = mapped_column(Integer)
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+    dim_embedding: Mapped[int | None] = mapped_column(Integer)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    impressions: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class ItemVersion(Base):
+    __tablename__ = "item_versions"
+    __table_args__ = (UniqueConstraint("item_id", "version"),)
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(String(ARM_ID_LENGTH))
+    version: Mapped[int] = mapped_column(Integer)
+    retired: Mapped[bool] = mapped_column(Boolean)
+    dim_features: Mapped[int] = mapped_column(Integer)
+    features: Mapped[bytes] = mapped_column(LargeBinary)
+    dim_embedding: Mapped[int | None] = mapped_column(Integer)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 decisions: Any = DecisionEvent.__table__
 rewards: Any = RewardEvent.__table__
 head_snapshots: Any = HeadSnapshot.__table__
+items: Any = Item.__table__
+item_versions: Any = ItemVersion.__table__
 metadata = Base.metadata

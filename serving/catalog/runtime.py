@@ -1,0 +1,210 @@
+"""The catalog of a serving process: the store, the in-memory index, and keeping the
+second in step with the first.
+
+Writes through the API go to the store first and are applied to this process's index as
+soon as they commit; a timer reads the store's change feed every ``catalog_poll_s``
+seconds for changes made elsewhere (other workers, ``banditops catalog load``).
+
+The feed is read by ``seq``. PostgreSQL hands out sequence numbers at insert time, not at
+commit, so a version may become visible after a higher one was read: every number skipped
+by what was read is remembered as a *gap* for ``FEED_OVERLAP`` and asked for again
+(``seq IN gaps``) until it shows up or expires (a rolled-back insert leaves a gap that
+never fills). Applying is idempotent, so nothing is applied twice.
+
+The index is used and changed on the event loop only. Small batches are applied there;
+a large one (a bulk load), too many switched-off rows, or a catalog that outgrew exact
+retrieval rebuilds the index in a thread from a copy of its active rows, and the changes
+applied meanwhile are applied to the new index before it is swapped in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from datetime import timedelta
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Engine
+
+from serving.catalog.index import CatalogIndex, Compaction, IndexConfig, Retrieved, build_index
+from serving.catalog.store import CatalogStore, ItemInput, ItemRecord
+from serving.inputs import InputError
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long a skipped ``seq`` is asked for again (versions committed out of order).
+FEED_OVERLAP = timedelta(seconds=60)
+#: Most gaps remembered (beyond it the oldest are dropped).
+MAX_GAPS = 10_000
+#: Batches larger than this are applied by a rebuild in a thread, off the event loop.
+LARGE_BATCH = 1000
+
+
+def index_config(settings: Settings) -> IndexConfig:
+    return IndexConfig(
+        method=settings.catalog_index,
+        exact_max=settings.catalog_exact_max,
+        hnsw_m=settings.catalog_hnsw_m,
+        hnsw_ef_construction=settings.catalog_hnsw_ef_construction,
+        hnsw_ef_search=settings.catalog_hnsw_ef_search,
+        new_after=settings.new_item_impressions,
+        cold_slots=settings.new_item_slots,
+        rebuild_fraction=settings.catalog_rebuild_fraction,
+    )
+
+
+class CatalogService:
+    """Item writes, change-feed polling and retrieval for the decision service."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.store = CatalogStore(engine)
+        self.settings = settings
+        self.config = index_config(settings)
+        self.index: CatalogIndex | None = None
+        self._top = 0  # highest seq read
+        self._gaps: dict[int, float] = {}  # skipped seq → when it was noticed
+        self._during_rebuild: list[ItemRecord] | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._rebuild: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        records, seq = await asyncio.to_thread(self.store.active)
+        widths = await asyncio.to_thread(self.store.widths)
+        self.index = await asyncio.to_thread(build_index, self.config, records, seq, widths)
+        self._top = seq
+        self._timer = asyncio.create_task(self._poll_forever())
+
+    async def stop(self) -> None:
+        for task in (self._timer, self._rebuild):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.catalog_poll_s)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("reading the catalog change feed failed; retrying")
+
+    async def refresh(self) -> int:
+        """Apply the store's changes since the last read (and any gap that filled)."""
+        expired = time.monotonic() - FEED_OVERLAP.total_seconds()
+        self._gaps = {g: t for g, t in self._gaps.items() if t >= expired}
+        records = await asyncio.to_thread(self.store.changes, self._top, sorted(self._gaps))
+        return self._apply(records)
+
+    def _track(self, records: Sequence[ItemRecord]) -> None:
+        """Record the seqs read and the ones skipped (gaps)."""
+        now = time.monotonic()
+        for rec in sorted(records, key=lambda r: r.seq):
+            self._gaps.pop(rec.seq, None)
+            if rec.seq > self._top:
+                skipped = range(max(self._top + 1, rec.seq - MAX_GAPS), rec.seq)
+                self._gaps.update(dict.fromkeys(skipped, now))
+                self._top = rec.seq
+        while len(self._gaps) > MAX_GAPS:
+            self._gaps.pop(min(self._gaps))
+
+    # ------------------------------------------------------------------ writes
+    async def upsert(self, entries: Sequence[ItemInput]) -> list[ItemRecord]:
+        records = await asyncio.to_thread(self.store.upsert, entries)
+        self._apply(records)
+        return records
+
+    async def retire(self, item_id: str) -> ItemRecord | None:
+        record = await asyncio.to_thread(self.store.retire, item_id)
+        if record is not None:
+            self._apply([record])
+        return record
+
+    def _apply(self, records: Sequence[ItemRecord]) -> int:
+        """Apply on the loop (or hand a large batch to a rebuild); returns how many
+        versions were newer than those held (those handed over count as new)."""
+        if not records:
+            return 0
+        self._track(records)
+        if self._during_rebuild is not None:
+            self._during_rebuild.extend(records)
+        if self.index is None:
+            first = records[0]
+            self.index = CatalogIndex(
+                self.config, first.features.shape[0], first.vector.shape[0], len(records)
+            )
+        rebuilding = self._rebuild is not None and not self._rebuild.done()
+        if len(records) > LARGE_BATCH and not rebuilding:
+            self._rebuild = asyncio.create_task(self._rebuild_with(list(records)))
+            return len(records)
+        applied = self.index.apply(records)
+        if self.index.needs_rebuild() and not rebuilding:
+            self._rebuild = asyncio.create_task(self._rebuild_with([]))
+        return applied
+
+    async def _rebuild_with(self, records: list[ItemRecord]) -> None:
+        """A new index from the active rows plus ``records``, built in a thread."""
+        if self.index is None:
+            return
+        snapshot = self.index.snapshot()
+        self._during_rebuild = []
+        try:
+            built = await asyncio.to_thread(_build, snapshot, records)
+            built.apply(self._during_rebuild)  # changes applied to the old index meanwhile
+            self.index = built
+        finally:
+            self._during_rebuild = None
+        log.info("catalog index rebuilt: %d items, %s", len(built), built.method)
+
+    # ------------------------------------------------------------------ reads
+    async def current(self, item_id: str) -> ItemRecord | None:
+        return await asyncio.to_thread(self.store.current, item_id)
+
+    async def version(self, item_id: str, version: int) -> ItemRecord | None:
+        return await asyncio.to_thread(self.store.version, item_id, version)
+
+    def retrieve(self, query: NDArray[np.float64], k: int) -> Retrieved:
+        """The retrieved candidate set for ``query`` (the request's retrieval vector).
+
+        Raises
+        ------
+        InputError
+            No active item, or a query of the wrong width (422 on ``retrieve``).
+        """
+        index = self.index
+        if index is None or len(index) == 0:
+            raise InputError(("body", "retrieve"), "the catalog has no active item to retrieve.")
+        if query.shape[0] != index.dim_vector:
+            raise InputError(
+                ("body", "retrieve", "query"),
+                f"the retrieval query must have {index.dim_vector} values (the catalog's "
+                f"embedding width); got {query.shape[0]}.",
+            )
+        return index.retrieve(query, k)
+
+    def new_ids(self, ids: Iterable[str]) -> frozenset[str]:
+        """Which of ``ids`` are new catalog items (fewer impressions than the threshold)."""
+        index = self.index
+        if index is None or self.config.new_after == 0:
+            return frozenset()
+        return frozenset(i for i in ids if index.is_new(i))
+
+    def record_shown(self, ids: Iterable[str]) -> None:
+        if self.index is not None:
+            self.index.record_shown(ids)
+
+    @property
+    def has_items(self) -> bool:
+        return self.index is not None and len(self.index) > 0
+
+
+def _build(snapshot: Compaction, records: list[ItemRecord]) -> CatalogIndex:
+    index = snapshot.build(extra=len(records))
+    index.apply(records)
+    return index

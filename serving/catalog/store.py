@@ -1,0 +1,281 @@
+"""Reads and writes of the catalog tables (``items``, ``item_versions``).
+
+Every change — a new item, new features, retirement — appends a version to
+``item_versions`` (``seq`` orders the catalog's changes) and updates the item's current row
+in ``items``, in one transaction. Versions are never rewritten, so a logged decision's
+``candidate_versions`` re-featurise it exactly as served.
+
+The retrieval vector of an item is its embedding when it has one, else its features; all
+items share one feature width and one retrieval width (checked on every write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
+
+from serving.inputs import InputError, Loc
+from serving.store.schema import item_versions, items
+from serving.store.types import decode_floats, encode_floats
+
+FloatArray = NDArray[np.float64]
+
+#: Ids per ``IN (...)`` query.
+_CHUNK = 900
+
+_INSERT_VERSIONS = insert(item_versions).returning(
+    item_versions.c.seq, sort_by_parameter_order=True
+)
+_INSERT_ITEMS = insert(items)
+_UPDATE_ITEMS = (
+    update(items)
+    .where(items.c.item_id == bindparam("key"))
+    .values(
+        version=bindparam("version"),
+        seq=bindparam("seq"),
+        retired=bindparam("retired"),
+        dim_features=bindparam("dim_features"),
+        features=bindparam("features"),
+        dim_embedding=bindparam("dim_embedding"),
+        embedding=bindparam("embedding"),
+        updated_at=bindparam("updated_at"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    """One item to add or update; ``loc`` is where it came from (for error messages)."""
+
+    item_id: str
+    features: FloatArray
+    embedding: FloatArray | None = None
+    loc: Loc = ("body",)
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """One version of an item (the current one when read from ``items``)."""
+
+    item_id: str
+    version: int
+    seq: int
+    retired: bool
+    features: FloatArray
+    embedding: FloatArray | None
+    impressions: int = 0
+    updated_at: datetime | None = None
+
+    @property
+    def vector(self) -> FloatArray:
+        """The retrieval vector: the embedding, else the features."""
+        return self.features if self.embedding is None else self.embedding
+
+
+def _record(row: Row[Any], impressions: int = 0, updated_at: datetime | None = None) -> ItemRecord:
+    embedding = None
+    if row.embedding is not None:
+        embedding = decode_floats(row.embedding, (row.dim_embedding,))
+    return ItemRecord(
+        item_id=row.item_id,
+        version=int(row.version),
+        seq=int(row.seq),
+        retired=bool(row.retired),
+        features=decode_floats(row.features, (row.dim_features,)),
+        embedding=embedding,
+        impressions=impressions,
+        updated_at=updated_at,
+    )
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+class CatalogStore:
+    """The catalog tables over one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # ------------------------------------------------------------------ reads
+    def widths(self, conn: Connection | None = None) -> tuple[int, int] | None:
+        """``(feature width, retrieval width)`` of the catalog, None while it is empty."""
+        query = select(items.c.dim_features, items.c.dim_embedding).limit(1)
+        if conn is None:
+            with self.engine.connect() as own:
+                row = own.execute(query).first()
+        else:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        retrieval = row.dim_embedding if row.dim_embedding is not None else row.dim_features
+        return int(row.dim_features), int(retrieval)
+
+    def current(self, item_id: str) -> ItemRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(items).where(items.c.item_id == item_id)).first()
+        if row is None:
+            return None
+        return _record(row, int(row.impressions), row.updated_at)
+
+    def version(self, item_id: str, version: int) -> ItemRecord | None:
+        v = item_versions.c
+        query = select(item_versions).where(v.item_id == item_id, v.version == version)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _record(row)
+
+    def active(self) -> tuple[list[ItemRecord], int]:
+        """Every active item (current version, impressions) and the newest ``seq``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(items).where(items.c.retired.is_(False)).order_by(items.c.seq)
+            ).all()
+            newest = conn.execute(select(func.max(item_versions.c.seq))).scalar_one()
+        return [_record(r, int(r.impressions)) for r in rows], int(newest or 0)
+
+    def changes(self, after_seq: int, gaps: Sequence[int] = ()) -> list[ItemRecord]:
+        """Versions with ``seq > after_seq`` or ``seq`` in ``gaps``, in ``seq`` order.
+
+        ``gaps`` are numbers skipped by earlier reads: on PostgreSQL a version can commit
+        after a higher ``seq`` was already read (sequences are not commit-ordered).
+        """
+        v = item_versions.c
+        found: list[ItemRecord] = []
+        with self.engine.connect() as conn:
+            query = select(item_versions).where(v.seq > after_seq).order_by(v.seq)
+            found.extend(_record(r) for r in conn.execute(query))
+            for chunk in _chunks(list(gaps)):
+                query = select(item_versions).where(v.seq.in_(chunk))
+                found.extend(_record(r) for r in conn.execute(query))
+        return sorted(found, key=lambda r: r.seq)
+
+    # ------------------------------------------------------------------ writes
+    def upsert(self, entries: Sequence[ItemInput]) -> list[ItemRecord]:
+        """Add new items and new versions of existing ones (retired ones come back).
+
+        Raises
+        ------
+        InputError
+            Repeated ids, or a feature or retrieval width that differs from the rest of
+            the request or from the catalog (the error names the entry's field).
+        """
+        ids = [e.item_id for e in entries]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dup = next(e for e in entries if e.item_id in seen or seen.add(e.item_id))  # type: ignore[func-returns-value]
+            raise InputError((*dup.loc, "id"), f"item id {dup.item_id!r} appears twice.")
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            self._check_widths(conn, entries)
+            known = self._versions(conn, ids)
+            params = [
+                {
+                    "item_id": e.item_id,
+                    "version": known.get(e.item_id, 0) + 1,
+                    "retired": False,
+                    "dim_features": int(e.features.shape[0]),
+                    "features": encode_floats(e.features),
+                    "dim_embedding": None if e.embedding is None else int(e.embedding.shape[0]),
+                    "embedding": None if e.embedding is None else encode_floats(e.embedding),
+                    "created_at": now,
+                }
+                for e in entries
+            ]
+            seqs = self._write(conn, params, known, now)
+        return [
+            ItemRecord(e.item_id, p["version"], s, False, e.features, e.embedding, 0, now)
+            for e, p, s in zip(entries, params, seqs, strict=True)
+        ]
+
+    def retire(self, item_id: str) -> ItemRecord | None:
+        """Retire an item (a new version marked retired); None for an unknown id. An
+        already retired item is returned as it is."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            row = conn.execute(select(items).where(items.c.item_id == item_id)).first()
+            if row is None:
+                return None
+            if row.retired:
+                return _record(row, int(row.impressions), row.updated_at)
+            params = {
+                "item_id": item_id,
+                "version": int(row.version) + 1,
+                "retired": True,
+                "dim_features": row.dim_features,
+                "features": row.features,
+                "dim_embedding": row.dim_embedding,
+                "embedding": row.embedding,
+                "created_at": now,
+            }
+            (seq,) = self._write(conn, [params], {item_id: int(row.version)}, now)
+        return ItemRecord(
+            item_id,
+            params["version"],
+            seq,
+            True,
+            decode_floats(row.features, (row.dim_features,)),
+            None if row.embedding is None else decode_floats(row.embedding, (row.dim_embedding,)),
+            int(row.impressions),
+            now,
+        )
+
+    def _versions(self, conn: Connection, ids: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for chunk in _chunks(ids):
+            query = select(items.c.item_id, items.c.version).where(items.c.item_id.in_(chunk))
+            out.update((r.item_id, int(r.version)) for r in conn.execute(query))
+        return out
+
+    def _write(
+        self,
+        conn: Connection,
+        params: list[dict[str, Any]],
+        known: dict[str, int],
+        now: datetime,
+    ) -> list[int]:
+        seqs = [int(s) for s in conn.execute(_INSERT_VERSIONS, params).scalars()]
+        new, changed = [], []
+        for p, seq in zip(params, seqs, strict=True):
+            current = {k: v for k, v in p.items() if k != "created_at"}
+            current.update(seq=seq, updated_at=now)
+            if p["item_id"] in known:
+                current["key"] = current.pop("item_id")
+                changed.append(current)
+            else:
+                new.append({**current, "impressions": 0, "created_at": now})
+        if new:
+            conn.execute(_INSERT_ITEMS, new)
+        if changed:
+            conn.execute(_UPDATE_ITEMS, changed)
+        return seqs
+
+    def _check_widths(self, conn: Connection, entries: Sequence[ItemInput]) -> None:
+        expected = self.widths(conn)
+        for e in entries:
+            retrieval = e.features if e.embedding is None else e.embedding
+            width = (int(e.features.shape[0]), int(retrieval.shape[0]))
+            if expected is None:
+                expected = width
+                continue
+            if width[0] != expected[0]:
+                raise InputError(
+                    (*e.loc, "features"),
+                    f"item features must have {expected[0]} values, like the rest of the "
+                    f"catalog; got {width[0]}.",
+                )
+            if width[1] != expected[1]:
+                field = "features" if e.embedding is None else "embedding"
+                raise InputError(
+                    (*e.loc, field),
+                    f"the retrieval vector (embedding, else features) must have "
+                    f"{expected[1]} values, like the rest of the catalog; got {width[1]}.",
+                )

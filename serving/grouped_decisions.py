@@ -1,0 +1,122 @@
+"""Grouped decisions (``POST /v1/decisions/grouped``): one variant per group.
+
+Each group is decided on its own variants (:func:`bandit_core.grouped.select_grouped`'s
+rule, through the service's model or fallback) and logged as a decision of its own, with
+its own event id and propensity and the request's ``request_id`` and its ``group_id``, so
+rewards, replay and off-policy evaluation treat it like any other decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import numpy as np
+
+from serving.inputs import (
+    DecisionInput,
+    InputError,
+    Loc,
+    candidate_set,
+    check_signature,
+    context_vector,
+)
+from serving.schemas import GroupChoice, GroupedDecisionRequest, GroupedDecisionResponse
+from serving.service import DecisionService
+from serving.store.records import DecisionRow
+
+T = TypeVar("T")
+
+
+def _in_group(prefix: Loc, check: Callable[..., T], *args: Any) -> T:
+    """Run a candidate check; its errors about ``candidates`` point into the group."""
+    try:
+        return check(*args)
+    except InputError as exc:
+        if exc.loc[:2] == ("body", "candidates"):
+            raise InputError((*prefix, *exc.loc[2:]), exc.message, exc.value) from None
+        raise
+
+
+async def decide_grouped(
+    service: DecisionService, req: GroupedDecisionRequest
+) -> GroupedDecisionResponse:
+    """Choose and log one variant per group.
+
+    Raises
+    ------
+    InputError
+        Too many groups, a repeated group id, or bad variants (422, naming the group).
+    NotReadyError, StoreUnavailableError
+        As for single decisions (503).
+    """
+    settings = service.settings
+    if len(req.groups) > settings.max_groups:
+        raise InputError(
+            ("body", "groups"),
+            f"at most {settings.max_groups} groups are allowed; got {len(req.groups)}.",
+        )
+    user_hash, traffic, model = service.route(req.user_id)
+    context = context_vector(req.context, settings.context_features)
+    inputs: list[DecisionInput] = []
+    seen: set[str] = set()
+    for g, group in enumerate(req.groups):
+        where: Loc = ("body", "groups", g, "variants")
+        if group.id in seen:
+            raise InputError(("body", "groups", g, "id"), f"group id {group.id!r} appears twice.")
+        seen.add(group.id)
+        inp = DecisionInput(
+            context, _in_group(where, candidate_set, group.variants, settings.max_candidates)
+        )
+        if model is not None:
+            _in_group(where, check_signature, inp, model.signature, settings.position_slots)
+        inputs.append(inp)
+    request_id = uuid.uuid4().hex
+    rows: list[DecisionRow] = []
+    for group, inp in zip(req.groups, inputs, strict=True):
+        choice, fallback = service.choose_for(model, inp, None)
+        d = choice.decision
+        rows.append(
+            DecisionRow(
+                event_id=uuid.uuid4().hex,
+                created_at=datetime.now(UTC),
+                user_hash=user_hash,
+                context=inp.context,
+                candidate_ids=inp.candidates.ids,
+                candidate_features=inp.candidates.features,
+                chosen=d.arm,
+                propensity=d.propensity,
+                probabilities=np.asarray(d.probabilities, dtype=np.float64),
+                scores=np.asarray(d.scores, dtype=np.float64),
+                policy=d.policy,
+                model_version=None if fallback or model is None else model.version,
+                traffic=traffic,
+                fallback=fallback,
+                explored=bool(d.explored),
+                request_id=request_id,
+                group_id=group.id,
+                count_impressions=service.catalog.has_items,
+            )
+        )
+    await asyncio.gather(*(service.log_decision(row) for row in rows))
+    fallback = any(r.fallback for r in rows)
+    return GroupedDecisionResponse(
+        request_id=request_id,
+        groups=[
+            GroupChoice(
+                group_id=str(r.group_id),
+                event_id=r.event_id,
+                arm_id=r.arm_id,
+                propensity=r.propensity,
+                explored=r.explored,
+            )
+            for r in rows
+        ],
+        model_version=None if fallback or model is None else model.version,
+        policy=rows[0].policy,
+        fallback=fallback,
+        traffic=traffic,
+    )
