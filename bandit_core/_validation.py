@@ -56,9 +56,7 @@ class Interval:
         right_open = self.closed in ("left", "neither")
         if self.low is not None and (v < self.low or (v == self.low and left_open)):
             return False
-        return not (
-            self.high is not None and (v > self.high or (v == self.high and right_open))
-        )
+        return not (self.high is not None and (v > self.high or (v == self.high and right_open)))
 
 
 @dataclass(frozen=True)

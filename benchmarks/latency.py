@@ -56,6 +56,31 @@ def _warm(
     policy.update_batch(contexts, [ids[a] for a in arms], rng.random(n), feats[arms])
 
 
+def _measure(
+    policy: Any, candidates: Candidates, contexts: np.ndarray, rewards: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-call µs of the baseline matmul, of ``select`` and of ``update``."""
+    iterations = contexts.shape[0]
+    dim = policy.head.dim
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((K, dim))
+    b = rng.standard_normal((dim, dim))
+    baseline = _time(lambda _i: a @ b, iterations)
+    policy_rng = np.random.default_rng(seed + 1)
+    decisions: list[Any] = []
+    feats = candidates.features
+    select = _time(
+        lambda i: decisions.append(policy.select(contexts[i], candidates, policy_rng)), iterations
+    )
+    update = _time(
+        lambda i: policy.update(
+            contexts[i], decisions[i].arm_id, rewards[i], feats[decisions[i].arm]
+        ),
+        iterations,
+    )
+    return baseline, select, update
+
+
 def run(iterations: int, seed: int = 0) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     ids = tuple(f"item-{i}" for i in range(K))
@@ -65,31 +90,16 @@ def run(iterations: int, seed: int = 0) -> list[dict[str, Any]]:
     rewards = rng.random(iterations)
     rows = []
     for name, options, _select_target, _update_target in CASES:
-        policy = make_policy(name, **options)
+        policy: Any = make_policy(name, **options)
         _warm(policy, rng, ids, feats)
-        dim = policy.head.dim  # type: ignore[attr-defined]
-        a = rng.standard_normal((K, dim))
-        b = rng.standard_normal((dim, dim))
-        baseline = _time(lambda _i: a @ b, iterations)  # noqa: B023
-        policy_rng = np.random.default_rng(seed + 1)
-        decisions: list[Any] = []
-        select = _time(
-            lambda i: decisions.append(policy.select(contexts[i], candidates, policy_rng)),
-            iterations,
-        )  # noqa: B023
-        update = _time(
-            lambda i: policy.update(
-                contexts[i], decisions[i].arm_id, rewards[i], feats[decisions[i].arm]
-            ),  # noqa: B023
-            iterations,
-        )
+        baseline, select, update = _measure(policy, candidates, contexts, rewards, seed)
         for operation, samples in (("select", select), ("update", update)):
             rows.append(
                 {
                     "policy": name,
                     "operation": operation,
                     "n_candidates": K,
-                    "dim": int(dim),
+                    "dim": int(policy.head.dim),
                     "p50_us": float(np.percentile(samples, 50)),
                     "p99_us": float(np.percentile(samples, 99)),
                     "baseline_p99_us": float(np.percentile(baseline, 99)),
@@ -113,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     # waking BLAS worker threads costs more than the arithmetic.
     with threadpool_limits(limits=1):
         rows = run(args.iterations, args.seed)
-    table = Table(
-        title=f"request-path latency (K = {K}, d_user = {D_USER}, d_arm = {D_ARM}; {args.iterations} calls each)"
-    )
+    shapes = f"K = {K}, d_user = {D_USER}, d_arm = {D_ARM}"
+    table = Table(title=f"request-path latency ({shapes}; {args.iterations} calls each)")
     for col in (
         "policy",
         "op",

@@ -141,30 +141,6 @@ def simulate(
         json_path.write_text(json.dumps({"env": env, "seed": seed, "results": rows}, indent=2))
 
 
-@app.command()
-def demo(
-    steps: Annotated[int, typer.Option(min=100, help="Simulated requests per policy.")] = 3000,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the results here.")
-    ] = None,
-) -> None:
-    """Personalise a 30-item catalog for simulated users who click through a logistic
-    model with user × item interactions; compare every policy with the uniform logger."""
-    names = ["uniform", "epsilon_greedy", "linucb", "lints", "shared_linucb", "shared_lints"]
-    rows = _run("logistic", names, steps, seed, 0.5)
-    _print(f"click-through on a 30-item catalog, 10 candidates per request, {steps} requests", rows)
-    best = min(rows[1:], key=lambda r: r["cumulative_regret"])
-    console.print(
-        f"best policy: [bold]{best['policy']}[/] — CTR {best['mean_reward']:.3f} vs uniform "
-        f"{rows[0]['mean_reward']:.3f}; regret {best['normalized_regret']:.1f}% of uniform."
-    )
-    if json_path is not None:
-        json_path.write_text(
-            json.dumps({"env": "logistic", "seed": seed, "results": rows}, indent=2)
-        )
-
-
 @app.command(name="policies")
 def list_policies() -> None:
     """List the available policies and their options with defaults."""

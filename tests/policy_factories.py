@@ -14,6 +14,17 @@ from bandit_core import ExplorationFloor, ExposureCap, Policy, make_policy
 DIM_USER = 3
 DIM_ARM = 2
 
+NEURAL_SMALL: dict[str, Any] = {
+    "dim_user": DIM_USER,
+    "dim_arm": DIM_ARM,
+    "hidden": (8,),
+    "retrain_every": 10,
+    "epochs": 2,
+    "max_train_steps": 5,
+    "batch_size": 16,
+    "device": "cpu",
+}
+
 FACTORIES: dict[str, Callable[[], Any]] = {
     "uniform": lambda: make_policy("uniform", dim_user=DIM_USER),
     "linucb": lambda: make_policy("linucb", dim_user=DIM_USER, alpha=0.5),
@@ -24,11 +35,19 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "shared_lints": lambda: make_policy(
         "shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM, arm_vocabulary=("a", "b"), n_sim=200
     ),
-    "epsilon_greedy": lambda: make_policy("epsilon_greedy", dim_user=DIM_USER, dim_arm=DIM_ARM, epsilon=0.2),
+    "epsilon_greedy": lambda: make_policy(
+        "epsilon_greedy", dim_user=DIM_USER, dim_arm=DIM_ARM, epsilon=0.2
+    ),
+    # neural policies: tiny networks, a retraining every 10 observations, few steps
+    "neural_linear": lambda: make_policy("neural_linear", **NEURAL_SMALL, n_sim=100),
+    "ensemble": lambda: make_policy("ensemble", **NEURAL_SMALL, n_members=3, mode="ts"),
+    "dropout": lambda: make_policy("dropout", **NEURAL_SMALL, dropout=0.3, mode="ts", n_sim=50),
 }
 
 #: Wrapped policies are covered by the same suite.
 WRAPPED: dict[str, Callable[[], Policy]] = {
     "linucb+floor": lambda: ExplorationFloor(FACTORIES["linucb"](), p_min=0.05),
-    "lints+cap": lambda: ExposureCap(FACTORIES["lints"](), max_share=0.4, window=50, min_decisions=10),
+    "lints+cap": lambda: ExposureCap(
+        FACTORIES["lints"](), max_share=0.4, window=50, min_decisions=10
+    ),
 }

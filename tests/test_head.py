@@ -41,7 +41,9 @@ def test_covariance_and_width_match_the_inverse_precision(rng: np.random.Generat
     inv = np.linalg.inv(0.7 * np.eye(5) + phi.T @ phi)
     np.testing.assert_allclose(head.covariance(), inv, rtol=1e-10, atol=1e-13)
     probe = rng.standard_normal((4, 5))
-    np.testing.assert_allclose(head.width(probe), np.sqrt(np.einsum("ij,jk,ik->i", probe, inv, probe)), rtol=1e-10)
+    np.testing.assert_allclose(
+        head.width(probe), np.sqrt(np.einsum("ij,jk,ik->i", probe, inv, probe)), rtol=1e-10
+    )
 
 
 def test_noise_posterior_matches_normal_inverse_gamma_closed_form(rng: np.random.Generator) -> None:
@@ -62,7 +64,9 @@ def test_rank_one_updates_equal_a_batch_rebuild(rng: np.random.Generator) -> Non
     batch = BayesianLinearHead(cfg)
     batch.rebuild(phi, r, chunk_size=64)
     for name in ("precision_", "xty_", "theta_", "yty_", "count_", "inv_chol_"):
-        np.testing.assert_allclose(getattr(seq, name), getattr(batch, name), rtol=1e-9, atol=1e-11, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(seq, name), getattr(batch, name), rtol=1e-9, atol=1e-11, err_msg=name
+        )
     upd = BayesianLinearHead(cfg)
     upd.update_batch(phi, r)
     np.testing.assert_allclose(upd.theta_, batch.theta_, rtol=1e-10)
@@ -145,12 +149,18 @@ def test_posterior_draws_have_the_posterior_moments(rng: np.random.Generator) ->
     phi, r = _data(rng, n=40, d=3)
     head = _sequential(HeadConfig(dim=3, a0=5.0, b0=4.0), phi, r)
     draws = head.sample_theta(200_000, np.random.default_rng(1), sample_noise=False)
-    np.testing.assert_allclose(draws.mean(0), head.theta_[0], atol=5 * np.sqrt(head.covariance().diagonal().max() / 200_000))
+    np.testing.assert_allclose(
+        draws.mean(0),
+        head.theta_[0],
+        atol=5 * np.sqrt(head.covariance().diagonal().max() / 200_000),
+    )
     np.testing.assert_allclose(np.cov(draws.T), head.covariance(), rtol=0.02, atol=1e-4)
     # with the NIG noise prior θ is multivariate-t: its covariance is E[σ²] A⁻¹ = b/(a−1) A⁻¹
     nig = head.sample_theta(400_000, np.random.default_rng(2), sample_noise=True)
     a, b = head.noise_posterior()
-    np.testing.assert_allclose(np.cov(nig.T), b[0] / (a[0] - 1) * head.covariance(), rtol=0.03, atol=1e-4)
+    np.testing.assert_allclose(
+        np.cov(nig.T), b[0] / (a[0] - 1) * head.covariance(), rtol=0.03, atol=1e-4
+    )
     sigma2 = head.sample_noise_variance(np.random.default_rng(3), (100_000, 1), np.array([0]))
     assert stats.kstest(sigma2.ravel(), stats.invgamma(a[0], scale=b[0]).cdf).pvalue > 1e-3
 
@@ -165,7 +175,9 @@ def test_heads_in_a_bank_are_independent(rng: np.random.Generator) -> None:
         single = BayesianLinearHead(HeadConfig(dim=4))
         single.rebuild(phi[heads == h], r[heads == h])
         np.testing.assert_allclose(bank.theta_[h], single.theta_[0], rtol=1e-9)
-    np.testing.assert_allclose(bank.mean(phi[:6], heads[:6]), np.einsum("nd,nd->n", phi[:6], bank.theta_[heads[:6]]))
+    np.testing.assert_allclose(
+        bank.mean(phi[:6], heads[:6]), np.einsum("nd,nd->n", phi[:6], bank.theta_[heads[:6]])
+    )
 
 
 def test_statistics_of_shards_add_up_to_the_whole(rng: np.random.Generator) -> None:
@@ -177,7 +189,10 @@ def test_statistics_of_shards_add_up_to_the_whole(rng: np.random.Generator) -> N
     parts = [sufficient_statistics(phi[i::4], r[i::4]) for i in range(4)]
     summed = BayesianLinearHead(HeadConfig(dim=5))
     summed.load_statistics(
-        sum(p[0] for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts), sum(p[3] for p in parts)
+        sum(p[0] for p in parts),
+        sum(p[1] for p in parts),
+        sum(p[2] for p in parts),
+        sum(p[3] for p in parts),
     )
     np.testing.assert_allclose(summed.theta_, whole.theta_, rtol=1e-10)
 
@@ -196,10 +211,19 @@ def test_state_round_trip_is_exact(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"dim": 0}, "'dim' parameter of BayesianLinearHead must be an int in the range [1, inf). Got 0."),
-        ({"dim": 3, "lambda_prior": 0.0}, "'lambda_prior' parameter of BayesianLinearHead must be a float in the range (0, inf). Got 0.0."),
+        (
+            {"dim": 0},
+            "'dim' parameter of BayesianLinearHead must be an int in the range [1, inf). Got 0.",
+        ),
+        (
+            {"dim": 3, "lambda_prior": 0.0},
+            "'lambda_prior' parameter of BayesianLinearHead must be a float in the range (0, inf). Got 0.0.",
+        ),
         ({"dim": 3, "gamma": 1.5}, "'gamma' parameter"),
-        ({"dim": 3, "gamma": 0.9, "window": 10}, "either a discount (gamma < 1) or a sliding window"),
+        (
+            {"dim": 3, "gamma": 0.9, "window": 10},
+            "either a discount (gamma < 1) or a sliding window",
+        ),
         ({"dim": 3, "a0": float("nan")}, "'a0' parameter"),
     ],
 )

@@ -15,7 +15,13 @@ STEPS = 5_000
 @pytest.fixture(scope="module")
 def env_and_uniform() -> tuple[LinearEnvironment, float]:
     env = LinearEnvironment.make(np.random.default_rng(2026), n_arms=10, dim=8, noise=0.1)
-    uniform = run_simulation(env, make_policy("uniform", dim_user=8), STEPS, np.random.default_rng(1), np.random.default_rng(2))
+    uniform = run_simulation(
+        env,
+        make_policy("uniform", dim_user=8),
+        STEPS,
+        np.random.default_rng(1),
+        np.random.default_rng(2),
+    )
     return env, uniform.cumulative_regret
 
 
@@ -41,7 +47,9 @@ def test_regret_below_a_quarter_of_uniform(
     assert result.regrets[-1000:].sum() < result.regrets[:1000].sum()
 
 
-def test_uniform_regret_is_what_theory_says(env_and_uniform: tuple[LinearEnvironment, float]) -> None:
+def test_uniform_regret_is_what_theory_says(
+    env_and_uniform: tuple[LinearEnvironment, float],
+) -> None:
     """Sanity of the harness: uniform's regret ≈ E[max_a θ_aᵀx − mean_a θ_aᵀx] · T."""
     env, uniform_regret = env_and_uniform
     x = np.random.default_rng(3).standard_normal((200_000, 8))

@@ -57,7 +57,9 @@ def test_batched_update_equals_one_by_one(case: tuple[np.ndarray, np.ndarray], m
     xs = np.stack([x * (k + 1) / m for k in range(m)])
     batched = inv_chol_rank1_update(stack_u, xs, +1.0)
     for k in range(m):
-        np.testing.assert_allclose(batched[k], inv_chol_rank1_update(stack_u[k], xs[k]), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(
+            batched[k], inv_chol_rank1_update(stack_u[k], xs[k]), rtol=1e-12, atol=1e-14
+        )
 
 
 @settings(max_examples=100)
@@ -82,7 +84,9 @@ def test_quadratic_form_matches_inverse(case: tuple[np.ndarray, np.ndarray], n: 
         )
     )
 )
-def test_chunked_statistics_equal_the_direct_sums(case: tuple[np.ndarray, np.ndarray, np.ndarray, int]) -> None:
+def test_chunked_statistics_equal_the_direct_sums(
+    case: tuple[np.ndarray, np.ndarray, np.ndarray, int],
+) -> None:
     phi, r, w, chunk = case
     gram, xty, yty, count = sufficient_statistics(phi, r, w, chunk_size=chunk)
     np.testing.assert_allclose(gram, (phi * w[:, None]).T @ phi, rtol=1e-10, atol=1e-9)

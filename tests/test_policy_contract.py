@@ -19,7 +19,9 @@ def test_every_registered_policy_is_in_the_suite() -> None:
     assert set(POLICIES) <= set(FACTORIES), sorted(set(POLICIES) - set(FACTORIES))
 
 
-def _candidates(rng: np.random.Generator, ids: tuple[str, ...] = ("a", "b", "c", "new")) -> Candidates:
+def _candidates(
+    rng: np.random.Generator, ids: tuple[str, ...] = ("a", "b", "c", "new")
+) -> Candidates:
     feats = rng.standard_normal((len(ids), DIM_ARM))
     feats.setflags(write=False)
     return Candidates(ids, feats)
@@ -69,7 +71,9 @@ def test_same_seed_gives_same_decisions(name: str) -> None:
         picks = []
         for _t in range(30):
             d = policy.select(rng.standard_normal(DIM_USER), cands, rng)
-            policy.update(rng.standard_normal(DIM_USER), d.arm_id, float(rng.random()), cands.features[d.arm])
+            policy.update(
+                rng.standard_normal(DIM_USER), d.arm_id, float(rng.random()), cands.features[d.arm]
+            )
             picks.append((d.arm, d.propensity, tuple(d.probabilities), tuple(d.scores)))
         runs.append(picks)
     assert runs[0] == runs[1]
@@ -112,7 +116,9 @@ def test_propensities_are_probabilities(name: str) -> None:
     batch = policy.select_batch(rng.standard_normal((50, DIM_USER)), _candidates(rng), rng)
     np.testing.assert_allclose(batch.probabilities.sum(axis=1), 1.0, atol=1e-12)
     assert np.all(batch.propensities > 0.0) and np.all(batch.propensities <= 1.0)
-    np.testing.assert_array_equal(batch.propensities, batch.probabilities[np.arange(50), batch.arms])
+    np.testing.assert_array_equal(
+        batch.propensities, batch.probabilities[np.arange(50), batch.arms]
+    )
 
 
 def test_empirical_choice_frequencies_match_reported_propensities(name: str) -> None:
@@ -133,7 +139,11 @@ def test_empirical_choice_frequencies_match_reported_propensities(name: str) -> 
         reported[t] = d.probabilities
     diff = chosen - reported
     se = diff.std(axis=0, ddof=1) / np.sqrt(N_DRAWS)
-    assert np.all(np.abs(diff.mean(axis=0)) <= 4.0 * se + 1e-12), (diff.mean(axis=0), se, chosen.mean(0))
+    assert np.all(np.abs(diff.mean(axis=0)) <= 4.0 * se + 1e-12), (
+        diff.mean(axis=0),
+        se,
+        chosen.mean(0),
+    )
 
 
 def test_new_and_changing_candidates_are_scored(name: str) -> None:

@@ -10,7 +10,9 @@ from bandit_core import Candidates, ExplorationFloor, make_policy
 CANDS = Candidates.from_any(["a", "b"], [[0.0, 1.0], [1.0, 0.0]])
 
 
-@pytest.fixture(params=["linucb", "lints", "shared_linucb", "shared_lints", "epsilon_greedy", "uniform"])
+@pytest.fixture(
+    params=["linucb", "lints", "shared_linucb", "shared_lints", "epsilon_greedy", "uniform"]
+)
 def policy(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     opts: dict[str, object] = {"dim_user": 3}
     if request.param.startswith("shared") or request.param == "epsilon_greedy":
@@ -40,29 +42,43 @@ def test_non_finite_reward_is_refused_and_nothing_is_learned(policy) -> None:  #
 
 
 def test_empty_candidate_set() -> None:
-    with pytest.raises(ValueError, match=r"candidates must hold at least one arm; got an empty candidate set"):
+    with pytest.raises(
+        ValueError, match=r"candidates must hold at least one arm; got an empty candidate set"
+    ):
         Candidates.from_any([], np.zeros((0, 2)))
 
 
 def test_duplicate_arm_ids() -> None:
-    with pytest.raises(ValueError, match=r"candidates.ids must be distinct; arm id 'a' appears twice"):
+    with pytest.raises(
+        ValueError, match=r"candidates.ids must be distinct; arm id 'a' appears twice"
+    ):
         Candidates.from_any(["a", "b", "a"], np.zeros((3, 2)))
 
 
 def test_candidate_features_with_wrong_width_or_rows() -> None:
-    with pytest.raises(ValueError, match=r"candidates.features must have 2 rows; got an array of shape \(3, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"candidates.features must have 2 rows; got an array of shape \(3, 2\)"
+    ):
         Candidates.from_any(["a", "b"], np.zeros((3, 2)))
     policy = make_policy("shared_linucb", dim_user=3, dim_arm=2)
-    with pytest.raises(ValueError, match=r"candidates.features must have 2 columns \(dim_arm\); got 5"):
-        policy.select(np.zeros(3), Candidates.from_any(["a"], np.zeros((1, 5))), np.random.default_rng(0))
-    with pytest.raises(ValueError, match=r"candidates.features must be finite; got nan at \[0, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"candidates.features must have 2 columns \(dim_arm\); got 5"
+    ):
+        policy.select(
+            np.zeros(3), Candidates.from_any(["a"], np.zeros((1, 5))), np.random.default_rng(0)
+        )
+    with pytest.raises(
+        ValueError, match=r"candidates.features must be finite; got nan at \[0, 1\]"
+    ):
         Candidates.from_any(["a"], [[0.0, np.nan]])
 
 
 def test_unknown_policy_and_unknown_option() -> None:
     with pytest.raises(ValueError, match=r"Unknown policy 'linucbb'; expected one of: .*linucb"):
         make_policy("linucbb", dim_user=3)
-    with pytest.raises(ValueError, match=r"Unknown option\(s\) 'alpah' for linucb; expected some of: .*alpha"):
+    with pytest.raises(
+        ValueError, match=r"Unknown option\(s\) 'alpah' for linucb; expected some of: .*alpha"
+    ):
         make_policy("linucb", dim_user=3, alpah=1.0)
     with pytest.raises(ValueError, match=r"linucb needs the option 'dim_user'"):
         make_policy("linucb", alpha=1.0)
@@ -71,12 +87,36 @@ def test_unknown_policy_and_unknown_option() -> None:
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
-        ("linucb", {"alpha": -1.0}, r"The 'alpha' parameter of LinUCBConfig must be a float in the range \[0, inf\). Got -1.0."),
-        ("lints", {"n_sim": 0}, r"The 'n_sim' parameter of LinTSConfig must be an int in the range \[1, inf\). Got 0."),
-        ("epsilon_greedy", {"epsilon": 1.5}, r"The 'epsilon' parameter of EpsilonGreedyConfig must be a float in the range \[0, 1\]. Got 1.5."),
-        ("shared_lints", {"interactions": "yes"}, r"The 'interactions' parameter of FeatureMap must be a bool. Got 'yes'."),
-        ("linucb", {"lambda_prior": 0}, r"'lambda_prior' parameter of BayesianLinearHead must be a float in the range \(0, inf\). Got 0."),
-        ("linucb", {"dim_user": 0}, r"a per-arm model needs user features: 'dim_user' must be at least 1; got 0"),
+        (
+            "linucb",
+            {"alpha": -1.0},
+            r"The 'alpha' parameter of LinUCBConfig must be a float in the range \[0, inf\). Got -1.0.",
+        ),
+        (
+            "lints",
+            {"n_sim": 0},
+            r"The 'n_sim' parameter of LinTSConfig must be an int in the range \[1, inf\). Got 0.",
+        ),
+        (
+            "epsilon_greedy",
+            {"epsilon": 1.5},
+            r"The 'epsilon' parameter of EpsilonGreedyConfig must be a float in the range \[0, 1\]. Got 1.5.",
+        ),
+        (
+            "shared_lints",
+            {"interactions": "yes"},
+            r"The 'interactions' parameter of FeatureMap must be a bool. Got 'yes'.",
+        ),
+        (
+            "linucb",
+            {"lambda_prior": 0},
+            r"'lambda_prior' parameter of BayesianLinearHead must be a float in the range \(0, inf\). Got 0.",
+        ),
+        (
+            "linucb",
+            {"dim_user": 0},
+            r"a per-arm model needs user features: 'dim_user' must be at least 1; got 0",
+        ),
     ],
 )
 def test_bad_option_values(name: str, options: dict[str, object], message: str) -> None:
@@ -87,7 +127,9 @@ def test_bad_option_values(name: str, options: dict[str, object], message: str) 
 
 def test_missing_arm_features_for_a_shared_update() -> None:
     policy = make_policy("shared_linucb", dim_user=3, dim_arm=2)
-    with pytest.raises(ValueError, match=r"arm_features is required: the policy uses 2 arm features"):
+    with pytest.raises(
+        ValueError, match=r"arm_features is required: the policy uses 2 arm features"
+    ):
         policy.update(np.zeros(3), "a", 1.0)
 
 
@@ -98,5 +140,8 @@ def test_rng_must_be_a_generator() -> None:
 
 
 def test_wrapper_options_are_checked() -> None:
-    with pytest.raises(ValueError, match=r"The 'p_min' parameter of ExplorationFloor must be a float in the range \(0, 1\]. Got 0.0."):
+    with pytest.raises(
+        ValueError,
+        match=r"The 'p_min' parameter of ExplorationFloor must be a float in the range \(0, 1\]. Got 0.0.",
+    ):
         ExplorationFloor(make_policy("linucb", dim_user=3), p_min=0.0)

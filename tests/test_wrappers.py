@@ -26,7 +26,9 @@ def test_floor_gives_every_candidate_at_least_p_min() -> None:
 
 def test_floor_larger_than_uniform_means_uniform() -> None:
     wrapped = ExplorationFloor(_greedy_linucb(), p_min=0.5)  # type: ignore[arg-type]
-    d = wrapped.select([1.0, 0.0], Candidates.from_any(["best", "worst", "other"]), np.random.default_rng(0))
+    d = wrapped.select(
+        [1.0, 0.0], Candidates.from_any(["best", "worst", "other"]), np.random.default_rng(0)
+    )
     np.testing.assert_allclose(d.probabilities, [1 / 3] * 3)
 
 
@@ -38,7 +40,9 @@ def test_exposure_cap_removes_an_arm_over_its_share() -> None:
     shares = np.mean([d.arm_id == "best" for d in picks[4:]])
     assert shares == pytest.approx(0.5, abs=0.05)
     capped_ones = [d for d in picks if d.arm_id == "worst"]
-    assert capped_ones and all(d.probabilities[0] == 0.0 and d.propensity == 1.0 for d in capped_ones)
+    assert capped_ones and all(
+        d.probabilities[0] == 0.0 and d.propensity == 1.0 for d in capped_ones
+    )
 
 
 def test_exposure_cap_never_empties_the_candidate_set() -> None:

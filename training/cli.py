@@ -191,5 +191,93 @@ def rollback(
     console.print(f"@production → version {info.version}")
 
 
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=10, help="Simulated users (fixed profiles).")] = 400,
+    requests: Annotated[int, typer.Option(min=600, help="Requests per simulated day.")] = 2500,
+    workspace: Annotated[
+        Path, typer.Option(help="Folder for every store, registry and log.")
+    ] = Path("workspace/demo"),
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the summary here.")
+    ] = None,
+    algorithm: Annotated[str, typer.Option(help="Policy the nightly DAG trains.")] = "shared_lints",
+    seed: Annotated[int, typer.Option(help="Seed of the simulation and training.")] = 0,
+) -> None:
+    """The whole loop on embedded defaults: service (fallback) → day 1 over HTTP → nightly
+    Airflow retrain → the service loads @production → day 2 → retrain → day 3; summary."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from training.demo import run_demo
+
+    phases = 7
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("starting", total=phases)
+
+        def step(message: str) -> None:
+            bar.update(task, description=message, advance=1)
+
+        result = run_demo(
+            workspace,
+            users=users,
+            requests_per_day=requests,
+            seed=seed,
+            algorithm=algorithm,
+            progress=step,
+        )
+        bar.update(task, completed=phases, description="done")
+    days = Table(title="per day (CTR and regret against the best candidate of each request)")
+    for col in (
+        "day",
+        "model version",
+        "decisions",
+        "CTR",
+        "regret",
+        "regret / decision",
+        "fallback share",
+    ):
+        days.add_column(col, justify="right")
+    for d in result["days"]:
+        days.add_row(
+            str(d["day"]),
+            d["model_version"] or "fallback",
+            str(d["decisions"]),
+            f"{d['ctr']:.4f}",
+            f"{d['regret']:.1f}",
+            f"{d['regret'] / max(1, d['decisions']):.4f}",
+            f"{d['fallback_share']:.2f}",
+        )
+    console.print(days)
+    versions = Table(
+        title="per model version: offline estimate (DR, 95% interval) vs CTR realised online"
+    )
+    for col in ("version", "aliases", "OPE estimate", "interval", "realised CTR"):
+        versions.add_column(col, justify="right")
+    for v in result["versions"]:
+        est, (lo, hi) = v["ope_estimate"], v["ope_ci"]
+        versions.add_row(
+            v["version"],
+            ", ".join(v["aliases"]),
+            "-" if est is None else f"{est:.4f}",
+            "-" if lo is None else f"[{lo:.4f}, {hi:.4f}]",
+            "-" if v["realized_ctr"] is None else f"{v['realized_ctr']:.4f}",
+        )
+    console.print(versions)
+    root = Path(result["workspace"])
+    console.print(f"plots: {root / 'demo.png'}   summary: {root / 'demo.json'}")
+    console.print("open the UIs on this workspace:")
+    console.print(f"  mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")
+    dags = Path(__file__).resolve().parents[1] / "dags"
+    console.print(
+        f"  AIRFLOW_HOME={root / 'airflow'} AIRFLOW__CORE__DAGS_FOLDER={dags} airflow standalone"
+    )
+    if json_path is not None:
+        json_path.write_text(
+            json.dumps({"days": result["days"], "versions": result["versions"]}, indent=2)
+        )
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     app()

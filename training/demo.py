@@ -1,0 +1,319 @@
+"""``banditops demo``: the whole loop on embedded defaults, in one workspace folder.
+
+1. start the decision service (uvicorn on a loopback port, a subprocess) with no model:
+   it serves the uniform fallback;
+2. simulate day 1 of traffic through real HTTP (users with features, a catalog of items
+   with features, clicks from a logistic model with user × item interactions, rewards
+   arriving with a delay);
+3. run the nightly ``bandit_retrain`` DAG through Airflow (``dag.test()``): extract,
+   validate, train, rebuild the head, evaluate off-policy, register and promote;
+4. the service picks the new ``@production`` version up by itself (it polls the registry);
+5. simulate day 2, run the DAG again, simulate day 3;
+6. print per-day CTR / regret / fallback share and per-version OPE estimate vs realised
+   CTR, write plots and JSON, and the commands that open the MLflow and Airflow UIs.
+
+Everything lives under ``--workspace`` (SQLite event store, SQLite MLflow registry and
+Airflow metadata, artifacts); a re-run reuses the installed environment and starts the
+workspace afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bandit_core.envs import LogisticClickEnvironment
+from serving.traffic import TrafficStats, simulate_traffic, wait_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "banditops-policy"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def demo_environment(seed: int) -> LogisticClickEnvironment:
+    """24 items with features, 10 candidates per request, user × item interactions."""
+    return LogisticClickEnvironment.make(
+        np.random.default_rng(seed),
+        n_items=24,
+        dim_user=6,
+        dim_arm=4,
+        n_candidates=10,
+        bias=-1.5,
+        interaction_scale=2.5,
+    )
+
+
+@dataclass
+class Workspace:
+    root: Path
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite:///{self.root / 'banditops.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.root / "airflow"
+
+    def env(self) -> dict[str, str]:
+        """``BANDITOPS_*`` and Airflow variables every process of the demo shares."""
+        return {
+            "BANDITOPS_WORKSPACE": str(self.root),
+            "BANDITOPS_DATABASE_URL": self.store_url,
+            "BANDITOPS_MLFLOW_TRACKING_URI": self.tracking_uri,
+            "BANDITOPS_MODEL_NAME": MODEL_NAME,
+            "BANDITOPS_POLL_INTERVAL_S": "1",
+            "BANDITOPS_REWARD_WINDOW_S": "2",
+            "BANDITOPS_SQLITE_SYNCHRONOUS": "NORMAL",
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+            "GIT_PYTHON_REFRESH": "quiet",
+        }
+
+
+class Service:
+    """``python -m serving serve`` in a subprocess, logging to the workspace."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Service:
+        log = (self.ws.root / "service.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "serving",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env={**os.environ, **self.ws.env()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            wait_ready(client, timeout_s=90.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def production_version(self, client: httpx.Client) -> str | None:
+        info = client.get("/v1/model").json()
+        prod = info.get("production")
+        return None if prod is None else str(prod["version"])
+
+
+def wait_for_version(
+    client: httpx.Client, service: Service, version: str, timeout_s: float = 60.0
+) -> float:
+    """Seconds until the service serves registry version ``version`` (it polls by itself)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        served = service.production_version(client)
+        if served is not None and served.endswith(f"/{version}"):
+            return time.monotonic() - start
+        time.sleep(0.25)
+    raise TimeoutError(f"the service did not pick up version {version} within {timeout_s:.0f} s.")
+
+
+def day_row(day: int, stats: TrafficStats, version: str | None) -> dict[str, Any]:
+    return {
+        "day": day,
+        "ctr": stats.ctr,
+        "regret": stats.regret,
+        "fallback_share": stats.fallback_share,
+        "model_version": version,
+        "decisions": stats.decisions,
+        "errors": stats.errors,
+    }
+
+
+def plot_summary(days: list[dict[str, Any]], versions: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].bar([f"day {d['day']}" for d in days], [d["ctr"] for d in days], color="#4c72b0")
+    axes[0].set_ylabel("click-through rate")
+    axes[0].set_title("CTR per day")
+    for d, ax_x in zip(days, range(len(days)), strict=True):
+        axes[0].text(
+            ax_x, d["ctr"], d["model_version"] or "fallback", ha="center", va="bottom", fontsize=8
+        )
+    shown = [v for v in versions if v["realized_ctr"] is not None]
+    xs = np.arange(len(shown))
+    est = [v["ope_estimate"] for v in shown]
+    lo = [v["ope_estimate"] - v["ope_ci"][0] for v in shown]
+    hi = [v["ope_ci"][1] - v["ope_estimate"] for v in shown]
+    axes[1].errorbar(
+        xs - 0.1, est, yerr=[lo, hi], fmt="o", capsize=4, label="OPE (DR) with 95% interval"
+    )
+    axes[1].plot(
+        xs + 0.1,
+        [v["realized_ctr"] for v in shown],
+        "s",
+        color="#dd8452",
+        label="realised CTR online",
+    )
+    axes[1].set_xticks(xs, [f"v{v['version']}" for v in shown])
+    axes[1].set_title("offline estimate vs online result")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fresh_workspace(path: Path) -> Workspace:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return Workspace(path.resolve())
+
+
+def now_window(start: datetime) -> tuple[datetime, datetime]:
+    return start, datetime.now(UTC) + timedelta(seconds=1)
+
+
+def prepare_airflow(ws: Workspace) -> None:
+    """Migrate the Airflow metadata and serialize the DAGs (the real CLI, in the workspace)."""
+    env = {**os.environ, **ws.env()}
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    for args in (["db", "migrate"], ["dags", "reserialize"]):
+        done = subprocess.run([airflow, *args], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"`airflow {' '.join(args)}` failed:\n{done.stderr[-2000:]}")
+
+
+def run_nightly(conf: dict[str, Any]) -> str:
+    """One run of the ``bandit_retrain`` DAG through Airflow (``dag.test()``, in process).
+
+    Returns the final state of the DAG run. The environment must already point at the
+    workspace (Airflow reads its configuration when first imported).
+    """
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "bandit_retrain.py"))
+    if bag.import_errors:
+        raise RuntimeError(f"the retrain DAG does not import: {bag.import_errors}")
+    dag = bag.get_dag("bandit_retrain")
+    run = dag.test(run_conf=conf)
+    return str(run.state)
+
+
+def run_demo(
+    workspace: Path,
+    users: int = 400,
+    requests_per_day: int = 2500,
+    seed: int = 0,
+    algorithm: str = "shared_lints",
+    progress: Any = None,
+) -> dict[str, Any]:
+    """The whole loop; returns ``{"days": [...], "versions": [...]}``."""
+    from training.registry import ModelRegistry
+
+    ws = fresh_workspace(workspace)
+    os.environ.update(ws.env())
+    env = demo_environment(seed)
+    rng = np.random.default_rng(seed + 1)
+    population = np.stack([env.sample(rng)[0] for _ in range(users)])
+    conf = {
+        "window_days": 1.0,
+        "algorithm": algorithm,
+        "policy_options": {"interactions": True, "n_sim": 200}
+        if algorithm.startswith("shared")
+        else {},
+        "min_rows": 500,
+        "n_resamples": 300,
+        "min_ess": 30.0,
+        "tolerance": 0.05,
+        "auto_promote": True,
+        "seed": seed,
+    }
+    step = progress or (lambda message: None)
+    days: list[dict[str, Any]] = []
+    per_day: list[TrafficStats] = []
+    step("migrating the Airflow metadata and serializing the DAGs")
+    prepare_airflow(ws)
+    with Service(ws) as service, httpx.Client(base_url=service.url, timeout=30.0) as client:
+        for day in (1, 2, 3):
+            version = service.production_version(client)
+            step(f"day {day}: {requests_per_day} requests through HTTP ({version or 'fallback'})")
+            stats = simulate_traffic(client, env, requests_per_day, rng, user_features=population)
+            per_day.append(stats)
+            days.append(day_row(day, stats, version))
+            if day == 3:
+                break
+            time.sleep(2.5)  # let the last rewards' window close before the nightly run
+            step(f"night {day}: bandit_retrain DAG through Airflow")
+            state = run_nightly({**conf, "seed": seed + day})
+            if state != "success":
+                raise RuntimeError(
+                    f"the nightly DAG run ended in state {state!r}; see {ws.airflow_home}/logs"
+                )
+            newest = ModelRegistry(ws.tracking_uri, MODEL_NAME).by_alias("production")
+            if newest is not None:
+                step(f"night {day}: waiting for the service to load version {newest.version}")
+                wait_for_version(client, service, newest.version)
+    registry = ModelRegistry(ws.tracking_uri, MODEL_NAME)
+    versions = []
+    for info in sorted(registry.versions(), key=lambda v: int(v.version)):
+        label = f"{MODEL_NAME}/{info.version}"
+        realized = [s.realized_ctr(label) for s in per_day if s.realized_ctr(label) is not None]
+        m = info.metrics
+        versions.append(
+            {
+                "version": info.version,
+                "aliases": list(info.aliases),
+                "ope_estimate": m.get("ope.candidate.dr.value"),
+                "ope_ci": [m.get("ope.candidate.dr.ci_low"), m.get("ope.candidate.dr.ci_high")],
+                "realized_ctr": float(np.mean(realized)) if realized else None,
+                "gate": info.tags.get("gate_reasons", ""),
+            }
+        )
+    result = {"days": days, "versions": versions, "workspace": str(ws.root)}
+    (ws.root / "demo.json").write_text(json.dumps(result, indent=2))
+    plot_summary(days, versions, ws.root / "demo.png")
+    return result
