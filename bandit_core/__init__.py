@@ -3,15 +3,20 @@
 No I/O lives here: no MLflow, SQL, web framework, Airflow, pandas or plotting imports.
 """
 
+from bandit_core.coldstart import ColdStartFloor
 from bandit_core.features import FeatureMap
+from bandit_core.grouped import Group, GroupedDecision, select_grouped
 from bandit_core.head import BayesianLinearHead, HeadConfig
 from bandit_core.policies import (
     POLICIES,
+    BootstrappedEnsemble,
     EpsilonGreedy,
     ExplorationFloor,
     ExposureCap,
     LinTS,
     LinUCB,
+    MCDropout,
+    NeuralLinear,
     Policy,
     SharedLinTS,
     SharedLinUCB,
@@ -20,26 +25,34 @@ from bandit_core.policies import (
     policy_from_state,
     policy_names,
 )
+from bandit_core.slates import Slate, select_slate, slate_action_dist, slate_marginals
 from bandit_core.state import load_policy, load_state, save_policy, save_state
 from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
 
 __all__ = [
     "POLICIES",
     "BayesianLinearHead",
+    "BootstrappedEnsemble",
     "Candidates",
+    "ColdStartFloor",
     "Decision",
     "DecisionBatch",
     "EpsilonGreedy",
     "ExplorationFloor",
     "ExposureCap",
     "FeatureMap",
+    "Group",
+    "GroupedDecision",
     "HeadConfig",
     "LinTS",
     "LinUCB",
+    "MCDropout",
+    "NeuralLinear",
     "Policy",
     "PolicyState",
     "SharedLinTS",
     "SharedLinUCB",
+    "Slate",
     "UniformRandom",
     "load_policy",
     "load_state",
@@ -48,4 +61,8 @@ __all__ = [
     "policy_names",
     "save_policy",
     "save_state",
+    "select_grouped",
+    "select_slate",
+    "slate_action_dist",
+    "slate_marginals",
 ]

@@ -1,9 +1,7 @@
-"""The nightly retrain as plain steps with explicit inputs and outputs.
+"""The nightly retrain in one process: the steps of :mod:`training.steps`, chained.
 
-Each step reads and writes files under a run folder ``<runs_dir>/<run_key>/`` and returns
-small JSON-able values (paths, versions, numbers), so the Airflow DAG passes only those
-through XCom and a retried task overwrites its own outputs. :func:`run_retrain` chains
-the steps for the CLI and the demo.
+The Airflow DAG ``bandit_retrain`` runs the same steps as separate tasks; this module
+chains them for the CLI, the demo and the tests, from a :class:`RetrainSettings`.
 """
 
 from __future__ import annotations
@@ -14,17 +12,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from training import runspec, steps
+from training.steps import production_state
+from training.train import TrainConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-from training.evaluate import evaluate
-from training.registry import ModelRegistry, VersionInfo
-from training.replay import ReplayManifest, extract_replay, load_replay
-from training.train import TrainConfig, TrainResult, rebuild_head, train
-from training.validate import validate_features
-from validation.gate import GateRule
+__all__ = [
+    "RetrainOutcome",
+    "RetrainSettings",
+    "default_window",
+    "production_state",
+    "run_retrain",
+    "spec_for",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,8 @@ class RetrainSettings:
 
 @dataclass(frozen=True)
 class RetrainOutcome:
+    """What a retrain left: the version, the gate's decision and the run's numbers."""
+
     run_key: str
     version: str
     gate_passed: bool
@@ -59,58 +60,38 @@ class RetrainOutcome:
         return json.dumps(asdict(self), indent=2)
 
 
-def run_dir(settings: RetrainSettings, run_key: str) -> Path:
-    path = Path(settings.runs_dir) / run_key.replace(":", "_").replace("+", "_")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def plot_learning_curve(result: TrainResult, path: Path) -> Path | None:
-    if not result.curve:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    epochs = [p["epoch"] for p in result.curve]
-    ax.plot(epochs, [p["train_loss"] for p in result.curve], marker="o", label="train loss")
-    ax.plot(epochs, [p["val_loss"] for p in result.curve], marker="o", label="holdout MSE")
-    ax.set_xlabel("epoch")
-    ax.set_title(f"{result.algorithm}: learning curve")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_arm_coverage(replay_path: str | Path, path: Path) -> Path:
-    data = load_replay(replay_path)
-    arms, counts = [], []
-    for arm in sorted(set(data.arm_ids)):
-        arms.append(arm)
-        counts.append(data.arm_ids.count(arm))
-    fig, ax = plt.subplots(figsize=(max(4, 0.25 * len(arms)), 3.2))
-    ax.bar(range(len(arms)), counts)
-    ax.set_xticks(range(len(arms)), arms, rotation=90, fontsize=6)
-    ax.set_ylabel("logged decisions")
-    ax.set_title("arm coverage of the replay window")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def production_state(registry: ModelRegistry, dest: Path) -> tuple[Path | None, VersionInfo | None]:
-    """Download the current production version's policy state (None before the first)."""
-    import mlflow
-
-    from serving.models.contract import POLICY_STATE_PATH
-
-    current = registry.by_alias("production")
-    if current is None:
-        return None, None
-    uri = registry.client.get_model_version_download_uri(registry.model_name, current.version)
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    return local / POLICY_STATE_PATH, current
+def spec_for(
+    settings: RetrainSettings,
+    start: datetime,
+    end: datetime,
+    run_key: str,
+    *,
+    as_of: datetime | None = None,
+) -> runspec.RunSpec:
+    """The run spec of a retrain of ``[start, end)`` (``as_of`` default: now)."""
+    for name, value in (("start", start), ("end", end), ("as_of", as_of)):
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware; got {value!r}.")
+    spec = runspec.RunSpec(
+        run_key=run_key,
+        run_dir=str(runspec.run_folder(settings.runs_dir, run_key)),
+        store_url=settings.store_url,
+        tracking_uri=settings.tracking_uri,
+        model_name=settings.model_name,
+        window_start=start.astimezone(UTC).isoformat(),
+        window_end=end.astimezone(UTC).isoformat(),
+        as_of=(as_of or datetime.now(UTC)).astimezone(UTC).isoformat(),
+        reward_window_s=settings.reward_window.total_seconds(),
+        min_rows=settings.min_rows,
+        train=asdict(settings.train),
+        tolerance=settings.tolerance,
+        min_ess=settings.min_ess,
+        n_resamples=settings.n_resamples,
+        auto_promote=settings.auto_promote,
+        promoted_by=settings.promoted_by,
+    )
+    spec.write()
+    return spec
 
 
 def run_retrain(
@@ -122,86 +103,29 @@ def run_retrain(
     as_of: datetime | None = None,
 ) -> RetrainOutcome:
     """extract → validate → train → rebuild → evaluate → register → gate → promote."""
-    folder = run_dir(settings, run_key)
-    manifest: ReplayManifest = extract_replay(
-        settings.store_url,
-        start,
-        end,
-        folder / "replay",
-        reward_window=settings.reward_window,
-        as_of=as_of,
-    )
-    gx = validate_features(manifest, folder / "gx_docs", min_rows=settings.min_rows)
-    trained = train(manifest.path, settings.train, folder / "train")
-    state = rebuild_head(
-        trained.state_path,
-        manifest.path,
-        folder / "rebuild" / "policy_state.npz",
-        settings.train.holdout_fraction,
-    )
-    registry = ModelRegistry(settings.tracking_uri, settings.model_name)
-    prod_path, prod = production_state(registry, folder / "production")
-    result = evaluate(
-        state,
-        prod_path,
-        manifest.path,
-        holdout_fraction=settings.train.holdout_fraction,
-        rule=GateRule(tolerance=settings.tolerance, min_ess=settings.min_ess),
-        n_resamples=settings.n_resamples,
-        seed=settings.train.seed,
-        out_dir=folder / "evaluation",
-    )
-    plots = folder / "plots"
-    plots.mkdir(exist_ok=True)
-    plot_learning_curve(trained, plots / "learning_curve.png")
-    plot_arm_coverage(manifest.path, plots / "arm_coverage.png")
-    metrics = {**trained.metrics, **result.metrics(), **gx.to_metrics()}
-    version = registry.register_candidate(
-        state_path=state,
-        run_key=run_key,
-        params={
-            "algorithm": settings.train.algorithm,
-            **{f"option.{k}": v for k, v in settings.train.options.items()},
-            "window_start": manifest.start,
-            "window_end": manifest.end,
-            "seed": settings.train.seed,
-            "holdout_fraction": settings.train.holdout_fraction,
-        },
-        metrics=metrics,
-        tags={
-            "data_sha256": manifest.sha256,
-            "rows": str(manifest.rows),
-            "diagnostics": trained.diagnostics,
-            "previous_production": prod.version if prod else "",
-            **result.gate.to_tags(),
-        },
-        artifacts={
-            "gx_docs": folder / "gx_docs",
-            "plots": plots,
-            "evaluation": folder / "evaluation",
-            "replay_manifest": folder / "replay" / "replay.json",
-        },
-    )
-    passed = registry.record_gate(version.version, result.gate.promote, list(result.gate.reasons))
-    promoted = False
-    if passed and settings.auto_promote:
-        registry.promote(
-            version.version, by=settings.promoted_by, reason=f"gate passed in run {run_key}"
-        )
-        promoted = True
+    spec = spec_for(settings, start, end, run_key, as_of=as_of).to_dict()
+    replay = steps.extract(spec)
+    validated = steps.validate(spec, replay)
+    trained = steps.train_network(spec, replay)
+    rebuilt = steps.rebuild(spec, trained, replay)
+    evaluated = steps.evaluate_offline(spec, rebuilt, replay)
+    registered = steps.register_candidate(spec, replay, validated, trained, rebuilt, evaluated)
+    passed = steps.gate(spec, registered, evaluated)
+    promoted = steps.promote(spec, registered)["promoted"] if passed else False
     outcome = RetrainOutcome(
         run_key=run_key,
-        version=version.version,
+        version=registered["version"],
         gate_passed=passed,
         promoted=promoted,
-        reasons=list(result.gate.reasons),
-        metrics=metrics,
-        manifest=json.loads(manifest.to_json()),
+        reasons=list(evaluated["reasons"]),
+        metrics=json.loads(Path(registered["metrics"]).read_text()),
+        manifest=json.loads(Path(replay["manifest"]).read_text()),
     )
-    (folder / "outcome.json").write_text(outcome.to_json())
+    (runspec.RunSpec.from_dict(spec).folder / "outcome.json").write_text(outcome.to_json())
     return outcome
 
 
 def default_window(days: float = 1.0, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """``[now − days, now)``."""
     end = now or datetime.now(UTC)
     return end - timedelta(days=days), end

@@ -14,12 +14,25 @@ from bandit_core.policies.linear import (
     SharedLinUCB,
     SharedLinUCBConfig,
 )
+from bandit_core.policies.neural import (
+    BootstrappedEnsemble,
+    DropoutConfig,
+    EnsembleConfig,
+    MCDropout,
+    NeuralConfig,
+    NeuralLinear,
+    NeuralLinearConfig,
+    NeuralPolicy,
+)
 from bandit_core.policies.registry import POLICIES, make_policy, policy_from_state, policy_names
 from bandit_core.policies.uniform import UniformRandom
 from bandit_core.policies.wrappers import ExplorationFloor, ExposureCap
 
 __all__ = [
     "POLICIES",
+    "BootstrappedEnsemble",
+    "DropoutConfig",
+    "EnsembleConfig",
     "EpsilonGreedy",
     "EpsilonGreedyConfig",
     "ExplorationFloor",
@@ -29,6 +42,11 @@ __all__ = [
     "LinUCB",
     "LinUCBConfig",
     "LinearPolicy",
+    "MCDropout",
+    "NeuralConfig",
+    "NeuralLinear",
+    "NeuralLinearConfig",
+    "NeuralPolicy",
     "Policy",
     "SharedLinTS",
     "SharedLinTSConfig",

@@ -13,14 +13,25 @@ from bandit_core.policies.linear import (
     SharedLinTS,
     SharedLinUCB,
 )
+from bandit_core.policies.neural import BootstrappedEnsemble, MCDropout, NeuralLinear, NeuralPolicy
 from bandit_core.policies.uniform import UniformRandom
 from bandit_core.policies.wrappers import ExplorationFloor, ExposureCap
 from bandit_core.types import SCHEMA_VERSION, PolicyState
 
 #: Names as used by the CLI, the service settings and the benchmarks.
-POLICIES: dict[str, type[LinearPolicy] | type[UniformRandom]] = {
+POLICIES: dict[str, type[LinearPolicy] | type[UniformRandom] | type[NeuralPolicy]] = {
     cls.name: cls
-    for cls in (LinUCB, LinTS, SharedLinUCB, SharedLinTS, EpsilonGreedy, UniformRandom)
+    for cls in (
+        LinUCB,
+        LinTS,
+        SharedLinUCB,
+        SharedLinTS,
+        EpsilonGreedy,
+        UniformRandom,
+        NeuralLinear,
+        BootstrappedEnsemble,
+        MCDropout,
+    )
 }
 
 WRAPPERS = {"exploration_floor": ExplorationFloor, "exposure_cap": ExposureCap}

@@ -1,0 +1,368 @@
+"""What the neural policies share: config, input checks, replay buffer, the slow-path
+trigger and lossless state.
+
+A neural policy scores candidate ``a`` for context ``x`` from the encoder input
+``z(x, a) = [x_user ; x_arm ; x_user ⊗ x_arm (optional) ; one-hot(arm id) (optional)]``
+built by :class:`~bandit_core.features.FeatureMap`, the same φ the shared linear models
+use. With ``interactions`` the network starts from the hybrid linear model's features
+(one ReLU layer on ``[x ; a]`` alone represents per-arm functions poorly when the arm
+features are one-hot ids). Learning has two speeds:
+
+* **fast** — every reward is stored in the replay buffer and, for policies with a
+  Bayesian head, added to the head at once (O(d²)); the network is not touched;
+* **slow** — every ``retrain_every`` observations (or on demand through :meth:`retrain`)
+  the network is trained on the whole buffer, then :meth:`_after_retrain` lets the policy
+  refresh whatever depends on it (neural-linear rebuilds its head from scratch).
+
+Randomness: decisions use the ``rng`` passed to ``select``; initialisation and training
+(mini-batch order, bootstrap weights, dropout masks) use a CPU :class:`torch.Generator`
+seeded from ``numpy.random.default_rng(seed)``, whose state is part of the policy state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from bandit_core._validation import (
+    Constraint,
+    FloatArray,
+    Interval,
+    IsBool,
+    OneOf,
+    OptionalOf,
+    validate_params,
+)
+from bandit_core.exploration import tied_with_max
+from bandit_core.features import FeatureMap
+from bandit_core.nets import (
+    ConcreteDropout,
+    MemberMLP,
+    TrainSpec,
+    generator_from,
+    generator_state,
+    load_module_arrays,
+    module_arrays,
+    resolve_device,
+    restore_generator,
+    to_tensor,
+    train_network,
+)
+from bandit_core.policies.base import (
+    check_candidates,
+    check_context,
+    check_contexts,
+    check_rng,
+    check_updates,
+    to_decision,
+)
+from bandit_core.policies.linear import build_config
+from bandit_core.policies.neural.buffer import ReplayBuffer
+from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
+
+IntArray = NDArray[np.intp]
+
+_NEURAL_PARAMS: dict[str, Constraint] = {
+    "dim_user": Interval(int, 0, None),
+    "dim_arm": Interval(int, 0, None),
+    "interactions": IsBool(),
+    "retrain_every": Interval(int, 1, None),
+    "epochs": Interval(int, 1, None),
+    "max_train_steps": Interval(int, 1, None),
+    "batch_size": Interval(int, 1, None),
+    "learning_rate": Interval(float, 0.0, None, closed="neither"),
+    "grad_clip": Interval(float, 0.0, None, closed="neither"),
+    "loss": OneOf(("mse", "bce")),
+    "buffer_size": OptionalOf(Interval(int, 1, None)),
+    "seed": Interval(int, 0, None),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class NeuralConfig:
+    """Hyperparameters every neural policy shares.
+
+    Parameters
+    ----------
+    dim_user, dim_arm : int
+        Widths of the user context and of each candidate's features.
+    arm_vocabulary : tuple of str
+        Arms that get a one-hot block in the encoder input (empty for none).
+    interactions : bool
+        Add the ``x_user ⊗ x_arm`` block to the encoder input.
+    hidden : tuple of int
+        Hidden layer widths of the ReLU network (Riquelme et al. 2018 use ``(50,)`` or
+        ``(100, 100)``).
+    retrain_every : int
+        Observations between two slow-path trainings.
+    epochs, max_train_steps, batch_size, learning_rate, grad_clip
+        Each training: ``epochs`` shuffled passes over the buffer in mini-batches of
+        ``batch_size`` with Adam at ``learning_rate``, gradient norm clipped at
+        ``grad_clip``, at most ``max_train_steps`` steps.
+    loss : {"mse", "bce"}
+        Squared error, or binary cross-entropy for rewards in {0, 1} (the network output
+        is then a logit and the scores are probabilities).
+    buffer_size : int or None
+        Keep only the last ``buffer_size`` observations; ``None`` keeps all.
+    device : str
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:i]"``.
+    seed : int
+        Seeds initialisation and training (see the module docstring).
+    """
+
+    dim_user: int
+    dim_arm: int = 0
+    arm_vocabulary: tuple[str, ...] = ()
+    interactions: bool = False
+    hidden: tuple[int, ...] = (50,)
+    retrain_every: int = 50
+    epochs: int = 5
+    max_train_steps: int = 200
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    grad_clip: float = 5.0
+    loss: str = "mse"
+    buffer_size: int | None = None
+    device: str = "auto"
+    seed: int = 0
+
+    #: constraints of the subclass's own fields, merged with the shared table
+    extra_params: ClassVar[dict[str, Constraint]] = {}
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        object.__setattr__(self, "arm_vocabulary", tuple(self.arm_vocabulary))
+        object.__setattr__(self, "hidden", _check_hidden(name, self.hidden))
+        validate_params(name, asdict(self), {**_NEURAL_PARAMS, **self.extra_params})
+        if not isinstance(self.device, str):
+            raise ValueError(
+                f"The 'device' parameter of {name} must be a str; got {self.device!r}."
+            )
+        resolve_device(self.device)
+        self.feature_map()
+
+    def feature_map(self) -> FeatureMap:
+        """Builds the encoder input ``[x_user ; x_arm ; x_user ⊗ x_arm ; one-hot]``."""
+        return FeatureMap(self.dim_user, self.dim_arm, self.interactions, self.arm_vocabulary)
+
+    def train_spec(self, dropout: float = 0.0) -> TrainSpec:
+        return TrainSpec(
+            epochs=self.epochs,
+            max_steps=self.max_train_steps,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            grad_clip=self.grad_clip,
+            loss=self.loss,
+            dropout=dropout,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hidden"] = list(self.hidden)
+        out["arm_vocabulary"] = list(self.arm_vocabulary)
+        return out
+
+
+def _check_hidden(owner: str, hidden: Any) -> tuple[int, ...]:
+    ok = isinstance(hidden, (tuple, list)) and len(hidden) > 0
+    ok = ok and all(
+        isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in hidden
+    )
+    if not ok:
+        raise ValueError(
+            f"The 'hidden' parameter of {owner} must be a non-empty sequence of positive "
+            f"ints (layer widths). Got {hidden!r}."
+        )
+    return tuple(int(h) for h in hidden)
+
+
+class NeuralPolicy:
+    """Config + network + replay buffer; subclasses define :meth:`_choose`.
+
+    Learned state (trailing underscore): ``net_`` the network, ``buffer_`` the replay
+    buffer, ``since_retrain_`` observations since the last training, ``n_retrains_`` and
+    ``last_train_loss_``.
+    """
+
+    name: str
+    config_class: ClassVar[type[NeuralConfig]]
+
+    def __init__(self, config: NeuralConfig | None = None, **options: Any) -> None:
+        # linear.build_config is typed for linear configs; the logic is the same
+        built = build_config(cast(Any, self.config_class), self.name, config, options)
+        self.config: NeuralConfig = built
+        self.features = self.config.feature_map()
+        self.device = resolve_device(self.config.device)
+        self.generator_ = generator_from(np.random.default_rng(self.config.seed))
+        self.net_ = MemberMLP(
+            self.features.dim, self.config.hidden, self._members(), self.generator_
+        ).to(self.device)
+        self.net_.eval()
+        self.buffer_ = ReplayBuffer(self.features.dim, self.config.buffer_size, self._n_weights())
+        self.since_retrain_ = 0
+        self.n_retrains_ = 0
+        self.last_train_loss_ = float("nan")
+        self.model_version: str | None = None
+
+    # -- hooks ----------------------------------------------------------------
+    def _members(self) -> int:
+        """Networks trained side by side (ensemble members)."""
+        return 1
+
+    def _n_weights(self) -> int:
+        """Per-row bootstrap weights stored in the buffer (0: unweighted training)."""
+        return 0
+
+    def _choose(
+        self, inputs: FloatArray, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+        """``inputs`` (n, K, D) → choice (n,), probabilities (n, K), scores (n, K) and the
+        point estimate (n, K) used to flag exploration."""
+        raise NotImplementedError
+
+    def _learn_fast(self, inputs: FloatArray, rewards: FloatArray) -> None:
+        """Fast path for rows ``inputs`` (m, D); the network must not change here."""
+
+    def _row_weights(self, m: int) -> FloatArray | None:
+        return None
+
+    def _after_retrain(self) -> None:
+        """Refresh what depends on the network (called after every training)."""
+
+    def _concrete(self) -> ConcreteDropout | None:
+        """Learned dropout rates trained with the network, if any."""
+        return None
+
+    def _extra_arrays(self) -> dict[str, NDArray[Any]]:
+        return {}
+
+    def _load_extra(self, arrays: dict[str, NDArray[Any]]) -> None:
+        pass
+
+    # -- shared pieces ---------------------------------------------------------
+    @property
+    def network(self) -> MemberMLP:
+        return self.net_
+
+    def _tensor(self, values: FloatArray) -> torch.Tensor:
+        return to_tensor(values, self.device)
+
+    def _loss_link(self, out: torch.Tensor) -> torch.Tensor:
+        """Network output → predicted mean reward (sigmoid of the logit under BCE)."""
+        return torch.sigmoid(out) if self.config.loss == "bce" else out
+
+    # -- decisions ---------------------------------------------------------------
+    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        x = check_context(context, self.config.dim_user)
+        cands = check_candidates(candidates, self.config.dim_arm)
+        batch, explored = self._decide(x, cands, check_rng(rng))
+        return to_decision(batch, cands, bool(explored[0]), self.model_version)
+
+    def select_batch(
+        self, contexts: Any, candidates: Any, rng: np.random.Generator
+    ) -> DecisionBatch:
+        x = check_contexts(contexts, self.config.dim_user)
+        cands = check_candidates(candidates, self.config.dim_arm)
+        return self._decide(x, cands, check_rng(rng))[0]
+
+    def _decide(
+        self, contexts: FloatArray, candidates: Candidates, rng: np.random.Generator
+    ) -> tuple[DecisionBatch, NDArray[np.bool_]]:
+        inputs = self.features.build(contexts, candidates.features, candidates.ids)
+        choice, probs, scores, mean = self._choose(inputs, rng)
+        rows = np.arange(choice.shape[0])
+        batch = DecisionBatch(choice, probs[rows, choice], probs, scores, self.name)
+        return batch, ~tied_with_max(mean)[rows, choice]
+
+    # -- learning ------------------------------------------------------------------
+    def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
+        feats = None if arm_features is None else [arm_features]
+        self.update_batch(check_context(context, self.config.dim_user), [arm_id], [reward], feats)
+
+    def update_batch(
+        self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
+    ) -> None:
+        """Learn from ``n`` rewards in order (fast path per row, slow path at every
+        ``retrain_every``-th observation); equal to ``n`` calls of :meth:`update`."""
+        x, ids, r, feats = check_updates(
+            contexts, arm_ids, rewards, arm_features, self.config.dim_user, self.config.dim_arm
+        )
+        if self.config.loss == "bce" and ((r < 0.0) | (r > 1.0)).any():
+            bad = float(r[(r < 0.0) | (r > 1.0)][0])
+            raise ValueError(f"rewards must lie in [0, 1] with loss='bce'; got {bad!r}.")
+        inputs = self.features.build_rows(x, feats, ids)
+        start = 0
+        while start < inputs.shape[0]:
+            stop = min(inputs.shape[0], start + self.config.retrain_every - self.since_retrain_)
+            rows = slice(start, stop)
+            self._learn_fast(inputs[rows], r[rows])
+            self.buffer_.add(inputs[rows], r[rows], self._row_weights(stop - start))
+            self.since_retrain_ += stop - start
+            if self.since_retrain_ >= self.config.retrain_every:
+                self.retrain()
+            start = stop
+
+    def retrain(self) -> float:
+        """Slow path, also callable on demand: train the network on the whole buffer,
+        then refresh what depends on it. Returns the last epoch's mean training loss."""
+        if len(self.buffer_):
+            weights = None
+            if self.buffer_.n_weights:
+                weights = self._tensor(self.buffer_.weights.T)
+            self.last_train_loss_ = train_network(
+                self.net_,
+                self._tensor(self.buffer_.inputs),
+                self._tensor(self.buffer_.rewards),
+                self._train_spec(),
+                self.generator_,
+                weights,
+                self._concrete(),
+            )
+        self._after_retrain()
+        self.since_retrain_ = 0
+        self.n_retrains_ += 1
+        return self.last_train_loss_
+
+    def _train_spec(self) -> TrainSpec:
+        return self.config.train_spec()
+
+    # -- state -----------------------------------------------------------------------
+    def to_state(self) -> PolicyState:
+        meta = {
+            "model_version": self.model_version,
+            "since_retrain": self.since_retrain_,
+            "n_retrains": self.n_retrains_,
+            "last_train_loss": None if np.isnan(self.last_train_loss_) else self.last_train_loss_,
+        }
+        arrays: dict[str, NDArray[Any]] = module_arrays(self.net_, "net.")
+        arrays.update(self.buffer_.to_arrays("buffer."))
+        arrays["train_rng"] = generator_state(self.generator_)
+        arrays.update(self._extra_arrays())
+        return PolicyState(
+            self.name, {**self.config.to_json(), "__meta__": meta}, arrays, SCHEMA_VERSION
+        )
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> NeuralPolicy:
+        if state.policy != cls.name:
+            raise ValueError(f"state is for policy {state.policy!r}, not {cls.name!r}.")
+        options = dict(state.config)
+        meta = options.pop("__meta__", {})
+        for key in ("hidden", "arm_vocabulary"):
+            if key in options:
+                options[key] = tuple(options[key])
+        policy = cls(**options)
+        load_module_arrays(policy.net_, state.arrays, "net.")
+        policy.buffer_.load_arrays(state.arrays, "buffer.")
+        policy.generator_ = restore_generator(state.arrays["train_rng"])
+        policy._load_extra(state.arrays)
+        policy.model_version = meta.get("model_version")
+        policy.since_retrain_ = int(meta.get("since_retrain", 0))
+        policy.n_retrains_ = int(meta.get("n_retrains", 0))
+        loss = meta.get("last_train_loss")
+        policy.last_train_loss_ = float("nan") if loss is None else float(loss)
+        return policy

@@ -1,0 +1,183 @@
+"""Neural-linear Thompson sampling (Riquelme, Tucker & Snoek, ICLR 2018, §3 "NeuralLinear";
+Snoek et al., ICML 2015 for the Bayesian last layer).
+
+An MLP encoder ``φ = f_θ(z(x, a))`` feeds a :class:`~bandit_core.head.BayesianLinearHead`
+with a Normal-inverse-gamma prior; decisions are Thompson samples from the head's posterior
+on ``φ`` of every candidate, exactly as shared linear TS does on hand-built features.
+
+Two speeds:
+
+* fast — each reward updates the head at once with ``φ`` from the frozen encoder (rank-one,
+  O(d²));
+* slow — every ``retrain_every`` observations the encoder and a linear output layer are
+  trained jointly on the replay buffer, then the head is **rebuilt from scratch** from every
+  stored observation re-encoded with the new network:
+  ``A = λI + Σ φφᵀ``, ``b = Σ rφ``, ``a = a0 + n/2``, ``b = b0 + ½(Σr² − μᵀAμ)``.
+  The rebuild encodes and accumulates in chunks (O(d² + chunk·d) memory, no per-row loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, ClassVar, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from bandit_core._validation import Constraint, FloatArray, Interval, IsBool
+from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core.linalg import sufficient_statistics
+from bandit_core.nets import to_numpy
+from bandit_core.policies.linear import _ThompsonRule
+from bandit_core.policies.neural.base import IntArray, NeuralConfig, NeuralPolicy
+
+#: rows encoded per forward pass during a rebuild
+REBUILD_CHUNK = 8192
+
+
+@dataclass(frozen=True, kw_only=True)
+class NeuralLinearConfig(NeuralConfig):
+    """:class:`NeuralConfig` plus the head prior and the Thompson rule.
+
+    Parameters
+    ----------
+    lambda_prior, a0, b0 : float
+        Normal-inverse-gamma prior of the head (Riquelme et al.: λ = 0.25, a0 = b0 = 6).
+    v : float
+        Scale of the posterior draws (1 is plain Thompson sampling).
+    n_sim : int
+        Extra posterior draws per decision for the Monte-Carlo propensities.
+    sample_noise : bool
+        Draw σ² from its inverse-gamma posterior for every draw (else σ = 1).
+    head_bias : bool
+        Append a constant 1 to φ so the head has an intercept.
+    head_inputs : bool
+        Append the encoder input z itself to φ (a linear "wide" part next to the learned
+        features, as in wide & deep models): the head then contains the shared linear
+        model on z, so the policy starts where shared linear TS is and the network only
+        has to add what is not linear.
+    """
+
+    lambda_prior: float = 0.25
+    a0: float = 6.0
+    b0: float = 6.0
+    v: float = 1.0
+    n_sim: int = 100
+    sample_noise: bool = True
+    head_bias: bool = True
+    head_inputs: bool = False
+
+    extra_params: ClassVar[dict[str, Constraint]] = {
+        "v": Interval(float, 0.0, None, closed="neither"),
+        "n_sim": Interval(int, 1, None),
+        "sample_noise": IsBool(),
+        "head_bias": IsBool(),
+        "head_inputs": IsBool(),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.head_config(1)  # the head validates λ, a0, b0
+
+    def head_config(self, dim: int) -> HeadConfig:
+        return HeadConfig(dim=dim, lambda_prior=self.lambda_prior, a0=self.a0, b0=self.b0)
+
+
+class _HeadThompson(_ThompsonRule):
+    """The joint-model Thompson rule of the linear policies, applied to a neural-linear
+    head (one θ draw per simulation, shared by all candidates)."""
+
+    def __init__(self, config: NeuralLinearConfig, head: BayesianLinearHead) -> None:
+        self.config = config
+        self.model = cast(Any, SimpleNamespace(head=head))
+
+
+class NeuralLinear(NeuralPolicy):
+    """Neural-linear Thompson sampling with two-speed learning.
+
+    Learned state, besides :class:`NeuralPolicy`'s: ``head`` (a one-head
+    :class:`BayesianLinearHead` on φ of dimension ``hidden[-1] (+1)``).
+    """
+
+    name = "neural_linear"
+    config_class = NeuralLinearConfig
+    config: NeuralLinearConfig
+
+    def __init__(self, config: NeuralLinearConfig | None = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self._set_head(BayesianLinearHead(self.config.head_config(self.dim_phi)))
+
+    def _set_head(self, head: BayesianLinearHead) -> None:
+        self.head = head
+        self._rule = _HeadThompson(self.config, head)
+
+    @property
+    def dim_phi(self) -> int:
+        """Dimension d of φ: last hidden width, + 1 with ``head_bias``, + D with ``head_inputs``."""
+        extra = self.features.dim if self.config.head_inputs else 0
+        return self.net_.dim_features + int(self.config.head_bias) + extra
+
+    def encode(self, inputs: FloatArray) -> FloatArray:
+        """φ for encoder inputs ``(..., D)`` → ``(..., d)`` (float64, inference mode):
+        ``[f(z) ; 1 (head_bias) ; z (head_inputs)]``."""
+        lead = inputs.shape[:-1]
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        with torch.inference_mode():
+            parts = [to_numpy(self.net_.features(self._tensor(flat[None]))[0])]
+        if self.config.head_bias:
+            parts.append(np.ones((flat.shape[0], 1)))
+        if self.config.head_inputs:
+            parts.append(flat)
+        phi = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        return phi.reshape(*lead, self.dim_phi)
+
+    # -- decisions ---------------------------------------------------------------
+    def _choose(
+        self, inputs: FloatArray, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+        phi = self.encode(inputs)  # (n, K, d): one forward pass for every candidate
+        mean = phi @ self.head.theta_[0]
+        proj = phi @ self.head.inv_chol_[0].T
+        choice, probs, scores = self._rule._explore(mean, proj, None, rng)
+        return choice, probs, scores, mean
+
+    # -- learning ----------------------------------------------------------------
+    def _learn_fast(self, inputs: FloatArray, rewards: FloatArray) -> None:
+        phi = self.encode(inputs)
+        if phi.shape[0] == 1:
+            self.head.update(phi[0], float(rewards[0]))
+        else:
+            self.head.update_batch(phi, rewards)
+
+    def _after_retrain(self) -> None:
+        self.rebuild_head()
+
+    def rebuild_head(self, chunk_size: int = REBUILD_CHUNK) -> None:
+        """Forget the head and rebuild it from every stored observation, re-encoded.
+
+        Statistics ``(Σφφᵀ, Σrφ, Σr², n)`` are accumulated chunk by chunk and loaded once
+        (one O(d³) factorisation); memory is O(d² + chunk_size · d).
+        """
+        d = self.dim_phi
+        gram, xty, yty, count = np.zeros((d, d)), np.zeros(d), 0.0, 0.0
+        inputs, rewards = self.buffer_.inputs, self.buffer_.rewards
+        for start in range(0, inputs.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            g, xy, yy, c = sufficient_statistics(self.encode(inputs[rows]), rewards[rows])
+            gram += g
+            xty += xy
+            yty += yy
+            count += c
+        self.head.reset()
+        self.head.load_statistics(gram, xty, yty, count)
+
+    # -- state -------------------------------------------------------------------
+    def _extra_arrays(self) -> dict[str, NDArray[Any]]:
+        return self.head.to_arrays("head.")
+
+    def _load_extra(self, arrays: dict[str, NDArray[Any]]) -> None:
+        self._set_head(
+            BayesianLinearHead.from_arrays(self.config.head_config(self.dim_phi), arrays, "head.")
+        )

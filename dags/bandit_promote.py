@@ -1,0 +1,83 @@
+"""
+### bandit_promote — move a registry alias after a human approves
+
+Trigger it with `version` (and `target`, default `production`), or with `rollback` to move
+`target` back to the version it held before the current one.
+
+`gate_report` shows what would change and the version's gate report (decision, reasons,
+OPE numbers) → `approve` waits for a person (Airflow's Human-in-the-loop
+`ApprovalOperator`: Required Actions in the UI, or the HITL REST API; "Reject", or no
+answer within the timeout, skips the move) → `move_alias` moves the alias, recording the
+approver and their comment in the registry's alias history. The alias must still be
+where it was when the report was made, else nothing moves.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import Param, dag, task
+
+from training.promotion import TARGETS
+from training.settings import PipelineSettings
+
+SETTINGS = PipelineSettings()
+
+
+@task
+def gate_report(*, params: Any = None) -> dict[str, Any]:
+    from training import promotion
+
+    return promotion.plan_promotion(params["version"], params["target"], params["rollback"])
+
+
+@task
+def move_alias(plan: dict[str, Any], approval: dict[str, Any]) -> dict[str, Any]:
+    from training import promotion
+
+    return promotion.apply_promotion(plan, approval)
+
+
+@dag(
+    dag_id="bandit_promote",
+    schedule=None,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["banditops", "registry"],
+    doc_md=__doc__,
+    default_args={"owner": SETTINGS.owner, "retries": 0},
+    params={
+        "version": Param(
+            "",
+            type="string",
+            pattern="^[0-9]*$",
+            description="Registered version to promote (empty with rollback).",
+        ),
+        "target": Param(
+            "production", type="string", enum=list(TARGETS), description="Alias to move."
+        ),
+        "rollback": Param(
+            False,
+            type="boolean",
+            description="Move the alias back to the version it held before the current one.",
+        ),
+    },
+)
+def bandit_promote() -> None:
+    plan = gate_report()
+    approval = ApprovalOperator(
+        task_id="approve",
+        subject="{{ ti.xcom_pull(task_ids='gate_report')['subject'] }}",
+        body="{{ ti.xcom_pull(task_ids='gate_report')['body'] }}",
+        defaults="Reject",
+        response_timeout=timedelta(hours=SETTINGS.approval_timeout_h),
+        params={"comment": Param("", type="string", description="Why (kept in the registry).")},
+    )
+    plan >> approval
+    move_alias(plan, approval.output)
+
+
+bandit_promote()

@@ -1,0 +1,260 @@
+"""``bandit_monitor`` run for real by Airflow on a seeded two-week event store.
+
+The store is written through the service's own writer (``write_events``) with decisions
+spread over two weeks: this week's rewards fall (click rate 0.30 → 0.12), its first
+context feature is shifted by +2, one arm is starved, 3% of decisions carry a propensity
+below the floor, and 2% come from the fallback. Every number of the report is checked
+against an independent computation on the generated arrays; the four checks in alert
+fail their tasks with the numbers in the message, the two others pass, and the alerts
+reach a webhook (a local HTTP server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest_plugins = ["tests.airflow_support"]
+
+N_PER_WEEK = 1500
+CLICK_RATE = {"previous": 0.30, "current": 0.12}
+STARVED = "item-0"
+LOW_PROPENSITY = 0.004
+
+
+@dataclass
+class Week:
+    """Ground truth of one generated week."""
+
+    contexts: np.ndarray
+    arms: list[str]
+    candidates: list[tuple[str, ...]]
+    arm_features: np.ndarray
+    propensities: np.ndarray
+    fallback: np.ndarray
+    rewards: np.ndarray
+
+
+def _seed(url: str, end: datetime, rng: np.random.Generator, dagtools: Any) -> dict[str, Week]:
+    from serving.store.engine import make_engine
+    from serving.store.migrate import upgrade
+    from serving.store.records import DecisionRow, RewardRow
+    from serving.store.repository import write_events
+
+    env = dagtools.traffic_environment()
+    engine = make_engine(url)
+    upgrade(engine)
+    weeks: dict[str, Week] = {}
+    items: list[Any] = []
+    for name, first in (
+        ("previous", end - timedelta(days=14)),
+        ("current", end - timedelta(days=7)),
+    ):
+        current = name == "current"
+        times = first + timedelta(hours=1) + np.arange(N_PER_WEEK) * timedelta(minutes=6)
+        week = Week(
+            np.zeros((N_PER_WEEK, 4)),
+            [],
+            [],
+            np.zeros((N_PER_WEEK, 3)),
+            np.zeros(N_PER_WEEK),
+            np.zeros(N_PER_WEEK, bool),
+            np.zeros(N_PER_WEEK),
+        )
+        for i, created in enumerate(times):
+            context, cands = env.sample(rng)
+            if current:
+                context = context + np.array([2.0, 0.0, 0.0, 0.0])
+            allowed = [j for j, a in enumerate(cands.ids) if not (current and a == STARVED)]
+            chosen = int(rng.choice(allowed))
+            propensity = 1.0 / len(allowed)
+            if current and i % 100 < 3:
+                propensity = LOW_PROPENSITY
+            fallback = bool(current and i % 50 == 0)
+            reward = float(rng.random() < CLICK_RATE[name])
+            event_id = f"{name}-{i}"
+            items.append(
+                DecisionRow(
+                    event_id=event_id,
+                    created_at=created,
+                    user_hash=None,
+                    context=context,
+                    candidate_ids=cands.ids,
+                    candidate_features=cands.features,
+                    chosen=chosen,
+                    propensity=propensity,
+                    probabilities=np.full(len(cands.ids), 1.0 / len(cands.ids)),
+                    scores=np.zeros(len(cands.ids)),
+                    policy="uniform" if fallback else "shared_linucb",
+                    model_version=None if fallback else "banditops-policy/1",
+                    traffic="production",
+                    fallback=fallback,
+                    explored=False,
+                )
+            )
+            items.append(
+                RewardRow(
+                    event_id=event_id,
+                    value=reward,
+                    ts=created + timedelta(milliseconds=300),
+                    received_at=created + timedelta(milliseconds=300),
+                    model_version=None,
+                    eligible=False,
+                    ineligible_status="fallback",
+                )
+            )
+            week.contexts[i] = context
+            week.arms.append(cands.ids[chosen])
+            week.candidates.append(cands.ids)
+            week.arm_features[i] = cands.features[chosen]
+            week.propensities[i] = propensity
+            week.fallback[i] = fallback
+            week.rewards[i] = reward
+        weeks[name] = week
+    with engine.begin() as conn:
+        write_events(conn, items)
+    engine.dispose()
+    return weeks
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local HTTP endpoint that records the JSON bodies posted to it."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/alerts", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _psi(values: np.ndarray, edges: list[float], reference: list[float]) -> float:
+    """PSI written out: bins (-inf, e0], (e0, e1], …, (e_last, inf), proportions floored."""
+    x = values[np.isfinite(values)]
+    bins = np.digitize(x, np.asarray(edges), right=True)
+    p = np.maximum(np.bincount(bins, minlength=len(reference)) / x.size, 1e-4)
+    q = np.maximum(np.asarray(reference), 1e-4)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
+    first_retrain: Any,
+    dagtools: Any,
+    pipeline_env: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    webhook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    end = datetime.now(UTC).replace(microsecond=0)
+    url = f"sqlite:///{tmp_path / 'two-weeks.db'}"
+    weeks = _seed(url, end, np.random.default_rng(11), dagtools)
+    monkeypatch.setenv("BANDITOPS_DATABASE_URL", url)
+    monkeypatch.setenv("BANDITOPS_ALERT_WEBHOOK_URL", webhook[0])
+
+    run = dagtools.run_dag("bandit_monitor", when=end)
+
+    alerts = {"reward_drift", "feature_drift", "arm_coverage", "propensity_floor"}
+    assert run.state == "failed"
+    assert run.tasks["build_report"] == "success" and run.tasks["notify"] == "success"
+    for name in (
+        "reward_drift",
+        "feature_drift",
+        "selection_entropy",
+        "arm_coverage",
+        "propensity_floor",
+        "fallback_rate",
+    ):
+        assert run.tasks[f"check_{name}"] == ("failed" if name in alerts else "success"), name
+
+    from training.runspec import run_folder
+
+    folder = run_folder(Path(os.environ["BANDITOPS_RUNS_DIR"]) / "monitor", run.run_id)
+    report = json.loads((folder / "report.json").read_text())
+    assert (folder / "report.png").stat().st_size > 10_000
+    assert {k for k, v in report["checks"].items() if v["status"] == "alert"} == alerts
+    prev, cur = weeks["previous"], weeks["current"]
+    assert report["rows"] == {
+        "current": N_PER_WEEK,
+        "reward_current": N_PER_WEEK,
+        "reward_previous": N_PER_WEEK,
+    }
+
+    # reward drift, week over week
+    for week, stats in ((prev, report["reward"]["previous"]), (cur, report["reward"]["current"])):
+        assert stats["mean"] == pytest.approx(week.rewards.mean())
+        assert (stats["p5"], stats["p95"]) == (0.0, 1.0)
+    expected = abs(cur.rewards.mean() - prev.rewards.mean()) / prev.rewards.mean()
+    assert report["reward"]["change"]["mean"] == pytest.approx(expected)
+    assert f"({expected:.0%})" in report["checks"]["reward_drift"]["message"]
+
+    # feature drift against the training window of the production version
+    production = dagtools.registry().by_alias("production")
+    reference = json.loads(
+        (
+            run_folder(os.environ["BANDITOPS_RUNS_DIR"], production.tags["run_key"])
+            / "reference"
+            / "feature_reference.json"
+        ).read_text()
+    )
+    features = {f"context_{j}": cur.contexts[:, j] for j in range(4)}
+    features |= {f"arm_feature_{j}": cur.arm_features[:, j] for j in range(3)}
+    for name, values in features.items():
+        ref = reference["features"][name]
+        assert report["feature_drift"]["scores"][name] == pytest.approx(
+            _psi(values, ref["edges"], ref["proportions"])
+        ), name
+    assert report["feature_drift"]["scores"]["context_0"] > 1.0
+    assert max(report["feature_drift"]["scores"][f"context_{j}"] for j in (1, 2, 3)) < 0.25
+    assert "context_0" in report["checks"]["feature_drift"]["message"]
+
+    # selection entropy: near uniform over the 11 arms still chosen
+    counts = np.unique(cur.arms, return_counts=True)[1] / N_PER_WEEK
+    entropy = float(-(counts * np.log(counts)).sum())
+    assert report["selection_entropy"]["entropy"] == pytest.approx(entropy)
+    assert report["selection_entropy"]["ratio"] == pytest.approx(entropy / np.log(12))
+
+    # arm coverage: the starved arm against its uniform share
+    share = sum(1.0 / len(c) for c in cur.candidates if STARVED in c)
+    starved = next(a for a in report["arm_coverage"]["arms"] if a["arm"] == STARVED)
+    assert starved == {"arm": STARVED, "chosen": 0, "uniform_share": pytest.approx(share)}
+    assert report["arm_coverage"]["starved"] == [STARVED]
+
+    # propensity floor and fallback rate
+    low = int((cur.propensities < 0.01).sum())
+    assert report["propensity"]["violations"] == low == 45
+    assert report["propensity"]["violation_share"] == pytest.approx(low / N_PER_WEEK)
+    assert report["fallback"]["rate"] == pytest.approx(cur.fallback.mean())
+
+    # feature–reward correlation, reported
+    assert report["correlation"]["current"]["context_1"] == pytest.approx(
+        np.corrcoef(cur.contexts[:, 1], cur.rewards)[0, 1]
+    )
+
+    # the alerts reached the webhook, once, with their messages
+    assert len(webhook[1]) == 1
+    posted = webhook[1][0]
+    assert set(posted["alerts"]) == alerts and posted["source"] == "bandit_monitor"
+    assert posted["alerts"]["propensity_floor"].startswith("45 of 1500 decisions")

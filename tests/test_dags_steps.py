@@ -1,0 +1,221 @@
+"""The library behind the DAGs, without Airflow: the run spec and its form values, the
+pipeline settings, and the monitor's numbers against independent computations."""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from training import monitor, promotion, runspec
+from training.settings import PipelineSettings
+
+END = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+RUN_KEY = "scheduled__2026-11-29T02:00:00+00:00"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> PipelineSettings:
+    return PipelineSettings(
+        workspace=tmp_path / "ws",
+        database_url=f"sqlite:///{tmp_path / 'events.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        reward_window_s=60.0,
+        alert_webhook_url=None,
+    )
+
+
+# ---------------------------------------------------------------------- plan and spec
+def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> None:
+    spec = runspec.plan(
+        {"algorithm": "neural_linear"}, run_key=RUN_KEY, interval_end=END, settings=settings
+    )
+    assert spec["window_start"] == (END - timedelta(days=7)).isoformat()
+    assert spec["window_end"] == spec["as_of"] == END.isoformat()
+    assert spec["train"] == {"algorithm": "neural_linear", "options": {"epochs": 20}, "seed": 0}
+    assert spec["store_url"] == settings.store_url and spec["reward_window_s"] == 60.0
+    assert spec["auto_promote"] is False and spec["min_rows"] == 100
+    folder = Path(spec["run_dir"])
+    assert folder.parent == settings.runs_path and ":" not in folder.name
+    assert json.loads((folder / runspec.SPEC_FILE).read_text()) == spec
+    assert runspec.RunSpec.from_dict(spec).to_dict() == spec
+
+    explicit = runspec.plan(
+        {
+            "window_start": "2026-11-01",
+            "window_end": "2026-11-08",
+            "algorithm": "shared_linucb",
+            "policy_options": {"alpha": 0.5},
+            "auto_promote": True,
+        },
+        run_key="manual-1",
+        interval_end=END,
+        settings=settings,
+    )
+    assert (explicit["window_start"], explicit["window_end"]) == (
+        "2026-11-01T00:00:00+00:00",
+        "2026-11-08T00:00:00+00:00",
+    )
+    assert explicit["train"]["options"] == {"alpha": 0.5}  # epochs only for neural policies
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"window_start": "2026-11-01"}, "window_end must be given together with window_start"),
+        ({"window_start": "2026-11-08", "window_end": "2026-11-01"}, "window_start must be before"),
+        ({"window_start": "yesterday", "window_end": "2026-11-01"}, "window_start must be a date"),
+        ({"window_days": 0}, "window_days must be > 0"),
+        ({"algorithm": "random_forest"}, "algorithm must be one of"),
+        ({"policy_options": [1, 2]}, "policy_options must be an object"),
+        ({"min_rows": 0}, "min_rows must be an integer ≥ 1"),
+        ({"epochs": 0, "algorithm": "neural_linear"}, "epochs must be an integer ≥ 1"),
+        ({"auto_promote": "yes"}, "auto_promote must be true or false"),
+        ({"tolerance": 1.0}, "'tolerance' parameter of GateRule"),
+        ({"n_resamples": 2.5}, "n_resamples must be an integer"),
+        ({"colour": "red"}, "params has unknown fields ['colour']"),
+        ({"algorithm": "shared_linucb", "policy_options": {"dim_user": 3}}, "dim_user"),
+    ],
+)
+def test_plan_rejects_bad_form_values_naming_the_field(
+    settings: PipelineSettings, params: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        runspec.plan(params, run_key=RUN_KEY, interval_end=END, settings=settings)
+
+
+def test_plan_needs_a_timezone_aware_interval_end(settings: PipelineSettings) -> None:
+    with pytest.raises(ValueError, match="interval_end must be a timezone-aware datetime"):
+        runspec.plan({}, run_key=RUN_KEY, interval_end=datetime(2026, 11, 29), settings=settings)
+
+
+def test_spec_rejects_unknown_or_inconsistent_fields(settings: PipelineSettings) -> None:
+    spec = runspec.plan({"algorithm": "linucb"}, run_key="r", interval_end=END, settings=settings)
+    with pytest.raises(ValueError, match=r"spec has unknown fields \['extra'\]"):
+        runspec.RunSpec.from_dict({**spec, "extra": 1})
+    with pytest.raises(ValueError, match=r"train has unknown fields \['layers'\]"):
+        runspec.RunSpec.from_dict({**spec, "train": {**spec["train"], "layers": 3}})
+    with pytest.raises(ValueError, match="window_start must be before window_end"):
+        runspec.RunSpec.from_dict({**spec, "window_start": spec["window_end"]})
+    with pytest.raises(ValueError, match="run_key must be a non-empty string"):
+        runspec.RunSpec.from_dict({**spec, "run_key": " "})
+
+
+def test_run_folders_are_file_safe_and_never_shared(tmp_path: Path) -> None:
+    plain = runspec.run_folder(tmp_path, "nightly-1")
+    assert plain == tmp_path.resolve() / "nightly-1"
+    a = runspec.run_folder(tmp_path, "manual__2026-11-29T04:21:26+00:00")
+    b = runspec.run_folder(tmp_path, "manual__2026-11-29T04_21_26_00_00")
+    assert a != b and not set(a.name) & set(":+/ ")
+
+
+def test_promotion_input_is_checked_before_the_registry(settings: PipelineSettings) -> None:
+    with pytest.raises(ValueError, match="target must be one of production, staging"):
+        promotion.plan_promotion("1", target="candidate", settings=settings)
+    with pytest.raises(ValueError, match="version must be a registered version number"):
+        promotion.plan_promotion("v1", settings=settings)
+    with pytest.raises(ValueError, match="version must be given unless rollback is true"):
+        promotion.plan_promotion("", settings=settings)
+    with pytest.raises(ValueError, match="rollback must be true or false"):
+        promotion.plan_promotion("1", rollback="no", settings=settings)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"approval must have chosen \['Approve'\]"):
+        promotion.apply_promotion({}, {"chosen_options": ["Reject"]}, settings=settings)
+
+
+def test_pipeline_settings_validate_schedules_and_derive_paths(tmp_path: Path) -> None:
+    s = PipelineSettings(workspace=tmp_path, mlflow_tracking_uri=None, runs_dir=None)
+    assert s.retrain_schedule == "0 2 * * *" and s.monitor_schedule == "0 * * * *"
+    assert s.tracking_uri == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    assert s.runs_path == (tmp_path / "runs").resolve()
+    assert PipelineSettings(monitor_schedule="@hourly").monitor_schedule == "@hourly"
+    with pytest.raises(ValueError, match="retrain_schedule"):
+        PipelineSettings(retrain_schedule="every night")
+    with pytest.raises(ValueError, match="alert_webhook_url"):
+        PipelineSettings(alert_webhook_url="ftp://alerts")
+
+
+# ---------------------------------------------------------------------- monitor numbers
+def test_reward_stats_and_relative_change() -> None:
+    rewards = np.random.default_rng(3).random(501)
+    out = monitor.reward_stats(rewards)
+    assert out == {
+        "n": 501.0,
+        "mean": pytest.approx(rewards.mean()),
+        "p5": pytest.approx(np.sort(rewards)[25]),  # 0.05 · 500 = 25: an exact order statistic
+        "p95": pytest.approx(np.sort(rewards)[475]),
+    }
+    assert monitor.reward_stats(np.array([])) is None
+    assert monitor.relative_change(0.12, 0.30, 1.0) == pytest.approx(0.6)
+    assert monitor.relative_change(0.1, 0.0, 2.0) == pytest.approx(0.05)  # range when 0
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        monitor.relative_change(1.0, 1.0, 0.0)
+
+
+def test_selection_entropy_against_scipy() -> None:
+    rng = np.random.default_rng(5)
+    arms = [f"a{i}" for i in rng.integers(0, 4, 300)]
+    offered = [("a0", "a1", "a2", "a3", "a4")] * 300  # a4 offered, never chosen
+    entropy, maximum = monitor.selection_entropy(arms, offered)
+    counts = np.unique(arms, return_counts=True)[1]
+    assert entropy == pytest.approx(stats.entropy(counts))
+    assert maximum == pytest.approx(np.log(5))
+    assert monitor.selection_entropy([], []) == (0.0, 0.0)
+
+
+def test_arm_coverage_counts_the_uniform_share() -> None:
+    rows = monitor.arm_coverage(["a", "a"], [("a", "b"), ("a", "b", "c")])
+    assert rows == [
+        {"arm": "a", "chosen": 2, "uniform_share": pytest.approx(1 / 2 + 1 / 3)},
+        {"arm": "b", "chosen": 0, "uniform_share": pytest.approx(1 / 2 + 1 / 3)},
+        {"arm": "c", "chosen": 0, "uniform_share": pytest.approx(1 / 3)},
+    ]
+
+
+def test_correlations_against_scipy() -> None:
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((200, 3))
+    r = 0.8 * x[:, 0] + rng.standard_normal(200)
+    x[:, 2] = 1.0
+    out = monitor.correlations(x, r)
+    assert out[0] == pytest.approx(stats.pearsonr(x[:, 0], r).statistic)
+    assert out[1] == pytest.approx(stats.pearsonr(x[:, 1], r).statistic)
+    assert out[2] is None  # a constant feature has no correlation
+
+
+def _report(tmp_path: Path, status: str) -> Path:
+    checks = {name: {"status": "ok", "message": "fine"} for name in monitor.CHECKS}
+    checks["fallback_rate"] = {"status": status, "message": "9 of 10 decisions (90.0%) …"}
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"checks": checks, "window": {"end": END.isoformat()}}))
+    return path
+
+
+def test_check_raises_the_alert_with_its_message(tmp_path: Path) -> None:
+    path = _report(tmp_path, "alert")
+    with pytest.raises(monitor.MonitorAlert, match=r"fallback_rate: 9 of 10 decisions \(90.0%\)"):
+        monitor.check(path, "fallback_rate")
+    assert monitor.check(path, "reward_drift") == {"status": "ok", "message": "fine"}
+    with pytest.raises(ValueError, match="name must be one of reward_drift"):
+        monitor.check(path, "latency")
+
+
+def test_notify_sends_only_alerts_and_reports_an_unreachable_webhook(
+    tmp_path: Path, settings: PipelineSettings
+) -> None:
+    assert monitor.notify(_report(tmp_path, "alert"), settings) == {
+        "sent": False,
+        "alerts": {"fallback_rate": "9 of 10 decisions (90.0%) …"},
+    }  # no webhook configured
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hooked = settings.model_copy(update={"alert_webhook_url": f"http://127.0.0.1:{port}/x"})
+    assert monitor.notify(_report(tmp_path, "ok"), hooked)["sent"] is False  # nothing to send
+    with pytest.raises(RuntimeError, match=f"alert webhook http://127.0.0.1:{port}/x could not"):
+        monitor.notify(_report(tmp_path, "alert"), hooked, timeout_s=2.0)

@@ -1,0 +1,561 @@
+"""Health of the decision loop over the event store: the numbers behind ``bandit_monitor``.
+
+One report covers the week before ``end`` (``monitor_lookback_days``) and compares it with
+the week before that:
+
+* **reward drift** — mean, p5 and p95 of the reward, this week against last week; the
+  change is relative to last week's value (relative to the reward range when that value
+  is 0). Reward weeks end ``reward_window_s`` before ``end``: only decisions whose reward
+  window has closed count, so a re-run of the same hour gives the same numbers;
+* **feature drift** — PSI (or KL) of every context component and of every component of
+  the chosen arm's features against the histograms of the production model's training
+  window (logged with its registered version by ``training.steps.validate``), via
+  :func:`validation.expectations.drift_score`;
+* **selection entropy** — entropy of the chosen arms' frequencies divided by its maximum,
+  ``ln`` of the number of arms offered;
+* **arm coverage** — per arm, choices against its uniform share ``Σ_t 1[a ∈ C_t] / |C_t|``
+  (the choices a uniform policy would have made); arms whose uniform share is below
+  ``1 / coverage_min_ratio`` decisions are listed but not judged (too few to tell);
+* **propensity floor** — share of decisions logged with a propensity below the floor (the
+  inverse-propensity weights off-policy evaluation needs explode there);
+* **fallback rate** — share of decisions served by the fallback policy;
+* **feature–reward correlation** — Pearson correlation of each feature with the reward,
+  both weeks (reported, not judged).
+
+Served latency is not in the event store; the service exports it on ``/metrics``
+(``banditops_request_latency_seconds``).
+
+Each judged quantity is a *check* (:data:`CHECKS`) with a status ``ok``, ``alert`` or
+``skipped`` (not enough data, or no production model yet) and a message. The DAG fails
+one task per check in alert (:func:`check` raises :class:`MonitorAlert`) and posts the
+alerts to a webhook (:func:`notify`). The pure computations take arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from training.runspec import as_utc, run_folder
+from training.settings import PipelineSettings
+from training.steps import REFERENCE_ARTIFACT
+
+log = logging.getLogger(__name__)
+
+CHECKS = (
+    "reward_drift",
+    "feature_drift",
+    "selection_entropy",
+    "arm_coverage",
+    "propensity_floor",
+    "fallback_rate",
+)
+REPORT_FILE = "report.json"
+FIGURE_FILE = "report.png"
+
+
+class MonitorAlert(RuntimeError):
+    """A monitoring check in alert; the message says which quantity, its value and limit."""
+
+
+# ---------------------------------------------------------------------- pure numbers
+def reward_stats(rewards: NDArray[np.float64]) -> dict[str, float] | None:
+    """``n``, ``mean``, ``p5``, ``p95`` of ``rewards`` (n,); None when empty."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if r.size == 0:
+        return None
+    p5, p95 = np.quantile(r, [0.05, 0.95])
+    return {"n": float(r.size), "mean": float(r.mean()), "p5": float(p5), "p95": float(p95)}
+
+
+def relative_change(current: float, previous: float, scale: float) -> float:
+    """``|current − previous| / |previous|``, or ``/ scale`` when ``previous`` is 0."""
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0; got {scale!r}.")
+    base = abs(previous) if abs(previous) > 1e-12 * scale else scale
+    return abs(current - previous) / base
+
+
+def selection_entropy(
+    arm_ids: Sequence[str], candidate_ids: Sequence[Sequence[str]]
+) -> tuple[float, float]:
+    """``(H, H_max)``: entropy (nats) of the chosen arms' frequencies and ``ln`` of the
+    number of distinct arms offered."""
+    if len(arm_ids) == 0:
+        return 0.0, 0.0
+    counts = np.array(list(Counter(arm_ids).values()), dtype=np.float64)
+    p = counts / counts.sum()
+    offered = {a for ids in candidate_ids for a in ids}
+    return float(-(p * np.log(p)).sum()), math.log(max(len(offered), 1))
+
+
+def arm_coverage(
+    arm_ids: Sequence[str], candidate_ids: Sequence[Sequence[str]]
+) -> list[dict[str, Any]]:
+    """Per arm offered: ``chosen`` (count) and ``uniform_share`` (``Σ_t 1[a ∈ C_t]/|C_t|``),
+    sorted by arm id."""
+    share: Counter[str] = Counter()
+    for ids in candidate_ids:
+        for arm in ids:
+            share[arm] += 1.0 / len(ids)
+    chosen = Counter(arm_ids)
+    return [
+        {"arm": arm, "chosen": int(chosen.get(arm, 0)), "uniform_share": float(share[arm])}
+        for arm in sorted(share)
+    ]
+
+
+def correlations(features: NDArray[np.float64], rewards: NDArray[np.float64]) -> list[float | None]:
+    """Pearson correlation of each column of ``features`` (n, d) with ``rewards`` (n,);
+    None where either side is constant or fewer than 3 rows."""
+    x = np.asarray(features, dtype=np.float64)
+    r = np.asarray(rewards, dtype=np.float64)
+    out: list[float | None] = []
+    for j in range(x.shape[1]):
+        col = x[:, j]
+        keep = np.isfinite(col)
+        if keep.sum() < 3 or np.std(col[keep]) == 0 or np.std(r[keep]) == 0:
+            out.append(None)
+        else:
+            out.append(float(np.corrcoef(col[keep], r[keep])[0, 1]))
+    return out
+
+
+# ---------------------------------------------------------------------- the report
+def build_report(
+    end: datetime, run_key: str, settings: PipelineSettings | None = None
+) -> dict[str, Any]:
+    """Compute the report of the week before ``end``; write ``report.json`` and
+    ``report.png`` under ``<runs dir>/monitor/<run key>/``.
+
+    Returns
+    -------
+    dict
+        ``report`` and ``figure`` (paths) and ``alerts`` (names of the checks in alert).
+    """
+    from training.plots import plot_monitor_report
+
+    settings = PipelineSettings() if settings is None else settings
+    end = as_utc("end", end)
+    frame = _read_events(settings, end)
+    reference, production = production_reference(settings)
+    report = summarize(frame, end, settings, reference, production)
+    folder = run_folder(settings.runs_path / "monitor", run_key)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / REPORT_FILE
+    path.write_text(json.dumps(report, indent=2))
+    figure = plot_monitor_report(report, folder / FIGURE_FILE)
+    alerts = [name for name in CHECKS if report["checks"][name]["status"] == "alert"]
+    for name in CHECKS:
+        log.info("%s: %s", name, report["checks"][name]["message"])
+    return {"report": str(path), "figure": str(figure), "alerts": alerts}
+
+
+def _read_events(settings: PipelineSettings, end: datetime) -> Any:
+    from serving.store.engine import make_engine
+    from serving.store.replay import read_replay
+
+    window = timedelta(seconds=settings.reward_window_s)
+    lookback = timedelta(days=settings.monitor_lookback_days)
+    engine = make_engine(settings.store_url)
+    try:
+        return read_replay(
+            engine,
+            end - window - 2 * lookback,
+            end,
+            reward_window=window,
+            duplicate_rule=settings.duplicate_rule,
+            missing_reward=settings.missing_reward,
+            default_reward=settings.default_reward,
+            as_of=end + window,  # every decision before `end`, its reward as far as known
+        )
+    finally:
+        engine.dispose()
+
+
+def production_reference(
+    settings: PipelineSettings,
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The feature reference logged with the ``production`` version, and that version
+    (``(None, None)`` before the first promotion; ``(None, version)`` when it has none)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.tracking_uri, settings.model_name)
+    production = registry.by_alias("production")
+    if production is None:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=production.run_id,
+                artifact_path=REFERENCE_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=settings.tracking_uri,
+            )
+        except (MlflowException, OSError):
+            return None, production.version
+        return json.loads(Path(local).read_text()), production.version
+
+
+def summarize(
+    frame: Any,
+    end: datetime,
+    settings: PipelineSettings,
+    reference: Mapping[str, Any] | None,
+    production: str | None,
+) -> dict[str, Any]:
+    """The report dict from the events of :func:`read_replay` over both weeks.
+
+    ``frame`` needs the columns ``created_at``, ``context``, ``candidate_ids``,
+    ``candidate_features``, ``arm_id``, ``propensity``, ``fallback``, ``reward``.
+    """
+    lookback = timedelta(days=settings.monitor_lookback_days)
+    shift = timedelta(seconds=settings.reward_window_s)
+    created = frame["created_at"]
+    now = frame[(created >= end - lookback) & (created < end)]
+    reward_now = frame[(created >= end - shift - lookback) & (created < end - shift)]
+    reward_before = frame[
+        (created >= end - shift - 2 * lookback) & (created < end - shift - lookback)
+    ]
+    arms = [str(a) for a in now["arm_id"]]
+    candidates = [list(c) for c in now["candidate_ids"]]
+    report: dict[str, Any] = {
+        "window": {
+            "start": (end - lookback).isoformat(),
+            "end": end.isoformat(),
+            "reward_start": (end - shift - lookback).isoformat(),
+            "reward_end": (end - shift).isoformat(),
+        },
+        "rows": {
+            "current": len(now),
+            "reward_current": len(reward_now),
+            "reward_previous": len(reward_before),
+        },
+        "production_version": production,
+        "latency": "not in the event store: see banditops_request_latency_seconds on /metrics",
+    }
+    report["reward"] = _reward_section(reward_now, reward_before, settings)
+    report["feature_drift"] = _drift_section(now, end, settings, reference, production)
+    report["selection_entropy"] = _entropy_section(arms, candidates, settings)
+    report["arm_coverage"] = _coverage_section(arms, candidates, settings)
+    report["propensity"] = _propensity_section(now, settings)
+    report["fallback"] = _fallback_section(now, settings)
+    report["correlation"] = {
+        "current": _correlations(reward_now, end),
+        "previous": _correlations(reward_before, end),
+    }
+    report["checks"] = {
+        "reward_drift": report["reward"]["check"],
+        "feature_drift": report["feature_drift"]["check"],
+        "selection_entropy": report["selection_entropy"]["check"],
+        "arm_coverage": report["arm_coverage"]["check"],
+        "propensity_floor": report["propensity"]["check"],
+        "fallback_rate": report["fallback"]["check"],
+    }
+    return report
+
+
+def _check(status: str, message: str) -> dict[str, str]:
+    return {"status": status, "message": message}
+
+
+def _reward_section(now: Any, before: Any, settings: PipelineSettings) -> dict[str, Any]:
+    current = reward_stats(now["reward"].to_numpy(dtype=np.float64))
+    previous = reward_stats(before["reward"].to_numpy(dtype=np.float64))
+    limit = settings.reward_drift_max
+    section: dict[str, Any] = {"current": current, "previous": previous, "limit": limit}
+    if current is None or previous is None:
+        section["change"] = None
+        section["check"] = _check(
+            "skipped",
+            f"reward drift needs rewarded decisions in both weeks; got {len(now)} this week "
+            f"and {len(before)} the week before.",
+        )
+        return section
+    scale = settings.reward_max - settings.reward_min
+    change = {k: relative_change(current[k], previous[k], scale) for k in ("mean", "p5", "p95")}
+    section["change"] = change
+    over = {k: v for k, v in change.items() if v > limit}
+    if over:
+        parts = ", ".join(
+            f"{k} {previous[k]:.4g} → {current[k]:.4g} ({v:.0%})" for k, v in over.items()
+        )
+        section["check"] = _check(
+            "alert", f"reward drifted week over week by more than {limit:.0%}: {parts}."
+        )
+    else:
+        worst = max(change, key=lambda k: change[k])
+        section["check"] = _check(
+            "ok", f"reward change within {limit:.0%} (largest: {worst} {change[worst]:.1%})."
+        )
+    return section
+
+
+def _features(frame: Any, end: datetime, dim_user: int, dim_arm: int) -> Any:
+    """``frame`` with the numeric columns ``context_j`` and ``arm_feature_j``."""
+    from training.validate import STORE_COLUMNS
+    from validation.expectations import ReplaySuiteConfig, feature_frame
+
+    config = ReplaySuiteConfig(
+        dim_context=dim_user,
+        dim_arm=dim_arm,
+        window_start=end - timedelta(days=3650),
+        window_end=end + timedelta(days=1),
+        columns=STORE_COLUMNS,
+    )
+    return feature_frame(frame, config), config.feature_columns()
+
+
+def _dims(frame: Any) -> tuple[int, int]:
+    first_context = frame["context"].iloc[0]
+    first_features = frame["candidate_features"].iloc[0]
+    return len(first_context), len(first_features[0]) if len(first_features) else 0
+
+
+def _drift_section(
+    now: Any,
+    end: datetime,
+    settings: PipelineSettings,
+    reference: Mapping[str, Any] | None,
+    production: str | None,
+) -> dict[str, Any]:
+    from validation.expectations import drift_score
+
+    metric, limit = settings.feature_drift_metric, settings.feature_drift_max
+    section: dict[str, Any] = {"metric": metric, "threshold": limit, "scores": {}}
+    if reference is None:
+        why = (
+            "no production model yet"
+            if production is None
+            else (f"production version {production} has no feature reference")
+        )
+        section["check"] = _check("skipped", f"feature drift not computed: {why}.")
+        return section
+    if len(now) == 0:
+        section["check"] = _check("skipped", "feature drift not computed: no decisions this week.")
+        return section
+    dims = _dims(now)
+    expected = (int(reference["dim_user"]), int(reference["dim_arm"]))
+    if dims != expected:
+        section["check"] = _check(
+            "alert",
+            f"feature dimensions changed: (dim_user, dim_arm) {dims} this week, {expected} in "
+            f"the training window of production version {production}.",
+        )
+        return section
+    features, names = _features(now, end, *dims)
+    scores = {
+        name: drift_score(
+            features[name].to_numpy(dtype=np.float64),
+            reference["features"][name]["edges"],
+            reference["features"][name]["proportions"],
+            metric,
+        )
+        for name in names
+        if name in reference["features"]
+    }
+    section["scores"] = scores
+    over = {k: v for k, v in scores.items() if v > limit}
+    if over:
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(over.items(), key=lambda kv: -kv[1]))
+        section["check"] = _check(
+            "alert",
+            f"features drifted from the training window of production version {production} "
+            f"({metric} > {limit:g}): {parts}.",
+        )
+    else:
+        worst = max(scores, key=lambda k: scores[k])
+        section["check"] = _check(
+            "ok", f"feature drift {metric} ≤ {limit:g} (largest: {worst} {scores[worst]:.3f})."
+        )
+    return section
+
+
+def _entropy_section(
+    arms: list[str], candidates: list[list[str]], settings: PipelineSettings
+) -> dict[str, Any]:
+    entropy, maximum = selection_entropy(arms, candidates)
+    limit = settings.entropy_min_ratio
+    ratio = entropy / maximum if maximum > 0 else None
+    section: dict[str, Any] = {"entropy": entropy, "max": maximum, "ratio": ratio, "limit": limit}
+    if ratio is None:
+        section["check"] = _check(
+            "skipped", "selection entropy needs decisions among at least two arms."
+        )
+    elif ratio < limit:
+        section["check"] = _check(
+            "alert",
+            f"selection entropy {entropy:.3f} nats is {ratio:.0%} of its maximum {maximum:.3f} "
+            f"(ln of {round(math.exp(maximum))} arms offered), below {limit:.0%}.",
+        )
+    else:
+        section["check"] = _check(
+            "ok", f"selection entropy at {ratio:.0%} of its maximum (limit {limit:.0%})."
+        )
+    return section
+
+
+def _coverage_section(
+    arms: list[str], candidates: list[list[str]], settings: PipelineSettings
+) -> dict[str, Any]:
+    rows = arm_coverage(arms, candidates)
+    ratio = settings.coverage_min_ratio
+    judged = [r for r in rows if r["uniform_share"] * ratio >= 1.0]
+    starved = [r for r in judged if r["chosen"] < ratio * r["uniform_share"]]
+    section: dict[str, Any] = {
+        "arms": rows,
+        "limit": ratio,
+        "judged": len(judged),
+        "starved": [r["arm"] for r in starved],
+    }
+    if not judged:
+        section["check"] = _check(
+            "skipped",
+            f"arm coverage needs an arm with a uniform share of at least {1 / ratio:.0f} "
+            "decisions.",
+        )
+    elif starved:
+        parts = ", ".join(
+            f"{r['arm']} chosen {r['chosen']} times vs uniform share {r['uniform_share']:.1f}"
+            for r in starved
+        )
+        section["check"] = _check(
+            "alert",
+            f"{len(starved)} arms get less than {ratio:.0%} of their uniform share: {parts}.",
+        )
+    else:
+        section["check"] = _check(
+            "ok", f"all {len(judged)} judged arms get at least {ratio:.0%} of their uniform share."
+        )
+    return section
+
+
+def _propensity_section(now: Any, settings: PipelineSettings) -> dict[str, Any]:
+    floor, limit = settings.propensity_floor, settings.propensity_violation_max
+    p = now["propensity"].to_numpy(dtype=np.float64)
+    violations = int((p < floor).sum())
+    share = violations / p.size if p.size else None
+    section: dict[str, Any] = {
+        "floor": floor,
+        "violations": violations,
+        "violation_share": share,
+        "min": float(p.min()) if p.size else None,
+        "limit": limit,
+    }
+    if share is None:
+        section["check"] = _check("skipped", "no decisions this week.")
+    elif share > limit:
+        section["check"] = _check(
+            "alert",
+            f"{violations} of {p.size} decisions ({share:.1%}) were logged with a propensity "
+            f"below the floor {floor:g} (smallest {p.min():.3g}); at most {limit:.1%} allowed.",
+        )
+    else:
+        section["check"] = _check(
+            "ok", f"{share:.1%} of decisions below the propensity floor {floor:g}."
+        )
+    return section
+
+
+def _fallback_section(now: Any, settings: PipelineSettings) -> dict[str, Any]:
+    limit = settings.fallback_rate_max
+    flags = now["fallback"].to_numpy(dtype=bool)
+    rate = float(flags.mean()) if flags.size else None
+    section: dict[str, Any] = {
+        "served": int(flags.size),
+        "fallback": int(flags.sum()),
+        "rate": rate,
+        "limit": limit,
+    }
+    if rate is None:
+        section["check"] = _check("skipped", "no decisions this week.")
+    elif rate > limit:
+        section["check"] = _check(
+            "alert",
+            f"{int(flags.sum())} of {flags.size} decisions ({rate:.1%}) were served by the "
+            f"fallback policy; at most {limit:.1%} allowed.",
+        )
+    else:
+        section["check"] = _check("ok", f"fallback served {rate:.1%} of decisions.")
+    return section
+
+
+def _correlations(frame: Any, end: datetime) -> dict[str, float | None]:
+    if len(frame) < 3:
+        return {}
+    features, names = _features(frame, end, *_dims(frame))
+    values = correlations(
+        features[list(names)].to_numpy(dtype=np.float64), frame["reward"].to_numpy(np.float64)
+    )
+    return dict(zip(names, values, strict=True))
+
+
+# ---------------------------------------------------------------------- alerts
+def check(report_path: str | Path, name: str) -> dict[str, str]:
+    """The check ``name`` of a report; raises :class:`MonitorAlert` when it is in alert."""
+    if name not in CHECKS:
+        raise ValueError(f"name must be one of {', '.join(CHECKS)}; got {name!r}.")
+    report = json.loads(Path(report_path).read_text())
+    result: dict[str, str] = report["checks"][name]
+    if result["status"] == "alert":
+        raise MonitorAlert(f"{name}: {result['message']}")
+    log.info("%s %s: %s", name, result["status"], result["message"])
+    return result
+
+
+def notify(
+    report_path: str | Path, settings: PipelineSettings | None = None, timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """Post the report's alerts (JSON) to ``alert_webhook_url`` when it is set and there
+    are alerts; returns ``sent`` and the ``alerts`` (check name → message).
+
+    Raises
+    ------
+    RuntimeError
+        When the webhook cannot be reached or does not answer 2xx.
+    """
+    settings = PipelineSettings() if settings is None else settings
+    report = json.loads(Path(report_path).read_text())
+    alerts = {
+        name: report["checks"][name]["message"]
+        for name in CHECKS
+        if report["checks"][name]["status"] == "alert"
+    }
+    url = settings.alert_webhook_url
+    if not alerts or url is None:
+        return {"sent": False, "alerts": alerts}
+    body = json.dumps(
+        {
+            "source": "bandit_monitor",
+            "model_name": settings.model_name,
+            "window_end": report["window"]["end"],
+            "alerts": alerts,
+            "report": str(report_path),
+        }
+    ).encode()
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status = response.status
+    except (urllib.error.URLError, OSError) as exc:
+        raise RuntimeError(f"alert webhook {url} could not be reached: {exc}") from exc
+    if not 200 <= status < 300:
+        raise RuntimeError(f"alert webhook {url} answered {status}.")
+    return {"sent": True, "alerts": alerts}

@@ -1,0 +1,157 @@
+"""Manual alias moves (``bandit_promote``): what a promotion or rollback would do, and
+doing it once a person approved.
+
+:func:`plan_promotion` builds the report the approver reads (the move and the version's
+gate decision, reasons and OPE numbers); :func:`apply_promotion` moves the alias, with the
+approver and their comment in the registry's alias history, only if the alias is still
+where the report saw it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from training.runspec import check_bool
+from training.settings import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("production", "staging")
+
+
+def plan_promotion(
+    version: str | int | None,
+    target: str = "production",
+    rollback: bool = False,
+    settings: PipelineSettings | None = None,
+) -> dict[str, Any]:
+    """What a manual promotion (or rollback) would do, with the version's gate report.
+
+    Parameters
+    ----------
+    version : str, int or None
+        The version to promote; with ``rollback`` leave it empty (or give the version the
+        rollback returns to).
+    target : {"production", "staging"}
+        The alias to move.
+    rollback : bool
+        Move ``target`` back to the version it held before the current one.
+    settings : PipelineSettings, optional
+
+    Returns
+    -------
+    dict
+        ``action`` ("promote" / "rollback"), ``alias``, ``version`` (after), ``current``
+        (before), ``model_name``, ``gate_passed``, ``gate_reasons``, ``subject``, ``body``
+        (Markdown shown to the approver).
+
+    Raises
+    ------
+    ValueError
+        For a bad ``target``/``version``/``rollback``.
+    training.registry.RegistryError
+        For an unknown version, or nothing to roll back to.
+    """
+    from training.registry import ModelRegistry, RegistryError
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}.")
+    rollback = check_bool("rollback", rollback)
+    wanted = None if version is None or str(version).strip() == "" else str(version).strip()
+    if wanted is not None and not wanted.isdigit():
+        raise ValueError(f"version must be a registered version number; got {version!r}.")
+    if wanted is None and not rollback:
+        raise ValueError("version must be given unless rollback is true.")
+    settings = PipelineSettings() if settings is None else settings
+    registry = ModelRegistry(settings.tracking_uri, settings.model_name)
+    current = registry.by_alias(target)
+    if rollback:
+        if current is None:
+            raise RegistryError(f"nothing to roll back: {settings.model_name!r} has no @{target}.")
+        previous = current.tags.get(f"previous_{target}", "")
+        if not previous:
+            raise RegistryError(
+                f"version {current.version} is the first @{target} of {settings.model_name!r}; "
+                "there is no previous version to roll back to."
+            )
+        if wanted is not None and wanted != previous:
+            raise ValueError(
+                f"version must be empty or {previous} (the version a rollback of @{target} "
+                f"returns to); got {wanted}."
+            )
+        wanted = previous
+    elif current is not None and current.version == wanted:
+        raise ValueError(f"version {wanted} is already @{target}; nothing to promote.")
+    info = registry.get(wanted)
+    reasons = json.loads(info.tags.get("gate_reasons", "[]"))
+    action = "rollback" if rollback else "promote"
+    subject = (
+        f"{action} {settings.model_name} @{target}: "
+        f"{current.version if current else 'none'} → {wanted}"
+    )
+    lines = [
+        f"**{subject}**",
+        "",
+        f"- gate: {info.tags.get('gate_passed', 'not decided')}",
+        *[f"  - {r}" for r in reasons],
+        f"- training rows: {info.tags.get('rows', '?')}, run: {info.tags.get('run_key', '?')}",
+    ]
+    for key in ("ope.candidate.dr.value", "ope.candidate.dr.ci_low", "ope.production.dr.value"):
+        if key in info.metrics:
+            lines.append(f"- {key}: {info.metrics[key]:.6g}")
+    return {
+        "action": action,
+        "alias": target,
+        "version": wanted,
+        "current": current.version if current else None,
+        "model_name": settings.model_name,
+        "gate_passed": info.tags.get("gate_passed"),
+        "gate_reasons": reasons,
+        "subject": subject,
+        "body": "\n".join(lines),
+    }
+
+
+def apply_promotion(
+    plan: Mapping[str, Any],
+    approval: Mapping[str, Any],
+    settings: PipelineSettings | None = None,
+) -> dict[str, Any]:
+    """Carry out an approved plan of :func:`plan_promotion`.
+
+    ``approval`` is the approval task's result (``chosen_options``, ``responded_by_user``,
+    ``params_input``); it must say "Approve". The alias must still point where it did when
+    the plan was made, else nothing moves (someone else moved it while the approver read).
+
+    Returns
+    -------
+    dict
+        ``alias``, ``version`` (now), ``previous``, ``by``.
+    """
+    from training.registry import ModelRegistry, RegistryError
+
+    chosen = list(approval.get("chosen_options") or [])
+    if chosen != ["Approve"]:
+        raise ValueError(f"approval must have chosen ['Approve']; got {chosen!r}.")
+    settings = PipelineSettings() if settings is None else settings
+    user = approval.get("responded_by_user") or {}
+    by = str(user.get("name") or user.get("id") or "unknown approver")
+    comment = str((approval.get("params_input") or {}).get("comment") or "").strip()
+    reason = f"{plan['subject']} — approved by {by}" + (f": {comment}" if comment else "")
+    registry = ModelRegistry(settings.tracking_uri, plan["model_name"])
+    alias = plan["alias"]
+    now = registry.by_alias(alias)
+    if (now.version if now else None) != plan["current"]:
+        raise RegistryError(
+            f"@{alias} moved from {plan['current']} to {now.version if now else None} while "
+            "waiting for approval; nothing changed. Trigger the promotion again."
+        )
+    if plan["action"] == "rollback":
+        moved = registry.rollback(by=by, reason=reason, alias=alias)
+    else:
+        moved = registry.promote(plan["version"], by=by, reason=reason, alias=alias)
+    log.info("%s: @%s %s → %s", reason, alias, plan["current"], moved.version)
+    return {"alias": alias, "version": moved.version, "previous": plan["current"], "by": by}

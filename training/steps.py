@@ -1,0 +1,393 @@
+"""The nightly retrain as steps: one function per task of ``bandit_retrain``.
+
+Every step takes the run's spec (:class:`training.runspec.RunSpec`, as the dict it is in
+XCom) plus the small outputs of the steps before it (paths, versions, flags), reads and
+writes files only under the run folder, and overwrites its own outputs when retried. The
+registry makes the run idempotent: a run key registers at most one version, and a re-run
+neither re-decides its gate nor moves an alias a second time.
+
+``runspec.plan → extract → validate → train_network → rebuild → evaluate_offline →
+register_candidate → gate → promote``; :func:`training.pipeline.run_retrain` chains the
+same steps in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from training.runspec import RunSpec, aware
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+SUMMARY_FILE = "summary.json"
+REFERENCE_FILE = "feature_reference.json"
+#: Where the feature reference is logged with a registered version (read by the monitor).
+REFERENCE_ARTIFACT = "reference/" + REFERENCE_FILE
+
+
+# ---------------------------------------------------------------------- retrain steps
+def extract(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the run's replay window (``replay/replay.parquet`` + ``replay.json``).
+
+    Returns
+    -------
+    dict
+        ``manifest`` (path of ``replay.json``), ``path`` (Parquet), ``rows``,
+        ``rewarded_rows``, ``sha256``, ``window_start``, ``window_end``.
+    """
+    from training.replay import extract_replay
+
+    s = RunSpec.from_dict(spec)
+    start, end = s.window()
+    manifest = extract_replay(
+        s.store_url,
+        start,
+        end,
+        s.folder / "replay",
+        reward_window=timedelta(seconds=s.reward_window_s),
+        missing_reward=s.missing_reward,  # type: ignore[arg-type]
+        default_reward=s.default_reward,
+        as_of=aware("as_of", s.as_of),
+    )
+    log.info(
+        "run %s: %d replay rows (%d rewarded)", s.run_key, manifest.rows, manifest.rewarded_rows
+    )
+    return {
+        "manifest": str(Path(manifest.path).with_name("replay.json")),
+        "path": manifest.path,
+        "rows": manifest.rows,
+        "rewarded_rows": manifest.rewarded_rows,
+        "sha256": manifest.sha256,
+        "window_start": manifest.start,
+        "window_end": manifest.end,
+    }
+
+
+def validate(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the GX replay suite (data docs under ``gx_docs/``) and, when it passes, write the
+    feature reference the monitor compares later weeks with.
+
+    Raises
+    ------
+    validation.DataValidationError
+        Listing every failing expectation; nothing downstream runs.
+    """
+    import pandas as pd
+
+    from training.replay import ReplayManifest
+    from training.validate import STORE_COLUMNS, validate_features
+    from validation.expectations import ReplaySuiteConfig, reference_histograms
+
+    s = RunSpec.from_dict(spec)
+    manifest = ReplayManifest.read(replay["manifest"])
+    result = validate_features(
+        manifest,
+        s.folder / "gx_docs",
+        min_rows=s.min_rows,
+        reward_min=s.reward_min,
+        reward_max=s.reward_max,
+    )
+    config = ReplaySuiteConfig(
+        dim_context=manifest.dim_user,
+        dim_arm=manifest.dim_arm,
+        window_start=datetime.fromisoformat(manifest.start),
+        window_end=datetime.fromisoformat(manifest.end),
+        columns=STORE_COLUMNS,
+    )
+    histograms = reference_histograms(pd.read_parquet(manifest.path), config)
+    reference = s.folder / "reference" / REFERENCE_FILE
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    reference.write_text(
+        json.dumps(
+            {
+                "window_start": manifest.start,
+                "window_end": manifest.end,
+                "rows": manifest.rows,
+                "dim_user": manifest.dim_user,
+                "dim_arm": manifest.dim_arm,
+                "features": {
+                    name: {"edges": edges, "proportions": props}
+                    for name, (edges, props) in histograms.items()
+                },
+            },
+            indent=2,
+        )
+    )
+    return {
+        "success": result.success,
+        "evaluated": result.evaluated,
+        "docs_index": str(result.docs_index) if result.docs_index else None,
+        "metrics": result.to_metrics(),
+        "reference": str(reference),
+    }
+
+
+def train_network(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, Any]:
+    """Train the candidate on the window's first part (``train/``) and plot its curve.
+
+    Returns
+    -------
+    dict
+        ``state_path``, ``result`` (``train.json``), ``algorithm``, ``n_train``, ``n_holdout``.
+    """
+    from training.plots import plot_learning_curve
+    from training.train import RESULT_FILE, train
+
+    s = RunSpec.from_dict(spec)
+    result = train(replay["path"], s.train_config(), s.folder / "train")
+    plots = s.folder / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_learning_curve(result, plots / "learning_curve.png")
+    return {
+        "state_path": result.state_path,
+        "result": str(s.folder / "train" / RESULT_FILE),
+        "algorithm": result.algorithm,
+        "n_train": result.n_train,
+        "n_holdout": result.n_holdout,
+    }
+
+
+def rebuild(
+    spec: Mapping[str, Any], trained: Mapping[str, Any], replay: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Rebuild the Bayesian head on the final network (``rebuild/policy_state.npz``)."""
+    from training.train import rebuild_head
+
+    s = RunSpec.from_dict(spec)
+    state = rebuild_head(
+        trained["state_path"],
+        replay["path"],
+        s.folder / "rebuild" / "policy_state.npz",
+        s.train_config().holdout_fraction,
+    )
+    return {"state_path": str(state)}
+
+
+def evaluate_offline(
+    spec: Mapping[str, Any], rebuilt: Mapping[str, Any], replay: Mapping[str, Any]
+) -> dict[str, Any]:
+    """OPE (IPS, SNIPS, DR… with intervals) of the candidate and of production on the held-out
+    window, and the gate's decision (``evaluation/``).
+
+    The baseline is the current ``production`` version (the uniform fallback before the
+    first). When this run already registered its version, the baseline recorded then is
+    used again, so a re-run reaches the same decision.
+
+    Returns
+    -------
+    dict
+        ``summary`` (path of ``summary.json``: metrics, gate tags, reasons), ``passed``,
+        ``reasons``, ``baseline_version`` (None: the uniform fallback).
+    """
+    from training.evaluate import evaluate
+    from training.registry import ModelRegistry
+
+    s = RunSpec.from_dict(spec)
+    registry = ModelRegistry(s.tracking_uri, s.model_name)
+    existing = registry.find_by_run_key(s.run_key)
+    if existing is not None:
+        baseline = existing.tags.get("previous_production") or None
+    else:
+        current = registry.by_alias("production")
+        baseline = current.version if current else None
+    baseline_state = None
+    if baseline is not None:
+        baseline_state, _ = production_state(registry, s.folder / "production", version=baseline)
+    out = s.folder / "evaluation"
+    result = evaluate(
+        rebuilt["state_path"],
+        baseline_state,
+        replay["path"],
+        holdout_fraction=s.train_config().holdout_fraction,
+        rule=s.gate_rule(),
+        n_resamples=s.n_resamples,
+        seed=int(s.train.get("seed", 0)),
+        out_dir=out,
+    )
+    summary = {
+        "passed": bool(result.gate.promote),
+        "reasons": list(result.gate.reasons),
+        "tags": dict(result.gate.to_tags()),
+        "metrics": result.metrics(),
+        "baseline_version": baseline,
+    }
+    path = out / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2))
+    log.info(
+        "run %s: gate %s — %s",
+        s.run_key,
+        "passes" if summary["passed"] else "rejects",
+        " | ".join(summary["reasons"]),
+    )
+    return {
+        "summary": str(path),
+        "passed": summary["passed"],
+        "reasons": summary["reasons"],
+        "baseline_version": baseline,
+    }
+
+
+def register_candidate(
+    spec: Mapping[str, Any],
+    replay: Mapping[str, Any],
+    validated: Mapping[str, Any],
+    trained: Mapping[str, Any],
+    rebuilt: Mapping[str, Any],
+    evaluated: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Log the run to MLflow and register its policy as a version aliased ``candidate``.
+
+    At most one version per run key: a retried or re-run step returns the version
+    registered before (``created`` False) and registers nothing.
+
+    Returns
+    -------
+    dict
+        ``version``, ``model_name``, ``run_key``, ``created``, ``rows``, ``metrics`` (path of
+        ``metrics.json``).
+    """
+    from training.plots import plot_arm_coverage
+    from training.registry import ModelRegistry
+    from training.replay import ReplayManifest
+    from training.train import TrainResult
+
+    s = RunSpec.from_dict(spec)
+    manifest = ReplayManifest.read(replay["manifest"])
+    result = TrainResult.read(trained["result"])
+    summary = json.loads(Path(evaluated["summary"]).read_text())
+    metrics = {**result.metrics, **summary["metrics"], **validated["metrics"]}
+    metrics_path = s.folder / METRICS_FILE
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    plots = s.folder / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_arm_coverage(manifest.path, plots / "arm_coverage.png")
+    config = s.train_config()
+    registry = ModelRegistry(s.tracking_uri, s.model_name)
+    created = registry.find_by_run_key(s.run_key) is None
+    version = registry.register_candidate(
+        state_path=rebuilt["state_path"],
+        run_key=s.run_key,
+        params={
+            "algorithm": config.algorithm,
+            **{f"option.{k}": v for k, v in config.options.items()},
+            "window_start": manifest.start,
+            "window_end": manifest.end,
+            "seed": config.seed,
+            "holdout_fraction": config.holdout_fraction,
+            "min_rows": s.min_rows,
+            "n_resamples": s.n_resamples,
+        },
+        metrics=metrics,
+        tags={
+            "data_sha256": manifest.sha256,
+            "rows": str(manifest.rows),
+            "diagnostics": result.diagnostics,
+            "previous_production": summary["baseline_version"] or "",
+            **summary["tags"],
+        },
+        artifacts={
+            "gx_docs": s.folder / "gx_docs",
+            "plots": plots,
+            "evaluation": s.folder / "evaluation",
+            "replay_manifest": replay["manifest"],
+            "reference": validated["reference"],
+        },
+    )
+    log.info(
+        "run %s: %s version %s of %s",
+        s.run_key,
+        "registered" if created else "already registered",
+        version.version,
+        s.model_name,
+    )
+    return {
+        "version": version.version,
+        "model_name": s.model_name,
+        "run_key": s.run_key,
+        "created": created,
+        "rows": manifest.rows,
+        "metrics": str(metrics_path),
+    }
+
+
+def gate(
+    spec: Mapping[str, Any], registered: Mapping[str, Any], evaluated: Mapping[str, Any]
+) -> bool:
+    """Record the gate's decision on the version; move ``staging`` to it when it passed.
+
+    A decision is recorded once: a re-run returns the recorded one and moves nothing (a
+    later run may own ``staging`` by now).
+    """
+    from training.registry import ModelRegistry
+
+    s = RunSpec.from_dict(spec)
+    registry = ModelRegistry(s.tracking_uri, s.model_name)
+    version = registry.get(registered["version"])
+    recorded = version.tags.get("gate_passed")
+    if recorded == "false" or (recorded == "true" and _moved(registry, "staging", version.version)):
+        log.info("version %s: gate already decided (%s)", version.version, recorded)
+        return recorded == "true"
+    passed = registry.record_gate(
+        version.version, bool(evaluated["passed"]), list(evaluated["reasons"])
+    )
+    log.info("version %s: gate %s", version.version, "passed → staging" if passed else "rejected")
+    return passed
+
+
+def promote(spec: Mapping[str, Any], registered: Mapping[str, Any]) -> dict[str, Any]:
+    """Move ``production`` to a version whose gate passed, when the run has ``auto_promote``.
+
+    Once only: a re-run never moves ``production`` again (it may have been rolled back
+    on purpose since).
+
+    Returns
+    -------
+    dict
+        ``version``, ``promoted`` (whether ``production`` points at it because of this
+        run), ``reason``.
+    """
+    from training.registry import ModelRegistry
+
+    s = RunSpec.from_dict(spec)
+    registry = ModelRegistry(s.tracking_uri, s.model_name)
+    version = registry.get(registered["version"])
+    out = {"version": version.version, "promoted": False}
+    if not s.auto_promote:
+        return {**out, "reason": "auto_promote is off: the version waits for bandit_promote."}
+    if version.tags.get("gate_passed") != "true":
+        return {**out, "reason": "the gate did not pass."}
+    if _moved(registry, "production", version.version):
+        return {**out, "promoted": True, "reason": "promoted by an earlier try of this run."}
+    registry.promote(version.version, by=s.promoted_by, reason=f"gate passed in run {s.run_key}")
+    log.info("version %s promoted to production", version.version)
+    return {**out, "promoted": True, "reason": f"gate passed in run {s.run_key}"}
+
+
+# ---------------------------------------------------------------------- helpers
+def production_state(
+    registry: Any, dest: str | Path, version: str | None = None
+) -> tuple[Path | None, Any]:
+    """Download a version's policy state (default: the ``production`` one; None before the
+    first) into ``dest``; returns ``(state path, VersionInfo)``."""
+    import mlflow
+
+    from serving.models.contract import POLICY_STATE_PATH
+
+    info = registry.get(version) if version is not None else registry.by_alias("production")
+    if info is None:
+        return None, None
+    uri = registry.client.get_model_version_download_uri(registry.model_name, info.version)
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    return local / POLICY_STATE_PATH, info
+
+
+def _moved(registry: Any, alias: str, version: str) -> bool:
+    """Whether the history records ``alias`` being moved to ``version``."""
+    return any(m["alias"] == alias and m["version"] == version for m in registry.alias_history())
