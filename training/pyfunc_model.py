@@ -71,3 +71,21 @@ class PolicyModel(PythonModel):
 
 
 mlflow.models.set_model(PolicyModel())
+
+
+def example_table(contexts: Any, candidate_ids: Any, candidate_features: Any) -> pd.DataFrame:
+    """A candidate table (the ``predict`` input) for the given requests: an input example.
+
+    ``contexts`` (n, dim_user); ``candidate_ids`` n lists of ids; ``candidate_features``
+    n arrays of shape (K_i, dim_arm).
+    """
+    rows: list[dict[str, Any]] = []
+    for r, (ctx, ids, feats) in enumerate(
+        zip(contexts, candidate_ids, candidate_features, strict=True)
+    ):
+        for arm, feat in zip(ids, feats, strict=True):
+            row: dict[str, Any] = {"request_id": f"r{r}", "arm_id": str(arm)}
+            row.update({f"ctx_{j}": float(v) for j, v in enumerate(ctx)})
+            row.update({f"feat_{j}": float(v) for j, v in enumerate(feat)})
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -270,9 +270,14 @@ def register_candidate(
     config = s.train_config()
     registry = ModelRegistry(s.tracking_uri, s.model_name)
     created = registry.find_by_run_key(s.run_key) is None
+    from training.pyfunc_model import example_table
+    from training.replay import load_replay
+
+    head = load_replay(manifest.path).subset(slice(0, 2))
     version = registry.register_candidate(
         state_path=rebuilt["state_path"],
         run_key=s.run_key,
+        input_example=example_table(head.contexts, head.candidate_ids, head.candidate_features),
         params={
             "algorithm": config.algorithm,
             **{f"option.{k}": v for k, v in config.options.items()},
