@@ -66,6 +66,7 @@ class Registry:
         """Log and register a version whose artifacts hold ``state`` (or nothing)."""
         mlflow = self._mlflow
         mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)  # both: another test may have set the registry URI
         staged = self.root / f"stage-{seed}"
         staged.mkdir()
         artifacts = {}

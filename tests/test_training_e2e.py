@@ -36,8 +36,10 @@ pytestmark = [
 
 
 def _env() -> LogisticClickEnvironment:
+    # strong user × item interactions: a learnt policy beats the uniform logger by far
     return LogisticClickEnvironment.make(
-        np.random.default_rng(7), n_items=12, dim_user=4, dim_arm=3, n_candidates=6
+        np.random.default_rng(7), n_items=12, dim_user=4, dim_arm=3, n_candidates=6,
+        bias=-1.5, interaction_scale=2.5,
     )
 
 
@@ -47,6 +49,7 @@ def _settings(tmp_path: Path, store_url: str, tracking_uri: str, **extra: object
         database_url=store_url,
         mlflow_tracking_uri=tracking_uri,
         poll_interval_s=0.2,
+        seed=11,
         **extra,
     )  # type: ignore[arg-type]
 

@@ -13,11 +13,13 @@ service loads, see :mod:`serving.models.contract`); nothing is pickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,9 +186,8 @@ class ModelRegistry:
             load_policy(state_path)
         except Exception as exc:  # any failure to load means: refuse to register
             raise RegistryError(f"policy state {state_path} does not load: {exc}") from exc
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
         with (
+            fluent_uris(self.tracking_uri),
             tempfile.TemporaryDirectory() as tmp,
             mlflow.start_run(experiment_id=self._experiment_id(), run_name=run_key) as run,
         ):
@@ -224,7 +225,7 @@ class ModelRegistry:
         return self.get(version)
 
     def _verify_loadable(self, model_uri: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
+        with fluent_uris(self.tracking_uri), tempfile.TemporaryDirectory() as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
             try:
                 load_policy(local / POLICY_STATE_PATH)
@@ -325,6 +326,29 @@ class ModelRegistry:
         self.client.set_model_version_tag(self.model_name, current.version, "rolled_back_by", by)
         self.set_alias(alias, previous, by=by, reason=f"rollback from {current.version}: {reason}")
         return self.get(previous)
+
+
+@contextlib.contextmanager
+def fluent_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global (fluent) tracking and registry URIs at ``uri`` for the
+    duration, then put back exactly what was there (including "unset"): a registry object
+    must not redirect other code's MLflow calls."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():  # set_*_uri also export these variables
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _param(value: Any) -> str:

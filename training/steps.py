@@ -210,9 +210,10 @@ def evaluate_offline(
         seed=int(s.train.get("seed", 0)),
         out_dir=out,
     )
+    reasons = [str(r) for r in result.gate.reasons]
     summary = {
         "passed": bool(result.gate.promote),
-        "reasons": list(result.gate.reasons),
+        "reasons": reasons,
         "tags": dict(result.gate.to_tags()),
         "metrics": result.metrics(),
         "baseline_version": baseline,
@@ -223,7 +224,7 @@ def evaluate_offline(
         "run %s: gate %s — %s",
         s.run_key,
         "passes" if summary["passed"] else "rejects",
-        " | ".join(summary["reasons"]),
+        " | ".join(reasons),
     )
     return {
         "summary": str(path),
@@ -253,8 +254,9 @@ def register_candidate(
         ``metrics.json``).
     """
     from training.plots import plot_arm_coverage
+    from training.pyfunc_model import example_table
     from training.registry import ModelRegistry
-    from training.replay import ReplayManifest
+    from training.replay import ReplayManifest, load_replay
     from training.train import TrainResult
 
     s = RunSpec.from_dict(spec)
@@ -270,10 +272,7 @@ def register_candidate(
     config = s.train_config()
     registry = ModelRegistry(s.tracking_uri, s.model_name)
     created = registry.find_by_run_key(s.run_key) is None
-    from training.pyfunc_model import example_table
-    from training.replay import load_replay
-
-    head = load_replay(manifest.path).subset(slice(0, 2))
+    head = load_replay(manifest.path).subset(slice(0, 2))  # the model's input example
     version = registry.register_candidate(
         state_path=rebuilt["state_path"],
         run_key=s.run_key,
@@ -368,7 +367,7 @@ def promote(spec: Mapping[str, Any], registered: Mapping[str, Any]) -> dict[str,
     if version.tags.get("gate_passed") != "true":
         return {**out, "reason": "the gate did not pass."}
     if _moved(registry, "production", version.version):
-        return {**out, "promoted": True, "reason": "promoted by an earlier try of this run."}
+        return {**out, "promoted": True, "reason": "moved to production before; not again."}
     registry.promote(version.version, by=s.promoted_by, reason=f"gate passed in run {s.run_key}")
     log.info("version %s promoted to production", version.version)
     return {**out, "promoted": True, "reason": f"gate passed in run {s.run_key}"}
@@ -388,8 +387,10 @@ def production_state(
     if info is None:
         return None, None
     uri = registry.client.get_model_version_download_uri(registry.model_name, info.version)
-    mlflow.set_tracking_uri(registry.tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    from training.registry import fluent_uris
+
+    with fluent_uris(registry.tracking_uri):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     return local / POLICY_STATE_PATH, info
 
 
