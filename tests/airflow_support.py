@@ -71,6 +71,8 @@ THIRD_PARTY_WARNINGS = [
     "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
     # MLflow on the pyfunc model's DataFrame type hints (training/pyfunc_model.py)
     "ignore:.*Any type hint is inferred as AnyType:UserWarning",
+    # MLflow compares an input example's columns with a range (pandas 3 deprecates it)
+    "ignore:Operation with range is deprecated:DeprecationWarning",
 ]
 
 
@@ -146,7 +148,7 @@ KEEP = ("BANDITOPS_REQUIRE_SERVICES", "BANDITOPS_TEST_POSTGRES_URL", "BANDITOPS_
 
 
 @pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> AirflowSession:
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowSession]:
     """An Airflow home (SQLite metadata) being migrated and serialized by the real CLI,
     and the pipelines' ``BANDITOPS_*`` environment (registry, runs folder, 1 s reward
     window, one retry after 1 s)."""
@@ -184,7 +186,11 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> AirflowSession:
             stderr=subprocess.STDOUT,
             env=dict(os.environ),
         )
-    return session
+    try:
+        yield session
+    finally:
+        if session.setup is not None:  # no test needed the metadata DB after all
+            session.setup.wait(timeout=300)
 
 
 @pytest.fixture

@@ -158,4 +158,26 @@ def test_worse_candidate_is_registered_but_stops_at_the_gate(
     assert "lower bound" in version.tags["gate_reasons"]
     first = dagtools.version_of(first_retrain.run_id).version
     assert version.tags["previous_production"] == first  # evaluated against production
-    assert dagtools.registry().by_alias("staging").version == first
+    # neither the gate nor the run moved an alias to it (a person may, with bandit_promote)
+    automatic = [
+        (m["alias"], m["by"])
+        for m in dagtools.registry().alias_history()
+        if m["version"] == version.version and m["by"] != dagtools.REVIEWER
+    ]
+    assert automatic == [("candidate", "training")]
+
+
+def test_without_auto_promote_the_version_waits_in_staging(
+    first_retrain: Any, dagtools: Any, pipeline_env: Any
+) -> None:
+    registry = dagtools.registry()
+    production = registry.by_alias("production").version
+    # the same data and model as production: it passes only with a tolerance
+    conf = {**dagtools.GOOD_RUN, "auto_promote": False, "tolerance": 0.5}
+    run = dagtools.run_dag("bandit_retrain", conf)
+    assert run.state == "success", run.tasks
+    assert run.tasks["gate"] == "success" and run.tasks["promote"] == "skipped"
+    version = dagtools.version_of(run.run_id)
+    assert set(version.aliases) >= {"candidate", "staging"}
+    assert version.tags["gate_passed"] == "true"
+    assert registry.by_alias("production").version == production  # waits for bandit_promote

@@ -39,7 +39,7 @@ import math
 import tempfile
 import urllib.error
 import urllib.request
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -106,7 +106,7 @@ def arm_coverage(
 ) -> list[dict[str, Any]]:
     """Per arm offered: ``chosen`` (count) and ``uniform_share`` (``Σ_t 1[a ∈ C_t]/|C_t|``),
     sorted by arm id."""
-    share: Counter[str] = Counter()
+    share: defaultdict[str, float] = defaultdict(float)
     for ids in candidate_ids:
         for arm in ids:
             share[arm] += 1.0 / len(ids)

@@ -85,6 +85,8 @@ def plan_promotion(
         wanted = previous
     elif current is not None and current.version == wanted:
         raise ValueError(f"version {wanted} is already @{target}; nothing to promote.")
+    if wanted is None:  # unreachable: checked above; keeps the type narrow
+        raise ValueError("version must be given unless rollback is true.")
     info = registry.get(wanted)
     reasons = json.loads(info.tags.get("gate_reasons", "[]"))
     action = "rollback" if rollback else "promote"

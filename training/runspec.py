@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -292,6 +293,7 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
 
 # ---------------------------------------------------------------------- checks
 def aware(name: str, text: str) -> datetime:
+    """The timezone-aware ISO 8601 date-time ``text`` (field ``name``) in UTC."""
     try:
         value = datetime.fromisoformat(text)
     except (TypeError, ValueError) as exc:
@@ -300,6 +302,7 @@ def aware(name: str, text: str) -> datetime:
 
 
 def as_utc(name: str, value: Any) -> datetime:
+    """A timezone-aware datetime (field ``name``) as a plain UTC ``datetime``."""
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError(f"{name} must be a timezone-aware datetime; got {value!r}.")
     # a plain UTC datetime, also from a pendulum DateTime (Airflow's context values)
@@ -307,6 +310,7 @@ def as_utc(name: str, value: Any) -> datetime:
 
 
 def parse_date(name: str, text: Any) -> date:
+    """The ``YYYY-MM-DD`` date ``text`` (field ``name``)."""
     try:
         return date.fromisoformat(str(text))
     except ValueError as exc:
@@ -314,6 +318,7 @@ def parse_date(name: str, text: Any) -> date:
 
 
 def check_int(name: str, value: Any, low: int) -> int:
+    """An integer ≥ ``low`` (an integral float is accepted, as JSON forms send them)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -322,12 +327,14 @@ def check_int(name: str, value: Any, low: int) -> int:
 
 
 def check_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number; got {value!r}.")
+    """A finite number (not a bool) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}.")
     return float(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
+    """A real bool (``"yes"`` and 1 are refused)."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false; got {value!r}.")
     return value
