@@ -465,11 +465,14 @@ def plot_curves(reports: Sequence[EnvironmentReport], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 4.5), squeeze=False)
     for ax, report in zip(axes[0], reports, strict=True):
-        for s in summarise(report):
+        colours = plt.get_cmap("tab20").colors
+        for i, s in enumerate(summarise(report)):
             curves = np.array([r.curve for r in report.results if r.policy == s.policy])
             x = np.linspace(1, report.steps, curves.shape[1])
             mean = curves.mean(axis=0)
-            (line,) = ax.plot(x, mean, label=f"{s.policy} ({s.normalized_mean:.1f})")
+            style = "--" if s.policy in PEERS else "-"  # peers dashed
+            label = f"{s.policy} ({s.normalized_mean:.1f})"
+            (line,) = ax.plot(x, mean, style, color=colours[i % len(colours)], label=label)
             if curves.shape[0] > 1:
                 se = curves.std(axis=0, ddof=1) / math.sqrt(curves.shape[0])
                 ax.fill_between(x, mean - se, mean + se, color=line.get_color(), alpha=0.2)
