@@ -100,9 +100,10 @@ def _check_downdate(beta_last: FloatArray | float, sign: float) -> None:
 _SMALL_DIM = 64
 
 
-@functools.lru_cache(maxsize=32)
-def _strict_lower_ones(d: int) -> FloatArray:
-    out: FloatArray = np.tri(d, d, -1)
+@functools.lru_cache(maxsize=64)
+def _signed_strict_lower(d: int, sign: float) -> FloatArray:
+    """``−sign`` on the strict lower triangle, 0 elsewhere (read-only, cached)."""
+    out: FloatArray = np.tri(d, d, -1) * (-sign)
     out.setflags(write=False)
     return out
 
@@ -113,17 +114,24 @@ def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArra
     The new factor is ``N U`` with ``N = L̃⁻¹ = diag(s) + strict_tril(g pᵀ)``,
     ``s_j = √(β_{j−1}/β_j)`` and ``g_j = −sign · p_j / √(β_j β_{j−1})``: one small
     matrix built from two vectors and one BLAS product (d³ flops, but at d ≤ 64 the
-    product is cheaper than the extra numpy calls of the cumulative-sum form).
+    product is cheaper than the extra numpy calls of the cumulative-sum form). Every
+    temporary is updated in place: at this size each numpy call costs more than its
+    arithmetic.
     """
     d = x.shape[0]
     p = inv_chol @ x
-    beta = 1.0 + sign * np.cumsum(p * p)
+    beta = np.cumsum(p * p)
+    if sign < 0:
+        np.negative(beta, out=beta)
+    beta += 1.0
     if sign < 0:
         _check_downdate(float(beta[-1]), sign)
     beta_prev = np.concatenate(((1.0,), beta[:-1]))
-    scale = np.sqrt(beta_prev / beta)
-    n = np.multiply.outer((-sign / beta_prev) * p * scale, p)
-    n *= _strict_lower_ones(d)
+    root = beta_prev * beta
+    np.sqrt(root, out=root)
+    scale = beta_prev / root  # √(β_{j−1}/β_j)
+    n = np.multiply.outer(p / root, p)
+    n *= _signed_strict_lower(d, sign)
     n.flat[:: d + 1] = scale
     out: FloatArray = n @ inv_chol
     return out
