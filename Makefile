@@ -32,11 +32,15 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.catalog --items 100000 --k 100 --rps 100 --seconds 20 --json bench-results/catalog.json
 	$(BIN)/python -m benchmarks.artwork --steps 4000 --seeds 0,1,2 --json bench-results/artwork.json
 	$(BIN)/python -m benchmarks.obd --data-dir ../shared/data/obd --campaign men --n-boot 30 --n-sim 1000000 --json bench-results/obd_men.json
+	$(BIN)/python -m benchmarks.reliability --json bench-results/reliability.json
+	$(BIN)/python -m benchmarks.scale --rows 5000000 --json bench-results/scale.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check bandit_core
 	$(BIN)/mypy
+	# dependency audit: needs PyPI's or OSV's vulnerability API (an offline mirror skips every package)
+	$(BIN)/pip-audit --skip-editable --progress-spinner off
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

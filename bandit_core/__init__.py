@@ -18,12 +18,14 @@ from bandit_core.policies import (
     MCDropout,
     NeuralLinear,
     Policy,
+    PositionBias,
     SharedLinTS,
     SharedLinUCB,
     UniformRandom,
     make_policy,
     policy_from_state,
     policy_names,
+    revise_reward,
 )
 from bandit_core.slates import Slate, select_slate, slate_action_dist, slate_marginals
 from bandit_core.state import load_policy, load_state, save_policy, save_state
@@ -50,6 +52,7 @@ __all__ = [
     "NeuralLinear",
     "Policy",
     "PolicyState",
+    "PositionBias",
     "SharedLinTS",
     "SharedLinUCB",
     "Slate",
@@ -59,6 +62,7 @@ __all__ = [
     "make_policy",
     "policy_from_state",
     "policy_names",
+    "revise_reward",
     "save_policy",
     "save_state",
     "select_grouped",

@@ -138,8 +138,19 @@ def check_known_options(owner: str, given: Mapping[str, Any], known: Sequence[st
         )
 
 
+def refuse_complex(name: str, value: Any) -> None:
+    """Raise for complex input, which a float conversion would silently make real."""
+    try:
+        is_complex = bool(np.iscomplexobj(value))
+    except (TypeError, ValueError):  # ragged or odd input: the float conversion says why
+        return
+    if is_complex:
+        raise ValueError(f"{name} must hold real numbers; got complex values {_show(value)}.")
+
+
 def as_float_vector(name: str, value: Any, dim: int | None = None) -> FloatArray:
     """A finite 1-D float64 array (a copy when the input is not already one)."""
+    refuse_complex(name, value)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -158,6 +169,7 @@ def as_float_matrix(
     name: str, value: Any, n_cols: int | None = None, n_rows: int | None = None
 ) -> FloatArray:
     """A finite 2-D float64 array with the given number of columns (and rows)."""
+    refuse_complex(name, value)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:

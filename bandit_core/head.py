@@ -213,6 +213,30 @@ class BayesianLinearHead:
         self._check_head(head)
         self._update(x, r, head)
 
+    def revise(self, phi: Any, old_reward: Any, new_reward: Any, head: int = 0) -> None:
+        """Change the reward of an observation ``(φ, old)`` already learnt to ``new``.
+
+        The precision does not change (the same φ was observed once); ``b`` moves by
+        ``(new − old) φ`` and ``Σr²`` by ``new² − old²``, so the head equals one that
+        learnt ``(φ, new)`` in the first place. This is how a summed duplicate reward is
+        applied online. Exact only without discount or window (where the observation's
+        weight has changed or it may have left the window): those raise ``ValueError``.
+        """
+        cfg = self.config
+        if cfg.gamma < 1.0 or cfg.window is not None:
+            raise ValueError(
+                "revise needs a head without discount or window (gamma = 1, window = None); "
+                f"got gamma={cfg.gamma}, window={cfg.window}."
+            )
+        x = as_float_vector("phi", phi, self.dim)
+        old = as_finite_float("old_reward", old_reward)
+        new = as_finite_float("new_reward", new_reward)
+        self._check_head(head)
+        self.xty_[head] += (new - old) * x
+        self.yty_[head] += new * new - old * old
+        u = self.inv_chol_[head]
+        self.theta_[head] = u.T @ (u @ self.xty_[head])
+
     def _check_head(self, head: int) -> None:
         if not (0 <= int(head) < self.n_heads):
             raise ValueError(f"head must be an index in [0, {self.n_heads}); got {head}.")

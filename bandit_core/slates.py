@@ -28,7 +28,10 @@ Position bias: with ``position_slots = L`` every candidate's features get a one-
 position being filled appended, ``[x_arm ; e_j]`` (L extra columns), so a shared model
 with ``dim_arm = d + L`` learns one bias coefficient per position (and, with
 interactions, a per-position user term). Rewards are then learnt with the features of the
-position the item was shown at (:func:`with_position`).
+position the item was shown at (:func:`with_position`). A
+:class:`~bandit_core.policies.position.PositionBias` policy carries its own ``L``: every
+function here unwraps it and fills position j with its one-hot, so callers pass it like
+any other policy.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from bandit_core._validation import (
 )
 from bandit_core.exploration import sample_categorical
 from bandit_core.policies.base import check_candidates
+from bandit_core.policies.position import split_position, with_position
 from bandit_core.types import Candidates, Decision, DecisionBatch
 
 IntArray = NDArray[np.intp]
@@ -108,45 +112,23 @@ class Slate:
 
 
 # ---------------------------------------------------------------------- position features
-def with_position(features: Any, position: int, position_slots: int) -> FloatArray:
-    """``[x_arm ; e_position]``: candidate features with a position one-hot appended.
-
-    Parameters
-    ----------
-    features : array-like of shape (K, dim_arm) or (dim_arm,)
-    position : int in [0, position_slots)
-    position_slots : int
-        Width of the one-hot block (the longest slate the model knows).
-
-    Returns
-    -------
-    ndarray of shape (K, dim_arm + position_slots) (or (dim_arm + position_slots,))
-    """
-    validate_params(
-        "with_position",
-        {"position_slots": position_slots},
-        {"position_slots": Interval(int, 1, None)},
-    )
-    validate_params(
-        "with_position",
-        {"position": position},
-        {"position": Interval(int, 0, position_slots - 1)},
-    )
-    arr = np.asarray(features, dtype=np.float64)
-    if arr.ndim not in (1, 2):
-        raise ValueError(
-            f"features must be a (K, dim_arm) matrix or a (dim_arm,) vector; got shape {arr.shape}."
-        )
-    block = np.zeros((*arr.shape[:-1], position_slots))
-    block[..., position] = 1.0
-    out: FloatArray = np.concatenate([arr, block], axis=-1)
-    return out
-
-
 def _at_position(candidates: Candidates, position: int, slots: int | None) -> Candidates:
     if slots is None:
         return candidates
     return Candidates(candidates.ids, with_position(candidates.features, position, slots))
+
+
+def _unwrap(policy: Any, position_slots: int | None) -> tuple[Any, int | None]:
+    """A :class:`PositionBias` policy's inner model and slots; others as given."""
+    inner, slots = split_position(policy)
+    if slots is None:
+        return policy, position_slots
+    if position_slots is not None and position_slots != slots:
+        raise ValueError(
+            f"position_slots = {position_slots} contradicts the policy's own "
+            f"position_slots = {slots}; leave it out."
+        )
+    return inner, slots
 
 
 def _check_slate_args(
@@ -202,6 +184,7 @@ def select_slate(
     -------
     Slate
     """
+    policy, position_slots = _unwrap(policy, position_slots)
     x, cands = _check_slate_args(context, candidates, k, position_slots)
     rng = check_generator(rng)
     validate_params(
@@ -284,6 +267,7 @@ def slate_marginals(
     lower variance than counting the sampled item). The policy is called once per distinct
     set, through ``select_batch`` (which never records exposure).
     """
+    policy, position_slots = _unwrap(policy, position_slots)
     x, cands = _check_slate_args(context, candidates, k, position_slots)
     rng = check_generator(rng)
     validate_params(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ _HEADER = "__state__.json"
 
 
 def save_state(state: PolicyState, path: str | Path) -> Path:
-    """Write ``state`` to ``path`` (``.npz``); returns the path written."""
+    """Write ``state`` to ``path`` (``.npz``) atomically; returns the path written."""
     path = Path(path)
     for key in state.arrays:
         if key == _HEADER:
@@ -30,8 +32,17 @@ def save_state(state: PolicyState, path: str | Path) -> Path:
     }
     payload: dict[str, Any] = {_HEADER: np.array(json.dumps(header, sort_keys=True))}
     payload.update(state.arrays)
-    with path.open("wb") as fh:
-        np.savez(fh, **payload)
+    # write a temporary file beside it, make it durable, then rename it over ``path``: a
+    # process killed at any moment leaves the previous file or the new one, never half
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            np.savez(fh, **payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -26,12 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import multiprocessing as mp
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +42,7 @@ from rich.table import Table
 from sqlalchemy import update
 
 from bandit_core import make_policy, save_policy
-from benchmarks.serving_load import Connection, _free_port, _percentiles, _wait_ready
+from benchmarks.serving_load import Connection, _percentiles, serving_process, spawned
 from serving.catalog.index import CatalogIndex, IndexConfig
 from serving.catalog.retrieval import ExactRetriever
 from serving.catalog.store import CatalogStore, ItemInput, ItemRecord
@@ -218,9 +214,7 @@ def over_http(
         load_s = time.perf_counter() - started
         model = workdir / "policy.npz"
         warm_policy(seed, model)
-        port = _free_port()
         env = {
-            **os.environ,
             "BANDITOPS_DATABASE_URL": url,
             "BANDITOPS_MODEL_PATH": str(model),
             "BANDITOPS_WORKSPACE": str(workdir / "ws"),
@@ -228,33 +222,10 @@ def over_http(
             "BANDITOPS_CATALOG_INDEX": "hnsw",
             "BANDITOPS_NEW_ITEM_IMPRESSIONS": str(NEW_AFTER),
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "serving",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
-        log = (workdir / "service.log").open("wb")
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-        try:
-            started = time.perf_counter()
-            _wait_ready(port, proc, timeout=600)
+        started = time.perf_counter()
+        with serving_process(env, workdir / "service.log", ready_timeout=600) as (port, _):
             ready_s = time.perf_counter() - started
-            ctx = mp.get_context("spawn")
-            results = ctx.Queue()
-            gen = ctx.Process(target=_load_process, args=((port, rps, seconds, k, seed), results))
-            gen.start()
-            out: dict[str, Any] = results.get(timeout=seconds + 300)
-            gen.join(60)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(60)
-            log.close()
+            out = spawned(_load_process, (port, rps, seconds, k, seed), timeout=seconds + 300)
     return {**out, "store_load_s": load_s, "startup_s": ready_s}
 
 

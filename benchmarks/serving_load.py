@@ -232,6 +232,41 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0
 
 
 @contextlib.contextmanager
+def serving_process(
+    env: dict[str, str], log_path: Path, ready_timeout: float = 120.0
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``python -m serving serve`` on a free loopback port, with ``env`` added to this
+    process's environment and its output in ``log_path``; yields ``(port, process)`` once
+    ``/readyz`` answers 200, and stops it with SIGTERM (then SIGKILL after 60 s)."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "serving", "serve", "--port", str(port), "--log-level", "warning"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=log)
+        try:
+            _wait_ready(port, proc, ready_timeout)
+            yield port, proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def spawned(target: Any, args: tuple[Any, ...], timeout: float) -> Any:
+    """``target(args, queue)`` in a fresh (spawned) process; what it puts on the queue.
+    The load generator runs there, away from this process's interpreter lock."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=target, args=(args, results))
+    proc.start()
+    out = results.get(timeout=timeout)
+    proc.join(60)
+    return out
+
+
+@contextlib.contextmanager
 def _database(store: str, workdir: Path, postgres_url: str) -> Iterator[str]:
     if store == "sqlite":
         yield f"sqlite:///{workdir / 'events.db'}"
@@ -297,9 +332,7 @@ def run(
         env_model, _ = make_workload(seed, 0)
         model = warm_policy(env_model, seed, workdir / "policy.npz")
         with _database(store, workdir, postgres_url) as url:
-            port = _free_port()
             env = {
-                **os.environ,
                 "BANDITOPS_DATABASE_URL": url,
                 "BANDITOPS_MODEL_PATH": str(model),
                 "BANDITOPS_WORKSPACE": str(workdir / "ws"),
@@ -307,35 +340,14 @@ def run(
                 "BANDITOPS_SEED": str(seed),
                 "BANDITOPS_SQLITE_SYNCHRONOUS": sqlite_synchronous,
             }
-            cmd = [
-                sys.executable,
-                "-m",
-                "serving",
-                "serve",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
-            log = (workdir / "service.log").open("wb")
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
-            try:
-                _wait_ready(port, proc)
+            with serving_process(env, workdir / "service.log") as (port, proc):
                 cpu_before = _cpu_seconds(proc.pid)
-                ctx = mp.get_context("spawn")
-                results = ctx.Queue()
-                gen = ctx.Process(
-                    target=_generator_process,
-                    args=((port, token, rps, seconds, reward_share, seed), results),
+                out = spawned(
+                    _generator_process,
+                    (port, token, rps, seconds, reward_share, seed),
+                    timeout=seconds + 300,
                 )
-                gen.start()
-                out = results.get(timeout=seconds + 300)
                 cpu_after = _cpu_seconds(proc.pid)
-                gen.join(60)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
-                log.close()
             engine = make_engine(url)
             try:
                 events = EventStore(engine)

@@ -4,8 +4,10 @@
 `build_report` reads the last week of the event store (and the week before) and writes
 `report.json` and `report.png` under `<runs dir>/monitor/<run id>/`: reward mean / p5 /
 p95 week over week, feature drift (PSI or KL) against the production model's training
-window, selection entropy, arm coverage, propensity-floor violations, fallback rate and
-feature–reward correlations (`training.monitor`).
+window, selection entropy, arm coverage, propensity-floor violations, fallback rate,
+feature–reward correlations, and the served latency (p50/p99 of the decision endpoints,
+read from the service's Prometheus `/metrics` at `BANDITOPS_SERVICE_URL`, over the
+requests since the previous run; skipped when no URL is set) (`training.monitor`).
 
 One `check_<name>` task per check fails, with the numbers in its message, when that check
 is in alert; `notify` posts the alerts to `BANDITOPS_ALERT_WEBHOOK_URL` when it is set.

@@ -8,8 +8,17 @@ the run and nothing is registered) → `train_network` → `rebuild_head` → `e
 the candidate passes; otherwise the rest of the run is skipped) → `promote` (moves
 `production` only with `auto_promote`; otherwise the version waits for `bandit_promote`).
 
+With `shards` > 1 (default `BANDITOPS_RETRAIN_SHARDS`) the head rebuild and the offline
+evaluation are map-reduce rounds (`training.shards`): `plan_rebuild_shards` and
+`plan_evaluation_shards` cut the replay window; `shard_statistics` (one mapped task per
+training shard) encodes its rows with the frozen network and writes the additive head
+statistics, `rebuild_head` sums them; `shard_evaluation` (one per held-out shard) writes
+the mergeable OPE sums of candidate and production, `evaluate_offline` merges them
+(normal-approximation intervals) and gates. With `shards` = 1 the mapped tasks expand to
+nothing (skipped) and `rebuild_head` / `evaluate_offline` run the single-node steps.
+
 `plan_run` fixes the run spec (`training.runspec`); every other task is one call of
-`training.steps`; they pass the run spec, paths and versions
+`training.steps` or `training.shards`; they pass the run spec, paths and versions
 through XCom. Outputs live in `<runs dir>/<run id>/`; a retried task overwrites its own.
 Bad data or bad input (`ValueError`, the GX `DataValidationError`) fails at once without
 retries. Settings come from `BANDITOPS_*` (`training.settings.PipelineSettings`).
@@ -84,21 +93,58 @@ def train_network(spec: dict[str, Any], replay: dict[str, Any]) -> dict[str, Any
 
 
 @task
-def rebuild_head(
-    spec: dict[str, Any], trained: dict[str, Any], replay: dict[str, Any]
-) -> dict[str, Any]:
-    from training import steps
+def plan_rebuild_shards(
+    spec: dict[str, Any], replay: dict[str, Any], trained: dict[str, Any]
+) -> list[dict[str, Any]]:
+    from training import shards
 
-    return steps.rebuild(spec, trained, replay)
+    return shards.plan(spec, replay, "train", trained)
 
 
 @task
-def evaluate_offline(
-    spec: dict[str, Any], rebuilt: dict[str, Any], replay: dict[str, Any]
+def plan_evaluation_shards(
+    spec: dict[str, Any], replay: dict[str, Any], trained: dict[str, Any]
+) -> list[dict[str, Any]]:
+    from training import shards
+
+    return shards.plan(spec, replay, "holdout", trained)
+
+
+@task
+def shard_statistics(shard: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    from training import shards
+
+    return shards.shard_statistics(shard, trained["state_path"])
+
+
+@task
+def shard_evaluation(shard: dict[str, Any], rebuilt: dict[str, Any]) -> dict[str, Any]:
+    from training import shards
+
+    return shards.shard_evaluation(shard, rebuilt["state_path"], rebuilt["reward_model"])
+
+
+def _listed(parts: Any) -> list[dict[str, Any]]:
+    """The mapped outputs as a list (by index: iterating probes past the end)."""
+    return [parts[i] for i in range(len(parts))]
+
+
+@task(trigger_rule="none_failed")  # runs when the mapped shards expanded to nothing
+def rebuild_head(
+    spec: dict[str, Any], trained: dict[str, Any], replay: dict[str, Any], parts: Any
 ) -> dict[str, Any]:
     from training import steps
 
-    return steps.evaluate_offline(spec, rebuilt, replay)
+    return steps.rebuild(spec, trained, replay, _listed(parts))
+
+
+@task(trigger_rule="none_failed")
+def evaluate_offline(
+    spec: dict[str, Any], rebuilt: dict[str, Any], replay: dict[str, Any], parts: Any
+) -> dict[str, Any]:
+    from training import steps
+
+    return steps.evaluate_offline(spec, rebuilt, replay, _listed(parts))
 
 
 @task(outlets=[MODEL])
@@ -147,6 +193,7 @@ def promote(spec: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
     doc_md=__doc__,
     default_args={
         "owner": SETTINGS.owner,
+        "queue": SETTINGS.retrain_queue,
         "retries": SETTINGS.retries,
         "retry_delay": timedelta(seconds=SETTINGS.retry_delay_s),
         "retry_policy": NO_RETRY_ON_BAD_INPUT,
@@ -219,6 +266,13 @@ def promote(spec: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
             type="boolean",
             description="Move production to the version when its gate passes.",
         ),
+        "shards": Param(
+            SETTINGS.retrain_shards,
+            type="integer",
+            minimum=1,
+            description="Shards of the map-reduce head rebuild and offline evaluation "
+            "(1: single node).",
+        ),
     },
 )
 def bandit_retrain() -> None:
@@ -227,8 +281,12 @@ def bandit_retrain() -> None:
     validated = validate_features(spec, replay)
     trained = train_network(spec, replay)
     validated >> trained
-    rebuilt = rebuild_head(spec, trained, replay)
-    evaluated = evaluate_offline(spec, rebuilt, replay)
+    rebuild_shards = plan_rebuild_shards(spec, replay, trained)
+    evaluation_shards = plan_evaluation_shards(spec, replay, trained)
+    statistics = shard_statistics.partial(trained=trained).expand(shard=rebuild_shards)
+    rebuilt = rebuild_head(spec, trained, replay, statistics)
+    sums = shard_evaluation.partial(rebuilt=rebuilt).expand(shard=evaluation_shards)
+    evaluated = evaluate_offline(spec, rebuilt, replay, sums)
     registered = register_candidate(spec, replay, validated, trained, rebuilt, evaluated)
     gate(spec, registered, evaluated) >> promote(spec, registered)
 

@@ -5,20 +5,26 @@ Slates are filled position by position without replacement
 propensity (their product is the slate's probability) and, with
 ``marginal_draws > 0``, each shown item's marginal probability at its position (what
 position-wise off-policy evaluation needs). New catalog items among the candidates get
-the exploration floor of :class:`bandit_core.coldstart.ColdStartFloor`; with
-``position_slots`` the candidates carry a position one-hot (the model's position bias).
+the exploration floor of :class:`bandit_core.coldstart.ColdStartFloor`. A model that
+models position bias (:class:`bandit_core.PositionBias`, with its own ``position_slots``)
+sees every candidate with the one-hot of the position being filled; the floor goes
+between the position one-hot and the model, so its propensities stay exact.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core import Candidates, ColdStartFloor, Decision, select_slate
-from bandit_core.slates import with_position
+from bandit_core.policies.position import split_position, with_position
+from serving.inputs import DecisionInput
+from serving.store.records import DecisionRow
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,6 @@ class Choice:
 class ChoiceOptions:
     """How a request is decided beyond the policy itself (from settings and catalog)."""
 
-    position_slots: int = 0
     marginal_draws: int = 0
     max_states: int = 64
     new_ids: frozenset[str] = frozenset()
@@ -60,11 +65,10 @@ def choose(
 ) -> Choice:
     """``policy.select`` once, or a slate of ``k`` without replacement."""
     opts = options or ChoiceOptions()
-    selector = policy
+    selector, slots = split_position(policy)
     new_ids = opts.new_ids.intersection(candidates.ids)
     if new_ids:
-        selector = ColdStartFloor(policy, opts.new_p_min, new_ids, opts.new_max_share)
-    slots = opts.position_slots or None
+        selector = ColdStartFloor(selector, opts.new_p_min, new_ids, opts.new_max_share)
     if k is None:
         if slots is not None:
             candidates = Candidates(candidates.ids, with_position(candidates.features, 0, slots))
@@ -85,4 +89,42 @@ def choose(
         tuple(int(i) for i in slate.ranking),
         tuple(float(p) for p in slate.propensities),
         None if marginal is None else tuple(float(p) for p in marginal),
+    )
+
+
+def decision_row(
+    inp: DecisionInput,
+    choice: Choice,
+    *,
+    fallback: bool,
+    model_version: str | None,
+    user_hash: str | None,
+    traffic: str,
+    count_impressions: bool,
+    **extra: Any,
+) -> DecisionRow:
+    """The log row of a choice: a new event id, now, the candidates and the decision
+    (with its slate when there is one); ``extra`` adds the retrieval or group fields."""
+    d = choice.decision
+    return DecisionRow(
+        event_id=uuid.uuid4().hex,
+        created_at=datetime.now(UTC),
+        user_hash=user_hash,
+        context=inp.context,
+        candidate_ids=inp.candidates.ids,
+        candidate_features=inp.candidates.features,
+        chosen=d.arm,
+        propensity=d.propensity,
+        probabilities=np.asarray(d.probabilities, dtype=np.float64),
+        scores=np.asarray(d.scores, dtype=np.float64),
+        policy=d.policy,
+        model_version=None if fallback else model_version,
+        traffic=traffic,
+        fallback=fallback,
+        explored=bool(d.explored),
+        ranking=choice.ranking,
+        slate_propensities=choice.slate_propensities,
+        position_propensities=choice.position_propensities,
+        count_impressions=count_impressions,
+        **extra,
     )

@@ -11,11 +11,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import numpy as np
-
+from serving.decide import decision_row
 from serving.inputs import (
     DecisionInput,
     InputError,
@@ -72,33 +70,23 @@ async def decide_grouped(
             context, _in_group(where, candidate_set, group.variants, settings.max_candidates)
         )
         if model is not None:
-            _in_group(where, check_signature, inp, model.signature, settings.position_slots)
+            _in_group(where, check_signature, inp, model.signature)
         inputs.append(inp)
     request_id = uuid.uuid4().hex
     rows: list[DecisionRow] = []
     for group, inp in zip(req.groups, inputs, strict=True):
         choice, fallback = service.choose_for(model, inp, None)
-        d = choice.decision
         rows.append(
-            DecisionRow(
-                event_id=uuid.uuid4().hex,
-                created_at=datetime.now(UTC),
-                user_hash=user_hash,
-                context=inp.context,
-                candidate_ids=inp.candidates.ids,
-                candidate_features=inp.candidates.features,
-                chosen=d.arm,
-                propensity=d.propensity,
-                probabilities=np.asarray(d.probabilities, dtype=np.float64),
-                scores=np.asarray(d.scores, dtype=np.float64),
-                policy=d.policy,
-                model_version=None if fallback or model is None else model.version,
-                traffic=traffic,
+            decision_row(
+                inp,
+                choice,
                 fallback=fallback,
-                explored=bool(d.explored),
+                model_version=None if model is None else model.version,
+                user_hash=user_hash,
+                traffic=traffic,
+                count_impressions=service.catalog.has_items,
                 request_id=request_id,
                 group_id=group.id,
-                count_impressions=service.catalog.has_items,
             )
         )
     await asyncio.gather(*(service.log_decision(row) for row in rows))

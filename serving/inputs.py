@@ -88,23 +88,16 @@ def candidate_set(candidates: Sequence[Candidate], max_candidates: int) -> Candi
     return Candidates(tuple(c.id for c in candidates), flat.reshape(len(candidates), width))
 
 
-def check_signature(inp: DecisionInput, signature: Signature, position_slots: int = 0) -> None:
-    """The context and candidate widths the served model expects (with ``position_slots``
-    the model's arm features are the candidate's plus a position one-hot)."""
+def check_signature(inp: DecisionInput, signature: Signature) -> None:
+    """The context and candidate widths the served model expects (a position-aware model
+    adds its position one-hot itself: requests carry the item features only)."""
     du = signature.dim_user
     if du is not None and inp.context.shape[0] != du:
         raise InputError(
             ("body", "context"),
             f"context must have {du} features for the served model; got {inp.context.shape[0]}.",
         )
-    da = signature.dim_arm
-    if position_slots and da > 0 and da <= position_slots:
-        raise InputError(
-            ("body", "candidates"),
-            f"the served model has {da} arm features, but BANDITOPS_POSITION_SLOTS = "
-            f"{position_slots} needs more than that (features + position one-hot).",
-        )
-    width = da - position_slots if da > 0 else 0
+    width = signature.dim_arm
     if width > 0 and inp.candidates.dim != width:
         raise InputError(
             ("body", "candidates", 0, "features"),
@@ -114,16 +107,17 @@ def check_signature(inp: DecisionInput, signature: Signature, position_slots: in
 
 
 def check_slate(k: int | None, n_candidates: int, max_slate: int, position_slots: int = 0) -> None:
+    """``k`` fits the candidates, ``max_slate`` and a position-aware model's slots."""
     if k is None:
         return
     limit = min(n_candidates, max_slate)
     if position_slots:
         limit = min(limit, position_slots)
     if k > limit:
+        slots = f" and the served model's {position_slots} position slots" if position_slots else ""
         raise InputError(
             ("body", "k"),
-            f"k must be at most {limit} (the number of candidates, at most "
-            f"{max_slate}{f' and the {position_slots} position slots' if position_slots else ''}); "
+            f"k must be at most {limit} (the number of candidates, at most {max_slate}{slots}); "
             f"got {k}.",
         )
 

@@ -88,6 +88,48 @@ class ServiceMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         )
+        self.model_load_failures = Counter(
+            "banditops_model_load_failures",
+            "Polls that kept the served version: source unreachable, version not loadable, "
+            "or its feature dimensions not those served",
+            ["reason"],
+            registry=reg,
+        )
+        self.store_degraded = Gauge(
+            "banditops_store_degraded",
+            "1 while the event store is unreachable and events go to the local journal",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self.store_outages = Counter(
+            "banditops_store_outages", "Times the event store became unreachable", registry=reg
+        )
+        self.journal_events = Gauge(
+            "banditops_journal_events",
+            "Events in the local journal, not yet in the event store",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.journal_bytes = Gauge(
+            "banditops_journal_bytes",
+            "Size of the local journal",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self.journal_appended = Counter(
+            "banditops_journal_appended", "Events written to the local journal", registry=reg
+        )
+        self.journal_drained = Counter(
+            "banditops_journal_drained",
+            "Journaled events copied into the event store",
+            registry=reg,
+        )
+        self.journal_fsync_seconds = Histogram(
+            "banditops_journal_fsync_seconds",
+            "Duration of one journal append (write and fsync)",
+            buckets=_LATENCY_BUCKETS,
+            registry=reg,
+        )
         self._arms: set[str] = set()
         self._model_labels: set[tuple[str, str, str]] = set()
 
@@ -102,6 +144,22 @@ class ServiceMetrics:
     def observe_batch(self, n_items: int, seconds: float) -> None:
         self.batch_size.observe(n_items)
         self.commit_seconds.observe(seconds)
+
+    def set_degraded(self, degraded: bool) -> None:
+        self.store_degraded.set(1 if degraded else 0)
+        if degraded:
+            self.store_outages.inc()
+
+    def on_journal_append(self, n: int, seconds: float, events: int, size: int) -> None:
+        self.journal_appended.inc(n)
+        self.journal_fsync_seconds.observe(seconds)
+        self.journal_events.set(events)
+        self.journal_bytes.set(size)
+
+    def on_journal_drain(self, n: int, events: int, size: int) -> None:
+        self.journal_drained.inc(n)
+        self.journal_events.set(events)
+        self.journal_bytes.set(size)
 
     def set_models(self, served: Iterable[tuple[str, str, str]], fallback: bool) -> None:
         """Mark ``(role, version, policy)`` triples as serving (others go to 0: label

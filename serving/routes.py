@@ -124,15 +124,36 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get(
-    "/readyz", responses={503: {"description": "No model or fallback ready yet."}}, tags=["ops"]
+    "/readyz",
+    responses={
+        503: {
+            "description": "No model or fallback ready yet, or the event store is "
+            "unreachable and the local journal cannot take more events."
+        }
+    },
+    tags=["ops"],
 )
 async def readyz(request: Request, response: Response) -> dict[str, object]:
-    """200 once a model or the fallback is ready to serve, 503 before."""
+    """200 once a model or the fallback is ready to serve, 503 before.
+
+    While the event store is unreachable the status is ``degraded`` and the code stays
+    200: decisions and rewards are still answered (acknowledged once fsynced in the
+    local journal), so a load balancer should keep sending traffic; alert on
+    ``banditops_store_degraded`` instead. 503 (``unavailable``) when the journal cannot
+    take more events either.
+    """
     service = service_of(request)
     if not service.ready:
         response.status_code = 503
         return {"status": "starting"}
-    return {"status": "ready", "fallback_active": service.model_info().fallback_active}
+    fallback = service.model_info().fallback_active
+    store = service.store_status()
+    if not store["accepting"]:
+        response.status_code = 503
+        return {"status": "unavailable", "fallback_active": fallback, **store}
+    if store["degraded"]:
+        return {"status": "degraded", "fallback_active": fallback, **store}
+    return {"status": "ready", "fallback_active": fallback}
 
 
 @router.get("/metrics", tags=["ops"])

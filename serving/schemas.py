@@ -149,7 +149,11 @@ class RewardRequest(_Strict):
     event_id: EventId
     reward: FiniteFloat
     position: int | None = Field(
-        default=None, ge=0, strict=True, description="Slate position rewarded (default 0)."
+        default=None,
+        ge=0,
+        strict=True,
+        description="Slate position rewarded (default 0): the item shown there learns the "
+        "reward, with that position's bias term when the model has one.",
     )
     timestamp: AwareDatetime | None = Field(
         default=None, description="When the reward happened (default: when received)."
@@ -180,3 +184,11 @@ class ModelInfo(BaseModel):
     production: ServedModelInfo | None
     candidate: ServedModelInfo | None
     candidate_share: float
+    load_failures: int = Field(
+        0, description="Polls that kept the served version (source unreachable, bad version)."
+    )
+    last_load_error: str | None = Field(None, description="Why the last such poll failed.")
+    store_degraded: bool = Field(
+        False, description="The event store is unreachable; events go to the local journal."
+    )
+    journal_events: int = Field(0, description="Journaled events not yet in the event store.")

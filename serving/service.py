@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,12 +25,13 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
-from bandit_core.slates import with_position
+from bandit_core.policies.position import update_at
 from serving.catalog.index import Retrieved
 from serving.catalog.runtime import CatalogService
-from serving.decide import Choice, ChoiceOptions, choose
+from serving.decide import Choice, ChoiceOptions, choose, decision_row
 from serving.identity import CANDIDATE, hash_user, route
 from serving.inputs import (
     DecisionInput,
@@ -49,6 +49,7 @@ from serving.models.loader import ModelLoader
 from serving.models.served import ServedModel, ServingSet
 from serving.models.sources import FileModelSource, ModelSource
 from serving.models.state_io import state_to_bytes
+from serving.replica_sync import ReplicaSync, replica_name
 from serving.schemas import (
     Candidate,
     DecisionRequest,
@@ -62,6 +63,7 @@ from serving.settings import Settings
 from serving.snapshots import Snapshotter
 from serving.store import records
 from serving.store.engine import make_engine
+from serving.store.journal import DrainReport, Journal, stored_decision
 from serving.store.migrate import require_current
 from serving.store.records import DecisionRow, RewardOutcome, RewardRow
 from serving.store.repository import EventStore, StoredDecision, write_events
@@ -87,11 +89,13 @@ class StoreUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class LearnInput:
-    """What a head needs to learn from a reward of a decision."""
+    """What a head needs to learn from a reward of a decision: the item shown at
+    ``position`` (a position-aware model adds that position's one-hot)."""
 
     context: NDArray[np.float64]
     arm_id: str
     arm_features: NDArray[np.float64]
+    position: int = 0
 
 
 def _why_not_applicable(late: bool, decision: StoredDecision, served: ServingSet) -> str | None:
@@ -150,12 +154,36 @@ class DecisionService:
         self.rng = rng if rng is not None else np.random.default_rng(settings.seed)
         self.fallback = FallbackPolicy(settings.fallback_policy, settings.fallback_epsilon)
         self.salt = settings.resolve_salt()
+        self.journal: Journal | None = None
+        if settings.journal:
+            self.journal = Journal(
+                settings.journal_path,
+                settings.journal_max_bytes,
+                exclusive=settings.workers == 1,
+                ledger_size=settings.decision_cache_size,
+                observer=metrics,
+            )
+        # rewards a head learnt from that are journaled, not yet in the store, per version
+        self._unsynced: dict[str, int] = {}
+        self.replicas: ReplicaSync | None = None
+        if settings.replica_sync_s > 0:  # several replicas: apply the others' rewards
+            self.replicas = ReplicaSync(
+                self.store,
+                replica_name(settings.replica_id),
+                settings.replica_sync_s,
+                settings.replica_sync_horizon_s,
+                hold=lambda: bool(self._unsynced),
+            )
         self.writer: GroupCommitWriter[Any, Any] = GroupCommitWriter(
             engine,
-            write_events,
+            write_events if self.replicas is None else self.replicas.claiming(write_events),
             max_batch=settings.writer_max_batch,
             on_committed=self._on_committed,
             on_batch=metrics.observe_batch,
+            spool=self.journal,
+            on_drained=self._on_drained,
+            on_degraded=metrics.set_degraded,
+            probe_s=settings.store_probe_s,
         )
         self.loader = ModelLoader(
             source,
@@ -163,22 +191,32 @@ class DecisionService:
             settings.poll_interval_s,
             settings.candidate_share,
             on_swap=self._on_swap,
+            expected_dim_user=settings.model_dim_user,
+            expected_dim_arm=settings.model_dim_arm,
+            on_failure=lambda reason, _msg: metrics.model_load_failures.labels(reason).inc(),
         )
         self.snapshots = Snapshotter(
             self._commit,
             settings.snapshot_every_rewards,
             settings.snapshot_every_s,
-            enabled=settings.workers == 1,  # several workers rebuild from the store
+            # several workers or synced replicas rebuild from the store
+            enabled=settings.workers == 1 and self.replicas is None,
+            hold=lambda model: self._unsynced.get(model.version, 0) > 0,
         )
         self.catalog = CatalogService(engine, settings)
         self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self._blas: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: ServiceMetrics) -> DecisionService:
-        engine = make_engine(settings.store_url, settings.sqlite_synchronous)
+        engine = make_engine(
+            settings.store_url,
+            settings.sqlite_synchronous,
+            connect_timeout_s=settings.store_connect_timeout_s,
+        )
         require_current(engine)
         return cls(settings, engine, build_source(settings), metrics)
 
@@ -186,10 +224,15 @@ class DecisionService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._blas = threadpool_limits(limits=1)
+        if self.journal is not None:  # events of a run that ended degraded go first
+            await asyncio.to_thread(self.journal.recover, self.engine)
+            self.journal.open()
         await self.catalog.start()
         self.writer.start()
         self.loader.start()
         self._timer = asyncio.create_task(self.snapshots.timer(self._served_models))
+        if self.replicas is not None:
+            self._sync_task = asyncio.create_task(self.replicas.run(self._served_models))
 
     async def stop(self) -> None:
         """Stop polling, snapshot every head with unsaved rewards, commit, close."""
@@ -197,9 +240,16 @@ class DecisionService:
         await self.catalog.stop()
         if self._timer is not None:
             self._timer.cancel()
-        await self.snapshots.dirty(self._served_models())
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+        try:
+            await self.snapshots.dirty(self._served_models())
+        except StoreUnavailableError as exc:  # the heads recover from the store later
+            log.warning("no final snapshot: %s", exc)
         await self.snapshots.drain()
         await asyncio.to_thread(self.writer.close)
+        if self.journal is not None:
+            self.journal.close()
         self.engine.dispose()
         if self._blas is not None:
             self._blas.restore_original_limits()
@@ -261,34 +311,24 @@ class DecisionService:
                 cast(list[Candidate], req.candidates), settings.max_candidates
             )
         inp = DecisionInput(context, candidates)
+        slots = 0
         if model is not None:
-            check_signature(inp, model.signature, settings.position_slots)
-        check_slate(req.k, len(inp.candidates), settings.max_slate, settings.position_slots)
+            check_signature(inp, model.signature)
+            slots = model.signature.position_slots
+        check_slate(req.k, len(inp.candidates), settings.max_slate, slots)
         choice, fallback = self.choose_for(model, inp, req.k)
         d = choice.decision
-        row = DecisionRow(
-            event_id=uuid.uuid4().hex,
-            created_at=datetime.now(UTC),
-            user_hash=user_hash,
-            context=inp.context,
-            candidate_ids=inp.candidates.ids,
-            candidate_features=inp.candidates.features,
-            chosen=d.arm,
-            propensity=d.propensity,
-            probabilities=np.asarray(d.probabilities, dtype=np.float64),
-            scores=np.asarray(d.scores, dtype=np.float64),
-            policy=d.policy,
-            model_version=None if fallback or model is None else model.version,
-            traffic=traffic,
+        row = decision_row(
+            inp,
+            choice,
             fallback=fallback,
-            explored=bool(d.explored),
-            ranking=choice.ranking,
-            slate_propensities=choice.slate_propensities,
-            position_propensities=choice.position_propensities,
+            model_version=None if model is None else model.version,
+            user_hash=user_hash,
+            traffic=traffic,
+            count_impressions=self.catalog.has_items,
             catalog_seq=None if retrieved is None else retrieved.catalog_seq,
             candidate_versions=None if retrieved is None else retrieved.versions,
             retrieval=None if retrieved is None else retrieved.summary,
-            count_impressions=self.catalog.has_items,
         )
         await self.log_decision(row)
         ids = inp.candidates.ids
@@ -328,7 +368,6 @@ class DecisionService:
         """The model's choice, or the fallback's when there is no model or it fails."""
         settings = self.settings
         options = ChoiceOptions(
-            position_slots=settings.position_slots,
             marginal_draws=settings.slate_marginal_draws,
             max_states=settings.slate_max_states,
             new_ids=self.catalog.new_ids(inp.candidates.ids),
@@ -343,16 +382,7 @@ class DecisionService:
             except Exception:
                 log.exception("model %s failed; the fallback decides", model.version)
                 self.metrics.model_errors.inc()
-        fallback_options = ChoiceOptions(
-            marginal_draws=options.marginal_draws,
-            max_states=options.max_states,
-            new_ids=options.new_ids,
-            new_p_min=options.new_p_min,
-            new_max_share=options.new_max_share,
-        )
-        return choose(
-            self.fallback, inp.context, inp.candidates, self.rng, k, fallback_options
-        ), True
+        return choose(self.fallback, inp.context, inp.candidates, self.rng, k, options), True
 
     async def log_decision(self, row: DecisionRow) -> None:
         """Commit a decision, remember it for its rewards, count it."""
@@ -368,19 +398,7 @@ class DecisionService:
         size = self.settings.decision_cache_size
         if size == 0:
             return
-        self._cache[row.event_id] = StoredDecision(
-            event_id=row.event_id,
-            created_at=row.created_at,
-            context=row.context,
-            arm_id=row.arm_id,
-            arm_features=row.candidate_features[row.chosen].copy(),  # not the (K, d) block
-            model_version=row.model_version,
-            fallback=row.fallback,
-            slate_ids=None if row.ranking is None else row.shown_ids,
-            slate_features=None
-            if row.ranking is None
-            else row.candidate_features[list(row.ranking)],
-        )
+        self._cache[row.event_id] = stored_decision(row)
         while len(self._cache) > size:
             self._cache.popitem(last=False)
 
@@ -401,15 +419,18 @@ class DecisionService:
         served = self._served()
         settings = self.settings
         check_reward(req.reward, settings.reward_min, settings.reward_max)
-        decision = self._cache.get(req.event_id)
+        decision = self._find(req.event_id)
         if decision is None:
-            decision = await asyncio.to_thread(self.store.find_decision, req.event_id)
+            try:
+                decision = await asyncio.to_thread(self.store.find_decision, req.event_id)
+            except DBAPIError as exc:
+                raise StoreUnavailableError(
+                    f"the event store is unreachable to look up event {req.event_id!r}."
+                ) from exc
         if decision is None:
             raise NotFoundError(f"no decision with event_id {req.event_id!r}.")
         check_position(req.position, decision.slate_length)
         arm_id, arm_features = decision.shown_at(req.position)
-        if settings.position_slots:
-            arm_features = with_position(arm_features, req.position or 0, settings.position_slots)
         received = datetime.now(UTC)
         ts = req.timestamp.astimezone(UTC) if req.timestamp is not None else received
         if ts < decision.created_at - CLOCK_SKEW:
@@ -430,7 +451,7 @@ class DecisionService:
             ineligible_status=status,
             repeat_status=records.SUMMED if settings.duplicate_rule == "sum" else records.DUPLICATE,
             position=req.position,
-            learn=LearnInput(decision.context, arm_id, arm_features),
+            learn=LearnInput(decision.context, arm_id, arm_features, req.position or 0),
         )
         outcome: RewardOutcome = await self._commit(row)
         self.metrics.rewards.labels(outcome.status).inc()
@@ -441,6 +462,13 @@ class DecisionService:
             applied=outcome.applied,
             model_version=decision.model_version,
         )
+
+    def _find(self, event_id: str) -> StoredDecision | None:
+        """A decision from memory: the recent ones, or the journal's (not yet stored)."""
+        found = self._cache.get(event_id)
+        if found is None and self.journal is not None:
+            found = self.journal.find(event_id)
+        return found
 
     async def _commit(self, item: Any) -> Any:
         try:
@@ -477,14 +505,51 @@ class DecisionService:
                 continue
             learn: LearnInput = row.learn
             try:
-                model.policy.update(learn.context, learn.arm_id, row.value, learn.arm_features)
+                update_at(
+                    model.policy,
+                    learn.context,
+                    learn.arm_id,
+                    row.value,
+                    learn.arm_features,
+                    learn.position,
+                )
             except Exception:
                 log.exception("head update failed for reward %d", outcome.id)
                 continue
-            model.last_reward_id = outcome.id
+            if outcome.journaled:  # no store id yet: hold snapshots until it is drained
+                self._unsynced[model.version] = self._unsynced.get(model.version, 0) + 1
+            else:
+                model.last_reward_id = outcome.id
             model.applied_rewards += 1
             model.rewards_since_snapshot += 1
             self.snapshots.after_reward(model)
+
+    def _on_drained(self, report: DrainReport) -> None:
+        """Writer thread: the journal is in the store; give the loop the rewards' ids."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._synced, report.reward_ids)
+
+    def _synced(self, reward_ids: list[tuple[str | None, int, bool]]) -> None:
+        """Loop thread: every journaled reward a head learnt from has its store id now
+        (this runs before the head learns from anything journaled later)."""
+        served = self.loader.current
+        for version, reward_id, applied in reward_ids:
+            model = served.for_version(version) if served is not None and applied else None
+            if model is not None:
+                model.last_reward_id = max(model.last_reward_id, reward_id)
+        if self.replicas is not None:  # learnt here: the replica sync must skip them
+            self.replicas.claim((v, rid) for v, rid, applied in reward_ids if applied)
+        self._unsynced.clear()
+
+    def store_status(self) -> dict[str, Any]:
+        """Whether events are being journaled, how many wait, and whether new events can
+        still be acknowledged."""
+        journal = self.journal
+        return {
+            "degraded": self.writer.degraded,
+            "journal_events": 0 if journal is None else journal.events,
+            "accepting": not (self.writer.degraded and (journal is None or journal.full)),
+        }
 
     # ------------------------------------------------------------------ models
     async def state_bytes(self, role: str) -> bytes:
@@ -522,4 +587,8 @@ class DecisionService:
             production=describe(served.production if served else None),
             candidate=describe(served.candidate if served else None),
             candidate_share=served.candidate_share if served else 0.0,
+            load_failures=self.loader.failures,
+            last_load_error=self.loader.last_error,
+            store_degraded=self.writer.degraded,
+            journal_events=0 if self.journal is None else self.journal.events,
         )

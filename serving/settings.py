@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     fallback_policy : {"uniform", "epsilon_greedy"}
         What serves when no model is ready or a model errors: uniform over the candidates,
         or ε-greedy around the caller's order (the first candidate is the default).
+    fallback_epsilon : float in [0, 1]
+        Exploration share of the ε-greedy fallback.
     api_token : SecretStr or None
         Bearer token required by the reward and admin endpoints when set.
     max_body_bytes, max_candidates, max_slate : int
@@ -71,14 +73,42 @@ class Settings(BaseSettings):
     decision_cache_size : int
         Recent decisions kept in memory for their rewards (older ones are read back from
         the store).
+    journal : bool
+        While the event store is unreachable, acknowledge events once they are fsynced
+        in a local journal and drain it into the store when it is back (see
+        ``docs/reliability.md``); off: such events fail with 503.
+    journal_dir : Path or None
+        Where the journal lives (default ``<workspace>/journal``; a local disk).
+    journal_max_bytes : int
+        Largest journal; beyond it events are refused (503) until the store is back.
+    store_probe_s : float
+        Seconds between two checks of an unreachable event store.
+    store_connect_timeout_s : float
+        Connect timeout of event-store connections (PostgreSQL), so an unreachable host
+        is noticed in this time rather than the system's TCP timeout.
+    model_dim_user, model_dim_arm : int or None
+        The feature dimensions every served version must have (a version with others is
+        not loaded); unset: those of the version being served, once there is one.
     seed : int or None
         Seed of the decision randomness (None: fresh entropy).
     workers : int
         Worker processes (set by ``banditops serve``); above 1 each worker rebuilds its
         heads from the store and snapshots are off.
+    replica_id : str or None
+        Name of this replica (process) in logs and metrics; default ``<hostname>-<pid>``.
+    replica_sync_s : float
+        Seconds between two syncs of the heads with the rewards other replicas (or
+        workers) applied (:mod:`serving.replica_sync`); 0 turns the sync off (one replica).
+        With the sync on, snapshots are off.
+    replica_sync_horizon_s : float
+        A reward is settled (every reward with a smaller id is committed or will never
+        be) this long after it was received: longer than a commit takes plus the clock
+        skew between replicas.
     catalog_index : {"auto", "exact", "hnsw"}
         Retrieval over the item catalog: exact dot products, faiss HNSW, or exact up to
         ``catalog_exact_max`` items and HNSW beyond.
+    catalog_exact_max : int
+        Largest catalog searched exactly when ``catalog_index`` is ``auto``.
     catalog_hnsw_m, catalog_hnsw_ef_construction, catalog_hnsw_ef_search : int
         HNSW graph degree and beam widths (build, search).
     catalog_rebuild_fraction : float
@@ -103,10 +133,6 @@ class Settings(BaseSettings):
         logs only the conditional ones.
     slate_max_states : int
         Prefix sets the exact marginal computation may keep per position.
-    position_slots : int
-        Append a one-hot of the position (this many columns) to candidate features:
-        the served model has ``dim_arm`` = request features + ``position_slots`` and
-        learns a position bias; 0 turns it off.
     """
 
     model_config = SettingsConfigDict(env_prefix="BANDITOPS_", extra="ignore")
@@ -147,8 +173,18 @@ class Settings(BaseSettings):
     snapshot_every_s: float = Field(300.0, gt=0.0)
     writer_max_batch: int = Field(512, ge=1)
     decision_cache_size: int = Field(50_000, ge=0)
+    journal: bool = True
+    journal_dir: Path | None = None
+    journal_max_bytes: int = Field(1 << 30, ge=1 << 20)
+    store_probe_s: float = Field(1.0, gt=0.0)
+    store_connect_timeout_s: float = Field(5.0, gt=0.0)
+    model_dim_user: int | None = Field(None, ge=1)
+    model_dim_arm: int | None = Field(None, ge=0)
     seed: int | None = None
     workers: int = Field(1, ge=1)
+    replica_id: str | None = None
+    replica_sync_s: float = Field(0.0, ge=0.0)
+    replica_sync_horizon_s: float = Field(60.0, gt=0.0)
 
     catalog_index: Literal["auto", "exact", "hnsw"] = "auto"
     catalog_exact_max: int = Field(20_000, ge=0)
@@ -165,7 +201,6 @@ class Settings(BaseSettings):
     new_item_slots: int = Field(2, ge=0)
     slate_marginal_draws: int = Field(200, ge=0)
     slate_max_states: int = Field(64, ge=1)
-    position_slots: int = Field(0, ge=0)
 
     @field_validator("context_features", mode="before")
     @classmethod
@@ -194,6 +229,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.workspace / 'banditops.db').resolve()}"
+
+    @property
+    def journal_path(self) -> Path:
+        """The journal directory (the configured one or ``<workspace>/journal``)."""
+        return self.journal_dir if self.journal_dir is not None else self.workspace / "journal"
 
     @property
     def uses_mlflow(self) -> bool:

@@ -38,13 +38,25 @@ class Snapshotter:
         ... or when it has unsaved rewards this many seconds after its last snapshot.
     enabled : bool
         False turns snapshots off (several workers: each rebuilds from the store).
+    hold : callable, optional
+        True for a model that must not be snapshotted now: its head learnt rewards that
+        are in the local journal and have no store id yet, so ``last_reward_id`` could not
+        say what the snapshot covers.
     """
 
-    def __init__(self, commit: Commit, every_rewards: int, every_s: float, enabled: bool) -> None:
+    def __init__(
+        self,
+        commit: Commit,
+        every_rewards: int,
+        every_s: float,
+        enabled: bool,
+        hold: Callable[[ServedModel], bool] | None = None,
+    ) -> None:
         self._commit = commit
         self.every_rewards = every_rewards
         self.every_s = every_s
         self.enabled = enabled
+        self._hold = hold
         self._pending: set[asyncio.Task[int]] = set()
 
     def after_reward(self, model: ServedModel) -> None:
@@ -54,7 +66,7 @@ class Snapshotter:
 
     def take(self, model: ServedModel) -> asyncio.Task[int] | None:
         """Loop thread: copy the state now; serialise and commit it in the background."""
-        if not self.enabled:
+        if not self.enabled or (self._hold is not None and self._hold(model)):
             return None
         state = model.policy.to_state()
         meta = {
@@ -66,8 +78,13 @@ class Snapshotter:
         model.last_snapshot_at = time.monotonic()
         task = asyncio.create_task(self._write(state, meta))
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task[int]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("snapshot not written: %s", task.exception())
 
     async def _write(self, state: PolicyState, meta: dict[str, Any]) -> int:
         data = await asyncio.to_thread(state_to_bytes, state)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bandit_core import ExplorationFloor, ExposureCap, Policy, make_policy
+from bandit_core import ExplorationFloor, ExposureCap, Policy, PositionBias, make_policy
 
 DIM_USER = 3
 DIM_ARM = 2
@@ -49,5 +49,9 @@ WRAPPED: dict[str, Callable[[], Policy]] = {
     "linucb+floor": lambda: ExplorationFloor(FACTORIES["linucb"](), p_min=0.05),
     "lints+cap": lambda: ExposureCap(
         FACTORIES["lints"](), max_share=0.4, window=50, min_decisions=10
+    ),
+    # a head on [x_arm ; one-hot of 3 positions], fed item features only
+    "shared_lints+position": lambda: PositionBias(
+        make_policy("shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM + 3, n_sim=200), 3
     ),
 }

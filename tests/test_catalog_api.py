@@ -241,7 +241,8 @@ def test_slates_log_position_propensities_and_rewards_name_the_position(
                 conn.execute(sa.select(rewards.c.position).order_by(rewards.c.id)).scalars().all()
             )
         assert positions == [2, 2, 1, None]
-        # the training replay credits the decision's arm with position 0's reward only
+        # the replay credits the decision's arm with position 0's reward, and every shown
+        # position with its own (training rows: one per position, tests/test_slate_training)
         replay = read_replay(
             engine,
             datetime.now(UTC) - timedelta(hours=1),
@@ -250,6 +251,9 @@ def test_slates_log_position_propensities_and_rewards_name_the_position(
             as_of=datetime.now(UTC) + timedelta(hours=2),
         )
         assert replay["reward"].tolist() == [0.5] and replay["n_rewards"].tolist() == [1]
+        assert replay["position_rewards"].tolist() == [[0.5, 1.0, 1.0]]
+        assert replay["position_observed"].tolist() == [[True, True, True]]
+        assert replay["position_propensities"].tolist() == [marginal]
 
 
 def test_a_grouped_request_returns_exactly_one_variant_per_group(

@@ -5,8 +5,9 @@ spread over two weeks: this week's rewards fall (click rate 0.30 → 0.12), its 
 context feature is shifted by +2, one arm is starved, 3% of decisions carry a propensity
 below the floor, and 2% come from the fallback. Every number of the report is checked
 against an independent computation on the generated arrays; the four checks in alert
-fail their tasks with the numbers in the message, the two others pass, and the alerts
-reach a webhook (a local HTTP server).
+fail their tasks with the numbers in the message, the others pass, and the alerts reach a
+webhook (a local HTTP server). The served latency comes from a real decision service's
+/metrics (uvicorn on a loopback port) that served 20 decisions.
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+
+from serving.app import create_app
+from serving.store import make_engine, upgrade
+from tests.serving_helpers import LiveServer, decision_body, service_settings
 
 pytest_plugins = ["tests.airflow_support"]
 
@@ -167,6 +173,7 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     webhook: tuple[str, list[dict[str, Any]]],
+    rng: np.random.Generator,
 ) -> None:
     end = datetime.now(UTC).replace(microsecond=0)
     url = f"sqlite:///{tmp_path / 'two-weeks.db'}"
@@ -174,7 +181,18 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
     monkeypatch.setenv("BANDITOPS_DATABASE_URL", url)
     monkeypatch.setenv("BANDITOPS_ALERT_WEBHOOK_URL", webhook[0])
 
-    run = dagtools.run_dag("bandit_monitor", when=end)
+    # the fallback serves: no registry to poll
+    service = service_settings(tmp_path / "service", mlflow_tracking_uri=None)
+    engine = make_engine(service.store_url)
+    upgrade(engine)
+    engine.dispose()
+    with LiveServer(create_app(service)) as server:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            for _ in range(20):
+                assert http.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+        monkeypatch.setenv("BANDITOPS_SERVICE_URL", server.url)
+        monkeypatch.setenv("BANDITOPS_LATENCY_P99_MAX_S", "5")
+        run = dagtools.run_dag("bandit_monitor", when=end)
 
     alerts = {"reward_drift", "feature_drift", "arm_coverage", "propensity_floor"}
     assert run.state == "failed"
@@ -186,6 +204,7 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
         "arm_coverage",
         "propensity_floor",
         "fallback_rate",
+        "served_latency",
     ):
         assert run.tasks[f"check_{name}"] == ("failed" if name in alerts else "success"), name
 
@@ -195,6 +214,11 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
     report = json.loads((folder / "report.json").read_text())
     assert (folder / "report.png").stat().st_size > 10_000
     assert {k for k, v in report["checks"].items() if v["status"] == "alert"} == alerts
+    latency = report["served_latency"]
+    assert latency["service_url"] == server.url and latency["count"] == 20
+    assert latency["basis"] == "since the service started"
+    assert 0 < latency["p50_s"] <= latency["p99_s"] <= 5.0
+    assert report["checks"]["served_latency"]["status"] == "ok"
     prev, cur = weeks["previous"], weeks["current"]
     assert report["rows"] == {
         "current": N_PER_WEEK,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ pytestmark = [
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.demo import run_demo
+    from training.demo import MODEL_NAME, run_demo
+    from training.registry import ModelRegistry
 
     for key in list(os.environ):
         if key.startswith(("BANDITOPS_", "AIRFLOW")):
@@ -35,11 +37,36 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert [d["day"] for d in days] == [1, 2, 3]
     assert days[0]["fallback_share"] == 1.0 and days[0]["model_version"] is None
     assert days[1]["fallback_share"] == 0.0 and days[1]["model_version"].endswith("/1")
-    assert all(d["errors"] == 0 for d in days)
+    assert days[2]["fallback_share"] == 0.0 and days[2]["model_version"].endswith("/2")
+    # every day was served over HTTP: each request answered and logged by the service
+    assert all(d["errors"] == 0 and d["decisions"] == 1500 for d in days)
+    store = sqlite3.connect(tmp_path / "ws" / "banditops.db")
+    try:
+        logged = dict(
+            store.execute(
+                "SELECT COALESCE(model_version, 'fallback'), COUNT(*) FROM decisions "
+                "GROUP BY COALESCE(model_version, 'fallback')"
+            ).fetchall()
+        )
+    finally:
+        store.close()
+    assert logged == {
+        "fallback": 1500,
+        days[1]["model_version"]: 1500,
+        days[2]["model_version"]: 1500,
+    }
     # the bandit learnt: CTR after the first nightly run beats the uniform fallback of day 1
     assert days[1]["ctr"] > days[0]["ctr"] + 0.1
-    assert versions[0]["version"] == "1" and versions[0]["realized_ctr"] is not None
-    lo, hi = versions[0]["ope_ci"]
-    assert lo <= versions[0]["ope_estimate"] <= hi
+    assert days[2]["ctr"] > days[0]["ctr"] + 0.1
+    # two nightly runs registered two versions, and each was promoted to @production
+    assert [v["version"] for v in versions] == ["1", "2"]
+    assert "production" in versions[1]["aliases"]
+    history = ModelRegistry(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}", MODEL_NAME)
+    production = [m["version"] for m in history.alias_history() if m["alias"] == "production"]
+    assert production == ["1", "2"]
+    for v in versions:
+        assert v["realized_ctr"] is not None
+        lo, hi = v["ope_ci"]
+        assert lo <= v["ope_estimate"] <= hi
     saved = json.loads((tmp_path / "ws" / "demo.json").read_text())
     assert saved["days"] == days and (tmp_path / "ws" / "demo.png").stat().st_size > 0

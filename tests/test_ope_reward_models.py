@@ -31,7 +31,10 @@ class TorchLinear:
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchLinear:
         x = torch.as_tensor(np.hstack([X, np.ones((X.shape[0], 1))]), dtype=torch.float64)
         t = torch.as_tensor(y, dtype=torch.float64)[:, None]
-        self.beta = torch.linalg.lstsq(x, t).solution
+        # SVD driver with a cutoff: the one-hot arm block plus the intercept is rank
+        # deficient, where the default pivoted-QR driver picks a basic solution that can
+        # change from run to run; the minimum-norm one is unique
+        self.beta = torch.linalg.lstsq(x, t, rcond=1e-10, driver="gelsd").solution
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:

@@ -64,9 +64,9 @@ class Registry:
 
     def log_version(self, state: Path | None, seed: int) -> str:
         """Log and register a version whose artifacts hold ``state`` (or nothing)."""
+        from training.registry import fluent_uris
+
         mlflow = self._mlflow
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)  # both: another test may have set the registry URI
         staged = self.root / f"stage-{seed}"
         staged.mkdir()
         artifacts = {}
@@ -75,7 +75,9 @@ class Registry:
         else:
             (staged / "readme.txt").write_text("no policy state")
             artifacts["other"] = str(staged / "readme.txt")
-        with mlflow.start_run(experiment_id=self.experiment):
+        # MLflow's fluent URIs are process-global (and exported to the environment):
+        # scoped, so that later tests do not inherit this registry
+        with fluent_uris(self.uri), mlflow.start_run(experiment_id=self.experiment):
             info = mlflow.pyfunc.log_model(
                 name="policy",
                 python_model=str(self.code),

@@ -18,7 +18,9 @@ from rich.table import Table
 
 from serving.cli import app
 from serving.settings import Settings
+from training.airflow_cli import airflow_app
 
+app.add_typer(airflow_app, name="airflow")
 console = Console(width=140)
 
 
@@ -203,12 +205,35 @@ def demo(
     ] = None,
     algorithm: Annotated[str, typer.Option(help="Policy the nightly DAG trains.")] = "shared_lints",
     seed: Annotated[int, typer.Option(help="Seed of the simulation and training.")] = 0,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="An Open Bandit Dataset campaign folder (random.csv, bts.csv, …): train on "
+            "its uniform-random log and compare off-policy with the logging policy and BTS.",
+        ),
+    ] = None,
 ) -> None:
     """The whole loop on embedded defaults: service (fallback) → day 1 over HTTP → nightly
-    Airflow retrain → the service loads @production → day 2 → retrain → day 3; summary."""
+    Airflow retrain → the service loads @production → day 2 → retrain → day 3; summary.
+
+    With --data: replay a real Open Bandit log instead (no service, no Airflow)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from training.demo import run_demo
+
+    if data is not None:
+        from training.demo_obd import print_obd_result, run_obd_demo
+
+        try:
+            with console.status(f"replaying {data} …"):
+                replayed = run_obd_demo(data, algorithm=algorithm, seed=seed)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--data") from exc
+        print_obd_result(replayed, console)
+        if json_path is not None:
+            json_path.write_text(json.dumps(replayed, indent=2))
+        return
 
     phases = 7
     with Progress(
@@ -277,6 +302,38 @@ def demo(
         json_path.write_text(
             json.dumps({"days": result["days"], "versions": result["versions"]}, indent=2)
         )
+
+
+config_app = typer.Typer(help="Configuration: every BANDITOPS_* setting.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("reference")
+def config_reference(
+    write: Annotated[
+        Path | None, typer.Option(help="Replace the generated block in this file instead.")
+    ] = None,
+) -> None:
+    """Print the settings reference (Markdown) that the README embeds."""
+    from training.config_reference import markdown, splice
+
+    if write is None:
+        typer.echo(markdown())
+        return
+    write.write_text(splice(write.read_text(encoding="utf-8")), encoding="utf-8")
+    typer.echo(f"updated the settings reference in {write}")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the settings in effect here (secrets masked)."""
+    from training.settings import PipelineSettings
+
+    values = PipelineSettings().model_dump(mode="json")
+    table = Table("variable", "value")
+    for name, value in values.items():
+        table.add_row(f"BANDITOPS_{name.upper()}", "-" if value is None else str(value))
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover - console-script entry

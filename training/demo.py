@@ -90,17 +90,22 @@ class Workspace:
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            # dag.test() warns while the empty shard maps (shards = 1) resolve, and Airflow's
+            # in-process execution API imports Starlette's deprecated test client: noise
+            # for a newcomer; task failures are still errors, and every task log is kept
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "GIT_PYTHON_REFRESH": "quiet",
         }
 
 
 class Service:
-    """``python -m serving serve`` in a subprocess, logging to the workspace."""
+    """``python -m serving serve`` in a subprocess, logging to the workspace; ``seed``
+    fixes its decisions' randomness (``BANDITOPS_SEED``), so a demo run repeats."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, seed: int | None = None) -> None:
         self.ws = ws
+        self.seed = seed
         self.port = _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -121,7 +126,11 @@ class Service:
                 "--port",
                 str(self.port),
             ],
-            env={**os.environ, **self.ws.env()},
+            env={
+                **os.environ,
+                **self.ws.env(),
+                **({} if self.seed is None else {"BANDITOPS_SEED": str(self.seed)}),
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -268,7 +277,10 @@ def run_demo(
         "min_rows": 500,
         "n_resamples": 300,
         "min_ess": 30.0,
-        "tolerance": 0.05,
+        # a retrained version as good as production must pass: with 0.05 the gate's
+        # 95% lower bound against production's estimate made the second promotion a
+        # coin flip (their DR intervals are ±0.03 on a day of traffic)
+        "tolerance": 0.1,
         "auto_promote": True,
         "seed": seed,
     }
@@ -277,7 +289,10 @@ def run_demo(
     per_day: list[TrafficStats] = []
     step("migrating the Airflow metadata and serializing the DAGs")
     prepare_airflow(ws)
-    with Service(ws) as service, httpx.Client(base_url=service.url, timeout=30.0) as client:
+    with (
+        Service(ws, seed=seed) as service,
+        httpx.Client(base_url=service.url, timeout=30.0) as client,
+    ):
         for day in (1, 2, 3):
             version = service.production_version(client)
             step(f"day {day}: {requests_per_day} requests through HTTP ({version or 'fallback'})")

@@ -27,8 +27,13 @@ def logged_batch(data: ReplayData) -> LoggedBatch:
     """The replay rows as a :class:`LoggedBatch` over the union of their candidate sets.
 
     An arm's features are taken from its first appearance in the window; each row marks
-    which arms it actually offered (``available``).
+    which arms it actually offered (``available``). Slate rows keep their position
+    (``positions`` / ``len_list``, with the marginal propensity at it); rows whose
+    propensity at their position was not logged (NaN) are left out.
     """
+    known = np.isfinite(data.propensities)
+    if not known.all():
+        data = data.subset(np.flatnonzero(known))
     index: dict[str, int] = {}
     feats: list[np.ndarray] = []
     for ids, rows in zip(data.candidate_ids, data.candidate_features, strict=True):
@@ -48,6 +53,8 @@ def logged_batch(data: ReplayData) -> LoggedBatch:
         actions=actions,
         rewards=data.rewards,
         pscore=data.propensities,
+        positions=data.row_positions,
+        len_list=data.len_list,
         available=None if available.all() else available,
     )
 
@@ -76,6 +83,15 @@ class EvaluationResult:
         out["gate.promote"] = float(self.gate.promote)
         return out
 
+    def write(self, out_dir: str | Path) -> Path:
+        """Write ``evaluation.json`` and both interval plots into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        self.candidate.plot(out / "ope_candidate.png")
+        self.production.plot(out / "ope_production.png")
+        return out
+
 
 def _production(path: str | Path | None, data: ReplayData) -> Policy:
     if path is None:
@@ -102,13 +118,14 @@ def evaluate(
     batch = logged_batch(holdout)
     candidate = load_policy(candidate_state)
     production = _production(production_state, holdout)
-    rep_c = evaluate_policy(candidate, batch, np.random.default_rng(seed), n_resamples=n_resamples)
-    rep_p = evaluate_policy(production, batch, np.random.default_rng(seed), n_resamples=n_resamples)
+    slates = batch.len_list > 1  # position-wise: both policies rank the logged positions
+    rep_c = evaluate_policy(
+        candidate, batch, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
+    )
+    rep_p = evaluate_policy(
+        production, batch, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
+    )
     result = EvaluationResult(rep_c, rep_p, decide(rep_c, rep_p, rule))
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / REPORT_FILE).write_text(json.dumps(result.to_dict(), indent=2, default=str))
-        rep_c.plot(out / "ope_candidate.png")
-        rep_p.plot(out / "ope_production.png")
+        result.write(out_dir)
     return result

@@ -22,8 +22,10 @@ the week before that:
 * **feature–reward correlation** — Pearson correlation of each feature with the reward,
   both weeks (reported, not judged).
 
-Served latency is not in the event store; the service exports it on ``/metrics``
-(``banditops_request_latency_seconds``).
+* **served latency** — p50 and p99 of the decision endpoints' request latency, read from
+  the service's Prometheus ``/metrics`` (``BANDITOPS_SERVICE_URL``; the event store holds
+  no latency), over the requests served since the previous monitor run's scrape
+  (:mod:`training.served_latency`); skipped, with the reason, when no URL is set.
 
 Each judged quantity is a *check* (:data:`CHECKS`) with a status ``ok``, ``alert`` or
 ``skipped`` (not enough data, or no production model yet) and a message. The DAG fails
@@ -61,9 +63,12 @@ CHECKS = (
     "arm_coverage",
     "propensity_floor",
     "fallback_rate",
+    "served_latency",
 )
 REPORT_FILE = "report.json"
 FIGURE_FILE = "report.png"
+#: The last ``/metrics`` scrape, kept under ``<runs dir>/monitor/``: the next run's baseline.
+LATENCY_STATE_FILE = "latency_scrape.json"
 
 
 class MonitorAlert(RuntimeError):
@@ -151,7 +156,8 @@ def build_report(
     end = as_utc("end", end)
     frame = _read_events(settings, end)
     reference, production = production_reference(settings)
-    report = summarize(frame, end, settings, reference, production)
+    latency = served_latency(settings, settings.runs_path / "monitor" / LATENCY_STATE_FILE)
+    report = summarize(frame, end, settings, reference, production, latency)
     folder = run_folder(settings.runs_path / "monitor", run_key)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
@@ -218,11 +224,13 @@ def summarize(
     settings: PipelineSettings,
     reference: Mapping[str, Any] | None,
     production: str | None,
+    latency: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report dict from the events of :func:`read_replay` over both weeks.
 
     ``frame`` needs the columns ``created_at``, ``context``, ``candidate_ids``,
     ``candidate_features``, ``arm_id``, ``propensity``, ``fallback``, ``reward``.
+    ``latency`` is the section of :func:`served_latency` (default: not measured).
     """
     lookback = timedelta(days=settings.monitor_lookback_days)
     shift = timedelta(seconds=settings.reward_window_s)
@@ -247,7 +255,6 @@ def summarize(
             "reward_previous": len(reward_before),
         },
         "production_version": production,
-        "latency": "not in the event store: see banditops_request_latency_seconds on /metrics",
     }
     report["reward"] = _reward_section(reward_now, reward_before, settings)
     report["feature_drift"] = _drift_section(now, end, settings, reference, production)
@@ -267,6 +274,12 @@ def summarize(
         "propensity_floor": report["propensity"]["check"],
         "fallback_rate": report["fallback"]["check"],
     }
+    report["served_latency"] = (
+        dict(latency)
+        if latency is not None
+        else {"check": _check("skipped", "served latency was not measured for this report.")}
+    )
+    report["checks"]["served_latency"] = report["served_latency"]["check"]
     return report
 
 
@@ -503,6 +516,118 @@ def _correlations(frame: Any, end: datetime) -> dict[str, float | None]:
         features[list(names)].to_numpy(dtype=np.float64), frame["reward"].to_numpy(np.float64)
     )
     return dict(zip(names, values, strict=True))
+
+
+def served_latency(
+    settings: PipelineSettings, state_path: Path, timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """The served-latency section: p50/p99 of the decision endpoints from the service's
+    ``/metrics``, over the requests since the scrape kept in ``state_path`` (then
+    replaced by this one), or since the service started when there is none or the
+    service restarted in between.
+
+    Skipped when ``service_url`` is unset or no decision was served in the interval; in
+    alert when the p99 exceeds ``latency_p99_max_s`` or ``/metrics`` cannot be read.
+    """
+    from datetime import UTC
+
+    from training import served_latency as sl
+
+    limit = settings.latency_p99_max_s
+    url = settings.service_url
+    section: dict[str, Any] = {"service_url": url, "limit_p99_s": limit}
+    if url is None:
+        section["check"] = _check(
+            "skipped",
+            "served latency not read: BANDITOPS_SERVICE_URL is not set (the event store does "
+            "not record latency; the service exports it on /metrics).",
+        )
+        return section
+    scraped_at = datetime.now(UTC)
+    try:
+        histograms = sl.scrape(url, timeout_s)
+    except sl.ScrapeError as exc:
+        section["check"] = _check("alert", f"served latency unknown: {exc}")
+        return section
+    section["scraped_at"] = scraped_at.isoformat()
+    previous = _previous_scrape(state_path, url, scraped_at)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(
+        json.dumps(
+            {
+                "service_url": url,
+                "scraped_at": scraped_at.isoformat(),
+                "histograms": {k: h.to_dict() for k, h in histograms.items()},
+            }
+        )
+    )
+    current = {e: histograms[e] for e in sl.DECISION_ENDPOINTS if e in histograms}
+    interval, since, restarted = current, None, False
+    if previous is not None:
+        # an endpoint missing from the previous scrape had served nothing yet: all new
+        deltas = {e: h.since(previous[1][e]) if e in previous[1] else h for e, h in current.items()}
+        restarted = any(d is None for d in deltas.values())
+        if not restarted:
+            interval = {e: d for e, d in deltas.items() if d is not None}
+            since = previous[0]
+    basis = (
+        f"since the previous scrape at {since}"
+        if since is not None
+        else ("since the service restarted" if restarted else "since the service started")
+    )
+    section.update(basis=basis, since=since)
+    section["per_endpoint"] = {
+        e: {"count": h.count, "p50_s": h.quantile(0.5), "p99_s": h.quantile(0.99)}
+        for e, h in interval.items()
+    }
+    merged = sl.merge(interval.values())
+    p50 = None if merged is None else merged.quantile(0.5)
+    p99 = None if merged is None else merged.quantile(0.99)
+    if merged is None or p50 is None or p99 is None:
+        section["count"] = 0
+        section["check"] = _check(
+            "skipped", f"no decision requests were served {basis} ({url}/metrics)."
+        )
+        return section
+    beyond = merged.cumulative[-2] < 0.99 * merged.count  # rank in the +Inf bucket
+    section.update(
+        count=merged.count,
+        mean_s=merged.total / merged.count,
+        p50_s=p50,
+        p99_s=p99,
+        p99_beyond_buckets=beyond,
+    )
+    text = (
+        f"p99 {p99 * 1e3:.1f} ms{' or more' if beyond else ''}, p50 {p50 * 1e3:.1f} ms over "
+        f"{merged.count:.0f} decision requests {basis}"
+    )
+    if p99 > limit or beyond:
+        section["check"] = _check(
+            "alert", f"served latency {text}; the p99 limit is {limit * 1e3:g} ms."
+        )
+    else:
+        section["check"] = _check("ok", f"served latency {text} (p99 limit {limit * 1e3:g} ms).")
+    return section
+
+
+def _previous_scrape(path: Path, url: str, before: datetime) -> tuple[str, dict[str, Any]] | None:
+    """``(scraped_at, histograms by endpoint)`` of the kept scrape of ``url``, when it is
+    older than ``before``."""
+    from training.served_latency import LatencyHistogram
+
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        at = datetime.fromisoformat(state["scraped_at"])
+        if state["service_url"] != url or not at < before:
+            return None
+        return state["scraped_at"], {
+            k: LatencyHistogram.from_dict(v) for k, v in state["histograms"].items()
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the unreadable latency baseline %s: %s", path, exc)
+        return None
 
 
 # ---------------------------------------------------------------------- alerts

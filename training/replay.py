@@ -4,13 +4,20 @@
 :func:`serving.store.replay.read_replay`) to ``<out_dir>/replay.parquet`` plus a manifest
 (``replay.json``: window, row count, SHA-256 of the file). ``load_replay`` turns such a file
 into :class:`ReplayData`, the arrays every training and evaluation step works on.
+
+A ranked slate becomes one row per shown item — the Open Bandit Pipeline's ``position`` /
+``len_list`` contract: row j of a slate is the item shown at position j, that position's
+reward, and the marginal probability that the logging policy showed that item *there*
+(``position_propensities``; NaN when the slate was logged without them, which training
+accepts and off-policy evaluation leaves out). Single decisions are position 0 of a
+one-item list.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +26,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from bandit_core.policies.position import with_positions
 from serving.store.engine import make_engine
 from serving.store.replay import read_replay
 
@@ -114,11 +122,15 @@ def extract_replay(
 class ReplayData:
     """A replay window as arrays (rows in time order).
 
-    ``contexts`` (n, dim_user); ``arm_ids`` (n,) chosen arm ids; ``arm_features``
-    (n, dim_arm) of the chosen arms; ``rewards`` (n,); ``propensities`` (n,) logging
-    propensities; ``candidate_ids`` / ``candidate_features`` the per-row candidate sets
-    (lists, since sets may differ); ``chosen`` (n,) index of the chosen arm in its set;
-    ``model_versions`` (n,) the version that decided.
+    One row per shown item: a single decision is one row, a slate of k is k rows in
+    position order. ``contexts`` (n, dim_user); ``arm_ids`` (n,) shown arm ids;
+    ``arm_features`` (n, dim_arm) of the shown arms; ``rewards`` (n,); ``propensities``
+    (n,) logging propensities of the arm *at its position* (NaN when unknown);
+    ``candidate_ids`` / ``candidate_features`` the per-row candidate sets (lists, since
+    sets may differ); ``chosen`` (n,) index of the shown arm in its set;
+    ``model_versions`` (n,) the version that decided; ``event_ids`` (n,) the decision of
+    each row (a slate's rows share it); ``positions`` (n,) the slot of each row, in
+    ``[0, len_list)``; ``len_list`` the longest list in the window (1 without slates).
     """
 
     contexts: NDArray[np.float64]
@@ -131,6 +143,15 @@ class ReplayData:
     chosen: NDArray[np.intp]
     model_versions: list[str]
     event_ids: list[str]
+    positions: NDArray[np.intp] | None = None
+    len_list: int = 1
+
+    @property
+    def row_positions(self) -> NDArray[np.intp]:
+        """``positions``, all 0 when not given."""
+        if self.positions is None:
+            return np.zeros(self.n_rows, dtype=np.intp)
+        return self.positions
 
     @property
     def n_rows(self) -> int:
@@ -158,13 +179,30 @@ class ReplayData:
             chosen=self.chosen[index],
             model_versions=[self.model_versions[i] for i in pick],
             event_ids=[self.event_ids[i] for i in pick],
+            positions=self.row_positions[index],
+            len_list=self.len_list,
+        )
+
+    def with_position_features(self, position_slots: int) -> ReplayData:
+        """The rows with ``arm_features`` ``[x_arm ; e_position]`` (what the head of a
+        :class:`bandit_core.PositionBias` model learns from); candidates unchanged."""
+        if self.len_list > position_slots:
+            raise ValueError(
+                f"position_slots must cover the longest slate of the window ({self.len_list}); "
+                f"got {position_slots}."
+            )
+        return replace(
+            self, arm_features=with_positions(self.arm_features, self.row_positions, position_slots)
         )
 
     def split(self, holdout_fraction: float) -> tuple[ReplayData, ReplayData]:
-        """Time split: the first rows train, the last ``holdout_fraction`` are held out."""
+        """Time split: the first rows train, the last ``holdout_fraction`` are held out
+        (the cut moves forward to the next decision, so a slate is never split)."""
         if not 0.0 < holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1); got {holdout_fraction!r}.")
         cut = round(self.n_rows * (1.0 - holdout_fraction))
+        while 0 < cut < self.n_rows and self.event_ids[cut] == self.event_ids[cut - 1]:
+            cut += 1
         if cut < 1 or cut >= self.n_rows:
             raise ValueError(
                 f"a holdout of {holdout_fraction:.0%} of {self.n_rows} rows leaves an empty side; "
@@ -173,25 +211,70 @@ class ReplayData:
         return self.subset(slice(0, cut)), self.subset(slice(cut, None))
 
 
+def _shown(row: Any) -> list[tuple[int, int, float, float]]:
+    """``(position, candidate index, reward, propensity)`` of every shown item of a frame
+    row whose reward is known: the slate's positions, or the decision's arm."""
+    ranking = row.get("ranking")
+    if ranking is None or (isinstance(ranking, float) and np.isnan(ranking)):
+        return [(0, int(row["chosen"]), float(row["reward"]), float(row["propensity"]))]
+    rewards = np.asarray(row["position_rewards"], dtype=np.float64)
+    marginal = row.get("position_propensities")
+    if marginal is None or (isinstance(marginal, float) and np.isnan(marginal)):
+        pscore = np.full(len(ranking), np.nan)
+        pscore[0] = float(row["propensity"])  # position 0's marginal is its propensity
+    else:
+        pscore = np.asarray(marginal, dtype=np.float64)
+    return [
+        (j, int(item), float(rewards[j]), float(pscore[j]))
+        for j, item in enumerate(ranking)
+        if not np.isnan(rewards[j])  # "drop": a position without a reward
+    ]
+
+
 def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
-    """Arrays from a replay DataFrame (the columns of ``serving.store.replay.COLUMNS``)."""
+    """Arrays from a replay DataFrame (the columns of ``serving.store.replay.COLUMNS``):
+    one row per shown item (a frame without the slate columns: one per decision)."""
     if len(frame) == 0:
         raise ValueError("the replay window holds no decisions; nothing to train or evaluate on.")
-    contexts = np.stack([np.asarray(c, dtype=np.float64) for c in frame["context"]])
-    cand_feats = [_matrix(f) for f in frame["candidate_features"]]
-    chosen = frame["chosen"].to_numpy(dtype=np.intp)
-    arm_feats = np.stack([cand_feats[i][chosen[i]] for i in range(len(frame))])
+    contexts, cand_ids, cand_feats, versions, events = [], [], [], [], []
+    chosen, rewards, pscores, positions = [], [], [], []
+    len_list = 1
+    for row in frame.to_dict("records"):
+        shown = _shown(row)
+        if not shown:
+            continue
+        x = np.asarray(row["context"], dtype=np.float64)
+        ids = [str(c) for c in row["candidate_ids"]]
+        feats = _matrix(row["candidate_features"])
+        ranking = row.get("ranking")
+        if ranking is not None and not isinstance(ranking, float):
+            len_list = max(len_list, len(ranking))
+        for position, item, reward, pscore in shown:
+            contexts.append(x)
+            cand_ids.append(ids)
+            cand_feats.append(feats)
+            versions.append(str(row["model_version"]))
+            events.append(str(row["event_id"]))
+            chosen.append(item)
+            rewards.append(reward)
+            pscores.append(pscore)
+            positions.append(position)
+    if not contexts:
+        raise ValueError("the replay window holds no rewarded items; nothing to train on.")
+    picked = np.asarray(chosen, dtype=np.intp)
     return ReplayData(
-        contexts=contexts,
-        arm_ids=[str(a) for a in frame["arm_id"]],
-        arm_features=arm_feats,
-        rewards=frame["reward"].to_numpy(dtype=np.float64),
-        propensities=frame["propensity"].to_numpy(dtype=np.float64),
-        candidate_ids=[[str(c) for c in ids] for ids in frame["candidate_ids"]],
+        contexts=np.stack(contexts),
+        arm_ids=[cand_ids[i][picked[i]] for i in range(len(cand_ids))],
+        arm_features=np.stack([cand_feats[i][picked[i]] for i in range(len(cand_feats))]),
+        rewards=np.asarray(rewards, dtype=np.float64),
+        propensities=np.asarray(pscores, dtype=np.float64),
+        candidate_ids=cand_ids,
         candidate_features=cand_feats,
-        chosen=chosen,
-        model_versions=[str(v) for v in frame["model_version"]],
-        event_ids=[str(e) for e in frame["event_id"]],
+        chosen=picked,
+        model_versions=versions,
+        event_ids=events,
+        positions=np.asarray(positions, dtype=np.intp),
+        len_list=len_list,
     )
 
 

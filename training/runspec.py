@@ -64,6 +64,9 @@ class RunSpec:
         Move ``production`` to the version when its gate passes.
     promoted_by : str
         Who an automatic promotion is recorded as.
+    shards : int
+        Shards of the map-reduce head rebuild and OPE (:mod:`training.shards`); 1 is the
+        single-node path.
     """
 
     run_key: str
@@ -86,6 +89,7 @@ class RunSpec:
     n_resamples: int = 300
     auto_promote: bool = False
     promoted_by: str = "banditops-retrain"
+    shards: int = 1
 
     def __post_init__(self) -> None:
         if not self.run_key.strip():
@@ -112,6 +116,7 @@ class RunSpec:
             )
         check_int("min_rows", self.min_rows, 1)
         check_int("n_resamples", self.n_resamples, 1)
+        check_int("shards", self.shards, 1)
         self.train_config()  # raises ValueError naming a bad training field
         self.gate_rule()  # raises ValueError naming a bad gate field
         if not isinstance(self.auto_promote, bool):
@@ -187,6 +192,7 @@ RETRAIN_DEFAULTS: dict[str, Any] = {
     "min_ess": 50.0,
     "n_resamples": 300,
     "auto_promote": False,
+    "shards": 1,
 }
 
 
@@ -205,8 +211,8 @@ def plan(
         ``window_days`` (number > 0) or ``window_start`` and ``window_end`` (``YYYY-MM-DD``,
         UTC midnights, end exclusive); ``min_rows``; ``algorithm``; ``policy_options``
         (dict of policy options); ``epochs`` (neural policies); ``seed``; ``tolerance``;
-        ``min_ess``; ``n_resamples``; ``auto_promote``. Missing keys take the defaults of
-        :data:`RETRAIN_DEFAULTS`.
+        ``min_ess``; ``n_resamples``; ``auto_promote``; ``shards``. Missing keys take the
+        defaults of :data:`RETRAIN_DEFAULTS`.
     run_key : str
         The Airflow run id.
     interval_end : datetime
@@ -261,6 +267,7 @@ def plan(
         n_resamples=check_int("n_resamples", values["n_resamples"], 1),
         auto_promote=check_bool("auto_promote", values["auto_promote"]),
         promoted_by="bandit_retrain",
+        shards=check_int("shards", values["shards"], 1),
     )
     spec.write()
     log.info("run %s: window %s → %s, folder %s", run_key, start, end, spec.run_dir)

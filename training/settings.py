@@ -44,6 +44,11 @@ class PipelineSettings(Settings):
     retrain_schedule, monitor_schedule : str
         Cron expressions (five fields) or Airflow presets (``@hourly``…) of the nightly
         retrain (default ``0 2 * * *``) and of the monitor (default hourly).
+    retrain_shards : int
+        Default of the retrain form's ``shards``: shards of the map-reduce head rebuild and
+        offline evaluation (``training.shards``); 1 keeps the single-node path.
+    retrain_queue : str
+        Executor queue of the retrain tasks (``airflow celery worker --queues`` serves it).
     retries : int
         Retries of a failed retrain task (bad data and bad input fail at once).
     retry_delay_s : float
@@ -59,6 +64,7 @@ class PipelineSettings(Settings):
     reward_drift_max : float
         Alert when the reward mean, p5 or p95 moves by more than this share week over week.
     feature_drift_metric : {"psi", "kl"}
+        Feature drift measure: population stability index or Kullback-Leibler divergence.
     feature_drift_max : float
         Alert when a feature's drift against the production model's training window
         exceeds this (PSI 0.25 marks a major shift).
@@ -72,11 +78,19 @@ class PipelineSettings(Settings):
         Alert when the share of violations exceeds this.
     fallback_rate_max : float in [0, 1]
         Alert when the share of decisions served by the fallback exceeds this.
+    service_url : str or None
+        Base URL of the decision service (``http://host:port``); the monitor reads served
+        latency from its ``/metrics`` (the event store does not record latency). Unset:
+        the latency check is skipped.
+    latency_p99_max_s : float
+        Alert when the p99 latency of the decision endpoints exceeds this (seconds).
     """
 
     runs_dir: Path | None = None
     retrain_schedule: str = "0 2 * * *"
     monitor_schedule: str = "0 * * * *"
+    retrain_shards: int = Field(1, ge=1)
+    retrain_queue: str = Field("default", min_length=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(300.0, gt=0.0)
     owner: str = "banditops"
@@ -92,6 +106,8 @@ class PipelineSettings(Settings):
     propensity_floor: float = Field(0.01, gt=0.0, lt=1.0)
     propensity_violation_max: float = Field(0.01, ge=0.0, le=1.0)
     fallback_rate_max: float = Field(0.05, ge=0.0, le=1.0)
+    service_url: str | None = None
+    latency_p99_max_s: float = Field(0.1, gt=0.0)
 
     @field_validator("retrain_schedule", "monitor_schedule")
     @classmethod
@@ -103,7 +119,7 @@ class PipelineSettings(Settings):
             f"must be a five-field cron expression or one of {', '.join(_PRESETS)}; got {value!r}."
         )
 
-    @field_validator("alert_webhook_url")
+    @field_validator("alert_webhook_url", "service_url")
     @classmethod
     def _webhook(cls, value: str | None) -> str | None:
         if value is None or not value.strip():

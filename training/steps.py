@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -154,30 +154,65 @@ def train_network(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[st
 
 
 def rebuild(
-    spec: Mapping[str, Any], trained: Mapping[str, Any], replay: Mapping[str, Any]
+    spec: Mapping[str, Any],
+    trained: Mapping[str, Any],
+    replay: Mapping[str, Any],
+    parts: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Rebuild the Bayesian head on the final network (``rebuild/policy_state.npz``)."""
+    """Rebuild the Bayesian head on the final network (``rebuild/policy_state.npz``).
+
+    With ``parts`` (the outputs of :func:`training.shards.shard_statistics`) this is the
+    reduce of the sharded rebuild, which also fits the sharded OPE's reward model
+    (``reward_model``); without, the single-node rebuild.
+    """
     from training.train import rebuild_head
 
     s = RunSpec.from_dict(spec)
+    out = s.folder / "rebuild" / "policy_state.npz"
+    if parts:
+        from training.shards import reduce_head
+
+        state, model = reduce_head(trained["state_path"], parts, out)
+        return {"state_path": str(state), "reward_model": str(model), "shards": len(parts)}
     state = rebuild_head(
-        trained["state_path"],
-        replay["path"],
-        s.folder / "rebuild" / "policy_state.npz",
-        s.train_config().holdout_fraction,
+        trained["state_path"], replay["path"], out, s.train_config().holdout_fraction
     )
     return {"state_path": str(state)}
 
 
+def baseline_state(s: RunSpec) -> tuple[str | None, Path | None]:
+    """``(version, downloaded state)`` of the run's baseline: the current ``production``
+    version (``(None, None)``: the uniform fallback before the first). When this run
+    already registered its version, the baseline recorded then, so a re-run reaches the
+    same decision."""
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(s.tracking_uri, s.model_name)
+    existing = registry.find_by_run_key(s.run_key)
+    if existing is not None:
+        baseline = existing.tags.get("previous_production") or None
+    else:
+        current = registry.by_alias("production")
+        baseline = current.version if current else None
+    if baseline is None:
+        return None, None
+    state, _ = production_state(registry, s.folder / "production", version=baseline)
+    return baseline, state
+
+
 def evaluate_offline(
-    spec: Mapping[str, Any], rebuilt: Mapping[str, Any], replay: Mapping[str, Any]
+    spec: Mapping[str, Any],
+    rebuilt: Mapping[str, Any],
+    replay: Mapping[str, Any],
+    parts: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """OPE (IPS, SNIPS, DR… with intervals) of the candidate and of production on the held-out
     window, and the gate's decision (``evaluation/``).
 
-    The baseline is the current ``production`` version (the uniform fallback before the
-    first). When this run already registered its version, the baseline recorded then is
-    used again, so a re-run reaches the same decision.
+    The baseline is :func:`baseline_state`. With ``parts`` (the outputs of
+    :func:`training.shards.shard_evaluation`, which evaluated against the baseline
+    planned with the shards) this is the reduce of the sharded OPE: normal-approximation
+    intervals instead of the bootstrap.
 
     Returns
     -------
@@ -186,30 +221,26 @@ def evaluate_offline(
         ``reasons``, ``baseline_version`` (None: the uniform fallback).
     """
     from training.evaluate import evaluate
-    from training.registry import ModelRegistry
 
     s = RunSpec.from_dict(spec)
-    registry = ModelRegistry(s.tracking_uri, s.model_name)
-    existing = registry.find_by_run_key(s.run_key)
-    if existing is not None:
-        baseline = existing.tags.get("previous_production") or None
-    else:
-        current = registry.by_alias("production")
-        baseline = current.version if current else None
-    baseline_state = None
-    if baseline is not None:
-        baseline_state, _ = production_state(registry, s.folder / "production", version=baseline)
     out = s.folder / "evaluation"
-    result = evaluate(
-        rebuilt["state_path"],
-        baseline_state,
-        replay["path"],
-        holdout_fraction=s.train_config().holdout_fraction,
-        rule=s.gate_rule(),
-        n_resamples=s.n_resamples,
-        seed=int(s.train.get("seed", 0)),
-        out_dir=out,
-    )
+    if parts:
+        from training.shards import reduce_evaluation
+
+        result = reduce_evaluation(parts, s.gate_rule(), out)
+        baseline = parts[0]["baseline_version"]
+    else:
+        baseline, state = baseline_state(s)
+        result = evaluate(
+            rebuilt["state_path"],
+            state,
+            replay["path"],
+            holdout_fraction=s.train_config().holdout_fraction,
+            rule=s.gate_rule(),
+            n_resamples=s.n_resamples,
+            seed=int(s.train.get("seed", 0)),
+            out_dir=out,
+        )
     reasons = [str(r) for r in result.gate.reasons]
     summary = {
         "passed": bool(result.gate.promote),

@@ -11,6 +11,13 @@ builder serving uses — from the logged context, the chosen arm's features and 
 
 A "diagnosing linear failure" report compares a linear head with a network of the same
 shape on one split of the training rows.
+
+Slates: every shown item is a training row with its position (:mod:`training.replay`).
+When the window holds slates, a shared policy learns a position bias by default: it is
+trained on ``[x_arm ; e_position]`` and saved as a :class:`bandit_core.PositionBias` with
+``position_slots`` = the longest slate of the window (``TrainConfig.position_slots``
+overrides it; 0 turns it off), so the served model scores position j of a slate with
+that position's one-hot and learns each reward at the position it names.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from bandit_core import POLICIES, Policy, load_policy, make_policy, save_policy
+from bandit_core import POLICIES, Policy, PositionBias, load_policy, make_policy, save_policy
 from bandit_core.diagnostics import diagnose_linear_failure
+from bandit_core.policies.position import split_position
 from training.replay import ReplayData, load_replay
 
 STATE_FILE = "policy_state.npz"
@@ -52,6 +60,12 @@ class TrainConfig:
         Stages of the neural learning curve.
     seed : int
         Seeds the network, its training and the diagnostic split.
+    position_slots : int or None
+        Positions of the position-bias term. None (default): the longest slate in the
+        window when it holds slates and the policy uses arm features, else none; 0: no
+        position bias; n > 0: n slots (at least the longest slate; shared policies only).
+        May also be given as ``options["position_slots"]`` (the retrain DAG's
+        ``policy_options``): the position bias is part of the served policy.
     """
 
     algorithm: str = "neural_linear"
@@ -60,8 +74,15 @@ class TrainConfig:
     min_rows: int = 100
     curve_points: int = 5
     seed: int = 0
+    position_slots: int | None = None
 
     def __post_init__(self) -> None:
+        if "position_slots" in self.options:
+            if self.position_slots is not None:
+                raise ValueError("position_slots is given twice (field and options); give it once.")
+            options = dict(self.options)
+            object.__setattr__(self, "position_slots", options.pop("position_slots"))
+            object.__setattr__(self, "options", options)
         if self.algorithm not in POLICIES:
             raise ValueError(
                 f"algorithm must be one of {', '.join(sorted(POLICIES))}; got {self.algorithm!r}."
@@ -73,6 +94,31 @@ class TrainConfig:
         for key in ("dim_user", "dim_arm"):
             if key in self.options:
                 raise ValueError(f"options must not set {key!r}: it comes from the replay data.")
+        if self.position_slots is not None and (
+            isinstance(self.position_slots, bool)
+            or not isinstance(self.position_slots, int)
+            or self.position_slots < 0
+        ):
+            raise ValueError(
+                f"position_slots must be None or an int >= 0; got {self.position_slots!r}."
+            )
+
+    def uses_arm_features(self) -> bool:
+        """Whether the algorithm scores candidates on their features (shared models)."""
+        config_class = getattr(POLICIES[self.algorithm], "config_class", None)
+        names = set(getattr(config_class, "__dataclass_fields__", {}))
+        return "dim_arm" in names and bool(self.options.get("shared", True))
+
+    def slots_for(self, data: ReplayData) -> int:
+        """The position slots to train with on ``data`` (see ``position_slots``)."""
+        if self.position_slots is None:
+            return data.len_list if data.len_list > 1 and self.uses_arm_features() else 0
+        if self.position_slots and not self.uses_arm_features():
+            raise ValueError(
+                f"position_slots needs a policy that uses arm features; {self.algorithm!r} "
+                "does not (use a shared or neural policy, or position_slots=0)."
+            )
+        return self.position_slots
 
 
 @dataclass(frozen=True)
@@ -86,6 +132,7 @@ class TrainResult:
     metrics: dict[str, float]
     curve: list[dict[str, float]]
     diagnostics: str
+    position_slots: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -165,6 +212,9 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
     previous attempt of the same run) and returns the result.
     """
     data = load_replay(replay_path)
+    slots = config.slots_for(data)
+    if slots:
+        data = data.with_position_features(slots)
     train_part, holdout = data.split(config.holdout_fraction)
     if train_part.n_rows < config.min_rows:
         raise ValueError(
@@ -182,11 +232,12 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
     diag = _diagnose(policy, train_part, config.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = save_policy(policy, out / STATE_FILE)
+    state = save_policy(PositionBias(policy, slots) if slots else policy, out / STATE_FILE)
     metrics = {
         **diag.as_metrics(),
         "n_train": float(train_part.n_rows),
         "n_holdout": float(holdout.n_rows),
+        "position_slots": float(slots),
     }
     if curve:
         metrics.update(train_loss=curve[-1]["train_loss"], val_loss=curve[-1]["val_loss"])
@@ -198,6 +249,7 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
         metrics=metrics,
         curve=curve,
         diagnostics=diag.summary(),
+        position_slots=slots,
     )
     (out / RESULT_FILE).write_text(result.to_json())
     return result
@@ -229,15 +281,20 @@ def rebuild_head(
 
     Neural policies re-encode every stored row with their current network (chunked);
     linear policies rebuild their head from the training part of the replay window. The
-    held-out part is left out so the offline evaluation stays honest.
+    held-out part is left out so the offline evaluation stays honest. A position-aware
+    model's head is rebuilt on its rows' ``[x_arm ; e_position]``.
     """
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    policy: Any = load_policy(state_path)
+    loaded: Any = load_policy(state_path)
+    policy, slots = split_position(loaded)
     if hasattr(policy, "rebuild_head"):
         policy.rebuild_head()
     else:
-        train_part, _ = load_replay(replay_path).split(holdout_fraction)
+        data = load_replay(replay_path)
+        if slots:
+            data = data.with_position_features(slots)
+        train_part, _ = data.split(holdout_fraction)
         policy.rebuild(
             train_part.contexts, train_part.arm_ids, train_part.rewards, train_part.arm_features
         )
-    return save_policy(policy, out_path)
+    return save_policy(loaded, out_path)

@@ -24,9 +24,10 @@ from bandit_core.policies.neural import (
     NeuralLinearConfig,
     NeuralPolicy,
 )
+from bandit_core.policies.position import PositionBias
 from bandit_core.policies.registry import POLICIES, make_policy, policy_from_state, policy_names
 from bandit_core.policies.uniform import UniformRandom
-from bandit_core.policies.wrappers import ExplorationFloor, ExposureCap
+from bandit_core.policies.wrappers import ExplorationFloor, ExposureCap, revise_reward
 
 __all__ = [
     "POLICIES",
@@ -48,6 +49,7 @@ __all__ = [
     "NeuralLinearConfig",
     "NeuralPolicy",
     "Policy",
+    "PositionBias",
     "SharedLinTS",
     "SharedLinTSConfig",
     "SharedLinUCB",
@@ -56,4 +58,5 @@ __all__ = [
     "make_policy",
     "policy_from_state",
     "policy_names",
+    "revise_reward",
 ]

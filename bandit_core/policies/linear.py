@@ -211,6 +211,14 @@ class PerArmModel:
             slot = int(self.heads_for([arm_id], create=True)[0])
         self.head._update(context, reward, slot)
 
+    def revise_one(
+        self, context: FloatArray, arm_id: str, feats: FloatArray, old: float, new: float
+    ) -> None:
+        slot = self._slots.get(arm_id)
+        if slot is None:
+            raise ValueError(f"arm_id {arm_id!r} has no learnt reward to revise.")
+        self.head.revise(context, old, new, slot)
+
     def learn(
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
     ) -> None:
@@ -272,6 +280,12 @@ class SharedModel:
 
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
         self.head._update(self.features.row(context, feats, arm_id), reward, 0)
+        self._weights = None
+
+    def revise_one(
+        self, context: FloatArray, arm_id: str, feats: FloatArray, old: float, new: float
+    ) -> None:
+        self.head.revise(self.features.row(context, feats, arm_id), old, new, 0)
         self._weights = None
 
     def learn(
@@ -382,6 +396,28 @@ class LinearPolicy:
         else:
             feats = _NO_FEATURES
         self.model.learn_one(x, str(arm_id), feats, r)
+
+    def revise_reward(
+        self,
+        context: Any,
+        arm_id: Any,
+        old_reward: Any,
+        new_reward: Any,
+        arm_features: Any = None,
+    ) -> None:
+        """The reward of an update already made becomes ``new_reward`` (e.g. a duplicate
+        reward summed into it); the posterior equals one that learnt ``new_reward`` at once.
+
+        Raises ``ValueError`` for bad input and for heads with a discount or a window.
+        """
+        x = as_float_vector("context", context, self.config.dim_user)
+        old = as_finite_float("old_reward", old_reward)
+        new = as_finite_float("new_reward", new_reward)
+        dim_arm = self.model.dim_arm
+        feats = (
+            as_float_vector("arm_features", arm_features, dim_arm) if dim_arm > 0 else _NO_FEATURES
+        )
+        self.model.revise_one(x, str(arm_id), feats, old, new)
 
     def update_batch(
         self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None

@@ -14,6 +14,7 @@ from bandit_core.policies.linear import (
     SharedLinUCB,
 )
 from bandit_core.policies.neural import BootstrappedEnsemble, MCDropout, NeuralLinear, NeuralPolicy
+from bandit_core.policies.position import PositionBias
 from bandit_core.policies.uniform import UniformRandom
 from bandit_core.policies.wrappers import ExplorationFloor, ExposureCap
 from bandit_core.types import SCHEMA_VERSION, PolicyState
@@ -34,7 +35,11 @@ POLICIES: dict[str, type[LinearPolicy] | type[UniformRandom] | type[NeuralPolicy
     )
 }
 
-WRAPPERS = {"exploration_floor": ExplorationFloor, "exposure_cap": ExposureCap}
+WRAPPERS = {
+    "exploration_floor": ExplorationFloor,
+    "exposure_cap": ExposureCap,
+    "position_bias": PositionBias,
+}
 
 
 def policy_names() -> list[str]:

@@ -61,6 +61,19 @@ class UniformRandom:
         check_context(context, self.dim_user)
         as_finite_float("reward", reward)
 
+    def revise_reward(
+        self,
+        context: Any,
+        arm_id: Any,
+        old_reward: Any,
+        new_reward: Any,
+        arm_features: Any = None,
+    ) -> None:
+        """Validates the revision and learns nothing (the policy has nothing to revise)."""
+        check_context(context, self.dim_user)
+        as_finite_float("old_reward", old_reward)
+        as_finite_float("new_reward", new_reward)
+
     def update_batch(
         self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
     ) -> None:

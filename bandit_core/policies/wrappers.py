@@ -64,6 +64,17 @@ class _Wrapper:
     ) -> None:
         self.inner.update_batch(contexts, arm_ids, rewards, arm_features)
 
+    def revise_reward(
+        self,
+        context: Any,
+        arm_id: Any,
+        old_reward: Any,
+        new_reward: Any,
+        arm_features: Any = None,
+    ) -> None:
+        """Forwarded to the inner policy (see its ``revise_reward``)."""
+        revise_reward(self.inner, context, arm_id, old_reward, new_reward, arm_features)
+
 
 class ExplorationFloor(_Wrapper):
     """Every candidate gets probability at least ``p_min``.
@@ -232,3 +243,22 @@ class ExposureCap(_Wrapper):
         policy._next = int(cfg["next"])
         policy._counts = Counter(policy._recent)
         return policy
+
+
+def revise_reward(
+    policy: Any,
+    context: Any,
+    arm_id: Any,
+    old_reward: Any,
+    new_reward: Any,
+    arm_features: Any = None,
+    **extra: Any,
+) -> None:
+    """Change the reward of an update ``policy`` already made (a summed duplicate reward).
+
+    Raises ``ValueError`` when the policy cannot revise a reward exactly online.
+    """
+    method = getattr(policy, "revise_reward", None)
+    if method is None:
+        raise ValueError(f"policy {policy.name!r} cannot revise a learnt reward online.")
+    method(context, arm_id, old_reward, new_reward, arm_features, **extra)

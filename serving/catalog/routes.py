@@ -1,15 +1,24 @@
-"""``/v1/items``: add, update, retire and read catalog items (writes need the token)."""
+"""``/v1/items``: add, update, retire, list and read catalog items (writes need the token).
+
+The listing pages through the catalog *as of one version* (``seq``, the number of its
+latest change): the first page fixes it and ``next_cursor`` carries it, so a catalog that
+changes while a client pages through it still yields every item exactly once, as it was.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import base64
+import binascii
+import json
+from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from serving.catalog.runtime import CatalogService
-from serving.catalog.schemas import ItemBody, ItemOut, ItemsIn, ItemsOut
+from serving.catalog.schemas import ItemBody, ItemOut, ItemsIn, ItemsOut, ItemsPage
 from serving.catalog.store import ItemInput, ItemRecord
+from serving.inputs import InputError
 from serving.routes import _UNAUTHORIZED, _UNAVAILABLE, Authorized, service_of
 from serving.service import NotFoundError
 
@@ -72,6 +81,52 @@ async def delete_item(item_id: ItemId, request: Request) -> ItemOut:
     return _out(record)
 
 
+def _cursor(seq: int, last_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([seq, last_id]).encode()).decode()
+
+
+def _read_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        seq, last_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if isinstance(seq, int) and not isinstance(seq, bool) and isinstance(last_id, str):
+            return seq, last_id
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+        pass
+    raise InputError(("query", "cursor"), "cursor must be a next_cursor of this listing.", cursor)
+
+
+@router.get("/v1/items")
+async def list_items(
+    request: Request,
+    status: Annotated[
+        Literal["active", "retired", "all"], Query(description="Which items to list.")
+    ] = "active",
+    limit: Annotated[int, Query(ge=1, le=1000, description="Items per page.")] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=2048, description="next_cursor of the previous page.")
+    ] = None,
+    seq: Annotated[
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="Catalog version to list (default: the newest)."),
+    ] = None,
+) -> ItemsPage:
+    """A page of catalog items, by id, as of one catalog version."""
+    after = None
+    if cursor is not None:
+        at, after = _read_cursor(cursor)
+        if seq is not None and seq != at:
+            raise InputError(
+                ("query", "seq"), f"seq {seq} contradicts the cursor's version {at}.", seq
+            )
+        seq = at
+    records, more, version = await catalog_of(request).page(status, limit, after, seq)
+    return ItemsPage(
+        items=[_out(r) for r in records],
+        seq=version,
+        next_cursor=_cursor(version, records[-1].item_id) if more else None,
+    )
+
+
 @router.get("/v1/items/{item_id}", responses=_NOT_FOUND)
 async def get_item(item_id: ItemId, request: Request) -> ItemOut:
     """The item's current version."""
@@ -83,7 +138,7 @@ async def get_item(item_id: ItemId, request: Request) -> ItemOut:
 
 @router.get("/v1/items/{item_id}/versions/{version}", responses=_NOT_FOUND)
 async def get_item_version(
-    item_id: ItemId, version: Annotated[int, Path(ge=1)], request: Request
+    item_id: ItemId, version: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request
 ) -> ItemOut:
     """One version of the item, as it was served (re-featurise logged decisions)."""
     record = await catalog_of(request).version(item_id, version)

@@ -169,6 +169,19 @@ class CatalogService:
     async def version(self, item_id: str, version: int) -> ItemRecord | None:
         return await asyncio.to_thread(self.store.version, item_id, version)
 
+    async def page(
+        self, status: str, limit: int, after: str | None, seq: int | None
+    ) -> tuple[list[ItemRecord], bool, int]:
+        """A page of the catalog as of version ``seq`` (None: the newest), that version
+        and whether more follow (:meth:`CatalogStore.page`)."""
+
+        def read() -> tuple[list[ItemRecord], bool, int]:
+            at = self.store.newest_seq() if seq is None else seq
+            found, more = self.store.page(status, limit, after, at)
+            return found, more, at
+
+        return await asyncio.to_thread(read)
+
     def retrieve(self, query: NDArray[np.float64], k: int) -> Retrieved:
         """The retrieved candidate set for ``query`` (the request's retrieval vector).
 

@@ -41,3 +41,11 @@ class ItemsOut(BaseModel):
     count: int
     seq: int = Field(description="Catalog change number of the last version written.")
     versions: dict[str, int]
+
+
+class ItemsPage(BaseModel):
+    items: list[ItemOut] = Field(description="Items by id, each as at the catalog version.")
+    seq: int = Field(description="Catalog version (change number) the page shows.")
+    next_cursor: str | None = Field(
+        description="Pass as ``cursor`` for the next page (same version); null at the end."
+    )

@@ -133,6 +133,50 @@ class CatalogStore:
             row = conn.execute(query).first()
         return None if row is None else _record(row)
 
+    def newest_seq(self) -> int:
+        """The catalog version: ``seq`` of its latest change (0 while empty)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(item_versions.c.seq))).scalar_one() or 0)
+
+    def page(
+        self, status: str, limit: int, after: str | None, seq: int
+    ) -> tuple[list[ItemRecord], bool]:
+        """Up to ``limit`` items by id after ``after``, as the catalog was at version
+        ``seq``: each item's latest version with ``seq`` at most that, kept when its
+        ``status`` ("active", "retired" or "all") matches. Returns the records (with the
+        item's current impression count) and whether more follow.
+
+        While ``seq`` is the newest version the current rows answer (one index range);
+        for an older version the versions table does.
+        """
+        if status not in ("active", "retired", "all"):
+            raise ValueError(f"status must be 'active', 'retired' or 'all'; got {status!r}.")
+        with self.engine.connect() as conn:
+            newest = conn.execute(select(func.max(item_versions.c.seq))).scalar_one() or 0
+            if seq >= newest:
+                table, updated = items, items.c.updated_at
+                query = select(items)
+            else:
+                v = item_versions.c
+                latest = select(v.item_id, func.max(v.seq).label("seq")).where(v.seq <= seq)
+                if after is not None:
+                    latest = latest.where(v.item_id > after)
+                last = latest.group_by(v.item_id).subquery()
+                table, updated = item_versions, v.created_at
+                query = (
+                    select(item_versions, items.c.impressions)
+                    .join(last, (v.item_id == last.c.item_id) & (v.seq == last.c.seq))
+                    .join(items, items.c.item_id == v.item_id)
+                )
+            query = query.add_columns(updated.label("changed_at"))
+            if after is not None:
+                query = query.where(table.c.item_id > after)
+            if status != "all":
+                query = query.where(table.c.retired.is_(status == "retired"))
+            rows = conn.execute(query.order_by(table.c.item_id).limit(limit + 1)).all()
+        found = [_record(r, int(r.impressions), r.changed_at) for r in rows[:limit]]
+        return found, len(rows) > limit
+
     def active(self) -> tuple[list[ItemRecord], int]:
         """Every active item (current version, impressions) and the newest ``seq``."""
         with self.engine.connect() as conn:

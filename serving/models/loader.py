@@ -5,21 +5,30 @@ finds a new version loads and recovers it in the loader thread, builds a new set
 replaces the reference in one assignment, so a request sees either the old set or the
 new one. A version already served (e.g. a candidate promoted to production) is reused
 with its online head. A version that fails to load is logged and the current one keeps
-serving; a source that cannot be reached changes nothing.
+serving; a source that cannot be reached changes nothing. A version whose feature
+dimensions differ from the expected ones (``expected``, else those of the version serving
+the role) is not loaded either: every request shaped for the current version would be
+refused. Each of these is counted by reason (``on_failure``) and the last one is kept in
+:attr:`ModelLoader.last_error`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from serving.models.recovery import recover
-from serving.models.served import ServedModel, ServingSet
+from serving.models.served import ServedModel, ServingSet, Signature
 from serving.models.sources import ModelRef, ModelSource, Role
 from serving.store.repository import EventStore
 
 log = logging.getLogger(__name__)
+
+
+class SignatureError(ValueError):
+    """A version's feature dimensions are not those the service serves."""
 
 
 class ModelLoader:
@@ -36,6 +45,14 @@ class ModelLoader:
         Traffic share of the candidate role (0 disables it).
     on_swap : callable, optional
         Called with the new set after every change (metrics).
+    expected_dim_user, expected_dim_arm : int, optional
+        Dimensions every version must have (None: those of the version it replaces).
+    on_failure : callable ``(reason, message)``, optional
+        Called when a poll keeps what serves: ``"unreachable"`` (the source), ``"load"``
+        (the version's artifact), ``"signature"`` (its dimensions) or ``"recover"`` (its
+        online head could not be read from the event store) (metrics).
+    retry_failed_s : float
+        A version that failed to load is not tried again for this long.
     """
 
     def __init__(
@@ -45,7 +62,16 @@ class ModelLoader:
         interval_s: float,
         candidate_share: float = 0.0,
         on_swap: Callable[[ServingSet], None] | None = None,
+        expected_dim_user: int | None = None,
+        expected_dim_arm: int | None = None,
+        on_failure: Callable[[str, str], None] | None = None,
+        retry_failed_s: float = 300.0,
     ) -> None:
+        self.expected = (expected_dim_user, expected_dim_arm)
+        self.retry_failed_s = retry_failed_s
+        self._failed_versions: dict[str, float] = {}
+        self._on_failure = on_failure
+        self.last_error: str | None = None
         self.source = source
         self.store = store
         self.interval_s = interval_s
@@ -101,7 +127,7 @@ class ModelLoader:
         try:
             ref = self.source.resolve(role)
         except Exception as exc:
-            self.failures += 1
+            self._failed("unreachable", f"model source {self.source.name} unreachable: {exc}")
             log.warning("model source %s unreachable for %s: %s", self.source.name, role, exc)
             return serving
         if ref is None:
@@ -109,23 +135,56 @@ class ModelLoader:
         reused = current.for_version(ref.version)
         if reused is not None:
             return reused
+        failed_at = self._failed_versions.get(ref.version)
+        if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s:
+            return serving  # failed a moment ago: counted and logged once, retried later
         return self._load(role, ref, serving)
 
     def _load(self, role: Role, ref: ModelRef, serving: ServedModel | None) -> ServedModel | None:
+        keeping = serving.version if serving else "the fallback"
+        stage = "load"
         try:
             base = self.source.load(ref)
+            self._check_signature(ref.version, Signature.of(base), serving)
+            stage = "recover"  # reads the event store: a failure here is not the version's
             model = recover(self.store, ref.version, base, self.source.name)
-        except Exception:
-            self.failures += 1
+        except SignatureError as exc:
+            self._failed_versions[ref.version] = time.monotonic()
+            self._failed("signature", str(exc))
+            log.error("%s; keeping %s", exc, keeping)
+            return serving
+        except Exception as exc:
+            if stage == "load":
+                self._failed_versions[ref.version] = time.monotonic()
+            self._failed(stage, f"could not {stage} {role} version {ref.version}: {exc}")
             log.exception(
-                "could not load %s version %s; keeping %s",
-                role,
-                ref.version,
-                serving.version if serving else "the fallback",
+                "could not %s %s version %s; keeping %s", stage, role, ref.version, keeping
             )
             return serving
         log.info("loaded %s %s (%d rewards replayed)", role, ref.version, model.applied_rewards)
         return model
+
+    def _check_signature(
+        self, version: str, signature: Signature, serving: ServedModel | None
+    ) -> None:
+        dim_user, dim_arm = self.expected
+        if serving is not None:
+            dim_user = serving.signature.dim_user if dim_user is None else dim_user
+            dim_arm = serving.signature.dim_arm if dim_arm is None else dim_arm
+        if (dim_user is not None and signature.dim_user != dim_user) or (
+            dim_arm is not None and signature.dim_arm != dim_arm
+        ):
+            raise SignatureError(
+                f"version {version} has dim_user={signature.dim_user}, "
+                f"dim_arm={signature.dim_arm}; the service expects dim_user={dim_user}, "
+                f"dim_arm={dim_arm}"
+            )
+
+    def _failed(self, reason: str, message: str) -> None:
+        self.failures += 1
+        self.last_error = message[:500]
+        if self._on_failure is not None:
+            self._on_failure(reason, message)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -9,14 +9,19 @@ applies all of them to the base — the reference the recovered head must equal.
 from __future__ import annotations
 
 from bandit_core import Policy
+from bandit_core.policies.position import update_batch_at
 from serving.models.served import ServedModel, Signature
 from serving.models.state_io import policy_from_bytes
 from serving.store.repository import AppliedRewards, EventStore
 
 
 def _learn(policy: Policy, tail: AppliedRewards) -> None:
+    """The rewards in order, each with the item (and, for a position-aware model, the
+    position one-hot) it was learnt from online."""
     if len(tail):
-        policy.update_batch(tail.contexts, tail.arm_ids, tail.values, tail.arm_features)
+        update_batch_at(
+            policy, tail.contexts, tail.arm_ids, tail.values, tail.arm_features, tail.positions
+        )
 
 
 def recover(store: EventStore, version: str, base: Policy, source: str) -> ServedModel:
@@ -29,6 +34,7 @@ def recover(store: EventStore, version: str, base: Policy, source: str) -> Serve
         last_id, applied = snapshot.last_reward_id, snapshot.applied_rewards
     tail = store.applied_rewards(version, after_id=last_id)
     _learn(policy, tail)
+    replayed_after = last_id
     if len(tail):
         last_id, applied = int(tail.ids[-1]), applied + len(tail)
     policy.model_version = version
@@ -39,6 +45,8 @@ def recover(store: EventStore, version: str, base: Policy, source: str) -> Serve
         signature=Signature.of(policy),
         last_reward_id=last_id,
         applied_rewards=applied,
+        replayed_after=replayed_after,
+        replayed_ids=tail.ids,
     )
 
 

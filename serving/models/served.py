@@ -7,27 +7,35 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from bandit_core import Policy
 
 
 @dataclass(frozen=True)
 class Signature:
-    """Input shape a policy expects: ``dim_user`` (None = any) and ``dim_arm``
-    (0 = candidate features are not used, any width accepted)."""
+    """Input shape a policy expects: ``dim_user`` (None = any) and ``dim_arm``, the width
+    of a candidate's features in a request (0 = not used, any width accepted);
+    ``position_slots`` > 0 when the model learns a position bias
+    (:class:`bandit_core.PositionBias`: its head sees ``dim_arm + position_slots``)."""
 
     dim_user: int | None
     dim_arm: int
+    position_slots: int = 0
 
     @classmethod
     def of(cls, policy: Policy) -> Signature:
         """Read the dimensions from the policy's state config (wrappers unwrapped)."""
         config: dict[str, Any] = policy.to_state().config
+        slots = 0
         while "inner" in config:
+            slots = max(slots, int(config.get("position_slots", 0) or 0))
             config = config["inner"]["config"]
         dim_user = config.get("dim_user")
         shared = config.get("shared", True)
         dim_arm = int(config.get("dim_arm", 0) or 0) if shared else 0
-        return cls(None if dim_user is None else int(dim_user), dim_arm)
+        return cls(None if dim_user is None else int(dim_user), dim_arm - slots, slots)
 
 
 def find_head(policy: Any) -> Any:
@@ -46,6 +54,9 @@ class ServedModel:
 
     ``policy`` is mutated only on the event-loop thread (decisions and reward
     application); ``last_reward_id`` is the id of the last reward its head learnt from.
+    ``replayed_after`` / ``replayed_ids``: the recovery started from the state after
+    reward ``replayed_after`` and replayed exactly these rewards (what the replica sync
+    of :mod:`serving.replica_sync` starts from).
     """
 
     version: str
@@ -57,6 +68,8 @@ class ServedModel:
     rewards_since_snapshot: int = 0
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     last_snapshot_at: float = field(default_factory=time.monotonic)
+    replayed_after: int = 0
+    replayed_ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def summary(self) -> dict[str, Any]:
         """Version, policy, source, bookkeeping and head statistics (for ``/v1/model``)."""

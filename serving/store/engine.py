@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,12 @@ from sqlalchemy import Engine, create_engine, event, make_url
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def make_engine(url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5) -> Engine:
+def make_engine(
+    url: str,
+    sqlite_synchronous: str = "FULL",
+    pool_size: int = 5,
+    connect_timeout_s: float | None = None,
+) -> Engine:
     """An engine for ``url``.
 
     SQLite files get ``journal_mode=WAL`` (readers never block the writer),
@@ -26,6 +32,10 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5) 
         Durability of SQLite commits.
     pool_size : int
         Connections kept open (PostgreSQL).
+    connect_timeout_s : float, optional
+        PostgreSQL (psycopg2): give up connecting after this long, and detect a dead peer
+        of an open connection by TCP keepalives within about 10 s, so an unreachable
+        server is noticed quickly (options given in the URL win).
     """
     parsed = make_url(url)
     options: dict[str, Any] = {}
@@ -49,6 +59,15 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL", pool_size: int = 5) 
 
         return engine
     options.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+    if connect_timeout_s is not None and parsed.get_driver_name() == "psycopg2":
+        libpq = {
+            "connect_timeout": max(2, math.ceil(connect_timeout_s)),
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+        }
+        options["connect_args"] = {k: v for k, v in libpq.items() if k not in parsed.query}
     return create_engine(parsed, **options)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -134,12 +136,67 @@ class RewardRow:
 @dataclass(frozen=True)
 class RewardOutcome:
     """The stored reward: its id (arrival order), ordinal within the event, and whether
-    the online head learns from it."""
+    the online head learns from it.
+
+    ``journaled``: the reward is durable in the local journal, not yet in the database
+    (``id`` is 0 until the journal is drained, see :mod:`serving.store.journal`).
+    """
 
     id: int
     ordinal: int
     applied: bool
     status: str
+    journaled: bool = False
+
+
+@dataclass(frozen=True)
+class JudgedReward:
+    """A reward with its verdict: ``ordinal`` among its event's rewards, whether a head
+    learns from it and its ``status``."""
+
+    row: RewardRow
+    ordinal: int
+    applied: bool
+    status: str
+
+    def params(self) -> dict[str, Any]:
+        """Column values for an INSERT into ``rewards``."""
+        row = self.row
+        return {
+            "event_id": row.event_id,
+            "ordinal": self.ordinal,
+            "value": row.value,
+            "ts": row.ts,
+            "received_at": row.received_at,
+            "applied": self.applied,
+            "status": self.status,
+            "model_version": row.model_version,
+            "position": row.position,
+        }
+
+
+def judge_rewards(
+    rows: Sequence[RewardRow], seen: Counter[str], at_position: Counter[tuple[str, int]]
+) -> list[JudgedReward]:
+    """The verdict of each reward, in order, given how many rewards each event already has
+    (``seen``) and has per position (``at_position``; None counts as position 0). Both
+    counters are updated. A reward repeats when its event already has one at the same
+    position; only a first, eligible reward is applied."""
+    out = []
+    for row in rows:
+        ordinal = seen[row.event_id]
+        seen[row.event_id] += 1
+        key = (row.event_id, row.position or 0)
+        repeat = at_position[key] > 0
+        at_position[key] += 1
+        if repeat:
+            status = row.repeat_status
+        elif row.eligible:
+            status = APPLIED
+        else:
+            status = row.ineligible_status or NOT_SERVED
+        out.append(JudgedReward(row, ordinal, status == APPLIED, status))
+    return out
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,12 @@ Rules (mirroring the service):
 * decisions whose window is still open at ``as_of`` are left out (their reward is not
   known yet);
 * a reward that names a slate position other than 0 belongs to the item shown there, not
-  to the decision's arm, and is not counted in the decision's reward.
+  to the decision's arm, and is not counted in the decision's reward: a slate's row also
+  carries every shown position's reward (``position_rewards``, the same rules per
+  position; a position without one gets ``default_reward``, or NaN under ``"drop"``),
+  whether it was observed, its ``ranking`` and the marginal ``position_propensities``
+  logged with it (:func:`training.replay.replay_from_frame` turns them into one training
+  row per shown item). Under ``"drop"`` a slate is kept when any position was rewarded.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ COLUMNS = (
     "reward",
     "reward_observed",
     "n_rewards",
+    "ranking",
+    "position_propensities",
+    "position_rewards",
+    "position_observed",
 )
 
 _YIELD_PER = 2000
@@ -96,12 +105,16 @@ def read_replay(
     d = decisions.c
     in_window = (d.created_at >= start) & (d.created_at < stop)
     observed = _rewards(engine, in_window, reward_window, duplicate_rule)
+    missing = float("nan") if missing_reward == "drop" else default_reward
     rows = []
     query = select(decisions).where(in_window).order_by(d.id)
     with engine.connect() as conn:
         for row in conn.execution_options(yield_per=_YIELD_PER).execute(query):
-            value, count = observed.get(row.event_id, (None, 0))
-            if value is None and missing_reward == "drop":
+            value, count = observed.get((row.event_id, 0), (None, 0))
+            slate = None
+            if row.ranking is not None:
+                slate = [observed.get((row.event_id, j)) for j in range(len(row.ranking))]
+            if missing_reward == "drop" and value is None and not any(slate or ()):
                 continue
             k, da = row.n_candidates, row.dim_arm
             rows.append(
@@ -124,6 +137,14 @@ def read_replay(
                     "reward": default_reward if value is None else value,
                     "reward_observed": value is not None,
                     "n_rewards": count,
+                    "ranking": None if row.ranking is None else list(row.ranking),
+                    "position_propensities": (None if slate is None else row.position_propensities),
+                    "position_rewards": (
+                        None if slate is None else [missing if v is None else v[0] for v in slate]
+                    ),
+                    "position_observed": (
+                        None if slate is None else [v is not None for v in slate]
+                    ),
                 }
             )
     return pd.DataFrame(rows, columns=list(COLUMNS))
@@ -131,20 +152,22 @@ def read_replay(
 
 def _rewards(
     engine: Engine, in_window: ColumnElement[bool], reward_window: timedelta, rule: str
-) -> dict[str, tuple[float, int]]:
-    """Per event: the reward under ``rule`` and how many rewards were in the window."""
+) -> dict[tuple[str, int], tuple[float, int]]:
+    """Per (event, slate position): the reward under ``rule`` and how many rewards were
+    in the window (a reward that names no position is position 0's)."""
     d, r = decisions.c, rewards.c
+    position = func.coalesce(r.position, 0).label("at")
     query = (
-        select(r.event_id, r.ordinal, r.value, r.ts, d.created_at)
+        select(r.event_id, position, r.ordinal, r.value, r.ts, d.created_at)
         .join(decisions, d.event_id == r.event_id)
-        .where(in_window, func.coalesce(r.position, 0) == 0)
+        .where(in_window)
         .order_by(r.event_id, r.ordinal)
     )
-    values: dict[str, list[float]] = defaultdict(list)
+    values: dict[tuple[str, int], list[float]] = defaultdict(list)
     with engine.connect() as conn:
         for row in conn.execution_options(yield_per=_YIELD_PER).execute(query):
             if row.ts - row.created_at <= reward_window:
-                values[row.event_id].append(float(row.value))
+                values[(row.event_id, int(row.at))].append(float(row.value))
     if rule == "sum":
         return {e: (float(sum(v)), len(v)) for e, v in values.items()}
     return {e: (v[0], len(v)) for e, v in values.items()}

@@ -14,7 +14,13 @@ from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 
 from serving.store import records
-from serving.store.records import DecisionRow, RewardOutcome, RewardRow, SnapshotRow
+from serving.store.records import (
+    DecisionRow,
+    JudgedReward,
+    RewardOutcome,
+    RewardRow,
+    SnapshotRow,
+)
 from serving.store.schema import decisions, head_snapshots, items, rewards
 from serving.store.types import decode_floats
 
@@ -80,7 +86,9 @@ class StoredSnapshot:
 class AppliedRewards:
     """Applied rewards of one model version in id order, with the features to learn from.
 
-    ``contexts`` (n, dim_user), ``arm_features`` (n, dim_arm), ``values`` (n,), ``ids`` (n,).
+    ``contexts`` (n, dim_user), ``arm_features`` (n, dim_arm), ``values`` (n,), ``ids`` (n,);
+    ``arm_ids`` / ``arm_features`` are those of the item at the rewarded slate
+    ``positions`` (n,) (0 for single decisions and rewards that name no position).
     """
 
     ids: NDArray[np.int64]
@@ -88,6 +96,7 @@ class AppliedRewards:
     arm_ids: list[str]
     arm_features: NDArray[np.float64]
     values: NDArray[np.float64]
+    positions: NDArray[np.intp] | None = None
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -129,46 +138,25 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
 
 
 def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcome]:
-    """Ordinals count an event's rewards; a reward repeats when its event already has one
-    at the same position (None counts as position 0)."""
+    """Ordinals count an event's rewards already stored (see
+    :func:`~serving.store.records.judge_rewards`)."""
     event_ids = sorted({r.event_id for r in rows})
     seen: Counter[str] = Counter()
     at_position: Counter[tuple[str, int]] = Counter()
     for event_id, position, count in conn.execute(_COUNT_REWARDS, {"event_ids": event_ids}):
         seen[event_id] += int(count)
         at_position[(event_id, int(position))] += int(count)
-    params, verdicts = [], []
-    for row in rows:
-        ordinal = seen[row.event_id]
-        seen[row.event_id] += 1
-        key = (row.event_id, row.position or 0)
-        repeat = at_position[key] > 0
-        at_position[key] += 1
-        if repeat:
-            status = row.repeat_status
-        elif row.eligible:
-            status = records.APPLIED
-        else:
-            status = row.ineligible_status or records.NOT_SERVED
-        applied = status == records.APPLIED
-        verdicts.append((ordinal, applied, status))
-        params.append(
-            {
-                "event_id": row.event_id,
-                "ordinal": ordinal,
-                "value": row.value,
-                "ts": row.ts,
-                "received_at": row.received_at,
-                "applied": applied,
-                "status": status,
-                "model_version": row.model_version,
-                "position": row.position,
-            }
-        )
-    ids = conn.execute(_INSERT_REWARDS, params).scalars()
+    return insert_rewards(conn, records.judge_rewards(rows, seen, at_position))
+
+
+def insert_rewards(conn: Connection, judged: Sequence[JudgedReward]) -> list[RewardOutcome]:
+    """Insert rewards whose verdict is decided; their outcomes, with the new ids in order."""
+    if not judged:
+        return []
+    ids = conn.execute(_INSERT_REWARDS, [j.params() for j in judged]).scalars()
     return [
-        RewardOutcome(int(rid), ordinal, applied, status)
-        for rid, (ordinal, applied, status) in zip(ids, verdicts, strict=True)
+        RewardOutcome(int(rid), j.ordinal, j.applied, j.status)
+        for rid, j in zip(ids, judged, strict=True)
     ]
 
 
@@ -237,8 +225,26 @@ class EventStore:
             row.state,
         )
 
-    def applied_rewards(self, model_version: str, after_id: int = 0) -> AppliedRewards:
-        """Rewards applied to ``model_version``'s head with id > ``after_id``, in id order."""
+    def applied_reward_ids(
+        self, model_version: str, after_id: int = 0
+    ) -> tuple[NDArray[np.int64], list[datetime]]:
+        """Ids (in order) and ``received_at`` of the rewards applied to ``model_version``
+        with id > ``after_id``: what a replica compares with the rewards its head has."""
+        r = rewards.c
+        query = (
+            select(r.id, r.received_at)
+            .where(r.model_version == model_version, r.applied.is_(True), r.id > after_id)
+            .order_by(r.id)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return np.array([row.id for row in rows], dtype=np.int64), [row.received_at for row in rows]
+
+    def applied_rewards(
+        self, model_version: str, after_id: int = 0, only: Sequence[int] | None = None
+    ) -> AppliedRewards:
+        """Rewards applied to ``model_version``'s head with id > ``after_id`` (and among
+        the ids ``only`` when given), in id order."""
         r, d = rewards.c, decisions.c
         query = (
             select(
@@ -251,20 +257,28 @@ class EventStore:
                 d.candidate_features,
                 d.chosen,
                 d.arm_id,
+                d.candidate_ids,
+                d.ranking,
+                r.position,
             )
             .join(decisions, d.event_id == r.event_id)
             .where(r.model_version == model_version, r.applied.is_(True), r.id > after_id)
             .order_by(r.id)
         )
-        ids, values, contexts, arm_ids, feats = [], [], [], [], []
+        if only is not None:
+            query = query.where(r.id.in_([int(i) for i in only]))
+        ids, values, contexts, arm_ids, feats, positions = [], [], [], [], [], []
         with self.engine.connect() as conn:
             for row in conn.execute(query):
                 ids.append(int(row.id))
                 values.append(float(row.value))
                 contexts.append(decode_floats(row.context, (row.dim_user,)))
-                arm_ids.append(row.arm_id)
                 cand = decode_floats(row.candidate_features, (row.n_candidates, row.dim_arm))
-                feats.append(cand[row.chosen])
+                position = int(row.position or 0)
+                shown = row.chosen if position == 0 else int(row.ranking[position])
+                arm_ids.append(row.arm_id if position == 0 else row.candidate_ids[shown])
+                feats.append(cand[shown])
+                positions.append(position)
         if not ids:
             return AppliedRewards(
                 np.zeros(0, np.int64), np.zeros((0, 0)), [], np.zeros((0, 0)), np.zeros(0)
@@ -275,6 +289,7 @@ class EventStore:
             arm_ids,
             np.vstack(feats),
             np.array(values),
+            np.array(positions, dtype=np.intp),
         )
 
     def count_rows(self) -> dict[str, int]:

@@ -8,6 +8,13 @@ service commits each item at once (no timer, no added latency).
 
 A batch that fails with a database error is retried; if it keeps failing, its items
 are committed one by one, so one bad item fails only its own request.
+
+With a ``spool`` (the local journal, :mod:`serving.store.journal`), a batch that fails
+because the database is unreachable is appended to the journal instead and acknowledged
+once fsynced there; the writer is then *degraded*: batches go straight to the journal
+while a probe thread checks the database every ``probe_s`` seconds, and when it answers
+the writer drains the journal (in order, before any new batch) and commits to the
+database again.
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,35 @@ class WriterClosedError(RuntimeError):
     """The writer no longer accepts items (the service is shutting down)."""
 
 
+class Spool(Protocol):
+    """Where batches go while the database is unreachable (see
+    :class:`serving.store.journal.Journal`)."""
+
+    def spool(self, items: Sequence[Any]) -> list[Any]:
+        """Store ``items`` durably; per item its result or the exception refusing it."""
+        ...
+
+    def drain(self, engine: Engine) -> Any:
+        """Copy everything spooled into the database (raises while it is unreachable)."""
+        ...
+
+    def observe(self, items: Sequence[Any], results: Sequence[Any]) -> None:
+        """Called after each database commit."""
+        ...
+
+    def on_outage(self) -> None:
+        """Called when the database becomes unreachable."""
+        ...
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (as opposed to refusing an
+    item: a constraint, a bad value)."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 class GroupCommitWriter(Generic[T, R]):
     """Batches items from many threads into few transactions.
 
@@ -61,6 +98,14 @@ class GroupCommitWriter(Generic[T, R]):
         (the service uses it to apply committed rewards to the heads in commit order).
     on_batch : callable ``(n_items, seconds)``, optional
         Metrics hook, called after each commit.
+    spool : Spool, optional
+        The local journal that takes batches while the database is unreachable.
+    on_drained : callable ``(report)``, optional
+        Called in the writer thread after the spool was drained into the database.
+    on_degraded : callable ``(degraded)``, optional
+        Called when the writer starts or stops spooling.
+    probe_s : float
+        Seconds between two checks of an unreachable database.
     """
 
     def __init__(
@@ -72,9 +117,22 @@ class GroupCommitWriter(Generic[T, R]):
         on_committed: Callable[[Sequence[T], list[R]], None] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "banditops-writer",
+        spool: Spool | None = None,
+        on_drained: Callable[[Any], None] | None = None,
+        on_degraded: Callable[[bool], None] | None = None,
+        probe_s: float = 1.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1; got {max_batch}.")
+        if probe_s <= 0:
+            raise ValueError(f"probe_s must be positive; got {probe_s}.")
+        self._spool = spool
+        self._on_drained = on_drained
+        self._on_degraded = on_degraded
+        self.probe_s = probe_s
+        self.degraded = False
+        self.outages = 0
+        self._db_back = threading.Event()
         self.engine = engine
         self._write = write
         self.max_batch = max_batch
@@ -122,8 +180,14 @@ class GroupCommitWriter(Generic[T, R]):
     def _loop(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            if self.degraded and self._db_back.is_set():
+                self._try_drain()
+            try:
+                first = self._queue.get(timeout=self.probe_s if self.degraded else None)
+            except queue.Empty:
+                continue
             if first is _STOP:
+                self._last_drain()
                 return
             batch = [first]
             while len(batch) < self.max_batch:
@@ -136,6 +200,7 @@ class GroupCommitWriter(Generic[T, R]):
                     break
                 batch.append(nxt)
             self._commit(batch)
+        self._last_drain()
 
     def _commit(self, batch: list[tuple[T, Future[R]]]) -> None:
         # A future cancelled before now (its caller gave up) still gets its item written;
@@ -144,10 +209,17 @@ class GroupCommitWriter(Generic[T, R]):
             if not (future.running() or future.cancelled()):
                 future.set_running_or_notify_cancel()
         items = [item for item, _ in batch]
+        if self.degraded and not self._try_drain():
+            self._spool_batch(batch)
+            return
         started = time.perf_counter()
         try:
             results = self._transaction(items, retry=True)
         except Exception as exc:
+            if self._spool is not None and is_outage(exc):
+                self._enter_degraded(exc)
+                self._spool_batch(batch)
+                return
             if len(batch) == 1:
                 log.error("event store write failed: %s", exc)
                 _settle(batch[0][1], exc=exc)
@@ -160,13 +232,94 @@ class GroupCommitWriter(Generic[T, R]):
         self.items += len(items)
         if self._on_batch is not None:
             self._on_batch(len(items), time.perf_counter() - started)
-        if self._on_committed is not None:
+        if self._spool is not None:
+            self._spool.observe(items, results)
+        self._committed(batch, results)
+
+    def _committed(self, batch: list[tuple[T, Future[R]]], results: list[Any]) -> None:
+        """Run the hook on the durable items, then complete every future."""
+        done = [(item, res) for (item, _), res in zip(batch, results, strict=True)]
+        durable = [(item, res) for item, res in done if not isinstance(res, BaseException)]
+        if self._on_committed is not None and durable:
             try:
-                self._on_committed(items, results)
-            except Exception:  # the rows are committed: never fail the requests for this
+                self._on_committed([i for i, _ in durable], [r for _, r in durable])
+            except Exception:  # the rows are durable: never fail the requests for this
                 log.exception("on_committed hook failed")
         for (_, future), result in zip(batch, results, strict=True):
-            _settle(future, result)
+            if isinstance(result, BaseException):
+                _settle(future, exc=result)
+            else:
+                _settle(future, result)
+
+    # ------------------------------------------------------------------ outage
+    def _enter_degraded(self, exc: BaseException) -> None:
+        log.error("event store unreachable (%s); events go to the local journal", exc)
+        self.degraded = True
+        self.outages += 1
+        self._db_back.clear()
+        if self._spool is not None:
+            self._spool.on_outage()
+        if self._on_degraded is not None:
+            self._on_degraded(True)
+        self._start_probe()
+
+    def _spool_batch(self, batch: list[tuple[T, Future[R]]]) -> None:
+        if self._spool is None:  # pragma: no cover - only called with a spool
+            raise RuntimeError("no spool")
+        items = [item for item, _ in batch]
+        try:
+            results = self._spool.spool(items)
+        except Exception as exc:
+            log.error("journal write failed: %s", exc)
+            results = [exc] * len(items)
+        self._committed(batch, results)
+
+    def _start_probe(self) -> None:
+        threading.Thread(target=self._probe, name="banditops-store-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        """Until the database answers (or the writer closes): try it every ``probe_s``."""
+        while not self._closed:
+            time.sleep(self.probe_s)
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(select(1))
+            except Exception:
+                continue
+            self._db_back.set()
+            return
+
+    def _try_drain(self) -> bool:
+        """Drain the spool when the probe saw the database; True when no longer degraded."""
+        if not self.degraded:
+            return True
+        if self._spool is None or not self._db_back.is_set():
+            return False
+        self._db_back.clear()
+        if self._conn is not None:  # opened before the outage: not to be trusted
+            self._conn.close()
+            self._conn = None
+        try:
+            report = self._spool.drain(self.engine)
+        except Exception as exc:
+            log.warning("journal drain failed (%s); still degraded", exc)
+            self._start_probe()
+            return False
+        self.degraded = False
+        if self._on_drained is not None:
+            try:
+                self._on_drained(report)
+            except Exception:
+                log.exception("on_drained hook failed")
+        if self._on_degraded is not None:
+            self._on_degraded(False)
+        return True
+
+    def _last_drain(self) -> None:
+        """At close: one direct attempt to drain; what stays is drained at the next start."""
+        if self.degraded:
+            self._db_back.set()
+            self._try_drain()
 
     def _transaction(self, items: list[T], retry: bool) -> list[R]:
         attempts = len(_BACKOFF_S) + 1 if retry else 1

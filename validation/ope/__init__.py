@@ -21,6 +21,7 @@ from validation.ope.evaluate import (
     default_reward_model,
     evaluate_policy,
     policy_action_dist,
+    slate_policy_action_dist,
 )
 from validation.ope.inputs import BanditFeedback, check_feedback
 from validation.ope.report import OPEReport, plot_report
@@ -62,4 +63,5 @@ __all__ = [
     "policy_action_dist",
     "round_terms",
     "select_lambda",
+    "slate_policy_action_dist",
 ]

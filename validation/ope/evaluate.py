@@ -19,6 +19,8 @@ from bandit_core._validation import (
     check_generator,
     validate_params,
 )
+from bandit_core.policies.position import split_position
+from bandit_core.slates import slate_marginals
 from validation.ope.bootstrap import BOOTSTRAP_PARAMS
 from validation.ope.estimate import Estimate, estimate
 from validation.ope.estimators import MODEL_BASED, check_estimator_name
@@ -197,6 +199,56 @@ def policy_action_dist(policy: Policy, batch: LoggedBatch, rng: np.random.Genera
     return np.repeat(probs[:, :, None], batch.len_list, axis=2)
 
 
+def slate_policy_action_dist(
+    policy: Policy,
+    batch: LoggedBatch,
+    rng: np.random.Generator,
+    *,
+    n_draws: int = 200,
+    max_states: int = 64,
+) -> FloatArray:
+    """The ``action_dist`` (n_rounds, n_actions, len_list) of ``policy`` *as a slate
+    policy*: column j of row t is the probability that its sequential slate (positions
+    filled in turn without replacement, :func:`bandit_core.slates.select_slate`) shows
+    each candidate at position j in context t — the marginals of
+    :func:`bandit_core.slates.slate_marginals` (exact while few prefix sets are reachable,
+    else Monte Carlo over ``n_draws`` prefixes).
+
+    This is the evaluation distribution of position-wise estimators when the log holds
+    one round per shown item with its position and the marginal logging propensity at it
+    (the Open Bandit Pipeline's ``position`` / ``len_list`` contract); a position-aware
+    policy (:class:`bandit_core.PositionBias`) scores each position with its one-hot.
+    Rows with the same context and available candidates (the rows of one logged slate)
+    are computed once. A row with fewer available candidates than ``len_list`` (or a
+    policy with fewer position slots) gets probability 0 at the positions it cannot fill.
+    """
+    rng = check_generator(rng)
+    n, k, slots = batch.n_rounds, len(batch.candidates), batch.len_list
+    _, own_slots = split_position(policy)
+    if own_slots is not None:
+        slots = min(slots, own_slots)
+    out = np.zeros((n, k, batch.len_list))
+    everyone = np.arange(k)
+    done: dict[tuple[bytes, bytes], FloatArray] = {}
+    for t in range(n):
+        cols = everyone if batch.available is None else np.flatnonzero(batch.available[t])
+        key = (batch.contexts[t].tobytes(), cols.tobytes())
+        block = done.get(key)
+        if block is None:
+            block = slate_marginals(
+                policy,
+                batch.contexts[t],
+                batch.candidates.subset(cols),
+                min(slots, cols.shape[0]),
+                rng,
+                n_draws=n_draws,
+                max_states=max_states,
+            )
+            done[key] = block
+        out[t, cols, : block.shape[1]] = block
+    return out
+
+
 def default_reward_model() -> CrossFitRewardModel:
     """3-fold cross-fitted ridge regression (α = 1), one model per slot."""
     return CrossFitRewardModel(lambda: RidgeModel(alpha=1.0), n_folds=3, per_position=True)
@@ -214,6 +266,7 @@ def evaluate_policy(
     clip: float | None = None,
     switch_lambda: float | None = None,
     dros_lambda: float | None = None,
+    slates: bool = False,
 ) -> OPEReport:
     """Off-policy estimates of ``policy``'s value on ``batch``, with intervals.
 
@@ -237,6 +290,10 @@ def evaluate_policy(
         Weight clipping of ``ips``.
     switch_lambda, dros_lambda : float, optional
         λ of Switch-DR and DRos; ``None`` tunes it by estimated MSE.
+    slates : bool
+        Evaluate ``policy`` as a ranker of ``len_list`` positions
+        (:func:`slate_policy_action_dist`, position-wise) instead of one choice used at
+        every slot (:func:`policy_action_dist`); the same when ``len_list`` is 1.
 
     Returns
     -------
@@ -267,7 +324,11 @@ def evaluate_policy(
         names.remove("replay")
         notes.append("replay skipped: the log is not uniformly random.")
 
-    action_dist = policy_action_dist(policy, batch, rng)
+    if slates and batch.len_list > 1:
+        action_dist = slate_policy_action_dist(policy, batch, rng)
+        notes.append(f"position-wise: the policy ranks {batch.len_list} positions.")
+    else:
+        action_dist = policy_action_dist(policy, batch, rng)
     q_hat = None
     if any(n in MODEL_BASED for n in names):
         model = reward_model if reward_model is not None else default_reward_model()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit_core._validation import FloatArray
+from bandit_core._validation import FloatArray, refuse_complex
 
 IntArray = NDArray[np.intp]
 
@@ -44,6 +44,7 @@ def _show(value: Any) -> str:
 
 def _float_array(name: str, value: Any, ndim: int, widen: bool = False) -> FloatArray:
     """A finite float64 array of ``ndim`` dimensions (``widen``: a 2-D one gains a last axis)."""
+    refuse_complex(name, value)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -80,13 +81,14 @@ def _index_array(name: str, value: Any, n: int, upper: int, upper_name: str) -> 
             )
     elif arr.dtype.kind not in "iub":
         raise ValueError(f"{name} must hold integer indices; got dtype {arr.dtype}.")
-    out = arr.astype(np.intp)
-    bad = (out < 0) | (out >= upper)
+    bad = (arr < 0) | (arr >= upper)  # before the cast, which would wrap huge values
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{name} must be in [0, {upper}) ({upper_name} = {upper}); got {out[i]} at index {i}."
+            f"{name} must be in [0, {upper}) ({upper_name} = {upper}); "
+            f"got {arr[i].item()!r} at index {i}."
         )
+    out: IntArray = arr.astype(np.intp)
     return out
 
 

@@ -131,8 +131,10 @@ def plot_report(report: OPEReport, path: str | Path, truth: float | None = None)
     ax.set_yticks(ys)
     ax.set_yticklabels(names)
     ax.invert_yaxis()
-    level = next(iter(report.estimates.values())).level if names else 0.95
-    ax.set_xlabel(f"estimated policy value ({100 * level:g}% bootstrap interval)")
+    first = next(iter(report.estimates.values()), None)
+    level = first.level if first is not None else 0.95
+    kind = "normal-approximation" if first is not None and first.n_resamples == 0 else "bootstrap"
+    ax.set_xlabel(f"estimated policy value ({100 * level:g}% {kind} interval)")
     ax.set_title(f"{report.policy}: off-policy estimates on {report.n_rounds} rounds")
     fig.tight_layout()
     out = Path(path)

@@ -35,6 +35,7 @@ from bandit_core._validation import (
     IsBool,
     OneOf,
     OptionalOf,
+    as_finite_float,
     validate_params,
 )
 from bandit_core.exploration import tied_with_max
@@ -305,6 +306,42 @@ class NeuralPolicy:
             if self.since_retrain_ >= self.config.retrain_every:
                 self.retrain()
             start = stop
+
+    def revise_reward(
+        self,
+        context: Any,
+        arm_id: Any,
+        old_reward: Any,
+        new_reward: Any,
+        arm_features: Any = None,
+    ) -> None:
+        """The reward of an update already made becomes ``new_reward``: the fast-path
+        model moves as if it had learnt ``new_reward`` at once, and the stored observation
+        (the slow path's training data) carries it from now on.
+
+        Raises ``ValueError`` for bad input, when no such observation is stored, and for
+        policies whose fast path cannot revise (ensemble, dropout).
+        """
+        feats = None if arm_features is None else [arm_features]
+        x, ids, r, f = check_updates(
+            check_context(context, self.config.dim_user),
+            [arm_id],
+            [new_reward],
+            feats,
+            self.config.dim_user,
+            self.config.dim_arm,
+        )
+        old = as_finite_float("old_reward", old_reward)
+        inputs = self.features.build_rows(x, f, ids)[0]
+        index = self.buffer_.find(inputs, old)
+        self._revise_fast(inputs, old, float(r[0]))
+        self.buffer_.set_reward(index, float(r[0]))
+
+    def _revise_fast(self, inputs: FloatArray, old: float, new: float) -> None:
+        raise ValueError(
+            f"{self.name} cannot revise a learnt reward online (its fast path keeps no "
+            "additive statistics); the nightly retrain learns the revised reward."
+        )
 
     def retrain(self) -> float:
         """Slow path, also callable on demand: train the network on the whole buffer,

@@ -84,6 +84,20 @@ class ReplayBuffer:
             self._rewards[slot] = rewards[row]
             self._weights[slot] = w[row]
 
+    def find(self, inputs: FloatArray, reward: float) -> int:
+        """Index of the latest stored row equal to ``inputs`` (dim,) with ``reward``.
+
+        Raises ``ValueError`` when no such row is stored.
+        """
+        match = (self.inputs == inputs).all(axis=1) & (self.rewards == reward)
+        hits = np.flatnonzero(match)
+        if hits.size == 0:
+            raise ValueError("no stored observation has these inputs and this reward.")
+        return int(hits[-1])
+
+    def set_reward(self, index: int, reward: float) -> None:
+        self._rewards[index] = reward
+
     def to_arrays(self, prefix: str = "buffer.") -> dict[str, NDArray[Any]]:
         return {
             prefix + "inputs": self.inputs.copy(),

@@ -151,6 +151,9 @@ class NeuralLinear(NeuralPolicy):
         else:
             self.head.update_batch(phi, rewards)
 
+    def _revise_fast(self, inputs: FloatArray, old: float, new: float) -> None:
+        self.head.revise(self.encode(inputs[None])[0], old, new)
+
     def _after_retrain(self) -> None:
         self.rebuild_head()
 

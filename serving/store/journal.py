@@ -1,0 +1,563 @@
+"""A durable local journal for events the database cannot take right now.
+
+When the event store is unreachable the group-commit writer
+(:mod:`serving.store.writer`) hands each batch to :meth:`Journal.spool` instead of
+failing it: the batch's records are appended to a local segment file and fsynced, and
+only then are the requests acknowledged. When the database answers again the writer
+calls :meth:`Journal.drain`, which copies the records into the store in journal order and
+empties the segment; new events wait behind the drain, so the store sees events in the
+order they were acknowledged.
+
+Format
+    One segment file per process (``<dir>/segment-<ns>-<pid>-<hex>.journal``), held under
+    an exclusive ``flock`` while the process lives. A record is ``<u32 length><u32
+    crc32><JSON payload>``: a decision (every field of its
+    :class:`~serving.store.records.DecisionRow`, arrays as base64 of their bytes — never
+    pickle) or a reward with its verdict (ordinal, applied, status). A record whose
+    length or checksum does not hold is the torn tail of a write that was never
+    acknowledged; reading stops there.
+
+Idempotent replay
+    A decision is keyed by its ``event_id``, a reward by ``(event_id, ordinal)``
+    (``UNIQUE`` in the store). A drain skips records whose key is already stored, so a
+    drain interrupted by a crash, or a batch that the database committed although its
+    acknowledgement was lost, is never written twice.
+
+Rewards while degraded
+    The verdict of a reward (its ordinal, whether a head learns from it) needs the number
+    of rewards its event already has. The journal knows it for the decisions it holds,
+    and a bounded ledger counts the rewards of recent decisions committed by this process
+    (``exclusive``: the only writer of the store; with several workers the ledger is
+    reset when an outage starts, since another worker may have rewarded them). A reward
+    whose count is unknown is refused (503, to be retried): its verdict cannot be exact.
+
+Restart
+    :meth:`Journal.recover` drains the segments that no live process holds (the previous
+    run of this process, killed or stopped while the database was away) before the
+    service recovers its heads from the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import Connection, Engine, select
+
+from serving.store.records import (
+    DecisionRow,
+    JudgedReward,
+    RewardOutcome,
+    RewardRow,
+    judge_rewards,
+)
+from serving.store.repository import StoredDecision, insert_rewards, write_events
+from serving.store.schema import decisions, rewards
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")
+_SUFFIX = ".journal"
+#: Records written to the store per transaction while draining.
+DRAIN_CHUNK = 500
+_REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardRow) if f.name != "learn")
+
+
+class JournalError(RuntimeError):
+    """The journal cannot take an event (full, refused or failed to write): the event is
+    not acknowledged."""
+
+
+# ---------------------------------------------------------------------- codec
+def _encode(value: Any) -> Any:
+    """JSON-safe, tagged form of a record field (arrays as raw bytes, never pickle)."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise TypeError("object arrays cannot be journaled.")
+        data = base64.b64encode(np.ascontiguousarray(value).tobytes()).decode()
+        return {"$nd": data, "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, bytes):
+        return {"$by": base64.b64encode(value).decode()}
+    if isinstance(value, tuple):
+        return {"$tu": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {"$di": {str(k): _encode(v) for k, v in value.items()}}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$nd" in value:
+        raw = base64.b64decode(value["$nd"])
+        return np.frombuffer(raw, dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+    if "$dt" in value:
+        return datetime.fromisoformat(value["$dt"])
+    if "$by" in value:
+        return base64.b64decode(value["$by"])
+    if "$tu" in value:
+        return tuple(_decode(v) for v in value["$tu"])
+    return {k: _decode(v) for k, v in value["$di"].items()}
+
+
+def encode_record(item: DecisionRow | JudgedReward) -> bytes:
+    """One framed record: length, CRC-32 and the JSON payload."""
+    if isinstance(item, DecisionRow):
+        fields = {f.name: getattr(item, f.name) for f in dataclasses.fields(DecisionRow)}
+        payload: dict[str, Any] = {"kind": "decision", "fields": _encode(fields)}
+    else:
+        fields = {name: getattr(item.row, name) for name in _REWARD_FIELDS}
+        payload = {
+            "kind": "reward",
+            "fields": _encode(fields),
+            "ordinal": item.ordinal,
+            "applied": item.applied,
+            "status": item.status,
+        }
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return _HEADER.pack(len(body), zlib.crc32(body)) + body
+
+
+def _decode_payload(body: bytes) -> DecisionRow | JudgedReward:
+    payload = json.loads(body)
+    fields = _decode(payload["fields"])
+    if payload["kind"] == "decision":
+        return DecisionRow(**fields)
+    row = RewardRow(**fields)
+    return JudgedReward(row, int(payload["ordinal"]), bool(payload["applied"]), payload["status"])
+
+
+def read_records(data: bytes) -> tuple[list[DecisionRow | JudgedReward], int]:
+    """The records of a segment's bytes, and the length of its valid prefix (a torn or
+    corrupt tail is left out)."""
+    out: list[DecisionRow | JudgedReward] = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        start = offset + _HEADER.size
+        body = data[start : start + length]
+        if len(body) < length or zlib.crc32(body) != crc:
+            break
+        out.append(_decode_payload(body))
+        offset = start + length
+    return out, offset
+
+
+def stored_decision(row: DecisionRow) -> StoredDecision:
+    """What a reward needs of a logged decision (not the (K, d) candidate block)."""
+    return StoredDecision(
+        event_id=row.event_id,
+        created_at=row.created_at,
+        context=row.context,
+        arm_id=row.arm_id,
+        arm_features=row.candidate_features[row.chosen].copy(),
+        model_version=row.model_version,
+        fallback=row.fallback,
+        slate_ids=None if row.ranking is None else row.shown_ids,
+        slate_features=None if row.ranking is None else row.candidate_features[list(row.ranking)],
+    )
+
+
+# ---------------------------------------------------------------------- drain
+@dataclass
+class DrainReport:
+    """What a drain wrote: counts, and ``(model_version, reward id, applied)`` of every
+    journaled reward, in journal order (``rewards``)."""
+
+    records: int = 0
+    decisions: int = 0
+    rewards: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    reward_ids: list[tuple[str | None, int, bool]] = field(default_factory=list)
+
+    def add(self, other: DrainReport) -> None:
+        self.records += other.records
+        self.decisions += other.decisions
+        self.rewards += other.rewards
+        self.skipped += other.skipped
+        self.seconds += other.seconds
+        self.reward_ids += other.reward_ids
+
+
+def _drain_chunk(conn: Connection, chunk: Sequence[DecisionRow | JudgedReward]) -> DrainReport:
+    """Write the records of ``chunk`` that the store does not hold yet (one transaction)."""
+    report = DrainReport(records=len(chunk))
+    rows = [r for r in chunk if isinstance(r, DecisionRow)]
+    judged = [r for r in chunk if isinstance(r, JudgedReward)]
+    if rows:
+        ids = [r.event_id for r in rows]
+        present = set(
+            conn.execute(select(decisions.c.event_id).where(decisions.c.event_id.in_(ids)))
+            .scalars()
+            .all()
+        )
+        new = [r for r in rows if r.event_id not in present]
+        write_events(conn, new)
+        report.decisions, report.skipped = len(new), len(rows) - len(new)
+    if judged:
+        r = rewards.c
+        event_ids = sorted({j.row.event_id for j in judged})
+        stored = {
+            (event_id, int(ordinal)): int(rid)
+            for event_id, ordinal, rid in conn.execute(
+                select(r.event_id, r.ordinal, r.id).where(r.event_id.in_(event_ids))
+            )
+        }
+        new_rewards = [j for j in judged if (j.row.event_id, j.ordinal) not in stored]
+        inserted = iter(insert_rewards(conn, new_rewards))
+        for j in judged:
+            key = (j.row.event_id, j.ordinal)
+            rid = stored[key] if key in stored else next(inserted).id
+            report.reward_ids.append((j.row.model_version, rid, j.applied))
+        report.rewards += len(new_rewards)
+        report.skipped += len(judged) - len(new_rewards)
+    return report
+
+
+def drain_records(engine: Engine, records: Sequence[DecisionRow | JudgedReward]) -> DrainReport:
+    """Copy ``records`` into the store in order, skipping those already there."""
+    started = time.perf_counter()
+    report = DrainReport()
+    for start in range(0, len(records), DRAIN_CHUNK):
+        with engine.begin() as conn:
+            report.add(_drain_chunk(conn, records[start : start + DRAIN_CHUNK]))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+# ---------------------------------------------------------------------- ledger
+class RewardLedger:
+    """Rewards per position of recent events whose every reward this process has seen
+    (bounded, least recently used first out)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        # None: no reward yet (most events; a Counter only once there is one)
+        self._events: OrderedDict[str, Counter[int] | None] = OrderedDict()
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._events
+
+    def add_decision(self, event_id: str) -> None:
+        self._events[event_id] = None
+        while len(self._events) > self.size:
+            self._events.popitem(last=False)
+
+    def add_reward(self, event_id: str, position: int | None) -> None:
+        if event_id not in self._events:
+            return
+        counts = self._events[event_id] or Counter()
+        counts[position or 0] += 1
+        self._events[event_id] = counts
+        self._events.move_to_end(event_id)
+
+    def counters(self, event_ids: set[str]) -> tuple[Counter[str], Counter[tuple[str, int]]]:
+        """``seen`` and ``at_position`` counters for :func:`judge_rewards`."""
+        seen: Counter[str] = Counter()
+        at_position: Counter[tuple[str, int]] = Counter()
+        for event_id in event_ids:
+            for position, n in (self._events[event_id] or Counter()).items():
+                seen[event_id] += n
+                at_position[(event_id, position)] += n
+        return seen, at_position
+
+    def clear(self) -> None:
+        self._events.clear()
+
+
+# ---------------------------------------------------------------------- journal
+class JournalObserver(Protocol):
+    def on_journal_append(self, n: int, seconds: float, events: int, size: int) -> None: ...
+
+    def on_journal_drain(self, n: int, events: int, size: int) -> None: ...
+
+
+@contextlib.contextmanager
+def _locked_segment(path: Path) -> Iterator[int | None]:
+    """An fd of ``path`` under an exclusive lock, or None when a live process holds it
+    or another one drained and deleted it meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield None if os.fstat(fd).st_nlink == 0 else fd
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The local journal of one service process.
+
+    Parameters
+    ----------
+    directory : Path
+        Where segments live (local disk; created).
+    max_bytes : int
+        Largest segment: beyond it events are refused (503) until the database is back.
+    exclusive : bool
+        This process is the store's only writer (one worker): the ledger's counts are
+        exact for every decision it committed.
+    ledger_size : int
+        Recent events whose reward counts are kept.
+    observer : JournalObserver, optional
+        Metrics.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int = 1 << 30,
+        exclusive: bool = True,
+        ledger_size: int = 50_000,
+        observer: JournalObserver | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.exclusive = exclusive
+        self.ledger = RewardLedger(max(ledger_size, 1))
+        self.observer = observer
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._size = 0
+        self._events = 0
+        self._index: dict[str, StoredDecision] = {}
+        self._lock = threading.Lock()
+        self.appended = 0
+        self.drained = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def recover(self, engine: Engine) -> DrainReport:
+        """Drain and delete every segment no live process holds (call before
+        :meth:`open`, with the database reachable)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        report = DrainReport()
+        for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
+            with _locked_segment(path) as fd:
+                if fd is None:
+                    continue  # another worker's live segment
+                data = path.read_bytes()
+                found, valid = read_records(data)
+                if valid < len(data):
+                    log.warning(
+                        "journal %s: %d bytes of a torn record at its end (never "
+                        "acknowledged) are dropped",
+                        path.name,
+                        len(data) - valid,
+                    )
+                report.add(drain_records(engine, found))
+                path.unlink(missing_ok=True)
+        _fsync_dir(self.directory)
+        if report.records:
+            log.warning(
+                "journal: drained %d events left by a previous run (%d already stored) in %.2f s",
+                report.records,
+                report.skipped,
+                report.seconds,
+            )
+        return report
+
+    def open(self) -> Journal:
+        """Create this process's segment (empty, locked, its directory entry fsynced)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"segment-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
+        self.path = self.directory / name
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        _fsync_dir(self.directory)
+        return self
+
+    def close(self) -> None:
+        """Release the segment; an empty one is deleted, a non-empty one waits for the
+        next :meth:`recover`."""
+        if self._fd is None or self.path is None:
+            return
+        if self._size == 0:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def events(self) -> int:
+        """Events in the journal, not yet in the store."""
+        return self._events
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self.max_bytes
+
+    def find(self, event_id: str) -> StoredDecision | None:
+        """A journaled decision (not yet in the store), for its rewards."""
+        with self._lock:
+            return self._index.get(event_id)
+
+    # ------------------------------------------------------------------ writer thread
+    def observe(self, items: Sequence[Any], results: Sequence[Any]) -> None:
+        """After a database commit: count the decisions and rewards in the ledger."""
+        for item in items:
+            if isinstance(item, DecisionRow):
+                self.ledger.add_decision(item.event_id)
+            elif isinstance(item, RewardRow):
+                self.ledger.add_reward(item.event_id, item.position)
+
+    def on_outage(self) -> None:
+        """The database just became unreachable."""
+        if not self.exclusive:
+            self.ledger.clear()  # another worker may reward the decisions counted here
+
+    def spool(self, items: Sequence[Any]) -> list[Any]:
+        """Append ``items`` durably (one fsync); per item its result (None for a decision,
+        a journaled :class:`~serving.store.records.RewardOutcome` for a reward) or the
+        exception that refuses it."""
+        if self._fd is None:
+            raise JournalError("the journal is not open.")
+        out: list[Any] = [None] * len(items)
+        accepted: list[tuple[int, DecisionRow | JudgedReward]] = []
+        reward_slots = []
+        for i, item in enumerate(items):
+            if isinstance(item, DecisionRow):
+                accepted.append((i, item))
+                self.ledger.add_decision(item.event_id)
+            elif isinstance(item, RewardRow):
+                if item.event_id in self.ledger:
+                    reward_slots.append(i)
+                else:
+                    out[i] = JournalError(
+                        f"the event store is unreachable and the reward count of event "
+                        f"{item.event_id} is not known here; retry when it is back."
+                    )
+            else:
+                out[i] = JournalError(
+                    f"the event store is unreachable; a {type(item).__name__} is not journaled."
+                )
+        if reward_slots:
+            rows: list[RewardRow] = [items[i] for i in reward_slots]
+            seen, at_position = self.ledger.counters({r.event_id for r in rows})
+            for i, judged in zip(reward_slots, judge_rewards(rows, seen, at_position), strict=True):
+                accepted.append((i, judged))
+                self.ledger.add_reward(judged.row.event_id, judged.row.position)
+            accepted.sort(key=lambda pair: pair[0])
+        if not accepted:
+            return out
+        data = b"".join(encode_record(item) for _, item in accepted)
+        if self._size + len(data) > self.max_bytes:
+            error = JournalError(
+                f"the journal is full ({self._size} of {self.max_bytes} bytes) and the "
+                "event store is unreachable."
+            )
+            for i, _ in accepted:
+                out[i] = error
+            return out
+        started = time.perf_counter()
+        try:
+            self._write(data)
+        except OSError as exc:
+            error = JournalError(f"the journal write failed: {exc}")
+            for i, _ in accepted:
+                out[i] = error
+            return out
+        seconds = time.perf_counter() - started
+        with self._lock:
+            for i, item in accepted:
+                if isinstance(item, DecisionRow):
+                    self._index[item.event_id] = stored_decision(item)
+                else:
+                    out[i] = RewardOutcome(0, item.ordinal, item.applied, item.status, True)
+        self._events += len(accepted)
+        self.appended += len(accepted)
+        if self.observer is not None:
+            self.observer.on_journal_append(len(accepted), seconds, self._events, self._size)
+        return out
+
+    def _write(self, data: bytes) -> None:
+        """Append and fsync; on failure the segment is cut back to what it was."""
+        fd = self._fd
+        if fd is None:
+            raise JournalError("the journal is not open.")
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fdatasync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._size)
+                os.fsync(fd)
+            raise
+        self._size += len(data)
+
+    def drain(self, engine: Engine) -> DrainReport:
+        """Copy this process's journaled events into the store, then empty the segment.
+
+        Raises whatever the database raises (the segment is kept, and the next drain
+        skips what this one wrote)."""
+        if self._fd is None or self._events == 0:
+            return DrainReport()
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        data = b""
+        while chunk := os.read(self._fd, 1 << 20):
+            data += chunk
+        found, _ = read_records(data)
+        report = drain_records(engine, found)
+        os.ftruncate(self._fd, 0)
+        os.fsync(self._fd)
+        with self._lock:
+            self._index.clear()
+        self._size = 0
+        self._events = 0
+        self.drained += report.records
+        if self.observer is not None:
+            self.observer.on_journal_drain(report.records, 0, 0)
+        log.warning(
+            "event store back: drained %d journaled events (%d already stored) in %.2f s",
+            report.records,
+            report.skipped,
+            report.seconds,
+        )
+        return report

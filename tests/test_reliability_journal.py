@@ -1,0 +1,224 @@
+"""The local journal (serving.store.journal) on its own and behind the group-commit
+writer: records survive byte for byte, a torn tail is dropped, a drain is idempotent
+(twice, or after a commit whose acknowledgement was lost, writes nothing twice), reward
+verdicts while degraded are exact or refused, and a writer whose PostgreSQL link is cut
+keeps acknowledging events and drains them when the link is back."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from benchmarks.faults import TcpProxy
+from serving.store import GroupCommitWriter, make_engine, records, upgrade
+from serving.store.journal import (
+    Journal,
+    JournalError,
+    drain_records,
+    encode_record,
+    read_records,
+)
+from serving.store.records import JudgedReward, RewardOutcome, SnapshotRow
+from serving.store.repository import EventStore, write_events
+from serving.store.schema import rewards
+from serving.store.scratch import scratch_postgres_database
+from tests.serving_helpers import decision_row, reward_row
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+
+def _slate_row(rng: np.random.Generator) -> records.DecisionRow:
+    row = decision_row(rng, n=5)
+    return dataclasses.replace(
+        row,
+        ranking=(2, 0, 4),
+        slate_propensities=(0.5, 0.25, 1.0 / 3.0),
+        position_propensities=(0.5, 0.3, 0.2),
+        retrieval={"k": 5, "index": "exact", "scores": [0.1, float("nan")]},
+        candidate_versions=(1, 1, 2, 1, 3),
+        count_impressions=True,
+    )
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, float) and np.isnan(a):
+        return isinstance(b, float) and np.isnan(b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))  # type: ignore[arg-type]
+    return a == b and type(a) is type(b)
+
+
+def test_records_round_trip_exactly_and_a_torn_tail_is_dropped(
+    rng: np.random.Generator,
+) -> None:
+    decision = _slate_row(rng)
+    judged = JudgedReward(reward_row(decision.event_id, 0.25, position=2), 0, True, records.APPLIED)
+    data = encode_record(decision) + encode_record(judged)
+    got, valid = read_records(data)
+    assert valid == len(data) and len(got) == 2
+    back = got[0]
+    assert isinstance(back, records.DecisionRow)
+    for f in dataclasses.fields(records.DecisionRow):
+        assert _same(getattr(decision, f.name), getattr(back, f.name)), f.name
+    assert got[1] == judged  # ``learn`` is not compared (nor journaled)
+
+    third = encode_record(decision_row(rng))
+    for cut in (3, 9, len(third) - 1):  # inside the header, the payload, the last byte
+        found, valid = read_records(data + third[:cut])
+        assert len(found) == 2 and valid == len(data)
+    flipped = bytearray(data + third)
+    flipped[len(data) + 20] ^= 0xFF  # a payload byte: the checksum no longer holds
+    assert len(read_records(bytes(flipped))[0]) == 2
+
+
+def test_drain_is_idempotent_even_after_an_unacknowledged_commit(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    rows = [decision_row(rng) for _ in range(6)]
+    judged = [
+        JudgedReward(reward_row(rows[0].event_id, 1.0), 0, True, records.APPLIED),
+        JudgedReward(
+            reward_row(rows[0].event_id, 0.0, repeat_status=records.DUPLICATE),
+            1,
+            False,
+            records.DUPLICATE,
+        ),
+        JudgedReward(reward_row(rows[3].event_id, 0.5), 0, True, records.APPLIED),
+    ]
+    journal = [*rows[:4], judged[0], judged[1], *rows[4:], judged[2]]
+    with engine.begin() as conn:  # the first two were committed, but the ack was lost
+        write_events(conn, rows[:2])
+    first = drain_records(engine, journal)
+    assert (first.decisions, first.rewards, first.skipped) == (4, 3, 2)
+    again = drain_records(engine, journal)
+    assert (again.decisions, again.rewards, again.skipped) == (0, 0, len(journal))
+    assert [rid for _, rid, _ in again.reward_ids] == [rid for _, rid, _ in first.reward_ids]
+    store = EventStore(engine)
+    assert store.count_rows() == {"decisions": 6, "rewards": 3, "head_snapshots": 0}
+    stored = {
+        (r.event_id, r.ordinal, r.applied) for r in engine.connect().execute(sa.select(rewards))
+    }
+    assert stored == {(j.row.event_id, j.ordinal, j.applied) for j in judged}
+
+
+def test_degraded_verdicts_are_exact_or_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    journal = Journal(tmp_path / "journal", exclusive=True, ledger_size=100).open()
+    old, committed = decision_row(rng), decision_row(rng)
+    # the database took ``committed`` and one reward of it before the outage
+    journal.observe([committed], [None])
+    journal.observe([reward_row(committed.event_id, 1.0)], [RewardOutcome(7, 0, True, "applied")])
+    fresh = decision_row(rng)
+    out = journal.spool(
+        [
+            fresh,
+            reward_row(fresh.event_id, 1.0),
+            reward_row(fresh.event_id, 0.0),
+            reward_row(committed.event_id, 1.0),
+            reward_row(committed.event_id, 1.0, position=1),
+            reward_row(old.event_id, 1.0),  # decided before this process: count unknown
+            SnapshotRow("v1", fresh.created_at, 0, 0, "p", b"x"),
+        ]
+    )
+    assert out[0] is None
+    assert [(o.ordinal, o.applied, o.status, o.journaled) for o in out[1:5]] == [
+        (0, True, records.APPLIED, True),
+        (1, False, records.DUPLICATE, True),
+        (1, False, records.DUPLICATE, True),
+        (2, True, records.APPLIED, True),  # another position of a slate
+    ]
+    assert all(isinstance(o, JournalError) for o in out[5:])
+    assert journal.events == 5 and journal.find(fresh.event_id) is not None
+    found, _ = read_records(journal.path.read_bytes())  # type: ignore[union-attr]
+    assert [type(r).__name__ for r in found] == ["DecisionRow"] + ["JudgedReward"] * 4
+
+    shared = Journal(tmp_path / "shared", exclusive=False).open()
+    shared.observe([committed], [None])
+    shared.on_outage()  # another worker may have rewarded it: no verdict
+    assert isinstance(shared.spool([reward_row(committed.event_id, 1.0)])[0], JournalError)
+    journal.close()
+    shared.close()
+
+
+def test_recover_drains_dead_segments_and_leaves_live_ones(
+    engine: sa.Engine, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    folder = tmp_path / "journal"
+    dead = Journal(folder).open()
+    rows = [decision_row(rng) for _ in range(3)]
+    dead.spool(rows)
+    dead_path = dead.path
+    assert dead_path is not None
+    with dead_path.open("ab") as fh:  # a record torn by the crash
+        fh.write(encode_record(decision_row(rng))[:40])
+    dead.close()  # its lock goes, as when the process dies
+    live = Journal(folder).open()
+    live_rows = [decision_row(rng)]
+    live.spool(live_rows)
+    report = Journal(folder).recover(engine)
+    assert report.decisions == 3 and not dead_path.exists()
+    assert live.path is not None and live.path.exists()  # held by a live process
+    store = EventStore(engine)
+    assert store.existing_event_ids([r.event_id for r in rows + live_rows]) == {
+        r.event_id for r in rows
+    }
+    live.close()
+
+
+@pytest.mark.postgres
+def test_writer_behind_a_cut_link_journals_then_drains(
+    postgres_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    with scratch_postgres_database(postgres_url, prefix="banditops_journal") as url:
+        direct = make_engine(url)
+        upgrade(direct)
+        target = sa.make_url(url)
+        with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+            proxied = make_engine(
+                target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+                connect_timeout_s=2,
+            )
+            journal = Journal(tmp_path / "journal").open()
+            states: list[bool] = []
+            drained: list[object] = []
+            writer = GroupCommitWriter(
+                proxied,
+                write_events,
+                spool=journal,
+                on_degraded=states.append,
+                on_drained=drained.append,
+                probe_s=0.1,
+            ).start()
+            before = [decision_row(rng) for _ in range(5)]
+            for row in before:
+                writer.submit(row).result(timeout=30)
+            proxy.cut()
+            during = [decision_row(rng) for _ in range(20)]
+            got = [writer.submit(row) for row in during]
+            assert [f.result(timeout=30) for f in got] == [None] * 20  # acknowledged
+            reward = writer.submit(reward_row(before[0].event_id, 1.0)).result(timeout=30)
+            assert (reward.journaled, reward.applied, reward.ordinal) == (True, True, 0)
+            assert writer.degraded and journal.events == 21 and states == [True]
+            assert EventStore(direct).count_rows()["decisions"] == 5  # nothing reached it
+            proxy.restore()
+            deadline = time.monotonic() + 30
+            while writer.degraded and time.monotonic() < deadline:
+                writer.submit(decision_row(rng)).result(timeout=30)
+                time.sleep(0.05)
+            writer.close()
+            assert states == [True, False] and len(drained) == 1 and journal.events == 0
+            journal.close()
+            proxied.dispose()
+        store = EventStore(direct)
+        ids = [r.event_id for r in before + during]
+        assert store.existing_event_ids(ids) == set(ids)
+        assert store.count_rows()["rewards"] == 1
+        direct.dispose()

@@ -1,0 +1,287 @@
+"""The map-reduce head rebuild and OPE (``training.shards``) against the single-node path.
+
+Real pipeline pieces throughout: a replay Parquet file, ``training.train.train`` for the
+frozen network / policy, ``training.train.rebuild_head`` as the single-node reference,
+and the estimators of ``validation.ope`` run once over all held-out rounds (with
+``validation.ope.RidgeModel`` as the reward model's oracle).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_core import load_policy
+from benchmarks.scale import synthetic_replay
+from training import shards
+from training.evaluate import logged_batch
+from training.replay import load_replay
+from training.train import TrainConfig, rebuild_head, train
+from validation.ope import RidgeModel, check_feedback, policy_action_dist, round_terms
+from validation.ope.moments import Moments
+
+ROWS = 1200
+HOLDOUT = 0.25
+HEAD_ARRAYS = ("precision_", "xty_", "yty_", "count_", "theta_", "inv_chol_")
+
+
+def rel(a: Any, b: Any) -> float:
+    """‖a − b‖ / ‖b‖ (0 when both are 0)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    scale = float(np.linalg.norm(b))
+    diff = float(np.linalg.norm(a - b))
+    return diff if scale == 0.0 else diff / scale
+
+
+@pytest.fixture(scope="module")
+def replay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1200 uniformly logged decisions, 6 of 24 items offered each (sets vary per row),
+    written in row groups of 500 so that shards straddle row groups."""
+    path = tmp_path_factory.mktemp("replay") / "replay.parquet"
+    return synthetic_replay(path, ROWS, seed=3, row_group=500)
+
+
+def _shard_dicts(replay: Path, out: Path, part: str, ranges: list[tuple[int, int]]) -> list[Any]:
+    return [
+        {
+            "replay": str(replay),
+            "out_dir": str(out),
+            "part": part,
+            "index": i,
+            "start": lo,
+            "stop": hi,
+        }
+        for i, (lo, hi) in enumerate(ranges)
+    ]
+
+
+def _trained(replay: Path, out: Path, algorithm: str, options: dict[str, Any]) -> Any:
+    config = TrainConfig(
+        algorithm=algorithm, options=options, min_rows=10, holdout_fraction=HOLDOUT
+    )
+    return train(replay, config, out / "train")
+
+
+def test_training_rows_decode_like_the_replay_loader(replay: Path) -> None:
+    rows = shards.TrainingRows.from_table(
+        shards.read_rows(replay, 450, 1010, shards._TRAIN_COLUMNS)
+    )
+    ref = load_replay(replay).subset(slice(450, 1010))
+    assert np.array_equal(rows.contexts, ref.contexts)
+    assert np.array_equal(rows.arm_features, ref.arm_features)
+    assert rows.arm_ids == ref.arm_ids and np.array_equal(rows.rewards, ref.rewards)
+
+
+def test_shard_ranges_cover_the_window_in_whole_blocks() -> None:
+    assert shards.shard_ranges(0, 10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert shards.shard_ranges(100, 360, 4, block=64) == [
+        (100, 228),
+        (228, 292),
+        (292, 356),
+        (356, 360),
+    ]
+    assert shards.shard_ranges(0, 5, 8) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    with pytest.raises(ValueError, match="shards and block must be at least 1"):
+        shards.shard_ranges(0, 5, 0)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "options"),
+    [
+        ("shared_linucb", {"interactions": True}),
+        ("linucb", {}),  # one head per arm, arms first seen in different shards
+        ("shared_lints", {"gamma": 0.995}),  # discounted: S = γ^{n_b} S_a + S_b
+        ("neural_linear", {"hidden": [8], "epochs": 2}),  # encoded by the frozen network
+    ],
+)
+@pytest.mark.parametrize("n_shards", [1, 4])
+def test_sharded_rebuild_equals_the_single_node_rebuild(
+    replay: Path, tmp_path: Path, algorithm: str, options: dict[str, Any], n_shards: int
+) -> None:
+    trained = _trained(replay, tmp_path, algorithm, options)
+    single = rebuild_head(trained.state_path, replay, tmp_path / "single.npz", HOLDOUT)
+    cut = shards.split_point(ROWS, HOLDOUT)
+    ranges = shards.shard_ranges(0, cut, n_shards)
+    parts = [
+        shards.shard_statistics(s, trained.state_path)
+        for s in _shard_dicts(replay, tmp_path / "shards", "train", ranges)
+    ]
+    assert [p["rows"] for p in parts] == [hi - lo for lo, hi in ranges]
+    state, _ = shards.reduce_head(trained.state_path, parts[::-1], tmp_path / "sharded.npz")
+    ref, got = load_policy(single), load_policy(state)
+    assert got.to_state().config == ref.to_state().config
+    assert got.head.n_heads == ref.head.n_heads
+    for name in HEAD_ARRAYS:
+        assert rel(getattr(got.head, name), getattr(ref.head, name)) <= 1e-9, name
+    if "arm_ids" in ref.to_state().arrays:
+        assert list(got.to_state().arrays["arm_ids"]) == list(ref.to_state().arrays["arm_ids"])
+
+
+def test_the_reward_model_equals_ridge_on_all_training_rows(replay: Path, tmp_path: Path) -> None:
+    cut = shards.split_point(ROWS, HOLDOUT)
+    train_rows = load_replay(replay).subset(slice(0, cut))
+    z = shards.reward_features(train_rows.contexts, train_rows.arm_features)
+    oracle = RidgeModel(alpha=shards.RIDGE_ALPHA).fit(z, train_rows.rewards)
+    parts = [
+        Moments.of(np.column_stack([z[lo:hi], train_rows.rewards[lo:hi]]))
+        for lo, hi in shards.shard_ranges(0, cut, 5)
+    ]
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.merge(p)
+    model = shards.RidgeRewardModel.from_moments(total)
+    assert rel(model.coef, oracle.coef_) <= 1e-9
+    assert model.intercept == pytest.approx(oracle.intercept_, rel=1e-9)
+
+
+def _evaluate_sharded(
+    replay: Path, out: Path, state: Path, model: Path, n_shards: int, baseline: Path | None
+) -> dict[str, Any]:
+    cut = shards.split_point(ROWS, HOLDOUT)
+    ranges = shards.shard_ranges(cut, ROWS, n_shards, block=64)
+    extra = {"first_row": cut, "block_rows": 64, "seed": 11, "baseline_version": None}
+    extra["baseline_state"] = None if baseline is None else str(baseline)
+    parts = [
+        shards.shard_evaluation({**s, **extra}, state, model)
+        for s in _shard_dicts(replay, out, "holdout", ranges)
+    ]
+    assert len(parts) == min(n_shards, -(-(ROWS - cut) // 64))
+    return shards.reduce_reports(parts[::-1])
+
+
+def _reference(
+    replay: Path, state: Path, baseline: Path, estimator: str
+) -> dict[str, dict[str, float]]:
+    """One pass over every held-out round: value, ESS, max weight, delta-method interval."""
+    data = load_replay(replay)
+    cut = shards.split_point(ROWS, HOLDOUT)
+    train_rows, holdout = data.subset(slice(0, cut)), data.subset(slice(cut, None))
+    z = shards.reward_features(train_rows.contexts, train_rows.arm_features)
+    ridge = RidgeModel(alpha=1.0).fit(z, train_rows.rewards)
+    batch = logged_batch(holdout)
+    zc = shards.candidate_reward_features(batch.contexts, batch.candidates.features)
+    q_hat = ridge.predict(zc.reshape(-1, zc.shape[-1])).reshape(zc.shape[:2])[:, :, None]
+    out = {}
+    for role, path in (("candidate", state), ("production", baseline)):
+        policy = load_policy(path)
+        dist = policy_action_dist(policy, batch, np.random.default_rng(0))
+        fb = check_feedback(
+            batch.rewards, batch.actions, batch.pscore, dist, batch.positions, q_hat
+        )
+        terms = round_terms(estimator, fb)
+        cols = terms.columns()
+        m = cols.mean(axis=0)
+        grad = np.zeros(cols.shape[1])  # ∇g of g(m) = num / den (+ base)
+        if terms.den is not None:
+            grad[0], grad[1] = 1.0 / m[1], -m[0] / m[1] ** 2
+        else:
+            grad[0] = 1.0
+        if terms.base is not None:
+            grad[-1] = 1.0
+        influence = (cols - m) @ grad  # linearised per-round contribution
+        se = float(np.sqrt(np.mean(influence**2) / cols.shape[0]))
+        half = NormalDist().inv_cdf(0.975) * se
+        w = terms.weights
+        out[role] = {
+            "value": terms.value(),
+            "ci_low": terms.value() - half,
+            "ci_high": terms.value() + half,
+            "ess": float(w.sum() ** 2 / np.dot(w, w)),
+            "max_weight": float(w.max()),
+        }
+    return out
+
+
+def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(replay: Path, tmp_path: Path) -> None:
+    # candidate and production are deterministic (LinUCB: exact propensities), so their
+    # action_dist on a round does not depend on how rounds are grouped
+    cand = _trained(replay, tmp_path / "c", "shared_linucb", {"interactions": True, "alpha": 0.3})
+    base = _trained(replay, tmp_path / "b", "linucb", {"alpha": 0.1})
+    cut = shards.split_point(ROWS, HOLDOUT)
+    parts = [
+        shards.shard_statistics(s, cand.state_path)
+        for s in _shard_dicts(replay, tmp_path / "st", "train", shards.shard_ranges(0, cut, 3))
+    ]
+    state, model = shards.reduce_head(cand.state_path, parts, tmp_path / "cand.npz")
+    reports = _evaluate_sharded(replay, tmp_path / "ope", state, model, 3, Path(base.state_path))
+    assert reports["candidate"].data_fingerprint == reports["production"].data_fingerprint
+    for estimator in shards.SHARDED_ESTIMATORS:
+        ref = _reference(replay, state, Path(base.state_path), estimator)
+        for role in ("candidate", "production"):
+            est = reports[role][estimator]
+            assert est.n_rounds == ROWS - cut and est.n_resamples == 0
+            for key, value in ref[role].items():
+                assert getattr(est, key) == pytest.approx(value, rel=1e-9, abs=1e-12), (
+                    role,
+                    estimator,
+                    key,
+                )
+
+
+def test_thompson_estimates_do_not_depend_on_the_shard_count(replay: Path, tmp_path: Path) -> None:
+    """Monte-Carlo propensities come from a generator per fixed block of rounds."""
+    cand = _trained(replay, tmp_path, "shared_lints", {"interactions": True, "n_sim": 50})
+    cut = shards.split_point(ROWS, HOLDOUT)
+    parts = [
+        shards.shard_statistics(s, cand.state_path)
+        for s in _shard_dicts(replay, tmp_path / "st", "train", shards.shard_ranges(0, cut, 2))
+    ]
+    state, model = shards.reduce_head(cand.state_path, parts, tmp_path / "cand.npz")
+    one = _evaluate_sharded(replay, tmp_path / "one", state, model, 1, None)
+    three = _evaluate_sharded(replay, tmp_path / "three", state, model, 3, None)
+    assert one["candidate"].data_fingerprint == three["candidate"].data_fingerprint
+    for role in ("candidate", "production"):
+        for name in shards.SHARDED_ESTIMATORS:
+            a, b = one[role][name], three[role][name]
+            for key in ("value", "ci_low", "ci_high", "ess", "max_weight"):
+                assert getattr(b, key) == pytest.approx(getattr(a, key), rel=1e-9, abs=1e-12)
+    # the uniform production policy is worth the logged click rate under every estimator
+    held = load_replay(replay).subset(slice(cut, None))
+    assert one["production"]["ips"].value == pytest.approx(held.rewards.mean(), rel=1e-9)
+
+
+def test_runs_that_cannot_be_sharded_stay_on_the_single_node_path() -> None:
+    assert shards.why_single_node({"algorithm": "ensemble"}) is not None
+    assert shards.why_single_node({"algorithm": "shared_lints", "options": {"window": 50}})
+    assert shards.why_single_node({"algorithm": "neural_linear", "options": {}}) is None
+
+
+def test_wrapped_or_headless_policies_are_not_rebuilt_from_statistics() -> None:
+    from bandit_core import ExplorationFloor, make_policy
+
+    linear = make_policy("shared_linucb", dim_user=4, dim_arm=3)
+    assert shards.why_not_rebuildable(linear) is None
+    assert shards.why_not_rebuildable(ExplorationFloor(linear, 0.01)) is not None
+    assert shards.why_not_rebuildable(make_policy("uniform", dim_user=4)) is not None
+
+
+def test_the_plan_cuts_the_training_rows_only_when_asked(replay: Path, tmp_path: Path) -> None:
+    from training.runspec import RunSpec
+
+    spec = RunSpec(
+        run_key="manual__x",
+        run_dir=str(tmp_path / "run"),
+        store_url="sqlite:///unused.db",
+        tracking_uri="sqlite:///unused-mlflow.db",
+        model_name="m",
+        window_start="2026-01-01T00:00:00+00:00",
+        window_end="2026-01-02T00:00:00+00:00",
+        as_of="2026-01-02T00:00:00+00:00",
+        reward_window_s=1.0,
+        train={"algorithm": "shared_linucb", "options": {}, "holdout_fraction": HOLDOUT},
+        shards=3,
+    ).to_dict()
+    info = {"path": str(replay), "rows": ROWS}
+    planned = shards.plan(spec, info, "train")
+    cut = shards.split_point(ROWS, HOLDOUT)
+    assert [(p["start"], p["stop"]) for p in planned] == shards.shard_ranges(0, cut, 3)
+    assert {p["part"] for p in planned} == {"train"} and [p["index"] for p in planned] == [0, 1, 2]
+    assert shards.plan({**spec, "shards": 1}, info, "train") == []
+    ensemble = {**spec, "train": {"algorithm": "ensemble", "options": {}}}
+    assert shards.plan(ensemble, info, "train") == []
+    with pytest.raises(ValueError, match="part must be"):
+        shards.plan(spec, info, "test")

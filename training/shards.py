@@ -1,0 +1,677 @@
+"""Map-reduce head rebuild and off-policy evaluation over shards of the replay window.
+
+The retrain DAG with ``shards > 1`` (``bandit_retrain``'s ``shards`` Param, default
+``BANDITOPS_RETRAIN_SHARDS``) replaces the single-node ``rebuild_head`` and
+``evaluate_offline`` by two map-reduce rounds (``task.expand`` over the shards planned
+here); every mapped task reads only its own rows of the replay Parquet file and returns
+the path of a small ``.npz`` it wrote under ``<run>/shards/``.
+
+**Rebuild** (map over the training rows, ``[0, cut)``) — each shard encodes its rows with
+the frozen network (neural-linear) or the policy's feature map (shared linear) or takes
+the context (per-arm linear) and returns, per head, the additive statistics
+``(Σφφᵀ, Σrφ, Σr², n)`` (:func:`bandit_core.linalg.sufficient_statistics`), plus the
+moments of ``[z, r]`` that fit the OPE reward model (a ridge regression on
+``z = [x; f; x⊗f]``, fitted on the *training* rows so the held-out rounds are never
+predicted by a model that saw them). The reduce sums them in shard order, loads the
+totals into the policy's head (one factorisation per head) and fits the reward model:
+the head equals the single-node :func:`training.train.rebuild_head` (to round-off).
+A discounted head (γ < 1) is merged as ``S = γ^{n_b} S_a + S_b`` per head (shard b
+after shard a), which is the single-node weighting ``γ^{n−1−i}``; a sliding window is
+not decomposable and such runs stay on the single-node path (as do policies without a
+Bayesian head: ensemble, dropout, uniform).
+
+**OPE** (map over the held-out rows, ``[cut, n)``) — the held-out rows are cut into
+fixed blocks of :data:`OPE_BLOCK_ROWS`; a shard is a run of whole blocks and evaluates
+block by block (the block's candidate union, a generator seeded by ``(seed, block)`` for
+Monte-Carlo propensities), so the estimates do not depend on the number of shards. For
+candidate and production it returns, per estimator of :data:`SHARDED_ESTIMATORS`
+(IPS, SNIPS, DM, DR, SNDR), the mergeable moments of the round terms and the weight sums
+(:class:`validation.ope.moments.TermSums`). The reduce merges them and reports the
+point estimate, ESS and maximum weight equal to one pass over all rounds, with a
+normal-approximation (delta-method) interval: the percentile bootstrap of the
+single-node path is not additive. Replay (random draws over all rounds) and
+Switch-DR / DRos (λ tuned on all rounds) are left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+log = logging.getLogger(__name__)
+
+FloatArray = NDArray[np.float64]
+
+#: Policies whose learned state is a Bayesian linear head rebuilt from statistics.
+SHARDABLE = (
+    "epsilon_greedy",
+    "linucb",
+    "lints",
+    "neural_linear",
+    "shared_linucb",
+    "shared_lints",
+)
+#: Estimators whose round terms merge exactly over shards (see the module docstring).
+SHARDED_ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr")
+#: Held-out rows evaluated together (candidate union, generator) — fixed, so that the
+#: estimates are the same for every shard count.
+OPE_BLOCK_ROWS = 256
+#: Rows encoded per forward pass of the frozen network.
+ENCODE_CHUNK = 8192
+#: L2 penalty of the OPE reward model (the single-node default's ``RidgeModel(alpha=1)``).
+RIDGE_ALPHA = 1.0
+SHARDS_DIR = "shards"
+_TRAIN_COLUMNS = ["context", "candidate_features", "chosen", "arm_id", "reward"]
+
+
+# ---------------------------------------------------------------------- planning
+def split_point(rows: int, holdout_fraction: float) -> int:
+    """First held-out row: the cut of :meth:`training.replay.ReplayData.split`."""
+    cut = round(rows * (1.0 - holdout_fraction))
+    if cut < 1 or cut >= rows:
+        raise ValueError(
+            f"a holdout of {holdout_fraction:.0%} of {rows} rows leaves an empty side; "
+            "extract a longer window."
+        )
+    return int(cut)
+
+
+def shard_ranges(start: int, stop: int, shards: int, block: int = 1) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into at most ``shards`` contiguous non-empty ranges of whole
+    ``block``-row blocks (the last block may be short)."""
+    if shards < 1 or block < 1:
+        raise ValueError(f"shards and block must be at least 1; got {shards} and {block}.")
+    n_blocks = math.ceil((stop - start) / block)
+    out = []
+    for blocks in np.array_split(np.arange(n_blocks), min(shards, n_blocks)):
+        lo = start + int(blocks[0]) * block
+        hi = min(stop, start + (int(blocks[-1]) + 1) * block)
+        out.append((lo, hi))
+    return out
+
+
+def why_single_node(train: Mapping[str, Any]) -> str | None:
+    """Why a run with these training settings cannot be sharded, or None."""
+    algorithm = train.get("algorithm", "neural_linear")
+    if algorithm not in SHARDABLE:
+        return f"{algorithm} has no Bayesian head rebuilt from statistics"
+    if train.get("options", {}).get("window") is not None:
+        return "a sliding-window head keeps rows, not additive statistics"
+    return None
+
+
+def why_not_rebuildable(policy: Any) -> str | None:
+    """Why a trained policy's head cannot be rebuilt from shard statistics, or None."""
+    if hasattr(policy, "inner"):  # a wrapper, e.g. a position-aware model of slates
+        return f"{policy.name} wraps its policy (rows per shown position, not per decision)"
+    if getattr(policy, "head", None) is None or not (
+        hasattr(policy, "encode") or hasattr(policy, "model")
+    ):
+        return f"{policy.name} has no Bayesian head rebuilt from statistics"
+    return None
+
+
+def plan(
+    spec: Mapping[str, Any],
+    replay: Mapping[str, Any],
+    part: str,
+    trained: Mapping[str, Any] | None = None,
+    *,
+    block_rows: int = OPE_BLOCK_ROWS,
+) -> list[dict[str, Any]]:
+    """The shards of one part of a run — ``"train"`` (the rebuild's rows) or ``"holdout"``
+    (the OPE's) — empty (the single-node path) when ``spec["shards"]`` is 1 or the policy
+    cannot be sharded (by its settings, or, given ``trained``, by the trained policy).
+
+    A held-out shard also names the production baseline the evaluation compares with
+    (its state downloaded once, here), so every shard evaluates the same one.
+    """
+    from training.runspec import RunSpec
+
+    if part not in ("train", "holdout"):
+        raise ValueError(f"part must be 'train' or 'holdout'; got {part!r}.")
+    s = RunSpec.from_dict(spec)
+    if s.shards == 1:
+        return []
+    reason = why_single_node(s.train)
+    if reason is None and trained is not None:
+        from bandit_core import load_policy
+
+        reason = why_not_rebuildable(load_policy(trained["state_path"]))
+    if reason is not None:
+        log.warning("run %s: %d shards asked, single-node path: %s", s.run_key, s.shards, reason)
+        return []
+    rows = int(replay["rows"])
+    cut = split_point(rows, s.train_config().holdout_fraction)
+    common = {"replay": str(replay["path"]), "out_dir": str(s.folder / SHARDS_DIR), "part": part}
+    if part == "train":
+        ranges = shard_ranges(0, cut, s.shards)
+        shards = [
+            {**common, "index": i, "start": lo, "stop": hi} for i, (lo, hi) in enumerate(ranges)
+        ]
+    else:
+        from training.steps import baseline_state
+
+        baseline, state = baseline_state(s)
+        ranges = shard_ranges(cut, rows, s.shards, block_rows)
+        shards = [
+            {
+                **common,
+                "index": i,
+                "start": lo,
+                "stop": hi,
+                "first_row": cut,
+                "block_rows": block_rows,
+                "seed": int(s.train.get("seed", 0)),
+                "baseline_version": baseline,
+                "baseline_state": None if state is None else str(state),
+            }
+            for i, (lo, hi) in enumerate(ranges)
+        ]
+    log.info(
+        "run %s: %d %s shards over rows [%d, %d)",
+        s.run_key,
+        len(shards),
+        part,
+        ranges[0][0],
+        ranges[-1][1],
+    )
+    return shards
+
+
+# ---------------------------------------------------------------------- reading rows
+def iter_rows(
+    path: str | Path, start: int, stop: int, columns: list[str] | None = None
+) -> Iterator[Any]:
+    """Rows ``[start, stop)`` of a Parquet file as ``pyarrow.Table`` pieces, one per row
+    group they touch (only those groups are read; memory stays one group's)."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    offset, found = 0, False
+    for group in range(parquet.num_row_groups):
+        n = parquet.metadata.row_group(group).num_rows
+        lo, hi = max(start, offset), min(stop, offset + n)
+        if lo < hi:
+            found = True
+            yield parquet.read_row_group(group, columns=columns).slice(lo - offset, hi - lo)
+        offset += n
+    if not found:
+        raise ValueError(f"{path} has no rows in [{start}, {stop}); it holds {offset}.")
+
+
+def read_rows(path: str | Path, start: int, stop: int, columns: list[str] | None = None) -> Any:
+    """Rows ``[start, stop)`` of a Parquet file as one ``pyarrow.Table``."""
+    import pyarrow as pa
+
+    return pa.concat_tables(list(iter_rows(path, start, stop, columns)))
+
+
+def _fixed_width(values: Any, n: int, name: str) -> FloatArray:
+    """A list<double> Arrow array of ``n`` equally long lists as an (n, width) matrix."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+    width = int(lengths[0]) if n else 0
+    if (lengths != width).any():
+        raise ValueError(f"{name} rows must all have the same length; got {sorted(set(lengths))}.")
+    flat = values.flatten().to_numpy(zero_copy_only=False)
+    out: FloatArray = np.asarray(flat, dtype=np.float64).reshape(n, width)
+    return out
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """What a rebuild needs of each replay row: ``contexts`` (n, dim_user), ``arm_ids``,
+    ``arm_features`` (n, dim_arm) of the chosen arm, ``rewards`` (n,)."""
+
+    contexts: FloatArray
+    arm_ids: list[str]
+    arm_features: FloatArray
+    rewards: FloatArray
+
+    @classmethod
+    def from_table(cls, table: Any) -> TrainingRows:
+        """Column-wise decoding of replay rows (no per-row Python work for the arrays)."""
+        import pyarrow.compute as pc
+
+        n = table.num_rows
+        contexts = _fixed_width(table.column("context").combine_chunks(), n, "context")
+        sets = table.column("candidate_features").combine_chunks()
+        sizes = pc.list_value_length(sets).to_numpy(zero_copy_only=False).astype(np.intp)
+        rows = sets.flatten()
+        features = _fixed_width(rows, len(rows), "candidate_features")
+        first = np.cumsum(sizes) - sizes
+        chosen = table.column("chosen").to_numpy().astype(np.intp)
+        return cls(
+            contexts=contexts,
+            arm_ids=[str(a) for a in table.column("arm_id").to_pylist()],
+            arm_features=features[first + chosen],
+            rewards=table.column("reward").to_numpy().astype(np.float64),
+        )
+
+
+# ---------------------------------------------------------------------- head statistics
+@dataclass(frozen=True)
+class HeadStatistics:
+    """Additive statistics per head key (``""``: the one shared head; else an arm id).
+
+    ``gram`` (m, d, d) = Σ w φφᵀ, ``xty`` (m, d) = Σ w r φ, ``yty`` (m,) = Σ w r²,
+    ``count`` (m,) = Σ w, ``rows`` (m,) the number of rows behind each; the weights are
+    ``γ^{(rows after this one in the shard, same head)}`` (all 1 without discount).
+    """
+
+    keys: list[str]
+    gram: FloatArray
+    xty: FloatArray
+    yty: FloatArray
+    count: FloatArray
+    rows: NDArray[np.int64]
+
+    def merge(self, later: HeadStatistics, gamma: float = 1.0) -> HeadStatistics:
+        """The statistics of these rows followed by ``later``'s: per head
+        ``S = γ^{n_later} S + S_later`` (plain sums when γ = 1)."""
+        keys = list(self.keys)
+        index = {k: i for i, k in enumerate(keys)}
+        for key in later.keys:
+            if key not in index:
+                index[key] = len(keys)
+                keys.append(key)
+        m, d = len(keys), self.gram.shape[1] if self.keys else later.gram.shape[1]
+        gram, xty = np.zeros((m, d, d)), np.zeros((m, d))
+        yty, count, rows = np.zeros(m), np.zeros(m), np.zeros(m, dtype=np.int64)
+        mine = np.array([index[k] for k in self.keys], dtype=np.intp)
+        gram[mine], xty[mine], yty[mine] = self.gram, self.xty, self.yty
+        count[mine], rows[mine] = self.count, self.rows
+        theirs = np.array([index[k] for k in later.keys], dtype=np.intp)
+        if gamma < 1.0:
+            decay = gamma ** later.rows.astype(np.float64)
+            gram[theirs] *= decay[:, None, None]
+            xty[theirs] *= decay[:, None]
+            yty[theirs] *= decay
+            count[theirs] *= decay
+        gram[theirs] += later.gram
+        xty[theirs] += later.xty
+        yty[theirs] += later.yty
+        count[theirs] += later.count
+        rows[theirs] += later.rows
+        return HeadStatistics(keys, gram, xty, yty, count, rows)
+
+    def to_arrays(self) -> dict[str, Any]:
+        return {
+            "head_keys": np.array(self.keys, dtype=np.str_),
+            "gram": self.gram,
+            "xty": self.xty,
+            "yty": self.yty,
+            "count": self.count,
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> HeadStatistics:
+        return cls(
+            [str(k) for k in arrays["head_keys"]],
+            np.asarray(arrays["gram"]),
+            np.asarray(arrays["xty"]),
+            np.asarray(arrays["yty"]),
+            np.asarray(arrays["count"]),
+            np.asarray(arrays["rows"], dtype=np.int64),
+        )
+
+
+def head_inputs(policy: Any, rows: TrainingRows) -> tuple[FloatArray, list[str] | None]:
+    """``(φ (n, d), head key of each row or None for one shared head)``: the features the
+    policy's head learns from — encoded by the frozen network (neural-linear), built by
+    the shared feature map, or the context itself for per-arm heads."""
+    if hasattr(policy, "encode"):  # neural-linear: φ = [f(z); 1; z] of the frozen network
+        inputs = policy.features.build_rows(rows.contexts, rows.arm_features, rows.arm_ids)
+        parts = [
+            policy.encode(inputs[i : i + ENCODE_CHUNK])
+            for i in range(0, inputs.shape[0], ENCODE_CHUNK)
+        ]
+        return np.concatenate(parts, axis=0), None
+    model = policy.model
+    if model.joint:
+        return model.features.build_rows(rows.contexts, rows.arm_features, rows.arm_ids), None
+    return rows.contexts, rows.arm_ids
+
+
+def head_statistics(
+    phi: FloatArray, rewards: FloatArray, keys: Sequence[str] | None, gamma: float = 1.0
+) -> HeadStatistics:
+    """Per-head statistics of rows in time order (heads in order of first appearance)."""
+    from bandit_core.linalg import sufficient_statistics
+
+    if keys is None:
+        groups: dict[str, NDArray[np.intp]] = {"": np.arange(phi.shape[0])}
+    else:
+        order: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            order.setdefault(key, []).append(i)
+        groups = {k: np.asarray(v, dtype=np.intp) for k, v in order.items()}
+    m, d = len(groups), phi.shape[1]
+    gram, xty = np.zeros((m, d, d)), np.zeros((m, d))
+    yty, count, rows = np.zeros(m), np.zeros(m), np.zeros(m, dtype=np.int64)
+    for j, idx in enumerate(groups.values()):
+        weights = None
+        if gamma < 1.0:
+            weights = gamma ** np.arange(idx.size - 1, -1, -1, dtype=np.float64)
+        gram[j], xty[j], yty[j], count[j] = sufficient_statistics(phi[idx], rewards[idx], weights)
+        rows[j] = idx.size
+    return HeadStatistics(list(groups), gram, xty, yty, count, rows)
+
+
+def load_head_statistics(policy: Any, stats: HeadStatistics) -> Any:
+    """``policy``'s state with its head rebuilt from ``stats`` (a new ``PolicyState``).
+
+    Every head is reset to the prior and the heads with rows load their totals. Per-arm
+    heads keep the policy's arm order; arms it does not know yet are appended in the
+    order they first appear (as :meth:`bandit_core.policies.linear.PerArmModel.heads_for`
+    does).
+    """
+    from bandit_core import PolicyState
+    from bandit_core.head import BayesianLinearHead
+
+    state = policy.to_state()
+    arrays = dict(state.arrays)
+    config = policy.head.config
+    if "arm_ids" in arrays:  # per-arm: slot 0 is the prior of unseen arms
+        arms = [str(a) for a in arrays["arm_ids"]]
+        arms += [k for k in stats.keys if k not in set(arms)]
+        slots = {a: i + 1 for i, a in enumerate(arms)}
+        head = BayesianLinearHead(config, n_heads=len(arms) + 1)
+        arrays["arm_ids"] = np.array(arms, dtype=np.str_)
+    else:
+        slots = {"": 0}
+        head = BayesianLinearHead(config, n_heads=1)
+    for j, key in enumerate(stats.keys):
+        head.load_statistics(
+            stats.gram[j], stats.xty[j], float(stats.yty[j]), float(stats.count[j]), slots[key]
+        )
+    arrays.update(head.to_arrays("head."))
+    return PolicyState(state.policy, state.config, arrays, state.schema_version)
+
+
+def head_gamma(policy: Any) -> float:
+    return float(policy.head.config.gamma)
+
+
+# ---------------------------------------------------------------------- reward model
+def reward_features(contexts: FloatArray, arm_features: FloatArray) -> FloatArray:
+    """``z = [x; f; x⊗f]`` of paired rows: (n, dim_user + dim_arm + dim_user·dim_arm)."""
+    n = contexts.shape[0]
+    cross = (contexts[:, :, None] * arm_features[:, None, :]).reshape(n, -1)
+    return np.concatenate([contexts, arm_features, cross], axis=1)
+
+
+def candidate_reward_features(contexts: FloatArray, candidates: FloatArray) -> FloatArray:
+    """``z`` of every (row, candidate) pair: (n, K, dz) for contexts (n, du), candidates
+    (K, da)."""
+    n, k = contexts.shape[0], candidates.shape[0]
+    x = np.broadcast_to(contexts[:, None, :], (n, k, contexts.shape[1]))
+    f = np.broadcast_to(candidates[None, :, :], (n, k, candidates.shape[1]))
+    cross = (x[..., :, None] * f[..., None, :]).reshape(n, k, -1)
+    return np.concatenate([x, f, cross], axis=2)
+
+
+@dataclass(frozen=True)
+class RidgeRewardModel:
+    """``q̂(x, a) = zᵀβ + β0`` with ``β = (Z̃ᵀZ̃ + αI)⁻¹ Z̃ᵀỹ`` on centred data — the
+    closed form of :class:`validation.ope.RidgeModel`, fitted from merged moments."""
+
+    coef: FloatArray
+    intercept: float
+
+    @classmethod
+    def from_moments(cls, moments: Any, alpha: float = RIDGE_ALPHA) -> RidgeRewardModel:
+        """Fit from the moments of ``[z, r]`` (centred cross-products are ``M2``)."""
+        dz = moments.mean.shape[0] - 1
+        gram = moments.m2[:dz, :dz] + alpha * np.eye(dz)
+        coef = np.linalg.lstsq(gram, moments.m2[:dz, dz], rcond=None)[0]
+        intercept = float(moments.mean[dz] - moments.mean[:dz] @ coef)
+        return cls(coef, intercept)
+
+    def predict(self, contexts: FloatArray, candidates: FloatArray) -> FloatArray:
+        """``q̂`` of every (row, candidate): (n, K)."""
+        out: FloatArray = candidate_reward_features(contexts, candidates) @ self.coef
+        return out + self.intercept
+
+    def save(self, path: Path) -> Path:
+        with path.open("wb") as fh:
+            np.savez(fh, coef=self.coef, intercept=np.float64(self.intercept))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RidgeRewardModel:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(np.asarray(data["coef"]), float(data["intercept"]))
+
+
+# ---------------------------------------------------------------------- map: rebuild
+def _write(path: Path, arrays: Mapping[str, Any]) -> Path:
+    """Write an ``.npz`` atomically (a retried shard overwrites its own file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez(fh, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[str, Any]:
+    """Map step of the rebuild: the head statistics and reward-model moments of one
+    training shard, written to ``<run>/shards/train-<index>.npz``.
+
+    Returns
+    -------
+    dict
+        ``path`` (the ``.npz``), ``index``, ``rows``.
+    """
+    from bandit_core import load_policy
+    from validation.ope.moments import Moments
+
+    policy: Any = load_policy(state_path)
+    gamma = head_gamma(policy)
+    stats: HeadStatistics | None = None
+    reward: Moments | None = None
+    for table in iter_rows(shard["replay"], shard["start"], shard["stop"], _TRAIN_COLUMNS):
+        rows = TrainingRows.from_table(table)
+        phi, keys = head_inputs(policy, rows)
+        part = head_statistics(phi, rows.rewards, keys, gamma)
+        stats = part if stats is None else stats.merge(part, gamma)
+        z = reward_features(rows.contexts, rows.arm_features)
+        piece = Moments.of(np.concatenate([z, rows.rewards[:, None]], axis=1))
+        reward = piece if reward is None else reward.merge(piece)
+    assert stats is not None and reward is not None  # iter_rows yields or raises
+    path = Path(shard["out_dir"]) / f"train-{int(shard['index']):04d}.npz"
+    _write(path, {**stats.to_arrays(), **reward.to_arrays("reward.")})
+    log.info(
+        "training shard %d: rows [%d, %d), %d heads", shard["index"], *_span(shard), len(stats.keys)
+    )
+    return {"path": str(path), "index": int(shard["index"]), "rows": int(stats.rows.sum())}
+
+
+def _span(shard: Mapping[str, Any]) -> tuple[int, int]:
+    return int(shard["start"]), int(shard["stop"])
+
+
+def _ordered(parts: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Map outputs in shard order (whatever order Airflow hands them over in)."""
+    items = [p for p in parts if p is not None]
+    if not items:
+        raise ValueError("no shard outputs to reduce.")
+    return sorted(items, key=lambda p: int(p["index"]))
+
+
+def reduce_statistics(
+    parts: Sequence[Mapping[str, Any]], gamma: float = 1.0
+) -> tuple[HeadStatistics, Any]:
+    """Merge training shards in order: ``(head statistics, moments of [z, r])``."""
+    from validation.ope.moments import Moments, merge_all
+
+    stats: HeadStatistics | None = None
+    moments = []
+    for part in _ordered(parts):
+        with np.load(part["path"], allow_pickle=False) as data:
+            shard = HeadStatistics.from_arrays(data)
+            moments.append(Moments.from_arrays(data, "reward."))
+        stats = shard if stats is None else stats.merge(shard, gamma)
+    assert stats is not None  # _ordered refuses an empty list; not input validation
+    return stats, merge_all(moments)
+
+
+def reduce_head(
+    state_path: str | Path, parts: Sequence[Mapping[str, Any]], out_path: str | Path
+) -> tuple[Path, Path]:
+    """Reduce step of the rebuild: the policy with its head rebuilt from every shard
+    (``out_path``) and the OPE reward model beside it (``reward_model.npz``)."""
+    from bandit_core import load_policy, save_state
+
+    policy: Any = load_policy(state_path)
+    stats, moments = reduce_statistics(parts, head_gamma(policy))
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = save_state(load_head_statistics(policy, stats), out)
+    model = RidgeRewardModel.from_moments(moments).save(out.with_name("reward_model.npz"))
+    log.info("head rebuilt from %d shards (%d rows)", len(parts), int(stats.rows.sum()))
+    return state, model
+
+
+# ---------------------------------------------------------------------- map: OPE
+def _evaluated_policies(shard: Mapping[str, Any], state_path: str | Path, dim_user: int) -> Any:
+    from bandit_core import load_policy, make_policy
+
+    candidate = load_policy(state_path)
+    base = shard.get("baseline_state")
+    production = load_policy(base) if base else make_policy("uniform", dim_user=dim_user)
+    return {"candidate": candidate, "production": production}
+
+
+def _label(policy: Any) -> str:
+    version = getattr(policy, "model_version", None)
+    return policy.name if version is None else f"{policy.name}@{version}"
+
+
+def block_terms(
+    policies: Mapping[str, Any],
+    batch: Any,
+    model: RidgeRewardModel,
+    rng_seed: Sequence[int],
+) -> dict[str, dict[str, Any]]:
+    """``{role: {estimator: TermSums}}`` of one block of held-out rows."""
+    from validation.ope import check_feedback, policy_action_dist, round_terms
+    from validation.ope.moments import TermSums
+
+    q_hat = model.predict(batch.contexts, batch.candidates.features)[:, :, None]
+    out: dict[str, dict[str, Any]] = {}
+    for role, policy in policies.items():
+        dist = policy_action_dist(policy, batch, np.random.default_rng(list(rng_seed)))
+        fb = check_feedback(
+            batch.rewards, batch.actions, batch.pscore, dist, batch.positions, q_hat
+        )
+        out[role] = {name: TermSums.of(round_terms(name, fb)) for name in SHARDED_ESTIMATORS}
+    return out
+
+
+def shard_evaluation(
+    shard: Mapping[str, Any], state_path: str | Path, reward_model: str | Path
+) -> dict[str, Any]:
+    """Map step of the OPE: the merged round-term moments of candidate and production on
+    one held-out shard (block by block), written to ``<run>/shards/holdout-<index>.npz``.
+
+    Returns
+    -------
+    dict
+        ``path``, ``index``, ``rows``, ``baseline_version``.
+    """
+    from training.evaluate import logged_batch
+    from training.replay import replay_from_frame
+
+    data = replay_from_frame(read_rows(shard["replay"], shard["start"], shard["stop"]).to_pandas())
+    model = RidgeRewardModel.load(reward_model)
+    policies = _evaluated_policies(shard, state_path, data.dim_user)
+    size, seed = int(shard["block_rows"]), int(shard["seed"])
+    first_block = (int(shard["start"]) - int(shard["first_row"])) // size
+    sums: dict[str, dict[str, Any]] = {}
+    fingerprints = []
+    for b, lo in enumerate(range(0, data.n_rows, size)):
+        batch = logged_batch(data.subset(slice(lo, lo + size)))
+        fingerprints.append(batch.fingerprint())
+        terms = block_terms(policies, batch, model, (seed, first_block + b))
+        for role, by_name in terms.items():
+            merged = sums.setdefault(role, {})
+            for name, t in by_name.items():
+                merged[name] = t if name not in merged else merged[name].merge(t)
+    arrays: dict[str, Any] = {
+        "fingerprints": np.array(fingerprints, dtype=np.str_),
+        "labels": np.array([_label(policies[r]) for r in ("candidate", "production")]),
+    }
+    for role, by_name in sums.items():
+        for name, t in by_name.items():
+            arrays.update(t.to_arrays(f"{role}.{name}."))
+    path = Path(shard["out_dir"]) / f"holdout-{int(shard['index']):04d}.npz"
+    _write(path, arrays)
+    log.info("held-out shard %d: rows [%d, %d)", shard["index"], *_span(shard))
+    return {
+        "path": str(path),
+        "index": int(shard["index"]),
+        "rows": data.n_rows,
+        "baseline_version": shard.get("baseline_version"),
+    }
+
+
+def reduce_reports(parts: Sequence[Mapping[str, Any]], level: float = 0.95) -> dict[str, Any]:
+    """Merge held-out shards: ``{"candidate": OPEReport, "production": OPEReport}``."""
+    from validation.ope import OPEReport
+    from validation.ope.moments import TermSums
+
+    totals: dict[str, dict[str, TermSums]] = {"candidate": {}, "production": {}}
+    digest = hashlib.sha256()
+    labels: list[str] = []
+    ordered = _ordered(parts)
+    for part in ordered:
+        with np.load(part["path"], allow_pickle=False) as data:
+            for fp in data["fingerprints"]:
+                digest.update(str(fp).encode())
+            labels = [str(x) for x in data["labels"]]
+            for role, by_name in totals.items():
+                for name in SHARDED_ESTIMATORS:
+                    t = TermSums.from_arrays(data, f"{role}.{name}.")
+                    by_name[name] = t if name not in by_name else by_name[name].merge(t)
+    notes = (
+        f"sharded over {len(ordered)} held-out shards: normal-approximation (delta-method) "
+        "intervals; the percentile bootstrap is not additive over shards.",
+        "reward model: ridge regression on [x; f; x⊗f] fitted on the training rows.",
+        "replay, switch_dr and dros are not computed when sharded (not decomposable).",
+    )
+    fingerprint = digest.hexdigest()
+    reports = {}
+    for (role, by_name), label in zip(totals.items(), labels, strict=True):
+        estimates = {name: t.estimate(name, level) for name, t in by_name.items()}
+        n = next(iter(by_name.values())).moments.n
+        reports[role] = OPEReport(label, n, fingerprint, estimates, notes)
+    return reports
+
+
+def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: str | Path) -> Any:
+    """Reduce step of the OPE: both reports and the gate's decision
+    (:class:`training.evaluate.EvaluationResult`, written to ``out_dir``)."""
+    from training.evaluate import EvaluationResult
+    from validation.gate import decide
+
+    reports = reduce_reports(parts)
+    result = EvaluationResult(
+        reports["candidate"],
+        reports["production"],
+        decide(reports["candidate"], reports["production"], rule),
+    )
+    result.write(out_dir)
+    return result
