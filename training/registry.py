@@ -218,6 +218,9 @@ class ModelRegistry:
                 source=info.model_uri,
                 run_id=run.info.run_id,
                 tags={"run_key": run_key, **(tags or {})},
+                # a tracking server resolves a `models:/m-…` source through its model id
+                # (a SQLite store accepts the source alone)
+                model_id=info.model_id,
             )
         version = str(created.version)
         self._wait_ready(version)
