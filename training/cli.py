@@ -294,10 +294,7 @@ def demo(
     console.print(f"plots: {root / 'demo.png'}   summary: {root / 'demo.json'}")
     console.print("open the UIs on this workspace:")
     console.print(f"  mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")
-    dags = Path(__file__).resolve().parents[1] / "dags"
-    console.print(
-        f"  AIRFLOW_HOME={root / 'airflow'} AIRFLOW__CORE__DAGS_FOLDER={dags} airflow standalone"
-    )
+    console.print(f"  banditops airflow standalone --workspace {root}  (prints the password)")
     if json_path is not None:
         json_path.write_text(
             json.dumps({"days": result["days"], "versions": result["versions"]}, indent=2)
