@@ -158,21 +158,9 @@ async def _drive(
         out["acked_decisions"].append(event)
         answered.append((event, payload["means"], arm))
 
-    tasks = []
-    total = int(rps * seconds)
-    next_request = 0
-    for i in range(total):
-        scheduled = start + i / rps
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if answered and rng.random() < reward_share:
-            tasks.append(asyncio.create_task(one("reward", scheduled, answered.pop(0))))
-        else:
-            body = requests[next_request % len(requests)]
-            tasks.append(asyncio.create_task(one("decision", scheduled, body)))
-            next_request += 1
-    await asyncio.gather(*tasks)
+    total = await serving_load.open_loop(
+        one, requests, answered, rps, seconds, reward_share, rng, start
+    )
     out["wall_s"] = time.perf_counter() - start
     out["sent"] = total
     out["errors"] = dict(out["errors"])

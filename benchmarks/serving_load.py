@@ -131,6 +131,38 @@ class Connection:
         return status, await self.reader.readexactly(length)
 
 
+async def open_loop(
+    one: Any,
+    requests: list[Any],
+    answered: list[Any],
+    rps: float,
+    seconds: float,
+    reward_share: float,
+    rng: np.random.Generator,
+    start: float,
+) -> int:
+    """Send ``rps × seconds`` requests on a fixed schedule from ``start`` (open loop: a slow
+    answer never delays the next send). Each is the reward of an answered decision with
+    probability ``reward_share`` (``one("reward", scheduled, answered.pop(0))``), else the
+    next decision body (``one("decision", scheduled, body)``). Returns the number sent."""
+    tasks = []
+    total = int(rps * seconds)
+    next_request = 0
+    for i in range(total):
+        scheduled = start + i / rps
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if answered and rng.random() < reward_share:
+            tasks.append(asyncio.create_task(one("reward", scheduled, answered.pop(0))))
+        else:
+            body = requests[next_request % len(requests)]
+            tasks.append(asyncio.create_task(one("decision", scheduled, body)))
+            next_request += 1
+    await asyncio.gather(*tasks)
+    return total
+
+
 async def _generate(
     port: int, token: str, rps: float, seconds: float, reward_share: float, seed: int
 ) -> dict[str, Any]:
@@ -148,7 +180,6 @@ async def _generate(
         "acked_decisions": [],
         "acked_rewards": [],
     }
-    next_request = 0
 
     async def one(kind: str, scheduled: float, payload: Any) -> None:
         conn = await pool.get()
@@ -180,20 +211,8 @@ async def _generate(
             out["reward_ms"].append(elapsed)
             out["acked_rewards"].append(payload[0])
 
-    tasks = []
     start = time.perf_counter() + 0.2
-    total = int(rps * seconds)
-    for i in range(total):
-        scheduled = start + i / rps
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if answered and rng.random() < reward_share:
-            tasks.append(asyncio.create_task(one("reward", scheduled, answered.pop(0))))
-        else:
-            tasks.append(asyncio.create_task(one("decision", scheduled, requests[next_request])))
-            next_request += 1
-    await asyncio.gather(*tasks)
+    total = await open_loop(one, requests, answered, rps, seconds, reward_share, rng, start)
     out["wall_s"] = time.perf_counter() - start
     out["sent"] = total
     while not pool.empty():
