@@ -150,11 +150,13 @@ def refuse_complex(name: str, value: Any) -> None:
 
 def as_float_vector(name: str, value: Any, dim: int | None = None) -> FloatArray:
     """A finite 1-D float64 array (a copy when the input is not already one)."""
-    refuse_complex(name, value)
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a 1-D array of numbers; got {_show(value)}.") from exc
+    arr = value if type(value) is np.ndarray and value.dtype == np.float64 else None
+    if arr is None:  # the request path usually passes float64 arrays: no conversion then
+        refuse_complex(name, value)
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be a 1-D array of numbers; got {_show(value)}.") from exc
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array; got an array of shape {arr.shape}.")
     if dim is not None and arr.shape[0] != dim:
@@ -169,11 +171,13 @@ def as_float_matrix(
     name: str, value: Any, n_cols: int | None = None, n_rows: int | None = None
 ) -> FloatArray:
     """A finite 2-D float64 array with the given number of columns (and rows)."""
-    refuse_complex(name, value)
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a 2-D array of numbers; got {_show(value)}.") from exc
+    arr = value if type(value) is np.ndarray and value.dtype == np.float64 else None
+    if arr is None:
+        refuse_complex(name, value)
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name} must be a 2-D array of numbers; got {_show(value)}.") from exc
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array; got an array of shape {arr.shape}.")
     if n_cols is not None and arr.shape[1] != n_cols:

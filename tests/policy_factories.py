@@ -44,6 +44,13 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "dropout": lambda: make_policy("dropout", **NEURAL_SMALL, dropout=0.3, mode="ts", n_sim=50),
 }
 
+#: The other exploration modes of the neural policies are covered by the same suite.
+VARIANTS: dict[str, Callable[[], Any]] = {
+    "neural_linear+ucb": lambda: make_policy("neural_linear", **NEURAL_SMALL, mode="ucb"),
+    "ensemble+ucb": lambda: make_policy("ensemble", **NEURAL_SMALL, n_members=3, mode="ucb"),
+    "dropout+ucb": lambda: make_policy("dropout", **NEURAL_SMALL, dropout=0.3, mode="ucb"),
+}
+
 #: Wrapped policies are covered by the same suite.
 WRAPPED: dict[str, Callable[[], Policy]] = {
     "linucb+floor": lambda: ExplorationFloor(FACTORIES["linucb"](), p_min=0.05),

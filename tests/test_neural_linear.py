@@ -179,6 +179,42 @@ def test_thompson_probabilities_follow_the_posterior() -> None:
     assert np.all(batch.arms[batch.probabilities[:, 1] == 1.0] == 1)
 
 
+def test_ucb_mode_scores_the_head_mean_plus_alpha_times_the_width() -> None:
+    """mode="ucb": the score of every candidate is μᵀφ + α √(φᵀA⁻¹φ) on the learned φ, the
+    choice is its argmax and the probabilities are exact (1 on the argmax)."""
+    policy = NeuralLinear(**SMALL, mode="ucb", alpha=0.7)
+    x, ids, r, feats = _rows(np.random.default_rng(10), 60)
+    policy.update_batch(x, ids, r, feats)  # two retrainings and fast updates after them
+    rng = np.random.default_rng(11)
+    cands = Candidates(("p", "q", "r"), rng.standard_normal((3, DA)))
+    contexts = rng.standard_normal((20, DU))
+    batch = policy.select_batch(contexts, cands, rng)
+    head = policy.head
+    for i, context in enumerate(contexts):
+        z = policy.features.build_rows(np.repeat(context[None], 3, 0), cands.features, cands.ids)
+        phi = policy.encode(z)
+        width = np.sqrt(np.einsum("kd,de,ke->k", phi, np.linalg.inv(head.precision_[0]), phi))
+        expected = phi @ np.linalg.solve(head.precision_[0], head.xty_[0]) + 0.7 * width
+        np.testing.assert_allclose(batch.scores[i], expected, rtol=1e-9)
+        assert batch.arms[i] == int(np.argmax(expected))
+        np.testing.assert_array_equal(batch.probabilities[i], np.eye(3)[batch.arms[i]])
+    one = policy.select(contexts[0], cands, np.random.default_rng(12))
+    assert one.arm == batch.arms[0] and one.propensity == 1.0
+
+
+def test_ucb_mode_survives_a_state_round_trip(tmp_path: Path) -> None:
+    policy = NeuralLinear(**SMALL, mode="ucb", alpha=2.0)
+    x, ids, r, feats = _rows(np.random.default_rng(13), 30)
+    policy.update_batch(x, ids, r, feats)
+    restored = load_policy(save_policy(policy, tmp_path / "ucb.npz"))
+    assert isinstance(restored, NeuralLinear)
+    assert (restored.config.mode, restored.config.alpha) == ("ucb", 2.0)
+    cands = Candidates(("p", "q"), np.random.default_rng(14).standard_normal((2, DA)))
+    a = policy.select_batch(x[:10], cands, np.random.default_rng(15))
+    b = restored.select_batch(x[:10], cands, np.random.default_rng(15))
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
 def test_head_inputs_put_the_encoder_input_next_to_the_learned_features() -> None:
     policy = NeuralLinear(**SMALL, head_inputs=True, interactions=True)
     z = policy.features.build_rows(np.ones((2, DU)), np.full((2, DA), 2.0), ["a", "b"])
@@ -205,6 +241,8 @@ def test_head_config_carries_the_prior() -> None:
         ({"lambda_prior": 0.0}, "'lambda_prior' parameter of BayesianLinearHead"),
         ({"device": "tpu:9"}, "'device' option"),
         ({"n_sim": 0}, "'n_sim' parameter"),
+        ({"mode": "greedy"}, "'mode' parameter of NeuralLinearConfig must be one of 'ts', 'ucb'"),
+        ({"alpha": -1.0}, "'alpha' parameter"),
         ({"colour": "red"}, "Unknown option(s) 'colour'"),
     ],
 )

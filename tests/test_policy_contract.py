@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from bandit_core import POLICIES, Candidates, Policy, load_policy, policy_from_state, save_policy
-from tests.policy_factories import DIM_ARM, DIM_USER, FACTORIES, WRAPPED
+from tests.policy_factories import DIM_ARM, DIM_USER, FACTORIES, VARIANTS, WRAPPED
 
-ALL: dict[str, Callable[[], Policy]] = {**FACTORIES, **WRAPPED}
+ALL: dict[str, Callable[[], Policy]] = {**FACTORIES, **VARIANTS, **WRAPPED}
 N_DRAWS = 20_000
 
 

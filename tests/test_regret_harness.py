@@ -352,3 +352,33 @@ def test_set_overrides_are_parsed() -> None:
     }
     with pytest.raises(ValueError, match=r"--set expects policy\.option=value; got 'hidden=3'"):
         regret.parse_overrides(["hidden=3"])
+
+
+def test_our_linucb_is_the_same_algorithm_as_mabwisers() -> None:
+    """Fed the same data, our per-arm LinUCB (α = 1, λ = 1) and mabwiser's give the same
+    UCB score to every arm at every step; the two differ only in how they break exact
+    ties (ours uniformly, mabwiser's by arm order)."""
+    reason = peers.peer_unavailable("mabwiser_linucb")
+    if reason is not None:
+        pytest.skip(f"mabwiser_linucb: optional 'bench' extra not installed ({reason})")
+    env = make_environment("wheel", seed=3, delta=0.5)
+    stream = env.stream(400, np.random.default_rng(3))
+    scale = stream.reward_scale()
+    ours = regret.make_agent("linucb", env, 3, stream.candidates[0], {})
+    theirs = regret.make_agent("mabwiser_linucb", env, 3, stream.candidates[0], {})
+    rng, logger = np.random.default_rng(4), np.random.default_rng(5)
+    agreed = 0
+    for t in range(len(stream)):
+        x, cands = stream.contexts[t], stream.candidates[t]
+        decision = ours.policy.select(x, cands, rng)
+        expected = theirs.mab.predict_expectations(x[None])
+        np.testing.assert_allclose(
+            decision.scores, [expected[a] for a in cands.ids], rtol=1e-9, atol=1e-12
+        )
+        if decision.propensity == 1.0:  # no tie: the same arm
+            agreed += int(decision.arm == theirs.choose(x, cands, rng)[0])
+        arm = int(logger.integers(len(cands.ids)))  # both learn the same logged data
+        reward = env.reward(stream.means[t], arm, float(stream.uniforms[t])) / scale
+        ours.learn(x, cands, arm, reward, 0.2)
+        theirs.learn(x, cands, arm, reward, 0.2)
+    assert agreed >= len(stream) - 5  # every decision without a tie (the first few tie)

@@ -1,9 +1,12 @@
 """Neural-linear Thompson sampling (Riquelme, Tucker & Snoek, ICLR 2018, §3 "NeuralLinear";
-Snoek et al., ICML 2015 for the Bayesian last layer).
+Snoek et al., ICML 2015 for the Bayesian last layer), and its UCB twin (Xu, Wen, Zhao &
+Gu, "Neural contextual bandits with deep representation and shallow exploration", 2022).
 
 An MLP encoder ``φ = f_θ(z(x, a))`` feeds a :class:`~bandit_core.head.BayesianLinearHead`
-with a Normal-inverse-gamma prior; decisions are Thompson samples from the head's posterior
-on ``φ`` of every candidate, exactly as shared linear TS does on hand-built features.
+with a Normal-inverse-gamma prior. With ``mode="ts"`` decisions are Thompson samples from
+the head's posterior on ``φ`` of every candidate, exactly as shared linear TS does on
+hand-built features; with ``mode="ucb"`` the score is ``μᵀφ + α √(φᵀA⁻¹φ)`` (LinUCB on the
+learned features), argmax with ties split uniformly, so the propensities are exact.
 
 Two speeds:
 
@@ -26,11 +29,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from bandit_core._validation import Constraint, FloatArray, Interval, IsBool
+from bandit_core._validation import Constraint, FloatArray, Interval, IsBool, OneOf
 from bandit_core.head import BayesianLinearHead, HeadConfig
 from bandit_core.linalg import sufficient_statistics
 from bandit_core.nets import to_numpy
-from bandit_core.policies.linear import _ThompsonRule
+from bandit_core.policies.linear import _ThompsonRule, _UCBRule
 from bandit_core.policies.neural.base import IntArray, NeuralConfig, NeuralPolicy
 
 #: rows encoded per forward pass during a rebuild
@@ -39,10 +42,14 @@ REBUILD_CHUNK = 8192
 
 @dataclass(frozen=True, kw_only=True)
 class NeuralLinearConfig(NeuralConfig):
-    """:class:`NeuralConfig` plus the head prior and the Thompson rule.
+    """:class:`NeuralConfig` plus the head prior and the exploration rule.
 
     Parameters
     ----------
+    mode : {"ts", "ucb"}
+        Thompson sampling from the head's posterior, or the UCB score on φ.
+    alpha : float
+        Width of the UCB bonus (``mode="ucb"``): ``μᵀφ + α √(φᵀA⁻¹φ)``.
     lambda_prior, a0, b0 : float
         Normal-inverse-gamma prior of the head (Riquelme et al.: λ = 0.25, a0 = b0 = 6).
     v : float
@@ -60,6 +67,8 @@ class NeuralLinearConfig(NeuralConfig):
         has to add what is not linear.
     """
 
+    mode: str = "ts"
+    alpha: float = 1.0
     lambda_prior: float = 0.25
     a0: float = 6.0
     b0: float = 6.0
@@ -70,6 +79,8 @@ class NeuralLinearConfig(NeuralConfig):
     head_inputs: bool = False
 
     extra_params: ClassVar[dict[str, Constraint]] = {
+        "mode": OneOf(("ts", "ucb")),
+        "alpha": Interval(float, 0.0, None),
         "v": Interval(float, 0.0, None, closed="neither"),
         "n_sim": Interval(int, 1, None),
         "sample_noise": IsBool(),
@@ -94,8 +105,15 @@ class _HeadThompson(_ThompsonRule):
         self.model = cast(Any, SimpleNamespace(head=head))
 
 
+class _HeadUCB(_UCBRule):
+    """The LinUCB rule of the linear policies on a neural-linear head's φ."""
+
+    def __init__(self, config: NeuralLinearConfig) -> None:
+        self.config = config
+
+
 class NeuralLinear(NeuralPolicy):
-    """Neural-linear Thompson sampling with two-speed learning.
+    """Neural-linear Thompson sampling (or UCB) with two-speed learning.
 
     Learned state, besides :class:`NeuralPolicy`'s: ``head`` (a one-head
     :class:`BayesianLinearHead` on φ of dimension ``hidden[-1] (+1)``).
@@ -111,7 +129,11 @@ class NeuralLinear(NeuralPolicy):
 
     def _set_head(self, head: BayesianLinearHead) -> None:
         self.head = head
-        self._rule = _HeadThompson(self.config, head)
+        self._rule: _HeadThompson | _HeadUCB
+        if self.config.mode == "ucb":
+            self._rule = _HeadUCB(self.config)
+        else:
+            self._rule = _HeadThompson(self.config, head)
 
     @property
     def dim_phi(self) -> int:
