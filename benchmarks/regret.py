@@ -234,10 +234,12 @@ def run_agent(
     seed: int,
     on_step: Callable[[int], None] | None = None,
     reward_scale: float = 1.0,
+    chosen: list[int] | None = None,
 ) -> RunResult:
     """Replay ``stream`` to ``agent`` online; regret from the expected rewards.
 
     The agent learns from ``reward / reward_scale``; the result is in the env's units.
+    ``chosen``, when given, receives the index of the arm chosen at every step.
     """
     steps = len(stream)
     regrets = np.empty(steps)
@@ -248,6 +250,8 @@ def run_agent(
         start = time.perf_counter()
         arm, prop = agent.choose(x, cands, rng)
         busy += time.perf_counter() - start
+        if chosen is not None:
+            chosen.append(arm)
         reward = env.reward(means, arm, float(stream.uniforms[t]))
         start = time.perf_counter()
         agent.learn(x, cands, arm, reward / reward_scale, prop)

@@ -382,3 +382,22 @@ def test_our_linucb_is_the_same_algorithm_as_mabwisers() -> None:
         ours.learn(x, cands, arm, reward, 0.2)
         theirs.learn(x, cands, arm, reward, 0.2)
     assert agreed >= len(stream) - 5  # every decision without a tie (the first few tie)
+
+
+def test_regret_breakdown_splits_the_harness_run_exactly() -> None:
+    from benchmarks.regret_breakdown import breakdown
+
+    parts = breakdown("linucb", 0.5, seed=1, steps=600, overrides={})
+    env = make_environment("wheel", 1, delta=0.5)
+    stream = env.stream(600, np.random.default_rng([1, 11]))
+    agent = regret.make_agent("linucb", env, 1, stream.candidates[0], {})
+    whole = regret.run_agent(
+        agent, env, stream, np.random.default_rng([1, 13]), 1, None, stream.reward_scale()
+    )
+    assert parts.total == pytest.approx(whole.normalized_regret, rel=1e-12)
+    assert parts.inner + parts.ring == pytest.approx(parts.total, rel=1e-12)
+    assert sum(parts.ring_by_phase) == pytest.approx(parts.ring, rel=1e-12)
+    assert parts.inner > 0.0 and parts.ring > 0.0  # 600 steps: both kinds of mistakes
+    # every wrong pick in the ring costs 48.8 (the 1.2 arm) or 49 (another quadrant's arm)
+    ring_cost = 48.8 * parts.ring_wrong_safe + 49.0 * parts.ring_wrong_quadrant
+    assert ring_cost * 100.0 / stream.uniform_regret() == pytest.approx(parts.ring, rel=1e-9)

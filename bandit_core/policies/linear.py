@@ -170,6 +170,10 @@ def build_config(
 
 
 # ---------------------------------------------------------------------- models
+#: candidate sets whose head indices a per-arm model remembers
+_HEADS_CACHE = 256
+
+
 class PerArmModel:
     """One head per arm (disjoint model). Head 0 is the prior, used for unseen arms."""
 
@@ -184,6 +188,9 @@ class PerArmModel:
         self.head = BayesianLinearHead(config.head_config(config.dim_user), n_heads=1)
         self.arm_ids: list[str] = []
         self._slots: dict[str, int] = {}
+        # heads of recently seen candidate sets (the request path sees the same sets again);
+        # emptied whenever an arm gets a head
+        self._heads_of: dict[tuple[str, ...], IntArray] = {}
 
     dim_arm = 0
 
@@ -193,14 +200,33 @@ class PerArmModel:
                 if arm not in self._slots:
                     self._slots[arm] = self.head.add_heads(1)
                     self.arm_ids.append(arm)
+                    self._heads_of.clear()
         slots = self._slots
         return np.array([slots.get(a, 0) for a in ids], dtype=np.intp)
+
+    def _candidate_heads(self, ids: tuple[str, ...]) -> IntArray:
+        """:meth:`heads_for` of a candidate set, remembered (read-only) for the next request."""
+        heads = self._heads_of.get(ids)
+        if heads is None:
+            heads = self.heads_for(ids, create=False)
+            heads.setflags(write=False)
+            if len(self._heads_of) >= _HEADS_CACHE:
+                self._heads_of.clear()
+            self._heads_of[ids] = heads
+        return heads
 
     def terms(
         self, contexts: FloatArray, candidates: Candidates
     ) -> tuple[FloatArray, FloatArray, IntArray]:
         """Posterior means (n, K), projections U_a x (n, K, d) and the head of each candidate."""
-        heads = self.heads_for(candidates.ids, create=False)
+        heads = self._candidate_heads(candidates.ids)
+        if contexts.shape[0] == 1:  # one request: (K, d) products, no transposes
+            x = contexts[0]
+            return (
+                (self.head.theta_[heads] @ x)[None],
+                (self.head.inv_chol_[heads] @ x)[None],
+                heads,
+            )
         mean = contexts @ self.head.theta_[heads].T
         proj = np.matmul(self.head.inv_chol_[heads], contexts.T).transpose(2, 0, 1)
         return mean, proj, heads
@@ -243,6 +269,7 @@ class PerArmModel:
         self.head = BayesianLinearHead.from_arrays(self.head.config, arrays)
         self.arm_ids = [str(a) for a in arrays["arm_ids"]]
         self._slots = {a: i + 1 for i, a in enumerate(self.arm_ids)}
+        self._heads_of.clear()
         if len(self.arm_ids) + 1 != self.head.n_heads:
             raise ValueError(
                 f"state has {len(self.arm_ids)} arm ids but {self.head.n_heads - 1} arm heads."
