@@ -1,7 +1,7 @@
 """Where a policy's regret on the wheel bandit comes from.
 
     python -m benchmarks.regret_breakdown --delta 0.5 --policies linucb,mabwiser_linucb \\
-        --seeds 0,1,2 [--steps 20000] [--set linucb.alpha=0.5]
+        --seeds 0,1,2 [--steps 20000] [--set linucb.alpha=0.5] [--json OUT.json]
 
 Each run replays the regret harness's own stream (same seeds, same reward scaling, same
 decision generator) and splits its normalised regret (Uniform = 100, as in
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -82,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> list[Breakdown]:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--set", action="append", default=[], metavar="POLICY.OPTION=VALUE")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     overrides = parse_overrides(args.set)
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -104,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> list[Breakdown]:
             str(r.ring_wrong_safe), str(r.ring_wrong_quadrant),
         )  # fmt: skip
     Console(width=200).print(table)
+    if args.json is not None:
+        rows = [asdict(r) for r in results]
+        args.json.write_text(json.dumps({"delta": args.delta, "results": rows}, indent=1))
     return results
 
 
