@@ -56,6 +56,15 @@ GOLDEN_1E5 = {
     "dros": [0.004843962274575889, 0.003932756014554699, 0.00568199121207155],
 }
 
+#: Estimators that are arithmetic on the log alone: equal to obp's to 1e-12 on any machine.
+MODEL_FREE = ("ipw", "snipw")
+#: The others use a LogisticRegression reward model whose lbfgs stops at scikit-learn's
+#: default tolerance; where exactly depends on the CPU's floating-point kernels. On the
+#: machine the golden values came from ours equalled obp's to 4e-16; on an AMD EPYC the fit
+#: of resample 0 stops elsewhere (DM 4.4e-4, Switch-DR 6.1e-4 relative; resamples 1 and 2
+#: within 3e-8). DR and DM differ by 3.5-27 % on these resamples, DR and SNDR by 0.08-0.17 %.
+MODEL_TOLERANCE = 1e-3
+
 # obp relative estimation error over b = 0 … 29 with the n_sim = 1000000 distribution
 GOLDEN_RELATIVE_EE_1E6 = {
     "ipw": (0.3325376396135266, 0.18178211403378716),
@@ -94,7 +103,8 @@ def test_every_estimator_matches_obp_on_three_resamples(
         sample = random_log.take(obd.bootstrap_rows(random_log.n_rounds, b))
         got = obd.estimate_all(sample, dist, {"switch_dr": 5.0, "dros": 50.0})
         for key, values in GOLDEN_1E5.items():
-            assert got[key][0] == pytest.approx(values[b], rel=1e-12, abs=0.0), (key, b)
+            rel = 1e-12 if key in MODEL_FREE else MODEL_TOLERANCE
+            assert got[key][0] == pytest.approx(values[b], rel=rel, abs=0.0), (key, b)
 
 
 def test_ipw_and_snipw_relative_errors_over_30_resamples_match_obp(
