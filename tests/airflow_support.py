@@ -76,6 +76,22 @@ THIRD_PARTY_WARNINGS = [
 ]
 
 
+#: the retrain DAG's runs in the Airflow metadata database
+RETRAIN_RUNS = "SELECT run_id, state FROM dag_run WHERE dag_id = 'bandit_retrain'"
+
+
+def metadata_rows(url: str, *queries: str) -> list[list[Any]]:
+    """The rows of each SQL query against the Airflow metadata database at ``url``."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [list(conn.execute(sa.text(query)).all()) for query in queries]
+    finally:
+        engine.dispose()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Filter :data:`THIRD_PARTY_WARNINGS` in the tests that use the Airflow home."""
     for item in items:

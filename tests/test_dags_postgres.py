@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 pytest_plugins = ["tests.airflow_support"]
 pytestmark = pytest.mark.postgres
@@ -57,19 +56,13 @@ def test_nightly_run_with_postgresql_metadata(
                 [str(airflow), *args], env=env, capture_output=True, text=True, timeout=400
             )
             assert out.returncode == 0, f"airflow {args}:\n{(out.stdout + out.stderr)[-4000:]}"
-        engine = sa.create_engine(url)
-        try:
-            with engine.connect() as conn:
-                runs = conn.execute(
-                    sa.text("SELECT run_id, state FROM dag_run WHERE dag_id = 'bandit_retrain'")
-                ).all()
-                tasks = conn.execute(
-                    sa.text(
-                        "SELECT task_id, state FROM task_instance WHERE dag_id = 'bandit_retrain'"
-                    )
-                ).all()
-        finally:
-            engine.dispose()
+        from tests.airflow_support import RETRAIN_RUNS, metadata_rows  # a plugin: load it first
+
+        runs, tasks = metadata_rows(
+            url,
+            RETRAIN_RUNS,
+            "SELECT task_id, state FROM task_instance WHERE dag_id = 'bandit_retrain'",
+        )
     assert [state for _, state in runs] == ["success"]
     states = dict(tasks)  # shards = 1: the mapped shard tasks expand to nothing
     assert {states.pop("shard_statistics"), states.pop("shard_evaluation")} == {"skipped"}

@@ -27,7 +27,6 @@ from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 
 pytest_plugins = ["tests.airflow_support"]
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -194,23 +193,15 @@ def test_sharded_retrain_runs_on_a_celery_worker(
             f"dags test:\n{output[-4000:]}\nworker:\n{worker_log.read_text()[-4000:]}"
         )
         _forget_queue(redis_url, queue)
-        engine = sa.create_engine(url)
-        try:
-            with engine.connect() as conn:
-                runs = conn.execute(
-                    sa.text("SELECT run_id, state FROM dag_run WHERE dag_id = 'bandit_retrain'")
-                ).all()
-                tis = conn.execute(
-                    sa.text(
-                        "SELECT task_id, map_index, state, hostname, queue FROM task_instance "
-                        "WHERE dag_id = 'bandit_retrain'"
-                    )
-                ).all()
-                celery = conn.execute(
-                    sa.text("SELECT status, count(*) FROM celery_taskmeta GROUP BY status")
-                ).all()
-        finally:
-            engine.dispose()
+        from tests.airflow_support import RETRAIN_RUNS, metadata_rows  # a plugin: load it first
+
+        runs, tis, celery = metadata_rows(
+            url,
+            RETRAIN_RUNS,
+            "SELECT task_id, map_index, state, hostname, queue FROM task_instance "
+            "WHERE dag_id = 'bandit_retrain'",
+            "SELECT status, count(*) FROM celery_taskmeta GROUP BY status",
+        )
     elapsed = time.monotonic() - started
     assert [state for _, state in runs] == ["success"]
     ran = [ti for ti in tis if ti.state == "success"]
