@@ -148,9 +148,13 @@ def refuse_complex(name: str, value: Any) -> None:
         raise ValueError(f"{name} must hold real numbers; got complex values {_show(value)}.")
 
 
+#: the native float64 dtype (a singleton: ``is`` compares it cheaply)
+_FLOAT64 = np.dtype(np.float64)
+
+
 def as_float_vector(name: str, value: Any, dim: int | None = None) -> FloatArray:
     """A finite 1-D float64 array (a copy when the input is not already one)."""
-    arr = value if type(value) is np.ndarray and value.dtype == np.float64 else None
+    arr = value if type(value) is np.ndarray and value.dtype is _FLOAT64 else None
     if arr is None:  # the request path usually passes float64 arrays: no conversion then
         refuse_complex(name, value)
         try:
@@ -171,7 +175,7 @@ def as_float_matrix(
     name: str, value: Any, n_cols: int | None = None, n_rows: int | None = None
 ) -> FloatArray:
     """A finite 2-D float64 array with the given number of columns (and rows)."""
-    arr = value if type(value) is np.ndarray and value.dtype == np.float64 else None
+    arr = value if type(value) is np.ndarray and value.dtype is _FLOAT64 else None
     if arr is None:
         refuse_complex(name, value)
         try:

@@ -83,12 +83,13 @@ def greedy_choice_one(
     Returns the chosen index and the exact probabilities (K,). Draws from ``rng`` only
     when there is something to randomise (ties or ε > 0).
     """
-    top = float(scores.max())
+    best = int(scores.argmax())
+    top = float(scores[best])
     ties = scores >= top - TIE_TOLERANCE * max(1.0, abs(top))
     count = int(np.count_nonzero(ties))
     if epsilon == 0.0:
         if count == 1:
-            return int(scores.argmax()), ties.astype(np.float64)
+            return best, ties.astype(np.float64)
         probs: FloatArray = ties / count
         return int(np.flatnonzero(ties)[rng.integers(count)]), probs
     probs = ties * ((1.0 - epsilon) / count) + epsilon / scores.shape[0]

@@ -255,25 +255,33 @@ class BayesianLinearHead:
             self.inv_chol_[head] = inverse_cholesky(a)
             self.pending_[head] = 0
         else:
-            self._rank1(head, x, r, +1.0)
+            u = self._rank1(head, x, r, +1.0)
             if cfg.window is not None:
                 self._push_window(head, x, r)
+                u = self.inv_chol_[head]
             if self.pending_[head] >= cfg.refactor_every:
                 self._refactor_one(head)
+                u = self.inv_chol_[head]
+            self.theta_[head] = u.T @ (u @ self.xty_[head])
+            return
         u = self.inv_chol_[head]
         self.theta_[head] = u.T @ (u @ self.xty_[head])
 
-    def _rank1(self, head: int, x: FloatArray, r: float, sign: float) -> None:
-        xx = x[:, None] * x
+    def _rank1(self, head: int, x: FloatArray, r: float, sign: float) -> FloatArray:
+        """Add (sign = +1) or remove (−1) ``(x, r)``; returns the new factor of the head."""
+        u = inv_chol_rank1_update(self.inv_chol_[head], x, sign)
+        self.inv_chol_[head] = u
         if sign > 0:
-            self.precision_[head] += xx
+            self.precision_[head] += x[:, None] * x
+            self.xty_[head] += r * x
+            self.yty_[head] += r * r
         else:
-            self.precision_[head] -= xx
-        self.inv_chol_[head] = inv_chol_rank1_update(self.inv_chol_[head], x, sign)
-        self.xty_[head] += (sign * r) * x
-        self.yty_[head] += sign * r * r
+            self.precision_[head] -= x[:, None] * x
+            self.xty_[head] -= r * x
+            self.yty_[head] -= r * r
         self.count_[head] += sign
         self.pending_[head] += 1
+        return u
 
     def _push_window(self, head: int, x: FloatArray, r: float) -> None:
         w = self.config.window

@@ -120,19 +120,23 @@ def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArra
     """
     d = x.shape[0]
     p = inv_chol @ x
-    beta = np.cumsum(p * p)
+    # betas[j] = β_j for j = 0..d: one cumulative sum of (0, ±p₁², …, ±p_d²) plus one,
+    # so β_{j−1} and β_j are two views of the same array
+    betas = np.empty(d + 1)
+    betas[0] = 0.0
+    np.multiply(p, p, out=betas[1:])
+    betas.cumsum(out=betas)
     if sign < 0:
-        np.negative(beta, out=beta)
-    beta += 1.0
+        np.negative(betas, out=betas)
+    betas += 1.0
     if sign < 0:
-        _check_downdate(float(beta[-1]), sign)
-    beta_prev = np.concatenate(((1.0,), beta[:-1]))
-    root = beta_prev * beta
+        _check_downdate(float(betas[-1]), sign)
+    beta_prev = betas[:-1]
+    root = betas[1:] * beta_prev
     np.sqrt(root, out=root)
-    scale = beta_prev / root  # √(β_{j−1}/β_j)
-    n = np.multiply.outer(p / root, p)
+    n = (p / root)[:, None] * p
     n *= _signed_strict_lower(d, sign)
-    n.flat[:: d + 1] = scale
+    n.flat[:: d + 1] = beta_prev / root  # √(β_{j−1}/β_j)
     out: FloatArray = n @ inv_chol
     return out
 

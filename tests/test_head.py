@@ -246,3 +246,13 @@ def test_bad_observations_are_named() -> None:
     with pytest.raises(ValueError, match=r"features must have 3 columns"):
         head.rebuild(np.zeros((4, 2)), np.zeros(4))
     assert head.count_[0] == 0  # nothing half-applied
+
+
+def test_a_refused_downdate_changes_nothing(rng: np.random.Generator) -> None:
+    head = BayesianLinearHead(HeadConfig(dim=3))
+    head.update_batch(rng.normal(size=(5, 3)), rng.normal(size=5))
+    before = {k: v.copy() for k, v in head.to_arrays().items()}
+    with pytest.raises(ValueError, match="indefinite"):
+        head._rank1(0, np.array([10.0, -7.0, 3.0]), 1.0, -1.0)  # never observed
+    for key, value in head.to_arrays().items():
+        np.testing.assert_array_equal(value, before[key])

@@ -43,7 +43,6 @@ from bandit_core.features import FeatureMap
 from bandit_core.head import BayesianLinearHead, HeadConfig
 from bandit_core.policies.base import (
     check_candidates,
-    check_context,
     check_contexts,
     check_rng,
     check_updates,
@@ -190,7 +189,7 @@ class PerArmModel:
         self._slots: dict[str, int] = {}
         # heads of recently seen candidate sets (the request path sees the same sets again);
         # emptied whenever an arm gets a head
-        self._heads_of: dict[tuple[str, ...], IntArray] = {}
+        self._heads_of: dict[tuple[str, ...], tuple[IntArray, slice | IntArray]] = {}
 
     dim_arm = 0
 
@@ -204,32 +203,39 @@ class PerArmModel:
         slots = self._slots
         return np.array([slots.get(a, 0) for a in ids], dtype=np.intp)
 
-    def _candidate_heads(self, ids: tuple[str, ...]) -> IntArray:
-        """:meth:`heads_for` of a candidate set, remembered (read-only) for the next request."""
-        heads = self._heads_of.get(ids)
-        if heads is None:
+    def _candidate_heads(self, ids: tuple[str, ...]) -> tuple[IntArray, slice | IntArray]:
+        """:meth:`heads_for` of a candidate set, remembered (read-only) for the next request,
+        with the index that reads their rows: a slice (a view, no copy) when the heads are
+        consecutive, as they are for arms seen in candidate order."""
+        cached = self._heads_of.get(ids)
+        if cached is None:
             heads = self.heads_for(ids, create=False)
             heads.setflags(write=False)
+            first = int(heads[0])
+            rows: slice | IntArray = heads
+            if first > 0 and np.array_equal(heads, np.arange(first, first + heads.size)):
+                rows = slice(first, first + heads.size)
             if len(self._heads_of) >= _HEADS_CACHE:
                 self._heads_of.clear()
-            self._heads_of[ids] = heads
-        return heads
+            cached = self._heads_of[ids] = (heads, rows)
+        return cached
 
     def terms(
         self, contexts: FloatArray, candidates: Candidates
     ) -> tuple[FloatArray, FloatArray, IntArray]:
         """Posterior means (n, K), projections U_a x (n, K, d) and the head of each candidate."""
-        heads = self._candidate_heads(candidates.ids)
-        if contexts.shape[0] == 1:  # one request: (K, d) products, no transposes
-            x = contexts[0]
-            return (
-                (self.head.theta_[heads] @ x)[None],
-                (self.head.inv_chol_[heads] @ x)[None],
-                heads,
-            )
-        mean = contexts @ self.head.theta_[heads].T
-        proj = np.matmul(self.head.inv_chol_[heads], contexts.T).transpose(2, 0, 1)
+        heads, rows = self._candidate_heads(candidates.ids)
+        mean = contexts @ self.head.theta_[rows].T
+        proj = np.matmul(self.head.inv_chol_[rows], contexts.T).transpose(2, 0, 1)
         return mean, proj, heads
+
+    def terms_one(
+        self, context: FloatArray, candidates: Candidates
+    ) -> tuple[FloatArray, FloatArray, IntArray]:
+        """:meth:`terms` of one request (K,), (K, d): two (K, d) products, no transposes."""
+        heads, rows = self._candidate_heads(candidates.ids)
+        head = self.head
+        return head.theta_[rows] @ context, head.inv_chol_[rows] @ context, heads
 
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
         slot = self._slots.get(arm_id)
@@ -305,6 +311,14 @@ class SharedModel:
         )
         return out[..., 0], out[..., 1:], None
 
+    def terms_one(
+        self, context: FloatArray, candidates: Candidates
+    ) -> tuple[FloatArray, FloatArray, None]:
+        out = self.features.apply(
+            context[None], candidates.features, candidates.ids, self._scoring_weights()
+        )[0]
+        return out[:, 0], out[:, 1:], None
+
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
         self.head._update(self.features.row(context, feats, arm_id), reward, 0)
         self._weights = None
@@ -357,11 +371,10 @@ class LinearPolicy:
 
     # -- decisions ------------------------------------------------------------
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
-        x = check_context(context, self.config.dim_user)
+        x = as_float_vector("context", context, self.config.dim_user)
         cands = check_candidates(candidates, self.model.dim_arm)
-        mean, proj, heads = self.model.terms(x, cands)
-        m = mean[0]
-        arm, probs, scores = self._explore_one(m, proj[0], heads, check_rng(rng))
+        m, proj, heads = self.model.terms_one(x, cands)
+        arm, probs, scores = self._explore_one(m, proj, heads, check_rng(rng))
         top = float(m.max())
         return Decision(
             arm=arm,
@@ -492,7 +505,12 @@ class _UCBRule:
     def _explore_one(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
     ) -> tuple[int, FloatArray, FloatArray]:
-        scores = mean + self.config.alpha * np.sqrt(np.einsum("kd,kd->k", proj, proj))
+        scores = np.einsum("kd,kd->k", proj, proj)
+        np.sqrt(scores, out=scores)
+        alpha = self.config.alpha
+        if alpha != 1.0:  # x · 1.0 is x: skipping it changes no bit
+            scores *= alpha
+        scores += mean
         arm, probs = greedy_choice_one(scores, 0.0, rng)
         return arm, probs, scores
 
