@@ -235,7 +235,7 @@ class BayesianLinearHead:
         self.xty_[head] += (new - old) * x
         self.yty_[head] += new * new - old * old
         u = self.inv_chol_[head]
-        self.theta_[head] = u.T @ (u @ self.xty_[head])
+        self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
 
     def _check_head(self, head: int) -> None:
         if not (0 <= int(head) < self.n_heads):
@@ -262,10 +262,10 @@ class BayesianLinearHead:
             if self.pending_[head] >= cfg.refactor_every:
                 self._refactor_one(head)
                 u = self.inv_chol_[head]
-            self.theta_[head] = u.T @ (u @ self.xty_[head])
+            self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
             return
         u = self.inv_chol_[head]
-        self.theta_[head] = u.T @ (u @ self.xty_[head])
+        self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
 
     def _rank1(self, head: int, x: FloatArray, r: float, sign: float) -> FloatArray:
         """Add (sign = +1) or remove (−1) ``(x, r)``; returns the new factor of the head."""

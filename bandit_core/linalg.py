@@ -119,7 +119,7 @@ def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArra
     arithmetic.
     """
     d = x.shape[0]
-    p = inv_chol @ x
+    p = inv_chol.dot(x)  # .dot: the same BLAS call as @ with less overhead
     # betas[j] = β_j for j = 0..d: one cumulative sum of (0, ±p₁², …, ±p_d²) plus one,
     # so β_{j−1} and β_j are two views of the same array
     betas = np.empty(d + 1)
@@ -137,7 +137,7 @@ def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArra
     n = (p / root)[:, None] * p
     n *= _signed_strict_lower(d, sign)
     n.flat[:: d + 1] = beta_prev / root  # √(β_{j−1}/β_j)
-    out: FloatArray = n @ inv_chol
+    out: FloatArray = n.dot(inv_chol)
     return out
 
 

@@ -235,7 +235,7 @@ class PerArmModel:
         """:meth:`terms` of one request (K,), (K, d): two (K, d) products, no transposes."""
         heads, rows = self._candidate_heads(candidates.ids)
         head = self.head
-        return head.theta_[rows] @ context, head.inv_chol_[rows] @ context, heads
+        return head.theta_[rows].dot(context), head.inv_chol_[rows] @ context, heads
 
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
         slot = self._slots.get(arm_id)
