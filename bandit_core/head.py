@@ -271,13 +271,15 @@ class BayesianLinearHead:
         """Add (sign = +1) or remove (−1) ``(x, r)``; returns the new factor of the head."""
         u = inv_chol_rank1_update(self.inv_chol_[head], x, sign)
         self.inv_chol_[head] = u
+        # in place through views: ``a[head] += v`` would also write the row back
+        precision, xty = self.precision_[head], self.xty_[head]
         if sign > 0:
-            self.precision_[head] += x[:, None] * x
-            self.xty_[head] += r * x
+            precision += x[:, None] * x
+            xty += r * x
             self.yty_[head] += r * r
         else:
-            self.precision_[head] -= x[:, None] * x
-            self.xty_[head] -= r * x
+            precision -= x[:, None] * x
+            xty -= r * x
             self.yty_[head] -= r * r
         self.count_[head] += sign
         self.pending_[head] += 1
