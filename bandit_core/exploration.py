@@ -39,6 +39,15 @@ def greedy_probabilities(scores: FloatArray, epsilon: float = 0.0) -> FloatArray
     return out
 
 
+def first_of_ties(scores: FloatArray) -> tuple[IntArray, FloatArray]:
+    """Deterministic argmax: the first of the tied candidates of each row (n, K), with
+    its exact probabilities (one-hot)."""
+    choice: IntArray = np.argmax(tied_with_max(scores), axis=-1).astype(np.intp)
+    probs: FloatArray = np.zeros(scores.shape)
+    probs[np.arange(scores.shape[0]), choice] = 1.0
+    return choice, probs
+
+
 def sample_categorical(probabilities: FloatArray, rng: np.random.Generator) -> IntArray:
     """One draw per row of ``probabilities`` (n, K) by inverse CDF (one uniform per row)."""
     cdf = np.cumsum(probabilities, axis=-1)

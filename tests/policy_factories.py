@@ -44,11 +44,16 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "dropout": lambda: make_policy("dropout", **NEURAL_SMALL, dropout=0.3, mode="ts", n_sim=50),
 }
 
-#: The other exploration modes of the neural policies are covered by the same suite.
+#: Other exploration modes (the neural policies' UCB, LinUCB's deterministic tie rule) are
+#: covered by the same suite.
 VARIANTS: dict[str, Callable[[], Any]] = {
     "neural_linear+ucb": lambda: make_policy("neural_linear", **NEURAL_SMALL, mode="ucb"),
     "ensemble+ucb": lambda: make_policy("ensemble", **NEURAL_SMALL, n_members=3, mode="ucb"),
     "dropout+ucb": lambda: make_policy("dropout", **NEURAL_SMALL, dropout=0.3, mode="ucb"),
+    "linucb+first": lambda: make_policy("linucb", dim_user=DIM_USER, alpha=0.5, ties="first"),
+    "shared_linucb+first": lambda: make_policy(
+        "shared_linucb", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, ties="first"
+    ),
 }
 
 #: Wrapped policies are covered by the same suite.

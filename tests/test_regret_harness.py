@@ -384,6 +384,30 @@ def test_our_linucb_is_the_same_algorithm_as_mabwisers() -> None:
     assert agreed >= len(stream) - 5  # every decision without a tie (the first few tie)
 
 
+def test_with_mabwisers_tie_rule_our_linucb_makes_its_decisions() -> None:
+    """With ties broken by candidate order (``ties="first"``), our LinUCB run online on
+    the wheel chooses exactly mabwiser's arm at every step, ties included, so their
+    regrets are equal: the tie rule is the only difference between the two."""
+    reason = peers.peer_unavailable("mabwiser_linucb")
+    if reason is not None:
+        pytest.skip(f"mabwiser_linucb: optional 'bench' extra not installed ({reason})")
+    env = make_environment("wheel", seed=1, delta=0.5)
+    stream = env.stream(1500, np.random.default_rng([1, 11]))
+
+    def run(name: str, overrides: dict[str, dict[str, object]]) -> tuple[list[int], float]:
+        chosen: list[int] = []
+        agent = regret.make_agent(name, env, 1, stream.candidates[0], overrides)
+        result = regret.run_agent(
+            agent, env, stream, np.random.default_rng(2), 1, None, stream.reward_scale(), chosen
+        )
+        return chosen, result.cumulative_regret
+
+    theirs = run("mabwiser_linucb", {})
+    assert run("linucb", {"linucb": {"ties": "first"}}) == theirs
+    # the default rule splits the first ties at random and takes another path
+    assert run("linucb", {})[0] != theirs[0]
+
+
 def test_regret_breakdown_splits_the_harness_run_exactly() -> None:
     from benchmarks.regret_breakdown import breakdown
 

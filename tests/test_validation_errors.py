@@ -93,6 +93,11 @@ def test_unknown_policy_and_unknown_option() -> None:
             r"The 'alpha' parameter of LinUCBConfig must be a float in the range \[0, inf\). Got -1.0.",
         ),
         (
+            "linucb",
+            {"ties": "last"},
+            r"The 'ties' parameter of LinUCBConfig must be one of 'random', 'first'. Got 'last'.",
+        ),
+        (
             "lints",
             {"n_sim": 0},
             r"The 'n_sim' parameter of LinTSConfig must be an int in the range \[1, inf\). Got 0.",

@@ -26,6 +26,7 @@ from bandit_core._validation import (
     FloatArray,
     Interval,
     IsBool,
+    OneOf,
     as_finite_float,
     as_float_vector,
     check_known_options,
@@ -33,6 +34,7 @@ from bandit_core._validation import (
 )
 from bandit_core.exploration import (
     TIE_TOLERANCE,
+    first_of_ties,
     greedy_choice_one,
     greedy_probabilities,
     sample_categorical,
@@ -59,6 +61,7 @@ _POLICY_PARAMS: dict[str, Constraint] = {
     "epsilon": Interval(float, 0.0, 1.0),
     "shared": IsBool(),
     "dim_user": Interval(int, 0, None),
+    "ties": OneOf(("random", "first")),
 }
 
 _NO_FEATURES = np.zeros(0)
@@ -118,7 +121,13 @@ class SharedFeaturesConfig(LinearConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class LinUCBConfig(LinearConfig):
+    """``alpha``: width of the optimism bonus. ``ties``: how equal scores are split —
+    ``"random"`` uniformly over the tied candidates (each gets that propensity), ``"first"``
+    to the first of them in candidate order with propensity 1 (deterministic; the rule of
+    mabwiser and of a plain argmax)."""
+
     alpha: float = 1.0
+    ties: str = "random"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -511,6 +520,9 @@ class _UCBRule:
         if alpha != 1.0:  # x · 1.0 is x: skipping it changes no bit
             scores *= alpha
         scores += mean
+        if self.config.ties == "first":
+            first, one_hot = first_of_ties(scores[None])
+            return int(first[0]), one_hot[0], scores
         arm, probs = greedy_choice_one(scores, 0.0, rng)
         return arm, probs, scores
 
@@ -519,6 +531,9 @@ class _UCBRule:
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         width = np.sqrt(np.einsum("nkd,nkd->nk", proj, proj))
         scores = mean + self.config.alpha * width
+        if self.config.ties == "first":
+            choice, probs = first_of_ties(scores)
+            return choice, probs, scores
         probs = greedy_probabilities(scores)
         return sample_categorical(probs, rng), probs, scores
 
