@@ -511,6 +511,10 @@ class LinearPolicy:
 class _UCBRule:
     config: Any
 
+    def _first_of_ties(self) -> bool:
+        """Ties to the first candidate (``ties="first"``) instead of a uniform split."""
+        return bool(self.config.ties == "first")
+
     def _explore_one(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
     ) -> tuple[int, FloatArray, FloatArray]:
@@ -520,7 +524,7 @@ class _UCBRule:
         if alpha != 1.0:  # x · 1.0 is x: skipping it changes no bit
             scores *= alpha
         scores += mean
-        if self.config.ties == "first":
+        if self._first_of_ties():
             first, one_hot = first_of_ties(scores[None])
             return int(first[0]), one_hot[0], scores
         arm, probs = greedy_choice_one(scores, 0.0, rng)
@@ -531,7 +535,7 @@ class _UCBRule:
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         width = np.sqrt(np.einsum("nkd,nkd->nk", proj, proj))
         scores = mean + self.config.alpha * width
-        if self.config.ties == "first":
+        if self._first_of_ties():
             choice, probs = first_of_ties(scores)
             return choice, probs, scores
         probs = greedy_probabilities(scores)

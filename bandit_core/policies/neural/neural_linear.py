@@ -111,6 +111,9 @@ class _HeadUCB(_UCBRule):
     def __init__(self, config: NeuralLinearConfig) -> None:
         self.config = config
 
+    def _first_of_ties(self) -> bool:
+        return False  # neural-linear UCB always splits ties uniformly
+
 
 class NeuralLinear(NeuralPolicy):
     """Neural-linear Thompson sampling (or UCB) with two-speed learning.
