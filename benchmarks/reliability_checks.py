@@ -110,10 +110,16 @@ def case_registry(rps: float, seconds: float) -> Row:
             first = served()
             with Load(service.port, rps, seconds) as load:
                 time.sleep(seconds / 5)
-                v2 = _register(registry, good, "v2-corrupt-after-registering")
-                corrupt = _artifact(registry, v2)
-                corrupt.write_bytes(b"\x00garbage, not an npz" * 64)
-                phase("corrupted artifact", "load", lambda: None)
+                # corrupted after registering, before the alias moves: promoting first
+                # let the service load the good artifact in between (it polls every 0.3 s)
+                key = "v2-corrupt-after-registering"
+                v2 = str(registry.register_candidate(state_path=good, run_key=key).version)
+                _artifact(registry, v2).write_bytes(b"\x00garbage, not an npz" * 64)
+                phase(
+                    "corrupted artifact",
+                    "load",
+                    lambda: registry.promote(v2, by="reliability", reason=key),
+                )
                 small = _policy_with_dims(workdir / "small.npz", 3, 2)
                 phase(
                     "wrong feature dimension",
