@@ -254,6 +254,7 @@ class BayesianLinearHead:
             self.count_[head] = g * self.count_[head] + 1.0
             self.inv_chol_[head] = inverse_cholesky(a)
             self.pending_[head] = 0
+            u = self.inv_chol_[head]
         else:
             u = self._rank1(head, x, r, +1.0)
             if cfg.window is not None:
@@ -262,9 +263,6 @@ class BayesianLinearHead:
             if self.pending_[head] >= cfg.refactor_every:
                 self._refactor_one(head)
                 u = self.inv_chol_[head]
-            self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
-            return
-        u = self.inv_chol_[head]
         self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
 
     def _rank1(self, head: int, x: FloatArray, r: float, sign: float) -> FloatArray:
