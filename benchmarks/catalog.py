@@ -127,8 +127,8 @@ def in_process(items: int, k: int, new: int, seed: int) -> dict[str, Any]:
 
 
 def _load_store(url: str, items: int, new: int, seed: int) -> None:
-    from serving.store import make_engine, upgrade
-    from serving.store.schema import items as items_table
+    from eventstore import make_engine, upgrade
+    from eventstore.schema import items as items_table
 
     feats, emb = make_catalog(seed, items)
     engine = make_engine(url, sqlite_synchronous="NORMAL")

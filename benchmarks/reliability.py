@@ -323,9 +323,9 @@ def audit_store(url: str, out: dict[str, Any]) -> dict[str, int]:
     """Acknowledged events missing from the store, and reward rows beyond those sent."""
     from sqlalchemy import func, select
 
-    from serving.store import make_engine
+    from eventstore import make_engine
+    from eventstore.schema import decisions, rewards
     from serving.store.repository import EventStore
-    from serving.store.schema import decisions, rewards
 
     engine = make_engine(url)
     try:
@@ -364,9 +364,9 @@ def audit_store(url: str, out: dict[str, Any]) -> dict[str, int]:
 def head_gap(service: Service, url: str, model: Path) -> float:
     """Largest difference between the live head and the head rebuilt from the store."""
     from bandit_core import load_policy
+    from eventstore import make_engine
     from serving.models.recovery import rebuild_from_store
     from serving.models.state_io import policy_from_bytes
-    from serving.store import make_engine
     from serving.store.repository import EventStore
 
     version = service.get("/v1/model").json()["production"]["version"]

@@ -48,7 +48,7 @@ def _register(registry: Any, state: Path, run_key: str) -> str:
 
 
 def _artifact(registry: Any, version: str) -> Path:
-    from serving.models.contract import POLICY_STATE_PATH
+    from eventstore.contract import POLICY_STATE_PATH
 
     uri = registry.client.get_model_version_download_uri(registry.model_name, version)
     return Path(uri.removeprefix("file://")) / POLICY_STATE_PATH
@@ -65,7 +65,7 @@ def case_registry(rps: float, seconds: float) -> Row:
     then to one with other feature dimensions; then the registry's store becomes
     unreachable; then it is back and a good version is promoted. The service must keep
     its version through all of it, answer every decision, and count each failure."""
-    from training.registry import ModelRegistry, RegistryError
+    from modelregistry.registry import ModelRegistry, RegistryError
 
     with _workdir() as workdir:
         db = workdir / "mlflow" / "mlflow.db"
@@ -425,7 +425,7 @@ def _gx_refuses_corrupted(replay_dir: Path, workdir: Path) -> bool:
 
 def case_pipeline(kills: int) -> Row:
     """Kills mid-write and mid-step, the retry, registry idempotency, GX on bad data."""
-    from training.registry import ModelRegistry
+    from modelregistry.registry import ModelRegistry
     from training.replay import extract_replay
     from training.train import STATE_FILE
 
@@ -533,8 +533,8 @@ def pickle_findings(files: Iterable[Path]) -> list[str]:
 
 #: SQL built from strings, each reviewed: no value in them comes from a request.
 SQL_ALLOWED = {
-    "serving/store/scratch.py": "CREATE/DROP DATABASE of a generated name (not bindable)",
-    "serving/store/engine.py": "PRAGMAs with a validated literal and a constant",
+    "eventstore/scratch.py": "CREATE/DROP DATABASE of a generated name (not bindable)",
+    "eventstore/engine.py": "PRAGMAs with a validated literal and a constant",
 }
 
 
@@ -575,8 +575,8 @@ def clear_user_ids(url: str, user_ids: Iterable[str], folders: Iterable[Path] = 
     ``user_ids`` in clear."""
     from sqlalchemy import select
 
-    from serving.store import make_engine
-    from serving.store.schema import metadata
+    from eventstore import make_engine
+    from eventstore.schema import metadata
 
     needles = [u.encode() for u in user_ids]
     hits = []

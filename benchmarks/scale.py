@@ -65,7 +65,7 @@ def synthetic_replay(
     Each row offers ``n_candidates`` of ``n_items`` items (features fixed per item), picks
     one uniformly (propensity ``1 / n_candidates``) and clicks with probability
     ``σ(−1 + xᵀ W y)``. Rows are generated and written ``row_group`` at a time, so memory
-    stays bounded for any ``rows``. Columns: those of ``serving.store.replay.COLUMNS``.
+    stays bounded for any ``rows``. Columns: those of ``eventstore.replay.COLUMNS``.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -344,7 +344,7 @@ def serving_benchmark(
         spawned,
         warm_policy,
     )
-    from serving.store import make_engine, upgrade
+    from eventstore import make_engine, upgrade
 
     env_model, _ = make_workload(0, 1)
     policy = warm_policy(env_model, 0, workdir / "policy.npz")
@@ -352,7 +352,7 @@ def serving_benchmark(
     for n in replica_counts:
         with contextlib.ExitStack() as stack:
             if postgres_url:
-                from serving.store.scratch import scratch_postgres_database
+                from eventstore.scratch import scratch_postgres_database
 
                 url = stack.enter_context(
                     scratch_postgres_database(postgres_url, prefix="banditops_scale")

@@ -290,7 +290,7 @@ def _database(store: str, workdir: Path, postgres_url: str) -> Iterator[str]:
     if store == "sqlite":
         yield f"sqlite:///{workdir / 'events.db'}"
         return
-    from serving.store.scratch import scratch_postgres_database
+    from eventstore.scratch import scratch_postgres_database
 
     with scratch_postgres_database(postgres_url, prefix="banditops_bench") as url:
         yield url
@@ -341,7 +341,7 @@ def run(
     sqlite_synchronous: str = "FULL",
 ) -> dict[str, Any]:
     """One load run; returns the result row (see the module docstring)."""
-    from serving.store import make_engine
+    from eventstore import make_engine
     from serving.store.repository import EventStore
 
     token = "bench-token"

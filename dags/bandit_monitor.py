@@ -7,7 +7,7 @@ p95 week over week, feature drift (PSI or KL) against the production model's tra
 window, selection entropy, arm coverage, propensity-floor violations, fallback rate,
 feature–reward correlations, and the served latency (p50/p99 of the decision endpoints,
 read from the service's Prometheus `/metrics` at `BANDITOPS_SERVICE_URL`, over the
-requests since the previous run; skipped when no URL is set) (`training.monitor`).
+requests since the previous run; skipped when no URL is set) (`monitoring.monitor`).
 
 One `check_<name>` task per check fails, with the numbers in its message, when that check
 is in alert; `notify` posts the alerts to `BANDITOPS_ALERT_WEBHOOK_URL` when it is set.
@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from training.monitor import CHECKS
+from monitoring.settings import CHECKS
 from training.settings import PipelineSettings
 
 SETTINGS = PipelineSettings()
@@ -31,21 +31,21 @@ SETTINGS = PipelineSettings()
 def build_report(
     *, run_id: Any = None, data_interval_end: Any = None, dag_run: Any = None
 ) -> dict[str, Any]:
-    from training import monitor
+    from monitoring import monitor
 
     return monitor.build_report(data_interval_end or dag_run.run_after, run_key=run_id)
 
 
 @task
 def notify(report: dict[str, Any]) -> dict[str, Any]:
-    from training import monitor
+    from monitoring import monitor
 
     return monitor.notify(report["report"])
 
 
 @task
 def check(report: dict[str, Any], name: str) -> dict[str, str]:
-    from training import monitor
+    from monitoring import monitor
 
     return monitor.check(report["report"], name)
 

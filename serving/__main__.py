@@ -1,5 +1,5 @@
 """``python -m serving`` is the ``banditops`` command."""
 
-from serving.cli import app
+from ops.cli import app
 
 app()

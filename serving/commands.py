@@ -1,5 +1,5 @@
 """The service commands of the ``banditops`` CLI: ``serve``, ``db upgrade``,
-``store prune`` (registered on the app in :mod:`serving.cli`)."""
+``store prune`` (registered on the app in :mod:`ops.cli`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _shown(url: str) -> str:
 @db_app.command("upgrade")
 def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
     """Create the event-store tables, or migrate them to the newest schema."""
-    from serving.store import make_engine, upgrade
+    from eventstore import make_engine, upgrade
 
     target = _url(url)
     engine = make_engine(target)
@@ -59,8 +59,8 @@ def store_prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
 ) -> None:
     """Delete decisions (with their rewards) and old head snapshots past the retention."""
+    from eventstore import make_engine
     from serving.durations import parse_duration
-    from serving.store import make_engine
     from serving.store.repository import EventStore
 
     try:

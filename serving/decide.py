@@ -23,8 +23,8 @@ from numpy.typing import NDArray
 
 from bandit_core import Candidates, ColdStartFloor, Decision, select_slate
 from bandit_core.policies.position import split_position, with_position
+from eventstore.records import DecisionRow
 from serving.inputs import DecisionInput
-from serving.store.records import DecisionRow
 
 
 @dataclass(frozen=True)

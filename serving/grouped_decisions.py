@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from eventstore.records import DecisionRow
 from serving.decide import decision_row
 from serving.inputs import (
     DecisionInput,
@@ -24,7 +25,6 @@ from serving.inputs import (
 )
 from serving.schemas import GroupChoice, GroupedDecisionRequest, GroupedDecisionResponse
 from serving.service import DecisionService
-from serving.store.records import DecisionRow
 
 T = TypeVar("T")
 

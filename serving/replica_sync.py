@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from eventstore.records import RewardRow
 from serving.models.served import ServedModel, find_head
-from serving.store.records import RewardRow
 from serving.store.repository import EventStore
 
 log = logging.getLogger(__name__)

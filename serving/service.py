@@ -29,6 +29,10 @@ from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
 from bandit_core.policies.position import update_at
+from eventstore import records
+from eventstore.engine import make_engine
+from eventstore.migrate import require_current
+from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from serving.catalog.index import Retrieved
 from serving.catalog.runtime import CatalogService
 from serving.decide import Choice, ChoiceOptions, choose, decision_row
@@ -61,11 +65,7 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 from serving.snapshots import Snapshotter
-from serving.store import records
-from serving.store.engine import make_engine
 from serving.store.journal import DrainReport, Journal, stored_decision
-from serving.store.migrate import require_current
-from serving.store.records import DecisionRow, RewardOutcome, RewardRow
 from serving.store.repository import EventStore, StoredDecision, write_events
 from serving.store.writer import GroupCommitWriter, WriterClosedError
 

@@ -1,7 +1,9 @@
 """Service settings, read from ``BANDITOPS_*`` environment variables (pydantic-settings).
 
-Every knob of the decision service lives here, validated once at start-up; the rest of
-``serving`` receives a :class:`Settings` object and never reads the environment itself.
+Every knob of the decision service lives here or in the core settings it extends
+(:class:`eventstore.settings.CoreSettings`: workspace, store, registry, reward rules),
+validated once at start-up; the rest of ``serving`` receives a :class:`Settings` object and
+never reads the environment itself.
 """
 
 from __future__ import annotations
@@ -12,34 +14,21 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from eventstore.settings import CoreSettings
 
 SALT_FILE = "user_salt"
 
 
-class Settings(BaseSettings):
-    """Configuration of the decision service and its event store.
+class Settings(CoreSettings):
+    """Configuration of the decision service: the core settings plus the request path's.
 
     Attributes
     ----------
-    workspace : Path
-        Directory for local state: the default SQLite database and the generated user-id
-        salt when none is configured.
-    database_url : str or None
-        SQLAlchemy URL of the event store; default ``sqlite:///<workspace>/banditops.db``.
-        PostgreSQL: ``postgresql+psycopg2://user@host:5432/db``.
-    sqlite_synchronous : {"FULL", "NORMAL"}
-        SQLite ``PRAGMA synchronous`` in WAL mode. ``FULL`` fsyncs the log on every
-        commit, so an acknowledged event survives a power loss; ``NORMAL`` survives a
-        process crash only.
     model_path, candidate_model_path : Path or None
         Local policy state files (``bandit_core.save_policy``) for the production model
         and for the rollout candidate. Used when no MLflow tracking URI is set.
-    mlflow_tracking_uri, mlflow_registry_uri : str or None
-        MLflow server (or ``sqlite:///...``) to poll; enables the registry source.
-    model_name, production_alias, candidate_alias : str
-        The registry model is ``models:/<model_name>@<production_alias>``; the rollout
-        candidate (if ``candidate_share > 0``) is ``@<candidate_alias>``.
     candidate_share : float in [0, 1]
         Share of traffic, by hashed user id, served by the candidate version.
     poll_interval_s : float
@@ -55,15 +44,6 @@ class Settings(BaseSettings):
         Request limits (413 / 422 beyond them).
     context_features : list of str
         Names of the context features, in vector order, for named contexts.
-    reward_min, reward_max : float
-        Accepted reward range (422 outside it).
-    reward_window_s : float
-        A reward later than this after its decision is stored but not applied ("late").
-    duplicate_rule : {"first_wins", "sum"}
-        A repeated reward of an event is ignored, or added to the event's reward in the
-        training replay; online, only the first is ever applied to a head.
-    missing_reward, default_reward
-        What the training replay does with a decision without a reward in its window.
     user_salt : SecretStr or None
         Salt of the user-id hash (generated once into the workspace when unset).
     snapshot_every_rewards, snapshot_every_s
@@ -135,19 +115,8 @@ class Settings(BaseSettings):
         Prefix sets the exact marginal computation may keep per position.
     """
 
-    model_config = SettingsConfigDict(env_prefix="BANDITOPS_", extra="ignore")
-
-    workspace: Path = Path("workspace")
-    database_url: str | None = None
-    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
-
     model_path: Path | None = None
     candidate_model_path: Path | None = None
-    mlflow_tracking_uri: str | None = None
-    mlflow_registry_uri: str | None = None
-    model_name: str = "banditops-policy"
-    production_alias: str = "production"
-    candidate_alias: str = "staging"
     candidate_share: float = Field(0.0, ge=0.0, le=1.0)
     poll_interval_s: float = Field(30.0, gt=0.0)
 
@@ -159,13 +128,6 @@ class Settings(BaseSettings):
     max_candidates: int = Field(1000, ge=1)
     max_slate: int = Field(20, ge=1)
     context_features: Annotated[list[str], NoDecode] = Field(default_factory=list)
-
-    reward_min: float = 0.0
-    reward_max: float = 1.0
-    reward_window_s: float = Field(86_400.0, gt=0.0)
-    duplicate_rule: Literal["first_wins", "sum"] = "first_wins"
-    missing_reward: Literal["default", "drop"] = "default"
-    default_reward: float = 0.0
 
     user_salt: SecretStr | None = None
 
@@ -214,22 +176,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if not self.reward_min < self.reward_max:
-            raise ValueError(
-                f"reward_min must be below reward_max; got {self.reward_min} and {self.reward_max}."
-            )
         if len(set(self.context_features)) != len(self.context_features):
             raise ValueError("context_features must be distinct names.")
         return self
 
     # ------------------------------------------------------------------ derived
-    @property
-    def store_url(self) -> str:
-        """The event-store URL (the configured one or the workspace SQLite file)."""
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{(self.workspace / 'banditops.db').resolve()}"
-
     @property
     def journal_path(self) -> Path:
         """The journal directory (the configured one or ``<workspace>/journal``)."""

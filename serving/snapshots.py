@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bandit_core import PolicyState
+from eventstore.records import SnapshotRow
 from serving.models.served import ServedModel
 from serving.models.state_io import state_to_bytes
-from serving.store.records import SnapshotRow
 
 log = logging.getLogger(__name__)
 

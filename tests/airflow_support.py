@@ -69,7 +69,7 @@ THIRD_PARTY_WARNINGS = [
     # Great Expectations imports the regex internals Python 3.11 deprecated
     "ignore:module 'sre_constants' is deprecated:DeprecationWarning",
     "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
-    # MLflow on the pyfunc model's DataFrame type hints (training/pyfunc_model.py)
+    # MLflow on the pyfunc model's DataFrame type hints (modelregistry/pyfunc_model.py)
     "ignore:.*Any type hint is inferred as AnyType:UserWarning",
     # MLflow compares an input example's columns with a range (pandas 3 deprecates it)
     "ignore:Operation with range is deprecated:DeprecationWarning",
@@ -240,10 +240,10 @@ def traffic_environment() -> Any:
 def event_store(airflow_home: AirflowSession) -> str:
     """``BANDITOPS_DATABASE_URL``: a SQLite event store with 1500 decisions and their
     clicks, served by the real decision service (uniform fallback, no model yet)."""
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
     from serving.app import create_app
     from serving.settings import Settings
-    from serving.store.engine import make_engine
-    from serving.store.migrate import upgrade
     from serving.traffic import simulate_traffic
     from tests.serving_helpers import make_client
 
@@ -367,7 +367,7 @@ def approving(
 
 def registry() -> Any:
     """The session's registry (``BANDITOPS_MLFLOW_TRACKING_URI``)."""
-    from training.registry import ModelRegistry
+    from modelregistry.registry import ModelRegistry
 
     return ModelRegistry(os.environ["BANDITOPS_MLFLOW_TRACKING_URI"])
 

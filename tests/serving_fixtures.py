@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from serving.store import make_engine, upgrade
-from serving.store.scratch import scratch_postgres_database
+from eventstore import make_engine, upgrade
+from eventstore.scratch import scratch_postgres_database
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from ops.airflow_cli import DAGS, PASSWORD_FILE, AirflowHome, env_lines
+from ops.cli import app
 from tests.serving_helpers import free_port
-from training.airflow_cli import DAGS, PASSWORD_FILE, AirflowHome, env_lines
-from training.cli import app
 
 BANDITOPS = Path(sys.executable).with_name("banditops")
 DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retrain"]

@@ -15,12 +15,12 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from eventstore import make_engine, upgrade
+from eventstore.replay import read_replay
+from eventstore.schema import decisions, rewards
+from eventstore.types import decode_floats
+from ops.cli import app as cli
 from serving.catalog.store import CatalogStore, ItemInput
-from serving.cli import app as cli
-from serving.store import make_engine, upgrade
-from serving.store.replay import read_replay
-from serving.store.schema import decisions, rewards
-from serving.store.types import decode_floats
 from tests.serving_helpers import (
     DIM_ARM,
     DIM_USER,

@@ -117,7 +117,7 @@ def test_retrain_wiring_follows_the_issue(bag: Any) -> None:
     assert type(approve).__name__ == "ApprovalOperator"
     assert approve.defaults == ["Reject"]  # no answer in time counts as a rejection
     monitor = bag.get_dag("bandit_monitor")
-    from training.monitor import CHECKS
+    from monitoring.monitor import CHECKS
 
     assert {f"check_{name}" for name in CHECKS} <= set(monitor.task_ids)
 

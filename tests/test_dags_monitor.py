@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 import pytest
 
+from eventstore import make_engine, upgrade
 from serving.app import create_app
-from serving.store import make_engine, upgrade
 from tests.serving_helpers import LiveServer, decision_body, service_settings
 
 pytest_plugins = ["tests.airflow_support"]
@@ -52,9 +52,9 @@ class Week:
 
 
 def _seed(url: str, end: datetime, rng: np.random.Generator, dagtools: Any) -> dict[str, Week]:
-    from serving.store.engine import make_engine
-    from serving.store.migrate import upgrade
-    from serving.store.records import DecisionRow, RewardRow
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
+    from eventstore.records import DecisionRow, RewardRow
     from serving.store.repository import write_events
 
     env = dagtools.traffic_environment()

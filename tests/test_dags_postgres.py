@@ -31,8 +31,8 @@ def test_nightly_run_with_postgresql_metadata(
         if os.environ.get("BANDITOPS_REQUIRE_SERVICES") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    from serving.store.scratch import scratch_postgres_database
-    from training.registry import ModelRegistry
+    from eventstore.scratch import scratch_postgres_database
+    from modelregistry.registry import ModelRegistry
 
     airflow = Path(sys.executable).with_name("airflow")
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

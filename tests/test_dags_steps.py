@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from training import monitor, promotion, runspec
+from monitoring import monitor, promotion, runspec
+from monitoring.settings import MonitorSettings
 from training.settings import PipelineSettings
 
 END = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
@@ -27,7 +28,6 @@ def settings(tmp_path: Path) -> PipelineSettings:
         database_url=f"sqlite:///{tmp_path / 'events.db'}",
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         reward_window_s=60.0,
-        alert_webhook_url=None,
     )
 
 
@@ -137,7 +137,7 @@ def test_pipeline_settings_validate_schedules_and_derive_paths(tmp_path: Path) -
     with pytest.raises(ValueError, match="retrain_schedule"):
         PipelineSettings(retrain_schedule="every night")
     with pytest.raises(ValueError, match="alert_webhook_url"):
-        PipelineSettings(alert_webhook_url="ftp://alerts")
+        MonitorSettings(alert_webhook_url="ftp://alerts")
 
 
 # ---------------------------------------------------------------------- monitor numbers
@@ -208,6 +208,7 @@ def test_check_raises_the_alert_with_its_message(tmp_path: Path) -> None:
 def test_notify_sends_only_alerts_and_reports_an_unreachable_webhook(
     tmp_path: Path, settings: PipelineSettings
 ) -> None:
+    settings = MonitorSettings(workspace=tmp_path / "ws", reward_window_s=60.0)
     assert monitor.notify(_report(tmp_path, "alert"), settings) == {
         "sent": False,
         "alerts": {"fallback_rate": "9 of 10 decisions (90.0%) …"},

@@ -18,8 +18,8 @@ pytestmark = [
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.demo import MODEL_NAME, run_demo
-    from training.registry import ModelRegistry
+    from modelregistry.registry import ModelRegistry
+    from ops.demo import MODEL_NAME, run_demo
 
     for key in list(os.environ):
         if key.startswith(("BANDITOPS_", "AIRFLOW")):

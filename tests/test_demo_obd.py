@@ -16,8 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from benchmarks import obd
-from training.cli import app
-from training.demo_obd import run_obd_demo
+from ops.cli import app
+from ops.demo_obd import run_obd_demo
 
 CTR = np.array([0.04, 0.04, 0.35, 0.04, 0.12, 0.04])  # item 2 is by far the best
 PRIOR = {"alpha": [1.0, 1.0, 1.0, 1.0, 30.0, 1.0], "beta": [40.0] * 6}  # BTS favours item 4

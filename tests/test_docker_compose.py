@@ -34,6 +34,8 @@ from packaging.requirements import Requirement
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 
+from monitoring.settings import MonitorSettings
+from ops.config_reference import all_fields
 from serving.settings import Settings
 from training.settings import PipelineSettings
 
@@ -335,7 +337,7 @@ def banditops_environment(env: dict[str, str]) -> Iterator[None]:
 def check_settings(p: Project) -> list[str]:
     """BANDITOPS_* names are settings fields, their values validate, the required ones are
     set, and every banditops process agrees on the shared ones."""
-    fields = {f"BANDITOPS_{name.upper()}" for name in PipelineSettings.model_fields}
+    fields = {f"BANDITOPS_{name.upper()}" for name in all_fields()}
     problems = []
     names = set(p.env_example)
     for service in p.services:
@@ -343,7 +345,7 @@ def check_settings(p: Project) -> list[str]:
     for dockerfile in (SERVING_DOCKERFILE, AIRFLOW_DOCKERFILE):
         names |= set(Dockerfile(dockerfile, p.texts[dockerfile]).env)
     problems += [
-        f"{name} is not a setting (serving/settings.py, training/settings.py)"
+        f"{name} is not a setting (eventstore/, serving/, training/, monitoring/settings.py)"
         for name in sorted(n for n in names if n.startswith("BANDITOPS_") and n not in fields)
     ]
     shared: dict[str, dict[str, str]] = {}
@@ -352,12 +354,13 @@ def check_settings(p: Project) -> list[str]:
         env = {k: v for k, v in p.environment(service).items() if k.startswith("BANDITOPS_")}
         if role is None or not env:
             continue
-        model = PipelineSettings if role == "airflow" else Settings
+        models = (PipelineSettings, MonitorSettings) if role == "airflow" else (Settings,)
         with banditops_environment(env):
-            try:
-                model()
-            except ValidationError as exc:
-                problems.append(f"{service}: invalid settings: {exc}")
+            for model in models:
+                try:
+                    model()
+                except ValidationError as exc:
+                    problems.append(f"{service}: invalid settings: {exc}")
         needed = REQUIRED[role] if service in ("serving", "airflow-worker") else ()
         problems += [
             f"{service}: BANDITOPS_{name} must be set"
@@ -886,7 +889,7 @@ def _click_parse(command: Any, argv: list[str]) -> None:
 def test_banditops_and_mlflow_commands_parse_with_the_real_clis(project: Project) -> None:
     import typer.main
 
-    from training.cli import app
+    from ops.cli import app
 
     banditops = typer.main.get_command(app)
     run = 0
@@ -1028,7 +1031,7 @@ def test_the_service_runs_without_airflow_installed(tmp_path: Path) -> None:
         "            raise ImportError(f'{name} is not in the service image')\n"
         "sys.meta_path.insert(0, NoAirflow())\n"
         "from pathlib import Path\n"
-        "from training.cli import app\n"
+        "from ops.cli import app\n"
         "from serving.app import create_app\n"
         "from serving.settings import Settings\n"
         "from serving.store import make_engine, upgrade\n"

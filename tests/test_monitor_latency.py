@@ -13,19 +13,19 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.app import create_app
-from serving.metrics import ServiceMetrics
-from serving.store import make_engine, upgrade
-from tests.serving_helpers import LiveServer, decision_body, service_settings
-from training import monitor
-from training.served_latency import (
+from eventstore import make_engine, upgrade
+from monitoring import monitor
+from monitoring.served_latency import (
     DECISION_ENDPOINTS,
     LatencyHistogram,
     histogram_quantile,
     merge,
     parse_histograms,
 )
-from training.settings import PipelineSettings
+from monitoring.settings import MonitorSettings
+from serving.app import create_app
+from serving.metrics import ServiceMetrics
+from tests.serving_helpers import LiveServer, decision_body, service_settings
 
 INF = math.inf
 
@@ -90,8 +90,8 @@ def test_interval_histograms_subtract_scrapes_and_detect_a_restart() -> None:
 
 
 # ---------------------------------------------------------------------- a real service
-def _settings(tmp_path: Path, url: str | None, **extra: object) -> PipelineSettings:
-    return PipelineSettings(
+def _settings(tmp_path: Path, url: str | None, **extra: object) -> MonitorSettings:
+    return MonitorSettings(
         workspace=tmp_path / "pipelines",
         database_url=f"sqlite:///{tmp_path / 'events.db'}",
         runs_dir=tmp_path / "runs",

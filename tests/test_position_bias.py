@@ -22,8 +22,8 @@ from bandit_core import (
     save_policy,
 )
 from bandit_core.policies.position import with_position, with_positions
+from eventstore import make_engine
 from serving.models.recovery import rebuild_from_store
-from serving.store import make_engine
 from serving.store.repository import EventStore
 from tests.serving_helpers import (
     DIM_ARM,

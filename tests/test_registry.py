@@ -1,4 +1,4 @@
-"""training.registry against a real MLflow registry (SQLite backend in a temp dir)."""
+"""modelregistry.registry against a real MLflow registry (SQLite backend in a temp dir)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bandit_core import Candidates, make_policy, save_policy
-from training.registry import ModelRegistry, RegistryError
+from modelregistry.registry import ModelRegistry, RegistryError
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"

@@ -15,7 +15,11 @@ import pytest
 import sqlalchemy as sa
 
 from benchmarks.faults import TcpProxy
-from serving.store import GroupCommitWriter, make_engine, records, upgrade
+from eventstore import make_engine, records, upgrade
+from eventstore.records import JudgedReward, RewardOutcome, SnapshotRow
+from eventstore.schema import rewards
+from eventstore.scratch import scratch_postgres_database
+from serving.store import GroupCommitWriter
 from serving.store.journal import (
     Journal,
     JournalError,
@@ -23,10 +27,7 @@ from serving.store.journal import (
     encode_record,
     read_records,
 )
-from serving.store.records import JudgedReward, RewardOutcome, SnapshotRow
 from serving.store.repository import EventStore, write_events
-from serving.store.schema import rewards
-from serving.store.scratch import scratch_postgres_database
 from tests.serving_helpers import decision_row, reward_row
 
 pytest_plugins = ["tests.serving_fixtures"]

@@ -85,7 +85,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 def _register(url: str, state: Path, key: str) -> str:
-    from training.registry import ModelRegistry
+    from modelregistry.registry import ModelRegistry
 
     registry = ModelRegistry(url, model_name=MODEL)
     version = registry.register_candidate(state_path=state, run_key=key).version

@@ -117,9 +117,9 @@ def test_sharded_retrain_runs_on_a_celery_worker(
         if os.environ.get("BANDITOPS_REQUIRE_SERVICES") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    from serving.store.scratch import scratch_postgres_database
-    from training.celery_env import celery_environment
-    from training.registry import ModelRegistry
+    from eventstore.scratch import scratch_postgres_database
+    from modelregistry.registry import ModelRegistry
+    from ops.celery_env import celery_environment
 
     started = time.monotonic()
     port = _free_port()

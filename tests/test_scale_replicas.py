@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from bandit_core import load_policy
+from eventstore import make_engine, upgrade
+from eventstore.scratch import scratch_postgres_database
 from serving.models.recovery import rebuild_from_store
 from serving.models.state_io import policy_from_bytes
-from serving.store import make_engine, upgrade
 from serving.store.repository import EventStore
-from serving.store.scratch import scratch_postgres_database
 from tests.serving_helpers import ServiceProcess, decision_body, policy_file
 
 pytestmark = pytest.mark.postgres
@@ -145,7 +145,7 @@ def load_version(store: EventStore) -> str:
     """The one model version the replicas served (``file-<sha>``)."""
     from sqlalchemy import select
 
-    from serving.store.schema import rewards
+    from eventstore.schema import rewards
 
     with store.engine.connect() as conn:
         versions = set(conn.execute(select(rewards.c.model_version).distinct()).scalars())

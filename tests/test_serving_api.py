@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from bandit_core import load_policy
+from eventstore.replay import read_replay
 from serving.models.recovery import rebuild_from_store
-from serving.store.replay import read_replay
 from tests.serving_helpers import (
     decision_body,
     head_difference,

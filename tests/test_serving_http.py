@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from eventstore import make_engine, upgrade
 from serving.app import create_app
-from serving.store import make_engine, upgrade
 from tests.serving_helpers import LiveServer, decision_body, policy_file, service_settings
 
 pytest_plugins = ["tests.serving_fixtures"]

@@ -1,5 +1,5 @@
 """The MLflow registry source against a real registry (SQLite tracking store in a temp
-dir): the test logs versions with the layout of ``serving.models.contract`` and moves the
+dir): the test logs versions with the layout of ``eventstore.contract`` and moves the
 ``production`` alias; the service follows, falls back without one, and keeps serving when
 a version cannot be loaded."""
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.models.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, version_label
+from eventstore.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, version_label
 from tests.serving_helpers import decision_body, policy_file, running_client, service_settings
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -64,7 +64,7 @@ class Registry:
 
     def log_version(self, state: Path | None, seed: int) -> str:
         """Log and register a version whose artifacts hold ``state`` (or nothing)."""
-        from training.registry import fluent_uris
+        from modelregistry.registry import fluent_uris
 
         mlflow = self._mlflow
         staged = self.root / f"stage-{seed}"

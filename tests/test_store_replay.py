@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from serving.cli import app as cli
-from serving.store import SnapshotRow, records
-from serving.store.replay import COLUMNS, read_replay, write_replay_parquet
+from eventstore import SnapshotRow, records
+from eventstore.replay import COLUMNS, read_replay, write_replay_parquet
+from ops.cli import app as cli
 from serving.store.repository import EventStore, write_events
 from tests.serving_helpers import decision_row, reward_row
 

@@ -11,10 +11,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from typer.testing import CliRunner
 
-from serving.cli import app as cli
-from serving.store import current_revision, head_revision, make_engine, upgrade
-from serving.store.migrate import MIGRATIONS, require_current
-from serving.store.schema import metadata
+from eventstore import current_revision, head_revision, make_engine, upgrade
+from eventstore.migrate import MIGRATIONS, require_current
+from eventstore.schema import metadata
+from ops.cli import app as cli
 
 pytest_plugins = ["tests.serving_fixtures"]
 

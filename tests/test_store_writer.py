@@ -11,9 +11,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from serving.store import GroupCommitWriter, RewardOutcome, WriterClosedError, records
+from eventstore import RewardOutcome, records
+from eventstore.schema import rewards
+from serving.store import GroupCommitWriter, WriterClosedError
 from serving.store.repository import EventStore, write_events
-from serving.store.schema import rewards
 from tests.serving_helpers import decision_row, reward_row
 
 pytest_plugins = ["tests.serving_fixtures"]

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bandit_core import make_policy, save_policy
-from training.cli import app
-from training.registry import ModelRegistry
+from modelregistry.registry import ModelRegistry
+from ops.cli import app
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"

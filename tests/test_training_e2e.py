@@ -19,12 +19,12 @@ import sqlalchemy as sa
 
 from bandit_core import Candidates, load_policy
 from bandit_core.envs import LogisticClickEnvironment
+from modelregistry.registry import ModelRegistry
 from serving.app import create_app
 from serving.settings import Settings
 from serving.traffic import simulate_traffic
 from tests.serving_helpers import make_client
 from training.pipeline import RetrainSettings, production_state, run_retrain
-from training.registry import ModelRegistry
 from training.train import TrainConfig
 
 pytestmark = [
@@ -78,8 +78,8 @@ def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
 
 
 def _traffic(settings: Settings, n: int, seed: int) -> None:
-    from serving.store.engine import make_engine
-    from serving.store.migrate import upgrade
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
 
     engine = make_engine(settings.database_url or "")
     upgrade(engine)  # `banditops db upgrade`

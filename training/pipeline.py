@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training import runspec, steps
-from training.steps import production_state
+from training.baseline import production_state
 from training.train import TrainConfig
 
 __all__ = [

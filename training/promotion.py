@@ -52,10 +52,10 @@ def plan_promotion(
     ------
     ValueError
         For a bad ``target``/``version``/``rollback``.
-    training.registry.RegistryError
+    modelregistry.registry.RegistryError
         For an unknown version, or nothing to roll back to.
     """
-    from training.registry import ModelRegistry, RegistryError
+    from modelregistry.registry import ModelRegistry, RegistryError
 
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}.")
@@ -133,7 +133,7 @@ def apply_promotion(
     dict
         ``alias``, ``version`` (now), ``previous``, ``by``.
     """
-    from training.registry import ModelRegistry, RegistryError
+    from modelregistry.registry import ModelRegistry, RegistryError
 
     chosen = list(approval.get("chosen_options") or [])
     if chosen != ["Approve"]:

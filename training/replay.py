@@ -1,7 +1,7 @@
 """Replay windows: from the event store to one Parquet file per run, and back to arrays.
 
 ``extract_replay`` writes the decisions of a window with their joined reward (the rules of
-:func:`serving.store.replay.read_replay`) to ``<out_dir>/replay.parquet`` plus a manifest
+:func:`eventstore.replay.read_replay`) to ``<out_dir>/replay.parquet`` plus a manifest
 (``replay.json``: window, row count, SHA-256 of the file). ``load_replay`` turns such a file
 into :class:`ReplayData`, the arrays every training and evaluation step works on.
 
@@ -27,8 +27,8 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from bandit_core.policies.position import with_positions
-from serving.store.engine import make_engine
-from serving.store.replay import read_replay
+from eventstore.engine import make_engine
+from eventstore.replay import read_replay
 
 REPLAY_FILE = "replay.parquet"
 MANIFEST_FILE = "replay.json"
@@ -232,7 +232,7 @@ def _shown(row: Any) -> list[tuple[int, int, float, float]]:
 
 
 def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
-    """Arrays from a replay DataFrame (the columns of ``serving.store.replay.COLUMNS``):
+    """Arrays from a replay DataFrame (the columns of ``eventstore.replay.COLUMNS``):
     one row per shown item (a frame without the slate columns: one per decision)."""
     if len(frame) == 0:
         raise ValueError("the replay window holds no decisions; nothing to train or evaluate on.")

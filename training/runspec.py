@@ -9,17 +9,16 @@ take it as the dict it is in XCom. This module stays cheap to import (the DAG fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from eventstore.workspace import as_utc, aware, run_folder
 from training.settings import ALGORITHMS, PipelineSettings
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,6 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "spec.json"
 #: Policies trained by epochs (the form's ``epochs`` applies to them only).
 NEURAL = ("neural_linear", "ensemble", "dropout")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -169,15 +167,6 @@ class RunSpec:
         return path
 
 
-def run_folder(runs_dir: str | Path, run_key: str) -> Path:
-    """``<runs_dir>/<run key made file-safe>`` (with a hash when characters were replaced,
-    so two keys never share a folder)."""
-    safe = _UNSAFE.sub("_", run_key).strip("._") or "run"
-    if safe != run_key:
-        safe = f"{safe}-{hashlib.sha256(run_key.encode()).hexdigest()[:8]}"
-    return Path(runs_dir).resolve() / safe
-
-
 #: Defaults of the retrain form (the DAG's ``Param`` defaults are these values).
 RETRAIN_DEFAULTS: dict[str, Any] = {
     "window_days": 7.0,
@@ -299,23 +288,6 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
 
 
 # ---------------------------------------------------------------------- checks
-def aware(name: str, text: str) -> datetime:
-    """The timezone-aware ISO 8601 date-time ``text`` (field ``name``) in UTC."""
-    try:
-        value = datetime.fromisoformat(text)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be an ISO 8601 date-time; got {text!r}.") from exc
-    return as_utc(name, value)
-
-
-def as_utc(name: str, value: Any) -> datetime:
-    """A timezone-aware datetime (field ``name``) as a plain UTC ``datetime``."""
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime; got {value!r}.")
-    # a plain UTC datetime, also from a pendulum DateTime (Airflow's context values)
-    return datetime.fromtimestamp(value.timestamp(), UTC)
-
-
 def parse_date(name: str, text: Any) -> date:
     """The ``YYYY-MM-DD`` date ``text`` (field ``name``)."""
     try:

@@ -44,7 +44,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from numpy.typing import NDArray
+
+from bandit_core import PolicyState, load_policy, make_policy, save_state
+from bandit_core.head import BayesianLinearHead
+from bandit_core.linalg import sufficient_statistics
+from training.baseline import baseline_state
+from training.evaluate import EvaluationResult, logged_batch
+from training.replay import replay_from_frame
+from training.runspec import RunSpec
+from validation.gate import decide
+from validation.ope import OPEReport, check_feedback, policy_action_dist, round_terms
+from validation.ope.moments import Moments, TermSums, merge_all
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +148,6 @@ def plan(
     A held-out shard also names the production baseline the evaluation compares with
     (its state downloaded once, here), so every shard evaluates the same one.
     """
-    from training.runspec import RunSpec
-
     if part not in ("train", "holdout"):
         raise ValueError(f"part must be 'train' or 'holdout'; got {part!r}.")
     s = RunSpec.from_dict(spec)
@@ -143,8 +155,6 @@ def plan(
         return []
     reason = why_single_node(s.train)
     if reason is None and trained is not None:
-        from bandit_core import load_policy
-
         reason = why_not_rebuildable(load_policy(trained["state_path"]))
     if reason is not None:
         log.warning("run %s: %d shards asked, single-node path: %s", s.run_key, s.shards, reason)
@@ -158,8 +168,6 @@ def plan(
             {**common, "index": i, "start": lo, "stop": hi} for i, (lo, hi) in enumerate(ranges)
         ]
     else:
-        from training.steps import baseline_state
-
         baseline, state = baseline_state(s)
         ranges = shard_ranges(cut, rows, s.shards, block_rows)
         shards = [
@@ -193,8 +201,6 @@ def iter_rows(
 ) -> Iterator[Any]:
     """Rows ``[start, stop)`` of a Parquet file as ``pyarrow.Table`` pieces, one per row
     group they touch (only those groups are read; memory stays one group's)."""
-    import pyarrow.parquet as pq
-
     parquet = pq.ParquetFile(path)
     offset, found = 0, False
     for group in range(parquet.num_row_groups):
@@ -210,15 +216,11 @@ def iter_rows(
 
 def read_rows(path: str | Path, start: int, stop: int, columns: list[str] | None = None) -> Any:
     """Rows ``[start, stop)`` of a Parquet file as one ``pyarrow.Table``."""
-    import pyarrow as pa
-
     return pa.concat_tables(list(iter_rows(path, start, stop, columns)))
 
 
 def _fixed_width(values: Any, n: int, name: str) -> FloatArray:
     """A list<double> Arrow array of ``n`` equally long lists as an (n, width) matrix."""
-    import pyarrow.compute as pc
-
     lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
     width = int(lengths[0]) if n else 0
     if (lengths != width).any():
@@ -241,8 +243,6 @@ class TrainingRows:
     @classmethod
     def from_table(cls, table: Any) -> TrainingRows:
         """Column-wise decoding of replay rows (no per-row Python work for the arrays)."""
-        import pyarrow.compute as pc
-
         n = table.num_rows
         contexts = _fixed_width(table.column("context").combine_chunks(), n, "context")
         sets = table.column("candidate_features").combine_chunks()
@@ -348,8 +348,6 @@ def head_statistics(
     phi: FloatArray, rewards: FloatArray, keys: Sequence[str] | None, gamma: float = 1.0
 ) -> HeadStatistics:
     """Per-head statistics of rows in time order (heads in order of first appearance)."""
-    from bandit_core.linalg import sufficient_statistics
-
     if keys is None:
         groups: dict[str, NDArray[np.intp]] = {"": np.arange(phi.shape[0])}
     else:
@@ -377,9 +375,6 @@ def load_head_statistics(policy: Any, stats: HeadStatistics) -> Any:
     order they first appear (as :meth:`bandit_core.policies.linear.PerArmModel.heads_for`
     does).
     """
-    from bandit_core import PolicyState
-    from bandit_core.head import BayesianLinearHead
-
     state = policy.to_state()
     arrays = dict(state.arrays)
     config = policy.head.config
@@ -475,9 +470,6 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
     dict
         ``path`` (the ``.npz``), ``index``, ``rows``.
     """
-    from bandit_core import load_policy
-    from validation.ope.moments import Moments
-
     policy: Any = load_policy(state_path)
     gamma = head_gamma(policy)
     stats: HeadStatistics | None = None
@@ -515,8 +507,6 @@ def reduce_statistics(
     parts: Sequence[Mapping[str, Any]], gamma: float = 1.0
 ) -> tuple[HeadStatistics, Any]:
     """Merge training shards in order: ``(head statistics, moments of [z, r])``."""
-    from validation.ope.moments import Moments, merge_all
-
     stats: HeadStatistics | None = None
     moments = []
     for part in _ordered(parts):
@@ -533,8 +523,6 @@ def reduce_head(
 ) -> tuple[Path, Path]:
     """Reduce step of the rebuild: the policy with its head rebuilt from every shard
     (``out_path``) and the OPE reward model beside it (``reward_model.npz``)."""
-    from bandit_core import load_policy, save_state
-
     policy: Any = load_policy(state_path)
     stats, moments = reduce_statistics(parts, head_gamma(policy))
     out = Path(out_path)
@@ -547,8 +535,6 @@ def reduce_head(
 
 # ---------------------------------------------------------------------- map: OPE
 def _evaluated_policies(shard: Mapping[str, Any], state_path: str | Path, dim_user: int) -> Any:
-    from bandit_core import load_policy, make_policy
-
     candidate = load_policy(state_path)
     base = shard.get("baseline_state")
     production = load_policy(base) if base else make_policy("uniform", dim_user=dim_user)
@@ -567,9 +553,6 @@ def block_terms(
     rng_seed: Sequence[int],
 ) -> dict[str, dict[str, Any]]:
     """``{role: {estimator: TermSums}}`` of one block of held-out rows."""
-    from validation.ope import check_feedback, policy_action_dist, round_terms
-    from validation.ope.moments import TermSums
-
     q_hat = model.predict(batch.contexts, batch.candidates.features)[:, :, None]
     out: dict[str, dict[str, Any]] = {}
     for role, policy in policies.items():
@@ -592,9 +575,6 @@ def shard_evaluation(
     dict
         ``path``, ``index``, ``rows``, ``baseline_version``.
     """
-    from training.evaluate import logged_batch
-    from training.replay import replay_from_frame
-
     data = replay_from_frame(read_rows(shard["replay"], shard["start"], shard["stop"]).to_pandas())
     model = RidgeRewardModel.load(reward_model)
     policies = _evaluated_policies(shard, state_path, data.dim_user)
@@ -630,9 +610,6 @@ def shard_evaluation(
 
 def reduce_reports(parts: Sequence[Mapping[str, Any]], level: float = 0.95) -> dict[str, Any]:
     """Merge held-out shards: ``{"candidate": OPEReport, "production": OPEReport}``."""
-    from validation.ope import OPEReport
-    from validation.ope.moments import TermSums
-
     totals: dict[str, dict[str, TermSums]] = {"candidate": {}, "production": {}}
     digest = hashlib.sha256()
     labels: list[str] = []
@@ -664,9 +641,6 @@ def reduce_reports(parts: Sequence[Mapping[str, Any]], level: float = 0.95) -> d
 def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: str | Path) -> Any:
     """Reduce step of the OPE: both reports and the gate's decision
     (:class:`training.evaluate.EvaluationResult`, written to ``out_dir``)."""
-    from training.evaluate import EvaluationResult
-    from validation.gate import decide
-
     reports = reduce_reports(parts)
     result = EvaluationResult(
         reports["candidate"],

@@ -20,15 +20,25 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from eventstore.contract import REFERENCE_FILE
+from modelregistry.pyfunc_model import example_table
+from modelregistry.registry import ModelRegistry
+from training.baseline import baseline_state
+from training.evaluate import evaluate
+from training.plots import plot_arm_coverage, plot_learning_curve
+from training.replay import ReplayManifest, extract_replay, load_replay
 from training.runspec import RunSpec, aware
+from training.shards import reduce_evaluation, reduce_head
+from training.train import RESULT_FILE, TrainResult, rebuild_head, train
+from training.validate import STORE_COLUMNS, validate_features
+from validation.expectations import ReplaySuiteConfig, reference_histograms
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.json"
-REFERENCE_FILE = "feature_reference.json"
-#: Where the feature reference is logged with a registered version (read by the monitor).
-REFERENCE_ARTIFACT = "reference/" + REFERENCE_FILE
 
 
 # ---------------------------------------------------------------------- retrain steps
@@ -41,8 +51,6 @@ def extract(spec: Mapping[str, Any]) -> dict[str, Any]:
         ``manifest`` (path of ``replay.json``), ``path`` (Parquet), ``rows``,
         ``rewarded_rows``, ``sha256``, ``window_start``, ``window_end``.
     """
-    from training.replay import extract_replay
-
     s = RunSpec.from_dict(spec)
     start, end = s.window()
     manifest = extract_replay(
@@ -78,12 +86,6 @@ def validate(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, An
     validation.DataValidationError
         Listing every failing expectation; nothing downstream runs.
     """
-    import pandas as pd
-
-    from training.replay import ReplayManifest
-    from training.validate import STORE_COLUMNS, validate_features
-    from validation.expectations import ReplaySuiteConfig, reference_histograms
-
     s = RunSpec.from_dict(spec)
     manifest = ReplayManifest.read(replay["manifest"])
     result = validate_features(
@@ -136,9 +138,6 @@ def train_network(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[st
     dict
         ``state_path``, ``result`` (``train.json``), ``algorithm``, ``n_train``, ``n_holdout``.
     """
-    from training.plots import plot_learning_curve
-    from training.train import RESULT_FILE, train
-
     s = RunSpec.from_dict(spec)
     result = train(replay["path"], s.train_config(), s.folder / "train")
     plots = s.folder / "plots"
@@ -165,39 +164,15 @@ def rebuild(
     reduce of the sharded rebuild, which also fits the sharded OPE's reward model
     (``reward_model``); without, the single-node rebuild.
     """
-    from training.train import rebuild_head
-
     s = RunSpec.from_dict(spec)
     out = s.folder / "rebuild" / "policy_state.npz"
     if parts:
-        from training.shards import reduce_head
-
         state, model = reduce_head(trained["state_path"], parts, out)
         return {"state_path": str(state), "reward_model": str(model), "shards": len(parts)}
     state = rebuild_head(
         trained["state_path"], replay["path"], out, s.train_config().holdout_fraction
     )
     return {"state_path": str(state)}
-
-
-def baseline_state(s: RunSpec) -> tuple[str | None, Path | None]:
-    """``(version, downloaded state)`` of the run's baseline: the current ``production``
-    version (``(None, None)``: the uniform fallback before the first). When this run
-    already registered its version, the baseline recorded then, so a re-run reaches the
-    same decision."""
-    from training.registry import ModelRegistry
-
-    registry = ModelRegistry(s.tracking_uri, s.model_name)
-    existing = registry.find_by_run_key(s.run_key)
-    if existing is not None:
-        baseline = existing.tags.get("previous_production") or None
-    else:
-        current = registry.by_alias("production")
-        baseline = current.version if current else None
-    if baseline is None:
-        return None, None
-    state, _ = production_state(registry, s.folder / "production", version=baseline)
-    return baseline, state
 
 
 def evaluate_offline(
@@ -220,13 +195,9 @@ def evaluate_offline(
         ``summary`` (path of ``summary.json``: metrics, gate tags, reasons), ``passed``,
         ``reasons``, ``baseline_version`` (None: the uniform fallback).
     """
-    from training.evaluate import evaluate
-
     s = RunSpec.from_dict(spec)
     out = s.folder / "evaluation"
     if parts:
-        from training.shards import reduce_evaluation
-
         result = reduce_evaluation(parts, s.gate_rule(), out)
         baseline = parts[0]["baseline_version"]
     else:
@@ -284,12 +255,6 @@ def register_candidate(
         ``version``, ``model_name``, ``run_key``, ``created``, ``rows``, ``metrics`` (path of
         ``metrics.json``).
     """
-    from training.plots import plot_arm_coverage
-    from training.pyfunc_model import example_table
-    from training.registry import ModelRegistry
-    from training.replay import ReplayManifest, load_replay
-    from training.train import TrainResult
-
     s = RunSpec.from_dict(spec)
     manifest = ReplayManifest.read(replay["manifest"])
     result = TrainResult.read(trained["result"])
@@ -359,8 +324,6 @@ def gate(
     A decision is recorded once: a re-run returns the recorded one and moves nothing (a
     later run may own ``staging`` by now).
     """
-    from training.registry import ModelRegistry
-
     s = RunSpec.from_dict(spec)
     registry = ModelRegistry(s.tracking_uri, s.model_name)
     version = registry.get(registered["version"])
@@ -387,8 +350,6 @@ def promote(spec: Mapping[str, Any], registered: Mapping[str, Any]) -> dict[str,
         ``version``, ``promoted`` (whether ``production`` points at it because of this
         run), ``reason``.
     """
-    from training.registry import ModelRegistry
-
     s = RunSpec.from_dict(spec)
     registry = ModelRegistry(s.tracking_uri, s.model_name)
     version = registry.get(registered["version"])
@@ -405,26 +366,6 @@ def promote(spec: Mapping[str, Any], registered: Mapping[str, Any]) -> dict[str,
 
 
 # ---------------------------------------------------------------------- helpers
-def production_state(
-    registry: Any, dest: str | Path, version: str | None = None
-) -> tuple[Path | None, Any]:
-    """Download a version's policy state (default: the ``production`` one; None before the
-    first) into ``dest``; returns ``(state path, VersionInfo)``."""
-    import mlflow
-
-    from serving.models.contract import POLICY_STATE_PATH
-
-    info = registry.get(version) if version is not None else registry.by_alias("production")
-    if info is None:
-        return None, None
-    uri = registry.client.get_model_version_download_uri(registry.model_name, info.version)
-    from training.registry import fluent_uris
-
-    with fluent_uris(registry.tracking_uri):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    return local / POLICY_STATE_PATH, info
-
-
 def _moved(registry: Any, alias: str, version: str) -> bool:
     """Whether the history records ``alias`` being moved to ``version``."""
     return any(m["alias"] == alias and m["version"] == version for m in registry.alias_history())

@@ -9,14 +9,11 @@ import pandas as pd
 
 from training.replay import ReplayManifest
 from validation.expectations import (
-    ReplayColumns,
+    STORE_COLUMNS,
     ReplaySuiteConfig,
     ReplayValidation,
     validate_replay,
 )
-
-#: The event store's replay frame names its decision time ``created_at``.
-STORE_COLUMNS = ReplayColumns(timestamp="created_at")
 
 
 def validate_features(

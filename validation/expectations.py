@@ -74,6 +74,10 @@ class ReplayColumns:
         )
 
 
+#: The event store's replay frame names its decision time ``created_at``.
+STORE_COLUMNS = ReplayColumns(timestamp="created_at")
+
+
 @dataclass(frozen=True)
 class ReplaySuiteConfig:
     """What the replay data of one partition must satisfy.

@@ -30,12 +30,12 @@ def catalog_load(
 
     A running service picks the changes up from the catalog's change feed.
     """
+    from eventstore import make_engine
+    from eventstore.migrate import require_current
     from serving.catalog.loader import items_from_table, read_table
     from serving.catalog.store import CatalogStore
     from serving.inputs import InputError
     from serving.settings import Settings
-    from serving.store import make_engine
-    from serving.store.migrate import require_current
 
     try:
         frame = read_table(path, id_column)

@@ -20,9 +20,9 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
 
+from eventstore.schema import item_versions, items
+from eventstore.types import decode_floats, encode_floats
 from serving.inputs import InputError, Loc
-from serving.store.schema import item_versions, items
-from serving.store.types import decode_floats, encode_floats
 
 FloatArray = NDArray[np.float64]
 

@@ -1,16 +1,15 @@
 """The MLflow registry source: ``models:/<name>@<alias>`` per role (see
-:mod:`serving.models.contract` for the layout a version must have)."""
+:mod:`eventstore.contract` for the layout a version must have). The MLflow calls are
+:class:`modelregistry.registry.AliasReader`'s; this adapts them to a model source."""
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 from bandit_core import Policy, load_policy
-from serving.models.contract import POLICY_STATE_PATH, version_label
+from eventstore.contract import version_label
+from modelregistry.registry import AliasReader
 from serving.models.sources import ROLES, ModelRef, Role
-
-_MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
 class MlflowModelSource:
@@ -36,38 +35,23 @@ class MlflowModelSource:
         aliases: dict[Role, str | None],
         registry_uri: str | None = None,
     ) -> None:
-        from mlflow import MlflowClient  # heavy import, only when this source is used
-
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.model_name = model_name
         self.aliases = {role: aliases.get(role) for role in ROLES}
-        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+        self._reader = AliasReader(tracking_uri, model_name, registry_uri=self.registry_uri)
 
     def resolve(self, role: Role) -> ModelRef | None:
-        from mlflow.exceptions import MlflowException
-
         alias = self.aliases[role]
         if alias is None:
             return None
-        try:
-            found = self._client.get_model_version_by_alias(self.model_name, alias)
-        except MlflowException as exc:
-            if exc.error_code in _MISSING:
-                return None
-            raise
-        return ModelRef(version_label(self.model_name, found.version), str(found.version))
+        version = self._reader.version(alias)
+        if version is None:
+            return None
+        return ModelRef(version_label(self.model_name, version), version)
 
     def load(self, ref: ModelRef) -> Policy:
-        from mlflow.artifacts import download_artifacts
-
-        root = self._client.get_model_version_download_uri(self.model_name, ref.locator)
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:
-            local = download_artifacts(
-                artifact_uri=f"{root.rstrip('/')}/{POLICY_STATE_PATH}",
-                dst_path=tmp,
-                tracking_uri=self.tracking_uri,
-            )
-            policy = load_policy(Path(local))
+            policy = load_policy(self._reader.download_state(ref.locator, tmp))
         policy.model_version = ref.version
         return policy

@@ -12,7 +12,7 @@ Format
     One segment file per process (``<dir>/segment-<ns>-<pid>-<hex>.journal``), held under
     an exclusive ``flock`` while the process lives. A record is ``<u32 length><u32
     crc32><JSON payload>``: a decision (every field of its
-    :class:`~serving.store.records.DecisionRow`, arrays as base64 of their bytes — never
+    :class:`~eventstore.records.DecisionRow`, arrays as base64 of their bytes — never
     pickle) or a reward with its verdict (ordinal, applied, status). A record whose
     length or checksum does not hold is the torn tail of a write that was never
     acknowledged; reading stops there.
@@ -61,15 +61,15 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy import Connection, Engine, select
 
-from serving.store.records import (
+from eventstore.records import (
     DecisionRow,
     JudgedReward,
     RewardOutcome,
     RewardRow,
     judge_rewards,
 )
+from eventstore.schema import decisions, rewards
 from serving.store.repository import StoredDecision, insert_rewards, write_events
-from serving.store.schema import decisions, rewards
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ class Journal:
 
     def spool(self, items: Sequence[Any]) -> list[Any]:
         """Append ``items`` durably (one fsync); per item its result (None for a decision,
-        a journaled :class:`~serving.store.records.RewardOutcome` for a reward) or the
+        a journaled :class:`~eventstore.records.RewardOutcome` for a reward) or the
         exception that refuses it."""
         if self._fd is None:
             raise JournalError("the journal is not open.")

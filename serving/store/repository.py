@@ -1,5 +1,5 @@
 """Reads and writes of the event store used by the service (training reads live in
-:mod:`serving.store.replay`)."""
+:mod:`eventstore.replay`)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 
-from serving.store import records
-from serving.store.records import (
+from eventstore import records
+from eventstore.records import (
     DecisionRow,
     JudgedReward,
     RewardOutcome,
     RewardRow,
     SnapshotRow,
 )
-from serving.store.schema import decisions, head_snapshots, items, rewards
-from serving.store.types import decode_floats
+from eventstore.schema import decisions, head_snapshots, items, rewards
+from eventstore.types import decode_floats
 
 Item = DecisionRow | RewardRow | SnapshotRow
 
@@ -139,7 +139,7 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
 
 def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcome]:
     """Ordinals count an event's rewards already stored (see
-    :func:`~serving.store.records.judge_rewards`)."""
+    :func:`~eventstore.records.judge_rewards`)."""
     event_ids = sorted({r.event_id for r in rows})
     seen: Counter[str] = Counter()
     at_position: Counter[tuple[str, int]] = Counter()

@@ -1,8 +1,8 @@
-"""The ``banditops`` command line: the service's commands plus training and the registry.
+"""The training commands of ``banditops``: retrain, evaluate, list, promote and roll back
+registered versions (registered on the root app by :mod:`ops.cli`).
 
-Settings come from the same ``BANDITOPS_*`` variables as the service
-(:class:`serving.settings.Settings`); the MLflow registry defaults to
-``sqlite:///<workspace>/mlflow.db``.
+Settings come from the core ``BANDITOPS_*`` variables (:class:`eventstore.settings.CoreSettings`);
+the MLflow registry defaults to ``sqlite:///<workspace>/mlflow.db``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from serving.cli import app
-from serving.settings import Settings
-from training.airflow_cli import airflow_app
+from eventstore.settings import CoreSettings as Settings
 
-app.add_typer(airflow_app, name="airflow")
 console = Console(width=140)
 
 
@@ -38,12 +35,11 @@ def store_url(settings: Settings) -> str:
 
 
 def _registry(settings: Settings):  # type: ignore[no-untyped-def]
-    from training.registry import ModelRegistry
+    from modelregistry.registry import ModelRegistry
 
     return ModelRegistry(tracking_uri(settings), settings.model_name)
 
 
-@app.command()
 def train(
     days: Annotated[float, typer.Option(min=0.001, help="Replay window: the last N days.")] = 1.0,
     algorithm: Annotated[str, typer.Option(help="Policy to train.")] = "neural_linear",
@@ -94,7 +90,6 @@ def train(
         console.print(f"  • {reason}")
 
 
-@app.command()
 def evaluate(
     candidate: Annotated[Path, typer.Argument(help="Candidate policy state (.npz).")],
     replay: Annotated[Path, typer.Argument(help="Replay Parquet file.")],
@@ -126,7 +121,6 @@ def evaluate(
         console.print(f"  • {reason}")
 
 
-@app.command()
 def models() -> None:
     """Registered versions with their aliases, gate results and key metrics."""
     registry = _registry(Settings())
@@ -158,7 +152,6 @@ def models() -> None:
     console.print(table)
 
 
-@app.command()
 def promote(
     version: Annotated[str, typer.Argument(help="Version to promote.")],
     to: Annotated[str, typer.Option("--to", help="Alias to move.")] = "production",
@@ -168,7 +161,7 @@ def promote(
     by: Annotated[str, typer.Option(help="Who (recorded).")] = "cli",
 ) -> None:
     """Move an alias (default @production) to VERSION."""
-    from training.registry import RegistryError
+    from modelregistry.registry import RegistryError
 
     try:
         info = _registry(Settings()).promote(version, by=by, reason=reason, alias=to)
@@ -177,13 +170,12 @@ def promote(
     console.print(f"@{to} → version {info.version}")
 
 
-@app.command()
 def rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded).")] = "manual rollback",
     by: Annotated[str, typer.Option(help="Who (recorded).")] = "cli",
 ) -> None:
     """Point @production back at the version it held before the current one."""
-    from training.registry import RegistryError
+    from modelregistry.registry import RegistryError
 
     try:
         info = _registry(Settings()).rollback(by=by, reason=reason)
@@ -191,147 +183,3 @@ def rollback(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from exc
     console.print(f"@production → version {info.version}")
-
-
-@app.command()
-def demo(
-    users: Annotated[int, typer.Option(min=10, help="Simulated users (fixed profiles).")] = 400,
-    requests: Annotated[int, typer.Option(min=600, help="Requests per simulated day.")] = 2500,
-    workspace: Annotated[
-        Path, typer.Option(help="Folder for every store, registry and log.")
-    ] = Path("workspace/demo"),
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the summary here.")
-    ] = None,
-    algorithm: Annotated[str, typer.Option(help="Policy the nightly DAG trains.")] = "shared_lints",
-    seed: Annotated[int, typer.Option(help="Seed of the simulation and training.")] = 0,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="An Open Bandit Dataset campaign folder (random.csv, bts.csv, …): train on "
-            "its uniform-random log and compare off-policy with the logging policy and BTS.",
-        ),
-    ] = None,
-) -> None:
-    """The whole loop on embedded defaults: service (fallback) → day 1 over HTTP → nightly
-    Airflow retrain → the service loads @production → day 2 → retrain → day 3; summary.
-
-    With --data: replay a real Open Bandit log instead (no service, no Airflow)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from training.demo import run_demo
-
-    if data is not None:
-        from training.demo_obd import print_obd_result, run_obd_demo
-
-        try:
-            with console.status(f"replaying {data} …"):
-                replayed = run_obd_demo(data, algorithm=algorithm, seed=seed)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--data") from exc
-        print_obd_result(replayed, console)
-        if json_path is not None:
-            json_path.write_text(json.dumps(replayed, indent=2))
-        return
-
-    phases = 7
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        task = bar.add_task("starting", total=phases)
-
-        def step(message: str) -> None:
-            bar.update(task, description=message, advance=1)
-
-        result = run_demo(
-            workspace,
-            users=users,
-            requests_per_day=requests,
-            seed=seed,
-            algorithm=algorithm,
-            progress=step,
-        )
-        bar.update(task, completed=phases, description="done")
-    days = Table(title="per day (CTR and regret against the best candidate of each request)")
-    for col in (
-        "day",
-        "model version",
-        "decisions",
-        "CTR",
-        "regret",
-        "regret / decision",
-        "fallback share",
-    ):
-        days.add_column(col, justify="right")
-    for d in result["days"]:
-        days.add_row(
-            str(d["day"]),
-            d["model_version"] or "fallback",
-            str(d["decisions"]),
-            f"{d['ctr']:.4f}",
-            f"{d['regret']:.1f}",
-            f"{d['regret'] / max(1, d['decisions']):.4f}",
-            f"{d['fallback_share']:.2f}",
-        )
-    console.print(days)
-    versions = Table(
-        title="per model version: offline estimate (DR, 95% interval) vs CTR realised online"
-    )
-    for col in ("version", "aliases", "OPE estimate", "interval", "realised CTR"):
-        versions.add_column(col, justify="right")
-    for v in result["versions"]:
-        est, (lo, hi) = v["ope_estimate"], v["ope_ci"]
-        versions.add_row(
-            v["version"],
-            ", ".join(v["aliases"]),
-            "-" if est is None else f"{est:.4f}",
-            "-" if lo is None else f"[{lo:.4f}, {hi:.4f}]",
-            "-" if v["realized_ctr"] is None else f"{v['realized_ctr']:.4f}",
-        )
-    console.print(versions)
-    root = Path(result["workspace"])
-    console.print(f"plots: {root / 'demo.png'}   summary: {root / 'demo.json'}")
-    console.print("open the UIs on this workspace:")
-    console.print(f"  mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")
-    console.print(f"  banditops airflow standalone --workspace {root}  (prints the password)")
-    if json_path is not None:
-        json_path.write_text(
-            json.dumps({"days": result["days"], "versions": result["versions"]}, indent=2)
-        )
-
-
-config_app = typer.Typer(help="Configuration: every BANDITOPS_* setting.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
-
-
-@config_app.command("reference")
-def config_reference(
-    write: Annotated[
-        Path | None, typer.Option(help="Replace the generated block in this file instead.")
-    ] = None,
-) -> None:
-    """Print the settings reference (Markdown) that the README embeds."""
-    from training.config_reference import markdown, splice
-
-    if write is None:
-        typer.echo(markdown())
-        return
-    write.write_text(splice(write.read_text(encoding="utf-8")), encoding="utf-8")
-    typer.echo(f"updated the settings reference in {write}")
-
-
-@config_app.command("show")
-def config_show() -> None:
-    """Print the settings in effect here (secrets masked)."""
-    from training.settings import PipelineSettings
-
-    values = PipelineSettings().model_dump(mode="json")
-    table = Table("variable", "value")
-    for name, value in values.items():
-        table.add_row(f"BANDITOPS_{name.upper()}", "-" if value is None else str(value))
-    console.print(table)
-
-
-def main() -> None:  # pragma: no cover - console-script entry
-    app()

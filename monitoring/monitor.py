@@ -25,7 +25,7 @@ the week before that:
 * **served latency** — p50 and p99 of the decision endpoints' request latency, read from
   the service's Prometheus ``/metrics`` (``BANDITOPS_SERVICE_URL``; the event store holds
   no latency), over the requests served since the previous monitor run's scrape
-  (:mod:`training.served_latency`); skipped, with the reason, when no URL is set.
+  (:mod:`monitoring.served_latency`); skipped, with the reason, when no URL is set.
 
 Each judged quantity is a *check* (:data:`CHECKS`) with a status ``ok``, ``alert`` or
 ``skipped`` (not enough data, or no production model yet) and a message. The DAG fails
@@ -43,28 +43,25 @@ import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from training.runspec import as_utc, run_folder
-from training.settings import PipelineSettings
-from training.steps import REFERENCE_ARTIFACT
+from eventstore.contract import REFERENCE_ARTIFACT
+from eventstore.engine import make_engine
+from eventstore.replay import read_replay
+from eventstore.workspace import as_utc, run_folder
+from modelregistry.registry import ModelRegistry, RegistryError
+from monitoring import served_latency as sl
+from monitoring.plots import plot_monitor_report
+from monitoring.settings import CHECKS, MonitorSettings
+from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, drift_score, feature_frame
 
 log = logging.getLogger(__name__)
 
-CHECKS = (
-    "reward_drift",
-    "feature_drift",
-    "selection_entropy",
-    "arm_coverage",
-    "propensity_floor",
-    "fallback_rate",
-    "served_latency",
-)
 REPORT_FILE = "report.json"
 FIGURE_FILE = "report.png"
 #: The last ``/metrics`` scrape, kept under ``<runs dir>/monitor/``: the next run's baseline.
@@ -140,7 +137,7 @@ def correlations(features: NDArray[np.float64], rewards: NDArray[np.float64]) ->
 
 # ---------------------------------------------------------------------- the report
 def build_report(
-    end: datetime, run_key: str, settings: PipelineSettings | None = None
+    end: datetime, run_key: str, settings: MonitorSettings | None = None
 ) -> dict[str, Any]:
     """Compute the report of the week before ``end``; write ``report.json`` and
     ``report.png`` under ``<runs dir>/monitor/<run key>/``.
@@ -150,9 +147,7 @@ def build_report(
     dict
         ``report`` and ``figure`` (paths) and ``alerts`` (names of the checks in alert).
     """
-    from training.plots import plot_monitor_report
-
-    settings = PipelineSettings() if settings is None else settings
+    settings = MonitorSettings() if settings is None else settings
     end = as_utc("end", end)
     frame = _read_events(settings, end)
     reference, production = production_reference(settings)
@@ -169,10 +164,7 @@ def build_report(
     return {"report": str(path), "figure": str(figure), "alerts": alerts}
 
 
-def _read_events(settings: PipelineSettings, end: datetime) -> Any:
-    from serving.store.engine import make_engine
-    from serving.store.replay import read_replay
-
+def _read_events(settings: MonitorSettings, end: datetime) -> Any:
     window = timedelta(seconds=settings.reward_window_s)
     lookback = timedelta(days=settings.monitor_lookback_days)
     engine = make_engine(settings.store_url)
@@ -192,28 +184,18 @@ def _read_events(settings: PipelineSettings, end: datetime) -> Any:
 
 
 def production_reference(
-    settings: PipelineSettings,
+    settings: MonitorSettings,
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The feature reference logged with the ``production`` version, and that version
     (``(None, None)`` before the first promotion; ``(None, version)`` when it has none)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from training.registry import ModelRegistry
-
     registry = ModelRegistry(settings.tracking_uri, settings.model_name)
     production = registry.by_alias("production")
     if production is None:
         return None, None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=production.run_id,
-                artifact_path=REFERENCE_ARTIFACT,
-                dst_path=tmp,
-                tracking_uri=settings.tracking_uri,
-            )
-        except (MlflowException, OSError):
+            local = registry.run_artifact(production.run_id, REFERENCE_ARTIFACT, tmp)
+        except (RegistryError, OSError):
             return None, production.version
         return json.loads(Path(local).read_text()), production.version
 
@@ -221,7 +203,7 @@ def production_reference(
 def summarize(
     frame: Any,
     end: datetime,
-    settings: PipelineSettings,
+    settings: MonitorSettings,
     reference: Mapping[str, Any] | None,
     production: str | None,
     latency: Mapping[str, Any] | None = None,
@@ -287,7 +269,7 @@ def _check(status: str, message: str) -> dict[str, str]:
     return {"status": status, "message": message}
 
 
-def _reward_section(now: Any, before: Any, settings: PipelineSettings) -> dict[str, Any]:
+def _reward_section(now: Any, before: Any, settings: MonitorSettings) -> dict[str, Any]:
     current = reward_stats(now["reward"].to_numpy(dtype=np.float64))
     previous = reward_stats(before["reward"].to_numpy(dtype=np.float64))
     limit = settings.reward_drift_max
@@ -321,9 +303,6 @@ def _reward_section(now: Any, before: Any, settings: PipelineSettings) -> dict[s
 
 def _features(frame: Any, end: datetime, dim_user: int, dim_arm: int) -> Any:
     """``frame`` with the numeric columns ``context_j`` and ``arm_feature_j``."""
-    from training.validate import STORE_COLUMNS
-    from validation.expectations import ReplaySuiteConfig, feature_frame
-
     config = ReplaySuiteConfig(
         dim_context=dim_user,
         dim_arm=dim_arm,
@@ -343,12 +322,10 @@ def _dims(frame: Any) -> tuple[int, int]:
 def _drift_section(
     now: Any,
     end: datetime,
-    settings: PipelineSettings,
+    settings: MonitorSettings,
     reference: Mapping[str, Any] | None,
     production: str | None,
 ) -> dict[str, Any]:
-    from validation.expectations import drift_score
-
     metric, limit = settings.feature_drift_metric, settings.feature_drift_max
     section: dict[str, Any] = {"metric": metric, "threshold": limit, "scores": {}}
     if reference is None:
@@ -400,7 +377,7 @@ def _drift_section(
 
 
 def _entropy_section(
-    arms: list[str], candidates: list[list[str]], settings: PipelineSettings
+    arms: list[str], candidates: list[list[str]], settings: MonitorSettings
 ) -> dict[str, Any]:
     entropy, maximum = selection_entropy(arms, candidates)
     limit = settings.entropy_min_ratio
@@ -424,7 +401,7 @@ def _entropy_section(
 
 
 def _coverage_section(
-    arms: list[str], candidates: list[list[str]], settings: PipelineSettings
+    arms: list[str], candidates: list[list[str]], settings: MonitorSettings
 ) -> dict[str, Any]:
     rows = arm_coverage(arms, candidates)
     ratio = settings.coverage_min_ratio
@@ -458,7 +435,7 @@ def _coverage_section(
     return section
 
 
-def _propensity_section(now: Any, settings: PipelineSettings) -> dict[str, Any]:
+def _propensity_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     floor, limit = settings.propensity_floor, settings.propensity_violation_max
     p = now["propensity"].to_numpy(dtype=np.float64)
     violations = int((p < floor).sum())
@@ -485,7 +462,7 @@ def _propensity_section(now: Any, settings: PipelineSettings) -> dict[str, Any]:
     return section
 
 
-def _fallback_section(now: Any, settings: PipelineSettings) -> dict[str, Any]:
+def _fallback_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     limit = settings.fallback_rate_max
     flags = now["fallback"].to_numpy(dtype=bool)
     rate = float(flags.mean()) if flags.size else None
@@ -519,7 +496,7 @@ def _correlations(frame: Any, end: datetime) -> dict[str, float | None]:
 
 
 def served_latency(
-    settings: PipelineSettings, state_path: Path, timeout_s: float = 10.0
+    settings: MonitorSettings, state_path: Path, timeout_s: float = 10.0
 ) -> dict[str, Any]:
     """The served-latency section: p50/p99 of the decision endpoints from the service's
     ``/metrics``, over the requests since the scrape kept in ``state_path`` (then
@@ -529,9 +506,6 @@ def served_latency(
     Skipped when ``service_url`` is unset or no decision was served in the interval; in
     alert when the p99 exceeds ``latency_p99_max_s`` or ``/metrics`` cannot be read.
     """
-    from datetime import UTC
-
-    from training import served_latency as sl
 
     limit = settings.latency_p99_max_s
     url = settings.service_url
@@ -613,7 +587,6 @@ def served_latency(
 def _previous_scrape(path: Path, url: str, before: datetime) -> tuple[str, dict[str, Any]] | None:
     """``(scraped_at, histograms by endpoint)`` of the kept scrape of ``url``, when it is
     older than ``before``."""
-    from training.served_latency import LatencyHistogram
 
     if not path.exists():
         return None
@@ -623,7 +596,7 @@ def _previous_scrape(path: Path, url: str, before: datetime) -> tuple[str, dict[
         if state["service_url"] != url or not at < before:
             return None
         return state["scraped_at"], {
-            k: LatencyHistogram.from_dict(v) for k, v in state["histograms"].items()
+            k: sl.LatencyHistogram.from_dict(v) for k, v in state["histograms"].items()
         }
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring the unreadable latency baseline %s: %s", path, exc)
@@ -644,7 +617,7 @@ def check(report_path: str | Path, name: str) -> dict[str, str]:
 
 
 def notify(
-    report_path: str | Path, settings: PipelineSettings | None = None, timeout_s: float = 10.0
+    report_path: str | Path, settings: MonitorSettings | None = None, timeout_s: float = 10.0
 ) -> dict[str, Any]:
     """Post the report's alerts (JSON) to ``alert_webhook_url`` when it is set and there
     are alerts; returns ``sent`` and the ``alerts`` (check name → message).
@@ -654,7 +627,7 @@ def notify(
     RuntimeError
         When the webhook cannot be reached or does not answer 2xx.
     """
-    settings = PipelineSettings() if settings is None else settings
+    settings = MonitorSettings() if settings is None else settings
     report = json.loads(Path(report_path).read_text())
     alerts = {
         name: report["checks"][name]["message"]

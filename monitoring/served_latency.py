@@ -1,6 +1,6 @@
 """Served latency of the decision service, read from its Prometheus ``/metrics``.
 
-The event store does not record how long a decision took (``serving/store/schema.py`` has
+The event store does not record how long a decision took (``eventstore/schema.py`` has
 no latency column); the service times every request in the histogram
 ``banditops_request_latency_seconds{endpoint=...}`` (:mod:`serving.metrics`). The monitor
 scrapes it, keeps the scrape as the next run's baseline, and judges the p99 of the

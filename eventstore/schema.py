@@ -29,7 +29,7 @@ marginal probability of each shown item at its slot), ``request_id`` and ``group
 ``candidate_versions`` / ``retrieval`` (what retrieval produced). A reward may name the
 ``position`` clicked.
 
-The Alembic migrations in :mod:`serving.store.migrations` create exactly these tables;
+The Alembic migrations in :mod:`eventstore.migrations` create exactly these tables;
 a test compares the two.
 """
 
@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from serving.store.types import UTCDateTime
+from eventstore.types import UTCDateTime
 
 #: SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a bigint.
 BigId = BigInteger().with_variant(Integer(), "sqlite")

@@ -6,9 +6,9 @@ Every alias move is recorded as a registered-model tag ``alias_move.<ns timestam
 value is a JSON record (alias, version, previous version, when, by whom, why), so the
 history reads back with :meth:`ModelRegistry.alias_history`.
 
-The model of a version is an MLflow pyfunc logged *from code* (``training/pyfunc_model.py``)
+The model of a version is an MLflow pyfunc logged *from code* (``modelregistry/pyfunc_model.py``)
 with the policy state as its artifact at ``artifacts/policy_state.npz`` (the layout the
-service loads, see :mod:`serving.models.contract`); nothing is pickled.
+service loads, see :mod:`eventstore.contract`); nothing is pickled.
 """
 
 from __future__ import annotations
@@ -29,15 +29,21 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.tracking._model_registry import utils as registry_utils
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from bandit_core import load_policy
-from serving.models.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, POLICY_STATE_PATH
+from eventstore.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, POLICY_STATE_PATH
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 ALIASES = ("candidate", "staging", "production")
 _MOVE_PREFIX = "alias_move."
 #: Requirements written into the model (skips MLflow's slow requirement inference).
 PIP_REQUIREMENTS = ["banditops", "numpy", "pandas", "mlflow"]
+
+
+#: MLflow error codes of a missing model or alias.
+_MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 
 
 class RegistryError(RuntimeError):
@@ -98,6 +104,35 @@ class ModelRegistry:
             artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
         self.artifact_location = artifact_location
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # ------------------------------------------------------------------ downloads
+    def run_artifact(self, run_id: str, artifact_path: str, dst_path: str | Path) -> Path:
+        """Download one artifact of a run into ``dst_path``; its local path.
+
+        Raises
+        ------
+        RegistryError
+            When the run or the artifact does not exist.
+        """
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=artifact_path,
+                dst_path=str(dst_path),
+                tracking_uri=self.tracking_uri,
+            )
+        except MlflowException as exc:
+            raise RegistryError(f"no artifact {artifact_path!r} in run {run_id}: {exc}") from exc
+        return Path(local)
+
+    def download_version(self, version: str | int, dst_path: str | Path) -> Path:
+        """Download a version's model directory into ``dst_path``; its local path (the
+        policy state is at ``<path>/``:data:`~eventstore.contract.POLICY_STATE_PATH`)."""
+        uri = self.client.get_model_version_download_uri(self.model_name, str(version))
+        with fluent_uris(self.tracking_uri):
+            return Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst_path))
+            )
 
     # ------------------------------------------------------------------ helpers
     def _experiment_id(self) -> str:
@@ -336,9 +371,6 @@ def fluent_uris(uri: str) -> Iterator[None]:
     """Point MLflow's process-global (fluent) tracking and registry URIs at ``uri`` for the
     duration, then put back exactly what was there (including "unset"): a registry object
     must not redirect other code's MLflow calls."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
     saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
@@ -357,3 +389,42 @@ def fluent_uris(uri: str) -> Iterator[None]:
 def _param(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:6000]
+
+
+class AliasReader:
+    """The service's read side of the registry: which version an alias points at, and that
+    version's policy state file (nothing else is downloaded; no pyfunc is loaded).
+
+    Parameters
+    ----------
+    tracking_uri, registry_uri : str
+        MLflow server or database (``registry_uri`` defaults to ``tracking_uri``).
+    model_name : str
+        Registered model name.
+    """
+
+    def __init__(self, tracking_uri: str, model_name: str, registry_uri: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri or tracking_uri
+        self.model_name = model_name
+        self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+
+    def version(self, alias: str) -> str | None:
+        """The version ``alias`` points at (None when the model or the alias is missing)."""
+        try:
+            found = self._client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException as exc:
+            if exc.error_code in _MISSING:
+                return None
+            raise
+        return str(found.version)
+
+    def download_state(self, version: str, dst_path: str | Path) -> Path:
+        """Download only the policy state file of ``version`` into ``dst_path``."""
+        root = self._client.get_model_version_download_uri(self.model_name, version)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{root.rstrip('/')}/{POLICY_STATE_PATH}",
+            dst_path=str(dst_path),
+            tracking_uri=self.tracking_uri,
+        )
+        return Path(local)

@@ -3,7 +3,7 @@
 ``DIR`` is one Open Bandit Dataset campaign (Saito et al., NeurIPS 2021 Datasets &
 Benchmarks), e.g. ``../shared/data/obd/men``: ``random.csv`` (impressions logged by a
 uniform-random policy), ``bts.csv`` (by Bernoulli Thompson sampling), their item features
-and ``bts_prior.yaml``. The logs are read by :mod:`benchmarks.obd` (time-sorted, one-hot
+and ``bts_prior.yaml``. The logs are read by :mod:`validation.obd` (time-sorted, one-hot
 user features, label-encoded item features).
 
 1. The uniform-random log is split in time: its first ``train_share`` of impressions
@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bandit_core import POLICIES, Candidates, make_policy
-from benchmarks import obd
+from validation import obd
 from validation.ope import (
     LoggedBatch,
     bootstrap_estimates,
@@ -53,7 +53,7 @@ POLICY_ROWS = ("trained", "logging", "bts")
 
 
 def _timestamps(log_csv: Path) -> pd.Series:
-    """The log's timestamps in :func:`benchmarks.obd.load_log`'s row order."""
+    """The log's timestamps in :func:`validation.obd.load_log`'s row order."""
     raw = pd.read_csv(log_csv, usecols=["timestamp"]).sort_values("timestamp", kind="stable")
     return pd.to_datetime(raw["timestamp"], utc=True).reset_index(drop=True)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from serving.store.types import encode_floats
+from eventstore.types import encode_floats
 
 #: Reward ``status`` values.
 APPLIED = "applied"

@@ -30,8 +30,8 @@ from typing import Literal
 import pandas as pd
 from sqlalchemy import ColumnElement, Engine, func, select
 
-from serving.store.schema import decisions, rewards
-from serving.store.types import decode_floats
+from eventstore.schema import decisions, rewards
+from eventstore.types import decode_floats
 
 COLUMNS = (
     "event_id",

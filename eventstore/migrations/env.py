@@ -1,11 +1,11 @@
 """Alembic environment: runs the migrations on the engine passed in
-``config.attributes["engine"]`` (see :func:`serving.store.migrate.alembic_config`)."""
+``config.attributes["engine"]`` (see :func:`eventstore.migrate.alembic_config`)."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from serving.store.schema import metadata
+from eventstore.schema import metadata
 
 
 def run_migrations_online() -> None:
@@ -13,7 +13,7 @@ def run_migrations_online() -> None:
     if engine is None:
         raise RuntimeError(
             "run the banditops migrations with `banditops db upgrade` (or "
-            "serving.store.migrate.upgrade), which passes the engine to Alembic."
+            "eventstore.migrate.upgrade), which passes the engine to Alembic."
         )
     with engine.connect() as connection:
         context.configure(

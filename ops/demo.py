@@ -261,7 +261,7 @@ def run_demo(
     progress: Any = None,
 ) -> dict[str, Any]:
     """The whole loop; returns ``{"days": [...], "versions": [...]}``."""
-    from training.registry import ModelRegistry
+    from modelregistry.registry import ModelRegistry
 
     ws = fresh_workspace(workspace)
     os.environ.update(ws.env())

@@ -24,6 +24,12 @@ POLICY_STATE_FILE = "policy_state.npz"
 POLICY_STATE_PATH = f"artifacts/{POLICY_STATE_FILE}"
 
 
+#: File name of the feature reference (histograms of the training window's features).
+REFERENCE_FILE = "feature_reference.json"
+#: Where the feature reference is logged with a registered version (read by the monitor).
+REFERENCE_ARTIFACT = "reference/" + REFERENCE_FILE
+
+
 def version_label(name: str, version: str | int) -> str:
     """How the service names a registry version in its logs and in the store."""
     return f"{name}/{version}"

@@ -1,0 +1,324 @@
+"""The ``banditops`` command line, assembled here from every package's commands.
+
+The service's (``serve``, ``db``, ``store``, ``catalog``: :mod:`serving.commands`,
+:mod:`serving.catalog.commands`), training's (``train``, ``evaluate``, ``models``,
+``promote``, ``rollback``: :mod:`training.commands`) and the operational ones defined here
+or in :mod:`ops` (``simulate``, ``policies``, ``demo``, ``airflow``, ``config``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from bandit_core import POLICIES, make_policy
+from bandit_core.envs import (
+    Environment,
+    LinearEnvironment,
+    LogisticClickEnvironment,
+    WheelEnvironment,
+)
+from bandit_core.simulate import run_simulation
+from ops.airflow_cli import airflow_app
+from ops.config_reference import SETTINGS_CLASSES, markdown, splice
+from serving.catalog.commands import catalog_app
+from serving.commands import db_app, serve, store_app
+from training.commands import evaluate, models, promote, rollback, train
+
+app = typer.Typer(
+    help="banditops: contextual bandits with exact propensities, from simulation to serving.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+wide = Console(width=140)
+
+ENVIRONMENTS = ("linear", "wheel", "logistic")
+
+
+def _make_env(name: str, seed: int, delta: float) -> Environment:
+    rng = np.random.default_rng(seed)
+    if name == "linear":
+        return LinearEnvironment.make(rng, n_arms=10, dim=8)
+    if name == "wheel":
+        return WheelEnvironment(delta)
+    if name == "logistic":
+        return LogisticClickEnvironment.make(
+            rng, n_items=30, dim_user=6, dim_arm=4, n_candidates=10
+        )
+    raise typer.BadParameter(f"--env must be one of {', '.join(ENVIRONMENTS)}; got {name!r}.")
+
+
+def _policy_for(name: str, env: Environment) -> Any:
+    options: dict[str, Any] = {"dim_user": env.dim_user}
+    config_class = getattr(POLICIES.get(name), "config_class", None)
+    names = {f.name for f in fields(config_class)} if config_class else set()
+    if "dim_arm" in names:
+        options.update(dim_arm=env.dim_arm, interactions=True)
+    if "n_sim" in names:
+        options["n_sim"] = 200
+    return make_policy(name, **options)
+
+
+def _run(
+    env_name: str, policies: list[str], steps: int, seed: int, delta: float
+) -> list[dict[str, Any]]:
+    rows = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("simulating", total=len(policies))
+        for name in policies:
+            env = _make_env(env_name, seed, delta)
+            policy = _policy_for(name, env)
+            started = time.perf_counter()
+            result = run_simulation(
+                env, policy, steps, np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
+            )
+            rows.append(
+                {
+                    "policy": name,
+                    "steps": steps,
+                    "cumulative_regret": result.cumulative_regret,
+                    "cumulative_reward": result.cumulative_reward,
+                    "mean_reward": result.cumulative_reward / steps,
+                    "mean_propensity": float(result.propensities.mean()),
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+            progress.advance(task)
+    baseline = next((r["cumulative_regret"] for r in rows if r["policy"] == "uniform"), None)
+    for r in rows:
+        r["normalized_regret"] = 100.0 * r["cumulative_regret"] / baseline if baseline else None
+    return rows
+
+
+def _print(title: str, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=title)
+    for col in (
+        "policy",
+        "mean reward",
+        "cumulative regret",
+        "regret (uniform = 100)",
+        "mean propensity",
+        "seconds",
+    ):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rows:
+        norm = r["normalized_regret"]
+        table.add_row(
+            r["policy"],
+            f"{r['mean_reward']:.4f}",
+            f"{r['cumulative_regret']:.1f}",
+            "-" if norm is None else f"{norm:.1f}",
+            f"{r['mean_propensity']:.3f}",
+            f"{r['seconds']:.2f}",
+        )
+    console.print(table)
+
+
+def simulate(
+    env: Annotated[str, typer.Option(help=f"Environment: {', '.join(ENVIRONMENTS)}.")] = "linear",
+    policies: Annotated[
+        str, typer.Option(help="Comma-separated policy names.")
+    ] = "uniform,linucb,lints",
+    steps: Annotated[int, typer.Option(min=1, help="Steps per policy.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Seed of the environment and the policies.")] = 0,
+    delta: Annotated[float, typer.Option(min=0.01, max=0.99, help="Wheel radius δ.")] = 0.5,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results here.")
+    ] = None,
+) -> None:
+    """Run policies online on a seeded simulated environment and compare their regret."""
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown policy {unknown[0]!r}; expected some of {', '.join(sorted(POLICIES))}.",
+            param_hint="--policies",
+        )
+    rows = _run(env, names, steps, seed, delta)
+    _print(f"{env}: {steps} steps, seed {seed}", rows)
+    if json_path is not None:
+        json_path.write_text(json.dumps({"env": env, "seed": seed, "results": rows}, indent=2))
+
+
+def list_policies() -> None:
+    """List the available policies and their options with defaults."""
+    table = Table(title="policies")
+    table.add_column("name")
+    table.add_column("options (default)")
+    for name in sorted(POLICIES):
+        config_class = getattr(POLICIES[name], "config_class", None)
+        if config_class is None:
+            opts = "dim_user (None)"
+        else:
+            opts = ", ".join(
+                f"{f.name} ({'required' if f.default is MISSING else f.default!r})"
+                for f in fields(config_class)
+            )
+        table.add_row(name, opts)
+    console.print(table)
+
+
+def demo(
+    users: Annotated[int, typer.Option(min=10, help="Simulated users (fixed profiles).")] = 400,
+    requests: Annotated[int, typer.Option(min=600, help="Requests per simulated day.")] = 2500,
+    workspace: Annotated[
+        Path, typer.Option(help="Folder for every store, registry and log.")
+    ] = Path("workspace/demo"),
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the summary here.")
+    ] = None,
+    algorithm: Annotated[str, typer.Option(help="Policy the nightly DAG trains.")] = "shared_lints",
+    seed: Annotated[int, typer.Option(help="Seed of the simulation and training.")] = 0,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="An Open Bandit Dataset campaign folder (random.csv, bts.csv, …): train on "
+            "its uniform-random log and compare off-policy with the logging policy and BTS.",
+        ),
+    ] = None,
+) -> None:
+    """The whole loop on embedded defaults: service (fallback) → day 1 over HTTP → nightly
+    Airflow retrain → the service loads @production → day 2 → retrain → day 3; summary.
+
+    With --data: replay a real Open Bandit log instead (no service, no Airflow)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    # the demos pull in the service, the pipelines and MLflow: imported when run, so that
+    # every other command starts fast
+    from ops.demo import run_demo
+
+    if data is not None:
+        from ops.demo_obd import print_obd_result, run_obd_demo
+
+        try:
+            with wide.status(f"replaying {data} …"):
+                replayed = run_obd_demo(data, algorithm=algorithm, seed=seed)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--data") from exc
+        print_obd_result(replayed, console)
+        if json_path is not None:
+            json_path.write_text(json.dumps(replayed, indent=2))
+        return
+
+    phases = 7
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("starting", total=phases)
+
+        def step(message: str) -> None:
+            bar.update(task, description=message, advance=1)
+
+        result = run_demo(
+            workspace,
+            users=users,
+            requests_per_day=requests,
+            seed=seed,
+            algorithm=algorithm,
+            progress=step,
+        )
+        bar.update(task, completed=phases, description="done")
+    days = Table(title="per day (CTR and regret against the best candidate of each request)")
+    for col in (
+        "day",
+        "model version",
+        "decisions",
+        "CTR",
+        "regret",
+        "regret / decision",
+        "fallback share",
+    ):
+        days.add_column(col, justify="right")
+    for d in result["days"]:
+        days.add_row(
+            str(d["day"]),
+            d["model_version"] or "fallback",
+            str(d["decisions"]),
+            f"{d['ctr']:.4f}",
+            f"{d['regret']:.1f}",
+            f"{d['regret'] / max(1, d['decisions']):.4f}",
+            f"{d['fallback_share']:.2f}",
+        )
+    wide.print(days)
+    versions = Table(
+        title="per model version: offline estimate (DR, 95% interval) vs CTR realised online"
+    )
+    for col in ("version", "aliases", "OPE estimate", "interval", "realised CTR"):
+        versions.add_column(col, justify="right")
+    for v in result["versions"]:
+        est, (lo, hi) = v["ope_estimate"], v["ope_ci"]
+        versions.add_row(
+            v["version"],
+            ", ".join(v["aliases"]),
+            "-" if est is None else f"{est:.4f}",
+            "-" if lo is None else f"[{lo:.4f}, {hi:.4f}]",
+            "-" if v["realized_ctr"] is None else f"{v['realized_ctr']:.4f}",
+        )
+    wide.print(versions)
+    root = Path(result["workspace"])
+    wide.print(f"plots: {root / 'demo.png'}   summary: {root / 'demo.json'}")
+    wide.print("open the UIs on this workspace:")
+    wide.print(f"  mlflow ui --backend-store-uri sqlite:///{root / 'mlflow.db'} --port 5000")
+    wide.print(f"  banditops airflow standalone --workspace {root}  (prints the password)")
+    if json_path is not None:
+        json_path.write_text(
+            json.dumps({"days": result["days"], "versions": result["versions"]}, indent=2)
+        )
+
+
+config_app = typer.Typer(help="Configuration: every BANDITOPS_* setting.", no_args_is_help=True)
+
+
+@config_app.command("reference")
+def config_reference(
+    write: Annotated[
+        Path | None, typer.Option(help="Replace the generated block in this file instead.")
+    ] = None,
+) -> None:
+    """Print the settings reference (Markdown) that the README embeds."""
+    if write is None:
+        typer.echo(markdown())
+        return
+    write.write_text(splice(write.read_text(encoding="utf-8")), encoding="utf-8")
+    typer.echo(f"updated the settings reference in {write}")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the settings in effect here (secrets masked)."""
+    values: dict[str, object] = {}
+    for cls, _ in SETTINGS_CLASSES:
+        values |= cls().model_dump(mode="json")
+    table = Table("variable", "value")
+    for name, value in values.items():
+        table.add_row(f"BANDITOPS_{name.upper()}", "-" if value is None else str(value))
+    wide.print(table)
+
+
+# ---------------------------------------------------------------- the root app, in one place
+app.command()(simulate)
+app.command(name="policies")(list_policies)
+app.command()(serve)  # serving/commands.py
+app.add_typer(db_app, name="db")
+app.add_typer(store_app, name="store")
+app.add_typer(catalog_app, name="catalog")
+for command in (train, evaluate, models, promote, rollback):  # training/commands.py
+    app.command()(command)
+app.command()(demo)
+app.add_typer(airflow_app, name="airflow")  # ops/airflow_cli.py
+app.add_typer(config_app, name="config")
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()

@@ -1,0 +1,40 @@
+"""The run's baseline: the registry version a candidate is compared with, downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from eventstore.contract import POLICY_STATE_PATH
+from modelregistry.registry import ModelRegistry
+from training.runspec import RunSpec
+
+
+def baseline_state(s: RunSpec) -> tuple[str | None, Path | None]:
+    """``(version, downloaded state)`` of the run's baseline: the current ``production``
+    version (``(None, None)``: the uniform fallback before the first). When this run
+    already registered its version, the baseline recorded then, so a re-run reaches the
+    same decision."""
+    registry = ModelRegistry(s.tracking_uri, s.model_name)
+    existing = registry.find_by_run_key(s.run_key)
+    if existing is not None:
+        baseline = existing.tags.get("previous_production") or None
+    else:
+        current = registry.by_alias("production")
+        baseline = current.version if current else None
+    if baseline is None:
+        return None, None
+    state, _ = production_state(registry, s.folder / "production", version=baseline)
+    return baseline, state
+
+
+def production_state(
+    registry: Any, dest: str | Path, version: str | None = None
+) -> tuple[Path | None, Any]:
+    """Download a version's policy state (default: the ``production`` one; None before the
+    first) into ``dest``; returns ``(state path, VersionInfo)``."""
+    info = registry.get(version) if version is not None else registry.by_alias("production")
+    if info is None:
+        return None, None
+    local = registry.download_version(info.version, dest)
+    return local / POLICY_STATE_PATH, info
