@@ -235,7 +235,7 @@ class Service:
     def start(self) -> float:
         """Start and wait until ready; the seconds it took."""
         started = time.perf_counter()
-        cmd = [sys.executable, "-m", "serving", "serve", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "ops", "serve", "--port", str(self.port)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [*cmd, "--log-level", "warning"], env=self.env, stdout=out, stderr=out

@@ -254,11 +254,11 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0
 def serving_process(
     env: dict[str, str], log_path: Path, ready_timeout: float = 120.0
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """``python -m serving serve`` on a free loopback port, with ``env`` added to this
+    """``python -m ops serve`` on a free loopback port, with ``env`` added to this
     process's environment and its output in ``log_path``; yields ``(port, process)`` once
     ``/readyz`` answers 200, and stops it with SIGTERM (then SIGKILL after 60 s)."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "serving", "serve", "--port", str(port), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "ops", "serve", "--port", str(port), "--log-level", "warning"]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=log)
         try:

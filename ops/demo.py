@@ -100,7 +100,7 @@ class Workspace:
 
 
 class Service:
-    """``python -m serving serve`` in a subprocess, logging to the workspace; ``seed``
+    """``python -m ops serve`` in a subprocess, logging to the workspace; ``seed``
     fixes its decisions' randomness (``BANDITOPS_SEED``), so a demo run repeats."""
 
     def __init__(self, ws: Workspace, seed: int | None = None) -> None:
@@ -119,7 +119,7 @@ class Service:
             [
                 sys.executable,
                 "-m",
-                "serving",
+                "ops",
                 "serve",
                 "--host",
                 "127.0.0.1",

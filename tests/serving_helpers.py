@@ -2,7 +2,7 @@
 are in :mod:`tests.serving_fixtures`).
 
 * :class:`LiveServer`: the app under uvicorn on a free loopback port, in a thread.
-* :class:`ServiceProcess`: ``python -m serving serve`` in a subprocess (for ``kill -9``).
+* :class:`ServiceProcess`: ``python -m ops serve`` in a subprocess (for ``kill -9``).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class LiveServer:
 
 
 class ServiceProcess:
-    """``python -m serving serve`` as a subprocess (killable with SIGKILL)."""
+    """``python -m ops serve`` as a subprocess (killable with SIGKILL)."""
 
     def __init__(self, env: dict[str, str], log: Path, args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
@@ -151,7 +151,7 @@ class ServiceProcess:
         cmd = [
             sys.executable,
             "-m",
-            "serving",
+            "ops",
             "serve",
             "--port",
             str(self.port),

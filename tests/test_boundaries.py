@@ -61,3 +61,150 @@ def test_the_check_would_catch_a_forbidden_import(tmp_path: Path) -> None:
         if isinstance(n, (ast.Import, ast.ImportFrom))
     ]
     assert [f for f in found if f and f.split(".")[0] in FORBIDDEN] == ["pandas", "mlflow"]
+
+
+# ---------------------------------------------------------------- package direction
+#: What each package may import among the project's packages (ARCHITECTURE.md, "Packages"):
+#: ``ops`` → ``dags`` → ``training``, ``monitoring`` → ``serving``, ``validation`` →
+#: ``modelregistry`` → ``eventstore`` → ``bandit_core``. Training and serving meet only in
+#: the shared packages below them; nothing imports ``benchmarks`` or ``tests``.
+SHARED = {"bandit_core", "eventstore", "modelregistry"}
+ALLOWED: dict[str, set[str]] = {
+    "bandit_core": set(),
+    "eventstore": {"bandit_core"},
+    "modelregistry": {"bandit_core", "eventstore"},
+    "validation": {"bandit_core", "eventstore"},
+    "serving": SHARED,
+    "training": SHARED | {"validation"},
+    "monitoring": SHARED | {"validation"},
+    "dags": SHARED | {"validation", "training", "monitoring"},
+    "ops": SHARED | {"validation", "serving", "training", "monitoring"},
+    "benchmarks": SHARED | {"validation", "serving", "training", "monitoring", "ops"},
+}
+#: The one package that imports ``mlflow`` (registry writes, aliases and downloads).
+MLFLOW_OWNER = "modelregistry"
+
+
+def imported_modules(source: str) -> list[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import statement in ``source``
+    (module level or inside functions)."""
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def direction_violations(root: Path) -> list[str]:
+    """Imports of a project package that its importer may not use (per :data:`ALLOWED`)."""
+    out = []
+    for package, allowed in ALLOWED.items():
+        for path in sorted((root / package).rglob("*.py")):
+            for line, name in imported_modules(path.read_text()):
+                top = name.split(".")[0]
+                known = top in ALLOWED or top == "tests"
+                if known and top != package and top not in allowed:
+                    out.append(f"{path.relative_to(root)}:{line} imports {name}")
+    return sorted(out)
+
+
+def mlflow_violations(root: Path) -> list[str]:
+    """Imports of ``mlflow`` outside :data:`MLFLOW_OWNER`."""
+    out = []
+    for package in ALLOWED:
+        if package == MLFLOW_OWNER:
+            continue
+        for path in sorted((root / package).rglob("*.py")):
+            for line, name in imported_modules(path.read_text()):
+                if name.split(".")[0] == "mlflow":
+                    out.append(f"{path.relative_to(root)}:{line} imports {name}")
+    return out
+
+
+def package_cycles(root: Path) -> list[list[str]]:
+    """Cycles in the graph "package A imports package B" (A ≠ B)."""
+    edges: dict[str, set[str]] = {p: set() for p in ALLOWED}
+    for package in ALLOWED:
+        for path in (root / package).rglob("*.py"):
+            for _, name in imported_modules(path.read_text()):
+                top = name.split(".")[0]
+                if top in ALLOWED and top != package:
+                    edges[package].add(top)
+    cycles: list[list[str]] = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        for nxt in sorted(edges[node]):
+            if nxt == trail[0]:
+                cycles.append([*trail, nxt])
+            elif nxt not in trail and nxt > trail[0]:  # each cycle once, from its least node
+                visit(nxt, [*trail, nxt])
+
+    for start in sorted(edges):
+        visit(start, [start])
+    return cycles
+
+
+def _plant(root: Path, files: dict[str, str]) -> Path:
+    for package in ALLOWED:
+        (root / package).mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        (root / rel).write_text(text)
+    return root
+
+
+def test_no_package_imports_one_above_it_or_sideways() -> None:
+    assert direction_violations(ROOT) == []
+
+
+def test_only_the_registry_package_imports_mlflow() -> None:
+    assert mlflow_violations(ROOT) == []
+
+
+def test_packages_import_each_other_without_cycles() -> None:
+    assert package_cycles(ROOT) == []
+
+
+def test_the_direction_scan_flags_planted_violations(tmp_path: Path) -> None:
+    root = _plant(
+        tmp_path,
+        {
+            "training/up.py": "def f():\n    from serving.settings import Settings\n",
+            "serving/side.py": "import training.steps\n",
+            "monitoring/side.py": "from training import runspec\n",
+            "eventstore/up.py": "from validation.ope import estimate\n",
+            "ops/bench.py": "from benchmarks import obd\n",
+            "serving/ok.py": "from eventstore import make_engine\nimport numpy\n",
+        },
+    )
+    assert direction_violations(root) == [
+        "eventstore/up.py:1 imports validation.ope",
+        "monitoring/side.py:1 imports training",
+        "ops/bench.py:1 imports benchmarks",
+        "serving/side.py:1 imports training.steps",
+        "training/up.py:2 imports serving.settings",
+    ]
+
+
+def test_the_mlflow_scan_flags_a_planted_import(tmp_path: Path) -> None:
+    root = _plant(
+        tmp_path,
+        {
+            "serving/dl.py": "def f():\n    from mlflow.artifacts import download_artifacts\n",
+            "training/log.py": "import mlflow\n",
+            "modelregistry/ok.py": "import mlflow\n",
+        },
+    )
+    assert mlflow_violations(root) == [
+        "serving/dl.py:2 imports mlflow.artifacts",
+        "training/log.py:1 imports mlflow",
+    ]
+
+
+def test_the_cycle_scan_flags_a_planted_cycle(tmp_path: Path) -> None:
+    root = _plant(
+        tmp_path,
+        {"serving/a.py": "import training\n", "training/b.py": "from serving import app\n"},
+    )
+    assert package_cycles(root) == [["serving", "training", "serving"]]

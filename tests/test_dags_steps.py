@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from monitoring import monitor, promotion, runspec
+from monitoring import monitor
+from training import promotion, runspec
 from monitoring.settings import MonitorSettings
 from training.settings import PipelineSettings
 

@@ -1,0 +1,5 @@
+"""``python -m ops`` is the ``banditops`` command."""
+
+from ops.cli import app
+
+app()
