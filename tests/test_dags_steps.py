@@ -14,8 +14,8 @@ import pytest
 from scipy import stats
 
 from monitoring import monitor
-from training import promotion, runspec
 from monitoring.settings import MonitorSettings
+from training import promotion, runspec
 from training.settings import PipelineSettings
 
 END = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
