@@ -20,13 +20,18 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 
 COPY --chown=airflow:0 pyproject.toml README.md ./
 COPY --chown=airflow:0 bandit_core bandit_core
+COPY --chown=airflow:0 eventstore eventstore
+COPY --chown=airflow:0 modelregistry modelregistry
+COPY --chown=airflow:0 validation validation
 COPY --chown=airflow:0 serving serving
 COPY --chown=airflow:0 training training
-COPY --chown=airflow:0 validation validation
+COPY --chown=airflow:0 monitoring monitoring
+COPY --chown=airflow:0 ops ops
 COPY --chown=airflow:0 benchmarks benchmarks
 # Airflow pinned to the image's own version (the image's documented way to add packages),
-# and banditops with its `celery` extra (the Celery provider and a compatible celery)
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" ".[celery]" \
+# and banditops with its `train` (pipelines, monitor) and `celery` extras (the Celery provider
+# and a compatible celery)
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" ".[train,celery]" \
  && rm -rf build ./*.egg-info
 
 COPY --chown=airflow:0 dags /opt/banditops/dags

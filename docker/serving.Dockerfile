@@ -20,18 +20,22 @@ WORKDIR /opt/banditops
 # 1. torch from the PyTorch CPU index (no CUDA libraries), in the project's range
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.5,<2.15"
 
-# 2. the project's other dependencies except Airflow, which the service never imports
+# 2. the project's base dependencies and its [serve] group: no Airflow, GX or matplotlib
 COPY pyproject.toml README.md ./
 COPY docker/requirements.py docker/requirements.py
-RUN python docker/requirements.py --exclude apache-airflow > /tmp/requirements.txt \
+RUN python docker/requirements.py --extra serve > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
 # 3. the project itself (its dependencies are in place: no resolution again)
 COPY bandit_core bandit_core
+COPY eventstore eventstore
+COPY modelregistry modelregistry
+COPY validation validation
 COPY serving serving
 COPY training training
-COPY validation validation
+COPY monitoring monitoring
+COPY ops ops
 COPY benchmarks benchmarks
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 

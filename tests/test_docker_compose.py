@@ -1002,16 +1002,19 @@ def test_airflow_commands_parse_with_the_installed_airflow_cli(
 
 
 # ---------------------------------------------------------------------- the service image
-def test_the_service_image_installs_everything_but_airflow() -> None:
+def test_the_service_image_installs_the_serve_group_and_no_airflow() -> None:
     done = subprocess.run(
-        [sys.executable, str(DOCKER / "requirements.py"), "--exclude", "apache-airflow"],
+        [sys.executable, str(DOCKER / "requirements.py"), "--extra", "serve"],
         capture_output=True,
         text=True,
         check=True,
     )
     listed = done.stdout.splitlines()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert listed == [d for d in project["dependencies"] if Requirement(d).name != "apache-airflow"]
+    assert listed == project["dependencies"] + project["optional-dependencies"]["serve"]
+    names = {Requirement(d).name for d in listed}
+    assert not names & {"apache-airflow", "great-expectations", "matplotlib"}
+    assert "--extra serve > /tmp/requirements.txt" in (DOCKER / "serving.Dockerfile").read_text()
     refused = subprocess.run(
         [sys.executable, str(DOCKER / "requirements.py"), "--exclude", "apache-airflw"],
         capture_output=True,
@@ -1034,7 +1037,7 @@ def test_the_service_runs_without_airflow_installed(tmp_path: Path) -> None:
         "from ops.cli import app\n"
         "from serving.app import create_app\n"
         "from serving.settings import Settings\n"
-        "from serving.store import make_engine, upgrade\n"
+        "from eventstore import make_engine, upgrade\n"
         "from fastapi.testclient import TestClient\n"
         "ws = Path(sys.argv[1])\n"
         "settings = Settings(workspace=ws, database_url=f'sqlite:///{ws / \"e.db\"}')\n"
