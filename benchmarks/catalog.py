@@ -127,7 +127,8 @@ def in_process(items: int, k: int, new: int, seed: int) -> dict[str, Any]:
 
 
 def _load_store(url: str, items: int, new: int, seed: int) -> None:
-    from eventstore import make_engine, upgrade
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
     from eventstore.schema import items as items_table
 
     feats, emb = make_catalog(seed, items)

@@ -323,7 +323,7 @@ def audit_store(url: str, out: dict[str, Any]) -> dict[str, int]:
     """Acknowledged events missing from the store, and reward rows beyond those sent."""
     from sqlalchemy import func, select
 
-    from eventstore import make_engine
+    from eventstore.engine import make_engine
     from eventstore.schema import decisions, rewards
     from serving.store.repository import EventStore
 
@@ -364,7 +364,7 @@ def audit_store(url: str, out: dict[str, Any]) -> dict[str, int]:
 def head_gap(service: Service, url: str, model: Path) -> float:
     """Largest difference between the live head and the head rebuilt from the store."""
     from bandit_core import load_policy
-    from eventstore import make_engine
+    from eventstore.engine import make_engine
     from serving.models.recovery import rebuild_from_store
     from serving.models.state_io import policy_from_bytes
     from serving.store.repository import EventStore

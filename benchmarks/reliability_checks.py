@@ -36,7 +36,18 @@ from benchmarks.reliability import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("bandit_core", "serving", "training", "validation", "dags", "benchmarks")
+PACKAGES = (
+    "bandit_core",
+    "eventstore",
+    "modelregistry",
+    "validation",
+    "serving",
+    "training",
+    "monitoring",
+    "ops",
+    "dags",
+    "benchmarks",
+)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -575,7 +586,7 @@ def clear_user_ids(url: str, user_ids: Iterable[str], folders: Iterable[Path] = 
     ``user_ids`` in clear."""
     from sqlalchemy import select
 
-    from eventstore import make_engine
+    from eventstore.engine import make_engine
     from eventstore.schema import metadata
 
     needles = [u.encode() for u in user_ids]

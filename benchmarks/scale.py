@@ -344,7 +344,8 @@ def serving_benchmark(
         spawned,
         warm_policy,
     )
-    from eventstore import make_engine, upgrade
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
 
     env_model, _ = make_workload(0, 1)
     policy = warm_policy(env_model, 0, workdir / "policy.npz")

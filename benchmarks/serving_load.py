@@ -341,7 +341,7 @@ def run(
     sqlite_synchronous: str = "FULL",
 ) -> dict[str, Any]:
     """One load run; returns the result row (see the module docstring)."""
-    from eventstore import make_engine
+    from eventstore.engine import make_engine
     from serving.store.repository import EventStore
 
     token = "bench-token"

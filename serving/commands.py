@@ -41,7 +41,8 @@ def _shown(url: str) -> str:
 @db_app.command("upgrade")
 def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
     """Create the event-store tables, or migrate them to the newest schema."""
-    from eventstore import make_engine, upgrade
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
 
     target = _url(url)
     engine = make_engine(target)
@@ -59,7 +60,7 @@ def store_prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
 ) -> None:
     """Delete decisions (with their rewards) and old head snapshots past the retention."""
-    from eventstore import make_engine
+    from eventstore.engine import make_engine
     from serving.durations import parse_duration
     from serving.store.repository import EventStore
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from eventstore import make_engine, upgrade
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
 from eventstore.scratch import scratch_postgres_database
 
 

@@ -195,7 +195,7 @@ def decision_row(
     """A logged decision with random context and candidates (for store tests)."""
     from datetime import UTC, datetime
 
-    from eventstore import DecisionRow
+    from eventstore.records import DecisionRow
 
     probs = np.full(n, 1.0 / n)
     chosen = int(rng.integers(n))
@@ -228,7 +228,7 @@ def reward_row(
 ) -> Any:
     from datetime import UTC, datetime
 
-    from eventstore import RewardRow
+    from eventstore.records import RewardRow
 
     now = datetime.now(UTC)
     return RewardRow(
@@ -261,7 +261,8 @@ def service_settings(tmp_path: Path, store_url: str | None = None, **overrides: 
 @contextlib.contextmanager
 def running_client(settings: Any) -> Iterator[Any]:
     """A TestClient on a fresh app for ``settings`` (database migrated first)."""
-    from eventstore import make_engine, upgrade
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
     from serving.app import create_app
 
     engine = make_engine(settings.store_url)

@@ -15,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from eventstore import make_engine, upgrade
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
 from eventstore.replay import read_replay
 from eventstore.schema import decisions, rewards
 from eventstore.types import decode_floats

@@ -26,7 +26,8 @@ import httpx
 import numpy as np
 import pytest
 
-from eventstore import make_engine, upgrade
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
 from serving.app import create_app
 from tests.serving_helpers import LiveServer, decision_body, service_settings
 

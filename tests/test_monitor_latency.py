@@ -13,7 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from eventstore import make_engine, upgrade
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
 from monitoring import monitor
 from monitoring.served_latency import (
     DECISION_ENDPOINTS,

@@ -22,7 +22,7 @@ from bandit_core import (
     save_policy,
 )
 from bandit_core.policies.position import with_position, with_positions
-from eventstore import make_engine
+from eventstore.engine import make_engine
 from serving.models.recovery import rebuild_from_store
 from serving.store.repository import EventStore
 from tests.serving_helpers import (

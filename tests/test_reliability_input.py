@@ -24,7 +24,8 @@ from bandit_core._validation import (
     validate_params,
 )
 from benchmarks.reliability_checks import fuzz_openapi, hostile_bodies
-from eventstore import make_engine, upgrade
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
 from serving.app import create_app
 from tests.serving_helpers import LiveServer, policy_file, service_settings
 from validation.ope.inputs import SUM_TOLERANCE, check_feedback

@@ -15,7 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from benchmarks.faults import TcpProxy
-from eventstore import make_engine, records, upgrade
+from eventstore import records
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
 from eventstore.records import JudgedReward, RewardOutcome, SnapshotRow
 from eventstore.schema import rewards
 from eventstore.scratch import scratch_postgres_database

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from bandit_core import load_policy
-from eventstore import make_engine, upgrade
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
 from eventstore.scratch import scratch_postgres_database
 from serving.models.recovery import rebuild_from_store
 from serving.models.state_io import policy_from_bytes

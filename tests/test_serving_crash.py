@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 
 from bandit_core import load_policy
-from eventstore import make_engine
+from eventstore.engine import make_engine
 from serving.models.recovery import rebuild_from_store
 from serving.models.state_io import policy_from_bytes
 from serving.store.repository import EventStore

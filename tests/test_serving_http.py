@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from eventstore import make_engine, upgrade
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
 from serving.app import create_app
 from tests.serving_helpers import LiveServer, decision_body, policy_file, service_settings
 

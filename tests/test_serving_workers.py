@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from eventstore import make_engine
+from eventstore.engine import make_engine
 from serving.store.repository import EventStore
 from tests.serving_helpers import ServiceProcess, decision_body, policy_file
 

@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from eventstore import SnapshotRow, records
+from eventstore import records
+from eventstore.records import SnapshotRow
 from eventstore.replay import COLUMNS, read_replay, write_replay_parquet
 from ops.cli import app as cli
 from serving.store.repository import EventStore, write_events

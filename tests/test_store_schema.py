@@ -11,8 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from typer.testing import CliRunner
 
-from eventstore import current_revision, head_revision, make_engine, upgrade
-from eventstore.migrate import MIGRATIONS, require_current
+from eventstore.engine import make_engine
+from eventstore.migrate import MIGRATIONS, current_revision, head_revision, require_current, upgrade
 from eventstore.schema import metadata
 from ops.cli import app as cli
 

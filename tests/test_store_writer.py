@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from eventstore import RewardOutcome, records
+from eventstore import records
+from eventstore.records import RewardOutcome
 from eventstore.schema import rewards
 from serving.store import GroupCommitWriter, WriterClosedError
 from serving.store.repository import EventStore, write_events

@@ -30,7 +30,7 @@ def catalog_load(
 
     A running service picks the changes up from the catalog's change feed.
     """
-    from eventstore import make_engine
+    from eventstore.engine import make_engine
     from eventstore.migrate import require_current
     from serving.catalog.loader import items_from_table, read_table
     from serving.catalog.store import CatalogStore
