@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 METRIC = "banditops_request_latency_seconds"
 #: The endpoints that serve decisions (``serving/routes.py``); their latency is "served".
 DECISION_ENDPOINTS = ("/v1/decisions", "/v1/decisions/grouped")
@@ -139,8 +141,6 @@ def histogram_quantile(
 def parse_histograms(text: str, metric: str = METRIC) -> dict[str, LatencyHistogram] | None:
     """The histogram ``metric`` of a Prometheus exposition, one per ``endpoint`` label
     (empty before the first request); None when the exposition has no such metric."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     buckets: dict[str, dict[float, float]] = {}
     sums: dict[str, float] = {}
     found = False

@@ -43,6 +43,8 @@ from typing import Annotated, Any
 
 import typer
 
+from eventstore.settings import CoreSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
 DEFAULT_PORT = 8080
@@ -87,9 +89,7 @@ class AirflowHome:
     def of(cls, workspace: Path | None) -> AirflowHome:
         """The home of ``workspace`` (default: ``BANDITOPS_WORKSPACE``), made absolute."""
         if workspace is None:
-            from serving.settings import Settings
-
-            workspace = Settings().workspace
+            workspace = CoreSettings().workspace
         return cls(Path(workspace).expanduser().resolve())
 
     def config(

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bandit_core import POLICIES, make_policy
@@ -192,8 +192,6 @@ def demo(
     Airflow retrain → the service loads @production → day 2 → retrain → day 3; summary.
 
     With --data: replay a real Open Bandit log instead (no service, no Airflow)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     # the demos pull in the service, the pipelines and MLflow: imported when run, so that
     # every other command starts fast
     from ops.demo import run_demo

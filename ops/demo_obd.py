@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rich.table import Table
 
 from bandit_core import POLICIES, Candidates, make_policy
 from validation import obd
@@ -236,8 +237,6 @@ def _span(stamps: pd.Series, rewards: np.ndarray, rows: np.ndarray) -> dict[str,
 def print_obd_result(result: dict[str, Any], console: Any) -> None:
     """The result as rich tables: estimates per policy, then the trained policy's
     differences."""
-    from rich.table import Table
-
     train, holdout = result["train"], result["holdout"]
     console.print(
         f"Open Bandit campaign [bold]{result['campaign']}[/]: {result['n_items']} items, "

@@ -18,6 +18,10 @@ from rich.table import Table
 
 from eventstore.settings import CoreSettings as Settings
 
+# The commands import the pipeline (torch, MLflow, Great Expectations, matplotlib) and the
+# registry when they run, not here: the root CLI imports this module for every command,
+# including `banditops serve` in the service image, which has none of the [train] group.
+
 console = Console(width=140)
 
 

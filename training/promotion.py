@@ -55,6 +55,7 @@ def plan_promotion(
     modelregistry.registry.RegistryError
         For an unknown version, or nothing to roll back to.
     """
+    # lazy: the promote DAG imports this module at parse time, which must not load MLflow
     from modelregistry.registry import ModelRegistry, RegistryError
 
     if target not in TARGETS:
@@ -133,6 +134,7 @@ def apply_promotion(
     dict
         ``alias``, ``version`` (now), ``previous``, ``by``.
     """
+    # lazy: the promote DAG imports this module at parse time, which must not load MLflow
     from modelregistry.registry import ModelRegistry, RegistryError
 
     chosen = list(approval.get("chosen_options") or [])

@@ -125,6 +125,7 @@ class RunSpec:
         return aware("window_start", self.window_start), aware("window_end", self.window_end)
 
     def train_config(self) -> Any:
+        # lazy: the DAG files import this module at parse time (no torch there)
         from training.train import TrainConfig
 
         known = {f.name for f in fields(TrainConfig)}
@@ -136,6 +137,7 @@ class RunSpec:
         return TrainConfig(**self.train)
 
     def gate_rule(self) -> Any:
+        # lazy: parse-time module, as above
         from validation.gate import GateRule
 
         return GateRule(tolerance=float(self.tolerance), min_ess=float(self.min_ess))

@@ -159,6 +159,7 @@ def build_policy(config: TrainConfig, data: ReplayData, n_train: int) -> Policy:
 
 def _mse(policy: Any, data: ReplayData) -> float:
     """Validation loss of the network's point prediction for the logged arms."""
+    # lazy: torch only for the neural policies (bandit_core keeps it off the import path)
     import torch
 
     from bandit_core.nets import to_numpy
@@ -173,6 +174,7 @@ def _mse(policy: Any, data: ReplayData) -> float:
 def _train_neural(
     policy: Any, train: ReplayData, holdout: ReplayData, points: int
 ) -> list[dict[str, float]]:
+    # lazy: torch only for the neural policies, as in _mse
     from bandit_core.nets import train_network
 
     policy.update_batch(train.contexts, train.arm_ids, train.rewards, train.arm_features)
