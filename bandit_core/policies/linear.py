@@ -15,6 +15,7 @@ request path (the head keeps L⁻¹ up to date in O(d²)).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -43,6 +44,7 @@ from bandit_core.exploration import (
 )
 from bandit_core.features import FeatureMap
 from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core.head_statistics import HeadStatistics, state_with_statistics
 from bandit_core.policies.base import (
     check_candidates,
     check_contexts,
@@ -482,6 +484,30 @@ class LinearPolicy:
             contexts, arm_ids, rewards, arm_features, self.config.dim_user, self.model.dim_arm
         )
         self.model.rebuild(x, ids, feats, r)
+
+    # -- head statistics (LinearHeadPolicy) ------------------------------------
+    def head_features(
+        self, contexts: FloatArray, arm_ids: Sequence[str], arm_features: FloatArray
+    ) -> tuple[FloatArray, list[str] | None]:
+        """φ of logged rows: the shared feature map's rows (one head), or the context
+        itself keyed by the arm id (per-arm heads)."""
+        model = self.model
+        if isinstance(model, SharedModel):
+            return model.features.build_rows(contexts, arm_features, list(arm_ids)), None
+        return contexts, list(arm_ids)
+
+    def head_statistics(
+        self,
+        contexts: FloatArray,
+        arm_ids: Sequence[str],
+        rewards: FloatArray,
+        arm_features: FloatArray,
+    ) -> HeadStatistics:
+        phi, keys = self.head_features(contexts, arm_ids, arm_features)
+        return HeadStatistics.of(phi, rewards, keys, self.head.config.gamma)
+
+    def state_with_statistics(self, stats: HeadStatistics) -> PolicyState:
+        return state_with_statistics(self.to_state(), self.head.config, stats)
 
     # -- state ---------------------------------------------------------------
     def to_state(self) -> PolicyState:

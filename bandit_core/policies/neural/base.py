@@ -21,7 +21,8 @@ seeded from ``numpy.random.default_rng(seed)``, whose state is part of the polic
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -50,6 +51,7 @@ from bandit_core.nets import (
     module_arrays,
     resolve_device,
     restore_generator,
+    to_numpy,
     to_tensor,
     train_network,
 )
@@ -343,26 +345,59 @@ class NeuralPolicy:
             "additive statistics); the nightly retrain learns the revised reward."
         )
 
-    def retrain(self) -> float:
+    def retrain(
+        self, stages: int = 1, after_stage: Callable[[int, float], None] | None = None
+    ) -> float:
         """Slow path, also callable on demand: train the network on the whole buffer,
-        then refresh what depends on it. Returns the last epoch's mean training loss."""
+        then refresh what depends on it. Returns the last epoch's mean training loss.
+
+        Parameters
+        ----------
+        stages : int
+            Split the ``epochs`` into runs of ``max(1, epochs // stages)`` epochs (the
+            last one shorter), each a call of the trainer that goes on with the same
+            network, optimiser seed stream and generator — so a learning curve can be
+            recorded between them (the nightly retrain's).
+        after_stage : callable or None
+            Called as ``after_stage(epochs_done, stage_loss)`` after every stage, before
+            the head (or whatever depends on the network) is refreshed.
+        """
+        validate_params("retrain", {"stages": stages}, {"stages": Interval(int, 1, None)})
         if len(self.buffer_):
+            spec = self._train_spec()
+            inputs = self._tensor(self.buffer_.inputs)
+            targets = self._tensor(self.buffer_.rewards)
             weights = None
             if self.buffer_.n_weights:
                 weights = self._tensor(self.buffer_.weights.T)
-            self.last_train_loss_ = train_network(
-                self.net_,
-                self._tensor(self.buffer_.inputs),
-                self._tensor(self.buffer_.rewards),
-                self._train_spec(),
-                self.generator_,
-                weights,
-                self._concrete(),
-            )
+            per_stage = max(1, spec.epochs // stages)
+            done = 0
+            while done < spec.epochs:
+                epochs = min(per_stage, spec.epochs - done)
+                self.last_train_loss_ = train_network(
+                    self.net_,
+                    inputs,
+                    targets,
+                    replace(spec, epochs=epochs),
+                    self.generator_,
+                    weights,
+                    self._concrete(),
+                )
+                done += epochs
+                if after_stage is not None:
+                    after_stage(done, self.last_train_loss_)
         self._after_retrain()
         self.since_retrain_ = 0
         self.n_retrains_ += 1
         return self.last_train_loss_
+
+    def predict_reward(self, inputs: FloatArray) -> FloatArray:
+        """The network's point prediction of the mean reward for encoder inputs
+        ``inputs`` (n, D) → (n,) (the members' mean, through the loss's link)."""
+        with torch.inference_mode():
+            out = self.net_(self._tensor(inputs)[None]).mean(0)
+            pred: FloatArray = to_numpy(self._loss_link(out))
+        return pred
 
     def _train_spec(self) -> TrainSpec:
         return self.config.train_spec()
