@@ -48,13 +48,14 @@ from numpy.typing import NDArray
 
 from bandit_core.catalog import SHARDABLE, WRAPPERS, policy_spec
 from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
+from validation.ope.spec import DECOMPOSABLE, SPECS
 
 log = logging.getLogger(__name__)
 
 FloatArray = NDArray[np.float64]
 
 #: Estimators whose round terms merge exactly over shards (see the module docstring).
-SHARDED_ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr")
+SHARDED_ESTIMATORS = DECOMPOSABLE
 #: Held-out rows evaluated together (candidate union, generator) — fixed, so that the
 #: estimates are the same for every shard count.
 OPE_BLOCK_ROWS = 256
@@ -270,20 +271,19 @@ def candidate_reward_features(contexts: FloatArray, candidates: FloatArray) -> F
 
 @dataclass(frozen=True)
 class RidgeRewardModel:
-    """``q̂(x, a) = zᵀβ + β0`` with ``β = (Z̃ᵀZ̃ + αI)⁻¹ Z̃ᵀỹ`` on centred data — the
-    closed form of :class:`validation.ope.RidgeModel`, fitted from merged moments."""
+    """``q̂(x, a) = zᵀβ + β0`` on ``z = [x; f; x⊗f]``: a :class:`validation.ope.RidgeModel`
+    fitted from merged moments, kept as its two arrays between the map and reduce steps."""
 
     coef: FloatArray
     intercept: float
 
     @classmethod
     def from_moments(cls, moments: Any, alpha: float = RIDGE_ALPHA) -> RidgeRewardModel:
-        """Fit from the moments of ``[z, r]`` (centred cross-products are ``M2``)."""
-        dz = moments.mean.shape[0] - 1
-        gram = moments.m2[:dz, :dz] + alpha * np.eye(dz)
-        coef = np.linalg.lstsq(gram, moments.m2[:dz, dz], rcond=None)[0]
-        intercept = float(moments.mean[dz] - moments.mean[:dz] @ coef)
-        return cls(coef, intercept)
+        """Fit from the moments of ``[z, r]`` (:meth:`validation.ope.RidgeModel.fit_moments`)."""
+        from validation.ope.reward_models import RidgeModel
+
+        model = RidgeModel(alpha).fit_moments(moments.mean, moments.m2)
+        return cls(model.coef_, model.intercept_)
 
     def predict(self, contexts: FloatArray, candidates: FloatArray) -> FloatArray:
         """``q̂`` of every (row, candidate): (n, K)."""
@@ -503,7 +503,8 @@ def reduce_reports(parts: Sequence[Mapping[str, Any]], level: float = 0.95) -> d
         f"sharded over {len(ordered)} held-out shards: normal-approximation (delta-method) "
         "intervals; the percentile bootstrap is not additive over shards.",
         "reward model: ridge regression on [x; f; x⊗f] fitted on the training rows.",
-        "replay, switch_dr and dros are not computed when sharded (not decomposable).",
+        f"{', '.join(n for n in SPECS if n not in DECOMPOSABLE)} are not computed when "
+        "sharded (not decomposable).",
     )
     fingerprint = digest.hexdigest()
     reports = {}

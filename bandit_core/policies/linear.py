@@ -31,6 +31,7 @@ from bandit_core._validation import (
     as_finite_float,
     as_float_vector,
     check_known_options,
+    delegate,
     validate_params,
 )
 from bandit_core.exploration import (
@@ -42,8 +43,8 @@ from bandit_core.exploration import (
     thompson_choice,
     tied_with_max,
 )
-from bandit_core.features import FeatureMap
-from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core.features import FEATURE_PARAMS, FeatureMap
+from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
 from bandit_core.head_statistics import HeadStatistics, state_with_statistics
 from bandit_core.policies.base import (
     check_candidates,
@@ -64,6 +65,12 @@ _POLICY_PARAMS: dict[str, Constraint] = {
     "shared": IsBool(),
     "dim_user": Interval(int, 0, None),
     "ties": OneOf(("random", "first")),
+    **delegate(
+        "BayesianLinearHead",
+        HEAD_PARAMS,
+        ("lambda_prior", "a0", "b0", "gamma", "window", "refactor_every"),
+    ),
+    **delegate("FeatureMap", FEATURE_PARAMS, ("dim_arm", "interactions", "arm_vocabulary")),
 }
 
 _NO_FEATURES = np.zeros(0)
@@ -85,8 +92,13 @@ class LinearConfig:
     window: int | None = None
     refactor_every: int = 1000
 
+    @classmethod
+    def constraints(cls) -> dict[str, Constraint]:
+        """The constraint of every field (the contract suite checks that none is missing)."""
+        return _POLICY_PARAMS
+
     def __post_init__(self) -> None:
-        validate_params(type(self).__name__, asdict(self), _POLICY_PARAMS)
+        validate_params(type(self).__name__, asdict(self), self.constraints())
         # The head validates its own hyperparameters (and their combination).
         self.head_config(1)
 

@@ -34,13 +34,16 @@ from bandit_core._validation import (
     FloatArray,
     Interval,
     IsBool,
+    IsStr,
+    LayerWidths,
     OneOf,
     OptionalOf,
     as_finite_float,
+    delegate,
     validate_params,
 )
 from bandit_core.exploration import tied_with_max
-from bandit_core.features import FeatureMap
+from bandit_core.features import FEATURE_PARAMS, FeatureMap
 from bandit_core.nets import (
     ConcreteDropout,
     MemberMLP,
@@ -82,6 +85,9 @@ _NEURAL_PARAMS: dict[str, Constraint] = {
     "loss": OneOf(("mse", "bce")),
     "buffer_size": OptionalOf(Interval(int, 1, None)),
     "seed": Interval(int, 0, None),
+    "hidden": LayerWidths(),
+    "device": IsStr(),
+    **delegate("FeatureMap", FEATURE_PARAMS, ("arm_vocabulary",)),
 }
 
 
@@ -136,15 +142,17 @@ class NeuralConfig:
     #: constraints of the subclass's own fields, merged with the shared table
     extra_params: ClassVar[dict[str, Constraint]] = {}
 
+    @classmethod
+    def constraints(cls) -> dict[str, Constraint]:
+        """The constraint of every field (the contract suite checks that none is missing)."""
+        return {**_NEURAL_PARAMS, **cls.extra_params}
+
     def __post_init__(self) -> None:
         name = type(self).__name__
         object.__setattr__(self, "arm_vocabulary", tuple(self.arm_vocabulary))
-        object.__setattr__(self, "hidden", _check_hidden(name, self.hidden))
-        validate_params(name, asdict(self), {**_NEURAL_PARAMS, **self.extra_params})
-        if not isinstance(self.device, str):
-            raise ValueError(
-                f"The 'device' parameter of {name} must be a str; got {self.device!r}."
-            )
+        validate_params(name, {"hidden": self.hidden}, _NEURAL_PARAMS)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        validate_params(name, asdict(self), self.constraints())
         resolve_device(self.device)
         self.feature_map()
 
@@ -168,19 +176,6 @@ class NeuralConfig:
         out["hidden"] = list(self.hidden)
         out["arm_vocabulary"] = list(self.arm_vocabulary)
         return out
-
-
-def _check_hidden(owner: str, hidden: Any) -> tuple[int, ...]:
-    ok = isinstance(hidden, (tuple, list)) and len(hidden) > 0
-    ok = ok and all(
-        isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in hidden
-    )
-    if not ok:
-        raise ValueError(
-            f"The 'hidden' parameter of {owner} must be a non-empty sequence of positive "
-            f"ints (layer widths). Got {hidden!r}."
-        )
-    return tuple(int(h) for h in hidden)
 
 
 class NeuralPolicy:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from bandit_core._validation import Constraint, FloatArray, Interval, IsBool, OneOf
-from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core._validation import Constraint, FloatArray, Interval, IsBool, OneOf, delegate
+from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
 from bandit_core.head_statistics import HeadStatistics, state_with_statistics
 from bandit_core.linalg import sufficient_statistics
 from bandit_core.nets import to_numpy
@@ -89,6 +89,7 @@ class NeuralLinearConfig(NeuralConfig):
         "sample_noise": IsBool(),
         "head_bias": IsBool(),
         "head_inputs": IsBool(),
+        **delegate("BayesianLinearHead", HEAD_PARAMS, ("lambda_prior", "a0", "b0")),
     }
 
     def __post_init__(self) -> None:
