@@ -228,16 +228,15 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
 
 
 def _diagnose(policy: Any, data: ReplayData, seed: int) -> Any:
-    features = getattr(policy, "features", None) or getattr(
-        getattr(policy, "model", None), "features", None
-    )
+    config = policy.config if policy_spec(policy.name).config_class() is not None else None
+    features = None if config is None else config.feature_map()
     if features is not None:
         inputs = features.build_rows(data.contexts, data.arm_features, data.arm_ids)
     else:  # per-arm models: context and a one-hot of the arm
         arms = sorted(set(data.arm_ids))
         one_hot = np.eye(len(arms))[[arms.index(a) for a in data.arm_ids]]
         inputs = np.hstack([data.contexts, one_hot])
-    hidden = tuple(getattr(getattr(policy, "config", None), "hidden", (50,)))
+    hidden = tuple(getattr(config, "hidden", (50,)))
     return diagnose_linear_failure(
         inputs, data.rewards, np.random.default_rng(seed), hidden=hidden, epochs=20
     )
