@@ -6,7 +6,6 @@ The public names below are imported on first use (PEP 562), so that importing a 
 submodule — :mod:`bandit_core.catalog` at DAG parse time — does not load torch.
 """
 
-# ruff: noqa: F401  (the TYPE_CHECKING imports only tell type checkers what __getattr__ returns)
 from __future__ import annotations
 
 import importlib
@@ -42,8 +41,8 @@ if TYPE_CHECKING:
     from bandit_core.state import load_policy, load_state, save_policy, save_state
     from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
 
-#: public name → the module that defines it (the ``TYPE_CHECKING`` imports above, for
-#: type checkers; a test keeps the two equal)
+#: public name → the module that defines it (``__getattr__`` imports it on first use; a
+#: test keeps this table, ``__all__`` and the ``TYPE_CHECKING`` imports equal)
 _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("CATALOG", "POLICIES", "PolicySpec", "policy_spec"), "bandit_core.catalog"),
     "ColdStartFloor": "bandit_core.coldstart",
@@ -84,7 +83,50 @@ _EXPORTS: dict[str, str] = {
     ),
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CATALOG",
+    "POLICIES",
+    "BayesianLinearHead",
+    "BootstrappedEnsemble",
+    "Candidates",
+    "ColdStartFloor",
+    "Decision",
+    "DecisionBatch",
+    "EpsilonGreedy",
+    "ExplorationFloor",
+    "ExposureCap",
+    "FeatureMap",
+    "Group",
+    "GroupedDecision",
+    "HeadConfig",
+    "HeadStatistics",
+    "LinTS",
+    "LinUCB",
+    "LinearHeadPolicy",
+    "MCDropout",
+    "NeuralLinear",
+    "Policy",
+    "PolicySpec",
+    "PolicyState",
+    "PositionBias",
+    "SharedLinTS",
+    "SharedLinUCB",
+    "Slate",
+    "UniformRandom",
+    "load_policy",
+    "load_state",
+    "make_policy",
+    "policy_from_state",
+    "policy_names",
+    "policy_spec",
+    "revise_reward",
+    "save_policy",
+    "save_state",
+    "select_grouped",
+    "select_slate",
+    "slate_action_dist",
+    "slate_marginals",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -91,5 +91,6 @@ def test_lazy_exports_match_the_type_checking_imports() -> None:
         for alias in node.names
     }
     assert typed == bandit_core._EXPORTS
+    assert sorted(bandit_core.__all__) == sorted(typed)
     for name in bandit_core.__all__:
         assert getattr(bandit_core, name) is not None
