@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit_core.catalog import SHARDABLE, WRAPPERS, policy_spec
+from bandit_core.catalog import CATALOG, SHARDABLE
 from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
 from validation.ope.spec import DECOMPOSABLE, SPECS
 
@@ -244,10 +244,11 @@ class TrainingRows:
 # ---------------------------------------------------------------------- head statistics
 def why_not_rebuildable(policy: Any) -> str | None:
     """Why a trained policy's head cannot be rebuilt from shard statistics, or None."""
-    if isinstance(policy, LinearHeadPolicy) and policy_spec(policy.name).shardable:
-        return None
-    if policy.name in WRAPPERS:  # e.g. a position-aware model of slates
+    spec = CATALOG.get(policy.name)
+    if spec is None:  # a wrapper ("<inner>+<kind>"), e.g. a position-aware model of slates
         return f"{policy.name} wraps its policy (rows per shown position, not per decision)"
+    if spec.shardable and isinstance(policy, LinearHeadPolicy):
+        return None
     return f"{policy.name} has no Bayesian head rebuilt from statistics"
 
 
