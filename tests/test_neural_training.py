@@ -4,6 +4,8 @@ members."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,18 @@ def test_predict_reward_is_the_networks_mean_prediction() -> None:
 def test_neural_linear_is_a_linear_head_policy_and_the_others_are_not() -> None:
     assert isinstance(_filled("neural_linear"), LinearHeadPolicy)
     assert not isinstance(_filled("ensemble"), LinearHeadPolicy)
+
+
+@pytest.mark.parametrize("name", ["ensemble", "dropout"])
+def test_rebuild_head_step_keeps_a_headless_network_as_trained(name: str, tmp_path: Path) -> None:
+    """The retrain's rebuild step on a policy without a linear head is the trained state
+    itself (it used to call a ``rebuild`` these policies do not have)."""
+    from bandit_core import load_state, save_policy
+    from training.train import rebuild_head
+
+    state = save_policy(_filled(name), tmp_path / "trained.npz")
+    out = rebuild_head(state, tmp_path / "no-replay-needed.parquet", tmp_path / "rebuilt.npz")
+    before, after = load_state(state), load_state(out)
+    assert before.config == after.config and set(before.arrays) == set(after.arrays)
+    for key, value in before.arrays.items():
+        np.testing.assert_array_equal(value, after.arrays[key], err_msg=key)
