@@ -83,59 +83,119 @@ class PolicySpec:
 _P = "bandit_core.policies"
 
 #: name → spec of every policy, in listing order.
-# fmt: off
 CATALOG: dict[str, PolicySpec] = {
     s.name: s
     for s in (
         PolicySpec(
-            "linucb", f"{_P}.linear:LinUCB", False, True, False, True,
-            "per-arm (disjoint) LinUCB, Li et al. 2010; unseen arms start at the prior; equal "
-            "scores split uniformly (each tied arm gets that propensity) or, with "
-            "`ties=\"first\"`, go to the first in candidate order with propensity 1 (mabwiser's "
-            "rule; also `shared_linucb`)",
+            name="linucb",
+            target=f"{_P}.linear:LinUCB",
+            trains_network=False,
+            linear_head=True,
+            arm_features=False,
+            shardable=True,
+            summary=(
+                "per-arm (disjoint) LinUCB, Li et al. 2010; unseen arms start at the "
+                "prior; equal scores split uniformly (each tied arm gets that "
+                'propensity) or, with `ties="first"`, go to the first in candidate '
+                "order with propensity 1 (mabwiser's rule; also `shared_linucb`)"
+            ),
         ),
         PolicySpec(
-            "lints", f"{_P}.linear:LinTS", False, True, False, True,
-            "per-arm linear Thompson sampling, Agrawal & Goyal 2013, with a Normal-inverse-gamma "
-            "noise posterior",
+            name="lints",
+            target=f"{_P}.linear:LinTS",
+            trains_network=False,
+            linear_head=True,
+            arm_features=False,
+            shardable=True,
+            summary=(
+                "per-arm linear Thompson sampling, Agrawal & Goyal 2013, with a Normal-"
+                "inverse-gamma noise posterior"
+            ),
         ),
         PolicySpec(
-            "shared_linucb", f"{_P}.linear:SharedLinUCB", False, True, True, True,
-            "LinUCB with one head on `[x_user; x_arm; x_user ⊗ x_arm (opt.); arm one-hot (opt., "
-            "hybrid)]`",
+            name="shared_linucb",
+            target=f"{_P}.linear:SharedLinUCB",
+            trains_network=False,
+            linear_head=True,
+            arm_features=True,
+            shardable=True,
+            summary=(
+                "LinUCB with one head on `[x_user; x_arm; x_user ⊗ x_arm (opt.); arm "
+                "one-hot (opt., hybrid)]`"
+            ),
         ),
         PolicySpec(
-            "shared_lints", f"{_P}.linear:SharedLinTS", False, True, True, True,
-            "linear Thompson sampling with one head on `[x_user; x_arm; x_user ⊗ x_arm (opt.); "
-            "arm one-hot (opt., hybrid)]`",
+            name="shared_lints",
+            target=f"{_P}.linear:SharedLinTS",
+            trains_network=False,
+            linear_head=True,
+            arm_features=True,
+            shardable=True,
+            summary=(
+                "linear Thompson sampling with one head on `[x_user; x_arm; x_user ⊗ "
+                "x_arm (opt.); arm one-hot (opt., hybrid)]`"
+            ),
         ),
         PolicySpec(
-            "epsilon_greedy", f"{_P}.linear:EpsilonGreedy", False, True, True, True,
-            "ε-greedy on the posterior mean (shared or per-arm)",
+            name="epsilon_greedy",
+            target=f"{_P}.linear:EpsilonGreedy",
+            trains_network=False,
+            linear_head=True,
+            arm_features=True,
+            shardable=True,
+            summary=("ε-greedy on the posterior mean (shared or per-arm)"),
         ),
         PolicySpec(
-            "uniform", f"{_P}.uniform:UniformRandom", False, False, False, False,
-            "uniform random: the logging policy of experiments and the service's fallback",
+            name="uniform",
+            target=f"{_P}.uniform:UniformRandom",
+            trains_network=False,
+            linear_head=False,
+            arm_features=False,
+            shardable=False,
+            summary=(
+                "uniform random: the logging policy of experiments and the service's fallback"
+            ),
         ),
         PolicySpec(
-            "neural_linear", f"{_P}.neural.neural_linear:NeuralLinear", True, True, True, True,
-            "neural bandit (Riquelme et al. 2018): an MLP encoder with a Bayesian linear head (fast "
-            "path per reward, slow path retrains and rebuilds the head; Thompson sampling, or "
-            "`mode=\"ucb\"` for LinUCB on the learned features); torch, CUDA when present",
+            name="neural_linear",
+            target=f"{_P}.neural.neural_linear:NeuralLinear",
+            trains_network=True,
+            linear_head=True,
+            arm_features=True,
+            shardable=True,
+            summary=(
+                "neural bandit (Riquelme et al. 2018): an MLP encoder with a Bayesian "
+                "linear head (fast path per reward, slow path retrains and rebuilds the"
+                ' head; Thompson sampling, or `mode="ucb"` for LinUCB on the learned '
+                "features); torch, CUDA when present"
+            ),
         ),
         PolicySpec(
-            "ensemble", f"{_P}.neural.ensemble:BootstrappedEnsemble", True, False, True, False,
-            "bootstrapped ensemble of MLPs (Riquelme et al. 2018), `mode=\"ts\"` or `\"ucb\"`; "
-            "torch",
+            name="ensemble",
+            target=f"{_P}.neural.ensemble:BootstrappedEnsemble",
+            trains_network=True,
+            linear_head=False,
+            arm_features=True,
+            shardable=False,
+            summary=(
+                'bootstrapped ensemble of MLPs (Riquelme et al. 2018), `mode="ts"` or '
+                '`"ucb"`; torch'
+            ),
         ),
         PolicySpec(
-            "dropout", f"{_P}.neural.dropout:MCDropout", True, False, True, False,
-            "MC-dropout MLP (Riquelme et al. 2018; concrete dropout rates learnt), `mode=\"ts\"` or "
-            "`\"ucb\"`; torch",
+            name="dropout",
+            target=f"{_P}.neural.dropout:MCDropout",
+            trains_network=True,
+            linear_head=False,
+            arm_features=True,
+            shardable=False,
+            summary=(
+                "MC-dropout MLP (Riquelme et al. 2018; concrete dropout rates learnt), "
+                '`mode="ts"` or `"ucb"`; torch'
+            ),
         ),
     )
 }
-# fmt: on
 
 #: Wrappers restored from state by name (they wrap a catalog policy; not trainable alone).
 WRAPPERS: dict[str, str] = {
