@@ -107,7 +107,58 @@ class StrTuple:
         return all(isinstance(v, str) for v in value) and len(set(value)) == len(value)
 
 
-Constraint = Interval | OneOf | OptionalOf | IsBool | StrTuple
+@dataclass(frozen=True)
+class IsStr:
+    def describe(self) -> str:
+        return "a str"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+
+@dataclass(frozen=True)
+class LayerWidths:
+    """A non-empty sequence of positive ints (hidden layer widths)."""
+
+    def describe(self) -> str:
+        return "a non-empty sequence of positive ints (layer widths)"
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, (tuple, list)) or not value:
+            return False
+        return all(
+            isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in value
+        )
+
+
+@dataclass(frozen=True)
+class CheckedBy:
+    """A config field whose check lives with the component that uses it: ``owner``
+    validates it against its own table ``table`` (which holds the field), with messages
+    naming ``owner``. The entry itself accepts anything, so each check runs once."""
+
+    owner: str
+    table: Mapping[str, Any]
+
+    def describe(self) -> str:
+        return f"checked by {self.owner}"
+
+    def accepts(self, value: Any) -> bool:
+        return True
+
+
+Constraint = Interval | OneOf | OptionalOf | IsBool | StrTuple | IsStr | LayerWidths | CheckedBy
+
+
+def delegate(
+    owner: str, table: Mapping[str, Constraint], keys: Sequence[str]
+) -> dict[str, Constraint]:
+    """Entries ``key → CheckedBy(owner, table)`` for fields ``owner`` checks itself;
+    ``KeyError`` for a key its table does not hold (the delegation would check nothing)."""
+    missing = [k for k in keys if k not in table]
+    if missing:
+        raise KeyError(f"{owner}'s constraint table has no entry for {missing}.")
+    return {k: CheckedBy(owner, table) for k in keys}
 
 
 def validate_params(owner: str, params: Mapping[str, Any], table: Mapping[str, Constraint]) -> None:

@@ -89,8 +89,10 @@ def greedy_choice_one(
 ) -> tuple[int, FloatArray]:
     """Single-decision form of :func:`greedy_probabilities` + sampling (request path).
 
-    Returns the chosen index and the exact probabilities (K,). Draws from ``rng`` only
-    when there is something to randomise (ties or ε > 0).
+    Returns the chosen index and the exact probabilities (K,). Uses ``rng`` exactly as
+    row 0 of the batch form (one uniform of :func:`sample_categorical`), so ``select``
+    and ``select_batch`` decide alike under the same seed; without ties and ε = 0 the
+    uniform is drawn and the argmax kept (the inverse CDF would land on it).
     """
     best = int(scores.argmax())
     top = float(scores[best])
@@ -98,8 +100,9 @@ def greedy_choice_one(
     count = int(np.count_nonzero(ties))
     if epsilon == 0.0:
         if count == 1:
+            rng.random()  # the uniform sample_categorical would draw
             return best, ties.astype(np.float64)
         probs: FloatArray = ties / count
-        return int(np.flatnonzero(ties)[rng.integers(count)]), probs
+        return int(sample_categorical(probs[None, :], rng)[0]), probs
     probs = ties * ((1.0 - epsilon) / count) + epsilon / scores.shape[0]
     return int(sample_categorical(probs[None, :], rng)[0]), probs

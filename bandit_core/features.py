@@ -26,7 +26,7 @@ from bandit_core._validation import (
     validate_params,
 )
 
-_PARAMS: dict[str, Constraint] = {
+FEATURE_PARAMS: dict[str, Constraint] = {
     "dim_user": Interval(int, 0, None),
     "dim_arm": Interval(int, 0, None),
     "interactions": IsBool(),
@@ -53,7 +53,7 @@ class FeatureMap:
                 "interactions": self.interactions,
                 "arm_vocabulary": self.arm_vocabulary,
             },
-            _PARAMS,
+            FEATURE_PARAMS,
         )
         object.__setattr__(self, "arm_vocabulary", tuple(self.arm_vocabulary))
         object.__setattr__(self, "_index", {a: i for i, a in enumerate(self.arm_vocabulary)})

@@ -43,7 +43,7 @@ from bandit_core.linalg import (
 
 IntArray = NDArray[np.intp]
 
-_HEAD_PARAMS: dict[str, Constraint] = {
+HEAD_PARAMS: dict[str, Constraint] = {
     "dim": Interval(int, 1, None),
     "lambda_prior": Interval(float, 0.0, None, closed="neither"),
     "a0": Interval(float, 0.0, None, closed="neither"),
@@ -88,7 +88,7 @@ class HeadConfig:
     refactor_every: int = 1000
 
     def __post_init__(self) -> None:
-        validate_params("BayesianLinearHead", asdict(self), _HEAD_PARAMS)
+        validate_params("BayesianLinearHead", asdict(self), HEAD_PARAMS)
         if self.window is not None and self.gamma < 1.0:
             raise ValueError(
                 "BayesianLinearHead takes either a discount (gamma < 1) or a sliding "

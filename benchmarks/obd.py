@@ -38,6 +38,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from validation.obd import (
     load_prior,
     logistic_reward_model,
 )
-from validation.ope import check_feedback, round_terms
+from validation.ope import SPECS, check_feedback, round_terms
 
 #: Output key → (library estimator, options); keys follow the Open Bandit Pipeline's names.
 ESTIMATORS: dict[str, str] = {
@@ -70,7 +71,7 @@ ESTIMATORS: dict[str, str] = {
 def estimate_all(
     log: OBDLog,
     action_dist: FloatArray,
-    lambdas: dict[str, float | None],
+    options: Mapping[str, Mapping[str, Any]],
     n_folds: int = 3,
 ) -> dict[str, tuple[float, dict[str, float]]]:
     """Every estimator's value (and its params) on ``log`` for a policy whose action
@@ -89,8 +90,7 @@ def estimate_all(
     fb = check_feedback(log.reward, log.action, log.pscore, dist, log.position, q_hat)
     out = {}
     for key, name in ESTIMATORS.items():
-        opts = {"lambda_": lambdas.get(key)} if name in ("switch_dr", "dros") else {}
-        terms = round_terms(name, fb, None, **opts)
+        terms = round_terms(name, fb, None, **options.get(name, {}))
         out[key] = (terms.value(), terms.params)
     return out
 
@@ -100,10 +100,12 @@ def run(
     campaign: str,
     n_boot: int = 30,
     n_sim: int = 1_000_000,
-    switch_lambda: float | None = None,
-    dros_lambda: float | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The whole protocol; returns the JSON-able result."""
+    """The whole protocol; returns the JSON-able result. ``options``: estimator (library
+    name) → its options, e.g. ``{"switch_dr": {"lambda_": 10.0}}``; a λ left out is
+    tuned by estimated MSE."""
+    options = {} if options is None else options
     folder = Path(data_dir) / campaign
     started = time.perf_counter()
     random_log = load_log(folder / "random.csv", folder / "item_context_random.csv")
@@ -118,14 +120,14 @@ def run(
     action_dist = bts_action_dist(alpha, beta, len_list, n_sim)
     dist_seconds = time.perf_counter() - t0
     truth = float(bts_log.reward.mean())
-    lambdas = {"switch_dr": switch_lambda, "dros": dros_lambda}
-
-    full = estimate_all(random_log, action_dist, lambdas)
+    full = estimate_all(random_log, action_dist, options)
     boot_values = {key: np.empty(n_boot) for key in ESTIMATORS}
-    boot_lambdas: dict[str, list[float]] = {"switch_dr": [], "dros": []}
+    boot_lambdas: dict[str, list[float]] = {
+        key: [] for key, name in ESTIMATORS.items() if SPECS[name].tuned_weights is not None
+    }
     for b in range(n_boot):
         sample = random_log.take(bootstrap_rows(random_log.n_rounds, b))
-        for key, (value, params) in estimate_all(sample, action_dist, lambdas).items():
+        for key, (value, params) in estimate_all(sample, action_dist, options).items():
             boot_values[key][b] = value
             if key in boot_lambdas:
                 boot_lambdas[key].append(params["lambda_"])
@@ -142,7 +144,7 @@ def run(
         if key in boot_lambdas:
             entry["lambda"] = full[key][1]["lambda_"]
             entry["bootstrap_lambdas"] = boot_lambdas[key]
-            entry["lambda_tuned"] = lambdas[key] is None
+            entry["lambda_tuned"] = options.get(ESTIMATORS[key], {}).get("lambda_") is None
         estimators[key] = entry
     return {
         "benchmark": "obd",
@@ -207,9 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.n_boot < 1 or args.n_sim < 1:
         parser.error("--n-boot and --n-sim must be positive integers")
-    result = run(
-        args.data_dir, args.campaign, args.n_boot, args.n_sim, args.switch_lambda, args.dros_lambda
-    )
+    fixed = {"switch_dr": args.switch_lambda, "dros": args.dros_lambda}
+    options = {name: {"lambda_": lam} for name, lam in fixed.items() if lam is not None}
+    result = run(args.data_dir, args.campaign, args.n_boot, args.n_sim, options)
     print_table(result)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -45,22 +45,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bandit_core import make_policy
+from bandit_core.catalog import CATALOG
 from bandit_core.policies.base import Policy
 from bandit_core.types import Candidates
 from benchmarks.environments import ENVIRONMENTS, BenchEnvironment, Stream, make_environment
 from benchmarks.peers import PEERS, make_peer, peer_unavailable
 
-OURS = (
-    "uniform",
-    "linucb",
-    "lints",
-    "shared_linucb",
-    "shared_lints",
-    "epsilon_greedy",
-    "neural_linear",
-    "ensemble",
-    "dropout",
-)
+#: our policies: every catalog entry
+OURS = tuple(CATALOG)
 DEFAULT_POLICIES = (
     "uniform",
     "linucb",
@@ -128,6 +120,9 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
         "ensemble": {**neural, "n_members": 5, "mode": "ts"},
         "dropout": {**neural, "dropout": 0.2, "mode": "ts", "n_sim": 100},
     }
+    if name not in table:  # a policy without a benchmark setting: its library defaults
+        arm = {"dim_arm": da} if CATALOG[name].arm_features else {}
+        return {"dim_user": du, **arm}
     return dict(table[name])
 
 
@@ -203,7 +198,7 @@ def make_agent(
     if name not in OURS:
         raise ValueError(f"Unknown policy {name!r}; expected one of: {', '.join((*OURS, *PEERS))}.")
     options = {**policy_options(name, env), **overrides.get(name, {})}
-    if name in ("neural_linear", "ensemble", "dropout"):
+    if CATALOG[name].trains_network:
         options.setdefault("seed", seed)
     return PolicyAgent(name, make_policy(name, **options))
 

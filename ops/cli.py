@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bandit_core import POLICIES, make_policy
+from bandit_core import make_policy
+from bandit_core.catalog import ALGORITHMS, CATALOG, policy_spec
 from bandit_core.envs import (
     Environment,
     LinearEnvironment,
@@ -60,11 +61,10 @@ def _make_env(name: str, seed: int, delta: float) -> Environment:
 
 def _policy_for(name: str, env: Environment) -> Any:
     options: dict[str, Any] = {"dim_user": env.dim_user}
-    config_class = getattr(POLICIES.get(name), "config_class", None)
-    names = {f.name for f in fields(config_class)} if config_class else set()
-    if "dim_arm" in names:
+    spec = policy_spec(name)
+    if spec.arm_features:
         options.update(dim_arm=env.dim_arm, interactions=True)
-    if "n_sim" in names:
+    if "n_sim" in spec.option_names():
         options["n_sim"] = 200
     return make_policy(name, **options)
 
@@ -138,10 +138,10 @@ def simulate(
 ) -> None:
     """Run policies online on a seeded simulated environment and compare their regret."""
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    unknown = [n for n in names if n not in POLICIES]
+    unknown = [n for n in names if n not in CATALOG]
     if unknown:
         raise typer.BadParameter(
-            f"unknown policy {unknown[0]!r}; expected some of {', '.join(sorted(POLICIES))}.",
+            f"unknown policy {unknown[0]!r}; expected some of {', '.join(ALGORITHMS)}.",
             param_hint="--policies",
         )
     rows = _run(env, names, steps, seed, delta)
@@ -155,8 +155,8 @@ def list_policies() -> None:
     table = Table(title="policies")
     table.add_column("name")
     table.add_column("options (default)")
-    for name in sorted(POLICIES):
-        config_class = getattr(POLICIES[name], "config_class", None)
+    for name in ALGORITHMS:
+        config_class = policy_spec(name).config_class()
         if config_class is None:
             opts = "dim_user (None)"
         else:

@@ -28,7 +28,6 @@ position-independent case of :func:`validation.ope.policy_action_dist`).
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,8 @@ import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from bandit_core import POLICIES, Candidates, make_policy
+from bandit_core import Candidates, make_policy
+from bandit_core.catalog import ALGORITHMS, CATALOG
 from validation import obd
 from validation.ope import (
     LoggedBatch,
@@ -68,14 +68,12 @@ def standardize(features: np.ndarray) -> np.ndarray:
 def policy_options(algorithm: str, dim_user: int, dim_arm: int, ids: list[str]) -> dict[str, Any]:
     """Options of ``algorithm`` for this campaign: the arm features and an arm one-hot
     where the policy takes them, user × item interactions, 200 Monte-Carlo draws."""
-    if algorithm not in POLICIES:
-        raise ValueError(
-            f"algorithm must be one of {', '.join(sorted(POLICIES))}; got {algorithm!r}."
-        )
-    config_class = getattr(POLICIES[algorithm], "config_class", None)
-    names = {f.name for f in fields(config_class)} if config_class else set()
+    if algorithm not in CATALOG:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}.")
+    spec = CATALOG[algorithm]
+    names = set(spec.option_names())
     options: dict[str, Any] = {"dim_user": dim_user}
-    if "dim_arm" in names:
+    if spec.arm_features:
         options.update(dim_arm=dim_arm, interactions=True)
     if "arm_vocabulary" in names:
         options["arm_vocabulary"] = tuple(ids)

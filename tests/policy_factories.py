@@ -1,7 +1,8 @@
-"""Small configurations of every registered policy, for the contract suite.
+"""Small configurations of every catalog policy, for the contract suite.
 
-Every name in ``bandit_core.POLICIES`` must have a factory here (a test checks it), so a
-new policy is covered by the contract suite the moment it is registered.
+Every name in ``bandit_core.catalog.CATALOG`` gets a factory: the entries written below,
+else :func:`default_factory` (small options derived from the catalog entry), so a new
+policy is covered by the contract suite the moment it is registered.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bandit_core import ExplorationFloor, ExposureCap, Policy, PositionBias, make_policy
+from bandit_core.catalog import CATALOG
 
 DIM_USER = 3
 DIM_ARM = 2
@@ -25,7 +27,27 @@ NEURAL_SMALL: dict[str, Any] = {
     "device": "cpu",
 }
 
-FACTORIES: dict[str, Callable[[], Any]] = {
+
+def default_options(name: str) -> dict[str, Any]:
+    """Small options of ``name`` from its catalog entry: the contract suite's sizes, the
+    tiny neural settings for a policy that trains a network, 200 Monte-Carlo draws."""
+    spec = CATALOG[name]
+    names = set(spec.option_names())
+    options: dict[str, Any] = {"dim_user": DIM_USER}
+    if spec.trains_network:
+        options.update(NEURAL_SMALL)
+    if spec.arm_features:
+        options["dim_arm"] = DIM_ARM
+    if "n_sim" in names:
+        options["n_sim"] = 200
+    return {k: v for k, v in options.items() if k in names or k == "dim_user"}
+
+
+def default_factory(name: str) -> Callable[[], Any]:
+    return lambda: make_policy(name, **default_options(name))
+
+
+_WRITTEN: dict[str, Callable[[], Any]] = {
     "uniform": lambda: make_policy("uniform", dim_user=DIM_USER),
     "linucb": lambda: make_policy("linucb", dim_user=DIM_USER, alpha=0.5),
     "lints": lambda: make_policy("lints", dim_user=DIM_USER, n_sim=200),
@@ -42,6 +64,10 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "neural_linear": lambda: make_policy("neural_linear", **NEURAL_SMALL, n_sim=100),
     "ensemble": lambda: make_policy("ensemble", **NEURAL_SMALL, n_members=3, mode="ts"),
     "dropout": lambda: make_policy("dropout", **NEURAL_SMALL, dropout=0.3, mode="ts", n_sim=50),
+}
+
+FACTORIES: dict[str, Callable[[], Any]] = {
+    name: _WRITTEN.get(name) or default_factory(name) for name in CATALOG
 }
 
 #: Other exploration modes (the neural policies' UCB, LinUCB's deterministic tie rule) are

@@ -208,3 +208,36 @@ def test_the_cycle_scan_flags_a_planted_cycle(tmp_path: Path) -> None:
         {"serving/a.py": "import training\n", "training/b.py": "from serving import app\n"},
     )
     assert package_cycles(root) == [["serving", "training", "serving"]]
+
+
+def test_the_policy_catalog_is_cheap_to_import() -> None:
+    """The DAG form reads the catalog at parse time: neither it nor the retrain settings
+    may load torch (numpy neither, for the catalog alone)."""
+    code = (
+        "import sys, json, bandit_core.catalog; a = sorted(m for m in ('torch', 'numpy') "
+        "if m in sys.modules); import training.settings; "
+        "print(json.dumps([a, 'torch' in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT
+    )
+    assert json.loads(out.stdout) == [[], False]
+
+
+def test_lazy_exports_match_the_type_checking_imports() -> None:
+    """``bandit_core``'s public names resolve lazily; the table behind them and the
+    imports type checkers read name the same things."""
+    import bandit_core
+
+    tree = ast.parse((ROOT / "bandit_core" / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If))
+    typed = {
+        alias.name: node.module
+        for node in ast.walk(block)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == bandit_core._EXPORTS
+    assert sorted(bandit_core.__all__) == sorted(typed)
+    for name in bandit_core.__all__:
+        assert getattr(bandit_core, name) is not None

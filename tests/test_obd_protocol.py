@@ -141,7 +141,13 @@ def test_benchmark_end_to_end_writes_the_documented_json(tmp_path: Path) -> None
 
 def test_fixed_lambdas_are_used(tmp_path: Path) -> None:
     write_campaign(tmp_path)
-    result = obd.run(tmp_path, "toy", n_boot=2, n_sim=500, switch_lambda=np.inf, dros_lambda=np.inf)
+    result = obd.run(
+        tmp_path,
+        "toy",
+        n_boot=2,
+        n_sim=500,
+        options={"switch_dr": {"lambda_": np.inf}, "dros": {"lambda_": np.inf}},
+    )
     est = result["estimators"]
     # λ = ∞ is plain DR for both
     assert est["switch_dr"]["bootstrap_estimates"] == est["dr"]["bootstrap_estimates"]

@@ -101,7 +101,9 @@ def test_every_estimator_matches_obp_on_three_resamples(
     dist = np.asarray(COUNTS_1E5, dtype=float).T / 100_000
     for b in range(3):
         sample = random_log.take(obd.bootstrap_rows(random_log.n_rounds, b))
-        got = obd.estimate_all(sample, dist, {"switch_dr": 5.0, "dros": 50.0})
+        got = obd.estimate_all(
+            sample, dist, {"switch_dr": {"lambda_": 5.0}, "dros": {"lambda_": 50.0}}
+        )
         for key, values in GOLDEN_1E5.items():
             rel = 1e-12 if key in MODEL_FREE else MODEL_TOLERANCE
             assert got[key][0] == pytest.approx(values[b], rel=rel, abs=0.0), (key, b)

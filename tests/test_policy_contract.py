@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bandit_core import POLICIES, Candidates, Policy, load_policy, policy_from_state, save_policy
+from bandit_core._validation import CheckedBy, Constraint, Interval
+from bandit_core.catalog import CATALOG
+from bandit_core.head_statistics import LinearHeadPolicy
 from tests.policy_factories import DIM_ARM, DIM_USER, FACTORIES, VARIANTS, WRAPPED
 
 ALL: dict[str, Callable[[], Policy]] = {**FACTORIES, **VARIANTS, **WRAPPED}
@@ -154,3 +158,73 @@ def test_new_and_changing_candidates_are_scored(name: str) -> None:
         d = policy.select(rng.standard_normal(DIM_USER), cands, rng)
         assert d.arm_id in ids
         policy.update(rng.standard_normal(DIM_USER), d.arm_id, 1.0, cands.features[d.arm])
+
+
+def test_select_equals_row_zero_of_select_batch(name: str) -> None:
+    """``select`` is ``select_batch`` on one row: same seed, same inputs → same decision."""
+    policy = _trained(name, seed=7)
+    state = policy.to_state()
+    cands = _candidates(np.random.default_rng(8))
+    for seed, x in enumerate(np.random.default_rng(9).standard_normal((10, DIM_USER))):
+        one = policy_from_state(state).select(x, cands, np.random.default_rng(seed))
+        batch = policy_from_state(state).select_batch(x[None], cands, np.random.default_rng(seed))
+        assert one.arm == int(batch.arms[0]) and one.arm_id == cands.ids[one.arm]
+        assert one.propensity == batch.propensities[0]
+        np.testing.assert_array_equal(one.probabilities, batch.probabilities[0])
+        np.testing.assert_array_equal(one.scores, batch.scores[0])
+        assert one.policy == batch.policy
+
+
+# ---------------------------------------------------------------------- the catalog
+@pytest.mark.parametrize("policy_name", sorted(CATALOG))
+def test_catalog_entry_matches_its_class(policy_name: str) -> None:
+    spec = CATALOG[policy_name]
+    cls = spec.resolve()
+    policy = FACTORIES[policy_name]()
+    assert cls.name == policy_name and type(policy) is cls
+    assert spec.arm_features == ("dim_arm" in spec.option_names())
+    assert spec.trains_network == callable(getattr(policy, "retrain", None))
+    assert spec.linear_head == isinstance(policy, LinearHeadPolicy)
+    assert not spec.shardable or spec.linear_head
+
+
+def uncovered_fields(config_class: type) -> list[str]:
+    """Fields of a policy config without an entry in its constraint table (a delegated
+    entry counts only when the owner's table really holds the field)."""
+    table: dict[str, Constraint] = config_class.constraints()  # type: ignore[attr-defined]
+    missing = []
+    for f in fields(config_class):
+        entry = table.get(f.name)
+        if entry is None or (isinstance(entry, CheckedBy) and f.name not in entry.table):
+            missing.append(f.name)
+    return missing
+
+
+@pytest.mark.parametrize("policy_name", sorted(CATALOG))
+def test_constraint_tables_cover_every_config_field(policy_name: str) -> None:
+    config_class = CATALOG[policy_name].config_class()
+    if config_class is None:  # a policy without options (uniform takes dim_user only)
+        assert CATALOG[policy_name].option_names() == ("dim_user",)
+        return
+    assert hasattr(config_class, "constraints"), f"{config_class.__name__} has no table"
+    assert uncovered_fields(config_class) == []
+
+
+def test_the_coverage_check_catches_a_field_without_an_entry() -> None:
+    """A planted config with one field missing from its table (and one delegated to a
+    table that does not hold it) is reported."""
+
+    @dataclass(frozen=True)
+    class PlantedConfig:
+        dim_user: int = 1
+        forgotten: float = 0.5
+        misdelegated: int = 3
+
+        @classmethod
+        def constraints(cls) -> dict[str, Constraint]:
+            return {
+                "dim_user": Interval(int, 0, None),
+                "misdelegated": CheckedBy("Elsewhere", {"other": Interval(int, 0, None)}),
+            }
+
+    assert uncovered_fields(PlantedConfig) == ["forgotten", "misdelegated"]

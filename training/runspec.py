@@ -18,14 +18,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from bandit_core.catalog import policy_spec
 from eventstore.workspace import as_utc, aware, run_folder
 from training.settings import ALGORITHMS, PipelineSettings
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
-#: Policies trained by epochs (the form's ``epochs`` applies to them only).
-NEURAL = ("neural_linear", "ensemble", "dropout")
 
 
 @dataclass(frozen=True)
@@ -231,7 +230,7 @@ def plan(
     if not isinstance(options, Mapping):
         raise ValueError(f"policy_options must be an object of policy options; got {options!r}.")
     options = dict(options)
-    if algorithm in NEURAL:
+    if policy_spec(algorithm).trains_network:
         options.setdefault("epochs", check_int("epochs", values["epochs"], 1))
     spec = RunSpec(
         run_key=run_key,

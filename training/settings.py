@@ -13,21 +13,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from bandit_core.catalog import ALGORITHMS as ALGORITHMS  # the form's choices (torch-free)
 from eventstore.settings import CoreSettings
-
-#: Policy names the retrain form offers (``bandit_core.POLICIES``; a test keeps them equal).
-#: Written out because importing ``bandit_core`` (torch) would slow every DAG parse.
-ALGORITHMS = (
-    "dropout",
-    "ensemble",
-    "epsilon_greedy",
-    "lints",
-    "linucb",
-    "neural_linear",
-    "shared_lints",
-    "shared_linucb",
-    "uniform",
-)
 
 _PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
 

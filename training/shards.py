@@ -49,9 +49,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from bandit_core import PolicyState, load_policy, make_policy, save_state
-from bandit_core.head import BayesianLinearHead
-from bandit_core.linalg import sufficient_statistics
+from bandit_core import load_policy, make_policy, save_state
+from bandit_core.catalog import CATALOG, SHARDABLE
+from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
 from training.baseline import baseline_state
 from training.evaluate import EvaluationResult, logged_batch
 from training.replay import replay_from_frame
@@ -59,27 +59,18 @@ from training.runspec import RunSpec
 from validation.gate import decide
 from validation.ope import OPEReport, check_feedback, policy_action_dist, round_terms
 from validation.ope.moments import Moments, TermSums, merge_all
+from validation.ope.reward_models import RidgeModel
+from validation.ope.spec import DECOMPOSABLE, SPECS
 
 log = logging.getLogger(__name__)
 
 FloatArray = NDArray[np.float64]
 
-#: Policies whose learned state is a Bayesian linear head rebuilt from statistics.
-SHARDABLE = (
-    "epsilon_greedy",
-    "linucb",
-    "lints",
-    "neural_linear",
-    "shared_linucb",
-    "shared_lints",
-)
 #: Estimators whose round terms merge exactly over shards (see the module docstring).
-SHARDED_ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr")
+SHARDED_ESTIMATORS = DECOMPOSABLE
 #: Held-out rows evaluated together (candidate union, generator) — fixed, so that the
 #: estimates are the same for every shard count.
 OPE_BLOCK_ROWS = 256
-#: Rows encoded per forward pass of the frozen network.
-ENCODE_CHUNK = 8192
 #: L2 penalty of the OPE reward model (the single-node default's ``RidgeModel(alpha=1)``).
 RIDGE_ALPHA = 1.0
 SHARDS_DIR = "shards"
@@ -119,17 +110,6 @@ def why_single_node(train: Mapping[str, Any]) -> str | None:
         return f"{algorithm} has no Bayesian head rebuilt from statistics"
     if train.get("options", {}).get("window") is not None:
         return "a sliding-window head keeps rows, not additive statistics"
-    return None
-
-
-def why_not_rebuildable(policy: Any) -> str | None:
-    """Why a trained policy's head cannot be rebuilt from shard statistics, or None."""
-    if hasattr(policy, "inner"):  # a wrapper, e.g. a position-aware model of slates
-        return f"{policy.name} wraps its policy (rows per shown position, not per decision)"
-    if getattr(policy, "head", None) is None or not (
-        hasattr(policy, "encode") or hasattr(policy, "model")
-    ):
-        return f"{policy.name} has no Bayesian head rebuilt from statistics"
     return None
 
 
@@ -260,143 +240,14 @@ class TrainingRows:
 
 
 # ---------------------------------------------------------------------- head statistics
-@dataclass(frozen=True)
-class HeadStatistics:
-    """Additive statistics per head key (``""``: the one shared head; else an arm id).
-
-    ``gram`` (m, d, d) = Σ w φφᵀ, ``xty`` (m, d) = Σ w r φ, ``yty`` (m,) = Σ w r²,
-    ``count`` (m,) = Σ w, ``rows`` (m,) the number of rows behind each; the weights are
-    ``γ^{(rows after this one in the shard, same head)}`` (all 1 without discount).
-    """
-
-    keys: list[str]
-    gram: FloatArray
-    xty: FloatArray
-    yty: FloatArray
-    count: FloatArray
-    rows: NDArray[np.int64]
-
-    def merge(self, later: HeadStatistics, gamma: float = 1.0) -> HeadStatistics:
-        """The statistics of these rows followed by ``later``'s: per head
-        ``S = γ^{n_later} S + S_later`` (plain sums when γ = 1)."""
-        keys = list(self.keys)
-        index = {k: i for i, k in enumerate(keys)}
-        for key in later.keys:
-            if key not in index:
-                index[key] = len(keys)
-                keys.append(key)
-        m, d = len(keys), self.gram.shape[1] if self.keys else later.gram.shape[1]
-        gram, xty = np.zeros((m, d, d)), np.zeros((m, d))
-        yty, count, rows = np.zeros(m), np.zeros(m), np.zeros(m, dtype=np.int64)
-        mine = np.array([index[k] for k in self.keys], dtype=np.intp)
-        gram[mine], xty[mine], yty[mine] = self.gram, self.xty, self.yty
-        count[mine], rows[mine] = self.count, self.rows
-        theirs = np.array([index[k] for k in later.keys], dtype=np.intp)
-        if gamma < 1.0:
-            decay = gamma ** later.rows.astype(np.float64)
-            gram[theirs] *= decay[:, None, None]
-            xty[theirs] *= decay[:, None]
-            yty[theirs] *= decay
-            count[theirs] *= decay
-        gram[theirs] += later.gram
-        xty[theirs] += later.xty
-        yty[theirs] += later.yty
-        count[theirs] += later.count
-        rows[theirs] += later.rows
-        return HeadStatistics(keys, gram, xty, yty, count, rows)
-
-    def to_arrays(self) -> dict[str, Any]:
-        return {
-            "head_keys": np.array(self.keys, dtype=np.str_),
-            "gram": self.gram,
-            "xty": self.xty,
-            "yty": self.yty,
-            "count": self.count,
-            "rows": self.rows,
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: Any) -> HeadStatistics:
-        return cls(
-            [str(k) for k in arrays["head_keys"]],
-            np.asarray(arrays["gram"]),
-            np.asarray(arrays["xty"]),
-            np.asarray(arrays["yty"]),
-            np.asarray(arrays["count"]),
-            np.asarray(arrays["rows"], dtype=np.int64),
-        )
-
-
-def head_inputs(policy: Any, rows: TrainingRows) -> tuple[FloatArray, list[str] | None]:
-    """``(φ (n, d), head key of each row or None for one shared head)``: the features the
-    policy's head learns from — encoded by the frozen network (neural-linear), built by
-    the shared feature map, or the context itself for per-arm heads."""
-    if hasattr(policy, "encode"):  # neural-linear: φ = [f(z); 1; z] of the frozen network
-        inputs = policy.features.build_rows(rows.contexts, rows.arm_features, rows.arm_ids)
-        parts = [
-            policy.encode(inputs[i : i + ENCODE_CHUNK])
-            for i in range(0, inputs.shape[0], ENCODE_CHUNK)
-        ]
-        return np.concatenate(parts, axis=0), None
-    model = policy.model
-    if model.joint:
-        return model.features.build_rows(rows.contexts, rows.arm_features, rows.arm_ids), None
-    return rows.contexts, rows.arm_ids
-
-
-def head_statistics(
-    phi: FloatArray, rewards: FloatArray, keys: Sequence[str] | None, gamma: float = 1.0
-) -> HeadStatistics:
-    """Per-head statistics of rows in time order (heads in order of first appearance)."""
-    if keys is None:
-        groups: dict[str, NDArray[np.intp]] = {"": np.arange(phi.shape[0])}
-    else:
-        order: dict[str, list[int]] = {}
-        for i, key in enumerate(keys):
-            order.setdefault(key, []).append(i)
-        groups = {k: np.asarray(v, dtype=np.intp) for k, v in order.items()}
-    m, d = len(groups), phi.shape[1]
-    gram, xty = np.zeros((m, d, d)), np.zeros((m, d))
-    yty, count, rows = np.zeros(m), np.zeros(m), np.zeros(m, dtype=np.int64)
-    for j, idx in enumerate(groups.values()):
-        weights = None
-        if gamma < 1.0:
-            weights = gamma ** np.arange(idx.size - 1, -1, -1, dtype=np.float64)
-        gram[j], xty[j], yty[j], count[j] = sufficient_statistics(phi[idx], rewards[idx], weights)
-        rows[j] = idx.size
-    return HeadStatistics(list(groups), gram, xty, yty, count, rows)
-
-
-def load_head_statistics(policy: Any, stats: HeadStatistics) -> Any:
-    """``policy``'s state with its head rebuilt from ``stats`` (a new ``PolicyState``).
-
-    Every head is reset to the prior and the heads with rows load their totals. Per-arm
-    heads keep the policy's arm order; arms it does not know yet are appended in the
-    order they first appear (as :meth:`bandit_core.policies.linear.PerArmModel.heads_for`
-    does).
-    """
-    state = policy.to_state()
-    arrays = dict(state.arrays)
-    config = policy.head.config
-    if "arm_ids" in arrays:  # per-arm: slot 0 is the prior of unseen arms
-        arms = [str(a) for a in arrays["arm_ids"]]
-        arms += [k for k in stats.keys if k not in set(arms)]
-        slots = {a: i + 1 for i, a in enumerate(arms)}
-        head = BayesianLinearHead(config, n_heads=len(arms) + 1)
-        arrays["arm_ids"] = np.array(arms, dtype=np.str_)
-    else:
-        slots = {"": 0}
-        head = BayesianLinearHead(config, n_heads=1)
-    for j, key in enumerate(stats.keys):
-        head.load_statistics(
-            stats.gram[j], stats.xty[j], float(stats.yty[j]), float(stats.count[j]), slots[key]
-        )
-    arrays.update(head.to_arrays("head."))
-    return PolicyState(state.policy, state.config, arrays, state.schema_version)
-
-
-def head_gamma(policy: Any) -> float:
-    return float(policy.head.config.gamma)
+def why_not_rebuildable(policy: Any) -> str | None:
+    """Why a trained policy's head cannot be rebuilt from shard statistics, or None."""
+    spec = CATALOG.get(policy.name)
+    if spec is None:  # a wrapper ("<inner>+<kind>"), e.g. a position-aware model of slates
+        return f"{policy.name} wraps its policy (rows per shown position, not per decision)"
+    if spec.shardable and isinstance(policy, LinearHeadPolicy):
+        return None
+    return f"{policy.name} has no Bayesian head rebuilt from statistics"
 
 
 # ---------------------------------------------------------------------- reward model
@@ -419,20 +270,17 @@ def candidate_reward_features(contexts: FloatArray, candidates: FloatArray) -> F
 
 @dataclass(frozen=True)
 class RidgeRewardModel:
-    """``q̂(x, a) = zᵀβ + β0`` with ``β = (Z̃ᵀZ̃ + αI)⁻¹ Z̃ᵀỹ`` on centred data — the
-    closed form of :class:`validation.ope.RidgeModel`, fitted from merged moments."""
+    """``q̂(x, a) = zᵀβ + β0`` on ``z = [x; f; x⊗f]``: a :class:`validation.ope.RidgeModel`
+    fitted from merged moments, kept as its two arrays between the map and reduce steps."""
 
     coef: FloatArray
     intercept: float
 
     @classmethod
     def from_moments(cls, moments: Any, alpha: float = RIDGE_ALPHA) -> RidgeRewardModel:
-        """Fit from the moments of ``[z, r]`` (centred cross-products are ``M2``)."""
-        dz = moments.mean.shape[0] - 1
-        gram = moments.m2[:dz, :dz] + alpha * np.eye(dz)
-        coef = np.linalg.lstsq(gram, moments.m2[:dz, dz], rcond=None)[0]
-        intercept = float(moments.mean[dz] - moments.mean[:dz] @ coef)
-        return cls(coef, intercept)
+        """Fit from the moments of ``[z, r]`` (:meth:`validation.ope.RidgeModel.fit_moments`)."""
+        model = RidgeModel(alpha).fit_moments(moments.mean, moments.m2)
+        return cls(model.coef_, model.intercept_)
 
     def predict(self, contexts: FloatArray, candidates: FloatArray) -> FloatArray:
         """``q̂`` of every (row, candidate): (n, K)."""
@@ -470,14 +318,13 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
     dict
         ``path`` (the ``.npz``), ``index``, ``rows``.
     """
-    policy: Any = load_policy(state_path)
-    gamma = head_gamma(policy)
+    policy = _head_policy(load_policy(state_path))
+    gamma = policy.head.config.gamma
     stats: HeadStatistics | None = None
     reward: Moments | None = None
     for table in iter_rows(shard["replay"], shard["start"], shard["stop"], _TRAIN_COLUMNS):
         rows = TrainingRows.from_table(table)
-        phi, keys = head_inputs(policy, rows)
-        part = head_statistics(phi, rows.rewards, keys, gamma)
+        part = policy.head_statistics(rows.contexts, rows.arm_ids, rows.rewards, rows.arm_features)
         stats = part if stats is None else stats.merge(part, gamma)
         z = reward_features(rows.contexts, rows.arm_features)
         piece = Moments.of(np.concatenate([z, rows.rewards[:, None]], axis=1))
@@ -489,6 +336,14 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
         "training shard %d: rows [%d, %d), %d heads", shard["index"], *_span(shard), len(stats.keys)
     )
     return {"path": str(path), "index": int(shard["index"]), "rows": int(stats.rows.sum())}
+
+
+def _head_policy(policy: Any) -> LinearHeadPolicy:
+    reason = why_not_rebuildable(policy)
+    if reason is not None:
+        raise ValueError(f"cannot rebuild this head from shard statistics: {reason}.")
+    head_policy: LinearHeadPolicy = policy
+    return head_policy
 
 
 def _span(shard: Mapping[str, Any]) -> tuple[int, int]:
@@ -523,11 +378,11 @@ def reduce_head(
 ) -> tuple[Path, Path]:
     """Reduce step of the rebuild: the policy with its head rebuilt from every shard
     (``out_path``) and the OPE reward model beside it (``reward_model.npz``)."""
-    policy: Any = load_policy(state_path)
-    stats, moments = reduce_statistics(parts, head_gamma(policy))
+    policy = _head_policy(load_policy(state_path))
+    stats, moments = reduce_statistics(parts, policy.head.config.gamma)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = save_state(load_head_statistics(policy, stats), out)
+    state = save_state(policy.state_with_statistics(stats), out)
     model = RidgeRewardModel.from_moments(moments).save(out.with_name("reward_model.npz"))
     log.info("head rebuilt from %d shards (%d rows)", len(parts), int(stats.rows.sum()))
     return state, model
@@ -627,7 +482,8 @@ def reduce_reports(parts: Sequence[Mapping[str, Any]], level: float = 0.95) -> d
         f"sharded over {len(ordered)} held-out shards: normal-approximation (delta-method) "
         "intervals; the percentile bootstrap is not additive over shards.",
         "reward model: ridge regression on [x; f; x⊗f] fitted on the training rows.",
-        "replay, switch_dr and dros are not computed when sharded (not decomposable).",
+        f"{', '.join(n for n in SPECS if n not in DECOMPOSABLE)} are not computed when "
+        "sharded (not decomposable).",
     )
     fingerprint = digest.hexdigest()
     reports = {}

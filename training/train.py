@@ -23,20 +23,20 @@ that position's one-hot and learns each reward at the position it names.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bandit_core import POLICIES, Policy, PositionBias, load_policy, make_policy, save_policy
+from bandit_core import Policy, PositionBias, load_policy, make_policy, save_policy
+from bandit_core.catalog import ALGORITHMS, policy_spec
 from bandit_core.diagnostics import diagnose_linear_failure
 from bandit_core.policies.position import split_position
 from training.replay import ReplayData, load_replay
 
 STATE_FILE = "policy_state.npz"
 RESULT_FILE = "train.json"
-NEURAL = ("neural_linear", "ensemble", "dropout")
 #: Never retrain the network on the request path: the slow path runs nightly.
 NO_ONLINE_RETRAIN = 2**31 - 1
 
@@ -83,9 +83,9 @@ class TrainConfig:
             options = dict(self.options)
             object.__setattr__(self, "position_slots", options.pop("position_slots"))
             object.__setattr__(self, "options", options)
-        if self.algorithm not in POLICIES:
+        if self.algorithm not in ALGORITHMS:
             raise ValueError(
-                f"algorithm must be one of {', '.join(sorted(POLICIES))}; got {self.algorithm!r}."
+                f"algorithm must be one of {', '.join(ALGORITHMS)}; got {self.algorithm!r}."
             )
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1); got {self.holdout_fraction!r}.")
@@ -105,9 +105,7 @@ class TrainConfig:
 
     def uses_arm_features(self) -> bool:
         """Whether the algorithm scores candidates on their features (shared models)."""
-        config_class = getattr(POLICIES[self.algorithm], "config_class", None)
-        names = set(getattr(config_class, "__dataclass_fields__", {}))
-        return "dim_arm" in names and bool(self.options.get("shared", True))
+        return policy_spec(self.algorithm).uses_arm_features(self.options)
 
     def slots_for(self, data: ReplayData) -> int:
         """The position slots to train with on ``data`` (see ``position_slots``)."""
@@ -145,11 +143,10 @@ class TrainResult:
 def build_policy(config: TrainConfig, data: ReplayData, n_train: int) -> Policy:
     options = dict(config.options)
     options.update(dim_user=data.dim_user)
-    config_class = getattr(POLICIES[config.algorithm], "config_class", None)
-    names = set(getattr(config_class, "__dataclass_fields__", {}))
-    if "dim_arm" in names:
+    spec = policy_spec(config.algorithm)
+    if spec.arm_features:
         options["dim_arm"] = data.dim_arm
-    if config.algorithm in NEURAL:
+    if spec.trains_network:
         options.setdefault("seed", config.seed)
         options["retrain_every"] = NO_ONLINE_RETRAIN
         options["buffer_size"] = max(n_train, int(options.get("buffer_size") or 0))
@@ -159,51 +156,24 @@ def build_policy(config: TrainConfig, data: ReplayData, n_train: int) -> Policy:
 
 def _mse(policy: Any, data: ReplayData) -> float:
     """Validation loss of the network's point prediction for the logged arms."""
-    # lazy: torch only for the neural policies (bandit_core keeps it off the import path)
-    import torch
-
-    from bandit_core.nets import to_numpy
-
     inputs = policy.features.build_rows(data.contexts, data.arm_features, data.arm_ids)
-    with torch.inference_mode():
-        out = policy.net_(policy._tensor(inputs)[None]).mean(0)
-        pred = to_numpy(policy._loss_link(out))
-    return float(np.mean((pred - data.rewards) ** 2))
+    return float(np.mean((policy.predict_reward(inputs) - data.rewards) ** 2))
 
 
 def _train_neural(
     policy: Any, train: ReplayData, holdout: ReplayData, points: int
 ) -> list[dict[str, float]]:
-    # lazy: torch only for the neural policies, as in _mse
-    from bandit_core.nets import train_network
-
+    """Fill the buffer (fast path only), then one slow-path training in ``points``
+    stages, recording train and validation loss after each (the learning curve)."""
     policy.update_batch(train.contexts, train.arm_ids, train.rewards, train.arm_features)
-    spec = policy._train_spec()
-    per_stage = max(1, spec.epochs // points)
-    curve = []
-    inputs = policy._tensor(policy.buffer_.inputs)
-    targets = policy._tensor(policy.buffer_.rewards)
-    weights = policy._tensor(policy.buffer_.weights.T) if policy.buffer_.n_weights else None
-    done = 0
-    while done < spec.epochs:
-        epochs = min(per_stage, spec.epochs - done)
-        loss = train_network(
-            policy.net_,
-            inputs,
-            targets,
-            replace(spec, epochs=epochs),
-            policy.generator_,
-            weights,
-            policy._concrete(),
-        )
-        done += epochs
+    curve: list[dict[str, float]] = []
+
+    def record(epochs: int, loss: float) -> None:
         curve.append(
-            {"epoch": float(done), "train_loss": float(loss), "val_loss": _mse(policy, holdout)}
+            {"epoch": float(epochs), "train_loss": float(loss), "val_loss": _mse(policy, holdout)}
         )
-    policy._after_retrain()
-    policy.since_retrain_ = 0
-    policy.n_retrains_ += 1
-    policy.last_train_loss_ = curve[-1]["train_loss"]
+
+    policy.retrain(stages=points, after_stage=record)
     return curve
 
 
@@ -224,7 +194,7 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
             f"min_rows is {config.min_rows}."
         )
     policy: Any = build_policy(config, data, train_part.n_rows)
-    if config.algorithm in NEURAL:
+    if policy_spec(config.algorithm).trains_network:
         curve = _train_neural(policy, train_part, holdout, config.curve_points)
     else:
         policy.rebuild(
@@ -258,16 +228,15 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
 
 
 def _diagnose(policy: Any, data: ReplayData, seed: int) -> Any:
-    features = getattr(policy, "features", None) or getattr(
-        getattr(policy, "model", None), "features", None
-    )
+    config = policy.config if policy_spec(policy.name).config_class() is not None else None
+    features = None if config is None else config.feature_map()
     if features is not None:
         inputs = features.build_rows(data.contexts, data.arm_features, data.arm_ids)
     else:  # per-arm models: context and a one-hot of the arm
         arms = sorted(set(data.arm_ids))
         one_hot = np.eye(len(arms))[[arms.index(a) for a in data.arm_ids]]
         inputs = np.hstack([data.contexts, one_hot])
-    hidden = tuple(getattr(getattr(policy, "config", None), "hidden", (50,)))
+    hidden = tuple(getattr(config, "hidden", (50,)))
     return diagnose_linear_failure(
         inputs, data.rewards, np.random.default_rng(seed), hidden=hidden, epochs=20
     )
@@ -289,8 +258,10 @@ def rebuild_head(
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     loaded: Any = load_policy(state_path)
     policy, slots = split_position(loaded)
-    if hasattr(policy, "rebuild_head"):
-        policy.rebuild_head()
+    spec = policy_spec(policy.name)
+    if spec.trains_network:
+        if spec.linear_head:  # re-encode every stored row with the final network
+            policy.rebuild_head()
     else:
         data = load_replay(replay_path)
         if slots:

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bandit_core._validation import Interval, validate_params
-from validation.ope.estimators import ESTIMATORS
 from validation.ope.report import OPEReport
+from validation.ope.spec import ESTIMATORS
 
 
 @dataclass(frozen=True)

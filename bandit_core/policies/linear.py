@@ -15,6 +15,7 @@ request path (the head keeps L⁻¹ up to date in O(d²)).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -30,6 +31,7 @@ from bandit_core._validation import (
     as_finite_float,
     as_float_vector,
     check_known_options,
+    delegate,
     validate_params,
 )
 from bandit_core.exploration import (
@@ -41,8 +43,9 @@ from bandit_core.exploration import (
     thompson_choice,
     tied_with_max,
 )
-from bandit_core.features import FeatureMap
-from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core.features import FEATURE_PARAMS, FeatureMap
+from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
+from bandit_core.head_statistics import HeadStatistics, state_with_statistics
 from bandit_core.policies.base import (
     check_candidates,
     check_contexts,
@@ -62,6 +65,12 @@ _POLICY_PARAMS: dict[str, Constraint] = {
     "shared": IsBool(),
     "dim_user": Interval(int, 0, None),
     "ties": OneOf(("random", "first")),
+    **delegate(
+        "BayesianLinearHead",
+        HEAD_PARAMS,
+        ("lambda_prior", "a0", "b0", "gamma", "window", "refactor_every"),
+    ),
+    **delegate("FeatureMap", FEATURE_PARAMS, ("dim_arm", "interactions", "arm_vocabulary")),
 }
 
 _NO_FEATURES = np.zeros(0)
@@ -83,8 +92,13 @@ class LinearConfig:
     window: int | None = None
     refactor_every: int = 1000
 
+    @classmethod
+    def constraints(cls) -> dict[str, Constraint]:
+        """The constraint of every field (the contract suite checks that none is missing)."""
+        return _POLICY_PARAMS
+
     def __post_init__(self) -> None:
-        validate_params(type(self).__name__, asdict(self), _POLICY_PARAMS)
+        validate_params(type(self).__name__, asdict(self), self.constraints())
         # The head validates its own hyperparameters (and their combination).
         self.head_config(1)
 
@@ -482,6 +496,30 @@ class LinearPolicy:
             contexts, arm_ids, rewards, arm_features, self.config.dim_user, self.model.dim_arm
         )
         self.model.rebuild(x, ids, feats, r)
+
+    # -- head statistics (LinearHeadPolicy) ------------------------------------
+    def head_features(
+        self, contexts: FloatArray, arm_ids: Sequence[str], arm_features: FloatArray
+    ) -> tuple[FloatArray, list[str] | None]:
+        """φ of logged rows: the shared feature map's rows (one head), or the context
+        itself keyed by the arm id (per-arm heads)."""
+        model = self.model
+        if isinstance(model, SharedModel):
+            return model.features.build_rows(contexts, arm_features, list(arm_ids)), None
+        return contexts, list(arm_ids)
+
+    def head_statistics(
+        self,
+        contexts: FloatArray,
+        arm_ids: Sequence[str],
+        rewards: FloatArray,
+        arm_features: FloatArray,
+    ) -> HeadStatistics:
+        phi, keys = self.head_features(contexts, arm_ids, arm_features)
+        return HeadStatistics.of(phi, rewards, keys, self.head.config.gamma)
+
+    def state_with_statistics(self, stats: HeadStatistics) -> PolicyState:
+        return state_with_statistics(self.to_state(), self.head.config, stats)
 
     # -- state ---------------------------------------------------------------
     def to_state(self) -> PolicyState:

@@ -4,46 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from bandit_core.catalog import ALGORITHMS, CATALOG, WRAPPERS, policy_spec, resolve_target
+from bandit_core.catalog import POLICIES as POLICIES
 from bandit_core.policies.base import Policy
-from bandit_core.policies.linear import (
-    EpsilonGreedy,
-    LinearPolicy,
-    LinTS,
-    LinUCB,
-    SharedLinTS,
-    SharedLinUCB,
-)
-from bandit_core.policies.neural import BootstrappedEnsemble, MCDropout, NeuralLinear, NeuralPolicy
-from bandit_core.policies.position import PositionBias
-from bandit_core.policies.uniform import UniformRandom
-from bandit_core.policies.wrappers import ExplorationFloor, ExposureCap
 from bandit_core.types import SCHEMA_VERSION, PolicyState
-
-#: Names as used by the CLI, the service settings and the benchmarks.
-POLICIES: dict[str, type[LinearPolicy] | type[UniformRandom] | type[NeuralPolicy]] = {
-    cls.name: cls
-    for cls in (
-        LinUCB,
-        LinTS,
-        SharedLinUCB,
-        SharedLinTS,
-        EpsilonGreedy,
-        UniformRandom,
-        NeuralLinear,
-        BootstrappedEnsemble,
-        MCDropout,
-    )
-}
-
-WRAPPERS = {
-    "exploration_floor": ExplorationFloor,
-    "exposure_cap": ExposureCap,
-    "position_bias": PositionBias,
-}
 
 
 def policy_names() -> list[str]:
-    return sorted(POLICIES)
+    return list(ALGORITHMS)
 
 
 def make_policy(name: str, **options: Any) -> Policy:
@@ -51,10 +19,7 @@ def make_policy(name: str, **options: Any) -> Policy:
 
     Raises ``ValueError`` naming the unknown policy or option.
     """
-    cls = POLICIES.get(name)
-    if cls is None:
-        raise ValueError(f"Unknown policy {name!r}; expected one of: {', '.join(policy_names())}.")
-    policy: Policy = cls(**options)
+    policy: Policy = policy_spec(name).resolve()(**options)
     return policy
 
 
@@ -67,8 +32,10 @@ def policy_from_state(state: PolicyState) -> Policy:
             f"state schema_version {state.schema_version} is newer than this library "
             f"supports ({SCHEMA_VERSION}); upgrade banditops."
         )
-    cls: Any = POLICIES.get(state.policy) or WRAPPERS.get(state.policy)
-    if cls is None:
+    spec = CATALOG.get(state.policy)
+    target = spec.target if spec is not None else WRAPPERS.get(state.policy)
+    if target is None:
         raise ValueError(f"state names an unknown policy {state.policy!r}.")
+    cls: Any = resolve_target(target)
     restored: Policy = cls.from_state(state)
     return restored

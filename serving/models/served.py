@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core import Policy
+from bandit_core.head_statistics import LinearHeadPolicy
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,8 @@ class Signature:
 def find_head(policy: Any) -> Any:
     """The Bayesian head of ``policy`` (through wrappers), or None."""
     while policy is not None:
-        head = getattr(policy, "head", None)
-        if head is not None:
-            return head
+        if isinstance(policy, LinearHeadPolicy):
+            return policy.head
         policy = getattr(policy, "inner", None)
     return None
 

@@ -4,6 +4,7 @@ Modules, one job each:
 
 ``inputs``         the input contract and its single checker (:func:`check_feedback`)
 ``estimators``     replay, IPS, SNIPS, DM, DR, SNDR, Switch-DR, DRos as pure functions
+``spec``           the estimator spec table (options, properties) every list derives from
 ``bootstrap``      vectorised, seeded percentile bootstrap
 ``tuning``         λ for Switch-DR / DRos by estimated MSE
 ``estimate``       one estimator end to end (:class:`Estimate`)
@@ -14,7 +15,7 @@ Modules, one job each:
 
 from validation.ope.bootstrap import bootstrap_estimates, bootstrap_interval, percentile_interval
 from validation.ope.estimate import Estimate, effective_sample_size, estimate, round_terms
-from validation.ope.estimators import ESTIMATORS, MODEL_BASED, UNBIASED, RoundTerms
+from validation.ope.estimators import RoundTerms
 from validation.ope.evaluate import (
     DEFAULT_ESTIMATORS,
     LoggedBatch,
@@ -32,18 +33,31 @@ from validation.ope.reward_models import (
     RidgeModel,
     fold_ids,
 )
+from validation.ope.spec import (
+    DECOMPOSABLE,
+    ESTIMATORS,
+    MODEL_BASED,
+    SPECS,
+    UNBIASED,
+    EstimatorOption,
+    EstimatorSpec,
+)
 from validation.ope.tuning import LAMBDA_GRID, LambdaChoice, select_lambda
 
 __all__ = [
+    "DECOMPOSABLE",
     "DEFAULT_ESTIMATORS",
     "ESTIMATORS",
     "LAMBDA_GRID",
     "MODEL_BASED",
+    "SPECS",
     "UNBIASED",
     "BanditFeedback",
     "ConstantModel",
     "CrossFitRewardModel",
     "Estimate",
+    "EstimatorOption",
+    "EstimatorSpec",
     "LambdaChoice",
     "LoggedBatch",
     "OPEReport",

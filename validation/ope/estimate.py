@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,21 +15,10 @@ from bandit_core._validation import (
     validate_params,
 )
 from validation.ope.bootstrap import BOOTSTRAP_PARAMS, bootstrap_estimates, percentile_interval
-from validation.ope.estimators import ESTIMATORS, RoundTerms, check_estimator_name
+from validation.ope.estimators import RoundTerms
 from validation.ope.inputs import BanditFeedback
-from validation.ope.tuning import LAMBDA_GRID, check_lambda, select_lambda
-
-#: Options each estimator accepts (besides the feedback and the generator).
-OPTIONS: dict[str, tuple[str, ...]] = {
-    "replay": (),
-    "ips": ("clip",),
-    "snips": (),
-    "dm": (),
-    "dr": (),
-    "sndr": (),
-    "switch_dr": ("lambda_", "lambda_grid"),
-    "dros": ("lambda_", "lambda_grid"),
-}
+from validation.ope.spec import OPTIONS, SPECS, check_estimator_name
+from validation.ope.tuning import LAMBDA_GRID, select_lambda
 
 
 def effective_sample_size(weights: FloatArray) -> float:
@@ -49,7 +37,7 @@ class Estimate:
     Attributes
     ----------
     estimator : str
-        Name in :data:`~validation.ope.estimators.ESTIMATORS`.
+        Name in :data:`~validation.ope.spec.SPECS`.
     value : float
         Point estimate of the evaluation policy's value.
     ci_low, ci_high : float
@@ -104,37 +92,26 @@ def round_terms(
         ``None`` tunes it by estimated MSE over ``lambda_grid``).
     """
     name = check_estimator_name(estimator)
+    spec = SPECS[name]
     check_known_options(name, options, OPTIONS[name])
-    fn = ESTIMATORS[name]
-    if name == "replay":
+    given = {key: spec.options[key].check(name, value) for key, value in options.items()}
+    if spec.needs_rng:
         if rng is None:
             raise ValueError(
-                "replay draws the evaluation policy's actions: pass rng (a numpy.random.Generator)."
+                f"{name} draws the evaluation policy's actions: pass rng "
+                "(a numpy.random.Generator)."
             )
-        return fn(feedback, check_generator(rng))
-    if name == "ips":
-        clip = options.get("clip")
-        if clip is not None and (
-            isinstance(clip, bool)
-            or not isinstance(clip, (int, float))
-            or not clip > 0
-            or math.isnan(clip)
-        ):
-            raise ValueError(
-                f"The 'clip' parameter of ips must be None or a float in (0, inf]; got {clip!r}."
-            )
-        return fn(feedback, clip=None if clip is None else float(clip))
-    if name in ("switch_dr", "dros"):
-        lam = options.get("lambda_")
+        return spec.function(feedback, check_generator(rng), **given)
+    if spec.tuned_weights is not None:
+        lam = given.get("lambda_")
         if lam is None:
-            grid: Sequence[float] = options.get("lambda_grid") or LAMBDA_GRID
-            choice = select_lambda(name, feedback, grid)
-            terms = fn(feedback, choice.lambda_)
+            choice = select_lambda(name, feedback, given.get("lambda_grid") or LAMBDA_GRID)
+            terms = spec.function(feedback, choice.lambda_)
             return RoundTerms(
                 terms.num, terms.weights, terms.den, terms.base, {**terms.params, "tuned": 1.0}
             )
-        return fn(feedback, check_lambda(name, lam))
-    return fn(feedback)
+        return spec.function(feedback, lam)
+    return spec.function(feedback, **given)
 
 
 def estimate(

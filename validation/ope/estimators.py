@@ -18,9 +18,7 @@ Pipeline (Saito et al. 2021).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -199,30 +197,3 @@ def dros(fb: BanditFeedback, lambda_: float) -> RoundTerms:
     wh = shrink_weights(fb.importance_weights(), lambda_)
     base, resid = _residual(fb, "dros")
     return RoundTerms(num=base + wh * resid, weights=wh, params={"lambda_": float(lambda_)})
-
-
-#: Estimators by name. ``replay`` needs a generator; ``dm``, ``dr``, ``sndr``,
-#: ``switch_dr`` and ``dros`` need ``estimated_rewards``.
-ESTIMATORS: dict[str, Callable[..., RoundTerms]] = {
-    "replay": replay,
-    "ips": ips,
-    "snips": snips,
-    "dm": dm,
-    "dr": dr,
-    "sndr": sndr,
-    "switch_dr": switch_dr,
-    "dros": dros,
-}
-
-#: Estimators that need a reward model.
-MODEL_BASED = frozenset({"dm", "dr", "sndr", "switch_dr", "dros"})
-
-#: Estimators whose expectation is the policy value for any (fixed or cross-fitted)
-#: reward model, given the true logging propensities.
-UNBIASED = frozenset({"ips", "dr"})
-
-
-def check_estimator_name(name: Any) -> str:
-    if not isinstance(name, str) or name not in ESTIMATORS:
-        raise ValueError(f"Unknown estimator {name!r}; expected one of: {', '.join(ESTIMATORS)}.")
-    return name

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,21 +17,22 @@ from bandit_core._validation import (
     as_float_matrix,
     as_float_vector,
     check_generator,
+    check_known_options,
     validate_params,
 )
 from bandit_core.policies.position import split_position
 from bandit_core.slates import slate_marginals
 from validation.ope.bootstrap import BOOTSTRAP_PARAMS
 from validation.ope.estimate import Estimate, estimate
-from validation.ope.estimators import MODEL_BASED, check_estimator_name
 from validation.ope.inputs import BanditFeedback, check_feedback
 from validation.ope.report import OPEReport
 from validation.ope.reward_models import CrossFitRewardModel, RidgeModel
+from validation.ope.spec import MODEL_BASED, SPECS, check_estimator_name
 
 IntArray = NDArray[np.intp]
 
 #: Estimators run by default, in report order (replay only on uniformly random logs).
-DEFAULT_ESTIMATORS = ("replay", "ips", "snips", "dm", "dr", "sndr", "switch_dr", "dros")
+DEFAULT_ESTIMATORS: tuple[str, ...] = tuple(SPECS)
 
 
 @dataclass(frozen=True)
@@ -263,9 +264,7 @@ def evaluate_policy(
     reward_model: CrossFitRewardModel | None = None,
     n_resamples: int = 1000,
     level: float = 0.95,
-    clip: float | None = None,
-    switch_lambda: float | None = None,
-    dros_lambda: float | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     slates: bool = False,
 ) -> OPEReport:
     """Off-policy estimates of ``policy``'s value on ``batch``, with intervals.
@@ -286,10 +285,10 @@ def evaluate_policy(
         features are ``[context ; arm features ; arm one-hot]``.
     n_resamples, level : int, float
         Bootstrap resamples and interval coverage.
-    clip : float, optional
-        Weight clipping of ``ips``.
-    switch_lambda, dros_lambda : float, optional
-        λ of Switch-DR and DRos; ``None`` tunes it by estimated MSE.
+    options : mapping of estimator name to its options, optional
+        Options of the evaluated estimators (:data:`validation.ope.spec.SPECS`), e.g.
+        ``{"ips": {"clip": 50.0}, "switch_dr": {"lambda_": 10.0}}``; an estimator's λ
+        left out (or None) is tuned by estimated MSE.
     slates : bool
         Evaluate ``policy`` as a ranker of ``len_list`` positions
         (:func:`slate_policy_action_dist`, position-wise) instead of one choice used at
@@ -315,6 +314,7 @@ def evaluate_policy(
     names = list(estimators) if estimators is not None else list(DEFAULT_ESTIMATORS)
     for name in names:
         check_estimator_name(name)
+    per_estimator = _estimator_options(options, names)
     if "replay" in names and not batch.is_uniform():
         if estimators is not None:
             raise ValueError(
@@ -349,15 +349,38 @@ def evaluate_policy(
     fb: BanditFeedback = check_feedback(
         batch.rewards, batch.actions, batch.pscore, action_dist, batch.positions, q_hat
     )
-    options: dict[str, dict[str, Any]] = {
-        "ips": {"clip": clip},
-        "switch_dr": {"lambda_": switch_lambda},
-        "dros": {"lambda_": dros_lambda},
-    }
     results: dict[str, Estimate] = {}
     for name in names:
         results[name] = estimate(
-            name, fb, rng, n_resamples=n_resamples, level=level, **options.get(name, {})
+            name, fb, rng, n_resamples=n_resamples, level=level, **per_estimator.get(name, {})
         )
     label = policy.name if policy.model_version is None else f"{policy.name}@{policy.model_version}"
     return OPEReport(label, batch.n_rounds, batch.fingerprint(), results, tuple(notes))
+
+
+def _estimator_options(
+    options: Mapping[str, Mapping[str, Any]] | None, names: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``options`` checked against the estimators run: known names, mappings, each
+    estimator's option names (the values are checked by the estimator)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(
+            f"options must map estimator names to their options; got {type(options).__name__}."
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for name, given in options.items():
+        check_estimator_name(name)
+        if name not in names:
+            raise ValueError(
+                f"options name {name!r}, which is not evaluated here; evaluated: "
+                f"{', '.join(names)}."
+            )
+        if not isinstance(given, Mapping):
+            raise ValueError(
+                f"options[{name!r}] must be a mapping of option names to values; got {given!r}."
+            )
+        check_known_options(name, given, tuple(SPECS[name].options))
+        out[name] = dict(given)
+    return out

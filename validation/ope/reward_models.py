@@ -78,6 +78,16 @@ class RidgeModel:
         self.intercept_ = mean_y - float(mean_x @ self.coef_)
         return self
 
+    def fit_moments(self, mean: FloatArray, m2: FloatArray) -> RidgeModel:
+        """The same fit from the moments of ``[X, y]`` — ``mean`` (d + 1,) and the centred
+        cross-products ``m2`` (d + 1, d + 1) — which merge over shards
+        (:class:`validation.ope.moments.Moments`): ``β = (M2_XX + αI)⁻¹ M2_Xy``."""
+        d = mean.shape[0] - 1
+        gram = m2[:d, :d] + self.alpha * np.eye(d)
+        self.coef_ = np.linalg.lstsq(gram, m2[:d, d], rcond=None)[0]
+        self.intercept_ = float(mean[d] - mean[:d] @ self.coef_)
+        return self
+
     def predict(self, X: Any) -> FloatArray:
         out: FloatArray = np.asarray(X, dtype=np.float64) @ self.coef_ + self.intercept_
         return out

@@ -19,22 +19,17 @@ over a grid (by default the Open Bandit Pipeline benchmark's grid, Saito et al. 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from bandit_core._validation import FloatArray, Interval, validate_params
-from validation.ope.estimators import shrink_weights, switch_weights
 from validation.ope.inputs import BanditFeedback
+from validation.ope.spec import WEIGHT_MAPS, check_lambda
 
 #: Candidate λ values (the grid of the Open Bandit Pipeline benchmark, Saito et al. 2021).
 LAMBDA_GRID: tuple[float, ...] = (1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0)
-
-WEIGHT_MAPS: dict[str, Callable[[FloatArray, float], FloatArray]] = {
-    "switch_dr": switch_weights,
-    "dros": shrink_weights,
-}
 
 
 @dataclass(frozen=True)
@@ -44,20 +39,6 @@ class LambdaChoice:
     lambda_: float
     grid: tuple[float, ...]
     estimated_mse: tuple[float, ...]
-
-
-def check_lambda(name: str, value: object) -> float:
-    """λ must be a number in [0, ∞] (∞ allowed: plain DR)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(
-            f"The 'lambda_' parameter of {name} must be a float in [0, inf]; got {value!r}."
-        )
-    v = float(value)
-    if math.isnan(v) or v < 0.0:
-        raise ValueError(
-            f"The 'lambda_' parameter of {name} must be a float in [0, inf]; got {v!r}."
-        )
-    return v
 
 
 def bias_upper_bound(z: FloatArray, delta: float = 0.05) -> float:

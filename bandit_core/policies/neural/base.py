@@ -21,7 +21,8 @@ seeded from ``numpy.random.default_rng(seed)``, whose state is part of the polic
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -33,13 +34,16 @@ from bandit_core._validation import (
     FloatArray,
     Interval,
     IsBool,
+    IsStr,
+    LayerWidths,
     OneOf,
     OptionalOf,
     as_finite_float,
+    delegate,
     validate_params,
 )
 from bandit_core.exploration import tied_with_max
-from bandit_core.features import FeatureMap
+from bandit_core.features import FEATURE_PARAMS, FeatureMap
 from bandit_core.nets import (
     ConcreteDropout,
     MemberMLP,
@@ -50,6 +54,7 @@ from bandit_core.nets import (
     module_arrays,
     resolve_device,
     restore_generator,
+    to_numpy,
     to_tensor,
     train_network,
 )
@@ -80,6 +85,9 @@ _NEURAL_PARAMS: dict[str, Constraint] = {
     "loss": OneOf(("mse", "bce")),
     "buffer_size": OptionalOf(Interval(int, 1, None)),
     "seed": Interval(int, 0, None),
+    "hidden": LayerWidths(),
+    "device": IsStr(),
+    **delegate("FeatureMap", FEATURE_PARAMS, ("arm_vocabulary",)),
 }
 
 
@@ -134,15 +142,17 @@ class NeuralConfig:
     #: constraints of the subclass's own fields, merged with the shared table
     extra_params: ClassVar[dict[str, Constraint]] = {}
 
+    @classmethod
+    def constraints(cls) -> dict[str, Constraint]:
+        """The constraint of every field (the contract suite checks that none is missing)."""
+        return {**_NEURAL_PARAMS, **cls.extra_params}
+
     def __post_init__(self) -> None:
         name = type(self).__name__
         object.__setattr__(self, "arm_vocabulary", tuple(self.arm_vocabulary))
-        object.__setattr__(self, "hidden", _check_hidden(name, self.hidden))
-        validate_params(name, asdict(self), {**_NEURAL_PARAMS, **self.extra_params})
-        if not isinstance(self.device, str):
-            raise ValueError(
-                f"The 'device' parameter of {name} must be a str; got {self.device!r}."
-            )
+        validate_params(name, {"hidden": self.hidden}, _NEURAL_PARAMS)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        validate_params(name, asdict(self), self.constraints())
         resolve_device(self.device)
         self.feature_map()
 
@@ -166,19 +176,6 @@ class NeuralConfig:
         out["hidden"] = list(self.hidden)
         out["arm_vocabulary"] = list(self.arm_vocabulary)
         return out
-
-
-def _check_hidden(owner: str, hidden: Any) -> tuple[int, ...]:
-    ok = isinstance(hidden, (tuple, list)) and len(hidden) > 0
-    ok = ok and all(
-        isinstance(h, (int, np.integer)) and not isinstance(h, bool) and h >= 1 for h in hidden
-    )
-    if not ok:
-        raise ValueError(
-            f"The 'hidden' parameter of {owner} must be a non-empty sequence of positive "
-            f"ints (layer widths). Got {hidden!r}."
-        )
-    return tuple(int(h) for h in hidden)
 
 
 class NeuralPolicy:
@@ -343,26 +340,59 @@ class NeuralPolicy:
             "additive statistics); the nightly retrain learns the revised reward."
         )
 
-    def retrain(self) -> float:
+    def retrain(
+        self, stages: int = 1, after_stage: Callable[[int, float], None] | None = None
+    ) -> float:
         """Slow path, also callable on demand: train the network on the whole buffer,
-        then refresh what depends on it. Returns the last epoch's mean training loss."""
+        then refresh what depends on it. Returns the last epoch's mean training loss.
+
+        Parameters
+        ----------
+        stages : int
+            Split the ``epochs`` into runs of ``max(1, epochs // stages)`` epochs (the
+            last one shorter), each a call of the trainer that goes on with the same
+            network, optimiser seed stream and generator — so a learning curve can be
+            recorded between them (the nightly retrain's).
+        after_stage : callable or None
+            Called as ``after_stage(epochs_done, stage_loss)`` after every stage, before
+            the head (or whatever depends on the network) is refreshed.
+        """
+        validate_params("retrain", {"stages": stages}, {"stages": Interval(int, 1, None)})
         if len(self.buffer_):
+            spec = self._train_spec()
+            inputs = self._tensor(self.buffer_.inputs)
+            targets = self._tensor(self.buffer_.rewards)
             weights = None
             if self.buffer_.n_weights:
                 weights = self._tensor(self.buffer_.weights.T)
-            self.last_train_loss_ = train_network(
-                self.net_,
-                self._tensor(self.buffer_.inputs),
-                self._tensor(self.buffer_.rewards),
-                self._train_spec(),
-                self.generator_,
-                weights,
-                self._concrete(),
-            )
+            per_stage = max(1, spec.epochs // stages)
+            done = 0
+            while done < spec.epochs:
+                epochs = min(per_stage, spec.epochs - done)
+                self.last_train_loss_ = train_network(
+                    self.net_,
+                    inputs,
+                    targets,
+                    replace(spec, epochs=epochs),
+                    self.generator_,
+                    weights,
+                    self._concrete(),
+                )
+                done += epochs
+                if after_stage is not None:
+                    after_stage(done, self.last_train_loss_)
         self._after_retrain()
         self.since_retrain_ = 0
         self.n_retrains_ += 1
         return self.last_train_loss_
+
+    def predict_reward(self, inputs: FloatArray) -> FloatArray:
+        """The network's point prediction of the mean reward for encoder inputs
+        ``inputs`` (n, D) → (n,) (the members' mean, through the loss's link)."""
+        with torch.inference_mode():
+            out = self.net_(self._tensor(inputs)[None]).mean(0)
+            pred: FloatArray = to_numpy(self._loss_link(out))
+        return pred
 
     def _train_spec(self) -> TrainSpec:
         return self.config.train_spec()

@@ -21,6 +21,7 @@ Two speeds:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, ClassVar, cast
@@ -29,12 +30,14 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from bandit_core._validation import Constraint, FloatArray, Interval, IsBool, OneOf
-from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core._validation import Constraint, FloatArray, Interval, IsBool, OneOf, delegate
+from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
+from bandit_core.head_statistics import HeadStatistics, state_with_statistics
 from bandit_core.linalg import sufficient_statistics
 from bandit_core.nets import to_numpy
 from bandit_core.policies.linear import _ThompsonRule, _UCBRule
 from bandit_core.policies.neural.base import IntArray, NeuralConfig, NeuralPolicy
+from bandit_core.types import PolicyState
 
 #: rows encoded per forward pass during a rebuild
 REBUILD_CHUNK = 8192
@@ -86,6 +89,7 @@ class NeuralLinearConfig(NeuralConfig):
         "sample_noise": IsBool(),
         "head_bias": IsBool(),
         "head_inputs": IsBool(),
+        **delegate("BayesianLinearHead", HEAD_PARAMS, ("lambda_prior", "a0", "b0")),
     }
 
     def __post_init__(self) -> None:
@@ -200,6 +204,32 @@ class NeuralLinear(NeuralPolicy):
             count += c
         self.head.reset()
         self.head.load_statistics(gram, xty, yty, count)
+
+    # -- head statistics (LinearHeadPolicy) ------------------------------------------
+    def head_features(
+        self, contexts: FloatArray, arm_ids: Sequence[str], arm_features: FloatArray
+    ) -> tuple[FloatArray, list[str] | None]:
+        """φ = [f(z); 1; z] of logged rows under the frozen network (one shared head),
+        encoded :data:`REBUILD_CHUNK` rows at a time."""
+        inputs = self.features.build_rows(contexts, arm_features, list(arm_ids))
+        parts = [
+            self.encode(inputs[i : i + REBUILD_CHUNK])
+            for i in range(0, inputs.shape[0], REBUILD_CHUNK)
+        ]
+        return np.concatenate(parts, axis=0), None
+
+    def head_statistics(
+        self,
+        contexts: FloatArray,
+        arm_ids: Sequence[str],
+        rewards: FloatArray,
+        arm_features: FloatArray,
+    ) -> HeadStatistics:
+        phi, keys = self.head_features(contexts, arm_ids, arm_features)
+        return HeadStatistics.of(phi, rewards, keys, self.head.config.gamma)
+
+    def state_with_statistics(self, stats: HeadStatistics) -> PolicyState:
+        return state_with_statistics(self.to_state(), self.head.config, stats)
 
     # -- state -------------------------------------------------------------------
     def _extra_arrays(self) -> dict[str, NDArray[Any]]:

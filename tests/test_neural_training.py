@@ -1,0 +1,74 @@
+"""The public training entry points of neural policies: staged retraining (the nightly
+learning curve) and the point prediction, used by ``training.train`` instead of private
+members."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bandit_core import make_policy
+from bandit_core.head_statistics import LinearHeadPolicy
+from tests.policy_factories import NEURAL_SMALL
+
+
+def _filled(name: str, epochs: int = 6) -> object:
+    options = {**NEURAL_SMALL, "retrain_every": 10_000, "epochs": epochs, "max_train_steps": 50}
+    policy = make_policy(name, **options, loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, NEURAL_SMALL["dim_user"]))
+    feats = rng.standard_normal((60, NEURAL_SMALL["dim_arm"]))
+    policy.update_batch(x, [f"a{i % 3}" for i in range(60)], rng.random(60), feats)
+    return policy
+
+
+@pytest.mark.parametrize("name", ["neural_linear", "ensemble", "dropout"])
+def test_stages_report_progress_and_one_stage_is_the_plain_retrain(name: str) -> None:
+    staged = _filled(name)
+    seen: list[tuple[int, float]] = []
+    loss = staged.retrain(stages=3, after_stage=lambda e, value: seen.append((e, value)))
+    assert [e for e, _ in seen] == [2, 4, 6] and loss == seen[-1][1]
+    assert staged.n_retrains_ == 1 and staged.since_retrain_ == 0
+    # one stage of all the epochs is exactly the slow path's retrain
+    once, twice = _filled(name), _filled(name)
+    assert once.retrain(stages=1) == twice.retrain()
+    for key, value in once.to_state().arrays.items():
+        np.testing.assert_array_equal(value, twice.to_state().arrays[key], err_msg=key)
+
+
+def test_retrain_refuses_zero_stages() -> None:
+    with pytest.raises(ValueError, match="'stages' parameter of retrain"):
+        _filled("neural_linear").retrain(stages=0)
+
+
+def test_predict_reward_is_the_networks_mean_prediction() -> None:
+    policy = _filled("ensemble")
+    inputs = np.random.default_rng(1).standard_normal((7, policy.features.dim))
+    pred = policy.predict_reward(inputs)
+    assert pred.shape == (7,)
+    # squared-error loss: the link is the identity, so the mean prediction is the
+    # members' mean score
+    members = policy.member_scores(inputs[None])  # (M, 1, 7)
+    np.testing.assert_allclose(pred, members[:, 0, :].mean(axis=0), rtol=1e-6)
+
+
+def test_neural_linear_is_a_linear_head_policy_and_the_others_are_not() -> None:
+    assert isinstance(_filled("neural_linear"), LinearHeadPolicy)
+    assert not isinstance(_filled("ensemble"), LinearHeadPolicy)
+
+
+@pytest.mark.parametrize("name", ["ensemble", "dropout"])
+def test_rebuild_head_step_keeps_a_headless_network_as_trained(name: str, tmp_path: Path) -> None:
+    """The retrain's rebuild step on a policy without a linear head is the trained state
+    itself (it used to call a ``rebuild`` these policies do not have)."""
+    from bandit_core import load_state, save_policy
+    from training.train import rebuild_head
+
+    state = save_policy(_filled(name), tmp_path / "trained.npz")
+    out = rebuild_head(state, tmp_path / "no-replay-needed.parquet", tmp_path / "rebuilt.npz")
+    before, after = load_state(state), load_state(out)
+    assert before.config == after.config and set(before.arrays) == set(after.arrays)
+    for key, value in before.arrays.items():
+        np.testing.assert_array_equal(value, after.arrays[key], err_msg=key)
