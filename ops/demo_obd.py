@@ -63,7 +63,8 @@ def _timestamps(log_csv: Path) -> pd.Series:
 def standardize(features: FloatArray) -> FloatArray:
     """Columns centred and scaled to unit variance (constant columns only centred)."""
     scale = features.std(axis=0)
-    return (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    standardized: FloatArray = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    return standardized
 
 
 def policy_options(algorithm: str, dim_user: int, dim_arm: int, ids: list[str]) -> dict[str, Any]:
