@@ -37,7 +37,8 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check bandit_core
+	$(BIN)/ruff format --check .
+	# every package: the list and the strict configuration are [tool.mypy] in pyproject.toml
 	$(BIN)/mypy
 	# dependency audit: needs PyPI's or OSV's vulnerability API (an offline mirror skips every package)
 	$(BIN)/pip-audit --skip-editable --progress-spinner off

@@ -18,9 +18,15 @@ from bandit_core.types import Candidates
 
 
 class Environment(Protocol):
-    name: str
-    dim_user: int
-    dim_arm: int
+    # read-only: implementations are frozen dataclasses or compute these
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim_user(self) -> int: ...
+
+    @property
+    def dim_arm(self) -> int: ...
 
     def sample(self, rng: np.random.Generator) -> tuple[FloatArray, Candidates]:
         """One context (dim_user,) and its candidate set."""

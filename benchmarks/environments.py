@@ -65,10 +65,18 @@ class Stream:
 
 
 class BenchEnvironment(Protocol):
-    name: str
-    dim_user: int
-    dim_arm: int
-    binary_rewards: bool
+    # read-only: implementations are frozen dataclasses or compute these
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim_user(self) -> int: ...
+
+    @property
+    def dim_arm(self) -> int: ...
+
+    @property
+    def binary_rewards(self) -> bool: ...
 
     def stream(self, steps: int, rng: np.random.Generator) -> Stream: ...
 
@@ -229,7 +237,7 @@ class ColdStartEnvironment:
         return int(self.items.shape[1])
 
     def available(self, t: int) -> int:
-        return min(self.items.shape[0], self.initial_items + t // self.arrival_every)
+        return min(int(self.items.shape[0]), self.initial_items + t // self.arrival_every)
 
     def stream(self, steps: int, rng: np.random.Generator) -> Stream:
         contexts, cands, means = [], [], []

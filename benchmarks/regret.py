@@ -464,7 +464,8 @@ def plot_curves(reports: Sequence[EnvironmentReport], path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(reports), figsize=(6.5 * len(reports), 4.5), squeeze=False)
     for ax, report in zip(axes[0], reports, strict=True):
-        colours = plt.get_cmap("tab20").colors
+        # get_cmap is typed as a Colormap; "tab20" is a ListedColormap, which has .colors
+        colours: Sequence[Any] = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
         for i, s in enumerate(summarise(report)):
             curves = np.array([r.curve for r in report.results if r.policy == s.policy])
             x = np.linspace(1, report.steps, curves.shape[1])

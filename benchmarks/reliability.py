@@ -46,6 +46,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -667,16 +668,13 @@ def run_cases(args: argparse.Namespace) -> list[Row]:
     stores = ("sqlite", "postgresql")
     plan: list[tuple[str, Callable[[], Row]]] = []
     for store in stores:
-        plan.append(("load", lambda s=store: case_load(s, args.rps, args.seconds, pg)))
+        plan.append(("load", partial(case_load, store, args.rps, args.seconds, pg)))
     for store in stores:
         plan.append(
-            (
-                "step",
-                lambda s=store: case_step(s, args.rps / 2, args.max_rps, args.step_seconds, pg),
-            )
+            ("step", partial(case_step, store, args.rps / 2, args.max_rps, args.step_seconds, pg))
         )
     for store in stores:
-        plan.append(("crash", lambda s=store: case_crash(s, args.rps, args.fault_seconds, pg)))
+        plan.append(("crash", partial(case_crash, store, args.rps, args.fault_seconds, pg)))
     plan.append(
         ("db_outage", lambda: case_db_outage(args.rps, args.fault_seconds, args.outage_seconds, pg))
     )

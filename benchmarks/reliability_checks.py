@@ -238,9 +238,11 @@ def fuzz_openapi(base_url: str, max_examples: int, headers: dict[str, str]) -> d
     statuses: Counter[int] = Counter()
     server_errors: list[str] = []
     for result in schema.get_all_operations():
+        # an Err (an operation whose schema does not load) has no .ok(): that error surfaces
+        operation = result.ok()  # type: ignore[union-attr]
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             _fuzz_operation(
-                result.ok(), mode, max_examples, base_url, headers, statuses, server_errors
+                operation, mode, max_examples, base_url, headers, statuses, server_errors
             )
     return {
         "requests": sum(statuses.values()),

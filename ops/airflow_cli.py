@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 from base64 import urlsafe_b64encode
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +111,7 @@ class AirflowHome:
             "api_auth": {},
             "logging": {"base_log_folder": str(self.path / "logs")},
         }
-        generated = {
+        generated: dict[tuple[str, str], Callable[[], str]] = {
             ("core", "fernet_key"): lambda: urlsafe_b64encode(os.urandom(32)).decode(),
             ("api", "secret_key"): lambda: secrets.token_urlsafe(32),
             ("api_auth", "jwt_secret"): lambda: secrets.token_urlsafe(48),
@@ -285,7 +285,7 @@ def stop_group(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
     standalone`` then terminates its components), then SIGTERM to the whole group (task
     processes a component still waits for), at last SIGKILL, each after a grace period
     while some member of the group lives."""
-    steps = (
+    steps: tuple[tuple[Callable[[], None], float], ...] = (
         (lambda: os.kill(process.pid, signal.SIGINT), grace_s),
         (lambda: os.killpg(process.pid, signal.SIGTERM), 20.0),
         (lambda: os.killpg(process.pid, signal.SIGKILL), 10.0),

@@ -72,7 +72,7 @@ def _policy_for(name: str, env: Environment) -> Any:
 def _run(
     env_name: str, policies: list[str], steps: int, seed: int, delta: float
 ) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("simulating", total=len(policies))
         for name in policies:

@@ -316,7 +316,8 @@ def run_demo(
     versions = []
     for info in sorted(registry.versions(), key=lambda v: int(v.version)):
         label = f"{MODEL_NAME}/{info.version}"
-        realized = [s.realized_ctr(label) for s in per_day if s.realized_ctr(label) is not None]
+        ctrs = (s.realized_ctr(label) for s in per_day)
+        realized = [c for c in ctrs if c is not None]
         m = info.metrics
         versions.append(
             {

@@ -36,6 +36,7 @@ import pandas as pd
 from rich.table import Table
 
 from bandit_core import Candidates, make_policy
+from bandit_core._validation import FloatArray
 from bandit_core.catalog import ALGORITHMS, CATALOG
 from validation import obd
 from validation.ope import (
@@ -59,10 +60,11 @@ def _timestamps(log_csv: Path) -> pd.Series:
     return pd.to_datetime(raw["timestamp"], utc=True).reset_index(drop=True)
 
 
-def standardize(features: np.ndarray) -> np.ndarray:
+def standardize(features: FloatArray) -> FloatArray:
     """Columns centred and scaled to unit variance (constant columns only centred)."""
     scale = features.std(axis=0)
-    return (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    standardized: FloatArray = (features - features.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
+    return standardized
 
 
 def policy_options(algorithm: str, dim_user: int, dim_arm: int, ids: list[str]) -> dict[str, Any]:
@@ -194,7 +196,7 @@ def run_obd_demo(
         float(bts_log.reward[in_period].mean()) if in_period.any() else None
     )
     policies["bts"]["on_policy_rounds"] = int(in_period.sum())
-    differences = {}
+    differences: dict[str, dict[str, Any]] = {}
     for other in ("logging", "bts"):
         differences[other] = {}
         for name in ESTIMATORS:

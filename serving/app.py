@@ -54,8 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(router)
     app.include_router(catalog_router)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(InputError, input_error)
+    # Starlette types every handler as taking `Exception`; these take the class they handle
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(InputError, input_error)  # type: ignore[arg-type]
     app.add_exception_handler(NotFoundError, with_status(404))
     app.add_exception_handler(NotReadyError, with_status(503))
     app.add_exception_handler(StoreUnavailableError, with_status(503))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -24,8 +24,12 @@ router = APIRouter()
 Role = Literal["production", "candidate"]
 _bearer = HTTPBearer(auto_error=False, description="Required when BANDITOPS_API_TOKEN is set.")
 
-_UNAVAILABLE = {503: {"description": "Not ready, or the event store is unavailable."}}
-_UNAUTHORIZED = {401: {"description": "Missing or wrong bearer token."}}
+# the `responses=` mapping of a FastAPI route (status code → OpenAPI response object)
+OpenAPIResponses = dict[int | str, dict[str, Any]]
+_UNAVAILABLE: OpenAPIResponses = {
+    503: {"description": "Not ready, or the event store is unavailable."}
+}
+_UNAUTHORIZED: OpenAPIResponses = {401: {"description": "Missing or wrong bearer token."}}
 
 
 def service_of(request: Request) -> DecisionService:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from eventstore.workspace import run_folder
 from training import runspec, steps
 from training.baseline import production_state
 from training.train import TrainConfig
@@ -74,7 +75,7 @@ def spec_for(
             raise ValueError(f"{name} must be timezone-aware; got {value!r}.")
     spec = runspec.RunSpec(
         run_key=run_key,
-        run_dir=str(runspec.run_folder(settings.runs_dir, run_key)),
+        run_dir=str(run_folder(settings.runs_dir, run_key)),
         store_url=settings.store_url,
         tracking_uri=settings.tracking_uri,
         model_name=settings.model_name,

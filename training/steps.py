@@ -23,17 +23,18 @@ from typing import Any
 import pandas as pd
 
 from eventstore.contract import REFERENCE_FILE
+from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
 from modelregistry.registry import ModelRegistry
 from training.baseline import baseline_state
 from training.evaluate import evaluate
 from training.plots import plot_arm_coverage, plot_learning_curve
 from training.replay import ReplayManifest, extract_replay, load_replay
-from training.runspec import RunSpec, aware
+from training.runspec import RunSpec
 from training.shards import reduce_evaluation, reduce_head
 from training.train import RESULT_FILE, TrainResult, rebuild_head, train
-from training.validate import STORE_COLUMNS, validate_features
-from validation.expectations import ReplaySuiteConfig, reference_histograms
+from training.validate import validate_features
+from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, reference_histograms
 
 log = logging.getLogger(__name__)
 

@@ -82,7 +82,8 @@ class ColumnPairValueAmongCandidates(ColumnPairMapMetricProvider):
     condition_domain_keys = _PAIR_DOMAIN_KEYS
     condition_value_keys = ()
 
-    @column_pair_condition_partial(engine=PandasExecutionEngine)
+    # GX leaves column_pair_condition_partial unannotated (column_condition_partial is typed)
+    @column_pair_condition_partial(engine=PandasExecutionEngine)  # type: ignore[untyped-decorator]
     def _pandas(cls, column_A: pd.Series, column_B: pd.Series, **kwargs: Any) -> pd.Series:
         def among(arm: Any, ids: Any) -> bool:
             return isinstance(ids, (list, tuple, np.ndarray)) and any(arm == c for c in ids)
@@ -97,7 +98,8 @@ class ColumnPairValuesEqualLengths(ColumnPairMapMetricProvider):
     condition_domain_keys = _PAIR_DOMAIN_KEYS
     condition_value_keys = ()
 
-    @column_pair_condition_partial(engine=PandasExecutionEngine)
+    # GX leaves column_pair_condition_partial unannotated (column_condition_partial is typed)
+    @column_pair_condition_partial(engine=PandasExecutionEngine)  # type: ignore[untyped-decorator]
     def _pandas(cls, column_A: pd.Series, column_B: pd.Series, **kwargs: Any) -> pd.Series:
         def same(a: Any, b: Any) -> bool:
             try:
@@ -185,7 +187,7 @@ class ExpectColumnDriftToBeBelow(ColumnAggregateExpectation):
     bin_edges: list[float]
     reference_proportions: list[float]
     metric: Literal["psi", "kl"] = "psi"
-    threshold: float | SuiteParameterDict
+    threshold: float | SuiteParameterDict[str, Any]
 
     metric_dependencies: ClassVar[tuple[str, ...]] = ("column.banditops_drift_score",)
     success_keys = ("bin_edges", "reference_proportions", "metric", "threshold")

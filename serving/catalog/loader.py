@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from serving.catalog.store import ItemInput
 
@@ -73,8 +74,10 @@ def items_from_table(
         ]
 
 
-def _numbers(frame: pd.DataFrame, columns: list[object]) -> np.ndarray:
-    values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+def _numbers(frame: pd.DataFrame, columns: list[str]) -> NDArray[np.float64]:
+    values: NDArray[np.float64] = (
+        frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    )
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = (int(i[0]) for i in np.nonzero(bad))

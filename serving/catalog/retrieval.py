@@ -14,7 +14,7 @@ Both number rows in insertion order, share the ``active`` mask semantics and ret
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import faiss
 import numpy as np
@@ -59,7 +59,7 @@ class _Rows:
         self.size = 0
         self.n_active = 0
 
-    def append(self, vectors: FloatArray) -> None:
+    def append(self, vectors: NDArray[np.floating[Any]]) -> None:
         m = vectors.shape[0]
         needed = self.size + m
         if needed > self._data.shape[0]:
@@ -177,8 +177,9 @@ class HnswRetriever:
         self._rows.deactivate(rows)
         self._bitmap = self._selector = None
 
-    def _params(self, k: int) -> faiss.SearchParametersHNSW:
-        params = faiss.SearchParametersHNSW()
+    # faiss's __init__.pyi leaves out SearchParametersHNSW (the SWIG module defines it)
+    def _params(self, k: int) -> faiss.SearchParametersHNSW:  # type: ignore[name-defined]
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
         params.efSearch = max(self.ef_search, k)
         if self.n_active < self.n_rows:
             if self._bitmap is None or self._selector is None:

@@ -19,12 +19,18 @@ from serving.catalog.runtime import CatalogService
 from serving.catalog.schemas import ItemBody, ItemOut, ItemsIn, ItemsOut, ItemsPage
 from serving.catalog.store import ItemInput, ItemRecord
 from serving.inputs import InputError
-from serving.routes import _UNAUTHORIZED, _UNAVAILABLE, Authorized, service_of
+from serving.routes import (
+    _UNAUTHORIZED,
+    _UNAVAILABLE,
+    Authorized,
+    OpenAPIResponses,
+    service_of,
+)
 from serving.service import NotFoundError
 
 router = APIRouter(tags=["catalog"])
 ItemId = Annotated[str, Path(min_length=1, max_length=256)]
-_NOT_FOUND = {404: {"description": "Unknown item (or version)."}}
+_NOT_FOUND: OpenAPIResponses = {404: {"description": "Unknown item (or version)."}}
 
 
 def catalog_of(request: Request) -> CatalogService:

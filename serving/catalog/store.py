@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -236,7 +236,9 @@ class CatalogStore:
             ]
             seqs = self._write(conn, params, known, now)
         return [
-            ItemRecord(e.item_id, p["version"], s, False, e.features, e.embedding, 0, now)
+            ItemRecord(
+                e.item_id, cast(int, p["version"]), s, False, e.features, e.embedding, 0, now
+            )
             for e, p, s in zip(entries, params, seqs, strict=True)
         ]
 

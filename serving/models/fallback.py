@@ -8,6 +8,7 @@ uniformly with probability ε. Both report exact propensities.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from bandit_core import Candidates, Decision, DecisionBatch
 from bandit_core.exploration import greedy_choice_one, greedy_probabilities, sample_categorical
@@ -43,7 +44,7 @@ class FallbackPolicy:
         )
 
     def select_batch(
-        self, contexts: object, candidates: Candidates, rng: np.random.Generator
+        self, contexts: ArrayLike, candidates: Candidates, rng: np.random.Generator
     ) -> DecisionBatch:
         """The same law for every row of ``contexts`` (n, ·) (slate marginals, replay)."""
         n = int(np.shape(contexts)[0])
