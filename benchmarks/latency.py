@@ -41,7 +41,7 @@ CASES: list[tuple[str, dict[str, Any], float, float]] = [
     ("shared_linucb", {"dim_user": D_USER, "dim_arm": D_ARM, "alpha": 1.0}, 100.0, 50.0),
     ("shared_lints", {"dim_user": D_USER, "dim_arm": D_ARM, "n_sim": 1000}, 1000.0, 50.0),
     ("linucb", {"dim_user": D_USER, "alpha": 1.0}, 100.0, 50.0),
-    ("lints", {"dim_user": D_USER, "n_sim": 1000}, 1000.0, 50.0),
+    ("lints", {"dim_user": D_USER}, 1000.0, 50.0),
     ("epsilon_greedy", {"dim_user": D_USER, "dim_arm": D_ARM, "epsilon": 0.05}, 100.0, 50.0),
 ]
 
@@ -89,7 +89,7 @@ def _measure(
 
 
 #: Peers timed in the same run (no target: they are the yardstick).
-PEER_CASES = ("vw_squarecb", "mabwiser_linucb")
+PEER_CASES = ("vw_squarecb", "mabwiser_linucb", "mabwiser_lints")
 
 
 def _measure_peer(

@@ -28,7 +28,7 @@ NEURAL_SMALL: dict[str, Any] = {
 FACTORIES: dict[str, Callable[[], Any]] = {
     "uniform": lambda: make_policy("uniform", dim_user=DIM_USER),
     "linucb": lambda: make_policy("linucb", dim_user=DIM_USER, alpha=0.5),
-    "lints": lambda: make_policy("lints", dim_user=DIM_USER, n_sim=200),
+    "lints": lambda: make_policy("lints", dim_user=DIM_USER),
     "shared_linucb": lambda: make_policy(
         "shared_linucb", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, alpha=0.5
     ),

@@ -98,9 +98,9 @@ def test_unknown_policy_and_unknown_option() -> None:
             r"The 'ties' parameter of LinUCBConfig must be one of 'random', 'first'. Got 'last'.",
         ),
         (
-            "lints",
+            "shared_lints",
             {"n_sim": 0},
-            r"The 'n_sim' parameter of LinTSConfig must be an int in the range \[1, inf\). Got 0.",
+            r"The 'n_sim' parameter of SharedLinTSConfig must be an int in the range \[1, inf\). Got 0.",
         ),
         (
             "epsilon_greedy",

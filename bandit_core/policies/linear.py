@@ -49,6 +49,7 @@ from bandit_core.policies.base import (
     check_rng,
     check_updates,
 )
+from bandit_core.policies.exact_thompson import per_arm_thompson
 from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
 
 IntArray = NDArray[np.intp]
@@ -132,9 +133,18 @@ class LinUCBConfig(LinearConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class LinTSConfig(LinearConfig):
+    """``v``: scale of the posterior draws; ``sample_noise``: draw σ² from its
+    inverse-gamma posterior. Per-arm propensities are exact (quadrature): no ``n_sim``."""
+
     v: float = 1.0
-    n_sim: int = 1000
     sample_noise: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonteCarloConfig(LinTSConfig):
+    """``n_sim``: posterior draws per decision for the Monte-Carlo propensities."""
+
+    n_sim: int = 1000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,7 +153,7 @@ class SharedLinUCBConfig(SharedFeaturesConfig, LinUCBConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SharedLinTSConfig(SharedFeaturesConfig, LinTSConfig):
+class SharedLinTSConfig(SharedFeaturesConfig, MonteCarloConfig):
     pass
 
 
@@ -559,30 +569,23 @@ class _ThompsonRule:
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         cfg = self.config
+        if heads is not None:  # independent arms: exact propensities by quadrature
+            a, b = self.model.head.noise_posterior(heads)
+            width = np.sqrt(np.einsum("nkd,nkd->nk", proj, proj))
+            return per_arm_thompson(mean, width, a, b, cfg.v, cfg.sample_noise, rng)
         n, k, d = proj.shape
         half = (cfg.n_sim + 2) // 2
-        step = max(1, _MC_BLOCK // (2 * half * k * (d if heads is None else 1)))
-        head = self.model.head
-        if heads is None:
-            a, b = head.noise_posterior(np.zeros(1, dtype=np.intp))
-        else:
-            a, b = head.noise_posterior(heads)
-            width = np.sqrt(np.einsum("nkd,nkd->nk", proj, proj))
+        step = max(1, _MC_BLOCK // (2 * half * k * d))
+        a, b = self.model.head.noise_posterior(np.zeros(1, dtype=np.intp))
         choices, probs, scores = [], [], []
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
             m = rows.stop - rows.start
-            if heads is None:
-                # joint model: one θ draw θ = μ + σ Uᵀz per sample, shared by all candidates
-                z = rng.standard_normal((m, half, d))
-                if cfg.sample_noise:
-                    z *= np.sqrt(b / rng.standard_gamma(a, size=(m, half, 1)))
-                noise = z @ proj[rows].transpose(0, 2, 1)
-            else:
-                # independent arms: the sampled score of arm a is N(θ_aᵀx, σ_a² ‖U_a x‖²)
-                noise = rng.standard_normal((m, half, k)) * width[rows][:, None, :]
-                if cfg.sample_noise:
-                    noise *= np.sqrt(b / rng.standard_gamma(a, size=(m, half, k)))
+            # joint model: one θ draw θ = μ + σ Uᵀz per sample, shared by all candidates
+            z = rng.standard_normal((m, half, d))
+            if cfg.sample_noise:
+                z *= np.sqrt(b / rng.standard_gamma(a, size=(m, half, 1)))
+            noise = z @ proj[rows].transpose(0, 2, 1)
             if cfg.v != 1.0:
                 noise *= cfg.v
             centre = mean[rows][:, None, :]
@@ -602,10 +605,22 @@ class LinUCB(_UCBRule, LinearPolicy):
 
 
 class LinTS(_ThompsonRule, LinearPolicy):
-    """Per-arm linear Thompson sampling (Agrawal & Goyal 2013)."""
+    """Per-arm linear Thompson sampling (Agrawal & Goyal 2013) with exact propensities
+    (:mod:`bandit_core.policies.exact_thompson`)."""
 
     name = "lints"
     config_class = LinTSConfig
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> LinearPolicy:
+        if "n_sim" in state.config:  # states written before the propensities were exact
+            state = PolicyState(
+                state.policy,
+                {k: v for k, v in state.config.items() if k != "n_sim"},
+                state.arrays,
+                state.schema_version,
+            )
+        return super().from_state(state)
 
 
 class SharedLinUCB(_UCBRule, LinearPolicy):
