@@ -57,6 +57,7 @@ OURS = (
     "shared_linucb",
     "shared_lints",
     "epsilon_greedy",
+    "logistic_ts",
     "neural_linear",
     "ensemble",
     "dropout",
@@ -83,8 +84,10 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
     One rule for every environment (no per-environment tuning):
 
     * ``linucb`` uses α = 1 and λ = 1, the peers' mabwiser setting (the same algorithm);
-    * linear TS uses the library defaults (λ = 1, a0 = b0 = 6, v = 1) with 100 extra
-      draws for the propensities; for binary rewards every Normal-inverse-gamma head uses
+    * linear TS uses the library defaults (λ = 1, a0 = b0 = 6, v = 1), shared linear TS
+      with 100 extra draws for the propensities (per-arm ones are exact); logistic TS
+      (rewards in [0, 1]) the library defaults (λ = 1, intercept) on the hybrid features;
+      for binary rewards every Normal-inverse-gamma head uses
       b0 = 1.5, so the prior mean of σ² (b0 / (a0 − 1) = 0.3) is about the largest
       Bernoulli variance (0.25) instead of 1.2;
     * the neural policies share one network shape, ``(50,)`` ReLU units on
@@ -112,10 +115,11 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {
         "uniform": {"dim_user": du},
         "linucb": {"dim_user": du, "alpha": 1.0},
-        "lints": {"dim_user": du, "n_sim": 100, **prior},
+        "lints": {"dim_user": du, **prior},
         "shared_linucb": {**shared, "interactions": True, "alpha": 1.0},
         "shared_lints": {**shared, "interactions": True, "n_sim": 100, **prior},
         "epsilon_greedy": {**shared, "interactions": True, "epsilon": 0.05},
+        "logistic_ts": {**shared, "interactions": True, "n_sim": 100},
         "neural_linear": {
             **neural,
             "loss": "mse",

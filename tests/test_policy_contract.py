@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from bandit_core import POLICIES, Candidates, Policy, load_policy, policy_from_state, save_policy
-from tests.policy_factories import DIM_ARM, DIM_USER, FACTORIES, VARIANTS, WRAPPED
+from tests.policy_factories import (
+    DIM_ARM,
+    DIM_USER,
+    FACTORIES,
+    UNIT_REWARDS,
+    VARIANTS,
+    WRAPPED,
+)
 
 ALL: dict[str, Callable[[], Policy]] = {**FACTORIES, **VARIANTS, **WRAPPED}
 N_DRAWS = 20_000
@@ -36,6 +43,8 @@ def _trained(name: str, seed: int = 0, steps: int = 40) -> Policy:
         x = rng.standard_normal(DIM_USER)
         arm = int(rng.integers(3))
         reward = float(x[0] * (arm - 1) + 0.1 * rng.standard_normal())
+        if name in UNIT_REWARDS:  # a Bernoulli likelihood: the same signal, squashed
+            reward = float(1.0 / (1.0 + np.exp(-reward)))
         policy.update(x, base.ids[arm], reward, base.features[arm])
     return policy
 

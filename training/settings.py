@@ -24,6 +24,7 @@ ALGORITHMS = (
     "epsilon_greedy",
     "lints",
     "linucb",
+    "logistic_ts",
     "neural_linear",
     "shared_lints",
     "shared_linucb",

@@ -13,6 +13,7 @@ from bandit_core.policies.linear import (
     SharedLinTS,
     SharedLinUCB,
 )
+from bandit_core.policies.logistic import LogisticTS
 from bandit_core.policies.neural import BootstrappedEnsemble, MCDropout, NeuralLinear, NeuralPolicy
 from bandit_core.policies.position import PositionBias
 from bandit_core.policies.uniform import UniformRandom
@@ -20,7 +21,9 @@ from bandit_core.policies.wrappers import ExplorationFloor, ExposureCap
 from bandit_core.types import SCHEMA_VERSION, PolicyState
 
 #: Names as used by the CLI, the service settings and the benchmarks.
-POLICIES: dict[str, type[LinearPolicy] | type[UniformRandom] | type[NeuralPolicy]] = {
+POLICIES: dict[
+    str, type[LinearPolicy] | type[UniformRandom] | type[NeuralPolicy] | type[LogisticTS]
+] = {
     cls.name: cls
     for cls in (
         LinUCB,
@@ -32,6 +35,7 @@ POLICIES: dict[str, type[LinearPolicy] | type[UniformRandom] | type[NeuralPolicy
         NeuralLinear,
         BootstrappedEnsemble,
         MCDropout,
+        LogisticTS,
     )
 }
 
