@@ -38,13 +38,8 @@ pytestmark = [
 def _env() -> LogisticClickEnvironment:
     # strong user × item interactions: a learnt policy beats the uniform logger by far
     return LogisticClickEnvironment.make(
-        np.random.default_rng(7),
-        n_items=12,
-        dim_user=4,
-        dim_arm=3,
-        n_candidates=6,
-        bias=-1.5,
-        interaction_scale=2.5,
+        np.random.default_rng(7), n_items=12, dim_user=4, dim_arm=3, n_candidates=6,
+        bias=-1.5, interaction_scale=2.5,
     )
 
 
