@@ -30,6 +30,7 @@ from rich.table import Table
 from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates, make_policy
+from bandit_core.policies.arm_features import candidates_for
 from benchmarks.peers import MabwiserAgent, VWAgent, peer_unavailable
 
 K = 50
@@ -76,6 +77,7 @@ def _measure(
     policy_rng = np.random.default_rng(seed + 1)
     decisions: list[Any] = []
     feats = candidates.features
+    candidates = candidates_for(policy, candidates)  # per-arm models take no arm features
     select = _time(
         lambda i: decisions.append(policy.select(contexts[i], candidates, policy_rng)), iterations
     )

@@ -45,6 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bandit_core import make_policy
+from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import Policy
 from bandit_core.types import Candidates
 from benchmarks.environments import ENVIRONMENTS, BenchEnvironment, Stream, make_environment
@@ -176,7 +177,7 @@ class PolicyAgent:
     def choose(
         self, context: np.ndarray, candidates: Candidates, rng: np.random.Generator
     ) -> tuple[int, float]:
-        d = self.policy.select(context, candidates, rng)
+        d = self.policy.select(context, candidates_for(self.policy, candidates), rng)
         return d.arm, d.propensity
 
     def learn(

@@ -38,6 +38,12 @@ FACTORIES: dict[str, Callable[[], Any]] = {
     "epsilon_greedy": lambda: make_policy(
         "epsilon_greedy", dim_user=DIM_USER, dim_arm=DIM_ARM, epsilon=0.2
     ),
+    "linucb_arm_features": lambda: make_policy(
+        "linucb_arm_features", dim_user=DIM_USER, dim_arm=DIM_ARM, alpha=0.5
+    ),
+    "lints_arm_features": lambda: make_policy(
+        "lints_arm_features", dim_user=DIM_USER, dim_arm=DIM_ARM
+    ),
     "logistic_ts": lambda: make_policy(
         "logistic_ts", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, n_sim=200
     ),

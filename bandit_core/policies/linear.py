@@ -380,12 +380,13 @@ class LinearPolicy:
 
     def __init__(self, config: LinearConfig | None = None, **options: Any) -> None:
         self.config = build_config(self.config_class, self.name, config, options)
-        self.model: PerArmModel | SharedModel = (
-            SharedModel(self.config)
-            if self.config.feature_map() is not None
-            else PerArmModel(self.config)
-        )
+        self.model: PerArmModel | SharedModel = self._make_model()
         self.model_version: str | None = None
+
+    def _make_model(self) -> PerArmModel | SharedModel:
+        if self.config.feature_map() is not None:
+            return SharedModel(self.config)
+        return PerArmModel(self.config)
 
     @property
     def head(self) -> BayesianLinearHead:
@@ -394,7 +395,7 @@ class LinearPolicy:
     # -- decisions ------------------------------------------------------------
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         x = as_float_vector("context", context, self.config.dim_user)
-        cands = check_candidates(candidates, self.model.dim_arm)
+        cands = self._check_candidates(candidates)
         m, proj, heads = self.model.terms_one(x, cands)
         arm, probs, scores, se = self._explore_one(m, proj, heads, check_rng(rng))
         top = float(m.max())
@@ -421,8 +422,21 @@ class LinearPolicy:
         self, contexts: Any, candidates: Any, rng: np.random.Generator
     ) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
-        cands = check_candidates(candidates, self.model.dim_arm)
+        cands = self._check_candidates(candidates)
         return self._decide(x, cands, check_rng(rng))[0]
+
+    def _check_candidates(self, candidates: Any) -> Candidates:
+        """Candidates of the right feature width; a model without arm features refuses
+        candidates that carry some (it would ignore them silently)."""
+        cands = check_candidates(candidates, self.model.dim_arm)
+        if self.model.dim_arm == 0 and cands.dim > 0:
+            raise ValueError(
+                f"{self.name} does not use arm features (a per-arm model on the user context "
+                f"only); got candidates with {cands.dim} features. Pass candidates without "
+                "features, or use a policy on arm features (e.g. "
+                "linucb_arm_features, lints_arm_features, shared_linucb, shared_lints)."
+            )
+        return cands
 
     def _decide(
         self, contexts: FloatArray, candidates: Candidates, rng: np.random.Generator

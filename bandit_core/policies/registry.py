@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bandit_core.policies.arm_features import LinTSArmFeatures, LinUCBArmFeatures
 from bandit_core.policies.base import Policy
 from bandit_core.policies.linear import (
     EpsilonGreedy,
@@ -36,6 +37,8 @@ POLICIES: dict[
         BootstrappedEnsemble,
         MCDropout,
         LogisticTS,
+        LinUCBArmFeatures,
+        LinTSArmFeatures,
     )
 }
 
