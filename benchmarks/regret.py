@@ -567,7 +567,14 @@ def main(argv: Sequence[str] | None = None) -> list[EnvironmentReport]:
         with Progress(*columns, console=console, disable=args.quiet, transient=True) as progress:
             for variant in _env_variants(args):
                 report = run_environment(
-                    args.env, variant, policies, args.steps, seeds, overrides, progress
+                    args.env,
+                    variant,
+                    policies,
+                    args.steps,
+                    seeds,
+                    overrides,
+                    progress,
+                    reward_scale=args.reward_scale,
                 )
                 reports.append(report)
                 progress.console.print()

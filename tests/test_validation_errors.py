@@ -141,7 +141,7 @@ def test_missing_arm_features_for_a_shared_update() -> None:
 def test_rng_must_be_a_generator() -> None:
     policy = make_policy("linucb", dim_user=3)
     with pytest.raises(TypeError, match=r"rng must be a numpy.random.Generator"):
-        policy.select(np.zeros(3), CANDS, 42)
+        policy.select(np.zeros(3), Candidates.from_any(["a", "b"]), 42)
 
 
 def test_wrapper_options_are_checked() -> None:
