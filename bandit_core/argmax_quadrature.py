@@ -232,17 +232,19 @@ def _continuous(
         start = special.stdtr(df, (lo[:, None] - mean) * inv_c)
         end = special.stdtr(df, (hi[:, None] - mean) * inv_c)
     np.exp(dens, out=dens)
-    dens *= inv_c[:, :, None, None]
-    hh = h[:, None, None, None]
-    within = (dens @ _M.T) * hh  # ∫ from the panel's start to each node
-    totals = (dens @ _W)[..., None] * hh  # (m, K, p, 1) per panel
-    before = np.cumsum(totals, axis=2) - totals
-    cdf = np.clip(start[:, :, None, None] + before + within, 0.0, 1.0)
+    dens *= (inv_c * h[:, None])[:, :, None, None]  # density × panel width
+    shape = dens.shape
+    flat = dens.reshape(-1, NODES)  # one matrix product for every arm and panel
+    cdf = (flat @ _M.T).reshape(shape)  # ∫ from the panel's start to each node
+    totals = (flat @ _W).reshape(shape[:3])  # (m, K, p) per panel
+    cdf += (np.cumsum(totals, axis=2) - totals)[..., None]
+    cdf += start[:, :, None, None]
+    np.clip(cdf, 0.0, 1.0, out=cdf)
     # leave-one-out products G_a = Π_{b≠a} F_b; where F_a = 0 the density f_a is 0 too
     everything = np.prod(cdf, axis=1, keepdims=True)
-    positive = cdf > 0.0
-    loo = np.where(positive, everything / np.where(positive, cdf, 1.0), 0.0)
-    body = np.einsum("mkpn,n->mk", dens * loo, _W) * h[:, None]
+    loo = np.divide(everything, cdf, out=np.zeros(shape), where=cdf > 0.0)
+    loo *= dens
+    body = (loo.reshape(-1, NODES) @ _W).reshape(shape[:3]).sum(axis=2)
     # above hi: G_a ∈ [G_a(hi), 1]; take the midpoint
     end_prod = np.prod(end, axis=1, keepdims=True)
     safe_end = np.where(end > 0.0, end, 1.0)

@@ -47,7 +47,7 @@ from rich.table import Table
 from bandit_core import make_policy
 from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import Policy
-from bandit_core.types import Candidates
+from bandit_core.types import Candidates, Decision
 from benchmarks.environments import ENVIRONMENTS, BenchEnvironment, Stream, make_environment
 from benchmarks.peers import PEERS, make_peer, peer_unavailable
 
@@ -177,8 +177,14 @@ class PolicyAgent:
     def choose(
         self, context: np.ndarray, candidates: Candidates, rng: np.random.Generator
     ) -> tuple[int, float]:
-        d = self.policy.select(context, candidates_for(self.policy, candidates), rng)
+        d = self.choose_decision(context, candidates, rng)
         return d.arm, d.propensity
+
+    def choose_decision(
+        self, context: np.ndarray, candidates: Candidates, rng: np.random.Generator
+    ) -> Decision:
+        """The policy's whole decision (features passed only if the policy uses them)."""
+        return self.policy.select(context, candidates_for(self.policy, candidates), rng)
 
     def learn(
         self,
