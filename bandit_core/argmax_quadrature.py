@@ -98,7 +98,7 @@ def _cdf(z: FloatArray, df: FloatArray | None) -> FloatArray:
 
 def _log_density_const(df: FloatArray | None) -> FloatArray | float:
     if df is None:
-        return -0.5 * np.log(2.0 * np.pi)
+        return float(-0.5 * np.log(2.0 * np.pi))
     out: FloatArray = (
         special.gammaln((df + 1.0) / 2.0) - special.gammaln(df / 2.0) - 0.5 * np.log(df * np.pi)
     )
@@ -169,7 +169,8 @@ def _with_point_masses(mean: FloatArray, scale: FloatArray, df: FloatArray | Non
     top = float(mean[point].max())
     tied = point & (mean >= top - TIE_TOLERANCE * max(1.0, abs(top)))
     if not cont.any():
-        return greedy_probabilities(mean[None])[0]
+        split: FloatArray = greedy_probabilities(mean[None])[0]
+        return split
     out = np.zeros(mean.shape[0])
     sub_df = None if df is None else df[cont][None]
     z = (top - mean[cont]) / scale[cont]
