@@ -86,8 +86,8 @@ def test_zero_context_gives_exact_uniform_split() -> None:
     assert d.probabilities.tolist() == [0.5, 0.5]
 
 
-def _trained_lints(sample_noise: bool) -> object:
-    policy = make_policy("lints", dim_user=3, sample_noise=sample_noise)
+def _trained_lints(sample_noise: bool, **options: object) -> object:
+    policy = make_policy("lints", dim_user=3, sample_noise=sample_noise, **options)
     rng = np.random.default_rng(3)
     ids = ("a", "b", "c", "d")
     for _ in range(60):
@@ -113,8 +113,13 @@ def test_quadrature_equals_choice_frequencies_of_200000_draws(sample_noise: bool
     np.testing.assert_array_equal(batch.propensities, exact[batch.arms])
 
 
-def test_propensities_match_the_reference_for_a_trained_policy() -> None:
-    policy: object = _trained_lints(True)
+@pytest.mark.parametrize(
+    "options", [{}, {"gamma": 0.97}, {"window": 15}], ids=["plain", "discounted", "windowed"]
+)
+def test_propensities_match_the_reference_for_a_trained_policy(
+    options: dict[str, object],
+) -> None:
+    policy: object = _trained_lints(True, **options)
     head = policy.head  # type: ignore[attr-defined]
     cands = Candidates.from_any(["a", "b", "c", "d"])
     x = np.array([0.4, -0.2, 0.9])
