@@ -10,8 +10,8 @@ machines. BLAS runs single-threaded, as in the service.
 
 With the ``bench`` extra installed, the peers join the same run on the same stream:
 Vowpal Wabbit ``--cb_explore_adf --squarecb -q sa`` (a decision is building the text
-example and ``predict``; an update is ``learn``) and mabwiser LinUCB (α = 1, per-arm on
-the user context; ``predict_expectations`` and ``partial_fit``), through
+example and ``predict``; an update is ``learn``) and mabwiser LinUCB and LinTS (α = 1,
+per-arm on the user context; ``predict_expectations`` and ``partial_fit``), through
 :mod:`benchmarks.peers` — the agents of the regret harness. A missing peer is reported.
 """
 
