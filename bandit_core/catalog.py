@@ -109,7 +109,8 @@ CATALOG: dict[str, PolicySpec] = {
             shardable=True,
             summary=(
                 "per-arm linear Thompson sampling, Agrawal & Goyal 2013, with a Normal-"
-                "inverse-gamma noise posterior"
+                "inverse-gamma noise posterior; exact propensities (one-dimensional "
+                "quadrature over the independent Normal / Student-t scores)"
             ),
         ),
         PolicySpec(
@@ -154,6 +155,42 @@ CATALOG: dict[str, PolicySpec] = {
             shardable=False,
             summary=(
                 "uniform random: the logging policy of experiments and the service's fallback"
+            ),
+        ),
+        PolicySpec(
+            name="linucb_arm_features",
+            target=f"{_P}.arm_features:LinUCBArmFeatures",
+            trains_network=False,
+            linear_head=True,
+            arm_features=True,
+            shardable=False,
+            summary=(
+                "per-arm LinUCB on `[x_user; x_arm]` (θ_a on the user context and the "
+                "candidate's own features)"
+            ),
+        ),
+        PolicySpec(
+            name="lints_arm_features",
+            target=f"{_P}.arm_features:LinTSArmFeatures",
+            trains_network=False,
+            linear_head=True,
+            arm_features=True,
+            shardable=False,
+            summary=(
+                "per-arm linear Thompson sampling on `[x_user; x_arm]`, exact propensities "
+                "by quadrature"
+            ),
+        ),
+        PolicySpec(
+            name="logistic_ts",
+            target=f"{_P}.logistic:LogisticTS",
+            trains_network=False,
+            linear_head=False,
+            arm_features=True,
+            shardable=False,
+            summary=(
+                "logistic Thompson sampling for 0/1 rewards (Laplace approximation, "
+                "Chapelle & Li 2011); Monte-Carlo propensities with their standard error"
             ),
         ),
         PolicySpec(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bandit_core._validation import as_float_vector, check_generator
+from bandit_core.policies.arm_features import candidates_for
 from bandit_core.slates import Selector
 from bandit_core.types import Candidates, Decision
 
@@ -109,5 +110,5 @@ def select_grouped(
     checked = check_groups(groups)
     x = as_float_vector("context", context)
     rng = check_generator(rng)
-    decisions = tuple(policy.select(x, g.candidates, rng) for g in checked)
+    decisions = tuple(policy.select(x, candidates_for(policy, g.candidates), rng) for g in checked)
     return GroupedDecision(tuple(g.id for g in checked), decisions)

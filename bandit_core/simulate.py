@@ -8,6 +8,7 @@ import numpy as np
 
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.envs import Environment
+from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import Policy
 
 
@@ -50,7 +51,7 @@ def run_simulation(
         context, candidates = env.sample(context_rng)
         u = float(context_rng.random())
         means = env.expected_rewards(context, candidates)
-        decision = policy.select(context, candidates, policy_rng)
+        decision = policy.select(context, candidates_for(policy, candidates), policy_rng)
         reward = env.reward(means, decision.arm, u)
         policy.update(context, decision.arm_id, reward, candidates.features[decision.arm])
         rewards[t] = reward

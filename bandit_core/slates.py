@@ -52,6 +52,7 @@ from bandit_core._validation import (
     validate_params,
 )
 from bandit_core.exploration import sample_categorical
+from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import check_candidates
 from bandit_core.policies.position import split_position, with_position
 from bandit_core.types import Candidates, Decision, DecisionBatch
@@ -186,6 +187,7 @@ def select_slate(
     """
     policy, position_slots = _unwrap(policy, position_slots)
     x, cands = _check_slate_args(context, candidates, k, position_slots)
+    cands = candidates_for(policy, cands)  # no features for models that use none
     rng = check_generator(rng)
     validate_params(
         "select_slate",
@@ -269,6 +271,7 @@ def slate_marginals(
     """
     policy, position_slots = _unwrap(policy, position_slots)
     x, cands = _check_slate_args(context, candidates, k, position_slots)
+    cands = candidates_for(policy, cands)  # no features for models that use none
     rng = check_generator(rng)
     validate_params(
         "slate_marginals",

@@ -101,6 +101,9 @@ class Decision:
         Policy name; ``model_version`` the version that made the decision, if known.
     explored : bool
         True when the chosen arm is not the arm with the highest posterior mean.
+    propensity_se : float or None
+        Standard error of ``propensity`` when it is a Monte-Carlo estimate; None when the
+        propensity is exact.
     """
 
     arm: int
@@ -111,6 +114,7 @@ class Decision:
     policy: str
     explored: bool
     model_version: str | None = None
+    propensity_se: float | None = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,8 @@ class DecisionBatch:
     """Decisions for ``n_rounds`` contexts that share one candidate set.
 
     ``arms`` (n_rounds,), ``propensities`` (n_rounds,), ``probabilities`` (n_rounds, K),
-    ``scores`` (n_rounds, K).
+    ``scores`` (n_rounds, K); ``propensity_se`` (n_rounds,) the standard errors of
+    Monte-Carlo propensities (None when they are exact).
     """
 
     arms: NDArray[np.intp]
@@ -126,6 +131,7 @@ class DecisionBatch:
     probabilities: FloatArray
     scores: FloatArray
     policy: str
+    propensity_se: FloatArray | None = None
 
 
 @dataclass

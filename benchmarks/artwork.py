@@ -208,7 +208,7 @@ def make_agent(name: str, world: ArtworkWorld, seed: int) -> Any:
     if name == "uniform":
         return UniformArtwork()
     if name == "per_title_lints":
-        return BanditAgent(name, make_policy("lints", dim_user=du, n_sim=100))
+        return BanditAgent(name, make_policy("lints", dim_user=du))
     if name == "shared_lints":
         return BanditAgent(
             name, make_policy("shared_lints", dim_user=du, dim_arm=da, interactions=True, n_sim=100)

@@ -10,8 +10,8 @@ machines. BLAS runs single-threaded, as in the service.
 
 With the ``bench`` extra installed, the peers join the same run on the same stream:
 Vowpal Wabbit ``--cb_explore_adf --squarecb -q sa`` (a decision is building the text
-example and ``predict``; an update is ``learn``) and mabwiser LinUCB (α = 1, per-arm on
-the user context; ``predict_expectations`` and ``partial_fit``), through
+example and ``predict``; an update is ``learn``) and mabwiser LinUCB and LinTS (α = 1,
+per-arm on the user context; ``predict_expectations`` and ``partial_fit``), through
 :mod:`benchmarks.peers` — the agents of the regret harness. A missing peer is reported.
 """
 
@@ -30,6 +30,7 @@ from rich.table import Table
 from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates, make_policy
+from bandit_core.policies.arm_features import candidates_for
 from benchmarks.peers import MabwiserAgent, VWAgent, peer_unavailable
 
 K = 50
@@ -41,7 +42,7 @@ CASES: list[tuple[str, dict[str, Any], float, float]] = [
     ("shared_linucb", {"dim_user": D_USER, "dim_arm": D_ARM, "alpha": 1.0}, 100.0, 50.0),
     ("shared_lints", {"dim_user": D_USER, "dim_arm": D_ARM, "n_sim": 1000}, 1000.0, 50.0),
     ("linucb", {"dim_user": D_USER, "alpha": 1.0}, 100.0, 50.0),
-    ("lints", {"dim_user": D_USER, "n_sim": 1000}, 1000.0, 50.0),
+    ("lints", {"dim_user": D_USER}, 1000.0, 50.0),
     ("epsilon_greedy", {"dim_user": D_USER, "dim_arm": D_ARM, "epsilon": 0.05}, 100.0, 50.0),
 ]
 
@@ -76,6 +77,7 @@ def _measure(
     policy_rng = np.random.default_rng(seed + 1)
     decisions: list[Any] = []
     feats = candidates.features
+    candidates = candidates_for(policy, candidates)  # per-arm models take no arm features
     select = _time(
         lambda i: decisions.append(policy.select(contexts[i], candidates, policy_rng)), iterations
     )
@@ -89,7 +91,7 @@ def _measure(
 
 
 #: Peers timed in the same run (no target: they are the yardstick).
-PEER_CASES = ("vw_squarecb", "mabwiser_linucb")
+PEER_CASES = ("vw_squarecb", "mabwiser_linucb", "mabwiser_lints")
 
 
 def _measure_peer(

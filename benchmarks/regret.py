@@ -46,8 +46,9 @@ from rich.table import Table
 
 from bandit_core import make_policy
 from bandit_core.catalog import CATALOG
+from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import Policy
-from bandit_core.types import Candidates
+from bandit_core.types import Candidates, Decision
 from benchmarks.environments import ENVIRONMENTS, BenchEnvironment, Stream, make_environment
 from benchmarks.peers import PEERS, make_peer, peer_unavailable
 
@@ -75,8 +76,10 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
     One rule for every environment (no per-environment tuning):
 
     * ``linucb`` uses α = 1 and λ = 1, the peers' mabwiser setting (the same algorithm);
-    * linear TS uses the library defaults (λ = 1, a0 = b0 = 6, v = 1) with 100 extra
-      draws for the propensities; for binary rewards every Normal-inverse-gamma head uses
+    * linear TS uses the library defaults (λ = 1, a0 = b0 = 6, v = 1), shared linear TS
+      with 100 extra draws for the propensities (per-arm ones are exact); logistic TS
+      (rewards in [0, 1]) the library defaults (λ = 1, intercept) on the hybrid features;
+      for binary rewards every Normal-inverse-gamma head uses
       b0 = 1.5, so the prior mean of σ² (b0 / (a0 − 1) = 0.3) is about the largest
       Bernoulli variance (0.25) instead of 1.2;
     * the neural policies share one network shape, ``(50,)`` ReLU units on
@@ -104,10 +107,11 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
     table: dict[str, dict[str, Any]] = {
         "uniform": {"dim_user": du},
         "linucb": {"dim_user": du, "alpha": 1.0},
-        "lints": {"dim_user": du, "n_sim": 100, **prior},
+        "lints": {"dim_user": du, **prior},
         "shared_linucb": {**shared, "interactions": True, "alpha": 1.0},
         "shared_lints": {**shared, "interactions": True, "n_sim": 100, **prior},
         "epsilon_greedy": {**shared, "interactions": True, "epsilon": 0.05},
+        "logistic_ts": {**shared, "interactions": True, "n_sim": 100},
         "neural_linear": {
             **neural,
             "loss": "mse",
@@ -167,8 +171,14 @@ class PolicyAgent:
     def choose(
         self, context: np.ndarray, candidates: Candidates, rng: np.random.Generator
     ) -> tuple[int, float]:
-        d = self.policy.select(context, candidates, rng)
+        d = self.choose_decision(context, candidates, rng)
         return d.arm, d.propensity
+
+    def choose_decision(
+        self, context: np.ndarray, candidates: Candidates, rng: np.random.Generator
+    ) -> Decision:
+        """The policy's whole decision (features passed only if the policy uses them)."""
+        return self.policy.select(context, candidates_for(self.policy, candidates), rng)
 
     def learn(
         self,
@@ -558,7 +568,14 @@ def main(argv: Sequence[str] | None = None) -> list[EnvironmentReport]:
         with Progress(*columns, console=console, disable=args.quiet, transient=True) as progress:
             for variant in _env_variants(args):
                 report = run_environment(
-                    args.env, variant, policies, args.steps, seeds, overrides, progress
+                    args.env,
+                    variant,
+                    policies,
+                    args.steps,
+                    seeds,
+                    overrides,
+                    progress,
+                    reward_scale=args.reward_scale,
                 )
                 reports.append(report)
                 progress.console.print()

@@ -21,6 +21,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from bandit_core import Candidates, load_policy
+from bandit_core.policies.arm_features import candidates_for
 
 
 def split_table(table: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -57,7 +58,7 @@ class PolicyModel(PythonModel):
             cands = Candidates.from_any(
                 model_input["arm_id"].iloc[rows].astype(str).tolist(), arms[rows]
             )
-            decision = self.policy.select(ctx[rows[0]], cands, rng)
+            decision = self.policy.select(ctx[rows[0]], candidates_for(self.policy, cands), rng)
             out[rows] = decision.probabilities
             scores[rows] = decision.scores
         return pd.DataFrame(

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core import Candidates, ColdStartFloor, Decision, select_slate
+from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.position import split_position, with_position
 from eventstore.records import DecisionRow
 from serving.inputs import DecisionInput
@@ -65,6 +66,7 @@ def choose(
 ) -> Choice:
     """``policy.select`` once, or a slate of ``k`` without replacement."""
     opts = options or ChoiceOptions()
+    candidates = candidates_for(policy, candidates)  # the log keeps the request's features
     selector, slots = split_position(policy)
     new_ids = opts.new_ids.intersection(candidates.ids)
     if new_ids:

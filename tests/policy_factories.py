@@ -50,7 +50,7 @@ def default_factory(name: str) -> Callable[[], Any]:
 _WRITTEN: dict[str, Callable[[], Any]] = {
     "uniform": lambda: make_policy("uniform", dim_user=DIM_USER),
     "linucb": lambda: make_policy("linucb", dim_user=DIM_USER, alpha=0.5),
-    "lints": lambda: make_policy("lints", dim_user=DIM_USER, n_sim=200),
+    "lints": lambda: make_policy("lints", dim_user=DIM_USER),
     "shared_linucb": lambda: make_policy(
         "shared_linucb", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, alpha=0.5
     ),
@@ -59,6 +59,15 @@ _WRITTEN: dict[str, Callable[[], Any]] = {
     ),
     "epsilon_greedy": lambda: make_policy(
         "epsilon_greedy", dim_user=DIM_USER, dim_arm=DIM_ARM, epsilon=0.2
+    ),
+    "linucb_arm_features": lambda: make_policy(
+        "linucb_arm_features", dim_user=DIM_USER, dim_arm=DIM_ARM, alpha=0.5
+    ),
+    "lints_arm_features": lambda: make_policy(
+        "lints_arm_features", dim_user=DIM_USER, dim_arm=DIM_ARM
+    ),
+    "logistic_ts": lambda: make_policy(
+        "logistic_ts", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, n_sim=200
     ),
     # neural policies: tiny networks, a retraining every 10 observations, few steps
     "neural_linear": lambda: make_policy("neural_linear", **NEURAL_SMALL, n_sim=100),
@@ -76,11 +85,30 @@ VARIANTS: dict[str, Callable[[], Any]] = {
     "neural_linear+ucb": lambda: make_policy("neural_linear", **NEURAL_SMALL, mode="ucb"),
     "ensemble+ucb": lambda: make_policy("ensemble", **NEURAL_SMALL, n_members=3, mode="ucb"),
     "dropout+ucb": lambda: make_policy("dropout", **NEURAL_SMALL, dropout=0.3, mode="ucb"),
+    "logistic_ts+adaptive": lambda: make_policy(
+        "logistic_ts",
+        dim_user=DIM_USER,
+        dim_arm=DIM_ARM,
+        n_sim=100,
+        target_rel_error=0.05,
+        max_sim=4000,
+    ),
+    "shared_lints+adaptive": lambda: make_policy(
+        "shared_lints",
+        dim_user=DIM_USER,
+        dim_arm=DIM_ARM,
+        n_sim=100,
+        target_rel_error=0.05,
+        max_sim=4000,
+    ),
     "linucb+first": lambda: make_policy("linucb", dim_user=DIM_USER, alpha=0.5, ties="first"),
     "shared_linucb+first": lambda: make_policy(
         "shared_linucb", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, ties="first"
     ),
 }
+
+#: Policies that learn rewards in [0, 1] only (a Bernoulli likelihood).
+UNIT_REWARDS = frozenset({"logistic_ts", "logistic_ts+adaptive"})
 
 #: Wrapped policies are covered by the same suite.
 WRAPPED: dict[str, Callable[[], Policy]] = {

@@ -107,7 +107,7 @@ def test_new_items_get_at_least_the_floor_and_the_law_stays_exact() -> None:
 
 
 def test_without_new_candidates_the_inner_policy_decides_alone() -> None:
-    policy = make_policy("lints", dim_user=DIM_USER, n_sim=50)
+    policy = make_policy("lints", dim_user=DIM_USER)
     cands = Candidates(("a", "b"), np.zeros((2, 0)))
     floored = ColdStartFloor(policy, p_min=0.2, new_ids={"z"})
     x = np.ones(DIM_USER)

@@ -30,7 +30,7 @@ def env_and_uniform() -> tuple[LinearEnvironment, float]:
     ("name", "options"),
     [
         ("linucb", {"alpha": 1.0}),
-        ("lints", {"n_sim": 100}),
+        ("lints", {}),
         ("shared_linucb", {"dim_arm": 10, "interactions": True}),
         ("shared_lints", {"dim_arm": 10, "interactions": True, "n_sim": 100}),
     ],

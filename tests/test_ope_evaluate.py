@@ -91,11 +91,11 @@ def test_thompson_action_dist_is_its_monte_carlo_estimate() -> None:
     b = uniform_batch(20)
 
     def dist(n_sim: int, seed: int) -> np.ndarray:
-        policy = make_policy("lints", dim_user=DIM_USER, n_sim=n_sim)
+        policy = make_policy("shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM, n_sim=n_sim)
         return policy_action_dist(policy, b, np.random.default_rng(seed))
 
     small = dist(50, 0)
-    policy = make_policy("lints", dim_user=DIM_USER, n_sim=50)
+    policy = make_policy("shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM, n_sim=50)
     expected = policy.select_batch(b.contexts, b.candidates, np.random.default_rng(0)).probabilities
     np.testing.assert_array_equal(small[:, :, 0], expected)
     np.testing.assert_allclose(small.sum(axis=1), 1.0)

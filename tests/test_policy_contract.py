@@ -13,10 +13,27 @@ from bandit_core import POLICIES, Candidates, Policy, load_policy, policy_from_s
 from bandit_core._validation import CheckedBy, Constraint, Interval
 from bandit_core.catalog import CATALOG
 from bandit_core.head_statistics import LinearHeadPolicy
-from tests.policy_factories import DIM_ARM, DIM_USER, FACTORIES, VARIANTS, WRAPPED
+from bandit_core.policies.arm_features import candidates_for
+from tests.policy_factories import (
+    DIM_ARM,
+    DIM_USER,
+    FACTORIES,
+    UNIT_REWARDS,
+    VARIANTS,
+    WRAPPED,
+)
 
 ALL: dict[str, Callable[[], Policy]] = {**FACTORIES, **VARIANTS, **WRAPPED}
 N_DRAWS = 20_000
+
+
+def test_per_arm_policies_refuse_arm_features_they_do_not_use() -> None:
+    cands = _candidates(np.random.default_rng(0))
+    for name in ("linucb", "lints", "linucb+floor", "lints+cap"):
+        with pytest.raises(ValueError, match=r"does not use arm features .* got candidates with 2"):
+            ALL[name]().select(np.ones(DIM_USER), cands, np.random.default_rng(0))
+    for name in ("linucb_arm_features", "lints_arm_features", "shared_lints"):
+        ALL[name]().select(np.ones(DIM_USER), cands, np.random.default_rng(0))
 
 
 def test_every_registered_policy_is_in_the_suite() -> None:
@@ -40,6 +57,8 @@ def _trained(name: str, seed: int = 0, steps: int = 40) -> Policy:
         x = rng.standard_normal(DIM_USER)
         arm = int(rng.integers(3))
         reward = float(x[0] * (arm - 1) + 0.1 * rng.standard_normal())
+        if name in UNIT_REWARDS:  # a Bernoulli likelihood: the same signal, squashed
+            reward = float(1.0 / (1.0 + np.exp(-reward)))
         policy.update(x, base.ids[arm], reward, base.features[arm])
     return policy
 
@@ -56,10 +75,10 @@ def test_inputs_are_not_mutated(name: str) -> None:
     context.setflags(write=False)  # any in-place write raises
     cands = _candidates(rng)
     before = (context.copy(), cands.features.copy(), cands.ids)
-    decision = policy.select(context, cands, rng)
+    decision = policy.select(context, candidates_for(policy, cands), rng)
     batch_contexts = rng.standard_normal((5, DIM_USER))
     batch_contexts.setflags(write=False)
-    policy.select_batch(batch_contexts, cands, rng)
+    policy.select_batch(batch_contexts, candidates_for(policy, cands), rng)
     policy.update(context, decision.arm_id, 1.0, cands.features[decision.arm])
     np.testing.assert_array_equal(context, before[0])
     np.testing.assert_array_equal(cands.features, before[1])
@@ -74,7 +93,7 @@ def test_same_seed_gives_same_decisions(name: str) -> None:
         cands = _candidates(np.random.default_rng(2))
         picks = []
         for _t in range(30):
-            d = policy.select(rng.standard_normal(DIM_USER), cands, rng)
+            d = policy.select(rng.standard_normal(DIM_USER), candidates_for(policy, cands), rng)
             policy.update(
                 rng.standard_normal(DIM_USER), d.arm_id, float(rng.random()), cands.features[d.arm]
             )
@@ -95,10 +114,12 @@ def test_state_round_trip_reproduces_decisions_bit_for_bit(name: str, tmp_path: 
         rng = np.random.default_rng(9)
         trace = []
         for x in contexts:
-            d = candidate_policy.select(x, cands, rng)
+            d = candidate_policy.select(x, candidates_for(candidate_policy, cands), rng)
             candidate_policy.update(x, d.arm_id, 0.5, cands.features[d.arm])
             trace.append(np.concatenate([[d.arm, d.propensity], d.probabilities, d.scores]))
-        batch = candidate_policy.select_batch(contexts, cands, rng)
+        batch = candidate_policy.select_batch(
+            contexts, candidates_for(candidate_policy, cands), rng
+        )
         trace.append(np.concatenate([batch.arms, batch.probabilities.ravel()]))
         outputs.append(np.concatenate(trace))
     np.testing.assert_array_equal(outputs[0], outputs[1])
@@ -110,14 +131,16 @@ def test_propensities_are_probabilities(name: str) -> None:
     rng = np.random.default_rng(6)
     for k in (1, 2, 4):
         cands = _candidates(rng, ("a", "b", "c", "new")[:k])
-        d = policy.select(rng.standard_normal(DIM_USER), cands, rng)
+        d = policy.select(rng.standard_normal(DIM_USER), candidates_for(policy, cands), rng)
         assert 0.0 < d.propensity <= 1.0
         assert d.probabilities.shape == (k,) and d.scores.shape == (k,)
         assert np.all(d.probabilities >= 0.0)
         assert d.probabilities.sum() == pytest.approx(1.0, abs=1e-12)
         assert d.propensity == d.probabilities[d.arm]
         assert d.arm_id == cands.ids[d.arm]
-    batch = policy.select_batch(rng.standard_normal((50, DIM_USER)), _candidates(rng), rng)
+    batch = policy.select_batch(
+        rng.standard_normal((50, DIM_USER)), candidates_for(policy, _candidates(rng)), rng
+    )
     np.testing.assert_allclose(batch.probabilities.sum(axis=1), 1.0, atol=1e-12)
     assert np.all(batch.propensities > 0.0) and np.all(batch.propensities <= 1.0)
     np.testing.assert_array_equal(
@@ -138,7 +161,7 @@ def test_empirical_choice_frequencies_match_reported_propensities(name: str) -> 
     chosen = np.zeros((N_DRAWS, len(cands)))
     reported = np.zeros((N_DRAWS, len(cands)))
     for t in range(N_DRAWS):
-        d = policy.select(context, cands, rng)
+        d = policy.select(context, candidates_for(policy, cands), rng)
         chosen[t, d.arm] = 1.0
         reported[t] = d.probabilities
     diff = chosen - reported
@@ -155,7 +178,7 @@ def test_new_and_changing_candidates_are_scored(name: str) -> None:
     rng = np.random.default_rng(21)
     for ids in (("new",), ("z", "y"), ("a", "q", "c", "r", "s")):
         cands = _candidates(rng, ids)
-        d = policy.select(rng.standard_normal(DIM_USER), cands, rng)
+        d = policy.select(rng.standard_normal(DIM_USER), candidates_for(policy, cands), rng)
         assert d.arm_id in ids
         policy.update(rng.standard_normal(DIM_USER), d.arm_id, 1.0, cands.features[d.arm])
 
@@ -164,7 +187,7 @@ def test_select_equals_row_zero_of_select_batch(name: str) -> None:
     """``select`` is ``select_batch`` on one row: same seed, same inputs → same decision."""
     policy = _trained(name, seed=7)
     state = policy.to_state()
-    cands = _candidates(np.random.default_rng(8))
+    cands = candidates_for(policy, _candidates(np.random.default_rng(8)))
     for seed, x in enumerate(np.random.default_rng(9).standard_normal((10, DIM_USER))):
         one = policy_from_state(state).select(x, cands, np.random.default_rng(seed))
         batch = policy_from_state(state).select_batch(x[None], cands, np.random.default_rng(seed))

@@ -370,7 +370,7 @@ def test_our_linucb_is_the_same_algorithm_as_mabwisers() -> None:
     agreed = 0
     for t in range(len(stream)):
         x, cands = stream.contexts[t], stream.candidates[t]
-        decision = ours.policy.select(x, cands, rng)
+        decision = ours.choose_decision(x, cands, rng)
         expected = theirs.mab.predict_expectations(x[None])
         np.testing.assert_allclose(
             decision.scores, [expected[a] for a in cands.ids], rtol=1e-9, atol=1e-12

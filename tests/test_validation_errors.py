@@ -98,9 +98,9 @@ def test_unknown_policy_and_unknown_option() -> None:
             r"The 'ties' parameter of LinUCBConfig must be one of 'random', 'first'. Got 'last'.",
         ),
         (
-            "lints",
+            "shared_lints",
             {"n_sim": 0},
-            r"The 'n_sim' parameter of LinTSConfig must be an int in the range \[1, inf\). Got 0.",
+            r"The 'n_sim' parameter of SharedLinTSConfig must be an int in the range \[1, inf\). Got 0.",
         ),
         (
             "epsilon_greedy",
@@ -141,7 +141,7 @@ def test_missing_arm_features_for_a_shared_update() -> None:
 def test_rng_must_be_a_generator() -> None:
     policy = make_policy("linucb", dim_user=3)
     with pytest.raises(TypeError, match=r"rng must be a numpy.random.Generator"):
-        policy.select(np.zeros(3), CANDS, 42)
+        policy.select(np.zeros(3), Candidates.from_any(["a", "b"]), 42)
 
 
 def test_wrapper_options_are_checked() -> None:

@@ -124,6 +124,7 @@ def to_decision(
         policy=batch.policy,
         explored=explored,
         model_version=model_version,
+        propensity_se=None if batch.propensity_se is None else float(batch.propensity_se[0]),
     )
 
 

@@ -40,18 +40,19 @@ from bandit_core.exploration import (
     greedy_choice_one,
     greedy_probabilities,
     sample_categorical,
-    thompson_choice,
     tied_with_max,
 )
 from bandit_core.features import FEATURE_PARAMS, FeatureMap
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
 from bandit_core.head_statistics import HeadStatistics, state_with_statistics
+from bandit_core.montecarlo import MONTE_CARLO_PARAMS, MonteCarloOptions, thompson_draws
 from bandit_core.policies.base import (
     check_candidates,
     check_contexts,
     check_rng,
     check_updates,
 )
+from bandit_core.policies.exact_thompson import per_arm_thompson
 from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
 
 IntArray = NDArray[np.intp]
@@ -146,9 +147,25 @@ class LinUCBConfig(LinearConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class LinTSConfig(LinearConfig):
+    """``v``: scale of the posterior draws; ``sample_noise``: draw σ² from its
+    inverse-gamma posterior. Per-arm propensities are exact (quadrature): no ``n_sim``."""
+
     v: float = 1.0
-    n_sim: int = 1000
     sample_noise: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonteCarloConfig(LinTSConfig, MonteCarloOptions):
+    """``n_sim``, ``target_rel_error``, ``max_sim``: Monte-Carlo propensities
+    (:class:`~bandit_core.montecarlo.MonteCarloOptions`)."""
+
+    @classmethod
+    def constraints(cls) -> dict[str, Constraint]:
+        return {**_POLICY_PARAMS, **MONTE_CARLO_PARAMS}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        MonteCarloOptions.__post_init__(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,7 +174,7 @@ class SharedLinUCBConfig(SharedFeaturesConfig, LinUCBConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SharedLinTSConfig(SharedFeaturesConfig, LinTSConfig):
+class SharedLinTSConfig(SharedFeaturesConfig, MonteCarloConfig):
     pass
 
 
@@ -381,12 +398,13 @@ class LinearPolicy:
 
     def __init__(self, config: LinearConfig | None = None, **options: Any) -> None:
         self.config = build_config(self.config_class, self.name, config, options)
-        self.model: PerArmModel | SharedModel = (
-            SharedModel(self.config)
-            if self.config.feature_map() is not None
-            else PerArmModel(self.config)
-        )
+        self.model: PerArmModel | SharedModel = self._make_model()
         self.model_version: str | None = None
+
+    def _make_model(self) -> PerArmModel | SharedModel:
+        if self.config.feature_map() is not None:
+            return SharedModel(self.config)
+        return PerArmModel(self.config)
 
     @property
     def head(self) -> BayesianLinearHead:
@@ -395,9 +413,9 @@ class LinearPolicy:
     # -- decisions ------------------------------------------------------------
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         x = as_float_vector("context", context, self.config.dim_user)
-        cands = check_candidates(candidates, self.model.dim_arm)
+        cands = self._check_candidates(candidates)
         m, proj, heads = self.model.terms_one(x, cands)
-        arm, probs, scores = self._explore_one(m, proj, heads, check_rng(rng))
+        arm, probs, scores, se = self._explore_one(m, proj, heads, check_rng(rng))
         top = float(m.max())
         return Decision(
             arm=arm,
@@ -408,27 +426,41 @@ class LinearPolicy:
             policy=self.name,
             explored=bool(m[arm] < top - TIE_TOLERANCE * max(1.0, abs(top))),
             model_version=self.model_version,
+            propensity_se=se,
         )
 
     def _explore_one(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
-    ) -> tuple[int, FloatArray, FloatArray]:
-        """One decision: (chosen index, probabilities (K,), scores (K,))."""
-        choice, probs, scores = self._explore(mean[None], proj[None], heads, rng)
-        return int(choice[0]), probs[0], scores[0]
+    ) -> tuple[int, FloatArray, FloatArray, float | None]:
+        """One decision: (chosen index, probabilities (K,), scores (K,), propensity s.e.)."""
+        choice, probs, scores, se = self._explore_se(mean[None], proj[None], heads, rng)
+        return int(choice[0]), probs[0], scores[0], None if se is None else float(se[0])
 
     def select_batch(
         self, contexts: Any, candidates: Any, rng: np.random.Generator
     ) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
-        cands = check_candidates(candidates, self.model.dim_arm)
+        cands = self._check_candidates(candidates)
         return self._decide(x, cands, check_rng(rng))[0]
+
+    def _check_candidates(self, candidates: Any) -> Candidates:
+        """Candidates of the right feature width; a model without arm features refuses
+        candidates that carry some (it would ignore them silently)."""
+        cands = check_candidates(candidates, self.model.dim_arm)
+        if self.model.dim_arm == 0 and cands.dim > 0:
+            raise ValueError(
+                f"{self.name} does not use arm features (a per-arm model on the user context "
+                f"only); got candidates with {cands.dim} features. Pass candidates without "
+                "features, or use a policy on arm features (e.g. "
+                "linucb_arm_features, lints_arm_features, shared_linucb, shared_lints)."
+            )
+        return cands
 
     def _decide(
         self, contexts: FloatArray, candidates: Candidates, rng: np.random.Generator
     ) -> tuple[DecisionBatch, NDArray[np.bool_]]:
         mean, proj, heads = self.model.terms(contexts, candidates)
-        choice, probs, scores = self._explore(mean, proj, heads, rng)
+        choice, probs, scores, se = self._explore_se(mean, proj, heads, rng)
         rows = np.arange(choice.shape[0])
         explored = ~tied_with_max(mean)[rows, choice]
         batch = DecisionBatch(
@@ -437,8 +469,15 @@ class LinearPolicy:
             probabilities=probs,
             scores=scores,
             policy=self.name,
+            propensity_se=se,
         )
         return batch, explored
+
+    def _explore_se(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | None]:
+        """:meth:`_explore` and the standard errors of the propensities (None: exact)."""
+        return (*self._explore(mean, proj, heads, rng), None)
 
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
@@ -555,7 +594,7 @@ class _UCBRule:
 
     def _explore_one(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
-    ) -> tuple[int, FloatArray, FloatArray]:
+    ) -> tuple[int, FloatArray, FloatArray, float | None]:
         scores = np.einsum("kd,kd->k", proj, proj)
         np.sqrt(scores, out=scores)
         alpha = self.config.alpha
@@ -564,9 +603,9 @@ class _UCBRule:
         scores += mean
         if self._first_of_ties():
             first, one_hot = first_of_ties(scores[None])
-            return int(first[0]), one_hot[0], scores
+            return int(first[0]), one_hot[0], scores, None
         arm, probs = greedy_choice_one(scores, 0.0, rng)
-        return arm, probs, scores
+        return arm, probs, scores, None
 
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
@@ -581,13 +620,15 @@ class _UCBRule:
 
 
 class _ThompsonRule:
-    """Posterior sampling with Monte-Carlo propensities.
+    """Posterior sampling: exact propensities for independent arms, Monte Carlo otherwise.
 
-    Every decision draws ``S = 2·⌈(n_sim + 1)/2⌉`` posterior samples of all candidates'
-    scores in antithetic pairs (``μ + σ·ε`` and ``μ − σ·ε`` share one noise draw, which
-    halves the random numbers and the matrix products and lowers the estimator's
-    variance); sample 0 is the Thompson draw that decides, and every arm's propensity is
-    its argmax frequency over the S samples (:func:`thompson_choice`).
+    Per-arm models score the candidates independently, so every arm's propensity is a
+    one-dimensional integral (:func:`~bandit_core.policies.exact_thompson.per_arm_thompson`).
+    A joint model shares one θ draw among the candidates: ``S = 2·⌈(n_sim + 1)/2⌉``
+    posterior samples in antithetic pairs (``μ + σ·ε`` and ``μ − σ·ε`` share one noise
+    draw), sample 0 decides, every arm's propensity is its argmax frequency, and the
+    chosen arm's standard error is reported (more draws up to ``max_sim`` when
+    ``target_rel_error`` asks for them: :func:`~bandit_core.montecarlo.thompson_draws`).
     """
 
     config: Any
@@ -596,40 +637,31 @@ class _ThompsonRule:
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
     ) -> tuple[IntArray, FloatArray, FloatArray]:
+        choice, probs, scores, _se = self._explore_se(mean, proj, heads, rng)
+        return choice, probs, scores
+
+    def _explore_se(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | None]:
         cfg = self.config
-        n, k, d = proj.shape
-        half = (cfg.n_sim + 2) // 2
-        step = max(1, _MC_BLOCK // (2 * half * k * (d if heads is None else 1)))
-        head = self.model.head
-        if heads is None:
-            a, b = head.noise_posterior(np.zeros(1, dtype=np.intp))
-        else:
-            a, b = head.noise_posterior(heads)
+        if heads is not None:  # independent arms: exact propensities by quadrature
+            a, b = self.model.head.noise_posterior(heads)
             width = np.sqrt(np.einsum("nkd,nkd->nk", proj, proj))
-        choices, probs, scores = [], [], []
-        for start in range(0, n, step):
-            rows = slice(start, min(n, start + step))
-            m = rows.stop - rows.start
-            if heads is None:
-                # joint model: one θ draw θ = μ + σ Uᵀz per sample, shared by all candidates
-                z = rng.standard_normal((m, half, d))
-                if cfg.sample_noise:
-                    z *= np.sqrt(b / rng.standard_gamma(a, size=(m, half, 1)))
-                noise = z @ proj[rows].transpose(0, 2, 1)
-            else:
-                # independent arms: the sampled score of arm a is N(θ_aᵀx, σ_a² ‖U_a x‖²)
-                noise = rng.standard_normal((m, half, k)) * width[rows][:, None, :]
-                if cfg.sample_noise:
-                    noise *= np.sqrt(b / rng.standard_gamma(a, size=(m, half, k)))
+            return (*per_arm_thompson(mean, width, a, b, cfg.v, cfg.sample_noise, rng), None)
+        a, b = self.model.head.noise_posterior(np.zeros(1, dtype=np.intp))
+        d = proj.shape[2]
+
+        def draw(rows: slice, half: int) -> FloatArray:
+            # one θ draw θ = μ + σ Uᵀz per sample, shared by all candidates
+            z = rng.standard_normal((rows.stop - rows.start, half, d))
+            if cfg.sample_noise:
+                z *= np.sqrt(b / rng.standard_gamma(a, size=(rows.stop - rows.start, half, 1)))
+            noise: FloatArray = z @ proj[rows].transpose(0, 2, 1)
             if cfg.v != 1.0:
                 noise *= cfg.v
-            centre = mean[rows][:, None, :]
-            sampled = np.concatenate([centre + noise, centre - noise], axis=1)
-            choice, prob = thompson_choice(sampled)
-            choices.append(choice)
-            probs.append(prob)
-            scores.append(sampled[:, 0, :])
-        return np.concatenate(choices), np.concatenate(probs), np.concatenate(scores)
+            return noise
+
+        return thompson_draws(mean, draw, cfg)
 
 
 class LinUCB(_UCBRule, LinearPolicy):
@@ -640,10 +672,22 @@ class LinUCB(_UCBRule, LinearPolicy):
 
 
 class LinTS(_ThompsonRule, LinearPolicy):
-    """Per-arm linear Thompson sampling (Agrawal & Goyal 2013)."""
+    """Per-arm linear Thompson sampling (Agrawal & Goyal 2013) with exact propensities
+    (:mod:`bandit_core.policies.exact_thompson`)."""
 
     name = "lints"
     config_class = LinTSConfig
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> LinearPolicy:
+        if "n_sim" in state.config:  # states written before the propensities were exact
+            state = PolicyState(
+                state.policy,
+                {k: v for k, v in state.config.items() if k != "n_sim"},
+                state.arrays,
+                state.schema_version,
+            )
+        return super().from_state(state)
 
 
 class SharedLinUCB(_UCBRule, LinearPolicy):
@@ -668,9 +712,9 @@ class EpsilonGreedy(LinearPolicy):
 
     def _explore_one(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
-    ) -> tuple[int, FloatArray, FloatArray]:
+    ) -> tuple[int, FloatArray, FloatArray, float | None]:
         arm, probs = greedy_choice_one(mean, self.config.epsilon, rng)  # type: ignore[attr-defined]
-        return arm, probs, mean
+        return arm, probs, mean, None
 
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator

@@ -20,6 +20,7 @@ from bandit_core._validation import (
     check_known_options,
     validate_params,
 )
+from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.position import split_position
 from bandit_core.slates import slate_marginals
 from validation.ope.bootstrap import BOOTSTRAP_PARAMS
@@ -180,7 +181,9 @@ def policy_action_dist(policy: Policy, batch: LoggedBatch, rng: np.random.Genera
     """
     if batch.available is None:
         probs = np.asarray(
-            policy.select_batch(batch.contexts, batch.candidates, rng).probabilities,
+            policy.select_batch(
+                batch.contexts, candidates_for(policy, batch.candidates), rng
+            ).probabilities,
             dtype=np.float64,
         )
     else:
@@ -189,7 +192,8 @@ def policy_action_dist(policy: Policy, batch: LoggedBatch, rng: np.random.Genera
         for g in range(masks.shape[0]):
             rows = np.flatnonzero(inverse.ravel() == g)
             cols = np.flatnonzero(masks[g])
-            sub = policy.select_batch(batch.contexts[rows], batch.candidates.subset(cols), rng)
+            subset = candidates_for(policy, batch.candidates.subset(cols))
+            sub = policy.select_batch(batch.contexts[rows], subset, rng)
             probs[np.ix_(rows, cols)] = sub.probabilities
     expected = (batch.n_rounds, len(batch.candidates))
     if probs.shape != expected:

@@ -222,6 +222,12 @@ class NeuralPolicy:
         point estimate (n, K) used to flag exploration."""
         raise NotImplementedError
 
+    def _choose_se(
+        self, inputs: FloatArray, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray, FloatArray | None]:
+        """:meth:`_choose` and the propensities' standard errors (None: exact)."""
+        return (*self._choose(inputs, rng), None)
+
     def _learn_fast(self, inputs: FloatArray, rewards: FloatArray) -> None:
         """Fast path for rows ``inputs`` (m, D); the network must not change here."""
 
@@ -271,9 +277,9 @@ class NeuralPolicy:
         self, contexts: FloatArray, candidates: Candidates, rng: np.random.Generator
     ) -> tuple[DecisionBatch, NDArray[np.bool_]]:
         inputs = self.features.build(contexts, candidates.features, candidates.ids)
-        choice, probs, scores, mean = self._choose(inputs, rng)
+        choice, probs, scores, mean, se = self._choose_se(inputs, rng)
         rows = np.arange(choice.shape[0])
-        batch = DecisionBatch(choice, probs[rows, choice], probs, scores, self.name)
+        batch = DecisionBatch(choice, probs[rows, choice], probs, scores, self.name, se)
         return batch, ~tied_with_max(mean)[rows, choice]
 
     # -- learning ------------------------------------------------------------------

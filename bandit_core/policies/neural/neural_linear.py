@@ -30,7 +30,15 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from bandit_core._validation import Constraint, FloatArray, Interval, IsBool, OneOf, delegate
+from bandit_core._validation import (
+    Constraint,
+    FloatArray,
+    Interval,
+    IsBool,
+    OneOf,
+    OptionalOf,
+    delegate,
+)
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
 from bandit_core.head_statistics import HeadStatistics, state_with_statistics
 from bandit_core.linalg import sufficient_statistics
@@ -59,6 +67,9 @@ class NeuralLinearConfig(NeuralConfig):
         Scale of the posterior draws (1 is plain Thompson sampling).
     n_sim : int
         Extra posterior draws per decision for the Monte-Carlo propensities.
+    target_rel_error, max_sim : float or None, int
+        Draw more (up to ``max_sim``) until the chosen arm's propensity has this relative
+        standard error (:func:`bandit_core.montecarlo.thompson_draws`).
     sample_noise : bool
         Draw σ² from its inverse-gamma posterior for every draw (else σ = 1).
     head_bias : bool
@@ -77,6 +88,8 @@ class NeuralLinearConfig(NeuralConfig):
     b0: float = 6.0
     v: float = 1.0
     n_sim: int = 100
+    target_rel_error: float | None = None
+    max_sim: int = 20_000
     sample_noise: bool = True
     head_bias: bool = True
     head_inputs: bool = False
@@ -86,6 +99,8 @@ class NeuralLinearConfig(NeuralConfig):
         "alpha": Interval(float, 0.0, None),
         "v": Interval(float, 0.0, None, closed="neither"),
         "n_sim": Interval(int, 1, None),
+        "target_rel_error": OptionalOf(Interval(float, 0.0, 1.0, closed="neither")),
+        "max_sim": Interval(int, 2, None),
         "sample_noise": IsBool(),
         "head_bias": IsBool(),
         "head_inputs": IsBool(),
@@ -171,6 +186,17 @@ class NeuralLinear(NeuralPolicy):
         proj = phi @ self.head.inv_chol_[0].T
         choice, probs, scores = self._rule._explore(mean, proj, None, rng)
         return choice, probs, scores, mean
+
+    def _choose_se(
+        self, inputs: FloatArray, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray, FloatArray | None]:
+        if not isinstance(self._rule, _HeadThompson):  # UCB: exact propensities
+            return (*self._choose(inputs, rng), None)
+        phi = self.encode(inputs)
+        mean = phi @ self.head.theta_[0]
+        proj = phi @ self.head.inv_chol_[0].T
+        choice, probs, scores, se = self._rule._explore_se(mean, proj, None, rng)
+        return choice, probs, scores, mean, se
 
     # -- learning ----------------------------------------------------------------
     def _learn_fast(self, inputs: FloatArray, rewards: FloatArray) -> None:

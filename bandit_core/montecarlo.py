@@ -1,0 +1,157 @@
+"""Monte-Carlo Thompson propensities with a measured standard error and adaptive draws.
+
+When the candidates' sampled scores are correlated (one θ draw shared by every candidate:
+shared linear, logistic and neural-linear Thompson sampling) the probability that an arm
+wins has no one-dimensional form, so it is estimated from ``S`` posterior draws in
+antithetic pairs (``μ + ε`` and ``μ − ε``). Draw 0 decides. For the chosen arm ``c`` the
+pair means ``y_j = (1[c wins draw j⁺] + 1[c wins draw j⁻]) / 2`` are independent, so the
+estimate ``p̂ = ȳ`` has the standard error ``s_y / √J`` (J pairs), which every decision
+reports. With ``target_rel_error`` the rows whose ``se / p̂`` exceeds it get more pairs —
+as many as the first estimate says are needed, up to ``max_sim`` draws in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core._validation import Constraint, FloatArray, Interval, OptionalOf, validate_params
+
+IntArray = NDArray[np.intp]
+
+#: Upper bound on the elements of one block of draws (rows × draws × K).
+_BLOCK = 4_000_000
+
+MONTE_CARLO_PARAMS: dict[str, Constraint] = {
+    "n_sim": Interval(int, 1, None),
+    "target_rel_error": OptionalOf(Interval(float, 0.0, 1.0, closed="neither")),
+    "max_sim": Interval(int, 2, None),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonteCarloOptions:
+    """Monte-Carlo propensity options.
+
+    Parameters
+    ----------
+    n_sim : int
+        Posterior draws per decision (rounded up to an even number of antithetic pairs).
+    target_rel_error : float in (0, 1) or None
+        Wanted relative standard error of the chosen arm's propensity; rows above it get
+        more draws. None: always ``n_sim`` draws.
+    max_sim : int
+        Cap on the draws of one decision (at least ``n_sim``).
+    """
+
+    n_sim: int = 1000
+    target_rel_error: float | None = None
+    max_sim: int = 20_000
+
+    def __post_init__(self) -> None:
+        params = {k: getattr(self, k) for k in MONTE_CARLO_PARAMS}
+        validate_params(type(self).__name__, params, MONTE_CARLO_PARAMS)
+        if self.max_sim < self.n_sim:
+            raise ValueError(
+                f"The 'max_sim' parameter of {type(self).__name__} must be at least n_sim "
+                f"({self.n_sim}). Got {self.max_sim}."
+            )
+
+
+def _pair_stats(
+    centre: FloatArray, noise: FloatArray, choice: IntArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Win counts (m, K) over both signs, and Σy, Σy² (m,) of the chosen arm's pair means."""
+    winners = np.concatenate(
+        [(centre + noise).argmax(axis=-1), (centre - noise).argmax(axis=-1)], axis=1
+    )  # (m, 2J)
+    m, k = centre.shape[0], centre.shape[-1]
+    counts = np.bincount((winners + (np.arange(m) * k)[:, None]).ravel(), minlength=m * k)
+    half = noise.shape[1]
+    hits = winners == choice[:, None]
+    y = (hits[:, :half].astype(np.float64) + hits[:, half:]) / 2.0
+    return counts.reshape(m, k).astype(np.float64), y.sum(axis=1), (y * y).sum(axis=1)
+
+
+def thompson_draws(
+    mean: FloatArray,
+    draw: Callable[[slice, int], FloatArray],
+    options: Any,
+) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+    """Thompson decisions with Monte-Carlo propensities and their standard errors.
+
+    Parameters
+    ----------
+    mean : ndarray of shape (n, K)
+        Centre of the sampled scores.
+    draw : callable
+        ``draw(rows, J)`` returns J score perturbations ``ε`` (m, J, K) for the rows
+        ``rows`` (a slice of the n rows); it owns the random generator.
+    options : MonteCarloOptions (or a config with its three fields)
+
+    Returns
+    -------
+    choice (n,), probabilities (n, K), scores (n, K) of draw 0, and the standard error
+    (n,) of the chosen arm's propensity.
+    """
+    n, k = mean.shape
+    half = (options.n_sim + 2) // 2
+    target = getattr(options, "target_rel_error", None)
+    cap = max(half, getattr(options, "max_sim", 2 * half) // 2)
+    step = max(1, _BLOCK // (2 * half * k))
+    choices, probs, scores, errors = [], [], [], []
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        centre = mean[rows][:, None, :]
+        noise = draw(rows, half)
+        first = centre[:, 0, :] + noise[:, 0, :]
+        choice = first.argmax(axis=-1).astype(np.intp)
+        counts, s1, s2 = _pair_stats(centre, noise, choice)
+        pairs = np.full(choice.shape[0], float(half))
+        if target is not None:
+            p_hat = s1 / pairs
+            se = _se(s1, s2, pairs)
+            needed = np.ceil(pairs * (se / (target * p_hat)) ** 2)
+            more = int(min(cap, needed.max()) - half)
+            if more > 0:
+                extra_rows = np.flatnonzero(needed > pairs)
+                # contiguous blocks of the rows that need more (a slice per block)
+                for lo, hi in _runs(extra_rows):
+                    sub = slice(rows.start + lo, rows.start + hi)
+                    c2, e1, e2 = _pair_stats(mean[sub][:, None, :], draw(sub, more), choice[lo:hi])
+                    counts[lo:hi] += c2
+                    s1[lo:hi] += e1
+                    s2[lo:hi] += e2
+                    pairs[lo:hi] += more
+        choices.append(choice)
+        probs.append(counts / (2.0 * pairs[:, None]))
+        scores.append(first)
+        errors.append(_se(s1, s2, pairs))
+    return (
+        np.concatenate(choices),
+        np.concatenate(probs),
+        np.concatenate(scores),
+        np.concatenate(errors),
+    )
+
+
+def _se(s1: FloatArray, s2: FloatArray, pairs: FloatArray) -> FloatArray:
+    """Standard error of the mean of J pair means from Σy and Σy²."""
+    mean = s1 / pairs
+    var = np.maximum(s2 / pairs - mean * mean, 0.0) * pairs / np.maximum(pairs - 1.0, 1.0)
+    out: FloatArray = np.sqrt(var / pairs)
+    return out
+
+
+def _runs(index: IntArray) -> list[tuple[int, int]]:
+    """Maximal runs ``[lo, hi)`` of consecutive integers in the sorted ``index``."""
+    if index.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(index) != 1)
+    starts = np.concatenate([[index[0]], index[breaks + 1]])
+    ends = np.concatenate([index[breaks], [index[-1]]]) + 1
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]

@@ -1,0 +1,300 @@
+"""Logistic Thompson sampling for 0/1 rewards with a Laplace-approximated posterior.
+
+Model (Chapelle & Li, NIPS 2011, Algorithm 3, with the full rather than the diagonal
+Laplace approximation): ``P(r = 1 | x, a) = σ(wᵀφ(x, a))`` with ``φ`` the shared feature
+map of :class:`~bandit_core.features.FeatureMap` (plus a constant 1 with ``intercept``) and
+the prior ``w ~ N(0, λ⁻¹ I)``. The posterior is approximated by ``N(ŵ, A⁻¹)``.
+
+Online update (assumed-density filtering): the previous posterior ``N(m, A⁻¹)`` is the
+prior of the next reward ``(φ, r)``. Its MAP lies on ``w = m + t A⁻¹φ`` (the likelihood's
+gradient is along φ), so the Newton steps solve the scalar equation
+
+    t = r − σ(φᵀm + t q),   q = φᵀA⁻¹φ,
+
+and then ``A ← A + p(1 − p) φφᵀ`` with ``p = σ(φᵀŵ)`` (the Hessian of the negative
+log-likelihood at the new MAP): O(d²) per reward with a rank-one update of ``L⁻¹``.
+
+Decisions draw ``w̃ = ŵ + v Uᵀz`` once and pick the candidate with the largest ``w̃ᵀφ``
+(σ is monotone, so on the logit); the scores of the candidates share one draw and are
+correlated, so the propensities are Monte-Carlo estimates with a measured standard error
+(:func:`bandit_core.montecarlo.thompson_draws`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import expit
+
+from bandit_core._validation import (
+    Constraint,
+    FloatArray,
+    Interval,
+    IsBool,
+    StrTuple,
+    as_finite_float,
+    as_float_vector,
+    check_known_options,
+    validate_params,
+)
+from bandit_core.exploration import tied_with_max
+from bandit_core.features import FeatureMap
+from bandit_core.linalg import inv_chol_rank1_update, inverse_cholesky
+from bandit_core.montecarlo import MONTE_CARLO_PARAMS, MonteCarloOptions, thompson_draws
+from bandit_core.policies.base import check_candidates, check_contexts, check_rng, check_updates
+from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
+
+IntArray = NDArray[np.intp]
+
+_PARAMS: dict[str, Constraint] = {
+    "dim_user": Interval(int, 0, None),
+    "dim_arm": Interval(int, 0, None),
+    "interactions": IsBool(),
+    "arm_vocabulary": StrTuple(),
+    "intercept": IsBool(),
+    "lambda_prior": Interval(float, 0.0, None, closed="neither"),
+    "v": Interval(float, 0.0, None, closed="neither"),
+    "newton_steps": Interval(int, 1, 100),
+    "refactor_every": Interval(int, 1, None),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogisticTSConfig(MonteCarloOptions):
+    """Hyperparameters of :class:`LogisticTS`.
+
+    Parameters
+    ----------
+    dim_user, dim_arm, interactions, arm_vocabulary
+        The feature map φ(x, a) (see :class:`~bandit_core.features.FeatureMap`).
+    intercept : bool
+        Append a constant 1 to φ (the base click rate).
+    lambda_prior : float
+        Prior precision λ of the weights.
+    v : float
+        Scale of the posterior draws (1: plain Thompson sampling).
+    newton_steps : int
+        Newton iterations of the scalar MAP equation per reward.
+    refactor_every : int
+        Recompute ``L⁻¹`` from the precision after this many rank-one updates.
+    n_sim, target_rel_error, max_sim
+        Monte-Carlo propensities (:class:`~bandit_core.montecarlo.MonteCarloOptions`).
+    """
+
+    dim_user: int
+    dim_arm: int = 0
+    interactions: bool = False
+    arm_vocabulary: tuple[str, ...] = ()
+    intercept: bool = True
+    lambda_prior: float = 1.0
+    v: float = 1.0
+    newton_steps: int = 5
+    refactor_every: int = 1000
+
+    @classmethod
+    def constraints(cls) -> dict[str, Constraint]:
+        """The constraint of every field (the contract suite checks that none is missing)."""
+        return {**MONTE_CARLO_PARAMS, **_PARAMS}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate_params(type(self).__name__, asdict(self), _PARAMS)
+        object.__setattr__(self, "arm_vocabulary", tuple(self.arm_vocabulary))
+
+    def feature_map(self) -> FeatureMap:
+        return FeatureMap(self.dim_user, self.dim_arm, self.interactions, self.arm_vocabulary)
+
+
+def laplace_update(
+    mean: FloatArray,
+    inv_chol: FloatArray,
+    phi: FloatArray,
+    reward: float,
+    steps: int,
+) -> tuple[FloatArray, FloatArray, float]:
+    """One reward ``(φ, r)`` into the Laplace posterior ``N(mean, UᵀU)``.
+
+    Returns the new mean (d,), the factor ``U`` (d, d) of the new precision
+    ``A + p(1 − p) φφᵀ`` and that curvature ``p(1 − p)``.
+    """
+    s = inv_chol.T @ (inv_chol @ phi)  # A⁻¹φ
+    q = float(phi @ s)
+    eta0 = float(phi @ mean)
+    t = 0.0
+    for _ in range(steps):  # Newton on f(t) = t − r + σ(η0 + t q); f' = 1 + q σ'(·) > 0
+        p = float(expit(eta0 + t * q))
+        t -= (t - reward + p) / (1.0 + q * p * (1.0 - p))
+    new_mean = mean + t * s
+    p = float(expit(eta0 + t * q))
+    curvature = p * (1.0 - p)
+    return new_mean, inv_chol_rank1_update(inv_chol, np.sqrt(curvature) * phi), curvature
+
+
+class LogisticTS:
+    """Logistic Thompson sampling (Chapelle & Li 2011) on joint user/arm features.
+
+    Learned state: ``theta_`` (d,) the MAP weights, ``precision_`` (d, d) the Laplace
+    precision, ``inv_chol_`` (d, d) its inverse Cholesky factor, ``count_`` rewards learnt,
+    ``pending_`` rank-one updates since the last refactorisation.
+    """
+
+    name: ClassVar[str] = "logistic_ts"
+    config_class: ClassVar[type[LogisticTSConfig]] = LogisticTSConfig
+
+    def __init__(self, config: LogisticTSConfig | None = None, **options: Any) -> None:
+        if config is None:
+            check_known_options(self.name, options, [f.name for f in fields(LogisticTSConfig)])
+            if "dim_user" not in options:
+                raise ValueError(
+                    f"{self.name} needs the option 'dim_user' (length of the user context)."
+                )
+            config = LogisticTSConfig(**options)
+        elif options:
+            raise ValueError(f"{self.name} takes either config or keyword options, not both.")
+        self.config = config
+        self.features = config.feature_map()
+        self.dim_arm = self.features.dim_arm
+        d = self.dim
+        self.theta_: FloatArray = np.zeros(d)
+        self.precision_: FloatArray = config.lambda_prior * np.eye(d)
+        self.inv_chol_: FloatArray = np.eye(d) / np.sqrt(config.lambda_prior)
+        self.count_ = 0.0
+        self.pending_ = 0
+        self.model_version: str | None = None
+
+    @property
+    def dim(self) -> int:
+        """Dimension of φ (with the intercept)."""
+        return self.features.dim + int(self.config.intercept)
+
+    def _phi(self, contexts: FloatArray, candidates: Candidates) -> FloatArray:
+        phi = self.features.build(contexts, candidates.features, candidates.ids)
+        if self.config.intercept:
+            phi = np.concatenate([phi, np.ones((*phi.shape[:-1], 1))], axis=-1)
+        return phi
+
+    # -- decisions -------------------------------------------------------------
+    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        x = as_float_vector("context", context, self.config.dim_user)[None, :]
+        cands = check_candidates(candidates, self.dim_arm)
+        batch, explored = self._decide(x, cands, check_rng(rng))
+        arm = int(batch.arms[0])
+        se = None if batch.propensity_se is None else float(batch.propensity_se[0])
+        return Decision(
+            arm=arm,
+            arm_id=cands.ids[arm],
+            propensity=float(batch.propensities[0]),
+            probabilities=batch.probabilities[0],
+            scores=batch.scores[0],
+            policy=self.name,
+            explored=bool(explored[0]),
+            model_version=self.model_version,
+            propensity_se=se,
+        )
+
+    def select_batch(
+        self, contexts: Any, candidates: Any, rng: np.random.Generator
+    ) -> DecisionBatch:
+        x = check_contexts(contexts, self.config.dim_user)
+        cands = check_candidates(candidates, self.dim_arm)
+        return self._decide(x, cands, check_rng(rng))[0]
+
+    def _decide(
+        self, contexts: FloatArray, candidates: Candidates, rng: np.random.Generator
+    ) -> tuple[DecisionBatch, NDArray[np.bool_]]:
+        phi = self._phi(contexts, candidates)  # (n, K, d)
+        mean = phi @ self.theta_
+        proj = phi @ self.inv_chol_.T  # (n, K, d): U φ, so w̃ᵀφ = ŵᵀφ + v zᵀ(Uφ)
+        v = self.config.v
+
+        def draw(rows: slice, half: int) -> FloatArray:
+            z = rng.standard_normal((rows.stop - rows.start, half, self.dim))
+            noise: FloatArray = z @ proj[rows].transpose(0, 2, 1)
+            if v != 1.0:
+                noise *= v
+            return noise
+
+        choice, probs, scores, se = thompson_draws(mean, draw, self.config)
+        rows = np.arange(choice.shape[0])
+        batch = DecisionBatch(choice, probs[rows, choice], probs, scores, self.name, se)
+        return batch, ~tied_with_max(mean)[rows, choice]
+
+    # -- learning --------------------------------------------------------------
+    def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
+        x = as_float_vector("context", context, self.config.dim_user)
+        r = as_finite_float("reward", reward)
+        feats = None if arm_features is None else [arm_features]
+        self.update_batch(x[None], [arm_id], [r], feats)
+
+    def update_batch(
+        self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
+    ) -> None:
+        """Learn from ``n`` rewards in [0, 1] in order (each one Laplace update; a
+        fractional reward is a soft label of the same cross-entropy)."""
+        x, ids, r, feats = check_updates(
+            contexts, arm_ids, rewards, arm_features, self.config.dim_user, self.dim_arm
+        )
+        outside = (r < 0.0) | (r > 1.0)
+        if outside.any():
+            bad = float(r[outside][0])
+            raise ValueError(f"rewards of {self.name} must lie in [0, 1]; got {bad!r}.")
+        phi = self.features.build_rows(x, feats, ids)
+        if self.config.intercept:
+            phi = np.concatenate([phi, np.ones((phi.shape[0], 1))], axis=1)
+        cfg = self.config
+        for i in range(phi.shape[0]):
+            self.theta_, self.inv_chol_, curvature = laplace_update(
+                self.theta_, self.inv_chol_, phi[i], float(r[i]), cfg.newton_steps
+            )
+            self.precision_ += curvature * np.outer(phi[i], phi[i])
+            self.count_ += 1.0
+            self.pending_ += 1
+            if self.pending_ >= cfg.refactor_every:
+                self.inv_chol_ = inverse_cholesky(self.precision_)
+                self.pending_ = 0
+
+    def rebuild(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
+        """Forget everything and learn the rows again, in time order."""
+        fresh = type(self)(self.config)
+        fresh.update_batch(contexts, arm_ids, rewards, arm_features)
+        self.theta_, self.precision_, self.inv_chol_ = (
+            fresh.theta_,
+            fresh.precision_,
+            fresh.inv_chol_,
+        )
+        self.count_, self.pending_ = fresh.count_, fresh.pending_
+
+    # -- state -----------------------------------------------------------------
+    def to_state(self) -> PolicyState:
+        config = asdict(self.config)
+        config["arm_vocabulary"] = list(config["arm_vocabulary"])
+        arrays = {
+            "theta": self.theta_.copy(),
+            "precision": self.precision_.copy(),
+            "inv_chol": self.inv_chol_.copy(),
+            "counts": np.array([self.count_, float(self.pending_)]),
+        }
+        meta = {"model_version": self.model_version}
+        return PolicyState(self.name, {**config, "__meta__": meta}, arrays, SCHEMA_VERSION)
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> LogisticTS:
+        if state.policy != cls.name:
+            raise ValueError(f"state is for policy {state.policy!r}, not {cls.name!r}.")
+        options = dict(state.config)
+        meta = options.pop("__meta__", {})
+        options["arm_vocabulary"] = tuple(options.get("arm_vocabulary", ()))
+        policy = cls(**options)
+        d = policy.dim
+        for key, shape in (("theta", (d,)), ("precision", (d, d)), ("inv_chol", (d, d))):
+            value = np.asarray(state.arrays[key], dtype=np.float64)
+            if value.shape != shape:
+                raise ValueError(f"state array {key!r} must have shape {shape}; got {value.shape}.")
+            setattr(policy, key + "_", value.copy())
+        counts = np.asarray(state.arrays["counts"], dtype=np.float64)
+        policy.count_, policy.pending_ = float(counts[0]), int(counts[1])
+        policy.model_version = meta.get("model_version")
+        return policy

@@ -1,0 +1,145 @@
+"""Exact per-arm Thompson propensities: quadrature against independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+from bandit_core import Candidates, make_policy
+from bandit_core.argmax_quadrature import argmax_probabilities
+
+
+def _quad_reference(mean: np.ndarray, scale: np.ndarray, df: np.ndarray | None) -> np.ndarray:
+    """(1) by adaptive ``scipy.integrate.quad`` at tight tolerance, arm by arm."""
+    k = mean.size
+    dists = [
+        stats.norm(mean[b], scale[b]) if df is None else stats.t(df[b], mean[b], scale[b])
+        for b in range(k)
+    ]
+    out = np.empty(k)
+    breaks = sorted(set(np.concatenate([mean - 3 * scale, mean, mean + 3 * scale])))
+    for a in range(k):
+
+        def integrand(s: float, a: int = a) -> float:
+            rest = [dists[b].cdf(s) for b in range(k) if b != a]
+            return float(dists[a].pdf(s) * np.prod(rest))
+
+        lo, hi = float(np.min(mean - 10 * scale)), float(np.max(mean + 10 * scale))
+        body = integrate.quad(
+            integrand, lo, hi, points=breaks, epsabs=1e-13, epsrel=1e-12, limit=4000
+        )[0]
+        tails = sum(
+            integrate.quad(integrand, a_, b_, epsabs=1e-13, epsrel=1e-12, limit=4000)[0]
+            for a_, b_ in ((-np.inf, lo), (hi, np.inf))
+        )
+        out[a] = body + tails
+    return out
+
+
+@pytest.mark.parametrize("student", [False, True])
+def test_quadrature_equals_adaptive_reference_to_1e_8(student: bool) -> None:
+    rng = np.random.default_rng(7 + student)
+    for _ in range(12):
+        k = int(rng.integers(2, 6))
+        mean = rng.normal(0.0, 1.0, k)
+        scale = np.exp(rng.normal(-0.5, 1.2, k))  # scale ratios up to ~100
+        df = rng.uniform(4.0, 60.0, k) if student else None
+        got = argmax_probabilities(mean[None], scale[None], None if df is None else df[None])[0]
+        np.testing.assert_allclose(got, _quad_reference(mean, scale, df), rtol=0, atol=1e-8)
+
+
+def test_two_normal_arms_match_the_closed_form() -> None:
+    # P(S_0 > S_1) = Φ((m_0 − m_1) / √(c_0² + c_1²))
+    mean = np.array([[0.3, -0.1], [0.0, 0.0], [2.0, -3.0]])
+    scale = np.array([[1.0, 0.2], [0.5, 0.5], [0.01, 1.5]])
+    got = argmax_probabilities(mean, scale)
+    exact = special.ndtr((mean[:, 0] - mean[:, 1]) / np.hypot(scale[:, 0], scale[:, 1]))
+    np.testing.assert_allclose(got[:, 0], exact, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=0, atol=1e-14)
+
+
+def test_point_masses_are_exact() -> None:
+    # all arms degenerate: uniform over the tied maxima
+    got = argmax_probabilities(np.array([[1.0, 2.0, 2.0]]), np.zeros((1, 3)))
+    np.testing.assert_array_equal(got, [[0.0, 0.5, 0.5]])
+    # two tied point masses at 0 and one Normal arm: they share P(N(0.5, 1) < 0)
+    got = argmax_probabilities(np.array([[0.0, 0.0, 0.5]]), np.array([[0.0, 0.0, 1.0]]))
+    below = special.ndtr(-0.5)
+    np.testing.assert_allclose(got[0], [below / 2, below / 2, 1 - below], atol=1e-14)
+    # a point mass below two continuous arms: conditional quadrature above it
+    mean, scale = np.array([0.2, 0.0, -0.3]), np.array([0.0, 1.0, 0.7])
+    got = argmax_probabilities(mean[None], scale[None])[0]
+    both_below = special.ndtr(0.2 / 1.0) * special.ndtr(0.5 / 0.7)
+
+    def wins(s: float, a: int, b: int) -> float:
+        return float(stats.norm.pdf(s, mean[a], scale[a]) * stats.norm.cdf(s, mean[b], scale[b]))
+
+    ref1 = integrate.quad(wins, 0.2, 20, args=(1, 2), epsabs=1e-14)[0]
+    ref2 = integrate.quad(wins, 0.2, 20, args=(2, 1), epsabs=1e-14)[0]
+    np.testing.assert_allclose(got, [both_below, ref1, ref2], atol=1e-9)
+
+
+def test_zero_context_gives_exact_uniform_split() -> None:
+    policy = make_policy("lints", dim_user=3)
+    d = policy.select(np.zeros(3), Candidates.from_any(["a", "b"]), np.random.default_rng(0))
+    assert d.probabilities.tolist() == [0.5, 0.5]
+
+
+def _trained_lints(sample_noise: bool, **options: object) -> object:
+    policy = make_policy("lints", dim_user=3, sample_noise=sample_noise, **options)
+    rng = np.random.default_rng(3)
+    ids = ("a", "b", "c", "d")
+    for _ in range(60):
+        x = rng.standard_normal(3)
+        arm = int(rng.integers(3))  # "d" stays at the prior
+        policy.update(x, ids[arm], float(x[0] * (arm - 1) + 0.3 * rng.standard_normal()))
+    return policy
+
+
+@pytest.mark.parametrize("sample_noise", [True, False])
+def test_quadrature_equals_choice_frequencies_of_200000_draws(sample_noise: bool) -> None:
+    policy: object = _trained_lints(sample_noise)
+    cands = Candidates.from_any(["a", "b", "c", "d"])
+    x = np.array([0.4, -0.2, 0.9])
+    n = 200_000
+    batch = policy.select_batch(np.tile(x, (n, 1)), cands, np.random.default_rng(11))  # type: ignore[attr-defined]
+    exact = batch.probabilities[0]
+    np.testing.assert_allclose(batch.probabilities, np.tile(exact, (n, 1)), rtol=0, atol=1e-12)
+    freq = np.bincount(batch.arms, minlength=4) / n
+    se = np.sqrt(exact * (1 - exact) / n)
+    assert (np.abs(freq - exact) <= 4 * se + 1e-12).all(), (freq, exact, se)
+    # the reported propensity is the chosen arm's exact probability
+    np.testing.assert_array_equal(batch.propensities, exact[batch.arms])
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"gamma": 0.97}, {"window": 15}], ids=["plain", "discounted", "windowed"]
+)
+def test_propensities_match_the_reference_for_a_trained_policy(
+    options: dict[str, object],
+) -> None:
+    policy: object = _trained_lints(True, **options)
+    head = policy.head  # type: ignore[attr-defined]
+    cands = Candidates.from_any(["a", "b", "c", "d"])
+    x = np.array([0.4, -0.2, 0.9])
+    d = policy.select(x, cands, np.random.default_rng(0))  # type: ignore[attr-defined]
+    heads = policy.model.heads_for(cands.ids, create=False)  # type: ignore[attr-defined]
+    a, b = head.noise_posterior(heads)
+    mean = head.theta_[heads] @ x
+    width = np.sqrt(np.einsum("kd,kd->k", head.inv_chol_[heads] @ x, head.inv_chol_[heads] @ x))
+    ref = _quad_reference(mean, width * np.sqrt(b / a), 2 * a)
+    np.testing.assert_allclose(d.probabilities, ref, rtol=0, atol=1e-8)
+
+
+def test_old_states_with_n_sim_still_load() -> None:
+    from bandit_core import policy_from_state
+
+    policy: object = _trained_lints(True)
+    state = policy.to_state()  # type: ignore[attr-defined]
+    state.config["n_sim"] = 1000
+    restored = policy_from_state(state)
+    cands = Candidates.from_any(["a", "b"])
+    one = policy.select(np.ones(3), cands, np.random.default_rng(1))  # type: ignore[attr-defined]
+    two = restored.select(np.ones(3), cands, np.random.default_rng(1))
+    assert (one.arm, one.propensity) == (two.arm, two.propensity)

@@ -1,0 +1,87 @@
+"""Measured propensity errors: the reported standard error, adaptive draws, OPE flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bandit_core import Candidates, make_policy
+from validation.ope.propensity_error import flag_propensity_error
+
+
+def _trained(name: str, **options: object) -> object:
+    policy = make_policy(name, dim_user=3, dim_arm=2, **options)
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((4, 2))
+    for _ in range(80):
+        x = rng.standard_normal(3)
+        arm = int(rng.integers(4))
+        r = float(rng.random() < 1 / (1 + np.exp(-x[0] * (arm - 1.5))))
+        policy.update(x, str(arm), r, feats[arm])
+    return policy, Candidates(tuple("0123"), feats)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("name", ["shared_lints", "logistic_ts"])
+def test_reported_standard_error_matches_the_spread_of_estimates(name: str) -> None:
+    policy, cands = _trained(name, n_sim=200)  # type: ignore[misc]
+    x = np.array([0.3, -1.0, 0.5])
+    n = 400
+    batch = policy.select_batch(np.tile(x, (n, 1)), cands, np.random.default_rng(1))
+    assert batch.propensity_se is not None
+    # estimates of one arm's probability across independent decisions
+    arm = int(np.bincount(batch.arms).argmax())
+    estimates = batch.probabilities[:, arm]
+    rows = batch.arms == arm
+    spread = estimates.std(ddof=1)
+    reported = np.sqrt(np.mean(batch.propensity_se[rows] ** 2))
+    assert 0.7 * spread < reported < 1.3 * spread, (spread, reported)
+    d = policy.select(x, cands, np.random.default_rng(2))
+    assert d.propensity_se is not None and d.propensity_se >= 0.0
+
+
+def test_adaptive_draws_reach_the_target_relative_error_within_the_cap() -> None:
+    policy, cands = _trained("shared_lints", n_sim=50, target_rel_error=0.02, max_sim=40_000)  # type: ignore[misc]
+    x = np.array([0.3, -1.0, 0.5])
+    batch = policy.select_batch(np.tile(x, (50, 1)), cands, np.random.default_rng(3))
+    rel = batch.propensity_se / batch.propensities
+    assert (rel <= 0.02 * 1.05).mean() > 0.8, rel
+    fixed, _ = _trained("shared_lints", n_sim=50)  # type: ignore[misc]
+    plain = fixed.select_batch(np.tile(x, (50, 1)), cands, np.random.default_rng(3))
+    assert np.median(plain.propensity_se / plain.propensities) > 0.02 * 1.05
+    # the cap binds: with max_sim = n_sim nothing more is drawn
+    capped, _ = _trained("shared_lints", n_sim=50, target_rel_error=0.001, max_sim=52)  # type: ignore[misc]
+    again = capped.select_batch(np.tile(x, (50, 1)), cands, np.random.default_rng(3))
+    np.testing.assert_array_equal(again.probabilities, plain.probabilities)
+
+
+def test_exact_policies_report_no_standard_error() -> None:
+    policy = make_policy("lints", dim_user=3)
+    d = policy.select(np.ones(3), Candidates.from_any(["a", "b"]), np.random.default_rng(0))
+    assert d.propensity_se is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"target_rel_error": 0.0}, r"'target_rel_error' parameter of SharedLinTSConfig"),
+        ({"target_rel_error": 1.5}, r"'target_rel_error' parameter of SharedLinTSConfig"),
+        ({"n_sim": 100, "max_sim": 50}, r"'max_sim' parameter of SharedLinTSConfig must be at"),
+    ],
+)
+def test_monte_carlo_options_are_validated(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_policy("shared_lints", dim_user=3, dim_arm=2, **options)
+
+
+def test_rows_with_large_propensity_error_are_flagged() -> None:
+    pscore = np.array([0.5, 0.02, 0.3, 0.01])
+    se = np.array([0.01, 0.01, np.nan, 0.0])
+    np.testing.assert_array_equal(
+        flag_propensity_error(pscore, se, max_rel_error=0.1), [False, True, False, False]
+    )
+    with pytest.raises(ValueError, match=r"propensity_se must have shape \(4,\)"):
+        flag_propensity_error(pscore, se[:3])
+    with pytest.raises(ValueError, match=r"pscore must lie in \(0, 1\]"):
+        flag_propensity_error([0.0], [0.1])
+    with pytest.raises(ValueError, match="max_rel_error must be a float > 0"):
+        flag_propensity_error(pscore, se, max_rel_error=0.0)
