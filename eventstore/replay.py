@@ -126,9 +126,9 @@ def read_replay(
     ``context`` is a list of ``dim_user`` floats, ``candidate_features`` a list of K lists
     of ``dim_arm`` floats, ``probabilities`` a list of K floats.
     """
-    for name, value in (("start", start), ("end", end), ("as_of", as_of)):
-        if value is not None and value.tzinfo is None:
-            raise ValueError(f"{name} must be timezone-aware; got {value!r}.")
+    for name, moment in (("start", start), ("end", end), ("as_of", as_of)):
+        if moment is not None and moment.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware; got {moment!r}.")
     if duplicate_rule not in ("first_wins", "sum"):
         raise ValueError(f"duplicate_rule must be 'first_wins' or 'sum'; got {duplicate_rule!r}.")
     if missing_reward not in ("default", "drop"):
