@@ -71,7 +71,7 @@ def test_a_decision_fills_every_column_of_the_table() -> None:
 
 
 def test_the_replay_carries_the_stored_columns_then_the_computed_ones() -> None:
-    assert replay.COLUMNS == replay.STORED + tuple(replay.COMPUTED)
+    assert replay.STORED + tuple(replay.COMPUTED) == replay.COLUMNS
     assert not set(replay.STORED) & set(replay.COMPUTED)
     assert set(replay.STORED) <= set(record_columns(decisions))
     left_out = set(record_columns(decisions)) - set(replay.STORED)
@@ -89,7 +89,7 @@ def test_the_suites_store_columns_are_replay_columns() -> None:
 def test_a_new_column_reaches_the_replay_and_needs_a_record_field() -> None:
     table = copy_of("decisions")
     table.append_column(Column("ab_bucket", String(16)))
-    assert replay_columns(table) == replay_columns(decisions) + ("ab_bucket",)
+    assert replay_columns(table) == (*replay_columns(decisions), "ab_bucket")
     assert record_columns(table)[-1] == "ab_bucket"
     with pytest.raises(ValueError, match=r"DecisionRow; missing \['ab_bucket'\]"):
         records.decision_fillers(table)
@@ -106,7 +106,7 @@ def test_a_new_float_array_brings_its_shape_columns() -> None:
     table.append_column(Column("dim_extra", Integer))
     table.append_column(Column("extra", LargeBinary, info={SHAPE: ("dim_extra",)}))
     assert shape_columns(table)["dim_extra"] == ("extra", 0)
-    assert replay_columns(table) == replay_columns(decisions) + ("extra",)
+    assert replay_columns(table) == (*replay_columns(decisions), "extra")
     table.append_column(Column("broken", LargeBinary, info={SHAPE: ("dim_nowhere",)}))
     with pytest.raises(ValueError, match="dim_nowhere"):
         shape_columns(table)
@@ -121,7 +121,7 @@ def test_a_record_field_without_a_column_is_refused() -> None:
     )
     with pytest.raises(ValueError, match=r"or in NOT_STORED; got \['retrieval'\]"):
         records.decision_fillers(table)
-    assert records.NOT_STORED <= {f.name for f in dataclasses.fields(records.DecisionRow)}
+    assert {f.name for f in dataclasses.fields(records.DecisionRow)} >= records.NOT_STORED
 
 
 def test_reward_and_snapshot_rows_follow_their_tables() -> None:
