@@ -44,6 +44,12 @@ reaches them without editing them):
 A float-array column (``LargeBinary``, see :func:`eventstore.types.encode_floats`) names
 the integer columns that hold its shape: ``info={SHAPE: ("dim_user",)}``. The writer
 fills a shape column from the array's shape, the replay decodes the array with it.
+
+Adding a field to a decision: the column here (``info={REPLAY: False}`` keeps it out of
+training), an Alembic migration (:mod:`eventstore.migrations.versions`), the field of
+:class:`eventstore.records.DecisionRow` (its import refuses a column without one), and
+where the service fills it (:func:`serving.decide.decision_row`, or the request schema
+when the client sends it).
 """
 
 from __future__ import annotations
