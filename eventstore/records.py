@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -82,41 +82,37 @@ class DecisionRow:
 
     def params(self) -> dict[str, Any]:
         """Column values for an INSERT into ``decisions`` (every column of the table,
-        see :func:`decision_fillers`)."""
-        return {name: fill(self) for name, fill in _DECISION_FILLERS}
+        see :func:`decision_columns`)."""
+        plan = _DECISION_COLUMNS
+        out = dict(zip(plan.plain, _get_plain(self), strict=True))
+        for name in plan.floats:
+            out[name] = encode_floats(getattr(self, name))
+        for name in plan.lists:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        for name, array, axis in plan.extents:
+            out[name] = int(getattr(self, array).shape[axis])
+        return out
 
 
 #: Fields of :class:`DecisionRow` that are instructions to the writer, not columns.
 NOT_STORED = frozenset({"count_impressions"})
 
-Filler = Callable[[Any], Any]
+
+@dataclass(frozen=True)
+class DecisionColumns:
+    """How a :class:`DecisionRow` fills the columns of ``decisions``, by kind: ``plain``
+    columns take the attribute of the same name, ``floats`` the encoded array, ``lists``
+    the tuple as a JSON list, and ``extents`` (column, array attribute, axis) a shape
+    column from its array's shape."""
+
+    plain: tuple[str, ...]
+    floats: tuple[str, ...]
+    lists: tuple[str, ...]
+    extents: tuple[tuple[str, str, int], ...]
 
 
-def _attribute(name: str) -> Filler:
-    return operator.attrgetter(name)
-
-
-def _floats(name: str) -> Filler:
-    get = operator.attrgetter(name)
-    return lambda record: encode_floats(get(record))
-
-
-def _json(name: str) -> Filler:
-    get = operator.attrgetter(name)
-
-    def fill(record: Any) -> Any:
-        value = get(record)
-        return list(value) if isinstance(value, tuple) else value
-
-    return fill
-
-
-def _extent(name: str, axis: int) -> Filler:
-    get = operator.attrgetter(name)
-    return lambda record: int(get(record).shape[axis])
-
-
-def decision_fillers(table: Table) -> tuple[tuple[str, Filler], ...]:
+def decision_columns(table: Table) -> DecisionColumns:
     """How a :class:`DecisionRow` fills each column of ``table`` (``decisions``): a shape
     column from its array's shape (``info[SHAPE]``), a float array encoded, a JSON
     column as a list (from a tuple), anything else as the attribute of the same name.
@@ -137,18 +133,15 @@ def decision_fillers(table: Table) -> tuple[tuple[str, Filler], ...]:
         raise ValueError(
             f"DecisionRow fields must be columns of {table.name} or in NOT_STORED; got {extra}."
         )
-    out: list[tuple[str, Filler]] = []
-    for name in columns:
-        column = table.columns[name]
-        if name in shapes:
-            out.append((name, _extent(*shapes[name])))
-        elif SHAPE in column.info:
-            out.append((name, _floats(name)))
-        elif isinstance(column.type, JSON):
-            out.append((name, _json(name)))
-        else:
-            out.append((name, _attribute(name)))
-    return tuple(out)
+    stored = [n for n in columns if n not in shapes]
+    floats = tuple(n for n in stored if SHAPE in table.columns[n].info)
+    lists = tuple(n for n in stored if isinstance(table.columns[n].type, JSON))
+    return DecisionColumns(
+        plain=tuple(n for n in stored if n not in floats and n not in lists),
+        floats=floats,
+        lists=lists,
+        extents=tuple((n, *shapes[n]) for n in columns if n in shapes),
+    )
 
 
 def _check_covered(
@@ -215,13 +208,13 @@ class JudgedReward:
 
     def params(self) -> dict[str, Any]:
         """Column values for an INSERT into ``rewards``: the verdict's fields, the rest
-        from the reward as received (see :func:`reward_fillers`)."""
-        return {name: fill(self) for name, fill in _REWARD_FILLERS}
+        from the reward as received (see :func:`reward_sources`)."""
+        return dict(zip(_REWARD_COLUMNS, _get_reward(self), strict=True))
 
 
-def reward_fillers(table: Table) -> tuple[tuple[str, Filler], ...]:
-    """How a :class:`JudgedReward` fills each column of ``table`` (``rewards``): from its
-    own field of that name (the verdict), else from its ``row``'s.
+def reward_sources(table: Table) -> dict[str, str]:
+    """Where a :class:`JudgedReward` takes each column of ``table`` (``rewards``): its
+    own field of that name (the verdict), else its ``row``'s (``"row.<name>"``).
 
     Raises
     ------
@@ -232,7 +225,7 @@ def reward_fillers(table: Table) -> tuple[tuple[str, Filler], ...]:
     received = {f.name for f in dataclasses.fields(RewardRow)}
     columns = record_columns(table)
     _check_covered(table.name, "JudgedReward or RewardRow", columns, verdict | received, set())
-    return tuple((name, _attribute(name if name in verdict else f"row.{name}")) for name in columns)
+    return {name: name if name in verdict else f"row.{name}" for name in columns}
 
 
 def judge_rewards(
@@ -282,6 +275,9 @@ def _snapshot_columns(table: Table) -> tuple[str, ...]:
     return columns
 
 
-_DECISION_FILLERS = decision_fillers(decisions)
-_REWARD_FILLERS = reward_fillers(rewards)
+_DECISION_COLUMNS = decision_columns(decisions)
+_get_plain = operator.attrgetter(*_DECISION_COLUMNS.plain)
+_REWARD_SOURCES = reward_sources(rewards)
+_REWARD_COLUMNS = tuple(_REWARD_SOURCES)
+_get_reward = operator.attrgetter(*_REWARD_SOURCES.values())
 _SNAPSHOT_COLUMNS = _snapshot_columns(head_snapshots)
