@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -10,7 +12,16 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from sqlalchemy import JSON, Table
 
+from eventstore.schema import (
+    SHAPE,
+    decisions,
+    head_snapshots,
+    record_columns,
+    rewards,
+    shape_columns,
+)
 from eventstore.types import encode_floats
 
 #: Reward ``status`` values.
@@ -70,42 +81,78 @@ class DecisionRow:
         return tuple(self.candidate_ids[i] for i in self.ranking)
 
     def params(self) -> dict[str, Any]:
-        """Column values for an INSERT."""
-        return {
-            "event_id": self.event_id,
-            "created_at": self.created_at,
-            "user_hash": self.user_hash,
-            "dim_user": int(self.context.shape[0]),
-            "context": encode_floats(self.context),
-            "n_candidates": len(self.candidate_ids),
-            "dim_arm": int(self.candidate_features.shape[1]),
-            "candidate_ids": list(self.candidate_ids),
-            "candidate_features": encode_floats(self.candidate_features),
-            "chosen": self.chosen,
-            "arm_id": self.arm_id,
-            "propensity": self.propensity,
-            "probabilities": encode_floats(self.probabilities),
-            "scores": encode_floats(self.scores),
-            "ranking": None if self.ranking is None else list(self.ranking),
-            "slate_propensities": (
-                None if self.slate_propensities is None else list(self.slate_propensities)
-            ),
-            "policy": self.policy,
-            "model_version": self.model_version,
-            "traffic": self.traffic,
-            "fallback": self.fallback,
-            "explored": self.explored,
-            "position_propensities": _list(self.position_propensities),
-            "request_id": self.request_id,
-            "group_id": self.group_id,
-            "catalog_seq": self.catalog_seq,
-            "candidate_versions": _list(self.candidate_versions),
-            "retrieval": self.retrieval,
-        }
+        """Column values for an INSERT into ``decisions`` (every column of the table,
+        see :func:`decision_columns`)."""
+        plan = _DECISION_COLUMNS
+        out = dict(zip(plan.plain, _get_plain(self), strict=True))
+        for name in plan.floats:
+            out[name] = encode_floats(getattr(self, name))
+        for name in plan.lists:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        for name, array, axis in plan.extents:
+            out[name] = int(getattr(self, array).shape[axis])
+        return out
 
 
-def _list(values: tuple[Any, ...] | None) -> list[Any] | None:
-    return None if values is None else list(values)
+#: Fields of :class:`DecisionRow` that are instructions to the writer, not columns.
+NOT_STORED = frozenset({"count_impressions"})
+
+
+@dataclass(frozen=True)
+class DecisionColumns:
+    """How a :class:`DecisionRow` fills the columns of ``decisions``, by kind: ``plain``
+    columns take the attribute of the same name, ``floats`` the encoded array, ``lists``
+    the tuple as a JSON list, and ``extents`` (column, array attribute, axis) a shape
+    column from its array's shape."""
+
+    plain: tuple[str, ...]
+    floats: tuple[str, ...]
+    lists: tuple[str, ...]
+    extents: tuple[tuple[str, str, int], ...]
+
+
+def decision_columns(table: Table) -> DecisionColumns:
+    """How a :class:`DecisionRow` fills each column of ``table`` (``decisions``): a shape
+    column from its array's shape (``info[SHAPE]``), a float array encoded, a JSON
+    column as a list (from a tuple), anything else as the attribute of the same name.
+
+    Raises
+    ------
+    ValueError
+        When a column has no attribute of its name on :class:`DecisionRow`, or a field of
+        it is neither a column nor in :data:`NOT_STORED`.
+    """
+    shapes = shape_columns(table)
+    fields = {f.name for f in dataclasses.fields(DecisionRow)}
+    attributes = fields | {n for n, v in vars(DecisionRow).items() if isinstance(v, property)}
+    columns = record_columns(table)
+    _check_covered(table.name, "DecisionRow", columns, attributes, set(shapes))
+    extra = sorted(fields - set(columns) - NOT_STORED)
+    if extra:
+        raise ValueError(
+            f"DecisionRow fields must be columns of {table.name} or in NOT_STORED; got {extra}."
+        )
+    stored = [n for n in columns if n not in shapes]
+    floats = tuple(n for n in stored if SHAPE in table.columns[n].info)
+    lists = tuple(n for n in stored if isinstance(table.columns[n].type, JSON))
+    return DecisionColumns(
+        plain=tuple(n for n in stored if n not in floats and n not in lists),
+        floats=floats,
+        lists=lists,
+        extents=tuple((n, *shapes[n]) for n in columns if n in shapes),
+    )
+
+
+def _check_covered(
+    table: str, record: str, columns: Sequence[str], attributes: set[str], derived: set[str]
+) -> None:
+    missing = [name for name in columns if name not in attributes | derived]
+    if missing:
+        raise ValueError(
+            f"every column of {table} needs an attribute of the same name on {record}; "
+            f"missing {missing}."
+        )
 
 
 @dataclass(frozen=True)
@@ -160,19 +207,25 @@ class JudgedReward:
     status: str
 
     def params(self) -> dict[str, Any]:
-        """Column values for an INSERT into ``rewards``."""
-        row = self.row
-        return {
-            "event_id": row.event_id,
-            "ordinal": self.ordinal,
-            "value": row.value,
-            "ts": row.ts,
-            "received_at": row.received_at,
-            "applied": self.applied,
-            "status": self.status,
-            "model_version": row.model_version,
-            "position": row.position,
-        }
+        """Column values for an INSERT into ``rewards``: the verdict's fields, the rest
+        from the reward as received (see :func:`reward_sources`)."""
+        return dict(zip(_REWARD_COLUMNS, _get_reward(self), strict=True))
+
+
+def reward_sources(table: Table) -> dict[str, str]:
+    """Where a :class:`JudgedReward` takes each column of ``table`` (``rewards``): its
+    own field of that name (the verdict), else its ``row``'s (``"row.<name>"``).
+
+    Raises
+    ------
+    ValueError
+        When a column is neither.
+    """
+    verdict = {f.name for f in dataclasses.fields(JudgedReward)} - {"row"}
+    received = {f.name for f in dataclasses.fields(RewardRow)}
+    columns = record_columns(table)
+    _check_covered(table.name, "JudgedReward or RewardRow", columns, verdict | received, set())
+    return {name: name if name in verdict else f"row.{name}" for name in columns}
 
 
 def judge_rewards(
@@ -211,11 +264,20 @@ class SnapshotRow:
     state: bytes
 
     def params(self) -> dict[str, Any]:
-        return {
-            "model_version": self.model_version,
-            "created_at": self.created_at,
-            "last_reward_id": self.last_reward_id,
-            "applied_rewards": self.applied_rewards,
-            "policy": self.policy,
-            "state": self.state,
-        }
+        """Column values for an INSERT into ``head_snapshots``."""
+        return {name: getattr(self, name) for name in _SNAPSHOT_COLUMNS}
+
+
+def _snapshot_columns(table: Table) -> tuple[str, ...]:
+    columns = record_columns(table)
+    fields = {f.name for f in dataclasses.fields(SnapshotRow)}
+    _check_covered(table.name, "SnapshotRow", columns, fields, set())
+    return columns
+
+
+_DECISION_COLUMNS = decision_columns(decisions)
+_get_plain = operator.attrgetter(*_DECISION_COLUMNS.plain)
+_REWARD_SOURCES = reward_sources(rewards)
+_REWARD_COLUMNS = tuple(_REWARD_SOURCES)
+_get_reward = operator.attrgetter(*_REWARD_SOURCES.values())
+_SNAPSHOT_COLUMNS = _snapshot_columns(head_snapshots)

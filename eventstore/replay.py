@@ -23,40 +23,73 @@ Rules (mirroring the service):
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
-from sqlalchemy import ColumnElement, Engine, func, select
+from sqlalchemy import Boolean, Column, ColumnElement, Engine, Row, func, select
 
-from eventstore.schema import decisions, rewards
+from eventstore.schema import SHAPE, decisions, replay_columns, rewards
 from eventstore.types import decode_floats
 
-COLUMNS = (
-    "event_id",
-    "created_at",
-    "user_hash",
-    "context",
-    "candidate_ids",
-    "candidate_features",
-    "chosen",
-    "arm_id",
-    "propensity",
-    "probabilities",
-    "policy",
-    "model_version",
-    "traffic",
-    "fallback",
-    "explored",
-    "reward",
-    "reward_observed",
-    "n_rewards",
-    "ranking",
-    "position_propensities",
-    "position_rewards",
-    "position_observed",
-)
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the reward join found for one decision: its reward under the rules
+    (``value``, None when none came in its window), how many came (``count``), each
+    slate position's ``(reward, count)`` or None (``slate``; None for a single decision),
+    and the rules' ``missing`` (a position without a reward) and ``default`` rewards."""
+
+    value: float | None
+    count: int
+    slate: list[tuple[float, int] | None] | None
+    missing: float
+    default: float
+
+
+def _position_rewards(o: Outcome) -> list[float] | None:
+    return None if o.slate is None else [o.missing if v is None else v[0] for v in o.slate]
+
+
+def _position_observed(o: Outcome) -> list[bool] | None:
+    return None if o.slate is None else [v is not None for v in o.slate]
+
+
+#: Name of the replay's reward column.
+REWARD = "reward"
+#: The replay's computed columns and their derivation; every other column is stored
+#: (:func:`eventstore.schema.replay_columns`).
+COMPUTED: dict[str, Callable[[Outcome], Any]] = {
+    REWARD: lambda o: o.default if o.value is None else o.value,
+    "reward_observed": lambda o: o.value is not None,
+    "n_rewards": lambda o: o.count,
+    "position_rewards": _position_rewards,
+    "position_observed": _position_observed,
+}
+#: The stored columns of ``decisions`` that the replay carries, in table order.
+STORED = replay_columns(decisions)
+#: The replay frame's columns: the stored ones, then the computed ones.
+COLUMNS = STORED + tuple(COMPUTED)
+
+
+def _reader(column: Column[Any]) -> Callable[[Row[Any]], Any]:
+    """How the replay reads a stored column from a ``decisions`` row: a float array
+    decoded with its shape columns into (nested) lists, a boolean as ``bool``."""
+    name = column.name
+    shape = column.info.get(SHAPE)
+    if shape is not None:
+        return lambda row: decode_floats(
+            getattr(row, name), tuple(getattr(row, n) for n in shape)
+        ).tolist()
+    if isinstance(column.type, Boolean):
+        return lambda row: bool(getattr(row, name))
+    return lambda row: getattr(row, name)
+
+
+_READERS = tuple((name, _reader(decisions.c[name])) for name in STORED)
 
 _YIELD_PER = 2000
 
@@ -116,37 +149,10 @@ def read_replay(
                 slate = [observed.get((row.event_id, j)) for j in range(len(row.ranking))]
             if missing_reward == "drop" and value is None and not any(slate or ()):
                 continue
-            k, da = row.n_candidates, row.dim_arm
-            rows.append(
-                {
-                    "event_id": row.event_id,
-                    "created_at": row.created_at,
-                    "user_hash": row.user_hash,
-                    "context": decode_floats(row.context, (row.dim_user,)).tolist(),
-                    "candidate_ids": list(row.candidate_ids),
-                    "candidate_features": decode_floats(row.candidate_features, (k, da)).tolist(),
-                    "chosen": row.chosen,
-                    "arm_id": row.arm_id,
-                    "propensity": row.propensity,
-                    "probabilities": decode_floats(row.probabilities, (k,)).tolist(),
-                    "policy": row.policy,
-                    "model_version": row.model_version,
-                    "traffic": row.traffic,
-                    "fallback": bool(row.fallback),
-                    "explored": bool(row.explored),
-                    "reward": default_reward if value is None else value,
-                    "reward_observed": value is not None,
-                    "n_rewards": count,
-                    "ranking": None if row.ranking is None else list(row.ranking),
-                    "position_propensities": (None if slate is None else row.position_propensities),
-                    "position_rewards": (
-                        None if slate is None else [missing if v is None else v[0] for v in slate]
-                    ),
-                    "position_observed": (
-                        None if slate is None else [v is not None for v in slate]
-                    ),
-                }
-            )
+            outcome = Outcome(value, count, slate, missing, default_reward)
+            record = {name: read(row) for name, read in _READERS}
+            record.update((name, derive(outcome)) for name, derive in COMPUTED.items())
+            rows.append(record)
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

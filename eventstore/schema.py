@@ -31,6 +31,25 @@ marginal probability of each shown item at its slot), ``request_id`` and ``group
 
 The Alembic migrations in :mod:`eventstore.migrations` create exactly these tables;
 a test compares the two.
+
+The column lists of the other layers are derived from these tables (a new column
+reaches them without editing them):
+
+* :meth:`eventstore.records.DecisionRow.params` (and the reward and snapshot rows) fill
+  every column but the auto-increment key from the record's attribute of the same name;
+* the replay frame (:data:`eventstore.replay.COLUMNS`) carries every column of
+  ``decisions`` (:func:`replay_columns`) but the key, the shape columns and those marked
+  ``info={REPLAY: False}``, followed by its few computed reward columns.
+
+A float-array column (``LargeBinary``, see :func:`eventstore.types.encode_floats`) names
+the integer columns that hold its shape: ``info={SHAPE: ("dim_user",)}``. The writer
+fills a shape column from the array's shape, the replay decodes the array with it.
+
+Adding a field to a decision: the column here (``info={REPLAY: False}`` keeps it out of
+training), an Alembic migration (:mod:`eventstore.migrations.versions`), the field of
+:class:`eventstore.records.DecisionRow` (its import refuses a column without one), and
+where the service fills it (:func:`serving.decide.decision_row`, or the request schema
+when the client sends it).
 """
 
 from __future__ import annotations
@@ -49,6 +68,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -64,6 +84,12 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+#: ``Column.info`` key: the names of the integer columns holding a float array's shape.
+SHAPE = "shape"
+#: ``Column.info`` key: False for a ``decisions`` column the replay frame leaves out.
+REPLAY = "replay"
+_NOT_IN_REPLAY = {REPLAY: False}
 
 EVENT_ID_LENGTH = 64
 VERSION_LENGTH = 256
@@ -82,29 +108,33 @@ class DecisionEvent(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     user_hash: Mapped[str | None] = mapped_column(String(64))
     dim_user: Mapped[int] = mapped_column(Integer)
-    context: Mapped[bytes] = mapped_column(LargeBinary)
+    context: Mapped[bytes] = mapped_column(LargeBinary, info={SHAPE: ("dim_user",)})
     n_candidates: Mapped[int] = mapped_column(Integer)
     dim_arm: Mapped[int] = mapped_column(Integer)
     candidate_ids: Mapped[list[str]] = mapped_column(JSON)
-    candidate_features: Mapped[bytes] = mapped_column(LargeBinary)
+    candidate_features: Mapped[bytes] = mapped_column(
+        LargeBinary, info={SHAPE: ("n_candidates", "dim_arm")}
+    )
     chosen: Mapped[int] = mapped_column(Integer)
     arm_id: Mapped[str] = mapped_column(String(ARM_ID_LENGTH))
     propensity: Mapped[float] = mapped_column(Double)
-    probabilities: Mapped[bytes] = mapped_column(LargeBinary)
-    scores: Mapped[bytes] = mapped_column(LargeBinary)
+    probabilities: Mapped[bytes] = mapped_column(LargeBinary, info={SHAPE: ("n_candidates",)})
+    scores: Mapped[bytes] = mapped_column(
+        LargeBinary, info={SHAPE: ("n_candidates",), **_NOT_IN_REPLAY}
+    )
     ranking: Mapped[list[int] | None] = mapped_column(JSON)
-    slate_propensities: Mapped[list[float] | None] = mapped_column(JSON)
+    slate_propensities: Mapped[list[float] | None] = mapped_column(JSON, info=_NOT_IN_REPLAY)
     policy: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH))
     traffic: Mapped[str] = mapped_column(String(16))
     fallback: Mapped[bool] = mapped_column(Boolean)
     explored: Mapped[bool] = mapped_column(Boolean)
     position_propensities: Mapped[list[float] | None] = mapped_column(JSON)
-    request_id: Mapped[str | None] = mapped_column(String(EVENT_ID_LENGTH))
-    group_id: Mapped[str | None] = mapped_column(String(ARM_ID_LENGTH))
-    catalog_seq: Mapped[int | None] = mapped_column(BigInteger)
-    candidate_versions: Mapped[list[int] | None] = mapped_column(JSON)
-    retrieval: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    request_id: Mapped[str | None] = mapped_column(String(EVENT_ID_LENGTH), info=_NOT_IN_REPLAY)
+    group_id: Mapped[str | None] = mapped_column(String(ARM_ID_LENGTH), info=_NOT_IN_REPLAY)
+    catalog_seq: Mapped[int | None] = mapped_column(BigInteger, info=_NOT_IN_REPLAY)
+    candidate_versions: Mapped[list[int] | None] = mapped_column(JSON, info=_NOT_IN_REPLAY)
+    retrieval: Mapped[dict[str, Any] | None] = mapped_column(JSON, info=_NOT_IN_REPLAY)
 
 
 class RewardEvent(Base):
@@ -177,3 +207,35 @@ head_snapshots: Any = HeadSnapshot.__table__
 items: Any = Item.__table__
 item_versions: Any = ItemVersion.__table__
 metadata = Base.metadata
+
+
+def record_columns(table: Table) -> tuple[str, ...]:
+    """The columns an INSERT fills: all of ``table``'s but an auto-increment key, in
+    table order."""
+    return tuple(c.name for c in table.columns if table.autoincrement_column is not c)
+
+
+def shape_columns(table: Table) -> dict[str, tuple[str, int]]:
+    """Each shape column of ``table`` → the first float-array column (and axis) whose
+    ``info[SHAPE]`` names it."""
+    out: dict[str, tuple[str, int]] = {}
+    for column in table.columns:
+        for axis, name in enumerate(column.info.get(SHAPE, ())):
+            if name not in table.columns:
+                raise ValueError(
+                    f"{table.name}.{column.name}: info[{SHAPE!r}] must name columns of "
+                    f"{table.name}; got {name!r}."
+                )
+            out.setdefault(name, (column.name, axis))
+    return out
+
+
+def replay_columns(table: Table) -> tuple[str, ...]:
+    """The stored columns the replay frame carries, in table order: every column the
+    writer fills but the shape columns and those marked ``info={REPLAY: False}``."""
+    shapes = shape_columns(table)
+    return tuple(
+        name
+        for name in record_columns(table)
+        if name not in shapes and table.columns[name].info.get(REPLAY, True)
+    )

@@ -38,6 +38,8 @@ import numpy as np
 import pandas as pd
 
 from bandit_core._validation import Interval, OneOf, validate_params
+from eventstore.replay import REWARD
+from eventstore.schema import decisions
 
 #: Value kinds checked by ``ExpectColumnValuesToBeOfKind``.
 Kind = Literal["string", "number", "utc_datetime", "string_sequence"]
@@ -74,8 +76,20 @@ class ReplayColumns:
         )
 
 
-#: The event store's replay frame names its decision time ``created_at``.
-STORE_COLUMNS = ReplayColumns(timestamp="created_at")
+_stored = decisions.c
+#: The names of the event store's replay frame (:data:`eventstore.replay.COLUMNS`): the
+#: ``decisions`` columns of the ORM (the decision time is ``created_at``) and the replay's
+#: computed reward column.
+STORE_COLUMNS = ReplayColumns(
+    event_id=_stored.event_id.name,
+    timestamp=_stored.created_at.name,
+    context=_stored.context.name,
+    candidate_ids=_stored.candidate_ids.name,
+    candidate_features=_stored.candidate_features.name,
+    arm_id=_stored.arm_id.name,
+    propensity=_stored.propensity.name,
+    reward=REWARD,
+)
 
 
 @dataclass(frozen=True)
