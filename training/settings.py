@@ -22,6 +22,8 @@ ALGORITHMS = (
     "dropout",
     "ensemble",
     "epsilon_greedy",
+    "hybrid_lints",
+    "hybrid_linucb",
     "lints",
     "linucb",
     "neural_linear",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bandit_core.policies.base import Policy
+from bandit_core.policies.hybrid import HybridLinTS, HybridLinUCB
 from bandit_core.policies.linear import (
     EpsilonGreedy,
     LinearPolicy,
@@ -32,6 +33,8 @@ POLICIES: dict[str, type[LinearPolicy] | type[UniformRandom] | type[NeuralPolicy
         NeuralLinear,
         BootstrappedEnsemble,
         MCDropout,
+        HybridLinUCB,
+        HybridLinTS,
     )
 }
 
