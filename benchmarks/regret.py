@@ -60,6 +60,8 @@ OURS = (
     "neural_linear",
     "ensemble",
     "dropout",
+    "hybrid_linucb",
+    "hybrid_lints",
 )
 DEFAULT_POLICIES = (
     "uniform",
@@ -92,9 +94,14 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
       binary rewards) with at most 100 Adam steps of 512 rows; neural-linear uses the
       prior of Riquelme et al. (2018): λ = 0.25, a0 = b0 = 6 (b0 = 1.5 for binary rewards);
       the ensemble (5 members) and dropout (concrete, initial rate 0.2) use Thompson
-      sampling, with the BCE loss for binary rewards.
+      sampling, with the BCE loss for binary rewards;
+    * the hybrid models share ``z = [x ; a ; x ⊗ a]`` and learn a block per arm on ``x``,
+      with the settings of LinUCB and linear TS above; where the arm features are the arm's
+      one-hot (classification, drift) ``x ⊗ a`` is left out of z: it is what the per-arm
+      blocks already are.
     """
     du, da = env.dim_user, env.dim_arm
+    hybrid = {"dim_user": du, "dim_arm": da, "interactions": not getattr(env, "arm_one_hot", False)}
     shared = {"dim_user": du, "dim_arm": da}
     binary = env.binary_rewards
     prior = {"b0": 1.5} if binary else {}
@@ -127,6 +134,8 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
         },
         "ensemble": {**neural, "n_members": 5, "mode": "ts"},
         "dropout": {**neural, "dropout": 0.2, "mode": "ts", "n_sim": 100},
+        "hybrid_linucb": {**hybrid, "alpha": 1.0},
+        "hybrid_lints": {**hybrid, "n_sim": 100, **prior},
     }
     return dict(table[name])
 

@@ -63,6 +63,9 @@ from bandit_core.types import Candidates
 
 IntArray = NDArray[np.intp]
 
+#: candidate sets whose slot index the model remembers
+_ROWS_CACHE = 256
+
 
 @dataclass(frozen=True, kw_only=True)
 class HybridConfig(SharedFeaturesConfig):
@@ -152,6 +155,7 @@ class HybridModel:
         self.dim_arm = fmap.dim_arm
         self.arm_ids: list[str] = []
         self._slots: dict[str, int] = {}
+        self._rows_of: dict[tuple[str, ...], slice | IntArray] = {}
         self._reset()
 
     @property
@@ -184,6 +188,7 @@ class HybridModel:
 
     # -- arms ----------------------------------------------------------------
     def _add_arm(self, arm: str) -> int:
+        self._rows_of.clear()
         slot = self.precision_.shape[0]
         self._slots[arm] = slot
         self.arm_ids.append(arm)
@@ -200,17 +205,30 @@ class HybridModel:
         slots = self._slots
         return np.array([slots.get(a, 0) for a in ids], dtype=np.intp)
 
+    def _candidate_rows(self, ids: tuple[str, ...]) -> slice | IntArray:
+        """The slots of a candidate set as an index: a slice (views, no copies) when they
+        are consecutive, as for arms first seen in candidate order; remembered per set."""
+        rows = self._rows_of.get(ids)
+        if rows is None:
+            slots = self.slots_for(ids, create=False)
+            first = int(slots[0])
+            rows = slots
+            if first > 0 and np.array_equal(slots, np.arange(first, first + slots.size)):
+                rows = slice(first, first + slots.size)
+            if len(self._rows_of) >= _ROWS_CACHE:
+                self._rows_of.clear()
+            self._rows_of[ids] = rows
+        return rows
+
     # -- scoring ---------------------------------------------------------------
     def terms(
         self, contexts: FloatArray, candidates: Candidates
     ) -> tuple[FloatArray, FloatArray, None]:
         """Posterior means (n, K) and projections (n, K, k + d): ``[U₀ c ; U_a x]``, whose
         squared norm is the dense model's ``φᵀM⁻¹φ``."""
-        slots = self.slots_for(candidates.ids, create=False)
+        rows = self._candidate_rows(candidates.ids)
         z = self.features.build(contexts, candidates.features, candidates.ids)
-        u, g, fit, _ = arm_terms(
-            self.inv_chol_[slots], self.cross_[slots], self.xty_[slots], contexts
-        )
+        u, g, fit, _ = arm_terms(self.inv_chol_[rows], self.cross_[rows], self.xty_[rows], contexts)
         c = z - g
         mean = c @ self.beta_ + fit
         proj = np.concatenate([c @ self.schur_inv_chol_.T, u], axis=-1)
@@ -252,14 +270,14 @@ class HybridModel:
         scale = 1.0 / (1.0 + s)
         # shared block: S += c cᵀ/(1 + s), b̂ += c (r − xᵀA⁻¹b_a)/(1 + s)
         self.schur_inv_chol_ = inv_chol_rank1_update(self.schur_inv_chol_, c * np.sqrt(scale))
-        self.schur_ += scale * np.outer(c, c)
+        self.schur_ += (scale * c)[:, None] * c
         self.reduced_ += (scale * (r - fit)) * c
-        self.gram0_ += np.outer(z, z)
+        self.gram0_ += z[:, None] * z
         self.xty0_ += r * z
         # the arm's block
-        self.precision_[slot] += np.outer(x, x)
+        self.precision_[slot] += x[:, None] * x
         self.inv_chol_[slot] = u_arm = inv_chol_rank1_update(u_arm, x)
-        self.cross_[slot] += np.outer(x, z)
+        self.cross_[slot] += x[:, None] * z
         self.xty_[slot] += r * x
         v = u_arm @ self.xty_[slot]
         self.arm_fit_[slot] = float(v @ v)
@@ -316,6 +334,7 @@ class HybridModel:
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
     ) -> None:
         self.arm_ids, self._slots = [], {}
+        self._rows_of.clear()
         self._reset()
         if contexts.shape[0]:
             self.learn(contexts, ids, feats, rewards)
@@ -360,6 +379,7 @@ class HybridModel:
     def load_arrays(self, arrays: dict[str, NDArray[Any]]) -> None:
         arm_ids = [str(a) for a in arrays["arm_ids"]]
         self.arm_ids, self._slots = [], {}
+        self._rows_of.clear()
         self._reset()
         self.slots_for(arm_ids, create=True)
         for name in self._ARRAYS:
