@@ -62,7 +62,12 @@ OURS = (
     "dropout",
     "hybrid_linucb",
     "hybrid_lints",
+    "neural_linear_emb",
 )
+#: harness entries that run a registered policy with other options: name → policy
+HARNESS_VARIANTS = {"neural_linear_emb": "neural_linear"}
+#: width of the hashed arm embedding of ``neural_linear_emb``
+ARM_EMBEDDING = 8
 DEFAULT_POLICIES = (
     "uniform",
     "linucb",
@@ -98,7 +103,11 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
     * the hybrid models share ``z = [x ; a ; x ⊗ a]`` and learn a block per arm on ``x``,
       with the settings of LinUCB and linear TS above; where the arm features are the arm's
       one-hot (classification, drift) ``x ⊗ a`` is left out of z: it is what the per-arm
-      blocks already are.
+      blocks already are;
+    * ``neural_linear_emb`` is neural-linear whose input crosses the context with a hashed
+      8-dimensional arm embedding instead of the arm features, ``[x ; a ; x ⊗ e(a)]``: its
+      network does not widen with the number of arms (``x ⊗ a`` has d·K inputs when the arm
+      features are a one-hot); everything else as neural-linear.
     """
     du, da = env.dim_user, env.dim_arm
     hybrid = {"dim_user": du, "dim_arm": da, "interactions": not getattr(env, "arm_one_hot", False)}
@@ -116,6 +125,15 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
         "max_train_steps": 100,
         "batch_size": 512,
     }
+    neural_linear = {
+        **neural,
+        "loss": "mse",
+        "lambda_prior": 0.25,
+        "a0": 6.0,
+        "b0": 6.0,
+        "n_sim": 100,
+        **prior,
+    }
     table: dict[str, dict[str, Any]] = {
         "uniform": {"dim_user": du},
         "linucb": {"dim_user": du, "alpha": 1.0},
@@ -123,18 +141,15 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
         "shared_linucb": {**shared, "interactions": True, "alpha": 1.0},
         "shared_lints": {**shared, "interactions": True, "n_sim": 100, **prior},
         "epsilon_greedy": {**shared, "interactions": True, "epsilon": 0.05},
-        "neural_linear": {
-            **neural,
-            "loss": "mse",
-            "lambda_prior": 0.25,
-            "a0": 6.0,
-            "b0": 6.0,
-            "n_sim": 100,
-            **prior,
-        },
+        "neural_linear": neural_linear,
         "ensemble": {**neural, "n_members": 5, "mode": "ts"},
         "dropout": {**neural, "dropout": 0.2, "mode": "ts", "n_sim": 100},
         "hybrid_linucb": {**hybrid, "alpha": 1.0},
+        "neural_linear_emb": {
+            **neural_linear,
+            "interactions": False,
+            "arm_embedding": ARM_EMBEDDING,
+        },
         "hybrid_lints": {**hybrid, "n_sim": 100, **prior},
     }
     return dict(table[name])
@@ -212,9 +227,10 @@ def make_agent(
     if name not in OURS:
         raise ValueError(f"Unknown policy {name!r}; expected one of: {', '.join((*OURS, *PEERS))}.")
     options = {**policy_options(name, env), **overrides.get(name, {})}
-    if name in ("neural_linear", "ensemble", "dropout"):
+    policy = HARNESS_VARIANTS.get(name, name)
+    if policy in ("neural_linear", "ensemble", "dropout"):
         options.setdefault("seed", seed)
-    return PolicyAgent(name, make_policy(name, **options))
+    return PolicyAgent(name, make_policy(policy, **options))
 
 
 # ----------------------------------------------------------------------------- runs
