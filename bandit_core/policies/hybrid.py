@@ -41,7 +41,7 @@ independent normal per candidate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,6 +52,7 @@ from bandit_core.features import FeatureMap
 from bandit_core.linalg import inv_chol_rank1_update, inverse_cholesky
 from bandit_core.policies.linear import (
     _MC_BLOCK,
+    LinearConfig,
     LinearPolicy,
     LinTSConfig,
     LinUCBConfig,
@@ -189,7 +190,7 @@ class HybridModel:
     # -- arms ----------------------------------------------------------------
     def _add_arm(self, arm: str) -> int:
         self._rows_of.clear()
-        slot = self.precision_.shape[0]
+        slot = int(self.precision_.shape[0])
         self._slots[arm] = slot
         self.arm_ids.append(arm)
         for name in ("precision_", "inv_chol_", "cross_", "xty_", "arm_fit_"):
@@ -404,12 +405,15 @@ class HybridModel:
 class HybridPolicy(LinearPolicy):
     """A :class:`LinearPolicy` whose model is the block-structured :class:`HybridModel`."""
 
-    config_class: Any = HybridConfig
+    config_class: ClassVar[type[LinearConfig]] = HybridConfig
     model: Any
 
     def __init__(self, config: HybridConfig | None = None, **options: Any) -> None:
-        self.config = build_config(self.config_class, self.name, config, options)
-        self.model = HybridModel(self.config)
+        built = build_config(
+            cast(type[HybridConfig], self.config_class), self.name, config, options
+        )
+        self.config = built
+        self.model = HybridModel(built)
         self.model_version = None
 
     @property
@@ -427,7 +431,7 @@ class _HybridThompsonRule:
     """
 
     config: Any
-    model: HybridModel
+    model: Any
 
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
