@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import regret
+from benchmarks import regret, regret_merge
 from benchmarks.environments import make_environment
 
 
@@ -67,3 +67,16 @@ def test_cli_runs_the_hybrid_policies_on_the_many_arm_env(tmp_path: Path) -> Non
     # both learn: fewer mistakes than picking uniformly at random
     assert rows["hybrid_linucb"]["normalized_regret"] < rows["uniform"]["normalized_regret"]
     assert rows["hybrid_lints"]["normalized_regret"] < rows["uniform"]["normalized_regret"]
+
+
+def test_reports_of_single_seeds_merge_into_one_table(tmp_path: Path) -> None:
+    paths = []
+    for seed in (0, 1):
+        path = tmp_path / f"s{seed}.json"
+        args = ["--env", "many_arms", "--policies", "uniform,linucb", "--steps", "50"]
+        regret.main([*args, "--seeds", str(seed), "--quiet", "--json", str(path)])
+        paths.append(str(path))
+    merged = regret_merge.main([str(tmp_path / "all.json"), *paths])
+    assert merged.seeds == [0, 1] and len(merged.results) == 4
+    with pytest.raises(ValueError, match="a seed occurs in several reports"):
+        regret_merge.main([str(tmp_path / "twice.json"), paths[0], paths[0]])
