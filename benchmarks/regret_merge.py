@@ -4,9 +4,10 @@
     python -m benchmarks.regret --env many_arms --policies $P --steps 10000 --seeds 1 --json s1.json
     python -m benchmarks.regret_merge many_arms.json s0.json s1.json
 
-Each seed's policies still share one stream and one loop in their process; the merge only
-puts the seeds' rows together (and fails if the reports are not of the same environment,
-steps and policies). It writes the merged JSON and prints the Markdown table of
+Each process's policies share one stream and one loop; a seed's stream is the same in every
+process, so the rows are comparable. The merge only puts the rows together (and fails if
+the reports are not of the same environment and steps, or repeat a policy and seed). It
+writes the merged JSON and prints the Markdown table of
 :func:`benchmarks.regret.markdown_table`.
 """
 
@@ -21,22 +22,24 @@ from benchmarks.regret import EnvironmentReport, load_reports, markdown_table
 
 
 def merge_reports(reports: Sequence[EnvironmentReport]) -> EnvironmentReport:
-    """One report with every seed of ``reports`` (same env, options, steps, policies)."""
+    """One report with every (policy, seed) row of ``reports`` — seeds run in separate
+    processes, or groups of policies on the same seeds — for one environment, its options
+    and its number of steps; a (policy, seed) pair may occur once."""
     if not reports:
         raise ValueError("merge_reports needs at least one report.")
     first = reports[0]
-    policies = sorted({r.policy for r in first.results})
     for other in reports[1:]:
-        same = (other.env, other.options, other.steps) == (first.env, first.options, first.steps)
-        if not same or sorted({r.policy for r in other.results}) != policies:
+        if (other.env, other.options, other.steps) != (first.env, first.options, first.steps):
             raise ValueError(
-                f"reports differ: {other.env} ({other.steps} steps) against {first.env} "
-                f"({first.steps} steps), or their policies differ."
+                f"reports differ: {other.env} ({other.steps} steps, {other.options}) against "
+                f"{first.env} ({first.steps} steps, {first.options})."
             )
-    seeds = [s for r in reports for s in r.seeds]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"a seed occurs in several reports: {seeds}.")
     results = [row for r in reports for row in r.results]
+    pairs = [(row.policy, row.seed) for row in results]
+    if len(set(pairs)) != len(pairs):
+        twice = sorted({p for p in pairs if pairs.count(p) > 1})
+        raise ValueError(f"a (policy, seed) pair occurs in several reports: {twice}.")
+    seeds = sorted({s for r in reports for s in r.seeds})
     missing = {k: v for r in reports for k, v in r.missing.items()}
     return EnvironmentReport(first.env, first.options, first.steps, seeds, results, missing)
 

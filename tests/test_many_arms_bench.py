@@ -78,5 +78,5 @@ def test_reports_of_single_seeds_merge_into_one_table(tmp_path: Path) -> None:
         paths.append(str(path))
     merged = regret_merge.main([str(tmp_path / "all.json"), *paths])
     assert merged.seeds == [0, 1] and len(merged.results) == 4
-    with pytest.raises(ValueError, match="a seed occurs in several reports"):
+    with pytest.raises(ValueError, match=r"a \(policy, seed\) pair occurs in several reports"):
         regret_merge.main([str(tmp_path / "twice.json"), paths[0], paths[0]])
