@@ -122,7 +122,8 @@ CATALOG: dict[str, PolicySpec] = {
             shardable=True,
             summary=(
                 "LinUCB with one head on `[x_user; x_arm; x_user ⊗ x_arm (opt.); arm "
-                "one-hot (opt., hybrid)]`"
+                "one-hot (opt.); x_user ⊗ e(arm) (opt., `arm_embedding=m`: a hashed "
+                "m-dimensional arm embedding, width independent of the number of arms)]`"
             ),
         ),
         PolicySpec(
@@ -132,10 +133,7 @@ CATALOG: dict[str, PolicySpec] = {
             linear_head=True,
             arm_features=True,
             shardable=True,
-            summary=(
-                "linear Thompson sampling with one head on `[x_user; x_arm; x_user ⊗ "
-                "x_arm (opt.); arm one-hot (opt., hybrid)]`"
-            ),
+            summary=("linear Thompson sampling with the feature map of `shared_linucb`"),
         ),
         PolicySpec(
             name="epsilon_greedy",
@@ -156,6 +154,29 @@ CATALOG: dict[str, PolicySpec] = {
             summary=(
                 "uniform random: the logging policy of experiments and the service's fallback"
             ),
+        ),
+        PolicySpec(
+            name="hybrid_linucb",
+            target=f"{_P}.hybrid:HybridLinUCB",
+            trains_network=False,
+            linear_head=False,
+            arm_features=True,
+            shardable=False,
+            summary=(
+                "hybrid LinUCB of Li et al. 2010 (Algorithm 2): shared coefficients on the "
+                "shared models' features plus a block per arm on `x_user`, updated block by "
+                "block in O(k² + d²) — the posterior of the dense shared model with "
+                "`x_user ⊗ one-hot(arm)` without its (k + K·d)² cost"
+            ),
+        ),
+        PolicySpec(
+            name="hybrid_lints",
+            target=f"{_P}.hybrid:HybridLinTS",
+            trains_network=False,
+            linear_head=False,
+            arm_features=True,
+            shardable=False,
+            summary="the hybrid model of `hybrid_linucb` with Thompson sampling",
         ),
         PolicySpec(
             name="linucb_arm_features",

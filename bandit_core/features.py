@@ -2,12 +2,17 @@
 
 A shared (joint) linear model scores candidate ``a`` for user context ``x`` on
 
-    φ(x, a) = [x_user ; x_arm ; vec(x_user ⊗ x_arm) (optional) ; one-hot(arm id) (optional)]
+    φ(x, a) = [x_user ; x_arm ; vec(x_user ⊗ x_arm) (optional) ; one-hot(arm id) (optional)
+               ; vec(x_user ⊗ e(arm id)) (optional)]
 
 The one-hot block follows the *hybrid* model of Li et al. (WWW 2010, §3.2): arms in
 ``arm_vocabulary`` get their own coefficient; an arm outside it (a new item) gets a zero
 block and is scored from its features alone until the vocabulary is extended at the next
 rebuild.
+
+The last block crosses the context with a hashed ``arm_embedding``-dimensional vector of
+the arm id (:mod:`bandit_core.arm_embedding`): an interaction whose width does not grow
+with the number of arms, and that needs no vocabulary.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ from bandit_core._validation import (
     StrTuple,
     validate_params,
 )
+from bandit_core.arm_embedding import arm_embedding as _embedding
+from bandit_core.arm_embedding import arm_embeddings
 
 FEATURE_PARAMS: dict[str, Constraint] = {
     "dim_user": Interval(int, 0, None),
     "dim_arm": Interval(int, 0, None),
     "interactions": IsBool(),
     "arm_vocabulary": StrTuple(),
+    "arm_embedding": Interval(int, 0, None),
 }
 
 
@@ -42,6 +50,7 @@ class FeatureMap:
     dim_arm: int = 0
     interactions: bool = False
     arm_vocabulary: tuple[str, ...] = ()
+    arm_embedding: int = 0
     _index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +61,7 @@ class FeatureMap:
                 "dim_arm": self.dim_arm,
                 "interactions": self.interactions,
                 "arm_vocabulary": self.arm_vocabulary,
+                "arm_embedding": self.arm_embedding,
             },
             FEATURE_PARAMS,
         )
@@ -66,7 +76,8 @@ class FeatureMap:
     @property
     def dim(self) -> int:
         inter = self.dim_user * self.dim_arm if self.interactions else 0
-        return self.dim_user + self.dim_arm + inter + len(self.arm_vocabulary)
+        embedded = self.dim_user * self.arm_embedding
+        return self.dim_user + self.dim_arm + inter + len(self.arm_vocabulary) + embedded
 
     def one_hot(self, arm_ids: Sequence[str]) -> FloatArray:
         """(len(arm_ids), len(vocabulary)) indicator block; unknown arms are all zero."""
@@ -104,6 +115,10 @@ class FeatureMap:
             parts.append(
                 np.broadcast_to(self.one_hot(arm_ids)[None], (n, k, len(self.arm_vocabulary)))
             )
+        if self.arm_embedding:
+            emb = arm_embeddings(arm_ids, self.arm_embedding)
+            outer = contexts[:, None, :, None] * emb[None, :, None, :]
+            parts.append(outer.reshape(n, k, self.dim_user * self.arm_embedding))
         return np.concatenate(parts, axis=-1)
 
     def apply(
@@ -131,7 +146,14 @@ class FeatureMap:
             out = out + arm_features @ np.tensordot(contexts, block, axes=(1, 0))
             offset += du * da
         if self.arm_vocabulary:
-            out = out + (self.one_hot(arm_ids) @ weights[offset:])[None, :, :]
+            vocab = len(self.arm_vocabulary)
+            out = out + (self.one_hot(arm_ids) @ weights[offset : offset + vocab])[None, :, :]
+            offset += vocab
+        if self.arm_embedding:
+            m = self.arm_embedding
+            block = weights[offset : offset + du * m].reshape(du, m, -1)
+            emb = arm_embeddings(arm_ids, m)
+            out = out + emb @ np.tensordot(contexts, block, axes=(1, 0))
         return out
 
     def row(self, context: FloatArray, arm_features: FloatArray, arm_id: str) -> FloatArray:
@@ -145,6 +167,8 @@ class FeatureMap:
             if col is not None:
                 block[col] = 1.0
             parts.append(block)
+        if self.arm_embedding:
+            parts.append(np.multiply.outer(context, _embedding(arm_id, self.arm_embedding)).ravel())
         return np.concatenate(parts)
 
     def build_rows(
@@ -157,4 +181,7 @@ class FeatureMap:
             parts.append((contexts[:, :, None] * arm_features[:, None, :]).reshape(n, -1))
         if self.arm_vocabulary:
             parts.append(self.one_hot(arm_ids))
+        if self.arm_embedding:
+            emb = arm_embeddings(arm_ids, self.arm_embedding)
+            parts.append((contexts[:, :, None] * emb[:, None, :]).reshape(n, -1))
         return np.concatenate(parts, axis=-1)

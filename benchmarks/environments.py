@@ -12,7 +12,12 @@ exact (it uses the expected rewards, not the noisy ones).
 * ``sparse_linear`` — disjoint linear with only ``nonzero`` active coordinates per arm;
 * ``drift`` — disjoint linear whose weights switch at ``switch_at`` (non-stationary);
 * ``cold_start`` — arms with features arrive during the run (new items);
-* ``classification`` — any CSV: one arm per class, reward 1 for the true class.
+* ``classification`` — any CSV: one arm per class, reward 1 for the true class;
+* ``many_arms`` — a seeded synthetic classification bandit with many arms (30 classes, 16
+  features, two Gaussian clusters per class): few observations per arm, classes not
+  linearly separable;
+* ``digits`` — scikit-learn's bundled digits (10 classes, 64 pixels) as a classification
+  bandit, without a CSV.
 
 ``python -m benchmarks.environments digits OUT.csv`` writes scikit-learn's bundled digits
 as a CSV with a ``label`` column.
@@ -150,6 +155,7 @@ class DriftEnvironment:
     noise: float = 0.1
     name: str = "drift"
     binary_rewards: bool = False
+    arm_one_hot: bool = True
 
     @classmethod
     def make(
@@ -270,6 +276,8 @@ class ClassificationEnvironment:
     classes: tuple[str, ...]
     name: str = "classification"
     binary_rewards: bool = True
+    #: candidates carry the one-hot of their class as features
+    arm_one_hot: bool = True
     dim_arm: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -364,6 +372,43 @@ def write_digits_csv(path: str | Path) -> Path:
     return path
 
 
+def many_arms(
+    rng: np.random.Generator,
+    n_arms: int = 30,
+    dim: int = 16,
+    clusters: int = 2,
+    separation: float = 1.5,
+    n_rows: int = 10_000,
+) -> ClassificationEnvironment:
+    """A synthetic classification bandit with many arms, its parameters drawn from ``rng``.
+
+    Each of the ``n_arms`` classes is a mixture of ``clusters`` Gaussian clusters: centres
+    ``N(0, separation² I)`` in ``dim`` dimensions, unit-variance noise around them, equal
+    weights; ``n_rows`` rows with uniformly drawn classes. With two clusters per class no
+    linear score separates the classes, and with 30 arms each arm is seen rarely — the
+    regime where per-arm models thin out.
+    """
+    if n_arms < 2 or dim < 1 or clusters < 1 or n_rows < 1:
+        raise ValueError(
+            "many_arms needs n_arms >= 2, dim >= 1, clusters >= 1 and n_rows >= 1; got "
+            f"n_arms={n_arms}, dim={dim}, clusters={clusters}, n_rows={n_rows}."
+        )
+    centres = separation * rng.standard_normal((n_arms, clusters, dim))
+    labels = rng.integers(0, n_arms, size=n_rows)
+    which = rng.integers(0, clusters, size=n_rows)
+    x = centres[labels, which] + rng.standard_normal((n_rows, dim))
+    names = np.array([f"class-{c:02d}" for c in range(n_arms)])
+    return ClassificationEnvironment.from_arrays(x, names[labels], name="many_arms")
+
+
+def digits_environment() -> ClassificationEnvironment:
+    """scikit-learn's bundled digits as a classification bandit (1,797 rows, 10 arms)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return ClassificationEnvironment.from_arrays(data.data, data.target, name="digits")
+
+
 #: name → builder(seed rng, options) for the simulated environments
 SIMULATED: dict[str, Callable[..., BenchEnvironment]] = {
     "wheel": lambda rng, delta=0.5: Stationary(WheelEnvironment(float(delta))),
@@ -374,6 +419,8 @@ SIMULATED: dict[str, Callable[..., BenchEnvironment]] = {
     ),
     "drift": lambda rng, **kw: DriftEnvironment.make(rng, **kw),
     "cold_start": lambda rng, **kw: ColdStartEnvironment.make(rng, **kw),
+    "many_arms": lambda rng, **kw: many_arms(rng, **kw),
+    "digits": lambda rng: digits_environment(),
 }
 
 ENVIRONMENTS = (*SIMULATED, "classification")

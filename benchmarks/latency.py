@@ -44,6 +44,9 @@ CASES: list[tuple[str, dict[str, Any], float, float]] = [
     ("linucb", {"dim_user": D_USER, "alpha": 1.0}, 100.0, 50.0),
     ("lints", {"dim_user": D_USER}, 1000.0, 50.0),
     ("epsilon_greedy", {"dim_user": D_USER, "dim_arm": D_ARM, "epsilon": 0.05}, 100.0, 50.0),
+    # shared z = [x ; a] (k = 32) and a block per arm on x (d = 16)
+    ("hybrid_linucb", {"dim_user": D_USER, "dim_arm": D_ARM, "alpha": 1.0}, 300.0, 100.0),
+    ("hybrid_lints", {"dim_user": D_USER, "dim_arm": D_ARM, "n_sim": 1000}, 3000.0, 100.0),
 ]
 
 
@@ -64,12 +67,21 @@ def _warm(
     policy.update_batch(contexts, [ids[a] for a in arms], rng.random(n), feats[arms])
 
 
+def work_dim(policy: Any) -> int:
+    """The dimension a decision works in: the head's d, or k + d_user for the hybrid
+    model (its shared block and one arm's block; the dense equivalent is k + K·d_user)."""
+    model: Any = getattr(policy, "model", None)
+    if model is not None and hasattr(model, "dim_shared"):
+        return int(model.dim_shared + policy.config.dim_user)
+    return int(policy.head.dim)
+
+
 def _measure(
     policy: Any, candidates: Candidates, contexts: np.ndarray, rewards: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-call µs of the baseline matmul, of ``select`` and of ``update``."""
     iterations = contexts.shape[0]
-    dim = policy.head.dim
+    dim = work_dim(policy)
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((K, dim))
     b = rng.standard_normal((dim, dim))
@@ -139,7 +151,7 @@ def run(iterations: int, seed: int = 0, peers: bool = True) -> list[dict[str, An
                     "policy": name,
                     "operation": operation,
                     "n_candidates": K,
-                    "dim": int(policy.head.dim),
+                    "dim": work_dim(policy),
                     "p50_us": float(np.percentile(samples, 50)),
                     "p99_us": float(np.percentile(samples, 99)),
                     "baseline_p99_us": float(np.percentile(baseline, 99)),

@@ -52,8 +52,12 @@ from bandit_core.types import Candidates, Decision
 from benchmarks.environments import ENVIRONMENTS, BenchEnvironment, Stream, make_environment
 from benchmarks.peers import PEERS, make_peer, peer_unavailable
 
-#: our policies: every catalog entry
-OURS = tuple(CATALOG)
+#: harness entries that run a registered policy with other options: name → policy
+HARNESS_VARIANTS = {"neural_linear_emb": "neural_linear"}
+#: width of the hashed arm embedding of ``neural_linear_emb``
+ARM_EMBEDDING = 8
+#: our policies: every catalog entry, and the harness's variants of them
+OURS = (*CATALOG, *HARNESS_VARIANTS)
 DEFAULT_POLICIES = (
     "uniform",
     "linucb",
@@ -87,9 +91,18 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
       binary rewards) with at most 100 Adam steps of 512 rows; neural-linear uses the
       prior of Riquelme et al. (2018): λ = 0.25, a0 = b0 = 6 (b0 = 1.5 for binary rewards);
       the ensemble (5 members) and dropout (concrete, initial rate 0.2) use Thompson
-      sampling, with the BCE loss for binary rewards.
+      sampling, with the BCE loss for binary rewards;
+    * the hybrid models share ``z = [x ; a ; x ⊗ a]`` and learn a block per arm on ``x``,
+      with the settings of LinUCB and linear TS above; where the arm features are the arm's
+      one-hot (classification, drift) ``x ⊗ a`` is left out of z: it is what the per-arm
+      blocks already are;
+    * ``neural_linear_emb`` is neural-linear whose input crosses the context with a hashed
+      8-dimensional arm embedding instead of the arm features, ``[x ; a ; x ⊗ e(a)]``: its
+      network does not widen with the number of arms (``x ⊗ a`` has d·K inputs when the arm
+      features are a one-hot); everything else as neural-linear.
     """
     du, da = env.dim_user, env.dim_arm
+    hybrid = {"dim_user": du, "dim_arm": da, "interactions": not getattr(env, "arm_one_hot", False)}
     shared = {"dim_user": du, "dim_arm": da}
     binary = env.binary_rewards
     prior = {"b0": 1.5} if binary else {}
@@ -104,6 +117,15 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
         "max_train_steps": 100,
         "batch_size": 512,
     }
+    neural_linear = {
+        **neural,
+        "loss": "mse",
+        "lambda_prior": 0.25,
+        "a0": 6.0,
+        "b0": 6.0,
+        "n_sim": 100,
+        **prior,
+    }
     table: dict[str, dict[str, Any]] = {
         "uniform": {"dim_user": du},
         "linucb": {"dim_user": du, "alpha": 1.0},
@@ -112,17 +134,16 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
         "shared_lints": {**shared, "interactions": True, "n_sim": 100, **prior},
         "epsilon_greedy": {**shared, "interactions": True, "epsilon": 0.05},
         "logistic_ts": {**shared, "interactions": True, "n_sim": 100},
-        "neural_linear": {
-            **neural,
-            "loss": "mse",
-            "lambda_prior": 0.25,
-            "a0": 6.0,
-            "b0": 6.0,
-            "n_sim": 100,
-            **prior,
-        },
+        "neural_linear": neural_linear,
         "ensemble": {**neural, "n_members": 5, "mode": "ts"},
         "dropout": {**neural, "dropout": 0.2, "mode": "ts", "n_sim": 100},
+        "hybrid_linucb": {**hybrid, "alpha": 1.0},
+        "neural_linear_emb": {
+            **neural_linear,
+            "interactions": False,
+            "arm_embedding": ARM_EMBEDDING,
+        },
+        "hybrid_lints": {**hybrid, "n_sim": 100, **prior},
     }
     if name not in table:  # a policy without a benchmark setting: its library defaults
         arm = {"dim_arm": da} if CATALOG[name].arm_features else {}
@@ -208,9 +229,10 @@ def make_agent(
     if name not in OURS:
         raise ValueError(f"Unknown policy {name!r}; expected one of: {', '.join((*OURS, *PEERS))}.")
     options = {**policy_options(name, env), **overrides.get(name, {})}
-    if CATALOG[name].trains_network:
+    policy = HARNESS_VARIANTS.get(name, name)
+    if CATALOG[policy].trains_network:
         options.setdefault("seed", seed)
-    return PolicyAgent(name, make_policy(name, **options))
+    return PolicyAgent(name, make_policy(policy, **options))
 
 
 # ----------------------------------------------------------------------------- runs

@@ -73,6 +73,12 @@ _WRITTEN: dict[str, Callable[[], Any]] = {
     "neural_linear": lambda: make_policy("neural_linear", **NEURAL_SMALL, n_sim=100),
     "ensemble": lambda: make_policy("ensemble", **NEURAL_SMALL, n_members=3, mode="ts"),
     "dropout": lambda: make_policy("dropout", **NEURAL_SMALL, dropout=0.3, mode="ts", n_sim=50),
+    "hybrid_linucb": lambda: make_policy(
+        "hybrid_linucb", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, alpha=0.5
+    ),
+    "hybrid_lints": lambda: make_policy(
+        "hybrid_lints", dim_user=DIM_USER, dim_arm=DIM_ARM, arm_embedding=2, n_sim=200
+    ),
 }
 
 FACTORIES: dict[str, Callable[[], Any]] = {
@@ -104,6 +110,16 @@ VARIANTS: dict[str, Callable[[], Any]] = {
     "linucb+first": lambda: make_policy("linucb", dim_user=DIM_USER, alpha=0.5, ties="first"),
     "shared_linucb+first": lambda: make_policy(
         "shared_linucb", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, ties="first"
+    ),
+    "hybrid_linucb+first": lambda: make_policy(
+        "hybrid_linucb", dim_user=DIM_USER, dim_arm=DIM_ARM, refactor_every=7, ties="first"
+    ),
+    # the hashed arm-embedding interaction as the input of a shared and of a neural model
+    "shared_lints+embedding": lambda: make_policy(
+        "shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM, arm_embedding=3, n_sim=200
+    ),
+    "neural_linear+embedding": lambda: make_policy(
+        "neural_linear", **NEURAL_SMALL, arm_embedding=3, n_sim=100
     ),
 }
 

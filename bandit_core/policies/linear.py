@@ -65,6 +65,7 @@ _POLICY_PARAMS: dict[str, Constraint] = {
     "epsilon": Interval(float, 0.0, 1.0),
     "shared": IsBool(),
     "dim_user": Interval(int, 0, None),
+    "arm_embedding": Interval(int, 0, None),
     "ties": OneOf(("random", "first")),
     **delegate(
         "BayesianLinearHead",
@@ -124,6 +125,8 @@ class SharedFeaturesConfig(LinearConfig):
     dim_arm: int = 0
     interactions: bool = False
     arm_vocabulary: tuple[str, ...] = ()
+    #: width m of a hashed arm embedding crossed with the context (0: none); see FeatureMap
+    arm_embedding: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,7 +134,9 @@ class SharedFeaturesConfig(LinearConfig):
         self.feature_map()
 
     def feature_map(self) -> FeatureMap | None:
-        return FeatureMap(self.dim_user, self.dim_arm, self.interactions, self.arm_vocabulary)
+        return FeatureMap(
+            self.dim_user, self.dim_arm, self.interactions, self.arm_vocabulary, self.arm_embedding
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -76,6 +76,7 @@ _NEURAL_PARAMS: dict[str, Constraint] = {
     "dim_user": Interval(int, 0, None),
     "dim_arm": Interval(int, 0, None),
     "interactions": IsBool(),
+    "arm_embedding": Interval(int, 0, None),
     "retrain_every": Interval(int, 1, None),
     "epochs": Interval(int, 1, None),
     "max_train_steps": Interval(int, 1, None),
@@ -103,6 +104,9 @@ class NeuralConfig:
         Arms that get a one-hot block in the encoder input (empty for none).
     interactions : bool
         Add the ``x_user ⊗ x_arm`` block to the encoder input.
+    arm_embedding : int
+        Add ``x_user ⊗ e(arm id)`` with a hashed ``arm_embedding``-dimensional arm
+        embedding (0: none): an interaction that does not widen with the number of arms.
     hidden : tuple of int
         Hidden layer widths of the ReLU network (Riquelme et al. 2018 use ``(50,)`` or
         ``(100, 100)``).
@@ -127,6 +131,7 @@ class NeuralConfig:
     dim_arm: int = 0
     arm_vocabulary: tuple[str, ...] = ()
     interactions: bool = False
+    arm_embedding: int = 0
     hidden: tuple[int, ...] = (50,)
     retrain_every: int = 50
     epochs: int = 5
@@ -157,8 +162,10 @@ class NeuralConfig:
         self.feature_map()
 
     def feature_map(self) -> FeatureMap:
-        """Builds the encoder input ``[x_user ; x_arm ; x_user ⊗ x_arm ; one-hot]``."""
-        return FeatureMap(self.dim_user, self.dim_arm, self.interactions, self.arm_vocabulary)
+        """Builds the encoder input ``[x_user ; x_arm ; x_user ⊗ x_arm ; one-hot ; x_user ⊗ e]``."""
+        return FeatureMap(
+            self.dim_user, self.dim_arm, self.interactions, self.arm_vocabulary, self.arm_embedding
+        )
 
     def train_spec(self, dropout: float = 0.0) -> TrainSpec:
         return TrainSpec(

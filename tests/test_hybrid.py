@@ -1,0 +1,215 @@
+"""The hybrid model's block posterior against the dense shared model it is equal to, and the
+hashed arm-embedding interaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_core import Candidates, make_policy, policy_from_state
+from bandit_core.arm_embedding import arm_embeddings
+from bandit_core.features import FeatureMap
+from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core.policies.hybrid import HybridLinTSConfig, HybridLinUCBConfig
+
+DU, DA = 4, 3
+IDS = ("a", "b", "c", "d", "e")
+TOL = 1e-9
+
+
+class Dense:
+    """The equivalent dense model: one head on ``φ = [z ; e_a ⊗ x]`` (k + K·d)."""
+
+    def __init__(self, fmap: FeatureMap, arms: list[str], lam: float) -> None:
+        self.fmap, self.arms = fmap, arms
+        self.k = fmap.dim
+        self.head = BayesianLinearHead(HeadConfig(dim=self.k + len(arms) * DU, lambda_prior=lam))
+
+    def phi(self, x: np.ndarray, arm: str, feats: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.head.dim)
+        out[: self.k] = self.fmap.row(x, feats, arm)
+        j = self.k + self.arms.index(arm) * DU
+        out[j : j + DU] = x
+        return out
+
+    def phis(self, contexts: np.ndarray, cands: Candidates) -> np.ndarray:
+        return np.stack(
+            [[self.phi(x, a, cands.features[i]) for i, a in enumerate(cands.ids)] for x in contexts]
+        )
+
+
+def _stream(seed: int, n: int) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((len(IDS), DA))
+    x = rng.standard_normal((n, DU))
+    arms = rng.integers(0, len(IDS), size=n)
+    r = x[:, 0] * (arms - 2) + 0.1 * rng.standard_normal(n)
+    return x, [IDS[a] for a in arms], feats[arms], r
+
+
+def _candidates() -> Candidates:
+    rng = np.random.default_rng(99)
+    # the seen arms and an unseen one (its block is still the prior)
+    return Candidates((*IDS[:3], "new"), rng.standard_normal((4, DA)))
+
+
+def _compare(policy: Any, dense: Dense) -> None:
+    cands = _candidates()
+    contexts = np.random.default_rng(7).standard_normal((6, DU))
+    mean, proj, _ = policy.model.terms(contexts, cands)
+    phi = dense.phis(contexts, cands)
+    cov = dense.head.covariance(0)
+    np.testing.assert_allclose(mean, phi @ dense.head.theta_[0], rtol=0, atol=TOL)
+    # the whole joint law of the candidates' scores: Cov(s_a, s_b) = φ_aᵀ M⁻¹ φ_b
+    k = policy.model.dim_shared
+    shared, own = proj[..., :k], proj[..., k:]
+    block = np.einsum("nak,nbk->nab", shared, shared)
+    block += np.einsum("nak,nak->na", own, own)[:, :, None] * np.eye(len(cands))
+    np.testing.assert_allclose(block, np.einsum("nad,de,nbe->nab", phi, cov, phi), atol=TOL)
+    a, b = policy.model.noise_posterior()
+    da_, db_ = dense.head.noise_posterior(np.array([0]))
+    assert a == pytest.approx(float(da_[0]), abs=TOL)
+    assert b == pytest.approx(float(db_[0]), abs=TOL)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"interactions": True},
+        {"arm_vocabulary": ("a", "c"), "arm_embedding": 2, "lambda_prior": 0.5},
+    ],
+)
+def test_online_updates_equal_the_dense_posterior(options: dict[str, Any]) -> None:
+    # refactor_every=37: the rank-one path and the refactorisation both take part
+    policy: Any = make_policy(
+        "hybrid_linucb", dim_user=DU, dim_arm=DA, refactor_every=37, **options
+    )
+    dense = Dense(policy.model.features, [*IDS, "new"], policy.config.lambda_prior)
+    x, arms, feats, r = _stream(0, 300)
+    for t in range(300):
+        policy.update(x[t], arms[t], r[t], feats[t])
+        dense.head.update(dense.phi(x[t], arms[t], feats[t]), r[t])
+    _compare(policy, dense)
+
+
+def test_batch_update_rebuild_and_revision_equal_the_dense_posterior() -> None:
+    x, arms, feats, r = _stream(1, 200)
+    batch: Any = make_policy("hybrid_lints", dim_user=DU, dim_arm=DA, interactions=True)
+    batch.update_batch(x[:120], arms[:120], r[:120], feats[:120])
+    batch.update_batch(x[120:], arms[120:], r[120:], feats[120:])
+    dense = Dense(batch.model.features, [*IDS, "new"], 1.0)
+    dense.head.update_batch(np.stack([dense.phi(x[t], arms[t], feats[t]) for t in range(200)]), r)
+    _compare(batch, dense)
+
+    rebuilt: Any = make_policy("hybrid_lints", dim_user=DU, dim_arm=DA, interactions=True)
+    rebuilt.update(x[0], "zzz", 5.0, feats[0])  # forgotten by the rebuild
+    rebuilt.rebuild(x, arms, r, feats)
+    _compare(rebuilt, dense)
+
+    # a revised reward: as if the new one had been learnt at once
+    batch.revise_reward(x[3], arms[3], r[3], r[3] + 2.0, feats[3])
+    dense.head.revise(dense.phi(x[3], arms[3], feats[3]), r[3], r[3] + 2.0)
+    _compare(batch, dense)
+
+
+def test_hybrid_is_shared_linucb_with_the_full_per_arm_interaction() -> None:
+    """On one-hot arm features the hybrid model with z = [x ; one-hot] is the shared model
+    on [x ; one-hot ; x ⊗ one-hot]: same posterior, so the same UCB scores."""
+    k = len(IDS)
+    cands = Candidates(IDS, np.eye(k))
+    hybrid: Any = make_policy("hybrid_linucb", dim_user=DU, dim_arm=k)
+    shared: Any = make_policy("shared_linucb", dim_user=DU, dim_arm=k, interactions=True)
+    x, arms, _, r = _stream(2, 150)
+    for t in range(150):
+        one_hot = np.eye(k)[IDS.index(arms[t])]
+        hybrid.update(x[t], arms[t], r[t], one_hot)
+        shared.update(x[t], arms[t], r[t], one_hot)
+    contexts = np.random.default_rng(3).standard_normal((20, DU))
+    rng = np.random.default_rng(0)
+    ours = hybrid.select_batch(contexts, cands, rng)
+    theirs = shared.select_batch(contexts, cands, rng)
+    np.testing.assert_allclose(ours.scores, theirs.scores, rtol=0, atol=TOL)
+
+
+def test_update_touches_blocks_not_the_dense_matrix() -> None:
+    """State grows as K·d² + K·d·k + k², never (k + K·d)²."""
+    n_arms = 200
+    policy: Any = make_policy("hybrid_linucb", dim_user=DU, dim_arm=DA, interactions=True)
+    rng = np.random.default_rng(4)
+    for a in range(n_arms):
+        policy.update(rng.standard_normal(DU), f"arm-{a}", 1.0, rng.standard_normal(DA))
+    k = policy.model.dim_shared
+    largest = max(v.size for v in policy.to_state().arrays.values())
+    assert largest == (n_arms + 1) * DU * k  # the B_a blocks
+    assert largest < (k + n_arms * DU) ** 2 / 40
+
+
+def test_thompson_propensities_track_the_choice_frequencies() -> None:
+    policy: Any = make_policy("hybrid_lints", dim_user=DU, dim_arm=DA, n_sim=400)
+    x, arms, feats, r = _stream(5, 60)
+    policy.update_batch(x, arms, r, feats)
+    cands = _candidates()
+    context = np.random.default_rng(8).standard_normal(DU)
+    rng = np.random.default_rng(9)
+    n = 4000
+    picks = np.zeros(len(cands))
+    mean_probs = np.zeros(len(cands))
+    for _ in range(n):
+        d = policy.select(context, cands, rng)
+        picks[d.arm] += 1
+        mean_probs += d.probabilities
+    np.testing.assert_allclose(picks / n, mean_probs / n, atol=4 * np.sqrt(0.25 / n))
+
+
+@pytest.mark.parametrize(
+    ("config_class", "options", "message"),
+    [
+        (HybridLinUCBConfig, {"dim_user": 0}, "'dim_user' parameter of HybridLinUCBConfig"),
+        (HybridLinUCBConfig, {"dim_user": 2, "gamma": 0.9}, "neither a discount nor a window"),
+        (HybridLinTSConfig, {"dim_user": 2, "window": 10}, "neither a discount nor a window"),
+        (HybridLinUCBConfig, {"dim_user": 2, "alpha": -1.0}, "'alpha' parameter"),
+        (HybridLinTSConfig, {"dim_user": 2, "n_sim": 0}, "'n_sim' parameter"),
+        (HybridLinTSConfig, {"dim_user": 2, "arm_embedding": -1}, "'arm_embedding' parameter"),
+    ],
+)
+def test_config_is_validated(
+    config_class: type[Any], options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        config_class(**options)
+
+
+def test_state_with_a_wrong_block_shape_is_refused() -> None:
+    policy: Any = make_policy("hybrid_linucb", dim_user=DU, dim_arm=DA)
+    x, arms, feats, r = _stream(6, 30)
+    policy.update_batch(x, arms, r, feats)
+    state = policy.to_state()
+    state.arrays["hybrid.cross"] = state.arrays["hybrid.cross"][:, :, :-1]
+    with pytest.raises(ValueError, match=r"'hybrid\.cross' must have shape"):
+        policy_from_state(state)
+
+
+# ---------------------------------------------------------------------- arm embedding
+def test_arm_embedding_is_a_function_of_the_id_alone() -> None:
+    first = arm_embeddings(["x", "y", "z"], 4)
+    again = arm_embeddings(["z", "x"], 4)
+    np.testing.assert_array_equal(first[[2, 0]], again)
+    assert not np.allclose(first[0], first[1])
+    assert arm_embeddings(["x"], 6).shape == (1, 6)
+
+
+def test_feature_map_with_arm_embedding_agrees_across_its_builders() -> None:
+    fmap = FeatureMap(DU, DA, interactions=True, arm_vocabulary=("a",), arm_embedding=3)
+    assert fmap.dim == DU + DA + DU * DA + 1 + DU * 3
+    rng = np.random.default_rng(10)
+    contexts = rng.standard_normal((5, DU))
+    feats = rng.standard_normal((4, DA))
+    ids = ("a", "b", "c", "d")
+    full = fmap.build(contexts, feats, ids)
+    weights = rng.standard_normal((fmap.dim, 2))
+    np.testing.assert_allclose(fmap.apply(contexts, feats, ids, weights), full @ weights)
+    np.testing.assert_array_equal(fmap.row(contexts[1], feats[2], ids[2]), full[1, 2])
+    paired = fmap.build_rows(contexts[:4], feats, list(ids))
+    np.testing.assert_array_equal(paired, full[np.arange(4), np.arange(4)])
