@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eventstore.settings import CoreSettings as Settings
-from training.form import RETRAIN_FORM, FormField
+from training.form import FIELDS, RETRAIN_FORM, FormField
 from training.settings import N_RESAMPLES_MIN, PipelineSettings
 
 # The commands import the pipeline (torch, MLflow, Great Expectations, matplotlib) and the
@@ -143,11 +143,15 @@ def evaluate(
         ),
     ] = None,
 ) -> None:
-    """Off-policy evaluation of a candidate against production on a replay file."""
+    """Off-policy evaluation of a candidate against production on a replay file, gated by
+    the retrain's rule (the form's ``tolerance`` default, ``BANDITOPS_MIN_ESS``)."""
     from training.evaluate import evaluate as run_evaluation
+    from validation.gate import GateRule
 
-    n_resamples = PipelineSettings().n_resamples if resamples is None else resamples
-    result = run_evaluation(candidate, production, replay, n_resamples=n_resamples)
+    settings = PipelineSettings()
+    n_resamples = settings.n_resamples if resamples is None else resamples
+    rule = GateRule(tolerance=FIELDS["tolerance"].default, min_ess=settings.min_ess)
+    result = run_evaluation(candidate, production, replay, rule=rule, n_resamples=n_resamples)
     table = Table(title="off-policy estimates (95% bootstrap intervals)")
     for col in ("estimator", "candidate", "interval", "production", "interval", "ESS"):
         table.add_column(col, justify="right")
