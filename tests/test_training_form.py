@@ -27,7 +27,7 @@ from training.form import FIELDS, RETRAIN_FORM, check_form
 from training.runspec import RunSpec, plan
 from training.settings import PipelineSettings
 
-pytest_plugins = ["tests.serving_fixtures"]
+pytest_plugins = ["tests.serving_fixtures", "tests.airflow_support"]
 
 END = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
 
@@ -255,3 +255,25 @@ def test_step_references_round_trip_and_refuse_unknown_or_missing_keys() -> None
         refs.RegisteredRef.from_xcom([])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="name must be one of plan_run"):
         pipeline.run_step("deploy")
+
+
+def test_what_the_dag_files_import_stays_cheap() -> None:
+    """The form, the step table, the run spec and the references load no torch, MLflow,
+    pandas or SQLAlchemy: the DAG files read them at every parse."""
+    import subprocess
+    import sys
+
+    heavy = ["torch", "mlflow", "pandas", "sqlalchemy", "great_expectations", "matplotlib"]
+    code = (
+        "import sys, json, training.form, training.pipeline, training.refs, "
+        "training.runspec, training.promotion; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert json.loads(out.stdout) == []

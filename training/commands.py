@@ -58,8 +58,9 @@ def train_option(field: FormField) -> inspect.Parameter:
         default = "none" if field.default is None else json.dumps(field.default)
     kind = "JSON object: " if field.kind == "object" else ""
     help_text = f"{kind}{field.description} Must be {field.expectation()} (default: {default})."
-    annotation = Annotated[
-        _CLI_TYPES[field.kind] | None,
+    value_type: Any = _CLI_TYPES[field.kind] | None
+    annotation: Any = Annotated[  # built at run time: one option per form field
+        value_type,
         typer.Option(*decls, help=help_text, show_default=False),
     ]
     return inspect.Parameter(

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from eventstore.contract import REFERENCE_FILE
+from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
 from modelregistry.registry import ModelRegistry
 from training.baseline import baseline_state, open_registry
@@ -36,7 +37,7 @@ from training.refs import (
     ValidatedRef,
 )
 from training.replay import ReplayManifest, extract_replay, load_replay
-from training.runspec import RunSpec, aware
+from training.runspec import RunSpec
 from training.shards import reduce_evaluation, reduce_head
 from training.train import RESULT_FILE, TrainResult, rebuild_head, train
 from training.validate import STORE_COLUMNS, validate_features
