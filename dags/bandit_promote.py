@@ -1,8 +1,9 @@
 """
 ### bandit_promote — move a registry alias after a human approves
 
-Trigger it with `version` (and `target`, default `production`), or with `rollback` to move
-`target` back to the version it held before the current one.
+Trigger it with `version` (and `target`, default the production alias,
+`BANDITOPS_PRODUCTION_ALIAS`), or with `rollback` to move `target` back to the version it
+held before the current one.
 
 `gate_report` shows what would change and the version's gate report (decision, reasons,
 OPE numbers) → `approve` waits for a person (Airflow's Human-in-the-loop
@@ -20,7 +21,7 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
-from training.promotion import TARGETS
+from training.promotion import targets
 from training.settings import PipelineSettings
 
 SETTINGS = PipelineSettings()
@@ -57,7 +58,10 @@ def move_alias(plan: dict[str, Any], approval: dict[str, Any]) -> dict[str, Any]
             description="Registered version to promote (empty with rollback).",
         ),
         "target": Param(
-            "production", type="string", enum=list(TARGETS), description="Alias to move."
+            SETTINGS.production_alias,
+            type="string",
+            enum=list(targets(SETTINGS)),
+            description="Alias to move.",
         ),
         "rollback": Param(
             False,

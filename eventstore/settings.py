@@ -36,7 +36,10 @@ class CoreSettings(BaseSettings):
         MLflow server (or ``sqlite:///...``) to poll; enables the registry source.
     model_name, production_alias, candidate_alias : str
         The registry model is ``models:/<model_name>@<production_alias>``; the rollout
-        candidate (if ``candidate_share > 0``) is ``@<candidate_alias>``.
+        candidate (if ``candidate_share > 0``) is ``@<candidate_alias>``, the alias the
+        retrain's gate moves to a version that passed it.
+    registered_alias : str
+        The alias every newly registered version gets (before its gate).
     reward_min, reward_max : float
         Accepted reward range (422 outside it).
     reward_window_s : float
@@ -61,6 +64,7 @@ class CoreSettings(BaseSettings):
     model_name: str = "banditops-policy"
     production_alias: str = "production"
     candidate_alias: str = "staging"
+    registered_alias: str = "candidate"
     reward_min: float = 0.0
     reward_max: float = 1.0
     reward_window_s: float = Field(86_400.0, gt=0.0)
@@ -91,6 +95,11 @@ class CoreSettings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.workspace / 'mlflow.db').resolve()}"
+
+    @property
+    def registry_uri(self) -> str:
+        """The MLflow model registry: the configured URI or the tracking URI."""
+        return self.mlflow_registry_uri or self.tracking_uri
 
     @property
     def runs_path(self) -> Path:

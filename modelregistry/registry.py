@@ -1,7 +1,9 @@
 """The MLflow model registry: the only module in banditops that writes to MLflow.
 
-Versions move through aliases, never stages: ``candidate`` (every registered version) →
-``staging`` (when the offline gate passes) → ``production`` (by :meth:`promote`).
+Versions move through aliases, never stages: the registered alias (every registered
+version; ``candidate`` by default) → the staging alias (when the offline gate passes;
+``staging``) → the production alias (by :meth:`promote`; ``production``). The names are
+settings (:class:`Aliases` from :class:`~eventstore.settings.CoreSettings`).
 Every alias move is recorded as a registered-model tag ``alias_move.<ns timestamp>`` whose
 value is a JSON record (alias, version, previous version, when, by whom, why), so the
 history reads back with :meth:`ModelRegistry.alias_history`.
@@ -34,9 +36,9 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from bandit_core import load_policy
 from eventstore.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, POLICY_STATE_PATH
+from eventstore.settings import CoreSettings
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-ALIASES = ("candidate", "staging", "production")
 _MOVE_PREFIX = "alias_move."
 #: Requirements written into the model (skips MLflow's slow requirement inference).
 PIP_REQUIREMENTS = ["banditops", "numpy", "pandas", "mlflow"]
@@ -44,6 +46,34 @@ PIP_REQUIREMENTS = ["banditops", "numpy", "pandas", "mlflow"]
 
 #: MLflow error codes of a missing model or alias.
 _MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
+@dataclass(frozen=True)
+class Aliases:
+    """The alias names a version moves through (``BANDITOPS_*_ALIAS`` settings).
+
+    Parameters
+    ----------
+    registered : str
+        Every newly registered version (``registered_alias``).
+    staging : str
+        A version whose offline gate passed; the service's rollout candidate
+        (``candidate_alias``).
+    production : str
+        The version the service serves (``production_alias``).
+    """
+
+    registered: str
+    staging: str
+    production: str
+
+    @classmethod
+    def from_settings(cls, settings: CoreSettings) -> Aliases:
+        return cls(settings.registered_alias, settings.candidate_alias, settings.production_alias)
+
+
+#: The default names (the settings' defaults, not the environment's).
+DEFAULT_ALIASES = Aliases.from_settings(CoreSettings.model_construct())
 
 
 class RegistryError(RuntimeError):
@@ -75,7 +105,7 @@ class ModelRegistry:
         ``sqlite:///<workspace>/mlflow.db`` (embedded default), an MLflow server URL or a
         database URL.
     model_name : str
-        Registered model name (the service loads ``models:/<model_name>@production``).
+        Registered model name (the service loads ``models:/<model_name>@<production>``).
     experiment : str
         Experiment that holds the training runs.
     artifact_location : str, optional
@@ -90,6 +120,9 @@ class ModelRegistry:
         model_name: str = "banditops-policy",
         experiment: str = "banditops",
         artifact_location: str | None = None,
+        *,
+        registry_uri: str | None = None,
+        aliases: Aliases = DEFAULT_ALIASES,
     ) -> None:
         if not tracking_uri:
             raise ValueError(
@@ -103,7 +136,19 @@ class ModelRegistry:
             db = Path(tracking_uri.removeprefix("sqlite:///"))
             artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
         self.artifact_location = artifact_location
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.registry_uri = registry_uri or tracking_uri
+        self.aliases = aliases
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+
+    @classmethod
+    def from_settings(cls, settings: CoreSettings) -> ModelRegistry:
+        """The registry, model and alias names of ``settings``."""
+        return cls(
+            settings.tracking_uri,
+            settings.model_name,
+            registry_uri=settings.registry_uri,
+            aliases=Aliases.from_settings(settings),
+        )
 
     # ------------------------------------------------------------------ downloads
     def run_artifact(self, run_id: str, artifact_path: str, dst_path: str | Path) -> Path:
@@ -129,7 +174,7 @@ class ModelRegistry:
         """Download a version's model directory into ``dst_path``; its local path (the
         policy state is at ``<path>/``:data:`~eventstore.contract.POLICY_STATE_PATH`)."""
         uri = self.client.get_model_version_download_uri(self.model_name, str(version))
-        with fluent_uris(self.tracking_uri):
+        with fluent_uris(self.tracking_uri, self.registry_uri):
             return Path(
                 mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst_path))
             )
@@ -206,7 +251,8 @@ class ModelRegistry:
         artifacts: Mapping[str, str | Path] | None = None,
         input_example: pd.DataFrame | None = None,
     ) -> VersionInfo:
-        """Log a training run and register its policy as a new version aliased ``candidate``.
+        """Log a training run and register its policy as a new version with the registered
+        alias.
 
         Idempotent per ``run_key`` (e.g. the Airflow run id): when a version with that key
         exists it is returned and nothing new is registered. The logged model is loaded
@@ -222,7 +268,7 @@ class ModelRegistry:
         except Exception as exc:  # any failure to load means: refuse to register
             raise RegistryError(f"policy state {state_path} does not load: {exc}") from exc
         with (
-            fluent_uris(self.tracking_uri),
+            fluent_uris(self.tracking_uri, self.registry_uri),
             tempfile.TemporaryDirectory() as tmp,
             mlflow.start_run(experiment_id=self._experiment_id(), run_name=run_key) as run,
         ):
@@ -259,11 +305,16 @@ class ModelRegistry:
             )
         version = str(created.version)
         self._wait_ready(version)
-        self.set_alias("candidate", version, by="training", reason=f"registered by run {run_key}")
+        self.set_alias(
+            self.aliases.registered, version, by="training", reason=f"registered by run {run_key}"
+        )
         return self.get(version)
 
     def _verify_loadable(self, model_uri: str) -> None:
-        with fluent_uris(self.tracking_uri), tempfile.TemporaryDirectory() as tmp:
+        with (
+            fluent_uris(self.tracking_uri, self.registry_uri),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
             try:
                 load_policy(local / POLICY_STATE_PATH)
@@ -313,7 +364,8 @@ class ModelRegistry:
     def record_gate(
         self, version: str | int, passed: bool, reasons: list[str], by: str = "gate"
     ) -> bool:
-        """Tag the gate decision on ``version``; move ``staging`` to it when it passed."""
+        """Tag the gate decision on ``version``; move the staging alias to it when it
+        passed."""
         version = str(version)
         self.client.set_model_version_tag(
             self.model_name, version, "gate_passed", str(bool(passed)).lower()
@@ -322,13 +374,17 @@ class ModelRegistry:
             self.model_name, version, "gate_reasons", json.dumps(reasons)
         )
         if passed:
-            self.set_alias("staging", version, by=by, reason="; ".join(reasons) or "gate passed")
+            self.set_alias(
+                self.aliases.staging, version, by=by, reason="; ".join(reasons) or "gate passed"
+            )
         return passed
 
     def promote(
-        self, version: str | int, *, by: str, reason: str, alias: str = "production"
+        self, version: str | int, *, by: str, reason: str, alias: str | None = None
     ) -> VersionInfo:
-        """Move ``alias`` (default ``production``) to ``version`` and tag who, when and why."""
+        """Move ``alias`` (default: the production alias) to ``version`` and tag who, when
+        and why."""
+        alias = alias or self.aliases.production
         version = str(version)
         self.get(version)
         previous = self.by_alias(alias)
@@ -345,8 +401,10 @@ class ModelRegistry:
         self.set_alias(alias, version, by=by, reason=reason)
         return self.get(version)
 
-    def rollback(self, *, by: str, reason: str, alias: str = "production") -> VersionInfo:
-        """Point ``alias`` back at the version it held before the current one."""
+    def rollback(self, *, by: str, reason: str, alias: str | None = None) -> VersionInfo:
+        """Point ``alias`` (default: the production alias) back at the version it held
+        before the current one."""
+        alias = alias or self.aliases.production
         current = self.by_alias(alias)
         if current is None:
             raise RegistryError(
@@ -367,14 +425,15 @@ class ModelRegistry:
 
 
 @contextlib.contextmanager
-def fluent_uris(uri: str) -> Iterator[None]:
-    """Point MLflow's process-global (fluent) tracking and registry URIs at ``uri`` for the
-    duration, then put back exactly what was there (including "unset"): a registry object
-    must not redirect other code's MLflow calls."""
+def fluent_uris(uri: str, registry_uri: str | None = None) -> Iterator[None]:
+    """Point MLflow's process-global (fluent) tracking URI at ``uri`` and its registry URI
+    at ``registry_uri`` (default ``uri``) for the duration, then put back exactly what was
+    there (including "unset"): a registry object must not redirect other code's MLflow
+    calls."""
     saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(registry_uri or uri)
     try:
         yield
     finally:

@@ -186,10 +186,11 @@ def _read_events(settings: MonitorSettings, end: datetime) -> Any:
 def production_reference(
     settings: MonitorSettings,
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """The feature reference logged with the ``production`` version, and that version
-    (``(None, None)`` before the first promotion; ``(None, version)`` when it has none)."""
-    registry = ModelRegistry(settings.tracking_uri, settings.model_name)
-    production = registry.by_alias("production")
+    """The feature reference logged with the production version (the production alias's),
+    and that version (``(None, None)`` before the first promotion; ``(None, version)`` when
+    it has none)."""
+    registry = ModelRegistry.from_settings(settings)
+    production = registry.by_alias(settings.production_alias)
     if production is None:
         return None, None
     with tempfile.TemporaryDirectory() as tmp:

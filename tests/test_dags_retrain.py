@@ -17,23 +17,11 @@ from typing import Any
 
 import pytest
 
+from training.pipeline import step_order
+
 pytest_plugins = ["tests.airflow_support"]
 
-RETRAIN_TASKS = (
-    "plan_run",
-    "extract_replay",
-    "validate_features",
-    "train_network",
-    "plan_rebuild_shards",
-    "plan_evaluation_shards",
-    "shard_statistics",
-    "rebuild_head",
-    "shard_evaluation",
-    "evaluate_offline",
-    "register_candidate",
-    "gate",
-    "promote",
-)
+RETRAIN_TASKS = tuple(step_order())
 #: With ``shards`` = 1 (the default) the mapped shard tasks expand to nothing.
 SINGLE_NODE = {
     **dict.fromkeys(RETRAIN_TASKS, "success"),

@@ -36,7 +36,7 @@ def settings(tmp_path: Path) -> PipelineSettings:
 def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> None:
     spec = runspec.plan(
         {"algorithm": "neural_linear"}, run_key=RUN_KEY, interval_end=END, settings=settings
-    )
+    ).to_xcom()
     assert spec["window_start"] == (END - timedelta(days=7)).isoformat()
     assert spec["window_end"] == spec["as_of"] == END.isoformat()
     assert spec["train"] == {"algorithm": "neural_linear", "options": {"epochs": 20}, "seed": 0}
@@ -58,7 +58,7 @@ def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> 
         run_key="manual-1",
         interval_end=END,
         settings=settings,
-    )
+    ).to_xcom()
     assert (explicit["window_start"], explicit["window_end"]) == (
         "2026-11-01T00:00:00+00:00",
         "2026-11-08T00:00:00+00:00",
@@ -72,14 +72,15 @@ def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> 
         ({"window_start": "2026-11-01"}, "window_end must be given together with window_start"),
         ({"window_start": "2026-11-08", "window_end": "2026-11-01"}, "window_start must be before"),
         ({"window_start": "yesterday", "window_end": "2026-11-01"}, "window_start must be a date"),
-        ({"window_days": 0}, "window_days must be > 0"),
+        ({"window_days": 0}, "window_days must be a finite number > 0"),
         ({"algorithm": "random_forest"}, "algorithm must be one of"),
         ({"policy_options": [1, 2]}, "policy_options must be an object"),
         ({"min_rows": 0}, "min_rows must be an integer ≥ 1"),
         ({"epochs": 0, "algorithm": "neural_linear"}, "epochs must be an integer ≥ 1"),
         ({"auto_promote": "yes"}, "auto_promote must be true or false"),
-        ({"tolerance": 1.0}, "'tolerance' parameter of GateRule"),
-        ({"n_resamples": 2.5}, "n_resamples must be an integer"),
+        ({"tolerance": 1.0}, "tolerance must be a finite number ≥ 0 and < 1"),
+        ({"n_resamples": 2.5}, "n_resamples must be an integer ≥ 50"),
+        ({"n_resamples": 10}, "n_resamples must be an integer ≥ 50"),
         ({"colour": "red"}, "params has unknown fields ['colour']"),
         ({"algorithm": "shared_linucb", "policy_options": {"dim_user": 3}}, "dim_user"),
     ],
@@ -97,7 +98,9 @@ def test_plan_needs_a_timezone_aware_interval_end(settings: PipelineSettings) ->
 
 
 def test_spec_rejects_unknown_or_inconsistent_fields(settings: PipelineSettings) -> None:
-    spec = runspec.plan({"algorithm": "linucb"}, run_key="r", interval_end=END, settings=settings)
+    spec = runspec.plan(
+        {"algorithm": "linucb"}, run_key="r", interval_end=END, settings=settings
+    ).to_xcom()
     with pytest.raises(ValueError, match=r"spec has unknown fields \['extra'\]"):
         runspec.RunSpec.from_dict({**spec, "extra": 1})
     with pytest.raises(ValueError, match=r"train has unknown fields \['layers'\]"):
@@ -106,6 +109,9 @@ def test_spec_rejects_unknown_or_inconsistent_fields(settings: PipelineSettings)
         runspec.RunSpec.from_dict({**spec, "window_start": spec["window_end"]})
     with pytest.raises(ValueError, match="run_key must be a non-empty string"):
         runspec.RunSpec.from_dict({**spec, "run_key": " "})
+    missing = {k: v for k, v in spec.items() if k != "duplicate_rule"}
+    with pytest.raises(ValueError, match=r"spec has missing fields \['duplicate_rule'\]"):
+        runspec.RunSpec.from_xcom(missing)
 
 
 def test_run_folders_are_file_safe_and_never_shared(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ and the estimators of ``validation.ope`` run once over all held-out rounds (with
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -260,20 +261,25 @@ def test_wrapped_or_headless_policies_are_not_rebuilt_from_statistics() -> None:
 
 
 def test_the_plan_cuts_the_training_rows_only_when_asked(replay: Path, tmp_path: Path) -> None:
-    from training.runspec import RunSpec
+    from dataclasses import replace
 
-    spec = RunSpec(
+    from training.runspec import plan
+    from training.settings import PipelineSettings
+
+    settings = PipelineSettings(
+        workspace=tmp_path / "ws",
+        database_url="sqlite:///unused.db",
+        mlflow_tracking_uri="sqlite:///unused-mlflow.db",
+    )
+    planned_spec = plan(
+        {"window_start": "2026-01-01", "window_end": "2026-01-02", "shards": 3},
         run_key="manual__x",
-        run_dir=str(tmp_path / "run"),
-        store_url="sqlite:///unused.db",
-        tracking_uri="sqlite:///unused-mlflow.db",
-        model_name="m",
-        window_start="2026-01-01T00:00:00+00:00",
-        window_end="2026-01-02T00:00:00+00:00",
-        as_of="2026-01-02T00:00:00+00:00",
-        reward_window_s=1.0,
+        interval_end=datetime(2026, 1, 2, tzinfo=UTC),
+        settings=settings,
+    )
+    spec = replace(
+        planned_spec,
         train={"algorithm": "shared_linucb", "options": {}, "holdout_fraction": HOLDOUT},
-        shards=3,
     ).to_dict()
     info = {"path": str(replay), "rows": ROWS}
     planned = shards.plan(spec, info, "train")

@@ -21,6 +21,7 @@ from tests.serving_helpers import DIM_ARM, DIM_USER, running_client, service_set
 from training.evaluate import evaluate, logged_batch
 from training.replay import extract_replay, load_replay
 from training.train import TrainConfig, rebuild_head, train
+from validation.gate import GateRule
 
 TOKEN = {"Authorization": "Bearer tok"}
 IDS = ("a", "b", "c", "d", "e")
@@ -153,7 +154,9 @@ def test_offline_evaluation_is_position_wise(
     path, _ = slate_log
     config = TrainConfig(algorithm="shared_linucb", min_rows=20, holdout_fraction=0.25)
     result = train(path, config, tmp_path / "train")
-    got = evaluate(result.state_path, None, path, holdout_fraction=0.25, n_resamples=50)
+    got = evaluate(
+        result.state_path, None, path, holdout_fraction=0.25, rule=GateRule(), n_resamples=50
+    )
     _, holdout = load_replay(path).split(0.25)
     ips = got.production.estimates["ips"].value
     assert ips == pytest.approx(float(holdout.rewards.mean()), abs=1e-12)

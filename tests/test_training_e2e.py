@@ -2,7 +2,10 @@
 
 Real components: the decision service (in-process, real SQLite/PostgreSQL event store),
 the GX suite, training, OPE, and an MLflow registry with a SQLite (or PostgreSQL) backend
-in a temp dir; then the service picks up the promoted version from the registry.
+in a temp dir; then the service picks up the promoted version from the registry. Once
+more with renamed aliases (``BANDITOPS_PRODUCTION_ALIAS=champion``…) and a model registry
+apart from the tracking store (``BANDITOPS_MLFLOW_REGISTRY_URI``): retrain → promote → the
+service loads it, all through the settings.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,8 +28,10 @@ from serving.app import create_app
 from serving.settings import Settings
 from serving.traffic import simulate_traffic
 from tests.serving_helpers import make_client
-from training.pipeline import RetrainSettings, production_state, run_retrain
-from training.train import TrainConfig
+from training import promotion
+from training.baseline import production_state
+from training.pipeline import run_retrain
+from training.settings import PipelineSettings
 
 pytestmark = [
     pytest.mark.filterwarnings(
@@ -48,22 +54,54 @@ def _env() -> LogisticClickEnvironment:
     )
 
 
-def _settings(tmp_path: Path, store_url: str, tracking_uri: str, **extra: object) -> Settings:
+#: Where the registry is and what its aliases are called (the settings both sides read).
+Naming = dict[str, str]
+
+
+def _settings(tmp_path: Path, store_url: str, naming: Naming, **extra: object) -> Settings:
     return Settings(
         workspace=tmp_path / "ws",
         database_url=store_url,
-        mlflow_tracking_uri=tracking_uri,
         poll_interval_s=0.2,
         seed=11,
+        **naming,
         **extra,
     )  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(event store URL, MLflow tracking URI) on SQLite, or both on PostgreSQL."""
+def _pipeline(tmp_path: Path, store_url: str, naming: Naming) -> PipelineSettings:
+    return PipelineSettings(
+        workspace=tmp_path / "ws",
+        database_url=store_url,
+        runs_dir=tmp_path / "runs",
+        reward_window_s=1.0,
+        **naming,
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture(
+    params=["sqlite", "sqlite-renamed", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Naming]]:
+    """(event store URL, registry settings) on SQLite — with the default alias names, or
+    with renamed aliases and a registry apart from the tracking store — or on PostgreSQL."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/events.db", f"sqlite:///{tmp_path}/mlflow.db"
+        yield (
+            f"sqlite:///{tmp_path}/events.db",
+            {"mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        )
+        return
+    if request.param == "sqlite-renamed":
+        yield (
+            f"sqlite:///{tmp_path}/events.db",
+            {
+                "mlflow_tracking_uri": f"sqlite:///{tmp_path}/tracking.db",
+                "mlflow_registry_uri": f"sqlite:///{tmp_path}/registry.db",
+                "production_alias": "champion",
+                "candidate_alias": "challenger",
+                "registered_alias": "fresh",
+            },
+        )
         return
     server = request.getfixturevalue("postgres_url")
     names = [f"banditops_t_{uuid.uuid4().hex[:10]}" for _ in range(2)]
@@ -74,7 +112,7 @@ def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     base = sa.make_url(server)
     urls = [base.set(database=n).render_as_string(hide_password=False) for n in names]
     try:
-        yield urls[0], urls[1]
+        yield urls[0], {"mlflow_tracking_uri": urls[1]}
     finally:
         with admin.connect() as conn:
             for n in names:
@@ -95,40 +133,51 @@ def _traffic(settings: Settings, n: int, seed: int) -> None:
     assert stats.errors == 0, stats.error_samples
 
 
+def _retrain(settings: PipelineSettings, run_key: str, now: datetime, **form: object) -> Any:
+    """The retrain of the last hour (up to 2 s past ``now``, so every reward window has
+    closed), as ``banditops train`` runs it."""
+    end = now + timedelta(seconds=2)
+    params = {
+        "window_days": (end - (now - timedelta(hours=1))).total_seconds() / 86_400,
+        "algorithm": "shared_linucb",
+        "policy_options": {"alpha": 0.5, "interactions": True},
+        "min_rows": 500,
+        "n_resamples": 200,
+        "min_ess": 30.0,
+        "auto_promote": True,
+        **form,
+    }
+    return run_retrain(params, run_key=run_key, interval_end=end, settings=settings)
+
+
 def test_retrain_registers_gates_promotes_and_serving_follows(
-    tmp_path: Path, backends: tuple[str, str]
+    tmp_path: Path, backends: tuple[str, Naming]
 ) -> None:
-    store_url, tracking_uri = backends
-    _traffic(_settings(tmp_path, store_url, tracking_uri), 1500, seed=1)
+    store_url, naming = backends
+    pipeline = _pipeline(tmp_path, store_url, naming)
+    production, staging = pipeline.production_alias, pipeline.candidate_alias
+    _traffic(_settings(tmp_path, store_url, naming), 1500, seed=1)
     now = datetime.now(UTC)
-    window = (now - timedelta(hours=1), now + timedelta(seconds=1))
-    retrain = RetrainSettings(
-        store_url=store_url,
-        tracking_uri=tracking_uri,
-        runs_dir=str(tmp_path / "runs"),
-        train=TrainConfig(algorithm="shared_linucb", options={"alpha": 0.5, "interactions": True}),
-        reward_window=timedelta(seconds=1),
-        min_rows=500,
-        n_resamples=200,
-        min_ess=30.0,
-    )
-    outcome = run_retrain(retrain, *window, run_key="nightly-1", as_of=now + timedelta(seconds=2))
-    registry = ModelRegistry(tracking_uri)
+    outcome = _retrain(pipeline, "nightly-1", now)
+    registry = ModelRegistry.from_settings(pipeline)
     assert outcome.gate_passed and outcome.promoted, outcome.reasons
     v1 = registry.get(outcome.version)
-    assert set(v1.aliases) == {"candidate", "staging", "production"}
+    assert set(v1.aliases) == {pipeline.registered_alias, staging, production}
     assert v1.tags["gate.decision"] == "promote" and v1.tags["rows"] == str(
         outcome.manifest["rows"]
     )
     assert v1.metrics["ope.candidate.dr.value"] > v1.metrics["ope.production.dr.value"]
+    if "mlflow_registry_uri" in naming:  # the versions live in the registry store only
+        tracking_only = ModelRegistry(naming["mlflow_tracking_uri"], pipeline.model_name)
+        assert tracking_only.versions() == []
     # re-running the same run key registers nothing new
-    again = run_retrain(retrain, *window, run_key="nightly-1", as_of=now + timedelta(seconds=2))
+    again = _retrain(pipeline, "nightly-1", now)
     assert again.version == outcome.version and len(registry.versions()) == 1
 
-    # the service loads @production by itself and decides exactly as the trained policy
+    # the service loads the production alias by itself and decides as the trained policy
     state, _ = production_state(registry, tmp_path / "check")
     trained = load_policy(state)
-    app = create_app(_settings(tmp_path, store_url, tracking_uri))
+    app = create_app(_settings(tmp_path, store_url, naming))
     with make_client(app) as client:
         deadline = time.monotonic() + 30
         while client.get("/v1/model").json()["production"] is None and time.monotonic() < deadline:
@@ -155,23 +204,26 @@ def test_retrain_registers_gates_promotes_and_serving_follows(
             )
 
     # a candidate made worse on purpose is registered but not staged, with the reason
-    worse = RetrainSettings(
-        **{
-            **retrain.__dict__,
-            "train": TrainConfig(
-                algorithm="shared_linucb",
-                options={"alpha": 0.5, "interactions": True, "lambda_prior": 1e6},
-            ),
-        }
+    _traffic(_settings(tmp_path, store_url, naming), 1, seed=3)
+    bad = _retrain(
+        pipeline,
+        "nightly-2",
+        now,
+        policy_options={"alpha": 0.5, "interactions": True, "lambda_prior": 1e6},
     )
-    _traffic(_settings(tmp_path, store_url, tracking_uri), 1, seed=3)
-    bad = run_retrain(worse, *window, run_key="nightly-2", as_of=now + timedelta(seconds=2))
     assert not bad.gate_passed and not bad.promoted
     v2 = registry.get(bad.version)
-    assert "staging" not in v2.aliases and v2.tags["gate_passed"] == "false"
+    assert staging not in v2.aliases and v2.tags["gate_passed"] == "false"
     assert "lower bound" in v2.tags["gate_reasons"]
-    assert registry.by_alias("production").version == outcome.version
+    assert registry.by_alias(production).version == outcome.version
 
-    # manual promotion of the bad one, then rollback restores version 1
-    registry.promote(bad.version, by="tester", reason="experiment")
+    # promoted by hand through bandit_promote's steps, the service follows; a rollback
+    # restores version 1
+    planned = promotion.plan_promotion(bad.version, settings=pipeline)
+    assert planned["alias"] == production and planned["current"] == outcome.version
+    approval = {"chosen_options": ["Approve"], "responded_by_user": {"name": "tester"}}
+    assert promotion.apply_promotion(planned, approval, settings=pipeline)["version"] == bad.version
+    with make_client(create_app(_settings(tmp_path, store_url, naming))) as client:
+        served = client.post("/v1/admin/poll").json()["production"]
+        assert served is not None and served["version"].endswith(f"/{bad.version}")
     assert registry.rollback(by="tester", reason="worse online").version == outcome.version

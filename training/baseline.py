@@ -1,4 +1,4 @@
-"""The run's baseline: the registry version a candidate is compared with, downloaded."""
+"""The run's registry and baseline: the version a candidate is compared with, downloaded."""
 
 from __future__ import annotations
 
@@ -6,21 +6,31 @@ from pathlib import Path
 from typing import Any
 
 from eventstore.contract import POLICY_STATE_PATH
-from modelregistry.registry import ModelRegistry
+from modelregistry.registry import Aliases, ModelRegistry
 from training.runspec import RunSpec
 
 
+def open_registry(s: RunSpec) -> ModelRegistry:
+    """The registry, model and alias names the run spec fixed."""
+    return ModelRegistry(
+        s.tracking_uri,
+        s.model_name,
+        registry_uri=s.registry_uri,
+        aliases=Aliases(s.registered_alias, s.staging_alias, s.production_alias),
+    )
+
+
 def baseline_state(s: RunSpec) -> tuple[str | None, Path | None]:
-    """``(version, downloaded state)`` of the run's baseline: the current ``production``
+    """``(version, downloaded state)`` of the run's baseline: the current production
     version (``(None, None)``: the uniform fallback before the first). When this run
     already registered its version, the baseline recorded then, so a re-run reaches the
     same decision."""
-    registry = ModelRegistry(s.tracking_uri, s.model_name)
+    registry = open_registry(s)
     existing = registry.find_by_run_key(s.run_key)
     if existing is not None:
         baseline = existing.tags.get("previous_production") or None
     else:
-        current = registry.by_alias("production")
+        current = registry.by_alias(s.production_alias)
         baseline = current.version if current else None
     if baseline is None:
         return None, None
@@ -29,11 +39,15 @@ def baseline_state(s: RunSpec) -> tuple[str | None, Path | None]:
 
 
 def production_state(
-    registry: Any, dest: str | Path, version: str | None = None
+    registry: ModelRegistry, dest: str | Path, version: str | None = None
 ) -> tuple[Path | None, Any]:
-    """Download a version's policy state (default: the ``production`` one; None before the
-    first) into ``dest``; returns ``(state path, VersionInfo)``."""
-    info = registry.get(version) if version is not None else registry.by_alias("production")
+    """Download a version's policy state (default: the one the registry's production alias
+    points at; None before the first) into ``dest``; returns ``(state path, VersionInfo)``."""
+    info = (
+        registry.get(version)
+        if version is not None
+        else registry.by_alias(registry.aliases.production)
+    )
     if info is None:
         return None, None
     local = registry.download_version(info.version, dest)

@@ -1,22 +1,28 @@
 """The training commands of ``banditops``: retrain, evaluate, list, promote and roll back
 registered versions (registered on the root app by :mod:`ops.cli`).
 
-Settings come from the core ``BANDITOPS_*`` variables (:class:`eventstore.settings.CoreSettings`);
-the MLflow registry defaults to ``sqlite:///<workspace>/mlflow.db``.
+Settings come from the ``BANDITOPS_*`` variables (:class:`training.settings.PipelineSettings`);
+the MLflow registry defaults to ``sqlite:///<workspace>/mlflow.db``. ``banditops train``'s
+options are the retrain form (:data:`training.form.RETRAIN_FORM`), as in the DAG.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
-from datetime import UTC, datetime, timedelta
+import typing
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from eventstore.settings import CoreSettings as Settings
+from training.form import FIELDS, RETRAIN_FORM, FormField
+from training.settings import N_RESAMPLES_MIN, PipelineSettings
 
 # The commands import the pipeline (torch, MLflow, Great Expectations, matplotlib) and the
 # registry when they run, not here: the root CLI imports this module for every command,
@@ -24,71 +30,102 @@ from eventstore.settings import CoreSettings as Settings
 
 console = Console(width=140)
 
-
-def tracking_uri(settings: Settings) -> str:
-    """The registry of these settings (embedded default: SQLite under the workspace)."""
-    if settings.mlflow_tracking_uri:
-        return settings.mlflow_tracking_uri
-    return f"sqlite:///{(Path(settings.workspace) / 'mlflow.db').resolve()}"
-
-
-def store_url(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    return f"sqlite:///{(Path(settings.workspace) / 'banditops.db').resolve()}"
+#: Python type of each form kind on the command line (an object is given as JSON).
+_CLI_TYPES: dict[str, type] = {
+    "number": float,
+    "integer": int,
+    "boolean": bool,
+    "string": str,
+    "date": str,
+    "object": str,
+}
 
 
 def _registry(settings: Settings):  # type: ignore[no-untyped-def]
     from modelregistry.registry import ModelRegistry
 
-    return ModelRegistry(tracking_uri(settings), settings.model_name)
+    return ModelRegistry.from_settings(settings)
 
 
+def train_option(field: FormField) -> inspect.Parameter:
+    """The ``banditops train`` option of a retrain form field (default None: the form's
+    default, which :func:`training.runspec.plan` fills in and checks)."""
+    flag = f"--{field.name.replace('_', '-')}"
+    decls = [f"{flag}/--no-{field.name.replace('_', '-')}"] if field.kind == "boolean" else [flag]
+    if field.setting:
+        default = f"BANDITOPS_{field.setting.upper()}, else {_setting_default(field)}"
+    else:
+        default = "none" if field.default is None else json.dumps(field.default)
+    kind = "JSON object: " if field.kind == "object" else ""
+    help_text = f"{kind}{field.description} Must be {field.expectation()} (default: {default})."
+    value_type: Any = _CLI_TYPES[field.kind] | None
+    annotation: Any = Annotated[  # built at run time: one option per form field
+        value_type,
+        typer.Option(*decls, help=help_text, show_default=False),
+    ]
+    return inspect.Parameter(
+        field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+def _setting_default(field: FormField) -> Any:
+    return PipelineSettings.model_fields[field.setting or ""].default
+
+
+def _with_form_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` one option per field of :data:`RETRAIN_FORM` (before its own)."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in inspect.signature(command).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD  # ``**form``: the generated options
+    ]
+    params = [train_option(f) for f in RETRAIN_FORM] + own
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
+
+
+@_with_form_options
 def train(
-    days: Annotated[float, typer.Option(min=0.001, help="Replay window: the last N days.")] = 1.0,
-    algorithm: Annotated[str, typer.Option(help="Policy to train.")] = "neural_linear",
-    options: Annotated[
-        str, typer.Option(help="Policy options as JSON, e.g. '{\"hidden\": [50]}'.")
-    ] = "{}",
-    min_rows: Annotated[int, typer.Option(min=1, help="Fewest rows the window must hold.")] = 100,
-    tolerance: Annotated[float, typer.Option(min=0.0, max=0.99, help="Gate tolerance.")] = 0.0,
-    auto_promote: Annotated[
-        bool, typer.Option(help="Move @production when the gate passes.")
-    ] = False,
+    *,
     run_key: Annotated[
         str | None, typer.Option(help="Idempotency key (default: a timestamp).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of training and evaluation.")] = 0,
+    plan_only: Annotated[
+        bool, typer.Option(help="Write the run spec, print it and run nothing.")
+    ] = False,
+    **form: Any,
 ) -> None:
-    """Retrain on the event store: extract → validate → train → rebuild → evaluate →
-    register (@candidate) → gate (@staging) → promote (with --auto-promote)."""
-    from training.pipeline import RetrainSettings, run_retrain
-    from training.train import TrainConfig
+    """Retrain on the event store, as the bandit_retrain DAG does (same form, same run
+    spec, same steps): extract → validate → train → rebuild → evaluate → register → gate
+    (staging alias) → promote (production alias, with --auto-promote)."""
+    from training.pipeline import run_retrain, run_step
 
-    settings = Settings()
+    values = dict(form)
+    if isinstance(values.get("policy_options"), str):
+        try:
+            values["policy_options"] = json.loads(values["policy_options"])
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(
+                f"policy_options must be a JSON object: {exc}", param_hint="--policy-options"
+            ) from exc
+    settings = PipelineSettings()
+    now = datetime.now(UTC)
+    key = run_key or now.strftime("cli-%Y%m%dT%H%M%S")
     try:
-        opts = json.loads(options)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"--options must be a JSON object: {exc}") from exc
-    key = run_key or datetime.now(UTC).strftime("cli-%Y%m%dT%H%M%S")
-    retrain = RetrainSettings(
-        store_url=store_url(settings),
-        tracking_uri=tracking_uri(settings),
-        runs_dir=str(Path(settings.workspace) / "runs"),
-        model_name=settings.model_name,
-        train=TrainConfig(algorithm=algorithm, options=opts, seed=seed),
-        reward_window=timedelta(seconds=settings.reward_window_s),
-        min_rows=min_rows,
-        tolerance=tolerance,
-        auto_promote=auto_promote,
-        promoted_by="banditops train",
-    )
-    end = datetime.now(UTC)
-    with console.status(f"retraining {algorithm} on the last {days:g} day(s)…"):
-        outcome = run_retrain(retrain, end - timedelta(days=days), end, key)
+        if plan_only:
+            spec = run_step("plan_run", values, run_key=key, interval_end=now, settings=settings)
+            typer.echo(json.dumps(spec, indent=2))
+            return
+        with console.status("retraining…"):
+            outcome = run_retrain(values, run_key=key, interval_end=now, settings=settings)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=2) from exc
     console.print(
         f"version [bold]{outcome.version}[/]: gate {'passed' if outcome.gate_passed else 'failed'}"
-        f"{', promoted to @production' if outcome.promoted else ''}"
+        f"{f', promoted to @{settings.production_alias}' if outcome.promoted else ''}"
     )
     for reason in outcome.reasons:
         console.print(f"  • {reason}")
@@ -100,12 +137,22 @@ def evaluate(
     production: Annotated[
         Path | None, typer.Option(help="Production policy state (.npz); default: uniform.")
     ] = None,
-    resamples: Annotated[int, typer.Option(min=10, help="Bootstrap resamples.")] = 500,
+    resamples: Annotated[
+        int | None,
+        typer.Option(
+            min=N_RESAMPLES_MIN, help="Bootstrap resamples (default: BANDITOPS_N_RESAMPLES)."
+        ),
+    ] = None,
 ) -> None:
-    """Off-policy evaluation of a candidate against production on a replay file."""
+    """Off-policy evaluation of a candidate against production on a replay file, gated by
+    the retrain's rule (the form's ``tolerance`` default, ``BANDITOPS_MIN_ESS``)."""
     from training.evaluate import evaluate as run_evaluation
+    from validation.gate import GateRule
 
-    result = run_evaluation(candidate, production, replay, n_resamples=resamples)
+    settings = PipelineSettings()
+    n_resamples = settings.n_resamples if resamples is None else resamples
+    rule = GateRule(tolerance=FIELDS["tolerance"].default, min_ess=settings.min_ess)
+    result = run_evaluation(candidate, production, replay, rule=rule, n_resamples=n_resamples)
     table = Table(title="off-policy estimates (95% bootstrap intervals)")
     for col in ("estimator", "candidate", "interval", "production", "interval", "ESS"):
         table.add_column(col, justify="right")
@@ -158,32 +205,37 @@ def models() -> None:
 
 def promote(
     version: Annotated[str, typer.Argument(help="Version to promote.")],
-    to: Annotated[str, typer.Option("--to", help="Alias to move.")] = "production",
+    to: Annotated[
+        str | None, typer.Option("--to", help="Alias to move (default: the production alias).")
+    ] = None,
     reason: Annotated[
         str, typer.Option(help="Why (recorded in the version's tags).")
     ] = "manual promotion",
     by: Annotated[str, typer.Option(help="Who (recorded).")] = "cli",
 ) -> None:
-    """Move an alias (default @production) to VERSION."""
+    """Move an alias (default: the production alias) to VERSION."""
     from modelregistry.registry import RegistryError
 
+    settings = Settings()
+    alias = to or settings.production_alias
     try:
-        info = _registry(Settings()).promote(version, by=by, reason=reason, alias=to)
+        info = _registry(settings).promote(version, by=by, reason=reason, alias=alias)
     except RegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="VERSION") from exc
-    console.print(f"@{to} → version {info.version}")
+    console.print(f"@{alias} → version {info.version}")
 
 
 def rollback(
     reason: Annotated[str, typer.Option(help="Why (recorded).")] = "manual rollback",
     by: Annotated[str, typer.Option(help="Who (recorded).")] = "cli",
 ) -> None:
-    """Point @production back at the version it held before the current one."""
+    """Point the production alias back at the version it held before the current one."""
     from modelregistry.registry import RegistryError
 
+    settings = Settings()
     try:
-        info = _registry(Settings()).rollback(by=by, reason=reason)
+        info = _registry(settings).rollback(by=by, reason=reason)
     except RegistryError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from exc
-    console.print(f"@production → version {info.version}")
+    console.print(f"@{settings.production_alias} → version {info.version}")

@@ -105,8 +105,8 @@ def evaluate(
     replay_path: str | Path,
     *,
     holdout_fraction: float = 0.2,
-    rule: GateRule | None = None,
-    n_resamples: int = 500,
+    rule: GateRule,
+    n_resamples: int,
     seed: int = 0,
     out_dir: str | Path | None = None,
 ) -> EvaluationResult:

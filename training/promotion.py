@@ -19,12 +19,16 @@ from training.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("production", "staging")
+
+def targets(settings: PipelineSettings) -> tuple[str, str]:
+    """The aliases a person may move: the production alias and the staging alias (the
+    rollout candidate, ``candidate_alias``)."""
+    return (settings.production_alias, settings.candidate_alias)
 
 
 def plan_promotion(
     version: str | int | None,
-    target: str = "production",
+    target: str | None = None,
     rollback: bool = False,
     settings: PipelineSettings | None = None,
 ) -> dict[str, Any]:
@@ -35,8 +39,8 @@ def plan_promotion(
     version : str, int or None
         The version to promote; with ``rollback`` leave it empty (or give the version the
         rollback returns to).
-    target : {"production", "staging"}
-        The alias to move.
+    target : str, optional
+        The alias to move, one of :func:`targets` (default: the production alias).
     rollback : bool
         Move ``target`` back to the version it held before the current one.
     settings : PipelineSettings, optional
@@ -58,16 +62,18 @@ def plan_promotion(
     # lazy: the promote DAG imports this module at parse time, which must not load MLflow
     from modelregistry.registry import ModelRegistry, RegistryError
 
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}.")
+    settings = PipelineSettings() if settings is None else settings
+    allowed = targets(settings)
+    target = allowed[0] if target is None else target
+    if target not in allowed:
+        raise ValueError(f"target must be one of {', '.join(allowed)}; got {target!r}.")
     rollback = check_bool("rollback", rollback)
     wanted = None if version is None or str(version).strip() == "" else str(version).strip()
     if wanted is not None and not wanted.isdigit():
         raise ValueError(f"version must be a registered version number; got {version!r}.")
     if wanted is None and not rollback:
         raise ValueError("version must be given unless rollback is true.")
-    settings = PipelineSettings() if settings is None else settings
-    registry = ModelRegistry(settings.tracking_uri, settings.model_name)
+    registry = ModelRegistry.from_settings(settings)
     current = registry.by_alias(target)
     if rollback:
         if current is None:
@@ -145,7 +151,9 @@ def apply_promotion(
     by = str(user.get("name") or user.get("id") or "unknown approver")
     comment = str((approval.get("params_input") or {}).get("comment") or "").strip()
     reason = f"{plan['subject']} — approved by {by}" + (f": {comment}" if comment else "")
-    registry = ModelRegistry(settings.tracking_uri, plan["model_name"])
+    registry = ModelRegistry.from_settings(
+        settings.model_copy(update={"model_name": plan["model_name"]})
+    )
     alias = plan["alias"]
     now = registry.by_alias(alias)
     if (now.version if now else None) != plan["current"]:

@@ -1,30 +1,33 @@
 """The run spec: everything one retrain run needs, fixed when the run starts.
 
-:func:`plan` makes it from the ``bandit_retrain`` form values and the ``BANDITOPS_*``
-settings (:func:`training.pipeline.spec_for` from a :class:`~training.pipeline.RetrainSettings`)
-and writes it to ``<runs_dir>/<run key>/spec.json``; the steps of :mod:`training.steps`
-take it as the dict it is in XCom. This module stays cheap to import (the DAG file reads
-:data:`RETRAIN_DEFAULTS` at parse time).
+:func:`plan` makes it from the retrain form's values (:mod:`training.form`, checked
+there) and the ``BANDITOPS_*`` settings, and writes it to
+``<runs_dir>/<run key>/spec.json``; the ``bandit_retrain`` DAG and ``banditops train``
+both call it, then run the same steps (:mod:`training.pipeline`). The steps take the
+:class:`RunSpec` (``to_xcom()`` / ``from_xcom()`` through XCom). Cheap to import (the DAG
+file reads it at parse time).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from bandit_core.catalog import policy_spec
 from eventstore.workspace import as_utc, aware, run_folder
-from training.settings import ALGORITHMS, PipelineSettings
+from training.form import check_form
+from training.settings import N_RESAMPLES_MIN, PipelineSettings
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
+#: Who an automatic promotion is recorded as (the CLI and the DAG run the same retrain).
+PROMOTED_BY = "bandit_retrain"
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,19 @@ class RunSpec:
         Identity of the run (the Airflow run id); at most one registered version per key.
     run_dir : str
         The run's folder; every output of the run lives under it.
-    store_url, tracking_uri, model_name : str
-        Event store, MLflow registry and registered model.
+    store_url, tracking_uri, registry_uri, model_name : str
+        Event store, MLflow tracking server, MLflow model registry and registered model.
+    registered_alias, staging_alias, production_alias : str
+        The aliases a version moves through: every registered version, a version whose
+        gate passed (the service's rollout candidate), the version the service serves.
     window_start, window_end : str
         The replay window ``[start, end)``, ISO 8601 with a UTC offset.
     as_of : str
         "Now" for the reward join (default ``window_end``: a re-run sees the same rows).
     reward_window_s : float
         How long after a decision its reward counts.
+    duplicate_rule : {"first_wins", "sum"}
+        What the replay does with a repeated reward of one event.
     missing_reward, default_reward
         What the replay does with a decision whose reward never came.
     reward_min, reward_max : float
@@ -58,7 +66,7 @@ class RunSpec:
     n_resamples : int
         Bootstrap resamples of the offline evaluation.
     auto_promote : bool
-        Move ``production`` to the version when its gate passes.
+        Move the production alias to the version when its gate passes.
     promoted_by : str
         Who an automatic promotion is recorded as.
     shards : int
@@ -70,30 +78,49 @@ class RunSpec:
     run_dir: str
     store_url: str
     tracking_uri: str
+    registry_uri: str
     model_name: str
+    registered_alias: str
+    staging_alias: str
+    production_alias: str
     window_start: str
     window_end: str
     as_of: str
     reward_window_s: float
-    missing_reward: str = "default"
-    default_reward: float = 0.0
-    reward_min: float = 0.0
-    reward_max: float = 1.0
-    min_rows: int = 100
-    train: dict[str, Any] = field(default_factory=dict)
-    tolerance: float = 0.0
-    min_ess: float = 50.0
-    n_resamples: int = 300
-    auto_promote: bool = False
-    promoted_by: str = "banditops-retrain"
-    shards: int = 1
+    duplicate_rule: str
+    missing_reward: str
+    default_reward: float
+    reward_min: float
+    reward_max: float
+    min_rows: int
+    train: dict[str, Any]
+    tolerance: float
+    min_ess: float
+    n_resamples: int
+    auto_promote: bool
+    promoted_by: str
+    shards: int
 
     def __post_init__(self) -> None:
         if not self.run_key.strip():
             raise ValueError("run_key must be a non-empty string; got an empty value.")
-        for name in ("store_url", "tracking_uri", "model_name", "run_dir"):
+        for name in (
+            "store_url",
+            "tracking_uri",
+            "registry_uri",
+            "model_name",
+            "run_dir",
+            "registered_alias",
+            "staging_alias",
+            "production_alias",
+        ):
             if not getattr(self, name):
                 raise ValueError(f"{name} must be set; got {getattr(self, name)!r}.")
+        aliases = (self.registered_alias, self.staging_alias, self.production_alias)
+        if len(set(aliases)) != 3:
+            raise ValueError(
+                f"registered_alias, staging_alias and production_alias must differ; got {aliases}."
+            )
         start, end = self.window()
         if start >= end:
             raise ValueError(
@@ -103,6 +130,10 @@ class RunSpec:
         aware("as_of", self.as_of)
         if not self.reward_window_s > 0:
             raise ValueError(f"reward_window_s must be > 0; got {self.reward_window_s!r}.")
+        if self.duplicate_rule not in ("first_wins", "sum"):
+            raise ValueError(
+                f"duplicate_rule must be 'first_wins' or 'sum'; got {self.duplicate_rule!r}."
+            )
         if self.missing_reward not in ("default", "drop"):
             raise ValueError(
                 f"missing_reward must be 'default' or 'drop'; got {self.missing_reward!r}."
@@ -112,7 +143,7 @@ class RunSpec:
                 f"reward_min must be below reward_max; got {self.reward_min} and {self.reward_max}."
             )
         check_int("min_rows", self.min_rows, 1)
-        check_int("n_resamples", self.n_resamples, 1)
+        check_int("n_resamples", self.n_resamples, N_RESAMPLES_MIN)
         check_int("shards", self.shards, 1)
         self.train_config()  # raises ValueError naming a bad training field
         self.gate_rule()  # raises ValueError naming a bad gate field
@@ -148,18 +179,26 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    to_xcom = to_dict
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | RunSpec) -> RunSpec:
-        """The spec from its dict (as it travels through XCom); unknown keys are an error."""
+        """The spec from its dict (as it travels through XCom); unknown or missing keys are
+        an error."""
         if isinstance(data, RunSpec):
             return data
         if not isinstance(data, Mapping):
             raise TypeError(f"spec must be a mapping; got {type(data).__name__}.")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"spec has unknown fields {unknown}.")
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(f"spec has missing fields {missing}.")
         return cls(**dict(data))
+
+    from_xcom = from_dict
 
     def write(self) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -168,100 +207,73 @@ class RunSpec:
         return path
 
 
-#: Defaults of the retrain form (the DAG's ``Param`` defaults are these values).
-RETRAIN_DEFAULTS: dict[str, Any] = {
-    "window_days": 7.0,
-    "window_start": None,
-    "window_end": None,
-    "min_rows": 100,
-    "algorithm": "neural_linear",
-    "policy_options": {},
-    "epochs": 20,
-    "seed": 0,
-    "tolerance": 0.0,
-    "min_ess": 50.0,
-    "n_resamples": 300,
-    "auto_promote": False,
-    "shards": 1,
-}
-
-
 def plan(
     params: Mapping[str, Any],
     *,
     run_key: str,
     interval_end: datetime,
     settings: PipelineSettings | None = None,
-) -> dict[str, Any]:
-    """The spec of a retrain run from the DAG form's values; written to ``spec.json``.
+) -> RunSpec:
+    """The spec of a retrain run from the retrain form's values; written to ``spec.json``.
 
     Parameters
     ----------
     params : mapping
-        ``window_days`` (number > 0) or ``window_start`` and ``window_end`` (``YYYY-MM-DD``,
-        UTC midnights, end exclusive); ``min_rows``; ``algorithm``; ``policy_options``
-        (dict of policy options); ``epochs`` (neural policies); ``seed``; ``tolerance``;
-        ``min_ess``; ``n_resamples``; ``auto_promote``; ``shards``. Missing keys take the
-        defaults of :data:`RETRAIN_DEFAULTS`.
+        Values of the fields of :data:`training.form.RETRAIN_FORM` (missing or None: the
+        field's default): ``window_days`` (number > 0) or ``window_start`` and
+        ``window_end`` (``YYYY-MM-DD``, UTC midnights, end exclusive); ``min_rows``;
+        ``algorithm``; ``policy_options``; ``epochs`` (neural policies); ``seed``;
+        ``tolerance``; ``min_ess``; ``n_resamples``; ``auto_promote``; ``shards``.
     run_key : str
-        The Airflow run id.
+        The Airflow run id (the CLI makes one).
     interval_end : datetime
-        End of the run's data interval (the window ends there unless dates are given).
+        End of the run's data interval (the window ends there unless dates are given); also
+        the run's "now" for the reward join.
     settings : PipelineSettings, optional
         Default: read from the ``BANDITOPS_*`` environment.
 
     Returns
     -------
-    dict
-        The :class:`RunSpec` as a dict.
+    RunSpec
     """
     settings = PipelineSettings() if settings is None else settings
-    values = {**RETRAIN_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
-    unknown = sorted(set(values) - set(RETRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"params has unknown fields {unknown}; expected {sorted(RETRAIN_DEFAULTS)}."
-        )
+    values = check_form(params, settings)
     start, end = resolve_window(values, as_utc("interval_end", interval_end))
     algorithm = values["algorithm"]
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}.")
-    options = values["policy_options"]
-    if not isinstance(options, Mapping):
-        raise ValueError(f"policy_options must be an object of policy options; got {options!r}.")
-    options = dict(options)
+    options = dict(values["policy_options"])
     if policy_spec(algorithm).trains_network:
-        options.setdefault("epochs", check_int("epochs", values["epochs"], 1))
+        options.setdefault("epochs", values["epochs"])
     spec = RunSpec(
         run_key=run_key,
         run_dir=str(run_folder(settings.runs_path, run_key)),
         store_url=settings.store_url,
         tracking_uri=settings.tracking_uri,
+        registry_uri=settings.registry_uri,
         model_name=settings.model_name,
+        registered_alias=settings.registered_alias,
+        staging_alias=settings.candidate_alias,
+        production_alias=settings.production_alias,
         window_start=start.isoformat(),
         window_end=end.isoformat(),
         as_of=end.isoformat(),
         reward_window_s=settings.reward_window_s,
+        duplicate_rule=settings.duplicate_rule,
         missing_reward=settings.missing_reward,
         default_reward=settings.default_reward,
         reward_min=settings.reward_min,
         reward_max=settings.reward_max,
-        min_rows=check_int("min_rows", values["min_rows"], 1),
-        train={
-            "algorithm": algorithm,
-            "options": options,
-            "seed": check_int("seed", values["seed"], 0),
-        },
-        tolerance=check_float("tolerance", values["tolerance"]),
-        min_ess=check_float("min_ess", values["min_ess"]),
-        n_resamples=check_int("n_resamples", values["n_resamples"], 1),
-        auto_promote=check_bool("auto_promote", values["auto_promote"]),
-        promoted_by="bandit_retrain",
-        shards=check_int("shards", values["shards"], 1),
+        min_rows=values["min_rows"],
+        train={"algorithm": algorithm, "options": options, "seed": values["seed"]},
+        tolerance=values["tolerance"],
+        min_ess=values["min_ess"],
+        n_resamples=values["n_resamples"],
+        auto_promote=values["auto_promote"],
+        promoted_by=PROMOTED_BY,
+        shards=values["shards"],
     )
     spec.write()
     log.info("run %s: window %s → %s, folder %s", run_key, start, end, spec.run_dir)
-    return spec.to_dict()
+    return spec
 
 
 def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[datetime, datetime]:
@@ -282,9 +294,7 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
                 f"window_start must be before window_end; got {start_text} and {end_text}."
             )
         return start, end
-    days = check_float("window_days", values.get("window_days", 7.0))
-    if days <= 0:
-        raise ValueError(f"window_days must be > 0; got {days!r}.")
+    days = values["window_days"]
     return interval_end - timedelta(days=days), interval_end
 
 
@@ -304,13 +314,6 @@ def check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}.")
     return value
-
-
-def check_float(name: str, value: Any) -> float:
-    """A finite number (not a bool) as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number; got {value!r}.")
-    return float(value)
 
 
 def check_bool(name: str, value: Any) -> bool:

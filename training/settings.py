@@ -16,6 +16,9 @@ from pydantic import Field, field_validator
 from bandit_core.catalog import ALGORITHMS as ALGORITHMS  # the form's choices (torch-free)
 from eventstore.settings import CoreSettings
 
+#: Fewest bootstrap resamples the offline evaluation accepts (form, settings, run spec).
+N_RESAMPLES_MIN = 50
+
 _PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
 
 
@@ -30,6 +33,15 @@ class PipelineSettings(CoreSettings):
     retrain_shards : int
         Default of the retrain form's ``shards``: shards of the map-reduce head rebuild and
         offline evaluation (``training.shards``); 1 keeps the single-node path.
+    auto_promote : bool
+        Default of the retrain form's ``auto_promote``: move the production alias to a
+        version whose gate passed.
+    min_ess : float
+        Default of the retrain form's ``min_ess``: the smallest effective sample size the
+        promotion gate accepts.
+    n_resamples : int
+        Default of the retrain form's ``n_resamples``, and of ``banditops evaluate``:
+        bootstrap resamples of the offline evaluation.
     retrain_queue : str
         Executor queue of the retrain tasks (``airflow celery worker --queues`` serves it).
     retries : int
@@ -45,6 +57,9 @@ class PipelineSettings(CoreSettings):
     retrain_schedule: str = "0 2 * * *"
     monitor_schedule: str = "0 * * * *"
     retrain_shards: int = Field(1, ge=1)
+    auto_promote: bool = False
+    min_ess: float = Field(50.0, ge=0.0)
+    n_resamples: int = Field(300, ge=N_RESAMPLES_MIN)
     retrain_queue: str = Field("default", min_length=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(300.0, gt=0.0)

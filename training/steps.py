@@ -1,14 +1,11 @@
 """The nightly retrain as steps: one function per task of ``bandit_retrain``.
 
-Every step takes the run's spec (:class:`training.runspec.RunSpec`, as the dict it is in
-XCom) plus the small outputs of the steps before it (paths, versions, flags), reads and
+Every step takes the run's spec (:class:`training.runspec.RunSpec`) plus the typed
+references of the steps before it (:mod:`training.refs`: paths, versions, flags), reads and
 writes files only under the run folder, and overwrites its own outputs when retried. The
 registry makes the run idempotent: a run key registers at most one version, and a re-run
-neither re-decides its gate nor moves an alias a second time.
-
-``runspec.plan → extract → validate → train_network → rebuild → evaluate_offline →
-register_candidate → gate → promote``; :func:`training.pipeline.run_retrain` chains the
-same steps in one process.
+neither re-decides its gate nor moves an alias a second time. The order they run in is
+:data:`training.pipeline.RETRAIN_STEPS`, shared by the DAG and ``banditops train``.
 """
 
 from __future__ import annotations
@@ -26,9 +23,19 @@ from eventstore.contract import REFERENCE_FILE
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
 from modelregistry.registry import ModelRegistry
-from training.baseline import baseline_state
+from training.baseline import baseline_state, open_registry
 from training.evaluate import evaluate
 from training.plots import plot_arm_coverage, plot_learning_curve
+from training.refs import (
+    EvaluatedRef,
+    PromotedRef,
+    RebuiltRef,
+    RegisteredRef,
+    ReplayRef,
+    RunOutputs,
+    TrainedRef,
+    ValidatedRef,
+)
 from training.replay import ReplayManifest, extract_replay, load_replay
 from training.runspec import RunSpec
 from training.shards import reduce_evaluation, reduce_head
@@ -43,16 +50,9 @@ SUMMARY_FILE = "summary.json"
 
 
 # ---------------------------------------------------------------------- retrain steps
-def extract(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the run's replay window (``replay/replay.parquet`` + ``replay.json``).
-
-    Returns
-    -------
-    dict
-        ``manifest`` (path of ``replay.json``), ``path`` (Parquet), ``rows``,
-        ``rewarded_rows``, ``sha256``, ``window_start``, ``window_end``.
-    """
-    s = RunSpec.from_dict(spec)
+def extract(s: RunSpec) -> ReplayRef:
+    """Write the run's replay window (``replay/replay.parquet`` + ``replay.json``), with the
+    spec's reward join rules (window, duplicate rule, missing-reward rule)."""
     start, end = s.window()
     manifest = extract_replay(
         s.store_url,
@@ -60,6 +60,7 @@ def extract(spec: Mapping[str, Any]) -> dict[str, Any]:
         end,
         s.folder / "replay",
         reward_window=timedelta(seconds=s.reward_window_s),
+        duplicate_rule=s.duplicate_rule,  # type: ignore[arg-type]
         missing_reward=s.missing_reward,  # type: ignore[arg-type]
         default_reward=s.default_reward,
         as_of=aware("as_of", s.as_of),
@@ -67,18 +68,18 @@ def extract(spec: Mapping[str, Any]) -> dict[str, Any]:
     log.info(
         "run %s: %d replay rows (%d rewarded)", s.run_key, manifest.rows, manifest.rewarded_rows
     )
-    return {
-        "manifest": str(Path(manifest.path).with_name("replay.json")),
-        "path": manifest.path,
-        "rows": manifest.rows,
-        "rewarded_rows": manifest.rewarded_rows,
-        "sha256": manifest.sha256,
-        "window_start": manifest.start,
-        "window_end": manifest.end,
-    }
+    return ReplayRef(
+        manifest=str(Path(manifest.path).with_name("replay.json")),
+        path=manifest.path,
+        rows=manifest.rows,
+        rewarded_rows=manifest.rewarded_rows,
+        sha256=manifest.sha256,
+        window_start=manifest.start,
+        window_end=manifest.end,
+    )
 
 
-def validate(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, Any]:
+def validate(s: RunSpec, replay: ReplayRef) -> ValidatedRef:
     """Run the GX replay suite (data docs under ``gx_docs/``) and, when it passes, write the
     feature reference the monitor compares later weeks with.
 
@@ -87,8 +88,7 @@ def validate(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, An
     validation.DataValidationError
         Listing every failing expectation; nothing downstream runs.
     """
-    s = RunSpec.from_dict(spec)
-    manifest = ReplayManifest.read(replay["manifest"])
+    manifest = ReplayManifest.read(replay.manifest)
     result = validate_features(
         manifest,
         s.folder / "gx_docs",
@@ -122,66 +122,56 @@ def validate(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, An
             indent=2,
         )
     )
-    return {
-        "success": result.success,
-        "evaluated": result.evaluated,
-        "docs_index": str(result.docs_index) if result.docs_index else None,
-        "metrics": result.to_metrics(),
-        "reference": str(reference),
-    }
+    return ValidatedRef(
+        success=result.success,
+        evaluated=result.evaluated,
+        docs_index=str(result.docs_index) if result.docs_index else None,
+        metrics=result.to_metrics(),
+        reference=str(reference),
+    )
 
 
-def train_network(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, Any]:
-    """Train the candidate on the window's first part (``train/``) and plot its curve.
-
-    Returns
-    -------
-    dict
-        ``state_path``, ``result`` (``train.json``), ``algorithm``, ``n_train``, ``n_holdout``.
-    """
-    s = RunSpec.from_dict(spec)
-    result = train(replay["path"], s.train_config(), s.folder / "train")
+def train_network(s: RunSpec, replay: ReplayRef) -> TrainedRef:
+    """Train the candidate on the window's first part (``train/``) and plot its curve."""
+    result = train(replay.path, s.train_config(), s.folder / "train")
     plots = s.folder / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plot_learning_curve(result, plots / "learning_curve.png")
-    return {
-        "state_path": result.state_path,
-        "result": str(s.folder / "train" / RESULT_FILE),
-        "algorithm": result.algorithm,
-        "n_train": result.n_train,
-        "n_holdout": result.n_holdout,
-    }
+    return TrainedRef(
+        state_path=str(result.state_path),
+        result=str(s.folder / "train" / RESULT_FILE),
+        algorithm=result.algorithm,
+        n_train=result.n_train,
+        n_holdout=result.n_holdout,
+    )
 
 
 def rebuild(
-    spec: Mapping[str, Any],
-    trained: Mapping[str, Any],
-    replay: Mapping[str, Any],
+    s: RunSpec,
+    trained: TrainedRef,
+    replay: ReplayRef,
     parts: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
+) -> RebuiltRef:
     """Rebuild the Bayesian head on the final network (``rebuild/policy_state.npz``).
 
     With ``parts`` (the outputs of :func:`training.shards.shard_statistics`) this is the
     reduce of the sharded rebuild, which also fits the sharded OPE's reward model
     (``reward_model``); without, the single-node rebuild.
     """
-    s = RunSpec.from_dict(spec)
     out = s.folder / "rebuild" / "policy_state.npz"
     if parts:
-        state, model = reduce_head(trained["state_path"], parts, out)
-        return {"state_path": str(state), "reward_model": str(model), "shards": len(parts)}
-    state = rebuild_head(
-        trained["state_path"], replay["path"], out, s.train_config().holdout_fraction
-    )
-    return {"state_path": str(state)}
+        state, model = reduce_head(trained.state_path, parts, out)
+        return RebuiltRef(state_path=str(state), reward_model=str(model), shards=len(parts))
+    state = rebuild_head(trained.state_path, replay.path, out, s.train_config().holdout_fraction)
+    return RebuiltRef(state_path=str(state))
 
 
 def evaluate_offline(
-    spec: Mapping[str, Any],
-    rebuilt: Mapping[str, Any],
-    replay: Mapping[str, Any],
+    s: RunSpec,
+    rebuilt: RebuiltRef,
+    replay: ReplayRef,
     parts: Sequence[Mapping[str, Any]] = (),
-) -> dict[str, Any]:
+) -> EvaluatedRef:
     """OPE (IPS, SNIPS, DR… with intervals) of the candidate and of production on the held-out
     window, and the gate's decision (``evaluation/``).
 
@@ -190,13 +180,9 @@ def evaluate_offline(
     planned with the shards) this is the reduce of the sharded OPE: normal-approximation
     intervals instead of the bootstrap.
 
-    Returns
-    -------
-    dict
-        ``summary`` (path of ``summary.json``: metrics, gate tags, reasons), ``passed``,
-        ``reasons``, ``baseline_version`` (None: the uniform fallback).
+    ``summary.json`` holds the metrics, gate tags and reasons; ``baseline_version`` None is
+    the uniform fallback.
     """
-    s = RunSpec.from_dict(spec)
     out = s.folder / "evaluation"
     if parts:
         result = reduce_evaluation(parts, s.gate_rule(), out)
@@ -204,9 +190,9 @@ def evaluate_offline(
     else:
         baseline, state = baseline_state(s)
         result = evaluate(
-            rebuilt["state_path"],
+            rebuilt.state_path,
             state,
-            replay["path"],
+            replay.path,
             holdout_fraction=s.train_config().holdout_fraction,
             rule=s.gate_rule(),
             n_resamples=s.n_resamples,
@@ -229,49 +215,37 @@ def evaluate_offline(
         "passes" if summary["passed"] else "rejects",
         " | ".join(reasons),
     )
-    return {
-        "summary": str(path),
-        "passed": summary["passed"],
-        "reasons": summary["reasons"],
-        "baseline_version": baseline,
-    }
+    return EvaluatedRef(
+        summary=str(path),
+        passed=bool(summary["passed"]),
+        reasons=reasons,
+        baseline_version=baseline,
+    )
 
 
-def register_candidate(
-    spec: Mapping[str, Any],
-    replay: Mapping[str, Any],
-    validated: Mapping[str, Any],
-    trained: Mapping[str, Any],
-    rebuilt: Mapping[str, Any],
-    evaluated: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Log the run to MLflow and register its policy as a version aliased ``candidate``.
+def register_candidate(s: RunSpec, outputs: RunOutputs) -> RegisteredRef:
+    """Log the run to MLflow and register its policy as a version with the registered
+    alias.
 
     At most one version per run key: a retried or re-run step returns the version
     registered before (``created`` False) and registers nothing.
-
-    Returns
-    -------
-    dict
-        ``version``, ``model_name``, ``run_key``, ``created``, ``rows``, ``metrics`` (path of
-        ``metrics.json``).
     """
-    s = RunSpec.from_dict(spec)
-    manifest = ReplayManifest.read(replay["manifest"])
-    result = TrainResult.read(trained["result"])
-    summary = json.loads(Path(evaluated["summary"]).read_text())
-    metrics = {**result.metrics, **summary["metrics"], **validated["metrics"]}
+    replay, validated, trained = outputs.replay, outputs.validated, outputs.trained
+    manifest = ReplayManifest.read(replay.manifest)
+    result = TrainResult.read(trained.result)
+    summary = json.loads(Path(outputs.evaluated.summary).read_text())
+    metrics = {**result.metrics, **summary["metrics"], **validated.metrics}
     metrics_path = s.folder / METRICS_FILE
     metrics_path.write_text(json.dumps(metrics, indent=2))
     plots = s.folder / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plot_arm_coverage(manifest.path, plots / "arm_coverage.png")
     config = s.train_config()
-    registry = ModelRegistry(s.tracking_uri, s.model_name)
+    registry = open_registry(s)
     created = registry.find_by_run_key(s.run_key) is None
     head = load_replay(manifest.path).subset(slice(0, 2))  # the model's input example
     version = registry.register_candidate(
-        state_path=rebuilt["state_path"],
+        state_path=outputs.rebuilt.state_path,
         run_key=s.run_key,
         input_example=example_table(head.contexts, head.candidate_ids, head.candidate_features),
         params={
@@ -296,8 +270,8 @@ def register_candidate(
             "gx_docs": s.folder / "gx_docs",
             "plots": plots,
             "evaluation": s.folder / "evaluation",
-            "replay_manifest": replay["manifest"],
-            "reference": validated["reference"],
+            "replay_manifest": replay.manifest,
+            "reference": validated.reference,
         },
     )
     log.info(
@@ -307,66 +281,65 @@ def register_candidate(
         version.version,
         s.model_name,
     )
-    return {
-        "version": version.version,
-        "model_name": s.model_name,
-        "run_key": s.run_key,
-        "created": created,
-        "rows": manifest.rows,
-        "metrics": str(metrics_path),
-    }
+    return RegisteredRef(
+        version=version.version,
+        model_name=s.model_name,
+        run_key=s.run_key,
+        created=created,
+        rows=manifest.rows,
+        metrics=str(metrics_path),
+    )
 
 
-def gate(
-    spec: Mapping[str, Any], registered: Mapping[str, Any], evaluated: Mapping[str, Any]
-) -> bool:
-    """Record the gate's decision on the version; move ``staging`` to it when it passed.
+def gate(s: RunSpec, registered: RegisteredRef, evaluated: EvaluatedRef) -> bool:
+    """Record the gate's decision on the version; move the staging alias to it when it
+    passed.
 
     A decision is recorded once: a re-run returns the recorded one and moves nothing (a
-    later run may own ``staging`` by now).
+    later run may own the staging alias by now).
     """
-    s = RunSpec.from_dict(spec)
-    registry = ModelRegistry(s.tracking_uri, s.model_name)
-    version = registry.get(registered["version"])
+    registry = open_registry(s)
+    version = registry.get(registered.version)
     recorded = version.tags.get("gate_passed")
-    if recorded == "false" or (recorded == "true" and _moved(registry, "staging", version.version)):
+    if recorded == "false" or (
+        recorded == "true" and _moved(registry, s.staging_alias, version.version)
+    ):
         log.info("version %s: gate already decided (%s)", version.version, recorded)
         return recorded == "true"
-    passed = registry.record_gate(
-        version.version, bool(evaluated["passed"]), list(evaluated["reasons"])
+    passed = registry.record_gate(version.version, evaluated.passed, list(evaluated.reasons))
+    log.info(
+        "version %s: gate %s",
+        version.version,
+        f"passed → {s.staging_alias}" if passed else "rejected",
     )
-    log.info("version %s: gate %s", version.version, "passed → staging" if passed else "rejected")
     return passed
 
 
-def promote(spec: Mapping[str, Any], registered: Mapping[str, Any]) -> dict[str, Any]:
-    """Move ``production`` to a version whose gate passed, when the run has ``auto_promote``.
+def promote(s: RunSpec, registered: RegisteredRef) -> PromotedRef:
+    """Move the production alias to a version whose gate passed, when the run has
+    ``auto_promote``.
 
-    Once only: a re-run never moves ``production`` again (it may have been rolled back
-    on purpose since).
-
-    Returns
-    -------
-    dict
-        ``version``, ``promoted`` (whether ``production`` points at it because of this
-        run), ``reason``.
+    Once only: a re-run never moves the production alias again (it may have been rolled
+    back on purpose since). ``promoted``: whether the alias points at the version because
+    of this run.
     """
-    s = RunSpec.from_dict(spec)
-    registry = ModelRegistry(s.tracking_uri, s.model_name)
-    version = registry.get(registered["version"])
-    out = {"version": version.version, "promoted": False}
+    registry = open_registry(s)
+    version = registry.get(registered.version)
+    alias = s.production_alias
     if not s.auto_promote:
-        return {**out, "reason": "auto_promote is off: the version waits for bandit_promote."}
+        reason = "auto_promote is off: the version waits for bandit_promote."
+        return PromotedRef(version.version, promoted=False, reason=reason)
     if version.tags.get("gate_passed") != "true":
-        return {**out, "reason": "the gate did not pass."}
-    if _moved(registry, "production", version.version):
-        return {**out, "promoted": True, "reason": "moved to production before; not again."}
-    registry.promote(version.version, by=s.promoted_by, reason=f"gate passed in run {s.run_key}")
-    log.info("version %s promoted to production", version.version)
-    return {**out, "promoted": True, "reason": f"gate passed in run {s.run_key}"}
+        return PromotedRef(version.version, promoted=False, reason="the gate did not pass.")
+    if _moved(registry, alias, version.version):
+        return PromotedRef(version.version, True, f"moved to {alias} before; not again.")
+    reason = f"gate passed in run {s.run_key}"
+    registry.promote(version.version, by=s.promoted_by, reason=reason)
+    log.info("version %s promoted to %s", version.version, alias)
+    return PromotedRef(version.version, promoted=True, reason=reason)
 
 
 # ---------------------------------------------------------------------- helpers
-def _moved(registry: Any, alias: str, version: str) -> bool:
+def _moved(registry: ModelRegistry, alias: str, version: str) -> bool:
     """Whether the history records ``alias`` being moved to ``version``."""
     return any(m["alias"] == alias and m["version"] == version for m in registry.alias_history())

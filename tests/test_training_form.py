@@ -1,0 +1,279 @@
+"""One retrain, declared once: the form (defaults, bounds, descriptions) behind the DAG's
+``Param``\\ s, ``banditops train``'s options and the run spec; one default per knob; the
+settings the run spec carries down to the steps (the duplicate rule into the replay); the
+typed step references' XCom round trip."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from eventstore import records
+from ops.cli import app
+from serving.store.repository import write_events
+from tests.serving_helpers import decision_row, reward_row
+from training import pipeline, refs
+from training.form import FIELDS, RETRAIN_FORM, check_form
+from training.runspec import RunSpec, plan
+from training.settings import PipelineSettings
+
+pytest_plugins = ["tests.serving_fixtures", "tests.airflow_support"]
+
+END = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+
+
+def _settings(tmp_path: Path, **extra: Any) -> PipelineSettings:
+    return PipelineSettings(
+        workspace=tmp_path / "ws",
+        database_url=f"sqlite:///{tmp_path / 'events.db'}",
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------------- the form
+def test_train_options_are_the_form() -> None:
+    """``banditops train`` has one option per form field, with its type, description and
+    bounds in the help; nothing else but its own ``--run-key`` and ``--plan-only``."""
+    command = get_command(app).commands["train"]  # type: ignore[attr-defined]
+    options = {p.name: p for p in command.params}
+    assert set(options) == set(FIELDS) | {"run_key", "plan_only"}
+    for field in RETRAIN_FORM:
+        option = options[field.name]
+        assert option.default is None, field.name  # the form's default, filled by plan()
+        assert field.description in option.help and field.expectation() in option.help
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in option.opts
+        if field.kind == "boolean":
+            assert option.secondary_opts == ["--no-" + field.name.replace("_", "-")]
+
+
+def test_one_default_per_knob_lives_in_the_pipeline_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``auto_promote``, ``min_ess``, ``n_resamples`` and ``shards``: the form's default is
+    the setting, the run spec's value is the form's, and ``BANDITOPS_*`` moves all."""
+    defaults = PipelineSettings.model_construct()
+    assert (defaults.auto_promote, defaults.min_ess, defaults.n_resamples) == (False, 50.0, 300)
+    spec = plan({}, run_key="r", interval_end=END, settings=_settings(tmp_path))
+    assert (spec.auto_promote, spec.min_ess, spec.n_resamples, spec.shards) == (
+        False,
+        50.0,
+        300,
+        1,
+    )
+    for name, value in (
+        ("AUTO_PROMOTE", "true"),
+        ("MIN_ESS", "12.5"),
+        ("N_RESAMPLES", "77"),
+        ("RETRAIN_SHARDS", "3"),
+    ):
+        monkeypatch.setenv(f"BANDITOPS_{name}", value)
+    moved = plan({}, run_key="r2", interval_end=END, settings=_settings(tmp_path))
+    assert (moved.auto_promote, moved.min_ess, moved.n_resamples, moved.shards) == (
+        True,
+        12.5,
+        77,
+        3,
+    )
+    # the same bound everywhere: the settings, the form and the spec refuse 49 resamples
+    with pytest.raises(ValueError, match="n_resamples"):
+        PipelineSettings(n_resamples=49)
+    with pytest.raises(ValueError, match="n_resamples must be an integer ≥ 50; got 49"):
+        check_form({"n_resamples": 49}, _settings(tmp_path))
+    with pytest.raises(ValueError, match="n_resamples must be an integer ≥ 50; got 49"):
+        RunSpec.from_xcom({**spec.to_xcom(), "n_resamples": 49})
+
+
+def test_form_checks_name_the_field_and_the_bound(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    for params, message in (
+        ({"tolerance": 1.0}, "tolerance must be a finite number ≥ 0 and < 1; got 1.0."),
+        ({"window_days": -1}, "window_days must be a finite number > 0; got -1."),
+        ({"shards": 0}, "shards must be an integer ≥ 1; got 0."),
+        ({"seed": True}, "seed must be an integer ≥ 0; got True."),
+        ({"window_end": "2026-02-30"}, "window_end must be a date YYYY-MM-DD"),
+    ):
+        with pytest.raises(ValueError) as info:
+            check_form(params, settings)
+        assert message in str(info.value)
+    assert check_form({"epochs": 3.0}, settings)["epochs"] == 3  # JSON forms send floats
+
+
+# ---------------------------------------------------------------------- CLI = DAG
+NON_DEFAULT = {
+    "BANDITOPS_REWARD_MIN": "-1",
+    "BANDITOPS_REWARD_MAX": "5",
+    "BANDITOPS_MISSING_REWARD": "drop",
+    "BANDITOPS_DEFAULT_REWARD": "0.5",
+    "BANDITOPS_DUPLICATE_RULE": "sum",
+    "BANDITOPS_RETRAIN_SHARDS": "2",
+    "BANDITOPS_REWARD_WINDOW_S": "120",
+    "BANDITOPS_PRODUCTION_ALIAS": "champion",
+    "BANDITOPS_CANDIDATE_ALIAS": "challenger",
+    "BANDITOPS_REGISTERED_ALIAS": "fresh",
+}
+
+
+def test_cli_and_dag_plan_the_same_run_spec(
+    airflow_home: Any, dagtools: Any, tmp_path: Path
+) -> None:
+    """The same settings and form values give the same run spec through ``banditops
+    train`` and through the ``bandit_retrain`` DAG's form and ``plan_run`` (only the run key
+    and its folder differ). On the old CLI the reward range, the missing-reward rule, the
+    shard count and ``BANDITOPS_RUNS_DIR`` were lost."""
+    runs = tmp_path / "elsewhere"
+    extra = {
+        **NON_DEFAULT,
+        "BANDITOPS_RUNS_DIR": str(runs),
+        "BANDITOPS_MLFLOW_REGISTRY_URI": f"sqlite:///{tmp_path / 'registry.db'}",
+    }
+    form = {"window_start": "2026-11-01", "window_end": "2026-11-08", "algorithm": "linucb"}
+    airflow_home.ready()
+    with airflow_home.applied(**extra):
+        dag = dagtools.load_dag("bandit_retrain")
+        params = copy.deepcopy(dag.params)
+        params.update(form)  # as the trigger form resolves the submitted values
+        submitted = params.validate()
+        from_dag = pipeline.run_step("plan_run", submitted, run_key="dag-1", interval_end=END)
+        out = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "--plan-only",
+                "--run-key",
+                "cli-1",
+                "--window-start",
+                "2026-11-01",
+                "--window-end",
+                "2026-11-08",
+                "--algorithm",
+                "linucb",
+            ],
+        )
+    assert out.exit_code == 0, out.output
+    from_cli = json.loads((runs / "cli-1" / "spec.json").read_text())
+    assert json.loads(out.output) == from_cli
+    same = {k: v for k, v in from_cli.items() if k not in ("run_key", "run_dir")}
+    assert same == {k: v for k, v in from_dag.items() if k not in ("run_key", "run_dir")}
+    assert Path(from_cli["run_dir"]).parent == runs.resolve()
+    assert (from_cli["reward_min"], from_cli["reward_max"], from_cli["shards"]) == (-1.0, 5.0, 2)
+    assert (from_cli["missing_reward"], from_cli["duplicate_rule"]) == ("drop", "sum")
+    assert (
+        from_cli["registered_alias"],
+        from_cli["staging_alias"],
+        from_cli["production_alias"],
+    ) == ("fresh", "challenger", "champion")
+    assert from_cli["registry_uri"] == extra["BANDITOPS_MLFLOW_REGISTRY_URI"]
+
+
+def test_the_dag_wires_its_tasks_in_the_shared_step_order(airflow_home: Any, dagtools: Any) -> None:
+    """Every task of ``bandit_retrain`` is a step of ``RETRAIN_STEPS``, with exactly the
+    upstream tasks the step names, and the table's order is a topological order of it."""
+    airflow_home.ready()
+    with airflow_home.applied():
+        dag = dagtools.load_dag("bandit_retrain")
+    order = pipeline.step_order()
+    assert sorted(dag.task_ids) == sorted(order)
+    for step in pipeline.RETRAIN_STEPS:
+        assert dag.get_task(step.name).upstream_task_ids == set(step.inputs) | set(step.after)
+    position = {name: i for i, name in enumerate(order)}
+    for task in dag.tasks:
+        assert all(position[up] < position[task.task_id] for up in task.upstream_task_ids)
+    topological = [t.task_id for t in dag.topological_sort()]
+    assert all(
+        position[a] < position[b]
+        for i, a in enumerate(topological)
+        for b in topological[i + 1 :]
+        if a in dag.get_task(b).get_flat_relative_ids(upstream=True)
+    )
+
+
+# ---------------------------------------------------------------------- settings reach steps
+def test_the_sum_rule_reaches_the_training_replay(
+    engine: sa.Engine, store_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """``BANDITOPS_DUPLICATE_RULE=sum``: a repeated reward is summed in the retrain's
+    replay Parquet (on the old pipeline the run spec had no such field and the first
+    reward won)."""
+    decided = END - timedelta(hours=3)
+    row = decision_row(rng, created_at=decided)
+    with engine.begin() as conn:
+        write_events(conn, [row])
+        write_events(
+            conn,
+            [
+                reward_row(row.event_id, 0.25, ts=decided + timedelta(minutes=1)),
+                reward_row(
+                    row.event_id,
+                    0.5,
+                    ts=decided + timedelta(minutes=2),
+                    repeat_status=records.SUMMED,
+                ),
+            ],
+        )
+    rewards = {}
+    for rule in ("first_wins", "sum"):
+        settings = PipelineSettings(
+            workspace=tmp_path / "ws",
+            database_url=store_url,
+            reward_window_s=1800.0,
+            duplicate_rule=rule,
+        )
+        spec = pipeline.run_step(
+            "plan_run", {}, run_key=f"run-{rule}", interval_end=END, settings=settings
+        )
+        assert spec["duplicate_rule"] == rule
+        replay = refs.ReplayRef.from_xcom(pipeline.run_step("extract_replay", spec))
+        frame = pd.read_parquet(replay.path).set_index("event_id")
+        rewards[rule] = float(frame.loc[row.event_id, "reward"])
+    assert rewards == {"first_wins": 0.25, "sum": 0.75}
+
+
+# ---------------------------------------------------------------------- typed references
+def test_step_references_round_trip_and_refuse_unknown_or_missing_keys() -> None:
+    ref = refs.RegisteredRef(
+        version="3", model_name="m", run_key="r", created=True, rows=10, metrics="/x.json"
+    )
+    data = ref.to_xcom()
+    assert json.loads(json.dumps(data)) == data
+    assert refs.RegisteredRef.from_xcom(data) == ref
+    with pytest.raises(ValueError, match=r"RegisteredRef has unknown keys \['colour'\]"):
+        refs.RegisteredRef.from_xcom({**data, "colour": "red"})
+    with pytest.raises(ValueError, match=r"missing keys \['version'\]"):
+        refs.RegisteredRef.from_xcom({k: v for k, v in data.items() if k != "version"})
+    with pytest.raises(TypeError, match="RegisteredRef must be a mapping; got list"):
+        refs.RegisteredRef.from_xcom([])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="name must be one of plan_run"):
+        pipeline.run_step("deploy")
+
+
+def test_what_the_dag_files_import_stays_cheap() -> None:
+    """The form, the step table, the run spec and the references load no torch, MLflow,
+    pandas or SQLAlchemy: the DAG files read them at every parse."""
+    import subprocess
+    import sys
+
+    heavy = ["torch", "mlflow", "pandas", "sqlalchemy", "great_expectations", "matplotlib"]
+    code = (
+        "import sys, json, training.form, training.pipeline, training.refs, "
+        "training.runspec, training.promotion; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert json.loads(out.stdout) == []

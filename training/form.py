@@ -1,0 +1,237 @@
+"""The retrain form, declared once: every field's type, bounds, default and description.
+
+The ``bandit_retrain`` DAG's ``Param``\\ s (:func:`FormField.schema`), the options of
+``banditops train`` (:mod:`training.commands` generates them from :data:`RETRAIN_FORM`)
+and the run spec's checks of the submitted values (:func:`check_form`, called by
+:func:`training.runspec.plan`) all read this table, so a field added here appears in all
+three. A default either is written here or, for the knobs an operator tunes per
+deployment, is the :class:`~training.settings.PipelineSettings` field named by
+``setting`` (``BANDITOPS_MIN_ESS``…), read when the form is built.
+
+Cheap to import (pydantic via the settings only): the DAG file reads it at parse time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+from training.settings import ALGORITHMS, N_RESAMPLES_MIN, PipelineSettings
+
+Kind = Literal["number", "integer", "boolean", "string", "date", "object"]
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One field of the retrain form.
+
+    Parameters
+    ----------
+    name : str
+        The form key (DAG ``Param`` name; ``--name-with-dashes`` on the CLI).
+    kind : {"number", "integer", "boolean", "string", "date", "object"}
+        JSON type of the value; ``date`` is a ``YYYY-MM-DD`` string, ``object`` a JSON object.
+    description : str
+        Shown in the Airflow trigger form and in ``banditops train --help``.
+    default : object
+        The default when ``setting`` is None (``None``: not set unless given).
+    setting : str or None
+        The :class:`PipelineSettings` field that holds the default instead.
+    minimum, exclusive_minimum, exclusive_maximum : float or None
+        Bounds of a number or integer.
+    choices : tuple of str
+        The allowed values of a string.
+    """
+
+    name: str
+    kind: Kind
+    description: str
+    default: Any = None
+    setting: str | None = None
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def nullable(self) -> bool:
+        """Whether the field may be left empty (its default is None)."""
+        return self.setting is None and self.default is None
+
+    def default_for(self, settings: PipelineSettings) -> Any:
+        """The field's default under ``settings`` (a fresh copy of a mutable one)."""
+        value = getattr(settings, self.setting) if self.setting else self.default
+        return dict(value) if isinstance(value, Mapping) else value
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON-schema keywords of the field (the DAG's ``Param(default, **schema)``)."""
+        kind: str = "string" if self.kind == "date" else self.kind
+        out: dict[str, Any] = {"type": ["null", kind] if self.nullable else kind}
+        if self.kind == "date":
+            out["format"] = "date"
+        for key, value in (
+            ("minimum", self.minimum),
+            ("exclusiveMinimum", self.exclusive_minimum),
+            ("exclusiveMaximum", self.exclusive_maximum),
+        ):
+            if value is not None:
+                out[key] = value
+        if self.choices:
+            out["enum"] = list(self.choices)
+        out["description"] = self.description
+        return out
+
+    def expectation(self) -> str:
+        """What a valid value is, in words (the error text names it)."""
+        if self.kind == "boolean":
+            return "true or false"
+        if self.kind == "date":
+            return "a date YYYY-MM-DD"
+        if self.kind == "object":
+            return "an object of policy options" if self.name == "policy_options" else "an object"
+        if self.choices:
+            return f"one of {', '.join(self.choices)}"
+        noun = "an integer" if self.kind == "integer" else "a finite number"
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"≥ {_num(self.minimum)}")
+        if self.exclusive_minimum is not None:
+            bounds.append(f"> {_num(self.exclusive_minimum)}")
+        if self.exclusive_maximum is not None:
+            bounds.append(f"< {_num(self.exclusive_maximum)}")
+        return " ".join([noun, " and ".join(bounds)]) if bounds else noun
+
+    def check(self, value: Any) -> Any:
+        """``value`` as the field's type, or a ``ValueError`` naming the field, what it
+        expects and what it got (``None`` passes for a field that may be empty)."""
+        if value is None and self.nullable:
+            return None
+        checked = self._typed(value)
+        if checked is None:
+            raise ValueError(f"{self.name} must be {self.expectation()}; got {value!r}.")
+        return checked
+
+    def _typed(self, value: Any) -> Any:
+        if self.kind == "boolean":
+            return value if isinstance(value, bool) else None
+        if self.kind == "object":
+            return dict(value) if isinstance(value, Mapping) else None
+        if self.kind == "date":
+            try:
+                date.fromisoformat(str(value))
+            except ValueError:
+                return None
+            return str(value)
+        if self.kind == "string":
+            return value if isinstance(value, str) and (value in self.choices) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        if not math.isfinite(value):
+            return None
+        if self.kind == "integer":
+            if isinstance(value, float) and not value.is_integer():
+                return None
+            value = int(value)  # JSON forms send 3.0 for 3
+        else:
+            value = float(value)
+        low, above, below = self.minimum, self.exclusive_minimum, self.exclusive_maximum
+        if (
+            (low is not None and value < low)
+            or (above is not None and value <= above)
+            or (below is not None and value >= below)
+        ):
+            return None
+        return value
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+#: The retrain form (``bandit_retrain``'s trigger form and ``banditops train``'s options).
+RETRAIN_FORM: tuple[FormField, ...] = (
+    FormField(
+        "window_days",
+        "number",
+        "Replay window: this many days back from the run's data interval end.",
+        default=7.0,
+        exclusive_minimum=0,
+    ),
+    FormField(
+        "window_start", "date", "Explicit window start (UTC date, inclusive); needs window_end."
+    ),
+    FormField(
+        "window_end", "date", "Explicit window end (UTC date, exclusive); needs window_start."
+    ),
+    FormField(
+        "min_rows",
+        "integer",
+        "Fewest replay rows the data validation accepts.",
+        default=100,
+        minimum=1,
+    ),
+    FormField(
+        "algorithm", "string", "Policy to train.", default="neural_linear", choices=ALGORITHMS
+    ),
+    FormField("policy_options", "object", 'Policy options, e.g. {"alpha": 0.5}.', default={}),
+    FormField("epochs", "integer", "Training epochs of neural policies.", default=20, minimum=1),
+    FormField("seed", "integer", "Seed of training and of the bootstrap.", default=0, minimum=0),
+    FormField(
+        "tolerance",
+        "number",
+        "Allowed relative shortfall of the candidate's DR lower bound below production.",
+        default=0.0,
+        minimum=0,
+        exclusive_maximum=1,
+    ),
+    FormField(
+        "min_ess",
+        "number",
+        "Smallest effective sample size the gate accepts.",
+        setting="min_ess",
+        minimum=0,
+    ),
+    FormField(
+        "n_resamples",
+        "integer",
+        "Bootstrap resamples of the offline evaluation.",
+        setting="n_resamples",
+        minimum=N_RESAMPLES_MIN,
+    ),
+    FormField(
+        "auto_promote",
+        "boolean",
+        "Move the production alias to the version when its gate passes.",
+        setting="auto_promote",
+    ),
+    FormField(
+        "shards",
+        "integer",
+        "Shards of the map-reduce head rebuild and offline evaluation (1: single node).",
+        setting="retrain_shards",
+        minimum=1,
+    ),
+)
+
+FIELDS: dict[str, FormField] = {f.name: f for f in RETRAIN_FORM}
+
+
+def form_defaults(settings: PipelineSettings) -> dict[str, Any]:
+    """Every field's default under ``settings``."""
+    return {f.name: f.default_for(settings) for f in RETRAIN_FORM}
+
+
+def check_form(params: Mapping[str, Any], settings: PipelineSettings) -> dict[str, Any]:
+    """The submitted values completed with the defaults and checked field by field.
+
+    A value of ``None`` takes the default. Unknown keys are an error.
+    """
+    unknown = sorted(set(params) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"params has unknown fields {unknown}; expected {sorted(FIELDS)}.")
+    values = form_defaults(settings)
+    values.update({k: v for k, v in params.items() if v is not None})
+    return {name: FIELDS[name].check(value) for name, value in values.items()}
