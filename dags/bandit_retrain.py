@@ -39,7 +39,6 @@ from airflow.sdk import (
     task,
 )
 
-from training.runspec import RETRAIN_DEFAULTS
 from training.settings import ALGORITHMS, PipelineSettings
 
 SETTINGS = PipelineSettings()
@@ -56,7 +55,7 @@ NO_RETRY_ON_BAD_INPUT = ExceptionRetryPolicy(
         )
     ]
 )
-D = RETRAIN_DEFAULTS
+D = SETTINGS.retrain_defaults()  # the workspace's form defaults (banditops.toml, env)
 
 
 @task

@@ -169,22 +169,9 @@ class RunSpec:
         return path
 
 
-#: Defaults of the retrain form (the DAG's ``Param`` defaults are these values).
-RETRAIN_DEFAULTS: dict[str, Any] = {
-    "window_days": 7.0,
-    "window_start": None,
-    "window_end": None,
-    "min_rows": 100,
-    "algorithm": "neural_linear",
-    "policy_options": {},
-    "epochs": 20,
-    "seed": 0,
-    "tolerance": 0.0,
-    "min_ess": 50.0,
-    "n_resamples": 300,
-    "auto_promote": False,
-    "shards": 1,
-}
+#: Defaults of the retrain form, declared once in :class:`PipelineSettings` (``retrain_*``);
+#: the DAG's ``Param`` defaults are the workspace's values of those settings.
+RETRAIN_DEFAULTS: dict[str, Any] = PipelineSettings.declared_retrain_defaults()
 
 
 def plan(
@@ -203,7 +190,7 @@ def plan(
         UTC midnights, end exclusive); ``min_rows``; ``algorithm``; ``policy_options``
         (dict of policy options); ``epochs`` (neural policies); ``seed``; ``tolerance``;
         ``min_ess``; ``n_resamples``; ``auto_promote``; ``shards``. Missing keys take the
-        defaults of :data:`RETRAIN_DEFAULTS`.
+        settings' defaults (:meth:`PipelineSettings.retrain_defaults`).
     run_key : str
         The Airflow run id.
     interval_end : datetime
@@ -217,12 +204,11 @@ def plan(
         The :class:`RunSpec` as a dict.
     """
     settings = PipelineSettings() if settings is None else settings
-    values = {**RETRAIN_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
-    unknown = sorted(set(values) - set(RETRAIN_DEFAULTS))
+    defaults = settings.retrain_defaults()
+    values = {**defaults, **{k: v for k, v in params.items() if v is not None}}
+    unknown = sorted(set(values) - set(defaults))
     if unknown:
-        raise ValueError(
-            f"params has unknown fields {unknown}; expected {sorted(RETRAIN_DEFAULTS)}."
-        )
+        raise ValueError(f"params has unknown fields {unknown}; expected {sorted(defaults)}.")
     start, end = resolve_window(values, as_utc("interval_end", interval_end))
     algorithm = values["algorithm"]
     if algorithm not in ALGORITHMS:
