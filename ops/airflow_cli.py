@@ -4,17 +4,20 @@
   LocalExecutor, this repository's ``dags/``, no example DAGs, DAGs unpaused when first
   seen, the API server on loopback, generated secrets kept across re-runs), then runs
   the real ``airflow db migrate`` and ``airflow dags reserialize``;
-* ``standalone`` runs ``airflow standalone`` (scheduler, DAG processor, API server,
-  triggerer) on that home, bound to ``127.0.0.1:<port>``, waits for the API server, and
-  prints the UI's URL with the admin password Airflow 3's simple auth manager generated
-  into ``<home>/simple_auth_manager_passwords.json.generated``; Ctrl-C (or SIGTERM)
-  stops every Airflow process it started;
+* ``standalone`` first does what ``init`` does (so a home made before, by hand or by an
+  older version, shows exactly this repository's DAGs), then runs ``airflow standalone``
+  (scheduler, DAG processor, API server, triggerer) on that home, bound to
+  ``127.0.0.1:<port>``, waits for the API server, and prints the UI's URL with the admin
+  password Airflow 3's simple auth manager generated into
+  ``<home>/simple_auth_manager_passwords.json.generated``; Ctrl-C (or SIGTERM) stops every
+  Airflow process it started;
 * ``env`` prints the shell lines that point ``airflow`` commands at the home
   (``eval "$(banditops airflow env)"``).
 
 Every ``airflow`` process runs with the home's configuration only: ``AIRFLOW__*``
 variables and ``AIRFLOW_CONFIG`` of the calling shell are left out (they would override
-it), and ``BANDITOPS_WORKSPACE`` points the DAGs' pipelines at the same workspace.
+it), and ``BANDITOPS_WORKSPACE`` points the DAGs' pipelines at the same workspace, whose
+``banditops.toml`` configures every task (and the retrain form's defaults).
 Nothing here imports Airflow: it configures itself once per process, from the
 environment this module sets for its subprocesses.
 """
@@ -43,7 +46,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eventstore.settings import CoreSettings
+from eventstore.settings import workspace_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
@@ -89,7 +92,7 @@ class AirflowHome:
     def of(cls, workspace: Path | None) -> AirflowHome:
         """The home of ``workspace`` (default: ``BANDITOPS_WORKSPACE``), made absolute."""
         if workspace is None:
-            workspace = CoreSettings().workspace
+            workspace = workspace_of()
         return cls(Path(workspace).expanduser().resolve())
 
     def config(
@@ -360,13 +363,14 @@ def standalone_command(
     home = AirflowHome.of(workspace)
     if not port_free(port):
         raise typer.BadParameter(f"{LOOPBACK}:{port} is already in use.", param_hint="--port")
-    if not home.config_file.exists():
-        typer.echo(f"{home.path} is not initialised yet: running `banditops airflow init`")
-        try:
-            initialize(home)
-        except RuntimeError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(code=1) from exc
+    # (re)initialise as `init` does: a home made by an older version, or by hand, may list
+    # other DAGs or miss a migration; the generated secrets are kept
+    typer.echo(f"preparing {home.path} as `banditops airflow init` does")
+    try:
+        initialize(home)
+    except RuntimeError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from exc
     log_path = home.path / "standalone.log"
     with _sigterm_as_interrupt(), log_path.open("ab") as log:
         process = subprocess.Popen(
