@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eventstore.settings import CoreSettings as Settings
+from training.settings import DEFAULT_N_RESAMPLES
 
 # The commands import the pipeline (torch, MLflow, Great Expectations, matplotlib) and the
 # registry when they run, not here: the root CLI imports this module for every command,
@@ -100,7 +101,9 @@ def evaluate(
     production: Annotated[
         Path | None, typer.Option(help="Production policy state (.npz); default: uniform.")
     ] = None,
-    resamples: Annotated[int, typer.Option(min=10, help="Bootstrap resamples.")] = 500,
+    resamples: Annotated[
+        int, typer.Option(min=10, help="Bootstrap resamples.")
+    ] = DEFAULT_N_RESAMPLES,
 ) -> None:
     """Off-policy evaluation of a candidate against production on a replay file."""
     from training.evaluate import evaluate as run_evaluation

@@ -17,6 +17,7 @@ import numpy as np
 
 from bandit_core import Candidates, Policy, load_policy, make_policy
 from training.replay import ReplayData, load_replay
+from training.settings import DEFAULT_N_RESAMPLES
 from validation.gate import GateDecision, GateRule, decide
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
 
@@ -106,7 +107,7 @@ def evaluate(
     *,
     holdout_fraction: float = 0.2,
     rule: GateRule | None = None,
-    n_resamples: int = 500,
+    n_resamples: int = DEFAULT_N_RESAMPLES,
     seed: int = 0,
     out_dir: str | Path | None = None,
 ) -> EvaluationResult:

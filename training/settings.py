@@ -146,3 +146,8 @@ class PipelineSettings(CoreSettings):
         raise ValueError(
             f"must be a five-field cron expression or one of {', '.join(_PRESETS)}; got {value!r}."
         )
+
+
+#: The one default number of bootstrap resamples of an offline evaluation: the retrain
+#: form's, ``banditops evaluate``'s and :func:`training.evaluate.evaluate`'s.
+DEFAULT_N_RESAMPLES: int = PipelineSettings.model_fields["retrain_n_resamples"].default
