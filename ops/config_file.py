@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 
 from eventstore.settings import (
     SECTIONS,
+    CoreSettings,
     section_fields,
     workspace_file,
     workspace_of,
@@ -139,6 +140,8 @@ def effective(workspace: Path | None = None) -> list[Effective]:
     where = owners()
     rows: dict[str, Effective] = {}
     for cls, _ in SETTINGS_CLASSES:
+        if not issubclass(cls, CoreSettings):
+            raise TypeError(f"{cls.__name__} must extend CoreSettings.")
         values = cls(**init).model_dump(mode="json")
         for name, origin in cls.origins(**init).items():
             rows.setdefault(

@@ -150,8 +150,14 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Service:
-        log = (self.ws.root / "service.log").open("ab")
-        self.proc = subprocess.Popen(
+        with (self.ws.root / "service.log").open("ab") as log:
+            self.proc = self._start(log)
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            wait_ready(client, timeout_s=90.0)
+        return self
+
+    def _start(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -170,9 +176,6 @@ class Service:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        with httpx.Client(base_url=self.url, timeout=10.0) as client:
-            wait_ready(client, timeout_s=90.0)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:

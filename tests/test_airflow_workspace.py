@@ -67,15 +67,16 @@ def _stale_home(ws: Workspace) -> None:
     )
 
 
-def _reader(stream: object) -> queue.Queue[str]:
+def _reader(stream: object) -> tuple[queue.Queue[str], threading.Thread]:
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
         for line in stream:  # type: ignore[attr-defined]
             lines.put(line.rstrip("\n"))
 
-    threading.Thread(target=pump, daemon=True).start()
-    return lines
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return lines, thread
 
 
 def _wait_for(lines: queue.Queue[str], pattern: str, deadline: float, seen: list[str]) -> str:
@@ -91,7 +92,9 @@ def _wait_for(lines: queue.Queue[str], pattern: str, deadline: float, seen: list
     pytest.fail(f"no line matching {pattern!r}; output so far:\n" + "\n".join(seen))
 
 
-def _stop(process: subprocess.Popen[str], airflow_pid: int | None) -> None:
+def _stop(
+    process: subprocess.Popen[str], airflow_pid: int | None, reader: threading.Thread
+) -> None:
     """Ctrl-C to ``banditops airflow standalone`` (it stops Airflow's process group); kill
     both groups if anything outlives that."""
     if process.poll() is None:
@@ -104,6 +107,9 @@ def _stop(process: subprocess.Popen[str], airflow_pid: int | None) -> None:
                 os.killpg(group, signal.SIGKILL)
     with suppress(subprocess.TimeoutExpired):
         process.wait(30)
+    reader.join(30)  # it reads to the end of the output
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def test_standalone_on_a_demo_workspace_runs_a_ui_triggered_retrain(tmp_path: Path) -> None:
@@ -124,7 +130,8 @@ def test_standalone_on_a_demo_workspace_runs_a_ui_triggered_retrain(tmp_path: Pa
         text=True,
         start_new_session=True,
     )
-    lines, seen = _reader(process.stdout), []
+    lines, reader = _reader(process.stdout)
+    seen: list[str] = []
     airflow_pid: int | None = None
     started = time.monotonic()
     try:
@@ -151,7 +158,7 @@ def test_standalone_on_a_demo_workspace_runs_a_ui_triggered_retrain(tmp_path: Pa
             run_id = run.json()["dag_run_id"]
             triggered = time.monotonic()
             state = "queued"
-            while time.monotonic() - triggered < 480 and state not in ("success", "failed"):
+            while time.monotonic() - triggered < 900 and state not in ("success", "failed"):
                 time.sleep(3)
                 state = http.get(f"/api/v2/dags/bandit_retrain/dagRuns/{run_id}").json()["state"]
             tasks = http.get(f"/api/v2/dags/bandit_retrain/dagRuns/{run_id}/taskInstances").json()[
@@ -161,7 +168,7 @@ def test_standalone_on_a_demo_workspace_runs_a_ui_triggered_retrain(tmp_path: Pa
         assert state == "success", (state, states, "\n".join(seen[-20:]))
         run_s = time.monotonic() - triggered
     finally:
-        _stop(process, airflow_pid)
+        _stop(process, airflow_pid, reader)
 
     # the task processes read the demo's settings from the workspace file
     specs = [json.loads(p.read_text()) for p in (ws.root / "runs").glob("*/spec.json")]
