@@ -69,10 +69,12 @@ def demo_environment(seed: int) -> LogisticClickEnvironment:
     )
 
 
-def demo_settings(algorithm: str, seed: int) -> dict[str, Any]:
-    """The settings the demo runs with, as written to its ``banditops.toml`` (only those
-    that differ from the defaults)."""
+def demo_settings(root: Path, algorithm: str, seed: int) -> dict[str, Any]:
+    """The settings the demo runs with in the workspace ``root``, as written to its
+    ``banditops.toml`` (only those that differ from the defaults)."""
     return {
+        # the service polls the registry only when one is named (the workspace's SQLite)
+        "mlflow_tracking_uri": f"sqlite:///{root.resolve() / 'mlflow.db'}",
         "sqlite_synchronous": "NORMAL",
         "reward_window_s": 2.0,
         "poll_interval_s": 1.0,
@@ -302,7 +304,7 @@ def run_demo(
     for key in [k for k in os.environ if k.startswith("BANDITOPS_")]:
         del os.environ[key]  # the demo runs on its workspace file alone
     os.environ.update(ws.env())
-    config_file.write(ws.root, demo_settings(algorithm, seed))
+    config_file.write(ws.root, demo_settings(ws.root, algorithm, seed))
     settings = ws.settings
     env = demo_environment(seed)
     rng = np.random.default_rng(seed + 1)

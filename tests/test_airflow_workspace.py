@@ -49,7 +49,7 @@ SEED = 4
 def _populate(ws: Workspace) -> None:
     """What ``banditops demo`` does before its first night: its settings file, and a day of
     traffic through the service (the uniform fallback) over HTTP."""
-    config_file.write(ws.root, demo_settings("shared_lints", SEED))
+    config_file.write(ws.root, demo_settings(ws.root, "shared_lints", SEED))
     env = demo_environment(SEED)
     rng = np.random.default_rng(SEED + 1)
     with Service(ws, seed=SEED) as service, httpx.Client(base_url=service.url) as client:
@@ -173,7 +173,7 @@ def test_standalone_on_a_demo_workspace_runs_a_ui_triggered_retrain(tmp_path: Pa
     # the task processes read the demo's settings from the workspace file
     specs = [json.loads(p.read_text()) for p in (ws.root / "runs").glob("*/spec.json")]
     spec = next(s for s in specs if s["run_key"] == run_id)
-    wanted = demo_settings("shared_lints", SEED)
+    wanted = demo_settings(ws.root, "shared_lints", SEED)
     assert spec["reward_window_s"] == wanted["reward_window_s"]
     assert spec["train"]["algorithm"] == wanted["retrain_algorithm"]
     assert spec["train"]["options"] == wanted["retrain_policy_options"]
