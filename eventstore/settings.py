@@ -6,19 +6,152 @@ aliases, and the reward rules: one definition, extended by :class:`serving.setti
 pipelines) and :class:`monitoring.settings.MonitorSettings` (the monitor), so each of these
 variables means the same thing everywhere. Cheap to import (pydantic only): the DAG files
 read settings at parse time.
+
+Every settings class reads, in this order of precedence: keyword arguments, the
+``BANDITOPS_*`` environment, the workspace file ``<workspace>/banditops.toml``
+(:class:`WorkspaceFileSource`), the defaults declared here.
 """
 
 from __future__ import annotations
 
+import os
+import tomllib
+import types
+import typing
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+#: Name of the workspace configuration file, in the workspace folder.
+WORKSPACE_FILE = "banditops.toml"
+#: The environment variable that names the workspace.
+WORKSPACE_ENV = "BANDITOPS_WORKSPACE"
+#: The tables of the workspace file: one per settings class, each holding the fields that
+#: class adds to its base (a test keeps this equal to the classes' ``section`` names).
+SECTIONS = ("core", "service", "pipelines", "monitor")
+#: Where a value came from (:meth:`CoreSettings.origins`).
+Origin = Literal["argument", "env", "file", "default"]
+
+
+def workspace_of(init_kwargs: dict[str, Any] | None = None) -> Path:
+    """The workspace folder: ``workspace=`` given to the settings class, else
+    ``BANDITOPS_WORKSPACE``, else ``./workspace`` (never the workspace file itself)."""
+    if init_kwargs and init_kwargs.get("workspace") is not None:
+        return Path(init_kwargs["workspace"])
+    if WORKSPACE_ENV in os.environ:
+        return Path(os.environ[WORKSPACE_ENV])
+    default = CoreSettings.model_fields["workspace"].default
+    return Path(default)
+
+
+def workspace_file(workspace: Path) -> Path:
+    """The configuration file of ``workspace``."""
+    return Path(workspace) / WORKSPACE_FILE
+
+
+def section_fields(settings_cls: type[BaseSettings]) -> dict[str, list[str]]:
+    """``{section: field names}`` of ``settings_cls`` and its settings bases, base first:
+    each class's section holds the fields its base lacks."""
+    out: dict[str, list[str]] = {}
+    for klass in reversed(settings_cls.__mro__):
+        section = klass.__dict__.get("section")
+        if not isinstance(section, str) or not issubclass(klass, BaseSettings):
+            continue
+        base = next(b for b in klass.__mro__[1:] if issubclass(b, BaseSettings))
+        out[section] = [n for n in klass.model_fields if n not in base.model_fields]
+    return out
+
+
+def _is_path(info: FieldInfo) -> bool:
+    annotation = info.annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return Path in typing.get_args(annotation)
+    return annotation is Path
+
+
+def read_workspace_file(settings_cls: type[BaseSettings], path: Path) -> dict[str, Any]:
+    """The values the file ``path`` gives the fields of ``settings_cls`` (``{}`` when it does
+    not exist); relative paths in it are relative to the file's folder.
+
+    Raises
+    ------
+    ValueError
+        When the file is not TOML, has a table other than :data:`SECTIONS` or a value
+        outside a table, has a key that is not a field of its table's settings class, or
+        sets ``workspace`` (the folder that holds the file).
+    """
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a valid TOML file: {exc}") from exc
+    for key, table in data.items():
+        if key not in SECTIONS or not isinstance(table, dict):
+            raise ValueError(
+                f"{path}: {key!r} is not a settings table; expected tables "
+                f"{', '.join(f'[{s}]' for s in SECTIONS)} with settings as keys."
+            )
+    values: dict[str, Any] = {}
+    sections = section_fields(settings_cls)
+    for section, names in sections.items():
+        table = data.get(section, {})
+        unknown = sorted(set(table) - set(names))
+        if unknown:
+            home = [s for s, other in sections.items() if unknown[0] in other]
+            hint = f" (it belongs in [{home[0]}])" if home else ""
+            raise ValueError(
+                f"{path}: unknown setting {unknown[0]!r} in [{section}]{hint}; expected some "
+                f"of {', '.join(sorted(names))}."
+            )
+        if "workspace" in table:
+            raise ValueError(
+                f"{path}: 'workspace' cannot be set in the workspace file (it is the folder "
+                "that holds the file); use BANDITOPS_WORKSPACE or --workspace."
+            )
+        for name, value in table.items():
+            if isinstance(value, str) and _is_path(settings_cls.model_fields[name]):
+                value = path.parent / Path(value).expanduser()
+            values[name] = value
+    return values
+
+
+class WorkspaceFileSource(PydanticBaseSettingsSource):
+    """Settings from ``<workspace>/banditops.toml`` (:func:`read_workspace_file`), the
+    workspace found by :func:`workspace_of` from the class's keyword arguments."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.path = workspace_file(workspace_of(init_kwargs))
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return read_workspace_file(self.settings_cls, self.path)
 
 
 class CoreSettings(BaseSettings):
     """Settings every component reads.
+
+    Where settings come from, by precedence: keyword arguments (the CLI's options), then
+    ``BANDITOPS_<FIELD>`` environment variables, then the workspace file
+    ``<workspace>/banditops.toml``, then the defaults below. The workspace is found first
+    and without the file: ``workspace=`` (the CLI's ``--workspace``) or, unset,
+    ``BANDITOPS_WORKSPACE`` or, unset, ``./workspace``. The file has one table per settings
+    class (``[core]`` for these fields, ``[service]``, ``[pipelines]``, ``[monitor]`` for
+    the fields each extension adds), keys are field names; a key its table's class does not
+    have is an error naming the key and the file, and relative paths in it are relative to
+    the workspace. ``banditops config show`` prints each value and where it came from.
 
     Attributes
     ----------
@@ -55,6 +188,8 @@ class CoreSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="BANDITOPS_", extra="ignore")
+    #: This class's table in the workspace file.
+    section: ClassVar[str] = "core"
 
     workspace: Path = Path("workspace")
     database_url: str | None = None
@@ -81,7 +216,45 @@ class CoreSettings(BaseSettings):
             )
         return self
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments > ``BANDITOPS_*`` > ``<workspace>/banditops.toml`` > defaults."""
+        init_kwargs: dict[str, Any] = {}
+        if isinstance(init_settings, InitSettingsSource):
+            init_kwargs = init_settings.init_kwargs
+        return init_settings, env_settings, WorkspaceFileSource(settings_cls, init_kwargs)
+
+    @classmethod
+    def origins(cls, **init_kwargs: Any) -> dict[str, Origin]:
+        """Where each field's value comes from when the class is built with ``init_kwargs``."""
+        env = EnvSettingsSource(cls)()
+        workspace = workspace_of(init_kwargs)
+        in_file = read_workspace_file(cls, workspace_file(workspace))
+        out: dict[str, Origin] = {}
+        for name in cls.model_fields:
+            if name in init_kwargs:
+                out[name] = "argument"
+            elif name in env:
+                out[name] = "env"
+            elif name in in_file:
+                out[name] = "file"
+            else:
+                out[name] = "default"
+        return out
+
     # ------------------------------------------------------------------ derived
+    @property
+    def workspace_file(self) -> Path:
+        """The workspace configuration file (it need not exist)."""
+        return workspace_file(self.workspace)
+
     @property
     def store_url(self) -> str:
         """The event-store URL (the configured one or the workspace SQLite file)."""

@@ -5,6 +5,8 @@ Cheap to import (pydantic only): the monitor DAG reads them at parse time.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, field_validator
 
 from eventstore.settings import CoreSettings
@@ -54,6 +56,8 @@ class MonitorSettings(CoreSettings):
     latency_p99_max_s : float
         Alert when the p99 latency of the decision endpoints exceeds this (seconds).
     """
+
+    section: ClassVar[str] = "monitor"
 
     alert_webhook_url: str | None = None
     monitor_lookback_days: float = Field(7.0, gt=0.0)

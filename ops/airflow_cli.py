@@ -4,17 +4,20 @@
   LocalExecutor, this repository's ``dags/``, no example DAGs, DAGs unpaused when first
   seen, the API server on loopback, generated secrets kept across re-runs), then runs
   the real ``airflow db migrate`` and ``airflow dags reserialize``;
-* ``standalone`` runs ``airflow standalone`` (scheduler, DAG processor, API server,
-  triggerer) on that home, bound to ``127.0.0.1:<port>``, waits for the API server, and
-  prints the UI's URL with the admin password Airflow 3's simple auth manager generated
-  into ``<home>/simple_auth_manager_passwords.json.generated``; Ctrl-C (or SIGTERM)
-  stops every Airflow process it started;
+* ``standalone`` first does what ``init`` does (so a home made before, by hand or by an
+  older version, shows exactly this repository's DAGs), then runs ``airflow standalone``
+  (scheduler, DAG processor, API server, triggerer) on that home, bound to
+  ``127.0.0.1:<port>``, waits for the API server, and prints the UI's URL with the admin
+  password Airflow 3's simple auth manager generated into
+  ``<home>/simple_auth_manager_passwords.json.generated``; Ctrl-C (or SIGTERM) stops every
+  Airflow process it started;
 * ``env`` prints the shell lines that point ``airflow`` commands at the home
   (``eval "$(banditops airflow env)"``).
 
 Every ``airflow`` process runs with the home's configuration only: ``AIRFLOW__*``
 variables and ``AIRFLOW_CONFIG`` of the calling shell are left out (they would override
-it), and ``BANDITOPS_WORKSPACE`` points the DAGs' pipelines at the same workspace.
+it), and ``BANDITOPS_WORKSPACE`` points the DAGs' pipelines at the same workspace, whose
+``banditops.toml`` configures every task (and the retrain form's defaults).
 Nothing here imports Airflow: it configures itself once per process, from the
 environment this module sets for its subprocesses.
 """
@@ -43,7 +46,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eventstore.settings import CoreSettings
+from eventstore.settings import workspace_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
@@ -89,7 +92,7 @@ class AirflowHome:
     def of(cls, workspace: Path | None) -> AirflowHome:
         """The home of ``workspace`` (default: ``BANDITOPS_WORKSPACE``), made absolute."""
         if workspace is None:
-            workspace = CoreSettings().workspace
+            workspace = workspace_of()
         return cls(Path(workspace).expanduser().resolve())
 
     def config(
@@ -157,6 +160,18 @@ class AirflowHome:
             env["AIRFLOW__API__PORT"] = str(port)
             env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = execution_api_url(port)
         return env
+
+    def set_paused(self, dag_ids: list[str], paused: bool) -> None:
+        """Pause or unpause DAGs in the metadata database (no Airflow process running)."""
+        connection = sqlite3.connect(self.database)
+        try:
+            with connection:
+                connection.executemany(
+                    "UPDATE dag SET is_paused = ? WHERE dag_id = ?",
+                    [(paused, dag_id) for dag_id in dag_ids],
+                )
+        finally:
+            connection.close()
 
     def dags(self) -> list[tuple[str, bool]]:
         """``(dag_id, is_paused)`` of every serialized DAG in the metadata database."""
@@ -360,13 +375,20 @@ def standalone_command(
     home = AirflowHome.of(workspace)
     if not port_free(port):
         raise typer.BadParameter(f"{LOOPBACK}:{port} is already in use.", param_hint="--port")
-    if not home.config_file.exists():
-        typer.echo(f"{home.path} is not initialised yet: running `banditops airflow init`")
-        try:
-            initialize(home)
-        except RuntimeError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(code=1) from exc
+    # (re)initialise as `init` does: a home made by an older version, or by hand, may list
+    # other DAGs or miss a migration; the generated secrets are kept
+    typer.echo(f"preparing {home.path} as `banditops airflow init` does")
+    try:
+        initialize(home)
+    except RuntimeError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from exc
+    # The scheduler starts tasks before the API server they report to answers: a DAG run
+    # it creates at once (an unpaused cron DAG's latest interval) would fail to start and
+    # wait out its retry delay, holding every other run of the DAG (max_active_runs=1). So
+    # the unpaused DAGs stay paused until the API server is up.
+    held = [dag_id for dag_id, paused in home.dags() if not paused]
+    home.set_paused(held, True)
     log_path = home.path / "standalone.log"
     with _sigterm_as_interrupt(), log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -379,22 +401,50 @@ def standalone_command(
             preexec_fn=_default_sigint,
         )
         typer.echo(f"airflow standalone (pid {process.pid}) on {home.path}; log: {log_path}")
+        released: list[str] = []
         try:
-            code = _serve(home, process, port, timeout, log_path)
+            code = _serve(home, process, port, timeout, log_path, held, released)
         except KeyboardInterrupt:
             typer.echo("stopping Airflow…")
             code = 0
         finally:
             stop_group(process)
+            home.set_paused([d for d in held if d not in released], False)
     typer.echo(f"stopped (airflow standalone exited with {process.returncode})")
     if code:
         raise typer.Exit(code=code)
 
 
+def unpause(port: int, password: str, dag_ids: list[str]) -> None:
+    """Unpause ``dag_ids`` through the REST API (``PATCH /api/v2/dags/{id}``) as admin."""
+    base = f"http://{LOOPBACK}:{port}"
+
+    def call(method: str, path: str, body: dict[str, Any], token: str | None = None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(
+            base + path, json.dumps(body).encode(), headers=headers, method=method
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    token = call("POST", "/auth/token", {"username": ADMIN, "password": password})
+    for dag_id in dag_ids:
+        call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token["access_token"])
+
+
 def _serve(
-    home: AirflowHome, process: subprocess.Popen[bytes], port: int, timeout: float, log: Path
+    home: AirflowHome,
+    process: subprocess.Popen[bytes],
+    port: int,
+    timeout: float,
+    log: Path,
+    held: list[str],
+    released: list[str],
 ) -> int:
-    """Wait for the API server, print how to log in, then wait for Ctrl-C; 1 on failure."""
+    """Wait for the API server, unpause the ``held`` DAGs (adding them to ``released``),
+    print how to log in, then wait for Ctrl-C; 1 on failure."""
     deadline = time.monotonic() + timeout
     while not api_healthy(port):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -404,6 +454,9 @@ def _serve(
             return 1
         time.sleep(0.5)
     password = admin_password(home)
+    if held and password is not None:
+        unpause(port, password, held)
+        released.extend(held)
     typer.echo(f"Airflow UI: http://{LOOPBACK}:{port}/")
     if password is None:
         typer.echo("login: users of [core] simple_auth_manager_users (no generated password)")

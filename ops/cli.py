@@ -9,7 +9,9 @@ or in :mod:`ops` (``simulate``, ``policies``, ``demo``, ``airflow``, ``config``)
 from __future__ import annotations
 
 import json
+import os
 import time
+import tomllib
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,8 +31,10 @@ from bandit_core.envs import (
     WheelEnvironment,
 )
 from bandit_core.simulate import run_simulation
+from eventstore.settings import WORKSPACE_ENV, workspace_file, workspace_of
+from ops import config_file
 from ops.airflow_cli import airflow_app
-from ops.config_reference import SETTINGS_CLASSES, markdown, splice
+from ops.config_reference import markdown, splice
 from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
 from training.commands import evaluate, models, promote, rollback, train
@@ -293,15 +297,64 @@ def config_reference(
 
 
 @config_app.command("show")
-def config_show() -> None:
-    """Print the settings in effect here (secrets masked)."""
-    values: dict[str, object] = {}
-    for cls, _ in SETTINGS_CLASSES:
-        values |= cls().model_dump(mode="json")
-    table = Table("variable", "value")
-    for name, value in values.items():
-        table.add_row(f"BANDITOPS_{name.upper()}", "-" if value is None else str(value))
+def config_show(
+    workspace: Annotated[
+        Path | None, typer.Option(help="Workspace to read (default: BANDITOPS_WORKSPACE).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {variable: {value, source}} as JSON.")
+    ] = False,
+) -> None:
+    """Print every setting in effect here, secrets masked, and where it came from:
+    env (a BANDITOPS_* variable), file (the workspace's banditops.toml) or default."""
+    try:
+        rows = config_file.effective(workspace)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="the workspace file") from exc
+    if as_json:
+        typer.echo(
+            json.dumps({r.variable: {"value": r.value, "source": r.origin} for r in rows}, indent=2)
+        )
+        return
+    path = config_file.file_in_effect(workspace)
+    table = Table("variable", "value", "source", title=f"workspace file: {path}")
+    for r in rows:
+        source = f"file ({r.section})" if r.origin == "file" else r.origin
+        table.add_row(r.variable, "-" if r.value is None else str(r.value), source)
     wide.print(table)
+
+
+@config_app.command("init")
+def config_init(
+    workspace: Annotated[
+        Path | None, typer.Option(help="Workspace to write (default: BANDITOPS_WORKSPACE).")
+    ] = None,
+    values: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="NAME=VALUE (VALUE as TOML, or plain text); repeatable."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Write <workspace>/banditops.toml: the given settings, every other one commented out
+    with its default."""
+    root = workspace_of({} if workspace is None else {"workspace": workspace})
+    path = workspace_file(root)
+    if path.exists() and not force:
+        raise typer.BadParameter(f"{path} exists; pass --force to replace it.")
+    settings: dict[str, object] = {}
+    for item in values or []:
+        name, sep, text = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected NAME=VALUE; got {item!r}.", param_hint="--set")
+        try:
+            settings[name.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            settings[name.strip()] = text
+    try:
+        written = config_file.write(root, settings, template=True)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
+    typer.echo(f"wrote {written}")
 
 
 # ---------------------------------------------------------------- the root app, in one place
@@ -316,6 +369,21 @@ for command in (train, evaluate, models, promote, rollback):  # training/command
 app.command()(demo)
 app.add_typer(airflow_app, name="airflow")  # ops/airflow_cli.py
 app.add_typer(config_app, name="config")
+
+
+@app.callback()
+def root(
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            help="The workspace (its banditops.toml configures every command); sets "
+            "BANDITOPS_WORKSPACE for this command and the processes it starts."
+        ),
+    ] = None,
+) -> None:
+    """banditops: contextual bandits with exact propensities, from simulation to serving."""
+    if workspace is not None:
+        os.environ[WORKSPACE_ENV] = str(workspace.expanduser().resolve())
 
 
 def main() -> None:  # pragma: no cover - console-script entry

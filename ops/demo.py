@@ -14,7 +14,11 @@
 
 Everything lives under ``--workspace`` (SQLite event store, SQLite MLflow registry and
 Airflow metadata, artifacts); a re-run reuses the installed environment and starts the
-workspace afresh.
+workspace afresh. The settings the demo runs with (its reward window, the retrain form's
+values…) are written to the workspace's ``banditops.toml`` first and every process reads
+them from there, so ``banditops airflow standalone --workspace <ws>`` (or the service, or
+the CLI) on that workspace later runs the same loop. ``BANDITOPS_*`` variables of the
+calling shell are left out: the demo runs on its file alone.
 """
 
 from __future__ import annotations
@@ -35,10 +39,15 @@ import httpx
 import numpy as np
 
 from bandit_core.envs import LogisticClickEnvironment
+from eventstore.settings import WORKSPACE_ENV
+from ops import config_file
+from ops.airflow_cli import AirflowHome, initialize
 from serving.traffic import TrafficStats, simulate_traffic, wait_ready
+from training.settings import PipelineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_NAME = "banditops-policy"
+#: The registered model (the settings' default: the demo does not change it).
+MODEL_NAME = str(PipelineSettings.model_fields["model_name"].default)
 
 
 def _free_port() -> int:
@@ -60,32 +69,56 @@ def demo_environment(seed: int) -> LogisticClickEnvironment:
     )
 
 
+def demo_settings(root: Path, algorithm: str, seed: int) -> dict[str, Any]:
+    """The settings the demo runs with in the workspace ``root``, as written to its
+    ``banditops.toml`` (only those that differ from the defaults)."""
+    return {
+        # the service polls the registry only when one is named (the workspace's SQLite)
+        "mlflow_tracking_uri": f"sqlite:///{root.resolve() / 'mlflow.db'}",
+        "sqlite_synchronous": "NORMAL",
+        "reward_window_s": 2.0,
+        "poll_interval_s": 1.0,
+        "seed": seed,
+        # the nightly retrain's form (also what a run triggered from the Airflow UI uses)
+        "retrain_window_days": 1.0,
+        "retrain_algorithm": algorithm,
+        "retrain_policy_options": {"interactions": True, "n_sim": 200}
+        if algorithm.startswith("shared")
+        else {},
+        "retrain_min_rows": 500,
+        "retrain_n_resamples": 300,
+        "retrain_min_ess": 30.0,
+        # a retrained version as good as production must pass: with 0.05 the gate's
+        # 95% lower bound against production's estimate made the second promotion a
+        # coin flip (their DR intervals are ±0.03 on a day of traffic)
+        "retrain_tolerance": 0.1,
+        "retrain_auto_promote": True,
+        "retrain_seed": seed,
+    }
+
+
 @dataclass
 class Workspace:
     root: Path
 
     @property
-    def store_url(self) -> str:
-        return f"sqlite:///{self.root / 'banditops.db'}"
+    def settings(self) -> PipelineSettings:
+        """The pipelines' settings of this workspace (from its ``banditops.toml``)."""
+        return PipelineSettings(workspace=self.root)
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlflow.db'}"
+        return self.settings.tracking_uri
 
     @property
     def airflow_home(self) -> Path:
-        return self.root / "airflow"
+        return AirflowHome(self.root).path
 
     def env(self) -> dict[str, str]:
-        """``BANDITOPS_*`` and Airflow variables every process of the demo shares."""
+        """The variables every process of the demo shares: the workspace (its file holds
+        every ``BANDITOPS_*`` setting) and Airflow's."""
         return {
-            "BANDITOPS_WORKSPACE": str(self.root),
-            "BANDITOPS_DATABASE_URL": self.store_url,
-            "BANDITOPS_MLFLOW_TRACKING_URI": self.tracking_uri,
-            "BANDITOPS_MODEL_NAME": MODEL_NAME,
-            "BANDITOPS_POLL_INTERVAL_S": "1",
-            "BANDITOPS_REWARD_WINDOW_S": "2",
-            "BANDITOPS_SQLITE_SYNCHRONOUS": "NORMAL",
+            WORKSPACE_ENV: str(self.root),
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -97,6 +130,11 @@ class Workspace:
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
             "GIT_PYTHON_REFRESH": "quiet",
         }
+
+
+def without_banditops_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without ``BANDITOPS_*`` variables (they would override the workspace file)."""
+    return {k: v for k, v in env.items() if not k.startswith("BANDITOPS_")}
 
 
 class Service:
@@ -114,8 +152,14 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Service:
-        log = (self.ws.root / "service.log").open("ab")
-        self.proc = subprocess.Popen(
+        with (self.ws.root / "service.log").open("ab") as log:
+            self.proc = self._start(log)
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            wait_ready(client, timeout_s=90.0)
+        return self
+
+    def _start(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -127,16 +171,13 @@ class Service:
                 str(self.port),
             ],
             env={
-                **os.environ,
+                **without_banditops_env(dict(os.environ)),
                 **self.ws.env(),
                 **({} if self.seed is None else {"BANDITOPS_SEED": str(self.seed)}),
             },
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        with httpx.Client(base_url=self.url, timeout=10.0) as client:
-            wait_ready(client, timeout_s=90.0)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
@@ -227,13 +268,9 @@ def now_window(start: datetime) -> tuple[datetime, datetime]:
 
 
 def prepare_airflow(ws: Workspace) -> None:
-    """Migrate the Airflow metadata and serialize the DAGs (the real CLI, in the workspace)."""
-    env = {**os.environ, **ws.env()}
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    for args in (["db", "migrate"], ["dags", "reserialize"]):
-        done = subprocess.run([airflow, *args], env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"`airflow {' '.join(args)}` failed:\n{done.stderr[-2000:]}")
+    """The workspace's Airflow home as ``banditops airflow init`` makes it (configuration,
+    migrated metadata, DAGs serialized), so the Airflow UI later opens on the same home."""
+    initialize(AirflowHome(ws.root), echo=lambda message: None)
 
 
 def run_nightly(conf: dict[str, Any]) -> str:
@@ -264,25 +301,18 @@ def run_demo(
     from modelregistry.registry import ModelRegistry
 
     ws = fresh_workspace(workspace)
+    for key in [k for k in os.environ if k.startswith("BANDITOPS_")]:
+        del os.environ[key]  # the demo runs on its workspace file alone
     os.environ.update(ws.env())
+    config_file.write(ws.root, demo_settings(ws.root, algorithm, seed))
+    settings = ws.settings
     env = demo_environment(seed)
     rng = np.random.default_rng(seed + 1)
     population = np.stack([env.sample(rng)[0] for _ in range(users)])
     conf = {
-        "window_days": 1.0,
-        "algorithm": algorithm,
-        "policy_options": {"interactions": True, "n_sim": 200}
-        if algorithm.startswith("shared")
-        else {},
-        "min_rows": 500,
-        "n_resamples": 300,
-        "min_ess": 30.0,
-        # a retrained version as good as production must pass: with 0.05 the gate's
-        # 95% lower bound against production's estimate made the second promotion a
-        # coin flip (their DR intervals are ±0.03 on a day of traffic)
-        "tolerance": 0.1,
-        "auto_promote": True,
-        "seed": seed,
+        k: v
+        for k, v in settings.retrain_defaults().items()
+        if k not in ("window_start", "window_end", "epochs", "shards")
     }
     step = progress or (lambda message: None)
     days: list[dict[str, Any]] = []
@@ -308,7 +338,7 @@ def run_demo(
                 raise RuntimeError(
                     f"the nightly DAG run ended in state {state!r}; see {ws.airflow_home}/logs"
                 )
-            newest = ModelRegistry(ws.tracking_uri, MODEL_NAME).by_alias("production")
+            newest = ModelRegistry(ws.tracking_uri, MODEL_NAME).by_alias(settings.production_alias)
             if newest is not None:
                 step(f"night {day}: waiting for the service to load version {newest.version}")
                 wait_for_version(client, service, newest.version)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -114,6 +114,8 @@ class Settings(CoreSettings):
     slate_max_states : int
         Prefix sets the exact marginal computation may keep per position.
     """
+
+    section: ClassVar[str] = "service"
 
     model_path: Path | None = None
     candidate_model_path: Path | None = None

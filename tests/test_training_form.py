@@ -63,7 +63,11 @@ def test_one_default_per_knob_lives_in_the_pipeline_settings(
     """``auto_promote``, ``min_ess``, ``n_resamples`` and ``shards``: the form's default is
     the setting, the run spec's value is the form's, and ``BANDITOPS_*`` moves all."""
     defaults = PipelineSettings.model_construct()
-    assert (defaults.auto_promote, defaults.min_ess, defaults.n_resamples) == (False, 50.0, 300)
+    assert (
+        defaults.retrain_auto_promote,
+        defaults.retrain_min_ess,
+        defaults.retrain_n_resamples,
+    ) == (False, 50.0, 300)
     spec = plan({}, run_key="r", interval_end=END, settings=_settings(tmp_path))
     assert (spec.auto_promote, spec.min_ess, spec.n_resamples, spec.shards) == (
         False,
@@ -72,9 +76,9 @@ def test_one_default_per_knob_lives_in_the_pipeline_settings(
         1,
     )
     for name, value in (
-        ("AUTO_PROMOTE", "true"),
-        ("MIN_ESS", "12.5"),
-        ("N_RESAMPLES", "77"),
+        ("RETRAIN_AUTO_PROMOTE", "true"),
+        ("RETRAIN_MIN_ESS", "12.5"),
+        ("RETRAIN_N_RESAMPLES", "77"),
         ("RETRAIN_SHARDS", "3"),
     ):
         monkeypatch.setenv(f"BANDITOPS_{name}", value)
@@ -87,7 +91,7 @@ def test_one_default_per_knob_lives_in_the_pipeline_settings(
     )
     # the same bound everywhere: the settings, the form and the spec refuse 49 resamples
     with pytest.raises(ValueError, match="n_resamples"):
-        PipelineSettings(n_resamples=49)
+        PipelineSettings(retrain_n_resamples=49)
     with pytest.raises(ValueError, match="n_resamples must be an integer ≥ 50; got 49"):
         check_form({"n_resamples": 49}, _settings(tmp_path))
     with pytest.raises(ValueError, match="n_resamples must be an integer ≥ 50; got 49"):

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eventstore.settings import CoreSettings as Settings
-from training.form import FIELDS, RETRAIN_FORM, FormField
+from training.form import RETRAIN_FORM, FormField
 from training.settings import N_RESAMPLES_MIN, PipelineSettings
 
 # The commands import the pipeline (torch, MLflow, Great Expectations, matplotlib) and the
@@ -140,18 +140,19 @@ def evaluate(
     resamples: Annotated[
         int | None,
         typer.Option(
-            min=N_RESAMPLES_MIN, help="Bootstrap resamples (default: BANDITOPS_N_RESAMPLES)."
+            min=N_RESAMPLES_MIN,
+            help="Bootstrap resamples (default: BANDITOPS_RETRAIN_N_RESAMPLES).",
         ),
     ] = None,
 ) -> None:
     """Off-policy evaluation of a candidate against production on a replay file, gated by
-    the retrain's rule (the form's ``tolerance`` default, ``BANDITOPS_MIN_ESS``)."""
+    the retrain's rule (``BANDITOPS_RETRAIN_TOLERANCE``, ``BANDITOPS_RETRAIN_MIN_ESS``)."""
     from training.evaluate import evaluate as run_evaluation
     from validation.gate import GateRule
 
     settings = PipelineSettings()
-    n_resamples = settings.n_resamples if resamples is None else resamples
-    rule = GateRule(tolerance=FIELDS["tolerance"].default, min_ess=settings.min_ess)
+    n_resamples = settings.retrain_n_resamples if resamples is None else resamples
+    rule = GateRule(tolerance=settings.retrain_tolerance, min_ess=settings.retrain_min_ess)
     result = run_evaluation(candidate, production, replay, rule=rule, n_resamples=n_resamples)
     table = Table(title="off-policy estimates (95% bootstrap intervals)")
     for col in ("estimator", "candidate", "interval", "production", "interval", "ESS"):

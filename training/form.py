@@ -6,7 +6,7 @@ and the run spec's checks of the submitted values (:func:`check_form`, called by
 :func:`training.runspec.plan`) all read this table, so a field added here appears in all
 three. A default either is written here or, for the knobs an operator tunes per
 deployment, is the :class:`~training.settings.PipelineSettings` field named by
-``setting`` (``BANDITOPS_MIN_ESS``…), read when the form is built.
+``setting`` (``BANDITOPS_RETRAIN_MIN_ESS``…), read when the form is built.
 
 Cheap to import (pydantic via the settings only): the DAG file reads it at parse time.
 """
@@ -157,7 +157,7 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "window_days",
         "number",
         "Replay window: this many days back from the run's data interval end.",
-        default=7.0,
+        setting="retrain_window_days",
         exclusive_minimum=0,
     ),
     FormField(
@@ -170,20 +170,37 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "min_rows",
         "integer",
         "Fewest replay rows the data validation accepts.",
-        default=100,
+        setting="retrain_min_rows",
         minimum=1,
     ),
     FormField(
-        "algorithm", "string", "Policy to train.", default="neural_linear", choices=ALGORITHMS
+        "algorithm", "string", "Policy to train.", setting="retrain_algorithm", choices=ALGORITHMS
     ),
-    FormField("policy_options", "object", 'Policy options, e.g. {"alpha": 0.5}.', default={}),
-    FormField("epochs", "integer", "Training epochs of neural policies.", default=20, minimum=1),
-    FormField("seed", "integer", "Seed of training and of the bootstrap.", default=0, minimum=0),
+    FormField(
+        "policy_options",
+        "object",
+        'Policy options, e.g. {"alpha": 0.5}.',
+        setting="retrain_policy_options",
+    ),
+    FormField(
+        "epochs",
+        "integer",
+        "Training epochs of neural policies.",
+        setting="retrain_epochs",
+        minimum=1,
+    ),
+    FormField(
+        "seed",
+        "integer",
+        "Seed of training and of the bootstrap.",
+        setting="retrain_seed",
+        minimum=0,
+    ),
     FormField(
         "tolerance",
         "number",
         "Allowed relative shortfall of the candidate's DR lower bound below production.",
-        default=0.0,
+        setting="retrain_tolerance",
         minimum=0,
         exclusive_maximum=1,
     ),
@@ -191,21 +208,21 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "min_ess",
         "number",
         "Smallest effective sample size the gate accepts.",
-        setting="min_ess",
+        setting="retrain_min_ess",
         minimum=0,
     ),
     FormField(
         "n_resamples",
         "integer",
         "Bootstrap resamples of the offline evaluation.",
-        setting="n_resamples",
+        setting="retrain_n_resamples",
         minimum=N_RESAMPLES_MIN,
     ),
     FormField(
         "auto_promote",
         "boolean",
         "Move the production alias to the version when its gate passes.",
-        setting="auto_promote",
+        setting="retrain_auto_promote",
     ),
     FormField(
         "shards",

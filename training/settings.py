@@ -11,6 +11,8 @@ the DAG files read their schedules from it at parse time.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from pydantic import Field, field_validator
 
 from bandit_core.catalog import ALGORITHMS as ALGORITHMS  # the form's choices (torch-free)
@@ -30,18 +32,33 @@ class PipelineSettings(CoreSettings):
     retrain_schedule, monitor_schedule : str
         Cron expressions (five fields) or Airflow presets (``@hourly``…) of the nightly
         retrain (default ``0 2 * * *``) and of the monitor (default hourly).
+    retrain_window_days : float
+        Default of the retrain form's ``window_days``: the replay window, this many days
+        back from the run's data interval end.
+    retrain_min_rows : int
+        Default of the form's ``min_rows``: fewest replay rows the data validation accepts.
+    retrain_algorithm : str
+        Default of the form's ``algorithm``: the policy the retrain trains.
+    retrain_policy_options : dict
+        Default of the form's ``policy_options`` (JSON in the environment, a table in the
+        workspace file), e.g. ``{"alpha": 0.5}``.
+    retrain_epochs : int
+        Default of the form's ``epochs``: training epochs of neural policies.
+    retrain_seed : int
+        Default of the form's ``seed``: seed of training and of the bootstrap.
+    retrain_tolerance : float in [0, 1)
+        Default of the form's ``tolerance``: allowed relative shortfall of the candidate's
+        DR lower bound below production's estimate.
+    retrain_min_ess : float
+        Default of the form's ``min_ess``: smallest effective sample size the gate accepts.
+    retrain_n_resamples : int
+        Default of the form's ``n_resamples``: bootstrap resamples of the offline evaluation.
+    retrain_auto_promote : bool
+        Default of the form's ``auto_promote``: move production to a version whose gate
+        passes.
     retrain_shards : int
         Default of the retrain form's ``shards``: shards of the map-reduce head rebuild and
         offline evaluation (``training.shards``); 1 keeps the single-node path.
-    auto_promote : bool
-        Default of the retrain form's ``auto_promote``: move the production alias to a
-        version whose gate passed.
-    min_ess : float
-        Default of the retrain form's ``min_ess``: the smallest effective sample size the
-        promotion gate accepts.
-    n_resamples : int
-        Default of the retrain form's ``n_resamples``, and of ``banditops evaluate``:
-        bootstrap resamples of the offline evaluation.
     retrain_queue : str
         Executor queue of the retrain tasks (``airflow celery worker --queues`` serves it).
     retries : int
@@ -54,17 +71,61 @@ class PipelineSettings(CoreSettings):
         Hours a promotion waits for its approval before it counts as rejected.
     """
 
+    section: ClassVar[str] = "pipelines"
+    #: The retrain form's fields whose defaults are settings: ``retrain_<name>``.
+    RETRAIN_FORM: ClassVar[tuple[str, ...]] = (
+        "window_days",
+        "min_rows",
+        "algorithm",
+        "policy_options",
+        "epochs",
+        "seed",
+        "tolerance",
+        "min_ess",
+        "n_resamples",
+        "auto_promote",
+        "shards",
+    )
+
     retrain_schedule: str = "0 2 * * *"
     monitor_schedule: str = "0 * * * *"
+    retrain_window_days: float = Field(7.0, gt=0.0)
+    retrain_min_rows: int = Field(100, ge=1)
+    retrain_algorithm: str = "neural_linear"
+    retrain_policy_options: dict[str, Any] = Field(default_factory=dict)
+    retrain_epochs: int = Field(20, ge=1)
+    retrain_seed: int = Field(0, ge=0)
+    retrain_tolerance: float = Field(0.0, ge=0.0, lt=1.0)
+    retrain_min_ess: float = Field(50.0, ge=0.0)
+    retrain_n_resamples: int = Field(300, ge=N_RESAMPLES_MIN)
+    retrain_auto_promote: bool = False
     retrain_shards: int = Field(1, ge=1)
-    auto_promote: bool = False
-    min_ess: float = Field(50.0, ge=0.0)
-    n_resamples: int = Field(300, ge=N_RESAMPLES_MIN)
     retrain_queue: str = Field("default", min_length=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(300.0, gt=0.0)
     owner: str = "banditops"
     approval_timeout_h: float = Field(72.0, gt=0.0)
+
+    @field_validator("retrain_algorithm")
+    @classmethod
+    def _algorithm(cls, value: str) -> str:
+        if value not in ALGORITHMS:
+            raise ValueError(f"must be one of {', '.join(ALGORITHMS)}; got {value!r}.")
+        return value
+
+    def retrain_defaults(self) -> dict[str, Any]:
+        """The retrain form's defaults, ``{form field: value}``, from these settings (the
+        explicit window dates default to none)."""
+        values: dict[str, Any] = {"window_start": None, "window_end": None}
+        for name in self.RETRAIN_FORM:
+            value = getattr(self, f"retrain_{name}")
+            values[name] = dict(value) if isinstance(value, dict) else value
+        return values
+
+    @classmethod
+    def declared_retrain_defaults(cls) -> dict[str, Any]:
+        """:meth:`retrain_defaults` of the declared defaults (no environment, no file)."""
+        return cls.model_construct().retrain_defaults()
 
     @field_validator("retrain_schedule", "monitor_schedule")
     @classmethod
@@ -75,3 +136,7 @@ class PipelineSettings(CoreSettings):
         raise ValueError(
             f"must be a five-field cron expression or one of {', '.join(_PRESETS)}; got {value!r}."
         )
+
+
+#: The one default number of bootstrap resamples of an offline evaluation: the retrain
+#: form's, ``banditops evaluate``'s and :func:`training.evaluate.evaluate`'s.

@@ -1,0 +1,372 @@
+"""Every ``BANDITOPS_*`` setting, set once through the workspace file and once through the
+environment, reaches every component that reads it: the service's, the pipelines' and the
+monitor's settings, the retrain run spec (``training.runspec.plan``), the DAG form's
+defaults and ``banditops config show``.
+
+:func:`samples` holds one non-default value per setting; a setting without one fails
+:func:`test_every_setting_has_a_non_default_sample`, so a new field cannot skip this test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from eventstore.settings import SECTIONS, WORKSPACE_ENV, CoreSettings, section_fields
+from ops import config_file
+from ops.config_reference import SETTINGS_CLASSES, all_fields
+from serving.settings import Settings
+from training.form import RETRAIN_FORM, form_defaults
+from training.runspec import plan
+from training.settings import PipelineSettings
+
+BANDITOPS = Path(sys.executable).with_name("banditops")
+END = datetime(2026, 3, 2, tzinfo=UTC)
+MASK = "**********"
+
+
+def samples(root: Path) -> dict[str, Any]:
+    """One valid non-default value per setting (``workspace`` aside: it locates the file)."""
+    return {
+        # core
+        "database_url": f"sqlite:///{root / 'elsewhere.db'}",
+        "sqlite_synchronous": "NORMAL",
+        "mlflow_tracking_uri": f"sqlite:///{root / 'registry.db'}",
+        "mlflow_registry_uri": f"sqlite:///{root / 'models.db'}",
+        "model_name": "ranker",
+        "production_alias": "champion",
+        "candidate_alias": "challenger",
+        "registered_alias": "fresh",
+        "reward_min": -1.0,
+        "reward_max": 5.0,
+        "reward_window_s": 2.0,
+        "duplicate_rule": "sum",
+        "missing_reward": "drop",
+        "default_reward": 0.25,
+        "runs_dir": root / "my-runs",
+        # service
+        "model_path": root / "model.npz",
+        "candidate_model_path": root / "candidate.npz",
+        "candidate_share": 0.1,
+        "poll_interval_s": 1.5,
+        "fallback_policy": "epsilon_greedy",
+        "fallback_epsilon": 0.2,
+        "api_token": SecretStr("token-123"),
+        "max_body_bytes": 4096,
+        "max_candidates": 50,
+        "max_slate": 5,
+        "context_features": ["age", "tenure"],
+        "user_salt": SecretStr("salt-456"),
+        "snapshot_every_rewards": 10,
+        "snapshot_every_s": 12.0,
+        "writer_max_batch": 64,
+        "decision_cache_size": 99,
+        "journal": False,
+        "journal_dir": root / "journal-here",
+        "journal_max_bytes": 2 << 20,
+        "store_probe_s": 0.5,
+        "store_connect_timeout_s": 2.5,
+        "model_dim_user": 6,
+        "model_dim_arm": 4,
+        "seed": 7,
+        "workers": 2,
+        "replica_id": "replica-a",
+        "replica_sync_s": 3.0,
+        "replica_sync_horizon_s": 30.0,
+        "catalog_index": "hnsw",
+        "catalog_exact_max": 10,
+        "catalog_hnsw_m": 8,
+        "catalog_hnsw_ef_construction": 40,
+        "catalog_hnsw_ef_search": 64,
+        "catalog_rebuild_fraction": 0.5,
+        "catalog_poll_s": 2.0,
+        "max_retrieve": 100,
+        "max_groups": 10,
+        "new_item_impressions": 5,
+        "new_item_p_min": 0.05,
+        "new_item_max_share": 0.3,
+        "new_item_slots": 1,
+        "slate_marginal_draws": 0,
+        "slate_max_states": 16,
+        # pipelines
+        "retrain_schedule": "30 3 * * *",
+        "monitor_schedule": "@daily",
+        "retrain_window_days": 2.5,
+        "retrain_min_rows": 500,
+        "retrain_algorithm": "dropout",
+        "retrain_policy_options": {"hidden": [8], "n_sim": 50},
+        "retrain_epochs": 3,
+        "retrain_seed": 11,
+        "retrain_tolerance": 0.1,
+        "retrain_min_ess": 30.0,
+        "retrain_n_resamples": 200,
+        "retrain_auto_promote": True,
+        "retrain_shards": 3,
+        "retrain_queue": "gpu",
+        "retries": 0,
+        "retry_delay_s": 5.0,
+        "owner": "ml-team",
+        "approval_timeout_h": 1.0,
+        # monitor
+        "alert_webhook_url": "http://127.0.0.1:9/alerts",
+        "monitor_lookback_days": 3.0,
+        "reward_drift_max": 0.3,
+        "feature_drift_metric": "kl",
+        "feature_drift_max": 0.5,
+        "entropy_min_ratio": 0.4,
+        "coverage_min_ratio": 0.02,
+        "propensity_floor": 0.02,
+        "propensity_violation_max": 0.05,
+        "fallback_rate_max": 0.1,
+        "service_url": "http://127.0.0.1:9",
+        "latency_p99_max_s": 0.2,
+    }
+
+
+def _spec_checks() -> dict[str, Callable[[dict[str, Any]], Any]]:
+    """``{setting: what the run spec holds for it}`` for the settings a retrain run reads."""
+    return {
+        "database_url": lambda s: s["store_url"],
+        "mlflow_tracking_uri": lambda s: s["tracking_uri"],
+        "model_name": lambda s: s["model_name"],
+        "reward_min": lambda s: s["reward_min"],
+        "reward_max": lambda s: s["reward_max"],
+        "reward_window_s": lambda s: s["reward_window_s"],
+        "missing_reward": lambda s: s["missing_reward"],
+        "default_reward": lambda s: s["default_reward"],
+        "runs_dir": lambda s: Path(s["run_dir"]).parent,
+        "retrain_window_days": lambda s: (
+            (
+                datetime.fromisoformat(s["window_end"]) - datetime.fromisoformat(s["window_start"])
+            ).total_seconds()
+            / 86_400
+        ),
+        "retrain_min_rows": lambda s: s["min_rows"],
+        "retrain_algorithm": lambda s: s["train"]["algorithm"],
+        "retrain_policy_options": lambda s: {
+            k: v for k, v in s["train"]["options"].items() if k != "epochs"
+        },
+        "retrain_epochs": lambda s: s["train"]["options"]["epochs"],
+        "retrain_seed": lambda s: s["train"]["seed"],
+        "retrain_tolerance": lambda s: s["tolerance"],
+        "retrain_min_ess": lambda s: s["min_ess"],
+        "retrain_n_resamples": lambda s: s["n_resamples"],
+        "retrain_auto_promote": lambda s: s["auto_promote"],
+        "retrain_shards": lambda s: s["shards"],
+        "duplicate_rule": lambda s: s["duplicate_rule"],
+        "production_alias": lambda s: s["production_alias"],
+        "candidate_alias": lambda s: s["staging_alias"],
+        "registered_alias": lambda s: s["registered_alias"],
+        "mlflow_registry_uri": lambda s: s["registry_uri"],
+    }
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def _shown(value: Any) -> Any:
+    """``value`` as ``config show --json`` prints it."""
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    for key in list(os.environ):
+        if key.startswith("BANDITOPS_"):
+            monkeypatch.delenv(key)
+    yield monkeypatch
+
+
+def test_every_setting_has_a_non_default_sample(tmp_path: Path) -> None:
+    values = samples(tmp_path)
+    assert set(values) == all_fields() - {"workspace"}
+    for name, value in values.items():
+        cls = next(c for c, _ in SETTINGS_CLASSES if name in c.model_fields)
+        declared = cls.model_construct().model_dump()[name]
+        assert _plain(value) != declared, f"the sample of {name} is its default"
+    # the file's tables are the settings classes' sections, each class one table
+    assert [c.section for c, _ in SETTINGS_CLASSES] == list(SECTIONS)  # type: ignore[attr-defined]
+
+
+def test_the_settings_backed_form_fields_are_the_settings_retrain_fields() -> None:
+    """Every form field with a setting default names a ``retrain_*`` setting, and every
+    field of ``PipelineSettings.RETRAIN_FORM`` is such a form field."""
+    backed = {f.name: f.setting for f in RETRAIN_FORM if f.setting}
+    assert backed == {name: f"retrain_{name}" for name in PipelineSettings.RETRAIN_FORM}
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_each_setting_reaches_every_component(
+    source: str, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    ws = tmp_path / "ws"
+    values = samples(tmp_path)
+    clean_env.setenv(WORKSPACE_ENV, str(ws))
+    if source == "file":
+        config_file.write(ws, values)
+    else:
+        ws.mkdir()
+        for name, value in values.items():
+            clean_env.setenv(f"BANDITOPS_{name.upper()}", _env_text(value))
+
+    # the settings of the service, the pipelines and the monitor
+    built = {cls: cls() for cls, _ in SETTINGS_CLASSES}
+    for name, value in values.items():
+        readers = [cls for cls in built if name in cls.model_fields]
+        assert readers, name
+        for cls in readers:
+            got = getattr(built[cls], name)
+            assert _plain(got) == _plain(value), (cls.__name__, name, source)
+            assert cls.origins()[name] == source, (cls.__name__, name)
+    for cls in built:
+        assert built[cls].workspace == ws
+
+    # the run spec of a retrain started with an empty form (as the UI's trigger button)
+    pipelines = built[PipelineSettings]
+    assert isinstance(pipelines, PipelineSettings)
+    spec = plan({}, run_key="manual__1", interval_end=END, settings=pipelines).to_dict()
+    for name, read in _spec_checks().items():
+        expected = values[name]
+        if isinstance(expected, float):
+            expected = pytest.approx(expected)
+        assert read(spec) == expected, (name, source)
+    # and the DAG form's defaults (Param defaults are the settings' retrain_* values)
+    form = form_defaults(pipelines)
+    assert pipelines.retrain_defaults().items() <= form.items()
+    for field in PipelineSettings.RETRAIN_FORM:
+        assert form[field] == values[f"retrain_{field}"]
+
+    # the CLI, in a process of its own
+    env = dict(os.environ)
+    shown = subprocess.run(
+        [str(BANDITOPS), "config", "show", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    table = json.loads(shown.stdout)
+    for name, value in values.items():
+        row = table[f"BANDITOPS_{name.upper()}"]
+        assert row == {"value": _shown(value), "source": source}, name
+    assert table["BANDITOPS_WORKSPACE"] == {"value": str(ws), "source": "env"}
+
+
+def test_env_overrides_the_file_and_arguments_override_both(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    config_file.write(tmp_path, {"reward_window_s": 2.0, "retrain_min_ess": 30.0})
+    clean_env.setenv(WORKSPACE_ENV, str(tmp_path))
+    assert PipelineSettings().reward_window_s == 2.0
+    clean_env.setenv("BANDITOPS_REWARD_WINDOW_S", "5")
+    settings = PipelineSettings()
+    assert (settings.reward_window_s, settings.retrain_min_ess) == (5.0, 30.0)
+    assert PipelineSettings(reward_window_s=9.0).reward_window_s == 9.0
+    assert PipelineSettings.origins(reward_window_s=9.0)["reward_window_s"] == "argument"
+    # an explicit workspace reads its own file, whatever BANDITOPS_WORKSPACE says
+    other = tmp_path / "other"
+    config_file.write(other, {"retrain_min_ess": 12.0})
+    assert PipelineSettings(workspace=other).retrain_min_ess == 12.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[core]\nreward_windw_s = 2\n", r"unknown setting 'reward_windw_s' in \[core\]"),
+        ("[service]\nreward_window_s = 2\n", r"'reward_window_s' in \[service\] \(it belongs in"),
+        ("reward_window_s = 2\n", r"'reward_window_s' is not a settings table"),
+        ("[serving]\nseed = 1\n", r"'serving' is not a settings table"),
+        ("[core]\nworkspace = 'x'\n", r"'workspace' cannot be set in the workspace file"),
+        ("[core\n", r"is not a valid TOML file"),
+    ],
+)
+def test_a_bad_workspace_file_is_an_error_naming_the_key_and_the_file(
+    text: str, message: str, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "banditops.toml").write_text(text)
+    with pytest.raises(ValueError, match=message) as caught:
+        Settings(workspace=tmp_path)
+    assert str(tmp_path / "banditops.toml") in str(caught.value)
+
+
+def test_relative_paths_in_the_file_are_relative_to_the_workspace(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    config_file.write(tmp_path, {"runs_dir": "runs-here", "journal_dir": "j"})
+    settings = Settings(workspace=tmp_path)
+    assert settings.runs_path == (tmp_path / "runs-here").resolve()
+    assert settings.journal_path == tmp_path / "j"
+
+
+def test_config_init_writes_a_file_every_settings_class_reads(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ops.cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(
+        app,
+        [
+            "config",
+            "init",
+            "--workspace",
+            str(tmp_path),
+            "--set",
+            "reward_window_s=2",
+            "--set",
+            "retrain_algorithm=lints",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    text = (tmp_path / "banditops.toml").read_text()
+    assert "# retrain_min_ess = 50.0" in text  # the others, commented out with their default
+    for cls, _ in SETTINGS_CLASSES:
+        settings = cls(workspace=tmp_path)
+        assert settings.reward_window_s == 2.0
+        assert cls.origins(workspace=tmp_path)["reward_window_s"] == "file"
+    assert PipelineSettings(workspace=tmp_path).retrain_algorithm == "lints"
+    again = runner.invoke(app, ["config", "init", "--workspace", str(tmp_path)])
+    assert again.exit_code != 0 and "--force" in again.output
+    bad = runner.invoke(
+        app, ["config", "init", "--workspace", str(tmp_path / "x"), "--set", "nope=1"]
+    )
+    assert bad.exit_code != 0 and "unknown setting 'nope'" in bad.output
+    # every section lists every field its class adds
+    for cls, _ in SETTINGS_CLASSES:
+        for section, names in section_fields(cls).items():
+            for name in names:
+                if name != "workspace":
+                    assert f"{name} = " in text, (section, name)
+
+
+def test_core_settings_docstring_states_the_rule() -> None:
+    doc = CoreSettings.__doc__ or ""
+    for phrase in ("BANDITOPS_WORKSPACE", "banditops.toml", "config show"):
+        assert phrase in doc
