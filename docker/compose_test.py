@@ -226,7 +226,9 @@ def host_network_override(
             over["healthcheck"] = {"test": ["CMD", "redis-cli", "-p", str(ports.redis), "ping"]}
         if name == broken:
             url = changed.get("BANDITOPS_DATABASE_URL") or ""
-            changed["BANDITOPS_DATABASE_URL"] = re.sub(r":[^:@/]+@", ":wrong-password@", url)
+            changed["BANDITOPS_DATABASE_URL"] = re.sub(
+                r"(//[^:/]+:).*(@127\.0\.0\.1:)", r"\1wrong-password\2", url
+            )
         if changed:
             over["environment"] = changed
         out[name] = over

@@ -1,0 +1,116 @@
+"""The host-network override of ``make compose-test`` (docker/compose_test.py), without an
+engine: every service on the host network, every address it uses on loopback at a port of
+the run's range, none of them the machine's PostgreSQL or Redis port."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def harness() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compose_test", ROOT / "docker/compose_test.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compose_test"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker/docker-compose.yml").read_text()))
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return [str(value)]
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Compose's merge, as far as the override uses it (environment by key, the rest
+    replaced)."""
+    out = {}
+    for name, spec in override["services"].items():
+        service = dict(base["services"].get(name, {}))
+        for key, value in spec.items():
+            if key == "environment":
+                service[key] = {**service.get(key, {}), **value}
+            else:
+                service[key] = value
+        out[name] = service
+    return out
+
+
+def test_every_service_is_on_loopback_ports_of_the_range(
+    harness: ModuleType, compose: dict[str, Any]
+) -> None:
+    ports = harness.Ports(24800)
+    override = harness.host_network_override(compose, ports)
+    services = merged(compose, override)
+    assert set(services) == set(compose["services"]) | {"serving-2"}
+    assert all(s["network_mode"] == "host" for s in services.values())
+    used = set()
+    for name, service in services.items():
+        texts = _strings(service.get("environment", {})) + _strings(service.get("command", []))
+        texts += _strings(service.get("healthcheck", {}))
+        for text in (re.sub(r"\$\{[^}]*\}", "x", t) for t in texts):
+            for url in re.findall(r"[a-z][a-z0-9+]*://[^\s\"']+", text):
+                parts = urlsplit(url)
+                if parts.hostname is None or parts.scheme.startswith("db+"):
+                    continue
+                assert parts.hostname == "127.0.0.1", f"{name}: {url}"
+                assert parts.port is not None and 24800 < parts.port < 24900, f"{name}: {url}"
+                used.add(parts.port)
+    assert {5432, 6379, 8000, 8080, 5000}.isdisjoint(used)
+    assert ports.serving[1] in {int(p) for p in services["serving-2"]["command"] if p.isdigit()}
+    # the replicas listen on their own ports and are probed there
+    for name, port in zip(("serving", "serving-2"), ports.serving, strict=True):
+        command = services[name]["command"]
+        assert command[command.index("--port") + 1] == str(port)
+        assert f"127.0.0.1:{port}/" in " ".join(services[name]["healthcheck"]["test"])
+    assert services["postgres"]["environment"]["PGPORT"] == str(ports.postgres)
+    assert str(ports.redis) in services["redis"]["command"]
+
+
+def test_the_broken_mode_changes_only_the_named_services_password(
+    harness: ModuleType, compose: dict[str, Any]
+) -> None:
+    ports = harness.Ports(24800)
+    good = merged(compose, harness.host_network_override(compose, ports))
+    bad = merged(compose, harness.host_network_override(compose, ports, broken="serving-migrate"))
+    url = bad["serving-migrate"]["environment"]["BANDITOPS_DATABASE_URL"]
+    assert ":wrong-password@127.0.0.1:" in url
+    assert good["serving-migrate"]["environment"]["BANDITOPS_DATABASE_URL"] != url
+    assert bad["serving"] == good["serving"]
+
+
+def test_the_test_environment_replaces_every_secret(harness: ModuleType) -> None:
+    example = {
+        k: v
+        for k, _, v in (
+            line.partition("=")
+            for line in (ROOT / "docker/.env.example").read_text().splitlines()
+            if "=" in line and not line.startswith("#")
+        )
+    }
+    env = harness.test_environment(harness.Ports(24800))
+    assert not any(v.startswith("change-me") for v in env.values())
+    assert env["AIRFLOW_FERNET_KEY"] != example["AIRFLOW_FERNET_KEY"]
+    assert set(example) <= set(env)
