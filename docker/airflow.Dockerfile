@@ -38,7 +38,7 @@ WORKDIR /opt/banditops
 
 # 1. torch (CPU build). pip's cache survives between builds (BuildKit)
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-compile ${TORCH_PIP_ARGS} "${TORCH_SPEC}"
+    pip install ${TORCH_PIP_ARGS} "${TORCH_SPEC}"
 
 # 2. Airflow in this version and the project's dependencies (with the Celery provider):
 #    rebuilt only when pyproject.toml changes
@@ -46,7 +46,7 @@ COPY pyproject.toml README.md ./
 COPY docker/requirements.py docker/requirements.py
 RUN --mount=type=cache,target=/root/.cache/pip \
     python docker/requirements.py ${REQUIREMENTS} > /tmp/requirements.txt \
- && pip install --no-compile "apache-airflow[${AIRFLOW_EXTRAS}]==${AIRFLOW_VERSION}" \
+ && pip install "apache-airflow[${AIRFLOW_EXTRAS}]==${AIRFLOW_VERSION}" \
         -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
@@ -56,7 +56,7 @@ COPY serving serving
 COPY training training
 COPY validation validation
 COPY benchmarks benchmarks
-RUN pip install --no-deps --no-compile . && rm -rf build ./*.egg-info
+RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 COPY docker/airflow-entrypoint.sh /usr/local/bin/airflow-entrypoint
 COPY --chown=airflow:0 dags /opt/banditops/dags

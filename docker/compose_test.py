@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -242,7 +243,9 @@ def host_network_override(
             "network_mode": "host",
             "command": command,
             "healthcheck": {
-                "test": _rewrite(serving["healthcheck"]["test"], [("127.0.0.1:8000", f"127.0.0.1:{port}")])
+                "test": _rewrite(
+                    serving["healthcheck"]["test"], [("127.0.0.1:8000", f"127.0.0.1:{port}")]
+                )
             },
         }
         if index == 0:
@@ -254,6 +257,23 @@ def host_network_override(
             copy["environment"] = {**serving["environment"], **out["serving"]["environment"]}
             out[name] = {**copy, **over}
     return {"services": out}
+
+
+def applied(compose: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``compose`` with ``override`` merged in as compose merges files (``environment`` by
+    key, anything else replaced) and without published ports, which the host network has no
+    use for (and which docker-compose 1.x refuses there; only 2.x has ``!reset``)."""
+    services = {}
+    for name, spec in override["services"].items():
+        service = {k: v for k, v in compose["services"].get(name, {}).items() if k != "ports"}
+        for key, value in spec.items():
+            if key == "environment":
+                service[key] = {**service.get(key, {}), **value}
+            else:
+                service[key] = value
+        service.pop("ports", None)
+        services[name] = service
+    return {**compose, "services": services}
 
 
 # ---------------------------------------------------------------------- the environment
@@ -276,6 +296,7 @@ def test_environment(ports: Ports) -> dict[str, str]:
         BANDITOPS_MODEL_NAME=MODEL_NAME,
         BANDITOPS_POLL_INTERVAL_S="2",
         SERVING_WORKERS="1",
+        MLFLOW_WORKERS="1",
         SERVING_REPLICAS="1",
         MLFLOW_PORT=str(ports.mlflow),
         AIRFLOW_PORT=str(ports.airflow_api),
@@ -296,7 +317,10 @@ class Docker:
     files: list[Path] = field(default_factory=list)
 
     def compose(self, *args: str, check: bool = True, capture: bool = False) -> Any:
-        base = [*self.compose_cmd, "--project-name", PROJECT, "--env-file", str(self.workdir / "env")]
+        base = [
+            *self.compose_cmd, "--project-name", PROJECT, "--env-file", str(self.workdir / "env"),
+            "--project-directory", str(COMPOSE_FILE.parent),
+        ]  # fmt: skip
         for file in self.files:
             base += ["-f", str(file)]
         return run([*base, *args], check=check, capture=capture)
@@ -469,7 +493,9 @@ def check_serving_image(d: Docker, size: int) -> None:
         raise HarnessError("the serving image lacks torch or banditops")
     if size >= SERVING_MAX_BYTES:
         raise HarnessError(f"the serving image is {size / 1e9:.2f} GB (limit 1.5 GB)")
-    log(f"serving image: {len(names)} packages, none of {list(NOT_IN_SERVING)}; {size / 1e9:.2f} GB")
+    log(
+        f"serving image: {len(names)} packages, none of {list(NOT_IN_SERVING)}; {size / 1e9:.2f} GB"
+    )
 
 
 # ---------------------------------------------------------------------- the stack
@@ -499,14 +525,31 @@ def service_states(d: Docker) -> dict[str, dict[str, Any]]:
     return out
 
 
-def failing_services(d: Docker) -> list[str]:
+def failing_services(d: Docker, *, unhealthy: bool = True) -> list[str]:
+    """Services whose container exited with an error or restarted, and (``unhealthy``)
+    those whose health check fails (which may pass again while a service starts)."""
     bad = []
     for service, s in sorted(service_states(d).items()):
-        if s["status"] == "exited" and s["exit_code"] != 0:
+        crashed = s["status"] == "exited" and s["exit_code"] != 0
+        if crashed or s["status"] == "restarting" or s["restarts"]:
             bad.append(service)
-        elif s["health"] == "unhealthy" or s["status"] == "restarting" or s["restarts"]:
+        elif unhealthy and s["health"] == "unhealthy":
             bad.append(service)
     return bad
+
+
+def remove_leftovers(d: Docker) -> None:
+    """Containers, volumes and networks of this project left by an interrupted run."""
+    label = f"label=com.docker.compose.project={PROJECT}"
+    for kind, listing in (
+        ("container", ["ps", "-aq"]),
+        ("volume", ["volume", "ls", "-q"]),
+        ("network", ["network", "ls", "-q"]),
+    ):
+        ids = run([d.docker, *listing, "--filter", label], capture=True).stdout.split()
+        if ids:
+            run([d.docker, kind, "rm", *(["-f"] if kind == "container" else []), *ids])
+            log(f"removed {len(ids)} {kind}(s) left by an earlier run")
 
 
 def print_logs(d: Docker, services: list[str]) -> None:
@@ -514,7 +557,9 @@ def print_logs(d: Docker, services: list[str]) -> None:
     for service in services:
         if service not in states:
             continue
-        out = run([d.docker, "logs", "--tail", "80", states[service]["id"]], check=False, capture=True)
+        out = run(
+            [d.docker, "logs", "--tail", "80", states[service]["id"]], check=False, capture=True
+        )
         print(f"----- logs of {service} (last 80 lines) -----", flush=True)
         print((out.stdout + out.stderr).rstrip(), flush=True)
         print(f"----- end of {service} -----", flush=True)
@@ -524,12 +569,10 @@ def wait_healthy(d: Docker, services: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         states = service_states(d)
-        bad = failing_services(d)
+        bad = failing_services(d, unhealthy=False)
         if bad:
             raise HarnessError(f"failing: {bad}", tuple(bad))
-        waiting = [
-            s for s in services if states.get(s, {}).get("health") != "healthy"
-        ]
+        waiting = [s for s in services if states.get(s, {}).get("health") != "healthy"]
         if not waiting:
             return
         if time.monotonic() > deadline:
@@ -648,13 +691,18 @@ def run_retrain(s: Stack) -> tuple[str, dict[str, Any]]:
     )
     http_json("PATCH", f"{api}/dags/bandit_retrain", {"is_paused": False}, token)
     created = http_json(
-        "POST", f"{api}/dags/bandit_retrain/dagRuns", {"logical_date": None, "conf": RETRAIN_CONF}, token
+        "POST",
+        f"{api}/dags/bandit_retrain/dagRuns",
+        {"logical_date": None, "conf": RETRAIN_CONF},
+        token,
     )
     run_id = created["dag_run_id"]
     log(f"triggered bandit_retrain through the REST API: {run_id}")
 
     def finished() -> Any:
-        state = http_json("GET", f"{api}/dags/bandit_retrain/dagRuns/{run_id}", token=token)["state"]
+        state = http_json("GET", f"{api}/dags/bandit_retrain/dagRuns/{run_id}", token=token)[
+            "state"
+        ]
         return state if state in ("success", "failed") else None
 
     state = until("bandit_retrain finished", finished, 900, ("airflow-worker", "airflow-scheduler"))
@@ -663,7 +711,9 @@ def run_retrain(s: Stack) -> tuple[str, dict[str, Any]]:
     )["task_instances"]
     if state != "success":
         failed = [t["task_id"] for t in tis if t["state"] != "success"]
-        raise HarnessError(f"bandit_retrain {state}; tasks not successful: {failed}", ("airflow-worker",))
+        raise HarnessError(
+            f"bandit_retrain {state}; tasks not successful: {failed}", ("airflow-worker",)
+        )
     return run_id, {t["task_id"]: t for t in tis}
 
 
@@ -696,8 +746,10 @@ def scenario(s: Stack) -> dict[str, Any]:
     start = time.monotonic()
     rewards = send_traffic(s, DECISIONS, seed=7)
     events = int(s.psql("banditops", "select count(*) from decisions"))
-    log(f"{DECISIONS} decisions and {rewards} rewards through both replicas in "
-        f"{time.monotonic() - start:.0f} s; {events} decisions in the PostgreSQL event store")
+    log(
+        f"{DECISIONS} decisions and {rewards} rewards through both replicas in "
+        f"{time.monotonic() - start:.0f} s; {events} decisions in the PostgreSQL event store"
+    )
     if events != DECISIONS:
         raise HarnessError(f"the event store holds {events} decisions, {DECISIONS} were sent")
     facts["decisions"] = events
@@ -705,17 +757,23 @@ def scenario(s: Stack) -> dict[str, Any]:
     start = time.monotonic()
     run_id, tasks = run_retrain(s)
     facts["retrain_s"] = round(time.monotonic() - start)
-    celery_done = int(s.psql("airflow", "select count(*) from celery_taskmeta where status = 'SUCCESS'"))
+    celery_done = int(
+        s.psql("airflow", "select count(*) from celery_taskmeta where status = 'SUCCESS'")
+    )
     if celery_done < len(tasks):
-        raise HarnessError(f"{celery_done} Celery results for {len(tasks)} tasks", ("airflow-worker",))
+        raise HarnessError(
+            f"{celery_done} Celery results for {len(tasks)} tasks", ("airflow-worker",)
+        )
     replay = xcom(s, run_id, "extract_replay")
     rows = int(replay.get("rows", -1))
     if rows != DECISIONS:
         raise HarnessError(f"the replay read {rows} rows; the event store holds {DECISIONS}")
     registered = xcom(s, run_id, "register_candidate")
     version = str(registered["version"])
-    log(f"bandit_retrain succeeded in {facts['retrain_s']} s: {len(tasks)} tasks, "
-        f"{celery_done} Celery results in PostgreSQL, replay of {rows} rows, version {version}")
+    log(
+        f"bandit_retrain succeeded in {facts['retrain_s']} s: {len(tasks)} tasks, "
+        f"{celery_done} Celery results in PostgreSQL, replay of {rows} rows, version {version}"
+    )
     facts["tasks"], facts["version"] = len(tasks), version
 
     model = registry(s)
@@ -736,14 +794,18 @@ def scenario(s: Stack) -> dict[str, Any]:
         120,
         ("serving", "serving-2"),
     )
-    log(f"promoted version {version}; both replicas serve it after {time.monotonic() - start:.0f} s")
+    log(
+        f"promoted version {version}; both replicas serve it after {time.monotonic() - start:.0f} s"
+    )
 
     # a decision by the new version, then down and up with the volumes
     send_traffic(s, 10, seed=8)
     before = {
         "decisions": s.psql("banditops", "select count(*) from decisions"),
         "rewards": s.psql("banditops", "select count(*) from rewards"),
-        "dag_runs": s.psql("airflow", "select count(*) from dag_run where dag_id = 'bandit_retrain'"),
+        "dag_runs": s.psql(
+            "airflow", "select count(*) from dag_run where dag_id = 'bandit_retrain'"
+        ),
     }
     start = time.monotonic()
     s.d.compose("down")
@@ -753,7 +815,9 @@ def scenario(s: Stack) -> dict[str, Any]:
     after = {
         "decisions": s.psql("banditops", "select count(*) from decisions"),
         "rewards": s.psql("banditops", "select count(*) from rewards"),
-        "dag_runs": s.psql("airflow", "select count(*) from dag_run where dag_id = 'bandit_retrain'"),
+        "dag_runs": s.psql(
+            "airflow", "select count(*) from dag_run where dag_id = 'bandit_retrain'"
+        ),
     }
     if after != before:
         raise HarnessError(f"down/up lost data: before {before}, after {after}")
@@ -766,8 +830,10 @@ def scenario(s: Stack) -> dict[str, Any]:
     aliases = {a["alias"]: a["version"] for a in registry(s).get("aliases", [])}
     if aliases.get("production") != version:
         raise HarnessError(f"after the restart @production is {aliases.get('production')}")
-    log(f"down and up in {time.monotonic() - start:.0f} s: nothing lost {after}, "
-        f"@production still {version}, both replicas serve it")
+    log(
+        f"down and up in {time.monotonic() - start:.0f} s: nothing lost {after}, "
+        f"@production still {version}, both replicas serve it"
+    )
     facts["after_restart"] = after
     return facts
 
@@ -784,10 +850,16 @@ def long_running(d: Docker) -> list[str]:
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--break", dest="broken", action="store_true",
-                        help="wrong database URL in serving-migrate: expect that failure")  # fmt: skip
+    parser.add_argument(
+        "--break",
+        dest="broken",
+        action="store_true",
+        help="wrong database URL in serving-migrate: expect that failure",
+    )
     parser.add_argument("--port-base", type=int, default=24800)
     args = parser.parse_args(argv)
+    # a stop (CI's timeout, kill) unwinds like an error: what was started is stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     ports = Ports(args.port_base)
     total = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="compose-test-") as tmp:
@@ -802,7 +874,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             ensure_daemon(d)
             seconds = ensure_base(d)
-            log(f"base image {BASE_IMAGE}: " + (f"built in {seconds:.0f} s" if seconds else "cached"))
+            log(
+                f"base image {BASE_IMAGE}: "
+                + (f"built in {seconds:.0f} s" if seconds else "cached")
+            )
             with wheel_server(ports.wheels) as torch_args:
                 times = build_images(d, torch_args)
             sizes = image_sizes(d)
@@ -822,11 +897,11 @@ def stack(d: Docker, ports: Ports, *, broken: bool) -> int:
     compose = yaml.safe_load(COMPOSE_FILE.read_text())
     env = test_environment(ports)
     (d.workdir / "env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    override = d.workdir / "hostnet.override.yml"
-    override.write_text(
-        yaml.safe_dump(host_network_override(compose, ports, broken="serving-migrate" if broken else None))
-    )
-    d.files = [COMPOSE_FILE, override]
+    override = host_network_override(compose, ports, broken="serving-migrate" if broken else None)
+    rendered = d.workdir / "docker-compose.hostnet.yml"
+    rendered.write_text(yaml.safe_dump(applied(compose, override), sort_keys=False))
+    d.files = [rendered]
+    remove_leftovers(d)
     s = Stack(d, ports, env)
     try:
         if broken:
@@ -834,7 +909,9 @@ def stack(d: Docker, ports: Ports, *, broken: bool) -> int:
         start = time.monotonic()
         up = d.compose("up", "-d", check=False, capture=True)
         if up.returncode != 0:
-            raise HarnessError(f"compose up failed: {up.stderr[-2000:]}", tuple(failing_services(d)))
+            raise HarnessError(
+                f"compose up failed: {up.stderr[-2000:]}", tuple(failing_services(d))
+            )
         wait_healthy(d, long_running(d), 900)
         log(f"stack up and healthy in {time.monotonic() - start:.0f} s: {long_running(d)}")
         facts = scenario(s)
@@ -847,6 +924,7 @@ def stack(d: Docker, ports: Ports, *, broken: bool) -> int:
         return 1
     finally:
         d.compose("down", "--volumes", "--remove-orphans", check=False, capture=True)
+        remove_leftovers(d)
         log("stack and its volumes removed")
 
 
@@ -869,7 +947,9 @@ def expect_broken(s: Stack) -> int:
     if 'password authentication failed for user "banditops"' not in printed:
         log("FAILED: serving-migrate's log does not show the refused login")
         return 1
-    log("PASSED (--break): serving-migrate failed on the wrong database URL and its log was printed")
+    log(
+        "PASSED (--break): serving-migrate failed on the wrong database URL and its log was printed"
+    )
     return 0
 
 

@@ -22,7 +22,7 @@ COPY docker/requirements.py /tmp/requirements.py
 RUN --mount=type=cache,target=/root/.cache/pip \
     python /tmp/requirements.py --pyproject /tmp/pyproject.toml ${REQUIREMENTS} \
        > /tmp/requirements.txt \
- && pip install --no-compile -r /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt /tmp/requirements.py /tmp/pyproject.toml
 
 USER mlflow

@@ -36,7 +36,7 @@ WORKDIR /opt/banditops
 #    Its test suite and C++ headers (for building extensions, torch.compile's C++ backend)
 #    are not used by the service: 145 MB less
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-compile ${TORCH_PIP_ARGS} "${TORCH_SPEC}" \
+    pip install ${TORCH_PIP_ARGS} "${TORCH_SPEC}" \
  && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
  && rm -rf "$site/torch/test" "$site/torch/include"
 
@@ -46,7 +46,7 @@ COPY pyproject.toml README.md ./
 COPY docker/requirements.py docker/requirements.py
 RUN --mount=type=cache,target=/root/.cache/pip \
     python docker/requirements.py ${REQUIREMENTS} > /tmp/requirements.txt \
- && pip install --no-compile -r /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
 # 3. the project itself (its dependencies are in place: no resolution again)
@@ -55,7 +55,7 @@ COPY serving serving
 COPY training training
 COPY validation validation
 COPY benchmarks benchmarks
-RUN pip install --no-deps --no-compile . && rm -rf build ./*.egg-info
+RUN pip install --no-deps . && rm -rf build ./*.egg-info
 
 USER banditops
 ENV BANDITOPS_WORKSPACE=/var/lib/banditops

@@ -43,29 +43,15 @@ def _strings(value: Any) -> list[str]:
     return [str(value)]
 
 
-def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Compose's merge, as far as the override uses it (environment by key, the rest
-    replaced)."""
-    out = {}
-    for name, spec in override["services"].items():
-        service = dict(base["services"].get(name, {}))
-        for key, value in spec.items():
-            if key == "environment":
-                service[key] = {**service.get(key, {}), **value}
-            else:
-                service[key] = value
-        out[name] = service
-    return out
-
-
 def test_every_service_is_on_loopback_ports_of_the_range(
     harness: ModuleType, compose: dict[str, Any]
 ) -> None:
     ports = harness.Ports(24800)
     override = harness.host_network_override(compose, ports)
-    services = merged(compose, override)
+    services = harness.applied(compose, override)["services"]
     assert set(services) == set(compose["services"]) | {"serving-2"}
     assert all(s["network_mode"] == "host" for s in services.values())
+    assert not any("ports" in s for s in services.values())
     used = set()
     for name, service in services.items():
         texts = _strings(service.get("environment", {})) + _strings(service.get("command", []))
@@ -93,8 +79,10 @@ def test_the_broken_mode_changes_only_the_named_services_password(
     harness: ModuleType, compose: dict[str, Any]
 ) -> None:
     ports = harness.Ports(24800)
-    good = merged(compose, harness.host_network_override(compose, ports))
-    bad = merged(compose, harness.host_network_override(compose, ports, broken="serving-migrate"))
+    good = harness.applied(compose, harness.host_network_override(compose, ports))["services"]
+    bad = harness.applied(
+        compose, harness.host_network_override(compose, ports, broken="serving-migrate")
+    )["services"]
     url = bad["serving-migrate"]["environment"]["BANDITOPS_DATABASE_URL"]
     assert ":wrong-password@127.0.0.1:" in url
     assert good["serving-migrate"]["environment"]["BANDITOPS_DATABASE_URL"] != url
