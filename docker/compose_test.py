@@ -530,10 +530,9 @@ def failing_services(d: Docker, *, unhealthy: bool = True) -> list[str]:
     those whose health check fails (which may pass again while a service starts)."""
     bad = []
     for service, s in sorted(service_states(d).items()):
-        crashed = s["status"] == "exited" and s["exit_code"] != 0
-        if crashed or s["status"] == "restarting" or s["restarts"]:
-            bad.append(service)
-        elif unhealthy and s["health"] == "unhealthy":
+        crashed = s["status"] in ("exited", "restarting") and s["exit_code"] != 0
+        sick = unhealthy and s["health"] == "unhealthy"
+        if crashed or s["restarts"] or sick:
             bad.append(service)
     return bad
 
