@@ -33,12 +33,13 @@ RUN python3 -m venv /opt/venv \
 WORKDIR /opt/banditops
 
 # 1. torch (CPU build; no CUDA libraries). pip's cache survives between builds (BuildKit).
-#    Its test suite and C++ headers (for building extensions, torch.compile's C++ backend)
-#    are not used by the service: 145 MB less
+#    Its test suite and test binaries, protoc and C++ headers (for building extensions,
+#    torch.compile's C++ backend) are not used by the service: 190 MB less
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install ${TORCH_PIP_ARGS} "${TORCH_SPEC}" \
+    pip install --no-compile ${TORCH_PIP_ARGS} "${TORCH_SPEC}" \
  && site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
- && rm -rf "$site/torch/test" "$site/torch/include"
+ && rm -rf "$site/torch/test" "$site/torch/include" \
+ && find "$site/torch/bin" -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} +
 
 # 2. the project's other dependencies as docker/requirements.py selects them: this layer is
 #    rebuilt only when pyproject.toml changes
@@ -46,7 +47,7 @@ COPY pyproject.toml README.md ./
 COPY docker/requirements.py docker/requirements.py
 RUN --mount=type=cache,target=/root/.cache/pip \
     python docker/requirements.py ${REQUIREMENTS} > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
+ && pip install --no-compile -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 
 # 3. the project itself (its dependencies are in place: no resolution again)
@@ -55,7 +56,12 @@ COPY serving serving
 COPY training training
 COPY validation validation
 COPY benchmarks benchmarks
-RUN pip install --no-deps . && rm -rf build ./*.egg-info
+RUN pip install --no-deps --no-compile . && rm -rf build ./*.egg-info
+
+# 4. bytecode for what the commands import (the CLI, the app, MLflow's client): processes
+#    start without compiling it, and the image stays 300 MB smaller than with all of it
+RUN PYTHONDONTWRITEBYTECODE= python -c "import training.cli, serving.app, \
+serving.models.mlflow_source, training.registry, mlflow.artifacts, uvicorn"
 
 USER banditops
 ENV BANDITOPS_WORKSPACE=/var/lib/banditops
