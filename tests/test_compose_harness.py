@@ -71,6 +71,15 @@ def test_every_service_is_on_loopback_ports_of_the_range(
         command = services[name]["command"]
         assert command[command.index("--port") + 1] == str(port)
         assert f"127.0.0.1:{port}/" in " ".join(services[name]["healthcheck"]["test"])
+    # health checks keep their timing (only the probe's address changes)
+    for name, service in services.items():
+        base = compose["services"].get(name, compose["services"]["serving"])
+        if "healthcheck" in base:
+            timing = {
+                k: v for k, v in base["healthcheck"].items() if k not in ("test", "start_period")
+            }
+            assert service["healthcheck"]["start_period"] == "300s"
+            assert timing.items() <= service["healthcheck"].items(), name
     assert services["postgres"]["environment"]["PGPORT"] == str(ports.postgres)
     assert str(ports.redis) in services["redis"]["command"]
 
