@@ -548,6 +548,16 @@ def failing_services(d: Docker, *, unhealthy: bool = True) -> list[str]:
     return bad
 
 
+def named_in(d: Docker, message: str) -> tuple[str, ...]:
+    """The services whose containers (by id prefix) or names an error message mentions,
+    and those failing now."""
+    found = set(failing_services(d))
+    for service, state in service_states(d).items():
+        if state["id"][:12] in message or re.search(rf"\bfor {re.escape(service)}\b", message):
+            found.add(service)
+    return tuple(sorted(found))
+
+
 def remove_leftovers(d: Docker) -> None:
     """Containers, volumes and networks of this project left by an interrupted run."""
     label = f"label=com.docker.compose.project={PROJECT}"
@@ -921,9 +931,7 @@ def stack(d: Docker, ports: Ports, *, broken: bool) -> int:
         start = time.monotonic()
         up = d.compose("up", "-d", check=False, capture=True)
         if up.returncode != 0:
-            raise HarnessError(
-                f"compose up failed: {up.stderr[-2000:]}", tuple(failing_services(d))
-            )
+            raise HarnessError(f"compose up failed: {up.stderr[-1500:]}", named_in(d, up.stderr))
         wait_healthy(d, long_running(d), 900)
         log(f"stack up and healthy in {time.monotonic() - start:.0f} s: {long_running(d)}")
         facts = scenario(s)
