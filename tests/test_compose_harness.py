@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -113,3 +114,27 @@ def test_the_test_environment_replaces_every_secret(harness: ModuleType) -> None
     assert not any(v.startswith("change-me") for v in env.values())
     assert env["AIRFLOW_FERNET_KEY"] != example["AIRFLOW_FERNET_KEY"]
     assert set(example) <= set(env)
+
+
+@pytest.mark.parametrize(
+    ("command", "runs"),
+    [
+        (["celery", "worker"], "airflow celery worker"),
+        (["api-server"], "airflow api-server"),
+        (["bash", "-c", "echo shell"], "shell"),
+    ],
+)
+def test_the_airflow_entrypoint_prefixes_airflow_commands(
+    tmp_path: Path, command: list[str], runs: str
+) -> None:
+    fake = tmp_path / "airflow"
+    fake.write_text('#!/bin/sh\necho "airflow $*"\n')
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["sh", str(ROOT / "docker/airflow-entrypoint.sh"), *command],
+        env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == runs
