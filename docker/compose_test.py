@@ -615,7 +615,10 @@ def http_json(
             text = response.read().decode()
     except urllib.error.HTTPError as exc:
         raise HarnessError(f"{method} {url}: HTTP {exc.code} {exc.read().decode()[:800]}") from exc
-    return json.loads(text) if text else None
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return text  # e.g. MLflow's /health answers "OK"
 
 
 def until(what: str, probe: Any, timeout_s: float, services: tuple[str, ...] = ()) -> Any:
@@ -937,9 +940,9 @@ def stack(d: Docker, ports: Ports, *, broken: bool) -> int:
         facts = scenario(s)
         log(f"PASSED: {json.dumps(facts)}")
         return 0
-    except HarnessError as exc:
-        log(f"FAILED: {exc}")
-        services = list(exc.services) or failing_services(d)
+    except (HarnessError, OSError, KeyError, ValueError) as exc:
+        log(f"FAILED: {type(exc).__name__}: {exc}")
+        services = list(getattr(exc, "services", ())) or failing_services(d)
         print_logs(d, sorted(set(services) | set(failing_services(d))))
         return 1
     finally:
