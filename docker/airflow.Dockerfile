@@ -42,7 +42,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # 2. Airflow in this version and the project's dependencies (with the Celery provider):
 #    rebuilt only when pyproject.toml changes
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY docker/requirements.py docker/requirements.py
 RUN --mount=type=cache,target=/root/.cache/pip \
     python docker/requirements.py ${REQUIREMENTS} > /tmp/requirements.txt \
@@ -51,6 +51,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && rm /tmp/requirements.txt
 
 # 3. the project itself
+COPY README.md ./
 COPY bandit_core bandit_core
 COPY serving serving
 COPY training training

@@ -43,7 +43,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 
 # 2. the project's other dependencies as docker/requirements.py selects them: this layer is
 #    rebuilt only when pyproject.toml changes
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY docker/requirements.py docker/requirements.py
 RUN --mount=type=cache,target=/root/.cache/pip \
     python docker/requirements.py ${REQUIREMENTS} > /tmp/requirements.txt \
@@ -51,6 +51,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && rm /tmp/requirements.txt
 
 # 3. the project itself (its dependencies are in place: no resolution again)
+COPY README.md ./
 COPY bandit_core bandit_core
 COPY serving serving
 COPY training training
