@@ -736,6 +736,16 @@ def run_retrain(s: Stack) -> tuple[str, dict[str, Any]]:
     )["task_instances"]
     if state != "success":
         failed = [t["task_id"] for t in tis if t["state"] != "success"]
+        for ti in tis:
+            if ti["state"] == "failed":  # the task's own log (kept by the worker)
+                url = (
+                    f"{api}/dags/bandit_retrain/dagRuns/{run_id}/taskInstances/"
+                    f"{ti['task_id']}/logs/{max(int(ti.get('try_number') or 1), 1)}"
+                )
+                try:
+                    print(json.dumps(http_json("GET", url, token=token), indent=1)[-6000:])
+                except (HarnessError, OSError) as exc:
+                    print(f"(log of {ti['task_id']} unavailable: {exc})")
         raise HarnessError(
             f"bandit_retrain {state}; tasks not successful: {failed}", ("airflow-worker",)
         )
