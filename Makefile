@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test compose-test bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the production stack for real (docker/compose_test.py; needs root for apt-get and dockerd):
+# build the images, run docker/docker-compose.yml on loopback ports, use it end to end; then
+# the same with a wrong database URL, which must fail with that service's log
+compose-test: $(STAMP)
+	$(BIN)/python docker/compose_test.py
+	$(BIN)/python docker/compose_test.py --break
 
 bench: $(STAMP)
 	-$(BIN)/python -m pip install --quiet -e ".[bench]" || echo "bench peers (vowpalwabbit, mabwiser) not installable here; benchmarks run without them"

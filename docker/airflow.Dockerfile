@@ -1,41 +1,74 @@
-# syntax=docker/dockerfile:1
-# Airflow 3.3 with banditops installed and this repository's dags/ as the DAGs folder:
-# the image of every Airflow component in docker-compose.yml (api-server, scheduler,
-# dag-processor, triggerer, Celery worker).
+# Airflow 3.3 with banditops installed and this repository's dags/ as the DAGs folder: the
+# image of every Airflow component in docker-compose.yml (api-server, scheduler,
+# dag-processor, triggerer, Celery worker). Commands are given in full (`airflow scheduler`).
 #
-#   docker build -f docker/airflow.Dockerfile -t banditops-airflow .   # from the repo root
-ARG AIRFLOW_VERSION=3.3.2
-FROM apache/airflow:${AIRFLOW_VERSION}-python3.11
-ARG AIRFLOW_VERSION
+#   DOCKER_BUILDKIT=1 docker build -f docker/airflow.Dockerfile -t banditops-airflow .
+#
+# Build arguments (all optional):
+#   BASE_IMAGE      any Debian-like image with python3.11 and its venv module
+#   TORCH_PIP_ARGS  where torch comes from (default: the PyTorch CPU index)
+#   TORCH_SPEC      which torch (default: the project's range)
+#   REQUIREMENTS    what docker/requirements.py selects from pyproject.toml
+#   AIRFLOW_EXTRAS  Airflow's own extras (fab: the FAB auth manager, `airflow users`)
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
-USER root
-# the pipelines' run folders live on a volume shared by every worker (tasks pass paths)
-RUN mkdir -p /opt/banditops/runs /opt/banditops/workspace \
- && chown -R airflow:0 /opt/banditops
-USER airflow
+ARG AIRFLOW_VERSION=3.3.2
+ARG AIRFLOW_EXTRAS=fab
+ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+ARG TORCH_SPEC="torch>=2.5,<2.15"
+ARG REQUIREMENTS="--extra train --extra celery"
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH} \
+    AIRFLOW_HOME=/opt/airflow
+
+# the `airflow` user (uid 50000, group 0, as in the official image); the pipelines' run
+# folders live on a volume shared by every worker (tasks pass paths)
+RUN python3 -m venv /opt/venv \
+ && useradd --uid 50000 --gid 0 --home-dir /opt/airflow --create-home airflow \
+ && mkdir -p /opt/airflow/logs /opt/banditops/runs /opt/banditops/workspace \
+ && chown -R airflow:0 /opt/airflow /opt/banditops \
+ && chmod -R g+w /opt/airflow /opt/banditops
+
 WORKDIR /opt/banditops
 
-# torch from the PyTorch CPU index first, in the project's range
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch>=2.5,<2.15"
+# 1. torch (CPU build). pip's cache survives between builds (BuildKit)
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install ${TORCH_PIP_ARGS} "${TORCH_SPEC}"
 
-COPY --chown=airflow:0 pyproject.toml README.md ./
-COPY --chown=airflow:0 bandit_core bandit_core
-COPY --chown=airflow:0 eventstore eventstore
-COPY --chown=airflow:0 modelregistry modelregistry
-COPY --chown=airflow:0 validation validation
-COPY --chown=airflow:0 serving serving
-COPY --chown=airflow:0 training training
-COPY --chown=airflow:0 monitoring monitoring
-COPY --chown=airflow:0 ops ops
-COPY --chown=airflow:0 benchmarks benchmarks
-# Airflow pinned to the image's own version (the image's documented way to add packages),
-# and banditops with its `train` (pipelines, monitor) and `celery` extras (the Celery provider
-# and a compatible celery)
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" ".[train,celery]" \
- && rm -rf build ./*.egg-info
+# 2. Airflow in this version and the project's dependencies (with the Celery provider):
+#    rebuilt only when pyproject.toml changes
+COPY pyproject.toml ./
+COPY docker/requirements.py docker/requirements.py
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python docker/requirements.py ${REQUIREMENTS} > /tmp/requirements.txt \
+ && pip install "apache-airflow[${AIRFLOW_EXTRAS}]==${AIRFLOW_VERSION}" \
+        -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
 
+# 3. the project itself
+COPY README.md ./
+COPY bandit_core bandit_core
+COPY eventstore eventstore
+COPY modelregistry modelregistry
+COPY validation validation
+COPY serving serving
+COPY training training
+COPY monitoring monitoring
+COPY ops ops
+COPY benchmarks benchmarks
+RUN pip install --no-deps . && rm -rf build ./*.egg-info
+
+COPY docker/airflow-entrypoint.sh /usr/local/bin/airflow-entrypoint
 COPY --chown=airflow:0 dags /opt/banditops/dags
+USER airflow
 ENV AIRFLOW__CORE__DAGS_FOLDER=/opt/banditops/dags \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
     BANDITOPS_WORKSPACE=/opt/banditops/workspace \
     BANDITOPS_RUNS_DIR=/opt/banditops/runs
+ENTRYPOINT ["airflow-entrypoint"]
+CMD ["--help"]

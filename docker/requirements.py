@@ -1,9 +1,11 @@
 """Print the project's dependencies from ``pyproject.toml``, one per line, leaving some out.
 
-Used by ``docker/serving.Dockerfile`` to install the decision service without Airflow
-(``banditops serve`` never imports it), and by the tests that keep the images honest:
+Used by the Dockerfiles (``REQUIREMENTS`` build argument) to install each image's share of
+the dependencies, and by the tests that keep the images honest:
 
     python docker/requirements.py --exclude apache-airflow > requirements.txt
+    python docker/requirements.py --replace mlflow=mlflow-skinny   # same version range
+    python docker/requirements.py --only mlflow --only psycopg2-binary
 """
 
 from __future__ import annotations
@@ -29,8 +31,16 @@ def requirement_name(line: str) -> str:
     return canonical(match.group(1))
 
 
-def requirements(pyproject: Path, exclude: list[str], extras: list[str]) -> list[str]:
-    """``[project].dependencies`` (plus the named optional groups) without ``exclude``."""
+def requirements(
+    pyproject: Path,
+    exclude: list[str],
+    extras: list[str],
+    replace: list[str] | None = None,
+    only: list[str] | None = None,
+) -> list[str]:
+    """``[project].dependencies`` (plus the named optional groups) without ``exclude``; each
+    ``OLD=NEW`` of ``replace`` installs NEW in OLD's version range; ``only`` keeps just the
+    named projects."""
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     lines = list(project["dependencies"])
     optional = project.get("optional-dependencies", {})
@@ -38,12 +48,28 @@ def requirements(pyproject: Path, exclude: list[str], extras: list[str]) -> list
         if extra not in optional:
             raise ValueError(f"unknown extra {extra!r}; pyproject has {sorted(optional)}.")
         lines += optional[extra]
-    dropped = {canonical(n) for n in exclude}
     known = {requirement_name(line) for line in lines}
-    unknown = sorted(dropped - known)
-    if unknown:
-        raise ValueError(f"--exclude names no dependency of the project: {', '.join(unknown)}.")
-    return [line for line in lines if requirement_name(line) not in dropped]
+    swaps: dict[str, str] = {}
+    for item in replace or []:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise ValueError(f"--replace takes OLD=NEW; got {item!r}.")
+        swaps[canonical(old)] = new.strip()
+    for option, names in (("--exclude", exclude), ("--replace", swaps), ("--only", only or [])):
+        unknown = sorted({canonical(n) for n in names} - known)
+        if unknown:
+            raise ValueError(f"{option} names no dependency of the project: {', '.join(unknown)}.")
+    dropped = {canonical(n) for n in exclude}
+    kept = {canonical(n) for n in only} if only else known
+    out = []
+    for line in lines:
+        name = requirement_name(line)
+        if name in dropped or name not in kept:
+            continue
+        if name in swaps:
+            line = swaps[name] + line[_NAME.match(line).end() :]  # type: ignore[union-attr]
+        out.append(line)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,9 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--exclude", action="append", default=[], help="project to leave out")
     parser.add_argument("--extra", action="append", default=[], help="optional group to add")
+    parser.add_argument(
+        "--replace", action="append", default=[], help="OLD=NEW: NEW in OLD's version range"
+    )
+    parser.add_argument("--only", action="append", default=[], help="keep only this project")
     args = parser.parse_args(argv)
     try:
-        lines = requirements(args.pyproject, args.exclude, args.extra)
+        lines = requirements(args.pyproject, args.exclude, args.extra, args.replace, args.only)
     except ValueError as exc:
         parser.error(str(exc))
     sys.stdout.write("".join(f"{line}\n" for line in lines))

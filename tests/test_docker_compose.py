@@ -46,7 +46,19 @@ ENV_EXAMPLE = "docker/.env.example"
 INIT_SCRIPT = "docker/postgres-init.sh"
 SERVING_DOCKERFILE = "docker/serving.Dockerfile"
 AIRFLOW_DOCKERFILE = "docker/airflow.Dockerfile"
-FILES = (COMPOSE, ENV_EXAMPLE, INIT_SCRIPT, SERVING_DOCKERFILE, AIRFLOW_DOCKERFILE)
+MLFLOW_DOCKERFILE = "docker/mlflow.Dockerfile"
+FILES = (
+    COMPOSE,
+    ENV_EXAMPLE,
+    INIT_SCRIPT,
+    SERVING_DOCKERFILE,
+    AIRFLOW_DOCKERFILE,
+    MLFLOW_DOCKERFILE,
+)
+#: Images that install torch (the MLflow server's does not).
+TORCH_DOCKERFILES = (SERVING_DOCKERFILE, AIRFLOW_DOCKERFILE)
+#: What the service image must leave out (its `pip list` is checked by make compose-test).
+NOT_IN_SERVING = ("apache-airflow", "great-expectations", "matplotlib")
 #: Ports of the third-party servers (their images' defaults).
 FIXED_PORTS = {"postgres": 5432, "redis": 6379}
 #: What each role needs set explicitly in production (beyond the settings' defaults).
@@ -308,13 +320,13 @@ def airflow_config_options() -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------- the checks
 def check_variables(p: Project) -> list[str]:
     """Every interpolated variable is in .env.example or has a default; nothing in
-    .env.example is unused."""
+    .env.example is unused (COMPOSE_* variables are read by compose itself)."""
     problems = list(p.interpolation_problems)
     used = referenced_variables(p.texts[COMPOSE])
     problems += [
         f"{ENV_EXAMPLE}: {name} is not used by the compose file"
         for name in p.env_example
-        if name not in used
+        if name not in used and not name.startswith("COMPOSE_")
     ]
     return problems
 
@@ -542,28 +554,33 @@ def check_images(p: Project) -> list[str]:
                     problems.append(f"{name}: COPY {source}: no such file in the build context")
                 elif _ignored(source, patterns):
                     problems.append(f"{name}: COPY {source}, which the .dockerignore excludes")
-        torch = [
-            Requirement(r)
-            for run in dockerfile.all("RUN")
-            for r in re.findall(r'"(torch[^"]*)"', run)
-        ]
-        cpu_index = all(
-            "download.pytorch.org/whl/cpu" in run
-            for run in dockerfile.all("RUN")
-            if '"torch' in run
-        )
-        if [str(t.specifier) for t in torch] != [str(deps["torch"].specifier)] or not cpu_index:
+        runs = " ".join(dockerfile.all("RUN"))
+        if name not in TORCH_DOCKERFILES:
+            if "torch" in runs or "TORCH" in runs:
+                problems.append(f"{name}: installs torch, which it does not need")
+            continue
+        # torch by default from the CPU index in the project's range (build arguments)
+        spec = Requirement(dockerfile.args.get("TORCH_SPEC", "").strip('"') or "none")
+        cpu_index = "download.pytorch.org/whl/cpu" in dockerfile.args.get("TORCH_PIP_ARGS", "")
+        installs = '${TORCH_PIP_ARGS} "${TORCH_SPEC}"' in runs
+        if (
+            spec.name != "torch"
+            or str(spec.specifier) != str(deps["torch"].specifier)
+            or not cpu_index
+            or not installs
+        ):
             problems.append(
                 f"{name}: install torch{deps['torch'].specifier} once, from the CPU index; "
-                f"got {[str(t) for t in torch]}"
+                f"got {spec}"
             )
     airflow = Dockerfile(AIRFLOW_DOCKERFILE, p.texts[AIRFLOW_DOCKERFILE])
-    version = airflow.base_image.split(":")[1].split("-")[0]
+    version = airflow.args.get("AIRFLOW_VERSION", "")
     if not deps["apache-airflow"].specifier.contains(version):
         problems.append(
             f"{AIRFLOW_DOCKERFILE}: Airflow {version} is outside {deps['apache-airflow']}"
         )
-    if not _installs(" ".join(airflow.all("RUN")), "apache-airflow-providers-celery"):
+    airflow_install = " ".join(airflow.all("RUN")) + " " + airflow.args.get("REQUIREMENTS", "")
+    if not _installs(airflow_install, "apache-airflow-providers-celery"):
         problems.append(f"{AIRFLOW_DOCKERFILE}: the CeleryExecutor needs the Celery provider")
     dags_to = [dest for sources, dest in airflow.copies() if sources == ["dags"]]
     if dags_to != [airflow.env.get("AIRFLOW__CORE__DAGS_FOLDER")]:
@@ -572,8 +589,28 @@ def check_images(p: Project) -> list[str]:
             f"{airflow.env.get('AIRFLOW__CORE__DAGS_FOLDER')}"
         )
     serving = Dockerfile(SERVING_DOCKERFILE, p.texts[SERVING_DOCKERFILE])
-    if "--extra serve" not in " ".join(serving.all("RUN")):
-        problems.append(f"{SERVING_DOCKERFILE}: the service image installs the [serve] group")
+    selected = serving.args.get("REQUIREMENTS", "")
+    if "${REQUIREMENTS}" not in " ".join(serving.all("RUN")):
+        problems.append(f"{SERVING_DOCKERFILE}: install what REQUIREMENTS selects")
+    chosen = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "docker" / "requirements.py"),
+            *shlex.split(selected.strip("\"'")),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+    installed = {
+        re.split(r"[<>=!~\[; ]", line.strip())[0].lower()
+        for line in chosen.splitlines()
+        if line.strip()
+    }
+    for name in NOT_IN_SERVING:
+        if name in installed:
+            problems.append(f"{SERVING_DOCKERFILE}: the service image should leave {name} out")
     return problems
 
 
@@ -793,8 +830,8 @@ TYPOS = [
     (
         "depends_on",
         COMPOSE,
-        "  redis:\n    image: redis:7.4-bookworm\n    healthcheck:",
-        "  redis:\n    image: redis:7.4-bookworm\n    x-healthcheck:",
+        "  redis:\n    image: ${REDIS_IMAGE:-redis:7.4-bookworm}\n    healthcheck:",
+        "  redis:\n    image: ${REDIS_IMAGE:-redis:7.4-bookworm}\n    x-healthcheck:",
         "redis: a long-running service without a healthcheck",
     ),
     (
@@ -807,9 +844,23 @@ TYPOS = [
     (
         "images",
         AIRFLOW_DOCKERFILE,
-        '--index-url https://download.pytorch.org/whl/cpu "torch>=2.5,<2.15"',
-        '--index-url https://download.pytorch.org/whl/cpu "torch>=2.5"',
+        'ARG TORCH_SPEC="torch>=2.5,<2.15"',
+        'ARG TORCH_SPEC="torch>=2.5"',
         "install torch",
+    ),
+    (
+        "images",
+        SERVING_DOCKERFILE,
+        'TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"',
+        'TORCH_PIP_ARGS=""',
+        "install torch",
+    ),
+    (
+        "images",
+        SERVING_DOCKERFILE,
+        '"--extra serve ',
+        '"--extra train ',
+        "should leave great-expectations out",
     ),
     (
         "images",
@@ -925,10 +976,13 @@ def _installs(run_text: str, package: str) -> bool:
     of this project (``".[celery]"``) that lists it in pyproject.toml."""
     if package in run_text:
         return True
+    extras = re.findall(r"\.\[([a-z0-9_,-]+)\]", run_text) + re.findall(
+        r"--extra[ =]([a-z0-9_-]+)", run_text
+    )
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get(
         "optional-dependencies", {}
     )
-    for extra in re.findall(r"\.\[([a-z0-9_,-]+)\]", run_text):
+    for extra in extras:
         for name in extra.split(","):
             if any(line.startswith(package) for line in optional.get(name, [])):
                 return True
@@ -1000,6 +1054,9 @@ def test_airflow_commands_parse_with_the_installed_airflow_cli(
     # the provider commands: the Celery provider is installed by the image; FAB's `users`
     # comes with apache/airflow itself (its default extras)
     assert _installs(project.texts[AIRFLOW_DOCKERFILE], PROVIDER_COMMANDS["celery"])
+    # FAB (the auth manager and `airflow users`) is an extra of apache-airflow in the image
+    airflow = Dockerfile(AIRFLOW_DOCKERFILE, project.texts[AIRFLOW_DOCKERFILE])
+    assert "fab" in airflow.args["AIRFLOW_EXTRAS"].split(",")
 
 
 # ---------------------------------------------------------------------- the service image
@@ -1015,13 +1072,39 @@ def test_the_service_image_installs_the_serve_group_and_no_airflow() -> None:
     assert listed == project["dependencies"] + project["optional-dependencies"]["serve"]
     names = {Requirement(d).name for d in listed}
     assert not names & {"apache-airflow", "great-expectations", "matplotlib"}
-    assert "--extra serve > /tmp/requirements.txt" in (DOCKER / "serving.Dockerfile").read_text()
+    assert 'ARG REQUIREMENTS="--extra serve ' in (DOCKER / "serving.Dockerfile").read_text()
     refused = subprocess.run(
         [sys.executable, str(DOCKER / "requirements.py"), "--exclude", "apache-airflw"],
         capture_output=True,
         text=True,
     )
     assert refused.returncode == 2 and "names no dependency" in refused.stderr
+    swapped = subprocess.run(
+        [
+            sys.executable,
+            str(DOCKER / "requirements.py"),
+            *("--extra", "serve", "--replace", "mlflow=mlflow-skinny"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    serve = project["optional-dependencies"]["serve"]
+    mlflow = next(d for d in serve if Requirement(d).name == "mlflow")
+    skinny = [Requirement(d) for d in swapped if Requirement(d).name == "mlflow-skinny"]
+    assert [s.specifier for s in skinny] == [Requirement(mlflow).specifier]
+    assert not any(Requirement(d).name == "mlflow" for d in swapped)
+    only = subprocess.run(
+        [
+            sys.executable,
+            str(DOCKER / "requirements.py"),
+            *("--extra", "train", "--only", "mlflow", "--only", "pyyaml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert [Requirement(d).name for d in only] == ["mlflow", "pyyaml"]
 
 
 def test_the_service_runs_without_airflow_installed(tmp_path: Path) -> None:
