@@ -111,14 +111,3 @@ class PromotedRef(StepRef):
     version: str
     promoted: bool
     reason: str
-
-
-@dataclass(frozen=True)
-class RunOutputs:
-    """Everything ``register_candidate`` logs: the outputs of the steps before it."""
-
-    replay: ReplayRef
-    validated: ValidatedRef
-    trained: TrainedRef
-    rebuilt: RebuiltRef
-    evaluated: EvaluatedRef

@@ -32,13 +32,15 @@ from training.refs import (
     RebuiltRef,
     RegisteredRef,
     ReplayRef,
-    RunOutputs,
     TrainedRef,
     ValidatedRef,
 )
 from training.replay import ReplayManifest, extract_replay, load_replay
 from training.runspec import RunSpec
+from training.shards import plan as plan_shards
 from training.shards import reduce_evaluation, reduce_head
+from training.shards import shard_evaluation as evaluation_of_shard
+from training.shards import shard_statistics as statistics_of_shard
 from training.train import RESULT_FILE, TrainResult, rebuild_head, train
 from training.validate import validate_features
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, reference_histograms
@@ -146,6 +148,30 @@ def train_network(s: RunSpec, replay: ReplayRef) -> TrainedRef:
     )
 
 
+def plan_rebuild_shards(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -> list[dict[str, Any]]:
+    """The training shards of the head rebuild (empty: the single-node rebuild)."""
+    return plan_shards(s.to_xcom(), replay.to_xcom(), "train", trained.to_xcom())
+
+
+def plan_evaluation_shards(
+    s: RunSpec, replay: ReplayRef, trained: TrainedRef
+) -> list[dict[str, Any]]:
+    """The held-out shards of the offline evaluation (empty: the single-node one)."""
+    return plan_shards(s.to_xcom(), replay.to_xcom(), "holdout", trained.to_xcom())
+
+
+def shard_statistics(shard: Mapping[str, Any], trained: TrainedRef) -> dict[str, Any]:
+    """The additive head statistics of one training shard (a mapped task)."""
+    return statistics_of_shard(shard, trained.state_path)
+
+
+def shard_evaluation(shard: Mapping[str, Any], rebuilt: RebuiltRef) -> dict[str, Any]:
+    """The mergeable OPE sums of one held-out shard (a mapped task)."""
+    if rebuilt.reward_model is None:
+        raise ValueError("rebuilt has no reward_model: the sharded rebuild did not run.")
+    return evaluation_of_shard(shard, rebuilt.state_path, rebuilt.reward_model)
+
+
 def rebuild(
     s: RunSpec,
     trained: TrainedRef,
@@ -223,17 +249,23 @@ def evaluate_offline(
     )
 
 
-def register_candidate(s: RunSpec, outputs: RunOutputs) -> RegisteredRef:
+def register_candidate(
+    s: RunSpec,
+    replay: ReplayRef,
+    validated: ValidatedRef,
+    trained: TrainedRef,
+    rebuilt: RebuiltRef,
+    evaluated: EvaluatedRef,
+) -> RegisteredRef:
     """Log the run to MLflow and register its policy as a version with the registered
     alias.
 
     At most one version per run key: a retried or re-run step returns the version
     registered before (``created`` False) and registers nothing.
     """
-    replay, validated, trained = outputs.replay, outputs.validated, outputs.trained
     manifest = ReplayManifest.read(replay.manifest)
     result = TrainResult.read(trained.result)
-    summary = json.loads(Path(outputs.evaluated.summary).read_text())
+    summary = json.loads(Path(evaluated.summary).read_text())
     metrics = {**result.metrics, **summary["metrics"], **validated.metrics}
     metrics_path = s.folder / METRICS_FILE
     metrics_path.write_text(json.dumps(metrics, indent=2))
@@ -245,7 +277,7 @@ def register_candidate(s: RunSpec, outputs: RunOutputs) -> RegisteredRef:
     created = registry.find_by_run_key(s.run_key) is None
     head = load_replay(manifest.path).subset(slice(0, 2))  # the model's input example
     version = registry.register_candidate(
-        state_path=outputs.rebuilt.state_path,
+        state_path=rebuilt.state_path,
         run_key=s.run_key,
         input_example=example_table(head.contexts, head.candidate_ids, head.candidate_features),
         params={
