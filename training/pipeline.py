@@ -20,11 +20,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from training.refs import EvaluatedRef, RegisteredRef, ReplayRef
 from training.runspec import RunSpec
@@ -215,9 +215,14 @@ def _function(step: Step) -> Callable[..., Any]:
 
 
 def _typed(annotation: Any, value: Any) -> Any:
-    """``value`` as the reference or run spec ``annotation`` names; else as it is."""
+    """``value`` as the reference or run spec ``annotation`` names (or the list of them, for
+    a ``Sequence`` or ``list`` of one); else as it is."""
     if isinstance(annotation, type) and hasattr(annotation, "from_xcom"):
         return annotation.from_xcom(value)
+    if get_origin(annotation) in (list, Sequence):
+        (item,) = get_args(annotation)
+        if isinstance(item, type) and hasattr(item, "from_xcom"):
+            return [item.from_xcom(v) for v in value]
     return value
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -32,6 +31,8 @@ from training.refs import (
     RebuiltRef,
     RegisteredRef,
     ReplayRef,
+    ShardPartRef,
+    ShardRef,
     TrainedRef,
     ValidatedRef,
 )
@@ -148,35 +149,36 @@ def train_network(s: RunSpec, replay: ReplayRef) -> TrainedRef:
     )
 
 
-def plan_rebuild_shards(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -> list[dict[str, Any]]:
+def plan_rebuild_shards(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -> list[ShardRef]:
     """The training shards of the head rebuild (empty: the single-node rebuild)."""
-    return plan_shards(s.to_xcom(), replay.to_xcom(), "train", trained.to_xcom())
+    planned = plan_shards(s.to_xcom(), replay.to_xcom(), "train", trained.to_xcom())
+    return [ShardRef(**shard) for shard in planned]
 
 
-def plan_evaluation_shards(
-    s: RunSpec, replay: ReplayRef, trained: TrainedRef
-) -> list[dict[str, Any]]:
+def plan_evaluation_shards(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -> list[ShardRef]:
     """The held-out shards of the offline evaluation (empty: the single-node one)."""
-    return plan_shards(s.to_xcom(), replay.to_xcom(), "holdout", trained.to_xcom())
+    planned = plan_shards(s.to_xcom(), replay.to_xcom(), "holdout", trained.to_xcom())
+    return [ShardRef(**shard) for shard in planned]
 
 
-def shard_statistics(shard: Mapping[str, Any], trained: TrainedRef) -> dict[str, Any]:
+def shard_statistics(shard: ShardRef, trained: TrainedRef) -> ShardPartRef:
     """The additive head statistics of one training shard (a mapped task)."""
-    return statistics_of_shard(shard, trained.state_path)
+    return ShardPartRef(**statistics_of_shard(shard.to_xcom(), trained.state_path))
 
 
-def shard_evaluation(shard: Mapping[str, Any], rebuilt: RebuiltRef) -> dict[str, Any]:
+def shard_evaluation(shard: ShardRef, rebuilt: RebuiltRef) -> ShardPartRef:
     """The mergeable OPE sums of one held-out shard (a mapped task)."""
     if rebuilt.reward_model is None:
         raise ValueError("rebuilt has no reward_model: the sharded rebuild did not run.")
-    return evaluation_of_shard(shard, rebuilt.state_path, rebuilt.reward_model)
+    part = evaluation_of_shard(shard.to_xcom(), rebuilt.state_path, rebuilt.reward_model)
+    return ShardPartRef(**part)
 
 
 def rebuild(
     s: RunSpec,
     trained: TrainedRef,
     replay: ReplayRef,
-    parts: Sequence[Mapping[str, Any]] = (),
+    parts: Sequence[ShardPartRef] = (),
 ) -> RebuiltRef:
     """Rebuild the Bayesian head on the final network (``rebuild/policy_state.npz``).
 
@@ -186,7 +188,7 @@ def rebuild(
     """
     out = s.folder / "rebuild" / "policy_state.npz"
     if parts:
-        state, model = reduce_head(trained.state_path, parts, out)
+        state, model = reduce_head(trained.state_path, [p.to_xcom() for p in parts], out)
         return RebuiltRef(state_path=str(state), reward_model=str(model), shards=len(parts))
     state = rebuild_head(trained.state_path, replay.path, out, s.train_config().holdout_fraction)
     return RebuiltRef(state_path=str(state))
@@ -196,7 +198,7 @@ def evaluate_offline(
     s: RunSpec,
     rebuilt: RebuiltRef,
     replay: ReplayRef,
-    parts: Sequence[Mapping[str, Any]] = (),
+    parts: Sequence[ShardPartRef] = (),
 ) -> EvaluatedRef:
     """OPE (IPS, SNIPS, DR… with intervals) of the candidate and of production on the held-out
     window, and the gate's decision (``evaluation/``).
@@ -211,8 +213,8 @@ def evaluate_offline(
     """
     out = s.folder / "evaluation"
     if parts:
-        result = reduce_evaluation(parts, s.gate_rule(), out)
-        baseline = parts[0]["baseline_version"]
+        result = reduce_evaluation([p.to_xcom() for p in parts], s.gate_rule(), out)
+        baseline = parts[0].baseline_version
     else:
         baseline, state = baseline_state(s)
         result = evaluate(
