@@ -20,9 +20,10 @@ the mergeable OPE sums of candidate and production, `evaluate_offline` merges th
 nothing (skipped) and `rebuild_head` / `evaluate_offline` run the single-node steps.
 
 `plan_run` fixes the run spec (`training.runspec.plan`, the same call as `banditops
-train`); the tasks and their wiring come from `training.pipeline.RETRAIN_STEPS` and each
-task is one `training.pipeline.run_step` call; they pass the run spec and typed references
-(`training.refs`: paths, versions) through XCom. The trigger form is
+train`); the tasks, their wiring and their properties (outlet assets, trigger rules, the
+gate's short-circuit, `promote`'s run-if) come from `training.pipeline.RETRAIN_STEPS`, and
+each task is one `training.pipeline.run_step` call; they pass the run spec and typed
+references (`training.refs`: paths, versions) through XCom. The trigger form is
 `training.form.RETRAIN_FORM`. Outputs live in `<runs dir>/<run id>/`; a retried task
 overwrites its own.
 Bad data or bad input (`ValueError`, the GX `DataValidationError`) fails at once without
@@ -31,7 +32,7 @@ retries. Settings come from `BANDITOPS_*` (`training.settings.PipelineSettings`)
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,14 +47,15 @@ from airflow.sdk import (
 )
 
 from training.form import RETRAIN_FORM
-from training.pipeline import RETRAIN_STEPS, run_step
+from training.pipeline import RETRAIN_STEPS, Step, run_step
 from training.settings import PipelineSettings
 
 SETTINGS = PipelineSettings()
-REPLAY = Asset(uri=f"x-banditops://replay/{SETTINGS.model_name}", name="banditops_replay")
-MODEL = Asset(
-    uri=f"x-mlflow://registered-models/{SETTINGS.model_name}", name="banditops_registered_model"
-)
+ASSETS = {
+    s.name: Asset(uri=s.outlet.uri.format(model_name=SETTINGS.model_name), name=s.outlet.name)
+    for s in RETRAIN_STEPS
+    if s.outlet is not None
+}
 NO_RETRY_ON_BAD_INPUT = ExceptionRetryPolicy(
     rules=[
         RetryRule(
@@ -63,6 +65,7 @@ NO_RETRY_ON_BAD_INPUT = ExceptionRetryPolicy(
         )
     ]
 )
+MAPPED = {s.name for s in RETRAIN_STEPS if s.mapped is not None}
 
 
 def _listed(parts: Any) -> list[Any]:
@@ -70,116 +73,41 @@ def _listed(parts: Any) -> list[Any]:
     return [parts[i] for i in range(len(parts))]
 
 
-@task
-def plan_run(
-    *, params: Any = None, run_id: Any = None, data_interval_end: Any = None, dag_run: Any = None
-) -> dict[str, Any]:
-    end = data_interval_end or dag_run.run_after
-    return run_step("plan_run", dict(params), run_key=run_id, interval_end=end)  # type: ignore[no-any-return]
+def _callable(step: Step) -> Callable[..., Any]:
+    """The task's function: ``run_step`` on the step's inputs (keyword arguments named by
+    the steps they come from, merged into the task context)."""
+
+    def call(**context: Any) -> Any:
+        args = [_listed(context[name]) if name in MAPPED else context[name] for name in step.inputs]
+        if not step.inputs:  # the root plans the run from the form and the run's id
+            end = context.get("data_interval_end") or context["dag_run"].run_after
+            params = dict(context["params"])
+            return run_step(step.name, params, run_key=context["run_id"], interval_end=end)
+        out = run_step(step.name, *args)
+        if step.name in ASSETS:  # the run key is the run id (plan_run)
+            context["outlet_events"][ASSETS[step.name]].extra = {
+                "run_key": context["run_id"],
+                **out,
+            }
+        return out
+
+    call.__name__ = call.__qualname__ = step.name
+    return call
 
 
-@task(outlets=[REPLAY])
-def extract_replay(spec: dict[str, Any], *, outlet_events: Any = None) -> dict[str, Any]:
-    replay: dict[str, Any] = run_step("extract_replay", spec)
-    outlet_events[REPLAY].extra = {"run_key": spec["run_key"], **replay}
-    return replay
-
-
-@task
-def validate_features(spec: dict[str, Any], replay: dict[str, Any]) -> dict[str, Any]:
-    return run_step("validate_features", spec, replay)  # type: ignore[no-any-return]
-
-
-@task
-def train_network(spec: dict[str, Any], replay: dict[str, Any]) -> dict[str, Any]:
-    return run_step("train_network", spec, replay)  # type: ignore[no-any-return]
-
-
-@task
-def plan_rebuild_shards(
-    spec: dict[str, Any], replay: dict[str, Any], trained: dict[str, Any]
-) -> list[dict[str, Any]]:
-    return run_step("plan_rebuild_shards", spec, replay, trained)  # type: ignore[no-any-return]
-
-
-@task
-def plan_evaluation_shards(
-    spec: dict[str, Any], replay: dict[str, Any], trained: dict[str, Any]
-) -> list[dict[str, Any]]:
-    return run_step("plan_evaluation_shards", spec, replay, trained)  # type: ignore[no-any-return]
-
-
-@task
-def shard_statistics(shard: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
-    return run_step("shard_statistics", shard, trained)  # type: ignore[no-any-return]
-
-
-@task
-def shard_evaluation(shard: dict[str, Any], rebuilt: dict[str, Any]) -> dict[str, Any]:
-    return run_step("shard_evaluation", shard, rebuilt)  # type: ignore[no-any-return]
-
-
-@task(trigger_rule="none_failed")  # runs when the mapped shards expanded to nothing
-def rebuild_head(
-    spec: dict[str, Any], trained: dict[str, Any], replay: dict[str, Any], parts: Any
-) -> dict[str, Any]:
-    return run_step("rebuild_head", spec, trained, replay, _listed(parts))  # type: ignore[no-any-return]
-
-
-@task(trigger_rule="none_failed")
-def evaluate_offline(
-    spec: dict[str, Any], rebuilt: dict[str, Any], replay: dict[str, Any], parts: Any
-) -> dict[str, Any]:
-    return run_step("evaluate_offline", spec, rebuilt, replay, _listed(parts))  # type: ignore[no-any-return]
-
-
-@task(outlets=[MODEL])
-def register_candidate(
-    spec: dict[str, Any],
-    replay: dict[str, Any],
-    validated: dict[str, Any],
-    trained: dict[str, Any],
-    rebuilt: dict[str, Any],
-    evaluated: dict[str, Any],
-    *,
-    outlet_events: Any = None,
-) -> dict[str, Any]:
-    registered: dict[str, Any] = run_step(
-        "register_candidate", spec, replay, validated, trained, rebuilt, evaluated
+def _task(step: Step) -> Any:
+    """The Airflow task of ``step``, with the properties its row declares."""
+    outlets = [ASSETS[step.name]] if step.name in ASSETS else []
+    maker: Any = task.short_circuit if step.stops_run else task
+    made = maker(
+        _callable(step), task_id=step.name, outlets=outlets, trigger_rule=step.trigger_rule
     )
-    outlet_events[MODEL].extra = registered
-    return registered
-
-
-@task.short_circuit
-def gate(spec: dict[str, Any], registered: dict[str, Any], evaluated: dict[str, Any]) -> bool:
-    return run_step("gate", spec, registered, evaluated)  # type: ignore[no-any-return]
-
-
-@task.run_if(
-    lambda context: bool(context["params"]["auto_promote"]),
-    skip_message="auto_promote is off: the version waits for bandit_promote.",
-)
-@task
-def promote(spec: dict[str, Any], registered: dict[str, Any]) -> dict[str, Any]:
-    return run_step("promote", spec, registered)  # type: ignore[no-any-return]
-
-
-TASKS: dict[str, Any] = {
-    "plan_run": plan_run,
-    "extract_replay": extract_replay,
-    "validate_features": validate_features,
-    "train_network": train_network,
-    "plan_rebuild_shards": plan_rebuild_shards,
-    "plan_evaluation_shards": plan_evaluation_shards,
-    "shard_statistics": shard_statistics,
-    "rebuild_head": rebuild_head,
-    "shard_evaluation": shard_evaluation,
-    "evaluate_offline": evaluate_offline,
-    "register_candidate": register_candidate,
-    "gate": gate,
-    "promote": promote,
-}
+    if step.run_if is not None:
+        field = step.run_if
+        made = task.run_if(
+            lambda context: bool(context["params"][field]), skip_message=step.skip_message
+        )(made)
+    return made
 
 
 @dag(
@@ -200,22 +128,16 @@ TASKS: dict[str, Any] = {
     params={f.name: Param(f.default_for(SETTINGS), **f.schema()) for f in RETRAIN_FORM},
 )
 def bandit_retrain() -> None:
-    """The tasks of ``RETRAIN_STEPS``, each called on the outputs of the steps it names."""
+    """One task per row of ``RETRAIN_STEPS``, called on the outputs of the steps it names."""
     out: dict[str, Any] = {}
     for step in RETRAIN_STEPS:
-        made = TASKS[step.name]
-        names = [
-            p.name
-            for p in inspect.signature(made.function).parameters.values()
-            if p.kind is p.POSITIONAL_OR_KEYWORD
-        ]
-        kwargs = dict(zip(names, (out[name] for name in step.inputs), strict=True))
+        made = _task(step)
+        kwargs = {name: out[name] for name in step.inputs}
         if step.mapped is None:
             out[step.name] = made(**kwargs)
         else:
-            over = names[step.inputs.index(step.mapped)]
-            fixed = {k: v for k, v in kwargs.items() if k != over}
-            out[step.name] = made.partial(**fixed).expand(**{over: kwargs[over]})
+            fixed = {k: v for k, v in kwargs.items() if k != step.mapped}
+            out[step.name] = made.partial(**fixed).expand(**{step.mapped: kwargs[step.mapped]})
         for name in step.after:
             out[name] >> out[step.name]
 

@@ -179,3 +179,26 @@ def test_without_auto_promote_the_version_waits_in_staging(
     assert set(version.aliases) >= {"candidate", "staging"}
     assert version.tags["gate_passed"] == "true"
     assert registry.by_alias("production").version == production  # waits for bandit_promote
+
+
+def test_sharded_run_maps_the_shard_tasks(
+    first_retrain: Any, dagtools: Any, pipeline_env: Any
+) -> None:
+    """``shards`` = 2: the tasks made from the ``mapped`` rows expand once per shard and
+    the reducing tasks take their lists (the tasks come from ``RETRAIN_STEPS`` alone)."""
+    conf = {**dagtools.GOOD_RUN, "shards": 2, "auto_promote": False, "tolerance": 0.5}
+    run = dagtools.run_dag("bandit_retrain", conf)
+    assert run.state == "success", run.tasks
+    assert run.tasks["shard_statistics"] == "success", run.tasks
+    assert run.tasks["shard_evaluation"] == "success", run.tasks
+    folder = Path(_spec(run.run_id)["run_dir"])
+    # one statistics file per training shard, one OPE file per held-out shard, and the
+    # reward model only the sharded rebuild writes
+    assert sorted(p.name for p in (folder / "shards").iterdir()) == [
+        "holdout-0000.npz",
+        "holdout-0001.npz",
+        "train-0000.npz",
+        "train-0001.npz",
+    ]
+    assert (folder / "rebuild" / "reward_model.npz").is_file()
+    assert dagtools.version_of(run.run_id) is not None

@@ -182,14 +182,20 @@ def test_cli_and_dag_plan_the_same_run_spec(
 
 def test_the_dag_wires_its_tasks_in_the_shared_step_order(airflow_home: Any, dagtools: Any) -> None:
     """Every task of ``bandit_retrain`` is a step of ``RETRAIN_STEPS``, with exactly the
-    upstream tasks the step names, and the table's order is a topological order of it."""
+    upstream tasks the step names and the properties its row declares (trigger rule,
+    outlet, short-circuit, mapping), and the table's order is a topological order of it."""
     airflow_home.ready()
     with airflow_home.applied():
         dag = dagtools.load_dag("bandit_retrain")
     order = pipeline.step_order()
     assert sorted(dag.task_ids) == sorted(order)
     for step in pipeline.RETRAIN_STEPS:
-        assert dag.get_task(step.name).upstream_task_ids == set(step.inputs) | set(step.after)
+        task = dag.get_task(step.name)
+        assert task.upstream_task_ids == set(step.inputs) | set(step.after)
+        assert task.trigger_rule == step.trigger_rule, step.name
+        assert [a.name for a in task.outlets] == ([step.outlet.name] if step.outlet else [])
+        assert ("ShortCircuit" in type(task).__name__) == step.stops_run, step.name
+        assert type(task).__name__.endswith("MappedOperator") == (step.mapped is not None)
     position = {name: i for i, name in enumerate(order)}
     for task in dag.tasks:
         assert all(position[up] < position[task.task_id] for up in task.upstream_task_ids)

@@ -1,39 +1,62 @@
-"""The nightly retrain's step order, declared once, and the in-process run of it.
+"""The nightly retrain's steps, declared once, and the in-process run of them.
 
-:data:`RETRAIN_STEPS` is the graph: each step names the steps whose outputs it takes (in
-its call's order), the steps it only waits for, and the list it runs once per item of (the
-map-reduce shards). The ``bandit_retrain`` DAG wires its tasks from this table, and
-:func:`run_retrain` (``banditops train``, the tests) walks the same table in one process.
-Both call every step through :func:`run_step`, which takes and returns the small JSON
-values that travel through XCom and turns them into the typed references of
-:mod:`training.refs` (and back) on the way, so the CLI exercises the DAG's path.
+:data:`RETRAIN_STEPS` is the graph and everything the DAG needs to make each task: the
+function the step calls, the steps whose outputs it takes (in its call's order), the steps
+it only waits for, the list it runs once per item of (the map-reduce shards), and its
+Airflow properties (trigger rule, outlet asset, short-circuit, run-if parameter). The
+``bandit_retrain`` DAG makes one task per row, and :func:`run_retrain` (``banditops
+train``, the tests) walks the same table in one process. Both call every step through
+:func:`run_step`, which takes and returns the small JSON values that travel through XCom
+and turns them into the typed references of :mod:`training.refs` (and back) by the step
+function's annotations, so the CLI exercises the DAG's path and a new step needs no
+adapter.
 
-Cheap to import (the DAG file reads the table at parse time): the steps themselves
-(torch, MLflow, pandas) are imported when a step runs.
+Cheap to import (the DAG file reads the table at parse time): the step functions (torch,
+MLflow, pandas) are imported when a step runs.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
-from training.refs import (
-    EvaluatedRef,
-    RebuiltRef,
-    RegisteredRef,
-    ReplayRef,
-    RunOutputs,
-    TrainedRef,
-    ValidatedRef,
-)
-from training.runspec import RunSpec, plan
+from training.refs import EvaluatedRef, RegisteredRef, ReplayRef
+from training.runspec import RunSpec
 from training.settings import PipelineSettings
 
-__all__ = ["RETRAIN_STEPS", "RetrainOutcome", "Step", "run_retrain", "run_step", "step_order"]
+__all__ = [
+    "RETRAIN_STEPS",
+    "Outlet",
+    "RetrainOutcome",
+    "Step",
+    "run_retrain",
+    "run_step",
+    "step_order",
+]
+
+TRIGGER_RULES = ("all_success", "none_failed")
+
+
+@dataclass(frozen=True)
+class Outlet:
+    """An asset a step produces; its event's ``extra`` is the step's output and the run key.
+
+    Parameters
+    ----------
+    name : str
+        The asset's name.
+    uri : str
+        Its URI, with ``{model_name}`` filled from the settings.
+    """
+
+    name: str
+    uri: str
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,11 @@ class Step:
     ----------
     name : str
         The task id, and the key of :func:`run_step`.
+    call : str
+        The function it runs, ``"module:function"`` (imported when the step runs). Its
+        parameters annotated with a :class:`training.refs.StepRef` or
+        :class:`training.runspec.RunSpec` get that type from the XCom value; a returned
+        reference (or list of them) goes back as its XCom value.
     inputs : tuple of str
         The steps whose outputs the step takes, in its call's order.
     after : tuple of str
@@ -51,37 +79,101 @@ class Step:
     mapped : str or None
         The input (one of ``inputs``) it runs once per item of; its output is the list.
     stops_run : bool
-        A false result skips every later step (the gate).
+        A false result skips every later step (the gate; an Airflow short-circuit task).
+    trigger_rule : str
+        The Airflow trigger rule, one of :data:`TRIGGER_RULES` (``none_failed``: runs
+        when a mapped input expanded to nothing).
+    outlet : Outlet or None
+        The asset the step produces.
+    run_if : str or None
+        A retrain form parameter; the step is skipped when it is false.
+    skip_message : str
+        Why it was skipped then.
     """
 
     name: str
+    call: str
     inputs: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
     mapped: str | None = None
     stops_run: bool = False
+    trigger_rule: str = "all_success"
+    outlet: Outlet | None = None
+    run_if: str | None = None
+    skip_message: str = ""
 
+    def __post_init__(self) -> None:
+        if self.mapped is not None and self.mapped not in self.inputs:
+            raise ValueError(
+                f"mapped must be one of the inputs {list(self.inputs)} of {self.name}; "
+                f"got {self.mapped!r}."
+            )
+        if self.trigger_rule not in TRIGGER_RULES:
+            raise ValueError(
+                f"trigger_rule must be one of {', '.join(TRIGGER_RULES)}; "
+                f"got {self.trigger_rule!r} for {self.name}."
+            )
+        if ":" not in self.call:
+            raise ValueError(f"call must be 'module:function'; got {self.call!r}.")
+
+
+_STEPS = "training.steps"
+_SHARDED = "none_failed"  # runs when the mapped shards expanded to nothing
 
 #: The retrain graph, in an order every step's inputs come before it (the DAG's
 #: topological order; a test checks it).
 RETRAIN_STEPS: tuple[Step, ...] = (
-    Step("plan_run"),
-    Step("extract_replay", ("plan_run",)),
-    Step("validate_features", ("plan_run", "extract_replay")),
-    Step("train_network", ("plan_run", "extract_replay"), after=("validate_features",)),
-    Step("plan_rebuild_shards", ("plan_run", "extract_replay", "train_network")),
-    Step("plan_evaluation_shards", ("plan_run", "extract_replay", "train_network")),
+    Step("plan_run", "training.runspec:plan"),
     Step(
-        "shard_statistics", ("plan_rebuild_shards", "train_network"), mapped="plan_rebuild_shards"
+        "extract_replay",
+        f"{_STEPS}:extract",
+        ("plan_run",),
+        outlet=Outlet("banditops_replay", "x-banditops://replay/{model_name}"),
     ),
-    Step("rebuild_head", ("plan_run", "train_network", "extract_replay", "shard_statistics")),
+    Step("validate_features", f"{_STEPS}:validate", ("plan_run", "extract_replay")),
+    Step(
+        "train_network",
+        f"{_STEPS}:train_network",
+        ("plan_run", "extract_replay"),
+        after=("validate_features",),
+    ),
+    Step(
+        "plan_rebuild_shards",
+        f"{_STEPS}:plan_rebuild_shards",
+        ("plan_run", "extract_replay", "train_network"),
+    ),
+    Step(
+        "plan_evaluation_shards",
+        f"{_STEPS}:plan_evaluation_shards",
+        ("plan_run", "extract_replay", "train_network"),
+    ),
+    Step(
+        "shard_statistics",
+        f"{_STEPS}:shard_statistics",
+        ("plan_rebuild_shards", "train_network"),
+        mapped="plan_rebuild_shards",
+    ),
+    Step(
+        "rebuild_head",
+        f"{_STEPS}:rebuild",
+        ("plan_run", "train_network", "extract_replay", "shard_statistics"),
+        trigger_rule=_SHARDED,
+    ),
     Step(
         "shard_evaluation",
+        f"{_STEPS}:shard_evaluation",
         ("plan_evaluation_shards", "rebuild_head"),
         mapped="plan_evaluation_shards",
     ),
-    Step("evaluate_offline", ("plan_run", "rebuild_head", "extract_replay", "shard_evaluation")),
+    Step(
+        "evaluate_offline",
+        f"{_STEPS}:evaluate_offline",
+        ("plan_run", "rebuild_head", "extract_replay", "shard_evaluation"),
+        trigger_rule=_SHARDED,
+    ),
     Step(
         "register_candidate",
+        f"{_STEPS}:register_candidate",
         (
             "plan_run",
             "extract_replay",
@@ -90,10 +182,24 @@ RETRAIN_STEPS: tuple[Step, ...] = (
             "rebuild_head",
             "evaluate_offline",
         ),
+        outlet=Outlet("banditops_registered_model", "x-mlflow://registered-models/{model_name}"),
     ),
-    Step("gate", ("plan_run", "register_candidate", "evaluate_offline"), stops_run=True),
-    Step("promote", ("plan_run", "register_candidate"), after=("gate",)),
+    Step(
+        "gate",
+        f"{_STEPS}:gate",
+        ("plan_run", "register_candidate", "evaluate_offline"),
+        stops_run=True,
+    ),
+    Step(
+        "promote",
+        f"{_STEPS}:promote",
+        ("plan_run", "register_candidate"),
+        after=("gate",),
+        run_if="auto_promote",
+        skip_message="auto_promote is off: the version waits for bandit_promote.",
+    ),
 )
+_BY_NAME = {s.name: s for s in RETRAIN_STEPS}
 
 
 def step_order() -> list[str]:
@@ -102,156 +208,43 @@ def step_order() -> list[str]:
 
 
 # ---------------------------------------------------------------------- the steps on XCom values
-def _plan_run(
-    params: Mapping[str, Any],
-    run_key: str,
-    interval_end: datetime,
-    settings: PipelineSettings | None = None,
-) -> dict[str, Any]:
-    return plan(params, run_key=run_key, interval_end=interval_end, settings=settings).to_xcom()
+def _function(step: Step) -> Callable[..., Any]:
+    module, name = step.call.split(":")
+    function: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return function
 
 
-def _extract_replay(spec: Mapping[str, Any]) -> dict[str, Any]:
-    from training import steps  # lazy: pandas, MLflow (this module is read at DAG parse)
-
-    return steps.extract(RunSpec.from_xcom(spec)).to_xcom()
-
-
-def _validate_features(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, Any]:
-    from training import steps
-
-    return steps.validate(RunSpec.from_xcom(spec), ReplayRef.from_xcom(replay)).to_xcom()
-
-
-def _train_network(spec: Mapping[str, Any], replay: Mapping[str, Any]) -> dict[str, Any]:
-    from training import steps
-
-    return steps.train_network(RunSpec.from_xcom(spec), ReplayRef.from_xcom(replay)).to_xcom()
+def _typed(annotation: Any, value: Any) -> Any:
+    """``value`` as the reference or run spec ``annotation`` names (or the list of them, for
+    a ``Sequence`` or ``list`` of one); else as it is."""
+    if isinstance(annotation, type) and hasattr(annotation, "from_xcom"):
+        return annotation.from_xcom(value)
+    if get_origin(annotation) in (list, Sequence):
+        (item,) = get_args(annotation)
+        if isinstance(item, type) and hasattr(item, "from_xcom"):
+            return [item.from_xcom(v) for v in value]
+    return value
 
 
-def _plan_shards(part: str) -> Callable[..., list[dict[str, Any]]]:
-    def planned(
-        spec: Mapping[str, Any], replay: Mapping[str, Any], trained: Mapping[str, Any]
-    ) -> list[dict[str, Any]]:
-        from training import shards
-
-        return shards.plan(
-            RunSpec.from_xcom(spec).to_xcom(),
-            ReplayRef.from_xcom(replay).to_xcom(),
-            part,
-            TrainedRef.from_xcom(trained).to_xcom(),
-        )
-
-    return planned
-
-
-def _shard_statistics(shard: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
-    from training import shards
-
-    return shards.shard_statistics(shard, TrainedRef.from_xcom(trained).state_path)
-
-
-def _rebuild_head(
-    spec: Mapping[str, Any],
-    trained: Mapping[str, Any],
-    replay: Mapping[str, Any],
-    parts: Sequence[Mapping[str, Any]],
-) -> dict[str, Any]:
-    from training import steps
-
-    return steps.rebuild(
-        RunSpec.from_xcom(spec),
-        TrainedRef.from_xcom(trained),
-        ReplayRef.from_xcom(replay),
-        list(parts),
-    ).to_xcom()
-
-
-def _shard_evaluation(shard: Mapping[str, Any], rebuilt: Mapping[str, Any]) -> dict[str, Any]:
-    from training import shards
-
-    ref = RebuiltRef.from_xcom(rebuilt)
-    if ref.reward_model is None:
-        raise ValueError("rebuilt has no reward_model: the sharded rebuild did not run.")
-    return shards.shard_evaluation(shard, ref.state_path, ref.reward_model)
-
-
-def _evaluate_offline(
-    spec: Mapping[str, Any],
-    rebuilt: Mapping[str, Any],
-    replay: Mapping[str, Any],
-    parts: Sequence[Mapping[str, Any]],
-) -> dict[str, Any]:
-    from training import steps
-
-    return steps.evaluate_offline(
-        RunSpec.from_xcom(spec),
-        RebuiltRef.from_xcom(rebuilt),
-        ReplayRef.from_xcom(replay),
-        list(parts),
-    ).to_xcom()
-
-
-def _register_candidate(
-    spec: Mapping[str, Any],
-    replay: Mapping[str, Any],
-    validated: Mapping[str, Any],
-    trained: Mapping[str, Any],
-    rebuilt: Mapping[str, Any],
-    evaluated: Mapping[str, Any],
-) -> dict[str, Any]:
-    from training import steps
-
-    outputs = RunOutputs(
-        replay=ReplayRef.from_xcom(replay),
-        validated=ValidatedRef.from_xcom(validated),
-        trained=TrainedRef.from_xcom(trained),
-        rebuilt=RebuiltRef.from_xcom(rebuilt),
-        evaluated=EvaluatedRef.from_xcom(evaluated),
-    )
-    return steps.register_candidate(RunSpec.from_xcom(spec), outputs).to_xcom()
-
-
-def _gate(
-    spec: Mapping[str, Any], registered: Mapping[str, Any], evaluated: Mapping[str, Any]
-) -> bool:
-    from training import steps
-
-    return steps.gate(
-        RunSpec.from_xcom(spec),
-        RegisteredRef.from_xcom(registered),
-        EvaluatedRef.from_xcom(evaluated),
-    )
-
-
-def _promote(spec: Mapping[str, Any], registered: Mapping[str, Any]) -> dict[str, Any]:
-    from training import steps
-
-    return steps.promote(RunSpec.from_xcom(spec), RegisteredRef.from_xcom(registered)).to_xcom()
-
-
-_CALLS: dict[str, Callable[..., Any]] = {
-    "plan_run": _plan_run,
-    "extract_replay": _extract_replay,
-    "validate_features": _validate_features,
-    "train_network": _train_network,
-    "plan_rebuild_shards": _plan_shards("train"),
-    "plan_evaluation_shards": _plan_shards("holdout"),
-    "shard_statistics": _shard_statistics,
-    "rebuild_head": _rebuild_head,
-    "shard_evaluation": _shard_evaluation,
-    "evaluate_offline": _evaluate_offline,
-    "register_candidate": _register_candidate,
-    "gate": _gate,
-    "promote": _promote,
-}
+def _plain(value: Any) -> Any:
+    """A step's result as its XCom value (references, and lists of them, as dicts)."""
+    if hasattr(value, "to_xcom"):
+        return value.to_xcom()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def run_step(name: str, *args: Any, **kwargs: Any) -> Any:
     """Run step ``name`` of :data:`RETRAIN_STEPS` on XCom values; its XCom value."""
-    if name not in _CALLS:
+    if name not in _BY_NAME:
         raise ValueError(f"name must be one of {', '.join(step_order())}; got {name!r}.")
-    return _CALLS[name](*args, **kwargs)
+    function = _function(_BY_NAME[name])
+    signature = inspect.signature(function, eval_str=True)
+    bound = signature.bind(*args, **kwargs)
+    for key, value in bound.arguments.items():
+        bound.arguments[key] = _typed(signature.parameters[key].annotation, value)
+    return _plain(function(*bound.args, **bound.kwargs))
 
 
 # ---------------------------------------------------------------------- one process

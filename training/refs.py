@@ -114,11 +114,31 @@ class PromotedRef(StepRef):
 
 
 @dataclass(frozen=True)
-class RunOutputs:
-    """Everything ``register_candidate`` logs: the outputs of the steps before it."""
+class ShardRef(StepRef):
+    """One shard of a map-reduce round (:func:`training.shards.plan`): replay rows
+    ``[start, stop)`` of ``part`` (``"train"`` or ``"holdout"``), its output written under
+    ``out_dir``; a held-out shard also carries the OPE's blocking (``first_row``,
+    ``block_rows``, ``seed``) and the production baseline every shard compares with."""
 
-    replay: ReplayRef
-    validated: ValidatedRef
-    trained: TrainedRef
-    rebuilt: RebuiltRef
-    evaluated: EvaluatedRef
+    replay: str
+    out_dir: str
+    part: str
+    index: int
+    start: int
+    stop: int
+    first_row: int | None = None
+    block_rows: int | None = None
+    seed: int | None = None
+    baseline_version: str | None = None
+    baseline_state: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardPartRef(StepRef):
+    """What one mapped shard task wrote (``shards/<part>-<index>.npz``) and reduces from;
+    a held-out shard names the baseline it evaluated against."""
+
+    path: str
+    index: int
+    rows: int
+    baseline_version: str | None = None

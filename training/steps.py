@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -32,13 +31,17 @@ from training.refs import (
     RebuiltRef,
     RegisteredRef,
     ReplayRef,
-    RunOutputs,
+    ShardPartRef,
+    ShardRef,
     TrainedRef,
     ValidatedRef,
 )
 from training.replay import ReplayManifest, extract_replay, load_replay
 from training.runspec import RunSpec
+from training.shards import plan as plan_shards
 from training.shards import reduce_evaluation, reduce_head
+from training.shards import shard_evaluation as evaluation_of_shard
+from training.shards import shard_statistics as statistics_of_shard
 from training.train import RESULT_FILE, TrainResult, rebuild_head, train
 from training.validate import validate_features
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, reference_histograms
@@ -146,11 +149,36 @@ def train_network(s: RunSpec, replay: ReplayRef) -> TrainedRef:
     )
 
 
+def plan_rebuild_shards(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -> list[ShardRef]:
+    """The training shards of the head rebuild (empty: the single-node rebuild)."""
+    planned = plan_shards(s.to_xcom(), replay.to_xcom(), "train", trained.to_xcom())
+    return [ShardRef(**shard) for shard in planned]
+
+
+def plan_evaluation_shards(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -> list[ShardRef]:
+    """The held-out shards of the offline evaluation (empty: the single-node one)."""
+    planned = plan_shards(s.to_xcom(), replay.to_xcom(), "holdout", trained.to_xcom())
+    return [ShardRef(**shard) for shard in planned]
+
+
+def shard_statistics(shard: ShardRef, trained: TrainedRef) -> ShardPartRef:
+    """The additive head statistics of one training shard (a mapped task)."""
+    return ShardPartRef(**statistics_of_shard(shard.to_xcom(), trained.state_path))
+
+
+def shard_evaluation(shard: ShardRef, rebuilt: RebuiltRef) -> ShardPartRef:
+    """The mergeable OPE sums of one held-out shard (a mapped task)."""
+    if rebuilt.reward_model is None:
+        raise ValueError("rebuilt has no reward_model: the sharded rebuild did not run.")
+    part = evaluation_of_shard(shard.to_xcom(), rebuilt.state_path, rebuilt.reward_model)
+    return ShardPartRef(**part)
+
+
 def rebuild(
     s: RunSpec,
     trained: TrainedRef,
     replay: ReplayRef,
-    parts: Sequence[Mapping[str, Any]] = (),
+    parts: Sequence[ShardPartRef] = (),
 ) -> RebuiltRef:
     """Rebuild the Bayesian head on the final network (``rebuild/policy_state.npz``).
 
@@ -160,7 +188,7 @@ def rebuild(
     """
     out = s.folder / "rebuild" / "policy_state.npz"
     if parts:
-        state, model = reduce_head(trained.state_path, parts, out)
+        state, model = reduce_head(trained.state_path, [p.to_xcom() for p in parts], out)
         return RebuiltRef(state_path=str(state), reward_model=str(model), shards=len(parts))
     state = rebuild_head(trained.state_path, replay.path, out, s.train_config().holdout_fraction)
     return RebuiltRef(state_path=str(state))
@@ -170,7 +198,7 @@ def evaluate_offline(
     s: RunSpec,
     rebuilt: RebuiltRef,
     replay: ReplayRef,
-    parts: Sequence[Mapping[str, Any]] = (),
+    parts: Sequence[ShardPartRef] = (),
 ) -> EvaluatedRef:
     """OPE (IPS, SNIPS, DR… with intervals) of the candidate and of production on the held-out
     window, and the gate's decision (``evaluation/``).
@@ -185,8 +213,8 @@ def evaluate_offline(
     """
     out = s.folder / "evaluation"
     if parts:
-        result = reduce_evaluation(parts, s.gate_rule(), out)
-        baseline = parts[0]["baseline_version"]
+        result = reduce_evaluation([p.to_xcom() for p in parts], s.gate_rule(), out)
+        baseline = parts[0].baseline_version
     else:
         baseline, state = baseline_state(s)
         result = evaluate(
@@ -223,17 +251,23 @@ def evaluate_offline(
     )
 
 
-def register_candidate(s: RunSpec, outputs: RunOutputs) -> RegisteredRef:
+def register_candidate(
+    s: RunSpec,
+    replay: ReplayRef,
+    validated: ValidatedRef,
+    trained: TrainedRef,
+    rebuilt: RebuiltRef,
+    evaluated: EvaluatedRef,
+) -> RegisteredRef:
     """Log the run to MLflow and register its policy as a version with the registered
     alias.
 
     At most one version per run key: a retried or re-run step returns the version
     registered before (``created`` False) and registers nothing.
     """
-    replay, validated, trained = outputs.replay, outputs.validated, outputs.trained
     manifest = ReplayManifest.read(replay.manifest)
     result = TrainResult.read(trained.result)
-    summary = json.loads(Path(outputs.evaluated.summary).read_text())
+    summary = json.loads(Path(evaluated.summary).read_text())
     metrics = {**result.metrics, **summary["metrics"], **validated.metrics}
     metrics_path = s.folder / METRICS_FILE
     metrics_path.write_text(json.dumps(metrics, indent=2))
@@ -245,7 +279,7 @@ def register_candidate(s: RunSpec, outputs: RunOutputs) -> RegisteredRef:
     created = registry.find_by_run_key(s.run_key) is None
     head = load_replay(manifest.path).subset(slice(0, 2))  # the model's input example
     version = registry.register_candidate(
-        state_path=outputs.rebuilt.state_path,
+        state_path=rebuilt.state_path,
         run_key=s.run_key,
         input_example=example_table(head.contexts, head.candidate_ids, head.candidate_features),
         params={
