@@ -22,7 +22,6 @@ import pytest
 
 from bandit_core import load_state, save_state
 from eventstore.engine import make_engine
-from eventstore.migrate import upgrade
 from eventstore.records import DecisionRow
 from serving.store.repository import write_events
 from tests.serving_helpers import (
@@ -201,12 +200,14 @@ def _bomb_model(path: Path) -> Path:
 
     policy_file(path, name="shared_linucb")
     header = np.lib.format.header_data_from_array_1_0(np.zeros(1 << 27))
-    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("bomb.npy", "w", force_zip64=True) as fh:
-            np.lib.format.write_array_header_1_0(fh, header)
-            block = bytes(1 << 20)
-            for _ in range(1 << 10):
-                fh.write(block)
+    with (
+        zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive,
+        archive.open("bomb.npy", "w", force_zip64=True) as fh,
+    ):
+        np.lib.format.write_array_header_1_0(fh, header)
+        block = bytes(1 << 20)
+        for _ in range(1 << 10):
+            fh.write(block)
     return path
 
 
@@ -430,3 +431,21 @@ def test_the_bodies_of_hostile_json_never_reach_the_log_as_5xx(http: httpx.Clien
     got = _raw(http, "/v1/rewards", '{"event_id": "\\ud800", "reward": "\\udfff"}')
     assert got.status_code == 422
     json.loads(got.text)  # valid UTF-8 JSON
+
+
+def test_thompson_splits_exact_ties_uniformly_with_their_propensity() -> None:
+    """Two identical candidates tie exactly in every posterior draw: each is chosen half
+    the time with propensity 1/2 (before: always the first, with propensity 1)."""
+    from bandit_core import Candidates, make_policy
+
+    policy = make_policy("shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM, n_sim=50)
+    same = np.ones((2, DIM_ARM))
+    rng = np.random.default_rng(7)
+    chosen = []
+    for _ in range(400):
+        decision = policy.select(np.ones(DIM_USER), Candidates(("a", "b"), same), rng)
+        assert decision.propensity == pytest.approx(0.5)
+        np.testing.assert_allclose(decision.probabilities, [0.5, 0.5])
+        chosen.append(decision.arm)
+    share = np.mean(chosen)
+    assert abs(share - 0.5) < 4 * np.sqrt(0.25 / 400)  # 4 standard errors

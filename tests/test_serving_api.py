@@ -5,7 +5,6 @@ restart recovery."""
 from __future__ import annotations
 
 import time
-
 from pathlib import Path
 from typing import Any
 

@@ -587,7 +587,7 @@ class _ThompsonRule:
                 noise *= cfg.v
             centre = mean[rows][:, None, :]
             sampled = np.concatenate([centre + noise, centre - noise], axis=1)
-            choice, prob = thompson_choice(sampled)
+            choice, prob = thompson_choice(sampled, rng)
             choices.append(choice)
             probs.append(prob)
             scores.append(sampled[:, 0, :])
