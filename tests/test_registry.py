@@ -72,7 +72,7 @@ def test_register_gate_promote_rollback_with_history(
     assert registry.record_gate(v2.version, False, ["dr lower bound 0.10 < 0.29"]) is False
     assert registry.get(v2.version).tags["gate_passed"] == "false"
     assert registry.by_alias("staging").version == v1.version  # a failed gate does not move staging
-    with pytest.raises(RegistryError, match="failed its gate.*--force"):
+    with pytest.raises(RegistryError, match=r"failed its gate.*--force"):
         registry.promote(v2.version, by="tester", reason="manual override")
     assert registry.by_alias("production").version == v1.version
     registry.promote(v2.version, by="tester", reason="manual override", force=True)
