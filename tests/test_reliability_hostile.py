@@ -449,3 +449,42 @@ def test_thompson_splits_exact_ties_uniformly_with_their_propensity() -> None:
         chosen.append(decision.arm)
     share = np.mean(chosen)
     assert abs(share - 0.5) < 4 * np.sqrt(0.25 / 400)  # 4 standard errors
+
+
+# -------------------------------------------------------------- the benchmark's verdict
+def _benchmark(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    out = tmp_path / f"reliability{len(extra)}.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.reliability",
+            "--cases",
+            "hostile",
+            "--stores",
+            "sqlite",
+            "--hostile-seconds",
+            "2",
+            "--json",
+            str(out),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.exists(), done.stdout + done.stderr
+    return done.returncode, json.loads(out.read_text())["rows"][0]
+
+
+def test_the_reliability_benchmark_is_a_verdict(tmp_path: Path) -> None:
+    """0 with nothing lost, duplicated, poisoned or 5xx; non-zero when the hostile case
+    is broken on purpose (huge numbers let through poison the head)."""
+    code, row = _benchmark(tmp_path)
+    assert code == 0, row
+    assert (row["lost"], row["duplicated"], row["poisoned"], row["server_errors"]) == (0, 0, 0, 0)
+    assert row["slates"]["healthz_p99_ms"] > 0 and row["slates"]["ordinary_decision_p99_ms"] > 0
+    code, row = _benchmark(tmp_path, "--sabotage")
+    assert code != 0 and row["poisoned"] > 0, row
