@@ -9,7 +9,12 @@ Threads and what they own:
   commit it schedules the application of the batch's rewards on the loop *before*
   completing the requests' futures, so a reward's response is sent after its head update,
   and heads learn in reward-id order (which is what recovery replays);
-* the **loader** thread polls the model source and swaps the served set.
+* the **loader** thread polls the model source and swaps the served set;
+* the **decision** thread chooses the decisions costing more than
+  ``inline_work_units`` (:mod:`serving.budget`), each on a copy of the policy taken on
+  the loop, so it never touches a live policy; past ``decision_deadline_s`` the fallback
+  answers instead. A policy whose ``select`` records state (an exposure cap) always
+  decides on the loop.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
-from bandit_core import Candidates
+from bandit_core import Candidates, ExposureCap
 from bandit_core.policies.position import update_at
 from eventstore import records
 from eventstore.admission import Admission
@@ -121,6 +126,16 @@ def _why_not_applicable(late: bool, decision: StoredDecision, served: ServingSet
     if served.for_version(decision.model_version) is None:
         return records.NOT_SERVED
     return None
+
+
+def _records_on_select(policy: Any) -> bool:
+    """Whether ``select`` changes the policy's state (an exposure cap records what it
+    showed): such a policy is never chosen on a copy, so it decides on the loop."""
+    while policy is not None:
+        if isinstance(policy, ExposureCap):
+            return True
+        policy = getattr(policy, "inner", None)
+    return False
 
 
 def build_source(settings: Settings) -> ModelSource:
@@ -450,7 +465,7 @@ class DecisionService:
         options = self._options(inp)
         if model is not None:
             try:
-                if units <= self.settings.inline_work_units:
+                if units <= self.settings.inline_work_units or _records_on_select(model.policy):
                     choice = choose(model.policy, inp.context, inp.candidates, self.rng, k, options)
                 else:
                     choice = await self._choose_off_loop(model, inp, k, options)

@@ -129,15 +129,20 @@ class Settings(CoreSettings):
         fallback policy (logged as such, with its exact propensity, and counted).
     max_abs_feature : float
         Largest magnitude of a context, candidate, query or catalog feature (422 beyond).
-    max_context_features, max_arm_features : int
-        Widest context and candidate feature vectors, with or without a model.
+    max_context_features : int
+        Widest context vector, with or without a model.
+    max_arm_features : int
+        Widest candidate (or variant) feature vector, with or without a model.
     model_max_dim : int
         Largest dimension a model version's configuration may declare.
     model_max_bytes : int
         Largest total (uncompressed) size of a model version's arrays.
-    http_timeout_keep_alive_s, http_limit_concurrency, http_backlog : float, int, int
-        uvicorn: idle keep-alive timeout, most concurrent connections and tasks (503
-        beyond), and the listen backlog.
+    http_timeout_keep_alive_s : float
+        uvicorn: seconds an idle keep-alive connection is kept open.
+    http_limit_concurrency : int
+        uvicorn: most concurrent connections and tasks (503 beyond).
+    http_backlog : int
+        uvicorn: the listen backlog (connections waiting to be accepted).
     http_max_incomplete_event_bytes : int
         uvicorn (h11): largest request line and headers before the body (400 beyond).
     http_body_timeout_s : float
