@@ -111,6 +111,23 @@ def test_a_state_that_does_not_load_is_refused(registry: ModelRegistry, tmp_path
     assert registry.versions() == []
 
 
+def test_a_state_with_nan_weights_or_huge_dimensions_is_refused(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """Loading was the only check: a NaN head was registered, promoted and served."""
+    from bandit_core import load_state, save_state
+
+    nan = load_state(_state(tmp_path, 1))
+    nan.arrays["head.theta"] = np.full_like(nan.arrays["head.theta"], np.nan)
+    huge = load_state(_state(tmp_path, 2))
+    huge.config["dim_user"] = 1_000_000
+    for name, state, reason in (("nan", nan, "non-finite"), ("huge", huge, "dim_user")):
+        path = save_state(state, tmp_path / f"{name}.npz")
+        with pytest.raises(RegistryError, match=reason):
+            registry.register_candidate(state_path=path, run_key=name)
+    assert registry.versions() == []
+
+
 def test_logged_model_loads_in_a_fresh_process_without_pickle(
     registry: ModelRegistry, tmp_path: Path
 ) -> None:

@@ -58,7 +58,8 @@ def thompson(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProces
     """``banditops serve`` with a linear Thompson-sampling model (token: ``AUTH``)."""
     tmp = tmp_path_factory.mktemp("hostile")
     model = policy_file(tmp / "lints.npz", name="shared_lints")
-    service = ServiceProcess(_env(tmp, model), tmp / "service.log").start()
+    env = _env(tmp, model, BANDITOPS_HTTP_BODY_TIMEOUT_S="2")
+    service = ServiceProcess(env, tmp / "service.log").start()
     yield service
     service.stop()
 
@@ -403,6 +404,21 @@ def test_every_parse_error_is_a_422(http: httpx.Client) -> None:
     for raw in (b'{"context": [0.1,', b'\xff\xfe{"context": 1}', b"[1, 2", b""):
         got = http.post("/v1/decisions", content=raw, headers={"content-type": "application/json"})
         assert got.status_code == 422, (raw, got.status_code, got.text)
+
+
+def test_a_trickled_body_times_out_with_408(thompson: ServiceProcess) -> None:
+    """A client that declares a body and never sends it holds nothing past the timeout."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", thompson.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/decisions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n{"
+        )
+        started = time.perf_counter()
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.perf_counter() - started < 10
 
 
 def test_store_prune_errors_are_clean(tmp_path: Path) -> None:
