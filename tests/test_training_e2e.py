@@ -23,7 +23,7 @@ from modelregistry.registry import ModelRegistry
 from serving.app import create_app
 from serving.settings import Settings
 from serving.traffic import simulate_traffic
-from tests.serving_helpers import make_client
+from tests.serving_helpers import TEST_TOKEN, make_client
 from training.pipeline import RetrainSettings, production_state, run_retrain
 from training.train import TrainConfig
 
@@ -55,6 +55,7 @@ def _settings(tmp_path: Path, store_url: str, tracking_uri: str, **extra: object
         mlflow_tracking_uri=tracking_uri,
         poll_interval_s=0.2,
         seed=11,
+        api_token=TEST_TOKEN,  # make_client sends it
         **extra,
     )  # type: ignore[arg-type]
 
