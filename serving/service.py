@@ -460,12 +460,15 @@ class DecisionService:
 
         Decisions costing at most ``inline_work_units`` are chosen on the event loop;
         costlier ones on a copy of the policy in the decision thread, so the loop keeps
-        answering. A deadline fallback logs the conditional propensities only (exact).
+        answering. The fallback of a costly decision (past the deadline, or with no
+        model) logs the conditional propensities only (exact), not the Monte-Carlo
+        marginals, so it is cheap on the loop.
         """
+        costly = units > self.settings.inline_work_units
         options = self._options(inp)
         if model is not None:
             try:
-                if units <= self.settings.inline_work_units or _records_on_select(model.policy):
+                if not costly or _records_on_select(model.policy):
                     choice = choose(model.policy, inp.context, inp.candidates, self.rng, k, options)
                 else:
                     choice = await self._choose_off_loop(model, inp, k, options)
@@ -480,12 +483,10 @@ class DecisionService:
                     self.settings.decision_deadline_s,
                 )
                 self.metrics.deadline_fallbacks.inc()
-                options = self._options(inp, marginal=False)
             except Exception:
                 log.exception("model %s failed; the fallback decides", model.version)
                 self.metrics.model_errors.inc()
-        elif units > self.settings.inline_work_units:
-            options = self._options(inp, marginal=False)
+        options = self._options(inp, marginal=not costly)
         return choose(self.fallback, inp.context, inp.candidates, self.rng, k, options), True
 
     async def _choose_off_loop(
