@@ -174,5 +174,5 @@ def test_retrain_registers_gates_promotes_and_serving_follows(
     assert registry.by_alias("production").version == outcome.version
 
     # manual promotion of the bad one, then rollback restores version 1
-    registry.promote(bad.version, by="tester", reason="experiment")
+    registry.promote(bad.version, by="tester", reason="experiment", force=True)
     assert registry.rollback(by="tester", reason="worse online").version == outcome.version
