@@ -76,5 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         timeout_s=settings.http_body_timeout_s,
+        large_bytes=settings.http_large_body_bytes,
+        large_concurrency=settings.http_large_body_concurrency,
     )
     return app

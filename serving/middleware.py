@@ -36,12 +36,22 @@ async def _answer(send: Send, status: int, message: str) -> None:
 class BodyLimitMiddleware:
     """Answer 413 to a request body over ``max_bytes`` (declared or streamed), and 408 to
     one not received within ``timeout_s`` (a client trickling its body holds no worker
-    for longer): the body is read here, then replayed to the app."""
+    for longer): the body is read here, then replayed to the app. Requests with a body
+    over ``large_bytes`` are handled ``large_concurrency`` at a time."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        large_bytes: int | None = None,
+        large_concurrency: int = 1,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.large_bytes = large_bytes
+        self._large = asyncio.Semaphore(large_concurrency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,6 +91,13 @@ class BodyLimitMiddleware:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
+        if self.large_bytes is not None and size > self.large_bytes:
+            # large bodies take turns: parsing and validating one is event-loop work,
+            # and while the others wait here (parked, not ready) small requests and
+            # /healthz are never queued behind all of them
+            async with self._large:
+                await self.app(scope, replay, send)
+            return
         await self.app(scope, replay, send)
 
 

@@ -147,6 +147,11 @@ class Settings(CoreSettings):
         uvicorn (h11): largest request line and headers before the body (400 beyond).
     http_body_timeout_s : float
         A request body not received in this time is answered 408.
+    http_large_body_bytes : int
+        Requests with a larger body are handled ``http_large_body_concurrency`` at a time
+        (parsing them is event-loop work; the others wait without delaying small ones).
+    http_large_body_concurrency : int
+        How many large-body requests are handled at once.
     """
 
     model_path: Path | None = None
@@ -213,6 +218,8 @@ class Settings(CoreSettings):
     http_backlog: int = Field(2048, ge=1)
     http_max_incomplete_event_bytes: int = Field(16 << 10, ge=1 << 10)
     http_body_timeout_s: float = Field(30.0, gt=0.0)
+    http_large_body_bytes: int = Field(65_536, ge=1024)
+    http_large_body_concurrency: int = Field(1, ge=1)
 
     @field_validator("context_features", mode="before")
     @classmethod
