@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -270,6 +271,10 @@ class DecisionService:
         await self.catalog.start()
         self.writer.start()
         self.loader.start()
+        # everything allocated so far (imported modules, settings, the catalog) lives as
+        # long as the process: keep it out of the collector's full passes, which would
+        # otherwise scan it and stall the event loop for hundreds of milliseconds
+        gc.freeze()
         self._timer = asyncio.create_task(self.snapshots.timer(self._served_models))
         if self.replicas is not None:
             self._sync_task = asyncio.create_task(self.replicas.run(self._served_models))
