@@ -61,20 +61,34 @@ def sample_categorical(probabilities: FloatArray, rng: np.random.Generator) -> I
     return out
 
 
-def thompson_choice(sampled_scores: FloatArray) -> tuple[IntArray, FloatArray]:
+def thompson_choice(
+    sampled_scores: FloatArray, rng: np.random.Generator | None = None
+) -> tuple[IntArray, FloatArray]:
     """Decision and Monte-Carlo choice probabilities from posterior draws.
 
     ``sampled_scores`` has shape (n, S, K): S independent posterior draws of every
     candidate's score. Draw 0 makes the decision (it *is* a Thompson sample); the
     probability of each arm is its argmax frequency over all S draws, which is an unbiased
     estimate of the true Thompson probability, sums to 1 and is at least 1/S for the arm
-    actually chosen.
+    actually chosen. A draw whose maximum is shared exactly by several arms (identical
+    candidates, a degenerate posterior) counts ``1/|ties|`` for each of them, and with
+    ``rng`` draw 0's decision is uniform over its ties (without, the first of them).
     """
     n, s, k = sampled_scores.shape
     winners = sampled_scores.argmax(axis=-1)  # (n, S)
-    offsets = (np.arange(n) * k)[:, None]
-    counts = np.bincount((winners + offsets).ravel(), minlength=n * k).reshape(n, k)
-    return winners[:, 0].astype(np.intp), counts / float(s)
+    tied = sampled_scores == sampled_scores.max(axis=-1, keepdims=True)  # (n, S, K)
+    n_tied = tied.sum(axis=-1)  # (n, S)
+    if bool(np.all(n_tied == 1)):
+        offsets = (np.arange(n) * k)[:, None]
+        counts = np.bincount((winners + offsets).ravel(), minlength=n * k).reshape(n, k)
+        return winners[:, 0].astype(np.intp), counts / float(s)
+    probs: FloatArray = (tied / n_tied[..., None]).mean(axis=1)
+    choice = winners[:, 0].astype(np.intp)
+    if rng is not None:
+        for row in np.flatnonzero(n_tied[:, 0] > 1):
+            options = np.flatnonzero(tied[row, 0])
+            choice[row] = options[rng.integers(options.size)]
+    return choice, probs
 
 
 def mix_uniform(probabilities: FloatArray, weight: float) -> FloatArray:

@@ -60,7 +60,7 @@ from benchmarks.faults import TcpProxy
 
 TOKEN = "reliability-token"
 DEFAULT_POSTGRES = serving_load.DEFAULT_POSTGRES
-SERVICE_CASES = ("load", "step", "crash", "db_outage", "db_outage_restart")
+SERVICE_CASES = ("load", "step", "crash", "db_outage", "db_outage_restart", "hostile")
 CHECK_CASES = ("registry", "bad_input", "pipeline", "security")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -78,6 +78,8 @@ class Row:
     duplicated: int
     recovery_seconds: float | None
     extra: dict[str, Any] = field(default_factory=dict)
+    poisoned: int = 0
+    server_errors: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,8 @@ class Row:
             "errors": self.errors,
             "lost": self.lost,
             "duplicated": self.duplicated,
+            "poisoned": self.poisoned,
+            "server_errors": self.server_errors,
             "recovery_seconds": self.recovery_seconds,
             **self.extra,
         }
@@ -624,6 +628,8 @@ COLUMNS = (
     "errors",
     "lost",
     "duplicated",
+    "poisoned",
+    "5xx",
     "recovery s",
 )
 
@@ -638,6 +644,8 @@ def _cells(r: Row) -> list[str]:
         str(r.errors),
         str(r.lost),
         str(r.duplicated),
+        str(r.poisoned),
+        str(r.server_errors),
         rec,
     ]
 
@@ -661,11 +669,12 @@ def markdown_table(rows: list[Row]) -> str:
 
 def run_cases(args: argparse.Namespace) -> list[Row]:
     from benchmarks import reliability_checks as checks
+    from benchmarks import reliability_hostile as hostile
 
     rows: list[Row] = []
     pg = args.postgres_url
     wanted = args.cases
-    stores = ("sqlite", "postgresql")
+    stores = args.stores
     plan: list[tuple[str, Callable[[], Row]]] = []
     for store in stores:
         plan.append(("load", partial(case_load, store, args.rps, args.seconds, pg)))
@@ -686,6 +695,13 @@ def run_cases(args: argparse.Namespace) -> list[Row]:
             ),
         )
     )
+    for store in stores:
+        plan.append(
+            (
+                "hostile",
+                partial(hostile.case_hostile, store, pg, args.hostile_seconds, args.sabotage),
+            )
+        )
     plan.append(("registry", lambda: checks.case_registry(args.rps / 4, args.fault_seconds)))
     plan.append(("bad_input", lambda: checks.case_bad_input(args.examples)))
     plan.append(("pipeline", lambda: checks.case_pipeline(args.kills)))
@@ -718,10 +734,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--postgres-url", default=os.environ.get("BANDITOPS_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
     )
+    parser.add_argument(
+        "--stores", default="sqlite,postgresql", help="Stores of the per-store cases."
+    )
+    parser.add_argument(
+        "--hostile-seconds", type=float, default=10.0, help="Length of the hostile slates."
+    )
+    parser.add_argument(
+        "--sabotage",
+        action="store_true",
+        help="Break the hostile case on purpose (max_abs_feature 1e308): the verdict fails.",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None, help="Write the table here.")
     args = parser.parse_args(argv)
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
     unknown = sorted(set(args.cases) - set(SERVICE_CASES + CHECK_CASES))
     if unknown:
         parser.error(f"unknown case(s): {', '.join(unknown)}")
@@ -744,6 +772,27 @@ def main(argv: list[str] | None = None) -> None:
             "rows": [r.to_dict() for r in rows],
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str))
+    failures = verdict(rows)
+    for failure in failures:
+        console.print(f"[red]FAIL[/red] {failure}")
+    if failures:
+        sys.exit(1)
+
+
+def verdict(rows: list[Row]) -> list[str]:
+    """What broke: every row with anything lost, duplicated, poisoned or answered 5xx."""
+    out = []
+    for r in rows:
+        bad = {
+            "lost": r.lost,
+            "duplicated": r.duplicated,
+            "poisoned": r.poisoned,
+            "5xx": r.server_errors,
+        }
+        broken = ", ".join(f"{n} {what}" for what, n in bad.items() if n)
+        if broken:
+            out.append(f"{r.case} ({r.load}): {broken}")
+    return out
 
 
 if __name__ == "__main__":

@@ -481,15 +481,43 @@ def python_files(packages: Iterable[str] = PACKAGES) -> Iterator[Path]:
         yield from sorted((ROOT / package).rglob("*.py"))
 
 
-def _call_name(node: ast.Call) -> str:
-    func = node.func
+def _dotted(node: ast.expr) -> str:
     parts = []
-    while isinstance(func, ast.Attribute):
-        parts.append(func.attr)
-        func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
     return ".".join(reversed(parts))
+
+
+def _call_name(node: ast.Call) -> str:
+    return _dotted(node.func)
+
+
+def _imports(tree: ast.AST) -> dict[str, str]:
+    """Local name → what it imports, from every import of the module (any scope):
+    ``import numpy as np`` gives ``np → numpy``, ``from pickle import loads as l`` gives
+    ``l → pickle.loads``."""
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                local = alias.asname or alias.name.split(".")[0]
+                names[local] = alias.name if alias.asname else local
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return names
+
+
+def _resolved(node: ast.Call, imports: dict[str, str]) -> str:
+    """The call's dotted name with its first part replaced by what it was imported as
+    (``np.load`` → ``numpy.load``, ``loads`` from pickle → ``pickle.loads``)."""
+    name = _call_name(node)
+    head, _, rest = name.partition(".")
+    full = imports.get(head, head)
+    return f"{full}.{rest}" if rest else full
 
 
 def _keyword(node: ast.Call, name: str) -> ast.expr | None:
@@ -500,47 +528,98 @@ def _is_true(node: ast.expr | None) -> bool:
     return isinstance(node, ast.Constant) and node.value is True
 
 
-def _formatted(node: ast.expr) -> bool:
-    """An f-string, ``%`` or ``.format`` or ``+`` building a string at run time."""
+def _is_constant(node: ast.expr | None, value: object) -> bool:
+    return isinstance(node, ast.Constant) and node.value is value
+
+
+def _formatted(node: ast.expr, built: frozenset[str] = frozenset()) -> bool:
+    """An f-string, ``%`` or ``.format`` or ``+`` building a string at run time, or a
+    variable assigned such a string in the module (``built``)."""
     if isinstance(node, ast.JoinedStr):
         return any(isinstance(v, ast.FormattedValue) for v in node.values)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod | ast.Add):
         return True
+    if isinstance(node, ast.Name):
+        return node.id in built
     return isinstance(node, ast.Call) and _call_name(node).endswith("format")
 
 
+def _built_strings(tree: ast.AST) -> frozenset[str]:
+    """Names assigned (or augmented with) a string built at run time."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and _formatted(node.value):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign) and node.value is not None:
+            formatted = isinstance(node, ast.AugAssign) or _formatted(node.value)
+            if formatted and isinstance(node.target, ast.Name):
+                names.add(node.target.id)
+    return frozenset(names)
+
+
+#: Calls that unpickle (or run code from) what they read, by their full imported name.
 _PICKLE_CALLS = (
     "pickle.load",
     "pickle.loads",
+    "pickle.Unpickler",
+    "_pickle.load",
+    "_pickle.loads",
     "cloudpickle.load",
     "cloudpickle.loads",
     "dill.load",
     "dill.loads",
     "joblib.load",
+    "marshal.load",
+    "marshal.loads",
+    "shelve.open",
+    "pandas.read_pickle",
     "read_pickle",
     "yaml.unsafe_load",
 )
 
 
 def pickle_findings(files: Iterable[Path]) -> list[str]:
-    """Loads that can run code: pickle and friends, ``np.load(allow_pickle=True)``,
-    ``torch.load`` without ``weights_only=True``, ``yaml.load`` without a safe loader."""
+    """Loads that can run code, found on the syntax tree with imports resolved (so
+    ``from pickle import loads``, ``import numpy as n``, ``from torch import load`` are
+    seen as what they are): pickle and friends; ``numpy.load`` unless ``allow_pickle`` is
+    absent or the constant ``False``; ``torch.load`` unless ``weights_only`` is the
+    constant ``True``; ``yaml.load`` without a safe loader; any MLflow flavor's
+    ``load_model`` (the pyfunc wrapper is cloudpickle). Not covered: calls through
+    ``getattr``/``importlib`` or a function object passed around under another name."""
     found = []
     for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        imports = _imports(tree)
+        for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
-            name = _call_name(node)
+            name = _resolved(node, imports)
             where = f"{path.relative_to(ROOT)}:{node.lineno}"
-            if name.endswith(_PICKLE_CALLS):
+            double_star = any(k.arg is None for k in node.keywords)
+            if name.endswith(_PICKLE_CALLS) and name.split(".")[0] in (
+                "pickle",
+                "_pickle",
+                "cloudpickle",
+                "dill",
+                "joblib",
+                "marshal",
+                "shelve",
+                "pandas",
+                "yaml",
+                "read_pickle",
+            ):
                 found.append(f"{where} {name}")
-            elif name.endswith("load") and name.split(".")[-2:-1] in (["np"], ["numpy"]):
-                if _is_true(_keyword(node, "allow_pickle")):
-                    found.append(f"{where} np.load(allow_pickle=True)")
-            elif name in ("torch.load",) and not _is_true(_keyword(node, "weights_only")):
-                found.append(f"{where} torch.load without weights_only=True")
+            elif name == "numpy.load":
+                flag = _keyword(node, "allow_pickle")
+                if double_star or not (flag is None or _is_constant(flag, False)):
+                    found.append(f"{where} numpy.load with allow_pickle not False")
+            elif name == "torch.load":
+                if not _is_true(_keyword(node, "weights_only")):
+                    found.append(f"{where} torch.load without weights_only=True")
             elif name == "yaml.load" and "Safe" not in ast.unparse(node):
                 found.append(f"{where} yaml.load without SafeLoader")
+            elif name.startswith("mlflow.") and name.endswith(".load_model"):
+                found.append(f"{where} {name} (pickle-bearing MLflow flavor)")
     return found
 
 
@@ -552,16 +631,20 @@ SQL_ALLOWED = {
 
 
 def sql_findings(files: Iterable[Path]) -> list[str]:
-    """``text()``, ``exec_driver_sql`` or ``execute`` given SQL built by formatting."""
+    """``text()``, ``exec_driver_sql`` or ``execute`` given SQL built by formatting,
+    directly, inside ``text(...)``, or through a variable the module assigns such a string
+    (any scope: a name reused for a built string anywhere is flagged everywhere)."""
     found = []
     for path in files:
         rel = str(path.relative_to(ROOT))
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        built = _built_strings(tree)
+        for node in ast.walk(tree):
             if not isinstance(node, ast.Call) or not node.args:
                 continue
             name = _call_name(node).split(".")[-1]
             sql_call = name in ("text", "exec_driver_sql", "execute", "executemany")
-            if sql_call and _formatted(node.args[0]) and rel not in SQL_ALLOWED:
+            if sql_call and _formatted(node.args[0], built) and rel not in SQL_ALLOWED:
                 found.append(f"{rel}:{node.lineno} {ast.unparse(node)[:100]}")
     return found
 

@@ -31,6 +31,7 @@ SUMMED = "summed"  # a later reward under the sum rule: counted in the replay, n
 LATE = "late"  # after the reward window
 NOT_SERVED = "not_served"  # the deciding model version is not loaded here any more
 FALLBACK = "fallback"  # the decision came from the fallback policy (nothing to learn)
+REJECTED = "rejected"  # learning it could make the head non-finite: stored, never applied
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from bandit_core import load_policy
+from bandit_core.policies.registry import policy_from_state
+from eventstore.admission import Admission
 from eventstore.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, POLICY_STATE_PATH
 from eventstore.settings import CoreSettings
 
@@ -263,8 +265,8 @@ class ModelRegistry:
         if existing is not None:
             return existing
         state_path = Path(state_path)
-        try:
-            load_policy(state_path)
+        try:  # the serving side's admission (finite, bounded, no bombs), then a build
+            policy_from_state(Admission().admit(state_path))
         except Exception as exc:  # any failure to load means: refuse to register
             raise RegistryError(f"policy state {state_path} does not load: {exc}") from exc
         with (
@@ -380,13 +382,32 @@ class ModelRegistry:
         return passed
 
     def promote(
-        self, version: str | int, *, by: str, reason: str, alias: str | None = None
+        self,
+        version: str | int,
+        *,
+        by: str,
+        reason: str,
+        alias: str | None = None,
+        force: bool = False,
     ) -> VersionInfo:
         """Move ``alias`` (default: the production alias) to ``version`` and tag who, when
-        and why."""
+        and why.
+
+        A version whose gate failed (tag ``gate_passed=false``) is refused unless
+        ``force``; a forced promotion is tagged ``promoted_despite_gate``.
+        """
         alias = alias or self.aliases.production
         version = str(version)
-        self.get(version)
+        target = self.get(version)
+        if target.tags.get("gate_passed") == "false":
+            if not force:
+                raise RegistryError(
+                    f"version {version} failed its gate ({target.tags.get('gate_reasons', '')}); "
+                    "promote it anyway with --force."
+                )
+            self.client.set_model_version_tag(
+                self.model_name, version, "promoted_despite_gate", "true"
+            )
         previous = self.by_alias(alias)
         if previous is not None and previous.version == version:
             return self.get(version)

@@ -174,6 +174,8 @@ class Service:
                 **without_banditops_env(dict(os.environ)),
                 **self.ws.env(),
                 **({} if self.seed is None else {"BANDITOPS_SEED": str(self.seed)}),
+                # the demo serves on loopback for its own clients: no token, said so
+                "BANDITOPS_AUTH_DISABLED": "true",
             },
             stdout=log,
             stderr=subprocess.STDOUT,

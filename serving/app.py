@@ -9,14 +9,16 @@ and commits everything pending. ``uvicorn --factory serving.app:create_app`` wor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.catalog.routes import router as catalog_router
-from serving.errors import input_error, validation_error, with_status
+from serving.errors import body_error, input_error, validation_error, with_status
 from serving.inputs import InputError
 from serving.metrics import ServiceMetrics
 from serving.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -29,14 +31,22 @@ from serving.service import (
 )
 from serving.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A decision-service app for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
+    settings.check_auth()  # fail closed: no token and auth not disabled explicitly
     metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.api_token is None:
+            log.warning(
+                "AUTH DISABLED (BANDITOPS_AUTH_DISABLED): rewards and catalog writes are "
+                "open to anyone who can reach this service; admin endpoints are off."
+            )
         service = DecisionService.from_settings(settings, metrics)
         app.state.service = service
         await service.start()
@@ -56,11 +66,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(catalog_router)
     # Starlette types every handler as taking `Exception`; these take the class they handle
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, body_error)  # type: ignore[arg-type]
     app.add_exception_handler(InputError, input_error)  # type: ignore[arg-type]
     app.add_exception_handler(NotFoundError, with_status(404))
     app.add_exception_handler(NotReadyError, with_status(503))
     app.add_exception_handler(StoreUnavailableError, with_status(503))
     endpoints = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.http_body_timeout_s,
+        large_bytes=settings.http_large_body_bytes,
+        large_concurrency=settings.http_large_body_concurrency,
+    )
     return app

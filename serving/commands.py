@@ -7,10 +7,13 @@ import os
 import shutil
 import tempfile
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from serving.settings import Settings
 
 console = Console()
 
@@ -36,6 +39,17 @@ def _shown(url: str) -> str:
     from sqlalchemy import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def uvicorn_limits(settings: Settings) -> dict[str, Any]:
+    """uvicorn's connection limits and timeouts from the settings (README: HTTP API)."""
+    return {
+        "timeout_keep_alive": settings.http_timeout_keep_alive_s,
+        "limit_concurrency": settings.http_limit_concurrency,
+        "backlog": settings.http_backlog,
+        "h11_max_incomplete_event_size": settings.http_max_incomplete_event_bytes,
+        "timeout_graceful_shutdown": 30,
+    }
 
 
 @db_app.command("upgrade")
@@ -68,10 +82,28 @@ def store_prune(
         age = parse_duration(older_than)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--older-than") from exc
-    cutoff = datetime.now(UTC) - age
-    engine = make_engine(_url(url))
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    try:
+        cutoff = datetime.now(UTC) - age
+    except OverflowError:
+        raise typer.BadParameter(
+            f"{older_than!r} reaches before year 1.", param_hint="--older-than"
+        ) from None
+    target = _url(url)
+    try:
+        engine = make_engine(target)
+    except (ArgumentError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--url") from None
     try:
         counts = EventStore(engine).prune(cutoff, dry_run=dry_run)
+    except SQLAlchemyError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        console.print(
+            f"[red]error:[/] the event store {_shown(target)} refused: "
+            f"{exc.__class__.__name__}: {first}"
+        )
+        raise typer.Exit(1) from None
     finally:
         engine.dispose()
     verb = "would delete" if dry_run else "deleted"
@@ -104,17 +136,28 @@ def serve(
     from serving.settings import Settings
 
     settings = Settings()
+    try:
+        settings.check_auth()
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
     settings.resolve_salt()  # create a generated salt once, before workers start
     if migrate:
         db_upgrade(url=settings.store_url)
-    options = {"host": host, "port": port, "log_level": log_level, "access_log": access_log}
+    options = {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "access_log": access_log,
+        **uvicorn_limits(settings),
+    }
     try:
         if workers == 1:
             from serving.app import create_app
 
-            uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+            uvicorn.run(create_app(settings), **options)
         else:
-            uvicorn.run("serving.app:create_app", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+            uvicorn.run("serving.app:create_app", factory=True, workers=workers, **options)
     finally:
         if workers > 1 and os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").startswith(
             tempfile.gettempdir()

@@ -19,4 +19,9 @@ def parse_duration(text: str) -> timedelta:
     value, unit = float(match.group(1)), match.group(2)
     if value <= 0:
         raise ValueError(f"a duration must be positive; got {text!r}.")
-    return timedelta(**{_UNITS[unit]: value})
+    try:
+        return timedelta(**{_UNITS[unit]: value})
+    except OverflowError:
+        raise ValueError(
+            f"a duration must be under {timedelta.max.days} days; got {text!r}."
+        ) from None

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -20,17 +20,25 @@ from serving.inputs import InputError
 Handler = Callable[[Request, Any], Coroutine[Any, Any, JSONResponse]]
 
 
+def _text(value: str) -> str:
+    """``value`` as encodable text: lone surrogates become ``\\udXXX`` escapes."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by its name (JSON-safe)."""
+    """``value`` with every non-finite float replaced by its name and every string made
+    encodable (JSON-safe: the handlers echo input that failed validation)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {_text(str(k)): _finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, int | float | bool) or value is None:
         return value
-    return str(value)
+    return _text(str(value))
 
 
 def _summary(value: Any, limit: int = 200) -> Any:
@@ -41,7 +49,11 @@ def _summary(value: Any, limit: int = 200) -> Any:
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     detail = []
     for err in exc.errors():
-        item = {"type": err.get("type"), "loc": list(err.get("loc", ())), "msg": err.get("msg")}
+        item = {
+            "type": err.get("type"),
+            "loc": _finite(list(err.get("loc", ()))),
+            "msg": _finite(err.get("msg")),
+        }
         if "input" in err:
             item["input"] = _summary(err["input"])
         detail.append(item)
@@ -49,16 +61,33 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 
 async def input_error(request: Request, exc: InputError) -> JSONResponse:
-    item: dict[str, Any] = {"type": "value_error", "loc": list(exc.loc), "msg": exc.message}
+    item: dict[str, Any] = {
+        "type": "value_error",
+        "loc": _finite(list(exc.loc)),
+        "msg": _finite(exc.message),
+    }
     if exc.value is not None:
         item["input"] = _summary(exc.value)
     return JSONResponse(status_code=422, content={"detail": [item]})
+
+
+async def body_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """422, not 400, for a body that cannot be parsed (the API promises 422 for every
+    bad request); other HTTP errors keep their code."""
+    if exc.status_code == 400:
+        detail = [{"type": "json_invalid", "loc": ["body"], "msg": _finite(str(exc.detail))}]
+        return JSONResponse(status_code=422, content={"detail": detail})
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"detail": _finite(exc.detail)},
+        headers=getattr(exc, "headers", None),
+    )
 
 
 def with_status(code: int) -> Handler:
     """A handler answering ``code`` with the exception's message."""
 
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(status_code=code, content={"detail": str(exc)})
+        return JSONResponse(status_code=code, content={"detail": _text(str(exc))})
 
     return handler

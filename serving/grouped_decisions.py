@@ -14,14 +14,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from eventstore.records import DecisionRow
+from serving.budget import check_budget
 from serving.decide import decision_row
 from serving.inputs import (
     DecisionInput,
     InputError,
     Loc,
-    candidate_set,
     check_signature,
-    context_vector,
 )
 from serving.schemas import GroupChoice, GroupedDecisionRequest, GroupedDecisionResponse
 from serving.service import DecisionService
@@ -58,7 +57,7 @@ async def decide_grouped(
             f"at most {settings.max_groups} groups are allowed; got {len(req.groups)}.",
         )
     user_hash, traffic, model = service.route(req.user_id)
-    context = context_vector(req.context, settings.context_features)
+    context = service.context_of(req.context)
     inputs: list[DecisionInput] = []
     seen: set[str] = set()
     for g, group in enumerate(req.groups):
@@ -66,16 +65,19 @@ async def decide_grouped(
         if group.id in seen:
             raise InputError(("body", "groups", g, "id"), f"group id {group.id!r} appears twice.")
         seen.add(group.id)
-        inp = DecisionInput(
-            context, _in_group(where, candidate_set, group.variants, settings.max_candidates)
-        )
+        inp = DecisionInput(context, _in_group(where, service.candidates_of, group.variants))
         if model is not None:
             _in_group(where, check_signature, inp, model.signature)
         inputs.append(inp)
+    # the budget covers the whole request: the groups are chosen one after the other
+    costs = [
+        _in_group(("body", "groups"), service.check_budget, model, inp, None) for inp in inputs
+    ]
+    check_budget(sum(costs), settings.max_work_units)
     request_id = uuid.uuid4().hex
     rows: list[DecisionRow] = []
-    for group, inp in zip(req.groups, inputs, strict=True):
-        choice, fallback = service.choose_for(model, inp, None)
+    for group, inp, units in zip(req.groups, inputs, costs, strict=True):
+        choice, fallback = await service.choose_for(model, inp, None, units)
         rows.append(
             decision_row(
                 inp,

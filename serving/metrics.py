@@ -60,7 +60,17 @@ class ServiceMetrics:
         )
         self.model_errors = Counter(
             "banditops_model_errors",
-            "Decisions where the model raised (fallback used)",
+            "Decisions where the model raised or returned non-finite scores (fallback used)",
+            registry=reg,
+        )
+        self.deadline_fallbacks = Counter(
+            "banditops_deadline_fallbacks",
+            "Decisions the model did not finish by decision_deadline_s (fallback used)",
+            registry=reg,
+        )
+        self.unsafe_heads = Counter(
+            "banditops_unsafe_heads",
+            "Head snapshots not written, or updates not applied, because the state was not finite",
             registry=reg,
         )
         self.model_info = Gauge(

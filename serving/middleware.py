@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -16,12 +17,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body is larger than {limit} bytes."}).encode()
+async def _answer(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -33,35 +34,51 @@ async def _reject(send: Send, limit: int) -> None:
 
 
 class BodyLimitMiddleware:
-    """Answer 413 to a request body over ``max_bytes`` (declared or streamed)."""
+    """Answer 413 to a request body over ``max_bytes`` (declared or streamed), and 408 to
+    one not received within ``timeout_s`` (a client trickling its body holds no worker
+    for longer): the body is read here, then replayed to the app. Requests with a body
+    over ``large_bytes`` are handled ``large_concurrency`` at a time."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        large_bytes: int | None = None,
+        large_concurrency: int = 1,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.large_bytes = large_bytes
+        self._large = asyncio.Semaphore(large_concurrency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = f"request body is larger than {self.max_bytes} bytes."
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None:
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                await _reject(send, self.max_bytes)
-                return
-            await self.app(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _answer(send, 413, too_large)
             return
-        # no length declared (chunked): read up to the limit, then replay what was read
         chunks: list[bytes] = []
         size = 0
         more = True
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while more:
-            message = await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except TimeoutError:
+                await _answer(send, 408, f"request body not received within {self.timeout_s:g} s.")
+                return
             if message["type"] != "http.request":
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _reject(send, self.max_bytes)
+                await _answer(send, 413, too_large)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -74,6 +91,13 @@ class BodyLimitMiddleware:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
+        if self.large_bytes is not None and size > self.large_bytes:
+            # large bodies take turns: parsing and validating one is event-loop work,
+            # and while the others wait here (parked, not ready) small requests and
+            # /healthz are never queued behind all of them
+            async with self._large:
+                await self.app(scope, replay, send)
+            return
         await self.app(scope, replay, send)
 
 

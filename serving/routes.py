@@ -22,7 +22,10 @@ from serving.service import DecisionService
 
 router = APIRouter()
 Role = Literal["production", "candidate"]
-_bearer = HTTPBearer(auto_error=False, description="Required when BANDITOPS_API_TOKEN is set.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="BANDITOPS_API_TOKEN: rewards, catalog writes and admin (admin always).",
+)
 
 # the `responses=` mapping of a FastAPI route (status code → OpenAPI response object)
 OpenAPIResponses = dict[int | str, dict[str, Any]]
@@ -42,12 +45,32 @@ async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """401 unless the configured bearer token (if any) is presented."""
+    """401 unless the configured bearer token is presented; open only when the service
+    runs with ``auth_disabled`` and no token (it refuses to start otherwise)."""
     token = service_of(request).settings.api_token
     if token is None:
         return
+    _check(token.get_secret_value(), credentials)
+
+
+async def require_admin_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """``/v1/admin/*``: the token, always (403 when the service has none)."""
+    token = service_of(request).settings.api_token
+    if token is None:
+        raise HTTPException(
+            status_code=403,
+            detail="admin endpoints need a bearer token; this service has none "
+            "(BANDITOPS_API_TOKEN is unset).",
+        )
+    _check(token.get_secret_value(), credentials)
+
+
+def _check(token: str, credentials: HTTPAuthorizationCredentials | None) -> None:
     given = credentials.credentials if credentials is not None else ""
-    if not secrets.compare_digest(given.encode(), token.get_secret_value().encode()):
+    if not secrets.compare_digest(given.encode("utf-8", "backslashreplace"), token.encode()):
         raise HTTPException(
             status_code=401,
             detail="a valid bearer token is required.",
@@ -56,6 +79,8 @@ async def require_token(
 
 
 Authorized = [Depends(require_token)]
+AdminOnly = [Depends(require_admin_token)]
+_ADMIN = {**_UNAUTHORIZED, 403: {"description": "The service has no token: admin is off."}}
 
 
 @router.post("/v1/decisions", responses=_UNAVAILABLE, tags=["decisions"])
@@ -96,13 +121,13 @@ async def get_model(request: Request) -> ModelInfo:
     return service_of(request).model_info()
 
 
-@router.post("/v1/admin/poll", dependencies=Authorized, responses=_UNAUTHORIZED, tags=["admin"])
+@router.post("/v1/admin/poll", dependencies=AdminOnly, responses=_ADMIN, tags=["admin"])
 async def admin_poll(request: Request) -> ModelInfo:
     """Poll the model source now (instead of waiting for the interval)."""
     return await service_of(request).poll_now()
 
 
-@router.post("/v1/admin/snapshot", dependencies=Authorized, responses=_UNAUTHORIZED, tags=["admin"])
+@router.post("/v1/admin/snapshot", dependencies=AdminOnly, responses=_ADMIN, tags=["admin"])
 async def admin_snapshot(request: Request) -> dict[str, list[int]]:
     """Snapshot every head with rewards since its last snapshot."""
     return {"snapshot_ids": await service_of(request).snapshot_now()}
@@ -110,8 +135,8 @@ async def admin_snapshot(request: Request) -> dict[str, list[int]]:
 
 @router.get(
     "/v1/admin/state",
-    dependencies=Authorized,
-    responses={**_UNAUTHORIZED, 404: {"description": "No model serves that role."}},
+    dependencies=AdminOnly,
+    responses={**_ADMIN, 404: {"description": "No model serves that role."}},
     response_class=Response,
     tags=["admin"],
 )

@@ -8,9 +8,11 @@ service and answer 422 in the same format, naming the field.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -21,8 +23,39 @@ from pydantic import (
 )
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Identifier = Annotated[str, Field(min_length=1, max_length=256)]
-EventId = Annotated[str, Field(min_length=1, max_length=64)]
+
+#: Timestamps a reward may carry (inside them, arithmetic on them cannot overflow).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def clean_text(value: str) -> str:
+    """``value`` unless it holds a NUL character or a lone surrogate (neither can be
+    stored in PostgreSQL text nor encoded as UTF-8).
+
+    Raises
+    ------
+    ValueError
+    """
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (a lone surrogate is not)") from None
+    return value
+
+
+def _in_range(value: datetime) -> datetime:
+    if not EARLIEST <= value <= LATEST:
+        raise ValueError(f"must be between {EARLIEST.isoformat()} and {LATEST.isoformat()}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(clean_text)]
+Identifier = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(clean_text)]
+EventId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(clean_text)]
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_range)]
 
 
 def _context_kind(value: object) -> str:
@@ -32,7 +65,7 @@ def _context_kind(value: object) -> str:
 #: A vector, or named features; the error of the matching form only is reported, at
 #: ``context.vector[...]`` or ``context.named[...]``.
 Context = Annotated[
-    Annotated[list[FiniteFloat], Tag("vector")] | Annotated[dict[str, FiniteFloat], Tag("named")],
+    Annotated[list[FiniteFloat], Tag("vector")] | Annotated[dict[Text, FiniteFloat], Tag("named")],
     Discriminator(_context_kind),
 ]
 
@@ -155,14 +188,18 @@ class RewardRequest(_Strict):
         description="Slate position rewarded (default 0): the item shown there learns the "
         "reward, with that position's bias term when the model has one.",
     )
-    timestamp: AwareDatetime | None = Field(
-        default=None, description="When the reward happened (default: when received)."
+    timestamp: Timestamp | None = Field(
+        default=None,
+        description="When the reward happened (default: when received); stored, while the "
+        "reward window is judged on the time the service received the reward.",
     )
 
 
 class RewardResponse(BaseModel):
     event_id: str
-    status: str = Field(description="applied, duplicate, summed, late, not_served or fallback.")
+    status: str = Field(
+        description="applied, duplicate, summed, late, not_served, fallback or rejected."
+    )
     applied: bool = Field(description="Whether the deciding model's head learnt from it.")
     model_version: str | None
 

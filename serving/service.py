@@ -9,15 +9,23 @@ Threads and what they own:
   commit it schedules the application of the batch's rewards on the loop *before*
   completing the requests' futures, so a reward's response is sent after its head update,
   and heads learn in reward-id order (which is what recovery replays);
-* the **loader** thread polls the model source and swaps the served set.
+* the **loader** thread polls the model source and swaps the served set;
+* the **decision** thread chooses the decisions costing more than
+  ``inline_work_units`` (:mod:`serving.budget`), each on a copy of the policy taken on
+  the loop, so it never touches a live policy; past ``decision_deadline_s`` the fallback
+  answers instead. A policy whose ``select`` records state (an exposure cap) always
+  decides on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import gc
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -28,11 +36,22 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
+from bandit_core import Candidates, ExposureCap
 from bandit_core.policies.position import update_at
 from eventstore import records
+from eventstore.admission import Admission
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
+from serving.budget import (
+    check_budget,
+    check_choice_finite,
+    check_magnitude,
+    check_width,
+    draws_per_choice,
+    learnable,
+    work_units,
+)
 from serving.catalog.index import Retrieved
 from serving.catalog.runtime import CatalogService
 from serving.decide import Choice, ChoiceOptions, choose, decision_row
@@ -40,6 +59,7 @@ from serving.identity import CANDIDATE, hash_user, route
 from serving.inputs import (
     DecisionInput,
     InputError,
+    Loc,
     candidate_set,
     check_position,
     check_reward,
@@ -50,7 +70,7 @@ from serving.inputs import (
 from serving.metrics import ServiceMetrics
 from serving.models.fallback import FallbackPolicy
 from serving.models.loader import ModelLoader
-from serving.models.served import ServedModel, ServingSet
+from serving.models.served import ServedModel, ServingSet, find_head
 from serving.models.sources import FileModelSource, ModelSource
 from serving.models.state_io import state_to_bytes
 from serving.replica_sync import ReplicaSync, replica_name
@@ -109,8 +129,24 @@ def _why_not_applicable(late: bool, decision: StoredDecision, served: ServingSet
     return None
 
 
+def _records_on_select(policy: Any) -> bool:
+    """Whether ``select`` changes the policy's state (an exposure cap records what it
+    showed): such a policy is never chosen on a copy, so it decides on the loop."""
+    while policy is not None:
+        if isinstance(policy, ExposureCap):
+            return True
+        policy = getattr(policy, "inner", None)
+    return False
+
+
 def build_source(settings: Settings) -> ModelSource:
     """The MLflow registry source when a tracking URI is set, else local files."""
+    admission = Admission(
+        max_bytes=settings.model_max_bytes,
+        max_dim=settings.model_max_dim,
+        dim_user=settings.model_dim_user,
+        dim_arm=settings.model_dim_arm,
+    )
     if settings.mlflow_tracking_uri is not None:
         from serving.models.mlflow_source import MlflowModelSource
 
@@ -119,9 +155,11 @@ def build_source(settings: Settings) -> ModelSource:
             settings.model_name,
             {"production": settings.production_alias, "candidate": settings.candidate_alias},
             registry_uri=settings.mlflow_registry_uri,
+            admission=admission,
         )
     return FileModelSource(
-        {"production": settings.model_path, "candidate": settings.candidate_model_path}
+        {"production": settings.model_path, "candidate": settings.candidate_model_path},
+        admission,
     )
 
 
@@ -202,6 +240,7 @@ class DecisionService:
             # several workers or synced replicas rebuild from the store
             enabled=settings.workers == 1 and self.replicas is None,
             hold=lambda model: self._unsynced.get(model.version, 0) > 0,
+            on_unsafe=metrics.unsafe_heads.inc,
         )
         self.catalog = CatalogService(engine, settings)
         self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
@@ -209,6 +248,8 @@ class DecisionService:
         self._timer: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._blas: Any = None
+        # costly decisions are chosen here, on a copy of the policy (``choose_for``)
+        self._decider = ThreadPoolExecutor(1, thread_name_prefix="banditops-decide")
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: ServiceMetrics) -> DecisionService:
@@ -230,6 +271,10 @@ class DecisionService:
         await self.catalog.start()
         self.writer.start()
         self.loader.start()
+        # everything allocated so far (imported modules, settings, the catalog) lives as
+        # long as the process: keep it out of the collector's full passes, which would
+        # otherwise scan it and stall the event loop for hundreds of milliseconds
+        gc.freeze()
         self._timer = asyncio.create_task(self.snapshots.timer(self._served_models))
         if self.replicas is not None:
             self._sync_task = asyncio.create_task(self.replicas.run(self._served_models))
@@ -247,6 +292,7 @@ class DecisionService:
         except StoreUnavailableError as exc:  # the heads recover from the store later
             log.warning("no final snapshot: %s", exc)
         await self.snapshots.drain()
+        self._decider.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.writer.close)
         if self.journal is not None:
             self.journal.close()
@@ -300,23 +346,28 @@ class DecisionService:
         """
         settings = self.settings
         user_hash, traffic, model = self.route(req.user_id)
-        context = context_vector(req.context, settings.context_features)
+        context = self.context_of(req.context)
         retrieved = None
         if req.retrieve is not None:
+            if req.retrieve.query is not None:
+                check_magnitude(
+                    np.asarray(req.retrieve.query, dtype=np.float64),
+                    settings.max_abs_feature,
+                    ("body", "retrieve", "query"),
+                )
             retrieved = self._retrieve(context, req.retrieve.k, req.retrieve.query)
             candidates = retrieved.candidates
         else:
             # the schema requires exactly one of candidates and retrieve
-            candidates = candidate_set(
-                cast(list[Candidate], req.candidates), settings.max_candidates
-            )
+            candidates = self.candidates_of(cast(list[Candidate], req.candidates))
         inp = DecisionInput(context, candidates)
         slots = 0
         if model is not None:
             check_signature(inp, model.signature)
             slots = model.signature.position_slots
         check_slate(req.k, len(inp.candidates), settings.max_slate, slots)
-        choice, fallback = self.choose_for(model, inp, req.k)
+        units = self.check_budget(model, inp, req.k)
+        choice, fallback = await self.choose_for(model, inp, req.k, units)
         d = choice.decision
         row = decision_row(
             inp,
@@ -362,27 +413,102 @@ class DecisionService:
         vector = context if query is None else np.asarray(query, dtype=np.float64)
         return self.catalog.retrieve(vector, k)
 
-    def choose_for(
-        self, model: ServedModel | None, inp: DecisionInput, k: int | None
-    ) -> tuple[Choice, bool]:
-        """The model's choice, or the fallback's when there is no model or it fails."""
+    def context_of(self, context: Sequence[float] | dict[str, float]) -> NDArray[np.float64]:
+        """The request's context as a vector within the width and magnitude limits."""
         settings = self.settings
-        options = ChoiceOptions(
-            marginal_draws=settings.slate_marginal_draws,
+        vector = context_vector(context, settings.context_features)
+        check_width(
+            vector.shape[0],
+            settings.max_context_features,
+            ("body", "context"),
+            "context",
+            "max_context_features",
+        )
+        check_magnitude(vector, settings.max_abs_feature, ("body", "context"))
+        return vector
+
+    def candidates_of(self, candidates: Sequence[Candidate]) -> Candidates:
+        """Validated candidates within the count, width and magnitude limits."""
+        settings = self.settings
+        found = candidate_set(candidates, settings.max_candidates)
+        where: Loc = ("body", "candidates", 0, "features")
+        check_width(found.dim, settings.max_arm_features, where, "features", "max_arm_features")
+        check_magnitude(found.features, settings.max_abs_feature, ("body", "candidates"))
+        return found
+
+    def check_budget(self, model: ServedModel | None, inp: DecisionInput, k: int | None) -> int:
+        """The decision's work units (:mod:`serving.budget`); 422 beyond the budget."""
+        settings = self.settings
+        draws = draws_per_choice(model.policy if model is not None else self.fallback)
+        marginal = 0 if k is None or k == 1 else settings.slate_marginal_draws
+        units = work_units(
+            len(inp.candidates), inp.context.shape[0] + inp.candidates.dim, draws, k, marginal
+        )
+        check_budget(units, settings.max_work_units)
+        return units
+
+    def _options(self, inp: DecisionInput, marginal: bool = True) -> ChoiceOptions:
+        settings = self.settings
+        return ChoiceOptions(
+            marginal_draws=settings.slate_marginal_draws if marginal else 0,
             max_states=settings.slate_max_states,
             new_ids=self.catalog.new_ids(inp.candidates.ids),
             new_p_min=settings.new_item_p_min,
             new_max_share=settings.new_item_max_share,
         )
+
+    async def choose_for(
+        self, model: ServedModel | None, inp: DecisionInput, k: int | None, units: int = 0
+    ) -> tuple[Choice, bool]:
+        """The model's choice, or the fallback's when there is no model, it fails, its
+        scores are not finite, or (chosen in the decision thread) it misses the deadline.
+
+        Decisions costing at most ``inline_work_units`` are chosen on the event loop;
+        costlier ones on a copy of the policy in the decision thread, so the loop keeps
+        answering. The fallback of a costly decision (past the deadline, or with no
+        model) logs the conditional propensities only (exact), not the Monte-Carlo
+        marginals, so it is cheap on the loop.
+        """
+        costly = units > self.settings.inline_work_units
+        options = self._options(inp)
         if model is not None:
             try:
-                return choose(
-                    model.policy, inp.context, inp.candidates, self.rng, k, options
-                ), False
+                if not costly or _records_on_select(model.policy):
+                    choice = choose(model.policy, inp.context, inp.candidates, self.rng, k, options)
+                else:
+                    choice = await self._choose_off_loop(model, inp, k, options)
+                check_choice_finite(
+                    choice.decision, choice.slate_propensities, choice.position_propensities
+                )
+                return choice, False
+            except TimeoutError:
+                log.warning(
+                    "model %s missed the %.3f s decision deadline; the fallback decides",
+                    model.version,
+                    self.settings.decision_deadline_s,
+                )
+                self.metrics.deadline_fallbacks.inc()
             except Exception:
                 log.exception("model %s failed; the fallback decides", model.version)
                 self.metrics.model_errors.inc()
+        options = self._options(inp, marginal=not costly)
         return choose(self.fallback, inp.context, inp.candidates, self.rng, k, options), True
+
+    async def _choose_off_loop(
+        self, model: ServedModel, inp: DecisionInput, k: int | None, options: ChoiceOptions
+    ) -> Choice:
+        """``choose`` on a copy of the policy (taken here, on the loop, so it is
+        consistent) in the decision thread; TimeoutError past the deadline."""
+        policy = copy.deepcopy(model.policy)
+        rng = self.rng.spawn(1)[0]
+        future = self._decider.submit(choose, policy, inp.context, inp.candidates, rng, k, options)
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(future), self.settings.decision_deadline_s
+            )
+        except TimeoutError:
+            future.cancel()  # not started yet: never runs
+            raise
 
     async def log_decision(self, row: DecisionRow) -> None:
         """Commit a decision, remember it for its rewards, count it."""
@@ -439,8 +565,12 @@ class DecisionService:
                 f"timestamp {ts.isoformat()} is before the decision "
                 f"({decision.created_at.isoformat()}).",
             )
-        late = ts - decision.created_at > timedelta(seconds=settings.reward_window_s)
+        # the window is judged on the server's receive time: a client's timestamp can
+        # be replayed or forged (it is stored, for analysis, not trusted)
+        late = received - decision.created_at > timedelta(seconds=settings.reward_window_s)
         status = _why_not_applicable(late, decision, served)
+        if status is None and not self._learnable(decision, arm_features, req.reward):
+            status = records.REJECTED
         row = RewardRow(
             event_id=req.event_id,
             value=req.reward,
@@ -462,6 +592,28 @@ class DecisionService:
             applied=outcome.applied,
             model_version=decision.model_version,
         )
+
+    def _learnable(
+        self, decision: StoredDecision, arm_features: NDArray[np.float64], value: float
+    ) -> bool:
+        """Whether the deciding head may learn this reward and stay finite: its inputs
+        are finite and bounded (:func:`serving.budget.learnable`) and the head is finite
+        now. Otherwise the reward is stored as ``rejected``: never applied or replayed."""
+        if not learnable(decision.context, arm_features, value, self.settings.max_abs_feature):
+            log.warning("reward of %s rejected: its inputs are not bounded", decision.event_id)
+            return False
+        served = self.loader.current
+        model = served.for_version(decision.model_version) if served is not None else None
+        head = None if model is None else find_head(model.policy)
+        if head is not None and not bool(np.all(np.isfinite(head.theta_))):
+            log.error(
+                "reward of %s rejected: the head of %s is not finite",
+                decision.event_id,
+                decision.model_version,
+            )
+            self.metrics.unsafe_heads.inc()
+            return False
+        return True
 
     def _find(self, event_id: str) -> StoredDecision | None:
         """A decision from memory: the recent ones, or the journal's (not yet stored)."""

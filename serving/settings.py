@@ -39,7 +39,7 @@ class Settings(CoreSettings):
     fallback_epsilon : float in [0, 1]
         Exploration share of the ε-greedy fallback.
     api_token : SecretStr or None
-        Bearer token required by the reward and admin endpoints when set.
+        Bearer token of the reward, catalog-write and admin endpoints (must not be empty).
     max_body_bytes, max_candidates, max_slate : int
         Request limits (413 / 422 beyond them).
     context_features : list of str
@@ -113,6 +113,45 @@ class Settings(CoreSettings):
         logs only the conditional ones.
     slate_max_states : int
         Prefix sets the exact marginal computation may keep per position.
+    auth_disabled : bool
+        Serve without a bearer token (rewards and catalog writes open; a warning at every
+        start). Without it, a service with no ``api_token`` refuses to start.
+        ``/v1/admin/*`` always needs the token.
+    max_work_units : int
+        Request budget: the most work units (:func:`serving.budget.work_units`:
+        candidates × feature width × draws per choice × choices) one decision may cost;
+        422 beyond, before any work.
+    inline_work_units : int
+        Decisions up to this cost are chosen on the event loop; costlier ones in the
+        decision thread, under ``decision_deadline_s``.
+    decision_deadline_s : float
+        A decision chosen in the decision thread and not done by then is served by the
+        fallback policy (logged as such, with its exact propensity, and counted).
+    max_abs_feature : float
+        Largest magnitude of a context, candidate, query or catalog feature (422 beyond).
+    max_context_features : int
+        Widest context vector, with or without a model.
+    max_arm_features : int
+        Widest candidate (or variant) feature vector, with or without a model.
+    model_max_dim : int
+        Largest dimension a model version's configuration may declare.
+    model_max_bytes : int
+        Largest total (uncompressed) size of a model version's arrays.
+    http_timeout_keep_alive_s : float
+        uvicorn: seconds an idle keep-alive connection is kept open.
+    http_limit_concurrency : int
+        uvicorn: most concurrent connections and tasks (503 beyond).
+    http_backlog : int
+        uvicorn: the listen backlog (connections waiting to be accepted).
+    http_max_incomplete_event_bytes : int
+        uvicorn (h11): largest request line and headers before the body (400 beyond).
+    http_body_timeout_s : float
+        A request body not received in this time is answered 408.
+    http_large_body_bytes : int
+        Requests with a larger body are handled ``http_large_body_concurrency`` at a time
+        (parsing them is event-loop work; the others wait without delaying small ones).
+    http_large_body_concurrency : int
+        How many large-body requests are handled at once.
     """
 
     section: ClassVar[str] = "service"
@@ -166,6 +205,24 @@ class Settings(CoreSettings):
     slate_marginal_draws: int = Field(200, ge=0)
     slate_max_states: int = Field(64, ge=1)
 
+    # hardening: auth, request budget, numeric bounds, model admission, HTTP limits
+    auth_disabled: bool = False
+    max_work_units: int = Field(50_000_000, ge=1)
+    inline_work_units: int = Field(500_000, ge=0)
+    decision_deadline_s: float = Field(0.25, gt=0.0)
+    max_abs_feature: float = Field(1e6, gt=0.0)
+    max_context_features: int = Field(1024, ge=1)
+    max_arm_features: int = Field(1024, ge=1)
+    model_max_dim: int = Field(4096, ge=1)
+    model_max_bytes: int = Field(512 << 20, ge=1 << 10)
+    http_timeout_keep_alive_s: float = Field(5.0, gt=0.0)
+    http_limit_concurrency: int = Field(1000, ge=1)
+    http_backlog: int = Field(2048, ge=1)
+    http_max_incomplete_event_bytes: int = Field(16 << 10, ge=1 << 10)
+    http_body_timeout_s: float = Field(30.0, gt=0.0)
+    http_large_body_bytes: int = Field(65_536, ge=1024)
+    http_large_body_concurrency: int = Field(1, ge=1)
+
     @field_validator("context_features", mode="before")
     @classmethod
     def _split_names(cls, value: object) -> object:
@@ -176,11 +233,35 @@ class Settings(CoreSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(
+                "api_token must not be empty: unset BANDITOPS_API_TOKEN (and set "
+                "BANDITOPS_AUTH_DISABLED=true) or give a token."
+            )
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if len(set(self.context_features)) != len(self.context_features):
             raise ValueError("context_features must be distinct names.")
         return self
+
+    def check_auth(self) -> None:
+        """Fail closed: no token is an error unless auth is disabled explicitly.
+
+        Raises
+        ------
+        ValueError
+            ``api_token`` unset and ``auth_disabled`` false.
+        """
+        if self.api_token is None and not self.auth_disabled:
+            raise ValueError(
+                "no api_token: set BANDITOPS_API_TOKEN, or BANDITOPS_AUTH_DISABLED=true to "
+                "serve rewards and catalog writes without authentication."
+            )
 
     # ------------------------------------------------------------------ derived
     @property

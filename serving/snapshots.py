@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bandit_core import PolicyState
+from eventstore.admission import first_non_finite
 from eventstore.records import SnapshotRow
 from serving.models.served import ServedModel
 from serving.models.state_io import state_to_bytes
@@ -51,7 +52,9 @@ class Snapshotter:
         every_s: float,
         enabled: bool,
         hold: Callable[[ServedModel], bool] | None = None,
+        on_unsafe: Callable[[], None] | None = None,
     ) -> None:
+        self._on_unsafe = on_unsafe
         self._commit = commit
         self.every_rewards = every_rewards
         self.every_s = every_s
@@ -69,6 +72,12 @@ class Snapshotter:
         if not self.enabled or (self._hold is not None and self._hold(model)):
             return None
         state = model.policy.to_state()
+        bad = first_non_finite(state.arrays)
+        if bad is not None:  # never persist a poisoned head: recovery would bring it back
+            log.error("no snapshot of %s: state array %r is not finite", model.version, bad)
+            if self._on_unsafe is not None:
+                self._on_unsafe()
+            return None
         meta = {
             "model_version": model.version,
             "last_reward_id": model.last_reward_id,

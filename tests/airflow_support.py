@@ -245,7 +245,7 @@ def event_store(airflow_home: AirflowSession) -> str:
     from serving.app import create_app
     from serving.settings import Settings
     from serving.traffic import simulate_traffic
-    from tests.serving_helpers import make_client
+    from tests.serving_helpers import TEST_TOKEN, make_client
 
     url = airflow_home.env["BANDITOPS_DATABASE_URL"]
     engine = make_engine(url)
@@ -258,6 +258,7 @@ def event_store(airflow_home: AirflowSession) -> str:
         sqlite_synchronous="NORMAL",
         poll_interval_s=0.2,
         seed=1,  # the logged decisions, hence every number the DAGs compute, are fixed
+        api_token=TEST_TOKEN,  # make_client sends it
     )
     with make_client(create_app(settings)) as client:
         stats = simulate_traffic(

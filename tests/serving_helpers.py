@@ -30,6 +30,9 @@ from bandit_core import make_policy, save_policy
 ROOT = Path(__file__).resolve().parents[1]
 DIM_USER = 4
 DIM_ARM = 3
+#: Bearer token of the test services (the service fails closed without one).
+TEST_TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 
 # ---------------------------------------------------------------------- models
@@ -74,8 +77,9 @@ def decision_body(rng: np.random.Generator, n: int = 5, user: str | None = None)
 
 
 # ---------------------------------------------------------------------- clients
-def make_client(app: Any) -> Any:
-    """A Starlette TestClient (its import warns that httpx2 is preferred; harmless)."""
+def make_client(app: Any, token: str | None = TEST_TOKEN) -> Any:
+    """A Starlette TestClient sending ``token`` as its bearer token (its import warns
+    that httpx2 is preferred; harmless)."""
     from starlette.exceptions import StarletteDeprecationWarning
 
     with warnings.catch_warnings():
@@ -83,7 +87,8 @@ def make_client(app: Any) -> Any:
             "ignore", message="Using `httpx` with", category=StarletteDeprecationWarning
         )
         from fastapi.testclient import TestClient
-    return TestClient(app)
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return TestClient(app, headers=headers)
 
 
 def wait_ready(get: Any, timeout: float = 60.0) -> None:
@@ -140,6 +145,8 @@ class ServiceProcess:
         self.port = free_port()
         self.args = args
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        if "BANDITOPS_API_TOKEN" not in env and "BANDITOPS_AUTH_DISABLED" not in env:
+            self.env["BANDITOPS_API_TOKEN"] = TEST_TOKEN  # clients send AUTH
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -253,6 +260,7 @@ def service_settings(tmp_path: Path, store_url: str | None = None, **overrides: 
         "seed": 7,
         "poll_interval_s": 3600.0,  # tests poll through /v1/admin/poll
         "user_salt": "test-salt",
+        "api_token": TEST_TOKEN,  # make_client sends it
     }
     options.update(overrides)
     return Settings(**options)

@@ -72,8 +72,12 @@ def test_register_gate_promote_rollback_with_history(
     assert registry.record_gate(v2.version, False, ["dr lower bound 0.10 < 0.29"]) is False
     assert registry.get(v2.version).tags["gate_passed"] == "false"
     assert registry.by_alias("staging").version == v1.version  # a failed gate does not move staging
-    registry.promote(v2.version, by="tester", reason="manual override")
+    with pytest.raises(RegistryError, match=r"failed its gate.*--force"):
+        registry.promote(v2.version, by="tester", reason="manual override")
+    assert registry.by_alias("production").version == v1.version
+    registry.promote(v2.version, by="tester", reason="manual override", force=True)
     promoted = registry.get(v2.version)
+    assert promoted.tags["promoted_despite_gate"] == "true"
     assert (
         promoted.tags["previous_production"] == v1.version
         and promoted.tags["promoted_by"] == "tester"
@@ -104,6 +108,23 @@ def test_a_state_that_does_not_load_is_refused(registry: ModelRegistry, tmp_path
     broken.write_bytes(b"not a numpy archive")
     with pytest.raises(RegistryError, match="does not load"):
         registry.register_candidate(state_path=broken, run_key="bad")
+    assert registry.versions() == []
+
+
+def test_a_state_with_nan_weights_or_huge_dimensions_is_refused(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """Loading was the only check: a NaN head was registered, promoted and served."""
+    from bandit_core import load_state, save_state
+
+    nan = load_state(_state(tmp_path, 1))
+    nan.arrays["head.theta"] = np.full_like(nan.arrays["head.theta"], np.nan)
+    huge = load_state(_state(tmp_path, 2))
+    huge.config["dim_user"] = 1_000_000
+    for name, state, reason in (("nan", nan, "non-finite"), ("huge", huge, "dim_user")):
+        path = save_state(state, tmp_path / f"{name}.npz")
+        with pytest.raises(RegistryError, match=reason):
+            registry.register_candidate(state_path=path, run_key=name)
     assert registry.versions() == []
 
 

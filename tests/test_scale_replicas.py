@@ -26,7 +26,7 @@ from eventstore.scratch import scratch_postgres_database
 from serving.models.recovery import rebuild_from_store
 from serving.models.state_io import policy_from_bytes
 from serving.store.repository import EventStore
-from tests.serving_helpers import ServiceProcess, decision_body, policy_file
+from tests.serving_helpers import AUTH, ServiceProcess, decision_body, policy_file
 
 pytestmark = pytest.mark.postgres
 
@@ -46,7 +46,9 @@ def head_arrays(policy: Any) -> dict[str, np.ndarray]:
 
 
 def live_head(replica: ServiceProcess) -> dict[str, np.ndarray]:
-    reply = httpx.get(f"{replica.url}/v1/admin/state", params={"role": "production"}, timeout=10)
+    reply = httpx.get(
+        f"{replica.url}/v1/admin/state", params={"role": "production"}, timeout=10, headers=AUTH
+    )
     reply.raise_for_status()
     return head_arrays(policy_from_bytes(reply.content))
 
@@ -70,6 +72,7 @@ def traffic(replicas: list[ServiceProcess], rng: np.random.Generator, n: int) ->
             f"{receiver.url}/v1/rewards",
             json={"event_id": event.json()["event_id"], "reward": float(rng.random())},
             timeout=10,
+            headers=AUTH,
         )
         reward.raise_for_status()
         count[which] += reward.json()["status"] == "applied"

@@ -37,24 +37,37 @@ ROOT = Path(__file__).resolve().parents[1]
 PLANTED = textwrap.dedent(
     """
     import pickle, numpy as np, torch, yaml
+    import mlflow
+    import numpy as n2
+    from pickle import loads
+    from torch import load as tload
     from sqlalchemy import text
-    def bad(conn, name, f):
+    def bad(conn, name, f, flag):
         pickle.loads(f.read())
         np.load(f, allow_pickle=True)
         torch.load(f)
         yaml.load(f)
         conn.execute(text(f"SELECT * FROM t WHERE name = '{name}'"))
         conn.exec_driver_sql("DELETE FROM t WHERE id = %s" % name)
+        loads(f.read())
+        n2.load(f, allow_pickle=flag)
+        tload(f)
+        query = "SELECT * FROM t WHERE name = '" + name + "'"
+        conn.execute(text(query))
+        mlflow.pyfunc.load_model("models:/m/1")
         return token == settings.api_token.get_secret_value()
     def good(conn, name, f):
         torch.load(f, weights_only=True)
         np.load(f, allow_pickle=False)
+        n2.load(f)
         conn.execute(text("SELECT * FROM t WHERE name = :name"), {"name": name})
     """
 )
 
 
 def test_scanners_find_planted_violations(tmp_path: Path) -> None:
+    """Direct and rewritten forms (imported names, aliases, a variable flag, SQL built in
+    a variable, an MLflow flavor's loader) are found; the safe forms are not."""
     planted = ROOT / "benchmarks" / f"_planted_{tmp_path.name}.py"
     planted.write_text(PLANTED)
     try:
@@ -65,11 +78,15 @@ def test_scanners_find_planted_violations(tmp_path: Path) -> None:
         planted.unlink()
     assert [p.split(" ", 1)[1] for p in pickles] == [
         "pickle.loads",
-        "np.load(allow_pickle=True)",
+        "numpy.load with allow_pickle not False",
         "torch.load without weights_only=True",
         "yaml.load without SafeLoader",
+        "pickle.loads",
+        "numpy.load with allow_pickle not False",
+        "torch.load without weights_only=True",
+        "mlflow.pyfunc.load_model (pickle-bearing MLflow flavor)",
     ]
-    assert len(sql) == 2 and len(tokens["plain"]) == 1
+    assert len(sql) == 3 and len(tokens["plain"]) == 1
 
 
 def test_nothing_is_loaded_through_pickle() -> None:

@@ -4,6 +4,7 @@ restart recovery."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,14 +139,17 @@ def test_repeated_rewards_follow_the_rule_and_apply_once(
 def test_late_reward_is_stored_not_applied(
     model_path: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:
-    settings = service_settings(tmp_path, model_path=model_path, reward_window_s=60.0)
-    with running_client(settings) as client:
-        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
-        from datetime import UTC, datetime, timedelta
+    """The window is judged on the receive time: a reward received after it is late even
+    when its timestamp (an old reward replayed with its original time) says otherwise."""
+    from datetime import UTC, datetime
 
-        later = (datetime.now(UTC) + timedelta(minutes=2)).isoformat()
+    settings = service_settings(tmp_path, model_path=model_path, reward_window_s=0.5)
+    with running_client(settings) as client:
+        stamp = datetime.now(UTC).isoformat()
+        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        time.sleep(0.8)
         got = client.post(
-            "/v1/rewards", json={"event_id": event, "reward": 1.0, "timestamp": later}
+            "/v1/rewards", json={"event_id": event, "reward": 1.0, "timestamp": stamp}
         )
         assert got.json()["status"] == "late" and got.json()["applied"] is False
         assert client.get("/v1/model").json()["production"]["applied_rewards"] == 0
@@ -214,8 +218,9 @@ def test_epsilon_greedy_fallback_reports_exact_propensities(
         assert all(p == pytest.approx(0.2 / 5) for p in seen.values())
 
 
-def test_a_model_that_errors_falls_back(tmp_path: Path, rng: np.random.Generator) -> None:
-    """A corrupt head (negative observation count) makes Thompson sampling raise."""
+def test_a_model_that_errors_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A corrupt head (negative observation count) makes Thompson sampling raise: the
+    probe decision before the swap catches it, and the fallback keeps serving."""
     from bandit_core import load_state, save_state
 
     path = policy_file(tmp_path / "lints.npz", name="lints", warm=5)
@@ -226,7 +231,9 @@ def test_a_model_that_errors_falls_back(tmp_path: Path, rng: np.random.Generator
         got = client.post("/v1/decisions", json=decision_body(rng)).json()
         assert got["fallback"] is True and got["policy"] == "fallback:uniform"
         assert got["traffic"] == "production"
-        assert "banditops_model_errors_total 1.0" in client.get("/metrics").text
+        text = client.get("/metrics").text
+        assert 'banditops_model_load_failures_total{reason="admission"} 1.0' in text
+        assert "probe decision failed" in client.get("/v1/model").json()["last_load_error"]
 
 
 def test_slate(model_path: Path, tmp_path: Path, rng: np.random.Generator) -> None:

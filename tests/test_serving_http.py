@@ -13,7 +13,13 @@ import numpy as np
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from serving.app import create_app
-from tests.serving_helpers import LiveServer, decision_body, policy_file, service_settings
+from tests.serving_helpers import (
+    AUTH,
+    LiveServer,
+    decision_body,
+    policy_file,
+    service_settings,
+)
 
 pytest_plugins = ["tests.serving_fixtures"]
 
@@ -61,7 +67,7 @@ def test_hot_swap_under_concurrent_requests(tmp_path: Path) -> None:
 
         def client(seed: int) -> None:
             local = np.random.default_rng(seed)
-            with httpx.Client(base_url=server.url, timeout=10) as http:
+            with httpx.Client(base_url=server.url, timeout=10, headers=AUTH) as http:
                 for i in range(60):
                     if i == 20 and seed == 0:
                         policy_file(tmp_path / "policy.npz", seed=1)  # atomic replace

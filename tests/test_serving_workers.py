@@ -12,7 +12,7 @@ import numpy as np
 
 from eventstore.engine import make_engine
 from serving.store.repository import EventStore
-from tests.serving_helpers import ServiceProcess, decision_body, policy_file
+from tests.serving_helpers import AUTH, ServiceProcess, decision_body, policy_file
 
 
 def test_two_workers_share_the_store_and_the_metrics(tmp_path: Path) -> None:
@@ -31,7 +31,10 @@ def test_two_workers_share_the_store_and_the_metrics(tmp_path: Path) -> None:
                 f"{service.url}/v1/decisions", json=decision_body(rng), timeout=10
             ).json()["event_id"]
             reward = httpx.post(
-                f"{service.url}/v1/rewards", json={"event_id": event, "reward": 1.0}, timeout=10
+                f"{service.url}/v1/rewards",
+                json={"event_id": event, "reward": 1.0},
+                timeout=10,
+                headers=AUTH,
             )
             statuses.append(reward.json()["status"])
         metrics = httpx.get(f"{service.url}/metrics", timeout=10).text

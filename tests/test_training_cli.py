@@ -40,3 +40,21 @@ def test_models_promote_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert unknown.exit_code != 0 and "no version '9'" in unknown.output
     again = runner.invoke(app, ["rollback"])
     assert again.exit_code == 1 and "no previous version" in again.output
+
+
+def test_promote_of_a_failed_gate_needs_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BANDITOPS_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("BANDITOPS_MLFLOW_TRACKING_URI", raising=False)
+    registry = ModelRegistry(f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
+    policy = make_policy("linucb", dim_user=2)
+    registry.register_candidate(state_path=save_policy(policy, tmp_path / "s.npz"), run_key="r")
+    registry.record_gate("1", False, ["dr lower bound 0.10 < 0.29"])
+    runner = CliRunner()
+    refused = runner.invoke(app, ["promote", "1"])
+    assert refused.exit_code != 0 and "--force" in refused.output
+    assert registry.by_alias("production") is None
+    forced = runner.invoke(app, ["promote", "1", "--force"])
+    assert forced.exit_code == 0 and "failed its gate" in forced.output
+    assert registry.by_alias("production").version == "1"

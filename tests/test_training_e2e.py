@@ -27,7 +27,7 @@ from modelregistry.registry import ModelRegistry
 from serving.app import create_app
 from serving.settings import Settings
 from serving.traffic import simulate_traffic
-from tests.serving_helpers import make_client
+from tests.serving_helpers import TEST_TOKEN, make_client
 from training import promotion
 from training.baseline import production_state
 from training.pipeline import run_retrain
@@ -65,6 +65,7 @@ def _settings(tmp_path: Path, store_url: str, naming: Naming, **extra: object) -
         poll_interval_s=0.2,
         seed=11,
         **naming,
+        api_token=TEST_TOKEN,  # make_client sends it
         **extra,
     )  # type: ignore[arg-type]
 

@@ -213,16 +213,22 @@ def promote(
         str, typer.Option(help="Why (recorded in the version's tags).")
     ] = "manual promotion",
     by: Annotated[str, typer.Option(help="Who (recorded).")] = "cli",
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote a version whose gate failed.")
+    ] = False,
 ) -> None:
-    """Move an alias (default: the production alias) to VERSION."""
+    """Move an alias (default: the production alias) to VERSION (one whose gate failed:
+    --force)."""
     from modelregistry.registry import RegistryError
 
     settings = Settings()
     alias = to or settings.production_alias
     try:
-        info = _registry(settings).promote(version, by=by, reason=reason, alias=alias)
+        info = _registry(settings).promote(version, by=by, reason=reason, alias=alias, force=force)
     except RegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="VERSION") from exc
+    if info.tags.get("gate_passed") == "false":
+        console.print(f"[yellow]warning:[/] version {info.version} failed its gate; forced.")
     console.print(f"@{alias} → version {info.version}")
 
 

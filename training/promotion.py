@@ -164,6 +164,8 @@ def apply_promotion(
     if plan["action"] == "rollback":
         moved = registry.rollback(by=by, reason=reason, alias=alias)
     else:
-        moved = registry.promote(plan["version"], by=by, reason=reason, alias=alias)
+        # a person approved this very version: that is the override of a failed gate
+        # (tagged ``promoted_despite_gate`` by the registry)
+        moved = registry.promote(plan["version"], by=by, reason=reason, alias=alias, force=True)
     log.info("%s: @%s %s → %s", reason, alias, plan["current"], moved.version)
     return {"alias": alias, "version": moved.version, "previous": plan["current"], "by": by}

@@ -29,9 +29,11 @@ from numpy.typing import NDArray
 from bandit_core.policies.position import with_positions
 from eventstore.engine import make_engine
 from eventstore.replay import read_replay
+from training import quarantine
 
 REPLAY_FILE = "replay.parquet"
 MANIFEST_FILE = "replay.json"
+QUARANTINE_FILE = "quarantine.parquet"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class ReplayManifest:
     sha256: str
     dim_user: int
     dim_arm: int
+    quarantined: int = 0
+    quarantine_path: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -74,11 +78,15 @@ def extract_replay(
     missing_reward: Literal["default", "drop"] = "default",
     default_reward: float = 0.0,
     as_of: datetime | None = None,
+    quarantine_max_share: float = quarantine.MAX_SHARE,
+    max_abs_feature: float = quarantine.MAX_ABS,
 ) -> ReplayManifest:
     """Write the replay window ``[start, end)`` of the store at ``store_url``.
 
     The output overwrites ``<out_dir>/replay.parquet`` and ``replay.json`` (a retried task
-    rewrites its own run-scoped files). Returns the manifest.
+    rewrites its own run-scoped files). Rows breaking the replay schema, up to
+    ``quarantine_max_share`` of the window, are set aside in ``quarantine.parquet``
+    (:mod:`training.quarantine`). Returns the manifest.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,16 +104,18 @@ def extract_replay(
         )
     finally:
         engine.dispose()
+    frame, set_aside, (dim_user, dim_arm) = quarantine.split(
+        frame, quarantine_max_share, max_abs_feature
+    )
+    quarantine_path = out / QUARANTINE_FILE
+    if len(set_aside):
+        set_aside.to_parquet(quarantine_path, index=False)
+    else:
+        quarantine_path.unlink(missing_ok=True)
     path = out / REPLAY_FILE
     tmp = path.with_suffix(".parquet.tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
-    dim_user = len(frame["context"].iloc[0]) if len(frame) else 0
-    dim_arm = (
-        len(frame["candidate_features"].iloc[0][0])
-        if len(frame) and len(frame["candidate_features"].iloc[0])
-        else 0
-    )
     manifest = ReplayManifest(
         path=str(path),
         start=start.astimezone(UTC).isoformat(),
@@ -115,6 +125,8 @@ def extract_replay(
         sha256=file_sha256(path),
         dim_user=int(dim_user),
         dim_arm=int(dim_arm),
+        quarantined=len(set_aside),
+        quarantine_path=str(quarantine_path) if len(set_aside) else None,
     )
     (out / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from validation.expectations import (
     ReplayValidation,
     validate_replay,
 )
+
+log = logging.getLogger(__name__)
 
 
 def validate_features(
@@ -32,6 +36,18 @@ def validate_features(
     enables the drift expectations (PSI against it below ``drift_threshold``).
     """
     frame = pd.read_parquet(manifest.path)
+    if manifest.quarantine_path is not None:  # name the set-aside rows beside the docs
+        folder = Path(docs_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = pd.read_parquet(manifest.quarantine_path).to_dict(orient="records")
+        (folder / "quarantine.json").write_text(
+            json.dumps({"quarantined": manifest.quarantined, "rows": rows}, indent=2)
+        )
+        log.warning(
+            "%d replay rows quarantined (schema broken): %s",
+            manifest.quarantined,
+            ", ".join(f"{r['event_id']} ({r['reason']})" for r in rows[:20]),
+        )
     config = ReplaySuiteConfig(
         dim_context=manifest.dim_user,
         dim_arm=manifest.dim_arm,

@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request
+from pydantic import AfterValidator
 
+from serving.budget import check_magnitude
 from serving.catalog.runtime import CatalogService
 from serving.catalog.schemas import ItemBody, ItemOut, ItemsIn, ItemsOut, ItemsPage
 from serving.catalog.store import ItemInput, ItemRecord
@@ -26,10 +28,11 @@ from serving.routes import (
     OpenAPIResponses,
     service_of,
 )
+from serving.schemas import clean_text
 from serving.service import NotFoundError
 
 router = APIRouter(tags=["catalog"])
-ItemId = Annotated[str, Path(min_length=1, max_length=256)]
+ItemId = Annotated[str, Path(min_length=1, max_length=256), AfterValidator(clean_text)]
 _NOT_FOUND: OpenAPIResponses = {404: {"description": "Unknown item (or version)."}}
 
 
@@ -50,15 +53,20 @@ def _out(record: ItemRecord) -> ItemOut:
     )
 
 
-def _entry(item_id: str, body: ItemBody, loc: tuple[str | int, ...]) -> ItemInput:
+def _entry(item_id: str, body: ItemBody, loc: tuple[str | int, ...], bound: float) -> ItemInput:
+    features = np.array(body.features, dtype=np.float64)
+    check_magnitude(features, bound, (*loc, "features"))
     embedding = None if body.embedding is None else np.array(body.embedding, dtype=np.float64)
-    return ItemInput(item_id, np.array(body.features, dtype=np.float64), embedding, loc)
+    if embedding is not None:
+        check_magnitude(embedding, bound, (*loc, "embedding"))
+    return ItemInput(item_id, features, embedding, loc)
 
 
 @router.post("/v1/items", dependencies=Authorized, responses={**_UNAUTHORIZED, **_UNAVAILABLE})
 async def post_items(body: ItemsIn, request: Request) -> ItemsOut:
     """Add items, or new versions of existing ones, in one transaction."""
-    entries = [_entry(it.id, it, ("body", "items", i)) for i, it in enumerate(body.items)]
+    bound = service_of(request).settings.max_abs_feature
+    entries = [_entry(it.id, it, ("body", "items", i), bound) for i, it in enumerate(body.items)]
     records = await catalog_of(request).upsert(entries)
     return ItemsOut(
         count=len(records),
@@ -72,7 +80,8 @@ async def post_items(body: ItemsIn, request: Request) -> ItemsOut:
 )
 async def put_item(item_id: ItemId, body: ItemBody, request: Request) -> ItemOut:
     """Add the item, or a new version of it (a retired item comes back)."""
-    (record,) = await catalog_of(request).upsert([_entry(item_id, body, ("body",))])
+    bound = service_of(request).settings.max_abs_feature
+    (record,) = await catalog_of(request).upsert([_entry(item_id, body, ("body",), bound)])
     return _out(record)
 
 
@@ -94,9 +103,15 @@ def _cursor(seq: int, last_id: str) -> str:
 def _read_cursor(cursor: str) -> tuple[int, str]:
     try:
         seq, last_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if isinstance(seq, int) and not isinstance(seq, bool) and isinstance(last_id, str):
-            return seq, last_id
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+        if (
+            isinstance(seq, int)
+            and not isinstance(seq, bool)
+            and 0 <= seq < 2**63
+            and isinstance(last_id, str)
+            and len(last_id) <= 256
+        ):
+            return seq, clean_text(last_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, RecursionError):
         pass
     raise InputError(("query", "cursor"), "cursor must be a next_cursor of this listing.", cursor)
 
@@ -109,7 +124,9 @@ async def list_items(
     ] = "active",
     limit: Annotated[int, Query(ge=1, le=1000, description="Items per page.")] = 100,
     cursor: Annotated[
-        str | None, Query(max_length=2048, description="next_cursor of the previous page.")
+        str | None,
+        Query(max_length=2048, description="next_cursor of the previous page."),
+        AfterValidator(clean_text),
     ] = None,
     seq: Annotated[
         int | None,

@@ -14,11 +14,19 @@ refused. Each of these is counted by reason (``on_failure``) and the last one is
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
+from bandit_core import Candidates, Policy
+from eventstore.admission import AdmissionError, first_non_finite
+from serving.budget import check_choice_finite
+from serving.decide import choose
 from serving.models.recovery import recover
 from serving.models.served import ServedModel, ServingSet, Signature
 from serving.models.sources import ModelRef, ModelSource, Role
@@ -29,6 +37,32 @@ log = logging.getLogger(__name__)
 
 class SignatureError(ValueError):
     """A version's feature dimensions are not those the service serves."""
+
+
+class UnsafeModelError(ArithmeticError):
+    """A version's recovered state is not finite, or its probe decision is not."""
+
+
+def smoke_test(policy: Policy, signature: Signature) -> None:
+    """Decide once on a probe context (a copy of the policy, so nothing is learnt or
+    added) and check the state and the decision are finite.
+
+    Raises
+    ------
+    UnsafeModelError
+    """
+    bad = first_non_finite(policy.to_state().arrays)
+    if bad is not None:
+        raise UnsafeModelError(f"state array {bad!r} holds non-finite values")
+    probe = copy.deepcopy(policy)
+    dim_user = signature.dim_user or 1
+    width = max(signature.dim_arm, 0)
+    candidates = Candidates(("probe-0", "probe-1"), np.full((2, width), 0.5))
+    try:
+        choice = choose(probe, np.full(dim_user, 0.5), candidates, np.random.default_rng(0))
+        check_choice_finite(choice.decision, None, None)
+    except Exception as exc:
+        raise UnsafeModelError(f"the probe decision failed: {exc}") from exc
 
 
 class ModelLoader:
@@ -49,10 +83,13 @@ class ModelLoader:
         Dimensions every version must have (None: those of the version it replaces).
     on_failure : callable ``(reason, message)``, optional
         Called when a poll keeps what serves: ``"unreachable"`` (the source), ``"load"``
-        (the version's artifact), ``"signature"`` (its dimensions) or ``"recover"`` (its
-        online head could not be read from the event store) (metrics).
+        (the version's artifact), ``"signature"`` (its dimensions), ``"admission"`` (its
+        state failed :mod:`eventstore.admission`, or its recovered state or probe decision
+        is not finite) or ``"recover"`` (its online head could not be read from the event
+        store) (metrics).
     retry_failed_s : float
-        A version that failed to load is not tried again for this long.
+        A version that failed to load is not tried again for this long; one refused
+        (signature, admission) is never tried again.
     """
 
     def __init__(
@@ -136,7 +173,9 @@ class ModelLoader:
         if reused is not None:
             return reused
         failed_at = self._failed_versions.get(ref.version)
-        if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_s:
+        if failed_at is not None and (
+            failed_at == math.inf or time.monotonic() - failed_at < self.retry_failed_s
+        ):
             return serving  # failed a moment ago: counted and logged once, retried later
         return self._load(role, ref, serving)
 
@@ -148,10 +187,15 @@ class ModelLoader:
             self._check_signature(ref.version, Signature.of(base), serving)
             stage = "recover"  # reads the event store: a failure here is not the version's
             model = recover(self.store, ref.version, base, self.source.name)
-        except SignatureError as exc:
-            self._failed_versions[ref.version] = time.monotonic()
-            self._failed("signature", str(exc))
-            log.error("%s; keeping %s", exc, keeping)
+            stage = "smoke"
+            smoke_test(model.policy, model.signature)
+        except (SignatureError, AdmissionError, UnsafeModelError) as exc:
+            # the version itself is refused: logged and counted once, never retried (a
+            # changed artifact is a new version)
+            self._failed_versions[ref.version] = math.inf
+            reason = "signature" if isinstance(exc, SignatureError) else "admission"
+            self._failed(reason, f"{role} version {ref.version} refused: {exc}")
+            log.error("%s version %s refused: %s; keeping %s", role, ref.version, exc, keeping)
             return serving
         except Exception as exc:
             if stage == "load":

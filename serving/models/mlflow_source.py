@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import tempfile
 
-from bandit_core import Policy, load_policy
+from bandit_core import Policy
+from bandit_core.policies.registry import policy_from_state
+from eventstore.admission import Admission
 from eventstore.contract import version_label
 from modelregistry.registry import AliasReader
 from serving.models.sources import ROLES, ModelRef, Role
@@ -34,7 +36,9 @@ class MlflowModelSource:
         model_name: str,
         aliases: dict[Role, str | None],
         registry_uri: str | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self.admission = admission or Admission()
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.model_name = model_name
@@ -52,6 +56,7 @@ class MlflowModelSource:
 
     def load(self, ref: ModelRef) -> Policy:
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:
-            policy = load_policy(self._reader.download_state(ref.locator, tmp))
+            state = self.admission.admit(self._reader.download_state(ref.locator, tmp))
+        policy = policy_from_state(state)
         policy.model_version = ref.version
         return policy

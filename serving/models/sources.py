@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bandit_core import Policy
+from eventstore.admission import Admission, AdmissionError
 from serving.models.state_io import policy_from_bytes
 
 Role = Literal["production", "candidate"]
@@ -54,7 +55,8 @@ class FileModelSource:
 
     name = "file"
 
-    def __init__(self, paths: dict[Role, Path | None]) -> None:
+    def __init__(self, paths: dict[Role, Path | None], admission: Admission | None = None) -> None:
+        self.admission = admission or Admission()
         self.paths = {role: paths.get(role) for role in ROLES}
         self._seen: dict[Role, tuple[tuple[int, int], ModelRef]] = {}
         self._lock = threading.Lock()
@@ -72,6 +74,10 @@ class FileModelSource:
             cached = self._seen.get(role)
             if cached is not None and cached[0] == key:
                 return cached[1]
+            if stat.st_size > self.admission.max_bytes:  # not even read: refused by size
+                ref = ModelRef(f"file-{stat.st_size}-{stat.st_mtime_ns}", None)
+                self._seen[role] = (key, ref)
+                return ref
             data = path.read_bytes()
             digest = hashlib.sha256(data).hexdigest()[:12]
             ref = ModelRef(f"file-{digest}", data)
@@ -79,6 +85,8 @@ class FileModelSource:
             return ref
 
     def load(self, ref: ModelRef) -> Policy:
-        policy = policy_from_bytes(ref.locator)
+        if ref.locator is None:
+            raise AdmissionError(f"the state file is larger than {self.admission.max_bytes} bytes.")
+        policy = policy_from_bytes(ref.locator, self.admission)
         policy.model_version = ref.version
         return policy

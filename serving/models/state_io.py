@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 
 from bandit_core import Policy, PolicyState, load_policy, save_state
+from bandit_core.policies.registry import policy_from_state
+from eventstore.admission import Admission
 
 
 def state_to_bytes(state: PolicyState) -> bytes:
@@ -21,8 +23,11 @@ def policy_to_bytes(policy: Policy) -> bytes:
     return state_to_bytes(policy.to_state())
 
 
-def policy_from_bytes(data: bytes) -> Policy:
-    """Restore a policy from :func:`policy_to_bytes` output (``allow_pickle=False``)."""
+def policy_from_bytes(data: bytes, admission: Admission | None = None) -> Policy:
+    """Restore a policy from :func:`policy_to_bytes` output (``allow_pickle=False``);
+    with ``admission``, only after its checks (:mod:`eventstore.admission`)."""
+    if admission is not None:
+        return policy_from_state(admission.admit(data))
     with tempfile.TemporaryDirectory(prefix="banditops-state-") as tmp:
         path = Path(tmp) / "state.npz"
         path.write_bytes(data)

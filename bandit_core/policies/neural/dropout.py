@@ -142,7 +142,7 @@ class MCDropout(NeuralPolicy):
             masks = dropout_masks((draws, block.shape[0], 1), cfg.hidden, self.rates(), gen)
             parts.append(self.pass_scores(block, masks).transpose(1, 0, 2))  # (m, S, K)
         sampled = np.concatenate(parts)
-        choice, probs = thompson_choice(sampled)
+        choice, probs = thompson_choice(sampled, rng)
         return choice, probs, sampled[:, 0, :], sampled.mean(axis=1)
 
     def _extra_arrays(self) -> dict[str, NDArray[Any]]:

@@ -1,0 +1,208 @@
+"""Model admission: whether a policy-state ``.npz`` may be built, checked before allocating.
+
+Training runs it before registering a version and serving before loading one, so a
+version that would poison or exhaust the service is refused on both sides:
+
+1. the file's size is at most ``max_bytes``, it is a zip of at most ``max_members``
+   ``.npy`` members;
+2. each member's ``.npy`` header (shape, dtype) is read from its compressed stream, which
+   decompresses only the header's bytes; no member may hold objects (pickle), and the
+   declared sizes, like the sizes the zip directory gives (which bound what reading can
+   decompress), add up to at most ``max_bytes``;
+3. the JSON header's configuration declares no dimension above ``max_dim`` (nor one whose
+   ``d × d`` matrix alone exceeds ``max_bytes``), and the feature dimensions the service
+   serves, when given;
+4. only then are the arrays read, and every float array must be finite.
+
+Only a state passing all four is handed to :func:`bandit_core.policies.registry.policy_from_state`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core import PolicyState
+
+_HEADER_MEMBER = "__state__.json.npy"
+_HEADER_KEY = "__state__.json"
+#: Largest JSON header (configuration) member.
+MAX_HEADER_BYTES = 1 << 20
+
+
+class AdmissionError(ValueError):
+    """A model version's state is refused (the message says which check failed)."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The limits a policy state must meet (module docstring).
+
+    Attributes
+    ----------
+    max_bytes : int
+        Largest file and largest total of the arrays (uncompressed).
+    max_dim : int
+        Largest dimension the configuration may declare.
+    dim_user, dim_arm : int or None
+        The service's feature dimensions (None: not checked here).
+    max_members : int
+        Most arrays in the file.
+    """
+
+    max_bytes: int = 512 << 20
+    max_dim: int = 4096
+    dim_user: int | None = None
+    dim_arm: int | None = None
+    max_members: int = 4096
+
+    def admit(self, source: bytes | Path) -> PolicyState:
+        """The checked state of ``source`` (bytes or a path).
+
+        Raises
+        ------
+        AdmissionError
+            A check failed; nothing larger than the headers was read.
+        """
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        if size > self.max_bytes:
+            raise AdmissionError(f"the state file has {size} bytes; the limit is {self.max_bytes}.")
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(data))
+        except zipfile.BadZipFile as exc:
+            raise AdmissionError(f"the state file is not an .npz archive: {exc}") from exc
+        with archive:
+            members = archive.infolist()
+            if len(members) > self.max_members:
+                raise AdmissionError(
+                    f"the state file has {len(members)} arrays; the limit is {self.max_members}."
+                )
+            total = 0
+            for info in members:
+                total += max(info.file_size, self._declared_bytes(archive, info))
+                if total > self.max_bytes:
+                    raise AdmissionError(
+                        f"the state's arrays hold more than {self.max_bytes} bytes "
+                        f"(at member {info.filename!r})."
+                    )
+            header = self._header(archive)
+            self._check_config(header.get("config", {}))
+            arrays = {
+                info.filename.removesuffix(".npy"): _read_array(archive, info)
+                for info in members
+                if info.filename != _HEADER_MEMBER
+            }
+        bad = first_non_finite(arrays)
+        if bad is not None:
+            raise AdmissionError(f"state array {bad!r} holds non-finite values.")
+        return PolicyState(
+            header["policy"], header["config"], arrays, int(header["schema_version"])
+        )
+
+    @staticmethod
+    def _declared_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+        if not info.filename.endswith(".npy"):
+            raise AdmissionError(f"member {info.filename!r} is not an .npy array.")
+        with archive.open(info) as fh:  # decompresses the header's bytes only
+            try:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            except ValueError as exc:
+                raise AdmissionError(f"member {info.filename!r}: {exc}") from exc
+        if dtype.hasobject:
+            raise AdmissionError(f"member {info.filename!r} holds objects (pickle).")
+        return math.prod(shape) * dtype.itemsize
+
+    @staticmethod
+    def _header(archive: zipfile.ZipFile) -> dict[str, Any]:
+        try:
+            info = archive.getinfo(_HEADER_MEMBER)
+        except KeyError:
+            raise AdmissionError(f"not a banditops policy state (no {_HEADER_KEY}).") from None
+        if info.file_size > MAX_HEADER_BYTES:
+            raise AdmissionError(f"the state header has more than {MAX_HEADER_BYTES} bytes.")
+        try:
+            header = json.loads(str(_read_array(archive, info)))
+        except ValueError as exc:
+            raise AdmissionError(f"the state header is not JSON: {exc}") from exc
+        if not isinstance(header, dict) or not {"policy", "config", "schema_version"} <= set(
+            header
+        ):
+            raise AdmissionError("the state header lacks policy, config or schema_version.")
+        return header
+
+    def _check_config(self, config: Any) -> None:
+        for key, value in _dimensions(config):
+            if value > self.max_dim or value * value * 8 > self.max_bytes:
+                raise AdmissionError(
+                    f"the configuration declares {key} = {value}; the limit is {self.max_dim}."
+                )
+        inner = config
+        while isinstance(inner, dict) and isinstance(inner.get("inner"), dict):
+            inner = inner["inner"].get("config", {})
+        if not isinstance(inner, dict):
+            return
+        slots = _int(config.get("position_slots")) if isinstance(config, dict) else None
+        for key, expected, offset in (
+            ("dim_user", self.dim_user, 0),
+            ("dim_arm", self.dim_arm, slots or 0),
+        ):
+            declared = _int(inner.get(key))
+            shared = inner.get("shared", True)
+            if key == "dim_arm" and (not shared or not declared):
+                continue
+            if expected is not None and declared is not None and declared - offset != expected:
+                raise AdmissionError(
+                    f"the configuration declares {key} = {declared - offset}; the service "
+                    f"serves {key} = {expected}."
+                )
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _dimensions(config: Any, path: str = "") -> Iterator[tuple[str, int]]:
+    """Every integer the configuration declares under a size-like key (``dim*``,
+    ``hidden*``, ``*heads``, ``window``, ``position_slots``), with its path."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            where = f"{path}.{key}" if path else str(key)
+            sized = str(key).startswith(("dim", "hidden")) or str(key).endswith("heads")
+            sized = sized or key in ("window", "position_slots", "n_members")
+            values = value if isinstance(value, list) else [value]
+            if sized and all(_int(v) is not None for v in values):
+                for v in values:
+                    yield where, int(v)
+            else:
+                yield from _dimensions(value, where)
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            yield from _dimensions(value, f"{path}[{i}]")
+
+
+def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> NDArray[Any]:
+    with archive.open(info) as fh:
+        array: NDArray[Any] = np.lib.format.read_array(fh, allow_pickle=False)
+        return array
+
+
+def first_non_finite(arrays: Mapping[str, NDArray[Any]]) -> str | None:
+    """The name of the first floating array holding NaN or ±inf, or None."""
+    for name, array in arrays.items():
+        if np.issubdtype(array.dtype, np.inexact) and not bool(np.all(np.isfinite(array))):
+            return name
+    return None

@@ -1,0 +1,110 @@
+"""What a request may cost and carry, checked before any work (every failure a 422).
+
+* **Work units** bound the CPU of one decision. A choice among ``n`` candidates with
+  feature width ``w`` (context plus arm features) by a policy drawing ``S`` posterior
+  samples per choice (``n_sim`` of a Thompson policy, else 1) costs ``n · w · S`` units;
+  a slate of ``k`` makes ``k`` choices, and its marginal propensities (``D`` Monte-Carlo
+  prefixes, or as many exact prefix sets) ``k · D`` more::
+
+      units = n · max(w, 1) · S · c,    c = 1 (one arm) or k · (1 + D) (a slate).
+
+  Measured on the reference machine (one core), a unit costs 1–10 ns for linear
+  Thompson sampling and less for greedy (UCB) slates, whose marginals need no draws: the
+  default budget (5·10⁷) bounds a decision to a few hundred milliseconds, which the
+  decision thread and its deadline keep off the event loop.
+* **Magnitudes**: every feature ``|x| ≤ max_abs_feature``, so that sums of squares of
+  bounded features over any realistic number of rewards stay finite (see
+  ``docs/reliability.md``).
+* **Widths**: contexts and candidate features at most ``max_context_features`` and
+  ``max_arm_features`` wide, with or without a served model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from bandit_core import Decision
+from serving.inputs import InputError, Loc
+
+
+def draws_per_choice(policy: Any) -> int:
+    """Posterior samples one choice of ``policy`` draws (``n_sim``, through wrappers)."""
+    while policy is not None:
+        n_sim = getattr(getattr(policy, "config", None), "n_sim", None)
+        if isinstance(n_sim, int) and n_sim > 0:
+            return n_sim
+        policy = getattr(policy, "inner", None)
+    return 1
+
+
+def work_units(n_candidates: int, width: int, draws: int, k: int | None, marginal: int) -> int:
+    """Work units of one decision (module docstring)."""
+    choices = 1 if k is None else k * (1 + marginal)
+    return n_candidates * max(width, 1) * draws * choices
+
+
+def check_budget(units: int, limit: int) -> None:
+    """422 naming ``max_work_units`` when ``units`` exceeds it."""
+    if units > limit:
+        raise InputError(
+            ("body",),
+            f"the request costs {units} work units (candidates × features × draws × slate "
+            f"choices); the limit max_work_units is {limit}. Ask for fewer candidates or a "
+            "smaller k.",
+        )
+
+
+def check_width(width: int, limit: int, loc: Loc, what: str, setting: str) -> None:
+    if width > limit:
+        raise InputError(
+            loc, f"{what} must have at most {limit} features ({setting}); got {width}."
+        )
+
+
+def check_magnitude(values: NDArray[np.float64], bound: float, loc: Loc) -> None:
+    """422 when a value exceeds ``bound`` in magnitude (``max_abs_feature``)."""
+    if values.size and not bool(np.all(np.abs(values) <= bound)):
+        worst = float(np.max(np.abs(values)))
+        raise InputError(
+            loc,
+            f"features must be at most {bound:g} in magnitude (max_abs_feature); got {worst!r}.",
+        )
+
+
+class NonFiniteChoiceError(ArithmeticError):
+    """A policy returned non-finite scores or propensities (counted as a model error)."""
+
+
+def check_choice_finite(
+    decision: Decision, slate: tuple[float, ...] | None, marginal: tuple[float, ...] | None
+) -> None:
+    """Scores, probabilities and propensities finite, the propensity in (0, 1]."""
+    parts = [
+        np.asarray(decision.scores, dtype=np.float64),
+        np.asarray(decision.probabilities, dtype=np.float64),
+        np.asarray([decision.propensity], dtype=np.float64),
+        np.asarray(slate or (), dtype=np.float64),
+        np.asarray(marginal or (), dtype=np.float64),
+    ]
+    if not all(bool(np.all(np.isfinite(p))) for p in parts):
+        raise NonFiniteChoiceError(f"policy {decision.policy} returned non-finite scores")
+    if not 0.0 < decision.propensity <= 1.0:
+        raise NonFiniteChoiceError(
+            f"policy {decision.policy} returned propensity {decision.propensity!r}"
+        )
+
+
+def learnable(
+    context: NDArray[np.float64], arm_features: NDArray[np.float64], reward: float, bound: float
+) -> bool:
+    """Whether a head may learn from this reward: every input finite and within ``bound``
+    (a decision logged before the bound existed may carry anything)."""
+    for part in (context, arm_features, np.asarray([reward], dtype=np.float64)):
+        if part.size and not bool(np.all(np.isfinite(part))):
+            return False
+    return all(
+        not part.size or bool(np.all(np.abs(part) <= bound)) for part in (context, arm_features)
+    )

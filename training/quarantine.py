@@ -1,0 +1,86 @@
+"""Replay quarantine: rows that break the replay schema are set aside, not the window.
+
+One row of another width (a decision logged while no model served, before the width
+caps existed) used to fail the whole Great Expectations window, so the nightly retrain —
+the way out of the fallback — never registered again until the row aged out. Now the
+extraction sets such rows aside when they are at most ``max_share`` of the window:
+
+* the window's dimensions are the most common context width and candidate-feature width
+  (not the first row's, which may be the broken one);
+* a row breaks the schema when its context or any candidate's features have another
+  width, hold a non-finite value or exceed ``max_abs`` in magnitude, or its propensity is
+  not in (0, 1].
+
+The set-aside rows go to ``quarantine.parquet`` (``event_id`` and ``reason``) beside the
+replay file, their count to the manifest, and their ids to the data-docs folder of the
+validation (``quarantine.json``). Above ``max_share`` nothing is set aside and the GX
+suite fails the run as before.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+#: Default largest share of a window that may be quarantined.
+MAX_SHARE = 0.01
+#: Default largest feature magnitude a replay row may hold (the service's default bound).
+MAX_ABS = 1e6
+
+
+def _width(value: Any) -> int:
+    return len(value) if value is not None else -1
+
+
+def dimensions(frame: pd.DataFrame) -> tuple[int, int]:
+    """The most common context width and candidate-feature width of the window."""
+    if not len(frame):
+        return 0, 0
+    users = Counter(_width(c) for c in frame["context"])
+    arms = Counter(_width(row[0]) if len(row) else 0 for row in frame["candidate_features"])
+    return users.most_common(1)[0][0], arms.most_common(1)[0][0]
+
+
+def why_broken(row: Any, dim_user: int, dim_arm: int, max_abs: float) -> str | None:
+    """Why ``row`` breaks the replay schema, or None."""
+    context = np.asarray(row.context, dtype=np.float64)
+    if context.shape != (dim_user,):
+        return f"context has {context.size} features; the window has {dim_user}"
+    features = [np.asarray(f, dtype=np.float64) for f in row.candidate_features]
+    if any(f.shape != (dim_arm,) for f in features):
+        return f"a candidate's features are not {dim_arm} wide"
+    values = np.concatenate([context, *features]) if features else context
+    if not bool(np.all(np.isfinite(values))):
+        return "a feature is not finite"
+    if values.size and float(np.max(np.abs(values))) > max_abs:
+        return f"a feature exceeds {max_abs:g} in magnitude"
+    propensity = float(row.propensity)
+    if not 0.0 < propensity <= 1.0:
+        return f"propensity {propensity!r} is not in (0, 1]"
+    return None
+
+
+def split(
+    frame: pd.DataFrame, max_share: float = MAX_SHARE, max_abs: float = MAX_ABS
+) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int]]:
+    """``(kept rows, quarantined rows with a reason, (dim_user, dim_arm))``.
+
+    Nothing is quarantined when the broken rows are more than ``max_share`` of the
+    window (the suite then fails the run on them).
+    """
+    dims = dimensions(frame)
+    reasons = [why_broken(row, *dims, max_abs) for row in frame.itertuples(index=False)]
+    broken = np.array([r is not None for r in reasons], dtype=bool)
+    empty = pd.DataFrame({"event_id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+    if not broken.any() or broken.mean() > max_share:
+        return frame, empty, dims
+    quarantined = pd.DataFrame(
+        {
+            "event_id": frame["event_id"][broken].to_numpy(),
+            "reason": [r for r in reasons if r is not None],
+        }
+    )
+    return frame[~broken].reset_index(drop=True), quarantined, dims
