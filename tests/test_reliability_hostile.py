@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bandit_core import load_state, save_state
+from benchmarks.reliability_hostile import bomb_version, huge_dimension_version, nan_version
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from eventstore.records import DecisionRow
@@ -179,39 +179,22 @@ def _poisoned_decision(event_id: str, version: str) -> DecisionRow:
 
 
 # -------------------------------------------------------------- 3 + 6. model admission
+def _source(path: Path) -> Path:
+    return policy_file(path.with_name(f"source-{path.name}"), name="shared_linucb")
+
+
 def _nan_model(path: Path) -> Path:
-    policy_file(path, name="shared_linucb")
-    state = load_state(path)
-    key = next(k for k, v in state.arrays.items() if np.issubdtype(v.dtype, np.floating))
-    state.arrays[key] = np.full_like(state.arrays[key], np.nan)
-    save_state(state, path)
-    return path
+    return nan_version(_source(path), path)
 
 
 def _big_config_model(path: Path) -> Path:
     """A small file whose configuration declares dim_user = 100,000."""
-    policy_file(path, name="shared_linucb")
-    state = load_state(path)
-    state.config["dim_user"] = 100_000
-    save_state(state, path)
-    return path
+    return huge_dimension_version(_source(path), path)
 
 
 def _bomb_model(path: Path) -> Path:
     """A valid state plus a member that inflates to 1 GiB (a few MB compressed)."""
-    import zipfile
-
-    policy_file(path, name="shared_linucb")
-    header = np.lib.format.header_data_from_array_1_0(np.zeros(1 << 27))
-    with (
-        zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive,
-        archive.open("bomb.npy", "w", force_zip64=True) as fh,
-    ):
-        np.lib.format.write_array_header_1_0(fh, header)
-        block = bytes(1 << 20)
-        for _ in range(1 << 10):
-            fh.write(block)
-    return path
+    return bomb_version(_source(path), path)
 
 
 @pytest.mark.parametrize(
