@@ -63,24 +63,44 @@ class MonteCarloOptions:
 
 
 def _pair_stats(
-    centre: FloatArray, noise: FloatArray, choice: IntArray
+    centre: FloatArray, noise: FloatArray, choice: IntArray, exact_ties: bool = False
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Win counts (m, K) over both signs, and Σy, Σy² (m,) of the chosen arm's pair means."""
-    winners = np.concatenate(
-        [(centre + noise).argmax(axis=-1), (centre - noise).argmax(axis=-1)], axis=1
-    )  # (m, 2J)
+    """Win counts (m, K) over both signs, and Σy, Σy² (m,) of the chosen arm's pair means.
+
+    With ``exact_ties`` (some arms share their centre: identical candidates, a degenerate
+    posterior), a draw whose maximum is shared exactly by several arms counts ``1/|ties|``
+    for each of them."""
     m, k = centre.shape[0], centre.shape[-1]
-    counts = np.bincount((winners + (np.arange(m) * k)[:, None]).ravel(), minlength=m * k)
     half = noise.shape[1]
-    hits = winners == choice[:, None]
-    y = (hits[:, :half].astype(np.float64) + hits[:, half:]) / 2.0
-    return counts.reshape(m, k).astype(np.float64), y.sum(axis=1), (y * y).sum(axis=1)
+    if not exact_ties:
+        winners = np.concatenate(
+            [(centre + noise).argmax(axis=-1), (centre - noise).argmax(axis=-1)], axis=1
+        )  # (m, 2J)
+        counts = np.bincount((winners + (np.arange(m) * k)[:, None]).ravel(), minlength=m * k)
+        hits = (winners == choice[:, None]).astype(np.float64)
+        wins = counts.reshape(m, k).astype(np.float64)
+    else:
+        sampled = np.concatenate([centre + noise, centre - noise], axis=1)  # (m, 2J, K)
+        tied = sampled == sampled.max(axis=-1, keepdims=True)
+        weights = tied / tied.sum(axis=-1)[..., None]  # (m, 2J, K)
+        wins = weights.sum(axis=1)
+        hits = weights[np.arange(m), :, choice]  # (m, 2J)
+    y = (hits[:, :half] + hits[:, half:]) / 2.0
+    return wins, y.sum(axis=1), (y * y).sum(axis=1)
+
+
+def _shared_centres(mean: FloatArray) -> bool:
+    """Whether two arms of some row share their centre exactly (only then can sampled
+    scores tie with positive probability)."""
+    ordered = np.sort(mean, axis=-1)
+    return bool((ordered[:, 1:] == ordered[:, :-1]).any())
 
 
 def thompson_draws(
     mean: FloatArray,
     draw: Callable[[slice, int], FloatArray],
     options: Any,
+    rng: np.random.Generator | None = None,
 ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
     """Thompson decisions with Monte-Carlo propensities and their standard errors.
 
@@ -92,6 +112,8 @@ def thompson_draws(
         ``draw(rows, J)`` returns J score perturbations ``ε`` (m, J, K) for the rows
         ``rows`` (a slice of the n rows); it owns the random generator.
     options : MonteCarloOptions (or a config with its three fields)
+    rng : Generator, optional
+        Breaks an exact tie of draw 0 uniformly (without: the first of the tied arms).
 
     Returns
     -------
@@ -110,7 +132,13 @@ def thompson_draws(
         noise = draw(rows, half)
         first = centre[:, 0, :] + noise[:, 0, :]
         choice = first.argmax(axis=-1).astype(np.intp)
-        counts, s1, s2 = _pair_stats(centre, noise, choice)
+        exact_ties = _shared_centres(mean[rows])
+        if exact_ties and rng is not None:
+            ties = first == first.max(axis=-1, keepdims=True)
+            for row in np.flatnonzero(ties.sum(axis=-1) > 1):
+                tied_arms = np.flatnonzero(ties[row])
+                choice[row] = tied_arms[rng.integers(tied_arms.size)]
+        counts, s1, s2 = _pair_stats(centre, noise, choice, exact_ties)
         pairs = np.full(choice.shape[0], float(half))
         if target is not None:
             p_hat = s1 / pairs
@@ -122,7 +150,9 @@ def thompson_draws(
                 # contiguous blocks of the rows that need more (a slice per block)
                 for lo, hi in _runs(extra_rows):
                     sub = slice(rows.start + lo, rows.start + hi)
-                    c2, e1, e2 = _pair_stats(mean[sub][:, None, :], draw(sub, more), choice[lo:hi])
+                    c2, e1, e2 = _pair_stats(
+                        mean[sub][:, None, :], draw(sub, more), choice[lo:hi], exact_ties
+                    )
                     counts[lo:hi] += c2
                     s1[lo:hi] += e1
                     s2[lo:hi] += e2

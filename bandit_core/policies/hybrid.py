@@ -459,7 +459,7 @@ class _HybridThompsonRule:
                 noise *= cfg.v
             return noise
 
-        return thompson_draws(mean, draw, cfg)
+        return thompson_draws(mean, draw, cfg, rng)
 
 
 class HybridLinUCB(_UCBRule, HybridPolicy):

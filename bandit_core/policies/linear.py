@@ -666,7 +666,7 @@ class _ThompsonRule:
                 noise *= cfg.v
             return noise
 
-        return thompson_draws(mean, draw, cfg)
+        return thompson_draws(mean, draw, cfg, rng)
 
 
 class LinUCB(_UCBRule, LinearPolicy):

@@ -217,7 +217,7 @@ class LogisticTS:
                 noise *= v
             return noise
 
-        choice, probs, scores, se = thompson_draws(mean, draw, self.config)
+        choice, probs, scores, se = thompson_draws(mean, draw, self.config, rng)
         rows = np.arange(choice.shape[0])
         batch = DecisionBatch(choice, probs[rows, choice], probs, scores, self.name, se)
         return batch, ~tied_with_max(mean)[rows, choice]
