@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -135,9 +136,14 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from serving.settings import Settings
 
-    settings = Settings()
     try:
+        settings = Settings()
         settings.check_auth()
+    except ValidationError as exc:  # a bad setting: name it, no traceback
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            console.print(f"[red]error:[/] {field}: {error['msg']}")
+        raise typer.Exit(2) from None
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

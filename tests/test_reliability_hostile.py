@@ -285,6 +285,7 @@ def test_an_empty_token_is_a_settings_error(tmp_path: Path) -> None:
     done = _serve_exits(_env(tmp_path, None, BANDITOPS_API_TOKEN=""), tmp_path)
     assert done.returncode != 0
     assert "api_token must not be empty" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_auth_disabled_warns_and_admin_stays_closed(tmp_path: Path) -> None:
