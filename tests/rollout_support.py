@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from pydantic import SecretStr
 
 from bandit_core import make_policy, save_policy
 from bandit_core.envs import LogisticClickEnvironment
@@ -102,8 +103,8 @@ def live_service(workspace: Path, store_url: str, tracking_uri: str) -> Iterator
         sqlite_synchronous="NORMAL",
         poll_interval_s=3600.0,  # the test polls through /v1/admin/poll
         seed=3,
-        user_salt="rollout-salt",
-        api_token=TEST_TOKEN,
+        user_salt=SecretStr("rollout-salt"),
+        api_token=SecretStr(TEST_TOKEN),
     )
     with (
         LiveServer(create_app(settings)) as server,

@@ -97,6 +97,13 @@ def _drive(
     return steps
 
 
+def _interval(step: StepResult) -> tuple[float, float]:
+    """The confidence sequence's interval a step decided on."""
+    r = step.readout
+    assert r is not None and r.ci_low is not None and r.ci_high is not None, step
+    return r.ci_low, r.ci_high
+
+
 def _gate(world: World, kind: str, key: str) -> str:
     version = register(world.registry, kind, world.root, key)
     world.registry.record_gate(version, True, ["offline gate passed (test)"])
@@ -110,8 +117,10 @@ def test_worse_candidate_is_rolled_back_at_the_first_stage(world: World) -> None
     assert actions[-1] == "rollback" and "advance" not in actions, actions
     last = steps[-1]
     assert last.rollout is not None and last.rollout.stage_index == 0  # still at 5 %
-    assert last.readout is not None and last.readout.ci_high < -world.settings.rollout_margin
-    assert last.readout.n_candidate >= world.settings.rollout_min_samples
+    assert _interval(last)[1] < -world.settings.rollout_margin
+    assert (
+        last.readout is not None and last.readout.n_candidate >= world.settings.rollout_min_samples
+    )
     # most users never saw it: at most the first stage's share of the traffic
     assert last.readout.n_candidate < 0.1 * (last.readout.n_production + last.readout.n_candidate)
     assert "worse than production" in last.reason
@@ -134,13 +143,13 @@ def test_equal_candidate_holds_then_expires_with_a_verdict(world: World) -> None
     version = _gate(world, "equal", "equal")
     steps = _drive(world, world.settings, seed=2, max_rounds=3)
     assert [s.action for s in steps] == ["start", "hold", "hold", "hold"], steps
-    assert all(s.readout.ci_low <= 0 <= s.readout.ci_high for s in steps[1:])  # type: ignore[union-attr]
+    assert all(_interval(s)[0] <= 0 <= _interval(s)[1] for s in steps[1:])
     assert steps[-1].readout.n_candidate >= world.settings.rollout_min_samples  # type: ignore[union-attr]
     assert "waiting for a confident difference" in steps[-1].reason
     expiring = world.settings.model_copy(update={"rollout_max_duration_s": 1.0})
     last = rollout_step(expiring)
     assert last.action == "expire", last
-    assert last.readout is not None and last.readout.ci_low <= 0.0 <= last.readout.ci_high
+    assert _interval(last)[0] <= 0.0 <= _interval(last)[1]
     assert "expired after" in last.reason and "no evidence either way" in last.reason
     assert f"@production stays {world.production}" in last.reason
     assert world.registry.by_alias("staging") is None
@@ -156,7 +165,7 @@ def test_better_candidate_reaches_100_percent_and_production(world: World) -> No
     shares = [s.rollout.share for s in steps if s.action in ("start", "advance")]  # type: ignore[union-attr]
     assert shares == [0.05, 0.2, 0.5, 1.0]
     last = steps[-1]
-    assert last.readout is not None and last.readout.ci_low > 0
+    assert _interval(last)[0] > 0
     assert world.registry.by_alias("production").version == version
     tags = world.registry.get(version).tags
     assert tags["rollout_status"] == "promoted" and tags["promoted_by"] == "bandit_rollout"
