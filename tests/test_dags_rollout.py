@@ -100,5 +100,6 @@ def test_rollout_dag_starts_then_rolls_back_a_worse_candidate(
     assert stopped is not None and stopped.status == "stopped"
     assert stopped.reason.startswith(f"stopped by {dagtools.REVIEWER}")
     assert registry.get(equal).tags["rollout_action"] == "stop"
-    assert registry.by_alias("staging").version == equal  # a person may still promote it
+    staging = registry.by_alias("staging")
+    assert staging is not None and staging.version == equal  # a person may still promote it
     engine.dispose()
