@@ -225,9 +225,13 @@ def apply_promotion(
     if alias == settings.production_alias and plan["action"] == "promote":
         from training import rollout
 
-        skipped = rollout.promoted_by_hand(
-            moved.version, settings.model_copy(update={"model_name": plan["model_name"]}), by=by
-        )
+        try:
+            skipped = rollout.promoted_by_hand(
+                moved.version, settings.model_copy(update={"model_name": plan["model_name"]}), by=by
+            )
+        except Exception as exc:  # the alias moved; the controller's next step records it
+            log.warning("could not record the promotion on the running rollout: %s", exc)
+            skipped = None
         if skipped is not None:
             out["rollout"] = skipped.summary()
     return out
