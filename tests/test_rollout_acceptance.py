@@ -137,6 +137,36 @@ def test_worse_candidate_is_rolled_back_at_the_first_stage(world: World) -> None
     assert rollout_step(world.settings).action == "idle"  # never rolled out again
 
 
+def test_cli_starts_shows_and_stops_a_rollout(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``banditops rollout start|status|stop``: a stop is recorded with who and why, the
+    candidate gets no more traffic, and the controller never restarts that version."""
+    from typer.testing import CliRunner
+
+    from ops.cli import app
+
+    version = register(world.registry, "equal", world.root, "by-hand")
+    for key, value in {
+        "DATABASE_URL": world.settings.store_url,
+        "MLFLOW_TRACKING_URI": world.settings.tracking_uri,
+        "WORKSPACE": str(world.root / "cli"),
+    }.items():
+        monkeypatch.setenv(f"BANDITOPS_{key}", value)
+    runner = CliRunner()
+    out = runner.invoke(app, ["rollout", "start", version, "--reason", "canary by hand"])
+    assert out.exit_code == 0 and out.output.startswith("start: canary by hand"), out.output
+    assert world.service.poll()["candidate_share"] == 0.0  # @staging is not this version
+    out = runner.invoke(app, ["rollout", "status"])
+    assert out.exit_code == 0 and f"of {MODEL}/{version}: running, stage 1 at 5%" in out.output
+    out = runner.invoke(app, ["rollout", "stop", "--by", "alice", "--reason", "wrong version"])
+    assert out.exit_code == 0 and "stopped by alice: wrong version" in out.output, out.output
+    assert current_rollout(world.engine, MODEL) is None
+    assert world.registry.get(version).tags["rollout_status"] == "stopped"
+    out = runner.invoke(app, ["rollout", "stop"])
+    assert out.exit_code == 1 and "no rollout" in out.output
+
+
 def test_equal_candidate_holds_then_expires_with_a_verdict(world: World) -> None:
     """Three rounds of traffic hold (the interval keeps 0); a step after the maximum
     duration (here: 1 s, already past, where the rounds ran under an hour's) expires."""
