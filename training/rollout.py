@@ -101,6 +101,15 @@ def _open(settings: PipelineSettings) -> tuple[Engine, ModelRegistry]:
     return engine, ModelRegistry.from_settings(settings)
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``1.5 h`` or ``2.0 d``."""
+    if seconds < 3600:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 86_400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -344,9 +353,9 @@ def _step(
         return _record(engine, registry, rollout, "promote", why, readout, now)
 
     if now - rollout.started_at >= timedelta(seconds=settings.rollout_max_duration_s):
-        hours = (now - rollout.started_at).total_seconds() / 3600
         why = (
-            f"expired after {hours:.2f} h at {stage}: no evidence either way — not better, "
+            f"expired after {_duration((now - rollout.started_at).total_seconds())} at "
+            f"{stage}: no evidence either way — not better, "
             f"not worse by more than the margin {settings.rollout_margin:g}; {numbers}. "
             f"@{settings.production_alias} stays "
             f"{production.version if production else 'unset'}; "
