@@ -72,6 +72,10 @@ class RunSpec:
     shards : int
         Shards of the map-reduce head rebuild and OPE (:mod:`training.shards`); 1 is the
         single-node path.
+    drift_warning, drift_failing : float
+        The data validation's drift levels against the production version's training
+        window: beyond ``drift_warning`` a feature is a recorded warning, beyond
+        ``drift_failing`` the validation fails (``0 < drift_warning ≤ drift_failing``).
     """
 
     run_key: str
@@ -100,6 +104,8 @@ class RunSpec:
     auto_promote: bool
     promoted_by: str
     shards: int
+    drift_warning: float
+    drift_failing: float
 
     def __post_init__(self) -> None:
         if not self.run_key.strip():
@@ -145,6 +151,11 @@ class RunSpec:
         check_int("min_rows", self.min_rows, 1)
         check_int("n_resamples", self.n_resamples, N_RESAMPLES_MIN)
         check_int("shards", self.shards, 1)
+        if not 0.0 < self.drift_warning <= self.drift_failing:
+            raise ValueError(
+                "drift_warning must be in (0, drift_failing]; got "
+                f"{self.drift_warning!r} and {self.drift_failing!r}."
+            )
         self.train_config()  # raises ValueError naming a bad training field
         self.gate_rule()  # raises ValueError naming a bad gate field
         if not isinstance(self.auto_promote, bool):
@@ -270,6 +281,8 @@ def plan(
         auto_promote=values["auto_promote"],
         promoted_by=PROMOTED_BY,
         shards=values["shards"],
+        drift_warning=settings.validation_drift_warning,
+        drift_failing=settings.validation_drift_failing,
     )
     spec.write()
     log.info("run %s: window %s → %s, folder %s", run_key, start, end, spec.run_dir)

@@ -11,9 +11,9 @@ the DAG files read their schedules from it at parse time.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bandit_core.catalog import ALGORITHMS as ALGORITHMS  # the form's choices (torch-free)
 from eventstore.settings import CoreSettings
@@ -69,6 +69,21 @@ class PipelineSettings(CoreSettings):
         Owner shown on the DAGs.
     approval_timeout_h : float
         Hours a promotion waits for its approval before it counts as rejected.
+    validation_drift_warning : float
+        The retrain's data validation compares every feature of its window with the
+        production version's training window (PSI, Great Expectations); beyond this a
+        feature's drift is a warning, recorded with the run (``gx.warnings``), and the
+        run continues.
+    validation_drift_failing : float
+        Beyond this (at least ``validation_drift_warning``) the validation fails and the
+        run stops, naming each feature and its drift: the window no longer looks like
+        the data the production model was trained on (check the feature pipeline first).
+    retention_schedule : str
+        Cron expression or preset of ``bandit_retention`` (default nightly, ``30 3 * * *``).
+    retention_days : float
+        ``bandit_retention`` deletes decisions (with their rewards) and superseded head
+        snapshots older than this, never a row a running retrain's window or a running
+        rollout still needs.
     """
 
     section: ClassVar[str] = "pipelines"
@@ -105,6 +120,10 @@ class PipelineSettings(CoreSettings):
     retry_delay_s: float = Field(300.0, gt=0.0)
     owner: str = "banditops"
     approval_timeout_h: float = Field(72.0, gt=0.0)
+    validation_drift_warning: float = Field(0.1, gt=0.0)
+    validation_drift_failing: float = Field(1.0, gt=0.0)
+    retention_schedule: str = "30 3 * * *"
+    retention_days: float = Field(90.0, gt=0.0)
 
     @field_validator("retrain_algorithm")
     @classmethod
@@ -127,7 +146,16 @@ class PipelineSettings(CoreSettings):
         """:meth:`retrain_defaults` of the declared defaults (no environment, no file)."""
         return cls.model_construct().retrain_defaults()
 
-    @field_validator("retrain_schedule", "monitor_schedule")
+    @model_validator(mode="after")
+    def _drift_levels(self) -> Self:
+        if self.validation_drift_warning > self.validation_drift_failing:
+            raise ValueError(
+                "validation_drift_warning must not exceed validation_drift_failing; got "
+                f"{self.validation_drift_warning} and {self.validation_drift_failing}."
+            )
+        return self
+
+    @field_validator("retrain_schedule", "monitor_schedule", "retention_schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
         text = value.strip()
