@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -287,6 +287,30 @@ def plan(
     spec.write()
     log.info("run %s: window %s → %s, folder %s", run_key, start, end, spec.run_dir)
     return spec
+
+
+def active_windows(
+    runs_path: str | Path, is_active: Callable[[str], bool], expected: int | None = None
+) -> dict[str, datetime]:
+    """``{run key: window start}`` of the retrain runs whose spec is under ``runs_path``
+    (``<run key>/spec.json``) and that ``is_active`` says still run (the retention DAG
+    asks Airflow); newest spec first, stopping once ``expected`` runs are found."""
+    specs = sorted(
+        Path(runs_path).glob(f"*/{SPEC_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    found: dict[str, datetime] = {}
+    for path in specs:
+        if expected is not None and len(found) >= expected:
+            break
+        try:
+            data = json.loads(path.read_text())
+            key, start = str(data["run_key"]), aware("window_start", data["window_start"])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("ignoring the unreadable run spec %s: %s", path, exc)
+            continue
+        if is_active(key):
+            found[key] = start
+    return found
 
 
 def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[datetime, datetime]:

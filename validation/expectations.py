@@ -503,7 +503,8 @@ def _target(kwargs: dict[str, Any]) -> str:
 
 
 def _is_warning(result: Any) -> bool:
-    return str(getattr(result.expectation_config, "severity", "critical")).endswith("warning")
+    severity = getattr(result.expectation_config, "severity", "critical")
+    return str(getattr(severity, "value", severity)) == "warning"
 
 
 def _failures(results: Sequence[Any]) -> tuple[ExpectationFailure, ...]:
