@@ -40,7 +40,7 @@ for folder in sys.argv[1:]:
 print(json.dumps(out))
 """
 
-DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retrain"]
+DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retention", "bandit_retrain"]
 
 
 def _parse(folders: list[Path], env: dict[str, str]) -> list[dict[str, Any]]:
@@ -91,8 +91,17 @@ def test_every_dag_is_owned_tagged_documented_and_scheduled(bag: Any) -> None:
         assert dag.catchup is False and dag.max_active_runs == 1, dag_id
         assert {task.owner for task in dag.tasks} == {"banditops"}, dag_id
     retrain, monitor = bag.get_dag("bandit_retrain"), bag.get_dag("bandit_monitor")
-    assert retrain.schedule == "0 2 * * *"  # BANDITOPS_RETRAIN_SCHEDULE default
+    # BANDITOPS_RETRAIN_SCHEDULE (nightly) or the monitor's drift asset
+    assert type(retrain.timetable).__name__ == "AssetOrTimeSchedule"
+    assert retrain.timetable.timetable.expression == "0 2 * * *"
+    (drift,) = retrain.timetable.asset_condition.objects
+    assert (drift.name, drift.uri) == (
+        "banditops_feature_drift",
+        "x-banditops://drift/banditops-policy",
+    )
+    assert [a.name for a in monitor.get_task("signal_drift").outlets] == [drift.name]
     assert monitor.schedule == "0 * * * *"  # hourly
+    assert bag.get_dag("bandit_retention").schedule == "30 3 * * *"  # nightly
     assert bag.get_dag("bandit_promote").schedule is None  # manual only
     for task in retrain.tasks:
         assert task.retries == 1 and task.retry_delay == timedelta(seconds=1)  # from settings
