@@ -73,6 +73,9 @@ THIRD_PARTY_WARNINGS = [
     "ignore:.*Any type hint is inferred as AnyType:UserWarning",
     # MLflow compares an input example's columns with a range (pandas 3 deprecates it)
     "ignore:Operation with range is deprecated:DeprecationWarning",
+    # Airflow's in-process execution API (dag.test) imports Starlette's TestClient, which
+    # prefers httpx2 (the first DAG test of a session that served no request through one)
+    "ignore:Using `httpx` with:starlette.exceptions.StarletteDeprecationWarning",
 ]
 
 
