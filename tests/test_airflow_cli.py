@@ -26,7 +26,7 @@ from ops.cli import app
 from tests.serving_helpers import free_port
 
 BANDITOPS = Path(sys.executable).with_name("banditops")
-DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retrain"]
+DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retention", "bandit_retrain"]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
