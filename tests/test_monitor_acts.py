@@ -135,6 +135,8 @@ def test_explored_share_and_segment_coverage_in_the_report(
     assert explored["share"] == pytest.approx(model["explored"].mean())
     assert explored["stochastic_share"] == pytest.approx((model["propensity"] < 1).mean())
     assert report["checks"]["explored_share"]["status"] == "ok"
+    figure = monitor.plot_monitor_report(report, tmp_path / "report.png")  # the rates panel
+    assert Path(figure).stat().st_size > 10_000
     strict = monitor.summarize(frame, end, _settings(tmp_path, explored_share_min=0.2), None, None)
     assert strict["checks"]["explored_share"]["status"] == "alert"
     assert "the policy stopped learning" in strict["checks"]["explored_share"]["message"]
