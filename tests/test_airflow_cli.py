@@ -122,9 +122,7 @@ def test_init_migrates_sqlite_metadata_and_serializes_the_dags_unpaused(
     out = initialized.output
     assert f"wrote {home.config_file}" in out
     assert f"migrated the metadata database {home.database}" in out
-    assert re.search(
-        r"serialized 3 DAGs \(\d+ s\): bandit_monitor, bandit_promote, bandit_retrain\n", out
-    )
+    assert re.search(rf"serialized {len(DAG_IDS)} DAGs \(\d+ s\): {', '.join(DAG_IDS)}\n", out)
     assert "(paused)" not in out
 
 
