@@ -1,9 +1,16 @@
 """
-### bandit_retrain — the nightly retrain
+### bandit_retrain — the nightly retrain, and the retrain on drift
+
+Scheduled on its cron (`BANDITOPS_RETRAIN_SCHEDULE`, nightly) **or** on the asset
+`banditops_feature_drift` (`x-banditops://drift/<model>`), which `bandit_monitor` updates
+when a feature drifts beyond `BANDITOPS_RETRAIN_DRIFT_MIN` (data-aware scheduling,
+`AssetOrTimeSchedule`): a drift event queues a run with the form's defaults.
 
 `plan_run` → `extract_replay` → `validate_features` (Great Expectations; a failure stops
-the run and nothing is registered) → `train_network` → `rebuild_head` → `evaluate_offline`
-(IPS / SNIPS / DR with intervals, candidate vs production) → `register_candidate`
+the run and nothing is registered; feature drift against the production version's
+training window is a recorded warning beyond `BANDITOPS_VALIDATION_DRIFT_WARNING` and a
+failure beyond `BANDITOPS_VALIDATION_DRIFT_FAILING`) → `train_network` → `rebuild_head` →
+`evaluate_offline` (IPS / SNIPS / DR with intervals, candidate vs production) → `register_candidate`
 (MLflow version with the registered alias, `candidate` by default, at most one per run) →
 `gate` (moves the staging alias, `BANDITOPS_CANDIDATE_ALIAS`, when the candidate passes;
 otherwise the rest of the run is skipped) → `promote` (moves the production alias,
@@ -38,6 +45,8 @@ from typing import Any
 
 from airflow.sdk import (
     Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
     ExceptionRetryPolicy,
     Param,
     RetryAction,
@@ -46,6 +55,7 @@ from airflow.sdk import (
     task,
 )
 
+from monitoring.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI
 from training.form import RETRAIN_FORM
 from training.pipeline import RETRAIN_STEPS, Step, run_step
 from training.settings import PipelineSettings
@@ -64,6 +74,14 @@ NO_RETRY_ON_BAD_INPUT = ExceptionRetryPolicy(
             reason="bad data or bad input: another try cannot succeed",
         )
     ]
+)
+#: The monitor's drift asset: its events trigger a run, as does the nightly cron.
+DRIFT_ASSET = Asset(
+    uri=DRIFT_ASSET_URI.format(model_name=SETTINGS.model_name), name=DRIFT_ASSET_NAME
+)
+SCHEDULE = AssetOrTimeSchedule(
+    timetable=CronTriggerTimetable(SETTINGS.retrain_schedule, timezone="UTC"),
+    assets=[DRIFT_ASSET],
 )
 MAPPED = {s.name for s in RETRAIN_STEPS if s.mapped is not None}
 
@@ -112,7 +130,7 @@ def _task(step: Step) -> Any:
 
 @dag(
     dag_id="bandit_retrain",
-    schedule=SETTINGS.retrain_schedule,
+    schedule=SCHEDULE,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,

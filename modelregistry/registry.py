@@ -37,7 +37,12 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from bandit_core import load_policy
 from bandit_core.policies.registry import policy_from_state
 from eventstore.admission import Admission
-from eventstore.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, POLICY_STATE_PATH
+from eventstore.contract import (
+    POLICY_STATE_ARTIFACT,
+    POLICY_STATE_FILE,
+    POLICY_STATE_PATH,
+    REFERENCE_ARTIFACT,
+)
 from eventstore.settings import CoreSettings
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -171,6 +176,22 @@ class ModelRegistry:
         except MlflowException as exc:
             raise RegistryError(f"no artifact {artifact_path!r} in run {run_id}: {exc}") from exc
         return Path(local)
+
+    def feature_reference(self, alias: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The feature reference (:data:`~eventstore.contract.REFERENCE_ARTIFACT`: the
+        histograms of its training window) logged with the version ``alias`` names, and
+        that version: ``(None, None)`` when no version has the alias, ``(None, version)``
+        when the version has no reference."""
+        version = self.by_alias(alias)
+        if version is None:
+            return None, None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.run_artifact(version.run_id, REFERENCE_ARTIFACT, tmp)
+            except (RegistryError, OSError):
+                return None, version.version
+            reference: dict[str, Any] = json.loads(Path(local).read_text())
+        return reference, version.version
 
     def download_version(self, version: str | int, dst_path: str | Path) -> Path:
         """Download a version's model directory into ``dst_path``; its local path (the

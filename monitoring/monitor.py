@@ -19,6 +19,18 @@ the week before that:
 * **propensity floor** — share of decisions logged with a propensity below the floor (the
   inverse-propensity weights off-policy evaluation needs explode there);
 * **fallback rate** — share of decisions served by the fallback policy;
+* **explored share** — share of the model's decisions (fallback aside) that explored: the
+  chosen arm is not the one with the highest posterior mean (the ``explored`` flag every
+  decision is logged with); the share logged with a propensity below 1 is reported too;
+* **model errors** — fallbacks by cause, from the service's ``/metrics`` counters over the
+  requests since the previous scrape (the decision row records *that* the fallback
+  decided, the service counts *why*): the model raised or returned non-finite scores
+  (``banditops_model_errors``), it missed the decision deadline
+  (``banditops_deadline_fallbacks``), or no model was served (the rest of the fallback
+  decisions); judged on the share of decisions the model failed (error or deadline);
+* **segment coverage** — decisions per segment (hashed user groups, or the values of a
+  categorical context feature ``segment_feature``) with the explored and fallback share
+  and the arms chosen in each; a segment below ``segment_min_decisions`` is in alert;
 * **feature–reward correlation** — Pearson correlation of each feature with the reward,
   both weeks (reported, not judged).
 
@@ -38,7 +50,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -50,14 +61,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from eventstore.contract import REFERENCE_ARTIFACT
 from eventstore.engine import make_engine
 from eventstore.replay import read_replay
 from eventstore.workspace import as_utc, run_folder
-from modelregistry.registry import ModelRegistry, RegistryError
+from modelregistry.registry import ModelRegistry
 from monitoring import served_latency as sl
 from monitoring.plots import plot_monitor_report
-from monitoring.settings import CHECKS, MonitorSettings
+from monitoring.settings import CHECKS, MAX_SEGMENTS, MonitorSettings
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, drift_score, feature_frame
 
 log = logging.getLogger(__name__)
@@ -66,6 +76,10 @@ REPORT_FILE = "report.json"
 FIGURE_FILE = "report.png"
 #: The last ``/metrics`` scrape, kept under ``<runs dir>/monitor/``: the next run's baseline.
 LATENCY_STATE_FILE = "latency_scrape.json"
+#: The last scrape of the fallback counters, kept beside it.
+FAULTS_STATE_FILE = "faults_scrape.json"
+#: When the monitor last updated the drift asset (``retrain_drift_cooldown_h``).
+DRIFT_STATE_FILE = "drift_trigger.json"
 
 
 class MonitorAlert(RuntimeError):
@@ -151,8 +165,10 @@ def build_report(
     end = as_utc("end", end)
     frame = _read_events(settings, end)
     reference, production = production_reference(settings)
-    latency = served_latency(settings, settings.runs_path / "monitor" / LATENCY_STATE_FILE)
-    report = summarize(frame, end, settings, reference, production, latency)
+    state = settings.runs_path / "monitor"
+    latency = served_latency(settings, state / LATENCY_STATE_FILE)
+    faults = served_faults(settings, state / FAULTS_STATE_FILE)
+    report = summarize(frame, end, settings, reference, production, latency, faults)
     folder = run_folder(settings.runs_path / "monitor", run_key)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
@@ -189,16 +205,7 @@ def production_reference(
     """The feature reference logged with the production version (the production alias's),
     and that version (``(None, None)`` before the first promotion; ``(None, version)`` when
     it has none)."""
-    registry = ModelRegistry.from_settings(settings)
-    production = registry.by_alias(settings.production_alias)
-    if production is None:
-        return None, None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = registry.run_artifact(production.run_id, REFERENCE_ARTIFACT, tmp)
-        except (RegistryError, OSError):
-            return None, production.version
-        return json.loads(Path(local).read_text()), production.version
+    return ModelRegistry.from_settings(settings).feature_reference(settings.production_alias)
 
 
 def summarize(
@@ -208,17 +215,20 @@ def summarize(
     reference: Mapping[str, Any] | None,
     production: str | None,
     latency: Mapping[str, Any] | None = None,
+    faults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report dict from the events of :func:`read_replay` over both weeks.
 
     ``frame`` needs the columns ``created_at``, ``context``, ``candidate_ids``,
-    ``candidate_features``, ``arm_id``, ``propensity``, ``fallback``, ``reward``.
-    ``latency`` is the section of :func:`served_latency` (default: not measured).
+    ``candidate_features``, ``arm_id``, ``propensity``, ``fallback``, ``explored``,
+    ``user_hash``, ``reward``. ``latency`` and ``faults`` are the sections of
+    :func:`served_latency` and :func:`served_faults` (default: not measured).
     """
     lookback = timedelta(days=settings.monitor_lookback_days)
     shift = timedelta(seconds=settings.reward_window_s)
     created = frame["created_at"]
     now = frame[(created >= end - lookback) & (created < end)]
+    before = frame[(created >= end - 2 * lookback) & (created < end - lookback)]
     reward_now = frame[(created >= end - shift - lookback) & (created < end - shift)]
     reward_before = frame[
         (created >= end - shift - 2 * lookback) & (created < end - shift - lookback)
@@ -245,6 +255,13 @@ def summarize(
     report["arm_coverage"] = _coverage_section(arms, candidates, settings)
     report["propensity"] = _propensity_section(now, settings)
     report["fallback"] = _fallback_section(now, settings)
+    report["explored"] = _explored_section(now, settings)
+    report["segments"] = _segment_section(now, before, settings)
+    report["fallback_causes"] = (
+        dict(faults)
+        if faults is not None
+        else {"check": _check("skipped", "fallback causes were not read for this report.")}
+    )
     report["correlation"] = {
         "current": _correlations(reward_now, end),
         "previous": _correlations(reward_before, end),
@@ -256,6 +273,9 @@ def summarize(
         "arm_coverage": report["arm_coverage"]["check"],
         "propensity_floor": report["propensity"]["check"],
         "fallback_rate": report["fallback"]["check"],
+        "explored_share": report["explored"]["check"],
+        "model_errors": report["fallback_causes"]["check"],
+        "segment_coverage": report["segments"]["check"],
     }
     report["served_latency"] = (
         dict(latency)
@@ -486,6 +506,130 @@ def _fallback_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     return section
 
 
+def explored_share(
+    explored: NDArray[np.bool_], propensity: NDArray[np.float64]
+) -> tuple[float, float] | None:
+    """``(explored share, share with propensity < 1)`` of decisions (None when empty)."""
+    flags = np.asarray(explored, dtype=bool)
+    p = np.asarray(propensity, dtype=np.float64)
+    if flags.size == 0:
+        return None
+    return float(flags.mean()), float((p < 1.0).mean())
+
+
+def _explored_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
+    limit = settings.explored_share_min
+    model = now[~now["fallback"].to_numpy(dtype=bool)]
+    shares = explored_share(
+        model["explored"].to_numpy(dtype=bool), model["propensity"].to_numpy(dtype=np.float64)
+    )
+    section: dict[str, Any] = {"decisions": len(model), "limit": limit}
+    if shares is None:
+        section.update(share=None, stochastic_share=None)
+        section["check"] = _check("skipped", "no decisions by a model this week.")
+        return section
+    share, stochastic = shares
+    section.update(share=share, stochastic_share=stochastic)
+    text = (
+        f"{share:.1%} of {len(model)} model decisions explored (chose an arm other than "
+        f"the highest posterior mean); {stochastic:.1%} were logged with a propensity below 1"
+    )
+    if share < limit:
+        section["check"] = _check(
+            "alert", f"{text}; at least {limit:.1%} must explore (the policy stopped learning)."
+        )
+    else:
+        section["check"] = _check("ok", f"{text} (minimum {limit:.1%}).")
+    return section
+
+
+def user_group(user_hash: str, groups: int) -> int:
+    """The hashed user group of ``user_hash`` (64 hex characters): its first 16 as an
+    integer, mod ``groups``."""
+    return int(user_hash[:16], 16) % groups
+
+
+def segment_keys(frame: Any, settings: MonitorSettings) -> list[str | None]:
+    """The segment of each decision: ``group_<g>`` of its hashed user (None without a
+    user), or ``context_<j>=<value>`` of the configured ``segment_feature``."""
+    if settings.segment_feature is None:
+        groups = settings.segment_user_groups
+        return [
+            None if not isinstance(h, str) or not h else f"group_{user_group(h, groups)}"
+            for h in frame["user_hash"]
+        ]
+    j = int(settings.segment_feature.removeprefix("context_"))
+    out: list[str | None] = []
+    for ctx in frame["context"]:
+        out.append(f"context_{j}={float(ctx[j]):g}" if j < len(ctx) else None)
+    return out
+
+
+def _segment_section(now: Any, before: Any, settings: MonitorSettings) -> dict[str, Any]:
+    minimum = settings.segment_min_decisions
+    by = settings.segment_feature or f"user_group mod {settings.segment_user_groups}"
+    keys = segment_keys(now, settings)
+    section: dict[str, Any] = {"by": by, "limit": minimum, "segments": []}
+    if settings.segment_feature is None:
+        expected = {f"group_{g}" for g in range(settings.segment_user_groups)}
+    else:
+        expected = {k for k in keys + segment_keys(before, settings) if k is not None}
+    section["unsegmented"] = sum(k is None for k in keys)
+    if not expected:
+        section["check"] = _check(
+            "skipped", f"no decision carries a segment ({by}) this week or the week before."
+        )
+        return section
+    if len(expected) > MAX_SEGMENTS:
+        section["check"] = _check(
+            "skipped",
+            f"{settings.segment_feature} takes {len(expected)} values (more than "
+            f"{MAX_SEGMENTS}): not a categorical feature to segment by.",
+        )
+        return section
+    rows: dict[str, dict[str, Any]] = {
+        k: {"segment": k, "decisions": 0, "explored": 0, "fallback": 0, "arms": set()}
+        for k in sorted(expected)
+    }
+    columns = zip(keys, now["explored"], now["fallback"], now["arm_id"], strict=True)
+    for key, explored, fallback, arm in columns:
+        if key is None:
+            continue
+        row = rows[key]
+        row["decisions"] += 1
+        row["explored"] += bool(explored)
+        row["fallback"] += bool(fallback)
+        row["arms"].add(str(arm))
+    table = [
+        {
+            "segment": r["segment"],
+            "decisions": r["decisions"],
+            "explored_share": r["explored"] / r["decisions"] if r["decisions"] else None,
+            "fallback_share": r["fallback"] / r["decisions"] if r["decisions"] else None,
+            "arms_chosen": len(r["arms"]),
+        }
+        for r in rows.values()
+    ]
+    section["segments"] = table
+    fewest = min(table, key=lambda r: r["decisions"])
+    section["min_decisions"] = fewest["decisions"]
+    short = [r for r in table if r["decisions"] < minimum]
+    if short:
+        parts = ", ".join(f"{r['segment']} {r['decisions']}" for r in short)
+        section["check"] = _check(
+            "alert",
+            f"{len(short)} of {len(table)} segments ({by}) got fewer than {minimum} decisions "
+            f"this week: {parts}.",
+        )
+    else:
+        section["check"] = _check(
+            "ok",
+            f"every one of {len(table)} segments ({by}) got at least {minimum} decisions "
+            f"(fewest: {fewest['segment']} {fewest['decisions']}).",
+        )
+    return section
+
+
 def _correlations(frame: Any, end: datetime) -> dict[str, float | None]:
     if len(frame) < 3:
         return {}
@@ -585,6 +729,95 @@ def served_latency(
     return section
 
 
+def fallback_causes(
+    current: Mapping[str, float], previous: Mapping[str, float] | None
+) -> tuple[dict[str, float], bool]:
+    """The counts of :func:`~monitoring.served_latency.parse_fallback_counters` between
+    two scrapes (all of ``current`` without a previous one), and whether a counter went
+    down (the service restarted: ``current`` alone counts). ``no_model`` is the fallback
+    decisions neither an error nor a missed deadline explains."""
+    restarted = previous is not None and any(current[k] < previous[k] for k in current)
+    base = previous if previous is not None and not restarted else dict.fromkeys(current, 0.0)
+    diff = {k: current[k] - base[k] for k in current}
+    failed = diff["model_errors"] + diff["deadline_fallbacks"]
+    return {
+        "decisions": diff["decisions"],
+        "fallback_decisions": diff["fallback_decisions"],
+        "model_error": diff["model_errors"],
+        "deadline": diff["deadline_fallbacks"],
+        "no_model": max(diff["fallback_decisions"] - failed, 0.0),
+    }, restarted
+
+
+def served_faults(
+    settings: MonitorSettings, state_path: Path, timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """The model-errors section: fallback decisions by cause from the service's
+    ``/metrics`` counters, over the decisions since the scrape kept in ``state_path``
+    (then replaced by this one), or since the service started.
+
+    Skipped when ``service_url`` is unset or no decision was served in the interval; in
+    alert when the share of decisions the model failed (raised, non-finite scores, or
+    past the deadline) exceeds ``model_error_share_max`` or ``/metrics`` cannot be read.
+    """
+    limit = settings.model_error_share_max
+    url = settings.service_url
+    section: dict[str, Any] = {"service_url": url, "limit": limit}
+    if url is None:
+        section["check"] = _check(
+            "skipped",
+            "model errors not read: BANDITOPS_SERVICE_URL is not set (the event store records "
+            "that the fallback decided; the service counts why, on /metrics).",
+        )
+        return section
+    scraped_at = datetime.now(UTC)
+    try:
+        counters = sl.parse_fallback_counters(sl.read_metrics(url, timeout_s))
+    except sl.ScrapeError as exc:
+        section["check"] = _check("alert", f"model errors unknown: {exc}")
+        return section
+    if counters is None:
+        section["check"] = _check("alert", f"{url}/metrics exports no {sl.DECISIONS} counter.")
+        return section
+    previous: tuple[str, dict[str, float]] | None = None
+    try:
+        state = json.loads(state_path.read_text()) if state_path.exists() else None
+        if state is not None and state["service_url"] == url:
+            previous = state["scraped_at"], {k: float(state["counters"][k]) for k in counters}
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the unreadable fallback-counter baseline %s: %s", state_path, exc)
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(
+        json.dumps({"service_url": url, "scraped_at": scraped_at.isoformat(), "counters": counters})
+    )
+    causes, restarted = fallback_causes(counters, None if previous is None else previous[1])
+    since = previous[0] if previous is not None and not restarted else None
+    basis = (
+        f"since the previous scrape at {since}"
+        if since is not None
+        else ("since the service restarted" if restarted else "since the service started")
+    )
+    section.update(scraped_at=scraped_at.isoformat(), basis=basis, since=since, causes=causes)
+    n = causes["decisions"]
+    if n <= 0:
+        section["share"] = None
+        section["check"] = _check("skipped", f"no decisions were served {basis} ({url}/metrics).")
+        return section
+    failed = causes["model_error"] + causes["deadline"]
+    share = failed / n
+    section["share"] = share
+    text = (
+        f"the model failed {failed:.0f} of {n:.0f} decisions {basis} ({share:.2%}: "
+        f"{causes['model_error']:.0f} errors or non-finite scores, {causes['deadline']:.0f} "
+        f"past the deadline); {causes['no_model']:.0f} more fell back with no model served"
+    )
+    if share > limit:
+        section["check"] = _check("alert", f"{text}; at most {limit:.2%} allowed.")
+    else:
+        section["check"] = _check("ok", f"{text} (limit {limit:.2%}).")
+    return section
+
+
 def _previous_scrape(path: Path, url: str, before: datetime) -> tuple[str, dict[str, Any]] | None:
     """``(scraped_at, histograms by endpoint)`` of the kept scrape of ``url``, when it is
     older than ``before``."""
@@ -601,6 +834,77 @@ def _previous_scrape(path: Path, url: str, before: datetime) -> tuple[str, dict[
         }
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring the unreadable latency baseline %s: %s", path, exc)
+        return None
+
+
+# ---------------------------------------------------------------------- retrain trigger
+def drifted_features(report: Mapping[str, Any], threshold: float) -> dict[str, float]:
+    """The features of a report whose drift score reaches ``threshold``, worst first."""
+    scores = report["feature_drift"].get("scores") or {}
+    over = {k: float(v) for k, v in scores.items() if float(v) >= threshold}
+    return dict(sorted(over.items(), key=lambda kv: -kv[1]))
+
+
+def drift_trigger(
+    report_path: str | Path,
+    settings: MonitorSettings | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Whether this report should trigger a retrain through the drift asset.
+
+    ``emit`` is true when some feature's drift reaches ``retrain_drift_min`` and no drift
+    event was emitted in the last ``retrain_drift_cooldown_h`` hours (the time kept in
+    ``<runs dir>/monitor/drift_trigger.json``, updated here when ``emit``). The dict is the
+    event's ``extra``: the features and scores, the threshold, the production version and
+    the window, and ``reason`` in words.
+    """
+    settings = MonitorSettings() if settings is None else settings
+    now = datetime.now(UTC) if now is None else as_utc("now", now)
+    report = json.loads(Path(report_path).read_text())
+    threshold = settings.retrain_drift_min
+    drifted = drifted_features(report, threshold)
+    out: dict[str, Any] = {
+        "emit": False,
+        "model_name": settings.model_name,
+        "metric": report["feature_drift"].get("metric"),
+        "threshold": threshold,
+        "features": drifted,
+        "production_version": report.get("production_version"),
+        "window_end": report["window"]["end"],
+        "report": str(report_path),
+    }
+    if not drifted:
+        out["reason"] = f"no feature drifted to {threshold:g} or more."
+        return out
+    state = settings.runs_path / "monitor" / DRIFT_STATE_FILE
+    cooldown = timedelta(hours=settings.retrain_drift_cooldown_h)
+    last = _last_drift_event(state)
+    if last is not None and now - last < cooldown:
+        out["reason"] = (
+            f"{len(drifted)} features drifted, but a drift event was emitted at "
+            f"{last.isoformat()}, less than {settings.retrain_drift_cooldown_h:g} h ago."
+        )
+        return out
+    worst = ", ".join(f"{k} {v:.3f}" for k, v in drifted.items())
+    out["emit"] = True
+    out["reason"] = (
+        f"features drifted from the training window of production version "
+        f"{report.get('production_version')} ({out['metric']} ≥ {threshold:g}): {worst}."
+    )
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"emitted_at": now.isoformat(), **out}))
+    return out
+
+
+def _last_drift_event(path: Path) -> datetime | None:
+    if not path.exists():
+        return None
+    try:
+        return as_utc(
+            "emitted_at", datetime.fromisoformat(json.loads(path.read_text())["emitted_at"])
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring the unreadable drift-trigger state %s: %s", path, exc)
         return None
 
 

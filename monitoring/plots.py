@@ -66,7 +66,11 @@ def _rates_panel(ax: Any, report: Mapping[str, Any]) -> None:
         ("entropy / max", report["selection_entropy"]["ratio"], report["selection_entropy"]),
         ("propensity < floor", report["propensity"]["violation_share"], report["propensity"]),
         ("fallback share", report["fallback"]["rate"], report["fallback"]),
+        ("explored share", report["explored"]["share"], report["explored"]),
     ]
+    causes = report["fallback_causes"]
+    if "limit" in causes:  # read from the service's /metrics
+        rows.append(("model error share", causes.get("share"), causes))
     values = [0.0 if v is None else v for _, v, _ in rows]
     ax.barh(range(len(rows)), values)
     for i, (_, _, section) in enumerate(rows):

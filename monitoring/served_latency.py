@@ -177,6 +177,54 @@ def merge(histograms: Iterable[LatencyHistogram]) -> LatencyHistogram | None:
     return LatencyHistogram(bounds, cumulative, sum(h.total for h in items))
 
 
+def read_metrics(service_url: str, timeout_s: float = 10.0) -> str:
+    """``GET <service_url>/metrics``: the Prometheus exposition text.
+
+    Raises
+    ------
+    ScrapeError
+        When the service cannot be reached or does not answer 200.
+    """
+    url = service_url.rstrip("/") + "/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return str(response.read().decode("utf-8"))
+    except (urllib.error.URLError, OSError) as exc:
+        raise ScrapeError(f"could not read {url}: {exc}") from exc
+
+
+#: The service's counters of fallback decisions by cause (:mod:`serving.metrics`), and of
+#: decisions (labelled ``fallback``).
+MODEL_ERRORS = "banditops_model_errors"
+DEADLINE_FALLBACKS = "banditops_deadline_fallbacks"
+DECISIONS = "banditops_decisions"
+
+
+def parse_fallback_counters(text: str) -> dict[str, float] | None:
+    """``decisions``, ``fallback_decisions``, ``model_errors`` and ``deadline_fallbacks``
+    (cumulative since the service started) from a Prometheus exposition; None when it has
+    no decision counter (not a banditops service)."""
+    out = {"decisions": 0.0, "fallback_decisions": 0.0, "model_errors": 0.0}
+    out["deadline_fallbacks"] = 0.0
+    found = False
+    for family in text_string_to_metric_families(text):
+        if family.name not in (MODEL_ERRORS, DEADLINE_FALLBACKS, DECISIONS):
+            continue
+        found = found or family.name == DECISIONS
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue  # the _created timestamps
+            if family.name == DECISIONS:
+                out["decisions"] += sample.value
+                if sample.labels.get("fallback") == "true":
+                    out["fallback_decisions"] += sample.value
+            elif family.name == MODEL_ERRORS:
+                out["model_errors"] += sample.value
+            else:
+                out["deadline_fallbacks"] += sample.value
+    return out if found else None
+
+
 def scrape(service_url: str, timeout_s: float = 10.0) -> dict[str, LatencyHistogram]:
     """``GET <service_url>/metrics`` and its latency histograms by endpoint (empty when
     the service has served no request yet).
@@ -187,11 +235,7 @@ def scrape(service_url: str, timeout_s: float = 10.0) -> dict[str, LatencyHistog
         When the service cannot be reached, does not answer 200, or exports no latency.
     """
     url = service_url.rstrip("/") + "/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            text = response.read().decode("utf-8")
-    except (urllib.error.URLError, OSError) as exc:
-        raise ScrapeError(f"could not read {url}: {exc}") from exc
+    text = read_metrics(service_url, timeout_s)
     histograms = parse_histograms(text)
     if histograms is None:
         raise ScrapeError(f"{url} exports no {METRIC} histogram.")

@@ -5,6 +5,7 @@ Cheap to import (pydantic only): the monitor DAG reads them at parse time.
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from pydantic import Field, field_validator
@@ -19,8 +20,18 @@ CHECKS = (
     "arm_coverage",
     "propensity_floor",
     "fallback_rate",
+    "explored_share",
+    "model_errors",
+    "segment_coverage",
     "served_latency",
 )
+
+#: The asset the monitor updates when features drift beyond ``retrain_drift_min``; its
+#: events trigger ``bandit_retrain`` (name, URI with ``{model_name}``).
+DRIFT_ASSET_NAME = "banditops_feature_drift"
+DRIFT_ASSET_URI = "x-banditops://drift/{model_name}"
+#: Most distinct values of a ``segment_feature`` (more: it is not a segment key).
+MAX_SEGMENTS = 100
 
 
 class MonitorSettings(CoreSettings):
@@ -55,6 +66,28 @@ class MonitorSettings(CoreSettings):
         the latency check is skipped.
     latency_p99_max_s : float
         Alert when the p99 latency of the decision endpoints exceeds this (seconds).
+    retrain_drift_min : float
+        When a feature's drift against the production model's training window reaches
+        this, the monitor updates the drift asset, which triggers ``bandit_retrain``.
+    retrain_drift_cooldown_h : float
+        At most one drift-triggered retrain per this many hours (a drift persists until a
+        retrained version is promoted; the monitor runs hourly).
+    explored_share_min : float in [0, 1]
+        Alert when the share of the model's decisions (fallback aside) that explored (the
+        chosen arm is not the one with the highest posterior mean) falls below this.
+    model_error_share_max : float in [0, 1]
+        Alert when the share of decisions whose model raised, returned non-finite scores
+        or missed the decision deadline (the fallback decided instead; read from the
+        service's ``/metrics``) exceeds this.
+    segment_feature : str or None
+        The segments of the per-segment coverage check: a categorical context feature,
+        ``context_<j>`` (each distinct value a segment); unset: hashed user groups.
+    segment_user_groups : int
+        Number of hashed user groups (``int(user_hash[:16], 16) mod n``) when no
+        ``segment_feature`` is set.
+    segment_min_decisions : int
+        Alert when a segment (a user group, or a feature value seen in either week) got
+        fewer decisions than this in the monitored week.
     """
 
     section: ClassVar[str] = "monitor"
@@ -71,6 +104,22 @@ class MonitorSettings(CoreSettings):
     fallback_rate_max: float = Field(0.05, ge=0.0, le=1.0)
     service_url: str | None = None
     latency_p99_max_s: float = Field(0.1, gt=0.0)
+    retrain_drift_min: float = Field(0.25, gt=0.0)
+    retrain_drift_cooldown_h: float = Field(24.0, ge=0.0)
+    explored_share_min: float = Field(0.01, ge=0.0, le=1.0)
+    model_error_share_max: float = Field(0.01, ge=0.0, le=1.0)
+    segment_feature: str | None = None
+    segment_user_groups: int = Field(8, ge=1)
+    segment_min_decisions: int = Field(20, ge=0)
+
+    @field_validator("segment_feature")
+    @classmethod
+    def _segment_feature(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if re.fullmatch(r"context_[0-9]+", value.strip()) is None:
+            raise ValueError(f"must be a context feature context_<j>; got {value!r}.")
+        return value.strip()
 
     @field_validator("alert_webhook_url", "service_url")
     @classmethod

@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 
 from ops.airflow_cli import DAGS, PASSWORD_FILE, AirflowHome, env_lines
 from ops.cli import app
+from tests.airflow_support import DAG_IDS
 from tests.serving_helpers import free_port
 
 BANDITOPS = Path(sys.executable).with_name("banditops")
-DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retrain"]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -122,9 +122,7 @@ def test_init_migrates_sqlite_metadata_and_serializes_the_dags_unpaused(
     out = initialized.output
     assert f"wrote {home.config_file}" in out
     assert f"migrated the metadata database {home.database}" in out
-    assert re.search(
-        r"serialized 3 DAGs \(\d+ s\): bandit_monitor, bandit_promote, bandit_retrain\n", out
-    )
+    assert re.search(rf"serialized {len(DAG_IDS)} DAGs \(\d+ s\): {', '.join(DAG_IDS)}\n", out)
     assert "(paused)" not in out
 
 

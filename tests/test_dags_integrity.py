@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.airflow_support import DAG_IDS
+
 pytest_plugins = ["tests.airflow_support"]
 
 #: Parses DAG folders in a fresh interpreter with every socket connection, SQLite
@@ -39,8 +41,6 @@ for folder in sys.argv[1:]:
     })
 print(json.dumps(out))
 """
-
-DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retrain", "bandit_rollout"]
 
 
 def _parse(folders: list[Path], env: dict[str, str]) -> list[dict[str, Any]]:
@@ -91,8 +91,17 @@ def test_every_dag_is_owned_tagged_documented_and_scheduled(bag: Any) -> None:
         assert dag.catchup is False and dag.max_active_runs == 1, dag_id
         assert {task.owner for task in dag.tasks} == {"banditops"}, dag_id
     retrain, monitor = bag.get_dag("bandit_retrain"), bag.get_dag("bandit_monitor")
-    assert retrain.schedule == "0 2 * * *"  # BANDITOPS_RETRAIN_SCHEDULE default
+    # BANDITOPS_RETRAIN_SCHEDULE (nightly) or the monitor's drift asset
+    assert type(retrain.timetable).__name__ == "AssetOrTimeSchedule"
+    assert retrain.timetable.timetable.expression == "0 2 * * *"
+    (drift,) = retrain.timetable.asset_condition.objects
+    assert (drift.name, drift.uri) == (
+        "banditops_feature_drift",
+        "x-banditops://drift/banditops-policy",
+    )
+    assert [a.name for a in monitor.get_task("signal_drift").outlets] == [drift.name]
     assert monitor.schedule == "0 * * * *"  # hourly
+    assert bag.get_dag("bandit_retention").schedule == "30 3 * * *"  # nightly
     assert bag.get_dag("bandit_promote").schedule is None  # manual only
     assert bag.get_dag("bandit_rollout").schedule == "*/10 * * * *"  # BANDITOPS_ROLLOUT_SCHEDULE
     for task in retrain.tasks:

@@ -3,11 +3,17 @@
 The store is written through the service's own writer (``write_events``) with decisions
 spread over two weeks: this week's rewards fall (click rate 0.30 → 0.12), its first
 context feature is shifted by +2, one arm is starved, 3% of decisions carry a propensity
-below the floor, and 2% come from the fallback. Every number of the report is checked
-against an independent computation on the generated arrays; the four checks in alert
-fail their tasks with the numbers in the message, the others pass, and the alerts reach a
-webhook (a local HTTP server). The served latency comes from a real decision service's
+below the floor, 2% come from the fallback, 10% explored, and 40 users spread over the
+hashed user groups. Every number of the report is checked against an independent
+computation on the generated arrays; the four checks in alert fail their tasks with the
+numbers in the message, the others pass, and the alerts reach a webhook (a local HTTP
+server). The served latency and the fallback causes come from a real decision service's
 /metrics (uvicorn on a loopback port) that served 20 decisions.
+
+The drift acts: the shifted feature makes ``signal_drift`` emit the drift asset event
+(recorded in Airflow's metadata DB with the drifted features), Airflow queues
+``bandit_retrain`` for it (its ``AssetDagRunQueue`` row), and the scheduler's own
+asset-triggered run creation makes a queued ``bandit_retrain`` run that consumed the event.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -50,6 +57,7 @@ class Week:
     propensities: np.ndarray
     fallback: np.ndarray
     rewards: np.ndarray
+    explored: np.ndarray
 
 
 def _seed(url: str, end: datetime, rng: np.random.Generator, dagtools: Any) -> dict[str, Week]:
@@ -77,6 +85,7 @@ def _seed(url: str, end: datetime, rng: np.random.Generator, dagtools: Any) -> d
             np.zeros(N_PER_WEEK),
             np.zeros(N_PER_WEEK, bool),
             np.zeros(N_PER_WEEK),
+            np.zeros(N_PER_WEEK, bool),
         )
         for i, created in enumerate(times):
             context, cands = env.sample(rng)
@@ -88,13 +97,15 @@ def _seed(url: str, end: datetime, rng: np.random.Generator, dagtools: Any) -> d
             if current and i % 100 < 3:
                 propensity = LOW_PROPENSITY
             fallback = bool(current and i % 50 == 0)
+            explored = i % 10 == 0
+            user_hash = format(i % 40, "016x") + "0" * 48
             reward = float(rng.random() < CLICK_RATE[name])
             event_id = f"{name}-{i}"
             items.append(
                 DecisionRow(
                     event_id=event_id,
                     created_at=created,
-                    user_hash=None,
+                    user_hash=user_hash,
                     context=context,
                     candidate_ids=cands.ids,
                     candidate_features=cands.features,
@@ -106,7 +117,7 @@ def _seed(url: str, end: datetime, rng: np.random.Generator, dagtools: Any) -> d
                     model_version=None if fallback else "banditops-policy/1",
                     traffic="production",
                     fallback=fallback,
-                    explored=False,
+                    explored=explored,
                 )
             )
             items.append(
@@ -126,6 +137,7 @@ def _seed(url: str, end: datetime, rng: np.random.Generator, dagtools: Any) -> d
             week.arm_features[i] = cands.features[chosen]
             week.propensities[i] = propensity
             week.fallback[i] = fallback
+            week.explored[i] = explored
             week.rewards[i] = reward
         weeks[name] = week
     with engine.begin() as conn:
@@ -156,6 +168,73 @@ def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def _retrain_unpaused() -> Iterator[None]:
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(
+            update(DagModel).where(DagModel.dag_id == "bandit_retrain").values(is_paused=False)
+        )
+    try:
+        yield
+    finally:
+        with create_session() as session:
+            session.execute(
+                update(DagModel).where(DagModel.dag_id == "bandit_retrain").values(is_paused=True)
+            )
+
+
+def _the_drift_event_queues_a_retrain(monitor_run_id: str) -> None:
+    """The drift asset event of the monitor run, its queue row for ``bandit_retrain``, and
+    the asset-triggered run the scheduler creates from it (removed afterwards: nothing
+    executes it here, and later tests count the retrain runs)."""
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent, AssetModel
+    from airflow.models.dag import DagModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete, select
+
+    with create_session() as session:
+        asset = session.scalars(
+            select(AssetModel).where(AssetModel.name == "banditops_feature_drift")
+        ).one()
+        assert asset.uri == "x-banditops://drift/banditops-policy"
+        events = session.scalars(select(AssetEvent).where(AssetEvent.asset_id == asset.id)).all()
+        assert [(e.source_dag_id, e.source_task_id, e.source_run_id) for e in events] == [
+            ("bandit_monitor", "signal_drift", monitor_run_id)
+        ]
+        extra = events[0].extra
+        assert extra["threshold"] == 0.25 and extra["metric"] == "psi"
+        assert next(iter(extra["features"])) == "context_0" and extra["features"]["context_0"] > 1
+        assert "context_0" in extra["reason"]
+        queued = session.scalars(
+            select(AssetDagRunQueue).where(AssetDagRunQueue.asset_id == asset.id)
+        ).all()
+        assert [q.target_dag_id for q in queued] == ["bandit_retrain"]
+
+        _, triggered = DagModel.dags_needing_dagruns(session)
+        assert "bandit_retrain" in triggered
+        runner = SchedulerJobRunner(job=Job(), executors=[])
+        retrain = session.get(DagModel, "bandit_retrain")
+        runner._create_dag_runs_asset_triggered(dag_models=[retrain], session=session)
+        session.flush()
+        run = session.scalars(
+            select(DagRun).where(
+                DagRun.dag_id == "bandit_retrain", DagRun.run_type == "asset_triggered"
+            )
+        ).one()
+        assert str(run.state) == "queued"
+        assert [e.id for e in run.consumed_asset_events] == [events[0].id]
+        assert session.scalars(select(AssetDagRunQueue)).all() == []  # consumed
+        session.delete(run)
+        session.execute(delete(AssetEvent).where(AssetEvent.id == events[0].id))
 
 
 def _psi(values: np.ndarray, edges: list[float], reference: list[float]) -> float:
@@ -193,11 +272,14 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
                 assert http.post("/v1/decisions", json=decision_body(rng)).status_code == 200
         monkeypatch.setenv("BANDITOPS_SERVICE_URL", server.url)
         monkeypatch.setenv("BANDITOPS_LATENCY_P99_MAX_S", "5")
-        run = dagtools.run_dag("bandit_monitor", when=end)
+        with _retrain_unpaused():  # Airflow queues asset events for unpaused consumers only
+            run = dagtools.run_dag("bandit_monitor", when=end)
+            _the_drift_event_queues_a_retrain(run.run_id)
 
     alerts = {"reward_drift", "feature_drift", "arm_coverage", "propensity_floor"}
     assert run.state == "failed"
     assert run.tasks["build_report"] == "success" and run.tasks["notify"] == "success"
+    assert run.tasks["signal_drift"] == "success"
     for name in (
         "reward_drift",
         "feature_drift",
@@ -205,6 +287,9 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
         "arm_coverage",
         "propensity_floor",
         "fallback_rate",
+        "explored_share",
+        "model_errors",
+        "segment_coverage",
         "served_latency",
     ):
         assert run.tasks[f"check_{name}"] == ("failed" if name in alerts else "success"), name
@@ -272,6 +357,24 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
     assert report["propensity"]["violations"] == low == 45
     assert report["propensity"]["violation_share"] == pytest.approx(low / N_PER_WEEK)
     assert report["fallback"]["rate"] == pytest.approx(cur.fallback.mean())
+
+    # explored share of the model's decisions (fallback aside), fallbacks by cause, segments
+    model = ~cur.fallback
+    assert report["explored"]["share"] == pytest.approx(cur.explored[model].mean())
+    assert report["explored"]["decisions"] == int(model.sum())
+    causes = report["fallback_causes"]["causes"]
+    assert causes == {
+        "decisions": 20.0,
+        "fallback_decisions": 20.0,
+        "model_error": 0.0,
+        "deadline": 0.0,
+        "no_model": 20.0,
+    }
+    groups = {r["segment"]: r["decisions"] for r in report["segments"]["segments"]}
+    users = np.arange(N_PER_WEEK) % 40
+    assert groups == {
+        f"group_{g}": int(sum(int(format(u, "016x"), 16) % 8 == g for u in users)) for g in range(8)
+    }
 
     # feature–reward correlation, reported
     assert report["correlation"]["current"]["context_1"] == pytest.approx(

@@ -257,6 +257,52 @@ def test_drift_threshold_is_a_run_time_parameter() -> None:
     assert failures(shifted, reference=reference, drift_threshold=observed + 100.0) == {}
 
 
+def test_drift_warning_level_is_recorded_and_the_failing_level_stops() -> None:
+    """The retrain's two levels: between them a drift is a GX warning (severity
+    "warning", recorded, the validation succeeds); beyond the failing level it fails with
+    a message naming each feature and its score. The reference comes as histograms, the
+    form a registered version logs."""
+    shifted, reference = good(n=400, seed=2, shift=0.8), good(n=400, seed=3)
+    histograms = reference_histograms(reference, config())
+    scores = {
+        (e, t): f.observed_value
+        for (e, t), f in failures(shifted, histograms=histograms, drift_threshold=1e-6).items()
+    }
+    worst = max(s for s in scores.values() if isinstance(s, float))
+    assert worst > 0.1
+
+    warned = validate_replay(
+        shifted, config(), histograms=histograms, drift_threshold=worst + 1, drift_warning=0.1
+    )
+    assert warned.success and warned.failures == ()
+    assert {w.target for w in warned.warnings} == {
+        "column=context_0",
+        "column=context_1",
+        "column=arm_feature_0",
+        "column=arm_feature_1",
+    }
+    assert all(w.expectation == "expect_column_drift_to_be_below" for w in warned.warnings)
+    assert warned.to_metrics()["gx.warnings"] == 4.0
+
+    with pytest.raises(DataValidationError) as caught:
+        validate_replay(
+            shifted, config(), histograms=histograms, drift_threshold=0.1, drift_warning=0.05
+        )
+    message = str(caught.value)
+    assert "features drifted beyond the failing level from the reference window" in message
+    assert "context_0" in message and "> 0.1" in message
+    assert {f.target for f in caught.value.failures} >= {"column=context_0"}
+    # the same distribution: neither level is reached
+    same = validate_replay(
+        good(n=400, seed=4), config(), histograms=histograms, drift_threshold=1.0, drift_warning=0.2
+    )
+    assert same.success and same.warnings == ()
+    with pytest.raises(ValueError, match=r"drift_warning must be in \(0, drift_threshold"):
+        validate_replay(shifted, config(), histograms=histograms, drift_warning=5.0)
+    with pytest.raises(ValueError, match="as a DataFrame or as histograms, not both"):
+        validate_replay(shifted, config(), reference=reference, histograms=histograms)
+
+
 def test_no_drift_against_the_same_distribution() -> None:
     assert failures(good(n=400, seed=4), reference=good(n=400, seed=5), drift_threshold=0.2) == {}
 

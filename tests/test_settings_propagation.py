@@ -141,6 +141,10 @@ def samples(root: Path) -> dict[str, Any]:
         "rollout_alpha": 0.1,
         "rollout_design_n": 300,
         "rollout_auto_start": False,
+        "validation_drift_warning": 0.2,
+        "validation_drift_failing": 2.0,
+        "retention_schedule": "15 4 * * *",
+        "retention_days": 30.0,
         # monitor
         "alert_webhook_url": "http://127.0.0.1:9/alerts",
         "monitor_lookback_days": 3.0,
@@ -154,6 +158,13 @@ def samples(root: Path) -> dict[str, Any]:
         "fallback_rate_max": 0.1,
         "service_url": "http://127.0.0.1:9",
         "latency_p99_max_s": 0.2,
+        "retrain_drift_min": 0.4,
+        "retrain_drift_cooldown_h": 6.0,
+        "explored_share_min": 0.05,
+        "model_error_share_max": 0.02,
+        "segment_feature": "context_1",
+        "segment_user_groups": 4,
+        "segment_min_decisions": 10,
     }
 
 
@@ -192,6 +203,8 @@ def _spec_checks() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "candidate_alias": lambda s: s["staging_alias"],
         "registered_alias": lambda s: s["registered_alias"],
         "mlflow_registry_uri": lambda s: s["registry_uri"],
+        "validation_drift_warning": lambda s: s["drift_warning"],
+        "validation_drift_failing": lambda s: s["drift_failing"],
     }
 
 

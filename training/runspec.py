@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -72,6 +72,10 @@ class RunSpec:
     shards : int
         Shards of the map-reduce head rebuild and OPE (:mod:`training.shards`); 1 is the
         single-node path.
+    drift_warning, drift_failing : float
+        The data validation's drift levels against the production version's training
+        window: beyond ``drift_warning`` a feature is a recorded warning, beyond
+        ``drift_failing`` the validation fails (``0 < drift_warning ≤ drift_failing``).
     """
 
     run_key: str
@@ -100,6 +104,8 @@ class RunSpec:
     auto_promote: bool
     promoted_by: str
     shards: int
+    drift_warning: float
+    drift_failing: float
 
     def __post_init__(self) -> None:
         if not self.run_key.strip():
@@ -145,6 +151,11 @@ class RunSpec:
         check_int("min_rows", self.min_rows, 1)
         check_int("n_resamples", self.n_resamples, N_RESAMPLES_MIN)
         check_int("shards", self.shards, 1)
+        if not 0.0 < self.drift_warning <= self.drift_failing:
+            raise ValueError(
+                "drift_warning must be in (0, drift_failing]; got "
+                f"{self.drift_warning!r} and {self.drift_failing!r}."
+            )
         self.train_config()  # raises ValueError naming a bad training field
         self.gate_rule()  # raises ValueError naming a bad gate field
         if not isinstance(self.auto_promote, bool):
@@ -270,10 +281,36 @@ def plan(
         auto_promote=values["auto_promote"],
         promoted_by=PROMOTED_BY,
         shards=values["shards"],
+        drift_warning=settings.validation_drift_warning,
+        drift_failing=settings.validation_drift_failing,
     )
     spec.write()
     log.info("run %s: window %s → %s, folder %s", run_key, start, end, spec.run_dir)
     return spec
+
+
+def active_windows(
+    runs_path: str | Path, is_active: Callable[[str], bool], expected: int | None = None
+) -> dict[str, datetime]:
+    """``{run key: window start}`` of the retrain runs whose spec is under ``runs_path``
+    (``<run key>/spec.json``) and that ``is_active`` says still run (the retention DAG
+    asks Airflow); newest spec first, stopping once ``expected`` runs are found."""
+    specs = sorted(
+        Path(runs_path).glob(f"*/{SPEC_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    found: dict[str, datetime] = {}
+    for path in specs:
+        if expected is not None and len(found) >= expected:
+            break
+        try:
+            data = json.loads(path.read_text())
+            key, start = str(data["run_key"]), aware("window_start", data["window_start"])
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("ignoring the unreadable run spec %s: %s", path, exc)
+            continue
+        if is_active(key):
+            found[key] = start
+    return found
 
 
 def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[datetime, datetime]:

@@ -12,9 +12,9 @@ the DAG files read their schedules from it at parse time.
 from __future__ import annotations
 
 import itertools
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bandit_core.catalog import ALGORITHMS as ALGORITHMS  # the form's choices (torch-free)
 from eventstore.settings import CoreSettings
@@ -94,6 +94,21 @@ class PipelineSettings(CoreSettings):
     rollout_auto_start : bool
         The controller starts a rollout of a new ``@staging`` version (the gate's) by
         itself; off: only ``banditops rollout start``.
+    validation_drift_warning : float
+        The retrain's data validation compares every feature of its window with the
+        production version's training window (PSI, Great Expectations); beyond this a
+        feature's drift is a warning, recorded with the run (``gx.warnings``), and the
+        run continues.
+    validation_drift_failing : float
+        Beyond this (at least ``validation_drift_warning``) the validation fails and the
+        run stops, naming each feature and its drift: the window no longer looks like
+        the data the production model was trained on (check the feature pipeline first).
+    retention_schedule : str
+        Cron expression or preset of ``bandit_retention`` (default nightly, ``30 3 * * *``).
+    retention_days : float
+        ``bandit_retention`` deletes decisions (with their rewards) and superseded head
+        snapshots older than this, never a row a running retrain's window or a running
+        rollout still needs.
     """
 
     section: ClassVar[str] = "pipelines"
@@ -139,6 +154,10 @@ class PipelineSettings(CoreSettings):
     rollout_alpha: float = Field(0.05, gt=0.0, lt=1.0)
     rollout_design_n: int = Field(2000, ge=1)
     rollout_auto_start: bool = True
+    validation_drift_warning: float = Field(0.1, gt=0.0)
+    validation_drift_failing: float = Field(1.0, gt=0.0)
+    retention_schedule: str = "30 3 * * *"
+    retention_days: float = Field(90.0, gt=0.0)
 
     @field_validator("retrain_algorithm")
     @classmethod
@@ -177,7 +196,18 @@ class PipelineSettings(CoreSettings):
             )
         return [float(v) for v in value]
 
-    @field_validator("retrain_schedule", "monitor_schedule", "rollout_schedule")
+    @model_validator(mode="after")
+    def _drift_levels(self) -> Self:
+        if self.validation_drift_warning > self.validation_drift_failing:
+            raise ValueError(
+                "validation_drift_warning must not exceed validation_drift_failing; got "
+                f"{self.validation_drift_warning} and {self.validation_drift_failing}."
+            )
+        return self
+
+    @field_validator(
+        "retrain_schedule", "monitor_schedule", "rollout_schedule", "retention_schedule"
+    )
     @classmethod
     def _cron(cls, value: str) -> str:
         text = value.strip()

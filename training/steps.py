@@ -86,18 +86,36 @@ def validate(s: RunSpec, replay: ReplayRef) -> ValidatedRef:
     """Run the GX replay suite (data docs under ``gx_docs/``) and, when it passes, write the
     feature reference the monitor compares later weeks with.
 
+    With a production version that logged a feature reference, the suite's drift
+    expectations compare the window with that version's training window: beyond
+    ``s.drift_warning`` a feature is a warning (logged, counted in ``gx.warnings``, the
+    run continues), beyond ``s.drift_failing`` the validation fails.
+
     Raises
     ------
     validation.DataValidationError
         Listing every failing expectation; nothing downstream runs.
     """
     manifest = ReplayManifest.read(replay.manifest)
+    production_reference, production = open_registry(s).feature_reference(s.production_alias)
+    if production_reference is not None:
+        log.info(
+            "run %s: drift against production version %s's training window (warning > %g, "
+            "failing > %g)",
+            s.run_key,
+            production,
+            s.drift_warning,
+            s.drift_failing,
+        )
     result = validate_features(
         manifest,
         s.folder / "gx_docs",
         min_rows=s.min_rows,
         reward_min=s.reward_min,
         reward_max=s.reward_max,
+        reference=production_reference,
+        drift_threshold=s.drift_failing,
+        drift_warning=s.drift_warning,
     )
     config = ReplaySuiteConfig(
         dim_context=manifest.dim_user,
@@ -125,6 +143,11 @@ def validate(s: RunSpec, replay: ReplayRef) -> ValidatedRef:
             indent=2,
         )
     )
+    if result.warnings:
+        (s.folder / "gx_docs").mkdir(parents=True, exist_ok=True)
+        (s.folder / "gx_docs" / "warnings.json").write_text(
+            json.dumps([w.describe() for w in result.warnings], indent=2)
+        )
     return ValidatedRef(
         success=result.success,
         evaluated=result.evaluated,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,12 +30,17 @@ def validate_features(
     reward_min: float = 0.0,
     reward_max: float = 1.0,
     reference_path: str | Path | None = None,
+    reference: Mapping[str, Any] | None = None,
     drift_threshold: float = 0.25,
+    drift_warning: float | None = None,
 ) -> ReplayValidation:
     """Validate the replay file of ``manifest``; raise ``DataValidationError`` on failure.
 
     The data docs (HTML) go to ``docs_dir``. ``reference_path`` (an earlier replay file)
-    enables the drift expectations (PSI against it below ``drift_threshold``).
+    or ``reference`` (a feature reference as logged with a registered version: its
+    ``features`` histograms) enables the drift expectations: PSI against it below
+    ``drift_threshold`` (the failing level) and, with ``drift_warning``, a warning level
+    whose failures are recorded (``warnings``) and logged, not raised.
     """
     frame = pd.read_parquet(manifest.path)
     if manifest.quarantine_path is not None:  # name the set-aside rows beside the docs
@@ -58,7 +65,21 @@ def validate_features(
         min_rows=min_rows,
         columns=STORE_COLUMNS,
     )
-    reference = pd.read_parquet(reference_path) if reference_path is not None else None
-    return validate_replay(
-        frame, config, reference=reference, drift_threshold=drift_threshold, docs_dir=docs_dir
+    histograms = None
+    if reference is not None:
+        histograms = {
+            name: (item["edges"], item["proportions"])
+            for name, item in reference["features"].items()
+        }
+    result = validate_replay(
+        frame,
+        config,
+        reference=pd.read_parquet(reference_path) if reference_path is not None else None,
+        histograms=histograms,
+        drift_threshold=drift_threshold,
+        drift_warning=drift_warning,
+        docs_dir=docs_dir,
     )
+    for warning in result.warnings:
+        log.warning("data validation warning (the run continues): %s", warning.describe())
+    return result

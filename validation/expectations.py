@@ -16,9 +16,13 @@ The suite (:func:`suite_expectations`) checks, each as its own expectation:
 * the chosen arm among the candidate ids of its own decision;
 * event ids unique; timestamps inside the partition window ``[window_start, window_end)``;
 * at least ``min_rows`` rows;
-* with a reference window: the drift (PSI, or KL) of every numeric feature — each context
+* with a reference window (a DataFrame, or the histograms of one as the retrain logs them
+  with each version): the drift (PSI, or KL) of every numeric feature — each context
   component ``context_j`` and each component ``arm_feature_j`` of the chosen arm's
-  features — below a threshold passed at run time (``$PARAMETER`` ``drift_threshold``).
+  features — below a threshold passed at run time (``$PARAMETER`` ``drift_threshold``);
+  with a warning level as well (``drift_warning``), a second expectation per feature at
+  that level with GX's ``severity="warning"``: its failure is recorded
+  (:attr:`ReplayValidation.warnings`), not raised.
 
 :func:`validate_replay` runs it (GX imported lazily: importing this module stays cheap
 for DAG parsing), writes the data-docs HTML to a given folder and raises
@@ -29,7 +33,7 @@ and examples.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,8 +48,12 @@ from eventstore.schema import decisions
 #: Value kinds checked by ``ExpectColumnValuesToBeOfKind``.
 Kind = Literal["string", "number", "utc_datetime", "string_sequence"]
 
-#: Name of the run-time parameter holding the drift threshold.
+#: Name of the run-time parameter holding the drift threshold (the failing level).
 DRIFT_PARAMETER = "drift_threshold"
+#: Name of the run-time parameter holding the drift warning level.
+DRIFT_WARNING_PARAMETER = "drift_warning"
+#: GX name of the drift expectation (``gx_expectations.ExpectColumnDriftToBeBelow``).
+DRIFT_EXPECTATION = "expect_column_drift_to_be_below"
 #: Examples of unexpected values kept per failing expectation.
 N_EXAMPLES = 5
 
@@ -207,13 +215,17 @@ class ReplayValidation:
     failures: tuple[ExpectationFailure, ...]
     docs_index: Path | None
     row_count: int
+    #: Failed expectations of severity "warning" (the drift warning level): recorded only.
+    warnings: tuple[ExpectationFailure, ...] = ()
 
     def to_metrics(self, prefix: str = "gx") -> dict[str, float]:
-        """Flat metrics for MLflow: success, evaluated and failed expectation counts."""
+        """Flat metrics for MLflow: success, evaluated and failed expectation counts, and
+        the warnings."""
         return {
             f"{prefix}.success": float(self.success),
             f"{prefix}.evaluated_expectations": float(self.evaluated),
             f"{prefix}.failed_expectations": float(len(self.failures)),
+            f"{prefix}.warnings": float(len(self.warnings)),
             f"{prefix}.row_count": float(self.row_count),
         }
 
@@ -228,6 +240,18 @@ class DataValidationError(ValueError):
             f"({validation.row_count} rows):"
         ]
         lines += [f"  - {f.describe()}" for f in validation.failures]
+        drifted = [
+            f"{f.target.removeprefix('column=')} {f.observed_value:.3g} > "
+            f"{f.details.get('threshold', float('nan')):g}"
+            for f in validation.failures
+            if f.expectation == DRIFT_EXPECTATION and isinstance(f.observed_value, float)
+        ]
+        if drifted:
+            lines.append(
+                f"features drifted beyond the failing level from the reference window "
+                f"({', '.join(drifted)}): the data no longer looks like what the production "
+                "model was trained on; check the feature pipeline before retraining on it."
+            )
         if validation.docs_index is not None:
             lines.append(f"data docs: {validation.docs_index}")
         super().__init__("\n".join(lines))
@@ -382,11 +406,26 @@ def reference_histograms(
 
 
 # ---------------------------------------------------------------------- the suite
+#: Per feature column: inner bin edges and the reference proportion of every bin.
+Histograms = Mapping[str, tuple[Sequence[float], Sequence[float]]]
+
+
 def suite_expectations(
-    config: ReplaySuiteConfig, reference: pd.DataFrame | None = None
+    config: ReplaySuiteConfig,
+    reference: pd.DataFrame | None = None,
+    *,
+    histograms: Histograms | None = None,
+    warning_level: bool = False,
 ) -> list[Any]:
-    """The GX expectation objects of the suite, in evaluation order."""
+    """The GX expectation objects of the suite, in evaluation order.
+
+    The drift expectations come from ``reference`` (a DataFrame) or ``histograms`` (its
+    :func:`reference_histograms`, as logged with a version), not both; with
+    ``warning_level`` each feature gets a second one of severity "warning" at the
+    ``drift_warning`` parameter.
+    """
     import great_expectations as gx
+    from great_expectations.expectations.metadata_types import FailureSeverity
 
     from validation import gx_expectations as bx
 
@@ -429,15 +468,27 @@ def suite_expectations(
             strict_max=True,
         ),
     ]
+    if reference is not None and histograms is not None:
+        raise ValueError("give the drift reference as a DataFrame or as histograms, not both.")
     if reference is not None:
-        for name, (edges, props) in reference_histograms(reference, config).items():
+        histograms = reference_histograms(reference, config)
+    levels = [(DRIFT_PARAMETER, FailureSeverity.CRITICAL)]
+    if warning_level:
+        levels.append((DRIFT_WARNING_PARAMETER, FailureSeverity.WARNING))
+    bins = {} if histograms is None else histograms
+    for name in config.feature_columns():
+        if name not in bins:
+            continue
+        edges, props = bins[name]
+        for parameter, severity in levels:
             items.append(
                 bx.ExpectColumnDriftToBeBelow(
                     column=name,
-                    bin_edges=edges,
-                    reference_proportions=props,
+                    bin_edges=[float(e) for e in edges],
+                    reference_proportions=[float(p) for p in props],
                     metric=config.drift_metric,
-                    threshold={"$PARAMETER": DRIFT_PARAMETER},
+                    threshold={"$PARAMETER": parameter},
+                    severity=severity,
                 )
             )
     return items
@@ -449,6 +500,11 @@ def _target(kwargs: dict[str, Any]) -> str:
     if "column_A" in kwargs:
         return f"column_A={kwargs['column_A']}, column_B={kwargs['column_B']}"
     return "table"
+
+
+def _is_warning(result: Any) -> bool:
+    severity = getattr(result.expectation_config, "severity", "critical")
+    return str(getattr(severity, "value", severity)) == "warning"
 
 
 def _failures(results: Sequence[Any]) -> tuple[ExpectationFailure, ...]:
@@ -484,7 +540,9 @@ def validate_replay(
     config: ReplaySuiteConfig,
     *,
     reference: pd.DataFrame | None = None,
+    histograms: Histograms | None = None,
     drift_threshold: float = 0.2,
+    drift_warning: float | None = None,
     docs_dir: str | Path | None = None,
     raise_on_failure: bool = True,
 ) -> ReplayValidation:
@@ -497,9 +555,16 @@ def validate_replay(
     config : ReplaySuiteConfig
     reference : pandas.DataFrame, optional
         A reference window (same layout) for the drift expectations; none without it.
+    histograms : mapping, optional
+        The reference window as histograms (``{feature: (inner edges, proportions)}``, e.g. the
+        feature reference logged with a registered version); not with ``reference``.
     drift_threshold : float
-        Run-time threshold of every drift expectation (PSI 0.1 / 0.2 / 0.25 are the usual
-        "small / moderate / major shift" marks).
+        Run-time threshold of every drift expectation, the failing level (PSI 0.1 / 0.2 /
+        0.25 are the usual "small / moderate / major shift" marks).
+    drift_warning : float, optional
+        The warning level (below ``drift_threshold``): a feature drifting beyond it is a
+        failed expectation of severity "warning", listed in ``warnings``; the
+        validation still succeeds.
     docs_dir : str or Path, optional
         Folder that receives the data-docs HTML site (``index.html``).
     raise_on_failure : bool
@@ -530,6 +595,11 @@ def validate_replay(
         {"drift_threshold": drift_threshold},
         {"drift_threshold": Interval(float, 0.0, None)},
     )
+    if drift_warning is not None and not 0.0 < drift_warning <= drift_threshold:
+        raise ValueError(
+            f"drift_warning must be in (0, drift_threshold = {drift_threshold}]; "
+            f"got {drift_warning!r}."
+        )
     frame = feature_frame(df, config)
     context = gx.get_context(
         mode="ephemeral",
@@ -561,7 +631,15 @@ def validate_replay(
         .add_batch_definition_whole_dataframe("partition")
     )
     suite = context.suites.add(
-        gx.ExpectationSuite(name="replay", expectations=suite_expectations(config, reference))
+        gx.ExpectationSuite(
+            name="replay",
+            expectations=suite_expectations(
+                config,
+                reference,
+                histograms=histograms,
+                warning_level=drift_warning is not None,
+            ),
+        )
     )
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name="replay", data=batch, suite=suite)
@@ -574,18 +652,19 @@ def validate_replay(
             result_format="SUMMARY",
         )
     )
-    run = checkpoint.run(
-        batch_parameters={"dataframe": frame},
-        expectation_parameters={DRIFT_PARAMETER: float(drift_threshold)},
-    )
+    parameters = {DRIFT_PARAMETER: float(drift_threshold)}
+    if drift_warning is not None:
+        parameters[DRIFT_WARNING_PARAMETER] = float(drift_warning)
+    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
     result = next(iter(run.run_results.values()))
-    failures = _failures(result.results)
+    failures = _failures([r for r in result.results if not _is_warning(r)])
     outcome = ReplayValidation(
         success=not failures,
         evaluated=len(result.results),
         failures=failures,
         docs_index=(Path(docs_dir).resolve() / "index.html") if docs_dir is not None else None,
         row_count=len(df),
+        warnings=_failures([r for r in result.results if _is_warning(r)]),
     )
     if failures and raise_on_failure:
         raise DataValidationError(outcome)

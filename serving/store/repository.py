@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
 from eventstore import records
 from eventstore.records import (
@@ -21,6 +21,7 @@ from eventstore.records import (
     RewardRow,
     SnapshotRow,
 )
+from eventstore.retention import prune_events
 from eventstore.schema import decisions, head_snapshots, items, rewards
 from eventstore.types import decode_floats
 
@@ -316,29 +317,6 @@ class EventStore:
         return found
 
     def prune(self, older_than: datetime, dry_run: bool = False) -> dict[str, int]:
-        """Delete decisions created before ``older_than`` with their rewards, and head
-        snapshots older than it except each version's newest (still needed to recover).
-
-        Returns the number of rows deleted (or that would be, with ``dry_run``) per table.
-        """
-        d, r, s = decisions.c, rewards.c, head_snapshots.c
-        old_events = select(d.event_id).where(d.created_at < older_than)
-        newest = select(func.max(s.id)).group_by(s.model_version)
-        old_snapshots = (s.created_at < older_than) & s.id.not_in(newest)
-        with self.engine.begin() as conn:
-            counts = {
-                "rewards": conn.execute(
-                    select(func.count()).where(r.event_id.in_(old_events))
-                ).scalar_one(),
-                "decisions": conn.execute(
-                    select(func.count()).where(d.created_at < older_than)
-                ).scalar_one(),
-                "head_snapshots": conn.execute(
-                    select(func.count()).select_from(head_snapshots).where(old_snapshots)
-                ).scalar_one(),
-            }
-            if not dry_run:
-                conn.execute(delete(rewards).where(r.event_id.in_(old_events)))
-                conn.execute(delete(decisions).where(d.created_at < older_than))
-                conn.execute(delete(head_snapshots).where(old_snapshots))
-        return {k: int(v) for k, v in counts.items()}
+        """:func:`eventstore.retention.prune_events` on this store: decisions created before
+        ``older_than`` with their rewards, and superseded head snapshots older than it."""
+        return prune_events(self.engine, older_than, dry_run=dry_run)

@@ -1,0 +1,70 @@
+"""
+### bandit_retention — nightly pruning of the event store
+
+`prune` deletes decisions (with their rewards) and superseded head snapshots older than
+`BANDITOPS_RETENTION_DAYS` (the function behind `banditops store prune`), at
+`BANDITOPS_RETENTION_SCHEDULE` (nightly). The cutoff never passes the start of what still
+reads the store: the replay window of each `bandit_retrain` run that is running or queued
+(from its run spec, asked of Airflow by run id; a queued run not planned yet holds the
+whole store back until it is) and the running rollout's start
+(`eventstore.retention`). Its return value (XCom) names the cutoff, what held it back and
+the rows deleted per table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import dag, task
+
+from training.settings import PipelineSettings
+
+SETTINGS = PipelineSettings()
+RETRAIN = "bandit_retrain"
+ACTIVE = ["running", "queued"]
+#: Protects every row: a queued retrain whose window is not fixed yet.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@task
+def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
+    from eventstore.retention import apply_retention
+    from training.runspec import active_windows
+
+    total = ti.get_dr_count(dag_id=RETRAIN, states=ACTIVE)
+    protected: dict[str, datetime] = {}
+    if total:
+        found = active_windows(
+            SETTINGS.runs_path,
+            lambda key: ti.get_dr_count(dag_id=RETRAIN, run_ids=[key], states=ACTIVE) > 0,
+            expected=total,
+        )
+        protected = {f"{RETRAIN} run {key}": start for key, start in found.items()}
+        if len(found) < total:
+            protected[f"{total - len(found)} {RETRAIN} runs queued, window not planned yet"] = EPOCH
+    return apply_retention(
+        SETTINGS.store_url,
+        SETTINGS.model_name,
+        SETTINGS.retention_days,
+        protected,
+        now=dag_run.run_after,
+    )
+
+
+@dag(
+    dag_id="bandit_retention",
+    schedule=SETTINGS.retention_schedule,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=2),
+    tags=["banditops", "maintenance"],
+    doc_md=__doc__,
+    default_args={"owner": SETTINGS.owner, "retries": 1, "retry_delay": timedelta(minutes=5)},
+)
+def bandit_retention() -> None:
+    prune()
+
+
+bandit_retention()

@@ -1,0 +1,314 @@
+"""Monitoring that acts, below the DAGs: the drift trigger and its cooldown, the explored
+share, fallbacks by cause (the service's real counters, and a live service's /metrics),
+per-segment coverage, and the retention floor (SQLite and PostgreSQL) that never prunes
+a row a running retrain or rollout still reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
+from eventstore.retention import apply_retention, prune_cutoff
+from eventstore.rollouts import record_step, start_rollout
+from monitoring import monitor
+from monitoring.served_latency import parse_fallback_counters
+from monitoring.settings import MonitorSettings
+from serving.app import create_app
+from serving.metrics import ServiceMetrics
+from serving.store.repository import EventStore, write_events
+from tests.serving_helpers import (
+    LiveServer,
+    decision_body,
+    decision_row,
+    reward_row,
+    service_settings,
+)
+from training.runspec import SPEC_FILE, active_windows
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def _settings(tmp_path: Path, **extra: Any) -> MonitorSettings:
+    return MonitorSettings(
+        workspace=tmp_path / "ws",
+        database_url=f"sqlite:///{tmp_path / 'events.db'}",
+        runs_dir=tmp_path / "runs",
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------------- drift trigger
+def _report(tmp_path: Path, scores: dict[str, float], name: str = "report.json") -> Path:
+    path = tmp_path / name
+    path.write_text(
+        json.dumps(
+            {
+                "window": {"end": NOW.isoformat()},
+                "production_version": "3",
+                "feature_drift": {"metric": "psi", "scores": scores},
+            }
+        )
+    )
+    return path
+
+
+def test_drift_trigger_emits_beyond_the_threshold_once_per_cooldown(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, retrain_drift_min=0.25, retrain_drift_cooldown_h=24.0)
+    calm = _report(tmp_path, {"context_0": 0.1, "context_1": 0.2499}, "calm.json")
+    quiet = monitor.drift_trigger(calm, settings, now=NOW)
+    assert quiet["emit"] is False and quiet["features"] == {}
+    assert quiet["reason"] == "no feature drifted to 0.25 or more."
+
+    drifted = _report(tmp_path, {"context_0": 1.7, "context_1": 0.25, "arm_feature_0": 0.01})
+    first = monitor.drift_trigger(drifted, settings, now=NOW)
+    assert first["emit"] is True
+    assert first["features"] == {"context_0": 1.7, "context_1": 0.25}  # worst first
+    assert list(first["features"]) == ["context_0", "context_1"]
+    assert first["production_version"] == "3" and first["threshold"] == 0.25
+    assert "context_0 1.700, context_1 0.250" in first["reason"]
+    state = json.loads((tmp_path / "runs" / "monitor" / monitor.DRIFT_STATE_FILE).read_text())
+    assert state["emitted_at"] == NOW.isoformat()
+
+    # an hour later the drift persists (nothing retrained yet): no second event
+    held = monitor.drift_trigger(drifted, settings, now=NOW + timedelta(hours=1))
+    assert held["emit"] is False
+    assert f"emitted at {NOW.isoformat()}, less than 24 h ago" in held["reason"]
+    # once the cooldown has passed it fires again
+    assert monitor.drift_trigger(drifted, settings, now=NOW + timedelta(hours=24))["emit"]
+
+
+# ---------------------------------------------------------------------- report checks
+def _frame(
+    n: int, start: datetime, rng: np.random.Generator, users: list[str | None]
+) -> pd.DataFrame:
+    ids = ["a", "b", "c"]
+    return pd.DataFrame(
+        {
+            "created_at": [start + timedelta(minutes=10 * i) for i in range(n)],
+            "context": [[float(i % 3), float(rng.standard_normal())] for i in range(n)],
+            "candidate_ids": [ids for _ in range(n)],
+            "candidate_features": [[[0.0], [1.0], [2.0]] for _ in range(n)],
+            "arm_id": rng.choice(ids, n),
+            "propensity": np.where(np.arange(n) % 4 == 0, 0.8, 1.0),
+            "fallback": np.arange(n) % 10 == 9,
+            "explored": np.arange(n) % 20 == 0,
+            "user_hash": [users[i % len(users)] for i in range(n)],
+            "reward": rng.integers(0, 2, n).astype(float),
+        }
+    )
+
+
+def test_explored_share_and_segment_coverage_in_the_report(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    end = NOW
+    # users in hashed groups 0, 0, 1, 2, 2, 1 (of 4) and an anonymous one: group 3 is empty
+    hashes = [format(g, "016x") + "ab" * 24 for g in (0, 4, 1, 2, 6, 5)]
+    frame = pd.concat(
+        [
+            _frame(300, end - 14 * DAY, rng, [*hashes, None]),
+            _frame(700, end - 7 * DAY, rng, [*hashes, None]),
+        ],
+        ignore_index=True,
+    )
+    settings = _settings(tmp_path, segment_user_groups=4, segment_min_decisions=50)
+    report = monitor.summarize(frame, end, settings, None, None)
+    now = frame[frame["created_at"] >= end - 7 * DAY]
+    model = now[~now["fallback"]]
+
+    explored = report["explored"]
+    assert explored["decisions"] == len(model)
+    assert explored["share"] == pytest.approx(model["explored"].mean())
+    assert explored["stochastic_share"] == pytest.approx((model["propensity"] < 1).mean())
+    assert report["checks"]["explored_share"]["status"] == "ok"
+    figure = monitor.plot_monitor_report(report, tmp_path / "report.png")  # the rates panel
+    assert Path(figure).stat().st_size > 10_000
+    strict = monitor.summarize(frame, end, _settings(tmp_path, explored_share_min=0.2), None, None)
+    assert strict["checks"]["explored_share"]["status"] == "alert"
+    assert "the policy stopped learning" in strict["checks"]["explored_share"]["message"]
+
+    # hashed user groups: every group is expected, one no user lands in is in alert
+    segments = report["segments"]
+    assert [monitor.user_group(h, 4) for h in hashes] == [0, 0, 1, 2, 2, 1]
+    expected = {"group_0": 200, "group_1": 200, "group_2": 200, "group_3": 0}
+    assert {r["segment"]: r["decisions"] for r in segments["segments"]} == expected
+    assert segments["unsegmented"] == 100 and segments["min_decisions"] == 0
+    status = report["checks"]["segment_coverage"]
+    assert status["status"] == "alert"
+    assert "1 of 4 segments (user_group mod 4) got fewer than 50 decisions" in status["message"]
+    assert "group_3 0" in status["message"]
+
+    # a categorical context feature: its values in either week are the segments
+    by_value = monitor.summarize(
+        frame, end, _settings(tmp_path, segment_feature="context_0"), None, None
+    )["segments"]
+    counts = now["context"].map(lambda c: f"context_0={c[0]:g}").value_counts().to_dict()
+    assert {r["segment"]: r["decisions"] for r in by_value["segments"]} == counts
+    assert by_value["check"]["status"] == "ok"
+    # a continuous feature is not a segment key
+    skipped = monitor.summarize(
+        frame, end, _settings(tmp_path, segment_feature="context_1"), None, None
+    )["segments"]["check"]
+    assert skipped["status"] == "skipped" and "not a categorical feature" in skipped["message"]
+    with pytest.raises(ValueError, match="must be a context feature context_<j>"):
+        _settings(tmp_path, segment_feature="age")
+
+
+def test_fallback_counters_of_the_services_own_metrics() -> None:
+    metrics = ServiceMetrics()
+    for _ in range(95):
+        metrics.decisions.labels("a", "production", "false").inc()
+    for _ in range(5):
+        metrics.decisions.labels("b", "production", "true").inc()
+    metrics.model_errors.inc(2)
+    metrics.deadline_fallbacks.inc()
+    first = parse_fallback_counters(metrics.render()[0].decode())
+    assert first == {
+        "decisions": 100.0,
+        "fallback_decisions": 5.0,
+        "model_errors": 2.0,
+        "deadline_fallbacks": 1.0,
+    }
+    causes, restarted = monitor.fallback_causes(first, None)
+    assert not restarted
+    assert causes == {
+        "decisions": 100.0,
+        "fallback_decisions": 5.0,
+        "model_error": 2.0,
+        "deadline": 1.0,
+        "no_model": 2.0,
+    }
+    for _ in range(50):
+        metrics.decisions.labels("b", "production", "true").inc()
+    metrics.model_errors.inc(50)
+    second = parse_fallback_counters(metrics.render()[0].decode())
+    assert second is not None
+    delta, restarted = monitor.fallback_causes(second, first)
+    assert not restarted and delta["decisions"] == 50 and delta["model_error"] == 50
+    assert delta["no_model"] == 0
+    # a counter that went down: the service restarted, the new scrape alone counts
+    again, restarted = monitor.fallback_causes(first, second)
+    assert restarted and again["decisions"] == 100
+    assert parse_fallback_counters("# nothing here\n") is None
+
+
+def test_model_errors_check_reads_a_running_services_metrics(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    service = service_settings(tmp_path, mlflow_tracking_uri=None)  # the fallback serves
+    engine = make_engine(service.store_url)
+    upgrade(engine)
+    engine.dispose()
+    state = tmp_path / "runs" / "monitor" / monitor.FAULTS_STATE_FILE
+    assert monitor.served_faults(_settings(tmp_path), state)["check"]["status"] == "skipped"
+    with (
+        LiveServer(create_app(service)) as server,
+        httpx.Client(base_url=server.url, timeout=10) as http,
+    ):
+        settings = _settings(tmp_path, service_url=server.url)
+        for _ in range(12):
+            assert http.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+        first = monitor.served_faults(settings, state)
+        assert first["causes"]["decisions"] == 12 and first["causes"]["no_model"] == 12
+        assert first["causes"]["model_error"] == 0 and first["share"] == 0.0
+        assert first["check"]["status"] == "ok"
+        assert "12 more fell back with no model served" in first["check"]["message"]
+        for _ in range(5):
+            assert http.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+        second = monitor.served_faults(settings, state)
+        assert second["causes"]["decisions"] == 5 and second["since"] == first["scraped_at"]
+        assert second["basis"].startswith("since the previous scrape at")
+    down = monitor.served_faults(settings, state, timeout_s=2.0)
+    assert down["check"]["status"] == "alert" and "model errors unknown" in down["check"]["message"]
+
+
+# ---------------------------------------------------------------------- retention
+def test_prune_cutoff_is_the_age_unless_something_older_still_runs() -> None:
+    assert prune_cutoff(NOW, 30, {}) == (NOW - 30 * DAY, None)
+    newer = {"retrain r1": NOW - 7 * DAY}
+    assert prune_cutoff(NOW, 30, newer) == (NOW - 30 * DAY, None)
+    older = {**newer, "retrain r2": NOW - 45 * DAY, "rollout 1": NOW - 40 * DAY}
+    assert prune_cutoff(NOW, 30, older) == (NOW - 45 * DAY, "retrain r2")
+    with pytest.raises(ValueError, match="retention_days must be > 0; got 0"):
+        prune_cutoff(NOW, 0, {})
+    with pytest.raises(ValueError, match="retrain r3 must be a timezone-aware datetime"):
+        prune_cutoff(NOW, 30, {"retrain r3": datetime(2026, 1, 1)})
+
+
+def test_retention_never_prunes_what_a_running_retrain_or_rollout_reads(
+    store_url: str, engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """On SQLite and PostgreSQL: decisions 100, 60, 45 and 10 days old, 30 days of
+    retention. A running rollout started 70 days ago and a retrain whose window starts 50
+    days ago hold the cutoff back; each released protection lets the next night prune."""
+    ages = {"d100": 100, "d60": 60, "d45": 45, "d10": 10}
+    rows: list[Any] = []
+    for event, age in ages.items():
+        row = decision_row(rng, event_id=event, created_at=NOW - age * DAY)
+        rows += [row, reward_row(event, 1.0, ts=row.created_at)]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+    store = EventStore(engine)
+
+    def kept() -> set[str]:
+        return store.existing_event_ids(list(ages))
+
+    rollout = start_rollout(engine, "m", 2, 0.05, reason="gate passed", at=NOW - 70 * DAY)
+    retrain = {"bandit_retrain run nightly-1": NOW - 50 * DAY}
+    dry = apply_retention(store_url, "m", 30, retrain, now=NOW, dry_run=True)
+    assert dry["deleted"] == {"rewards": 1, "decisions": 1, "head_snapshots": 0}
+    assert kept() == set(ages)
+    night1 = apply_retention(store_url, "m", 30, retrain, now=NOW)
+    assert night1["cutoff"] == (NOW - 70 * DAY).isoformat()
+    assert night1["floored_by"] == f"rollout {rollout.id} (version 2)"
+    assert set(night1["protected"]) == {*retrain, night1["floored_by"]}
+    assert kept() == {"d60", "d45", "d10"}
+
+    record_step(engine, rollout.id, "stop", reason="operator", at=NOW)
+    night2 = apply_retention(store_url, "m", 30, retrain, now=NOW)
+    assert night2["floored_by"] == "bandit_retrain run nightly-1"
+    assert night2["deleted"]["decisions"] == 1 and kept() == {"d45", "d10"}
+
+    night3 = apply_retention(store_url, "m", 30, {}, now=NOW)
+    assert night3["floored_by"] is None and night3["cutoff"] == (NOW - 30 * DAY).isoformat()
+    assert kept() == {"d10"}
+    assert store.count_rows()["rewards"] == 1
+
+
+def test_active_windows_reads_the_run_specs_of_running_retrains(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    starts = {f"run-{i}": NOW - (i + 1) * DAY for i in range(4)}
+    for i, (key, start) in enumerate(starts.items()):
+        folder = runs / key
+        folder.mkdir(parents=True)
+        (folder / SPEC_FILE).write_text(
+            json.dumps({"run_key": key, "window_start": start.isoformat()})
+        )
+        os.utime(folder / SPEC_FILE, (1_000_000 + i, 1_000_000 + i))  # run-3 newest
+    (runs / "monitor").mkdir()  # the monitor's folder holds no spec
+    (runs / "broken").mkdir()
+    (runs / "broken" / SPEC_FILE).write_text("{")
+    asked: list[str] = []
+
+    def running(key: str) -> bool:
+        asked.append(key)
+        return key in {"run-1", "run-3"}
+
+    assert active_windows(runs, running) == {"run-3": starts["run-3"], "run-1": starts["run-1"]}
+    asked.clear()
+    assert active_windows(runs, running, expected=1) == {"run-3": starts["run-3"]}
+    assert asked == ["run-3"]  # newest first, stops once the expected runs are found
