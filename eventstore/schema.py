@@ -22,6 +22,14 @@
     Every version of every item, append-only; ``seq`` numbers the catalog's changes in
     order. A decision logs the version of each candidate (``candidate_versions``), so it
     can be re-featurised exactly as served.
+``rollouts``
+    One row per staged rollout of a registry version (:mod:`eventstore.rollouts`): its
+    current stage and traffic share (what every service replica reads at its poll) and
+    its status (``running`` until it is promoted, rolled back, stopped or expired).
+``rollout_steps``
+    The audit of every rollout decision, append-only: the action, the stage and share,
+    and the numbers it was taken on (per-arm counts and means, the difference and its
+    confidence-sequence interval).
 
 Slates, groups and retrieval add to ``decisions``: ``position_propensities`` (the
 marginal probability of each shown item at its slot), ``request_id`` and ``group_id``
@@ -69,6 +77,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -201,11 +210,55 @@ class ItemVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class RolloutRow(Base):
+    """A staged rollout (see :mod:`eventstore.rollouts` for the rules)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index(None, "model_name", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(VERSION_LENGTH))
+    version: Mapped[str] = mapped_column(String(VERSION_LENGTH))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stage_index: Mapped[int] = mapped_column(Integer)
+    share: Mapped[float] = mapped_column(Double)
+    stage_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class RolloutStepRow(Base):
+    """One decision of a rollout, with the numbers it was taken on."""
+
+    __tablename__ = "rollout_steps"
+    __table_args__ = (Index(None, "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("rollouts.id", ondelete="CASCADE")
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stage_index: Mapped[int] = mapped_column(Integer)
+    share: Mapped[float] = mapped_column(Double)
+    action: Mapped[str] = mapped_column(String(16))
+    n_production: Mapped[int] = mapped_column(BigInteger)
+    n_candidate: Mapped[int] = mapped_column(BigInteger)
+    mean_production: Mapped[float | None] = mapped_column(Double)
+    mean_candidate: Mapped[float | None] = mapped_column(Double)
+    diff: Mapped[float | None] = mapped_column(Double)
+    ci_low: Mapped[float | None] = mapped_column(Double)
+    ci_high: Mapped[float | None] = mapped_column(Double)
+    reason: Mapped[str] = mapped_column(Text)
+
+
 decisions: Any = DecisionEvent.__table__
 rewards: Any = RewardEvent.__table__
 head_snapshots: Any = HeadSnapshot.__table__
 items: Any = Item.__table__
 item_versions: Any = ItemVersion.__table__
+rollouts: Any = RolloutRow.__table__
+rollout_steps: Any = RolloutStepRow.__table__
 metadata = Base.metadata
 
 

@@ -101,7 +101,7 @@ class ServiceMetrics:
         self.model_load_failures = Counter(
             "banditops_model_load_failures",
             "Polls that kept the served version: source unreachable, version not loadable, "
-            "or its feature dimensions not those served",
+            "its feature dimensions not those served, or the rollout state unreadable",
             ["reason"],
             registry=reg,
         )

@@ -43,6 +43,7 @@ from eventstore.admission import Admission
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
+from eventstore.rollouts import current_rollout
 from serving.budget import (
     check_budget,
     check_choice_finite,
@@ -69,7 +70,7 @@ from serving.inputs import (
 )
 from serving.metrics import ServiceMetrics
 from serving.models.fallback import FallbackPolicy
-from serving.models.loader import ModelLoader
+from serving.models.loader import ModelLoader, RolloutTarget
 from serving.models.served import ServedModel, ServingSet, find_head
 from serving.models.sources import FileModelSource, ModelSource
 from serving.models.state_io import state_to_bytes
@@ -232,6 +233,7 @@ class DecisionService:
             expected_dim_user=settings.model_dim_user,
             expected_dim_arm=settings.model_dim_arm,
             on_failure=lambda reason, _msg: metrics.model_load_failures.labels(reason).inc(),
+            rollout=self._running_rollout,
         )
         self.snapshots = Snapshotter(
             self._commit,
@@ -303,6 +305,14 @@ class DecisionService:
     @property
     def ready(self) -> bool:
         return self.loader.ready
+
+    def _running_rollout(self) -> RolloutTarget | None:
+        """The running rollout of the served model (read at each model poll): its share
+        and version win over the fixed ``candidate_share``."""
+        rollout = current_rollout(self.engine, self.settings.model_name)
+        if rollout is None:
+            return None
+        return (rollout.label, rollout.version), rollout.share
 
     def _served(self) -> ServingSet:
         served = self.loader.current

@@ -30,7 +30,9 @@ class Settings(CoreSettings):
         Local policy state files (``bandit_core.save_policy``) for the production model
         and for the rollout candidate. Used when no MLflow tracking URI is set.
     candidate_share : float in [0, 1]
-        Share of traffic, by hashed user id, served by the candidate version.
+        Share of traffic, by hashed user id, served by the candidate version when no
+        staged rollout runs. While one runs (``banditops rollout status``), its stage's
+        share and version, read from the event store at every model poll, win.
     poll_interval_s : float
         Seconds between two polls of the model source (off the request path).
     fallback_policy : {"uniform", "epsilon_greedy"}

@@ -1,16 +1,24 @@
 """Gradual rollout: a stable share of users (by salted hash) goes to the candidate
-version, every decision records who served it, and rewards update that version's head."""
+version, every decision records who served it, and rewards update that version's head;
+a running staged rollout's share reaches every replica at its next poll."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bandit_core import load_policy
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
+from eventstore.rollouts import record_step, start_rollout
 from serving.identity import CANDIDATE, PRODUCTION, hash_user, route
 from tests.serving_helpers import (
+    AUTH,
     decision_body,
     head_difference,
     policy_file,
@@ -86,3 +94,74 @@ def test_each_version_learns_from_its_own_decisions(
         info = client.post("/v1/admin/poll").json()
         assert info["production"]["version"] == versions[CANDIDATE]
         assert served_policy(client, PRODUCTION) is promoted
+
+
+def test_replicas_follow_the_rollout_stage_within_one_poll(tmp_path: Path) -> None:
+    """Two service replicas on one event store: a rollout's start, stage change and
+    rollback reach both at their next model poll, no restart; the split stays sticky by
+    hashed user and is the same on both; the fixed share serves when no rollout runs."""
+    prod = policy_file(tmp_path / "prod.npz", seed=0)
+    cand = policy_file(tmp_path / "cand.npz", seed=1)
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
+    common = {"model_path": prod, "candidate_model_path": cand, "candidate_share": 0.0}
+    replicas = [
+        service_settings(tmp_path / name, store_url, workspace=tmp_path / name, **common)
+        for name in ("a", "b")
+    ]
+    cand_version = "file-" + hashlib.sha256(cand.read_bytes()).hexdigest()[:12]
+    users = [f"user-{i}" for i in range(200)]
+    engine = make_engine(store_url)
+    upgrade(engine)
+    with running_client(replicas[0]) as a, running_client(replicas[1]) as b:
+
+        def served() -> list[tuple[float, str | None]]:
+            out = []
+            for client in (a, b):
+                info = client.post("/v1/admin/poll", headers=AUTH).json()
+                out.append((info["candidate_share"], (info["candidate"] or {}).get("version")))
+            return out
+
+        def arms(client: Any) -> list[str]:
+            rng = np.random.default_rng(0)
+            return [
+                client.post("/v1/decisions", json=decision_body(rng, user=u)).json()["traffic"]
+                for u in users
+            ]
+
+        assert served() == [(0.0, None), (0.0, None)]
+        rollout = start_rollout(engine, "banditops-policy", cand_version, 0.05, reason="test")
+        assert served() == [(0.05, cand_version)] * 2
+        first = arms(a)
+        assert first == arms(b)  # the same users on the candidate on every replica
+        record_step(engine, rollout.id, "advance", reason="test", stage_index=1, share=0.5)
+        assert served() == [(0.5, cand_version)] * 2
+        second = arms(b)
+        assert second == arms(a)
+        # sticky: a user on the candidate at 5 % stays there at 50 %
+        assert all(s == CANDIDATE for f, s in zip(first, second, strict=True) if f == CANDIDATE)
+        assert first.count(CANDIDATE) < second.count(CANDIDATE)
+        record_step(engine, rollout.id, "rollback", reason="test")
+        assert served() == [(0.0, None), (0.0, None)]
+        assert set(arms(a)) == {PRODUCTION}
+        # a rollout of a version the candidate role does not serve sends it nothing
+        start_rollout(engine, "banditops-policy", "file-000000000000", 0.5, reason="test")
+        assert served() == [(0.0, None), (0.0, None)]
+    engine.dispose()
+
+
+def test_background_poll_picks_up_the_share(tmp_path: Path) -> None:
+    """The loader's own thread (no admin call) applies a stage change within a poll."""
+    prod = policy_file(tmp_path / "prod.npz", seed=0)
+    cand = policy_file(tmp_path / "cand.npz", seed=1)
+    settings = service_settings(
+        tmp_path, model_path=prod, candidate_model_path=cand, poll_interval_s=0.2
+    )
+    cand_version = "file-" + hashlib.sha256(cand.read_bytes()).hexdigest()[:12]
+    with running_client(settings) as client:
+        engine = make_engine(settings.store_url)
+        start_rollout(engine, settings.model_name, cand_version, 0.2, reason="test")
+        engine.dispose()
+        deadline = time.monotonic() + 20.0
+        while client.get("/v1/model").json()["candidate_share"] != 0.2:
+            assert time.monotonic() < deadline, "the stage change never reached the replica"
+            time.sleep(0.05)

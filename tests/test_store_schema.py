@@ -66,4 +66,5 @@ def test_migrations_ship_as_package_modules() -> None:
     assert sorted(p.name for p in versions.glob("0*.py")) == [
         "0001_initial_schema.py",
         "0002_catalog_slates.py",
+        "0003_rollouts.py",
     ]

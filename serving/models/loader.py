@@ -10,6 +10,12 @@ dimensions differ from the expected ones (``expected``, else those of the versio
 the role) is not loaded either: every request shaped for the current version would be
 refused. Each of these is counted by reason (``on_failure``) and the last one is kept in
 :attr:`ModelLoader.last_error`.
+
+The candidate's traffic share is read at every poll too (``rollout``): while a staged
+rollout runs (:mod:`eventstore.rollouts`), its share and version win over the fixed
+``candidate_share``; the candidate role is served only when it resolves to the rollout's
+version. Every replica polls the same store, so a stage change reaches all of them within
+one poll interval, without a restart. A store that cannot be read keeps the share served.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from serving.models.recovery import recover
 from serving.models.served import ServedModel, ServingSet, Signature
 from serving.models.sources import ModelRef, ModelSource, Role
 from serving.store.repository import EventStore
+
+#: What a rollout reader returns: the running rollout's version labels (any of them
+#: names the version, e.g. ``("<model>/3", "3")``) and its share; None when none runs.
+RolloutTarget = tuple[tuple[str, ...], float]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +86,9 @@ class ModelLoader:
     interval_s : float
         Seconds between polls.
     candidate_share : float
-        Traffic share of the candidate role (0 disables it).
+        Traffic share of the candidate role when no rollout runs (0 disables it).
+    rollout : callable, optional
+        Called at each poll: the running rollout (:data:`RolloutTarget`) or None.
     on_swap : callable, optional
         Called with the new set after every change (metrics).
     expected_dim_user, expected_dim_arm : int, optional
@@ -85,8 +97,8 @@ class ModelLoader:
         Called when a poll keeps what serves: ``"unreachable"`` (the source), ``"load"``
         (the version's artifact), ``"signature"`` (its dimensions), ``"admission"`` (its
         state failed :mod:`eventstore.admission`, or its recovered state or probe decision
-        is not finite) or ``"recover"`` (its online head could not be read from the event
-        store) (metrics).
+        is not finite), ``"recover"`` (its online head could not be read from the event
+        store) or ``"rollout"`` (the rollout state could not be read) (metrics).
     retry_failed_s : float
         A version that failed to load is not tried again for this long; one refused
         (signature, admission) is never tried again.
@@ -103,7 +115,9 @@ class ModelLoader:
         expected_dim_arm: int | None = None,
         on_failure: Callable[[str, str], None] | None = None,
         retry_failed_s: float = 300.0,
+        rollout: Callable[[], RolloutTarget | None] | None = None,
     ) -> None:
+        self._rollout = rollout
         self.expected = (expected_dim_user, expected_dim_arm)
         self.retry_failed_s = retry_failed_s
         self._failed_versions: dict[str, float] = {}
@@ -140,23 +154,51 @@ class ModelLoader:
         """One poll; True when the served set changed. Thread-safe."""
         with self._lock:
             current = self.current or ServingSet(None, None, self.candidate_share)
+            share, versions = self._share(current)
             production = self._role("production", current.production, current)
             candidate = None
-            if self.candidate_share > 0.0:
+            if share > 0.0:
                 candidate = self._role("candidate", current.candidate, current)
-            new = ServingSet(production, candidate, self.candidate_share)
+            if candidate is not None and versions is not None and candidate.version not in versions:
+                log.warning(
+                    "the candidate role serves %s, the running rollout is of %s: no candidate "
+                    "traffic until they agree",
+                    candidate.version,
+                    versions[0],
+                )
+                candidate = None
+            new = ServingSet(production, candidate, share if candidate is not None else 0.0)
             changed = (
                 self.current is None
                 or new.production is not current.production
                 or new.candidate is not current.candidate
+                or new.candidate_share != current.candidate_share
             )
             if changed:
                 self.current = new
                 names = [m.version if m else None for m in (production, candidate)]
-                log.info("serving production=%s candidate=%s", *names)
+                log.info("serving production=%s candidate=%s share=%s", *names, new.candidate_share)
                 if self._on_swap is not None:
                     self._on_swap(new)
             return changed
+
+    def _share(self, current: ServingSet) -> tuple[float, tuple[str, ...] | None]:
+        """The candidate share now and the versions it must be served by (None: any):
+        the running rollout's, else the fixed share; the served share and version when
+        the store cannot be read."""
+        if self._rollout is None:
+            return self.candidate_share, None
+        try:
+            target = self._rollout()
+        except Exception as exc:
+            self._failed("rollout", f"could not read the rollout state: {exc}")
+            log.warning("could not read the rollout state: %s; keeping the share served", exc)
+            kept = current.candidate
+            return current.candidate_share, None if kept is None else (kept.version,)
+        if target is None:
+            return self.candidate_share, None
+        versions, share = target
+        return share, versions
 
     def _role(
         self, role: Role, serving: ServedModel | None, current: ServingSet

@@ -1,0 +1,432 @@
+"""Staged rollouts in the event store: the shared state every service replica reads, the
+audit of every decision, and the online outcome per traffic arm.
+
+The tables are :class:`eventstore.schema.RolloutRow` (``rollouts``) and
+:class:`eventstore.schema.RolloutStepRow` (``rollout_steps``). The rules:
+
+* at most one rollout per model is ``running`` (:func:`start_rollout` refuses a second);
+  the service routes ``share`` of its users (sticky by hashed user) to the rollout's
+  ``version`` while it runs (:func:`current_rollout`, read at each model poll);
+* a rollout leaves ``running`` once, by :func:`record_step` with ``rollback``
+  (→ ``rolled_back``), ``promote`` (→ ``promoted``), ``stop`` (→ ``stopped``) or
+  ``expire`` (→ ``expired``); ``advance`` moves it to another stage and share, ``hold``
+  changes nothing but ``updated_at``. Every call appends one ``rollout_steps`` row in the
+  same transaction, and only a running rollout takes steps (a second controller that
+  lost the race gets :class:`RolloutStateError`, and nothing is written);
+* :func:`traffic_outcomes` is what the controller decides on: per traffic arm, the
+  decisions since the rollout started and their first reward received in the reward
+  window (``ordinal`` 0, not ``late`` or ``rejected``).
+
+``version`` is the registry's version number (``"3"``); the decisions name a version by
+:func:`eventstore.contract.version_label` (``"<model>/3"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, get_args
+
+from sqlalchemy import Engine, and_, case, func, insert, or_, select, update
+
+from eventstore import records
+from eventstore.contract import version_label
+from eventstore.schema import decisions, rewards, rollout_steps, rollouts
+
+Status = Literal["running", "promoted", "rolled_back", "stopped", "expired"]
+Action = Literal["start", "advance", "hold", "rollback", "promote", "stop", "expire"]
+STATUSES: Final[tuple[str, ...]] = get_args(Status)
+ACTIONS: Final[tuple[str, ...]] = get_args(Action)
+RUNNING: Final = "running"
+#: The status a rollout ends in after each ending action.
+ENDS: Final[dict[str, str]] = {
+    "rollback": "rolled_back",
+    "promote": "promoted",
+    "stop": "stopped",
+    "expire": "expired",
+}
+#: The traffic arms (the ``traffic`` column of ``decisions``).
+PRODUCTION: Final = "production"
+CANDIDATE: Final = "candidate"
+_NOT_AN_OUTCOME = (records.LATE, records.REJECTED)
+
+
+class RolloutStateError(RuntimeError):
+    """A rollout step that the rollout's state does not allow (not running, or a second
+    running rollout of the same model)."""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A row of ``rollouts``."""
+
+    id: int
+    model_name: str
+    version: str
+    started_at: datetime
+    stage_index: int
+    share: float
+    stage_started_at: datetime
+    status: str
+    updated_at: datetime
+    reason: str
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+    @property
+    def label(self) -> str:
+        """The version as the decisions name it (``<model>/<version>``)."""
+        return version_label(self.model_name, self.version)
+
+
+@dataclass(frozen=True)
+class Readout:
+    """The numbers a decision was taken on (``None`` where an arm has no reward yet)."""
+
+    n_production: int = 0
+    n_candidate: int = 0
+    mean_production: float | None = None
+    mean_candidate: float | None = None
+    diff: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    """A row of ``rollout_steps``."""
+
+    id: int
+    rollout_id: int
+    at: datetime
+    stage_index: int
+    share: float
+    action: str
+    n_production: int
+    n_candidate: int
+    mean_production: float | None
+    mean_candidate: float | None
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    reason: str
+
+    @property
+    def readout(self) -> Readout:
+        return Readout(
+            self.n_production,
+            self.n_candidate,
+            self.mean_production,
+            self.mean_candidate,
+            self.diff,
+            self.ci_low,
+            self.ci_high,
+        )
+
+
+@dataclass(frozen=True)
+class ArmOutcome:
+    """The online outcome of one traffic arm.
+
+    ``decisions``: decisions served on the arm; ``rewarded``: those with a reward in the
+    window; ``reward_sum`` / ``reward_sq_sum``: the sum and the sum of squares of those
+    rewards (what a variance estimate needs).
+    """
+
+    decisions: int = 0
+    rewarded: int = 0
+    reward_sum: float = 0.0
+    reward_sq_sum: float = 0.0
+
+    @property
+    def mean(self) -> float | None:
+        return self.reward_sum / self.rewarded if self.rewarded else None
+
+
+# ---------------------------------------------------------------------- readers
+def _rollout(row: Any) -> Rollout:
+    return Rollout(**{f: row._mapping[f] for f in Rollout.__dataclass_fields__})
+
+
+def _step(row: Any) -> RolloutStep:
+    return RolloutStep(**{f: row._mapping[f] for f in RolloutStep.__dataclass_fields__})
+
+
+def current_rollout(engine: Engine, model_name: str) -> Rollout | None:
+    """The running rollout of ``model_name``, or None."""
+    query = select(rollouts).where(
+        rollouts.c.model_name == model_name, rollouts.c.status == RUNNING
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query.order_by(rollouts.c.id.desc()).limit(1)).first()
+    return None if row is None else _rollout(row)
+
+
+def latest_rollout(engine: Engine, model_name: str) -> Rollout | None:
+    """The most recently started rollout of ``model_name`` (running or not), or None."""
+    query = select(rollouts).where(rollouts.c.model_name == model_name)
+    with engine.connect() as conn:
+        row = conn.execute(query.order_by(rollouts.c.id.desc()).limit(1)).first()
+    return None if row is None else _rollout(row)
+
+
+def get_rollout(engine: Engine, rollout_id: int) -> Rollout:
+    """The rollout ``rollout_id``.
+
+    Raises
+    ------
+    LookupError
+        No such rollout.
+    """
+    with engine.connect() as conn:
+        row = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).first()
+    if row is None:
+        raise LookupError(f"no rollout with id {rollout_id}.")
+    return _rollout(row)
+
+
+def list_rollouts(
+    engine: Engine, model_name: str, version: str | None = None, limit: int = 50
+) -> list[Rollout]:
+    """The rollouts of ``model_name`` (of one ``version`` if given), newest first."""
+    query = select(rollouts).where(rollouts.c.model_name == model_name)
+    if version is not None:
+        query = query.where(rollouts.c.version == str(version))
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(rollouts.c.id.desc()).limit(limit)).all()
+    return [_rollout(r) for r in rows]
+
+
+def rollout_history(
+    engine: Engine, model_name: str, limit: int = 50, rollout_id: int | None = None
+) -> list[RolloutStep]:
+    """The latest ``limit`` steps of the rollouts of ``model_name`` (of one rollout if
+    ``rollout_id`` is given), newest first."""
+    query = (
+        select(rollout_steps)
+        .join(rollouts, rollouts.c.id == rollout_steps.c.rollout_id)
+        .where(rollouts.c.model_name == model_name)
+    )
+    if rollout_id is not None:
+        query = query.where(rollout_steps.c.rollout_id == rollout_id)
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(rollout_steps.c.id.desc()).limit(limit)).all()
+    return [_step(r) for r in rows]
+
+
+def traffic_outcomes(
+    engine: Engine,
+    model_name: str,
+    version: str,
+    since: datetime,
+    until: datetime | None = None,
+) -> dict[str, ArmOutcome]:
+    """The online outcome per traffic arm since ``since`` (and before ``until``).
+
+    ``"candidate"``: decisions on the candidate arm served by ``version`` of
+    ``model_name`` (or by the fallback while it was the candidate's); ``"production"``:
+    every decision on the production arm. A decision's outcome is its first reward
+    (``ordinal`` 0) unless that came after the reward window or was rejected; decisions
+    without one count in ``decisions`` only. Both keys are always present.
+    """
+    label = version_label(model_name, version)
+    first = rewards.alias("first_reward")
+    counted = and_(
+        first.c.event_id == decisions.c.event_id,
+        first.c.ordinal == 0,
+        first.c.status.not_in(_NOT_AN_OUTCOME),
+    )
+    candidate_arm = and_(
+        decisions.c.traffic == CANDIDATE,
+        or_(decisions.c.model_version == label, decisions.c.fallback.is_(True)),
+    )
+    window = [decisions.c.created_at >= since]
+    if until is not None:
+        window.append(decisions.c.created_at < until)
+    rewarded = case((first.c.id.is_not(None), 1), else_=0)
+    query = (
+        select(
+            decisions.c.traffic,
+            func.count(),
+            func.coalesce(func.sum(rewarded), 0),
+            func.coalesce(func.sum(first.c.value), 0.0),
+            func.coalesce(func.sum(first.c.value * first.c.value), 0.0),
+        )
+        .select_from(decisions.outerjoin(first, counted))
+        .where(*window, or_(decisions.c.traffic == PRODUCTION, candidate_arm))
+        .group_by(decisions.c.traffic)
+    )
+    out = {PRODUCTION: ArmOutcome(), CANDIDATE: ArmOutcome()}
+    with engine.connect() as conn:
+        for traffic, n, k, total, squares in conn.execute(query):
+            out[str(traffic)] = ArmOutcome(int(n), int(k), float(total), float(squares))
+    return out
+
+
+# ---------------------------------------------------------------------- writers
+def _now(at: datetime | None) -> datetime:
+    if at is None:
+        return datetime.now(UTC)
+    if at.tzinfo is None:
+        raise ValueError(f"at must be timezone-aware; got naive {at!r}.")
+    return at
+
+
+def _check_share(share: float) -> float:
+    share = float(share)
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must be in (0, 1]; got {share}.")
+    return share
+
+
+def _step_values(
+    rollout_id: int,
+    at: datetime,
+    stage_index: int,
+    share: float,
+    action: str,
+    readout: Readout,
+    reason: str,
+) -> dict[str, Any]:
+    return {
+        "rollout_id": rollout_id,
+        "at": at,
+        "stage_index": stage_index,
+        "share": share,
+        "action": action,
+        "n_production": int(readout.n_production),
+        "n_candidate": int(readout.n_candidate),
+        "mean_production": readout.mean_production,
+        "mean_candidate": readout.mean_candidate,
+        "diff": readout.diff,
+        "ci_low": readout.ci_low,
+        "ci_high": readout.ci_high,
+        "reason": reason,
+    }
+
+
+def start_rollout(
+    engine: Engine,
+    model_name: str,
+    version: str | int,
+    share: float,
+    *,
+    reason: str,
+    at: datetime | None = None,
+) -> Rollout:
+    """Start a rollout of ``version`` at stage 0 with ``share`` of the users; records the
+    ``start`` step.
+
+    Raises
+    ------
+    RolloutStateError
+        ``model_name`` already has a running rollout.
+    ValueError
+        ``share`` outside (0, 1], an empty version, a naive ``at``.
+    """
+    share = _check_share(share)
+    version = str(version).strip()
+    if not version:
+        raise ValueError("version must not be empty.")
+    at = _now(at)
+    with engine.begin() as conn:
+        running = conn.execute(
+            select(rollouts.c.id, rollouts.c.version).where(
+                rollouts.c.model_name == model_name, rollouts.c.status == RUNNING
+            )
+        ).first()
+        if running is not None:
+            raise RolloutStateError(
+                f"{model_name!r} already has a running rollout (id {running.id}, version "
+                f"{running.version}); stop it first."
+            )
+        key = conn.execute(
+            insert(rollouts).values(
+                model_name=model_name,
+                version=version,
+                started_at=at,
+                stage_index=0,
+                share=share,
+                stage_started_at=at,
+                status=RUNNING,
+                updated_at=at,
+                reason=reason,
+            )
+        ).inserted_primary_key
+        if key is None:  # pragma: no cover - every dialect returns the new key
+            raise RuntimeError("the database returned no id for the new rollout.")
+        rollout_id = key[0]
+        conn.execute(
+            insert(rollout_steps).values(
+                _step_values(int(rollout_id), at, 0, share, "start", Readout(), reason)
+            )
+        )
+    return get_rollout(engine, int(rollout_id))
+
+
+def record_step(
+    engine: Engine,
+    rollout_id: int,
+    action: Action,
+    *,
+    reason: str,
+    readout: Readout | None = None,
+    stage_index: int | None = None,
+    share: float | None = None,
+    at: datetime | None = None,
+) -> Rollout:
+    """Record one decision on a running rollout and apply it to its state, atomically.
+
+    ``advance`` needs the new ``stage_index`` and ``share``; ``rollback``, ``promote``,
+    ``stop`` and ``expire`` end the rollout (:data:`ENDS`); ``hold`` only records.
+
+    Raises
+    ------
+    RolloutStateError
+        The rollout is not running (it ended, possibly by another controller or person).
+    ValueError
+        An unknown action, or ``advance`` without a stage and a share in (0, 1].
+    LookupError
+        No such rollout.
+    """
+    if action not in ACTIONS or action == "start":
+        allowed = ", ".join(a for a in ACTIONS if a != "start")
+        raise ValueError(f"action must be one of {allowed}; got {action!r}.")
+    at = _now(at)
+    values: dict[str, Any] = {"updated_at": at}
+    if action == "advance":
+        if stage_index is None or share is None:
+            raise ValueError("advance needs the new stage_index and share.")
+        values.update(stage_index=int(stage_index), share=_check_share(share), stage_started_at=at)
+    elif action in ENDS:
+        values.update(status=ENDS[action], reason=reason)
+    with engine.begin() as conn:
+        before = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).first()
+        if before is None:
+            raise LookupError(f"no rollout with id {rollout_id}.")
+        done = conn.execute(
+            update(rollouts)
+            .where(rollouts.c.id == rollout_id, rollouts.c.status == RUNNING)
+            .values(values)
+        ).rowcount
+        if done != 1:
+            raise RolloutStateError(
+                f"rollout {rollout_id} of {before.model_name!r} is {before.status}, not running; "
+                f"{action} not recorded."
+            )
+        conn.execute(
+            insert(rollout_steps).values(
+                _step_values(
+                    rollout_id,
+                    at,
+                    int(values.get("stage_index", before.stage_index)),
+                    float(values.get("share", before.share)),
+                    action,
+                    readout or Readout(),
+                    reason,
+                )
+            )
+        )
+    return get_rollout(engine, rollout_id)

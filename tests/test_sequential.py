@@ -1,0 +1,129 @@
+"""The rollout's sequential test: an always-valid confidence sequence on the difference
+of mean rewards. Seeded A/A runs looked at after every batch keep the false-rollback rate
+within its nominal level; a clearly worse arm is rolled back, a clearly better one passes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bandit_core.sequential import (
+    ArmCounts,
+    decide,
+    difference_cs,
+    mixture_boundary,
+    mixture_r,
+    sequential_test,
+)
+
+ALPHA = 0.05
+RUNS = 200
+LOOKS = 300
+BATCH = 200
+#: the default ramp's comparative stages, 100 looks each
+SHARES = np.repeat([0.05, 0.2, 0.5], LOOKS // 3)
+
+
+def _runs(p_candidate: float, p_production: float, seed: int) -> tuple[np.ndarray, ...]:
+    """Cumulative Bernoulli counts of ``RUNS`` rollouts at every look, ``(RUNS, LOOKS)``."""
+    rng = np.random.default_rng(seed)
+    n_c = rng.binomial(BATCH, SHARES, size=(RUNS, LOOKS))
+    n_p = BATCH - n_c
+    k_c = rng.binomial(n_c, p_candidate)
+    k_p = rng.binomial(n_p, p_production)
+    nc, np_, kc, kp = (np.cumsum(a, axis=1) for a in (n_c, n_p, k_c, k_p))
+    # a click is 0 or 1: the sum of squares is the sum
+    return difference_cs(nc, kc, kc, np_, kp, kp, ALPHA)
+
+
+@pytest.mark.parametrize(("p", "seed"), [(0.05, 0), (0.3, 1), (0.5, 2)])
+def test_a_a_false_rollback_rate_is_within_alpha(p: float, seed: int) -> None:
+    """Equal arms, 200 seeded runs, every look: the share of runs ever rolled back (the
+    worst case, margin 0) and the share ever missing the true difference 0 are at most
+    α + 3 standard errors."""
+    _, low, high = _runs(p, p, seed)
+    tolerance = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / RUNS)
+    rolled_back = (high < 0).any(axis=1).mean()
+    missed = ((high < 0) | (low > 0)).any(axis=1).mean()
+    assert rolled_back <= tolerance, rolled_back
+    assert missed <= tolerance, missed
+
+
+def test_a_clearly_worse_arm_is_rolled_back_and_a_better_one_passes() -> None:
+    _, low, high = _runs(0.25, 0.35, 3)
+    assert (high < -0.02).any(axis=1).mean() == 1.0
+    assert (low > 0).any(axis=1).mean() == 0.0
+    _, low, high = _runs(0.4, 0.3, 4)
+    assert (low > 0).any(axis=1).mean() == 1.0
+    assert (high < 0).any(axis=1).mean() == 0.0
+    # the decision at the last look
+    worse = sequential_test(
+        ArmCounts(2000, 500.0, 500.0), ArmCounts(20000, 7000.0, 7000.0), alpha=ALPHA, margin=0.02
+    )
+    assert worse.decision == "rollback" and worse.ci_high < -0.02
+    better = sequential_test(
+        ArmCounts(2000, 800.0, 800.0), ArmCounts(20000, 6000.0, 6000.0), alpha=ALPHA, margin=0.02
+    )
+    assert better.decision == "advance" and better.ci_low > 0
+    assert better.diff == pytest.approx(0.1) and better.mean_candidate == pytest.approx(0.4)
+
+
+def test_interval_contains_the_difference_and_shrinks() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.random(4000)
+    y = rng.random(4000) * 0.8
+    widths = []
+    for n in (50, 500, 4000):
+        d, lo, hi = difference_cs(
+            n, x[:n].sum(), (x[:n] ** 2).sum(), n, y[:n].sum(), (y[:n] ** 2).sum(), ALPHA
+        )
+        assert lo < x[:n].mean() - y[:n].mean() < hi
+        assert float(d) == pytest.approx(x[:n].mean() - y[:n].mean())
+        widths.append(float(hi - lo))
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_reward_range_rescales_the_interval() -> None:
+    """Rewards in [-1, 3] are rewards in [0, 1] times 4 minus 1: the interval scales."""
+    rng = np.random.default_rng(6)
+    x, y = rng.random(300), rng.random(900)
+    unit = difference_cs(300, x.sum(), (x**2).sum(), 900, y.sum(), (y**2).sum(), ALPHA)
+    x4, y4 = 4 * x - 1, 4 * y - 1
+    wide = difference_cs(
+        300, x4.sum(), (x4**2).sum(), 900, y4.sum(), (y4**2).sum(), ALPHA, reward_range=(-1, 3)
+    )
+    np.testing.assert_allclose(np.array(wide), 4 * np.array(unit), rtol=1e-9)
+
+
+def test_no_reward_on_an_arm_is_the_whole_range_and_holds() -> None:
+    result = sequential_test(
+        ArmCounts(0, 0.0, 0.0), ArmCounts(10, 5.0, 5.0), alpha=ALPHA, margin=0.0
+    )
+    assert (result.diff, result.ci_low, result.ci_high) == (None, -1.0, 1.0)
+    assert result.decision == "hold"
+
+
+def test_boundary_is_robbins_normal_mixture() -> None:
+    """Closed form: the mixture martingale equals 1/α exactly on the boundary."""
+    r = mixture_r(2000.0, ALPHA)
+    for t in (1.0, 100.0, 1e5):
+        b = float(mixture_boundary(t, ALPHA, r))
+        martingale = math.sqrt(r / (t + r)) * math.exp(b**2 / (2 * (t + r)))
+        assert martingale == pytest.approx(1 / ALPHA)
+
+
+def test_decision_rule_and_validation() -> None:
+    assert decide(-0.3, -0.1, margin=0.05) == "rollback"
+    assert decide(-0.3, -0.01, margin=0.05) == "hold"
+    assert decide(0.01, 0.2, margin=0.05) == "advance"
+    assert decide(-0.01, 0.2, margin=0.05) == "hold"
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        decide(0.0, 0.1, margin=-1)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        difference_cs(1, 1, 1, 1, 1, 1, alpha=1.5)
+    with pytest.raises(ValueError, match="reward_range"):
+        difference_cs(1, 1, 1, 1, 1, 1, alpha=0.1, reward_range=(1, 1))
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        ArmCounts(-1, 0.0, 0.0)
