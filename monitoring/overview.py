@@ -6,8 +6,9 @@
   training run) and the reward it then achieved online (decisions logged with its
   ``model_version`` and their rewards, :func:`monitoring.online.online_outcomes`);
 * **alias history** — the registry's recorded alias moves, newest first;
-* **rollout** — the staged rollout's state, history and per-arm outcome
-  (:func:`rollout_section`);
+* **rollout** — the staged rollout's stage, share and status, both arms' online reward,
+  its steps with the sequential test's interval (:func:`rollout_section`, from
+  :mod:`eventstore.rollouts`);
 * **monitor** — the latest ``bandit_monitor`` report: every check's status, message and
   headline value, and the alerts;
 * **latency** — the served latency of the decision endpoints: p50/p99 of each kept monitor
@@ -32,10 +33,19 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from eventstore.engine import make_engine
+from eventstore.rollouts import (
+    ArmOutcome,
+    Rollout,
+    RolloutStep,
+    current_rollout,
+    latest_rollout,
+    rollout_history,
+    traffic_outcomes,
+)
 from modelregistry.registry import ModelRegistry, VersionInfo
 from monitoring import served_latency as sl
 from monitoring.monitor import REPORT_FILE
-from monitoring.online import FALLBACK, RewardRules, fallback_by_day, online_outcomes
+from monitoring.online import FALLBACK, OnlineMean, RewardRules, fallback_by_day, online_outcomes
 from monitoring.settings import MonitorSettings
 
 #: Where ``bandit_monitor`` keeps its runs (``<runs dir>/monitor/<run>/report.json``).
@@ -154,18 +164,60 @@ def _alias_history(registry: ModelRegistry) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- rollout
+def _arm(outcome: ArmOutcome) -> dict[str, Any]:
+    """An arm's outcome with the normal 95 % interval of its mean reward."""
+    mean = OnlineMean(
+        served=outcome.decisions,
+        counted=outcome.rewarded,
+        rewarded=outcome.rewarded,
+        total=outcome.reward_sum,
+        total_sq=outcome.reward_sq_sum,
+    )
+    return mean.to_dict()
+
+
+def _step_row(step: RolloutStep) -> dict[str, Any]:
+    row = {k: getattr(step, k) for k in RolloutStep.__dataclass_fields__}
+    row["at"] = step.at.isoformat()
+    return row
+
+
 def rollout_section(engine: Engine, settings: MonitorSettings, now: datetime) -> dict[str, Any]:
-    """Per traffic arm (``production`` / ``candidate``) and version: the online reward
-    of the monitored week, with its 95 % interval."""
+    """The running rollout (else the latest one): its stage, share and status, the online
+    outcome of both traffic arms since it started (:func:`eventstore.rollouts.traffic_outcomes`,
+    what the controller decides on), its steps with the sequential test's interval on the
+    candidate − production difference as the controller computed it at each step, and,
+    for context, the online reward by traffic arm and version over the monitored week."""
     since = now - timedelta(days=settings.monitor_lookback_days)
-    outcomes = online_outcomes(
+    week = online_outcomes(
         engine, rules_of(settings), since=since, now=now, by=("traffic", "model_version")
     )
-    arms = [
-        {"traffic": traffic, "version": version, **mean.to_dict()}
-        for (traffic, version), mean in sorted(outcomes.items())
-    ]
-    return {"since": since.isoformat(), "arms": arms}
+    out: dict[str, Any] = {
+        "since": since.isoformat(),
+        "arms": [
+            {"traffic": traffic, "version": version, **mean.to_dict()}
+            for (traffic, version), mean in sorted(week.items())
+        ],
+        "rollout": None,
+        "outcomes": None,
+        "steps": [],
+    }
+    shown = current_rollout(engine, settings.model_name) or latest_rollout(
+        engine, settings.model_name
+    )
+    if shown is None:
+        return out
+    rollout = {k: getattr(shown, k) for k in Rollout.__dataclass_fields__}
+    for key in ("started_at", "stage_started_at", "updated_at"):
+        rollout[key] = getattr(shown, key).isoformat()
+    outcomes = traffic_outcomes(engine, shown.model_name, shown.version, shown.started_at)
+    steps = rollout_history(engine, settings.model_name, HISTORY_ROWS, rollout_id=shown.id)
+    out.update(
+        rollout=rollout,
+        outcomes={arm: _arm(outcome) for arm, outcome in outcomes.items()},
+        steps=[_step_row(step) for step in steps],
+    )
+    return out
 
 
 # ---------------------------------------------------------------------- monitor

@@ -52,6 +52,7 @@ def _expected(rewards: list[float]) -> tuple[float, float, float]:
 def build_workspace(tmp_path: Path, store_url: str) -> tuple[MonitorSettings, dict[str, Any]]:
     from eventstore.engine import make_engine
     from eventstore.migrate import upgrade
+    from eventstore.rollouts import Readout, record_step, start_rollout
     from modelregistry.registry import ModelRegistry
     from monitoring.monitor import build_report
     from serving.store.repository import write_events
@@ -81,9 +82,11 @@ def build_workspace(tmp_path: Path, store_url: str) -> tuple[MonitorSettings, di
     start = now - timedelta(hours=2)
     items: list[Any] = []
     counted: dict[str, list[float]] = {}
+    first: dict[str, list[float]] = {}  # the rollout's outcome: rewarded decisions only
     for label, traffic, n, rate, fallback in GROUPS:
         key = label or "fallback"
         values = counted.setdefault(key, [])
+        arm = first.setdefault(traffic, [])
         for i in range(n):
             created = start + timedelta(seconds=10 * len(items) + i)
             row = decision_row(rng, f"{key}-{i}", created, model_version=label)
@@ -94,6 +97,7 @@ def build_workspace(tmp_path: Path, store_url: str) -> tuple[MonitorSettings, di
             value = float(rng.random() < rate)
             items.append(reward_row(row.event_id, value, created + timedelta(seconds=5)))
             values.append(value)
+            arm.append(value)
             if i % 10 == 0:  # a repeat (first wins), a late one, another position's
                 items.append(reward_row(row.event_id, 1.0 - value, created + timedelta(seconds=6)))
                 items.append(reward_row(row.event_id, 1.0, created + timedelta(seconds=120)))
@@ -107,9 +111,21 @@ def build_workspace(tmp_path: Path, store_url: str) -> tuple[MonitorSettings, di
     upgrade(engine)
     with engine.begin() as conn:
         write_events(conn, items)
+    # v2 in a staged rollout: started at 5 %, advanced once with the controller's readout
+    rollout = start_rollout(engine, MODEL, "2", 0.05, reason="gate passed", at=start)
+    record_step(
+        engine,
+        rollout.id,
+        "advance",
+        reason="enough evidence, no harm",
+        readout=Readout(200, 40, 0.3, 0.25, -0.05, -0.2, 0.1),
+        stage_index=1,
+        share=0.2,
+        at=start + timedelta(minutes=30),
+    )
     engine.dispose()
     build_report(now, run_key="manual__page_test", settings=settings)
-    return settings, counted
+    return settings, {**counted, "first": first}
 
 
 @pytest.fixture
@@ -146,7 +162,18 @@ def test_the_page_shows_versions_rollout_monitor_and_service_with_the_store_numb
     fallback = data["versions"]["fallback_online"]
     assert fallback["mean"] == pytest.approx(_expected(counted["fallback"])[0], abs=1e-12)
 
-    # rollout: per traffic arm and version, the online reward of the monitored week
+    # rollout: its stage and share, both arms since it started, its steps
+    rollout = data["rollout"]
+    assert rollout["rollout"]["version"] == "2" and rollout["rollout"]["status"] == "running"
+    assert rollout["rollout"]["stage_index"] == 1 and rollout["rollout"]["share"] == 0.2
+    assert [s["action"] for s in rollout["steps"]] == ["advance", "start"]
+    assert rollout["steps"][0]["ci_low"] == -0.2 and rollout["steps"][0]["ci_high"] == 0.1
+    for arm, values in counted["first"].items():
+        expected = _expected(values)
+        assert rollout["outcomes"][arm]["rewarded"] == len(values)
+        assert rollout["outcomes"][arm]["mean"] == pytest.approx(expected[0], abs=1e-12)
+        assert rollout["outcomes"][arm]["ci"] == pytest.approx(expected[1:], abs=1e-12)
+    # and all traffic of the monitored week by arm and version
     arms = {(a["traffic"], a["version"]): a for a in data["rollout"]["arms"]}
     assert set(arms) == {
         ("production", f"{MODEL}/1"),
@@ -174,7 +201,14 @@ def test_the_page_shows_versions_rollout_monitor_and_service_with_the_store_numb
     html = client.get("/").text
     assert re.search(r'<table class="versions">', html)
     charts = re.findall(r'data-chart="([a-z-]+)"', html)
-    assert charts == ["ope-vs-online", "rollout-arms", "latency", "fallback"]
+    assert charts == [
+        "ope-vs-online",
+        "rollout-arms",
+        "rollout-sequential",
+        "latency",
+        "fallback",
+    ]
+    assert '<b class="rollout-share">20%</b>' in html and 'class="rollout-steps"' in html
     ope_points = re.findall(
         r'data-series="OPE DR \(95% interval\)" data-label="(v\d)" data-value="([0-9.e-]+)"', html
     )
@@ -220,7 +254,9 @@ def test_outside_airflow_the_page_is_read_only_and_says_so(tmp_path: Path) -> No
     assert "Served outside Airflow" in html and "<form" not in html
     assert "no registered version yet" in html and "no monitor report yet" in html
     assert client.post("/actions/retrain").status_code == 404
-    assert json.loads(client.get("/api/overview").text)["versions"]["rows"] == []
+    data = json.loads(client.get("/api/overview").text)
+    assert data["versions"]["rows"] == [] and "could not be read" in data["versions"]["error"]
+    assert client.post("/actions/stop-rollout", data={"rollout_id": "1"}).status_code == 404
 
 
 def test_the_plugin_mounts_the_app_and_adds_a_navigation_entry() -> None:

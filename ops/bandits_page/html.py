@@ -154,10 +154,106 @@ def history_html(data: Mapping[str, Any]) -> str:
     )
 
 
+def _rollout_state(rollout: Mapping[str, Any]) -> str:
+    status = str(rollout["status"])
+    return (
+        f'<p class="rollout-state">version <b>v{escape(str(rollout["version"]))}</b> · '
+        f'status <b class="rollout-status">{escape(status)}</b> · stage '
+        f'<b class="rollout-stage">{int(rollout["stage_index"]) + 1}</b> · share '
+        f'<b class="rollout-share">{float(rollout["share"]):.0%}</b> of users · started '
+        f"{escape(str(rollout['started_at'])[:19])} UTC · stage since "
+        f"{escape(str(rollout['stage_started_at'])[:19])} UTC"
+        + (f" · {escape(str(rollout['reason']))}" if rollout.get("reason") else "")
+        + "</p>"
+    )
+
+
 def rollout_html(data: Mapping[str, Any]) -> str:
     section = data["rollout"]
+    rollout = section.get("rollout")
+    steps = list(reversed(section.get("steps", [])))  # oldest first
+    parts = ['<section id="rollout"><h2>Rollout</h2>', _error(section)]
+    if rollout is None:
+        parts.append('<p class="note rollout-state">no rollout has started for this model.</p>')
+    else:
+        parts.append(_rollout_state(rollout))
+    outcomes = section.get("outcomes") or {}
+    arm_rows = [
+        [
+            escape(arm),
+            f'<span class="num">{_num(o["mean"])}</span>',
+            _ci(o["ci"]),
+            f'<span class="num">{o["rewarded"]}</span>',
+            f'<span class="num">{o["served"]}</span>',
+        ]
+        for arm, o in outcomes.items()
+    ]
+    if rollout is not None:
+        parts.append(
+            _table(
+                "rollout-outcomes",
+                ["traffic arm", "online reward", "95% interval", "rewarded", "decisions"],
+                arm_rows,
+            )
+        )
+    step_rows = [
+        [
+            escape(str(st["at"])[:19]),
+            escape(str(st["action"])),
+            f"{int(st['stage_index']) + 1} ({float(st['share']):.0%})",
+            f"{st['n_production']} / {st['n_candidate']}",
+            f"{_num(st['mean_production'])} / {_num(st['mean_candidate'])}",
+            f'<span class="num">{_num(st["diff"])}</span>',
+            _ci([st["ci_low"], st["ci_high"]]) if st["ci_low"] is not None else "–",
+            escape(str(st["reason"])),
+        ]
+        for st in reversed(steps)
+    ]
+    if rollout is not None:
+        parts.append(
+            _table(
+                "rollout-steps",
+                [
+                    "when (UTC)",
+                    "decision",
+                    "stage (share)",
+                    "n prod / cand",
+                    "reward prod / cand",
+                    "difference",
+                    "sequential interval",
+                    "why",
+                ],
+                step_rows,
+            )
+        )
+    arms_chart = svg.interval_chart(
+        "rollout-arms",
+        "rollout: online reward per arm (95% interval)",
+        list(outcomes),
+        [
+            svg.Series(
+                "online reward",
+                [svg.Point(o["mean"], *(o["ci"] or (None, None))) for o in outcomes.values()],
+            )
+        ],
+        "reward",
+        empty="no rollout yet",
+    )
+    test_chart = svg.interval_chart(
+        "rollout-sequential",
+        "candidate − production at each step (always-valid interval)",
+        [f"{i + 1}:{str(st['action'])[:4]} {float(st['share']):.0%}" for i, st in enumerate(steps)],
+        [
+            svg.Series(
+                "difference (confidence sequence)",
+                [svg.Point(st["diff"], st["ci_low"], st["ci_high"]) for st in steps],
+            )
+        ],
+        "reward difference",
+        empty="no rollout step with a readout yet",
+    )
     arms = section.get("arms", [])
-    rows = [
+    week_rows = [
         [
             escape(a["traffic"]),
             escape(a["version"]),
@@ -167,32 +263,19 @@ def rollout_html(data: Mapping[str, Any]) -> str:
         ]
         for a in arms
     ]
-    chart = svg.interval_chart(
-        "rollout-arms",
-        "online reward by traffic arm (95% interval)",
-        [f"{a['traffic']} {a['version'].rsplit('/', 1)[-1]}" for a in arms],
-        [
-            svg.Series(
-                "online reward",
-                [svg.Point(a["mean"], *(a["ci"] or (None, None))) for a in arms],
-            )
-        ],
-        "reward",
-        empty="no decisions in the monitored week",
-    )
-    return (
-        '<section id="rollout"><h2>Rollout</h2>'
-        + _error(section)
-        + f'<p class="note">decisions since {escape(str(section.get("since", "–"))[:19])} UTC, '
-        "by the traffic arm that served them.</p>"
-        + _table(
-            "rollout-arms",
+    parts += [
+        f'<div class="charts">{arms_chart}{test_chart}</div>',
+        f'<p class="note">all traffic since {escape(str(section.get("since", "–"))[:19])} UTC '
+        "by arm and version (missing rewards count as the default reward):</p>",
+        _table(
+            "traffic-week",
             ["traffic arm", "version", "online reward", "95% interval", "decisions"],
-            rows,
+            week_rows,
             "no decisions in the monitored week",
-        )
-        + f'<div class="charts">{chart}</div></section>'
-    )
+        ),
+        "</section>",
+    ]
+    return "".join(parts)
 
 
 def monitor_html(data: Mapping[str, Any]) -> str:
@@ -313,6 +396,15 @@ def actions_html(data: Mapping[str, Any], actions: Mapping[str, Any] | None) -> 
                 "promote",
                 f"Approve promotion of @{staging} v{candidate} (bandit_promote)",
                 {"version": candidate},
+            )
+        )
+    rollout = data["rollout"].get("rollout")
+    if rollout is not None and rollout["status"] == "running":
+        forms.append(
+            _form(
+                "stop-rollout",
+                f"Stop the rollout of v{rollout['version']}",
+                {"rollout_id": str(rollout["id"])},
             )
         )
     dags = actions.get("dags", {})
