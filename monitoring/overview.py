@@ -202,9 +202,17 @@ def rollout_section(engine: Engine, settings: MonitorSettings, now: datetime) ->
         "outcomes": None,
         "steps": [],
     }
-    shown = current_rollout(engine, settings.model_name) or latest_rollout(
-        engine, settings.model_name
-    )
+    try:
+        shown = current_rollout(engine, settings.model_name) or latest_rollout(
+            engine, settings.model_name
+        )
+    except SQLAlchemyError as exc:  # a store from before the rollouts tables
+        return {
+            **out,
+            "error": f"the rollouts could not be read ({type(exc).__name__}); an event store "
+            "made before the rollout tables needs its migrations (the service runs them at "
+            "start-up).",
+        }
     if shown is None:
         return out
     rollout = {k: getattr(shown, k) for k in Rollout.__dataclass_fields__}

@@ -22,6 +22,7 @@ th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
 .alias{display:inline-block;background:#e8eefc;border-radius:3px;padding:0 4px;margin-right:2px}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.note{color:#666;font-size:12px}
 .error{color:#b00;font-size:12px}.message{background:#eef7ee;border:1px solid #9c9;padding:6px}
+.ope{white-space:nowrap}
 form{display:inline-block;margin:0 8px 4px 0}button{cursor:pointer}
 """
 
@@ -77,7 +78,7 @@ def versions_html(data: Mapping[str, Any]) -> str:
                 "".join(f'<span class="alias">@{escape(a)}</span>' for a in row["aliases"]),
                 f'<span class="gate-{escape(verdict)}">{escape(verdict)}</span><br>'
                 f'<span class="note">{escape("; ".join(gate["reasons"]))}</span>',
-                ope or "–",
+                f'<span class="ope">{ope}</span>' if ope else "–",
                 f'<span class="num online-mean">{_num(online.get("mean"))}</span>',
                 _ci(online.get("ci")),
                 f'<span class="num">{_num(online.get("served"))}</span>',
