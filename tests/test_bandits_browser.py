@@ -7,7 +7,8 @@ cookie), finds the "Bandits" entry in the Airflow UI's navigation, opens the pag
 checks the versions table, the rollout panel and every chart against the demo's own
 summary (``demo.json``) and the event store; it presses "Run the monitor", waits for the
 ``bandit_monitor`` run Airflow started and finds the monitor's checks on the reloaded
-page; it presses the promotion and retrain buttons and finds the runs in Airflow. A full
+page; it presses the retrain button and finds the run in Airflow (the demo's @staging
+version is already @production, so the page offers no promotion, and says so). A full
 screenshot of the page is saved as ``docs/bandits-page.png`` (the README shows it).
 
 Without Chromium the test is skipped with the reason (``apt-get install chromium
@@ -305,8 +306,14 @@ def test_the_bandits_page_in_chromium_after_the_demo(
     for name in ("reward_drift", "feature_drift", "fallback_rate", "served_latency"):
         assert name in checks.text
 
-    # approve a promotion (the staging version) and retrain: runs in Airflow
-    for action, dag_id in (("promote", "bandit_promote"), ("retrain", "bandit_retrain")):
+    # the demo's @staging version is already @production: no promotion is offered
+    staging = [v for v in demo["versions"] if "staging" in v["aliases"]]
+    assert staging and "production" in staging[0]["aliases"]
+    assert not driver.find_elements(By.ID, "action-promote")
+    assert "nothing to promote" in driver.find_element(By.ID, "actions").text
+
+    # retrain: a bandit_retrain run in Airflow
+    for action, dag_id in (("retrain", "bandit_retrain"),):
         driver.find_element(By.ID, f"action-{action}").click()
         message = WebDriverWait(driver, 120).until(
             expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "p.message"))

@@ -198,6 +198,16 @@ def test_the_page_shows_versions_rollout_monitor_and_service_with_the_store_numb
     assert "BANDITOPS_SERVICE_URL" in data["latency"]["live"]["error"]
     assert len(data["alias_history"]["moves"]) >= 3
 
+    # with Airflow's DAG states (inside Airflow) the actions panel has its buttons: no
+    # promotion (v2 failed its gate, nothing is @staging), a stop for the running rollout
+    from ops.bandits_page.html import render_page
+
+    inside = render_page(data, {"dags": {}})
+    assert 'id="action-retrain"' in inside and 'id="action-monitor"' in inside
+    assert 'id="action-promote"' not in inside and "nothing to promote" in inside
+    stop = f'name="rollout_id" value="{data["rollout"]["rollout"]["id"]}"'
+    assert stop in inside and 'action="actions/stop-rollout"' in inside
+
     html = client.get("/").text
     assert re.search(r'<table class="versions">', html)
     charts = re.findall(r'data-chart="([a-z-]+)"', html)

@@ -384,8 +384,14 @@ def actions_html(data: Mapping[str, Any], actions: Mapping[str, Any] | None) -> 
             "</section>"
         )
     staging = data["aliases"]["staging"]
+    production = data["aliases"]["production"]
     candidate = next(
-        (r["version"] for r in data["versions"].get("rows", []) if staging in r["aliases"]), None
+        (
+            r["version"]
+            for r in data["versions"].get("rows", [])
+            if staging in r["aliases"] and production not in r["aliases"]
+        ),
+        None,
     )
     forms = [
         _form("retrain", "Retrain now (bandit_retrain)"),
@@ -423,7 +429,8 @@ def actions_html(data: Mapping[str, Any], actions: Mapping[str, Any] | None) -> 
         + (
             ""
             if candidate is not None
-            else f'<p class="note">no @{escape(staging)} version to promote.</p>'
+            else f'<p class="note no-promotion">no @{escape(staging)} version that is not '
+            f"already @{escape(production)}: nothing to promote.</p>"
         )
         + _table("dags", ["DAG", "state", "latest runs"], rows, "no banditops DAG in Airflow")
         + "</section>"
