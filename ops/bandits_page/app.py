@@ -7,9 +7,8 @@
   ``bandit_monitor``, or ``bandit_promote`` (``version`` form field; the promotion then
   waits for its approval step in Airflow), through Airflow's REST API as the signed-in
   user, then redirect back to the page with the run id;
-* ``POST /actions/stop-rollout`` — end the running rollout (``rollout_id`` form field)
-  with a ``stop`` step in the rollout's audit table (:func:`eventstore.rollouts.record_step`;
-  no rollout DAG takes a stop request yet), for a user Airflow accepts.
+* ``POST /actions/stop-rollout`` — trigger ``bandit_promote`` with ``stop_rollout``: after
+  its approval step the running rollout ends (a ``stop`` step in its audit table).
 
 Inside Airflow (``airflow=True``) every route needs the signed-in user's token (the UI's
 ``_token`` cookie or a bearer token), checked by Airflow's own API: plugin apps are not
@@ -26,8 +25,6 @@ from urllib.parse import quote
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from eventstore.engine import make_engine
-from eventstore.rollouts import RolloutStateError, record_step
 from monitoring.overview import collect
 from monitoring.settings import MonitorSettings
 from ops.bandits_page import airflow_api as af
@@ -149,34 +146,15 @@ def create_app(
         )
 
     @app.post("/actions/stop-rollout")
-    def stop_rollout(request: Request, rollout_id: Annotated[int, Form(ge=1)]) -> Response:
-        """End the running rollout (``stop``): every replica stops routing users to the
-        candidate at its next poll. Only a user Airflow accepts may do it."""
-        if not airflow:
-            return JSONResponse(
-                {"detail": "actions need the page served inside Airflow"}, status_code=404
-            )
-        api = api_of(request)
-        if api is None:
-            return _login_required(request, "You are not signed in.")
-        try:
-            api.dags()  # Airflow checks the user's token
-        except af.AirflowCallError as exc:
-            if exc.status in (401, 403):
-                return _login_required(request, f"Airflow refused: {exc}")
-            raise
-        current = settings()
-        engine = make_engine(current.store_url)
-        try:
-            rollout = record_step(
-                engine, rollout_id, "stop", reason="stopped by an operator on the Bandits page"
-            )
-            text = f"rollout {rollout.id} of v{rollout.version} stopped."
-        except (RolloutStateError, LookupError) as exc:
-            text = str(exc)
-        finally:
-            engine.dispose()
-        target = request.url_for("page").include_query_params(message=text)
-        return RedirectResponse(str(target), status_code=303)
+    def stop_rollout(request: Request) -> Response:
+        """Trigger ``bandit_promote`` with ``stop_rollout``: once a person approves it,
+        the running rollout ends (a ``stop`` step in its audit) and every replica stops
+        routing users to the candidate at its next poll."""
+        return trigger(
+            request,
+            af.PROMOTE_DAG,
+            {"version": "", "stop_rollout": True},
+            "stop of the running rollout (approve it in Airflow's Required Actions)",
+        )
 
     return app

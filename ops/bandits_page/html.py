@@ -410,8 +410,7 @@ def actions_html(data: Mapping[str, Any], actions: Mapping[str, Any] | None) -> 
         forms.append(
             _form(
                 "stop-rollout",
-                f"Stop the rollout of v{rollout['version']}",
-                {"rollout_id": str(rollout["id"])},
+                f"Stop the rollout of v{rollout['version']} (bandit_promote)",
             )
         )
     dags = actions.get("dags", {})
