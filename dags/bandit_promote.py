@@ -3,7 +3,10 @@
 
 Trigger it with `version` (and `target`, default the production alias,
 `BANDITOPS_PRODUCTION_ALIAS`), or with `rollback` to move `target` back to the version it
-held before the current one.
+held before the current one, or with `stop_rollout` to stop the running staged rollout
+(`bandit_rollout`; its candidate gets no more traffic, the stop is recorded in the
+rollout's audit). Promoting the version of a running rollout to production skips the rest
+of the rollout (recorded as its `promote`).
 
 `gate_report` shows what would change and the version's gate report (decision, reasons,
 OPE numbers) → `approve` waits for a person (Airflow's Human-in-the-loop
@@ -31,7 +34,12 @@ SETTINGS = PipelineSettings()
 def gate_report(*, params: Any = None) -> dict[str, Any]:
     from training import promotion
 
-    return promotion.plan_promotion(params["version"], params["target"], params["rollback"])
+    return promotion.plan_promotion(
+        params["version"],
+        params["target"],
+        params["rollback"],
+        stop_rollout=params["stop_rollout"],
+    )
 
 
 @task
@@ -67,6 +75,11 @@ def move_alias(plan: dict[str, Any], approval: dict[str, Any]) -> dict[str, Any]
             False,
             type="boolean",
             description="Move the alias back to the version it held before the current one.",
+        ),
+        "stop_rollout": Param(
+            False,
+            type="boolean",
+            description="Stop the running staged rollout instead (version and target ignored).",
         ),
     },
 )

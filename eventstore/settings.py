@@ -169,8 +169,9 @@ class CoreSettings(BaseSettings):
         MLflow server (or ``sqlite:///...``) to poll; enables the registry source.
     model_name, production_alias, candidate_alias : str
         The registry model is ``models:/<model_name>@<production_alias>``; the rollout
-        candidate (if ``candidate_share > 0``) is ``@<candidate_alias>``, the alias the
-        retrain's gate moves to a version that passed it.
+        candidate (while a staged rollout of it runs, or if ``candidate_share > 0``) is
+        ``@<candidate_alias>``, the alias the retrain's gate moves to a version that
+        passed it.
     registered_alias : str
         The alias every newly registered version gets (before its gate).
     reward_min, reward_max : float

@@ -357,6 +357,34 @@ class ModelRegistry:
             self.model_name, f"{_MOVE_PREFIX}{time.time_ns()}", json.dumps(record)
         )
 
+    def remove_alias(
+        self, alias: str, *, by: str, reason: str, version: str | int | None = None
+    ) -> bool:
+        """Delete ``alias`` (only while it points at ``version``, when given) and record
+        the move (``version`` None) in the history; True when it was removed."""
+        current = self.by_alias(alias)
+        if current is None or (version is not None and current.version != str(version)):
+            return False
+        self.client.delete_registered_model_alias(self.model_name, alias)
+        record = {
+            "alias": alias,
+            "version": None,
+            "previous": current.version,
+            "at": datetime.now(UTC).isoformat(),
+            "by": by,
+            "reason": reason,
+        }
+        self.client.set_registered_model_tag(
+            self.model_name, f"{_MOVE_PREFIX}{time.time_ns()}", json.dumps(record)
+        )
+        return True
+
+    def tag_version(self, version: str | int, tags: Mapping[str, object]) -> None:
+        """Set the tags ``tags`` on ``version`` (values as text; None as empty)."""
+        for key, value in tags.items():
+            text = "" if value is None else str(value)
+            self.client.set_model_version_tag(self.model_name, str(version), key, text)
+
     def alias_history(self) -> list[dict[str, Any]]:
         """Every recorded alias move, oldest first."""
         model = self.client.get_registered_model(self.model_name)

@@ -37,7 +37,7 @@ from ops.airflow_cli import airflow_app
 from ops.config_reference import markdown, splice
 from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
-from training.commands import evaluate, models, promote, rollback, train
+from training.commands import evaluate, models, promote, rollback, rollout_app, train
 
 app = typer.Typer(
     help="banditops: contextual bandits with exact propensities, from simulation to serving.",
@@ -366,6 +366,7 @@ app.add_typer(store_app, name="store")
 app.add_typer(catalog_app, name="catalog")
 for command in (train, evaluate, models, promote, rollback):  # training/commands.py
     app.command()(command)
+app.add_typer(rollout_app, name="rollout")  # training/commands.py
 app.command()(demo)
 app.add_typer(airflow_app, name="airflow")  # ops/airflow_cli.py
 app.add_typer(config_app, name="config")

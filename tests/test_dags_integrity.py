@@ -40,7 +40,7 @@ for folder in sys.argv[1:]:
 print(json.dumps(out))
 """
 
-DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retrain"]
+DAG_IDS = ["bandit_monitor", "bandit_promote", "bandit_retrain", "bandit_rollout"]
 
 
 def _parse(folders: list[Path], env: dict[str, str]) -> list[dict[str, Any]]:
@@ -94,6 +94,7 @@ def test_every_dag_is_owned_tagged_documented_and_scheduled(bag: Any) -> None:
     assert retrain.schedule == "0 2 * * *"  # BANDITOPS_RETRAIN_SCHEDULE default
     assert monitor.schedule == "0 * * * *"  # hourly
     assert bag.get_dag("bandit_promote").schedule is None  # manual only
+    assert bag.get_dag("bandit_rollout").schedule == "*/10 * * * *"  # BANDITOPS_ROLLOUT_SCHEDULE
     for task in retrain.tasks:
         assert task.retries == 1 and task.retry_delay == timedelta(seconds=1)  # from settings
         assert task.retry_policy is not None
@@ -156,6 +157,9 @@ def test_forms_accept_their_defaults_and_valid_values(bag: Any) -> None:
         promote.get_param("version").resolve("v2")
     with pytest.raises(ParamValidationError):
         promote.get_param("target").resolve("candidate")
+    assert promote.get_param("stop_rollout").resolve(True) is True
+    with pytest.raises(ParamValidationError):
+        promote.get_param("stop_rollout").resolve("yes")
 
 
 def test_algorithm_choices_are_the_policy_registry() -> None:

@@ -246,3 +246,91 @@ def rollback(
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from exc
     console.print(f"@{settings.production_alias} → version {info.version}")
+
+
+# ---------------------------------------------------------------------- staged rollouts
+rollout_app = typer.Typer(
+    help="The staged rollout of a @staging version (training/rollout.py, bandit_rollout).",
+    no_args_is_help=True,
+)
+
+
+def _print_step(result: Any) -> None:
+    console.print(f"{result.action}: {result.reason}")
+
+
+@rollout_app.command("status")
+def rollout_status(
+    limit: Annotated[int, typer.Option(min=1, help="Steps shown, newest first.")] = 20,
+) -> None:
+    """The running (or latest) rollout: stage, share, and its latest steps."""
+    from training import rollout
+
+    state = rollout.status(PipelineSettings(), limit=limit)
+    current = state["rollout"]
+    if current is None:
+        console.print("no rollout yet.")
+        return
+    console.print(
+        f"rollout {current.id} of {current.label}: {current.status}, stage "
+        f"{current.stage_index + 1} at {current.share:.0%} of users since "
+        f"{current.stage_started_at:%Y-%m-%d %H:%M:%S} (started "
+        f"{current.started_at:%Y-%m-%d %H:%M:%S})"
+    )
+    table = Table("at", "action", "stage", "share", "n prod", "n cand", "Δ", "interval", "reason")
+    for s in state["steps"]:
+        interval = "" if s.ci_low is None else f"[{s.ci_low:.4f}, {s.ci_high:.4f}]"
+        table.add_row(
+            f"{s.at:%m-%d %H:%M:%S}",
+            s.action,
+            str(s.stage_index + 1),
+            f"{s.share:.0%}",
+            str(s.n_production),
+            str(s.n_candidate),
+            "" if s.diff is None else f"{s.diff:+.4f}",
+            interval,
+            s.reason,
+        )
+    console.print(table)
+
+
+@rollout_app.command("stop")
+def rollout_stop(
+    reason: Annotated[str, typer.Option(help="Why (recorded).")] = "stopped by hand",
+    by: Annotated[str, typer.Option(help="Who (recorded).")] = "cli",
+) -> None:
+    """Stop the running rollout: its candidate gets no more traffic (recorded ``stop``)."""
+    from training import rollout
+
+    try:
+        result = rollout.stop(PipelineSettings(), by=by, reason=reason)
+    except LookupError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from exc
+    _print_step(result)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    version: Annotated[str, typer.Argument(help="Registered version to roll out.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded).")] = "started by hand",
+) -> None:
+    """Start a staged rollout of VERSION at the first stage."""
+    from eventstore.rollouts import RolloutStateError
+    from modelregistry.registry import RegistryError
+    from training import rollout
+
+    try:
+        result = rollout.start(version, PipelineSettings(), reason=reason)
+    except (RolloutStateError, RegistryError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=1) from exc
+    _print_step(result)
+
+
+@rollout_app.command("step")
+def rollout_step_command() -> None:
+    """Run one controller step now (what each bandit_rollout run does)."""
+    from training import rollout
+
+    _print_step(rollout.rollout_step(PipelineSettings()))

@@ -1,5 +1,7 @@
 """Manual alias moves (``bandit_promote``): what a promotion or rollback would do, and
-doing it once a person approved.
+doing it once a person approved; and the person's say over a staged rollout
+(:mod:`training.rollout`): promoting the rollout's version to production skips the rest of
+the rollout (recorded as its ``promote``), ``stop_rollout`` stops it (recorded ``stop``).
 
 :func:`plan_promotion` builds the report the approver reads (the move and the version's
 gate decision, reasons and OPE numbers); :func:`apply_promotion` moves the alias, with the
@@ -26,11 +28,44 @@ def targets(settings: PipelineSettings) -> tuple[str, str]:
     return (settings.production_alias, settings.candidate_alias)
 
 
+def plan_stop(settings: PipelineSettings) -> dict[str, Any]:
+    """The plan of stopping the running rollout (what the approver reads).
+
+    Raises
+    ------
+    LookupError
+        No rollout of the model is running.
+    """
+    from training import rollout
+
+    state = rollout.status(settings, limit=1)
+    running = state["rollout"] if state["running"] else None
+    if running is None:
+        raise LookupError(f"no rollout of {settings.model_name!r} is running; nothing to stop.")
+    subject = (
+        f"stop the rollout of {settings.model_name} version {running.version} "
+        f"(stage {running.stage_index + 1}, {running.share:.0%} of users)"
+    )
+    last = state["steps"][0].reason if state["steps"] else ""
+    return {
+        "action": "stop",
+        "alias": settings.candidate_alias,
+        "version": running.version,
+        "current": running.version,
+        "model_name": settings.model_name,
+        "gate_passed": None,
+        "gate_reasons": [],
+        "subject": subject,
+        "body": f"**{subject}**\n\n- last step: {last}",
+    }
+
+
 def plan_promotion(
     version: str | int | None,
     target: str | None = None,
     rollback: bool = False,
     settings: PipelineSettings | None = None,
+    stop_rollout: bool = False,
 ) -> dict[str, Any]:
     """What a manual promotion (or rollback) would do, with the version's gate report.
 
@@ -44,6 +79,9 @@ def plan_promotion(
     rollback : bool
         Move ``target`` back to the version it held before the current one.
     settings : PipelineSettings, optional
+    stop_rollout : bool
+        Instead of moving an alias, stop the running rollout (:func:`plan_stop`; the
+        other arguments are ignored).
 
     Returns
     -------
@@ -63,6 +101,8 @@ def plan_promotion(
     from modelregistry.registry import ModelRegistry, RegistryError
 
     settings = PipelineSettings() if settings is None else settings
+    if check_bool("stop_rollout", stop_rollout):
+        return plan_stop(settings)
     allowed = targets(settings)
     target = allowed[0] if target is None else target
     if target not in allowed:
@@ -161,6 +201,14 @@ def apply_promotion(
             f"@{alias} moved from {plan['current']} to {now.version if now else None} while "
             "waiting for approval; nothing changed. Trigger the promotion again."
         )
+    if plan["action"] == "stop":
+        from training import rollout
+
+        stopped = rollout.stop(
+            settings.model_copy(update={"model_name": plan["model_name"]}), by=by, reason=reason
+        )
+        return {"alias": alias, "version": plan["version"], "previous": plan["current"], "by": by,
+                "rollout": stopped.summary()}  # fmt: skip
     if plan["action"] == "rollback":
         moved = registry.rollback(by=by, reason=reason, alias=alias)
     else:
@@ -168,4 +216,22 @@ def apply_promotion(
         # (tagged ``promoted_despite_gate`` by the registry)
         moved = registry.promote(plan["version"], by=by, reason=reason, alias=alias, force=True)
     log.info("%s: @%s %s → %s", reason, alias, plan["current"], moved.version)
-    return {"alias": alias, "version": moved.version, "previous": plan["current"], "by": by}
+    out: dict[str, Any] = {
+        "alias": alias,
+        "version": moved.version,
+        "previous": plan["current"],
+        "by": by,
+    }
+    if alias == settings.production_alias and plan["action"] == "promote":
+        from training import rollout
+
+        try:
+            skipped = rollout.promoted_by_hand(
+                moved.version, settings.model_copy(update={"model_name": plan["model_name"]}), by=by
+            )
+        except Exception as exc:  # the alias moved; the controller's next step records it
+            log.warning("could not record the promotion on the running rollout: %s", exc)
+            skipped = None
+        if skipped is not None:
+            out["rollout"] = skipped.summary()
+    return out

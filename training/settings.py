@@ -11,6 +11,7 @@ the DAG files read their schedules from it at parse time.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
@@ -69,6 +70,30 @@ class PipelineSettings(CoreSettings):
         Owner shown on the DAGs.
     approval_timeout_h : float
         Hours a promotion waits for its approval before it counts as rejected.
+    rollout_schedule : str
+        Cron expression or preset of the rollout controller (``bandit_rollout``): one
+        step per run (default every 10 minutes).
+    rollout_stages : list of float
+        Candidate traffic shares of the staged rollout, increasing, the last 1.0
+        (default 5 → 20 → 50 → 100 %); at the last one, a passing test promotes.
+    rollout_min_stage_s : float
+        Shortest time on a stage before it may advance (a rollback needs no wait).
+    rollout_min_samples : int
+        Fewest rewarded candidate decisions on a stage before it may advance, and fewest
+        per arm since the start before any decision.
+    rollout_max_duration_s : float
+        A rollout still undecided this long after its start expires: the candidate
+        leaves the staging alias and production stays.
+    rollout_margin : float
+        Roll back when the candidate is worse than production by more than this (reward
+        units) with confidence ``1 − rollout_alpha``.
+    rollout_alpha : float in (0, 1)
+        Error level of the always-valid sequential test (:mod:`bandit_core.sequential`).
+    rollout_design_n : int
+        Rewards per arm at which the test's interval is tightest.
+    rollout_auto_start : bool
+        The controller starts a rollout of a new ``@staging`` version (the gate's) by
+        itself; off: only ``banditops rollout start``.
     """
 
     section: ClassVar[str] = "pipelines"
@@ -105,6 +130,15 @@ class PipelineSettings(CoreSettings):
     retry_delay_s: float = Field(300.0, gt=0.0)
     owner: str = "banditops"
     approval_timeout_h: float = Field(72.0, gt=0.0)
+    rollout_schedule: str = "*/10 * * * *"
+    rollout_stages: list[float] = Field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0])
+    rollout_min_stage_s: float = Field(3600.0, ge=0.0)
+    rollout_min_samples: int = Field(500, ge=1)
+    rollout_max_duration_s: float = Field(7 * 86_400.0, gt=0.0)
+    rollout_margin: float = Field(0.01, ge=0.0)
+    rollout_alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    rollout_design_n: int = Field(2000, ge=1)
+    rollout_auto_start: bool = True
 
     @field_validator("retrain_algorithm")
     @classmethod
@@ -127,7 +161,23 @@ class PipelineSettings(CoreSettings):
         """:meth:`retrain_defaults` of the declared defaults (no environment, no file)."""
         return cls.model_construct().retrain_defaults()
 
-    @field_validator("retrain_schedule", "monitor_schedule")
+    @field_validator("rollout_stages")
+    @classmethod
+    def _stages(cls, value: list[float]) -> list[float]:
+        ok = (
+            len(value) >= 1
+            and all(0.0 < v <= 1.0 for v in value)
+            and all(a < b for a, b in itertools.pairwise(value))
+            and value[-1] == 1.0
+        )
+        if not ok:
+            raise ValueError(
+                "must be increasing shares in (0, 1] ending at 1.0 (e.g. [0.05, 0.2, 0.5, 1.0]); "
+                f"got {value!r}."
+            )
+        return [float(v) for v in value]
+
+    @field_validator("retrain_schedule", "monitor_schedule", "rollout_schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
         text = value.strip()

@@ -1,0 +1,402 @@
+"""The staged rollout controller: one step decides whether the candidate advances, holds,
+is rolled back, promoted or expires.
+
+A rollout starts when a version holds the staging alias (``candidate_alias``, moved there
+by the retrain's gate, :func:`training.steps.gate`) that has never been rolled out and is
+not production: the next controller step (``bandit_rollout``, every
+``rollout_schedule``) starts it at the first of ``rollout_stages``; ``banditops rollout
+start`` starts one by hand. The state lives in the event store
+(:mod:`eventstore.rollouts`), where every service replica reads the share at its poll.
+
+Each step of a running rollout reads the online outcome per traffic arm since the start
+(:func:`eventstore.rollouts.traffic_outcomes`) and runs the always-valid sequential test
+(:func:`bandit_core.sequential.sequential_test`) on it — looking at every step does not
+inflate its error rate:
+
+* **rollback** as soon as the candidate is worse than production by more than
+  ``rollout_margin`` with confidence ``1 − rollout_alpha`` (both arms having at least
+  ``rollout_min_samples`` rewards): the staging alias leaves the version;
+* **advance** to the next stage when the candidate is better with that confidence and the
+  stage has run ``rollout_min_stage_s`` with ``rollout_min_samples`` candidate rewards; on
+  the last stage (100 %) that is **promote**: the production alias moves to the candidate
+  (:meth:`modelregistry.registry.ModelRegistry.promote`);
+* **expire** when neither happened within ``rollout_max_duration_s``: the staging alias
+  leaves the version, production stays, and the verdict says the test could not tell;
+* **hold** otherwise.
+
+A rollout also ends when the registry changed under it: ``stop`` when the staging alias
+left the version, ``promote`` when a person moved production to it (``bandit_promote``).
+Every decision is a row of ``rollout_steps`` and the ``rollout_*`` tags of the version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from bandit_core.sequential import ArmCounts, SequentialResult, sequential_test
+from eventstore.engine import make_engine
+from eventstore.migrate import require_current
+from eventstore.rollouts import (
+    CANDIDATE,
+    PRODUCTION,
+    Action,
+    Readout,
+    Rollout,
+    current_rollout,
+    list_rollouts,
+    record_step,
+    rollout_history,
+    start_rollout,
+    traffic_outcomes,
+)
+from training.settings import PipelineSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from modelregistry.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+#: Who the controller's alias moves are recorded as.
+CONTROLLER = "bandit_rollout"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one controller step did: ``action`` (one of the rollout actions, or ``idle``
+    when no rollout runs and none starts), the rollout after it, its numbers and why."""
+
+    action: str
+    reason: str
+    rollout: Rollout | None = None
+    readout: Readout | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able summary (the DAG's return value)."""
+        r = self.rollout
+        out: dict[str, Any] = {"action": self.action, "reason": self.reason}
+        if r is not None:
+            out.update(
+                rollout_id=r.id,
+                version=r.version,
+                status=r.status,
+                stage_index=r.stage_index,
+                share=r.share,
+            )
+        if self.readout is not None:
+            out.update(vars(self.readout))
+        return out
+
+
+def _open(settings: PipelineSettings) -> tuple[Engine, ModelRegistry]:
+    # lazy: the DAG file imports this module at parse time, which must not load MLflow
+    from modelregistry.registry import ModelRegistry
+
+    engine = make_engine(settings.store_url, settings.sqlite_synchronous)
+    require_current(engine)
+    return engine, ModelRegistry.from_settings(settings)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``1.5 h`` or ``2.0 d``."""
+    if seconds < 3600:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 86_400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def readout_of(result: SequentialResult) -> Readout:
+    """The audit numbers of a test result."""
+    return Readout(
+        n_production=result.n_production,
+        n_candidate=result.n_candidate,
+        mean_production=result.mean_production,
+        mean_candidate=result.mean_candidate,
+        diff=result.diff,
+        ci_low=result.ci_low,
+        ci_high=result.ci_high,
+    )
+
+
+def _numbers(result: SequentialResult) -> str:
+    level = round(100 * (1 - result.alpha), 6)
+    return (
+        f"candidate {_fmt(result.mean_candidate)} (n={result.n_candidate}) vs production "
+        f"{_fmt(result.mean_production)} (n={result.n_production}): Δ = {_fmt(result.diff)}, "
+        f"{level:g} % confidence sequence [{result.ci_low:.4f}, {result.ci_high:.4f}]"
+    )
+
+
+def _tag(
+    registry: ModelRegistry, rollout: Rollout, action: str, reason: str, readout: Readout | None
+) -> None:
+    """The step as ``rollout_*`` tags of the version."""
+    numbers = vars(readout) if readout is not None else {}
+    registry.tag_version(
+        rollout.version,
+        {
+            "rollout_id": rollout.id,
+            "rollout_action": action,
+            "rollout_status": rollout.status,
+            "rollout_stage": rollout.stage_index,
+            "rollout_share": rollout.share,
+            "rollout_at": rollout.updated_at.isoformat(),
+            "rollout_reason": reason[:5000],
+            **{f"rollout_{k}": v for k, v in numbers.items()},
+        },
+    )
+
+
+def _record(
+    engine: Engine,
+    registry: ModelRegistry,
+    rollout: Rollout,
+    action: Action,
+    reason: str,
+    readout: Readout | None,
+    at: datetime,
+    **stage: Any,
+) -> StepResult:
+    after = record_step(engine, rollout.id, action, reason=reason, readout=readout, at=at, **stage)
+    _tag(registry, after, action, reason, readout)
+    log.info("rollout %d of %s: %s — %s", after.id, after.label, action, reason)
+    return StepResult(action, reason, after, readout)
+
+
+def start(
+    version: str | int,
+    settings: PipelineSettings | None = None,
+    *,
+    reason: str = "started by hand",
+    now: datetime | None = None,
+) -> StepResult:
+    """Start a rollout of ``version`` at the first stage (``banditops rollout start``).
+
+    Raises
+    ------
+    eventstore.rollouts.RolloutStateError
+        A rollout of the model is running.
+    modelregistry.registry.RegistryError
+        An unknown version.
+    """
+    settings = PipelineSettings() if settings is None else settings
+    engine, registry = _open(settings)
+    try:
+        info = registry.get(version)
+        return _start(engine, registry, settings, info.version, reason, now)
+    finally:
+        engine.dispose()
+
+
+def _start(
+    engine: Engine,
+    registry: ModelRegistry,
+    settings: PipelineSettings,
+    version: str,
+    reason: str,
+    now: datetime | None,
+) -> StepResult:
+    rollout = start_rollout(
+        engine, settings.model_name, version, settings.rollout_stages[0], reason=reason, at=now
+    )
+    _tag(registry, rollout, "start", reason, None)
+    log.info("rollout %d of %s started: %s", rollout.id, rollout.label, reason)
+    return StepResult("start", reason, rollout)
+
+
+def stop(
+    settings: PipelineSettings | None = None,
+    *,
+    by: str,
+    reason: str,
+    now: datetime | None = None,
+) -> StepResult:
+    """Stop the running rollout (a person's decision): its candidate gets no more
+    traffic; the staging alias stays, so the version can still be promoted by hand.
+
+    Raises
+    ------
+    LookupError
+        No rollout of the model is running.
+    """
+    settings = PipelineSettings() if settings is None else settings
+    engine, registry = _open(settings)
+    try:
+        rollout = current_rollout(engine, settings.model_name)
+        if rollout is None:
+            raise LookupError(f"no rollout of {settings.model_name!r} is running; nothing to stop.")
+        why = f"stopped by {by}: {reason}"
+        return _record(engine, registry, rollout, "stop", why, None, now or datetime.now(UTC))
+    finally:
+        engine.dispose()
+
+
+def promoted_by_hand(
+    version: str, settings: PipelineSettings, *, by: str, now: datetime | None = None
+) -> StepResult | None:
+    """Record ``promote`` on the running rollout of ``version`` after a person moved the
+    production alias to it (``bandit_promote`` skipping the rollout); None when no
+    rollout of that version runs."""
+    engine, registry = _open(settings)
+    try:
+        rollout = current_rollout(engine, settings.model_name)
+        if rollout is None or rollout.version != str(version):
+            return None
+        why = f"promoted by {by} through bandit_promote: the rollout was skipped"
+        return _record(engine, registry, rollout, "promote", why, None, now or datetime.now(UTC))
+    finally:
+        engine.dispose()
+
+
+def rollout_step(
+    settings: PipelineSettings | None = None, now: datetime | None = None
+) -> StepResult:
+    """One controller step (see the module's docstring): start, advance, hold, roll back,
+    promote or expire the model's rollout, recorded in ``rollout_steps`` and as tags."""
+    settings = PipelineSettings() if settings is None else settings
+    now = datetime.now(UTC) if now is None else now
+    engine, registry = _open(settings)
+    try:
+        return _step(engine, registry, settings, now)
+    finally:
+        engine.dispose()
+
+
+def _step(
+    engine: Engine, registry: ModelRegistry, settings: PipelineSettings, now: datetime
+) -> StepResult:
+    name = settings.model_name
+    staging = registry.by_alias(settings.candidate_alias)
+    production = registry.by_alias(settings.production_alias)
+    rollout = current_rollout(engine, name)
+    if rollout is None:
+        if not settings.rollout_auto_start or staging is None:
+            return StepResult("idle", f"no rollout of {name!r} is running.")
+        if production is None:
+            return StepResult(
+                "idle", f"@{settings.candidate_alias} is set but {name!r} has no production."
+            )
+        if production.version == staging.version:
+            return StepResult("idle", f"version {staging.version} is already production.")
+        if list_rollouts(engine, name, version=staging.version, limit=1):
+            return StepResult("idle", f"version {staging.version} was rolled out before.")
+        reason = (
+            f"@{settings.candidate_alias} → version {staging.version} (production "
+            f"{production.version}): staged rollout {settings.rollout_stages}"
+        )
+        return _start(engine, registry, settings, staging.version, reason, now)
+
+    # the registry changed under the rollout
+    if production is not None and production.version == rollout.version:
+        why = (
+            f"version {rollout.version} was moved to @{settings.production_alias} "
+            "outside the rollout"
+        )
+        return _record(engine, registry, rollout, "promote", why, None, now)
+    if staging is None or staging.version != rollout.version:
+        where = "removed" if staging is None else f"moved to version {staging.version}"
+        why = f"@{settings.candidate_alias} was {where}: the rollout of {rollout.version} stops"
+        return _record(engine, registry, rollout, "stop", why, None, now)
+
+    arms = traffic_outcomes(engine, name, rollout.version, rollout.started_at)
+    cand, prod = arms[CANDIDATE], arms[PRODUCTION]
+    result = sequential_test(
+        ArmCounts(cand.rewarded, cand.reward_sum, cand.reward_sq_sum),
+        ArmCounts(prod.rewarded, prod.reward_sum, prod.reward_sq_sum),
+        alpha=settings.rollout_alpha,
+        margin=settings.rollout_margin,
+        reward_range=(settings.reward_min, settings.reward_max),
+        design_n=settings.rollout_design_n,
+    )
+    readout = readout_of(result)
+    numbers = _numbers(result)
+    min_n = settings.rollout_min_samples
+    stages = settings.rollout_stages
+    stage = f"stage {rollout.stage_index + 1}/{len(stages)} ({rollout.share:.0%})"
+    enough = cand.rewarded >= min_n and prod.rewarded >= min_n
+
+    if enough and result.decision == "rollback":
+        why = (
+            f"rolled back at {stage}: worse than production by more than the margin "
+            f"{settings.rollout_margin:g}; {numbers}"
+        )
+        out = _record(engine, registry, rollout, "rollback", why, readout, now)
+        registry.remove_alias(
+            settings.candidate_alias, by=CONTROLLER, reason=why, version=rollout.version
+        )
+        return out
+
+    on_stage = traffic_outcomes(engine, name, rollout.version, rollout.stage_started_at)[CANDIDATE]
+    waited = now - rollout.stage_started_at
+    stage_ready = (
+        waited >= timedelta(seconds=settings.rollout_min_stage_s) and on_stage.rewarded >= min_n
+    )
+    if enough and result.decision == "advance" and stage_ready:
+        if rollout.stage_index + 1 < len(stages):
+            nxt = rollout.stage_index + 1
+            why = f"advance from {stage} to {stages[nxt]:.0%}: better than production; {numbers}"
+            return _record(
+                engine, registry, rollout, "advance", why, readout, now,
+                stage_index=nxt, share=stages[nxt],
+            )  # fmt: skip
+        why = f"promoted at {stage}: better than production; {numbers}"
+        registry.promote(rollout.version, by=CONTROLLER, reason=why)
+        return _record(engine, registry, rollout, "promote", why, readout, now)
+
+    if now - rollout.started_at >= timedelta(seconds=settings.rollout_max_duration_s):
+        why = (
+            f"expired after {_duration((now - rollout.started_at).total_seconds())} at "
+            f"{stage}: no evidence either way — not better, "
+            f"not worse by more than the margin {settings.rollout_margin:g}; {numbers}. "
+            f"@{settings.production_alias} stays "
+            f"{production.version if production else 'unset'}; "
+            f"@{settings.candidate_alias} removed from {rollout.version}"
+        )
+        out = _record(engine, registry, rollout, "expire", why, readout, now)
+        registry.remove_alias(
+            settings.candidate_alias, by=CONTROLLER, reason=why, version=rollout.version
+        )
+        return out
+
+    waiting = []
+    if not enough:
+        waiting.append(
+            f"{min_n} rewards per arm (candidate {cand.rewarded}, production {prod.rewarded})"
+        )
+    elif result.decision == "hold":
+        waiting.append("a confident difference")
+    if waited < timedelta(seconds=settings.rollout_min_stage_s):
+        waiting.append(
+            f"{settings.rollout_min_stage_s:g} s on the stage ({waited.total_seconds():.0f} s)"
+        )
+    if on_stage.rewarded < min_n:
+        waiting.append(f"{min_n} candidate rewards on the stage ({on_stage.rewarded})")
+    why = f"hold at {stage}: waiting for {'; '.join(waiting) or 'the next step'}; {numbers}"
+    return _record(engine, registry, rollout, "hold", why, readout, now)
+
+
+def status(settings: PipelineSettings | None = None, limit: int = 20) -> dict[str, Any]:
+    """The running (or latest) rollout of the model and its latest steps, newest first."""
+    settings = PipelineSettings() if settings is None else settings
+    engine = make_engine(settings.store_url, settings.sqlite_synchronous)
+    try:
+        require_current(engine)
+        running = current_rollout(engine, settings.model_name)
+        latest = running or next(iter(list_rollouts(engine, settings.model_name, limit=1)), None)
+        steps = (
+            []
+            if latest is None
+            else rollout_history(engine, settings.model_name, limit=limit, rollout_id=latest.id)
+        )
+    finally:
+        engine.dispose()
+    return {"running": running is not None, "rollout": latest, "steps": steps}
