@@ -19,6 +19,7 @@ TOKEN_COOKIE = "_token"
 RETRAIN_DAG = "bandit_retrain"
 PROMOTE_DAG = "bandit_promote"
 MONITOR_DAG = "bandit_monitor"
+ROLLOUT_DAG = "bandit_rollout"
 
 
 class AirflowCallError(RuntimeError):

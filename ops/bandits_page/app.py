@@ -31,7 +31,7 @@ from ops.bandits_page import airflow_api as af
 from ops.bandits_page.html import render_page
 
 #: The DAGs whose state the actions panel shows.
-SHOWN_DAGS = (af.RETRAIN_DAG, af.PROMOTE_DAG, af.MONITOR_DAG)
+SHOWN_DAGS = (af.RETRAIN_DAG, af.ROLLOUT_DAG, af.PROMOTE_DAG, af.MONITOR_DAG)
 
 
 def _token(request: Request) -> str | None:
