@@ -1,0 +1,79 @@
+"""The page's buttons: DAG runs triggered through Airflow's REST API as the signed-in user.
+
+The page runs inside Airflow's API server, so it calls that server's own ``/api/v2``
+with the user's token (the UI's ``_token`` cookie, or the request's bearer token):
+Airflow decides whether this user may trigger the DAG, exactly as for its own "Trigger"
+button, and the run is recorded under the user's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+#: The cookie in which Airflow 3's UI keeps the signed-in user's JWT.
+TOKEN_COOKIE = "_token"
+#: The DAGs the page shows and triggers.
+RETRAIN_DAG = "bandit_retrain"
+PROMOTE_DAG = "bandit_promote"
+MONITOR_DAG = "bandit_monitor"
+ROLLOUT_DAG = "bandit_rollout"
+
+
+class AirflowCallError(RuntimeError):
+    """Airflow refused or could not answer; ``status`` is its HTTP status (0: unreachable)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class AirflowAPI:
+    """Airflow's REST API at ``base_url`` (``http://host:port``), as the holder of ``token``."""
+
+    base_url: str
+    token: str
+    timeout_s: float = 15.0
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = httpx.request(
+                method,
+                self.base_url.rstrip("/") + path,
+                json=body,
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=self.timeout_s,
+            )
+        except httpx.HTTPError as exc:
+            why = f"Airflow's API at {self.base_url} is unreachable: {exc}"
+            raise AirflowCallError(0, why) from exc
+        if response.status_code >= 400:
+            detail = response.text[:500]
+            raise AirflowCallError(
+                response.status_code,
+                f"Airflow answered {response.status_code} to {method} {path}: {detail}",
+            )
+        return response.json() if response.content else None
+
+    def dags(self) -> dict[str, dict[str, Any]]:
+        """The banditops DAGs by id (``is_paused``, ``next_dagrun_run_after`` …); raises
+        :class:`AirflowCallError` (401/403) when the token is not valid."""
+        found = self._call("GET", "/api/v2/dags?dag_id_pattern=bandit_&limit=100")
+        return {str(d["dag_id"]): d for d in found.get("dags", [])}
+
+    def latest_runs(self, dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
+        found = self._call(
+            "GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit={limit}"
+        )
+        return list(found.get("dag_runs", []))
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        """Start a run of ``dag_id`` with ``conf`` (a paused DAG's run waits until it is
+        unpaused, as with the UI's button); the run id."""
+        run = self._call(
+            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
+        )
+        return str(run["dag_run_id"])

@@ -1,0 +1,160 @@
+"""The "Bandits" page's FastAPI app: mounted in Airflow's API server by the plugin
+(:mod:`ops.airflow_plugin`) at ``/bandits``.
+
+* ``GET /`` — the page (HTML, inline SVG charts; :mod:`ops.bandits_page.html`);
+* ``GET /api/overview`` — the same data as JSON, for scripts;
+* ``POST /actions/{retrain,monitor,promote}`` — trigger ``bandit_retrain``,
+  ``bandit_monitor``, or ``bandit_promote`` (``version`` form field; the promotion then
+  waits for its approval step in Airflow), through Airflow's REST API as the signed-in
+  user, then redirect back to the page with the run id;
+* ``POST /actions/stop-rollout`` — trigger ``bandit_promote`` with ``stop_rollout``: after
+  its approval step the running rollout ends (a ``stop`` step in its audit table).
+
+Inside Airflow (``airflow=True``) every route needs the signed-in user's token (the UI's
+``_token`` cookie or a bearer token), checked by Airflow's own API: plugin apps are not
+behind Airflow's authentication otherwise. Without Airflow (``airflow=False``, tests and
+local use) the page is read-only and unauthenticated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from monitoring.overview import collect
+from monitoring.settings import MonitorSettings
+from ops.bandits_page import airflow_api as af
+from ops.bandits_page.html import render_page
+
+#: The DAGs whose state the actions panel shows.
+SHOWN_DAGS = (af.RETRAIN_DAG, af.ROLLOUT_DAG, af.PROMOTE_DAG, af.MONITOR_DAG)
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.cookies.get(af.TOKEN_COOKIE) or None
+
+
+def _server(request: Request) -> str:
+    """The API server this app is mounted in (the page calls its REST API)."""
+    return f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _login_required(request: Request, why: str) -> HTMLResponse:
+    login = f"/auth/login?next={quote(str(request.url), safe='')}"
+    return HTMLResponse(
+        f'<!doctype html><p>{why} <a href="{login}">Sign in to Airflow</a> to see the '
+        "Bandits page.</p>",
+        status_code=401,
+    )
+
+
+def create_app(
+    settings: Callable[[], MonitorSettings] = MonitorSettings, *, airflow: bool = True
+) -> FastAPI:
+    """The page's app; ``settings`` is called per request (the workspace file may change)."""
+    app = FastAPI(
+        title="banditops: the Bandits page",
+        description="The operator's view of the bandit loop, inside the Airflow UI.",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    def api_of(request: Request) -> af.AirflowAPI | None:
+        token = _token(request)
+        return None if token is None else af.AirflowAPI(_server(request), token)
+
+    def dag_states(api: af.AirflowAPI) -> dict[str, Any]:
+        dags = api.dags()
+        return {
+            dag_id: (dags[dag_id], api.latest_runs(dag_id, 3))
+            for dag_id in SHOWN_DAGS
+            if dag_id in dags
+        }
+
+    @app.get("/", response_class=HTMLResponse, name="page")
+    def page(request: Request, message: str | None = None) -> Response:
+        actions: dict[str, Any] | None = None
+        if airflow:
+            api = api_of(request)
+            if api is None:
+                return _login_required(request, "You are not signed in.")
+            try:
+                actions = {"dags": dag_states(api)}
+            except af.AirflowCallError as exc:
+                if exc.status in (401, 403):
+                    return _login_required(request, "Airflow did not accept your session.")
+                actions = {"dags": {}}
+                message = f"{message + ' · ' if message else ''}{exc}"
+        return HTMLResponse(render_page(collect(settings()), actions, message))
+
+    @app.get("/api/overview")
+    def overview(request: Request) -> Response:
+        if airflow:
+            api = api_of(request)
+            if api is None:
+                return JSONResponse({"detail": "not signed in to Airflow"}, status_code=401)
+            try:
+                api.dags()
+            except af.AirflowCallError as exc:
+                code = exc.status if exc.status in (401, 403) else 502
+                return JSONResponse({"detail": str(exc)}, status_code=code)
+        return JSONResponse(collect(settings()))
+
+    def trigger(request: Request, dag_id: str, conf: dict[str, Any], what: str) -> Response:
+        if not airflow:
+            return JSONResponse(
+                {"detail": "actions need the page served inside Airflow"}, status_code=404
+            )
+        api = api_of(request)
+        if api is None:
+            return _login_required(request, "You are not signed in.")
+        try:
+            run_id = api.trigger(dag_id, conf)
+        except af.AirflowCallError as exc:
+            if exc.status in (401, 403):
+                return _login_required(request, f"Airflow refused: {exc}")
+            text = str(exc)
+        else:
+            text = f"{what}: triggered {dag_id} run {run_id}."
+        target = request.url_for("page").include_query_params(message=text)
+        return RedirectResponse(str(target), status_code=303)
+
+    @app.post("/actions/retrain")
+    def retrain(request: Request) -> Response:
+        return trigger(request, af.RETRAIN_DAG, {}, "retrain")
+
+    @app.post("/actions/monitor")
+    def monitor(request: Request) -> Response:
+        return trigger(request, af.MONITOR_DAG, {}, "monitor")
+
+    @app.post("/actions/promote")
+    def promote(request: Request, version: Annotated[str, Form(pattern=r"^[0-9]+$")]) -> Response:
+        target = settings().production_alias
+        conf = {"version": version, "target": target, "rollback": False}
+        return trigger(
+            request,
+            af.PROMOTE_DAG,
+            conf,
+            f"promotion of v{version} to @{target} (approve it in Airflow's Required Actions)",
+        )
+
+    @app.post("/actions/stop-rollout")
+    def stop_rollout(request: Request) -> Response:
+        """Trigger ``bandit_promote`` with ``stop_rollout``: once a person approves it,
+        the running rollout ends (a ``stop`` step in its audit) and every replica stops
+        routing users to the candidate at its next poll."""
+        return trigger(
+            request,
+            af.PROMOTE_DAG,
+            {"version": "", "stop_rollout": True},
+            "stop of the running rollout (approve it in Airflow's Required Actions)",
+        )
+
+    return app

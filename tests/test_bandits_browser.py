@@ -1,0 +1,341 @@
+"""The Bandits page in a real browser: Debian's Chromium, headless, driven by Selenium
+through the system ``chromedriver`` (nothing downloaded), against the page served by
+``banditops airflow standalone`` on a workspace the demo (``banditops demo``) filled.
+
+The browser signs in (a token from Airflow's ``/auth/token`` set as the UI's session
+cookie), finds the "Bandits" entry in the Airflow UI's navigation, opens the page and
+checks the versions table, the rollout panel and every chart against the demo's own
+summary (``demo.json``) and the event store; it presses "Run the monitor", waits for the
+``bandit_monitor`` run Airflow started and finds the monitor's checks on the reloaded
+page; it presses the retrain button and finds the run in Airflow (the demo's @staging
+version is already @production, so the page offers no promotion, and says so). A full
+screenshot of the page is saved as ``docs/bandits-page.png`` (the README shows it).
+
+Without Chromium the test is skipped with the reason (``apt-get install chromium
+chromium-driver``); with ``BANDITOPS_REQUIRE_SERVICES=1`` (CI) it fails instead.
+``BANDITOPS_TEST_DEMO_WORKSPACE`` may name a finished demo workspace to copy instead of
+running the demo again (a development shortcut; CI runs the demo).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ops.airflow_cli import PASSWORD_FILE
+from tests.conftest import service_unavailable
+from tests.serving_helpers import free_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning"),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+BANDITOPS = Path(sys.executable).with_name("banditops")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = ROOT / "docs" / "bandits-page.png"
+MODEL = "banditops-policy"
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "BANDITOPS_"))}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def browser_paths() -> None:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        service_unavailable(
+            f"no system Chromium ({', '.join(missing)} missing): "
+            "`apt-get install -y chromium chromium-driver`"
+        )
+
+
+@pytest.fixture(scope="module")
+def demo_workspace(
+    browser_paths: None, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any]]:
+    """A workspace after ``banditops demo`` (small: 200 users, 1500 requests a day)."""
+    workspace = tmp_path_factory.mktemp("page") / "ws"
+    reuse = os.environ.get("BANDITOPS_TEST_DEMO_WORKSPACE")
+    if reuse:
+        shutil.copytree(reuse, workspace, ignore=shutil.ignore_patterns("logs", "*.log"))
+    else:
+        done = subprocess.run(
+            [
+                str(BANDITOPS),
+                "demo",
+                "--workspace",
+                str(workspace),
+                "--users",
+                "200",
+                "--requests",
+                "1500",
+                "--seed",
+                "3",
+            ],
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=3000,
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return workspace, json.loads((workspace / "demo.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def airflow(demo_workspace: tuple[Path, dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    """``banditops airflow standalone`` on the demo's workspace: ``(base URL, token)``."""
+    workspace, _ = demo_workspace
+    port = free_port()
+    log = (workspace / "standalone-test.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(BANDITOPS),
+            "airflow",
+            "standalone",
+            "--workspace",
+            str(workspace),
+            "--port",
+            str(port),
+            "--timeout",
+            "400",
+        ],
+        env=_clean_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        password = None
+        while time.monotonic() < deadline and process.poll() is None:
+            text = (workspace / "standalone-test.log").read_text()
+            if "press Ctrl-C to stop" in text:
+                password = json.loads((workspace / "airflow" / PASSWORD_FILE).read_text())["admin"]
+                break
+            time.sleep(1)
+        assert password is not None, (workspace / "standalone-test.log").read_text()[-3000:]
+        token = httpx.post(
+            f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=30
+        ).json()["access_token"]
+        yield base, token
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(30)
+        log.close()
+
+
+@pytest.fixture
+def driver(browser_paths: None) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser.set_page_load_timeout(120)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def _online_from_store(workspace: Path) -> dict[str, tuple[int, float]]:
+    """Per version label: decisions and their mean reward (missing rewards count 0; the
+    demo's reward window is 2 s), computed with plain SQL, independently of the page."""
+    store = sqlite3.connect(workspace / "banditops.db")
+    try:
+        rows = store.execute(
+            "SELECT COALESCE(d.model_version, 'fallback'), COUNT(*), "
+            "SUM(COALESCE((SELECT r.value FROM rewards r WHERE r.event_id = d.event_id "
+            "AND COALESCE(r.position, 0) = 0 "
+            "AND (julianday(r.ts) - julianday(d.created_at)) * 86400 <= 2.0 "
+            "ORDER BY r.ordinal LIMIT 1), 0)) "
+            "FROM decisions d GROUP BY 1"
+        ).fetchall()
+    finally:
+        store.close()
+    return {str(label): (int(n), float(total) / int(n)) for label, n, total in rows}
+
+
+def _wait_run(base: str, token: str, dag_id: str, run_id: str, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    state = "unknown"
+    while time.monotonic() < deadline:
+        run = httpx.get(
+            f"{base}/api/v2/dags/{dag_id}/dagRuns/{run_id}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()
+        state = str(run["state"])
+        if state in ("success", "failed"):
+            return state
+        time.sleep(2)
+    return state
+
+
+def test_the_bandits_page_in_chromium_after_the_demo(
+    demo_workspace: tuple[Path, dict[str, Any]], airflow: tuple[str, str], driver: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    workspace, demo = demo_workspace
+    base, token = airflow
+
+    # not signed in: the page refuses (plugin apps are not behind Airflow's login)
+    assert httpx.get(f"{base}/bandits/", timeout=60).status_code == 401
+
+    # sign in as the UI does (its session cookie), then find the entry in the navigation
+    driver.get(f"{base}/api/v2/monitor/health")
+    driver.add_cookie({"name": "_token", "value": token, "path": "/"})
+    driver.get(f"{base}/")
+    WebDriverWait(driver, 120).until(
+        expected_conditions.presence_of_element_located(
+            (By.XPATH, "//*[self::a or self::button][contains(., 'Bandits')]")
+        )
+    )
+    driver.get(f"{base}/plugin/bandits")
+    frame = WebDriverWait(driver, 120).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "iframe"))
+    )
+    assert "bandits/" in str(frame.get_attribute("src"))
+
+    def open_page() -> None:
+        driver.get(f"{base}/bandits/")
+        WebDriverWait(driver, 120).until(
+            expected_conditions.presence_of_element_located((By.ID, "service"))
+        )
+
+    open_page()
+    assert driver.find_element(By.TAG_NAME, "h1").text == f"Bandits: {MODEL}"
+
+    # the versions table: the demo's versions, aliases, OPE estimates and online reward
+    online = _online_from_store(workspace)
+    table = driver.find_element(By.CSS_SELECTOR, "table.versions")
+    rows = table.find_elements(By.CSS_SELECTOR, "tr")[1:]
+    shown = {r.find_element(By.CSS_SELECTOR, ".version").text: r for r in rows}
+    assert sorted(shown) == sorted(v["version"] for v in demo["versions"])
+    for version in demo["versions"]:
+        row = shown[version["version"]]
+        for alias in version["aliases"]:
+            assert f"@{alias}" in row.text
+        assert f"dr {version['ope_estimate']:.4g}" in row.text
+        n, mean = online[f"{MODEL}/{version['version']}"]
+        assert row.find_element(By.CSS_SELECTOR, ".online-mean").text == f"{mean:.4g}"
+        # the page's online reward is the demo's realised click rate of that version
+        assert mean == pytest.approx(version["realized_ctr"], abs=1e-9)
+        assert str(n) in row.text
+
+    # each chart, with the demo's numbers on it
+    charts = {
+        c.get_attribute("data-chart"): c for c in driver.find_elements(By.CSS_SELECTOR, "svg.chart")
+    }
+    assert set(charts) == {
+        "ope-vs-online",
+        "rollout-arms",
+        "rollout-sequential",
+        "latency",
+        "fallback",
+    }
+    points = charts["ope-vs-online"].find_elements(By.CSS_SELECTOR, "circle.point")
+    values = {(p.get_attribute("data-series"), p.get_attribute("data-label")): p for p in points}
+    for version in demo["versions"]:
+        ope = values[("OPE DR (95% interval)", f"v{version['version']}")]
+        assert float(str(ope.get_attribute("data-value"))) == pytest.approx(
+            version["ope_estimate"], rel=1e-5
+        )
+        real = values[("online reward (95% interval)", f"v{version['version']}")]
+        assert float(str(real.get_attribute("data-value"))) == pytest.approx(
+            version["realized_ctr"], rel=1e-5
+        )
+    bars = charts["fallback"].find_elements(By.CSS_SELECTOR, "rect.bar")
+    fallback_total = online["fallback"][0]
+    served = sum(n for n, _ in online.values())
+    assert bars and float(str(bars[-1].get_attribute("data-value"))) == pytest.approx(
+        fallback_total / served, rel=1e-5
+    )
+
+    # the rollout panel: all traffic by arm and version (the demo's three days)
+    rollout = driver.find_element(By.ID, "rollout")
+    assert rollout.find_element(By.CSS_SELECTOR, ".rollout-state").text
+    week = rollout.find_element(By.CSS_SELECTOR, "table.traffic-week").text
+    for label, (n, _) in online.items():
+        assert re.search(rf"production {re.escape(label)} \S+ \S+ \S+ {n}\b", week), week
+
+    # "Run the monitor": a bandit_monitor run starts in Airflow; its checks show up
+    driver.find_element(By.ID, "action-monitor").click()
+    message = WebDriverWait(driver, 120).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "p.message"))
+    )
+    run_id = re.search(r"triggered bandit_monitor run (\S+)\.", message.text)
+    assert run_id, message.text
+    assert _wait_run(base, token, "bandit_monitor", run_id.group(1), 600) in ("success", "failed")
+    open_page()
+    checks = driver.find_element(By.CSS_SELECTOR, "table.monitor-checks")
+    for name in ("reward_drift", "feature_drift", "fallback_rate", "served_latency"):
+        assert name in checks.text
+
+    # the demo's @staging version is already @production: no promotion is offered
+    staging = [v for v in demo["versions"] if "staging" in v["aliases"]]
+    assert staging and "production" in staging[0]["aliases"]
+    assert not driver.find_elements(By.ID, "action-promote")
+    assert "nothing to promote" in driver.find_element(By.ID, "actions").text
+
+    # retrain: a bandit_retrain run in Airflow
+    for action, dag_id in (("retrain", "bandit_retrain"),):
+        driver.find_element(By.ID, f"action-{action}").click()
+        message = WebDriverWait(driver, 120).until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "p.message"))
+        )
+        found = re.search(rf"triggered {dag_id} run (\S+)\.", message.text)
+        assert found, message.text
+        run = httpx.get(
+            f"{base}/api/v2/dags/{dag_id}/dagRuns/{found.group(1)}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert run.status_code == 200
+
+    # the JSON twin of the page
+    data = httpx.get(
+        f"{base}/bandits/api/overview", headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ).json()
+    assert [r["version"] for r in data["versions"]["rows"]] == ["2", "1"]
+
+    open_page()
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(1400, int(height) + 40)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 20_000
