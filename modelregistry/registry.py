@@ -491,13 +491,19 @@ class AliasReader:
 
     def version(self, alias: str) -> str | None:
         """The version ``alias`` points at (None when the model or the alias is missing)."""
+        found = self.resolve(alias)
+        return None if found is None else found[0]
+
+    def resolve(self, alias: str) -> tuple[str, dict[str, str]] | None:
+        """The version ``alias`` points at and its tags, in one call (None when the model
+        or the alias is missing)."""
         try:
             found = self._client.get_model_version_by_alias(self.model_name, alias)
         except MlflowException as exc:
             if exc.error_code in _MISSING:
                 return None
             raise
-        return str(found.version)
+        return str(found.version), dict(found.tags or {})
 
     def download_state(self, version: str, dst_path: str | Path) -> Path:
         """Download only the policy state file of ``version`` into ``dst_path``."""
