@@ -92,6 +92,7 @@ class VersionInfo:
     aliases: tuple[str, ...]
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -198,11 +199,13 @@ class ModelRegistry:
 
     def _info(self, version: Any) -> VersionInfo:
         metrics: dict[str, float] = {}
+        params: dict[str, str] = {}
         if version.run_id:
             try:
-                metrics = dict(self.client.get_run(version.run_id).data.metrics)
+                data = self.client.get_run(version.run_id).data
+                metrics, params = dict(data.metrics), dict(data.params)
             except MlflowException:
-                metrics = {}
+                metrics, params = {}, {}
         return VersionInfo(
             name=self.model_name,
             version=str(version.version),
@@ -210,6 +213,7 @@ class ModelRegistry:
             aliases=tuple(sorted(getattr(version, "aliases", []) or [])),
             tags=dict(version.tags or {}),
             metrics=metrics,
+            params=params,
         )
 
     def get(self, version: str | int) -> VersionInfo:

@@ -363,6 +363,7 @@ def register_candidate(
         metrics=metrics,
         tags={
             "data_sha256": manifest.sha256,
+            "algorithm": config.algorithm,
             "rows": str(manifest.rows),
             "diagnostics": result.diagnostics,
             "previous_production": summary["baseline_version"] or "",
