@@ -60,9 +60,7 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
     tags, metrics = info.tags, info.metrics
     dr = None
     if "ope.candidate.dr.value" in metrics:
-        dr = {
-            key: metrics.get(f"ope.candidate.dr.{key}") for key in ("value", "ci_low", "ci_high")
-        }
+        dr = {key: metrics.get(f"ope.candidate.dr.{key}") for key in ("value", "ci_low", "ci_high")}
     gate = tags.get("gate_passed")
     reasons = _json(tags.get("gate_reasons"))
     return {
