@@ -37,7 +37,7 @@ SUMMARY_KEYS = (
 
 
 def _int(value: str | None) -> int | None:
-    return None if value in (None, "") else int(float(value))  # type: ignore[arg-type]
+    return None if value in (None, "") else int(float(value))
 
 
 def _json(value: str | None) -> Any:
@@ -45,7 +45,7 @@ def _json(value: str | None) -> Any:
     if value in (None, ""):
         return None
     try:
-        return json.loads(value)  # type: ignore[arg-type]
+        return json.loads(value)
     except json.JSONDecodeError:
         return value
 

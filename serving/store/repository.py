@@ -257,12 +257,12 @@ class EventStore:
         learns (:func:`_learnt_by`) with id > ``after_id``: what a replica compares with
         the rewards its head has."""
         r = rewards.c
-        query = (
-            select(r.id, r.received_at)
-            .join(decisions, decisions.c.event_id == r.event_id)
-            .where(_learnt_by(model_version, since), r.applied.is_(True), r.id > after_id)
-            .order_by(r.id)
-        )
+        query = select(r.id, r.received_at)
+        if since is not None:  # the rule reads the decision's time
+            query = query.join(decisions, decisions.c.event_id == r.event_id)
+        query = query.where(
+            _learnt_by(model_version, since), r.applied.is_(True), r.id > after_id
+        ).order_by(r.id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return np.array([row.id for row in rows], dtype=np.int64), [row.received_at for row in rows]
