@@ -10,8 +10,9 @@ the rewards the store holds past the extraction, in id order.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,48 @@ def test_registered_head_learns_the_window_and_a_swap_replays_the_rest(tmp_path:
             np.testing.assert_allclose(ours[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
         else:
             np.testing.assert_array_equal(ours[key], value, err_msg=key)
+
+
+def test_window_rule_recovery_and_replica_sync_learn_each_later_reward_once(
+    tmp_path: Path,
+) -> None:
+    """Store level: a version whose window stops at ``stop`` recovers every applied reward
+    of a decision made from ``stop`` on (by any version or the fallback), none before; the
+    replica sync then brings it a later one once, and nothing the second time."""
+    from serving.models.recovery import rebuild_from_store, recover
+    from serving.replica_sync import ReplicaSync
+    from serving.store.repository import EventStore, write_events
+    from tests.serving_helpers import decision_row, head_difference, policy_file, reward_row
+
+    engine = make_engine(f"sqlite:///{tmp_path}/events.db")
+    upgrade(engine)
+    store = EventStore(engine)
+    rng = np.random.default_rng(3)
+    stop = datetime.now(UTC) - timedelta(minutes=10)
+
+    def log(created_at: datetime, version: str | None, value: float) -> None:
+        decision = decision_row(rng, created_at=created_at, model_version=version)
+        with engine.begin() as conn:
+            write_events(conn, [decision, reward_row(decision.event_id, value, None, version)])
+
+    for i in range(5):  # in the window: learnt by the retrain, never replayed
+        log(stop - timedelta(seconds=5 - i), "old/1", 1.0)
+    for i in range(6):  # after it: production and the fallback learn online
+        log(stop + timedelta(seconds=i), "old/1" if i % 3 else None, float(i % 2))
+    base_path = policy_file(tmp_path / "base.npz", warm=20)
+    model = recover(store, "new/2", load_policy(base_path), "test", window_stop=stop)
+    assert model.applied_rewards == 6 and model.window_stop == stop
+    assert len(store.applied_rewards("new/2", since=stop)) == 6
+    assert len(store.applied_rewards("new/2")) == 0  # its own decisions: none yet
+
+    log(datetime.now(UTC), "old/1", 1.0)  # production learns one more after the load
+    sync = ReplicaSync(store, "r1", interval_s=1.0, horizon_s=60.0)
+    assert asyncio.run(sync.sync([model])).applied == {"new/2": 1}
+    assert asyncio.run(sync.sync([model])).applied == {"new/2": 0}
+    reference = rebuild_from_store(store, "new/2", load_policy(base_path), window_stop=stop)
+    assert head_difference(model.policy, reference) < 1e-9
+    assert (
+        float(_head(model.policy).count_.sum())
+        == float(_head(load_policy(base_path)).count_.sum()) + 7
+    )
+    engine.dispose()
