@@ -30,6 +30,13 @@ REFERENCE_FILE = "feature_reference.json"
 REFERENCE_ARTIFACT = "reference/" + REFERENCE_FILE
 
 
+#: Version tag: where the version's training window stops (ISO time, UTC; written by the
+#: retrain, :attr:`training.replay.ReplayManifest.stop`). Its head has learnt the window's
+#: decisions; the service replays into it, when it loads the version, every applied reward
+#: of a decision created at or after this time, whichever version made it — exactly once.
+WINDOW_STOP_TAG = "window_stop"
+
+
 def version_label(name: str, version: str | int) -> str:
     """How the service names a registry version in its logs and in the store."""
     return f"{name}/{version}"

@@ -94,6 +94,15 @@ _READERS = tuple((name, _reader(decisions.c[name])) for name in STORED)
 _YIELD_PER = 2000
 
 
+def window_stop(end: datetime, reward_window: timedelta, as_of: datetime | None = None) -> datetime:
+    """Where a replay window ``[start, end)`` read at ``as_of`` really stops: decisions
+    created before it are in the window, those created at or after it are not (their
+    reward window was still open at ``as_of``, default now). A version trained on the
+    window learns the rewards of the decisions after it online (the service replays them
+    when it loads the version)."""
+    return min(end, (as_of or datetime.now(UTC)) - reward_window)
+
+
 def read_replay(
     engine: Engine,
     start: datetime,
@@ -133,8 +142,7 @@ def read_replay(
         raise ValueError(f"duplicate_rule must be 'first_wins' or 'sum'; got {duplicate_rule!r}.")
     if missing_reward not in ("default", "drop"):
         raise ValueError(f"missing_reward must be 'default' or 'drop'; got {missing_reward!r}.")
-    closed_before = (as_of or datetime.now(UTC)) - reward_window
-    stop = min(end, closed_before)
+    stop = window_stop(end, reward_window, as_of)
     d = decisions.c
     in_window = (d.created_at >= start) & (d.created_at < stop)
     observed = _rewards(engine, in_window, reward_window, duplicate_rule)

@@ -97,6 +97,7 @@ class VersionInfo:
     aliases: tuple[str, ...]
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -219,11 +220,13 @@ class ModelRegistry:
 
     def _info(self, version: Any) -> VersionInfo:
         metrics: dict[str, float] = {}
+        params: dict[str, str] = {}
         if version.run_id:
             try:
-                metrics = dict(self.client.get_run(version.run_id).data.metrics)
+                data = self.client.get_run(version.run_id).data
+                metrics, params = dict(data.metrics), dict(data.params)
             except MlflowException:
-                metrics = {}
+                metrics, params = {}, {}
         return VersionInfo(
             name=self.model_name,
             version=str(version.version),
@@ -231,6 +234,7 @@ class ModelRegistry:
             aliases=tuple(sorted(getattr(version, "aliases", []) or [])),
             tags=dict(version.tags or {}),
             metrics=metrics,
+            params=params,
         )
 
     def get(self, version: str | int) -> VersionInfo:
@@ -540,13 +544,19 @@ class AliasReader:
 
     def version(self, alias: str) -> str | None:
         """The version ``alias`` points at (None when the model or the alias is missing)."""
+        found = self.resolve(alias)
+        return None if found is None else found[0]
+
+    def resolve(self, alias: str) -> tuple[str, dict[str, str]] | None:
+        """The version ``alias`` points at and its tags, in one call (None when the model
+        or the alias is missing)."""
         try:
             found = self._client.get_model_version_by_alias(self.model_name, alias)
         except MlflowException as exc:
             if exc.error_code in _MISSING:
                 return None
             raise
-        return str(found.version)
+        return str(found.version), dict(found.tags or {})
 
     def download_state(self, version: str, dst_path: str | Path) -> Path:
         """Download only the policy state file of ``version`` into ``dst_path``."""

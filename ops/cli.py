@@ -198,6 +198,7 @@ def demo(
     With --data: replay a real Open Bandit log instead (no service, no Airflow)."""
     # the demos pull in the service, the pipelines and MLflow: imported when run, so that
     # every other command starts fast
+    from modelregistry.report import candidate_names, display
     from ops.demo import run_demo
 
     if data is not None:
@@ -256,13 +257,27 @@ def demo(
     versions = Table(
         title="per model version: offline estimate (DR, 95% interval) vs CTR realised online"
     )
-    for col in ("version", "aliases", "OPE estimate", "interval", "realised CTR"):
+    for col in (
+        "version",
+        "aliases",
+        "window rows",
+        "rows its head learnt",
+        "floor",
+        "candidates compared",
+        "OPE estimate",
+        "interval",
+        "realised CTR",
+    ):
         versions.add_column(col, justify="right")
     for v in result["versions"]:
         est, (lo, hi) = v["ope_estimate"], v["ope_ci"]
         versions.add_row(
             v["version"],
             ", ".join(v["aliases"]),
+            display(v["window_rows"]),
+            display(v["head_rows"]),
+            display(v["floor"]),
+            candidate_names(v["candidates"]),
             "-" if est is None else f"{est:.4f}",
             "-" if lo is None else f"[{lo:.4f}, {hi:.4f}]",
             "-" if v["realized_ctr"] is None else f"{v['realized_ctr']:.4f}",

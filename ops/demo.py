@@ -6,7 +6,8 @@
    with features, clicks from a logistic model with user × item interactions, rewards
    arriving with a delay);
 3. run the nightly ``bandit_retrain`` DAG through Airflow (``dag.test()``): extract,
-   validate, train, rebuild the head, evaluate off-policy, register and promote;
+   validate, train, rebuild the head, evaluate off-policy on the held-out part, refit on
+   the whole window, register and promote;
 4. the service picks the new ``@production`` version up by itself (it polls the registry);
 5. simulate day 2, run the DAG again, simulate day 3;
 6. print per-day CTR / regret / fallback share and per-version OPE estimate vs realised
@@ -301,6 +302,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """The whole loop; returns ``{"days": [...], "versions": [...]}``."""
     from modelregistry.registry import ModelRegistry
+    from modelregistry.report import version_summaries
 
     ws = fresh_workspace(workspace)
     for key in [k for k in os.environ if k.startswith("BANDITOPS_")]:
@@ -344,21 +346,19 @@ def run_demo(
             if newest is not None:
                 step(f"night {day}: waiting for the service to load version {newest.version}")
                 wait_for_version(client, service, newest.version)
-    registry = ModelRegistry(ws.tracking_uri, MODEL_NAME)
     versions = []
-    for info in sorted(registry.versions(), key=lambda v: int(v.version)):
-        label = f"{MODEL_NAME}/{info.version}"
+    for summary in version_summaries(ModelRegistry(ws.tracking_uri, MODEL_NAME)):
+        label = f"{MODEL_NAME}/{summary['version']}"
         ctrs = (s.realized_ctr(label) for s in per_day)
         realized = [c for c in ctrs if c is not None]
-        m = info.metrics
+        dr = summary["dr"] or {}
         versions.append(
             {
-                "version": info.version,
-                "aliases": list(info.aliases),
-                "ope_estimate": m.get("ope.candidate.dr.value"),
-                "ope_ci": [m.get("ope.candidate.dr.ci_low"), m.get("ope.candidate.dr.ci_high")],
+                **summary,  # what `banditops models --json` says of it (one place)
+                "ope_estimate": dr.get("value"),
+                "ope_ci": [dr.get("ci_low"), dr.get("ci_high")],
                 "realized_ctr": float(np.mean(realized)) if realized else None,
-                "gate": info.tags.get("gate_reasons", ""),
+                "gate": "; ".join(summary["gate_reasons"]),
             }
         )
     result = {"days": days, "versions": versions, "workspace": str(ws.root)}

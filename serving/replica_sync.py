@@ -24,6 +24,13 @@ once it was received ``replica_sync_horizon_s`` ago — by then every smaller id
 committed or rolled back (the horizon must exceed a commit's duration plus the clock skew
 between replicas).
 
+**Which rewards.** A head learns the rewards of its own decisions; a version that
+records where its training window stops (``ServedModel.window_stop``) learns those of
+every decision created from then on, whichever version made it
+(:mod:`serving.models.recovery`), and the sync brings it those the other served version
+learnt here too (claims are per version: a reward this replica applied to another head is
+not this head's).
+
 **Order.** The posterior of a Bayesian linear head without discount or window is a sum,
 ``A = λI + Σφφᵀ``, ``b = Σrφ``: applying the same rewards in another order gives the same
 head up to round-off, which is why replicas converge. A discounted head (γ < 1,
@@ -213,14 +220,18 @@ class ReplicaSync:
         tracker = self._tracker(model)
         recheck = time.monotonic() - tracker.checked_at >= self.horizon.total_seconds() / 4
         after = tracker.floor if recheck else tracker.high
-        ids, received = await asyncio.to_thread(self.store.applied_reward_ids, model.version, after)
+        ids, received = await asyncio.to_thread(
+            self.store.applied_reward_ids, model.version, after, model.window_stop
+        )
         claimed = self._claimed(model.version)
         missing = [int(i) for i in ids if int(i) not in tracker.seen and int(i) not in claimed]
         fetched = []
         for start in range(0, len(missing), FETCH_CHUNK):
             chunk = missing[start : start + FETCH_CHUNK]
             fetched.append(
-                await asyncio.to_thread(self.store.applied_rewards, model.version, after, chunk)
+                await asyncio.to_thread(
+                    self.store.applied_rewards, model.version, after, chunk, model.window_stop
+                )
             )
         # back on the loop: nothing else touches the policy while this runs
         if self._hold is not None and self._hold():

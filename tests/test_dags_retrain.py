@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from bandit_core import load_policy
+from eventstore.contract import POLICY_STATE_PATH
 from training.pipeline import step_order
 
 pytest_plugins = ["tests.airflow_support"]
@@ -83,12 +85,22 @@ def test_nightly_run_registers_stages_and_promotes(
     folder = Path(spec["run_dir"])
     manifest = json.loads((folder / "replay" / "replay.json").read_text())
     assert version.tags["rows"] == str(manifest["rows"]) and manifest["rows"] >= 1400
+    # evaluated on the held-out part, then refit: the registered head learnt every row
+    rows = {k: int(version.tags[k]) for k in ("window_rows", "train_rows", "eval_rows")}
+    assert rows["window_rows"] == manifest["rows"] == rows["train_rows"] + rows["eval_rows"]
+    assert version.tags["head_rows"] == str(manifest["rows"]) and rows["eval_rows"] > 0
+    assert version.tags["window_stop"] == manifest["stop"]
+    registered = load_policy(
+        dagtools.registry().download_version(version.version, folder / "check") / POLICY_STATE_PATH
+    )
+    assert float(registered.head.count_.sum()) == manifest["rows"]
     for produced in (
         "gx_docs/index.html",
         "plots/arm_coverage.png",
         "evaluation/evaluation.json",
         "reference/feature_reference.json",
         "metrics.json",
+        "refit/report.json",
     ):
         assert (folder / produced).is_file(), produced
 

@@ -66,6 +66,10 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert production == ["1", "2"]
     for v in versions:
         assert v["realized_ctr"] is not None
+        # each registered head learnt every row of its window (the refit), of which the
+        # evaluation held out the last part
+        assert v["head_rows"] == v["window_rows"] > v["eval_rows"] > 0
+        assert v["algorithm"] == "shared_lints" and "candidates" in v and "floor" in v
         lo, hi = v["ope_ci"]
         assert lo <= v["ope_estimate"] <= hi
     saved = json.loads((tmp_path / "ws" / "demo.json").read_text())

@@ -58,3 +58,60 @@ def test_promote_of_a_failed_gate_needs_force(
     forced = runner.invoke(app, ["promote", "1", "--force"])
     assert forced.exit_code == 0 and "failed its gate" in forced.output
     assert registry.by_alias("production").version == "1"
+
+
+def test_models_json_reports_rows_floor_dr_gate_and_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.setenv("BANDITOPS_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("BANDITOPS_MLFLOW_TRACKING_URI", raising=False)
+    registry = ModelRegistry(f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
+    policy = make_policy("linucb", dim_user=2)
+    challengers = [
+        {"algorithm": "shared_lints", "dr": 0.31, "ci_low": 0.29},
+        {"algorithm": "neural_linear", "dr": 0.30, "ci_low": 0.26},
+    ]
+    registry.register_candidate(  # a retrain's version (the tags the pipeline writes)
+        state_path=save_policy(policy, tmp_path / "a.npz"),
+        run_key="nightly-1",
+        params={"algorithm": "linucb"},
+        metrics={
+            "ope.candidate.dr.value": 0.31,
+            "ope.candidate.dr.ci_low": 0.29,
+            "ope.candidate.dr.ci_high": 0.33,
+        },
+        tags={
+            "algorithm": "linucb",
+            "window_rows": "1500",
+            "head_rows": "1500",
+            "eval_rows": "300",
+            "train_rows": "1200",
+            "window_stop": "2026-12-03T00:00:00+00:00",
+            "floor": "0.05",
+            "challengers": json.dumps(challengers),
+        },
+    )
+    registry.record_gate("1", True, ["dr lower bound 0.29 ≥ 0.20"])
+    registry.register_candidate(  # an old version: none of it recorded
+        state_path=save_policy(policy, tmp_path / "b.npz"), run_key="old"
+    )
+    runner = CliRunner()
+    out = runner.invoke(app, ["models", "--json"])
+    assert out.exit_code == 0, out.output
+    first, second = json.loads(out.output)
+    assert first["version"] == "1" and "staging" in first["aliases"]
+    assert first["algorithm"] == "linucb" and first["floor"] == 0.05
+    assert (first["window_rows"], first["head_rows"], first["eval_rows"]) == (1500, 1500, 300)
+    assert first["dr"] == {"value": 0.31, "ci_low": 0.29, "ci_high": 0.33}
+    assert first["gate_passed"] is True and first["gate_reasons"] == ["dr lower bound 0.29 ≥ 0.20"]
+    assert first["candidates"] == challengers
+    assert second["version"] == "2" and second["gate_passed"] is None
+    for key in ("algorithm", "window_rows", "head_rows", "floor", "dr", "candidates"):
+        assert second[key] is None, key
+    table = runner.invoke(app, ["models"])
+    assert table.exit_code == 0, table.output
+    assert "1500" in table.output and "shared_lints," in table.output
+    assert "neural_linear" in table.output
+    assert "passed" in table.output and "0.05" in table.output

@@ -173,33 +173,50 @@ def evaluate(
         console.print(f"  • {reason}")
 
 
-def models() -> None:
-    """Registered versions with their aliases, gate results and key metrics."""
+def models(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per version (a list), for scripts.")
+    ] = False,
+) -> None:
+    """Registered versions: aliases, algorithm, the rows of the window and of the head,
+    floor, DR estimate and interval, gate verdict and the candidates compared."""
+    from modelregistry.report import candidate_names, display, version_summaries
+
     registry = _registry(Settings())
+    summaries = version_summaries(registry)
+    if as_json:
+        typer.echo(json.dumps(summaries, indent=2))
+        return
     table = Table(title=f"model {registry.model_name} ({registry.tracking_uri})")
     for col in (
         "version",
         "aliases",
+        "algorithm",
+        "window rows",
+        "head rows",
+        "floor",
+        "DR [95% interval]",
         "gate",
-        "DR estimate",
-        "DR interval",
-        "rows",
+        "candidates",
         "created by run",
     ):
-        table.add_column(col)
-    for v in registry.versions():
-        m = v.metrics
-        dr = m.get("ope.candidate.dr.value")
+        table.add_column(col, overflow="fold", min_width=16 if col == "candidates" else None)
+    for v in reversed(summaries):  # newest first
+        dr = v["dr"] or {}
+        gate = v["gate_passed"]
         table.add_row(
-            v.version,
-            ", ".join(v.aliases),
-            v.tags.get("gate_passed", "-"),
-            "-" if dr is None else f"{dr:.4f}",
+            v["version"],
+            ", ".join(v["aliases"]),
+            display(v["algorithm"]),
+            display(v["window_rows"]),
+            display(v["head_rows"]),
+            display(v["floor"]),
             "-"
-            if dr is None
-            else f"[{m['ope.candidate.dr.ci_low']:.4f}, {m['ope.candidate.dr.ci_high']:.4f}]",
-            v.tags.get("rows", "-"),
-            v.tags.get("run_key", "-"),
+            if not dr
+            else f"{display(dr['value'])} [{display(dr['ci_low'])}, {display(dr['ci_high'])}]",
+            "-" if gate is None else ("passed" if gate else "rejected"),
+            candidate_names(v["candidates"]),
+            display(v["run_key"]),
         )
     console.print(table)
 

@@ -171,6 +171,14 @@ RETRAIN_STEPS: tuple[Step, ...] = (
         ("plan_run", "rebuild_head", "extract_replay", "shard_evaluation"),
         trigger_rule=_SHARDED,
     ),
+    # the registered version is refit on the whole window once the evaluation scored
+    # the procedure on the held-out part (training/steps.py: refit)
+    Step(
+        "refit_window",
+        f"{_STEPS}:refit",
+        ("plan_run", "extract_replay", "train_network"),
+        after=("evaluate_offline",),
+    ),
     Step(
         "register_candidate",
         f"{_STEPS}:register_candidate",
@@ -179,7 +187,7 @@ RETRAIN_STEPS: tuple[Step, ...] = (
             "extract_replay",
             "validate_features",
             "train_network",
-            "rebuild_head",
+            "refit_window",
             "evaluate_offline",
         ),
         outlet=Outlet("banditops_registered_model", "x-mlflow://registered-models/{model_name}"),

@@ -83,6 +83,22 @@ class RebuiltRef(StepRef):
 
 
 @dataclass(frozen=True)
+class RefitRef(StepRef):
+    """The whole-window refit (``refit/``): the state that is registered and which rows
+    trained what — ``window_rows`` (every training row of the window), ``train_rows``
+    (what the evaluated network and head learnt), ``eval_rows`` (the held-out rows the
+    offline evaluation scored), ``head_rows`` (rows in the registered head's statistics;
+    None for a policy without a Bayesian head); ``report`` is ``refit/report.json``."""
+
+    state_path: str
+    report: str
+    window_rows: int
+    train_rows: int
+    eval_rows: int
+    head_rows: int | None
+
+
+@dataclass(frozen=True)
 class EvaluatedRef(StepRef):
     """The offline evaluation's summary file and the gate's decision."""
 

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from bandit_core.policies.position import with_positions
 from eventstore.engine import make_engine
-from eventstore.replay import read_replay
+from eventstore.replay import read_replay, window_stop
 from training import quarantine
 
 REPLAY_FILE = "replay.parquet"
@@ -38,7 +38,13 @@ QUARANTINE_FILE = "quarantine.parquet"
 
 @dataclass(frozen=True)
 class ReplayManifest:
-    """What an extraction produced: the file, its window, rows and content hash."""
+    """What an extraction produced: the file, its window, rows and content hash.
+
+    ``start`` / ``end`` are the window asked for; ``stop`` is where it really stops
+    (:func:`eventstore.replay.window_stop`: decisions created at or after it were left
+    out, their reward window still open) — the boundary past which a version trained on
+    the window learns online; ``last_decision_at`` is the newest decision in it.
+    """
 
     path: str
     start: str
@@ -50,6 +56,8 @@ class ReplayManifest:
     dim_arm: int
     quarantined: int = 0
     quarantine_path: str | None = None
+    stop: str | None = None
+    last_decision_at: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -90,6 +98,8 @@ def extract_replay(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    as_of = as_of or datetime.now(UTC)
+    stop = window_stop(end, reward_window, as_of)
     engine = make_engine(store_url)
     try:
         frame = read_replay(
@@ -127,9 +137,20 @@ def extract_replay(
         dim_arm=int(dim_arm),
         quarantined=len(set_aside),
         quarantine_path=str(quarantine_path) if len(set_aside) else None,
+        stop=stop.astimezone(UTC).isoformat(),
+        last_decision_at=_last_decision_at(frame),
     )
     (out / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest
+
+
+def _last_decision_at(frame: pd.DataFrame) -> str | None:
+    """The newest decision's creation time (ISO, UTC), None for an empty window."""
+    if not len(frame):
+        return None
+    newest = pd.Timestamp(frame["created_at"].max())
+    newest = newest.tz_localize(UTC) if newest.tzinfo is None else newest.tz_convert(UTC)
+    return str(newest.isoformat())
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eventstore.contract import REFERENCE_FILE
+from eventstore.contract import REFERENCE_FILE, WINDOW_STOP_TAG
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
 from modelregistry.registry import ModelRegistry
@@ -29,6 +29,7 @@ from training.refs import (
     EvaluatedRef,
     PromotedRef,
     RebuiltRef,
+    RefitRef,
     RegisteredRef,
     ReplayRef,
     ShardPartRef,
@@ -42,7 +43,7 @@ from training.shards import plan as plan_shards
 from training.shards import reduce_evaluation, reduce_head
 from training.shards import shard_evaluation as evaluation_of_shard
 from training.shards import shard_statistics as statistics_of_shard
-from training.train import RESULT_FILE, TrainResult, rebuild_head, train
+from training.train import RESULT_FILE, TrainResult, head_rows, rebuild_head, train
 from training.validate import validate_features
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, reference_histograms
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 SUMMARY_FILE = "summary.json"
+REFIT_REPORT_FILE = "report.json"
 
 
 # ---------------------------------------------------------------------- retrain steps
@@ -274,16 +276,81 @@ def evaluate_offline(
     )
 
 
+def refit(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -> RefitRef:
+    """Refit the candidate on the whole window (``refit/``): the procedure the offline
+    evaluation scored — the same training (network and all), then the head rebuilt on the
+    final network — on every row, the held-out ones included, so the registered version
+    has learnt the newest part of its window too.
+
+    ``refit/report.json`` says which rows trained what (window, evaluated training,
+    held-out evaluation, registered head) and where the window stops
+    (:attr:`training.replay.ReplayManifest.stop`: the service replays into the version
+    the rewards of decisions made from then on).
+    """
+    out = s.folder / "refit"
+    config = s.train_config()
+    result = train(replay.path, config, out / "train", whole_window=True)
+    state = rebuild_head(result.state_path, replay.path, out / "policy_state.npz", None)
+    manifest = ReplayManifest.read(replay.manifest)
+    learnt = head_rows(state)
+    report = {
+        "window_rows": result.n_train,
+        "train_rows": trained.n_train,
+        "eval_rows": trained.n_holdout,
+        "head_rows": learnt,
+        "window_start": manifest.start,
+        "window_end": manifest.end,
+        WINDOW_STOP_TAG: manifest.stop,
+        "last_decision_at": manifest.last_decision_at,
+        "refit_train_loss": result.metrics.get("train_loss"),
+    }
+    if result.n_train != trained.n_train + trained.n_holdout:
+        raise ValueError(
+            f"the refit trained on {result.n_train} rows; the evaluated training split "
+            f"{trained.n_train} + {trained.n_holdout}: the window changed under the run."
+        )
+    path = out / REFIT_REPORT_FILE
+    path.write_text(json.dumps(report, indent=2))
+    log.info(
+        "run %s: refit on all %d rows of the window (head learnt %s); evaluated on %d",
+        s.run_key,
+        result.n_train,
+        learnt,
+        trained.n_holdout,
+    )
+    return RefitRef(
+        state_path=str(state),
+        report=str(path),
+        window_rows=result.n_train,
+        train_rows=trained.n_train,
+        eval_rows=trained.n_holdout,
+        head_rows=learnt,
+    )
+
+
+def refit_report(refitted: RefitRef) -> tuple[dict[str, float], dict[str, str]]:
+    """The refit's row counts as MLflow metrics, and its report as version tags (what
+    ``banditops models`` and the service read: ``window_stop`` is where the service
+    starts replaying online rewards into the version)."""
+    report = json.loads(Path(refitted.report).read_text())
+    counts = ("window_rows", "train_rows", "eval_rows", "head_rows")
+    metrics = {k: float(report[k]) for k in counts if report[k] is not None}
+    if report.get("refit_train_loss") is not None:
+        metrics["refit.train_loss"] = float(report["refit_train_loss"])
+    tags = {k: str(v) for k, v in report.items() if v is not None and k != "refit_train_loss"}
+    return metrics, tags
+
+
 def register_candidate(
     s: RunSpec,
     replay: ReplayRef,
     validated: ValidatedRef,
     trained: TrainedRef,
-    rebuilt: RebuiltRef,
+    refitted: RefitRef,
     evaluated: EvaluatedRef,
 ) -> RegisteredRef:
-    """Log the run to MLflow and register its policy as a version with the registered
-    alias.
+    """Log the run to MLflow and register its whole-window refit as a version with the
+    registered alias (the evaluation's scores, the refit's rows).
 
     At most one version per run key: a retried or re-run step returns the version
     registered before (``created`` False) and registers nothing.
@@ -291,7 +358,8 @@ def register_candidate(
     manifest = ReplayManifest.read(replay.manifest)
     result = TrainResult.read(trained.result)
     summary = json.loads(Path(evaluated.summary).read_text())
-    metrics = {**result.metrics, **summary["metrics"], **validated.metrics}
+    rows, window = refit_report(refitted)
+    metrics = {**result.metrics, **summary["metrics"], **validated.metrics, **rows}
     metrics_path = s.folder / METRICS_FILE
     metrics_path.write_text(json.dumps(metrics, indent=2))
     plots = s.folder / "plots"
@@ -302,7 +370,7 @@ def register_candidate(
     created = registry.find_by_run_key(s.run_key) is None
     head = load_replay(manifest.path).subset(slice(0, 2))  # the model's input example
     version = registry.register_candidate(
-        state_path=rebuilt.state_path,
+        state_path=refitted.state_path,
         run_key=s.run_key,
         input_example=example_table(head.contexts, head.candidate_ids, head.candidate_features),
         params={
@@ -318,9 +386,11 @@ def register_candidate(
         metrics=metrics,
         tags={
             "data_sha256": manifest.sha256,
+            "algorithm": config.algorithm,
             "rows": str(manifest.rows),
             "diagnostics": result.diagnostics,
             "previous_production": summary["baseline_version"] or "",
+            **window,
             **summary["tags"],
         },
         artifacts={
@@ -329,6 +399,7 @@ def register_candidate(
             "evaluation": s.folder / "evaluation",
             "replay_manifest": replay.manifest,
             "reference": validated.reference,
+            "refit": refitted.report,
         },
     )
     log.info(

@@ -32,6 +32,7 @@ import numpy as np
 from bandit_core import Policy, PositionBias, load_policy, make_policy, save_policy
 from bandit_core.catalog import ALGORITHMS, policy_spec
 from bandit_core.diagnostics import diagnose_linear_failure
+from bandit_core.head_statistics import LinearHeadPolicy
 from bandit_core.policies.position import split_position
 from training.replay import ReplayData, load_replay
 
@@ -161,24 +162,35 @@ def _mse(policy: Any, data: ReplayData) -> float:
 
 
 def _train_neural(
-    policy: Any, train: ReplayData, holdout: ReplayData, points: int
+    policy: Any, train: ReplayData, holdout: ReplayData | None, points: int
 ) -> list[dict[str, float]]:
     """Fill the buffer (fast path only), then one slow-path training in ``points``
-    stages, recording train and validation loss after each (the learning curve)."""
+    stages, recording train and validation loss after each (the learning curve; no
+    validation loss for the whole-window refit, which holds nothing out)."""
     policy.update_batch(train.contexts, train.arm_ids, train.rewards, train.arm_features)
     curve: list[dict[str, float]] = []
 
     def record(epochs: int, loss: float) -> None:
-        curve.append(
-            {"epoch": float(epochs), "train_loss": float(loss), "val_loss": _mse(policy, holdout)}
-        )
+        point = {"epoch": float(epochs), "train_loss": float(loss)}
+        if holdout is not None:
+            point["val_loss"] = _mse(policy, holdout)
+        curve.append(point)
 
     policy.retrain(stages=points, after_stage=record)
     return curve
 
 
-def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> TrainResult:
-    """Train ``config.algorithm`` on the first part of the replay window.
+def train(
+    replay_path: str | Path,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    whole_window: bool = False,
+) -> TrainResult:
+    """Train ``config.algorithm`` on the first part of the replay window (the part the
+    offline evaluation does not score), or with ``whole_window`` on every row of it — the
+    refit of the version that is registered: the same procedure, the same seed, no rows
+    held out (and no diagnostic, which the evaluated training already computed).
 
     Writes ``<out_dir>/policy_state.npz`` and ``<out_dir>/train.json`` (overwriting a
     previous attempt of the same run) and returns the result.
@@ -187,7 +199,12 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
     slots = config.slots_for(data)
     if slots:
         data = data.with_position_features(slots)
-    train_part, holdout = data.split(config.holdout_fraction)
+    train_part: ReplayData
+    holdout: ReplayData | None
+    if whole_window:
+        train_part, holdout = data, None
+    else:
+        train_part, holdout = data.split(config.holdout_fraction)
     if train_part.n_rows < config.min_rows:
         raise ValueError(
             f"the replay window has {train_part.n_rows} training rows; "
@@ -201,26 +218,27 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
             train_part.contexts, train_part.arm_ids, train_part.rewards, train_part.arm_features
         )
         curve = []
-    diag = _diagnose(policy, train_part, config.seed)
+    diag = None if whole_window else _diagnose(policy, train_part, config.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = save_policy(PositionBias(policy, slots) if slots else policy, out / STATE_FILE)
+    n_holdout = 0 if holdout is None else holdout.n_rows
     metrics = {
-        **diag.as_metrics(),
+        **({} if diag is None else diag.as_metrics()),
         "n_train": float(train_part.n_rows),
-        "n_holdout": float(holdout.n_rows),
+        "n_holdout": float(n_holdout),
         "position_slots": float(slots),
     }
     if curve:
-        metrics.update(train_loss=curve[-1]["train_loss"], val_loss=curve[-1]["val_loss"])
+        metrics.update({k: v for k, v in curve[-1].items() if k != "epoch"})
     result = TrainResult(
         state_path=str(state),
         algorithm=config.algorithm,
         n_train=train_part.n_rows,
-        n_holdout=holdout.n_rows,
+        n_holdout=n_holdout,
         metrics=metrics,
         curve=curve,
-        diagnostics=diag.summary(),
+        diagnostics="" if diag is None else diag.summary(),
         position_slots=slots,
     )
     (out / RESULT_FILE).write_text(result.to_json())
@@ -246,14 +264,15 @@ def rebuild_head(
     state_path: str | Path,
     replay_path: str | Path,
     out_path: str | Path,
-    holdout_fraction: float = 0.2,
+    holdout_fraction: float | None = 0.2,
 ) -> Path:
     """Rebuild the Bayesian head completely, on the final network, from the training rows.
 
     Neural policies re-encode every stored row with their current network (chunked);
     linear policies rebuild their head from the training part of the replay window. The
-    held-out part is left out so the offline evaluation stays honest. A position-aware
-    model's head is rebuilt on its rows' ``[x_arm ; e_position]``.
+    held-out part is left out so the offline evaluation stays honest;
+    ``holdout_fraction`` None (the whole-window refit) rebuilds from every row. A
+    position-aware model's head is rebuilt on its rows' ``[x_arm ; e_position]``.
     """
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     loaded: Any = load_policy(state_path)
@@ -266,8 +285,20 @@ def rebuild_head(
         data = load_replay(replay_path)
         if slots:
             data = data.with_position_features(slots)
-        train_part, _ = data.split(holdout_fraction)
+        train_part = data if holdout_fraction is None else data.split(holdout_fraction)[0]
         policy.rebuild(
             train_part.contexts, train_part.arm_ids, train_part.rewards, train_part.arm_features
         )
     return save_policy(loaded, out_path)
+
+
+def head_rows(state_path: str | Path) -> int | None:
+    """The rows in the Bayesian head's statistics of a saved policy (its ``count_``
+    summed over heads, through wrappers); None for a policy without one. A discounted
+    head counts its rows discounted."""
+    policy: Any = load_policy(state_path)
+    while policy is not None:
+        if isinstance(policy, LinearHeadPolicy):
+            return round(float(np.sum(policy.head.count_)))
+        policy = getattr(policy, "inner", None)
+    return None

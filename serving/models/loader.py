@@ -228,7 +228,7 @@ class ModelLoader:
             base = self.source.load(ref)
             self._check_signature(ref.version, Signature.of(base), serving)
             stage = "recover"  # reads the event store: a failure here is not the version's
-            model = recover(self.store, ref.version, base, self.source.name)
+            model = recover(self.store, ref.version, base, self.source.name, ref.window_stop)
             stage = "smoke"
             smoke_test(model.policy, model.signature)
         except (SignatureError, AdmissionError, UnsafeModelError) as exc:

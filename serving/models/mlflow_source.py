@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime
 
 from bandit_core import Policy
 from bandit_core.policies.registry import policy_from_state
 from eventstore.admission import Admission
-from eventstore.contract import version_label
+from eventstore.contract import WINDOW_STOP_TAG, version_label
 from modelregistry.registry import AliasReader
 from serving.models.sources import ROLES, ModelRef, Role
 
@@ -49,10 +50,13 @@ class MlflowModelSource:
         alias = self.aliases[role]
         if alias is None:
             return None
-        version = self._reader.version(alias)
-        if version is None:
+        found = self._reader.resolve(alias)
+        if found is None:
             return None
-        return ModelRef(version_label(self.model_name, version), version)
+        version, tags = found
+        stop = tags.get(WINDOW_STOP_TAG)
+        window_stop = None if not stop else datetime.fromisoformat(stop).astimezone(UTC)
+        return ModelRef(version_label(self.model_name, version), version, window_stop)
 
     def load(self, ref: ModelRef) -> Policy:
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:

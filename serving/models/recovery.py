@@ -4,9 +4,18 @@ The head of a served version is its base state (from the model source) plus ever
 reward applied to it, in reward-id order. Recovery starts from the newest snapshot (or
 the base) and applies the applied rewards logged after it; :func:`rebuild_from_store`
 applies all of them to the base — the reference the recovered head must equal.
+
+A version that says where its training window stops (``window_stop``, a registry tag)
+learns more when it is loaded from its base: every applied reward of a decision created
+at or after that time, whichever version made it — the rewards production learnt online
+between the extraction and the swap, which the window left out. Each is learnt once:
+the window holds the decisions before ``window_stop``, the replay those after. (From a
+snapshot the rewards since are its own: the snapshot holds what it learnt at its load.)
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from bandit_core import Policy
 from bandit_core.policies.position import update_batch_at
@@ -24,15 +33,24 @@ def _learn(policy: Policy, tail: AppliedRewards) -> None:
         )
 
 
-def recover(store: EventStore, version: str, base: Policy, source: str) -> ServedModel:
-    """The served model of ``version``: newest snapshot (or ``base``) + later rewards."""
+def recover(
+    store: EventStore,
+    version: str,
+    base: Policy,
+    source: str,
+    window_stop: datetime | None = None,
+) -> ServedModel:
+    """The served model of ``version``: newest snapshot (or ``base``) + later rewards
+    (from ``base``, with ``window_stop``: every reward of a decision after the window)."""
     snapshot = store.latest_snapshot(version)
+    since = window_stop
     if snapshot is None:
         policy, last_id, applied = base, 0, 0
     else:
         policy = policy_from_bytes(snapshot.state)
         last_id, applied = snapshot.last_reward_id, snapshot.applied_rewards
-    tail = store.applied_rewards(version, after_id=last_id)
+        since = None
+    tail = store.applied_rewards(version, after_id=last_id, since=since)
     _learn(policy, tail)
     replayed_after = last_id
     if len(tail):
@@ -47,11 +65,15 @@ def recover(store: EventStore, version: str, base: Policy, source: str) -> Serve
         applied_rewards=applied,
         replayed_after=replayed_after,
         replayed_ids=tail.ids,
+        window_stop=window_stop,
     )
 
 
-def rebuild_from_store(store: EventStore, version: str, base: Policy) -> Policy:
-    """``base`` after every reward the store says was applied to ``version``."""
-    _learn(base, store.applied_rewards(version))
+def rebuild_from_store(
+    store: EventStore, version: str, base: Policy, window_stop: datetime | None = None
+) -> Policy:
+    """``base`` after every reward the store says ``version``'s head learns (with
+    ``window_stop``: those of every decision after its window)."""
+    _learn(base, store.applied_rewards(version, since=window_stop))
     base.model_version = version
     return base

@@ -56,7 +56,9 @@ class ServedModel:
     application); ``last_reward_id`` is the id of the last reward its head learnt from.
     ``replayed_after`` / ``replayed_ids``: the recovery started from the state after
     reward ``replayed_after`` and replayed exactly these rewards (what the replica sync
-    of :mod:`serving.replica_sync` starts from).
+    of :mod:`serving.replica_sync` starts from). ``window_stop``: where the version's
+    training window stops; its head learns every applied reward of a decision created
+    from then on (:mod:`serving.models.recovery`), None: those of its own decisions.
     """
 
     version: str
@@ -70,6 +72,7 @@ class ServedModel:
     last_snapshot_at: float = field(default_factory=time.monotonic)
     replayed_after: int = 0
     replayed_ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    window_stop: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
         """Version, policy, source, bookkeeping and head statistics (for ``/v1/model``)."""

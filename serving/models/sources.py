@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -23,10 +24,13 @@ ROLES: tuple[Role, ...] = ("production", "candidate")
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A resolved model version: its label and whatever the source needs to load it."""
+    """A resolved model version: its label, whatever the source needs to load it, and
+    where its training window stops (``window_stop``, None when the source does not
+    say: the version's head then learns only the rewards of its own decisions)."""
 
     version: str
     locator: Any = field(repr=False, compare=False)
+    window_stop: datetime | None = field(default=None, compare=False)
 
 
 class ModelSource(Protocol):

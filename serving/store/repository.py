@@ -11,7 +11,16 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from eventstore import records
 from eventstore.records import (
@@ -161,6 +170,21 @@ def insert_rewards(conn: Connection, judged: Sequence[JudgedReward]) -> list[Rew
     ]
 
 
+def _learnt_by(model_version: str, since: datetime | None) -> ColumnElement[bool]:
+    """Which applied rewards a head of ``model_version`` learns: those of its own
+    decisions, or — for a version whose training window stops at ``since`` — those of
+    every decision created at or after ``since``, whichever version made it (its own
+    decisions all come later: the window was extracted before it was registered). The
+    decisions before ``since`` are in the window it was trained on, so each reward is
+    learnt exactly once, by the window or online."""
+    learnt: ColumnElement[bool] = (
+        rewards.c.model_version == model_version
+        if since is None
+        else decisions.c.created_at >= since
+    )
+    return learnt
+
+
 class EventStore:
     """Queries of the service over one engine."""
 
@@ -227,25 +251,32 @@ class EventStore:
         )
 
     def applied_reward_ids(
-        self, model_version: str, after_id: int = 0
+        self, model_version: str, after_id: int = 0, since: datetime | None = None
     ) -> tuple[NDArray[np.int64], list[datetime]]:
-        """Ids (in order) and ``received_at`` of the rewards applied to ``model_version``
-        with id > ``after_id``: what a replica compares with the rewards its head has."""
+        """Ids (in order) and ``received_at`` of the rewards a head of ``model_version``
+        learns (:func:`_learnt_by`) with id > ``after_id``: what a replica compares with
+        the rewards its head has."""
         r = rewards.c
-        query = (
-            select(r.id, r.received_at)
-            .where(r.model_version == model_version, r.applied.is_(True), r.id > after_id)
-            .order_by(r.id)
-        )
+        query = select(r.id, r.received_at)
+        if since is not None:  # the rule reads the decision's time
+            query = query.join(decisions, decisions.c.event_id == r.event_id)
+        query = query.where(
+            _learnt_by(model_version, since), r.applied.is_(True), r.id > after_id
+        ).order_by(r.id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return np.array([row.id for row in rows], dtype=np.int64), [row.received_at for row in rows]
 
     def applied_rewards(
-        self, model_version: str, after_id: int = 0, only: Sequence[int] | None = None
+        self,
+        model_version: str,
+        after_id: int = 0,
+        only: Sequence[int] | None = None,
+        since: datetime | None = None,
     ) -> AppliedRewards:
-        """Rewards applied to ``model_version``'s head with id > ``after_id`` (and among
-        the ids ``only`` when given), in id order."""
+        """Rewards a head of ``model_version`` learns (:func:`_learnt_by`: those applied
+        to it, or with ``since`` those of every decision created at or after it) with id >
+        ``after_id`` (and among the ids ``only`` when given), in id order."""
         r, d = rewards.c, decisions.c
         query = (
             select(
@@ -263,7 +294,7 @@ class EventStore:
                 r.position,
             )
             .join(decisions, d.event_id == r.event_id)
-            .where(r.model_version == model_version, r.applied.is_(True), r.id > after_id)
+            .where(_learnt_by(model_version, since), r.applied.is_(True), r.id > after_id)
             .order_by(r.id)
         )
         if only is not None:

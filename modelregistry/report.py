@@ -1,0 +1,114 @@
+"""What a registered version is, in one dict: the one source of ``banditops models
+--json``, its table and the demo's per-version summary.
+
+Everything comes from the version's tags, its run's metrics and params
+(:class:`modelregistry.registry.VersionInfo`); a fact a version does not record is None.
+The retrain writes the row counts (``window_rows``, ``train_rows``, ``eval_rows``,
+``head_rows``) and where the window stops (``window_stop``); ``floor`` (the exploration
+floor of the trained policy) and ``challengers`` (the champion–challenger comparison, a
+JSON value) are read when a version has them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from modelregistry.registry import ModelRegistry, VersionInfo
+
+#: The keys of :func:`version_summary`, in the order the table shows them.
+SUMMARY_KEYS = (
+    "version",
+    "aliases",
+    "algorithm",
+    "window_rows",
+    "head_rows",
+    "eval_rows",
+    "train_rows",
+    "window_start",
+    "window_stop",
+    "floor",
+    "dr",
+    "gate_passed",
+    "gate_reasons",
+    "candidates",
+    "run_key",
+)
+
+
+def _int(value: str | None) -> int | None:
+    return None if value in (None, "") else int(float(value))
+
+
+def _json(value: str | None) -> Any:
+    """A JSON tag's value (a tag that is not JSON as its string); None when absent."""
+    if value in (None, ""):
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def version_summary(info: VersionInfo) -> dict[str, Any]:
+    """The version as a JSON-able dict with the keys of :data:`SUMMARY_KEYS`.
+
+    ``dr`` is ``{"value", "ci_low", "ci_high"}`` of the candidate's DR estimate on the
+    held-out window (None without an evaluation); ``gate_passed`` True, False or None
+    (not decided); ``candidates`` the ``challengers`` tag parsed (None when absent).
+    """
+    tags, metrics = info.tags, info.metrics
+    dr = None
+    if "ope.candidate.dr.value" in metrics:
+        dr = {key: metrics.get(f"ope.candidate.dr.{key}") for key in ("value", "ci_low", "ci_high")}
+    gate = tags.get("gate_passed")
+    reasons = _json(tags.get("gate_reasons"))
+    return {
+        "version": info.version,
+        "aliases": list(info.aliases),
+        "algorithm": tags.get("algorithm") or info.params.get("algorithm"),
+        "window_rows": _int(tags.get("window_rows")),
+        "head_rows": _int(tags.get("head_rows")),
+        "eval_rows": _int(tags.get("eval_rows")),
+        "train_rows": _int(tags.get("train_rows")),
+        "window_start": tags.get("window_start") or info.params.get("window_start"),
+        "window_stop": tags.get("window_stop"),
+        "floor": _json(tags.get("floor")),
+        "dr": dr,
+        "gate_passed": None if gate is None else gate == "true",
+        "gate_reasons": reasons if isinstance(reasons, list) else [],
+        "candidates": _json(tags.get("challengers")),
+        "run_key": tags.get("run_key"),
+    }
+
+
+def version_summaries(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """:func:`version_summary` of every version, oldest first."""
+    return [version_summary(v) for v in sorted(registry.versions(), key=lambda v: int(v.version))]
+
+
+def candidate_names(candidates: Any) -> str:
+    """The compared candidates in a few words: the names in a list of records (their
+    ``algorithm`` or ``name``) or the keys of a mapping; ``-`` when none."""
+    if not candidates:
+        return "-"
+    if isinstance(candidates, dict):
+        return ", ".join(str(k) for k in candidates)
+    if isinstance(candidates, list):
+        names = [
+            str(c.get("algorithm") or c.get("name") or c) if isinstance(c, dict) else str(c)
+            for c in candidates
+        ]
+        return ", ".join(names)
+    return str(candidates)
+
+
+def display(value: Any) -> str:
+    """A summary value in a table cell (``-`` for None)."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)

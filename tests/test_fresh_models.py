@@ -1,0 +1,218 @@
+"""Fresh models (issue 19): the registered version has learnt its whole window, and a swap
+loses nothing production learnt online since the extraction.
+
+End to end with real components: the decision service (in-process, SQLite event store),
+two nightly retrains through :func:`training.pipeline.run_retrain`, an MLflow registry in
+a temp dir, and the service's own loader swapping the promoted version in. The reference
+head is rebuilt independently: a fresh policy rebuilt from the window's replay rows, then
+the rewards the store holds past the extraction, in id order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_core import load_policy
+from bandit_core.envs import LogisticClickEnvironment
+from bandit_core.head_statistics import LinearHeadPolicy
+from bandit_core.policies.position import update_batch_at
+from eventstore.contract import POLICY_STATE_PATH, WINDOW_STOP_TAG, version_label
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
+from modelregistry.registry import ModelRegistry
+from serving.app import create_app
+from serving.settings import Settings
+from serving.traffic import simulate_traffic
+from tests.serving_helpers import TEST_TOKEN, make_client
+from training.pipeline import run_retrain
+from training.replay import load_replay
+from training.settings import PipelineSettings
+from training.train import TrainConfig, build_policy
+
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"
+    ),
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
+]
+
+ALGORITHM = "shared_linucb"
+OPTIONS = {"alpha": 0.5, "interactions": True}
+
+
+def _env() -> LogisticClickEnvironment:
+    return LogisticClickEnvironment.make(
+        np.random.default_rng(7), n_items=12, dim_user=4, dim_arm=3, n_candidates=6
+    )
+
+
+def _head(policy: Any) -> Any:
+    while not isinstance(policy, LinearHeadPolicy):
+        policy = policy.inner
+    return policy.head
+
+
+def _retrain(settings: PipelineSettings, run_key: str, end: datetime) -> Any:
+    params = {
+        "window_days": 1.0 / 24.0,
+        "algorithm": ALGORITHM,
+        "policy_options": OPTIONS,
+        "min_rows": 200,
+        "n_resamples": 50,
+        "min_ess": 10.0,
+        "auto_promote": False,
+    }
+    return run_retrain(params, run_key=run_key, interval_end=end, settings=settings)
+
+
+def _settle(service: Any, label: str) -> None:
+    """Wait until the served head of ``label`` has learnt every reward the store applied
+    to it (the writer commits, then the loop applies)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        served = service.loader.current.for_version(label)
+        if served is not None and served.applied_rewards == len(
+            service.store.applied_rewards(label)
+        ):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the head of {label} did not catch up with the store")
+
+
+def test_registered_head_learns_the_window_and_a_swap_replays_the_rest(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/events.db"
+    common = {"workspace": tmp_path / "ws", "database_url": store_url}
+    tracking = {"mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    serving = Settings(**common, **tracking, poll_interval_s=3600.0, seed=11, api_token=TEST_TOKEN)  # type: ignore[arg-type]
+    pipeline = PipelineSettings(
+        **common, **tracking, runs_dir=tmp_path / "runs", reward_window_s=1.0
+    )  # type: ignore[arg-type]
+    engine = make_engine(store_url)
+    upgrade(engine)
+    engine.dispose()
+    registry = ModelRegistry.from_settings(pipeline)
+    env, rng = _env(), np.random.default_rng(1)
+    users = np.stack([env.sample(rng)[0] for _ in range(100)])
+
+    with make_client(create_app(serving)) as client:
+        service = client.app.state.service
+        # day 1: the fallback logs; the first retrain's version is promoted and swapped in
+        assert simulate_traffic(client, env, 400, rng, user_features=users).errors == 0
+        time.sleep(1.2)  # every reward window closed
+        first = _retrain(pipeline, "nightly-1", datetime.now(UTC))
+        registry.promote(first.version, by="test", reason="day 1", force=True)
+        client.post("/v1/admin/poll")
+        v1 = version_label(pipeline.model_name, first.version)
+        assert service.loader.current.production.version == v1
+
+        # day 2: version 1 learns online; the second retrain extracts its window
+        assert simulate_traffic(client, env, 300, rng, user_features=users).errors == 0
+        _settle(service, v1)
+        time.sleep(1.2)
+        second = _retrain(pipeline, "nightly-2", datetime.now(UTC))
+        extracted_up_to = max(service.store.applied_reward_ids(v1)[0])
+
+        # after the extraction version 1 keeps learning online; then version 2 is swapped in
+        assert simulate_traffic(client, env, 150, rng, user_features=users).errors == 0
+        _settle(service, v1)
+        registry.promote(second.version, by="test", reason="day 2", force=True)
+        client.post("/v1/admin/poll")
+        v2 = version_label(pipeline.model_name, second.version)
+        served = service.loader.current.production
+        assert served.version == v2
+        online = service.store.applied_rewards(v1, after_id=int(extracted_up_to))
+
+    # the registered head learnt every row of its window; the report says which rows
+    # trained what
+    info = registry.get(second.version)
+    window = load_replay(second.manifest["path"])
+    n = window.n_rows
+    assert (
+        info.tags["window_rows"] == info.tags["head_rows"] == str(n) == str(second.manifest["rows"])
+    )
+    eval_rows = int(info.tags["eval_rows"])
+    assert int(info.tags["train_rows"]) + eval_rows == n and 0 < eval_rows < n // 2
+    assert info.metrics["head_rows"] == info.metrics["window_rows"] == n
+    assert second.metrics["head_rows"] == n  # the run's report (outcome.json)
+    assert info.tags[WINDOW_STOP_TAG] == second.manifest["stop"]
+    registered = load_policy(
+        registry.download_version(second.version, tmp_path / "v2") / POLICY_STATE_PATH
+    )
+    assert float(_head(registered).count_.sum()) == n
+
+    # the swapped-in head = a rebuild from the window + the rewards learnt online after
+    # the extraction, each exactly once
+    assert len(online) == 150
+    reference: Any = build_policy(TrainConfig(ALGORITHM, dict(OPTIONS)), window, n)
+    reference.rebuild(window.contexts, window.arm_ids, window.rewards, window.arm_features)
+    update_batch_at(
+        reference,
+        online.contexts,
+        online.arm_ids,
+        online.values,
+        online.arm_features,
+        online.positions,
+    )
+    got, want = _head(served.policy), _head(reference)
+    assert float(got.count_.sum()) == n + len(online)
+    assert served.applied_rewards == len(online)
+    for name in ("count_", "xty_", "theta_", "yty_"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-9, atol=1e-9)
+    ours = served.policy.to_state().arrays
+    for key, value in reference.to_state().arrays.items():
+        if value.dtype.kind in "fc":
+            np.testing.assert_allclose(ours[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+        else:
+            np.testing.assert_array_equal(ours[key], value, err_msg=key)
+
+
+def test_window_rule_recovery_and_replica_sync_learn_each_later_reward_once(
+    tmp_path: Path,
+) -> None:
+    """Store level: a version whose window stops at ``stop`` recovers every applied reward
+    of a decision made from ``stop`` on (by any version or the fallback), none before; the
+    replica sync then brings it a later one once, and nothing the second time."""
+    from serving.models.recovery import rebuild_from_store, recover
+    from serving.replica_sync import ReplicaSync
+    from serving.store.repository import EventStore, write_events
+    from tests.serving_helpers import decision_row, head_difference, policy_file, reward_row
+
+    engine = make_engine(f"sqlite:///{tmp_path}/events.db")
+    upgrade(engine)
+    store = EventStore(engine)
+    rng = np.random.default_rng(3)
+    stop = datetime.now(UTC) - timedelta(minutes=10)
+
+    def log(created_at: datetime, version: str | None, value: float) -> None:
+        decision = decision_row(rng, created_at=created_at, model_version=version)
+        with engine.begin() as conn:
+            write_events(conn, [decision, reward_row(decision.event_id, value, None, version)])
+
+    for i in range(5):  # in the window: learnt by the retrain, never replayed
+        log(stop - timedelta(seconds=5 - i), "old/1", 1.0)
+    for i in range(6):  # after it: production and the fallback learn online
+        log(stop + timedelta(seconds=i), "old/1" if i % 3 else None, float(i % 2))
+    base_path = policy_file(tmp_path / "base.npz", warm=20)
+    model = recover(store, "new/2", load_policy(base_path), "test", window_stop=stop)
+    assert model.applied_rewards == 6 and model.window_stop == stop
+    assert len(store.applied_rewards("new/2", since=stop)) == 6
+    assert len(store.applied_rewards("new/2")) == 0  # its own decisions: none yet
+
+    log(datetime.now(UTC), "old/1", 1.0)  # production learns one more after the load
+    sync = ReplicaSync(store, "r1", interval_s=1.0, horizon_s=60.0)
+    assert asyncio.run(sync.sync([model])).applied == {"new/2": 1}
+    assert asyncio.run(sync.sync([model])).applied == {"new/2": 0}
+    reference = rebuild_from_store(store, "new/2", load_policy(base_path), window_stop=stop)
+    assert head_difference(model.policy, reference) < 1e-9
+    assert (
+        float(_head(model.policy).count_.sum())
+        == float(_head(load_policy(base_path)).count_.sum()) + 7
+    )
+    engine.dispose()
