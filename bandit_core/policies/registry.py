@@ -17,10 +17,19 @@ def policy_names() -> list[str]:
 def make_policy(name: str, **options: Any) -> Policy:
     """Build the policy ``name`` from keyword options.
 
+    The overlap options (:class:`bandit_core.policies.overlap.OverlapConfig`: ``floor``,
+    ``segment_feature``, ``segment_floors``, ``cold_start_floor``,
+    ``cold_start_max_share``, ``exposure_cap``, ``exposure_window``,
+    ``exposure_min_decisions``) wrap the policy
+    (:func:`~bandit_core.policies.overlap.with_overlap`); the rest are the policy's own.
+
     Raises ``ValueError`` naming the unknown policy or option.
     """
-    policy: Policy = policy_spec(name).resolve()(**options)
-    return policy
+    from bandit_core.policies.overlap import split_overlap_options, with_overlap
+
+    own, overlap = split_overlap_options(options)
+    policy: Policy = policy_spec(name).resolve()(**own)
+    return with_overlap(policy, **overlap) if overlap else policy
 
 
 def policy_from_state(state: PolicyState) -> Policy:

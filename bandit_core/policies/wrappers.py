@@ -135,7 +135,17 @@ class ExplorationFloor(_Wrapper):
         return cls(_restore_inner(state), p_min=state.config["p_min"])
 
 
-class ExposureCap(_Wrapper):
+class _Delegating(_Wrapper):
+    """A wrapper that reads through to its inner model (head, features, rebuild…), so
+    training and serving treat the wrapped model as the model it wraps."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class ExposureCap(_Delegating):
     """No arm may take more than ``max_share`` of the last ``window`` decisions.
 
     Arms at or over their share are removed from the candidate set before the inner
