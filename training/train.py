@@ -33,6 +33,7 @@ from bandit_core import Policy, PositionBias, load_policy, make_policy, save_pol
 from bandit_core.catalog import ALGORITHMS, policy_spec
 from bandit_core.diagnostics import diagnose_linear_failure
 from bandit_core.policies.position import split_position
+from bandit_core.policies.registry import catalog_policy
 from training.replay import ReplayData, load_replay
 
 STATE_FILE = "policy_state.npz"
@@ -48,7 +49,8 @@ class TrainConfig:
     Parameters
     ----------
     algorithm : str
-        A registered policy name (default ``neural_linear``).
+        A registered policy name (default ``lints``; the nightly run compares candidates,
+        :mod:`training.challengers`).
     options : dict
         Policy options (``alpha``, ``hidden``, ``epochs``, ``lambda_prior``…); ``dim_user``
         and ``dim_arm`` come from the data.
@@ -68,7 +70,7 @@ class TrainConfig:
         ``policy_options``): the position bias is part of the served policy.
     """
 
-    algorithm: str = "neural_linear"
+    algorithm: str = "lints"
     options: dict[str, Any] = field(default_factory=dict)
     holdout_fraction: float = 0.2
     min_rows: int = 100
@@ -131,6 +133,8 @@ class TrainResult:
     curve: list[dict[str, float]]
     diagnostics: str
     position_slots: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    challengers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -222,12 +226,14 @@ def train(replay_path: str | Path, config: TrainConfig, out_dir: str | Path) -> 
         curve=curve,
         diagnostics=diag.summary(),
         position_slots=slots,
+        options=dict(config.options),
     )
     (out / RESULT_FILE).write_text(result.to_json())
     return result
 
 
 def _diagnose(policy: Any, data: ReplayData, seed: int) -> Any:
+    policy = catalog_policy(policy)  # the model inside its overlap floor
     config = policy.config if policy_spec(policy.name).config_class() is not None else None
     features = None if config is None else config.feature_map()
     if features is not None:
@@ -257,8 +263,8 @@ def rebuild_head(
     """
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     loaded: Any = load_policy(state_path)
-    policy, slots = split_position(loaded)
-    spec = policy_spec(policy.name)
+    policy, slots = split_position(loaded)  # an overlap floor forwards the rebuild
+    spec = policy_spec(catalog_policy(policy).name)
     if spec.trains_network:
         if spec.linear_head:  # re-encode every stored row with the final network
             policy.rebuild_head()

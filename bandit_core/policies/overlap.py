@@ -45,7 +45,7 @@ from bandit_core._validation import (
     validate_params,
 )
 from bandit_core.policies.base import Policy, check_candidates, check_rng, to_decision
-from bandit_core.policies.wrappers import ExposureCap, _Delegating, _nest, _restore_inner
+from bandit_core.policies.wrappers import DelegatingWrapper, ExposureCap, _nest, _restore_inner
 from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
 
 
@@ -155,7 +155,7 @@ def segment_key(value: float) -> str:
     return f"{float(value):g}"
 
 
-class Overlap(_Delegating):
+class Overlap(DelegatingWrapper):
     """Exploration floors (global, per segment) and a cold-start floor around a policy.
 
     Parameters
@@ -170,9 +170,7 @@ class Overlap(_Delegating):
 
     kind = "overlap"
 
-    def __init__(
-        self, inner: Policy, config: OverlapConfig | None = None, seen: Any = ()
-    ) -> None:
+    def __init__(self, inner: Policy, config: OverlapConfig | None = None, seen: Any = ()) -> None:
         super().__init__(inner)
         self.config = OverlapConfig() if config is None else config
         if not isinstance(self.config, OverlapConfig):

@@ -48,3 +48,14 @@ def policy_from_state(state: PolicyState) -> Policy:
     cls: Any = resolve_target(target)
     restored: Policy = cls.from_state(state)
     return restored
+
+
+def catalog_policy(policy: Any) -> Any:
+    """The catalog policy inside ``policy`` (through its wrappers: overlap, exposure cap,
+    position bias…); ``policy`` itself when it is one. ``ValueError`` when none is."""
+    inner = policy
+    while inner is not None and getattr(inner, "name", None) not in CATALOG:
+        inner = inner.__dict__.get("inner") if hasattr(inner, "__dict__") else None
+    if inner is None:
+        raise ValueError(f"{getattr(policy, 'name', policy)!r} wraps no catalog policy.")
+    return inner
