@@ -72,7 +72,9 @@ def _configs() -> tuple[TrainConfig, TrainConfig]:
     return linear, neural
 
 
-def _compare(tmp_path: Path, reward: Callable[[np.ndarray, int], float]) -> tuple[TrainResult, list]:  # type: ignore[type-arg]
+def _compare(
+    tmp_path: Path, reward: Callable[[np.ndarray, int], float]
+) -> tuple[TrainResult, list]:  # type: ignore[type-arg]
     replay = _window(tmp_path, reward, seed=3)
     linear, neural = _configs()
     return compare(

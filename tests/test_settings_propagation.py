@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from bandit_core.policies.overlap import OVERLAP_OPTIONS
 from eventstore.settings import SECTIONS, WORKSPACE_ENV, CoreSettings, section_fields
 from ops import config_file
 from ops.config_reference import SETTINGS_CLASSES, all_fields
 from serving.settings import Settings
 from training.form import RETRAIN_FORM, form_defaults
-from bandit_core.policies.overlap import OVERLAP_OPTIONS
 from training.runspec import plan
 from training.settings import PipelineSettings
 
