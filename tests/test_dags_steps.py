@@ -63,7 +63,18 @@ def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> 
         "2026-11-01T00:00:00+00:00",
         "2026-11-08T00:00:00+00:00",
     )
-    assert explicit["train"]["options"] == {"alpha": 0.5}  # epochs only for neural policies
+    # epochs only for neural policies; a deterministic policy gets the default floor and
+    # every policy the cold-start floor for arms it has not seen
+    assert explicit["train"]["options"] == {
+        "alpha": 0.5,
+        "floor": 0.02,
+        "cold_start_floor": 0.02,
+    }
+    assert explicit["challengers"] == {}  # one named algorithm: no comparison
+    auto = runspec.plan({}, run_key="nightly-1", interval_end=END, settings=settings).to_xcom()
+    assert (
+        auto["train"]["algorithm"] == "lints" and auto["challengers"]["neural_min_rows"] == 10_000
+    )
 
 
 @pytest.mark.parametrize(
