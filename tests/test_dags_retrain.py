@@ -230,4 +230,9 @@ def test_nightly_shared_linucb_run_registers_a_floored_policy(
     )
     probs = policy.select_batch(batch.contexts, batch.candidates, np.random.default_rng(0))
     assert probs.probabilities.min() >= 0.02 - 1e-15
-    assert np.unique(probs.probabilities.round(12)).size > 2  # not one-hot: overlap
+    # not one-hot any more: the floor's exact mixture (1 − K·0.02) · 1[UCB's arm] + 0.02
+    k = probs.probabilities.shape[1]
+    np.testing.assert_allclose(probs.probabilities.max(axis=1), 1 - (k - 1) * 0.02, atol=1e-12)
+    np.testing.assert_allclose(
+        probs.propensities, probs.probabilities[np.arange(len(probs.arms)), probs.arms]
+    )
