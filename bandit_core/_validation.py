@@ -147,7 +147,25 @@ class CheckedBy:
         return True
 
 
-Constraint = Interval | OneOf | OptionalOf | IsBool | StrTuple | IsStr | LayerWidths | CheckedBy
+@dataclass(frozen=True)
+class FloorMap:
+    """A mapping of segment names (str) to probabilities in (0, 1] (per-segment floors)."""
+
+    def describe(self) -> str:
+        return "a mapping of segment names (str) to floats in the range (0, 1]"
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, Mapping):
+            return False
+        return all(
+            isinstance(k, str) and Interval(float, 0.0, 1.0, closed="right").accepts(v)
+            for k, v in value.items()
+        )
+
+
+Constraint = (
+    Interval | OneOf | OptionalOf | IsBool | StrTuple | IsStr | LayerWidths | CheckedBy | FloorMap
+)
 
 
 def delegate(

@@ -44,6 +44,10 @@ class PolicySpec:
         per-shard statistics equals the single-node rebuild).
     summary : str
         One line for listings and docs.
+    randomized : bool
+        It samples its decisions (Thompson sampling, ε-greedy, uniform), so its logs keep
+        some overlap by themselves; a deterministic policy (UCB, an argmax) logs
+        propensities 0 and 1 and the retrain gives it an exploration floor by default.
     """
 
     name: str
@@ -53,6 +57,7 @@ class PolicySpec:
     arm_features: bool
     shardable: bool
     summary: str
+    randomized: bool = True
 
     def __post_init__(self) -> None:
         if self.target.count(":") != 1:
@@ -79,6 +84,13 @@ class PolicySpec:
         (``shared=False`` turns an epsilon-greedy model into per-arm heads)."""
         return self.arm_features and bool(options.get("shared", True))
 
+    def randomizes(self, options: Mapping[str, Any]) -> bool:
+        """Whether the policy built with ``options`` samples its decisions
+        (``mode="ucb"`` makes a neural policy deterministic, ``epsilon=0`` an ε-greedy one)."""
+        if not self.randomized or options.get("mode") == "ucb":
+            return False
+        return not (self.name == "epsilon_greedy" and options.get("epsilon", 0.1) == 0)
+
 
 _P = "bandit_core.policies"
 
@@ -99,6 +111,7 @@ CATALOG: dict[str, PolicySpec] = {
                 'propensity) or, with `ties="first"`, go to the first in candidate '
                 "order with propensity 1 (mabwiser's rule; also `shared_linucb`)"
             ),
+            randomized=False,
         ),
         PolicySpec(
             name="lints",
@@ -125,6 +138,7 @@ CATALOG: dict[str, PolicySpec] = {
                 "one-hot (opt.); x_user ⊗ e(arm) (opt., `arm_embedding=m`: a hashed "
                 "m-dimensional arm embedding, width independent of the number of arms)]`"
             ),
+            randomized=False,
         ),
         PolicySpec(
             name="shared_lints",
@@ -168,6 +182,7 @@ CATALOG: dict[str, PolicySpec] = {
                 "block in O(k² + d²) — the posterior of the dense shared model with "
                 "`x_user ⊗ one-hot(arm)` without its (k + K·d)² cost"
             ),
+            randomized=False,
         ),
         PolicySpec(
             name="hybrid_lints",
@@ -189,6 +204,7 @@ CATALOG: dict[str, PolicySpec] = {
                 "per-arm LinUCB on `[x_user; x_arm]` (θ_a on the user context and the "
                 "candidate's own features)"
             ),
+            randomized=False,
         ),
         PolicySpec(
             name="lints_arm_features",
@@ -259,6 +275,7 @@ CATALOG: dict[str, PolicySpec] = {
 WRAPPERS: dict[str, str] = {
     "exploration_floor": f"{_P}.wrappers:ExplorationFloor",
     "exposure_cap": f"{_P}.wrappers:ExposureCap",
+    "overlap": f"{_P}.overlap:Overlap",
     "position_bias": f"{_P}.position:PositionBias",
 }
 
@@ -293,11 +310,18 @@ TABLE_END = "<!-- policy-catalog:end -->"
 def policy_table() -> str:
     """The catalog as the README's Markdown table (name, capabilities, summary)."""
     rows = [
-        "| policy | network | linear head | arm features | sharded rebuild | what it is |",
-        "|---|---|---|---|---|---|",
+        "| policy | network | linear head | arm features | sharded rebuild | randomized "
+        "| what it is |",
+        "|---|---|---|---|---|---|---|",
     ]
     for spec in CATALOG.values():
-        flags = [spec.trains_network, spec.linear_head, spec.arm_features, spec.shardable]
+        flags = [
+            spec.trains_network,
+            spec.linear_head,
+            spec.arm_features,
+            spec.shardable,
+            spec.randomized,
+        ]
         marks = " | ".join("yes" if f else "" for f in flags)
         rows.append(f"| `{spec.name}` | {marks} | {spec.summary} |")
     return "\n".join(rows)

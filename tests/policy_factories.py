@@ -132,6 +132,25 @@ WRAPPED: dict[str, Callable[[], Policy]] = {
     "lints+cap": lambda: ExposureCap(
         FACTORIES["lints"](), max_share=0.4, window=50, min_decisions=10
     ),
+    # overlap options of a trained policy (make_policy wraps): global, per-segment and
+    # cold-start floors around a deterministic policy; a floor over an exposure cap
+    "shared_linucb+overlap": lambda: make_policy(
+        "shared_linucb",
+        dim_user=DIM_USER,
+        dim_arm=DIM_ARM,
+        floor=0.02,
+        segment_feature=0,
+        segment_floors={"1": 0.1},
+        cold_start_floor=0.05,
+    ),
+    "lints+cap+overlap": lambda: make_policy(
+        "lints",
+        dim_user=DIM_USER,
+        floor=0.05,
+        exposure_cap=0.4,
+        exposure_window=50,
+        exposure_min_decisions=10,
+    ),
     # a head on [x_arm ; one-hot of 3 positions], fed item features only
     "shared_lints+position": lambda: PositionBias(
         make_policy("shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM + 3, n_sim=200), 3

@@ -176,7 +176,12 @@ def test_standalone_on_a_demo_workspace_runs_a_ui_triggered_retrain(tmp_path: Pa
     wanted = demo_settings(ws.root, "shared_lints", SEED)
     assert spec["reward_window_s"] == wanted["reward_window_s"]
     assert spec["train"]["algorithm"] == wanted["retrain_algorithm"]
-    assert spec["train"]["options"] == wanted["retrain_policy_options"]
+    # the policy's own options plus the default cold-start floor (shared_lints randomizes:
+    # no deterministic floor)
+    assert spec["train"]["options"] == {
+        **wanted["retrain_policy_options"],
+        "cold_start_floor": 0.02,
+    }
     assert (spec["min_rows"], spec["min_ess"]) == (
         wanted["retrain_min_rows"],
         wanted["retrain_min_ess"],

@@ -214,3 +214,37 @@ def test_sharded_run_maps_the_shard_tasks(
     ]
     assert (folder / "rebuild" / "reward_model.npz").is_file()
     assert dagtools.version_of(run.run_id) is not None
+
+
+def test_nightly_shared_linucb_run_registers_a_floored_policy(
+    first_retrain: Any, dagtools: Any, pipeline_env: Any, tmp_path: Path
+) -> None:
+    """``shared_linucb`` is deterministic: the retrain gives it the default floor (and the
+    cold-start floor); every propensity of the registered policy on the window's contexts
+    is at least the floor, exactly; the version's ``floor`` tag says so."""
+    import numpy as np
+
+    from bandit_core import load_policy
+    from bandit_core.policies.overlap import Overlap
+    from eventstore.contract import POLICY_STATE_PATH
+    from training.evaluate import logged_batch
+    from training.replay import load_replay
+
+    version = dagtools.version_of(first_retrain.run_id)
+    floor = json.loads(version.tags["floor"])
+    assert floor == {"floor": 0.02, "cold_start_floor": 0.02}
+    assert float(version.tags["gate.unsupported_mass"]) <= 0.2  # uniform logs support it
+    local = dagtools.registry().download_version(version.version, tmp_path)
+    policy = load_policy(local / POLICY_STATE_PATH)
+    assert isinstance(policy, Overlap) and policy.config.floor == 0.02
+    batch = logged_batch(
+        load_replay(Path(_spec(first_retrain.run_id)["run_dir"]) / "replay" / "replay.parquet")
+    )
+    probs = policy.select_batch(batch.contexts, batch.candidates, np.random.default_rng(0))
+    assert probs.probabilities.min() >= 0.02 - 1e-15
+    # not one-hot any more: the floor's exact mixture (1 − K·0.02) · 1[UCB's arm] + 0.02
+    k = probs.probabilities.shape[1]
+    np.testing.assert_allclose(probs.probabilities.max(axis=1), 1 - (k - 1) * 0.02, atol=1e-12)
+    np.testing.assert_allclose(
+        probs.propensities, probs.probabilities[np.arange(len(probs.arms)), probs.arms]
+    )

@@ -39,7 +39,17 @@ def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> 
     ).to_xcom()
     assert spec["window_start"] == (END - timedelta(days=7)).isoformat()
     assert spec["window_end"] == spec["as_of"] == END.isoformat()
-    assert spec["train"] == {"algorithm": "neural_linear", "options": {"epochs": 20}, "seed": 0}
+    assert spec["train"] == {
+        "algorithm": "neural_linear",
+        "options": {"epochs": 20, "cold_start_floor": 0.02},
+        "seed": 0,
+    }
+    # the nightly default starts simple: linear Thompson sampling (a neural challenger joins
+    # large windows where the linear-failure diagnostic recommends it)
+    auto = runspec.plan({}, run_key="nightly-1", interval_end=END, settings=settings).to_xcom()
+    assert auto["train"] == {"algorithm": "lints", "options": {"cold_start_floor": 0.02}, "seed": 0}
+    assert auto["challengers"]["neural"] == "neural_linear"
+    assert (auto["challengers"]["epochs"], auto["challengers"]["neural_min_rows"]) == (20, 10_000)
     assert spec["store_url"] == settings.store_url and spec["reward_window_s"] == 60.0
     assert spec["auto_promote"] is False and spec["min_rows"] == 100
     folder = Path(spec["run_dir"])
@@ -63,7 +73,18 @@ def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> 
         "2026-11-01T00:00:00+00:00",
         "2026-11-08T00:00:00+00:00",
     )
-    assert explicit["train"]["options"] == {"alpha": 0.5}  # epochs only for neural policies
+    # epochs only for neural policies; a deterministic policy gets the default floor and
+    # every policy the cold-start floor for arms it has not seen
+    assert explicit["train"]["options"] == {
+        "alpha": 0.5,
+        "floor": 0.02,
+        "cold_start_floor": 0.02,
+    }
+    assert explicit["challengers"] == {}  # one named algorithm: no comparison
+    auto = runspec.plan({}, run_key="nightly-1", interval_end=END, settings=settings).to_xcom()
+    assert (
+        auto["train"]["algorithm"] == "lints" and auto["challengers"]["neural_min_rows"] == 10_000
+    )
 
 
 @pytest.mark.parametrize(

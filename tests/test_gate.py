@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from validation.gate import GateRule, decide
+from bandit_core import make_policy, save_policy
+from training.evaluate import evaluate
+from validation.gate import GateRule, decide, unsupported_mass
 from validation.ope import Estimate, OPEReport
 
 
@@ -80,7 +86,13 @@ def test_missing_estimator_is_reported() -> None:
 def test_decision_serialises() -> None:
     d = decide(report("cand", 0.30, 0.26, 0.34), report("prod", 0.25, 0.24, 0.26)).to_dict()
     assert d["promote"] is True and d["candidate"] == "cand" and d["production"] == "prod"
-    assert d["rule"] == {"estimator": "dr", "tolerance": 0.0, "min_ess": 100.0}
+    assert d["rule"] == {
+        "estimator": "dr",
+        "tolerance": 0.0,
+        "min_ess": 100.0,
+        "support_threshold": 0.01,
+        "max_unsupported": 0.2,
+    }
     assert [c["name"] for c in d["checks"]] == ["lower_bound", "effective_sample_size"]
 
 
@@ -93,6 +105,10 @@ def test_decision_serialises() -> None:
             r"'tolerance' parameter of GateRule must be a float in the range \[0, 1\)",
         ),
         (
+            {"max_unsupported": 1.5},
+            r"'max_unsupported' parameter of GateRule must be a float in the range \[0, 1\]",
+        ),
+        (
             {"min_ess": -1.0},
             r"'min_ess' parameter of GateRule must be a float in the range \[0, inf\)",
         ),
@@ -101,3 +117,65 @@ def test_decision_serialises() -> None:
 def test_bad_rules_are_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         GateRule(**kwargs)
+
+
+def test_unsupported_mass_is_the_candidate_mass_on_rarely_logged_actions() -> None:
+    pi = np.array([[0.0, 0.1, 0.9], [0.5, 0.5, 0.0], [0.2, 0.2, 0.6]])
+    mu = np.array([[0.5, 0.5, 0.0], [0.5, 0.499, 0.001], [np.nan, np.nan, np.nan]])
+    # row 0: 0.9 on an action never logged; row 1: 0.0; row 2: not logged (left out)
+    assert unsupported_mass(pi, mu, 0.01) == pytest.approx(0.45)
+    assert np.isnan(unsupported_mass(pi[2:], mu[2:], 0.01))
+    with pytest.raises(ValueError, match="same shape"):
+        unsupported_mass(pi, mu[:, :2], 0.01)
+
+
+def test_the_gate_refuses_a_candidate_the_logs_do_not_support_and_says_why() -> None:
+    good = (report("cand", 0.30, 0.26, 0.34), report("prod", 0.25, 0.24, 0.26))
+    assert decide(*good, unsupported=0.05).promote
+    refused = decide(*good, GateRule(max_unsupported=0.2), unsupported=0.6)
+    assert not refused.promote
+    assert refused.reasons[0].startswith("support: the candidate puts 60.0% of its probability")
+    tags = refused.to_tags()
+    assert tags["gate.unsupported_mass"] == "0.6" and tags["gate.support_threshold"] == "0.01"
+    assert "gate.unsupported_mass" not in decide(*good).to_tags()  # not checked: no tag
+
+
+def test_a_candidate_whose_actions_the_logs_do_not_cover_is_refused(tmp_path: Path) -> None:
+    """Logs of a policy that played arms c and d with propensity 0.0005; a candidate that
+    learnt d is best: its DR bound clears production, the support check refuses it."""
+    rng = np.random.default_rng(0)
+    ids, logging = ["a", "b", "c", "d"], [0.4995, 0.4995, 0.0005, 0.0005]
+    rows = []
+    for t in range(2000):
+        arm = int(rng.choice(4, p=logging))
+        rows.append(
+            {
+                "event_id": f"e{t}",
+                "context": [1.0, float(rng.standard_normal())],
+                "candidate_ids": ids,
+                "candidate_features": [[0.0]] * 4,
+                "chosen": arm,
+                "reward": float(arm == 3) + 0.1 * float(rng.standard_normal()),
+                "propensity": logging[arm],
+                "probabilities": logging,
+                "model_version": "1",
+            }
+        )
+    pd.DataFrame(rows).to_parquet(tmp_path / "replay.parquet")
+    candidate = make_policy("linucb", dim_user=2, floor=0.01)
+    for _ in range(50):
+        for arm in range(4):
+            candidate.update(np.array([1.0, 0.0]), ids[arm], float(arm == 3))
+    state = save_policy(candidate, tmp_path / "candidate.npz")
+    result = evaluate(
+        state,
+        None,
+        tmp_path / "replay.parquet",
+        rule=GateRule(min_ess=0.0, tolerance=0.5),
+        n_resamples=50,
+    )
+    support = next(c for c in result.gate.checks if c.name == "support")
+    assert support.value > 0.9 and not support.passed
+    assert not result.gate.promote
+    assert float(result.gate.to_tags()["gate.unsupported_mass"]) == pytest.approx(support.value)
+    assert result.metrics()["gate.unsupported_mass"] == pytest.approx(support.value)

@@ -251,3 +251,22 @@ def test_the_coverage_check_catches_a_field_without_an_entry() -> None:
             }
 
     assert uncovered_fields(PlantedConfig) == ["forgotten", "misdelegated"]
+
+
+def test_the_overlap_options_have_a_constraint_table() -> None:
+    from bandit_core.policies.overlap import OverlapConfig
+
+    assert uncovered_fields(OverlapConfig) == []
+
+
+@pytest.mark.parametrize("policy_name", sorted(CATALOG))
+def test_catalog_randomized_flag_matches_the_decisions(policy_name: str) -> None:
+    """A policy the catalog calls deterministic logs one-hot probabilities (propensity 1);
+    a randomized one gives some decision more than one arm with positive probability."""
+    policy = _trained(policy_name)
+    rng = np.random.default_rng(3)
+    batch = policy.select_batch(
+        rng.standard_normal((30, DIM_USER)), candidates_for(policy, _candidates(rng)), rng
+    )
+    one_hot = bool(np.all(np.isin(batch.probabilities, (0.0, 1.0))))
+    assert one_hot == (not CATALOG[policy_name].randomized)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from bandit_core.policies.overlap import OVERLAP_OPTIONS
 from eventstore.settings import SECTIONS, WORKSPACE_ENV, CoreSettings, section_fields
 from ops import config_file
 from ops.config_reference import SETTINGS_CLASSES, all_fields
@@ -127,6 +128,14 @@ def samples(root: Path) -> dict[str, Any]:
         "retrain_n_resamples": 200,
         "retrain_auto_promote": True,
         "retrain_shards": 3,
+        "retrain_neural_min_rows": 2000,
+        "retrain_floor": 0.03,
+        "retrain_deterministic_floor": 0.05,
+        "retrain_segment_floors": {"feature": 1, "floors": {"1": 0.1}},
+        "retrain_cold_start_floor": 0.04,
+        "retrain_exposure_cap": 0.6,
+        "retrain_support_threshold": 0.02,
+        "retrain_max_unsupported": 0.3,
         "retrain_queue": "gpu",
         "retries": 0,
         "retry_delay_s": 5.0,
@@ -189,7 +198,9 @@ def _spec_checks() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "retrain_min_rows": lambda s: s["min_rows"],
         "retrain_algorithm": lambda s: s["train"]["algorithm"],
         "retrain_policy_options": lambda s: {
-            k: v for k, v in s["train"]["options"].items() if k != "epochs"
+            k: v
+            for k, v in s["train"]["options"].items()
+            if k != "epochs" and k not in OVERLAP_OPTIONS
         },
         "retrain_epochs": lambda s: s["train"]["options"]["epochs"],
         "retrain_seed": lambda s: s["train"]["seed"],
@@ -198,6 +209,13 @@ def _spec_checks() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "retrain_n_resamples": lambda s: s["n_resamples"],
         "retrain_auto_promote": lambda s: s["auto_promote"],
         "retrain_shards": lambda s: s["shards"],
+        "retrain_floor": lambda s: s["overlap"]["floor"],
+        "retrain_deterministic_floor": lambda s: s["overlap"]["deterministic_floor"],
+        "retrain_segment_floors": lambda s: s["overlap"]["segment_floors"],
+        "retrain_cold_start_floor": lambda s: s["train"]["options"]["cold_start_floor"],
+        "retrain_exposure_cap": lambda s: s["train"]["options"]["exposure_cap"],
+        "retrain_support_threshold": lambda s: s["support_threshold"],
+        "retrain_max_unsupported": lambda s: s["max_unsupported"],
         "duplicate_rule": lambda s: s["duplicate_rule"],
         "production_alias": lambda s: s["production_alias"],
         "candidate_alias": lambda s: s["staging_alias"],

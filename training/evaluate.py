@@ -17,8 +17,9 @@ import numpy as np
 
 from bandit_core import Candidates, Policy, load_policy, make_policy
 from training.replay import ReplayData, load_replay
-from validation.gate import GateDecision, GateRule, decide
+from validation.gate import GateDecision, GateRule, decide, unsupported_mass
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
+from validation.ope.evaluate import policy_action_dist
 
 REPORT_FILE = "evaluation.json"
 
@@ -59,6 +60,38 @@ def logged_batch(data: ReplayData) -> LoggedBatch:
     )
 
 
+def logging_matrix(data: ReplayData, batch: LoggedBatch) -> np.ndarray:
+    """The logging policy's probabilities (n, n_actions) over ``batch``'s actions: 0 for an
+    action a row did not offer, NaN rows where the window has no logged probabilities."""
+    index = {arm: j for j, arm in enumerate(batch.candidates.ids)}
+    out = np.full((data.n_rows, len(index)), np.nan)
+    if data.logging_probabilities is None:
+        return out
+    for i, (ids, probs) in enumerate(
+        zip(data.candidate_ids, data.logging_probabilities, strict=True)
+    ):
+        if np.isfinite(probs).all():
+            out[i] = 0.0
+            out[i, [index[a] for a in ids]] = probs
+    return out
+
+
+def support_of(
+    policy: Policy, data: ReplayData, batch: LoggedBatch, threshold: float, seed: int
+) -> float | None:
+    """:func:`validation.gate.unsupported_mass` of ``policy`` on the held-out rows
+    ``data`` (their ``batch``); None for slates or a window without logged probabilities."""
+    if batch.len_list > 1 or data.logging_probabilities is None:
+        return None
+    known = np.isfinite(data.propensities)
+    data = data.subset(np.flatnonzero(known)) if not known.all() else data
+    mu = logging_matrix(data, batch)
+    if not np.isfinite(mu).all(axis=1).any():
+        return None
+    pi = policy_action_dist(policy, batch, np.random.default_rng(seed))[:, :, 0]
+    return unsupported_mass(pi, mu, threshold)
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
     """Both reports and the gate's decision."""
@@ -81,6 +114,9 @@ class EvaluationResult:
             **self.production.to_mlflow_metrics("ope.production"),
         }
         out["gate.promote"] = float(self.gate.promote)
+        for check in self.gate.checks:
+            if check.name == "support":
+                out["gate.unsupported_mass"] = check.value
         return out
 
     def write(self, out_dir: str | Path) -> Path:
@@ -125,7 +161,8 @@ def evaluate(
     rep_p = evaluate_policy(
         production, batch, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
     )
-    result = EvaluationResult(rep_c, rep_p, decide(rep_c, rep_p, rule))
+    support = support_of(candidate, holdout, batch, rule.support_threshold, seed)
+    result = EvaluationResult(rep_c, rep_p, decide(rep_c, rep_p, rule, support))
     if out_dir is not None:
         result.write(out_dir)
     return result

@@ -91,7 +91,10 @@ class FormField:
         if self.kind == "date":
             return "a date YYYY-MM-DD"
         if self.kind == "object":
-            return "an object of policy options" if self.name == "policy_options" else "an object"
+            return {
+                "policy_options": "an object of policy options",
+                "segment_floors": 'an object {"feature": <context index>, "floors": {...}}',
+            }.get(self.name, "an object")
         if self.choices:
             return f"one of {', '.join(self.choices)}"
         noun = "an integer" if self.kind == "integer" else "a finite number"
@@ -174,7 +177,13 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         minimum=1,
     ),
     FormField(
-        "algorithm", "string", "Policy to train.", setting="retrain_algorithm", choices=ALGORITHMS
+        "algorithm",
+        "string",
+        "Policy to train, or auto: the champion–challenger run (linear Thompson sampling, "
+        "joined by a neural policy on large windows where the linear-failure diagnostic "
+        "recommends it; the best DR lower bound is registered).",
+        setting="retrain_algorithm",
+        choices=ALGORITHMS,
     ),
     FormField(
         "policy_options",
@@ -230,6 +239,69 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "Shards of the map-reduce head rebuild and offline evaluation (1: single node).",
         setting="retrain_shards",
         minimum=1,
+    ),
+    FormField(
+        "neural_min_rows",
+        "integer",
+        "Fewest window rows before a neural challenger joins an auto run.",
+        setting="retrain_neural_min_rows",
+        minimum=1,
+    ),
+    FormField(
+        "floor",
+        "number",
+        "Exploration floor: every candidate's probability under the trained policy is at "
+        "least this (0: none).",
+        setting="retrain_floor",
+        minimum=0,
+        exclusive_maximum=1,
+    ),
+    FormField(
+        "deterministic_floor",
+        "number",
+        "The floor a deterministic policy (UCB) gets when floor is lower.",
+        setting="retrain_deterministic_floor",
+        minimum=0,
+        exclusive_maximum=1,
+    ),
+    FormField(
+        "segment_floors",
+        "object",
+        'Per-segment floors, e.g. {"feature": 2, "floors": {"1": 0.05}}: the segment is '
+        "the value of context feature 2.",
+        setting="retrain_segment_floors",
+    ),
+    FormField(
+        "cold_start_floor",
+        "number",
+        "Extra probability of each candidate the trained model has not seen (0: none).",
+        setting="retrain_cold_start_floor",
+        minimum=0,
+        exclusive_maximum=1,
+    ),
+    FormField(
+        "exposure_cap",
+        "number",
+        "Most share of recent decisions one arm may take (0: no cap).",
+        setting="retrain_exposure_cap",
+        minimum=0,
+        exclusive_maximum=1,
+    ),
+    FormField(
+        "support_threshold",
+        "number",
+        "Gate: a logging propensity below this counts as no support.",
+        setting="retrain_support_threshold",
+        minimum=0,
+        exclusive_maximum=1,
+    ),
+    FormField(
+        "max_unsupported",
+        "number",
+        "Gate: most probability mass the candidate may put on unsupported actions.",
+        setting="retrain_max_unsupported",
+        minimum=0,
+        exclusive_maximum=1,
     ),
 )
 

@@ -165,7 +165,10 @@ class ReplayData:
     sets may differ); ``chosen`` (n,) index of the shown arm in its set;
     ``model_versions`` (n,) the version that decided; ``event_ids`` (n,) the decision of
     each row (a slate's rows share it); ``positions`` (n,) the slot of each row, in
-    ``[0, len_list)``; ``len_list`` the longest list in the window (1 without slates).
+    ``[0, len_list)``; ``len_list`` the longest list in the window (1 without slates);
+    ``logging_probabilities`` the logging policy's choice probabilities over each row's
+    candidate set (NaN where not logged, e.g. slate positions after the first), when the
+    window carries them.
     """
 
     contexts: NDArray[np.float64]
@@ -180,6 +183,7 @@ class ReplayData:
     event_ids: list[str]
     positions: NDArray[np.intp] | None = None
     len_list: int = 1
+    logging_probabilities: list[NDArray[np.float64]] | None = None
 
     @property
     def row_positions(self) -> NDArray[np.intp]:
@@ -216,6 +220,11 @@ class ReplayData:
             event_ids=[self.event_ids[i] for i in pick],
             positions=self.row_positions[index],
             len_list=self.len_list,
+            logging_probabilities=(
+                None
+                if self.logging_probabilities is None
+                else [self.logging_probabilities[i] for i in pick]
+            ),
         )
 
     def with_position_features(self, position_slots: int) -> ReplayData:
@@ -271,7 +280,7 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
     one row per shown item (a frame without the slate columns: one per decision)."""
     if len(frame) == 0:
         raise ValueError("the replay window holds no decisions; nothing to train or evaluate on.")
-    contexts, cand_ids, cand_feats, versions, events = [], [], [], [], []
+    contexts, cand_ids, cand_feats, versions, events, logged = [], [], [], [], [], []
     chosen, rewards, pscores, positions = [], [], [], []
     len_list = 1
     for row in frame.to_dict("records"):
@@ -284,7 +293,12 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
         ranking = row.get("ranking")
         if ranking is not None and not isinstance(ranking, float):
             len_list = max(len_list, len(ranking))
+        given = row.get("probabilities")
+        first = np.full(len(ids), np.nan)
+        if given is not None and not isinstance(given, float) and len(given) == len(ids):
+            first = np.asarray(given, dtype=np.float64)
         for position, item, reward, pscore in shown:
+            logged.append(first if position == 0 else np.full(len(ids), np.nan))
             contexts.append(x)
             cand_ids.append(ids)
             cand_feats.append(feats)
@@ -310,6 +324,7 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
         event_ids=events,
         positions=np.asarray(positions, dtype=np.intp),
         len_list=len_list,
+        logging_probabilities=logged,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,15 @@ from typing import Any
 from bandit_core.catalog import policy_spec
 from eventstore.workspace import as_utc, aware, run_folder
 from training.form import check_form
-from training.settings import N_RESAMPLES_MIN, PipelineSettings
+from training.settings import AUTO, N_RESAMPLES_MIN, PipelineSettings
 
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
+#: The champion–challenger run's linear candidate (``algorithm="auto"``: always trained).
+LINEAR_CHALLENGER = "lints"
+#: Its neural candidate (joins on large windows where a linear model fails).
+NEURAL_CHALLENGER = "neural_linear"
 #: Who an automatic promotion is recorded as (the CLI and the DAG run the same retrain).
 PROMOTED_BY = "bandit_retrain"
 
@@ -76,6 +80,17 @@ class RunSpec:
         The data validation's drift levels against the production version's training
         window: beyond ``drift_warning`` a feature is a recorded warning, beyond
         ``drift_failing`` the validation fails (``0 < drift_warning ≤ drift_failing``).
+    overlap : dict
+        The form's overlap fields (``floor``, ``deterministic_floor``,
+        ``segment_floors``, ``cold_start_floor``, ``exposure_cap``); each trained
+        policy's options get them through :func:`overlap_options` (``train["options"]``
+        holds the result for ``train["algorithm"]``).
+    challengers : dict
+        Empty for a run of one algorithm; for ``algorithm="auto"`` the
+        champion–challenger plan (:mod:`training.challengers`): ``linear``, ``neural``,
+        ``neural_min_rows``, ``epochs``.
+    support_threshold, max_unsupported : float
+        The gate's support check (:class:`validation.gate.GateRule`).
     """
 
     run_key: str
@@ -106,6 +121,10 @@ class RunSpec:
     shards: int
     drift_warning: float
     drift_failing: float
+    overlap: dict[str, Any] = field(default_factory=dict)
+    challengers: dict[str, Any] = field(default_factory=dict)
+    support_threshold: float = 0.01
+    max_unsupported: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.run_key.strip():
@@ -181,7 +200,12 @@ class RunSpec:
         # lazy: parse-time module, as above
         from validation.gate import GateRule
 
-        return GateRule(tolerance=float(self.tolerance), min_ess=float(self.min_ess))
+        return GateRule(
+            tolerance=float(self.tolerance),
+            min_ess=float(self.min_ess),
+            support_threshold=float(self.support_threshold),
+            max_unsupported=float(self.max_unsupported),
+        )
 
     @property
     def folder(self) -> Path:
@@ -250,10 +274,32 @@ def plan(
     settings = PipelineSettings() if settings is None else settings
     values = check_form(params, settings)
     start, end = resolve_window(values, as_utc("interval_end", interval_end))
+    overlap = {
+        k: values[k] for k in ("floor", "deterministic_floor", "segment_floors", "cold_start_floor")
+    }
+    overlap["exposure_cap"] = values["exposure_cap"]
+    challengers: dict[str, Any] = {}
     algorithm = values["algorithm"]
     options = dict(values["policy_options"])
+    if algorithm == AUTO:
+        # policy_options: the linear candidate's, or per candidate under its name
+        own = {
+            name: dict(options.pop(name))
+            for name in (LINEAR_CHALLENGER, NEURAL_CHALLENGER)
+            if isinstance(options.get(name), Mapping)
+        }
+        options.update(own.get(LINEAR_CHALLENGER, {}))
+        challengers = {
+            "linear": LINEAR_CHALLENGER,
+            "neural": NEURAL_CHALLENGER,
+            "neural_min_rows": values["neural_min_rows"],
+            "epochs": values["epochs"],
+            "options": {NEURAL_CHALLENGER: own.get(NEURAL_CHALLENGER, {})},
+        }
+        algorithm = LINEAR_CHALLENGER
     if policy_spec(algorithm).trains_network:
         options.setdefault("epochs", values["epochs"])
+    options = overlap_options(algorithm, options, overlap)
     spec = RunSpec(
         run_key=run_key,
         run_dir=str(run_folder(settings.runs_path, run_key)),
@@ -283,6 +329,10 @@ def plan(
         shards=values["shards"],
         drift_warning=settings.validation_drift_warning,
         drift_failing=settings.validation_drift_failing,
+        overlap=overlap,
+        challengers=challengers,
+        support_threshold=values["support_threshold"],
+        max_unsupported=values["max_unsupported"],
     )
     spec.write()
     log.info("run %s: window %s → %s, folder %s", run_key, start, end, spec.run_dir)
@@ -333,6 +383,52 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
         return start, end
     days = values["window_days"]
     return interval_end - timedelta(days=days), interval_end
+
+
+def overlap_options(
+    algorithm: str, options: Mapping[str, Any], overlap: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``options`` of ``algorithm`` with the run's overlap fields as policy options
+    (:class:`bandit_core.policies.overlap.OverlapConfig`); an option given in ``options``
+    itself wins.
+
+    ``floor`` is raised to ``deterministic_floor`` for a policy that does not randomize
+    (:meth:`bandit_core.catalog.PolicySpec.randomizes`); ``segment_floors``
+    ``{"feature": i, "floors": {...}}`` becomes ``segment_feature`` and
+    ``segment_floors``; a zero ``cold_start_floor`` or ``exposure_cap`` is left out.
+
+    Raises ``ValueError`` naming a bad field.
+    """
+    out = dict(options)
+    floor = float(overlap.get("floor", 0.0) or 0.0)
+    if not policy_spec(algorithm).randomizes(options):
+        floor = max(floor, float(overlap.get("deterministic_floor", 0.0) or 0.0))
+    wanted: dict[str, Any] = {}
+    if floor > 0:
+        wanted["floor"] = floor
+    segments = overlap.get("segment_floors") or {}
+    if segments:
+        unknown = sorted(set(segments) - {"feature", "floors"})
+        if unknown or "feature" not in segments or not segments.get("floors"):
+            raise ValueError(
+                'segment_floors must be {"feature": <context index>, "floors": {<segment>: '
+                f"<floor>}}}}; got {dict(segments)!r}."
+            )
+        wanted["segment_feature"] = segments["feature"]
+        wanted["segment_floors"] = dict(segments["floors"])
+    cold = float(overlap.get("cold_start_floor", 0.0) or 0.0)
+    if cold > 0:
+        wanted["cold_start_floor"] = cold
+    cap = float(overlap.get("exposure_cap", 0.0) or 0.0)
+    if cap > 0:
+        wanted["exposure_cap"] = cap
+    for key, value in wanted.items():
+        out.setdefault(key, value)
+    # lazy: parse-time module (the overlap config is plain Python, numpy only)
+    from bandit_core.policies.overlap import OverlapConfig, split_overlap_options
+
+    OverlapConfig(**split_overlap_options(out)[1])  # raises naming a bad overlap option
+    return out
 
 
 # ---------------------------------------------------------------------- checks

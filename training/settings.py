@@ -16,8 +16,13 @@ from typing import Any, ClassVar, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from bandit_core.catalog import ALGORITHMS as ALGORITHMS  # the form's choices (torch-free)
+from bandit_core.catalog import ALGORITHMS as POLICY_NAMES  # torch-free
 from eventstore.settings import CoreSettings
+
+#: The retrain's ``algorithm`` that runs the champion–challenger comparison.
+AUTO = "auto"
+#: The retrain form's algorithm choices: ``auto`` and every policy of the catalog.
+ALGORITHMS: tuple[str, ...] = (AUTO, *POLICY_NAMES)
 
 #: Fewest bootstrap resamples the offline evaluation accepts (form, settings, run spec).
 N_RESAMPLES_MIN = 50
@@ -39,7 +44,36 @@ class PipelineSettings(CoreSettings):
     retrain_min_rows : int
         Default of the form's ``min_rows``: fewest replay rows the data validation accepts.
     retrain_algorithm : str
-        Default of the form's ``algorithm``: the policy the retrain trains.
+        Default of the form's ``algorithm``: the policy the retrain trains, or ``auto``
+        (the default): the champion–challenger run of :mod:`training.challengers` — a
+        linear Thompson policy (``lints``), joined by a neural one (``neural_linear``)
+        when the window has at least ``retrain_neural_min_rows`` rows and the
+        linear-failure diagnostic recommends it; the one with the best DR lower bound
+        is registered.
+    retrain_neural_min_rows : int
+        Default of the form's ``neural_min_rows``: fewest window rows before a neural
+        challenger joins an ``auto`` run.
+    retrain_floor : float in [0, 1]
+        Default of the form's ``floor``: every candidate's probability under the trained
+        policy is at least this (0: none beyond ``retrain_deterministic_floor``).
+    retrain_deterministic_floor : float in [0, 1]
+        Default of the form's ``deterministic_floor``: the floor a deterministic policy
+        (UCB, an argmax) gets when ``floor`` is lower, so its logs keep overlap.
+    retrain_segment_floors : dict
+        Default of the form's ``segment_floors``: ``{"feature": i, "floors": {"1":
+        0.05}}``, the floor of each segment named by context feature ``i``'s value.
+    retrain_cold_start_floor : float in [0, 1]
+        Default of the form's ``cold_start_floor``: extra probability of each candidate
+        the trained model has not seen (inline arms too); 0 turns it off.
+    retrain_exposure_cap : float in [0, 1]
+        Default of the form's ``exposure_cap``: most share of recent decisions one arm
+        may take (0: no cap).
+    retrain_support_threshold : float in [0, 1]
+        Default of the form's ``support_threshold``: a logging propensity below this
+        counts as no support.
+    retrain_max_unsupported : float in [0, 1]
+        Default of the form's ``max_unsupported``: most probability mass the candidate
+        may put on unsupported actions of the held-out window before the gate refuses.
     retrain_policy_options : dict
         Default of the form's ``policy_options`` (JSON in the environment, a table in the
         workspace file), e.g. ``{"alpha": 0.5}``.
@@ -125,13 +159,21 @@ class PipelineSettings(CoreSettings):
         "n_resamples",
         "auto_promote",
         "shards",
+        "neural_min_rows",
+        "floor",
+        "deterministic_floor",
+        "segment_floors",
+        "cold_start_floor",
+        "exposure_cap",
+        "support_threshold",
+        "max_unsupported",
     )
 
     retrain_schedule: str = "0 2 * * *"
     monitor_schedule: str = "0 * * * *"
     retrain_window_days: float = Field(7.0, gt=0.0)
     retrain_min_rows: int = Field(100, ge=1)
-    retrain_algorithm: str = "neural_linear"
+    retrain_algorithm: str = AUTO
     retrain_policy_options: dict[str, Any] = Field(default_factory=dict)
     retrain_epochs: int = Field(20, ge=1)
     retrain_seed: int = Field(0, ge=0)
@@ -140,6 +182,14 @@ class PipelineSettings(CoreSettings):
     retrain_n_resamples: int = Field(300, ge=N_RESAMPLES_MIN)
     retrain_auto_promote: bool = False
     retrain_shards: int = Field(1, ge=1)
+    retrain_neural_min_rows: int = Field(10_000, ge=1)
+    retrain_floor: float = Field(0.0, ge=0.0, lt=1.0)
+    retrain_deterministic_floor: float = Field(0.02, ge=0.0, lt=1.0)
+    retrain_segment_floors: dict[str, Any] = Field(default_factory=dict)
+    retrain_cold_start_floor: float = Field(0.02, ge=0.0, lt=1.0)
+    retrain_exposure_cap: float = Field(0.0, ge=0.0, lt=1.0)
+    retrain_support_threshold: float = Field(0.01, ge=0.0, lt=1.0)
+    retrain_max_unsupported: float = Field(0.2, ge=0.0, lt=1.0)
     retrain_queue: str = Field("default", min_length=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(300.0, gt=0.0)

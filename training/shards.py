@@ -52,6 +52,7 @@ from numpy.typing import NDArray
 from bandit_core import load_policy, make_policy, save_state
 from bandit_core.catalog import CATALOG, SHARDABLE
 from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
+from bandit_core.policies.wrappers import DelegatingWrapper
 from training.baseline import baseline_state
 from training.evaluate import EvaluationResult, logged_batch
 from training.replay import replay_from_frame
@@ -242,6 +243,8 @@ class TrainingRows:
 # ---------------------------------------------------------------------- head statistics
 def why_not_rebuildable(policy: Any) -> str | None:
     """Why a trained policy's head cannot be rebuilt from shard statistics, or None."""
+    while isinstance(policy, DelegatingWrapper):  # overlap floors, exposure caps: the inner head
+        policy = policy.inner
     spec = CATALOG.get(policy.name)
     if spec is None:  # a wrapper ("<inner>+<kind>"), e.g. a position-aware model of slates
         return f"{policy.name} wraps its policy (rows per shown position, not per decision)"
@@ -342,7 +345,7 @@ def _head_policy(policy: Any) -> LinearHeadPolicy:
     reason = why_not_rebuildable(policy)
     if reason is not None:
         raise ValueError(f"cannot rebuild this head from shard statistics: {reason}.")
-    head_policy: LinearHeadPolicy = policy
+    head_policy: LinearHeadPolicy = policy  # a floored model answers for its inner head
     return head_policy
 
 

@@ -10,6 +10,7 @@ neither re-decides its gate nor moves an alias a second time. The order they run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -18,11 +19,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from bandit_core import load_policy
+from bandit_core.policies.overlap import floor_of_policy
 from eventstore.contract import REFERENCE_FILE, WINDOW_STOP_TAG
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
 from modelregistry.registry import ModelRegistry
 from training.baseline import baseline_state, open_registry
+from training.challengers import (
+    Challenger,
+    candidate_configs,
+    challenger_metrics,
+    challengers_tag,
+    compare,
+)
 from training.evaluate import evaluate
 from training.plots import plot_arm_coverage, plot_learning_curve
 from training.refs import (
@@ -160,8 +170,26 @@ def validate(s: RunSpec, replay: ReplayRef) -> ValidatedRef:
 
 
 def train_network(s: RunSpec, replay: ReplayRef) -> TrainedRef:
-    """Train the candidate on the window's first part (``train/``) and plot its curve."""
-    result = train(replay.path, s.train_config(), s.folder / "train")
+    """Train the candidate on the window's first part (``train/``) and plot its curve.
+
+    An ``auto`` run (``s.challengers``) trains and evaluates its candidates
+    (:mod:`training.challengers`) and keeps the one with the best DR lower bound."""
+    if s.challengers:
+        linear, neural = candidate_configs(s)
+        _, production = baseline_state(s)
+        result, _ = compare(
+            replay.path,
+            linear,
+            neural,
+            window_rows=replay.rows,
+            neural_min_rows=int(s.challengers["neural_min_rows"]),
+            production_state=production,
+            rule=s.gate_rule(),
+            n_resamples=s.n_resamples,
+            out_dir=s.folder,
+        )
+    else:
+        result = train(replay.path, s.train_config(), s.folder / "train")
     plots = s.folder / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plot_learning_curve(result, plots / "learning_curve.png")
@@ -288,7 +316,11 @@ def refit(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -> RefitRef:
     the rewards of decisions made from then on).
     """
     out = s.folder / "refit"
-    config = s.train_config()
+    # the algorithm the run keeps (an ``auto`` run's winner) with the options it trained
+    evaluated = TrainResult.read(trained.result)
+    config = dataclasses.replace(
+        s.train_config(), algorithm=evaluated.algorithm, options=dict(evaluated.options)
+    )
     result = train(replay.path, config, out / "train", whole_window=True)
     state = rebuild_head(result.state_path, replay.path, out / "policy_state.npz", None)
     manifest = ReplayManifest.read(replay.manifest)
@@ -359,7 +391,14 @@ def register_candidate(
     result = TrainResult.read(trained.result)
     summary = json.loads(Path(evaluated.summary).read_text())
     rows, window = refit_report(refitted)
-    metrics = {**result.metrics, **summary["metrics"], **validated.metrics, **rows}
+    table = [Challenger(**c) for c in result.challengers]
+    metrics = {
+        **result.metrics,
+        **summary["metrics"],
+        **validated.metrics,
+        **rows,
+        **challenger_metrics(table),
+    }
     metrics_path = s.folder / METRICS_FILE
     metrics_path.write_text(json.dumps(metrics, indent=2))
     plots = s.folder / "plots"
@@ -374,8 +413,8 @@ def register_candidate(
         run_key=s.run_key,
         input_example=example_table(head.contexts, head.candidate_ids, head.candidate_features),
         params={
-            "algorithm": config.algorithm,
-            **{f"option.{k}": v for k, v in config.options.items()},
+            "algorithm": result.algorithm,
+            **{f"option.{k}": v for k, v in (result.options or config.options).items()},
             "window_start": manifest.start,
             "window_end": manifest.end,
             "seed": config.seed,
@@ -391,6 +430,8 @@ def register_candidate(
             "diagnostics": result.diagnostics,
             "previous_production": summary["baseline_version"] or "",
             **window,
+            "floor": json.dumps(floor_of_policy(load_policy(refitted.state_path)) or {}),
+            **({"challengers": challengers_tag(table)} if table else {}),
             **summary["tags"],
         },
         artifacts={

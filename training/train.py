@@ -34,6 +34,7 @@ from bandit_core.catalog import ALGORITHMS, policy_spec
 from bandit_core.diagnostics import diagnose_linear_failure
 from bandit_core.head_statistics import LinearHeadPolicy
 from bandit_core.policies.position import split_position
+from bandit_core.policies.registry import catalog_policy
 from training.replay import ReplayData, load_replay
 
 STATE_FILE = "policy_state.npz"
@@ -49,7 +50,8 @@ class TrainConfig:
     Parameters
     ----------
     algorithm : str
-        A registered policy name (default ``neural_linear``).
+        A registered policy name (default ``lints``; the nightly run compares candidates,
+        :mod:`training.challengers`).
     options : dict
         Policy options (``alpha``, ``hidden``, ``epochs``, ``lambda_prior``…); ``dim_user``
         and ``dim_arm`` come from the data.
@@ -69,7 +71,7 @@ class TrainConfig:
         ``policy_options``): the position bias is part of the served policy.
     """
 
-    algorithm: str = "neural_linear"
+    algorithm: str = "lints"
     options: dict[str, Any] = field(default_factory=dict)
     holdout_fraction: float = 0.2
     min_rows: int = 100
@@ -132,6 +134,8 @@ class TrainResult:
     curve: list[dict[str, float]]
     diagnostics: str
     position_slots: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    challengers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -240,12 +244,14 @@ def train(
         curve=curve,
         diagnostics="" if diag is None else diag.summary(),
         position_slots=slots,
+        options=dict(config.options),
     )
     (out / RESULT_FILE).write_text(result.to_json())
     return result
 
 
 def _diagnose(policy: Any, data: ReplayData, seed: int) -> Any:
+    policy = catalog_policy(policy)  # the model inside its overlap floor
     config = policy.config if policy_spec(policy.name).config_class() is not None else None
     features = None if config is None else config.feature_map()
     if features is not None:
@@ -276,8 +282,8 @@ def rebuild_head(
     """
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     loaded: Any = load_policy(state_path)
-    policy, slots = split_position(loaded)
-    spec = policy_spec(policy.name)
+    policy, slots = split_position(loaded)  # an overlap floor forwards the rebuild
+    spec = policy_spec(catalog_policy(policy).name)
     if spec.trains_network:
         if spec.linear_head:  # re-encode every stored row with the final network
             policy.rebuild_head()

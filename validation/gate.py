@@ -8,7 +8,12 @@ carry the same data fingerprint). The default rule promotes when
   ``L_cand ≥ V_prod − tolerance · |V_prod|`` (``V_prod (1 − tolerance)`` for a positive
   value; the ``|·|`` keeps the rule meaningful for negative rewards), and
 * the candidate's effective sample size under that estimator is at least ``min_ess``
-  (too few effective rounds and the interval itself cannot be trusted).
+  (too few effective rounds and the interval itself cannot be trusted), and
+* the logs support the candidate: the share of its probability mass on actions the
+  logging policy played with propensity below ``support_threshold``
+  (:func:`unsupported_mass`) is at most ``max_unsupported``. Importance weighting
+  cannot see what the logs never tried: without support the estimates above are biased
+  or uninformative however narrow their intervals look.
 
 Every check is reported, passed or not, with its numbers.
 """
@@ -18,6 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from bandit_core._validation import Interval, validate_params
 from validation.ope.report import OPEReport
@@ -36,11 +43,17 @@ class GateRule:
         Allowed relative shortfall of the candidate's lower bound, in [0, 1).
     min_ess : float
         Minimum effective sample size of the candidate, ≥ 0.
+    support_threshold : float in [0, 1)
+        A logging propensity below this counts as no support.
+    max_unsupported : float in [0, 1]
+        Most probability mass the candidate may put on unsupported actions.
     """
 
     estimator: str = "dr"
     tolerance: float = 0.0
     min_ess: float = 100.0
+    support_threshold: float = 0.01
+    max_unsupported: float = 0.2
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -50,10 +63,17 @@ class GateRule:
             )
         validate_params(
             "GateRule",
-            {"tolerance": self.tolerance, "min_ess": self.min_ess},
+            {
+                "tolerance": self.tolerance,
+                "min_ess": self.min_ess,
+                "support_threshold": self.support_threshold,
+                "max_unsupported": self.max_unsupported,
+            },
             {
                 "tolerance": Interval(float, 0.0, 1.0, closed="left"),
                 "min_ess": Interval(float, 0.0, None),
+                "support_threshold": Interval(float, 0.0, 1.0, closed="left"),
+                "max_unsupported": Interval(float, 0.0, 1.0),
             },
         )
 
@@ -96,16 +116,49 @@ class GateDecision:
         }
 
     def to_tags(self, prefix: str = "gate") -> Mapping[str, str]:
-        """String tags for a registry version (``gate.decision``, ``gate.reasons``)."""
-        return {
+        """String tags for a registry version (``gate.decision``, ``gate.reasons`` and,
+        when checked, ``gate.unsupported_mass``)."""
+        tags = {
             f"{prefix}.decision": "promote" if self.promote else "reject",
             f"{prefix}.estimator": self.rule.estimator,
             f"{prefix}.reasons": " | ".join(self.reasons),
         }
+        for check in self.checks:
+            if check.name == "support":
+                tags[f"{prefix}.unsupported_mass"] = f"{check.value:.6g}"
+                tags[f"{prefix}.support_threshold"] = f"{self.rule.support_threshold:g}"
+        return tags
+
+
+def unsupported_mass(action_dist: Any, logging_probabilities: Any, threshold: float) -> float:
+    """The share of the candidate's probability mass on actions the logging policy played
+    with propensity below ``threshold``.
+
+    ``mean_i Σ_a π(a | x_i) · 1[μ(a | x_i) < threshold]`` over the rows whose logging
+    probabilities are known (finite): ``action_dist`` (n, K) the candidate's
+    probabilities π, ``logging_probabilities`` (n, K) the logging policy's μ over the same
+    actions (0 for an action the row did not offer, NaN for a row not logged with them).
+    NaN when no row has them.
+    """
+    pi = np.asarray(action_dist, dtype=np.float64)
+    mu = np.asarray(logging_probabilities, dtype=np.float64)
+    if pi.shape != mu.shape or pi.ndim != 2:
+        raise ValueError(
+            "action_dist and logging_probabilities must have the same shape (n, K); got "
+            f"{pi.shape} and {mu.shape}."
+        )
+    known = np.isfinite(mu).all(axis=1)
+    if not known.any():
+        return float("nan")
+    mass = (pi[known] * (mu[known] < threshold)).sum(axis=1)
+    return float(mass.mean())
 
 
 def decide(
-    candidate: OPEReport, production: OPEReport, rule: GateRule | None = None
+    candidate: OPEReport,
+    production: OPEReport,
+    rule: GateRule | None = None,
+    unsupported: float | None = None,
 ) -> GateDecision:
     """Apply ``rule`` to the candidate's and production's reports on one window.
 
@@ -115,6 +168,9 @@ def decide(
         Reports of the two policies on the same logged batch.
     rule : GateRule, optional
         Default ``GateRule()``: DR lower bound ≥ production DR estimate, ESS ≥ 100.
+    unsupported : float, optional
+        :func:`unsupported_mass` of the candidate on the window; None (or NaN: the logs
+        carry no choice probabilities) skips the support check.
 
     Raises
     ------
@@ -157,7 +213,24 @@ def decide(
             f"{'≥' if ess_ok else '<'} minimum {rule.min_ess:g}."
         ),
     )
-    checks = (value_check, ess_check)
+    checks: tuple[GateCheck, ...] = (value_check, ess_check)
+    if unsupported is not None and np.isfinite(unsupported):
+        support_ok = unsupported <= rule.max_unsupported
+        checks += (
+            GateCheck(
+                name="support",
+                passed=support_ok,
+                value=float(unsupported),
+                threshold=float(rule.max_unsupported),
+                reason=(
+                    f"support: the candidate puts {100 * unsupported:.1f}% of its probability "
+                    f"on actions the logs played with propensity below "
+                    f"{rule.support_threshold:g} "
+                    f"({'≤' if support_ok else '>'} the limit {100 * rule.max_unsupported:g}%)"
+                    + ("." if support_ok else "; its estimates cannot be trusted.")
+                ),
+            ),
+        )
     return GateDecision(
         promote=all(c.passed for c in checks),
         rule=rule,

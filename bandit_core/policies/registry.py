@@ -17,10 +17,19 @@ def policy_names() -> list[str]:
 def make_policy(name: str, **options: Any) -> Policy:
     """Build the policy ``name`` from keyword options.
 
+    The overlap options (:class:`bandit_core.policies.overlap.OverlapConfig`: ``floor``,
+    ``segment_feature``, ``segment_floors``, ``cold_start_floor``,
+    ``cold_start_max_share``, ``exposure_cap``, ``exposure_window``,
+    ``exposure_min_decisions``) wrap the policy
+    (:func:`~bandit_core.policies.overlap.with_overlap`); the rest are the policy's own.
+
     Raises ``ValueError`` naming the unknown policy or option.
     """
-    policy: Policy = policy_spec(name).resolve()(**options)
-    return policy
+    from bandit_core.policies.overlap import split_overlap_options, with_overlap
+
+    own, overlap = split_overlap_options(options)
+    policy: Policy = policy_spec(name).resolve()(**own)
+    return with_overlap(policy, **overlap) if overlap else policy
 
 
 def policy_from_state(state: PolicyState) -> Policy:
@@ -39,3 +48,14 @@ def policy_from_state(state: PolicyState) -> Policy:
     cls: Any = resolve_target(target)
     restored: Policy = cls.from_state(state)
     return restored
+
+
+def catalog_policy(policy: Any) -> Any:
+    """The catalog policy inside ``policy`` (through its wrappers: overlap, exposure cap,
+    position bias…); ``policy`` itself when it is one. ``ValueError`` when none is."""
+    inner = policy
+    while inner is not None and getattr(inner, "name", None) not in CATALOG:
+        inner = inner.__dict__.get("inner") if hasattr(inner, "__dict__") else None
+    if inner is None:
+        raise ValueError(f"{getattr(policy, 'name', policy)!r} wraps no catalog policy.")
+    return inner

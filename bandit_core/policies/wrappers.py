@@ -135,7 +135,26 @@ class ExplorationFloor(_Wrapper):
         return cls(_restore_inner(state), p_min=state.config["p_min"])
 
 
-class ExposureCap(_Wrapper):
+class DelegatingWrapper(_Wrapper):
+    """A wrapper that reads through to its inner model (head, features, rebuild…), so
+    training and serving treat the wrapped model as the model it wraps."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def state_with_statistics(self, stats: Any) -> PolicyState:
+        """This wrapper's state around the inner model's state rebuilt from ``stats``
+        (:class:`bandit_core.head_statistics.LinearHeadPolicy`)."""
+        mine = self.to_state()
+        inner = self.inner.state_with_statistics(stats)  # type: ignore[attr-defined]
+        extra = {k: v for k, v in mine.arrays.items() if not k.startswith("inner.")}
+        config = {k: v for k, v in mine.config.items() if k != "inner"}
+        return _nest(inner, config, mine.policy, extra)
+
+
+class ExposureCap(DelegatingWrapper):
     """No arm may take more than ``max_share`` of the last ``window`` decisions.
 
     Arms at or over their share are removed from the candidate set before the inner

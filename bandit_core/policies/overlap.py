@@ -1,0 +1,294 @@
+"""Guaranteed overlap as part of a policy: exploration floors (global and per segment),
+a cold-start floor for arms the model has not seen, and exposure caps, with exact
+propensities.
+
+Off-policy evaluation of any other policy on tomorrow's logs needs every logging
+propensity bounded away from 0. :class:`Overlap` wraps a trained policy so that the
+policy the retrain registers carries that bound itself. For a decision over K
+candidates, with ``p`` the inner policy's probabilities (after the exposure cap, when
+one is set), ``M`` the candidates the model has not seen and
+
+* ``w_u = min(1, K · p_min(x))`` where ``p_min(x)`` is the larger of the global
+  ``floor`` and the floor of the context's segment (``segment_floors``, keyed by the
+  value of context feature ``segment_feature`` written ``f"{value:g}"``);
+* ``w_c = min(cold_start_max_share, |M| · cold_start_floor, 1 − w_u)``,
+
+the decision is uniform over the K candidates with probability ``w_u``, uniform over
+``M`` with probability ``w_c`` and the inner policy's otherwise, so exactly
+
+    π(a | x) = (1 − w_u − w_c) p(a) + w_u / K + w_c · 1[a ∈ M] / |M|  ≥  p_min(x).
+
+An unseen candidate gets at least ``p_min(x) + w_c / |M|``. The exposure cap
+(:class:`~bandit_core.policies.wrappers.ExposureCap`, an inner layer) removes arms over
+their share before the inner policy decides; the floor still gives them ``p_min(x)``:
+the floor wins, since without it the logs lose support for those arms.
+
+The set of seen arms is part of the state (arms of every update and rebuild), so the
+propensity is exact given the state, as the cap's history is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from bandit_core._validation import (
+    Constraint,
+    FloatArray,
+    FloorMap,
+    Interval,
+    OptionalOf,
+    check_known_options,
+    validate_params,
+)
+from bandit_core.policies.base import Policy, check_candidates, check_rng, to_decision
+from bandit_core.policies.wrappers import DelegatingWrapper, ExposureCap, _nest, _restore_inner
+from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
+
+
+@dataclass(frozen=True)
+class OverlapConfig:
+    """The overlap options of a trained policy (``make_policy`` takes them by name).
+
+    Parameters
+    ----------
+    floor : float in [0, 1]
+        Every candidate's probability is at least this (0: no global floor).
+    segment_feature : int or None
+        Index of the context feature whose value names a decision's segment.
+    segment_floors : mapping of str to float in (0, 1]
+        Floor of each segment (``f"{value:g}"`` of the segment feature, e.g. ``"1"``);
+        a segment not listed gets ``floor``.
+    cold_start_floor : float in [0, 1]
+        Extra probability of each candidate the model has not seen (0: none).
+    cold_start_max_share : float in (0, 1]
+        Most probability the unseen candidates take together.
+    exposure_cap : float in (0, 1] or None
+        No arm may take more than this share of the last ``exposure_window`` decisions.
+    exposure_window, exposure_min_decisions : int
+        The cap's history length and the decisions before it applies.
+    """
+
+    floor: float = 0.0
+    segment_feature: int | None = None
+    segment_floors: Mapping[str, float] = field(default_factory=dict)
+    cold_start_floor: float = 0.0
+    cold_start_max_share: float = 0.2
+    exposure_cap: float | None = None
+    exposure_window: int = 1000
+    exposure_min_decisions: int = 100
+
+    @classmethod
+    def constraints(cls) -> dict[str, Constraint]:
+        """The constraint of every field (the contract suite checks that none is missing)."""
+        return {
+            "floor": Interval(float, 0.0, 1.0),
+            "segment_feature": OptionalOf(Interval(int, 0, None)),
+            "segment_floors": FloorMap(),
+            "cold_start_floor": Interval(float, 0.0, 1.0),
+            "cold_start_max_share": Interval(float, 0.0, 1.0, closed="right"),
+            "exposure_cap": OptionalOf(Interval(float, 0.0, 1.0, closed="right")),
+            "exposure_window": Interval(int, 1, None),
+            "exposure_min_decisions": Interval(int, 0, None),
+        }
+
+    def __post_init__(self) -> None:
+        validate_params("Overlap", asdict(self), self.constraints())
+        object.__setattr__(
+            self, "segment_floors", {str(k): float(v) for k, v in self.segment_floors.items()}
+        )
+        if self.segment_floors and self.segment_feature is None:
+            raise ValueError(
+                "The 'segment_floors' parameter of Overlap needs segment_feature (the context "
+                f"feature naming the segment); got segment_floors={dict(self.segment_floors)!r} "
+                "and segment_feature=None."
+            )
+
+    @property
+    def floors(self) -> bool:
+        """Whether any floor (global, segment or cold start) is set."""
+        return bool(self.floor > 0 or self.segment_floors or self.cold_start_floor > 0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as JSON (only those that differ from the defaults)."""
+        default = OverlapConfig()
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != getattr(default, f.name):
+                out[f.name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+
+#: The option names ``make_policy`` routes to :class:`Overlap` rather than the policy.
+OVERLAP_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(OverlapConfig))
+
+
+def split_overlap_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(policy options, overlap options)`` of one options mapping."""
+    inner = {k: v for k, v in options.items() if k not in OVERLAP_OPTIONS}
+    overlap = {k: v for k, v in options.items() if k in OVERLAP_OPTIONS}
+    return inner, overlap
+
+
+def with_overlap(policy: Policy, **options: Any) -> Policy:
+    """``policy`` with the overlap options (:class:`OverlapConfig`) applied: an
+    :class:`ExposureCap` inner layer when ``exposure_cap`` is set, an :class:`Overlap`
+    when a floor is set; ``policy`` itself when neither."""
+    check_known_options("Overlap", options, OVERLAP_OPTIONS)
+    config = OverlapConfig(**options)
+    out = policy
+    if config.exposure_cap is not None:
+        out = ExposureCap(
+            out, config.exposure_cap, config.exposure_window, config.exposure_min_decisions
+        )
+    if config.floors:
+        out = Overlap(out, config)
+    return out
+
+
+def segment_key(value: float) -> str:
+    """The segment name of a context feature's value (``f"{value:g}"``: 1.0 → ``"1"``)."""
+    return f"{float(value):g}"
+
+
+class Overlap(DelegatingWrapper):
+    """Exploration floors (global, per segment) and a cold-start floor around a policy.
+
+    Parameters
+    ----------
+    inner : Policy
+    config : OverlapConfig
+        Its floors (the exposure fields are the inner :class:`ExposureCap`'s, see
+        :func:`with_overlap`).
+    seen : iterable of str
+        Arm ids the model has learnt from (grows with every update).
+    """
+
+    kind = "overlap"
+
+    def __init__(self, inner: Policy, config: OverlapConfig | None = None, seen: Any = ()) -> None:
+        super().__init__(inner)
+        self.config = OverlapConfig() if config is None else config
+        if not isinstance(self.config, OverlapConfig):
+            raise TypeError(f"config must be an OverlapConfig; got {type(config).__name__}.")
+        self.seen: set[str] = {str(a) for a in seen}
+
+    # ------------------------------------------------------------------ the law
+    def floor_of(self, contexts: FloatArray) -> FloatArray:
+        """``p_min(x)`` of each row of ``contexts`` (n, dim_user)."""
+        cfg = self.config
+        out = np.full(contexts.shape[0], cfg.floor)
+        if cfg.segment_feature is not None and cfg.segment_floors:
+            if cfg.segment_feature >= contexts.shape[1]:
+                raise ValueError(
+                    f"segment_feature {cfg.segment_feature} is outside the context "
+                    f"({contexts.shape[1]} features)."
+                )
+            column = contexts[:, cfg.segment_feature]
+            for i, value in enumerate(column):
+                seg = cfg.segment_floors.get(segment_key(value))
+                if seg is not None:
+                    out[i] = max(out[i], seg)
+        return out
+
+    def new_mask(self, candidates: Candidates) -> np.ndarray:
+        """Boolean mask (K,) of the candidates the model has not seen."""
+        if self.config.cold_start_floor <= 0:
+            return np.zeros(len(candidates), dtype=bool)
+        return np.fromiter(
+            (a not in self.seen for a in candidates.ids), dtype=bool, count=len(candidates)
+        )
+
+    def _mix(
+        self, batch: DecisionBatch, contexts: FloatArray, new: np.ndarray, rng: np.random.Generator
+    ) -> tuple[DecisionBatch, np.ndarray]:
+        n, k = batch.probabilities.shape
+        w_u = np.minimum(1.0, k * self.floor_of(contexts))
+        n_new = int(new.sum())
+        w_c = np.zeros(n)
+        if n_new:
+            share = min(self.config.cold_start_max_share, n_new * self.config.cold_start_floor)
+            w_c = np.minimum(share, 1.0 - w_u)
+        probs = (1.0 - w_u - w_c)[:, None] * batch.probabilities + (w_u / k)[:, None]
+        if n_new:
+            probs = probs + w_c[:, None] * (new / n_new)[None, :]
+        u = rng.random(n)
+        uniform_arm = rng.integers(0, k, size=n)
+        arms = np.where(u < w_u, uniform_arm, batch.arms)
+        if n_new:
+            new_index = np.flatnonzero(new)
+            new_arm = new_index[rng.integers(0, n_new, size=n)]
+            arms = np.where((u >= w_u) & (u < w_u + w_c), new_arm, arms)
+        arms = arms.astype(np.intp)
+        rows = np.arange(n)
+        out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name)
+        return out, arms != batch.arms
+
+    # ------------------------------------------------------------------ Policy
+    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        cands = check_candidates(candidates, None)
+        inner = self.inner.select(context, cands, rng)
+        batch = DecisionBatch(
+            np.array([inner.arm]),
+            np.array([inner.propensity]),
+            inner.probabilities[None],
+            inner.scores[None],
+            inner.policy,
+        )
+        x = np.asarray(context, dtype=np.float64).reshape(1, -1)
+        mixed, switched = self._mix(batch, x, self.new_mask(cands), check_rng(rng))
+        return to_decision(mixed, cands, inner.explored or bool(switched[0]), self.model_version)
+
+    def select_batch(
+        self, contexts: Any, candidates: Any, rng: np.random.Generator
+    ) -> DecisionBatch:
+        cands = check_candidates(candidates, None)
+        batch = self.inner.select_batch(contexts, cands, rng)
+        x = np.asarray(contexts, dtype=np.float64).reshape(batch.probabilities.shape[0], -1)
+        return self._mix(batch, x, self.new_mask(cands), check_rng(rng))[0]
+
+    def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
+        self.inner.update(context, arm_id, reward, arm_features)
+        self.seen.add(str(arm_id))
+
+    def update_batch(
+        self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
+    ) -> None:
+        self.inner.update_batch(contexts, arm_ids, rewards, arm_features)
+        self.seen.update(str(a) for a in arm_ids)
+
+    def rebuild(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
+        """The inner model's rebuild from these rows (their arms count as seen)."""
+        self.inner.rebuild(contexts, arm_ids, rewards, arm_features)  # type: ignore[attr-defined]
+        self.seen.update(str(a) for a in arm_ids)
+
+    def to_state(self) -> PolicyState:
+        config = {"overlap": self.config.to_json()}
+        extra = {"seen": np.array(sorted(self.seen), dtype=np.str_)}
+        return _nest(self.inner.to_state(), config, "overlap", extra)
+
+    @classmethod
+    def from_state(cls, state: PolicyState) -> Overlap:
+        config = OverlapConfig(**state.config["overlap"])
+        seen = [str(a) for a in state.arrays["seen"]]
+        return cls(_restore_inner(state), config, seen)
+
+
+def floor_of_policy(policy: Any) -> dict[str, Any] | None:
+    """The overlap options of ``policy`` (through wrappers) as JSON, or None without any."""
+    out: dict[str, Any] = {}
+    while policy is not None:
+        if isinstance(policy, Overlap):
+            out.update(policy.config.to_json())
+        elif isinstance(policy, ExposureCap):
+            out.update(
+                exposure_cap=policy.max_share,
+                exposure_window=policy.window,
+                exposure_min_decisions=policy.min_decisions,
+            )
+        policy = policy.__dict__.get("inner") if hasattr(policy, "__dict__") else None
+    return out or None
