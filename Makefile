@@ -34,7 +34,8 @@ bench: $(STAMP)
 	mkdir -p bench-results
 	$(BIN)/python -m benchmarks.latency --json bench-results/latency.json
 	$(BIN)/python -m benchmarks.ope_speed --rows 1000000 --json bench-results/ope_speed.json
-	$(BIN)/python -m benchmarks.serving_load --rps 200 --seconds 30 --store both --json bench-results/serving_load.json
+	$(BIN)/python -m benchmarks.serving_load --rps 200 --seconds 30 --store both --systems banditops --json bench-results/serving_load.json
+	$(BIN)/python -m benchmarks.serving_load --rps 200,500,1000 --seconds 20 --json bench-results/serving_floor.json
 	$(BIN)/python -m benchmarks.rebuild --rows 1000000 --dim 64 --json bench-results/rebuild.json
 	$(BIN)/python -m benchmarks.catalog --items 100000 --k 100 --rps 100 --seconds 20 --json bench-results/catalog.json
 	$(BIN)/python -m benchmarks.artwork --steps 4000 --seeds 0,1,2 --json bench-results/artwork.json

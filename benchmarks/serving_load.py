@@ -1,7 +1,8 @@
 """Load test of the decision service over loopback: open-loop mixed decisions and rewards.
 
-    python -m benchmarks.serving_load [--rps 200] [--seconds 30] [--store sqlite|postgresql]
-        [--postgres-url URL] [--reward-share 0.5] [--policy shared_linucb] [--json PATH]
+    python -m benchmarks.serving_load [--rps 200[,500,1000]] [--seconds 30]
+        [--store sqlite|postgresql|both] [--systems banditops,floor_parse,floor_commit]
+        [--postgres-url URL] [--reward-share 0.5] [--json PATH]
 
 The service runs as ``banditops serve`` in a subprocess on a fresh event store (a SQLite
 file, or a PostgreSQL database created for the run and dropped after it) with a
@@ -14,8 +15,17 @@ rewards for decisions already answered (clicks drawn from the environment's clic
 probabilities), the rest decisions. Afterwards the service is stopped and every
 acknowledged event is looked up in the store.
 
-Prints achieved rps, p50/p95/p99 latency of decisions (and of rewards), errors, and rows
-in the store against acknowledged requests; ``--json PATH`` writes them.
+At each rate the same load also goes, with the same uvicorn settings, to the two floors
+of :mod:`benchmarks.serving_floor`: ``floor_parse`` (FastAPI parses the same
+``DecisionRequest`` and answers a fixed decision) and ``floor_commit`` (the same plus the
+service's durable group-commit write of the event), one server at a time.
+
+Prints, per system and rate: the server process's CPU milliseconds per answered request
+(user + system time from ``/proc``), achieved rps, p50/p95/p99 latency of decisions (and
+of rewards), errors, and rows in the store against acknowledged requests; then the ratios
+ours / floor. ``--json PATH`` writes ``{"benchmark": "serving_load", "rows": [...],
+"ratios": [...]}`` (one row per system, store and rate; a single-store, single-rate run
+also keeps its ``banditops`` row's fields at the top level).
 """
 
 from __future__ import annotations
@@ -250,15 +260,33 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0
     raise TimeoutError("the service did not become ready")
 
 
+#: The systems a run can load: the service, and the two floors of
+#: :mod:`benchmarks.serving_floor` (parse only; parse and durable group commit).
+SYSTEMS = ("banditops", "floor_parse", "floor_commit")
+
+
+def _command(system: str, port: int) -> list[str]:
+    """The server command of ``system``: the same uvicorn settings for all three."""
+    if system == "banditops":
+        head = [sys.executable, "-m", "ops", "serve"]
+    elif system in ("floor_parse", "floor_commit"):
+        mode = system.removeprefix("floor_")
+        head = [sys.executable, "-m", "benchmarks.serving_floor", "--mode", mode]
+    else:
+        raise ValueError(f"system must be one of {', '.join(SYSTEMS)}; got {system!r}.")
+    return [*head, "--port", str(port), "--log-level", "warning"]
+
+
 @contextlib.contextmanager
 def serving_process(
-    env: dict[str, str], log_path: Path, ready_timeout: float = 120.0
+    env: dict[str, str], log_path: Path, ready_timeout: float = 120.0, system: str = "banditops"
 ) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    """``python -m ops serve`` on a free loopback port, with ``env`` added to this
-    process's environment and its output in ``log_path``; yields ``(port, process)`` once
-    ``/readyz`` answers 200, and stops it with SIGTERM (then SIGKILL after 60 s)."""
+    """``python -m ops serve`` (or a floor of :data:`SYSTEMS`) on a free loopback port,
+    with ``env`` added to this process's environment and its output in ``log_path``;
+    yields ``(port, process)`` once ``/readyz`` answers 200, and stops it with SIGTERM
+    (then SIGKILL after 60 s)."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "ops", "serve", "--port", str(port), "--log-level", "warning"]
+    cmd = _command(system, port)
     with log_path.open("wb") as log:
         full = {**os.environ, **env}
         if "BANDITOPS_API_TOKEN" not in full:  # a benchmark on loopback: open, explicitly
@@ -342,8 +370,11 @@ def run(
     seed: int = 0,
     postgres_url: str = DEFAULT_POSTGRES,
     sqlite_synchronous: str = "FULL",
+    system: str = "banditops",
 ) -> dict[str, Any]:
-    """One load run; returns the result row (see the module docstring)."""
+    """One load run of ``system`` (:data:`SYSTEMS`); returns the result row (see the
+    module docstring). ``floor_parse`` stores nothing: its ``stored`` and ``lost`` are
+    None."""
     from eventstore.engine import make_engine
     from serving.store.repository import EventStore
 
@@ -362,7 +393,7 @@ def run(
                 "BANDITOPS_SEED": str(seed),
                 "BANDITOPS_SQLITE_SYNCHRONOUS": sqlite_synchronous,
             }
-            with serving_process(env, workdir / "service.log") as (port, proc):
+            with serving_process(env, workdir / "service.log", system=system) as (port, proc):
                 cpu_before = _cpu_seconds(proc.pid)
                 out = spawned(
                     _generator_process,
@@ -370,37 +401,43 @@ def run(
                     timeout=seconds + 300,
                 )
                 cpu_after = _cpu_seconds(proc.pid)
-            engine = make_engine(url)
-            try:
-                events = EventStore(engine)
-                rows = events.count_rows()
-                found_d = events.existing_event_ids(out["acked_decisions"])
-                found_r = events.existing_event_ids(out["acked_rewards"], table="rewards")
-            finally:
-                engine.dispose()
+            rows = {"decisions": 0, "rewards": 0, "head_snapshots": 0}
+            found = None
+            if system != "floor_parse":
+                engine = make_engine(url)
+                try:
+                    events = EventStore(engine)
+                    rows = events.count_rows()
+                    found = len(events.existing_event_ids(out["acked_decisions"])) + len(
+                        events.existing_event_ids(out["acked_rewards"], table="rewards")
+                    )
+                finally:
+                    engine.dispose()
     acknowledged = len(out["acked_decisions"]) + len(out["acked_rewards"])
-    lost = acknowledged - len(found_d) - len(found_r)
-    completed = len(out["decision_ms"]) + len(out["reward_ms"])
+    lost = None if found is None else acknowledged - found
+    cpu_ms = (
+        None
+        if cpu_before is None or cpu_after is None or not completed(out)
+        else 1000.0 * (cpu_after - cpu_before) / completed(out)
+    )
     result: dict[str, Any] = {
         "benchmark": "serving_load",
+        "system": system,
         "store": store,
         "rps_target": rps,
-        "rps_achieved": completed / out["wall_s"],
+        "rps_achieved": completed(out) / out["wall_s"],
+        "cpu_ms_per_request": cpu_ms,
         **_percentiles(out["decision_ms"]),
         "errors": out["errors"],
         "acknowledged": acknowledged,
-        "stored": rows["decisions"] + rows["rewards"],
+        "stored": None if found is None else rows["decisions"] + rows["rewards"],
         "lost": lost,
         "seconds": seconds,
         "decisions": len(out["decision_ms"]),
         "rewards": len(out["reward_ms"]),
         "reward_latency": _percentiles(out["reward_ms"]),
         "head_snapshots": rows["head_snapshots"],
-        "service_cpu_ms_per_request": (
-            None
-            if cpu_before is None or cpu_after is None or not completed
-            else 1000.0 * (cpu_after - cpu_before) / completed
-        ),
+        "service_cpu_ms_per_request": cpu_ms,
         "sqlite_synchronous": sqlite_synchronous if store == "sqlite" else None,
         "load_average_1m": os.getloadavg()[0],
         **disk,
@@ -412,12 +449,34 @@ def run(
     return result
 
 
+def completed(out: dict[str, Any]) -> int:
+    """Requests answered 200 in a generator's result."""
+    return len(out["decision_ms"]) + len(out["reward_ms"])
+
+
+def _trio(p: dict[str, Any]) -> str:
+    if p["p50_ms"] is None:
+        return "-"
+    return f"{p['p50_ms']:.2f} / {p['p95_ms']:.2f} / {p['p99_ms']:.2f}"
+
+
+def _opt(value: Any, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _store_label(r: dict[str, Any]) -> str:
+    sync = r["sqlite_synchronous"]
+    return r["store"] if sync is None else f"{r['store']} ({sync})"
+
+
 def _print(rows: list[dict[str, Any]]) -> None:
     table = Table(title="serving load (latency from the scheduled send time)")
     for col in (
+        "system",
         "store",
         "rps target",
         "rps achieved",
+        "CPU ms / req",
         "decision p50/p95/p99 ms",
         "reward p50/p95/p99 ms",
         "errors",
@@ -425,38 +484,167 @@ def _print(rows: list[dict[str, Any]]) -> None:
         "stored",
         "lost",
     ):
-        table.add_column(col, justify="left" if col == "store" else "right")
-
-    def trio(p: dict[str, Any]) -> str:
-        if p["p50_ms"] is None:
-            return "-"
-        return f"{p['p50_ms']:.2f} / {p['p95_ms']:.2f} / {p['p99_ms']:.2f}"
-
+        table.add_column(col, justify="left" if col in ("system", "store") else "right")
     for r in rows:
-        store = (
-            r["store"]
-            if r["sqlite_synchronous"] is None
-            else (f"{r['store']} ({r['sqlite_synchronous']})")
-        )
         table.add_row(
-            store,
+            r["system"],
+            _store_label(r),
             f"{r['rps_target']:g}",
             f"{r['rps_achieved']:.1f}",
-            trio(r),
-            trio(r["reward_latency"]),
+            _opt(r["cpu_ms_per_request"], "{:.3f}"),
+            _trio(r),
+            _trio(r["reward_latency"]),
             str(r["errors"]),
             str(r["acknowledged"]),
-            str(r["stored"]),
-            str(r["lost"]),
+            _opt(r["stored"]),
+            _opt(r["lost"]),
         )
     console.print(table)
+    ratios = floor_ratios(rows)
+    if not ratios:
+        return
+    floor = Table(title="banditops / floor, measured in the same run (same uvicorn settings)")
+    for col in (
+        "store",
+        "rps",
+        "CPU ms/req ours",
+        "floor_parse",
+        "floor_commit",
+        "CPU ours/parse",
+        "CPU ours/commit",
+        "p99 ms ours",
+        "p99 floor_parse",
+        "p99 floor_commit",
+        "p99 ours/commit",
+    ):
+        floor.add_column(col, justify="left" if col == "store" else "right")
+    for r in ratios:
+        floor.add_row(
+            r["store"],
+            f"{r['rps_target']:g}",
+            _opt(r["cpu_ours"], "{:.3f}"),
+            _opt(r["cpu_floor_parse"], "{:.3f}"),
+            _opt(r["cpu_floor_commit"], "{:.3f}"),
+            _opt(r["cpu_ours_over_parse"], "{:.2f}×"),
+            _opt(r["cpu_ours_over_commit"], "{:.2f}×"),
+            _opt(r["p99_ours"], "{:.2f}"),
+            _opt(r["p99_floor_parse"], "{:.2f}"),
+            _opt(r["p99_floor_commit"], "{:.2f}"),
+            _opt(r["p99_ours_over_commit"], "{:.2f}×"),
+        )
+    console.print(floor)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def floor_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (store, rate) with a ``banditops`` row: its CPU per request and decision p99,
+    the floors', and ours / floor."""
+    by = {(r["store"], r["rps_target"], r["system"]): r for r in rows}
+    out = []
+    for r in rows:
+        if r["system"] != "banditops":
+            continue
+        key = (r["store"], r["rps_target"])
+        parse = by.get((*key, "floor_parse"))
+        commit = by.get((*key, "floor_commit"))
+        if parse is None and commit is None:
+            continue
+
+        def get(row: dict[str, Any] | None, field: str) -> Any:
+            return None if row is None else row[field]
+
+        out.append(
+            {
+                "store": _store_label(r),
+                "rps_target": r["rps_target"],
+                "cpu_ours": r["cpu_ms_per_request"],
+                "cpu_floor_parse": get(parse, "cpu_ms_per_request"),
+                "cpu_floor_commit": get(commit, "cpu_ms_per_request"),
+                "cpu_ours_over_parse": _ratio(
+                    r["cpu_ms_per_request"], get(parse, "cpu_ms_per_request")
+                ),
+                "cpu_ours_over_commit": _ratio(
+                    r["cpu_ms_per_request"], get(commit, "cpu_ms_per_request")
+                ),
+                "p99_ours": r["p99_ms"],
+                "p99_floor_parse": get(parse, "p99_ms"),
+                "p99_floor_commit": get(commit, "p99_ms"),
+                "p99_ours_over_commit": _ratio(r["p99_ms"], get(commit, "p99_ms")),
+            }
+        )
+    return out
+
+
+#: Fields of each row of ``--json``'s ``rows``.
+ROW_FIELDS = (
+    "system",
+    "store",
+    "rps_target",
+    "rps_achieved",
+    "cpu_ms_per_request",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "errors",
+    "acknowledged",
+    "lost",
+)
+
+
+def to_json(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"benchmark": "serving_load", "rows": [...], "ratios": [...]}``; a run of one
+    store at one rate keeps its ``banditops`` row's fields at the top level too."""
+    out: dict[str, Any] = {}
+    ours = [r for r in rows if r["system"] == "banditops"]
+    if len(ours) == 1 and len({(r["store"], r["rps_target"]) for r in rows}) == 1:
+        out.update(ours[0])
+    out["benchmark"] = "serving_load"
+    out["rows"] = [{k: r[k] for k in ROW_FIELDS} for r in rows]
+    out["ratios"] = floor_ratios(rows)
+    return out
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--rps takes numbers separated by commas; got {text!r}"
+        ) from None
+    if not rates or any(r <= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"--rps rates must be positive; got {text!r}")
+    return rates
+
+
+def _systems(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"--systems takes names from {', '.join(SYSTEMS)}; got {text!r}"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rps", type=float, default=200.0, help="Requests per second, total.")
+    parser.add_argument(
+        "--rps",
+        type=_rates,
+        default=[200.0],
+        help="Requests per second, total; several rates separated by commas (200,500,1000).",
+    )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="sqlite")
+    parser.add_argument(
+        "--systems",
+        type=_systems,
+        default=list(SYSTEMS),
+        help="What to load, in this order at each rate: banditops, floor_parse, floor_commit.",
+    )
     parser.add_argument(
         "--postgres-url", default=os.environ.get("BANDITOPS_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
     )
@@ -473,25 +661,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="Write the results here.")
     args = parser.parse_args(argv)
-    if args.rps <= 0 or args.seconds <= 0 or not 0.0 <= args.reward_share < 1.0:
-        parser.error("--rps and --seconds must be positive and --reward-share in [0, 1).")
+    if args.seconds <= 0 or not 0.0 <= args.reward_share < 1.0:
+        parser.error("--seconds must be positive and --reward-share in [0, 1).")
     stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
     rows = [
         run(
-            s,
-            args.rps,
+            store,
+            rps,
             args.seconds,
             args.reward_share,
             args.seed,
             args.postgres_url,
             args.sqlite_synchronous,
+            system=system,
         )
-        for s in stores
+        for store in stores
+        for rps in args.rps
+        for system in args.systems
     ]
     _print(rows)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+        args.json.write_text(json.dumps(to_json(rows), indent=2))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,7 @@ def check_width(width: int, limit: int, loc: Loc, what: str, setting: str) -> No
 
 def check_magnitude(values: NDArray[np.float64], bound: float, loc: Loc) -> None:
     """422 when a value exceeds ``bound`` in magnitude (``max_abs_feature``)."""
-    if values.size and not bool(np.all(np.abs(values) <= bound)):
+    if values.size and not (np.abs(values) <= bound).all():
         worst = float(np.max(np.abs(values)))
         raise InputError(
             loc,
@@ -82,14 +83,14 @@ def check_choice_finite(
     decision: Decision, slate: tuple[float, ...] | None, marginal: tuple[float, ...] | None
 ) -> None:
     """Scores, probabilities and propensities finite, the propensity in (0, 1]."""
-    parts = [
-        np.asarray(decision.scores, dtype=np.float64),
-        np.asarray(decision.probabilities, dtype=np.float64),
-        np.asarray([decision.propensity], dtype=np.float64),
-        np.asarray(slate or (), dtype=np.float64),
-        np.asarray(marginal or (), dtype=np.float64),
-    ]
-    if not all(bool(np.all(np.isfinite(p))) for p in parts):
+    finite = (
+        np.isfinite(np.asarray(decision.scores, dtype=np.float64)).all()
+        and np.isfinite(np.asarray(decision.probabilities, dtype=np.float64)).all()
+        and math.isfinite(decision.propensity)
+        and all(math.isfinite(p) for p in slate or ())
+        and all(math.isfinite(p) for p in marginal or ())
+    )
+    if not finite:
         raise NonFiniteChoiceError(f"policy {decision.policy} returned non-finite scores")
     if not 0.0 < decision.propensity <= 1.0:
         raise NonFiniteChoiceError(
@@ -102,9 +103,14 @@ def learnable(
 ) -> bool:
     """Whether a head may learn from this reward: every input finite and within ``bound``
     (a decision logged before the bound existed may carry anything)."""
-    for part in (context, arm_features, np.asarray([reward], dtype=np.float64)):
-        if part.size and not bool(np.all(np.isfinite(part))):
-            return False
-    return all(
-        not part.size or bool(np.all(np.abs(part) <= bound)) for part in (context, arm_features)
+    return math.isfinite(reward) and all(
+        not part.size or _finite_within(part, bound) for part in (context, arm_features)
     )
+
+
+def _finite_within(part: NDArray[np.float64], bound: float) -> bool:
+    """Every value finite and ``|x| ≤ bound`` (for a finite bound one comparison checks
+    both: it is False for NaN and ±inf)."""
+    if math.isfinite(bound):
+        return bool((np.abs(part) <= bound).all())
+    return bool(np.isfinite(part).all())

@@ -65,23 +65,25 @@ class BodyLimitMiddleware:
         chunks: list[bytes] = []
         size = 0
         more = True
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
-        while more:
-            left = deadline - asyncio.get_running_loop().time()
-            try:
-                message = await asyncio.wait_for(receive(), max(left, 0.0))
-            except TimeoutError:
-                await _answer(send, 408, f"request body not received within {self.timeout_s:g} s.")
-                return
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _answer(send, 413, too_large)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        # one deadline for the whole body (a timer handle, not a task per receive)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        break
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            await _answer(send, 408, f"request body not received within {self.timeout_s:g} s.")
+            return
+        if size > self.max_bytes:
+            await _answer(send, 413, too_large)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -111,6 +113,21 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         self.endpoints = endpoints
+        # labelled children, looked up once (``labels`` validates and locks on each call)
+        self._counts: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
+
+    def _observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        count = self._counts.get((endpoint, method, status))
+        if count is None:
+            count = self._counts[(endpoint, method, status)] = self.metrics.requests.labels(
+                endpoint, method, str(status)
+            )
+        timer = self._timers.get(endpoint)
+        if timer is None:
+            timer = self._timers[endpoint] = self.metrics.latency.labels(endpoint)
+        count.inc()
+        timer.observe(seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,5 +147,4 @@ class MetricsMiddleware:
         finally:
             path = scope.get("path", "")
             endpoint = path if path in self.endpoints else "other"
-            self.metrics.requests.labels(endpoint, scope.get("method", ""), str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            self._observe(endpoint, scope.get("method", ""), status, time.perf_counter() - started)

@@ -615,7 +615,7 @@ class DecisionService:
         served = self.loader.current
         model = served.for_version(decision.model_version) if served is not None else None
         head = None if model is None else find_head(model.policy)
-        if head is not None and not bool(np.all(np.isfinite(head.theta_))):
+        if head is not None and not np.isfinite(head.theta_).all():
             log.error(
                 "reward of %s rejected: the head of %s is not finite",
                 decision.event_id,

@@ -39,10 +39,28 @@ class Signature:
         return cls(None if dim_user is None else int(dim_user), dim_arm - slots, slots)
 
 
+#: The members :class:`LinearHeadPolicy` asks for, and whether each is a method.
+_HEAD_MEMBERS = tuple(
+    (name, callable(member))
+    for name, member in vars(LinearHeadPolicy).items()
+    if not name.startswith("_")
+)
+
+
+def _is_head_policy(policy: Any) -> bool:
+    """``isinstance(policy, LinearHeadPolicy)``, the same test (every member present, a
+    method not None) without the protocol machinery, which lists the protocol's members
+    on every call: too slow to run on each reward."""
+    for name, method in _HEAD_MEMBERS:
+        if not hasattr(policy, name) or (method and getattr(policy, name) is None):
+            return False
+    return True
+
+
 def find_head(policy: Any) -> Any:
     """The Bayesian head of ``policy`` (through wrappers), or None."""
     while policy is not None:
-        if isinstance(policy, LinearHeadPolicy):
+        if _is_head_policy(policy):
             return policy.head
         policy = getattr(policy, "inner", None)
     return None
