@@ -5,7 +5,8 @@ Steps (each prints one line with its time):
 1. tools: ``docker.io``, ``docker-compose`` and ``debootstrap`` from apt-get when missing;
    ``dockerd`` started when no daemon answers (and stopped at the end);
 2. a local base image, ``debootstrap --variant=minbase bookworm`` with python3.11 and its
-   venv module and this machine's CA bundle (kept between runs: the first cache);
+   venv module and this machine's CA bundle; its root filesystem is kept as a tarball under
+   ``--cache-dir`` (the first cache: it survives ``docker system prune``);
 3. the images, built against that base (``BASE_IMAGE``), torch from the machine's wheel
    directory (``PIP_FIND_LINKS``) served on loopback, pip's cache in a BuildKit cache mount
    (the second cache), plus stand-ins for the postgres and redis images (no registry);
@@ -13,8 +14,9 @@ Steps (each prints one line with its time):
    ``--port-base`` (so that nothing clashes with this machine's PostgreSQL and Redis and all
    traffic stays on loopback), two serving replicas;
 5. against it: every service healthy; decisions and rewards through both replicas;
-   ``bandit_retrain`` triggered through Airflow's REST API, run by the Celery worker against
-   the PostgreSQL event store; the version in MLflow's registry; ``banditops promote``;
+   ``bandit_retrain`` triggered through Airflow's REST API once the traffic's reward windows
+   have closed (``REWARD_WINDOW_S``), run by the Celery worker against the PostgreSQL event
+   store; the version in MLflow's registry; ``banditops promote``;
    every replica serving the new production version; ``down`` and ``up`` with nothing lost.
 
 Whatever fails prints the logs of the services that are not healthy. Everything the run
@@ -23,7 +25,7 @@ started is stopped (the stack with its volumes, the wheel server, dockerd).
 ``--break`` runs the stack with a wrong database URL in ``serving-migrate`` and passes
 only when the harness reports that service as failing, with its log.
 
-    python docker/compose_test.py [--break] [--port-base 24800]
+    python docker/compose_test.py [--break] [--port-base 24800] [--cache-dir DIR]
 """
 
 from __future__ import annotations
