@@ -51,6 +51,12 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         -r /tmp/requirements.txt -c /tmp/constraints.txt \
  && rm /tmp/requirements.txt /tmp/constraints.txt
 
+# 2b. asyncpg: Airflow 3 opens async sessions on its metadata database, and on PostgreSQL
+#     through asyncpg, which nothing above requires (`airflow` fails to import without it)
+COPY docker/constraints.txt /tmp/constraints.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install asyncpg -c /tmp/constraints.txt && rm /tmp/constraints.txt
+
 # 3. the project itself
 COPY README.md ./
 COPY bandit_core bandit_core
