@@ -818,6 +818,8 @@ def served_versions(s: Stack) -> list[str | None]:
     for replica in range(len(s.ports.serving)):
         info = http_json("GET", f"{s.serving_url(replica)}/v1/model")
         out.append((info.get("production") or {}).get("version"))
+        if info.get("last_load_error"):  # why a replica keeps what it serves
+            log(f"replica {replica}: {json.dumps(info)[:1500]}")
     return out
 
 
@@ -870,10 +872,11 @@ def scenario(s: Stack) -> dict[str, Any]:
     aliases = {a["alias"]: a["version"] for a in registry(s).get("aliases", [])}
     if aliases.get("production") != version:
         raise HarnessError(f"@production is {aliases.get('production')}, expected {version}")
+    served = f"{MODEL_NAME}/{version}"  # how /v1/model names the served version
     start = time.monotonic()
     until(
         f"every replica serving version {version}",
-        lambda: all(v == version for v in served_versions(s)),
+        lambda: all(v == served for v in served_versions(s)),
         120,
         ("serving", "serving-2"),
     )
@@ -906,7 +909,7 @@ def scenario(s: Stack) -> dict[str, Any]:
         raise HarnessError(f"down/up lost data: before {before}, after {after}")
     until(
         f"every replica serving version {version} after the restart",
-        lambda: all(v == version for v in served_versions(s)),
+        lambda: all(v == served for v in served_versions(s)),
         120,
         ("serving", "serving-2"),
     )
