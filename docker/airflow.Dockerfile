@@ -40,15 +40,22 @@ WORKDIR /opt/banditops
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install ${TORCH_PIP_ARGS} "${TORCH_SPEC}"
 
-# 2. Airflow in this version and the project's dependencies (with the Celery provider):
-#    rebuilt only when pyproject.toml changes
+# 2. Airflow in this version and the project's dependencies (with the Celery provider) in
+#    the tested versions (docker/constraints.txt): rebuilt only when those files change
 COPY pyproject.toml ./
 COPY docker/requirements.py docker/requirements.py
+COPY docker/constraints.txt /tmp/constraints.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
     python docker/requirements.py ${REQUIREMENTS} > /tmp/requirements.txt \
  && pip install "apache-airflow[${AIRFLOW_EXTRAS}]==${AIRFLOW_VERSION}" \
-        -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+        -r /tmp/requirements.txt -c /tmp/constraints.txt \
+ && rm /tmp/requirements.txt /tmp/constraints.txt
+
+# 2b. asyncpg: Airflow 3 opens async sessions on its metadata database, and on PostgreSQL
+#     through asyncpg, which nothing above requires (`airflow` fails to import without it)
+COPY docker/constraints.txt /tmp/constraints.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install asyncpg -c /tmp/constraints.txt && rm /tmp/constraints.txt
 
 # 3. the project itself
 COPY README.md ./

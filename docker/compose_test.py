@@ -5,7 +5,8 @@ Steps (each prints one line with its time):
 1. tools: ``docker.io``, ``docker-compose`` and ``debootstrap`` from apt-get when missing;
    ``dockerd`` started when no daemon answers (and stopped at the end);
 2. a local base image, ``debootstrap --variant=minbase bookworm`` with python3.11 and its
-   venv module and this machine's CA bundle (kept between runs: the first cache);
+   venv module and this machine's CA bundle; its root filesystem is kept as a tarball under
+   ``--cache-dir`` (the first cache: it survives ``docker system prune``);
 3. the images, built against that base (``BASE_IMAGE``), torch from the machine's wheel
    directory (``PIP_FIND_LINKS``) served on loopback, pip's cache in a BuildKit cache mount
    (the second cache), plus stand-ins for the postgres and redis images (no registry);
@@ -13,8 +14,9 @@ Steps (each prints one line with its time):
    ``--port-base`` (so that nothing clashes with this machine's PostgreSQL and Redis and all
    traffic stays on loopback), two serving replicas;
 5. against it: every service healthy; decisions and rewards through both replicas;
-   ``bandit_retrain`` triggered through Airflow's REST API, run by the Celery worker against
-   the PostgreSQL event store; the version in MLflow's registry; ``banditops promote``;
+   ``bandit_retrain`` triggered through Airflow's REST API once the traffic's reward windows
+   have closed (``REWARD_WINDOW_S``), run by the Celery worker against the PostgreSQL event
+   store; the version in MLflow's registry; ``banditops promote``;
    every replica serving the new production version; ``down`` and ``up`` with nothing lost.
 
 Whatever fails prints the logs of the services that are not healthy. Everything the run
@@ -23,13 +25,14 @@ started is stopped (the stack with its volumes, the wheel server, dockerd).
 ``--break`` runs the stack with a wrong database URL in ``serving-migrate`` and passes
 only when the harness reports that service as failing, with its log.
 
-    python docker/compose_test.py [--break] [--port-base 24800]
+    python docker/compose_test.py [--break] [--port-base 24800] [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import http.server
 import json
 import os
@@ -82,6 +85,12 @@ RETRAIN_CONF = {
     "auto_promote": False,
 }
 DECISIONS = 400
+#: the reward window of the run (``BANDITOPS_REWARD_WINDOW_S``, 86400 s in ``.env.example``):
+#: a replay holds only the decisions whose window has closed by the run's data interval end
+#: (a reward may still arrive until then), so the harness uses a short one and triggers the
+#: retrain once it has closed on the last decision. Each reward follows its decision at
+#: once: the window only has to outlast one request on a loaded machine.
+REWARD_WINDOW_S = 30
 #: health-check tolerance on a shared, loaded test machine (2 cores, load average above
 #: 30 seen): a probe's Python may take seconds to start, and the first start is slow.
 #: A passing probe still marks a service healthy at once.
@@ -306,6 +315,7 @@ def test_environment(ports: Ports) -> dict[str, str]:
         AIRFLOW_FERNET_KEY=urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         BANDITOPS_MODEL_NAME=MODEL_NAME,
         BANDITOPS_POLL_INTERVAL_S="2",
+        BANDITOPS_REWARD_WINDOW_S=str(REWARD_WINDOW_S),
         SERVING_WORKERS="1",
         MLFLOW_WORKERS="1",
         SERVING_REPLICAS="1",
@@ -392,37 +402,63 @@ def stop_daemon(d: Docker) -> None:
         log("dockerd: stopped")
 
 
-def ensure_base(d: Docker) -> float:
+#: what the base's root filesystem holds besides minbase (part of its cache key)
+BASE_PACKAGES = "python3,python3-venv,ca-certificates"
+BASE_CHANGES = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
+    "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+    'CMD ["python3"]',
+)
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def default_cache_dir() -> Path:
+    home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(home) / "banditops" / "compose-test"
+
+
+def base_tarball(cache_dir: Path) -> Path:
+    """Where the base's root filesystem is kept between runs (and ``docker system prune``):
+    named by what goes into it, so that another package list or CA bundle builds anew."""
+    key = hashlib.sha256(f"{BASE_PACKAGES}\n".encode() + CA_BUNDLE.read_bytes()).hexdigest()
+    return cache_dir / f"base-bookworm-{key[:12]}.tar"
+
+
+def ensure_base(d: Docker, cache_dir: Path) -> str:
+    """The base image: present, imported from the cached root filesystem, or built with
+    debootstrap (and its root filesystem cached). Returns how it was obtained."""
     if run([d.docker, "image", "inspect", BASE_IMAGE], check=False, capture=True).returncode == 0:
-        return 0.0
+        return "present"
     start = time.monotonic()
-    rootfs = d.workdir / "rootfs"
-    run(
-        ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates",
-         "bookworm", str(rootfs), "http://deb.debian.org/debian"],
-        capture=True,
-    )  # fmt: skip
-    # this machine's CA bundle: pip and apt inside the builds reach the registries as it does
-    shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
-    shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
-    (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
-    for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
-        deb.unlink()
-    changes = [
-        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "ENV LANG=C.UTF-8",
-        "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt",
-        "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
-        'CMD ["python3"]',
-    ]
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    args = [d.docker, "import", *[a for c in changes for a in ("-c", c)], "-", BASE_IMAGE]
-    imported = subprocess.run(args, stdin=tar.stdout, capture_output=True, text=True)
-    tar.wait()
-    shutil.rmtree(rootfs)
-    if imported.returncode != 0 or tar.returncode != 0:
+    tarball = base_tarball(cache_dir)
+    how = f"imported from {tarball}"
+    if not tarball.is_file():
+        rootfs = d.workdir / "rootfs"
+        run(
+            ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
+             "bookworm", str(rootfs), "http://deb.debian.org/debian"],
+            capture=True,
+        )  # fmt: skip
+        # this machine's CA bundle: pip and apt inside the builds reach the registries as
+        # it does
+        shutil.copy(CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
+        shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
+        (rootfs / "var/lib/apt/lists/partial").mkdir(parents=True)
+        for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = tarball.with_suffix(".tar.partial")
+        run(["tar", "-C", str(rootfs), "-cf", str(partial), "."])
+        partial.replace(tarball)
+        shutil.rmtree(rootfs)
+        how = f"built with debootstrap (root filesystem kept in {tarball})"
+    args = [d.docker, "import", *[a for c in BASE_CHANGES for a in ("-c", c)], str(tarball)]
+    imported = run([*args, BASE_IMAGE], check=False, capture=True)
+    if imported.returncode != 0:
         raise HarnessError(f"docker import failed: {imported.stderr[-2000:]}")
-    return time.monotonic() - start
+    return f"{how} in {time.monotonic() - start:.0f} s"
 
 
 @contextlib.contextmanager
@@ -705,6 +741,16 @@ def send_traffic(s: Stack, n: int, seed: int) -> int:
     return n
 
 
+def wait_for_closed_windows(sent_at: float) -> None:
+    """Sleep until the reward window of a decision made at ``sent_at`` (``time.time()``;
+    the containers share this machine's clock) has closed: the retrain triggered next
+    replays every decision sent before."""
+    left = sent_at + REWARD_WINDOW_S + 2 - time.time()
+    if left > 0:
+        log(f"waiting {left:.0f} s for the last decision's {REWARD_WINDOW_S} s reward window")
+        time.sleep(left)
+
+
 def run_retrain(s: Stack) -> tuple[str, dict[str, Any]]:
     token = s.airflow_token()
     api = f"{s.airflow_url}/api/v2"
@@ -772,6 +818,8 @@ def served_versions(s: Stack) -> list[str | None]:
     for replica in range(len(s.ports.serving)):
         info = http_json("GET", f"{s.serving_url(replica)}/v1/model")
         out.append((info.get("production") or {}).get("version"))
+        if info.get("last_load_error"):  # why a replica keeps what it serves
+            log(f"replica {replica}: {json.dumps(info)[:1500]}")
     return out
 
 
@@ -780,6 +828,7 @@ def scenario(s: Stack) -> dict[str, Any]:
     check_health(s)
     start = time.monotonic()
     rewards = send_traffic(s, DECISIONS, seed=7)
+    sent_at = time.time()
     events = int(s.psql("banditops", "select count(*) from decisions"))
     log(
         f"{DECISIONS} decisions and {rewards} rewards through both replicas in "
@@ -788,6 +837,7 @@ def scenario(s: Stack) -> dict[str, Any]:
     if events != DECISIONS:
         raise HarnessError(f"the event store holds {events} decisions, {DECISIONS} were sent")
     facts["decisions"] = events
+    wait_for_closed_windows(sent_at)
 
     start = time.monotonic()
     run_id, tasks = run_retrain(s)
@@ -822,10 +872,11 @@ def scenario(s: Stack) -> dict[str, Any]:
     aliases = {a["alias"]: a["version"] for a in registry(s).get("aliases", [])}
     if aliases.get("production") != version:
         raise HarnessError(f"@production is {aliases.get('production')}, expected {version}")
+    served = f"{MODEL_NAME}/{version}"  # how /v1/model names the served version
     start = time.monotonic()
     until(
         f"every replica serving version {version}",
-        lambda: all(v == version for v in served_versions(s)),
+        lambda: all(v == served for v in served_versions(s)),
         120,
         ("serving", "serving-2"),
     )
@@ -858,7 +909,7 @@ def scenario(s: Stack) -> dict[str, Any]:
         raise HarnessError(f"down/up lost data: before {before}, after {after}")
     until(
         f"every replica serving version {version} after the restart",
-        lambda: all(v == version for v in served_versions(s)),
+        lambda: all(v == served for v in served_versions(s)),
         120,
         ("serving", "serving-2"),
     )
@@ -892,6 +943,12 @@ def main(argv: list[str] | None = None) -> int:
         help="wrong database URL in serving-migrate: expect that failure",
     )
     parser.add_argument("--port-base", type=int, default=24800)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="kept between runs: the base's root filesystem (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     # a stop (CI's timeout, kill) unwinds like an error: what was started is stopped
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -908,11 +965,7 @@ def main(argv: list[str] | None = None) -> int:
                 else ["docker-compose"]
             )
             ensure_daemon(d)
-            seconds = ensure_base(d)
-            log(
-                f"base image {BASE_IMAGE}: "
-                + (f"built in {seconds:.0f} s" if seconds else "cached")
-            )
+            log(f"base image {BASE_IMAGE}: {ensure_base(d, args.cache_dir)}")
             with wheel_server(ports.wheels) as torch_args:
                 times = build_images(d, torch_args)
             sizes = image_sizes(d)
@@ -977,7 +1030,8 @@ def expect_broken(s: Stack) -> int:
         print_logs(s.d, failing)
     printed = buffer.getvalue()
     print(printed, flush=True)
-    if 'password authentication failed for user "banditops"' not in printed:
+    # the CLI's error is wrapped at the log's width: compare without the line breaks
+    if 'password authentication failed for user "banditops"' not in " ".join(printed.split()):
         log("FAILED: serving-migrate's log does not show the refused login")
         return 1
     log(

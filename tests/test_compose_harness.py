@@ -8,13 +8,22 @@ import importlib.util
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
+import sqlalchemy as sa
 import yaml
+
+from eventstore.replay import read_replay
+from serving.store.repository import write_events
+from tests.serving_helpers import decision_row, reward_row
+
+pytest_plugins = ["tests.serving_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,3 +147,33 @@ def test_the_airflow_entrypoint_prefixes_airflow_commands(
         check=True,
     )
     assert done.stdout.strip() == runs
+
+
+def test_the_retrain_is_triggered_once_the_traffic_windows_have_closed(
+    harness: ModuleType, engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """The replay holds only decisions whose reward window closed by the run's data interval
+    end: with ``.env.example``'s day-long window a retrain right after the traffic replays
+    nothing (``validate_features`` then fails its row count, as the harness once did); with
+    the harness's window and its wait, every decision sent is replayed."""
+    sent_at = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    row = decision_row(rng, created_at=sent_at - timedelta(seconds=1))
+    with engine.begin() as conn:
+        write_events(conn, [row])
+        write_events(conn, [reward_row(row.event_id, 1.0, ts=sent_at)])
+    env = harness.test_environment(harness.Ports(24800))
+    window = timedelta(seconds=float(env["BANDITOPS_REWARD_WINDOW_S"]))
+    assert window == timedelta(seconds=harness.REWARD_WINDOW_S)
+    start = sent_at - timedelta(days=7)
+
+    def replayed(as_of: datetime, reward_window: timedelta) -> int:
+        return len(read_replay(engine, start, as_of, reward_window=reward_window, as_of=as_of))
+
+    example = (ROOT / "docker/.env.example").read_text()
+    found = re.search(r"^BANDITOPS_REWARD_WINDOW_S=(\d+)$", example, re.M)
+    assert found is not None
+    example_window = timedelta(seconds=int(found.group(1)))
+    assert replayed(sent_at + timedelta(minutes=5), example_window) == 0
+    assert replayed(sent_at + timedelta(seconds=5), window) == 0
+    triggered = sent_at + window + timedelta(seconds=2)  # where wait_for_closed_windows ends
+    assert replayed(triggered, window) == 1
