@@ -134,15 +134,15 @@ def test_hybrid_is_shared_linucb_with_the_full_per_arm_interaction() -> None:
 
 
 def test_update_touches_blocks_not_the_dense_matrix() -> None:
-    """State grows as K·d² + K·d·k + k², never (k + K·d)²."""
-    n_arms = 200
+    """State grows as K·(d² + d·k) + k², never (k + K·d)²."""
+    n_arms = 400
     policy: Any = make_policy("hybrid_linucb", dim_user=DU, dim_arm=DA, interactions=True)
     rng = np.random.default_rng(4)
     for a in range(n_arms):
         policy.update(rng.standard_normal(DU), f"arm-{a}", 1.0, rng.standard_normal(DA))
     k = policy.model.dim_shared
     largest = max(v.size for v in policy.to_state().arrays.values())
-    assert largest == (n_arms + 1) * DU * k  # the B_a blocks
+    assert largest == (n_arms + 1) * (DU + k + 1) * DU  # the W_a blocks [A⁻¹ ; (A⁻¹B)ᵀ ; (A⁻¹b)ᵀ]
     assert largest < (k + n_arms * DU) ** 2 / 40
 
 
