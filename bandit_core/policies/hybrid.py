@@ -26,16 +26,25 @@ and, per arm, ``A_a`` (d × d), ``B_a`` (d × k), ``b_a``. Then
 An observation ``(x, z, r)`` on arm ``a`` adds ``φφᵀ`` to M, which changes S by the
 rank-one term ``c cᵀ / (1 + xᵀA_a⁻¹x)`` and b̂ by ``c (r − xᵀA_a⁻¹b_a) / (1 + xᵀA_a⁻¹x)``
 (c, A_a, b_a before the update; the top-left block of the Sherman–Morrison update of M⁻¹).
-Inverse Cholesky factors of S and of every A_a (``U = L⁻¹``) take rank-one updates, so an
-update costs O(k² + d² + d·k) instead of O((k + K·d)²), and a decision O(K(d² + d·k + k²)).
-The noise posterior needs ``bᵀM⁻¹b = b̂ᵀS⁻¹b̂ + Σ_a b_aᵀA_a⁻¹b_a`` (block elimination),
-kept per arm. Every ``refactor_every`` updates the factors are recomputed from the additive
-statistics, bounding round-off.
+Each arm keeps one *scoring block* ``W_a = [A_a⁻¹ ; (A_a⁻¹B_a)ᵀ ; (A_a⁻¹b_a)ᵀ]``
+((d + k + 1) × d): ``W_a x = [w ; g ; f]`` with ``w = A_a⁻¹x``, ``g = B_aᵀA_a⁻¹x`` and
+``f = xᵀA_a⁻¹b_a`` is everything a decision needs from the arm, so the candidates are
+scored by one matrix product over the stacked blocks, and the shared part
+``c @ [β̂ | U₀ᵀ]`` by the feature map's blocks (z is never built). An update changes only
+the touched arm's block, by one Sherman–Morrison rank-one step (``_rank1``), and the inverse
+Cholesky factor ``U₀`` of S by a rank-one update: O(k³) for U₀'s single product (k ≲ 100),
+O(d(d + k)) for the arm, instead of O((k + K·d)²); a decision costs O(K(d² + d·k + k²)).
+A₀, A_a and B_a are read only by the refactorisation, which sums them then. The noise
+posterior needs ``bᵀM⁻¹b = b̂ᵀβ̂ + Σ_a b_aᵀA_a⁻¹b_a`` (block elimination), kept per arm.
+Every ``refactor_every`` updates the blocks are recomputed from the additive statistics,
+bounding round-off.
 
 Thompson sampling draws from the same joint posterior: ``β̃ ~ N(β̂, σ²S⁻¹)`` and, given β̃,
 ``θ̃_a ~ N(A_a⁻¹(b_a − B_aβ̃), σ²A_a⁻¹)`` independently per arm, so a candidate's sampled
-score is ``μ_a + σ (cᵀU₀ᵀ ε₀ + ‖U_a x‖ ε_a)``: one shared draw ε₀ (k) per sample and one
-independent normal per candidate.
+score is ``μ_a + σ (cᵀU₀ᵀ ε₀ + √(xᵀA_a⁻¹x) ε_a)``: one shared draw ε₀ (k) per sample and one
+independent normal per candidate. With fewer candidates than shared features (K < k) the
+shared part is drawn as ``ε R`` (ε of dimension K) with ``U₀Cᵀ = QR``: the same covariance
+``C S⁻¹ Cᵀ = RᵀR``, K normals instead of k.
 """
 
 from __future__ import annotations
