@@ -78,6 +78,8 @@ IntArray = NDArray[np.intp]
 
 #: candidate sets whose slot index the model remembers
 _ROWS_CACHE = 256
+#: observations learnt one at a time that wait, at most, to be summed into A₀, A_a, B_a
+_FOLD_EVERY = 512
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,6 +356,8 @@ class HybridModel:
         block += lift[:, None] * w
         # A₀, A_a and B_a are read only by a refactorisation: summed there, in one product
         self._unfolded.append((slot, np.concatenate((x, z))))  # a copy of x
+        if len(self._unfolded) >= _FOLD_EVERY:  # bounded memory whatever refactor_every
+            self._fold()
         xty = self.xty_[slot]
         xty += r * x
         self.arm_fit_[slot] = float(block[-1].dot(xty))
