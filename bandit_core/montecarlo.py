@@ -161,6 +161,8 @@ def thompson_draws(
         probs.append(counts / (2.0 * pairs[:, None]))
         scores.append(first)
         errors.append(_se(s1, s2, pairs))
+    if len(choices) == 1:  # one block (every single decision): no copies
+        return choices[0], probs[0], scores[0], errors[0]
     return (
         np.concatenate(choices),
         np.concatenate(probs),

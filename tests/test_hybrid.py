@@ -12,6 +12,7 @@ from bandit_core import Candidates, make_policy, policy_from_state
 from bandit_core.arm_embedding import arm_embeddings
 from bandit_core.features import FeatureMap
 from bandit_core.head import BayesianLinearHead, HeadConfig
+from bandit_core.policies import hybrid
 from bandit_core.policies.hybrid import HybridLinTSConfig, HybridLinUCBConfig
 
 DU, DA = 4, 3
@@ -134,15 +135,15 @@ def test_hybrid_is_shared_linucb_with_the_full_per_arm_interaction() -> None:
 
 
 def test_update_touches_blocks_not_the_dense_matrix() -> None:
-    """State grows as K·d² + K·d·k + k², never (k + K·d)²."""
-    n_arms = 200
+    """State grows as K·(d² + d·k) + k², never (k + K·d)²."""
+    n_arms = 400
     policy: Any = make_policy("hybrid_linucb", dim_user=DU, dim_arm=DA, interactions=True)
     rng = np.random.default_rng(4)
     for a in range(n_arms):
         policy.update(rng.standard_normal(DU), f"arm-{a}", 1.0, rng.standard_normal(DA))
     k = policy.model.dim_shared
     largest = max(v.size for v in policy.to_state().arrays.values())
-    assert largest == (n_arms + 1) * DU * k  # the B_a blocks
+    assert largest == (n_arms + 1) * (DU + k + 1) * DU  # the W_a blocks [A⁻¹ ; (A⁻¹B)ᵀ ; (A⁻¹b)ᵀ]
     assert largest < (k + n_arms * DU) ** 2 / 40
 
 
@@ -213,3 +214,18 @@ def test_feature_map_with_arm_embedding_agrees_across_its_builders() -> None:
     np.testing.assert_array_equal(fmap.row(contexts[1], feats[2], ids[2]), full[1, 2])
     paired = fmap.build_rows(contexts[:4], feats, list(ids))
     np.testing.assert_array_equal(paired, full[np.arange(4), np.arange(4)])
+
+
+def test_statistics_folded_early_leave_the_posterior_equal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A₀, A_a and B_a summed every few updates (as a long refactor_every does at 512)
+    give the dense posterior after the next refactorisation too."""
+    monkeypatch.setattr(hybrid, "_FOLD_EVERY", 5)
+    policy: Any = make_policy(
+        "hybrid_linucb", dim_user=DU, dim_arm=DA, interactions=True, refactor_every=64
+    )
+    dense = Dense(policy.model.features, [*IDS, "new"], policy.config.lambda_prior)
+    x, arms, feats, r = _stream(11, 150)
+    for t in range(150):
+        policy.update(x[t], arms[t], r[t], feats[t])
+        dense.head.update(dense.phi(x[t], arms[t], feats[t]), r[t])
+    _compare(policy, dense)

@@ -26,16 +26,25 @@ and, per arm, ``A_a`` (d × d), ``B_a`` (d × k), ``b_a``. Then
 An observation ``(x, z, r)`` on arm ``a`` adds ``φφᵀ`` to M, which changes S by the
 rank-one term ``c cᵀ / (1 + xᵀA_a⁻¹x)`` and b̂ by ``c (r − xᵀA_a⁻¹b_a) / (1 + xᵀA_a⁻¹x)``
 (c, A_a, b_a before the update; the top-left block of the Sherman–Morrison update of M⁻¹).
-Inverse Cholesky factors of S and of every A_a (``U = L⁻¹``) take rank-one updates, so an
-update costs O(k² + d² + d·k) instead of O((k + K·d)²), and a decision O(K(d² + d·k + k²)).
-The noise posterior needs ``bᵀM⁻¹b = b̂ᵀS⁻¹b̂ + Σ_a b_aᵀA_a⁻¹b_a`` (block elimination),
-kept per arm. Every ``refactor_every`` updates the factors are recomputed from the additive
-statistics, bounding round-off.
+Each arm keeps one *scoring block* ``W_a = [A_a⁻¹ ; (A_a⁻¹B_a)ᵀ ; (A_a⁻¹b_a)ᵀ]``
+((d + k + 1) × d): ``W_a x = [w ; g ; f]`` with ``w = A_a⁻¹x``, ``g = B_aᵀA_a⁻¹x`` and
+``f = xᵀA_a⁻¹b_a`` is everything a decision needs from the arm, so the candidates are
+scored by one matrix product over the stacked blocks, and the shared part
+``c @ [β̂ | U₀ᵀ]`` by the feature map's blocks (z is never built). An update changes only
+the touched arm's block, by one Sherman–Morrison rank-one step (``_rank1``), and the inverse
+Cholesky factor ``U₀`` of S by a rank-one update: O(k³) for U₀'s single product (k ≲ 100),
+O(d(d + k)) for the arm, instead of O((k + K·d)²); a decision costs O(K(d² + d·k + k²)).
+A₀, A_a and B_a are read only by the refactorisation, which sums them then. The noise
+posterior needs ``bᵀM⁻¹b = b̂ᵀβ̂ + Σ_a b_aᵀA_a⁻¹b_a`` (block elimination), kept per arm.
+Every ``refactor_every`` updates the blocks are recomputed from the additive statistics,
+bounding round-off.
 
 Thompson sampling draws from the same joint posterior: ``β̃ ~ N(β̂, σ²S⁻¹)`` and, given β̃,
 ``θ̃_a ~ N(A_a⁻¹(b_a − B_aβ̃), σ²A_a⁻¹)`` independently per arm, so a candidate's sampled
-score is ``μ_a + σ (cᵀU₀ᵀ ε₀ + ‖U_a x‖ ε_a)``: one shared draw ε₀ (k) per sample and one
-independent normal per candidate.
+score is ``μ_a + σ (cᵀU₀ᵀ ε₀ + √(xᵀA_a⁻¹x) ε_a)``: one shared draw ε₀ (k) per sample and one
+independent normal per candidate. With fewer candidates than shared features (K < k) the
+shared part is drawn as ``ε R`` (ε of dimension K) with ``U₀Cᵀ = QR``: the same covariance
+``C S⁻¹ Cᵀ = RᵀR``, K normals instead of k.
 """
 
 from __future__ import annotations
@@ -48,7 +57,11 @@ from numpy.typing import NDArray
 
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.features import FeatureMap
-from bandit_core.linalg import inv_chol_rank1_update, inverse_cholesky
+from bandit_core.linalg import (
+    inv_chol_rank1_product,
+    inverse_cholesky,
+    upper_triangular_factor,
+)
 from bandit_core.montecarlo import thompson_draws
 from bandit_core.policies.linear import (
     LinearConfig,
@@ -65,6 +78,8 @@ IntArray = NDArray[np.intp]
 
 #: candidate sets whose slot index the model remembers
 _ROWS_CACHE = 256
+#: observations learnt one at a time that wait, at most, to be summed into A₀, A_a, B_a
+_FOLD_EVERY = 512
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,50 +114,88 @@ class HybridLinTSConfig(HybridConfig, MonteCarloConfig):
 
 
 # ------------------------------------------------------------------ pure block math
-def arm_terms(
-    inv_chol: FloatArray, cross: FloatArray, xty: FloatArray, x: FloatArray
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-    """Per-candidate pieces of the block posterior for contexts ``x``.
+def scoring_block(
+    inv_chol: FloatArray, cross: FloatArray, xty: FloatArray
+) -> tuple[FloatArray, FloatArray]:
+    """Each arm's scoring block ``W_a = [A_a⁻¹ ; G_aᵀ ; h_aᵀ]`` and the arm's share of the
+    Schur complement, from its statistics.
 
     Parameters
     ----------
-    inv_chol : (K, d, d)
-        ``U_a`` of each candidate's arm.
-    cross : (K, d, k)
+    inv_chol : (m, d, d)
+        ``U_a = L_a⁻¹`` with ``A_a = L_a L_aᵀ``.
+    cross : (m, d, k)
         ``B_a``.
-    xty : (K, d)
+    xty : (m, d)
         ``b_a``.
-    x : (n, d)
-        User contexts.
 
     Returns
     -------
-    u : (n, K, d)
-        ``U_a x`` (so ``xᵀA_a⁻¹x = ‖u‖²``).
+    scoring : (m, d + k + 1, d)
+        ``[A_a⁻¹ ; (A_a⁻¹B_a)ᵀ ; (A_a⁻¹b_a)ᵀ]``: ``W_a x`` is ``[A_a⁻¹x ; B_aᵀA_a⁻¹x ;
+        b_aᵀA_a⁻¹x]``, everything a decision needs from arm a.
+    ub : (m, d, k)
+        ``U_a B_a`` (so ``B_aᵀA_a⁻¹B_a = (U_aB_a)ᵀ(U_aB_a)``).
+    """
+    ub = inv_chol @ cross
+    cov = np.einsum("mji,mjl->mil", inv_chol, inv_chol)  # A⁻¹ = UᵀU
+    gain = np.einsum("mji,mjl->mil", ub, inv_chol)  # (A⁻¹B)ᵀ = (UB)ᵀU, (m, k, d)
+    fit = np.einsum("mid,md->mi", cov, xty)[:, None, :]  # (A⁻¹b)ᵀ
+    return np.concatenate([cov, gain, fit], axis=1), ub
+
+
+def arm_terms(
+    scoring: FloatArray, rows: slice | IntArray, x: FloatArray, dim_shared: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per-candidate pieces of the block posterior for contexts ``x``: one matrix product.
+
+    Parameters
+    ----------
+    scoring : (m, d + k + 1, d)
+        Every arm slot's ``W_a`` (:func:`scoring_block`).
+    rows : slice or (K,) int array
+        The candidates' slots.
+    x : (n, d)
+        User contexts.
+    dim_shared : int
+        k.
+
+    Returns
+    -------
+    q : (n, K)
+        ``xᵀA_a⁻¹x``.
     g : (n, K, k)
         ``B_aᵀ A_a⁻¹ x``.
     fit : (n, K)
         ``xᵀ A_a⁻¹ b_a``.
-    w : (n, K, d)
-        ``A_a⁻¹ x``.
     """
-    u = np.einsum("kij,nj->nki", inv_chol, x)
-    w = np.einsum("kji,nkj->nki", inv_chol, u)
-    g = np.einsum("kdl,nkd->nkl", cross, w)
-    fit = np.einsum("nkd,kd->nk", w, xty)
-    return u, g, fit, w
+    m, width, d = scoring.shape
+    n = x.shape[0]
+    if isinstance(rows, slice) or 2 * rows.size >= m:
+        # a view of contiguous slots, or most of them: one (n, d) × (d, ·) product over the
+        # slots and no copy of the blocks
+        block = scoring[rows] if isinstance(rows, slice) else scoring
+        out = (x @ block.reshape(-1, d).T).reshape(n, -1, width)
+        if not isinstance(rows, slice):
+            out = out[:, rows]
+    else:  # a few candidates of many arms: only their blocks
+        out = np.einsum("kcd,nd->nkc", scoring[rows], x)
+    q = np.einsum("nkd,nd->nk", out[..., :d], x)
+    np.maximum(q, 0.0, out=q)  # A_a⁻¹ is positive definite; round-off must not flip a sign
+    return q, out[..., d : d + dim_shared], out[..., -1]
 
 
 # ------------------------------------------------------------------ the model
 class HybridModel:
     """Block posterior of the hybrid model (see the module docstring).
 
-    Learned state: shared ``gram0_`` (k, k) = A₀, ``xty0_`` (k,) = b₀, ``schur_`` (k, k) = S,
-    ``schur_inv_chol_`` (k, k) = U₀, ``reduced_`` (k,) = b̂, ``beta_`` (k,) = β̂; per arm
-    slot (slot 0 is the prior, used for unseen arms) ``precision_`` (m, d, d) = A_a,
-    ``inv_chol_`` (m, d, d) = U_a, ``cross_`` (m, d, k) = B_a, ``xty_`` (m, d) = b_a,
-    ``arm_fit_`` (m,) = b_aᵀA_a⁻¹b_a; ``yty_`` = Σr², ``count_`` = n, ``pending_`` = rank-one
-    updates since the last refactorisation.
+    Learned state: shared ``gram0_`` (k, k) = A₀, ``xty0_`` (k,) = b₀,
+    ``schur_inv_chol_`` (k, k) = U₀ (``S⁻¹ = U₀ᵀU₀``), ``reduced_`` (k,) = b̂, ``beta_``
+    (k,) = β̂; per arm slot (slot 0 is the prior, used for unseen arms) ``precision_``
+    (m, d, d) = A_a, ``cross_`` (m, d, k) = B_a, ``xty_`` (m, d) = b_a, ``scoring_``
+    (m, d + k + 1, d) = ``[A_a⁻¹ ; (A_a⁻¹B_a)ᵀ ; (A_a⁻¹b_a)ᵀ]`` and ``arm_fit_`` (m,) =
+    b_aᵀA_a⁻¹b_a; ``yty_`` = Σr², ``count_`` = n, ``pending_`` = rank-one updates since the
+    last refactorisation.
     """
 
     joint = True
@@ -172,19 +225,22 @@ class HybridModel:
         k, d, lam = self.dim_shared, self.config.dim_user, self.config.lambda_prior
         self.gram0_: FloatArray = lam * np.eye(k)
         self.xty0_: FloatArray = np.zeros(k)
-        self.schur_: FloatArray = lam * np.eye(k)
         self.schur_inv_chol_: FloatArray = np.eye(k) / np.sqrt(lam)
         self.reduced_: FloatArray = np.zeros(k)
         self.beta_: FloatArray = np.zeros(k)
         m = len(self.arm_ids) + 1
         self.precision_: FloatArray = np.repeat((lam * np.eye(d))[None], m, axis=0)
-        self.inv_chol_: FloatArray = np.repeat((np.eye(d) / np.sqrt(lam))[None], m, axis=0)
         self.cross_: FloatArray = np.zeros((m, d, k))
         self.xty_: FloatArray = np.zeros((m, d))
+        prior = np.zeros((d + k + 1, d))
+        prior[:d] = np.eye(d) / lam
+        self.scoring_: FloatArray = np.repeat(prior[None], m, axis=0)
         self.arm_fit_: FloatArray = np.zeros(m)
         self.yty_ = 0.0
         self.count_ = 0.0
         self.pending_ = 0
+        self._weights: FloatArray | None = None
+        self._unfolded: list[tuple[int, FloatArray]] = []  # (slot, [x ; z])
 
     # -- arms ----------------------------------------------------------------
     def _add_arm(self, arm: str) -> int:
@@ -192,7 +248,7 @@ class HybridModel:
         slot = int(self.precision_.shape[0])
         self._slots[arm] = slot
         self.arm_ids.append(arm)
-        for name in ("precision_", "inv_chol_", "cross_", "xty_", "arm_fit_"):
+        for name in ("precision_", "cross_", "xty_", "scoring_", "arm_fit_"):
             array = getattr(self, name)
             setattr(self, name, np.concatenate([array, array[:1]], axis=0))  # slot 0: prior
         return slot
@@ -224,15 +280,28 @@ class HybridModel:
     def terms(
         self, contexts: FloatArray, candidates: Candidates
     ) -> tuple[FloatArray, FloatArray, None]:
-        """Posterior means (n, K) and projections (n, K, k + d): ``[U₀ c ; U_a x]``, whose
-        squared norm is the dense model's ``φᵀM⁻¹φ``."""
+        """Posterior means (n, K) and projections (n, K, k + 1): ``[U₀ c ; √(xᵀA_a⁻¹x)]``,
+        whose squared norm is the dense model's ``φᵀM⁻¹φ``."""
         rows = self._candidate_rows(candidates.ids)
-        z = self.features.build(contexts, candidates.features, candidates.ids)
-        u, g, fit, _ = arm_terms(self.inv_chol_[rows], self.cross_[rows], self.xty_[rows], contexts)
-        c = z - g
-        mean = c @ self.beta_ + fit
-        proj = np.concatenate([c @ self.schur_inv_chol_.T, u], axis=-1)
+        k = self.dim_shared
+        q, g, fit = arm_terms(self.scoring_, rows, contexts, k)
+        # c @ [β̂ | U₀ᵀ] with c = z − g: z's part from the feature map's blocks (z is never
+        # built), g's by one product
+        weights = self._scoring_weights()
+        out = self.features.apply(contexts, candidates.features, candidates.ids, weights)
+        out -= g @ weights
+        proj = np.empty((*q.shape, k + 1))
+        proj[..., :k] = out[..., 1:]
+        np.sqrt(q, out=proj[..., k])
+        mean = out[..., 0]
+        mean += fit
         return mean, proj, None
+
+    def _scoring_weights(self) -> FloatArray:
+        """``[β̂ | U₀ᵀ]`` (k, k + 1), cached until the next update."""
+        if self._weights is None:
+            self._weights = np.concatenate([self.beta_[:, None], self.schur_inv_chol_.T], axis=1)
+        return self._weights
 
     def terms_one(
         self, context: FloatArray, candidates: Candidates
@@ -243,8 +312,8 @@ class HybridModel:
     def noise_posterior(self) -> tuple[float, float]:
         """Inverse-gamma ``(a, b)`` of σ²: ``a0 + n/2``, ``b0 + ½(Σr² − bᵀM⁻¹b)``."""
         cfg = self.config
-        shared = self.schur_inv_chol_ @ self.reduced_
-        fit = self.yty_ - float(shared @ shared) - float(self.arm_fit_.sum())
+        # b̂ᵀS⁻¹b̂ = b̂ᵀβ̂
+        fit = self.yty_ - float(self.reduced_.dot(self.beta_)) - float(self.arm_fit_.sum())
         return cfg.a0 + 0.5 * self.count_, cfg.b0 + 0.5 * max(fit, 0.0)
 
     # -- learning -----------------------------------------------------------------
@@ -260,34 +329,46 @@ class HybridModel:
             self._set_beta()
 
     def _rank1(self, slot: int, x: FloatArray, z: FloatArray, r: float) -> None:
-        """Algorithm 2's update of the blocks for one observation on arm ``slot``."""
-        u_arm = self.inv_chol_[slot]
-        u = u_arm @ x
-        w = u_arm.T @ u
-        s = float(u @ u)
-        c = z - self.cross_[slot].T @ w
-        fit = float(w @ self.xty_[slot])
-        scale = 1.0 / (1.0 + s)
-        # shared block: S += c cᵀ/(1 + s), b̂ += c (r − xᵀA⁻¹b_a)/(1 + s)
-        self.schur_inv_chol_ = inv_chol_rank1_update(self.schur_inv_chol_, c * np.sqrt(scale))
-        self.schur_ += (scale * c)[:, None] * c
-        self.reduced_ += (scale * (r - fit)) * c
-        self.gram0_ += z[:, None] * z
+        """Algorithm 2's update of the blocks for one observation on arm ``slot``.
+
+        With ``w = A_a⁻¹x``, ``s = xᵀw``, ``c = z − B_aᵀw`` and ``e = r − b_aᵀw`` (all
+        before the update), Sherman–Morrison gives the arm's new block in one rank-one
+        step, ``W_a += [−w ; c ; e] wᵀ/(1 + s)`` (``A_a⁻¹ − wwᵀ/(1+s)``, ``A_a⁻¹B_a +
+        w cᵀ/(1+s)``, ``A_a⁻¹b_a + w e/(1+s)``), and the shared block ``S += ccᵀ/(1+s)``,
+        ``b̂ += c e/(1+s)``. Only the touched arm's block changes."""
+        d, k = x.shape[0], self.dim_shared
+        block = self.scoring_[slot]
+        out = block.dot(x)
+        w = out[:d]
+        scale = 1.0 / (1.0 + float(w.dot(x)))
+        lift = out.copy()  # [−w ; c ; e]
+        np.negative(w, out=lift[:d])
+        np.subtract(z, out[d : d + k], out=lift[d : d + k])
+        e = r - float(out[-1])
+        lift[-1] = e
+        c = lift[d : d + k]
+        # shared block: S += c cᵀ/(1 + s), b̂ += c e/(1 + s)
+        self.schur_inv_chol_ = inv_chol_rank1_product(self.schur_inv_chol_, c * np.sqrt(scale))
+        self.reduced_ += (scale * e) * c
         self.xty0_ += r * z
         # the arm's block
-        self.precision_[slot] += x[:, None] * x
-        self.inv_chol_[slot] = u_arm = inv_chol_rank1_update(u_arm, x)
-        self.cross_[slot] += x[:, None] * z
-        self.xty_[slot] += r * x
-        v = u_arm @ self.xty_[slot]
-        self.arm_fit_[slot] = float(v @ v)
+        lift *= scale
+        block += lift[:, None] * w
+        # A₀, A_a and B_a are read only by a refactorisation: summed there, in one product
+        self._unfolded.append((slot, np.concatenate((x, z))))  # a copy of x
+        if len(self._unfolded) >= _FOLD_EVERY:  # bounded memory whatever refactor_every
+            self._fold()
+        xty = self.xty_[slot]
+        xty += r * x
+        self.arm_fit_[slot] = float(block[-1].dot(xty))
         self.yty_ += r * r
         self.count_ += 1.0
         self.pending_ += 1
 
     def _set_beta(self) -> None:
         u0 = self.schur_inv_chol_
-        self.beta_ = u0.T @ (u0 @ self.reduced_)
+        self.beta_ = u0.T.dot(u0.dot(self.reduced_))
+        self._weights = None
 
     def revise_one(
         self, context: FloatArray, arm_id: str, feats: FloatArray, old: float, new: float
@@ -297,17 +378,36 @@ class HybridModel:
         slot = self._slots.get(arm_id)
         if slot is None:
             raise ValueError(f"arm_id {arm_id!r} has no learnt reward to revise.")
+        d, k = context.shape[0], self.dim_shared
         z = self.features.row(context, feats, arm_id)
         delta = new - old
-        u_arm = self.inv_chol_[slot]
-        w = u_arm.T @ (u_arm @ context)
-        self.reduced_ += delta * (z - self.cross_[slot].T @ w)
+        block = self.scoring_[slot]
+        out = block.dot(context)
+        self.reduced_ += delta * (z - out[d : d + k])
         self.xty0_ += delta * z
         self.xty_[slot] += delta * context
-        v = u_arm @ self.xty_[slot]
-        self.arm_fit_[slot] = float(v @ v)
+        block[-1] += delta * out[:d]  # A_a⁻¹b_a moves by δ·A_a⁻¹x
+        self.arm_fit_[slot] = float(block[-1].dot(self.xty_[slot]))
         self.yty_ += new * new - old * old
         self._set_beta()
+
+    def _fold(self) -> None:
+        """Add the observations learnt one at a time since the last fold to A₀, A_a, B_a."""
+        if not self._unfolded:
+            return
+        slots = np.array([u[0] for u in self._unfolded], dtype=np.intp)
+        rows = np.stack([u[1] for u in self._unfolded])
+        self._unfolded = []
+        d = self.config.dim_user
+        self._add_statistics(slots, rows[:, :d], rows[:, d:])
+
+    def _add_statistics(self, slots: IntArray, x: FloatArray, z: FloatArray) -> None:
+        self.gram0_ += z.T @ z
+        for slot in np.unique(slots):
+            rows = slots == slot
+            xs = x[rows]
+            self.precision_[slot] += xs.T @ xs
+            self.cross_[slot] += xs.T @ z[rows]
 
     def learn(
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
@@ -318,14 +418,12 @@ class HybridModel:
             return
         slots = self.slots_for(ids, create=True)
         z = self.features.build_rows(contexts, feats, ids)
-        self.gram0_ += z.T @ z
+        self._fold()
+        self._add_statistics(slots, contexts, z)
         self.xty0_ += z.T @ rewards
         for slot in np.unique(slots):
             rows = slots == slot
-            x, zs, r = contexts[rows], z[rows], rewards[rows]
-            self.precision_[slot] += x.T @ x
-            self.cross_[slot] += x.T @ zs
-            self.xty_[slot] += x.T @ r
+            self.xty_[slot] += contexts[rows].T @ rewards[rows]
         self.yty_ += float(rewards @ rewards)
         self.count_ += float(contexts.shape[0])
         self.refactor()
@@ -340,16 +438,18 @@ class HybridModel:
             self.learn(contexts, ids, feats, rewards)
 
     def refactor(self) -> None:
-        """Recompute every factor and derived block from the additive statistics:
-        ``S = A₀ − Σ (U_aB_a)ᵀ(U_aB_a)``, ``b̂ = b₀ − Σ (U_aB_a)ᵀ U_a b_a`` (O(K(d³ + d²k +
-        dk²) + k³))."""
-        self.inv_chol_ = inverse_cholesky(self.precision_)
-        ub = self.inv_chol_ @ self.cross_  # (m, d, k)
-        ubx = np.einsum("mij,mj->mi", self.inv_chol_, self.xty_)  # (m, d)
-        self.schur_ = self.gram0_ - np.einsum("mdk,mdl->kl", ub, ub)
-        self.reduced_ = self.xty0_ - np.einsum("mdk,md->k", ub, ubx)
-        self.arm_fit_ = np.einsum("md,md->m", ubx, ubx)
-        self.schur_inv_chol_ = inverse_cholesky(self.schur_)
+        """Recompute every block from the additive statistics: ``W_a`` from
+        ``U_a = L_a⁻¹`` (:func:`scoring_block`), ``S = A₀ − Σ (U_aB_a)ᵀ(U_aB_a)``,
+        ``b̂ = b₀ − Σ (A_a⁻¹B_a)ᵀ b_a`` (O(K(d³ + d²k + dk²) + k³))."""
+        self._fold()
+        inv_chol = inverse_cholesky(self.precision_)
+        self.scoring_, ub = scoring_block(inv_chol, self.cross_, self.xty_)
+        d, k = self.config.dim_user, self.dim_shared
+        schur = self.gram0_ - np.einsum("mdk,mdl->kl", ub, ub)
+        gain = self.scoring_[:, d : d + k]  # (m, k, d)
+        self.reduced_ = self.xty0_ - np.einsum("mkd,md->k", gain, self.xty_)
+        self.arm_fit_ = np.einsum("md,md->m", self.scoring_[:, -1], self.xty_)
+        self.schur_inv_chol_ = inverse_cholesky(schur)
         self.pending_ = 0
         self._set_beta()
 
@@ -357,18 +457,19 @@ class HybridModel:
     _ARRAYS = (
         "gram0_",
         "xty0_",
-        "schur_",
         "schur_inv_chol_",
         "reduced_",
         "beta_",
         "precision_",
-        "inv_chol_",
         "cross_",
         "xty_",
+        "scoring_",
         "arm_fit_",
     )
 
     def arrays(self) -> dict[str, NDArray[Any]]:
+        """The learned state (the statistics with every observation folded in)."""
+        self._fold()
         out: dict[str, NDArray[Any]] = {
             "hybrid." + name.rstrip("_"): getattr(self, name).copy() for name in self._ARRAYS
         }
@@ -391,6 +492,7 @@ class HybridModel:
                     f"state array {key!r} must have shape {expected}; got {value.shape}."
                 )
             setattr(self, name, value.copy())
+        self._weights = None
         scalars = np.asarray(arrays["hybrid.scalars"], dtype=np.float64)
         if scalars.shape != (3,):
             raise ValueError(
@@ -445,13 +547,21 @@ class _HybridThompsonRule:
     ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | None]:
         cfg = self.config
         k = self.model.dim_shared
-        shared, own = proj[..., :k], proj[..., k:]
-        width = np.sqrt(np.einsum("nkd,nkd->nk", own, own))
+        shared, width = proj[..., :k], proj[..., k]  # [U₀c ; √(xᵀA_a⁻¹x)]
+        n, k_cands = mean.shape
+        if k_cands < k:
+            # the shared noise ε₀ᵀU₀c_a of K < k candidates drawn in K dimensions: with
+            # U₀C ᵀ = QR, ε R (ε ~ N(0, I_K)) has the same covariance C S⁻¹ Cᵀ = RᵀR
+            factors = [upper_triangular_factor(row.T) for row in shared]
+            shared = factors[0][None] if n == 1 else np.stack(factors)
         a, b = self.model.noise_posterior()
 
         def draw(rows: slice, half: int) -> FloatArray:
-            m, k_cands = rows.stop - rows.start, proj.shape[1]
-            noise: FloatArray = rng.standard_normal((m, half, k)) @ shared[rows].transpose(0, 2, 1)
+            m = rows.stop - rows.start
+            factor = shared[rows]
+            if k_cands >= k:
+                factor = factor.transpose(0, 2, 1)
+            noise: FloatArray = rng.standard_normal((m, half, factor.shape[1])) @ factor
             noise += rng.standard_normal((m, half, k_cands)) * width[rows][:, None, :]
             if cfg.sample_noise:
                 noise *= np.sqrt(b / rng.standard_gamma(a, size=(m, half, 1)))
