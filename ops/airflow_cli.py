@@ -50,6 +50,9 @@ from eventstore.settings import workspace_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
+#: The project's DAG ids: one DAG per file of ``dags/``, named after it (the DAG
+#: integrity test checks that each file defines exactly the DAG of its name).
+DAG_IDS = sorted(p.stem for p in DAGS.glob("bandit_*.py"))
 DEFAULT_PORT = 8080
 LOOPBACK = "127.0.0.1"
 #: Where Airflow 3's simple auth manager writes the passwords it generates.

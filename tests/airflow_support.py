@@ -45,9 +45,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
-#: The project's DAG ids: one DAG per file of ``dags/``, named after it (the integrity
-#: test checks that every file defines exactly the DAG of its name).
-DAG_IDS = sorted(p.stem for p in DAGS.glob("bandit_*.py"))
 REVIEWER = "reviewer"
 #: What the first nightly run trains (fast, and better than the uniform logger).
 GOOD_RUN = {

@@ -21,9 +21,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from ops.airflow_cli import DAGS, PASSWORD_FILE, AirflowHome, env_lines
+from ops.airflow_cli import DAG_IDS, DAGS, PASSWORD_FILE, AirflowHome, env_lines
 from ops.cli import app
-from tests.airflow_support import DAG_IDS
 from tests.serving_helpers import free_port
 
 BANDITOPS = Path(sys.executable).with_name("banditops")

@@ -29,10 +29,9 @@ import numpy as np
 import pytest
 
 from ops import config_file
-from ops.airflow_cli import DAGS, AirflowHome
+from ops.airflow_cli import DAG_IDS, DAGS, AirflowHome
 from ops.demo import MODEL_NAME, Service, Workspace, demo_environment, demo_settings
 from serving.traffic import simulate_traffic
-from tests.airflow_support import DAG_IDS
 from tests.serving_helpers import free_port
 
 pytestmark = [

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.airflow_support import DAG_IDS
+from ops.airflow_cli import DAG_IDS
 
 pytest_plugins = ["tests.airflow_support"]
 
