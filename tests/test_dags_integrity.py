@@ -172,7 +172,8 @@ def test_forms_accept_their_defaults_and_valid_values(bag: Any) -> None:
 
 
 def test_algorithm_choices_are_the_policy_registry() -> None:
+    """The form offers every policy of the catalog and the champion–challenger run."""
     from bandit_core import POLICIES
-    from training.settings import ALGORITHMS
+    from training.settings import ALGORITHMS, AUTO
 
-    assert sorted(ALGORITHMS) == sorted(POLICIES)
+    assert sorted(ALGORITHMS) == sorted([AUTO, *POLICIES])
