@@ -14,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -268,14 +271,31 @@ def test_outside_airflow_the_page_is_read_only_and_says_so(tmp_path: Path) -> No
     assert client.post("/actions/stop-rollout").status_code == 404
 
 
-def test_the_plugin_mounts_the_app_and_adds_a_navigation_entry() -> None:
-    from importlib.metadata import entry_points
+#: Run in a fresh interpreter: importing Airflow's plugin manager configures Airflow,
+#: which must not happen in the test process before the airflow_home fixture does it.
+PLUGIN_FACTS = """
+import json
+from importlib.metadata import entry_points
+from ops.airflow_plugin import URL_PREFIX, BanditsPlugin
+(found,) = [e for e in entry_points(group="airflow.plugins") if e.name == "banditops"]
+(app,) = BanditsPlugin.fastapi_apps
+(view,) = BanditsPlugin.external_views
+print(json.dumps({"loads": found.load() is BanditsPlugin, "url_prefix": app["url_prefix"],
+                  "constant": URL_PREFIX, "name": view["name"], "href": view["href"]}))
+"""
 
-    from ops.airflow_plugin import URL_PREFIX, BanditsPlugin
 
-    (found,) = [e for e in entry_points(group="airflow.plugins") if e.name == "banditops"]
-    assert found.load() is BanditsPlugin
-    (app,) = BanditsPlugin.fastapi_apps
-    assert app["url_prefix"] == URL_PREFIX == "/bandits"
-    (view,) = BanditsPlugin.external_views
-    assert view["name"] == "Bandits" and view["href"] == "bandits/"
+def test_the_plugin_mounts_the_app_and_adds_a_navigation_entry(tmp_path: Path) -> None:
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    done = subprocess.run(
+        [sys.executable, "-c", PLUGIN_FACTS], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert facts == {
+        "loads": True,
+        "url_prefix": "/bandits",
+        "constant": "/bandits",
+        "name": "Bandits",
+        "href": "bandits/",
+    }

@@ -34,7 +34,6 @@ from tests.serving_helpers import TEST_TOKEN, make_client
 from training.pipeline import run_retrain
 from training.replay import load_replay
 from training.settings import PipelineSettings
-from training.train import TrainConfig, build_policy
 
 pytestmark = [
     pytest.mark.filterwarnings(
@@ -150,7 +149,11 @@ def test_registered_head_learns_the_window_and_a_swap_replays_the_rest(tmp_path:
     # the swapped-in head = a rebuild from the window + the rewards learnt online after
     # the extraction, each exactly once
     assert len(online) == 150
-    reference: Any = build_policy(TrainConfig(ALGORITHM, dict(OPTIONS)), window, n)
+    # the registered policy as trained (its options, the retrain's default floors
+    # included), its head rebuilt from scratch on the window
+    reference: Any = load_policy(
+        registry.download_version(second.version, tmp_path / "v2-reference") / POLICY_STATE_PATH
+    )
     reference.rebuild(window.contexts, window.arm_ids, window.rewards, window.arm_features)
     update_batch_at(
         reference,
