@@ -330,7 +330,7 @@ def print_rollout(rollout: dict[str, Any]) -> None:
         f"(was {rollout['production_version']}), @staging "
         f"{rollout['staging_after'] or 'removed'}; users who saw the candidate: "
         f"{users['candidate']} of {users['all']} ({rollout['candidate_user_share']:.1%}) "
-        f"over {rollout['decisions']} requests"
+        f"over {rollout['decisions']} requests ({rollout['seconds']:.0f} s)"
     )
 
 

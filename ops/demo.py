@@ -400,6 +400,7 @@ def run_day4(
     settings = ws.settings
     registry = ModelRegistry(ws.tracking_uri, MODEL_NAME)
     production = registry.by_alias(settings.production_alias)
+    began = time.monotonic()
     step("day 4: training a deliberately worse candidate (day 3 with rewards inverted)")
     version = worse_candidate(ws, *window, seed=seed)
     registry.set_alias(
@@ -441,6 +442,7 @@ def run_day4(
         "production_after": None if kept is None else kept.version,
         "staging_after": None if staging is None else staging.version,
         "outcome": steps[-1].action,
+        "seconds": round(time.monotonic() - began, 1),
         "decisions": sum(s.decisions for s in stats),
         "errors": sum(s.errors for s in stats),
         "users": users,
