@@ -518,8 +518,8 @@ def run_demo(
     versions = []
     for summary in version_summaries(ModelRegistry(ws.tracking_uri, MODEL_NAME)):
         label = f"{MODEL_NAME}/{summary['version']}"
-        ctrs = (s.realized_ctr(label) for s in [*per_day, *rollout_traffic])
-        realized = [c for c in ctrs if c is not None]
+        # every reward the version's decisions got online, days 1–3 and day 4's batches
+        realized = [r for s in [*per_day, *rollout_traffic] for r in s.by_version.get(label, [])]
         dr = summary["dr"] or {}
         versions.append(
             {
