@@ -46,6 +46,7 @@ import httpx
 import numpy as np
 
 from bandit_core.envs import LogisticClickEnvironment
+from eventstore.rollouts import Readout
 from eventstore.settings import WORKSPACE_ENV
 from ops import config_file
 from ops.airflow_cli import AirflowHome, initialize
@@ -320,21 +321,7 @@ def rollout_row(step: StepResult) -> dict[str, Any]:
         "status": None if r is None else r.status,
         "reason": step.reason,
     }
-    out.update(
-        dict.fromkeys(
-            (
-                "n_production",
-                "n_candidate",
-                "mean_production",
-                "mean_candidate",
-                "diff",
-                "ci_low",
-                "ci_high",
-            )
-        )
-        if step.readout is None
-        else vars(step.readout)
-    )
+    out.update(vars(step.readout or Readout()))  # a start has no numbers yet
     return out
 
 
@@ -488,7 +475,6 @@ def run_demo(
         Service(ws, seed=seed) as service,
         httpx.Client(base_url=service.url, timeout=30.0) as client,
     ):
-        day3_start = datetime.now(UTC)
         for day in (1, 2, 3):
             day3_start = datetime.now(UTC)
             version = service.production_version(client)
