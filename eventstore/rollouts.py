@@ -265,6 +265,27 @@ def traffic_outcomes(
     return out
 
 
+def traffic_users(engine: Engine, model_name: str, version: str, since: datetime) -> dict[str, int]:
+    """Distinct users (salted user hashes) per traffic arm since ``since``: who saw the
+    candidate ``version`` of ``model_name`` (the arms as :func:`traffic_outcomes` counts
+    them), who production; ``"all"``: every user with a decision since then. Requests
+    without a user id are not counted. Every key is always present."""
+    label = version_label(model_name, version)
+    candidate_arm = and_(
+        decisions.c.traffic == CANDIDATE,
+        or_(decisions.c.model_version == label, decisions.c.fallback.is_(True)),
+    )
+    known = [decisions.c.created_at >= since, decisions.c.user_hash.is_not(None)]
+    users = func.count(func.distinct(decisions.c.user_hash))
+    with engine.connect() as conn:
+        everyone = conn.execute(select(users).where(*known)).scalar_one()
+        cand = conn.execute(select(users).where(*known, candidate_arm)).scalar_one()
+        prod = conn.execute(
+            select(users).where(*known, decisions.c.traffic == PRODUCTION)
+        ).scalar_one()
+    return {CANDIDATE: int(cand), PRODUCTION: int(prod), "all": int(everyone)}
+
+
 # ---------------------------------------------------------------------- writers
 def _now(at: datetime | None) -> datetime:
     if at is None:

@@ -214,7 +214,7 @@ def demo(
             json_path.write_text(json.dumps(replayed, indent=2))
         return
 
-    phases = 7
+    phases = 9
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
     ) as bar:
@@ -283,6 +283,7 @@ def demo(
             "-" if v["realized_ctr"] is None else f"{v['realized_ctr']:.4f}",
         )
     wide.print(versions)
+    print_rollout(result["rollout"])
     root = Path(result["workspace"])
     wide.print(f"plots: {root / 'demo.png'}   summary: {root / 'demo.json'}")
     wide.print("open the UIs on this workspace:")
@@ -290,8 +291,47 @@ def demo(
     wide.print(f"  banditops airflow standalone --workspace {root}  (prints the password)")
     if json_path is not None:
         json_path.write_text(
-            json.dumps({"days": result["days"], "versions": result["versions"]}, indent=2)
+            json.dumps({k: result[k] for k in ("days", "versions", "rollout")}, indent=2)
         )
+
+
+def print_rollout(rollout: dict[str, Any]) -> None:
+    """Day 4 of the demo: each controller step of the worse candidate's rollout."""
+
+    def num(value: float | None, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    table = Table(
+        title=f"day 4: staged rollout of version {rollout['candidate_version']} "
+        f"(deliberately worse) against production {rollout['production_version']}"
+    )
+    for col in ("step", "action", "stage", "share", "n prod", "n cand", "mean prod",
+                "mean cand", "Δ", "confidence sequence"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for i, s in enumerate(rollout["steps"], 1):
+        table.add_row(
+            str(i),
+            s["action"],
+            "-" if s["stage"] is None else str(s["stage"]),
+            num(s["share"], ".0%"),
+            str(s["n_production"] or 0),
+            str(s["n_candidate"] or 0),
+            num(s["mean_production"]),
+            num(s["mean_candidate"]),
+            num(s["diff"]),
+            "-" if s["ci_low"] is None else f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]",
+        )
+    wide.print(table)
+    for i, s in enumerate(rollout["steps"], 1):
+        wide.print(f"  {i}. {s['action']}: {s['reason']}")
+    users = rollout["users"]
+    wide.print(
+        f"outcome: {rollout['outcome']}; @production {rollout['production_after']} "
+        f"(was {rollout['production_version']}), @staging "
+        f"{rollout['staging_after'] or 'removed'}; users who saw the candidate: "
+        f"{users['candidate']} of {users['all']} ({rollout['candidate_user_share']:.1%}) "
+        f"over {rollout['decisions']} requests ({rollout['seconds']:.0f} s)"
+    )
 
 
 config_app = typer.Typer(help="Configuration: every BANDITOPS_* setting.", no_args_is_help=True)

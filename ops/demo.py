@@ -10,7 +10,13 @@
    the whole window, register and promote;
 4. the service picks the new ``@production`` version up by itself (it polls the registry);
 5. simulate day 2, run the DAG again, simulate day 3;
-6. print per-day CTR / regret / fallback share and per-version OPE estimate vs realised
+6. day 4, a staged rollout that goes wrong: a deliberately worse candidate (the day-3
+   window with its rewards inverted, trained with the same algorithm and registered like
+   any version) gets ``@staging``; the rollout controller (what each ``bandit_rollout``
+   run does) starts it at the first stage (5 % of users, sticky by hashed user id) and,
+   between batches of traffic, reads both arms' online reward and rolls it back as soon
+   as the sequential test says it is worse; ``@production`` never moves;
+7. print per-day CTR / regret / fallback share and per-version OPE estimate vs realised
    CTR, write plots and JSON, and the commands that open the MLflow and Airflow UIs.
 
 Everything lives under ``--workspace`` (SQLite event store, SQLite MLflow registry and
@@ -40,10 +46,12 @@ import httpx
 import numpy as np
 
 from bandit_core.envs import LogisticClickEnvironment
+from eventstore.rollouts import Readout
 from eventstore.settings import WORKSPACE_ENV
 from ops import config_file
 from ops.airflow_cli import AirflowHome, initialize
 from serving.traffic import TrafficStats, simulate_traffic, wait_ready
+from training.rollout import StepResult
 from training.settings import PipelineSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +103,12 @@ def demo_settings(root: Path, algorithm: str, seed: int) -> dict[str, Any]:
         "retrain_tolerance": 0.1,
         "retrain_auto_promote": True,
         "retrain_seed": seed,
+        # day 4's staged rollout, demo-sized: a step may act as soon as each arm has 30
+        # rewards (no minimum time on a stage), tuned for a few hundred rewards
+        "rollout_min_stage_s": 0.0,
+        "rollout_min_samples": 30,
+        "rollout_design_n": 100,
+        "rollout_margin": 0.02,
     }
 
 
@@ -235,7 +249,7 @@ def plot_summary(days: list[dict[str, Any]], versions: list[dict[str, Any]], pat
         axes[0].text(
             ax_x, d["ctr"], d["model_version"] or "fallback", ha="center", va="bottom", fontsize=8
         )
-    shown = [v for v in versions if v["realized_ctr"] is not None]
+    shown = [v for v in versions if None not in (v["realized_ctr"], v["ope_estimate"])]
     xs = np.arange(len(shown))
     est = [v["ope_estimate"] for v in shown]
     lo = [v["ope_estimate"] - v["ope_ci"][0] for v in shown]
@@ -292,6 +306,139 @@ def run_nightly(conf: dict[str, Any]) -> str:
     return str(run.state)
 
 
+#: Day 4: requests per batch between two controller steps, and the most batches sent.
+ROLLOUT_BATCH = 400
+ROLLOUT_MAX_BATCHES = 12
+
+
+def rollout_row(step: StepResult) -> dict[str, Any]:
+    """A controller step as the demo's summary shows it."""
+    r = step.rollout
+    out: dict[str, Any] = {
+        "action": step.action,
+        "stage": None if r is None else r.stage_index + 1,
+        "share": None if r is None else r.share,
+        "status": None if r is None else r.status,
+        "reason": step.reason,
+    }
+    out.update(vars(step.readout or Readout()))  # a start has no numbers yet
+    return out
+
+
+def worse_candidate(ws: Workspace, start: datetime, end: datetime, seed: int) -> str:
+    """Register a deliberately worse version; its number.
+
+    The window ``[start, end)`` (day 3) is extracted as the nightly run extracts it, its
+    rewards inverted (a click becomes no click), the retrain's algorithm trained on every
+    row with the same options, and the policy registered through the registry like any
+    version: a model that learnt to avoid what users click.
+    """
+    import pandas as pd
+
+    from modelregistry.registry import ModelRegistry
+    from training.replay import REPLAY_FILE, extract_replay
+    from training.train import TrainConfig, train
+
+    settings = ws.settings
+    out = ws.root / "day4"
+    extract_replay(
+        settings.store_url,
+        start,
+        end,
+        out,
+        reward_window=timedelta(seconds=settings.reward_window_s),
+    )
+    frame = pd.read_parquet(out / REPLAY_FILE)
+    frame["reward"] = settings.reward_min + settings.reward_max - frame["reward"]
+    inverted = out / "inverted.parquet"
+    frame.to_parquet(inverted)
+    config = TrainConfig(
+        algorithm=settings.retrain_algorithm,
+        options=dict(settings.retrain_policy_options),
+        seed=seed,
+    )
+    trained = train(inverted, config, out / "train", whole_window=True)
+    registry = ModelRegistry(ws.tracking_uri, MODEL_NAME)
+    info = registry.register_candidate(
+        state_path=trained.state_path,
+        run_key="demo-day4-inverted-rewards",
+        params={"algorithm": trained.algorithm, "n_train": trained.n_train},
+        tags={"demo": "deliberately worse: trained on day 3 with its rewards inverted"},
+    )
+    return str(info.version)
+
+
+def run_day4(
+    ws: Workspace,
+    client: httpx.Client,
+    env: LogisticClickEnvironment,
+    rng: np.random.Generator,
+    population: np.ndarray,
+    window: tuple[datetime, datetime],
+    seed: int,
+    step: Any,
+) -> dict[str, Any]:
+    """Day 4: a worse candidate's staged rollout, rolled back by the controller."""
+    from eventstore.engine import make_engine
+    from eventstore.rollouts import CANDIDATE, traffic_users
+    from modelregistry.registry import ModelRegistry
+    from training.rollout import rollout_step
+
+    settings = ws.settings
+    registry = ModelRegistry(ws.tracking_uri, MODEL_NAME)
+    production = registry.by_alias(settings.production_alias)
+    began = time.monotonic()
+    step("day 4: training a deliberately worse candidate (day 3 with rewards inverted)")
+    version = worse_candidate(ws, *window, seed=seed)
+    registry.set_alias(
+        settings.candidate_alias,
+        version,
+        by="banditops demo",
+        reason="a deliberately worse candidate (rewards inverted) to show the rollback",
+    )
+    steps = [rollout_step(settings)]  # what the next bandit_rollout run does: start it
+    if steps[0].action != "start" or steps[0].rollout is None:
+        raise RuntimeError(f"the rollout of version {version} did not start: {steps[0].reason}")
+    started = steps[0].rollout.started_at
+    share = steps[0].rollout.share
+    step(f"day 4: rollout of version {version} at {share:.0%}; traffic and controller steps")
+    deadline = time.monotonic() + 30.0
+    while client.get("/v1/model").json().get("candidate_share") != share:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the service did not pick the rollout's share up within 30 s.")
+        time.sleep(0.25)
+    stats: list[TrafficStats] = []
+    for _ in range(ROLLOUT_MAX_BATCHES):
+        batch = simulate_traffic(client, env, ROLLOUT_BATCH, rng, user_features=population)
+        stats.append(batch)
+        steps.append(rollout_step(settings))
+        if steps[-1].action not in ("hold", "advance"):
+            break
+    engine = make_engine(settings.store_url, settings.sqlite_synchronous)
+    try:
+        users = traffic_users(engine, MODEL_NAME, version, started)
+    finally:
+        engine.dispose()
+    after = ModelRegistry(ws.tracking_uri, MODEL_NAME)
+    staging = after.by_alias(settings.candidate_alias)
+    kept = after.by_alias(settings.production_alias)
+    return {
+        "rollout_id": steps[0].rollout.id,
+        "candidate_version": version,
+        "production_version": None if production is None else production.version,
+        "production_after": None if kept is None else kept.version,
+        "staging_after": None if staging is None else staging.version,
+        "outcome": steps[-1].action,
+        "seconds": round(time.monotonic() - began, 1),
+        "decisions": sum(s.decisions for s in stats),
+        "errors": sum(s.errors for s in stats),
+        "users": users,
+        "candidate_user_share": users[CANDIDATE] / users["all"] if users["all"] else 0.0,
+        "steps": [rollout_row(s) for s in steps],
+        "traffic": stats,
+    }
+
+
 def run_demo(
     workspace: Path,
     users: int = 400,
@@ -300,7 +447,7 @@ def run_demo(
     algorithm: str = "shared_lints",
     progress: Any = None,
 ) -> dict[str, Any]:
-    """The whole loop; returns ``{"days": [...], "versions": [...]}``."""
+    """The whole loop; returns ``{"days": [...], "versions": [...], "rollout": {...}}``."""
     from modelregistry.registry import ModelRegistry
     from modelregistry.report import version_summaries
 
@@ -320,6 +467,7 @@ def run_demo(
     }
     step = progress or (lambda message: None)
     days: list[dict[str, Any]] = []
+    rollout: dict[str, Any] = {}
     per_day: list[TrafficStats] = []
     step("migrating the Airflow metadata and serializing the DAGs")
     prepare_airflow(ws)
@@ -328,12 +476,18 @@ def run_demo(
         httpx.Client(base_url=service.url, timeout=30.0) as client,
     ):
         for day in (1, 2, 3):
+            day3_start = datetime.now(UTC)
             version = service.production_version(client)
             step(f"day {day}: {requests_per_day} requests through HTTP ({version or 'fallback'})")
             stats = simulate_traffic(client, env, requests_per_day, rng, user_features=population)
             per_day.append(stats)
             days.append(day_row(day, stats, version))
             if day == 3:
+                time.sleep(2.5)  # day 3's last rewards' window closes before it is extracted
+                rollout = run_day4(
+                    ws, client, env, rng, population,
+                    now_window(day3_start), seed, step,
+                )  # fmt: skip
                 break
             time.sleep(2.5)  # let the last rewards' window close before the nightly run
             step(f"night {day}: bandit_retrain DAG through Airflow")
@@ -346,11 +500,12 @@ def run_demo(
             if newest is not None:
                 step(f"night {day}: waiting for the service to load version {newest.version}")
                 wait_for_version(client, service, newest.version)
+    rollout_traffic: list[TrafficStats] = rollout.pop("traffic")
     versions = []
     for summary in version_summaries(ModelRegistry(ws.tracking_uri, MODEL_NAME)):
         label = f"{MODEL_NAME}/{summary['version']}"
-        ctrs = (s.realized_ctr(label) for s in per_day)
-        realized = [c for c in ctrs if c is not None]
+        # every reward the version's decisions got online, days 1–3 and day 4's batches
+        realized = [r for s in [*per_day, *rollout_traffic] for r in s.by_version.get(label, [])]
         dr = summary["dr"] or {}
         versions.append(
             {
@@ -361,7 +516,7 @@ def run_demo(
                 "gate": "; ".join(summary["gate_reasons"]),
             }
         )
-    result = {"days": days, "versions": versions, "workspace": str(ws.root)}
+    result = {"days": days, "versions": versions, "rollout": rollout, "workspace": str(ws.root)}
     (ws.root / "demo.json").write_text(json.dumps(result, indent=2))
     plot_summary(days, versions, ws.root / "demo.png")
     return result

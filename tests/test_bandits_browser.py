@@ -7,8 +7,11 @@ cookie), finds the "Bandits" entry in the Airflow UI's navigation, opens the pag
 checks the versions table, the rollout panel and every chart against the demo's own
 summary (``demo.json``) and the event store; it presses "Run the monitor", waits for the
 ``bandit_monitor`` run Airflow started and finds the monitor's checks on the reloaded
-page; it presses the retrain button and finds the run in Airflow (the demo's @staging
-version is already @production, so the page offers no promotion, and says so). A full
+page; it presses the retrain button and finds the run in Airflow (the demo's day 4 ends
+with its worse candidate rolled back and @staging removed, so the page offers no
+promotion, and says so). The rollout panel shows that rolled-back rollout: its status,
+stage and share, every controller step with the numbers ``demo.json`` recorded, and
+both arms' online outcome the last step decided on. A full
 screenshot of the page is saved as ``docs/bandits-page.png`` (the README shows it).
 
 Without Chromium the test is skipped with the reason (``apt-get install chromium
@@ -250,7 +253,8 @@ def test_the_bandits_page_in_chromium_after_the_demo(
         row = shown[version["version"]]
         for alias in version["aliases"]:
             assert f"@{alias}" in row.text
-        assert f"dr {version['ope_estimate']:.4g}" in row.text
+        if version["ope_estimate"] is not None:  # day 4's worse version skipped the gate
+            assert f"dr {version['ope_estimate']:.4g}" in row.text
         n, mean = online[f"{MODEL}/{version['version']}"]
         assert row.find_element(By.CSS_SELECTOR, ".online-mean").text == f"{mean:.4g}"
         # the page's online reward is the demo's realised click rate of that version
@@ -270,7 +274,7 @@ def test_the_bandits_page_in_chromium_after_the_demo(
     }
     points = charts["ope-vs-online"].find_elements(By.CSS_SELECTOR, "circle.point")
     values = {(p.get_attribute("data-series"), p.get_attribute("data-label")): p for p in points}
-    for version in demo["versions"]:
+    for version in (v for v in demo["versions"] if v["ope_estimate"] is not None):
         ope = values[("OPE DR (95% interval)", f"v{version['version']}")]
         assert float(str(ope.get_attribute("data-value"))) == pytest.approx(
             version["ope_estimate"], rel=1e-5
@@ -286,12 +290,47 @@ def test_the_bandits_page_in_chromium_after_the_demo(
         fallback_total / served, rel=1e-5
     )
 
-    # the rollout panel: all traffic by arm and version (the demo's three days)
+    # the rollout panel: day 4's rollout, rolled back at its first stage, with every step
+    # and the numbers demo.json recorded
+    day4 = demo["rollout"]
     rollout = driver.find_element(By.ID, "rollout")
-    assert rollout.find_element(By.CSS_SELECTOR, ".rollout-state").text
+    state = rollout.find_element(By.CSS_SELECTOR, ".rollout-state")
+    assert f"v{day4['candidate_version']}" in state.text
+    assert state.find_element(By.CSS_SELECTOR, ".rollout-status").text == "rolled_back"
+    assert state.find_element(By.CSS_SELECTOR, ".rollout-stage").text == "1"
+    assert state.find_element(By.CSS_SELECTOR, ".rollout-share").text == "5%"
+    step_rows = rollout.find_elements(By.CSS_SELECTOR, "table.rollout-steps tr")[1:]
+    assert len(step_rows) == len(day4["steps"])
+    for row, step in zip(step_rows, reversed(day4["steps"]), strict=True):  # newest first
+        cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+        assert cells[1] == step["action"] and cells[2] == f"{step['stage']} ({step['share']:.0%})"
+        if step["ci_low"] is not None:
+            assert cells[3] == f"{step['n_production']} / {step['n_candidate']}"
+            assert cells[5] == f"{step['diff']:.4g}"
+            assert cells[6] == f"[{step['ci_low']:.4g}, {step['ci_high']:.4g}]"
+        assert cells[7] == step["reason"]
+    diffs = charts["rollout-sequential"].find_elements(By.CSS_SELECTOR, "circle.point")
+    shown_diffs = [float(str(p.get_attribute("data-value"))) for p in diffs]
+    expected = [s["diff"] for s in day4["steps"] if s["diff"] is not None]
+    assert shown_diffs == pytest.approx(expected, rel=1e-5)
+    # both arms' online outcome since the start: what the rollback decided on
+    last = day4["steps"][-1]
+    arms = {
+        r.find_elements(By.TAG_NAME, "td")[0].text: [
+            c.text for c in r.find_elements(By.TAG_NAME, "td")
+        ]
+        for r in rollout.find_elements(By.CSS_SELECTOR, "table.rollout-outcomes tr")[1:]
+    }
+    assert arms["candidate"][1] == f"{last['mean_candidate']:.4g}"
+    assert arms["candidate"][3] == str(last["n_candidate"])
+    assert arms["production"][3] == str(last["n_production"])
+    # all traffic by arm and version (the demo's four days): the worse version only ever
+    # served the candidate arm
     week = rollout.find_element(By.CSS_SELECTOR, "table.traffic-week").text
+    worse = f"{MODEL}/{day4['candidate_version']}"
     for label, (n, _) in online.items():
-        assert re.search(rf"production {re.escape(label)} \S+ \S+ \S+ {n}\b", week), week
+        arm = "candidate" if label == worse else "production"
+        assert re.search(rf"{arm} {re.escape(label)} \S+ \S+ \S+ {n}\b", week), week
 
     # "Run the monitor": a bandit_monitor run starts in Airflow; its checks show up
     driver.find_element(By.ID, "action-monitor").click()
@@ -306,9 +345,8 @@ def test_the_bandits_page_in_chromium_after_the_demo(
     for name in ("reward_drift", "feature_drift", "fallback_rate", "served_latency"):
         assert name in checks.text
 
-    # the demo's @staging version is already @production: no promotion is offered
-    staging = [v for v in demo["versions"] if "staging" in v["aliases"]]
-    assert staging and "production" in staging[0]["aliases"]
+    # the rollback removed @staging: no promotion is offered
+    assert not [v for v in demo["versions"] if "staging" in v["aliases"]]
     assert not driver.find_elements(By.ID, "action-promote")
     assert "nothing to promote" in driver.find_element(By.ID, "actions").text
 
@@ -331,7 +369,10 @@ def test_the_bandits_page_in_chromium_after_the_demo(
     data = httpx.get(
         f"{base}/bandits/api/overview", headers={"Authorization": f"Bearer {token}"}, timeout=60
     ).json()
-    assert [r["version"] for r in data["versions"]["rows"]] == ["2", "1"]
+    assert [r["version"] for r in data["versions"]["rows"]] == ["3", "2", "1"]
+    assert [s["action"] for s in reversed(data["rollout"]["steps"])] == [
+        s["action"] for s in day4["steps"]
+    ]
 
     open_page()
     height = driver.execute_script("return document.body.scrollHeight")

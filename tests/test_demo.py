@@ -1,4 +1,5 @@
-"""`banditops demo` end to end, small: service → day 1 → Airflow retrain → day 2 → retrain → day 3."""
+"""`banditops demo` end to end, small: service → day 1 → Airflow retrain → day 2 → retrain →
+day 3 → day 4, a deliberately worse candidate's staged rollout, rolled back at 5 %."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,21 +52,25 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         )
     finally:
         store.close()
-    assert logged == {
-        "fallback": 1500,
-        days[1]["model_version"]: 1500,
-        days[2]["model_version"]: 1500,
-    }
+    rollout = result["rollout"]
+    worse = f"{MODEL_NAME}/{rollout['candidate_version']}"
+    day4 = {days[2]["model_version"]: logged.pop(days[2]["model_version"]) - 1500}
+    if worse in logged:
+        day4[worse] = logged.pop(worse)
+    assert logged == {"fallback": 1500, days[1]["model_version"]: 1500}
+    assert sum(day4.values()) == rollout["decisions"] > 0 and rollout["errors"] == 0
     # the bandit learnt: CTR after the first nightly run beats the uniform fallback of day 1
     assert days[1]["ctr"] > days[0]["ctr"] + 0.1
     assert days[2]["ctr"] > days[0]["ctr"] + 0.1
     # two nightly runs registered two versions, and each was promoted to @production
-    assert [v["version"] for v in versions] == ["1", "2"]
+    # (and day 4 registered a third, which never became production)
+    assert [v["version"] for v in versions] == ["1", "2", "3"]
     assert "production" in versions[1]["aliases"]
+    assert not {"production", "staging"} & set(versions[2]["aliases"])
     history = ModelRegistry(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}", MODEL_NAME)
     production = [m["version"] for m in history.alias_history() if m["alias"] == "production"]
     assert production == ["1", "2"]
-    for v in versions:
+    for v in versions[:2]:
         assert v["realized_ctr"] is not None
         # each registered head learnt every row of its window (the refit), of which the
         # evaluation held out the last part
@@ -74,3 +80,50 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert lo <= v["ope_estimate"] <= hi
     saved = json.loads((tmp_path / "ws" / "demo.json").read_text())
     assert saved["days"] == days and (tmp_path / "ws" / "demo.png").stat().st_size > 0
+    _check_day4(rollout, saved["rollout"], history, versions[2], tmp_path / "ws" / "banditops.db")
+
+
+def _check_day4(
+    rollout: Any, saved: Any, registry: Any, worse: dict[str, Any], store: Path
+) -> None:
+    from eventstore.engine import make_engine
+    from eventstore.rollouts import rollout_history
+    from ops.demo import MODEL_NAME
+
+    """Day 4: the worse candidate started at 5 %, held while evidence came in, and was
+    rolled back at that first stage; production never moved, staging left it, and about
+    the first stage's share of users ever saw it."""
+    assert rollout["candidate_version"] == "3" and rollout["production_version"] == "2"
+    steps = rollout["steps"]
+    actions = [s["action"] for s in steps]
+    assert actions[0] == "start" and actions[-1] == "rollback", actions
+    assert set(actions[1:-1]) <= {"hold"}, actions
+    assert all(s["stage"] == 1 and s["share"] == 0.05 for s in steps)
+    last = steps[-1]
+    assert last["status"] == "rolled_back" and "worse than production" in last["reason"]
+    assert last["n_candidate"] >= 30 and last["n_production"] >= 30
+    assert last["mean_candidate"] < last["mean_production"]
+    assert last["ci_low"] <= last["diff"] <= last["ci_high"] < -0.02
+    # the registry: production unchanged, staging removed, the rollback tagged
+    assert rollout["outcome"] == "rollback"
+    assert rollout["production_after"] == "2" == registry.by_alias("production").version
+    assert rollout["staging_after"] is None and registry.by_alias("staging") is None
+    assert registry.get("3").tags["rollout_status"] == "rolled_back"
+    # most users never saw it: the candidate's users are about the first stage's 5 %
+    users = rollout["users"]
+    assert users["candidate"] + users["production"] == users["all"] > 150
+    assert 0.01 <= rollout["candidate_user_share"] <= 0.10
+    assert rollout["candidate_user_share"] == users["candidate"] / users["all"]
+    # demo.json holds the same steps as the audit in the event store
+    assert saved == rollout
+    engine = make_engine(f"sqlite:///{store}")
+    try:
+        audit = rollout_history(engine, MODEL_NAME, rollout_id=rollout["rollout_id"])
+    finally:
+        engine.dispose()
+    assert [(h.action, h.ci_high, h.reason) for h in reversed(audit)] == [
+        (s["action"], s["ci_high"], s["reason"]) for s in steps
+    ]
+    assert (
+        worse["realized_ctr"] is not None and worse["realized_ctr"] < 0.5 * last["mean_production"]
+    )
