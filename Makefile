@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/banditops demo
 
+# the suite runs in PYTEST_WORKERS processes (pytest-xdist; 0 runs it in this one); tests
+# that must not overlap share an xdist_group and so one process
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # the production stack for real (docker/compose_test.py; needs root for apt-get and dockerd):
 # build the images, run docker/docker-compose.yml on loopback ports, use it end to end; then
