@@ -12,7 +12,9 @@ with its worse candidate rolled back and @staging removed, so the page offers no
 promotion, and says so). The rollout panel shows that rolled-back rollout: its status,
 stage and share, every controller step with the numbers ``demo.json`` recorded, and
 both arms' online outcome the last step decided on. A full
-screenshot of the page is saved as ``docs/bandits-page.png`` (the README shows it).
+screenshot of the page is taken; with ``BANDITOPS_UPDATE_DOCS=1`` it replaces
+``docs/bandits-page.png`` (the README shows it), so that a test run leaves the checkout
+as it found it.
 
 Without Chromium the test is skipped with the reason (``apt-get install chromium
 chromium-driver``); with ``BANDITOPS_REQUIRE_SERVICES=1`` (CI) it fails instead.
@@ -207,7 +209,10 @@ def _wait_run(base: str, token: str, dag_id: str, run_id: str, timeout_s: float)
 
 
 def test_the_bandits_page_in_chromium_after_the_demo(
-    demo_workspace: tuple[Path, dict[str, Any]], airflow: tuple[str, str], driver: Any
+    demo_workspace: tuple[Path, dict[str, Any]],
+    airflow: tuple[str, str],
+    driver: Any,
+    tmp_path: Path,
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
@@ -377,6 +382,8 @@ def test_the_bandits_page_in_chromium_after_the_demo(
     open_page()
     height = driver.execute_script("return document.body.scrollHeight")
     driver.set_window_size(1400, int(height) + 40)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    assert driver.save_screenshot(str(SCREENSHOT))
-    assert SCREENSHOT.stat().st_size > 20_000
+    shot = tmp_path / SCREENSHOT.name
+    assert driver.save_screenshot(str(shot))
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("BANDITOPS_UPDATE_DOCS") == "1":
+        shutil.copyfile(shot, SCREENSHOT)
