@@ -36,12 +36,10 @@ logged rows' users), which returns the policy itself unless it has user-group fl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
-
-import copy
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -344,9 +342,7 @@ def for_users(policy: Policy, user_hashes: Sequence[str | None]) -> Policy:
     Raises ``TypeError`` when ``user_hashes`` is not a sequence of str / None, and
     ``ValueError`` when an exposure cap wraps the floors (its cursor would be copied).
     """
-    if isinstance(user_hashes, (str, bytes)) or not isinstance(
-        user_hashes, (Sequence, np.ndarray)
-    ):
+    if isinstance(user_hashes, (str, bytes)) or not isinstance(user_hashes, (Sequence, np.ndarray)):
         raise TypeError(
             "user_hashes must be a sequence of user hashes (str, or None without a user); "
             f"got {type(user_hashes).__name__}."

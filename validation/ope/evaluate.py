@@ -247,8 +247,9 @@ def slate_policy_action_dist(
     one round per shown item with its position and the marginal logging propensity at it
     (the Open Bandit Pipeline's ``position`` / ``len_list`` contract); a position-aware
     policy (:class:`bandit_core.PositionBias`) scores each position with its one-hot.
-    Rows with the same context and available candidates (the rows of one logged slate)
-    are computed once; each row's slate is decided for its user (``user_hashes``). A row with fewer available candidates than ``len_list`` (or a
+    Rows with the same context, available candidates and user (the rows of one logged
+    slate) are computed once; each row's slate is decided for its user
+    (``user_hashes``). A row with fewer available candidates than ``len_list`` (or a
     policy with fewer position slots) gets probability 0 at the positions it cannot fill.
     """
     rng = check_generator(rng)
