@@ -259,3 +259,42 @@ def test_user_group_is_the_hash_prefix_mod_groups() -> None:
     assert user_group(h, 1) == 0 and user_group(h, 16) == 15 and user_group(h, 7) == 255 % 7
     assert user_group_key(h, 4) == "group_3"
     assert user_group_key(None, 4) is None and user_group_key("", 4) is None
+
+
+def test_offline_action_dists_decide_each_logged_row_for_its_user() -> None:
+    """policy_action_dist and the slate (position-wise) action_dist of a LoggedBatch with
+    user_hashes use each row's group floor: row t equals the policy deciding for user t;
+    rows without users get the global floor. A batch refuses user_hashes of the wrong size."""
+    from validation.ope import LoggedBatch
+    from validation.ope.evaluate import policy_action_dist, slate_policy_action_dist
+
+    policy = _trained(segment_user_groups=4, segment_floors=GROUP_FLOORS)
+    cands = _candidates(("a", "b", "c"))
+    rng = np.random.default_rng(19)
+    n = 24
+    x = rng.standard_normal((n, DIM_USER))
+    users: list[str | None] = [*_user_hashes(rng, n - 2), None, None]
+    logged = {
+        "contexts": x,
+        "candidates": cands,
+        "actions": rng.integers(0, 3, n),
+        "rewards": rng.random(n),
+        "pscore": np.full(n, 1 / 3),
+    }
+    batch = LoggedBatch(**logged, user_hashes=tuple(users))
+    single = policy_action_dist(policy, batch, np.random.default_rng(0))[:, :, 0]
+    slates = slate_policy_action_dist(
+        policy, LoggedBatch(**logged, len_list=2, user_hashes=tuple(users)), rng
+    )
+    for t in range(n):
+        own = for_users(policy, [users[t]]).select(x[t], cands, np.random.default_rng(0))
+        np.testing.assert_array_equal(single[t], own.probabilities)
+        np.testing.assert_allclose(slates[t, :, 0], own.probabilities, rtol=0, atol=1e-12)
+    without = policy_action_dist(policy, LoggedBatch(**logged), np.random.default_rng(0))
+    floored = np.array(
+        [h is not None and f"group_{user_group(h, 4)}" in GROUP_FLOORS for h in users]
+    )
+    assert floored.sum() >= 5
+    assert single[floored].min() >= 0.15 - 1e-15 and without[floored].min() == 0.0
+    with pytest.raises(ValueError, match=r"user_hashes must hold 24 user hashes"):
+        LoggedBatch(**logged, user_hashes=tuple(users[:3]))
