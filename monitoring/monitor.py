@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bandit_core.user_groups import group_key, user_group_key
 from eventstore.engine import make_engine
 from eventstore.replay import read_replay
 from eventstore.workspace import as_utc, run_folder
@@ -543,21 +544,12 @@ def _explored_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     return section
 
 
-def user_group(user_hash: str, groups: int) -> int:
-    """The hashed user group of ``user_hash`` (64 hex characters): its first 16 as an
-    integer, mod ``groups``."""
-    return int(user_hash[:16], 16) % groups
-
-
 def segment_keys(frame: Any, settings: MonitorSettings) -> list[str | None]:
     """The segment of each decision: ``group_<g>`` of its hashed user (None without a
     user), or ``context_<j>=<value>`` of the configured ``segment_feature``."""
     if settings.segment_feature is None:
         groups = settings.segment_user_groups
-        return [
-            None if not isinstance(h, str) or not h else f"group_{user_group(h, groups)}"
-            for h in frame["user_hash"]
-        ]
+        return [user_group_key(h, groups) for h in frame["user_hash"]]
     j = int(settings.segment_feature.removeprefix("context_"))
     out: list[str | None] = []
     for ctx in frame["context"]:
@@ -571,7 +563,7 @@ def _segment_section(now: Any, before: Any, settings: MonitorSettings) -> dict[s
     keys = segment_keys(now, settings)
     section: dict[str, Any] = {"by": by, "limit": minimum, "segments": []}
     if settings.segment_feature is None:
-        expected = {f"group_{g}" for g in range(settings.segment_user_groups)}
+        expected = {group_key(g) for g in range(settings.segment_user_groups)}
     else:
         expected = {k for k in keys + segment_keys(before, settings) if k is not None}
     section["unsegmented"] = sum(k is None for k in keys)

@@ -65,7 +65,9 @@ async def decide_grouped(
         if group.id in seen:
             raise InputError(("body", "groups", g, "id"), f"group id {group.id!r} appears twice.")
         seen.add(group.id)
-        inp = DecisionInput(context, _in_group(where, service.candidates_of, group.variants))
+        inp = DecisionInput(
+            context, _in_group(where, service.candidates_of, group.variants), user_hash
+        )
         if model is not None:
             _in_group(where, check_signature, inp, model.signature)
         inputs.append(inp)

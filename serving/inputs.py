@@ -29,8 +29,12 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class DecisionInput:
+    """One decision's input: the context, the candidates and the hashed user it is for
+    (None without one; the policy's user-group floors read it)."""
+
     context: NDArray[np.float64]
     candidates: Candidates
+    user_hash: str | None = None
 
 
 def context_vector(

@@ -37,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates, ExposureCap
+from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
 from eventstore import records
 from eventstore.admission import Admission
@@ -370,7 +371,7 @@ class DecisionService:
         else:
             # the schema requires exactly one of candidates and retrieve
             candidates = self.candidates_of(cast(list[Candidate], req.candidates))
-        inp = DecisionInput(context, candidates)
+        inp = DecisionInput(context, candidates, user_hash)
         slots = 0
         if model is not None:
             check_signature(inp, model.signature)
@@ -477,14 +478,16 @@ class DecisionService:
         costlier ones on a copy of the policy in the decision thread, so the loop keeps
         answering. The fallback of a costly decision (past the deadline, or with no
         model) logs the conditional propensities only (exact), not the Monte-Carlo
-        marginals, so it is cheap on the loop.
+        marginals, so it is cheap on the loop. The model decides for the request's user
+        (:func:`bandit_core.policies.overlap.for_users`: its user-group floors).
         """
         costly = units > self.settings.inline_work_units
         options = self._options(inp)
         if model is not None:
             try:
                 if not costly or _records_on_select(model.policy):
-                    choice = choose(model.policy, inp.context, inp.candidates, self.rng, k, options)
+                    policy = for_users(model.policy, [inp.user_hash])
+                    choice = choose(policy, inp.context, inp.candidates, self.rng, k, options)
                 else:
                     choice = await self._choose_off_loop(model, inp, k, options)
                 check_choice_finite(
@@ -509,7 +512,7 @@ class DecisionService:
     ) -> Choice:
         """``choose`` on a copy of the policy (taken here, on the loop, so it is
         consistent) in the decision thread; TimeoutError past the deadline."""
-        policy = copy.deepcopy(model.policy)
+        policy = for_users(copy.deepcopy(model.policy), [inp.user_hash])
         rng = self.rng.spawn(1)[0]
         future = self._decider.submit(choose, policy, inp.context, inp.candidates, rng, k, options)
         try:

@@ -143,6 +143,16 @@ WRAPPED: dict[str, Callable[[], Policy]] = {
         segment_floors={"1": 0.1},
         cold_start_floor=0.05,
     ),
+    # floors by hashed user group: the suite decides without a user (the global floor);
+    # tests/test_overlap.py decides for users (for_users)
+    "shared_linucb+user_groups": lambda: make_policy(
+        "shared_linucb",
+        dim_user=DIM_USER,
+        dim_arm=DIM_ARM,
+        floor=0.02,
+        segment_user_groups=4,
+        segment_floors={"group_1": 0.1},
+    ),
     "lints+cap+overlap": lambda: make_policy(
         "lints",
         dim_user=DIM_USER,

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from bandit_core.user_groups import user_group
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from eventstore.retention import apply_retention, prune_cutoff
@@ -143,7 +144,7 @@ def test_explored_share_and_segment_coverage_in_the_report(
 
     # hashed user groups: every group is expected, one no user lands in is in alert
     segments = report["segments"]
-    assert [monitor.user_group(h, 4) for h in hashes] == [0, 0, 1, 2, 2, 1]
+    assert [user_group(h, 4) for h in hashes] == [0, 0, 1, 2, 2, 1]
     expected = {"group_0": 200, "group_1": 200, "group_2": 200, "group_3": 0}
     assert {r["segment"]: r["decisions"] for r in segments["segments"]} == expected
     assert segments["unsegmented"] == 100 and segments["min_decisions"] == 0

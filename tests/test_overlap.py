@@ -8,7 +8,8 @@ import pytest
 
 from bandit_core import Candidates, load_policy, make_policy, save_policy
 from bandit_core.catalog import CATALOG
-from bandit_core.policies.overlap import Overlap, floor_of_policy
+from bandit_core.policies.overlap import Overlap, floor_of_policy, for_users
+from bandit_core.user_groups import user_group, user_group_key
 
 DIM_USER, DIM_ARM = 3, 2
 N_DRAWS = 20_000
@@ -128,3 +129,172 @@ def test_a_floored_linear_model_keeps_its_head_for_training_and_serving() -> Non
     assert CATALOG["neural_linear"].randomizes({}) and not CATALOG["neural_linear"].randomizes(
         {"mode": "ucb"}
     )
+
+
+# ---------------------------------------------------------------------- hashed user groups
+GROUP_FLOORS = {"group_1": 0.15, "group_3": 0.25}
+
+
+def _user_hashes(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` hashes shaped as the service's (64 hex characters)."""
+    return [rng.bytes(32).hex() for _ in range(n)]
+
+
+def test_user_group_floors_hold_per_group_over_seeded_decisions() -> None:
+    """Users of group 1 get 0.15, of group 3 0.25, the other groups and decisions without
+    a user the global 0.02; over 20,000 seeded decisions each arm's frequency in each
+    group is within 4 s.e. of the mean reported propensity, itself at least the floor."""
+    policy = _trained(floor=0.02, segment_user_groups=4, segment_floors=GROUP_FLOORS)
+    cands = _candidates(("a", "b", "c"))
+    rng = np.random.default_rng(15)
+    contexts = rng.standard_normal((N_DRAWS, DIM_USER))
+    users: list[str | None] = list(_user_hashes(rng, N_DRAWS))
+    for t in range(0, N_DRAWS, 10):
+        users[t] = None  # a tenth decide without a user
+    group = np.array([-1 if h is None else user_group(h, 4) for h in users])
+    chosen = np.zeros((N_DRAWS, 3))
+    reported = np.zeros((N_DRAWS, 3))
+    for t in range(N_DRAWS):
+        d = for_users(policy, [users[t]]).select(contexts[t], cands, rng)
+        chosen[t, d.arm] = 1.0
+        reported[t] = d.probabilities
+    for g, floor in ((1, 0.15), (3, 0.25), (0, 0.02), (2, 0.02), (-1, 0.02)):
+        rows = group == g
+        assert rows.sum() > 1000
+        assert reported[rows].min() >= floor - 1e-15
+        if floor == 0.02:  # UCB plays "a" with probability 1 − 2 · 0.02: the floor binds
+            assert reported[rows].min() <= 0.02 + 1e-12
+        diff = chosen[rows] - reported[rows]
+        se = diff.std(axis=0, ddof=1) / np.sqrt(rows.sum())
+        assert np.all(np.abs(diff.mean(axis=0)) <= 4 * se), (g, diff.mean(axis=0), se)
+        freq = chosen[rows].mean(axis=0)
+        se_freq = np.sqrt(freq * (1 - freq) / rows.sum())
+        assert np.all(freq >= floor - 4 * se_freq), (g, freq)
+    assert policy.user_groups is None  # binding copies: the served policy is untouched
+
+
+def test_a_batch_decides_each_row_for_its_user_exactly() -> None:
+    """select_batch with one user per row equals each row's select for that user, and
+    both are the closed form (1 − K f) p_inner + f with f the user's group floor."""
+    policy = _trained(segment_user_groups=4, segment_floors=GROUP_FLOORS)
+    cands = _candidates(("a", "b", "c"))
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((40, DIM_USER))
+    users: list[str | None] = [*_user_hashes(rng, 39), None]
+    batch = for_users(policy, users).select_batch(x, cands, np.random.default_rng(1))
+    inner = policy.inner.select_batch(x, cands, np.random.default_rng(1)).probabilities
+    floors = np.array(
+        [0.0 if h is None else GROUP_FLOORS.get(f"group_{user_group(h, 4)}", 0.0) for h in users]
+    )
+    assert {0.0, 0.15, 0.25} <= set(floors)  # every kind of row is in the batch
+    expected = (1 - 3 * floors)[:, None] * inner + floors[:, None]
+    np.testing.assert_allclose(batch.probabilities, expected, rtol=0, atol=1e-15)
+    for t in range(40):
+        d = for_users(policy, [users[t]]).select(x[t], cands, np.random.default_rng(2))
+        np.testing.assert_array_equal(d.probabilities, batch.probabilities[t])
+    # one user for every row of a batch (a slate's positions, a logged slate's rows)
+    u = int(np.flatnonzero(floors == 0.25)[0])
+    one = for_users(policy, [users[u]]).select_batch(x[:3], cands, np.random.default_rng(3))
+    np.testing.assert_allclose(one.probabilities, 0.25 * inner[:3] + 0.25, rtol=0, atol=1e-15)
+
+
+def test_user_group_floors_round_trip_and_leave_other_policies_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    policy = _trained(floor=0.01, segment_user_groups=4, segment_floors=GROUP_FLOORS)
+    assert floor_of_policy(policy) == {
+        "floor": 0.01,
+        "segment_user_groups": 4,
+        "segment_floors": GROUP_FLOORS,
+    }
+    restored = load_policy(save_policy(policy, tmp_path / "p.npz"))
+    assert isinstance(restored, Overlap)
+    assert restored.config == policy.config
+    users = _user_hashes(np.random.default_rng(17), 8)
+    x = np.random.default_rng(18).standard_normal((8, DIM_USER))
+    cands = _candidates(("a", "b", "c"))
+    np.testing.assert_array_equal(
+        for_users(restored, users).select_batch(x, cands, np.random.default_rng(8)).probabilities,
+        for_users(policy, users).select_batch(x, cands, np.random.default_rng(8)).probabilities,
+    )
+    # the view shares the policy's learning: an update through it is the policy's
+    view = for_users(policy, users[:1])
+    view.update(x[0], "b", 1.0, cands.features[1])
+    assert view.inner is policy.inner
+    # no user-group floors: the policy itself, so its decisions are bit-identical
+    for plain in (
+        make_policy("linucb", dim_user=DIM_USER),
+        _trained(floor=0.05),
+        _trained(segment_feature=0, segment_floors={"1": 0.1}),
+    ):
+        assert for_users(plain, users) is plain
+
+
+def test_user_group_options_are_refused_with_the_field_named() -> None:
+    def build(**overlap: object) -> object:
+        return make_policy("linucb", dim_user=DIM_USER, **overlap)
+
+    with pytest.raises(ValueError, match=r"'segment_feature' and 'segment_user_groups'.*exclusive"):
+        build(segment_feature=0, segment_user_groups=4, segment_floors={"1": 0.1})
+    with pytest.raises(
+        ValueError, match=r"segment_floors.* needs segment_feature .* or segment_user_groups"
+    ):
+        build(segment_floors={"group_1": 0.1})
+    with pytest.raises(ValueError, match=r"The 'segment_user_groups' parameter of Overlap must be"):
+        build(segment_user_groups=0, segment_floors={"group_0": 0.1})
+    for key in ("group_4", "1", "group_01", "group_-1", "group_"):
+        with pytest.raises(ValueError, match=r"segment_floors.*'group_0' to 'group_3'.*" + key):
+            build(segment_user_groups=4, segment_floors={key: 0.1})
+    policy = _trained(segment_user_groups=4, segment_floors=GROUP_FLOORS)
+    with pytest.raises(TypeError, match=r"user_hashes must be a sequence"):
+        for_users(policy, "abc")
+    with pytest.raises(TypeError, match=r"user_hashes\[1\] must be a str or None"):
+        for_users(policy, ["ab" * 32, 7])  # type: ignore[list-item]
+    two = for_users(policy, _user_hashes(np.random.default_rng(0), 2))
+    with pytest.raises(ValueError, match=r"decides for 2 users .* got 3 contexts"):
+        two.select_batch(np.ones((3, DIM_USER)), _candidates(), np.random.default_rng(0))
+
+
+def test_user_group_is_the_hash_prefix_mod_groups() -> None:
+    """The oracle is the definition written out: the first 16 hex digits, mod n."""
+    h = "00000000000000ff" + "f" * 48
+    assert user_group(h, 1) == 0 and user_group(h, 16) == 15 and user_group(h, 7) == 255 % 7
+    assert user_group_key(h, 4) == "group_3"
+    assert user_group_key(None, 4) is None and user_group_key("", 4) is None
+
+
+def test_offline_action_dists_decide_each_logged_row_for_its_user() -> None:
+    """policy_action_dist and the slate (position-wise) action_dist of a LoggedBatch with
+    user_hashes use each row's group floor: row t equals the policy deciding for user t;
+    rows without users get the global floor. A batch refuses user_hashes of the wrong size."""
+    from validation.ope import LoggedBatch
+    from validation.ope.evaluate import policy_action_dist, slate_policy_action_dist
+
+    policy = _trained(segment_user_groups=4, segment_floors=GROUP_FLOORS)
+    cands = _candidates(("a", "b", "c"))
+    rng = np.random.default_rng(19)
+    n = 24
+    x = rng.standard_normal((n, DIM_USER))
+    users: list[str | None] = [*_user_hashes(rng, n - 2), None, None]
+    logged = {
+        "contexts": x,
+        "candidates": cands,
+        "actions": rng.integers(0, 3, n),
+        "rewards": rng.random(n),
+        "pscore": np.full(n, 1 / 3),
+    }
+    batch = LoggedBatch(**logged, user_hashes=tuple(users))
+    single = policy_action_dist(policy, batch, np.random.default_rng(0))[:, :, 0]
+    slates = slate_policy_action_dist(
+        policy, LoggedBatch(**logged, len_list=2, user_hashes=tuple(users)), rng
+    )
+    for t in range(n):
+        own = for_users(policy, [users[t]]).select(x[t], cands, np.random.default_rng(0))
+        np.testing.assert_array_equal(single[t], own.probabilities)
+        np.testing.assert_allclose(slates[t, :, 0], own.probabilities, rtol=0, atol=1e-12)
+    without = policy_action_dist(policy, LoggedBatch(**logged), np.random.default_rng(0))
+    floored = np.array(
+        [h is not None and f"group_{user_group(h, 4)}" in GROUP_FLOORS for h in users]
+    )
+    assert floored.sum() >= 5
+    assert single[floored].min() >= 0.15 - 1e-15 and without[floored].min() == 0.0
+    with pytest.raises(ValueError, match=r"user_hashes must hold 24 user hashes"):
+        LoggedBatch(**logged, user_hashes=tuple(users[:3]))

@@ -18,6 +18,8 @@ import sqlalchemy as sa
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from bandit_core import make_policy
+from bandit_core.policies.overlap import floor_of_policy
 from eventstore import records
 from ops.cli import app
 from serving.store.repository import write_events
@@ -111,6 +113,44 @@ def test_form_checks_name_the_field_and_the_bound(tmp_path: Path) -> None:
             check_form(params, settings)
         assert message in str(info.value)
     assert check_form({"epochs": 3.0}, settings)["epochs"] == 3  # JSON forms send floats
+
+
+def test_segment_floors_take_a_hashed_user_group_or_a_context_feature(tmp_path: Path) -> None:
+    """The form's segment_floors name a context feature or a number of hashed user
+    groups; the run spec's trained policy gets them as overlap options, and the policy
+    built from them has the floors; bad forms are refused naming the field."""
+    settings = _settings(tmp_path)
+
+    def spec_of(segments: Any) -> RunSpec:
+        params = {"algorithm": "linucb", "segment_floors": segments}
+        return plan(params, run_key="k", interval_end=END, settings=settings)
+
+    by_group = spec_of({"user_groups": 8, "floors": {"group_3": 0.1}})
+    options = by_group.train["options"]
+    assert options["segment_user_groups"] == 8 and "segment_feature" not in options
+    assert options["segment_floors"] == {"group_3": 0.1}
+    policy = make_policy("linucb", dim_user=3, **options)
+    assert floor_of_policy(policy) == {
+        "floor": 0.02,  # the deterministic floor of UCB
+        "segment_user_groups": 8,
+        "segment_floors": {"group_3": 0.1},
+        "cold_start_floor": 0.02,
+    }
+    by_feature = spec_of({"feature": 1, "floors": {"1": 0.1}}).train["options"]
+    assert by_feature["segment_feature"] == 1 and "segment_user_groups" not in by_feature
+    for segments, message in (
+        ({"user_groups": 8, "feature": 1, "floors": {"group_1": 0.1}}, "segment_floors must be"),
+        ({"user_groups": 8}, 'or {"user_groups": <number of groups>'),
+        ({"groups": 8, "floors": {"group_1": 0.1}}, "segment_floors must be"),
+        ({"user_groups": 0, "floors": {"group_0": 0.1}}, "segment_floors.user_groups must be"),
+        ({"user_groups": True, "floors": {"group_0": 0.1}}, "segment_floors.user_groups must"),
+        ({"user_groups": 8, "floors": [0.1]}, "segment_floors.floors must be an object"),
+        ({"user_groups": 8, "floors": {"group_8": 0.1}}, "'group_0' to 'group_7'"),
+        ({"user_groups": 8, "floors": {"group_1": 2.0}}, "The 'segment_floors' parameter"),
+    ):
+        with pytest.raises(ValueError) as info:
+            spec_of(segments)
+        assert message in str(info.value), (segments, str(info.value))
 
 
 # ---------------------------------------------------------------------- CLI = DAG

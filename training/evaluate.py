@@ -57,6 +57,7 @@ def logged_batch(data: ReplayData) -> LoggedBatch:
         positions=data.row_positions,
         len_list=data.len_list,
         available=None if available.all() else available,
+        user_hashes=None if data.user_hashes is None else tuple(data.user_hashes),
     )
 
 

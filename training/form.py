@@ -93,7 +93,8 @@ class FormField:
         if self.kind == "object":
             return {
                 "policy_options": "an object of policy options",
-                "segment_floors": 'an object {"feature": <context index>, "floors": {...}}',
+                "segment_floors": 'an object {"feature": <context index>, "floors": {...}} '
+                'or {"user_groups": <number of groups>, "floors": {"group_<g>": ...}}',
             }.get(self.name, "an object")
         if self.choices:
             return f"one of {', '.join(self.choices)}"
@@ -268,7 +269,8 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "segment_floors",
         "object",
         'Per-segment floors, e.g. {"feature": 2, "floors": {"1": 0.05}}: the segment is '
-        "the value of context feature 2.",
+        'the value of context feature 2; or {"user_groups": 8, "floors": {"group_3": 0.1}}: '
+        "the segment is the hashed user group (of 8), decisions without a user get floor.",
         setting="retrain_segment_floors",
     ),
     FormField(

@@ -168,7 +168,8 @@ class ReplayData:
     ``[0, len_list)``; ``len_list`` the longest list in the window (1 without slates);
     ``logging_probabilities`` the logging policy's choice probabilities over each row's
     candidate set (NaN where not logged, e.g. slate positions after the first), when the
-    window carries them.
+    window carries them; ``user_hashes`` (n,) the hashed user of each row (None without
+    one), when the window carries them.
     """
 
     contexts: NDArray[np.float64]
@@ -184,6 +185,7 @@ class ReplayData:
     positions: NDArray[np.intp] | None = None
     len_list: int = 1
     logging_probabilities: list[NDArray[np.float64]] | None = None
+    user_hashes: list[str | None] | None = None
 
     @property
     def row_positions(self) -> NDArray[np.intp]:
@@ -225,6 +227,7 @@ class ReplayData:
                 if self.logging_probabilities is None
                 else [self.logging_probabilities[i] for i in pick]
             ),
+            user_hashes=None if self.user_hashes is None else [self.user_hashes[i] for i in pick],
         )
 
     def with_position_features(self, position_slots: int) -> ReplayData:
@@ -281,6 +284,7 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
     if len(frame) == 0:
         raise ValueError("the replay window holds no decisions; nothing to train or evaluate on.")
     contexts, cand_ids, cand_feats, versions, events, logged = [], [], [], [], [], []
+    users: list[str | None] = []
     chosen, rewards, pscores, positions = [], [], [], []
     len_list = 1
     for row in frame.to_dict("records"):
@@ -304,6 +308,7 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
             cand_feats.append(feats)
             versions.append(str(row["model_version"]))
             events.append(str(row["event_id"]))
+            users.append(_user_hash(row.get("user_hash")))
             chosen.append(item)
             rewards.append(reward)
             pscores.append(pscore)
@@ -325,7 +330,13 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
         positions=np.asarray(positions, dtype=np.intp),
         len_list=len_list,
         logging_probabilities=logged,
+        user_hashes=users,
     )
+
+
+def _user_hash(value: Any) -> str | None:
+    """A frame's ``user_hash`` cell: the hash, or None (a missing user, NaN or empty)."""
+    return value if isinstance(value, str) and value else None
 
 
 def _matrix(rows: Any) -> NDArray[np.float64]:

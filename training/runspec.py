@@ -395,7 +395,9 @@ def overlap_options(
     ``floor`` is raised to ``deterministic_floor`` for a policy that does not randomize
     (:meth:`bandit_core.catalog.PolicySpec.randomizes`); ``segment_floors``
     ``{"feature": i, "floors": {...}}`` becomes ``segment_feature`` and
-    ``segment_floors``; a zero ``cold_start_floor`` or ``exposure_cap`` is left out.
+    ``segment_floors``, ``{"user_groups": n, "floors": {"group_<g>": ...}}``
+    ``segment_user_groups`` and ``segment_floors``; a zero ``cold_start_floor`` or
+    ``exposure_cap`` is left out.
 
     Raises ``ValueError`` naming a bad field.
     """
@@ -408,14 +410,7 @@ def overlap_options(
         wanted["floor"] = floor
     segments = overlap.get("segment_floors") or {}
     if segments:
-        unknown = sorted(set(segments) - {"feature", "floors"})
-        if unknown or "feature" not in segments or not segments.get("floors"):
-            raise ValueError(
-                'segment_floors must be {"feature": <context index>, "floors": {<segment>: '
-                f"<floor>}}}}; got {dict(segments)!r}."
-            )
-        wanted["segment_feature"] = segments["feature"]
-        wanted["segment_floors"] = dict(segments["floors"])
+        wanted.update(segment_options(segments))
     cold = float(overlap.get("cold_start_floor", 0.0) or 0.0)
     if cold > 0:
         wanted["cold_start_floor"] = cold
@@ -429,6 +424,37 @@ def overlap_options(
 
     OverlapConfig(**split_overlap_options(out)[1])  # raises naming a bad overlap option
     return out
+
+
+#: The form's ``segment_floors`` key that names the segment → the overlap option it sets.
+SEGMENT_BY = {"feature": "segment_feature", "user_groups": "segment_user_groups"}
+#: Least value of each: a context index, a number of groups.
+SEGMENT_MIN = {"feature": 0, "user_groups": 1}
+
+
+def segment_options(segments: Mapping[str, Any]) -> dict[str, Any]:
+    """The overlap options of the form's ``segment_floors``: ``{"feature": i, "floors":
+    {...}}`` (a context feature's value) or ``{"user_groups": n, "floors": {"group_<g>":
+    ...}}`` (a hashed user group among ``n``); ``ValueError`` naming the field."""
+    by = [k for k in SEGMENT_BY if k in segments]
+    unknown = sorted(set(segments) - {*SEGMENT_BY, "floors"})
+    if unknown or len(by) != 1 or not segments.get("floors"):
+        raise ValueError(
+            'segment_floors must be {"feature": <context index>, "floors": {<segment>: '
+            '<floor>}} or {"user_groups": <number of groups>, "floors": {"group_<g>": '
+            f"<floor>}}}}; got {dict(segments)!r}."
+        )
+    if not isinstance(segments["floors"], Mapping):
+        raise ValueError(
+            "segment_floors.floors must be an object of segment → floor; got "
+            f"{segments['floors']!r}."
+        )
+    key = by[0]
+    value = segments[key]
+    low = SEGMENT_MIN[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"segment_floors.{key} must be an integer ≥ {low}; got {value!r}.")
+    return {SEGMENT_BY[key]: value, "segment_floors": dict(segments["floors"])}
 
 
 # ---------------------------------------------------------------------- checks

@@ -61,7 +61,9 @@ class PipelineSettings(CoreSettings):
         (UCB, an argmax) gets when ``floor`` is lower, so its logs keep overlap.
     retrain_segment_floors : dict
         Default of the form's ``segment_floors``: ``{"feature": i, "floors": {"1":
-        0.05}}``, the floor of each segment named by context feature ``i``'s value.
+        0.05}}``, the floor of each segment named by context feature ``i``'s value, or
+        ``{"user_groups": n, "floors": {"group_3": 0.1}}``, the floor of each hashed user
+        group among ``n`` (``int(user_hash[:16], 16) mod n``, as the monitor's segments).
     retrain_cold_start_floor : float in [0, 1]
         Default of the form's ``cold_start_floor``: extra probability of each candidate
         the trained model has not seen (inline arms too); 0 turns it off.

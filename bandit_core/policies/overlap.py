@@ -9,8 +9,11 @@ candidates, with ``p`` the inner policy's probabilities (after the exposure cap,
 one is set), ``M`` the candidates the model has not seen and
 
 * ``w_u = min(1, K · p_min(x))`` where ``p_min(x)`` is the larger of the global
-  ``floor`` and the floor of the context's segment (``segment_floors``, keyed by the
-  value of context feature ``segment_feature`` written ``f"{value:g}"``);
+  ``floor`` and the floor of the decision's segment (``segment_floors``): keyed by the
+  value of context feature ``segment_feature`` written ``f"{value:g}"``, or by the
+  hashed user group ``group_<g>`` of the decision's user among ``segment_user_groups``
+  groups (:func:`bandit_core.user_groups.user_group`; a decision without a user gets
+  the global floor);
 * ``w_c = min(cold_start_max_share, |M| · cold_start_floor, 1 − w_u)``,
 
 the decision is uniform over the K candidates with probability ``w_u``, uniform over
@@ -25,11 +28,16 @@ the floor wins, since without it the logs lose support for those arms.
 
 The set of seen arms is part of the state (arms of every update and rebuild), so the
 propensity is exact given the state, as the cap's history is.
+
+A user group is not in the context: the caller says whom a policy decides for with
+:func:`for_users` (the service for each request's user, the offline evaluation for the
+logged rows' users), which returns the policy itself unless it has user-group floors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -47,6 +55,7 @@ from bandit_core._validation import (
 from bandit_core.policies.base import Policy, check_candidates, check_rng, to_decision
 from bandit_core.policies.wrappers import DelegatingWrapper, ExposureCap, _nest, _restore_inner
 from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
+from bandit_core.user_groups import group_key, group_of_key, user_group
 
 
 @dataclass(frozen=True)
@@ -59,9 +68,13 @@ class OverlapConfig:
         Every candidate's probability is at least this (0: no global floor).
     segment_feature : int or None
         Index of the context feature whose value names a decision's segment.
+    segment_user_groups : int or None
+        Number of hashed user groups that name a decision's segment instead
+        (:func:`bandit_core.user_groups.user_group`; exclusive with ``segment_feature``).
     segment_floors : mapping of str to float in (0, 1]
-        Floor of each segment (``f"{value:g}"`` of the segment feature, e.g. ``"1"``);
-        a segment not listed gets ``floor``.
+        Floor of each segment (``f"{value:g}"`` of the segment feature, e.g. ``"1"``, or
+        ``group_<g>`` of a user group, e.g. ``"group_3"``); a segment not listed, and a
+        decision without a user, gets ``floor``.
     cold_start_floor : float in [0, 1]
         Extra probability of each candidate the model has not seen (0: none).
     cold_start_max_share : float in (0, 1]
@@ -74,6 +87,7 @@ class OverlapConfig:
 
     floor: float = 0.0
     segment_feature: int | None = None
+    segment_user_groups: int | None = None
     segment_floors: Mapping[str, float] = field(default_factory=dict)
     cold_start_floor: float = 0.0
     cold_start_max_share: float = 0.2
@@ -87,6 +101,7 @@ class OverlapConfig:
         return {
             "floor": Interval(float, 0.0, 1.0),
             "segment_feature": OptionalOf(Interval(int, 0, None)),
+            "segment_user_groups": OptionalOf(Interval(int, 1, None)),
             "segment_floors": FloorMap(),
             "cold_start_floor": Interval(float, 0.0, 1.0),
             "cold_start_max_share": Interval(float, 0.0, 1.0, closed="right"),
@@ -100,12 +115,28 @@ class OverlapConfig:
         object.__setattr__(
             self, "segment_floors", {str(k): float(v) for k, v in self.segment_floors.items()}
         )
-        if self.segment_floors and self.segment_feature is None:
+        groups = self.segment_user_groups
+        if self.segment_feature is not None and groups is not None:
+            raise ValueError(
+                "The 'segment_feature' and 'segment_user_groups' parameters of Overlap are "
+                "exclusive (a segment is a context feature's value or a hashed user group); "
+                f"got segment_feature={self.segment_feature!r} and "
+                f"segment_user_groups={groups!r}."
+            )
+        if self.segment_floors and self.segment_feature is None and groups is None:
             raise ValueError(
                 "The 'segment_floors' parameter of Overlap needs segment_feature (the context "
-                f"feature naming the segment); got segment_floors={dict(self.segment_floors)!r} "
-                "and segment_feature=None."
+                "feature naming the segment) or segment_user_groups (the number of hashed user "
+                f"groups); got segment_floors={dict(self.segment_floors)!r} and neither."
             )
+        if groups is not None:
+            bad = [k for k in self.segment_floors if group_of_key(k, groups) is None]
+            if bad:
+                raise ValueError(
+                    "The 'segment_floors' parameter of Overlap must be keyed by user group, "
+                    f"'{group_key(0)}' to '{group_key(groups - 1)}' (segment_user_groups = "
+                    f"{groups}); got {bad[0]!r}."
+                )
 
     @property
     def floors(self) -> bool:
@@ -176,12 +207,18 @@ class Overlap(DelegatingWrapper):
         if not isinstance(self.config, OverlapConfig):
             raise TypeError(f"config must be an OverlapConfig; got {type(config).__name__}.")
         self.seen: set[str] = {str(a) for a in seen}
+        #: The user group of each decision (n,) or of all of them (1,), −1 without a user;
+        #: set on a copy by :func:`for_users`, None: no user known (the global floor).
+        self.user_groups: np.ndarray | None = None
 
     # ------------------------------------------------------------------ the law
     def floor_of(self, contexts: FloatArray) -> FloatArray:
-        """``p_min(x)`` of each row of ``contexts`` (n, dim_user)."""
+        """``p_min(x)`` of each row of ``contexts`` (n, dim_user) (and of its user's
+        group, :func:`for_users`)."""
         cfg = self.config
         out = np.full(contexts.shape[0], cfg.floor)
+        if cfg.segment_user_groups is not None and self.user_groups is not None:
+            return self._group_floors(out, cfg.segment_user_groups, self.user_groups)
         if cfg.segment_feature is not None and cfg.segment_floors:
             if cfg.segment_feature >= contexts.shape[1]:
                 raise ValueError(
@@ -193,6 +230,19 @@ class Overlap(DelegatingWrapper):
                 seg = cfg.segment_floors.get(segment_key(value))
                 if seg is not None:
                     out[i] = max(out[i], seg)
+        return out
+
+    def _group_floors(self, out: FloatArray, groups: int, of_rows: np.ndarray) -> FloatArray:
+        n = out.shape[0]
+        if of_rows.shape[0] not in (1, n):
+            raise ValueError(
+                f"the policy decides for {of_rows.shape[0]} users (for_users) but got {n} "
+                "contexts; give one user per context, or one for all of them."
+            )
+        of_rows = np.broadcast_to(of_rows, (n,))
+        for key, seg in self.config.segment_floors.items():
+            rows = of_rows == group_of_key(key, groups)
+            out[rows] = np.maximum(out[rows], seg)
         return out
 
     def new_mask(self, candidates: Candidates) -> np.ndarray:
@@ -276,6 +326,55 @@ class Overlap(DelegatingWrapper):
         config = OverlapConfig(**state.config["overlap"])
         seen = [str(a) for a in state.arrays["seen"]]
         return cls(_restore_inner(state), config, seen)
+
+
+def for_users(policy: Policy, user_hashes: Sequence[str | None]) -> Policy:
+    """``policy`` deciding for these users: one user hash per decision of a
+    ``select_batch`` (or one for every decision, and for a ``select``); None where a
+    decision has no user.
+
+    When ``policy`` has user-group floors (an :class:`Overlap` with
+    ``segment_user_groups``, through stateless wrappers such as position bias), a shallow
+    copy of it whose :class:`Overlap` knows each decision's group; it shares the
+    policy's learned state, so updates and exposure are the policy's own. Otherwise
+    ``policy`` itself: decisions of every other policy are untouched.
+
+    Raises ``TypeError`` when ``user_hashes`` is not a sequence of str / None, and
+    ``ValueError`` when an exposure cap wraps the floors (its cursor would be copied).
+    """
+    if isinstance(user_hashes, (str, bytes)) or not isinstance(user_hashes, (Sequence, np.ndarray)):
+        raise TypeError(
+            "user_hashes must be a sequence of user hashes (str, or None without a user); "
+            f"got {type(user_hashes).__name__}."
+        )
+    outer: list[Any] = []
+    layer: Any = policy
+    while not isinstance(layer, Overlap):
+        outer.append(layer)
+        layer = layer.__dict__.get("inner") if hasattr(layer, "__dict__") else None
+        if layer is None:
+            return policy
+    groups = layer.config.segment_user_groups
+    if groups is None or not layer.config.segment_floors:
+        return policy
+    codes = []
+    for i, h in enumerate(user_hashes):
+        if h is not None and not isinstance(h, str):
+            raise TypeError(f"user_hashes[{i}] must be a str or None; got {type(h).__name__}.")
+        codes.append(-1 if not h else user_group(h, groups))
+    bound: Any = copy.copy(layer)
+    bound.user_groups = np.asarray(codes, dtype=np.intp)
+    for wrapper in reversed(outer):
+        if isinstance(wrapper, ExposureCap):
+            raise ValueError(
+                f"for_users cannot bind users through {wrapper.name!r}: an exposure cap "
+                "around the floors would fork its history (make_policy puts it inside)."
+            )
+        bound_outer = copy.copy(wrapper)
+        bound_outer.inner = bound
+        bound = bound_outer
+    out: Policy = bound
+    return out
 
 
 def floor_of_policy(policy: Any) -> dict[str, Any] | None:

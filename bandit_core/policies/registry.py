@@ -18,7 +18,7 @@ def make_policy(name: str, **options: Any) -> Policy:
     """Build the policy ``name`` from keyword options.
 
     The overlap options (:class:`bandit_core.policies.overlap.OverlapConfig`: ``floor``,
-    ``segment_feature``, ``segment_floors``, ``cold_start_floor``,
+    ``segment_feature``, ``segment_user_groups``, ``segment_floors``, ``cold_start_floor``,
     ``cold_start_max_share``, ``exposure_cap``, ``exposure_window``,
     ``exposure_min_decisions``) wrap the policy
     (:func:`~bandit_core.policies.overlap.with_overlap`); the rest are the policy's own.

@@ -21,6 +21,7 @@ from bandit_core._validation import (
     validate_params,
 )
 from bandit_core.policies.arm_features import candidates_for
+from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import split_position
 from bandit_core.slates import slate_marginals
 from validation.ope.bootstrap import BOOTSTRAP_PARAMS
@@ -59,6 +60,10 @@ class LoggedBatch:
         Which of the candidates each decision could choose from, when candidate sets vary
         per decision (``candidates`` is then their union); every logged action must be
         available in its own row. Default: every candidate, every row.
+    user_hashes : sequence of str or None (n_rounds,), optional
+        The hashed user of each decision (None without one): the evaluation policy
+        decides for that user (:func:`bandit_core.policies.overlap.for_users`, its
+        user-group floors). Default: no user known.
 
     The arrays are validated and stored as float64 / intp on construction.
     """
@@ -71,6 +76,7 @@ class LoggedBatch:
     positions: IntArray | None = None
     len_list: int = 1
     available: NDArray[np.bool_] | None = None
+    user_hashes: tuple[str | None, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.candidates, Candidates):
@@ -118,6 +124,14 @@ class LoggedBatch:
                     f"{self.candidates.ids[self.actions[i]]!r}, which it marks unavailable."
                 )
             object.__setattr__(self, "available", mask)
+        if self.user_hashes is not None:
+            users = tuple(self.user_hashes)
+            if len(users) != n or not all(h is None or isinstance(h, str) for h in users):
+                raise ValueError(
+                    f"user_hashes must hold {n} user hashes (str, or None without a user; one "
+                    f"per context); got {len(users)} entries."
+                )
+            object.__setattr__(self, "user_hashes", users)
 
     @property
     def n_rounds(self) -> int:
@@ -140,6 +154,8 @@ class LoggedBatch:
             digest.update(a.tobytes())
         digest.update("\x1f".join(self.candidates.ids).encode())
         digest.update(str(self.len_list).encode())
+        if self.user_hashes is not None:
+            digest.update("\x1f".join(h or "" for h in self.user_hashes).encode())
         return digest.hexdigest()
 
     def is_uniform(self) -> bool:
@@ -177,13 +193,14 @@ def policy_action_dist(policy: Policy, batch: LoggedBatch, rng: np.random.Genera
     used at every slot: the policy is evaluated as if it chose each slot's arm
     independently of the slot, the Open Bandit Pipeline's position-independent case.
     With per-row ``available`` candidates, rows that share a candidate set are decided
-    together over that set and every other action gets probability 0.
+    together over that set and every other action gets probability 0. With
+    ``user_hashes``, each row is decided for its user (:func:`for_users`).
     """
     if batch.available is None:
         probs = np.asarray(
-            policy.select_batch(
-                batch.contexts, candidates_for(policy, batch.candidates), rng
-            ).probabilities,
+            _for_rows(policy, batch, slice(None))
+            .select_batch(batch.contexts, candidates_for(policy, batch.candidates), rng)
+            .probabilities,
             dtype=np.float64,
         )
     else:
@@ -193,7 +210,7 @@ def policy_action_dist(policy: Policy, batch: LoggedBatch, rng: np.random.Genera
             rows = np.flatnonzero(inverse.ravel() == g)
             cols = np.flatnonzero(masks[g])
             subset = candidates_for(policy, batch.candidates.subset(cols))
-            sub = policy.select_batch(batch.contexts[rows], subset, rng)
+            sub = _for_rows(policy, batch, rows).select_batch(batch.contexts[rows], subset, rng)
             probs[np.ix_(rows, cols)] = sub.probabilities
     expected = (batch.n_rounds, len(batch.candidates))
     if probs.shape != expected:
@@ -202,6 +219,13 @@ def policy_action_dist(policy: Policy, batch: LoggedBatch, rng: np.random.Genera
             f"expected {expected}."
         )
     return np.repeat(probs[:, :, None], batch.len_list, axis=2)
+
+
+def _for_rows(policy: Policy, batch: LoggedBatch, rows: Any) -> Policy:
+    """``policy`` deciding for the users of ``batch``'s ``rows`` (itself without users)."""
+    if batch.user_hashes is None:
+        return policy
+    return for_users(policy, [batch.user_hashes[i] for i in np.arange(batch.n_rounds)[rows]])
 
 
 def slate_policy_action_dist(
@@ -223,8 +247,9 @@ def slate_policy_action_dist(
     one round per shown item with its position and the marginal logging propensity at it
     (the Open Bandit Pipeline's ``position`` / ``len_list`` contract); a position-aware
     policy (:class:`bandit_core.PositionBias`) scores each position with its one-hot.
-    Rows with the same context and available candidates (the rows of one logged slate)
-    are computed once. A row with fewer available candidates than ``len_list`` (or a
+    Rows with the same context, available candidates and user (the rows of one logged
+    slate) are computed once; each row's slate is decided for its user
+    (``user_hashes``). A row with fewer available candidates than ``len_list`` (or a
     policy with fewer position slots) gets probability 0 at the positions it cannot fill.
     """
     rng = check_generator(rng)
@@ -234,14 +259,15 @@ def slate_policy_action_dist(
         slots = min(slots, own_slots)
     out = np.zeros((n, k, batch.len_list))
     everyone = np.arange(k)
-    done: dict[tuple[bytes, bytes], FloatArray] = {}
+    done: dict[tuple[bytes, bytes, str | None], FloatArray] = {}
     for t in range(n):
         cols = everyone if batch.available is None else np.flatnonzero(batch.available[t])
-        key = (batch.contexts[t].tobytes(), cols.tobytes())
+        user = None if batch.user_hashes is None else batch.user_hashes[t]
+        key = (batch.contexts[t].tobytes(), cols.tobytes(), user)
         block = done.get(key)
         if block is None:
             block = slate_marginals(
-                policy,
+                _for_rows(policy, batch, [t]),
                 batch.contexts[t],
                 batch.candidates.subset(cols),
                 min(slots, cols.shape[0]),

@@ -1,0 +1,43 @@
+"""Hashed user groups: the segment of a decision by who it was for.
+
+The service logs ``user_hash`` (:func:`serving.identity.hash_user`, 64 hex characters)
+with every decision. A user's group among ``groups`` is the hash's first 16 hex
+characters as an integer, mod ``groups``: stable for a user, and the same wherever it is
+computed — the policy's per-group floors at decision time and on the logged rows
+offline (:class:`bandit_core.policies.overlap.Overlap`), and the monitor's per-segment
+coverage check. Its segment name is ``group_<g>``.
+"""
+
+from __future__ import annotations
+
+#: Hex characters of the user hash that name its group.
+GROUP_HEX_CHARS = 16
+#: Prefix of a user group's segment name (``group_3``).
+GROUP_PREFIX = "group_"
+
+
+def user_group(user_hash: str, groups: int) -> int:
+    """The hashed user group of ``user_hash``: its first 16 hex characters as an integer,
+    mod ``groups``."""
+    return int(user_hash[:GROUP_HEX_CHARS], 16) % groups
+
+
+def group_key(group: int) -> str:
+    """The segment name of user group ``group`` (``group_<g>``)."""
+    return f"{GROUP_PREFIX}{group}"
+
+
+def user_group_key(user_hash: str | None, groups: int) -> str | None:
+    """``group_<g>`` of ``user_hash``; None for a decision without a user."""
+    if not isinstance(user_hash, str) or not user_hash:
+        return None
+    return group_key(user_group(user_hash, groups))
+
+
+def group_of_key(key: str, groups: int) -> int | None:
+    """The group a segment name ``group_<g>`` names (``0 <= g < groups``), else None."""
+    digits = key.removeprefix(GROUP_PREFIX)
+    if key == digits or not digits.isdigit() or digits != str(int(digits)):
+        return None
+    group = int(digits)
+    return group if group < groups else None
