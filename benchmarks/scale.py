@@ -240,6 +240,7 @@ def ope_benchmark(rows: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
 
     from training.shards import reduce_head, shard_evaluation, shard_statistics, split_point
     from training.train import TrainConfig, train
+    from validation.gate import GateRule
 
     total = int(rows / 0.2)
     replay = synthetic_replay(workdir / "ope.parquet", total, seed)
@@ -258,6 +259,7 @@ def ope_benchmark(rows: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
         "first_row": cut,
         "block_rows": 256,
         "seed": seed,
+        "support_threshold": GateRule().support_threshold,
         "baseline_state": None,
     }
     torch.set_num_threads(1)

@@ -19,14 +19,18 @@ import pytest
 from bandit_core import load_policy
 from benchmarks.scale import synthetic_replay
 from training import shards
-from training.evaluate import logged_batch
+from training.evaluate import logged_batch, support_of
 from training.replay import load_replay
 from training.train import TrainConfig, rebuild_head, train
+from validation.gate import GateRule
 from validation.ope import RidgeModel, check_feedback, policy_action_dist, round_terms
 from validation.ope.moments import Moments
 
 ROWS = 1200
 HOLDOUT = 0.25
+#: A threshold above the uniform logging propensity of 1/6: every action counts as
+#: unsupported, so the support figure is the candidate's whole mass (1) on every row.
+SUPPORT_THRESHOLD = 0.2
 HEAD_ARRAYS = ("precision_", "xty_", "yty_", "count_", "theta_", "inv_chol_")
 
 
@@ -146,12 +150,13 @@ def _evaluate_sharded(
     ranges = shards.shard_ranges(cut, ROWS, n_shards, block=64)
     extra = {"first_row": cut, "block_rows": 64, "seed": 11, "baseline_version": None}
     extra["baseline_state"] = None if baseline is None else str(baseline)
+    extra["support_threshold"] = SUPPORT_THRESHOLD
     parts = [
         shards.shard_evaluation({**s, **extra}, state, model)
         for s in _shard_dicts(replay, out, "holdout", ranges)
     ]
     assert len(parts) == min(n_shards, -(-(ROWS - cut) // 64))
-    return shards.reduce_reports(parts[::-1])
+    return {**shards.reduce_reports(parts[::-1]), "parts": parts}
 
 
 def _reference(
@@ -210,6 +215,32 @@ def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(replay: Path, tmp_
     state, model = shards.reduce_head(cand.state_path, parts, tmp_path / "cand.npz")
     reports = _evaluate_sharded(replay, tmp_path / "ope", state, model, 3, Path(base.state_path))
     assert reports["candidate"].data_fingerprint == reports["production"].data_fingerprint
+    # the support check sums over shards to the single-node figure, at any threshold
+    holdout = load_replay(replay).subset(slice(cut, None))
+    batch = logged_batch(holdout)
+    for threshold in (0.1, SUPPORT_THRESHOLD):
+        one = support_of(load_policy(state), holdout, batch, threshold, seed=0)
+        assert one is not None
+        extra = {"support_threshold": threshold, "baseline_state": str(base.state_path)}
+        extra |= {"first_row": cut, "block_rows": 64, "seed": 11, "baseline_version": None}
+        parts_t = [
+            shards.shard_evaluation({**sh, **extra}, state, model)
+            for sh in _shard_dicts(
+                replay,
+                tmp_path / f"ope-{threshold}",
+                "holdout",
+                shards.shard_ranges(cut, ROWS, 3, 64),
+            )
+        ]
+        assert shards.reduce_support(parts_t) == pytest.approx(one, rel=1e-12, abs=1e-15)
+    assert one == pytest.approx(1.0)  # the threshold above every logged propensity
+    # and the sharded gate refuses the candidate the logs do not support, with the figure
+    rule = GateRule(tolerance=0.9, min_ess=1.0, support_threshold=SUPPORT_THRESHOLD)
+    result = shards.reduce_evaluation(reports["parts"], rule, tmp_path / "evaluation")
+    assert not result.gate.promote
+    assert float(result.gate.to_tags()["gate.unsupported_mass"]) == pytest.approx(1.0)
+    (support,) = [c for c in result.gate.checks if c.name == "support"]
+    assert not support.passed and support.value == pytest.approx(1.0)
     for estimator in shards.SHARDED_ESTIMATORS:
         ref = _reference(replay, state, Path(base.state_path), estimator)
         for role in ("candidate", "production"):

@@ -17,7 +17,7 @@ import numpy as np
 
 from bandit_core import Candidates, Policy, load_policy, make_policy
 from training.replay import ReplayData, load_replay
-from validation.gate import GateDecision, GateRule, decide, unsupported_mass
+from validation.gate import GateDecision, GateRule, decide, unsupported_terms
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
 from validation.ope.evaluate import policy_action_dist
 
@@ -77,6 +77,21 @@ def logging_matrix(data: ReplayData, batch: LoggedBatch) -> np.ndarray:
     return out
 
 
+def support_terms(
+    data: ReplayData, batch: LoggedBatch, threshold: float, action_dist: np.ndarray
+) -> tuple[float, int] | None:
+    """:func:`validation.gate.unsupported_terms` of a policy's ``action_dist`` (n, K, 1)
+    on the rows ``data`` (their ``batch``): the additive parts of the support check, so
+    that the shards of a window can be summed; None for slates or rows without logged
+    probabilities."""
+    if batch.len_list > 1 or data.logging_probabilities is None:
+        return None
+    mu = logging_matrix(data, batch)  # NaN rows: not logged with their probabilities
+    if not np.isfinite(mu).all(axis=1).any():
+        return None
+    return unsupported_terms(action_dist[:, :, 0], mu, threshold)
+
+
 def support_of(
     policy: Policy, data: ReplayData, batch: LoggedBatch, threshold: float, seed: int
 ) -> float | None:
@@ -84,13 +99,9 @@ def support_of(
     ``data`` (their ``batch``); None for slates or a window without logged probabilities."""
     if batch.len_list > 1 or data.logging_probabilities is None:
         return None
-    known = np.isfinite(data.propensities)
-    data = data.subset(np.flatnonzero(known)) if not known.all() else data
-    mu = logging_matrix(data, batch)
-    if not np.isfinite(mu).all(axis=1).any():
-        return None
-    pi = policy_action_dist(policy, batch, np.random.default_rng(seed))[:, :, 0]
-    return unsupported_mass(pi, mu, threshold)
+    dist = policy_action_dist(policy, batch, np.random.default_rng(seed))
+    terms = support_terms(data, batch, threshold, dist)
+    return None if terms is None else terms[0] / terms[1]
 
 
 @dataclass(frozen=True)

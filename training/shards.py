@@ -54,7 +54,7 @@ from bandit_core.catalog import CATALOG, SHARDABLE
 from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
 from bandit_core.policies.wrappers import DelegatingWrapper
 from training.baseline import baseline_state
-from training.evaluate import EvaluationResult, logged_batch
+from training.evaluate import EvaluationResult, logged_batch, support_terms
 from training.replay import replay_from_frame
 from training.runspec import RunSpec
 from validation.gate import decide
@@ -160,6 +160,7 @@ def plan(
                 "first_row": cut,
                 "block_rows": block_rows,
                 "seed": int(s.train.get("seed", 0)),
+                "support_threshold": float(s.support_threshold),
                 "baseline_version": baseline,
                 "baseline_state": None if state is None else str(state),
             }
@@ -409,24 +410,29 @@ def block_terms(
     batch: Any,
     model: RidgeRewardModel,
     rng_seed: Sequence[int],
-) -> dict[str, dict[str, Any]]:
-    """``{role: {estimator: TermSums}}`` of one block of held-out rows."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``{role: {estimator: TermSums}}`` of one block of held-out rows, and each role's
+    action distribution on it."""
     q_hat = model.predict(batch.contexts, batch.candidates.features)[:, :, None]
     out: dict[str, dict[str, Any]] = {}
+    dists: dict[str, Any] = {}
     for role, policy in policies.items():
         dist = policy_action_dist(policy, batch, np.random.default_rng(list(rng_seed)))
         fb = check_feedback(
             batch.rewards, batch.actions, batch.pscore, dist, batch.positions, q_hat
         )
         out[role] = {name: TermSums.of(round_terms(name, fb)) for name in SHARDED_ESTIMATORS}
-    return out
+        dists[role] = dist
+    return out, dists
 
 
 def shard_evaluation(
     shard: Mapping[str, Any], state_path: str | Path, reward_model: str | Path
 ) -> dict[str, Any]:
     """Map step of the OPE: the merged round-term moments of candidate and production on
-    one held-out shard (block by block), written to ``<run>/shards/holdout-<index>.npz``.
+    one held-out shard (block by block), and the candidate's support terms
+    (:func:`training.evaluate.support_terms`), written to
+    ``<run>/shards/holdout-<index>.npz``.
 
     Returns
     -------
@@ -437,20 +443,28 @@ def shard_evaluation(
     model = RidgeRewardModel.load(reward_model)
     policies = _evaluated_policies(shard, state_path, data.dim_user)
     size, seed = int(shard["block_rows"]), int(shard["seed"])
+    threshold = float(shard["support_threshold"])
     first_block = (int(shard["start"]) - int(shard["first_row"])) // size
     sums: dict[str, dict[str, Any]] = {}
     fingerprints = []
+    support_mass, support_rows = 0.0, 0
     for b, lo in enumerate(range(0, data.n_rows, size)):
-        batch = logged_batch(data.subset(slice(lo, lo + size)))
+        rows = data.subset(slice(lo, lo + size))
+        batch = logged_batch(rows)
         fingerprints.append(batch.fingerprint())
-        terms = block_terms(policies, batch, model, (seed, first_block + b))
+        terms, dists = block_terms(policies, batch, model, (seed, first_block + b))
         for role, by_name in terms.items():
             merged = sums.setdefault(role, {})
             for name, t in by_name.items():
                 merged[name] = t if name not in merged else merged[name].merge(t)
+        support = support_terms(rows, batch, threshold, dists["candidate"])
+        if support is not None:
+            support_mass += support[0]
+            support_rows += support[1]
     arrays: dict[str, Any] = {
         "fingerprints": np.array(fingerprints, dtype=np.str_),
         "labels": np.array([_label(policies[r]) for r in ("candidate", "production")]),
+        "support": np.array([support_mass, support_rows], dtype=np.float64),
     }
     for role, by_name in sums.items():
         for name, t in by_name.items():
@@ -497,14 +511,27 @@ def reduce_reports(parts: Sequence[Mapping[str, Any]], level: float = 0.95) -> d
     return reports
 
 
+def reduce_support(parts: Sequence[Mapping[str, Any]]) -> float | None:
+    """The candidate's :func:`validation.gate.unsupported_mass` on the whole held-out
+    window, from the shards' support terms; None when no row has logged probabilities
+    (the support check is then skipped, as on the single-node path)."""
+    mass, rows = 0.0, 0.0
+    for part in parts:
+        with np.load(part["path"], allow_pickle=False) as data:
+            part_mass, part_rows = (float(v) for v in data["support"])
+        mass += part_mass
+        rows += part_rows
+    return mass / rows if rows else None
+
+
 def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: str | Path) -> Any:
-    """Reduce step of the OPE: both reports and the gate's decision
-    (:class:`training.evaluate.EvaluationResult`, written to ``out_dir``)."""
+    """Reduce step of the OPE: both reports and the gate's decision, support check
+    included (:class:`training.evaluate.EvaluationResult`, written to ``out_dir``)."""
     reports = reduce_reports(parts)
     result = EvaluationResult(
         reports["candidate"],
         reports["production"],
-        decide(reports["candidate"], reports["production"], rule),
+        decide(reports["candidate"], reports["production"], rule, reduce_support(parts)),
     )
     result.write(out_dir)
     return result

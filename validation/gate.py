@@ -130,6 +130,24 @@ class GateDecision:
         return tags
 
 
+def unsupported_terms(
+    action_dist: Any, logging_probabilities: Any, threshold: float
+) -> tuple[float, int]:
+    """The additive parts of :func:`unsupported_mass`: the candidate's probability mass on
+    actions logged with propensity below ``threshold``, summed over the rows whose logging
+    probabilities are known, and the number of those rows. Summed over the shards of a
+    window, their ratio is the window's :func:`unsupported_mass`."""
+    pi = np.asarray(action_dist, dtype=np.float64)
+    mu = np.asarray(logging_probabilities, dtype=np.float64)
+    if pi.shape != mu.shape or pi.ndim != 2:
+        raise ValueError(
+            "action_dist and logging_probabilities must have the same shape (n, K); got "
+            f"{pi.shape} and {mu.shape}."
+        )
+    known = np.isfinite(mu).all(axis=1)
+    return float((pi[known] * (mu[known] < threshold)).sum()), int(known.sum())
+
+
 def unsupported_mass(action_dist: Any, logging_probabilities: Any, threshold: float) -> float:
     """The share of the candidate's probability mass on actions the logging policy played
     with propensity below ``threshold``.
@@ -140,18 +158,8 @@ def unsupported_mass(action_dist: Any, logging_probabilities: Any, threshold: fl
     actions (0 for an action the row did not offer, NaN for a row not logged with them).
     NaN when no row has them.
     """
-    pi = np.asarray(action_dist, dtype=np.float64)
-    mu = np.asarray(logging_probabilities, dtype=np.float64)
-    if pi.shape != mu.shape or pi.ndim != 2:
-        raise ValueError(
-            "action_dist and logging_probabilities must have the same shape (n, K); got "
-            f"{pi.shape} and {mu.shape}."
-        )
-    known = np.isfinite(mu).all(axis=1)
-    if not known.any():
-        return float("nan")
-    mass = (pi[known] * (mu[known] < threshold)).sum(axis=1)
-    return float(mass.mean())
+    mass, rows = unsupported_terms(action_dist, logging_probabilities, threshold)
+    return mass / rows if rows else float("nan")
 
 
 def decide(
