@@ -5,6 +5,7 @@ worker made it), and ``/metrics`` aggregates every worker (Prometheus multiproce
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,12 @@ import numpy as np
 from eventstore.engine import make_engine
 from serving.store.repository import EventStore
 from tests.serving_helpers import AUTH, ServiceProcess, decision_body, policy_file
+
+
+def _serving_pids(url: str) -> set[str]:
+    """Workers whose ``banditops_model_info`` marks a served model (value 1)."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    return set(re.findall(r'^banditops_model_info\{pid="(\d+)"[^}]*\} 1\.0$', metrics, flags=re.M))
 
 
 def test_two_workers_share_the_store_and_the_metrics(tmp_path: Path) -> None:
@@ -25,6 +32,12 @@ def test_two_workers_share_the_store_and_the_metrics(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     service = ServiceProcess(env, tmp_path / "service.log", args=("--workers", "2")).start()
     try:
+        # start() returns once one worker answers ready; wait until both serve the model
+        # (each marks its model in the shared metrics once loaded)
+        deadline = time.monotonic() + 60
+        while len(_serving_pids(service.url)) < 2:
+            assert time.monotonic() < deadline, "the second worker never loaded the model"
+            time.sleep(0.2)
         statuses = []
         for _ in range(20):  # a new connection per request: the kernel spreads them
             event = httpx.post(

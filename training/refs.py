@@ -134,7 +134,8 @@ class ShardRef(StepRef):
     """One shard of a map-reduce round (:func:`training.shards.plan`): replay rows
     ``[start, stop)`` of ``part`` (``"train"`` or ``"holdout"``), its output written under
     ``out_dir``; a held-out shard also carries the OPE's blocking (``first_row``,
-    ``block_rows``, ``seed``) and the production baseline every shard compares with."""
+    ``block_rows``, ``seed``), the gate's ``support_threshold`` and the production
+    baseline every shard compares with."""
 
     replay: str
     out_dir: str
@@ -145,6 +146,7 @@ class ShardRef(StepRef):
     first_row: int | None = None
     block_rows: int | None = None
     seed: int | None = None
+    support_threshold: float | None = None
     baseline_version: str | None = None
     baseline_state: str | None = None
 
