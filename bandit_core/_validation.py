@@ -20,6 +20,9 @@ FloatArray = NDArray[np.float64]
 
 
 def _show(value: Any) -> str:
+    # repr of a huge int is slow, or refused past 4,300 digits
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits, beyond every float"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -49,7 +52,10 @@ class Interval:
                 return False
         elif not isinstance(value, (int, float, np.integer, np.floating)):
             return False
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an int beyond every float: no parameter takes one
+            return False
         if not math.isfinite(v):
             return False
         left_open = self.closed in ("right", "neither")

@@ -37,7 +37,10 @@ def user_group_key(user_hash: str | None, groups: int) -> str | None:
 def group_of_key(key: str, groups: int) -> int | None:
     """The group a segment name ``group_<g>`` names (``0 <= g < groups``), else None."""
     digits = key.removeprefix(GROUP_PREFIX)
-    if key == digits or not digits.isdigit() or digits != str(int(digits)):
+    # ASCII digits without a leading zero, no longer than the largest group's
+    if key == digits or not (digits.isascii() and digits.isdigit()):
+        return None
+    if (digits != "0" and digits.startswith("0")) or len(digits) > len(str(groups - 1)):
         return None
     group = int(digits)
     return group if group < groups else None

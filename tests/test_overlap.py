@@ -243,6 +243,16 @@ def test_user_group_options_are_refused_with_the_field_named() -> None:
     for key in ("group_4", "1", "group_01", "group_-1", "group_"):
         with pytest.raises(ValueError, match=r"segment_floors.*'group_0' to 'group_3'.*" + key):
             build(segment_user_groups=4, segment_floors={key: 0.1})
+    # hostile keys: non-ASCII digits, a NUL, a lone surrogate, more digits than int() takes
+    for key in ("group_²", "group_١", "group_1\x00", "group_\ud800", "group_" + "9" * 5000):
+        with pytest.raises(ValueError, match=r"segment_floors.*'group_0' to 'group_3'"):
+            build(segment_user_groups=4, segment_floors={key: 0.1})
+    # an integer beyond every float is refused with the field named, not an OverflowError
+    for huge in (10**400, 10**5000):
+        with pytest.raises(ValueError, match=r"'segment_user_groups'.*bits, beyond every float"):
+            build(segment_user_groups=huge, segment_floors={"group_1": 0.1})
+        with pytest.raises(ValueError, match=r"'dim_user'.*bits, beyond every float"):
+            make_policy("linucb", dim_user=huge)
     policy = _trained(segment_user_groups=4, segment_floors=GROUP_FLOORS)
     with pytest.raises(TypeError, match=r"user_hashes must be a sequence"):
         for_users(policy, "abc")
