@@ -47,6 +47,29 @@ def work_units(n_candidates: int, width: int, draws: int, k: int | None, margina
     return n_candidates * max(width, 1) * draws * choices
 
 
+def body_lengths(raw: Any) -> tuple[int, int, int | None] | None:
+    """``(candidates, least feature width, k)`` of a parsed, not yet validated decision
+    body, or None when it does not have the shape the checks below need.
+
+    The width is a lower bound of the validated request's: the context's length when it
+    is a list (a named context counts 0) plus the shortest candidate feature list. So
+    the units computed from these lengths never exceed those of the full check, and a
+    request they put over the budget is over it whatever else is wrong with it.
+    """
+    if not isinstance(raw, dict):
+        return None
+    candidates, k = raw.get("candidates"), raw.get("k")
+    if not isinstance(candidates, list) or not candidates:
+        return None
+    if k is not None and (type(k) is not int or k < 1):
+        return None
+    context = raw.get("context")
+    width = len(context) if isinstance(context, list) else 0
+    features = [c.get("features") if isinstance(c, dict) else None for c in candidates]
+    width += min(len(f) if isinstance(f, list) else 0 for f in features)
+    return len(candidates), width, k
+
+
 def check_budget(units: int, limit: int) -> None:
     """422 naming ``max_work_units`` when ``units`` exceeds it."""
     if units > limit:

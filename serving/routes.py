@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from serving.grouped_decisions import decide_grouped
+from serving.json_body import JSONBodyRequest, JSONBodyRoute
 from serving.schemas import (
     DecisionRequest,
     DecisionResponse,
@@ -20,7 +21,7 @@ from serving.schemas import (
 )
 from serving.service import DecisionService
 
-router = APIRouter()
+router = APIRouter(route_class=JSONBodyRoute)
 Role = Literal["production", "candidate"]
 _bearer = HTTPBearer(
     auto_error=False,
@@ -83,7 +84,19 @@ AdminOnly = [Depends(require_admin_token)]
 _ADMIN = {**_UNAUTHORIZED, 403: {"description": "The service has no token: admin is off."}}
 
 
-@router.post("/v1/decisions", responses=_UNAVAILABLE, tags=["decisions"])
+async def budget_before_validation(request: Request) -> None:
+    """The request budget from the parsed body's lengths, before FastAPI validates it
+    (dependencies are solved first): an over-budget slate costs its parse only."""
+    if isinstance(request, JSONBodyRequest) and request.parsed is not None:
+        service_of(request).check_budget_early(request.parsed)
+
+
+@router.post(
+    "/v1/decisions",
+    dependencies=[Depends(budget_before_validation)],
+    responses=_UNAVAILABLE,
+    tags=["decisions"],
+)
 async def post_decision(body: DecisionRequest, request: Request) -> DecisionResponse:
     """Choose an arm (or a ranked slate) and log the decision with its propensity.
 

@@ -10,11 +10,11 @@ Threads and what they own:
   completing the requests' futures, so a reward's response is sent after its head update,
   and heads learn in reward-id order (which is what recovery replays);
 * the **loader** thread polls the model source and swaps the served set;
-* the **decision** thread chooses the decisions costing more than
-  ``inline_work_units`` (:mod:`serving.budget`), each on a copy of the policy taken on
-  the loop, so it never touches a live policy; past ``decision_deadline_s`` the fallback
-  answers instead. A policy whose ``select`` records state (an exposure cap) always
-  decides on the loop.
+* the **decision** thread (at ``costly_work_nice``: :mod:`serving.lanes`) chooses the
+  decisions costing more than ``inline_work_units`` (:mod:`serving.budget`), each on a
+  copy of the policy taken on the loop, so it never touches a live policy; past
+  ``decision_deadline_s`` the fallback answers instead. A policy whose ``select``
+  records state (an exposure cap) always decides on the loop.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import gc
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -46,6 +45,7 @@ from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
 from serving.budget import (
+    body_lengths,
     check_budget,
     check_choice_finite,
     check_magnitude,
@@ -69,6 +69,7 @@ from serving.inputs import (
     check_slate,
     context_vector,
 )
+from serving.lanes import lowered_executor
 from serving.metrics import ServiceMetrics
 from serving.models.fallback import FallbackPolicy
 from serving.models.loader import ModelLoader, RolloutTarget
@@ -251,8 +252,9 @@ class DecisionService:
         self._timer: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._blas: Any = None
-        # costly decisions are chosen here, on a copy of the policy (``choose_for``)
-        self._decider = ThreadPoolExecutor(1, thread_name_prefix="banditops-decide")
+        # costly decisions are chosen here, on a copy of the policy (``choose_for``),
+        # behind the loop
+        self._decider = lowered_executor("banditops-decide", settings.costly_work_nice)
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: ServiceMetrics) -> DecisionService:
@@ -457,6 +459,20 @@ class DecisionService:
         )
         check_budget(units, settings.max_work_units)
         return units
+
+    def check_budget_early(self, raw: Any) -> None:
+        """The request budget from a parsed decision body's lengths, before it is
+        validated (:func:`serving.budget.body_lengths`), for the least costly model that
+        could decide it: an over-budget request then costs its parse and nothing more.
+        The full check (:meth:`check_budget`) still runs on every validated request."""
+        lengths = body_lengths(raw)
+        if lengths is None:
+            return
+        n, width, k = lengths
+        policies: list[Any] = [m.policy for m in self._served_models()] or [self.fallback]
+        draws = min(draws_per_choice(p) for p in policies)
+        marginal = 0 if k is None or k == 1 else self.settings.slate_marginal_draws
+        check_budget(work_units(n, width, draws, k, marginal), self.settings.max_work_units)
 
     def _options(self, inp: DecisionInput, marginal: bool = True) -> ChoiceOptions:
         settings = self.settings

@@ -129,6 +129,10 @@ class Settings(CoreSettings):
     decision_deadline_s : float
         A decision chosen in the decision thread and not done by then is served by the
         fallback policy (logged as such, with its exact propensity, and counted).
+    costly_work_nice : int
+        Niceness of the decision thread (:mod:`serving.lanes`; Linux only, 0 leaves it at
+        the process's): under CPU contention the event loop and the store writer run
+        first.
     max_abs_feature : float
         Largest magnitude of a context, candidate, query or catalog feature (422 beyond).
     max_context_features : int
@@ -212,6 +216,7 @@ class Settings(CoreSettings):
     max_work_units: int = Field(50_000_000, ge=1)
     inline_work_units: int = Field(500_000, ge=0)
     decision_deadline_s: float = Field(0.25, gt=0.0)
+    costly_work_nice: int = Field(19, ge=0, le=19)
     max_abs_feature: float = Field(1e6, gt=0.0)
     max_context_features: int = Field(1024, ge=1)
     max_arm_features: int = Field(1024, ge=1)

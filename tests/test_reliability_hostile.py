@@ -89,6 +89,48 @@ def test_a_hostile_slate_is_refused_before_any_work(http: httpx.Client) -> None:
     assert http.get("/healthz").status_code == 200
 
 
+def test_an_over_budget_slate_is_refused_before_its_body_is_validated(
+    http: httpx.Client,
+) -> None:
+    """The budget is checked on the parsed body's lengths before validation: an over-budget
+    slate whose last candidate is invalid gets the budget's 422 (its validation never ran),
+    while the same candidates without ``k`` are within the budget and get the id's."""
+    rng = np.random.default_rng(11)
+    body = _slate(rng, 1000, 20)
+    body["candidates"][999]["id"] = "bad\x00id"
+    got = http.post("/v1/decisions", json=body)
+    assert got.status_code == 422, got.text
+    assert "max_work_units" in got.json()["detail"][0]["msg"]
+    del body["k"]
+    got = http.post("/v1/decisions", json=body)
+    assert got.status_code == 422, got.text
+    assert got.json()["detail"][0]["loc"] == ["body", "candidates", 999, "id"]
+
+
+def _nice_of_threads(pid: int) -> list[int]:
+    """The nice value (field 19 of ``/proc/PID/task/TID/stat``) of every thread of ``pid``."""
+    values = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        values.append(int(fields[16]))  # fields after "(comm)" start at field 3
+    return values
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread niceness is Linux's")
+def test_costly_decisions_run_in_a_thread_behind_the_event_loop(
+    thompson: ServiceProcess, http: httpx.Client
+) -> None:
+    """The decision thread runs at ``costly_work_nice`` (19), every other thread of the
+    service at the process's niceness."""
+    rng = np.random.default_rng(12)
+    # 1,000 candidates × 7 features × 100 draws: over inline_work_units, within the budget
+    got = http.post("/v1/decisions", json=decision_body(rng, n=1000))
+    assert got.status_code == 200, got.text
+    assert thompson.proc is not None
+    nice = _nice_of_threads(thompson.proc.pid)
+    assert nice.count(19) == 1 and nice.count(0) == len(nice) - 1, nice
+
+
 def test_a_decision_past_its_deadline_is_served_by_the_fallback(tmp_path: Path) -> None:
     """Every decision goes to the decision thread and misses a 1 µs deadline: the
     fallback answers with its exact (uniform) propensity, logged as fallback, counted."""

@@ -21,6 +21,7 @@ from serving.catalog.runtime import CatalogService
 from serving.catalog.schemas import ItemBody, ItemOut, ItemsIn, ItemsOut, ItemsPage
 from serving.catalog.store import ItemInput, ItemRecord
 from serving.inputs import InputError
+from serving.json_body import JSONBodyRoute
 from serving.routes import (
     _UNAUTHORIZED,
     _UNAVAILABLE,
@@ -31,7 +32,7 @@ from serving.routes import (
 from serving.schemas import clean_text
 from serving.service import NotFoundError
 
-router = APIRouter(tags=["catalog"])
+router = APIRouter(tags=["catalog"], route_class=JSONBodyRoute)
 ItemId = Annotated[str, Path(min_length=1, max_length=256), AfterValidator(clean_text)]
 _NOT_FOUND: OpenAPIResponses = {404: {"description": "Unknown item (or version)."}}
 

@@ -1,0 +1,117 @@
+"""Request bodies parsed by pydantic-core with the ``json`` module's language
+(:mod:`serving.json_body`): the same value, bit for bit, or the same error."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.budget import body_lengths, work_units
+from serving.json_body import parse_json
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values of equal types; floats compared by their bits (so -0.0 ≠ 0.0, and
+    NaN equals NaN)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def test_numbers_parse_to_the_same_bits_as_json() -> None:
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**63, 50_000, dtype=np.int64).view(np.float64)
+    texts = [repr(float(v)) for v in bits if math.isfinite(v)]
+    texts += [f"{v:.25e}" for v in rng.standard_normal(20_000) * 10.0 ** rng.integers(-300, 300)]
+    digits = rng.integers(0, 10, (20_000, 40))
+    exponents = rng.integers(-340, 330, 20_000)
+    texts += [
+        "0." + "".join(map(str, d[: 1 + i % 40])) + f"e{e}"
+        for i, (d, e) in enumerate(zip(digits, exponents, strict=True))
+    ]
+    texts += [
+        "2.2250738585072011e-308",  # around the smallest normal
+        "4.9406564584124654e-324",  # the smallest subnormal
+        "2.4703282292062328e-324",  # rounds up to it
+        "1.7976931348623158e308",  # the largest double
+        "1e400",  # overflows to inf, in both
+        "-0.0",
+        "-0",
+        "9007199254740993",  # 2^53 + 1: an int, not a float
+        "123456789012345678901234567890",
+        "NaN",
+        "-Infinity",
+    ]
+    document = ("[" + ",".join(texts) + "]").encode()
+    assert _same(parse_json(document), json.loads(document))
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'{"id": "caf\\u00e9", "x": [1, 2.5, {"a": null, "b": true}], "a": 1, "a": 2}',
+        '{"id": "café 🙂"}'.encode(),
+        b'"\\ud83d\\ude42"',  # a surrogate pair
+        b'"\\ud800"',  # a lone surrogate: pydantic-core refuses it, json keeps it
+        b'"a\\u0000b"',
+        b"  [ ]  ",
+        '\ufeff{"a": 1}'.encode(),  # a byte-order mark
+        '{"a": "b"}'.encode("utf-16"),
+    ],
+)
+def test_accepted_documents_give_json_s_value(document: bytes) -> None:
+    assert _same(parse_json(document), json.loads(document))
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'{"a": 1',
+        b"[1, 2,]",
+        b'"a\x00b"',  # a raw control character
+        b"\xff\xfe\xfd",
+        b"[] x",
+        b"1" * 5000,  # more digits than Python converts
+        b"[" * 100_000 + b"]" * 100_000,  # deeper than either parser goes
+        b"",
+    ],
+)
+def test_refused_documents_raise_json_s_error(document: bytes) -> None:
+    with pytest.raises(Exception) as expected:
+        json.loads(document)
+    with pytest.raises(type(expected.value)) as got:
+        parse_json(document)
+    assert str(got.value) == str(expected.value)
+
+
+def test_body_lengths_never_exceed_the_validated_request_s() -> None:
+    """The early budget check's units are a lower bound of the full check's."""
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n, du, da = (int(v) for v in rng.integers(1, 30, 3))
+        k = None if rng.random() < 0.3 else int(rng.integers(1, n + 1))
+        named = rng.random() < 0.3
+        context: Any = {f"f{i}": 0.0 for i in range(du)} if named else [0.0] * du
+        body = {
+            "context": context,
+            "candidates": [{"id": str(i), "features": [0.0] * da} for i in range(n)],
+            "k": k,
+        }
+        lengths = body_lengths(json.loads(json.dumps(body)))
+        assert lengths is not None
+        early = work_units(*lengths[:2], 7, lengths[2], 3)
+        assert early <= work_units(n, du + da, 7, k, 3)
+    assert body_lengths([1, 2]) is None
+    assert body_lengths({"context": [1.0], "retrieve": {"k": 5}}) is None
+    assert body_lengths({"context": [1.0], "candidates": [{"id": "a"}], "k": "3"}) is None
