@@ -16,6 +16,7 @@ def make_engine(
     sqlite_synchronous: str = "FULL",
     pool_size: int = 5,
     connect_timeout_s: float | None = None,
+    sqlite_autocheckpoint: bool = True,
 ) -> Engine:
     """An engine for ``url``.
 
@@ -36,6 +37,11 @@ def make_engine(
         PostgreSQL (psycopg2): give up connecting after this long, and detect a dead peer
         of an open connection by TCP keepalives within about 10 s, so an unreachable
         server is noticed quickly (options given in the URL win).
+    sqlite_autocheckpoint : bool
+        SQLite: let the commit that takes the write-ahead log past 1,000 pages copy it
+        into the database (SQLite's default). False leaves that to a
+        :class:`~eventstore.checkpoint.WalCheckpointer` (the decision service), so that no
+        commit waits for a checkpoint.
     """
     parsed = make_url(url)
     options: dict[str, Any] = {}
@@ -55,6 +61,8 @@ def make_engine(
             cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if not sqlite_autocheckpoint:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         return engine

@@ -40,7 +40,8 @@ from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
 from eventstore import records
 from eventstore.admission import Admission
-from eventstore.engine import make_engine
+from eventstore.checkpoint import WalCheckpointer
+from eventstore.engine import is_sqlite, make_engine
 from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
@@ -247,6 +248,12 @@ class DecisionService:
             on_unsafe=metrics.unsafe_heads.inc,
         )
         self.catalog = CatalogService(engine, settings)
+        # the SQLite log's checkpoints, off the commit path (0: inside commits, SQLite's)
+        self.checkpointer = (
+            WalCheckpointer(engine, settings.sqlite_checkpoint_s)
+            if is_sqlite(engine) and settings.sqlite_checkpoint_s > 0.0
+            else None
+        )
         self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -262,6 +269,7 @@ class DecisionService:
             settings.store_url,
             settings.sqlite_synchronous,
             connect_timeout_s=settings.store_connect_timeout_s,
+            sqlite_autocheckpoint=settings.sqlite_checkpoint_s == 0.0,
         )
         require_current(engine)
         return cls(settings, engine, build_source(settings), metrics)
@@ -274,6 +282,8 @@ class DecisionService:
             await asyncio.to_thread(self.journal.recover, self.engine)
             self.journal.open()
         await self.catalog.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         self.writer.start()
         self.loader.start()
         # everything allocated so far (imported modules, settings, the catalog) lives as
@@ -299,6 +309,8 @@ class DecisionService:
         await self.snapshots.drain()
         self._decider.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.writer.close)
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.stop)
         if self.journal is not None:
             self.journal.close()
         self.engine.dispose()

@@ -68,6 +68,10 @@ class Settings(CoreSettings):
     store_connect_timeout_s : float
         Connect timeout of event-store connections (PostgreSQL), so an unreachable host
         is noticed in this time rather than the system's TCP timeout.
+    sqlite_checkpoint_s : float
+        SQLite event store: seconds between two checkpoints of the write-ahead log, run
+        by a thread of their own (:mod:`eventstore.checkpoint`) so that no commit waits
+        for one; 0 leaves them to SQLite, inside the commit that fills the log.
     model_dim_user, model_dim_arm : int or None
         The feature dimensions every served version must have (a version with others is
         not loaded); unset: those of the version being served, once there is one.
@@ -187,6 +191,7 @@ class Settings(CoreSettings):
     journal_max_bytes: int = Field(1 << 30, ge=1 << 20)
     store_probe_s: float = Field(1.0, gt=0.0)
     store_connect_timeout_s: float = Field(5.0, gt=0.0)
+    sqlite_checkpoint_s: float = Field(0.5, ge=0.0)
     model_dim_user: int | None = Field(None, ge=1)
     model_dim_arm: int | None = Field(None, ge=0)
     seed: int | None = None

@@ -65,6 +65,7 @@ def samples(root: Path) -> dict[str, Any]:
         "auth_disabled": True,
         "decision_deadline_s": 0.5,
         "costly_work_nice": 10,
+        "sqlite_checkpoint_s": 0.25,
         "http_backlog": 512,
         "http_body_timeout_s": 10.0,
         "http_large_body_bytes": 32768,
