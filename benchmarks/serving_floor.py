@@ -14,8 +14,9 @@ Two bare apps, run by uvicorn with the service's own uvicorn settings
   with a uniform propensity) or one reward row, through
   :class:`serving.store.writer.GroupCommitWriter` and
   :func:`serving.store.repository.write_events` on the same store settings
-  (``BANDITOPS_DATABASE_URL``, ``BANDITOPS_SQLITE_SYNCHRONOUS``). The store is migrated
-  at start-up (as ``banditops serve`` does).
+  (``BANDITOPS_DATABASE_URL``, ``BANDITOPS_SQLITE_SYNCHRONOUS``) and the same engine and
+  SQLite checkpoint thread (:mod:`serving.store.engine`). The store is migrated at
+  start-up (as ``banditops serve`` does).
 
 Both answer ``GET /readyz`` (200) so the load generator treats them like the service.
 """
@@ -95,13 +96,16 @@ def create_floor_app(mode: str, settings: Any = None) -> FastAPI:
         if mode != "commit":
             yield
             return
-        from eventstore.engine import make_engine
         from eventstore.migrate import upgrade
+        from serving.store.engine import checkpointer, store_engine
         from serving.store.repository import write_events
         from serving.store.writer import GroupCommitWriter
 
-        engine = make_engine(settings.store_url, settings.sqlite_synchronous)
+        engine = store_engine(settings)
         upgrade(engine)
+        checkpoints = checkpointer(engine, settings)
+        if checkpoints is not None:
+            checkpoints.start()
         writer = GroupCommitWriter(
             engine, write_events, max_batch=settings.writer_max_batch
         ).start()
@@ -109,6 +113,8 @@ def create_floor_app(mode: str, settings: Any = None) -> FastAPI:
             yield
         finally:
             await asyncio.to_thread(writer.close)
+            if checkpoints is not None:
+                await asyncio.to_thread(checkpoints.stop)
             engine.dispose()
 
     app = FastAPI(title=f"banditops floor ({mode})", lifespan=lifespan)

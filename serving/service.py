@@ -40,8 +40,6 @@ from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
 from eventstore import records
 from eventstore.admission import Admission
-from eventstore.checkpoint import WalCheckpointer
-from eventstore.engine import is_sqlite, make_engine
 from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
@@ -89,6 +87,7 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 from serving.snapshots import Snapshotter
+from serving.store.engine import checkpointer, store_engine
 from serving.store.journal import DrainReport, Journal, stored_decision
 from serving.store.repository import EventStore, StoredDecision, write_events
 from serving.store.writer import GroupCommitWriter, WriterClosedError
@@ -249,11 +248,7 @@ class DecisionService:
         )
         self.catalog = CatalogService(engine, settings)
         # the SQLite log's checkpoints, off the commit path (0: inside commits, SQLite's)
-        self.checkpointer = (
-            WalCheckpointer(engine, settings.sqlite_checkpoint_s)
-            if is_sqlite(engine) and settings.sqlite_checkpoint_s > 0.0
-            else None
-        )
+        self.checkpointer = checkpointer(engine, settings)
         self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
@@ -265,12 +260,7 @@ class DecisionService:
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: ServiceMetrics) -> DecisionService:
-        engine = make_engine(
-            settings.store_url,
-            settings.sqlite_synchronous,
-            connect_timeout_s=settings.store_connect_timeout_s,
-            sqlite_autocheckpoint=settings.sqlite_checkpoint_s == 0.0,
-        )
+        engine = store_engine(settings)
         require_current(engine)
         return cls(settings, engine, build_source(settings), metrics)
 
