@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bandit_core.catalog import policy_spec
+from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
 from eventstore.workspace import as_utc, aware, run_folder
 from training.form import check_form
 from training.settings import AUTO, N_RESAMPLES_MIN, PipelineSettings
@@ -123,8 +124,8 @@ class RunSpec:
     drift_failing: float
     overlap: dict[str, Any] = field(default_factory=dict)
     challengers: dict[str, Any] = field(default_factory=dict)
-    support_threshold: float = 0.01
-    max_unsupported: float = 0.2
+    support_threshold: float = SUPPORT_THRESHOLD
+    max_unsupported: float = MAX_UNSUPPORTED
 
     def __post_init__(self) -> None:
         if not self.run_key.strip():

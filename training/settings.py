@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self
 from pydantic import Field, field_validator, model_validator
 
 from bandit_core.catalog import ALGORITHMS as POLICY_NAMES  # torch-free
+from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
 from eventstore.settings import CoreSettings
 
 #: The retrain's ``algorithm`` that runs the champion–challenger comparison.
@@ -190,8 +191,8 @@ class PipelineSettings(CoreSettings):
     retrain_segment_floors: dict[str, Any] = Field(default_factory=dict)
     retrain_cold_start_floor: float = Field(0.02, ge=0.0, lt=1.0)
     retrain_exposure_cap: float = Field(0.0, ge=0.0, lt=1.0)
-    retrain_support_threshold: float = Field(0.01, ge=0.0, lt=1.0)
-    retrain_max_unsupported: float = Field(0.2, ge=0.0, lt=1.0)
+    retrain_support_threshold: float = Field(SUPPORT_THRESHOLD, ge=0.0, lt=1.0)
+    retrain_max_unsupported: float = Field(MAX_UNSUPPORTED, ge=0.0, lt=1.0)
     retrain_queue: str = Field("default", min_length=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(300.0, gt=0.0)

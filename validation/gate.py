@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bandit_core._validation import Interval, validate_params
+from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
 from validation.ope.report import OPEReport
 from validation.ope.spec import ESTIMATORS
 
@@ -52,8 +53,8 @@ class GateRule:
     estimator: str = "dr"
     tolerance: float = 0.0
     min_ess: float = 100.0
-    support_threshold: float = 0.01
-    max_unsupported: float = 0.2
+    support_threshold: float = SUPPORT_THRESHOLD
+    max_unsupported: float = MAX_UNSUPPORTED
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:

@@ -1,0 +1,14 @@
+"""Off-policy support, as the promotion gate checks it.
+
+Off-policy estimates of a candidate are only as good as the logging policy's coverage of
+the candidate's actions. A logged action whose logging propensity is below
+``SUPPORT_THRESHOLD`` counts as unsupported, and a candidate that puts more than
+``MAX_UNSUPPORTED`` of its probability mass on unsupported actions is not promoted
+(``validation.gate``). These are the defaults of ``validation.gate.GateRule``, of the run
+spec and of the retrain settings, all derived from here; this module imports nothing, so
+the settings read it at DAG parse time. The floors that keep the logs supported are
+:mod:`bandit_core.policies.overlap`.
+"""
+
+SUPPORT_THRESHOLD = 0.01
+MAX_UNSUPPORTED = 0.2
