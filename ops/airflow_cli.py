@@ -112,7 +112,12 @@ class AirflowHome:
                 "parallelism": str(PARALLELISM),
                 "execution_api_server_url": execution_api_url(DEFAULT_PORT),
             },
-            "database": {"sql_alchemy_conn": f"sqlite:///{self.database}"},
+            "database": {
+                "sql_alchemy_conn": f"sqlite:///{self.database}",
+                # a busy timeout for SQLite's one writer at a time (ops/airflow_db.py)
+                "sql_alchemy_connect_args": "ops.airflow_db.CONNECT_ARGS",
+                "sql_alchemy_connect_args_async": "ops.airflow_db.CONNECT_ARGS",
+            },
             "api": {"host": LOOPBACK, "port": str(DEFAULT_PORT)},
             "api_auth": {},
             "logging": {"base_log_folder": str(self.path / "logs")},

@@ -125,6 +125,25 @@ def test_init_migrates_sqlite_metadata_and_serializes_the_dags_unpaused(
     assert "(paused)" not in out
 
 
+def test_airflow_waits_a_minute_for_the_sqlite_lock(initialized: Initialized) -> None:
+    """Airflow's own engine on the home's metadata database has a 60 s busy timeout
+    (``ops/airflow_db.py``), not sqlite3's 5 s."""
+    code = (
+        "from airflow import settings\n"
+        "raw = settings.engine.raw_connection()\n"
+        "print(raw.cursor().execute('PRAGMA busy_timeout').fetchone()[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=initialized.home.env(port=8124, base=_clean_env()),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "60000"
+
+
 def _lines(stream: object) -> tuple[queue.Queue[str], threading.Thread]:
     """The lines of ``stream`` as they come, read by a thread (ends at EOF)."""
     lines: queue.Queue[str] = queue.Queue()
