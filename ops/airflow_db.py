@@ -7,8 +7,9 @@ processor, the triggerer, the API server and the task processes all write, and a
 that finds the database locked waits at most ``timeout`` seconds (Python's default: 5)
 before its transaction fails. On a busy two-core machine a trigger from the UI failed
 that way (``POST /api/v2/dags/bandit_monitor/dagRuns`` answered 500 "Database error"
-while the scheduler was writing a run), so the embedded home waits longer. PostgreSQL,
-the production path, is not concerned.
+while the scheduler was writing a run), so the embedded home waits longer. Only the
+embedded home's ``airflow.cfg`` names it: ``sqlite3``'s ``timeout`` is not a PostgreSQL
+connection option (psycopg2 refuses it), so a home on PostgreSQL must not.
 """
 
 #: ``sqlite3.connect`` keyword arguments: wait up to a minute for a lock.
