@@ -73,9 +73,12 @@ def body_lengths(raw: Any) -> tuple[int, int, int | None] | None:
 def check_budget(units: int, limit: int) -> None:
     """422 naming ``max_work_units`` when ``units`` exceeds it."""
     if units > limit:
+        # a k of thousands of digits makes units Python cannot print (4,300-digit limit)
+        bits = units.bit_length()
+        shown = str(units) if bits < 256 else f"about 10^{int(bits * math.log10(2))}"
         raise InputError(
             ("body",),
-            f"the request costs {units} work units (candidates × features × draws × slate "
+            f"the request costs {shown} work units (candidates × features × draws × slate "
             f"choices); the limit max_work_units is {limit}. Ask for fewer candidates or a "
             "smaller k.",
         )

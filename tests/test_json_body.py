@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.budget import body_lengths, work_units
+from serving.budget import body_lengths, check_budget, work_units
+from serving.inputs import InputError
 from serving.json_body import parse_json
 
 
@@ -115,3 +116,11 @@ def test_body_lengths_never_exceed_the_validated_request_s() -> None:
     assert body_lengths([1, 2]) is None
     assert body_lengths({"context": [1.0], "retrieve": {"k": 5}}) is None
     assert body_lengths({"context": [1.0], "candidates": [{"id": "a"}], "k": "3"}) is None
+
+
+def test_a_budget_too_large_to_print_is_refused_with_its_size() -> None:
+    """``k`` of 4,299 digits (json parses it) makes units past Python's 4,300-digit
+    printing limit: still a 422 naming the limit, with the size instead of the digits."""
+    units = work_units(2, 7, 100, int("9" * 4299), 200)
+    with pytest.raises(InputError, match=r"about 10\^430\d work units.*max_work_units"):
+        check_budget(units, 50_000_000)
