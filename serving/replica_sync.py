@@ -29,7 +29,8 @@ records where its training window stops (``ServedModel.window_stop``) learns tho
 every decision created from then on, whichever version made it
 (:mod:`serving.models.recovery`), and the sync brings it those the other served version
 learnt here too (claims are per version: a reward this replica applied to another head is
-not this head's).
+not this head's). Without the sync a single replica gives it those at once, in
+``DecisionService._apply``.
 
 **Order.** The posterior of a Bayesian linear head without discount or window is a sum,
 ``A = λI + Σφφᵀ``, ``b = Σrφ``: applying the same rewards in another order gives the same

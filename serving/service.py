@@ -113,12 +113,14 @@ class StoreUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class LearnInput:
     """What a head needs to learn from a reward of a decision: the item shown at
-    ``position`` (a position-aware model adds that position's one-hot)."""
+    ``position`` (a position-aware model adds that position's one-hot), and when the
+    decision was made (``decided_at``: which served versions' windows it is after)."""
 
     context: NDArray[np.float64]
     arm_id: str
     arm_features: NDArray[np.float64]
     position: int = 0
+    decided_at: datetime | None = None
 
 
 def _why_not_applicable(late: bool, decision: StoredDecision, served: ServingSet) -> str | None:
@@ -612,7 +614,9 @@ class DecisionService:
             ineligible_status=status,
             repeat_status=records.SUMMED if settings.duplicate_rule == "sum" else records.DUPLICATE,
             position=req.position,
-            learn=LearnInput(decision.context, arm_id, arm_features, req.position or 0),
+            learn=LearnInput(
+                decision.context, arm_id, arm_features, req.position or 0, decision.created_at
+            ),
         )
         outcome: RewardOutcome = await self._commit(row)
         self.metrics.rewards.labels(outcome.status).inc()
@@ -674,11 +678,12 @@ class DecisionService:
             self._loop.call_soon_threadsafe(self._apply, learn)
 
     def _apply(self, pairs: list[tuple[RewardRow, RewardOutcome]]) -> None:
-        """Loop thread: update the head of the version that made each decision."""
+        """Loop thread: update the head of the version that made each decision, and the
+        heads of the other served versions that learn it (:meth:`_also_learning`)."""
         served = self.loader.current
         for row, outcome in pairs:
             model = served.for_version(row.model_version) if served is not None else None
-            if model is None:
+            if served is None or model is None:
                 log.warning(
                     "reward %d for %s arrived after it was swapped out; the store "
                     "keeps it for its next load",
@@ -686,26 +691,52 @@ class DecisionService:
                     row.model_version,
                 )
                 continue
-            learn: LearnInput = row.learn
-            try:
-                update_at(
-                    model.policy,
-                    learn.context,
-                    learn.arm_id,
-                    row.value,
-                    learn.arm_features,
-                    learn.position,
-                )
-            except Exception:
-                log.exception("head update failed for reward %d", outcome.id)
-                continue
-            if outcome.journaled:  # no store id yet: hold snapshots until it is drained
-                self._unsynced[model.version] = self._unsynced.get(model.version, 0) + 1
-            else:
-                model.last_reward_id = outcome.id
-            model.applied_rewards += 1
-            model.rewards_since_snapshot += 1
-            self.snapshots.after_reward(model)
+            self._learn_one(model, row, outcome)
+            for other in self._also_learning(served, model, row.learn, outcome):
+                self._learn_one(other, row, outcome)
+
+    def _also_learning(
+        self, served: ServingSet, model: ServedModel, learn: LearnInput, outcome: RewardOutcome
+    ) -> list[ServedModel]:
+        """The other served versions whose heads learn this reward: those whose training
+        window stops at or before the decision (``window_stop``), the rule recovery
+        replays by (:mod:`serving.models.recovery`), so that during a rollout production
+        and the candidate each learn every reward after their window, and the candidate
+        promoted at its end has lost none of production's. A reward the version already
+        replayed at its load (id ≤ its ``last_reward_id``) is not learnt twice. With the
+        replica sync on, the sync brings them instead (its claims are per version)."""
+        if self.replicas is not None or learn.decided_at is None:
+            return []
+        return [
+            other
+            for other in served.models()
+            if other is not model
+            and other.window_stop is not None
+            and learn.decided_at >= other.window_stop
+            and (outcome.journaled or outcome.id > other.last_reward_id)
+        ]
+
+    def _learn_one(self, model: ServedModel, row: RewardRow, outcome: RewardOutcome) -> None:
+        learn: LearnInput = row.learn
+        try:
+            update_at(
+                model.policy,
+                learn.context,
+                learn.arm_id,
+                row.value,
+                learn.arm_features,
+                learn.position,
+            )
+        except Exception:
+            log.exception("head update of %s failed for reward %d", model.version, outcome.id)
+            return
+        if outcome.journaled:  # no store id yet: hold snapshots until it is drained
+            self._unsynced[model.version] = self._unsynced.get(model.version, 0) + 1
+        else:
+            model.last_reward_id = max(model.last_reward_id, outcome.id)
+        model.applied_rewards += 1
+        model.rewards_since_snapshot += 1
+        self.snapshots.after_reward(model)
 
     def _on_drained(self, report: DrainReport) -> None:
         """Writer thread: the journal is in the store; give the loop the rewards' ids."""
@@ -716,10 +747,18 @@ class DecisionService:
         """Loop thread: every journaled reward a head learnt from has its store id now
         (this runs before the head learns from anything journaled later)."""
         served = self.loader.current
+        models = [] if served is None else served.models()
         for version, reward_id, applied in reward_ids:
-            model = served.for_version(version) if served is not None and applied else None
-            if model is not None:
-                model.last_reward_id = max(model.last_reward_id, reward_id)
+            if not applied:
+                continue
+            for model in models:
+                # the deciding version's, and any other that learns rewards by its window
+                # (_also_learning): the journal's rewards were applied in id order, so
+                # every reward its head learns up to this id is in it
+                if model.version == version or (
+                    self.replicas is None and model.window_stop is not None
+                ):
+                    model.last_reward_id = max(model.last_reward_id, reward_id)
         if self.replicas is not None:  # learnt here: the replica sync must skip them
             self.replicas.claim((v, rid) for v, rid, applied in reward_ids if applied)
         self._unsynced.clear()

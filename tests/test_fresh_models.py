@@ -72,13 +72,13 @@ def _retrain(settings: PipelineSettings, run_key: str, end: datetime) -> Any:
 
 
 def _settle(service: Any, label: str) -> None:
-    """Wait until the served head of ``label`` has learnt every reward the store applied
-    to it (the writer commits, then the loop applies)."""
+    """Wait until the served head of ``label`` (loaded from its base) has learnt every
+    reward the store says it learns (the writer commits, then the loop applies)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         served = service.loader.current.for_version(label)
         if served is not None and served.applied_rewards == len(
-            service.store.applied_rewards(label)
+            service.store.applied_rewards(label, since=served.window_stop)
         ):
             return
         time.sleep(0.05)
@@ -218,4 +218,101 @@ def test_window_rule_recovery_and_replica_sync_learn_each_later_reward_once(
         float(_head(model.policy).count_.sum())
         == float(_head(load_policy(base_path)).count_.sum()) + 7
     )
+    engine.dispose()
+
+
+def test_a_rollout_candidate_promoted_has_learnt_productions_rollout_rewards(
+    tmp_path: Path,
+) -> None:
+    """A staged rollout on one replica (no replica sync): production and the candidate
+    both serve, and each head learns every reward of a decision after its own window,
+    whichever version decided, exactly once: the live heads equal the store's rebuild.
+    The candidate promoted at the end of the rollout has lost none of production's
+    rollout rewards, and a recovery from its snapshot gives the same head."""
+    from eventstore.rollouts import record_step, start_rollout
+    from serving.models.recovery import rebuild_from_store, recover
+    from tests.serving_helpers import head_difference
+
+    store_url = f"sqlite:///{tmp_path}/events.db"
+    common = {"workspace": tmp_path / "ws", "database_url": store_url}
+    tracking = {"mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    serving = Settings(  # type: ignore[arg-type]
+        **common,
+        **tracking,
+        poll_interval_s=3600.0,
+        seed=12,
+        api_token=TEST_TOKEN,
+        snapshot_every_rewards=40,
+    )
+    pipeline = PipelineSettings(  # type: ignore[arg-type]
+        **common, **tracking, runs_dir=tmp_path / "runs", reward_window_s=1.0
+    )
+    engine = make_engine(store_url)
+    upgrade(engine)
+    registry = ModelRegistry.from_settings(pipeline)
+    env, rng = _env(), np.random.default_rng(2)
+    users = np.stack([env.sample(rng)[0] for _ in range(100)])
+    downloads = iter(range(100))
+
+    def base_of(number: str) -> Any:
+        target = tmp_path / f"base-{next(downloads)}"
+        return load_policy(registry.download_version(number, target) / POLICY_STATE_PATH)
+
+    def rebuilt(label: str, number: str) -> Any:
+        stop = datetime.fromisoformat(registry.get(number).tags[WINDOW_STOP_TAG])
+        return rebuild_from_store(service.store, label, base_of(number), window_stop=stop)
+
+    with make_client(create_app(serving)) as client:
+        service = client.app.state.service
+        assert simulate_traffic(client, env, 400, rng, user_features=users).errors == 0
+        time.sleep(1.2)
+        first = _retrain(pipeline, "nightly-1", datetime.now(UTC))
+        registry.promote(first.version, by="test", reason="day 1", force=True)
+        client.post("/v1/admin/poll")
+        v1 = version_label(pipeline.model_name, first.version)
+        assert simulate_traffic(client, env, 300, rng, user_features=users).errors == 0
+        _settle(service, v1)
+        time.sleep(1.2)
+        second = _retrain(pipeline, "nightly-2", datetime.now(UTC))
+        v2 = version_label(pipeline.model_name, second.version)
+        registry.set_alias(pipeline.candidate_alias, second.version, by="test", reason="stage")
+        rollout = start_rollout(
+            engine, pipeline.model_name, second.version, 0.5, reason="test rollout"
+        )
+        client.post("/v1/admin/poll")
+        served = service.loader.current
+        assert served.production.version == v1 and served.candidate.version == v2
+
+        # the rollout: each version decides for about half of the users
+        assert simulate_traffic(client, env, 300, rng, user_features=users).errors == 0
+        _settle(service, v1)
+        _settle(service, v2)
+        by_version = {label: len(service.store.applied_rewards(label)) for label in (v1, v2)}
+        assert min(by_version.values()) > 50, by_version  # both arms were rewarded
+        for label, number in ((v1, first.version), (v2, second.version)):
+            live = service.loader.current.for_version(label)
+            assert head_difference(live.policy, rebuilt(label, number)) < 1e-9, label
+        candidate = service.loader.current.candidate
+        rollout_rewards_of_v1 = [
+            i for i in service.store.applied_rewards(v1).ids if i > candidate.replayed_after
+        ]
+        assert rollout_rewards_of_v1  # ... which the candidate learnt too
+
+        # promotion at the end of the rollout: the candidate's head carries over
+        registry.promote(second.version, by="test", reason="rollout passed", force=True)
+        record_step(engine, rollout.id, "promote", reason="test")
+        client.post("/v1/admin/poll")
+        promoted = service.loader.current.production
+        assert promoted is candidate and promoted.version == v2
+        assert simulate_traffic(client, env, 100, rng, user_features=users).errors == 0
+        _settle(service, v2)
+        assert head_difference(promoted.policy, rebuilt(v2, second.version)) < 1e-9
+        time.sleep(0.5)  # the last snapshot's write
+        snapshot = service.store.latest_snapshot(v2)
+        # a restart: the newest snapshot (taken every 40 rewards) + the rewards after it
+        assert snapshot is not None and snapshot.last_reward_id > candidate.replayed_after
+        restarted = recover(
+            service.store, v2, base_of(second.version), "test", window_stop=promoted.window_stop
+        )
+        assert head_difference(restarted.policy, promoted.policy) < 1e-9
     engine.dispose()

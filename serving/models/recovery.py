@@ -9,8 +9,11 @@ A version that says where its training window stops (``window_stop``, a registry
 learns more when it is loaded from its base: every applied reward of a decision created
 at or after that time, whichever version made it — the rewards production learnt online
 between the extraction and the swap, which the window left out. Each is learnt once:
-the window holds the decisions before ``window_stop``, the replay those after. (From a
-snapshot the rewards since are its own: the snapshot holds what it learnt at its load.)
+the window holds the decisions before ``window_stop``, the replay those after. Online the
+service keeps to the same rule (``DecisionService._also_learning``): while another version
+serves beside it (a rollout), each head also learns the other's rewards of decisions after
+its own window, so a snapshot holds every reward the rule gives it up to its
+``last_reward_id`` and recovery from it replays the rest by the same rule.
 """
 
 from __future__ import annotations
@@ -40,17 +43,15 @@ def recover(
     source: str,
     window_stop: datetime | None = None,
 ) -> ServedModel:
-    """The served model of ``version``: newest snapshot (or ``base``) + later rewards
-    (from ``base``, with ``window_stop``: every reward of a decision after the window)."""
+    """The served model of ``version``: newest snapshot (or ``base``) + the later rewards
+    its head learns (with ``window_stop``: every reward of a decision after the window)."""
     snapshot = store.latest_snapshot(version)
-    since = window_stop
     if snapshot is None:
         policy, last_id, applied = base, 0, 0
     else:
         policy = policy_from_bytes(snapshot.state)
         last_id, applied = snapshot.last_reward_id, snapshot.applied_rewards
-        since = None
-    tail = store.applied_rewards(version, after_id=last_id, since=since)
+    tail = store.applied_rewards(version, after_id=last_id, since=window_stop)
     _learn(policy, tail)
     replayed_after = last_id
     if len(tail):
