@@ -16,6 +16,27 @@ GROUP_HEX_CHARS = 16
 GROUP_PREFIX = "group_"
 
 
+def check_user_hash(field: str, value: object) -> str | None:
+    """``value`` as a user hash: None for no user (None, an empty string or a missing
+    value), else a string of at least 16 hexadecimal characters (the service logs 64).
+
+    Raises ``ValueError`` naming ``field`` for anything else."""
+    if value is None or (isinstance(value, float) and value != value) or value == "":
+        return None
+    if (
+        isinstance(value, str)
+        and len(value) >= GROUP_HEX_CHARS
+        and value.isascii()
+        and all(c in "0123456789abcdefABCDEF" for c in value)
+    ):
+        return value
+    shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else f"{value[:80]!r}…"
+    raise ValueError(
+        f"{field} must be a user hash as the service logs it (at least {GROUP_HEX_CHARS} "
+        f"hexadecimal characters) or empty for no user; got {shown}."
+    )
+
+
 def user_group(user_hash: str, groups: int) -> int:
     """The hashed user group of ``user_hash``: its first 16 hex characters as an integer,
     mod ``groups``."""

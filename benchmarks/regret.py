@@ -46,6 +46,7 @@ from rich.table import Table
 
 from bandit_core import make_policy
 from bandit_core.catalog import CATALOG
+from bandit_core.option_text import parse_overrides
 from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import Policy
 from bandit_core.types import Candidates, Decision
@@ -67,8 +68,6 @@ DEFAULT_POLICIES = (
     "ensemble",
     "dropout",
 )
-#: options that are sequences even when given one value (``--set neural_linear.hidden=50``)
-TUPLE_OPTIONS = ("hidden", "arm_vocabulary")
 #: points kept per regret curve (for the plot)
 CURVE_POINTS = 200
 
@@ -149,37 +148,6 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
         arm = {"dim_arm": da} if CATALOG[name].arm_features else {}
         return {"dim_user": du, **arm}
     return dict(table[name])
-
-
-def parse_value(text: str) -> Any:
-    """``--set`` values: int, float, bool, none, or a comma list of those (a tuple)."""
-    if "," in text:
-        return tuple(parse_value(t) for t in text.split(",") if t)
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        policy, dot, option = key.partition(".")
-        if not sep or not dot or not policy or not option:
-            raise ValueError(f"--set expects policy.option=value; got {item!r}.")
-        parsed = parse_value(value)
-        if option in TUPLE_OPTIONS and not isinstance(parsed, tuple):
-            parsed = (parsed,)
-        out.setdefault(policy, {})[option] = parsed
-    return out
 
 
 @dataclass

@@ -24,8 +24,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from bandit_core.option_text import parse_overrides
 from benchmarks.environments import make_environment
-from benchmarks.regret import make_agent, parse_overrides, run_agent
+from benchmarks.regret import make_agent, run_agent
 
 #: phase boundaries, as fractions of the run
 PHASES = (0.0, 0.1, 0.25, 0.5, 1.0)

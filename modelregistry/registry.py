@@ -44,6 +44,7 @@ from eventstore.contract import (
     REFERENCE_ARTIFACT,
 )
 from eventstore.settings import CoreSettings
+from modelregistry.pyfunc_model import table_signature
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 _MOVE_PREFIX = "alias_move."
@@ -317,6 +318,7 @@ class ModelRegistry:
                 python_model=str(PYFUNC_CODE),
                 artifacts={POLICY_STATE_ARTIFACT: str(staged)},
                 input_example=input_example,
+                signature=None if input_example is None else table_signature(input_example),
                 pip_requirements=PIP_REQUIREMENTS,
             )
             self._verify_loadable(info.model_uri)

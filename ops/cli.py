@@ -30,13 +30,17 @@ from bandit_core.envs import (
     LogisticClickEnvironment,
     WheelEnvironment,
 )
+from bandit_core.option_text import parse_overrides
+from bandit_core.policies.overlap import floor_of_policy
 from bandit_core.simulate import run_simulation
+from bandit_core.user_groups import user_group_key
 from eventstore.settings import WORKSPACE_ENV, workspace_file, workspace_of
 from ops import config_file
 from ops.airflow_cli import airflow_app
 from ops.config_reference import markdown, splice
 from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
+from serving.identity import hash_user
 from training.commands import evaluate, models, promote, rollback, rollout_app, train
 
 app = typer.Typer(
@@ -48,6 +52,8 @@ console = Console()
 wide = Console(width=140)
 
 ENVIRONMENTS = ("linear", "wheel", "logistic")
+#: The salt of the simulated users' hashes (a fixed one: a simulation is reproducible).
+SIMULATED_USER_SALT = b"banditops-simulate"
 
 
 def _make_env(name: str, seed: int, delta: float) -> Environment:
@@ -63,28 +69,62 @@ def _make_env(name: str, seed: int, delta: float) -> Environment:
     raise typer.BadParameter(f"--env must be one of {', '.join(ENVIRONMENTS)}; got {name!r}.")
 
 
-def _policy_for(name: str, env: Environment) -> Any:
+def _policy_for(name: str, env: Environment, overrides: dict[str, Any]) -> Any:
     options: dict[str, Any] = {"dim_user": env.dim_user}
     spec = policy_spec(name)
     if spec.arm_features:
         options.update(dim_arm=env.dim_arm, interactions=True)
     if "n_sim" in spec.option_names():
         options["n_sim"] = 200
-    return make_policy(name, **options)
+    return make_policy(name, **{**options, **overrides})
+
+
+def simulated_users(n_users: int, steps: int, seed: int) -> list[str | None] | None:
+    """The user of each step: one of ``n_users`` users (hashed as the service hashes a
+    user id), drawn uniformly from their own seeded stream; None for ``n_users = 0``."""
+    if n_users == 0:
+        return None
+    population = [hash_user(f"user-{i}", SIMULATED_USER_SALT) for i in range(n_users)]
+    picks = np.random.default_rng(seed + 3).integers(n_users, size=steps)
+    return [population[i] for i in picks]
+
+
+def _by_group(policy: Any, users: list[str | None] | None, props: np.ndarray) -> dict[str, float]:
+    """The smallest propensity of each hashed user group (policies with group floors)."""
+    groups = (floor_of_policy(policy) or {}).get("segment_user_groups")
+    if users is None or groups is None:
+        return {}
+    keys = np.array([user_group_key(u, groups) for u in users[: props.size]])
+    return {str(k): float(props[keys == k].min()) for k in sorted(set(keys.tolist()))}
 
 
 def _run(
-    env_name: str, policies: list[str], steps: int, seed: int, delta: float
+    env_name: str,
+    policies: list[str],
+    steps: int,
+    seed: int,
+    delta: float,
+    overrides: dict[str, dict[str, Any]],
+    n_users: int,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    users = simulated_users(n_users, steps, seed)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("simulating", total=len(policies))
         for name in policies:
             env = _make_env(env_name, seed, delta)
-            policy = _policy_for(name, env)
+            try:
+                policy = _policy_for(name, env, overrides.get(name, {}))
+            except (TypeError, ValueError) as exc:
+                raise typer.BadParameter(f"{name}: {exc}", param_hint="--set") from None
             started = time.perf_counter()
             result = run_simulation(
-                env, policy, steps, np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
+                env,
+                policy,
+                steps,
+                np.random.default_rng(seed + 1),
+                np.random.default_rng(seed + 2),
+                users=users,
             )
             rows.append(
                 {
@@ -94,6 +134,8 @@ def _run(
                     "cumulative_reward": result.cumulative_reward,
                     "mean_reward": result.cumulative_reward / steps,
                     "mean_propensity": float(result.propensities.mean()),
+                    "min_propensity": float(result.propensities.min()),
+                    "min_propensity_by_group": _by_group(policy, users, result.propensities),
                     "seconds": time.perf_counter() - started,
                 }
             )
@@ -112,20 +154,29 @@ def _print(title: str, rows: list[dict[str, Any]]) -> None:
         "cumulative regret",
         "regret (uniform = 100)",
         "mean propensity",
+        "min propensity",
         "seconds",
     ):
         table.add_column(col, justify="left" if col == "policy" else "right")
+    grouped = any(r["min_propensity_by_group"] for r in rows)
+    if grouped:
+        table.add_column("min propensity per user group")
     for r in rows:
         norm = r["normalized_regret"]
-        table.add_row(
+        cells = [
             r["policy"],
             f"{r['mean_reward']:.4f}",
             f"{r['cumulative_regret']:.1f}",
             "-" if norm is None else f"{norm:.1f}",
             f"{r['mean_propensity']:.3f}",
+            f"{r['min_propensity']:.4f}",
             f"{r['seconds']:.2f}",
-        )
-    console.print(table)
+        ]
+        if grouped:
+            by_group = r["min_propensity_by_group"].items()
+            cells.append(", ".join(f"{k} {v:.4f}" for k, v in by_group) or "-")
+        table.add_row(*cells)
+    wide.print(table)
 
 
 def simulate(
@@ -136,6 +187,23 @@ def simulate(
     steps: Annotated[int, typer.Option(min=1, help="Steps per policy.")] = 2000,
     seed: Annotated[int, typer.Option(help="Seed of the environment and the policies.")] = 0,
     delta: Annotated[float, typer.Option(min=0.01, max=0.99, help="Wheel radius δ.")] = 0.5,
+    set_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="POLICY.OPTION=VALUE",
+            help="A policy option (repeatable), e.g. shared_linucb.floor=0.02 or "
+            "shared_linucb.segment_floors='{\"group_0\": 0.1}' (JSON for objects).",
+        ),
+    ] = None,
+    users: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Simulated users (0: none): each step decides for one of them, so floors "
+            "per hashed user group (segment_user_groups) apply as in the service.",
+        ),
+    ] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results here.")
     ] = None,
@@ -148,7 +216,16 @@ def simulate(
             f"unknown policy {unknown[0]!r}; expected some of {', '.join(ALGORITHMS)}.",
             param_hint="--policies",
         )
-    rows = _run(env, names, steps, seed, delta)
+    try:
+        overrides = parse_overrides(set_options or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
+    stray = sorted(set(overrides) - set(names))
+    if stray:
+        raise typer.BadParameter(
+            f"options for {stray[0]!r}, which --policies does not run.", param_hint="--set"
+        )
+    rows = _run(env, names, steps, seed, delta, overrides, users)
     _print(f"{env}: {steps} steps, seed {seed}", rows)
     if json_path is not None:
         json_path.write_text(json.dumps({"env": env, "seed": seed, "results": rows}, indent=2))

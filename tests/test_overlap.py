@@ -308,3 +308,16 @@ def test_offline_action_dists_decide_each_logged_row_for_its_user() -> None:
     assert single[floored].min() >= 0.15 - 1e-15 and without[floored].min() == 0.0
     with pytest.raises(ValueError, match=r"user_hashes must hold 24 user hashes"):
         LoggedBatch(**logged, user_hashes=tuple(users[:3]))
+
+
+def test_user_hashes_are_checked_with_the_field_named() -> None:
+    from bandit_core.user_groups import check_user_hash
+
+    good = "ab" * 32
+    assert check_user_hash("u", good) == good and check_user_hash("u", "0" * 16) == "0" * 16
+    for empty in (None, "", float("nan")):
+        assert check_user_hash("u", empty) is None
+    for bad in ("g" * 64, "abc", "é" * 20, 12, "a" * 15, "x" * 500):
+        with pytest.raises(ValueError, match=r"^field must be a user hash") as info:
+            check_user_hash("field", bad)
+        assert len(str(info.value)) < 250  # a long value is cut in the message

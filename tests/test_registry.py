@@ -162,3 +162,62 @@ def test_logged_model_loads_in_a_fresh_process_without_pickle(
     )
     np.testing.assert_allclose(scored["probability"].to_numpy()[:2], d.probabilities)
     assert scored["probability"].to_numpy()[2] == 1.0
+
+
+def test_pyfunc_decides_for_the_users_group_like_the_service(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """A policy with floors per hashed user group, scored through ``mlflow.pyfunc``: a
+    table with ``user_hash`` gets each request's group floor (the column is an optional
+    string of the signature, so MLflow keeps it), one without gets the global floor, and
+    a malformed hash is refused naming the request."""
+    import hashlib
+
+    import mlflow
+
+    from bandit_core.policies.overlap import for_users
+    from bandit_core.user_groups import user_group
+    from modelregistry.pyfunc_model import USER_COLUMN, example_table
+
+    floors = {"group_0": 0.2, "group_1": 0.02}
+    policy = make_policy(
+        "shared_linucb",
+        dim_user=2,
+        dim_arm=2,
+        floor=0.01,
+        segment_user_groups=2,
+        segment_floors=floors,
+    )
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # "a" pays: without the floors UCB plays it with probability 1
+        arm = int(rng.integers(3))
+        policy.update(rng.normal(size=2), "abc"[arm], float(arm == 0), np.eye(3)[arm, :2])
+    state = save_policy(policy, tmp_path / "grouped.npz")
+    users = [hashlib.sha256(f"user-{i}".encode()).hexdigest() for i in range(40)]
+    by_group = {g: next(u for u in users if user_group(u, 2) == g) for g in (0, 1)}
+    contexts = [[0.3, -0.2], [0.3, -0.2], [0.3, -0.2]]
+    ids = [["a", "b", "c"]] * 3
+    feats = [np.eye(3)[:, :2]] * 3
+    table = example_table(contexts, ids, feats, [by_group[0], by_group[1], None])
+    v = registry.register_candidate(state_path=state, run_key="grouped", input_example=table)
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(registry.tracking_uri)
+    try:
+        uri = f"models:/test-policy/{v.version}"
+        spec = {c.name: c for c in mlflow.models.get_model_info(uri).signature.inputs.inputs}
+        model = mlflow.pyfunc.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(before)
+    assert spec[USER_COLUMN].required is False and spec["ctx_0"].required
+    scored = model.predict(table)["probability"].to_numpy().reshape(3, 3)
+    cands = Candidates.from_any(["a", "b", "c"], np.eye(3)[:, :2])
+    for row, user in enumerate([by_group[0], by_group[1], None]):
+        want = for_users(policy, [user]).select(contexts[row], cands, np.random.default_rng(0))
+        np.testing.assert_allclose(scored[row], want.probabilities, atol=1e-15)
+    assert scored[0].min() == pytest.approx(0.2) and scored[1].min() == pytest.approx(0.02)
+    assert scored[2].min() == pytest.approx(0.01)  # no user: the global floor
+    no_column = model.predict(table.drop(columns=[USER_COLUMN]))["probability"].to_numpy()
+    assert no_column.reshape(3, 3).min(axis=1) == pytest.approx([0.01] * 3)
+    bad = table.assign(**{USER_COLUMN: ["not-a-hash"] * 3 + [None] * 6})
+    with pytest.raises(ValueError, match=r"user_hash of request 'r0' must be a user hash"):
+        model.predict(bad)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bandit_core.envs import WheelEnvironment
+from bandit_core.option_text import parse_overrides
 from bandit_core.simulate import run_simulation
 from bandit_core.types import Candidates
 from benchmarks import peers, regret
@@ -341,7 +342,7 @@ def test_installed_peers_run_in_the_same_loop(name: str) -> None:
 
 
 def test_set_overrides_are_parsed() -> None:
-    parsed = regret.parse_overrides(
+    parsed = parse_overrides(
         ["neural_linear.hidden=100,100", "dropout.mode=ucb", "lints.v=0.5", "ensemble.hidden=20"]
     )
     assert parsed == {
@@ -351,7 +352,7 @@ def test_set_overrides_are_parsed() -> None:
         "ensemble": {"hidden": (20,)},
     }
     with pytest.raises(ValueError, match=r"--set expects policy\.option=value; got 'hidden=3'"):
-        regret.parse_overrides(["hidden=3"])
+        parse_overrides(["hidden=3"])
 
 
 def test_our_linucb_is_the_same_algorithm_as_mabwisers() -> None:
