@@ -12,28 +12,30 @@ from __future__ import annotations
 
 #: Hex characters of the user hash that name its group.
 GROUP_HEX_CHARS = 16
+#: The longest user hash (an HMAC-SHA256 in hex, the width of the ``user_hash`` column).
+USER_HASH_MAX_CHARS = 64
 #: Prefix of a user group's segment name (``group_3``).
 GROUP_PREFIX = "group_"
 
 
 def check_user_hash(field: str, value: object) -> str | None:
     """``value`` as a user hash: None for no user (None, an empty string or a missing
-    value), else a string of at least 16 hexadecimal characters (the service logs 64).
+    value), else a string of 16 to 64 hexadecimal characters (the service logs 64).
 
     Raises ``ValueError`` naming ``field`` for anything else."""
     if value is None or (isinstance(value, float) and value != value) or value == "":
         return None
     if (
         isinstance(value, str)
-        and len(value) >= GROUP_HEX_CHARS
+        and GROUP_HEX_CHARS <= len(value) <= USER_HASH_MAX_CHARS
         and value.isascii()
         and all(c in "0123456789abcdefABCDEF" for c in value)
     ):
         return value
     shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else f"{value[:80]!r}…"
     raise ValueError(
-        f"{field} must be a user hash as the service logs it (at least {GROUP_HEX_CHARS} "
-        f"hexadecimal characters) or empty for no user; got {shown}."
+        f"{field} must be a user hash as the service logs it ({GROUP_HEX_CHARS} to "
+        f"{USER_HASH_MAX_CHARS} hexadecimal characters) or empty for no user; got {shown}."
     )
 
 

@@ -82,6 +82,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from bandit_core.user_groups import USER_HASH_MAX_CHARS
 from eventstore.types import UTCDateTime
 
 #: SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a bigint.
@@ -115,7 +116,7 @@ class DecisionEvent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(EVENT_ID_LENGTH), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    user_hash: Mapped[str | None] = mapped_column(String(64))
+    user_hash: Mapped[str | None] = mapped_column(String(USER_HASH_MAX_CHARS))
     dim_user: Mapped[int] = mapped_column(Integer)
     context: Mapped[bytes] = mapped_column(LargeBinary, info={SHAPE: ("dim_user",)})
     n_candidates: Mapped[int] = mapped_column(Integer)

@@ -84,9 +84,12 @@ def simulated_users(n_users: int, steps: int, seed: int) -> list[str | None] | N
     user id), drawn uniformly from their own seeded stream; None for ``n_users = 0``."""
     if n_users == 0:
         return None
-    population = [hash_user(f"user-{i}", SIMULATED_USER_SALT) for i in range(n_users)]
     picks = np.random.default_rng(seed + 3).integers(n_users, size=steps)
-    return [population[i] for i in picks]
+    hashes: dict[int, str] = {}  # only the users drawn: the work is bounded by the steps
+    for i in picks.tolist():
+        if i not in hashes:
+            hashes[i] = hash_user(f"user-{i}", SIMULATED_USER_SALT)
+    return [hashes[i] for i in picks.tolist()]
 
 
 def _by_group(policy: Any, users: list[str | None] | None, props: np.ndarray) -> dict[str, float]:
@@ -184,8 +187,8 @@ def simulate(
     policies: Annotated[
         str, typer.Option(help="Comma-separated policy names.")
     ] = "uniform,linucb,lints",
-    steps: Annotated[int, typer.Option(min=1, help="Steps per policy.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Seed of the environment and the policies.")] = 0,
+    steps: Annotated[int, typer.Option(min=1, max=10_000_000, help="Steps per policy.")] = 2000,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the environment and the policies.")] = 0,
     delta: Annotated[float, typer.Option(min=0.01, max=0.99, help="Wheel radius δ.")] = 0.5,
     set_options: Annotated[
         list[str] | None,
@@ -200,6 +203,7 @@ def simulate(
         int,
         typer.Option(
             min=0,
+            max=1_000_000_000,
             help="Simulated users (0: none): each step decides for one of them, so floors "
             "per hashed user group (segment_user_groups) apply as in the service.",
         ),

@@ -103,6 +103,8 @@ def test_simulate_command_takes_options_and_users(tmp_path: Path) -> None:
         (["--set", "floor=0.1"], "policy.option=value"),
         (["--set", "shared_linucb.segment_floors={bad"], "not valid JSON"),
         (["--set", "lints.v=0.5"], "which --policies does not run"),
+        (["--users", "1" + "0" * 24], "--users"),  # a population too large to draw from
+        (["--seed", "-5"], "--seed"),
     ]
     for extra, message in bad:
         failed = CliRunner().invoke(
