@@ -10,6 +10,10 @@ coverage check. Its segment name is ``group_<g>``.
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+
 #: Hex characters of the user hash that name its group.
 GROUP_HEX_CHARS = 16
 #: The longest user hash (an HMAC-SHA256 in hex, the width of the ``user_hash`` column).
@@ -67,3 +71,16 @@ def group_of_key(key: str, groups: int) -> int | None:
         return None
     group = int(digits)
     return group if group < groups else None
+
+
+def simulated_users(n_users: int, steps: int, rng: np.random.Generator) -> list[str]:
+    """The user hash of each of ``steps`` simulated decisions: one of ``n_users`` users
+    (``user-<i>``, hashed with SHA-256 to 64 hex characters like the service's hashes),
+    drawn uniformly by ``rng``. Only the users drawn are hashed, so the work is bounded
+    by ``steps`` whatever ``n_users``."""
+    picks = rng.integers(n_users, size=steps).tolist()
+    hashes: dict[int, str] = {}
+    for i in picks:
+        if i not in hashes:
+            hashes[i] = hashlib.sha256(f"user-{i}".encode()).hexdigest()
+    return [hashes[i] for i in picks]

@@ -23,7 +23,11 @@ higher). Regret and cumulative reward are reported in the environment's own unit
 
 A peer whose library is missing is listed under "not run" and in the JSON (``missing``);
 the rest of the run goes on. ``--set policy.option=value`` overrides a policy's option
-(e.g. ``--set neural_linear.hidden=100,100``).
+(e.g. ``--set neural_linear.hidden=100,100``; JSON for objects:
+``--set 'shared_linucb.segment_floors={"group_0": 0.1}'``). ``--users N`` gives every step
+a user among N (hashed, drawn from its own seeded stream, the same for every policy): our
+policies decide each step for its user, so floors per hashed user group
+(``segment_user_groups``) apply as in the service; the peers have no such floors.
 """
 
 from __future__ import annotations
@@ -49,7 +53,9 @@ from bandit_core.catalog import CATALOG
 from bandit_core.option_text import parse_overrides
 from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import Policy
+from bandit_core.policies.overlap import for_users
 from bandit_core.types import Candidates, Decision
+from bandit_core.user_groups import simulated_users
 from benchmarks.environments import ENVIRONMENTS, BenchEnvironment, Stream, make_environment
 from benchmarks.peers import PEERS, make_peer, peer_unavailable
 
@@ -70,6 +76,8 @@ DEFAULT_POLICIES = (
 )
 #: points kept per regret curve (for the plot)
 CURVE_POINTS = 200
+#: the largest simulated user population (``--users``)
+MAX_USERS = 1_000_000_000
 
 
 # ----------------------------------------------------------------------------- policies
@@ -152,10 +160,12 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
 
 @dataclass
 class PolicyAgent:
-    """One of our policies behind the harness's choose/learn interface."""
+    """One of our policies behind the harness's choose/learn interface; ``user`` is the
+    user hash the next decision is for (``run_agent`` sets it when the run has users)."""
 
     name: str
     policy: Policy
+    user: str | None = None
 
     def choose(
         self, context: np.ndarray, candidates: Candidates, rng: np.random.Generator
@@ -167,7 +177,8 @@ class PolicyAgent:
         self, context: np.ndarray, candidates: Candidates, rng: np.random.Generator
     ) -> Decision:
         """The policy's whole decision (features passed only if the policy uses them)."""
-        return self.policy.select(context, candidates_for(self.policy, candidates), rng)
+        policy = self.policy if self.user is None else for_users(self.policy, [self.user])
+        return policy.select(context, candidates_for(self.policy, candidates), rng)
 
     def learn(
         self,
@@ -230,18 +241,23 @@ def run_agent(
     on_step: Callable[[int], None] | None = None,
     reward_scale: float = 1.0,
     chosen: list[int] | None = None,
+    users: Sequence[str] | None = None,
 ) -> RunResult:
     """Replay ``stream`` to ``agent`` online; regret from the expected rewards.
 
     The agent learns from ``reward / reward_scale``; the result is in the env's units.
-    ``chosen``, when given, receives the index of the arm chosen at every step.
+    ``chosen``, when given, receives the index of the arm chosen at every step; ``users``
+    (one per step) says whom each of our policies' decisions is for.
     """
     steps = len(stream)
     regrets = np.empty(steps)
     reward_sum = 0.0
     busy = 0.0
+    step_users = users if isinstance(agent, PolicyAgent) else None  # peers: no users
     for t in range(steps):
         x, cands, means = stream.contexts[t], stream.candidates[t], stream.means[t]
+        if step_users is not None:
+            agent.user = step_users[t]
         start = time.perf_counter()
         arm, prop = agent.choose(x, cands, rng)
         busy += time.perf_counter() - start
@@ -301,9 +317,10 @@ def run_environment(
     overrides: dict[str, dict[str, Any]],
     progress: Progress | None = None,
     reward_scale: str = "auto",
+    n_users: int = 0,
 ) -> EnvironmentReport:
     """All ``policies`` × ``seeds`` on one environment (``reward_scale``: "auto" or a
-    number; see the module docstring)."""
+    number; ``n_users``: see ``--users`` in the module docstring)."""
     missing = {p: r for p in policies if p in PEERS and (r := peer_unavailable(p)) is not None}
     runnable = [p for p in policies if p not in missing]
     results: list[RunResult] = []
@@ -314,6 +331,11 @@ def run_environment(
         n_steps = steps if steps is not None else getattr(env, "n_rows", 0) or 1000
         stream = env.stream(n_steps, np.random.default_rng([seed, 11]))
         scale = stream.reward_scale() if reward_scale == "auto" else float(reward_scale)
+        users = (
+            simulated_users(n_users, n_steps, np.random.default_rng([seed, 17]))
+            if n_users
+            else None
+        )
         for name in runnable:
             agent = make_agent(name, env, seed, stream.candidates[0], overrides)
             task = None
@@ -323,7 +345,7 @@ def run_environment(
             if progress is not None and task is not None:
                 advance = _advancer(progress, task)
             rng = np.random.default_rng([seed, 13])
-            results.append(run_agent(agent, env, stream, rng, seed, advance, scale))
+            results.append(run_agent(agent, env, stream, rng, seed, advance, scale, users=users))
             if progress is not None and task is not None:
                 progress.remove_task(task)
     name = (
@@ -514,9 +536,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reward-scale", default="auto", help="learners see reward / R; 'auto' = max |E r|"
     )
+    p.add_argument(
+        "--users",
+        type=_users,
+        default=0,
+        help="simulated users (0: none); our policies decide each step for its user",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def _users(text: str) -> int:
+    """``--users``: 0 to a billion."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer; got {text!r}") from None
+    if not 0 <= value <= MAX_USERS:
+        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_USERS}; got {text}")
+    return value
 
 
 def _env_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -566,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> list[EnvironmentReport]:
                     overrides,
                     progress,
                     reward_scale=args.reward_scale,
+                    n_users=args.users,
                 )
                 reports.append(report)
                 progress.console.print()

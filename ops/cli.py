@@ -12,6 +12,7 @@ import json
 import os
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,14 +34,13 @@ from bandit_core.envs import (
 from bandit_core.option_text import parse_overrides
 from bandit_core.policies.overlap import floor_of_policy
 from bandit_core.simulate import run_simulation
-from bandit_core.user_groups import user_group_key
+from bandit_core.user_groups import simulated_users, user_group_key
 from eventstore.settings import WORKSPACE_ENV, workspace_file, workspace_of
 from ops import config_file
 from ops.airflow_cli import airflow_app
 from ops.config_reference import markdown, splice
 from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
-from serving.identity import hash_user
 from training.commands import evaluate, models, promote, rollback, rollout_app, train
 
 app = typer.Typer(
@@ -52,8 +52,6 @@ console = Console()
 wide = Console(width=140)
 
 ENVIRONMENTS = ("linear", "wheel", "logistic")
-#: The salt of the simulated users' hashes (a fixed one: a simulation is reproducible).
-SIMULATED_USER_SALT = b"banditops-simulate"
 
 
 def _make_env(name: str, seed: int, delta: float) -> Environment:
@@ -79,20 +77,9 @@ def _policy_for(name: str, env: Environment, overrides: dict[str, Any]) -> Any:
     return make_policy(name, **{**options, **overrides})
 
 
-def simulated_users(n_users: int, steps: int, seed: int) -> list[str | None] | None:
-    """The user of each step: one of ``n_users`` users (hashed as the service hashes a
-    user id), drawn uniformly from their own seeded stream; None for ``n_users = 0``."""
-    if n_users == 0:
-        return None
-    picks = np.random.default_rng(seed + 3).integers(n_users, size=steps)
-    hashes: dict[int, str] = {}  # only the users drawn: the work is bounded by the steps
-    for i in picks.tolist():
-        if i not in hashes:
-            hashes[i] = hash_user(f"user-{i}", SIMULATED_USER_SALT)
-    return [hashes[i] for i in picks.tolist()]
-
-
-def _by_group(policy: Any, users: list[str | None] | None, props: np.ndarray) -> dict[str, float]:
+def _by_group(
+    policy: Any, users: Sequence[str | None] | None, props: np.ndarray
+) -> dict[str, float]:
     """The smallest propensity of each hashed user group (policies with group floors)."""
     groups = (floor_of_policy(policy) or {}).get("segment_user_groups")
     if users is None or groups is None:
@@ -111,7 +98,9 @@ def _run(
     n_users: int,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    users = simulated_users(n_users, steps, seed)
+    users = (
+        None if n_users == 0 else simulated_users(n_users, steps, np.random.default_rng(seed + 3))
+    )
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("simulating", total=len(policies))
         for name in policies:

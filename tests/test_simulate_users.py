@@ -15,8 +15,8 @@ from bandit_core import make_policy
 from bandit_core.envs import LogisticClickEnvironment
 from bandit_core.option_text import parse_overrides
 from bandit_core.simulate import run_simulation
-from bandit_core.user_groups import user_group_key
-from ops.cli import app, simulated_users
+from bandit_core.user_groups import simulated_users, user_group_key
+from ops.cli import app
 
 FLOORS = {"group_0": 0.05, "group_2": 0.03}
 
@@ -41,8 +41,8 @@ def _policy() -> object:
 
 def test_each_step_decides_for_its_users_group() -> None:
     steps = 1500
-    users = simulated_users(60, steps, seed=0)
-    assert users is not None and len(set(users)) > 50
+    users = simulated_users(60, steps, np.random.default_rng(0))
+    assert len(set(users)) > 50
     result = run_simulation(
         _env(), _policy(), steps, np.random.default_rng(1), np.random.default_rng(2), users=users
     )
@@ -119,3 +119,41 @@ def test_set_values_may_be_json() -> None:
         ['a.segment_floors={"group_0": 0.1}', "a.hidden=[20, 10]", "a.floor=0.01"]
     )
     assert parsed == {"a": {"segment_floors": {"group_0": 0.1}, "hidden": (20, 10), "floor": 0.01}}
+
+
+def test_the_regret_harness_decides_each_step_for_its_user() -> None:
+    """``benchmarks.regret --users``: our agents decide each step for its user (floors per
+    group hold per group); peers are never given one."""
+    from benchmarks import regret
+    from benchmarks.environments import make_environment
+
+    env = make_environment("linear", seed=0)
+    steps = 1200
+    stream = env.stream(steps, np.random.default_rng(1))
+    users = simulated_users(50, steps, np.random.default_rng(2))
+    options = {
+        **regret.policy_options("shared_linucb", env),
+        "floor": 0.002,
+        "segment_user_groups": 3,
+        "segment_floors": FLOORS,
+    }
+
+    class Recording(regret.PolicyAgent):
+        seen: list[tuple[str | None, float]]
+
+        def choose(self, context, candidates, rng):  # type: ignore[no-untyped-def]
+            arm, prop = super().choose(context, candidates, rng)
+            self.seen.append((self.user, prop))
+            return arm, prop
+
+    agent = Recording("shared_linucb", make_policy("shared_linucb", **options))
+    agent.seen = []
+    regret.run_agent(agent, env, stream, np.random.default_rng(3), 0, users=users)
+    assert [u for u, _ in agent.seen] == users
+    props = np.array([p for _, p in agent.seen])
+    groups = np.array([user_group_key(u, 3) for u in users])
+    for key in ("group_0", "group_1", "group_2"):
+        assert props[groups == key].min() >= FLOORS.get(key, 0.002) - 1e-15
+    assert props[groups == "group_0"].min() == pytest.approx(0.05)
+    args = regret.build_parser().parse_args(["--env", "linear", "--users", "20"])
+    assert args.users == 20
