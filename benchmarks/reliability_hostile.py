@@ -6,7 +6,8 @@ and in turn:
 1. **hostile slates**: 20 concurrent clients (in another process) send slates of
    ``k = 20`` over 1,000 candidates (over the work budget) and of ``k = 10`` over 100
    (within it, chosen in the decision thread) for ``seconds``, while this process times
-   ``/healthz`` and ordinary decisions one after the other: their p99s are reported;
+   ``/healthz`` and ordinary decisions one after the other, from the moment all 20 are
+   sending: their p99s are reported;
 2. **huge numbers**: contexts, candidate features and catalog items near 1e100–1e308,
    then ordinary decisions and rewards: every acknowledged reward must be stored with its
    status and value, and the live head must be finite and equal to the head rebuilt from
@@ -59,8 +60,13 @@ PEAK_MEMORY_KB = 1 << 20  # 1 GiB
 
 
 # ---------------------------------------------------------------------- 1. slates
-def _hostile_sender(url: str, seconds: float, seed: int, results: Any) -> None:
-    """One of the hostile clients (threads of a separate process): the status codes."""
+def _hostile_sender(url: str, seconds: float, seed: int, results: Any, sending: Any) -> None:
+    """The hostile clients (threads of a separate process): the status codes.
+
+    Each thread opens its HTTP client before any request, and ``sending`` is set once all
+    of them have: opening 20 ``httpx`` clients costs about 0.4 s of CPU here (an SSL
+    context each), which is the load generator starting, not the attack, and would
+    otherwise be timed as the service's latency on a 2-core machine."""
     rng = np.random.default_rng(seed)
     dims = serving_load.DIM_USER, serving_load.DIM_ARM
 
@@ -79,13 +85,15 @@ def _hostile_sender(url: str, seconds: float, seed: int, results: Any) -> None:
     bodies = [body(1000, 20), body(100, 10)]
     codes: list[int] = []
     lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+    opened = threading.Barrier(HOSTILE_CLIENTS + 1)
+    stop = [0.0]
 
     def client(i: int) -> None:
         headers = {"content-type": "application/json"}
         with httpx.Client(base_url=url, timeout=60.0) as http:
+            opened.wait()
             j = i
-            while time.perf_counter() < stop:
+            while time.perf_counter() < stop[0]:
                 try:
                     code = http.post("/v1/decisions", content=bodies[j % 2], headers=headers)
                     status = code.status_code
@@ -98,6 +106,9 @@ def _hostile_sender(url: str, seconds: float, seed: int, results: Any) -> None:
     threads = [threading.Thread(target=client, args=(i,)) for i in range(HOSTILE_CLIENTS)]
     for t in threads:
         t.start()
+    stop[0] = time.perf_counter() + seconds
+    opened.wait()
+    sending.set()
     for t in threads:
         t.join()
     results.put(codes)
@@ -116,13 +127,15 @@ def hostile_slates(service: Service, seconds: float) -> dict[str, Any]:
     """p99 of ``/healthz`` and of ordinary decisions during the hostile slates."""
     _env, requests = serving_load.make_workload(11, 200)
     ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    sender = ctx.Process(target=_hostile_sender, args=(service.url, seconds, 5, results))
+    results, sending = ctx.Queue(), ctx.Event()
+    sender = ctx.Process(target=_hostile_sender, args=(service.url, seconds, 5, results, sending))
     health: list[float] = []
     decisions: list[float] = []
     with httpx.Client(base_url=service.url, timeout=30.0) as http:
         sender.start()
-        time.sleep(min(1.0, seconds / 4))  # the hostile clients are sending
+        if not sending.wait(120):
+            raise RuntimeError("the hostile clients did not start within 120 s")
+        time.sleep(min(1.0, seconds / 4) / 5)  # their first requests are in flight
         stop = time.perf_counter() + seconds * 0.7
         i = 0
         while time.perf_counter() < stop:
