@@ -19,6 +19,7 @@ import functools
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 import scipy.linalg.lapack
 
 from bandit_core._validation import FloatArray
@@ -143,11 +144,31 @@ def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArra
 
 
 def inv_chol_rank1_product(inv_chol: FloatArray, x: FloatArray) -> FloatArray:
-    """:func:`inv_chol_rank1_update` (``sign = +1``) of one factor (d, d) as one product,
-    whatever d: for a model that updates one factor per observation at d of about 50–100
-    (the hybrid model's Schur complement), where the product's single BLAS call is faster
-    than the cumulative-sum form's many d × d passes."""
-    return _rank1_single(inv_chol, x, 1.0)
+    """:func:`inv_chol_rank1_update` (``sign = +1``) of one factor (d, d) as one
+    triangular product, whatever d: for a model that updates one factor per observation
+    at d of about 50–100 (the hybrid model's Schur complement), where one BLAS call is
+    faster than the cumulative-sum form's many d × d passes.
+
+    The same ``N U`` as :func:`_rank1_single`, with both factors lower triangular: BLAS
+    ``dtrmm`` reads only N's lower triangle (so its strict upper one is never masked) and
+    does half the flops of a general product."""
+    d = x.shape[0]
+    p = inv_chol.dot(x)
+    betas = np.empty(d + 1)
+    betas[0] = 0.0
+    np.multiply(p, p, out=betas[1:])
+    betas.cumsum(out=betas)
+    betas += 1.0
+    beta_prev = betas[:-1]
+    root = betas[1:] * beta_prev
+    np.sqrt(root, out=root)
+    gain = np.divide(p, root)
+    np.negative(gain, out=gain)
+    n = np.multiply.outer(gain, p)  # strict lower triangle: −p_i p_j / √(β_i β_{i−1})
+    n.flat[:: d + 1] = beta_prev / root
+    # C-ordered arrays are the Fortran transposes: (N U)ᵀ = Uᵀ Nᵀ, Nᵀ upper triangular
+    out: FloatArray = scipy.linalg.blas.dtrmm(1.0, n.T, inv_chol.T, side=1, lower=0).T
+    return out
 
 
 def upper_triangular_factor(columns: FloatArray) -> FloatArray:

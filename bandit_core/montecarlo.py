@@ -12,6 +12,7 @@ as many as the first estimate says are needed, up to ``max_sim`` draws in all.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,12 @@ class MonteCarloOptions:
                 f"The 'max_sim' parameter of {type(self).__name__} must be at least n_sim "
                 f"({self.n_sim}). Got {self.max_sim}."
             )
+
+
+def draw_pairs(n_sim: int) -> int:
+    """J, the antithetic pairs of a decision asking for ``n_sim`` draws: ``S = 2J =
+    2·⌈(n_sim + 1)/2⌉`` draws."""
+    return (n_sim + 2) // 2
 
 
 def _pair_stats(
@@ -121,9 +128,9 @@ def thompson_draws(
     (n,) of the chosen arm's propensity.
     """
     n, k = mean.shape
-    half = (options.n_sim + 2) // 2
+    half = draw_pairs(options.n_sim)
     target = getattr(options, "target_rel_error", None)
-    if n == 1 and target is None and not _shared_centres(mean):
+    if n == 1 and target is None and distinct(mean[0]):
         return _one_decision(mean, draw(slice(0, 1), half)[0])
     cap = max(half, getattr(options, "max_sim", 2 * half) // 2)
     step = max(1, _BLOCK // (2 * half * k))
@@ -177,25 +184,48 @@ def _one_decision(
     mean: FloatArray, noise: FloatArray
 ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
     """:func:`thompson_draws` of one row (1, K) with J pairs of draws ``noise`` (J, K),
-    no tied centres and no target: the same numbers with a third of the numpy calls
-    (the request path's case). Counts and the sums of pair means (multiples of 1/4)
-    are exact in any order, so every output is bit-identical to the general path's."""
-    centre = mean[0]
+    no tied centres and no target, as arrays of one row (:func:`one_decision`)."""
+    choice, probs, scores, se = one_decision(mean[0], noise)
+    return np.full(1, choice, dtype=np.intp), probs[None], scores[None], np.full(1, se)
+
+
+def one_decision(
+    centre: FloatArray, noise: FloatArray
+) -> tuple[int, FloatArray, FloatArray, float]:
+    """One Thompson decision from the centre (K,) of the sampled scores and J pairs of
+    perturbations ``noise`` (J, K), when no two centres are equal (:func:`distinct`) and
+    no target error is set: the chosen index, the propensities (K,), the scores (K,) of
+    draw 0 and the chosen arm's standard error — the request path's case, with a third of
+    the general path's numpy calls.
+
+    Counts and the sums of pair means (multiples of 1/4) are exact in any order, and the
+    standard error is :func:`_se`'s arithmetic on Python floats (the same IEEE operations),
+    so every output is bit-identical to :func:`thompson_draws`' general path."""
     half, k = noise.shape
-    plus = centre + noise
-    minus = centre - noise
-    first = plus[0]
-    choice = int(first.argmax())
-    up = plus.argmax(axis=1)
-    down = minus.argmax(axis=1)
-    counts = np.bincount(up, minlength=k) + np.bincount(down, minlength=k)
-    y = np.add(up == choice, down == choice, dtype=np.float64)
-    y /= 2.0
-    pairs = np.full(1, float(half))
-    s1 = np.full(1, y.sum())
-    s2 = np.full(1, y.dot(y))
-    probs = (counts / (2.0 * pairs))[None]
-    return np.full(1, choice, dtype=np.intp), probs, first[None], _se(s1, s2, pairs)
+    sampled = np.empty((2 * half, k))
+    np.add(centre, noise, out=sampled[:half])
+    np.subtract(centre, noise, out=sampled[half:])
+    winners = sampled.argmax(axis=1)
+    choice = int(winners[0])
+    counts = np.bincount(winners, minlength=k)
+    hits = winners == choice
+    # pair j's mean y_j is (wins of its two draws)/2: Σy = wins/2 and, with n₂ pairs won
+    # twice, Σy² = (wins + 2·n₂)/4 (exact: multiples of 1/4)
+    wins = float(counts[choice])
+    twice = float(np.count_nonzero(hits[:half] & hits[half:]))
+    pairs = float(half)
+    s1 = wins / 2.0
+    s2 = (wins + 2.0 * twice) / 4.0
+    mean = s1 / pairs
+    var = max(s2 / pairs - mean * mean, 0.0) * pairs / max(pairs - 1.0, 1.0)
+    probs: FloatArray = counts / (2.0 * pairs)
+    return choice, probs, sampled[0], math.sqrt(var / pairs)
+
+
+def distinct(centre: FloatArray) -> bool:
+    """Whether the K centres of one row are all different (:func:`_shared_centres`' test
+    for one row, without sorting)."""
+    return bool(len(set(centre.tolist())) == centre.shape[0])
 
 
 def _se(s1: FloatArray, s2: FloatArray, pairs: FloatArray) -> FloatArray:

@@ -47,6 +47,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from threadpoolctl import threadpool_limits
 
 from bandit_core import make_policy
 from bandit_core.catalog import CATALOG
@@ -246,6 +247,7 @@ def run_agent(
     """Replay ``stream`` to ``agent`` online; regret from the expected rewards.
 
     The agent learns from ``reward / reward_scale``; the result is in the env's units.
+    Numpy and scipy run on one BLAS thread during the replay (the service's setting).
     ``chosen``, when given, receives the index of the arm chosen at every step; ``users``
     (one per step) says whom each of our policies' decisions is for.
     """
@@ -254,23 +256,27 @@ def run_agent(
     reward_sum = 0.0
     busy = 0.0
     step_users = users if isinstance(agent, PolicyAgent) else None  # peers: no users
-    for t in range(steps):
-        x, cands, means = stream.contexts[t], stream.candidates[t], stream.means[t]
-        if step_users is not None:
-            agent.user = step_users[t]
-        start = time.perf_counter()
-        arm, prop = agent.choose(x, cands, rng)
-        busy += time.perf_counter() - start
-        if chosen is not None:
-            chosen.append(arm)
-        reward = env.reward(means, arm, float(stream.uniforms[t]))
-        start = time.perf_counter()
-        agent.learn(x, cands, arm, reward / reward_scale, prop)
-        busy += time.perf_counter() - start
-        regrets[t] = means.max() - means[arm]
-        reward_sum += reward
-        if on_step is not None and (t + 1) % 100 == 0:
-            on_step(100)
+    # one BLAS thread (numpy's and scipy's OpenBLAS), as in the service and
+    # benchmarks.latency: a step's matrices are small, and waking BLAS worker threads
+    # costs more than they give (docs/benchmarks.md, issue 23's digits timing)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for t in range(steps):
+            x, cands, means = stream.contexts[t], stream.candidates[t], stream.means[t]
+            if step_users is not None:
+                agent.user = step_users[t]
+            start = time.perf_counter()
+            arm, prop = agent.choose(x, cands, rng)
+            busy += time.perf_counter() - start
+            if chosen is not None:
+                chosen.append(arm)
+            reward = env.reward(means, arm, float(stream.uniforms[t]))
+            start = time.perf_counter()
+            agent.learn(x, cands, arm, reward / reward_scale, prop)
+            busy += time.perf_counter() - start
+            regrets[t] = means.max() - means[arm]
+            reward_sum += reward
+            if on_step is not None and (t + 1) % 100 == 0:
+                on_step(100)
     if on_step is not None:
         on_step(steps % 100)
     agent.close()

@@ -164,6 +164,26 @@ def test_thompson_propensities_track_the_choice_frequencies() -> None:
     np.testing.assert_allclose(picks / n, mean_probs / n, atol=4 * np.sqrt(0.25 / n))
 
 
+@pytest.mark.parametrize("n_cands", [4, 30])  # K < k (QR factor of the shared noise), K ≥ k
+def test_one_decision_path_equals_the_batch_path(n_cands: int) -> None:
+    """``select`` (one context: the draws go straight to ``one_decision``) gives the same
+    bits as ``select_batch`` of that one row with the same generator state."""
+    policy: Any = make_policy("hybrid_lints", dim_user=DU, dim_arm=DA, n_sim=200)
+    x, arms, feats, r = _stream(6, 80)
+    policy.update_batch(x, arms, r, feats)
+    policy.update(x[0], arms[0], 1.0, feats[0])  # a rank-one step after the refactorisation
+    rng = np.random.default_rng(12)
+    cands = Candidates(tuple(f"c{i}" for i in range(n_cands)), rng.standard_normal((n_cands, DA)))
+    for seed in range(5):
+        context = rng.standard_normal(DU)
+        one = policy.select(context, cands, np.random.default_rng(seed))
+        batch = policy.select_batch(context[None], cands, np.random.default_rng(seed))
+        assert one.arm == int(batch.arms[0])
+        np.testing.assert_array_equal(one.probabilities, batch.probabilities[0])
+        np.testing.assert_array_equal(one.scores, batch.scores[0])
+        assert one.propensity_se == float(batch.propensity_se[0])
+
+
 @pytest.mark.parametrize(
     ("config_class", "options", "message"),
     [

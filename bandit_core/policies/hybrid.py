@@ -49,10 +49,12 @@ shared part is drawn as ``ε R`` (ε of dimension K) with ``U₀Cᵀ = QR``: the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import numpy as np
+import scipy.linalg.blas
 from numpy.typing import NDArray
 
 from bandit_core._validation import FloatArray, Interval, validate_params
@@ -62,7 +64,7 @@ from bandit_core.linalg import (
     inverse_cholesky,
     upper_triangular_factor,
 )
-from bandit_core.montecarlo import thompson_draws
+from bandit_core.montecarlo import distinct, draw_pairs, one_decision, thompson_draws
 from bandit_core.policies.linear import (
     LinearConfig,
     LinearPolicy,
@@ -137,10 +139,11 @@ def scoring_block(
     ub : (m, d, k)
         ``U_a B_a`` (so ``B_aᵀA_a⁻¹B_a = (U_aB_a)ᵀ(U_aB_a)``).
     """
+    # batched BLAS products (numpy's einsum would not use BLAS for these)
     ub = inv_chol @ cross
-    cov = np.einsum("mji,mjl->mil", inv_chol, inv_chol)  # A⁻¹ = UᵀU
-    gain = np.einsum("mji,mjl->mil", ub, inv_chol)  # (A⁻¹B)ᵀ = (UB)ᵀU, (m, k, d)
-    fit = np.einsum("mid,md->mi", cov, xty)[:, None, :]  # (A⁻¹b)ᵀ
+    cov = inv_chol.transpose(0, 2, 1) @ inv_chol  # A⁻¹ = UᵀU
+    gain = ub.transpose(0, 2, 1) @ inv_chol  # (A⁻¹B)ᵀ = (UB)ᵀU, (m, k, d)
+    fit = (cov @ xty[..., None]).transpose(0, 2, 1)  # (A⁻¹b)ᵀ, (m, 1, d)
     return np.concatenate([cov, gain, fit], axis=1), ub
 
 
@@ -180,7 +183,9 @@ def arm_terms(
             out = out[:, rows]
     else:  # a few candidates of many arms: only their blocks
         out = np.einsum("kcd,nd->nkc", scoring[rows], x)
-    q = np.einsum("nkd,nd->nk", out[..., :d], x)
+    # xᵀ(A_a⁻¹x): a matrix-vector product for one context (einsum's overhead is most of
+    # the cost at this size)
+    q = (out[0, :, :d] @ x[0])[None] if n == 1 else np.einsum("nkd,nd->nk", out[..., :d], x)
     np.maximum(q, 0.0, out=q)  # A_a⁻¹ is positive definite; round-off must not flip a sign
     return q, out[..., d : d + dim_shared], out[..., -1]
 
@@ -240,6 +245,7 @@ class HybridModel:
         self.count_ = 0.0
         self.pending_ = 0
         self._weights: FloatArray | None = None
+        self._noise: tuple[float, float] | None = None
         self._unfolded: list[tuple[int, FloatArray]] = []  # (slot, [x ; z])
 
     # -- arms ----------------------------------------------------------------
@@ -310,11 +316,14 @@ class HybridModel:
         return mean[0], proj[0], None
 
     def noise_posterior(self) -> tuple[float, float]:
-        """Inverse-gamma ``(a, b)`` of σ²: ``a0 + n/2``, ``b0 + ½(Σr² − bᵀM⁻¹b)``."""
-        cfg = self.config
-        # b̂ᵀS⁻¹b̂ = b̂ᵀβ̂
-        fit = self.yty_ - float(self.reduced_.dot(self.beta_)) - float(self.arm_fit_.sum())
-        return cfg.a0 + 0.5 * self.count_, cfg.b0 + 0.5 * max(fit, 0.0)
+        """Inverse-gamma ``(a, b)`` of σ²: ``a0 + n/2``, ``b0 + ½(Σr² − bᵀM⁻¹b)``, cached
+        until the next update."""
+        if self._noise is None:
+            cfg = self.config
+            # b̂ᵀS⁻¹b̂ = b̂ᵀβ̂
+            fit = self.yty_ - float(self.reduced_.dot(self.beta_)) - float(self.arm_fit_.sum())
+            self._noise = (cfg.a0 + 0.5 * self.count_, cfg.b0 + 0.5 * max(fit, 0.0))
+        return self._noise
 
     # -- learning -----------------------------------------------------------------
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
@@ -351,9 +360,13 @@ class HybridModel:
         self.schur_inv_chol_ = inv_chol_rank1_product(self.schur_inv_chol_, c * np.sqrt(scale))
         self.reduced_ += (scale * e) * c
         self.xty0_ += r * z
-        # the arm's block
+        # the arm's block, in place: one BLAS rank-one update of its Fortran view (a copy
+        # of the stack, e.g. one loaded from a file, may not be contiguous: then numpy's)
         lift *= scale
-        block += lift[:, None] * w
+        if block.flags.c_contiguous:
+            scipy.linalg.blas.dger(1.0, w, lift, a=block.T, overwrite_a=1)
+        else:
+            block += lift[:, None] * w
         # A₀, A_a and B_a are read only by a refactorisation: summed there, in one product
         self._unfolded.append((slot, np.concatenate((x, z))))  # a copy of x
         if len(self._unfolded) >= _FOLD_EVERY:  # bounded memory whatever refactor_every
@@ -368,7 +381,7 @@ class HybridModel:
     def _set_beta(self) -> None:
         u0 = self.schur_inv_chol_
         self.beta_ = u0.T.dot(u0.dot(self.reduced_))
-        self._weights = None
+        self._weights = self._noise = None
 
     def revise_one(
         self, context: FloatArray, arm_id: str, feats: FloatArray, old: float, new: float
@@ -445,7 +458,8 @@ class HybridModel:
         inv_chol = inverse_cholesky(self.precision_)
         self.scoring_, ub = scoring_block(inv_chol, self.cross_, self.xty_)
         d, k = self.config.dim_user, self.dim_shared
-        schur = self.gram0_ - np.einsum("mdk,mdl->kl", ub, ub)
+        stacked = ub.reshape(-1, k)  # Σ_a (U_aB_a)ᵀ(U_aB_a) as one product
+        schur = self.gram0_ - stacked.T @ stacked
         gain = self.scoring_[:, d : d + k]  # (m, k, d)
         self.reduced_ = self.xty0_ - np.einsum("mkd,md->k", gain, self.xty_)
         self.arm_fit_ = np.einsum("md,md->m", self.scoring_[:, -1], self.xty_)
@@ -492,7 +506,7 @@ class HybridModel:
                     f"state array {key!r} must have shape {expected}; got {value.shape}."
                 )
             setattr(self, name, value.copy())
-        self._weights = None
+        self._weights = self._noise = None
         scalars = np.asarray(arrays["hybrid.scalars"], dtype=np.float64)
         if scalars.shape != (3,):
             raise ValueError(
@@ -545,10 +559,30 @@ class _HybridThompsonRule:
     def _explore_se(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
     ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | None]:
+        return thompson_draws(mean, self._sampler(proj, rng), self.config, rng)
+
+    def _explore_one(
+        self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator
+    ) -> tuple[int, FloatArray, FloatArray, float | None]:
+        """One decision: :func:`~bandit_core.montecarlo.one_decision` straight from the
+        draws when it applies (the same numbers as :meth:`_explore_se`, fewer calls)."""
+        cfg = self.config
+        if cfg.target_rel_error is not None or not distinct(mean):
+            # LinearPolicy's (next in the policies' MRO): through _explore_se
+            general: tuple[int, FloatArray, FloatArray, float | None]
+            general = super()._explore_one(mean, proj, heads, rng)  # type: ignore[misc]
+            return general
+        draw = self._sampler(proj[None], rng)
+        return one_decision(mean, draw(slice(0, 1), draw_pairs(cfg.n_sim))[0])
+
+    def _sampler(
+        self, proj: FloatArray, rng: np.random.Generator
+    ) -> Callable[[slice, int], FloatArray]:
+        """``draw(rows, J)``: J perturbations (m, J, K) of the rows' sampled scores."""
         cfg = self.config
         k = self.model.dim_shared
         shared, width = proj[..., :k], proj[..., k]  # [U₀c ; √(xᵀA_a⁻¹x)]
-        n, k_cands = mean.shape
+        n, k_cands = proj.shape[:2]
         if k_cands < k:
             # the shared noise ε₀ᵀU₀c_a of K < k candidates drawn in K dimensions: with
             # U₀C ᵀ = QR, ε R (ε ~ N(0, I_K)) has the same covariance C S⁻¹ Cᵀ = RᵀR
@@ -569,7 +603,7 @@ class _HybridThompsonRule:
                 noise *= cfg.v
             return noise
 
-        return thompson_draws(mean, draw, cfg, rng)
+        return draw
 
 
 class HybridLinUCB(_UCBRule, HybridPolicy):
