@@ -110,16 +110,10 @@ def _signed_strict_lower(d: int, sign: float) -> FloatArray:
     return out
 
 
-def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArray:
-    """The same update for one head with the fewest numpy calls (request path).
-
-    The new factor is ``N U`` with ``N = L̃⁻¹ = diag(s) + strict_tril(g pᵀ)``,
-    ``s_j = √(β_{j−1}/β_j)`` and ``g_j = −sign · p_j / √(β_j β_{j−1})``: one small
-    matrix built from two vectors and one BLAS product (d³ flops, but at d ≤ 64 the
-    product is cheaper than the extra numpy calls of the cumulative-sum form). Every
-    temporary is updated in place: at this size each numpy call costs more than its
-    arithmetic.
-    """
+def _rank1_terms(
+    inv_chol: FloatArray, x: FloatArray, sign: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``p = U x``, ``β_{j−1}`` and ``√(β_j β_{j−1})`` (each (d,)) of one rank-one step."""
     d = x.shape[0]
     p = inv_chol.dot(x)  # .dot: the same BLAS call as @ with less overhead
     # betas[j] = β_j for j = 0..d: one cumulative sum of (0, ±p₁², …, ±p_d²) plus one,
@@ -136,6 +130,21 @@ def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArra
     beta_prev = betas[:-1]
     root = betas[1:] * beta_prev
     np.sqrt(root, out=root)
+    return p, beta_prev, root
+
+
+def _rank1_single(inv_chol: FloatArray, x: FloatArray, sign: float) -> FloatArray:
+    """The same update for one head with the fewest numpy calls (request path).
+
+    The new factor is ``N U`` with ``N = L̃⁻¹ = diag(s) + strict_tril(g pᵀ)``,
+    ``s_j = √(β_{j−1}/β_j)`` and ``g_j = −sign · p_j / √(β_j β_{j−1})``: one small
+    matrix built from two vectors and one BLAS product (d³ flops, but at d ≤ 64 the
+    product is cheaper than the extra numpy calls of the cumulative-sum form). Every
+    temporary is updated in place: at this size each numpy call costs more than its
+    arithmetic.
+    """
+    d = x.shape[0]
+    p, beta_prev, root = _rank1_terms(inv_chol, x, sign)
     n = (p / root)[:, None] * p
     n *= _signed_strict_lower(d, sign)
     n.flat[:: d + 1] = beta_prev / root  # √(β_{j−1}/β_j)
@@ -153,15 +162,7 @@ def inv_chol_rank1_product(inv_chol: FloatArray, x: FloatArray) -> FloatArray:
     ``dtrmm`` reads only N's lower triangle (so its strict upper one is never masked) and
     does half the flops of a general product."""
     d = x.shape[0]
-    p = inv_chol.dot(x)
-    betas = np.empty(d + 1)
-    betas[0] = 0.0
-    np.multiply(p, p, out=betas[1:])
-    betas.cumsum(out=betas)
-    betas += 1.0
-    beta_prev = betas[:-1]
-    root = betas[1:] * beta_prev
-    np.sqrt(root, out=root)
+    p, beta_prev, root = _rank1_terms(inv_chol, x, 1.0)
     gain = np.divide(p, root)
     np.negative(gain, out=gain)
     n = np.multiply.outer(gain, p)  # strict lower triangle: −p_i p_j / √(β_i β_{i−1})

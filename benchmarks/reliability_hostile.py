@@ -57,6 +57,7 @@ from benchmarks.reliability import (
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HOSTILE_CLIENTS = 20
 PEAK_MEMORY_KB = 1 << 20  # 1 GiB
+OPEN_TIMEOUT_S = 60.0  # for the hostile clients to open their connections
 
 
 # ---------------------------------------------------------------------- 1. slates
@@ -91,7 +92,7 @@ def _hostile_sender(url: str, seconds: float, seed: int, results: Any, sending: 
     def client(i: int) -> None:
         headers = {"content-type": "application/json"}
         with httpx.Client(base_url=url, timeout=60.0) as http:
-            opened.wait()
+            opened.wait(OPEN_TIMEOUT_S)  # a client that cannot open breaks it for all
             j = i
             while time.perf_counter() < stop[0]:
                 try:
@@ -107,8 +108,12 @@ def _hostile_sender(url: str, seconds: float, seed: int, results: Any, sending: 
     for t in threads:
         t.start()
     stop[0] = time.perf_counter() + seconds
-    opened.wait()
-    sending.set()
+    try:
+        opened.wait(OPEN_TIMEOUT_S)
+    except threading.BrokenBarrierError:
+        pass  # the threads end at once; the parent gives up waiting for ``sending``
+    else:
+        sending.set()
     for t in threads:
         t.join()
     results.put(codes)
@@ -133,8 +138,9 @@ def hostile_slates(service: Service, seconds: float) -> dict[str, Any]:
     decisions: list[float] = []
     with httpx.Client(base_url=service.url, timeout=30.0) as http:
         sender.start()
-        if not sending.wait(120):
-            raise RuntimeError("the hostile clients did not start within 120 s")
+        if not sending.wait(OPEN_TIMEOUT_S + 60):
+            sender.terminate()
+            raise RuntimeError("the hostile clients did not open their connections")
         time.sleep(min(1.0, seconds / 4) / 5)  # their first requests are in flight
         stop = time.perf_counter() + seconds * 0.7
         i = 0

@@ -95,6 +95,22 @@ def test_online_updates_equal_the_dense_posterior(options: dict[str, Any]) -> No
     _compare(policy, dense)
 
 
+def test_rank_one_steps_on_non_contiguous_blocks_equal_the_dense_posterior() -> None:
+    """An arm's block is updated in place by BLAS on its Fortran view; a stack of blocks
+    that is not C-contiguous takes numpy's update, with the same posterior."""
+    policy: Any = make_policy("hybrid_linucb", dim_user=DU, dim_arm=DA, interactions=True)
+    dense = Dense(policy.model.features, [*IDS, "new"], policy.config.lambda_prior)
+    x, arms, feats, r = _stream(3, 120)
+    for t in range(120):
+        if t == 60:
+            model = policy.model
+            model.scoring_ = np.asfortranarray(model.scoring_)
+            assert not model.scoring_[1].flags.c_contiguous
+        policy.update(x[t], arms[t], r[t], feats[t])
+        dense.head.update(dense.phi(x[t], arms[t], feats[t]), r[t])
+    _compare(policy, dense)
+
+
 def test_batch_update_rebuild_and_revision_equal_the_dense_posterior() -> None:
     x, arms, feats, r = _stream(1, 200)
     batch: Any = make_policy("hybrid_lints", dim_user=DU, dim_arm=DA, interactions=True)
