@@ -13,16 +13,19 @@ score ``m + c √(b/a) t_{2a}``). No Monte-Carlo draw is involved.
 Numerics (all vectorised over rows and arms):
 
 * **Range.** With ``L`` the ``1 − δ`` quantile of the heaviest-tailed arm,
-  ``lo`` = the second largest ``m_b − L c_b`` and ``hi = max_b m_b + L c_b``. Below ``lo``
-  two arms have ``F_b ≤ δ``, so the part of (1) left out there is at most ``δ²``. Above
-  ``hi`` every ``1 − F_b ≤ δ`` and ``G_a = Π_{b≠a} F_b`` lies in ``[G_a(hi), 1]``; the tail
-  is added as ``(1 − F_a(hi)) (1 + G_a(hi)) / 2``, wrong by at most ``(K − 1) δ² / 2``.
+  ``hi = max_b m_b + L c_b``; ``lo`` is the largest, over ``j ∈ {2, 3, 4, 6, 12}``, of the
+  j-th largest ``m_b − L_j c_b``, ``L_j`` the quantile of ``δ_j = δ^(2/j)``. Below ``lo``
+  some j arms all have ``F_b ≤ δ_j``, so the part of (1) left out there is at most
+  ``δ_j^j = δ²`` (with many arms a larger j lifts ``lo`` well above the second arm's lower
+  end, and fewer panels are needed). Above ``hi`` every ``1 − F_b ≤ δ`` and
+  ``G_a = Π_{b≠a} F_b`` lies in ``[G_a(hi), 1]``; the tail is added as
+  ``(1 − F_a(hi)) (1 + G_a(hi)) / 2``, wrong by at most ``(K − 1) δ² / 2``.
 * **Quadrature.** ``[lo, hi]`` is cut into equal panels no wider than ``ρ`` times the
   smallest scale among the arms that vary inside it, each with ``n``-point
   Gauss–Legendre nodes. Only densities are evaluated at the nodes (cheap: one ``exp``
   or ``log1p``); each ``F_b`` there is ``F_b(lo)`` (one special-function call per arm)
   plus the running integral of ``f_b``, exact for polynomials of degree ``n − 1`` on each
-  panel (a fixed spectral integration matrix).
+  panel (a fixed spectral integration matrix); so is ``F_b(hi)``.
 * **Degenerate arms** (``c_b = 0``, e.g. a zero context) are point masses: a continuous
   arm can only win above the largest of them, ``M``; the degenerate arms tied at ``M``
   share ``Π_{continuous b} F_b(M)`` equally (the sampler breaks their ties uniformly);
@@ -71,24 +74,35 @@ def _integration_rule(n: int) -> tuple[FloatArray, FloatArray, FloatArray]:
 
 
 _X, _W, _M = _integration_rule(NODES)
+#: j: below ``lo`` at least j arms lie under their ``δ_j = TAIL^(2/j)`` quantile, so the
+#: mass left out there is at most ``δ_j^j = TAIL²`` (the range starts at the largest such
+#: point over these j; with many arms a larger j raises it)
+_LOW_COUNTS = np.array([2, 3, 4, 6, 12])
+_TINY = 1e-300
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-def _tail_quantile(df: FloatArray | None) -> float:
-    """``L``: the ``1 − δ`` quantile of the heaviest tail among the arms (computed for the
-    smallest ν rounded down to a multiple of 1/4, which only widens the range)."""
+def _smallest_df(df: FloatArray | None) -> float | None:
+    """The heaviest tail among the arms: the smallest ν rounded down to a multiple of 1/4
+    (which only widens the range), or None for Normal scores."""
     if df is None:
-        return _NORMAL_L
+        return None
     smallest = float(np.min(df))
     rounded = math.floor(smallest * 4.0) / 4.0
-    return _t_quantile(rounded if rounded > 0.0 else smallest)
-
-
-_NORMAL_L = float(-special.ndtri(TAIL))
+    return rounded if rounded > 0.0 else smallest
 
 
 @functools.lru_cache(maxsize=1024)
-def _t_quantile(nu: float) -> float:
-    return float(special.stdtrit(nu, 1.0 - TAIL))
+def _quantiles(nu: float | None) -> FloatArray:
+    """``L`` for ``TAIL`` and ``L_j`` for each ``δ_j`` of ``_LOW_COUNTS``: upper quantiles of
+    the standard Normal (``nu`` None) or of Student-t with ``nu`` degrees of freedom."""
+    tails = np.concatenate([[TAIL], TAIL ** (2.0 / _LOW_COUNTS)])
+    out = np.asarray(
+        -special.ndtri(tails) if nu is None else special.stdtrit(nu, 1.0 - tails), dtype=np.float64
+    )
+    out.flags.writeable = False
+    return out
 
 
 def _cdf(z: FloatArray, df: FloatArray | None) -> FloatArray:
@@ -190,15 +204,41 @@ def _grid(
     mean: FloatArray, scale: FloatArray, df: FloatArray | None, floor: float = -np.inf
 ) -> tuple[FloatArray, FloatArray, NDArray[np.intp]]:
     """Integration range ``[lo, hi]`` (m,) and number of panels (m,) of each row."""
-    big_l = _tail_quantile(df)
-    low_ends = np.sort(mean - big_l * scale, axis=1)
-    lo = np.maximum(low_ends[:, -2], floor)
-    hi = np.maximum((mean + big_l * scale).max(axis=1), lo + 1e-300)
+    k = mean.shape[1]
+    quantiles = _quantiles(_smallest_df(df))
+    big_l = quantiles[0]
+    upper = mean + big_l * scale
+    lower = mean - big_l * scale
+    hi = upper.max(axis=1)
+    # lo: the largest point below which j arms all lie with probability ≥ 1 − δ_j each
+    levels, ranks = _low_ranks(k)
+    lows = np.sort(mean[:, None, :] - quantiles[levels, None] * scale[:, None, :], axis=2)
+    lo = lows[:, ranks[0], ranks[1]].max(axis=1)
+    np.maximum(lo, floor, out=lo)
+    np.maximum(hi, lo + 1e-300, out=hi)
     # arms that vary inside [lo, hi] set the panel width
-    varies = (mean + big_l * scale > lo[:, None]) & (mean - big_l * scale < hi[:, None])
+    varies = upper > lo[:, None]
+    varies &= lower < hi[:, None]
     finest = np.where(varies, scale, np.inf).min(axis=1)
-    panels = np.clip(np.ceil((hi - lo) / (PANEL_WIDTH * finest)), 1, MAX_PANELS)
+    panels = np.ceil((hi - lo) / (PANEL_WIDTH * finest))
+    np.maximum(panels, 1.0, out=panels)
+    np.minimum(panels, MAX_PANELS, out=panels)
     return lo, hi, panels.astype(np.intp)
+
+
+@functools.lru_cache(maxsize=256)
+def _low_ranks(k: int) -> tuple[NDArray[np.intp], tuple[NDArray[np.intp], NDArray[np.intp]]]:
+    """For ``k`` arms: the rows of ``_quantiles`` used (the j ≤ k) and, in the sorted
+    (j, arm) table of lower quantiles, the position of each level's j-th largest."""
+    usable = np.flatnonzero(k >= _LOW_COUNTS)
+    return usable + 1, (np.arange(usable.size), k - _LOW_COUNTS[usable])
+
+
+@functools.lru_cache(maxsize=256)
+def _panel_nodes(p: int) -> tuple[FloatArray, FloatArray]:
+    """Nodes of ``p`` panels of width 1 from 0 (p·n,) and their Gauss–Legendre weights."""
+    nodes = (np.arange(p)[:, None] + _X[None, :]).ravel()
+    return nodes, np.tile(_W, p)
 
 
 def _continuous(
@@ -211,47 +251,44 @@ def _continuous(
 ) -> FloatArray:
     """(1) for rows of continuous arms (m, K) on ``p`` panels of ``[lo, hi]`` (renormalised:
     with ``lo`` raised to a point mass, the law of the winner given that it beats it)."""
-    width = hi - lo
-    h = width / p  # (m,)
-    # nodes (m, p, n): lo + h (panel + x)
-    nodes = lo[:, None, None] + h[:, None, None] * (np.arange(p)[None, :, None] + _X[None, None, :])
+    m, k = mean.shape
+    h = (hi - lo) / p  # (m,)
+    offsets, weights = _panel_nodes(p)
+    nodes = lo[:, None] + h[:, None] * offsets  # (m, P)
     inv_c = 1.0 / scale  # (m, K)
-    z = (nodes[:, None, :, :] - mean[:, :, None, None]) * inv_c[:, :, None, None]  # (m,K,p,n)
-    const = _log_density_const(df)
-    dens = z * z
+    # log of (density × panel width) of every arm at every node, (m, K, P)
     if df is None:
-        dens *= -0.5
-        dens += const
+        dens = (nodes[:, None, :] - mean[:, :, None]) * (inv_c * _SQRT_HALF)[:, :, None]
+        dens *= dens
+        np.subtract(np.log(inv_c * (h[:, None] * _INV_SQRT_2PI))[:, :, None], dens, out=dens)
         start = special.ndtr((lo[:, None] - mean) * inv_c)
-        end = special.ndtr((hi[:, None] - mean) * inv_c)
     else:
-        nu = df[:, :, None, None]
-        dens /= nu
+        dens = (nodes[:, None, :] - mean[:, :, None]) * (inv_c / np.sqrt(df))[:, :, None]
+        dens *= dens
         np.log1p(dens, out=dens)
-        dens *= -0.5 * (nu + 1.0)
-        dens += np.asarray(const)[:, :, None, None]
+        dens *= (-0.5 * (df + 1.0))[:, :, None]
+        dens += (_log_density_const(df) + np.log(inv_c * h[:, None]))[:, :, None]
         start = special.stdtr(df, (lo[:, None] - mean) * inv_c)
-        end = special.stdtr(df, (hi[:, None] - mean) * inv_c)
     np.exp(dens, out=dens)
-    dens *= (inv_c * h[:, None])[:, :, None, None]  # density × panel width
-    shape = dens.shape
     flat = dens.reshape(-1, NODES)  # one matrix product for every arm and panel
-    cdf = (flat @ _M.T).reshape(shape)  # ∫ from the panel's start to each node
-    totals = (flat @ _W).reshape(shape[:3])  # (m, K, p) per panel
-    cdf += (np.cumsum(totals, axis=2) - totals)[..., None]
-    cdf += start[:, :, None, None]
-    np.clip(cdf, 0.0, 1.0, out=cdf)
-    # leave-one-out products G_a = Π_{b≠a} F_b; where F_a = 0 the density f_a is 0 too
-    everything = np.prod(cdf, axis=1, keepdims=True)
-    loo = np.divide(everything, cdf, out=np.zeros(shape), where=cdf > 0.0)
-    loo *= dens
-    body = (loo.reshape(-1, NODES) @ _W).reshape(shape[:3]).sum(axis=2)
-    # above hi: G_a ∈ [G_a(hi), 1]; take the midpoint
-    end_prod = np.prod(end, axis=1, keepdims=True)
-    safe_end = np.where(end > 0.0, end, 1.0)
-    g_hi = np.where(end > 0.0, end_prod / safe_end, 0.0)
-    tail = (1.0 - end) * (1.0 + g_hi) / 2.0
-    probs = np.maximum(body + tail, 0.0)
-    total = probs.sum(axis=1, keepdims=True)
-    out: FloatArray = probs / total
-    return out
+    cdf: FloatArray = (flat @ _M.T).reshape(m, k, p, NODES)  # ∫ from the panel's start
+    totals = (flat @ _W).reshape(m, k, p)  # per panel
+    running = np.cumsum(totals, axis=2)
+    end = running[:, :, -1] + start  # F(hi)
+    running -= totals
+    running += start[:, :, None]
+    cdf += running[..., None]
+    cdf = cdf.reshape(m, k, p * NODES)
+    # leave-one-out products G_a = Π_{b≠a} F_b; where F_a is 0 (or rounds below) so is f_a
+    np.maximum(cdf, _TINY, out=cdf)
+    everything = np.prod(cdf, axis=1)  # (m, P)
+    everything *= weights
+    np.divide(dens, cdf, out=dens)
+    body: FloatArray = np.matmul(dens, everything[:, :, None])[:, :, 0]
+    # above hi: G_a ∈ [G_a(hi), 1]; take the midpoint (every F(hi) ≥ 1 − δ)
+    np.clip(end, _TINY, 1.0, out=end)
+    g_hi = np.prod(end, axis=1, keepdims=True) / end
+    body += (1.0 - end) * (1.0 + g_hi) * 0.5
+    np.maximum(body, 0.0, out=body)
+    body /= body.sum(axis=1, keepdims=True)
+    return body

@@ -7,7 +7,7 @@ import pytest
 from scipy import integrate, special, stats
 
 from bandit_core import Candidates, make_policy
-from bandit_core.argmax_quadrature import argmax_probabilities
+from bandit_core.argmax_quadrature import _grid, _quantiles, _smallest_df, argmax_probabilities
 
 
 def _quad_reference(mean: np.ndarray, scale: np.ndarray, df: np.ndarray | None) -> np.ndarray:
@@ -47,6 +47,23 @@ def test_quadrature_equals_adaptive_reference_to_1e_8(student: bool) -> None:
         df = rng.uniform(4.0, 60.0, k) if student else None
         got = argmax_probabilities(mean[None], scale[None], None if df is None else df[None])[0]
         np.testing.assert_allclose(got, _quad_reference(mean, scale, df), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("student", [False, True])
+def test_many_arms_keep_1e_8_with_the_raised_lower_end(student: bool) -> None:
+    # 14 arms of similar scores: the range starts where twelve arms lie below their
+    # δ^(1/6) quantile, far above the second arm's 1 − δ lower end
+    rng = np.random.default_rng(3)
+    k = 14
+    mean = rng.normal(0.0, 0.05, k)
+    scale = np.exp(rng.normal(-0.7, 0.3, k))
+    df = rng.uniform(8.0, 60.0, k) if student else None
+    sub_df = None if df is None else df[None]
+    lo = _grid(mean[None], scale[None], sub_df)[0][0]
+    big_l = _quantiles(_smallest_df(sub_df))[0]
+    assert lo > np.sort(mean - big_l * scale)[-2] + 0.8  # the j-rule is what set it
+    got = argmax_probabilities(mean[None], scale[None], sub_df)[0]
+    np.testing.assert_allclose(got, _quad_reference(mean, scale, df), rtol=0, atol=1e-8)
 
 
 def test_two_normal_arms_match_the_closed_form() -> None:

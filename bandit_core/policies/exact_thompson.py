@@ -60,7 +60,7 @@ def per_arm_thompson(
     if sample_noise:
         noise *= np.sqrt(b / rng.standard_gamma(a, size=(n, k)))
         scale = scale * np.sqrt(b / a)
-        df: FloatArray | None = np.broadcast_to(2.0 * a, (n, k))
+        df: FloatArray | None = np.tile(2.0 * a, (n, 1))
     else:
         df = None
     scores = mean + noise
