@@ -104,10 +104,13 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
       with the settings of LinUCB and linear TS above; where the arm features are the arm's
       one-hot (classification, drift) ``x ⊗ a`` is left out of z: it is what the per-arm
       blocks already are;
-    * ``neural_linear_emb`` is neural-linear whose input crosses the context with a hashed
-      8-dimensional arm embedding instead of the arm features, ``[x ; a ; x ⊗ e(a)]``: its
-      network does not widen with the number of arms (``x ⊗ a`` has d·K inputs when the arm
-      features are a one-hot); everything else as neural-linear.
+    * ``neural_linear_emb`` is neural-linear for many arms: its input crosses the context
+      with a hashed 8-dimensional arm embedding instead of the arm features,
+      ``[x ; a ; x ⊗ e(a)]``, so the network does not widen with the number of arms
+      (``x ⊗ a`` has d·K inputs when the arm features are a one-hot), and its head also
+      sees that input (``head_inputs``: the wide part of a wide & deep model, so the head
+      holds the shared linear model on it and the network adds what is not linear);
+      everything else as neural-linear.
     """
     du, da = env.dim_user, env.dim_arm
     hybrid = {"dim_user": du, "dim_arm": da, "interactions": not getattr(env, "arm_one_hot", False)}
@@ -150,6 +153,7 @@ def policy_options(name: str, env: BenchEnvironment) -> dict[str, Any]:
             **neural_linear,
             "interactions": False,
             "arm_embedding": ARM_EMBEDDING,
+            "head_inputs": True,
         },
         "hybrid_lints": {**hybrid, "n_sim": 100, **prior},
     }
