@@ -190,13 +190,14 @@ def _with_point_masses(mean: FloatArray, scale: FloatArray, df: FloatArray | Non
     z = (top - mean[cont]) / scale[cont]
     below = _cdf(z[None], sub_df)[0]
     out[tied] = float(np.prod(below)) / int(tied.sum())
+    rest = 1.0 - out[tied].sum()  # P(some continuous arm beats the point masses)
     if cont.sum() == 1:
-        out[cont] = 1.0 - out[tied].sum()
-    else:
+        out[cont] = rest
+    elif rest > 0.0:  # (at 0 every continuous arm lies below ``top``: nothing to split)
         sub_mean, sub_scale = mean[cont][None], scale[cont][None]
         lo, hi, panels = _grid(sub_mean, sub_scale, sub_df, floor=top)
         body = _continuous(sub_mean, sub_scale, sub_df, lo, hi, int(panels[0]))[0]
-        out[cont] = body * (1.0 - out[tied].sum())
+        out[cont] = body * rest
     return out
 
 
@@ -215,7 +216,7 @@ def _grid(
     lows = np.sort(mean[:, None, :] - quantiles[levels, None] * scale[:, None, :], axis=2)
     lo = lows[:, ranks[0], ranks[1]].max(axis=1)
     np.maximum(lo, floor, out=lo)
-    np.maximum(hi, lo + 1e-300, out=hi)
+    np.maximum(hi, np.nextafter(lo, np.inf), out=hi)  # a width > 0 even when lo is raised
     # arms that vary inside [lo, hi] set the panel width
     varies = upper > lo[:, None]
     varies &= lower < hi[:, None]

@@ -97,6 +97,27 @@ def test_point_masses_are_exact() -> None:
     np.testing.assert_allclose(got, [both_below, ref1, ref2], atol=1e-9)
 
 
+@pytest.mark.parametrize("student", [False, True])
+def test_point_masses_above_every_continuous_arm(student: bool) -> None:
+    # the range starts at the point mass, above every continuous arm's upper end: no
+    # zero-width panel (a log of 0 under the suite's warnings-as-errors), no 0/0 split
+    scale = np.array([[0.0, 0.1, 0.2, 0.0]])
+    df = np.full((1, 4), 10.0) if student else None
+    tied = argmax_probabilities(np.array([[50.0, 0.0, 0.1, 50.0]]), scale, df)
+    np.testing.assert_array_equal(tied, [[0.5, 0.0, 0.0, 0.5]])
+    mean = np.array([[5.0, 0.0, 0.1, 0.2]])
+    scale = np.array([[0.0, 0.1, 0.2, 0.1]])
+    got = argmax_probabilities(mean, scale, df)[0]
+    below = (
+        special.ndtr((5.0 - mean[0, 1:]) / scale[0, 1:])
+        if df is None
+        else special.stdtr(10.0, (5.0 - mean[0, 1:]) / scale[0, 1:])
+    )
+    np.testing.assert_allclose(got[0], np.prod(below), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.sum(), 1.0, rtol=0, atol=1e-12)
+    assert (got >= 0.0).all()
+
+
 def test_zero_context_gives_exact_uniform_split() -> None:
     policy = make_policy("lints", dim_user=3)
     d = policy.select(np.zeros(3), Candidates.from_any(["a", "b"]), np.random.default_rng(0))
