@@ -31,7 +31,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +41,7 @@ import pytest
 
 from ops.airflow_cli import PASSWORD_FILE
 from tests.conftest import service_unavailable
+from tests.demo_support import BANDITOPS, clean_env, run_demo_cli
 from tests.serving_helpers import free_port
 
 pytestmark = [
@@ -50,16 +50,10 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-BANDITOPS = Path(sys.executable).with_name("banditops")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = ROOT / "docs" / "bandits-page.png"
 MODEL = "banditops-policy"
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "BANDITOPS_"))}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +76,7 @@ def demo_workspace(
     if reuse:
         shutil.copytree(reuse, workspace, ignore=shutil.ignore_patterns("logs", "*.log"))
     else:
-        done = subprocess.run(
-            [
-                str(BANDITOPS),
-                "demo",
-                "--workspace",
-                str(workspace),
-                "--users",
-                "200",
-                "--requests",
-                "1500",
-                "--seed",
-                "3",
-            ],
-            env=_clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=3000,
-        )
-        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        run_demo_cli(workspace, users=200, requests=1500, seed=3)
     return workspace, json.loads((workspace / "demo.json").read_text())
 
 
@@ -122,7 +98,7 @@ def airflow(demo_workspace: tuple[Path, dict[str, Any]]) -> Iterator[tuple[str, 
             "--timeout",
             "400",
         ],
-        env=_clean_env(),
+        env=clean_env(),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -8,7 +8,9 @@ button, and the run is recorded under the user's name.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -36,7 +38,12 @@ class AirflowAPI:
 
     base_url: str
     token: str
-    timeout_s: float = 15.0
+    #: Per call. The page's calls go back to the API server that serves it, whose writes
+    #: queue behind the scheduler's on the metadata database: a loaded 2-core machine has
+    #: taken over 15 s to answer a trigger.
+    timeout_s: float = 30.0
+    #: How many times :meth:`trigger` asks when Airflow does not answer in time.
+    trigger_attempts: int = 3
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
@@ -72,8 +79,23 @@ class AirflowAPI:
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         """Start a run of ``dag_id`` with ``conf`` (a paused DAG's run waits until it is
-        unpaused, as with the UI's button); the run id."""
-        run = self._call(
-            "POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}
-        )
-        return str(run["dag_run_id"])
+        unpaused, as with the UI's button); the run id.
+
+        The page names the run itself, so asking again after a call that timed out is safe:
+        when the first call did create the run, Airflow answers the next one with 409, and
+        that run is the answer. Exactly one run is started either way.
+        """
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        run_id = f"bandits_page__{stamp}__{secrets.token_hex(4)}"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
+        for attempt in range(1, self.trigger_attempts + 1):
+            try:
+                run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+            except AirflowCallError as exc:
+                if exc.status == 409 and attempt > 1:
+                    return run_id  # an earlier attempt that timed out did create it
+                if exc.status != 0 or attempt == self.trigger_attempts:
+                    raise
+                continue
+            return str(run["dag_run_id"])
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover

@@ -1,0 +1,111 @@
+"""The page's trigger over real HTTP when Airflow answers late: one run, never two, never an
+error for a run that was started."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from ops.bandits_page.airflow_api import AirflowAPI, AirflowCallError
+
+
+class _SlowAirflow(ThreadingHTTPServer):
+    """``POST /api/v2/dags/<id>/dagRuns`` as Airflow answers it (201 with the run, 409 for
+    a run id it has, or for every run when ``taken``), after ``delays`` seconds for the first
+    calls."""
+
+    def __init__(self, delays: list[float], taken: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.delays = delays
+        self.taken = taken
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.calls = 0
+        self.lock = threading.Lock()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _SlowAirflow
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            delay = self.server.delays.pop(0) if self.server.delays else 0.0
+            self.server.calls += 1
+            run_id = body["dag_run_id"]
+            known = self.server.taken or run_id in self.server.runs
+            if not known:  # the run is made at once; only the answer is late
+                self.server.runs[run_id] = body
+        time.sleep(delay)
+        status, answer = (409, {"detail": "exists"}) if known else (200, {"dag_run_id": run_id})
+        data = json.dumps(answer).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up
+            pass
+
+
+@pytest.fixture
+def airflow_with(request: pytest.FixtureRequest) -> Iterator[_SlowAirflow]:
+    delays, taken = request.param
+    server = _SlowAirflow(list(delays), taken)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _api(server: _SlowAirflow, attempts: int = 3) -> AirflowAPI:
+    host, port = server.server_address[:2]
+    return AirflowAPI(f"http://{host!s}:{port}", "t", timeout_s=0.5, trigger_attempts=attempts)
+
+
+@pytest.mark.parametrize("airflow_with", [([2.0], False)], indirect=True)
+def test_a_trigger_answered_late_is_asked_again_and_starts_one_run(
+    airflow_with: _SlowAirflow,
+) -> None:
+    run_id = _api(airflow_with).trigger("bandit_monitor", {"k": 1})
+    assert list(airflow_with.runs) == [run_id] and airflow_with.calls == 2
+    assert airflow_with.runs[run_id]["conf"] == {"k": 1}
+    assert run_id.startswith("bandits_page__")
+
+
+@pytest.mark.parametrize("airflow_with", [([2.0, 2.0, 2.0], False)], indirect=True)
+def test_a_trigger_never_answered_in_time_says_so_after_its_attempts(
+    airflow_with: _SlowAirflow,
+) -> None:
+    with pytest.raises(AirflowCallError, match="unreachable") as raised:
+        _api(airflow_with).trigger("bandit_monitor", {})
+    assert raised.value.status == 0 and airflow_with.calls == 3
+    assert len(airflow_with.runs) == 1  # the same run id each time
+
+
+@pytest.mark.parametrize("airflow_with", [([], False)], indirect=True)
+def test_each_trigger_names_a_new_run(airflow_with: _SlowAirflow) -> None:
+    api = _api(airflow_with)
+    first, second = api.trigger("bandit_retrain", {}), api.trigger("bandit_retrain", {})
+    assert first != second and sorted(airflow_with.runs) == sorted([first, second])
+
+
+@pytest.mark.parametrize("airflow_with", [([], True)], indirect=True)
+def test_a_409_to_the_first_attempt_is_somebody_elses_run_and_an_error(
+    airflow_with: _SlowAirflow,
+) -> None:
+    with pytest.raises(AirflowCallError, match="409") as raised:
+        _api(airflow_with).trigger("bandit_retrain", {})
+    assert raised.value.status == 409 and airflow_with.calls == 1
