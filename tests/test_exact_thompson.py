@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from bandit_core import Candidates, make_policy
+from bandit_core import Candidates, argmax_quadrature, make_policy
 from bandit_core.argmax_quadrature import _grid, _quantiles, _smallest_df, argmax_probabilities
 
 
@@ -35,6 +37,100 @@ def _quad_reference(mean: np.ndarray, scale: np.ndarray, df: np.ndarray | None) 
         )
         out[a] = body + tails
     return out
+
+
+def _multiscale_reference(mean: np.ndarray, scale: np.ndarray, df: np.ndarray | None) -> np.ndarray:
+    """(1) by ``scipy.integrate.quad`` on every stretch between break points at each arm's
+    mean ± 0 … 40 of its scales: each stretch is smooth at its own scale, however far apart
+    the arms' scales are (one adaptive call over the whole range can step over a narrow
+    arm)."""
+    k = mean.size
+    steps = np.array([0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 40.0])
+    z = np.concatenate([-steps[::-1], [0.0], steps])
+    breaks = np.unique(np.concatenate([mean[b] + z * scale[b] for b in range(k)]))
+    stretches = [(-np.inf, breaks[0]), *itertools.pairwise(breaks), (breaks[-1], np.inf)]
+    if df is None:
+        cdf = lambda s: special.ndtr((s - mean) / scale)  # noqa: E731
+        pdf = lambda s: np.exp(-0.5 * ((s - mean) / scale) ** 2) / (scale * np.sqrt(2 * np.pi))  # noqa: E731
+    else:
+        log_c = special.gammaln((df + 1) / 2) - special.gammaln(df / 2) - 0.5 * np.log(df * np.pi)
+        cdf = lambda s: special.stdtr(df, (s - mean) / scale)  # noqa: E731
+        pdf = lambda s: (  # noqa: E731
+            np.exp(log_c - 0.5 * (df + 1) * np.log1p(((s - mean) / scale) ** 2 / df)) / scale
+        )
+    out = np.empty(k)
+    for a in range(k):
+
+        def integrand(s: float, a: int = a) -> float:
+            below = cdf(s)
+            below[a] = 1.0
+            return float(pdf(s)[a] * np.prod(below))
+
+        out[a] = sum(
+            integrate.quad(integrand, x0, x1, epsabs=1e-15, epsrel=1e-12, limit=400)[0]
+            for x0, x1 in stretches
+        )
+    return out
+
+
+def _takes_fitted_panels(mean: np.ndarray, scale: np.ndarray, df: np.ndarray | None) -> bool:
+    panels = int(_grid(mean[None], scale[None], None if df is None else df[None])[2][0])
+    return (
+        panels > argmax_quadrature.FITTED_ABOVE
+        and (mean.size + 2) * panels > argmax_quadrature.FITTED_WORK
+    )
+
+
+@pytest.mark.parametrize("student", [False, True])
+def test_fitted_panels_keep_1e_8_with_arms_of_very_different_scales(student: bool) -> None:
+    # one or two arms 10 to 100,000 times narrower than the others (an arm trained on many
+    # rewards among new ones): equal panels would be as narrow as the narrowest arm over
+    # the whole range; fitted ones are narrow only around it
+    rng = np.random.default_rng(21 + student)
+    checked = 0
+    while checked < 12:
+        k = int(rng.integers(2, 6))
+        mean = rng.normal(0.0, 1.0, k)
+        scale = np.exp(rng.normal(0.0, 0.5, k))
+        narrow = rng.choice(k, size=int(rng.integers(1, 3)), replace=False)
+        scale[narrow] *= 10.0 ** -rng.uniform(1.0, 5.0, narrow.size)
+        df = None
+        if student:  # new arms: heavy tails; trained ones: nearly Normal
+            df = rng.uniform(1.5, 10.0, k)
+            df[narrow] = 10.0 ** rng.uniform(2.0, 6.0, narrow.size)
+        if not _takes_fitted_panels(mean, scale, df):
+            continue  # the narrow arms lie below the range: equal panels are few
+        got = argmax_probabilities(mean[None], scale[None], None if df is None else df[None])[0]
+        np.testing.assert_allclose(got, _multiscale_reference(mean, scale, df), rtol=0, atol=1e-8)
+        checked += 1
+
+
+def test_one_trained_arm_among_new_ones_costs_few_panels() -> None:
+    """The hostile pass's case: one arm trained on 200,000 rewards among 999 new ones made
+    the equal panels reach their cap (2,048 per row: 1.15 s per select at K = 1,000)."""
+    policy: object = make_policy("lints", dim_user=3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200_000, 3))
+    y = x @ np.array([0.5, -0.2, 0.1]) + 0.3 * rng.standard_normal(200_000)
+    policy.update_batch(x, ["hot"] * len(x), y)  # type: ignore[attr-defined]
+    head = policy.head  # type: ignore[attr-defined]
+    context = np.array([1.0, 0.0, 0.0])
+    for k in (6, 1000):
+        cands = Candidates.from_any(["hot"] + [f"new-{i}" for i in range(k - 1)])
+        heads = policy.model.heads_for(cands.ids, create=True)  # type: ignore[attr-defined]
+        a, b = head.noise_posterior(heads)
+        mean = head.theta_[heads] @ context
+        width = np.sqrt(np.sum((head.inv_chol_[heads] @ context) ** 2, axis=1))
+        scale, df = width * np.sqrt(b / a), 2.0 * a
+        lo, hi, equal = _grid(mean[None], scale[None], df[None])
+        assert equal[0] == argmax_quadrature.MAX_PANELS and _takes_fitted_panels(mean, scale, df)
+        fitted = argmax_quadrature._fitted_panels(mean, scale, df[None], lo[0], hi[0])[0]
+        assert fitted.shape[1] <= 64
+        d = policy.select(context, cands, np.random.default_rng(1))  # type: ignore[attr-defined]
+        assert np.isclose(d.probabilities.sum(), 1.0)
+        if k == 6:
+            ref = _multiscale_reference(mean, scale, df)
+            np.testing.assert_allclose(d.probabilities, ref, rtol=0, atol=1e-8)
 
 
 @pytest.mark.parametrize("student", [False, True])
