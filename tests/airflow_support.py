@@ -341,6 +341,14 @@ def approving(
         deadline = time.monotonic() + 90
         last = None
         while not stop.is_set() and time.monotonic() < deadline:
+            # answer only once the task is parked: a response recorded while the task is
+            # still deferring is lost (its own move to awaiting_input, milliseconds later,
+            # overwrites the state the answer set, and dag.test() then waits forever;
+            # seen in CI)
+            task = client.get(f"{run_url}/taskInstances/{task_id}")
+            if task.status_code != 200 or task.json().get("state") != "awaiting_input":
+                time.sleep(0.3)
+                continue
             last = client.get(url)
             if last.status_code == 200:
                 answers["detail"] = last.json()
