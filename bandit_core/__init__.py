@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bandit_core._validation import MAX_ABS_INPUT
     from bandit_core.catalog import CATALOG, POLICIES, PolicySpec, policy_spec
     from bandit_core.coldstart import ColdStartFloor
     from bandit_core.features import FeatureMap
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 #: public name → the module that defines it (``__getattr__`` imports it on first use; a
 #: test keeps this table, ``__all__`` and the ``TYPE_CHECKING`` imports equal)
 _EXPORTS: dict[str, str] = {
+    "MAX_ABS_INPUT": "bandit_core._validation",
     **dict.fromkeys(("CATALOG", "POLICIES", "PolicySpec", "policy_spec"), "bandit_core.catalog"),
     "ColdStartFloor": "bandit_core.coldstart",
     "FeatureMap": "bandit_core.features",
@@ -85,6 +87,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "CATALOG",
+    "MAX_ABS_INPUT",
     "POLICIES",
     "BayesianLinearHead",
     "BootstrappedEnsemble",

@@ -206,9 +206,11 @@ class BayesianLinearHead:
         """Add one observation ``(φ, r)`` to head ``head`` in O(d²).
 
         Raises ``ValueError`` for a wrong dimension, a non-finite value or a head index
-        out of range.
+        out of range. ``φ`` is a feature map's output (a network's last layer, products of
+        user and arm features): finite, but its scale is the map's, so only the reward is
+        held to ``MAX_ABS_INPUT`` here; the map's inputs are held to it where they enter.
         """
-        x = as_float_vector("phi", phi, self.dim)
+        x = as_float_vector("phi", phi, self.dim, bound=None)
         r = as_finite_float("reward", reward)
         self._check_head(head)
         self._update(x, r, head)
@@ -228,7 +230,7 @@ class BayesianLinearHead:
                 "revise needs a head without discount or window (gamma = 1, window = None); "
                 f"got gamma={cfg.gamma}, window={cfg.window}."
             )
-        x = as_float_vector("phi", phi, self.dim)
+        x = as_float_vector("phi", phi, self.dim, bound=None)
         old = as_finite_float("old_reward", old_reward)
         new = as_finite_float("new_reward", new_reward)
         self._check_head(head)
@@ -338,7 +340,7 @@ class BayesianLinearHead:
     def _check_batch(
         self, features: Any, rewards: Any, heads: Any
     ) -> tuple[FloatArray, FloatArray, IntArray]:
-        phi = as_float_matrix("features", features, n_cols=self.dim)
+        phi = as_float_matrix("features", features, n_cols=self.dim, bound=None)  # as in update
         r = as_float_vector("rewards", rewards, phi.shape[0])
         if heads is None:
             hd = np.zeros(phi.shape[0], dtype=np.intp)
@@ -398,11 +400,12 @@ class BayesianLinearHead:
         them and loading the total here.
         """
         self._check_head(head)
-        g = as_float_matrix("gram", gram, n_cols=self.dim, n_rows=self.dim)
+        # sums over many rows: finite, but not bounded by one input's MAX_ABS_INPUT
+        g = as_float_matrix("gram", gram, n_cols=self.dim, n_rows=self.dim, bound=None)
         self.precision_[head] = self.config.lambda_prior * np.eye(self.dim) + g
-        self.xty_[head] = as_float_vector("xty", xty, self.dim)
-        self.yty_[head] = as_finite_float("yty", yty)
-        self.count_[head] = as_finite_float("count", count)
+        self.xty_[head] = as_float_vector("xty", xty, self.dim, bound=None)
+        self.yty_[head] = as_finite_float("yty", yty, bound=None)
+        self.count_[head] = as_finite_float("count", count, bound=None)
         self.refactor(np.array([head]))
 
     # ------------------------------------------------------------------ inference

@@ -34,6 +34,10 @@ SCHEMA_VERSION = 1
 class Candidates:
     """The candidate set of one decision.
 
+    :meth:`from_any` checks its input (distinct ids, finite features at most
+    ``MAX_ABS_INPUT`` in magnitude); the constructor trusts it, for callers (the service,
+    :meth:`subset`) whose features were checked once already.
+
     Parameters
     ----------
     ids : tuple of str, length K

@@ -743,7 +743,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sabotage",
         action="store_true",
-        help="Break the hostile case on purpose (max_abs_feature 1e308): the verdict fails.",
+        help="Break the hostile case on purpose (one acknowledged reward rewritten in the "
+        "store): the verdict fails.",
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None, help="Write the table here.")

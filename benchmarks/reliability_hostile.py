@@ -8,7 +8,8 @@ and in turn:
    (within it, chosen in the decision thread) for ``seconds``, while this process times
    ``/healthz`` and ordinary decisions one after the other, from the moment all 20 are
    sending: their p99s are reported;
-2. **huge numbers**: contexts, candidate features and catalog items near 1e100–1e308,
+2. **huge numbers**: contexts, candidate features and catalog items at twice
+   ``MAX_ABS_INPUT`` and near 1e100–1e308,
    then ordinary decisions and rewards: every acknowledged reward must be stored with its
    status and value, and the live head must be finite and equal to the head rebuilt from
    the applied rewards (else ``poisoned``);
@@ -20,9 +21,12 @@ and in turn:
 5. **auth**: ``banditops serve`` with no token and with an empty token must refuse to
    start (a service that starts open counts as ``poisoned``).
 
-``server_errors`` counts every 5xx answered in all of it. ``sabotage`` raises
-``max_abs_feature`` to 1e308, which lets huge numbers through: the head is poisoned and
-the verdict must fail (the benchmark's own test shows it).
+``server_errors`` counts every 5xx answered in all of it. ``sabotage`` rewrites one
+acknowledged reward in the store behind the service's back (a store that does not keep
+what it acknowledged): the audit finds the wrong value, the live head no longer equals the
+head rebuilt from the store, and the verdict must fail (the benchmark's own test shows
+it). It no longer opens a defence: ``max_abs_feature`` cannot be raised past
+``bandit_core.MAX_ABS_INPUT``, and the policies refuse larger inputs themselves.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bandit_core import load_state, save_state
+from bandit_core import MAX_ABS_INPUT, load_state, save_state
 from benchmarks import serving_load
 from benchmarks.reliability import (
     TOKEN,
@@ -175,8 +179,9 @@ def hostile_slates(service: Service, seconds: float) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- 2. numbers
-def huge_numbers(service: Service, url: str, model: Path) -> dict[str, Any]:
-    """Huge finite inputs, then ordinary traffic; what was acknowledged, and the head."""
+def huge_numbers(service: Service, url: str, model: Path, sabotage: bool = False) -> dict[str, Any]:
+    """Huge finite inputs, then ordinary traffic; what was acknowledged, and the head
+    (``sabotage``: one acknowledged reward is rewritten in the store before the audit)."""
     _env, requests = serving_load.make_workload(12, 60)
     out: dict[str, Any] = {
         "acked_decisions": [],
@@ -187,7 +192,7 @@ def huge_numbers(service: Service, url: str, model: Path) -> dict[str, Any]:
     sent_values: dict[str, float] = {}
     with httpx.Client(base_url=service.url, timeout=30.0, headers=AUTH) as http:
         huge: list[str] = []
-        for scale in (1e100, 1e200, 1e308):
+        for scale in (2 * MAX_ABS_INPUT, 1e100, 1e200, 1e308):
             body = json.loads(requests[0]["body"])
             body["context"] = [scale] * serving_load.DIM_USER
             got = http.post("/v1/decisions", json=body)
@@ -200,7 +205,7 @@ def huge_numbers(service: Service, url: str, model: Path) -> dict[str, Any]:
             huge += [got.json()["event_id"]] if got.status_code == 200 else []
             item = {"features": [scale] * serving_load.DIM_ARM}
             out["statuses"].append(http.put("/v1/items/huge", json=item).status_code)
-        for event in huge:  # accepted (the bound is off): one in-range reward each
+        for event in huge:  # accepted only if a defence failed: one in-range reward each
             out["acked_decisions"].append(event)
             out["sent_rewards"].append(event)
             ack = http.post("/v1/rewards", json={"event_id": event, "reward": 1.0})
@@ -223,6 +228,8 @@ def huge_numbers(service: Service, url: str, model: Path) -> dict[str, Any]:
                 sent_values[event] = value
                 if ack.json()["status"] != "applied":
                     out.setdefault("unexpected_status", []).append(ack.json()["status"])
+    if sabotage and sent_values:
+        _rewrite_reward(url, next(iter(sent_values)))
     audit = audit_store(url, out)
     wrong = _wrong_rewards(url, sent_values) + len(out.get("unexpected_status", []))
     try:
@@ -237,6 +244,25 @@ def huge_numbers(service: Service, url: str, model: Path) -> dict[str, Any]:
         "huge_accepted": len(huge),
         "five_xx": sum(1 for s in out["statuses"] if s >= 500),
     }
+
+
+def _rewrite_reward(url: str, event_id: str) -> None:
+    """The sabotage: add 1 to an acknowledged reward's stored value."""
+    from sqlalchemy import update
+
+    from eventstore.engine import make_engine
+    from eventstore.schema import rewards
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(rewards)
+                .where(rewards.c.event_id == event_id)
+                .values(value=rewards.c.value + 1.0)
+            )
+    finally:
+        engine.dispose()
 
 
 def _wrong_rewards(url: str, sent: dict[str, float]) -> int:
@@ -406,29 +432,26 @@ def case_hostile(store: str, postgres_url: str, seconds: float, sabotage: bool =
 
     with _workdir() as workdir:
         model = _model(workdir)
-        extra = {"BANDITOPS_MAX_ABS_FEATURE": "1e308"} if sabotage else {}
         if store == "sqlite":
             url = f"sqlite:///{workdir / 'events.db'}"
-            return _run(url, model, workdir, seconds, store, extra)
+            return _run(url, model, workdir, seconds, store, sabotage)
         with scratch_postgres_database(postgres_url, prefix="banditops_hostile") as url:
-            return _run(url, model, workdir, seconds, store, extra)
+            return _run(url, model, workdir, seconds, store, sabotage)
 
 
-def _run(
-    url: str, model: Path, workdir: Path, seconds: float, store: str, extra: dict[str, str]
-) -> Row:
+def _run(url: str, model: Path, workdir: Path, seconds: float, store: str, sabotage: bool) -> Row:
     from eventstore.engine import make_engine
     from eventstore.migrate import upgrade
 
     engine = make_engine(url)
     upgrade(engine)
     engine.dispose()
-    env = _service_env(url, model, workdir, BANDITOPS_POLL_INTERVAL_S="3600", **extra)
+    env = _service_env(url, model, workdir, BANDITOPS_POLL_INTERVAL_S="3600")
     service = Service(env, workdir / "service.log")
     service.start()
     try:
         slates = hostile_slates(service, seconds)
-        numbers = huge_numbers(service, url, model)
+        numbers = huge_numbers(service, url, model, sabotage)
         text = bad_text(service)
         versions = unsafe_versions(service, model, workdir)
     finally:

@@ -31,6 +31,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bandit_core import MAX_ABS_INPUT
+
 #: Name of the workspace configuration file, in the workspace folder.
 WORKSPACE_FILE = "banditops.toml"
 #: The environment variable that names the workspace.
@@ -175,7 +177,8 @@ class CoreSettings(BaseSettings):
     registered_alias : str
         The alias every newly registered version gets (before its gate).
     reward_min, reward_max : float
-        Accepted reward range (422 outside it).
+        Accepted reward range (422 outside it), within ±``bandit_core.MAX_ABS_INPUT``
+        (as is ``default_reward``): a head learns every reward it accepts.
     reward_window_s : float
         A reward later than this after its decision is stored but not applied ("late").
     duplicate_rule : {"first_wins", "sum"}
@@ -201,12 +204,12 @@ class CoreSettings(BaseSettings):
     production_alias: str = "production"
     candidate_alias: str = "staging"
     registered_alias: str = "candidate"
-    reward_min: float = 0.0
-    reward_max: float = 1.0
+    reward_min: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
+    reward_max: float = Field(1.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
     reward_window_s: float = Field(86_400.0, gt=0.0)
     duplicate_rule: Literal["first_wins", "sum"] = "first_wins"
     missing_reward: Literal["default", "drop"] = "default"
-    default_reward: float = 0.0
+    default_reward: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
     runs_dir: Path | None = None
 
     @model_validator(mode="after")

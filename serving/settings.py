@@ -16,6 +16,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from bandit_core import MAX_ABS_INPUT
 from eventstore.settings import CoreSettings
 
 SALT_FILE = "user_salt"
@@ -138,7 +139,8 @@ class Settings(CoreSettings):
         the process's): under CPU contention the event loop and the store writer run
         first.
     max_abs_feature : float
-        Largest magnitude of a context, candidate, query or catalog feature (422 beyond).
+        Largest magnitude of a context, candidate, query or catalog feature (422 beyond);
+        at most ``bandit_core.MAX_ABS_INPUT``, the largest a head learns from.
     max_context_features : int
         Widest context vector, with or without a model.
     max_arm_features : int
@@ -222,7 +224,7 @@ class Settings(CoreSettings):
     inline_work_units: int = Field(500_000, ge=0)
     decision_deadline_s: float = Field(0.25, gt=0.0)
     costly_work_nice: int = Field(19, ge=0, le=19)
-    max_abs_feature: float = Field(1e6, gt=0.0)
+    max_abs_feature: float = Field(MAX_ABS_INPUT, gt=0.0, le=MAX_ABS_INPUT)
     max_context_features: int = Field(1024, ge=1)
     max_arm_features: int = Field(1024, ge=1)
     model_max_dim: int = Field(4096, ge=1)

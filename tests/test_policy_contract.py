@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bandit_core import POLICIES, Candidates, Policy, load_policy, policy_from_state, save_policy
+from bandit_core import (
+    MAX_ABS_INPUT,
+    POLICIES,
+    Candidates,
+    Policy,
+    load_policy,
+    policy_from_state,
+    save_policy,
+)
 from bandit_core._validation import CheckedBy, Constraint, Interval
 from bandit_core.catalog import CATALOG
 from bandit_core.head_statistics import LinearHeadPolicy
@@ -270,3 +278,66 @@ def test_catalog_randomized_flag_matches_the_decisions(policy_name: str) -> None
     )
     one_hot = bool(np.all(np.isin(batch.probabilities, (0.0, 1.0))))
     assert one_hot == (not CATALOG[policy_name].randomized)
+
+
+# ------------------------------------------------------------------ the magnitude bound
+def _state_arrays(policy: Policy) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in policy.to_state().arrays.items()}
+
+
+def test_inputs_beyond_the_bound_are_refused_and_nothing_is_learnt(name: str) -> None:
+    """A finite value past ``MAX_ABS_INPUT`` in a context, an arm's features or a reward is
+    a ``ValueError`` naming the field and the bound, and the policy learns nothing."""
+    policy = _trained(name)
+    before = _state_arrays(policy)
+    rng = np.random.default_rng(6)
+    cands = candidates_for(policy, _candidates(rng))
+    x, feats = rng.standard_normal(DIM_USER), cands.features[0]
+    past = MAX_ABS_INPUT * 1.5
+    huge_x = x.copy()
+    huge_x[1] = -past
+    huge_feats = np.full_like(feats, past)
+    reward = 1.0 if name in UNIT_REWARDS else past
+    bound = r"at most 1e\+06 in magnitude"
+    cases: list[tuple[str, Callable[[], object]]] = [
+        ("context", lambda: policy.update(huge_x, cands.ids[0], 0.5, feats)),
+        ("context", lambda: policy.select(huge_x, cands, np.random.default_rng(0))),
+        ("contexts", lambda: policy.select_batch(huge_x[None, :], cands, rng)),
+        ("reward", lambda: policy.update(x, cands.ids[0], reward, feats)),
+    ]
+    if feats.size and name != "uniform":  # uniform takes no features and reads none
+        cases.append(("arm_features", lambda: policy.update(x, cands.ids[0], 0.5, huge_feats)))
+        huge = np.full((len(cands.ids), feats.size), past)
+        cases.append(("candidates.features", lambda: Candidates.from_any(cands.ids, huge)))
+    for field_name, call in cases:
+        if field_name == "reward" and name in UNIT_REWARDS:
+            continue  # a Bernoulli likelihood refuses every reward outside [0, 1] already
+        with pytest.raises(ValueError, match=rf"{field_name}s? must be {bound}"):
+            call()
+    after = _state_arrays(policy)
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_inputs_at_the_bound_leave_a_finite_state(name: str) -> None:
+    """Every input at ``±MAX_ABS_INPUT``: the state stays finite and decisions stay
+    probabilities (the bound sits below where any policy's arithmetic breaks)."""
+    policy = _trained(name)
+    rng = np.random.default_rng(7)
+    cands = candidates_for(policy, _candidates(rng))
+    for t in range(25):
+        sign = rng.choice([-1.0, 1.0], DIM_USER + cands.dim)
+        x = MAX_ABS_INPUT * sign[:DIM_USER]
+        feats = MAX_ABS_INPUT * sign[DIM_USER:]
+        reward = float(t % 2) if name in UNIT_REWARDS else MAX_ABS_INPUT * (-1.0) ** t
+        policy.update(x, cands.ids[t % len(cands.ids)], reward, feats)
+    for key, value in _state_arrays(policy).items():
+        if np.issubdtype(value.dtype, np.number):
+            assert np.isfinite(value).all(), key
+    big = Candidates(cands.ids, np.full((len(cands.ids), cands.dim), MAX_ABS_INPUT))
+    for context in (np.full(DIM_USER, MAX_ABS_INPUT), rng.standard_normal(DIM_USER)):
+        decision = policy.select(context, big, rng)
+        assert np.isfinite(decision.probabilities).all()
+        assert abs(float(decision.probabilities.sum()) - 1.0) < 1e-9
+        assert 0.0 < decision.propensity <= 1.0

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from bandit_core import MAX_ABS_INPUT
 from serving.durations import parse_duration
 from serving.settings import Settings
 
@@ -38,11 +39,30 @@ def test_environment_is_read_with_the_prefix(
         ("sqlite_synchronous", "OFF"),
         ("reward_max", -1.0),
         ("context_features", ["a", "a"]),
+        # past the library's bound a head would refuse what the service accepted
+        ("max_abs_feature", 1e308),
+        ("reward_max", 2e6),
+        ("reward_min", -2e6),
+        ("default_reward", 1e300),
     ],
 )
 def test_bad_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field.split("_")[0]):
         Settings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_the_numeric_bounds_reach_the_library_bound_and_stop_there() -> None:
+    at = Settings(
+        max_abs_feature=MAX_ABS_INPUT, reward_min=-MAX_ABS_INPUT, reward_max=MAX_ABS_INPUT
+    )
+    assert (at.max_abs_feature, at.reward_min, at.reward_max) == (
+        MAX_ABS_INPUT,
+        -MAX_ABS_INPUT,
+        MAX_ABS_INPUT,
+    )
+    assert Settings().max_abs_feature == MAX_ABS_INPUT  # the default is the bound itself
+    with pytest.raises(ValidationError, match=r"max_abs_feature\n.*less than or equal to 1000000"):
+        Settings(max_abs_feature=MAX_ABS_INPUT * (1 + 1e-12))
 
 
 def test_generated_salt_is_kept_in_the_workspace(tmp_path: Path) -> None:

@@ -98,6 +98,10 @@ def test_one_default_per_knob_lives_in_the_pipeline_settings(
         check_form({"n_resamples": 49}, _settings(tmp_path))
     with pytest.raises(ValueError, match="n_resamples must be an integer ≥ 50; got 49"):
         RunSpec.from_xcom({**spec.to_xcom(), "n_resamples": 49})
+    # a spec handed over by XCom holds its rewards to the bound the policies hold them to
+    for name in ("reward_max", "default_reward"):
+        with pytest.raises(ValueError, match=rf"{name} must be at most 1e\+06 in magnitude"):
+            RunSpec.from_xcom({**spec.to_xcom(), name: 2e6})
 
 
 def test_form_checks_name_the_field_and_the_bound(tmp_path: Path) -> None:

@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bandit_core import MAX_ABS_INPUT
+
 #: Default largest share of a window that may be quarantined.
 MAX_SHARE = 0.01
-#: Default largest feature magnitude a replay row may hold (the service's default bound).
-MAX_ABS = 1e6
+#: Default largest feature magnitude a replay row may hold (the most a policy accepts).
+MAX_ABS = MAX_ABS_INPUT
 
 
 def _width(value: Any) -> int:

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
+from bandit_core._validation import as_finite_float
 from bandit_core.catalog import policy_spec
 from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
 from eventstore.workspace import as_utc, aware, run_folder
@@ -164,6 +165,8 @@ class RunSpec:
             raise ValueError(
                 f"missing_reward must be 'default' or 'drop'; got {self.missing_reward!r}."
             )
+        for name in ("reward_min", "reward_max", "default_reward"):
+            as_finite_float(name, getattr(self, name))  # a head learns each of them
         if not self.reward_min < self.reward_max:
             raise ValueError(
                 f"reward_min must be below reward_max; got {self.reward_min} and {self.reward_max}."
