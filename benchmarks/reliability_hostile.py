@@ -473,7 +473,7 @@ def _run(url: str, model: Path, workdir: Path, seconds: float, store: str, sabot
     return Row(
         case="hostile",
         load=f"{store}, {HOSTILE_CLIENTS} hostile clients, {seconds:g} s",
-        faults="budget slates, 1e100–1e308, bad text, unsafe versions, no/empty token",
+        faults="budget slates, 2e6 and 1e100–1e308, bad text, unsafe versions, no/empty token",
         requests=sum(int(n) for n in slates["hostile_statuses"].values())
         + slates["probes"] * 2
         + len(text),
