@@ -38,6 +38,7 @@ bench: $(STAMP)
 	mkdir -p bench-results
 	$(BIN)/python -m benchmarks.latency --json bench-results/latency.json
 	$(BIN)/python -m benchmarks.quadrature --json bench-results/quadrature.json
+	$(BIN)/python -m benchmarks.magnitude --json bench-results/magnitude.json
 	$(BIN)/python -m benchmarks.ope_speed --rows 1000000 --json bench-results/ope_speed.json
 	$(BIN)/python -m benchmarks.serving_load --rps 200 --seconds 30 --store both --systems banditops --json bench-results/serving_load.json
 	$(BIN)/python -m benchmarks.serving_load --rps 200,500,1000 --seconds 20 --json bench-results/serving_floor.json

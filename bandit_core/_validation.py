@@ -224,12 +224,14 @@ def refuse_complex(name: str, value: Any) -> None:
 
 
 #: The largest magnitude a policy or head accepts in any input it learns from or scores
-#: (features, contexts, rewards). Past it, finite inputs stop giving finite, usable state:
-#: with the default prior precision λ = 1, a hybrid model's Cholesky factor fails on
-#: features of 1e8 (half the rows) and 1e9 (every row), while 1e7 still works; rank-one
-#: updates overflow from 1e50 and the logistic model's link from 1e100. 1e6 keeps a
-#: hundredfold margin under the first failure. The service's ``max_abs_feature``, the
-#: event store's reward range and the retrain's quarantine are bounded by it.
+#: (features, contexts, rewards). Past it, finite inputs stop giving a finite state: with
+#: the default prior precision λ = 1 the hybrid models' state turns non-finite from 1e9,
+#: and from 1e100 every model fed user × arm interactions (``python -m
+#: benchmarks.magnitude``); 1e6 keeps a thousandfold margin under the first break. Below
+#: it a model whose features multiply inputs (interactions, a network) can still meet a
+#: precision matrix that is singular in float64; it then refuses that call whole
+#: (``ValueError``, nothing learnt). The service's ``max_abs_feature``, the event store's
+#: reward range and the retrain's quarantine are bounded by it.
 MAX_ABS_INPUT = 1e6
 
 #: the native float64 dtype (a singleton: ``is`` compares it cheaply)

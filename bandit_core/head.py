@@ -247,14 +247,15 @@ class BayesianLinearHead:
         cfg = self.config
         if cfg.gamma < 1.0:
             g = cfg.gamma
-            a = self.precision_[head]
-            a *= g
+            a = g * self.precision_[head]
             a[np.diag_indices_from(a)] += (1.0 - g) * cfg.lambda_prior
             a += np.outer(x, x)
+            inv_chol = inverse_cholesky(a)  # raises before any change
+            self.precision_[head] = a
             self.xty_[head] = g * self.xty_[head] + r * x
             self.yty_[head] = g * self.yty_[head] + r * r
             self.count_[head] = g * self.count_[head] + 1.0
-            self.inv_chol_[head] = inverse_cholesky(a)
+            self.inv_chol_[head] = inv_chol
             self.pending_[head] = 0
             u = self.inv_chol_[head]
         else:
@@ -303,7 +304,14 @@ class BayesianLinearHead:
         self.window_next_[head] = (slot + 1) % w
 
     def _refactor_one(self, head: int) -> None:
-        self.inv_chol_[head] = inverse_cholesky(self.precision_[head])
+        """The periodic refactorisation that bounds the rank-one updates' round-off. Where
+        the precision matrix is numerically singular in float64 (features so large that
+        the prior's λ is lost beside them) the rank-one factor, which never formed it, is
+        the better one: it is kept, and the refactorisation tried again next time."""
+        try:
+            self.inv_chol_[head] = inverse_cholesky(self.precision_[head])
+        except ValueError:
+            return
         self.pending_[head] = 0
 
     def refactor(self, heads: IntArray | None = None) -> None:
@@ -311,7 +319,11 @@ class BayesianLinearHead:
         idx = np.arange(self.n_heads) if heads is None else np.asarray(heads, dtype=np.intp)
         if idx.size == 0:
             return
-        self.inv_chol_[idx] = inverse_cholesky(self.precision_[idx])
+        self._set_factor(idx, inverse_cholesky(self.precision_[idx]))
+
+    def _set_factor(self, idx: IntArray, inv_chol: FloatArray) -> None:
+        """Install the heads' factors ``inv_chol`` and recompute their means."""
+        self.inv_chol_[idx] = inv_chol
         self.pending_[idx] = 0
         u = self.inv_chol_[idx]
         self.theta_[idx] = np.einsum("kji,kj->ki", u, np.einsum("kij,kj->ki", u, self.xty_[idx]))
@@ -328,14 +340,16 @@ class BayesianLinearHead:
                 self._update(phi[i], float(r[i]), int(hd[i]))
             return
         touched = np.unique(hd)
-        for h in touched:
-            rows = hd == h
-            gram, xty, yty, count = sufficient_statistics(phi[rows], r[rows])
-            self.precision_[h] += gram
+        stats = [sufficient_statistics(phi[hd == h], r[hd == h]) for h in touched]
+        precision = self.precision_[touched] + np.stack([gram for gram, *_ in stats])
+        # factor first: a precision that is numerically singular raises before any change
+        inv_chol = inverse_cholesky(precision)
+        self.precision_[touched] = precision
+        for h, (_, xty, yty, count) in zip(touched, stats, strict=True):
             self.xty_[h] += xty
             self.yty_[h] += yty
             self.count_[h] += count
-        self.refactor(touched)
+        self._set_factor(touched, inv_chol)
 
     def _check_batch(
         self, features: Any, rewards: Any, heads: Any
@@ -371,6 +385,14 @@ class BayesianLinearHead:
         validate_params(
             "rebuild", {"chunk_size": chunk_size}, {"chunk_size": Interval(int, 1, None)}
         )
+        saved = {k: v.copy() for k, v in vars(self).items() if isinstance(v, np.ndarray)}
+        try:
+            self._rebuild(phi, r, hd, chunk_size)
+        except ValueError:  # a precision numerically singular: the head is as it was
+            vars(self).update(saved)
+            raise
+
+    def _rebuild(self, phi: FloatArray, r: FloatArray, hd: IntArray, chunk_size: int) -> None:
         cfg = self.config
         self.reset()
         lam_eye = cfg.lambda_prior * np.eye(self.dim)
@@ -402,11 +424,14 @@ class BayesianLinearHead:
         self._check_head(head)
         # sums over many rows: finite, but not bounded by one input's MAX_ABS_INPUT
         g = as_float_matrix("gram", gram, n_cols=self.dim, n_rows=self.dim, bound=None)
-        self.precision_[head] = self.config.lambda_prior * np.eye(self.dim) + g
-        self.xty_[head] = as_float_vector("xty", xty, self.dim, bound=None)
-        self.yty_[head] = as_finite_float("yty", yty, bound=None)
-        self.count_[head] = as_finite_float("count", count, bound=None)
-        self.refactor(np.array([head]))
+        b = as_float_vector("xty", xty, self.dim, bound=None)
+        sq = as_finite_float("yty", yty, bound=None)
+        n = as_finite_float("count", count, bound=None)
+        precision = self.config.lambda_prior * np.eye(self.dim) + g
+        inv_chol = inverse_cholesky(precision[None])  # raises before any change
+        self.precision_[head] = precision
+        self.xty_[head], self.yty_[head], self.count_[head] = b, sq, n
+        self._set_factor(np.array([head]), inv_chol)
 
     # ------------------------------------------------------------------ inference
     def mean(self, features: FloatArray, heads: IntArray | None = None) -> FloatArray:

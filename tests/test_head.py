@@ -256,3 +256,43 @@ def test_a_refused_downdate_changes_nothing(rng: np.random.Generator) -> None:
         head._rank1(0, np.array([10.0, -7.0, 3.0]), 1.0, -1.0)  # never observed
     for key, value in head.to_arrays().items():
         np.testing.assert_array_equal(value, before[key])
+
+
+def _head_arrays(head: BayesianLinearHead) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in vars(head).items() if isinstance(v, np.ndarray)}
+
+
+def test_a_numerically_singular_precision_changes_nothing(rng: np.random.Generator) -> None:
+    """Rows of 1e12 along one direction hide the prior's λ = 1 beside Gram entries near
+    1e26: the precision is singular in float64. Every path that must factor it raises and
+    leaves the head as it was; row-by-row rank-one updates never form it and learn them,
+    keeping the factor they built where the periodic refactorisation cannot succeed."""
+    phi, r = _data(rng, 50, 4)
+    big = np.tile(1e12 * np.array([1.0, 1.0, 0.0, 0.0]), (100, 1))
+    for config in (HeadConfig(dim=4), HeadConfig(dim=4, gamma=0.999)):
+        head = _sequential(config, phi, r)
+        before = _head_arrays(head)
+        with pytest.raises(ValueError, match="symmetric positive definite"):
+            if config.gamma < 1.0:
+                for x in big:  # the discounted update refactorises every row
+                    head.update(x, 1.0)
+            else:
+                head.update_batch(big, np.ones(100))
+        for key, value in before.items():  # the discounted head fails on the first row
+            np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
+    head = _sequential(HeadConfig(dim=4), phi, r)
+    stats_before = _head_arrays(head)
+    gram = big.T @ big
+    with pytest.raises(ValueError, match="symmetric positive definite"):
+        head.load_statistics(gram, big.T @ np.ones(100), 100.0, 100.0)
+    for key, value in stats_before.items():
+        np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
+    with pytest.raises(ValueError, match="symmetric positive definite"):
+        head.rebuild(np.vstack([phi, big]), np.concatenate([r, np.ones(100)]))
+    for key, value in stats_before.items():
+        np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
+    rows = _sequential(HeadConfig(dim=4, refactor_every=10), phi, r)
+    for x in big:
+        rows.update(x, 1.0)
+    assert np.isfinite(rows.theta_).all() and np.isfinite(rows.inv_chol_).all()
+    assert rows.count_[0] == 150

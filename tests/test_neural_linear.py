@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bandit_core import (
+    MAX_ABS_INPUT,
     BayesianLinearHead,
     Candidates,
     NeuralLinear,
@@ -265,3 +266,73 @@ def test_wrong_feature_widths_are_rejected() -> None:
         policy.select(np.zeros(2), Candidates(("a",), np.zeros((1, DA))), np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"candidates.features must have 2 columns"):
         policy.select(np.zeros(DU), Candidates(("a",), np.zeros((1, 3))), np.random.default_rng(0))
+
+
+def _arrays(policy: NeuralLinear) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in policy.to_state().arrays.items()}
+
+
+def _assert_same(policy: NeuralLinear, twin: NeuralLinear) -> None:
+    """Equal states and bit-identical decisions from the same generator."""
+    mine, theirs = _arrays(policy), _arrays(twin)
+    assert mine.keys() == theirs.keys()
+    for key, value in theirs.items():
+        np.testing.assert_array_equal(mine[key], value, err_msg=key)
+    cands = Candidates(("arm-0", "arm-1", "arm-2"), np.ones((3, DA)))
+    contexts = np.random.default_rng(3).standard_normal((5, DU))
+    picks = [
+        [p.select(x, cands, np.random.default_rng(9)).probabilities for x in contexts]
+        for p in (policy, twin)
+    ]
+    np.testing.assert_array_equal(np.array(picks[0]), np.array(picks[1]))
+
+
+def test_a_failed_retraining_rolls_the_whole_update_back() -> None:
+    """User × arm interactions of inputs at MAX_ABS_INPUT give the head features whose
+    precision is numerically singular (Gram entries near 1e24 hide the prior's λ = 1):
+    the retraining they trigger fails, and the policy is exactly as before the batch."""
+    huge = np.full(DU, MAX_ABS_INPUT), np.full(DA, MAX_ABS_INPUT)
+    failed = 0
+    for seed in range(4):
+        options = {**SMALL, "interactions": True, "retrain_every": 10, "seed": seed}
+        policy, twin = (make_policy("neural_linear", **options) for _ in range(2))
+        x, ids, rewards, feats = _rows(np.random.default_rng(seed), 30)
+        for p in (policy, twin):
+            p.update_batch(x[:25], ids[:25], rewards[:25], feats[:25])  # two retrainings
+        try:
+            policy.update_batch(
+                np.tile(huge[0], (5, 1)), ["arm-0"] * 5, np.zeros(5), np.tile(huge[1], (5, 1))
+            )
+        except ValueError as exc:
+            assert "retraining on these rewards failed, so none of them was learnt" in str(exc)
+            failed += 1
+        else:
+            twin.update_batch(
+                np.tile(huge[0], (5, 1)), ["arm-0"] * 5, np.zeros(5), np.tile(huge[1], (5, 1))
+            )
+        _assert_same(policy, twin)
+        # and it goes on learning ordinary rewards, retraining as usual
+        for p in (policy, twin):
+            p.update_batch(x[25:], ids[25:], rewards[25:], feats[25:])
+        _assert_same(policy, twin)
+    assert failed >= 2, "the premise broke: huge interactions no longer fail the head's refit"
+
+
+def test_a_failed_retrain_call_restores_the_policy() -> None:
+    options = {**SMALL, "interactions": True, "retrain_every": 1_000}
+    for seed in range(4):
+        policy, twin = (make_policy("neural_linear", **{**options, "seed": seed}) for _ in "ab")
+        x, ids, rewards, feats = _rows(np.random.default_rng(seed), 20)
+        x[:10], feats[:10] = MAX_ABS_INPUT, MAX_ABS_INPUT
+        for p in (policy, twin):  # the fast path only, row by row: rank-one updates
+            for i in range(len(ids)):
+                p.update(x[i], ids[i], rewards[i], feats[i])
+        try:
+            policy.retrain()
+        except ValueError as exc:
+            assert "retraining failed; the policy is as it was before" in str(exc)
+            _assert_same(policy, twin)
+            return
+        twin.retrain()
+        _assert_same(policy, twin)
+    pytest.fail("the premise broke: no seed's retrain failed on huge interactions")

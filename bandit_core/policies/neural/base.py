@@ -306,16 +306,29 @@ class NeuralPolicy:
             bad = float(r[(r < 0.0) | (r > 1.0)][0])
             raise ValueError(f"rewards must lie in [0, 1] with loss='bce'; got {bad!r}.")
         inputs = self.features.build_rows(x, feats, ids)
-        start = 0
-        while start < inputs.shape[0]:
-            stop = min(inputs.shape[0], start + self.config.retrain_every - self.since_retrain_)
-            rows = slice(start, stop)
-            self._learn_fast(inputs[rows], r[rows])
-            self.buffer_.add(inputs[rows], r[rows], self._row_weights(stop - start))
-            self.since_retrain_ += stop - start
-            if self.since_retrain_ >= self.config.retrain_every:
-                self.retrain()
-            start = stop
+        # a retraining due in this batch can fail (a network that diverges, a head whose
+        # precision is numerically singular on the new features): then nothing is learnt
+        due = self.since_retrain_ + inputs.shape[0] >= self.config.retrain_every
+        saved = self.to_state() if due else None
+        try:
+            start = 0
+            while start < inputs.shape[0]:
+                room = self.config.retrain_every - self.since_retrain_
+                stop = min(inputs.shape[0], start + room)
+                rows = slice(start, stop)
+                self._learn_fast(inputs[rows], r[rows])
+                self.buffer_.add(inputs[rows], r[rows], self._row_weights(stop - start))
+                self.since_retrain_ += stop - start
+                if self.since_retrain_ >= self.config.retrain_every:
+                    self._retrain()
+                start = stop
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            if saved is None:
+                raise
+            self._restore(saved)
+            raise ValueError(
+                f"retraining on these rewards failed, so none of them was learnt: {exc}"
+            ) from exc
 
     def revise_reward(
         self,
@@ -371,6 +384,17 @@ class NeuralPolicy:
             the head (or whatever depends on the network) is refreshed.
         """
         validate_params("retrain", {"stages": stages}, {"stages": Interval(int, 1, None)})
+        saved = self.to_state()
+        try:
+            return self._retrain(stages, after_stage)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            self._restore(saved)
+            raise ValueError(f"retraining failed; the policy is as it was before: {exc}") from exc
+
+    def _retrain(
+        self, stages: int = 1, after_stage: Callable[[int, float], None] | None = None
+    ) -> float:
+        """:meth:`retrain` without its rollback (the caller restores on failure)."""
         if len(self.buffer_):
             spec = self._train_spec()
             inputs = self._tensor(self.buffer_.inputs)
@@ -411,6 +435,10 @@ class NeuralPolicy:
         return self.config.train_spec()
 
     # -- state -----------------------------------------------------------------------
+    def _restore(self, state: PolicyState) -> None:
+        """Become the policy ``state`` describes (a rollback: bit-identical decisions)."""
+        self.__dict__.update(type(self).from_state(state).__dict__)
+
     def to_state(self) -> PolicyState:
         meta = {
             "model_version": self.model_version,

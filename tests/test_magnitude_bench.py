@@ -1,0 +1,25 @@
+"""``benchmarks.magnitude``: nothing breaks at the bound, and the benchmark sees a break."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bandit_core import MAX_ABS_INPUT, make_policy
+from benchmarks import magnitude
+
+
+def test_nothing_breaks_at_the_bound_and_huge_inputs_do_break() -> None:
+    at_bound, huge = magnitude.run([MAX_ABS_INPUT, 1e100], seeds=1)
+    assert at_bound["broken"] == {}, at_bound
+    assert set(at_bound["refused"]) <= {"neural_linear+interactions"}, at_bound
+    assert {"hybrid_linucb", "shared_linucb+interactions"} <= set(huge["broken"]), huge
+    assert at_bound["configurations"] == len(magnitude.configurations()) > 20
+
+
+def test_the_bound_is_lifted_only_inside_the_benchmark() -> None:
+    policy = make_policy("linucb", dim_user=2)
+    with magnitude.unbounded():
+        policy.update(np.array([1e9, 0.0]), "a", 1.0)
+    with pytest.raises(ValueError, match=r"context must be at most 1e\+06 in magnitude"):
+        policy.update(np.array([1e9, 0.0]), "a", 1.0)
