@@ -224,14 +224,14 @@ def refuse_complex(name: str, value: Any) -> None:
 
 
 #: The largest magnitude a policy or head accepts in any input it learns from or scores
-#: (features, contexts, rewards). Past it, finite inputs stop giving a finite state: with
-#: the default prior precision λ = 1 the hybrid models' state turns non-finite from 1e9,
-#: and from 1e100 every model fed user × arm interactions (``python -m
-#: benchmarks.magnitude``); 1e6 keeps a thousandfold margin under the first break. Below
-#: it a model whose features multiply inputs (interactions, a network) can still meet a
-#: precision matrix that is singular in float64; it then refuses that call whole
-#: (``ValueError``, nothing learnt). The service's ``max_abs_feature``, the event store's
-#: reward range and the retrain's quarantine are bounded by it.
+#: (features, contexts, rewards). ``python -m benchmarks.magnitude``: with the default prior
+#: precision λ = 1 the hybrid models refuse updates from 1e8 (an arm's inverse precision
+#: is no longer positive definite in float64) and every model fed user × arm interactions
+#: overflows at 1e100, so 1e6 keeps a hundredfold margin. Below it a model whose features
+#: multiply inputs (interactions, a network) or a much weaker prior can still meet a
+#: precision that is singular in float64; that call is then refused whole (``ValueError``,
+#: nothing learnt). The service's ``max_abs_feature``, the event store's reward range and
+#: the retrain's quarantine are bounded by it.
 MAX_ABS_INPUT = 1e6
 
 #: the native float64 dtype (a singleton: ``is`` compares it cheaply)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from bandit_core import ExplorationFloor, ExposureCap, Policy, PositionBias, make_policy
 from bandit_core.catalog import CATALOG
 
@@ -166,3 +168,8 @@ WRAPPED: dict[str, Callable[[], Policy]] = {
         make_policy("shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM + 3, n_sim=200), 3
     ),
 }
+
+
+def state_arrays(policy: Any) -> dict[str, np.ndarray]:
+    """Copies of a policy's state arrays (to compare a policy before and after a call)."""
+    return {k: np.array(v, copy=True) for k, v in policy.to_state().arrays.items()}

@@ -8,12 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bandit_core import Candidates, make_policy, policy_from_state
+from bandit_core import MAX_ABS_INPUT, Candidates, make_policy, policy_from_state
 from bandit_core.arm_embedding import arm_embeddings
 from bandit_core.features import FeatureMap
 from bandit_core.head import BayesianLinearHead, HeadConfig
 from bandit_core.policies import hybrid
 from bandit_core.policies.hybrid import HybridLinTSConfig, HybridLinUCBConfig
+from tests.policy_factories import state_arrays
 
 DU, DA = 4, 3
 IDS = ("a", "b", "c", "d", "e")
@@ -265,3 +266,47 @@ def test_statistics_folded_early_leave_the_posterior_equal(monkeypatch: pytest.M
         policy.update(x[t], arms[t], r[t], feats[t])
         dense.head.update(dense.phi(x[t], arms[t], feats[t]), r[t])
     _compare(policy, dense)
+
+
+@pytest.mark.parametrize("name", ["hybrid_linucb", "hybrid_lints"])
+def test_an_update_too_large_for_the_prior_is_refused_whole(name: str) -> None:
+    """With lambda_prior = 1e-6, features at MAX_ABS_INPUT leave an arm's A⁻¹ indefinite
+    in float64 (xᵀA⁻¹x < 0 after a few rows): each such update, one row or a batch, raises
+    and changes nothing; the model stays finite and keeps deciding."""
+    rng = np.random.default_rng(0)
+    policy: Any = make_policy(name, dim_user=DU, dim_arm=DA, lambda_prior=1e-6)
+    refused = 0
+    for t in range(40):
+        x = MAX_ABS_INPUT * rng.choice([-1.0, 1.0], DU)
+        feats = MAX_ABS_INPUT * rng.choice([-1.0, 1.0], DA)
+        before = state_arrays(policy)
+        arms = list(policy.model.arm_ids)
+        try:
+            if t % 4 == 3:
+                policy.update_batch(
+                    np.tile(x, (3, 1)), [IDS[t % 5]] * 3, np.ones(3), np.tile(feats, (3, 1))
+                )
+            else:
+                policy.update(x, IDS[t % 5], float(t % 2), feats)
+        except ValueError as exc:
+            assert "nothing was learnt" in str(exc) or "positive definite" in str(exc)
+            refused += 1
+            after = state_arrays(policy)
+            assert after.keys() == before.keys() and list(policy.model.arm_ids) == arms
+            for key, value in before.items():
+                np.testing.assert_array_equal(after[key], value, err_msg=key)
+        for key, value in state_arrays(policy).items():
+            assert not np.issubdtype(value.dtype, np.number) or np.isfinite(value).all(), key
+        cands = Candidates(IDS, rng.standard_normal((5, DA)))
+        decision = policy.select(rng.standard_normal(DU), cands, rng)
+        assert np.isfinite(decision.probabilities).all()
+    assert refused >= 5, "the premise broke: no update was too large for the prior"
+
+
+def test_a_zero_context_is_learnt_not_refused() -> None:
+    """xᵀA⁻¹x = 0 for x = 0: the stability check must accept it (only the shared part
+    learns)."""
+    policy: Any = make_policy("hybrid_linucb", dim_user=DU, dim_arm=DA)
+    for arm in ("a", "a", "b"):
+        policy.update(np.zeros(DU), arm, 1.0, np.ones(DA))
+    assert policy.model.count_ == 3.0

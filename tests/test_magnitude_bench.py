@@ -13,7 +13,8 @@ def test_nothing_breaks_at_the_bound_and_huge_inputs_do_break() -> None:
     at_bound, huge = magnitude.run([MAX_ABS_INPUT, 1e100], seeds=1)
     assert at_bound["broken"] == {}, at_bound
     assert set(at_bound["refused"]) <= {"neural_linear+interactions"}, at_bound
-    assert {"hybrid_linucb", "shared_linucb+interactions"} <= set(huge["broken"]), huge
+    assert "shared_linucb+interactions" in huge["broken"], huge
+    assert "hybrid_linucb" in huge["refused"], huge  # refused whole, never non-finite
     assert at_bound["configurations"] == len(magnitude.configurations()) > 20
 
 

@@ -19,6 +19,7 @@ from bandit_core import (
 )
 from bandit_core.head import HeadConfig
 from bandit_core.policies.neural import NeuralLinearConfig
+from tests.policy_factories import state_arrays
 
 DU, DA = 3, 2
 SMALL = {
@@ -268,13 +269,9 @@ def test_wrong_feature_widths_are_rejected() -> None:
         policy.select(np.zeros(DU), Candidates(("a",), np.zeros((1, 3))), np.random.default_rng(0))
 
 
-def _arrays(policy: NeuralLinear) -> dict[str, np.ndarray]:
-    return {k: np.array(v, copy=True) for k, v in policy.to_state().arrays.items()}
-
-
 def _assert_same(policy: NeuralLinear, twin: NeuralLinear) -> None:
     """Equal states and bit-identical decisions from the same generator."""
-    mine, theirs = _arrays(policy), _arrays(twin)
+    mine, theirs = state_arrays(policy), state_arrays(twin)
     assert mine.keys() == theirs.keys()
     for key, value in theirs.items():
         np.testing.assert_array_equal(mine[key], value, err_msg=key)

@@ -29,6 +29,7 @@ from tests.policy_factories import (
     UNIT_REWARDS,
     VARIANTS,
     WRAPPED,
+    state_arrays,
 )
 
 ALL: dict[str, Callable[[], Policy]] = {**FACTORIES, **VARIANTS, **WRAPPED}
@@ -281,15 +282,11 @@ def test_catalog_randomized_flag_matches_the_decisions(policy_name: str) -> None
 
 
 # ------------------------------------------------------------------ the magnitude bound
-def _state_arrays(policy: Policy) -> dict[str, np.ndarray]:
-    return {k: np.array(v, copy=True) for k, v in policy.to_state().arrays.items()}
-
-
 def test_inputs_beyond_the_bound_are_refused_and_nothing_is_learnt(name: str) -> None:
     """A finite value past ``MAX_ABS_INPUT`` in a context, an arm's features or a reward is
     a ``ValueError`` naming the field and the bound, and the policy learns nothing."""
     policy = _trained(name)
-    before = _state_arrays(policy)
+    before = state_arrays(policy)
     rng = np.random.default_rng(6)
     cands = candidates_for(policy, _candidates(rng))
     x, feats = rng.standard_normal(DIM_USER), cands.features[0]
@@ -314,7 +311,7 @@ def test_inputs_beyond_the_bound_are_refused_and_nothing_is_learnt(name: str) ->
             continue  # a Bernoulli likelihood refuses every reward outside [0, 1] already
         with pytest.raises(ValueError, match=rf"{field_name}s? must be {bound}"):
             call()
-    after = _state_arrays(policy)
+    after = state_arrays(policy)
     assert after.keys() == before.keys()
     for key, value in before.items():
         np.testing.assert_array_equal(after[key], value, err_msg=key)
@@ -332,7 +329,7 @@ def test_inputs_at_the_bound_leave_a_finite_state(name: str) -> None:
         feats = MAX_ABS_INPUT * sign[DIM_USER:]
         reward = float(t % 2) if name in UNIT_REWARDS else MAX_ABS_INPUT * (-1.0) ** t
         policy.update(x, cands.ids[t % len(cands.ids)], reward, feats)
-    for key, value in _state_arrays(policy).items():
+    for key, value in state_arrays(policy).items():
         if np.issubdtype(value.dtype, np.number):
             assert np.isfinite(value).all(), key
     big = Candidates(cands.ids, np.full((len(cands.ids), cands.dim), MAX_ABS_INPUT))

@@ -79,6 +79,8 @@ from bandit_core.types import Candidates
 IntArray = NDArray[np.intp]
 
 #: candidate sets whose slot index the model remembers
+#: how far below 0 round-off may take xᵀA⁻¹x (unitless) before an update is refused
+_ROUND_OFF = 1e-9
 _ROWS_CACHE = 256
 #: observations learnt one at a time that wait, at most, to be summed into A₀, A_a, B_a
 _FOLD_EVERY = 512
@@ -328,14 +330,24 @@ class HybridModel:
     # -- learning -----------------------------------------------------------------
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
         slot = self._slots.get(arm_id)
-        if slot is None:
-            slot = self._add_arm(arm_id)
         z = self.features.row(context, feats, arm_id)
-        self._rank1(slot, context, z, reward)
-        if self.pending_ >= self.config.refactor_every:
-            self.refactor()
+        if slot is None:  # a refused first update leaves no arm behind
+            saved = self._snapshot()
+            slot = self._add_arm(arm_id)
+            try:
+                self._rank1(slot, context, z, reward)
+            except ValueError:
+                self._restore(saved)
+                raise
         else:
-            self._set_beta()
+            self._rank1(slot, context, z, reward)
+        if self.pending_ >= self.config.refactor_every:
+            try:
+                self.refactor()
+                return
+            except ValueError:  # statistics no factorisation can take: keep the rank-one
+                pass  # blocks (they never formed them) and try again next time
+        self._set_beta()
 
     def _rank1(self, slot: int, x: FloatArray, z: FloatArray, r: float) -> None:
         """Algorithm 2's update of the blocks for one observation on arm ``slot``.
@@ -349,15 +361,28 @@ class HybridModel:
         block = self.scoring_[slot]
         out = block.dot(x)
         w = out[:d]
-        scale = 1.0 / (1.0 + float(w.dot(x)))
+        denominator = 1.0 + float(w.dot(x))
         lift = out.copy()  # [−w ; c ; e]
         np.negative(w, out=lift[:d])
         np.subtract(z, out[d : d + k], out=lift[d : d + k])
         e = r - float(out[-1])
         lift[-1] = e
         c = lift[d : d + k]
+        # xᵀA_a⁻¹x is a squared Mahalanobis norm (unitless, ≥ 0): clearly negative, A_a⁻¹
+        # is no longer positive definite in float64 (features too large for lambda_prior),
+        # and the step would be wrong, so refuse it before anything changes
+        schur = None
+        if denominator > 1.0 - _ROUND_OFF and np.isfinite(lift).all():
+            scale = 1.0 / denominator
+            schur = inv_chol_rank1_product(self.schur_inv_chol_, c * np.sqrt(scale))
+        if schur is None or not np.isfinite(schur).all():
+            raise ValueError(
+                f"the update of arm {self.arm_ids[slot - 1]!r} is numerically unstable: its "
+                f"features (up to {float(np.abs(x).max()):g}) are too large for "
+                f"lambda_prior={self.config.lambda_prior:g} in float64; nothing was learnt."
+            )
         # shared block: S += c cᵀ/(1 + s), b̂ += c e/(1 + s)
-        self.schur_inv_chol_ = inv_chol_rank1_product(self.schur_inv_chol_, c * np.sqrt(scale))
+        self.schur_inv_chol_ = schur
         self.reduced_ += (scale * e) * c
         self.xty0_ += r * z
         # the arm's block, in place: one BLAS rank-one update of its Fortran view (a copy
@@ -429,6 +454,30 @@ class HybridModel:
         if contexts.shape[0] == 1:
             self.learn_one(contexts[0], ids[0], feats[0], float(rewards[0]))
             return
+        saved = self._snapshot()
+        try:
+            self._learn_all(contexts, ids, feats, rewards)
+        except ValueError:  # a factorisation failed: the model is as it was
+            self._restore(saved)
+            raise
+
+    def _snapshot(self) -> dict[str, Any]:
+        kept: dict[str, Any] = {
+            k: v.copy() for k, v in vars(self).items() if isinstance(v, np.ndarray)
+        }
+        kept["arm_ids"], kept["_slots"] = list(self.arm_ids), dict(self._slots)
+        kept["_unfolded"] = list(self._unfolded)
+        kept["yty_"], kept["count_"], kept["pending_"] = self.yty_, self.count_, self.pending_
+        return kept
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        vars(self).update(saved)
+        self._rows_of.clear()
+        self._weights = self._noise = None
+
+    def _learn_all(
+        self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
+    ) -> None:
         slots = self.slots_for(ids, create=True)
         z = self.features.build_rows(contexts, feats, ids)
         self._fold()
@@ -444,11 +493,16 @@ class HybridModel:
     def rebuild(
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
     ) -> None:
+        saved = self._snapshot()
         self.arm_ids, self._slots = [], {}
         self._rows_of.clear()
         self._reset()
         if contexts.shape[0]:
-            self.learn(contexts, ids, feats, rewards)
+            try:
+                self._learn_all(contexts, ids, feats, rewards)
+            except ValueError:
+                self._restore(saved)
+                raise
 
     def refactor(self) -> None:
         """Recompute every block from the additive statistics: ``W_a`` from
