@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bandit_core import Candidates, make_policy
+from bandit_core import MAX_ABS_INPUT, Candidates, make_policy
 from validation.ope import (
     DEFAULT_ESTIMATORS,
     CrossFitRewardModel,
@@ -161,6 +161,21 @@ def test_logged_batch_accepts_arm_ids_and_fingerprints_its_content() -> None:
     assert by_id.fingerprint() == b.fingerprint()
     changed = LoggedBatch(b.contexts, b.candidates, b.actions, 1 - b.rewards, b.pscore)
     assert changed.fingerprint() != b.fingerprint()
+
+
+def test_rewards_of_any_finite_scale_are_evaluated_but_contexts_keep_the_bound() -> None:
+    """Revenue in cents may exceed MAX_ABS_INPUT: estimators only average rewards, and an
+    estimate scales with them; contexts, which reward models factor, keep the bound."""
+    b = uniform_batch(300, seed=4)
+    rich = LoggedBatch(b.contexts, b.candidates, b.actions, 1e9 * b.rewards, b.pscore)
+    plain = evaluate_policy(trained_greedy(), b, np.random.default_rng(0), n_resamples=50)
+    scaled = evaluate_policy(trained_greedy(), rich, np.random.default_rng(0), n_resamples=50)
+    for name in ("ips", "snips"):
+        assert scaled.estimates[name].value == pytest.approx(1e9 * plain.estimates[name].value)
+    huge = b.contexts.copy()
+    huge[3, 1] = 2 * MAX_ABS_INPUT
+    with pytest.raises(ValueError, match=r"contexts must be at most 1e\+06 in magnitude"):
+        LoggedBatch(huge, b.candidates, b.actions, b.rewards, b.pscore)
 
 
 @pytest.mark.parametrize(

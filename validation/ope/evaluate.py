@@ -93,8 +93,11 @@ class LoggedBatch:
             raise ValueError("contexts must hold at least one logged decision; got 0 rows.")
         object.__setattr__(self, "contexts", x)
         object.__setattr__(self, "actions", _arm_indices(self.actions, self.candidates, n))
-        object.__setattr__(self, "rewards", as_float_vector("rewards", self.rewards, n))
-        object.__setattr__(self, "pscore", as_float_vector("pscore", self.pscore, n))
+        # estimators average rewards and divide by propensities: any finite value is fine
+        # (contexts, which reward models factor, keep the library's MAX_ABS_INPUT)
+        rewards = as_float_vector("rewards", self.rewards, n, bound=None)
+        object.__setattr__(self, "rewards", rewards)
+        object.__setattr__(self, "pscore", as_float_vector("pscore", self.pscore, n, bound=None))
         pos = np.zeros(n, dtype=np.intp) if self.positions is None else np.asarray(self.positions)
         if pos.shape != (n,) or pos.dtype.kind not in "iu":
             raise ValueError(

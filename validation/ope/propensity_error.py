@@ -34,7 +34,7 @@ def flag_propensity_error(
     -------
     ndarray of bool, shape (n_rounds,)
     """
-    p = as_float_vector("pscore", pscore)
+    p = as_float_vector("pscore", pscore, bound=None)
     se = np.asarray(propensity_se, dtype=np.float64)
     if se.shape != p.shape:
         raise ValueError(

@@ -70,7 +70,7 @@ class RidgeModel:
 
     def fit(self, X: Any, y: Any) -> RidgeModel:
         x = as_float_matrix("X", X)
-        t = as_float_vector("y", y, x.shape[0])
+        t = as_float_vector("y", y, x.shape[0], bound=None)  # a target's scale is harmless
         mean_x, mean_y = x.mean(axis=0), float(t.mean())
         xc = x - mean_x
         gram = xc.T @ xc + self.alpha * np.eye(x.shape[1])
@@ -218,7 +218,7 @@ class CrossFitRewardModel:
         n = x.shape[0]
         feats = as_float_matrix("action_features", action_features)
         k = feats.shape[0]
-        r = as_float_vector("rewards", rewards, n)
+        r = as_float_vector("rewards", rewards, n, bound=None)  # as in LoggedBatch
         a = _indices("actions", actions, n, k)
         validate_params("fit_predict", {"len_list": len_list}, {"len_list": Interval(int, 1, None)})
         pos = (
