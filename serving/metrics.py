@@ -73,6 +73,12 @@ class ServiceMetrics:
             "Head snapshots not written, or updates not applied, because the state was not finite",
             registry=reg,
         )
+        self.head_update_failures = Counter(
+            "banditops_head_update_failures",
+            "Rewards stored as applied whose head update the model refused (a precision "
+            "singular in float64: features too large for its prior; the head is unchanged)",
+            registry=reg,
+        )
         self.model_info = Gauge(
             "banditops_model_info",
             "1 for the model version serving each role",

@@ -727,8 +727,9 @@ class DecisionService:
                 learn.arm_features,
                 learn.position,
             )
-        except Exception:
+        except Exception:  # the policy refused it whole: the head is as it was
             log.exception("head update of %s failed for reward %d", model.version, outcome.id)
+            self.metrics.head_update_failures.inc()
             return
         if outcome.journaled:  # no store id yet: hold snapshots until it is drained
             self._unsynced[model.version] = self._unsynced.get(model.version, 0) + 1

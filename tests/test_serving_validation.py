@@ -4,13 +4,24 @@ invalid reaches the store."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.serving_helpers import decision_body, policy_file, running_client, service_settings
+from bandit_core import MAX_ABS_INPUT
+from tests.serving_helpers import (
+    DIM_ARM,
+    DIM_USER,
+    decision_body,
+    policy_file,
+    running_client,
+    served_policy,
+    service_settings,
+)
 
 pytest_plugins = ["tests.serving_fixtures"]
 
@@ -165,3 +176,48 @@ def test_oversized_bodies_are_413(client: Any) -> None:
         headers={"content-type": "application/json"},
     )
     assert small.status_code == 200
+
+
+def test_a_head_update_the_model_refuses_is_counted_and_fails_nothing(tmp_path: Path) -> None:
+    """A hybrid model with a very weak prior (lambda_prior = 1e-6) meets features at the
+    bound: some of its updates are refused whole by the model. Every request still
+    answers 200, each refusal is counted in /metrics, and the served head stays finite
+    and keeps deciding."""
+    model = policy_file(
+        tmp_path / "hybrid.npz", name="hybrid_linucb", dim_arm=DIM_ARM, lambda_prior=1e-6
+    )
+    rng = np.random.default_rng(5)
+    n = 30
+    with running_client(service_settings(tmp_path, model_path=model)) as client:
+        for t in range(n):
+            signs = rng.choice([-1.0, 1.0], DIM_USER + DIM_ARM)
+            body = {
+                "context": (MAX_ABS_INPUT * signs[:DIM_USER]).tolist(),
+                "candidates": [
+                    {"id": f"item-{t % 3}", "features": (MAX_ABS_INPUT * signs[DIM_USER:]).tolist()}
+                ],
+            }
+            got = client.post("/v1/decisions", json=body)
+            assert got.status_code == 200, got.text
+            ack = client.post(
+                "/v1/rewards", json={"event_id": got.json()["event_id"], "reward": t % 2}
+            )
+            assert ack.status_code == 200 and ack.json()["status"] == "applied", ack.text
+        served = client.app.state.service.loader.current.production
+
+        def refused() -> float:
+            text = client.get("/metrics").text
+            line = next(
+                x for x in text.splitlines() if x.startswith("banditops_head_update_failures_total")
+            )
+            return float(line.split()[-1])
+
+        deadline = time.monotonic() + 30.0
+        while served.applied_rewards + refused() < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served.applied_rewards + refused() == n
+        assert refused() >= 3, "the premise broke: the weak prior refused no update"
+        for key, value in served_policy(client).to_state().arrays.items():
+            assert not np.issubdtype(value.dtype, np.number) or np.isfinite(value).all(), key
+        again = client.post("/v1/decisions", json=decision_body(rng, n=4))
+        assert again.status_code == 200 and again.json()["fallback"] is False, again.text
