@@ -310,3 +310,28 @@ def test_a_zero_context_is_learnt_not_refused() -> None:
     for arm in ("a", "a", "b"):
         policy.update(np.zeros(DU), arm, 1.0, np.ones(DA))
     assert policy.model.count_ == 3.0
+
+
+def test_a_refused_first_update_of_a_new_arm_leaves_no_arm_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy: Any = make_policy("hybrid_linucb", dim_user=DU, dim_arm=DA)
+    rng = np.random.default_rng(1)
+    for arm in ("a", "b", "a"):
+        policy.update(rng.standard_normal(DU), arm, 1.0, rng.standard_normal(DA))
+    before, arms = state_arrays(policy), list(policy.model.arm_ids)
+
+    def refuse(*_: Any) -> None:
+        raise ValueError("refused")
+
+    monkeypatch.setattr(hybrid.HybridModel, "_rank1", refuse)
+    with pytest.raises(ValueError, match="refused"):
+        policy.update(rng.standard_normal(DU), "new", 1.0, rng.standard_normal(DA))
+    monkeypatch.undo()
+    assert list(policy.model.arm_ids) == arms and "new" not in policy.model._slots
+    after = state_arrays(policy)
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    policy.update(rng.standard_normal(DU), "new", 1.0, rng.standard_normal(DA))  # learns on
+    assert list(policy.model.arm_ids) == [*arms, "new"]

@@ -78,10 +78,12 @@ from bandit_core.types import Candidates
 
 IntArray = NDArray[np.intp]
 
-#: candidate sets whose slot index the model remembers
 #: how far below 0 round-off may take xᵀA⁻¹x (unitless) before an update is refused
 _ROUND_OFF = 1e-9
+#: candidate sets whose slot index the model remembers
 _ROWS_CACHE = 256
+#: the model's arrays with one slot per arm (slot 0: the prior)
+_PER_ARM = ("precision_", "cross_", "xty_", "scoring_", "arm_fit_")
 #: observations learnt one at a time that wait, at most, to be summed into A₀, A_a, B_a
 _FOLD_EVERY = 512
 
@@ -256,10 +258,17 @@ class HybridModel:
         slot = int(self.precision_.shape[0])
         self._slots[arm] = slot
         self.arm_ids.append(arm)
-        for name in ("precision_", "cross_", "xty_", "scoring_", "arm_fit_"):
+        for name in _PER_ARM:
             array = getattr(self, name)
             setattr(self, name, np.concatenate([array, array[:1]], axis=0))  # slot 0: prior
         return slot
+
+    def _drop_last_arm(self) -> None:
+        """Undo :meth:`_add_arm` of the newest arm (nothing learnt from it yet)."""
+        self._rows_of.clear()
+        del self._slots[self.arm_ids.pop()]
+        for name in _PER_ARM:
+            setattr(self, name, getattr(self, name)[:-1].copy())
 
     def slots_for(self, ids: tuple[str, ...] | list[str], create: bool) -> IntArray:
         if create:
@@ -332,12 +341,11 @@ class HybridModel:
         slot = self._slots.get(arm_id)
         z = self.features.row(context, feats, arm_id)
         if slot is None:  # a refused first update leaves no arm behind
-            saved = self._snapshot()
             slot = self._add_arm(arm_id)
             try:
                 self._rank1(slot, context, z, reward)
-            except ValueError:
-                self._restore(saved)
+            except ValueError:  # _rank1 refuses before it changes anything
+                self._drop_last_arm()
                 raise
         else:
             self._rank1(slot, context, z, reward)
