@@ -269,7 +269,7 @@ def as_float_vector(
         refuse_complex(name, value)
         try:
             arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a huge int
             raise ValueError(f"{name} must be a 1-D array of numbers; got {_show(value)}.") from exc
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array; got an array of shape {arr.shape}.")
@@ -295,7 +295,7 @@ def as_float_matrix(
         refuse_complex(name, value)
         try:
             arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a huge int
             raise ValueError(f"{name} must be a 2-D array of numbers; got {_show(value)}.") from exc
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array; got an array of shape {arr.shape}.")

@@ -338,3 +338,18 @@ def test_inputs_at_the_bound_leave_a_finite_state(name: str) -> None:
         assert np.isfinite(decision.probabilities).all()
         assert abs(float(decision.probabilities.sum()) - 1.0) < 1e-9
         assert 0.0 < decision.propensity <= 1.0
+
+
+def test_an_integer_beyond_every_float_is_a_value_error_naming_the_field() -> None:
+    policy = ALL["shared_linucb"]()
+    huge = 10**400
+    with pytest.raises(ValueError, match="context must be a 1-D array of numbers"):
+        policy.update([huge] + [0.0] * (DIM_USER - 1), "a", 1.0, [0.0] * DIM_ARM)
+    with pytest.raises(ValueError, match="contexts must be a 2-D array of numbers"):
+        policy.select_batch(
+            [[huge] * DIM_USER],
+            Candidates.from_any(["a"], [[0.0] * DIM_ARM]),
+            np.random.default_rng(0),
+        )
+    with pytest.raises(ValueError, match="reward must be a finite number"):
+        policy.update([0.0] * DIM_USER, "a", huge, [0.0] * DIM_ARM)
