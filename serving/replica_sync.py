@@ -63,8 +63,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from eventstore.records import RewardRow
+from serving.models.recovery import learn_rewards
 from serving.models.served import ServedModel, find_head
-from serving.store.repository import EventStore
+from serving.store.repository import AppliedRewards, EventStore
 
 log = logging.getLogger(__name__)
 
@@ -259,21 +260,13 @@ class ReplicaSync:
             )
         return count
 
-    def _learn(self, model: ServedModel, rows: Any, keep: list[int]) -> int:
-        from bandit_core.policies.position import update_batch_at
-
-        positions = None if rows.positions is None else rows.positions[keep]
-        update_batch_at(
-            model.policy,
-            rows.contexts[keep],
-            [rows.arm_ids[j] for j in keep],
-            rows.values[keep],
-            rows.arm_features[keep],
-            positions,
-        )
-        model.applied_rewards += len(keep)
+    def _learn(self, model: ServedModel, rows: AppliedRewards, keep: list[int]) -> int:
+        """Learn rows ``keep`` in order (a reward the head refuses is skipped, as it is
+        by recovery, never retried); the number learnt."""
+        learnt = learn_rewards(model.policy, rows.take(keep), model.version)
+        model.applied_rewards += learnt
         model.last_reward_id = max(model.last_reward_id, int(rows.ids[keep].max()))
-        return len(keep)
+        return learnt
 
     def _advance(self, version: str, tracker: _Tracker, ids: Any, received: list[datetime]) -> None:
         """Move ``floor`` up to the newest reward received more than a horizon ago."""

@@ -200,7 +200,11 @@ class RewardResponse(BaseModel):
     status: str = Field(
         description="applied, duplicate, summed, late, not_served, fallback or rejected."
     )
-    applied: bool = Field(description="Whether the deciding model's head learnt from it.")
+    applied: bool = Field(
+        description="Whether the deciding model's head learnt from it: false for every "
+        "status but applied, and for an applied reward whose update the head refused "
+        "(one it cannot make in float64; counted in banditops_head_update_failures_total)."
+    )
     model_version: str | None
 
 

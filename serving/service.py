@@ -94,6 +94,9 @@ from serving.store.writer import GroupCommitWriter, WriterClosedError
 
 log = logging.getLogger(__name__)
 
+#: Refused head updates remembered until their request answers (see ``_refused``).
+_REFUSALS_KEPT = 1024
+
 #: A reward timestamp may precede its decision by this much (clock skew) and no more.
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -252,6 +255,9 @@ class DecisionService:
         # the SQLite log's checkpoints, off the commit path (0: inside commits, SQLite's)
         self.checkpointer = checkpointer(engine, settings)
         self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
+        # (event id, ordinal) of rewards whose deciding head refused the update, until
+        # their request answers (bounded: a request cancelled meanwhile never collects)
+        self._refused: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
@@ -619,12 +625,17 @@ class DecisionService:
             ),
         )
         outcome: RewardOutcome = await self._commit(row)
+        # the head learnt it (or refused it) before the commit's answer reached here
+        key = (req.event_id, outcome.ordinal)
+        refused = key in self._refused
+        if refused:
+            del self._refused[key]
         self.metrics.rewards.labels(outcome.status).inc()
         self.metrics.reward_value.observe(req.reward)
         return RewardResponse(
             event_id=req.event_id,
             status=outcome.status,
-            applied=outcome.applied,
+            applied=outcome.applied and not refused,
             model_version=decision.model_version,
         )
 
@@ -691,7 +702,10 @@ class DecisionService:
                     row.model_version,
                 )
                 continue
-            self._learn_one(model, row, outcome)
+            if not self._learn_one(model, row, outcome):
+                self._refused[(row.event_id, outcome.ordinal)] = None
+                while len(self._refused) > _REFUSALS_KEPT:
+                    self._refused.popitem(last=False)
             for other in self._also_learning(served, model, row.learn, outcome):
                 self._learn_one(other, row, outcome)
 
@@ -716,7 +730,10 @@ class DecisionService:
             and (outcome.journaled or outcome.id > other.last_reward_id)
         ]
 
-    def _learn_one(self, model: ServedModel, row: RewardRow, outcome: RewardOutcome) -> None:
+    def _learn_one(self, model: ServedModel, row: RewardRow, outcome: RewardOutcome) -> bool:
+        """Update ``model``'s head; False when the policy refused the update whole (an
+        update it cannot make in float64): counted, and skipped the same way by recovery
+        and the replica sync (:func:`serving.models.recovery.learn_rewards`)."""
         learn: LearnInput = row.learn
         try:
             update_at(
@@ -730,7 +747,7 @@ class DecisionService:
         except Exception:  # the policy refused it whole: the head is as it was
             log.exception("head update of %s failed for reward %d", model.version, outcome.id)
             self.metrics.head_update_failures.inc()
-            return
+            return False
         if outcome.journaled:  # no store id yet: hold snapshots until it is drained
             self._unsynced[model.version] = self._unsynced.get(model.version, 0) + 1
         else:
@@ -738,6 +755,7 @@ class DecisionService:
         model.applied_rewards += 1
         model.rewards_since_snapshot += 1
         self.snapshots.after_reward(model)
+        return True
 
     def _on_drained(self, report: DrainReport) -> None:
         """Writer thread: the journal is in the store; give the loop the rewards' ids."""

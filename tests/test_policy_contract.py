@@ -22,6 +22,7 @@ from bandit_core._validation import CheckedBy, Constraint, Interval
 from bandit_core.catalog import CATALOG
 from bandit_core.head_statistics import LinearHeadPolicy
 from bandit_core.policies.arm_features import candidates_for
+from bandit_core.policies.position import update_batch_skipping
 from tests.policy_factories import (
     DIM_ARM,
     DIM_USER,
@@ -315,6 +316,33 @@ def test_inputs_beyond_the_bound_are_refused_and_nothing_is_learnt(name: str) ->
     assert after.keys() == before.keys()
     for key, value in before.items():
         np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_a_batch_learns_every_row_but_those_refused(name: str) -> None:
+    """:func:`update_batch_skipping` (how stored rewards are replayed into a head) skips
+    exactly the rows the policy refuses — here two rows past the bound — and learns the
+    others in order: the state equals learning them with one ``update_batch``."""
+    rng = np.random.default_rng(8)
+    cands = candidates_for(_trained(name), _candidates(rng))
+    n = 12
+    contexts = rng.standard_normal((n, DIM_USER))
+    arms = [cands.ids[i] for i in rng.integers(0, len(cands.ids), n)]
+    feats = np.stack([cands.features[cands.ids.index(a)] for a in arms])
+    rewards = rng.random(n)
+    bad = [2, 7]
+    contexts[bad, 0] = 2 * MAX_ABS_INPUT
+    skipping, reference = _trained(name), _trained(name)
+    refused = update_batch_skipping(skipping, contexts, arms, rewards, feats, None)
+    assert refused == bad
+    good = [i for i in range(n) if i not in bad]
+    reference.update_batch(contexts[good], [arms[i] for i in good], rewards[good], feats[good])
+    after, expected = state_arrays(skipping), state_arrays(reference)
+    assert after.keys() == expected.keys()
+    for key, value in expected.items():
+        if np.issubdtype(value.dtype, np.floating):
+            np.testing.assert_allclose(after[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
+        elif not key.endswith("pending"):  # rank-one bookkeeping a batch resets
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
 
 
 def test_inputs_at_the_bound_leave_a_finite_state(name: str) -> None:

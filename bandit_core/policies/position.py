@@ -274,3 +274,48 @@ def update_batch_at(
         policy.update_batch(contexts, arm_ids, rewards, arm_features, positions=positions)
     else:
         policy.update_batch(contexts, arm_ids, rewards, arm_features)
+
+
+def update_batch_skipping(
+    policy: Any,
+    contexts: Any,
+    arm_ids: Any,
+    rewards: Any,
+    arm_features: Any,
+    positions: Any,
+) -> list[int]:
+    """:func:`update_batch_at`, except that rows the policy refuses are skipped: the
+    indices of those rows, in order.
+
+    A policy refuses an update whole (a ``ValueError``, nothing learnt), so a refused
+    batch is split in two halves learnt in order, down to single rows — the refused
+    ones are found with O(r log n) batch updates and every other row is learnt, in its
+    order. For replaying stored rewards into a head (recovery, replica sync), where one
+    row the head cannot learn must not cost it all the others.
+    """
+    contexts, rewards = np.asarray(contexts), np.asarray(rewards)
+    features = np.asarray(arm_features)
+    at = None if positions is None else np.asarray(positions)
+    refused: list[int] = []
+
+    def learn(lo: int, hi: int) -> None:
+        try:
+            update_batch_at(
+                policy,
+                contexts[lo:hi],
+                list(arm_ids[lo:hi]),
+                rewards[lo:hi],
+                features[lo:hi],
+                None if at is None else at[lo:hi],
+            )
+        except ValueError:
+            if hi - lo == 1:
+                refused.append(lo)
+                return
+            mid = (lo + hi) // 2
+            learn(lo, mid)
+            learn(mid, hi)
+
+    if len(arm_ids):
+        learn(0, len(arm_ids))
+    return refused

@@ -3,7 +3,9 @@
 The head of a served version is its base state (from the model source) plus every
 reward applied to it, in reward-id order. Recovery starts from the newest snapshot (or
 the base) and applies the applied rewards logged after it; :func:`rebuild_from_store`
-applies all of them to the base — the reference the recovered head must equal.
+applies all of them to the base — the reference the recovered head must equal. A reward
+the head refuses (an update it cannot make in float64: ``banditops_head_update_failures``
+counted it online) is skipped here as it was online, and the others are learnt.
 
 A version that says where its training window stops (``window_stop``, a registry tag)
 learns more when it is loaded from its base: every applied reward of a decision created
@@ -18,22 +20,40 @@ its own window, so a snapshot holds every reward the rule gives it up to its
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
+import numpy as np
+
 from bandit_core import Policy
-from bandit_core.policies.position import update_batch_at
+from bandit_core.policies.position import update_batch_skipping
 from serving.models.served import ServedModel, Signature
 from serving.models.state_io import policy_from_bytes
 from serving.store.repository import AppliedRewards, EventStore
 
+log = logging.getLogger(__name__)
 
-def _learn(policy: Policy, tail: AppliedRewards) -> None:
-    """The rewards in order, each with the item (and, for a position-aware model, the
-    position one-hot) it was learnt from online."""
-    if len(tail):
-        update_batch_at(
-            policy, tail.contexts, tail.arm_ids, tail.values, tail.arm_features, tail.positions
+
+def learn_rewards(policy: Policy, tail: AppliedRewards, version: str) -> int:
+    """Learn the rewards in order, each with the item (and, for a position-aware model,
+    the position one-hot) it was learnt from online; the number learnt.
+
+    A reward the head refuses (a ``ValueError``: an update it cannot make in float64, as
+    online, where the same reward was refused and counted) is skipped and logged, never
+    fatal: one such reward must not keep a version from loading, nor its other rewards
+    out of its head."""
+    refused = update_batch_skipping(
+        policy, tail.contexts, tail.arm_ids, tail.values, tail.arm_features, tail.positions
+    )
+    if refused:
+        log.warning(
+            "the head of %s refused %d stored rewards (ids %s); it learnt the other %d",
+            version,
+            len(refused),
+            tail.ids[np.asarray(refused[:20])].tolist(),
+            len(tail) - len(refused),
         )
+    return len(tail) - len(refused)
 
 
 def recover(
@@ -52,10 +72,10 @@ def recover(
         policy = policy_from_bytes(snapshot.state)
         last_id, applied = snapshot.last_reward_id, snapshot.applied_rewards
     tail = store.applied_rewards(version, after_id=last_id, since=window_stop)
-    _learn(policy, tail)
+    learnt = learn_rewards(policy, tail, version)
     replayed_after = last_id
     if len(tail):
-        last_id, applied = int(tail.ids[-1]), applied + len(tail)
+        last_id, applied = int(tail.ids[-1]), applied + learnt
     policy.model_version = version
     return ServedModel(
         version=version,
@@ -75,6 +95,6 @@ def rebuild_from_store(
 ) -> Policy:
     """``base`` after every reward the store says ``version``'s head learns (with
     ``window_stop``: those of every decision after its window)."""
-    _learn(base, store.applied_rewards(version, since=window_stop))
+    learn_rewards(base, store.applied_rewards(version, since=window_stop), version)
     base.model_version = version
     return base

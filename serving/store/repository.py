@@ -111,6 +111,17 @@ class AppliedRewards:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
+    def take(self, rows: list[int]) -> AppliedRewards:
+        """These rows only, in this order."""
+        return AppliedRewards(
+            ids=self.ids[rows],
+            contexts=self.contexts[rows],
+            arm_ids=[self.arm_ids[j] for j in rows],
+            arm_features=self.arm_features[rows],
+            values=self.values[rows],
+            positions=None if self.positions is None else self.positions[rows],
+        )
+
 
 def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
     """Write a batch inside the caller's transaction; one result per item.
