@@ -27,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Boolean, Column, ColumnElement, Engine, Row, func, select
 
 from eventstore.schema import SHAPE, decisions, replay_columns, rewards
+from eventstore.settings import DuplicateRule, MissingReward, check_rules
 from eventstore.types import decode_floats
 
 
@@ -60,12 +61,15 @@ def _position_observed(o: Outcome) -> list[bool] | None:
 
 #: Name of the replay's reward column.
 REWARD = "reward"
+#: Name of the column counting the rewards received in the window (the sum rule adds
+#: them up in ``reward``).
+REWARD_COUNT = "n_rewards"
 #: The replay's computed columns and their derivation; every other column is stored
 #: (:func:`eventstore.schema.replay_columns`).
 COMPUTED: dict[str, Callable[[Outcome], Any]] = {
     REWARD: lambda o: o.default if o.value is None else o.value,
     "reward_observed": lambda o: o.value is not None,
-    "n_rewards": lambda o: o.count,
+    REWARD_COUNT: lambda o: o.count,
     "position_rewards": _position_rewards,
     "position_observed": _position_observed,
 }
@@ -109,8 +113,8 @@ def read_replay(
     end: datetime,
     *,
     reward_window: timedelta,
-    duplicate_rule: Literal["first_wins", "sum"] = "first_wins",
-    missing_reward: Literal["default", "drop"] = "default",
+    duplicate_rule: DuplicateRule = "first_wins",
+    missing_reward: MissingReward = "default",
     default_reward: float = 0.0,
     as_of: datetime | None = None,
 ) -> pd.DataFrame:
@@ -138,10 +142,7 @@ def read_replay(
     for name, moment in (("start", start), ("end", end), ("as_of", as_of)):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{name} must be timezone-aware; got {moment!r}.")
-    if duplicate_rule not in ("first_wins", "sum"):
-        raise ValueError(f"duplicate_rule must be 'first_wins' or 'sum'; got {duplicate_rule!r}.")
-    if missing_reward not in ("default", "drop"):
-        raise ValueError(f"missing_reward must be 'default' or 'drop'; got {missing_reward!r}.")
+    check_rules(duplicate_rule, missing_reward)
     stop = window_stop(end, reward_window, as_of)
     d = decisions.c
     in_window = (d.created_at >= start) & (d.created_at < stop)

@@ -33,6 +33,26 @@ from pydantic_settings import (
 
 from bandit_core import MAX_ABS_INPUT
 
+#: How several rewards of one event make its reward (:mod:`eventstore.replay`): the first
+#: one, or their sum.
+DuplicateRule = Literal["first_wins", "sum"]
+DUPLICATE_RULES: tuple[str, ...] = typing.get_args(DuplicateRule)
+#: What the training replay does with a decision without a reward: the default reward,
+#: or leave it out.
+MissingReward = Literal["default", "drop"]
+MISSING_REWARDS: tuple[str, ...] = typing.get_args(MissingReward)
+
+
+def check_rules(duplicate_rule: object, missing_reward: object) -> None:
+    """Raise a ``ValueError`` naming the field unless both are one of their rules."""
+    for name, value, allowed in (
+        ("duplicate_rule", duplicate_rule, DUPLICATE_RULES),
+        ("missing_reward", missing_reward, MISSING_REWARDS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+
+
 #: Name of the workspace configuration file, in the workspace folder.
 WORKSPACE_FILE = "banditops.toml"
 #: The environment variable that names the workspace.
@@ -183,7 +203,8 @@ class CoreSettings(BaseSettings):
         A reward later than this after its decision is stored but not applied ("late").
     duplicate_rule : {"first_wins", "sum"}
         A repeated reward of an event is ignored, or added to the event's reward in the
-        training replay; online, only the first is ever applied to a head.
+        training replay (whose validation then holds the reward range per received
+        reward); online, only the first is ever applied to a head.
     missing_reward, default_reward
         What the training replay does with a decision without a reward in its window.
     runs_dir : Path or None
@@ -207,8 +228,8 @@ class CoreSettings(BaseSettings):
     reward_min: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
     reward_max: float = Field(1.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
     reward_window_s: float = Field(86_400.0, gt=0.0)
-    duplicate_rule: Literal["first_wins", "sum"] = "first_wins"
-    missing_reward: Literal["default", "drop"] = "default"
+    duplicate_rule: DuplicateRule = "first_wins"
+    missing_reward: MissingReward = "default"
     default_reward: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
     runs_dir: Path | None = None
 

@@ -15,6 +15,7 @@ from validation.expectations import (
     drift_score,
     feature_frame,
     is_kind,
+    is_sum_in_range,
     reference_histograms,
     validate_replay,
 )
@@ -173,6 +174,43 @@ def test_reward_outside_the_configured_range() -> None:
     assert set(found) == {("expect_column_values_to_be_between", "column=reward")}
     assert found[("expect_column_values_to_be_between", "column=reward")].unexpected_count == 3
     assert failures(df, cfg=config(reward_min=-1.0, reward_max=5.0)) == {}
+
+
+def test_summed_rewards_are_checked_per_received_reward() -> None:
+    """Under the sum rule a reward sums ``n_rewards`` received ones: 1.75 from three
+    rewards in [0, 1] passes, a row without a reward carries one default reward, and a
+    sum no ``n`` rewards in range can make fails, as does a count that is not a whole
+    number ≥ 0 or a missing count column."""
+    df = good()
+    df["n_rewards"] = 1
+    df.loc[[1, 2, 3, 4], "reward"] = [1.75, 2.0, 0.0, 1.0]
+    df.loc[[1, 2, 3, 4], "n_rewards"] = [3, 2, 0, 1]
+    summed = config(summed_rewards=True)
+    assert failures(df, cfg=summed) == {}
+    assert ("expect_column_values_to_be_between", "column=reward") in failures(df)
+    bad = df.copy()
+    bad["n_rewards"] = bad["n_rewards"].astype(float)
+    bad.loc[[5, 6, 7, 8, 9], "reward"] = [2.5, -0.5, 1.5, 0.5, 0.5]
+    bad.loc[[5, 6, 7, 8, 9], "n_rewards"] = [2, 2, 0, -1, 1.5]
+    found = failures(bad, cfg=summed)
+    key = (
+        "expect_column_values_to_be_a_sum_of_rewards_in_range",
+        "column_A=reward, column_B=n_rewards",
+    )
+    assert set(found) == {key}, found
+    assert found[key].unexpected_count == 5
+    missing = failures(df.drop(columns="n_rewards"), cfg=summed)
+    assert ("expect_column_to_exist", "column=n_rewards") in missing
+
+
+def test_is_sum_in_range_allows_the_rounding_of_a_float_sum() -> None:
+    tenths = sum([0.1] * 10)  # 0.9999999999999999; a sum of 30 can round above 30 × 0.1
+    assert is_sum_in_range(tenths, 10, 0.0, 0.1)
+    thirty = sum([0.1] * 30)
+    assert thirty > 30 * 0.1 and is_sum_in_range(thirty, 30, 0.0, 0.1)
+    assert not is_sum_in_range(3.0 + 1e-9, 30, 0.0, 0.1)
+    assert not is_sum_in_range(float("nan"), 1, 0.0, 1.0)
+    assert not is_sum_in_range(0.5, True, 0.0, 1.0)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from bandit_core.policies.position import with_positions
 from eventstore.engine import make_engine
 from eventstore.replay import read_replay, window_stop
+from eventstore.settings import DuplicateRule, MissingReward
 from training import quarantine
 
 REPLAY_FILE = "replay.parquet"
@@ -43,7 +44,9 @@ class ReplayManifest:
     ``start`` / ``end`` are the window asked for; ``stop`` is where it really stops
     (:func:`eventstore.replay.window_stop`: decisions created at or after it were left
     out, their reward window still open) — the boundary past which a version trained on
-    the window learns online; ``last_decision_at`` is the newest decision in it.
+    the window learns online; ``last_decision_at`` is the newest decision in it;
+    ``duplicate_rule`` says how several rewards of one event became its ``reward``
+    (``"sum"``: added up, so the reward range holds per received reward).
     """
 
     path: str
@@ -58,6 +61,7 @@ class ReplayManifest:
     quarantine_path: str | None = None
     stop: str | None = None
     last_decision_at: str | None = None
+    duplicate_rule: str = "first_wins"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -82,8 +86,8 @@ def extract_replay(
     out_dir: str | Path,
     *,
     reward_window: timedelta = timedelta(days=1),
-    duplicate_rule: Literal["first_wins", "sum"] = "first_wins",
-    missing_reward: Literal["default", "drop"] = "default",
+    duplicate_rule: DuplicateRule = "first_wins",
+    missing_reward: MissingReward = "default",
     default_reward: float = 0.0,
     as_of: datetime | None = None,
     quarantine_max_share: float = quarantine.MAX_SHARE,
@@ -139,6 +143,7 @@ def extract_replay(
         quarantine_path=str(quarantine_path) if len(set_aside) else None,
         stop=stop.astimezone(UTC).isoformat(),
         last_decision_at=_last_decision_at(frame),
+        duplicate_rule=duplicate_rule,
     )
     (out / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest

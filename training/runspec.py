@@ -21,6 +21,7 @@ from typing import Any
 from bandit_core._validation import as_finite_float
 from bandit_core.catalog import policy_spec
 from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
+from eventstore.settings import check_rules
 from eventstore.workspace import as_utc, aware, run_folder
 from training.form import check_form
 from training.settings import AUTO, N_RESAMPLES_MIN, PipelineSettings
@@ -157,14 +158,7 @@ class RunSpec:
         aware("as_of", self.as_of)
         if not self.reward_window_s > 0:
             raise ValueError(f"reward_window_s must be > 0; got {self.reward_window_s!r}.")
-        if self.duplicate_rule not in ("first_wins", "sum"):
-            raise ValueError(
-                f"duplicate_rule must be 'first_wins' or 'sum'; got {self.duplicate_rule!r}."
-            )
-        if self.missing_reward not in ("default", "drop"):
-            raise ValueError(
-                f"missing_reward must be 'default' or 'drop'; got {self.missing_reward!r}."
-            )
+        check_rules(self.duplicate_rule, self.missing_reward)
         for name in ("reward_min", "reward_max", "default_reward"):
             as_finite_float(name, getattr(self, name))  # a head learns each of them
         if not self.reward_min < self.reward_max:

@@ -62,6 +62,7 @@ def validate_features(
         window_end=datetime.fromisoformat(manifest.end),
         reward_min=reward_min,
         reward_max=reward_max,
+        summed_rewards=manifest.duplicate_rule == "sum",
         min_rows=min_rows,
         columns=STORE_COLUMNS,
     )

@@ -33,6 +33,7 @@ and examples.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bandit_core._validation import Interval, OneOf, validate_params
-from eventstore.replay import REWARD
+from eventstore.replay import REWARD, REWARD_COUNT
 from eventstore.schema import decisions
 
 #: Value kinds checked by ``ExpectColumnValuesToBeOfKind``.
@@ -70,6 +71,8 @@ class ReplayColumns:
     arm_id: str = "arm_id"
     propensity: str = "propensity"
     reward: str = "reward"
+    #: How many received rewards ``reward`` sums (read under the sum rule only).
+    reward_count: str = REWARD_COUNT
 
     def required(self) -> tuple[str, ...]:
         return (
@@ -97,6 +100,7 @@ STORE_COLUMNS = ReplayColumns(
     arm_id=_stored.arm_id.name,
     propensity=_stored.propensity.name,
     reward=REWARD,
+    reward_count=REWARD_COUNT,
 )
 
 
@@ -112,6 +116,10 @@ class ReplaySuiteConfig:
         The partition window ``[start, end)``; timezone-aware.
     reward_min, reward_max : float
         Allowed reward range (inclusive).
+    summed_rewards : bool
+        Whether a row's reward is the sum of its ``columns.reward_count`` received rewards
+        (the sum duplicate rule): it must then lie in ``[n·reward_min, n·reward_max]``
+        (``n`` at least 1) instead.
     min_rows : int
         Minimum number of rows.
     drift_metric : {"psi", "kl"}
@@ -127,6 +135,7 @@ class ReplaySuiteConfig:
     window_end: dt.datetime
     reward_min: float = 0.0
     reward_max: float = 1.0
+    summed_rewards: bool = False
     min_rows: int = 1
     drift_metric: Literal["psi", "kl"] = "psi"
     drift_bins: int = 10
@@ -287,6 +296,20 @@ def is_kind(value: Any, kind: str) -> bool:
     )
 
 
+def is_sum_in_range(value: Any, count: Any, low: float, high: float) -> bool:
+    """Whether ``value`` can be the sum of ``count`` rewards each in ``[low, high]``:
+    ``n·low ≤ value ≤ n·high`` with ``n = max(count, 1)`` (a row without a reward carries
+    one default reward), allowing the rounding of a sum of ``n`` floats; ``count`` must
+    be a whole number ≥ 0."""
+    if not is_kind(value, "number") or not is_kind(count, "number"):
+        return False
+    if not (math.isfinite(count) and count >= 0 and float(count).is_integer()):
+        return False
+    n = max(float(count), 1.0)
+    slack = n * n * np.finfo(np.float64).eps * max(abs(low), abs(high))
+    return bool(n * low - slack <= value <= n * high + slack)
+
+
 def as_finite_array(value: Any, dim: int, ndim: int) -> np.ndarray | None:
     """``value`` as a float array of the declared shape and finite, else None.
 
@@ -432,8 +455,9 @@ def suite_expectations(
     c = config.columns
     ex = gx.expectations
     items: list[Any] = [ex.ExpectTableRowCountToBeBetween(min_value=config.min_rows)]
-    items += [ex.ExpectColumnToExist(column=name) for name in c.required()]
-    items += [ex.ExpectColumnValuesToNotBeNull(column=name) for name in c.required()]
+    needed = c.required() + ((c.reward_count,) if config.summed_rewards else ())
+    items += [ex.ExpectColumnToExist(column=name) for name in needed]
+    items += [ex.ExpectColumnValuesToNotBeNull(column=name) for name in needed]
     kinds: dict[str, Kind] = {
         c.event_id: "string",
         c.timestamp: "utc_datetime",
@@ -445,13 +469,19 @@ def suite_expectations(
     items += [
         bx.ExpectColumnValuesToBeOfKind(column=name, kind=kind) for name, kind in kinds.items()
     ]
+    low, high = config.reward_min, config.reward_max
+    reward_range = (
+        bx.ExpectColumnValuesToBeASumOfRewardsInRange(
+            column_A=c.reward, column_B=c.reward_count, low=low, high=high
+        )
+        if config.summed_rewards
+        else ex.ExpectColumnValuesToBeBetween(column=c.reward, min_value=low, max_value=high)
+    )
     items += [
         ex.ExpectColumnValuesToBeBetween(
             column=c.propensity, min_value=0.0, max_value=1.0, strict_min=True
         ),
-        ex.ExpectColumnValuesToBeBetween(
-            column=c.reward, min_value=config.reward_min, max_value=config.reward_max
-        ),
+        reward_range,
         bx.ExpectColumnValuesToBeFiniteArrays(column=c.context, dim=config.dim_context, ndim=1),
         bx.ExpectColumnValuesToBeFiniteArrays(
             column=c.candidate_features, dim=config.dim_arm, ndim=2

@@ -14,6 +14,9 @@ not-null expectations of the suite.
 * ``ExpectColumnValuesToBeAmongCandidates`` — ``column_A``'s value is in the sequence held
   by ``column_B`` on the same row.
 * ``ExpectColumnPairValuesToHaveEqualLengths`` — equal lengths of two sequence cells.
+* ``ExpectColumnValuesToBeASumOfRewardsInRange`` — ``column_A`` is the sum of ``column_B``
+  rewards, each in ``[low, high]``: ``n·low ≤ A ≤ n·high`` with ``n = max(B, 1)`` (a row
+  without a reward carries one default reward), ``B`` a whole number ≥ 0.
 * ``ExpectColumnDriftToBeBelow`` — population stability index (or KL divergence) of the
   column's histogram against reference proportions, below a threshold that may be a
   run-time ``{"$PARAMETER": ...}``.
@@ -45,7 +48,7 @@ from great_expectations.expectations.metrics.map_metric_provider import (
     column_pair_condition_partial,
 )
 
-from validation.expectations import as_finite_array, drift_score, is_kind
+from validation.expectations import as_finite_array, drift_score, is_kind, is_sum_in_range
 
 _PAIR_DOMAIN_KEYS = (
     "batch_id",
@@ -112,6 +115,22 @@ class ColumnPairValuesEqualLengths(ColumnPairMapMetricProvider):
         )
 
 
+class ColumnPairValuesSumInRange(ColumnPairMapMetricProvider):
+    condition_metric_name = "column_pair_values.banditops_sum_in_range"
+    condition_domain_keys = _PAIR_DOMAIN_KEYS
+    condition_value_keys = ("low", "high")
+
+    # GX leaves column_pair_condition_partial unannotated (column_condition_partial is typed)
+    @column_pair_condition_partial(engine=PandasExecutionEngine)  # type: ignore[untyped-decorator]
+    def _pandas(
+        cls, column_A: pd.Series, column_B: pd.Series, low: float, high: float, **kwargs: Any
+    ) -> pd.Series:
+        return pd.Series(
+            [is_sum_in_range(a, b, low, high) for a, b in zip(column_A, column_B, strict=True)],
+            index=column_A.index,
+        )
+
+
 class ColumnDriftScore(ColumnAggregateMetricProvider):
     metric_name = "column.banditops_drift_score"
     value_keys = ("bin_edges", "reference_proportions", "metric")
@@ -163,8 +182,8 @@ class RowPairExpectation(ColumnPairMapExpectation):
         "neither"
     )
 
-    success_keys = ("ignore_row_if", "mostly")
-    args_keys = ("column_A", "column_B")
+    success_keys: ClassVar[tuple[str, ...]] = ("ignore_row_if", "mostly")
+    args_keys: ClassVar[tuple[str, ...]] = ("column_A", "column_B")
 
 
 class ExpectColumnValuesToBeAmongCandidates(RowPairExpectation):
@@ -177,6 +196,18 @@ class ExpectColumnPairValuesToHaveEqualLengths(RowPairExpectation):
     """The sequences in ``column_A`` and ``column_B`` have equal lengths on every row."""
 
     map_metric = "column_pair_values.banditops_equal_lengths"
+
+
+class ExpectColumnValuesToBeASumOfRewardsInRange(RowPairExpectation):
+    """``column_A`` (a row's reward) is the sum of ``column_B`` (its count of received
+    rewards, the sum rule) rewards, each within ``[low, high]``."""
+
+    low: float
+    high: float
+
+    map_metric = "column_pair_values.banditops_sum_in_range"
+    success_keys = ("low", "high", "ignore_row_if", "mostly")
+    args_keys = ("column_A", "column_B", "low", "high")
 
 
 class ExpectColumnDriftToBeBelow(ColumnAggregateExpectation):
