@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from bandit_core import load_policy
 from eventstore.engine import make_engine
@@ -105,3 +106,63 @@ def test_kill_9_loses_nothing_acknowledged_and_recovers_the_head(
         engine.dispose()
     assert info["applied_rewards"] == applied >= len(acked["rewards"])
     assert head_difference(recovered, rebuilt) <= 1e-9
+
+
+def test_a_snapshot_that_cannot_be_used_is_skipped_and_the_head_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recovery from a snapshot that is unreadable, of another kind of model, of other
+    dimensions or not finite starts from the base with every applied reward instead: the
+    version loads with the head a rebuild from the store gives (before, the version never
+    loaded and the service kept its fallback). A good snapshot is still used."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from bandit_core import make_policy
+    from eventstore.migrate import upgrade
+    from eventstore.records import SnapshotRow
+    from serving.models.recovery import recover
+    from serving.models.state_io import policy_to_bytes
+    from serving.store.repository import write_events
+    from tests.serving_helpers import DIM_ARM, DIM_USER, decision_row, reward_row
+
+    engine = make_engine(f"sqlite:///{tmp_path}/events.db")
+    upgrade(engine)
+    store = EventStore(engine)
+    rng = np.random.default_rng(2)
+    model = policy_file(tmp_path / "base.npz", warm=20)
+    for i in range(8):
+        decision = decision_row(rng, model_version="v/1")
+        with engine.begin() as conn:
+            write_events(conn, [decision, reward_row(decision.event_id, float(i % 2), None, "v/1")])
+    reference = rebuild_from_store(store, "v/1", load_policy(model))
+    good = load_policy(model)
+    tail = store.applied_rewards("v/1")
+    good.update_batch(tail.contexts[:5], tail.arm_ids[:5], tail.values[:5], tail.arm_features[:5])
+    broken = load_policy(model)
+    broken.head.theta_[:] = np.nan
+    other_kind = make_policy("shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM)
+    other_dims = make_policy("shared_linucb", dim_user=DIM_USER + 1, dim_arm=DIM_ARM)
+    states = {  # what the log says of each
+        "pickled": b"not an npz",
+        "it holds a SharedLinTS": policy_to_bytes(other_kind),
+        "dim_user=5": policy_to_bytes(other_dims),
+        "its head.theta is not finite": policy_to_bytes(broken),
+    }
+    row = SnapshotRow("v/1", datetime.now(UTC), 5, 5, "shared_linucb", policy_to_bytes(good))
+    try:
+        with engine.begin() as conn:
+            write_events(conn, [row])
+        used = recover(store, "v/1", load_policy(model), "test")
+        assert used.replayed_after == 5 and used.applied_rewards == 8
+        assert head_difference(used.policy, reference) <= 1e-9
+        for why, state in states.items():
+            with engine.begin() as conn:
+                write_events(conn, [replace(row, state=state)])
+            caplog.clear()
+            model_ = recover(store, "v/1", load_policy(model), "test")
+            assert why in caplog.text and "cannot be used" in caplog.text
+            assert model_.replayed_after == 0 and model_.applied_rewards == 8, why
+            assert head_difference(model_.policy, reference) <= 1e-9, why
+    finally:
+        engine.dispose()

@@ -29,7 +29,7 @@ from bandit_core import Policy
 from bandit_core.policies.position import update_batch_skipping
 from serving.models.served import ServedModel, Signature
 from serving.models.state_io import policy_from_bytes
-from serving.store.repository import AppliedRewards, EventStore
+from serving.store.repository import AppliedRewards, EventStore, StoredSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,17 @@ def recover(
     window_stop: datetime | None = None,
 ) -> ServedModel:
     """The served model of ``version``: newest snapshot (or ``base``) + the later rewards
-    its head learns (with ``window_stop``: every reward of a decision after the window)."""
+    its head learns (with ``window_stop``: every reward of a decision after the window).
+
+    A snapshot is a shortcut: one that cannot be used (unreadable, another kind of model,
+    other dimensions, not finite) is logged and recovery starts from ``base`` with every
+    reward instead — the same head (:func:`rebuild_from_store`), only slower."""
     snapshot = store.latest_snapshot(version)
-    if snapshot is None:
+    restored = None if snapshot is None else _usable(snapshot, base, version)
+    if snapshot is None or restored is None:
         policy, last_id, applied = base, 0, 0
     else:
-        policy = policy_from_bytes(snapshot.state)
+        policy = restored
         last_id, applied = snapshot.last_reward_id, snapshot.applied_rewards
     tail = store.applied_rewards(version, after_id=last_id, since=window_stop)
     learnt = learn_rewards(policy, tail, version)
@@ -88,6 +93,31 @@ def recover(
         replayed_ids=tail.ids,
         window_stop=window_stop,
     )
+
+
+def _usable(snapshot: StoredSnapshot, base: Policy, version: str) -> Policy | None:
+    """The policy of ``snapshot`` when it is the same kind of model as ``base``, with
+    its dimensions and a finite state; None (logged) otherwise."""
+    try:
+        policy = policy_from_bytes(snapshot.state)
+        if type(policy) is not type(base) or Signature.of(policy) != Signature.of(base):
+            raise ValueError(
+                f"it holds a {type(policy).__name__} {Signature.of(policy)}, the version "
+                f"a {type(base).__name__} {Signature.of(base)}"
+            )
+        for name, array in policy.to_state().arrays.items():
+            if np.issubdtype(array.dtype, np.number) and not np.isfinite(array).all():
+                raise ValueError(f"its {name} is not finite")
+    except Exception as exc:  # any reason: the base and the rewards give the same head
+        log.error(
+            "snapshot %d of %s cannot be used (%s); recovering from the base and every "
+            "applied reward instead",
+            snapshot.id,
+            version,
+            exc,
+        )
+        return None
+    return policy
 
 
 def rebuild_from_store(
