@@ -166,3 +166,40 @@ def test_a_snapshot_that_cannot_be_used_is_skipped_and_the_head_rebuilt(
             assert head_difference(model_.policy, reference) <= 1e-9, why
     finally:
         engine.dispose()
+
+
+def test_recovery_learns_the_rewards_chunk_by_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery reads and learns the store's rewards a chunk at a time (bounded memory):
+    with chunks of 3 the head, the replayed ids and the counts equal those of one chunk
+    (``benchmarks.recovery`` measures the memory)."""
+    from eventstore.migrate import upgrade
+    from serving.models.recovery import recover
+    from serving.store import repository
+    from serving.store.repository import write_events
+    from tests.serving_helpers import decision_row, reward_row
+
+    engine = make_engine(f"sqlite:///{tmp_path}/events.db")
+    upgrade(engine)
+    store = EventStore(engine)
+    rng = np.random.default_rng(3)
+    model = policy_file(tmp_path / "base.npz", warm=20)
+    try:
+        for i in range(8):
+            decision = decision_row(rng, model_version="v/1", n=6)
+            with engine.begin() as conn:
+                write_events(
+                    conn, [decision, reward_row(decision.event_id, float(i % 2), None, "v/1")]
+                )
+        whole = recover(store, "v/1", load_policy(model), "test")
+        monkeypatch.setattr(repository, "RECOVERY_CHUNK", 3)
+        sizes = [len(c) for c in store.applied_reward_chunks("v/1")]
+        assert sizes == [3, 3, 2]
+        chunked = recover(store, "v/1", load_policy(model), "test")
+        assert chunked.replayed_ids.tolist() == whole.replayed_ids.tolist() == list(range(1, 9))
+        assert chunked.applied_rewards == whole.applied_rewards == 8
+        assert chunked.last_reward_id == 8
+        assert head_difference(chunked.policy, whole.policy) <= 1e-9
+    finally:
+        engine.dispose()

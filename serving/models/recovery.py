@@ -76,11 +76,12 @@ def recover(
     else:
         policy = restored
         last_id, applied = snapshot.last_reward_id, snapshot.applied_rewards
-    tail = store.applied_rewards(version, after_id=last_id, since=window_stop)
-    learnt = learn_rewards(policy, tail, version)
     replayed_after = last_id
-    if len(tail):
-        last_id, applied = int(tail.ids[-1]), applied + learnt
+    replayed = []
+    for chunk in store.applied_reward_chunks(version, after_id=last_id, since=window_stop):
+        applied += learn_rewards(policy, chunk, version)
+        last_id = int(chunk.ids[-1])
+        replayed.append(chunk.ids)
     policy.model_version = version
     return ServedModel(
         version=version,
@@ -90,7 +91,7 @@ def recover(
         last_reward_id=last_id,
         applied_rewards=applied,
         replayed_after=replayed_after,
-        replayed_ids=tail.ids,
+        replayed_ids=np.concatenate(replayed) if replayed else np.zeros(0, np.int64),
         window_stop=window_stop,
     )
 
@@ -125,6 +126,7 @@ def rebuild_from_store(
 ) -> Policy:
     """``base`` after every reward the store says ``version``'s head learns (with
     ``window_stop``: those of every decision after its window)."""
-    learn_rewards(base, store.applied_rewards(version, since=window_stop), version)
+    for chunk in store.applied_reward_chunks(version, since=window_stop):
+        learn_rewards(base, chunk, version)
     base.model_version = version
     return base

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,6 +37,9 @@ from eventstore.types import decode_floats
 Item = DecisionRow | RewardRow | SnapshotRow
 
 # Statements of the write path, built once (SQLAlchemy caches their compiled form).
+#: Rewards read (and learnt) per query when a head learns a store's worth of them.
+RECOVERY_CHUNK = 10_000
+
 _INSERT_DECISIONS = insert(decisions)
 _COUNT_REWARDS = (
     select(rewards.c.event_id, func.coalesce(rewards.c.position, 0), func.count())
@@ -278,16 +281,38 @@ class EventStore:
             rows = conn.execute(query).all()
         return np.array([row.id for row in rows], dtype=np.int64), [row.received_at for row in rows]
 
+    def applied_reward_chunks(
+        self,
+        model_version: str,
+        after_id: int = 0,
+        since: datetime | None = None,
+        chunk_size: int | None = None,
+    ) -> Iterator[AppliedRewards]:
+        """:meth:`applied_rewards` in id order, ``chunk_size`` (default
+        :data:`RECOVERY_CHUNK`) at a time, one query each after the last id seen: memory
+        stays bounded however many a head has to learn."""
+        chunk_size = chunk_size or RECOVERY_CHUNK
+        while True:
+            chunk = self.applied_rewards(model_version, after_id, since=since, limit=chunk_size)
+            if not len(chunk):
+                return
+            yield chunk
+            if len(chunk) < chunk_size:
+                return
+            after_id = int(chunk.ids[-1])
+
     def applied_rewards(
         self,
         model_version: str,
         after_id: int = 0,
         only: Sequence[int] | None = None,
         since: datetime | None = None,
+        limit: int | None = None,
     ) -> AppliedRewards:
         """Rewards a head of ``model_version`` learns (:func:`_learnt_by`: those applied
         to it, or with ``since`` those of every decision created at or after it) with id >
-        ``after_id`` (and among the ids ``only`` when given), in id order."""
+        ``after_id`` (and among the ids ``only`` when given), in id order; the first
+        ``limit`` of them when given."""
         r, d = rewards.c, decisions.c
         query = (
             select(
@@ -310,6 +335,8 @@ class EventStore:
         )
         if only is not None:
             query = query.where(r.id.in_([int(i) for i in only]))
+        if limit is not None:
+            query = query.limit(limit)
         ids, values, contexts, arm_ids, feats, positions = [], [], [], [], [], []
         with self.engine.connect() as conn:
             for row in conn.execute(query):
@@ -320,7 +347,7 @@ class EventStore:
                 position = int(row.position or 0)
                 shown = row.chosen if position == 0 else int(row.ranking[position])
                 arm_ids.append(row.arm_id if position == 0 else row.candidate_ids[shown])
-                feats.append(cand[shown])
+                feats.append(cand[shown].copy())  # a view would hold all K rows
                 positions.append(position)
         if not ids:
             return AppliedRewards(
