@@ -45,11 +45,18 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+class StoreSchemaError(RuntimeError):
+    """The event store's schema is not the one this release of banditops needs."""
+
+
 def require_current(engine: Engine) -> None:
-    """Raise ``RuntimeError`` unless the database is at the shipped head revision."""
+    """Raise :class:`StoreSchemaError` unless the database is at the shipped head
+    revision (an empty database, such as a SQLite file that did not exist, has none)."""
     have, want = current_revision(engine), head_revision()
     if have != want:
-        raise RuntimeError(
-            f"the event store at {engine.url.render_as_string(hide_password=True)} is at "
-            f"revision {have!r}, this banditops needs {want!r}: run `banditops db upgrade`."
+        where = engine.url.render_as_string(hide_password=True)
+        state = "has no banditops tables" if have is None else f"is at revision {have!r}"
+        raise StoreSchemaError(
+            f"the event store at {where} {state}, this banditops needs revision {want!r}: "
+            "run `banditops db upgrade` (`banditops serve` does it when it starts)."
         )

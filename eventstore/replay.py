@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import Boolean, Column, ColumnElement, Engine, Row, func, select
 
+from eventstore.migrate import require_current
 from eventstore.schema import SHAPE, decisions, replay_columns, rewards
 from eventstore.settings import DuplicateRule, MissingReward, check_rules
 from eventstore.types import decode_floats
@@ -138,11 +139,19 @@ def read_replay(
     DataFrame with the columns of :data:`COLUMNS`, one row per decision in time order;
     ``context`` is a list of ``dim_user`` floats, ``candidate_features`` a list of K lists
     of ``dim_arm`` floats, ``probabilities`` a list of K floats.
+
+    Raises
+    ------
+    ValueError
+        A bad rule or naive moment, naming it.
+    eventstore.migrate.StoreSchemaError
+        The store is not at this release's schema (or has no tables at all).
     """
     for name, moment in (("start", start), ("end", end), ("as_of", as_of)):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{name} must be timezone-aware; got {moment!r}.")
     check_rules(duplicate_rule, missing_reward)
+    require_current(engine)
     stop = window_stop(end, reward_window, as_of)
     d = decisions.c
     in_window = (d.created_at >= start) & (d.created_at < stop)

@@ -32,6 +32,7 @@ from sqlalchemy import Engine, and_, case, func, insert, or_, select, update
 from eventstore import records
 from eventstore.contract import version_label
 from eventstore.schema import decisions, rewards, rollout_steps, rollouts
+from eventstore.text import check_text
 
 Status = Literal["running", "promoted", "rolled_back", "stopped", "expired"]
 Action = Literal["start", "advance", "hold", "rollback", "promote", "stop", "expire"]
@@ -345,10 +346,12 @@ def start_rollout(
     RolloutStateError
         ``model_name`` already has a running rollout.
     ValueError
-        ``share`` outside (0, 1], an empty version, a naive ``at``.
+        ``share`` outside (0, 1], an empty version, a naive ``at``, a ``reason`` with a
+        NUL character or a lone surrogate.
     """
     share = _check_share(share)
-    version = str(version).strip()
+    check_text("reason", reason)
+    version = check_text("version", str(version)).strip()
     if not version:
         raise ValueError("version must not be empty.")
     at = _now(at)
@@ -408,10 +411,12 @@ def record_step(
     RolloutStateError
         The rollout is not running (it ended, possibly by another controller or person).
     ValueError
-        An unknown action, or ``advance`` without a stage and a share in (0, 1].
+        An unknown action, ``advance`` without a stage and a share in (0, 1], a
+        ``reason`` with a NUL character or a lone surrogate.
     LookupError
         No such rollout.
     """
+    check_text("reason", reason)
     if action not in ACTIONS or action == "start":
         allowed = ", ".join(a for a in ACTIONS if a != "start")
         raise ValueError(f"action must be one of {allowed}; got {action!r}.")

@@ -9,12 +9,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from eventstore.text import check_text
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def run_folder(runs_dir: str | Path, run_key: str) -> Path:
     """``<runs_dir>/<run key made file-safe>`` (with a hash when characters were replaced,
-    so two keys never share a folder)."""
+    so two keys never share a folder).
+
+    Raises
+    ------
+    ValueError
+        A key with a NUL character or a lone surrogate, naming ``run_key``.
+    """
+    check_text("run_key", run_key)
     safe = _UNSAFE.sub("_", run_key).strip("._") or "run"
     if safe != run_key:
         safe = f"{safe}-{hashlib.sha256(run_key.encode()).hexdigest()[:8]}"

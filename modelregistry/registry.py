@@ -44,6 +44,7 @@ from eventstore.contract import (
     REFERENCE_ARTIFACT,
 )
 from eventstore.settings import CoreSettings
+from eventstore.text import check_text
 from modelregistry.pyfunc_model import table_signature
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -82,6 +83,12 @@ class Aliases:
 
 #: The default names (the settings' defaults, not the environment's).
 DEFAULT_ALIASES = Aliases.from_settings(CoreSettings.model_construct())
+
+
+def _check_record(by: str, reason: str) -> None:
+    """``by`` and ``reason`` as the history can keep them (else ``ValueError``)."""
+    check_text("by", by)
+    check_text("reason", reason)
 
 
 class RegistryError(RuntimeError):
@@ -368,6 +375,7 @@ class ModelRegistry:
     # ------------------------------------------------------------------ aliases
     def set_alias(self, alias: str, version: str | int, *, by: str, reason: str) -> None:
         """Point ``alias`` at ``version`` and record the move in the history."""
+        _check_record(by, reason)
         version = str(version)
         self.get(version)  # raises RegistryError for an unknown version
         previous = self.by_alias(alias)
@@ -389,6 +397,7 @@ class ModelRegistry:
     ) -> bool:
         """Delete ``alias`` (only while it points at ``version``, when given) and record
         the move (``version`` None) in the history; True when it was removed."""
+        _check_record(by, reason)
         current = self.by_alias(alias)
         if current is None or (version is not None and current.version != str(version)):
             return False
@@ -450,7 +459,15 @@ class ModelRegistry:
 
         A version whose gate failed (tag ``gate_passed=false``) is refused unless
         ``force``; a forced promotion is tagged ``promoted_despite_gate``.
+
+        Raises
+        ------
+        RegistryError
+            An unknown version, or one whose gate failed without ``force``.
+        ValueError
+            ``by`` or ``reason`` with a NUL character or a lone surrogate.
         """
+        _check_record(by, reason)
         alias = alias or self.aliases.production
         version = str(version)
         target = self.get(version)
@@ -479,7 +496,8 @@ class ModelRegistry:
 
     def rollback(self, *, by: str, reason: str, alias: str | None = None) -> VersionInfo:
         """Point ``alias`` (default: the production alias) back at the version it held
-        before the current one."""
+        before the current one (``ValueError`` for unstorable ``by`` or ``reason`` text)."""
+        _check_record(by, reason)
         alias = alias or self.aliases.production
         current = self.by_alias(alias)
         if current is None:

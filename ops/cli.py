@@ -8,6 +8,7 @@ or in :mod:`ops` (``simulate``, ``policies``, ``demo``, ``airflow``, ``config``)
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -495,6 +496,28 @@ app.add_typer(rollout_app, name="rollout")  # training/commands.py
 app.command()(demo)
 app.add_typer(airflow_app, name="airflow")  # ops/airflow_cli.py
 app.add_typer(config_app, name="config")
+
+
+def _one_line(doc: str) -> str:
+    """A docstring's first paragraph as one line (reStructuredText's ``x`` as `x`)."""
+    first = inspect.cleandoc(doc).split("\n\n")[0]
+    return " ".join(first.split()).replace("``", "`")
+
+
+def _listing_help(typer_app: typer.Typer) -> None:
+    """Give every command of ``typer_app`` (and of its groups) the first paragraph of its
+    docstring, on one line, as the help its group's listing shows: Typer's rich listing
+    keeps a docstring's line breaks, which cut sentences in two."""
+    for info in typer_app.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and doc:
+            info.short_help = _one_line(doc)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _listing_help(group.typer_instance)
+
+
+_listing_help(app)
 
 
 @app.callback()

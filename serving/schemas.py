@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from eventstore.text import text_problem
+
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 #: Timestamps a reward may carry (inside them, arithmetic on them cannot overflow).
@@ -37,12 +39,9 @@ def clean_text(value: str) -> str:
     ------
     ValueError
     """
-    if "\x00" in value:
-        raise ValueError("must not contain a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (a lone surrogate is not)") from None
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 

@@ -8,10 +8,11 @@ options are the retrain form (:data:`training.form.RETRAIN_FORM`), as in the DAG
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -100,6 +101,7 @@ def train(
     """Retrain on the event store, as the bandit_retrain DAG does (same form, same run
     spec, same steps): extract → validate → train → rebuild → evaluate → register → gate
     (staging alias) → promote (production alias, with --auto-promote)."""
+    from eventstore.migrate import StoreSchemaError
     from training.pipeline import run_retrain, run_step
 
     values = dict(form)
@@ -113,16 +115,13 @@ def train(
     settings = PipelineSettings()
     now = datetime.now(UTC)
     key = run_key or now.strftime("cli-%Y%m%dT%H%M%S")
-    try:
+    with _reported(StoreSchemaError), _reported(ValueError, code=2):
         if plan_only:
             spec = run_step("plan_run", values, run_key=key, interval_end=now, settings=settings)
             typer.echo(json.dumps(spec, indent=2))
             return
         with console.status("retraining…"):
             outcome = run_retrain(values, run_key=key, interval_end=now, settings=settings)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=2) from exc
     console.print(
         f"version [bold]{outcome.version}[/]: gate {'passed' if outcome.gate_passed else 'failed'}"
         f"{f', promoted to @{settings.production_alias}' if outcome.promoted else ''}"
@@ -221,6 +220,17 @@ def models(
     console.print(table)
 
 
+@contextlib.contextmanager
+def _reported(*errors: type[Exception], code: int = 1) -> Iterator[None]:
+    """An error of these types ends the command with its message and exit ``code``
+    (2: the input was wrong), not a traceback."""
+    try:
+        yield
+    except errors as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(code=code) from exc
+
+
 def promote(
     version: Annotated[str, typer.Argument(help="Version to promote.")],
     to: Annotated[
@@ -241,7 +251,10 @@ def promote(
     settings = Settings()
     alias = to or settings.production_alias
     try:
-        info = _registry(settings).promote(version, by=by, reason=reason, alias=alias, force=force)
+        with _reported(ValueError, code=2):
+            info = _registry(settings).promote(
+                version, by=by, reason=reason, alias=alias, force=force
+            )
     except RegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="VERSION") from exc
     if info.tags.get("gate_passed") == "false":
@@ -258,7 +271,8 @@ def rollback(
 
     settings = Settings()
     try:
-        info = _registry(settings).rollback(by=by, reason=reason)
+        with _reported(ValueError, code=2):
+            info = _registry(settings).rollback(by=by, reason=reason)
     except RegistryError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(code=1) from exc
@@ -281,9 +295,11 @@ def rollout_status(
     limit: Annotated[int, typer.Option(min=1, help="Steps shown, newest first.")] = 20,
 ) -> None:
     """The running (or latest) rollout: stage, share, and its latest steps."""
+    from eventstore.migrate import StoreSchemaError
     from training import rollout
 
-    state = rollout.status(PipelineSettings(), limit=limit)
+    with _reported(StoreSchemaError):
+        state = rollout.status(PipelineSettings(), limit=limit)
     current = state["rollout"]
     if current is None:
         console.print("no rollout yet.")
@@ -317,13 +333,11 @@ def rollout_stop(
     by: Annotated[str, typer.Option(help="Who (recorded).")] = "cli",
 ) -> None:
     """Stop the running rollout: its candidate gets no more traffic (recorded ``stop``)."""
+    from eventstore.migrate import StoreSchemaError
     from training import rollout
 
-    try:
+    with _reported(LookupError, StoreSchemaError), _reported(ValueError, code=2):
         result = rollout.stop(PipelineSettings(), by=by, reason=reason)
-    except LookupError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from exc
     _print_step(result)
 
 
@@ -333,21 +347,25 @@ def rollout_start(
     reason: Annotated[str, typer.Option(help="Why (recorded).")] = "started by hand",
 ) -> None:
     """Start a staged rollout of VERSION at the first stage."""
+    from eventstore.migrate import StoreSchemaError
     from eventstore.rollouts import RolloutStateError
     from modelregistry.registry import RegistryError
     from training import rollout
 
-    try:
+    with (
+        _reported(RolloutStateError, RegistryError, StoreSchemaError),
+        _reported(ValueError, code=2),
+    ):
         result = rollout.start(version, PipelineSettings(), reason=reason)
-    except (RolloutStateError, RegistryError) as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(code=1) from exc
     _print_step(result)
 
 
 @rollout_app.command("step")
 def rollout_step_command() -> None:
     """Run one controller step now (what each bandit_rollout run does)."""
+    from eventstore.migrate import StoreSchemaError
     from training import rollout
 
-    _print_step(rollout.rollout_step(PipelineSettings()))
+    with _reported(StoreSchemaError):
+        result = rollout.rollout_step(PipelineSettings())
+    _print_step(result)

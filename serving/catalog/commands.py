@@ -31,7 +31,7 @@ def catalog_load(
     A running service picks the changes up from the catalog's change feed.
     """
     from eventstore.engine import make_engine
-    from eventstore.migrate import require_current
+    from eventstore.migrate import StoreSchemaError, require_current
     from serving.catalog.loader import items_from_table, read_table
     from serving.catalog.store import CatalogStore
     from serving.inputs import InputError
@@ -44,7 +44,11 @@ def catalog_load(
         raise typer.BadParameter(str(exc), param_hint="PATH") from exc
     engine = make_engine(url or Settings().store_url)
     try:
-        require_current(engine)
+        try:
+            require_current(engine)
+        except StoreSchemaError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(code=1) from exc
         store = CatalogStore(engine)
         count, newest = 0, 0
         for items in batches:

@@ -1,0 +1,127 @@
+"""The ``banditops`` CLI ends a careless call with a message naming what is wrong and an
+exit code, never a traceback: a store without tables, text no store can hold (a lone
+surrogate, as Python makes from undecodable bytes in an argument, or a NUL character);
+and its command listings keep each summary on one line."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bandit_core import make_policy, save_policy
+from eventstore.migrate import StoreSchemaError
+from eventstore.text import check_text, text_problem
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"
+)
+
+SURROGATE = "a\udcffb"
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty workspace: its SQLite event store has no tables yet."""
+    for name in ("BANDITOPS_DATABASE_URL", "BANDITOPS_MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("BANDITOPS_WORKSPACE", str(tmp_path))
+    return tmp_path
+
+
+def _run(*args: str) -> tuple[int, str]:
+    from ops.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{args}: {result.exception!r}"
+    )
+    return result.exit_code, " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("train", "--run-key", "k"), ("rollout", "status"), ("rollout", "step"), ("catalog", "load")],
+)
+def test_a_store_without_tables_is_named_with_the_fix(
+    workspace: Path, args: tuple[str, ...]
+) -> None:
+    if args[0] == "catalog":
+        table = workspace / "items.csv"
+        table.write_text("id,f_a\nx,1.0\n")
+        args = (*args, str(table))
+    code, output = _run(*args)
+    assert code == 1
+    assert "has no banditops tables" in output and "banditops db upgrade" in output, output
+
+
+def test_the_replay_read_checks_the_schema(workspace: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from eventstore.engine import make_engine
+    from eventstore.replay import read_replay
+
+    engine = make_engine(f"sqlite:///{workspace / 'empty.db'}")
+    end = datetime.now(UTC)
+    try:
+        with pytest.raises(StoreSchemaError, match="has no banditops tables"):
+            read_replay(engine, end - timedelta(days=1), end, reward_window=timedelta(hours=1))
+    finally:
+        engine.dispose()
+
+
+def test_unstorable_text_is_refused_naming_the_field(workspace: Path) -> None:
+    from modelregistry.registry import ModelRegistry
+
+    registry = ModelRegistry(f"sqlite:///{(workspace / 'mlflow.db').resolve()}")
+    policy = make_policy("linucb", dim_user=2)
+    policy.update(np.ones(2), "a", 1.0)
+    for key in ("r1", "r2"):
+        registry.register_candidate(
+            state_path=save_policy(policy, workspace / "s.npz"), run_key=key
+        )
+    assert _run("promote", "1")[0] == 0
+    cases = [
+        (("promote", "2", "--reason", SURROGATE), "reason must be valid Unicode"),
+        (("promote", "2", "--by", "x\x00y"), "by must not contain a NUL character"),
+        (("rollback", "--reason", SURROGATE), "reason must be valid Unicode"),
+        (("train", "--run-key", SURROGATE), "run_key must be valid Unicode"),
+    ]
+    for args, message in cases:
+        code, output = _run(*args)
+        assert code == 2 and message in output, (args, output)
+    assert registry.by_alias("production").version == "1"  # nothing was moved
+    assert "promoted_by" not in registry.get("2").tags  # nor tagged
+
+
+def test_text_checks() -> None:
+    assert text_problem("plain é ✓") is None
+    assert text_problem("a\x00") == "must not contain a NUL character"
+    assert text_problem(SURROGATE) == "must be valid Unicode (a lone surrogate is not)"
+    assert check_text("reason", "ok") == "ok"
+    with pytest.raises(ValueError, match=r"^reason must not contain a NUL character; got"):
+        check_text("reason", "\x00")
+
+
+def test_every_command_lists_its_summary_on_one_line() -> None:
+    """Typer's listing keeps a docstring's line breaks; every command's listing help is
+    the first paragraph of its docstring on one line, without reStructuredText's ``x``."""
+    from ops.cli import app
+
+    seen = 0
+    apps = [app]
+    while apps:
+        current = apps.pop()
+        apps += [g.typer_instance for g in current.registered_groups if g.typer_instance]
+        for info in current.registered_commands:
+            doc = inspect.cleandoc(info.callback.__doc__ or "") if info.callback else ""
+            assert info.short_help is not None and "\n" not in info.short_help, info.name
+            assert "``" not in info.short_help, info.short_help
+            first = doc.split("\n\n")[0]
+            assert re.sub(r"\s+", " ", first).replace("``", "`") == info.short_help
+            seen += 1
+    assert seen >= 20
