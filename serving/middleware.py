@@ -103,10 +103,15 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+#: The HTTP methods counted by name in ``banditops_requests_total``.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
     """Count requests by endpoint, method and status; time them by endpoint.
 
-    Paths outside ``endpoints`` are counted as ``"other"`` (bounded label values).
+    Paths outside ``endpoints`` and methods outside :data:`METHODS` are counted as
+    ``"other"`` (bounded label values: uvicorn's h11 parser passes any token as a method).
     """
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, endpoints: set[str]) -> None:
@@ -147,4 +152,6 @@ class MetricsMiddleware:
         finally:
             path = scope.get("path", "")
             endpoint = path if path in self.endpoints else "other"
-            self._observe(endpoint, scope.get("method", ""), status, time.perf_counter() - started)
+            method = scope.get("method", "")
+            method = method if method in METHODS else "other"
+            self._observe(endpoint, method, status, time.perf_counter() - started)

@@ -177,6 +177,13 @@ def test_ops_endpoints(model_path: Path, tmp_path: Path, rng: np.random.Generato
             'banditops_requests_total{endpoint="/v1/decisions",method="POST",status="200"}' in text
         )
         assert "banditops_request_latency_seconds_bucket" in text
+        for i in range(5):  # made-up methods share one label value (h11 passes any token)
+            client.request(f"ZZZ{i}", "/v1/model")
+        text = client.get("/metrics").text
+        assert "ZZZ" not in text
+        assert (
+            'banditops_requests_total{endpoint="/v1/model",method="other",status="405"} 5.0' in text
+        )
         assert "banditops_store_batch_size_count" in text
         info = client.get("/v1/model").json()
         assert info["production"]["policy"] == "shared_linucb"
