@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from bandit_core._growth import append_rows
 from bandit_core._validation import (
     Constraint,
     FloatArray,
@@ -137,7 +138,8 @@ class BayesianLinearHead:
         return int(self.precision_.shape[0])
 
     def add_heads(self, k: int, copy_from: int | None = None) -> int:
-        """Append ``k`` heads at the prior (or copies of head ``copy_from``).
+        """Append ``k`` heads at the prior (or copies of head ``copy_from``), in amortised
+        O(k d²) (:func:`bandit_core._growth.append_rows`).
 
         Returns the index of the first new head.
         """
@@ -162,8 +164,7 @@ class BayesianLinearHead:
                 name: np.repeat(getattr(self, name)[copy_from : copy_from + 1], k, axis=0)
                 for name in self._array_names()
             }
-        for name, block in blocks.items():
-            setattr(self, name, np.concatenate([getattr(self, name), block], axis=0))
+        append_rows(self, blocks)
         return first
 
     @staticmethod

@@ -57,6 +57,7 @@ import numpy as np
 import scipy.linalg.blas
 from numpy.typing import NDArray
 
+from bandit_core._growth import append_rows
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.features import FeatureMap
 from bandit_core.linalg import (
@@ -258,9 +259,8 @@ class HybridModel:
         slot = int(self.precision_.shape[0])
         self._slots[arm] = slot
         self.arm_ids.append(arm)
-        for name in _PER_ARM:
-            array = getattr(self, name)
-            setattr(self, name, np.concatenate([array, array[:1]], axis=0))  # slot 0: prior
+        # slot 0 is the prior; amortised O(1) per arm, not a copy of every arm's blocks
+        append_rows(self, {name: getattr(self, name)[:1] for name in _PER_ARM})
         return slot
 
     def _drop_last_arm(self) -> None:
