@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,14 @@ def test_exposure_cap_never_empties_the_candidate_set() -> None:
     for _ in range(30):
         d = capped.select([0.0], Candidates.from_any(["only"]), rng)
         assert d.arm_id == "only" and d.propensity == 1.0
+
+
+def test_exposure_cap_counts_only_the_arms_of_its_window() -> None:
+    """Counts of arms that left the window are dropped: memory is bounded by the window,
+    not by every arm ever shown; the counts equal a recount of the window."""
+    capped = ExposureCap(make_policy("uniform"), max_share=1.0, window=10, min_decisions=1)
+    rng = np.random.default_rng(2)
+    for t in range(200):
+        capped.select([0.0], Candidates.from_any([f"item-{t}", f"item-{t + 1}"]), rng)
+    assert len(capped._counts) <= 10
+    assert capped._counts == Counter(capped._recent)

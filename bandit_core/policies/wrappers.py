@@ -203,7 +203,10 @@ class ExposureCap(DelegatingWrapper):
         if len(self._recent) < self.window:
             self._recent.append(arm_id)
         else:
-            self._counts[self._recent[self._next]] -= 1
+            oldest = self._recent[self._next]
+            self._counts[oldest] -= 1
+            if not self._counts[oldest]:  # only the window's arms: bounded by ``window``
+                del self._counts[oldest]
             self._recent[self._next] = arm_id
             self._next = (self._next + 1) % self.window
         self._counts[arm_id] += 1
