@@ -32,6 +32,9 @@ LATE = "late"  # after the reward window
 NOT_SERVED = "not_served"  # the deciding model version is not loaded here any more
 FALLBACK = "fallback"  # the decision came from the fallback policy (nothing to learn)
 REJECTED = "rejected"  # learning it could make the head non-finite: stored, never applied
+ARM_LIMIT = "arm_limit"  # a new arm for a head already at max_arms: stored, not applied
+#: Every reward status, in the order the API documents them.
+STATUSES = (APPLIED, DUPLICATE, SUMMED, LATE, NOT_SERVED, FALLBACK, REJECTED, ARM_LIMIT)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from eventstore import records
 from eventstore.text import text_problem
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -196,9 +197,7 @@ class RewardRequest(_Strict):
 
 class RewardResponse(BaseModel):
     event_id: str
-    status: str = Field(
-        description="applied, duplicate, summed, late, not_served, fallback or rejected."
-    )
+    status: str = Field(description=f"One of: {', '.join(records.STATUSES)}.")
     applied: bool = Field(
         description="Whether the deciding model's head learnt from it: false for every "
         "status but applied, and for an applied reward whose update the head refused "

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates, ExposureCap
+from bandit_core.policies.linear import arm_state
 from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
 from eventstore import records
@@ -608,6 +609,8 @@ class DecisionService:
         # be replayed or forged (it is stored, for analysis, not trusted)
         late = received - decision.created_at > timedelta(seconds=settings.reward_window_s)
         status = _why_not_applicable(late, decision, served)
+        if status is None and self._new_arm_over_limit(decision, arm_id):
+            status = records.ARM_LIMIT
         if status is None and not self._learnable(decision, arm_features, req.reward):
             status = records.REJECTED
         row = RewardRow(
@@ -638,6 +641,22 @@ class DecisionService:
             applied=outcome.applied and not refused,
             model_version=decision.model_version,
         )
+
+    def _new_arm_over_limit(self, decision: StoredDecision, arm_id: str) -> bool:
+        """Whether the deciding head keeps a block per arm, already holds ``max_arms`` and
+        ``arm_id`` is not one of them (rewards in flight may each add one more)."""
+        served = self.loader.current
+        model = served.for_version(decision.model_version) if served is not None else None
+        arms = None if model is None else arm_state(model.policy)
+        if arms is None or arms.knows(arm_id) or arms.n_arms < self.settings.max_arms:
+            return False
+        log.warning(
+            "reward of %s not learnt online: %s already holds max_arms=%d arms",
+            decision.event_id,
+            decision.model_version,
+            self.settings.max_arms,
+        )
+        return True
 
     def _learnable(
         self, decision: StoredDecision, arm_features: NDArray[np.float64], value: float

@@ -108,6 +108,12 @@ class Settings(CoreSettings):
         Largest ``retrieve.k``.
     max_groups : int
         Most groups in a grouped request.
+    max_arms : int
+        Most arms the head of a per-arm model (one block of O(d²) floats per arm:
+        ``linucb``, ``lints``, the hybrid models) learns online; a reward whose arm would
+        be one more is stored as ``arm_limit``, an outcome the nightly retrain learns,
+        and the head stays as it is (a client that sends a new id per request cannot
+        grow it without bound). Other models have no per-arm state.
     new_item_impressions : int
         An item is new until it has been shown this many times (0: no item is new).
     new_item_p_min, new_item_max_share : float
@@ -211,6 +217,7 @@ class Settings(CoreSettings):
     catalog_poll_s: float = Field(5.0, gt=0.0)
     max_retrieve: int = Field(1000, ge=1)
     max_groups: int = Field(100, ge=1)
+    max_arms: int = Field(100_000, ge=1)
     new_item_impressions: int = Field(100, ge=0)
     new_item_p_min: float = Field(0.02, gt=0.0, le=1.0)
     new_item_max_share: float = Field(0.2, gt=0.0, le=1.0)

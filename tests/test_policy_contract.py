@@ -22,6 +22,7 @@ from bandit_core._validation import CheckedBy, Constraint, Interval
 from bandit_core.catalog import CATALOG
 from bandit_core.head_statistics import LinearHeadPolicy
 from bandit_core.policies.arm_features import candidates_for
+from bandit_core.policies.linear import arm_state
 from bandit_core.policies.position import update_batch_skipping
 from tests.policy_factories import (
     DIM_ARM,
@@ -343,6 +344,30 @@ def test_a_batch_learns_every_row_but_those_refused(name: str) -> None:
             np.testing.assert_allclose(after[key], value, rtol=1e-9, atol=1e-9, err_msg=key)
         elif not key.endswith("pending"):  # rank-one bookkeeping a batch resets
             np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_arm_state_is_what_grows_with_the_arms(name: str) -> None:
+    """``arm_state`` finds the per-arm state of a policy (what ``max_arms`` bounds in the
+    service): it counts a new arm once learnt. A policy without one grows no numeric
+    state array more for a new arm than for a known one (a neural replay buffer grows
+    with the rows, whatever their arm)."""
+    policy, twin = _trained(name), _trained(name)
+    arms = arm_state(policy)
+    count = None if arms is None else arms.n_arms
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(DIM_USER)
+    cands = candidates_for(policy, _candidates(rng, ("brand-new", "a")))
+    reward = 1.0 if name in UNIT_REWARDS else 0.5
+    policy.update(x, "brand-new", reward, cands.features[0])
+    twin.update(x, "a", reward, cands.features[1])
+    if arms is not None:
+        assert count is not None and arms.n_arms == count + 1 and arms.knows("brand-new")
+        assert not arms.knows("never-seen")
+    else:
+        after, known = state_arrays(policy), state_arrays(twin)
+        for key, value in known.items():
+            if np.issubdtype(value.dtype, np.number):
+                assert after[key].shape == value.shape, key
 
 
 def test_inputs_at_the_bound_leave_a_finite_state(name: str) -> None:

@@ -294,3 +294,48 @@ def test_recovery_and_the_replica_sync_skip_a_stored_reward_the_head_refuses(
     reference = rebuild_from_store(store, "v/1", load_policy(base_path))
     assert head_difference(model.policy, reference) < 1e-9
     engine.dispose()
+
+
+def test_a_per_arm_head_learns_at_most_max_arms_arms_online(tmp_path: Path) -> None:
+    """A client sending a new arm id with every request cannot grow a per-arm head past
+    ``max_arms``: the reward of an arm beyond it is stored as ``arm_limit`` (not applied,
+    not replayed) while known arms keep learning; recovery gives the same head."""
+    import sqlalchemy as sa
+
+    from bandit_core.policies.linear import arm_state
+    from eventstore.engine import make_engine
+
+    model = policy_file(tmp_path / "linucb.npz", name="linucb")  # knows item-0 … item-9
+    settings = service_settings(tmp_path, model_path=model, max_arms=12)
+    rng = np.random.default_rng(9)
+    statuses = []
+    with running_client(settings) as client:
+        arms = arm_state(served_policy(client))
+        assert arms is not None and arms.n_arms == 10
+        for arm in ("new-1", "new-2", "new-3", "item-4", "new-4"):
+            body = {"context": rng.standard_normal(DIM_USER).tolist(), "candidates": [{"id": arm}]}
+            got = client.post("/v1/decisions", json=body)
+            assert got.status_code == 200, got.text
+            ack = client.post("/v1/rewards", json={"event_id": got.json()["event_id"], "reward": 1})
+            assert ack.status_code == 200, ack.text
+            statuses.append((ack.json()["status"], ack.json()["applied"]))
+        live = copy.deepcopy(served_policy(client))
+        assert arm_state(live).n_arms == 12  # type: ignore[union-attr]
+        assert not arm_state(live).knows("new-3")  # type: ignore[union-attr]
+        metrics = client.get("/metrics").text
+    assert statuses == [
+        ("applied", True),
+        ("applied", True),
+        ("arm_limit", False),
+        ("applied", True),
+        ("arm_limit", False),
+    ]
+    assert 'banditops_rewards_total{status="arm_limit"} 2.0' in metrics
+    engine = make_engine(settings.store_url)
+    try:
+        with engine.begin() as conn:  # a crash before the first snapshot
+            conn.execute(sa.text("DELETE FROM head_snapshots"))
+    finally:
+        engine.dispose()
+    with running_client(settings) as client:
+        assert head_difference(live, served_policy(client)) <= 1e-9

@@ -110,6 +110,7 @@ def samples(root: Path) -> dict[str, Any]:
         "catalog_poll_s": 2.0,
         "max_retrieve": 100,
         "max_groups": 10,
+        "max_arms": 500,
         "new_item_impressions": 5,
         "new_item_p_min": 0.05,
         "new_item_max_share": 0.3,

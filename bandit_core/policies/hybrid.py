@@ -254,6 +254,13 @@ class HybridModel:
         self._unfolded: list[tuple[int, FloatArray]] = []  # (slot, [x ; z])
 
     # -- arms ----------------------------------------------------------------
+    @property
+    def n_arms(self) -> int:
+        return len(self.arm_ids)
+
+    def knows(self, arm_id: str) -> bool:
+        return arm_id in self._slots
+
     def _add_arm(self, arm: str) -> int:
         self._rows_of.clear()
         slot = int(self.precision_.shape[0])

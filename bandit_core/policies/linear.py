@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -218,6 +218,27 @@ def build_config(
 _HEADS_CACHE = 256
 
 
+class ArmState(Protocol):
+    """A model whose state holds a block per arm it has learnt (it grows with them)."""
+
+    @property
+    def n_arms(self) -> int: ...
+
+    def knows(self, arm_id: str) -> bool: ...
+
+
+def arm_state(policy: Any) -> ArmState | None:
+    """The per-arm state of ``policy`` (through wrappers), or None for a policy whose
+    state does not grow with the arms (shared, neural, uniform…)."""
+    while policy is not None:
+        model = getattr(policy, "model", None)
+        if model is not None and callable(getattr(model, "knows", None)):
+            state: ArmState = model
+            return state
+        policy = getattr(policy, "inner", None)
+    return None
+
+
 class PerArmModel:
     """One head per arm (disjoint model). Head 0 is the prior, used for unseen arms."""
 
@@ -237,6 +258,13 @@ class PerArmModel:
         self._heads_of: dict[tuple[str, ...], tuple[IntArray, slice | IntArray]] = {}
 
     dim_arm = 0
+
+    @property
+    def n_arms(self) -> int:
+        return len(self.arm_ids)
+
+    def knows(self, arm_id: str) -> bool:
+        return arm_id in self._slots
 
     def heads_for(self, ids: tuple[str, ...] | list[str], create: bool) -> IntArray:
         if create:
