@@ -842,9 +842,16 @@ def scenario(s: Stack) -> dict[str, Any]:
     start = time.monotonic()
     run_id, tasks = run_retrain(s)
     facts["retrain_s"] = round(time.monotonic() - start)
-    celery_done = int(
-        s.psql("airflow", "select count(*) from celery_taskmeta where status = 'SUCCESS'")
-    )
+    # a worker stores a task's Celery result after it has told Airflow the task ended:
+    # the last result can land a moment after the run is reported successful
+    deadline = time.monotonic() + 60
+    while True:
+        celery_done = int(
+            s.psql("airflow", "select count(*) from celery_taskmeta where status = 'SUCCESS'")
+        )
+        if celery_done >= len(tasks) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     if celery_done < len(tasks):
         raise HarnessError(
             f"{celery_done} Celery results for {len(tasks)} tasks", ("airflow-worker",)

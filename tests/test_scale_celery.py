@@ -204,6 +204,13 @@ def test_sharded_retrain_runs_on_a_celery_worker(
             "WHERE dag_id = 'bandit_retrain'",
             "SELECT status, count(*) FROM celery_taskmeta GROUP BY status",
         )
+        # a worker stores a task's Celery result after it told Airflow the task ended
+        deadline = time.monotonic() + 60
+        while sum(n for _, n in celery) < len(tis) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            (celery,) = metadata_rows(
+                url, "SELECT status, count(*) FROM celery_taskmeta GROUP BY status"
+            )
     elapsed = time.monotonic() - started
     assert [state for _, state in runs] == ["success"]
     ran = [ti for ti in tis if ti.state == "success"]
