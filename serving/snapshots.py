@@ -1,9 +1,9 @@
 """Head snapshots: every N applied rewards, every T seconds, and at shutdown.
 
 A snapshot is taken on the event loop (``policy.to_state()`` copies the arrays, so the
-head may keep learning), then serialised in a worker thread and committed through the
-event writer. It records ``last_reward_id``: recovery loads the newest snapshot and
-replays the applied rewards after that id.
+head may keep learning), then checked (every array finite) and serialised in a worker
+thread and committed through the event writer. It records ``last_reward_id``: recovery
+loads the newest snapshot and replays the applied rewards after that id.
 """
 
 from __future__ import annotations
@@ -60,24 +60,18 @@ class Snapshotter:
         self.every_s = every_s
         self.enabled = enabled
         self._hold = hold
-        self._pending: set[asyncio.Task[int]] = set()
+        self._pending: set[asyncio.Task[int | None]] = set()
 
     def after_reward(self, model: ServedModel) -> None:
         """Loop thread: count the reward; snapshot when N have accumulated."""
         if model.rewards_since_snapshot >= self.every_rewards:
             self.take(model)
 
-    def take(self, model: ServedModel) -> asyncio.Task[int] | None:
+    def take(self, model: ServedModel) -> asyncio.Task[int | None] | None:
         """Loop thread: copy the state now; serialise and commit it in the background."""
         if not self.enabled or (self._hold is not None and self._hold(model)):
             return None
         state = model.policy.to_state()
-        bad = first_non_finite(state.arrays)
-        if bad is not None:  # never persist a poisoned head: recovery would bring it back
-            log.error("no snapshot of %s: state array %r is not finite", model.version, bad)
-            if self._on_unsafe is not None:
-                self._on_unsafe()
-            return None
         meta = {
             "model_version": model.version,
             "last_reward_id": model.last_reward_id,
@@ -90,13 +84,26 @@ class Snapshotter:
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task[int]) -> None:
+    def _checked_bytes(self, state: PolicyState, version: str) -> bytes | None:
+        """Worker thread: the state's bytes, or None when an array is not finite (never
+        persist a poisoned head: recovery would bring it back)."""
+        bad = first_non_finite(state.arrays)
+        if bad is not None:
+            log.error("no snapshot of %s: state array %r is not finite", version, bad)
+            if self._on_unsafe is not None:
+                self._on_unsafe()  # a Prometheus counter: safe from any thread
+            return None
+        return state_to_bytes(state)
+
+    def _done(self, task: asyncio.Task[int | None]) -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning("snapshot not written: %s", task.exception())
 
-    async def _write(self, state: PolicyState, meta: dict[str, Any]) -> int:
-        data = await asyncio.to_thread(state_to_bytes, state)
+    async def _write(self, state: PolicyState, meta: dict[str, Any]) -> int | None:
+        data = await asyncio.to_thread(self._checked_bytes, state, meta["model_version"])
+        if data is None:
+            return None
         row = SnapshotRow(created_at=datetime.now(UTC), policy=state.policy, state=data, **meta)
         snapshot_id: int = await self._commit(row)
         log.info(
@@ -108,9 +115,11 @@ class Snapshotter:
         return snapshot_id
 
     async def dirty(self, models: Iterable[ServedModel]) -> list[int]:
-        """Snapshot every head with unsaved rewards; the ids written."""
+        """Snapshot every head with unsaved rewards; the ids written (a head that is not
+        finite writes none)."""
         tasks = [self.take(m) for m in models if m.rewards_since_snapshot > 0]
-        return [await t for t in tasks if t is not None]
+        written = [await t for t in tasks if t is not None]
+        return [i for i in written if i is not None]
 
     async def timer(self, current: Callable[[], Iterable[ServedModel]]) -> None:
         """Run forever: snapshot heads whose unsaved rewards are older than ``every_s``."""

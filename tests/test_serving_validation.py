@@ -339,3 +339,26 @@ def test_a_per_arm_head_learns_at_most_max_arms_arms_online(tmp_path: Path) -> N
         engine.dispose()
     with running_client(settings) as client:
         assert head_difference(live, served_policy(client)) <= 1e-9
+
+
+def test_a_head_that_is_not_finite_is_never_snapshotted(tmp_path: Path) -> None:
+    """The check runs off the event loop, with the serialisation: a head whose state is
+    not finite writes no snapshot (recovery would bring it back) and is counted."""
+    from serving.models.served import find_head
+
+    with running_client(
+        service_settings(tmp_path, model_path=policy_file(tmp_path / "p.npz"))
+    ) as client:
+        rng = np.random.default_rng(12)
+        got = client.post("/v1/decisions", json=decision_body(rng, n=4))
+        client.post("/v1/rewards", json={"event_id": got.json()["event_id"], "reward": 1.0})
+        healthy = client.post("/v1/admin/snapshot").json()["snapshot_ids"]
+        assert len(healthy) == 1
+        got = client.post("/v1/decisions", json=decision_body(rng, n=4))
+        client.post("/v1/rewards", json={"event_id": got.json()["event_id"], "reward": 1.0})
+        find_head(served_policy(client)).theta_[0, 0] = np.nan  # poisoned behind its back
+        assert client.post("/v1/admin/snapshot").json()["snapshot_ids"] == []
+        store = client.app.state.service.store
+        assert store.count_rows()["head_snapshots"] == 1
+        text = client.get("/metrics").text
+        assert "banditops_unsafe_heads_total 1.0" in text
