@@ -609,9 +609,10 @@ class DecisionService:
         # be replayed or forged (it is stored, for analysis, not trusted)
         late = received - decision.created_at > timedelta(seconds=settings.reward_window_s)
         status = _why_not_applicable(late, decision, served)
-        if status is None and self._new_arm_over_limit(decision, arm_id):
+        deciding = served.for_version(decision.model_version)
+        if status is None and self._new_arm_over_limit(deciding, decision, arm_id):
             status = records.ARM_LIMIT
-        if status is None and not self._learnable(decision, arm_features, req.reward):
+        if status is None and not self._learnable(deciding, decision, arm_features, req.reward):
             status = records.REJECTED
         row = RewardRow(
             event_id=req.event_id,
@@ -642,11 +643,12 @@ class DecisionService:
             model_version=decision.model_version,
         )
 
-    def _new_arm_over_limit(self, decision: StoredDecision, arm_id: str) -> bool:
-        """Whether the deciding head keeps a block per arm, already holds ``max_arms`` and
-        ``arm_id`` is not one of them (rewards in flight may each add one more)."""
-        served = self.loader.current
-        model = served.for_version(decision.model_version) if served is not None else None
+    def _new_arm_over_limit(
+        self, model: ServedModel | None, decision: StoredDecision, arm_id: str
+    ) -> bool:
+        """Whether the deciding head (``model``) keeps a block per arm, already holds
+        ``max_arms`` and ``arm_id`` is not one of them (rewards in flight may each add one
+        more)."""
         arms = None if model is None else arm_state(model.policy)
         if arms is None or arms.knows(arm_id) or arms.n_arms < self.settings.max_arms:
             return False
@@ -659,16 +661,19 @@ class DecisionService:
         return True
 
     def _learnable(
-        self, decision: StoredDecision, arm_features: NDArray[np.float64], value: float
+        self,
+        model: ServedModel | None,
+        decision: StoredDecision,
+        arm_features: NDArray[np.float64],
+        value: float,
     ) -> bool:
-        """Whether the deciding head may learn this reward and stay finite: its inputs
-        are finite and bounded (:func:`serving.budget.learnable`) and the head is finite
-        now. Otherwise the reward is stored as ``rejected``: never applied or replayed."""
+        """Whether the deciding head (``model``) may learn this reward and stay finite:
+        its inputs are finite and bounded (:func:`serving.budget.learnable`) and the head
+        is finite now. Otherwise the reward is stored as ``rejected``: never applied or
+        replayed."""
         if not learnable(decision.context, arm_features, value, self.settings.max_abs_feature):
             log.warning("reward of %s rejected: its inputs are not bounded", decision.event_id)
             return False
-        served = self.loader.current
-        model = served.for_version(decision.model_version) if served is not None else None
         head = None if model is None else find_head(model.policy)
         if head is not None and not np.isfinite(head.theta_).all():
             log.error(

@@ -27,6 +27,7 @@ import numpy as np
 
 from bandit_core import Policy
 from bandit_core.policies.position import update_batch_skipping
+from eventstore.admission import first_non_finite
 from serving.models.served import ServedModel, Signature
 from serving.models.state_io import policy_from_bytes
 from serving.store.repository import AppliedRewards, EventStore, StoredSnapshot
@@ -101,14 +102,15 @@ def _usable(snapshot: StoredSnapshot, base: Policy, version: str) -> Policy | No
     its dimensions and a finite state; None (logged) otherwise."""
     try:
         policy = policy_from_bytes(snapshot.state)
-        if type(policy) is not type(base) or Signature.of(policy) != Signature.of(base):
+        have, want = Signature.of(policy), Signature.of(base)
+        if type(policy) is not type(base) or have != want:
             raise ValueError(
-                f"it holds a {type(policy).__name__} {Signature.of(policy)}, the version "
-                f"a {type(base).__name__} {Signature.of(base)}"
+                f"it holds a {type(policy).__name__} {have}, the version "
+                f"a {type(base).__name__} {want}"
             )
-        for name, array in policy.to_state().arrays.items():
-            if np.issubdtype(array.dtype, np.number) and not np.isfinite(array).all():
-                raise ValueError(f"its {name} is not finite")
+        bad = first_non_finite(policy.to_state().arrays)
+        if bad is not None:
+            raise ValueError(f"its {bad} is not finite")
     except Exception as exc:  # any reason: the base and the rewards give the same head
         log.error(
             "snapshot %d of %s cannot be used (%s); recovering from the base and every "
