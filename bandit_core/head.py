@@ -18,6 +18,7 @@ operations are vectorised across it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -166,6 +167,15 @@ class BayesianLinearHead:
             }
         append_rows(self, blocks)
         return first
+
+    def subset(self, heads: IntArray) -> BayesianLinearHead:
+        """A new head holding copies of the given heads, in that order: O(len(heads)·d²),
+        whatever the number of heads here (a decision copy:
+        :func:`bandit_core.policies.decision_copy.decision_copy`)."""
+        out = copy.copy(self)
+        for name in self._array_names():
+            setattr(out, name, getattr(self, name)[heads])
+        return out
 
     @staticmethod
     def _array_names() -> tuple[str, ...]:

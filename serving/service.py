@@ -12,7 +12,9 @@ Threads and what they own:
 * the **loader** thread polls the model source and swaps the served set;
 * the **decision** thread (at ``costly_work_nice``: :mod:`serving.lanes`) chooses the
   decisions costing more than ``inline_work_units`` (:mod:`serving.budget`), each on a
-  copy of the policy taken on the loop, so it never touches a live policy; past
+  copy of the policy for its candidates taken on the loop (its cost does not grow with
+  the arms learnt: :mod:`bandit_core.policies.decision_copy`), so it never touches a
+  live policy; past
   ``decision_deadline_s`` the fallback answers instead. A policy whose ``select``
   records state (an exposure cap) always decides on the loop.
 """
@@ -20,7 +22,6 @@ Threads and what they own:
 from __future__ import annotations
 
 import asyncio
-import copy
 import gc
 import logging
 from collections import OrderedDict
@@ -36,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates, ExposureCap
+from bandit_core.policies.decision_copy import decision_copy
 from bandit_core.policies.linear import arm_state
 from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
@@ -537,9 +539,11 @@ class DecisionService:
     async def _choose_off_loop(
         self, model: ServedModel, inp: DecisionInput, k: int | None, options: ChoiceOptions
     ) -> Choice:
-        """``choose`` on a copy of the policy (taken here, on the loop, so it is
-        consistent) in the decision thread; TimeoutError past the deadline."""
-        policy = for_users(copy.deepcopy(model.policy), [inp.user_hash])
+        """``choose`` on a copy of the policy for these candidates (taken here, on the
+        loop, so it is consistent; :func:`~bandit_core.policies.decision_copy.decision_copy`
+        copies the rows of the candidates' arms, not every arm's) in the decision thread;
+        TimeoutError past the deadline."""
+        policy = for_users(decision_copy(model.policy, inp.candidates.ids), [inp.user_hash])
         rng = self.rng.spawn(1)[0]
         future = self._decider.submit(choose, policy, inp.context, inp.candidates, rng, k, options)
         try:

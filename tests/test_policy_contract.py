@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,10 +20,11 @@ from bandit_core import (
     policy_from_state,
     save_policy,
 )
-from bandit_core._validation import CheckedBy, Constraint, Interval
+from bandit_core._validation import CheckedBy, Constraint, FloatArray, Interval
 from bandit_core.catalog import CATALOG
 from bandit_core.head_statistics import LinearHeadPolicy
 from bandit_core.policies.arm_features import candidates_for
+from bandit_core.policies.decision_copy import decision_copy
 from bandit_core.policies.linear import arm_state
 from bandit_core.policies.position import update_batch_skipping
 from tests.policy_factories import (
@@ -368,6 +371,39 @@ def test_arm_state_is_what_grows_with_the_arms(name: str) -> None:
         for key, value in known.items():
             if np.issubdtype(value.dtype, np.number):
                 assert after[key].shape == value.shape, key
+
+
+def _decisions(policy: Policy, cands: Candidates, seed: int) -> tuple[list[int], FloatArray]:
+    """The arms chosen by a select and a select_batch, and their probabilities and scores."""
+    rng = np.random.default_rng(seed)
+    d = policy.select(rng.standard_normal(DIM_USER), cands, rng)
+    batch = policy.select_batch(rng.standard_normal((3, DIM_USER)), cands, rng)
+    numbers = [d.probabilities, d.scores, batch.probabilities, batch.scores]
+    return [d.arm, *batch.arms], np.concatenate([np.ravel(v) for v in numbers])
+
+
+def test_a_decision_copy_decides_as_the_policy_and_not_with_every_arm(name: str) -> None:
+    """``decision_copy`` (what the service's decision thread decides on) decides among
+    its candidates as a deep copy of the policy does, draw for draw, and holds nothing
+    of the arms they do not name: its size is that of a twin that learnt the same rows
+    on the arms they name."""
+    policy, twin = _trained(name), _trained(name)
+    rng = np.random.default_rng(13)
+    others = _candidates(rng, tuple(f"other-{i}" for i in range(60)))
+    for i in range(60):
+        x = rng.standard_normal(DIM_USER)
+        reward = 1.0 if name in UNIT_REWARDS else float(rng.standard_normal())
+        policy.update(x, others.ids[i], reward, others.features[i])
+        twin.update(x, "other-7" if i == 7 else "a", reward, others.features[i])
+    cands = candidates_for(policy, _candidates(rng, ("c", "new", "a", "other-7")))
+    for seed in range(4):
+        arms, numbers = _decisions(copy.deepcopy(policy), cands, seed)
+        copied_arms, copied_numbers = _decisions(decision_copy(policy, cands.ids), cands, seed)
+        assert copied_arms == arms
+        # fewer rows can take another BLAS route (the hybrid model's): round-off only
+        np.testing.assert_allclose(copied_numbers, numbers, rtol=1e-12, atol=1e-14)
+    size = len(pickle.dumps(decision_copy(policy, cands.ids)))
+    assert size <= len(pickle.dumps(decision_copy(twin, cands.ids))) + 600, name
 
 
 def test_inputs_at_the_bound_leave_a_finite_state(name: str) -> None:

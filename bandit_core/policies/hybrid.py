@@ -49,7 +49,8 @@ shared part is drawn as ``ε R`` (ε of dimension K) with ``U₀Cᵀ = QR``: the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -269,6 +270,26 @@ class HybridModel:
         # slot 0 is the prior; amortised O(1) per arm, not a copy of every arm's blocks
         append_rows(self, {name: getattr(self, name)[:1] for name in _PER_ARM})
         return slot
+
+    def decision_parts(self, ids: Sequence[str]) -> dict[int, Any]:
+        """This model, for a decision copy among ``ids``
+        (:func:`~bandit_core.policies.decision_copy.decision_copy`): a copy with the
+        shared blocks, the prior's and the known arms' of ``ids``, and the caches that
+        sum over every arm (the scoring weights, the noise posterior) computed here
+        first, so it scores those arms as this model does in O(len(ids)·d(d + k) + k²)."""
+        self._scoring_weights()
+        self.noise_posterior()
+        known = [a for a in dict.fromkeys(ids) if a in self._slots]
+        slots = np.array([0, *(self._slots[a] for a in known)], dtype=np.intp)
+        out = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, np.ndarray):
+                setattr(out, name, value[slots] if name in _PER_ARM else value.copy())
+        out.arm_ids = known
+        out._slots = {a: i + 1 for i, a in enumerate(known)}
+        out._rows_of = {}
+        out._unfolded = []  # in the factors already; only a later fold would need them
+        return {id(self): out}
 
     def _drop_last_arm(self) -> None:
         """Undo :meth:`_add_arm` of the newest arm (nothing learnt from it yet)."""

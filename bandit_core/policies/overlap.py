@@ -245,6 +245,11 @@ class Overlap(DelegatingWrapper):
             out[rows] = np.maximum(out[rows], seg)
         return out
 
+    def decision_parts(self, ids: Sequence[str]) -> dict[int, Any]:
+        """The arms seen, for a decision copy among ``ids``
+        (:func:`~bandit_core.policies.decision_copy.decision_copy`): those of ``ids``."""
+        return {id(self.seen): {a for a in ids if a in self.seen}}
+
     def new_mask(self, candidates: Candidates) -> np.ndarray:
         """Boolean mask (K,) of the candidates the model has not seen."""
         if self.config.cold_start_floor <= 0:

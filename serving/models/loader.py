@@ -20,7 +20,6 @@ one poll interval, without a restart. A store that cannot be read keeps the shar
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
@@ -30,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from bandit_core import Candidates, Policy
+from bandit_core.policies.decision_copy import decision_copy
 from eventstore.admission import AdmissionError, first_non_finite
 from serving.budget import check_choice_finite
 from serving.decide import choose
@@ -64,10 +64,10 @@ def smoke_test(policy: Policy, signature: Signature) -> None:
     bad = first_non_finite(policy.to_state().arrays)
     if bad is not None:
         raise UnsafeModelError(f"state array {bad!r} holds non-finite values")
-    probe = copy.deepcopy(policy)
     dim_user = signature.dim_user or 1
     width = max(signature.dim_arm, 0)
     candidates = Candidates(("probe-0", "probe-1"), np.full((2, width), 0.5))
+    probe = decision_copy(policy, candidates.ids)
     try:
         choice = choose(probe, np.full(dim_user, 0.5), candidates, np.random.default_rng(0))
         check_choice_finite(choice.decision, None, None)
