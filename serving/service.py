@@ -2,21 +2,23 @@
 
 Threads and what they own:
 
-* the **event loop** (request handlers) owns every policy object: decisions, reward
-  application and snapshots (``to_state``) all run there, so no lock is needed and the
-  request-path numpy runs single-threaded (``threadpool_limits(1)``);
+* the **event loop** (request handlers) owns every policy object: decisions and reward
+  application run there, so no lock is needed and the request-path numpy runs
+  single-threaded (``threadpool_limits(1)``). Every change to a served head on the loop
+  goes through the head gate (:class:`serving.snapshots.HeadGate`), which holds them
+  while a worker thread copies a head's state for a snapshot (the loop keeps deciding);
 * the **writer** thread commits events in groups (:mod:`serving.store.writer`); after a
   commit it schedules the application of the batch's rewards on the loop *before*
-  completing the requests' futures, so a reward's response is sent after its head update,
-  and heads learn in reward-id order (which is what recovery replays);
+  completing the requests' futures, so a reward's response is sent after its head update
+  (held by the gate, the response waits for it), and heads learn in reward-id order
+  (which is what recovery replays);
 * the **loader** thread polls the model source and swaps the served set;
 * the **decision** thread (at ``costly_work_nice``: :mod:`serving.lanes`) chooses the
   decisions costing more than ``inline_work_units`` (:mod:`serving.budget`), each on a
   copy of the policy for its candidates taken on the loop (its cost does not grow with
   the arms learnt: :mod:`bandit_core.policies.decision_copy`), so it never touches a
-  live policy; past
-  ``decision_deadline_s`` the fallback answers instead. A policy whose ``select``
-  records state (an exposure cap) always decides on the loop.
+  live policy; past ``decision_deadline_s`` the fallback answers instead. A policy whose
+  ``select`` records state (an exposure cap) always decides on the loop.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from threadpoolctl import threadpool_limits
 
-from bandit_core import Candidates, ExposureCap
+from bandit_core import Candidates
 from bandit_core.policies.decision_copy import decision_copy
 from bandit_core.policies.linear import arm_state
 from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
+from bandit_core.policies.wrappers import records_on_select
 from eventstore import records
 from eventstore.admission import Admission
 from eventstore.migrate import require_current
@@ -89,7 +92,7 @@ from serving.schemas import (
     ServedModelInfo,
 )
 from serving.settings import Settings
-from serving.snapshots import Snapshotter
+from serving.snapshots import HeadGate, Snapshotter
 from serving.store.engine import checkpointer, store_engine
 from serving.store.journal import DrainReport, Journal, stored_decision
 from serving.store.repository import EventStore, StoredDecision, write_events
@@ -138,16 +141,6 @@ def _why_not_applicable(late: bool, decision: StoredDecision, served: ServingSet
     if served.for_version(decision.model_version) is None:
         return records.NOT_SERVED
     return None
-
-
-def _records_on_select(policy: Any) -> bool:
-    """Whether ``select`` changes the policy's state (an exposure cap records what it
-    showed): such a policy is never chosen on a copy, so it decides on the loop."""
-    while policy is not None:
-        if isinstance(policy, ExposureCap):
-            return True
-        policy = getattr(policy, "inner", None)
-    return False
 
 
 def build_source(settings: Settings) -> ModelSource:
@@ -245,12 +238,18 @@ class DecisionService:
             on_failure=lambda reason, _msg: metrics.model_load_failures.labels(reason).inc(),
             rollout=self._running_rollout,
         )
+        # every change to a served head on the loop goes through the gate, which holds
+        # them while a snapshot copies a head's state in a worker thread
+        self.gate = HeadGate()
+        # (event id, ordinal) of rewards whose head update waits behind the gate
+        self._held_rewards: set[tuple[str, int]] = set()
         self.snapshots = Snapshotter(
             self._commit,
             settings.snapshot_every_rewards,
             settings.snapshot_every_s,
             # several workers or synced replicas rebuild from the store
             enabled=settings.workers == 1 and self.replicas is None,
+            gate=self.gate,
             hold=lambda model: self._unsynced.get(model.version, 0) > 0,
             on_unsafe=metrics.unsafe_heads.inc,
         )
@@ -514,7 +513,7 @@ class DecisionService:
         options = self._options(inp)
         if model is not None:
             try:
-                if not costly or _records_on_select(model.policy):
+                if not costly or records_on_select(model.policy):
                     policy = for_users(model.policy, [inp.user_hash])
                     choice = choose(policy, inp.context, inp.candidates, self.rng, k, options)
                 else:
@@ -633,8 +632,11 @@ class DecisionService:
             ),
         )
         outcome: RewardOutcome = await self._commit(row)
-        # the head learnt it (or refused it) before the commit's answer reached here
+        # the head learnt it (or refused it) before the commit's answer reached here, or
+        # it waits behind the gate (a snapshot's copy) and is learnt when the gate opens
         key = (req.event_id, outcome.ordinal)
+        while key in self._held_rewards:
+            await self.gate.opened()
         refused = key in self._refused
         if refused:
             del self._refused[key]
@@ -714,11 +716,19 @@ class DecisionService:
             if isinstance(item, RewardRow) and res.applied
         ]
         if learn and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._apply, learn)
+            self._loop.call_soon_threadsafe(self._apply_or_hold, learn)
+
+    def _apply_or_hold(self, pairs: list[tuple[RewardRow, RewardOutcome]]) -> None:
+        """Loop thread: :meth:`_apply` now, or when the gate opens (the requests wait)."""
+        if self.gate.closed:
+            self._held_rewards.update((row.event_id, out.ordinal) for row, out in pairs)
+        self.gate.run(self._apply, pairs)
 
     def _apply(self, pairs: list[tuple[RewardRow, RewardOutcome]]) -> None:
         """Loop thread: update the head of the version that made each decision, and the
         heads of the other served versions that learn it (:meth:`_also_learning`)."""
+        if self._held_rewards:
+            self._held_rewards.difference_update((row.event_id, o.ordinal) for row, o in pairs)
         served = self.loader.current
         for row, outcome in pairs:
             model = served.for_version(row.model_version) if served is not None else None
@@ -788,7 +798,7 @@ class DecisionService:
     def _on_drained(self, report: DrainReport) -> None:
         """Writer thread: the journal is in the store; give the loop the rewards' ids."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._synced, report.reward_ids)
+            self._loop.call_soon_threadsafe(self.gate.run, self._synced, report.reward_ids)
 
     def _synced(self, reward_ids: list[tuple[str | None, int, bool]]) -> None:
         """Loop thread: every journaled reward a head learnt from has its store id now
@@ -822,12 +832,13 @@ class DecisionService:
 
     # ------------------------------------------------------------------ models
     async def state_bytes(self, role: str) -> bytes:
-        """The live state of ``role``'s policy as ``.npz`` bytes (copied on the loop)."""
+        """The live state of ``role``'s policy as ``.npz`` bytes (copied as a snapshot's
+        is: :meth:`serving.snapshots.Snapshotter.copy_state`)."""
         served = self._served()
         model = served.candidate if role == CANDIDATE else served.production
         if model is None:
             raise NotFoundError(f"no model serves the {role} role.")
-        state = model.policy.to_state()
+        state = await self.snapshots.copy_state(model.policy)
         return await asyncio.to_thread(state_to_bytes, state)
 
     async def poll_now(self) -> ModelInfo:

@@ -1,9 +1,14 @@
 """Head snapshots: every N applied rewards, every T seconds, and at shutdown.
 
-A snapshot is taken on the event loop (``policy.to_state()`` copies the arrays, so the
-head may keep learning), then checked (every array finite) and serialised in a worker
-thread and committed through the event writer. It records ``last_reward_id``: recovery
-loads the newest snapshot and replays the applied rewards after that id.
+A snapshot's state is copied (``policy.to_state()``) in a worker thread while the
+:class:`HeadGate` holds every change to the served heads, so the event loop keeps deciding
+during the copy (10–40 ms for a per-arm head of 16,000 arms) instead of stalling for it;
+the rewards that arrive meanwhile are learnt, in order, when the copy ends, and their
+answers wait for that. A policy whose ``select`` records state (an exposure cap) is copied
+on the loop, where it decides. The state is then checked (every array finite) and
+serialised in a worker thread and committed through the event writer. It records
+``last_reward_id``: recovery loads the newest snapshot and replays the applied rewards
+after that id.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bandit_core import PolicyState
+from bandit_core.policies.wrappers import records_on_select
 from eventstore.admission import first_non_finite
 from eventstore.records import SnapshotRow
 from serving.models.served import ServedModel
@@ -24,6 +30,56 @@ from serving.models.state_io import state_to_bytes
 log = logging.getLogger(__name__)
 
 Commit = Callable[[SnapshotRow], Awaitable[Any]]
+
+
+class HeadGate:
+    """Event-loop work that changes served heads, held while a head's state is copied in
+    a worker thread, then run in the order it arrived.
+
+    Every change to a served policy on the loop (a reward's update, the journal's ids that
+    move ``last_reward_id``) goes through :meth:`run`; a copy closes the gate
+    (:meth:`close`) for its duration and opens it (:meth:`open`) after. Loop thread only.
+    """
+
+    def __init__(self) -> None:
+        self._closed = 0
+        self._held: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._opened = asyncio.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed > 0
+
+    def run(self, job: Callable[..., Any], *args: Any) -> None:
+        """``job(*args)`` now, or when the gate opens (after the jobs held before it)."""
+        if self._closed:
+            self._held.append((job, args))
+        else:
+            job(*args)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._opened = asyncio.Event()
+        self._closed += 1
+
+    def open(self) -> None:
+        """End one copy; with none left, run the held jobs and wake :meth:`opened`."""
+        self._closed -= 1
+        if self._closed:
+            return
+        woken = self._opened
+        held, self._held = self._held, []
+        for job, args in held:
+            try:
+                job(*args)
+            except Exception:  # as the loop does for a callback: log it, run the rest
+                log.exception("held head change %r failed", job)
+        woken.set()
+
+    async def opened(self) -> None:
+        """Wait until the gate is open (at once when it is)."""
+        if self._closed:
+            await self._opened.wait()
 
 
 class Snapshotter:
@@ -39,6 +95,8 @@ class Snapshotter:
         ... or when it has unsaved rewards this many seconds after its last snapshot.
     enabled : bool
         False turns snapshots off (several workers: each rebuilds from the store).
+    gate : HeadGate
+        Closed while a state is copied in a worker thread.
     hold : callable, optional
         True for a model that must not be snapshotted now: its head learnt rewards that
         are in the local journal and have no store id yet, so ``last_reward_id`` could not
@@ -51,9 +109,11 @@ class Snapshotter:
         every_rewards: int,
         every_s: float,
         enabled: bool,
+        gate: HeadGate,
         hold: Callable[[ServedModel], bool] | None = None,
         on_unsafe: Callable[[], None] | None = None,
     ) -> None:
+        self._gate = gate
         self._on_unsafe = on_unsafe
         self._commit = commit
         self.every_rewards = every_rewards
@@ -63,15 +123,21 @@ class Snapshotter:
         self._pending: set[asyncio.Task[int | None]] = set()
 
     def after_reward(self, model: ServedModel) -> None:
-        """Loop thread: count the reward; snapshot when N have accumulated."""
+        """Loop thread: snapshot when N rewards have accumulated, once the loop is done
+        with the batch of rewards being learnt (never in the middle of one)."""
+        if model.rewards_since_snapshot >= self.every_rewards:
+            asyncio.get_running_loop().call_soon(self._due, model)
+
+    def _due(self, model: ServedModel) -> None:
         if model.rewards_since_snapshot >= self.every_rewards:
             self.take(model)
 
     def take(self, model: ServedModel) -> asyncio.Task[int | None] | None:
-        """Loop thread: copy the state now; serialise and commit it in the background."""
+        """Loop thread: the state as it is now, copied in a worker thread behind the
+        closed gate (on the loop for a policy that records on ``select``), then
+        serialised and committed in the background."""
         if not self.enabled or (self._hold is not None and self._hold(model)):
             return None
-        state = model.policy.to_state()
         meta = {
             "model_version": model.version,
             "last_reward_id": model.last_reward_id,
@@ -79,10 +145,30 @@ class Snapshotter:
         }
         model.rewards_since_snapshot = 0
         model.last_snapshot_at = time.monotonic()
-        task = asyncio.create_task(self._write(state, meta))
+        task = asyncio.create_task(self._write_copied(self.copy_state(model.policy), meta))
         self._pending.add(task)
         task.add_done_callback(self._done)
         return task
+
+    def copy_state(self, policy: Any) -> asyncio.Future[PolicyState]:
+        """Loop thread: ``policy.to_state()`` as it is now — copied in a worker thread
+        behind the closed gate, or at once on the loop for a policy that records on
+        ``select`` (it decides there)."""
+        loop = asyncio.get_running_loop()
+        if records_on_select(policy):
+            done: asyncio.Future[PolicyState] = loop.create_future()
+            done.set_result(policy.to_state())
+            return done
+        self._gate.close()
+        # the gate opens when the copy ends, whatever becomes of a task awaiting it
+        copied = loop.run_in_executor(None, policy.to_state)
+        copied.add_done_callback(lambda _: self._gate.open())
+        return copied
+
+    async def _write_copied(
+        self, copied: asyncio.Future[PolicyState], meta: dict[str, Any]
+    ) -> int | None:
+        return await self._write(await copied, meta)
 
     def _checked_bytes(self, state: PolicyState, version: str) -> bytes | None:
         """Worker thread: the state's bytes, or None when an array is not finite (never

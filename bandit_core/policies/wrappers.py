@@ -267,6 +267,17 @@ class ExposureCap(DelegatingWrapper):
         return policy
 
 
+def records_on_select(policy: Any) -> bool:
+    """Whether ``select`` changes the policy's state (an :class:`ExposureCap`, through
+    wrappers, records what it showed): such a policy is never copied for a decision nor
+    read while it decides (its state is taken where it decides)."""
+    while policy is not None:
+        if isinstance(policy, ExposureCap):
+            return True
+        policy = getattr(policy, "inner", None)
+    return False
+
+
 def revise_reward(
     policy: Any,
     context: Any,
