@@ -37,6 +37,15 @@ ARM_LIMIT = "arm_limit"  # a new arm for a head already at max_arms: stored, not
 STATUSES = (APPLIED, DUPLICATE, SUMMED, LATE, NOT_SERVED, FALLBACK, REJECTED, ARM_LIMIT)
 
 
+def repeat_status(duplicate_rule: str, late: bool) -> str:
+    """The status of a reward repeating its event's reward at the same position: under the
+    sum rule ``summed`` (it counts, in the replay and the rollout's outcome) unless it came
+    after the reward window (``late``: it counts nowhere); ``duplicate`` under first-wins."""
+    if duplicate_rule == "sum":
+        return LATE if late else SUMMED
+    return DUPLICATE
+
+
 @dataclass(frozen=True)
 class DecisionRow:
     """One decision, as logged (arrays are float64).

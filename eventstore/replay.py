@@ -3,8 +3,9 @@ Parquet file.
 
 Rules (mirroring the service):
 
-* a reward counts when its timestamp is within ``reward_window`` of its decision; a late
-  reward is stored but neither applied online nor counted here;
+* a reward counts when it was received within ``reward_window`` of its decision (its
+  ``received_at``, as the service judges it: the client's ``ts`` is stored, not trusted);
+  a late reward is stored but neither applied online nor counted here;
 * several rewards of one event: ``"first_wins"`` keeps the first (lowest ordinal),
   ``"sum"`` adds them up;
 * a decision without a reward in its window gets ``default_reward``
@@ -23,7 +24,7 @@ Rules (mirroring the service):
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -174,6 +175,18 @@ def read_replay(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def in_reward_window(received_at: datetime, decided_at: datetime, reward_window: timedelta) -> bool:
+    """Whether a reward counts for its decision: received within the reward window (the
+    service's rule for ``late``)."""
+    return received_at - decided_at <= reward_window
+
+
+def combined_reward(values: Sequence[float], duplicate_rule: str) -> float:
+    """A decision's (or a slate position's) reward from its rewards in the window, in the
+    order they came: the first under ``"first_wins"``, their sum under ``"sum"``."""
+    return float(sum(values)) if duplicate_rule == "sum" else float(values[0])
+
+
 def _rewards(
     engine: Engine, in_window: ColumnElement[bool], reward_window: timedelta, rule: str
 ) -> dict[tuple[str, int], tuple[float, int]]:
@@ -182,7 +195,7 @@ def _rewards(
     d, r = decisions.c, rewards.c
     position = func.coalesce(r.position, 0).label("at")
     query = (
-        select(r.event_id, position, r.ordinal, r.value, r.ts, d.created_at)
+        select(r.event_id, position, r.ordinal, r.value, r.received_at, d.created_at)
         .join(decisions, d.event_id == r.event_id)
         .where(in_window)
         .order_by(r.event_id, r.ordinal)
@@ -190,11 +203,9 @@ def _rewards(
     values: dict[tuple[str, int], list[float]] = defaultdict(list)
     with engine.connect() as conn:
         for row in conn.execution_options(yield_per=_YIELD_PER).execute(query):
-            if row.ts - row.created_at <= reward_window:
+            if in_reward_window(row.received_at, row.created_at, reward_window):
                 values[(row.event_id, int(row.at))].append(float(row.value))
-    if rule == "sum":
-        return {e: (float(sum(v)), len(v)) for e, v in values.items()}
-    return {e: (v[0], len(v)) for e, v in values.items()}
+    return {e: (combined_reward(v, rule), len(v)) for e, v in values.items()}
 
 
 def write_replay_parquet(frame: pd.DataFrame, path: str | Path) -> Path:

@@ -14,8 +14,11 @@ The tables are :class:`eventstore.schema.RolloutRow` (``rollouts``) and
   same transaction, and only a running rollout takes steps (a second controller that
   lost the race gets :class:`RolloutStateError`, and nothing is written);
 * :func:`traffic_outcomes` is what the controller decides on: per traffic arm, the
-  decisions since the rollout started and their first reward received in the reward
-  window (``ordinal`` 0, not ``late`` or ``rejected``).
+  decisions since the rollout started and their reward as the replay counts it for
+  training (:mod:`eventstore.replay`): the reward of slate position 0 received in the
+  reward window — the first one under the first-wins rule, all of them under the sum
+  rule (as stored by the service: a repeat is ``duplicate`` or ``summed``) — and not
+  ``rejected``.
 
 ``version`` is the registry's version number (``"3"``); the decisions name a version by
 :func:`eventstore.contract.version_label` (``"<model>/3"``).
@@ -49,7 +52,9 @@ ENDS: Final[dict[str, str]] = {
 #: The traffic arms (the ``traffic`` column of ``decisions``).
 PRODUCTION: Final = "production"
 CANDIDATE: Final = "candidate"
-_NOT_AN_OUTCOME = (records.LATE, records.REJECTED)
+#: Rewards that are not part of a decision's outcome: received after the reward window,
+#: rejected (inputs a head cannot learn), or a repeat the first-wins rule ignores.
+_NOT_AN_OUTCOME = (records.LATE, records.REJECTED, records.DUPLICATE)
 
 
 class RolloutStateError(RuntimeError):
@@ -228,17 +233,12 @@ def traffic_outcomes(
 
     ``"candidate"``: decisions on the candidate arm served by ``version`` of
     ``model_name`` (or by the fallback while it was the candidate's); ``"production"``:
-    every decision on the production arm. A decision's outcome is its first reward
-    (``ordinal`` 0) unless that came after the reward window or was rejected; decisions
-    without one count in ``decisions`` only. Both keys are always present.
+    every decision on the production arm. A decision's outcome is the sum of its
+    rewards at slate position 0 (or none) that are part of it (not late, rejected or a
+    first-wins ``duplicate``: the first reward, or every reward under the sum rule);
+    decisions without one count in ``decisions`` only. Both keys are always present.
     """
     label = version_label(model_name, version)
-    first = rewards.alias("first_reward")
-    counted = and_(
-        first.c.event_id == decisions.c.event_id,
-        first.c.ordinal == 0,
-        first.c.status.not_in(_NOT_AN_OUTCOME),
-    )
     candidate_arm = and_(
         decisions.c.traffic == CANDIDATE,
         or_(decisions.c.model_version == label, decisions.c.fallback.is_(True)),
@@ -246,16 +246,24 @@ def traffic_outcomes(
     window = [decisions.c.created_at >= since]
     if until is not None:
         window.append(decisions.c.created_at < until)
-    rewarded = case((first.c.id.is_not(None), 1), else_=0)
+    r = rewards.c
+    outcome = (  # per decision in the window: the sum of the rewards of its outcome
+        select(r.event_id, func.sum(r.value).label("value"))
+        .join(decisions, decisions.c.event_id == r.event_id)
+        .where(*window, func.coalesce(r.position, 0) == 0, r.status.not_in(_NOT_AN_OUTCOME))
+        .group_by(r.event_id)
+        .subquery("outcome")
+    )
+    rewarded = case((outcome.c.value.is_not(None), 1), else_=0)
     query = (
         select(
             decisions.c.traffic,
             func.count(),
             func.coalesce(func.sum(rewarded), 0),
-            func.coalesce(func.sum(first.c.value), 0.0),
-            func.coalesce(func.sum(first.c.value * first.c.value), 0.0),
+            func.coalesce(func.sum(outcome.c.value), 0.0),
+            func.coalesce(func.sum(outcome.c.value * outcome.c.value), 0.0),
         )
-        .select_from(decisions.outerjoin(first, counted))
+        .select_from(decisions.outerjoin(outcome, outcome.c.event_id == decisions.c.event_id))
         .where(*window, or_(decisions.c.traffic == PRODUCTION, candidate_arm))
         .group_by(decisions.c.traffic)
     )

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, func, or_, select
 
+from eventstore.replay import combined_reward, in_reward_window
 from eventstore.schema import decisions, rewards
 
 #: Two-sided 95 % normal quantile of the intervals of online means.
@@ -123,7 +124,7 @@ def online_outcomes(
     closed = select(*keys, func.count()).where(*where, d.created_at < closed_before).group_by(*keys)
     position = or_(r.position.is_(None), r.position == 0)
     rewarded = (
-        select(*keys, d.event_id, d.created_at, r.value, r.ts)
+        select(*keys, d.event_id, d.created_at, r.value, r.received_at)
         .join(rewards, r.event_id == d.event_id)
         .where(*where, d.created_at < closed_before, position)
         .order_by(d.event_id, r.ordinal)
@@ -134,10 +135,10 @@ def online_outcomes(
             groups[key_of(row)].served = int(row[-1])
         closed_counts = {key_of(row): int(row[-1]) for row in conn.execute(closed)}
         for row in conn.execute(rewarded):
-            if row.ts - row.created_at <= rules.reward_window:
+            if in_reward_window(row.received_at, row.created_at, rules.reward_window):
                 values.setdefault(row.event_id, (key_of(row), []))[1].append(float(row.value))
     for key, rs in values.values():
-        value = rs[0] if rules.duplicate_rule == "first_wins" else sum(rs)
+        value = combined_reward(rs, rules.duplicate_rule)
         group = groups[key]
         group.rewarded += 1
         group.total += value

@@ -625,7 +625,7 @@ class DecisionService:
             model_version=decision.model_version,
             eligible=status is None,
             ineligible_status=status,
-            repeat_status=records.SUMMED if settings.duplicate_rule == "sum" else records.DUPLICATE,
+            repeat_status=records.repeat_status(settings.duplicate_rule, late),
             position=req.position,
             learn=LearnInput(
                 decision.context, arm_id, arm_features, req.position or 0, decision.created_at

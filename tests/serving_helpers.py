@@ -238,11 +238,11 @@ def reward_row(
     from eventstore.records import RewardRow
 
     now = datetime.now(UTC)
-    return RewardRow(
+    return RewardRow(  # a reward of the past (``ts``) was received when it happened
         event_id=event_id,
         value=value,
         ts=ts or now,
-        received_at=now,
+        received_at=ts or now,
         model_version=model_version,
         eligible=eligible,
         **extra,

@@ -155,6 +155,38 @@ def test_late_reward_is_stored_not_applied(
         assert client.get("/v1/model").json()["production"]["applied_rewards"] == 0
 
 
+def test_a_late_repeat_under_the_sum_rule_is_late_and_not_replayed(
+    model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Under the sum rule a repeat received after the window is ``late``, not ``summed``,
+    and the retrain's replay leaves it (and any reward received late, whatever its
+    timestamp says) out of the decision's reward, as the service did."""
+    from datetime import UTC, datetime, timedelta
+
+    window = timedelta(seconds=0.5)
+    settings = service_settings(
+        tmp_path, model_path=model_path, reward_window_s=0.5, duplicate_rule="sum"
+    )
+    with running_client(settings) as client:
+        stamp = datetime.now(UTC).isoformat()
+        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        first = client.post("/v1/rewards", json={"event_id": event, "reward": 0.25}).json()
+        time.sleep(0.8)
+        again = client.post(
+            "/v1/rewards", json={"event_id": event, "reward": 1.0, "timestamp": stamp}
+        ).json()
+        assert (first["status"], again["status"]) == ("applied", "late")
+        frame = read_replay(
+            client.app.state.service.engine,
+            datetime(2000, 1, 1, tzinfo=UTC),
+            datetime.now(UTC) + timedelta(days=1),
+            reward_window=window,
+            duplicate_rule="sum",
+            as_of=datetime.now(UTC) + timedelta(days=2),
+        )
+        assert frame["reward"].tolist() == [0.25] and frame["n_rewards"].tolist() == [1]
+
+
 def test_ops_endpoints(model_path: Path, tmp_path: Path, rng: np.random.Generator) -> None:
     with running_client(service_settings(tmp_path, model_path=model_path)) as client:
         assert client.get("/healthz").json() == {"status": "ok"}

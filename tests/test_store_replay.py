@@ -3,6 +3,7 @@ rules, as a DataFrame and as Parquet; and retention (``banditops store prune``).
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -84,6 +85,31 @@ def test_sum_rule_and_drop_rule(engine: sa.Engine, rng: np.random.Generator) -> 
     assert summed.loc[ids["b"], "reward"] == 0.75
     dropped = _replay(engine, missing_reward="drop")
     assert list(dropped["event_id"]) == [ids["a"], ids["b"]]
+
+
+def test_a_reward_counts_by_when_it_was_received_not_by_its_timestamp(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """As the service judges ``late``: a client's timestamp inside the window does not
+    make a reward received after it count, nor one outside it make a reward received in
+    time not count (the timestamp is stored, not trusted)."""
+    forged, honest = (decision_row(rng, created_at=NOW - (3 - i) * HOUR) for i in range(2))
+    with engine.begin() as conn:
+        write_events(conn, [forged, honest])
+        late = dataclasses.replace(
+            reward_row(forged.event_id, 1.0, ts=forged.created_at + timedelta(minutes=1)),
+            received_at=forged.created_at + 2 * HOUR,
+            eligible=False,
+            ineligible_status=records.LATE,
+        )
+        in_time = dataclasses.replace(
+            reward_row(honest.event_id, 1.0, ts=honest.created_at + 5 * HOUR),
+            received_at=honest.created_at + timedelta(minutes=1),
+        )
+        write_events(conn, [late, in_time])
+    frame = _replay(engine, default_reward=-1.0).set_index("event_id")
+    assert frame.loc[forged.event_id, "reward"] == -1.0
+    assert frame.loc[honest.event_id, "reward"] == 1.0
 
 
 def test_open_reward_windows_are_left_out(engine: sa.Engine, rng: np.random.Generator) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -123,3 +124,34 @@ def test_traffic_outcomes_count_first_in_window_reward(
         "production": ArmOutcome(),
         "candidate": ArmOutcome(),
     }
+
+
+def test_the_outcome_of_a_decision_is_its_replay_reward(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """The reward the retrain's replay gives the decision: slate position 0's (a click at
+    another position first is not the decision's), the first one under first-wins
+    (``duplicate`` repeats left out), every one under the sum rule (``summed``)."""
+    since = datetime.now(UTC) - timedelta(minutes=1)
+
+    def decided(version: str) -> Any:
+        return dataclasses.replace(decision_row(rng, model_version=version), traffic="candidate")
+
+    slate, summed, repeated = decided("m/7"), decided("m/7"), decided("m/7")
+    rows: list[Any] = [slate, summed, repeated]
+    rows += [reward_row(slate.event_id, 1.0, position=2), reward_row(slate.event_id, 0.25)]
+    rows += [
+        reward_row(summed.event_id, 0.5),
+        reward_row(summed.event_id, 0.25, repeat_status=records.SUMMED),
+    ]
+    rows += [
+        reward_row(repeated.event_id, 0.5),
+        reward_row(repeated.event_id, 1.0, repeat_status=records.DUPLICATE),
+    ]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+    got = traffic_outcomes(engine, "m", "7", since)["candidate"]
+    values = [0.25, 0.75, 0.5]
+    assert (got.decisions, got.rewarded) == (3, 3)
+    assert got.reward_sum == pytest.approx(sum(values))
+    assert got.reward_sq_sum == pytest.approx(sum(v * v for v in values))
