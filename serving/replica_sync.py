@@ -133,6 +133,7 @@ class ReplicaSync:
         interval_s: float,
         horizon_s: float,
         hold: Callable[[], bool] | None = None,
+        max_arms: int | None = None,
     ) -> None:
         if interval_s <= 0 or horizon_s <= 0:
             raise ValueError(
@@ -143,6 +144,7 @@ class ReplicaSync:
         self.interval_s = interval_s
         self.horizon = timedelta(seconds=horizon_s)
         self._hold = hold
+        self.max_arms = max_arms
         self._claims: dict[str, set[int]] = {}
         self._claims_lock = threading.Lock()
         self._trackers: weakref.WeakKeyDictionary[ServedModel, _Tracker] = (
@@ -263,7 +265,7 @@ class ReplicaSync:
     def _learn(self, model: ServedModel, rows: AppliedRewards, keep: list[int]) -> int:
         """Learn rows ``keep`` in order (a reward the head refuses is skipped, as it is
         by recovery, never retried); the number learnt."""
-        learnt = learn_rewards(model.policy, rows.take(keep), model.version)
+        learnt = learn_rewards(model.policy, rows.take(keep), model.version, self.max_arms)
         model.applied_rewards += learnt
         model.last_reward_id = max(model.last_reward_id, int(rows.ids[keep].max()))
         return learnt

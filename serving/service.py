@@ -40,7 +40,7 @@ from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates
 from bandit_core.policies.decision_copy import decision_copy
-from bandit_core.policies.linear import arm_state
+from bandit_core.policies.linear import over_arm_limit
 from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
 from bandit_core.policies.wrappers import records_on_select
@@ -215,6 +215,7 @@ class DecisionService:
                 settings.replica_sync_s,
                 settings.replica_sync_horizon_s,
                 hold=lambda: bool(self._unsynced),
+                max_arms=settings.max_arms,
             )
         self.writer: GroupCommitWriter[Any, Any] = GroupCommitWriter(
             engine,
@@ -237,6 +238,7 @@ class DecisionService:
             expected_dim_arm=settings.model_dim_arm,
             on_failure=lambda reason, _msg: metrics.model_load_failures.labels(reason).inc(),
             rollout=self._running_rollout,
+            max_arms=settings.max_arms,
         )
         # every change to a served head on the loop goes through the gate, which holds
         # them while a snapshot copies a head's state in a worker thread
@@ -655,8 +657,7 @@ class DecisionService:
         """Whether the deciding head (``model``) keeps a block per arm, already holds
         ``max_arms`` and ``arm_id`` is not one of them (rewards in flight may each add one
         more)."""
-        arms = None if model is None else arm_state(model.policy)
-        if arms is None or arms.knows(arm_id) or arms.n_arms < self.settings.max_arms:
+        if model is None or not over_arm_limit(model.policy, arm_id, self.settings.max_arms):
             return False
         log.warning(
             "reward of %s not learnt online: %s already holds max_arms=%d arms",
@@ -773,6 +774,16 @@ class DecisionService:
         update it cannot make in float64): counted, and skipped the same way by recovery
         and the replica sync (:func:`serving.models.recovery.learn_rewards`)."""
         learn: LearnInput = row.learn
+        if over_arm_limit(model.policy, learn.arm_id, self.settings.max_arms):
+            # a reward in flight when the deciding head filled up, or another served
+            # version's head (a rollout): skipped, as recovery and the replica sync do
+            log.warning(
+                "reward %d not learnt by %s: its head holds max_arms=%d arms",
+                outcome.id,
+                model.version,
+                self.settings.max_arms,
+            )
+            return False
         try:
             update_at(
                 model.policy,

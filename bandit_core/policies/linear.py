@@ -240,6 +240,15 @@ def arm_state(policy: Any) -> ArmState | None:
     return None
 
 
+def over_arm_limit(policy: Any, arm_id: str, max_arms: int | None) -> bool:
+    """Whether learning ``arm_id`` would give ``policy``'s per-arm state more than
+    ``max_arms`` arms (False without a limit or a per-arm state: :func:`arm_state`)."""
+    if max_arms is None:
+        return False
+    arms = arm_state(policy)
+    return arms is not None and not arms.knows(arm_id) and arms.n_arms >= max_arms
+
+
 class PerArmModel:
     """One head per arm (disjoint model). Head 0 is the prior, used for unseen arms."""
 

@@ -116,8 +116,10 @@ class ModelLoader:
         on_failure: Callable[[str, str], None] | None = None,
         retry_failed_s: float = 300.0,
         rollout: Callable[[], RolloutTarget | None] | None = None,
+        max_arms: int | None = None,
     ) -> None:
         self._rollout = rollout
+        self.max_arms = max_arms
         self.expected = (expected_dim_user, expected_dim_arm)
         self.retry_failed_s = retry_failed_s
         self._failed_versions: dict[str, float] = {}
@@ -228,7 +230,9 @@ class ModelLoader:
             base = self.source.load(ref)
             self._check_signature(ref.version, Signature.of(base), serving)
             stage = "recover"  # reads the event store: a failure here is not the version's
-            model = recover(self.store, ref.version, base, self.source.name, ref.window_stop)
+            model = recover(
+                self.store, ref.version, base, self.source.name, ref.window_stop, self.max_arms
+            )
             stage = "smoke"
             smoke_test(model.policy, model.signature)
         except (SignatureError, AdmissionError, UnsafeModelError) as exc:

@@ -26,6 +26,7 @@ from datetime import datetime
 import numpy as np
 
 from bandit_core import Policy
+from bandit_core.policies.linear import arm_state
 from bandit_core.policies.position import update_batch_skipping
 from eventstore.admission import first_non_finite
 from serving.models.served import ServedModel, Signature
@@ -35,14 +36,56 @@ from serving.store.repository import AppliedRewards, EventStore, StoredSnapshot
 log = logging.getLogger(__name__)
 
 
-def learn_rewards(policy: Policy, tail: AppliedRewards, version: str) -> int:
+def learn_rewards(
+    policy: Policy, tail: AppliedRewards, version: str, max_arms: int | None = None
+) -> int:
     """Learn the rewards in order, each with the item (and, for a position-aware model,
     the position one-hot) it was learnt from online; the number learnt.
 
     A reward the head refuses (a ``ValueError``: an update it cannot make in float64, as
     online, where the same reward was refused and counted) is skipped and logged, never
     fatal: one such reward must not keep a version from loading, nor its other rewards
-    out of its head."""
+    out of its head. So is a reward of a new arm while the head already holds
+    ``max_arms`` arms (:func:`bandit_core.policies.linear.over_arm_limit`, the rule the
+    service keeps online)."""
+    arms = None if max_arms is None else arm_state(policy)
+    if arms is None or max_arms is None:
+        return _learn_refusing(policy, tail, version)
+    learnt, start, n = 0, 0, len(tail)
+    while start < n:
+        # the rows up to the first new arm that the arms already learnt leave no room for
+        room, stop = max_arms - arms.n_arms, n
+        new: set[str] = set()
+        for i in range(start, n):
+            arm = tail.arm_ids[i]
+            if arms.knows(arm) or arm in new:
+                continue
+            if len(new) >= room:
+                stop = i
+                break
+            new.add(arm)
+        learnt += _learn_refusing(policy, tail.take(list(range(start, stop))), version)
+        if stop == n:
+            break
+        if arms.n_arms < max_arms:  # a refused first update left room: row stop fits
+            start = stop
+            continue
+        known = [i for i in range(stop, n) if arms.knows(tail.arm_ids[i])]  # full for good
+        log.warning(
+            "the head of %s holds max_arms=%d arms: %d stored rewards of new arms skipped",
+            version,
+            max_arms,
+            n - stop - len(known),
+        )
+        learnt += _learn_refusing(policy, tail.take(known), version)
+        break
+    return learnt
+
+
+def _learn_refusing(policy: Policy, tail: AppliedRewards, version: str) -> int:
+    """:func:`learn_rewards` without an arm limit."""
+    if not len(tail):
+        return 0
     refused = update_batch_skipping(
         policy, tail.contexts, tail.arm_ids, tail.values, tail.arm_features, tail.positions
     )
@@ -63,9 +106,11 @@ def recover(
     base: Policy,
     source: str,
     window_stop: datetime | None = None,
+    max_arms: int | None = None,
 ) -> ServedModel:
     """The served model of ``version``: newest snapshot (or ``base``) + the later rewards
-    its head learns (with ``window_stop``: every reward of a decision after the window).
+    its head learns (with ``window_stop``: every reward of a decision after the window;
+    with ``max_arms``: none of a new arm past it, as online).
 
     A snapshot is a shortcut: one that cannot be used (unreadable, another kind of model,
     other dimensions, not finite) is logged and recovery starts from ``base`` with every
@@ -80,7 +125,7 @@ def recover(
     replayed_after = last_id
     replayed = []
     for chunk in store.applied_reward_chunks(version, after_id=last_id, since=window_stop):
-        applied += learn_rewards(policy, chunk, version)
+        applied += learn_rewards(policy, chunk, version, max_arms)
         last_id = int(chunk.ids[-1])
         replayed.append(chunk.ids)
     policy.model_version = version
@@ -124,11 +169,16 @@ def _usable(snapshot: StoredSnapshot, base: Policy, version: str) -> Policy | No
 
 
 def rebuild_from_store(
-    store: EventStore, version: str, base: Policy, window_stop: datetime | None = None
+    store: EventStore,
+    version: str,
+    base: Policy,
+    window_stop: datetime | None = None,
+    max_arms: int | None = None,
 ) -> Policy:
     """``base`` after every reward the store says ``version``'s head learns (with
-    ``window_stop``: those of every decision after its window)."""
+    ``window_stop``: those of every decision after its window; with ``max_arms``: none of
+    a new arm past it)."""
     for chunk in store.applied_reward_chunks(version, since=window_stop):
-        learn_rewards(base, chunk, version)
+        learn_rewards(base, chunk, version, max_arms)
     base.model_version = version
     return base
