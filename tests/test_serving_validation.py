@@ -179,6 +179,27 @@ def test_oversized_bodies_are_413(client: Any) -> None:
     assert small.status_code == 200
 
 
+def _drop_snapshots(store_url: str) -> None:
+    """A crash before the first snapshot: recovery replays every applied reward."""
+    import sqlalchemy as sa
+
+    from eventstore.engine import make_engine
+
+    engine = make_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM head_snapshots"))
+    finally:
+        engine.dispose()
+
+
+def _assert_recovered_after_a_crash(settings: Any, live: Any) -> None:
+    """After a crash before the first snapshot a restart recovers the ``live`` head."""
+    _drop_snapshots(settings.store_url)
+    with running_client(settings) as client:
+        assert head_difference(live, served_policy(client)) <= 1e-9
+
+
 def test_a_head_update_the_model_refuses_is_counted_skipped_and_recovered(
     tmp_path: Path,
 ) -> None:
@@ -188,7 +209,6 @@ def test_a_head_update_the_model_refuses_is_counted_skipped_and_recovered(
     and counted in /metrics; the served head stays finite and keeps deciding. After a
     crash before any snapshot, recovery skips the same rewards: the version loads (no
     fallback) with a head equal to the live one, and so does a rebuild from the store."""
-    import sqlalchemy as sa
 
     from bandit_core import load_policy
     from eventstore.engine import make_engine
@@ -237,10 +257,9 @@ def test_a_head_update_the_model_refuses_is_counted_skipped_and_recovered(
     try:
         rebuilt = rebuild_from_store(EventStore(engine), version, load_policy(model))
         assert head_difference(live, rebuilt) <= 1e-9
-        with engine.begin() as conn:  # a crash before the first snapshot
-            conn.execute(sa.text("DELETE FROM head_snapshots"))
     finally:
         engine.dispose()
+    _drop_snapshots(settings.store_url)
     with running_client(settings) as client:
         restarted = client.app.state.service.loader.current.production
         assert restarted is not None and restarted.version == version
@@ -300,10 +319,8 @@ def test_a_per_arm_head_learns_at_most_max_arms_arms_online(tmp_path: Path) -> N
     """A client sending a new arm id with every request cannot grow a per-arm head past
     ``max_arms``: the reward of an arm beyond it is stored as ``arm_limit`` (not applied,
     not replayed) while known arms keep learning; recovery gives the same head."""
-    import sqlalchemy as sa
 
     from bandit_core.policies.linear import arm_state
-    from eventstore.engine import make_engine
 
     model = policy_file(tmp_path / "linucb.npz", name="linucb")  # knows item-0 … item-9
     settings = service_settings(tmp_path, model_path=model, max_arms=12)
@@ -331,14 +348,7 @@ def test_a_per_arm_head_learns_at_most_max_arms_arms_online(tmp_path: Path) -> N
         ("arm_limit", False),
     ]
     assert 'banditops_rewards_total{status="arm_limit"} 2.0' in metrics
-    engine = make_engine(settings.store_url)
-    try:
-        with engine.begin() as conn:  # a crash before the first snapshot
-            conn.execute(sa.text("DELETE FROM head_snapshots"))
-    finally:
-        engine.dispose()
-    with running_client(settings) as client:
-        assert head_difference(live, served_policy(client)) <= 1e-9
+    _assert_recovered_after_a_crash(settings, live)
 
 
 def test_a_head_that_is_not_finite_is_never_snapshotted(tmp_path: Path) -> None:
@@ -432,10 +442,7 @@ def test_a_reward_in_flight_when_the_head_fills_up_is_not_learnt(tmp_path: Path)
     import threading
     import time
 
-    import sqlalchemy as sa
-
     from bandit_core.policies.linear import arm_state
-    from eventstore.engine import make_engine
 
     model = policy_file(tmp_path / "linucb.npz", name="linucb")  # knows item-0 … item-9
     settings = service_settings(tmp_path, model_path=model, max_arms=11)
@@ -471,11 +478,4 @@ def test_a_reward_in_flight_when_the_head_fills_up_is_not_learnt(tmp_path: Path)
         ]
         live = copy.deepcopy(served_policy(client))
         assert arm_state(live).n_arms == 11  # type: ignore[union-attr]
-    engine = make_engine(settings.store_url)
-    try:
-        with engine.begin() as conn:  # a crash before the first snapshot
-            conn.execute(sa.text("DELETE FROM head_snapshots"))
-    finally:
-        engine.dispose()
-    with running_client(settings) as client:
-        assert head_difference(live, served_policy(client)) <= 1e-9
+    _assert_recovered_after_a_crash(settings, live)
