@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bandit_core import PolicyState
+from bandit_core.policies.base import fold_pending
 from bandit_core.policies.wrappers import records_on_select
 from eventstore.admission import first_non_finite
 from eventstore.records import SnapshotRow
@@ -152,13 +153,15 @@ class Snapshotter:
 
     def copy_state(self, policy: Any) -> asyncio.Future[PolicyState]:
         """Loop thread: ``policy.to_state()`` as it is now — copied in a worker thread
-        behind the closed gate, or at once on the loop for a policy that records on
-        ``select`` (it decides there)."""
+        behind the closed gate (what the policy keeps pending folded here first:
+        :func:`~bandit_core.policies.base.fold_pending`), or at once on the loop for a
+        policy that records on ``select`` (it decides there)."""
         loop = asyncio.get_running_loop()
         if records_on_select(policy):
             done: asyncio.Future[PolicyState] = loop.create_future()
             done.set_result(policy.to_state())
             return done
+        fold_pending(policy)  # here: the copy then only reads the policy
         self._gate.close()
         # the gate opens when the copy ends, whatever becomes of a task awaiting it
         copied = loop.run_in_executor(None, policy.to_state)

@@ -24,6 +24,7 @@ from bandit_core._validation import CheckedBy, Constraint, FloatArray, Interval
 from bandit_core.catalog import CATALOG
 from bandit_core.head_statistics import LinearHeadPolicy
 from bandit_core.policies.arm_features import candidates_for
+from bandit_core.policies.base import fold_pending
 from bandit_core.policies.decision_copy import decision_copy
 from bandit_core.policies.linear import arm_state
 from bandit_core.policies.position import update_batch_skipping
@@ -138,6 +139,27 @@ def test_state_round_trip_reproduces_decisions_bit_for_bit(name: str, tmp_path: 
         outputs.append(np.concatenate(trace))
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_array_equal(outputs[0], outputs[2])
+
+
+def test_the_state_of_a_folded_policy_is_read_without_changing_it(name: str) -> None:
+    """After ``fold_pending`` (what the service does on the loop before a snapshot copies
+    the state in another thread), ``to_state`` changes nothing the policy goes on to do:
+    a twin whose state was never taken decides and learns bit for bit the same."""
+    policy = _trained(name, seed=8)
+    fold_pending(policy)
+    twin = copy.deepcopy(policy)
+    policy.to_state()
+    cands = _candidates(np.random.default_rng(4))
+    traces = []
+    for p in (policy, twin):
+        rng = np.random.default_rng(3)
+        trace = []
+        for x in np.random.default_rng(5).standard_normal((15, DIM_USER)):
+            d = p.select(x, candidates_for(p, cands), rng)
+            p.update(x, d.arm_id, 0.5, cands.features[d.arm])
+            trace.append(np.concatenate([[d.arm, d.propensity], d.probabilities, d.scores]))
+        traces.append(np.concatenate(trace))
+    np.testing.assert_array_equal(traces[0], traces[1])
 
 
 def test_propensities_are_probabilities(name: str) -> None:

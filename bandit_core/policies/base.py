@@ -58,6 +58,20 @@ class Policy(Protocol):
         ...
 
 
+def fold_pending(policy: Any) -> None:
+    """Fold what every layer of ``policy`` (it, its ``inner`` policies and their
+    ``model``) keeps pending into its learned statistics — the observations a hybrid
+    model learnt one at a time — as ``to_state`` would. Afterwards ``to_state`` only
+    reads the policy, so it can run in another thread while the policy decides here."""
+    layer = policy
+    while layer is not None:
+        for part in (layer, getattr(layer, "model", None)):
+            fold = getattr(part, "fold", None)
+            if callable(fold):
+                fold()
+        layer = getattr(layer, "inner", None)
+
+
 def check_candidates(candidates: Any, dim_arm: int | None) -> Candidates:
     """Accept a :class:`Candidates` or a sequence of ids; check the feature width."""
     if not isinstance(candidates, Candidates):

@@ -122,24 +122,6 @@ class HybridLinTSConfig(HybridConfig, MonteCarloConfig):
 
 
 # ------------------------------------------------------------------ pure block math
-def _add_statistics(
-    slots: IntArray,
-    x: FloatArray,
-    z: FloatArray,
-    gram0: FloatArray,
-    precision: FloatArray,
-    cross: FloatArray,
-) -> None:
-    """Add observations (arm slot, user context x, shared features z) to A₀, A_a, B_a in
-    place."""
-    gram0 += z.T @ z
-    for slot in np.unique(slots):
-        rows = slots == slot
-        xs = x[rows]
-        precision[slot] += xs.T @ xs
-        cross[slot] += xs.T @ z[rows]
-
-
 def scoring_block(
     inv_chol: FloatArray, cross: FloatArray, xty: FloatArray
 ) -> tuple[FloatArray, FloatArray]:
@@ -487,23 +469,19 @@ class HybridModel:
         """Add the observations learnt one at a time since the last fold to A₀, A_a, B_a."""
         if not self._unfolded:
             return
-        unfolded, self._unfolded = self._unfolded, []
-        self._add_unfolded(unfolded, self.gram0_, self.precision_, self.cross_)
-
-    def _add_unfolded(
-        self,
-        unfolded: list[tuple[int, FloatArray]],
-        gram0: FloatArray,
-        precision: FloatArray,
-        cross: FloatArray,
-    ) -> None:
-        slots = np.array([u[0] for u in unfolded], dtype=np.intp)
-        rows = np.stack([u[1] for u in unfolded])
+        slots = np.array([u[0] for u in self._unfolded], dtype=np.intp)
+        rows = np.stack([u[1] for u in self._unfolded])
+        self._unfolded = []
         d = self.config.dim_user
-        _add_statistics(slots, rows[:, :d], rows[:, d:], gram0, precision, cross)
+        self._add_statistics(slots, rows[:, :d], rows[:, d:])
 
     def _add_statistics(self, slots: IntArray, x: FloatArray, z: FloatArray) -> None:
-        _add_statistics(slots, x, z, self.gram0_, self.precision_, self.cross_)
+        self.gram0_ += z.T @ z
+        for slot in np.unique(slots):
+            rows = slots == slot
+            xs = x[rows]
+            self.precision_[slot] += xs.T @ xs
+            self.cross_[slot] += xs.T @ z[rows]
 
     def learn(
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
@@ -593,16 +571,19 @@ class HybridModel:
         "arm_fit_",
     )
 
+    def fold(self) -> None:
+        """Add the observations learnt one at a time since the last fold to the summed
+        statistics (what :meth:`arrays` does first): afterwards reading the state changes
+        nothing, so it can be copied in another thread while the model decides."""
+        self._fold()
+
     def arrays(self) -> dict[str, NDArray[Any]]:
-        """The learned state: the statistics with every observation folded in, in copies
-        (the model is not changed, so its state can be copied while it decides)."""
+        """The learned state (the statistics with every observation folded in: the live
+        model folds too, so a state's round trip decides bit for bit as the model)."""
+        self._fold()
         out: dict[str, NDArray[Any]] = {
             "hybrid." + name.rstrip("_"): getattr(self, name).copy() for name in self._ARRAYS
         }
-        if self._unfolded:
-            self._add_unfolded(
-                self._unfolded, out["hybrid.gram0"], out["hybrid.precision"], out["hybrid.cross"]
-            )
         out["hybrid.scalars"] = np.array([self.yty_, self.count_, float(self.pending_)])
         out["arm_ids"] = np.array(self.arm_ids, dtype=np.str_)
         return out
