@@ -207,6 +207,11 @@ class DecisionService:
             )
         # rewards a head learnt from that are journaled, not yet in the store, per version
         self._unsynced: dict[str, int] = {}
+        # every change to a served head on the loop goes through the gate, which holds
+        # them while a snapshot copies a head's state in a worker thread
+        self.gate = HeadGate()
+        # (event id, ordinal) of rewards whose head update waits behind the gate
+        self._held_rewards: set[tuple[str, int]] = set()
         self.replicas: ReplicaSync | None = None
         if settings.replica_sync_s > 0:  # several replicas: apply the others' rewards
             self.replicas = ReplicaSync(
@@ -214,7 +219,9 @@ class DecisionService:
                 replica_name(settings.replica_id),
                 settings.replica_sync_s,
                 settings.replica_sync_horizon_s,
-                hold=lambda: bool(self._unsynced),
+                # journaled rewards without ids yet, or a state copy in progress (the
+                # head gate's): the next sync learns them
+                hold=lambda: bool(self._unsynced) or self.gate.closed,
                 max_arms=settings.max_arms,
             )
         self.writer: GroupCommitWriter[Any, Any] = GroupCommitWriter(
@@ -240,11 +247,6 @@ class DecisionService:
             rollout=self._running_rollout,
             max_arms=settings.max_arms,
         )
-        # every change to a served head on the loop goes through the gate, which holds
-        # them while a snapshot copies a head's state in a worker thread
-        self.gate = HeadGate()
-        # (event id, ordinal) of rewards whose head update waits behind the gate
-        self._held_rewards: set[tuple[str, int]] = set()
         self.snapshots = Snapshotter(
             self._commit,
             settings.snapshot_every_rewards,
