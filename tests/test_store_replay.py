@@ -178,3 +178,16 @@ def test_prune_command(store_url: str, engine: sa.Engine, rng: np.random.Generat
     bad = runner.invoke(cli, ["store", "prune", "--older-than", "ninety", "--url", store_url])
     assert bad.exit_code == 2
     assert "--older-than" in bad.output
+
+
+def test_the_latest_snapshot_is_the_one_covering_most_rewards(engine: sa.Engine) -> None:
+    """Snapshots commit in the order their serialisation ends: one committed later may
+    cover fewer rewards. Recovery starts from the one covering the most."""
+    rows = [
+        dataclasses.replace(_snapshot("v1", NOW), last_reward_id=last, applied_rewards=last)
+        for last in (3, 9, 5)
+    ]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+    latest = EventStore(engine).latest_snapshot("v1")
+    assert latest is not None and (latest.last_reward_id, latest.applied_rewards) == (9, 9)

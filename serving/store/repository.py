@@ -242,13 +242,16 @@ class EventStore:
         )
 
     def latest_snapshot(self, model_version: str) -> StoredSnapshot | None:
+        """The snapshot of ``model_version`` that covers the most rewards (the newest of
+        those): snapshots commit in the order their serialisation ends, which need not be
+        the order of their copies."""
         s = head_snapshots.c
         query = (
             select(
                 s.id, s.model_version, s.created_at, s.last_reward_id, s.applied_rewards, s.state
             )
             .where(s.model_version == model_version)
-            .order_by(s.id.desc())
+            .order_by(s.last_reward_id.desc(), s.id.desc())
             .limit(1)
         )
         with self.engine.connect() as conn:
