@@ -15,10 +15,11 @@ The tables are :class:`eventstore.schema.RolloutRow` (``rollouts``) and
   lost the race gets :class:`RolloutStateError`, and nothing is written);
 * :func:`traffic_outcomes` is what the controller decides on: per traffic arm, the
   decisions since the rollout started and their reward as the replay counts it for
-  training (:mod:`eventstore.replay`): the reward of slate position 0 received in the
-  reward window — the first one under the first-wins rule, all of them under the sum
-  rule (as stored by the service: a repeat is ``duplicate`` or ``summed``) — and not
-  ``rejected``.
+  training (:mod:`eventstore.replay`) and the monitor's online reward: the reward of
+  slate position 0 received in the reward window — the first one under the first-wins
+  rule, all of them under the sum rule (as stored by the service: a repeat is
+  ``duplicate`` or ``summed``, one received after the window ``late``). A reward no head
+  learnt (``rejected``, ``arm_limit``, ``not_served``…) is still the decision's outcome.
 
 ``version`` is the registry's version number (``"3"``); the decisions name a version by
 :func:`eventstore.contract.version_label` (``"<model>/3"``).
@@ -53,8 +54,8 @@ ENDS: Final[dict[str, str]] = {
 PRODUCTION: Final = "production"
 CANDIDATE: Final = "candidate"
 #: Rewards that are not part of a decision's outcome: received after the reward window,
-#: rejected (inputs a head cannot learn), or a repeat the first-wins rule ignores.
-_NOT_AN_OUTCOME = (records.LATE, records.REJECTED, records.DUPLICATE)
+#: or a repeat the first-wins rule ignores.
+_NOT_AN_OUTCOME = (records.LATE, records.DUPLICATE)
 
 
 class RolloutStateError(RuntimeError):
@@ -234,8 +235,8 @@ def traffic_outcomes(
     ``"candidate"``: decisions on the candidate arm served by ``version`` of
     ``model_name`` (or by the fallback while it was the candidate's); ``"production"``:
     every decision on the production arm. A decision's outcome is the sum of its
-    rewards at slate position 0 (or none) that are part of it (not late, rejected or a
-    first-wins ``duplicate``: the first reward, or every reward under the sum rule);
+    rewards at slate position 0 (or none) that are part of it (not late nor a first-wins
+    ``duplicate``: the first reward, or every reward under the sum rule);
     decisions without one count in ``decisions`` only. Both keys are always present.
     """
     label = version_label(model_name, version)

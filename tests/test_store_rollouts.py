@@ -131,14 +131,15 @@ def test_the_outcome_of_a_decision_is_its_replay_reward(
 ) -> None:
     """The reward the retrain's replay gives the decision: slate position 0's (a click at
     another position first is not the decision's), the first one under first-wins
-    (``duplicate`` repeats left out), every one under the sum rule (``summed``)."""
+    (``duplicate`` repeats left out), every one under the sum rule (``summed``), whether
+    or not a head learnt it."""
     since = datetime.now(UTC) - timedelta(minutes=1)
 
     def decided(version: str) -> Any:
         return dataclasses.replace(decision_row(rng, model_version=version), traffic="candidate")
 
-    slate, summed, repeated = decided("m/7"), decided("m/7"), decided("m/7")
-    rows: list[Any] = [slate, summed, repeated]
+    slate, summed, repeated, rejected = (decided("m/7") for _ in range(4))
+    rows: list[Any] = [slate, summed, repeated, rejected]
     rows += [reward_row(slate.event_id, 1.0, position=2), reward_row(slate.event_id, 0.25)]
     rows += [
         reward_row(summed.event_id, 0.5),
@@ -148,10 +149,14 @@ def test_the_outcome_of_a_decision_is_its_replay_reward(
         reward_row(repeated.event_id, 0.5),
         reward_row(repeated.event_id, 1.0, repeat_status=records.DUPLICATE),
     ]
+    # no head learnt it (its inputs were past the bound), but it is the decision's outcome
+    rows.append(
+        reward_row(rejected.event_id, 1.0, eligible=False, ineligible_status=records.REJECTED)
+    )
     with engine.begin() as conn:
         write_events(conn, rows)
     got = traffic_outcomes(engine, "m", "7", since)["candidate"]
-    values = [0.25, 0.75, 0.5]
-    assert (got.decisions, got.rewarded) == (3, 3)
+    values = [0.25, 0.75, 0.5, 1.0]
+    assert (got.decisions, got.rewarded) == (4, 4)
     assert got.reward_sum == pytest.approx(sum(values))
     assert got.reward_sq_sum == pytest.approx(sum(v * v for v in values))
