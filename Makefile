@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.new_arms --arms 16000 --json bench-results/new_arms.json
 	$(BIN)/python -m benchmarks.decision_copy --arms 1000,4000,16000 --json bench-results/decision_copy.json
 	$(BIN)/python -m benchmarks.snapshot_copy --arms 4000,16000 --json bench-results/snapshot_copy.json
+	$(BIN)/python -m benchmarks.snapshot_write --arms 4000,16000 --store both --json bench-results/snapshot_write.json
 	$(BIN)/python -m benchmarks.catalog --items 100000 --k 100 --rps 100 --seconds 20 --json bench-results/catalog.json
 	$(BIN)/python -m benchmarks.artwork --steps 4000 --seeds 0,1,2 --json bench-results/artwork.json
 	$(BIN)/python -m benchmarks.obd --data-dir ../shared/data/obd --campaign men --n-boot 30 --n-sim 1000000 --json bench-results/obd_men.json

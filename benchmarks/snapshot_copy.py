@@ -8,13 +8,18 @@ head gate holds the head's updates (ours) — and, in the same run, by ``policy.
 on the event loop (the baseline, what the service did before). While ``snapshots`` copies
 are taken one after another, a ticker on the loop asks to wake every millisecond and
 records how late it wakes: the loop's stall. The table gives the copy's p50 and the
-ticker's p99 and largest lateness for both.
+ticker's p99 and largest lateness for both. A second table does the same for the
+serialisation of the copied state in a worker thread: ours
+(:func:`bandit_core.state.state_to_parts`, in parts of ``snapshot_part_bytes``) against
+``np.savez`` into one in-memory buffer (what it was, less the temporary file and its
+fsync).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bandit_core import make_policy
+from bandit_core.state import state_to_parts
+from serving.settings import Settings
 from serving.snapshots import HeadGate, Snapshotter
 
 POLICIES: dict[str, dict[str, Any]] = {
@@ -33,6 +40,13 @@ POLICIES: dict[str, dict[str, Any]] = {
     "hybrid_linucb": {"dim_user": 16, "dim_arm": 4},
 }
 TICK_S = 0.001
+PART_BYTES: int = Settings.model_fields["snapshot_part_bytes"].default
+
+
+def _savez(state: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **state.arrays)
+    return buffer.getvalue()
 
 
 def _trained(name: str, arms: int, seed: int) -> Any:
@@ -78,7 +92,7 @@ async def _run(arms: list[int], snapshots: int, seed: int) -> list[dict[str, Any
     async def commit(_row: Any) -> int:
         return 0
 
-    snapshotter = Snapshotter(commit, 10**9, 1e9, True, gate=HeadGate())
+    snapshotter = Snapshotter(commit, 10**9, 1e9, True, gate=HeadGate(), part_bytes=1 << 30)
     rows = []
     for name in POLICIES:
         for n_arms in arms:
@@ -90,12 +104,22 @@ async def _run(arms: list[int], snapshots: int, seed: int) -> list[dict[str, Any
             async def gated(policy: Any = policy) -> Any:
                 return await snapshotter.copy_state(policy)
 
+            state = policy.to_state()
+
+            async def in_parts(state: Any = state) -> Any:
+                return await asyncio.to_thread(state_to_parts, state, PART_BYTES)
+
+            async def savez(state: Any = state) -> Any:
+                return await asyncio.to_thread(_savez, state)
+
             rows.append(
                 {
                     "policy": name,
                     "arms": n_arms,
                     "ours": await _measure(gated, snapshots),
                     "on_loop": await _measure(on_loop, snapshots),
+                    "serialise_ours": await _measure(in_parts, snapshots),
+                    "serialise_savez": await _measure(savez, snapshots),
                 }
             )
     return rows
@@ -130,6 +154,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{base['loop_late_max_ms']:.2f}",
         )
     Console(width=120).print(table)
+    serial = Table(
+        title=f"loop lateness (1 ms ticker) while {args.snapshots} states are serialised"
+    )
+    for col in ("policy", "arms", "ours ms", "ours late p99", "ours late max"):
+        serial.add_column(col, justify="right")
+    for col in ("savez ms", "savez late p99", "savez late max"):
+        serial.add_column(col, justify="right")
+    for r in rows:
+        ours, base = r["serialise_ours"], r["serialise_savez"]
+        serial.add_row(
+            r["policy"],
+            f"{r['arms']:,}",
+            f"{ours['copy_p50_ms']:.1f}",
+            f"{ours['loop_late_p99_ms']:.2f}",
+            f"{ours['loop_late_max_ms']:.2f}",
+            f"{base['copy_p50_ms']:.1f}",
+            f"{base['loop_late_p99_ms']:.2f}",
+            f"{base['loop_late_max_ms']:.2f}",
+        )
+    Console(width=120).print(serial)
     if args.json is not None:
         args.json.write_text(json.dumps({"benchmark": "snapshot_copy", "rows": rows}, indent=2))
     return 0

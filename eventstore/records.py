@@ -17,6 +17,7 @@ from sqlalchemy import JSON, Table
 from eventstore.schema import (
     SHAPE,
     decisions,
+    head_snapshot_parts,
     head_snapshots,
     record_columns,
     rewards,
@@ -267,7 +268,9 @@ def judge_rewards(
 
 @dataclass(frozen=True)
 class SnapshotRow:
-    """A head snapshot: ``state`` is a ``bandit_core.save_policy`` ``.npz`` as bytes."""
+    """A head snapshot: ``state`` is a ``bandit_core.save_policy`` ``.npz`` as bytes —
+    or, with ``parts_key``, its last part, after the :class:`SnapshotPart` rows of that
+    key in ``seq`` order (written before this row)."""
 
     model_version: str
     created_at: datetime
@@ -275,16 +278,31 @@ class SnapshotRow:
     applied_rewards: int
     policy: str
     state: bytes
+    parts_key: str | None = None
 
     def params(self) -> dict[str, Any]:
         """Column values for an INSERT into ``head_snapshots``."""
         return {name: getattr(self, name) for name in _SNAPSHOT_COLUMNS}
 
 
-def _snapshot_columns(table: Table) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class SnapshotPart:
+    """One leading part of a large snapshot's state (see :class:`SnapshotRow`)."""
+
+    parts_key: str
+    seq: int
+    created_at: datetime
+    data: bytes
+
+    def params(self) -> dict[str, Any]:
+        """Column values for an INSERT into ``head_snapshot_parts``."""
+        return {name: getattr(self, name) for name in _PART_COLUMNS}
+
+
+def _record_columns(table: Table, record: type) -> tuple[str, ...]:
     columns = record_columns(table)
-    fields = {f.name for f in dataclasses.fields(SnapshotRow)}
-    _check_covered(table.name, "SnapshotRow", columns, fields, set())
+    fields = {f.name for f in dataclasses.fields(record)}
+    _check_covered(table.name, record.__name__, columns, fields, set())
     return columns
 
 
@@ -293,4 +311,5 @@ _get_plain = operator.attrgetter(*_DECISION_COLUMNS.plain)
 _REWARD_SOURCES = reward_sources(rewards)
 _REWARD_COLUMNS = tuple(_REWARD_SOURCES)
 _get_reward = operator.attrgetter(*_REWARD_SOURCES.values())
-_SNAPSHOT_COLUMNS = _snapshot_columns(head_snapshots)
+_SNAPSHOT_COLUMNS = _record_columns(head_snapshots, SnapshotRow)
+_PART_COLUMNS = _record_columns(head_snapshot_parts, SnapshotPart)

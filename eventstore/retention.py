@@ -1,9 +1,9 @@
 """Retention of the event store: prune by age, never below what running work still reads.
 
 ``bandit_retention`` (nightly) deletes decisions (with their rewards) and superseded head
-snapshots older than ``retention_days`` (:func:`prune_events`, which ``banditops store
-prune`` calls too). The cutoff is floored (:func:`prune_cutoff`)
-at the earliest start of anything still running that reads the store:
+snapshots (with their parts) older than ``retention_days`` (:func:`prune_events`, which
+``banditops store prune`` calls too). The cutoff is floored (:func:`prune_cutoff`) at the
+earliest start of anything still running that reads the store:
 
 * a ``bandit_retrain`` run that is running or queued reads its replay window from its
   ``window_start`` (the DAG finds them: :func:`training.runspec.active_windows`);
@@ -24,22 +24,40 @@ from sqlalchemy import Engine, delete, func, select
 
 from eventstore.engine import make_engine
 from eventstore.rollouts import current_rollout
-from eventstore.schema import decisions, head_snapshots, rewards
+from eventstore.schema import decisions, head_snapshot_parts, head_snapshots, rewards
 from eventstore.workspace import as_utc
 
 log = logging.getLogger(__name__)
 
 
+def latest_snapshot_first() -> tuple[Any, ...]:
+    """The order of a version's snapshots, the one recovery starts from first: the one
+    covering the most rewards, the newest of those (snapshots commit in the order their
+    serialisation ends, which need not be the order of their copies)."""
+    s = head_snapshots.c
+    return s.last_reward_id.desc(), s.id.desc()
+
+
 def prune_events(engine: Engine, older_than: datetime, dry_run: bool = False) -> dict[str, int]:
-    """Delete decisions created before ``older_than`` with their rewards, and head
-    snapshots older than it except each version's newest (still needed to recover).
+    """Delete decisions created before ``older_than`` with their rewards, head snapshots
+    older than it except the one each version recovers from, and the parts of large
+    snapshots no remaining snapshot reads (those of the deleted ones, and those of a
+    snapshot whose writing never finished).
 
     Returns the number of rows deleted (or that would be, with ``dry_run``) per table.
     """
-    d, r, s = decisions.c, rewards.c, head_snapshots.c
+    d, r, s, p = decisions.c, rewards.c, head_snapshots.c, head_snapshot_parts.c
     old_events = select(d.event_id).where(d.created_at < older_than)
-    newest = select(func.max(s.id)).group_by(s.model_version)
-    old_snapshots = (s.created_at < older_than) & s.id.not_in(newest)
+    rank = (
+        func.row_number()
+        .over(partition_by=s.model_version, order_by=latest_snapshot_first())
+        .label("rank")
+    )
+    ranked = select(s.id, rank).subquery()
+    recovered_from = select(ranked.c.id).where(ranked.c.rank == 1)
+    old_snapshots = (s.created_at < older_than) & s.id.not_in(recovered_from)
+    still_read = select(s.parts_key).where(s.parts_key.is_not(None), ~old_snapshots)
+    old_parts = (p.created_at < older_than) & p.parts_key.not_in(still_read)
     with engine.begin() as conn:
         counts = {
             "rewards": conn.execute(
@@ -51,10 +69,15 @@ def prune_events(engine: Engine, older_than: datetime, dry_run: bool = False) ->
             "head_snapshots": conn.execute(
                 select(func.count()).select_from(head_snapshots).where(old_snapshots)
             ).scalar_one(),
+            "head_snapshot_parts": conn.execute(
+                select(func.count()).select_from(head_snapshot_parts).where(old_parts)
+            ).scalar_one(),
         }
         if not dry_run:
             conn.execute(delete(rewards).where(r.event_id.in_(old_events)))
             conn.execute(delete(decisions).where(d.created_at < older_than))
+            # the parts first: which ones go is judged by the snapshots still there
+            conn.execute(delete(head_snapshot_parts).where(old_parts))
             conn.execute(delete(head_snapshots).where(old_snapshots))
     return {k: int(v) for k, v in counts.items()}
 

@@ -13,7 +13,13 @@
     the deciding model learnt from it; ``status`` says why not.
 ``head_snapshots``
     The online state of a served model version after its rewards up to
-    ``last_reward_id`` (a :func:`bandit_core.save_policy` ``.npz``, never pickle).
+    ``last_reward_id`` (a :func:`bandit_core.save_policy` ``.npz``, never pickle). A
+    large state is written in parts, each in a transaction of its own, so that no event
+    waits behind the whole of it: the state is then the ``head_snapshot_parts`` named by
+    ``parts_key``, in ``seq`` order, followed by ``state``. The snapshot's row is written
+    last: parts without a row are an unfinished snapshot, which nothing reads.
+``head_snapshot_parts``
+    The leading parts of large snapshots (see above).
 ``items``
     The catalog as it is now: one row per item with its current version, features,
     optional retrieval embedding, whether it is retired, and its impressions (how often
@@ -104,6 +110,7 @@ _NOT_IN_REPLAY = {REPLAY: False}
 EVENT_ID_LENGTH = 64
 VERSION_LENGTH = 256
 ARM_ID_LENGTH = 256
+SNAPSHOT_KEY_LENGTH = 32
 
 
 class Base(DeclarativeBase):
@@ -178,6 +185,16 @@ class HeadSnapshot(Base):
     applied_rewards: Mapped[int] = mapped_column(BigInteger)
     policy: Mapped[str] = mapped_column(String(128))
     state: Mapped[bytes] = mapped_column(LargeBinary)
+    parts_key: Mapped[str | None] = mapped_column(String(SNAPSHOT_KEY_LENGTH))
+
+
+class HeadSnapshotPart(Base):
+    __tablename__ = "head_snapshot_parts"
+
+    parts_key: Mapped[str] = mapped_column(String(SNAPSHOT_KEY_LENGTH), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Item(Base):
@@ -256,6 +273,7 @@ class RolloutStepRow(Base):
 decisions: Any = DecisionEvent.__table__
 rewards: Any = RewardEvent.__table__
 head_snapshots: Any = HeadSnapshot.__table__
+head_snapshot_parts: Any = HeadSnapshotPart.__table__
 items: Any = Item.__table__
 item_versions: Any = ItemVersion.__table__
 rollouts: Any = RolloutRow.__table__

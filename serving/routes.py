@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from serving.grouped_decisions import decide_grouped
@@ -155,8 +157,17 @@ async def admin_snapshot(request: Request) -> dict[str, list[int]]:
 )
 async def admin_state(request: Request, role: Role = "production") -> Response:
     """The live policy state of a role (``bandit_core.save_policy`` ``.npz`` bytes)."""
-    data = await service_of(request).state_bytes(role)
-    return Response(content=data, media_type="application/octet-stream")
+    parts = await service_of(request).state_parts(role)
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in parts:  # never one buffer of the whole state (a large head: 60 MB)
+            yield part
+
+    return StreamingResponse(
+        body(),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(sum(len(p) for p in parts))},
+    )
 
 
 @router.get("/healthz", tags=["ops"])

@@ -44,10 +44,11 @@ from bandit_core.policies.linear import over_arm_limit
 from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
 from bandit_core.policies.wrappers import records_on_select
+from bandit_core.state import state_to_parts
 from eventstore import records
 from eventstore.admission import Admission
 from eventstore.migrate import require_current
-from eventstore.records import DecisionRow, RewardOutcome, RewardRow
+from eventstore.records import DecisionRow, RewardOutcome, RewardRow, SnapshotPart, SnapshotRow
 from eventstore.rollouts import current_rollout
 from serving.budget import (
     body_lengths,
@@ -80,7 +81,6 @@ from serving.models.fallback import FallbackPolicy
 from serving.models.loader import ModelLoader, RolloutTarget
 from serving.models.served import ServedModel, ServingSet, find_head
 from serving.models.sources import FileModelSource, ModelSource
-from serving.models.state_io import state_to_bytes
 from serving.replica_sync import ReplicaSync, replica_name
 from serving.schemas import (
     Candidate,
@@ -92,7 +92,7 @@ from serving.schemas import (
     ServedModelInfo,
 )
 from serving.settings import Settings
-from serving.snapshots import HeadGate, Snapshotter
+from serving.snapshots import HeadGate, Snapshotter, own_writer
 from serving.store.engine import checkpointer, store_engine
 from serving.store.journal import DrainReport, Journal, stored_decision
 from serving.store.repository import EventStore, StoredDecision, write_events
@@ -247,13 +247,15 @@ class DecisionService:
             rollout=self._running_rollout,
             max_arms=settings.max_arms,
         )
+        self._snapshot_writer = own_writer(engine)  # None: beside the events (SQLite)
         self.snapshots = Snapshotter(
-            self._commit,
+            self._commit_snapshot,
             settings.snapshot_every_rewards,
             settings.snapshot_every_s,
             # several workers or synced replicas rebuild from the store
             enabled=settings.workers == 1 and self.replicas is None,
             gate=self.gate,
+            part_bytes=settings.snapshot_part_bytes,
             hold=lambda model: self._unsynced.get(model.version, 0) > 0,
             on_unsafe=metrics.unsafe_heads.inc,
         )
@@ -289,6 +291,8 @@ class DecisionService:
         if self.checkpointer is not None:
             self.checkpointer.start()
         self.writer.start()
+        if self._snapshot_writer is not None:
+            self._snapshot_writer.start()
         self.loader.start()
         # everything allocated so far (imported modules, settings, the catalog) lives as
         # long as the process: keep it out of the collector's full passes, which would
@@ -312,6 +316,8 @@ class DecisionService:
             log.warning("no final snapshot: %s", exc)
         await self.snapshots.drain()
         self._decider.shutdown(wait=False, cancel_futures=True)
+        if self._snapshot_writer is not None:
+            await asyncio.to_thread(self._snapshot_writer.close)
         await asyncio.to_thread(self.writer.close)
         if self.checkpointer is not None:
             await asyncio.to_thread(self.checkpointer.stop)
@@ -701,9 +707,12 @@ class DecisionService:
             found = self.journal.find(event_id)
         return found
 
-    async def _commit(self, item: Any) -> Any:
+    async def _commit_snapshot(self, item: SnapshotRow | SnapshotPart) -> Any:
+        return await self._commit(item, self._snapshot_writer or self.writer)
+
+    async def _commit(self, item: Any, writer: GroupCommitWriter[Any, Any] | None = None) -> Any:
         try:
-            future = self.writer.submit(item)
+            future = (writer or self.writer).submit(item)
         except WriterClosedError as exc:
             raise StoreUnavailableError(str(exc)) from exc
         try:
@@ -844,15 +853,16 @@ class DecisionService:
         }
 
     # ------------------------------------------------------------------ models
-    async def state_bytes(self, role: str) -> bytes:
-        """The live state of ``role``'s policy as ``.npz`` bytes (copied as a snapshot's
-        is: :meth:`serving.snapshots.Snapshotter.copy_state`)."""
+    async def state_parts(self, role: str) -> list[bytes]:
+        """The live state of ``role``'s policy as ``.npz`` bytes, in parts (copied and
+        serialised as a snapshot's is: :meth:`serving.snapshots.Snapshotter.copy_state`,
+        :func:`bandit_core.state.state_to_parts`)."""
         served = self._served()
         model = served.candidate if role == CANDIDATE else served.production
         if model is None:
             raise NotFoundError(f"no model serves the {role} role.")
         state = await self.snapshots.copy_state(model.policy)
-        return await asyncio.to_thread(state_to_bytes, state)
+        return await asyncio.to_thread(state_to_parts, state, self.settings.snapshot_part_bytes)
 
     async def poll_now(self) -> ModelInfo:
         await asyncio.to_thread(self.loader.poll)

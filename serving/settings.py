@@ -51,6 +51,10 @@ class Settings(CoreSettings):
         Salt of the user-id hash (generated once into the workspace when unset).
     snapshot_every_rewards, snapshot_every_s
         Head snapshot cadence.
+    snapshot_part_bytes : int
+        Most bytes of a head snapshot written in one transaction: a larger state is
+        written in parts, so that the events committed meanwhile never wait behind the
+        whole of it.
     writer_max_batch : int
         Most events in one group commit.
     decision_cache_size : int
@@ -192,6 +196,7 @@ class Settings(CoreSettings):
 
     snapshot_every_rewards: int = Field(1000, ge=1)
     snapshot_every_s: float = Field(300.0, gt=0.0)
+    snapshot_part_bytes: int = Field(256 << 10, ge=1 << 10)
     writer_max_batch: int = Field(512, ge=1)
     decision_cache_size: int = Field(50_000, ge=0)
     journal: bool = True

@@ -6,9 +6,14 @@ during the copy (10–40 ms for a per-arm head of 16,000 arms) instead of stalli
 the rewards that arrive meanwhile are learnt, in order, when the copy ends, and their
 answers wait for that. A policy whose ``select`` records state (an exposure cap) is copied
 on the loop, where it decides. The state is then checked (every array finite) and
-serialised in a worker thread and committed through the event writer. It records
-``last_reward_id``: recovery loads the newest snapshot and replays the applied rewards
-after that id.
+serialised in a worker thread, in memory and in parts of ``part_bytes``
+(:func:`bandit_core.state.state_to_parts`: no copy of the whole state holds the
+interpreter lock), and committed one part per transaction, the snapshot's row last
+(where, :func:`own_writer` says: beside the events on SQLite, on a writer of its own
+elsewhere). No event commits behind more than one part; before, one 68 MB state in one
+transaction held the events behind it for 0.17 s on SQLite and 3.3 s on PostgreSQL. It
+records ``last_reward_id``: recovery loads the snapshot covering the most rewards and
+replays the applied rewards after that id.
 """
 
 from __future__ import annotations
@@ -16,21 +21,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Engine
+
 from bandit_core import PolicyState
 from bandit_core.policies.base import fold_pending
 from bandit_core.policies.wrappers import records_on_select
+from bandit_core.state import state_to_parts
 from eventstore.admission import first_non_finite
-from eventstore.records import SnapshotRow
+from eventstore.records import SnapshotPart, SnapshotRow
 from serving.models.served import ServedModel
-from serving.models.state_io import state_to_bytes
+from serving.store.repository import write_events
+from serving.store.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
-Commit = Callable[[SnapshotRow], Awaitable[Any]]
+Commit = Callable[[SnapshotRow | SnapshotPart], Awaitable[Any]]
+
+
+def own_writer(engine: Engine) -> GroupCommitWriter[Any, Any] | None:
+    """The writer snapshots commit on, not started: None on SQLite, where they commit
+    beside the events (one lock guards the file: a writer of their own would make the
+    events wait in SQLite's busy handler), a writer of their own elsewhere (PostgreSQL:
+    the events never wait behind them)."""
+    if engine.dialect.name == "sqlite":
+        return None
+    return GroupCommitWriter(engine, write_events, max_batch=1, name="banditops-snapshot-writer")
 
 
 class HeadGate:
@@ -89,7 +109,7 @@ class Snapshotter:
     Parameters
     ----------
     commit : async callable
-        Commits a :class:`SnapshotRow` and returns its id.
+        Commits a :class:`SnapshotRow` (and returns its id) or a :class:`SnapshotPart`.
     every_rewards : int
         Snapshot a head after this many applied rewards.
     every_s : float
@@ -98,6 +118,8 @@ class Snapshotter:
         False turns snapshots off (several workers: each rebuilds from the store).
     gate : HeadGate
         Closed while a state is copied in a worker thread.
+    part_bytes : int
+        Most bytes of state in one transaction.
     hold : callable, optional
         True for a model that must not be snapshotted now: its head learnt rewards that
         are in the local journal and have no store id yet, so ``last_reward_id`` could not
@@ -111,10 +133,14 @@ class Snapshotter:
         every_s: float,
         enabled: bool,
         gate: HeadGate,
+        part_bytes: int,
         hold: Callable[[ServedModel], bool] | None = None,
         on_unsafe: Callable[[], None] | None = None,
     ) -> None:
+        if part_bytes < 1:
+            raise ValueError(f"part_bytes must be at least 1; got {part_bytes}.")
         self._gate = gate
+        self.part_bytes = part_bytes
         self._on_unsafe = on_unsafe
         self._commit = commit
         self.every_rewards = every_rewards
@@ -173,16 +199,16 @@ class Snapshotter:
     ) -> int | None:
         return await self._write(await copied, meta)
 
-    def _checked_bytes(self, state: PolicyState, version: str) -> bytes | None:
-        """Worker thread: the state's bytes, or None when an array is not finite (never
-        persist a poisoned head: recovery would bring it back)."""
+    def _checked_parts(self, state: PolicyState, version: str) -> list[bytes] | None:
+        """Worker thread: the state's bytes in parts, or None when an array is not finite
+        (never persist a poisoned head: recovery would bring it back)."""
         bad = first_non_finite(state.arrays)
         if bad is not None:
             log.error("no snapshot of %s: state array %r is not finite", version, bad)
             if self._on_unsafe is not None:
                 self._on_unsafe()  # a Prometheus counter: safe from any thread
             return None
-        return state_to_bytes(state)
+        return state_to_parts(state, self.part_bytes)
 
     def _done(self, task: asyncio.Task[int | None]) -> None:
         self._pending.discard(task)
@@ -190,10 +216,22 @@ class Snapshotter:
             log.warning("snapshot not written: %s", task.exception())
 
     async def _write(self, state: PolicyState, meta: dict[str, Any]) -> int | None:
-        data = await asyncio.to_thread(self._checked_bytes, state, meta["model_version"])
-        if data is None:
+        parts = await asyncio.to_thread(self._checked_parts, state, meta["model_version"])
+        if parts is None:
             return None
-        row = SnapshotRow(created_at=datetime.now(UTC), policy=state.policy, state=data, **meta)
+        created_at = datetime.now(UTC)
+        parts_key = None
+        if len(parts) > 1:  # the leading parts first, each in a transaction of its own
+            parts_key = uuid.uuid4().hex
+            for seq, part in enumerate(parts[:-1]):
+                await self._commit(SnapshotPart(parts_key, seq, created_at, part))
+        row = SnapshotRow(
+            created_at=created_at,
+            policy=state.policy,
+            state=parts[-1],
+            parts_key=parts_key,
+            **meta,
+        )
         snapshot_id: int = await self._commit(row)
         log.info(
             "snapshot %d of %s after reward %d",

@@ -271,7 +271,12 @@ def test_retention_never_prunes_what_a_running_retrain_or_rollout_reads(
     rollout = start_rollout(engine, "m", 2, 0.05, reason="gate passed", at=NOW - 70 * DAY)
     retrain = {"bandit_retrain run nightly-1": NOW - 50 * DAY}
     dry = apply_retention(store_url, "m", 30, retrain, now=NOW, dry_run=True)
-    assert dry["deleted"] == {"rewards": 1, "decisions": 1, "head_snapshots": 0}
+    assert dry["deleted"] == {
+        "rewards": 1,
+        "decisions": 1,
+        "head_snapshots": 0,
+        "head_snapshot_parts": 0,
+    }
     assert kept() == set(ages)
     night1 = apply_retention(store_url, "m", 30, retrain, now=NOW)
     assert night1["cutoff"] == (NOW - 70 * DAY).isoformat()

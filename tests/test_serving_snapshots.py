@@ -1,7 +1,8 @@
 """A snapshot copies a head's state in a worker thread behind the head gate
 (:class:`serving.snapshots.HeadGate`): the loop keeps deciding meanwhile, rewards that
 arrive are learnt after the copy, in order, and the snapshot covers exactly the rewards up
-to its ``last_reward_id``."""
+to its ``last_reward_id``. A large state is written in parts, and events never wait
+behind a whole snapshot."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import sqlalchemy as sa
 
 from eventstore.engine import make_engine
+from eventstore.scratch import scratch_postgres_database
 from tests.serving_helpers import (
     DIM_USER,
     head_difference,
@@ -22,6 +25,8 @@ from tests.serving_helpers import (
     served_policy,
     service_settings,
 )
+
+pytest_plugins = ["tests.serving_fixtures"]
 
 
 def _decide_and_reward(client: Any, rng: np.random.Generator, reward: float) -> Any:
@@ -89,3 +94,82 @@ def test_the_loop_decides_while_a_snapshot_copies_and_rewards_wait_for_it(
     assert rewards[0] in covered and len(rewards) == 2
     with running_client(settings) as client:
         assert head_difference(live, served_policy(client)) <= 1e-9
+
+
+def test_a_large_snapshot_is_written_in_parts_and_recovered_whole(
+    tmp_path: Path, store_url: str
+) -> None:
+    model = policy_file(tmp_path / "linucb.npz", name="linucb")
+    settings = service_settings(tmp_path, store_url, model_path=model, snapshot_part_bytes=1024)
+    rng = np.random.default_rng(11)
+    with running_client(settings) as client:
+        for reward in (1.0, 0.0, 0.5, 1.0):
+            assert _decide_and_reward(client, rng, reward).json()["applied"] is True
+        [snapshot_id] = client.post("/v1/admin/snapshot").json()["snapshot_ids"]
+        live = copy.deepcopy(served_policy(client))
+    engine = make_engine(settings.store_url)
+    try:
+        with engine.connect() as conn:
+            key, last, tail = conn.execute(
+                sa.text(
+                    "SELECT parts_key, last_reward_id, length(state) FROM head_snapshots "
+                    "WHERE id = :i"
+                ),
+                {"i": snapshot_id},
+            ).one()
+            sizes = (
+                conn.execute(
+                    sa.text("SELECT length(data) FROM head_snapshot_parts WHERE parts_key = :k"),
+                    {"k": key},
+                )
+                .scalars()
+                .all()
+            )
+    finally:
+        engine.dispose()
+    assert key is not None and len(sizes) >= 2
+    assert set(sizes) == {1024} and 0 < tail <= 1024
+    with running_client(settings) as client:
+        served = client.app.state.service.loader.current.production
+        # started from the snapshot (a snapshot that cannot be read starts from 0)
+        assert served.replayed_after == last and len(served.replayed_ids) == 0
+        assert head_difference(live, served.policy) == 0.0
+
+
+@pytest.mark.postgres
+def test_on_postgresql_decisions_and_rewards_never_wait_behind_a_snapshot(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A snapshot commits on a writer of its own: held up in the database (here by a lock
+    on its table), it holds up no decision or reward."""
+    model = policy_file(tmp_path / "linucb.npz", name="linucb")
+    rng = np.random.default_rng(12)
+    with scratch_postgres_database(postgres_url, prefix="banditops_snap") as url:
+        settings = service_settings(tmp_path, url, model_path=model)
+        blocker = make_engine(url)
+        try:
+            with running_client(settings) as client:
+                assert _decide_and_reward(client, rng, 1.0).status_code == 200
+                with blocker.connect() as conn, conn.begin():
+                    conn.execute(sa.text("LOCK TABLE head_snapshots IN ACCESS EXCLUSIVE MODE"))
+                    snapshots: list[Any] = []
+                    held = threading.Thread(
+                        target=lambda: snapshots.append(client.post("/v1/admin/snapshot"))
+                    )
+                    held.start()
+                    answers: list[Any] = []
+                    traffic = threading.Thread(
+                        target=lambda: answers.extend(
+                            _decide_and_reward(client, rng, 0.5) for _ in range(3)
+                        )
+                    )
+                    traffic.start()
+                    traffic.join(20)
+                    assert not traffic.is_alive(), "a request waited behind the snapshot"
+                    assert [a.json()["applied"] for a in answers] == [True] * 3
+                    assert held.is_alive() and not snapshots  # the snapshot still waits
+                held.join(30)
+                assert snapshots[0].status_code == 200
+                assert len(snapshots[0].json()["snapshot_ids"]) == 1
+        finally:
+            blocker.dispose()

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from eventstore import records
-from eventstore.records import SnapshotRow
+from eventstore.records import SnapshotPart, SnapshotRow
 from eventstore.replay import COLUMNS, read_replay, write_replay_parquet
 from ops.cli import app as cli
 from serving.store.repository import EventStore, write_events
@@ -135,8 +135,27 @@ def test_naive_times_are_refused(engine: sa.Engine) -> None:
         read_replay(engine, datetime(2026, 1, 1), NOW, reward_window=HOUR)
 
 
-def _snapshot(version: str, created_at: datetime) -> SnapshotRow:
-    return SnapshotRow(version, created_at, 0, 0, "uniform", b"npz")
+def _snapshot(version: str, created_at: datetime, last_reward_id: int = 0) -> SnapshotRow:
+    return SnapshotRow(version, created_at, last_reward_id, last_reward_id, "uniform", b"npz")
+
+
+def _parted(
+    version: str, created_at: datetime, state: bytes, key: str, last_reward_id: int = 0
+) -> list[SnapshotPart | SnapshotRow]:
+    """A snapshot of ``state`` in three parts, as the service writes a large one."""
+    cut = (len(state) // 3, 2 * len(state) // 3)
+    parts: list[SnapshotPart | SnapshotRow] = [
+        SnapshotPart(key, 0, created_at, state[: cut[0]]),
+        SnapshotPart(key, 1, created_at, state[cut[0] : cut[1]]),
+    ]
+    last = state[cut[1] :]
+    row = SnapshotRow(version, created_at, last_reward_id, last_reward_id, "uniform", last, key)
+    return [*parts, row]
+
+
+def _count(engine: sa.Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())
 
 
 def test_prune_deletes_old_events_keeps_newest_snapshots(
@@ -158,7 +177,7 @@ def test_prune_deletes_old_events_keeps_newest_snapshots(
         )
     store = EventStore(engine)
     cutoff = NOW - 90 * 24 * HOUR
-    expected = {"rewards": 1, "decisions": 1, "head_snapshots": 1}
+    expected = {"rewards": 1, "decisions": 1, "head_snapshots": 1, "head_snapshot_parts": 0}
     assert store.prune(cutoff, dry_run=True) == expected
     assert store.count_rows() == {"decisions": 2, "rewards": 2, "head_snapshots": 3}
     assert store.prune(cutoff) == expected
@@ -173,7 +192,9 @@ def test_prune_command(store_url: str, engine: sa.Engine, rng: np.random.Generat
     runner = CliRunner()
     result = runner.invoke(cli, ["store", "prune", "--older-than", "90d", "--url", store_url])
     assert result.exit_code == 0, result.output
-    assert "deleted 0 rewards, 1 decisions, 0 head_snapshots" in result.output
+    assert "deleted 0 rewards, 1 decisions, 0 head_snapshots, 0 head_snapshot_parts" in (
+        result.output
+    )
     assert EventStore(engine).count_rows()["decisions"] == 1
     bad = runner.invoke(cli, ["store", "prune", "--older-than", "ninety", "--url", store_url])
     assert bad.exit_code == 2
@@ -191,3 +212,55 @@ def test_the_latest_snapshot_is_the_one_covering_most_rewards(engine: sa.Engine)
         write_events(conn, rows)
     latest = EventStore(engine).latest_snapshot("v1")
     assert latest is not None and (latest.last_reward_id, latest.applied_rewards) == (9, 9)
+
+
+def test_prune_keeps_the_snapshot_recovery_starts_from_and_the_parts_it_reads(
+    engine: sa.Engine,
+) -> None:
+    """Of a version's old snapshots the one kept is the one recovery reads (covering the
+    most rewards, not the one committed last); the parts of the deleted ones go, and so
+    do old parts of a snapshot never finished — not those of one being written now."""
+    old = NOW - 99 * 24 * HOUR
+    state = bytes(range(256)) * 8
+    with engine.begin() as conn:
+        write_events(
+            conn,
+            [
+                *_parted("v1", old, state, "a" * 32, last_reward_id=9),  # kept: covers most
+                *_parted("v1", old, state, "b" * 32, last_reward_id=5),  # committed later
+                _snapshot("v1", old, last_reward_id=7),
+                SnapshotPart("c" * 32, 0, old, b"never finished"),
+                SnapshotPart("d" * 32, 0, NOW, b"being written"),
+            ],
+        )
+    store = EventStore(engine)
+    before = store.latest_snapshot("v1")
+    assert before is not None and before.last_reward_id == 9 and before.state == state
+    expected = {"rewards": 0, "decisions": 0, "head_snapshots": 2, "head_snapshot_parts": 3}
+    assert store.prune(NOW - 90 * 24 * HOUR, dry_run=True) == expected
+    assert _count(engine, "head_snapshot_parts") == 6
+    assert store.prune(NOW - 90 * 24 * HOUR) == expected
+    with engine.connect() as conn:
+        keys = sorted(
+            r[0] for r in conn.execute(sa.text("SELECT parts_key FROM head_snapshot_parts"))
+        )
+    assert keys == ["a" * 32, "a" * 32, "d" * 32]
+    after = store.latest_snapshot("v1")
+    assert after is not None and (after.id, after.state) == (before.id, state)
+
+
+def test_a_snapshot_in_parts_is_read_whole_and_an_unfinished_one_not_at_all(
+    engine: sa.Engine,
+) -> None:
+    state = np.random.default_rng(3).bytes(10_000)
+    with engine.begin() as conn:
+        write_events(conn, [_snapshot("v1", NOW, last_reward_id=4)])
+        write_events(conn, _parted("v1", NOW, state, "e" * 32, last_reward_id=8))
+    whole = EventStore(engine).latest_snapshot("v1")
+    assert whole is not None and whole.last_reward_id == 8 and whole.state == state
+    # a newer snapshot whose row was never written (the service stopped mid-way): its
+    # parts are not a snapshot, recovery still starts from the last whole one
+    with engine.begin() as conn:
+        write_events(conn, _parted("v1", NOW, state[::-1], "f" * 32, last_reward_id=12)[:-1])
+    again = EventStore(engine).latest_snapshot("v1")
+    assert again is not None and (again.id, again.state) == (whole.id, state)

@@ -67,4 +67,50 @@ def test_migrations_ship_as_package_modules() -> None:
         "0001_initial_schema.py",
         "0002_catalog_slates.py",
         "0003_rollouts.py",
+        "0004_snapshot_parts.py",
     ]
+
+
+def test_snapshots_written_before_parts_existed_are_still_read(store_url: str) -> None:
+    """0004 adds snapshot parts: a snapshot stored before it reads as it was written;
+    going back to 0003 drops the snapshots in parts (0003's code would read only their
+    last part) and keeps the others."""
+    from datetime import UTC, datetime
+
+    from alembic import command
+
+    from eventstore.migrate import alembic_config
+    from eventstore.records import SnapshotPart, SnapshotRow
+    from serving.store.repository import EventStore, write_events
+
+    engine = make_engine(store_url)
+    try:
+        upgrade(engine, "0003")
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO head_snapshots (model_version, created_at, last_reward_id, "
+                    "applied_rewards, policy, state) VALUES ('v1', :t, 3, 3, 'uniform', :s)"
+                ),
+                {"t": now.isoformat(), "s": b"old state"},
+            )
+        upgrade(engine)
+        old = EventStore(engine).latest_snapshot("v1")
+        assert old is not None and (old.last_reward_id, old.state) == (3, b"old state")
+        with engine.begin() as conn:
+            write_events(
+                conn,
+                [
+                    SnapshotPart("k" * 32, 0, now, b"new "),
+                    SnapshotRow("v1", now, 5, 5, "uniform", b"state", "k" * 32),
+                ],
+            )
+        new = EventStore(engine).latest_snapshot("v1")
+        assert new is not None and (new.last_reward_id, new.state) == (5, b"new state")
+        command.downgrade(alembic_config(engine), "0003")
+        with engine.connect() as conn:
+            left = conn.execute(sa.text("SELECT last_reward_id FROM head_snapshots")).all()
+        assert [r[0] for r in left] == [3]
+    finally:
+        engine.dispose()

@@ -28,13 +28,14 @@ from eventstore.records import (
     JudgedReward,
     RewardOutcome,
     RewardRow,
+    SnapshotPart,
     SnapshotRow,
 )
-from eventstore.retention import prune_events
-from eventstore.schema import decisions, head_snapshots, items, rewards
+from eventstore.retention import latest_snapshot_first, prune_events
+from eventstore.schema import decisions, head_snapshot_parts, head_snapshots, items, rewards
 from eventstore.types import decode_floats
 
-Item = DecisionRow | RewardRow | SnapshotRow
+Item = DecisionRow | RewardRow | SnapshotRow | SnapshotPart
 
 # Statements of the write path, built once (SQLAlchemy caches their compiled form).
 #: Rewards read (and learnt) per query when a head learns a store's worth of them.
@@ -53,6 +54,7 @@ _ADD_IMPRESSIONS = (
 )
 _INSERT_REWARDS = insert(rewards).returning(rewards.c.id, sort_by_parameter_order=True)
 _INSERT_SNAPSHOT = insert(head_snapshots).returning(head_snapshots.c.id)
+_INSERT_PART = insert(head_snapshot_parts)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ class AppliedRewards:
 def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
     """Write a batch inside the caller's transaction; one result per item.
 
-    Decisions return ``None``, snapshots their id, rewards a :class:`RewardOutcome`.
+    Decisions and snapshot parts return ``None``, snapshots their id, rewards a
+    :class:`RewardOutcome`.
     A reward's ordinal counts the event's rewards already stored plus those earlier in
     the batch; only ordinal 0 of an eligible reward is applied. ``UNIQUE(event_id,
     ordinal)`` turns a race between two writer processes into an error the writer
@@ -156,7 +159,9 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
             [{"shown_id": arm, "shown_count": n} for arm, n in sorted(shown.items())],
         )
     for i, item in enumerate(items):
-        if isinstance(item, SnapshotRow):
+        if isinstance(item, SnapshotPart):
+            conn.execute(_INSERT_PART, item.params())
+        elif isinstance(item, SnapshotRow):
             out[i] = conn.execute(_INSERT_SNAPSHOT, item.params()).scalar_one()
     return out
 
@@ -245,26 +250,38 @@ class EventStore:
         """The snapshot of ``model_version`` that covers the most rewards (the newest of
         those): snapshots commit in the order their serialisation ends, which need not be
         the order of their copies."""
-        s = head_snapshots.c
+        s, p = head_snapshots.c, head_snapshot_parts.c
         query = (
             select(
-                s.id, s.model_version, s.created_at, s.last_reward_id, s.applied_rewards, s.state
+                s.id,
+                s.model_version,
+                s.created_at,
+                s.last_reward_id,
+                s.applied_rewards,
+                s.state,
+                s.parts_key,
             )
             .where(s.model_version == model_version)
-            .order_by(s.last_reward_id.desc(), s.id.desc())
+            .order_by(*latest_snapshot_first())
             .limit(1)
         )
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        if row is None:
-            return None
+            if row is None:
+                return None
+            state = bytes(row.state)
+            if row.parts_key is not None:
+                parts = conn.execute(
+                    select(p.data).where(p.parts_key == row.parts_key).order_by(p.seq)
+                ).scalars()
+                state = b"".join([*(bytes(part) for part in parts), state])
         return StoredSnapshot(
             int(row.id),
             row.model_version,
             row.created_at,
             int(row.last_reward_id),
             int(row.applied_rewards),
-            row.state,
+            state,
         )
 
     def applied_reward_ids(
