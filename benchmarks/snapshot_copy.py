@@ -92,7 +92,9 @@ async def _run(arms: list[int], snapshots: int, seed: int) -> list[dict[str, Any
     async def commit(_row: Any) -> int:
         return 0
 
-    snapshotter = Snapshotter(commit, 10**9, 1e9, True, gate=HeadGate(), part_bytes=1 << 30)
+    snapshotter = Snapshotter(
+        commit, 10**9, 1e9, True, gate=HeadGate(), part_bytes=1 << 30, keep=10**9
+    )
     rows = []
     for name in POLICIES:
         for n_arms in arms:

@@ -14,7 +14,9 @@ commit, as a request does):
   before: the decisions queued behind it waited for the whole write);
 * ``ours``: :class:`serving.snapshots.Snapshotter` as the service runs it — parts of at
   most ``snapshot_part_bytes`` each in a transaction of its own, beside the events on
-  SQLite and on a writer of their own on PostgreSQL (:func:`serving.snapshots.own_writer`).
+  SQLite and on a writer of their own on PostgreSQL (:func:`serving.snapshots.own_writer`),
+  then the deletion of the snapshots beyond ``snapshot_keep`` (a few parts per
+  transaction).
 
 The table gives the decisions' commit p50/p99/max and a snapshot's write time.
 """
@@ -53,6 +55,7 @@ from serving.store.writer import GroupCommitWriter
 DIM = 16
 MODES = ("none", "one row", "ours")
 PART_BYTES: int = Settings.model_fields["snapshot_part_bytes"].default
+KEEP: int = Settings.model_fields["snapshot_keep"].default
 
 
 def _decision(rng: np.random.Generator) -> DecisionRow:
@@ -114,6 +117,8 @@ async def _measure(
         True,
         gate=HeadGate(),
         part_bytes=part_bytes if mode == "ours" else 1 << 40,
+        # ours deletes superseded snapshots as the service does; before, none were
+        keep=KEEP if mode == "ours" else 10**9,
     )
     waits: list[float] = []
     pending: set[asyncio.Task[None]] = set()

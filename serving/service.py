@@ -48,7 +48,7 @@ from bandit_core.state import state_to_parts
 from eventstore import records
 from eventstore.admission import Admission
 from eventstore.migrate import require_current
-from eventstore.records import DecisionRow, RewardOutcome, RewardRow, SnapshotPart, SnapshotRow
+from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
 from serving.budget import (
     body_lengths,
@@ -256,6 +256,7 @@ class DecisionService:
             enabled=settings.workers == 1 and self.replicas is None,
             gate=self.gate,
             part_bytes=settings.snapshot_part_bytes,
+            keep=settings.snapshot_keep,
             hold=lambda model: self._unsynced.get(model.version, 0) > 0,
             on_unsafe=metrics.unsafe_heads.inc,
         )
@@ -707,7 +708,7 @@ class DecisionService:
             found = self.journal.find(event_id)
         return found
 
-    async def _commit_snapshot(self, item: SnapshotRow | SnapshotPart) -> Any:
+    async def _commit_snapshot(self, item: Any) -> Any:
         return await self._commit(item, self._snapshot_writer or self.writer)
 
     async def _commit(self, item: Any, writer: GroupCommitWriter[Any, Any] | None = None) -> Any:

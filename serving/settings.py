@@ -55,6 +55,10 @@ class Settings(CoreSettings):
         Most bytes of a head snapshot written in one transaction: a larger state is
         written in parts, so that the events committed meanwhile never wait behind the
         whole of it.
+    snapshot_keep : int
+        Head snapshots of a served version kept in the store: older ones are deleted as
+        new ones are written (recovery tries them newest first; the newest suffices
+        unless it cannot be read).
     writer_max_batch : int
         Most events in one group commit.
     decision_cache_size : int
@@ -197,6 +201,7 @@ class Settings(CoreSettings):
     snapshot_every_rewards: int = Field(1000, ge=1)
     snapshot_every_s: float = Field(300.0, gt=0.0)
     snapshot_part_bytes: int = Field(256 << 10, ge=1 << 10)
+    snapshot_keep: int = Field(2, ge=1)
     writer_max_batch: int = Field(512, ge=1)
     decision_cache_size: int = Field(50_000, ge=0)
     journal: bool = True

@@ -35,12 +35,15 @@ from bandit_core.state import state_to_parts
 from eventstore.admission import first_non_finite
 from eventstore.records import SnapshotPart, SnapshotRow
 from serving.models.served import ServedModel
-from serving.store.repository import write_events
+from serving.store.repository import DropParts, SupersededSnapshots, write_events
 from serving.store.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
-Commit = Callable[[SnapshotRow | SnapshotPart], Awaitable[Any]]
+#: Parts of a superseded snapshot deleted per transaction.
+PARTS_PER_DROP = 4
+
+Commit = Callable[[SnapshotRow | SnapshotPart | SupersededSnapshots | DropParts], Awaitable[Any]]
 
 
 def own_writer(engine: Engine) -> GroupCommitWriter[Any, Any] | None:
@@ -120,6 +123,9 @@ class Snapshotter:
         Closed while a state is copied in a worker thread.
     part_bytes : int
         Most bytes of state in one transaction.
+    keep : int
+        Snapshots of a version kept: after each one, those beyond the ``keep`` that
+        recovery tries first are deleted (a part or a few per transaction).
     hold : callable, optional
         True for a model that must not be snapshotted now: its head learnt rewards that
         are in the local journal and have no store id yet, so ``last_reward_id`` could not
@@ -134,13 +140,17 @@ class Snapshotter:
         enabled: bool,
         gate: HeadGate,
         part_bytes: int,
+        keep: int,
         hold: Callable[[ServedModel], bool] | None = None,
         on_unsafe: Callable[[], None] | None = None,
     ) -> None:
         if part_bytes < 1:
             raise ValueError(f"part_bytes must be at least 1; got {part_bytes}.")
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1; got {keep}.")
         self._gate = gate
         self.part_bytes = part_bytes
+        self.keep = keep
         self._on_unsafe = on_unsafe
         self._commit = commit
         self.every_rewards = every_rewards
@@ -239,7 +249,19 @@ class Snapshotter:
             meta["model_version"],
             meta["last_reward_id"],
         )
+        await self._delete_superseded(meta["model_version"])
         return snapshot_id
+
+    async def _delete_superseded(self, version: str) -> None:
+        """Delete the snapshots of ``version`` beyond the ``keep`` newest, their parts a
+        few per transaction (what a failure here leaves, retention deletes)."""
+        try:
+            keys: list[str] = await self._commit(SupersededSnapshots(version, self.keep))
+            for key in keys:
+                while await self._commit(DropParts(key, PARTS_PER_DROP)) == PARTS_PER_DROP:
+                    pass
+        except Exception as exc:
+            log.warning("superseded snapshots of %s not deleted yet: %s", version, exc)
 
     async def dirty(self, models: Iterable[ServedModel]) -> list[int]:
         """Snapshot every head with unsaved rewards; the ids written (a head that is not

@@ -300,7 +300,8 @@ def test_named_context(model_path: Path, tmp_path: Path, rng: np.random.Generato
 def test_restart_recovers_the_head(
     store_url: str, model_path: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:
-    """Graceful restarts: a snapshot every 3 rewards, the rest replayed from the store."""
+    """Graceful restarts: a snapshot every 3 rewards (and at each stop), the rest replayed
+    from the store."""
     settings = service_settings(
         tmp_path, store_url, model_path=model_path, snapshot_every_rewards=3
     )
@@ -316,8 +317,12 @@ def test_restart_recovers_the_head(
         info = client.get("/v1/model").json()["production"]
         store = client.app.state.service.store
         rebuilt = rebuild_from_store(store, info["version"], load_policy(model_path))
+        served = client.app.state.service.loader.current.production
+        newest = store.latest_snapshot(info["version"])
     assert info["applied_rewards"] == 14
-    assert store.count_rows()["head_snapshots"] >= 4
+    # the newest snapshots are kept (snapshot_keep), and the restart started from one
+    assert store.count_rows()["head_snapshots"] == settings.snapshot_keep == 2
+    assert newest is not None and served.replayed_after == newest.last_reward_id > 0
     assert head_difference(after, before) < 1e-9
     assert head_difference(after, rebuilt) < 1e-9
 

@@ -112,11 +112,13 @@ def test_a_snapshot_that_cannot_be_used_is_skipped_and_the_head_rebuilt(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Recovery from a snapshot that is unreadable, of another kind of model, of other
-    dimensions or not finite starts from the base with every applied reward instead: the
-    version loads with the head a rebuild from the store gives (before, the version never
-    loaded and the service kept its fallback). A good snapshot is still used."""
+    dimensions or not finite goes on to the next snapshot, and from the base with every
+    applied reward when none is left: the version loads with the head a rebuild from the
+    store gives (before, the version never loaded and the service kept its fallback)."""
     from dataclasses import replace
     from datetime import UTC, datetime
+
+    import sqlalchemy as sa
 
     from bandit_core import make_policy
     from eventstore.migrate import upgrade
@@ -157,13 +159,19 @@ def test_a_snapshot_that_cannot_be_used_is_skipped_and_the_head_rebuilt(
         assert used.replayed_after == 5 and used.applied_rewards == 8
         assert head_difference(used.policy, reference) <= 1e-9
         for why, state in states.items():
+            # newer than the good one (it covers more rewards): tried first, then the good
             with engine.begin() as conn:
-                write_events(conn, [replace(row, state=state)])
+                write_events(conn, [replace(row, state=state, last_reward_id=7)])
             caplog.clear()
             model_ = recover(store, "v/1", load_policy(model), "test")
             assert why in caplog.text and "cannot be used" in caplog.text
-            assert model_.replayed_after == 0 and model_.applied_rewards == 8, why
+            assert model_.replayed_after == 5 and model_.applied_rewards == 8, why
             assert head_difference(model_.policy, reference) <= 1e-9, why
+        with engine.begin() as conn:  # none usable: the base and every reward
+            conn.execute(sa.text("DELETE FROM head_snapshots WHERE last_reward_id = 5"))
+        model_ = recover(store, "v/1", load_policy(model), "test")
+        assert model_.replayed_after == 0 and model_.applied_rewards == 8
+        assert head_difference(model_.policy, reference) <= 1e-9
     finally:
         engine.dispose()
 

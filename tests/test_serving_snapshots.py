@@ -173,3 +173,36 @@ def test_on_postgresql_decisions_and_rewards_never_wait_behind_a_snapshot(
                 assert len(snapshots[0].json()["snapshot_ids"]) == 1
         finally:
             blocker.dispose()
+
+
+def test_a_version_keeps_its_newest_snapshots_and_none_of_the_parts_of_the_others(
+    tmp_path: Path, store_url: str
+) -> None:
+    model = policy_file(tmp_path / "linucb.npz", name="linucb")
+    settings = service_settings(
+        tmp_path, store_url, model_path=model, snapshot_part_bytes=1024, snapshot_keep=2
+    )
+    rng = np.random.default_rng(13)
+    with running_client(settings) as client:
+        written = []
+        for reward in (1.0, 0.0, 0.5, 1.0, 0.25):
+            assert _decide_and_reward(client, rng, reward).json()["applied"] is True
+            written += client.post("/v1/admin/snapshot").json()["snapshot_ids"]
+        live = copy.deepcopy(served_policy(client))
+    engine = make_engine(settings.store_url)
+    try:
+        with engine.connect() as conn:
+            kept = conn.execute(
+                sa.text("SELECT id, parts_key FROM head_snapshots ORDER BY id")
+            ).all()
+            part_keys = conn.execute(sa.text("SELECT parts_key FROM head_snapshot_parts")).all()
+    finally:
+        engine.dispose()
+    assert len(written) == 5 and [row.id for row in kept] == written[-2:]
+    # the parts left are those of the two kept snapshots, all of them
+    assert {k for (k,) in part_keys} == {row.parts_key for row in kept}
+    assert len(part_keys) % 2 == 0 and len(part_keys) >= 4
+    with running_client(settings) as client:
+        served = client.app.state.service.loader.current.production
+        assert len(served.replayed_ids) == 0
+        assert head_difference(live, served.policy) == 0.0

@@ -17,7 +17,7 @@ from eventstore import records
 from eventstore.records import SnapshotPart, SnapshotRow
 from eventstore.replay import COLUMNS, read_replay, write_replay_parquet
 from ops.cli import app as cli
-from serving.store.repository import EventStore, write_events
+from serving.store.repository import DropParts, EventStore, SupersededSnapshots, write_events
 from tests.serving_helpers import decision_row, reward_row
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -264,3 +264,42 @@ def test_a_snapshot_in_parts_is_read_whole_and_an_unfinished_one_not_at_all(
         write_events(conn, _parted("v1", NOW, state[::-1], "f" * 32, last_reward_id=12)[:-1])
     again = EventStore(engine).latest_snapshot("v1")
     assert again is not None and (again.id, again.state) == (whole.id, state)
+
+
+def test_superseded_snapshots_are_deleted_with_their_parts_a_few_at_a_time(
+    engine: sa.Engine,
+) -> None:
+    """What the service does after each snapshot: the rows of the snapshots beyond the
+    ``keep`` recovery tries first, then their parts, at most ``limit`` per transaction;
+    another version's snapshots and a snapshot still being written are left alone."""
+    state = bytes(range(256)) * 8
+    with engine.begin() as conn:
+        write_events(
+            conn,
+            [
+                *_parted("v1", NOW, state, "a" * 32, last_reward_id=3),
+                _snapshot("v1", NOW, last_reward_id=5),
+                *_parted("v1", NOW, state, "b" * 32, last_reward_id=9),
+                *_parted("v1", NOW, state, "c" * 32, last_reward_id=7),
+                *_parted("v2", NOW, state, "d" * 32, last_reward_id=1),
+                SnapshotPart("e" * 32, 0, NOW, b"being written"),
+            ],
+        )
+    with engine.begin() as conn:
+        [gone] = write_events(conn, [SupersededSnapshots("v1", keep=2)])
+    assert sorted(gone) == ["a" * 32]  # 3 and 5 go; 5 was one row
+    store = EventStore(engine)
+    assert [s.last_reward_id for s in store.snapshots("v1")] == [9, 7]
+    assert [s.state for s in store.snapshots("v1")] == [state, state]
+    dropped = []
+    while True:
+        with engine.begin() as conn:
+            [n] = write_events(conn, [DropParts("a" * 32, limit=1)])
+        dropped.append(n)
+        if n < 1:
+            break
+    assert dropped == [1, 1, 0]
+    with engine.connect() as conn:
+        keys = conn.execute(sa.text("SELECT parts_key FROM head_snapshot_parts")).scalars()
+        assert sorted(set(keys)) == ["b" * 32, "c" * 32, "d" * 32, "e" * 32]
+    assert [s.last_reward_id for s in store.snapshots("v2")] == [1]

@@ -113,15 +113,16 @@ def recover(
     with ``max_arms``: none of a new arm past it, as online).
 
     A snapshot is a shortcut: one that cannot be used (unreadable, another kind of model,
-    other dimensions, not finite) is logged and recovery starts from ``base`` with every
-    reward instead — the same head (:func:`rebuild_from_store`), only slower."""
-    snapshot = store.latest_snapshot(version)
-    restored = None if snapshot is None else _usable(snapshot, base, version)
-    if snapshot is None or restored is None:
-        policy, last_id, applied = base, 0, 0
-    else:
-        policy = restored
-        last_id, applied = snapshot.last_reward_id, snapshot.applied_rewards
+    other dimensions, not finite) is logged and recovery tries the next one (the service
+    keeps ``snapshot_keep``), then starts from ``base`` with every reward — the same head
+    (:func:`rebuild_from_store`), only slower."""
+    policy, last_id, applied = base, 0, 0
+    for snapshot in store.snapshots(version):  # the one covering the most rewards first
+        restored = _usable(snapshot, base, version)
+        if restored is not None:
+            policy = restored
+            last_id, applied = snapshot.last_reward_id, snapshot.applied_rewards
+            break
     replayed_after = last_id
     replayed = []
     for chunk in store.applied_reward_chunks(version, after_id=last_id, since=window_stop):
@@ -158,8 +159,8 @@ def _usable(snapshot: StoredSnapshot, base: Policy, version: str) -> Policy | No
             raise ValueError(f"its {bad} is not finite")
     except Exception as exc:  # any reason: the base and the rewards give the same head
         log.error(
-            "snapshot %d of %s cannot be used (%s); recovering from the base and every "
-            "applied reward instead",
+            "snapshot %d of %s cannot be used (%s); recovering from an older snapshot, or "
+            "from the base with every applied reward, instead",
             snapshot.id,
             version,
             exc,

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     bindparam,
+    delete,
     func,
     insert,
     select,
@@ -35,7 +36,27 @@ from eventstore.retention import latest_snapshot_first, prune_events
 from eventstore.schema import decisions, head_snapshot_parts, head_snapshots, items, rewards
 from eventstore.types import decode_floats
 
-Item = DecisionRow | RewardRow | SnapshotRow | SnapshotPart
+
+@dataclass(frozen=True)
+class SupersededSnapshots:
+    """Write item: delete the snapshots of ``model_version`` but the ``keep`` that
+    recovery tries first (their rows); the result is the ``parts_key`` of each deleted
+    snapshot written in parts, whose parts :class:`DropParts` then deletes."""
+
+    model_version: str
+    keep: int
+
+
+@dataclass(frozen=True)
+class DropParts:
+    """Write item: delete at most ``limit`` parts of ``parts_key`` (a deleted snapshot's);
+    the result is how many were deleted."""
+
+    parts_key: str
+    limit: int
+
+
+Item = DecisionRow | RewardRow | SnapshotRow | SnapshotPart | SupersededSnapshots | DropParts
 
 # Statements of the write path, built once (SQLAlchemy caches their compiled form).
 #: Rewards read (and learnt) per query when a head learns a store's worth of them.
@@ -163,7 +184,40 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
             conn.execute(_INSERT_PART, item.params())
         elif isinstance(item, SnapshotRow):
             out[i] = conn.execute(_INSERT_SNAPSHOT, item.params()).scalar_one()
+        elif isinstance(item, SupersededSnapshots):
+            out[i] = _delete_superseded(conn, item)
+        elif isinstance(item, DropParts):
+            out[i] = _drop_parts(conn, item)
     return out
+
+
+def _delete_superseded(conn: Connection, item: SupersededSnapshots) -> list[str]:
+    s = head_snapshots.c
+    gone = conn.execute(
+        select(s.id, s.parts_key)
+        .where(s.model_version == item.model_version)
+        .order_by(*latest_snapshot_first())
+        .offset(item.keep)
+    ).all()
+    if gone:
+        conn.execute(delete(head_snapshots).where(s.id.in_([row.id for row in gone])))
+    return [row.parts_key for row in gone if row.parts_key is not None]
+
+
+def _drop_parts(conn: Connection, item: DropParts) -> int:
+    p = head_snapshot_parts.c
+    seqs = (
+        conn.execute(
+            select(p.seq).where(p.parts_key == item.parts_key).order_by(p.seq).limit(item.limit)
+        )
+        .scalars()
+        .all()
+    )
+    if seqs:
+        conn.execute(
+            delete(head_snapshot_parts).where(p.parts_key == item.parts_key, p.seq.in_(seqs))
+        )
+    return len(seqs)
 
 
 def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcome]:
@@ -246,43 +300,49 @@ class EventStore:
             slate_features=None if ranking is None else feats[list(ranking)],
         )
 
-    def latest_snapshot(self, model_version: str) -> StoredSnapshot | None:
-        """The snapshot of ``model_version`` that covers the most rewards (the newest of
-        those): snapshots commit in the order their serialisation ends, which need not be
-        the order of their copies."""
-        s, p = head_snapshots.c, head_snapshot_parts.c
+    def snapshots(self, model_version: str) -> Iterator[StoredSnapshot]:
+        """The snapshots of ``model_version`` in the order recovery tries them: the one
+        covering the most rewards first (the newest of those; snapshots commit in the
+        order their serialisation ends, which need not be the order of their copies).
+        Each state is read when its snapshot is reached."""
+        s = head_snapshots.c
         query = (
-            select(
-                s.id,
-                s.model_version,
-                s.created_at,
-                s.last_reward_id,
-                s.applied_rewards,
-                s.state,
-                s.parts_key,
-            )
+            select(s.id, s.model_version, s.created_at, s.last_reward_id, s.applied_rewards)
             .where(s.model_version == model_version)
             .order_by(*latest_snapshot_first())
-            .limit(1)
         )
         with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+            found = conn.execute(query).all()
+        for row in found:
+            state = self._snapshot_state(int(row.id))
+            if state is None:  # deleted meanwhile (a newer snapshot superseded it)
+                continue
+            yield StoredSnapshot(
+                int(row.id),
+                row.model_version,
+                row.created_at,
+                int(row.last_reward_id),
+                int(row.applied_rewards),
+                state,
+            )
+
+    def latest_snapshot(self, model_version: str) -> StoredSnapshot | None:
+        """The snapshot recovery tries first (:meth:`snapshots`)."""
+        return next(self.snapshots(model_version), None)
+
+    def _snapshot_state(self, snapshot_id: int) -> bytes | None:
+        s, p = head_snapshots.c, head_snapshot_parts.c
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.state, s.parts_key).where(s.id == snapshot_id)).first()
             if row is None:
                 return None
-            state = bytes(row.state)
-            if row.parts_key is not None:
-                parts = conn.execute(
-                    select(p.data).where(p.parts_key == row.parts_key).order_by(p.seq)
-                ).scalars()
-                state = b"".join([*(bytes(part) for part in parts), state])
-        return StoredSnapshot(
-            int(row.id),
-            row.model_version,
-            row.created_at,
-            int(row.last_reward_id),
-            int(row.applied_rewards),
-            state,
-        )
+            last = bytes(row.state)
+            if row.parts_key is None:
+                return last
+            parts = conn.execute(
+                select(p.data).where(p.parts_key == row.parts_key).order_by(p.seq)
+            ).scalars()
+            return b"".join([*(bytes(part) for part in parts), last])
 
     def applied_reward_ids(
         self, model_version: str, after_id: int = 0, since: datetime | None = None
