@@ -87,6 +87,8 @@ def samples(root: Path) -> dict[str, Any]:
         "user_salt": SecretStr("salt-456"),
         "snapshot_every_rewards": 10,
         "snapshot_every_s": 12.0,
+        "snapshot_part_bytes": 4096,
+        "snapshot_keep": 3,
         "writer_max_batch": 64,
         "decision_cache_size": 99,
         "journal": False,
