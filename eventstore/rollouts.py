@@ -14,12 +14,13 @@ The tables are :class:`eventstore.schema.RolloutRow` (``rollouts``) and
   same transaction, and only a running rollout takes steps (a second controller that
   lost the race gets :class:`RolloutStateError`, and nothing is written);
 * :func:`traffic_outcomes` is what the controller decides on: per traffic arm, the
-  decisions since the rollout started and their reward as the replay counts it for
-  training (:mod:`eventstore.replay`) and the monitor's online reward: the reward of
-  slate position 0 received in the reward window — the first one under the first-wins
-  rule, all of them under the sum rule (as stored by the service: a repeat is
-  ``duplicate`` or ``summed``, one received after the window ``late``). A reward no head
-  learnt (``rejected``, ``arm_limit``, ``not_served``…) is still the decision's outcome.
+  decisions since the rollout started whose reward window has closed, each with its
+  reward as the replay reads it for training and the monitor for its online means
+  (:mod:`eventstore.outcomes`): the reward of slate position 0 received in the window —
+  the first under the first-wins rule, the sum under the sum rule — or, without one,
+  ``default_reward`` (left out under ``missing_reward="drop"``). A reward no head learnt
+  (``rejected``, ``arm_limit``, ``not_served``…) is still the decision's outcome; a
+  decision whose window is still open is not counted yet.
 
 ``version`` is the registry's version number (``"3"``); the decisions name a version by
 :func:`eventstore.contract.version_label` (``"<model>/3"``).
@@ -31,11 +32,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
 
-from sqlalchemy import Engine, and_, case, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
-from eventstore import records
 from eventstore.contract import version_label
-from eventstore.schema import decisions, rewards, rollout_steps, rollouts
+from eventstore.outcomes import OnlineMean, RewardRules, online_outcomes
+from eventstore.schema import decisions, rollout_steps, rollouts
 from eventstore.text import check_text
 
 Status = Literal["running", "promoted", "rolled_back", "stopped", "expired"]
@@ -53,9 +54,6 @@ ENDS: Final[dict[str, str]] = {
 #: The traffic arms (the ``traffic`` column of ``decisions``).
 PRODUCTION: Final = "production"
 CANDIDATE: Final = "candidate"
-#: Rewards that are not part of a decision's outcome: received after the reward window,
-#: or a repeat the first-wins rule ignores.
-_NOT_AN_OUTCOME = (records.LATE, records.DUPLICATE)
 
 
 class RolloutStateError(RuntimeError):
@@ -131,25 +129,6 @@ class RolloutStep:
             self.ci_low,
             self.ci_high,
         )
-
-
-@dataclass(frozen=True)
-class ArmOutcome:
-    """The online outcome of one traffic arm.
-
-    ``decisions``: decisions served on the arm; ``rewarded``: those with a reward in the
-    window; ``reward_sum`` / ``reward_sq_sum``: the sum and the sum of squares of those
-    rewards (what a variance estimate needs).
-    """
-
-    decisions: int = 0
-    rewarded: int = 0
-    reward_sum: float = 0.0
-    reward_sq_sum: float = 0.0
-
-    @property
-    def mean(self) -> float | None:
-        return self.reward_sum / self.rewarded if self.rewarded else None
 
 
 # ---------------------------------------------------------------------- readers
@@ -228,50 +207,33 @@ def traffic_outcomes(
     model_name: str,
     version: str,
     since: datetime,
+    rules: RewardRules,
     until: datetime | None = None,
-) -> dict[str, ArmOutcome]:
-    """The online outcome per traffic arm since ``since`` (and before ``until``).
+    now: datetime | None = None,
+) -> dict[str, OnlineMean]:
+    """The online outcome per traffic arm of the decisions since ``since`` (and before
+    ``until``), as of ``now``, under ``rules`` (:func:`eventstore.outcomes.online_outcomes`:
+    the replay's and the monitor's reading of a decision's reward).
 
     ``"candidate"``: decisions on the candidate arm served by ``version`` of
     ``model_name`` (or by the fallback while it was the candidate's); ``"production"``:
-    every decision on the production arm. A decision's outcome is the sum of its
-    rewards at slate position 0 (or none) that are part of it (not late nor a first-wins
-    ``duplicate``: the first reward, or every reward under the sum rule);
-    decisions without one count in ``decisions`` only. Both keys are always present.
+    every decision on the production arm. Both keys are always present.
     """
     label = version_label(model_name, version)
-    candidate_arm = and_(
-        decisions.c.traffic == CANDIDATE,
-        or_(decisions.c.model_version == label, decisions.c.fallback.is_(True)),
+    groups = online_outcomes(
+        engine,
+        rules,
+        since=since,
+        until=until,
+        now=now,
+        by=("traffic", "model_version", "fallback"),
     )
-    window = [decisions.c.created_at >= since]
-    if until is not None:
-        window.append(decisions.c.created_at < until)
-    r = rewards.c
-    outcome = (  # per decision in the window: the sum of the rewards of its outcome
-        select(r.event_id, func.sum(r.value).label("value"))
-        .join(decisions, decisions.c.event_id == r.event_id)
-        .where(*window, func.coalesce(r.position, 0) == 0, r.status.not_in(_NOT_AN_OUTCOME))
-        .group_by(r.event_id)
-        .subquery("outcome")
-    )
-    rewarded = case((outcome.c.value.is_not(None), 1), else_=0)
-    query = (
-        select(
-            decisions.c.traffic,
-            func.count(),
-            func.coalesce(func.sum(rewarded), 0),
-            func.coalesce(func.sum(outcome.c.value), 0.0),
-            func.coalesce(func.sum(outcome.c.value * outcome.c.value), 0.0),
-        )
-        .select_from(decisions.outerjoin(outcome, outcome.c.event_id == decisions.c.event_id))
-        .where(*window, or_(decisions.c.traffic == PRODUCTION, candidate_arm))
-        .group_by(decisions.c.traffic)
-    )
-    out = {PRODUCTION: ArmOutcome(), CANDIDATE: ArmOutcome()}
-    with engine.connect() as conn:
-        for traffic, n, k, total, squares in conn.execute(query):
-            out[str(traffic)] = ArmOutcome(int(n), int(k), float(total), float(squares))
+    out = {PRODUCTION: OnlineMean(), CANDIDATE: OnlineMean()}
+    for (traffic, served_by, fallback), outcome in groups.items():
+        if traffic == PRODUCTION:
+            out[PRODUCTION] += outcome
+        elif traffic == CANDIDATE and (served_by == label or fallback == "true"):
+            out[CANDIDATE] += outcome
     return out
 
 

@@ -34,7 +34,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from eventstore.engine import make_engine
 from eventstore.rollouts import (
-    ArmOutcome,
     Rollout,
     RolloutStep,
     current_rollout,
@@ -45,7 +44,7 @@ from eventstore.rollouts import (
 from modelregistry.registry import ModelRegistry, VersionInfo
 from monitoring import served_latency as sl
 from monitoring.monitor import REPORT_FILE
-from monitoring.online import FALLBACK, OnlineMean, RewardRules, fallback_by_day, online_outcomes
+from monitoring.online import FALLBACK, RewardRules, fallback_by_day, online_outcomes
 from monitoring.settings import MonitorSettings
 
 #: Where ``bandit_monitor`` keeps its runs (``<runs dir>/monitor/<run>/report.json``).
@@ -57,15 +56,6 @@ HISTORY_ROWS = 20
 #: Days of the fallback-share chart.
 FALLBACK_DAYS = 7
 _OPE_METRIC = re.compile(r"^ope\.candidate\.([a-z0-9_]+)\.(value|ci_low|ci_high)$")
-
-
-def rules_of(settings: MonitorSettings) -> RewardRules:
-    return RewardRules(
-        reward_window=timedelta(seconds=settings.reward_window_s),
-        duplicate_rule=settings.duplicate_rule,
-        missing_reward=settings.missing_reward,
-        default_reward=settings.default_reward,
-    )
 
 
 def collect(settings: MonitorSettings, now: datetime | None = None) -> dict[str, Any]:
@@ -142,7 +132,7 @@ def versions_section(
     registry: ModelRegistry, engine: Engine, settings: MonitorSettings, now: datetime
 ) -> dict[str, Any]:
     try:
-        outcomes = online_outcomes(engine, rules_of(settings), now=now)
+        outcomes = online_outcomes(engine, RewardRules.of(settings), now=now)
         error = None
     except SQLAlchemyError as exc:  # a store not migrated yet: the versions still show
         outcomes, error = {}, f"the event store could not be read: {type(exc).__name__}"
@@ -164,18 +154,6 @@ def _alias_history(registry: ModelRegistry) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- rollout
-def _arm(outcome: ArmOutcome) -> dict[str, Any]:
-    """An arm's outcome with the normal 95 % interval of its mean reward."""
-    mean = OnlineMean(
-        served=outcome.decisions,
-        counted=outcome.rewarded,
-        rewarded=outcome.rewarded,
-        total=outcome.reward_sum,
-        total_sq=outcome.reward_sq_sum,
-    )
-    return mean.to_dict()
-
-
 def _step_row(step: RolloutStep) -> dict[str, Any]:
     row = {k: getattr(step, k) for k in RolloutStep.__dataclass_fields__}
     row["at"] = step.at.isoformat()
@@ -185,12 +163,13 @@ def _step_row(step: RolloutStep) -> dict[str, Any]:
 def rollout_section(engine: Engine, settings: MonitorSettings, now: datetime) -> dict[str, Any]:
     """The running rollout (else the latest one): its stage, share and status, the online
     outcome of both traffic arms since it started (:func:`eventstore.rollouts.traffic_outcomes`,
-    what the controller decides on), its steps with the sequential test's interval on the
-    candidate − production difference as the controller computed it at each step, and,
-    for context, the online reward by traffic arm and version over the monitored week."""
+    what the controller decides on; for an ended rollout, as its last step read it), its
+    steps with the sequential test's interval on the candidate − production difference as
+    the controller computed it at each step, and, for context, the online reward by
+    traffic arm and version over the monitored week."""
     since = now - timedelta(days=settings.monitor_lookback_days)
     week = online_outcomes(
-        engine, rules_of(settings), since=since, now=now, by=("traffic", "model_version")
+        engine, RewardRules.of(settings), since=since, now=now, by=("traffic", "model_version")
     )
     out: dict[str, Any] = {
         "since": since.isoformat(),
@@ -218,11 +197,21 @@ def rollout_section(engine: Engine, settings: MonitorSettings, now: datetime) ->
     rollout = {k: getattr(shown, k) for k in Rollout.__dataclass_fields__}
     for key in ("started_at", "stage_started_at", "updated_at"):
         rollout[key] = getattr(shown, key).isoformat()
-    outcomes = traffic_outcomes(engine, shown.model_name, shown.version, shown.started_at)
+    # an ended rollout's outcome as its last step read it; a running one's as of now
+    until = None if shown.running else shown.updated_at
+    outcomes = traffic_outcomes(
+        engine,
+        shown.model_name,
+        shown.version,
+        shown.started_at,
+        RewardRules.of(settings),
+        until=until,
+        now=now if until is None else min(now, until),
+    )
     steps = rollout_history(engine, settings.model_name, HISTORY_ROWS, rollout_id=shown.id)
     out.update(
         rollout=rollout,
-        outcomes={arm: _arm(outcome) for arm, outcome in outcomes.items()},
+        outcomes={arm: outcome.to_dict() for arm, outcome in outcomes.items()},
         steps=[_step_row(step) for step in steps],
     )
     return out

@@ -287,7 +287,8 @@ def test_the_bandits_page_in_chromium_after_the_demo(
         assert cells[1] == step["action"] and cells[2] == f"{step['stage']} ({step['share']:.0%})"
         if step["ci_low"] is not None:
             assert cells[3] == f"{step['n_production']} / {step['n_candidate']}"
-            assert cells[5] == f"{step['diff']:.4g}"
+            # no difference before both arms have an outcome (the windows still open)
+            assert cells[5] == ("–" if step["diff"] is None else f"{step['diff']:.4g}")
             assert cells[6] == f"[{step['ci_low']:.4g}, {step['ci_high']:.4g}]"
         assert cells[7] == step["reason"]
     diffs = charts["rollout-sequential"].find_elements(By.CSS_SELECTOR, "circle.point")

@@ -85,17 +85,18 @@ def build_workspace(tmp_path: Path, store_url: str) -> tuple[MonitorSettings, di
     start = now - timedelta(hours=2)
     items: list[Any] = []
     counted: dict[str, list[float]] = {}
-    first: dict[str, list[float]] = {}  # the rollout's outcome: rewarded decisions only
+    by_arm: dict[str, list[float]] = {}  # the rollout's outcome per traffic arm
     for label, traffic, n, rate, fallback in GROUPS:
         key = label or "fallback"
         values = counted.setdefault(key, [])
-        arm = first.setdefault(traffic, [])
+        arm = by_arm.setdefault(traffic, [])
         for i in range(n):
             created = start + timedelta(seconds=10 * len(items) + i)
             row = decision_row(rng, f"{key}-{i}", created, model_version=label)
             items.append(dataclasses.replace(row, traffic=traffic, fallback=fallback))
             if i % 4 == 3:  # no reward: counts as the default reward 0
                 values.append(0.0)
+                arm.append(0.0)
                 continue
             value = float(rng.random() < rate)
             items.append(reward_row(row.event_id, value, created + timedelta(seconds=5)))
@@ -128,7 +129,7 @@ def build_workspace(tmp_path: Path, store_url: str) -> tuple[MonitorSettings, di
     )
     engine.dispose()
     build_report(now, run_key="manual__page_test", settings=settings)
-    return settings, {**counted, "first": first}
+    return settings, {**counted, "by_arm": by_arm}
 
 
 @pytest.fixture
@@ -171,9 +172,9 @@ def test_the_page_shows_versions_rollout_monitor_and_service_with_the_store_numb
     assert rollout["rollout"]["stage_index"] == 1 and rollout["rollout"]["share"] == 0.2
     assert [s["action"] for s in rollout["steps"]] == ["advance", "start"]
     assert rollout["steps"][0]["ci_low"] == -0.2 and rollout["steps"][0]["ci_high"] == 0.1
-    for arm, values in counted["first"].items():
-        expected = _expected(values)
-        assert rollout["outcomes"][arm]["rewarded"] == len(values)
+    for arm, values in counted["by_arm"].items():
+        expected = _expected(values)  # as the monitor counts them: by the reward rules
+        assert rollout["outcomes"][arm]["counted"] == len(values)
         assert rollout["outcomes"][arm]["mean"] == pytest.approx(expected[0], abs=1e-12)
         assert rollout["outcomes"][arm]["ci"] == pytest.approx(expected[1:], abs=1e-12)
     # and all traffic of the monitored week by arm and version

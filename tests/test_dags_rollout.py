@@ -6,6 +6,7 @@ stops the next rollout (recorded ``stop`` with the approver)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from eventstore.rollouts import current_rollout, latest_rollout, rollout_history
 from tests.rollout_support import MODEL, live_service, register
 
 pytest_plugins = ["tests.airflow_support"]
+WINDOW_S = 0.5
 # Airflow's in-process execution API imports starlette's TestClient, which warns that
 # httpx2 is preferred (the other DAG tests import it earlier, under the same filter)
 pytestmark = pytest.mark.filterwarnings(
@@ -38,6 +40,8 @@ def rollout_env(airflow_home: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
         "BANDITOPS_ROLLOUT_MIN_SAMPLES": "30",
         "BANDITOPS_ROLLOUT_DESIGN_N": "100",
         "BANDITOPS_ROLLOUT_MARGIN": "0.02",
+        # a step counts the decisions whose reward window has closed
+        "BANDITOPS_REWARD_WINDOW_S": str(WINDOW_S),
     }
     airflow_home.ready()
     engine = make_engine(env["BANDITOPS_DATABASE_URL"])
@@ -73,6 +77,7 @@ def test_rollout_dag_starts_then_rolls_back_a_worse_candidate(
         assert svc.poll()["candidate_share"] == 0.05  # the replica follows at its poll
         while current_rollout(engine, MODEL) is not None and runs < 6:
             svc.traffic(300, rng)
+            time.sleep(WINDOW_S)  # the batch's reward windows close
             run = dagtools.run_dag("bandit_rollout", when=when + timedelta(minutes=10 * runs))
             assert run.state == "success", run
             runs += 1

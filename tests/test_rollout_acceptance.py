@@ -12,6 +12,7 @@ Stage durations and sample sizes are tiny settings, so each stage takes a few se
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ pytestmark = [
 ]
 
 BATCH = 300
+WINDOW_S = 0.5
 
 
 @dataclass
@@ -70,6 +72,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         rollout_margin=0.02,
         rollout_alpha=0.05,
         rollout_max_duration_s=3600.0,
+        # a step counts the decisions whose reward window has closed (the replay's rule)
+        reward_window_s=WINDOW_S,
     )
     registry = ModelRegistry.from_settings(settings)
     production = register(registry, "uniform", root, "production")
@@ -91,6 +95,7 @@ def _drive(
         info = world.service.poll()
         assert info["candidate_share"] == steps[-1].rollout.share  # type: ignore[union-attr]
         world.service.traffic(BATCH, rng)
+        time.sleep(WINDOW_S)  # the batch's reward windows close
         steps.append(rollout_step(settings))
         if steps[-1].action not in ("hold", "advance"):
             break

@@ -1,6 +1,6 @@
 """The rollout state in the event store: one running rollout per model, every step
 audited in the same transaction, an ended rollout takes no step, and the per-arm outcome
-counts each decision's first in-window reward once."""
+reads each decision's reward by the reward rules, as the replay and the monitor do."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from eventstore import records
+from eventstore.outcomes import OnlineMean, RewardRules
 from eventstore.rollouts import (
-    ArmOutcome,
     Readout,
     RolloutStateError,
     current_rollout,
@@ -81,82 +81,143 @@ def test_rollout_lifecycle_is_audited(engine: sa.Engine) -> None:
     assert start_rollout(engine, "m", 4, 0.05, reason="next").version == "4"
 
 
-def test_traffic_outcomes_count_first_in_window_reward(
+RULES = RewardRules(reward_window=timedelta(seconds=10))
+
+
+def _arm(got: OnlineMean) -> tuple[int, int, int, float, float]:
+    return got.served, got.counted, got.rewarded, got.total, got.total_sq
+
+
+def test_traffic_outcomes_count_each_closed_decision_with_its_reward_or_the_default(
     engine: sa.Engine, rng: np.random.Generator
 ) -> None:
-    since = datetime.now(UTC) - timedelta(minutes=1)
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=1)
     rows = []
     expected = {"production": [], "candidate": []}  # type: dict[str, list[float]]
     for i in range(40):
         traffic = "candidate" if i % 4 == 0 else "production"
         version = "m/7" if traffic == "candidate" else "m/6"
-        d = dataclasses.replace(decision_row(rng, model_version=version), traffic=traffic)
+        at = since + timedelta(milliseconds=100 * i)
+        d = dataclasses.replace(
+            decision_row(rng, model_version=version, created_at=at), traffic=traffic
+        )
         rows.append(d)
         if i % 5 == 4:
-            continue  # no reward
+            expected[traffic].append(0.0)  # no reward: the default reward
+            continue
         value = float(rng.random())
-        rows.append(reward_row(d.event_id, value, model_version=version))
+        in_window = at + timedelta(seconds=1)
+        rows.append(reward_row(d.event_id, value, ts=in_window, model_version=version))
         expected[traffic].append(value)
-        rows.append(reward_row(d.event_id, 1.0, model_version=version))  # a duplicate
-    # not counted: an older decision, another candidate version, a late first reward
+        rows.append(reward_row(d.event_id, 1.0, ts=in_window, model_version=version))  # repeat
+    # not counted: an older decision, another candidate version; a decision whose only
+    # reward came after its window counts with the default reward; one whose window is
+    # still open is served but not counted yet
     old = dataclasses.replace(
         decision_row(rng, model_version="m/7", created_at=since - timedelta(hours=1)),
         traffic="candidate",
     )
-    other = dataclasses.replace(decision_row(rng, model_version="m/5"), traffic="candidate")
-    late = dataclasses.replace(decision_row(rng, model_version="m/7"), traffic="candidate")
-    rows += [old, reward_row(old.event_id, 1.0), other, reward_row(other.event_id, 1.0), late]
-    rows.append(reward_row(late.event_id, 1.0, eligible=False, ineligible_status=records.LATE))
+    other = dataclasses.replace(
+        decision_row(rng, model_version="m/5", created_at=since), traffic="candidate"
+    )
+    late = dataclasses.replace(
+        decision_row(rng, model_version="m/7", created_at=since), traffic="candidate"
+    )
+    fresh = dataclasses.replace(decision_row(rng, model_version="m/7"), traffic="candidate")
+    rows += [old, reward_row(old.event_id, 1.0), other, reward_row(other.event_id, 1.0)]
+    rows += [late, reward_row(late.event_id, 1.0, ts=since + timedelta(seconds=30)), fresh]
+    rows.append(reward_row(fresh.event_id, 1.0))
+    expected["candidate"].append(0.0)  # the late one
     with engine.begin() as conn:
         write_events(conn, rows)
 
-    got = traffic_outcomes(engine, "m", "7", since)
+    got = traffic_outcomes(engine, "m", "7", since, RULES, now=now)
     for arm, values in expected.items():
-        n_decisions = sum(1 for r in rows if getattr(r, "traffic", None) == arm)
-        if arm == "candidate":
-            n_decisions -= 2  # the old one and the other version's
-        want = ArmOutcome(n_decisions, len(values), sum(values), sum(v * v for v in values))
-        assert got[arm].decisions == want.decisions
-        assert got[arm].rewarded == want.rewarded
-        assert got[arm].reward_sum == pytest.approx(want.reward_sum)
-        assert got[arm].reward_sq_sum == pytest.approx(want.reward_sq_sum)
-    assert traffic_outcomes(engine, "m", "7", since, until=since) == {
-        "production": ArmOutcome(),
-        "candidate": ArmOutcome(),
+        rewarded = sum(1 for v in values if v != 0.0)
+        served = len(values) + (arm == "candidate")  # the fresh one
+        want = (served, len(values), rewarded, sum(values), sum(v * v for v in values))
+        assert _arm(got[arm])[:3] == want[:3], arm
+        assert _arm(got[arm])[3:] == pytest.approx(want[3:]), arm
+    # "drop": a decision without a reward in its window is left out
+    drop = dataclasses.replace(RULES, missing_reward="drop")
+    dropped = traffic_outcomes(engine, "m", "7", since, drop, now=now)["candidate"]
+    assert dropped.counted == dropped.rewarded == sum(1 for v in expected["candidate"] if v)
+    assert traffic_outcomes(engine, "m", "7", since, RULES, until=since, now=now) == {
+        "production": OnlineMean(),
+        "candidate": OnlineMean(),
     }
+
+
+def test_clicks_alone_give_each_arm_its_click_rate(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """A client that reports clicks only (reward 1, nothing for no click — a default
+    reward of 0): each arm's outcome is its click rate, so a worse candidate shows as
+    worse. Counting only the rewarded decisions gave both arms a mean of exactly 1."""
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=1)
+    rows: list[Any] = []
+    for traffic, version, clicks in (("candidate", "m/7", 20), ("production", "m/6", 60)):
+        for i in range(200):
+            d = dataclasses.replace(
+                decision_row(rng, model_version=version, created_at=since), traffic=traffic
+            )
+            rows.append(d)
+            if i < clicks:
+                rows.append(reward_row(d.event_id, 1.0, ts=since + timedelta(seconds=2)))
+    with engine.begin() as conn:
+        write_events(conn, rows)
+    got = traffic_outcomes(engine, "m", "7", since, RULES, now=now)
+    assert (got["candidate"].counted, got["candidate"].mean) == (200, pytest.approx(0.1))
+    assert (got["production"].counted, got["production"].mean) == (200, pytest.approx(0.3))
 
 
 def test_the_outcome_of_a_decision_is_its_replay_reward(
     engine: sa.Engine, rng: np.random.Generator
 ) -> None:
     """The reward the retrain's replay gives the decision: slate position 0's (a click at
-    another position first is not the decision's), the first one under first-wins
-    (``duplicate`` repeats left out), every one under the sum rule (``summed``), whether
-    or not a head learnt it."""
-    since = datetime.now(UTC) - timedelta(minutes=1)
+    another position first is not the decision's), the first one under first-wins, every
+    one under the sum rule, whether or not a head learnt it."""
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=1)
+    received = since + timedelta(seconds=1)
 
     def decided(version: str) -> Any:
-        return dataclasses.replace(decision_row(rng, model_version=version), traffic="candidate")
+        return dataclasses.replace(
+            decision_row(rng, model_version=version, created_at=since), traffic="candidate"
+        )
 
     slate, summed, repeated, rejected = (decided("m/7") for _ in range(4))
     rows: list[Any] = [slate, summed, repeated, rejected]
-    rows += [reward_row(slate.event_id, 1.0, position=2), reward_row(slate.event_id, 0.25)]
     rows += [
-        reward_row(summed.event_id, 0.5),
-        reward_row(summed.event_id, 0.25, repeat_status=records.SUMMED),
+        reward_row(slate.event_id, 1.0, ts=received, position=2),
+        reward_row(slate.event_id, 0.25, ts=received),
     ]
     rows += [
-        reward_row(repeated.event_id, 0.5),
-        reward_row(repeated.event_id, 1.0, repeat_status=records.DUPLICATE),
+        reward_row(summed.event_id, 0.5, ts=received),
+        reward_row(summed.event_id, 0.25, ts=received, repeat_status=records.SUMMED),
+    ]
+    rows += [
+        reward_row(repeated.event_id, 0.5, ts=received),
+        reward_row(repeated.event_id, 1.0, ts=received, repeat_status=records.DUPLICATE),
     ]
     # no head learnt it (its inputs were past the bound), but it is the decision's outcome
     rows.append(
-        reward_row(rejected.event_id, 1.0, eligible=False, ineligible_status=records.REJECTED)
+        reward_row(
+            rejected.event_id,
+            1.0,
+            ts=received,
+            eligible=False,
+            ineligible_status=records.REJECTED,
+        )
     )
     with engine.begin() as conn:
         write_events(conn, rows)
-    got = traffic_outcomes(engine, "m", "7", since)["candidate"]
-    values = [0.25, 0.75, 0.5, 1.0]
-    assert (got.decisions, got.rewarded) == (4, 4)
-    assert got.reward_sum == pytest.approx(sum(values))
-    assert got.reward_sq_sum == pytest.approx(sum(v * v for v in values))
+    for rule, summed_value, repeated_value in (("first_wins", 0.5, 0.5), ("sum", 0.75, 1.5)):
+        rules = dataclasses.replace(RULES, duplicate_rule=rule)  # type: ignore[arg-type]
+        got = traffic_outcomes(engine, "m", "7", since, rules, now=now)["candidate"]
+        values = [0.25, summed_value, repeated_value, 1.0]
+        assert (got.served, got.counted, got.rewarded) == (4, 4, 4), rule
+        assert got.total == pytest.approx(sum(values)), rule
+        assert got.total_sq == pytest.approx(sum(v * v for v in values)), rule

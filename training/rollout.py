@@ -9,15 +9,17 @@ start`` starts one by hand. The state lives in the event store
 (:mod:`eventstore.rollouts`), where every service replica reads the share at its poll.
 
 Each step of a running rollout reads the online outcome per traffic arm since the start
-(:func:`eventstore.rollouts.traffic_outcomes`) and runs the always-valid sequential test
+(:func:`eventstore.rollouts.traffic_outcomes`: each decision whose reward window has
+closed, with its reward under the reward rules, ``default_reward`` for none — what the
+retrain learns and the monitor shows) and runs the always-valid sequential test
 (:func:`bandit_core.sequential.sequential_test`) on it — looking at every step does not
 inflate its error rate:
 
 * **rollback** as soon as the candidate is worse than production by more than
   ``rollout_margin`` with confidence ``1 − rollout_alpha`` (both arms having at least
-  ``rollout_min_samples`` rewards): the staging alias leaves the version;
+  ``rollout_min_samples`` outcomes): the staging alias leaves the version;
 * **advance** to the next stage when the candidate is better with that confidence and the
-  stage has run ``rollout_min_stage_s`` with ``rollout_min_samples`` candidate rewards; on
+  stage has run ``rollout_min_stage_s`` with ``rollout_min_samples`` candidate outcomes; on
   the last stage (100 %) that is **promote**: the production alias moves to the candidate
   (:meth:`modelregistry.registry.ModelRegistry.promote`);
 * **expire** when neither happened within ``rollout_max_duration_s``: the staging alias
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from bandit_core.sequential import ArmCounts, SequentialResult, sequential_test
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
+from eventstore.outcomes import RewardRules
 from eventstore.rollouts import (
     CANDIDATE,
     PRODUCTION,
@@ -307,11 +310,12 @@ def _step(
         why = f"@{settings.candidate_alias} was {where}: the rollout of {rollout.version} stops"
         return _record(engine, registry, rollout, "stop", why, None, now)
 
-    arms = traffic_outcomes(engine, name, rollout.version, rollout.started_at)
+    rules = RewardRules.of(settings)
+    arms = traffic_outcomes(engine, name, rollout.version, rollout.started_at, rules, now=now)
     cand, prod = arms[CANDIDATE], arms[PRODUCTION]
     result = sequential_test(
-        ArmCounts(cand.rewarded, cand.reward_sum, cand.reward_sq_sum),
-        ArmCounts(prod.rewarded, prod.reward_sum, prod.reward_sq_sum),
+        ArmCounts(cand.counted, cand.total, cand.total_sq),
+        ArmCounts(prod.counted, prod.total, prod.total_sq),
         alpha=settings.rollout_alpha,
         margin=settings.rollout_margin,
         reward_range=(settings.reward_min, settings.reward_max),
@@ -322,7 +326,7 @@ def _step(
     min_n = settings.rollout_min_samples
     stages = settings.rollout_stages
     stage = f"stage {rollout.stage_index + 1}/{len(stages)} ({rollout.share:.0%})"
-    enough = cand.rewarded >= min_n and prod.rewarded >= min_n
+    enough = cand.counted >= min_n and prod.counted >= min_n
 
     if enough and result.decision == "rollback":
         why = (
@@ -335,10 +339,12 @@ def _step(
         )
         return out
 
-    on_stage = traffic_outcomes(engine, name, rollout.version, rollout.stage_started_at)[CANDIDATE]
+    on_stage = traffic_outcomes(
+        engine, name, rollout.version, rollout.stage_started_at, rules, now=now
+    )[CANDIDATE]
     waited = now - rollout.stage_started_at
     stage_ready = (
-        waited >= timedelta(seconds=settings.rollout_min_stage_s) and on_stage.rewarded >= min_n
+        waited >= timedelta(seconds=settings.rollout_min_stage_s) and on_stage.counted >= min_n
     )
     if enough and result.decision == "advance" and stage_ready:
         if rollout.stage_index + 1 < len(stages):
@@ -370,7 +376,7 @@ def _step(
     waiting = []
     if not enough:
         waiting.append(
-            f"{min_n} rewards per arm (candidate {cand.rewarded}, production {prod.rewarded})"
+            f"{min_n} outcomes per arm (candidate {cand.counted}, production {prod.counted})"
         )
     elif result.decision == "hold":
         waiting.append("a confident difference")
@@ -378,8 +384,8 @@ def _step(
         waiting.append(
             f"{settings.rollout_min_stage_s:g} s on the stage ({waited.total_seconds():.0f} s)"
         )
-    if on_stage.rewarded < min_n:
-        waiting.append(f"{min_n} candidate rewards on the stage ({on_stage.rewarded})")
+    if on_stage.counted < min_n:
+        waiting.append(f"{min_n} candidate outcomes on the stage ({on_stage.counted})")
     why = f"hold at {stage}: waiting for {'; '.join(waiting) or 'the next step'}; {numbers}"
     return _record(engine, registry, rollout, "hold", why, readout, now)
 

@@ -116,8 +116,8 @@ class PipelineSettings(CoreSettings):
     rollout_min_stage_s : float
         Shortest time on a stage before it may advance (a rollback needs no wait).
     rollout_min_samples : int
-        Fewest rewarded candidate decisions on a stage before it may advance, and fewest
-        per arm since the start before any decision.
+        Fewest candidate outcomes (decisions whose reward window has closed) on a stage
+        before it may advance, and fewest per arm since the start before any decision.
     rollout_max_duration_s : float
         A rollout still undecided this long after its start expires: the candidate
         leaves the staging alias and production stays.
@@ -127,7 +127,7 @@ class PipelineSettings(CoreSettings):
     rollout_alpha : float in (0, 1)
         Error level of the always-valid sequential test (:mod:`bandit_core.sequential`).
     rollout_design_n : int
-        Rewards per arm at which the test's interval is tightest.
+        Outcomes per arm at which the test's interval is tightest.
     rollout_auto_start : bool
         The controller starts a rollout of a new ``@staging`` version (the gate's) by
         itself; off: only ``banditops rollout start``.

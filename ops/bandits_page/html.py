@@ -184,6 +184,7 @@ def rollout_html(data: Mapping[str, Any]) -> str:
             escape(arm),
             f'<span class="num">{_num(o["mean"])}</span>',
             _ci(o["ci"]),
+            f'<span class="num">{o["counted"]}</span>',
             f'<span class="num">{o["rewarded"]}</span>',
             f'<span class="num">{o["served"]}</span>',
         ]
@@ -193,7 +194,14 @@ def rollout_html(data: Mapping[str, Any]) -> str:
         parts.append(
             _table(
                 "rollout-outcomes",
-                ["traffic arm", "online reward", "95% interval", "rewarded", "decisions"],
+                [
+                    "traffic arm",
+                    "online reward",
+                    "95% interval",
+                    "counted",
+                    "rewarded",
+                    "decisions",
+                ],
                 arm_rows,
             )
         )

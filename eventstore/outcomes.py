@@ -1,0 +1,188 @@
+"""A decision's online outcome under the reward rules, for the monitor and the rollout
+controller alike.
+
+The reward of a decision follows the replay's rules (:mod:`eventstore.replay`, what the
+retrain learns from): a reward counts when it is received within ``reward_window`` of its
+decision; of several rewards the first (lowest ordinal) wins or they are summed
+(``duplicate_rule``); a decision whose window closed without a reward gets
+``default_reward`` (``missing_reward="default"``) or is left out (``"drop"``); a decision
+whose window is still open is not counted yet (counting only those rewarded so far would
+favour the arm whose decisions are newer); a reward naming a slate position other than 0
+belongs to that position's item and is not the decision's. Plain SQL aggregates plus one
+pass over the rewarded decisions; the same queries run on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import Engine, func, or_, select
+
+from eventstore.replay import combined_reward, in_reward_window
+from eventstore.schema import decisions, rewards
+
+if TYPE_CHECKING:
+    from eventstore.settings import CoreSettings
+
+#: Two-sided 95 % normal quantile of the intervals of online means.
+Z95 = 1.959963984540054
+#: The ``model_version`` label of decisions served by the fallback policy.
+FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class RewardRules:
+    """How a decision's reward is read (the core settings' reward rules)."""
+
+    reward_window: timedelta
+    duplicate_rule: Literal["first_wins", "sum"] = "first_wins"
+    missing_reward: Literal["default", "drop"] = "default"
+    default_reward: float = 0.0
+
+    @classmethod
+    def of(cls, settings: CoreSettings) -> RewardRules:
+        """The rules ``settings`` set (the ones the replay and the service read)."""
+        return cls(
+            reward_window=timedelta(seconds=settings.reward_window_s),
+            duplicate_rule=settings.duplicate_rule,
+            missing_reward=settings.missing_reward,
+            default_reward=settings.default_reward,
+        )
+
+
+@dataclass
+class OnlineMean:
+    """Running mean of the rewards of one group of decisions, with a normal 95 % interval.
+
+    ``served`` counts every decision of the group, ``counted`` those whose reward counts
+    (window closed; under ``"drop"`` only the rewarded ones), ``rewarded`` those that got
+    a reward in their window.
+    """
+
+    served: int = 0
+    counted: int = 0
+    rewarded: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.counted if self.counted else None
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """``mean ± 1.96 · s / √n`` (None below two counted decisions)."""
+        mean = self.mean
+        if mean is None or self.counted < 2:
+            return None
+        var = max(self.total_sq / self.counted - mean * mean, 0.0) * self.counted
+        half = Z95 * math.sqrt(var / (self.counted - 1) / self.counted)
+        return mean - half, mean + half
+
+    def __add__(self, other: OnlineMean) -> OnlineMean:
+        """The outcome of both groups together."""
+        return OnlineMean(
+            self.served + other.served,
+            self.counted + other.counted,
+            self.rewarded + other.rewarded,
+            self.total + other.total,
+            self.total_sq + other.total_sq,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        ci = self.interval
+        return {
+            "served": self.served,
+            "counted": self.counted,
+            "rewarded": self.rewarded,
+            "mean": self.mean,
+            "ci": None if ci is None else [ci[0], ci[1]],
+        }
+
+
+def version_label(model_version: str | None) -> str:
+    """The group of a decision's ``model_version`` (``name/version``), or ``fallback``."""
+    return FALLBACK if model_version is None else model_version
+
+
+def _key_part(column: str, value: Any) -> str:
+    if column == "model_version":
+        return version_label(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def online_outcomes(
+    engine: Engine,
+    rules: RewardRules,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    now: datetime | None = None,
+    by: tuple[str, ...] = ("model_version",),
+) -> dict[tuple[str, ...], OnlineMean]:
+    """Online reward of the decisions created since ``since`` (default: all) and before
+    ``until`` (default: any time), as of ``now``, grouped by the ``decisions`` columns
+    ``by`` (``model_version`` → :func:`version_label`, other columns as stored, e.g.
+    ``traffic``; booleans as ``"true"`` / ``"false"``).
+
+    Returns
+    -------
+    dict
+        Group key (one string per column of ``by``) → :class:`OnlineMean`.
+    """
+    for name in by:
+        if name not in decisions.c:
+            raise ValueError(f"by must name decisions columns; got {name!r}.")
+    now = datetime.now(UTC) if now is None else now
+    if any(t is not None and t.tzinfo is None for t in (now, since, until)):
+        raise ValueError("since, until and now must be timezone-aware datetimes.")
+    closed_before = now - rules.reward_window
+    d, r = decisions.c, rewards.c
+    keys = [d[name] for name in by]
+    where = [] if since is None else [d.created_at >= since]
+    if until is not None:
+        where.append(d.created_at < until)
+    groups: dict[tuple[str, ...], OnlineMean] = defaultdict(OnlineMean)
+
+    def key_of(row: Any) -> tuple[str, ...]:
+        return tuple(_key_part(n, v) for n, v in zip(by, row[: len(by)], strict=True))
+
+    served = select(*keys, func.count()).where(*where).group_by(*keys)
+    closed = select(*keys, func.count()).where(*where, d.created_at < closed_before).group_by(*keys)
+    position = or_(r.position.is_(None), r.position == 0)
+    rewarded = (
+        select(*keys, d.event_id, d.created_at, r.value, r.received_at)
+        .join(rewards, r.event_id == d.event_id)
+        .where(*where, d.created_at < closed_before, position)
+        .order_by(d.event_id, r.ordinal)
+    )
+    values: dict[str, tuple[tuple[str, ...], list[float]]] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(served):
+            groups[key_of(row)].served = int(row[-1])
+        closed_counts = {key_of(row): int(row[-1]) for row in conn.execute(closed)}
+        for row in conn.execute(rewarded):
+            if in_reward_window(row.received_at, row.created_at, rules.reward_window):
+                values.setdefault(row.event_id, (key_of(row), []))[1].append(float(row.value))
+    for key, rs in values.values():
+        value = combined_reward(rs, rules.duplicate_rule)
+        group = groups[key]
+        group.rewarded += 1
+        group.total += value
+        group.total_sq += value * value
+    for key, n_closed in closed_counts.items():
+        group = groups[key]
+        if rules.missing_reward == "default":
+            missing = n_closed - group.rewarded
+            group.counted = n_closed
+            group.total += missing * rules.default_reward
+            group.total_sq += missing * rules.default_reward**2
+        else:
+            group.counted = group.rewarded
+    return dict(groups)
