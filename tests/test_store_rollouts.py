@@ -221,3 +221,22 @@ def test_the_outcome_of_a_decision_is_its_replay_reward(
         assert (got.served, got.counted, got.rewarded) == (4, 4, 4), rule
         assert got.total == pytest.approx(sum(values)), rule
         assert got.total_sq == pytest.approx(sum(v * v for v in values)), rule
+
+
+def test_a_rollout_that_could_only_expire_is_refused_naming_the_settings(
+    tmp_path: Any,
+) -> None:
+    """Each stage waits for its decisions' reward windows: a maximum duration shorter than
+    a window per stage would expire every rollout, whatever the candidate."""
+    from pydantic import ValidationError
+
+    from training.settings import PipelineSettings
+
+    with pytest.raises(ValidationError, match="rollout_max_duration_s must exceed 345600 s"):
+        PipelineSettings(
+            workspace=tmp_path, reward_window_s=86_400.0, rollout_max_duration_s=3 * 86_400.0
+        )
+    ok = PipelineSettings(
+        workspace=tmp_path, reward_window_s=600.0, rollout_max_duration_s=3 * 86_400.0
+    )
+    assert ok.rollout_max_duration_s == 3 * 86_400.0

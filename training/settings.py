@@ -120,7 +120,9 @@ class PipelineSettings(CoreSettings):
         before it may advance, and fewest per arm since the start before any decision.
     rollout_max_duration_s : float
         A rollout still undecided this long after its start expires: the candidate
-        leaves the staging alias and production stays.
+        leaves the staging alias and production stays. It must exceed the number of
+        stages × max(``reward_window_s``, ``rollout_min_stage_s``): a stage counts only
+        the decisions whose reward window has closed.
     rollout_margin : float
         Roll back when the candidate is worse than production by more than this (reward
         units) with confidence ``1 − rollout_alpha``.
@@ -248,6 +250,20 @@ class PipelineSettings(CoreSettings):
                 f"got {value!r}."
             )
         return [float(v) for v in value]
+
+    @model_validator(mode="after")
+    def _rollout_can_promote(self) -> Self:
+        # a stage advances once its decisions' reward windows have closed (and it ran
+        # rollout_min_stage_s): a rollout shorter than that for every stage only expires
+        floor = len(self.rollout_stages) * max(self.reward_window_s, self.rollout_min_stage_s)
+        if self.rollout_max_duration_s <= floor:
+            raise ValueError(
+                f"rollout_max_duration_s must exceed {floor:g} s, the least time a rollout "
+                f"needs to pass its {len(self.rollout_stages)} stages (each waits for "
+                "max(reward_window_s, rollout_min_stage_s): a stage counts the decisions "
+                f"whose reward window has closed); got {self.rollout_max_duration_s:g}."
+            )
+        return self
 
     @model_validator(mode="after")
     def _drift_levels(self) -> Self:
