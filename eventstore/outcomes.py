@@ -7,20 +7,23 @@ decision; of several rewards the first (lowest ordinal) wins or they are summed
 (``duplicate_rule``); a decision whose window closed without a reward gets
 ``default_reward`` (``missing_reward="default"``) or is left out (``"drop"``); a decision
 whose window is still open is not counted yet (counting only those rewarded so far would
-favour the arm whose decisions are newer); a reward naming a slate position other than 0
-belongs to that position's item and is not the decision's. Plain SQL aggregates plus one
-pass over the rewarded decisions; the same queries run on SQLite and PostgreSQL.
+favour the arm whose decisions are newer). A slate's outcome is the mean of its shown
+positions' rewards, each position's read by the same rules (a position without one:
+``default_reward``, or left out under ``"drop"``) — per shown item, the value the offline
+evaluation estimates for slates (one logged row per shown item); a decision without a
+slate has one position. Plain SQL aggregates plus one pass over the rewarded decisions;
+the same queries run on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, func, select
 
 from eventstore.replay import combined_reward, in_reward_window
 from eventstore.schema import decisions, rewards
@@ -109,6 +112,25 @@ def version_label(model_version: str | None) -> str:
     return FALLBACK if model_version is None else model_version
 
 
+@dataclass
+class _Rewarded:
+    """A closed decision with a reward in its window: its group, how many positions it
+    showed (1 without a slate), and each position's rewards in the window, in order."""
+
+    key: tuple[str, ...]
+    shown: int
+    at: dict[int, list[float]] = field(default_factory=dict)
+
+    def outcome(self, rules: RewardRules) -> float:
+        """The mean of its positions' rewards: each the first or the sum of its own
+        (``duplicate_rule``); a position without one counts ``default_reward``
+        (``"drop"``: is left out)."""
+        values = [combined_reward(v, rules.duplicate_rule) for v in self.at.values()]
+        if rules.missing_reward == "default":
+            values += [rules.default_reward] * (self.shown - len(self.at))
+        return float(sum(values) / len(values))
+
+
 def _key_part(column: str, value: Any) -> str:
     if column == "model_version":
         return version_label(value)
@@ -155,24 +177,35 @@ def online_outcomes(
 
     served = select(*keys, func.count()).where(*where).group_by(*keys)
     closed = select(*keys, func.count()).where(*where, d.created_at < closed_before).group_by(*keys)
-    position = or_(r.position.is_(None), r.position == 0)
     rewarded = (
-        select(*keys, d.event_id, d.created_at, r.value, r.received_at)
+        select(
+            *keys,
+            d.event_id,
+            d.created_at,
+            d.ranking,
+            func.coalesce(r.position, 0).label("at"),
+            r.value,
+            r.received_at,
+        )
         .join(rewards, r.event_id == d.event_id)
-        .where(*where, d.created_at < closed_before, position)
+        .where(*where, d.created_at < closed_before)
         .order_by(d.event_id, r.ordinal)
     )
-    values: dict[str, tuple[tuple[str, ...], list[float]]] = {}
+    found: dict[str, _Rewarded] = {}
     with engine.connect() as conn:
         for row in conn.execute(served):
             groups[key_of(row)].served = int(row[-1])
         closed_counts = {key_of(row): int(row[-1]) for row in conn.execute(closed)}
         for row in conn.execute(rewarded):
+            shown = 1 if row.ranking is None else len(row.ranking)
+            if int(row.at) >= shown:  # not a position this decision showed
+                continue
             if in_reward_window(row.received_at, row.created_at, rules.reward_window):
-                values.setdefault(row.event_id, (key_of(row), []))[1].append(float(row.value))
-    for key, rs in values.values():
-        value = combined_reward(rs, rules.duplicate_rule)
-        group = groups[key]
+                event = found.setdefault(row.event_id, _Rewarded(key_of(row), shown))
+                event.at.setdefault(int(row.at), []).append(float(row.value))
+    for event in found.values():
+        value = event.outcome(rules)
+        group = groups[event.key]
         group.rewarded += 1
         group.total += value
         group.total_sq += value * value

@@ -16,9 +16,10 @@ The tables are :class:`eventstore.schema.RolloutRow` (``rollouts``) and
 * :func:`traffic_outcomes` is what the controller decides on: per traffic arm, the
   decisions since the rollout started whose reward window has closed, each with its
   reward as the replay reads it for training and the monitor for its online means
-  (:mod:`eventstore.outcomes`): the reward of slate position 0 received in the window —
-  the first under the first-wins rule, the sum under the sum rule — or, without one,
-  ``default_reward`` (left out under ``missing_reward="drop"``). A reward no head learnt
+  (:mod:`eventstore.outcomes`): the reward received in the window — the first under the
+  first-wins rule, the sum under the sum rule — or, without one, ``default_reward``
+  (left out under ``missing_reward="drop"``); a slate's, the mean over its shown
+  positions of each position's so read. A reward no head learnt
   (``rejected``, ``arm_limit``, ``not_served``…) is still the decision's outcome; a
   decision whose window is still open is not counted yet.
 

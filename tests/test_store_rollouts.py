@@ -240,3 +240,38 @@ def test_a_rollout_that_could_only_expire_is_refused_naming_the_settings(
         workspace=tmp_path, reward_window_s=600.0, rollout_max_duration_s=3 * 86_400.0
     )
     assert ok.rollout_max_duration_s == 3 * 86_400.0
+
+
+def test_a_slates_outcome_is_the_mean_of_its_positions_rewards(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """Per shown item, what the offline evaluation estimates for slates: each position's
+    reward by the rules, a position without one the default (left out under "drop")."""
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=1)
+    received = since + timedelta(seconds=1)
+
+    def slate() -> Any:
+        d = decision_row(rng, model_version="m/7", created_at=since, n=5)
+        return dataclasses.replace(
+            d, traffic="candidate", ranking=(3, 0, 4), position_propensities=(0.4, 0.3, 0.2)
+        )
+
+    top_and_last, middle_only = slate(), slate()
+    rows: list[Any] = [top_and_last, middle_only]
+    rows += [
+        reward_row(top_and_last.event_id, 0.25, ts=received),  # position 0
+        reward_row(top_and_last.event_id, 1.0, ts=received, position=2),
+        reward_row(top_and_last.event_id, 0.0, ts=received, position=2),  # a repeat
+        reward_row(top_and_last.event_id, 1.0, ts=received, position=5),  # not shown
+        reward_row(middle_only.event_id, 1.0, ts=received, position=1),
+    ]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+    got = traffic_outcomes(engine, "m", "7", since, RULES, now=now)["candidate"]
+    values = [(0.25 + 0.0 + 1.0) / 3, 1.0 / 3]
+    assert (got.counted, got.rewarded) == (2, 2)
+    assert (got.total, got.total_sq) == pytest.approx((sum(values), sum(v * v for v in values)))
+    drop = dataclasses.replace(RULES, missing_reward="drop")
+    dropped = traffic_outcomes(engine, "m", "7", since, drop, now=now)["candidate"]
+    assert dropped.total == pytest.approx((0.25 + 1.0) / 2 + 1.0)
