@@ -127,6 +127,30 @@ async def _run(arms: list[int], snapshots: int, seed: int) -> list[dict[str, Any
     return rows
 
 
+def _table(
+    title: str, rows: list[dict[str, Any]], ways: tuple[str, str], columns: tuple[str, ...]
+) -> Table:
+    """Per policy and arms: for each of the two ``ways`` the time, the p99 and the largest
+    lateness, under ``columns`` (an empty name leaves that figure out)."""
+    table = Table(title=title)
+    shown = [c for c in columns if c]
+    for col in ("policy", "arms", *shown):
+        table.add_column(col, justify="right")
+    for r in rows:
+        figures = []
+        for way in ways:
+            got = r[way]
+            figures += [
+                f"{got['copy_p50_ms']:.1f}",
+                f"{got['loop_late_p99_ms']:.2f}",
+                f"{got['loop_late_max_ms']:.2f}",
+            ]
+        table.add_row(
+            r["policy"], f"{r['arms']:,}", *(f for f, c in zip(figures, columns, strict=True) if c)
+        )
+    return table
+
+
 def run(arms: list[int], snapshots: int = 20, seed: int = 0) -> list[dict[str, Any]]:
     return asyncio.run(_run(arms, snapshots, seed))
 
@@ -139,43 +163,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     rows = run([int(a) for a in args.arms.split(",")], args.snapshots, args.seed)
-    table = Table(title=f"loop lateness (1 ms ticker) during {args.snapshots} snapshots")
-    for col in ("policy", "arms", "copy p50 ms", "ours late p99", "ours late max"):
-        table.add_column(col, justify="right")
-    for col in ("on-loop late p99", "on-loop late max"):
-        table.add_column(col, justify="right")
-    for r in rows:
-        ours, base = r["ours"], r["on_loop"]
-        table.add_row(
-            r["policy"],
-            f"{r['arms']:,}",
-            f"{ours['copy_p50_ms']:.1f}",
-            f"{ours['loop_late_p99_ms']:.2f}",
-            f"{ours['loop_late_max_ms']:.2f}",
-            f"{base['loop_late_p99_ms']:.2f}",
-            f"{base['loop_late_max_ms']:.2f}",
-        )
-    Console(width=120).print(table)
-    serial = Table(
-        title=f"loop lateness (1 ms ticker) while {args.snapshots} states are serialised"
+    copies = _table(
+        f"loop lateness (1 ms ticker) during {args.snapshots} snapshots",
+        rows,
+        ("ours", "on_loop"),
+        (
+            "copy p50 ms",
+            "ours late p99",
+            "ours late max",
+            "",
+            "on-loop late p99",
+            "on-loop late max",
+        ),
     )
-    for col in ("policy", "arms", "ours ms", "ours late p99", "ours late max"):
-        serial.add_column(col, justify="right")
-    for col in ("savez ms", "savez late p99", "savez late max"):
-        serial.add_column(col, justify="right")
-    for r in rows:
-        ours, base = r["serialise_ours"], r["serialise_savez"]
-        serial.add_row(
-            r["policy"],
-            f"{r['arms']:,}",
-            f"{ours['copy_p50_ms']:.1f}",
-            f"{ours['loop_late_p99_ms']:.2f}",
-            f"{ours['loop_late_max_ms']:.2f}",
-            f"{base['copy_p50_ms']:.1f}",
-            f"{base['loop_late_p99_ms']:.2f}",
-            f"{base['loop_late_max_ms']:.2f}",
-        )
-    Console(width=120).print(serial)
+    serialised = _table(
+        f"loop lateness (1 ms ticker) while {args.snapshots} states are serialised",
+        rows,
+        ("serialise_ours", "serialise_savez"),
+        (
+            "ours ms",
+            "ours late p99",
+            "ours late max",
+            "savez ms",
+            "savez late p99",
+            "savez late max",
+        ),
+    )
+    for table in (copies, serialised):
+        Console(width=120).print(table)
     if args.json is not None:
         args.json.write_text(json.dumps({"benchmark": "snapshot_copy", "rows": rows}, indent=2))
     return 0
