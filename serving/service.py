@@ -247,13 +247,15 @@ class DecisionService:
             rollout=self._running_rollout,
             max_arms=settings.max_arms,
         )
-        self._snapshot_writer = own_writer(engine)  # None: beside the events (SQLite)
+        # several workers or synced replicas rebuild from the store: no snapshots
+        snapshots = settings.workers == 1 and self.replicas is None
+        # None: the snapshots commit beside the events (SQLite), or there are none
+        self._snapshot_writer = own_writer(engine) if snapshots else None
         self.snapshots = Snapshotter(
             self._commit_snapshot,
             settings.snapshot_every_rewards,
             settings.snapshot_every_s,
-            # several workers or synced replicas rebuild from the store
-            enabled=settings.workers == 1 and self.replicas is None,
+            enabled=snapshots,
             gate=self.gate,
             part_bytes=settings.snapshot_part_bytes,
             keep=settings.snapshot_keep,
