@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -145,6 +145,15 @@ def read_workspace_file(settings_cls: type[BaseSettings], path: Path) -> dict[st
                 value = path.parent / Path(value).expanduser()
             values[name] = value
     return values
+
+
+def setting_problems(exc: ValidationError) -> list[str]:
+    """One ``field: what it expects`` line per problem of a settings ``ValidationError``
+    (what a command prints instead of a traceback)."""
+    return [
+        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+        for error in exc.errors()
+    ]
 
 
 class WorkspaceFileSource(PydanticBaseSettingsSource):

@@ -20,9 +20,11 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from bandit_core import make_policy
 from bandit_core.catalog import ALGORITHMS, CATALOG, policy_spec
@@ -36,7 +38,7 @@ from bandit_core.option_text import parse_overrides
 from bandit_core.policies.overlap import floor_of_policy
 from bandit_core.simulate import run_simulation
 from bandit_core.user_groups import simulated_users, user_group_key
-from eventstore.settings import WORKSPACE_ENV, workspace_file, workspace_of
+from eventstore.settings import WORKSPACE_ENV, setting_problems, workspace_file, workspace_of
 from ops import config_file
 from ops.airflow_cli import airflow_app
 from ops.config_reference import markdown, splice
@@ -44,7 +46,22 @@ from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
 from training.commands import evaluate, models, promote, rollback, rollout_app, train
 
+
+class _Commands(TyperGroup):
+    """The root command group: a bad ``BANDITOPS_*`` setting met by any command ends it
+    with each field and what it expects (exit 2), never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own click Context
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            for problem in setting_problems(exc):
+                console.print(f"[red]error:[/] {problem}")
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="banditops: contextual bandits with exact propensities, from simulation to serving.",
     no_args_is_help=True,
     add_completion=False,

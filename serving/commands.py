@@ -134,15 +134,15 @@ def serve(
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="banditops-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from eventstore.settings import setting_problems
     from serving.settings import Settings
 
     try:
         settings = Settings()
         settings.check_auth()
     except ValidationError as exc:  # a bad setting: name it, no traceback
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
-            console.print(f"[red]error:[/] {field}: {error['msg']}")
+        for problem in setting_problems(exc):
+            console.print(f"[red]error:[/] {problem}")
         raise typer.Exit(2) from None
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -59,6 +59,33 @@ def test_a_store_without_tables_is_named_with_the_fix(
     assert "has no banditops tables" in output and "banditops db upgrade" in output, output
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (("rollout", "status"), {"BANDITOPS_ROLLOUT_MARGIN": "-1"}, "rollout_margin"),
+        (
+            ("rollout", "step"),
+            {"BANDITOPS_REWARD_WINDOW_S": "86400", "BANDITOPS_ROLLOUT_MAX_DURATION_S": "1e5"},
+            "rollout_max_duration_s must exceed 345600 s",
+        ),
+        (("train", "--run-key", "k"), {"BANDITOPS_DEFAULT_REWARD": "1e400"}, "default_reward"),
+        (("rollout", "status"), {"BANDITOPS_ROLLOUT_STAGES": "[0.5, 0.2]"}, "rollout_stages"),
+    ],
+)
+def test_a_bad_setting_is_named_by_any_command_without_a_traceback(
+    workspace: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, output = _run(*args)
+    assert code == 2 and output.startswith("error:") and named in output, output
+    assert "Traceback" not in output
+
+
 def test_the_replay_read_checks_the_schema(workspace: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
