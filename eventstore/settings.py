@@ -18,6 +18,7 @@ import os
 import tomllib
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
@@ -145,6 +146,44 @@ def read_workspace_file(settings_cls: type[BaseSettings], path: Path) -> dict[st
                 value = path.parent / Path(value).expanduser()
             values[name] = value
     return values
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The numeric bounds a settings field declares (``Field(ge=…, lt=…)``): the one place
+    they are written; the configuration reference and the retrain form read them here."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    @classmethod
+    def of(cls, info: FieldInfo) -> Bounds:
+        found = {
+            key: value
+            for item in info.metadata
+            for key in ("ge", "gt", "le", "lt")
+            if (value := getattr(item, key, None)) is not None
+        }
+        return cls(**found)
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.ge, self.gt, self.le, self.lt))
+
+    def text(self) -> str:
+        """``in [0, 1)``, ``≥ 1``, ``> 0``… (empty without bounds)."""
+        low = self.ge if self.ge is not None else self.gt
+        high = self.le if self.le is not None else self.lt
+        if low is not None and high is not None:
+            left = "[" if self.ge is not None else "("
+            right = "]" if self.le is not None else ")"
+            return f"in {left}{low:g}, {high:g}{right}"
+        if low is not None:
+            return f"{'≥' if self.ge is not None else '>'} {low:g}"
+        if high is not None:
+            return f"{'≤' if self.le is not None else '<'} {high:g}"
+        return ""
 
 
 def setting_problems(exc: ValidationError) -> list[str]:

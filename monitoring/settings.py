@@ -50,15 +50,15 @@ class MonitorSettings(CoreSettings):
     feature_drift_max : float
         Alert when a feature's drift against the production model's training window
         exceeds this (PSI 0.25 marks a major shift).
-    entropy_min_ratio : float in (0, 1]
+    entropy_min_ratio : float
         Alert when the selection entropy falls below this share of its maximum.
-    coverage_min_ratio : float in (0, 1]
+    coverage_min_ratio : float
         Alert when an arm gets fewer choices than this share of its uniform share.
-    propensity_floor : float in (0, 1)
+    propensity_floor : float
         Logged propensities below this are floor violations.
-    propensity_violation_max : float in [0, 1]
+    propensity_violation_max : float
         Alert when the share of violations exceeds this.
-    fallback_rate_max : float in [0, 1]
+    fallback_rate_max : float
         Alert when the share of decisions served by the fallback exceeds this.
     service_url : str or None
         Base URL of the decision service (``http://host:port``); the monitor reads served
@@ -72,10 +72,10 @@ class MonitorSettings(CoreSettings):
     retrain_drift_cooldown_h : float
         At most one drift-triggered retrain per this many hours (a drift persists until a
         retrained version is promoted; the monitor runs hourly).
-    explored_share_min : float in [0, 1]
+    explored_share_min : float
         Alert when the share of the model's decisions (fallback aside) that explored (the
         chosen arm is not the one with the highest posterior mean) falls below this.
-    model_error_share_max : float in [0, 1]
+    model_error_share_max : float
         Alert when the share of decisions whose model raised, returned non-finite scores
         or missed the decision deadline (the fallback decided instead; read from the
         service's ``/metrics``) exceeds this.

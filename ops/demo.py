@@ -356,6 +356,7 @@ def worse_candidate(ws: Workspace, start: datetime, end: datetime, seed: int) ->
         algorithm=settings.retrain_algorithm,
         options=dict(settings.retrain_policy_options),
         seed=seed,
+        min_rows=settings.retrain_min_rows,
     )
     trained = train(inverted, config, out / "train", whole_window=True)
     registry = ModelRegistry(ws.tracking_uri, MODEL_NAME)

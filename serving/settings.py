@@ -30,7 +30,7 @@ class Settings(CoreSettings):
     model_path, candidate_model_path : Path or None
         Local policy state files (``bandit_core.save_policy``) for the production model
         and for the rollout candidate. Used when no MLflow tracking URI is set.
-    candidate_share : float in [0, 1]
+    candidate_share : float
         Share of traffic, by hashed user id, served by the candidate version when no
         staged rollout runs. While one runs (``banditops rollout status``), its stage's
         share and version, read from the event store at every model poll, win.
@@ -39,7 +39,7 @@ class Settings(CoreSettings):
     fallback_policy : {"uniform", "epsilon_greedy"}
         What serves when no model is ready or a model errors: uniform over the candidates,
         or ε-greedy around the caller's order (the first candidate is the default).
-    fallback_epsilon : float in [0, 1]
+    fallback_epsilon : float
         Exploration share of the ε-greedy fallback.
     api_token : SecretStr or None
         Bearer token of the reward, catalog-write and admin endpoints (must not be empty).

@@ -152,3 +152,26 @@ def test_every_command_lists_its_summary_on_one_line() -> None:
             assert re.sub(r"\s+", " ", first).replace("``", "`") == info.short_help
             seen += 1
     assert seen >= 20
+
+
+def test_evaluate_gates_by_every_retrain_gate_setting(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``banditops evaluate`` builds the retrain's gate rule from the settings, support
+    check included (one builder: ``PipelineSettings.gate_rule``)."""
+    from benchmarks.scale import synthetic_replay
+    from training.settings import PipelineSettings
+    from training.train import TrainConfig, train
+
+    replay = synthetic_replay(workspace / "replay.parquet", 400, seed=2)
+    trained = train(replay, TrainConfig(algorithm="linucb"), workspace / "train")
+    # 1/6 logging propensities: under a threshold of 0.2 every action is unsupported
+    monkeypatch.setenv("BANDITOPS_RETRAIN_SUPPORT_THRESHOLD", "0.2")
+    monkeypatch.setenv("BANDITOPS_RETRAIN_MAX_UNSUPPORTED", "0.5")
+    monkeypatch.setenv("BANDITOPS_RETRAIN_MIN_ESS", "7")
+    rule = PipelineSettings().gate_rule()
+    assert (rule.support_threshold, rule.max_unsupported, rule.min_ess) == (0.2, 0.5, 7.0)
+    code, out = _run("evaluate", trained.state_path, str(replay), "--resamples", "50")
+    text = " ".join(out.split())
+    assert code == 0 and "gate: reject" in text, out
+    assert "propensity below 0.2 (> the limit 50%)" in text and "minimum 7" in text

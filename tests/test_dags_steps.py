@@ -87,6 +87,28 @@ def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> 
     )
 
 
+def test_the_form_s_min_rows_is_the_trainer_s_floor_on_the_window(
+    settings: PipelineSettings, tmp_path: Path
+) -> None:
+    """One number: the rows the data validation asks of the window are what the trainer
+    asks (of the window's decisions, not of its training part)."""
+    from benchmarks.scale import synthetic_replay
+    from training.train import train
+
+    spec = runspec.plan({"min_rows": 60}, run_key="manual-2", interval_end=END, settings=settings)
+    assert spec.train_config().min_rows == 60
+    replay = synthetic_replay(tmp_path / "replay.parquet", 60, seed=1)
+    trained = train(replay, spec.train_config(), tmp_path / "ok")  # 48 training rows
+    assert (trained.n_train, trained.n_holdout) == (48, 12)
+    strict = runspec.plan({"min_rows": 61}, run_key="manual-3", interval_end=END, settings=settings)
+    with pytest.raises(ValueError, match="the replay window has 60 decisions; min_rows is 61"):
+        train(replay, strict.train_config(), tmp_path / "short")
+    with pytest.raises(ValueError, match="unknown fields \\['min_rows'\\]"):
+        runspec.RunSpec.from_dict(
+            {**spec.to_dict(), "train": {**spec.train, "min_rows": 5}}
+        ).train_config()
+
+
 @pytest.mark.parametrize(
     ("params", "message"),
     [

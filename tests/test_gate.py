@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from bandit_core import make_policy, save_policy
+from bandit_core.support import MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
 from training.evaluate import evaluate
 from validation.gate import GateRule, decide, unsupported_mass
 from validation.ope import Estimate, OPEReport
@@ -57,7 +58,15 @@ def test_rejects_when_the_effective_sample_size_is_too_small() -> None:
     assert not decision.promote
     failing = [c for c in decision.checks if not c.passed]
     assert [c.name for c in failing] == ["effective_sample_size"]
-    assert "effective sample size of the candidate 40.0 < minimum 100" in decision.reasons[0]
+    assert "effective sample size of the candidate 40.0 < minimum 50" in decision.reasons[0]
+
+
+def test_the_default_rule_is_the_retrain_settings_rule() -> None:
+    """One set of defaults (``bandit_core.support``): the library's rule, the settings'
+    and a run spec's agree."""
+    from training.settings import PipelineSettings
+
+    assert GateRule() == PipelineSettings().gate_rule()
 
 
 def test_configurable_estimator() -> None:
@@ -88,10 +97,10 @@ def test_decision_serialises() -> None:
     assert d["promote"] is True and d["candidate"] == "cand" and d["production"] == "prod"
     assert d["rule"] == {
         "estimator": "dr",
-        "tolerance": 0.0,
-        "min_ess": 100.0,
-        "support_threshold": 0.01,
-        "max_unsupported": 0.2,
+        "tolerance": TOLERANCE,
+        "min_ess": MIN_ESS,
+        "support_threshold": SUPPORT_THRESHOLD,
+        "max_unsupported": MAX_UNSUPPORTED,
     }
     assert [c["name"] for c in d["checks"]] == ["lower_bound", "effective_sample_size"]
 

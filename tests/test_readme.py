@@ -69,6 +69,44 @@ def test_a_field_without_description_is_refused() -> None:
     assert docs == {"alpha": ("float", "Documented.")}
 
 
+def test_bounds_come_from_the_field_never_the_docstring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference prints a field's own bounds; a docstring that writes a range (which
+    drifted from the Field before) is refused."""
+    from pydantic import Field
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    from ops import config_reference
+
+    class Bounded(BaseSettings):
+        """Example.
+
+        Attributes
+        ----------
+        share : float
+            A share.
+        """
+
+        model_config = SettingsConfigDict(env_prefix="X_")
+        share: float = Field(0.5, ge=0.0, lt=1.0)
+
+    class Written(Bounded):
+        """Example.
+
+        Attributes
+        ----------
+        cap : float in [0, 1]
+            A cap.
+        """
+
+        cap: float = Field(0.5, gt=0.0, le=1.0)
+
+    monkeypatch.setattr(config_reference, "SETTINGS_CLASSES", ((Bounded, "x"),))
+    assert [r.description for r in config_reference.reference()] == ["(float in [0, 1)) A share."]
+    monkeypatch.setattr(config_reference, "SETTINGS_CLASSES", ((Bounded, "x"), (Written, "x")))
+    with pytest.raises(ValueError, match=r"docstring writes their bounds.*Written.cap"):
+        config_reference.reference()
+
+
 # ---------------------------------------------------------------------- commands
 def _command_paths(text: str) -> list[list[str]]:
     """Word sequences naming ``banditops`` commands in the README's shell blocks."""

@@ -14,6 +14,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bandit_core import load_policy
@@ -322,3 +323,12 @@ def test_the_plan_cuts_the_training_rows_only_when_asked(replay: Path, tmp_path:
     assert shards.plan(ensemble, info, "train") == []
     with pytest.raises(ValueError, match="part must be"):
         shards.plan(spec, info, "test")
+    # a window with one slate: single-node training learns each shown position, the
+    # shards one row per decision — so no shards
+    frame = pd.read_parquet(replay)
+    frame["ranking"] = [None] * len(frame)
+    frame.at[7, "ranking"] = [0, 1]
+    with_slate = tmp_path / "slate.parquet"
+    frame.to_parquet(with_slate)
+    assert shards.holds_slates(with_slate) and not shards.holds_slates(replay)
+    assert shards.plan(spec, {**info, "path": str(with_slate)}, "train") == []

@@ -227,5 +227,6 @@ def candidate_configs(s: RunSpec) -> tuple[TrainConfig, TrainConfig | None]:
         options=overlap_options(neural_name, own, s.overlap),
         seed=linear.seed,
         holdout_fraction=linear.holdout_fraction,
+        min_rows=linear.min_rows,
     )
     return linear, neural

@@ -145,14 +145,15 @@ def evaluate(
     ] = None,
 ) -> None:
     """Off-policy evaluation of a candidate against production on a replay file, gated by
-    the retrain's rule (``BANDITOPS_RETRAIN_TOLERANCE``, ``BANDITOPS_RETRAIN_MIN_ESS``)."""
+    the retrain's rule (``BANDITOPS_RETRAIN_TOLERANCE``, ``…_MIN_ESS``,
+    ``…_SUPPORT_THRESHOLD``, ``…_MAX_UNSUPPORTED``)."""
     from training.evaluate import evaluate as run_evaluation
-    from validation.gate import GateRule
 
     settings = PipelineSettings()
     n_resamples = settings.retrain_n_resamples if resamples is None else resamples
-    rule = GateRule(tolerance=settings.retrain_tolerance, min_ess=settings.retrain_min_ess)
-    result = run_evaluation(candidate, production, replay, rule=rule, n_resamples=n_resamples)
+    result = run_evaluation(
+        candidate, production, replay, rule=settings.gate_rule(), n_resamples=n_resamples
+    )
     table = Table(title="off-policy estimates (95% bootstrap intervals)")
     for col in ("estimator", "candidate", "interval", "production", "interval", "ESS"):
         table.add_column(col, justify="right")

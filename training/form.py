@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
-from training.settings import ALGORITHMS, N_RESAMPLES_MIN, PipelineSettings
+from eventstore.settings import Bounds
+from training.settings import ALGORITHMS, PipelineSettings
 
 Kind = Literal["number", "integer", "boolean", "string", "date", "object"]
 
@@ -39,9 +40,10 @@ class FormField:
     default : object
         The default when ``setting`` is None (``None``: not set unless given).
     setting : str or None
-        The :class:`PipelineSettings` field that holds the default instead.
-    minimum, exclusive_minimum, exclusive_maximum : float or None
-        Bounds of a number or integer.
+        The :class:`PipelineSettings` field that holds the default instead; its
+        ``Field`` bounds are the form field's (declared there only).
+    minimum, exclusive_minimum, maximum, exclusive_maximum : float or None
+        Bounds of a number or integer without a ``setting``.
     choices : tuple of str
         The allowed values of a string.
     """
@@ -53,8 +55,27 @@ class FormField:
     setting: str | None = None
     minimum: float | None = None
     exclusive_minimum: float | None = None
+    maximum: float | None = None
     exclusive_maximum: float | None = None
     choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.setting is None:
+            return
+        own = (self.minimum, self.exclusive_minimum, self.maximum, self.exclusive_maximum)
+        if any(v is not None for v in own):
+            raise ValueError(
+                f"form field {self.name!r} takes its bounds from setting {self.setting!r}; "
+                "declare them on that Field only."
+            )
+        bounds = Bounds.of(PipelineSettings.model_fields[self.setting])
+        for name, value in (
+            ("minimum", bounds.ge),
+            ("exclusive_minimum", bounds.gt),
+            ("maximum", bounds.le),
+            ("exclusive_maximum", bounds.lt),
+        ):
+            object.__setattr__(self, name, value)
 
     @property
     def nullable(self) -> bool:
@@ -75,6 +96,7 @@ class FormField:
         for key, value in (
             ("minimum", self.minimum),
             ("exclusiveMinimum", self.exclusive_minimum),
+            ("maximum", self.maximum),
             ("exclusiveMaximum", self.exclusive_maximum),
         ):
             if value is not None:
@@ -104,6 +126,8 @@ class FormField:
             bounds.append(f"≥ {_num(self.minimum)}")
         if self.exclusive_minimum is not None:
             bounds.append(f"> {_num(self.exclusive_minimum)}")
+        if self.maximum is not None:
+            bounds.append(f"≤ {_num(self.maximum)}")
         if self.exclusive_maximum is not None:
             bounds.append(f"< {_num(self.exclusive_maximum)}")
         return " ".join([noun, " and ".join(bounds)]) if bounds else noun
@@ -141,10 +165,16 @@ class FormField:
             value = int(value)  # JSON forms send 3.0 for 3
         else:
             value = float(value)
-        low, above, below = self.minimum, self.exclusive_minimum, self.exclusive_maximum
+        low, above, high, below = (
+            self.minimum,
+            self.exclusive_minimum,
+            self.maximum,
+            self.exclusive_maximum,
+        )
         if (
             (low is not None and value < low)
             or (above is not None and value <= above)
+            or (high is not None and value > high)
             or (below is not None and value >= below)
         ):
             return None
@@ -162,7 +192,6 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "number",
         "Replay window: this many days back from the run's data interval end.",
         setting="retrain_window_days",
-        exclusive_minimum=0,
     ),
     FormField(
         "window_start", "date", "Explicit window start (UTC date, inclusive); needs window_end."
@@ -175,7 +204,6 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "integer",
         "Fewest replay rows the data validation accepts.",
         setting="retrain_min_rows",
-        minimum=1,
     ),
     FormField(
         "algorithm",
@@ -197,36 +225,30 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "integer",
         "Training epochs of neural policies.",
         setting="retrain_epochs",
-        minimum=1,
     ),
     FormField(
         "seed",
         "integer",
         "Seed of training and of the bootstrap.",
         setting="retrain_seed",
-        minimum=0,
     ),
     FormField(
         "tolerance",
         "number",
         "Allowed relative shortfall of the candidate's DR lower bound below production.",
         setting="retrain_tolerance",
-        minimum=0,
-        exclusive_maximum=1,
     ),
     FormField(
         "min_ess",
         "number",
         "Smallest effective sample size the gate accepts.",
         setting="retrain_min_ess",
-        minimum=0,
     ),
     FormField(
         "n_resamples",
         "integer",
         "Bootstrap resamples of the offline evaluation.",
         setting="retrain_n_resamples",
-        minimum=N_RESAMPLES_MIN,
     ),
     FormField(
         "auto_promote",
@@ -239,14 +261,12 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "integer",
         "Shards of the map-reduce head rebuild and offline evaluation (1: single node).",
         setting="retrain_shards",
-        minimum=1,
     ),
     FormField(
         "neural_min_rows",
         "integer",
         "Fewest window rows before a neural challenger joins an auto run.",
         setting="retrain_neural_min_rows",
-        minimum=1,
     ),
     FormField(
         "floor",
@@ -254,16 +274,12 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "Exploration floor: every candidate's probability under the trained policy is at "
         "least this (0: none).",
         setting="retrain_floor",
-        minimum=0,
-        exclusive_maximum=1,
     ),
     FormField(
         "deterministic_floor",
         "number",
         "The floor a deterministic policy (UCB) gets when floor is lower.",
         setting="retrain_deterministic_floor",
-        minimum=0,
-        exclusive_maximum=1,
     ),
     FormField(
         "segment_floors",
@@ -278,32 +294,24 @@ RETRAIN_FORM: tuple[FormField, ...] = (
         "number",
         "Extra probability of each candidate the trained model has not seen (0: none).",
         setting="retrain_cold_start_floor",
-        minimum=0,
-        exclusive_maximum=1,
     ),
     FormField(
         "exposure_cap",
         "number",
         "Most share of recent decisions one arm may take (0: no cap).",
         setting="retrain_exposure_cap",
-        minimum=0,
-        exclusive_maximum=1,
     ),
     FormField(
         "support_threshold",
         "number",
         "Gate: a logging propensity below this counts as no support.",
         setting="retrain_support_threshold",
-        minimum=0,
-        exclusive_maximum=1,
     ),
     FormField(
         "max_unsupported",
         "number",
         "Gate: most probability mass the candidate may put on unsupported actions.",
         setting="retrain_max_unsupported",
-        minimum=0,
-        exclusive_maximum=1,
     ),
 )
 

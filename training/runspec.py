@@ -186,13 +186,13 @@ class RunSpec:
         # lazy: the DAG files import this module at parse time (no torch there)
         from training.train import TrainConfig
 
-        known = {f.name for f in fields(TrainConfig)}
+        known = {f.name for f in fields(TrainConfig)} - {"min_rows"}
         unknown = sorted(set(self.train) - known)
         if unknown:
             raise ValueError(
                 f"train has unknown fields {unknown}; expected some of {sorted(known)}."
             )
-        return TrainConfig(**self.train)
+        return TrainConfig(**self.train, min_rows=self.min_rows)
 
     def gate_rule(self) -> Any:
         # lazy: parse-time module, as above

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Self
 from pydantic import Field, field_validator, model_validator
 
 from bandit_core.catalog import ALGORITHMS as POLICY_NAMES  # torch-free
-from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
+from bandit_core.support import MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
 from eventstore.settings import CoreSettings
 
 #: The retrain's ``algorithm`` that runs the champion–challenger comparison.
@@ -54,10 +54,10 @@ class PipelineSettings(CoreSettings):
     retrain_neural_min_rows : int
         Default of the form's ``neural_min_rows``: fewest window rows before a neural
         challenger joins an ``auto`` run.
-    retrain_floor : float in [0, 1]
+    retrain_floor : float
         Default of the form's ``floor``: every candidate's probability under the trained
         policy is at least this (0: none beyond ``retrain_deterministic_floor``).
-    retrain_deterministic_floor : float in [0, 1]
+    retrain_deterministic_floor : float
         Default of the form's ``deterministic_floor``: the floor a deterministic policy
         (UCB, an argmax) gets when ``floor`` is lower, so its logs keep overlap.
     retrain_segment_floors : dict
@@ -65,16 +65,16 @@ class PipelineSettings(CoreSettings):
         0.05}}``, the floor of each segment named by context feature ``i``'s value, or
         ``{"user_groups": n, "floors": {"group_3": 0.1}}``, the floor of each hashed user
         group among ``n`` (``int(user_hash[:16], 16) mod n``, as the monitor's segments).
-    retrain_cold_start_floor : float in [0, 1]
+    retrain_cold_start_floor : float
         Default of the form's ``cold_start_floor``: extra probability of each candidate
         the trained model has not seen (inline arms too); 0 turns it off.
-    retrain_exposure_cap : float in [0, 1]
+    retrain_exposure_cap : float
         Default of the form's ``exposure_cap``: most share of recent decisions one arm
         may take (0: no cap).
-    retrain_support_threshold : float in [0, 1]
+    retrain_support_threshold : float
         Default of the form's ``support_threshold``: a logging propensity below this
         counts as no support.
-    retrain_max_unsupported : float in [0, 1]
+    retrain_max_unsupported : float
         Default of the form's ``max_unsupported``: most probability mass the candidate
         may put on unsupported actions of the held-out window before the gate refuses.
     retrain_policy_options : dict
@@ -84,7 +84,7 @@ class PipelineSettings(CoreSettings):
         Default of the form's ``epochs``: training epochs of neural policies.
     retrain_seed : int
         Default of the form's ``seed``: seed of training and of the bootstrap.
-    retrain_tolerance : float in [0, 1)
+    retrain_tolerance : float
         Default of the form's ``tolerance``: allowed relative shortfall of the candidate's
         DR lower bound below production's estimate.
     retrain_min_ess : float
@@ -126,7 +126,7 @@ class PipelineSettings(CoreSettings):
     rollout_margin : float
         Roll back when the candidate is worse than production by more than this (reward
         units) with confidence ``1 − rollout_alpha``.
-    rollout_alpha : float in (0, 1)
+    rollout_alpha : float
         Error level of the always-valid sequential test (:mod:`bandit_core.sequential`).
     rollout_design_n : int
         Outcomes per arm at which the test's interval is tightest.
@@ -182,8 +182,8 @@ class PipelineSettings(CoreSettings):
     retrain_policy_options: dict[str, Any] = Field(default_factory=dict)
     retrain_epochs: int = Field(20, ge=1)
     retrain_seed: int = Field(0, ge=0)
-    retrain_tolerance: float = Field(0.0, ge=0.0, lt=1.0)
-    retrain_min_ess: float = Field(50.0, ge=0.0)
+    retrain_tolerance: float = Field(TOLERANCE, ge=0.0, lt=1.0)
+    retrain_min_ess: float = Field(MIN_ESS, ge=0.0)
     retrain_n_resamples: int = Field(300, ge=N_RESAMPLES_MIN)
     retrain_auto_promote: bool = False
     retrain_shards: int = Field(1, ge=1)
@@ -194,7 +194,7 @@ class PipelineSettings(CoreSettings):
     retrain_cold_start_floor: float = Field(0.02, ge=0.0, lt=1.0)
     retrain_exposure_cap: float = Field(0.0, ge=0.0, lt=1.0)
     retrain_support_threshold: float = Field(SUPPORT_THRESHOLD, ge=0.0, lt=1.0)
-    retrain_max_unsupported: float = Field(MAX_UNSUPPORTED, ge=0.0, lt=1.0)
+    retrain_max_unsupported: float = Field(MAX_UNSUPPORTED, ge=0.0, le=1.0)
     retrain_queue: str = Field("default", min_length=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(300.0, gt=0.0)
@@ -220,6 +220,18 @@ class PipelineSettings(CoreSettings):
         if value not in ALGORITHMS:
             raise ValueError(f"must be one of {', '.join(ALGORITHMS)}; got {value!r}.")
         return value
+
+    def gate_rule(self) -> Any:
+        """The retrain's gate rule under these settings (``banditops evaluate`` uses it;
+        a retrain's run spec carries the form's values, which default to these)."""
+        from validation.gate import GateRule  # lazy: the DAG files import this module
+
+        return GateRule(
+            tolerance=self.retrain_tolerance,
+            min_ess=self.retrain_min_ess,
+            support_threshold=self.retrain_support_threshold,
+            max_unsupported=self.retrain_max_unsupported,
+        )
 
     def retrain_defaults(self) -> dict[str, Any]:
         """The retrain form's defaults, ``{form field: value}``, from these settings (the

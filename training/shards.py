@@ -106,7 +106,7 @@ def shard_ranges(start: int, stop: int, shards: int, block: int = 1) -> list[tup
 
 def why_single_node(train: Mapping[str, Any]) -> str | None:
     """Why a run with these training settings cannot be sharded, or None."""
-    algorithm = train.get("algorithm", "neural_linear")
+    algorithm = train["algorithm"]
     if algorithm not in SHARDABLE:
         return f"{algorithm} has no Bayesian head rebuilt from statistics"
     if train.get("options", {}).get("window") is not None:
@@ -135,6 +135,8 @@ def plan(
     if s.shards == 1:
         return []
     reason = why_single_node(s.train)
+    if reason is None and holds_slates(replay["path"]):
+        reason = "the window holds slates: a shard reads one row per decision, not per shown item"
     if reason is None and trained is not None:
         reason = why_not_rebuildable(load_policy(trained["state_path"]))
     if reason is not None:
@@ -178,6 +180,16 @@ def plan(
 
 
 # ---------------------------------------------------------------------- reading rows
+def holds_slates(path: str | Path) -> bool:
+    """Whether a replay file has a slate decision (a ``ranking``): single-node training
+    learns each shown position of it (:meth:`training.replay.ReplayData`), which the
+    shards' per-decision rows and cut (:func:`split_point`) do not."""
+    if "ranking" not in pq.ParquetFile(path).schema_arrow.names:
+        return False
+    column = pq.read_table(path, columns=["ranking"]).column(0)
+    return bool(column.null_count < len(column))
+
+
 def iter_rows(
     path: str | Path, start: int, stop: int, columns: list[str] | None = None
 ) -> Iterator[Any]:

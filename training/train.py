@@ -58,7 +58,9 @@ class TrainConfig:
     holdout_fraction : float
         The last share of the window (in time) held out for the offline evaluation.
     min_rows : int
-        Fewest training rows accepted.
+        Fewest decisions the replay window must hold (the data validation's row floor,
+        ``PipelineSettings.retrain_min_rows`` in a retrain: one number for both); 1, the
+        default, sets none.
     curve_points : int
         Stages of the neural learning curve.
     seed : int
@@ -74,7 +76,7 @@ class TrainConfig:
     algorithm: str = "lints"
     options: dict[str, Any] = field(default_factory=dict)
     holdout_fraction: float = 0.2
-    min_rows: int = 100
+    min_rows: int = 1
     curve_points: int = 5
     seed: int = 0
     position_slots: int | None = None
@@ -209,10 +211,10 @@ def train(
         train_part, holdout = data, None
     else:
         train_part, holdout = data.split(config.holdout_fraction)
-    if train_part.n_rows < config.min_rows:
+    decisions = len(set(data.event_ids))
+    if decisions < config.min_rows:
         raise ValueError(
-            f"the replay window has {train_part.n_rows} training rows; "
-            f"min_rows is {config.min_rows}."
+            f"the replay window has {decisions} decisions; min_rows is {config.min_rows}."
         )
     policy: Any = build_policy(config, data, train_part.n_rows)
     if policy_spec(config.algorithm).trains_network:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from bandit_core._validation import Interval, validate_params
-from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
+from bandit_core.support import MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
 from validation.ope.report import OPEReport
 from validation.ope.spec import ESTIMATORS
 
@@ -51,8 +51,8 @@ class GateRule:
     """
 
     estimator: str = "dr"
-    tolerance: float = 0.0
-    min_ess: float = 100.0
+    tolerance: float = TOLERANCE
+    min_ess: float = MIN_ESS
     support_threshold: float = SUPPORT_THRESHOLD
     max_unsupported: float = MAX_UNSUPPORTED
 
@@ -176,7 +176,8 @@ def decide(
     candidate, production : OPEReport
         Reports of the two policies on the same logged batch.
     rule : GateRule, optional
-        Default ``GateRule()``: DR lower bound ≥ production DR estimate, ESS ≥ 100.
+        Default ``GateRule()``: DR lower bound ≥ production DR estimate, ESS ≥
+        ``bandit_core.support.MIN_ESS``, unsupported mass ≤ ``MAX_UNSUPPORTED``.
     unsupported : float, optional
         :func:`unsupported_mass` of the candidate on the window; None (or NaN: the logs
         carry no choice probabilities) skips the support check.
