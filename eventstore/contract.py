@@ -16,6 +16,15 @@ rewards and snapshots.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
+#: The traffic arms a decision is served by (the ``traffic`` column of ``decisions``),
+#: and the roles of the versions the service holds: production and a rollout's candidate.
+Traffic = Literal["production", "candidate"]
+TRAFFIC: tuple[Traffic, ...] = get_args(Traffic)
+PRODUCTION: Traffic = TRAFFIC[0]
+CANDIDATE: Traffic = TRAFFIC[1]
+
 #: Key of the state file in the pyfunc ``artifacts`` dict.
 POLICY_STATE_ARTIFACT = "policy_state"
 #: File name the training side must give the state file.

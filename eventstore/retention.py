@@ -110,7 +110,7 @@ def prune_cutoff(
 
 
 def apply_retention(
-    store_url: str,
+    store: str | Engine,
     model_name: str,
     retention_days: float,
     protected: Mapping[str, datetime] | None = None,
@@ -118,8 +118,9 @@ def apply_retention(
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Prune the event store at :func:`prune_cutoff`, protecting ``protected`` and the
-    running rollout of ``model_name``.
+    """Prune the event store (a URL, or an engine the caller disposes) at
+    :func:`prune_cutoff`, protecting ``protected`` and the running rollout of
+    ``model_name``: the one prune of the retention DAG and of ``banditops store prune``.
 
     Returns
     -------
@@ -130,7 +131,7 @@ def apply_retention(
     """
     now = datetime.now(UTC) if now is None else as_utc("now", now)
     starts = dict(protected or {})
-    engine = make_engine(store_url)
+    engine = make_engine(store) if isinstance(store, str) else store
     try:
         rollout = current_rollout(engine, model_name)
         if rollout is not None:
@@ -138,7 +139,8 @@ def apply_retention(
         cutoff, floor = prune_cutoff(now, retention_days, starts)
         deleted = prune_events(engine, cutoff, dry_run=dry_run)
     finally:
-        engine.dispose()
+        if engine is not store:
+            engine.dispose()
     if floor is not None:
         log.info("retention held back to %s by %s", cutoff.isoformat(), floor)
     log.info(

@@ -35,7 +35,7 @@ from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
-from eventstore.contract import version_label
+from eventstore.contract import CANDIDATE, PRODUCTION, version_label
 from eventstore.outcomes import OnlineMean, RewardRules, online_outcomes
 from eventstore.schema import decisions, rollout_steps, rollouts
 from eventstore.text import check_text
@@ -52,9 +52,6 @@ ENDS: Final[dict[str, str]] = {
     "stop": "stopped",
     "expire": "expired",
 }
-#: The traffic arms (the ``traffic`` column of ``decisions``).
-PRODUCTION: Final = "production"
-CANDIDATE: Final = "candidate"
 
 
 class RolloutStateError(RuntimeError):
@@ -229,7 +226,7 @@ def traffic_outcomes(
         now=now,
         by=("traffic", "model_version", "fallback"),
     )
-    out = {PRODUCTION: OnlineMean(), CANDIDATE: OnlineMean()}
+    out: dict[str, OnlineMean] = {PRODUCTION: OnlineMean(), CANDIDATE: OnlineMean()}
     for (traffic, served_by, fallback), outcome in groups.items():
         if traffic == PRODUCTION:
             out[PRODUCTION] += outcome

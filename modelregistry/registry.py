@@ -42,6 +42,7 @@ from eventstore.contract import (
     POLICY_STATE_FILE,
     POLICY_STATE_PATH,
     REFERENCE_ARTIFACT,
+    version_label,
 )
 from eventstore.settings import CoreSettings
 from eventstore.text import check_text
@@ -109,7 +110,7 @@ class VersionInfo:
 
     @property
     def label(self) -> str:
-        return f"{self.name}/{self.version}"
+        return version_label(self.name, self.version)
 
 
 class ModelRegistry:

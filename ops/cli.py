@@ -286,6 +286,7 @@ def demo(
     With --data: replay a real Open Bandit log instead (no service, no Airflow)."""
     # the demos pull in the service, the pipelines and MLflow: imported when run, so that
     # every other command starts fast
+    from eventstore.outcomes import FALLBACK
     from modelregistry.report import candidate_names, display
     from ops.demo import run_demo
 
@@ -334,7 +335,7 @@ def demo(
     for d in result["days"]:
         days.add_row(
             str(d["day"]),
-            d["model_version"] or "fallback",
+            d["model_version"] or FALLBACK,
             str(d["decisions"]),
             f"{d['ctr']:.4f}",
             f"{d['regret']:.1f}",

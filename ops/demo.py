@@ -46,6 +46,7 @@ import httpx
 import numpy as np
 
 from bandit_core.envs import LogisticClickEnvironment
+from eventstore.outcomes import FALLBACK
 from eventstore.rollouts import Readout
 from eventstore.settings import WORKSPACE_ENV
 from ops import config_file
@@ -247,7 +248,7 @@ def plot_summary(days: list[dict[str, Any]], versions: list[dict[str, Any]], pat
     axes[0].set_title("CTR per day")
     for d, ax_x in zip(days, range(len(days)), strict=True):
         axes[0].text(
-            ax_x, d["ctr"], d["model_version"] or "fallback", ha="center", va="bottom", fontsize=8
+            ax_x, d["ctr"], d["model_version"] or FALLBACK, ha="center", va="bottom", fontsize=8
         )
     shown = [v for v in versions if None not in (v["realized_ctr"], v["ope_estimate"])]
     xs = np.arange(len(shown))
@@ -380,8 +381,9 @@ def run_day4(
     step: Any,
 ) -> dict[str, Any]:
     """Day 4: a worse candidate's staged rollout, rolled back by the controller."""
+    from eventstore.contract import CANDIDATE
     from eventstore.engine import make_engine
-    from eventstore.rollouts import CANDIDATE, traffic_users
+    from eventstore.rollouts import traffic_users
     from modelregistry.registry import ModelRegistry
     from training.rollout import rollout_step
 
@@ -479,7 +481,7 @@ def run_demo(
         for day in (1, 2, 3):
             day3_start = datetime.now(UTC)
             version = service.production_version(client)
-            step(f"day {day}: {requests_per_day} requests through HTTP ({version or 'fallback'})")
+            step(f"day {day}: {requests_per_day} requests through HTTP ({version or FALLBACK})")
             stats = simulate_traffic(client, env, requests_per_day, rng, user_features=population)
             per_day.append(stats)
             days.append(day_row(day, stats, version))

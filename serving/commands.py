@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -74,10 +74,13 @@ def store_prune(
     url: UrlOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
 ) -> None:
-    """Delete decisions (with their rewards) and old head snapshots past the retention."""
+    """Delete decisions (with their rewards) and old head snapshots past the retention,
+    never those a running rollout reads (as the bandit_retention DAG, which also keeps
+    the windows of running retrains: it asks Airflow for them)."""
     from eventstore.engine import make_engine
+    from eventstore.retention import apply_retention
     from serving.durations import parse_duration
-    from serving.store.repository import EventStore
+    from serving.settings import Settings
 
     try:
         age = parse_duration(older_than)
@@ -86,7 +89,7 @@ def store_prune(
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     try:
-        cutoff = datetime.now(UTC) - age
+        datetime.now(UTC) - age
     except OverflowError:
         raise typer.BadParameter(
             f"{older_than!r} reaches before year 1.", param_hint="--older-than"
@@ -97,7 +100,9 @@ def store_prune(
     except (ArgumentError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--url") from None
     try:
-        counts = EventStore(engine).prune(cutoff, dry_run=dry_run)
+        result = apply_retention(
+            engine, Settings().model_name, age / timedelta(days=1), dry_run=dry_run
+        )
     except SQLAlchemyError as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         console.print(
@@ -108,8 +113,10 @@ def store_prune(
     finally:
         engine.dispose()
     verb = "would delete" if dry_run else "deleted"
-    parts = ", ".join(f"{n} {table}" for table, n in counts.items())
-    console.print(f"{verb} {parts} older than {cutoff.isoformat(timespec='seconds')}")
+    parts = ", ".join(f"{n} {table}" for table, n in result["deleted"].items())
+    console.print(f"{verb} {parts} older than {result['cutoff']}")
+    if result["floored_by"] is not None:
+        console.print(f"(held back from {older_than} by {result['floored_by']})")
 
 
 def serve(

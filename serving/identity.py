@@ -7,8 +7,7 @@ import hmac
 
 import numpy as np
 
-PRODUCTION = "production"
-CANDIDATE = "candidate"
+from eventstore.contract import CANDIDATE, PRODUCTION
 
 _BUCKET_SCALE = float(2**64)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from eventstore.contract import PRODUCTION, Traffic
 from serving.grouped_decisions import decide_grouped
 from serving.json_body import JSONBodyRequest, JSONBodyRoute
 from serving.schemas import (
@@ -24,7 +25,6 @@ from serving.schemas import (
 from serving.service import DecisionService
 
 router = APIRouter(route_class=JSONBodyRoute)
-Role = Literal["production", "candidate"]
 _bearer = HTTPBearer(
     auto_error=False,
     description="BANDITOPS_API_TOKEN: rewards, catalog writes and admin (admin always).",
@@ -155,7 +155,7 @@ async def admin_snapshot(request: Request) -> dict[str, list[int]]:
     response_class=Response,
     tags=["admin"],
 )
-async def admin_state(request: Request, role: Role = "production") -> Response:
+async def admin_state(request: Request, role: Traffic = PRODUCTION) -> Response:
     """The live policy state of a role (``bandit_core.save_policy`` ``.npz`` bytes)."""
     parts = await service_of(request).state_parts(role)
 

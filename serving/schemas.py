@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from eventstore import records
+from eventstore.schema import ARM_ID_LENGTH, EVENT_ID_LENGTH
 from eventstore.text import text_problem
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -53,8 +54,13 @@ def _in_range(value: datetime) -> datetime:
 
 
 Text = Annotated[str, AfterValidator(clean_text)]
-Identifier = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(clean_text)]
-EventId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(clean_text)]
+#: An item, group or user id: as long as the store's id columns hold.
+Identifier = Annotated[
+    str, Field(min_length=1, max_length=ARM_ID_LENGTH), AfterValidator(clean_text)
+]
+EventId = Annotated[
+    str, Field(min_length=1, max_length=EVENT_ID_LENGTH), AfterValidator(clean_text)
+]
 Timestamp = Annotated[AwareDatetime, AfterValidator(_in_range)]
 
 

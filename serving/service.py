@@ -47,6 +47,7 @@ from bandit_core.policies.wrappers import records_on_select
 from bandit_core.state import state_to_parts
 from eventstore import records
 from eventstore.admission import Admission
+from eventstore.contract import CANDIDATE, PRODUCTION
 from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
@@ -63,7 +64,7 @@ from serving.budget import (
 from serving.catalog.index import Retrieved
 from serving.catalog.runtime import CatalogService
 from serving.decide import Choice, ChoiceOptions, choose, decision_row
-from serving.identity import CANDIDATE, hash_user, route
+from serving.identity import hash_user, route
 from serving.inputs import (
     DecisionInput,
     InputError,
@@ -157,12 +158,12 @@ def build_source(settings: Settings) -> ModelSource:
         return MlflowModelSource(
             settings.mlflow_tracking_uri,
             settings.model_name,
-            {"production": settings.production_alias, "candidate": settings.candidate_alias},
+            {PRODUCTION: settings.production_alias, CANDIDATE: settings.candidate_alias},
             registry_uri=settings.mlflow_registry_uri,
             admission=admission,
         )
     return FileModelSource(
-        {"production": settings.model_path, "candidate": settings.candidate_model_path},
+        {PRODUCTION: settings.model_path, CANDIDATE: settings.candidate_model_path},
         admission,
     )
 
@@ -874,7 +875,7 @@ class DecisionService:
     def _on_swap(self, served: ServingSet) -> None:
         labels = [
             (role, m.version, m.policy.name)
-            for role, m in (("production", served.production), ("candidate", served.candidate))
+            for role, m in ((PRODUCTION, served.production), (CANDIDATE, served.candidate))
             if m is not None
         ]
         self.metrics.set_models(labels, served.fallback_active)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bandit_core.envs import Environment
+from eventstore.outcomes import FALLBACK
 
 
 class HttpClient(Protocol):
@@ -112,7 +113,7 @@ def simulate_traffic(
         stats.clicks += reward
         stats.regret += float(means.max() - means[arm])
         stats.fallback += int(out["fallback"])
-        stats.by_version.setdefault(out["model_version"] or "fallback", []).append(reward)
+        stats.by_version.setdefault(out["model_version"] or FALLBACK, []).append(reward)
         pending.append((out["event_id"], reward))
         while len(pending) > reward_delay:
             _send_reward(client, stats, *pending.popleft(), headers=headers)

@@ -201,6 +201,29 @@ def test_prune_command(store_url: str, engine: sa.Engine, rng: np.random.Generat
     assert "--older-than" in bad.output
 
 
+def test_prune_command_keeps_what_a_running_rollout_reads(
+    store_url: str, engine: sa.Engine, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``banditops store prune`` is the retention DAG's prune: a rollout started 100
+    days ago holds a 90-day cutoff back (before, the command deleted what it reads)."""
+    from eventstore.rollouts import record_step, start_rollout
+
+    monkeypatch.setenv("BANDITOPS_MODEL_NAME", "m")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        write_events(conn, [decision_row(rng, created_at=now - timedelta(days=95))])
+    rollout = start_rollout(engine, "m", 2, 0.05, reason="gate passed", at=now - timedelta(100))
+    args = ["store", "prune", "--older-than", "90d", "--url", store_url]
+    held = CliRunner().invoke(cli, args)
+    assert held.exit_code == 0, held.output
+    text = " ".join(held.output.split())
+    assert "deleted 0 rewards, 0 decisions" in text
+    assert f"held back from 90d by rollout {rollout.id} (version 2)" in text
+    record_step(engine, rollout.id, "stop", reason="operator", at=now)
+    freed = CliRunner().invoke(cli, args)
+    assert "deleted 0 rewards, 1 decisions" in " ".join(freed.output.split()), freed.output
+
+
 def test_the_latest_snapshot_is_the_one_covering_most_rewards(engine: sa.Engine) -> None:
     """Snapshots commit in the order their serialisation ends: one committed later may
     cover fewer rewards. Recovery starts from the one covering the most."""

@@ -39,12 +39,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bandit_core.sequential import ArmCounts, SequentialResult, sequential_test
+from eventstore.contract import CANDIDATE, PRODUCTION
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
 from eventstore.outcomes import RewardRules
 from eventstore.rollouts import (
-    CANDIDATE,
-    PRODUCTION,
     Action,
     Readout,
     Rollout,

@@ -31,6 +31,7 @@ import numpy as np
 from bandit_core import Candidates, Policy
 from bandit_core.policies.decision_copy import decision_copy
 from eventstore.admission import AdmissionError, first_non_finite
+from eventstore.contract import CANDIDATE, PRODUCTION
 from serving.budget import check_choice_finite
 from serving.decide import choose
 from serving.models.recovery import recover
@@ -157,10 +158,10 @@ class ModelLoader:
         with self._lock:
             current = self.current or ServingSet(None, None, self.candidate_share)
             share, versions = self._share(current)
-            production = self._role("production", current.production, current)
+            production = self._role(PRODUCTION, current.production, current)
             candidate = None
             if share > 0.0:
-                candidate = self._role("candidate", current.candidate, current)
+                candidate = self._role(CANDIDATE, current.candidate, current)
             if candidate is not None and versions is not None and candidate.version not in versions:
                 log.warning(
                     "the candidate role serves %s, the running rollout is of %s: no candidate "

@@ -12,14 +12,15 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from bandit_core import Policy
 from eventstore.admission import Admission, AdmissionError
+from eventstore.contract import TRAFFIC, Traffic
 from serving.models.state_io import policy_from_bytes
 
-Role = Literal["production", "candidate"]
-ROLES: tuple[Role, ...] = ("production", "candidate")
+Role = Traffic
+ROLES = TRAFFIC
 
 
 @dataclass(frozen=True)
