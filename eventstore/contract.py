@@ -44,6 +44,21 @@ REFERENCE_ARTIFACT = "reference/" + REFERENCE_FILE
 #: decisions; the service replays into it, when it loads the version, every applied reward
 #: of a decision created at or after this time, whichever version made it — exactly once.
 WINDOW_STOP_TAG = "window_stop"
+#: Version tags of the gate's decision: ``"true"`` / ``"false"``, and its reasons (JSON list).
+GATE_PASSED_TAG = "gate_passed"
+GATE_REASONS_TAG = "gate_reasons"
+#: Version tag: the production version the retrain evaluated this one against (empty:
+#: the uniform fallback); a re-run of the same run compares with it again.
+BASELINE_TAG = "baseline_version"
+#: Where versions registered before :data:`BASELINE_TAG` recorded their baseline — the
+#: tag a promotion to the production alias later overwrites (:func:`previous_tag`).
+LEGACY_BASELINE_TAG = "previous_production"
+
+
+def previous_tag(alias: str) -> str:
+    """The tag a promotion writes on the version it moves ``alias`` to: the version the
+    alias held before (empty: none), what a rollback of ``alias`` returns to."""
+    return f"previous_{alias}"
 
 
 def version_label(name: str, version: str | int) -> str:

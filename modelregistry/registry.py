@@ -38,10 +38,13 @@ from bandit_core import load_policy
 from bandit_core.policies.registry import policy_from_state
 from eventstore.admission import Admission
 from eventstore.contract import (
+    GATE_PASSED_TAG,
+    GATE_REASONS_TAG,
     POLICY_STATE_ARTIFACT,
     POLICY_STATE_FILE,
     POLICY_STATE_PATH,
     REFERENCE_ARTIFACT,
+    previous_tag,
     version_label,
 )
 from eventstore.settings import CoreSettings
@@ -435,10 +438,10 @@ class ModelRegistry:
         passed."""
         version = str(version)
         self.client.set_model_version_tag(
-            self.model_name, version, "gate_passed", str(bool(passed)).lower()
+            self.model_name, version, GATE_PASSED_TAG, str(bool(passed)).lower()
         )
         self.client.set_model_version_tag(
-            self.model_name, version, "gate_reasons", json.dumps(reasons)
+            self.model_name, version, GATE_REASONS_TAG, json.dumps(reasons)
         )
         if passed:
             self.set_alias(
@@ -472,10 +475,10 @@ class ModelRegistry:
         alias = alias or self.aliases.production
         version = str(version)
         target = self.get(version)
-        if target.tags.get("gate_passed") == "false":
+        if target.tags.get(GATE_PASSED_TAG) == "false":
             if not force:
                 raise RegistryError(
-                    f"version {version} failed its gate ({target.tags.get('gate_reasons', '')}); "
+                    f"version {version} failed its gate ({target.tags.get(GATE_REASONS_TAG, '')}); "
                     "promote it anyway with --force."
                 )
             self.client.set_model_version_tag(
@@ -488,7 +491,7 @@ class ModelRegistry:
             "promoted_at": datetime.now(UTC).isoformat(),
             "promoted_by": by,
             "promotion_reason": reason,
-            f"previous_{alias}": previous.version if previous else "",
+            previous_tag(alias): previous.version if previous else "",
         }
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, version, key, value)
@@ -505,7 +508,7 @@ class ModelRegistry:
             raise RegistryError(
                 f"nothing to roll back: {self.model_name!r} has no @{alias} version."
             )
-        previous = current.tags.get(f"previous_{alias}", "")
+        previous = current.tags.get(previous_tag(alias), "")
         if not previous:
             raise RegistryError(
                 f"version {current.version} is the first @{alias} of {self.model_name!r}; "

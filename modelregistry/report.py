@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG, WINDOW_STOP_TAG
 from modelregistry.registry import ModelRegistry, VersionInfo
 
 #: The keys of :func:`version_summary`, in the order the table shows them.
@@ -61,8 +62,8 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
     dr = None
     if "ope.candidate.dr.value" in metrics:
         dr = {key: metrics.get(f"ope.candidate.dr.{key}") for key in ("value", "ci_low", "ci_high")}
-    gate = tags.get("gate_passed")
-    reasons = _json(tags.get("gate_reasons"))
+    gate = tags.get(GATE_PASSED_TAG)
+    reasons = _json(tags.get(GATE_REASONS_TAG))
     return {
         "version": info.version,
         "aliases": list(info.aliases),
@@ -72,7 +73,7 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
         "eval_rows": _int(tags.get("eval_rows")),
         "train_rows": _int(tags.get("train_rows")),
         "window_start": tags.get("window_start") or info.params.get("window_start"),
-        "window_stop": tags.get("window_stop"),
+        "window_stop": tags.get(WINDOW_STOP_TAG),
         "floor": _json(tags.get("floor")),
         "dr": dr,
         "gate_passed": None if gate is None else gate == "true",

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG
 from eventstore.engine import make_engine
 from eventstore.rollouts import (
     Rollout,
@@ -108,10 +109,10 @@ def ope_estimates(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def version_row(info: VersionInfo, online: dict[str, Any] | None) -> dict[str, Any]:
     try:
-        reasons = json.loads(info.tags.get("gate_reasons", "[]"))
+        reasons = json.loads(info.tags.get(GATE_REASONS_TAG, "[]"))
     except ValueError:
-        reasons = [info.tags["gate_reasons"]]
-    passed = info.tags.get("gate_passed")
+        reasons = [info.tags[GATE_REASONS_TAG]]
+    passed = info.tags.get(GATE_PASSED_TAG)
     return {
         "version": info.version,
         "label": info.label,

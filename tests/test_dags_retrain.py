@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from eventstore.contract import BASELINE_TAG
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def test_nightly_run_registers_stages_and_promotes(
     assert "staging" in version.aliases
     assert version.tags["gate.decision"] == "promote" and version.tags["gate_passed"] == "true"
     assert version.metrics["ope.candidate.dr.value"] > version.metrics["ope.production.dr.value"]
-    assert version.tags["previous_production"] == ""  # the baseline was the uniform fallback
+    assert version.tags[BASELINE_TAG] == ""  # the baseline was the uniform fallback
 
     spec = _spec(run.run_id)
     end = run.logical_date
@@ -167,7 +168,7 @@ def test_worse_candidate_is_registered_but_stops_at_the_gate(
     assert version.tags["gate_passed"] == "false" and version.tags["gate.decision"] == "reject"
     assert "lower bound" in version.tags["gate_reasons"]
     first = dagtools.version_of(first_retrain.run_id).version
-    assert version.tags["previous_production"] == first  # evaluated against production
+    assert version.tags[BASELINE_TAG] == first  # evaluated against production
     # neither the gate nor the run moved an alias to it (a person may, with bandit_promote)
     automatic = [
         (m["alias"], m["by"])

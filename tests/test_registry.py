@@ -221,3 +221,35 @@ def test_pyfunc_decides_for_the_users_group_like_the_service(
     bad = table.assign(**{USER_COLUMN: ["not-a-hash"] * 3 + [None] * 6})
     with pytest.raises(ValueError, match=r"user_hash of request 'r0' must be a user hash"):
         model.predict(bad)
+
+
+def test_a_re_run_compares_with_its_recorded_baseline_whatever_promotions_wrote(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """The baseline a run evaluated against has its own tag: promoting the version later
+    writes ``previous_production`` (what a rollback returns to), which may differ."""
+    from datetime import UTC, datetime
+
+    from eventstore.contract import BASELINE_TAG, previous_tag
+    from training import runspec
+    from training.baseline import baseline_state
+    from training.settings import PipelineSettings
+
+    settings = PipelineSettings(
+        workspace=tmp_path / "ws",
+        database_url=f"sqlite:///{tmp_path / 'events.db'}",
+        mlflow_tracking_uri=registry.tracking_uri,
+        model_name=registry.model_name,
+    )
+    spec = runspec.plan({}, run_key="run-A", interval_end=datetime.now(UTC), settings=settings)
+    v1 = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="run-0")
+    registry.promote(v1.version, by="tester", reason="first")
+    v2 = registry.register_candidate(
+        state_path=_state(tmp_path, 2), run_key="run-A", tags={BASELINE_TAG: v1.version}
+    )
+    v3 = registry.register_candidate(state_path=_state(tmp_path, 3), run_key="run-B")
+    registry.promote(v3.version, by="tester", reason="newer")
+    registry.promote(v2.version, by="tester", reason="after all")
+    assert registry.get(v2.version).tags[previous_tag("production")] == v3.version
+    baseline, state = baseline_state(spec)
+    assert baseline == v1.version and state is not None and state.is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eventstore.contract import POLICY_STATE_PATH
+from eventstore.contract import BASELINE_TAG, LEGACY_BASELINE_TAG, POLICY_STATE_PATH
 from modelregistry.registry import Aliases, ModelRegistry
 from training.runspec import RunSpec
 
@@ -28,7 +28,8 @@ def baseline_state(s: RunSpec) -> tuple[str | None, Path | None]:
     registry = open_registry(s)
     existing = registry.find_by_run_key(s.run_key)
     if existing is not None:
-        baseline = existing.tags.get("previous_production") or None
+        tags = existing.tags
+        baseline = tags.get(BASELINE_TAG, tags.get(LEGACY_BASELINE_TAG)) or None
     else:
         current = registry.by_alias(s.production_alias)
         baseline = current.version if current else None

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from eventstore.contract import GATE_PASSED_TAG
 from eventstore.settings import CoreSettings as Settings
 from training.form import RETRAIN_FORM, FormField
 from training.settings import N_RESAMPLES_MIN, PipelineSettings
@@ -258,7 +259,7 @@ def promote(
             )
     except RegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="VERSION") from exc
-    if info.tags.get("gate_passed") == "false":
+    if info.tags.get(GATE_PASSED_TAG) == "false":
         console.print(f"[yellow]warning:[/] version {info.version} failed its gate; forced.")
     console.print(f"@{alias} → version {info.version}")
 

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG, previous_tag
 from training.runspec import check_bool
 from training.settings import PipelineSettings
 
@@ -118,7 +119,7 @@ def plan_promotion(
     if rollback:
         if current is None:
             raise RegistryError(f"nothing to roll back: {settings.model_name!r} has no @{target}.")
-        previous = current.tags.get(f"previous_{target}", "")
+        previous = current.tags.get(previous_tag(target), "")
         if not previous:
             raise RegistryError(
                 f"version {current.version} is the first @{target} of {settings.model_name!r}; "
@@ -135,7 +136,7 @@ def plan_promotion(
     if wanted is None:  # unreachable: checked above; keeps the type narrow
         raise ValueError("version must be given unless rollback is true.")
     info = registry.get(wanted)
-    reasons = json.loads(info.tags.get("gate_reasons", "[]"))
+    reasons = json.loads(info.tags.get(GATE_REASONS_TAG, "[]"))
     action = "rollback" if rollback else "promote"
     subject = (
         f"{action} {settings.model_name} @{target}: "
@@ -144,7 +145,7 @@ def plan_promotion(
     lines = [
         f"**{subject}**",
         "",
-        f"- gate: {info.tags.get('gate_passed', 'not decided')}",
+        f"- gate: {info.tags.get(GATE_PASSED_TAG, 'not decided')}",
         *[f"  - {r}" for r in reasons],
         f"- training rows: {info.tags.get('rows', '?')}, run: {info.tags.get('run_key', '?')}",
     ]
@@ -157,7 +158,7 @@ def plan_promotion(
         "version": wanted,
         "current": current.version if current else None,
         "model_name": settings.model_name,
-        "gate_passed": info.tags.get("gate_passed"),
+        "gate_passed": info.tags.get(GATE_PASSED_TAG),
         "gate_reasons": reasons,
         "subject": subject,
         "body": "\n".join(lines),

@@ -21,7 +21,7 @@ import pandas as pd
 
 from bandit_core import load_policy
 from bandit_core.policies.overlap import floor_of_policy
-from eventstore.contract import REFERENCE_FILE, WINDOW_STOP_TAG
+from eventstore.contract import BASELINE_TAG, GATE_PASSED_TAG, REFERENCE_FILE, WINDOW_STOP_TAG
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
 from modelregistry.registry import ModelRegistry
@@ -428,7 +428,7 @@ def register_candidate(
             "algorithm": config.algorithm,
             "rows": str(manifest.rows),
             "diagnostics": result.diagnostics,
-            "previous_production": summary["baseline_version"] or "",
+            BASELINE_TAG: summary["baseline_version"] or "",
             **window,
             "floor": json.dumps(floor_of_policy(load_policy(refitted.state_path)) or {}),
             **({"challengers": challengers_tag(table)} if table else {}),
@@ -469,7 +469,7 @@ def gate(s: RunSpec, registered: RegisteredRef, evaluated: EvaluatedRef) -> bool
     """
     registry = open_registry(s)
     version = registry.get(registered.version)
-    recorded = version.tags.get("gate_passed")
+    recorded = version.tags.get(GATE_PASSED_TAG)
     if recorded == "false" or (
         recorded == "true" and _moved(registry, s.staging_alias, version.version)
     ):
@@ -498,7 +498,7 @@ def promote(s: RunSpec, registered: RegisteredRef) -> PromotedRef:
     if not s.auto_promote:
         reason = "auto_promote is off: the version waits for bandit_promote."
         return PromotedRef(version.version, promoted=False, reason=reason)
-    if version.tags.get("gate_passed") != "true":
+    if version.tags.get(GATE_PASSED_TAG) != "true":
         return PromotedRef(version.version, promoted=False, reason="the gate did not pass.")
     if _moved(registry, alias, version.version):
         return PromotedRef(version.version, True, f"moved to {alias} before; not again.")
