@@ -10,7 +10,9 @@ when a feature drifts beyond `BANDITOPS_RETRAIN_DRIFT_MIN` (data-aware schedulin
 the run and nothing is registered; feature drift against the production version's
 training window is a recorded warning beyond `BANDITOPS_VALIDATION_DRIFT_WARNING` and a
 failure beyond `BANDITOPS_VALIDATION_DRIFT_FAILING`) → `train_network` → `rebuild_head` →
-`evaluate_offline` (IPS / SNIPS / DR with intervals, candidate vs production) → `register_candidate`
+`evaluate_offline` (IPS / SNIPS / DR with intervals, candidate vs production, on the
+window's held-out last part) → `refit_window` (the same training on the whole window: the
+registered version has learnt its newest rows too) → `register_candidate`
 (MLflow version with the registered alias, `candidate` by default, at most one per run) →
 `gate` (moves the staging alias, `BANDITOPS_CANDIDATE_ALIAS`, when the candidate passes;
 otherwise the rest of the run is skipped) → `promote` (moves the production alias,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, func, select
 
-from eventstore.replay import combined_reward, in_reward_window
+from eventstore.replay import combined_reward, decision_outcome, in_reward_window
 from eventstore.schema import decisions, rewards
 
 if TYPE_CHECKING:
@@ -125,10 +125,12 @@ class _Rewarded:
         """The mean of its positions' rewards: each the first or the sum of its own
         (``duplicate_rule``); a position without one counts ``default_reward``
         (``"drop"``: is left out)."""
-        values = [combined_reward(v, rules.duplicate_rule) for v in self.at.values()]
-        if rules.missing_reward == "default":
-            values += [rules.default_reward] * (self.shown - len(self.at))
-        return float(sum(values) / len(values))
+        positions = [
+            combined_reward(self.at[j], rules.duplicate_rule) if j in self.at else None
+            for j in range(self.shown)
+        ]
+        missing = rules.default_reward if rules.missing_reward == "default" else math.nan
+        return decision_outcome(positions, missing)
 
 
 def _key_part(column: str, value: Any) -> str:

@@ -18,11 +18,16 @@ Rules (mirroring the service):
   position; a position without one gets ``default_reward``, or NaN under ``"drop"``),
   whether it was observed, its ``ranking`` and the marginal ``position_propensities``
   logged with it (:func:`training.replay.replay_from_frame` turns them into one training
-  row per shown item). Under ``"drop"`` a slate is kept when any position was rewarded.
+  row per shown item). Under ``"drop"`` a slate is kept when any position was rewarded;
+* ``outcome`` is the decision's online outcome (:mod:`eventstore.outcomes`, what the
+  rollout controller and the Bandits page count): its reward, or for a slate the mean of
+  its shown positions' rewards (a position without one: ``default_reward``, or left out
+  under ``"drop"``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +66,21 @@ def _position_observed(o: Outcome) -> list[bool] | None:
     return None if o.slate is None else [v is not None for v in o.slate]
 
 
+def decision_outcome(positions: Sequence[float | None], missing: float) -> float:
+    """A decision's outcome from each shown position's reward under the rules (None: none
+    in the window): their mean, a missing position counting ``missing`` (the default
+    reward, or NaN under ``"drop"``: left out); NaN when nothing counts."""
+    values = [missing if v is None else v for v in positions]
+    counted = [v for v in values if not math.isnan(v)]
+    return float(sum(counted) / len(counted)) if counted else math.nan
+
+
+def _outcome(o: Outcome) -> float:
+    if o.slate is None:
+        return decision_outcome([o.value], o.missing)
+    return decision_outcome([None if v is None else v[0] for v in o.slate], o.missing)
+
+
 #: Name of the replay's reward column.
 REWARD = "reward"
 #: Name of the column counting the rewards received in the window (the sum rule adds
@@ -74,6 +94,7 @@ COMPUTED: dict[str, Callable[[Outcome], Any]] = {
     REWARD_COUNT: lambda o: o.count,
     "position_rewards": _position_rewards,
     "position_observed": _position_observed,
+    "outcome": _outcome,
 }
 #: The stored columns of ``decisions`` that the replay carries, in table order.
 STORED = replay_columns(decisions)
@@ -119,6 +140,7 @@ def read_replay(
     missing_reward: MissingReward = "default",
     default_reward: float = 0.0,
     as_of: datetime | None = None,
+    keep_unrewarded: bool = False,
 ) -> pd.DataFrame:
     """Decisions created in ``[start, end)`` with their reward.
 
@@ -134,6 +156,9 @@ def read_replay(
         See the module docstring.
     as_of : datetime, optional
         "Now" for deciding which windows are closed (default: the current time).
+    keep_unrewarded : bool
+        Under ``"drop"``, keep the decisions it leaves out, their ``reward`` and
+        ``outcome`` NaN (the monitor counts every decision; training never does).
 
     Returns
     -------
@@ -166,9 +191,12 @@ def read_replay(
             slate = None
             if row.ranking is not None:
                 slate = [observed.get((row.event_id, j)) for j in range(len(row.ranking))]
+            default = default_reward
             if missing_reward == "drop" and value is None and not any(slate or ()):
-                continue
-            outcome = Outcome(value, count, slate, missing, default_reward)
+                if not keep_unrewarded:
+                    continue
+                default = missing  # NaN: no reward under the rules
+            outcome = Outcome(value, count, slate, missing, default)
             record = {name: read(row) for name, read in _READERS}
             record.update((name, derive(outcome)) for name, derive in COMPUTED.items())
             rows.append(record)

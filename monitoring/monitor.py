@@ -3,10 +3,14 @@
 One report covers the week before ``end`` (``monitor_lookback_days``) and compares it with
 the week before that:
 
-* **reward drift** — mean, p5 and p95 of the reward, this week against last week; the
-  change is relative to last week's value (relative to the reward range when that value
-  is 0). Reward weeks end ``reward_window_s`` before ``end``: only decisions whose reward
-  window has closed count, so a re-run of the same hour gives the same numbers;
+* **reward drift** — mean, p5 and p95 of the decisions' outcome (the replay's ``outcome``:
+  the reward, a slate's mean over its shown positions — what the rollout controller
+  counts), this week against last week; the change is relative to last week's value
+  (relative to the reward range when that value is 0). Reward weeks end
+  ``reward_window_s`` before ``end``: only decisions whose reward window has closed
+  count, so a re-run of the same hour gives the same numbers; under
+  ``missing_reward="drop"`` only the rewarded ones, while every other check counts every
+  decision;
 * **feature drift** — PSI (or KL) of every context component and of every component of
   the chosen arm's features against the histograms of the production model's training
   window (logged with its registered version by ``training.steps.validate``), via
@@ -31,7 +35,7 @@ the week before that:
 * **segment coverage** — decisions per segment (hashed user groups, or the values of a
   categorical context feature ``segment_feature``) with the explored and fallback share
   and the arms chosen in each; a segment below ``segment_min_decisions`` is in alert;
-* **feature–reward correlation** — Pearson correlation of each feature with the reward,
+* **feature–reward correlation** — Pearson correlation of each feature with the outcome,
   both weeks (reported, not judged).
 
 * **served latency** — p50 and p99 of the decision endpoints' request latency, read from
@@ -195,6 +199,7 @@ def _read_events(settings: MonitorSettings, end: datetime) -> Any:
             missing_reward=settings.missing_reward,
             default_reward=settings.default_reward,
             as_of=end + window,  # every decision before `end`, its reward as far as known
+            keep_unrewarded=True,  # the decision checks count them; the reward ones don't
         )
     finally:
         engine.dispose()
@@ -222,17 +227,20 @@ def summarize(
 
     ``frame`` needs the columns ``created_at``, ``context``, ``candidate_ids``,
     ``candidate_features``, ``arm_id``, ``propensity``, ``fallback``, ``explored``,
-    ``user_hash``, ``reward``. ``latency`` and ``faults`` are the sections of
-    :func:`served_latency` and :func:`served_faults` (default: not measured).
+    ``user_hash``, ``outcome`` (NaN: no reward under the rules). ``latency`` and
+    ``faults`` are the sections of :func:`served_latency` and :func:`served_faults`
+    (default: not measured).
     """
     lookback = timedelta(days=settings.monitor_lookback_days)
     shift = timedelta(seconds=settings.reward_window_s)
     created = frame["created_at"]
     now = frame[(created >= end - lookback) & (created < end)]
     before = frame[(created >= end - 2 * lookback) & (created < end - lookback)]
-    reward_now = frame[(created >= end - shift - lookback) & (created < end - shift)]
-    reward_before = frame[
-        (created >= end - shift - 2 * lookback) & (created < end - shift - lookback)
+    rewarded = frame[frame["outcome"].notna()]
+    created_r = rewarded["created_at"]
+    reward_now = rewarded[(created_r >= end - shift - lookback) & (created_r < end - shift)]
+    reward_before = rewarded[
+        (created_r >= end - shift - 2 * lookback) & (created_r < end - shift - lookback)
     ]
     arms = [str(a) for a in now["arm_id"]]
     candidates = [list(c) for c in now["candidate_ids"]]
@@ -292,8 +300,8 @@ def _check(status: str, message: str) -> dict[str, str]:
 
 
 def _reward_section(now: Any, before: Any, settings: MonitorSettings) -> dict[str, Any]:
-    current = reward_stats(now["reward"].to_numpy(dtype=np.float64))
-    previous = reward_stats(before["reward"].to_numpy(dtype=np.float64))
+    current = reward_stats(now["outcome"].to_numpy(dtype=np.float64))
+    previous = reward_stats(before["outcome"].to_numpy(dtype=np.float64))
     limit = settings.reward_drift_max
     section: dict[str, Any] = {"current": current, "previous": previous, "limit": limit}
     if current is None or previous is None:
@@ -627,7 +635,7 @@ def _correlations(frame: Any, end: datetime) -> dict[str, float | None]:
         return {}
     features, names = _features(frame, end, *_dims(frame))
     values = correlations(
-        features[list(names)].to_numpy(dtype=np.float64), frame["reward"].to_numpy(np.float64)
+        features[list(names)].to_numpy(dtype=np.float64), frame["outcome"].to_numpy(np.float64)
     )
     return dict(zip(names, values, strict=True))
 

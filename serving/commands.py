@@ -122,7 +122,10 @@ def store_prune(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Worker processes (default: BANDITOPS_WORKERS, else 1)."),
+    ] = None,
     migrate: Annotated[
         bool, typer.Option(help="Run `db upgrade` before starting (off: fail if behind).")
     ] = True,
@@ -137,15 +140,18 @@ def serve(
     """
     import uvicorn
 
-    os.environ["BANDITOPS_WORKERS"] = str(workers)
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = tempfile.mkdtemp(prefix="banditops-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from eventstore.settings import setting_problems
     from serving.settings import Settings
 
+    if workers is not None:  # the option wins over the environment and banditops.toml
+        os.environ["BANDITOPS_WORKERS"] = str(workers)
     try:
         settings = Settings()
+        workers = settings.workers
+        os.environ["BANDITOPS_WORKERS"] = str(workers)  # what each worker process reads
+        if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # before prometheus_client is imported (it reads the folder then)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="banditops-metrics-")
         settings.check_auth()
     except ValidationError as exc:  # a bad setting: name it, no traceback
         for problem in setting_problems(exc):

@@ -87,8 +87,8 @@ class Settings(CoreSettings):
     seed : int or None
         Seed of the decision randomness (None: fresh entropy).
     workers : int
-        Worker processes (set by ``banditops serve``); above 1 each worker rebuilds its
-        heads from the store and snapshots are off.
+        Worker processes of ``banditops serve`` (its ``--workers`` overrides it); above 1
+        each worker rebuilds its heads from the store and snapshots are off.
     replica_id : str or None
         Name of this replica (process) in logs and metrics; default ``<hostname>-<pid>``.
     replica_sync_s : float

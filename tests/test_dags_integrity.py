@@ -130,6 +130,8 @@ def test_retrain_wiring_follows_the_issue(bag: Any) -> None:
     from monitoring.monitor import CHECKS
 
     assert {f"check_{name}" for name in CHECKS} <= set(monitor.task_ids)
+    # the documentation an operator reads in the UI names every task of the graph
+    assert [t for t in dag.task_ids if f"`{t}`" not in (dag.doc_md or "")] == []
 
 
 @pytest.mark.parametrize(

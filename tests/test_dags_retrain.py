@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from eventstore.contract import BASELINE_TAG
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from bandit_core import load_policy
-from eventstore.contract import POLICY_STATE_PATH
+from eventstore.contract import BASELINE_TAG, POLICY_STATE_PATH
 from training.pipeline import step_order
 
 pytest_plugins = ["tests.airflow_support"]

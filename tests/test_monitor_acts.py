@@ -108,9 +108,46 @@ def _frame(
             "fallback": np.arange(n) % 10 == 9,
             "explored": np.arange(n) % 20 == 0,
             "user_hash": [users[i % len(users)] for i in range(n)],
-            "reward": rng.integers(0, 2, n).astype(float),
+            "outcome": rng.integers(0, 2, n).astype(float),
         }
     )
+
+
+def test_under_drop_only_the_reward_checks_leave_unrewarded_decisions_out(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The monitor reads every decision (``keep_unrewarded``): under ``"drop"`` the
+    fallback share counts the decisions nobody rewarded (before, it counted only the
+    rewarded ones); the reward drift counts the rewarded ones, by their outcome."""
+    import dataclasses
+
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
+    from serving.store.repository import write_events
+    from tests.serving_helpers import decision_row, reward_row
+
+    settings = _settings(tmp_path, missing_reward="drop", reward_window_s=60.0)
+    end = datetime.now(UTC)
+    engine = make_engine(settings.store_url)
+    upgrade(engine)
+    rows: list[Any] = []
+    for week, rewarded_value in ((14, 1.0), (7, 0.5)):
+        at = end - timedelta(days=week) + timedelta(hours=1)
+        served = [decision_row(rng, created_at=at + timedelta(minutes=i)) for i in range(10)]
+        served += [  # fallback decisions nobody rewards
+            dataclasses.replace(decision_row(rng, created_at=at), fallback=True) for _ in range(10)
+        ]
+        rows += served
+        rows += [reward_row(d.event_id, rewarded_value, ts=d.created_at) for d in served[:10]]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+    engine.dispose()
+    frame = monitor._read_events(settings, end)
+    assert len(frame) == 40 and int(frame["outcome"].isna().sum()) == 20
+    report = monitor.summarize(frame, end, settings, None, None)
+    assert (report["fallback"]["served"], report["fallback"]["fallback"]) == (20, 10)
+    assert report["reward"]["current"]["n"] == 10 and report["reward"]["current"]["mean"] == 0.5
+    assert report["reward"]["previous"]["mean"] == 1.0
 
 
 def test_explored_share_and_segment_coverage_in_the_report(

@@ -1,6 +1,7 @@
-"""``banditops serve --workers 2``: both workers serve from one store, a reward reaches the
-head of whichever worker receives it (the decision is read from the store when another
-worker made it), and ``/metrics`` aggregates every worker (Prometheus multiprocess)."""
+"""``banditops serve`` with two workers (``BANDITOPS_WORKERS=2``): both serve from one
+store, a reward reaches the head of whichever worker receives it (the decision is read
+from the store when another worker made it), and ``/metrics`` aggregates every worker
+(Prometheus multiprocess)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ def test_two_workers_share_the_store_and_the_metrics(tmp_path: Path) -> None:
         "BANDITOPS_DATABASE_URL": url,
         "BANDITOPS_MODEL_PATH": str(policy_file(tmp_path / "policy.npz")),
         "BANDITOPS_WORKSPACE": str(tmp_path / "ws"),
+        # the setting, not the option: `serve` takes BANDITOPS_WORKERS (or banditops.toml)
+        # unless --workers is given (it used to overwrite it with its default of 1)
+        "BANDITOPS_WORKERS": "2",
     }
     rng = np.random.default_rng(0)
-    service = ServiceProcess(env, tmp_path / "service.log", args=("--workers", "2")).start()
+    service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
         # start() returns once one worker answers ready; wait until both serve the model
         # (each marks its model in the shared metrics once loaded)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from eventstore import records
 from eventstore.outcomes import OnlineMean, RewardRules
+from eventstore.replay import read_replay
 from eventstore.rollouts import (
     Readout,
     RolloutStateError,
@@ -275,3 +276,11 @@ def test_a_slates_outcome_is_the_mean_of_its_positions_rewards(
     drop = dataclasses.replace(RULES, missing_reward="drop")
     dropped = traffic_outcomes(engine, "m", "7", since, drop, now=now)["candidate"]
     assert dropped.total == pytest.approx((0.25 + 1.0) / 2 + 1.0)
+    # the replay's outcome column is the same reading, decision by decision (the
+    # monitor's reward drift reads it); position 0's reward stays in `reward`
+    window = {"reward_window": RULES.reward_window, "as_of": now}
+    frame = read_replay(engine, since, now, **window, default_reward=0.0)
+    assert list(frame["outcome"]) == pytest.approx(values)
+    assert list(frame["reward"]) == [0.25, 0.0]
+    dropped_frame = read_replay(engine, since, now, **window, missing_reward="drop")
+    assert list(dropped_frame["outcome"]) == pytest.approx([(0.25 + 1.0) / 2, 1.0])
