@@ -95,6 +95,10 @@ class SequentialResult:
     margin: float
 
 
+#: Outcomes per arm at which the interval is tightest by default (the rollout setting
+#: ``rollout_design_n`` defaults to it).
+DESIGN_N = 2000
+
 def mixture_r(design_information: float, alpha: float) -> float:
     """The mixture precision ``r`` that makes the boundary tightest near
     ``design_information``."""
@@ -123,7 +127,7 @@ def difference_cs(
     sq_production: ArrayLike,
     alpha: float,
     reward_range: tuple[float, float] = (0.0, 1.0),
-    design_n: float = 1000.0,
+    design_n: float = DESIGN_N,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """The confidence sequence for ``μ_candidate − μ_production``, vectorised.
 
@@ -199,7 +203,7 @@ def sequential_test(
     alpha: float,
     margin: float,
     reward_range: tuple[float, float] = (0.0, 1.0),
-    design_n: float = 1000.0,
+    design_n: float = DESIGN_N,
 ) -> SequentialResult:
     """One look: the confidence sequence for the difference and its decision.
 

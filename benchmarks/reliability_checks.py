@@ -430,7 +430,15 @@ def _gx_refuses_corrupted(replay_dir: Path, workdir: Path) -> bool:
     frame.to_parquet(corrupted, index=False)
     bad = ReplayManifest(**{**manifest.__dict__, "path": str(corrupted)})
     try:
-        validate_features(bad, workdir / "gx_docs", min_rows=50)
+        # this scenario's own rules: clicks in [0, 1], no drift reference
+        validate_features(
+            bad,
+            workdir / "gx_docs",
+            min_rows=50,
+            reward_min=0.0,
+            reward_max=1.0,
+            drift_threshold=1.0,
+        )
     except DataValidationError:
         return True
     return False

@@ -15,6 +15,7 @@ Every settings class reads, in this order of precedence: keyword arguments, the
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import types
 import typing
@@ -210,6 +211,11 @@ class WorkspaceFileSource(PydanticBaseSettingsSource):
         return read_workspace_file(self.settings_cls, self.path)
 
 
+#: A registry alias (MLflow's rule): letters, digits, ``_`` and ``-``; not ``v<digits>``.
+_ALIAS = re.compile(r"[\w-]{1,255}")
+_VERSION = re.compile(r"[vV]\d+")
+
+
 class CoreSettings(BaseSettings):
     """Settings every component reads.
 
@@ -280,6 +286,27 @@ class CoreSettings(BaseSettings):
     missing_reward: MissingReward = "default"
     default_reward: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
     runs_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_aliases(self) -> Self:
+        names = ("registered_alias", "candidate_alias", "production_alias")
+        for name in names:
+            value = getattr(self, name)
+            if (
+                not _ALIAS.fullmatch(value)
+                or value.lower() == "latest"
+                or _VERSION.fullmatch(value)
+            ):
+                raise ValueError(
+                    f"{name} must be a registry alias: 1–255 letters, digits, '_' or '-', "
+                    f"neither 'latest' nor like a version ('v3'); got {value!r}."
+                )
+        values = [getattr(self, n) for n in names]
+        if len(set(values)) < len(values):
+            raise ValueError(
+                f"{', '.join(names)} must differ (a version's stage is its alias); got {values}."
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_reward_range(self) -> Self:

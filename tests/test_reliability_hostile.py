@@ -573,7 +573,8 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
     url, start, end = _window(tmp_path, broken=1)
     manifest = extract_replay(url, start, end, tmp_path / "ok", reward_window=timedelta(seconds=1))
     assert (manifest.quarantined, manifest.rows, manifest.dim_user) == (1, 149, DIM_USER)
-    validate_features(manifest, tmp_path / "ok" / "docs")
+    rules = {"min_rows": 100, "reward_min": 0.0, "reward_max": 1.0, "drift_threshold": 1.0}
+    validate_features(manifest, tmp_path / "ok" / "docs", **rules)
     named = json.loads((tmp_path / "ok" / "docs" / "quarantine.json").read_text())
     assert [r["event_id"] for r in named["rows"]] == ["wide-0"]
     # above the share nothing is set aside and the suite fails the run, as before
@@ -583,4 +584,4 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
     )
     assert manifest.quarantined == 0 and manifest.rows == 150
     with pytest.raises(DataValidationError):
-        validate_features(manifest, tmp_path / "over" / "docs")
+        validate_features(manifest, tmp_path / "over" / "docs", **rules)

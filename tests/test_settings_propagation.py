@@ -431,3 +431,28 @@ def test_core_settings_docstring_states_the_rule() -> None:
     doc = CoreSettings.__doc__ or ""
     for phrase in ("BANDITOPS_WORKSPACE", "banditops.toml", "config show"):
         assert phrase in doc
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"candidate_alias": "production"}, "must differ"),
+        ({"registered_alias": "staging"}, "must differ"),
+        ({"production_alias": "prod live"}, "production_alias must be a registry alias"),
+        ({"candidate_alias": "Latest"}, "candidate_alias must be a registry alias"),
+        ({"production_alias": "v2"}, "like a version"),
+        ({"registered_alias": ""}, "registered_alias must be a registry alias"),
+    ],
+)
+def test_aliases_are_distinct_registry_aliases(
+    tmp_path: Path, values: dict[str, str], message: str
+) -> None:
+    """Each alias is a stage of the loop: two stages with one alias, or a name the
+    registry refuses, are refused when the settings are read — not at the first promotion."""
+    from pydantic import ValidationError
+
+    from eventstore.settings import CoreSettings
+
+    with pytest.raises(ValidationError, match=message):
+        CoreSettings(workspace=tmp_path, **values)
+    assert CoreSettings(workspace=tmp_path, production_alias="live").production_alias == "live"

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self
 from pydantic import Field, field_validator, model_validator
 
 from bandit_core.catalog import ALGORITHMS as POLICY_NAMES  # torch-free
+from bandit_core.sequential import DESIGN_N
 from bandit_core.support import MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
 from eventstore.settings import CoreSettings
 
@@ -207,7 +208,7 @@ class PipelineSettings(CoreSettings):
     rollout_max_duration_s: float = Field(7 * 86_400.0, gt=0.0)
     rollout_margin: float = Field(0.01, ge=0.0)
     rollout_alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    rollout_design_n: int = Field(2000, ge=1)
+    rollout_design_n: int = Field(DESIGN_N, ge=1)
     rollout_auto_start: bool = True
     validation_drift_warning: float = Field(0.1, gt=0.0)
     validation_drift_failing: float = Field(1.0, gt=0.0)

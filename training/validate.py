@@ -26,15 +26,18 @@ def validate_features(
     manifest: ReplayManifest,
     docs_dir: str | Path,
     *,
-    min_rows: int = 100,
-    reward_min: float = 0.0,
-    reward_max: float = 1.0,
+    min_rows: int,
+    reward_min: float,
+    reward_max: float,
+    drift_threshold: float,
     reference_path: str | Path | None = None,
     reference: Mapping[str, Any] | None = None,
-    drift_threshold: float = 0.25,
     drift_warning: float | None = None,
 ) -> ReplayValidation:
     """Validate the replay file of ``manifest``; raise ``DataValidationError`` on failure.
+
+    ``min_rows``, the reward range and ``drift_threshold`` have no defaults here: a run
+    takes them from its spec (the retrain settings), so no second copy can drift.
 
     The data docs (HTML) go to ``docs_dir``. ``reference_path`` (an earlier replay file)
     or ``reference`` (a feature reference as logged with a registered version: its
