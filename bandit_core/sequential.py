@@ -99,6 +99,7 @@ class SequentialResult:
 #: ``rollout_design_n`` defaults to it).
 DESIGN_N = 2000
 
+
 def mixture_r(design_information: float, alpha: float) -> float:
     """The mixture precision ``r`` that makes the boundary tightest near
     ``design_information``."""
