@@ -73,6 +73,7 @@ from modelregistry.registry import ModelRegistry
 from monitoring import served_latency as sl
 from monitoring.plots import plot_monitor_report
 from monitoring.settings import CHECKS, MAX_SEGMENTS, MonitorSettings
+from serving.metrics import DECISIONS
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, drift_score, feature_frame
 
 log = logging.getLogger(__name__)
@@ -777,7 +778,7 @@ def served_faults(
         section["check"] = _check("alert", f"model errors unknown: {exc}")
         return section
     if counters is None:
-        section["check"] = _check("alert", f"{url}/metrics exports no {sl.DECISIONS} counter.")
+        section["check"] = _check("alert", f"{url}/metrics exports no {DECISIONS} counter.")
         return section
     previous: tuple[str, dict[str, float]] | None = None
     try:

@@ -26,7 +26,15 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-METRIC = "banditops_request_latency_seconds"
+from serving.metrics import (
+    DEADLINE_FALLBACKS,
+    DECISIONS,
+    FALLBACK_LABELS,
+    LATENCY,
+    MODEL_ERRORS,
+)
+
+METRIC = LATENCY
 #: The endpoints that serve decisions (``serving/routes.py``); their latency is "served".
 DECISION_ENDPOINTS = ("/v1/decisions", "/v1/decisions/grouped")
 
@@ -193,13 +201,6 @@ def read_metrics(service_url: str, timeout_s: float = 10.0) -> str:
         raise ScrapeError(f"could not read {url}: {exc}") from exc
 
 
-#: The service's counters of fallback decisions by cause (:mod:`serving.metrics`), and of
-#: decisions (labelled ``fallback``).
-MODEL_ERRORS = "banditops_model_errors"
-DEADLINE_FALLBACKS = "banditops_deadline_fallbacks"
-DECISIONS = "banditops_decisions"
-
-
 def parse_fallback_counters(text: str) -> dict[str, float] | None:
     """``decisions``, ``fallback_decisions``, ``model_errors`` and ``deadline_fallbacks``
     (cumulative since the service started) from a Prometheus exposition; None when it has
@@ -216,7 +217,7 @@ def parse_fallback_counters(text: str) -> dict[str, float] | None:
                 continue  # the _created timestamps
             if family.name == DECISIONS:
                 out["decisions"] += sample.value
-                if sample.labels.get("fallback") == "true":
+                if sample.labels.get("fallback") == FALLBACK_LABELS[True]:
                     out["fallback_decisions"] += sample.value
             elif family.name == MODEL_ERRORS:
                 out["model_errors"] += sample.value

@@ -24,6 +24,14 @@ from prometheus_client import (
 #: Distinct arm labels kept before the rest are counted as ``"other"``.
 MAX_ARM_LABELS = 1000
 
+#: Names the monitor reads back from ``/metrics`` (:mod:`monitoring.served_latency`).
+LATENCY = "banditops_request_latency_seconds"
+DECISIONS = "banditops_decisions"
+MODEL_ERRORS = "banditops_model_errors"
+DEADLINE_FALLBACKS = "banditops_deadline_fallbacks"
+#: The ``fallback`` label of :data:`DECISIONS`.
+FALLBACK_LABELS = {True: "true", False: "false"}
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -45,26 +53,26 @@ class ServiceMetrics:
             "banditops_requests", "HTTP requests", ["endpoint", "method", "status"], registry=reg
         )
         self.latency = Histogram(
-            "banditops_request_latency_seconds",
+            LATENCY,
             "Request latency in the service",
             ["endpoint"],
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         )
         self.decisions = Counter(
-            "banditops_decisions", "Decisions served", ["arm", "traffic", "fallback"], registry=reg
+            DECISIONS, "Decisions served", ["arm", "traffic", "fallback"], registry=reg
         )
         self.rewards = Counter("banditops_rewards", "Rewards received", ["status"], registry=reg)
         self.reward_value = Summary(
             "banditops_reward_value", "Reward values received", registry=reg
         )
         self.model_errors = Counter(
-            "banditops_model_errors",
+            MODEL_ERRORS,
             "Decisions where the model raised or returned non-finite scores (fallback used)",
             registry=reg,
         )
         self.deadline_fallbacks = Counter(
-            "banditops_deadline_fallbacks",
+            DEADLINE_FALLBACKS,
             "Decisions the model did not finish by decision_deadline_s (fallback used)",
             registry=reg,
         )

@@ -77,7 +77,7 @@ from serving.inputs import (
     context_vector,
 )
 from serving.lanes import lowered_executor
-from serving.metrics import ServiceMetrics
+from serving.metrics import FALLBACK_LABELS, ServiceMetrics
 from serving.models.fallback import FallbackPolicy
 from serving.models.loader import ModelLoader, RolloutTarget
 from serving.models.served import ServedModel, ServingSet, find_head
@@ -574,7 +574,7 @@ class DecisionService:
         if row.count_impressions:
             self.catalog.record_shown(row.shown_ids)
         self.metrics.decisions.labels(
-            self.metrics.arm_label(row.arm_id), row.traffic, "true" if row.fallback else "false"
+            self.metrics.arm_label(row.arm_id), row.traffic, FALLBACK_LABELS[row.fallback]
         ).inc()
 
     def _remember(self, row: DecisionRow) -> None:
