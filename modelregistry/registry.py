@@ -137,7 +137,7 @@ class ModelRegistry:
     def __init__(
         self,
         tracking_uri: str,
-        model_name: str = "banditops-policy",
+        model_name: str = CoreSettings.model_fields["model_name"].default,
         experiment: str = "banditops",
         artifact_location: str | None = None,
         *,

@@ -72,7 +72,7 @@ from eventstore.workspace import as_utc, run_folder
 from modelregistry.registry import ModelRegistry
 from monitoring import served_latency as sl
 from monitoring.plots import plot_monitor_report
-from monitoring.settings import CHECKS, MAX_SEGMENTS, MonitorSettings
+from monitoring.settings import CHECKS, MAX_SEGMENTS, MONITOR_FOLDER, MonitorSettings
 from serving.metrics import DECISIONS
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, drift_score, feature_frame
 
@@ -171,11 +171,11 @@ def build_report(
     end = as_utc("end", end)
     frame = _read_events(settings, end)
     reference, production = production_reference(settings)
-    state = settings.runs_path / "monitor"
+    state = settings.runs_path / MONITOR_FOLDER
     latency = served_latency(settings, state / LATENCY_STATE_FILE)
     faults = served_faults(settings, state / FAULTS_STATE_FILE)
     report = summarize(frame, end, settings, reference, production, latency, faults)
-    folder = run_folder(settings.runs_path / "monitor", run_key)
+    folder = run_folder(settings.runs_path / MONITOR_FOLDER, run_key)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
     path.write_text(json.dumps(report, indent=2))
@@ -877,7 +877,7 @@ def drift_trigger(
     if not drifted:
         out["reason"] = f"no feature drifted to {threshold:g} or more."
         return out
-    state = settings.runs_path / "monitor" / DRIFT_STATE_FILE
+    state = settings.runs_path / MONITOR_FOLDER / DRIFT_STATE_FILE
     cooldown = timedelta(hours=settings.retrain_drift_cooldown_h)
     last = _last_drift_event(state)
     if last is not None and now - last < cooldown:

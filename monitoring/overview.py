@@ -46,10 +46,9 @@ from modelregistry.registry import ModelRegistry, VersionInfo
 from monitoring import served_latency as sl
 from monitoring.monitor import REPORT_FILE
 from monitoring.online import FALLBACK, RewardRules, fallback_by_day, online_outcomes
-from monitoring.settings import MonitorSettings
+from monitoring.settings import MONITOR_FOLDER, MonitorSettings
 
 #: Where ``bandit_monitor`` keeps its runs (``<runs dir>/monitor/<run>/report.json``).
-MONITOR_FOLDER = "monitor"
 #: Monitor reports read for the latency history.
 LATENCY_HISTORY = 24
 #: Alias moves shown.

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bandit_core import Candidates, Policy, load_policy, make_policy
-from training.replay import ReplayData, load_replay
+from training.replay import HOLDOUT_FRACTION, ReplayData, load_replay
 from validation.gate import GateDecision, GateRule, decide, unsupported_terms
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
 from validation.ope.evaluate import policy_action_dist
@@ -152,7 +152,7 @@ def evaluate(
     production_state: str | Path | None,
     replay_path: str | Path,
     *,
-    holdout_fraction: float = 0.2,
+    holdout_fraction: float = HOLDOUT_FRACTION,
     rule: GateRule,
     n_resamples: int,
     seed: int = 0,

@@ -35,6 +35,8 @@ from training import quarantine
 REPLAY_FILE = "replay.parquet"
 MANIFEST_FILE = "replay.json"
 QUARANTINE_FILE = "quarantine.parquet"
+#: The time-ordered share of a window held out for the offline evaluation (the last rows).
+HOLDOUT_FRACTION = 0.2
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from bandit_core.diagnostics import diagnose_linear_failure
 from bandit_core.head_statistics import LinearHeadPolicy
 from bandit_core.policies.position import split_position
 from bandit_core.policies.registry import catalog_policy
-from training.replay import ReplayData, load_replay
+from training.replay import HOLDOUT_FRACTION, ReplayData, load_replay
 
 STATE_FILE = "policy_state.npz"
 RESULT_FILE = "train.json"
@@ -75,7 +75,7 @@ class TrainConfig:
 
     algorithm: str = "lints"
     options: dict[str, Any] = field(default_factory=dict)
-    holdout_fraction: float = 0.2
+    holdout_fraction: float = HOLDOUT_FRACTION
     min_rows: int = 1
     curve_points: int = 5
     seed: int = 0
@@ -272,7 +272,7 @@ def rebuild_head(
     state_path: str | Path,
     replay_path: str | Path,
     out_path: str | Path,
-    holdout_fraction: float | None = 0.2,
+    holdout_fraction: float | None = HOLDOUT_FRACTION,
 ) -> Path:
     """Rebuild the Bayesian head completely, on the final network, from the training rows.
 
