@@ -73,9 +73,9 @@ def warm_policy(seed: int, path: Path | None = None) -> Any:
 
 
 def index_config(method: str = "hnsw") -> IndexConfig:
-    return IndexConfig(
-        method=method, hnsw_m=32, hnsw_ef_construction=80, hnsw_ef_search=256, new_after=NEW_AFTER
-    )
+    """The service's index settings (their defaults), with ``method`` and this run's
+    ``new_after``."""
+    return IndexConfig(method=method, new_after=NEW_AFTER)
 
 
 def in_process(items: int, k: int, new: int, seed: int) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def in_process(items: int, k: int, new: int, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
         got = index.retrieve(context, k)
         mid = time.perf_counter()
-        options = ChoiceOptions(new_ids=got.new_ids, new_p_min=0.02, new_max_share=0.2)
+        options = ChoiceOptions(new_ids=got.new_ids)  # the service's defaults otherwise
         choice = choose(policy, context, got.candidates, rng, None, options)
         end = time.perf_counter()
         if i >= 100:

@@ -26,6 +26,7 @@ from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.position import split_position, with_position
 from eventstore.records import DecisionRow
 from serving.inputs import DecisionInput
+from serving.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,10 @@ class ChoiceOptions:
     """How a request is decided beyond the policy itself (from settings and catalog)."""
 
     marginal_draws: int = 0
-    max_states: int = 64
+    max_states: int = Settings.model_fields["slate_max_states"].default
     new_ids: frozenset[str] = frozenset()
-    new_p_min: float = 0.02
-    new_max_share: float = 0.2
+    new_p_min: float = Settings.model_fields["new_item_p_min"].default
+    new_max_share: float = Settings.model_fields["new_item_max_share"].default
 
 
 def choose(

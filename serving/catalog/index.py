@@ -29,24 +29,27 @@ from numpy.typing import NDArray
 from bandit_core import Candidates
 from serving.catalog.retrieval import ExactRetriever, HnswRetriever, make_retriever
 from serving.catalog.store import ItemRecord
+from serving.settings import Settings
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.intp]
+#: The service settings' declared defaults: the config's defaults are theirs.
+_DEFAULTS: dict[str, Any] = {name: f.default for name, f in Settings.model_fields.items()}
 
 
 @dataclass(frozen=True)
 class IndexConfig:
     """How the index retrieves and treats new items (from the service settings)."""
 
-    method: str = "auto"  # "auto", "exact" or "hnsw"
-    exact_max: int = 20_000
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 256
-    new_after: int = 100
-    cold_slots: int = 2
+    method: str = _DEFAULTS["catalog_index"]  # "auto", "exact" or "hnsw"
+    exact_max: int = _DEFAULTS["catalog_exact_max"]
+    hnsw_m: int = _DEFAULTS["catalog_hnsw_m"]
+    hnsw_ef_construction: int = _DEFAULTS["catalog_hnsw_ef_construction"]
+    hnsw_ef_search: int = _DEFAULTS["catalog_hnsw_ef_search"]
+    new_after: int = _DEFAULTS["new_item_impressions"]
+    cold_slots: int = _DEFAULTS["new_item_slots"]
     cold_exact_max: int = 10_000
-    rebuild_fraction: float = 0.2
+    rebuild_fraction: float = _DEFAULTS["catalog_rebuild_fraction"]
 
     def method_for(self, n_items: int) -> str:
         if self.method != "auto":

@@ -7,19 +7,26 @@ uniformly with probability ε. Both report exact propensities.
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 from numpy.typing import ArrayLike
 
 from bandit_core import Candidates, Decision, DecisionBatch
 from bandit_core.exploration import greedy_choice_one, greedy_probabilities, sample_categorical
+from serving.settings import Settings
+
+_KIND, _EPSILON = (Settings.model_fields[n] for n in ("fallback_policy", "fallback_epsilon"))
+#: The fallback kinds (``BANDITOPS_FALLBACK_POLICY``'s choices).
+KINDS: tuple[str, ...] = get_args(_KIND.annotation)
 
 
 class FallbackPolicy:
     """ε-greedy around the caller's order; ``kind="uniform"`` is the ε = 1 case."""
 
-    def __init__(self, kind: str = "uniform", epsilon: float = 0.1) -> None:
-        if kind not in ("uniform", "epsilon_greedy"):
-            raise ValueError(f"fallback kind must be 'uniform' or 'epsilon_greedy'; got {kind!r}.")
+    def __init__(self, kind: str = _KIND.default, epsilon: float = _EPSILON.default) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"fallback kind must be one of {', '.join(KINDS)}; got {kind!r}.")
         if not 0.0 <= epsilon <= 1.0:
             raise ValueError(f"fallback epsilon must be in [0, 1]; got {epsilon}.")
         self.kind = kind
