@@ -21,12 +21,13 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, select
 
 from eventstore.replay import combined_reward, decision_outcome, in_reward_window
 from eventstore.schema import decisions, rewards
+from eventstore.settings import CORE_DEFAULTS, DuplicateRule, MissingReward
 
 if TYPE_CHECKING:
     from eventstore.settings import CoreSettings
@@ -42,9 +43,9 @@ class RewardRules:
     """How a decision's reward is read (the core settings' reward rules)."""
 
     reward_window: timedelta
-    duplicate_rule: Literal["first_wins", "sum"] = "first_wins"
-    missing_reward: Literal["default", "drop"] = "default"
-    default_reward: float = 0.0
+    duplicate_rule: DuplicateRule = CORE_DEFAULTS["duplicate_rule"]
+    missing_reward: MissingReward = CORE_DEFAULTS["missing_reward"]
+    default_reward: float = CORE_DEFAULTS["default_reward"]
 
     @classmethod
     def of(cls, settings: CoreSettings) -> RewardRules:

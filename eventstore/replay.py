@@ -40,7 +40,7 @@ from sqlalchemy import Boolean, Column, ColumnElement, Engine, Row, func, select
 
 from eventstore.migrate import require_current
 from eventstore.schema import SHAPE, decisions, replay_columns, rewards
-from eventstore.settings import DuplicateRule, MissingReward, check_rules
+from eventstore.settings import CORE_DEFAULTS, DuplicateRule, MissingReward, check_rules
 from eventstore.types import decode_floats
 
 
@@ -136,9 +136,9 @@ def read_replay(
     end: datetime,
     *,
     reward_window: timedelta,
-    duplicate_rule: DuplicateRule = "first_wins",
-    missing_reward: MissingReward = "default",
-    default_reward: float = 0.0,
+    duplicate_rule: DuplicateRule = CORE_DEFAULTS["duplicate_rule"],
+    missing_reward: MissingReward = CORE_DEFAULTS["missing_reward"],
+    default_reward: float = CORE_DEFAULTS["default_reward"],
     as_of: datetime | None = None,
     keep_unrewarded: bool = False,
 ) -> pd.DataFrame:

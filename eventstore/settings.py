@@ -378,3 +378,8 @@ class CoreSettings(BaseSettings):
     def runs_path(self) -> Path:
         """The runs folder (absolute)."""
         return (self.runs_dir or self.workspace / "runs").resolve()
+
+
+#: Every core setting's declared default: where a function's default stands for a
+#: setting (a reward rule, the reward range), it is read here, never written again.
+CORE_DEFAULTS: dict[str, Any] = {name: f.default for name, f in CoreSettings.model_fields.items()}

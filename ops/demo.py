@@ -348,6 +348,9 @@ def worse_candidate(ws: Workspace, start: datetime, end: datetime, seed: int) ->
         end,
         out,
         reward_window=timedelta(seconds=settings.reward_window_s),
+        duplicate_rule=settings.duplicate_rule,
+        missing_reward=settings.missing_reward,
+        default_reward=settings.default_reward,
     )
     frame = pd.read_parquet(out / REPLAY_FILE)
     frame["reward"] = settings.reward_min + settings.reward_max - frame["reward"]

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from bandit_core.policies.position import with_positions
 from eventstore.engine import make_engine
 from eventstore.replay import read_replay, window_stop
-from eventstore.settings import DuplicateRule, MissingReward
+from eventstore.settings import CORE_DEFAULTS, DuplicateRule, MissingReward
 from training import quarantine
 
 REPLAY_FILE = "replay.parquet"
@@ -87,10 +87,10 @@ def extract_replay(
     end: datetime,
     out_dir: str | Path,
     *,
-    reward_window: timedelta = timedelta(days=1),
-    duplicate_rule: DuplicateRule = "first_wins",
-    missing_reward: MissingReward = "default",
-    default_reward: float = 0.0,
+    reward_window: timedelta = timedelta(seconds=CORE_DEFAULTS["reward_window_s"]),
+    duplicate_rule: DuplicateRule = CORE_DEFAULTS["duplicate_rule"],
+    missing_reward: MissingReward = CORE_DEFAULTS["missing_reward"],
+    default_reward: float = CORE_DEFAULTS["default_reward"],
     as_of: datetime | None = None,
     quarantine_max_share: float = quarantine.MAX_SHARE,
     max_abs_feature: float = quarantine.MAX_ABS,

@@ -45,6 +45,7 @@ import pandas as pd
 from bandit_core._validation import Interval, OneOf, validate_params
 from eventstore.replay import REWARD, REWARD_COUNT
 from eventstore.schema import decisions
+from eventstore.settings import CORE_DEFAULTS
 
 #: Value kinds checked by ``ExpectColumnValuesToBeOfKind``.
 Kind = Literal["string", "number", "utc_datetime", "string_sequence"]
@@ -133,8 +134,8 @@ class ReplaySuiteConfig:
     dim_arm: int
     window_start: dt.datetime
     window_end: dt.datetime
-    reward_min: float = 0.0
-    reward_max: float = 1.0
+    reward_min: float = CORE_DEFAULTS["reward_min"]
+    reward_max: float = CORE_DEFAULTS["reward_max"]
     summed_rewards: bool = False
     min_rows: int = 1
     drift_metric: Literal["psi", "kl"] = "psi"
