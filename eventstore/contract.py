@@ -64,3 +64,13 @@ def previous_tag(alias: str) -> str:
 def version_label(name: str, version: str | int) -> str:
     """How the service names a registry version in its logs and in the store."""
     return f"{name}/{version}"
+
+
+#: The service's Prometheus metrics the monitor reads back from ``/metrics``
+#: (:mod:`serving.metrics` exports them, :mod:`monitoring.served_latency` parses them).
+LATENCY = "banditops_request_latency_seconds"
+DECISIONS = "banditops_decisions"
+MODEL_ERRORS = "banditops_model_errors"
+DEADLINE_FALLBACKS = "banditops_deadline_fallbacks"
+#: The ``fallback`` label of :data:`DECISIONS`.
+FALLBACK_LABELS = {True: "true", False: "false"}

@@ -66,6 +66,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core.user_groups import group_key, user_group_key
+from eventstore.contract import DECISIONS
 from eventstore.engine import make_engine
 from eventstore.replay import read_replay
 from eventstore.workspace import as_utc, run_folder
@@ -73,7 +74,6 @@ from modelregistry.registry import ModelRegistry
 from monitoring import served_latency as sl
 from monitoring.plots import plot_monitor_report
 from monitoring.settings import CHECKS, MAX_SEGMENTS, MONITOR_FOLDER, MonitorSettings
-from serving.metrics import DECISIONS
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, drift_score, feature_frame
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import (
+from eventstore.contract import (
     DEADLINE_FALLBACKS,
     DECISIONS,
     FALLBACK_LABELS,

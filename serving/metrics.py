@@ -21,16 +21,16 @@ from prometheus_client import (
     generate_latest,
 )
 
+from eventstore.contract import (
+    DEADLINE_FALLBACKS,
+    DECISIONS,
+    LATENCY,
+    MODEL_ERRORS,
+)
+
 #: Distinct arm labels kept before the rest are counted as ``"other"``.
 MAX_ARM_LABELS = 1000
 
-#: Names the monitor reads back from ``/metrics`` (:mod:`monitoring.served_latency`).
-LATENCY = "banditops_request_latency_seconds"
-DECISIONS = "banditops_decisions"
-MODEL_ERRORS = "banditops_model_errors"
-DEADLINE_FALLBACKS = "banditops_deadline_fallbacks"
-#: The ``fallback`` label of :data:`DECISIONS`.
-FALLBACK_LABELS = {True: "true", False: "false"}
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)

@@ -47,7 +47,7 @@ from bandit_core.policies.wrappers import records_on_select
 from bandit_core.state import state_to_parts
 from eventstore import records
 from eventstore.admission import Admission
-from eventstore.contract import CANDIDATE, PRODUCTION
+from eventstore.contract import CANDIDATE, FALLBACK_LABELS, PRODUCTION
 from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
@@ -77,7 +77,7 @@ from serving.inputs import (
     context_vector,
 )
 from serving.lanes import lowered_executor
-from serving.metrics import FALLBACK_LABELS, ServiceMetrics
+from serving.metrics import ServiceMetrics
 from serving.models.fallback import FallbackPolicy
 from serving.models.loader import ModelLoader, RolloutTarget
 from serving.models.served import ServedModel, ServingSet, find_head
