@@ -12,6 +12,9 @@ with ``allow_pickle=False``). That is exactly where
 only that file. The service reads ``models:/<name>@<alias>`` (``production``, and the
 rollout candidate's alias) and calls the version ``<name>/<version>`` in its decisions,
 rewards and snapshots.
+
+Also here: the names the two sides share beyond the model files — the traffic arms,
+the registry version tags, and the service's metrics the monitor reads back.
 """
 
 from __future__ import annotations
