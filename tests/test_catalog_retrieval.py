@@ -109,6 +109,21 @@ def test_index_applies_versions_idempotently_and_never_retrieves_retired_items()
     assert compact.stale_rows == 0 and compact.retrieve(np.array([0.0, 1.0]), 10).versions == (2, 1)
 
 
+def test_a_new_item_retrieval_also_ranks_is_offered_once() -> None:
+    """A fresh catalog (every item new), k = cold_slots + 1: a new item retrieval ranks
+    second is also the best new one outside the kept head. It used to fill its
+    retrieved place *and* an injected one (``("item8", "item8", …)``), so a slate showed
+    it twice with a wrong propensity."""
+    index = CatalogIndex(IndexConfig(method="exact", new_after=100, cold_slots=2), 2, 2)
+    index.apply([_record(f"item{i}", 1, i + 1, [float(i), 1.0]) for i in range(30)])
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        query = rng.standard_normal(2)
+        for k in (1, 2, 3, 4, 6):
+            ids = index.retrieve(query, k).candidates.ids
+            assert len(ids) == k and len(set(ids)) == k, (query, k, ids)
+
+
 def test_new_items_are_added_to_the_retrieved_set_until_they_have_impressions() -> None:
     config = IndexConfig(method="exact", new_after=3, cold_slots=1)
     index = CatalogIndex(config, 2, 2)

@@ -252,11 +252,14 @@ class CatalogIndex:
         inject: list[int] = []
         if cfg.cold_slots and 0 < self.cold.n_active <= cfg.cold_exact_max:
             cold_rows, _ = self.cold.search(query, cfg.cold_slots)
-            taken = set(rows[: max(0, k - cfg.cold_slots)].tolist())
-            inject = [r for r in (self._cold_rows[c] for c in cold_rows) if r not in taken]
-        if inject:
-            keep = rows[: k - len(inject)]
-            rows = np.concatenate([keep, np.array(inject, dtype=np.intp)])[:k]
+            head = rows[: max(0, k - cfg.cold_slots)].tolist()  # kept whatever the new items
+            inject = [r for r in (self._cold_rows[c] for c in cold_rows) if r not in head]
+            if inject:
+                # the rest of the retrieved rows, without the injected ones, then those:
+                # every candidate once
+                rest = [r for r in rows[len(head) :].tolist() if r not in inject]
+                fill = rest[: max(0, k - len(head) - len(inject))]
+                rows = np.array(head + fill + inject, dtype=np.intp)[:k]
         ids = tuple(self._rows.ids[r] for r in rows)
         new_ids = frozenset(i for i in ids if self.impressions[i] < cfg.new_after)
         return Retrieved(
