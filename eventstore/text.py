@@ -1,8 +1,15 @@
 """Text the event store, the workspace and MLflow can hold: no NUL character (PostgreSQL
 text refuses it, file names cannot carry it) and no lone surrogate (UTF-8 cannot encode
-one; Python makes them from undecodable bytes in command-line arguments)."""
+one; Python makes them from undecodable bytes in command-line arguments); and text shown
+to others without the credentials in it."""
 
 from __future__ import annotations
+
+import logging
+import re
+import traceback
+from collections.abc import Callable
+from typing import Any
 
 
 def text_problem(value: str) -> str | None:
@@ -22,3 +29,38 @@ def check_text(name: str, value: str) -> str:
     if problem is not None:
         raise ValueError(f"{name} {problem}; got {value!r}.")
     return value
+
+
+#: The password of a URL's userinfo (``scheme://user:password@host``).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]*:)[^\s/]*(?=@)")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (an MLflow or
+    database error names the URL it could not reach, userinfo and all)."""
+    return _URL_PASSWORD.sub(r"\g<head>***", text)
+
+
+def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: left for the handler to report
+            return record
+        record.msg, record.args = redact_credentials(message), ()
+        if record.exc_info and not record.exc_text:
+            text = "".join(traceback.format_exception(*record.exc_info))
+            record.exc_text = redact_credentials(text.rstrip("\n"))
+        return record
+
+    factory.redacts = True  # type: ignore[attr-defined]
+    return factory
+
+
+def redact_logged_credentials() -> None:
+    """Make every log record of this process carry URLs without their passwords, message
+    and traceback alike, whoever logs it and whatever handler writes it (idempotent)."""
+    current = logging.getLogRecordFactory()
+    if not getattr(current, "redacts", False):
+        logging.setLogRecordFactory(_redacting_factory(current))

@@ -25,6 +25,7 @@ from eventstore.settings import (
     workspace_file,
     workspace_of,
 )
+from eventstore.text import redact_credentials
 from ops.config_reference import SETTINGS_CLASSES
 
 HEADER = """\
@@ -142,8 +143,10 @@ def effective(workspace: Path | None = None) -> list[Effective]:
     for cls, _ in SETTINGS_CLASSES:
         if not issubclass(cls, CoreSettings):
             raise TypeError(f"{cls.__name__} must extend CoreSettings.")
-        values = cls(**init).model_dump(mode="json")
+        values = cls(**init).model_dump(mode="json")  # a SecretStr comes out masked
         for name, origin in cls.origins(**init).items():
+            if isinstance(values[name], str):  # and a URL without its password
+                values[name] = redact_credentials(values[name])
             rows.setdefault(
                 name,
                 Effective(f"BANDITOPS_{name.upper()}", where[name], values[name], origin),

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from eventstore.text import redact_logged_credentials
 from serving.catalog.routes import router as catalog_router
 from serving.errors import body_error, input_error, validation_error, with_status
 from serving.inputs import InputError
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A decision-service app for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
     settings.check_auth()  # fail closed: no token and auth not disabled explicitly
+    redact_logged_credentials()  # an unreachable registry's error names its URL
     metrics = ServiceMetrics()
 
     @asynccontextmanager

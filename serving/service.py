@@ -344,7 +344,7 @@ class DecisionService:
         return (rollout.label, rollout.version), rollout.share
 
     def _served(self) -> ServingSet:
-        served = self.loader.current
+        served = self.loader.serving_set()
         if served is None:
             raise NotReadyError("no model or fallback is ready yet.")
         return served
@@ -888,7 +888,7 @@ class DecisionService:
             return None if model is None else ServedModelInfo(**model.summary())
 
         return ModelInfo(
-            ready=served is not None,
+            ready=self.loader.ready,
             fallback_active=served is None or served.fallback_active,
             fallback_policy=self.fallback.name,
             production=describe(served.production if served else None),

@@ -32,6 +32,7 @@ from bandit_core import Candidates, Policy
 from bandit_core.policies.decision_copy import decision_copy
 from eventstore.admission import AdmissionError, first_non_finite
 from eventstore.contract import CANDIDATE, PRODUCTION
+from eventstore.text import redact_credentials
 from serving.budget import check_choice_finite
 from serving.decide import choose
 from serving.models.recovery import recover
@@ -132,6 +133,7 @@ class ModelLoader:
         self.candidate_share = candidate_share
         self._on_swap = on_swap
         self.current: ServingSet | None = None
+        self._started: float | None = None
         self.failures = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -140,10 +142,23 @@ class ModelLoader:
 
     @property
     def ready(self) -> bool:
-        """True once the first poll has decided what serves (a model or the fallback)."""
-        return self.current is not None
+        """True once the first poll has decided what serves (a model or the fallback), or
+        one poll interval after the start when it has not (a registry that does not
+        answer): then the fallback serves until a poll loads a model."""
+        if self.current is not None:
+            return True
+        return self._started is not None and time.monotonic() - self._started >= self.interval_s
+
+    def serving_set(self) -> ServingSet | None:
+        """What serves now: the polled set; the fallback alone once :attr:`ready` without
+        one; None before."""
+        current = self.current
+        if current is None and self.ready:
+            return ServingSet(None, None, self.candidate_share)
+        return current
 
     def start(self) -> ModelLoader:
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
@@ -273,7 +288,7 @@ class ModelLoader:
 
     def _failed(self, reason: str, message: str) -> None:
         self.failures += 1
-        self.last_error = message[:500]
+        self.last_error = redact_credentials(message)[:500]  # GET /v1/model shows it
         if self._on_failure is not None:
             self._on_failure(reason, message)
 

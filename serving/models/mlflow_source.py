@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from datetime import UTC, datetime
 
@@ -13,6 +14,15 @@ from eventstore.admission import Admission
 from eventstore.contract import WINDOW_STOP_TAG, version_label
 from modelregistry.registry import AliasReader
 from serving.models.sources import ROLES, ModelRef, Role
+
+#: The MLflow client's HTTP retries for the service's polls, unless the environment sets
+#: them: MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) hold one poll
+#: of an unreachable server for minutes; a poll is retried at the next interval anyway.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 class MlflowModelSource:
@@ -39,6 +49,8 @@ class MlflowModelSource:
         registry_uri: str | None = None,
         admission: Admission | None = None,
     ) -> None:
+        for variable, value in HTTP_LIMITS.items():
+            os.environ.setdefault(variable, value)
         self.admission = admission or Admission()
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
