@@ -146,6 +146,21 @@ def test_training_learns_a_position_bias_from_every_position(
         train(path, replace(config, position_slots=2), tmp_path / "n")
 
 
+@pytest.mark.parametrize("algorithm", ["shared_linucb", "shared_lints"])
+def test_a_floored_shared_policy_learns_a_position_bias_too(
+    slate_log: tuple[Path, dict[str, Any]], tmp_path: Path, algorithm: str
+) -> None:
+    """The retrain's policies carry overlap options (a cold-start floor at least): the
+    position bias goes around the floored policy. It used to read the overlap's config as
+    the model's and refuse every shared algorithm on a window holding one slate."""
+    path, _ = slate_log
+    options = {"cold_start_floor": 0.02, "floor": 0.01}
+    result = train(path, TrainConfig(algorithm=algorithm, options=options), tmp_path / "t")
+    model = load_policy(result.state_path)
+    assert result.position_slots == K and isinstance(model, PositionBias)
+    assert model.dim_item == load_replay(path).dim_arm
+
+
 def test_offline_evaluation_is_position_wise(
     slate_log: tuple[Path, dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -99,10 +99,11 @@ def with_positions(features: Any, positions: Any, position_slots: int) -> FloatA
 
 
 def _arm_width(policy: Any) -> int:
-    """``dim_arm`` of a shared model (through wrappers); 0 when arm features are unused."""
+    """``dim_arm`` of a shared model (through wrappers, whose own configs — an overlap's
+    floors — say nothing of it); 0 when arm features are unused."""
     while policy is not None:
         config = getattr(policy, "config", None)
-        if config is not None:
+        if config is not None and hasattr(config, "dim_arm"):
             if not getattr(config, "shared", True):
                 return 0
             return int(getattr(config, "dim_arm", 0) or 0)
