@@ -68,8 +68,9 @@ async def decide_grouped(
         inp = DecisionInput(
             context, _in_group(where, service.candidates_of, group.variants), user_hash
         )
-        if model is not None:
-            _in_group(where, check_signature, inp, model.signature)
+        signature = service.signature_of(model)
+        if signature is not None:
+            _in_group(where, check_signature, inp, signature)
         inputs.append(inp)
     # the budget covers the whole request: the groups are chosen one after the other
     costs = [

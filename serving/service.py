@@ -80,7 +80,7 @@ from serving.lanes import lowered_executor
 from serving.metrics import ServiceMetrics
 from serving.models.fallback import FallbackPolicy
 from serving.models.loader import ModelLoader, RolloutTarget
-from serving.models.served import ServedModel, ServingSet, find_head
+from serving.models.served import ServedModel, ServingSet, Signature, find_head
 from serving.models.sources import FileModelSource, ModelSource
 from serving.replica_sync import ReplicaSync, replica_name
 from serving.schemas import (
@@ -343,6 +343,17 @@ class DecisionService:
             return None
         return (rollout.label, rollout.version), rollout.share
 
+    def signature_of(self, model: ServedModel | None) -> Signature | None:
+        """The input shape a request decided by ``model`` must have: the model's, or —
+        for the fallback — the widths ``model_dim_user`` / ``model_dim_arm`` pin (None:
+        any), so that the fallback logs only rows a model of those widths can learn."""
+        if model is not None:
+            return model.signature
+        dim_user, dim_arm = self.settings.model_dim_user, self.settings.model_dim_arm
+        if dim_user is None and dim_arm is None:
+            return None
+        return Signature(dim_user, dim_arm or 0)
+
     def _served(self) -> ServingSet:
         served = self.loader.serving_set()
         if served is None:
@@ -400,10 +411,11 @@ class DecisionService:
             # the schema requires exactly one of candidates and retrieve
             candidates = self.candidates_of(cast(list[Candidate], req.candidates))
         inp = DecisionInput(context, candidates, user_hash)
+        signature = self.signature_of(model)
         slots = 0
-        if model is not None:
-            check_signature(inp, model.signature)
-            slots = model.signature.position_slots
+        if signature is not None:
+            check_signature(inp, signature)
+            slots = signature.position_slots
         check_slate(req.k, len(inp.candidates), settings.max_slate, slots)
         units = self.check_budget(model, inp, req.k)
         choice, fallback = await self.choose_for(model, inp, req.k, units)

@@ -15,6 +15,8 @@ from bandit_core import load_policy
 from eventstore.replay import read_replay
 from serving.models.recovery import rebuild_from_store
 from tests.serving_helpers import (
+    DIM_ARM,
+    DIM_USER,
     decision_body,
     head_difference,
     policy_file,
@@ -242,6 +244,33 @@ def test_fallback_when_there_is_no_model(tmp_path: Path, rng: np.random.Generato
         reward = client.post("/v1/rewards", json={"event_id": got["event_id"], "reward": 1.0})
         assert reward.json()["status"] == "fallback"
         assert "banditops_fallback_active 1.0" in client.get("/metrics").text
+
+
+def test_the_fallback_takes_the_pinned_widths_only(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """With ``model_dim_user`` / ``model_dim_arm`` set, the fallback refuses what no model
+    of those widths could learn (it logged any width: 1 % of such rows failed the first
+    retrain's data validation)."""
+    settings = service_settings(
+        tmp_path,
+        model_path=tmp_path / "missing.npz",
+        model_dim_user=DIM_USER,
+        model_dim_arm=DIM_ARM,
+    )
+    with running_client(settings) as client:
+        assert client.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+        narrow = {**decision_body(rng), "context": [1.0, 2.0]}
+        got = client.post("/v1/decisions", json=narrow)
+        assert got.status_code == 422 and "context must have 4 features" in got.text
+        wide = decision_body(rng)
+        wide["candidates"][0]["features"] = [0.0] * (DIM_ARM + 2)
+        assert client.post("/v1/decisions", json=wide).status_code == 422
+        grouped = {
+            "context": narrow["context"],
+            "groups": [{"id": "g", "variants": wide["candidates"]}],
+        }
+        assert client.post("/v1/decisions/grouped", json=grouped).status_code == 422
 
 
 def test_epsilon_greedy_fallback_reports_exact_propensities(
