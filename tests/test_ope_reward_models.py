@@ -86,10 +86,20 @@ def test_shared_model_predicts_every_slot_the_same() -> None:
 
 
 def test_predictions_cover_every_action() -> None:
-    d = data()
+    d = {**data(), "rewards": np.where(np.arange(120) % 2 == 0, -1000.0, 1000.0)}
     out = CrossFitRewardModel(Spy, n_folds=2).fit_predict(**d, rng=np.random.default_rng(0))
     # Spy predicts the first feature (the row id) for every action: one value per row
     np.testing.assert_array_equal(out[:, :, 0], np.repeat(np.arange(120.0)[:, None], 3, axis=1))
+
+
+def test_predictions_stay_within_the_rewards_they_were_fitted_on() -> None:
+    """A mean reward cannot leave the range of the rewards: a model that extrapolates
+    (one context of 1e6 made ridge predict −25 for 0/1 clicks) is clipped to it."""
+    d = data()
+    out = CrossFitRewardModel(Spy, n_folds=2).fit_predict(**d, rng=np.random.default_rng(0))
+    r = np.asarray(d["rewards"])
+    assert out.min() >= r.min() and out.max() <= r.max()
+    assert (out == r.max()).any()  # Spy's row ids above the range were clipped
 
 
 def test_fold_assignment_is_balanced_and_seeded() -> None:

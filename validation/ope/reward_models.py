@@ -249,6 +249,8 @@ class CrossFitRewardModel:
                 rows = train if slot is None else train & (pos == slot)
                 model = self._fit_one(train_x[rows], r[rows], fallback)
                 pred = predict_reward(model, grid).reshape(test.size, k)
+                if rows.any():  # a mean reward lies within the rewards it is a mean of
+                    np.clip(pred, r[rows].min(), r[rows].max(), out=pred)
                 if slot is None:
                     out[test] = pred[:, :, None]
                 else:
