@@ -104,6 +104,33 @@ def test_items_are_versioned_and_retired_through_the_api(
         assert twice.status_code == 422 and "appears twice" in twice.json()["detail"][0]["msg"]
 
 
+def test_item_ids_and_widths_a_request_could_not_use_are_refused(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """An item is written once and stored in every decision that retrieves it: its
+    features obey max_arm_features (5,000-wide items made a 46-byte decision store 2 MB);
+    an id must be one ``/v1/items/{id}`` can name ('/' could never be retired; %FF and
+    %FE both became U+FFFD, one item)."""
+    settings = _settings(tmp_path, None, model_path, max_arm_features=8, max_context_features=8)
+    with running_client(settings) as client:
+
+        def post(item: dict[str, Any]) -> Any:
+            return client.post("/v1/items", json={"items": [item]}, headers=TOKEN)
+
+        wide = post({"id": "w", "features": [0.5] * 9})
+        assert wide.status_code == 422 and "max_arm_features" in wide.text
+        assert wide.json()["detail"][0]["loc"] == ["body", "items", 0, "features"]
+        query = post({"id": "q", "features": [0.5] * 3, "embedding": [0.5] * 9})
+        assert query.status_code == 422 and "max_context_features" in query.text
+        slash = post({"id": "a/b", "features": [0.5] * 3})
+        assert slash.status_code == 422 and slash.json()["detail"][0]["loc"][-1] == "id"
+        for path in ("%FF", "%ED%A0%80", "a%EF%BF%BDb"):
+            got = client.put(f"/v1/items/{path}", json={"features": [0.5] * 3}, headers=TOKEN)
+            assert got.status_code == 422, (path, got.text)
+            assert client.get(f"/v1/items/{path}").status_code == 422
+        assert client.get("/v1/items").json()["items"] == []
+
+
 def test_retrieved_decisions_log_the_candidates_and_refeaturise_exactly(
     store_url: str, model_path: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:

@@ -16,9 +16,9 @@ import numpy as np
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import AfterValidator
 
-from serving.budget import check_magnitude
+from serving.budget import check_magnitude, check_width
 from serving.catalog.runtime import CatalogService
-from serving.catalog.schemas import ItemBody, ItemOut, ItemsIn, ItemsOut, ItemsPage
+from serving.catalog.schemas import ItemBody, ItemIdText, ItemOut, ItemsIn, ItemsOut, ItemsPage
 from serving.catalog.store import ItemInput, ItemRecord
 from serving.inputs import InputError
 from serving.json_body import JSONBodyRoute
@@ -31,9 +31,10 @@ from serving.routes import (
 )
 from serving.schemas import clean_text
 from serving.service import NotFoundError
+from serving.settings import Settings
 
 router = APIRouter(tags=["catalog"], route_class=JSONBodyRoute)
-ItemId = Annotated[str, Path(min_length=1, max_length=256), AfterValidator(clean_text)]
+ItemId = Annotated[ItemIdText, Path()]
 _NOT_FOUND: OpenAPIResponses = {404: {"description": "Unknown item (or version)."}}
 
 
@@ -54,20 +55,29 @@ def _out(record: ItemRecord) -> ItemOut:
     )
 
 
-def _entry(item_id: str, body: ItemBody, loc: tuple[str | int, ...], bound: float) -> ItemInput:
+def _entry(item_id: str, body: ItemBody, loc: tuple[str | int, ...], s: Settings) -> ItemInput:
+    """One item within the limits a request's candidates have: its features count as a
+    candidate's (``max_arm_features``; every decision that retrieves it stores them), its
+    embedding as a query (``max_context_features``)."""
     features = np.array(body.features, dtype=np.float64)
-    check_magnitude(features, bound, (*loc, "features"))
+    where = (*loc, "features")
+    check_width(features.shape[0], s.max_arm_features, where, "features", "max_arm_features")
+    check_magnitude(features, s.max_abs_feature, where)
     embedding = None if body.embedding is None else np.array(body.embedding, dtype=np.float64)
     if embedding is not None:
-        check_magnitude(embedding, bound, (*loc, "embedding"))
+        where = (*loc, "embedding")
+        check_width(
+            embedding.shape[0], s.max_context_features, where, "embedding", "max_context_features"
+        )
+        check_magnitude(embedding, s.max_abs_feature, where)
     return ItemInput(item_id, features, embedding, loc)
 
 
 @router.post("/v1/items", dependencies=Authorized, responses={**_UNAUTHORIZED, **_UNAVAILABLE})
 async def post_items(body: ItemsIn, request: Request) -> ItemsOut:
     """Add items, or new versions of existing ones, in one transaction."""
-    bound = service_of(request).settings.max_abs_feature
-    entries = [_entry(it.id, it, ("body", "items", i), bound) for i, it in enumerate(body.items)]
+    settings = service_of(request).settings
+    entries = [_entry(it.id, it, ("body", "items", i), settings) for i, it in enumerate(body.items)]
     records = await catalog_of(request).upsert(entries)
     return ItemsOut(
         count=len(records),
@@ -81,8 +91,8 @@ async def post_items(body: ItemsIn, request: Request) -> ItemsOut:
 )
 async def put_item(item_id: ItemId, body: ItemBody, request: Request) -> ItemOut:
     """Add the item, or a new version of it (a retired item comes back)."""
-    bound = service_of(request).settings.max_abs_feature
-    (record,) = await catalog_of(request).upsert([_entry(item_id, body, ("body",), bound)])
+    settings = service_of(request).settings
+    (record,) = await catalog_of(request).upsert([_entry(item_id, body, ("body",), settings)])
     return _out(record)
 
 

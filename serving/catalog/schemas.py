@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from serving.schemas import FiniteFloat, Identifier, _Strict
 
@@ -18,8 +19,23 @@ class ItemBody(_Strict):
     )
 
 
+def addressable(value: str) -> str:
+    """An item id ``/v1/items/{id}`` can name: no ``/`` (a path separator) and no U+FFFD
+    (what an undecodable ``%``-escape in a path becomes: two bad paths would name one
+    item)."""
+    if "/" in value:
+        raise ValueError("must not contain '/' (the item could not be read or retired by id)")
+    if "\ufffd" in value:
+        raise ValueError("must be valid UTF-8 (U+FFFD stands for bytes that were not)")
+    return value
+
+
+#: A catalog item's id, in a body or a path.
+ItemIdText = Annotated[Identifier, AfterValidator(addressable)]
+
+
 class ItemIn(ItemBody):
-    id: Identifier
+    id: ItemIdText
 
 
 class ItemsIn(_Strict):
