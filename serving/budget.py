@@ -70,6 +70,23 @@ def body_lengths(raw: Any) -> tuple[int, int, int | None] | None:
     return len(candidates), width, k
 
 
+def grouped_lengths(raw: Any) -> list[tuple[int, int, None]] | None:
+    """:func:`body_lengths` of each group of a parsed, not yet validated grouped decision
+    body (its ``variants`` are the group's candidates; the context is shared), or None
+    when it does not have that shape."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("groups"), list):
+        return None
+    out: list[tuple[int, int, None]] = []
+    for group in raw["groups"]:
+        if not isinstance(group, dict):
+            return None
+        lengths = body_lengths({"context": raw.get("context"), "candidates": group.get("variants")})
+        if lengths is None:
+            return None
+        out.append((lengths[0], lengths[1], None))
+    return out
+
+
 def check_budget(units: int, limit: int) -> None:
     """422 naming ``max_work_units`` when ``units`` exceeds it."""
     if units > limit:

@@ -76,11 +76,14 @@ async def decide_grouped(
     costs = [
         _in_group(("body", "groups"), service.check_budget, model, inp, None) for inp in inputs
     ]
-    check_budget(sum(costs), settings.max_work_units)
+    total = sum(costs)
+    check_budget(total, settings.max_work_units)
     request_id = uuid.uuid4().hex
     rows: list[DecisionRow] = []
-    for group, inp, units in zip(req.groups, inputs, costs, strict=True):
-        choice, fallback = await service.choose_for(model, inp, None, units)
+    for group, inp in zip(req.groups, inputs, strict=True):
+        # the request's cost, not the group's, says whether the loop may choose: groups
+        # each within inline_work_units add up to a loop stall
+        choice, fallback = await service.choose_for(model, inp, None, total)
         rows.append(
             decision_row(
                 inp,

@@ -93,6 +93,12 @@ async def budget_before_validation(request: Request) -> None:
         service_of(request).check_budget_early(request.parsed)
 
 
+async def grouped_budget_before_validation(request: Request) -> None:
+    """The same for a grouped decision, its groups' costs summed."""
+    if isinstance(request, JSONBodyRequest) and request.parsed is not None:
+        service_of(request).check_budget_early(request.parsed, grouped=True)
+
+
 @router.post(
     "/v1/decisions",
     dependencies=[Depends(budget_before_validation)],
@@ -107,7 +113,12 @@ async def post_decision(body: DecisionRequest, request: Request) -> DecisionResp
     return await service_of(request).decide(body)
 
 
-@router.post("/v1/decisions/grouped", responses=_UNAVAILABLE, tags=["decisions"])
+@router.post(
+    "/v1/decisions/grouped",
+    dependencies=[Depends(grouped_budget_before_validation)],
+    responses=_UNAVAILABLE,
+    tags=["decisions"],
+)
 async def post_grouped_decision(
     body: GroupedDecisionRequest, request: Request
 ) -> GroupedDecisionResponse:

@@ -58,6 +58,7 @@ from serving.budget import (
     check_magnitude,
     check_width,
     draws_per_choice,
+    grouped_lengths,
     learnable,
     work_units,
 )
@@ -498,19 +499,24 @@ class DecisionService:
         check_budget(units, settings.max_work_units)
         return units
 
-    def check_budget_early(self, raw: Any) -> None:
+    def check_budget_early(self, raw: Any, grouped: bool = False) -> None:
         """The request budget from a parsed decision body's lengths, before it is
-        validated (:func:`serving.budget.body_lengths`), for the least costly model that
-        could decide it: an over-budget request then costs its parse and nothing more.
-        The full check (:meth:`check_budget`) still runs on every validated request."""
-        lengths = body_lengths(raw)
-        if lengths is None:
+        validated (:func:`serving.budget.body_lengths`; a grouped body's groups summed,
+        :func:`serving.budget.grouped_lengths`), for the least costly model that could
+        decide it: an over-budget request then costs its parse and nothing more. The
+        full check (:meth:`check_budget`) still runs on every validated request."""
+        found = grouped_lengths(raw) if grouped else [body_lengths(raw)]
+        if found is None or None in found:
             return
-        n, width, k = lengths
         policies: list[Any] = [m.policy for m in self._served_models()] or [self.fallback]
         draws = min(draws_per_choice(p) for p in policies)
-        marginal = 0 if k is None or k == 1 else self.settings.slate_marginal_draws
-        check_budget(work_units(n, width, draws, k, marginal), self.settings.max_work_units)
+        units = 0
+        for lengths in found:
+            assert lengths is not None  # checked above
+            n, width, k = lengths
+            marginal = 0 if k is None or k == 1 else self.settings.slate_marginal_draws
+            units += work_units(n, width, draws, k, marginal)
+        check_budget(units, self.settings.max_work_units)
 
     def _options(self, inp: DecisionInput, marginal: bool = True) -> ChoiceOptions:
         settings = self.settings

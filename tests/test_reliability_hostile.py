@@ -107,6 +107,24 @@ def test_an_over_budget_slate_is_refused_before_its_body_is_validated(
     assert got.json()["detail"][0]["loc"] == ["body", "candidates", 999, "id"]
 
 
+def test_an_over_budget_grouped_request_is_refused_before_its_body_is_validated(
+    http: httpx.Client,
+) -> None:
+    """The groups' costs summed from the parsed body, before validation (the grouped
+    route validated 30,000 variants first: about 95 ms of loop time per refusal)."""
+    rng = np.random.default_rng(13)
+    # 100 groups × 75 variants × 7 features × 1,000 draws: 52.5 M units, over 50 M
+    body = decision_body(rng, n=75)
+    groups = [{"id": f"g{g}", "variants": body["candidates"]} for g in range(100)]
+    groups[99]["variants"] = [*body["candidates"][:-1], {"id": "bad\x00id", "features": [0.0]}]
+    got = http.post("/v1/decisions/grouped", json={"context": body["context"], "groups": groups})
+    assert got.status_code == 422, got.text
+    assert "max_work_units" in got.json()["detail"][0]["msg"]
+    within = {"context": body["context"], "groups": groups[98:]}
+    got = http.post("/v1/decisions/grouped", json=within)
+    assert got.status_code == 422 and "max_work_units" not in got.text, got.text
+
+
 def _nice_of_threads(pid: int) -> list[int]:
     """The nice value (field 19 of ``/proc/PID/task/TID/stat``) of every thread of ``pid``."""
     values = []

@@ -60,3 +60,32 @@ def test_a_costly_decision_on_a_many_armed_head_decides_as_one_on_the_loop(
     )
     assert costly == inline
     assert len({arm for arm, _ in inline}) > 1
+
+
+def test_a_grouped_request_costly_as_a_whole_is_chosen_off_the_loop(tmp_path: Path) -> None:
+    """Each group within ``inline_work_units``, the request over it: every group goes to
+    the decision thread (here, to miss a 1 µs deadline: the fallback answers), where each
+    group used to be chosen on the loop, the groups one after the other."""
+    from bandit_core import load_policy
+    from serving.budget import draws_per_choice, work_units
+    from tests.serving_helpers import DIM_ARM, decision_body, policy_file
+
+    model = policy_file(tmp_path / "lints.npz", name="shared_lints")
+    per_group = work_units(5, DIM_USER + DIM_ARM, draws_per_choice(load_policy(model)), None, 0)
+    settings = service_settings(
+        tmp_path,
+        model_path=model,
+        inline_work_units=2 * per_group,
+        decision_deadline_s=0.000001,
+    )
+    rng = np.random.default_rng(3)
+    body = decision_body(rng, n=5)
+    groups = [{"id": f"g{g}", "variants": decision_body(rng, n=5)["candidates"]} for g in range(4)]
+    with running_client(settings) as client:
+        alone = client.post("/v1/decisions", json=body).json()
+        assert alone["fallback"] is False  # one group's cost: chosen on the loop, in time
+        got = client.post(
+            "/v1/decisions/grouped", json={"context": body["context"], "groups": groups}
+        )
+        assert got.status_code == 200, got.text
+        assert got.json()["fallback"] is True and len(got.json()["groups"]) == 4
