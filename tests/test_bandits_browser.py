@@ -169,8 +169,7 @@ def _online_from_store(workspace: Path) -> dict[str, tuple[int, float, int]]:
     finally:
         store.close()
     return {
-        str(label): (int(n), float(total) / int(n), int(n_late))
-        for label, n, total, n_late in rows
+        str(label): (int(n), float(total) / int(n), int(n_late)) for label, n, total, n_late in rows
     }
 
 
