@@ -172,6 +172,8 @@ def _reference(
     batch = logged_batch(holdout)
     zc = shards.candidate_reward_features(batch.contexts, batch.candidates.features)
     q_hat = ridge.predict(zc.reshape(-1, zc.shape[-1])).reshape(zc.shape[:2])[:, :, None]
+    # within the rewards the model was fitted on, as every reward model's predictions
+    q_hat = np.clip(q_hat, train_rows.rewards.min(), train_rows.rewards.max())
     out = {}
     for role, path in (("candidate", state), ("production", baseline)):
         policy = load_policy(path)

@@ -287,31 +287,45 @@ def candidate_reward_features(contexts: FloatArray, candidates: FloatArray) -> F
 @dataclass(frozen=True)
 class RidgeRewardModel:
     """``q̂(x, a) = zᵀβ + β0`` on ``z = [x; f; x⊗f]``: a :class:`validation.ope.RidgeModel`
-    fitted from merged moments, kept as its two arrays between the map and reduce steps."""
+    fitted from merged moments, kept as its arrays between the map and reduce steps;
+    its predictions stay within ``bounds``, the range of the rewards it was fitted on
+    (as the single node's :class:`validation.ope.reward_models.FoldModel`)."""
 
     coef: FloatArray
     intercept: float
+    bounds: tuple[float, float] | None = None
 
     @classmethod
-    def from_moments(cls, moments: Any, alpha: float = RIDGE_ALPHA) -> RidgeRewardModel:
+    def from_moments(
+        cls,
+        moments: Any,
+        alpha: float = RIDGE_ALPHA,
+        bounds: tuple[float, float] | None = None,
+    ) -> RidgeRewardModel:
         """Fit from the moments of ``[z, r]`` (:meth:`validation.ope.RidgeModel.fit_moments`)."""
         model = RidgeModel(alpha).fit_moments(moments.mean, moments.m2)
-        return cls(model.coef_, model.intercept_)
+        return cls(model.coef_, model.intercept_, bounds)
 
     def predict(self, contexts: FloatArray, candidates: FloatArray) -> FloatArray:
         """``q̂`` of every (row, candidate): (n, K)."""
         out: FloatArray = candidate_reward_features(contexts, candidates) @ self.coef
-        return out + self.intercept
+        out += self.intercept
+        if self.bounds is not None:
+            np.clip(out, *self.bounds, out=out)
+        return out
 
     def save(self, path: Path) -> Path:
+        bounds = np.array([] if self.bounds is None else self.bounds, dtype=np.float64)
         with path.open("wb") as fh:
-            np.savez(fh, coef=self.coef, intercept=np.float64(self.intercept))
+            np.savez(fh, coef=self.coef, intercept=np.float64(self.intercept), bounds=bounds)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> RidgeRewardModel:
         with np.load(path, allow_pickle=False) as data:
-            return cls(np.asarray(data["coef"]), float(data["intercept"]))
+            b = data["bounds"] if "bounds" in data else np.array([])
+            bounds = (float(b[0]), float(b[1])) if b.size == 2 else None
+            return cls(np.asarray(data["coef"]), float(data["intercept"]), bounds)
 
 
 # ---------------------------------------------------------------------- map: rebuild
@@ -338,6 +352,7 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
     gamma = policy.head.config.gamma
     stats: HeadStatistics | None = None
     reward: Moments | None = None
+    low, high = math.inf, -math.inf
     for table in iter_rows(shard["replay"], shard["start"], shard["stop"], _TRAIN_COLUMNS):
         rows = TrainingRows.from_table(table)
         part = policy.head_statistics(rows.contexts, rows.arm_ids, rows.rewards, rows.arm_features)
@@ -345,9 +360,12 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
         z = reward_features(rows.contexts, rows.arm_features)
         piece = Moments.of(np.concatenate([z, rows.rewards[:, None]], axis=1))
         reward = piece if reward is None else reward.merge(piece)
+        if rows.rewards.size:
+            low, high = min(low, float(rows.rewards.min())), max(high, float(rows.rewards.max()))
     assert stats is not None and reward is not None  # iter_rows yields or raises
     path = Path(shard["out_dir"]) / f"train-{int(shard['index']):04d}.npz"
-    _write(path, {**stats.to_arrays(), **reward.to_arrays("reward.")})
+    ranged = {"reward.range": np.array([low, high])}
+    _write(path, {**stats.to_arrays(), **reward.to_arrays("reward."), **ranged})
     log.info(
         "training shard %d: rows [%d, %d), %d heads", shard["index"], *_span(shard), len(stats.keys)
     )
@@ -376,17 +394,21 @@ def _ordered(parts: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 def reduce_statistics(
     parts: Sequence[Mapping[str, Any]], gamma: float = 1.0
-) -> tuple[HeadStatistics, Any]:
-    """Merge training shards in order: ``(head statistics, moments of [z, r])``."""
+) -> tuple[HeadStatistics, Any, tuple[float, float] | None]:
+    """Merge training shards in order: ``(head statistics, moments of [z, r], the range
+    of the rewards)`` (None: no rewards)."""
     stats: HeadStatistics | None = None
     moments = []
+    low, high = math.inf, -math.inf
     for part in _ordered(parts):
         with np.load(part["path"], allow_pickle=False) as data:
             shard = HeadStatistics.from_arrays(data)
             moments.append(Moments.from_arrays(data, "reward."))
+            lo, hi = (float(v) for v in data["reward.range"])
+        low, high = min(low, lo), max(high, hi)
         stats = shard if stats is None else stats.merge(shard, gamma)
     assert stats is not None  # _ordered refuses an empty list; not input validation
-    return stats, merge_all(moments)
+    return stats, merge_all(moments), (low, high) if low <= high else None
 
 
 def reduce_head(
@@ -395,11 +417,12 @@ def reduce_head(
     """Reduce step of the rebuild: the policy with its head rebuilt from every shard
     (``out_path``) and the OPE reward model beside it (``reward_model.npz``)."""
     policy = _head_policy(load_policy(state_path))
-    stats, moments = reduce_statistics(parts, policy.head.config.gamma)
+    stats, moments, bounds = reduce_statistics(parts, policy.head.config.gamma)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = save_state(policy.state_with_statistics(stats), out)
-    model = RidgeRewardModel.from_moments(moments).save(out.with_name("reward_model.npz"))
+    fitted = RidgeRewardModel.from_moments(moments, bounds=bounds)
+    model = fitted.save(out.with_name("reward_model.npz"))
     log.info("head rebuilt from %d shards (%d rows)", len(parts), int(stats.rows.sum()))
     return state, model
 

@@ -235,27 +235,64 @@ class CrossFitRewardModel:
         else:
             fold = _indices("folds", folds, n, self.n_folds)
 
-        train_x = design_rows(x, feats, a)
+        models = self.fit_folds(design_rows(x, feats, a), r, pos, fold, len_list)
         out = np.empty((n, k, len_list))
-        slots = range(len_list) if self.per_position else (None,)
         for j in range(self.n_folds):
             test = np.flatnonzero(fold == j)
             if test.size == 0:
                 continue
-            train = fold != j
             grid = design_all_actions(x[test], feats)
-            fallback = float(r[train].mean()) if train.any() else float(r.mean())
-            for slot in slots:
-                rows = train if slot is None else train & (pos == slot)
-                model = self._fit_one(train_x[rows], r[rows], fallback)
-                pred = predict_reward(model, grid).reshape(test.size, k)
-                if rows.any():  # a mean reward lies within the rewards it is a mean of
-                    np.clip(pred, r[rows].min(), r[rows].max(), out=pred)
+            for slot, fitted in models[j].items():
+                pred = fitted.predict(grid).reshape(test.size, k)
                 if slot is None:
                     out[test] = pred[:, :, None]
                 else:
                     out[test, :, slot] = pred
         return out
+
+    def fit_folds(
+        self,
+        X: FloatArray,
+        rewards: FloatArray,
+        positions: IntArray,
+        folds: IntArray,
+        len_list: int,
+    ) -> list[dict[int | None, FoldModel]]:
+        """The cross-fitted models: per fold j, fitted on the other folds' rows of ``X``
+        (one per slot, or one for all under key None) — what :meth:`fit_predict`
+        predicts fold j's rounds with; a caller may predict them in pieces."""
+        slots = range(len_list) if self.per_position else (None,)
+        out: list[dict[int | None, FoldModel]] = []
+        for j in range(self.n_folds):
+            train = folds != j
+            fallback = float(rewards[train].mean()) if train.any() else float(rewards.mean())
+            fitted: dict[int | None, FoldModel] = {}
+            if (folds == j).any():
+                for slot in slots:
+                    rows = train if slot is None else train & (positions == slot)
+                    model = self._fit_one(X[rows], rewards[rows], fallback)
+                    seen = rewards[rows]
+                    bounds = (float(seen.min()), float(seen.max())) if seen.size else None
+                    fitted[slot] = FoldModel(model, bounds)
+            out.append(fitted)
+        return out
+
+
+@dataclass(frozen=True)
+class FoldModel:
+    """One fitted model of a fold and the range of the rewards it was fitted on: a mean
+    reward lies within the rewards it is a mean of, so its predictions are clipped to it
+    (a model that extrapolates — one context of 1e6 made ridge predict −25 for 0/1
+    clicks — stays within the rewards)."""
+
+    model: Any
+    bounds: tuple[float, float] | None
+
+    def predict(self, X: FloatArray) -> FloatArray:
+        pred = predict_reward(self.model, X)
+        if self.bounds is not None:
+            np.clip(pred, *self.bounds, out=pred)
+        return pred
 
 
 def _indices(name: str, value: Any, n: int, upper: int) -> IntArray:
