@@ -19,9 +19,43 @@ from bandit_core import Candidates, Policy, load_policy, make_policy
 from training.replay import HOLDOUT_FRACTION, ReplayData, load_replay
 from validation.gate import GateDecision, GateRule, decide, unsupported_terms
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
-from validation.ope.evaluate import policy_action_dist
+from validation.ope.evaluate import evaluate_policy_in_blocks, policy_action_dist
 
 REPORT_FILE = "evaluation.json"
+#: Most entries of the held-out window's largest dense array (512 MiB of float64); a
+#: window offering more distinct candidates is evaluated in blocks
+#: (:func:`validation.ope.evaluate.evaluate_policy_in_blocks`), so that clients sending
+#: fresh candidate ids cannot make the nightly evaluation need tens of GB.
+DENSE_ENTRIES = 1 << 26
+#: Rounds, and distinct candidates, of one block (a round alone may offer more).
+BLOCK_ROUNDS = 256
+BLOCK_ACTIONS = 4096
+
+
+def dense_entries(data: ReplayData) -> int:
+    """Entries of the largest array a dense evaluation of ``data`` builds: the reward
+    model's features ``[context ; arm features ; arm one-hot]`` of every (round,
+    distinct candidate), or the (round, candidate, slot) distributions."""
+    distinct = len({arm for ids in data.candidate_ids for arm in ids})
+    width = data.dim_user + data.dim_arm + distinct
+    return data.n_rows * distinct * max(width, data.len_list)
+
+
+def blocks_of(data: ReplayData) -> list[slice]:
+    """Consecutive rows of ``data`` in blocks of at most :data:`BLOCK_ROUNDS` rounds and
+    (but for a block of one round) :data:`BLOCK_ACTIONS` distinct candidates."""
+    out: list[slice] = []
+    start = 0
+    seen: set[str] = set()
+    for i, ids in enumerate(data.candidate_ids):
+        grown = seen | set(ids)
+        if i > start and (i - start >= BLOCK_ROUNDS or len(grown) > BLOCK_ACTIONS):
+            out.append(slice(start, i))
+            start, grown = i, set(ids)
+        seen = grown
+    if data.n_rows:
+        out.append(slice(start, data.n_rows))
+    return out
 
 
 def logged_batch(data: ReplayData) -> LoggedBatch:
@@ -104,6 +138,25 @@ def support_of(
     return None if terms is None else terms[0] / terms[1]
 
 
+def _support_in_blocks(
+    policy: Policy,
+    parts: list[ReplayData],
+    batches: list[LoggedBatch],
+    threshold: float,
+    seed: int,
+) -> float | None:
+    """:func:`support_of` summed over the blocks of a blocked evaluation."""
+    if any(b.len_list > 1 for b in batches) or parts[0].logging_probabilities is None:
+        return None
+    rng = np.random.default_rng(seed)
+    mass = rounds = 0.0
+    for part, batch in zip(parts, batches, strict=True):
+        terms = support_terms(part, batch, threshold, policy_action_dist(policy, batch, rng))
+        if terms is not None:
+            mass, rounds = mass + terms[0], rounds + terms[1]
+    return mass / rounds if rounds else None
+
+
 @dataclass(frozen=True)
 class EvaluationResult:
     """Both reports and the gate's decision."""
@@ -163,17 +216,28 @@ def evaluate(
     Writes ``<out_dir>/evaluation.json`` and the interval plots when ``out_dir`` is given.
     """
     _, holdout = load_replay(replay_path).split(holdout_fraction)
-    batch = logged_batch(holdout)
     candidate = load_policy(candidate_state)
     production = _production(production_state, holdout)
-    slates = batch.len_list > 1  # position-wise: both policies rank the logged positions
-    rep_c = evaluate_policy(
-        candidate, batch, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
-    )
-    rep_p = evaluate_policy(
-        production, batch, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
-    )
-    support = support_of(candidate, holdout, batch, rule.support_threshold, seed)
+    slates = holdout.len_list > 1  # position-wise: both policies rank the logged positions
+    if dense_entries(holdout) <= DENSE_ENTRIES:
+        batch = logged_batch(holdout)
+        rep_c, rep_p = (
+            evaluate_policy(
+                policy, batch, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
+            )
+            for policy in (candidate, production)
+        )
+        support = support_of(candidate, holdout, batch, rule.support_threshold, seed)
+    else:
+        parts = [holdout.subset(block) for block in blocks_of(holdout)]
+        batches = [logged_batch(part) for part in parts]
+        rep_c, rep_p = (
+            evaluate_policy_in_blocks(
+                policy, batches, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
+            )
+            for policy in (candidate, production)
+        )
+        support = _support_in_blocks(candidate, parts, batches, rule.support_threshold, seed)
     result = EvaluationResult(rep_c, rep_p, decide(rep_c, rep_p, rule, support))
     if out_dir is not None:
         result.write(out_dir)
