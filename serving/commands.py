@@ -13,6 +13,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from eventstore.text import redact_credentials
+
 if TYPE_CHECKING:
     from serving.settings import Settings
 
@@ -56,6 +58,8 @@ def uvicorn_limits(settings: Settings) -> dict[str, Any]:
 @db_app.command("upgrade")
 def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
     """Create the event-store tables, or migrate them to the newest schema."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from eventstore.engine import make_engine
     from eventstore.migrate import upgrade
 
@@ -63,6 +67,13 @@ def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
     engine = make_engine(target)
     try:
         now = upgrade(engine, revision)
+    except SQLAlchemyError as exc:  # unreachable, refused: named, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        console.print(
+            f"[red]error:[/] the event store {_shown(target)} could not be migrated: "
+            f"{exc.__class__.__name__}: {redact_credentials(first)}"
+        )
+        raise typer.Exit(1) from None
     finally:
         engine.dispose()
     console.print(f"event store {_shown(target)} is at revision {now}")

@@ -51,8 +51,9 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     for err in exc.errors():
         item = {
             "type": err.get("type"),
-            "loc": _finite(list(err.get("loc", ()))),
-            "msg": _finite(err.get("msg")),
+            # a 100 KB key of a named context is named, not echoed whole
+            "loc": [_summary(part) for part in err.get("loc", ())],
+            "msg": _summary(err.get("msg"), 1000),
         }
         if "input" in err:
             item["input"] = _summary(err["input"])
@@ -63,8 +64,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 async def input_error(request: Request, exc: InputError) -> JSONResponse:
     item: dict[str, Any] = {
         "type": "value_error",
-        "loc": _finite(list(exc.loc)),
-        "msg": _finite(exc.message),
+        "loc": [_summary(part) for part in exc.loc],
+        "msg": _summary(exc.message, 1000),
     }
     if exc.value is not None:
         item["input"] = _summary(exc.value)

@@ -175,3 +175,11 @@ def test_evaluate_gates_by_every_retrain_gate_setting(
     text = " ".join(out.split())
     assert code == 0 and "gate: reject" in text, out
     assert "propensity below 0.2 (> the limit 50%)" in text and "minimum 7" in text
+
+
+def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> None:
+    """``db upgrade`` (and ``serve``, which runs it first) printed a 500-line traceback."""
+    url = "postgresql+psycopg2://user:pw-secret@127.0.0.1:1/db"  # nothing listens on port 1
+    code, output = _run("db", "upgrade", "--url", url)
+    assert code == 1 and "could not be migrated" in output and "OperationalError" in output
+    assert "pw-secret" not in output and "user:***@" in output

@@ -390,3 +390,17 @@ def test_heads_are_snapshotted_every_t_seconds(
             time.sleep(0.05)
         snapshot = store.latest_snapshot(client.get("/v1/model").json()["production"]["version"])
     assert snapshot is not None and snapshot.applied_rewards == 1
+
+
+def test_a_huge_key_is_named_in_a_422_not_echoed_whole(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The error names the field; a 100 KB key of a named context came back whole in its
+    ``loc`` and ``msg``."""
+    settings = service_settings(tmp_path, context_features=["a", "b", "c", "d"])
+    with running_client(settings) as client:
+        body = decision_body(rng)
+        body["context"] = {"k" * 100_000: 1.0, "a": 0.0, "b": 0.0, "c": 0.0}
+        got = client.post("/v1/decisions", json=body)
+        assert got.status_code == 422 and len(got.content) < 5_000, len(got.content)
+        assert got.json()["detail"][0]["loc"][:2] == ["body", "context"]
