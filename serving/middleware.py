@@ -150,7 +150,10 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, capture)
         finally:
-            path = scope.get("path", "")
+            # the route's template once routed (``/v1/items/{item_id}``: one label for
+            # every item), else the path when it is one
+            route = getattr(scope.get("route"), "path", None)
+            path = route if route is not None else scope.get("path", "")
             endpoint = path if path in self.endpoints else "other"
             method = scope.get("method", "")
             method = method if method in METHODS else "other"

@@ -219,6 +219,13 @@ def test_ops_endpoints(model_path: Path, tmp_path: Path, rng: np.random.Generato
             'banditops_requests_total{endpoint="/v1/model",method="other",status="405"} 5.0' in text
         )
         assert "banditops_store_batch_size_count" in text
+        for item in ("shoe", "boot", "hat"):  # one label per route, whatever the item
+            client.get(f"/v1/items/{item}")
+        text = client.get("/metrics").text
+        assert (
+            'banditops_requests_total{endpoint="/v1/items/{item_id}",method="GET",status="404"} '
+            "3.0" in text
+        )
         info = client.get("/v1/model").json()
         assert info["production"]["policy"] == "shared_linucb"
         assert info["production"]["head"]["dim"] == 7
