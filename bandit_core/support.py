@@ -16,3 +16,5 @@ SUPPORT_THRESHOLD = 0.01
 MAX_UNSUPPORTED = 0.2
 TOLERANCE = 0.0
 MIN_ESS = 50.0
+#: The estimator whose numbers the gate decides on (and the reports headline).
+ESTIMATOR = "dr"

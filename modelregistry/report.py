@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bandit_core.support import ESTIMATOR
 from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG, WINDOW_STOP_TAG
 from modelregistry.registry import ModelRegistry, VersionInfo
 
@@ -60,8 +61,9 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
     """
     tags, metrics = info.tags, info.metrics
     dr = None
-    if "ope.candidate.dr.value" in metrics:
-        dr = {key: metrics.get(f"ope.candidate.dr.{key}") for key in ("value", "ci_low", "ci_high")}
+    if f"ope.candidate.{ESTIMATOR}.value" in metrics:
+        keys = ("value", "ci_low", "ci_high")
+        dr = {key: metrics.get(f"ope.candidate.{ESTIMATOR}.{key}") for key in keys}
     gate = tags.get(GATE_PASSED_TAG)
     reasons = _json(tags.get(GATE_REASONS_TAG))
     return {

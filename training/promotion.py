@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from bandit_core.support import ESTIMATOR
 from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG, previous_tag
 from training.runspec import check_bool
 from training.settings import PipelineSettings
@@ -149,7 +150,11 @@ def plan_promotion(
         *[f"  - {r}" for r in reasons],
         f"- training rows: {info.tags.get('rows', '?')}, run: {info.tags.get('run_key', '?')}",
     ]
-    for key in ("ope.candidate.dr.value", "ope.candidate.dr.ci_low", "ope.production.dr.value"):
+    for key in (
+        f"ope.candidate.{ESTIMATOR}.value",
+        f"ope.candidate.{ESTIMATOR}.ci_low",
+        f"ope.production.{ESTIMATOR}.value",
+    ):
         if key in info.metrics:
             lines.append(f"- {key}: {info.metrics[key]:.6g}")
     return {

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from bandit_core._validation import Interval, validate_params
-from bandit_core.support import MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
+from bandit_core.support import ESTIMATOR, MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
 from validation.ope.report import OPEReport
 from validation.ope.spec import ESTIMATORS
 
@@ -50,7 +50,7 @@ class GateRule:
         Most probability mass the candidate may put on unsupported actions.
     """
 
-    estimator: str = "dr"
+    estimator: str = ESTIMATOR
     tolerance: float = TOLERANCE
     min_ess: float = MIN_ESS
     support_threshold: float = SUPPORT_THRESHOLD

@@ -7,10 +7,11 @@ from collections.abc import Iterable, Mapping
 from html import escape
 from typing import Any
 
+from bandit_core.support import ESTIMATOR
 from ops.bandits_page import svg
 
 #: The estimator drawn against the online reward (the gate's headline estimator).
-HEADLINE_ESTIMATOR = "dr"
+HEADLINE_ESTIMATOR = ESTIMATOR
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:16px;color:#222}
