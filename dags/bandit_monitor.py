@@ -31,6 +31,7 @@ from typing import Any
 
 from airflow.sdk import Asset, dag, task
 
+from eventstore.contract import MONITOR_DAG
 from monitoring.settings import CHECKS, DRIFT_ASSET_NAME, DRIFT_ASSET_URI
 from training.settings import PipelineSettings
 
@@ -79,7 +80,7 @@ def check(report: dict[str, Any], name: str) -> dict[str, str]:
 
 
 @dag(
-    dag_id="bandit_monitor",
+    dag_id=MONITOR_DAG,
     schedule=SETTINGS.monitor_schedule,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,

@@ -24,6 +24,7 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
+from eventstore.contract import PROMOTE_DAG
 from training.promotion import targets
 from training.settings import PipelineSettings
 
@@ -50,7 +51,7 @@ def move_alias(plan: dict[str, Any], approval: dict[str, Any]) -> dict[str, Any]
 
 
 @dag(
-    dag_id="bandit_promote",
+    dag_id=PROMOTE_DAG,
     schedule=None,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,

@@ -18,10 +18,11 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from eventstore.contract import RETENTION_DAG, RETRAIN_DAG
 from training.settings import PipelineSettings
 
 SETTINGS = PipelineSettings()
-RETRAIN = "bandit_retrain"
+RETRAIN = RETRAIN_DAG
 ACTIVE = ["running", "queued"]
 #: Protects every row: a queued retrain whose window is not fixed yet.
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -53,7 +54,7 @@ def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
 
 
 @dag(
-    dag_id="bandit_retention",
+    dag_id=RETENTION_DAG,
     schedule=SETTINGS.retention_schedule,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,

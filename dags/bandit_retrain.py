@@ -57,6 +57,7 @@ from airflow.sdk import (
     task,
 )
 
+from eventstore.contract import RETRAIN_DAG
 from monitoring.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI
 from training.form import RETRAIN_FORM
 from training.pipeline import RETRAIN_STEPS, Step, run_step
@@ -131,7 +132,7 @@ def _task(step: Step) -> Any:
 
 
 @dag(
-    dag_id="bandit_retrain",
+    dag_id=RETRAIN_DAG,
     schedule=SCHEDULE,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,

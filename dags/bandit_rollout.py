@@ -24,6 +24,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from eventstore.contract import ROLLOUT_DAG
 from training.settings import PipelineSettings
 
 SETTINGS = PipelineSettings()
@@ -37,7 +38,7 @@ def step() -> dict[str, Any]:
 
 
 @dag(
-    dag_id="bandit_rollout",
+    dag_id=ROLLOUT_DAG,
     schedule=SETTINGS.rollout_schedule,
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,

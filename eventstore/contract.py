@@ -77,3 +77,12 @@ MODEL_ERRORS = "banditops_model_errors"
 DEADLINE_FALLBACKS = "banditops_deadline_fallbacks"
 #: The ``fallback`` label of :data:`DECISIONS`.
 FALLBACK_LABELS = {True: "true", False: "false"}
+
+
+#: The DAG ids of ``dags/``; each also signs what its runs do (a promotion's ``by``, a
+#: rollout step's controller, an alert's source).
+RETRAIN_DAG = "bandit_retrain"
+PROMOTE_DAG = "bandit_promote"
+ROLLOUT_DAG = "bandit_rollout"
+MONITOR_DAG = "bandit_monitor"
+RETENTION_DAG = "bandit_retention"

@@ -66,7 +66,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core.user_groups import group_key, user_group_key
-from eventstore.contract import DECISIONS
+from eventstore.contract import DECISIONS, MONITOR_DAG
 from eventstore.engine import make_engine
 from eventstore.replay import read_replay
 from eventstore.workspace import as_utc, run_folder
@@ -945,7 +945,7 @@ def notify(
         return {"sent": False, "alerts": alerts}
     body = json.dumps(
         {
-            "source": "bandit_monitor",
+            "source": MONITOR_DAG,
             "model_name": settings.model_name,
             "window_end": report["window"]["end"],
             "alerts": alerts,

@@ -46,6 +46,7 @@ import httpx
 import numpy as np
 
 from bandit_core.envs import LogisticClickEnvironment
+from eventstore.contract import RETRAIN_DAG
 from eventstore.outcomes import FALLBACK
 from eventstore.rollouts import Readout
 from eventstore.settings import WORKSPACE_ENV
@@ -302,7 +303,7 @@ def run_nightly(conf: dict[str, Any]) -> str:
     bag = DagBag(dag_folder=str(ROOT / "dags" / "bandit_retrain.py"))
     if bag.import_errors:
         raise RuntimeError(f"the retrain DAG does not import: {bag.import_errors}")
-    dag = bag.get_dag("bandit_retrain")
+    dag = bag.get_dag(RETRAIN_DAG)
     run = dag.test(run_conf=conf)
     return str(run.state)
 

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bandit_core.sequential import ArmCounts, SequentialResult, sequential_test
-from eventstore.contract import CANDIDATE, PRODUCTION
+from eventstore.contract import CANDIDATE, PRODUCTION, ROLLOUT_DAG
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
 from eventstore.outcomes import RewardRules
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Who the controller's alias moves are recorded as.
-CONTROLLER = "bandit_rollout"
+CONTROLLER = ROLLOUT_DAG
 
 
 @dataclass(frozen=True)

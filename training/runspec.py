@@ -21,6 +21,7 @@ from typing import Any
 from bandit_core._validation import as_finite_float
 from bandit_core.catalog import policy_spec
 from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
+from eventstore.contract import RETRAIN_DAG
 from eventstore.settings import check_rules
 from eventstore.workspace import as_utc, aware, run_folder
 from training.form import check_form
@@ -34,7 +35,7 @@ LINEAR_CHALLENGER = "lints"
 #: Its neural candidate (joins on large windows where a linear model fails).
 NEURAL_CHALLENGER = "neural_linear"
 #: Who an automatic promotion is recorded as (the CLI and the DAG run the same retrain).
-PROMOTED_BY = "bandit_retrain"
+PROMOTED_BY = RETRAIN_DAG
 
 
 @dataclass(frozen=True)

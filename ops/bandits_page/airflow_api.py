@@ -18,10 +18,6 @@ import httpx
 #: The cookie in which Airflow 3's UI keeps the signed-in user's JWT.
 TOKEN_COOKIE = "_token"
 #: The DAGs the page shows and triggers.
-RETRAIN_DAG = "bandit_retrain"
-PROMOTE_DAG = "bandit_promote"
-MONITOR_DAG = "bandit_monitor"
-ROLLOUT_DAG = "bandit_rollout"
 
 
 class AirflowCallError(RuntimeError):

@@ -25,13 +25,14 @@ from urllib.parse import quote
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from eventstore.contract import MONITOR_DAG, PROMOTE_DAG, RETRAIN_DAG, ROLLOUT_DAG
 from monitoring.overview import collect
 from monitoring.settings import MonitorSettings
 from ops.bandits_page import airflow_api as af
 from ops.bandits_page.html import render_page
 
 #: The DAGs whose state the actions panel shows.
-SHOWN_DAGS = (af.RETRAIN_DAG, af.ROLLOUT_DAG, af.PROMOTE_DAG, af.MONITOR_DAG)
+SHOWN_DAGS = (RETRAIN_DAG, ROLLOUT_DAG, PROMOTE_DAG, MONITOR_DAG)
 
 
 def _token(request: Request) -> str | None:
@@ -128,11 +129,11 @@ def create_app(
 
     @app.post("/actions/retrain")
     def retrain(request: Request) -> Response:
-        return trigger(request, af.RETRAIN_DAG, {}, "retrain")
+        return trigger(request, RETRAIN_DAG, {}, "retrain")
 
     @app.post("/actions/monitor")
     def monitor(request: Request) -> Response:
-        return trigger(request, af.MONITOR_DAG, {}, "monitor")
+        return trigger(request, MONITOR_DAG, {}, "monitor")
 
     @app.post("/actions/promote")
     def promote(request: Request, version: Annotated[str, Form(pattern=r"^[0-9]+$")]) -> Response:
@@ -140,7 +141,7 @@ def create_app(
         conf = {"version": version, "target": target, "rollback": False}
         return trigger(
             request,
-            af.PROMOTE_DAG,
+            PROMOTE_DAG,
             conf,
             f"promotion of v{version} to @{target} (approve it in Airflow's Required Actions)",
         )
@@ -152,7 +153,7 @@ def create_app(
         routing users to the candidate at its next poll."""
         return trigger(
             request,
-            af.PROMOTE_DAG,
+            PROMOTE_DAG,
             {"version": "", "stop_rollout": True},
             "stop of the running rollout (approve it in Airflow's Required Actions)",
         )
