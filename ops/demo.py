@@ -97,7 +97,6 @@ def demo_settings(root: Path, algorithm: str, seed: int) -> dict[str, Any]:
         if algorithm.startswith("shared")
         else {},
         "retrain_min_rows": 500,
-        "retrain_n_resamples": 300,
         "retrain_min_ess": 30.0,
         # a retrained version as good as production must pass: with 0.05 the gate's
         # 95% lower bound against production's estimate made the second promotion a
@@ -448,13 +447,14 @@ def run_day4(
 
 def run_demo(
     workspace: Path,
-    users: int = 400,
-    requests_per_day: int = 2500,
-    seed: int = 0,
-    algorithm: str = "shared_lints",
+    users: int,
+    requests_per_day: int,
+    seed: int,
+    algorithm: str,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """The whole loop; returns ``{"days": [...], "versions": [...], "rollout": {...}}``."""
+    """The whole loop; returns ``{"days": [...], "versions": [...], "rollout": {...}}``.
+    Its defaults are ``banditops demo``'s options."""
     from modelregistry.registry import ModelRegistry
     from modelregistry.report import version_summaries
 

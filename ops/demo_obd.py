@@ -102,7 +102,7 @@ def _estimates(
 
 def run_obd_demo(
     folder: Path,
-    algorithm: str = "shared_lints",
+    algorithm: str,
     train_share: float = 0.7,
     n_resamples: int = 500,
     bts_simulations: int = 100_000,

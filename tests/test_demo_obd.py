@@ -4,6 +4,7 @@ the numbers; the men sample (when present) checks the split and the references."
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -17,7 +18,11 @@ from typer.testing import CliRunner
 
 from benchmarks import obd
 from ops.cli import app
+from ops.cli import demo as demo_command
 from ops.demo_obd import run_obd_demo
+
+#: The OBD demo's algorithm: ``banditops demo``'s default.
+ALGORITHM = inspect.signature(demo_command).parameters["algorithm"].default
 
 CTR = np.array([0.04, 0.04, 0.35, 0.04, 0.12, 0.04])  # item 2 is by far the best
 PRIOR = {"alpha": [1.0, 1.0, 1.0, 1.0, 30.0, 1.0], "beta": [40.0] * 6}  # BTS favours item 4
@@ -78,7 +83,7 @@ def write_campaign(root: Path, seed: int = 5) -> Path:
 
 def test_replay_trains_on_the_past_and_estimates_the_holdout(tmp_path: Path) -> None:
     folder = write_campaign(tmp_path)
-    result = run_obd_demo(folder, n_resamples=300, seed=1)
+    result = run_obd_demo(folder, ALGORITHM, n_resamples=300, seed=1)
     train, holdout = result["train"], result["holdout"]
     assert (train["rounds"], holdout["rounds"]) == (2100, 900)
     assert train["end"] <= holdout["start"]  # a split in time
@@ -142,7 +147,7 @@ def test_demo_data_prints_the_tables_and_writes_json(tmp_path: Path) -> None:
     reason=f"Open Bandit sample not found under {DATA} (set BANDITOPS_OBD_DIR)",
 )
 def test_replay_of_the_men_campaign_sample() -> None:
-    result = run_obd_demo(DATA / "men", n_resamples=100, bts_simulations=20_000)
+    result = run_obd_demo(DATA / "men", ALGORITHM, n_resamples=100, bts_simulations=20_000)
     assert (result["n_items"], result["len_list"]) == (34, 3)
     assert (result["train"]["rounds"], result["holdout"]["rounds"]) == (7000, 3000)
     assert result["train"]["end"] <= result["holdout"]["start"]
