@@ -31,9 +31,9 @@ from validation.ope.report import OPEReport
 from validation.ope.reward_models import (
     CrossFitRewardModel,
     RidgeModel,
-    design_all_actions,
     design_rows,
     fold_ids,
+    predict_all_actions,
 )
 from validation.ope.spec import MODEL_BASED, SPECS, check_estimator_name
 
@@ -467,7 +467,9 @@ def evaluate_policy_in_blocks(
         value = np.empty(n)
         start = 0
         for b, d, r in zip(blocks, dists, rows, strict=True):
-            q = _block_model(fitted, b, fold[start : start + b.n_rounds], slots)
+            q = predict_all_actions(
+                fitted, b.contexts, b.candidates.features, fold[start : start + b.n_rounds], slots
+            )
             q_logged[start : start + b.n_rounds] = q[r, b.actions, b.positions]
             value[start : start + b.n_rounds] = (d[r, :, b.positions] * q[r, :, b.positions]).sum(
                 axis=1
@@ -492,27 +494,6 @@ def evaluate_policy_in_blocks(
     digest = hashlib.sha256("\x1f".join(b.fingerprint() for b in blocks).encode()).hexdigest()
     label = policy.name if policy.model_version is None else f"{policy.name}@{policy.model_version}"
     return OPEReport(label, n, digest, results, tuple(notes))
-
-
-def _block_model(
-    fitted: Sequence[Mapping[int | None, Any]], block: LoggedBatch, fold: IntArray, slots: int
-) -> FloatArray:
-    """The cross-fitted reward model on every (round, action, slot) of one block: each
-    round predicted by the models of its fold."""
-    k = len(block.candidates)
-    out = np.empty((block.n_rounds, k, slots))
-    for j, models in enumerate(fitted):
-        test = np.flatnonzero(fold == j)
-        if test.size == 0:
-            continue
-        grid = design_all_actions(block.contexts[test], block.candidates.features)
-        for slot, model in models.items():
-            pred = model.predict(grid).reshape(test.size, k)
-            if slot is None:
-                out[test] = pred[:, :, None]
-            else:
-                out[test, :, slot] = pred
-    return out
 
 
 def _estimator_options(

@@ -11,7 +11,7 @@ pass an identity block in ``action_features`` to give the model an arm one-hot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -236,19 +236,7 @@ class CrossFitRewardModel:
             fold = _indices("folds", folds, n, self.n_folds)
 
         models = self.fit_folds(design_rows(x, feats, a), r, pos, fold, len_list)
-        out = np.empty((n, k, len_list))
-        for j in range(self.n_folds):
-            test = np.flatnonzero(fold == j)
-            if test.size == 0:
-                continue
-            grid = design_all_actions(x[test], feats)
-            for slot, fitted in models[j].items():
-                pred = fitted.predict(grid).reshape(test.size, k)
-                if slot is None:
-                    out[test] = pred[:, :, None]
-                else:
-                    out[test, :, slot] = pred
-        return out
+        return predict_all_actions(models, x, feats, fold, len_list)
 
     def fit_folds(
         self,
@@ -276,6 +264,31 @@ class CrossFitRewardModel:
                     fitted[slot] = FoldModel(model, bounds)
             out.append(fitted)
         return out
+
+
+def predict_all_actions(
+    models: Sequence[Mapping[int | None, FoldModel]],
+    contexts: FloatArray,
+    action_features: FloatArray,
+    folds: IntArray,
+    len_list: int,
+) -> FloatArray:
+    """Every (round, action, slot) predicted by the models of the round's fold
+    (:meth:`CrossFitRewardModel.fit_folds`), shape (n_rounds, n_actions, len_list)."""
+    n, k = contexts.shape[0], action_features.shape[0]
+    out = np.empty((n, k, len_list))
+    for j, fitted in enumerate(models):
+        test = np.flatnonzero(folds == j)
+        if test.size == 0:
+            continue
+        grid = design_all_actions(contexts[test], action_features)
+        for slot, model in fitted.items():
+            pred = model.predict(grid).reshape(test.size, k)
+            if slot is None:
+                out[test] = pred[:, :, None]
+            else:
+                out[test, :, slot] = pred
+    return out
 
 
 @dataclass(frozen=True)
