@@ -169,9 +169,6 @@ class Bounds:
         }
         return cls(**found)
 
-    def __bool__(self) -> bool:
-        return any(v is not None for v in (self.ge, self.gt, self.le, self.lt))
-
     def text(self) -> str:
         """``in [0, 1)``, ``≥ 1``, ``> 0``… (empty without bounds)."""
         low = self.ge if self.ge is not None else self.gt

@@ -51,9 +51,9 @@ def test_blocks_give_the_dense_estimates(replay: Path) -> None:
 
     rng = np.random.default_rng(3)
     dense = logged_batch(data)
-    dist = np.concatenate([_widen(policy_action_dist(policy, b, rng), b, dense) for b in blocks])
     model = default_reward_model()
     fold = fold_ids(dense.n_rounds, model.n_folds, rng)
+    dist = np.concatenate([_widen(policy_action_dist(policy, b, rng), b, dense) for b in blocks])
     q = model.fit_predict(
         dense.contexts, dense.actions, dense.rewards, dense.candidates.features, folds=fold
     )

@@ -439,23 +439,13 @@ def evaluate_policy_in_blocks(
         names.remove("replay")
     per_estimator = _estimator_options(options, names)
     slots = max(b.len_list for b in blocks)
-    dists = [
-        slate_policy_action_dist(policy, b, rng)
-        if slates and b.len_list > 1
-        else policy_action_dist(policy, b, rng)
-        for b in blocks
-    ]
     if slates and slots > 1:
         notes.append(f"position-wise: the policy ranks up to {slots} positions.")
     rewards = np.concatenate([b.rewards for b in blocks])
     positions = np.concatenate([b.positions for b in blocks])
     pscore = np.concatenate([b.pscore for b in blocks])
     n = rewards.shape[0]
-    rows = [np.arange(b.n_rounds) for b in blocks]
-    pi_logged = np.concatenate(
-        [d[r, b.actions, b.positions] for d, b, r in zip(dists, blocks, rows, strict=True)]
-    )
-    q_hat = None
+    fitted = None
     if any(name in MODEL_BASED for name in names):
         model = reward_model if reward_model is not None else default_reward_model()
         fold = fold_ids(n, model.n_folds, rng)
@@ -463,25 +453,31 @@ def evaluate_policy_in_blocks(
             [design_rows(b.contexts, b.candidates.features, b.actions) for b in blocks]
         )
         fitted = model.fit_folds(train_x, rewards, positions, fold, slots)
-        q_logged = np.empty(n)
-        value = np.empty(n)
-        start = 0
-        for b, d, r in zip(blocks, dists, rows, strict=True):
-            q = predict_all_actions(
-                fitted, b.contexts, b.candidates.features, fold[start : start + b.n_rounds], slots
-            )
-            q_logged[start : start + b.n_rounds] = q[r, b.actions, b.positions]
-            value[start : start + b.n_rounds] = (d[r, :, b.positions] * q[r, :, b.positions]).sum(
-                axis=1
-            )
-            start += b.n_rounds
-        rest = 1.0 - pi_logged
-        q_rest = np.divide(value - pi_logged * q_logged, rest, out=np.zeros(n), where=rest > 1e-12)
-        q_hat = np.repeat(np.stack([q_logged, q_rest], axis=1)[:, :, None], slots, axis=2)
         notes.append(
             f"reward model: {model.n_folds}-fold cross-fitted on [context ; arm features], "
             f"per_position={model.per_position}."
         )
+    # one block's distributions and predictions at a time, kept as three numbers a round
+    pi_logged, q_logged, value = np.zeros(n), np.zeros(n), np.zeros(n)
+    start = 0
+    for b in blocks:
+        here, r = slice(start, start + b.n_rounds), np.arange(b.n_rounds)
+        d = (
+            slate_policy_action_dist(policy, b, rng)
+            if slates and b.len_list > 1
+            else policy_action_dist(policy, b, rng)
+        )
+        pi_logged[here] = d[r, b.actions, b.positions]
+        if fitted is not None:
+            q = predict_all_actions(fitted, b.contexts, b.candidates.features, fold[here], slots)
+            q_logged[here] = q[r, b.actions, b.positions]
+            value[here] = (d[r, :, b.positions] * q[r, :, b.positions]).sum(axis=1)
+        start += b.n_rounds
+    q_hat = None
+    if fitted is not None:
+        rest = 1.0 - pi_logged
+        q_rest = np.divide(value - pi_logged * q_logged, rest, out=np.zeros(n), where=rest > 1e-12)
+        q_hat = np.repeat(np.stack([q_logged, q_rest], axis=1)[:, :, None], slots, axis=2)
     pi0 = np.clip(pi_logged, 0.0, 1.0)
     compact = np.repeat(np.stack([pi0, 1.0 - pi0], axis=1)[:, :, None], slots, axis=2)
     fb = check_feedback(rewards, np.zeros(n, dtype=np.intp), pscore, compact, positions, q_hat)
