@@ -238,7 +238,13 @@ def ope_benchmark(rows: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from training.shards import reduce_head, shard_evaluation, shard_statistics, split_point
+    from training.shards import (
+        holdout_shards,
+        reduce_head,
+        shard_evaluation,
+        shard_statistics,
+        split_point,
+    )
     from training.train import TrainConfig, train
     from validation.gate import GateRule
 
@@ -252,12 +258,10 @@ def ope_benchmark(rows: int, workdir: Path, seed: int = 0) -> dict[str, Any]:
     common = {"replay": str(replay), "out_dir": str(workdir / "ope-shards"), "index": 0}
     part = shard_statistics({**common, "start": 0, "stop": cut}, state)
     rebuilt, model = reduce_head(state, [part], workdir / "ope-candidate.npz")
+    (blocks,) = holdout_shards(replay, cut, total, 1)
     shard = {
         **common,
-        "start": cut,
-        "stop": total,
-        "first_row": cut,
-        "block_rows": 256,
+        **blocks,
         "seed": seed,
         "support_threshold": GateRule().support_threshold,
         "baseline_state": None,

@@ -111,3 +111,24 @@ def test_fresh_candidate_ids_cannot_blow_up_the_retrain_evaluation(
         len({a for ids in holdout.subset(b).candidate_ids for a in ids}) for b in blocks_of(holdout)
     ]
     assert max(sizes) <= training_evaluate.BLOCK_ACTIONS + 1000
+
+
+def test_block_bounds_cut_by_rounds_and_by_distinct_candidates() -> None:
+    rows = [["a", "b"], ["b", "c"], ["d"], ["a", "e", "f", "g"], ["a"], ["b"]]
+    # by rounds only: three rounds a block, numbered from ``start``
+    assert training_evaluate.block_bounds(rows, start=10, rounds=3, actions=99) == [
+        (10, 13),
+        (13, 16),
+    ]
+    # by distinct candidates: {a,b,c} then {d} (+ the next four would make five) then a
+    # round of four alone (over the bound only with the next one), then {a,b}
+    assert training_evaluate.block_bounds(rows, rounds=99, actions=3) == [
+        (0, 2),
+        (2, 3),
+        (3, 4),
+        (4, 6),
+    ]
+    assert training_evaluate.block_bounds([], start=5) == []
+    assert training_evaluate.block_bounds([[]]) == [(0, 1)]
+    with pytest.raises(ValueError, match="rounds and actions must be at least 1"):
+        training_evaluate.block_bounds(rows, actions=0)

@@ -8,6 +8,7 @@ and the estimators of ``validation.ope`` run once over all held-out rounds (with
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 from statistics import NormalDist
@@ -84,15 +85,18 @@ def test_training_rows_decode_like_the_replay_loader(replay: Path) -> None:
 
 def test_shard_ranges_cover_the_window_in_whole_blocks() -> None:
     assert shards.shard_ranges(0, 10, 3) == [(0, 4), (4, 7), (7, 10)]
-    assert shards.shard_ranges(100, 360, 4, block=64) == [
-        (100, 228),
-        (228, 292),
-        (292, 356),
-        (356, 360),
+    blocks = [(100, 164), (164, 228), (228, 292), (292, 356), (356, 360)]
+    assert shards.shard_blocks(blocks, 4) == [
+        [(100, 164), (164, 228)],
+        [(228, 292)],
+        [(292, 356)],
+        [(356, 360)],
     ]
+    assert shards.shard_blocks(blocks, 1) == [blocks]
     assert shards.shard_ranges(0, 5, 8) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
-    with pytest.raises(ValueError, match="shards and block must be at least 1"):
-        shards.shard_ranges(0, 5, 0)
+    for bad in (lambda: shards.shard_ranges(0, 5, 0), lambda: shards.shard_blocks(blocks, 0)):
+        with pytest.raises(ValueError, match="shards must be at least 1"):
+            bad()
 
 
 @pytest.mark.parametrize(
@@ -147,17 +151,25 @@ def test_the_reward_model_equals_ridge_on_all_training_rows(replay: Path, tmp_pa
 def _evaluate_sharded(
     replay: Path, out: Path, state: Path, model: Path, n_shards: int, baseline: Path | None
 ) -> dict[str, Any]:
-    cut = shards.split_point(ROWS, HOLDOUT)
-    ranges = shards.shard_ranges(cut, ROWS, n_shards, block=64)
-    extra = {"first_row": cut, "block_rows": 64, "seed": 11, "baseline_version": None}
+    extra = {"seed": 11, "baseline_version": None, "support_threshold": SUPPORT_THRESHOLD}
     extra["baseline_state"] = None if baseline is None else str(baseline)
-    extra["support_threshold"] = SUPPORT_THRESHOLD
     parts = [
         shards.shard_evaluation({**s, **extra}, state, model)
-        for s in _shard_dicts(replay, out, "holdout", ranges)
+        for s in _holdout_shards(replay, out, n_shards)
     ]
-    assert len(parts) == min(n_shards, -(-(ROWS - cut) // 64))
+    assert len(parts) == min(n_shards, -(-(ROWS - shards.split_point(ROWS, HOLDOUT)) // 64))
     return {**shards.reduce_reports(parts[::-1]), "parts": parts}
+
+
+def _holdout_shards(replay: Path, out: Path, n_shards: int, **blocking: int) -> list[Any]:
+    """The held-out shards :func:`shards.plan` makes, in blocks of 64 rounds by default."""
+    cut = shards.split_point(ROWS, HOLDOUT)
+    blocking = {"rounds": 64} | blocking
+    common = {"replay": str(replay), "out_dir": str(out), "part": "holdout"}
+    return [
+        {**common, "index": i, **run}
+        for i, run in enumerate(shards.holdout_shards(replay, cut, ROWS, n_shards, **blocking))
+    ]
 
 
 def _reference(
@@ -225,15 +237,10 @@ def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(replay: Path, tmp_
         one = support_of(load_policy(state), holdout, batch, threshold, seed=0)
         assert one is not None
         extra = {"support_threshold": threshold, "baseline_state": str(base.state_path)}
-        extra |= {"first_row": cut, "block_rows": 64, "seed": 11, "baseline_version": None}
+        extra |= {"seed": 11, "baseline_version": None}
         parts_t = [
             shards.shard_evaluation({**sh, **extra}, state, model)
-            for sh in _shard_dicts(
-                replay,
-                tmp_path / f"ope-{threshold}",
-                "holdout",
-                shards.shard_ranges(cut, ROWS, 3, 64),
-            )
+            for sh in _holdout_shards(replay, tmp_path / f"ope-{threshold}", 3)
         ]
         assert shards.reduce_support(parts_t) == pytest.approx(one, rel=1e-12, abs=1e-15)
     assert one == pytest.approx(1.0)  # the threshold above every logged propensity
@@ -334,3 +341,40 @@ def test_the_plan_cuts_the_training_rows_only_when_asked(replay: Path, tmp_path:
     frame.to_parquet(with_slate)
     assert shards.holds_slates(with_slate) and not shards.holds_slates(replay)
     assert shards.plan(spec, {**info, "path": str(with_slate)}, "train") == []
+
+
+def test_held_out_shards_are_cut_by_distinct_candidates_too(replay: Path, tmp_path: Path) -> None:
+    """The shards' blocks are the single-node evaluation's (``block_bounds``): a window
+    whose rounds offer many distinct candidates (clients sending fresh ids) gets short
+    blocks, never one union of 256 rounds' candidates; the estimates still equal one pass
+    over all rounds, for any number of shards."""
+    cand = _trained(replay, tmp_path / "c", "shared_linucb", {"interactions": True, "alpha": 0.3})
+    base = _trained(replay, tmp_path / "b", "linucb", {"alpha": 0.1})
+    cut = shards.split_point(ROWS, HOLDOUT)
+    parts = [
+        shards.shard_statistics(s, cand.state_path)
+        for s in _shard_dicts(replay, tmp_path / "st", "train", shards.shard_ranges(0, cut, 2))
+    ]
+    state, model = shards.reduce_head(cand.state_path, parts, tmp_path / "cand.npz")
+    held = load_replay(replay).subset(slice(cut, None))
+    blocks = shards.holdout_blocks(replay, cut, ROWS, actions=10)
+    assert blocks[0][0] == cut and blocks[-1][1] == ROWS
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
+    for lo, hi in blocks:
+        union = {a for ids in held.candidate_ids[lo - cut : hi - cut] for a in ids}
+        assert len(union) <= 10 or hi - lo == 1
+    assert len(blocks) > 2 * len(shards.holdout_blocks(replay, cut, ROWS))
+    extra = {"seed": 11, "baseline_version": None, "support_threshold": SUPPORT_THRESHOLD}
+    extra["baseline_state"] = str(base.state_path)
+    ref = _reference(replay, state, Path(base.state_path), "dr")
+    for n_shards in (1, 3):
+        planned = _holdout_shards(replay, tmp_path / f"ope{n_shards}", n_shards, actions=10)
+        assert [b for s in planned for b in s["blocks"]] == [list(b) for b in blocks]
+        before = np.cumsum([0] + [len(s["blocks"]) for s in planned])[:-1]
+        assert [s["first_block"] for s in planned] == before.tolist()
+        got = shards.reduce_reports(
+            [shards.shard_evaluation({**s, **extra}, state, model) for s in planned]
+        )
+        for role in ("candidate", "production"):
+            for key, value in ref[role].items():
+                assert getattr(got[role]["dr"], key) == pytest.approx(value, rel=1e-9), (role, key)

@@ -9,6 +9,7 @@ service's fallback — the uniform policy — evaluated the same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,21 +42,40 @@ def dense_entries(data: ReplayData) -> int:
     return data.n_rows * distinct * max(width, data.len_list)
 
 
-def blocks_of(data: ReplayData) -> list[slice]:
-    """Consecutive rows of ``data`` in blocks of at most :data:`BLOCK_ROUNDS` rounds and
-    (but for a block of one round) :data:`BLOCK_ACTIONS` distinct candidates."""
-    out: list[slice] = []
-    start = 0
+def block_bounds(
+    candidate_ids: Iterable[Sequence[str]],
+    *,
+    start: int = 0,
+    rounds: int = BLOCK_ROUNDS,
+    actions: int = BLOCK_ACTIONS,
+) -> list[tuple[int, int]]:
+    """Consecutive rows, numbered from ``start``, in blocks ``[lo, hi)`` of at most
+    ``rounds`` rounds and (but for a block of one round) ``actions`` distinct candidates.
+
+    The cut depends on the rows alone: the single-node evaluation and the held-out
+    shards (:func:`training.shards.plan`) block a window the same way whatever its
+    number of shards.
+    """
+    if rounds < 1 or actions < 1:
+        raise ValueError(f"rounds and actions must be at least 1; got {rounds} and {actions}.")
+    out: list[tuple[int, int]] = []
+    lo = stop = start
     seen: set[str] = set()
-    for i, ids in enumerate(data.candidate_ids):
-        grown = seen | set(ids)
-        if i > start and (i - start >= BLOCK_ROUNDS or len(grown) > BLOCK_ACTIONS):
-            out.append(slice(start, i))
-            start, grown = i, set(ids)
-        seen = grown
-    if data.n_rows:
-        out.append(slice(start, data.n_rows))
+    for i, ids in enumerate(candidate_ids, start):
+        fresh = set(ids) - seen
+        if i > lo and (i - lo >= rounds or len(seen) + len(fresh) > actions):
+            out.append((lo, i))
+            lo, seen, fresh = i, set(), set(ids)
+        seen |= fresh
+        stop = i + 1
+    if stop > lo:
+        out.append((lo, stop))
     return out
+
+
+def blocks_of(data: ReplayData) -> list[slice]:
+    """The rows of ``data`` in the blocks of :func:`block_bounds`."""
+    return [slice(lo, hi) for lo, hi in block_bounds(data.candidate_ids)]
 
 
 def logged_batch(data: ReplayData) -> LoggedBatch:

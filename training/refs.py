@@ -133,9 +133,9 @@ class PromotedRef(StepRef):
 class ShardRef(StepRef):
     """One shard of a map-reduce round (:func:`training.shards.plan`): replay rows
     ``[start, stop)`` of ``part`` (``"train"`` or ``"holdout"``), its output written under
-    ``out_dir``; a held-out shard also carries the OPE's blocking (``first_row``,
-    ``block_rows``, ``seed``), the gate's ``support_threshold`` and the production
-    baseline every shard compares with."""
+    ``out_dir``; a held-out shard also carries the OPE's blocking (``blocks``, each
+    ``[lo, hi)``, the first one's index ``first_block``, ``seed``), the gate's
+    ``support_threshold`` and the production baseline every shard compares with."""
 
     replay: str
     out_dir: str
@@ -143,8 +143,8 @@ class ShardRef(StepRef):
     index: int
     start: int
     stop: int
-    first_row: int | None = None
-    block_rows: int | None = None
+    first_block: int | None = None
+    blocks: list[list[int]] | None = None
     seed: int | None = None
     support_threshold: float | None = None
     baseline_version: str | None = None

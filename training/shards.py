@@ -21,9 +21,12 @@ not decomposable and such runs stay on the single-node path (as do policies with
 Bayesian head: ensemble, dropout, uniform).
 
 **OPE** (map over the held-out rows, ``[cut, n)``) — the held-out rows are cut into
-fixed blocks of :data:`OPE_BLOCK_ROWS`; a shard is a run of whole blocks and evaluates
-block by block (the block's candidate union, a generator seeded by ``(seed, block)`` for
-Monte-Carlo propensities), so the estimates do not depend on the number of shards. For
+the single-node evaluation's blocks (:func:`training.evaluate.block_bounds`: bounded in
+rounds and in distinct candidates, a cut that depends on the rows alone); a
+shard is a run of whole blocks and evaluates block by block (the block's candidate union,
+a generator seeded by ``(seed, block)`` for Monte-Carlo propensities), so the estimates
+do not depend on the number of shards and no block's arrays grow with the clients'
+fresh candidate ids. For
 candidate and production it returns, per estimator of :data:`SHARDED_ESTIMATORS`
 (IPS, SNIPS, DM, DR, SNDR), the mergeable moments of the round terms and the weight sums
 (:class:`validation.ope.moments.TermSums`). The reduce merges them and reports the
@@ -54,7 +57,7 @@ from bandit_core.catalog import CATALOG, SHARDABLE
 from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
 from bandit_core.policies.wrappers import DelegatingWrapper
 from training.baseline import baseline_state
-from training.evaluate import EvaluationResult, logged_batch, support_terms
+from training.evaluate import EvaluationResult, block_bounds, logged_batch, support_terms
 from training.replay import replay_from_frame
 from training.runspec import RunSpec
 from validation.gate import decide
@@ -69,9 +72,6 @@ FloatArray = NDArray[np.float64]
 
 #: Estimators whose round terms merge exactly over shards (see the module docstring).
 SHARDED_ESTIMATORS = DECOMPOSABLE
-#: Held-out rows evaluated together (candidate union, generator) — fixed, so that the
-#: estimates are the same for every shard count.
-OPE_BLOCK_ROWS = 256
 #: L2 penalty of the OPE reward model (the single-node default's ``RidgeModel(alpha=1)``).
 RIDGE_ALPHA = 1.0
 SHARDS_DIR = "shards"
@@ -90,17 +90,49 @@ def split_point(rows: int, holdout_fraction: float) -> int:
     return int(cut)
 
 
-def shard_ranges(start: int, stop: int, shards: int, block: int = 1) -> list[tuple[int, int]]:
-    """``[start, stop)`` cut into at most ``shards`` contiguous non-empty ranges of whole
-    ``block``-row blocks (the last block may be short)."""
-    if shards < 1 or block < 1:
-        raise ValueError(f"shards and block must be at least 1; got {shards} and {block}.")
-    n_blocks = math.ceil((stop - start) / block)
-    out = []
-    for blocks in np.array_split(np.arange(n_blocks), min(shards, n_blocks)):
-        lo = start + int(blocks[0]) * block
-        hi = min(stop, start + (int(blocks[-1]) + 1) * block)
-        out.append((lo, hi))
+def shard_ranges(start: int, stop: int, shards: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into at most ``shards`` contiguous non-empty ranges."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1; got {shards}.")
+    rows = np.arange(start, stop)
+    return [(int(r[0]), int(r[-1]) + 1) for r in np.array_split(rows, min(shards, len(rows)))]
+
+
+def shard_blocks(blocks: Sequence[tuple[int, int]], shards: int) -> list[list[tuple[int, int]]]:
+    """Consecutive ``blocks`` in at most ``shards`` non-empty runs of near-equal counts."""
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1; got {shards}.")
+    runs = np.array_split(np.arange(len(blocks)), min(shards, len(blocks)) or 1)
+    return [[tuple(blocks[i]) for i in run] for run in runs if len(run)]
+
+
+def holdout_blocks(
+    path: str | Path, start: int, stop: int, **blocking: int
+) -> list[tuple[int, int]]:
+    """The evaluation's blocks of replay rows ``[start, stop)``
+    (:func:`training.evaluate.block_bounds`; ``blocking``: its ``rounds`` / ``actions``),
+    read one row group of candidate ids at a time."""
+    ids = (
+        row
+        for piece in iter_rows(path, start, stop, ["candidate_ids"])
+        for row in piece.column(0).to_pylist()
+    )
+    return block_bounds(ids, start=start, **blocking)
+
+
+def holdout_shards(
+    path: str | Path, start: int, stop: int, shards: int, **blocking: int
+) -> list[dict[str, Any]]:
+    """Replay rows ``[start, stop)`` in at most ``shards`` runs of whole
+    :func:`holdout_blocks`: each run's ``start``, ``stop``, ``blocks`` (``[lo, hi]`` pairs)
+    and ``first_block`` (its first block's index: the Monte-Carlo generator's)."""
+    out, first = [], 0
+    for run in shard_blocks(holdout_blocks(path, start, stop, **blocking), shards):
+        blocks = [[int(lo), int(hi)] for lo, hi in run]
+        out.append(
+            {"start": blocks[0][0], "stop": blocks[-1][1], "blocks": blocks, "first_block": first}
+        )
+        first += len(blocks)
     return out
 
 
@@ -119,12 +151,12 @@ def plan(
     replay: Mapping[str, Any],
     part: str,
     trained: Mapping[str, Any] | None = None,
-    *,
-    block_rows: int = OPE_BLOCK_ROWS,
+    **blocking: int,
 ) -> list[dict[str, Any]]:
     """The shards of one part of a run — ``"train"`` (the rebuild's rows) or ``"holdout"``
     (the OPE's) — empty (the single-node path) when ``spec["shards"]`` is 1 or the policy
     cannot be sharded (by its settings, or, given ``trained``, by the trained policy).
+    ``blocking`` overrides the held-out blocks' ``rounds`` / ``actions`` (tests).
 
     A held-out shard also names the production baseline the evaluation compares with
     (its state downloaded once, here), so every shard evaluates the same one.
@@ -152,22 +184,20 @@ def plan(
         ]
     else:
         baseline, state = baseline_state(s)
-        ranges = shard_ranges(cut, rows, s.shards, block_rows)
+        runs = holdout_shards(replay["path"], cut, rows, s.shards, **blocking)
         shards = [
             {
                 **common,
                 "index": i,
-                "start": lo,
-                "stop": hi,
-                "first_row": cut,
-                "block_rows": block_rows,
+                **blocks,
                 "seed": int(s.train.get("seed", 0)),
                 "support_threshold": float(s.support_threshold),
                 "baseline_version": baseline,
                 "baseline_state": None if state is None else str(state),
             }
-            for i, (lo, hi) in enumerate(ranges)
+            for i, blocks in enumerate(runs)
         ]
+        ranges = [(run["start"], run["stop"]) for run in runs]
     log.info(
         "run %s: %d %s shards over rows [%d, %d)",
         s.run_key,
@@ -477,14 +507,14 @@ def shard_evaluation(
     data = replay_from_frame(read_rows(shard["replay"], shard["start"], shard["stop"]).to_pandas())
     model = RidgeRewardModel.load(reward_model)
     policies = _evaluated_policies(shard, state_path, data.dim_user)
-    size, seed = int(shard["block_rows"]), int(shard["seed"])
+    seed, first_block = int(shard["seed"]), int(shard["first_block"])
     threshold = float(shard["support_threshold"])
-    first_block = (int(shard["start"]) - int(shard["first_row"])) // size
+    start = int(shard["start"])
     sums: dict[str, dict[str, Any]] = {}
     fingerprints = []
     support_mass, support_rows = 0.0, 0
-    for b, lo in enumerate(range(0, data.n_rows, size)):
-        rows = data.subset(slice(lo, lo + size))
+    for b, (lo, hi) in enumerate(shard["blocks"]):
+        rows = data.subset(slice(int(lo) - start, int(hi) - start))
         batch = logged_batch(rows)
         fingerprints.append(batch.fingerprint())
         terms, dists = block_terms(policies, batch, model, (seed, first_block + b))
