@@ -109,3 +109,76 @@ def test_a_409_to_the_first_attempt_is_somebody_elses_run_and_an_error(
     with pytest.raises(AirflowCallError, match="409") as raised:
         _api(airflow_with).trigger("bandit_retrain", {})
     assert raised.value.status == 409 and airflow_with.calls == 1
+
+
+class _Vouching(ThreadingHTTPServer):
+    """An Airflow API that answers every ``GET`` with ``status`` (200: an empty DAG list)
+    and records the bearer tokens it was shown."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(("127.0.0.1", 0), _VouchingHandler)
+        self.status = status
+        self.tokens: list[str] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+class _VouchingHandler(BaseHTTPRequestHandler):
+    server: _Vouching
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.server.tokens.append(self.headers.get("Authorization", ""))
+        data = json.dumps({"dags": [], "detail": "refused"}).encode()
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_POST = do_GET
+
+
+def test_the_host_header_cannot_choose_who_checks_the_token(tmp_path: Any) -> None:
+    """The page asks the configured API server whether a token is valid, never the one
+    the request's ``Host`` names: a made-up token with ``Host: <a server that says yes>``
+    is refused, and that server never sees the token (the old code took both from the
+    request: 200 and the whole overview)."""
+    from monitoring.settings import MonitorSettings
+    from ops.bandits_page.app import create_app
+    from tests.serving_helpers import make_client
+
+    airflow, attacker = _Vouching(403), _Vouching(200)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (airflow, attacker)]
+    for t in threads:
+        t.start()
+    try:
+        settings = MonitorSettings(workspace=tmp_path / "ws")
+        app = create_app(lambda: settings, airflow=True, api_url=lambda: airflow.url)
+        host = attacker.url.removeprefix("http://")
+        client = make_client(app, token="made-up")
+        headers = {"Host": host}
+        assert client.get("/api/overview", headers=headers).status_code == 403
+        assert client.get("/", headers=headers).status_code == 401
+        assert client.post("/actions/retrain", headers=headers).status_code == 401
+    finally:
+        for s in (airflow, attacker):
+            s.shutdown()
+            s.server_close()
+    assert attacker.tokens == []
+    assert airflow.tokens and set(airflow.tokens) == {"Bearer made-up"}
+
+
+def test_the_own_api_url_is_the_configured_server_on_the_loopback() -> None:
+    from ops.bandits_page.airflow_api import own_api_url
+
+    assert own_api_url({"port": "8080"}) == "http://127.0.0.1:8080"
+    assert own_api_url({"port": "9090", "ssl_cert": "/c.pem"}) == "https://127.0.0.1:9090"
+    mounted = {"port": "8080", "base_url": "https://airflow.example.com/ops/af/"}
+    assert own_api_url(mounted) == "http://127.0.0.1:8080/ops/af"
+    assert own_api_url({}) == "http://127.0.0.1:8080"

@@ -3,7 +3,9 @@
 The page runs inside Airflow's API server, so it calls that server's own ``/api/v2``
 with the user's token (the UI's ``_token`` cookie, or the request's bearer token):
 Airflow decides whether this user may trigger the DAG, exactly as for its own "Trigger"
-button, and the run is recorded under the user's name.
+button, and the run is recorded under the user's name. That server's address comes from
+Airflow's configuration (:func:`own_api_url`), never from the request: a client chooses
+its ``Host`` header, and would otherwise choose who vouches for its token.
 """
 
 from __future__ import annotations
@@ -12,12 +14,28 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 #: The cookie in which Airflow 3's UI keeps the signed-in user's JWT.
 TOKEN_COOKIE = "_token"
 #: The DAGs the page shows and triggers.
+
+
+def own_api_url(api: Any = None) -> str:
+    """The REST API of the Airflow API server this process is, on the loopback interface:
+    ``[api] port``, ``https`` when ``[api] ssl_cert`` is set, and the path of ``[api]
+    base_url`` (where the server mounts its routes). ``api``: a section to read instead
+    of Airflow's (tests)."""
+    if api is None:
+        from airflow.configuration import conf
+
+        api = {key: conf.get("api", key, fallback="") for key in ("port", "ssl_cert", "base_url")}
+    port = int(api.get("port") or 8080)
+    scheme = "https" if api.get("ssl_cert") else "http"
+    path = urlsplit(api.get("base_url") or "").path.rstrip("/")
+    return f"{scheme}://127.0.0.1:{port}{path}"
 
 
 class AirflowCallError(RuntimeError):
@@ -49,6 +67,8 @@ class AirflowAPI:
                 json=body,
                 headers={"Authorization": f"Bearer {self.token}"},
                 timeout=self.timeout_s,
+                # a certificate names the public host; this is the server's own loopback
+                verify=urlsplit(self.base_url).hostname != "127.0.0.1",
             )
         except httpx.HTTPError as exc:
             why = f"Airflow's API at {self.base_url} is unreachable: {exc}"

@@ -42,11 +42,6 @@ def _token(request: Request) -> str | None:
     return request.cookies.get(af.TOKEN_COOKIE) or None
 
 
-def _server(request: Request) -> str:
-    """The API server this app is mounted in (the page calls its REST API)."""
-    return f"{request.url.scheme}://{request.url.netloc}"
-
-
 def _login_required(request: Request, why: str) -> HTMLResponse:
     login = f"/auth/login?next={quote(str(request.url), safe='')}"
     return HTMLResponse(
@@ -57,9 +52,14 @@ def _login_required(request: Request, why: str) -> HTMLResponse:
 
 
 def create_app(
-    settings: Callable[[], MonitorSettings] = MonitorSettings, *, airflow: bool = True
+    settings: Callable[[], MonitorSettings] = MonitorSettings,
+    *,
+    airflow: bool = True,
+    api_url: Callable[[], str] = af.own_api_url,
 ) -> FastAPI:
-    """The page's app; ``settings`` is called per request (the workspace file may change)."""
+    """The page's app; ``settings`` is called per request (the workspace file may change).
+    ``api_url``: the Airflow REST API that checks tokens and triggers runs (by default the
+    API server this app is mounted in, from Airflow's configuration)."""
     app = FastAPI(
         title="banditops: the Bandits page",
         description="The operator's view of the bandit loop, inside the Airflow UI.",
@@ -69,7 +69,7 @@ def create_app(
 
     def api_of(request: Request) -> af.AirflowAPI | None:
         token = _token(request)
-        return None if token is None else af.AirflowAPI(_server(request), token)
+        return None if token is None else af.AirflowAPI(api_url(), token)
 
     def dag_states(api: af.AirflowAPI) -> dict[str, Any]:
         dags = api.dags()
