@@ -19,6 +19,9 @@ operations are vectorised across it.
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -245,16 +248,52 @@ class BayesianLinearHead:
         old = as_finite_float("old_reward", old_reward)
         new = as_finite_float("new_reward", new_reward)
         self._check_head(head)
-        self.xty_[head] += (new - old) * x
-        self.yty_[head] += new * new - old * old
-        u = self.inv_chol_[head]
-        self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
+        with self._kept_finite(head):
+            self.xty_[head] += (new - old) * x
+            self.yty_[head] += new * new - old * old
+            u = self.inv_chol_[head]
+            self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
+
+    @contextmanager
+    def _kept_finite(self, head: int) -> Iterator[None]:
+        """Run a change of head ``head`` whole or not at all: when it raises, or leaves
+        the head's statistics, factor or mean non-finite (finite inputs can still
+        overflow, e.g. against a factor that is not the precision's), the head's arrays
+        are put back as they were and ``ValueError`` is raised."""
+        names = self._array_names()[: None if self.config.window else 7]  # what changes
+        kept = {name: getattr(self, name)[head].copy() for name in names}
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
+                yield
+            # θ = UᵀU b is not finite when the factor or b is not; Σr² on its own
+            finite = bool(np.isfinite(self.theta_[head]).all()) and math.isfinite(
+                float(self.yty_[head])
+            )
+            finite = finite and bool(np.isfinite(self.inv_chol_[head]).all())
+        except BaseException:
+            self._put_back(head, kept)
+            raise
+        if not finite:
+            self._put_back(head, kept)
+            raise ValueError(
+                f"the update would make head {head} non-finite (its factor, statistics or "
+                "mean overflow float64); the head is unchanged."
+            )
+
+    def _put_back(self, head: int, kept: dict[str, NDArray[Any]]) -> None:
+        for name, value in kept.items():
+            getattr(self, name)[head] = value
 
     def _check_head(self, head: int) -> None:
         if not (0 <= int(head) < self.n_heads):
             raise ValueError(f"head must be an index in [0, {self.n_heads}); got {head}.")
 
     def _update(self, x: FloatArray, r: float, head: int) -> None:
+        """Learn ``(x, r)`` (checked by the caller) in head ``head``, whole or not at all."""
+        with self._kept_finite(head):
+            self._learn(x, r, head)
+
+    def _learn(self, x: FloatArray, r: float, head: int) -> None:
         cfg = self.config
         if cfg.gamma < 1.0:
             g = cfg.gamma

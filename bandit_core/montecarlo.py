@@ -27,10 +27,17 @@ IntArray = NDArray[np.intp]
 #: Upper bound on the elements of one block of draws (rows × draws × K).
 _BLOCK = 4_000_000
 
+#: Most posterior draws (or stochastic passes) one decision may ask for: 50 times the
+#: default cap ``max_sim``. A state declaring more is refused where it is built, so a
+#: model version cannot make every decision cost millions of draws.
+MAX_DRAWS = 1_000_000
+#: The range of a draw count (``n_sim``).
+DRAWS = Interval(int, 1, MAX_DRAWS)
+
 MONTE_CARLO_PARAMS: dict[str, Constraint] = {
-    "n_sim": Interval(int, 1, None),
+    "n_sim": DRAWS,
     "target_rel_error": OptionalOf(Interval(float, 0.0, 1.0, closed="neither")),
-    "max_sim": Interval(int, 2, None),
+    "max_sim": Interval(int, 2, MAX_DRAWS),
 }
 
 

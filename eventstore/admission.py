@@ -14,7 +14,10 @@ version that would poison or exhaust the service is refused on both sides:
    serves, when given;
 4. only then are the arrays read, and every float array must be finite.
 
-Only a state passing all four is handed to :func:`bandit_core.policies.registry.policy_from_state`.
+Only a state passing all four is handed to :func:`bandit_core.policies.registry.policy_from_state`
+(:meth:`Admission.policy`), whose own refusals (an unknown policy, an array of the wrong
+shape, an option out of its range, such as more posterior draws than
+:data:`bandit_core.montecarlo.MAX_DRAWS`) are refusals of the version too.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit_core import PolicyState
+from bandit_core import Policy, PolicyState
+from bandit_core.policies.registry import policy_from_state
 
 _HEADER_MEMBER = "__state__.json.npy"
 _HEADER_KEY = "__state__.json"
@@ -65,6 +69,22 @@ class Admission:
     dim_arm: int | None = None
     max_members: int = 4096
 
+    def policy(self, source: bytes | Path) -> Policy:
+        """The policy of ``source`` (bytes or a path), built from its checked state.
+
+        Raises
+        ------
+        AdmissionError
+            A check failed, or the state does not make a policy (the policy's own
+            validation: a state that is malformed is refused, never retried as a failure
+            to load).
+        """
+        state = self.admit(source)
+        try:
+            return policy_from_state(state)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise AdmissionError(f"the state does not make a policy: {exc}") from exc
+
     def admit(self, source: bytes | Path) -> PolicyState:
         """The checked state of ``source`` (bytes or a path).
 
@@ -73,6 +93,14 @@ class Admission:
         AdmissionError
             A check failed; nothing larger than the headers was read.
         """
+        try:
+            return self._admit(source)
+        except AdmissionError:
+            raise
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:  # a malformed member
+            raise AdmissionError(f"the state file is malformed: {exc}") from exc
+
+    def _admit(self, source: bytes | Path) -> PolicyState:
         size = len(source) if isinstance(source, bytes) else source.stat().st_size
         if size > self.max_bytes:
             raise AdmissionError(f"the state file has {size} bytes; the limit is {self.max_bytes}.")

@@ -35,7 +35,6 @@ from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from bandit_core import load_policy
-from bandit_core.policies.registry import policy_from_state
 from eventstore.admission import Admission
 from eventstore.contract import (
     GATE_PASSED_TAG,
@@ -303,7 +302,7 @@ class ModelRegistry:
             return existing
         state_path = Path(state_path)
         try:  # the serving side's admission (finite, bounded, no bombs), then a build
-            policy_from_state(Admission().admit(state_path))
+            Admission().policy(state_path)
         except Exception as exc:  # any failure to load means: refuse to register
             raise RegistryError(f"policy state {state_path} does not load: {exc}") from exc
         with (

@@ -52,6 +52,7 @@ from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
 from serving.budget import (
+    NonFiniteChoiceError,
     body_lengths,
     check_budget,
     check_choice_finite,
@@ -248,6 +249,7 @@ class DecisionService:
             on_failure=lambda reason, _msg: metrics.model_load_failures.labels(reason).inc(),
             rollout=self._running_rollout,
             max_arms=settings.max_arms,
+            max_work_units=settings.max_work_units,
         )
         # several workers or synced replicas rebuild from the store: no snapshots
         snapshots = settings.workers == 1 and self.replicas is None
@@ -561,6 +563,9 @@ class DecisionService:
                     self.settings.decision_deadline_s,
                 )
                 self.metrics.deadline_fallbacks.inc()
+            except NonFiniteChoiceError as exc:  # the model's numbers: one line, counted
+                log.warning("model %s: %s; the fallback decides", model.version, exc)
+                self.metrics.model_errors.inc()
             except Exception:
                 log.exception("model %s failed; the fallback decides", model.version)
                 self.metrics.model_errors.inc()
@@ -826,7 +831,11 @@ class DecisionService:
                 learn.arm_features,
                 learn.position,
             )
-        except Exception:  # the policy refused it whole: the head is as it was
+        except ValueError as exc:  # the policy refused it whole: the head is as it was
+            log.warning("head of %s refused reward %d: %s", model.version, outcome.id, exc)
+            self.metrics.head_update_failures.inc()
+            return False
+        except Exception:  # not a refusal the policy names: the same, with its traceback
             log.exception("head update of %s failed for reward %d", model.version, outcome.id)
             self.metrics.head_update_failures.inc()
             return False

@@ -296,3 +296,46 @@ def test_a_numerically_singular_precision_changes_nothing(rng: np.random.Generat
         rows.update(x, 1.0)
     assert np.isfinite(rows.theta_).all() and np.isfinite(rows.inv_chol_).all()
     assert rows.count_[0] == 150
+
+
+@pytest.mark.parametrize("config", [HeadConfig(dim=3), HeadConfig(dim=3, window=4)])
+def test_an_update_that_would_overflow_changes_nothing(
+    rng: np.random.Generator, config: HeadConfig
+) -> None:
+    """A finite state whose factor is not its precision's (a model version's artifact
+    edited: ``inv_chol`` × 1e160) passes every finiteness check, but the next rank-one
+    update overflows. The update is refused whole (ValueError) and the head keeps every
+    array bit for bit: nothing non-finite ever reaches it (before, θ became NaN)."""
+    head = BayesianLinearHead(config)
+    for x, r in zip(rng.normal(size=(6, 3)), rng.normal(size=6), strict=True):
+        head.update(x, r)
+    head.inv_chol_[0] *= 1e160
+    before = _head_arrays(head)
+    for change in (
+        lambda: head.update(np.array([1.0, 2.0, 3.0]), 1.0),
+        lambda: head._update(np.array([1.0, 2.0, 3.0]), 1.0, 0),  # the policies' path
+    ):
+        with pytest.raises(ValueError, match="non-finite"):
+            change()
+        for key, value in before.items():
+            np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
+    if config.window is None:
+        with pytest.raises(ValueError, match="non-finite"):
+            head.revise(np.array([1.0, 2.0, 3.0]), 0.0, 1e6)
+        for key, value in before.items():
+            np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
+
+
+def test_a_policy_refuses_the_overflowing_update_whole(rng: np.random.Generator) -> None:
+    from bandit_core import make_policy
+
+    policy = make_policy("shared_lints", dim_user=3, dim_arm=2)
+    policy.update(np.ones(3), "a", 1.0, np.ones(2))
+    policy.head.inv_chol_[0] *= 1e160
+    before = {k: v.copy() for k, v in policy.to_state().arrays.items()}
+    with pytest.raises(ValueError, match="non-finite"):
+        policy.update(np.ones(3), "a", 1.0, np.ones(2))
+    after = policy.to_state().arrays
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)

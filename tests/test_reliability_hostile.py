@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +22,14 @@ import httpx
 import numpy as np
 import pytest
 
+from bandit_core import Candidates, load_state, save_state
+from bandit_core.policies.registry import policy_from_state
 from benchmarks.reliability_hostile import bomb_version, huge_dimension_version, nan_version
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from eventstore.records import DecisionRow
+from serving.budget import NonFiniteChoiceError, check_choice_finite
+from serving.decide import choose
 from serving.store.repository import write_events
 from tests.serving_helpers import (
     AUTH,
@@ -257,14 +262,31 @@ def _bomb_model(path: Path) -> Path:
     return bomb_version(_source(path), path)
 
 
+def _unknown_policy_model(path: Path) -> Path:
+    """A valid state naming a policy nobody registered (it failed as a "load": logged
+    with a traceback, tried again every ``retry_failed_s``)."""
+    state = load_state(_source(path))
+    return save_state(dataclasses.replace(state, policy="evil_algo"), path)
+
+
+def _many_draws_model(path: Path) -> Path:
+    """A 6 kB Thompson state whose configuration asks for 4·10⁷ draws a decision (it
+    took GBs while probed, then every ordinary request was over the work budget)."""
+    state = load_state(policy_file(path.with_name(f"source-{path.name}"), name="shared_lints"))
+    state.config.update(n_sim=40_000_000, max_sim=40_000_000)
+    return save_state(state, path)
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
         (_nan_model, "non-finite"),
         (_big_config_model, "dim_user = 100000"),
         (_bomb_model, "more than"),
+        (_unknown_policy_model, "unknown policy 'evil_algo'"),
+        (_many_draws_model, "n_sim"),
     ],
-    ids=["nan-weights", "huge-dimensions", "decompression-bomb"],
+    ids=["nan-weights", "huge-dimensions", "decompression-bomb", "unknown-policy", "draws"],
 )
 def test_an_unsafe_version_is_refused_once_and_the_previous_keeps_serving(
     tmp_path: Path, make: Any, reason: str
@@ -603,3 +625,41 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
     assert manifest.quarantined == 0 and manifest.rows == 150
     with pytest.raises(DataValidationError):
         validate_features(manifest, tmp_path / "over" / "docs", **rules)
+
+
+def test_a_version_whose_scores_overflow_on_client_scale_inputs_is_refused() -> None:
+    """θ with 1e308 at 2 of every 10 positions: finite on the old single probe (every
+    input 0.5), non-finite on features of ±1 — every real decision then fell back, each
+    with a traceback. The probes now include such inputs: the version is refused."""
+    from bandit_core import make_policy
+    from serving.models.loader import UnsafeModelError, smoke_test
+    from serving.models.served import Signature
+
+    state = make_policy("shared_lints", dim_user=6, dim_arm=4).to_state()
+    theta = state.arrays["head.theta"]
+    positions = np.arange(theta.size).reshape(theta.shape)
+    state.arrays["head.theta"] = np.where(positions % 10 < 2, 1e308, 0.0)
+    policy = policy_from_state(state)
+    signature = Signature.of(policy)
+    ones = Candidates(("a", "b"), np.ones((2, signature.dim_arm)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        choice = choose(policy, np.ones(signature.dim_user), ones, np.random.default_rng(0))
+    with pytest.raises(NonFiniteChoiceError):  # the premise: features of 1 overflow
+        check_choice_finite(choice.decision, None, None)
+    with warnings.catch_warnings(), pytest.raises(UnsafeModelError, match="probe decision"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # as in the service: not errors
+        smoke_test(policy, signature)
+
+
+def test_a_version_no_request_could_afford_is_refused() -> None:
+    """Draws within the library's limit, but a decision between two candidates over the
+    service's budget: every request would be a 422, so the version is refused."""
+    from bandit_core import make_policy
+    from serving.models.loader import UnsafeModelError, smoke_test
+    from serving.models.served import Signature
+
+    policy = make_policy("shared_lints", dim_user=6, dim_arm=4, n_sim=500_000, max_sim=500_000)
+    signature = Signature.of(policy)
+    with pytest.raises(UnsafeModelError, match="max_work_units is 5000000"):
+        smoke_test(policy, signature, max_work_units=5_000_000)
+    smoke_test(make_policy("shared_lints", dim_user=6, dim_arm=4), signature, 5_000_000)

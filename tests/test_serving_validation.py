@@ -479,3 +479,31 @@ def test_a_reward_in_flight_when_the_head_fills_up_is_not_learnt(tmp_path: Path)
         live = copy.deepcopy(served_policy(client))
         assert arm_state(live).n_arms == 11  # type: ignore[union-attr]
     _assert_recovered_after_a_crash(settings, live)
+
+
+def test_a_version_whose_factor_overflows_learns_nothing_non_finite(tmp_path: Path) -> None:
+    """A finite artifact passes admission and the probe, but its head's factor is not its
+    precision's (``inv_chol`` × 1e160): its first reward's update would make θ NaN. The
+    update is refused whole — the reward answered ``applied: false``, counted in
+    /metrics — and the served head stays finite and keeps deciding (before: applied,
+    then every decision fell back on a NaN head)."""
+    from bandit_core import load_state, save_state
+
+    model = policy_file(tmp_path / "lints.npz", name="shared_lints")
+    state = load_state(model)
+    state.arrays["head.inv_chol"] = state.arrays["head.inv_chol"] * 1e160
+    save_state(state, model)
+    settings = service_settings(tmp_path, model_path=model)
+    rng = np.random.default_rng(8)
+    with running_client(settings) as client:
+        got = client.post("/v1/decisions", json=decision_body(rng, n=3))
+        assert got.status_code == 200 and got.json()["fallback"] is False, got.text
+        ack = client.post("/v1/rewards", json={"event_id": got.json()["event_id"], "reward": 1})
+        assert ack.status_code == 200, ack.text
+        assert ack.json()["status"] == "applied" and ack.json()["applied"] is False
+        text = client.get("/metrics").text
+        assert "banditops_head_update_failures_total 1.0" in text
+        for key, value in served_policy(client).to_state().arrays.items():
+            assert not np.issubdtype(value.dtype, np.number) or np.isfinite(value).all(), key
+        again = client.post("/v1/decisions", json=decision_body(rng, n=3))
+        assert again.status_code == 200 and again.json()["fallback"] is False, again.text

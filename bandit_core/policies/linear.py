@@ -46,7 +46,7 @@ from bandit_core.exploration import (
 from bandit_core.features import FEATURE_PARAMS, FeatureMap
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
 from bandit_core.head_statistics import HeadStatistics, state_with_statistics
-from bandit_core.montecarlo import MONTE_CARLO_PARAMS, MonteCarloOptions, thompson_draws
+from bandit_core.montecarlo import DRAWS, MONTE_CARLO_PARAMS, MonteCarloOptions, thompson_draws
 from bandit_core.policies.base import (
     check_candidates,
     check_contexts,
@@ -61,7 +61,7 @@ IntArray = NDArray[np.intp]
 _POLICY_PARAMS: dict[str, Constraint] = {
     "alpha": Interval(float, 0.0, None, closed="left"),
     "v": Interval(float, 0.0, None, closed="neither"),
-    "n_sim": Interval(int, 1, None),
+    "n_sim": DRAWS,
     "sample_noise": IsBool(),
     "epsilon": Interval(float, 0.0, 1.0),
     "shared": IsBool(),

@@ -27,13 +27,14 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bandit_core import Candidates, Policy
 from bandit_core.policies.decision_copy import decision_copy
 from eventstore.admission import AdmissionError, first_non_finite
 from eventstore.contract import CANDIDATE, PRODUCTION
 from eventstore.text import redact_credentials
-from serving.budget import check_choice_finite
+from serving.budget import check_choice_finite, draws_per_choice, work_units
 from serving.decide import choose
 from serving.models.recovery import recover
 from serving.models.served import ServedModel, ServingSet, Signature
@@ -46,6 +47,8 @@ RolloutTarget = tuple[tuple[str, ...], float]
 
 log = logging.getLogger(__name__)
 
+FloatArray = NDArray[np.float64]
+
 
 class SignatureError(ValueError):
     """A version's feature dimensions are not those the service serves."""
@@ -55,9 +58,25 @@ class UnsafeModelError(ArithmeticError):
     """A version's recovered state is not finite, or its probe decision is not."""
 
 
-def smoke_test(policy: Policy, signature: Signature) -> None:
-    """Decide once on a probe context (a copy of the policy, so nothing is learnt or
-    added) and check the state and the decision are finite.
+#: Probe inputs of a new version: constant 0.5, constant −1, and standard Normal values
+#: (seeded) — features of the scale a client sends, where a version whose scores overflow
+#: on some of them (a few weights near 1e308) is found before it serves.
+PROBES = ("half", "minus-one", "normal")
+
+
+def _probe_values(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> FloatArray:
+    if kind == "half":
+        return np.full(shape, 0.5)
+    if kind == "minus-one":
+        return np.full(shape, -1.0)
+    return rng.standard_normal(shape)
+
+
+def smoke_test(policy: Policy, signature: Signature, max_work_units: int | None = None) -> None:
+    """Check a version before it serves: its state is finite; a decision between two
+    candidates fits ``max_work_units`` (:mod:`serving.budget`: else every request would
+    be refused); and it decides with finite scores and propensities on each of
+    :data:`PROBES` (copies of the policy, so nothing is learnt or added).
 
     Raises
     ------
@@ -68,13 +87,23 @@ def smoke_test(policy: Policy, signature: Signature) -> None:
         raise UnsafeModelError(f"state array {bad!r} holds non-finite values")
     dim_user = signature.dim_user or 1
     width = max(signature.dim_arm, 0)
-    candidates = Candidates(("probe-0", "probe-1"), np.full((2, width), 0.5))
-    probe = decision_copy(policy, candidates.ids)
-    try:
-        choice = choose(probe, np.full(dim_user, 0.5), candidates, np.random.default_rng(0))
-        check_choice_finite(choice.decision, None, None)
-    except Exception as exc:
-        raise UnsafeModelError(f"the probe decision failed: {exc}") from exc
+    draws = draws_per_choice(policy)
+    units = work_units(2, dim_user + width, draws, None, 0)
+    if max_work_units is not None and units > max_work_units:
+        raise UnsafeModelError(
+            f"a decision between two candidates costs {units} work units ({draws} draws); "
+            f"the limit max_work_units is {max_work_units}"
+        )
+    rng = np.random.default_rng(0)
+    ids = ("probe-0", "probe-1")
+    for kind in PROBES:
+        candidates = Candidates(ids, _probe_values(kind, (2, width), rng))
+        context = _probe_values(kind, (dim_user,), rng)
+        try:
+            choice = choose(decision_copy(policy, ids), context, candidates, rng)
+            check_choice_finite(choice.decision, None, None)
+        except Exception as exc:
+            raise UnsafeModelError(f"the probe decision ({kind} inputs) failed: {exc}") from exc
 
 
 class ModelLoader:
@@ -104,6 +133,11 @@ class ModelLoader:
     retry_failed_s : float
         A version that failed to load is not tried again for this long; one refused
         (signature, admission) is never tried again.
+    max_arms : int, optional
+        Most arms a recovered per-arm head may hold.
+    max_work_units : int, optional
+        The service's request budget: a version whose decision between two candidates
+        exceeds it is refused (:func:`smoke_test`).
     """
 
     def __init__(
@@ -119,9 +153,11 @@ class ModelLoader:
         retry_failed_s: float = 300.0,
         rollout: Callable[[], RolloutTarget | None] | None = None,
         max_arms: int | None = None,
+        max_work_units: int | None = None,
     ) -> None:
         self._rollout = rollout
         self.max_arms = max_arms
+        self.max_work_units = max_work_units
         self.expected = (expected_dim_user, expected_dim_arm)
         self.retry_failed_s = retry_failed_s
         self._failed_versions: dict[str, float] = {}
@@ -250,7 +286,7 @@ class ModelLoader:
                 self.store, ref.version, base, self.source.name, ref.window_stop, self.max_arms
             )
             stage = "smoke"
-            smoke_test(model.policy, model.signature)
+            smoke_test(model.policy, model.signature, self.max_work_units)
         except (SignatureError, AdmissionError, UnsafeModelError) as exc:
             # the version itself is refused: logged and counted once, never retried (a
             # changed artifact is a new version)

@@ -9,7 +9,6 @@ import tempfile
 from datetime import UTC, datetime
 
 from bandit_core import Policy
-from bandit_core.policies.registry import policy_from_state
 from eventstore.admission import Admission
 from eventstore.contract import WINDOW_STOP_TAG, version_label
 from modelregistry.registry import AliasReader
@@ -72,7 +71,6 @@ class MlflowModelSource:
 
     def load(self, ref: ModelRef) -> Policy:
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:
-            state = self.admission.admit(self._reader.download_state(ref.locator, tmp))
-        policy = policy_from_state(state)
+            policy = self.admission.policy(self._reader.download_state(ref.locator, tmp))
         policy.model_version = ref.version
         return policy

@@ -4,7 +4,6 @@ read in memory."""
 from __future__ import annotations
 
 from bandit_core import Policy, load_policy
-from bandit_core.policies.registry import policy_from_state
 from bandit_core.state import state_to_bytes
 from eventstore.admission import Admission
 
@@ -18,5 +17,5 @@ def policy_from_bytes(data: bytes, admission: Admission | None = None) -> Policy
     """Restore a policy from :func:`policy_to_bytes` output (``allow_pickle=False``);
     with ``admission``, only after its checks (:mod:`eventstore.admission`)."""
     if admission is not None:
-        return policy_from_state(admission.admit(data))
+        return admission.policy(data)
     return load_policy(data)

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 
 from bandit_core._validation import Constraint, FloatArray, Interval, IsBool, OneOf
 from bandit_core.exploration import greedy_probabilities, sample_categorical, thompson_choice
+from bandit_core.montecarlo import DRAWS
 from bandit_core.nets import (
     DTYPE,
     ConcreteDropout,
@@ -63,7 +64,7 @@ class DropoutConfig(NeuralConfig):
         "dropout": Interval(float, 0.0, 1.0, closed="left"),
         "learn_dropout": IsBool(),
         "mode": OneOf(("ucb", "ts")),
-        "n_sim": Interval(int, 1, None),
+        "n_sim": DRAWS,
         "n_passes": Interval(int, 2, None),
         "alpha": Interval(float, 0.0, None),
     }

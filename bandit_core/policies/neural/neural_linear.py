@@ -36,12 +36,12 @@ from bandit_core._validation import (
     Interval,
     IsBool,
     OneOf,
-    OptionalOf,
     delegate,
 )
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
 from bandit_core.head_statistics import HeadStatistics, state_with_statistics
 from bandit_core.linalg import sufficient_statistics
+from bandit_core.montecarlo import MONTE_CARLO_PARAMS
 from bandit_core.nets import to_numpy
 from bandit_core.policies.linear import _ThompsonRule, _UCBRule
 from bandit_core.policies.neural.base import IntArray, NeuralConfig, NeuralPolicy
@@ -98,9 +98,7 @@ class NeuralLinearConfig(NeuralConfig):
         "mode": OneOf(("ts", "ucb")),
         "alpha": Interval(float, 0.0, None),
         "v": Interval(float, 0.0, None, closed="neither"),
-        "n_sim": Interval(int, 1, None),
-        "target_rel_error": OptionalOf(Interval(float, 0.0, 1.0, closed="neither")),
-        "max_sim": Interval(int, 2, None),
+        **MONTE_CARLO_PARAMS,
         "sample_noise": IsBool(),
         "head_bias": IsBool(),
         "head_inputs": IsBool(),
