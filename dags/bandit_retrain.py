@@ -35,8 +35,10 @@ each task is one `training.pipeline.run_step` call; they pass the run spec and t
 references (`training.refs`: paths, versions) through XCom. The trigger form is
 `training.form.RETRAIN_FORM`. Outputs live in `<runs dir>/<run id>/`; a retried task
 overwrites its own.
-Bad data or bad input (`ValueError`, the GX `DataValidationError`) fails at once without
-retries. Settings come from `BANDITOPS_*` (`training.settings.PipelineSettings`).
+Bad data or bad input (`ValueError`, `TypeError`, `OverflowError`, the GX
+`DataValidationError`) fails at once without retries; a task running longer than
+`BANDITOPS_TASK_TIMEOUT_S` fails (and is retried). Settings come from `BANDITOPS_*`
+(`training.settings.PipelineSettings`).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ ASSETS = {
 NO_RETRY_ON_BAD_INPUT = ExceptionRetryPolicy(
     rules=[
         RetryRule(
-            exception=[ValueError, TypeError],
+            exception=[ValueError, TypeError, OverflowError],
             action=RetryAction.FAIL,
             reason="bad data or bad input: another try cannot succeed",
         )
@@ -145,6 +147,7 @@ def _task(step: Step) -> Any:
         "retries": SETTINGS.retries,
         "retry_delay": timedelta(seconds=SETTINGS.retry_delay_s),
         "retry_policy": NO_RETRY_ON_BAD_INPUT,
+        "execution_timeout": timedelta(seconds=SETTINGS.task_timeout_s),
     },
     params={f.name: Param(f.default_for(SETTINGS), **f.schema()) for f in RETRAIN_FORM},
 )

@@ -176,12 +176,17 @@ class Bounds:
         if low is not None and high is not None:
             left = "[" if self.ge is not None else "("
             right = "]" if self.le is not None else ")"
-            return f"in {left}{low:g}, {high:g}{right}"
+            return f"in {left}{_num(low)}, {_num(high)}{right}"
         if low is not None:
-            return f"{'≥' if self.ge is not None else '>'} {low:g}"
+            return f"{'≥' if self.ge is not None else '>'} {_num(low)}"
         if high is not None:
-            return f"{'≤' if self.le is not None else '<'} {high:g}"
+            return f"{'≤' if self.le is not None else '<'} {_num(high)}"
         return ""
+
+
+def _num(value: float) -> str:
+    """An integer bound in full (2⁶³ − 1, not 9.22337e+18), any other one short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def setting_problems(exc: ValidationError) -> list[str]:

@@ -144,6 +144,7 @@ def samples(root: Path) -> dict[str, Any]:
         "retrain_queue": "gpu",
         "retries": 0,
         "retry_delay_s": 5.0,
+        "task_timeout_s": 600.0,
         "owner": "ml-team",
         "approval_timeout_h": 1.0,
         "rollout_schedule": "*/5 * * * *",

@@ -94,9 +94,13 @@ def test_one_default_per_knob_lives_in_the_pipeline_settings(
     # the same bound everywhere: the settings, the form and the spec refuse 49 resamples
     with pytest.raises(ValueError, match="n_resamples"):
         PipelineSettings(retrain_n_resamples=49)
-    with pytest.raises(ValueError, match="n_resamples must be an integer ≥ 50; got 49"):
+    with pytest.raises(
+        ValueError, match="n_resamples must be an integer ≥ 50 and ≤ 100000; got 49"
+    ):
         check_form({"n_resamples": 49}, _settings(tmp_path))
-    with pytest.raises(ValueError, match="n_resamples must be an integer ≥ 50; got 49"):
+    with pytest.raises(
+        ValueError, match="n_resamples must be an integer ≥ 50 and ≤ 100000; got 49"
+    ):
         RunSpec.from_xcom({**spec.to_xcom(), "n_resamples": 49})
     # a spec handed over by XCom holds its rewards to the bound the policies hold them to
     for name in ("reward_max", "default_reward"):
@@ -108,9 +112,16 @@ def test_form_checks_name_the_field_and_the_bound(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     for params, message in (
         ({"tolerance": 1.0}, "tolerance must be a finite number ≥ 0 and < 1; got 1.0."),
-        ({"window_days": -1}, "window_days must be a finite number > 0; got -1."),
-        ({"shards": 0}, "shards must be an integer ≥ 1; got 0."),
-        ({"seed": True}, "seed must be an integer ≥ 0; got True."),
+        ({"window_days": -1}, "window_days must be a finite number > 0 and ≤ 3660; got -1."),
+        ({"shards": 0}, "shards must be an integer ≥ 1 and ≤ 1024; got 0."),
+        ({"seed": True}, "seed must be an integer ≥ 0 and ≤ 9223372036854775807; got True."),
+        # values whose work multiplies, or that Airflow cannot carry: each has a maximum
+        # (before, 10⁸ resamples held the nightly run for hours, 2⁷⁰ failed the task with
+        # an empty log, 10⁹ shards failed after training, 10⁶ days overflowed the date)
+        ({"n_resamples": 100_000_000}, "n_resamples must be an integer ≥ 50 and ≤ 100000"),
+        ({"seed": 2**70}, "seed must be an integer ≥ 0 and ≤ 9223372036854775807"),
+        ({"shards": 1e9}, "shards must be an integer ≥ 1 and ≤ 1024; got 1000000000.0"),
+        ({"window_days": 1e6}, "window_days must be a finite number > 0 and ≤ 3660"),
         ({"window_end": "2026-02-30"}, "window_end must be a date YYYY-MM-DD"),
     ):
         with pytest.raises(ValueError) as info:
@@ -239,6 +250,8 @@ def test_the_dag_wires_its_tasks_in_the_shared_step_order(airflow_home: Any, dag
         assert task.trigger_rule == step.trigger_rule, step.name
         assert [a.name for a in task.outlets] == ([step.outlet.name] if step.outlet else [])
         assert ("ShortCircuit" in type(task).__name__) == step.stops_run, step.name
+        timeout = PipelineSettings.model_fields["task_timeout_s"].default
+        assert task.execution_timeout.total_seconds() == timeout, step.name
         assert type(task).__name__.endswith("MappedOperator") == (step.mapped is not None)
     position = {name: i for i, name in enumerate(order)}
     for task in dag.tasks:

@@ -182,7 +182,7 @@ class FormField:
 
 
 def _num(value: float) -> str:
-    return f"{value:g}"
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 #: The retrain form (``bandit_retrain``'s trigger form and ``banditops train``'s options).

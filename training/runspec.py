@@ -24,8 +24,8 @@ from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
 from eventstore.contract import RETRAIN_DAG
 from eventstore.settings import check_rules
 from eventstore.workspace import as_utc, aware, run_folder
-from training.form import check_form
-from training.settings import AUTO, N_RESAMPLES_MIN, PipelineSettings
+from training.form import FIELDS, check_form
+from training.settings import AUTO, PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,8 @@ class RunSpec:
             raise ValueError(
                 f"reward_min must be below reward_max; got {self.reward_min} and {self.reward_max}."
             )
-        check_int("min_rows", self.min_rows, 1)
-        check_int("n_resamples", self.n_resamples, N_RESAMPLES_MIN)
-        check_int("shards", self.shards, 1)
+        for name in ("min_rows", "n_resamples", "shards"):  # the form's fields' bounds
+            FIELDS[name].check(getattr(self, name))
         if not 0.0 < self.drift_warning <= self.drift_failing:
             raise ValueError(
                 "drift_warning must be in (0, drift_failing]; got "
@@ -463,15 +462,6 @@ def parse_date(name: str, text: Any) -> date:
         return date.fromisoformat(str(text))
     except ValueError as exc:
         raise ValueError(f"{name} must be a date YYYY-MM-DD; got {text!r}.") from exc
-
-
-def check_int(name: str, value: Any, low: int) -> int:
-    """An integer ≥ ``low`` (an integral float is accepted, as JSON forms send them)."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer ≥ {low}; got {value!r}.")
-    return value
 
 
 def check_bool(name: str, value: Any) -> bool:

@@ -28,6 +28,20 @@ ALGORITHMS: tuple[str, ...] = (AUTO, *POLICY_NAMES)
 
 #: Fewest bootstrap resamples the offline evaluation accepts (form, settings, run spec).
 N_RESAMPLES_MIN = 50
+#: Most bootstrap resamples: each one is a pass over the held-out rounds (about 0.1 ms per
+#: thousand rounds here), so a form value without a bound could hold the nightly run, and
+#: every run queued behind it, for hours.
+N_RESAMPLES_MAX = 100_000
+#: Largest seed: Airflow carries run parameters as 64-bit signed integers (a larger one
+#: fails the task before it starts, with nothing in its log).
+SEED_MAX = 2**63 - 1
+#: Most shards of a map-reduce round: Airflow's default ``[core] max_map_length``, the
+#: most mapped task instances one task may expand to.
+SHARDS_MAX = 1024
+#: Longest window, in days.
+WINDOW_DAYS_MAX = 3660.0
+#: Largest row count a form field may name.
+ROWS_MAX = 10**12
 
 _PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
 
@@ -104,6 +118,10 @@ class PipelineSettings(CoreSettings):
         Retries of a failed retrain task (bad data and bad input fail at once).
     retry_delay_s : float
         Seconds between two tries.
+    task_timeout_s : float
+        Longest a retrain task may run before Airflow fails it (its ``execution_timeout``;
+        then retried like any failure): no parameter or window can hold the nightly run,
+        and the runs queued behind it, indefinitely.
     owner : str
         Owner shown on the DAGs.
     approval_timeout_h : float
@@ -177,18 +195,18 @@ class PipelineSettings(CoreSettings):
 
     retrain_schedule: str = "0 2 * * *"
     monitor_schedule: str = "0 * * * *"
-    retrain_window_days: float = Field(7.0, gt=0.0)
-    retrain_min_rows: int = Field(100, ge=1)
+    retrain_window_days: float = Field(7.0, gt=0.0, le=WINDOW_DAYS_MAX)
+    retrain_min_rows: int = Field(100, ge=1, le=ROWS_MAX)
     retrain_algorithm: str = AUTO
     retrain_policy_options: dict[str, Any] = Field(default_factory=dict)
-    retrain_epochs: int = Field(20, ge=1)
-    retrain_seed: int = Field(0, ge=0)
+    retrain_epochs: int = Field(20, ge=1, le=100_000)
+    retrain_seed: int = Field(0, ge=0, le=SEED_MAX)
     retrain_tolerance: float = Field(TOLERANCE, ge=0.0, lt=1.0)
     retrain_min_ess: float = Field(MIN_ESS, ge=0.0)
-    retrain_n_resamples: int = Field(300, ge=N_RESAMPLES_MIN)
+    retrain_n_resamples: int = Field(300, ge=N_RESAMPLES_MIN, le=N_RESAMPLES_MAX)
     retrain_auto_promote: bool = False
-    retrain_shards: int = Field(1, ge=1)
-    retrain_neural_min_rows: int = Field(10_000, ge=1)
+    retrain_shards: int = Field(1, ge=1, le=SHARDS_MAX)
+    retrain_neural_min_rows: int = Field(10_000, ge=1, le=ROWS_MAX)
     retrain_floor: float = Field(0.0, ge=0.0, lt=1.0)
     retrain_deterministic_floor: float = Field(0.02, ge=0.0, lt=1.0)
     retrain_segment_floors: dict[str, Any] = Field(default_factory=dict)
@@ -199,6 +217,7 @@ class PipelineSettings(CoreSettings):
     retrain_queue: str = Field("default", min_length=1)
     retries: int = Field(2, ge=0)
     retry_delay_s: float = Field(300.0, gt=0.0)
+    task_timeout_s: float = Field(6 * 3600.0, gt=0.0)
     owner: str = "banditops"
     approval_timeout_h: float = Field(72.0, gt=0.0)
     rollout_schedule: str = "*/10 * * * *"
