@@ -98,7 +98,7 @@ from serving.settings import Settings
 from serving.snapshots import HeadGate, Snapshotter, own_writer
 from serving.store.engine import checkpointer, store_engine
 from serving.store.journal import DrainReport, Journal, stored_decision
-from serving.store.repository import EventStore, StoredDecision, write_events
+from serving.store.repository import EventStore, StoredDecision, batch_landed, write_events
 from serving.store.writer import GroupCommitWriter, WriterClosedError
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,7 @@ class DecisionService:
             on_drained=self._on_drained,
             on_degraded=metrics.set_degraded,
             probe_s=settings.store_probe_s,
+            landed=batch_landed,
         )
         self.loader = ModelLoader(
             source,

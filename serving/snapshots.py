@@ -35,7 +35,12 @@ from bandit_core.state import state_to_parts
 from eventstore.admission import first_non_finite
 from eventstore.records import SnapshotPart, SnapshotRow
 from serving.models.served import ServedModel
-from serving.store.repository import DropParts, SupersededSnapshots, write_events
+from serving.store.repository import (
+    DropParts,
+    SupersededSnapshots,
+    batch_landed,
+    write_events,
+)
 from serving.store.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -53,7 +58,9 @@ def own_writer(engine: Engine) -> GroupCommitWriter[Any, Any] | None:
     the events never wait behind them)."""
     if engine.dialect.name == "sqlite":
         return None
-    return GroupCommitWriter(engine, write_events, max_batch=1, name="banditops-snapshot-writer")
+    return GroupCommitWriter(
+        engine, write_events, max_batch=1, name="banditops-snapshot-writer", landed=batch_landed
+    )
 
 
 class HeadGate:

@@ -164,3 +164,78 @@ def test_one_event_never_gets_two_first_rewards(
                 "model_version": "v1",
             },
         )
+
+
+def _lost_commit_replies(engine: sa.Engine, commits: bool, times: int = 1) -> list[int]:
+    """Make the next ``times`` COMMITs raise the driver's "connection lost" error, after
+    committing (``commits``: the reply was lost) or instead of it; the count of raises."""
+    dialect = engine.dialect
+    real = dialect.do_commit
+    raised: list[int] = []
+
+    def do_commit(dbapi_connection: object) -> None:
+        if len(raised) >= times:
+            real(dbapi_connection)
+            return
+        if commits:
+            real(dbapi_connection)
+        raised.append(1)
+        if dialect.name == "sqlite":
+            raise dialect.dbapi.ProgrammingError("Cannot operate on a closed database.")
+        raise dialect.dbapi.OperationalError("server closed the connection unexpectedly")
+
+    dialect.do_commit = do_commit  # type: ignore[method-assign]
+    return raised
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["reply-lost", "not-committed"])
+def test_a_commit_whose_outcome_is_unknown_is_never_written_twice(
+    engine: sa.Engine, rng: np.random.Generator, committed: bool
+) -> None:
+    """The COMMIT raises a disconnect: either the database committed and the reply was
+    lost, or it did not. The writer asks the store: every event is stored once and
+    answered as stored (before: the retry wrote each reward again, as a ``duplicate``
+    answered to its only sender, and a decision of the batch failed its UNIQUE key: a
+    503 for a stored decision)."""
+    from serving.store.repository import batch_landed
+
+    store = EventStore(engine)
+    first = decision_row(rng)
+    writer = GroupCommitWriter(engine, write_events, landed=batch_landed).start()
+    try:
+        writer.submit(first).result(timeout=30)
+        raised = _lost_commit_replies(engine, commits=committed)
+        batch = [decision_row(rng), reward_row(first.event_id, 1.0)]
+        futures = [writer.submit(item) for item in batch]
+        decision, reward = (f.result(timeout=30) for f in futures)
+    finally:
+        writer.close()
+    assert raised == [1]
+    assert decision is None
+    assert isinstance(reward, RewardOutcome) and (reward.ordinal, reward.applied) == (0, True)
+    assert store.count_rows()["decisions"] == 2
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(rewards.c.id, rewards.c.ordinal)).all()
+    assert [tuple(r) for r in stored] == [(reward.id, 0)]
+
+
+def test_a_commit_the_store_cannot_confirm_fails_without_a_retry(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """When the store cannot say whether the batch is there (no spool to journal it),
+    its requests fail rather than risk a second copy."""
+    from serving.store.writer import CommitOutcomeUnknownError
+
+    def unreachable(*_args: object) -> bool:
+        raise sa.exc.OperationalError("select", {}, Exception("server gone"))
+
+    writer = GroupCommitWriter(engine, write_events, landed=unreachable).start()
+    try:
+        raised = _lost_commit_replies(engine, commits=True, times=5)
+        future = writer.submit(decision_row(rng))
+        with pytest.raises(CommitOutcomeUnknownError, match="could not say"):
+            future.result(timeout=30)
+    finally:
+        writer.close()
+    assert raised == [1]
+    assert EventStore(engine).count_rows()["decisions"] == 1

@@ -191,6 +191,31 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
     return out
 
 
+def batch_landed(conn: Connection, items: Sequence[Item], results: Sequence[Any]) -> bool:
+    """Whether the batch :func:`write_events` wrote (returning ``results``) is in the
+    store, asked after its COMMIT raised. A transaction is whole or absent, so its first
+    row that can be found by key tells: a decision by ``event_id``, a reward by its id
+    with its event and ordinal, a snapshot by id, a part by ``(parts_key, seq)``. A batch
+    of deletions alone counts as there (written again, it deletes nothing more)."""
+    for item, result in zip(items, results, strict=True):
+        if isinstance(item, DecisionRow):
+            found = select(decisions.c.event_id).where(decisions.c.event_id == item.event_id)
+        elif isinstance(item, RewardRow) and isinstance(result, RewardOutcome):
+            r = rewards.c
+            found = select(r.id).where(
+                r.id == result.id, r.event_id == item.event_id, r.ordinal == result.ordinal
+            )
+        elif isinstance(item, SnapshotRow):
+            found = select(head_snapshots.c.id).where(head_snapshots.c.id == result)
+        elif isinstance(item, SnapshotPart):
+            p = head_snapshot_parts.c
+            found = select(p.seq).where(p.parts_key == item.parts_key, p.seq == item.seq)
+        else:
+            continue
+        return conn.execute(found).first() is not None
+    return True
+
+
 def _delete_superseded(conn: Connection, item: SupersededSnapshots) -> list[str]:
     s = head_snapshots.c
     gone = conn.execute(

@@ -7,7 +7,11 @@ into the next one: under load the fsync cost is shared by the whole batch, and a
 service commits each item at once (no timer, no added latency).
 
 A batch that fails with a database error is retried; if it keeps failing, its items
-are committed one by one, so one bad item fails only its own request.
+are committed one by one, so one bad item fails only its own request. A COMMIT that
+raises has an unknown outcome (the database may have committed and lost the reply): the
+writer asks the database whether the batch is there (``landed``) before anything is
+written again — there, its results stand; absent, it is retried; the database silent, it
+is an outage (journaled: the drain skips what the store holds), never a second copy.
 
 With a ``spool`` (the local journal, :mod:`serving.store.journal`), a batch that fails
 because the database is unreachable is appended to the journal instead and acknowledged
@@ -74,9 +78,17 @@ class Spool(Protocol):
         ...
 
 
+class CommitOutcomeUnknownError(RuntimeError):
+    """A batch's COMMIT raised and the database could not say whether it committed: the
+    batch must not be written again as it is (a second copy), only through a path that
+    skips what the store already holds (the journal's drain)."""
+
+
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says the database cannot be reached (as opposed to refusing an
     item: a constraint, a bad value)."""
+    if isinstance(exc, CommitOutcomeUnknownError):
+        return True
     if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
@@ -106,6 +118,9 @@ class GroupCommitWriter(Generic[T, R]):
         Called when the writer starts or stops spooling.
     probe_s : float
         Seconds between two checks of an unreachable database.
+    landed : callable ``(connection, items, results) -> bool``, optional
+        Whether a batch ``write`` wrote (with these results) is in the database: asked
+        after a COMMIT that raised. Without it such a batch is retried as written.
     """
 
     def __init__(
@@ -121,6 +136,7 @@ class GroupCommitWriter(Generic[T, R]):
         on_drained: Callable[[Any], None] | None = None,
         on_degraded: Callable[[bool], None] | None = None,
         probe_s: float = 1.0,
+        landed: Callable[[Connection, Sequence[T], list[R]], bool] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1; got {max_batch}.")
@@ -135,6 +151,7 @@ class GroupCommitWriter(Generic[T, R]):
         self._db_back = threading.Event()
         self.engine = engine
         self._write = write
+        self._landed = landed
         self.max_batch = max_batch
         self._on_committed = on_committed
         self._on_batch = on_batch
@@ -220,9 +237,10 @@ class GroupCommitWriter(Generic[T, R]):
                 self._enter_degraded(exc)
                 self._spool_batch(batch)
                 return
-            if len(batch) == 1:
+            if len(batch) == 1 or isinstance(exc, CommitOutcomeUnknownError):
                 log.error("event store write failed: %s", exc)
-                _settle(batch[0][1], exc=exc)
+                for _, future in batch:
+                    _settle(future, exc=exc)
                 return
             log.warning("batch of %d failed (%s); committing one by one", len(batch), exc)
             for pair in batch:
@@ -326,8 +344,19 @@ class GroupCommitWriter(Generic[T, R]):
         for attempt in range(attempts):
             try:
                 conn = self._connection()
-                with conn.begin():
-                    return self._write(conn, items)
+                transaction = conn.begin()
+                try:
+                    results = self._write(conn, items)
+                except BaseException:
+                    transaction.rollback()
+                    raise
+                try:
+                    transaction.commit()
+                except DBAPIError as exc:
+                    if self._landed is not None and self._was_committed(items, results, exc):
+                        return results
+                    raise
+                return results
             except DBAPIError as exc:
                 if exc.connection_invalidated and self._conn is not None:
                     self._conn.close()
@@ -337,6 +366,30 @@ class GroupCommitWriter(Generic[T, R]):
                 log.info("event store write retried after %s", type(exc.orig).__name__)
                 time.sleep(_BACKOFF_S[attempt])
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _was_committed(self, items: list[T], results: list[R], exc: DBAPIError) -> bool:
+        """After a COMMIT that raised ``exc``: True when the batch is in the database
+        (the reply was lost), False when it is not (a retry writes it once); raises
+        :class:`CommitOutcomeUnknownError` when the database cannot say."""
+        assert self._landed is not None  # checked by the caller
+        if self._conn is not None:  # the connection the COMMIT failed on: not to be trusted
+            self._conn.invalidate()
+            self._conn = None
+        try:
+            with self.engine.connect() as conn:
+                landed = self._landed(conn, items, results)
+        except Exception as check:
+            raise CommitOutcomeUnknownError(
+                f"the COMMIT of a batch of {len(items)} failed ({exc.orig!r}) and the store "
+                f"could not say whether it holds the batch ({check})"
+            ) from exc
+        log.warning(
+            "the COMMIT of a batch of %d failed (%s); the store %s it",
+            len(items),
+            type(exc.orig).__name__,
+            "holds" if landed else "does not hold",
+        )
+        return landed
 
     def _connection(self) -> Connection:
         """The thread's connection, kept across batches (no pool checkout per commit)."""
