@@ -17,6 +17,7 @@ def make_engine(
     pool_size: int = 5,
     connect_timeout_s: float | None = None,
     sqlite_autocheckpoint: bool = True,
+    lock_timeout_s: float | None = None,
 ) -> Engine:
     """An engine for ``url``.
 
@@ -42,7 +43,14 @@ def make_engine(
         into the database (SQLite's default). False leaves that to a
         :class:`~eventstore.checkpoint.WalCheckpointer` (the decision service), so that no
         commit waits for a checkpoint.
+    lock_timeout_s : float, optional
+        Longest a statement waits for a lock another connection holds: SQLite's busy
+        timeout (default :data:`SQLITE_BUSY_TIMEOUT_MS`), PostgreSQL's ``lock_timeout``
+        (default none: wait). Past it the statement fails (``OperationalError``).
     """
+    if lock_timeout_s is not None and not lock_timeout_s > 0:
+        raise ValueError(f"lock_timeout_s must be positive; got {lock_timeout_s!r}.")
+    lock_ms = None if lock_timeout_s is None else max(1, round(lock_timeout_s * 1000))
     parsed = make_url(url)
     options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
@@ -60,24 +68,56 @@ def make_engine(
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={sqlite_synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={lock_ms or SQLITE_BUSY_TIMEOUT_MS}")
             if not sqlite_autocheckpoint:
                 cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
 
         return engine
     options.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
-    if connect_timeout_s is not None and parsed.get_driver_name() == "psycopg2":
-        libpq = {
-            "connect_timeout": max(2, math.ceil(connect_timeout_s)),
-            "keepalives": 1,
-            "keepalives_idle": 5,
-            "keepalives_interval": 2,
-            "keepalives_count": 3,
-        }
+    if parsed.get_driver_name() == "psycopg2":
+        libpq: dict[str, Any] = {}
+        if connect_timeout_s is not None:
+            libpq.update(
+                connect_timeout=max(2, math.ceil(connect_timeout_s)),
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=3,
+            )
+        if lock_ms is not None:
+            libpq["options"] = f"-c lock_timeout={lock_ms}"
         options["connect_args"] = {k: v for k, v in libpq.items() if k not in parsed.query}
     return create_engine(parsed, **options)
 
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def probe_write(engine: Engine) -> None:
+    """Raise unless a write could take its locks now (nothing is written): SQLite takes
+    the database's write lock (``BEGIN IMMEDIATE``, waiting at most the busy timeout),
+    PostgreSQL the row-exclusive locks of the event tables (``NOWAIT``). A read such as
+    ``SELECT 1`` succeeds while another process holds the write lock."""
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            raw = conn.connection.driver_connection
+            assert raw is not None  # a live connection
+            raw.execute("BEGIN IMMEDIATE")
+            raw.execute("ROLLBACK")
+            return
+        transaction = conn.begin()
+        try:
+            conn.exec_driver_sql("LOCK TABLE decisions, rewards IN ROW EXCLUSIVE MODE NOWAIT")
+        finally:
+            transaction.rollback()
+
+
+def is_lock_wait(exc: BaseException) -> bool:
+    """Whether a database error is a lock another connection holds, past the wait allowed
+    (SQLite "database is locked", PostgreSQL ``lock_not_available``)."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "pgcode", None) == "55P03":
+        return True
+    return "database is locked" in str(orig) or "database table is locked" in str(orig)

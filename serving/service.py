@@ -876,12 +876,14 @@ class DecisionService:
 
     def store_status(self) -> dict[str, Any]:
         """Whether events are being journaled, how many wait, and whether new events can
-        still be acknowledged."""
-        journal = self.journal
+        still be acknowledged (not while degraded without a journal, with a full one, or
+        with one whose last write failed: a full disk)."""
+        journal, writer = self.journal, self.writer
+        refusing = journal is None or journal.full or writer.spool_failing
         return {
-            "degraded": self.writer.degraded,
+            "degraded": writer.degraded,
             "journal_events": 0 if journal is None else journal.events,
-            "accepting": not (self.writer.degraded and (journal is None or journal.full)),
+            "accepting": not (writer.degraded and refusing),
         }
 
     # ------------------------------------------------------------------ models

@@ -77,6 +77,11 @@ class Settings(CoreSettings):
     store_connect_timeout_s : float
         Connect timeout of event-store connections (PostgreSQL), so an unreachable host
         is noticed in this time rather than the system's TCP timeout.
+    store_lock_timeout_s : float
+        Longest a write waits for a lock another process holds on the event store
+        (SQLite's busy timeout, PostgreSQL's ``lock_timeout``); then the store counts as
+        unavailable for writes: events go to the journal (503 without one) and the probe
+        tries a write every ``store_probe_s``.
     sqlite_checkpoint_s : float
         SQLite event store: seconds between two checkpoints of the write-ahead log, run
         by a thread of their own (:mod:`eventstore.checkpoint`) so that no commit waits
@@ -209,6 +214,7 @@ class Settings(CoreSettings):
     journal_max_bytes: int = Field(1 << 30, ge=1 << 20)
     store_probe_s: float = Field(1.0, gt=0.0)
     store_connect_timeout_s: float = Field(5.0, gt=0.0)
+    store_lock_timeout_s: float = Field(2.0, gt=0.0, le=60.0)
     sqlite_checkpoint_s: float = Field(0.5, ge=0.0)
     model_dim_user: int | None = Field(None, ge=1)
     model_dim_arm: int | None = Field(None, ge=0)

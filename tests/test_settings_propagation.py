@@ -96,6 +96,7 @@ def samples(root: Path) -> dict[str, Any]:
         "journal_max_bytes": 2 << 20,
         "store_probe_s": 0.5,
         "store_connect_timeout_s": 2.5,
+        "store_lock_timeout_s": 0.7,
         "model_dim_user": 6,
         "model_dim_arm": 4,
         "seed": 7,

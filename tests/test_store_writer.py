@@ -239,3 +239,47 @@ def test_a_commit_the_store_cannot_confirm_fails_without_a_retry(
         writer.close()
     assert raised == [1]
     assert EventStore(engine).count_rows()["decisions"] == 1
+
+
+class _FullDisk:
+    """A journal on a full disk: its writes fail until ``space`` is set."""
+
+    def __init__(self) -> None:
+        self.space = False
+
+    def spool(self, items: object) -> list[object]:
+        if not self.space:
+            raise OSError(28, "No space left on device")
+        return [None for _ in items]  # type: ignore[attr-defined]
+
+    def drain(self, engine: object) -> None:
+        raise sa.exc.OperationalError("drain", {}, Exception("still down"))
+
+    def observe(self, items: object, results: object) -> None:
+        pass
+
+    def on_outage(self) -> None:
+        pass
+
+
+def test_a_journal_that_cannot_write_is_reported_until_it_can(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """The store is down and the journal's disk full: the events fail (503) and the
+    writer says so (``spool_failing``: the service's /readyz answers 503 ``unavailable``;
+    before it said 200 and alternated with ``ready``) until a journal write succeeds."""
+
+    def down(*_args: object) -> list[object]:
+        raise sa.exc.OperationalError("insert", {}, Exception("server gone"))
+
+    journal = _FullDisk()
+    writer = GroupCommitWriter(engine, down, spool=journal, probe_s=60.0).start()
+    try:
+        with pytest.raises(OSError, match="No space left"):
+            writer.submit(decision_row(rng)).result(timeout=30)
+        assert writer.degraded and writer.spool_failing
+        journal.space = True
+        assert writer.submit(decision_row(rng)).result(timeout=30) is None
+        assert writer.degraded and not writer.spool_failing
+    finally:
+        writer.close(timeout=1)

@@ -12,14 +12,15 @@ from eventstore.engine import is_sqlite, make_engine
 
 
 def store_engine(settings: Any) -> Engine:
-    """An engine for ``settings.store_url`` with the service's durability, connect timeout
-    and (SQLite) checkpoint policy: no checkpoint inside commits when
+    """An engine for ``settings.store_url`` with the service's durability, connect and
+    lock timeouts and (SQLite) checkpoint policy: no checkpoint inside commits when
     ``sqlite_checkpoint_s`` hands them to :func:`checkpointer`."""
     return make_engine(
         settings.store_url,
         settings.sqlite_synchronous,
         connect_timeout_s=settings.store_connect_timeout_s,
         sqlite_autocheckpoint=settings.sqlite_checkpoint_s == 0.0,
+        lock_timeout_s=settings.store_lock_timeout_s,
     )
 
 

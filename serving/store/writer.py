@@ -31,9 +31,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from eventstore.engine import is_lock_wait, probe_write
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,8 @@ class GroupCommitWriter(Generic[T, R]):
         self._on_degraded = on_degraded
         self.probe_s = probe_s
         self.degraded = False
+        #: The last journal write failed (a full disk): new events are refused (503).
+        self.spool_failing = False
         self.outages = 0
         self._db_back = threading.Event()
         self.engine = engine
@@ -237,7 +241,7 @@ class GroupCommitWriter(Generic[T, R]):
                 self._enter_degraded(exc)
                 self._spool_batch(batch)
                 return
-            if len(batch) == 1 or isinstance(exc, CommitOutcomeUnknownError):
+            if len(batch) == 1 or is_outage(exc):  # one by one, each would wait again
                 log.error("event store write failed: %s", exc)
                 for _, future in batch:
                     _settle(future, exc=exc)
@@ -290,18 +294,22 @@ class GroupCommitWriter(Generic[T, R]):
         except Exception as exc:
             log.error("journal write failed: %s", exc)
             results = [exc] * len(items)
+            self.spool_failing = True
+        else:
+            self.spool_failing = False
         self._committed(batch, results)
 
     def _start_probe(self) -> None:
         threading.Thread(target=self._probe, name="banditops-store-probe", daemon=True).start()
 
     def _probe(self) -> None:
-        """Until the database answers (or the writer closes): try it every ``probe_s``."""
+        """Until the database takes writes again (or the writer closes): try every
+        ``probe_s`` (:func:`eventstore.engine.probe_write`: a lock held elsewhere keeps
+        the writer degraded, where a read would say the database is back)."""
         while not self._closed:
             time.sleep(self.probe_s)
             try:
-                with self.engine.connect() as conn:
-                    conn.execute(select(1))
+                probe_write(self.engine)
             except Exception:
                 continue
             self._db_back.set()
@@ -324,6 +332,7 @@ class GroupCommitWriter(Generic[T, R]):
             self._start_probe()
             return False
         self.degraded = False
+        self.spool_failing = False
         if self._on_drained is not None:
             try:
                 self._on_drained(report)
@@ -361,7 +370,7 @@ class GroupCommitWriter(Generic[T, R]):
                 if exc.connection_invalidated and self._conn is not None:
                     self._conn.close()
                     self._conn = None
-                if attempt == attempts - 1:
+                if attempt == attempts - 1 or is_lock_wait(exc):  # it waited its lock timeout
                     raise
                 log.info("event store write retried after %s", type(exc.orig).__name__)
                 time.sleep(_BACKOFF_S[attempt])
