@@ -115,6 +115,21 @@ class VersionInfo:
         return version_label(self.name, self.version)
 
 
+def version_number(version: str | int) -> str:
+    """A registered version's number as MLflow writes it (``"3"``): one form for every
+    comparison and tag. ``"0003"``, ``" 3"`` and ``3`` name version 3; anything but ASCII
+    digits (``"٣"``, ``"3.0"``, ``"latest"``) is refused.
+
+    Raises
+    ------
+    RegistryError
+    """
+    text = str(version).strip() if not isinstance(version, bool) else ""
+    if not (text.isascii() and text.isdigit()):
+        raise RegistryError(f"a model version is a number such as 3; got {version!r}.")
+    return str(int(text))
+
+
 class ModelRegistry:
     """Registers, gates, promotes and rolls back policy versions.
 
@@ -208,7 +223,7 @@ class ModelRegistry:
     def download_version(self, version: str | int, dst_path: str | Path) -> Path:
         """Download a version's model directory into ``dst_path``; its local path (the
         policy state is at ``<path>/``:data:`~eventstore.contract.POLICY_STATE_PATH`)."""
-        uri = self.client.get_model_version_download_uri(self.model_name, str(version))
+        uri = self.client.get_model_version_download_uri(self.model_name, version_number(version))
         with fluent_uris(self.tracking_uri, self.registry_uri):
             return Path(
                 mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst_path))
@@ -250,7 +265,8 @@ class ModelRegistry:
 
     def get(self, version: str | int) -> VersionInfo:
         try:
-            return self._info(self.client.get_model_version(self.model_name, str(version)))
+            number = version_number(version)
+            return self._info(self.client.get_model_version(self.model_name, number))
         except MlflowException as exc:
             raise RegistryError(f"model {self.model_name!r} has no version {version!r}.") from exc
 
@@ -379,7 +395,7 @@ class ModelRegistry:
     def set_alias(self, alias: str, version: str | int, *, by: str, reason: str) -> None:
         """Point ``alias`` at ``version`` and record the move in the history."""
         _check_record(by, reason)
-        version = str(version)
+        version = version_number(version)
         self.get(version)  # raises RegistryError for an unknown version
         previous = self.by_alias(alias)
         self.client.set_registered_model_alias(self.model_name, alias, version)
@@ -402,7 +418,7 @@ class ModelRegistry:
         the move (``version`` None) in the history; True when it was removed."""
         _check_record(by, reason)
         current = self.by_alias(alias)
-        if current is None or (version is not None and current.version != str(version)):
+        if current is None or (version is not None and current.version != version_number(version)):
             return False
         self.client.delete_registered_model_alias(self.model_name, alias)
         record = {
@@ -422,7 +438,7 @@ class ModelRegistry:
         """Set the tags ``tags`` on ``version`` (values as text; None as empty)."""
         for key, value in tags.items():
             text = "" if value is None else str(value)
-            self.client.set_model_version_tag(self.model_name, str(version), key, text)
+            self.client.set_model_version_tag(self.model_name, version_number(version), key, text)
 
     def alias_history(self) -> list[dict[str, Any]]:
         """Every recorded alias move, oldest first."""
@@ -435,7 +451,7 @@ class ModelRegistry:
     ) -> bool:
         """Tag the gate decision on ``version``; move the staging alias to it when it
         passed."""
-        version = str(version)
+        version = version_number(version)
         self.client.set_model_version_tag(
             self.model_name, version, GATE_PASSED_TAG, str(bool(passed)).lower()
         )
@@ -472,7 +488,7 @@ class ModelRegistry:
         """
         _check_record(by, reason)
         alias = alias or self.aliases.production
-        version = str(version)
+        version = version_number(version)
         target = self.get(version)
         if target.tags.get(GATE_PASSED_TAG) == "false":
             if not force:

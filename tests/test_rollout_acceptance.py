@@ -192,6 +192,25 @@ def test_equal_candidate_holds_then_expires_with_a_verdict(world: World) -> None
     assert current_rollout(world.engine, MODEL) is None
 
 
+def test_a_person_staged_version_whose_gate_failed_is_promoted_by_its_online_test(
+    world: World,
+) -> None:
+    """The gate failed offline; a person's approved override moved @staging to it. The
+    rollout's last step promotes it on the online test, as the override asked (before:
+    the registry refused the promotion, the step raised at every run, and every user
+    kept getting the candidate at 100 %)."""
+    version = register(world.registry, "better", world.root, "overridden")
+    world.registry.record_gate(version, False, ["offline gate failed (test)"])
+    world.registry.set_alias("staging", version, by="alice", reason="approved override")
+    steps = _drive(world, world.settings, seed=5)
+    assert steps[-1].action == "promote", [s.action for s in steps]
+    assert "offline gate had failed" in steps[-1].reason
+    assert world.registry.by_alias("production").version == version
+    assert world.registry.get(version).tags["promoted_despite_gate"] == "true"
+    world.registry.promote(world.production, by="test", reason="the uniform baseline again")
+    world.registry.remove_alias("staging", by="test", reason="done")
+
+
 def test_better_candidate_reaches_100_percent_and_production(world: World) -> None:
     version = _gate(world, "better", "better")
     steps = _drive(world, world.settings, seed=3)
@@ -207,3 +226,18 @@ def test_better_candidate_reaches_100_percent_and_production(world: World) -> No
     info = world.service.poll()
     assert info["production"]["version"] == f"{MODEL}/{version}"
     assert info["candidate_share"] == 0.0
+
+
+def test_a_production_moved_by_hand_mid_rollout_stops_it(world: World) -> None:
+    """A person moves @production while a rollout runs: the production arm's outcomes
+    would mix versions, so the next step stops the rollout and says why (before: it went
+    on comparing with the old version's decisions, and could promote over the move)."""
+    before = world.registry.by_alias("production").version
+    version = _gate(world, "equal", "moved-under")
+    assert rollout_step(world.settings).action == "start"
+    world.registry.set_alias("production", world.production, by="bob", reason="by hand")
+    step = rollout_step(world.settings)
+    assert step.action == "stop", step
+    assert f"moved from {before} to {world.production}" in step.reason and "bob" in step.reason
+    assert current_rollout(world.engine, MODEL) is None
+    assert world.registry.get(version).tags["rollout_status"] == "stopped"

@@ -220,7 +220,14 @@ def test_retrain_registers_gates_promotes_and_serving_follows(
 
     # promoted by hand through bandit_promote's steps, the service follows; a rollback
     # restores version 1
-    planned = promotion.plan_promotion(bad.version, settings=pipeline)
+    # one version, however written: "0001" is version 1, already @production (before,
+    # it was promoted "again" and overwrote the rollback history with 1 → 1)
+    with pytest.raises(ValueError, match=f"version {outcome.version} is already @"):
+        promotion.plan_promotion(f"000{outcome.version}", settings=pipeline)
+    with pytest.raises(ValueError, match="registered version number"):
+        promotion.plan_promotion("\u0661", settings=pipeline)  # an Arabic-Indic one
+    planned = promotion.plan_promotion(f"0{bad.version}", settings=pipeline)
+    assert planned["version"] == bad.version
     assert planned["alias"] == production and planned["current"] == outcome.version
     approval = {"chosen_options": ["Approve"], "responded_by_user": {"name": "tester"}}
     assert promotion.apply_promotion(planned, approval, settings=pipeline)["version"] == bad.version

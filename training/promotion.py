@@ -100,7 +100,7 @@ def plan_promotion(
         For an unknown version, or nothing to roll back to.
     """
     # lazy: the promote DAG imports this module at parse time, which must not load MLflow
-    from modelregistry.registry import ModelRegistry, RegistryError
+    from modelregistry.registry import ModelRegistry, RegistryError, version_number
 
     settings = PipelineSettings() if settings is None else settings
     if check_bool("stop_rollout", stop_rollout):
@@ -110,9 +110,14 @@ def plan_promotion(
     if target not in allowed:
         raise ValueError(f"target must be one of {', '.join(allowed)}; got {target!r}.")
     rollback = check_bool("rollback", rollback)
-    wanted = None if version is None or str(version).strip() == "" else str(version).strip()
-    if wanted is not None and not wanted.isdigit():
-        raise ValueError(f"version must be a registered version number; got {version!r}.")
+    wanted = None
+    if version is not None and str(version).strip() != "":
+        try:  # one form ("3"): "0003" is version 3, and already @production when 3 is
+            wanted = version_number(version)
+        except RegistryError:
+            raise ValueError(
+                f"version must be a registered version number; got {version!r}."
+            ) from None
     if wanted is None and not rollback:
         raise ValueError("version must be given unless rollback is true.")
     registry = ModelRegistry.from_settings(settings)

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bandit_core.sequential import ArmCounts, SequentialResult, sequential_test
-from eventstore.contract import CANDIDATE, PRODUCTION, ROLLOUT_DAG
+from eventstore.contract import CANDIDATE, GATE_PASSED_TAG, PRODUCTION, ROLLOUT_DAG
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
 from eventstore.outcomes import RewardRules
@@ -141,21 +141,23 @@ def _numbers(result: SequentialResult) -> str:
 def _tag(
     registry: ModelRegistry, rollout: Rollout, action: str, reason: str, readout: Readout | None
 ) -> None:
-    """The step as ``rollout_*`` tags of the version."""
+    """The step as ``rollout_*`` tags of the version (the step is recorded in the store
+    already: a version deleted meanwhile is logged, not an error)."""
     numbers = vars(readout) if readout is not None else {}
-    registry.tag_version(
-        rollout.version,
-        {
-            "rollout_id": rollout.id,
-            "rollout_action": action,
-            "rollout_status": rollout.status,
-            "rollout_stage": rollout.stage_index,
-            "rollout_share": rollout.share,
-            "rollout_at": rollout.updated_at.isoformat(),
-            "rollout_reason": reason[:5000],
-            **{f"rollout_{k}": v for k, v in numbers.items()},
-        },
-    )
+    tags = {
+        "rollout_id": rollout.id,
+        "rollout_action": action,
+        "rollout_status": rollout.status,
+        "rollout_stage": rollout.stage_index,
+        "rollout_share": rollout.share,
+        "rollout_at": rollout.updated_at.isoformat(),
+        "rollout_reason": reason[:5000],
+        **{f"rollout_{k}": v for k, v in numbers.items()},
+    }
+    try:
+        registry.tag_version(rollout.version, tags)
+    except Exception as exc:  # the store holds the step; the tags only mirror it
+        log.warning("rollout %d: version %s not tagged: %s", rollout.id, rollout.version, exc)
 
 
 def _record(
@@ -308,6 +310,16 @@ def _step(
         where = "removed" if staging is None else f"moved to version {staging.version}"
         why = f"@{settings.candidate_alias} was {where}: the rollout of {rollout.version} stops"
         return _record(engine, registry, rollout, "stop", why, None, now)
+    moved = _production_moves(registry, settings, rollout)
+    if moved:
+        last = moved[-1]
+        why = (
+            f"@{settings.production_alias} moved from {last.get('previous')} to "
+            f"{last.get('version')} at {last.get('at')} (by {last.get('by')}) while the rollout "
+            f"ran: the production arm's outcomes mix versions; the rollout of "
+            f"{rollout.version} stops (start it again to compare with the new production)"
+        )
+        return _record(engine, registry, rollout, "stop", why, None, now)
 
     rules = RewardRules.of(settings)
     arms = traffic_outcomes(engine, name, rollout.version, rollout.started_at, rules, now=now)
@@ -354,7 +366,21 @@ def _step(
                 stage_index=nxt, share=stages[nxt],
             )  # fmt: skip
         why = f"promoted at {stage}: better than production; {numbers}"
-        registry.promote(rollout.version, by=CONTROLLER, reason=why)
+        # a version whose offline gate failed is staged only by a person's approved
+        # override (the gate stages passing versions alone): the online test decides it
+        from modelregistry.registry import RegistryError  # lazy, as in _open
+
+        overridden = registry.get(rollout.version).tags.get(GATE_PASSED_TAG) == "false"
+        if overridden:
+            why += "; its offline gate had failed (staged by a person's override)"
+        try:
+            registry.promote(rollout.version, by=CONTROLLER, reason=why, force=overridden)
+        except RegistryError as exc:  # never leave the users split on a refused promotion
+            why = (
+                f"stopped at {stage}: better than production, but the registry refused the "
+                f"promotion ({exc}); @{settings.production_alias} stays; {numbers}"
+            )
+            return _record(engine, registry, rollout, "stop", why, readout, now)
         return _record(engine, registry, rollout, "promote", why, readout, now)
 
     if now - rollout.started_at >= timedelta(seconds=settings.rollout_max_duration_s):
@@ -387,6 +413,23 @@ def _step(
         waiting.append(f"{min_n} candidate outcomes on the stage ({on_stage.counted})")
     why = f"hold at {stage}: waiting for {'; '.join(waiting) or 'the next step'}; {numbers}"
     return _record(engine, registry, rollout, "hold", why, readout, now)
+
+
+def _production_moves(
+    registry: ModelRegistry, settings: PipelineSettings, rollout: Rollout
+) -> list[dict[str, Any]]:
+    """The moves of the production alias recorded after ``rollout`` started."""
+    out = []
+    for move in registry.alias_history():
+        if move.get("alias") != settings.production_alias:
+            continue
+        try:
+            at = datetime.fromisoformat(str(move.get("at")))
+        except ValueError:
+            continue
+        if at.tzinfo is not None and at > rollout.started_at:
+            out.append(move)
+    return out
 
 
 def status(settings: PipelineSettings | None = None, limit: int = 20) -> dict[str, Any]:
