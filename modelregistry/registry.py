@@ -268,7 +268,14 @@ class ModelRegistry:
             number = version_number(version)
             return self._info(self.client.get_model_version(self.model_name, number))
         except MlflowException as exc:
-            raise RegistryError(f"model {self.model_name!r} has no version {version!r}.") from exc
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise RegistryError(
+                    f"model {self.model_name!r} has no version {version!r}."
+                ) from exc
+            raise RegistryError(
+                f"the registry could not read version {version!r} of {self.model_name!r}: "
+                f"{str(exc.message)[:300]}"
+            ) from exc
 
     def by_alias(self, alias: str) -> VersionInfo | None:
         try:
@@ -280,8 +287,11 @@ class ModelRegistry:
         """Every version, newest first."""
         try:
             found = self.client.search_model_versions(f"name = '{self.model_name}'")
-        except MlflowException:
-            return []
+        except MlflowException as exc:  # never "no versions": a retrain would register twice
+            raise RegistryError(
+                f"the registry could not list the versions of {self.model_name!r}: "
+                f"{str(exc.message)[:300]}"
+            ) from exc
         infos = [
             self._info(self.client.get_model_version(self.model_name, v.version)) for v in found
         ]

@@ -12,6 +12,7 @@ JSON value) are read when a version has them.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from bandit_core.support import ESTIMATOR
@@ -39,17 +40,34 @@ SUMMARY_KEYS = (
 
 
 def _int(value: str | None) -> int | None:
-    return None if value in (None, "") else int(float(value))
-
-
-def _json(value: str | None) -> Any:
-    """A JSON tag's value (a tag that is not JSON as its string); None when absent."""
+    """A count tag; None when absent or not a finite number (a tag anyone can set must
+    not end the listing of every version)."""
     if value in (None, ""):
         return None
     try:
-        return json.loads(value)
-    except json.JSONDecodeError:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if math.isfinite(number) else None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json(value: str | None) -> Any:
+    """A JSON tag's value (a tag that is not strict JSON — ``NaN``, nesting too deep,
+    not JSON at all — as its string); None when absent."""
+    if value in (None, ""):
+        return None
+    try:
+        return json.loads(value, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         return value
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def version_summary(info: VersionInfo) -> dict[str, Any]:
@@ -63,7 +81,7 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
     dr = None
     if f"ope.candidate.{ESTIMATOR}.value" in metrics:
         keys = ("value", "ci_low", "ci_high")
-        dr = {key: metrics.get(f"ope.candidate.{ESTIMATOR}.{key}") for key in keys}
+        dr = {key: _finite(metrics.get(f"ope.candidate.{ESTIMATOR}.{key}")) for key in keys}
     gate = tags.get(GATE_PASSED_TAG)
     reasons = _json(tags.get(GATE_REASONS_TAG))
     return {

@@ -253,3 +253,52 @@ def test_a_re_run_compares_with_its_recorded_baseline_whatever_promotions_wrote(
     assert registry.get(v2.version).tags[previous_tag("production")] == v3.version
     baseline, state = baseline_state(spec)
     assert baseline == v1.version and state is not None and state.is_file()
+
+
+def test_a_version_s_hostile_tags_never_end_the_listing(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """Tags anyone with registry access can set: a count that is not a number or not
+    finite, a JSON value nested too deep or holding NaN. The summaries of every version
+    still come out, each bad value as None or as its text, and as strict JSON (before:
+    a traceback, or a ``NaN`` literal in ``banditops models --json``)."""
+    import json
+
+    from modelregistry.report import version_summaries
+
+    good = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="good")
+    bad = registry.register_candidate(state_path=_state(tmp_path, 2), run_key="bad")
+    hostile = {
+        "window_rows": "abc",
+        "head_rows": "1e400",
+        "challengers": "[" * 3000,
+        "floor": "NaN",
+    }
+    registry.tag_version(bad.version, hostile)
+    summaries = {s["version"]: s for s in version_summaries(registry)}
+    assert set(summaries) == {good.version, bad.version}
+    row = summaries[bad.version]
+    assert row["window_rows"] is None and row["head_rows"] is None
+    assert row["candidates"] == "[" * 3000 and row["floor"] == "NaN"
+    text = json.dumps(list(summaries.values()), allow_nan=False)  # strict JSON
+    assert json.loads(text)[0]["version"] in summaries
+
+
+def test_a_registry_that_cannot_be_read_is_an_error_not_an_empty_list(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """A tag whose bytes are not UTF-8 (written into the store by hand) makes MLflow's
+    listing fail: that is a RegistryError, never "no versions" (a retrain would then
+    register its run key a second time, and ``models`` printed ``[]``)."""
+    import sqlite3
+
+    version = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="one").version
+    registry.tag_version(version, {"note": "x"})
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("UPDATE model_version_tags SET value = CAST(X'FF' AS TEXT) WHERE key = 'note'")
+    with pytest.raises(RegistryError, match="could not"):
+        registry.versions()
+    with pytest.raises(RegistryError, match="could not"):
+        registry.get(version)
+    with pytest.raises(RegistryError, match="has no version 7"):
+        ModelRegistry(f"sqlite:///{tmp_path}/other.db", model_name="test-policy").get(7)

@@ -181,10 +181,12 @@ def models(
 ) -> None:
     """Registered versions: aliases, algorithm, the rows of the window and of the head,
     floor, DR estimate and interval, gate verdict and the candidates compared."""
+    from modelregistry.registry import RegistryError
     from modelregistry.report import candidate_names, display, version_summaries
 
     registry = _registry(Settings())
-    summaries = version_summaries(registry)
+    with _reported(RegistryError):
+        summaries = version_summaries(registry)
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
         return
