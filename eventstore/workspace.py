@@ -12,11 +12,18 @@ from typing import Any
 from eventstore.text import check_text
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: The monitor's folder under the runs folder: its reports and the state between runs.
+MONITOR_FOLDER = "monitor"
+#: Folders of the runs folder that no run's own folder may be (a retrain run named
+#: ``monitor`` would write into the monitor's, and its report would read as the latest
+#: monitor report).
+RESERVED_FOLDERS = frozenset({MONITOR_FOLDER})
 
 
 def run_folder(runs_dir: str | Path, run_key: str) -> Path:
     """``<runs_dir>/<run key made file-safe>`` (with a hash when characters were replaced,
-    so two keys never share a folder).
+    or when the key is one of :data:`RESERVED_FOLDERS`, so two keys never share a folder
+    and no run writes into a folder the pipelines keep for themselves).
 
     Raises
     ------
@@ -25,7 +32,7 @@ def run_folder(runs_dir: str | Path, run_key: str) -> Path:
     """
     check_text("run_key", run_key)
     safe = _UNSAFE.sub("_", run_key).strip("._") or "run"
-    if safe != run_key:
+    if safe != run_key or safe in RESERVED_FOLDERS:
         safe = f"{safe}-{hashlib.sha256(run_key.encode()).hexdigest()[:8]}"
     return Path(runs_dir).resolve() / safe
 

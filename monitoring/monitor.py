@@ -69,11 +69,11 @@ from bandit_core.user_groups import group_key, user_group_key
 from eventstore.contract import DECISIONS, MONITOR_DAG
 from eventstore.engine import make_engine
 from eventstore.replay import read_replay
-from eventstore.workspace import as_utc, run_folder
+from eventstore.workspace import MONITOR_FOLDER, as_utc, run_folder
 from modelregistry.registry import ModelRegistry
 from monitoring import served_latency as sl
 from monitoring.plots import plot_monitor_report
-from monitoring.settings import CHECKS, MAX_SEGMENTS, MONITOR_FOLDER, MonitorSettings
+from monitoring.settings import CHECKS, MAX_SEGMENTS, MonitorSettings
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, drift_score, feature_frame
 
 log = logging.getLogger(__name__)

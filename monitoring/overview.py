@@ -42,11 +42,12 @@ from eventstore.rollouts import (
     rollout_history,
     traffic_outcomes,
 )
+from eventstore.workspace import MONITOR_FOLDER
 from modelregistry.registry import ModelRegistry, VersionInfo
 from monitoring import served_latency as sl
 from monitoring.monitor import REPORT_FILE
 from monitoring.online import FALLBACK, RewardRules, fallback_by_day, online_outcomes
-from monitoring.settings import MONITOR_FOLDER, MonitorSettings
+from monitoring.settings import MonitorSettings
 
 #: Where ``bandit_monitor`` keeps its runs (``<runs dir>/monitor/<run>/report.json``).
 #: Monitor reports read for the latency history.

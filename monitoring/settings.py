@@ -32,8 +32,6 @@ DRIFT_ASSET_NAME = "banditops_feature_drift"
 DRIFT_ASSET_URI = "x-banditops://drift/{model_name}"
 #: Most distinct values of a ``segment_feature`` (more: it is not a segment key).
 MAX_SEGMENTS = 100
-#: The monitor's folder under the runs folder: its reports and the state between runs.
-MONITOR_FOLDER = "monitor"
 
 
 class MonitorSettings(CoreSettings):

@@ -163,6 +163,10 @@ def test_run_folders_are_file_safe_and_never_shared(tmp_path: Path) -> None:
     a = runspec.run_folder(tmp_path, "manual__2026-11-29T04:21:26+00:00")
     b = runspec.run_folder(tmp_path, "manual__2026-11-29T04_21_26_00_00")
     assert a != b and not set(a.name) & set(":+/ ")
+    # a run named like the monitor's folder gets a folder of its own (it wrote into the
+    # monitor's, and its refit report read as the latest monitor report)
+    monitor = runspec.run_folder(tmp_path, "monitor")
+    assert monitor.parent == tmp_path.resolve() and monitor.name.startswith("monitor-")
 
 
 def test_promotion_input_is_checked_before_the_registry(settings: PipelineSettings) -> None:
