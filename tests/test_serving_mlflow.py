@@ -138,6 +138,19 @@ def test_service_follows_the_production_alias(
         got = client.post("/v1/decisions", json=decision_body(rng)).json()
         assert got["model_version"] == version_label(NAME, v2)
 
+        # a version whose window_stop tag is not a time: refused once, as the version's
+        # fault (it was counted as "registry unreachable" at every poll, twice)
+        odd = registry.log_version(policy_file(tmp_path / "v4.npz", seed=4), seed=4)
+        registry.client.set_model_version_tag(NAME, odd, "window_stop", "garbage")
+        registry.client.set_registered_model_alias(NAME, "production", odd)
+        for _ in range(3):
+            info = client.post("/v1/admin/poll").json()
+        assert info["production"]["version"] == version_label(NAME, v2)
+        assert "window_stop='garbage' is not an ISO 8601 time" in info["last_load_error"]
+        metrics = client.get("/metrics").text
+        assert 'banditops_model_load_failures_total{reason="admission"} 1.0' in metrics
+        assert 'reason="unreachable"' not in metrics
+
         # alias removed: no production model, the fallback serves again
         registry.client.delete_registered_model_alias(NAME, "production")
         assert client.post("/v1/admin/poll").json()["fallback_active"] is True

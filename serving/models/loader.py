@@ -279,6 +279,8 @@ class ModelLoader:
         keeping = serving.version if serving else "the fallback"
         stage = "load"
         try:
+            if ref.refused is not None:
+                raise AdmissionError(ref.refused)
             base = self.source.load(ref)
             self._check_signature(ref.version, Signature.of(base), serving)
             stage = "recover"  # reads the event store: a failure here is not the version's

@@ -65,9 +65,14 @@ class MlflowModelSource:
         if found is None:
             return None
         version, tags = found
+        label = version_label(self.model_name, version)
         stop = tags.get(WINDOW_STOP_TAG)
-        window_stop = None if not stop else datetime.fromisoformat(stop).astimezone(UTC)
-        return ModelRef(version_label(self.model_name, version), version, window_stop)
+        try:
+            window_stop = None if not stop else datetime.fromisoformat(stop).astimezone(UTC)
+        except (ValueError, OverflowError):  # the version's, not the registry's: refused
+            why = f"its tag {WINDOW_STOP_TAG}={str(stop)[:100]!r} is not an ISO 8601 time"
+            return ModelRef(label, version, None, refused=why)
+        return ModelRef(label, version, window_stop)
 
     def load(self, ref: ModelRef) -> Policy:
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:

@@ -27,11 +27,14 @@ ROLES = TRAFFIC
 class ModelRef:
     """A resolved model version: its label, whatever the source needs to load it, and
     where its training window stops (``window_stop``, None when the source does not
-    say: the version's head then learns only the rewards of its own decisions)."""
+    say: the version's head then learns only the rewards of its own decisions).
+    ``refused``: why the version cannot be served, found while resolving it (a tag the
+    service cannot read); the loader refuses it without loading."""
 
     version: str
     locator: Any = field(repr=False, compare=False)
     window_stop: datetime | None = field(default=None, compare=False)
+    refused: str | None = field(default=None, compare=False)
 
 
 class ModelSource(Protocol):
