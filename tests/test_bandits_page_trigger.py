@@ -134,7 +134,7 @@ class _VouchingHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.tokens.append(self.headers.get("Authorization", ""))
-        data = json.dumps({"dags": [], "detail": "refused"}).encode()
+        data = json.dumps({"dags": [], "detail": "refused", "dag_run_id": "r"}).encode()
         self.send_response(self.server.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -182,3 +182,38 @@ def test_the_own_api_url_is_the_configured_server_on_the_loopback() -> None:
     mounted = {"port": "8080", "base_url": "https://airflow.example.com/ops/af/"}
     assert own_api_url(mounted) == "http://127.0.0.1:8080/ops/af"
     assert own_api_url({}) == "http://127.0.0.1:8080"
+
+
+def test_a_cross_site_post_triggers_nothing(tmp_path: Any) -> None:
+    """A form on another site (or another port of this one: cookies are same-site) posts
+    to an action with the user's cookie: refused before Airflow is asked (before: 303
+    and a run triggered in the user's name)."""
+    from monitoring.settings import MonitorSettings
+    from ops.bandits_page.app import create_app
+    from tests.serving_helpers import make_client
+
+    airflow = _Vouching(200)
+    thread = threading.Thread(target=airflow.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = MonitorSettings(workspace=tmp_path / "ws")
+        app = create_app(lambda: settings, airflow=True, api_url=lambda: airflow.url)
+        client = make_client(app, token="a-real-session")
+        for headers in (
+            {"Origin": "http://evil.example"},
+            {"Origin": "http://testserver:8081"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Sec-Fetch-Site": "same-site", "Origin": "http://testserver"},
+        ):
+            for action in ("retrain", "monitor", "stop-rollout"):
+                got = client.post(f"/actions/{action}", headers=headers)
+                assert got.status_code == 403, (action, headers, got.text)
+                assert "same-origin posts only" in got.json()["detail"]
+        assert airflow.tokens == []
+        # the page's own form: same origin (the browser says so) goes on to Airflow
+        same = {"Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"}
+        client.post("/actions/monitor", headers=same, follow_redirects=False)
+        assert airflow.tokens == ["Bearer a-real-session"]
+    finally:
+        airflow.shutdown()
+        airflow.server_close()

@@ -12,15 +12,18 @@
 
 Inside Airflow (``airflow=True``) every route needs the signed-in user's token (the UI's
 ``_token`` cookie or a bearer token), checked by Airflow's own API: plugin apps are not
-behind Airflow's authentication otherwise. Without Airflow (``airflow=False``, tests and
-local use) the page is read-only and unauthenticated.
+behind Airflow's authentication otherwise; the token is checked by the API server this
+app is mounted in (Airflow's configuration names it), never one a request names. The
+actions take same-origin posts only (``Sec-Fetch-Site``, else ``Origin``): a form on
+another site or port cannot post with the user's cookie. Without Airflow
+(``airflow=False``, tests and local use) the page is read-only and unauthenticated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -40,6 +43,19 @@ def _token(request: Request) -> str | None:
     if header.lower().startswith("bearer "):
         return header[7:].strip() or None
     return request.cookies.get(af.TOKEN_COOKIE) or None
+
+
+def _cross_site(request: Request) -> str | None:
+    """Why a POST is refused as cross-site (a form on another site, or another port of
+    this one, submitting with the user's cookie), or None: the browser's
+    ``Sec-Fetch-Site`` when it sends one, else an ``Origin`` that is not this host."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"a {site} request"
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        return f"a request from {origin[:100]}"
+    return None
 
 
 def _login_required(request: Request, why: str) -> HTMLResponse:
@@ -112,6 +128,12 @@ def create_app(
         if not airflow:
             return JSONResponse(
                 {"detail": "actions need the page served inside Airflow"}, status_code=404
+            )
+        refused = _cross_site(request)
+        if refused is not None:
+            return JSONResponse(
+                {"detail": f"{refused}: the page's actions take same-origin posts only"},
+                status_code=403,
             )
         api = api_of(request)
         if api is None:
