@@ -130,6 +130,35 @@ def test_form_checks_name_the_field_and_the_bound(tmp_path: Path) -> None:
     assert check_form({"epochs": 3.0}, settings)["epochs"] == 3  # JSON forms send floats
 
 
+def test_policy_options_a_policy_does_not_take_fail_the_plan(tmp_path: Path) -> None:
+    """Checked when the run is planned, naming the field (they failed ``train_network``,
+    after the window was extracted and validated); under ``auto`` a non-mapping value
+    under a challenger's name no longer leaks into the linear candidate's options."""
+    from training.runspec import LINEAR_CHALLENGER, plan
+
+    settings = _settings(tmp_path)
+    end = datetime(2026, 1, 2, tzinfo=UTC)
+    for params, message in (
+        (
+            {"algorithm": "shared_lints", "policy_options": {"bogus": 1}},
+            "policy_options has options shared_lints does not take: ['bogus']",
+        ),
+        (
+            {"algorithm": "auto", "policy_options": {"neural_linear": 5}},
+            f"policy_options has options {LINEAR_CHALLENGER} does not take: ['neural_linear']",
+        ),
+        (
+            {"algorithm": "auto", "policy_options": {"neural_linear": {"hiden": [8]}}},
+            "policy_options.neural_linear has options neural_linear does not take: ['hiden']",
+        ),
+    ):
+        with pytest.raises(ValueError) as info:
+            plan(params, run_key="manual__x", interval_end=end, settings=settings)
+        assert message in str(info.value)
+    ok = {"algorithm": "auto", "policy_options": {"neural_linear": {"hidden": [8]}, "v": 0.5}}
+    assert plan(ok, run_key="manual__y", interval_end=end, settings=settings).train["options"]
+
+
 def test_segment_floors_take_a_hashed_user_group_or_a_context_feature(tmp_path: Path) -> None:
     """The form's segment_floors name a context feature or a number of hashed user
     groups; the run spec's trained policy gets them as overlap options, and the policy

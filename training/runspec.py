@@ -295,6 +295,9 @@ def plan(
             "options": {NEURAL_CHALLENGER: own.get(NEURAL_CHALLENGER, {})},
         }
         algorithm = LINEAR_CHALLENGER
+    check_option_names("policy_options", algorithm, options)
+    for name, own_options in challengers.get("options", {}).items():
+        check_option_names(f"policy_options.{name}", name, own_options)
     if policy_spec(algorithm).trains_network:
         options.setdefault("epochs", values["epochs"])
     options = overlap_options(algorithm, options, overlap)
@@ -381,6 +384,21 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
         return start, end
     days = values["window_days"]
     return interval_end - timedelta(days=days), interval_end
+
+
+def check_option_names(field_name: str, algorithm: str, options: Mapping[str, Any]) -> None:
+    """Refuse, naming ``field_name``, an option ``algorithm`` does not take (its config's
+    fields, the overlap options, ``position_slots``): at planning, not after the window
+    was extracted and validated."""
+    from bandit_core.policies.overlap import OVERLAP_OPTIONS
+
+    known = {*policy_spec(algorithm).option_names(), *OVERLAP_OPTIONS, "position_slots"}
+    unknown = sorted(str(k) for k in set(options) - known)
+    if unknown:
+        raise ValueError(
+            f"{field_name} has options {algorithm} does not take: {unknown}; it takes "
+            f"{sorted(known - {'dim_user', 'dim_arm'})}."
+        )
 
 
 def overlap_options(
