@@ -32,6 +32,7 @@ from typing import Any
 from airflow.sdk import Asset, dag, task
 
 from eventstore.contract import MONITOR_DAG
+from eventstore.workspace import refuse_run_conf
 from monitoring.settings import CHECKS, DRIFT_ASSET_NAME, DRIFT_ASSET_URI
 from training.settings import PipelineSettings
 
@@ -47,6 +48,7 @@ def build_report(
 ) -> dict[str, Any]:
     from monitoring import monitor
 
+    refuse_run_conf(MONITOR_DAG, dag_run.conf)
     return monitor.build_report(data_interval_end or dag_run.run_after, run_key=run_id)
 
 

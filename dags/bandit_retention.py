@@ -19,6 +19,8 @@ from typing import Any
 from airflow.sdk import dag, task
 
 from eventstore.contract import RETENTION_DAG, RETRAIN_DAG
+from eventstore.workspace import refuse_run_conf
+from ops.dag_retry import NO_RETRY_ON_BAD_INPUT
 from training.settings import PipelineSettings
 
 SETTINGS = PipelineSettings()
@@ -32,6 +34,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
     from eventstore.retention import apply_retention
     from training.runspec import active_windows
+
+    refuse_run_conf(RETENTION_DAG, dag_run.conf)
 
     total = ti.get_dr_count(dag_id=RETRAIN, states=ACTIVE)
     protected: dict[str, datetime] = {}
@@ -62,7 +66,12 @@ def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
     dagrun_timeout=timedelta(hours=2),
     tags=["banditops", "maintenance"],
     doc_md=__doc__,
-    default_args={"owner": SETTINGS.owner, "retries": 1, "retry_delay": timedelta(minutes=5)},
+    default_args={
+        "owner": SETTINGS.owner,
+        "retries": 1,
+        "retry_delay": timedelta(minutes=5),
+        "retry_policy": NO_RETRY_ON_BAD_INPUT,
+    },
 )
 def bandit_retention() -> None:
     prune()

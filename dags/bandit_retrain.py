@@ -51,16 +51,14 @@ from airflow.sdk import (
     Asset,
     AssetOrTimeSchedule,
     CronTriggerTimetable,
-    ExceptionRetryPolicy,
     Param,
-    RetryAction,
-    RetryRule,
     dag,
     task,
 )
 
 from eventstore.contract import RETRAIN_DAG
 from monitoring.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI
+from ops.dag_retry import NO_RETRY_ON_BAD_INPUT
 from training.form import RETRAIN_FORM
 from training.pipeline import RETRAIN_STEPS, Step, run_step
 from training.settings import PipelineSettings
@@ -71,15 +69,6 @@ ASSETS = {
     for s in RETRAIN_STEPS
     if s.outlet is not None
 }
-NO_RETRY_ON_BAD_INPUT = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception=[ValueError, TypeError, OverflowError],
-            action=RetryAction.FAIL,
-            reason="bad data or bad input: another try cannot succeed",
-        )
-    ]
-)
 #: The monitor's drift asset: its events trigger a run, as does the nightly cron.
 DRIFT_ASSET = Asset(
     uri=DRIFT_ASSET_URI.format(model_name=SETTINGS.model_name), name=DRIFT_ASSET_NAME

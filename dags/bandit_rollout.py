@@ -25,15 +25,17 @@ from typing import Any
 from airflow.sdk import dag, task
 
 from eventstore.contract import ROLLOUT_DAG
+from eventstore.workspace import refuse_run_conf
 from training.settings import PipelineSettings
 
 SETTINGS = PipelineSettings()
 
 
 @task
-def step() -> dict[str, Any]:
+def step(*, dag_run: Any = None) -> dict[str, Any]:
     from training.rollout import rollout_step
 
+    refuse_run_conf(ROLLOUT_DAG, dag_run.conf)
     return rollout_step().summary()
 
 

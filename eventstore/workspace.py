@@ -37,6 +37,18 @@ def run_folder(runs_dir: str | Path, run_key: str) -> Path:
     return Path(runs_dir).resolve() / safe
 
 
+def refuse_run_conf(dag_id: str, conf: Any) -> None:
+    """Raise ``ValueError`` for a run configuration given to a DAG that takes none (its
+    settings are the workspace's): a key an operator sent would otherwise be ignored in
+    silence (``{"retention_days": 0}`` pruned with the setting's days)."""
+    if conf:
+        keys = sorted(str(k) for k in conf)[:20]
+        raise ValueError(
+            f"{dag_id} takes no run configuration (its settings are BANDITOPS_* or the "
+            f"workspace's banditops.toml); got {keys}."
+        )
+
+
 def aware(name: str, text: str) -> datetime:
     """The timezone-aware ISO 8601 date-time ``text`` (field ``name``) in UTC."""
     try:

@@ -90,6 +90,11 @@ def test_retention_dag_keeps_what_running_retrains_and_rollouts_read(
         return store.existing_event_ids(list(AGES))
 
     try:
+        with airflow_home.applied(**env):
+            # a run configuration it would ignore is refused, and nothing is pruned
+            refused = dagtools.run_dag("bandit_retention", conf={"retention_days": 0}, when=now)
+            assert refused.tasks == {"prune": "failed"}, refused
+            assert store.existing_event_ids(list(AGES)) == set(AGES)
         with airflow_home.applied(**env), _retrain_run(running, "running"):
             rollout = start_rollout(
                 engine, "banditops-policy", 4, 0.05, reason="gate", at=now - 70 * DAY
