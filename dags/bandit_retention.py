@@ -20,7 +20,7 @@ from airflow.sdk import dag, task
 
 from eventstore.contract import RETENTION_DAG, RETRAIN_DAG
 from eventstore.workspace import refuse_run_conf
-from ops.dag_retry import NO_RETRY_ON_BAD_INPUT
+from training.dag_retry import NO_RETRY_ON_BAD_INPUT
 from training.settings import PipelineSettings
 
 SETTINGS = PipelineSettings()

@@ -58,7 +58,7 @@ from airflow.sdk import (
 
 from eventstore.contract import RETRAIN_DAG
 from monitoring.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI
-from ops.dag_retry import NO_RETRY_ON_BAD_INPUT
+from training.dag_retry import NO_RETRY_ON_BAD_INPUT
 from training.form import RETRAIN_FORM
 from training.pipeline import RETRAIN_STEPS, Step, run_step
 from training.settings import PipelineSettings
