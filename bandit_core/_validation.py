@@ -40,9 +40,13 @@ class Interval:
         name = "an int" if self.kind is int else "a float"
         left = "[" if self.closed in ("both", "left") and self.low is not None else "("
         right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
+        low = "-inf" if self.low is None else self._bound(self.low)
+        high = "inf" if self.high is None else self._bound(self.high)
         return f"{name} in the range {left}{low}, {high}{right}"
+
+    def _bound(self, value: float) -> str:
+        """An int parameter's bound in full (1000000, not 1e+06)."""
+        return str(int(value)) if self.kind is int and float(value).is_integer() else f"{value:g}"
 
     def accepts(self, value: Any) -> bool:
         if isinstance(value, bool):

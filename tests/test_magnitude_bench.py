@@ -13,7 +13,9 @@ def test_nothing_breaks_at_the_bound_and_huge_inputs_do_break() -> None:
     at_bound, huge = magnitude.run([MAX_ABS_INPUT, 1e100], seeds=1)
     assert at_bound["broken"] == {}, at_bound
     assert set(at_bound["refused"]) <= {"neural_linear+interactions"}, at_bound
-    assert "shared_linucb+interactions" in huge["broken"], huge
+    assert huge["broken"], huge  # the benchmark sees a break where there is one
+    # a head whose update would overflow refuses it whole (it broke, before the guard)
+    assert "shared_linucb+interactions" in huge["refused"], huge
     assert "hybrid_linucb" in huge["refused"], huge  # refused whole, never non-finite
     assert at_bound["configurations"] == len(magnitude.configurations()) > 20
 

@@ -308,7 +308,10 @@ def test_a_model_that_errors_is_refused(tmp_path: Path, rng: np.random.Generator
         assert got["traffic"] == "production"
         text = client.get("/metrics").text
         assert 'banditops_model_load_failures_total{reason="admission"} 1.0' in text
-        assert "probe decision failed" in client.get("/v1/model").json()["last_load_error"]
+        assert (
+            "probe decision (half inputs) failed"
+            in client.get("/v1/model").json()["last_load_error"]
+        )
 
 
 def test_slate(model_path: Path, tmp_path: Path, rng: np.random.Generator) -> None:

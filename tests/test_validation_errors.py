@@ -100,7 +100,7 @@ def test_unknown_policy_and_unknown_option() -> None:
         (
             "shared_lints",
             {"n_sim": 0},
-            r"The 'n_sim' parameter of SharedLinTSConfig must be an int in the range \[1, inf\). Got 0.",
+            r"The 'n_sim' parameter of SharedLinTSConfig must be an int in the range \[1, 1000000\]. Got 0.",
         ),
         (
             "epsilon_greedy",
