@@ -47,6 +47,9 @@ REFERENCE_ARTIFACT = "reference/" + REFERENCE_FILE
 #: decisions; the service replays into it, when it loads the version, every applied reward
 #: of a decision created at or after this time, whichever version made it — exactly once.
 WINDOW_STOP_TAG = "window_stop"
+#: Version tag: the SHA-256 of the policy state file the version was registered with
+#: (hex); the service refuses an artifact that no longer has it.
+STATE_DIGEST_TAG = "state_sha256"
 #: Version tags of the gate's decision: ``"true"`` / ``"false"``, and its reasons (JSON list).
 GATE_PASSED_TAG = "gate_passed"
 GATE_REASONS_TAG = "gate_reasons"

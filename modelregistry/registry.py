@@ -16,6 +16,7 @@ service loads, see :mod:`eventstore.contract`); nothing is pickled.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ from eventstore.contract import (
     POLICY_STATE_FILE,
     POLICY_STATE_PATH,
     REFERENCE_ARTIFACT,
+    STATE_DIGEST_TAG,
     previous_tag,
     version_label,
 )
@@ -359,11 +361,12 @@ class ModelRegistry:
             )
             self._verify_loadable(info.model_uri)
             self._ensure_model()
+            digest = hashlib.sha256(staged.read_bytes()).hexdigest()
             created = self.client.create_model_version(
                 self.model_name,
                 source=info.model_uri,
                 run_id=run.info.run_id,
-                tags={"run_key": run_key, **(tags or {})},
+                tags={"run_key": run_key, **(tags or {}), STATE_DIGEST_TAG: digest},
                 # a tracking server resolves a `models:/m-…` source through its model id
                 # (a SQLite store accepts the source alone)
                 model_id=info.model_id,

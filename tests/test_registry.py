@@ -302,3 +302,31 @@ def test_a_registry_that_cannot_be_read_is_an_error_not_an_empty_list(
         registry.get(version)
     with pytest.raises(RegistryError, match="has no version 7"):
         ModelRegistry(f"sqlite:///{tmp_path}/other.db", model_name="test-policy").get(7)
+
+
+def test_an_artifact_changed_after_registration_is_refused(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """Registration records the state file's SHA-256 (tag ``state_sha256``); the service
+    refuses the version when the file it downloads no longer has it (before: a valid
+    state put in its place was loaded silently at the next restart)."""
+    from urllib.parse import urlparse
+
+    from eventstore.admission import AdmissionError
+    from eventstore.contract import POLICY_STATE_PATH, STATE_DIGEST_TAG
+    from serving.models.mlflow_source import MlflowModelSource
+
+    info = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="one")
+    assert len(info.tags[STATE_DIGEST_TAG]) == 64
+    registry.promote(info.version, by="test", reason="serve it")
+    source = MlflowModelSource(
+        registry.tracking_uri, registry.model_name, {"production": "production"}
+    )
+    ref = source.resolve("production")
+    assert ref is not None and ref.digest == info.tags[STATE_DIGEST_TAG]
+    source.load(ref)  # the registered file loads
+    uri = registry.client.get_model_version_download_uri(registry.model_name, info.version)
+    stored = Path(urlparse(uri).path) / POLICY_STATE_PATH
+    stored.write_bytes(_state(tmp_path, 2).read_bytes())  # another valid state
+    with pytest.raises(AdmissionError, match="the artifact changed"):
+        source.load(ref)

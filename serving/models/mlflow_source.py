@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bandit_core import Policy
-from eventstore.admission import Admission
-from eventstore.contract import WINDOW_STOP_TAG, version_label
+from eventstore.admission import Admission, AdmissionError
+from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label
 from modelregistry.registry import AliasReader
 from serving.models.sources import ROLES, ModelRef, Role
 
@@ -22,6 +24,14 @@ HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class MlflowModelSource:
@@ -72,10 +82,18 @@ class MlflowModelSource:
         except (ValueError, OverflowError):  # the version's, not the registry's: refused
             why = f"its tag {WINDOW_STOP_TAG}={str(stop)[:100]!r} is not an ISO 8601 time"
             return ModelRef(label, version, None, refused=why)
-        return ModelRef(label, version, window_stop)
+        return ModelRef(label, version, window_stop, digest=tags.get(STATE_DIGEST_TAG) or None)
 
     def load(self, ref: ModelRef) -> Policy:
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:
-            policy = self.admission.policy(self._reader.download_state(ref.locator, tmp))
+            path = self._reader.download_state(ref.locator, tmp)
+            if ref.digest is not None and path.stat().st_size <= self.admission.max_bytes:
+                found = _sha256(path)
+                if found != ref.digest:
+                    raise AdmissionError(
+                        f"its state file's SHA-256 is {found[:16]}…, not the {ref.digest[:16]}… "
+                        f"recorded at registration ({STATE_DIGEST_TAG}): the artifact changed"
+                    )
+            policy = self.admission.policy(path)
         policy.model_version = ref.version
         return policy

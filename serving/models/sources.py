@@ -29,12 +29,14 @@ class ModelRef:
     where its training window stops (``window_stop``, None when the source does not
     say: the version's head then learns only the rewards of its own decisions).
     ``refused``: why the version cannot be served, found while resolving it (a tag the
-    service cannot read); the loader refuses it without loading."""
+    service cannot read); the loader refuses it without loading. ``digest``: the SHA-256
+    its state file had at registration, when the source records one."""
 
     version: str
     locator: Any = field(repr=False, compare=False)
     window_stop: datetime | None = field(default=None, compare=False)
     refused: str | None = field(default=None, compare=False)
+    digest: str | None = field(default=None, compare=False)
 
 
 class ModelSource(Protocol):
