@@ -29,8 +29,9 @@ def test_bad_versions_and_an_unreachable_registry_never_fail_a_request() -> None
     phases = {p["phase"]: p for p in row.extra["phases"]}
     first = row.extra["first_version"]
     assert {p["served"] for p in phases.values()} == {first}  # kept through every fault
-    # a corrupt artifact is refused by admission (never retried: the version is bad)
-    assert "not an .npz archive" in phases["corrupted artifact"]["last_load_error"]
+    # a corrupt artifact is refused by admission (never retried: the version is bad):
+    # it is no longer the file registered (its state_sha256)
+    assert "the artifact changed" in phases["corrupted artifact"]["last_load_error"]
     assert "dim_user=3" in phases["wrong feature dimension"]["last_load_error"]
     assert "unreachable" in phases["registry unreachable"]["last_load_error"]
     counted = row.extra["load_failure_metric"]
