@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -248,40 +247,37 @@ class BayesianLinearHead:
         old = as_finite_float("old_reward", old_reward)
         new = as_finite_float("new_reward", new_reward)
         self._check_head(head)
-        with self._kept_finite(head):
-            self.xty_[head] += (new - old) * x
-            self.yty_[head] += new * new - old * old
-            u = self.inv_chol_[head]
-            self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
 
-    @contextmanager
-    def _kept_finite(self, head: int) -> Iterator[None]:
-        """Run a change of head ``head`` whole or not at all: when it raises, or leaves
-        the head's statistics, factor or mean non-finite (finite inputs can still
-        overflow, e.g. against a factor that is not the precision's), the head's arrays
-        are put back as they were and ``ValueError`` is raised."""
-        names = self._array_names()[: None if self.config.window else 7]  # what changes
-        kept = {name: getattr(self, name)[head].copy() for name in names}
+        xty = self.xty_[head] + (new - old) * x
+        yty = self.yty_[head] + (new * new - old * old)
+        u = self.inv_chol_[head]
+        theta = u.T.dot(u.dot(xty))
+        self._require_finite(head, theta, yty)
+        self.xty_[head] = xty
+        self.yty_[head] = yty
+        self.theta_[head] = theta
+
+    def _kept_finite(self, head: int, change: Callable[[], None]) -> None:
+        """Run ``change`` of head ``head`` whole or not at all: when it raises, or leaves
+        the head's mean or Σr² non-finite (finite inputs can still overflow, e.g. against a
+        factor that is not the precision's; θ = UᵀU b is not finite when the factor is
+        not), the head's arrays are put back as they were and ``ValueError`` is raised."""
+        names = self._array_names()
+        kept = [getattr(self, name)[head].copy() for name in names]
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # checked below
-                yield
-            # θ = UᵀU b is not finite when the factor or b is not; Σr² on its own
-            finite = bool(np.isfinite(self.theta_[head]).all()) and math.isfinite(
-                float(self.yty_[head])
-            )
-            finite = finite and bool(np.isfinite(self.inv_chol_[head]).all())
+                change()
         except BaseException:
-            self._put_back(head, kept)
+            self._put_back(head, names, kept)
             raise
-        if not finite:
-            self._put_back(head, kept)
-            raise ValueError(
-                f"the update would make head {head} non-finite (its factor, statistics or "
-                "mean overflow float64); the head is unchanged."
-            )
+        try:
+            self._require_finite(head, self.theta_[head], float(self.yty_[head]))
+        except ValueError:
+            self._put_back(head, names, kept)
+            raise
 
-    def _put_back(self, head: int, kept: dict[str, NDArray[Any]]) -> None:
-        for name, value in kept.items():
+    def _put_back(self, head: int, names: tuple[str, ...], kept: list[Any]) -> None:
+        for name, value in zip(names, kept, strict=True):
             getattr(self, name)[head] = value
 
     def _check_head(self, head: int) -> None:
@@ -289,33 +285,65 @@ class BayesianLinearHead:
             raise ValueError(f"head must be an index in [0, {self.n_heads}); got {head}.")
 
     def _update(self, x: FloatArray, r: float, head: int) -> None:
-        """Learn ``(x, r)`` (checked by the caller) in head ``head``, whole or not at all."""
-        with self._kept_finite(head):
-            self._learn(x, r, head)
-
-    def _learn(self, x: FloatArray, r: float, head: int) -> None:
+        """Learn ``(x, r)`` (checked by the caller) in head ``head``, whole or not at all:
+        the new factor, ``b``, ``Σr²`` and mean are computed first and written only when
+        finite (:meth:`_require_finite`); a windowed head, whose update is several steps,
+        keeps a copy of its rows instead (:meth:`_kept_finite`)."""
         cfg = self.config
+        if cfg.window is not None:
+            self._kept_finite(head, lambda: self._learn_windowed(x, r, head))
+            return
+        # an overflow is found below (numpy may warn): nothing is written before
         if cfg.gamma < 1.0:
             g = cfg.gamma
             a = g * self.precision_[head]
             a[np.diag_indices_from(a)] += (1.0 - g) * cfg.lambda_prior
             a += np.outer(x, x)
-            inv_chol = inverse_cholesky(a)  # raises before any change
-            self.precision_[head] = a
-            self.xty_[head] = g * self.xty_[head] + r * x
-            self.yty_[head] = g * self.yty_[head] + r * r
-            self.count_[head] = g * self.count_[head] + 1.0
-            self.inv_chol_[head] = inv_chol
-            self.pending_[head] = 0
-            u = self.inv_chol_[head]
+            u = inverse_cholesky(a)  # raises before any change
+            xty = g * self.xty_[head] + r * x
+            yty = g * self.yty_[head] + r * r
         else:
-            u = self._rank1(head, x, r, +1.0)
-            if cfg.window is not None:
-                self._push_window(head, x, r)
-                u = self.inv_chol_[head]
+            u = inv_chol_rank1_update(self.inv_chol_[head], x, 1.0)
+            xty = self.xty_[head] + r * x
+            yty = self.yty_[head] + r * r
+        theta = u.T.dot(u.dot(xty))
+        self._require_finite(head, theta, yty)
+        self.inv_chol_[head] = u
+        self.xty_[head] = xty
+        self.yty_[head] = yty
+        if cfg.gamma < 1.0:
+            self.precision_[head] = a
+            self.count_[head] = cfg.gamma * self.count_[head] + 1.0
+            self.pending_[head] = 0
+        else:
+            precision = self.precision_[head]  # in place through the view
+            precision += x[:, None] * x
+            self.count_[head] += 1.0
+            self.pending_[head] += 1
             if self.pending_[head] >= cfg.refactor_every:
                 self._refactor_one(head)
                 u = self.inv_chol_[head]
+                theta = u.T.dot(u.dot(self.xty_[head]))
+        self.theta_[head] = theta
+
+    @staticmethod
+    def _require_finite(head: int, theta: FloatArray, yty: float) -> None:
+        """Raise ``ValueError`` unless a head's new mean and ``Σr²`` are finite (θ = UᵀU b
+        is not finite when the factor or ``b`` is not): finite inputs can still overflow,
+        e.g. against a factor that is not the precision's."""
+        if not (np.isfinite(theta).all() and math.isfinite(yty)):
+            raise ValueError(
+                f"the update would make head {head} non-finite (its factor, statistics or "
+                "mean overflow float64); the head is unchanged."
+            )
+
+    def _learn_windowed(self, x: FloatArray, r: float, head: int) -> None:
+        u = self._rank1(head, x, r, +1.0)
+        self._push_window(head, x, r)
+        u = self.inv_chol_[head]
+        if self.pending_[head] >= self.config.refactor_every:
+            self._refactor_one(head)
+            u = self.inv_chol_[head]
         self.theta_[head] = u.T.dot(u.dot(self.xty_[head]))
 
     def _rank1(self, head: int, x: FloatArray, r: float, sign: float) -> FloatArray:

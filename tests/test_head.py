@@ -298,6 +298,14 @@ def test_a_numerically_singular_precision_changes_nothing(rng: np.random.Generat
     assert rows.count_[0] == 150
 
 
+# numpy warns while it overflows (production: a warning, not an error); the head refuses
+OVERFLOW_WARNINGS = pytest.mark.filterwarnings(
+    "ignore:overflow encountered:RuntimeWarning",
+    "ignore:invalid value encountered:RuntimeWarning",
+)
+
+
+@OVERFLOW_WARNINGS
 @pytest.mark.parametrize("config", [HeadConfig(dim=3), HeadConfig(dim=3, window=4)])
 def test_an_update_that_would_overflow_changes_nothing(
     rng: np.random.Generator, config: HeadConfig
@@ -326,6 +334,7 @@ def test_an_update_that_would_overflow_changes_nothing(
             np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
 
 
+@OVERFLOW_WARNINGS
 def test_a_policy_refuses_the_overflowing_update_whole(rng: np.random.Generator) -> None:
     from bandit_core import make_policy
 
