@@ -217,17 +217,28 @@ def _reference(
     return out
 
 
-def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(replay: Path, tmp_path: Path) -> None:
-    # candidate and production are deterministic (LinUCB: exact propensities), so their
-    # action_dist on a round does not depend on how rounds are grouped
+def _deterministic_pair(replay: Path, tmp_path: Path, n_shards: int) -> tuple[Any, Path, Path]:
+    """A production LinUCB and a shared-LinUCB candidate rebuilt from ``n_shards``
+    training shards (deterministic: exact propensities, whatever the blocking): the
+    baseline's training, the candidate's state and its reward model."""
     cand = _trained(replay, tmp_path / "c", "shared_linucb", {"interactions": True, "alpha": 0.3})
     base = _trained(replay, tmp_path / "b", "linucb", {"alpha": 0.1})
     cut = shards.split_point(ROWS, HOLDOUT)
     parts = [
         shards.shard_statistics(s, cand.state_path)
-        for s in _shard_dicts(replay, tmp_path / "st", "train", shards.shard_ranges(0, cut, 3))
+        for s in _shard_dicts(
+            replay, tmp_path / "st", "train", shards.shard_ranges(0, cut, n_shards)
+        )
     ]
     state, model = shards.reduce_head(cand.state_path, parts, tmp_path / "cand.npz")
+    return base, state, model
+
+
+def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(replay: Path, tmp_path: Path) -> None:
+    # candidate and production are deterministic (LinUCB: exact propensities), so their
+    # action_dist on a round does not depend on how rounds are grouped
+    base, state, model = _deterministic_pair(replay, tmp_path, 3)
+    cut = shards.split_point(ROWS, HOLDOUT)
     reports = _evaluate_sharded(replay, tmp_path / "ope", state, model, 3, Path(base.state_path))
     assert reports["candidate"].data_fingerprint == reports["production"].data_fingerprint
     # the support check sums over shards to the single-node figure, at any threshold
@@ -348,14 +359,8 @@ def test_held_out_shards_are_cut_by_distinct_candidates_too(replay: Path, tmp_pa
     whose rounds offer many distinct candidates (clients sending fresh ids) gets short
     blocks, never one union of 256 rounds' candidates; the estimates still equal one pass
     over all rounds, for any number of shards."""
-    cand = _trained(replay, tmp_path / "c", "shared_linucb", {"interactions": True, "alpha": 0.3})
-    base = _trained(replay, tmp_path / "b", "linucb", {"alpha": 0.1})
+    base, state, model = _deterministic_pair(replay, tmp_path, 2)
     cut = shards.split_point(ROWS, HOLDOUT)
-    parts = [
-        shards.shard_statistics(s, cand.state_path)
-        for s in _shard_dicts(replay, tmp_path / "st", "train", shards.shard_ranges(0, cut, 2))
-    ]
-    state, model = shards.reduce_head(cand.state_path, parts, tmp_path / "cand.npz")
     held = load_replay(replay).subset(slice(cut, None))
     blocks = shards.holdout_blocks(replay, cut, ROWS, actions=10)
     assert blocks[0][0] == cut and blocks[-1][1] == ROWS
