@@ -270,7 +270,8 @@ def judge_rewards(
 class SnapshotRow:
     """A head snapshot: ``state`` is a ``bandit_core.save_policy`` ``.npz`` as bytes —
     or, with ``parts_key``, its last part, after the :class:`SnapshotPart` rows of that
-    key in ``seq`` order (written before this row)."""
+    key in ``seq`` order (written before this row). ``incarnation``: which artifact of
+    the label the head grew from (``serving.models.sources.ModelRef.incarnation``)."""
 
     model_version: str
     created_at: datetime
@@ -279,6 +280,7 @@ class SnapshotRow:
     policy: str
     state: bytes
     parts_key: str | None = None
+    incarnation: str | None = None
 
     def params(self) -> dict[str, Any]:
         """Column values for an INSERT into ``head_snapshots``."""

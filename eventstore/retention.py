@@ -40,9 +40,9 @@ def latest_snapshot_first() -> tuple[Any, ...]:
 
 def prune_events(engine: Engine, older_than: datetime, dry_run: bool = False) -> dict[str, int]:
     """Delete decisions created before ``older_than`` with their rewards, head snapshots
-    older than it except the one each version recovers from, and the parts of large
-    snapshots no remaining snapshot reads (those of the deleted ones, and those of a
-    snapshot whose writing never finished).
+    older than it except the one each version (each incarnation of a label) recovers
+    from, and the parts of large snapshots no remaining snapshot reads (those of the
+    deleted ones, and those of a snapshot whose writing never finished).
 
     Returns the number of rows deleted (or that would be, with ``dry_run``) per table.
     """
@@ -50,7 +50,7 @@ def prune_events(engine: Engine, older_than: datetime, dry_run: bool = False) ->
     old_events = select(d.event_id).where(d.created_at < older_than)
     rank = (
         func.row_number()
-        .over(partition_by=s.model_version, order_by=latest_snapshot_first())
+        .over(partition_by=(s.model_version, s.incarnation), order_by=latest_snapshot_first())
         .label("rank")
     )
     ranked = select(s.id, rank).subquery()

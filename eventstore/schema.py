@@ -111,6 +111,8 @@ EVENT_ID_LENGTH = 64
 VERSION_LENGTH = 256
 ARM_ID_LENGTH = 256
 SNAPSHOT_KEY_LENGTH = 32
+#: A served version's incarnation (``serving.models.sources.ModelRef.incarnation``).
+INCARNATION_LENGTH = 64
 
 
 class Base(DeclarativeBase):
@@ -186,6 +188,9 @@ class HeadSnapshot(Base):
     policy: Mapped[str] = mapped_column(String(128))
     state: Mapped[bytes] = mapped_column(LargeBinary)
     parts_key: Mapped[str | None] = mapped_column(String(SNAPSHOT_KEY_LENGTH))
+    # which artifact the head grew from, where a label can name several (None: written
+    # before revision 0005, or by a source whose labels are never reused)
+    incarnation: Mapped[str | None] = mapped_column(String(INCARNATION_LENGTH))
 
 
 class HeadSnapshotPart(Base):

@@ -599,16 +599,18 @@ class AliasReader:
         found = self.resolve(alias)
         return None if found is None else found[0]
 
-    def resolve(self, alias: str) -> tuple[str, dict[str, str]] | None:
-        """The version ``alias`` points at and its tags, in one call (None when the model
-        or the alias is missing)."""
+    def resolve(self, alias: str) -> tuple[str, dict[str, str], int] | None:
+        """The version ``alias`` points at, its tags and its creation time (ms since the
+        epoch: which *incarnation* of the label it is, as a registered model deleted and
+        created again numbers its versions from 1 again), in one call (None when the
+        model or the alias is missing)."""
         try:
             found = self._client.get_model_version_by_alias(self.model_name, alias)
         except MlflowException as exc:
             if exc.error_code in _MISSING:
                 return None
             raise
-        return str(found.version), dict(found.tags or {})
+        return str(found.version), dict(found.tags or {}), int(found.creation_timestamp or 0)
 
     def download_state(self, version: str, dst_path: str | Path) -> Path:
         """Download only the policy state file of ``version`` into ``dst_path``."""

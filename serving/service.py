@@ -141,7 +141,8 @@ def _why_not_applicable(late: bool, decision: StoredDecision, served: ServingSet
         return records.LATE
     if decision.fallback:
         return records.FALLBACK
-    if served.for_version(decision.model_version) is None:
+    model = served.for_version(decision.model_version)
+    if model is None or not model.learns_own(decision.created_at):
         return records.NOT_SERVED
     return None
 
@@ -772,6 +773,9 @@ class DecisionService:
         served = self.loader.current
         for row, outcome in pairs:
             model = served.for_version(row.model_version) if served is not None else None
+            decided_at = row.learn.decided_at
+            if model is not None and decided_at is not None and not model.learns_own(decided_at):
+                model = None  # the label now names another artifact (ServedModel.learns_own)
             if served is None or model is None:
                 log.warning(
                     "reward %d for %s arrived after it was swapped out; the store "

@@ -186,6 +186,7 @@ class Snapshotter:
             "model_version": model.version,
             "last_reward_id": model.last_reward_id,
             "applied_rewards": model.applied_rewards,
+            "incarnation": model.incarnation,
         }
         model.rewards_since_snapshot = 0
         model.last_snapshot_at = time.monotonic()
@@ -256,14 +257,16 @@ class Snapshotter:
             meta["model_version"],
             meta["last_reward_id"],
         )
-        await self._delete_superseded(meta["model_version"])
+        await self._delete_superseded(meta["model_version"], meta["incarnation"])
         return snapshot_id
 
-    async def _delete_superseded(self, version: str) -> None:
+    async def _delete_superseded(self, version: str, incarnation: str | None) -> None:
         """Delete the snapshots of ``version`` beyond the ``keep`` newest, their parts a
         few per transaction (what a failure here leaves, retention deletes)."""
         try:
-            keys: list[str] = await self._commit(SupersededSnapshots(version, self.keep))
+            keys: list[str] = await self._commit(
+                SupersededSnapshots(version, self.keep, incarnation)
+            )
             for key in keys:
                 while await self._commit(DropParts(key, PARTS_PER_DROP)) == PARTS_PER_DROP:
                     pass

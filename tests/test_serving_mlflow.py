@@ -173,3 +173,93 @@ def test_version_loads_without_pickle(registry: Registry, tmp_path: Path) -> Non
     from bandit_core import load_policy
 
     np.testing.assert_array_equal(policy.head.theta_, load_policy(path).head.theta_)
+
+
+def test_a_recreated_registered_model_is_another_version(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A registered model deleted and created again numbers its versions from 1 again:
+    the second ``name/1`` is another artifact. The service swaps to it although it
+    serves that label, never starts it from the first one's snapshots (nor at a
+    restart), and a late reward of the first one's decisions is not the second one's.
+    (Before: the label alone named a version — the service kept the first one's head
+    until a restart, and a restart recovered the first one's snapshot.)"""
+    import hashlib
+    from datetime import UTC, datetime, timedelta
+
+    from bandit_core import load_policy
+    from eventstore.engine import make_engine
+    from serving.models.recovery import rebuild_from_store
+    from serving.store.repository import EventStore
+
+    (tmp_path / "mlflow").mkdir()
+    registry = Registry(tmp_path / "mlflow")
+    settings = service_settings(tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME)
+    label = version_label(NAME, "1")
+    first = policy_file(tmp_path / "first.npz", seed=1)
+    second = policy_file(tmp_path / "second.npz", seed=2)
+
+    def register(path: Path, seed: int, stop: datetime) -> str:
+        version = registry.log_version(path, seed=seed)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        registry.client.set_model_version_tag(NAME, version, "state_sha256", digest)
+        registry.client.set_model_version_tag(NAME, version, "window_stop", stop.isoformat())
+        registry.client.set_registered_model_alias(NAME, "production", version)
+        return digest
+
+    def arrays(policy: Any) -> dict[str, np.ndarray]:  # what the head has learnt
+        state = policy.to_state().arrays
+        return {n: state[f"head.{n}"] for n in ("precision", "xty", "yty", "count", "theta")}
+
+    def reward(client: Any, event_id: str) -> dict[str, Any]:
+        got: dict[str, Any] = client.post(
+            "/v1/rewards", json={"event_id": event_id, "reward": 1.0}
+        ).json()
+        return got
+
+    with running_client(settings) as client:
+        service = client.app.state.service
+        register(first, 1, datetime.now(UTC) - timedelta(hours=1))
+        assert client.post("/v1/admin/poll").json()["production"]["version"] == label
+        events = [client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]]
+        for _ in range(12):
+            event_id = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+            assert reward(client, event_id)["applied"] is True
+        assert client.post("/v1/admin/snapshot").json()["snapshot_ids"]
+        learnt_first = arrays(service.loader.current.production.policy)
+
+        registry.client.delete_registered_model(NAME)
+        stop = datetime.now(UTC)  # its window holds the first one's decisions
+        digest = register(second, 2, stop)
+        assert client.post("/v1/admin/poll").json()["production"]["version"] == label
+        served = service.loader.current.production
+        assert served.incarnation == digest
+        base = arrays(load_policy(second))
+        for name, value in arrays(served.policy).items():
+            np.testing.assert_array_equal(value, base[name], err_msg=name)
+        # the first one's decision, rewarded late: not the second one's to learn
+        late = reward(client, events[0])
+        assert (late["status"], late["applied"]) == ("not_served", False)
+        for name, value in arrays(served.policy).items():
+            np.testing.assert_array_equal(value, base[name], err_msg=name)
+        event_id = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        assert reward(client, event_id)["applied"] is True
+        assert client.post("/v1/admin/snapshot").json()["snapshot_ids"]
+        live = arrays(served.policy)
+
+    with running_client(settings) as client:  # a restart: from its own snapshot
+        assert client.post("/v1/admin/poll").json()["production"]["version"] == label
+        restarted = arrays(client.app.state.service.loader.current.production.policy)
+    engine = make_engine(settings.store_url)
+    try:
+        store = EventStore(engine)
+        reference = arrays(rebuild_from_store(store, label, load_policy(second), window_stop=stop))
+        # both snapshots stay (retention prunes by age), each tagged with its artifact
+        assert len(list(store.snapshots(label))) >= 2
+        assert len(list(store.snapshots(label, digest))) >= 1
+    finally:
+        engine.dispose()
+    for name, value in reference.items():
+        np.testing.assert_allclose(live[name], value, rtol=0, atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(restarted[name], value, rtol=0, atol=1e-9, err_msg=name)
+    assert any(not np.array_equal(learnt_first[n], restarted[n]) for n in reference)

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from eventstore import records
 from eventstore.records import SnapshotPart, SnapshotRow
 from eventstore.replay import COLUMNS, read_replay, write_replay_parquet
+from eventstore.retention import prune_events
 from ops.cli import app as cli
 from serving.store.repository import DropParts, EventStore, SupersededSnapshots, write_events
 from tests.serving_helpers import decision_row, reward_row
@@ -326,3 +327,39 @@ def test_superseded_snapshots_are_deleted_with_their_parts_a_few_at_a_time(
         keys = conn.execute(sa.text("SELECT parts_key FROM head_snapshot_parts")).scalars()
         assert sorted(set(keys)) == ["b" * 32, "c" * 32, "d" * 32, "e" * 32]
     assert [s.last_reward_id for s in store.snapshots("v2")] == [1]
+
+
+def test_snapshots_of_a_label_keep_to_their_incarnation(engine: sa.Engine) -> None:
+    """A label a re-created registered model reuses names two artifacts: a head starts
+    only from its own incarnation's snapshots (or from those written before snapshots
+    recorded one); superseding keeps ``keep`` of its own, and retention keeps the one
+    each incarnation recovers from."""
+    old = NOW - 99 * 24 * HOUR
+
+    def row(last: int, incarnation: str | None) -> SnapshotRow:  # all old
+        return SnapshotRow(
+            "m/1",
+            old,
+            last,
+            last,
+            "uniform",
+            f"{incarnation}:{last}".encode(),
+            incarnation=incarnation,
+        )
+
+    with engine.begin() as conn:
+        write_events(conn, [row(2, None), row(9, "first"), row(8, "first"), row(4, "second")])
+    store = EventStore(engine)
+    states = [s.state for s in store.snapshots("m/1", "second")]
+    assert states == [b"second:4", b"None:2"]  # never "first"'s, though they cover more
+    assert [s.state for s in store.snapshots("m/1", "first")][:2] == [b"first:9", b"first:8"]
+    assert len(list(store.snapshots("m/1"))) == 4  # a source whose labels are never reused
+
+    with engine.begin() as conn:
+        write_events(conn, [row(5, "second"), SupersededSnapshots("m/1", 1, "second")])
+    assert [s.state for s in store.snapshots("m/1", "second")] == [b"second:5"]  # 4, legacy 2 go
+    assert [s.state for s in store.snapshots("m/1", "first")] == [b"first:9", b"first:8"]
+
+    prune_events(engine, NOW - HOUR)  # "first"'s newest stays although "second" covers less
+    assert [s.state for s in store.snapshots("m/1", "first")] == [b"first:9"]
+    assert [s.state for s in store.snapshots("m/1", "second")] == [b"second:5"]

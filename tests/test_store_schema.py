@@ -68,6 +68,7 @@ def test_migrations_ship_as_package_modules() -> None:
         "0002_catalog_slates.py",
         "0003_rollouts.py",
         "0004_snapshot_parts.py",
+        "0005_snapshot_incarnation.py",
     ]
 
 

@@ -160,7 +160,7 @@ class ModelLoader:
         self.max_work_units = max_work_units
         self.expected = (expected_dim_user, expected_dim_arm)
         self.retry_failed_s = retry_failed_s
-        self._failed_versions: dict[str, float] = {}
+        self._failed_versions: dict[tuple[str, str | None], float] = {}
         self._on_failure = on_failure
         self.last_error: str | None = None
         self.source = source
@@ -266,9 +266,18 @@ class ModelLoader:
         if ref is None:
             return None
         reused = current.for_version(ref.version)
-        if reused is not None:
+        if reused is not None and (ref.incarnation in (None, reused.incarnation)):
             return reused
-        failed_at = self._failed_versions.get(ref.version)
+        if reused is not None:  # the label now names another artifact: a new version
+            log.warning(
+                "%s %s now names another artifact (%s, was %s): the registered model was "
+                "created again; loading it as a new version",
+                role,
+                ref.version,
+                ref.incarnation,
+                reused.incarnation,
+            )
+        failed_at = self._failed_versions.get(ref.key)
         if failed_at is not None and (
             failed_at == math.inf or time.monotonic() - failed_at < self.retry_failed_s
         ):
@@ -285,21 +294,27 @@ class ModelLoader:
             self._check_signature(ref.version, Signature.of(base), serving)
             stage = "recover"  # reads the event store: a failure here is not the version's
             model = recover(
-                self.store, ref.version, base, self.source.name, ref.window_stop, self.max_arms
+                self.store,
+                ref.version,
+                base,
+                self.source.name,
+                ref.window_stop,
+                self.max_arms,
+                ref.incarnation,
             )
             stage = "smoke"
             smoke_test(model.policy, model.signature, self.max_work_units)
         except (SignatureError, AdmissionError, UnsafeModelError) as exc:
             # the version itself is refused: logged and counted once, never retried (a
             # changed artifact is a new version)
-            self._failed_versions[ref.version] = math.inf
+            self._failed_versions[ref.key] = math.inf
             reason = "signature" if isinstance(exc, SignatureError) else "admission"
             self._failed(reason, f"{role} version {ref.version} refused: {exc}")
             log.error("%s version %s refused: %s; keeping %s", role, ref.version, exc, keeping)
             return serving
         except Exception as exc:
             if stage == "load":
-                self._failed_versions[ref.version] = time.monotonic()
+                self._failed_versions[ref.key] = time.monotonic()
             self._failed(stage, f"could not {stage} {role} version {ref.version}: {exc}")
             log.exception(
                 "could not %s %s version %s; keeping %s", stage, role, ref.version, keeping

@@ -13,6 +13,7 @@ from pathlib import Path
 from bandit_core import Policy
 from eventstore.admission import Admission, AdmissionError
 from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label
+from eventstore.schema import INCARNATION_LENGTH
 from modelregistry.registry import AliasReader
 from serving.models.sources import ROLES, ModelRef, Role
 
@@ -74,15 +75,19 @@ class MlflowModelSource:
         found = self._reader.resolve(alias)
         if found is None:
             return None
-        version, tags = found
+        version, tags, created_ms = found
         label = version_label(self.model_name, version)
+        digest = tags.get(STATE_DIGEST_TAG) or None
+        # the state's digest names the artifact; a version registered without one (before
+        # registration recorded it) is told from a re-created namesake by its creation time
+        incarnation = (digest or f"created-{created_ms}")[:INCARNATION_LENGTH]
         stop = tags.get(WINDOW_STOP_TAG)
         try:
             window_stop = None if not stop else datetime.fromisoformat(stop).astimezone(UTC)
         except (ValueError, OverflowError):  # the version's, not the registry's: refused
             why = f"its tag {WINDOW_STOP_TAG}={str(stop)[:100]!r} is not an ISO 8601 time"
-            return ModelRef(label, version, None, refused=why)
-        return ModelRef(label, version, window_stop, digest=tags.get(STATE_DIGEST_TAG) or None)
+            return ModelRef(label, version, None, refused=why, incarnation=incarnation)
+        return ModelRef(label, version, window_stop, digest=digest, incarnation=incarnation)
 
     def load(self, ref: ModelRef) -> Policy:
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:

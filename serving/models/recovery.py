@@ -107,17 +107,20 @@ def recover(
     source: str,
     window_stop: datetime | None = None,
     max_arms: int | None = None,
+    incarnation: str | None = None,
 ) -> ServedModel:
-    """The served model of ``version``: newest snapshot (or ``base``) + the later rewards
-    its head learns (with ``window_stop``: every reward of a decision after the window;
-    with ``max_arms``: none of a new arm past it, as online).
+    """The served model of ``version``: newest snapshot (of its ``incarnation``, when
+    the label can name several artifacts) or ``base`` + the later rewards its head learns
+    (with ``window_stop``: every reward of a decision after the window; with
+    ``max_arms``: none of a new arm past it, as online).
 
     A snapshot is a shortcut: one that cannot be used (unreadable, another kind of model,
     other dimensions, not finite) is logged and recovery tries the next one (the service
     keeps ``snapshot_keep``), then starts from ``base`` with every reward — the same head
     (:func:`rebuild_from_store`), only slower."""
     policy, last_id, applied = base, 0, 0
-    for snapshot in store.snapshots(version):  # the one covering the most rewards first
+    # the one covering the most rewards first
+    for snapshot in store.snapshots(version, incarnation):
         restored = _usable(snapshot, base, version)
         if restored is not None:
             policy = restored
@@ -140,6 +143,7 @@ def recover(
         replayed_after=replayed_after,
         replayed_ids=np.concatenate(replayed) if replayed else np.zeros(0, np.int64),
         window_stop=window_stop,
+        incarnation=incarnation,
     )
 
 

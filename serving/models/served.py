@@ -77,6 +77,8 @@ class ServedModel:
     of :mod:`serving.replica_sync` starts from). ``window_stop``: where the version's
     training window stops; its head learns every applied reward of a decision created
     from then on (:mod:`serving.models.recovery`), None: those of its own decisions.
+    ``incarnation``: which artifact of the label it grew from
+    (:attr:`serving.models.sources.ModelRef.incarnation`; its snapshots record it).
     """
 
     version: str
@@ -91,6 +93,14 @@ class ServedModel:
     replayed_after: int = 0
     replayed_ids: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     window_stop: datetime | None = None
+    incarnation: str | None = None
+
+    def learns_own(self, decided_at: datetime) -> bool:
+        """Whether a reward of a decision labelled with this version, made at
+        ``decided_at``, is this head's to learn: not one made before its training window
+        stopped — a decision of an earlier artifact under the same label (a re-created
+        registered model), which its window already holds and recovery never replays."""
+        return self.window_stop is None or decided_at >= self.window_stop
 
     def summary(self) -> dict[str, Any]:
         """Version, policy, source, bookkeeping and head statistics (for ``/v1/model``)."""

@@ -30,13 +30,25 @@ class ModelRef:
     say: the version's head then learns only the rewards of its own decisions).
     ``refused``: why the version cannot be served, found while resolving it (a tag the
     service cannot read); the loader refuses it without loading. ``digest``: the SHA-256
-    its state file had at registration, when the source records one."""
+    its state file had at registration, when the source records one.
+
+    ``incarnation``: which artifact the label names, when a label can be reused (a
+    registered model deleted and created again numbers its versions from 1 again): the
+    served head, its snapshots (``head_snapshots.incarnation``) and refusals belong to
+    the label *and* this; None where the label alone says (a file's label is its digest).
+    """
 
     version: str
     locator: Any = field(repr=False, compare=False)
     window_stop: datetime | None = field(default=None, compare=False)
     refused: str | None = field(default=None, compare=False)
     digest: str | None = field(default=None, compare=False)
+    incarnation: str | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """What a refusal is remembered by: the label and its incarnation."""
+        return self.version, self.incarnation
 
 
 class ModelSource(Protocol):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -40,11 +41,14 @@ from eventstore.types import decode_floats
 @dataclass(frozen=True)
 class SupersededSnapshots:
     """Write item: delete the snapshots of ``model_version`` but the ``keep`` that
-    recovery tries first (their rows); the result is the ``parts_key`` of each deleted
-    snapshot written in parts, whose parts :class:`DropParts` then deletes."""
+    recovery tries first (their rows), among those a head of ``incarnation`` may start
+    from (:func:`of_incarnation`; another incarnation's are left to retention); the
+    result is the ``parts_key`` of each deleted snapshot written in parts, whose parts
+    :class:`DropParts` then deletes."""
 
     model_version: str
     keep: int
+    incarnation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,11 +220,23 @@ def batch_landed(conn: Connection, items: Sequence[Item], results: Sequence[Any]
     return True
 
 
+def of_incarnation(model_version: str, incarnation: str | None) -> ColumnElement[bool]:
+    """The snapshots a head of ``model_version`` may start from: with an
+    ``incarnation``, those of it and those written before snapshots recorded one (the
+    snapshots of a deleted model's namesake never); without, every one of the label."""
+    s = head_snapshots.c
+    label: ColumnElement[bool] = s.model_version == model_version
+    if incarnation is None:
+        return label
+    mine: ColumnElement[bool] = label & or_(s.incarnation == incarnation, s.incarnation.is_(None))
+    return mine
+
+
 def _delete_superseded(conn: Connection, item: SupersededSnapshots) -> list[str]:
     s = head_snapshots.c
     gone = conn.execute(
         select(s.id, s.parts_key)
-        .where(s.model_version == item.model_version)
+        .where(of_incarnation(item.model_version, item.incarnation))
         .order_by(*latest_snapshot_first())
         .offset(item.keep)
     ).all()
@@ -325,15 +341,18 @@ class EventStore:
             slate_features=None if ranking is None else feats[list(ranking)],
         )
 
-    def snapshots(self, model_version: str) -> Iterator[StoredSnapshot]:
-        """The snapshots of ``model_version`` in the order recovery tries them: the one
-        covering the most rewards first (the newest of those; snapshots commit in the
-        order their serialisation ends, which need not be the order of their copies).
-        Each state is read when its snapshot is reached."""
+    def snapshots(
+        self, model_version: str, incarnation: str | None = None
+    ) -> Iterator[StoredSnapshot]:
+        """The snapshots of ``model_version`` (of its ``incarnation``:
+        :func:`of_incarnation`) in the order recovery tries them: the one covering the
+        most rewards first (the newest of those; snapshots commit in the order their
+        serialisation ends, which need not be the order of their copies). Each state is
+        read when its snapshot is reached."""
         s = head_snapshots.c
         query = (
             select(s.id, s.model_version, s.created_at, s.last_reward_id, s.applied_rewards)
-            .where(s.model_version == model_version)
+            .where(of_incarnation(model_version, incarnation))
             .order_by(*latest_snapshot_first())
         )
         with self.engine.connect() as conn:
@@ -351,9 +370,11 @@ class EventStore:
                 state,
             )
 
-    def latest_snapshot(self, model_version: str) -> StoredSnapshot | None:
+    def latest_snapshot(
+        self, model_version: str, incarnation: str | None = None
+    ) -> StoredSnapshot | None:
         """The snapshot recovery tries first (:meth:`snapshots`)."""
-        return next(self.snapshots(model_version), None)
+        return next(self.snapshots(model_version, incarnation), None)
 
     def _snapshot_state(self, snapshot_id: int) -> bytes | None:
         s, p = head_snapshots.c, head_snapshot_parts.c
