@@ -2,13 +2,72 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import sqlite3
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import OperationalError
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class SqliteFileWatch:
+    """The SQLite database file an engine opened, checked before every transaction.
+
+    A database file deleted (or replaced by another) while connections have it open is
+    not an error to SQLite: the open connections go on reading and committing into the
+    unlinked file, and all of it is gone when the process ends. The watch records the
+    file's identity (device and inode) at the first connection and raises an
+    ``OperationalError`` — an outage to the service's writer, which journals what it
+    acknowledges — from every transaction, connection and write probe once the path no
+    longer names that file; logged once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._identity: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self._logged = False
+
+    def _found(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def opened(self) -> None:
+        """A connection was opened: the first one fixes the file; later ones must open it."""
+        with self._lock:
+            if self._identity is None:
+                self._identity = self._found()
+                return
+        self.check()
+
+    def check(self) -> None:
+        """Raise unless the path still names the file the engine first opened."""
+        if self._identity is None or self._found() == self._identity:
+            return
+        message = (
+            f"the SQLite database file {self.path} was deleted or replaced while open: "
+            "nothing more is written to it (restore the file, or run `banditops db "
+            "upgrade` on a new one, and restart)"
+        )
+        if not self._logged:
+            self._logged = True
+            log.error("%s", message)
+        raise OperationalError("BEGIN", None, sqlite3.OperationalError(message))
+
+
+#: The watch of each SQLite file engine (:func:`probe_write` checks it as well).
+_WATCHES: weakref.WeakKeyDictionary[Engine, SqliteFileWatch] = weakref.WeakKeyDictionary()
 
 
 def make_engine(
@@ -24,7 +83,9 @@ def make_engine(
     SQLite files get ``journal_mode=WAL`` (readers never block the writer),
     ``synchronous`` = ``sqlite_synchronous`` (``FULL``: every commit is fsynced),
     ``foreign_keys=ON`` and a busy timeout for the case of several writer processes; the
-    parent directory is created. PostgreSQL connections are checked before use.
+    parent directory is created, and the file is watched (:class:`SqliteFileWatch`: a
+    file deleted or replaced while open fails every transaction instead of taking writes
+    that vanish). PostgreSQL connections are checked before use.
 
     Parameters
     ----------
@@ -58,8 +119,11 @@ def make_engine(
             raise ValueError(
                 f"sqlite_synchronous must be 'FULL' or 'NORMAL'; got {sqlite_synchronous!r}."
             )
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        watch = None
+        if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
+            path = Path(parsed.database).absolute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            watch = SqliteFileWatch(path)
         engine = create_engine(parsed, **options)
 
         @event.listens_for(engine, "connect")
@@ -72,7 +136,12 @@ def make_engine(
             if not sqlite_autocheckpoint:
                 cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.close()
+            if watch is not None:
+                watch.opened()
 
+        if watch is not None:
+            _WATCHES[engine] = watch
+            event.listen(engine, "begin", lambda _conn: watch.check())
         return engine
     options.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
     if parsed.get_driver_name() == "psycopg2":
@@ -100,6 +169,9 @@ def probe_write(engine: Engine) -> None:
     the database's write lock (``BEGIN IMMEDIATE``, waiting at most the busy timeout),
     PostgreSQL the row-exclusive locks of the event tables (``NOWAIT``). A read such as
     ``SELECT 1`` succeeds while another process holds the write lock."""
+    watch = _WATCHES.get(engine)
+    if watch is not None:
+        watch.check()
     with engine.connect() as conn:
         if is_sqlite(engine):
             raw = conn.connection.driver_connection
