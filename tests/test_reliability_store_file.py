@@ -40,16 +40,15 @@ def test_a_deleted_or_replaced_file_fails_every_transaction(tmp_path: Path) -> N
             conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
         probe_write(engine)
         os.replace(tmp_path / "other.db", path)  # another file under the name
+        replaced = pytest.raises(sa.exc.OperationalError, match="deleted or replaced while open")
         for attempt in (engine.begin, engine.connect):
-            with pytest.raises(sa.exc.OperationalError, match="deleted or replaced while open"):
-                with attempt() as conn:
-                    conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+            with replaced, attempt() as conn:
+                conn.exec_driver_sql("INSERT INTO t VALUES (1)")
         with pytest.raises(sa.exc.OperationalError, match="deleted or replaced"):
             probe_write(engine)
         _remove(path)  # and none
-        with pytest.raises(sa.exc.OperationalError, match="deleted or replaced"):
-            with engine.begin() as conn:
-                conn.exec_driver_sql("SELECT 1")
+        with replaced, engine.begin() as conn:
+            conn.exec_driver_sql("SELECT 1")
     finally:
         engine.dispose()
         other.dispose()
