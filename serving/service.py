@@ -24,6 +24,7 @@ Threads and what they own:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import logging
 from collections import OrderedDict
@@ -82,6 +83,7 @@ from serving.lanes import lowered_executor
 from serving.metrics import ServiceMetrics
 from serving.models.fallback import FallbackPolicy
 from serving.models.loader import ModelLoader, RolloutTarget
+from serving.models.recovery import catch_up
 from serving.models.served import ServedModel, ServingSet, Signature, find_head
 from serving.models.sources import FileModelSource, ModelSource
 from serving.replica_sync import ReplicaSync, replica_name
@@ -105,6 +107,8 @@ log = logging.getLogger(__name__)
 
 #: Refused head updates remembered until their request answers (see ``_refused``).
 _REFUSALS_KEPT = 1024
+#: How long the loader waits for the event loop to take newly loaded models.
+_SWAP_WAIT_S = 30.0
 
 #: A reward timestamp may precede its decision by this much (clock skew) and no more.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -252,6 +256,7 @@ class DecisionService:
             rollout=self._running_rollout,
             max_arms=settings.max_arms,
             max_work_units=settings.max_work_units,
+            install=self._install,
         )
         # several workers or synced replicas rebuild from the store: no snapshots
         snapshots = settings.workers == 1 and self.replicas is None
@@ -772,19 +777,22 @@ class DecisionService:
             self._held_rewards.difference_update((row.event_id, o.ordinal) for row, o in pairs)
         served = self.loader.current
         for row, outcome in pairs:
-            model = served.for_version(row.model_version) if served is not None else None
+            if served is None:
+                continue
+            model = served.for_version(row.model_version)
             decided_at = row.learn.decided_at
             if model is not None and decided_at is not None and not model.learns_own(decided_at):
                 model = None  # the label now names another artifact (ServedModel.learns_own)
-            if served is None or model is None:
+            if model is None:
+                # the others that learn it by their window still do (a swap while it was
+                # being committed: the versions swapped in read the store before it)
                 log.warning(
                     "reward %d for %s arrived after it was swapped out; the store "
                     "keeps it for its next load",
                     outcome.id,
                     row.model_version,
                 )
-                continue
-            if not self._learn_one(model, row, outcome):
+            elif not self._learn_one(model, row, outcome):
                 self._refused[(row.event_id, outcome.ordinal)] = None
                 while len(self._refused) > _REFUSALS_KEPT:
                     self._refused.popitem(last=False)
@@ -792,7 +800,11 @@ class DecisionService:
                 self._learn_one(other, row, outcome)
 
     def _also_learning(
-        self, served: ServingSet, model: ServedModel, learn: LearnInput, outcome: RewardOutcome
+        self,
+        served: ServingSet,
+        model: ServedModel | None,
+        learn: LearnInput,
+        outcome: RewardOutcome,
     ) -> list[ServedModel]:
         """The other served versions whose heads learn this reward: those whose training
         window stops at or before the decision (``window_stop``), the rule recovery
@@ -905,6 +917,45 @@ class DecisionService:
     async def poll_now(self) -> ModelInfo:
         await asyncio.to_thread(self.loader.poll)
         return self.model_info()
+
+    def _install(self, new: ServingSet, fresh: list[ServedModel]) -> None:
+        """Loader thread: serve ``new``, whose ``fresh`` models were recovered from the
+        store a while ago. A reward committed since was learnt online by the versions
+        served then, not by these: each learns them here (``catch_up``) — most off the
+        loop, the last ones on it, in the same step that makes ``new`` the served set, so
+        that every reward after that step reaches them online (``_also_learning`` skips
+        what they learnt here by its id). With the replica sync on, the sync does it."""
+        loop, catching = self._loop, self.replicas is None
+        if catching:
+            for model in fresh:
+                catch_up(self.store, model, self.settings.max_arms)
+        if loop is None or loop.is_closed():  # not started: no reward is learnt online
+            self.loader.current = new
+            return
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def swap() -> None:
+            if not done.set_running_or_notify_cancel():
+                return  # given up on (below): the loader keeps what serves
+            try:
+                if catching:
+                    for model in fresh:
+                        catch_up(self.store, model, self.settings.max_arms)
+                self.loader.current = new
+            except BaseException as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+
+        loop.call_soon_threadsafe(self.gate.run, swap)
+        try:
+            done.result(timeout=_SWAP_WAIT_S)
+        except concurrent.futures.TimeoutError:
+            if done.cancel():
+                raise TimeoutError(
+                    f"the event loop did not take the new models within {_SWAP_WAIT_S} s"
+                ) from None
+            done.result()  # running now: wait for it
 
     def _on_swap(self, served: ServingSet) -> None:
         labels = [

@@ -5,16 +5,22 @@ a version cannot be loaded."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import textwrap
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from bandit_core import load_policy
 from eventstore.contract import POLICY_STATE_ARTIFACT, POLICY_STATE_FILE, version_label
+from eventstore.engine import make_engine
+from serving.models.recovery import rebuild_from_store
+from serving.store.repository import EventStore
 from tests.serving_helpers import decision_body, policy_file, running_client, service_settings
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -86,6 +92,42 @@ class Registry:
                 registered_model_name=NAME,
             )
         return str(info.registered_model_version)
+
+    def tagged(self, state: Path, seed: int, stop: datetime | None, alias: str) -> tuple[str, str]:
+        """Log a version as the retrain registers one — its state's SHA-256 and, unless
+        None, where its window stops — and point ``alias`` at it; (version, digest)."""
+        version = self.log_version(state, seed)
+        digest = hashlib.sha256(state.read_bytes()).hexdigest()
+        self.client.set_model_version_tag(NAME, version, "state_sha256", digest)
+        if stop is not None:
+            self.client.set_model_version_tag(NAME, version, "window_stop", stop.isoformat())
+        self.client.set_registered_model_alias(NAME, alias, version)
+        return version, digest
+
+
+def arrays(policy: Any) -> dict[str, np.ndarray]:
+    """What a head has learnt (without its bookkeeping)."""
+    state = policy.to_state().arrays
+    return {n: state[f"head.{n}"] for n in ("precision", "xty", "yty", "count", "theta")}
+
+
+def assert_heads_equal(have: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    for name, value in want.items():
+        np.testing.assert_allclose(have[name], value, rtol=0, atol=1e-9, err_msg=name)
+
+
+def learnt(head: dict[str, np.ndarray], base: Path) -> float:
+    """How many rewards ``head`` has learnt beyond its base state's."""
+    return float(head["count"].sum() - arrays(load_policy(base))["count"].sum())
+
+
+def rebuilt(settings: Any, label: str, base: Path, stop: datetime | None) -> dict[str, Any]:
+    """The head the store says ``label`` has learnt (the reference)."""
+    engine = make_engine(settings.store_url)
+    try:
+        return arrays(rebuild_from_store(EventStore(engine), label, load_policy(base), stop))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +212,6 @@ def test_version_loads_without_pickle(registry: Registry, tmp_path: Path) -> Non
     assert source.resolve("production") is None
     policy: Any = source.load(ref)
     assert policy.model_version == ref.version
-    from bandit_core import load_policy
-
     np.testing.assert_array_equal(policy.head.theta_, load_policy(path).head.theta_)
 
 
@@ -184,14 +224,6 @@ def test_a_recreated_registered_model_is_another_version(
     restart), and a late reward of the first one's decisions is not the second one's.
     (Before: the label alone named a version — the service kept the first one's head
     until a restart, and a restart recovered the first one's snapshot.)"""
-    import hashlib
-    from datetime import UTC, datetime, timedelta
-
-    from bandit_core import load_policy
-    from eventstore.engine import make_engine
-    from serving.models.recovery import rebuild_from_store
-    from serving.store.repository import EventStore
-
     (tmp_path / "mlflow").mkdir()
     registry = Registry(tmp_path / "mlflow")
     settings = service_settings(tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME)
@@ -200,22 +232,7 @@ def test_a_recreated_registered_model_is_another_version(
     second = policy_file(tmp_path / "second.npz", seed=2)
 
     def register(path: Path, seed: int, stop: datetime) -> str:
-        version = registry.log_version(path, seed=seed)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        registry.client.set_model_version_tag(NAME, version, "state_sha256", digest)
-        registry.client.set_model_version_tag(NAME, version, "window_stop", stop.isoformat())
-        registry.client.set_registered_model_alias(NAME, "production", version)
-        return digest
-
-    def arrays(policy: Any) -> dict[str, np.ndarray]:  # what the head has learnt
-        state = policy.to_state().arrays
-        return {n: state[f"head.{n}"] for n in ("precision", "xty", "yty", "count", "theta")}
-
-    def reward(client: Any, event_id: str) -> dict[str, Any]:
-        got: dict[str, Any] = client.post(
-            "/v1/rewards", json={"event_id": event_id, "reward": 1.0}
-        ).json()
-        return got
+        return registry.tagged(path, seed, stop, "production")[1]
 
     with running_client(settings) as client:
         service = client.app.state.service
@@ -250,16 +267,151 @@ def test_a_recreated_registered_model_is_another_version(
     with running_client(settings) as client:  # a restart: from its own snapshot
         assert client.post("/v1/admin/poll").json()["production"]["version"] == label
         restarted = arrays(client.app.state.service.loader.current.production.policy)
+    reference = rebuilt(settings, label, second, stop)
+    assert_heads_equal(live, reference)
+    assert_heads_equal(restarted, reference)
+    assert any(not np.array_equal(learnt_first[n], restarted[n]) for n in reference)
     engine = make_engine(settings.store_url)
-    try:
+    try:  # both snapshots stay (retention prunes by age), each tagged with its artifact
         store = EventStore(engine)
-        reference = arrays(rebuild_from_store(store, label, load_policy(second), window_stop=stop))
-        # both snapshots stay (retention prunes by age), each tagged with its artifact
         assert len(list(store.snapshots(label))) >= 2
         assert len(list(store.snapshots(label, digest))) >= 1
     finally:
         engine.dispose()
-    for name, value in reference.items():
-        np.testing.assert_allclose(live[name], value, rtol=0, atol=1e-9, err_msg=name)
-        np.testing.assert_allclose(restarted[name], value, rtol=0, atol=1e-9, err_msg=name)
-    assert any(not np.array_equal(learnt_first[n], restarted[n]) for n in reference)
+
+
+def reward(client: Any, event_id: str, value: float = 1.0) -> dict[str, Any]:
+    got = client.post("/v1/rewards", json={"event_id": event_id, "reward": value})
+    assert got.status_code == 200, got.text
+    answer: dict[str, Any] = got.json()
+    return answer
+
+
+def test_a_version_loaded_while_rewards_commit_learns_every_one(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate recovered from the store, then probed, then served: the rewards
+    committed between its recovery and the swap (production's decisions, after the
+    candidate's window) reach its head once — from the store at the swap — and the rest
+    online. Before, the candidate never learnt them (0 of 20), nor after a restart: its
+    next snapshot recorded a later reward id."""
+    import serving.models.loader as loader_module
+
+    (tmp_path / "mlflow").mkdir()
+    registry = Registry(tmp_path / "mlflow")
+    settings = service_settings(
+        tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME, candidate_share=0.5
+    )
+    stop = datetime.now(UTC) - timedelta(minutes=5)
+    first, second = policy_file(tmp_path / "a.npz", seed=1), policy_file(tmp_path / "b.npz", seed=2)
+    v1, _ = registry.tagged(first, 1, stop, "production")
+    pending: list[str] = []
+    probe = loader_module.smoke_test
+
+    def rewarded_meanwhile(*args: Any, **kwargs: Any) -> None:
+        while pending:  # the loader thread, between the recovery and the swap
+            assert reward(client, pending.pop())["applied"] is True
+        probe(*args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "smoke_test", rewarded_meanwhile)
+    with running_client(settings) as client:
+        client.post("/v1/admin/poll")
+        pending.extend(
+            client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+            for _ in range(20)
+        )
+        v2, _ = registry.tagged(second, 2, stop, "staging")
+        info = client.post("/v1/admin/poll").json()
+        assert not pending
+        assert info["candidate"]["version"] == version_label(NAME, v2)
+        candidate = client.app.state.service.loader.current.candidate
+        assert_heads_equal(
+            arrays(candidate.policy), rebuilt(settings, info["candidate"]["version"], second, stop)
+        )
+        assert learnt(arrays(candidate.policy), second) == 20
+        for _ in range(10):  # and online after, each once
+            event_id = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+            reward(client, event_id)
+        live = {
+            v: arrays(m.policy)
+            for v, m in ((v1, client.app.state.service.loader.current.production), (v2, candidate))
+        }
+    with running_client(settings) as client:
+        served = client.app.state.service.loader.current
+        restarted = {v1: arrays(served.production.policy), v2: arrays(served.candidate.policy)}
+    for version, base in ((v1, first), (v2, second)):
+        reference = rebuilt(settings, version_label(NAME, version), base, stop)
+        assert learnt(reference, base) == 30
+        assert_heads_equal(live[version], reference)
+        assert_heads_equal(restarted[version], reference)
+
+
+def test_a_reward_committed_across_a_swap_reaches_the_version_swapped_in(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reward of production's decision judged before a swap and committed after it:
+    the version swapped in (its window stops before the decision) learns it, as the
+    store says it does. Before, the swapped-out version's reward was skipped by every
+    head, answered ``applied``, and missing from the new head for good."""
+    import serving.service as service_module
+    from eventstore.records import RewardRow
+
+    (tmp_path / "mlflow").mkdir()
+    registry = Registry(tmp_path / "mlflow")
+    settings = service_settings(tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME)
+    stop = datetime.now(UTC) - timedelta(minutes=5)
+    first, second = policy_file(tmp_path / "a.npz", seed=1), policy_file(tmp_path / "b.npz", seed=2)
+    registry.tagged(first, 1, stop, "production")
+    write = service_module.write_events
+    swap_first: list[str] = []
+
+    def swapping_write(conn: Any, items: list[Any]) -> Any:
+        if swap_first and any(isinstance(i, RewardRow) for i in items):
+            swap_first.clear()  # the writer thread, before the reward's commit
+            registry.tagged(second, 2, stop, "production")
+            service.loader.poll()
+        return write(conn, items)
+
+    monkeypatch.setattr(service_module, "write_events", swapping_write)
+    with running_client(settings) as client:
+        service = client.app.state.service
+        client.post("/v1/admin/poll")
+        event_id = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        swap_first.append(event_id)
+        answer = reward(client, event_id)
+        assert answer["status"] == "applied" and not swap_first
+        production = service.loader.current.production
+        assert production.version == version_label(NAME, "2")
+        live = arrays(production.policy)
+    reference = rebuilt(settings, version_label(NAME, "2"), second, stop)
+    assert learnt(reference, second) == 1
+    assert_heads_equal(live, reference)
+
+
+def test_one_version_in_both_roles_is_one_head(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Both aliases on one version at a start (a promotion leaves ``staging`` where it
+    was): one model serves both roles, and every reward of either reaches its head.
+    Before, the candidate role got a second copy that learnt none of them (a version
+    without a window learns only its own decisions' rewards, and they all named the
+    production copy)."""
+    (tmp_path / "mlflow").mkdir()
+    registry = Registry(tmp_path / "mlflow")
+    settings = service_settings(
+        tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME, candidate_share=0.5
+    )
+    base = policy_file(tmp_path / "a.npz", seed=1)
+    version, _ = registry.tagged(base, 1, None, "production")
+    registry.client.set_registered_model_alias(NAME, "staging", version)
+    with running_client(settings) as client:  # ready: its first poll is done
+        served = client.app.state.service.loader.current
+        assert served.candidate is served.production and served.candidate_share == 0.5
+        traffic = set()
+        for _ in range(30):
+            got = client.post("/v1/decisions", json=decision_body(rng)).json()
+            traffic.add(got["traffic"])
+            reward(client, got["event_id"])
+        assert traffic == {"production", "candidate"}
+        live = arrays(served.production.policy)
+    reference = rebuilt(settings, version_label(NAME, version), base, None)
+    assert learnt(reference, base) == 30
+    assert_heads_equal(live, reference)

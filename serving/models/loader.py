@@ -3,8 +3,12 @@
 The served set (:class:`~serving.models.served.ServingSet`) is immutable; a poll that
 finds a new version loads and recovers it in the loader thread, builds a new set and
 replaces the reference in one assignment, so a request sees either the old set or the
-new one. A version already served (e.g. a candidate promoted to production) is reused
-with its online head. A version that fails to load is logged and the current one keeps
+new one. The rewards committed between a new version's recovery and that assignment are
+learnt by the versions served meanwhile only: the assignment (``install``; the service
+makes it on its event loop, between two reward updates) first has the new version learn
+them from the store (:func:`~serving.models.recovery.catch_up`). A version already served
+(e.g. a candidate promoted to production) is reused with its online head, and one version
+in both roles is one model. A version that fails to load is logged and the current one keeps
 serving; a source that cannot be reached changes nothing. A version whose feature
 dimensions differ from the expected ones (``expected``, else those of the version serving
 the role) is not loaded either: every request shaped for the current version would be
@@ -36,7 +40,7 @@ from eventstore.contract import CANDIDATE, PRODUCTION
 from eventstore.text import redact_credentials
 from serving.budget import check_choice_finite, draws_per_choice, work_units
 from serving.decide import choose
-from serving.models.recovery import recover
+from serving.models.recovery import catch_up, recover
 from serving.models.served import ServedModel, ServingSet, Signature
 from serving.models.sources import ModelRef, ModelSource, Role
 from serving.store.repository import EventStore
@@ -138,6 +142,13 @@ class ModelLoader:
     max_work_units : int, optional
         The service's request budget: a version whose decision between two candidates
         exceeds it is refused (:func:`smoke_test`).
+    install : callable ``(new_set, fresh_models)``, optional
+        Makes ``new_set`` the served set (assigns :attr:`current`) once the versions
+        loaded by this poll (``fresh_models``) have learnt the rewards committed since
+        their recovery (:func:`~serving.models.recovery.catch_up`); the service does it
+        on its event loop, between two reward updates. Default: catch up and assign here.
+        When it raises, the poll keeps what serves (``"recover"``) and the next one
+        loads the versions again.
     """
 
     def __init__(
@@ -154,7 +165,9 @@ class ModelLoader:
         rollout: Callable[[], RolloutTarget | None] | None = None,
         max_arms: int | None = None,
         max_work_units: int | None = None,
+        install: Callable[[ServingSet, list[ServedModel]], None] | None = None,
     ) -> None:
+        self._install = install or self._catch_up_and_assign
         self._rollout = rollout
         self.max_arms = max_arms
         self.max_work_units = max_work_units
@@ -211,8 +224,8 @@ class ModelLoader:
             share, versions = self._share(current)
             production = self._role(PRODUCTION, current.production, current)
             candidate = None
-            if share > 0.0:
-                candidate = self._role(CANDIDATE, current.candidate, current)
+            if share > 0.0:  # the production just loaded serves the candidate role too
+                candidate = self._role(CANDIDATE, current.candidate, current, production)
             if candidate is not None and versions is not None and candidate.version not in versions:
                 log.warning(
                     "the candidate role serves %s, the running rollout is of %s: no candidate "
@@ -229,12 +242,24 @@ class ModelLoader:
                 or new.candidate_share != current.candidate_share
             )
             if changed:
-                self.current = new
+                served = current.models()
+                fresh = [m for m in new.models() if all(m is not old for old in served)]
+                try:
+                    self._install(new, fresh)
+                except Exception as exc:
+                    self._failed("recover", f"could not serve the versions loaded: {exc}")
+                    log.warning("could not serve the versions loaded (%s); keeping them", exc)
+                    return False
                 names = [m.version if m else None for m in (production, candidate)]
                 log.info("serving production=%s candidate=%s share=%s", *names, new.candidate_share)
                 if self._on_swap is not None:
                     self._on_swap(new)
             return changed
+
+    def _catch_up_and_assign(self, new: ServingSet, fresh: list[ServedModel]) -> None:
+        for model in fresh:
+            catch_up(self.store, model, self.max_arms)
+        self.current = new
 
     def _share(self, current: ServingSet) -> tuple[float, tuple[str, ...] | None]:
         """The candidate share now and the versions it must be served by (None: any):
@@ -255,8 +280,14 @@ class ModelLoader:
         return share, versions
 
     def _role(
-        self, role: Role, serving: ServedModel | None, current: ServingSet
+        self,
+        role: Role,
+        serving: ServedModel | None,
+        current: ServingSet,
+        loaded: ServedModel | None = None,
     ) -> ServedModel | None:
+        """The model to serve ``role``: the one serving a version already (or
+        ``loaded`` by this poll: one version, one head), else the version loaded."""
         try:
             ref = self.source.resolve(role)
         except Exception as exc:
@@ -266,7 +297,9 @@ class ModelLoader:
         if ref is None:
             return None
         reused = current.for_version(ref.version)
-        if reused is not None and (ref.incarnation in (None, reused.incarnation)):
+        if reused is None and loaded is not None and loaded.version == ref.version:
+            reused = loaded
+        if reused is not None and ref.incarnation in (None, reused.incarnation):
             return reused
         if reused is not None:  # the label now names another artifact: a new version
             log.warning(

@@ -147,6 +147,25 @@ def recover(
     )
 
 
+def catch_up(store: EventStore, model: ServedModel, max_arms: int | None = None) -> int:
+    """Learn into ``model`` the rewards its head learns (by the rule :func:`recover`
+    replays) committed after its recovery read them — those with ids above its
+    ``last_reward_id`` — and move ``last_reward_id`` past them; the number learnt.
+
+    A version is recovered before it is served, and a reward committed in between is
+    learnt online only by the versions served then: the loader catches a new version up
+    once off the event loop and once more on it, where the swap happens, so that every
+    reward is in its head either from the store or online, once."""
+    learnt = 0
+    for chunk in store.applied_reward_chunks(
+        model.version, after_id=model.last_reward_id, since=model.window_stop
+    ):
+        learnt += learn_rewards(model.policy, chunk, model.version, max_arms)
+        model.last_reward_id = int(chunk.ids[-1])
+    model.applied_rewards += learnt
+    return learnt
+
+
 def _usable(snapshot: StoredSnapshot, base: Policy, version: str) -> Policy | None:
     """The policy of ``snapshot`` when it is the same kind of model as ``base``, with
     its dimensions and a finite state; None (logged) otherwise."""

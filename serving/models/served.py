@@ -137,7 +137,11 @@ class ServingSet:
     candidate_share: float = 0.0
 
     def models(self) -> list[ServedModel]:
-        return [m for m in (self.production, self.candidate) if m is not None]
+        """The served models, each once (one version in both roles is one model)."""
+        production, candidate = self.production, self.candidate
+        if candidate is production:
+            candidate = None
+        return [m for m in (production, candidate) if m is not None]
 
     def for_version(self, version: str | None) -> ServedModel | None:
         if version is None:
