@@ -926,6 +926,7 @@ class DecisionService:
         that every reward after that step reaches them online (``_also_learning`` skips
         what they learnt here by its id). With the replica sync on, the sync does it."""
         loop, catching = self._loop, self.replicas is None
+        self._refuse_swap_while_journaling()
         if catching:
             for model in fresh:
                 catch_up(self.store, model, self.settings.max_arms)
@@ -938,6 +939,7 @@ class DecisionService:
             if not done.set_running_or_notify_cancel():
                 return  # given up on (below): the loader keeps what serves
             try:
+                self._refuse_swap_while_journaling()
                 if catching:
                     for model in fresh:
                         catch_up(self.store, model, self.settings.max_arms)
@@ -956,6 +958,16 @@ class DecisionService:
                     f"the event loop did not take the new models within {_SWAP_WAIT_S} s"
                 ) from None
             done.result()  # running now: wait for it
+
+    def _refuse_swap_while_journaling(self) -> None:
+        """Versions change only while events commit: a reward in the journal has no id
+        in the store yet, so a version loaded now could not learn it from there, and a
+        read on the loop could wait on a store that does not answer. The next poll after
+        the drain swaps them in."""
+        if self.writer.degraded:
+            raise StoreUnavailableError(
+                "events are being journaled: new versions are served once it is drained"
+            )
 
     def _on_swap(self, served: ServingSet) -> None:
         labels = [

@@ -415,3 +415,53 @@ def test_one_version_in_both_roles_is_one_head(tmp_path: Path, rng: np.random.Ge
     reference = rebuilt(settings, version_label(NAME, version), base, None)
     assert learnt(reference, base) == 30
     assert_heads_equal(live, reference)
+
+
+def test_no_version_is_swapped_in_while_events_are_journaled(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """While the store takes no writes (a lock held elsewhere: reads still work) events
+    go to the journal without store ids; a version loaded then could not learn those
+    rewards from the store, and would never get them once the drain gave them ids. So
+    it is served only after the drain, with every reward. Before, it was swapped in at
+    once and missed the journaled reward for good."""
+    import sqlite3
+    import time
+
+    (tmp_path / "mlflow").mkdir()
+    registry = Registry(tmp_path / "mlflow")
+    settings = service_settings(
+        tmp_path,
+        mlflow_tracking_uri=registry.uri,
+        model_name=NAME,
+        store_lock_timeout_s=0.3,
+        store_probe_s=0.1,
+    )
+    stop = datetime.now(UTC) - timedelta(minutes=5)
+    first, second = policy_file(tmp_path / "a.npz", seed=1), policy_file(tmp_path / "b.npz", seed=2)
+    registry.tagged(first, 1, stop, "production")
+    with running_client(settings) as client:
+        client.post("/v1/admin/poll")
+        lock = sqlite3.connect(settings.store_url.removeprefix("sqlite:///"), isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            event_id = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+            assert reward(client, event_id)["applied"] is True
+            assert client.get("/readyz").json()["status"] == "degraded"
+            v2, _ = registry.tagged(second, 2, stop, "production")
+            info = client.post("/v1/admin/poll").json()
+            assert info["production"]["version"] == version_label(NAME, "1")
+            assert "journaled" in info["last_load_error"]
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").json()["status"] != "ready":
+            assert time.monotonic() < deadline, "the journal was never drained"
+            time.sleep(0.1)
+        info = client.post("/v1/admin/poll").json()
+        assert info["production"]["version"] == version_label(NAME, v2)
+        live = arrays(client.app.state.service.loader.current.production.policy)
+    reference = rebuilt(settings, version_label(NAME, v2), second, stop)
+    assert learnt(reference, second) == 1
+    assert_heads_equal(live, reference)
