@@ -960,13 +960,14 @@ class DecisionService:
             done.result()  # running now: wait for it
 
     def _refuse_swap_while_journaling(self) -> None:
-        """Versions change only while events commit: a reward in the journal has no id
-        in the store yet, so a version loaded now could not learn it from there, and a
-        read on the loop could wait on a store that does not answer. The next poll after
-        the drain swaps them in."""
-        if self.writer.degraded:
+        """No version is swapped in while a served head has learnt a reward that is in
+        the journal only: it has no id in the store yet, so a version loaded now could not
+        learn it from there (nor later: the drain's ids mark it learnt). The first poll
+        after the drain swaps it in."""
+        if self._unsynced:
             raise StoreUnavailableError(
-                "events are being journaled: new versions are served once it is drained"
+                "rewards learnt online are being journaled: new versions are served once "
+                "the journal is drained"
             )
 
     def _on_swap(self, served: ServingSet) -> None:
