@@ -327,6 +327,28 @@ def test_an_artifact_changed_after_registration_is_refused(
     source.load(ref)  # the registered file loads
     uri = registry.client.get_model_version_download_uri(registry.model_name, info.version)
     stored = Path(urlparse(uri).path) / POLICY_STATE_PATH
+    registered = stored.read_bytes()
     stored.write_bytes(_state(tmp_path, 2).read_bytes())  # another valid state
     with pytest.raises(AdmissionError, match="the artifact changed"):
         source.load(ref)
+
+    # a loader refuses it, and serves it once the registered file is back (tried again
+    # after retry_failed_s; before, such a refusal lasted until a restart)
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
+    from serving.models.loader import ModelLoader
+    from serving.store.repository import EventStore
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        upgrade(engine)
+        loader = ModelLoader(source, EventStore(engine), 3600.0, retry_failed_s=0.0)
+        loader.poll()
+        assert loader.current is not None and loader.current.production is None
+        assert "the artifact changed" in str(loader.last_error)
+        stored.write_bytes(registered)
+        loader.poll()
+        assert loader.current.production is not None
+        assert loader.current.production.version == ref.version
+    finally:
+        engine.dispose()

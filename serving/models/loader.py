@@ -42,7 +42,7 @@ from serving.budget import check_choice_finite, draws_per_choice, work_units
 from serving.decide import choose
 from serving.models.recovery import catch_up, recover
 from serving.models.served import ServedModel, ServingSet, Signature
-from serving.models.sources import ModelRef, ModelSource, Role
+from serving.models.sources import ArtifactChangedError, ModelRef, ModelSource, Role
 from serving.store.repository import EventStore
 
 #: What a rollout reader returns: the running rollout's version labels (any of them
@@ -339,8 +339,9 @@ class ModelLoader:
             smoke_test(model.policy, model.signature, self.max_work_units)
         except (SignatureError, AdmissionError, UnsafeModelError) as exc:
             # the version itself is refused: logged and counted once, never retried (a
-            # changed artifact is a new version)
-            self._failed_versions[ref.key] = math.inf
+            # changed artifact is a new version), unless its file may be put back
+            retry = isinstance(exc, ArtifactChangedError)
+            self._failed_versions[ref.key] = time.monotonic() if retry else math.inf
             reason = "signature" if isinstance(exc, SignatureError) else "admission"
             self._failed(reason, f"{role} version {ref.version} refused: {exc}")
             log.error("%s version %s refused: %s; keeping %s", role, ref.version, exc, keeping)

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bandit_core import Policy
-from eventstore.admission import Admission, AdmissionError
+from eventstore.admission import Admission
 from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label
 from eventstore.schema import INCARNATION_LENGTH
 from modelregistry.registry import AliasReader
-from serving.models.sources import ROLES, ModelRef, Role
+from serving.models.sources import ROLES, ArtifactChangedError, ModelRef, Role
 
 #: The MLflow client's HTTP retries for the service's polls, unless the environment sets
 #: them: MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) hold one poll
@@ -95,7 +95,7 @@ class MlflowModelSource:
             if ref.digest is not None and path.stat().st_size <= self.admission.max_bytes:
                 found = _sha256(path)
                 if found != ref.digest:
-                    raise AdmissionError(
+                    raise ArtifactChangedError(
                         f"its state file's SHA-256 is {found[:16]}…, not the {ref.digest[:16]}… "
                         f"recorded at registration ({STATE_DIGEST_TAG}): the artifact changed"
                     )
