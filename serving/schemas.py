@@ -205,9 +205,11 @@ class RewardResponse(BaseModel):
     event_id: str
     status: str = Field(description=f"One of: {', '.join(records.STATUSES)}.")
     applied: bool = Field(
-        description="Whether the deciding model's head learnt from it: false for every "
-        "status but applied, and for an applied reward whose update the head refused "
-        "(one it cannot make in float64; counted in banditops_head_update_failures_total)."
+        description="Whether the served heads learn from it (the deciding model's, or, "
+        "when that version is no longer served, those whose training window stops before "
+        "the decision): false for every status but applied, and for an applied reward "
+        "whose update the deciding head refused (one it cannot make in float64; counted "
+        "in banditops_head_update_failures_total)."
     )
     model_version: str | None
 

@@ -145,10 +145,22 @@ def _why_not_applicable(late: bool, decision: StoredDecision, served: ServingSet
         return records.LATE
     if decision.fallback:
         return records.FALLBACK
-    model = served.for_version(decision.model_version)
-    if model is None or not model.learns_own(decision.created_at):
+    if not _learnt_here(decision, served):
         return records.NOT_SERVED
     return None
+
+
+def _learnt_here(decision: StoredDecision, served: ServingSet) -> bool:
+    """Whether a served head learns a reward of ``decision``: the deciding version's
+    (:meth:`ServedModel.learns_own`), or one whose training window stops at or before the
+    decision — it learns every later decision's reward, whichever version made it, so a
+    reward of a version swapped out (production's, outstanding when its candidate was
+    promoted) is still learnt by its successor rather than lost as ``not_served``."""
+    created = decision.created_at
+    model = served.for_version(decision.model_version)
+    if model is not None and model.learns_own(created):
+        return True
+    return any(m.window_stop is not None and created >= m.window_stop for m in served.models())
 
 
 def build_source(settings: Settings) -> ModelSource:
@@ -784,13 +796,11 @@ class DecisionService:
             if model is not None and decided_at is not None and not model.learns_own(decided_at):
                 model = None  # the label now names another artifact (ServedModel.learns_own)
             if model is None:
-                # the others that learn it by their window still do (a swap while it was
-                # being committed: the versions swapped in read the store before it)
-                log.warning(
-                    "reward %d for %s arrived after it was swapped out; the store "
-                    "keeps it for its next load",
-                    outcome.id,
-                    row.model_version,
+                # swapped out (before its reward was judged, or while it was committed):
+                # the versions that learn it by their window still do, and the store
+                # keeps it for the deciding version's next load
+                log.debug(
+                    "reward %d of %s: its version is not served", outcome.id, row.model_version
                 )
             elif not self._learn_one(model, row, outcome):
                 self._refused[(row.event_id, outcome.ordinal)] = None

@@ -465,3 +465,34 @@ def test_no_version_is_swapped_in_while_events_are_journaled(
     reference = rebuilt(settings, version_label(NAME, v2), second, stop)
     assert learnt(reference, second) == 1
     assert_heads_equal(live, reference)
+
+
+def test_production_rewards_outstanding_at_a_promotion_reach_its_successor(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A rollout ends with its candidate promoted while production's decisions still wait
+    for their rewards: the promoted version learns them (its window stops before them),
+    as it would have during the rollout. Before, each was stored ``not_served`` and lost
+    to online learning."""
+    (tmp_path / "mlflow").mkdir()
+    registry = Registry(tmp_path / "mlflow")
+    settings = service_settings(
+        tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME, candidate_share=0.5
+    )
+    stop = datetime.now(UTC) - timedelta(minutes=5)
+    first, second = policy_file(tmp_path / "a.npz", seed=1), policy_file(tmp_path / "b.npz", seed=2)
+    registry.tagged(first, 1, stop, "production")
+    v2, _ = registry.tagged(second, 2, stop, "staging")
+    with running_client(settings) as client:
+        client.post("/v1/admin/poll")
+        decided = [client.post("/v1/decisions", json=decision_body(rng)).json() for _ in range(24)]
+        assert {d["traffic"] for d in decided} == {"production", "candidate"}
+        registry.client.set_registered_model_alias(NAME, "production", v2)
+        registry.client.delete_registered_model_alias(NAME, "staging")
+        assert client.post("/v1/admin/poll").json()["production"]["version"].endswith("/2")
+        statuses = {reward(client, d["event_id"])["status"] for d in decided}
+        live = arrays(client.app.state.service.loader.current.production.policy)
+    assert statuses == {"applied"}
+    reference = rebuilt(settings, version_label(NAME, v2), second, stop)
+    assert learnt(reference, second) == 24
+    assert_heads_equal(live, reference)
