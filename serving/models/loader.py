@@ -248,7 +248,7 @@ class ModelLoader:
                     self._install(new, fresh)
                 except Exception as exc:
                     self._failed("recover", f"could not serve the versions loaded: {exc}")
-                    log.warning("could not serve the versions loaded (%s); keeping them", exc)
+                    log.warning("could not serve the new versions (%s); keeping what serves", exc)
                     return False
                 names = [m.version if m else None for m in (production, candidate)]
                 log.info("serving production=%s candidate=%s share=%s", *names, new.candidate_share)
