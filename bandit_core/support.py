@@ -13,6 +13,11 @@ the settings read it at DAG parse time. The floors that keep the logs supported 
 """
 
 SUPPORT_THRESHOLD = 0.01
+#: In a round that offers many actions the threshold scales down: an action is
+#: unsupported there when logged below this share of the uniform propensity 1 / K (K the
+#: actions the logging policy could play), so uniform logging over more than
+#: ``UNIFORM_SHARE / SUPPORT_THRESHOLD`` candidates still counts as full support.
+UNIFORM_SHARE = 0.5
 MAX_UNSUPPORTED = 0.2
 TOLERANCE = 0.0
 MIN_ESS = 50.0

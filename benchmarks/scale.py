@@ -59,8 +59,11 @@ def synthetic_replay(
     dim_user: int = 4,
     dim_arm: int = 3,
     row_group: int = ROW_GROUP,
+    rare: float | None = None,
 ) -> Path:
-    """Write ``rows`` uniformly logged decisions with clicks to a replay Parquet file.
+    """Write ``rows`` uniformly logged decisions with clicks to a replay Parquet file
+    (with ``rare``: a logging policy that plays each offered item but the first with
+    that propensity, the first with the rest — logs that barely support the others).
 
     Each row offers ``n_candidates`` of ``n_items`` items (features fixed per item), picks
     one uniformly (propensity ``1 / n_candidates``) and clicks with probability
@@ -83,13 +86,18 @@ def synthetic_replay(
             n = min(row_group, rows - lo)
             x = rng.normal(size=(n, dim_user))
             offered = np.argsort(rng.random((n, n_items)), axis=1)[:, :n_candidates]
-            chosen = rng.integers(0, n_candidates, size=n)
+            probs = np.full((n, n_candidates), 1.0 / n_candidates)
+            if rare is None:
+                chosen = rng.integers(0, n_candidates, size=n)
+            else:
+                probs[:, 1:] = rare
+                probs[:, 0] = 1.0 - rare * (n_candidates - 1)
+                drawn = (rng.random((n, 1)) > np.cumsum(probs, axis=1)).sum(axis=1)
+                chosen = np.minimum(drawn, n_candidates - 1)
             arm = offered[np.arange(n), chosen]
             logits = -1.0 + np.einsum("nu,ua,na->n", x, weights, items[arm])
             reward = (rng.random(n) < 1.0 / (1.0 + np.exp(-logits))).astype(np.float64)
-            table = _replay_table(
-                pa, lo, x, offered, chosen, reward, items, ids, n_candidates, start_ts
-            )
+            table = _replay_table(pa, lo, x, offered, chosen, reward, items, ids, probs, start_ts)
             if writer is None:
                 writer = pq.ParquetWriter(out, table.schema)
             writer.write_table(table, row_group_size=row_group)
@@ -116,15 +124,16 @@ def _replay_table(
     reward: np.ndarray,
     items: np.ndarray,
     ids: np.ndarray,
-    k: int,
+    probabilities: np.ndarray,
     start_ts: np.datetime64,
 ) -> Any:
     n, dim_user = x.shape
+    k = probabilities.shape[1]
     dim_arm = items.shape[1]
     feats = items[offered]  # (n, k, dim_arm)
     cand_feats = _lists(pa, _lists(pa, feats.reshape(-1), n * k, dim_arm), n, k)
     cand_ids = _lists(pa, ids[offered].reshape(-1), n, k)
-    probs = _lists(pa, np.full(n * k, 1.0 / k), n, k)
+    probs = _lists(pa, probabilities.reshape(-1), n, k)
     seconds = np.arange(first, first + n).astype("timedelta64[s]").astype("timedelta64[us]")
     return pa.table(
         {
@@ -136,7 +145,7 @@ def _replay_table(
             "candidate_features": cand_feats,
             "chosen": pa.array(chosen.astype(np.int64)),
             "arm_id": pa.array(ids[offered[np.arange(n), chosen]]),
-            "propensity": pa.array(np.full(n, 1.0 / k)),
+            "propensity": pa.array(probabilities[np.arange(n), chosen]),
             "probabilities": probs,
             "policy": pa.array(["uniform"] * n),
             "model_version": pa.array([None] * n, type=pa.string()),

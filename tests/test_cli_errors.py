@@ -163,18 +163,19 @@ def test_evaluate_gates_by_every_retrain_gate_setting(
     from training.settings import PipelineSettings
     from training.train import TrainConfig, train
 
-    replay = synthetic_replay(workspace / "replay.parquet", 400, seed=2)
+    replay = synthetic_replay(workspace / "replay.parquet", 400, seed=2, rare=0.03)
     trained = train(replay, TrainConfig(algorithm="linucb"), workspace / "train")
-    # 1/6 logging propensities: under a threshold of 0.2 every action is unsupported
-    monkeypatch.setenv("BANDITOPS_RETRAIN_SUPPORT_THRESHOLD", "0.2")
+    # five of six offered items logged at 0.03: unsupported under a threshold of 0.05,
+    # and the candidate mostly plays them
+    monkeypatch.setenv("BANDITOPS_RETRAIN_SUPPORT_THRESHOLD", "0.05")
     monkeypatch.setenv("BANDITOPS_RETRAIN_MAX_UNSUPPORTED", "0.5")
     monkeypatch.setenv("BANDITOPS_RETRAIN_MIN_ESS", "7")
     rule = PipelineSettings().gate_rule()
-    assert (rule.support_threshold, rule.max_unsupported, rule.min_ess) == (0.2, 0.5, 7.0)
+    assert (rule.support_threshold, rule.max_unsupported, rule.min_ess) == (0.05, 0.5, 7.0)
     code, out = _run("evaluate", trained.state_path, str(replay), "--resamples", "50")
     text = " ".join(out.split())
     assert code == 0 and "gate: reject" in text, out
-    assert "propensity below 0.2 (> the limit 50%)" in text and "minimum 7" in text
+    assert "propensity below 0.05 (> the limit 50%)" in text and "minimum 7" in text
 
 
 def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> None:

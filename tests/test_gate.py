@@ -138,6 +138,25 @@ def test_unsupported_mass_is_the_candidate_mass_on_rarely_logged_actions() -> No
         unsupported_mass(pi, mu[:, :2], 0.01)
 
 
+@pytest.mark.parametrize("k", [3, 100, 101, 1000])
+def test_uniform_logging_supports_any_number_of_candidates(k: int) -> None:
+    """Uniform logging over K candidates gives each 1 / K: full support however large K
+    (the threshold scales down to half the uniform share in rounds of many candidates).
+    Before, 0.01 was absolute: from 101 candidates on, every action counted as
+    unsupported and the gate refused even a copy of the logging policy."""
+    rng = np.random.default_rng(k)
+    mu = np.full((50, k), 1.0 / k)
+    pi = rng.dirichlet(np.ones(k), size=50)
+    assert unsupported_mass(pi, mu, 0.01) == 0.0
+    # an action logged below both the threshold and half its round's uniform share is not
+    deterministic = np.zeros((50, k))
+    deterministic[:, 0] = 1.0
+    mu[:, 0] = 0.4 * min(1.0 / k, 0.01)
+    assert unsupported_mass(deterministic, mu, 0.01) == 1.0
+    mu[:, 0] = 0.6 / k  # above half its round's uniform share: supported at any K
+    assert unsupported_mass(deterministic, mu, 0.01) == 0.0
+
+
 def test_the_gate_refuses_a_candidate_the_logs_do_not_support_and_says_why() -> None:
     good = (report("cand", 0.30, 0.26, 0.34), report("prod", 0.25, 0.24, 0.26))
     assert decide(*good, unsupported=0.05).promote

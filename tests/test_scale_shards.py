@@ -30,9 +30,9 @@ from validation.ope.moments import Moments
 
 ROWS = 1200
 HOLDOUT = 0.25
-#: A threshold above the uniform logging propensity of 1/6: every action counts as
-#: unsupported, so the support figure is the candidate's whole mass (1) on every row.
-SUPPORT_THRESHOLD = 0.2
+#: Above the propensity (0.03) at which the ``rare`` replay logs five of each row's six
+#: items: the candidate's mass on them counts as unsupported.
+SUPPORT_THRESHOLD = 0.05
 HEAD_ARRAYS = ("precision_", "xty_", "yty_", "count_", "theta_", "inv_chol_")
 
 
@@ -234,9 +234,20 @@ def _deterministic_pair(replay: Path, tmp_path: Path, n_shards: int) -> tuple[An
     return base, state, model
 
 
-def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(replay: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def rare_replay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As ``replay``, logged by a policy that plays five of the six items offered with
+    propensity 0.03 each: logs that barely support most of what a candidate plays."""
+    path = tmp_path_factory.mktemp("rare") / "replay.parquet"
+    return synthetic_replay(path, ROWS, seed=3, row_group=500, rare=0.03)
+
+
+def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(
+    rare_replay: Path, tmp_path: Path
+) -> None:
     # candidate and production are deterministic (LinUCB: exact propensities), so their
     # action_dist on a round does not depend on how rounds are grouped
+    replay = rare_replay
     base, state, model = _deterministic_pair(replay, tmp_path, 3)
     cut = shards.split_point(ROWS, HOLDOUT)
     reports = _evaluate_sharded(replay, tmp_path / "ope", state, model, 3, Path(base.state_path))
@@ -254,14 +265,14 @@ def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(replay: Path, tmp_
             for sh in _holdout_shards(replay, tmp_path / f"ope-{threshold}", 3)
         ]
         assert shards.reduce_support(parts_t) == pytest.approx(one, rel=1e-12, abs=1e-15)
-    assert one == pytest.approx(1.0)  # the threshold above every logged propensity
+    assert one > 0.5  # the candidate mostly plays what the logs barely support
     # and the sharded gate refuses the candidate the logs do not support, with the figure
     rule = GateRule(tolerance=0.9, min_ess=1.0, support_threshold=SUPPORT_THRESHOLD)
     result = shards.reduce_evaluation(reports["parts"], rule, tmp_path / "evaluation")
     assert not result.gate.promote
-    assert float(result.gate.to_tags()["gate.unsupported_mass"]) == pytest.approx(1.0)
+    assert float(result.gate.to_tags()["gate.unsupported_mass"]) == pytest.approx(one)
     (support,) = [c for c in result.gate.checks if c.name == "support"]
-    assert not support.passed and support.value == pytest.approx(1.0)
+    assert not support.passed and support.value == pytest.approx(one)
     for estimator in shards.SHARDED_ESTIMATORS:
         ref = _reference(replay, state, Path(base.state_path), estimator)
         for role in ("candidate", "production"):

@@ -304,7 +304,8 @@ RETRAIN_FORM: tuple[FormField, ...] = (
     FormField(
         "support_threshold",
         "number",
-        "Gate: a logging propensity below this counts as no support.",
+        "Gate: a logging propensity below this counts as no support (or below half of "
+        "1 / K in a round of K candidates, where that is smaller).",
         setting="retrain_support_threshold",
     ),
     FormField(

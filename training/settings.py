@@ -88,7 +88,8 @@ class PipelineSettings(CoreSettings):
         may take (0: no cap).
     retrain_support_threshold : float
         Default of the form's ``support_threshold``: a logging propensity below this
-        counts as no support.
+        counts as no support (or below half of 1 / K in a round of K candidates, where
+        that is smaller).
     retrain_max_unsupported : float
         Default of the form's ``max_unsupported``: most probability mass the candidate
         may put on unsupported actions of the held-out window before the gate refuses.

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from bandit_core._validation import Interval, validate_params
-from bandit_core.support import ESTIMATOR, MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
+from bandit_core.support import (
+    ESTIMATOR,
+    MAX_UNSUPPORTED,
+    MIN_ESS,
+    SUPPORT_THRESHOLD,
+    TOLERANCE,
+    UNIFORM_SHARE,
+)
 from validation.ope.report import OPEReport
 from validation.ope.spec import ESTIMATORS
 
@@ -45,7 +52,8 @@ class GateRule:
     min_ess : float
         Minimum effective sample size of the candidate, ≥ 0.
     support_threshold : float in [0, 1)
-        A logging propensity below this counts as no support.
+        A logging propensity below this counts as no support (below ``UNIFORM_SHARE / K``
+        where that is smaller: a round of K playable actions).
     max_unsupported : float in [0, 1]
         Most probability mass the candidate may put on unsupported actions.
     """
@@ -135,7 +143,9 @@ def unsupported_terms(
     action_dist: Any, logging_probabilities: Any, threshold: float
 ) -> tuple[float, int]:
     """The additive parts of :func:`unsupported_mass`: the candidate's probability mass on
-    actions logged with propensity below ``threshold``, summed over the rows whose logging
+    actions logged with propensity below ``threshold`` (below ``UNIFORM_SHARE / K`` where
+    that is smaller: a round of K playable actions, where even uniform logging gives each
+    1 / K), summed over the rows whose logging
     probabilities are known, and the number of those rows. Summed over the shards of a
     window, their ratio is the window's :func:`unsupported_mass`."""
     pi = np.asarray(action_dist, dtype=np.float64)
@@ -146,12 +156,18 @@ def unsupported_terms(
             f"{pi.shape} and {mu.shape}."
         )
     known = np.isfinite(mu).all(axis=1)
-    return float((pi[known] * (mu[known] < threshold)).sum()), int(known.sum())
+    mu = mu[known]
+    # K: the actions the logging policy could play in the round (propensity > 0)
+    playable = np.maximum((mu > 0.0).sum(axis=1, keepdims=True), 1)
+    cutoff = np.minimum(threshold, UNIFORM_SHARE / playable)
+    return float((pi[known] * (mu < cutoff)).sum()), int(known.sum())
 
 
 def unsupported_mass(action_dist: Any, logging_probabilities: Any, threshold: float) -> float:
     """The share of the candidate's probability mass on actions the logging policy played
-    with propensity below ``threshold``.
+    with propensity below ``threshold`` — or, in a round of more than
+    ``UNIFORM_SHARE / threshold`` playable actions, below ``UNIFORM_SHARE`` of the uniform
+    propensity (before, uniform logging over 101 candidates counted as no support at all).
 
     ``mean_i Σ_a π(a | x_i) · 1[μ(a | x_i) < threshold]`` over the rows whose logging
     probabilities are known (finite): ``action_dist`` (n, K) the candidate's
