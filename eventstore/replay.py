@@ -28,7 +28,7 @@ Rules (mirroring the service):
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -119,6 +119,31 @@ def _reader(column: Column[Any]) -> Callable[[Row[Any]], Any]:
 _READERS = tuple((name, _reader(decisions.c[name])) for name in STORED)
 
 _YIELD_PER = 2000
+
+
+def _width(value: Any) -> int:
+    return len(value) if value is not None else -1
+
+
+def dimensions(frame: pd.DataFrame) -> tuple[int, int]:
+    """The most common context width and candidate-feature width of a replay frame —
+    not the first row's, which may be one of a few of another width (decisions logged
+    while no model fixed the width)."""
+    if not len(frame):
+        return 0, 0
+    users = Counter(_width(c) for c in frame["context"])
+    arms = Counter(_width(row[0]) if len(row) else 0 for row in frame["candidate_features"])
+    return users.most_common(1)[0][0], arms.most_common(1)[0][0]
+
+
+def of_dimensions(frame: pd.DataFrame, dim_user: int, dim_arm: int) -> pd.DataFrame:
+    """The rows of ``frame`` whose context and every candidate's features have these
+    widths."""
+    fits = [
+        _width(context) == dim_user and all(_width(f) == dim_arm for f in features)
+        for context, features in zip(frame["context"], frame["candidate_features"], strict=True)
+    ]
+    return frame[fits]
 
 
 def window_stop(end: datetime, reward_window: timedelta, as_of: datetime | None = None) -> datetime:

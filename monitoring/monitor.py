@@ -68,7 +68,7 @@ from numpy.typing import NDArray
 from bandit_core.user_groups import group_key, user_group_key
 from eventstore.contract import DECISIONS, MONITOR_DAG
 from eventstore.engine import make_engine
-from eventstore.replay import read_replay
+from eventstore.replay import dimensions, of_dimensions, read_replay
 from eventstore.workspace import MONITOR_FOLDER, as_utc, run_folder
 from modelregistry.registry import ModelRegistry
 from monitoring import served_latency as sl
@@ -333,7 +333,9 @@ def _reward_section(now: Any, before: Any, settings: MonitorSettings) -> dict[st
 
 
 def _features(frame: Any, end: datetime, dim_user: int, dim_arm: int) -> Any:
-    """``frame`` with the numeric columns ``context_j`` and ``arm_feature_j``."""
+    """The rows of ``frame`` of these widths with the numeric columns ``context_j`` and
+    ``arm_feature_j``."""
+    frame = of_dimensions(frame, dim_user, dim_arm)
     config = ReplaySuiteConfig(
         dim_context=dim_user,
         dim_arm=dim_arm,
@@ -342,12 +344,6 @@ def _features(frame: Any, end: datetime, dim_user: int, dim_arm: int) -> Any:
         columns=STORE_COLUMNS,
     )
     return feature_frame(frame, config), config.feature_columns()
-
-
-def _dims(frame: Any) -> tuple[int, int]:
-    first_context = frame["context"].iloc[0]
-    first_features = frame["candidate_features"].iloc[0]
-    return len(first_context), len(first_features[0]) if len(first_features) else 0
 
 
 def _drift_section(
@@ -370,7 +366,7 @@ def _drift_section(
     if len(now) == 0:
         section["check"] = _check("skipped", "feature drift not computed: no decisions this week.")
         return section
-    dims = _dims(now)
+    dims = dimensions(now)  # the week's most common widths (a few odd rows left out)
     expected = (int(reference["dim_user"]), int(reference["dim_arm"]))
     if dims != expected:
         section["check"] = _check(
@@ -634,9 +630,10 @@ def _segment_section(now: Any, before: Any, settings: MonitorSettings) -> dict[s
 def _correlations(frame: Any, end: datetime) -> dict[str, float | None]:
     if len(frame) < 3:
         return {}
-    features, names = _features(frame, end, *_dims(frame))
+    features, names = _features(frame, end, *dimensions(frame))
     values = correlations(
-        features[list(names)].to_numpy(dtype=np.float64), frame["outcome"].to_numpy(np.float64)
+        features[list(names)].to_numpy(dtype=np.float64),
+        features["outcome"].to_numpy(np.float64),
     )
     return dict(zip(names, values, strict=True))
 

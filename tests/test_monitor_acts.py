@@ -355,3 +355,49 @@ def test_active_windows_reads_the_run_specs_of_running_retrains(tmp_path: Path) 
     asked.clear()
     assert active_windows(runs, running, expected=1) == {"run-3": starts["run-3"]}
     assert asked == ["run-3"]  # newest first, stops once the expected runs are found
+
+
+def test_feature_drift_reads_the_weeks_most_common_widths(tmp_path: Path) -> None:
+    """A week whose first decision is of another width (sent while no model fixed it):
+    the drift is computed on the rows of the week's most common widths, against the
+    production version's reference. Before, the first row's widths made the check say
+    "feature dimensions changed" and compute no score, hiding real drift all week."""
+    from validation.expectations import reference_histograms
+
+    rng = np.random.default_rng(4)
+
+    def rows(n: int, dim_user: int, shift: float) -> pd.DataFrame:
+        ids = [[f"a{j}", f"b{j}"] for j in range(n)]
+        return pd.DataFrame(
+            {
+                "event_id": [f"e{dim_user}-{shift}-{j}" for j in range(n)],
+                "context": list(rng.normal(shift, 1.0, size=(n, dim_user))),
+                "candidate_ids": ids,
+                "candidate_features": [list(rng.normal(size=(2, 2))) for _ in range(n)],
+                "arm_id": [pair[0] for pair in ids],
+            }
+        )
+
+    reference_rows = rows(400, 3, 0.0)
+    config = monitor.ReplaySuiteConfig(
+        dim_context=3,
+        dim_arm=2,
+        window_start=datetime(2000, 1, 1, tzinfo=UTC),
+        window_end=datetime(2100, 1, 1, tzinfo=UTC),
+        columns=monitor.STORE_COLUMNS,
+    )
+    histograms = reference_histograms(reference_rows, config)
+    reference = {
+        "dim_user": 3,
+        "dim_arm": 2,
+        "features": {
+            name: {"edges": edges, "proportions": props}
+            for name, (edges, props) in histograms.items()
+        },
+    }
+    week = pd.concat([rows(1, 5, 0.0), rows(300, 3, 2.0)], ignore_index=True)  # drifted
+    settings = MonitorSettings(workspace=tmp_path / "ws")
+    section = monitor._drift_section(week, datetime.now(UTC), settings, reference, "m/1")
+    assert section["check"]["status"] == "alert", section["check"]
+    assert "drifted" in section["check"]["message"]
+    assert section["scores"]["context_0"] > settings.feature_drift_max

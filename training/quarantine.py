@@ -19,31 +19,18 @@ suite fails the run as before.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bandit_core import MAX_ABS_INPUT
+from eventstore.replay import dimensions
 
 #: Default largest share of a window that may be quarantined.
 MAX_SHARE = 0.01
 #: Default largest feature magnitude a replay row may hold (the most a policy accepts).
 MAX_ABS = MAX_ABS_INPUT
-
-
-def _width(value: Any) -> int:
-    return len(value) if value is not None else -1
-
-
-def dimensions(frame: pd.DataFrame) -> tuple[int, int]:
-    """The most common context width and candidate-feature width of the window."""
-    if not len(frame):
-        return 0, 0
-    users = Counter(_width(c) for c in frame["context"])
-    arms = Counter(_width(row[0]) if len(row) else 0 for row in frame["candidate_features"])
-    return users.most_common(1)[0][0], arms.most_common(1)[0][0]
 
 
 def why_broken(row: Any, dim_user: int, dim_arm: int, max_abs: float) -> str | None:
