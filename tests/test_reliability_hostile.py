@@ -575,14 +575,17 @@ def test_the_reliability_benchmark_is_a_verdict(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------- 4. replay quarantine
-def _window(tmp_path: Path, broken: int, total: int = 150) -> tuple[str, datetime, datetime]:
+def _window(
+    tmp_path: Path, broken: int, total: int = 150, how: str = "wide"
+) -> tuple[str, datetime, datetime]:
     """A store with ``total`` decisions and rewards, ``broken`` of them 500 features wide
-    (logged by a service without width caps)."""
+    (logged by a service without width caps, or sent while no model served) or, with
+    ``how="propensity"``, logged with propensity 0."""
     from datetime import timedelta
 
     from tests.serving_helpers import decision_row, reward_row
 
-    url = f"sqlite:///{tmp_path / f'window{broken}.db'}"
+    url = f"sqlite:///{tmp_path / f'window-{how}-{broken}.db'}"
     engine = make_engine(url)
     upgrade(engine)
     rng = np.random.default_rng(8)
@@ -590,8 +593,10 @@ def _window(tmp_path: Path, broken: int, total: int = 150) -> tuple[str, datetim
     rows: list[Any] = []
     for i in range(total):
         row = decision_row(rng, created_at=start + timedelta(seconds=i))
-        if i < broken:
+        if i < broken and how == "wide":
             row = dataclasses.replace(row, event_id=f"wide-{i}", context=np.ones(500))
+        elif i < broken:
+            row = dataclasses.replace(row, event_id=f"zero-{i}", propensity=0.0)
         rows += [row, reward_row(row.event_id, float(rng.random() < 0.5), ts=row.created_at)]
     with engine.begin() as conn:
         write_events(conn, rows)
@@ -617,8 +622,17 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
     validate_features(manifest, tmp_path / "ok" / "docs", **rules)
     named = json.loads((tmp_path / "ok" / "docs" / "quarantine.json").read_text())
     assert [r["event_id"] for r in named["rows"]] == ["wide-0"]
-    # above the share nothing is set aside and the suite fails the run, as before
-    url, start, end = _window(tmp_path, broken=10)
+    # rows of another width, however many (a client's, while no model fixed the width):
+    # set aside, so they cannot keep the way out of the fallback failing (before: 10 of
+    # 150 failed every run)
+    url, start, end = _window(tmp_path, broken=10, how="wide")
+    manifest = extract_replay(
+        url, start, end, tmp_path / "many", reward_window=timedelta(seconds=1)
+    )
+    assert (manifest.quarantined, manifest.rows) == (10, 140)
+    validate_features(manifest, tmp_path / "many" / "docs", **rules)
+    # other breakage above the share: nothing is set aside and the suite fails the run
+    url, start, end = _window(tmp_path, broken=10, how="propensity")
     manifest = extract_replay(
         url, start, end, tmp_path / "over", reward_window=timedelta(seconds=1)
     )

@@ -3,7 +3,9 @@
 One row of another width (a decision logged while no model served, before the width
 caps existed) used to fail the whole Great Expectations window, so the nightly retrain —
 the way out of the fallback — never registered again until the row aged out. Now the
-extraction sets such rows aside when they are at most ``max_share`` of the window:
+extraction sets rows of another width aside however many there are (the service takes
+any width while no model serves: a client must not be able to keep every retrain
+failing), and other broken rows when they are at most ``max_share`` of the window:
 
 * the window's dimensions are the most common context width and candidate-feature width
   (not the first row's, which may be the broken one);
@@ -13,8 +15,8 @@ extraction sets such rows aside when they are at most ``max_share`` of the windo
 
 The set-aside rows go to ``quarantine.parquet`` (``event_id`` and ``reason``) beside the
 replay file, their count to the manifest, and their ids to the data-docs folder of the
-validation (``quarantine.json``). Above ``max_share`` nothing is set aside and the GX
-suite fails the run as before.
+validation (``quarantine.json``). Above ``max_share`` the other broken rows stay and the
+GX suite fails the run on them as before.
 """
 
 from __future__ import annotations
@@ -33,14 +35,24 @@ MAX_SHARE = 0.01
 MAX_ABS = MAX_ABS_INPUT
 
 
+def off_width(row: Any, dim_user: int, dim_arm: int) -> str | None:
+    """Why ``row``'s context or a candidate's features are not of the window's widths,
+    or None."""
+    width = len(row.context) if row.context is not None else -1
+    if width != dim_user:
+        return f"context has {width} features; the window has {dim_user}"
+    if any(len(f) != dim_arm for f in row.candidate_features):
+        return f"a candidate's features are not {dim_arm} wide"
+    return None
+
+
 def why_broken(row: Any, dim_user: int, dim_arm: int, max_abs: float) -> str | None:
     """Why ``row`` breaks the replay schema, or None."""
+    wrong = off_width(row, dim_user, dim_arm)
+    if wrong is not None:
+        return wrong
     context = np.asarray(row.context, dtype=np.float64)
-    if context.shape != (dim_user,):
-        return f"context has {context.size} features; the window has {dim_user}"
     features = [np.asarray(f, dtype=np.float64) for f in row.candidate_features]
-    if any(f.shape != (dim_arm,) for f in features):
-        return f"a candidate's features are not {dim_arm} wide"
     values = np.concatenate([context, *features]) if features else context
     if not bool(np.all(np.isfinite(values))):
         return "a feature is not finite"
@@ -57,19 +69,27 @@ def split(
 ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int]]:
     """``(kept rows, quarantined rows with a reason, (dim_user, dim_arm))``.
 
-    Nothing is quarantined when the broken rows are more than ``max_share`` of the
-    window (the suite then fails the run on them).
+    Rows of other widths than the window's most common ones are always set aside: the
+    service takes any width while no model serves, so a client could otherwise keep every
+    retrain — the way out of the fallback — failing with a few rows of another width.
+    The other broken rows are set aside only when they are at most ``max_share`` of the
+    window (otherwise the suite fails the run on them).
     """
     dims = dimensions(frame)
-    reasons = [why_broken(row, *dims, max_abs) for row in frame.itertuples(index=False)]
+    rows = list(frame.itertuples(index=False))
+    reasons = [why_broken(row, *dims, max_abs) for row in rows]
     broken = np.array([r is not None for r in reasons], dtype=bool)
+    wide = np.array([off_width(row, *dims) is not None for row in rows], dtype=bool)
+    other = broken & ~wide
+    if other.any() and other.mean() > max_share:
+        broken = wide
     empty = pd.DataFrame({"event_id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-    if not broken.any() or broken.mean() > max_share:
+    if not broken.any():
         return frame, empty, dims
     quarantined = pd.DataFrame(
         {
             "event_id": frame["event_id"][broken].to_numpy(),
-            "reason": [r for r in reasons if r is not None],
+            "reason": [r for r, out in zip(reasons, broken, strict=True) if out],
         }
     )
     return frame[~broken].reset_index(drop=True), quarantined, dims
