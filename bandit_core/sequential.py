@@ -158,22 +158,10 @@ def difference_cs(
     if not design_n > 0:
         raise ValueError(f"design_n must be > 0; got {design_n}.")
     width = high - low
-    arms = []
-    for n_, s_, q_ in (
-        (n_candidate, sum_candidate, sq_candidate),
-        (n_production, sum_production, sq_production),
-    ):
-        n = np.asarray(n_, dtype=np.float64)
-        if np.any(n < 0):
-            raise ValueError("reward counts must be >= 0.")
-        s = (np.asarray(s_, dtype=np.float64) - n * low) / width
-        q = (np.asarray(q_, dtype=np.float64) - 2.0 * low * np.asarray(s_) + n * low**2) / width**2
-        safe = np.maximum(n, 1.0)
-        mean = s / safe
-        centred = np.maximum(q - s * mean, 0.0)  # Σ (x − x̄)², rounding kept >= 0
-        var = (centred + PRIOR_COUNT * MAX_VARIANCE) / (n + PRIOR_COUNT)
-        arms.append((n, mean, var / safe))
-    (n_c, mean_c, v_c), (n_p, mean_p, v_p) = arms
+    (n_c, mean_c, v_c), (n_p, mean_p, v_p) = (
+        _scaled(n_candidate, sum_candidate, sq_candidate, low, width),
+        _scaled(n_production, sum_production, sq_production, low, width),
+    )
     info = 1.0 / (v_c + v_p)
     r = mixture_r(design_n / (2.0 * MAX_VARIANCE), alpha)
     radius = mixture_boundary(info, alpha, r) / info
@@ -183,6 +171,23 @@ def difference_cs(
     ci_high = np.where(empty, 1.0, np.minimum(diff + radius, 1.0))
     diff = np.where(empty, np.nan, diff)
     return diff * width, ci_low * width, ci_high * width
+
+
+def _scaled(
+    n_: ArrayLike, s_: ArrayLike, q_: ArrayLike, low: float, width: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """One arm on the [0, 1] scale: its count, mean and the plug-in variance of the mean
+    (shrunk towards :data:`MAX_VARIANCE` by :data:`PRIOR_COUNT` pseudo-observations)."""
+    n = np.asarray(n_, dtype=np.float64)
+    if np.any(n < 0):
+        raise ValueError("reward counts must be >= 0.")
+    s = (np.asarray(s_, dtype=np.float64) - n * low) / width
+    q = (np.asarray(q_, dtype=np.float64) - 2.0 * low * np.asarray(s_) + n * low**2) / width**2
+    safe = np.maximum(n, 1.0)
+    mean = s / safe
+    centred = np.maximum(q - s * mean, 0.0)  # Σ (x − x̄)², rounding kept >= 0
+    var = (centred + PRIOR_COUNT * MAX_VARIANCE) / (n + PRIOR_COUNT)
+    return n, mean, var / safe
 
 
 def decide(ci_low: float, ci_high: float, margin: float) -> Decision:
@@ -244,3 +249,68 @@ def _check_alpha(alpha: float) -> float:
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1); got {alpha}.")
     return alpha
+
+
+def stratified_test(
+    strata: list[tuple[ArmCounts, ArmCounts]],
+    *,
+    alpha: float,
+    margin: float,
+    reward_range: tuple[float, float] = (0.0, 1.0),
+    design_n: float = DESIGN_N,
+) -> SequentialResult:
+    """:func:`sequential_test` on outcomes in strata — ``(candidate, production)`` per
+    stratum, e.g. the stages of a rollout, each with its own traffic share.
+
+    Pooled over stages of different shares, a reward rate that moves over time weighs the
+    arms differently (the candidate's outcomes come mostly from the later, larger stages)
+    and a worse candidate can look better: Simpson's paradox. Here each stratum with
+    outcomes on both arms gives its own difference ``Δ̂_s`` and information ``I_s``; the
+    estimate is ``Σ I_s Δ̂_s / I`` with ``I = Σ I_s``. Under a common difference the score
+    ``Σ I_s (Δ̂_s − Δ)`` is a sum of independent increments, a Brownian motion in the
+    information time ``I`` as in the module's statistic, so the same boundary gives the
+    confidence sequence; with one stratum it is :func:`sequential_test`. The per-arm means
+    reported are the same information-weighted averages (their difference is the
+    estimate), the counts those of the strata used.
+    """
+    _check_alpha(alpha)
+    low, high = float(reward_range[0]), float(reward_range[1])
+    if not high > low:
+        raise ValueError(f"reward_range must be (low, high) with low < high; got {reward_range}.")
+    if not design_n > 0:
+        raise ValueError(f"design_n must be > 0; got {design_n}.")
+    width = high - low
+    info = weighted_c = weighted_p = 0.0
+    n_c = n_p = 0
+    for cand, prod in strata:
+        if cand.n < 1 or prod.n < 1:
+            continue  # a stratum without both arms says nothing of their difference
+        _, mean_c, v_c = _scaled(cand.n, cand.total, cand.squares, low, width)
+        _, mean_p, v_p = _scaled(prod.n, prod.total, prod.squares, low, width)
+        i_s = 1.0 / float(v_c + v_p)
+        info += i_s
+        weighted_c += i_s * float(mean_c)
+        weighted_p += i_s * float(mean_p)
+        n_c, n_p = n_c + cand.n, n_p + prod.n
+    if info == 0.0:
+        d, ci_low, ci_high = math.nan, -1.0, 1.0
+        mc = mp = None
+    else:
+        r = mixture_r(design_n / (2.0 * MAX_VARIANCE), alpha)
+        radius = float(mixture_boundary(info, alpha, r)) / info
+        d = (weighted_c - weighted_p) / info
+        ci_low, ci_high = max(d - radius, -1.0), min(d + radius, 1.0)
+        mc, mp = low + width * weighted_c / info, low + width * weighted_p / info
+    ci_low, ci_high = ci_low * width, ci_high * width
+    return SequentialResult(
+        n_production=n_p,
+        n_candidate=n_c,
+        mean_production=mp,
+        mean_candidate=mc,
+        diff=None if math.isnan(d) else d * width,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        decision=decide(ci_low, ci_high, margin),
+        alpha=alpha,
+        margin=margin,
+    )

@@ -235,6 +235,38 @@ def traffic_outcomes(
     return out
 
 
+def stage_starts(engine: Engine, rollout: Rollout) -> list[datetime]:
+    """When each stage of ``rollout`` so far started: its start, then each advance."""
+    steps = rollout_steps.c
+    query = (
+        select(steps.at)
+        .where(steps.rollout_id == rollout.id, steps.action == "advance")
+        .order_by(steps.id)
+    )
+    with engine.connect() as conn:
+        advances: list[datetime] = list(conn.execute(query).scalars())
+    return [rollout.started_at, *advances]
+
+
+def stage_outcomes(
+    engine: Engine,
+    model_name: str,
+    rollout: Rollout,
+    rules: RewardRules,
+    now: datetime | None = None,
+) -> list[dict[str, OnlineMean]]:
+    """:func:`traffic_outcomes` of the decisions of each stage of ``rollout`` so far (the
+    last one still running), in stage order: within a stage the traffic share is
+    constant, so the arms can be compared there (see
+    :func:`bandit_core.sequential.stratified_test`)."""
+    starts = stage_starts(engine, rollout)
+    ends: list[datetime | None] = [*starts[1:], None]
+    return [
+        traffic_outcomes(engine, model_name, rollout.version, since, rules, until=until, now=now)
+        for since, until in zip(starts, ends, strict=True)
+    ]
+
+
 def traffic_users(engine: Engine, model_name: str, version: str, since: datetime) -> dict[str, int]:
     """Distinct users (salted user hashes) per traffic arm since ``since``: who saw the
     candidate ``version`` of ``model_name`` (the arms as :func:`traffic_outcomes` counts

@@ -16,6 +16,7 @@ from bandit_core.sequential import (
     mixture_boundary,
     mixture_r,
     sequential_test,
+    stratified_test,
 )
 
 ALPHA = 0.05
@@ -127,3 +128,45 @@ def test_decision_rule_and_validation() -> None:
         difference_cs(1, 1, 1, 1, 1, 1, alpha=0.1, reward_range=(1, 1))
     with pytest.raises(ValueError, match="n must be >= 0"):
         ArmCounts(-1, 0.0, 0.0)
+
+
+def _arm(rng: np.random.Generator, n: int, p: float) -> ArmCounts:
+    x = (rng.random(n) < p).astype(np.float64)
+    return ArmCounts(int(x.size), float(x.sum()), float((x * x).sum()))
+
+
+def test_stratified_with_one_stratum_is_the_plain_test() -> None:
+    rng = np.random.default_rng(5)
+    cand, prod = _arm(rng, 300, 0.4), _arm(rng, 900, 0.35)
+    plain = sequential_test(cand, prod, alpha=0.05, margin=0.01, reward_range=(0.0, 2.0))
+    one = stratified_test([(cand, prod)], alpha=0.05, margin=0.01, reward_range=(0.0, 2.0))
+    assert one.decision == plain.decision and (one.n_candidate, one.n_production) == (300, 900)
+    for name in ("diff", "ci_low", "ci_high", "mean_candidate", "mean_production"):
+        assert getattr(one, name) == pytest.approx(getattr(plain, name), rel=1e-12), name
+    empty = stratified_test([(ArmCounts(5, 2, 2), ArmCounts(0, 0, 0))], alpha=0.05, margin=0.0)
+    assert (empty.diff, empty.ci_low, empty.ci_high, empty.decision) == (None, -1.0, 1.0, "hold")
+
+
+def test_stages_of_growing_share_in_a_rising_season_do_not_favour_a_worse_candidate() -> None:
+    """The candidate is 0.02 worse at every moment while the click rate rises from 0.30 to
+    0.60 over stages of 5, 20 and 50 % (a season, or a client that changes what it sends):
+    pooled, its outcomes come mostly from the better days, and the plain test advanced it
+    with confidence (+0.10, interval [+0.085, +0.116]: found by an attack pass); per
+    stage it is worse: the stratified interval lies below 0 (not yet below the margin of
+    0.01, so the controller holds, and more data rolls it back)."""
+    rng = np.random.default_rng(0)
+    strata = []
+    for share, base in ((0.05, 0.30), (0.20, 0.45), (0.50, 0.60)):
+        n = 20_000
+        strata.append(
+            (_arm(rng, int(n * share), base - 0.02), _arm(rng, int(n * (1 - share)), base))
+        )
+    pooled = [
+        ArmCounts(*(sum(getattr(s[i], f) for s in strata) for f in ("n", "total", "squares")))
+        for i in (0, 1)
+    ]
+    plain = sequential_test(*pooled, alpha=0.05, margin=0.01)
+    assert plain.decision == "advance" and plain.ci_low > 0.05  # the paradox
+    result = stratified_test(strata, alpha=0.05, margin=0.01)
+    assert result.diff is not None and result.ci_low < -0.02 < result.ci_high < 0.0
+    assert result.decision == "hold", result

@@ -8,12 +8,14 @@ not production: the next controller step (``bandit_rollout``, every
 start`` starts one by hand. The state lives in the event store
 (:mod:`eventstore.rollouts`), where every service replica reads the share at its poll.
 
-Each step of a running rollout reads the online outcome per traffic arm since the start
-(:func:`eventstore.rollouts.traffic_outcomes`: each decision whose reward window has
-closed, with its reward under the reward rules, ``default_reward`` for none — what the
-retrain learns and the monitor shows) and runs the always-valid sequential test
-(:func:`bandit_core.sequential.sequential_test`) on it — looking at every step does not
-inflate its error rate:
+Each step of a running rollout reads the online outcome per traffic arm of each stage
+since the start (:func:`eventstore.rollouts.stage_outcomes`: each decision whose reward
+window has closed, with its reward under the reward rules, ``default_reward`` for none —
+what the retrain learns and the monitor shows) and runs the always-valid sequential test
+on the stages' differences (:func:`bandit_core.sequential.stratified_test`: within a
+stage the share is constant; pooled over stages of different shares, a reward rate that
+moves over time would make a worse candidate look better) — looking at every step does
+not inflate its error rate:
 
 * **rollback** as soon as the candidate is worse than production by more than
   ``rollout_margin`` with confidence ``1 − rollout_alpha`` (both arms having at least
@@ -38,11 +40,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bandit_core.sequential import ArmCounts, SequentialResult, sequential_test
+from bandit_core.sequential import ArmCounts, SequentialResult, stratified_test
 from eventstore.contract import CANDIDATE, GATE_PASSED_TAG, PRODUCTION, ROLLOUT_DAG
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
-from eventstore.outcomes import RewardRules
+from eventstore.outcomes import OnlineMean, RewardRules
 from eventstore.rollouts import (
     Action,
     Readout,
@@ -51,8 +53,8 @@ from eventstore.rollouts import (
     list_rollouts,
     record_step,
     rollout_history,
+    stage_outcomes,
     start_rollout,
-    traffic_outcomes,
 )
 from training.settings import PipelineSettings
 
@@ -322,11 +324,14 @@ def _step(
         return _record(engine, registry, rollout, "stop", why, None, now)
 
     rules = RewardRules.of(settings)
-    arms = traffic_outcomes(engine, name, rollout.version, rollout.started_at, rules, now=now)
-    cand, prod = arms[CANDIDATE], arms[PRODUCTION]
-    result = sequential_test(
-        ArmCounts(cand.counted, cand.total, cand.total_sq),
-        ArmCounts(prod.counted, prod.total, prod.total_sq),
+    # per stage: pooled over stages of different shares, a reward rate that moves over
+    # time would make a worse candidate look better (bandit_core.sequential.stratified_test)
+    stages_seen = stage_outcomes(engine, name, rollout, rules, now=now)
+    cand, prod = OnlineMean(), OnlineMean()
+    for arms in stages_seen:
+        cand, prod = cand + arms[CANDIDATE], prod + arms[PRODUCTION]
+    result = stratified_test(
+        [(_counts(arms[CANDIDATE]), _counts(arms[PRODUCTION])) for arms in stages_seen],
         alpha=settings.rollout_alpha,
         margin=settings.rollout_margin,
         reward_range=(settings.reward_min, settings.reward_max),
@@ -350,9 +355,7 @@ def _step(
         )
         return out
 
-    on_stage = traffic_outcomes(
-        engine, name, rollout.version, rollout.stage_started_at, rules, now=now
-    )[CANDIDATE]
+    on_stage = stages_seen[-1][CANDIDATE]
     waited = now - rollout.stage_started_at
     stage_ready = (
         waited >= timedelta(seconds=settings.rollout_min_stage_s) and on_stage.counted >= min_n
@@ -413,6 +416,10 @@ def _step(
         waiting.append(f"{min_n} candidate outcomes on the stage ({on_stage.counted})")
     why = f"hold at {stage}: waiting for {'; '.join(waiting) or 'the next step'}; {numbers}"
     return _record(engine, registry, rollout, "hold", why, readout, now)
+
+
+def _counts(outcome: OnlineMean) -> ArmCounts:
+    return ArmCounts(outcome.counted, outcome.total, outcome.total_sq)
 
 
 def _production_moves(
