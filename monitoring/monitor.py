@@ -15,15 +15,16 @@ the week before that:
   the chosen arm's features against the histograms of the production model's training
   window (logged with its registered version by ``training.steps.validate``), via
   :func:`validation.expectations.drift_score`;
-* **selection entropy** — entropy of the chosen arms' frequencies divided by its maximum,
-  ``ln`` of the number of arms offered;
+* **selection entropy** — entropy of the chosen arms' frequencies divided by that of a
+  uniform choice among each decision's candidates (the arm coverage's uniform shares);
 * **arm coverage** — per arm, choices against its uniform share ``Σ_t 1[a ∈ C_t] / |C_t|``
   (the choices a uniform policy would have made); arms whose uniform share is below
   ``1 / coverage_min_ratio`` decisions are listed but not judged (too few to tell);
 * **propensity floor** — share of decisions logged with a propensity below the floor (the
   inverse-propensity weights off-policy evaluation needs explode there);
 * **fallback rate** — share of decisions served by the fallback policy;
-* **explored share** — share of the model's decisions (fallback aside) that explored: the
+* **explored share** — share of the model's decisions (fallback aside, and decisions
+  among fewer than two candidates, which cannot explore) that explored: the
   chosen arm is not the one with the highest posterior mean (the ``explored`` flag every
   decision is logged with); the share logged with a propensity below 1 is reported too;
 * **model errors** — fallbacks by cause, from the service's ``/metrics`` counters over the
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -113,14 +113,23 @@ def relative_change(current: float, previous: float, scale: float) -> float:
 def selection_entropy(
     arm_ids: Sequence[str], candidate_ids: Sequence[Sequence[str]]
 ) -> tuple[float, float]:
-    """``(H, H_max)``: entropy (nats) of the chosen arms' frequencies and ``ln`` of the
-    number of distinct arms offered."""
+    """``(H, H_max)``: entropy (nats) of the chosen arms' frequencies, and that of a
+    uniform choice among each decision's candidates (``u(a) = mean_t 1[a ∈ C_t] / |C_t|``,
+    the arm coverage's uniform share): what a policy that explores everything offered
+    reaches on the same offers. (``ln`` of the number of arms ever offered, the bound
+    before, let one request with 1,000 fresh ids halve the ratio, and requests of one
+    candidate lift it.)"""
     if len(arm_ids) == 0:
         return 0.0, 0.0
     counts = np.array(list(Counter(arm_ids).values()), dtype=np.float64)
     p = counts / counts.sum()
-    offered = {a for ids in candidate_ids for a in ids}
-    return float(-(p * np.log(p)).sum()), math.log(max(len(offered), 1))
+    share: defaultdict[str, float] = defaultdict(float)
+    for ids in candidate_ids:
+        for arm in ids:
+            share[arm] += 1.0 / len(ids)
+    u = np.array(list(share.values()), dtype=np.float64)
+    u = u[u > 0] / u.sum() if u.size else u
+    return float(-(p * np.log(p)).sum()), float(-(u * np.log(u)).sum())
 
 
 def arm_coverage(
@@ -417,12 +426,13 @@ def _entropy_section(
     elif ratio < limit:
         section["check"] = _check(
             "alert",
-            f"selection entropy {entropy:.3f} nats is {ratio:.0%} of its maximum {maximum:.3f} "
-            f"(ln of {round(math.exp(maximum))} arms offered), below {limit:.0%}.",
+            f"selection entropy {entropy:.3f} nats is {ratio:.0%} of {maximum:.3f} (a uniform "
+            f"choice among the candidates offered), below {limit:.0%}.",
         )
     else:
         section["check"] = _check(
-            "ok", f"selection entropy at {ratio:.0%} of its maximum (limit {limit:.0%})."
+            "ok",
+            f"selection entropy at {ratio:.0%} of a uniform choice's (limit {limit:.0%}).",
         )
     return section
 
@@ -525,7 +535,9 @@ def explored_share(
 
 def _explored_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     limit = settings.explored_share_min
-    model = now[~now["fallback"].to_numpy(dtype=bool)]
+    # a decision between fewer than two candidates cannot explore: not counted
+    choice = np.array([len(ids) > 1 for ids in now["candidate_ids"]], dtype=bool)
+    model = now[~now["fallback"].to_numpy(dtype=bool) & choice]
     shares = explored_share(
         model["explored"].to_numpy(dtype=bool), model["propensity"].to_numpy(dtype=np.float64)
     )
@@ -537,8 +549,9 @@ def _explored_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     share, stochastic = shares
     section.update(share=share, stochastic_share=stochastic)
     text = (
-        f"{share:.1%} of {len(model)} model decisions explored (chose an arm other than "
-        f"the highest posterior mean); {stochastic:.1%} were logged with a propensity below 1"
+        f"{share:.1%} of {len(model)} model decisions among two or more candidates explored "
+        f"(chose an arm other than the highest posterior mean); {stochastic:.1%} were logged "
+        "with a propensity below 1"
     )
     if share < limit:
         section["check"] = _check(

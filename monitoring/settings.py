@@ -51,7 +51,8 @@ class MonitorSettings(CoreSettings):
         Alert when a feature's drift against the production model's training window
         exceeds this (PSI 0.25 marks a major shift).
     entropy_min_ratio : float
-        Alert when the selection entropy falls below this share of its maximum.
+        Alert when the selection entropy falls below this share of a uniform choice's
+        among the candidates offered.
     coverage_min_ratio : float
         Alert when an arm gets fewer choices than this share of its uniform share.
     propensity_floor : float

@@ -401,3 +401,22 @@ def test_feature_drift_reads_the_weeks_most_common_widths(tmp_path: Path) -> Non
     assert section["check"]["status"] == "alert", section["check"]
     assert "drifted" in section["check"]["message"]
     assert section["scores"]["context_0"] > settings.feature_drift_max
+
+
+def test_decisions_without_a_choice_do_not_count_against_exploration(tmp_path: Path) -> None:
+    """A decision among one candidate cannot explore: left out of the explored share.
+    Before, a client sending such requests could make "the policy stopped learning"
+    alert for a policy exploring half of its real choices."""
+    n_choice, n_single = 20, 100
+    week = pd.DataFrame(
+        {
+            "candidate_ids": [["a", "b"]] * n_choice + [["a"]] * n_single,
+            "fallback": [False] * (n_choice + n_single),
+            "explored": [i % 2 == 0 for i in range(n_choice)] + [False] * n_single,
+            "propensity": [0.5] * n_choice + [1.0] * n_single,
+        }
+    )
+    settings = MonitorSettings(workspace=tmp_path / "ws")
+    section = monitor._explored_section(week, settings)
+    assert (section["decisions"], section["share"]) == (n_choice, 0.5)
+    assert section["check"]["status"] == "ok"
