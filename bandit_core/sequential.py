@@ -152,12 +152,7 @@ def difference_cs(
         clipped to the possible range ``[low − high, high − low]`` (the whole range where
         an arm has no reward).
     """
-    low, high = float(reward_range[0]), float(reward_range[1])
-    if not high > low:
-        raise ValueError(f"reward_range must be (low, high) with low < high; got {reward_range}.")
-    if not design_n > 0:
-        raise ValueError(f"design_n must be > 0; got {design_n}.")
-    width = high - low
+    low, width = _scale(reward_range, design_n)
     (n_c, mean_c, v_c), (n_p, mean_p, v_p) = (
         _scaled(n_candidate, sum_candidate, sq_candidate, low, width),
         _scaled(n_production, sum_production, sq_production, low, width),
@@ -171,6 +166,16 @@ def difference_cs(
     ci_high = np.where(empty, 1.0, np.minimum(diff + radius, 1.0))
     diff = np.where(empty, np.nan, diff)
     return diff * width, ci_low * width, ci_high * width
+
+
+def _scale(reward_range: tuple[float, float], design_n: float) -> tuple[float, float]:
+    """``(low, high − low)`` of a valid reward range (and a valid ``design_n``)."""
+    low, high = float(reward_range[0]), float(reward_range[1])
+    if not high > low:
+        raise ValueError(f"reward_range must be (low, high) with low < high; got {reward_range}.")
+    if not design_n > 0:
+        raise ValueError(f"design_n must be > 0; got {design_n}.")
+    return low, high - low
 
 
 def _scaled(
@@ -274,12 +279,7 @@ def stratified_test(
     estimate), the counts those of the strata used.
     """
     _check_alpha(alpha)
-    low, high = float(reward_range[0]), float(reward_range[1])
-    if not high > low:
-        raise ValueError(f"reward_range must be (low, high) with low < high; got {reward_range}.")
-    if not design_n > 0:
-        raise ValueError(f"design_n must be > 0; got {design_n}.")
-    width = high - low
+    low, width = _scale(reward_range, design_n)
     info = weighted_c = weighted_p = 0.0
     n_c = n_p = 0
     for cand, prod in strata:

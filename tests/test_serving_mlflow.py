@@ -93,6 +93,12 @@ class Registry:
             )
         return str(info.registered_model_version)
 
+    @classmethod
+    def fresh(cls, tmp_path: Path) -> Registry:
+        """A registry of the test's own (one whose model the test may delete)."""
+        (tmp_path / "mlflow").mkdir()
+        return cls(tmp_path / "mlflow")
+
     def tagged(self, state: Path, seed: int, stop: datetime | None, alias: str) -> tuple[str, str]:
         """Log a version as the retrain registers one — its state's SHA-256 and, unless
         None, where its window stops — and point ``alias`` at it; (version, digest)."""
@@ -224,8 +230,7 @@ def test_a_recreated_registered_model_is_another_version(
     restart), and a late reward of the first one's decisions is not the second one's.
     (Before: the label alone named a version — the service kept the first one's head
     until a restart, and a restart recovered the first one's snapshot.)"""
-    (tmp_path / "mlflow").mkdir()
-    registry = Registry(tmp_path / "mlflow")
+    registry = Registry.fresh(tmp_path)
     settings = service_settings(tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME)
     label = version_label(NAME, "1")
     first = policy_file(tmp_path / "first.npz", seed=1)
@@ -297,8 +302,7 @@ def test_a_version_loaded_while_rewards_commit_learns_every_one(
     next snapshot recorded a later reward id."""
     import serving.models.loader as loader_module
 
-    (tmp_path / "mlflow").mkdir()
-    registry = Registry(tmp_path / "mlflow")
+    registry = Registry.fresh(tmp_path)
     settings = service_settings(
         tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME, candidate_share=0.5
     )
@@ -356,8 +360,7 @@ def test_a_reward_committed_across_a_swap_reaches_the_version_swapped_in(
     import serving.service as service_module
     from eventstore.records import RewardRow
 
-    (tmp_path / "mlflow").mkdir()
-    registry = Registry(tmp_path / "mlflow")
+    registry = Registry.fresh(tmp_path)
     settings = service_settings(tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME)
     stop = datetime.now(UTC) - timedelta(minutes=5)
     first, second = policy_file(tmp_path / "a.npz", seed=1), policy_file(tmp_path / "b.npz", seed=2)
@@ -394,8 +397,7 @@ def test_one_version_in_both_roles_is_one_head(tmp_path: Path, rng: np.random.Ge
     Before, the candidate role got a second copy that learnt none of them (a version
     without a window learns only its own decisions' rewards, and they all named the
     production copy)."""
-    (tmp_path / "mlflow").mkdir()
-    registry = Registry(tmp_path / "mlflow")
+    registry = Registry.fresh(tmp_path)
     settings = service_settings(
         tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME, candidate_share=0.5
     )
@@ -428,8 +430,7 @@ def test_no_version_is_swapped_in_while_events_are_journaled(
     import sqlite3
     import time
 
-    (tmp_path / "mlflow").mkdir()
-    registry = Registry(tmp_path / "mlflow")
+    registry = Registry.fresh(tmp_path)
     settings = service_settings(
         tmp_path,
         mlflow_tracking_uri=registry.uri,
@@ -474,8 +475,7 @@ def test_production_rewards_outstanding_at_a_promotion_reach_its_successor(
     for their rewards: the promoted version learns them (its window stops before them),
     as it would have during the rollout. Before, each was stored ``not_served`` and lost
     to online learning."""
-    (tmp_path / "mlflow").mkdir()
-    registry = Registry(tmp_path / "mlflow")
+    registry = Registry.fresh(tmp_path)
     settings = service_settings(
         tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME, candidate_share=0.5
     )
