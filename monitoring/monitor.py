@@ -123,13 +123,19 @@ def selection_entropy(
         return 0.0, 0.0
     counts = np.array(list(Counter(arm_ids).values()), dtype=np.float64)
     p = counts / counts.sum()
+    u = np.array(list(uniform_shares(candidate_ids).values()), dtype=np.float64)
+    u = u[u > 0] / u.sum() if u.size else u
+    return float(-(p * np.log(p)).sum()), float(-(u * np.log(u)).sum())
+
+
+def uniform_shares(candidate_ids: Sequence[Sequence[str]]) -> defaultdict[str, float]:
+    """Per arm offered, the choices a uniform policy would have made: ``Σ_t 1[a ∈ C_t] /
+    |C_t|``."""
     share: defaultdict[str, float] = defaultdict(float)
     for ids in candidate_ids:
         for arm in ids:
             share[arm] += 1.0 / len(ids)
-    u = np.array(list(share.values()), dtype=np.float64)
-    u = u[u > 0] / u.sum() if u.size else u
-    return float(-(p * np.log(p)).sum()), float(-(u * np.log(u)).sum())
+    return share
 
 
 def arm_coverage(
@@ -137,10 +143,7 @@ def arm_coverage(
 ) -> list[dict[str, Any]]:
     """Per arm offered: ``chosen`` (count) and ``uniform_share`` (``Σ_t 1[a ∈ C_t]/|C_t|``),
     sorted by arm id."""
-    share: defaultdict[str, float] = defaultdict(float)
-    for ids in candidate_ids:
-        for arm in ids:
-            share[arm] += 1.0 / len(ids)
+    share = uniform_shares(candidate_ids)
     chosen = Counter(arm_ids)
     return [
         {"arm": arm, "chosen": int(chosen.get(arm, 0)), "uniform_share": float(share[arm])}
