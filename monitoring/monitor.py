@@ -45,7 +45,11 @@ the week before that:
   (:mod:`monitoring.served_latency`); skipped, with the reason, when no URL is set.
 
 Each judged quantity is a *check* (:data:`CHECKS`) with a status ``ok``, ``alert`` or
-``skipped`` (not enough data, or no production model yet) and a message. The DAG fails
+``skipped`` (not enough data, or no production model yet) and a message. A figure beyond
+its limit is an alert only when chance alone would rarely put it there with the week's
+number of decisions (``monitor_alpha``, :mod:`monitoring.evidence`): one decision that did
+not explore, or three rows far from the reference histogram, are too few to tell, and the
+check says so (skipped, with the figures). The DAG fails
 one task per check in alert (:func:`check` raises :class:`MonitorAlert`) and posts the
 alerts to a webhook (:func:`notify`). The pure computations take arrays.
 """
@@ -71,6 +75,7 @@ from eventstore.engine import make_engine
 from eventstore.replay import dimensions, of_dimensions, read_replay
 from eventstore.workspace import MONITOR_FOLDER, as_utc, run_folder
 from modelregistry.registry import ModelRegistry
+from monitoring import evidence
 from monitoring import served_latency as sl
 from monitoring.plots import plot_monitor_report
 from monitoring.settings import CHECKS, MAX_SEGMENTS, MonitorSettings
@@ -312,6 +317,20 @@ def _check(status: str, message: str) -> dict[str, str]:
     return {"status": status, "message": message}
 
 
+def _beyond(text: str, p_value: float, settings: MonitorSettings) -> dict[str, str]:
+    """The check of a figure beyond its limit (``text`` says so): an alert when chance
+    alone gives it with probability ``p_value`` below ``monitor_alpha``; else skipped, too
+    few decisions to tell."""
+    alpha = settings.monitor_alpha
+    if p_value < alpha:
+        return _check("alert", text)
+    return _check(
+        "skipped",
+        f"{text} Too few decisions to tell: a figure at the limit shows this with "
+        f"probability {p_value:.2g} (an alert needs less than {alpha:g}).",
+    )
+
+
 def _reward_section(now: Any, before: Any, settings: MonitorSettings) -> dict[str, Any]:
     current = reward_stats(now["outcome"].to_numpy(dtype=np.float64))
     previous = reward_stats(before["outcome"].to_numpy(dtype=np.float64))
@@ -329,12 +348,29 @@ def _reward_section(now: Any, before: Any, settings: MonitorSettings) -> dict[st
     change = {k: relative_change(current[k], previous[k], scale) for k in ("mean", "p5", "p95")}
     section["change"] = change
     over = {k: v for k, v in change.items() if v > limit}
+    a = now["outcome"].to_numpy(dtype=np.float64)
+    b = before["outcome"].to_numpy(dtype=np.float64)
+    alpha = settings.monitor_alpha
+    differ = {
+        "mean": evidence.mean_p_value(a, b) < alpha,
+        "p5": evidence.quantiles_differ(a, b, 0.05, alpha),
+        "p95": evidence.quantiles_differ(a, b, 0.95, alpha),
+    }
+    section["significant"] = differ
     if over:
         parts = ", ".join(
             f"{k} {previous[k]:.4g} → {current[k]:.4g} ({v:.0%})" for k, v in over.items()
         )
-        section["check"] = _check(
-            "alert", f"reward drifted week over week by more than {limit:.0%}: {parts}."
+        text = f"reward drifted week over week by more than {limit:.0%}: {parts}."
+        section["check"] = (
+            _check("alert", text)
+            if any(differ[k] for k in over)
+            else _check(
+                "skipped",
+                f"{text} Too few rewarded decisions to tell ({len(now)} and {len(before)}): "
+                f"the weeks' {' / '.join(over)} do not differ at level {alpha:g} (mean: "
+                "two-sample z test; p5 / p95: order-statistic intervals).",
+            )
         )
     else:
         worst = max(change, key=lambda k: change[k])
@@ -388,24 +424,41 @@ def _drift_section(
         )
         return section
     features, names = _features(now, end, *dims)
-    scores = {
-        name: drift_score(
-            features[name].to_numpy(dtype=np.float64),
-            reference["features"][name]["edges"],
-            reference["features"][name]["proportions"],
+    scores: dict[str, float] = {}
+    chance: dict[str, float] = {}
+    reference_rows = reference.get("rows")
+    for name in names:
+        if name not in reference["features"]:
+            continue
+        values = features[name].to_numpy(dtype=np.float64)
+        ref = reference["features"][name]
+        scores[name] = drift_score(values, ref["edges"], ref["proportions"], metric)
+        chance[name] = evidence.drift_chance_quantile(
+            ref["proportions"],
+            int(np.isfinite(values).sum()),
+            None if reference_rows is None else int(reference_rows),
             metric,
+            settings.monitor_alpha,
         )
-        for name in names
-        if name in reference["features"]
-    }
     section["scores"] = scores
+    section["chance"] = chance  # what this many rows score without drift (1 − alpha)
     over = {k: v for k, v in scores.items() if v > limit}
+    drifted = {k: v for k, v in over.items() if v > chance[k]}
     if over:
         parts = ", ".join(f"{k} {v:.3f}" for k, v in sorted(over.items(), key=lambda kv: -kv[1]))
-        section["check"] = _check(
-            "alert",
+        text = (
             f"features drifted from the training window of production version {production} "
-            f"({metric} > {limit:g}): {parts}.",
+            f"({metric} > {limit:g}): {parts}."
+        )
+        section["check"] = (
+            _check("alert", text)
+            if drifted
+            else _check(
+                "skipped",
+                f"{text} Too few decisions to tell ({len(now)}): without any drift this "
+                f"many rows score that much with probability {settings.monitor_alpha:g} or "
+                f"more (chance level {max(chance[k] for k in over):.3f}).",
+            )
         )
     else:
         worst = max(scores, key=lambda k: scores[k])
@@ -419,18 +472,28 @@ def _entropy_section(
     arms: list[str], candidates: list[list[str]], settings: MonitorSettings
 ) -> dict[str, Any]:
     entropy, maximum = selection_entropy(arms, candidates)
+    # a week of n choices is compared with what n uniform choices reach on its offers (the
+    # plug-in entropy is biased low by about (arms − 1) / 2n; one choice has none at all)
+    expected = evidence.expected_entropy(list(uniform_shares(candidates).values()), len(arms))
     limit = settings.entropy_min_ratio
-    ratio = entropy / maximum if maximum > 0 else None
-    section: dict[str, Any] = {"entropy": entropy, "max": maximum, "ratio": ratio, "limit": limit}
+    ratio = entropy / expected if expected > 0 else None
+    section: dict[str, Any] = {
+        "entropy": entropy,
+        "max": maximum,
+        "expected_uniform": expected,
+        "ratio": ratio,
+        "limit": limit,
+    }
     if ratio is None:
         section["check"] = _check(
-            "skipped", "selection entropy needs decisions among at least two arms."
+            "skipped", "selection entropy needs two or more decisions among at least two arms."
         )
     elif ratio < limit:
         section["check"] = _check(
             "alert",
-            f"selection entropy {entropy:.3f} nats is {ratio:.0%} of {maximum:.3f} (a uniform "
-            f"choice among the candidates offered), below {limit:.0%}.",
+            f"selection entropy {entropy:.3f} nats is {ratio:.0%} of {expected:.3f} (a "
+            f"uniform choice among the candidates offered, over the same {len(arms)} "
+            f"decisions), below {limit:.0%}.",
         )
     else:
         section["check"] = _check(
@@ -490,10 +553,11 @@ def _propensity_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     if share is None:
         section["check"] = _check("skipped", "no decisions this week.")
     elif share > limit:
-        section["check"] = _check(
-            "alert",
+        section["check"] = _beyond(
             f"{violations} of {p.size} decisions ({share:.1%}) were logged with a propensity "
             f"below the floor {floor:g} (smallest {p.min():.3g}); at most {limit:.1%} allowed.",
+            evidence.share_p_value(violations, p.size, limit, above=True),
+            settings,
         )
     else:
         section["check"] = _check(
@@ -515,10 +579,11 @@ def _fallback_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     if rate is None:
         section["check"] = _check("skipped", "no decisions this week.")
     elif rate > limit:
-        section["check"] = _check(
-            "alert",
+        section["check"] = _beyond(
             f"{int(flags.sum())} of {flags.size} decisions ({rate:.1%}) were served by the "
             f"fallback policy; at most {limit:.1%} allowed.",
+            evidence.share_p_value(int(flags.sum()), flags.size, limit, above=True),
+            settings,
         )
     else:
         section["check"] = _check("ok", f"fallback served {rate:.1%} of decisions.")
@@ -557,8 +622,11 @@ def _explored_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
         "with a propensity below 1"
     )
     if share < limit:
-        section["check"] = _check(
-            "alert", f"{text}; at least {limit:.1%} must explore (the policy stopped learning)."
+        explored = int(model["explored"].to_numpy(dtype=bool).sum())
+        section["check"] = _beyond(
+            f"{text}; at least {limit:.1%} must explore (the policy stopped learning).",
+            evidence.share_p_value(explored, len(model), limit, above=False),
+            settings,
         )
     else:
         section["check"] = _check("ok", f"{text} (minimum {limit:.1%}).")
@@ -826,7 +894,11 @@ def served_faults(
         f"past the deadline); {causes['no_model']:.0f} more fell back with no model served"
     )
     if share > limit:
-        section["check"] = _check("alert", f"{text}; at most {limit:.2%} allowed.")
+        section["check"] = _beyond(
+            f"{text}; at most {limit:.2%} allowed.",
+            evidence.share_p_value(failed, n, limit, above=True),
+            settings,
+        )
     else:
         section["check"] = _check("ok", f"{text} (limit {limit:.2%}).")
     return section
@@ -853,9 +925,16 @@ def _previous_scrape(path: Path, url: str, before: datetime) -> tuple[str, dict[
 
 # ---------------------------------------------------------------------- retrain trigger
 def drifted_features(report: Mapping[str, Any], threshold: float) -> dict[str, float]:
-    """The features of a report whose drift score reaches ``threshold``, worst first."""
-    scores = report["feature_drift"].get("scores") or {}
-    over = {k: float(v) for k, v in scores.items() if float(v) >= threshold}
+    """The features of a report whose drift score reaches ``threshold`` and what chance
+    alone reaches at the week's number of rows (the report's ``chance``), worst first."""
+    section = report["feature_drift"]
+    scores = section.get("scores") or {}
+    chance = section.get("chance") or {}  # a score chance alone reaches is no drift
+    over = {
+        k: float(v)
+        for k, v in scores.items()
+        if float(v) >= threshold and float(v) > float(chance.get(k, -np.inf))
+    }
     return dict(sorted(over.items(), key=lambda kv: -kv[1]))
 
 

@@ -89,6 +89,12 @@ class MonitorSettings(CoreSettings):
     segment_min_decisions : int
         Alert when a segment (a user group, or a feature value seen in either week) got
         fewer decisions than this in the monitored week.
+    monitor_alpha : float
+        A figure beyond its limit is an alert only when chance alone would put it there
+        with probability below this at the week's number of decisions (a share at its
+        limit, no feature drift, equal reward distributions, uniform choice's entropy);
+        otherwise the check is skipped as too few decisions to tell
+        (:mod:`monitoring.evidence`).
     """
 
     section: ClassVar[str] = "monitor"
@@ -112,6 +118,7 @@ class MonitorSettings(CoreSettings):
     segment_feature: str | None = None
     segment_user_groups: int = Field(8, ge=1)
     segment_min_decisions: int = Field(20, ge=0)
+    monitor_alpha: float = Field(0.01, ge=0.001, lt=0.5)
 
     @field_validator("segment_feature")
     @classmethod

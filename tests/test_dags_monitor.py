@@ -357,7 +357,19 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
             uniform[arm] = uniform.get(arm, 0.0) + 1.0 / len(offered)
     u = np.array(list(uniform.values())) / N_PER_WEEK
     maximum = float(-(u * np.log(u)).sum())
-    assert report["selection_entropy"]["ratio"] == pytest.approx(entropy / maximum)
+    assert report["selection_entropy"]["max"] == pytest.approx(maximum)
+    # … over the same number of decisions: the plug-in entropy of 1,500 uniform choices
+    # among each decision's own candidates (simulated) is below the limit's entropy
+    sim = np.random.default_rng(7)
+    simulated = []
+    for _ in range(100):
+        picks = [offered[sim.integers(len(offered))] for offered in cur.candidates]
+        freq = np.unique(picks, return_counts=True)[1] / N_PER_WEEK
+        simulated.append(float(-(freq * np.log(freq)).sum()))
+    expected = report["selection_entropy"]["expected_uniform"]
+    assert expected < maximum
+    assert expected == pytest.approx(np.mean(simulated), abs=4 * np.std(simulated) / 10)
+    assert report["selection_entropy"]["ratio"] == pytest.approx(entropy / expected)
 
     # arm coverage: the starved arm against its uniform share
     share = sum(1.0 / len(c) for c in cur.candidates if STARVED in c)

@@ -181,6 +181,7 @@ def samples(root: Path) -> dict[str, Any]:
         "segment_feature": "context_1",
         "segment_user_groups": 4,
         "segment_min_decisions": 10,
+        "monitor_alpha": 0.05,
     }
 
 

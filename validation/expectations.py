@@ -346,16 +346,23 @@ def drift_score(
     :data:`DRIFT_FLOOR`); NaNs are ignored, an empty column scores 0."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
-    q = np.maximum(np.asarray(reference_proportions, dtype=np.float64), DRIFT_FLOOR)
-    if x.size == 0:
-        return 0.0
+    q = np.asarray(reference_proportions, dtype=np.float64)
     counts = np.bincount(bin_index(x, inner_edges), minlength=q.shape[0])
-    p = np.maximum(counts / x.size, DRIFT_FLOOR)
-    if metric == "psi":
-        return float(np.sum((p - q) * np.log(p / q)))
-    if metric == "kl":
-        return float(np.sum(p * np.log(p / q)))
-    raise ValueError(f"metric must be 'psi' or 'kl'; got {metric!r}.")
+    return float(histogram_divergence(counts, q, metric))
+
+
+def histogram_divergence(counts: np.ndarray, reference_proportions: Any, metric: str) -> Any:
+    """:func:`drift_score` of histograms given as bin counts: ``counts`` (..., bins), one
+    score per histogram (0 for an empty one); ``reference_proportions`` (bins,) or
+    broadcastable to ``counts``."""
+    if metric not in ("psi", "kl"):
+        raise ValueError(f"metric must be 'psi' or 'kl'; got {metric!r}.")
+    c = np.asarray(counts, dtype=np.float64)
+    q = np.maximum(np.asarray(reference_proportions, dtype=np.float64), DRIFT_FLOOR)
+    total = c.sum(axis=-1, keepdims=True)
+    p = np.maximum(c / np.where(total > 0, total, 1.0), DRIFT_FLOOR)
+    terms = (p - q) * np.log(p / q) if metric == "psi" else p * np.log(p / q)
+    return np.where(total[..., 0] > 0, terms.sum(axis=-1), 0.0)
 
 
 # ---------------------------------------------------------------------- features
