@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,10 +65,10 @@ def test_the_check_would_catch_a_forbidden_import(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- package direction
-#: What each package may import among the project's packages (ARCHITECTURE.md, "Packages"):
-#: ``ops`` → ``dags`` → ``training``, ``monitoring`` → ``serving``, ``validation`` →
-#: ``modelregistry`` → ``eventstore`` → ``bandit_core``. Training and serving meet only in
-#: the shared packages below them; nothing imports ``benchmarks`` or ``tests``.
+#: What each package may import among the project's packages: the table of
+#: docs/architecture.md, "Packages and their direction" (checked against it below).
+#: Training, monitoring and serving meet only in the shared packages below them; nothing
+#: imports ``benchmarks`` or ``tests``.
 SHARED = {"bandit_core", "eventstore", "modelregistry"}
 ALLOWED: dict[str, set[str]] = {
     "bandit_core": set(),
@@ -156,6 +157,32 @@ def _plant(root: Path, files: dict[str, str]) -> Path:
 
 def test_no_package_imports_one_above_it_or_sideways() -> None:
     assert direction_violations(ROOT) == []
+
+
+def documented_imports(page: str) -> dict[str, set[str]]:
+    """``{package: what it may import}`` from the package table of docs/architecture.md
+    ("shared packages" read as :data:`SHARED`, "—" as nothing)."""
+    table: dict[str, set[str]] = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        package = cells[0].strip("`")
+        column = cells[2].split("(")[0]  # a parenthesis explains; it lists nothing
+        names = set(re.findall(r"`([a-z_]+)`", column))
+        table[package] = names | (SHARED if "shared packages" in column else set())
+    return table
+
+
+def test_the_architecture_page_states_the_enforced_directions() -> None:
+    """The page's table is what the scan enforces: a package the page lets import another
+    that the scan refuses (or the reverse) is a copy that drifted (before, the page let
+    ``ops`` import ``dags`` and drew ``monitoring`` above ``serving``)."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    documented = documented_imports(page)
+    assert documented == {k: v for k, v in ALLOWED.items() if k != "benchmarks"}
+    planted = page.replace("| shared packages, `validation` |", "| shared packages, `serving` |")
+    assert documented_imports(planted) != documented
 
 
 def test_only_the_registry_package_imports_mlflow() -> None:

@@ -81,7 +81,9 @@ def test_good_data_passes_every_expectation(tmp_path: Path) -> None:
     df = good(n=500)
     before = df.copy(deep=True)
     docs = tmp_path / "docs"
-    result = validate_replay(df, config(), reference=good(n=500, seed=1), docs_dir=docs)
+    result = validate_replay(
+        df, config(), reference=good(n=500, seed=1), drift_threshold=0.2, docs_dir=docs
+    )
     assert result.success and not result.failures
     assert (
         result.evaluated == 1 + 8 + 8 + 6 + 2 + 2 + 2 + 2 + 4
@@ -336,9 +338,15 @@ def test_drift_warning_level_is_recorded_and_the_failing_level_stops() -> None:
     )
     assert same.success and same.warnings == ()
     with pytest.raises(ValueError, match=r"drift_warning must be in \(0, drift_threshold"):
-        validate_replay(shifted, config(), histograms=histograms, drift_warning=5.0)
+        validate_replay(
+            shifted, config(), histograms=histograms, drift_threshold=1.0, drift_warning=5.0
+        )
+    with pytest.raises(ValueError, match="drift_threshold is required with a reference"):
+        validate_replay(shifted, config(), histograms=histograms)
     with pytest.raises(ValueError, match="as a DataFrame or as histograms, not both"):
-        validate_replay(shifted, config(), reference=reference, histograms=histograms)
+        validate_replay(
+            shifted, config(), reference=reference, histograms=histograms, drift_threshold=1.0
+        )
 
 
 def test_no_drift_against_the_same_distribution() -> None:

@@ -579,7 +579,7 @@ def validate_replay(
     *,
     reference: pd.DataFrame | None = None,
     histograms: Histograms | None = None,
-    drift_threshold: float = 0.2,
+    drift_threshold: float | None = None,
     drift_warning: float | None = None,
     docs_dir: str | Path | None = None,
     raise_on_failure: bool = True,
@@ -596,9 +596,10 @@ def validate_replay(
     histograms : mapping, optional
         The reference window as histograms (``{feature: (inner edges, proportions)}``, e.g. the
         feature reference logged with a registered version); not with ``reference``.
-    drift_threshold : float
+    drift_threshold : float, optional
         Run-time threshold of every drift expectation, the failing level (PSI 0.1 / 0.2 /
-        0.25 are the usual "small / moderate / major shift" marks).
+        0.25 are the usual "small / moderate / major shift" marks); required with a
+        reference (the retrain passes ``validation_drift_failing``; no second default).
     drift_warning : float, optional
         The warning level (below ``drift_threshold``): a feature drifting beyond it is a
         failed expectation of severity "warning", listed in ``warnings``; the
@@ -628,6 +629,13 @@ def validate_replay(
         raise TypeError(f"df must be a pandas DataFrame; got {type(df).__name__}.")
     if not isinstance(config, ReplaySuiteConfig):
         raise TypeError(f"config must be a ReplaySuiteConfig; got {type(config).__name__}.")
+    if drift_threshold is None:
+        if reference is not None or histograms is not None:
+            raise ValueError(
+                "drift_threshold is required with a reference (the failing level of the "
+                "drift expectations); got None."
+            )
+        drift_threshold = 0.0  # no reference: no drift expectation reads it
     validate_params(
         "validate_replay",
         {"drift_threshold": drift_threshold},
