@@ -170,6 +170,12 @@ class BayesianLinearHead:
         append_rows(self, blocks)
         return first
 
+    def truncate(self, n_heads: int) -> None:
+        """Drop the heads from ``n_heads`` on (those :meth:`add_heads` appended for a call
+        that then failed); the buffers keep their spare rows."""
+        for name in self._array_names():
+            setattr(self, name, getattr(self, name)[:n_heads])
+
     def subset(self, heads: IntArray) -> BayesianLinearHead:
         """A new head holding copies of the given heads, in that order: O(len(heads)·d²),
         whatever the number of heads here (a decision copy:

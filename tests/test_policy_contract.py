@@ -375,6 +375,36 @@ def test_a_batch_learns_every_row_but_those_refused(name: str) -> None:
             np.testing.assert_array_equal(after[key], value, err_msg=key)
 
 
+def test_a_refused_batch_learns_nothing_and_registers_no_arm(name: str) -> None:
+    """Rows at the bound along one direction (5,000 of them) make some models' precision
+    numerically singular: the policy either learns them (its state stays finite) or refuses
+    the whole call with a ``ValueError`` and stays exactly as it was. Before, per-arm
+    models kept the new arm's head from a refused batch (the arm then counted as known),
+    and the logistic model learnt rows one at a time and raised at the refactorisation
+    after them (every later update raised too, and still learnt)."""
+    policy = ALL[name]()  # untrained: the prior alone is weakest against such rows
+    before = state_arrays(policy)
+    rng = np.random.default_rng(12)
+    cands = candidates_for(policy, _candidates(rng))
+    n = 5000
+    contexts = np.tile(MAX_ABS_INPUT * np.array([1.0, -1.0, 1.0]), (n, 1))
+    contexts[::2, 2] -= 1.0
+    feats = np.tile(np.full(cands.dim, MAX_ABS_INPUT), (n, 1))
+    try:
+        policy.update_batch(contexts, ["brand-new"] * n, np.ones(n), feats)
+    except ValueError:
+        after = state_arrays(policy)
+        assert after.keys() == before.keys()
+        for key, value in before.items():
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+        arms = arm_state(policy)
+        assert arms is None or not arms.knows("brand-new")
+    else:
+        for key, value in state_arrays(policy).items():
+            if np.issubdtype(value.dtype, np.number):
+                assert np.isfinite(value).all(), key
+
+
 def test_arm_state_is_what_grows_with_the_arms(name: str) -> None:
     """``arm_state`` finds the per-arm state of a policy (what ``max_arms`` bounds in the
     service): it counts a new arm once learnt. A policy without one grows no numeric

@@ -16,7 +16,7 @@ request path (the head keeps L⁻¹ up to date in O(d²)).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -333,10 +333,34 @@ class PerArmModel:
         head = self.head
         return head.theta_[rows].dot(context), head.inv_chol_[rows] @ context, heads
 
+    def _forget_arms_from(self, known: int) -> None:
+        """Undo the arms registered after the first ``known`` (their call failed: a
+        refused reward leaves no head, and no arm the model then claims to know)."""
+        if len(self.arm_ids) > known:
+            for arm in self.arm_ids[known:]:
+                del self._slots[arm]
+            del self.arm_ids[known:]
+            self.head.truncate(known + 1)
+            self._heads_of.clear()
+
+    def _learning(self, ids: Sequence[str], learn: Callable[[IntArray], None]) -> None:
+        """``learn(heads of ids)``, the arms new to it registered first and forgotten again
+        when it raises."""
+        known = len(self.arm_ids)
+        heads = self.heads_for(list(ids), create=True)
+        try:
+            learn(heads)
+        except BaseException:
+            self._forget_arms_from(known)
+            raise
+
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
         slot = self._slots.get(arm_id)
         if slot is None:
-            slot = int(self.heads_for([arm_id], create=True)[0])
+            self._learning(
+                [arm_id], lambda heads: self.head._update(context, reward, int(heads[0]))
+            )
+            return
         self.head._update(context, reward, slot)
 
     def revise_one(
@@ -350,17 +374,18 @@ class PerArmModel:
     def learn(
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
     ) -> None:
-        heads = self.heads_for(ids, create=True)
-        if contexts.shape[0] == 1:
-            self.head._update(contexts[0], float(rewards[0]), int(heads[0]))
-        else:
-            self.head.update_batch(contexts, rewards, heads)
+        def learn(heads: IntArray) -> None:
+            if contexts.shape[0] == 1:
+                self.head._update(contexts[0], float(rewards[0]), int(heads[0]))
+            else:
+                self.head.update_batch(contexts, rewards, heads)
+
+        self._learning(ids, learn)
 
     def rebuild(
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
     ) -> None:
-        heads = self.heads_for(ids, create=True)
-        self.head.rebuild(contexts, rewards, heads)
+        self._learning(ids, lambda heads: self.head.rebuild(contexts, rewards, heads))
 
     def arrays(self) -> dict[str, NDArray[Any]]:
         out = self.head.to_arrays()

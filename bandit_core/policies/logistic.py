@@ -245,16 +245,27 @@ class LogisticTS:
         if self.config.intercept:
             phi = np.concatenate([phi, np.ones((phi.shape[0], 1))], axis=1)
         cfg = self.config
+        # on copies, kept only when every row went in and the posterior is finite: a
+        # refused batch (a refactorisation that fails, a non-finite result) learns nothing
+        theta, inv_chol, precision = self.theta_, self.inv_chol_, self.precision_.copy()
+        pending = self.pending_
         for i in range(phi.shape[0]):
-            self.theta_, self.inv_chol_, curvature = laplace_update(
-                self.theta_, self.inv_chol_, phi[i], float(r[i]), cfg.newton_steps
+            theta, inv_chol, curvature = laplace_update(
+                theta, inv_chol, phi[i], float(r[i]), cfg.newton_steps
             )
-            self.precision_ += curvature * np.outer(phi[i], phi[i])
-            self.count_ += 1.0
-            self.pending_ += 1
-            if self.pending_ >= cfg.refactor_every:
-                self.inv_chol_ = inverse_cholesky(self.precision_)
-                self.pending_ = 0
+            precision += curvature * np.outer(phi[i], phi[i])
+            pending += 1
+            if pending >= cfg.refactor_every:
+                inv_chol = inverse_cholesky(precision)
+                pending = 0
+        if not (np.isfinite(theta).all() and np.isfinite(inv_chol).all()):
+            raise ValueError(
+                f"{self.name}: these rewards would make the posterior non-finite (features "
+                "too large for lambda_prior); nothing was learnt."
+            )
+        self.theta_, self.inv_chol_, self.precision_ = theta, inv_chol, precision
+        self.count_ += float(phi.shape[0])
+        self.pending_ = pending
 
     def rebuild(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
         """Forget everything and learn the rows again, in time order."""
