@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -403,6 +404,38 @@ def test_a_refused_batch_learns_nothing_and_registers_no_arm(name: str) -> None:
         for key, value in state_arrays(policy).items():
             if np.issubdtype(value.dtype, np.number):
                 assert np.isfinite(value).all(), key
+
+
+def test_a_tampered_state_is_refused_naming_what_is_wrong(name: str) -> None:
+    """A state holding NaN, ±inf or complex numbers in any array, or missing an array,
+    is a ``ValueError`` from ``policy_from_state`` (naming the array, or saying the
+    state is malformed). Before, NaN and complex arrays were restored as they were (a
+    ``shared_linucb`` with NaN weights decided with NaN propensities) and a missing
+    array was a ``KeyError``."""
+    from dataclasses import replace
+
+    state = _trained(name).to_state()
+    floats = [k for k, v in state.arrays.items() if np.asarray(v).dtype.kind == "f" and np.size(v)]
+    if not floats:
+        assert name == "uniform"  # learns nothing
+        return
+    for key in floats:
+        for bad in (np.nan, np.inf):
+            arrays = dict(state.arrays)
+            arrays[key] = np.array(arrays[key], dtype=np.float64, copy=True)
+            arrays[key].flat[0] = bad
+            with pytest.raises(
+                ValueError, match=rf"state array '{re.escape(key)}' holds non-finite"
+            ):
+                policy_from_state(replace(state, arrays=arrays))
+    key = floats[0]
+    arrays = {**state.arrays, key: np.asarray(state.arrays[key]) * (1 + 0j)}
+    with pytest.raises(ValueError, match="must be real numbers or strings"):
+        policy_from_state(replace(state, arrays=arrays))
+    for key in state.arrays:
+        missing = {k: v for k, v in state.arrays.items() if k != key}
+        with pytest.raises(ValueError):
+            policy_from_state(replace(state, arrays=missing))
 
 
 def test_arm_state_is_what_grows_with_the_arms(name: str) -> None:

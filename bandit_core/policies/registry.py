@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from bandit_core.catalog import ALGORITHMS, CATALOG, WRAPPERS, policy_spec, resolve_target
 from bandit_core.catalog import POLICIES as POLICIES
 from bandit_core.policies.base import Policy
@@ -45,9 +47,35 @@ def policy_from_state(state: PolicyState) -> Policy:
     target = spec.target if spec is not None else WRAPPERS.get(state.policy)
     if target is None:
         raise ValueError(f"state names an unknown policy {state.policy!r}.")
+    check_state_arrays(state)
     cls: Any = resolve_target(target)
-    restored: Policy = cls.from_state(state)
+    try:
+        restored: Policy = cls.from_state(state)
+    except (KeyError, IndexError, AttributeError, TypeError, OverflowError) as exc:
+        # a state written by to_state never gets here: a hand-edited or truncated one does
+        raise ValueError(
+            f"state of policy {state.policy!r} is malformed ({type(exc).__name__}: {exc})."
+        ) from exc
     return restored
+
+
+def check_state_arrays(state: PolicyState) -> None:
+    """``ValueError`` naming the first array of ``state`` that is not a real, finite
+    numeric or string array: no state :meth:`Policy.to_state` writes holds NaN, ±inf or
+    complex numbers, and a policy restored from one would decide on them."""
+    if not isinstance(state.arrays, dict) or not isinstance(state.config, dict):
+        raise ValueError("state arrays and config must be dicts.")
+    for key, value in state.arrays.items():
+        array = np.asarray(value)
+        kind = array.dtype.kind
+        if kind in "US":
+            continue
+        if kind not in "biuf":
+            raise ValueError(
+                f"state array {key!r} must be real numbers or strings; got dtype {array.dtype}."
+            )
+        if kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"state array {key!r} holds non-finite values.")
 
 
 def catalog_policy(policy: Any) -> Any:
