@@ -227,6 +227,24 @@ def refuse_complex(name: str, value: Any) -> None:
         raise ValueError(f"{name} must hold real numbers; got complex values {_show(value)}.")
 
 
+def arm_id_text(value: Any, field: str = "arm_id") -> str:
+    """An arm id as the text the policy keys it by: a string, or an integer written in
+    decimal. ``ValueError`` naming ``field`` for anything else (None, a float, a dict: its
+    ``str`` would be a key nobody meant) and for a NUL character (a state stores ids as
+    numpy strings, which drop trailing NULs: ``"a\\x00"`` would come back as ``"a"``)."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        text = str(int(value))
+    else:
+        raise ValueError(
+            f"{field} must be a string or an integer; got {type(value).__name__} {value!r:.40}."
+        )
+    if "\x00" in text:
+        raise ValueError(f"{field} must not contain a NUL character; got {text!r:.60}.")
+    return text
+
+
 #: The largest magnitude a policy or head accepts in any input it learns from or scores
 #: (features, contexts, rewards). ``python -m benchmarks.magnitude``: with the default prior
 #: precision λ = 1 the hybrid models refuse updates from 1e8 (an arm's inverse precision

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit_core._validation import FloatArray, as_float_matrix
+from bandit_core._validation import FloatArray, arm_id_text, as_float_matrix
 
 SCHEMA_VERSION = 1
 
@@ -60,7 +60,7 @@ class Candidates:
             raise ValueError(
                 f"candidates.ids must be a sequence of arm ids; got {type(ids).__name__}."
             )
-        id_tuple = tuple(str(i) for i in ids)
+        id_tuple = tuple(arm_id_text(i, "candidates.ids") for i in ids)
         if len(id_tuple) == 0:
             raise ValueError("candidates must hold at least one arm; got an empty candidate set.")
         if len(set(id_tuple)) != len(id_tuple):

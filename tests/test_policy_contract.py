@@ -438,6 +438,32 @@ def test_a_tampered_state_is_refused_naming_what_is_wrong(name: str) -> None:
             policy_from_state(replace(state, arrays=missing))
 
 
+def test_arm_ids_are_strings_or_integers_without_nul(name: str) -> None:
+    """An arm id is a string or an integer (its decimal text); a NUL in it, or an id of
+    another type, is a ``ValueError`` naming the field, and nothing is learnt. Before,
+    ``"a\\x00"`` was learnt as its own arm and restored from the state as ``"a"`` (numpy
+    strings drop trailing NULs: another arm's head, or a hybrid state that no longer
+    loaded), and None, floats or dicts were learnt under their ``str``."""
+    policy = _trained(name)
+    before = state_arrays(policy)
+    rng = np.random.default_rng(14)
+    cands = candidates_for(policy, _candidates(rng))
+    x, feats = rng.standard_normal(DIM_USER), cands.features[0]
+    for bad in ("a\x00", None, 2.5, True):
+        with pytest.raises(ValueError, match=r"arm_ids? must"):
+            policy.update(x, bad, 1.0, feats)
+        with pytest.raises(ValueError, match="arm_ids must"):
+            policy.update_batch(x[None], [bad], [1.0], feats[None])
+    with pytest.raises(ValueError, match=r"candidates\.ids must not contain a NUL"):
+        Candidates.from_any(["a", "b\x00"], np.zeros((2, cands.dim)))
+    after = state_arrays(policy)
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    policy.update(x, np.int64(7), 1.0, feats)  # an integer id is its decimal text
+    arms = arm_state(policy)
+    assert arms is None or arms.knows("7")
+
+
 def test_arm_state_is_what_grows_with_the_arms(name: str) -> None:
     """``arm_state`` finds the per-arm state of a policy (what ``max_arms`` bounds in the
     service): it counts a new arm once learnt. A policy without one grows no numeric

@@ -9,6 +9,7 @@ import numpy as np
 
 from bandit_core._validation import (
     FloatArray,
+    arm_id_text,
     as_float_matrix,
     as_float_vector,
     check_generator,
@@ -112,7 +113,7 @@ def check_updates(
         raise ValueError(
             f"arm_ids must be a sequence of {n} arm ids; got {type(arm_ids).__name__}."
         )
-    ids = [str(a) for a in arm_ids]
+    ids = [arm_id_text(a, "arm_ids") for a in arm_ids]
     if len(ids) != n:
         raise ValueError(f"arm_ids must have {n} entries (one per context); got {len(ids)}.")
     r = as_float_vector("rewards", rewards, n)

@@ -29,6 +29,7 @@ from bandit_core._validation import (
     Interval,
     IsBool,
     OneOf,
+    arm_id_text,
     as_finite_float,
     as_float_vector,
     check_known_options,
@@ -578,7 +579,7 @@ class LinearPolicy:
             feats = as_float_vector("arm_features", arm_features, dim_arm)
         else:
             feats = _NO_FEATURES
-        self.model.learn_one(x, str(arm_id), feats, r)
+        self.model.learn_one(x, arm_id_text(arm_id), feats, r)
 
     def revise_reward(
         self,
@@ -600,7 +601,7 @@ class LinearPolicy:
         feats = (
             as_float_vector("arm_features", arm_features, dim_arm) if dim_arm > 0 else _NO_FEATURES
         )
-        self.model.revise_one(x, str(arm_id), feats, old, new)
+        self.model.revise_one(x, arm_id_text(arm_id), feats, old, new)
 
     def update_batch(
         self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None

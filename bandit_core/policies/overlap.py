@@ -49,6 +49,7 @@ from bandit_core._validation import (
     FloorMap,
     Interval,
     OptionalOf,
+    arm_id_text,
     check_known_options,
     validate_params,
 )
@@ -308,18 +309,18 @@ class Overlap(DelegatingWrapper):
 
     def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
         self.inner.update(context, arm_id, reward, arm_features)
-        self.seen.add(str(arm_id))
+        self.seen.add(arm_id_text(arm_id))
 
     def update_batch(
         self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None
     ) -> None:
         self.inner.update_batch(contexts, arm_ids, rewards, arm_features)
-        self.seen.update(str(a) for a in arm_ids)
+        self.seen.update(arm_id_text(a, "arm_ids") for a in arm_ids)
 
     def rebuild(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
         """The inner model's rebuild from these rows (their arms count as seen)."""
         self.inner.rebuild(contexts, arm_ids, rewards, arm_features)  # type: ignore[attr-defined]
-        self.seen.update(str(a) for a in arm_ids)
+        self.seen.update(arm_id_text(a, "arm_ids") for a in arm_ids)
 
     def to_state(self) -> PolicyState:
         config = {"overlap": self.config.to_json()}

@@ -10,6 +10,7 @@ import numpy as np
 from bandit_core._validation import (
     Interval,
     OptionalOf,
+    arm_id_text,
     as_finite_float,
     check_known_options,
     validate_params,
@@ -59,6 +60,7 @@ class UniformRandom:
     def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
         """Validates the feedback (so a caller learns of bad input) and learns nothing."""
         check_context(context, self.dim_user)
+        arm_id_text(arm_id)
         as_finite_float("reward", reward)
 
     def revise_reward(
