@@ -29,6 +29,13 @@ from bandit_core._validation import FloatArray, arm_id_text, as_float_matrix
 
 SCHEMA_VERSION = 1
 
+#: The marginal propensities' defaults where a slate is logged or evaluated (the service's
+#: ``slate_marginal_draws`` / ``slate_max_states``, the offline evaluation's slate
+#: ``action_dist``): Monte-Carlo prefixes past the exact part, and prefix sets kept exactly
+#: (here, cheap to import: the service's settings read them).
+MARGINAL_DRAWS = 200
+MARGINAL_MAX_STATES = 64
+
 
 @dataclass(frozen=True)
 class Candidates:

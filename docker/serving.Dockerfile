@@ -71,6 +71,6 @@ serving.models.mlflow_source, modelregistry.registry, mlflow.artifacts, uvicorn"
 USER banditops
 ENV BANDITOPS_WORKSPACE=/var/lib/banditops
 EXPOSE 8000
-HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=5 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
 CMD ["banditops", "serve", "--host", "0.0.0.0", "--port", "8000"]

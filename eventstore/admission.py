@@ -36,11 +36,16 @@ from numpy.typing import NDArray
 
 from bandit_core import Policy, PolicyState
 from bandit_core.policies.registry import policy_from_state
+from eventstore.settings import CoreSettings
 
 _HEADER_MEMBER = "__state__.json.npy"
 _HEADER_KEY = "__state__.json"
 #: Largest JSON header (configuration) member.
 MAX_HEADER_BYTES = 1 << 20
+
+
+#: The size limits are settings (``model_max_bytes``, ``model_max_dim``): the defaults here.
+_LIMITS = CoreSettings.model_fields
 
 
 class AdmissionError(ValueError):
@@ -63,11 +68,23 @@ class Admission:
         Most arrays in the file.
     """
 
-    max_bytes: int = 512 << 20
-    max_dim: int = 4096
+    max_bytes: int = _LIMITS["model_max_bytes"].default
+    max_dim: int = _LIMITS["model_max_dim"].default
     dim_user: int | None = None
     dim_arm: int | None = None
     max_members: int = 4096
+
+    @classmethod
+    def from_settings(
+        cls, settings: CoreSettings, dim_user: int | None = None, dim_arm: int | None = None
+    ) -> Admission:
+        """The size limits of ``settings`` (and the service's dimensions, when given)."""
+        return cls(
+            max_bytes=settings.model_max_bytes,
+            max_dim=settings.model_max_dim,
+            dim_user=dim_user,
+            dim_arm=dim_arm,
+        )
 
     def policy(self, source: bytes | Path) -> Policy:
         """The policy of ``source`` (bytes or a path), built from its checked state.

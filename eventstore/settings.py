@@ -266,6 +266,12 @@ class CoreSettings(BaseSettings):
     runs_dir : Path or None
         Where each retrain run keeps its folder ``<runs_dir>/<run key>/`` and the monitor
         its reports; default ``<workspace>/runs``.
+    model_max_dim : int
+        Largest dimension a model version's configuration may declare (the service
+        refuses to load a larger one; the retrain refuses to register it).
+    model_max_bytes : int
+        Largest total (uncompressed) size of a model version's arrays (the same two
+        places).
     """
 
     model_config = SettingsConfigDict(env_prefix="BANDITOPS_", extra="ignore")
@@ -288,6 +294,8 @@ class CoreSettings(BaseSettings):
     missing_reward: MissingReward = "default"
     default_reward: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
     runs_dir: Path | None = None
+    model_max_dim: int = Field(4096, ge=1)
+    model_max_bytes: int = Field(512 << 20, ge=1 << 10)
 
     @model_validator(mode="after")
     def _check_aliases(self) -> Self:

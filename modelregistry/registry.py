@@ -159,6 +159,7 @@ class ModelRegistry:
         *,
         registry_uri: str | None = None,
         aliases: Aliases = DEFAULT_ALIASES,
+        admission: Admission | None = None,
     ) -> None:
         if not tracking_uri:
             raise ValueError(
@@ -168,6 +169,8 @@ class ModelRegistry:
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.experiment = experiment
+        #: what a version must pass to be registered: the service's own admission checks
+        self.admission = Admission() if admission is None else admission
         if artifact_location is None and tracking_uri.startswith("sqlite:///"):
             db = Path(tracking_uri.removeprefix("sqlite:///"))
             artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
@@ -184,6 +187,7 @@ class ModelRegistry:
             settings.model_name,
             registry_uri=settings.registry_uri,
             aliases=Aliases.from_settings(settings),
+            admission=Admission.from_settings(settings),
         )
 
     # ------------------------------------------------------------------ downloads
@@ -330,7 +334,7 @@ class ModelRegistry:
             return existing
         state_path = Path(state_path)
         try:  # the serving side's admission (finite, bounded, no bombs), then a build
-            Admission().policy(state_path)
+            self.admission.policy(state_path)
         except Exception as exc:  # any failure to load means: refuse to register
             raise RegistryError(f"policy state {state_path} does not load: {exc}") from exc
         with (

@@ -1,9 +1,8 @@
 """The ``banditops`` command line, assembled here from every package's commands.
 
-The service's (``serve``, ``db``, ``store``, ``catalog``: :mod:`serving.commands`,
-:mod:`serving.catalog.commands`), training's (``train``, ``evaluate``, ``models``,
-``promote``, ``rollback``: :mod:`training.commands`) and the operational ones defined here
-or in :mod:`ops` (``simulate``, ``policies``, ``demo``, ``airflow``, ``config``).
+The service's (:mod:`serving.commands`, :mod:`serving.catalog.commands`), training's
+(:mod:`training.commands`) and the operational ones defined here or in :mod:`ops`;
+``banditops --help`` lists them (every command the README names is checked to exist).
 """
 
 from __future__ import annotations

@@ -165,11 +165,8 @@ def _learnt_here(decision: StoredDecision, served: ServingSet) -> bool:
 
 def build_source(settings: Settings) -> ModelSource:
     """The MLflow registry source when a tracking URI is set, else local files."""
-    admission = Admission(
-        max_bytes=settings.model_max_bytes,
-        max_dim=settings.model_max_dim,
-        dim_user=settings.model_dim_user,
-        dim_arm=settings.model_dim_arm,
+    admission = Admission.from_settings(
+        settings, dim_user=settings.model_dim_user, dim_arm=settings.model_dim_arm
     )
     if settings.mlflow_tracking_uri is not None:
         from serving.models.mlflow_source import MlflowModelSource

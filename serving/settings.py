@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from bandit_core import MAX_ABS_INPUT
+from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
 from eventstore.settings import CoreSettings
 
 SALT_FILE = "user_salt"
@@ -164,10 +165,6 @@ class Settings(CoreSettings):
         Widest context vector, with or without a model.
     max_arm_features : int
         Widest candidate (or variant) feature vector, with or without a model.
-    model_max_dim : int
-        Largest dimension a model version's configuration may declare.
-    model_max_bytes : int
-        Largest total (uncompressed) size of a model version's arrays.
     http_timeout_keep_alive_s : float
         uvicorn: seconds an idle keep-alive connection is kept open.
     http_limit_concurrency : int
@@ -238,8 +235,8 @@ class Settings(CoreSettings):
     new_item_p_min: float = Field(0.02, gt=0.0, le=1.0)
     new_item_max_share: float = Field(0.2, gt=0.0, le=1.0)
     new_item_slots: int = Field(2, ge=0)
-    slate_marginal_draws: int = Field(200, ge=0)
-    slate_max_states: int = Field(64, ge=1)
+    slate_marginal_draws: int = Field(MARGINAL_DRAWS, ge=0)
+    slate_max_states: int = Field(MARGINAL_MAX_STATES, ge=1)
 
     # hardening: auth, request budget, numeric bounds, model admission, HTTP limits
     auth_disabled: bool = False
@@ -250,8 +247,6 @@ class Settings(CoreSettings):
     max_abs_feature: float = Field(MAX_ABS_INPUT, gt=0.0, le=MAX_ABS_INPUT)
     max_context_features: int = Field(1024, ge=1)
     max_arm_features: int = Field(1024, ge=1)
-    model_max_dim: int = Field(4096, ge=1)
-    model_max_bytes: int = Field(512 << 20, ge=1 << 10)
     http_timeout_keep_alive_s: float = Field(5.0, gt=0.0)
     http_limit_concurrency: int = Field(1000, ge=1)
     http_backlog: int = Field(2048, ge=1)

@@ -352,3 +352,30 @@ def test_an_artifact_changed_after_registration_is_refused(
         assert loader.current.production.version == ref.version
     finally:
         engine.dispose()
+
+
+def test_registration_refuses_what_the_service_would_not_admit(tmp_path: Path) -> None:
+    """The registry built from settings checks a version against the settings' admission
+    limits (``model_max_bytes``, ``model_max_dim``), the ones the service loads with.
+    Before, registration used the default limits whatever the settings said: with
+    ``BANDITOPS_MODEL_MAX_DIM=1`` a version the service would refuse to load was
+    registered (and could be promoted)."""
+    from eventstore.settings import CoreSettings
+
+    def registry(**limits: int) -> ModelRegistry:
+        settings = CoreSettings(
+            workspace=tmp_path / "ws",
+            mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+            model_name="test-policy",
+            **limits,
+        )
+        return ModelRegistry.from_settings(settings)
+
+    with pytest.raises(RegistryError, match="does not load"):
+        registry(model_max_dim=1).register_candidate(state_path=_state(tmp_path, 1), run_key="a")
+    with pytest.raises(RegistryError, match="does not load"):
+        registry(model_max_bytes=1024).register_candidate(
+            state_path=_state(tmp_path, 1), run_key="b"
+        )
+    assert registry().versions() == []
+    assert registry().register_candidate(state_path=_state(tmp_path, 1), run_key="c").version == "1"

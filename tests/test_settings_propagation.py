@@ -231,6 +231,8 @@ def _spec_checks() -> dict[str, Callable[[dict[str, Any]], Any]]:
         "mlflow_registry_uri": lambda s: s["registry_uri"],
         "validation_drift_warning": lambda s: s["drift_warning"],
         "validation_drift_failing": lambda s: s["drift_failing"],
+        "model_max_bytes": lambda s: s["model_max_bytes"],
+        "model_max_dim": lambda s: s["model_max_dim"],
     }
 
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eventstore.admission import Admission
 from eventstore.contract import BASELINE_TAG, LEGACY_BASELINE_TAG, POLICY_STATE_PATH
 from modelregistry.registry import Aliases, ModelRegistry
 from training.runspec import RunSpec
 
 
 def open_registry(s: RunSpec) -> ModelRegistry:
-    """The registry, model and alias names the run spec fixed."""
+    """The registry, model and alias names and the admission limits the run spec fixed."""
     return ModelRegistry(
         s.tracking_uri,
         s.model_name,
         registry_uri=s.registry_uri,
         aliases=Aliases(s.registered_alias, s.staging_alias, s.production_alias),
+        admission=Admission(max_bytes=s.model_max_bytes, max_dim=s.model_max_dim),
     )
 
 

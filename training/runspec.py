@@ -22,7 +22,7 @@ from bandit_core._validation import as_finite_float
 from bandit_core.catalog import policy_spec
 from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
 from eventstore.contract import RETRAIN_DAG
-from eventstore.settings import check_rules
+from eventstore.settings import CoreSettings, check_rules
 from eventstore.workspace import as_utc, aware, run_folder
 from training.form import FIELDS, check_form
 from training.settings import AUTO, PipelineSettings
@@ -95,6 +95,8 @@ class RunSpec:
         ``neural_min_rows``, ``epochs``.
     support_threshold, max_unsupported : float
         The gate's support check (:class:`validation.gate.GateRule`).
+    model_max_bytes, model_max_dim : int
+        The service's admission limits: a version beyond them is not registered.
     """
 
     run_key: str
@@ -129,6 +131,8 @@ class RunSpec:
     challengers: dict[str, Any] = field(default_factory=dict)
     support_threshold: float = SUPPORT_THRESHOLD
     max_unsupported: float = MAX_UNSUPPORTED
+    model_max_bytes: int = CoreSettings.model_fields["model_max_bytes"].default
+    model_max_dim: int = CoreSettings.model_fields["model_max_dim"].default
 
     def __post_init__(self) -> None:
         if not self.run_key.strip():
@@ -334,6 +338,8 @@ def plan(
         challengers=challengers,
         support_threshold=values["support_threshold"],
         max_unsupported=values["max_unsupported"],
+        model_max_bytes=settings.model_max_bytes,
+        model_max_dim=settings.model_max_dim,
     )
     spec.write()
     log.info("run %s: window %s → %s, folder %s", run_key, start, end, spec.run_dir)

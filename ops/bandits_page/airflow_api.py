@@ -20,7 +20,6 @@ import httpx
 
 #: The cookie in which Airflow 3's UI keeps the signed-in user's JWT.
 TOKEN_COOKIE = "_token"
-#: The DAGs the page shows and triggers.
 
 
 def own_api_url(api: Any = None) -> str:

@@ -24,6 +24,7 @@ from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import split_position
 from bandit_core.slates import slate_marginals
+from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
 from validation.ope.bootstrap import BOOTSTRAP_PARAMS
 from validation.ope.estimate import Estimate, estimate
 from validation.ope.inputs import BanditFeedback, check_feedback
@@ -242,8 +243,8 @@ def slate_policy_action_dist(
     batch: LoggedBatch,
     rng: np.random.Generator,
     *,
-    n_draws: int = 200,
-    max_states: int = 64,
+    n_draws: int = MARGINAL_DRAWS,
+    max_states: int = MARGINAL_MAX_STATES,
 ) -> FloatArray:
     """The ``action_dist`` (n_rounds, n_actions, len_list) of ``policy`` *as a slate
     policy*: column j of row t is the probability that its sequential slate (positions
