@@ -321,3 +321,32 @@ def test_user_hashes_are_checked_with_the_field_named() -> None:
         with pytest.raises(ValueError, match=r"^field must be a user hash") as info:
             check_user_hash("field", bad)
         assert len(str(info.value)) < 250  # a long value is cut in the message
+
+
+def test_an_exposure_cap_under_a_floor_counts_the_arms_served() -> None:
+    """The cap limits what users are shown, so it counts the arm the floor finally
+    served, not the one the model chose before the floor's mixing. Before, with a floor
+    of 0.3 over three arms (90 % of decisions uniform), the cap's history held the
+    model's favourite in 15 of 20 decisions whatever was served."""
+    policy = _trained(floor=0.3, exposure_cap=0.9, exposure_window=200, exposure_min_decisions=1)
+    rng = np.random.default_rng(3)
+    cands = _candidates(("a", "b", "c"))
+    served = [policy.select(np.ones(DIM_USER), cands, rng).arm_id for _ in range(60)]
+    cap = policy.inner
+    assert cap.kind == "cap"
+    assert cap.to_state().arrays["recent"].tolist() == served
+    assert len(set(served)) == 3  # the floor spread them
+
+
+def test_a_segment_feature_outside_the_context_is_refused_when_built() -> None:
+    """Before, it was accepted and every later decision raised, after the exposure cap
+    inside had already counted the arm."""
+    with pytest.raises(ValueError, match=r"segment_feature must index the context"):
+        make_policy(
+            "lints",
+            dim_user=DIM_USER,
+            floor=0.05,
+            segment_feature=DIM_USER,
+            segment_floors={"1": 0.2},
+            exposure_cap=0.5,
+        )

@@ -182,6 +182,13 @@ def with_overlap(policy: Policy, **options: Any) -> Policy:
     return out
 
 
+def _dim_user(policy: Any) -> int | None:
+    """The context width ``policy`` reads (through its wrappers), when it says."""
+    config = getattr(policy, "config", None)
+    dim = getattr(config, "dim_user", None) or getattr(policy, "dim_user", None)
+    return dim if isinstance(dim, int) else None
+
+
 def segment_key(value: float) -> str:
     """The segment name of a context feature's value (``f"{value:g}"``: 1.0 → ``"1"``)."""
     return f"{float(value):g}"
@@ -208,6 +215,12 @@ class Overlap(DelegatingWrapper):
         if not isinstance(self.config, OverlapConfig):
             raise TypeError(f"config must be an OverlapConfig; got {type(config).__name__}.")
         self.seen: set[str] = {str(a) for a in seen}
+        feature, dim = self.config.segment_feature, _dim_user(inner)
+        if feature is not None and dim is not None and feature >= dim:
+            raise ValueError(
+                f"segment_feature must index the context (dim_user = {dim}, features 0 to "
+                f"{dim - 1}); got {feature}."
+            )
         #: The user group of each decision (n,) or of all of them (1,), −1 without a user;
         #: set on a copy by :func:`for_users`, None: no user known (the global floor).
         self.user_groups: np.ndarray | None = None
@@ -287,7 +300,13 @@ class Overlap(DelegatingWrapper):
     # ------------------------------------------------------------------ Policy
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         cands = check_candidates(candidates, None)
-        inner = self.inner.select(context, cands, rng)
+        # an exposure cap inside counts the arm served, which the floor may change
+        cap = self.inner if isinstance(self.inner, ExposureCap) else None
+        inner = (
+            cap.decide(context, cands, rng)
+            if cap is not None
+            else self.inner.select(context, cands, rng)
+        )
         batch = DecisionBatch(
             np.array([inner.arm]),
             np.array([inner.propensity]),
@@ -297,7 +316,12 @@ class Overlap(DelegatingWrapper):
         )
         x = np.asarray(context, dtype=np.float64).reshape(1, -1)
         mixed, switched = self._mix(batch, x, self.new_mask(cands), check_rng(rng))
-        return to_decision(mixed, cands, inner.explored or bool(switched[0]), self.model_version)
+        decision = to_decision(
+            mixed, cands, inner.explored or bool(switched[0]), self.model_version
+        )
+        if cap is not None:
+            cap.record(decision.arm_id)
+        return decision
 
     def select_batch(
         self, contexts: Any, candidates: Any, rng: np.random.Generator

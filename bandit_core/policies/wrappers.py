@@ -199,7 +199,9 @@ class ExposureCap(DelegatingWrapper):
         )
         return everyone if not keep.any() else everyone[keep]
 
-    def _record(self, arm_id: str) -> None:
+    def record(self, arm_id: str) -> None:
+        """Count ``arm_id`` as served (what :meth:`select` does after deciding; a wrapper
+        that may serve another arm than this layer chose records that one instead)."""
         if len(self._recent) < self.window:
             self._recent.append(arm_id)
         else:
@@ -220,6 +222,12 @@ class ExposureCap(DelegatingWrapper):
         return DecisionBatch(keep[batch.arms], batch.propensities, probs, scores, self.name)
 
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        decision = self.decide(context, candidates, rng)
+        self.record(decision.arm_id)
+        return decision
+
+    def decide(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        """:meth:`select` without recording the exposure."""
         cands = check_candidates(candidates, None)
         keep = self.allowed(cands)
         inner = self.inner.select(context, cands.subset(keep), rng)
@@ -234,9 +242,7 @@ class ExposureCap(DelegatingWrapper):
             keep,
             len(cands),
         )
-        decision = to_decision(batch, cands, inner.explored, self.model_version)
-        self._record(decision.arm_id)
-        return decision
+        return to_decision(batch, cands, inner.explored, self.model_version)
 
     def select_batch(
         self, contexts: Any, candidates: Any, rng: np.random.Generator
