@@ -178,6 +178,12 @@ Constraint = (
 )
 
 
+#: The prior precision λ of a linear head (and the logistic model's): 1/√λ and λ·I must
+#: stay far from float64's limits once inputs at ``MAX_ABS_INPUT`` meet them (5e-324
+#: gave NaN propensities, 1e20 an int numpy could not take the root of).
+PRIOR_PRECISION = Interval(float, 1e-8, 1e8)
+
+
 def delegate(
     owner: str, table: Mapping[str, Constraint], keys: Sequence[str]
 ) -> dict[str, Constraint]:

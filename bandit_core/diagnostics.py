@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bandit_core._validation import (
+    PRIOR_PRECISION,
     Constraint,
     FloatArray,
     Interval,
@@ -44,7 +45,7 @@ from bandit_core.nets import (
 _PARAMS: dict[str, Constraint] = {
     "validation_fraction": Interval(float, 0.0, 1.0, closed="neither"),
     "margin": Interval(float, 0.0, 1.0, closed="left"),
-    "lambda_prior": Interval(float, 0.0, None, closed="neither"),
+    "lambda_prior": PRIOR_PRECISION,
     "epochs": Interval(int, 1, None),
     "max_train_steps": Interval(int, 1, None),
     "batch_size": Interval(int, 1, None),

@@ -72,3 +72,61 @@ def test_rebuild_head_step_keeps_a_headless_network_as_trained(name: str, tmp_pa
     assert before.config == after.config and set(before.arrays) == set(after.arrays)
     for key, value in before.arrays.items():
         np.testing.assert_array_equal(value, after.arrays[key], err_msg=key)
+
+
+def _arrays(policy: object) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in policy.to_state().arrays.items()}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["dropout", "ensemble", "neural_linear"])
+def test_a_network_that_diverges_is_not_kept(name: str) -> None:
+    """A learning rate the bounds allow but no network survives (1e300): the retraining an
+    update triggers diverges, and the update is refused whole (``ValueError``), the policy
+    as it was. Before, dropout and ensemble kept NaN weights and decided with NaN
+    propensities."""
+    policy = make_policy(name, **{**NEURAL_SMALL, "learning_rate": 1e300})
+    rng = np.random.default_rng(0)
+    refused = 0
+    for _ in range(30):
+        before = _arrays(policy)
+        try:
+            policy.update(rng.standard_normal(3) * 1e3, "a", float(rng.random()), np.ones(2))
+        except ValueError as exc:
+            assert "not finite" in str(exc) or "failed" in str(exc)
+            refused += 1
+            after = _arrays(policy)
+            for key, value in before.items():
+                np.testing.assert_array_equal(after[key], value, err_msg=key)
+    assert refused > 0
+    for key, value in _arrays(policy).items():
+        if value.dtype.kind == "f":
+            assert np.isfinite(value).all(), key
+
+
+def test_a_retraining_whose_callback_raises_is_rolled_back() -> None:
+    policy = make_policy("neural_linear", **NEURAL_SMALL)
+    rng = np.random.default_rng(1)
+    policy.update_batch(rng.standard_normal((9, 3)), ["a"] * 9, rng.random(9), np.ones((9, 2)))
+    before = _arrays(policy)
+
+    def stop(done: int, loss: float) -> None:
+        raise RuntimeError("operator stopped it")
+
+    with pytest.raises(RuntimeError, match="operator stopped it"):
+        policy.retrain(after_stage=stop)
+    with pytest.raises(ValueError, match="after_stage must be callable"):
+        policy.retrain(after_stage=5)  # type: ignore[arg-type]
+    after = _arrays(policy)
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+def test_a_prior_precision_beyond_its_range_is_refused() -> None:
+    for value in (5e-324, 10**20):
+        for policy, dims in (
+            ("linucb", {}),
+            ("shared_linucb", {"dim_arm": 2}),
+            ("logistic_ts", {}),
+        ):
+            with pytest.raises(ValueError, match=r"'lambda_prior' parameter .* \[1e-08, 1e\+08\]"):
+                make_policy(policy, dim_user=3, lambda_prior=value, **dims)

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from scipy.special import expit
 
 from bandit_core._validation import (
+    PRIOR_PRECISION,
     Constraint,
     FloatArray,
     Interval,
@@ -55,7 +56,7 @@ _PARAMS: dict[str, Constraint] = {
     "interactions": IsBool(),
     "arm_vocabulary": StrTuple(),
     "intercept": IsBool(),
-    "lambda_prior": Interval(float, 0.0, None, closed="neither"),
+    "lambda_prior": PRIOR_PRECISION,
     "v": Interval(float, 0.0, None, closed="neither"),
     "newton_steps": Interval(int, 1, 100),
     "refactor_every": Interval(int, 1, None),

@@ -384,12 +384,19 @@ class NeuralPolicy:
             the head (or whatever depends on the network) is refreshed.
         """
         validate_params("retrain", {"stages": stages}, {"stages": Interval(int, 1, None)})
+        if after_stage is not None and not callable(after_stage):
+            raise ValueError(
+                f"after_stage must be callable or None; got {type(after_stage).__name__}."
+            )
         saved = self.to_state()
         try:
             return self._retrain(stages, after_stage)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
             self._restore(saved)
             raise ValueError(f"retraining failed; the policy is as it was before: {exc}") from exc
+        except BaseException:  # the caller's after_stage raised, or an interrupt
+            self._restore(saved)
+            raise
 
     def _retrain(
         self, stages: int = 1, after_stage: Callable[[int, float], None] | None = None
@@ -419,6 +426,12 @@ class NeuralPolicy:
                 if after_stage is not None:
                     after_stage(done, self.last_train_loss_)
         self._after_retrain()
+        from bandit_core.policies.registry import check_state_arrays
+
+        try:  # a network that diverged (a learning rate too large for these rewards)
+            check_state_arrays(self.to_state())
+        except ValueError as exc:
+            raise ValueError(f"the retrained model is not finite: {exc}") from exc
         self.since_retrain_ = 0
         self.n_retrains_ += 1
         return self.last_train_loss_
