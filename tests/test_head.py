@@ -217,7 +217,7 @@ def test_state_round_trip_is_exact(rng: np.random.Generator) -> None:
         ),
         (
             {"dim": 3, "lambda_prior": 0.0},
-            "'lambda_prior' parameter of BayesianLinearHead must be a float in the range (0, inf). Got 0.0.",
+            "'lambda_prior' parameter of BayesianLinearHead must be a float in the range [1e-08, 1e+08]. Got 0.0.",
         ),
         ({"dim": 3, "gamma": 1.5}, "'gamma' parameter"),
         (
