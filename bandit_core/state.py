@@ -39,12 +39,24 @@ def write_state(state: PolicyState, fh: IO[bytes]) -> None:
         "schema_version": state.schema_version,
         "config": state.config,
     }
-    payload: dict[str, Any] = {_HEADER: np.array(json.dumps(header, sort_keys=True))}
+    try:
+        text = json.dumps(header, sort_keys=True, default=_plain, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the state's config cannot be written as JSON: {exc}") from exc
+    payload: dict[str, Any] = {_HEADER: np.array(text)}
     payload.update(state.arrays)
     with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, value in payload.items():
             with zf.open(f"{name}.npy", mode="w", force_zip64=True) as member:
                 _write_npy(member, np.asarray(value))
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar in a config (an option given as ``np.float32(0.5)``) as the Python
+    number it holds; anything else is not JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r:.40} is not JSON")
 
 
 def _write_npy(out: IO[bytes], array: NDArray[Any]) -> None:

@@ -75,3 +75,17 @@ def test_arrays_larger_than_a_write_slice_are_written_whole(
 def test_a_part_size_below_one_byte_is_refused() -> None:
     with pytest.raises(ValueError, match="part size"):
         state_to_parts(_state(), 0)
+
+
+def test_options_given_as_numpy_scalars_are_saved_as_numbers(tmp_path: Path) -> None:
+    """Options pass validation as numpy scalars (np.float32, np.int64); the state file
+    writes them as the numbers they hold. Before, saving raised "Object of type float32
+    is not JSON serializable"."""
+    from bandit_core import load_policy, save_policy
+
+    policy = make_policy("linucb", dim_user=3, alpha=np.float32(0.5), refactor_every=np.int64(9))
+    restored = load_policy(save_policy(policy, tmp_path / "p.npz"))
+    assert (restored.config.alpha, restored.config.refactor_every) == (0.5, 9)  # type: ignore[attr-defined]
+    odd = PolicyState("linucb", {"dim_user": 3, "alpha": object()}, {})
+    with pytest.raises(ValueError, match="cannot be written as JSON"):
+        save_state(odd, tmp_path / "odd.npz")
