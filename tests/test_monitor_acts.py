@@ -362,7 +362,7 @@ def test_feature_drift_reads_the_weeks_most_common_widths(tmp_path: Path) -> Non
     the drift is computed on the rows of the week's most common widths, against the
     production version's reference. Before, the first row's widths made the check say
     "feature dimensions changed" and compute no score, hiding real drift all week."""
-    from validation.expectations import reference_histograms
+    from tests.test_monitor_evidence import reference_of
 
     rng = np.random.default_rng(4)
 
@@ -378,23 +378,7 @@ def test_feature_drift_reads_the_weeks_most_common_widths(tmp_path: Path) -> Non
             }
         )
 
-    reference_rows = rows(400, 3, 0.0)
-    config = monitor.ReplaySuiteConfig(
-        dim_context=3,
-        dim_arm=2,
-        window_start=datetime(2000, 1, 1, tzinfo=UTC),
-        window_end=datetime(2100, 1, 1, tzinfo=UTC),
-        columns=monitor.STORE_COLUMNS,
-    )
-    histograms = reference_histograms(reference_rows, config)
-    reference = {
-        "dim_user": 3,
-        "dim_arm": 2,
-        "features": {
-            name: {"edges": edges, "proportions": props}
-            for name, (edges, props) in histograms.items()
-        },
-    }
+    reference = reference_of(rows(400, 3, 0.0), 3, 2)
     week = pd.concat([rows(1, 5, 0.0), rows(300, 3, 2.0)], ignore_index=True)  # drifted
     settings = MonitorSettings(workspace=tmp_path / "ws")
     section = monitor._drift_section(week, datetime.now(UTC), settings, reference, "m/1")

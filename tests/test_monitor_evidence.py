@@ -105,6 +105,27 @@ def test_selection_entropy_compares_a_small_week_with_a_small_uniform_week(
     assert stuck["check"]["status"] == "alert"
 
 
+def reference_of(rows: pd.DataFrame, dim_user: int, dim_arm: int) -> dict[str, Any]:
+    """The feature reference a production version logs, of these replay rows."""
+    config = monitor.ReplaySuiteConfig(
+        dim_context=dim_user,
+        dim_arm=dim_arm,
+        window_start=datetime(2000, 1, 1, tzinfo=UTC),
+        window_end=datetime(2100, 1, 1, tzinfo=UTC),
+        columns=monitor.STORE_COLUMNS,
+    )
+    histograms = reference_histograms(rows, config)
+    return {
+        "rows": len(rows),
+        "dim_user": dim_user,
+        "dim_arm": dim_arm,
+        "features": {
+            name: {"edges": edges, "proportions": props}
+            for name, (edges, props) in histograms.items()
+        },
+    }
+
+
 def _reference(rng: np.random.Generator, rows: int) -> tuple[dict[str, Any], Any]:
     def frame(n: int, shift: float) -> pd.DataFrame:
         ids = [[f"a{j}", f"b{j}"] for j in range(n)]
@@ -118,24 +139,7 @@ def _reference(rng: np.random.Generator, rows: int) -> tuple[dict[str, Any], Any
             }
         )
 
-    config = monitor.ReplaySuiteConfig(
-        dim_context=2,
-        dim_arm=1,
-        window_start=datetime(2000, 1, 1, tzinfo=UTC),
-        window_end=datetime(2100, 1, 1, tzinfo=UTC),
-        columns=monitor.STORE_COLUMNS,
-    )
-    histograms = reference_histograms(frame(rows, 0.0), config)
-    reference = {
-        "rows": rows,
-        "dim_user": 2,
-        "dim_arm": 1,
-        "features": {
-            name: {"edges": edges, "proportions": props}
-            for name, (edges, props) in histograms.items()
-        },
-    }
-    return reference, frame
+    return reference_of(frame(rows, 0.0), 2, 1), frame
 
 
 def test_feature_drift_at_few_rows_is_chance_and_queues_no_retrain(tmp_path: Path) -> None:
