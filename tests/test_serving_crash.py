@@ -149,7 +149,7 @@ def test_a_snapshot_that_cannot_be_used_is_skipped_and_the_head_rebuilt(
         "pickled": b"not an npz",
         "it holds a SharedLinTS": policy_to_bytes(other_kind),
         "dim_user=5": policy_to_bytes(other_dims),
-        "its head.theta is not finite": policy_to_bytes(broken),
+        "state array 'head.theta' holds non-finite values": policy_to_bytes(broken),
     }
     row = SnapshotRow("v/1", datetime.now(UTC), 5, 5, "shared_linucb", policy_to_bytes(good))
     try:

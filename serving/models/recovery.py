@@ -28,7 +28,6 @@ import numpy as np
 from bandit_core import Policy
 from bandit_core.policies.linear import arm_state
 from bandit_core.policies.position import update_batch_skipping
-from eventstore.admission import first_non_finite
 from serving.models.served import ServedModel, Signature
 from serving.models.state_io import policy_from_bytes
 from serving.store.repository import AppliedRewards, EventStore, StoredSnapshot
@@ -168,7 +167,8 @@ def catch_up(store: EventStore, model: ServedModel, max_arms: int | None = None)
 
 def _usable(snapshot: StoredSnapshot, base: Policy, version: str) -> Policy | None:
     """The policy of ``snapshot`` when it is the same kind of model as ``base``, with
-    its dimensions and a finite state; None (logged) otherwise."""
+    its dimensions and a finite state (``policy_from_state`` refuses any other); None
+    (logged) otherwise."""
     try:
         policy = policy_from_bytes(snapshot.state)
         have, want = Signature.of(policy), Signature.of(base)
@@ -177,9 +177,6 @@ def _usable(snapshot: StoredSnapshot, base: Policy, version: str) -> Policy | No
                 f"it holds a {type(policy).__name__} {have}, the version "
                 f"a {type(base).__name__} {want}"
             )
-        bad = first_non_finite(policy.to_state().arrays)
-        if bad is not None:
-            raise ValueError(f"its {bad} is not finite")
     except Exception as exc:  # any reason: the base and the rewards give the same head
         log.error(
             "snapshot %d of %s cannot be used (%s); recovering from an older snapshot, or "
