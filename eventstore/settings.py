@@ -14,6 +14,7 @@ Every settings class reads, in this order of precedence: keyword arguments, the
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -34,6 +35,7 @@ from pydantic_settings import (
 )
 
 from bandit_core import MAX_ABS_INPUT
+from eventstore.text import redact_credentials
 
 #: How several rewards of one event make its reward (:mod:`eventstore.replay`): the first
 #: one, or their sum.
@@ -57,6 +59,84 @@ def check_rules(duplicate_rule: object, missing_reward: object) -> None:
 
 #: Name of the workspace configuration file, in the workspace folder.
 WORKSPACE_FILE = "banditops.toml"
+
+#: URI schemes of an MLflow tracking server or registry store (a database's with any
+#: driver, ``+psycopg2`` and the like).
+MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+#: Longest duration any setting may hold, in seconds (31.7 years): far inside what
+#: ``timedelta``, ``threading.TIMEOUT_MAX`` and PostgreSQL's integer timeouts take (``inf``
+#: made every reward a 500 and killed the loader thread).
+MAX_DURATION_S = 1e9
+#: Shortest period of a loop a setting paces (a poll, a snapshot, a checkpoint, a probe):
+#: 1e-300 passed ``> 0`` and spun a core; 0 still turns off a loop whose field allows it.
+MIN_PERIOD_S = 0.01
+#: Seconds per unit of a duration setting, by the suffix of its name.
+DURATION_UNITS = {"_s": 1.0, "_h": 3600.0, "_days": 86_400.0}
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: ``Annotated[float, PERIOD]``: the field paces a loop (at least ``MIN_PERIOD_S`` unless 0).
+PERIOD = _Marker("PERIOD")
+#: ``Annotated[str | None, BLANK_IS_UNSET]``: an empty value means unset (``X=`` in an env
+#: file); for every other field an empty or blank value is refused.
+BLANK_IS_UNSET = _Marker("BLANK_IS_UNSET")
+
+
+def check_values(cls: type[BaseSettings], values: Any) -> None:
+    """``ValueError`` naming the first setting of ``values`` (a model's field values) that
+    is a float that is not finite, a duration beyond ``MAX_DURATION_S`` or a loop period
+    below ``MIN_PERIOD_S``."""
+    for name, info in cls.model_fields.items():
+        value = values.get(name) if isinstance(values, dict) else getattr(values, name, None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number; got {value!r}.")
+        unit = next((u for sfx, u in DURATION_UNITS.items() if name.endswith(sfx)), None)
+        if unit is None:
+            continue
+        if value * unit > MAX_DURATION_S:
+            raise ValueError(
+                f"{name} must be at most {MAX_DURATION_S / unit:g} "
+                f"({MAX_DURATION_S:g} s); got {value!r}."
+            )
+        if PERIOD in info.metadata and 0 < value * unit < MIN_PERIOD_S:
+            raise ValueError(
+                f"{name} paces a loop: it must be 0 (off, where allowed) or at least "
+                f"{MIN_PERIOD_S / unit:g}; got {value!r}."
+            )
+
+
+def check_blanks(cls: type[BaseSettings], data: Any) -> None:
+    """``ValueError`` naming the first setting given as an empty or blank string (an env
+    file's ``X=``, a workspace file's ``x = ""``) unless its field says blank is unset:
+    an empty database URL meant the local SQLite file, an empty workspace the current
+    directory, an empty user salt unsalted user hashes."""
+    if not isinstance(data, dict):
+        return
+    for name, value in data.items():
+        info = cls.model_fields.get(name)
+        if info is None or BLANK_IS_UNSET in info.metadata:
+            continue
+        text = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+        if isinstance(text, str) and "\x00" in text:
+            raise ValueError(f"{name} must not contain a NUL character.")
+        if isinstance(text, str) and not text.strip():
+            raise ValueError(
+                f"{name} is set but empty; unset BANDITOPS_{name.upper()} (or remove it "
+                "from the workspace file) for its default."
+            )
+
+
 #: The environment variable that names the workspace.
 WORKSPACE_ENV = "BANDITOPS_WORKSPACE"
 #: The tables of the workspace file: one per settings class, each holding the fields that
@@ -296,6 +376,55 @@ class CoreSettings(BaseSettings):
     runs_dir: Path | None = None
     model_max_dim: int = Field(4096, ge=1)
     model_max_bytes: int = Field(512 << 20, ge=1 << 10)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError) as exc:
+            raise ValueError(
+                "database_url must be a SQLAlchemy URL, e.g. sqlite:///path/events.db or "
+                f"postgresql+psycopg2://user@host:5432/db; got {redact_credentials(value)!r}."
+            ) from exc
+        try:
+            url.get_dialect().import_dbapi()
+        except Exception as exc:  # NoSuchModuleError, or the driver's ModuleNotFoundError
+            raise ValueError(
+                f"database_url names the driver {url.drivername!r}, which is not installed "
+                f"({type(exc).__name__}: {exc}); PostgreSQL: postgresql+psycopg2://…"
+            ) from exc
+        return value
+
+    @field_validator("mlflow_tracking_uri", "mlflow_registry_uri")
+    @classmethod
+    def _mlflow_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.split(":", 1)[0].split("+", 1)[0].lower() if ":" in value else ""
+        if scheme not in MLFLOW_SCHEMES or any(c.isspace() for c in value):
+            raise ValueError(
+                f"must be an MLflow tracking or registry URI ({', '.join(MLFLOW_SCHEMES)}"
+                f"; the file store is disabled: use sqlite:///path/mlflow.db); got "
+                f"{redact_credentials(value)!r}."
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_blanks(cls, data: Any) -> Any:
+        check_blanks(cls, data)
+        return data
+
+    @model_validator(mode="after")
+    def _check_values(self) -> Self:
+        check_values(type(self), self)
+        return self
 
     @model_validator(mode="after")
     def _check_aliases(self) -> Self:

@@ -6,11 +6,11 @@ Cheap to import (pydantic only): the monitor DAG reads them at parse time.
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator
 
-from eventstore.settings import CoreSettings
+from eventstore.settings import BLANK_IS_UNSET, CoreSettings
 
 #: The monitor's checks, in report order (one DAG task each).
 CHECKS = (
@@ -99,7 +99,7 @@ class MonitorSettings(CoreSettings):
 
     section: ClassVar[str] = "monitor"
 
-    alert_webhook_url: str | None = None
+    alert_webhook_url: Annotated[str | None, BLANK_IS_UNSET] = None
     monitor_lookback_days: float = Field(7.0, gt=0.0)
     reward_drift_max: float = Field(0.2, gt=0.0)
     feature_drift_metric: str = Field("psi", pattern="^(psi|kl)$")
@@ -109,13 +109,13 @@ class MonitorSettings(CoreSettings):
     propensity_floor: float = Field(0.01, gt=0.0, lt=1.0)
     propensity_violation_max: float = Field(0.01, ge=0.0, le=1.0)
     fallback_rate_max: float = Field(0.05, ge=0.0, le=1.0)
-    service_url: str | None = None
+    service_url: Annotated[str | None, BLANK_IS_UNSET] = None
     latency_p99_max_s: float = Field(0.1, gt=0.0)
     retrain_drift_min: float = Field(0.25, gt=0.0)
     retrain_drift_cooldown_h: float = Field(24.0, ge=0.0)
     explored_share_min: float = Field(0.01, ge=0.0, le=1.0)
     model_error_share_max: float = Field(0.01, ge=0.0, le=1.0)
-    segment_feature: str | None = None
+    segment_feature: Annotated[str | None, BLANK_IS_UNSET] = None
     segment_user_groups: int = Field(8, ge=1)
     segment_min_decisions: int = Field(20, ge=0)
     monitor_alpha: float = Field(0.01, ge=0.001, lt=0.5)

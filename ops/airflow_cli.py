@@ -235,6 +235,21 @@ def initialize(home: AirflowHome, echo: Any = typer.echo) -> list[tuple[str, boo
     dags = home.dags()
     listed = ", ".join(f"{d}{' (paused)' if paused else ''}" for d, paused in dags)
     echo(f"serialized {len(dags)} DAGs ({time.monotonic() - started:.0f} s): {listed}")
+    missing = sorted({p.stem for p in DAGS.glob("bandit_*.py")} - {d for d, _ in dags})
+    if missing:  # a DAG file that does not import (a setting it reads at parse time)
+        errors = subprocess.run(
+            [_airflow(), "dags", "list-import-errors"],
+            env=home.env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        lines = (errors.stdout + errors.stderr).splitlines()
+        causes = list(dict.fromkeys(ln.strip() for ln in lines if "rror" in ln and ln.strip()))
+        raise ValueError(
+            f"{', '.join(missing)} did not import, so Airflow has no such DAG "
+            f"(`airflow dags list-import-errors`): {' | '.join(causes[-3:])[:600]}"
+        )
     return dags
 
 

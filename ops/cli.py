@@ -21,6 +21,7 @@ import numpy as np
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
@@ -40,7 +41,7 @@ from bandit_core.user_groups import simulated_users, user_group_key
 from eventstore.settings import WORKSPACE_ENV, setting_problems, workspace_file, workspace_of
 from ops import config_file
 from ops.airflow_cli import airflow_app
-from ops.config_reference import markdown, splice
+from ops.config_reference import markdown, splice, unknown_variables
 from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
 from training.commands import evaluate, models, promote, rollback, rollout_app, train
@@ -51,12 +52,44 @@ class _Commands(TyperGroup):
     with each field and what it expects (exit 2), never a traceback."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's own click Context
+        for line in unknown_variables(os.environ):
+            console.print(f"[yellow]warning:[/] {escape(line)}")
         try:
             return super().invoke(ctx)
         except ValidationError as exc:
             for problem in setting_problems(exc):
-                console.print(f"[red]error:[/] {problem}")
+                console.print(f"[red]error:[/] {escape(problem)}")
             raise typer.Exit(2) from None
+        except Exception as exc:
+            if not is_operator_error(exc):
+                raise  # a bug: its traceback is what a report needs
+            console.print(f"[red]error:[/] {escape(operator_message(exc))}")
+            raise typer.Exit(2) from None
+
+
+#: Libraries whose exceptions say what an operator gave them wrong (a database URL, a
+#: migration revision, a registry or its alias), named by module so that the CLI needs
+#: none of them imported.
+_OPERATOR_LIBRARIES = ("sqlalchemy.", "alembic.", "mlflow.", "pydantic_settings.")
+
+
+def is_operator_error(exc: BaseException) -> bool:
+    """Whether ``exc`` reports bad input, configuration or a refusal (one line, exit 2)
+    rather than a bug (a traceback): a ``ValueError`` (our clear messages, bad JSON), an
+    ``OSError`` (a path), a registry's refusal, or an error of the libraries above."""
+    from modelregistry.registry import RegistryError
+
+    if isinstance(exc, (ValueError, OSError, RegistryError)):
+        return True
+    return any(type(exc).__module__.startswith(m) for m in _OPERATOR_LIBRARIES)
+
+
+def operator_message(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, with its type when that is a library's."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, (ValueError, OSError)) and type(exc).__module__ == "builtins":
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
 
 
 app = typer.Typer(
@@ -450,10 +483,7 @@ def config_show(
 ) -> None:
     """Print every setting in effect here, secrets masked, and where it came from:
     env (a BANDITOPS_* variable), file (the workspace's banditops.toml) or default."""
-    try:
-        rows = config_file.effective(workspace)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="the workspace file") from exc
+    rows = config_file.effective(workspace)  # a bad setting: named by the root group
     if as_json:
         typer.echo(
             json.dumps({r.variable: {"value": r.value, "source": r.origin} for r in rows}, indent=2)
@@ -495,6 +525,8 @@ def config_init(
             settings[name.strip()] = text
     try:
         written = config_file.write(root, settings, template=True)
+    except ValidationError as exc:
+        raise typer.BadParameter("; ".join(setting_problems(exc)), param_hint="--set") from exc
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--set") from exc
     typer.echo(f"wrote {written}")

@@ -112,8 +112,12 @@ def _declared_default(name: str) -> Any:
 
 
 def write(workspace: Path, values: Mapping[str, Any], template: bool = False) -> Path:
-    """Write ``<workspace>/banditops.toml`` setting ``values``; returns its path. The file
-    is checked by reading it back through every settings class."""
+    """Write ``<workspace>/banditops.toml`` setting ``values``; returns its path. The values
+    are checked by every settings class before the file is written, and the file by
+    reading it back."""
+    for cls, _ in SETTINGS_CLASSES:  # before anything is written: a refused value leaves
+        # no file behind, and as arguments the environment cannot mask them
+        cls(workspace=workspace, **{k: v for k, v in values.items() if k in cls.model_fields})
     path = workspace_file(workspace)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

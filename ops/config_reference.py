@@ -9,8 +9,10 @@ monitor's extensions of them); a field without one is an error, not a blank cell
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +113,33 @@ def _fields(cls: type[BaseSettings]) -> dict[str, FieldInfo]:
 def all_fields() -> set[str]:
     """The field names of every settings class."""
     return {name for cls, _ in SETTINGS_CLASSES for name in cls.model_fields}
+
+
+#: Variables with the prefix that are no settings: the tests' and the tools' own.
+TOOL_VARIABLES = frozenset(
+    {
+        "BANDITOPS_OBD_DIR",
+        "BANDITOPS_REQUIRE_SERVICES",
+        "BANDITOPS_TEST_DEMO_WORKSPACE",
+        "BANDITOPS_TEST_POSTGRES_URL",
+        "BANDITOPS_TEST_REDIS_URL",
+        "BANDITOPS_UPDATE_DOCS",
+    }
+)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ``BANDITOPS_*`` variable of ``environ`` that no setting reads (a
+    typo: ``BANDITOPS_DATABSE_URL`` left the store on SQLite without a word), with the
+    nearest setting's name."""
+    known = {f"BANDITOPS_{name.upper()}" for name in all_fields()} | TOOL_VARIABLES
+    out = []
+    for name in sorted(environ):
+        if name.startswith("BANDITOPS_") and name not in known:
+            near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            out.append(f"{name} is not a setting and is ignored{hint}.")
+    return out
 
 
 def reference() -> list[SettingDoc]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from eventstore.text import redact_credentials
 
@@ -166,10 +167,10 @@ def serve(
         settings.check_auth()
     except ValidationError as exc:  # a bad setting: name it, no traceback
         for problem in setting_problems(exc):
-            console.print(f"[red]error:[/] {problem}")
+            console.print(f"[red]error:[/] {escape(problem)}")
         raise typer.Exit(2) from None
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     settings.resolve_salt()  # create a generated salt once, before workers start
     if migrate:

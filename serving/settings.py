@@ -9,6 +9,7 @@ never reads the environment itself.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -18,9 +19,13 @@ from pydantic_settings import NoDecode
 
 from bandit_core import MAX_ABS_INPUT
 from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
-from eventstore.settings import CoreSettings
+from eventstore.settings import PERIOD, CoreSettings
 
 SALT_FILE = "user_salt"
+
+
+#: What an ``Authorization: Bearer`` credential may hold (RFC 6750's b64token).
+_BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class Settings(CoreSettings):
@@ -187,7 +192,7 @@ class Settings(CoreSettings):
     model_path: Path | None = None
     candidate_model_path: Path | None = None
     candidate_share: float = Field(0.0, ge=0.0, le=1.0)
-    poll_interval_s: float = Field(30.0, gt=0.0)
+    poll_interval_s: Annotated[float, PERIOD] = Field(30.0, gt=0.0)
 
     fallback_policy: Literal["uniform", "epsilon_greedy"] = "uniform"
     fallback_epsilon: float = Field(0.1, ge=0.0, le=1.0)
@@ -201,7 +206,7 @@ class Settings(CoreSettings):
     user_salt: SecretStr | None = None
 
     snapshot_every_rewards: int = Field(1000, ge=1)
-    snapshot_every_s: float = Field(300.0, gt=0.0)
+    snapshot_every_s: Annotated[float, PERIOD] = Field(300.0, gt=0.0)
     snapshot_part_bytes: int = Field(256 << 10, ge=1 << 10)
     snapshot_keep: int = Field(2, ge=1)
     writer_max_batch: int = Field(512, ge=1)
@@ -209,16 +214,16 @@ class Settings(CoreSettings):
     journal: bool = True
     journal_dir: Path | None = None
     journal_max_bytes: int = Field(1 << 30, ge=1 << 20)
-    store_probe_s: float = Field(1.0, gt=0.0)
+    store_probe_s: Annotated[float, PERIOD] = Field(1.0, gt=0.0)
     store_connect_timeout_s: float = Field(5.0, gt=0.0)
     store_lock_timeout_s: float = Field(2.0, gt=0.0, le=60.0)
-    sqlite_checkpoint_s: float = Field(0.5, ge=0.0)
+    sqlite_checkpoint_s: Annotated[float, PERIOD] = Field(0.5, ge=0.0)
     model_dim_user: int | None = Field(None, ge=1)
     model_dim_arm: int | None = Field(None, ge=0)
     seed: int | None = None
     workers: int = Field(1, ge=1)
     replica_id: str | None = None
-    replica_sync_s: float = Field(0.0, ge=0.0)
+    replica_sync_s: Annotated[float, PERIOD] = Field(0.0, ge=0.0)
     replica_sync_horizon_s: float = Field(60.0, gt=0.0)
 
     catalog_index: Literal["auto", "exact", "hnsw"] = "auto"
@@ -227,7 +232,7 @@ class Settings(CoreSettings):
     catalog_hnsw_ef_construction: int = Field(80, ge=8)
     catalog_hnsw_ef_search: int = Field(256, ge=8)
     catalog_rebuild_fraction: float = Field(0.2, gt=0.0, le=1.0)
-    catalog_poll_s: float = Field(5.0, gt=0.0)
+    catalog_poll_s: Annotated[float, PERIOD] = Field(5.0, gt=0.0)
     max_retrieve: int = Field(1000, ge=1)
     max_groups: int = Field(100, ge=1)
     max_arms: int = Field(100_000, ge=1)
@@ -272,6 +277,14 @@ class Settings(CoreSettings):
             raise ValueError(
                 "api_token must not be empty: unset BANDITOPS_API_TOKEN (and set "
                 "BANDITOPS_AUTH_DISABLED=true) or give a token."
+            )
+        if value is not None and not _BEARER.fullmatch(value.get_secret_value()):
+            # a space, a non-ASCII or invisible character: no client sends it back in an
+            # Authorization header, so every authenticated call would be refused
+            raise ValueError(
+                "api_token must be a bearer token (RFC 6750): letters, digits and "
+                "-._~+/, then '=' padding only (e.g. python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')."
             )
         return value
 

@@ -184,3 +184,87 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
     code, output = _run("db", "upgrade", "--url", url)
     assert code == 1 and "could not be migrated" in output and "OperationalError" in output
     assert "pw-secret" not in output and "user:***@" in output
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        # accepted before: every reward a 500 (timedelta overflow), a dead loader thread
+        ({"BANDITOPS_REWARD_WINDOW_S": "inf"}, "reward_window_s must be a finite number"),
+        ({"BANDITOPS_REWARD_WINDOW_S": "1e18"}, "reward_window_s must be at most 1e+09"),
+        ({"BANDITOPS_POLL_INTERVAL_S": "inf"}, "poll_interval_s must be a finite number"),
+        ({"BANDITOPS_RETENTION_DAYS": "1e6"}, "retention_days must be at most 11574.1"),
+        # a busy loop at 1e-300
+        ({"BANDITOPS_SNAPSHOT_EVERY_S": "1e-300"}, "snapshot_every_s paces a loop"),
+        # empty values meant the local SQLite file, the current directory, no salt
+        ({"BANDITOPS_DATABASE_URL": ""}, "database_url is set but empty"),
+        ({"BANDITOPS_USER_SALT": " "}, "user_salt is set but empty"),
+        ({"BANDITOPS_MODEL_NAME": ""}, "model_name is set but empty"),
+        # a token no client can send
+        ({"BANDITOPS_API_TOKEN": "tok "}, "api_token must be a bearer token"),
+        ({"BANDITOPS_API_TOKEN": "tök"}, "api_token must be a bearer token"),
+        # URLs that failed later, with a traceback
+        ({"BANDITOPS_DATABASE_URL": "not a url"}, "database_url must be a SQLAlchemy URL"),
+        ({"BANDITOPS_DATABASE_URL": "foo://x"}, "names the driver 'foo', which is not installed"),
+        ({"BANDITOPS_DATABASE_URL": "postgresql://x/y"}, "postgresql+psycopg2://"),
+        ({"BANDITOPS_MLFLOW_TRACKING_URI": "foo://x"}, "must be an MLflow tracking"),
+        ({"BANDITOPS_RETRAIN_SCHEDULE": "99 99 99 99 99"}, "five-field cron expression"),
+    ],
+)
+def test_a_setting_that_would_misbehave_is_refused_by_name(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    """Values the settings took and the service then misbehaved on (a 500 on every
+    reward, a busy loop, unsalted user hashes, the wrong store, a token nobody can send):
+    every command refuses them at once, naming the setting (``config show`` reads the
+    service's, the pipelines' and the monitor's)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, output = _run("config", "show")  # reads every settings class
+    assert code == 2 and output.startswith(("error:", "warning:")), output
+    assert named in output and "Traceback" not in output, output
+
+
+def test_operator_errors_of_any_command_are_one_line(workspace: Path) -> None:
+    """A workspace file that is not TOML, a migration revision that does not exist: one
+    line and exit 2 from every command (the root group's handler), not a traceback."""
+    (workspace / "banditops.toml").write_text("x ===")
+    code, output = _run("models")
+    assert code == 2 and "is not a valid TOML file" in output, output
+    (workspace / "banditops.toml").write_text("[servce]\npoll_interval_s = 1\n")
+    code, output = _run("rollout", "status")
+    assert code == 2 and "'servce' is not a settings table" in output, output
+    assert "[core], [service]" in output  # the section names are text, not Rich markup
+    (workspace / "banditops.toml").unlink()
+    code, output = _run("db", "upgrade", "--revision", "nosuch")
+    assert code == 2 and output.startswith("error:") and "nosuch" in output, output
+
+
+def test_promote_moves_only_a_configured_alias(workspace: Path) -> None:
+    """``--to ""`` moved production; ``--to nosuch`` created an alias nothing reads."""
+    for alias in ("", "nosuch", "v3"):
+        code, output = _run("promote", "1", "--to", alias, "--force")
+        assert code == 2 and "must be one of the configured aliases" in output, output
+
+
+def test_config_init_writes_nothing_it_refuses(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file was written, then checked: a refused value stayed on disk (and every
+    later command failed), and a value the environment masked was never checked."""
+    monkeypatch.setenv("BANDITOPS_API_TOKEN", "t")
+    for value in ("poll_interval_s=-1", 'api_token=""', "reward_window_s=1e18"):
+        code, output = _run("config", "init", "--set", value)
+        assert code == 2 and "Invalid value for --set" in output, (value, output)
+        assert not (workspace / "banditops.toml").exists()
+    assert _run("config", "init", "--set", "poll_interval_s=5")[0] == 0
+
+
+def test_a_variable_no_setting_reads_is_warned_about(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BANDITOPS_DATABSE_URL", "postgresql+psycopg2://x/y")
+    code, output = _run("policies")
+    assert code == 0
+    assert "BANDITOPS_DATABSE_URL is not a setting and is ignored" in output
+    assert "did you mean BANDITOPS_DATABASE_URL?" in output

@@ -446,7 +446,7 @@ def test_core_settings_docstring_states_the_rule() -> None:
         ({"production_alias": "prod live"}, "production_alias must be a registry alias"),
         ({"candidate_alias": "Latest"}, "candidate_alias must be a registry alias"),
         ({"production_alias": "v2"}, "like a version"),
-        ({"registered_alias": ""}, "registered_alias must be a registry alias"),
+        ({"registered_alias": ""}, "registered_alias is set but empty"),
     ],
 )
 def test_aliases_are_distinct_registry_aliases(

@@ -115,7 +115,7 @@ def test_unknown_policy_and_unknown_option() -> None:
         (
             "linucb",
             {"lambda_prior": 0},
-            r"'lambda_prior' parameter of BayesianLinearHead must be a float in the range \(0, inf\). Got 0.",
+            r"'lambda_prior' parameter of BayesianLinearHead must be a float in the range \[1e-08, 1e\+08\]. Got 0.",
         ),
         (
             "linucb",

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from eventstore.contract import GATE_PASSED_TAG
@@ -231,7 +232,7 @@ def _reported(*errors: type[Exception], code: int = 1) -> Iterator[None]:
     try:
         yield
     except errors as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(code=code) from exc
 
 
@@ -253,6 +254,13 @@ def promote(
     from modelregistry.registry import RegistryError
 
     settings = Settings()
+    aliases = (settings.production_alias, settings.candidate_alias, settings.registered_alias)
+    if to is not None and to not in aliases:
+        # "" moved production; an unknown name created an alias nothing reads
+        raise typer.BadParameter(
+            f"must be one of the configured aliases {', '.join(aliases)}; got {to!r}.",
+            param_hint="--to",
+        )
     alias = to or settings.production_alias
     try:
         with _reported(ValueError, code=2):
@@ -278,7 +286,7 @@ def rollback(
         with _reported(ValueError, code=2):
             info = _registry(settings).rollback(by=by, reason=reason)
     except RegistryError as exc:
-        console.print(f"[red]{exc}[/]")
+        console.print(f"[red]{escape(str(exc))}[/]")
         raise typer.Exit(code=1) from exc
     console.print(f"@{settings.production_alias} → version {info.version}")
 

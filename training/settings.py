@@ -313,8 +313,16 @@ class PipelineSettings(CoreSettings):
     @classmethod
     def _cron(cls, value: str) -> str:
         text = value.strip()
-        if text in _PRESETS or len(text.split()) == 5:
+        if text in _PRESETS:
             return text
+        if len(text.split()) == 5:
+            try:  # Airflow's own parser, where Airflow is installed ("99 99 99 99 99"
+                # passed the field count and the DAG was never scheduled)
+                from croniter import croniter  # type: ignore[import-untyped]
+            except ImportError:
+                return text
+            if croniter.is_valid(text):
+                return text
         raise ValueError(
             f"must be a five-field cron expression or one of {', '.join(_PRESETS)}; got {value!r}."
         )
