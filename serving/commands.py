@@ -151,10 +151,15 @@ def serve(
     multiprocess mode.
     """
     import uvicorn
+    from uvicorn.config import LOG_LEVELS
 
     from eventstore.settings import setting_problems
     from serving.settings import Settings
 
+    if log_level not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(LOG_LEVELS)}; got {log_level!r}.", param_hint="--log-level"
+        )
     if workers is not None:  # the option wins over the environment and banditops.toml
         os.environ["BANDITOPS_WORKERS"] = str(workers)
     try:

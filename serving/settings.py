@@ -220,7 +220,7 @@ class Settings(CoreSettings):
     sqlite_checkpoint_s: Annotated[float, PERIOD] = Field(0.5, ge=0.0)
     model_dim_user: int | None = Field(None, ge=1)
     model_dim_arm: int | None = Field(None, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
     workers: int = Field(1, ge=1)
     replica_id: str | None = None
     replica_sync_s: Annotated[float, PERIOD] = Field(0.0, ge=0.0)
@@ -254,7 +254,7 @@ class Settings(CoreSettings):
     max_arm_features: int = Field(1024, ge=1)
     http_timeout_keep_alive_s: float = Field(5.0, gt=0.0)
     http_limit_concurrency: int = Field(1000, ge=1)
-    http_backlog: int = Field(2048, ge=1)
+    http_backlog: int = Field(2048, ge=1, le=65_535)
     http_max_incomplete_event_bytes: int = Field(16 << 10, ge=1 << 10)
     http_body_timeout_s: float = Field(30.0, gt=0.0)
     http_large_body_bytes: int = Field(65_536, ge=1024)
@@ -292,6 +292,13 @@ class Settings(CoreSettings):
     def _check(self) -> Settings:
         if len(set(self.context_features)) != len(self.context_features):
             raise ValueError("context_features must be distinct names.")
+        if self.mlflow_registry_uri is not None and self.mlflow_tracking_uri is None:
+            # the service reads models only through a tracking URI: promotions made in
+            # that registry would never reach it (it served the fallback, no error)
+            raise ValueError(
+                "mlflow_registry_uri is set without mlflow_tracking_uri: the service loads "
+                "models through the tracking URI; set BANDITOPS_MLFLOW_TRACKING_URI too."
+            )
         return self
 
     def check_auth(self) -> None:

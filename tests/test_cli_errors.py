@@ -209,6 +209,11 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
         ({"BANDITOPS_DATABASE_URL": "postgresql://x/y"}, "postgresql+psycopg2://"),
         ({"BANDITOPS_MLFLOW_TRACKING_URI": "foo://x"}, "must be an MLflow tracking"),
         ({"BANDITOPS_RETRAIN_SCHEDULE": "99 99 99 99 99"}, "five-field cron expression"),
+        # a registry the service never reads (it served the fallback without an error)
+        ({"BANDITOPS_MLFLOW_REGISTRY_URI": "sqlite:////tmp/r.db"}, "without mlflow_tracking"),
+        # values that crashed the start (numpy's seed, the listen backlog)
+        ({"BANDITOPS_SEED": "-1"}, "seed: Input should be greater than or equal to 0"),
+        ({"BANDITOPS_HTTP_BACKLOG": "2147483648"}, "http_backlog: Input should be less"),
     ],
 )
 def test_a_setting_that_would_misbehave_is_refused_by_name(
@@ -268,3 +273,8 @@ def test_a_variable_no_setting_reads_is_warned_about(
     assert code == 0
     assert "BANDITOPS_DATABSE_URL is not a setting and is ignored" in output
     assert "did you mean BANDITOPS_DATABASE_URL?" in output
+
+
+def test_serve_names_an_unknown_log_level(workspace: Path) -> None:
+    code, output = _run("serve", "--log-level", "bogus")
+    assert code == 2 and "--log-level" in output and "must be one of" in output, output
