@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
@@ -134,6 +135,13 @@ class MonitorSettings(CoreSettings):
     def _webhook(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL; got {value!r}.")
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or any(c.isspace() for c in value)
+        ):
+            # "http://" and "http://a b" passed the prefix check; the monitor then failed
+            # (an alert every hour, or a crashed report)
+            raise ValueError(f"must be an http(s) URL with a host; got {value!r}.")
         return value

@@ -214,6 +214,8 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
         # values that crashed the start (numpy's seed, the listen backlog)
         ({"BANDITOPS_SEED": "-1"}, "seed: Input should be greater than or equal to 0"),
         ({"BANDITOPS_HTTP_BACKLOG": "2147483648"}, "http_backlog: Input should be less"),
+        ({"BANDITOPS_SERVICE_URL": "http://a b"}, "must be an http(s) URL with a host"),
+        ({"BANDITOPS_SERVICE_URL": "http://"}, "must be an http(s) URL with a host"),
     ],
 )
 def test_a_setting_that_would_misbehave_is_refused_by_name(
