@@ -96,6 +96,23 @@ def _check_record(by: str, reason: str) -> None:
     check_text("reason", reason)
 
 
+#: The MLflow client's HTTP retries for the service's polls and the CLI's registry calls,
+#: unless the environment sets them: MLflow's own defaults (7 retries, backoff factor 2,
+#: 120 s timeout) hold one poll of an unreachable server for minutes (``banditops models``
+#: answered after 4 min 10 s); a poll is retried at the next interval anyway.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def bound_http_retries() -> None:
+    """Set :data:`HTTP_LIMITS` in this process's environment where it sets none."""
+    for variable, value in HTTP_LIMITS.items():
+        os.environ.setdefault(variable, value)
+
+
 class RegistryError(RuntimeError):
     """A registry operation that cannot be carried out (named version, alias, reason)."""
 

@@ -45,8 +45,9 @@ _CLI_TYPES: dict[str, type] = {
 
 
 def _registry(settings: Settings):  # type: ignore[no-untyped-def]
-    from modelregistry.registry import ModelRegistry
+    from modelregistry.registry import ModelRegistry, bound_http_retries
 
+    bound_http_retries()  # a command waits seconds, not minutes, for a registry that is down
     return ModelRegistry.from_settings(settings)
 
 

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,17 +13,8 @@ from bandit_core import Policy
 from eventstore.admission import Admission
 from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label
 from eventstore.schema import INCARNATION_LENGTH
-from modelregistry.registry import AliasReader
+from modelregistry.registry import AliasReader, bound_http_retries
 from serving.models.sources import ROLES, ArtifactChangedError, ModelRef, Role
-
-#: The MLflow client's HTTP retries for the service's polls, unless the environment sets
-#: them: MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout) hold one poll
-#: of an unreachable server for minutes; a poll is retried at the next interval anyway.
-HTTP_LIMITS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
 
 
 def _sha256(path: Path) -> str:
@@ -59,8 +49,7 @@ class MlflowModelSource:
         registry_uri: str | None = None,
         admission: Admission | None = None,
     ) -> None:
-        for variable, value in HTTP_LIMITS.items():
-            os.environ.setdefault(variable, value)
+        bound_http_retries()
         self.admission = admission or Admission()
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
