@@ -48,7 +48,8 @@ class Settings(CoreSettings):
     fallback_epsilon : float
         Exploration share of the ε-greedy fallback.
     api_token : SecretStr or None
-        Bearer token of the reward, catalog-write and admin endpoints (must not be empty).
+        Bearer token of the reward, catalog-write and admin endpoints (not empty; RFC
+        6750 characters only).
     max_body_bytes, max_candidates, max_slate : int
         Request limits (413 / 422 beyond them).
     context_features : list of str
@@ -272,12 +273,8 @@ class Settings(CoreSettings):
 
     @field_validator("api_token")
     @classmethod
-    def _token_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
-            raise ValueError(
-                "api_token must not be empty: unset BANDITOPS_API_TOKEN (and set "
-                "BANDITOPS_AUTH_DISABLED=true) or give a token."
-            )
+    def _bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # an empty or blank token is refused with every blank setting (check_blanks)
         if value is not None and not _BEARER.fullmatch(value.get_secret_value()):
             # a space, a non-ASCII or invisible character: no client sends it back in an
             # Authorization header, so every authenticated call would be refused
