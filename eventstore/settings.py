@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
@@ -86,6 +86,9 @@ class _Marker:
 
 #: ``Annotated[float, PERIOD]``: the field paces a loop (at least ``MIN_PERIOD_S`` unless 0).
 PERIOD = _Marker("PERIOD")
+#: ``Annotated[Path, DIRECTORY]``: a folder the process creates and writes in; a path that
+#: exists as a file is refused (it failed at start with FileExistsError).
+DIRECTORY = _Marker("DIRECTORY")
 #: ``Annotated[str | None, BLANK_IS_UNSET]``: an empty value means unset (``X=`` in an env
 #: file); for every other field an empty or blank value is refused.
 BLANK_IS_UNSET = _Marker("BLANK_IS_UNSET")
@@ -93,10 +96,12 @@ BLANK_IS_UNSET = _Marker("BLANK_IS_UNSET")
 
 def check_values(cls: type[BaseSettings], values: Any) -> None:
     """``ValueError`` naming the first setting of ``values`` (a model's field values) that
-    is a float that is not finite, a duration beyond ``MAX_DURATION_S`` or a loop period
-    below ``MIN_PERIOD_S``."""
+    is a float that is not finite, a duration beyond ``MAX_DURATION_S``, a loop period
+    below ``MIN_PERIOD_S`` or a directory that is a file."""
     for name, info in cls.model_fields.items():
         value = values.get(name) if isinstance(values, dict) else getattr(values, name, None)
+        if DIRECTORY in info.metadata and isinstance(value, Path) and value.is_file():
+            raise ValueError(f"{name} must be a directory; {value} is a file.")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if isinstance(value, float) and not math.isfinite(value):
@@ -358,7 +363,7 @@ class CoreSettings(BaseSettings):
     #: This class's table in the workspace file.
     section: ClassVar[str] = "core"
 
-    workspace: Path = Path("workspace")
+    workspace: Annotated[Path, DIRECTORY] = Path("workspace")
     database_url: str | None = None
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     mlflow_tracking_uri: str | None = None
@@ -373,7 +378,7 @@ class CoreSettings(BaseSettings):
     duplicate_rule: DuplicateRule = "first_wins"
     missing_reward: MissingReward = "default"
     default_reward: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
-    runs_dir: Path | None = None
+    runs_dir: Annotated[Path | None, DIRECTORY] = None
     model_max_dim: int = Field(4096, ge=1)
     model_max_bytes: int = Field(512 << 20, ge=1 << 10)
 

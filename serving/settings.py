@@ -19,7 +19,7 @@ from pydantic_settings import NoDecode
 
 from bandit_core import MAX_ABS_INPUT
 from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
-from eventstore.settings import PERIOD, CoreSettings
+from eventstore.settings import DIRECTORY, PERIOD, CoreSettings
 
 SALT_FILE = "user_salt"
 
@@ -213,7 +213,7 @@ class Settings(CoreSettings):
     writer_max_batch: int = Field(512, ge=1)
     decision_cache_size: int = Field(50_000, ge=0)
     journal: bool = True
-    journal_dir: Path | None = None
+    journal_dir: Annotated[Path | None, DIRECTORY] = None
     journal_max_bytes: int = Field(1 << 30, ge=1 << 20)
     store_probe_s: Annotated[float, PERIOD] = Field(1.0, gt=0.0)
     store_connect_timeout_s: float = Field(5.0, gt=0.0)

@@ -215,6 +215,9 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
         ({"BANDITOPS_SEED": "-1"}, "seed: Input should be greater than or equal to 0"),
         ({"BANDITOPS_HTTP_BACKLOG": "2147483648"}, "http_backlog: Input should be less"),
         ({"BANDITOPS_SERVICE_URL": "http://a b"}, "must be an http(s) URL with a host"),
+        # a folder that is a file failed at start (FileExistsError)
+        ({"BANDITOPS_JOURNAL_DIR": "/etc/passwd"}, "journal_dir must be a directory"),
+        ({"BANDITOPS_RUNS_DIR": "/etc/passwd"}, "runs_dir must be a directory"),
         ({"BANDITOPS_SERVICE_URL": "http://"}, "must be an http(s) URL with a host"),
     ],
 )
