@@ -64,13 +64,9 @@ WORSE_RUN = {
 #: Third-party warnings raised while Airflow runs tasks in process (none comes from
 #: banditops code).
 THIRD_PARTY_WARNINGS = [
-    # MLflow's SQL store maps a relationship with SQLAlchemy 2.1's deprecated ``noload``
-    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
     # Great Expectations imports the regex internals Python 3.11 deprecated
     "ignore:module 'sre_constants' is deprecated:DeprecationWarning",
     "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
-    # MLflow on the pyfunc model's DataFrame type hints (modelregistry/pyfunc_model.py)
-    "ignore:.*Any type hint is inferred as AnyType:UserWarning",
     # MLflow compares an input example's columns with a range (pandas 3 deprecates it)
     "ignore:Operation with range is deprecated:DeprecationWarning",
     # Airflow's in-process execution API (dag.test) imports Starlette's TestClient, which

@@ -981,12 +981,6 @@ def _click_parse(command: Any, argv: list[str]) -> None:
     command.make_context(command.name or "cli", list(argv))
 
 
-# importing MLflow's CLI: its SQL store maps a relationship with SQLAlchemy 2.1's
-# deprecated ``noload``; its server's pydantic models have ``Any`` type hints
-@pytest.mark.filterwarnings(
-    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
-    "ignore:.*Any type hint is inferred as AnyType:UserWarning",
-)
 def test_banditops_and_mlflow_commands_parse_with_the_real_clis(project: Project) -> None:
     import typer.main
 

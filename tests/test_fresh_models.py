@@ -39,7 +39,6 @@ pytestmark = [
     pytest.mark.filterwarnings(
         "ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"
     ),
-    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
 ]
 
 ALGORITHM = "shared_linucb"

@@ -26,9 +26,6 @@ from tests.serving_helpers import (
 
 MODEL = "server-outage"
 
-# MLflow's note on the models-from-code file's type hints (raised when it is logged here)
-pytestmark = pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning")
-
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path) -> Iterator[str]:

@@ -11,15 +11,9 @@ import pytest
 
 from benchmarks.reliability_checks import case_registry
 
-# raised inside MLflow while it logs a model (its store on SQLAlchemy 2.1, its type-hint
-# inference); nothing of ours
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning"),
-    pytest.mark.filterwarnings("ignore::FutureWarning"),
-]
+# raised inside MLflow while it logs a model; nothing of ours (its other warnings are
+# filtered in pyproject.toml)
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 
 def test_bad_versions_and_an_unreachable_registry_never_fail_a_request() -> None:

@@ -28,15 +28,6 @@ from tests.rollout_support import MODEL, LiveService, live_service, register
 from training.rollout import StepResult, rollout_step
 from training.settings import PipelineSettings
 
-# Raised inside MLflow (its store on SQLAlchemy 2.1; type-hint inference while logging)
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning"),
-    pytest.mark.filterwarnings("ignore:.*Any type hint is inferred:UserWarning"),
-]
-
 BATCH = 300
 WINDOW_S = 0.5
 

@@ -25,15 +25,6 @@ from tests.serving_helpers import decision_body, policy_file, running_client, se
 
 pytest_plugins = ["tests.serving_fixtures"]
 
-# Raised inside MLflow (its store on SQLAlchemy 2.1; its own type-hint inference while
-# logging a model); nothing of ours.
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:.*Any type hint is inferred as AnyType:UserWarning"),
-]
-
 NAME = "banditops-policy"
 
 MODEL_CODE = '''

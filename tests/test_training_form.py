@@ -295,10 +295,8 @@ def test_the_dag_wires_its_tasks_in_the_shared_step_order(airflow_home: Any, dag
 
 
 # ---------------------------------------------------------------------- settings reach steps
-# the validation opens the MLflow registry (its SQL store maps a relationship with
-# SQLAlchemy 2.1's deprecated noload) and runs Great Expectations
+# the validation runs Great Expectations
 @pytest.mark.filterwarnings(
-    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning",
     "ignore:module 'sre_constants' is deprecated:DeprecationWarning",
     "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
 )

@@ -11,6 +11,7 @@ its ``Host`` header, and would otherwise choose who vouches for its token.
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,13 @@ import httpx
 
 #: The cookie in which Airflow 3's UI keeps the signed-in user's JWT.
 TOKEN_COOKIE = "_token"
+
+#: All of one page request's calls to Airflow together (a button's trigger and its
+#: retries, or the DAG states the page shows), in seconds: the page answers in about this
+#: much time whatever Airflow does, instead of leaving the browser waiting (CI's browser
+#: gave up after 120 s on a trigger asked three times at 30 s each, then a page of five
+#: more calls, while a loaded machine's scheduler held the metadata database).
+DEADLINE_S = 40.0
 
 
 def own_api_url(api: Any = None) -> str:
@@ -38,11 +46,31 @@ def own_api_url(api: Any = None) -> str:
 
 
 class AirflowCallError(RuntimeError):
-    """Airflow refused or could not answer; ``status`` is its HTTP status (0: unreachable)."""
+    """Airflow refused or could not answer; ``status`` is its HTTP status (0: unreachable,
+    or no answer in time)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _Unanswered(AirflowCallError):
+    """The request went out whole and no answer came in time: Airflow may still act on it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, message)
+
+
+@dataclass(frozen=True)
+class Triggered:
+    """A run the page asked for. ``confirmed``: Airflow answered that it made it; otherwise
+    every ask went out and none was answered within the action's deadline, so Airflow (busy
+    behind the scheduler's writes) may still make it, under this id, and never another."""
+
+    dag_id: str
+    run_id: str
+    confirmed: bool
+    waited_s: float
 
 
 @dataclass(frozen=True)
@@ -54,21 +82,37 @@ class AirflowAPI:
     #: Per call. The page's calls go back to the API server that serves it, whose writes
     #: queue behind the scheduler's on the metadata database: a loaded 2-core machine has
     #: taken over 15 s to answer a trigger.
-    timeout_s: float = 30.0
-    #: How many times :meth:`trigger` asks when Airflow does not answer in time.
-    trigger_attempts: int = 3
+    timeout_s: float = 20.0
+    #: All of one page request's calls together (:data:`DEADLINE_S`).
+    deadline_s: float = DEADLINE_S
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def deadline(self) -> float:
+        """A new deadline (``time.monotonic()`` seconds) for one page request's calls."""
+        return time.monotonic() + self.deadline_s
+
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, until: float
+    ) -> Any:
+        timeout = min(self.timeout_s, until - time.monotonic())
+        if timeout <= 0:
+            raise AirflowCallError(
+                0, f"Airflow's API at {self.base_url} did not answer within {self.deadline_s:g} s"
+            )
         try:
             response = httpx.request(
                 method,
                 self.base_url.rstrip("/") + path,
                 json=body,
                 headers={"Authorization": f"Bearer {self.token}"},
-                timeout=self.timeout_s,
+                timeout=timeout,
                 # a certificate names the public host; this is the server's own loopback
                 verify=urlsplit(self.base_url).hostname != "127.0.0.1",
             )
+        except httpx.ReadTimeout as exc:
+            raise _Unanswered(
+                f"Airflow's API at {self.base_url} did not answer {method} {path} "
+                f"within {timeout:.3g} s"
+            ) from exc
         except httpx.HTTPError as exc:
             why = f"Airflow's API at {self.base_url} is unreachable: {exc}"
             raise AirflowCallError(0, why) from exc
@@ -80,37 +124,51 @@ class AirflowAPI:
             )
         return response.json() if response.content else None
 
-    def dags(self) -> dict[str, dict[str, Any]]:
+    def dags(self, until: float | None = None) -> dict[str, dict[str, Any]]:
         """The banditops DAGs by id (``is_paused``, ``next_dagrun_run_after`` …); raises
         :class:`AirflowCallError` (401/403) when the token is not valid."""
-        found = self._call("GET", "/api/v2/dags?dag_id_pattern=bandit_&limit=100")
+        found = self._call(
+            "GET", "/api/v2/dags?dag_id_pattern=bandit_&limit=100", until=until or self.deadline()
+        )
         return {str(d["dag_id"]): d for d in found.get("dags", [])}
 
-    def latest_runs(self, dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
+    def latest_runs(
+        self, dag_id: str, limit: int = 5, until: float | None = None
+    ) -> list[dict[str, Any]]:
         found = self._call(
-            "GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit={limit}"
+            "GET",
+            f"/api/v2/dags/{dag_id}/dagRuns?order_by=-run_after&limit={limit}",
+            until=until or self.deadline(),
         )
         return list(found.get("dag_runs", []))
 
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> Triggered:
         """Start a run of ``dag_id`` with ``conf`` (a paused DAG's run waits until it is
-        unpaused, as with the UI's button); the run id.
+        unpaused, as with the UI's button), asking until Airflow answers or the deadline
+        (:attr:`deadline_s`) passes.
 
-        The page names the run itself, so asking again after a call that timed out is safe:
-        when the first call did create the run, Airflow answers the next one with 409, and
-        that run is the answer. Exactly one run is started either way.
+        The page names the run itself, so asking again after a call that was not answered in
+        time is safe: when an earlier call did create the run, Airflow answers the next one
+        with 409, and that run is the answer. Exactly one run is started either way; when no
+        ask was answered the run is :attr:`Triggered.confirmed` ``False`` (Airflow may make
+        it late, under the same id). Refusals, and an Airflow that is not there, raise.
         """
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         run_id = f"bandits_page__{stamp}__{secrets.token_hex(4)}"
         body = {"dag_run_id": run_id, "logical_date": None, "conf": conf}
-        for attempt in range(1, self.trigger_attempts + 1):
+        start = time.monotonic()
+        until = start + self.deadline_s
+        unanswered = False
+        while True:
             try:
-                run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", body)
+                run = self._call("POST", f"/api/v2/dags/{dag_id}/dagRuns", body, until=until)
+            except _Unanswered:
+                unanswered = True
+                continue  # the next ask, or the deadline's error below
             except AirflowCallError as exc:
-                if exc.status == 409 and attempt > 1:
-                    return run_id  # an earlier attempt that timed out did create it
-                if exc.status != 0 or attempt == self.trigger_attempts:
-                    raise
-                continue
-            return str(run["dag_run_id"])
-        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+                if unanswered and exc.status == 409:  # an unanswered ask did create it
+                    return Triggered(dag_id, run_id, True, time.monotonic() - start)
+                if unanswered and exc.status == 0:
+                    return Triggered(dag_id, run_id, False, time.monotonic() - start)
+                raise
+            return Triggered(dag_id, str(run["dag_run_id"]), True, time.monotonic() - start)

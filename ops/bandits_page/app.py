@@ -58,6 +58,17 @@ def _cross_site(request: Request) -> str | None:
     return None
 
 
+def trigger_message(what: str, run: af.Triggered) -> str:
+    """What the page says after a button: the run, and whether Airflow confirmed it."""
+    if run.confirmed:
+        return f"{what}: triggered {run.dag_id} run {run.run_id}."
+    return (
+        f"{what}: asked Airflow for {run.dag_id} run {run.run_id}; it did not confirm "
+        f"within {run.waited_s:.0f} s (busy), so the run may show up late, under that id, "
+        "and never twice."
+    )
+
+
 def _login_required(request: Request, why: str) -> HTMLResponse:
     login = f"/auth/login?next={quote(str(request.url), safe='')}"
     return HTMLResponse(
@@ -72,10 +83,12 @@ def create_app(
     *,
     airflow: bool = True,
     api_url: Callable[[], str] = af.own_api_url,
+    deadline_s: float = af.DEADLINE_S,
 ) -> FastAPI:
     """The page's app; ``settings`` is called per request (the workspace file may change).
     ``api_url``: the Airflow REST API that checks tokens and triggers runs (by default the
-    API server this app is mounted in, from Airflow's configuration)."""
+    API server this app is mounted in, from Airflow's configuration); ``deadline_s``: how
+    long one request waits for Airflow in all (:data:`~ops.bandits_page.airflow_api.DEADLINE_S`)."""
     app = FastAPI(
         title="banditops: the Bandits page",
         description="The operator's view of the bandit loop, inside the Airflow UI.",
@@ -85,12 +98,13 @@ def create_app(
 
     def api_of(request: Request) -> af.AirflowAPI | None:
         token = _token(request)
-        return None if token is None else af.AirflowAPI(api_url(), token)
+        return None if token is None else af.AirflowAPI(api_url(), token, deadline_s=deadline_s)
 
     def dag_states(api: af.AirflowAPI) -> dict[str, Any]:
-        dags = api.dags()
+        until = api.deadline()
+        dags = api.dags(until)
         return {
-            dag_id: (dags[dag_id], api.latest_runs(dag_id, 3))
+            dag_id: (dags[dag_id], api.latest_runs(dag_id, 3, until))
             for dag_id in SHOWN_DAGS
             if dag_id in dags
         }
@@ -139,13 +153,13 @@ def create_app(
         if api is None:
             return _login_required(request, "You are not signed in.")
         try:
-            run_id = api.trigger(dag_id, conf)
+            run = api.trigger(dag_id, conf)
         except af.AirflowCallError as exc:
             if exc.status in (401, 403):
                 return _login_required(request, f"Airflow refused: {exc}")
             text = str(exc)
         else:
-            text = f"{what}: triggered {dag_id} run {run_id}."
+            text = trigger_message(what, run)
         target = request.url_for("page").include_query_params(message=text)
         return RedirectResponse(str(target), status_code=303)
 
