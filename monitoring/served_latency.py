@@ -17,6 +17,7 @@ bucket returns the largest finite bound, a lower bound of the true quantile.
 
 from __future__ import annotations
 
+import bisect
 import math
 import urllib.error
 import urllib.request
@@ -72,6 +73,18 @@ class LatencyHistogram:
     def quantile(self, q: float) -> float | None:
         """:func:`histogram_quantile` of this histogram (None when it is empty)."""
         return histogram_quantile(q, self.bounds, self.cumulative)
+
+    def slower_than(self, limit: float) -> float:
+        """How many observations were above ``limit``: within the bucket that holds
+        ``limit`` spread evenly, as :meth:`quantile` interpolates (so the p99 is above
+        ``limit`` exactly when more than 1 % are); beyond the last finite bound every
+        observation in the ``+Inf`` bucket, which cannot be told apart."""
+        i = bisect.bisect_left(self.bounds, limit)  # bounds[i] >= limit
+        if i == len(self.bounds) - 1:
+            return self.count - self.cumulative[-2]
+        lower, below = (0.0, 0.0) if i == 0 else (self.bounds[i - 1], self.cumulative[i - 1])
+        inside = self.cumulative[i] - below
+        return self.count - below - inside * (limit - lower) / (self.bounds[i] - lower)
 
     def since(self, earlier: LatencyHistogram) -> LatencyHistogram | None:
         """The observations made after ``earlier`` (a previous scrape of the same series);

@@ -90,6 +90,80 @@ def test_interval_histograms_subtract_scrapes_and_detect_a_restart() -> None:
     assert LatencyHistogram.from_dict(json.loads(json.dumps(after.to_dict()))) == after
 
 
+def test_requests_slower_than_a_limit_are_interpolated_as_the_quantile_is() -> None:
+    hist = LatencyHistogram((0.01, 0.1, 0.5, INF), (50.0, 90.0, 98.0, 100.0), 3.0)
+    assert hist.slower_than(0.1) == pytest.approx(10.0)  # a bound: exact
+    assert hist.slower_than(0.3) == pytest.approx(2.0 + 8.0 * 0.5)  # half of (0.1, 0.5]
+    assert hist.slower_than(0.005) == pytest.approx(100.0 - 25.0)  # first bucket from 0
+    assert hist.slower_than(2.0) == 2.0  # beyond the finite bounds: the +Inf bucket
+    # consistent with the quantile: the p99 is above a limit exactly when > 1 % are slower
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        cumulative = tuple(np.cumsum(rng.integers(0, 30, size=4)).astype(float))
+        if cumulative[-1] == 0:
+            continue
+        h = LatencyHistogram((0.01, 0.1, 0.5, INF), cumulative, 1.0)
+        limit = float(rng.uniform(0.0, 0.5))
+        p99 = h.quantile(0.99)
+        assert p99 is not None
+        if abs(p99 - limit) > 1e-9:
+            assert (p99 > limit) == (h.slower_than(limit) > 0.01 * h.count + 1e-9)
+
+
+class _Metrics:
+    """A service's ``/metrics`` (the service's own exposition) over real HTTP, serving what
+    the test observes into its decision-latency histogram."""
+
+    def __init__(self) -> None:
+        from fastapi import FastAPI
+        from fastapi.responses import Response
+
+        self.metrics = ServiceMetrics()
+        app = FastAPI()
+
+        @app.get("/metrics")
+        def metrics() -> Response:
+            body, kind = self.metrics.render()
+            return Response(body, media_type=kind)
+
+        self.server = LiveServer(app)
+
+    def observe(self, seconds: float, n: int) -> None:
+        for _ in range(n):
+            self.metrics.latency.labels("/v1/decisions").observe(seconds)
+
+
+def test_one_slow_request_among_a_few_is_too_few_to_tell(tmp_path: Path) -> None:
+    """Nineteen requests of 2 ms and one of 300 ms put the p99 past a 100 ms limit, as a
+    p99 at the limit does one time in six at 20 requests (1 − 0.99²⁰): skipped, saying so
+    (it was an alert). The same 5 % of 420 requests, or every one of 5, is an alert."""
+    service = _Metrics()
+    state = tmp_path / "state.json"
+    with service.server as server:
+        settings = _settings(tmp_path, server.url, latency_p99_max_s=0.1)
+        service.observe(0.002, 19)
+        service.observe(0.3, 1)
+        few = monitor.served_latency(settings, state)
+        assert few["p99_s"] > 0.1 and few["slower_than_limit"] == pytest.approx(1.0)
+        assert few["check"]["status"] == "skipped", few["check"]
+        assert "Too few decisions to tell" in few["check"]["message"]
+        assert "probability 0.18" in few["check"]["message"]
+
+        service.observe(0.002, 400)
+        service.observe(0.3, 20)
+        many = monitor.served_latency(settings, state)
+        assert many["count"] == 420 and many["check"]["status"] == "alert", many["check"]
+        assert "about 20 of 420 requests slower" in many["check"]["message"]
+
+        service.observe(0.3, 5)
+        all_slow = monitor.served_latency(settings, state)
+        assert all_slow["count"] == 5 and all_slow["check"]["status"] == "alert"
+
+        service.observe(0.002, 5)
+        fast = monitor.served_latency(settings, state)
+        assert fast["check"]["status"] == "ok"
+
+
 # ---------------------------------------------------------------------- a real service
 def _settings(tmp_path: Path, url: str | None, **extra: object) -> MonitorSettings:
     return MonitorSettings(
@@ -157,7 +231,9 @@ def test_served_latency_is_read_from_a_running_services_metrics(
         third = monitor.served_latency(strict, state)
         assert third["count"] == 12 and third["since"] == second["scraped_at"]
         assert third["check"]["status"] == "alert"
-        assert third["check"]["message"].endswith("; the p99 limit is 0.001 ms.")
+        assert third["check"]["message"].endswith(
+            "; the p99 limit is 0.001 ms (about 12 of 12 requests slower)."
+        )
 
         # a baseline with more requests than the service has served: it restarted since
         saved = json.loads(state.read_text())
