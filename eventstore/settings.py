@@ -94,6 +94,15 @@ DIRECTORY = _Marker("DIRECTORY")
 BLANK_IS_UNSET = _Marker("BLANK_IS_UNSET")
 
 
+class SettingError(ValueError):
+    """A setting's value refused by a check of the whole settings (a model validator, so
+    pydantic gives it no field): it names the ``field`` for :func:`setting_problems`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def check_values(cls: type[BaseSettings], values: Any) -> None:
     """``ValueError`` naming the first setting of ``values`` (a model's field values) that
     is a float that is not finite, a duration beyond ``MAX_DURATION_S``, a loop period
@@ -101,21 +110,23 @@ def check_values(cls: type[BaseSettings], values: Any) -> None:
     for name, info in cls.model_fields.items():
         value = values.get(name) if isinstance(values, dict) else getattr(values, name, None)
         if DIRECTORY in info.metadata and isinstance(value, Path) and value.is_file():
-            raise ValueError(f"{name} must be a directory; {value} is a file.")
+            raise SettingError(name, f"{name} must be a directory; {value} is a file.")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number; got {value!r}.")
+            raise SettingError(name, f"{name} must be a finite number; got {value!r}.")
         unit = next((u for sfx, u in DURATION_UNITS.items() if name.endswith(sfx)), None)
         if unit is None:
             continue
         if value * unit > MAX_DURATION_S:
-            raise ValueError(
+            raise SettingError(
+                name,
                 f"{name} must be at most {MAX_DURATION_S / unit:g} "
                 f"({MAX_DURATION_S:g} s); got {value!r}."
             )
         if PERIOD in info.metadata and 0 < value * unit < MIN_PERIOD_S:
-            raise ValueError(
+            raise SettingError(
+                name,
                 f"{name} paces a loop: it must be 0 (off, where allowed) or at least "
                 f"{MIN_PERIOD_S / unit:g}; got {value!r}."
             )
@@ -134,16 +145,19 @@ def check_blanks(cls: type[BaseSettings], data: Any) -> None:
             continue
         text = value.get_secret_value() if hasattr(value, "get_secret_value") else value
         if isinstance(text, str) and "\x00" in text:
-            raise ValueError(f"{name} must not contain a NUL character.")
+            raise SettingError(name, f"{name} must not contain a NUL character.")
         if isinstance(text, str) and not text.strip():
-            raise ValueError(
-                f"{name} is set but empty; unset BANDITOPS_{name.upper()} (or remove it "
-                "from the workspace file) for its default."
+            raise SettingError(
+                name,
+                f"{name} is set but empty; unset {ENV_PREFIX}{name.upper()} (or remove it "
+                "from the workspace file) for its default.",
             )
 
 
+#: The prefix of every setting's environment variable.
+ENV_PREFIX = "BANDITOPS_"
 #: The environment variable that names the workspace.
-WORKSPACE_ENV = "BANDITOPS_WORKSPACE"
+WORKSPACE_ENV = f"{ENV_PREFIX}WORKSPACE"
 #: The tables of the workspace file: one per settings class, each holding the fields that
 #: class adds to its base (a test keeps this equal to the classes' ``section`` names).
 SECTIONS = ("core", "service", "pipelines", "monitor")
@@ -276,11 +290,26 @@ def _num(value: float) -> str:
 
 def setting_problems(exc: ValidationError) -> list[str]:
     """One ``field: what it expects`` line per problem of a settings ``ValidationError``
-    (what a command prints instead of a traceback)."""
-    return [
-        f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
-        for error in exc.errors()
-    ]
+    (what a command prints instead of a traceback); a field set by its environment
+    variable is named by that variable too (``monitor_alpha (BANDITOPS_MONITOR_ALPHA)``),
+    so that the operator finds where the value came from. Values are not repeated: a
+    secret's would be (the checks' own messages show the others)."""
+    variables = {k.upper() for k in os.environ}
+    lines = []
+    for error in exc.errors():
+        cause = (error.get("ctx") or {}).get("error")
+        field = error["loc"][0] if error["loc"] else getattr(cause, "field", None)
+        message = error["msg"].removeprefix("Value error, ")
+        if field is not None:
+            message = message.removeprefix(f"{field} ")  # named once, in front
+        if field is None:
+            lines.append(f"settings: {message}")
+            continue
+        variable = f"{ENV_PREFIX}{str(field).upper()}"
+        where = f" ({variable})" if variable in variables else ""
+        path = ".".join(str(part) for part in error["loc"]) or str(field)
+        lines.append(f"{path}{where}: {message}")
+    return lines
 
 
 class WorkspaceFileSource(PydanticBaseSettingsSource):
@@ -359,7 +388,7 @@ class CoreSettings(BaseSettings):
         places).
     """
 
-    model_config = SettingsConfigDict(env_prefix="BANDITOPS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
     #: This class's table in the workspace file.
     section: ClassVar[str] = "core"
 
@@ -441,9 +470,10 @@ class CoreSettings(BaseSettings):
                 or value.lower() == "latest"
                 or _VERSION.fullmatch(value)
             ):
-                raise ValueError(
+                raise SettingError(
+                    name,
                     f"{name} must be a registry alias: 1–255 letters, digits, '_' or '-', "
-                    f"neither 'latest' nor like a version ('v3'); got {value!r}."
+                    f"neither 'latest' nor like a version ('v3'); got {value!r}.",
                 )
         values = [getattr(self, n) for n in names]
         if len(set(values)) < len(values):

@@ -58,12 +58,12 @@ class _Commands(TyperGroup):
             return super().invoke(ctx)
         except ValidationError as exc:
             for problem in setting_problems(exc):
-                console.print(f"[red]error:[/] {escape(problem)}")
+                console.print(f"[red]error:[/] {escape(problem)}", soft_wrap=True)
             raise typer.Exit(2) from None
         except Exception as exc:
             if not is_operator_error(exc):
                 raise  # a bug: its traceback is what a report needs
-            console.print(f"[red]error:[/] {escape(operator_message(exc))}")
+            console.print(f"[red]error:[/] {escape(operator_message(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
 

@@ -71,8 +71,9 @@ def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
     except SQLAlchemyError as exc:  # unreachable, refused: named, not a traceback
         first = str(exc).splitlines()[0] if str(exc) else ""
         console.print(
-            f"[red]error:[/] the event store {_shown(target)} could not be migrated: "
-            f"{exc.__class__.__name__}: {redact_credentials(first)}"
+            f"[red]error:[/] the event store {escape(_shown(target))} could not be migrated: "
+            f"{exc.__class__.__name__}: {escape(redact_credentials(first))}",
+            soft_wrap=True,
         )
         raise typer.Exit(1) from None
     finally:
@@ -118,8 +119,9 @@ def store_prune(
     except SQLAlchemyError as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
         console.print(
-            f"[red]error:[/] the event store {_shown(target)} refused: "
-            f"{exc.__class__.__name__}: {first}"
+            f"[red]error:[/] the event store {escape(_shown(target))} refused: "
+            f"{exc.__class__.__name__}: {escape(first)}",
+            soft_wrap=True,
         )
         raise typer.Exit(1) from None
     finally:
@@ -172,10 +174,10 @@ def serve(
         settings.check_auth()
     except ValidationError as exc:  # a bad setting: name it, no traceback
         for problem in setting_problems(exc):
-            console.print(f"[red]error:[/] {escape(problem)}")
+            console.print(f"[red]error:[/] {escape(problem)}", soft_wrap=True)
         raise typer.Exit(2) from None
     except ValueError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     settings.resolve_salt()  # create a generated salt once, before workers start
     if migrate:

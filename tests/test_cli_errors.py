@@ -86,6 +86,44 @@ def test_a_bad_setting_is_named_by_any_command_without_a_traceback(
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"BANDITOPS_MONITOR_ALPHA": "2"},
+            "error: monitor_alpha (BANDITOPS_MONITOR_ALPHA): Input should be less than 0.5",
+        ),
+        (  # a check of the whole settings (no field of pydantic's) names it too
+            {"BANDITOPS_REWARD_WINDOW_S": "inf"},
+            "error: reward_window_s (BANDITOPS_REWARD_WINDOW_S): must be a finite number; got inf.",
+        ),
+        (  # lower case is the same variable; the secret's value is not repeated
+            {"banditops_api_token": " "},
+            "error: api_token (BANDITOPS_API_TOKEN): is set but empty; unset "
+            "BANDITOPS_API_TOKEN (or remove it from the workspace file) for its default.",
+        ),
+    ],
+)
+def test_a_bad_setting_names_the_variable_that_set_it(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], line: str
+) -> None:
+    """The operator set an environment variable; the error line says which, once, in
+    front (it said ``settings: Value error, reward_window_s must be …``)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, output = _run("config", "show")
+    assert code == 2 and output == line, output
+
+
+def test_a_bad_setting_from_the_workspace_file_is_named_by_its_key(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BANDITOPS_MONITOR_ALPHA", raising=False)
+    (workspace / "banditops.toml").write_text("[monitor]\nmonitor_alpha = 2\n")
+    code, output = _run("config", "show")
+    assert code == 2 and output == "error: monitor_alpha: Input should be less than 0.5", output
+
+
 def test_the_replay_read_checks_the_schema(workspace: Path) -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -190,21 +228,42 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
     ("env", "named"),
     [
         # accepted before: every reward a 500 (timedelta overflow), a dead loader thread
-        ({"BANDITOPS_REWARD_WINDOW_S": "inf"}, "reward_window_s must be a finite number"),
-        ({"BANDITOPS_REWARD_WINDOW_S": "1e18"}, "reward_window_s must be at most 1e+09"),
-        ({"BANDITOPS_POLL_INTERVAL_S": "inf"}, "poll_interval_s must be a finite number"),
-        ({"BANDITOPS_RETENTION_DAYS": "1e6"}, "retention_days must be at most 11574.1"),
+        (
+            {"BANDITOPS_REWARD_WINDOW_S": "inf"},
+            "reward_window_s (BANDITOPS_REWARD_WINDOW_S): must be a finite number",
+        ),
+        (
+            {"BANDITOPS_REWARD_WINDOW_S": "1e18"},
+            "reward_window_s (BANDITOPS_REWARD_WINDOW_S): must be at most 1e+09",
+        ),
+        (
+            {"BANDITOPS_POLL_INTERVAL_S": "inf"},
+            "poll_interval_s (BANDITOPS_POLL_INTERVAL_S): must be a finite number",
+        ),
+        (
+            {"BANDITOPS_RETENTION_DAYS": "1e6"},
+            "retention_days (BANDITOPS_RETENTION_DAYS): must be at most 11574.1",
+        ),
         # a busy loop at 1e-300
-        ({"BANDITOPS_SNAPSHOT_EVERY_S": "1e-300"}, "snapshot_every_s paces a loop"),
+        (
+            {"BANDITOPS_SNAPSHOT_EVERY_S": "1e-300"},
+            "snapshot_every_s (BANDITOPS_SNAPSHOT_EVERY_S): paces a loop",
+        ),
         # empty values meant the local SQLite file, the current directory, no salt
-        ({"BANDITOPS_DATABASE_URL": ""}, "database_url is set but empty"),
-        ({"BANDITOPS_USER_SALT": " "}, "user_salt is set but empty"),
-        ({"BANDITOPS_MODEL_NAME": ""}, "model_name is set but empty"),
+        ({"BANDITOPS_DATABASE_URL": ""}, "database_url (BANDITOPS_DATABASE_URL): is set but empty"),
+        ({"BANDITOPS_USER_SALT": " "}, "user_salt (BANDITOPS_USER_SALT): is set but empty"),
+        ({"BANDITOPS_MODEL_NAME": ""}, "model_name (BANDITOPS_MODEL_NAME): is set but empty"),
         # a token no client can send
-        ({"BANDITOPS_API_TOKEN": "tok "}, "api_token must be a bearer token"),
-        ({"BANDITOPS_API_TOKEN": "tök"}, "api_token must be a bearer token"),
+        (
+            {"BANDITOPS_API_TOKEN": "tok "},
+            "api_token (BANDITOPS_API_TOKEN): must be a bearer token",
+        ),
+        ({"BANDITOPS_API_TOKEN": "tök"}, "api_token (BANDITOPS_API_TOKEN): must be a bearer token"),
         # URLs that failed later, with a traceback
-        ({"BANDITOPS_DATABASE_URL": "not a url"}, "database_url must be a SQLAlchemy URL"),
+        (
+            {"BANDITOPS_DATABASE_URL": "not a url"},
+            "database_url (BANDITOPS_DATABASE_URL): must be a SQLAlchemy URL",
+        ),
         ({"BANDITOPS_DATABASE_URL": "foo://x"}, "names the driver 'foo', which is not installed"),
         ({"BANDITOPS_DATABASE_URL": "postgresql://x/y"}, "postgresql+psycopg2://"),
         ({"BANDITOPS_MLFLOW_TRACKING_URI": "foo://x"}, "must be an MLflow tracking"),
@@ -212,12 +271,24 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
         # a registry the service never reads (it served the fallback without an error)
         ({"BANDITOPS_MLFLOW_REGISTRY_URI": "sqlite:////tmp/r.db"}, "without mlflow_tracking"),
         # values that crashed the start (numpy's seed, the listen backlog)
-        ({"BANDITOPS_SEED": "-1"}, "seed: Input should be greater than or equal to 0"),
-        ({"BANDITOPS_HTTP_BACKLOG": "2147483648"}, "http_backlog: Input should be less"),
+        (
+            {"BANDITOPS_SEED": "-1"},
+            "seed (BANDITOPS_SEED): Input should be greater than or equal to 0",
+        ),
+        (
+            {"BANDITOPS_HTTP_BACKLOG": "2147483648"},
+            "http_backlog (BANDITOPS_HTTP_BACKLOG): Input should be less",
+        ),
         ({"BANDITOPS_SERVICE_URL": "http://a b"}, "must be an http(s) URL with a host"),
         # a folder that is a file failed at start (FileExistsError)
-        ({"BANDITOPS_JOURNAL_DIR": "/etc/passwd"}, "journal_dir must be a directory"),
-        ({"BANDITOPS_RUNS_DIR": "/etc/passwd"}, "runs_dir must be a directory"),
+        (
+            {"BANDITOPS_JOURNAL_DIR": "/etc/passwd"},
+            "journal_dir (BANDITOPS_JOURNAL_DIR): must be a directory",
+        ),
+        (
+            {"BANDITOPS_RUNS_DIR": "/etc/passwd"},
+            "runs_dir (BANDITOPS_RUNS_DIR): must be a directory",
+        ),
         ({"BANDITOPS_SERVICE_URL": "http://"}, "must be an http(s) URL with a host"),
     ],
 )

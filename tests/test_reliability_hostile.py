@@ -366,7 +366,8 @@ def test_without_a_token_the_service_refuses_to_start(tmp_path: Path) -> None:
 def test_an_empty_token_is_a_settings_error(tmp_path: Path) -> None:
     done = _serve_exits(_env(tmp_path, None, BANDITOPS_API_TOKEN=""), tmp_path)
     assert done.returncode != 0
-    assert "api_token is set but empty" in " ".join((done.stdout + done.stderr).split())
+    output = " ".join((done.stdout + done.stderr).split())
+    assert "api_token (BANDITOPS_API_TOKEN): is set but empty" in output
     assert "Traceback" not in done.stdout + done.stderr
 
 
