@@ -122,13 +122,13 @@ def check_values(cls: type[BaseSettings], values: Any) -> None:
             raise SettingError(
                 name,
                 f"{name} must be at most {MAX_DURATION_S / unit:g} "
-                f"({MAX_DURATION_S:g} s); got {value!r}."
+                f"({MAX_DURATION_S:g} s); got {value!r}.",
             )
         if PERIOD in info.metadata and 0 < value * unit < MIN_PERIOD_S:
             raise SettingError(
                 name,
                 f"{name} paces a loop: it must be 0 (off, where allowed) or at least "
-                f"{MIN_PERIOD_S / unit:g}; got {value!r}."
+                f"{MIN_PERIOD_S / unit:g}; got {value!r}.",
             )
 
 
