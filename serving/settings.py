@@ -19,7 +19,7 @@ from pydantic_settings import NoDecode
 
 from bandit_core import MAX_ABS_INPUT
 from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
-from eventstore.settings import DIRECTORY, PERIOD, CoreSettings
+from eventstore.settings import DIRECTORY, PERIOD, CoreSettings, SettingError
 
 SALT_FILE = "user_salt"
 
@@ -35,7 +35,8 @@ class Settings(CoreSettings):
     ----------
     model_path, candidate_model_path : Path or None
         Local policy state files (``bandit_core.save_policy``) for the production model
-        and for the rollout candidate. Used when no MLflow tracking URI is set.
+        and for the rollout candidate, read when no MLflow tracking URI is set (with one,
+        they are refused: the service would never read them).
     candidate_share : float
         Share of traffic, by hashed user id, served by the candidate version when no
         staged rollout runs. While one runs (``banditops rollout status``), its stage's
@@ -296,6 +297,15 @@ class Settings(CoreSettings):
                 "mlflow_registry_uri is set without mlflow_tracking_uri: the service loads "
                 "models through the tracking URI; set BANDITOPS_MLFLOW_TRACKING_URI too."
             )
+        if self.mlflow_tracking_uri is not None:
+            for name in ("model_path", "candidate_model_path"):
+                if getattr(self, name) is not None:
+                    # the registry wins: the file would be ignored without a word
+                    raise SettingError(
+                        name,
+                        f"{name} is set with mlflow_tracking_uri: the service loads models "
+                        "from the registry then and would never read the file; unset one.",
+                    )
         return self
 
     def check_auth(self) -> None:

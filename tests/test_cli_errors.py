@@ -270,6 +270,14 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
         ({"BANDITOPS_RETRAIN_SCHEDULE": "99 99 99 99 99"}, "five-field cron expression"),
         # a registry the service never reads (it served the fallback without an error)
         ({"BANDITOPS_MLFLOW_REGISTRY_URI": "sqlite:////tmp/r.db"}, "without mlflow_tracking"),
+        # a model file the service never reads (the registry wins)
+        (
+            {
+                "BANDITOPS_MODEL_PATH": "/tmp/p.npz",
+                "BANDITOPS_MLFLOW_TRACKING_URI": "sqlite:///m.db",
+            },
+            "model_path (BANDITOPS_MODEL_PATH): is set with mlflow_tracking_uri",
+        ),
         # values that crashed the start (numpy's seed, the listen backlog)
         (
             {"BANDITOPS_SEED": "-1"},
