@@ -253,6 +253,11 @@ def simulate(
 ) -> None:
     """Run policies online on a seeded simulated environment and compare their regret."""
     names = [p.strip() for p in policies.split(",") if p.strip()]
+    if not names:
+        raise typer.BadParameter(
+            f"name at least one policy, comma-separated, of {', '.join(ALGORITHMS)}.",
+            param_hint="--policies",
+        )
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
         raise typer.BadParameter(

@@ -105,6 +105,7 @@ def test_simulate_command_takes_options_and_users(tmp_path: Path) -> None:
         (["--set", "lints.v=0.5"], "which --policies does not run"),
         (["--users", "1" + "0" * 24], "--users"),  # a population too large to draw from
         (["--seed", "-5"], "--seed"),
+        (["--policies", " , "], "name at least one policy"),  # it printed an empty table
     ]
     for extra, message in bad:
         failed = CliRunner().invoke(
