@@ -224,13 +224,17 @@ def check_known_options(owner: str, given: Mapping[str, Any], known: Sequence[st
 
 
 def refuse_complex(name: str, value: Any) -> None:
-    """Raise for complex input, which a float conversion would silently make real."""
+    """Raise for complex input, which a float conversion would silently make real, and for
+    text, which it would silently parse (``"1e3"`` became 1000.0, ``"nan"`` a NaN's
+    error far from the cause)."""
     try:
-        is_complex = bool(np.iscomplexobj(value))
+        kind = np.asarray(value).dtype.kind
     except (TypeError, ValueError):  # ragged or odd input: the float conversion says why
         return
-    if is_complex:
+    if kind == "c":
         raise ValueError(f"{name} must hold real numbers; got complex values {_show(value)}.")
+    if kind in "US":
+        raise ValueError(f"{name} must hold numbers, not text; got {_show(value)}.")
 
 
 def arm_id_text(value: Any, field: str = "arm_id") -> str:

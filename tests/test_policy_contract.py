@@ -349,6 +349,33 @@ def test_inputs_beyond_the_bound_are_refused_and_nothing_is_learnt(name: str) ->
         np.testing.assert_array_equal(after[key], value, err_msg=key)
 
 
+def test_text_where_numbers_belong_is_refused(name: str) -> None:
+    """A context or an arm's features given as text was parsed without a word (``"1e3"``
+    became 1000.0, a CSV's ``"nan"`` a NaN): a ``ValueError`` naming the field, and the
+    policy learns nothing."""
+    policy = _trained(name)
+    before = state_arrays(policy)
+    rng = np.random.default_rng(8)
+    cands = candidates_for(policy, _candidates(rng))
+    x, feats = rng.standard_normal(DIM_USER), cands.features[0]
+    text = [f"{v:.3f}" for v in x]
+    cases: list[Callable[[], object]] = [
+        lambda: policy.update(text, cands.ids[0], 0.5, feats),
+        lambda: policy.select(text, cands, np.random.default_rng(0)),
+        lambda: policy.select_batch([text], cands, rng),
+    ]
+    if feats.size:
+        cases.append(
+            lambda: Candidates.from_any(cands.ids, [[str(v) for v in f] for f in cands.features])
+        )
+    for call in cases:
+        with pytest.raises(ValueError, match=r"must hold numbers, not text; got \["):
+            call()
+    after = state_arrays(policy)
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
 def test_a_batch_learns_every_row_but_those_refused(name: str) -> None:
     """:func:`update_batch_skipping` (how stored rewards are replayed into a head) skips
     exactly the rows the policy refuses — here two rows past the bound — and learns the
