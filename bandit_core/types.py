@@ -144,6 +144,12 @@ class DecisionBatch:
     policy: str
     propensity_se: FloatArray | None = None
 
+    @classmethod
+    def empty(cls, n_candidates: int, policy: str) -> DecisionBatch:
+        """The decisions for zero contexts."""
+        grid = np.zeros((0, n_candidates))
+        return cls(np.zeros(0, dtype=np.intp), np.zeros(0), grid, grid.copy(), policy)
+
 
 @dataclass
 class PolicyState:

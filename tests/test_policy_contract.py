@@ -349,6 +349,24 @@ def test_inputs_beyond_the_bound_are_refused_and_nothing_is_learnt(name: str) ->
         np.testing.assert_array_equal(after[key], value, err_msg=key)
 
 
+def test_an_empty_batch_learns_nothing_and_decides_nothing(name: str) -> None:
+    """Zero rows of the right shapes (a night without feedback, an empty request list):
+    nothing learnt, no decision, no error (it raised numpy's "need at least one array to
+    stack" from some policies)."""
+    policy = _trained(name)
+    before = state_arrays(policy)
+    cands = candidates_for(policy, _candidates(np.random.default_rng(9)))
+    dim_arm = cands.features.shape[1]
+    policy.update_batch(np.zeros((0, DIM_USER)), [], np.zeros(0), np.zeros((0, dim_arm)))
+    batch = policy.select_batch(np.zeros((0, DIM_USER)), cands, np.random.default_rng(0))
+    assert batch.arms.shape == (0,) and batch.propensities.shape == (0,)
+    assert batch.probabilities.shape == (0, len(cands.ids))
+    after = state_arrays(policy)
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
 def test_text_where_numbers_belong_is_refused(name: str) -> None:
     """A context or an arm's features given as text was parsed without a word (``"1e3"``
     became 1000.0, a CSV's ``"nan"`` a NaN): a ``ValueError`` naming the field, and the

@@ -523,6 +523,8 @@ class LinearPolicy:
     ) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
         cands = self._check_candidates(candidates)
+        if x.shape[0] == 0:
+            return DecisionBatch.empty(len(cands.ids), self.name)
         return self._decide(x, cands, check_rng(rng))[0]
 
     def _check_candidates(self, candidates: Any) -> Candidates:
@@ -609,7 +611,8 @@ class LinearPolicy:
         x, ids, r, feats = check_updates(
             contexts, arm_ids, rewards, arm_features, self.config.dim_user, self.model.dim_arm
         )
-        self.model.learn(x, ids, feats, r)
+        if ids:  # zero rows: nothing to learn
+            self.model.learn(x, ids, feats, r)
 
     def rebuild(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
         """Forget everything and rebuild the posterior from the logged rows (in time order)."""

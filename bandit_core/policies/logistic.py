@@ -201,6 +201,8 @@ class LogisticTS:
     ) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
         cands = check_candidates(candidates, self.dim_arm)
+        if x.shape[0] == 0:
+            return DecisionBatch.empty(len(cands.ids), self.name)
         return self._decide(x, cands, check_rng(rng))[0]
 
     def _decide(
@@ -242,6 +244,8 @@ class LogisticTS:
         if outside.any():
             bad = float(r[outside][0])
             raise ValueError(f"rewards of {self.name} must lie in [0, 1]; got {bad!r}.")
+        if not ids:
+            return
         phi = self.features.build_rows(x, feats, ids)
         if self.config.intercept:
             phi = np.concatenate([phi, np.ones((phi.shape[0], 1))], axis=1)

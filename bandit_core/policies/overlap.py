@@ -328,6 +328,8 @@ class Overlap(DelegatingWrapper):
     ) -> DecisionBatch:
         cands = check_candidates(candidates, None)
         batch = self.inner.select_batch(contexts, cands, rng)
+        if batch.arms.size == 0:
+            return batch
         x = np.asarray(contexts, dtype=np.float64).reshape(batch.probabilities.shape[0], -1)
         return self._mix(batch, x, self.new_mask(cands), check_rng(rng))[0]
 

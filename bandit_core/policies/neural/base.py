@@ -278,6 +278,8 @@ class NeuralPolicy:
     ) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
         cands = check_candidates(candidates, self.config.dim_arm)
+        if x.shape[0] == 0:
+            return DecisionBatch.empty(len(cands.ids), self.name)
         return self._decide(x, cands, check_rng(rng))[0]
 
     def _decide(
@@ -305,6 +307,8 @@ class NeuralPolicy:
         if self.config.loss == "bce" and ((r < 0.0) | (r > 1.0)).any():
             bad = float(r[(r < 0.0) | (r > 1.0)][0])
             raise ValueError(f"rewards must lie in [0, 1] with loss='bce'; got {bad!r}.")
+        if not ids:
+            return
         inputs = self.features.build_rows(x, feats, ids)
         # a retraining due in this batch can fail (a network that diverges, a head whose
         # precision is numerically singular on the new features): then nothing is learnt
