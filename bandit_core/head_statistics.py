@@ -42,6 +42,33 @@ class HeadStatistics:
     count: FloatArray
     rows: NDArray[np.int64]
 
+    def __post_init__(self) -> None:
+        """``ValueError`` naming the first array that does not fit ``keys`` (one entry per
+        head), the others' dimension, or that is not finite, or a negative count: a shard
+        file read back (:meth:`from_arrays`) is checked before it is merged."""
+        m = len(self.keys)
+        d = int(self.gram.shape[-1]) if self.gram.ndim == 3 else -1
+        shapes = {
+            "gram": (m, d, d),
+            "xty": (m, d),
+            "yty": (m,),
+            "count": (m,),
+            "rows": (m,),
+        }
+        for name, shape in shapes.items():
+            value = np.asarray(getattr(self, name))
+            if value.shape != shape or (name == "gram" and d < 0):
+                raise ValueError(
+                    f"head statistics {name!r} must have shape {shape} for {m} heads; "
+                    f"got {value.shape}."
+                )
+            if value.dtype.kind not in "iuf" or not np.isfinite(value).all():
+                raise ValueError(f"head statistics {name!r} must hold finite numbers.")
+            if name in ("count", "rows") and (value < 0).any():
+                raise ValueError(f"head statistics {name!r} must not be negative.")
+        if len(set(self.keys)) != m:
+            raise ValueError("head statistics keys must name each head once.")
+
     @classmethod
     def of(
         cls,

@@ -131,6 +131,35 @@ def test_sharded_rebuild_equals_the_single_node_rebuild(
         assert list(got.to_state().arrays["arm_ids"]) == list(ref.to_state().arrays["arm_ids"])
 
 
+def test_a_tampered_shard_is_refused_naming_its_array(replay: Path, tmp_path: Path) -> None:
+    """A shard file whose statistics do not fit its heads, or hold NaN or a negative count,
+    is refused before the merge, naming the array (a head short gave numpy's broadcast
+    error; NaN reached the head's factorisation)."""
+    trained = _trained(replay, tmp_path, "linucb", {})
+    ranges = shards.shard_ranges(0, shards.split_point(ROWS, HOLDOUT), 2)
+    parts = [
+        shards.shard_statistics(s, trained.state_path)
+        for s in _shard_dicts(replay, tmp_path / "shards", "train", ranges)
+    ]
+    path = Path(parts[1]["path"])
+    with np.load(path, allow_pickle=False) as data:
+        arrays = dict(data)
+    nan_xty = arrays["xty"].copy()
+    nan_xty[0, 0] = np.nan
+    for name, bad, why in (
+        ("gram", arrays["gram"][:-1], "must have shape"),
+        ("xty", nan_xty, "must hold finite numbers"),
+        ("count", -arrays["count"], "must not be negative"),
+    ):
+        with path.open("wb") as fh:
+            np.savez(fh, **{**arrays, name: bad})
+        with pytest.raises(ValueError, match=rf"head statistics '{name}' {why}"):
+            shards.reduce_head(trained.state_path, parts, tmp_path / "out.npz")
+    with path.open("wb") as fh:
+        np.savez(fh, **arrays)
+    shards.reduce_head(trained.state_path, parts, tmp_path / "out.npz")  # intact: merges
+
+
 def test_the_reward_model_equals_ridge_on_all_training_rows(replay: Path, tmp_path: Path) -> None:
     cut = shards.split_point(ROWS, HOLDOUT)
     train_rows = load_replay(replay).subset(slice(0, cut))
