@@ -288,13 +288,34 @@ def _num(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
+def _set_by(field: str) -> str:
+    """`` (BANDITOPS_<FIELD>)`` when that variable is set (in any case), else nothing."""
+    variable = f"{ENV_PREFIX}{field.upper()}"
+    return f" ({variable})" if variable in {k.upper() for k in os.environ} else ""
+
+
+def create_directories(settings: BaseSettings) -> None:
+    """Create every folder setting (``DIRECTORY``) that does not exist yet, before a
+    process starts work: ``ValueError`` naming the setting when one cannot be (a path
+    under ``/proc``, no permission), where the service failed at start with a traceback."""
+    for name, info in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if DIRECTORY in info.metadata and isinstance(value, Path):
+            try:
+                value.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(
+                    f"{name}{_set_by(name)}: the folder {value} cannot be created: "
+                    f"{exc.strerror or exc}."
+                ) from None
+
+
 def setting_problems(exc: ValidationError) -> list[str]:
     """One ``field: what it expects`` line per problem of a settings ``ValidationError``
     (what a command prints instead of a traceback); a field set by its environment
     variable is named by that variable too (``monitor_alpha (BANDITOPS_MONITOR_ALPHA)``),
     so that the operator finds where the value came from. Values are not repeated: a
     secret's would be (the checks' own messages show the others)."""
-    variables = {k.upper() for k in os.environ}
     lines = []
     for error in exc.errors():
         cause = (error.get("ctx") or {}).get("error")
@@ -305,10 +326,8 @@ def setting_problems(exc: ValidationError) -> list[str]:
         if field is None:
             lines.append(f"settings: {message}")
             continue
-        variable = f"{ENV_PREFIX}{str(field).upper()}"
-        where = f" ({variable})" if variable in variables else ""
         path = ".".join(str(part) for part in error["loc"]) or str(field)
-        lines.append(f"{path}{where}: {message}")
+        lines.append(f"{path}{_set_by(str(field))}: {message}")
     return lines
 
 

@@ -155,7 +155,7 @@ def serve(
     import uvicorn
     from uvicorn.config import LOG_LEVELS
 
-    from eventstore.settings import setting_problems
+    from eventstore.settings import create_directories, setting_problems
     from serving.settings import Settings
 
     if log_level not in LOG_LEVELS:
@@ -172,6 +172,7 @@ def serve(
             # before prometheus_client is imported (it reads the folder then)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="banditops-metrics-")
         settings.check_auth()
+        create_directories(settings)
     except ValidationError as exc:  # a bad setting: name it, no traceback
         for problem in setting_problems(exc):
             console.print(f"[red]error:[/] {escape(problem)}", soft_wrap=True)

@@ -371,6 +371,23 @@ def test_an_empty_token_is_a_settings_error(tmp_path: Path) -> None:
     assert "Traceback" not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("setting", ["BANDITOPS_JOURNAL_DIR", "BANDITOPS_RUNS_DIR"])
+def test_a_folder_that_cannot_be_created_is_named_before_the_start(
+    tmp_path: Path, setting: str
+) -> None:
+    """A folder setting under /proc (no folder can be made there): one line naming the
+    setting, exit 2; the journal's failed the application's start with a traceback."""
+    env = _env(tmp_path, None, BANDITOPS_API_TOKEN="tok", **{setting: "/proc/banditops-x"})
+    done = _serve_exits(env, tmp_path)
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    name = setting.removeprefix("BANDITOPS_").lower()
+    assert output == (
+        f"error: {name} ({setting}): the folder /proc/banditops-x cannot be created: "
+        "No such file or directory."
+    )
+
+
 def test_auth_disabled_warns_and_admin_stays_closed(tmp_path: Path) -> None:
     log = tmp_path / "service.log"
     env = _env(tmp_path, None, BANDITOPS_AUTH_DISABLED="true")
