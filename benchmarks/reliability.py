@@ -287,16 +287,19 @@ def _workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _service_env(url: str, model: Path, workdir: Path, **extra: str) -> dict[str, str]:
-    return {
+def _service_env(url: str, model: Path | None, workdir: Path, **extra: str) -> dict[str, str]:
+    """A service's environment; ``model``: its model file (None: a registry in ``extra``)."""
+    env = {
         "BANDITOPS_DATABASE_URL": url,
-        "BANDITOPS_MODEL_PATH": str(model),
         "BANDITOPS_WORKSPACE": str(workdir / "ws"),
         "BANDITOPS_API_TOKEN": TOKEN,
         "BANDITOPS_SEED": "0",
         "BANDITOPS_USER_SALT": "reliability",
         **extra,
     }
+    if model is not None:
+        env["BANDITOPS_MODEL_PATH"] = str(model)
+    return env
 
 
 def _model(workdir: Path, seed: int = 0) -> Path:

@@ -88,7 +88,7 @@ def case_registry(rps: float, seconds: float) -> Row:
         url = f"sqlite:///{workdir / 'events.db'}"
         env = _service_env(
             url,
-            good,
+            None,
             workdir,
             BANDITOPS_MLFLOW_TRACKING_URI=uri,
             BANDITOPS_MODEL_NAME="reliability",

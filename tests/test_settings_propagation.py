@@ -35,9 +35,16 @@ END = datetime(2026, 3, 2, tzinfo=UTC)
 MASK = "**********"
 
 
-def samples(root: Path) -> dict[str, Any]:
-    """One valid non-default value per setting (``workspace`` aside: it locates the file)."""
-    return {
+#: Settings that exclude each other: the service reads model files only without a
+#: registry (both set is refused), so the model files have a sample set of their own.
+MODEL_FILES = ("model_path", "candidate_model_path")
+REGISTRY = ("mlflow_tracking_uri", "mlflow_registry_uri")
+
+
+def samples(root: Path, models: str = "registry") -> dict[str, Any]:
+    """One valid non-default value per setting (``workspace`` aside: it locates the file),
+    with the registry's settings (``models="registry"``) or the model files' (``"files"``)."""
+    values = {
         # core
         "database_url": f"sqlite:///{root / 'elsewhere.db'}",
         "sqlite_synchronous": "NORMAL",
@@ -183,6 +190,8 @@ def samples(root: Path) -> dict[str, Any]:
         "segment_min_decisions": 10,
         "monitor_alpha": 0.05,
     }
+    left_out = MODEL_FILES if models == "registry" else REGISTRY
+    return {k: v for k, v in values.items() if k not in left_out}
 
 
 def _spec_checks() -> dict[str, Callable[[dict[str, Any]], Any]]:
@@ -268,8 +277,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 
 
 def test_every_setting_has_a_non_default_sample(tmp_path: Path) -> None:
-    values = samples(tmp_path)
+    values = {**samples(tmp_path, "registry"), **samples(tmp_path, "files")}
     assert set(values) == all_fields() - {"workspace"}
+    with pytest.raises(ValueError, match="model_path is set with mlflow_tracking_uri"):
+        Settings(workspace=tmp_path, **values)
     for name, value in values.items():
         cls = next(c for c, _ in SETTINGS_CLASSES if name in c.model_fields)
         declared = cls.model_construct().model_dump()[name]
@@ -285,12 +296,13 @@ def test_the_settings_backed_form_fields_are_the_settings_retrain_fields() -> No
     assert backed == {name: f"retrain_{name}" for name in PipelineSettings.RETRAIN_FORM}
 
 
+@pytest.mark.parametrize("models", ["registry", "files"])
 @pytest.mark.parametrize("source", ["file", "env"])
 def test_each_setting_reaches_every_component(
-    source: str, tmp_path: Path, clean_env: pytest.MonkeyPatch
+    source: str, models: str, tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     ws = tmp_path / "ws"
-    values = samples(tmp_path)
+    values = samples(tmp_path, models)
     clean_env.setenv(WORKSPACE_ENV, str(ws))
     if source == "file":
         config_file.write(ws, values)
@@ -316,6 +328,8 @@ def test_each_setting_reaches_every_component(
     assert isinstance(pipelines, PipelineSettings)
     spec = plan({}, run_key="manual__1", interval_end=END, settings=pipelines).to_dict()
     for name, read in _spec_checks().items():
+        if name not in values:
+            continue  # the other sample set's
         expected = values[name]
         if isinstance(expected, float):
             expected = pytest.approx(expected)
