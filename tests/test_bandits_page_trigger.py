@@ -136,8 +136,9 @@ def test_the_page_answers_by_its_deadline_when_airflow_does_not(
 ) -> None:
     """An Airflow that takes 30 s for every call (its metadata database held by the
     scheduler on a loaded machine): the button answers after its deadline with the run it
-    asked for, and the page it leads to shows everything but the DAG states, saying why. CI's
-    browser gave up after 120 s on the old page (three asks of 30 s, then five more calls)."""
+    asked for, and the page it leads to says so, and that the sign-in could not be checked
+    (so none of the page's data is shown). CI's browser gave up after 120 s on the old page
+    (three asks of 30 s, then five more calls)."""
     from monitoring.settings import MonitorSettings
     from ops.bandits_page.app import create_app
     from tests.serving_helpers import make_client
@@ -153,10 +154,29 @@ def test_the_page_answers_by_its_deadline_when_airflow_does_not(
     assert answer.status_code == 303
     page = client.get(answer.headers["location"])
     assert time.monotonic() - start < 2 * (1.0 + 1.0)
-    assert page.status_code == 200
+    assert page.status_code == 503
     [run_id] = airflow_with.runs
     assert f"asked Airflow for bandit_monitor run {run_id}; it did not confirm" in page.text
-    assert "did not answer" in page.text and 'id="action-monitor"' in page.text
+    assert "sign-in could not be checked" in page.text and "did not answer" in page.text
+    assert 'id="service"' not in page.text
+
+
+def test_without_airflow_to_check_the_token_the_page_shows_nothing(tmp_path: Any) -> None:
+    """Airflow down: a made-up token gets a 503 and none of the page (it got the whole page,
+    with the error as a message, while only the JSON twin was closed)."""
+    from monitoring.settings import MonitorSettings
+    from ops.bandits_page.app import create_app
+    from tests.serving_helpers import make_client
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    url = _url(server)
+    server.server_close()  # nothing listens there now
+    settings = MonitorSettings(workspace=tmp_path / "ws")
+    client = make_client(create_app(lambda: settings, airflow=True, api_url=lambda: url), token="x")
+    page = client.get("/")
+    assert page.status_code == 503 and "is unreachable" in page.text
+    assert 'id="service"' not in page.text and "event store" not in page.text
+    assert client.get("/api/overview").status_code == 502
 
 
 def test_the_message_names_the_run_either_way() -> None:

@@ -13,7 +13,10 @@
 Inside Airflow (``airflow=True``) every route needs the signed-in user's token (the UI's
 ``_token`` cookie or a bearer token), checked by Airflow's own API: plugin apps are not
 behind Airflow's authentication otherwise; the token is checked by the API server this
-app is mounted in (Airflow's configuration names it), never one a request names. The
+app is mounted in (Airflow's configuration names it), never one a request names. When
+that server cannot check it (down, or busier than the deadline of
+:data:`~ops.bandits_page.airflow_api.DEADLINE_S`), the page answers 503 and shows none of
+its data. The
 actions take same-origin posts only (``Sec-Fetch-Site``, else ``Origin``): a form on
 another site or port cannot post with the user's cookie. Without Airflow
 (``airflow=False``, tests and local use) the page is read-only and unauthenticated.
@@ -22,6 +25,7 @@ another site or port cannot post with the user's cookie. Without Airflow
 from __future__ import annotations
 
 from collections.abc import Callable
+from html import escape
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
@@ -69,10 +73,22 @@ def trigger_message(what: str, run: af.Triggered) -> str:
     )
 
 
+def _unchecked(message: str | None, exc: Exception) -> HTMLResponse:
+    """The answer when Airflow could not check the token (down, or busy past the deadline):
+    the page's data only goes to a user Airflow has vouched for, so none of it is shown
+    (it was, to any token, while Airflow did not answer); a button's message is."""
+    notice = f'<p class="message">{escape(message)}</p>' if message else ""
+    return HTMLResponse(
+        f"<!doctype html>{notice}<p>Your sign-in could not be checked: {escape(str(exc))}. "
+        '<a href="">Reload the page</a> to try again.</p>',
+        status_code=503,
+    )
+
+
 def _login_required(request: Request, why: str) -> HTMLResponse:
     login = f"/auth/login?next={quote(str(request.url), safe='')}"
     return HTMLResponse(
-        f'<!doctype html><p>{why} <a href="{login}">Sign in to Airflow</a> to see the '
+        f'<!doctype html><p>{escape(why)} <a href="{login}">Sign in to Airflow</a> to see the '
         "Bandits page.</p>",
         status_code=401,
     )
@@ -100,14 +116,24 @@ def create_app(
         token = _token(request)
         return None if token is None else af.AirflowAPI(api_url(), token, deadline_s=deadline_s)
 
-    def dag_states(api: af.AirflowAPI) -> dict[str, Any]:
-        until = api.deadline()
-        dags = api.dags(until)
-        return {
-            dag_id: (dags[dag_id], api.latest_runs(dag_id, 3, until))
-            for dag_id in SHOWN_DAGS
-            if dag_id in dags
-        }
+    def dag_states(
+        api: af.AirflowAPI, dags: dict[str, dict[str, Any]], until: float
+    ) -> tuple[dict[str, Any], str | None]:
+        """Each shown DAG with its latest runs, and why some runs are missing (Airflow did
+        not answer in time: those DAGs are listed without runs)."""
+        states: dict[str, Any] = {}
+        problem = None
+        for dag_id in SHOWN_DAGS:
+            if dag_id not in dags:
+                continue
+            runs: list[dict[str, Any]] = []
+            if problem is None:
+                try:
+                    runs = api.latest_runs(dag_id, 3, until)
+                except af.AirflowCallError as exc:
+                    problem = f"the latest runs are not shown: {exc}"
+            states[dag_id] = (dags[dag_id], runs)
+        return states, problem
 
     @app.get("/", response_class=HTMLResponse, name="page")
     def page(request: Request, message: str | None = None) -> Response:
@@ -116,13 +142,18 @@ def create_app(
             api = api_of(request)
             if api is None:
                 return _login_required(request, "You are not signed in.")
+            until = api.deadline()
             try:
-                actions = {"dags": dag_states(api)}
+                dags = api.dags(until)  # Airflow checks the token with it
             except af.AirflowCallError as exc:
                 if exc.status in (401, 403):
                     return _login_required(request, "Airflow did not accept your session.")
-                actions = {"dags": {}}
-                message = f"{message + ' · ' if message else ''}{exc}"
+                # the sign-in is unchecked: nothing of the page, only what was asked for
+                return _unchecked(message, exc)
+            states, problem = dag_states(api, dags, until)
+            actions = {"dags": states}
+            if problem is not None:
+                message = f"{message + ' · ' if message else ''}{problem}"
         return HTMLResponse(render_page(collect(settings()), actions, message))
 
     @app.get("/api/overview")
