@@ -189,12 +189,24 @@ class Admission:
             raise AdmissionError("the state header lacks policy, config or schema_version.")
         return header
 
-    def _check_config(self, config: Any) -> None:
+    def check_dimensions(self, config: Any, what: str = "the configuration") -> None:
+        """``AdmissionError`` for a dimension ``config`` declares (a size-like key: ``dim*``,
+        ``hidden*``, ``*heads``, ``window`` …) above ``max_dim``, or whose ``d × d`` float64
+        matrix alone exceeds ``max_bytes``. The retrain runs it on a run's policy options
+        before it trains, so that it never trains what it could not register."""
         for key, value in _dimensions(config):
-            if value > self.max_dim or value * value * 8 > self.max_bytes:
+            if value > self.max_dim:
                 raise AdmissionError(
-                    f"the configuration declares {key} = {value}; the limit is {self.max_dim}."
+                    f"{what} declares {key} = {value}; the limit is {self.max_dim} (model_max_dim)."
                 )
+            if value * value * 8 > self.max_bytes:
+                raise AdmissionError(
+                    f"{what} declares {key} = {value}, whose {value} × {value} matrix alone "
+                    f"exceeds {self.max_bytes} bytes (model_max_bytes)."
+                )
+
+    def _check_config(self, config: Any) -> None:
+        self.check_dimensions(config)
         inner = config
         while isinstance(inner, dict) and isinstance(inner.get("inner"), dict):
             inner = inner["inner"].get("config", {})

@@ -151,6 +151,21 @@ def test_policy_options_a_policy_does_not_take_fail_the_plan(tmp_path: Path) -> 
             {"algorithm": "auto", "policy_options": {"neural_linear": {"hiden": [8]}}},
             "policy_options.neural_linear has options neural_linear does not take: ['hiden']",
         ),
+        # what the registry would refuse after training is refused before (a network of
+        # 10¹² weights failed the training task asking torch for 8 TB)
+        (
+            {"algorithm": "neural_linear", "policy_options": {"hidden": [1_000_000, 8]}},
+            "policy_options declares hidden = 1000000; the limit is 4096 (model_max_dim)",
+        ),
+        (
+            {"algorithm": "auto", "policy_options": {"neural_linear": {"hidden": [5000]}}},
+            "policy_options.neural_linear declares hidden = 5000; the limit is 4096",
+        ),
+        # explicit dates are bounded as window_days is (0001 to 9999 was accepted)
+        (
+            {"window_start": "0001-01-01", "window_end": "9999-12-31"},
+            "window_start to window_end must span at most 3660 days",
+        ),
     ):
         with pytest.raises(ValueError) as info:
             plan(params, run_key="manual__x", interval_end=end, settings=settings)

@@ -25,7 +25,7 @@ from eventstore.contract import RETRAIN_DAG
 from eventstore.settings import CoreSettings, check_rules
 from eventstore.workspace import as_utc, aware, run_folder
 from training.form import FIELDS, check_form
-from training.settings import AUTO, PipelineSettings
+from training.settings import AUTO, WINDOW_DAYS_MAX, PipelineSettings
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +300,13 @@ def plan(
         }
         algorithm = LINEAR_CHALLENGER
     check_option_names("policy_options", algorithm, options)
+    from eventstore.admission import Admission  # (it loads the policies: not at DAG parse)
+
+    admission = Admission.from_settings(settings)  # what the registry will admit
+    admission.check_dimensions(options, "policy_options")
     for name, own_options in challengers.get("options", {}).items():
         check_option_names(f"policy_options.{name}", name, own_options)
+        admission.check_dimensions(own_options, f"policy_options.{name}")
     if policy_spec(algorithm).trains_network:
         options.setdefault("epochs", values["epochs"])
     options = overlap_options(algorithm, options, overlap)
@@ -386,6 +391,11 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
         if start >= end:
             raise ValueError(
                 f"window_start must be before window_end; got {start_text} and {end_text}."
+            )
+        if end - start > timedelta(days=WINDOW_DAYS_MAX):
+            raise ValueError(
+                f"window_start to window_end must span at most {WINDOW_DAYS_MAX:g} days, as "
+                f"window_days; got {(end - start).days} days."
             )
         return start, end
     days = values["window_days"]
