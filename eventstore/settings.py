@@ -321,11 +321,10 @@ def setting_problems(exc: ValidationError) -> list[str]:
         cause = (error.get("ctx") or {}).get("error")
         field = error["loc"][0] if error["loc"] else getattr(cause, "field", None)
         message = error["msg"].removeprefix("Value error, ")
-        if field is not None:
-            message = message.removeprefix(f"{field} ")  # named once, in front
         if field is None:
             lines.append(f"settings: {message}")
             continue
+        message = message.removeprefix(f"{field} ")  # named once, in front
         path = ".".join(str(part) for part in error["loc"]) or str(field)
         lines.append(f"{path}{_set_by(str(field))}: {message}")
     return lines

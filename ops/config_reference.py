@@ -20,7 +20,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
-from eventstore.settings import Bounds, CoreSettings
+from eventstore.settings import ENV_PREFIX, Bounds, CoreSettings
 from monitoring.settings import MonitorSettings
 from serving.settings import Settings
 from training.settings import PipelineSettings
@@ -132,10 +132,10 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """A line for each ``BANDITOPS_*`` variable of ``environ`` that no setting reads (a
     typo: ``BANDITOPS_DATABSE_URL`` left the store on SQLite without a word), with the
     nearest setting's name."""
-    known = {f"BANDITOPS_{name.upper()}" for name in all_fields()} | TOOL_VARIABLES
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in all_fields()} | TOOL_VARIABLES
     out = []
     for name in sorted(environ):
-        if name.startswith("BANDITOPS_") and name not in known:
+        if name.startswith(ENV_PREFIX) and name not in known:
             near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
             hint = f" (did you mean {near[0]}?)" if near else ""
             out.append(f"{name} is not a setting and is ignored{hint}.")

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -155,7 +154,7 @@ def serve(
     import uvicorn
     from uvicorn.config import LOG_LEVELS
 
-    from eventstore.settings import create_directories, setting_problems
+    from eventstore.settings import create_directories
     from serving.settings import Settings
 
     if log_level not in LOG_LEVELS:
@@ -164,22 +163,16 @@ def serve(
         )
     if workers is not None:  # the option wins over the environment and banditops.toml
         os.environ["BANDITOPS_WORKERS"] = str(workers)
-    try:
-        settings = Settings()
-        workers = settings.workers
-        os.environ["BANDITOPS_WORKERS"] = str(workers)  # what each worker process reads
-        if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            # before prometheus_client is imported (it reads the folder then)
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="banditops-metrics-")
-        settings.check_auth()
-        create_directories(settings)
-    except ValidationError as exc:  # a bad setting: name it, no traceback
-        for problem in setting_problems(exc):
-            console.print(f"[red]error:[/] {escape(problem)}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    except ValueError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+    # a bad setting, an absent token or a folder that cannot be made: the root command
+    # group (ops.cli) ends the command with one line naming it, never a traceback
+    settings = Settings()
+    workers = settings.workers
+    os.environ["BANDITOPS_WORKERS"] = str(workers)  # what each worker process reads
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # before prometheus_client is imported (it reads the folder then)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="banditops-metrics-")
+    settings.check_auth()
+    create_directories(settings)
     settings.resolve_salt()  # create a generated salt once, before workers start
     if migrate:
         db_upgrade(url=settings.store_url)
