@@ -17,6 +17,7 @@ One network class serves the three neural policies:
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,34 @@ def restore_generator(state: NDArray[Any]) -> torch.Generator:
     return gen
 
 
+def _physical_memory_bytes() -> int | None:
+    """The machine's physical memory, or None where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_fits_in_memory(widths: Sequence[int], members: int) -> None:
+    """Refuse, by name, a network whose parameters alone exceed the machine's memory.
+
+    Without it ``hidden = [10**6, 10**6]`` reaches torch's allocator, which raises a bare
+    ``RuntimeError`` (or, for sizes the kernel overcommits, gets the process killed while
+    the weights are initialised).
+    """
+    layers = [*widths, 1]
+    count = members * sum((a + 1) * b for a, b in itertools.pairwise(layers))
+    need = count * DTYPE.itemsize
+    have = _physical_memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(
+            f"hidden = {list(widths[1:])} on {widths[0]} inputs"
+            + (f" × {members} members" if members > 1 else "")
+            + f" makes a network of {count:,} parameters ({need / 2**30:,.1f} GiB), more "
+            f"than this machine's {have / 2**30:,.1f} GiB of memory; use narrower layers."
+        )
+
+
 class MemberMLP(torch.nn.Module):
     """``members`` independent ReLU networks ``dim_in → hidden… → 1`` in one module.
 
@@ -98,6 +127,7 @@ class MemberMLP(torch.nn.Module):
         if not hidden:
             raise ValueError("hidden must list at least one layer width; got an empty tuple.")
         widths = [dim_in, *hidden]
+        _check_fits_in_memory(widths, members)
         self.hidden = tuple(int(h) for h in hidden)
         self.members = members
         self.weights = torch.nn.ParameterList()

@@ -130,3 +130,11 @@ def test_a_prior_precision_beyond_its_range_is_refused() -> None:
         ):
             with pytest.raises(ValueError, match=r"'lambda_prior' parameter .* \[1e-08, 1e\+08\]"):
                 make_policy(policy, dim_user=3, lambda_prior=value, **dims)
+
+
+@pytest.mark.parametrize("name", ["neural_linear", "ensemble", "dropout"])
+def test_a_network_larger_than_the_machine_is_refused_by_name(name: str) -> None:
+    # 10¹² float64 parameters are 7 TiB: no machine that runs this suite has them. Before
+    # the check torch's allocator raised a bare RuntimeError.
+    with pytest.raises(ValueError, match=r"hidden = \[1000000, 1000000\] on .* GiB of memory"):
+        make_policy(name, **{**NEURAL_SMALL, "hidden": [10**6, 10**6]})
