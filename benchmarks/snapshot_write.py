@@ -56,6 +56,7 @@ DIM = 16
 MODES = ("none", "one row", "ours")
 PART_BYTES: int = Settings.model_fields["snapshot_part_bytes"].default
 KEEP: int = Settings.model_fields["snapshot_keep"].default
+PROBE_S: float = Settings.model_fields["store_probe_s"].default
 
 
 def _decision(rng: np.random.Generator) -> DecisionRow:
@@ -107,7 +108,7 @@ async def _measure(
     another (for ``none``: for as long as the ``one row`` run took, at least a second)."""
     rng = np.random.default_rng(seed)
     events = GroupCommitWriter(engine, write_events).start()
-    own = own_writer(engine) if mode == "ours" else None
+    own = own_writer(engine, PROBE_S) if mode == "ours" else None
     if own is not None:
         own.start()
     snapshotter = Snapshotter(

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from serving.metrics import ServiceMetrics
+from serving.settings import Settings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,9 +44,9 @@ class BodyLimitMiddleware:
         self,
         app: ASGIApp,
         max_bytes: int,
-        timeout_s: float = 30.0,
+        timeout_s: float = Settings.model_fields["http_body_timeout_s"].default,
         large_bytes: int | None = None,
-        large_concurrency: int = 1,
+        large_concurrency: int = Settings.model_fields["http_large_body_concurrency"].default,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes

@@ -270,7 +270,7 @@ class DecisionService:
         # several workers or synced replicas rebuild from the store: no snapshots
         snapshots = settings.workers == 1 and self.replicas is None
         # None: the snapshots commit beside the events (SQLite), or there are none
-        self._snapshot_writer = own_writer(engine) if snapshots else None
+        self._snapshot_writer = own_writer(engine, settings.store_probe_s) if snapshots else None
         self.snapshots = Snapshotter(
             self._commit_snapshot,
             settings.snapshot_every_rewards,

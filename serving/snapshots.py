@@ -51,15 +51,21 @@ PARTS_PER_DROP = 4
 Commit = Callable[[SnapshotRow | SnapshotPart | SupersededSnapshots | DropParts], Awaitable[Any]]
 
 
-def own_writer(engine: Engine) -> GroupCommitWriter[Any, Any] | None:
+def own_writer(engine: Engine, probe_s: float) -> GroupCommitWriter[Any, Any] | None:
     """The writer snapshots commit on, not started: None on SQLite, where they commit
     beside the events (one lock guards the file: a writer of their own would make the
     events wait in SQLite's busy handler), a writer of their own elsewhere (PostgreSQL:
-    the events never wait behind them)."""
+    the events never wait behind them), which checks an unreachable database every
+    ``probe_s`` seconds as the events' writer does (``store_probe_s``)."""
     if engine.dialect.name == "sqlite":
         return None
     return GroupCommitWriter(
-        engine, write_events, max_batch=1, name="banditops-snapshot-writer", landed=batch_landed
+        engine,
+        write_events,
+        max_batch=1,
+        name="banditops-snapshot-writer",
+        probe_s=probe_s,
+        landed=batch_landed,
     )
 
 

@@ -31,7 +31,7 @@ import click
 import pytest
 import yaml
 from packaging.requirements import Requirement
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import make_url
 
 from monitoring.settings import MonitorSettings
@@ -404,6 +404,39 @@ def check_settings(p: Project) -> list[str]:
     return problems
 
 
+def check_defaults(p: Project) -> list[str]:
+    """A setting's value written in ``.env.example`` or as a compose default
+    (``${BANDITOPS_X:-value}``) is the setting's own default: those values only show the
+    operator the knob, and a copy that differs would override the code's default in the
+    stack without anyone deciding it. Secrets and values with no default are exempt."""
+    fields = {
+        f"BANDITOPS_{name.upper()}": model.model_fields[name]
+        for model in (PipelineSettings, MonitorSettings, Settings)
+        for name in model.model_fields
+    }
+    written = [(ENV_EXAMPLE, name, value) for name, value in p.env_example.items()]
+    written += [
+        (COMPOSE, m.group("braced"), m.group("arg") or "")
+        for m in _REF.finditer(p.texts[COMPOSE])
+        if m.group("op") == ":-" and m.group("braced")
+    ]
+    problems = []
+    for where, name, value in written:
+        info = fields.get(name)
+        if info is None or info.is_required() or info.default is None:
+            continue
+        try:
+            parsed = TypeAdapter(info.annotation).validate_python(value)
+        except ValidationError:
+            continue  # check_settings names a value that does not validate
+        if parsed != info.default:
+            problems.append(
+                f"{where}: {name}={value} restates the setting's default as {parsed!r}, "
+                f"but the default is {info.default!r}"
+            )
+    return problems
+
+
 def check_databases(p: Project) -> list[str]:
     """Every PostgreSQL URL names a database the init script creates, as its owner, with
     the password the postgres container gives that role."""
@@ -721,6 +754,7 @@ def check_shell_variables(p: Project) -> list[str]:
 CHECKS: dict[str, Callable[[Project], list[str]]] = {
     "variables": check_variables,
     "settings": check_settings,
+    "defaults": check_defaults,
     "databases": check_databases,
     "ports": check_ports,
     "depends_on": check_depends_on,
@@ -783,6 +817,20 @@ TYPOS = [
         "BANDITOPS_CANDIDATE_SHARE=0",
         "BANDITOPS_CANDIDATE_SHARE=2",
         "serving: invalid settings",
+    ),
+    (
+        "defaults",
+        ENV_EXAMPLE,
+        "BANDITOPS_REWARD_WINDOW_S=86400",
+        "BANDITOPS_REWARD_WINDOW_S=86401",
+        "BANDITOPS_REWARD_WINDOW_S=86401 restates",
+    ),
+    (
+        "defaults",
+        COMPOSE,
+        "${BANDITOPS_POLL_INTERVAL_S:-30}",
+        "${BANDITOPS_POLL_INTERVAL_S:-31}",
+        "BANDITOPS_POLL_INTERVAL_S=31 restates",
     ),
     (
         "settings",

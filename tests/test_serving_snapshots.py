@@ -141,14 +141,17 @@ def test_on_postgresql_decisions_and_rewards_never_wait_behind_a_snapshot(
     tmp_path: Path, postgres_url: str
 ) -> None:
     """A snapshot commits on a writer of its own: held up in the database (here by a lock
-    on its table), it holds up no decision or reward."""
+    on its table), it holds up no decision or reward. It probes an unreachable database
+    as often as the events' writer (``store_probe_s``; it was always 1 s)."""
     model = policy_file(tmp_path / "linucb.npz", name="linucb")
     rng = np.random.default_rng(12)
     with scratch_postgres_database(postgres_url, prefix="banditops_snap") as url:
-        settings = service_settings(tmp_path, url, model_path=model)
+        settings = service_settings(tmp_path, url, model_path=model, store_probe_s=0.25)
         blocker = make_engine(url)
         try:
             with running_client(settings) as client:
+                service = client.app.state.service
+                assert service._snapshot_writer.probe_s == service.writer.probe_s == 0.25
                 assert _decide_and_reward(client, rng, 1.0).status_code == 200
                 with blocker.connect() as conn, conn.begin():
                     conn.execute(sa.text("LOCK TABLE head_snapshots IN ACCESS EXCLUSIVE MODE"))

@@ -53,7 +53,7 @@ class PipelineSettings(CoreSettings):
     ----------
     retrain_schedule, monitor_schedule : str
         Cron expressions (five fields) or Airflow presets (``@hourly``…) of the nightly
-        retrain (default ``0 2 * * *``) and of the monitor (default hourly).
+        retrain and of the monitor.
     retrain_window_days : float
         Default of the retrain form's ``window_days``: the replay window, this many days
         back from the run's data interval end.
@@ -129,10 +129,10 @@ class PipelineSettings(CoreSettings):
         Hours a promotion waits for its approval before it counts as rejected.
     rollout_schedule : str
         Cron expression or preset of the rollout controller (``bandit_rollout``): one
-        step per run (default every 10 minutes).
+        step per run.
     rollout_stages : list of float
-        Candidate traffic shares of the staged rollout, increasing, the last 1.0
-        (default 5 → 20 → 50 → 100 %); at the last one, a passing test promotes.
+        Candidate traffic shares of the staged rollout, increasing, the last 1.0; at
+        the last one, a passing test promotes.
     rollout_min_stage_s : float
         Shortest time on a stage before it may advance (a rollback needs no wait).
     rollout_min_samples : int
@@ -163,7 +163,7 @@ class PipelineSettings(CoreSettings):
         run stops, naming each feature and its drift: the window no longer looks like
         the data the production model was trained on (check the feature pipeline first).
     retention_schedule : str
-        Cron expression or preset of ``bandit_retention`` (default nightly, ``30 3 * * *``).
+        Cron expression or preset of ``bandit_retention``.
     retention_days : float
         ``bandit_retention`` deletes decisions (with their rewards) and superseded head
         snapshots older than this, never a row a running retrain's window or a running
@@ -326,7 +326,3 @@ class PipelineSettings(CoreSettings):
         raise ValueError(
             f"must be a five-field cron expression or one of {', '.join(_PRESETS)}; got {value!r}."
         )
-
-
-#: The one default number of bootstrap resamples of an offline evaluation: the retrain
-#: form's, ``banditops evaluate``'s and :func:`training.evaluate.evaluate`'s.

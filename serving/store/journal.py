@@ -69,6 +69,7 @@ from eventstore.records import (
     judge_rewards,
 )
 from eventstore.schema import decisions, rewards
+from serving.settings import Settings
 from serving.store.repository import StoredDecision, insert_rewards, write_events
 
 log = logging.getLogger(__name__)
@@ -347,9 +348,9 @@ class Journal:
     def __init__(
         self,
         directory: Path,
-        max_bytes: int = 1 << 30,
+        max_bytes: int = Settings.model_fields["journal_max_bytes"].default,
         exclusive: bool = True,
-        ledger_size: int = 50_000,
+        ledger_size: int = Settings.model_fields["decision_cache_size"].default,
         observer: JournalObserver | None = None,
     ) -> None:
         self.directory = Path(directory)

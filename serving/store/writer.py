@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from eventstore.engine import is_lock_wait, probe_write
+from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,14 @@ class GroupCommitWriter(Generic[T, R]):
         engine: Engine,
         write: Callable[[Connection, Sequence[T]], list[R]],
         *,
-        max_batch: int = 512,
+        max_batch: int = Settings.model_fields["writer_max_batch"].default,
         on_committed: Callable[[Sequence[T], list[R]], None] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "banditops-writer",
         spool: Spool | None = None,
         on_drained: Callable[[Any], None] | None = None,
         on_degraded: Callable[[bool], None] | None = None,
-        probe_s: float = 1.0,
+        probe_s: float = Settings.model_fields["store_probe_s"].default,
         landed: Callable[[Connection, Sequence[T], list[R]], bool] | None = None,
     ) -> None:
         if max_batch < 1:

@@ -32,6 +32,11 @@ MAX_ELEMENTS = 4_000_000
 #: Default number of threads.
 MAX_WORKERS = min(4, os.cpu_count() or 1)
 
+#: The library's default number of bootstrap resamples and interval level, for every
+#: estimate, report and evaluation (the nightly retrain passes its own, a setting).
+N_RESAMPLES = 1000
+LEVEL = 0.95
+
 #: Constraints of the resampling arguments, shared by every caller.
 BOOTSTRAP_PARAMS = {
     "n_resamples": Interval(int, 1, None),
@@ -42,7 +47,7 @@ BOOTSTRAP_PARAMS = {
 def bootstrap_estimates(
     terms: RoundTerms,
     rng: np.random.Generator,
-    n_resamples: int = 1000,
+    n_resamples: int = N_RESAMPLES,
     *,
     n_jobs: int | None = None,
     max_elements: int = MAX_ELEMENTS,
@@ -100,7 +105,7 @@ def bootstrap_estimates(
     return out
 
 
-def percentile_interval(samples: FloatArray, level: float = 0.95) -> tuple[float, float]:
+def percentile_interval(samples: FloatArray, level: float = LEVEL) -> tuple[float, float]:
     """The central ``level`` interval of ``samples`` (linear interpolation of quantiles)."""
     validate_params("percentile_interval", {"level": level}, BOOTSTRAP_PARAMS)
     alpha = 1.0 - level
@@ -111,8 +116,8 @@ def percentile_interval(samples: FloatArray, level: float = 0.95) -> tuple[float
 def bootstrap_interval(
     terms: RoundTerms,
     rng: np.random.Generator,
-    n_resamples: int = 1000,
-    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    level: float = LEVEL,
     *,
     n_jobs: int | None = None,
 ) -> tuple[float, float]:

@@ -14,7 +14,13 @@ from bandit_core._validation import (
     check_known_options,
     validate_params,
 )
-from validation.ope.bootstrap import BOOTSTRAP_PARAMS, bootstrap_estimates, percentile_interval
+from validation.ope.bootstrap import (
+    BOOTSTRAP_PARAMS,
+    LEVEL,
+    N_RESAMPLES,
+    bootstrap_estimates,
+    percentile_interval,
+)
 from validation.ope.estimators import RoundTerms
 from validation.ope.inputs import BanditFeedback
 from validation.ope.spec import OPTIONS, SPECS, check_estimator_name
@@ -119,8 +125,8 @@ def estimate(
     feedback: BanditFeedback,
     rng: np.random.Generator,
     *,
-    n_resamples: int = 1000,
-    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    level: float = LEVEL,
     **options: Any,
 ) -> Estimate:
     """Run ``estimator`` on ``feedback``: value, bootstrap interval, ESS, max weight.

@@ -25,7 +25,7 @@ from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import split_position
 from bandit_core.slates import slate_marginals
 from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
-from validation.ope.bootstrap import BOOTSTRAP_PARAMS
+from validation.ope.bootstrap import BOOTSTRAP_PARAMS, LEVEL, N_RESAMPLES
 from validation.ope.estimate import Estimate, estimate
 from validation.ope.inputs import BanditFeedback, check_feedback
 from validation.ope.report import OPEReport
@@ -302,8 +302,8 @@ def evaluate_policy(
     *,
     estimators: Sequence[str] | None = None,
     reward_model: CrossFitRewardModel | None = None,
-    n_resamples: int = 1000,
-    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    level: float = LEVEL,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     slates: bool = False,
 ) -> OPEReport:
@@ -405,8 +405,8 @@ def evaluate_policy_in_blocks(
     *,
     estimators: Sequence[str] | None = None,
     reward_model: CrossFitRewardModel | None = None,
-    n_resamples: int = 1000,
-    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    level: float = LEVEL,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     slates: bool = False,
 ) -> OPEReport:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bandit_core._validation import FloatArray, Interval, validate_params
+from validation.ope.bootstrap import LEVEL
 from validation.ope.estimate import Estimate
 from validation.ope.estimators import RoundTerms
 
@@ -185,7 +186,7 @@ class TermSums:
         """Kish's effective sample size ``(Σ w)² / Σ w²``."""
         return 0.0 if self.sum_w2 == 0.0 else self.sum_w * self.sum_w / self.sum_w2
 
-    def estimate(self, estimator: str, level: float = 0.95) -> Estimate:
+    def estimate(self, estimator: str, level: float = LEVEL) -> Estimate:
         """The :class:`Estimate` with a normal-approximation interval (``n_resamples=0``)."""
         validate_params(
             "TermSums.estimate",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from validation.ope.bootstrap import LEVEL
 from validation.ope.estimate import Estimate
 
 #: Fields of an :class:`Estimate` exported as MLflow metrics.
@@ -132,7 +133,7 @@ def plot_report(report: OPEReport, path: str | Path, truth: float | None = None)
     ax.set_yticklabels(names)
     ax.invert_yaxis()
     first = next(iter(report.estimates.values()), None)
-    level = first.level if first is not None else 0.95
+    level = first.level if first is not None else LEVEL
     kind = "normal-approximation" if first is not None and first.n_resamples == 0 else "bootstrap"
     ax.set_xlabel(f"estimated policy value ({100 * level:g}% {kind} interval)")
     ax.set_title(f"{report.policy}: off-policy estimates on {report.n_rounds} rounds")
