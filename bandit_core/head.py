@@ -186,6 +186,11 @@ class BayesianLinearHead:
             setattr(out, name, getattr(self, name)[heads])
         return out
 
+    @property
+    def bytes_per_head(self) -> int:
+        """Bytes of one head's arrays: what one more head adds."""
+        return sum(int(getattr(self, name)[:1].nbytes) for name in self._array_names())
+
     @staticmethod
     def _array_names() -> tuple[str, ...]:
         return (
@@ -609,4 +614,32 @@ class BayesianLinearHead:
                     f"got {value.shape}."
                 )
             setattr(head, name, value.astype(getattr(head, name).dtype, copy=True))
+        head._check_restored(prefix)
         return head
+
+    def _check_restored(self, prefix: str) -> None:
+        """What every head this class builds satisfies, checked on a restored state (a
+        tampered one otherwise decided, learnt online and failed at the next restart or
+        rebuild, which refactors from the precision): a symmetric precision with a
+        positive diagonal, counts and Σr² not negative, the sliding window's bookkeeping
+        within the window (size ≤ w, the next slot < w, and equal to the size until full)."""
+
+        def refuse(array: str, why: str) -> None:
+            raise ValueError(f"state array {prefix + array!r} {why}.")
+
+        p = self.precision_
+        if p.size:
+            if not (np.diagonal(p, axis1=1, axis2=2) > 0.0).all():
+                refuse("precision", "must have a positive diagonal (a precision matrix)")
+            scale = 1.0 + np.abs(p).max(axis=(1, 2))
+            if not (np.abs(p - p.transpose(0, 2, 1)).max(axis=(1, 2)) <= 1e-8 * scale).all():
+                refuse("precision", "must be symmetric (a precision matrix)")
+        for name in ("count", "yty", "pending"):
+            if (getattr(self, name + "_") < -1e-6).any():
+                refuse(name, "must not be negative")
+        w = self.config.window or 0
+        size, nxt = self.window_size_, self.window_next_
+        if (size < 0).any() or (size > w).any():
+            refuse("window_size", f"must lie in [0, {w}] (the window)")
+        if (nxt < 0).any() or (nxt >= max(w, 1)).any() or ((size < w) & (nxt != size)).any():
+            refuse("window_next", f"must lie in [0, {w}) and equal window_size until it is full")

@@ -16,13 +16,47 @@ dimensions, so a bank of per-arm heads is updated with the same code.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 import scipy.linalg.lapack
+from numpy.typing import NDArray
 
 from bandit_core._validation import FloatArray
+
+#: Most bytes of per-arm matrices (K × d × d) a gathered product copies at once.
+GATHER_BYTES = 1 << 23
+
+
+def gathered_product(
+    stack: FloatArray,
+    rows: slice | NDArray[np.intp],
+    product: Callable[[FloatArray, slice], FloatArray],
+    axis: int = 0,
+    same_rows_same_result: bool = False,
+) -> FloatArray:
+    """``product(stack[rows], slice(None))`` without a copy of ``stack[rows]`` larger than
+    :data:`GATHER_BYTES`: ``rows`` (a slice is a view, computed at once) in consecutive
+    blocks, ``product(block, positions)`` of each concatenated along ``axis``.
+
+    With ``same_rows_same_result`` (the product of a row does not depend on its position)
+    each distinct row is computed once: a thousand unseen arms sharing the prior's head
+    are one product, not a thousand copies of it. Each row's product is computed as it
+    would be in one call, so the result is the same to the bit.
+    """
+    if isinstance(rows, slice) or rows.size * stack[0].nbytes <= GATHER_BYTES:
+        return product(stack[rows], slice(None))
+    back = None
+    if same_rows_same_result:
+        rows, back = np.unique(rows, return_inverse=True)
+    step = max(1, GATHER_BYTES // stack[0].nbytes)
+    out = np.concatenate(
+        [product(stack[rows[i : i + step]], slice(i, i + step)) for i in range(0, rows.size, step)],
+        axis=axis,
+    )
+    return out if back is None else np.take(out, back, axis=axis)
 
 
 def inverse_cholesky(precision: FloatArray) -> FloatArray:

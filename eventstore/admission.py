@@ -42,6 +42,9 @@ _HEADER_MEMBER = "__state__.json.npy"
 _HEADER_KEY = "__state__.json"
 #: Largest JSON header (configuration) member.
 MAX_HEADER_BYTES = 1 << 20
+#: Most policies wrapped in one another (exploration floor around an exposure cap around
+#: …): real stacks are a few deep; hundreds exhaust the recursion of building them.
+MAX_WRAPPERS = 16
 
 
 #: The size limits are settings (``model_max_bytes``, ``model_max_dim``): the defaults here.
@@ -99,7 +102,9 @@ class Admission:
         state = self.admit(source)
         try:
             return policy_from_state(state)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+            # RuntimeError: torch refusing a malformed array (a generator state), or a
+            # recursion too deep; refused once, as any other state that makes no policy
             raise AdmissionError(f"the state does not make a policy: {exc}") from exc
 
     def admit(self, source: bytes | Path) -> PolicyState:
@@ -114,8 +119,11 @@ class Admission:
             return self._admit(source)
         except AdmissionError:
             raise
-        except (ValueError, TypeError, KeyError, OverflowError) as exc:  # a malformed member
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+            # a malformed member, or a header nested past what the JSON parser follows
             raise AdmissionError(f"the state file is malformed: {exc}") from exc
+        except IsADirectoryError as exc:
+            raise AdmissionError(f"the state file is a directory: {exc}") from exc
 
     def _admit(self, source: bytes | Path) -> PolicyState:
         size = len(source) if isinstance(source, bytes) else source.stat().st_size
@@ -206,10 +214,14 @@ class Admission:
                 )
 
     def _check_config(self, config: Any) -> None:
-        self.check_dimensions(config)
-        inner = config
+        inner, depth = config, 0
         while isinstance(inner, dict) and isinstance(inner.get("inner"), dict):
-            inner = inner["inner"].get("config", {})
+            inner, depth = inner["inner"].get("config", {}), depth + 1
+            if depth > MAX_WRAPPERS:
+                raise AdmissionError(
+                    f"the configuration wraps more than {MAX_WRAPPERS} policies in one another."
+                )
+        self.check_dimensions(config)
         if not isinstance(inner, dict):
             return
         slots = _int(config.get("position_slots")) if isinstance(config, dict) else None

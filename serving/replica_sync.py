@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bandit_core.policies.linear import ArmLimit
 from eventstore.records import RewardRow
 from serving.models.recovery import learn_rewards
 from serving.models.served import ServedModel, find_head
@@ -133,7 +134,7 @@ class ReplicaSync:
         interval_s: float,
         horizon_s: float,
         hold: Callable[[], bool] | None = None,
-        max_arms: int | None = None,
+        arm_limit: ArmLimit | None = None,
     ) -> None:
         if interval_s <= 0 or horizon_s <= 0:
             raise ValueError(
@@ -144,7 +145,7 @@ class ReplicaSync:
         self.interval_s = interval_s
         self.horizon = timedelta(seconds=horizon_s)
         self._hold = hold
-        self.max_arms = max_arms
+        self.arm_limit = arm_limit
         self._claims: dict[str, set[int]] = {}
         self._claims_lock = threading.Lock()
         self._trackers: weakref.WeakKeyDictionary[ServedModel, _Tracker] = (
@@ -265,7 +266,8 @@ class ReplicaSync:
     def _learn(self, model: ServedModel, rows: AppliedRewards, keep: list[int]) -> int:
         """Learn rows ``keep`` in order (a reward the head refuses is skipped, as it is
         by recovery, never retried); the number learnt."""
-        learnt = learn_rewards(model.policy, rows.take(keep), model.version, self.max_arms)
+        limit = None if self.arm_limit is None else self.arm_limit.of(model.policy)
+        learnt = learn_rewards(model.policy, rows.take(keep), model.version, limit)
         model.applied_rewards += learnt
         model.last_reward_id = max(model.last_reward_id, int(rows.ids[keep].max()))
         return learnt

@@ -41,7 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates
 from bandit_core.policies.decision_copy import decision_copy
-from bandit_core.policies.linear import over_arm_limit
+from bandit_core.policies.linear import ArmLimit, over_arm_limit
 from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
 from bandit_core.policies.wrappers import records_on_select
@@ -229,6 +229,9 @@ class DecisionService:
         self.gate = HeadGate()
         # (event id, ordinal) of rewards whose head update waits behind the gate
         self._held_rewards: set[tuple[str, int]] = set()
+        #: most arms a per-arm head learns online (README: max_arms): the registry's
+        #: bound on a version's size bounds the head it grows into too
+        self.arm_limit = ArmLimit(settings.max_arms, settings.model_max_bytes)
         self.replicas: ReplicaSync | None = None
         if settings.replica_sync_s > 0:  # several replicas: apply the others' rewards
             self.replicas = ReplicaSync(
@@ -239,7 +242,7 @@ class DecisionService:
                 # journaled rewards without ids yet, or a state copy in progress (the
                 # head gate's): the next sync learns them
                 hold=lambda: bool(self._unsynced) or self.gate.closed,
-                max_arms=settings.max_arms,
+                arm_limit=self.arm_limit,
             )
         self.writer: GroupCommitWriter[Any, Any] = GroupCommitWriter(
             engine,
@@ -263,7 +266,7 @@ class DecisionService:
             expected_dim_arm=settings.model_dim_arm,
             on_failure=lambda reason, _msg: metrics.model_load_failures.labels(reason).inc(),
             rollout=self._running_rollout,
-            max_arms=settings.max_arms,
+            arm_limit=self.arm_limit,
             max_work_units=settings.max_work_units,
             install=self._install,
         )
@@ -705,16 +708,20 @@ class DecisionService:
     def _new_arm_over_limit(
         self, model: ServedModel | None, decision: StoredDecision, arm_id: str
     ) -> bool:
-        """Whether the deciding head (``model``) keeps a block per arm, already holds
-        ``max_arms`` and ``arm_id`` is not one of them (rewards in flight may each add one
-        more)."""
-        if model is None or not over_arm_limit(model.policy, arm_id, self.settings.max_arms):
+        """Whether the deciding head (``model``) keeps a block per arm, already holds as
+        many as it may (:attr:`arm_limit`) and ``arm_id`` is not one of them (rewards in
+        flight may each add one more)."""
+        if model is None:
+            return False
+        limit = self.arm_limit.of(model.policy)
+        if not over_arm_limit(model.policy, arm_id, limit):
             return False
         log.warning(
-            "reward of %s not learnt online: %s already holds max_arms=%d arms",
+            "reward of %s not learnt online: %s already holds its limit of %d arms "
+            "(max_arms, and model_max_bytes of per-arm state)",
             decision.event_id,
             decision.model_version,
-            self.settings.max_arms,
+            limit,
         )
         return True
 
@@ -836,14 +843,15 @@ class DecisionService:
         update it cannot make in float64): counted, and skipped the same way by recovery
         and the replica sync (:func:`serving.models.recovery.learn_rewards`)."""
         learn: LearnInput = row.learn
-        if over_arm_limit(model.policy, learn.arm_id, self.settings.max_arms):
+        limit = self.arm_limit.of(model.policy)
+        if over_arm_limit(model.policy, learn.arm_id, limit):
             # a reward in flight when the deciding head filled up, or another served
             # version's head (a rollout): skipped, as recovery and the replica sync do
             log.warning(
-                "reward %d not learnt by %s: its head holds max_arms=%d arms",
+                "reward %d not learnt by %s: its head holds its limit of %d arms",
                 outcome.id,
                 model.version,
-                self.settings.max_arms,
+                limit,
             )
             return False
         try:
@@ -936,7 +944,7 @@ class DecisionService:
         self._refuse_swap_while_journaling()
         if catching:
             for model in fresh:
-                catch_up(self.store, model, self.settings.max_arms)
+                catch_up(self.store, model, self.arm_limit.of(model.policy))
         if loop is None or loop.is_closed():  # not started: no reward is learnt online
             self.loader.current = new
             return
@@ -949,7 +957,7 @@ class DecisionService:
                 self._refuse_swap_while_journaling()
                 if catching:
                     for model in fresh:
-                        catch_up(self.store, model, self.settings.max_arms)
+                        catch_up(self.store, model, self.arm_limit.of(model.policy))
                 self.loader.current = new
             except BaseException as exc:
                 done.set_exception(exc)

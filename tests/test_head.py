@@ -348,3 +348,32 @@ def test_a_policy_refuses_the_overflowing_update_whole(rng: np.random.Generator)
     assert before.keys() == after.keys()
     for key, value in before.items():
         np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("array", "tamper", "message"),
+    [
+        ("precision", lambda a: -a, "positive diagonal"),
+        ("precision", lambda a: a + np.triu(np.ones_like(a[0]), 1), "symmetric"),
+        ("count", lambda a: a - 1e6, "must not be negative"),
+        ("yty", lambda a: a * 0 - 1.0, "must not be negative"),
+        ("window_next", lambda a: a + 99, "window_next"),
+        ("window_size", lambda a: a * 0 + 6, "window_size"),
+    ],
+)
+def test_a_restored_head_that_no_learning_could_give_is_refused(
+    array: str, tamper: object, message: str
+) -> None:
+    """Before, a precision of −I restored (online updates used the factor and were
+    applied; a rebuild from the precision refused them all: the live and the recovered
+    heads differed), and a window slot of 99 restored and failed every later update
+    with an IndexError."""
+    rng = np.random.default_rng(5)
+    head = BayesianLinearHead(HeadConfig(dim=3, window=5), n_heads=2)
+    for _ in range(3):
+        head.update_batch(rng.standard_normal((2, 3)), rng.random(2), np.array([0, 1]))
+    arrays = head.to_arrays()
+    BayesianLinearHead.from_arrays(head.config, arrays)  # as saved: restores
+    arrays[f"head.{array}"] = tamper(arrays[f"head.{array}"])  # type: ignore[operator]
+    with pytest.raises(ValueError, match=message):
+        BayesianLinearHead.from_arrays(head.config, arrays)

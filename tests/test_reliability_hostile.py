@@ -24,6 +24,7 @@ import pytest
 
 from bandit_core import Candidates, load_state, save_state
 from bandit_core.policies.registry import policy_from_state
+from bandit_core.types import PolicyState
 from benchmarks.reliability_hostile import bomb_version, huge_dimension_version, nan_version
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
@@ -277,6 +278,20 @@ def _many_draws_model(path: Path) -> Path:
     return save_state(state, path)
 
 
+def _nested_model(path: Path) -> Path:
+    """A valid state inside 300 exploration floors (it raised RecursionError while the
+    policy was built: a failure to load, retried every ``retry_failed_s``)."""
+    state = load_state(_source(path))
+    for _ in range(300):
+        state = PolicyState(
+            "exploration_floor",
+            {"p_min": 0.01, "inner": {"policy": state.policy, "config": state.config}},
+            {f"inner.{k}": v for k, v in state.arrays.items()},
+            state.schema_version,
+        )
+    return save_state(state, path)
+
+
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
@@ -285,8 +300,16 @@ def _many_draws_model(path: Path) -> Path:
         (_bomb_model, "more than"),
         (_unknown_policy_model, "unknown policy 'evil_algo'"),
         (_many_draws_model, "n_sim"),
+        (_nested_model, "wraps more than 16 policies"),
     ],
-    ids=["nan-weights", "huge-dimensions", "decompression-bomb", "unknown-policy", "draws"],
+    ids=[
+        "nan-weights",
+        "huge-dimensions",
+        "decompression-bomb",
+        "unknown-policy",
+        "draws",
+        "nested",
+    ],
 )
 def test_an_unsafe_version_is_refused_once_and_the_previous_keeps_serving(
     tmp_path: Path, make: Any, reason: str

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bandit_core import MAX_ABS_INPUT
+from bandit_core.policies.linear import ArmLimit
 from tests.serving_helpers import (
     DIM_ARM,
     DIM_USER,
@@ -315,20 +316,27 @@ def test_recovery_and_the_replica_sync_skip_a_stored_reward_the_head_refuses(
     engine.dispose()
 
 
-def test_a_per_arm_head_learns_at_most_max_arms_arms_online(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bound", ["max_arms", "model_max_bytes"])
+def test_a_per_arm_head_learns_at_most_max_arms_arms_online(tmp_path: Path, bound: str) -> None:
     """A client sending a new arm id with every request cannot grow a per-arm head past
-    ``max_arms``: the reward of an arm beyond it is stored as ``arm_limit`` (not applied,
-    not replayed) while known arms keep learning; recovery gives the same head."""
+    ``max_arms``, nor past the ``model_max_bytes`` its state may take (here a windowed
+    head of 2,760 bytes per arm, so 13 blocks with the prior's; before, only the count
+    bounded it, and a per-arm head with d = 500 could grow by 4 MB a request): the reward
+    of an arm beyond it is stored as ``arm_limit`` (not applied, not replayed) while
+    known arms keep learning; recovery gives the same head."""
 
     from bandit_core.policies.linear import arm_state
 
-    model = policy_file(tmp_path / "linucb.npz", name="linucb")  # knows item-0 … item-9
-    settings = service_settings(tmp_path, model_path=model, max_arms=12)
+    # knows item-0 … item-9
+    model = policy_file(tmp_path / "linucb.npz", name="linucb", window=60)
+    per_arm = 2760
+    limits = {"max_arms": 12} if bound == "max_arms" else {"model_max_bytes": 13 * per_arm}
+    settings = service_settings(tmp_path, model_path=model, **limits)
     rng = np.random.default_rng(9)
     statuses = []
     with running_client(settings) as client:
         arms = arm_state(served_policy(client))
-        assert arms is not None and arms.n_arms == 10
+        assert arms is not None and arms.n_arms == 10 and arms.bytes_per_arm == per_arm
         for arm in ("new-1", "new-2", "new-3", "item-4", "new-4"):
             body = {"context": rng.standard_normal(DIM_USER).tolist(), "candidates": [{"id": arm}]}
             got = client.post("/v1/decisions", json=body)
@@ -427,7 +435,7 @@ def test_recovery_the_rebuild_and_the_replica_sync_keep_a_head_within_max_arms(
 
     log("new-d", datetime.now(UTC))
     log("item-3", datetime.now(UTC))
-    sync = ReplicaSync(store, "r1", interval_s=1.0, horizon_s=60.0, max_arms=11)
+    sync = ReplicaSync(store, "r1", interval_s=1.0, horizon_s=60.0, arm_limit=ArmLimit(11))
     assert asyncio.run(sync.sync([model])).applied == {"new/2": 1}
     assert head_difference(model.policy, rebuilt(11)) <= 1e-9
     everything = arm_state(rebuilt(None))

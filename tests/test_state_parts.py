@@ -89,3 +89,19 @@ def test_options_given_as_numpy_scalars_are_saved_as_numbers(tmp_path: Path) -> 
     odd = PolicyState("linucb", {"dim_user": 3, "alpha": object()}, {})
     with pytest.raises(ValueError, match="cannot be written as JSON"):
         save_state(odd, tmp_path / "odd.npz")
+
+
+def test_a_state_that_breaks_torch_or_is_a_directory_is_refused(tmp_path: Path) -> None:
+    """Malformed states are refused (``AdmissionError``: the loader never tries them
+    again), not failures to load (retried with a traceback every ``retry_failed_s``): a
+    neural state whose generator state torch rejects (a ``RuntimeError``) and a model path
+    that is a directory (``IsADirectoryError``)."""
+    from eventstore.admission import AdmissionError
+
+    state = make_policy("neural_linear", dim_user=4, hidden=(8,)).to_state()
+    arrays = {**state.arrays, "train_rng": state.arrays["train_rng"][:10]}
+    bad = PolicyState(state.policy, state.config, arrays, state.schema_version)
+    with pytest.raises(AdmissionError, match="does not make a policy"):
+        Admission().policy(state_to_bytes(bad))
+    with pytest.raises(AdmissionError, match="is a directory"):
+        Admission().policy(tmp_path)

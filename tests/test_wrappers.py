@@ -64,3 +64,24 @@ def test_exposure_cap_counts_only_the_arms_of_its_window() -> None:
         capped.select([0.0], Candidates.from_any([f"item-{t}", f"item-{t + 1}"]), rng)
     assert len(capped._counts) <= 10
     assert capped._counts == Counter(capped._recent)
+
+
+def test_an_exposure_cap_state_whose_ring_does_not_fit_its_window_is_refused() -> None:
+    """A restored cap whose next slot lies outside its window (or is not 0 before the
+    window is full) raised IndexError on a later decision; it is refused when restored."""
+    from dataclasses import replace
+
+    from bandit_core import policy_from_state
+
+    capped = ExposureCap(_greedy_linucb(), max_share=0.5, window=10, min_decisions=4)  # type: ignore[arg-type]
+    rng = np.random.default_rng(2)
+    for _ in range(4):
+        capped.select([1.0, 0.0], Candidates.from_any(["best", "worst"]), rng)
+    state = capped.to_state()
+    policy_from_state(state)  # as saved: restores
+    for bad in (10**6, -1, 3):
+        with pytest.raises(ValueError, match="exposure_cap state"):
+            policy_from_state(replace(state, config={**state.config, "next": bad}))
+    too_many = {**state.arrays, "recent": np.array(["best"] * 11)}
+    with pytest.raises(ValueError, match="exposure_cap state"):
+        policy_from_state(replace(state, arrays=too_many))

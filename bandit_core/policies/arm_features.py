@@ -16,6 +16,7 @@ import numpy as np
 
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.head import BayesianLinearHead
+from bandit_core.linalg import gathered_product
 from bandit_core.policies.linear import (
     IntArray,
     LinearConfig,
@@ -79,7 +80,9 @@ class PerArmFeaturesModel(PerArmModel):
         heads, rows = self._candidate_heads(candidates.ids)
         z = self._inputs(contexts, candidates.features)
         mean = np.einsum("nkd,kd->nk", z, self.head.theta_[rows])
-        proj = np.einsum("kij,nkj->nki", self.head.inv_chol_[rows], z)
+        proj = gathered_product(
+            self.head.inv_chol_, rows, lambda u, at: np.einsum("kij,nkj->nki", u, z[:, at]), 1
+        )
         return mean, proj, heads
 
     def terms_one(

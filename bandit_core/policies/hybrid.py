@@ -259,6 +259,10 @@ class HybridModel:
     def n_arms(self) -> int:
         return len(self.arm_ids)
 
+    @property
+    def bytes_per_arm(self) -> int:
+        return sum(int(getattr(self, name)[:1].nbytes) for name in _PER_ARM)
+
     def knows(self, arm_id: str) -> bool:
         return arm_id in self._slots
 

@@ -47,6 +47,7 @@ from bandit_core.exploration import (
 from bandit_core.features import FEATURE_PARAMS, FeatureMap
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
 from bandit_core.head_statistics import HeadStatistics, state_with_statistics
+from bandit_core.linalg import gathered_product
 from bandit_core.montecarlo import DRAWS, MONTE_CARLO_PARAMS, MonteCarloOptions, thompson_draws
 from bandit_core.policies.base import (
     check_candidates,
@@ -226,7 +227,28 @@ class ArmState(Protocol):
     @property
     def n_arms(self) -> int: ...
 
+    @property
+    def bytes_per_arm(self) -> int:
+        """Bytes of the state one more arm adds."""
+        ...
+
     def knows(self, arm_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ArmLimit:
+    """Most arms a per-arm state may hold: ``max_arms``, and no more than fit, with the
+    prior's block, in ``max_bytes`` (a block is O(d²): with d = 500 a hundred thousand
+    arms would be 400 GB). ``of(policy)`` is the number for one policy."""
+
+    max_arms: int
+    max_bytes: int | None = None
+
+    def of(self, policy: Any) -> int:
+        arms = arm_state(policy)
+        if arms is None or self.max_bytes is None:
+            return self.max_arms
+        return max(0, min(self.max_arms, self.max_bytes // max(arms.bytes_per_arm, 1) - 1))
 
 
 def arm_state(policy: Any) -> ArmState | None:
@@ -273,6 +295,10 @@ class PerArmModel:
     @property
     def n_arms(self) -> int:
         return len(self.arm_ids)
+
+    @property
+    def bytes_per_arm(self) -> int:
+        return self.head.bytes_per_head
 
     def knows(self, arm_id: str) -> bool:
         return arm_id in self._slots
@@ -323,7 +349,9 @@ class PerArmModel:
         """Posterior means (n, K), projections U_a x (n, K, d) and the head of each candidate."""
         heads, rows = self._candidate_heads(candidates.ids)
         mean = contexts @ self.head.theta_[rows].T
-        proj = np.matmul(self.head.inv_chol_[rows], contexts.T).transpose(2, 0, 1)
+        proj = gathered_product(
+            self.head.inv_chol_, rows, lambda u, _: np.matmul(u, contexts.T), 0, True
+        ).transpose(2, 0, 1)
         return mean, proj, heads
 
     def terms_one(
@@ -332,7 +360,8 @@ class PerArmModel:
         """:meth:`terms` of one request (K,), (K, d): two (K, d) products, no transposes."""
         heads, rows = self._candidate_heads(candidates.ids)
         head = self.head
-        return head.theta_[rows].dot(context), head.inv_chol_[rows] @ context, heads
+        proj = gathered_product(head.inv_chol_, rows, lambda u, _: u @ context, 0, True)
+        return head.theta_[rows].dot(context), proj, heads
 
     def _forget_arms_from(self, known: int) -> None:
         """Undo the arms registered after the first ``known`` (their call failed: a

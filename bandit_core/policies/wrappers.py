@@ -269,6 +269,15 @@ class ExposureCap(DelegatingWrapper):
         policy = cls(_restore_inner(state), cfg["max_share"], cfg["window"], cfg["min_decisions"])
         policy._recent = [str(a) for a in state.arrays["recent"]]
         policy._next = int(cfg["next"])
+        full = len(policy._recent) == policy.window
+        if len(policy._recent) > policy.window or not (
+            0 <= policy._next < policy.window and (full or policy._next == 0)
+        ):
+            raise ValueError(
+                f"exposure_cap state: 'recent' holds {len(policy._recent)} arms and 'next' "
+                f"is {policy._next}; the window is {policy.window} (next in [0, window), "
+                "0 until the window is full)."
+            )
         policy._counts = Counter(policy._recent)
         return policy
 

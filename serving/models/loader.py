@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 from bandit_core import Candidates, Policy
 from bandit_core.policies.decision_copy import decision_copy
+from bandit_core.policies.linear import ArmLimit
 from eventstore.admission import AdmissionError, first_non_finite
 from eventstore.contract import CANDIDATE, PRODUCTION
 from eventstore.text import redact_credentials
@@ -137,7 +138,7 @@ class ModelLoader:
     retry_failed_s : float
         A version that failed to load is not tried again for this long; one refused
         (signature, admission) is never tried again.
-    max_arms : int, optional
+    arm_limit : ArmLimit, optional
         Most arms a recovered per-arm head may hold.
     max_work_units : int, optional
         The service's request budget: a version whose decision between two candidates
@@ -163,13 +164,13 @@ class ModelLoader:
         on_failure: Callable[[str, str], None] | None = None,
         retry_failed_s: float = 300.0,
         rollout: Callable[[], RolloutTarget | None] | None = None,
-        max_arms: int | None = None,
+        arm_limit: ArmLimit | None = None,
         max_work_units: int | None = None,
         install: Callable[[ServingSet, list[ServedModel]], None] | None = None,
     ) -> None:
         self._install = install or self._catch_up_and_assign
         self._rollout = rollout
-        self.max_arms = max_arms
+        self.arm_limit = arm_limit
         self.max_work_units = max_work_units
         self.expected = (expected_dim_user, expected_dim_arm)
         self.retry_failed_s = retry_failed_s
@@ -256,9 +257,12 @@ class ModelLoader:
                     self._on_swap(new)
             return changed
 
+    def _max_arms(self, policy: Policy) -> int | None:
+        return None if self.arm_limit is None else self.arm_limit.of(policy)
+
     def _catch_up_and_assign(self, new: ServingSet, fresh: list[ServedModel]) -> None:
         for model in fresh:
-            catch_up(self.store, model, self.max_arms)
+            catch_up(self.store, model, self._max_arms(model.policy))
         self.current = new
 
     def _share(self, current: ServingSet) -> tuple[float, tuple[str, ...] | None]:
@@ -332,7 +336,7 @@ class ModelLoader:
                 base,
                 self.source.name,
                 ref.window_stop,
-                self.max_arms,
+                self._max_arms(base),
                 ref.incarnation,
             )
             stage = "smoke"
