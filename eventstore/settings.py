@@ -14,6 +14,7 @@ Every settings class reads, in this order of precedence: keyword arguments, the
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -194,6 +195,29 @@ def section_fields(settings_cls: type[BaseSettings]) -> dict[str, list[str]]:
     return out
 
 
+def _known_sections() -> dict[str, set[str]]:
+    """``{section: field names}`` over every settings class imported so far (the
+    service's, the pipelines', the monitor's derive from :class:`CoreSettings`)."""
+    out: dict[str, set[str]] = {}
+    stack: list[type[BaseSettings]] = [CoreSettings]
+    while stack:
+        klass = stack.pop()
+        stack.extend(klass.__subclasses__())
+        for section, names in section_fields(klass).items():
+            out.setdefault(section, set()).update(names)
+    return out
+
+
+def _where_it_belongs(key: str, names: list[str]) -> str:
+    """`` (it belongs in [service])`` for a setting of another table, `` (did you mean
+    poll_interval_s?)`` for a near miss of one of ``names``, else nothing."""
+    home = sorted(s for s, fields in _known_sections().items() if key in fields)
+    if home:
+        return f" (it belongs in [{home[0]}])"
+    near = difflib.get_close_matches(key, names, n=1, cutoff=0.8)
+    return f" (did you mean {near[0]}?)" if near else ""
+
+
 def _is_path(info: FieldInfo) -> bool:
     annotation = info.annotation
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -230,11 +254,10 @@ def read_workspace_file(settings_cls: type[BaseSettings], path: Path) -> dict[st
         table = data.get(section, {})
         unknown = sorted(set(table) - set(names))
         if unknown:
-            home = [s for s, other in sections.items() if unknown[0] in other]
-            hint = f" (it belongs in [{home[0]}])" if home else ""
             raise ValueError(
-                f"{path}: unknown setting {unknown[0]!r} in [{section}]{hint}; expected some "
-                f"of {', '.join(sorted(names))}."
+                f"{path}: unknown setting {unknown[0]!r} in [{section}]"
+                f"{_where_it_belongs(unknown[0], names)}; expected some of "
+                f"{', '.join(sorted(names))}."
             )
         if "workspace" in table:
             raise ValueError(
@@ -289,9 +312,19 @@ def _num(value: float) -> str:
 
 
 def _set_by(field: str) -> str:
-    """`` (BANDITOPS_<FIELD>)`` when that variable is set (in any case), else nothing."""
+    """`` (BANDITOPS_<FIELD>)`` when that variable is set (in any case), else
+    `` (<workspace>/banditops.toml [table])`` when the workspace file sets it, else
+    nothing: where the operator finds the value."""
     variable = f"{ENV_PREFIX}{field.upper()}"
-    return f" ({variable})" if variable in {k.upper() for k in os.environ} else ""
+    if variable in {k.upper() for k in os.environ}:
+        return f" ({variable})"
+    path = workspace_of() / WORKSPACE_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return ""
+    tables = [t for t in SECTIONS if isinstance(data.get(t), dict) and field in data[t]]
+    return f" ({path} [{tables[0]}])" if tables else ""
 
 
 def create_directories(settings: BaseSettings) -> None:

@@ -658,6 +658,9 @@ def _segment_section(now: Any, before: Any, settings: MonitorSettings) -> dict[s
     else:
         expected = {k for k in keys + segment_keys(before, settings) if k is not None}
     section["unsegmented"] = sum(k is None for k in keys)
+    if not keys:  # as every other check of an empty week: nothing served, nothing to judge
+        section["check"] = _check("skipped", "no decisions this week.")
+        return section
     if not expected:
         section["check"] = _check(
             "skipped", f"no decision carries a segment ({by}) this week or the week before."

@@ -55,7 +55,7 @@ def test_a_store_without_tables_is_named_with_the_fix(
         table.write_text("id,f_a\nx,1.0\n")
         args = (*args, str(table))
     code, output = _run(*args)
-    assert code == 1
+    assert code == 2 and output.startswith("error: "), output
     assert "has no banditops tables" in output and "banditops db upgrade" in output, output
 
 
@@ -121,7 +121,9 @@ def test_a_bad_setting_from_the_workspace_file_is_named_by_its_key(
     monkeypatch.delenv("BANDITOPS_MONITOR_ALPHA", raising=False)
     (workspace / "banditops.toml").write_text("[monitor]\nmonitor_alpha = 2\n")
     code, output = _run("config", "show")
-    assert code == 2 and output == "error: monitor_alpha: Input should be less than 0.5", output
+    where = workspace / "banditops.toml"
+    assert code == 2, output
+    assert output == f"error: monitor_alpha ({where} [monitor]): Input should be less than 0.5"
 
 
 def test_the_replay_read_checks_the_schema(workspace: Path) -> None:

@@ -204,6 +204,12 @@ def test_explored_share_and_segment_coverage_in_the_report(
     assert skipped["status"] == "skipped" and "not a categorical feature" in skipped["message"]
     with pytest.raises(ValueError, match="must be a context feature context_<j>"):
         _settings(tmp_path, segment_feature="age")
+    # a week with no decisions is skipped, as by every other check (it alerted: "4 of 4
+    # segments got fewer than 50 decisions: group_0 0, …" on a fresh workspace)
+    quiet = monitor.summarize(
+        frame[frame["created_at"] < end - 7 * DAY], end, settings, None, None
+    )["checks"]["segment_coverage"]
+    assert quiet == {"status": "skipped", "message": "no decisions this week."}
 
 
 def test_fallback_counters_of_the_services_own_metrics() -> None:

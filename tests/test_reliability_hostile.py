@@ -706,6 +706,37 @@ def test_a_version_whose_scores_overflow_on_client_scale_inputs_is_refused() -> 
         smoke_test(policy, signature)
 
 
+@pytest.mark.parametrize("name", ["lints", "linucb", "hybrid_lints"])
+def test_a_per_arm_version_with_a_known_arm_that_overflows_is_refused(name: str) -> None:
+    """The probes decided among unseen arms only (the prior's head): a known arm whose
+    finite block overflows in a score (θ = 1e308) passed them, served, and every request
+    offering that arm fell back with a traceback. The probes now decide among every
+    known arm too."""
+    from bandit_core import make_policy
+    from serving.models.loader import UnsafeModelError, smoke_test
+    from serving.models.served import Signature
+
+    dims = {"dim_user": 4, **({"dim_arm": 3} if name.startswith("hybrid") else {})}
+    policy = make_policy(name, **dims)
+    rng = np.random.default_rng(0)
+    n = 30
+    policy.update_batch(
+        rng.standard_normal((n, 4)),
+        [f"item-{i % 5}" for i in range(n)],
+        rng.random(n),
+        rng.standard_normal((n, dims.get("dim_arm", 0))),
+    )
+    state = policy.to_state()
+    smoke_test(policy_from_state(state), Signature.of(policy))  # as trained: serves
+    slot = list(state.arrays["arm_ids"]).index("item-1") + 1
+    key = "head.theta" if "head.theta" in state.arrays else "hybrid.scoring"
+    state.arrays[key] = state.arrays[key].copy()
+    state.arrays[key][slot] = 1e308
+    with warnings.catch_warnings(), pytest.raises(UnsafeModelError, match="known arms"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        smoke_test(policy_from_state(state), Signature.of(policy))
+
+
 def test_a_version_no_request_could_afford_is_refused() -> None:
     """Draws within the library's limit, but a decision between two candidates over the
     service's budget: every request would be a 422, so the version is refused."""

@@ -150,9 +150,23 @@ def test_cli_starts_shows_and_stops_a_rollout(
     }.items():
         monkeypatch.setenv(f"BANDITOPS_{key}", value)
     runner = CliRunner()
+    # not @staging: the next step would stop it, and it got no traffic (before: started)
     out = runner.invoke(app, ["rollout", "start", version, "--reason", "canary by hand"])
-    assert out.exit_code == 0 and out.output.startswith("start: canary by hand"), out.output
-    assert world.service.poll()["candidate_share"] == 0.0  # @staging is not this version
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith(f"error: version {version} is not @staging (no version is)")
+    assert current_rollout(world.engine, MODEL) is None
+    out = runner.invoke(app, ["rollout", "start", world.production])
+    assert out.exit_code == 2 and "is @production already" in out.output, out.output
+    out = runner.invoke(app, ["rollout", "start", "999"])
+    assert out.exit_code == 2 and out.output.startswith("error: ") and "999" in out.output
+    world.registry.set_alias("staging", version, by="alice", reason="canary")
+    out = runner.invoke(app, ["rollout", "start", version, "--reason", "canary by hand"])
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith(
+        f"start: canary by hand: version {version} at 5% of the users against production "
+        f"{world.production}"
+    ), out.output
+    assert world.service.poll()["candidate_share"] == 0.05
     out = runner.invoke(app, ["rollout", "status"])
     assert out.exit_code == 0 and f"of {MODEL}/{version}: running, stage 1 at 5%" in out.output
     out = runner.invoke(app, ["rollout", "stop", "--by", "alice", "--reason", "wrong version"])
@@ -160,7 +174,7 @@ def test_cli_starts_shows_and_stops_a_rollout(
     assert current_rollout(world.engine, MODEL) is None
     assert world.registry.get(version).tags["rollout_status"] == "stopped"
     out = runner.invoke(app, ["rollout", "stop"])
-    assert out.exit_code == 1 and "no rollout" in out.output
+    assert out.exit_code == 2 and out.output.startswith("error: no rollout"), out.output
 
 
 def test_equal_candidate_holds_then_expires_with_a_verdict(world: World) -> None:

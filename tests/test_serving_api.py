@@ -294,8 +294,9 @@ def test_epsilon_greedy_fallback_reports_exact_propensities(
 
 
 def test_a_model_that_errors_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
-    """A corrupt head (negative observation count) makes Thompson sampling raise: the
-    probe decision before the swap catches it, and the fallback keeps serving."""
+    """A corrupt head (negative observation count) made Thompson sampling raise at the
+    probe decision before the swap; it is refused when the state is read now, naming the
+    array, and the fallback keeps serving."""
     from bandit_core import load_state, save_state
 
     path = policy_file(tmp_path / "lints.npz", name="lints", warm=5)
@@ -309,7 +310,7 @@ def test_a_model_that_errors_is_refused(tmp_path: Path, rng: np.random.Generator
         text = client.get("/metrics").text
         assert 'banditops_model_load_failures_total{reason="admission"} 1.0' in text
         assert (
-            "probe decision (half inputs) failed"
+            "state array 'head.count' must not be negative"
             in client.get("/v1/model").json()["last_load_error"]
         )
 

@@ -39,7 +39,8 @@ def test_models_promote_rollback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     unknown = runner.invoke(app, ["promote", "9"])
     assert unknown.exit_code != 0 and "no version '9'" in unknown.output
     again = runner.invoke(app, ["rollback"])
-    assert again.exit_code == 1 and "no previous version" in again.output
+    assert again.exit_code == 2 and again.output.startswith("error: version")
+    assert "no previous version" in again.output
 
 
 def test_promote_of_a_failed_gate_needs_force(

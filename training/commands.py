@@ -118,7 +118,7 @@ def train(
     settings = PipelineSettings()
     now = datetime.now(UTC)
     key = run_key or now.strftime("cli-%Y%m%dT%H%M%S")
-    with _reported(StoreSchemaError), _reported(ValueError, code=2):
+    with _reported(StoreSchemaError, ValueError):
         if plan_only:
             spec = run_step("plan_run", values, run_key=key, interval_end=now, settings=settings)
             typer.echo(json.dumps(spec, indent=2))
@@ -227,14 +227,16 @@ def models(
 
 
 @contextlib.contextmanager
-def _reported(*errors: type[Exception], code: int = 1) -> Iterator[None]:
-    """An error of these types ends the command with its message and exit ``code``
-    (2: the input was wrong), not a traceback."""
+def _reported(*errors: type[Exception]) -> Iterator[None]:
+    """An error of these types (what the operator asked cannot be done: a version that
+    does not exist, nothing to stop, a store not migrated) ends the command with one
+    ``error:`` line and exit code 2, as every command's operator errors do (README:
+    Configuration), not a traceback."""
     try:
         yield
     except errors as exc:
-        console.print(f"[red]{escape(str(exc))}[/]")
-        raise typer.Exit(code=code) from exc
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(code=2) from exc
 
 
 def promote(
@@ -263,13 +265,8 @@ def promote(
             param_hint="--to",
         )
     alias = to or settings.production_alias
-    try:
-        with _reported(ValueError, code=2):
-            info = _registry(settings).promote(
-                version, by=by, reason=reason, alias=alias, force=force
-            )
-    except RegistryError as exc:
-        raise typer.BadParameter(str(exc), param_hint="VERSION") from exc
+    with _reported(ValueError, RegistryError):
+        info = _registry(settings).promote(version, by=by, reason=reason, alias=alias, force=force)
     if info.tags.get(GATE_PASSED_TAG) == "false":
         console.print(f"[yellow]warning:[/] version {info.version} failed its gate; forced.")
     console.print(f"@{alias} → version {info.version}")
@@ -283,12 +280,8 @@ def rollback(
     from modelregistry.registry import RegistryError
 
     settings = Settings()
-    try:
-        with _reported(ValueError, code=2):
-            info = _registry(settings).rollback(by=by, reason=reason)
-    except RegistryError as exc:
-        console.print(f"[red]{escape(str(exc))}[/]")
-        raise typer.Exit(code=1) from exc
+    with _reported(ValueError, RegistryError):
+        info = _registry(settings).rollback(by=by, reason=reason)
     console.print(f"@{settings.production_alias} → version {info.version}")
 
 
@@ -349,7 +342,7 @@ def rollout_stop(
     from eventstore.migrate import StoreSchemaError
     from training import rollout
 
-    with _reported(LookupError, StoreSchemaError), _reported(ValueError, code=2):
+    with _reported(LookupError, StoreSchemaError, ValueError):
         result = rollout.stop(PipelineSettings(), by=by, reason=reason)
     _print_step(result)
 
@@ -365,10 +358,7 @@ def rollout_start(
     from modelregistry.registry import RegistryError
     from training import rollout
 
-    with (
-        _reported(RolloutStateError, RegistryError, StoreSchemaError),
-        _reported(ValueError, code=2),
-    ):
+    with _reported(RolloutStateError, RegistryError, StoreSchemaError, ValueError):
         result = rollout.start(version, PipelineSettings(), reason=reason)
     _print_step(result)
 

@@ -185,7 +185,9 @@ def start(
     reason: str = "started by hand",
     now: datetime | None = None,
 ) -> StepResult:
-    """Start a rollout of ``version`` at the first stage (``banditops rollout start``).
+    """Start a rollout of ``version`` at the first stage (``banditops rollout start``): the
+    version ``@staging`` holds (the controller stops a rollout of any other at its next
+    step), against the one ``@production`` holds.
 
     Raises
     ------
@@ -193,11 +195,37 @@ def start(
         A rollout of the model is running.
     modelregistry.registry.RegistryError
         An unknown version.
+    ValueError
+        The version is not ``@staging``, or is ``@production``, or there is no production.
     """
     settings = PipelineSettings() if settings is None else settings
     engine, registry = _open(settings)
     try:
         info = registry.get(version)
+        staging = registry.by_alias(settings.candidate_alias)
+        production = registry.by_alias(settings.production_alias)
+        if production is None:
+            raise ValueError(
+                f"{settings.model_name!r} has no @{settings.production_alias} version to roll "
+                f"version {info.version} out against."
+            )
+        if production.version == info.version:
+            raise ValueError(
+                f"version {info.version} is @{settings.production_alias} already: there is "
+                "nothing to roll it out against."
+            )
+        if staging is None or staging.version != info.version:
+            held = "no version" if staging is None else f"version {staging.version}"
+            raise ValueError(
+                f"version {info.version} is not @{settings.candidate_alias} ({held} is): a "
+                f"rollout serves the @{settings.candidate_alias} version, and the next step "
+                f"would stop this one. Move the alias first: banditops promote "
+                f"{info.version} --to {settings.candidate_alias}."
+            )
+        reason = (
+            f"{reason}: version {info.version} at {settings.rollout_stages[0]:.0%} of the "
+            f"users against production {production.version}"
+        )
         return _start(engine, registry, settings, info.version, reason, now)
     finally:
         engine.dispose()

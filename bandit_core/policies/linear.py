@@ -224,6 +224,9 @@ _HEADS_CACHE = 256
 class ArmState(Protocol):
     """A model whose state holds a block per arm it has learnt (it grows with them)."""
 
+    #: the arms it has learnt, in the order their blocks were added
+    arm_ids: list[str]
+
     @property
     def n_arms(self) -> int: ...
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 catalog_app = typer.Typer(help="The item catalog.", no_args_is_help=True)
@@ -46,9 +47,9 @@ def catalog_load(
     try:
         try:
             require_current(engine)
-        except StoreSchemaError as exc:
-            console.print(f"[red]{exc}[/]")
-            raise typer.Exit(code=1) from exc
+        except StoreSchemaError as exc:  # an operator error, as every command's: exit 2
+            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(code=2) from exc
         store = CatalogStore(engine)
         count, newest = 0, 0
         for items in batches:

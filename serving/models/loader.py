@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from bandit_core import Candidates, Policy
 from bandit_core.policies.decision_copy import decision_copy
-from bandit_core.policies.linear import ArmLimit
+from bandit_core.policies.linear import ArmLimit, arm_state
 from eventstore.admission import AdmissionError, first_non_finite
 from eventstore.contract import CANDIDATE, PRODUCTION
 from eventstore.text import redact_credentials
@@ -67,6 +67,8 @@ class UnsafeModelError(ArithmeticError):
 #: (seeded) — features of the scale a client sends, where a version whose scores overflow
 #: on some of them (a few weights near 1e308) is found before it serves.
 PROBES = ("half", "minus-one", "normal")
+#: Known arms scored together in one probe decision of a per-arm model.
+PROBE_ARMS = 1000
 
 
 def _probe_values(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> FloatArray:
@@ -81,7 +83,10 @@ def smoke_test(policy: Policy, signature: Signature, max_work_units: int | None 
     """Check a version before it serves: its state is finite; a decision between two
     candidates fits ``max_work_units`` (:mod:`serving.budget`: else every request would
     be refused); and it decides with finite scores and propensities on each of
-    :data:`PROBES` (copies of the policy, so nothing is learnt or added).
+    :data:`PROBES` (copies of the policy, so nothing is learnt or added), among unseen
+    arms and, for a model with a block per arm, among every arm it knows
+    (:data:`PROBE_ARMS` at a time: a block whose finite values overflow in a score
+    failed every request that offered its arm).
 
     Raises
     ------
@@ -100,15 +105,22 @@ def smoke_test(policy: Policy, signature: Signature, max_work_units: int | None 
             f"the limit max_work_units is {max_work_units}"
         )
     rng = np.random.default_rng(0)
-    ids = ("probe-0", "probe-1")
+    arms = arm_state(policy)
+    known = tuple(arms.arm_ids) if arms is not None else ()
+    groups: list[tuple[str, ...]] = [("probe-0", "probe-1")]
+    groups += [known[i : i + PROBE_ARMS] for i in range(0, len(known), PROBE_ARMS)]
     for kind in PROBES:
-        candidates = Candidates(ids, _probe_values(kind, (2, width), rng))
         context = _probe_values(kind, (dim_user,), rng)
-        try:
-            choice = choose(decision_copy(policy, ids), context, candidates, rng)
-            check_choice_finite(choice.decision, None, None)
-        except Exception as exc:
-            raise UnsafeModelError(f"the probe decision ({kind} inputs) failed: {exc}") from exc
+        for ids in groups:
+            candidates = Candidates(ids, _probe_values(kind, (len(ids), width), rng))
+            try:
+                choice = choose(decision_copy(policy, ids), context, candidates, rng)
+                check_choice_finite(choice.decision, None, None)
+            except Exception as exc:
+                among = "unseen arms" if ids[0] == "probe-0" else f"known arms from {ids[0]!r}"
+                raise UnsafeModelError(
+                    f"the probe decision ({kind} inputs, {among}) failed: {exc}"
+                ) from exc
 
 
 class ModelLoader:
