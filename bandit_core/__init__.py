@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         policy_names,
         revise_reward,
     )
+    from bandit_core.policies.overlap import Overlap, OverlapConfig, for_users
     from bandit_core.slates import Slate, select_slate, slate_action_dist, slate_marginals
     from bandit_core.state import load_policy, load_state, save_policy, save_state
     from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
@@ -74,6 +75,7 @@ _EXPORTS: dict[str, str] = {
         ),
         "bandit_core.policies",
     ),
+    **dict.fromkeys(("Overlap", "OverlapConfig", "for_users"), "bandit_core.policies.overlap"),
     **dict.fromkeys(
         ("Slate", "select_slate", "slate_action_dist", "slate_marginals"), "bandit_core.slates"
     ),
@@ -108,6 +110,8 @@ __all__ = [
     "LinearHeadPolicy",
     "MCDropout",
     "NeuralLinear",
+    "Overlap",
+    "OverlapConfig",
     "Policy",
     "PolicySpec",
     "PolicyState",
@@ -116,6 +120,7 @@ __all__ = [
     "SharedLinUCB",
     "Slate",
     "UniformRandom",
+    "for_users",
     "load_policy",
     "load_state",
     "make_policy",

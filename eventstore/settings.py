@@ -404,7 +404,7 @@ class CoreSettings(BaseSettings):
     database_url : str or None
         SQLAlchemy URL of the event store; default ``sqlite:///<workspace>/banditops.db``.
         PostgreSQL: ``postgresql+psycopg2://user@host:5432/db``.
-    sqlite_synchronous : {"FULL", "NORMAL"}
+    sqlite_synchronous : str
         SQLite ``PRAGMA synchronous`` in WAL mode. ``FULL`` fsyncs the log on every
         commit, so an acknowledged event survives a power loss; ``NORMAL`` survives a
         process crash only.
@@ -422,12 +422,17 @@ class CoreSettings(BaseSettings):
         (as is ``default_reward``): a head learns every reward it accepts.
     reward_window_s : float
         A reward later than this after its decision is stored but not applied ("late").
-    duplicate_rule : {"first_wins", "sum"}
+    duplicate_rule : str
         A repeated reward of an event is ignored, or added to the event's reward in the
         training replay (whose validation then holds the reward range per received
         reward); online, only the first is ever applied to a head.
-    missing_reward, default_reward
-        What the training replay does with a decision without a reward in its window.
+    missing_reward : str
+        What the training replay does with a decision without a reward in its window:
+        ``default`` gives it ``default_reward`` (a client that reports clicks only),
+        ``drop`` leaves it out.
+    default_reward : float
+        The reward of a decision without one in its window, under ``missing_reward =
+        default`` (the replay, the monitor and the rollout's outcomes read it so).
     runs_dir : Path or None
         Where each retrain run keeps its folder ``<runs_dir>/<run key>/`` and the monitor
         its reports; default ``<workspace>/runs``.

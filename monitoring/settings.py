@@ -6,7 +6,7 @@ Cheap to import (pydantic only): the monitor DAG reads them at parse time.
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -46,7 +46,7 @@ class MonitorSettings(CoreSettings):
         Length of the monitored week (the previous one is compared with it).
     reward_drift_max : float
         Alert when the reward mean, p5 or p95 moves by more than this share week over week.
-    feature_drift_metric : {"psi", "kl"}
+    feature_drift_metric : str
         Feature drift measure: population stability index or Kullback-Leibler divergence.
     feature_drift_max : float
         Alert when a feature's drift against the production model's training window
@@ -103,7 +103,7 @@ class MonitorSettings(CoreSettings):
     alert_webhook_url: Annotated[str | None, BLANK_IS_UNSET] = None
     monitor_lookback_days: float = Field(7.0, gt=0.0)
     reward_drift_max: float = Field(0.2, gt=0.0)
-    feature_drift_metric: str = Field("psi", pattern="^(psi|kl)$")
+    feature_drift_metric: Literal["psi", "kl"] = "psi"
     feature_drift_max: float = Field(0.25, gt=0.0)
     entropy_min_ratio: float = Field(0.5, gt=0.0, le=1.0)
     coverage_min_ratio: float = Field(0.01, gt=0.0, le=1.0)

@@ -371,7 +371,11 @@ def init_command(workspace: WorkspaceOption = None) -> None:
     except RuntimeError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=1) from exc
-    typer.echo('next: `banditops airflow standalone`, or `eval "$(banditops airflow env)"`')
+    where = "" if workspace is None else f" --workspace {shlex.quote(str(workspace))}"
+    typer.echo(
+        f"next: `banditops airflow standalone{where}`, or "
+        f'`eval "$(banditops airflow env{where})"`'
+    )
 
 
 @airflow_app.command("env")

@@ -318,7 +318,8 @@ def demo(
     ] = None,
 ) -> None:
     """The whole loop on embedded defaults: service (fallback) → day 1 over HTTP → nightly
-    Airflow retrain → the service loads @production → day 2 → retrain → day 3; summary.
+    Airflow retrain → the service loads @production → day 2 → retrain → day 3 → day 4, a
+    worse version's staged rollout rolled back at its first stage; summary.
 
     With --data: replay a real Open Bandit log instead (no service, no Airflow)."""
     # the demos pull in the service, the pipelines and MLflow: imported when run, so that

@@ -14,7 +14,7 @@ import inspect
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -164,8 +164,10 @@ def reference() -> list[SettingDoc]:
                 missing.append(f"{cls.__name__}.{name}")
                 continue
             type_text, text = docs[name]
-            if _WRITTEN_BOUNDS.search(type_text):
+            if _WRITTEN_BOUNDS.search(type_text) or "{" in type_text:
                 raised.append(f"{cls.__name__}.{name} ({type_text!r})")
+            if get_origin(info.annotation) is Literal:  # the choices, from the annotation
+                type_text = "{" + ", ".join(f'"{c}"' for c in get_args(info.annotation)) + "}"
             kind = " ".join(part for part in (type_text, Bounds.of(info).text()) if part)
             description = f"({kind}) {text}" if kind else text
             rows.append(
@@ -178,8 +180,9 @@ def reference() -> list[SettingDoc]:
         )
     if raised:
         raise ValueError(
-            "settings whose docstring writes their bounds (the Field's ge/gt/le/lt are the "
-            "one place; the reference prints them): " + ", ".join(raised)
+            "settings whose docstring writes their bounds or choices (the Field's "
+            "ge/gt/le/lt and the Literal are the one place; the reference prints them): "
+            + ", ".join(raised)
         )
     return rows
 

@@ -43,7 +43,7 @@ class Settings(CoreSettings):
         share and version, read from the event store at every model poll, win.
     poll_interval_s : float
         Seconds between two polls of the model source (off the request path).
-    fallback_policy : {"uniform", "epsilon_greedy"}
+    fallback_policy : str
         What serves when no model is ready or a model errors: uniform over the candidates,
         or ε-greedy around the caller's order (the first candidate is the default).
     fallback_epsilon : float
@@ -112,7 +112,7 @@ class Settings(CoreSettings):
         A reward is settled (every reward with a smaller id is committed or will never
         be) this long after it was received: longer than a commit takes plus the clock
         skew between replicas.
-    catalog_index : {"auto", "exact", "hnsw"}
+    catalog_index : str
         Retrieval over the item catalog: exact dot products, faiss HNSW, or exact up to
         ``catalog_exact_max`` items and HNSW beyond.
     catalog_exact_max : int
