@@ -633,6 +633,17 @@ class AliasReader:
             raise
         return str(found.version), dict(found.tags or {}), int(found.creation_timestamp or 0)
 
+    def state_size(self, version: str) -> int | None:
+        """Bytes of ``version``'s policy state file as its artifact store lists them (None
+        where the store lists no size), read before anything is downloaded."""
+        root = self._client.get_model_version_download_uri(self.model_name, version)
+        folder, _, name = f"{root.rstrip('/')}/{POLICY_STATE_PATH}".rpartition("/")
+        listed = mlflow.artifacts.list_artifacts(
+            artifact_uri=folder, tracking_uri=self.tracking_uri
+        )
+        sizes = [f.file_size for f in listed if f.path.rpartition("/")[2] == name]
+        return int(sizes[0]) if sizes and sizes[0] is not None else None
+
     def download_state(self, version: str, dst_path: str | Path) -> Path:
         """Download only the policy state file of ``version`` into ``dst_path``."""
         root = self._client.get_model_version_download_uri(self.model_name, version)

@@ -373,8 +373,7 @@ def init_command(workspace: WorkspaceOption = None) -> None:
         raise typer.Exit(code=1) from exc
     where = "" if workspace is None else f" --workspace {shlex.quote(str(workspace))}"
     typer.echo(
-        f"next: `banditops airflow standalone{where}`, or "
-        f'`eval "$(banditops airflow env{where})"`'
+        f'next: `banditops airflow standalone{where}`, or `eval "$(banditops airflow env{where})"`'
     )
 
 

@@ -166,7 +166,7 @@ def _learnt_here(decision: StoredDecision, served: ServingSet) -> bool:
 def build_source(settings: Settings) -> ModelSource:
     """The MLflow registry source when a tracking URI is set, else local files."""
     admission = Admission.from_settings(
-        settings, dim_user=settings.model_dim_user, dim_arm=settings.model_dim_arm
+        settings, dim_user=settings.expected_dim_user, dim_arm=settings.model_dim_arm
     )
     if settings.mlflow_tracking_uri is not None:
         from serving.models.mlflow_source import MlflowModelSource
@@ -262,7 +262,7 @@ class DecisionService:
             settings.poll_interval_s,
             settings.candidate_share,
             on_swap=self._on_swap,
-            expected_dim_user=settings.model_dim_user,
+            expected_dim_user=settings.expected_dim_user,
             expected_dim_arm=settings.model_dim_arm,
             on_failure=lambda reason, _msg: metrics.model_load_failures.labels(reason).inc(),
             rollout=self._running_rollout,
@@ -367,11 +367,12 @@ class DecisionService:
 
     def signature_of(self, model: ServedModel | None) -> Signature | None:
         """The input shape a request decided by ``model`` must have: the model's, or —
-        for the fallback — the widths ``model_dim_user`` / ``model_dim_arm`` pin (None:
-        any), so that the fallback logs only rows a model of those widths can learn."""
+        for the fallback — the widths ``model_dim_user`` (or ``context_features``) and
+        ``model_dim_arm`` pin (None: any), so that the fallback logs only rows a model of
+        those widths can learn."""
         if model is not None:
             return model.signature
-        dim_user, dim_arm = self.settings.model_dim_user, self.settings.model_dim_arm
+        dim_user, dim_arm = self.settings.expected_dim_user, self.settings.model_dim_arm
         if dim_user is None and dim_arm is None:
             return None
         return Signature(dim_user, dim_arm or 0)

@@ -54,7 +54,9 @@ class Settings(CoreSettings):
     max_body_bytes, max_candidates, max_slate : int
         Request limits (413 / 422 beyond them).
     context_features : list of str
-        Names of the context features, in vector order, for named contexts.
+        Names of the context features, in vector order, for named contexts; a model
+        version with another number of user features is refused (as by
+        ``model_dim_user``).
     user_salt : SecretStr or None
         Salt of the user-id hash (generated once into the workspace when unset).
     snapshot_every_rewards, snapshot_every_s
@@ -286,10 +288,23 @@ class Settings(CoreSettings):
             )
         return value
 
+    @property
+    def expected_dim_user(self) -> int | None:
+        """The user features every served version must have: ``model_dim_user``, else the
+        number of ``context_features``, else none (a version's own)."""
+        return self.model_dim_user or (len(self.context_features) or None)
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if len(set(self.context_features)) != len(self.context_features):
             raise ValueError("context_features must be distinct names.")
+        named = len(self.context_features)
+        if named and self.model_dim_user is not None and named != self.model_dim_user:
+            raise SettingError(
+                "context_features",
+                f"names {named} features, but model_dim_user is {self.model_dim_user}: a "
+                "named context would never fit the models served.",
+            )
         if self.mlflow_registry_uri is not None and self.mlflow_tracking_uri is None:
             # the service reads models only through a tracking URI: promotions made in
             # that registry would never reach it (it served the fallback, no error)

@@ -337,6 +337,28 @@ def test_named_context(model_path: Path, tmp_path: Path, rng: np.random.Generato
         np.testing.assert_array_equal(row.context, body["context"])
 
 
+def test_named_contexts_refuse_a_model_of_another_width(
+    model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Six named features and a model of four: the model was served and every named
+    context was a 422; it is refused (the fallback serves, named contexts decide), and
+    settings naming another width than ``model_dim_user`` are refused by name."""
+    from pydantic import ValidationError
+
+    from serving.settings import Settings
+
+    names = ["age", "tenure", "visits", "spend", "region", "device"]
+    settings = service_settings(tmp_path, model_path=model_path, context_features=names)
+    with running_client(settings) as client:
+        info = client.get("/v1/model").json()
+        assert info["production"] is None and "serves dim_user = 6" in info["last_load_error"]
+        named = {n: float(v) for n, v in zip(names, rng.standard_normal(6), strict=True)}
+        got = client.post("/v1/decisions", json={**decision_body(rng), "context": named})
+        assert got.status_code == 200 and got.json()["fallback"] is True, got.text
+    with pytest.raises(ValidationError, match="names 6 features, but model_dim_user is 4"):
+        Settings(context_features=names, model_dim_user=4, _env_file=None)
+
+
 def test_restart_recovers_the_head(
     store_url: str, model_path: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:

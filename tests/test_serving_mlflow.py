@@ -190,10 +190,53 @@ def test_service_follows_the_production_alias(
         assert 'banditops_model_load_failures_total{reason="admission"} 1.0' in metrics
         assert 'reason="unreachable"' not in metrics
 
+        # a window that ends after the version was registered: every reward of the
+        # version's own decisions was "not served" (before the window's end), none learnt
+        late = registry.log_version(policy_file(tmp_path / "v6.npz", seed=6), seed=6)
+        registry.client.set_model_version_tag(NAME, late, "window_stop", "9999-12-31T00:00:00")
+        registry.client.set_registered_model_alias(NAME, "production", late)
+        info = client.post("/v1/admin/poll").json()
+        assert info["production"]["version"] == version_label(NAME, v2)
+        assert (
+            "window_stop='9999-12-31T00:00:00' is after the version was registered"
+            in (info["last_load_error"])
+        )
+
         # alias removed: no production model, the fallback serves again
         registry.client.delete_registered_model_alias(NAME, "production")
         assert client.post("/v1/admin/poll").json()["fallback_active"] is True
         assert client.post("/v1/decisions", json=decision_body(rng)).json()["fallback"] is True
+
+
+def test_a_state_over_the_size_limit_is_refused_before_it_is_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The artifact store's listing says the state's size: a file over
+    ``model_max_bytes`` is refused without downloading it (the loader thread, which
+    serves alias moves and rollbacks, waited for all of it before)."""
+    from modelregistry.registry import AliasReader
+
+    registry = Registry.fresh(tmp_path)
+    state = policy_file(tmp_path / "big.npz", seed=7)
+    version = registry.log_version(state, seed=7)
+    registry.client.set_registered_model_alias(NAME, "production", version)
+    downloads: list[str] = []
+    real = AliasReader.download_state
+    monkeypatch.setattr(
+        AliasReader,
+        "download_state",
+        lambda self, v, dst: downloads.append(v) or real(self, v, dst),
+    )
+    limit = state.stat().st_size - 1
+    settings = service_settings(
+        tmp_path, mlflow_tracking_uri=registry.uri, model_name=NAME, model_max_bytes=limit
+    )
+    with running_client(settings) as client:
+        info = client.post("/v1/admin/poll").json()
+        assert info["fallback_active"] is True
+        size = state.stat().st_size
+        assert f"the state file has {size} bytes; the limit is {limit}" in info["last_load_error"]
+    assert downloads == []
 
 
 def test_version_loads_without_pickle(registry: Registry, tmp_path: Path) -> None:

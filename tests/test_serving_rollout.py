@@ -165,3 +165,25 @@ def test_background_poll_picks_up_the_share(tmp_path: Path) -> None:
         while client.get("/v1/model").json()["candidate_share"] != 0.2:
             assert time.monotonic() < deadline, "the stage change never reached the replica"
             time.sleep(0.05)
+
+
+def test_a_candidate_with_other_dimensions_than_production_takes_no_traffic(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The candidate must take the requests production takes: one with other widths was
+    loaded (it was compared only with the candidate it replaced) and answered 422 to
+    about half the requests."""
+    from tests.serving_helpers import DIM_ARM, DIM_USER
+
+    prod = policy_file(tmp_path / "prod.npz", seed=0)
+    cand = policy_file(tmp_path / "cand.npz", warm=0, dim_user=DIM_USER + 5, dim_arm=DIM_ARM)
+    settings = service_settings(
+        tmp_path, model_path=prod, candidate_model_path=cand, candidate_share=0.5
+    )
+    with running_client(settings) as client:
+        info = client.get("/v1/model").json()
+        assert info["candidate"] is None
+        assert f"dim_user={DIM_USER + 5}" in info["last_load_error"]
+        answers = [client.post("/v1/decisions", json=decision_body(rng)) for _ in range(20)]
+        assert {a.status_code for a in answers} == {200}
+        assert {a.json()["traffic"] for a in answers} == {PRODUCTION}

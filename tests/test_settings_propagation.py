@@ -90,7 +90,7 @@ def samples(root: Path, models: str = "registry") -> dict[str, Any]:
         "max_body_bytes": 4096,
         "max_candidates": 50,
         "max_slate": 5,
-        "context_features": ["age", "tenure"],
+        "context_features": ["age", "tenure", "visits", "spend", "region", "device"],
         "user_salt": SecretStr("salt-456"),
         "snapshot_every_rewards": 10,
         "snapshot_every_s": 12.0,

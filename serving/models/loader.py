@@ -303,7 +303,9 @@ class ModelLoader:
         loaded: ServedModel | None = None,
     ) -> ServedModel | None:
         """The model to serve ``role``: the one serving a version already (or
-        ``loaded`` by this poll: one version, one head), else the version loaded."""
+        ``loaded`` by this poll: one version, one head), else the version loaded, which
+        must have the dimensions of ``loaded`` (the production model, when ``role`` is
+        the candidate: the clients send one layout), else of ``serving``."""
         try:
             ref = self.source.resolve(role)
         except Exception as exc:
@@ -331,16 +333,22 @@ class ModelLoader:
             failed_at == math.inf or time.monotonic() - failed_at < self.retry_failed_s
         ):
             return serving  # failed a moment ago: counted and logged once, retried later
-        return self._load(role, ref, serving)
+        return self._load(role, ref, serving, like=loaded)
 
-    def _load(self, role: Role, ref: ModelRef, serving: ServedModel | None) -> ServedModel | None:
+    def _load(
+        self,
+        role: Role,
+        ref: ModelRef,
+        serving: ServedModel | None,
+        like: ServedModel | None = None,
+    ) -> ServedModel | None:
         keeping = serving.version if serving else "the fallback"
         stage = "load"
         try:
             if ref.refused is not None:
                 raise AdmissionError(ref.refused)
             base = self.source.load(ref)
-            self._check_signature(ref.version, Signature.of(base), serving)
+            self._check_signature(ref.version, Signature.of(base), like or serving)
             stage = "recover"  # reads the event store: a failure here is not the version's
             model = recover(
                 self.store,

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bandit_core import Policy
-from eventstore.admission import Admission
+from eventstore.admission import Admission, AdmissionError
 from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label
 from eventstore.schema import INCARNATION_LENGTH
 from modelregistry.registry import AliasReader, bound_http_retries
 from serving.models.sources import ROLES, ArtifactChangedError, ModelRef, Role
+
+#: How much later than a version's registration its window may end (clocks of the
+#: machines that extracted the window and registered the version may differ this much).
+CLOCK_SKEW = timedelta(hours=1)
 
 
 def _sha256(path: Path) -> str:
@@ -76,9 +80,25 @@ class MlflowModelSource:
         except (ValueError, OverflowError):  # the version's, not the registry's: refused
             why = f"its tag {WINDOW_STOP_TAG}={str(stop)[:100]!r} is not an ISO 8601 time"
             return ModelRef(label, version, None, refused=why, incarnation=incarnation)
+        registered = datetime.fromtimestamp(created_ms / 1000, UTC)
+        if window_stop is not None and window_stop > registered + CLOCK_SKEW:
+            # a window ends before its model is trained: a later end made every reward of
+            # the version's own decisions "not served" (before the end), none learnt
+            why = (
+                f"its tag {WINDOW_STOP_TAG}={str(stop)[:40]!r} is after the version was "
+                f"registered ({registered.isoformat()}): no window ends after its model"
+            )
+            return ModelRef(label, version, None, refused=why, incarnation=incarnation)
         return ModelRef(label, version, window_stop, digest=digest, incarnation=incarnation)
 
     def load(self, ref: ModelRef) -> Policy:
+        size = self._reader.state_size(ref.locator)
+        if size is not None and size > self.admission.max_bytes:
+            # refused before the download: the loader thread (alias moves, rollbacks)
+            # waited for all of it, and only then for the same refusal
+            raise AdmissionError(
+                f"the state file has {size} bytes; the limit is {self.admission.max_bytes}."
+            )
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:
             path = self._reader.download_state(ref.locator, tmp)
             if ref.digest is not None and path.stat().st_size <= self.admission.max_bytes:
