@@ -136,7 +136,9 @@ class Settings(CoreSettings):
         ``linucb``, ``lints``, the hybrid models) learns online; a reward whose arm would
         be one more is stored as ``arm_limit``, an outcome the nightly retrain learns,
         and the head stays as it is (a client that sends a new id per request cannot
-        grow it without bound). Other models have no per-arm state.
+        grow it without bound). Fewer where the per-arm blocks would take more than
+        ``model_max_bytes``, the registry's bound on a version (with d = 500, 4 MB an
+        arm: 132 arms at the default). Other models have no per-arm state.
     new_item_impressions : int
         An item is new until it has been shown this many times (0: no item is new).
     new_item_p_min, new_item_max_share : float
