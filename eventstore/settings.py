@@ -157,8 +157,15 @@ def check_blanks(cls: type[BaseSettings], data: Any) -> None:
 
 #: The prefix of every setting's environment variable.
 ENV_PREFIX = "BANDITOPS_"
+
+
+def env_name(field: str) -> str:
+    """The environment variable of setting ``field``: ``BANDITOPS_<FIELD>``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
 #: The environment variable that names the workspace.
-WORKSPACE_ENV = f"{ENV_PREFIX}WORKSPACE"
+WORKSPACE_ENV = env_name("workspace")
 #: The tables of the workspace file: one per settings class, each holding the fields that
 #: class adds to its base (a test keeps this equal to the classes' ``section`` names).
 SECTIONS = ("core", "service", "pipelines", "monitor")
@@ -315,7 +322,7 @@ def _set_by(field: str) -> str:
     """`` (BANDITOPS_<FIELD>)`` when that variable is set (in any case), else
     `` (<workspace>/banditops.toml [table])`` when the workspace file sets it, else
     nothing: where the operator finds the value."""
-    variable = f"{ENV_PREFIX}{field.upper()}"
+    variable = env_name(field)
     if variable in {k.upper() for k in os.environ}:
         return f" ({variable})"
     path = workspace_of() / WORKSPACE_FILE

@@ -42,6 +42,7 @@ from eventstore.rollouts import (
     rollout_history,
     traffic_outcomes,
 )
+from eventstore.settings import env_name
 from eventstore.workspace import MONITOR_FOLDER
 from modelregistry.registry import ModelRegistry, VersionInfo
 from monitoring import served_latency as sl
@@ -299,7 +300,7 @@ def latency_section(settings: MonitorSettings) -> dict[str, Any]:
 def live_latency(url: str | None, timeout_s: float = 3.0) -> dict[str, Any]:
     """p50/p99 of the decision endpoints since the service started, from its ``/metrics``."""
     if url is None:
-        return {"error": "BANDITOPS_SERVICE_URL is not set: no live reading of the service."}
+        return {"error": f"{env_name('service_url')} is not set: no live reading of the service."}
     try:
         histograms = sl.scrape(url, timeout_s)
     except sl.ScrapeError as exc:

@@ -46,7 +46,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eventstore.settings import workspace_of
+from eventstore.settings import WORKSPACE_ENV, workspace_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS = ROOT / "dags"
@@ -161,7 +161,7 @@ class AirflowHome:
         source = dict(os.environ if base is None else base)
         env = {k: v for k, v in source.items() if not _overrides_config(k)}
         env["AIRFLOW_HOME"] = str(self.path)
-        env["BANDITOPS_WORKSPACE"] = str(self.workspace)
+        env[WORKSPACE_ENV] = str(self.workspace)
         env["PATH"] = os.pathsep.join([str(_venv_bin()), source.get("PATH", os.defpath)])
         if port is not None:
             env["AIRFLOW__API__HOST"] = LOOPBACK

@@ -21,6 +21,7 @@ from pydantic_core import PydanticUndefined
 from eventstore.settings import (
     SECTIONS,
     CoreSettings,
+    env_name,
     section_fields,
     workspace_file,
     workspace_of,
@@ -153,7 +154,7 @@ def effective(workspace: Path | None = None) -> list[Effective]:
                 values[name] = redact_credentials(values[name])
             rows.setdefault(
                 name,
-                Effective(f"BANDITOPS_{name.upper()}", where[name], values[name], origin),
+                Effective(env_name(name), where[name], values[name], origin),
             )
     return list(rows.values())
 

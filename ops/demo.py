@@ -49,7 +49,7 @@ from bandit_core.envs import LogisticClickEnvironment
 from eventstore.contract import RETRAIN_DAG
 from eventstore.outcomes import FALLBACK
 from eventstore.rollouts import Readout
-from eventstore.settings import WORKSPACE_ENV
+from eventstore.settings import ENV_PREFIX, WORKSPACE_ENV, env_name
 from ops import config_file
 from ops.airflow_cli import AirflowHome, initialize
 from serving.traffic import TrafficStats, simulate_traffic, wait_ready
@@ -150,7 +150,7 @@ class Workspace:
 
 def without_banditops_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` without ``BANDITOPS_*`` variables (they would override the workspace file)."""
-    return {k: v for k, v in env.items() if not k.startswith("BANDITOPS_")}
+    return {k: v for k, v in env.items() if not k.startswith(ENV_PREFIX)}
 
 
 class Service:
@@ -189,9 +189,9 @@ class Service:
             env={
                 **without_banditops_env(dict(os.environ)),
                 **self.ws.env(),
-                **({} if self.seed is None else {"BANDITOPS_SEED": str(self.seed)}),
+                **({} if self.seed is None else {env_name("seed"): str(self.seed)}),
                 # the demo serves on loopback for its own clients: no token, said so
-                "BANDITOPS_AUTH_DISABLED": "true",
+                env_name("auth_disabled"): "true",
             },
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -459,7 +459,7 @@ def run_demo(
     from modelregistry.report import version_summaries
 
     ws = fresh_workspace(workspace)
-    for key in [k for k in os.environ if k.startswith("BANDITOPS_")]:
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
         del os.environ[key]  # the demo runs on its workspace file alone
     os.environ.update(ws.env())
     config_file.write(ws.root, demo_settings(ws.root, algorithm, seed))

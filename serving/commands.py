@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from eventstore.settings import env_name
 from eventstore.text import redact_credentials
 
 if TYPE_CHECKING:
@@ -162,12 +163,12 @@ def serve(
             f"must be one of {', '.join(LOG_LEVELS)}; got {log_level!r}.", param_hint="--log-level"
         )
     if workers is not None:  # the option wins over the environment and banditops.toml
-        os.environ["BANDITOPS_WORKERS"] = str(workers)
+        os.environ[env_name("workers")] = str(workers)
     # a bad setting, an absent token or a folder that cannot be made: the root command
     # group (ops.cli) ends the command with one line naming it, never a traceback
     settings = Settings()
     workers = settings.workers
-    os.environ["BANDITOPS_WORKERS"] = str(workers)  # what each worker process reads
+    os.environ[env_name("workers")] = str(workers)  # what each worker process reads
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # before prometheus_client is imported (it reads the folder then)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="banditops-metrics-")

@@ -588,6 +588,12 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     )
 
 
+def project_packages() -> list[str]:
+    """The top-level packages pyproject.toml installs (``include`` patterns ``name*``)."""
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return [pattern.rstrip("*") for pattern in found["packages"]["find"]["include"]]
+
+
 def check_images(p: Project) -> list[str]:
     """Builds name existing Dockerfiles; their COPY sources exist and are not ignored;
     torch comes from the CPU index in the project's range; Airflow's version is the
@@ -623,6 +629,14 @@ def check_images(p: Project) -> list[str]:
                 elif _ignored(source, patterns):
                     problems.append(f"{name}: COPY {source}, which the .dockerignore excludes")
         runs = " ".join(dockerfile.all("RUN"))
+        if "pip install --no-deps" in runs:  # installs the project: all of its packages
+            copied = {source for sources, _ in dockerfile.copies() for source in sources}
+            missing = sorted(set(project_packages()) - copied)
+            if missing:
+                problems.append(
+                    f"{name}: installs the project without its packages {missing} "
+                    "(pyproject.toml [tool.setuptools.packages.find])"
+                )
         if name not in TORCH_DOCKERFILES:
             if "torch" in runs or "TORCH" in runs:
                 problems.append(f"{name}: installs torch, which it does not need")
@@ -817,6 +831,13 @@ TYPOS = [
         "BANDITOPS_CANDIDATE_SHARE=0",
         "BANDITOPS_CANDIDATE_SHARE=2",
         "serving: invalid settings",
+    ),
+    (
+        "images",
+        SERVING_DOCKERFILE,
+        "COPY monitoring monitoring\n",
+        "",
+        "without its packages ['monitoring']",
     ),
     (
         "defaults",

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from eventstore.contract import GATE_PASSED_TAG
 from eventstore.settings import CoreSettings as Settings
+from eventstore.settings import env_name
 from training.form import RETRAIN_FORM, FormField
 from training.settings import N_RESAMPLES_MIN, PipelineSettings
 
@@ -57,7 +58,7 @@ def train_option(field: FormField) -> inspect.Parameter:
     flag = f"--{field.name.replace('_', '-')}"
     decls = [f"{flag}/--no-{field.name.replace('_', '-')}"] if field.kind == "boolean" else [flag]
     if field.setting:
-        default = f"BANDITOPS_{field.setting.upper()}, else {_setting_default(field)}"
+        default = f"{env_name(field.setting or '')}, else {_setting_default(field)}"
     else:
         default = "none" if field.default is None else json.dumps(field.default)
     kind = "JSON object: " if field.kind == "object" else ""
