@@ -26,7 +26,6 @@ from `training.settings.PipelineSettings`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Asset, dag, task
@@ -34,7 +33,7 @@ from airflow.sdk import Asset, dag, task
 from eventstore.contract import MONITOR_DAG
 from eventstore.workspace import refuse_run_conf
 from monitoring.settings import CHECKS, DRIFT_ASSET_NAME, DRIFT_ASSET_URI
-from training.settings import PipelineSettings
+from training.settings import DAG_START, PipelineSettings, run_timeout
 
 SETTINGS = PipelineSettings()
 DRIFT_ASSET = Asset(
@@ -84,10 +83,10 @@ def check(report: dict[str, Any], name: str) -> dict[str, str]:
 @dag(
     dag_id=MONITOR_DAG,
     schedule=SETTINGS.monitor_schedule,
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=DAG_START,
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(minutes=50),
+    dagrun_timeout=run_timeout(SETTINGS.monitor_schedule),
     tags=["banditops", "monitoring"],
     doc_md=__doc__,
     default_args={"owner": SETTINGS.owner, "retries": 0},

@@ -18,7 +18,7 @@ where it was when the report was made, else nothing moves.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -26,7 +26,7 @@ from airflow.sdk import Param, dag, task
 
 from eventstore.contract import PROMOTE_DAG
 from training.promotion import targets
-from training.settings import PipelineSettings
+from training.settings import DAG_START, PipelineSettings
 
 SETTINGS = PipelineSettings()
 
@@ -53,7 +53,7 @@ def move_alias(plan: dict[str, Any], approval: dict[str, Any]) -> dict[str, Any]
 @dag(
     dag_id=PROMOTE_DAG,
     schedule=None,
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=DAG_START,
     catchup=False,
     max_active_runs=1,
     tags=["banditops", "registry"],

@@ -21,7 +21,7 @@ from airflow.sdk import dag, task
 from eventstore.contract import RETENTION_DAG, RETRAIN_DAG
 from eventstore.workspace import refuse_run_conf
 from training.dag_retry import NO_RETRY_ON_BAD_INPUT
-from training.settings import PipelineSettings
+from training.settings import DAG_START, PipelineSettings, run_timeout
 
 SETTINGS = PipelineSettings()
 RETRAIN = RETRAIN_DAG
@@ -60,10 +60,10 @@ def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
 @dag(
     dag_id=RETENTION_DAG,
     schedule=SETTINGS.retention_schedule,
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=DAG_START,
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(hours=2),
+    dagrun_timeout=run_timeout(SETTINGS.retention_schedule, longest=timedelta(hours=2)),
     tags=["banditops", "maintenance"],
     doc_md=__doc__,
     default_args={

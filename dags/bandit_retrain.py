@@ -44,7 +44,7 @@ Bad data or bad input (`ValueError`, `TypeError`, `OverflowError`, the GX
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import (
@@ -61,7 +61,7 @@ from monitoring.settings import DRIFT_ASSET_NAME, DRIFT_ASSET_URI
 from training.dag_retry import NO_RETRY_ON_BAD_INPUT
 from training.form import RETRAIN_FORM
 from training.pipeline import RETRAIN_STEPS, Step, run_step
-from training.settings import PipelineSettings
+from training.settings import DAG_START, PipelineSettings
 
 SETTINGS = PipelineSettings()
 ASSETS = {
@@ -125,7 +125,7 @@ def _task(step: Step) -> Any:
 @dag(
     dag_id=RETRAIN_DAG,
     schedule=SCHEDULE,
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=DAG_START,
     catchup=False,
     max_active_runs=1,
     tags=["banditops", "training"],

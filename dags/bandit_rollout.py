@@ -1,12 +1,12 @@
 """
 ### bandit_rollout — one step of the staged rollout controller
 
-Every `BANDITOPS_ROLLOUT_SCHEDULE` (default every 10 minutes) `step` runs
-`training.rollout.rollout_step`: a new `@staging` version (the retrain's gate) starts a
-rollout at the first of `BANDITOPS_ROLLOUT_STAGES` (5 → 20 → 50 → 100 % of users, sticky
-by hashed user); a running one reads the online reward per traffic arm from the event
-store and runs the always-valid sequential test, then advances (the candidate is better
-and the stage ran its minimum time and sample), holds, rolls back (worse than production
+Every `BANDITOPS_ROLLOUT_SCHEDULE` `step` runs `training.rollout.rollout_step`: a new
+`@staging` version (the retrain's gate) starts a rollout at the first of
+`BANDITOPS_ROLLOUT_STAGES` (shares of the users, sticky by hashed user); a running one
+reads the online reward per traffic arm from the event store and runs the always-valid
+sequential test, then advances (the candidate is better and the stage ran its minimum
+time and sample), holds, rolls back (worse than production
 by more than `BANDITOPS_ROLLOUT_MARGIN`: `@staging` removed), promotes (at 100 %:
 `@production` moves to the candidate) or expires (undecided after
 `BANDITOPS_ROLLOUT_MAX_DURATION_S`). Every service replica reads the new share at its
@@ -19,14 +19,13 @@ A person skips a rollout by promoting its version with `bandit_promote`, or stop
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, task
 
 from eventstore.contract import ROLLOUT_DAG
 from eventstore.workspace import refuse_run_conf
-from training.settings import PipelineSettings
+from training.settings import DAG_START, PipelineSettings, run_timeout
 
 SETTINGS = PipelineSettings()
 
@@ -42,10 +41,10 @@ def step(*, dag_run: Any = None) -> dict[str, Any]:
 @dag(
     dag_id=ROLLOUT_DAG,
     schedule=SETTINGS.rollout_schedule,
-    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    start_date=DAG_START,
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(minutes=9),
+    dagrun_timeout=run_timeout(SETTINGS.rollout_schedule),
     tags=["banditops", "registry", "rollout"],
     doc_md=__doc__,
     default_args={"owner": SETTINGS.owner, "retries": 0},

@@ -104,6 +104,10 @@ def test_every_dag_is_owned_tagged_documented_and_scheduled(bag: Any) -> None:
     assert bag.get_dag("bandit_retention").schedule == "30 3 * * *"  # nightly
     assert bag.get_dag("bandit_promote").schedule is None  # manual only
     assert bag.get_dag("bandit_rollout").schedule == "*/10 * * * *"  # BANDITOPS_ROLLOUT_SCHEDULE
+    # a run that hangs ends before the next is due, whatever the schedule
+    assert bag.get_dag("bandit_rollout").dagrun_timeout == timedelta(minutes=9)
+    assert monitor.dagrun_timeout == timedelta(minutes=54)
+    assert bag.get_dag("bandit_retention").dagrun_timeout == timedelta(hours=2)
     for task in retrain.tasks:
         assert task.retries == 1 and task.retry_delay == timedelta(seconds=1)  # from settings
         assert task.retry_policy is not None
@@ -113,6 +117,17 @@ def test_every_dag_is_owned_tagged_documented_and_scheduled(bag: Any) -> None:
         "extract_replay": ["banditops_replay"],
         "register_candidate": ["banditops_registered_model"],
     }
+
+
+def test_a_run_times_out_before_the_next_one_is_due() -> None:
+    """The rollout and monitor DAGs' timeouts were written by hand (9 and 50 minutes) for
+    the default schedules: a rollout every 2 minutes kept a hung step for 4 of its runs."""
+    from training.settings import run_timeout
+
+    assert run_timeout("*/2 * * * *") == timedelta(seconds=108)
+    assert run_timeout("0 2 * * 1-5") == timedelta(hours=21.6)  # the shortest gap: a day
+    assert run_timeout("@hourly", longest=timedelta(minutes=30)) == timedelta(minutes=30)
+    assert run_timeout("@once") == timedelta(days=1)
 
 
 def test_retrain_wiring_follows_the_issue(bag: Any) -> None:

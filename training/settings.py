@@ -12,6 +12,7 @@ the DAG files read their schedules from it at parse time.
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -44,6 +45,31 @@ WINDOW_DAYS_MAX = 3660.0
 ROWS_MAX = 10**12
 
 _PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
+#: The first data interval of every DAG (catchup is off: no run is made up for).
+DAG_START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _croniter() -> Any:
+    """croniter, Airflow's schedule parser; None where Airflow is not installed."""
+    try:
+        from croniter import croniter  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return croniter
+
+
+def run_timeout(schedule: str, share: float = 0.9, longest: timedelta | None = None) -> timedelta:
+    """``share`` of the shortest time between two runs of ``schedule`` (a cron expression
+    or preset; over its next 200 runs from :data:`DAG_START`), at most ``longest``: a run
+    that hangs ends before the next is due, whatever schedule the operator set. A
+    schedule without a period (``@once``, ``@continuous``) gets ``longest`` (or a day)."""
+    cap = longest or timedelta(days=1)
+    if schedule in ("@once", "@continuous"):
+        return cap
+    runs = _croniter()(schedule, DAG_START)  # present where DAGs are parsed
+    times: list[datetime] = [runs.get_next(datetime) for _ in range(200)]
+    gap: timedelta = min(b - a for a, b in itertools.pairwise(times))
+    return min(gap * share, cap)
 
 
 class PipelineSettings(CoreSettings):
@@ -316,10 +342,10 @@ class PipelineSettings(CoreSettings):
         if text in _PRESETS:
             return text
         if len(text.split()) == 5:
-            try:  # Airflow's own parser, where Airflow is installed ("99 99 99 99 99"
-                # passed the field count and the DAG was never scheduled)
-                from croniter import croniter  # type: ignore[import-untyped]
-            except ImportError:
+            # Airflow's own parser, where Airflow is installed ("99 99 99 99 99" passed the
+            # field count and the DAG was never scheduled)
+            croniter = _croniter()
+            if croniter is None:
                 return text
             if croniter.is_valid(text):
                 return text
