@@ -57,6 +57,7 @@ from rich.table import Table
 
 from benchmarks import serving_load
 from benchmarks.faults import TcpProxy
+from eventstore.scratch import postgres_test_url
 
 TOKEN = "reliability-token"
 DEFAULT_POSTGRES = serving_load.DEFAULT_POSTGRES
@@ -734,9 +735,7 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(SERVICE_CASES + CHECK_CASES),
         help="Comma-separated: " + ", ".join(SERVICE_CASES + CHECK_CASES),
     )
-    parser.add_argument(
-        "--postgres-url", default=os.environ.get("BANDITOPS_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
-    )
+    parser.add_argument("--postgres-url", default=postgres_test_url())
     parser.add_argument(
         "--stores", default="sqlite,postgresql", help="Stores of the per-store cases."
     )

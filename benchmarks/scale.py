@@ -43,8 +43,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from eventstore.scratch import LOCAL_POSTGRES_URL, postgres_test_url
+
 ROW_GROUP = 262_144
-DEFAULT_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+DEFAULT_POSTGRES = LOCAL_POSTGRES_URL
 console = Console(width=None if sys.stdout.isatty() else 150)
 
 
@@ -463,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=16, help="Concurrent HTTP connections.")
     parser.add_argument(
         "--postgres-url",
-        default=os.environ.get("BANDITOPS_TEST_POSTGRES_URL", DEFAULT_POSTGRES),
+        default=postgres_test_url(),
         help="Server for the replicas' event store ('' for SQLite).",
     )
     parser.add_argument(

@@ -52,6 +52,7 @@ from rich.table import Table
 
 from bandit_core import make_policy, save_policy
 from bandit_core.envs import LogisticClickEnvironment
+from eventstore.scratch import LOCAL_POSTGRES_URL, postgres_test_url
 
 K = 50
 DIM_USER = 16
@@ -59,7 +60,7 @@ DIM_ARM = 16
 N_ITEMS = 500
 WARM_ROWS = 2000
 CONNECTIONS = 32
-DEFAULT_POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+DEFAULT_POSTGRES = LOCAL_POSTGRES_URL
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -645,9 +646,7 @@ def main(argv: list[str] | None = None) -> None:
         default=list(SYSTEMS),
         help="What to load, in this order at each rate: banditops, floor_parse, floor_commit.",
     )
-    parser.add_argument(
-        "--postgres-url", default=os.environ.get("BANDITOPS_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
-    )
+    parser.add_argument("--postgres-url", default=postgres_test_url())
     parser.add_argument(
         "--reward-share", type=float, default=0.5, help="Share of requests that are rewards."
     )

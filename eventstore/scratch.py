@@ -4,10 +4,27 @@ event store and must leave the server as they found it."""
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 
 from sqlalchemy import create_engine, make_url, text
+
+#: The local PostgreSQL server the tests and benchmarks use (this machine's, CI's),
+#: unless ``BANDITOPS_TEST_POSTGRES_URL`` names another.
+LOCAL_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+#: The local Redis database the Celery tests use, unless ``BANDITOPS_TEST_REDIS_URL``.
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def postgres_test_url() -> str:
+    """The PostgreSQL server for tests and benchmarks (``BANDITOPS_TEST_POSTGRES_URL``)."""
+    return os.environ.get("BANDITOPS_TEST_POSTGRES_URL", LOCAL_POSTGRES_URL)
+
+
+def redis_test_url() -> str:
+    """The Redis database for the Celery tests (``BANDITOPS_TEST_REDIS_URL``)."""
+    return os.environ.get("BANDITOPS_TEST_REDIS_URL", LOCAL_REDIS_URL)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from eventstore.scratch import postgres_test_url, redis_test_url
+
 settings.register_profile(
     "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -24,10 +26,8 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 REQUIRE_SERVICES = os.environ.get("BANDITOPS_REQUIRE_SERVICES", "") == "1"
 
-POSTGRES_URL = os.environ.get(
-    "BANDITOPS_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
-)
-REDIS_URL = os.environ.get("BANDITOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = postgres_test_url()
+REDIS_URL = redis_test_url()
 
 
 def service_unavailable(reason: str) -> None:
