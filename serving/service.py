@@ -41,7 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates
 from bandit_core.policies.decision_copy import decision_copy
-from bandit_core.policies.linear import ArmLimit, over_arm_limit
+from bandit_core.policies.linear import ArmLimit
 from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import update_at
 from bandit_core.policies.wrappers import records_on_select
@@ -712,17 +712,14 @@ class DecisionService:
         """Whether the deciding head (``model``) keeps a block per arm, already holds as
         many as it may (:attr:`arm_limit`) and ``arm_id`` is not one of them (rewards in
         flight may each add one more)."""
-        if model is None:
-            return False
-        limit = self.arm_limit.of(model.policy)
-        if not over_arm_limit(model.policy, arm_id, limit):
+        if model is None or not self.arm_limit.reached(model.policy, arm_id):
             return False
         log.warning(
             "reward of %s not learnt online: %s already holds its limit of %d arms "
             "(max_arms, and model_max_bytes of per-arm state)",
             decision.event_id,
             decision.model_version,
-            limit,
+            self.arm_limit.of(model.policy),
         )
         return True
 
@@ -844,15 +841,14 @@ class DecisionService:
         update it cannot make in float64): counted, and skipped the same way by recovery
         and the replica sync (:func:`serving.models.recovery.learn_rewards`)."""
         learn: LearnInput = row.learn
-        limit = self.arm_limit.of(model.policy)
-        if over_arm_limit(model.policy, learn.arm_id, limit):
+        if self.arm_limit.reached(model.policy, learn.arm_id):
             # a reward in flight when the deciding head filled up, or another served
             # version's head (a rollout): skipped, as recovery and the replica sync do
             log.warning(
                 "reward %d not learnt by %s: its head holds its limit of %d arms",
                 outcome.id,
                 model.version,
-                limit,
+                self.arm_limit.of(model.policy),
             )
             return False
         try:

@@ -253,6 +253,13 @@ class ArmLimit:
             return self.max_arms
         return max(0, min(self.max_arms, self.max_bytes // max(arms.bytes_per_arm, 1) - 1))
 
+    def reached(self, policy: Any, arm_id: str) -> bool:
+        """Whether learning ``arm_id`` would give ``policy``'s per-arm state more arms
+        than it may hold (False for a known arm, or a policy without per-arm state: the
+        limit is computed only for a new arm)."""
+        arms = arm_state(policy)
+        return arms is not None and not arms.knows(arm_id) and arms.n_arms >= self.of(policy)
+
 
 def arm_state(policy: Any) -> ArmState | None:
     """The per-arm state of ``policy`` (through wrappers), or None for a policy whose
@@ -264,15 +271,6 @@ def arm_state(policy: Any) -> ArmState | None:
             return state
         policy = getattr(policy, "inner", None)
     return None
-
-
-def over_arm_limit(policy: Any, arm_id: str, max_arms: int | None) -> bool:
-    """Whether learning ``arm_id`` would give ``policy``'s per-arm state more than
-    ``max_arms`` arms (False without a limit or a per-arm state: :func:`arm_state`)."""
-    if max_arms is None:
-        return False
-    arms = arm_state(policy)
-    return arms is not None and not arms.knows(arm_id) and arms.n_arms >= max_arms
 
 
 class PerArmModel:

@@ -45,7 +45,7 @@ def learn_rewards(
     online, where the same reward was refused and counted) is skipped and logged, never
     fatal: one such reward must not keep a version from loading, nor its other rewards
     out of its head. So is a reward of a new arm while the head already holds
-    ``max_arms`` arms (:func:`bandit_core.policies.linear.over_arm_limit`, the rule the
+    ``max_arms`` arms (:meth:`bandit_core.policies.linear.ArmLimit.reached`, the rule the
     service keeps online)."""
     arms = None if max_arms is None else arm_state(policy)
     if arms is None or max_arms is None:
