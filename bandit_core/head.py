@@ -41,6 +41,7 @@ from bandit_core._validation import (
     validate_params,
 )
 from bandit_core.linalg import (
+    GATHER_BYTES,
     inv_chol_rank1_update,
     inverse_cholesky,
     sufficient_statistics,
@@ -621,20 +622,26 @@ class BayesianLinearHead:
         """What every head this class builds satisfies, checked on a restored state (a
         tampered one otherwise decided, learnt online and failed at the next restart or
         rebuild, which refactors from the precision): a symmetric precision with a
-        positive diagonal, counts and Σr² not negative, the sliding window's bookkeeping
-        within the window (size ≤ w, the next slot < w, and equal to the size until full)."""
+        positive diagonal, counts not negative, the sliding window's bookkeeping within
+        the window (size ≤ w, the next slot < w, and equal to the size until full). Σr²
+        is not checked: a window's adds and removes of large rewards leave it a rounding
+        error below 0 (the noise posterior clamps it). The precision is read in blocks of
+        heads, so the check holds no copy of the whole stack."""
 
         def refuse(array: str, why: str) -> None:
             raise ValueError(f"state array {prefix + array!r} {why}.")
 
         p = self.precision_
-        if p.size:
-            if not (np.diagonal(p, axis1=1, axis2=2) > 0.0).all():
+        step = max(1, GATHER_BYTES // max(p[:1].nbytes, 1))
+        for start in range(0, p.shape[0], step):
+            block = p[start : start + step]
+            if not (np.diagonal(block, axis1=1, axis2=2) > 0.0).all():
                 refuse("precision", "must have a positive diagonal (a precision matrix)")
-            scale = 1.0 + np.abs(p).max(axis=(1, 2))
-            if not (np.abs(p - p.transpose(0, 2, 1)).max(axis=(1, 2)) <= 1e-8 * scale).all():
+            scale = 1.0 + np.abs(block).max(axis=(1, 2))
+            asymmetry = np.abs(block - block.transpose(0, 2, 1)).max(axis=(1, 2))
+            if not (asymmetry <= 1e-8 * scale).all():
                 refuse("precision", "must be symmetric (a precision matrix)")
-        for name in ("count", "yty", "pending"):
+        for name in ("count", "pending"):
             if (getattr(self, name + "_") < -1e-6).any():
                 refuse(name, "must not be negative")
         w = self.config.window or 0

@@ -72,8 +72,13 @@ def generator_state(gen: torch.Generator) -> NDArray[np.uint8]:
 
 
 def restore_generator(state: NDArray[Any]) -> torch.Generator:
+    """A CPU generator in ``state`` (:func:`generator_state`); ``ValueError`` for an array
+    that is not one (torch's own error is a ``RuntimeError``)."""
     gen = torch.Generator()
-    gen.set_state(torch.from_numpy(np.ascontiguousarray(state, dtype=np.uint8)))
+    try:
+        gen.set_state(torch.from_numpy(np.ascontiguousarray(state, dtype=np.uint8)))
+    except RuntimeError as exc:
+        raise ValueError(f"not the state of a torch generator: {exc}") from exc
     return gen
 
 

@@ -102,9 +102,10 @@ class Admission:
         state = self.admit(source)
         try:
             return policy_from_state(state)
-        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
-            # RuntimeError: torch refusing a malformed array (a generator state), or a
-            # recursion too deep; refused once, as any other state that makes no policy
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+            # RecursionError: wrappers nested too deep to build; refused once, as any
+            # other state that makes no policy (not a RuntimeError at large: torch's
+            # allocator failing for want of memory is a failure to load, retried)
             raise AdmissionError(f"the state does not make a policy: {exc}") from exc
 
     def admit(self, source: bytes | Path) -> PolicyState:

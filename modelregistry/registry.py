@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -54,6 +55,8 @@ from modelregistry.pyfunc_model import table_signature
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 _MOVE_PREFIX = "alias_move."
+log = logging.getLogger(__name__)
+
 #: Requirements written into the model (skips MLflow's slow requirement inference).
 PIP_REQUIREMENTS = ["banditops", "numpy", "pandas", "mlflow"]
 
@@ -638,9 +641,13 @@ class AliasReader:
         where the store lists no size), read before anything is downloaded."""
         root = self._client.get_model_version_download_uri(self.model_name, version)
         folder, _, name = f"{root.rstrip('/')}/{POLICY_STATE_PATH}".rpartition("/")
-        listed = mlflow.artifacts.list_artifacts(
-            artifact_uri=folder, tracking_uri=self.tracking_uri
-        )
+        try:
+            listed = mlflow.artifacts.list_artifacts(
+                artifact_uri=folder, tracking_uri=self.tracking_uri
+            )
+        except Exception:  # a store that lists nothing: the download and admission check
+            log.debug("no artifact listing for version %s", version, exc_info=True)
+            return None
         sizes = [f.file_size for f in listed if f.path.rpartition("/")[2] == name]
         return int(sizes[0]) if sizes and sizes[0] is not None else None
 

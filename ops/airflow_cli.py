@@ -371,7 +371,8 @@ def init_command(workspace: WorkspaceOption = None) -> None:
     except RuntimeError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=1) from exc
-    where = "" if workspace is None else f" --workspace {shlex.quote(str(workspace))}"
+    # the folder, however it was named (this option, the root's --workspace, the variable)
+    where = f" --workspace {shlex.quote(str(home.workspace))}"
     typer.echo(
         f'next: `banditops airflow standalone{where}`, or `eval "$(banditops airflow env{where})"`'
     )

@@ -166,6 +166,13 @@ def test_policy_options_a_policy_does_not_take_fail_the_plan(tmp_path: Path) -> 
             {"window_start": "0001-01-01", "window_end": "9999-12-31"},
             "window_start to window_end must span at most 3660 days",
         ),
+        # a window that ends after the run: its version's window_stop was after its
+        # registration, which the service refuses (trained, gated, promoted, never served)
+        (
+            {"window_start": "2025-12-01", "window_end": "2026-01-03"},
+            "window_end must not be after the run's data interval end "
+            "(2026-01-02T00:00:00+00:00); got 2026-01-03",
+        ),
     ):
         with pytest.raises(ValueError) as info:
             plan(params, run_key="manual__x", interval_end=end, settings=settings)

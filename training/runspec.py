@@ -377,7 +377,9 @@ def active_windows(
 
 def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[datetime, datetime]:
     """``[window_start, window_end)`` from explicit dates, else ``window_days`` back from
-    ``interval_end``."""
+    ``interval_end``. Explicit dates end by ``interval_end``: the replay reads rewards as
+    of the window's end, and the service refuses a version whose window ends after it was
+    registered (later decisions may still get rewards)."""
     start_text, end_text = values.get("window_start"), values.get("window_end")
     if start_text or end_text:
         if not (start_text and end_text):
@@ -396,6 +398,11 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
             raise ValueError(
                 f"window_start to window_end must span at most {WINDOW_DAYS_MAX:g} days, as "
                 f"window_days; got {(end - start).days} days."
+            )
+        if end > interval_end:
+            raise ValueError(
+                f"window_end must not be after the run's data interval end "
+                f"({interval_end.isoformat()}); got {end_text}."
             )
         return start, end
     days = values["window_days"]

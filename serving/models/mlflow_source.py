@@ -81,7 +81,7 @@ class MlflowModelSource:
             why = f"its tag {WINDOW_STOP_TAG}={str(stop)[:100]!r} is not an ISO 8601 time"
             return ModelRef(label, version, None, refused=why, incarnation=incarnation)
         registered = datetime.fromtimestamp(created_ms / 1000, UTC)
-        if window_stop is not None and window_stop > registered + CLOCK_SKEW:
+        if window_stop is not None and created_ms > 0 and window_stop > registered + CLOCK_SKEW:
             # a window ends before its model is trained: a later end made every reward of
             # the version's own decisions "not served" (before the end), none learnt
             why = (

@@ -71,7 +71,7 @@ def learn_rewards(
             continue
         known = [i for i in range(stop, n) if arms.knows(tail.arm_ids[i])]  # full for good
         log.warning(
-            "the head of %s holds max_arms=%d arms: %d stored rewards of new arms skipped",
+            "the head of %s holds its limit of %d arms: %d stored rewards of new arms skipped",
             version,
             max_arms,
             n - stop - len(known),
