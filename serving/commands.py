@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
@@ -43,6 +44,24 @@ def _shown(url: str) -> str:
     from sqlalchemy import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """``ValueError`` naming ``--port`` when another process listens on ``host:port``
+    (uvicorn's own answer was a log line and exit code 3, after the migration ran); it
+    binds as uvicorn does (``SO_REUSEADDR``), so a port left in TIME_WAIT is free."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ValueError(
+                f"--port {port}: {host}:{port} cannot be bound: {exc.strerror or exc} "
+                "(another process listens on it?)."
+            ) from None
 
 
 def uvicorn_limits(settings: Settings) -> dict[str, Any]:
@@ -174,6 +193,7 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="banditops-metrics-")
     settings.check_auth()
     create_directories(settings)
+    check_port_free(host, port)
     settings.resolve_salt()  # create a generated salt once, before workers start
     if migrate:
         db_upgrade(url=settings.store_url)

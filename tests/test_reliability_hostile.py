@@ -411,6 +411,32 @@ def test_a_folder_that_cannot_be_created_is_named_before_the_start(
     )
 
 
+def test_a_port_another_process_listens_on_is_named_before_the_start(tmp_path: Path) -> None:
+    """uvicorn's own answer was "ERROR: [Errno 98] … address already in use" and exit
+    code 3, after the event store was migrated; it is one line naming --port, exit 2."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = _env(tmp_path, None, BANDITOPS_API_TOKEN="tok")
+        done = subprocess.run(
+            [sys.executable, "-m", "ops", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT,
+            env={**_clean_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, output
+    assert output == (
+        f"error: --port {port}: 127.0.0.1:{port} cannot be bound: Address already in use "
+        "(another process listens on it?)."
+    )
+
+
 def test_auth_disabled_warns_and_admin_stays_closed(tmp_path: Path) -> None:
     log = tmp_path / "service.log"
     env = _env(tmp_path, None, BANDITOPS_AUTH_DISABLED="true")
