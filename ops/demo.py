@@ -458,6 +458,9 @@ def run_demo(
     from modelregistry.registry import ModelRegistry
     from modelregistry.report import version_summaries
 
+    step = progress or (lambda message: None)
+    if workspace.exists():  # said, not silent: it held a previous demo's models and runs
+        step(f"replacing the previous demo workspace {workspace}")
     ws = fresh_workspace(workspace)
     for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
         del os.environ[key]  # the demo runs on its workspace file alone
@@ -472,7 +475,6 @@ def run_demo(
         for k, v in settings.retrain_defaults().items()
         if k not in ("window_start", "window_end", "epochs", "shards")
     }
-    step = progress or (lambda message: None)
     days: list[dict[str, Any]] = []
     rollout: dict[str, Any] = {}
     per_day: list[TrafficStats] = []
