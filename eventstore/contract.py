@@ -89,3 +89,19 @@ PROMOTE_DAG = "bandit_promote"
 ROLLOUT_DAG = "bandit_rollout"
 MONITOR_DAG = "bandit_monitor"
 RETENTION_DAG = "bandit_retention"
+
+
+#: The MLflow client's environment in every banditops process, unless the environment
+#: sets it (the CLI sets it for the processes it starts, the service for its polls):
+#:
+#: * HTTP retries: MLflow's own defaults (7 retries, backoff factor 2, 120 s timeout)
+#:   hold one poll of an unreachable server for minutes (``banditops models`` answered
+#:   after 4 min 10 s); a poll is retried at the next interval anyway;
+#: * no download progress bars: one per downloaded state filled the service's log and
+#:   the commands' output ("Downloading artifacts: 100%|…" at every load).
+MLFLOW_CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}

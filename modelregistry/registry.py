@@ -41,6 +41,7 @@ from eventstore.admission import Admission
 from eventstore.contract import (
     GATE_PASSED_TAG,
     GATE_REASONS_TAG,
+    MLFLOW_CLIENT_ENV,
     POLICY_STATE_ARTIFACT,
     POLICY_STATE_FILE,
     POLICY_STATE_PATH,
@@ -99,20 +100,10 @@ def _check_record(by: str, reason: str) -> None:
     check_text("reason", reason)
 
 
-#: The MLflow client's HTTP retries for the service's polls and the CLI's registry calls,
-#: unless the environment sets them: MLflow's own defaults (7 retries, backoff factor 2,
-#: 120 s timeout) hold one poll of an unreachable server for minutes (``banditops models``
-#: answered after 4 min 10 s); a poll is retried at the next interval anyway.
-HTTP_LIMITS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
-
-
-def bound_http_retries() -> None:
-    """Set :data:`HTTP_LIMITS` in this process's environment where it sets none."""
-    for variable, value in HTTP_LIMITS.items():
+def client_defaults() -> None:
+    """Set :data:`~eventstore.contract.MLFLOW_CLIENT_ENV` in this process's environment
+    where it sets none (the service's polls, the CLI's registry calls)."""
+    for variable, value in MLFLOW_CLIENT_ENV.items():
         os.environ.setdefault(variable, value)
 
 

@@ -38,6 +38,7 @@ from bandit_core.option_text import parse_overrides
 from bandit_core.policies.overlap import floor_of_policy
 from bandit_core.simulate import run_simulation
 from bandit_core.user_groups import simulated_users, user_group_key
+from eventstore.contract import MLFLOW_CLIENT_ENV
 from eventstore.settings import WORKSPACE_ENV, setting_problems, workspace_file, workspace_of
 from ops import config_file
 from ops.airflow_cli import airflow_app
@@ -586,6 +587,8 @@ def root(
     ] = None,
 ) -> None:
     """banditops: contextual bandits with exact propensities, from simulation to serving."""
+    for variable, value in MLFLOW_CLIENT_ENV.items():  # this command's and its children's
+        os.environ.setdefault(variable, value)
     if workspace is not None:
         os.environ[WORKSPACE_ENV] = str(workspace.expanduser().resolve())
 

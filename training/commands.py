@@ -46,9 +46,9 @@ _CLI_TYPES: dict[str, type] = {
 
 
 def _registry(settings: Settings):  # type: ignore[no-untyped-def]
-    from modelregistry.registry import ModelRegistry, bound_http_retries
+    from modelregistry.registry import ModelRegistry, client_defaults
 
-    bound_http_retries()  # a command waits seconds, not minutes, for a registry that is down
+    client_defaults()  # a command waits seconds, not minutes, for a registry that is down
     return ModelRegistry.from_settings(settings)
 
 

@@ -13,7 +13,7 @@ from bandit_core import Policy
 from eventstore.admission import Admission, AdmissionError
 from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label
 from eventstore.schema import INCARNATION_LENGTH
-from modelregistry.registry import AliasReader, bound_http_retries
+from modelregistry.registry import AliasReader, client_defaults
 from serving.models.sources import ROLES, ArtifactChangedError, ModelRef, Role
 
 #: How much later than a version's registration its window may end (clocks of the
@@ -53,7 +53,7 @@ class MlflowModelSource:
         registry_uri: str | None = None,
         admission: Admission | None = None,
     ) -> None:
-        bound_http_retries()
+        client_defaults()
         self.admission = admission or Admission()
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
