@@ -336,8 +336,9 @@ def worse_candidate(ws: Workspace, start: datetime, end: datetime, seed: int) ->
     """
     import pandas as pd
 
+    from modelregistry.pyfunc_model import example_table
     from modelregistry.registry import ModelRegistry
-    from training.replay import REPLAY_FILE, extract_replay
+    from training.replay import REPLAY_FILE, extract_replay, load_replay
     from training.train import TrainConfig, train
 
     settings = ws.settings
@@ -364,9 +365,11 @@ def worse_candidate(ws: Workspace, start: datetime, end: datetime, seed: int) ->
     )
     trained = train(inverted, config, out / "train", whole_window=True)
     registry = ModelRegistry(ws.tracking_uri, MODEL_NAME)
+    head = load_replay(inverted).subset(slice(0, 2))  # its input example, as the retrain's
     info = registry.register_candidate(
         state_path=trained.state_path,
         run_key="demo-day4-inverted-rewards",
+        input_example=example_table(head.contexts, head.candidate_ids, head.candidate_features),
         params={"algorithm": trained.algorithm, "n_train": trained.n_train},
         tags={"demo": "deliberately worse: trained on day 3 with its rewards inverted"},
     )
