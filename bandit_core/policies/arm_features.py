@@ -81,7 +81,10 @@ class PerArmFeaturesModel(PerArmModel):
         z = self._inputs(contexts, candidates.features)
         mean = np.einsum("nkd,kd->nk", z, self.head.theta_[rows])
         proj = gathered_product(
-            self.head.inv_chol_, rows, lambda u, at: np.einsum("kij,nkj->nki", u, z[:, at]), 1
+            self.head.inv_chol_,
+            rows,
+            lambda u, at: np.einsum("kij,nkj->nki", u, z[:, at]),
+            axis=1,
         )
         return mean, proj, heads
 

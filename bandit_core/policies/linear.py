@@ -351,7 +351,10 @@ class PerArmModel:
         heads, rows = self._candidate_heads(candidates.ids)
         mean = contexts @ self.head.theta_[rows].T
         proj = gathered_product(
-            self.head.inv_chol_, rows, lambda u, _: np.matmul(u, contexts.T), 0, True
+            self.head.inv_chol_,
+            rows,
+            lambda u, _: np.matmul(u, contexts.T),
+            same_rows_same_result=True,
         ).transpose(2, 0, 1)
         return mean, proj, heads
 
@@ -361,7 +364,9 @@ class PerArmModel:
         """:meth:`terms` of one request (K,), (K, d): two (K, d) products, no transposes."""
         heads, rows = self._candidate_heads(candidates.ids)
         head = self.head
-        proj = gathered_product(head.inv_chol_, rows, lambda u, _: u @ context, 0, True)
+        proj = gathered_product(
+            head.inv_chol_, rows, lambda u, _: u @ context, same_rows_same_result=True
+        )
         return head.theta_[rows].dot(context), proj, heads
 
     def _forget_arms_from(self, known: int) -> None:

@@ -107,17 +107,17 @@ def smoke_test(policy: Policy, signature: Signature, max_work_units: int | None 
     rng = np.random.default_rng(0)
     arms = arm_state(policy)
     known = tuple(arms.arm_ids) if arms is not None else ()
-    groups: list[tuple[str, ...]] = [("probe-0", "probe-1")]
+    groups: list[tuple[str, ...]] = [("probe-0", "probe-1")]  # unseen arms first
     groups += [known[i : i + PROBE_ARMS] for i in range(0, len(known), PROBE_ARMS)]
     for kind in PROBES:
         context = _probe_values(kind, (dim_user,), rng)
-        for ids in groups:
+        for g, ids in enumerate(groups):
             candidates = Candidates(ids, _probe_values(kind, (len(ids), width), rng))
             try:
                 choice = choose(decision_copy(policy, ids), context, candidates, rng)
                 check_choice_finite(choice.decision, None, None)
             except Exception as exc:
-                among = "unseen arms" if ids[0] == "probe-0" else f"known arms from {ids[0]!r}"
+                among = "unseen arms" if g == 0 else f"known arms from {ids[0]!r}"
                 raise UnsafeModelError(
                     f"the probe decision ({kind} inputs, {among}) failed: {exc}"
                 ) from exc
