@@ -56,6 +56,17 @@ class Candidates:
     ids: tuple[str, ...]
     features: FloatArray
 
+    def __post_init__(self) -> None:
+        # the one check cheap enough for every construction (O(1)): a row per id, else a
+        # policy scores rows and reports ids that do not belong together
+        shape = getattr(self.features, "shape", None)
+        if shape is None or len(shape) != 2 or shape[0] != len(self.ids):
+            raise ValueError(
+                f"candidates.features must have one row per id, shape ({len(self.ids)}, "
+                f"dim_arm); got shape {shape}. Build candidates with Candidates.from_any "
+                "to have them checked."
+            )
+
     @classmethod
     def from_any(cls, ids: Sequence[Any], features: Any = None) -> Candidates:
         """Validate and build a candidate set.

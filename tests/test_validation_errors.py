@@ -73,6 +73,17 @@ def test_candidate_features_with_wrong_width_or_rows() -> None:
         Candidates.from_any(["a"], [[0.0, np.nan]])
 
 
+def test_candidates_built_directly_need_a_row_per_id() -> None:
+    # the constructor trusts its ids and values (Candidates.from_any checks them), but not
+    # its shape: two ids over three rows made a policy report an id of another row
+    for features in (np.zeros((3, 0)), np.zeros(2), np.zeros((1, 2, 0))):
+        with pytest.raises(
+            ValueError, match=r"candidates.features must have one row per id, shape \(2, dim_arm\)"
+        ):
+            Candidates(("a", "b"), features)
+    assert len(Candidates(("a", "b"), np.zeros((2, 0)))) == 2
+
+
 def test_unknown_policy_and_unknown_option() -> None:
     with pytest.raises(ValueError, match=r"Unknown policy 'linucbb'; expected one of: .*linucb"):
         make_policy("linucbb", dim_user=3)
