@@ -187,6 +187,29 @@ class LinearHeadPolicy(Protocol):
         ...
 
 
+class _StateOwner(LinearHeadPolicy, Protocol):
+    def to_state(self) -> PolicyState: ...
+
+
+class HeadStatisticsMethods:
+    """:meth:`LinearHeadPolicy.head_statistics` and ``state_with_statistics`` for a policy
+    that has ``head``, ``head_features`` and ``to_state`` (one implementation for the
+    linear and the neural-linear policies)."""
+
+    def head_statistics(
+        self: LinearHeadPolicy,
+        contexts: FloatArray,
+        arm_ids: Sequence[str],
+        rewards: FloatArray,
+        arm_features: FloatArray,
+    ) -> HeadStatistics:
+        phi, keys = self.head_features(contexts, arm_ids, arm_features)
+        return HeadStatistics.of(phi, rewards, keys, self.head.config.gamma)
+
+    def state_with_statistics(self: _StateOwner, stats: HeadStatistics) -> PolicyState:
+        return state_with_statistics(self.to_state(), self.head.config, stats)
+
+
 def state_with_statistics(
     state: PolicyState, config: Any, stats: HeadStatistics, prefix: str = "head."
 ) -> PolicyState:

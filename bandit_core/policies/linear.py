@@ -46,7 +46,7 @@ from bandit_core.exploration import (
 )
 from bandit_core.features import FEATURE_PARAMS, FeatureMap
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
-from bandit_core.head_statistics import HeadStatistics, state_with_statistics
+from bandit_core.head_statistics import HeadStatisticsMethods
 from bandit_core.linalg import gathered_product
 from bandit_core.montecarlo import DRAWS, MONTE_CARLO_PARAMS, MonteCarloOptions, thompson_draws
 from bandit_core.policies.base import (
@@ -507,7 +507,7 @@ class SharedModel:
 
 
 # ---------------------------------------------------------------------- policies
-class LinearPolicy:
+class LinearPolicy(HeadStatisticsMethods):
     """Config + model + exploration rule; subclasses define the rule in ``_explore``."""
 
     name: ClassVar[str]
@@ -666,19 +666,6 @@ class LinearPolicy:
         if isinstance(model, SharedModel):
             return model.features.build_rows(contexts, arm_features, list(arm_ids)), None
         return contexts, list(arm_ids)
-
-    def head_statistics(
-        self,
-        contexts: FloatArray,
-        arm_ids: Sequence[str],
-        rewards: FloatArray,
-        arm_features: FloatArray,
-    ) -> HeadStatistics:
-        phi, keys = self.head_features(contexts, arm_ids, arm_features)
-        return HeadStatistics.of(phi, rewards, keys, self.head.config.gamma)
-
-    def state_with_statistics(self, stats: HeadStatistics) -> PolicyState:
-        return state_with_statistics(self.to_state(), self.head.config, stats)
 
     # -- state ---------------------------------------------------------------
     def to_state(self) -> PolicyState:

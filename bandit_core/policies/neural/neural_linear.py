@@ -39,13 +39,12 @@ from bandit_core._validation import (
     delegate,
 )
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
-from bandit_core.head_statistics import HeadStatistics, state_with_statistics
+from bandit_core.head_statistics import HeadStatisticsMethods
 from bandit_core.linalg import sufficient_statistics
 from bandit_core.montecarlo import MONTE_CARLO_PARAMS
 from bandit_core.nets import to_numpy
 from bandit_core.policies.linear import _ThompsonRule, _UCBRule
 from bandit_core.policies.neural.base import IntArray, NeuralConfig, NeuralPolicy
-from bandit_core.types import PolicyState
 
 #: rows encoded per forward pass during a rebuild
 REBUILD_CHUNK = 8192
@@ -132,7 +131,7 @@ class _HeadUCB(_UCBRule):
         return False  # neural-linear UCB always splits ties uniformly
 
 
-class NeuralLinear(NeuralPolicy):
+class NeuralLinear(NeuralPolicy, HeadStatisticsMethods):
     """Neural-linear Thompson sampling (or UCB) with two-speed learning.
 
     Learned state, besides :class:`NeuralPolicy`'s: ``head`` (a one-head
@@ -241,19 +240,6 @@ class NeuralLinear(NeuralPolicy):
             for i in range(0, inputs.shape[0], REBUILD_CHUNK)
         ]
         return np.concatenate(parts, axis=0), None
-
-    def head_statistics(
-        self,
-        contexts: FloatArray,
-        arm_ids: Sequence[str],
-        rewards: FloatArray,
-        arm_features: FloatArray,
-    ) -> HeadStatistics:
-        phi, keys = self.head_features(contexts, arm_ids, arm_features)
-        return HeadStatistics.of(phi, rewards, keys, self.head.config.gamma)
-
-    def state_with_statistics(self, stats: HeadStatistics) -> PolicyState:
-        return state_with_statistics(self.to_state(), self.head.config, stats)
 
     # -- state -------------------------------------------------------------------
     def _extra_arrays(self) -> dict[str, NDArray[Any]]:
