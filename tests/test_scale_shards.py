@@ -366,7 +366,7 @@ def test_the_plan_cuts_the_training_rows_only_when_asked(replay: Path, tmp_path:
     planned_spec = plan(
         {"window_start": "2026-01-01", "window_end": "2026-01-02", "shards": 3},
         run_key="manual__x",
-        interval_end=datetime(2026, 1, 2, tzinfo=UTC),
+        interval_end=datetime(2026, 1, 3, tzinfo=UTC),
         settings=settings,
     )
     spec = replace(

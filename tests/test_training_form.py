@@ -366,6 +366,46 @@ def test_the_sum_rule_reaches_the_training_replay(
     assert rewards == {"first_wins": 0.75, "sum": 1.25}
 
 
+def test_a_window_is_read_once_its_rewards_are_in_and_an_empty_one_is_refused(
+    engine: sa.Engine, store_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """An explicit window ended a day before the run is read whole: its replay was read
+    as of its end, so the last reward window of it was left out (a one-day window with
+    the default one-day reward window was always empty). The nightly window still stops
+    a reward window before the interval end, and a window holding no decision whose
+    reward window had closed is refused when planned, naming why."""
+    day = datetime(2026, 11, 27, tzinfo=UTC)  # END is 2026-11-29 02:00
+    decided = [day + timedelta(hours=h) for h in (1, 12, 23)] + [END - timedelta(hours=2)]
+    rows = [decision_row(rng, created_at=t) for t in decided]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+        write_events(conn, [reward_row(r.event_id, 1.0, ts=r.created_at) for r in rows])
+    settings = PipelineSettings(
+        workspace=tmp_path / "ws", database_url=store_url, retrain_min_rows=1
+    )  # reward_window_s: the default day
+
+    def replayed(params: dict[str, Any], key: str) -> set[str]:
+        spec = pipeline.run_step(
+            "plan_run", params, run_key=key, interval_end=END, settings=settings
+        )
+        replay = refs.ReplayRef.from_xcom(pipeline.run_step("extract_replay", spec))
+        return set(pd.read_parquet(replay.path)["event_id"])
+
+    past = {"window_start": "2026-11-27", "window_end": "2026-11-28"}
+    assert replayed(past, "past") == {r.event_id for r in rows[:3]}
+    # the nightly window: decided in the last day of the interval → not yet
+    assert replayed({"window_days": 3}, "nightly") == {r.event_id for r in rows[:3]}
+    for params in (
+        {"window_days": 0.5},
+        {"window_days": 1},
+    ):
+        with pytest.raises(
+            ValueError,
+            match=r"holds no decision whose reward window \(reward_window_s = 86400 s\) had closed",
+        ):
+            plan(params, run_key="empty", interval_end=END, settings=settings)
+
+
 # ---------------------------------------------------------------------- typed references
 def test_step_references_round_trip_and_refuse_unknown_or_missing_keys() -> None:
     ref = refs.RegisteredRef(

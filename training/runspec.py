@@ -56,7 +56,8 @@ class RunSpec:
     window_start, window_end : str
         The replay window ``[start, end)``, ISO 8601 with a UTC offset.
     as_of : str
-        "Now" for the reward join (default ``window_end``: a re-run sees the same rows).
+        "Now" for the reward join, fixed at planning so that a re-run sees the same rows
+        (:func:`read_as_of`).
     reward_window_s : float
         How long after a decision its reward counts.
     duplicate_rule : {"first_wins", "sum"}
@@ -275,7 +276,9 @@ def plan(
     """
     settings = PipelineSettings() if settings is None else settings
     values = check_form(params, settings)
-    start, end = resolve_window(values, as_utc("interval_end", interval_end))
+    interval_end = as_utc("interval_end", interval_end)
+    start, end = resolve_window(values, interval_end)
+    as_of = read_as_of(start, end, interval_end, settings.reward_window_s)
     overlap = {
         k: values[k] for k in ("floor", "deterministic_floor", "segment_floors", "cold_start_floor")
     }
@@ -322,7 +325,7 @@ def plan(
         production_alias=settings.production_alias,
         window_start=start.isoformat(),
         window_end=end.isoformat(),
-        as_of=end.isoformat(),
+        as_of=as_of.isoformat(),
         reward_window_s=settings.reward_window_s,
         duplicate_rule=settings.duplicate_rule,
         missing_reward=settings.missing_reward,
@@ -407,6 +410,34 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
         return start, end
     days = values["window_days"]
     return interval_end - timedelta(days=days), interval_end
+
+
+def read_as_of(
+    start: datetime, end: datetime, interval_end: datetime, reward_window_s: float
+) -> datetime:
+    """When the replay of ``[start, end)`` reads the store: once the reward window of the
+    window's last decision has closed, but no later than the run's data interval end (a
+    re-run then reads the same rows).
+
+    A window ending by the interval end less ``reward_window_s`` is read whole; the
+    nightly window, which ends at the interval end, stops ``reward_window_s`` before it
+    (:func:`eventstore.replay.window_stop`: later decisions could still get rewards, and
+    the served version learns them online). A window with no decision whose reward
+    window has closed is refused: its replay could only be empty.
+    """
+    from eventstore.replay import window_stop  # (pandas and SQLAlchemy: not at DAG parse)
+
+    rewards = timedelta(seconds=reward_window_s)
+    as_of = min(interval_end, end + rewards)
+    if window_stop(end, rewards, as_of) <= start:
+        raise ValueError(
+            f"the window {start.isoformat()} to {end.isoformat()} holds no decision whose "
+            f"reward window (reward_window_s = {reward_window_s:g} s) had closed by the "
+            f"run's data interval end ({interval_end.isoformat()}): its replay would be "
+            "empty. Make window_days longer than the reward window, or end window_end "
+            "earlier."
+        )
+    return as_of
 
 
 def check_option_names(field_name: str, algorithm: str, options: Mapping[str, Any]) -> None:
