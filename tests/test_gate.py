@@ -207,3 +207,48 @@ def test_a_candidate_whose_actions_the_logs_do_not_cover_is_refused(tmp_path: Pa
     assert not result.gate.promote
     assert float(result.gate.to_tags()["gate.unsupported_mass"]) == pytest.approx(support.value)
     assert result.metrics()["gate.unsupported_mass"] == pytest.approx(support.value)
+
+
+def test_the_gate_refuses_when_every_held_out_reward_is_the_same() -> None:
+    """A zero-width tie (every reward 0: every policy's estimate is 0) cleared the bar,
+    and a window whose rewards never came was promoted to production."""
+    tie = (report("cand", 0.0, 0.0, 0.0), report("prod", 0.0, 0.0, 0.0))
+    assert decide(*tie).promote  # without the held-out rewards: the check is skipped
+    refused = decide(*tie, reward_range=(0.0, 0.0))
+    assert not refused.promote
+    assert refused.reasons[0].startswith("every held-out reward is 0: every policy's estimate")
+    varied = decide(*tie, reward_range=(0.0, 1.0))
+    assert varied.promote and "the held-out rewards range from 0 to 1." in varied.reasons
+
+
+@pytest.mark.parametrize("reward", [0.0, 1.0])
+def test_a_window_of_equal_rewards_promotes_nothing(tmp_path: Path, reward: float) -> None:
+    """Through the offline evaluation: uniform logs over 3 arms whose rewards are all
+    ``reward`` (missing rewards filled in by the default, or every one a click)."""
+    rng = np.random.default_rng(1)
+    ids = ["a", "b", "c"]
+    rows = [
+        {
+            "event_id": f"e{t}",
+            "context": [1.0, float(rng.standard_normal())],
+            "candidate_ids": ids,
+            "candidate_features": [[0.0]] * 3,
+            "chosen": int(rng.integers(3)),
+            "reward": reward,
+            "propensity": 1 / 3,
+            "probabilities": [1 / 3] * 3,
+            "model_version": "1",
+        }
+        for t in range(600)
+    ]
+    pd.DataFrame(rows).to_parquet(tmp_path / "replay.parquet")
+    candidate = make_policy("linucb", dim_user=2, floor=0.05)
+    state = save_policy(candidate, tmp_path / "candidate.npz")
+    result = evaluate(
+        state, None, tmp_path / "replay.parquet", rule=GateRule(min_ess=0.0), n_resamples=50
+    )
+    check = next(c for c in result.gate.checks if c.name == "rewards_vary")
+    assert not check.passed and check.value == 0.0
+    assert all(c.passed for c in result.gate.checks if c is not check)  # a tie cleared them
+    assert not result.gate.promote
+    assert result.gate.to_tags()["gate.decision"] == "reject"

@@ -18,7 +18,14 @@ import numpy as np
 
 from bandit_core import Candidates, Policy, load_policy, make_policy
 from training.replay import HOLDOUT_FRACTION, ReplayData, load_replay
-from validation.gate import GateDecision, GateRule, decide, unsupported_terms
+from validation.gate import (
+    GateDecision,
+    GateRule,
+    decide,
+    merge_ranges,
+    reward_range,
+    unsupported_terms,
+)
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
 from validation.ope.evaluate import evaluate_policy_in_blocks, policy_action_dist
 
@@ -248,6 +255,7 @@ def evaluate(
             for policy in (candidate, production)
         )
         support = support_of(candidate, holdout, batch, rule.support_threshold, seed)
+        rewards = reward_range(batch.rewards)
     else:
         parts = [holdout.subset(block) for block in blocks_of(holdout)]
         batches = [logged_batch(part) for part in parts]
@@ -258,7 +266,8 @@ def evaluate(
             for policy in (candidate, production)
         )
         support = _support_in_blocks(candidate, parts, batches, rule.support_threshold, seed)
-    result = EvaluationResult(rep_c, rep_p, decide(rep_c, rep_p, rule, support))
+        rewards = merge_ranges(reward_range(b.rewards) for b in batches)
+    result = EvaluationResult(rep_c, rep_p, decide(rep_c, rep_p, rule, support, rewards))
     if out_dir is not None:
         result.write(out_dir)
     return result

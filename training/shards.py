@@ -60,7 +60,7 @@ from training.baseline import baseline_state
 from training.evaluate import EvaluationResult, block_bounds, logged_batch, support_terms
 from training.replay import replay_from_frame
 from training.runspec import RunSpec
-from validation.gate import decide
+from validation.gate import decide, merge_ranges, reward_range
 from validation.ope import OPEReport, check_feedback, policy_action_dist, round_terms
 from validation.ope.moments import Moments, TermSums, merge_all
 from validation.ope.reward_models import RidgeModel
@@ -513,10 +513,12 @@ def shard_evaluation(
     sums: dict[str, dict[str, Any]] = {}
     fingerprints = []
     support_mass, support_rows = 0.0, 0
+    rewards: tuple[float, float] | None = None
     for b, (lo, hi) in enumerate(shard["blocks"]):
         rows = data.subset(slice(int(lo) - start, int(hi) - start))
         batch = logged_batch(rows)
         fingerprints.append(batch.fingerprint())
+        rewards = merge_ranges((rewards, reward_range(batch.rewards)))
         terms, dists = block_terms(policies, batch, model, (seed, first_block + b))
         for role, by_name in terms.items():
             merged = sums.setdefault(role, {})
@@ -530,6 +532,7 @@ def shard_evaluation(
         "fingerprints": np.array(fingerprints, dtype=np.str_),
         "labels": np.array([_label(policies[r]) for r in ("candidate", "production")]),
         "support": np.array([support_mass, support_rows], dtype=np.float64),
+        "reward_range": np.array(rewards or (np.nan, np.nan), dtype=np.float64),
     }
     for role, by_name in sums.items():
         for name, t in by_name.items():
@@ -589,6 +592,16 @@ def reduce_support(parts: Sequence[Mapping[str, Any]]) -> float | None:
     return mass / rows if rows else None
 
 
+def reduce_reward_range(parts: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
+    """The least and the greatest reward of the whole held-out window, from the shards'
+    ranges (:func:`validation.gate.reward_range`)."""
+    ranges = []
+    for part in parts:
+        with np.load(part["path"], allow_pickle=False) as data:
+            ranges.append(reward_range(data["reward_range"]))
+    return merge_ranges(ranges)
+
+
 def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: str | Path) -> Any:
     """Reduce step of the OPE: both reports and the gate's decision, support check
     included (:class:`training.evaluate.EvaluationResult`, written to ``out_dir``)."""
@@ -596,7 +609,13 @@ def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: st
     result = EvaluationResult(
         reports["candidate"],
         reports["production"],
-        decide(reports["candidate"], reports["production"], rule, reduce_support(parts)),
+        decide(
+            reports["candidate"],
+            reports["production"],
+            rule,
+            reduce_support(parts),
+            reduce_reward_range(parts),
+        ),
     )
     result.write(out_dir)
     return result

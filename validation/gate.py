@@ -13,7 +13,11 @@ carry the same data fingerprint). The default rule promotes when
   logging policy played with propensity below ``support_threshold``
   (:func:`unsupported_mass`) is at most ``max_unsupported``. Importance weighting
   cannot see what the logs never tried: without support the estimates above are biased
-  or uninformative however narrow their intervals look.
+  or uninformative however narrow their intervals look, and
+* the held-out rewards are not all equal: when every logged reward is the same value
+  (no click in the window, or a reward pipeline that delivered none, filled in by
+  ``missing_reward = default``), every policy's estimate is that value with an interval
+  of width zero, so the first check passes by a tie and says nothing.
 
 Every check is reported, passed or not, with its numbers.
 """
@@ -184,6 +188,7 @@ def decide(
     production: OPEReport,
     rule: GateRule | None = None,
     unsupported: float | None = None,
+    reward_range: tuple[float, float] | None = None,
 ) -> GateDecision:
     """Apply ``rule`` to the candidate's and production's reports on one window.
 
@@ -197,6 +202,9 @@ def decide(
     unsupported : float, optional
         :func:`unsupported_mass` of the candidate on the window; None (or NaN: the logs
         carry no choice probabilities) skips the support check.
+    reward_range : (float, float), optional
+        The least and the greatest held-out reward (:func:`reward_range`); None skips
+        the check that they differ.
 
     Raises
     ------
@@ -257,6 +265,25 @@ def decide(
                 ),
             ),
         )
+    if reward_range is not None:
+        lo, hi = reward_range
+        varied = hi > lo
+        checks += (
+            GateCheck(
+                name="rewards_vary",
+                passed=varied,
+                value=float(hi - lo),
+                threshold=0.0,
+                reason=(
+                    f"the held-out rewards range from {lo:.6g} to {hi:.6g}."
+                    if varied
+                    else f"every held-out reward is {lo:.6g}: every policy's estimate is "
+                    "that value, so the evaluation cannot tell the candidate from "
+                    "production (no reward in the window, or all filled in by "
+                    "missing_reward = default?)."
+                ),
+            ),
+        )
     return GateDecision(
         promote=all(c.passed for c in checks),
         rule=rule,
@@ -264,3 +291,19 @@ def decide(
         candidate=candidate.policy,
         production=production.policy,
     )
+
+
+def reward_range(rewards: Any) -> tuple[float, float] | None:
+    """The least and the greatest of the finite ``rewards`` (None when there are none),
+    for :func:`decide`; two ranges merge by ``merge_ranges``."""
+    r = np.asarray(rewards, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    return (float(r.min()), float(r.max())) if r.size else None
+
+
+def merge_ranges(ranges: Any) -> tuple[float, float] | None:
+    """One range over the given :func:`reward_range`\\ s (None ones skipped)."""
+    found = [r for r in ranges if r is not None]
+    if not found:
+        return None
+    return min(lo for lo, _ in found), max(hi for _, hi in found)
