@@ -84,6 +84,14 @@ def test_ess_hand_computed() -> None:
     assert effective_sample_size(np.zeros(3)) == 0.0
 
 
+def test_ess_of_weights_whose_squares_overflow() -> None:
+    """Weights of a logged propensity of 10⁻³⁰⁰: Σ w² overflowed, the ESS was NaN and the
+    gate's reason said "effective sample size nan" (and its JSON was not JSON)."""
+    weights = np.array([1e300] * 10 + [1.0] * 90)
+    assert effective_sample_size(weights) == pytest.approx(10.0, rel=1e-12)
+    assert effective_sample_size(weights / 1e300) == pytest.approx(10.0, rel=1e-12)
+
+
 def test_dr_equals_ips_when_the_model_is_zero() -> None:
     fb = feedback(np.zeros_like(Q))
     assert round_terms("dr", fb).value() == pytest.approx(round_terms("ips", fb).value(), rel=1e-15)

@@ -17,6 +17,7 @@ from validation.ope import (
     SPECS,
     UNBIASED,
     check_feedback,
+    effective_sample_size,
     evaluate_policy,
     round_terms,
 )
@@ -80,6 +81,22 @@ def test_decomposable_estimators_merge_exactly_over_shards(name: str) -> None:
     parts = [round_terms(name, _feedback(rows=slice(a, b))) for a, b in ((0, 150), (150, N))]
     merged = TermSums.of(parts[0]).merge(TermSums.of(parts[1]))
     assert merged.value() == pytest.approx(whole.value(), rel=1e-12, abs=1e-14)
+    assert merged.ess() == pytest.approx(effective_sample_size(whole.weights), rel=1e-12)
+
+
+def test_merged_ess_of_weights_whose_squares_overflow() -> None:
+    """The shards' weight sums are kept over the largest weight: Σ w² of weights beyond
+    10¹⁵⁴ overflowed, and the merged ESS was NaN."""
+    from validation.ope.estimators import RoundTerms
+
+    def terms(weights: list[float]) -> TermSums:
+        w = np.asarray(weights)
+        return TermSums.of(RoundTerms(num=np.zeros_like(w), weights=w))  # rewards 0
+
+    merged = terms([1e300] * 4 + [1.0] * 50).merge(terms([1e300] * 6 + [2.0] * 40))
+    assert merged.ess() == pytest.approx(10.0, rel=1e-12)
+    assert merged.max_w == 1e300
+    assert terms([0.0, 0.0]).merge(terms([0.0])).ess() == 0.0
 
 
 @pytest.mark.parametrize(

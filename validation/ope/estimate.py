@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,12 +29,15 @@ from validation.ope.tuning import LAMBDA_GRID, select_lambda
 
 
 def effective_sample_size(weights: FloatArray) -> float:
-    """Kish's effective sample size ``(Σ w)² / Σ w²`` (0 when every weight is 0)."""
-    square = float(np.dot(weights, weights))
-    if square == 0.0:
-        return 0.0
-    total = float(weights.sum())
-    return total * total / square
+    """Kish's effective sample size ``(Σ w)² / Σ w²`` (0 when every weight is 0), of the
+    weights over their largest: the same number, without the overflow of ``Σ w²`` that
+    made it NaN for weights beyond 10¹⁵⁴ (a logged propensity of 10⁻³⁰⁰)."""
+    top = float(np.abs(weights).max()) if weights.size else 0.0
+    if top == 0.0 or not np.isfinite(top):
+        return 0.0 if top == 0.0 else math.nan
+    scaled = weights / top
+    total = float(scaled.sum())
+    return total * total / float(np.dot(scaled, scaled))
 
 
 @dataclass(frozen=True)

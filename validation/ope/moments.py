@@ -98,7 +98,9 @@ def merge_all(parts: Iterable[Moments]) -> Moments:
 @dataclass(frozen=True)
 class TermSums:
     """What one shard returns for one estimator: the layout of its round terms, their
-    moments and the sums of the weights it applies."""
+    moments and the sums of the weights it applies, each weight over the largest
+    (``sum_w = Σ w / max_w``, ``sum_w2 = Σ w² / max_w²``: ``Σ w²`` itself overflows for
+    weights beyond 10¹⁵⁴)."""
 
     has_den: bool
     has_base: bool
@@ -110,25 +112,29 @@ class TermSums:
     @classmethod
     def of(cls, terms: RoundTerms) -> TermSums:
         w = terms.weights
+        top = float(w.max()) if w.size else 0.0  # weights are ≥ 0
+        scaled = w / top if top > 0.0 else w
         return cls(
             has_den=terms.den is not None,
             has_base=terms.base is not None,
             moments=Moments.of(terms.columns()),
-            sum_w=float(w.sum()),
-            sum_w2=float(np.dot(w, w)),
-            max_w=float(w.max()) if w.size else 0.0,  # weights are ≥ 0
+            sum_w=float(scaled.sum()),
+            sum_w2=float(np.dot(scaled, scaled)),
+            max_w=top,
         )
 
     def merge(self, other: TermSums) -> TermSums:
         if (self.has_den, self.has_base) != (other.has_den, other.has_base):
             raise ValueError("cannot merge the sums of estimators with different round terms.")
+        top = max(self.max_w, other.max_w)
+        a, b = ((s.max_w / top if top > 0.0 else 0.0) for s in (self, other))
         return TermSums(
             self.has_den,
             self.has_base,
             self.moments.merge(other.moments),
-            self.sum_w + other.sum_w,
-            self.sum_w2 + other.sum_w2,
-            max(self.max_w, other.max_w),
+            a * self.sum_w + b * other.sum_w,
+            a * a * self.sum_w2 + b * b * other.sum_w2,
+            top,
         )
 
     def to_arrays(self, prefix: str) -> dict[str, Any]:
@@ -183,7 +189,7 @@ class TermSums:
         return math.sqrt(max(var, 0.0))
 
     def ess(self) -> float:
-        """Kish's effective sample size ``(Σ w)² / Σ w²``."""
+        """Kish's effective sample size ``(Σ w)² / Σ w²`` (of the scaled sums: the same)."""
         return 0.0 if self.sum_w2 == 0.0 else self.sum_w * self.sum_w / self.sum_w2
 
     def estimate(self, estimator: str, level: float = LEVEL) -> Estimate:
