@@ -218,7 +218,9 @@ class DecisionService:
             self.journal = Journal(
                 settings.journal_path,
                 settings.journal_max_bytes,
-                exclusive=settings.workers == 1,
+                # another replica may reward this one's decisions: its ledger only
+                # counts the rewards this process committed
+                exclusive=settings.sole_writer,
                 ledger_size=settings.decision_cache_size,
                 observer=metrics,
             )
@@ -271,7 +273,7 @@ class DecisionService:
             install=self._install,
         )
         # several workers or synced replicas rebuild from the store: no snapshots
-        snapshots = settings.workers == 1 and self.replicas is None
+        snapshots = settings.sole_writer
         # None: the snapshots commit beside the events (SQLite), or there are none
         self._snapshot_writer = own_writer(engine, settings.store_probe_s) if snapshots else None
         self.snapshots = Snapshotter(

@@ -296,6 +296,13 @@ class Settings(CoreSettings):
         number of ``context_features``, else none (a version's own)."""
         return self.model_dim_user or (len(self.context_features) or None)
 
+    @property
+    def sole_writer(self) -> bool:
+        """Whether this process is the only one writing the event store: one worker and
+        no other replica (``replica_sync_s`` 0). Its snapshots and its journal's ledger
+        of reward counts rely on it."""
+        return self.workers == 1 and self.replica_sync_s == 0
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if len(set(self.context_features)) != len(self.context_features):

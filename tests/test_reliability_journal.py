@@ -225,3 +225,27 @@ def test_writer_behind_a_cut_link_journals_then_drains(
         assert store.existing_event_ids(ids) == set(ids)
         assert store.count_rows()["rewards"] == 1
         direct.dispose()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "sole"), [({}, True), ({"replica_sync_s": 5.0}, False), ({"workers": 2}, False)]
+)
+def test_only_the_store_s_sole_writer_trusts_its_ledger_through_an_outage(
+    tmp_path: Path, overrides: dict[str, float], sole: bool
+) -> None:
+    """A replica (one worker, ``replica_sync_s`` > 0) counted as the store's only writer:
+    a reward another replica had stored for one of its decisions was unknown to its
+    ledger, so during an outage a second reward was judged ordinal 0 and applied, then
+    skipped at the drain as a duplicate of the stored one (acknowledged, never stored,
+    and the head no longer its rebuild). Its ledger is now cleared at an outage, as
+    with several workers (the journal's own test: ``shared``)."""
+    from serving.app import create_app
+    from tests.serving_helpers import make_client, service_settings
+
+    settings = service_settings(tmp_path, journal=True, **overrides)
+    assert settings.sole_writer is sole
+    upgrade(make_engine(settings.database_url))
+    with make_client(create_app(settings)) as client:
+        service = client.app.state.service
+        assert service.journal.exclusive is sole
+        assert service.snapshots.enabled is sole
