@@ -51,6 +51,7 @@ def repeat_status(duplicate_rule: str, late: bool) -> str:
 class DecisionRow:
     """One decision, as logged (arrays are float64).
 
+    ``propensity_se`` is the standard error of a Monte-Carlo propensity (None: exact).
     Slates add ``position_propensities`` (marginal probability of each shown item at its
     slot); grouped requests share a ``request_id`` and name their ``group_id``; retrieval
     adds the ``catalog_seq`` it saw, every candidate's item version and a ``retrieval``
@@ -81,6 +82,7 @@ class DecisionRow:
     catalog_seq: int | None = None
     candidate_versions: tuple[int, ...] | None = None
     retrieval: dict[str, Any] | None = None
+    propensity_se: float | None = None
     count_impressions: bool = False
 
     @property

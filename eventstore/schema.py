@@ -137,6 +137,8 @@ class DecisionEvent(Base):
     chosen: Mapped[int] = mapped_column(Integer)
     arm_id: Mapped[str] = mapped_column(String(ARM_ID_LENGTH))
     propensity: Mapped[float] = mapped_column(Double)
+    # the standard error of a Monte-Carlo propensity (None: exact); revision 0006
+    propensity_se: Mapped[float | None] = mapped_column(Double, nullable=True)
     probabilities: Mapped[bytes] = mapped_column(LargeBinary, info={SHAPE: ("n_candidates",)})
     scores: Mapped[bytes] = mapped_column(
         LargeBinary, info={SHAPE: ("n_candidates",), **_NOT_IN_REPLAY}

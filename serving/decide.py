@@ -13,6 +13,7 @@ between the position one-hot and the model, so its propensities stay exact.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -118,6 +119,7 @@ def decision_row(
         candidate_features=inp.candidates.features,
         chosen=d.arm,
         propensity=d.propensity,
+        propensity_se=_finite_or_none(d.propensity_se),
         probabilities=np.asarray(d.probabilities, dtype=np.float64),
         scores=np.asarray(d.scores, dtype=np.float64),
         policy=d.policy,
@@ -131,3 +133,9 @@ def decision_row(
         count_impressions=count_impressions,
         **extra,
     )
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A Monte-Carlo propensity's standard error as logged: None when exact (or not a
+    finite number, which no column should hold)."""
+    return None if value is None or not math.isfinite(value) else float(value)

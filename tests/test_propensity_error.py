@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from bandit_core import Candidates, make_policy
+from eventstore.engine import make_engine
+from eventstore.schema import decisions
+from tests.serving_helpers import decision_body, policy_file, running_client, service_settings
+from training.evaluate import evaluate
+from training.replay import extract_replay, load_replay
+from validation.gate import GateRule
 from validation.ope.propensity_error import flag_propensity_error
+
+pytest_plugins = ["tests.serving_fixtures"]
 
 
 def _trained(name: str, **options: object) -> object:
@@ -85,3 +98,61 @@ def test_rows_with_large_propensity_error_are_flagged() -> None:
         flag_propensity_error([0.0], [0.1])
     with pytest.raises(ValueError, match="max_rel_error must be a float > 0"):
         flag_propensity_error(pscore, se, max_rel_error=0.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), [("shared_lints", {"n_sim": 20}), ("shared_linucb", {})]
+)
+def test_served_propensity_errors_are_logged_and_flagged_offline(
+    tmp_path: Path, rng: np.random.Generator, name: str, options: dict[str, int]
+) -> None:
+    """A Monte-Carlo propensity's standard error is stored with its decision (it was
+    returned by the policy and dropped), carried by the replay, and the offline
+    evaluation flags the held-out rows whose weight it makes uncertain; an exact policy
+    logs none and nothing is flagged."""
+    settings = service_settings(
+        tmp_path, model_path=policy_file(tmp_path / "p.npz", name, **options), reward_window_s=0.2
+    )
+    start = datetime.now(UTC)
+    with running_client(settings) as client:
+        for step in range(60):
+            made = client.post("/v1/decisions", json=decision_body(rng, n=5)).json()
+            reward = {"event_id": made["event_id"], "reward": float(step % 3 == 0)}
+            assert client.post("/v1/rewards", json=reward).status_code == 200
+    engine = make_engine(settings.store_url)
+    with engine.connect() as conn:
+        stored = conn.execute(sa.select(decisions.c.propensity, decisions.c.propensity_se)).all()
+    engine.dispose()
+    monte_carlo = name == "shared_lints"
+    assert len(stored) == 60
+    assert any(se for _, se in stored) == monte_carlo
+    for p, se in stored:
+        if monte_carlo:  # of 20 draws
+            assert se is not None and 0.0 <= se < 0.5 and 0.0 < p <= 1.0
+        else:
+            assert se is None
+    time.sleep(0.3)  # every reward window closed
+    manifest = extract_replay(
+        settings.store_url,
+        start,
+        datetime.now(UTC),
+        tmp_path / "replay",
+        reward_window=timedelta(seconds=0.2),
+    )
+    data = load_replay(manifest.path)
+    assert np.isfinite(data.propensity_ses).all() == monte_carlo
+    result = evaluate(
+        tmp_path / "p.npz", None, manifest.path, rule=GateRule(min_ess=0.0), n_resamples=20
+    )
+    flags = result.propensity
+    assert flags is not None and flags.rows == 12  # the held-out 20 %
+    _, holdout = data.split(0.2)
+    expected = flag_propensity_error(holdout.propensities, holdout.propensity_ses)
+    assert flags.flagged == int(expected.sum()) and flags.monte_carlo == (12 if monte_carlo else 0)
+    assert (flags.flagged > 0) == monte_carlo  # 20 draws: se / p > 0.1 below p = 0.98
+    noted = [n for n in result.candidate.notes if "Monte-Carlo propensity" in n]
+    assert len(noted) == int(monte_carlo) and noted == [
+        n for n in result.production.notes if "Monte-Carlo propensity" in n
+    ]
+    assert result.metrics()["ope.propensity_flagged_rows"] == flags.flagged
+    assert result.to_dict()["propensity_error"]["flagged"] == flags.flagged

@@ -8,6 +8,7 @@ service's fallback — the uniform policy — evaluated the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from validation.gate import (
 )
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
 from validation.ope.evaluate import evaluate_policy_in_blocks, policy_action_dist
+from validation.ope.propensity_error import MAX_REL_ERROR, flag_propensity_error
 
 REPORT_FILE = "evaluation.json"
 #: Most entries of the held-out window's largest dense array (512 MiB of float64); a
@@ -185,18 +187,96 @@ def _support_in_blocks(
 
 
 @dataclass(frozen=True)
+class PropensityFlags:
+    """The held-out rows whose logged propensity is a Monte-Carlo estimate too uncertain
+    for importance weighting (:func:`validation.ope.flag_propensity_error`): of ``rows``
+    rows, ``monte_carlo`` logged an estimate with its standard error and ``flagged`` of
+    those exceed ``max_rel_error``; ``examples`` names some of their decisions."""
+
+    rows: int
+    monte_carlo: int
+    flagged: int
+    max_rel_error: float = MAX_REL_ERROR
+    examples: tuple[str, ...] = ()
+
+    #: decisions named in ``examples``, at most
+    EXAMPLES = 10
+
+    @classmethod
+    def of(cls, data: ReplayData) -> PropensityFlags:
+        p = data.propensities
+        se = data.propensity_ses if data.propensity_ses is not None else np.full(p.shape, np.nan)
+        known = np.isfinite(p) & (p > 0.0)  # a slate position whose marginal is not logged
+        flags = np.zeros(p.shape, dtype=bool)
+        flags[known] = flag_propensity_error(p[known], se[known], MAX_REL_ERROR)
+        named = [data.event_ids[i] for i in np.flatnonzero(flags)[: cls.EXAMPLES]]
+        return cls(
+            int(known.sum()),
+            int(np.isfinite(se[known]).sum()),
+            int(flags.sum()),
+            examples=tuple(named),
+        )
+
+    def merge(self, other: PropensityFlags) -> PropensityFlags:
+        return PropensityFlags(
+            self.rows + other.rows,
+            self.monte_carlo + other.monte_carlo,
+            self.flagged + other.flagged,
+            self.max_rel_error,
+            (self.examples + other.examples)[: self.EXAMPLES],
+        )
+
+    def note(self) -> str | None:
+        """A line for the OPE reports when some rows are flagged."""
+        if not self.flagged:
+            return None
+        return (
+            f"{self.flagged} of {self.rows} held-out rows have a Monte-Carlo propensity whose "
+            f"relative standard error exceeds {self.max_rel_error:g}: their importance "
+            f"weights are uncertain (e.g. decisions {', '.join(self.examples[:3])})."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"examples": list(self.examples)}
+
+    def to_arrays(self) -> dict[str, Any]:
+        return {
+            "propensity_flags": np.array([self.rows, self.monte_carlo, self.flagged]),
+            "propensity_examples": np.array(self.examples, dtype=np.str_),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> PropensityFlags:
+        rows, monte_carlo, flagged = (int(v) for v in arrays["propensity_flags"])
+        examples = tuple(str(e) for e in arrays["propensity_examples"])
+        return cls(rows, monte_carlo, flagged, examples=examples)
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
-    """Both reports and the gate's decision."""
+    """Both reports, the gate's decision and the held-out rows' propensity flags."""
 
     candidate: OPEReport
     production: OPEReport
     gate: GateDecision
+    propensity: PropensityFlags | None = None
+
+    def __post_init__(self) -> None:
+        note = None if self.propensity is None else self.propensity.note()
+        if note is not None:  # in both reports, where their estimates are read
+            for name in ("candidate", "production"):
+                report = getattr(self, name)
+                if note not in report.notes:
+                    object.__setattr__(
+                        self, name, dataclasses.replace(report, notes=(*report.notes, note))
+                    )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "candidate": self.candidate.to_dict(),
             "production": self.production.to_dict(),
             "gate": self.gate.to_dict(),
+            "propensity_error": None if self.propensity is None else self.propensity.to_dict(),
         }
 
     def metrics(self) -> dict[str, float]:
@@ -209,6 +289,9 @@ class EvaluationResult:
         for check in self.gate.checks:
             if check.name == "support":
                 out["gate.unsupported_mass"] = check.value
+        if self.propensity is not None:
+            out["ope.propensity_monte_carlo_rows"] = float(self.propensity.monte_carlo)
+            out["ope.propensity_flagged_rows"] = float(self.propensity.flagged)
         return out
 
     def write(self, out_dir: str | Path) -> Path:
@@ -267,7 +350,8 @@ def evaluate(
         )
         support = _support_in_blocks(candidate, parts, batches, rule.support_threshold, seed)
         rewards = merge_ranges(reward_range(b.rewards) for b in batches)
-    result = EvaluationResult(rep_c, rep_p, decide(rep_c, rep_p, rule, support, rewards))
+    gate = decide(rep_c, rep_p, rule, support, rewards)
+    result = EvaluationResult(rep_c, rep_p, gate, PropensityFlags.of(holdout))
     if out_dir is not None:
         result.write(out_dir)
     return result

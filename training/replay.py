@@ -176,7 +176,9 @@ class ReplayData:
     ``logging_probabilities`` the logging policy's choice probabilities over each row's
     candidate set (NaN where not logged, e.g. slate positions after the first), when the
     window carries them; ``user_hashes`` (n,) the hashed user of each row (None without
-    one), when the window carries them.
+    one), when the window carries them; ``propensity_ses`` (n,) the standard error of
+    each row's propensity where it is a Monte-Carlo estimate (NaN where it is exact, not
+    logged, or a slate position after the first), when the window carries them.
     """
 
     contexts: NDArray[np.float64]
@@ -193,6 +195,7 @@ class ReplayData:
     len_list: int = 1
     logging_probabilities: list[NDArray[np.float64]] | None = None
     user_hashes: list[str | None] | None = None
+    propensity_ses: NDArray[np.float64] | None = None
 
     @property
     def row_positions(self) -> NDArray[np.intp]:
@@ -235,6 +238,7 @@ class ReplayData:
                 else [self.logging_probabilities[i] for i in pick]
             ),
             user_hashes=None if self.user_hashes is None else [self.user_hashes[i] for i in pick],
+            propensity_ses=None if self.propensity_ses is None else self.propensity_ses[index],
         )
 
     def with_position_features(self, position_slots: int) -> ReplayData:
@@ -292,7 +296,7 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
         raise ValueError("the replay window holds no decisions; nothing to train or evaluate on.")
     contexts, cand_ids, cand_feats, versions, events, logged = [], [], [], [], [], []
     users: list[str | None] = []
-    chosen, rewards, pscores, positions = [], [], [], []
+    chosen, rewards, pscores, positions, ses = [], [], [], [], []
     len_list = 1
     for row in frame.to_dict("records"):
         shown = _shown(row)
@@ -308,8 +312,10 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
         first = np.full(len(ids), np.nan)
         if given is not None and not isinstance(given, float) and len(given) == len(ids):
             first = np.asarray(given, dtype=np.float64)
+        se = _standard_error(row.get("propensity_se"))
         for position, item, reward, pscore in shown:
             logged.append(first if position == 0 else np.full(len(ids), np.nan))
+            ses.append(se if position == 0 else np.nan)
             contexts.append(x)
             cand_ids.append(ids)
             cand_feats.append(feats)
@@ -338,7 +344,16 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
         len_list=len_list,
         logging_probabilities=logged,
         user_hashes=users,
+        propensity_ses=np.asarray(ses, dtype=np.float64),
     )
+
+
+def _standard_error(value: Any) -> float:
+    """A frame's ``propensity_se`` cell: the standard error, NaN where there is none (an
+    exact propensity, a decision logged before the column existed)."""
+    if value is None:
+        return float("nan")
+    return float(value)
 
 
 def _user_hash(value: Any) -> str | None:

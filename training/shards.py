@@ -57,7 +57,13 @@ from bandit_core.catalog import CATALOG, SHARDABLE
 from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
 from bandit_core.policies.wrappers import DelegatingWrapper
 from training.baseline import baseline_state
-from training.evaluate import EvaluationResult, block_bounds, logged_batch, support_terms
+from training.evaluate import (
+    EvaluationResult,
+    PropensityFlags,
+    block_bounds,
+    logged_batch,
+    support_terms,
+)
 from training.replay import replay_from_frame
 from training.runspec import RunSpec
 from validation.gate import decide, merge_ranges, reward_range
@@ -514,11 +520,13 @@ def shard_evaluation(
     fingerprints = []
     support_mass, support_rows = 0.0, 0
     rewards: tuple[float, float] | None = None
+    flags = PropensityFlags(0, 0, 0)
     for b, (lo, hi) in enumerate(shard["blocks"]):
         rows = data.subset(slice(int(lo) - start, int(hi) - start))
         batch = logged_batch(rows)
         fingerprints.append(batch.fingerprint())
         rewards = merge_ranges((rewards, reward_range(batch.rewards)))
+        flags = flags.merge(PropensityFlags.of(rows))
         terms, dists = block_terms(policies, batch, model, (seed, first_block + b))
         for role, by_name in terms.items():
             merged = sums.setdefault(role, {})
@@ -533,6 +541,7 @@ def shard_evaluation(
         "labels": np.array([_label(policies[r]) for r in ("candidate", "production")]),
         "support": np.array([support_mass, support_rows], dtype=np.float64),
         "reward_range": np.array(rewards or (np.nan, np.nan), dtype=np.float64),
+        **flags.to_arrays(),
     }
     for role, by_name in sums.items():
         for name, t in by_name.items():
@@ -606,6 +615,10 @@ def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: st
     """Reduce step of the OPE: both reports and the gate's decision, support check
     included (:class:`training.evaluate.EvaluationResult`, written to ``out_dir``)."""
     reports = reduce_reports(parts)
+    flags = PropensityFlags(0, 0, 0)
+    for part in parts:
+        with np.load(part["path"], allow_pickle=False) as data:
+            flags = flags.merge(PropensityFlags.from_arrays(data))
     result = EvaluationResult(
         reports["candidate"],
         reports["production"],
@@ -616,6 +629,7 @@ def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: st
             reduce_support(parts),
             reduce_reward_range(parts),
         ),
+        flags,
     )
     result.write(out_dir)
     return result

@@ -15,9 +15,12 @@ from numpy.typing import NDArray
 
 from bandit_core._validation import as_float_vector
 
+#: The offline evaluation's bound on a logged propensity's relative standard error.
+MAX_REL_ERROR = 0.1
+
 
 def flag_propensity_error(
-    pscore: Any, propensity_se: Any, max_rel_error: float = 0.1
+    pscore: Any, propensity_se: Any, max_rel_error: float = MAX_REL_ERROR
 ) -> NDArray[np.bool_]:
     """Mask of the rows whose logged propensity's relative standard error is too large.
 
