@@ -315,3 +315,70 @@ def test_a_rollout_candidate_promoted_has_learnt_productions_rollout_rewards(
         )
         assert head_difference(restarted.policy, promoted.policy) < 1e-9
     engine.dispose()
+
+
+def test_a_run_for_an_earlier_interval_never_replaces_a_fresher_production(
+    tmp_path: Path,
+) -> None:
+    """A backfill (a run triggered with an old logical date) after tonight's run: its
+    model, trained on a window that stops earlier, passed the gate against the fresher
+    production, moved @staging and was auto-promoted over it. The gate now compares where
+    the two windows stop, and says why it refuses."""
+    from serving.store.repository import write_events
+    from tests.serving_helpers import decision_row, reward_row
+
+    store_url = f"sqlite:///{tmp_path}/events.db"
+    settings = PipelineSettings(
+        workspace=tmp_path / "ws",
+        database_url=store_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        runs_dir=tmp_path / "runs",
+        reward_window_s=60.0,
+    )  # type: ignore[arg-type]
+    engine = make_engine(store_url)
+    upgrade(engine)
+    end = datetime(2026, 12, 6, 2, 0, tzinfo=UTC)
+    rng = np.random.default_rng(3)
+    rows = [
+        decision_row(rng, created_at=end - timedelta(hours=4) + timedelta(seconds=9 * i))
+        for i in range(1500)
+    ]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+        write_events(
+            conn,
+            [reward_row(r.event_id, float(rng.random() < 0.3), ts=r.created_at) for r in rows],
+        )
+    engine.dispose()
+    params = {
+        "window_days": 4.0 / 24.0,
+        "algorithm": "shared_linucb",
+        "min_rows": 100,
+        "n_resamples": 50,
+        "min_ess": 0.0,
+        "tolerance": 0.9,
+        "auto_promote": True,
+    }
+    tonight = run_retrain(params, run_key="nightly", interval_end=end, settings=settings)
+    registry = ModelRegistry.from_settings(settings)
+    assert tonight.promoted and registry.by_alias("production").version == tonight.version
+    backfill = run_retrain(
+        {**params, "window_days": 2.0 / 24.0},
+        run_key="backfill",
+        interval_end=end - timedelta(hours=2),
+        settings=settings,
+    )
+    assert not backfill.gate_passed and not backfill.promoted
+    stale = [r for r in backfill.reasons if "(a backfill) never replaces" in r]
+    assert len(stale) == 1 and f"before production's (version {tonight.version}" in stale[0]
+    assert registry.by_alias("production").version == tonight.version
+    staging = registry.by_alias(settings.candidate_alias)
+    assert staging is not None and staging.version == tonight.version
+    assert registry.get(backfill.version).tags["gate_passed"] == "false"
+    # the same window again (a re-run of tonight's interval) is not stale
+    again = run_retrain(params, run_key="nightly-again", interval_end=end, settings=settings)
+    assert not any("never replaces" in r for r in again.reasons)
+    assert any(
+        r.startswith("the candidate's window stops at") and "not before production's" in r
+        for r in again.reasons
+    )

@@ -56,6 +56,7 @@ from training.shards import shard_statistics as statistics_of_shard
 from training.train import RESULT_FILE, TrainResult, head_rows, rebuild_head, train
 from training.validate import validate_features
 from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, reference_histograms
+from validation.gate import GateCheck, freshness_check
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,10 @@ def evaluate_offline(
             seed=int(s.train.get("seed", 0)),
             out_dir=out,
         )
+    fresh = _freshness(s, replay, baseline)
+    if fresh is not None:
+        result = dataclasses.replace(result, gate=result.gate.with_check(fresh))
+        result.write(out)
     reasons = [str(r) for r in result.gate.reasons]
     summary = {
         "passed": bool(result.gate.promote),
@@ -509,6 +514,22 @@ def promote(s: RunSpec, registered: RegisteredRef) -> PromotedRef:
 
 
 # ---------------------------------------------------------------------- helpers
+def _freshness(s: RunSpec, replay: ReplayRef, baseline: str | None) -> GateCheck | None:
+    """The gate's freshness check against the baseline version (None before the first,
+    or for a baseline registered without its window's stop, by hand)."""
+    if baseline is None:
+        return None
+    stop = open_registry(s).get(baseline).tags.get(WINDOW_STOP_TAG)
+    own = ReplayManifest.read(replay.manifest).stop
+    if not stop or not own:
+        return None
+    try:
+        production_stop = aware(WINDOW_STOP_TAG, stop)
+    except ValueError:
+        return None  # a tag set by hand: the service refuses that version anyway
+    return freshness_check(aware("stop", own), production_stop, baseline)
+
+
 def _moved(registry: ModelRegistry, alias: str, version: str) -> bool:
     """Whether the history records ``alias`` being moved to ``version``."""
     return any(m["alias"] == alias and m["version"] == version for m in registry.alias_history())

@@ -17,7 +17,10 @@ carry the same data fingerprint). The default rule promotes when
 * the held-out rewards are not all equal: when every logged reward is the same value
   (no click in the window, or a reward pipeline that delivered none, filled in by
   ``missing_reward = default``), every policy's estimate is that value with an interval
-  of width zero, so the first check passes by a tie and says nothing.
+  of width zero, so the first check passes by a tie and says nothing, and
+* (:func:`freshness_check`, added by the retrain) the candidate's training window stops
+  no earlier than production's: a run for an earlier interval (a backfill, a run
+  triggered with an old logical date) never replaces a model trained on later data.
 
 Every check is reported, passed or not, with its numbers.
 """
@@ -25,7 +28,8 @@ Every check is reported, passed or not, with its numbers.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -117,6 +121,10 @@ class GateDecision:
         """One sentence per check, failing ones first."""
         ordered = sorted(self.checks, key=lambda c: c.passed)
         return tuple(c.reason for c in ordered)
+
+    def with_check(self, check: GateCheck) -> GateDecision:
+        """This decision with one more check (it promotes only if that passes too)."""
+        return replace(self, checks=(*self.checks, check), promote=self.promote and check.passed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -307,3 +315,27 @@ def merge_ranges(ranges: Any) -> tuple[float, float] | None:
     if not found:
         return None
     return min(lo for lo, _ in found), max(hi for _, hi in found)
+
+
+def freshness_check(
+    candidate_stop: datetime, production_stop: datetime, production: str
+) -> GateCheck:
+    """Whether the candidate's training window stops no earlier than that of
+    ``production`` (version label): the data a model was trained on, by time."""
+    fresh = candidate_stop >= production_stop
+    return GateCheck(
+        name="fresh",
+        passed=fresh,
+        value=candidate_stop.timestamp(),
+        threshold=production_stop.timestamp(),
+        reason=(
+            f"the candidate's window stops at {candidate_stop.isoformat()}, "
+            + (
+                f"not before production's (version {production}: {production_stop.isoformat()})."
+                if fresh
+                else f"before production's (version {production}: "
+                f"{production_stop.isoformat()}): a run for an earlier interval (a backfill) "
+                "never replaces a model trained on later data."
+            )
+        ),
+    )
