@@ -73,6 +73,7 @@ class Rollout:
     status: str
     updated_at: datetime
     reason: str
+    production_version: str | None = None
 
     @property
     def running(self) -> bool:
@@ -338,9 +339,11 @@ def start_rollout(
     *,
     reason: str,
     at: datetime | None = None,
+    production_version: str | None = None,
 ) -> Rollout:
-    """Start a rollout of ``version`` at stage 0 with ``share`` of the users; records the
-    ``start`` step.
+    """Start a rollout of ``version`` at stage 0 with ``share`` of the users, against
+    ``production_version`` (the version ``@production`` holds); records the ``start``
+    step.
 
     Raises
     ------
@@ -378,6 +381,7 @@ def start_rollout(
                 status=RUNNING,
                 updated_at=at,
                 reason=reason,
+                production_version=production_version,
             )
         ).inserted_primary_key
         if key is None:  # pragma: no cover - every dialect returns the new key

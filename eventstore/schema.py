@@ -251,6 +251,9 @@ class RolloutRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     reason: Mapped[str] = mapped_column(Text)
+    # the production version the candidate is compared with (None: started before
+    # revision 0006); a step that finds @production elsewhere stops the rollout
+    production_version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH), nullable=True)
 
 
 class RolloutStepRow(Base):

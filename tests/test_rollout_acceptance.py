@@ -233,16 +233,29 @@ def test_better_candidate_reaches_100_percent_and_production(world: World) -> No
     assert info["candidate_share"] == 0.0
 
 
-def test_a_production_moved_by_hand_mid_rollout_stops_it(world: World) -> None:
+@pytest.mark.parametrize("how", ["banditops", "mlflow"])
+def test_a_production_moved_by_hand_mid_rollout_stops_it(world: World, how: str) -> None:
     """A person moves @production while a rollout runs: the production arm's outcomes
     would mix versions, so the next step stops the rollout and says why (before: it went
-    on comparing with the old version's decisions, and could promote over the move)."""
+    on comparing with the old version's decisions, and could promote over the move).
+    Moved with MLflow's own client (its UI), the move left no banditops record, and the
+    rollout held on."""
     before = world.registry.by_alias("production").version
-    version = _gate(world, "equal", "moved-under")
-    assert rollout_step(world.settings).action == "start"
-    world.registry.set_alias("production", world.production, by="bob", reason="by hand")
+    other = register(world.registry, "uniform", world.root, f"other-production-{how}")
+    version = _gate(world, "equal", f"moved-under-{how}")
+    started = rollout_step(world.settings)
+    assert started.action == "start" and started.rollout is not None
+    assert started.rollout.production_version == before
+    if how == "banditops":
+        world.registry.set_alias("production", other, by="bob", reason="by hand")
+    else:
+        world.registry.client.set_registered_model_alias(MODEL, "production", other)
     step = rollout_step(world.settings)
     assert step.action == "stop", step
-    assert f"moved from {before} to {world.production}" in step.reason and "bob" in step.reason
+    assert (
+        f"@production is on version {other}, not on version {before} as when the rollout "
+        "started" in step.reason
+    )
     assert current_rollout(world.engine, MODEL) is None
     assert world.registry.get(version).tags["rollout_status"] == "stopped"
+    world.registry.set_alias("production", before, by="test", reason="the tests' production")

@@ -69,7 +69,7 @@ def test_migrations_ship_as_package_modules() -> None:
         "0003_rollouts.py",
         "0004_snapshot_parts.py",
         "0005_snapshot_incarnation.py",
-        "0006_decision_propensity_se.py",
+        "0006_propensity_se_rollout_production.py",
     ]
 
 

@@ -226,7 +226,7 @@ def start(
             f"{reason}: version {info.version} at {settings.rollout_stages[0]:.0%} of the "
             f"users against production {production.version}"
         )
-        return _start(engine, registry, settings, info.version, reason, now)
+        return _start(engine, registry, settings, info.version, production.version, reason, now)
     finally:
         engine.dispose()
 
@@ -236,11 +236,18 @@ def _start(
     registry: ModelRegistry,
     settings: PipelineSettings,
     version: str,
+    production: str,
     reason: str,
     now: datetime | None,
 ) -> StepResult:
     rollout = start_rollout(
-        engine, settings.model_name, version, settings.rollout_stages[0], reason=reason, at=now
+        engine,
+        settings.model_name,
+        version,
+        settings.rollout_stages[0],
+        reason=reason,
+        at=now,
+        production_version=production,
     )
     _tag(registry, rollout, "start", reason, None)
     log.info("rollout %d of %s started: %s", rollout.id, rollout.label, reason)
@@ -327,7 +334,7 @@ def _step(
             f"@{settings.candidate_alias} → version {staging.version} (production "
             f"{production.version}): staged rollout {settings.rollout_stages}"
         )
-        return _start(engine, registry, settings, staging.version, reason, now)
+        return _start(engine, registry, settings, staging.version, production.version, reason, now)
 
     # the registry changed under the rollout
     if production is not None and production.version == rollout.version:
@@ -340,7 +347,18 @@ def _step(
         where = "removed" if staging is None else f"moved to version {staging.version}"
         why = f"@{settings.candidate_alias} was {where}: the rollout of {rollout.version} stops"
         return _record(engine, registry, rollout, "stop", why, None, now)
-    moved = _production_moves(registry, settings, rollout)
+    held = None if production is None else production.version
+    if rollout.production_version is not None and held != rollout.production_version:
+        # the alias moved by any means: a promotion or rollback, MLflow's UI or client
+        now_held = "removed" if held is None else f"on version {held}"
+        why = (
+            f"@{settings.production_alias} is {now_held}, not on version "
+            f"{rollout.production_version} as when the rollout started: the production "
+            f"arm's outcomes mix versions; the rollout of {rollout.version} stops (start it "
+            "again to compare with the new production)"
+        )
+        return _record(engine, registry, rollout, "stop", why, None, now)
+    moved = _production_moves(registry, settings, rollout)  # rollouts started before 0006
     if moved:
         last = moved[-1]
         why = (
