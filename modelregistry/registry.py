@@ -128,6 +128,10 @@ class VersionInfo:
         return version_label(self.name, self.version)
 
 
+#: The largest version number the registry's stores can hold (a signed 64-bit integer).
+MAX_VERSION = 2**63 - 1
+
+
 def version_number(version: str | int) -> str:
     """A registered version's number as MLflow writes it (``"3"``): one form for every
     comparison and tag. ``"0003"``, ``" 3"`` and ``3`` name version 3; anything but ASCII
@@ -140,6 +144,9 @@ def version_number(version: str | int) -> str:
     text = str(version).strip() if not isinstance(version, bool) else ""
     if not (text.isascii() and text.isdigit()):
         raise RegistryError(f"a model version is a number such as 3; got {version!r}.")
+    if len(text.lstrip("0")) > len(str(MAX_VERSION)) or int(text) > MAX_VERSION:
+        # the registry's stores hold 64-bit integers (SQLite raised its own error)
+        raise RegistryError(f"a model version is at most {MAX_VERSION}; got {text[:40]!r}.")
     return str(int(text))
 
 
@@ -315,7 +322,9 @@ class ModelRegistry:
         return sorted(infos, key=lambda v: int(v.version), reverse=True)
 
     def find_by_run_key(self, run_key: str) -> VersionInfo | None:
-        for info in self.versions():
+        """The version registered by ``run_key`` (the first, should two tries of one run
+        have raced: :meth:`register_candidate` keeps that one)."""
+        for info in reversed(self.versions()):
             if info.tags.get("run_key") == run_key:
                 return info
         return None
@@ -336,13 +345,16 @@ class ModelRegistry:
         alias.
 
         Idempotent per ``run_key`` (e.g. the Airflow run id): when a version with that key
-        exists it is returned and nothing new is registered. The logged model is loaded
-        back before it is registered; a model that does not load is refused
-        (:class:`RegistryError`) and no version is created.
+        exists nothing new is registered, and its registration is finished where a failed
+        try left it (ready, and given the registered alias unless a later version holds
+        it). Two tries of one run at once (a task's zombie and its retry) may each create
+        a version: the later one withdraws its own, and both return the first. The logged
+        model is loaded back before it is registered; a model that does not load is
+        refused (:class:`RegistryError`) and no version is created.
         """
         existing = self.find_by_run_key(run_key)
         if existing is not None:
-            return existing
+            return self._finish_registration(existing.version, run_key)
         state_path = Path(state_path)
         try:  # the serving side's admission (finite, bounded, no bombs), then a build
             self.admission.policy(state_path)
@@ -387,10 +399,32 @@ class ModelRegistry:
                 model_id=info.model_id,
             )
         version = str(created.version)
+        first = self.find_by_run_key(run_key)
+        if first is not None and first.version != version:
+            log.warning(
+                "run %s registered version %s while another try registered %s: withdrawing %s",
+                run_key,
+                first.version,
+                version,
+                version,
+            )
+            self.client.delete_model_version(self.model_name, version)
+            self.client.set_tag(run.info.run_id, "superseded_by_version", first.version)
+            version = first.version
+        return self._finish_registration(version, run_key)
+
+    def _finish_registration(self, version: str, run_key: str) -> VersionInfo:
+        """``version`` ready and given the registered alias, once (a later version that
+        holds the alias keeps it)."""
         self._wait_ready(version)
-        self.set_alias(
-            self.aliases.registered, version, by="training", reason=f"registered by run {run_key}"
+        alias = self.aliases.registered
+        moved = any(
+            m.get("alias") == alias and m.get("version") == version for m in self.alias_history()
         )
+        if not moved:
+            holder = self.by_alias(alias)
+            if holder is None or int(holder.version) < int(version):
+                self.set_alias(alias, version, by="training", reason=f"registered by run {run_key}")
         return self.get(version)
 
     def _verify_loadable(self, model_uri: str) -> None:
@@ -427,10 +461,15 @@ class ModelRegistry:
         self.get(version)  # raises RegistryError for an unknown version
         previous = self.by_alias(alias)
         self.client.set_registered_model_alias(self.model_name, alias, version)
+        self._record_move(alias, version, previous.version if previous else None, by, reason)
+
+    def _record_move(
+        self, alias: str, version: str | None, previous: str | None, by: str, reason: str
+    ) -> None:
         record = {
             "alias": alias,
             "version": version,
-            "previous": previous.version if previous else None,
+            "previous": previous,
             "at": datetime.now(UTC).isoformat(),
             "by": by,
             "reason": reason,
@@ -449,17 +488,7 @@ class ModelRegistry:
         if current is None or (version is not None and current.version != version_number(version)):
             return False
         self.client.delete_registered_model_alias(self.model_name, alias)
-        record = {
-            "alias": alias,
-            "version": None,
-            "previous": current.version,
-            "at": datetime.now(UTC).isoformat(),
-            "by": by,
-            "reason": reason,
-        }
-        self.client.set_registered_model_tag(
-            self.model_name, f"{_MOVE_PREFIX}{time.time_ns()}", json.dumps(record)
-        )
+        self._record_move(alias, None, current.version, by, reason)
         return True
 
     def tag_version(self, version: str | int, tags: Mapping[str, object]) -> None:
@@ -529,6 +558,12 @@ class ModelRegistry:
             )
         previous = self.by_alias(alias)
         if previous is not None and previous.version == version:
+            moves = [m for m in self.alias_history() if m.get("alias") == alias]
+            if not moves or moves[-1].get("version") != version:
+                # moved without its record: a retry after the record failed, or a move
+                # with MLflow's own client; the history (audit, rollouts) must show it
+                before = previous.tags.get(previous_tag(alias)) or None
+                self._record_move(alias, version, before, by, f"{reason} (recorded late)")
             return self.get(version)
         tags = {
             "promoted_at": datetime.now(UTC).isoformat(),

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -379,3 +380,67 @@ def test_registration_refuses_what_the_service_would_not_admit(tmp_path: Path) -
         )
     assert registry().versions() == []
     assert registry().register_candidate(state_path=_state(tmp_path, 1), run_key="c").version == "1"
+
+
+def test_two_tries_of_one_run_leave_one_version(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's zombie and its retry both found no version of their run key and both
+    registered one (check, then seconds of logging, then act): the later try now
+    withdraws its own version and both return the first."""
+    first = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="run-9")
+    real = ModelRegistry.find_by_run_key
+    calls = iter([None])  # the other try's first look: nothing registered yet
+
+    def racing(self: ModelRegistry, run_key: str) -> Any:
+        return next(calls, real(self, run_key)) if run_key == "run-9" else real(self, run_key)
+
+    monkeypatch.setattr(ModelRegistry, "find_by_run_key", racing)
+    second = registry.register_candidate(state_path=_state(tmp_path, 2), run_key="run-9")
+    assert second.version == first.version
+    assert [v.version for v in registry.versions()] == [first.version]
+    assert registry.by_alias("candidate").version == first.version
+
+
+def test_a_retry_finishes_a_registration_a_failure_cut_short(
+    registry: ModelRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A try that failed after the version was created (its wait for READY, the alias
+    move) left the version without the registered alias; the retry returned it as it
+    was, and @candidate stayed on the version before."""
+    registry.register_candidate(state_path=_state(tmp_path, 1), run_key="run-1")
+
+    def broken(self: ModelRegistry, version: str, timeout_s: float = 60.0) -> None:
+        raise RegistryError("not ready (test)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelRegistry, "_wait_ready", broken)
+        with pytest.raises(RegistryError, match="not ready"):
+            registry.register_candidate(state_path=_state(tmp_path, 2), run_key="run-2")
+    assert registry.by_alias("candidate").version == "1"
+    retried = registry.register_candidate(state_path=_state(tmp_path, 2), run_key="run-2")
+    assert retried.version == "2" and registry.by_alias("candidate").version == "2"
+    # a retry of an older run never takes the alias back from a later version
+    registry.register_candidate(state_path=_state(tmp_path, 3), run_key="run-3")
+    again = registry.register_candidate(state_path=_state(tmp_path, 2), run_key="run-2")
+    assert again.version == "2" and registry.by_alias("candidate").version == "3"
+    moves = [(m["alias"], m["version"]) for m in registry.alias_history()]
+    assert moves == [("candidate", "1"), ("candidate", "2"), ("candidate", "3")]
+
+
+def test_a_move_without_its_record_is_recorded_when_promoted_again(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """@production moved without a history record (MLflow's own client, or a promote
+    task that failed between the move and the record): a retried promotion found the
+    alias in place and returned, so the audit and the rollout controller never saw it."""
+    for seed in (1, 2):
+        registry.register_candidate(state_path=_state(tmp_path, seed), run_key=f"run-{seed}")
+    registry.promote("1", by="tester", reason="first")
+    registry.client.set_registered_model_alias("test-policy", "production", "2")
+    registry.promote("2", by="dag", reason="gate passed")
+    last = registry.alias_history()[-1]
+    assert (last["alias"], last["version"], last["by"]) == ("production", "2", "dag")
+    assert last["reason"] == "gate passed (recorded late)"
+    registry.promote("2", by="dag", reason="again")  # in place and recorded: nothing more
+    assert registry.alias_history()[-1] == last
