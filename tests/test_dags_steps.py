@@ -172,7 +172,9 @@ def test_run_folders_are_file_safe_and_never_shared(tmp_path: Path) -> None:
 def test_promotion_input_is_checked_before_the_registry(settings: PipelineSettings) -> None:
     with pytest.raises(ValueError, match="target must be one of production, staging"):
         promotion.plan_promotion("1", target="candidate", settings=settings)
-    with pytest.raises(ValueError, match="version must be a registered version number"):
+    with pytest.raises(
+        ValueError, match="version must be a registered version number; a model version is a"
+    ):
         promotion.plan_promotion("v1", settings=settings)
     with pytest.raises(ValueError, match="version must be given unless rollback is true"):
         promotion.plan_promotion("", settings=settings)
@@ -180,6 +182,38 @@ def test_promotion_input_is_checked_before_the_registry(settings: PipelineSettin
         promotion.plan_promotion("1", rollback="no", settings=settings)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"approval must have chosen \['Approve'\]"):
         promotion.apply_promotion({}, {"chosen_options": ["Reject"]}, settings=settings)
+
+
+def test_an_approved_move_run_again_finds_its_own_move(
+    settings: PipelineSettings, tmp_path: Path
+) -> None:
+    """``move_alias`` cleared and run again after it moved @production: it failed saying
+    the alias "moved while waiting for approval" (its own move), and the run ended failed
+    while the promotion stood. Another move in between still refuses, and so does a huge
+    version number (SQLite's overflow error before)."""
+    from bandit_core import make_policy, save_policy
+    from modelregistry.registry import ModelRegistry, RegistryError
+
+    registry = ModelRegistry.from_settings(settings)
+    for seed in (1, 2, 3):
+        state = save_policy(make_policy("linucb", dim_user=2), tmp_path / f"{seed}.npz")
+        registry.register_candidate(state_path=state, run_key=f"run-{seed}")
+    registry.promote("1", by="test", reason="first")
+    plan = promotion.plan_promotion("2", settings=settings)
+    approval = {"chosen_options": ["Approve"], "responded_by_user": {"name": "ann"}}
+    first = promotion.apply_promotion(plan, approval, settings=settings)
+    history = registry.alias_history()
+    again = promotion.apply_promotion(plan, approval, settings=settings)
+    assert again == first and registry.by_alias("production").version == "2"
+    assert registry.alias_history() == history  # nothing moved twice
+    registry.promote("3", by="bob", reason="by hand")
+    with pytest.raises(RegistryError, match="moved from 1 to 3 while waiting for approval"):
+        promotion.apply_promotion(plan, approval, settings=settings)
+    with pytest.raises(
+        ValueError,
+        match="version must be a registered version number; a model version is at most 9223372036854775807",
+    ):
+        promotion.plan_promotion("99999999999999999999", settings=settings)
 
 
 def test_pipeline_settings_validate_schedules_and_derive_paths(tmp_path: Path) -> None:

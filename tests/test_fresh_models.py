@@ -382,3 +382,9 @@ def test_a_run_for_an_earlier_interval_never_replaces_a_fresher_production(
         r.startswith("the candidate's window stops at") and "not before production's" in r
         for r in again.reasons
     )
+    # its run re-run after a rollback: it said "promoted" although production had moved on
+    assert again.promoted and registry.by_alias("production").version == again.version
+    registry.rollback(by="ann", reason="CTR dropped")
+    rerun = run_retrain(params, run_key="nightly-again", interval_end=end, settings=settings)
+    assert rerun.version == again.version and not rerun.promoted
+    assert registry.by_alias("production").version == tonight.version

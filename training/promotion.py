@@ -114,10 +114,8 @@ def plan_promotion(
     if version is not None and str(version).strip() != "":
         try:  # one form ("3"): "0003" is version 3, and already @production when 3 is
             wanted = version_number(version)
-        except RegistryError:
-            raise ValueError(
-                f"version must be a registered version number; got {version!r}."
-            ) from None
+        except RegistryError as exc:
+            raise ValueError(f"version must be a registered version number; {exc}") from None
     if wanted is None and not rollback:
         raise ValueError("version must be given unless rollback is true.")
     registry = ModelRegistry.from_settings(settings)
@@ -207,9 +205,16 @@ def apply_promotion(
     )
     alias = plan["alias"]
     now = registry.by_alias(alias)
-    if (now.version if now else None) != plan["current"]:
+    held = now.version if now else None
+    # a re-run of this task (cleared after it moved the alias) finds its own move
+    done = (
+        plan["action"] != "stop"
+        and held == plan["version"]
+        and _moved_by(registry, alias, held, reason)
+    )
+    if held != plan["current"] and not done:
         raise RegistryError(
-            f"@{alias} moved from {plan['current']} to {now.version if now else None} while "
+            f"@{alias} moved from {plan['current']} to {held} while "
             "waiting for approval; nothing changed. Trigger the promotion again."
         )
     if plan["action"] == "stop":
@@ -220,7 +225,10 @@ def apply_promotion(
         )
         return {"alias": alias, "version": plan["version"], "previous": plan["current"], "by": by,
                 "rollout": stopped.summary()}  # fmt: skip
-    if plan["action"] == "rollback":
+    if done:
+        log.info("%s: @%s is on %s already (this approval moved it)", reason, alias, held)
+        moved = registry.get(plan["version"])
+    elif plan["action"] == "rollback":
         moved = registry.rollback(by=by, reason=reason, alias=alias)
     else:
         # a person approved this very version: that is the override of a failed gate
@@ -246,3 +254,10 @@ def apply_promotion(
         if skipped is not None:
             out["rollout"] = skipped.summary()
     return out
+
+
+def _moved_by(registry: Any, alias: str, version: str | None, reason: str) -> bool:
+    """Whether the last recorded move of ``alias`` took it to ``version`` for ``reason``
+    (an approval's reason names its plan, approver and comment)."""
+    moves = [m for m in registry.alias_history() if m.get("alias") == alias]
+    return bool(moves) and moves[-1].get("version") == version and moves[-1].get("reason") == reason

@@ -506,7 +506,12 @@ def promote(s: RunSpec, registered: RegisteredRef) -> PromotedRef:
     if version.tags.get(GATE_PASSED_TAG) != "true":
         return PromotedRef(version.version, promoted=False, reason="the gate did not pass.")
     if _moved(registry, alias, version.version):
-        return PromotedRef(version.version, True, f"moved to {alias} before; not again.")
+        holder = registry.by_alias(alias)
+        held = holder.version if holder is not None else None
+        if held == version.version:
+            return PromotedRef(version.version, True, f"moved to {alias} before; not again.")
+        why = f"moved to {alias} before, since moved to {held or 'none'}; not again."
+        return PromotedRef(version.version, promoted=False, reason=why)
     reason = f"gate passed in run {s.run_key}"
     registry.promote(version.version, by=s.promoted_by, reason=reason)
     log.info("version %s promoted to %s", version.version, alias)
