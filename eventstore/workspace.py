@@ -49,6 +49,23 @@ def refuse_run_conf(dag_id: str, conf: Any) -> None:
         )
 
 
+#: The times an event, a reward's timestamp or a report's end may take: inside them,
+#: arithmetic with any window or lookback cannot overflow.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def within_range(name: str, value: Any) -> datetime:
+    """:func:`as_utc`, between :data:`EARLIEST` and :data:`LATEST`."""
+    found = as_utc(name, value)
+    if not EARLIEST <= found <= LATEST:
+        raise ValueError(
+            f"{name} must lie between {EARLIEST.isoformat()} and {LATEST.isoformat()}; got "
+            f"{found.isoformat()}."
+        )
+    return found
+
+
 def aware(name: str, text: str) -> datetime:
     """The timezone-aware ISO 8601 date-time ``text`` (field ``name``) in UTC."""
     try:

@@ -75,7 +75,7 @@ from bandit_core.user_groups import group_key, user_group_key
 from eventstore.contract import DECISIONS, MONITOR_DAG
 from eventstore.engine import make_engine
 from eventstore.replay import dimensions, of_dimensions, read_replay
-from eventstore.workspace import MONITOR_FOLDER, as_utc, run_folder
+from eventstore.workspace import MONITOR_FOLDER, as_utc, run_folder, within_range
 from modelregistry.registry import ModelRegistry
 from monitoring import evidence
 from monitoring import served_latency as sl
@@ -187,7 +187,7 @@ def build_report(
         ``report`` and ``figure`` (paths) and ``alerts`` (names of the checks in alert).
     """
     settings = MonitorSettings() if settings is None else settings
-    end = as_utc("end", end)
+    end = within_range("end", end)  # (year 1 overflowed the lookback's arithmetic)
     frame = _read_events(settings, end)
     reference, production = production_reference(settings)
     state = settings.runs_path / MONITOR_FOLDER

@@ -8,7 +8,7 @@ service and answer 422 in the same format, naming the field.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from pydantic import (
@@ -25,12 +25,9 @@ from pydantic import (
 from eventstore import records
 from eventstore.schema import ARM_ID_LENGTH, EVENT_ID_LENGTH
 from eventstore.text import text_problem
+from eventstore.workspace import EARLIEST, LATEST
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-
-#: Timestamps a reward may carry (inside them, arithmetic on them cannot overflow).
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def clean_text(value: str) -> str:

@@ -313,3 +313,12 @@ def test_notify_sends_only_alerts_and_reports_an_unreachable_webhook(
     assert monitor.notify(_report(tmp_path, "ok"), hooked)["sent"] is False  # nothing to send
     with pytest.raises(RuntimeError, match=f"alert webhook http://127.0.0.1:{port}/x could not"):
         monitor.notify(_report(tmp_path, "alert"), hooked, timeout_s=2.0)
+
+
+def test_a_monitor_report_ends_inside_the_times_events_may_take(tmp_path: Path) -> None:
+    """An end in year 1 overflowed the lookback's arithmetic (OverflowError); 9999 would
+    overflow the reward window after it. Both are named, before the store is read."""
+    settings = MonitorSettings(workspace=tmp_path / "ws", database_url="sqlite:///unused.db")
+    for end in (datetime(1, 1, 10, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)):
+        with pytest.raises(ValueError, match=r"end must lie between 1970-01-01.* and 2200-01-01"):
+            monitor.build_report(end, run_key="r", settings=settings)
