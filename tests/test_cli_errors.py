@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -216,6 +217,13 @@ def test_evaluate_gates_by_every_retrain_gate_setting(
     text = " ".join(out.split())
     assert code == 0 and "gate: reject" in text, out
     assert "propensity below 0.05 (> the limit 50%)" in text and "minimum 7" in text
+    # a file no retrain wrote (the retrain's suite checks it): repeated decisions were
+    # each weighted as a round of their own, and the estimates moved without a word
+    frame = pd.read_parquet(replay)
+    repeated = workspace / "repeated.parquet"
+    pd.concat([frame, frame.iloc[:30]]).to_parquet(repeated)
+    code, out = _run("evaluate", trained.state_path, str(repeated), "--resamples", "50")
+    assert code == 2 and out.startswith("error: the replay holds 30 repeated decisions"), out
 
 
 def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> None:

@@ -155,9 +155,10 @@ def evaluate(
 
     settings = PipelineSettings()
     n_resamples = settings.retrain_n_resamples if resamples is None else resamples
-    result = run_evaluation(
-        candidate, production, replay, rule=settings.gate_rule(), n_resamples=n_resamples
-    )
+    with _reported(ValueError):  # a replay or a state that is not what it must be
+        result = run_evaluation(
+            candidate, production, replay, rule=settings.gate_rule(), n_resamples=n_resamples
+        )
     table = Table(title="off-policy estimates (95% bootstrap intervals)")
     for col in ("estimator", "candidate", "interval", "production", "interval", "ESS"):
         table.add_column(col, justify="right")

@@ -294,6 +294,15 @@ def replay_from_frame(frame: pd.DataFrame) -> ReplayData:
     one row per shown item (a frame without the slate columns: one per decision)."""
     if len(frame) == 0:
         raise ValueError("the replay window holds no decisions; nothing to train or evaluate on.")
+    if "event_id" in frame.columns:
+        repeated = frame["event_id"].duplicated()
+        if repeated.any():  # each would be weighted as a round of its own
+            first = frame["event_id"][repeated].iloc[0]
+            raise ValueError(
+                f"the replay holds {int(repeated.sum())} repeated decisions (event_id "
+                f"{str(first)[:64]!r} among them): a decision is one row, and a repeated "
+                "one would count as several rounds."
+            )
     contexts, cand_ids, cand_feats, versions, events, logged = [], [], [], [], [], []
     users: list[str | None] = []
     chosen, rewards, pscores, positions, ses = [], [], [], [], []
