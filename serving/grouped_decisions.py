@@ -107,6 +107,7 @@ async def decide_grouped(
                 event_id=r.event_id,
                 arm_id=r.arm_id,
                 propensity=r.propensity,
+                propensity_se=r.propensity_se,
                 explored=r.explored,
             )
             for r in rows

@@ -144,6 +144,9 @@ class GroupChoice(BaseModel):
     event_id: str = Field(description="Quote it when sending this group's reward.")
     arm_id: str = Field(description="The chosen variant.")
     propensity: float = Field(description="Probability of this variant in its group.")
+    propensity_se: float | None = Field(
+        default=None, description="Its standard error when a Monte-Carlo estimate, else null."
+    )
     explored: bool
 
 
@@ -160,6 +163,11 @@ class DecisionResponse(BaseModel):
     event_id: str = Field(description="Quote it when sending the reward.")
     arm_id: str = Field(description="The chosen arm (first of the ranking for a slate).")
     propensity: float = Field(description="Probability that this arm was chosen, in (0, 1].")
+    propensity_se: float | None = Field(
+        default=None,
+        description="Standard error of the propensity when it is a Monte-Carlo estimate "
+        "(Thompson sampling over shared or neural heads); null when it is exact.",
+    )
     ranking: list[str] | None = Field(default=None, description="The slate, best first.")
     slate_propensities: list[float] | None = Field(
         default=None,

@@ -463,6 +463,7 @@ class DecisionService:
             event_id=row.event_id,
             arm_id=d.arm_id,
             propensity=d.propensity,
+            propensity_se=row.propensity_se,
             ranking=None if choice.ranking is None else [ids[i] for i in choice.ranking],
             slate_propensities=(
                 None if choice.slate_propensities is None else list(choice.slate_propensities)

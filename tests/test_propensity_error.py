@@ -114,17 +114,22 @@ def test_served_propensity_errors_are_logged_and_flagged_offline(
         tmp_path, model_path=policy_file(tmp_path / "p.npz", name, **options), reward_window_s=0.2
     )
     start = datetime.now(UTC)
+    answered: list[float | None] = []
     with running_client(settings) as client:
         for step in range(60):
             made = client.post("/v1/decisions", json=decision_body(rng, n=5)).json()
+            answered.append(made["propensity_se"])
             reward = {"event_id": made["event_id"], "reward": float(step % 3 == 0)}
             assert client.post("/v1/rewards", json=reward).status_code == 200
     engine = make_engine(settings.store_url)
     with engine.connect() as conn:
-        stored = conn.execute(sa.select(decisions.c.propensity, decisions.c.propensity_se)).all()
+        stored = conn.execute(
+            sa.select(decisions.c.propensity, decisions.c.propensity_se).order_by(decisions.c.id)
+        ).all()
     engine.dispose()
     monte_carlo = name == "shared_lints"
     assert len(stored) == 60
+    assert answered == [se for _, se in stored]  # the client is told what is logged
     assert any(se for _, se in stored) == monte_carlo
     for p, se in stored:
         if monte_carlo:  # of 20 draws
