@@ -251,3 +251,36 @@ def _runs(index: IntArray) -> list[tuple[int, int]]:
     starts = np.concatenate([[index[0]], index[breaks + 1]])
     ends = np.concatenate([index[breaks], [index[-1]]]) + 1
     return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def mixture_se(
+    inner_arms: IntArray,
+    inner_propensities: FloatArray,
+    inner_probabilities: FloatArray,
+    inner_se: FloatArray | None,
+    arms: IntArray,
+    inner_weight: Any,
+) -> FloatArray | None:
+    """The standard errors of the propensities of ``arms`` (n,) under a mixture that
+    gives ``inner_weight`` (scalar or (n,)) to an inner policy's Monte-Carlo
+    probabilities and the rest to exact parts (a floor, a cold-start share); None when the
+    inner policy's propensities are exact (``inner_se`` None).
+
+    Where the mixture serves the inner policy's own choice this is ``inner_weight · se``.
+    Where it serves another arm ``j``, whose estimate came from the same draws, the error
+    is the binomial one at the number of draws the chosen arm's error implies,
+    ``√(p̂_j (1 − p̂_j) · se² / (p̂ (1 − p̂)))`` — an estimate, not a measured error (the
+    draws measure the chosen arm's only).
+    """
+    if inner_se is None:
+        return None
+    rows = np.arange(arms.shape[0])
+    p_arm = inner_probabilities[rows, arms]
+    spread = inner_propensities * (1.0 - inner_propensities)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_draw = np.where(spread > 0.0, inner_se**2 / spread, 0.0)
+    other = np.sqrt(np.maximum(p_arm * (1.0 - p_arm), 0.0) * per_draw)
+    out: FloatArray = np.asarray(inner_weight, dtype=np.float64) * np.where(
+        arms == inner_arms, inner_se, other
+    )
+    return out

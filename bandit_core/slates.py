@@ -217,6 +217,7 @@ def select_slate(
                 policy=d.policy,
                 explored=d.explored,
                 model_version=d.model_version,
+                propensity_se=d.propensity_se,
             )
         )
         remaining = np.delete(remaining, d.arm)

@@ -52,6 +52,31 @@ def test_reported_standard_error_matches_the_spread_of_estimates(name: str) -> N
     assert d.propensity_se is not None and d.propensity_se >= 0.0
 
 
+def test_a_floor_over_a_monte_carlo_policy_reports_the_error_of_its_propensities() -> None:
+    """The floors (overlap, exploration, cold start) and the exposure cap mix exact parts
+    with the inner policy's Monte-Carlo probabilities; they dropped its standard error, so
+    every retrained version (floored by default) logged none. The mixture's error is the
+    inner one scaled by the inner policy's share; an arm the floor served instead has the
+    binomial error at the draws the chosen arm's error implies (an estimate: still within
+    the spread of its estimates here)."""
+    policy, cands = _trained("shared_lints", n_sim=200, floor=0.15)  # type: ignore[misc]
+    x = np.array([0.3, -1.0, 0.5])
+    batch = policy.select_batch(np.tile(x, (3000, 1)), cands, np.random.default_rng(1))
+    assert batch.propensity_se is not None
+    checked = 0
+    for arm in range(len(cands)):
+        rows = batch.arms == arm
+        if rows.sum() < 100:
+            continue
+        spread = batch.propensities[rows].std(ddof=1)
+        reported = np.sqrt(np.mean(batch.propensity_se[rows] ** 2))
+        assert 0.75 * spread < reported < 1.3 * spread, (arm, spread, reported)
+        checked += 1
+    assert checked >= 3  # the floor served arms the inner policy did not choose
+    one = policy.select(x, cands, np.random.default_rng(2))
+    assert one.propensity_se is not None and one.policy.endswith("+overlap")
+
+
 def test_adaptive_draws_reach_the_target_relative_error_within_the_cap() -> None:
     policy, cands = _trained("shared_lints", n_sim=50, target_rel_error=0.02, max_sim=40_000)  # type: ignore[misc]
     x = np.array([0.3, -1.0, 0.5])
@@ -101,10 +126,15 @@ def test_rows_with_large_propensity_error_are_flagged() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "options"), [("shared_lints", {"n_sim": 20}), ("shared_linucb", {})]
+    ("name", "options"),
+    [
+        ("shared_lints", {"n_sim": 20}),
+        ("shared_lints", {"n_sim": 20, "floor": 0.05, "cold_start_floor": 0.02}),
+        ("shared_linucb", {}),
+    ],
 )
 def test_served_propensity_errors_are_logged_and_flagged_offline(
-    tmp_path: Path, rng: np.random.Generator, name: str, options: dict[str, int]
+    tmp_path: Path, rng: np.random.Generator, name: str, options: dict[str, float]
 ) -> None:
     """A Monte-Carlo propensity's standard error is stored with its decision (it was
     returned by the policy and dropped), carried by the replay, and the offline
@@ -127,7 +157,7 @@ def test_served_propensity_errors_are_logged_and_flagged_offline(
             sa.select(decisions.c.propensity, decisions.c.propensity_se).order_by(decisions.c.id)
         ).all()
     engine.dispose()
-    monte_carlo = name == "shared_lints"
+    monte_carlo = name == "shared_lints"  # its floored version too
     assert len(stored) == 60
     assert answered == [se for _, se in stored]  # the client is told what is logged
     assert any(se for _, se in stored) == monte_carlo

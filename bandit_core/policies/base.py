@@ -126,6 +126,20 @@ def check_updates(
     return x, ids, r, feats
 
 
+def batch_of(decision: Decision) -> DecisionBatch:
+    """One decision as a batch of one (its standard error too), for a wrapper that mixes
+    batches."""
+    se = None if decision.propensity_se is None else np.array([decision.propensity_se])
+    return DecisionBatch(
+        np.array([decision.arm]),
+        np.array([decision.propensity]),
+        decision.probabilities[None],
+        decision.scores[None],
+        decision.policy,
+        se,
+    )
+
+
 def to_decision(
     batch: DecisionBatch, candidates: Candidates, explored: bool, model_version: str | None
 ) -> Decision:

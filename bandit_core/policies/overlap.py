@@ -53,7 +53,14 @@ from bandit_core._validation import (
     check_known_options,
     validate_params,
 )
-from bandit_core.policies.base import Policy, check_candidates, check_rng, to_decision
+from bandit_core.montecarlo import mixture_se
+from bandit_core.policies.base import (
+    Policy,
+    batch_of,
+    check_candidates,
+    check_rng,
+    to_decision,
+)
 from bandit_core.policies.wrappers import DelegatingWrapper, ExposureCap, _nest, _restore_inner
 from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
 from bandit_core.user_groups import group_key, group_of_key, user_group
@@ -294,7 +301,11 @@ class Overlap(DelegatingWrapper):
             arms = np.where((u >= w_u) & (u < w_u + w_c), new_arm, arms)
         arms = arms.astype(np.intp)
         rows = np.arange(n)
-        out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name)
+        se = mixture_se(
+            batch.arms, batch.propensities, batch.probabilities, batch.propensity_se, arms,
+            1.0 - w_u - w_c,
+        )  # fmt: skip
+        out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name, se)
         return out, arms != batch.arms
 
     # ------------------------------------------------------------------ Policy
@@ -307,13 +318,7 @@ class Overlap(DelegatingWrapper):
             if cap is not None
             else self.inner.select(context, cands, rng)
         )
-        batch = DecisionBatch(
-            np.array([inner.arm]),
-            np.array([inner.propensity]),
-            inner.probabilities[None],
-            inner.scores[None],
-            inner.policy,
-        )
+        batch = batch_of(inner)
         x = np.asarray(context, dtype=np.float64).reshape(1, -1)
         mixed, switched = self._mix(batch, x, self.new_mask(cands), check_rng(rng))
         decision = to_decision(

@@ -9,7 +9,14 @@ import numpy as np
 
 from bandit_core._validation import Interval, validate_params
 from bandit_core.exploration import mix_uniform
-from bandit_core.policies.base import Policy, check_candidates, check_rng, to_decision
+from bandit_core.montecarlo import mixture_se
+from bandit_core.policies.base import (
+    Policy,
+    batch_of,
+    check_candidates,
+    check_rng,
+    to_decision,
+)
 from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
 
 
@@ -106,19 +113,17 @@ class ExplorationFloor(_Wrapper):
         arms = np.where(uniform_branch, uniform_arm, batch.arms).astype(np.intp)
         probs = mix_uniform(batch.probabilities, weight)
         rows = np.arange(n)
-        out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name)
+        se = mixture_se(
+            batch.arms, batch.propensities, batch.probabilities, batch.propensity_se, arms,
+            1.0 - weight,
+        )  # fmt: skip
+        out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name, se)
         return out, uniform_branch & (arms != batch.arms)
 
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         cands = check_candidates(candidates, None)
         inner = self.inner.select(context, cands, rng)
-        batch = DecisionBatch(
-            np.array([inner.arm]),
-            np.array([inner.propensity]),
-            inner.probabilities[None],
-            inner.scores[None],
-            inner.policy,
-        )
+        batch = batch_of(inner)
         mixed, switched = self._mix(batch, check_rng(rng))
         return to_decision(mixed, cands, inner.explored or bool(switched[0]), self.model_version)
 
@@ -219,7 +224,9 @@ class ExposureCap(DelegatingWrapper):
         probs[:, keep] = batch.probabilities
         scores = np.full((n, k), -np.inf)
         scores[:, keep] = batch.scores
-        return DecisionBatch(keep[batch.arms], batch.propensities, probs, scores, self.name)
+        return DecisionBatch(
+            keep[batch.arms], batch.propensities, probs, scores, self.name, batch.propensity_se
+        )
 
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         decision = self.decide(context, candidates, rng)
@@ -232,13 +239,7 @@ class ExposureCap(DelegatingWrapper):
         keep = self.allowed(cands)
         inner = self.inner.select(context, cands.subset(keep), rng)
         batch = self._expand(
-            DecisionBatch(
-                np.array([inner.arm]),
-                np.array([inner.propensity]),
-                inner.probabilities[None],
-                inner.scores[None],
-                inner.policy,
-            ),
+            batch_of(inner),
             keep,
             len(cands),
         )
