@@ -19,6 +19,7 @@ the registry version tags, and the service's metrics the monitor reads back.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Literal, get_args
 
 #: The traffic arms a decision is served by (the ``traffic`` column of ``decisions``),
@@ -47,6 +48,28 @@ REFERENCE_ARTIFACT = "reference/" + REFERENCE_FILE
 #: decisions; the service replays into it, when it loads the version, every applied reward
 #: of a decision created at or after this time, whichever version made it — exactly once.
 WINDOW_STOP_TAG = "window_stop"
+
+
+def window_stop_time(text: str) -> datetime:
+    """A :data:`WINDOW_STOP_TAG` value as a UTC time: the one reading of it for the
+    service (where it replays from) and the retrain's gate (whose window is fresher). A
+    time without an offset is UTC, as the tag's contract says (the service read it in its
+    own zone, the gate not at all).
+
+    Raises
+    ------
+    ValueError
+        Not an ISO 8601 time (or out of range).
+    """
+    try:
+        value = datetime.fromisoformat(text)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{WINDOW_STOP_TAG} must be an ISO 8601 time; got {text!r}.") from exc
+
+
 #: Version tag: the SHA-256 of the policy state file the version was registered with
 #: (hex); the service refuses an artifact that no longer has it.
 STATE_DIGEST_TAG = "state_sha256"

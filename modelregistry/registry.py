@@ -144,10 +144,11 @@ def version_number(version: str | int) -> str:
     text = str(version).strip() if not isinstance(version, bool) else ""
     if not (text.isascii() and text.isdigit()):
         raise RegistryError(f"a model version is a number such as 3; got {version!r}.")
-    if len(text.lstrip("0")) > len(str(MAX_VERSION)) or int(text) > MAX_VERSION:
+    digits = text.lstrip("0") or "0"  # (int() refuses over 4,300 digits, leading zeros too)
+    if len(digits) > len(str(MAX_VERSION)) or int(digits) > MAX_VERSION:
         # the registry's stores hold 64-bit integers (SQLite raised its own error)
         raise RegistryError(f"a model version is at most {MAX_VERSION}; got {text[:40]!r}.")
-    return str(int(text))
+    return str(int(digits))
 
 
 class ModelRegistry:
@@ -418,10 +419,7 @@ class ModelRegistry:
         holds the alias keeps it)."""
         self._wait_ready(version)
         alias = self.aliases.registered
-        moved = any(
-            m.get("alias") == alias and m.get("version") == version for m in self.alias_history()
-        )
-        if not moved:
+        if not self.moved_to(alias, version):
             holder = self.by_alias(alias)
             if holder is None or int(holder.version) < int(version):
                 self.set_alias(alias, version, by="training", reason=f"registered by run {run_key}")
@@ -497,6 +495,18 @@ class ModelRegistry:
             text = "" if value is None else str(value)
             self.client.set_model_version_tag(self.model_name, version_number(version), key, text)
 
+    def last_move(self, alias: str) -> dict[str, Any] | None:
+        """The newest recorded move of ``alias`` (None when none is recorded)."""
+        moves = [m for m in self.alias_history() if m.get("alias") == alias]
+        return moves[-1] if moves else None
+
+    def moved_to(self, alias: str, version: str | int) -> bool:
+        """Whether the history records ``alias`` being moved to ``version`` (ever)."""
+        number = version_number(version)
+        return any(
+            m.get("alias") == alias and m.get("version") == number for m in self.alias_history()
+        )
+
     def alias_history(self) -> list[dict[str, Any]]:
         """Every recorded alias move, oldest first."""
         model = self.client.get_registered_model(self.model_name)
@@ -558,23 +568,30 @@ class ModelRegistry:
             )
         previous = self.by_alias(alias)
         if previous is not None and previous.version == version:
-            moves = [m for m in self.alias_history() if m.get("alias") == alias]
-            if not moves or moves[-1].get("version") != version:
+            last = self.last_move(alias)
+            if last is None or last.get("version") != version:
                 # moved without its record: a retry after the record failed, or a move
-                # with MLflow's own client; the history (audit, rollouts) must show it
-                before = previous.tags.get(previous_tag(alias)) or None
+                # with MLflow's own client; the history (audit, rollouts) must show it,
+                # and a rollback must find where it came from (the last recorded holder)
+                before = None if last is None else last.get("version")
+                self._tag_promotion(version, alias, by, reason, before)
                 self._record_move(alias, version, before, by, f"{reason} (recorded late)")
             return self.get(version)
+        self._tag_promotion(version, alias, by, reason, previous.version if previous else None)
+        self.set_alias(alias, version, by=by, reason=reason)
+        return self.get(version)
+
+    def _tag_promotion(
+        self, version: str, alias: str, by: str, reason: str, previous: str | None
+    ) -> None:
         tags = {
             "promoted_at": datetime.now(UTC).isoformat(),
             "promoted_by": by,
             "promotion_reason": reason,
-            previous_tag(alias): previous.version if previous else "",
+            previous_tag(alias): previous or "",
         }
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, version, key, value)
-        self.set_alias(alias, version, by=by, reason=reason)
-        return self.get(version)
 
     def rollback(self, *, by: str, reason: str, alias: str | None = None) -> VersionInfo:
         """Point ``alias`` (default: the production alias) back at the version it held

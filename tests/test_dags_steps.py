@@ -209,6 +209,14 @@ def test_an_approved_move_run_again_finds_its_own_move(
     registry.promote("3", by="bob", reason="by hand")
     with pytest.raises(RegistryError, match="moved from 1 to 3 while waiting for approval"):
         promotion.apply_promotion(plan, approval, settings=settings)
+    # a rollback records its reason after "rollback from 3: ": run again, it too finds
+    # its own move
+    back = promotion.plan_promotion(None, rollback=True, settings=settings)
+    done = promotion.apply_promotion(back, approval, settings=settings)
+    assert done["version"] == "2" and registry.by_alias("production").version == "2"
+    history = registry.alias_history()
+    assert promotion.apply_promotion(back, approval, settings=settings) == done
+    assert registry.alias_history() == history
     with pytest.raises(
         ValueError,
         match="version must be a registered version number; a model version is at most 9223372036854775807",

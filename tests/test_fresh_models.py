@@ -317,13 +317,15 @@ def test_a_rollout_candidate_promoted_has_learnt_productions_rollout_rewards(
     engine.dispose()
 
 
+@pytest.mark.parametrize("auto_promote", [True, False])
 def test_a_run_for_an_earlier_interval_never_replaces_a_fresher_production(
-    tmp_path: Path,
+    tmp_path: Path, auto_promote: bool
 ) -> None:
     """A backfill (a run triggered with an old logical date) after tonight's run: its
     model, trained on a window that stops earlier, passed the gate against the fresher
-    production, moved @staging and was auto-promoted over it. The gate now compares where
-    the two windows stop, and says why it refuses."""
+    production, moved @staging and was auto-promoted over it (without auto_promote,
+    tonight's version waits on @staging for its rollout, and the backfill took the alias
+    from it). The gate now compares where the windows stop, and says why it refuses."""
     from serving.store.repository import write_events
     from tests.serving_helpers import decision_row, reward_row
 
@@ -357,11 +359,13 @@ def test_a_run_for_an_earlier_interval_never_replaces_a_fresher_production(
         "n_resamples": 50,
         "min_ess": 0.0,
         "tolerance": 0.9,
-        "auto_promote": True,
+        "auto_promote": auto_promote,
     }
     tonight = run_retrain(params, run_key="nightly", interval_end=end, settings=settings)
     registry = ModelRegistry.from_settings(settings)
-    assert tonight.promoted and registry.by_alias("production").version == tonight.version
+    production = registry.by_alias("production")
+    assert tonight.gate_passed and tonight.promoted == auto_promote
+    assert (production is not None and production.version == tonight.version) == auto_promote
     backfill = run_retrain(
         {**params, "window_days": 2.0 / 24.0},
         run_key="backfill",
@@ -370,16 +374,19 @@ def test_a_run_for_an_earlier_interval_never_replaces_a_fresher_production(
     )
     assert not backfill.gate_passed and not backfill.promoted
     stale = [r for r in backfill.reasons if "(a backfill) never replaces" in r]
-    assert len(stale) == 1 and f"before production's (version {tonight.version}" in stale[0]
-    assert registry.by_alias("production").version == tonight.version
+    assert len(stale) == 1 and f"before version {tonight.version}'s" in stale[0]
+    now = registry.by_alias("production")
+    assert (now and now.version) == (production and production.version)
     staging = registry.by_alias(settings.candidate_alias)
     assert staging is not None and staging.version == tonight.version
     assert registry.get(backfill.version).tags["gate_passed"] == "false"
+    if not auto_promote:
+        return
     # the same window again (a re-run of tonight's interval) is not stale
     again = run_retrain(params, run_key="nightly-again", interval_end=end, settings=settings)
     assert not any("never replaces" in r for r in again.reasons)
     assert any(
-        r.startswith("the candidate's window stops at") and "not before production's" in r
+        r.startswith("the candidate's window stops at") and "not before version" in r
         for r in again.reasons
     )
     # its run re-run after a rollback: it said "promoted" although production had moved on

@@ -444,3 +444,20 @@ def test_a_move_without_its_record_is_recorded_when_promoted_again(
     assert last["reason"] == "gate passed (recorded late)"
     registry.promote("2", by="dag", reason="again")  # in place and recorded: nothing more
     assert registry.alias_history()[-1] == last
+    # where it came from is the last recorded holder, and a rollback finds it (the record
+    # said None, without the promotion's tags: "no previous version to roll back to")
+    assert last["previous"] == "1" and registry.get("2").tags["previous_production"] == "1"
+    assert registry.rollback(by="ann", reason="bad").version == "1"
+
+
+def test_version_numbers_are_ascii_digits_within_64_bits() -> None:
+    from modelregistry.registry import version_number
+
+    assert version_number(" 0003") == "3" == version_number("0" * 5000 + "3")
+    assert version_number(2**63 - 1) == str(2**63 - 1)
+    for bad in ("99999999999999999999", 2**63, "1" * 5000):
+        with pytest.raises(RegistryError, match="a model version is at most 9223372036854775807"):
+            version_number(bad)
+    for bad in ("٣", "3.0", "latest", "", True):
+        with pytest.raises(RegistryError, match="a model version is a number such as 3"):
+            version_number(bad)  # type: ignore[arg-type]

@@ -530,3 +530,27 @@ def test_production_rewards_outstanding_at_a_promotion_reach_its_successor(
     reference = rebuilt(settings, version_label(NAME, v2), second, stop)
     assert learnt(reference, second) == 24
     assert_heads_equal(live, reference)
+
+
+def test_a_window_stop_without_an_offset_is_utc_wherever_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tag's one reading, for the service (where it replays from) and the retrain's
+    gate (which window is fresher): the service read a time without an offset in its own
+    zone (an hour early in Berlin), and the gate skipped it."""
+    import time
+
+    from eventstore.contract import window_stop_time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        utc = datetime(2026, 12, 1, tzinfo=UTC)
+        assert window_stop_time("2026-12-01T00:00:00") == utc
+        assert window_stop_time("2026-12-01") == utc
+        assert window_stop_time("2026-12-01T01:00:00+01:00") == utc
+        with pytest.raises(ValueError, match="window_stop must be an ISO 8601 time"):
+            window_stop_time("yesterday")
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -242,6 +242,7 @@ class PropensityFlags:
     def to_arrays(self) -> dict[str, Any]:
         return {
             "propensity_flags": np.array([self.rows, self.monte_carlo, self.flagged]),
+            "propensity_max_rel_error": np.array(self.max_rel_error),
             "propensity_examples": np.array(self.examples, dtype=np.str_),
         }
 
@@ -249,7 +250,8 @@ class PropensityFlags:
     def from_arrays(cls, arrays: Any) -> PropensityFlags:
         rows, monte_carlo, flagged = (int(v) for v in arrays["propensity_flags"])
         examples = tuple(str(e) for e in arrays["propensity_examples"])
-        return cls(rows, monte_carlo, flagged, examples=examples)
+        bound = float(arrays["propensity_max_rel_error"])
+        return cls(rows, monte_carlo, flagged, bound, examples)
 
 
 @dataclass(frozen=True)

@@ -258,6 +258,11 @@ def apply_promotion(
 
 def _moved_by(registry: Any, alias: str, version: str | None, reason: str) -> bool:
     """Whether the last recorded move of ``alias`` took it to ``version`` for ``reason``
-    (an approval's reason names its plan, approver and comment)."""
-    moves = [m for m in registry.alias_history() if m.get("alias") == alias]
-    return bool(moves) and moves[-1].get("version") == version and moves[-1].get("reason") == reason
+    (an approval's reason names its plan, approver and comment; a rollback records it
+    after ``rollback from <version>: ``)."""
+    last = registry.last_move(alias)
+    return (
+        last is not None
+        and last.get("version") == version
+        and str(last.get("reason", "")).endswith(reason)
+    )

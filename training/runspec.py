@@ -380,9 +380,9 @@ def active_windows(
 
 def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[datetime, datetime]:
     """``[window_start, window_end)`` from explicit dates, else ``window_days`` back from
-    ``interval_end``. Explicit dates end by ``interval_end``: the replay reads rewards as
-    of the window's end, and the service refuses a version whose window ends after it was
-    registered (later decisions may still get rewards)."""
+    ``interval_end``. Explicit dates end by ``interval_end``: the replay reads rewards no
+    later than it (:func:`read_as_of`), and the service refuses a version whose window
+    ends after it was registered (later decisions may still get rewards)."""
     start_text, end_text = values.get("window_start"), values.get("window_end")
     if start_text or end_text:
         if not (start_text and end_text):

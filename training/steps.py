@@ -21,10 +21,15 @@ import pandas as pd
 
 from bandit_core import load_policy
 from bandit_core.policies.overlap import floor_of_policy
-from eventstore.contract import BASELINE_TAG, GATE_PASSED_TAG, REFERENCE_FILE, WINDOW_STOP_TAG
+from eventstore.contract import (
+    BASELINE_TAG,
+    GATE_PASSED_TAG,
+    REFERENCE_FILE,
+    WINDOW_STOP_TAG,
+    window_stop_time,
+)
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
-from modelregistry.registry import ModelRegistry
 from training.baseline import baseline_state, open_registry
 from training.challengers import (
     Challenger,
@@ -476,7 +481,7 @@ def gate(s: RunSpec, registered: RegisteredRef, evaluated: EvaluatedRef) -> bool
     version = registry.get(registered.version)
     recorded = version.tags.get(GATE_PASSED_TAG)
     if recorded == "false" or (
-        recorded == "true" and _moved(registry, s.staging_alias, version.version)
+        recorded == "true" and registry.moved_to(s.staging_alias, version.version)
     ):
         log.info("version %s: gate already decided (%s)", version.version, recorded)
         return recorded == "true"
@@ -505,7 +510,7 @@ def promote(s: RunSpec, registered: RegisteredRef) -> PromotedRef:
         return PromotedRef(version.version, promoted=False, reason=reason)
     if version.tags.get(GATE_PASSED_TAG) != "true":
         return PromotedRef(version.version, promoted=False, reason="the gate did not pass.")
-    if _moved(registry, alias, version.version):
+    if registry.moved_to(alias, version.version):
         holder = registry.by_alias(alias)
         held = holder.version if holder is not None else None
         if held == version.version:
@@ -520,21 +525,29 @@ def promote(s: RunSpec, registered: RegisteredRef) -> PromotedRef:
 
 # ---------------------------------------------------------------------- helpers
 def _freshness(s: RunSpec, replay: ReplayRef, baseline: str | None) -> GateCheck | None:
-    """The gate's freshness check against the baseline version (None before the first,
-    or for a baseline registered without its window's stop, by hand)."""
-    if baseline is None:
-        return None
-    stop = open_registry(s).get(baseline).tags.get(WINDOW_STOP_TAG)
+    """The gate's freshness check against the newest of the baseline (production) and the
+    ``@staging`` version, by where their windows stop (None when neither has a window's
+    stop: the uniform fallback, versions registered by hand). A version that passed this
+    check takes ``@staging``, so it must not be older than the one there either (its
+    rollout would stop for it)."""
     own = ReplayManifest.read(replay.manifest).stop
-    if not stop or not own:
+    if not own:
         return None
-    try:
-        production_stop = aware(WINDOW_STOP_TAG, stop)
-    except ValueError:
-        return None  # a tag set by hand: the service refuses that version anyway
-    return freshness_check(aware("stop", own), production_stop, baseline)
-
-
-def _moved(registry: ModelRegistry, alias: str, version: str) -> bool:
-    """Whether the history records ``alias`` being moved to ``version``."""
-    return any(m["alias"] == alias and m["version"] == version for m in registry.alias_history())
+    registry = open_registry(s)
+    holders = [registry.get(baseline)] if baseline is not None else []
+    staging = registry.by_alias(s.staging_alias)
+    if staging is not None and staging.tags.get("run_key") != s.run_key:
+        holders.append(staging)
+    stops = []
+    for info in holders:
+        tag = info.tags.get(WINDOW_STOP_TAG)
+        if not tag:
+            continue
+        try:
+            stops.append((window_stop_time(tag), info.version))
+        except ValueError:  # no tag, or not a time (which the service refuses to serve)
+            continue
+    if not stops:
+        return None
+    newest, version = max(stops)
+    return freshness_check(window_stop_time(own), newest, version)

@@ -19,8 +19,9 @@ carry the same data fingerprint). The default rule promotes when
   ``missing_reward = default``), every policy's estimate is that value with an interval
   of width zero, so the first check passes by a tie and says nothing, and
 * (:func:`freshness_check`, added by the retrain) the candidate's training window stops
-  no earlier than production's: a run for an earlier interval (a backfill, a run
-  triggered with an old logical date) never replaces a model trained on later data.
+  no earlier than those of production and of the ``@staging`` version: a run for an
+  earlier interval (a backfill, a run triggered with an old logical date) never replaces
+  a model trained on later data.
 
 Every check is reported, passed or not, with its numbers.
 """
@@ -317,25 +318,23 @@ def merge_ranges(ranges: Any) -> tuple[float, float] | None:
     return min(lo for lo, _ in found), max(hi for _, hi in found)
 
 
-def freshness_check(
-    candidate_stop: datetime, production_stop: datetime, production: str
-) -> GateCheck:
-    """Whether the candidate's training window stops no earlier than that of
-    ``production`` (version label): the data a model was trained on, by time."""
-    fresh = candidate_stop >= production_stop
+def freshness_check(candidate_stop: datetime, newest_stop: datetime, newest: str) -> GateCheck:
+    """Whether the candidate's training window stops no earlier than that of version
+    ``newest`` (the newest of production and ``@staging``): the data a model was trained
+    on, by time."""
+    fresh = candidate_stop >= newest_stop
     return GateCheck(
         name="fresh",
         passed=fresh,
         value=candidate_stop.timestamp(),
-        threshold=production_stop.timestamp(),
+        threshold=newest_stop.timestamp(),
         reason=(
             f"the candidate's window stops at {candidate_stop.isoformat()}, "
             + (
-                f"not before production's (version {production}: {production_stop.isoformat()})."
+                f"not before version {newest}'s ({newest_stop.isoformat()})."
                 if fresh
-                else f"before production's (version {production}: "
-                f"{production_stop.isoformat()}): a run for an earlier interval (a backfill) "
-                "never replaces a model trained on later data."
+                else f"before version {newest}'s ({newest_stop.isoformat()}): a run for an "
+                "earlier interval (a backfill) never replaces a model trained on later data."
             )
         ),
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bandit_core import Policy
 from eventstore.admission import Admission, AdmissionError
-from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label
+from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label, window_stop_time
 from eventstore.schema import INCARNATION_LENGTH
 from modelregistry.registry import AliasReader, client_defaults
 from serving.models.sources import ROLES, ArtifactChangedError, ModelRef, Role
@@ -76,8 +76,8 @@ class MlflowModelSource:
         incarnation = (digest or f"created-{created_ms}")[:INCARNATION_LENGTH]
         stop = tags.get(WINDOW_STOP_TAG)
         try:
-            window_stop = None if not stop else datetime.fromisoformat(stop).astimezone(UTC)
-        except (ValueError, OverflowError):  # the version's, not the registry's: refused
+            window_stop = None if not stop else window_stop_time(stop)
+        except ValueError:  # the version's, not the registry's: refused
             why = f"its tag {WINDOW_STOP_TAG}={str(stop)[:100]!r} is not an ISO 8601 time"
             return ModelRef(label, version, None, refused=why, incarnation=incarnation)
         registered = datetime.fromtimestamp(created_ms / 1000, UTC)
