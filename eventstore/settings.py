@@ -390,10 +390,6 @@ _ALIAS = re.compile(r"[\w-]{1,255}")
 _VERSION = re.compile(r"[vV]\d+")
 
 
-#: The longest reward window (a year): dates a window is added to stay in range.
-REWARD_WINDOW_MAX_S = 366 * 86_400.0
-
-
 class CoreSettings(BaseSettings):
     """Settings every component reads.
 
@@ -432,8 +428,7 @@ class CoreSettings(BaseSettings):
         Accepted reward range (422 outside it), within ±``bandit_core.MAX_ABS_INPUT``
         (as is ``default_reward``): a head learns every reward it accepts.
     reward_window_s : float
-        A reward later than this after its decision is stored but not applied ("late");
-        at most a year (a window of 10¹² s overflowed the dates a retrain plans with).
+        A reward later than this after its decision is stored but not applied ("late").
     duplicate_rule : str
         A repeated reward of an event is ignored, or added to the event's reward in the
         training replay (whose validation then holds the reward range per received
@@ -471,7 +466,7 @@ class CoreSettings(BaseSettings):
     registered_alias: str = "candidate"
     reward_min: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
     reward_max: float = Field(1.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)
-    reward_window_s: float = Field(86_400.0, gt=0.0, le=REWARD_WINDOW_MAX_S)
+    reward_window_s: float = Field(86_400.0, gt=0.0)
     duplicate_rule: DuplicateRule = "first_wins"
     missing_reward: MissingReward = "default"
     default_reward: float = Field(0.0, ge=-MAX_ABS_INPUT, le=MAX_ABS_INPUT)

@@ -83,6 +83,7 @@ def test_fresh_candidate_ids_cannot_blow_up_the_retrain_evaluation(
     flood = frame.iloc[-5:].copy()
     width = len(frame["candidate_features"].iloc[0][0])
     for i in flood.index:
+        flood.at[i, "event_id"] = f"flood-{i}"  # decisions of their own
         flood.at[i, "candidate_ids"] = [f"fresh-{i}-{j}" for j in range(1000)]
         flood.at[i, "candidate_features"] = [[0.1] * width for _ in range(1000)]
         flood.at[i, "chosen"] = 0
