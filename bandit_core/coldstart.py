@@ -24,7 +24,7 @@ import numpy as np
 
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.montecarlo import mixture_se
-from bandit_core.policies.base import check_candidates, check_rng
+from bandit_core.policies.base import batch_of, check_candidates, check_rng
 from bandit_core.slates import Selector
 from bandit_core.types import Candidates, Decision, DecisionBatch
 
@@ -94,14 +94,7 @@ class ColdStartFloor:
         if rng.random() < weight:
             arm = int(np.flatnonzero(new)[rng.integers(int(new.sum()))])
             switched = arm != inner.arm
-        se = mixture_se(
-            np.array([inner.arm]),
-            np.array([inner.propensity]),
-            inner.probabilities[None],
-            None if inner.propensity_se is None else np.array([inner.propensity_se]),
-            np.array([arm]),
-            1.0 - weight,
-        )
+        se = mixture_se(batch_of(inner), np.array([arm]), 1.0 - weight)
         return Decision(
             arm=arm,
             arm_id=cands.ids[arm],
@@ -130,8 +123,5 @@ class ColdStartFloor:
         floor_arm = new_index[rng.integers(0, new_index.shape[0], size=n)]
         arms = np.where(floor_branch, floor_arm, inner.arms).astype(np.intp)
         rows = np.arange(n)
-        se = mixture_se(
-            inner.arms, inner.propensities, inner.probabilities, inner.propensity_se, arms,
-            1.0 - weight,
-        )  # fmt: skip
+        se = mixture_se(inner, arms, 1.0 - weight)
         return DecisionBatch(arms, probs[rows, arms], probs, inner.scores, self.name, se)

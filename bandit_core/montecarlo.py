@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core._validation import Constraint, FloatArray, Interval, OptionalOf, validate_params
+from bandit_core.types import DecisionBatch
 
 IntArray = NDArray[np.intp]
 
@@ -253,18 +254,11 @@ def _runs(index: IntArray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
 
 
-def mixture_se(
-    inner_arms: IntArray,
-    inner_propensities: FloatArray,
-    inner_probabilities: FloatArray,
-    inner_se: FloatArray | None,
-    arms: IntArray,
-    inner_weight: Any,
-) -> FloatArray | None:
+def mixture_se(inner: DecisionBatch, arms: IntArray, inner_weight: Any) -> FloatArray | None:
     """The standard errors of the propensities of ``arms`` (n,) under a mixture that
-    gives ``inner_weight`` (scalar or (n,)) to an inner policy's Monte-Carlo
-    probabilities and the rest to exact parts (a floor, a cold-start share); None when the
-    inner policy's propensities are exact (``inner_se`` None).
+    gives ``inner_weight`` (scalar or (n,)) to the inner policy's Monte-Carlo
+    probabilities (its decisions ``inner``) and the rest to exact parts (a floor, a
+    cold-start share); None when the inner policy's propensities are exact.
 
     Where the mixture serves the inner policy's own choice this is ``inner_weight · se``.
     Where it serves another arm ``j``, whose estimate came from the same draws, the error
@@ -272,15 +266,16 @@ def mixture_se(
     ``√(p̂_j (1 − p̂_j) · se² / (p̂ (1 − p̂)))`` — an estimate, not a measured error (the
     draws measure the chosen arm's only).
     """
+    inner_se = inner.propensity_se
     if inner_se is None:
         return None
     rows = np.arange(arms.shape[0])
-    p_arm = inner_probabilities[rows, arms]
-    spread = inner_propensities * (1.0 - inner_propensities)
+    p_arm = inner.probabilities[rows, arms]
+    spread = inner.propensities * (1.0 - inner.propensities)
     with np.errstate(divide="ignore", invalid="ignore"):
         per_draw = np.where(spread > 0.0, inner_se**2 / spread, 0.0)
     other = np.sqrt(np.maximum(p_arm * (1.0 - p_arm), 0.0) * per_draw)
     out: FloatArray = np.asarray(inner_weight, dtype=np.float64) * np.where(
-        arms == inner_arms, inner_se, other
+        arms == inner.arms, inner_se, other
     )
     return out

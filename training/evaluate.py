@@ -281,6 +281,14 @@ class EvaluationResult:
             "propensity_error": None if self.propensity is None else self.propensity.to_dict(),
         }
 
+    def write_report(self, out_dir: str | Path) -> Path:
+        """Write ``evaluation.json`` only (a gate check added after :meth:`write`: the
+        plots show the estimates, which it does not change)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        return out
+
     def metrics(self) -> dict[str, float]:
         """Flat MLflow metrics for both policies and the decision."""
         out = {
@@ -298,9 +306,7 @@ class EvaluationResult:
 
     def write(self, out_dir: str | Path) -> Path:
         """Write ``evaluation.json`` and both interval plots into ``out_dir``."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / REPORT_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        out = self.write_report(out_dir)
         self.candidate.plot(out / "ope_candidate.png")
         self.production.plot(out / "ope_production.png")
         return out

@@ -289,7 +289,7 @@ def evaluate_offline(
     fresh = _freshness(s, replay, baseline)
     if fresh is not None:
         result = dataclasses.replace(result, gate=result.gate.with_check(fresh))
-        result.write(out)
+        result.write_report(out)
     reasons = [str(r) for r in result.gate.reasons]
     summary = {
         "passed": bool(result.gate.promote),
@@ -545,7 +545,7 @@ def _freshness(s: RunSpec, replay: ReplayRef, baseline: str | None) -> GateCheck
             continue
         try:
             stops.append((window_stop_time(tag), info.version))
-        except ValueError:  # no tag, or not a time (which the service refuses to serve)
+        except ValueError:  # not a time: the service refuses to serve that version
             continue
     if not stops:
         return None

@@ -301,10 +301,7 @@ class Overlap(DelegatingWrapper):
             arms = np.where((u >= w_u) & (u < w_u + w_c), new_arm, arms)
         arms = arms.astype(np.intp)
         rows = np.arange(n)
-        se = mixture_se(
-            batch.arms, batch.propensities, batch.probabilities, batch.propensity_se, arms,
-            1.0 - w_u - w_c,
-        )  # fmt: skip
+        se = mixture_se(batch, arms, 1.0 - w_u - w_c)
         out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name, se)
         return out, arms != batch.arms
 

@@ -113,10 +113,7 @@ class ExplorationFloor(_Wrapper):
         arms = np.where(uniform_branch, uniform_arm, batch.arms).astype(np.intp)
         probs = mix_uniform(batch.probabilities, weight)
         rows = np.arange(n)
-        se = mixture_se(
-            batch.arms, batch.propensities, batch.probabilities, batch.propensity_se, arms,
-            1.0 - weight,
-        )  # fmt: skip
+        se = mixture_se(batch, arms, 1.0 - weight)
         out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name, se)
         return out, uniform_branch & (arms != batch.arms)
 
