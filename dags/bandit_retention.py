@@ -6,7 +6,8 @@
 `BANDITOPS_RETENTION_SCHEDULE` (nightly). The cutoff never passes the start of what still
 reads the store: the replay window of each `bandit_retrain` run that is running or queued
 (from its run spec, asked of Airflow by run id; a queued run not planned yet holds the
-whole store back until it is) and the running rollout's start
+whole store back until it is), the running rollout's start and, for each version
+that still serves, the rewards its head learnt after its newest snapshot
 (`eventstore.retention`). Its return value (XCom) names the cutoff, what held it back and
 the rows deleted per table.
 """
@@ -33,6 +34,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 @task
 def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
     from eventstore.retention import apply_retention
+    from modelregistry.registry import AliasReader
     from training.runspec import active_windows
 
     refuse_run_conf(RETENTION_DAG, dag_run.conf)
@@ -48,11 +50,15 @@ def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
         protected = {f"{RETRAIN} run {key}": start for key, start in found.items()}
         if len(found) < total:
             protected[f"{total - len(found)} {RETRAIN} runs queued, window not planned yet"] = EPOCH
+    registry = AliasReader(
+        SETTINGS.tracking_uri, SETTINGS.model_name, registry_uri=SETTINGS.registry_uri
+    )
     return apply_retention(
         SETTINGS.store_url,
         SETTINGS.model_name,
         SETTINGS.retention_days,
         protected,
+        window_stop=registry.window_stop,
         now=dag_run.run_after,
     )
 

@@ -8,19 +8,28 @@ earliest start of anything still running that reads the store:
 * a ``bandit_retrain`` run that is running or queued reads its replay window from its
   ``window_start`` (the DAG finds them: :func:`training.runspec.active_windows`);
 * a running rollout (:func:`eventstore.rollouts.current_rollout`) reads the decisions of
-  both traffic arms since its ``started_at``.
+  both traffic arms since its ``started_at``;
+* a served head (:func:`held_heads`) is rebuilt from its newest snapshot and the rewards
+  it learnt after it (:func:`learnt_by`): a version that made a decision since the cutoff
+  keeps every decision whose reward its head learnt beyond that snapshot. With several
+  writers (``--workers`` > 1, replica sync) no snapshot is written, so the rows of the
+  served versions are kept from the start of their window (``window_stop``) for as long
+  as they serve, and one restart later a replica still has everything it learnt.
 
-So a row a running retrain or rollout needs is kept, and the next night prunes it.
+So a row a running retrain, rollout or served head needs is kept, and a later night
+prunes it. The deletes run in batches of :data:`PRUNE_BATCH` decisions, a transaction
+each: the service's writes wait for one batch (on SQLite a fraction of a second), never
+for the whole night's prune.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select
 
 from eventstore.engine import make_engine
 from eventstore.rollouts import current_rollout
@@ -28,6 +37,28 @@ from eventstore.schema import decisions, head_snapshot_parts, head_snapshots, re
 from eventstore.workspace import as_utc
 
 log = logging.getLogger(__name__)
+
+#: Decisions deleted per transaction (with their rewards).
+PRUNE_BATCH = 2_000
+#: A served version's label → where its training window stops (None: it learns only the
+#: rewards of its own decisions), as the service reads the registry's ``window_stop``.
+WindowStops = Callable[[str], datetime | None]
+
+
+def learnt_by(model_version: str, since: datetime | None) -> ColumnElement[bool]:
+    """Which applied rewards a head of ``model_version`` learns: those of its own
+    decisions, or — for a version whose training window stops at ``since`` — those of
+    every decision created at or after ``since``, whichever version made it (its own
+    decisions all come later: the window was extracted before it was registered). The
+    decisions before ``since`` are in the window it was trained on, so each reward is
+    learnt exactly once, by the window or online. The one rule of recovery, replica sync
+    and retention (a condition on ``rewards`` joined with ``decisions``)."""
+    learnt: ColumnElement[bool] = (
+        rewards.c.model_version == model_version
+        if since is None
+        else decisions.c.created_at >= since
+    )
+    return learnt
 
 
 def latest_snapshot_first() -> tuple[Any, ...]:
@@ -38,16 +69,22 @@ def latest_snapshot_first() -> tuple[Any, ...]:
     return s.last_reward_id.desc(), s.id.desc()
 
 
-def prune_events(engine: Engine, older_than: datetime, dry_run: bool = False) -> dict[str, int]:
+def prune_events(
+    engine: Engine, older_than: datetime, dry_run: bool = False, batch: int = PRUNE_BATCH
+) -> dict[str, int]:
     """Delete decisions created before ``older_than`` with their rewards, head snapshots
     older than it except the one each version (each incarnation of a label) recovers
     from, and the parts of large snapshots no remaining snapshot reads (those of the
     deleted ones, and those of a snapshot whose writing never finished).
 
+    The decisions go ``batch`` at a time in id order, each batch with its rewards in one
+    transaction, so no write of the service waits for more than one batch.
+
     Returns the number of rows deleted (or that would be, with ``dry_run``) per table.
     """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1; got {batch!r}.")
     d, r, s, p = decisions.c, rewards.c, head_snapshots.c, head_snapshot_parts.c
-    old_events = select(d.event_id).where(d.created_at < older_than)
     rank = (
         func.row_number()
         .over(partition_by=(s.model_version, s.incarnation), order_by=latest_snapshot_first())
@@ -58,28 +95,116 @@ def prune_events(engine: Engine, older_than: datetime, dry_run: bool = False) ->
     old_snapshots = (s.created_at < older_than) & s.id.not_in(recovered_from)
     still_read = select(s.parts_key).where(s.parts_key.is_not(None), ~old_snapshots)
     old_parts = (p.created_at < older_than) & p.parts_key.not_in(still_read)
+    if dry_run:
+        old_events = select(d.event_id).where(d.created_at < older_than)
+        with engine.connect() as conn:
+            counts = {
+                "rewards": conn.execute(
+                    select(func.count()).where(r.event_id.in_(old_events))
+                ).scalar_one(),
+                "decisions": conn.execute(
+                    select(func.count()).where(d.created_at < older_than)
+                ).scalar_one(),
+            }
+    else:
+        counts = _delete_events(engine, older_than, batch)
     with engine.begin() as conn:
-        counts = {
-            "rewards": conn.execute(
-                select(func.count()).where(r.event_id.in_(old_events))
-            ).scalar_one(),
-            "decisions": conn.execute(
-                select(func.count()).where(d.created_at < older_than)
-            ).scalar_one(),
-            "head_snapshots": conn.execute(
-                select(func.count()).select_from(head_snapshots).where(old_snapshots)
-            ).scalar_one(),
-            "head_snapshot_parts": conn.execute(
-                select(func.count()).select_from(head_snapshot_parts).where(old_parts)
-            ).scalar_one(),
-        }
+        counts["head_snapshots"] = conn.execute(
+            select(func.count()).select_from(head_snapshots).where(old_snapshots)
+        ).scalar_one()
+        counts["head_snapshot_parts"] = conn.execute(
+            select(func.count()).select_from(head_snapshot_parts).where(old_parts)
+        ).scalar_one()
         if not dry_run:
-            conn.execute(delete(rewards).where(r.event_id.in_(old_events)))
-            conn.execute(delete(decisions).where(d.created_at < older_than))
             # the parts first: which ones go is judged by the snapshots still there
             conn.execute(delete(head_snapshot_parts).where(old_parts))
             conn.execute(delete(head_snapshots).where(old_snapshots))
     return {k: int(v) for k, v in counts.items()}
+
+
+def _delete_events(engine: Engine, older_than: datetime, batch: int) -> dict[str, int]:
+    """The decisions created before ``older_than`` and their rewards, deleted ``batch``
+    decisions (by id) to a transaction; the rows deleted per table."""
+    d, r = decisions.c, rewards.c
+    counts = {"rewards": 0, "decisions": 0}
+    after = 0
+    while True:
+        with engine.begin() as conn:
+            ids = (
+                conn.execute(
+                    select(d.id)
+                    .where(d.created_at < older_than, d.id > after)
+                    .order_by(d.id)
+                    .limit(batch)
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return counts
+            lo, hi = int(ids[0]), int(ids[-1])
+            these = (d.created_at < older_than) & d.id.between(lo, hi)
+            events = select(d.event_id).where(these)
+            gone = conn.execute(delete(rewards).where(r.event_id.in_(events)))
+            counts["rewards"] += gone.rowcount
+            counts["decisions"] += conn.execute(delete(decisions).where(these)).rowcount
+        after = hi
+
+
+def held_heads(
+    conn: Connection, cutoff: datetime, window_stop: WindowStops | None = None
+) -> dict[str, datetime]:
+    """What the served heads still need of the rows before ``cutoff``: for each version
+    that made a decision at or after it, the earliest decision before it whose applied
+    reward its head learnt (:func:`learnt_by`, with ``window_stop`` of its label) after
+    the newest snapshot of its incarnation that wrote last — what a restart rebuilds it
+    from. ``"head of <label>"`` → that decision's time; a head whose snapshot holds every
+    older reward needs nothing.
+    """
+    d, r, s = decisions.c, rewards.c, head_snapshots.c
+    live = (
+        conn.execute(
+            select(d.model_version)
+            .where(d.created_at >= cutoff, d.model_version.is_not(None))
+            .distinct()
+        )
+        .scalars()
+        .all()
+    )
+    held: dict[str, datetime] = {}
+    for label in sorted(live):
+        newest = conn.execute(
+            select(s.incarnation).where(s.model_version == label).order_by(s.id.desc()).limit(1)
+        ).first()
+        covered = 0
+        if newest is not None:
+            same = (
+                s.incarnation.is_(None)
+                if newest.incarnation is None
+                else ((s.incarnation == newest.incarnation) | s.incarnation.is_(None))
+            )
+            covered = int(
+                conn.execute(
+                    select(func.max(s.last_reward_id)).where(s.model_version == label, same)
+                ).scalar_one()
+                or 0
+            )
+        since = None if window_stop is None else window_stop(label)
+        earliest = conn.execute(
+            select(func.min(d.created_at))
+            .select_from(rewards.join(decisions, d.event_id == r.event_id))
+            .where(
+                learnt_by(label, since),
+                r.applied.is_(True),
+                r.id > covered,
+                d.created_at < cutoff,
+            )
+        ).scalar_one()
+        if earliest is not None:
+            held[f"head of {label} (rewards learnt after its newest snapshot)"] = as_utc(
+                label, earliest
+            )
+    return held
 
 
 def prune_cutoff(
@@ -115,12 +240,15 @@ def apply_retention(
     retention_days: float,
     protected: Mapping[str, datetime] | None = None,
     *,
+    window_stop: WindowStops | None = None,
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Prune the event store (a URL, or an engine the caller disposes) at
-    :func:`prune_cutoff`, protecting ``protected`` and the running rollout of
-    ``model_name``: the one prune of the retention DAG and of ``banditops store prune``.
+    :func:`prune_cutoff`, protecting ``protected``, the running rollout of ``model_name``
+    and what the served heads learnt after their newest snapshots (:func:`held_heads`,
+    reading each label's window with ``window_stop``): the one prune of the retention
+    DAG and of ``banditops store prune``.
 
     Returns
     -------
@@ -136,6 +264,9 @@ def apply_retention(
         rollout = current_rollout(engine, model_name)
         if rollout is not None:
             starts[f"rollout {rollout.id} (version {rollout.version})"] = rollout.started_at
+        aged, _ = prune_cutoff(now, retention_days, {})
+        with engine.connect() as conn:
+            starts.update(held_heads(conn, aged, window_stop))
         cutoff, floor = prune_cutoff(now, retention_days, starts)
         deleted = prune_events(engine, cutoff, dry_run=dry_run)
     finally:

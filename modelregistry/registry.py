@@ -47,8 +47,10 @@ from eventstore.contract import (
     POLICY_STATE_PATH,
     REFERENCE_ARTIFACT,
     STATE_DIGEST_TAG,
+    WINDOW_STOP_TAG,
     previous_tag,
     version_label,
+    window_stop_time,
 )
 from eventstore.settings import CoreSettings
 from eventstore.text import check_text
@@ -678,6 +680,28 @@ class AliasReader:
                 return None
             raise
         return str(found.version), dict(found.tags or {}), int(found.creation_timestamp or 0)
+
+    def window_stop(self, label: str) -> datetime | None:
+        """Where the training window of the version the service names ``label`` in the
+        store (:func:`~eventstore.contract.version_label`) stops, read as the service
+        reads it: what retention keeps of a served head
+        (:data:`eventstore.retention.WindowStops`). None for another model's label, a
+        version no longer registered, or one without a readable tag (the service learns
+        only its own rewards for it, or does not serve it)."""
+        name, _, version = label.rpartition("/")
+        if name != self.model_name or not version.isascii() or not version.isdigit():
+            return None
+        try:
+            found = self._client.get_model_version(self.model_name, version)
+        except MlflowException as exc:
+            if exc.error_code in _MISSING:
+                return None
+            raise
+        stop = (found.tags or {}).get(WINDOW_STOP_TAG)
+        try:
+            return None if not stop else window_stop_time(stop)
+        except ValueError:
+            return None
 
     def state_size(self, version: str) -> int | None:
         """Bytes of ``version``'s policy state file as its artifact store lists them (None

@@ -107,8 +107,9 @@ def store_prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
 ) -> None:
     """Delete decisions (with their rewards) and old head snapshots past the retention,
-    never those a running rollout reads (as the bandit_retention DAG, which also keeps
-    the windows of running retrains: it asks Airflow for them)."""
+    never those a running rollout reads or a served head would be rebuilt from (as the
+    bandit_retention DAG, which also keeps the windows of running retrains: it asks
+    Airflow for them)."""
     from eventstore.engine import make_engine
     from eventstore.retention import apply_retention
     from serving.durations import parse_duration
@@ -131,9 +132,23 @@ def store_prune(
         engine = make_engine(target)
     except (ArgumentError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--url") from None
+    settings = Settings()
+    window_stop = None
+    if settings.uses_mlflow:  # registry versions learn by their window (file models do not)
+        from modelregistry.registry import AliasReader, client_defaults
+
+        client_defaults()
+        reader = AliasReader(
+            settings.tracking_uri, settings.model_name, registry_uri=settings.registry_uri
+        )
+        window_stop = reader.window_stop
     try:
         result = apply_retention(
-            engine, Settings().model_name, age / timedelta(days=1), dry_run=dry_run
+            engine,
+            settings.model_name,
+            age / timedelta(days=1),
+            window_stop=window_stop,
+            dry_run=dry_run,
         )
     except SQLAlchemyError as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""

@@ -2,8 +2,9 @@
 with decisions 100, 60, 45 and 10 days old and 30 days of retention. The task asks
 Airflow which ``bandit_retrain`` runs are running or queued (by run id, through the task
 SDK) and never prunes below their replay windows (from their run specs) or the running
-rollout's start; a queued run whose window is not planned yet holds everything back.
-Each night that a protection is released prunes the next rows."""
+rollout's start; a queued run whose window is not planned yet holds everything back; the
+served head (version ``v1``, which decided 10 days ago) keeps what it learnt after its
+newest snapshot. Each night that a protection is released prunes the next rows."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
+from eventstore.records import SnapshotRow
 from eventstore.rollouts import record_step, start_rollout
 from serving.store.repository import EventStore, write_events
 from tests.serving_helpers import decision_row, reward_row
@@ -95,6 +97,12 @@ def test_retention_dag_keeps_what_running_retrains_and_rollouts_read(
             refused = dagtools.run_dag("bandit_retention", conf={"retention_days": 0}, when=now)
             assert refused.tasks == {"prune": "failed"}, refused
             assert store.existing_event_ids(list(AGES)) == set(AGES)
+            # v1 still serves, and no snapshot holds what it learnt: a restart rebuilds
+            # its head from these rewards
+            assert night(0) == set(AGES)
+        reward_ids, _ = store.applied_reward_ids("v1")
+        with engine.begin() as conn:  # a snapshot holding the rewards of all but d10
+            write_events(conn, [SnapshotRow("v1", now, int(reward_ids[2]), 3, "uniform", b"npz")])
         with airflow_home.applied(**env), _retrain_run(running, "running"):
             rollout = start_rollout(
                 engine, "banditops-policy", 4, 0.05, reason="gate", at=now - 70 * DAY

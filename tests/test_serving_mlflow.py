@@ -554,3 +554,26 @@ def test_a_window_stop_without_an_offset_is_utc_wherever_it_is_read(
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_retention_reads_a_served_label_s_window_as_the_service_does(registry: Registry) -> None:
+    """What ``bandit_retention`` keeps of a served head depends on where its window stops
+    (the rewards it learns): read from the registry by the label the store holds."""
+    from eventstore.contract import version_label
+    from modelregistry.registry import AliasReader
+
+    reader = AliasReader(registry.uri, NAME)
+    stop = datetime(2026, 11, 30, 6, tzinfo=UTC)
+    tagged = registry.log_version(None, 9001)
+    registry.client.set_model_version_tag(NAME, tagged, "window_stop", "2026-11-30T06:00:00")
+    untagged = registry.log_version(None, 9002)
+    odd = registry.log_version(None, 9003)
+    registry.client.set_model_version_tag(NAME, odd, "window_stop", "garbage")
+    assert reader.window_stop(version_label(NAME, tagged)) == stop
+    # the service learns only its own rewards for these, or does not serve them
+    assert reader.window_stop(version_label(NAME, untagged)) is None
+    assert reader.window_stop(version_label(NAME, odd)) is None
+    assert reader.window_stop(version_label(NAME, 99999)) is None  # not registered
+    assert reader.window_stop(version_label("another-model", tagged)) is None
+    assert reader.window_stop("file-0123abcd") is None
+    assert reader.window_stop(f"{NAME}/²") is None

@@ -363,3 +363,123 @@ def test_snapshots_of_a_label_keep_to_their_incarnation(engine: sa.Engine) -> No
     prune_events(engine, NOW - HOUR)  # "first"'s newest stays although "second" covers less
     assert [s.state for s in store.snapshots("m/1", "first")] == [b"first:9"]
     assert [s.state for s in store.snapshots("m/1", "second")] == [b"second:5"]
+
+
+def test_prune_deletes_in_batches_and_keeps_what_came_after(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """Seven old decisions (five rewarded) go three to a transaction; the new ones stay,
+    whatever their ids (one was written between the old ones)."""
+    old = [decision_row(rng, created_at=NOW - (100 + i) * 24 * HOUR) for i in range(7)]
+    new = [decision_row(rng, created_at=NOW), decision_row(rng, created_at=NOW)]
+    rows = [*old[:3], new[0], *old[3:], new[1]]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+        write_events(conn, [reward_row(r.event_id, 1.0, ts=r.created_at) for r in old[:5]])
+        write_events(conn, [reward_row(new[0].event_id, 0.0)])
+    cutoff = NOW - 90 * 24 * HOUR
+    counted = prune_events(engine, cutoff, dry_run=True, batch=3)
+    assert prune_events(engine, cutoff, batch=3) == counted
+    assert counted == {"rewards": 5, "decisions": 7, "head_snapshots": 0, "head_snapshot_parts": 0}
+    store = EventStore(engine)
+    assert store.count_rows() == {"decisions": 2, "rewards": 1, "head_snapshots": 0}
+    assert store.existing_event_ids([r.event_id for r in rows]) == {r.event_id for r in new}
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        prune_events(engine, cutoff, batch=0)
+
+
+def test_retention_keeps_what_a_served_head_learnt_after_its_newest_snapshot(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """A version that still serves is rebuilt on a restart from its newest snapshot and
+    the rewards it learnt after it. Before, retention deleted those older than the
+    cutoff: without a snapshot (several writers) a restarted replica came back with a
+    third of what it had learnt, and never caught up with the others."""
+    from eventstore.retention import apply_retention
+
+    day = 24 * HOUR
+    served, retired, other = "m/2", "m/1", "m/3"
+    learnt = [
+        decision_row(rng, created_at=NOW - (100 - i) * day, model_version=served) for i in range(3)
+    ]
+    before_window = decision_row(rng, created_at=NOW - 120 * day, model_version=retired)
+    after_window = decision_row(rng, created_at=NOW - 105 * day, model_version=retired)
+    other_version = decision_row(rng, created_at=NOW - 95 * day, model_version=other)
+    live = decision_row(rng, created_at=NOW - day, model_version=served)
+    rows = [before_window, after_window, other_version, *learnt, live]
+    with engine.begin() as conn:
+        write_events(conn, rows)
+        write_events(
+            conn,
+            [
+                reward_row(r.event_id, 1.0, ts=r.created_at, model_version=r.model_version)
+                for r in rows
+            ],
+        )
+
+    def ids() -> set[str]:
+        return EventStore(engine).existing_event_ids([r.event_id for r in rows])
+
+    # its own rule (no window): its decisions are kept from the first one learnt
+    first = apply_retention(engine, "m", 90, now=NOW, dry_run=True)
+    assert first["floored_by"] == f"head of {served} (rewards learnt after its newest snapshot)"
+    assert first["cutoff"] == learnt[0].created_at.isoformat()
+    # with its window (stopping 110 days ago) it learnt every decision after it as well
+    stops = {served: NOW - 110 * day}
+    result = apply_retention(engine, "m", 90, window_stop=stops.get, now=NOW)
+    assert result["cutoff"] == after_window.created_at.isoformat()
+    assert result["deleted"]["decisions"] == 1  # the one before its window
+    assert ids() == {r.event_id for r in rows} - {before_window.event_id}
+    # a snapshot that holds every reward up to the newest old one frees them all
+    reward_ids, _ = EventStore(engine).applied_reward_ids(served, since=stops[served])
+    with engine.begin() as conn:
+        write_events(conn, [_snapshot(served, NOW - 2 * day, last_reward_id=int(reward_ids[-2]))])
+    result = apply_retention(engine, "m", 90, window_stop=stops.get, now=NOW)
+    assert result["floored_by"] is None
+    assert ids() == {live.event_id}
+
+
+def test_a_replica_restarted_after_retention_has_all_it_learnt(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """End to end: a replica (replica sync on, so no snapshots) learns 40 rewards over
+    HTTP; 30 of its decisions are aged past the retention and ``banditops store prune``
+    runs; the replica restarted from the store has the head it had (before: it came back
+    with the 10 rewards retention left, and the replica sync never adds the rest)."""
+    from tests.serving_helpers import (
+        decision_body,
+        head_difference,
+        policy_file,
+        running_client,
+        served_policy,
+        service_settings,
+    )
+
+    settings = service_settings(
+        tmp_path, model_path=policy_file(tmp_path / "policy.npz"), replica_sync_s=3600.0
+    )
+    assert not settings.sole_writer
+    with running_client(settings) as client:
+        for _ in range(40):
+            event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+            reply = client.post("/v1/rewards", json={"event_id": event, "reward": 1.0})
+            assert reply.json()["status"] == "applied", reply.text
+        learnt = served_policy(client)
+    engine = sa.create_engine(settings.store_url)
+    with engine.begin() as conn:
+        first = sa.select(sa.text("id")).select_from(sa.text("decisions")).order_by(sa.text("id"))
+        aged = [row.id for row in conn.execute(first.limit(30))]
+        conn.execute(
+            sa.text("UPDATE decisions SET created_at = :at WHERE id IN :ids").bindparams(
+                sa.bindparam("ids", expanding=True)
+            ),
+            {"at": datetime.now(UTC) - timedelta(days=100), "ids": aged},
+        )
+    engine.dispose()
+    env = {"BANDITOPS_WORKSPACE": str(settings.workspace)}
+    args = ["store", "prune", "--older-than", "90d", "--url", settings.store_url]
+    pruned = CliRunner().invoke(cli, args, env=env)
+    assert pruned.exit_code == 0, pruned.output
+    assert "deleted 0 rewards, 0 decisions" in " ".join(pruned.output.split()), pruned.output
+    with running_client(settings) as client:
+        assert head_difference(served_policy(client), learnt) <= 1e-9

@@ -192,8 +192,8 @@ class PipelineSettings(CoreSettings):
         Cron expression or preset of ``bandit_retention``.
     retention_days : float
         ``bandit_retention`` deletes decisions (with their rewards) and superseded head
-        snapshots older than this, never a row a running retrain's window or a running
-        rollout still needs.
+        snapshots older than this, never a row a running retrain's window, a running
+        rollout or a served head (what it learnt after its newest snapshot) still needs.
     """
 
     section: ClassVar[str] = "pipelines"

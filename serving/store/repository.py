@@ -33,7 +33,7 @@ from eventstore.records import (
     SnapshotPart,
     SnapshotRow,
 )
-from eventstore.retention import latest_snapshot_first, prune_events
+from eventstore.retention import latest_snapshot_first, learnt_by, prune_events
 from eventstore.schema import decisions, head_snapshot_parts, head_snapshots, items, rewards
 from eventstore.types import decode_floats
 
@@ -284,21 +284,6 @@ def insert_rewards(conn: Connection, judged: Sequence[JudgedReward]) -> list[Rew
     ]
 
 
-def _learnt_by(model_version: str, since: datetime | None) -> ColumnElement[bool]:
-    """Which applied rewards a head of ``model_version`` learns: those of its own
-    decisions, or — for a version whose training window stops at ``since`` — those of
-    every decision created at or after ``since``, whichever version made it (its own
-    decisions all come later: the window was extracted before it was registered). The
-    decisions before ``since`` are in the window it was trained on, so each reward is
-    learnt exactly once, by the window or online."""
-    learnt: ColumnElement[bool] = (
-        rewards.c.model_version == model_version
-        if since is None
-        else decisions.c.created_at >= since
-    )
-    return learnt
-
-
 class EventStore:
     """Queries of the service over one engine."""
 
@@ -394,14 +379,14 @@ class EventStore:
         self, model_version: str, after_id: int = 0, since: datetime | None = None
     ) -> tuple[NDArray[np.int64], list[datetime]]:
         """Ids (in order) and ``received_at`` of the rewards a head of ``model_version``
-        learns (:func:`_learnt_by`) with id > ``after_id``: what a replica compares with
-        the rewards its head has."""
+        learns (:func:`~eventstore.retention.learnt_by`) with id > ``after_id``: what a
+        replica compares with the rewards its head has."""
         r = rewards.c
         query = select(r.id, r.received_at)
         if since is not None:  # the rule reads the decision's time
             query = query.join(decisions, decisions.c.event_id == r.event_id)
         query = query.where(
-            _learnt_by(model_version, since), r.applied.is_(True), r.id > after_id
+            learnt_by(model_version, since), r.applied.is_(True), r.id > after_id
         ).order_by(r.id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
@@ -435,10 +420,11 @@ class EventStore:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> AppliedRewards:
-        """Rewards a head of ``model_version`` learns (:func:`_learnt_by`: those applied
-        to it, or with ``since`` those of every decision created at or after it) with id >
-        ``after_id`` (and among the ids ``only`` when given), in id order; the first
-        ``limit`` of them when given."""
+        """Rewards a head of ``model_version`` learns
+        (:func:`~eventstore.retention.learnt_by`: those applied to it, or with ``since``
+        those of every decision created at or after it) with id > ``after_id`` (and among
+        the ids ``only`` when given), in id order; the first ``limit`` of them when
+        given."""
         r, d = rewards.c, decisions.c
         query = (
             select(
@@ -456,7 +442,7 @@ class EventStore:
                 r.position,
             )
             .join(decisions, d.event_id == r.event_id)
-            .where(_learnt_by(model_version, since), r.applied.is_(True), r.id > after_id)
+            .where(learnt_by(model_version, since), r.applied.is_(True), r.id > after_id)
             .order_by(r.id)
         )
         if only is not None:
