@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, func, select
 
-from eventstore.replay import combined_reward, decision_outcome, in_reward_window
+from eventstore.replay import YIELD_PER, combined_reward, decision_outcome, in_reward_window
 from eventstore.schema import decisions, rewards
 from eventstore.settings import CORE_DEFAULTS, DuplicateRule, MissingReward
 
@@ -194,24 +194,34 @@ def online_outcomes(
         .where(*where, d.created_at < closed_before)
         .order_by(d.event_id, r.ordinal)
     )
-    found: dict[str, _Rewarded] = {}
-    with engine.connect() as conn:
-        for row in conn.execute(served):
-            groups[key_of(row)].served = int(row[-1])
-        closed_counts = {key_of(row): int(row[-1]) for row in conn.execute(closed)}
-        for row in conn.execute(rewarded):
-            shown = 1 if row.ranking is None else len(row.ranking)
-            if int(row.at) >= shown:  # not a position this decision showed
-                continue
-            if in_reward_window(row.received_at, row.created_at, rules.reward_window):
-                event = found.setdefault(row.event_id, _Rewarded(key_of(row), shown))
-                event.at.setdefault(int(row.at), []).append(float(row.value))
-    for event in found.values():
+
+    def add(event: _Rewarded | None) -> None:
+        if event is None:
+            return
         value = event.outcome(rules)
         group = groups[event.key]
         group.rewarded += 1
         group.total += value
         group.total_sq += value * value
+
+    # the rewards come in event order: one decision is held at a time, so memory stays
+    # one entry per group however many decisions are read
+    current: _Rewarded | None = None
+    current_id: str | None = None
+    with engine.connect() as conn:
+        for row in conn.execute(served):
+            groups[key_of(row)].served = int(row[-1])
+        closed_counts = {key_of(row): int(row[-1]) for row in conn.execute(closed)}
+        for row in conn.execution_options(yield_per=YIELD_PER).execute(rewarded):
+            shown = 1 if row.ranking is None else len(row.ranking)
+            if int(row.at) >= shown:  # not a position this decision showed
+                continue
+            if in_reward_window(row.received_at, row.created_at, rules.reward_window):
+                if current is None or row.event_id != current_id:
+                    add(current)
+                    current, current_id = _Rewarded(key_of(row), shown), row.event_id
+                current.at.setdefault(int(row.at), []).append(float(row.value))
+    add(current)
     for key, n_closed in closed_counts.items():
         group = groups[key]
         if rules.missing_reward == "default":

@@ -118,7 +118,8 @@ def _reader(column: Column[Any]) -> Callable[[Row[Any]], Any]:
 
 _READERS = tuple((name, _reader(decisions.c[name])) for name in STORED)
 
-_YIELD_PER = 2000
+#: Rows a streaming read takes from the driver at a time (its memory stays bounded).
+YIELD_PER = 2000
 
 
 def _width(value: Any) -> int:
@@ -211,7 +212,7 @@ def read_replay(
     rows = []
     query = select(decisions).where(in_window).order_by(d.id)
     with engine.connect() as conn:
-        for row in conn.execution_options(yield_per=_YIELD_PER).execute(query):
+        for row in conn.execution_options(yield_per=YIELD_PER).execute(query):
             value, count = observed.get((row.event_id, 0), (None, 0))
             slate = None
             if row.ranking is not None:
@@ -255,7 +256,7 @@ def _rewards(
     )
     values: dict[tuple[str, int], list[float]] = defaultdict(list)
     with engine.connect() as conn:
-        for row in conn.execution_options(yield_per=_YIELD_PER).execute(query):
+        for row in conn.execution_options(yield_per=YIELD_PER).execute(query):
             if in_reward_window(row.received_at, row.created_at, reward_window):
                 values[(row.event_id, int(row.at))].append(float(row.value))
     return {e: (combined_reward(v, rule), len(v)) for e, v in values.items()}

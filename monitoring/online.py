@@ -5,6 +5,7 @@ decides by too), and the fallback share per day.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,60 @@ from sqlalchemy import Engine, func, select
 from eventstore.outcomes import FALLBACK, Z95, OnlineMean, RewardRules, online_outcomes
 from eventstore.schema import decisions
 
-__all__ = ["FALLBACK", "Z95", "OnlineMean", "RewardRules", "fallback_by_day", "online_outcomes"]
+__all__ = [
+    "FALLBACK",
+    "Z95",
+    "LifetimeOutcomes",
+    "OnlineMean",
+    "RewardRules",
+    "fallback_by_day",
+    "online_outcomes",
+]
+
+#: Reward windows after which a decision's outcome is settled: its own window, and one
+#: more for events written late (a journal draining after a store outage).
+SETTLED_WINDOWS = 2
+
+Groups = dict[tuple[str, ...], OnlineMean]
+
+
+def merged(a: Groups, b: Groups) -> Groups:
+    """The outcomes of both sets of decisions, group by group."""
+    return {key: a.get(key, OnlineMean()) + b.get(key, OnlineMean()) for key in a.keys() | b.keys()}
+
+
+class LifetimeOutcomes:
+    """The online outcome of every decision so far, per group, for a page drawn on every
+    view (the Bandits page's versions): the decisions settled :data:`SETTLED_WINDOWS`
+    reward windows ago cannot change, so their sums are read once and kept, and each
+    view adds those settled since and reads the newer ones afresh. A view reads a few
+    reward windows of decisions, not the whole store (before: 13.7 s and 350 MB a view at
+    a million decisions). Kept sums go on counting decisions retention prunes later; a
+    new process counts those still stored."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[Any, ...], tuple[datetime | None, Groups]] = {}
+
+    def read(
+        self,
+        engine: Engine,
+        rules: RewardRules,
+        *,
+        now: datetime | None = None,
+        by: tuple[str, ...] = ("model_version",),
+    ) -> Groups:
+        """:func:`online_outcomes` of every decision as of ``now``, grouped by ``by``."""
+        now = datetime.now(UTC) if now is None else now
+        settled = now - SETTLED_WINDOWS * rules.reward_window
+        key = (engine.url.render_as_string(hide_password=False), rules, by)
+        with self._lock:
+            mark, kept = self._kept.get(key, (None, {}))
+            if mark is None or settled > mark:
+                more = online_outcomes(engine, rules, since=mark, until=settled, now=now, by=by)
+                mark, kept = settled, merged(kept, more)
+                self._kept[key] = (mark, kept)
+        return merged(kept, online_outcomes(engine, rules, since=mark, now=now, by=by))
 
 
 def fallback_by_day(engine: Engine, days: int, now: datetime | None = None) -> list[dict[str, Any]]:

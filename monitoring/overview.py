@@ -47,7 +47,13 @@ from eventstore.workspace import MONITOR_FOLDER
 from modelregistry.registry import ModelRegistry, VersionInfo
 from monitoring import served_latency as sl
 from monitoring.monitor import REPORT_FILE
-from monitoring.online import FALLBACK, RewardRules, fallback_by_day, online_outcomes
+from monitoring.online import (
+    FALLBACK,
+    LifetimeOutcomes,
+    RewardRules,
+    fallback_by_day,
+    online_outcomes,
+)
 from monitoring.settings import MonitorSettings
 
 #: Where ``bandit_monitor`` keeps its runs (``<runs dir>/monitor/<run>/report.json``).
@@ -57,6 +63,8 @@ LATENCY_HISTORY = 24
 HISTORY_ROWS = 20
 #: Days of the fallback-share chart.
 FALLBACK_DAYS = 7
+#: Every version's online outcome so far, kept between views of the page.
+LIFETIME = LifetimeOutcomes()
 _OPE_METRIC = re.compile(r"^ope\.candidate\.([a-z0-9_]+)\.(value|ci_low|ci_high)$")
 
 
@@ -134,7 +142,7 @@ def versions_section(
     registry: ModelRegistry, engine: Engine, settings: MonitorSettings, now: datetime
 ) -> dict[str, Any]:
     try:
-        outcomes = online_outcomes(engine, RewardRules.of(settings), now=now)
+        outcomes = LIFETIME.read(engine, RewardRules.of(settings), now=now)
         error = None
     except SQLAlchemyError as exc:  # a store not migrated yet: the versions still show
         outcomes, error = {}, f"the event store could not be read: {type(exc).__name__}"

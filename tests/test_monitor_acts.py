@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from bandit_core.user_groups import user_group
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
+from eventstore.records import SnapshotRow
 from eventstore.retention import apply_retention, prune_cutoff
 from eventstore.rollouts import record_step, start_rollout
 from monitoring import monitor
@@ -297,8 +298,10 @@ def test_retention_never_prunes_what_a_running_retrain_or_rollout_reads(
     store_url: str, engine: sa.Engine, rng: np.random.Generator
 ) -> None:
     """On SQLite and PostgreSQL: decisions 100, 60, 45 and 10 days old, 30 days of
-    retention. A running rollout started 70 days ago and a retrain whose window starts 50
-    days ago hold the cutoff back; each released protection lets the next night prune."""
+    retention. The served head (``v1`` decided 10 days ago) holds every reward it learnt
+    after its newest snapshot; a running rollout started 70 days ago and a retrain whose
+    window starts 50 days ago hold the cutoff back; each released protection lets the
+    next night prune."""
     ages = {"d100": 100, "d60": 60, "d45": 45, "d10": 10}
     rows: list[Any] = []
     for event, age in ages.items():
@@ -311,6 +314,12 @@ def test_retention_never_prunes_what_a_running_retrain_or_rollout_reads(
     def kept() -> set[str]:
         return store.existing_event_ids(list(ages))
 
+    night0 = apply_retention(store_url, "m", 30, now=NOW)
+    assert night0["floored_by"] == "head of v1 (rewards learnt after its newest snapshot)"
+    assert night0["cutoff"] == (NOW - 100 * DAY).isoformat() and kept() == set(ages)
+    reward_ids, _ = store.applied_reward_ids("v1")
+    with engine.begin() as conn:  # a snapshot holding the rewards of all but d10
+        write_events(conn, [SnapshotRow("v1", NOW, int(reward_ids[2]), 3, "uniform", b"npz")])
     rollout = start_rollout(engine, "m", 2, 0.05, reason="gate passed", at=NOW - 70 * DAY)
     retrain = {"bandit_retrain run nightly-1": NOW - 50 * DAY}
     dry = apply_retention(store_url, "m", 30, retrain, now=NOW, dry_run=True)
