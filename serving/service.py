@@ -769,7 +769,13 @@ class DecisionService:
         try:
             return await asyncio.wrap_future(future)
         except Exception as exc:
-            raise StoreUnavailableError(f"the event store refused the event: {exc}") from exc
+            # the driver's message quotes the whole batch's parameters (other clients'
+            # events): it goes to the log, the client learns only its kind
+            log.warning("the event store refused an event: %s", exc)
+            raise StoreUnavailableError(
+                f"the event store refused the event ({type(exc).__name__}); it was not "
+                "stored: retry later"
+            ) from exc
 
     def _on_committed(self, items: Sequence[Any], results: list[Any]) -> None:
         """Writer thread: hand the committed, applied rewards to the loop (in order)."""

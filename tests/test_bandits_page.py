@@ -252,6 +252,10 @@ def test_inside_airflow_every_route_needs_a_signed_in_user(tmp_path: Path) -> No
     client = make_client(create_app(lambda: settings, airflow=True), token=None)
     page = client.get("/")
     assert page.status_code == 401 and "Sign in to Airflow" in page.text
+    # only Airflow's own UI (same origin) may frame it: before, a page on another port of
+    # the host framed it invisibly and one click on its bait triggered a run
+    assert page.headers["x-frame-options"] == "SAMEORIGIN"
+    assert page.headers["content-security-policy"] == "frame-ancestors 'self'"
     assert client.get("/api/overview").status_code == 401
     assert client.post("/actions/retrain").status_code == 401
     # a promotion names a registered version number, nothing else
@@ -263,7 +267,9 @@ def test_outside_airflow_the_page_is_read_only_and_says_so(tmp_path: Path) -> No
 
     settings = MonitorSettings(workspace=tmp_path / "ws")
     client = make_client(create_app(lambda: settings, airflow=False), token=None)
-    html = client.get("/").text
+    answer = client.get("/")
+    html = answer.text
+    assert answer.headers["x-frame-options"] == "SAMEORIGIN"
     assert "Served outside Airflow" in html and "<form" not in html
     assert "no registered version yet" in html and "no monitor report yet" in html
     assert client.post("/actions/retrain").status_code == 404

@@ -775,3 +775,35 @@ def test_a_version_no_request_could_afford_is_refused() -> None:
     with pytest.raises(UnsafeModelError, match="max_work_units is 5000000"):
         smoke_test(policy, signature, max_work_units=5_000_000)
     smoke_test(make_policy("shared_lints", dim_user=6, dim_arm=4), signature, 5_000_000)
+
+
+def test_a_refused_batch_tells_no_client_of_the_others_events(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Journal off, the store locked: each of 8 concurrent decisions gets a 503 naming
+    only the kind of failure. Before, the driver's message, which quotes the parameters
+    of the whole batch (other clients' event ids, user hashes, candidates), went into
+    every body."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serving_helpers import decision_body, running_client, service_settings
+
+    settings = service_settings(tmp_path, journal=False, store_lock_timeout_s=1.0)
+    with running_client(settings) as client:
+        bodies = [{**decision_body(rng), "user_id": f"secret-user-{i}"} for i in range(8)]
+        lock = sqlite3.connect(settings.store_url.removeprefix("sqlite:///"), timeout=1)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                replies = list(pool.map(lambda b: client.post("/v1/decisions", json=b), bodies))
+        finally:
+            lock.rollback()
+            lock.close()
+        after = client.post("/v1/decisions", json=decision_body(rng))
+    assert [r.status_code for r in replies] == [503] * 8
+    for reply in replies:
+        text = reply.text
+        assert "OperationalError" in text and "retry later" in text, text
+        assert "INSERT" not in text and "secret-user" not in text and "item-" not in text, text
+    assert after.status_code == 200, after.text

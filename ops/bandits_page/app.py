@@ -18,7 +18,9 @@ that server cannot check it (down, or busier than the deadline of
 :data:`~ops.bandits_page.airflow_api.DEADLINE_S`), the page answers 503 and shows none of
 its data. The
 actions take same-origin posts only (``Sec-Fetch-Site``, else ``Origin``): a form on
-another site or port cannot post with the user's cookie. Without Airflow
+another site or port cannot post with the user's cookie, and no page but Airflow's own
+(same origin) may frame it (``X-Frame-Options``, CSP ``frame-ancestors``), so a page of
+another port cannot lay it, invisible, under its own button. Without Airflow
 (``airflow=False``, tests and local use) the page is read-only and unauthenticated.
 """
 
@@ -40,6 +42,13 @@ from ops.bandits_page.html import render_page
 
 #: The DAGs whose state the actions panel shows.
 SHOWN_DAGS = (RETRAIN_DAG, ROLLOUT_DAG, PROMOTE_DAG, MONITOR_DAG)
+#: Headers of every answer: framed by Airflow's UI (same origin) only, no sniffing.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "SAMEORIGIN",
+    "Content-Security-Policy": "frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def _token(request: Request) -> str | None:
@@ -111,6 +120,12 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     def api_of(request: Request) -> af.AirflowAPI | None:
         token = _token(request)
