@@ -87,12 +87,20 @@ class CommitOutcomeUnknownError(RuntimeError):
     skips what the store already holds (the journal's drain)."""
 
 
+#: SQLSTATEs of a database that takes no writes for now, which the driver reports as
+#: another kind of error: a read-only transaction (a failover that landed on a standby,
+#: ``default_transaction_read_only``).
+OUTAGE_SQLSTATES = frozenset({"25006"})
+
+
 def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot be reached (as opposed to refusing an
-    item: a constraint, a bad value)."""
+    """Whether ``exc`` says the database cannot be reached or written for now (as opposed
+    to refusing an item: a constraint, a bad value)."""
     if isinstance(exc, CommitOutcomeUnknownError):
         return True
     if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError):
+        return True
+    if getattr(getattr(exc, "orig", None), "pgcode", None) in OUTAGE_SQLSTATES:
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
