@@ -643,7 +643,8 @@ class DecisionService:
         NotFoundError
             Unknown event id (404).
         NotReadyError, StoreUnavailableError
-            Nothing serves yet, or the reward could not be committed (503).
+            Nothing serves yet, the reward could not be committed, or the event is not
+            found while the store recovers and other processes write to it (503).
         """
         served = self._served()
         settings = self.settings
@@ -656,6 +657,13 @@ class DecisionService:
                 raise StoreUnavailableError(
                     f"the event store is unreachable to look up event {req.event_id!r}."
                 ) from exc
+        if decision is None and self.writer.degraded and not settings.sole_writer:
+            # another worker or replica may hold it in its journal, not stored yet: a 404
+            # would tell the client it never existed, and its reward would be dropped
+            raise StoreUnavailableError(
+                f"event {req.event_id!r} is not in the event store yet, which is recovering "
+                "from an outage (another worker or replica may still hold it): retry later."
+            )
         if decision is None:
             raise NotFoundError(f"no decision with event_id {req.event_id!r}.")
         check_position(req.position, decision.slate_length)
