@@ -249,3 +249,35 @@ def test_only_the_store_s_sole_writer_trusts_its_ledger_through_an_outage(
         service = client.app.state.service
         assert service.journal.exclusive is sole
         assert service.snapshots.enabled is sole
+
+
+@pytest.mark.parametrize("how", ["drain", "recover"])
+def test_a_record_the_store_refuses_for_good_is_set_aside_not_drained_forever(
+    engine: sa.Engine, tmp_path: Path, rng: np.random.Generator, how: str
+) -> None:
+    """A journaled reward whose decision retention deleted meanwhile breaks the foreign
+    key. Before, every drain failed on it: the service stayed degraded (everything after
+    it only in the journal) and a restart failed in its recovery. Now it is set aside in
+    ``rejected.records`` and the rest is stored."""
+    from serving.store.journal import REJECTED_FILE
+
+    folder = tmp_path / "journal"
+    journal = Journal(folder).open()
+    pruned = decision_row(rng)  # committed before the outage, deleted since
+    journal.observe([pruned], [None])
+    rows = [decision_row(rng) for _ in range(3)]
+    orphan, kept = reward_row(pruned.event_id, 1.0), reward_row(rows[0].event_id, 0.5)
+    results = journal.spool([rows[0], orphan, rows[1], kept, rows[2]])
+    assert not any(isinstance(r, Exception) for r in results), results
+    if how == "drain":
+        report = journal.drain(engine)
+    else:
+        journal.close()  # as when the process dies with its segment full
+        report = Journal(folder).recover(engine)
+    assert (report.decisions, report.rewards, report.rejected) == (3, 1, 1)
+    store = EventStore(engine)
+    assert store.count_rows() == {"decisions": 3, "rewards": 1, "head_snapshots": 0}
+    (aside,), valid = read_records((folder / REJECTED_FILE).read_bytes())
+    assert valid > 0 and isinstance(aside, JudgedReward)
+    assert aside.row.event_id == pruned.event_id
+    assert not list(folder.glob("*.journal")) or journal.events == 0

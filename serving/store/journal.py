@@ -60,6 +60,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DataError, IntegrityError
 
 from eventstore.records import (
     DecisionRow,
@@ -76,6 +77,9 @@ log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<II")
 _SUFFIX = ".journal"
+#: Where a drain puts the records the store refuses for good (in the journal's own
+#: framing, :func:`read_records` reads them), kept for an operator to look at.
+REJECTED_FILE = "rejected.records"
 #: Records written to the store per transaction while draining.
 DRAIN_CHUNK = 500
 _REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardRow) if f.name != "learn")
@@ -194,6 +198,7 @@ class DrainReport:
     decisions: int = 0
     rewards: int = 0
     skipped: int = 0
+    rejected: int = 0
     seconds: float = 0.0
     reward_ids: list[tuple[str | None, int, bool]] = field(default_factory=list)
 
@@ -202,6 +207,7 @@ class DrainReport:
         self.decisions += other.decisions
         self.rewards += other.rewards
         self.skipped += other.skipped
+        self.rejected += other.rejected
         self.seconds += other.seconds
         self.reward_ids += other.reward_ids
 
@@ -241,15 +247,58 @@ def _drain_chunk(conn: Connection, chunk: Sequence[DecisionRow | JudgedReward]) 
     return report
 
 
-def drain_records(engine: Engine, records: Sequence[DecisionRow | JudgedReward]) -> DrainReport:
-    """Copy ``records`` into the store in order, skipping those already there."""
+def drain_records(
+    engine: Engine,
+    records: Sequence[DecisionRow | JudgedReward],
+    rejected: Path | None = None,
+) -> DrainReport:
+    """Copy ``records`` into the store in order, skipping those already there.
+
+    A chunk the store refuses for good (an integrity or data error: a reward whose
+    decision retention deleted meanwhile) is written a record at a time, and each record
+    it still refuses is appended to ``rejected`` (logged, counted in the report) instead
+    of failing the drain: before, one such record failed every drain, kept the service
+    degraded and its restart from starting. An outage still raises (the drain is
+    retried)."""
     started = time.perf_counter()
     report = DrainReport()
     for start in range(0, len(records), DRAIN_CHUNK):
-        with engine.begin() as conn:
-            report.add(_drain_chunk(conn, records[start : start + DRAIN_CHUNK]))
+        chunk = records[start : start + DRAIN_CHUNK]
+        try:
+            with engine.begin() as conn:
+                report.add(_drain_chunk(conn, chunk))
+        except (IntegrityError, DataError):
+            for record in chunk:
+                report.add(_drain_or_reject(engine, record, rejected))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _drain_or_reject(
+    engine: Engine, record: DecisionRow | JudgedReward, rejected: Path | None
+) -> DrainReport:
+    try:
+        with engine.begin() as conn:
+            return _drain_chunk(conn, [record])
+    except (IntegrityError, DataError) as exc:
+        row = record.row if isinstance(record, JudgedReward) else record
+        kind = "reward" if isinstance(record, JudgedReward) else "decision"
+        first = (str(exc.orig).strip().splitlines() or [""])[0]
+        log.error(
+            "journal: the event store refuses the %s of event %s for good (%s): kept in %s",
+            kind,
+            row.event_id,
+            first,
+            rejected,
+        )
+        if rejected is not None:
+            fd = os.open(rejected, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, encode_record(record))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return DrainReport(records=1, rejected=1)
 
 
 # ---------------------------------------------------------------------- ledger
@@ -386,14 +435,16 @@ class Journal:
                         path.name,
                         len(data) - valid,
                     )
-                report.add(drain_records(engine, found))
+                report.add(drain_records(engine, found, self.directory / REJECTED_FILE))
                 path.unlink(missing_ok=True)
         _fsync_dir(self.directory)
         if report.records:
             log.warning(
-                "journal: drained %d events left by a previous run (%d already stored) in %.2f s",
+                "journal: drained %d events left by a previous run (%d already stored, %d "
+                "refused for good) in %.2f s",
                 report.records,
                 report.skipped,
+                report.rejected,
                 report.seconds,
             )
         return report
@@ -545,7 +596,7 @@ class Journal:
         while chunk := os.read(self._fd, 1 << 20):
             data += chunk
         found, _ = read_records(data)
-        report = drain_records(engine, found)
+        report = drain_records(engine, found, self.directory / REJECTED_FILE)
         os.ftruncate(self._fd, 0)
         os.fsync(self._fd)
         with self._lock:
@@ -556,9 +607,11 @@ class Journal:
         if self.observer is not None:
             self.observer.on_journal_drain(report.records, 0, 0)
         log.warning(
-            "event store back: drained %d journaled events (%d already stored) in %.2f s",
+            "event store back: drained %d journaled events (%d already stored, %d refused "
+            "for good) in %.2f s",
             report.records,
             report.skipped,
+            report.rejected,
             report.seconds,
         )
         return report
