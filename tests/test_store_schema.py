@@ -116,3 +116,43 @@ def test_snapshots_written_before_parts_existed_are_still_read(store_url: str) -
         assert [r[0] for r in left] == [3]
     finally:
         engine.dispose()
+
+
+UPGRADE_AT = """
+import sys, time
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
+url, at = sys.argv[1], float(sys.argv[2])
+engine = make_engine(url)
+time.sleep(max(at - time.time(), 0))
+print(upgrade(engine))
+"""
+
+
+@pytest.mark.postgres
+def test_replicas_upgrading_one_store_at_once_all_succeed(postgres_url: str) -> None:
+    """Replicas started together each run ``db upgrade`` on start. Before, one of two
+    failed (``UniqueViolation``: both created the tables) in each of three runs; now one
+    upgrades while the others wait on an advisory lock, then find the store at head."""
+    import subprocess
+    import sys
+    import time
+
+    from eventstore.migrate import head_revision
+    from eventstore.scratch import scratch_postgres_database
+
+    with scratch_postgres_database(postgres_url, prefix="banditops_migrate") as url:
+        at = time.time() + 3.0  # the interpreters and imports start well before
+        racers = [
+            subprocess.Popen(
+                [sys.executable, "-c", UPGRADE_AT, url, str(at)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        done = [(p.wait(timeout=120), *p.communicate()) for p in racers]
+    for code, out, err in done:
+        assert code == 0, err[-2000:]
+        assert out.strip() == head_revision()

@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from eventstore.schema import metadata
+
+#: The PostgreSQL advisory lock that one upgrade at a time holds (any 64-bit key that no
+#: other tool of the database uses): replicas started together each run ``db upgrade``.
+MIGRATION_LOCK = 0x62616E6469746F70  # "banditop"
 
 
 def run_migrations_online() -> None:
@@ -22,6 +27,12 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # the others wait here, then find the store at the revision this one
+                # reached (before, one of two replicas starting at once failed)
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             context.run_migrations()
 
 
