@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from serving.commands import uvicorn_limits
+    from serving.http_protocol import configure
     from serving.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     settings = Settings()
+    configure(settings)  # the head limits of banditops' own app
     uvicorn.run(
         create_floor_app(args.mode, settings),
         host=args.host,

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from eventstore.text import redact_logged_credentials
 from serving.catalog.routes import router as catalog_router
 from serving.errors import body_error, input_error, validation_error, with_status
+from serving.http_protocol import configure as configure_http
 from serving.inputs import InputError
 from serving.metrics import ServiceMetrics
 from serving.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A decision-service app for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
     settings.check_auth()  # fail closed: no token and auth not disabled explicitly
+    configure_http(settings)  # the head limits of the connections of this process
     redact_logged_credentials()  # an unreachable registry's error names its URL
     metrics = ServiceMetrics()
 

@@ -65,8 +65,12 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def uvicorn_limits(settings: Settings) -> dict[str, Any]:
-    """uvicorn's connection limits and timeouts from the settings (README: HTTP API)."""
+    """uvicorn's protocol, connection limits and timeouts from the settings (README: HTTP
+    API); the head's limits are :mod:`serving.http_protocol`'s, which the app sets."""
+    from serving.http_protocol import PROTOCOL
+
     return {
+        "http": PROTOCOL,
         "timeout_keep_alive": settings.http_timeout_keep_alive_s,
         "limit_concurrency": settings.http_limit_concurrency,
         "backlog": settings.http_backlog,

@@ -183,7 +183,13 @@ class Settings(CoreSettings):
     http_backlog : int
         uvicorn: the listen backlog (connections waiting to be accepted).
     http_max_incomplete_event_bytes : int
-        uvicorn (h11): largest request line and headers before the body (400 beyond).
+        Largest request line and headers before the body (431 beyond, and the connection
+        is closed).
+    http_head_timeout_s : float
+        A request line and headers not received in this time (from the connection's
+        opening, or from the first byte of a kept-alive connection's next request) are
+        answered 408 and the connection closed: idle and slow connections would hold
+        ``http_limit_concurrency`` places for good.
     http_body_timeout_s : float
         A request body not received in this time is answered 408.
     http_large_body_bytes : int
@@ -262,6 +268,7 @@ class Settings(CoreSettings):
     http_limit_concurrency: int = Field(1000, ge=1)
     http_backlog: int = Field(2048, ge=1, le=65_535)
     http_max_incomplete_event_bytes: int = Field(16 << 10, ge=1 << 10)
+    http_head_timeout_s: float = Field(10.0, gt=0.0)
     http_body_timeout_s: float = Field(30.0, gt=0.0)
     http_large_body_bytes: int = Field(65_536, ge=1024)
     http_large_body_concurrency: int = Field(1, ge=1)

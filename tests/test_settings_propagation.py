@@ -80,6 +80,7 @@ def samples(root: Path, models: str = "registry") -> dict[str, Any]:
         "http_limit_concurrency": 300,
         "http_max_incomplete_event_bytes": 8192,
         "http_timeout_keep_alive_s": 2.0,
+        "http_head_timeout_s": 4.0,
         "inline_work_units": 100_000,
         "max_abs_feature": 1e4,
         "max_arm_features": 256,
