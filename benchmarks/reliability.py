@@ -295,7 +295,7 @@ def _service_env(url: str, model: Path | None, workdir: Path, **extra: str) -> d
         "BANDITOPS_WORKSPACE": str(workdir / "ws"),
         "BANDITOPS_API_TOKEN": TOKEN,
         "BANDITOPS_SEED": "0",
-        "BANDITOPS_USER_SALT": "reliability",
+        "BANDITOPS_USER_SALT": "reliability-salt-0123",
         **extra,
     }
     if model is not None:

@@ -47,6 +47,8 @@ from eventstore.scratch import LOCAL_POSTGRES_URL, postgres_test_url
 
 ROW_GROUP = 262_144
 DEFAULT_POSTGRES = LOCAL_POSTGRES_URL
+#: The bearer token and user-id salt of the benchmark's replicas (at least 16 characters).
+BENCH_SECRET = "bench-secret-0123456789"
 console = Console(width=None if sys.stdout.isatty() else 150)
 
 
@@ -386,8 +388,8 @@ def serving_benchmark(
                     "BANDITOPS_DATABASE_URL": url,
                     "BANDITOPS_MODEL_PATH": str(policy),
                     "BANDITOPS_WORKSPACE": str(workdir / f"replica-{n}-{i}"),
-                    "BANDITOPS_API_TOKEN": "bench",
-                    "BANDITOPS_USER_SALT": "bench",
+                    "BANDITOPS_API_TOKEN": BENCH_SECRET,
+                    "BANDITOPS_USER_SALT": BENCH_SECRET,
                     "BANDITOPS_REPLICA_ID": f"r{i}",
                     "BANDITOPS_REPLICA_SYNC_S": str(sync_s if n > 1 else 0.0),
                     "BANDITOPS_SQLITE_SYNCHRONOUS": "NORMAL",
@@ -398,7 +400,7 @@ def serving_benchmark(
                 ports.append(port)
                 procs.append(proc)
             cpu_before = [_cpu_seconds(p.pid) or 0.0 for p in procs]
-            out = spawned(_load_process, (ports, "bench", seconds, clients, 1), seconds + 300)
+            out = spawned(_load_process, (ports, BENCH_SECRET, seconds, clients, 1), seconds + 300)
             cpu = sum(
                 (_cpu_seconds(p.pid) or 0.0) - b for p, b in zip(procs, cpu_before, strict=True)
             )

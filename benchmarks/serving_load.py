@@ -379,7 +379,7 @@ def run(
     from eventstore.engine import make_engine
     from serving.store.repository import EventStore
 
-    token = "bench-token"
+    token = "bench-token-0123456789"
     with tempfile.TemporaryDirectory(prefix="banditops-load-") as tmp:
         workdir = Path(tmp)
         disk = fsync_latency(workdir)

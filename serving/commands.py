@@ -211,6 +211,7 @@ def serve(
         # before prometheus_client is imported (it reads the folder then)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="banditops-metrics-")
     settings.check_auth()
+    settings.check_secrets_strong()
     create_directories(settings)
     check_port_free(host, port)
     settings.resolve_salt()  # create a generated salt once, before workers start

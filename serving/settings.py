@@ -14,18 +14,24 @@ import secrets
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from bandit_core import MAX_ABS_INPUT
 from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
-from eventstore.settings import DIRECTORY, PERIOD, CoreSettings, SettingError
+from eventstore.settings import DIRECTORY, PERIOD, CoreSettings, SettingError, env_name
 
 SALT_FILE = "user_salt"
 
 
 #: What an ``Authorization: Bearer`` credential may hold (RFC 6750's b64token).
 _BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: The fewest characters of a configured secret (the token, the user-id salt): a short
+#: one is guessed (a salt of a few letters makes every stored user hash reversible).
+MIN_SECRET_CHARS = 16
+#: Marks the placeholders of ``docker/.env.example``, which must never serve.
+PLACEHOLDER = "change-me"
+_GENERATE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class Settings(CoreSettings):
@@ -292,10 +298,34 @@ class Settings(CoreSettings):
             # Authorization header, so every authenticated call would be refused
             raise ValueError(
                 "api_token must be a bearer token (RFC 6750): letters, digits and "
-                "-._~+/, then '=' padding only (e.g. python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))')."
+                f"-._~+/, then '=' padding only (e.g. {_GENERATE})."
             )
         return value
+
+    @field_validator("api_token", "user_salt")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        text = None if value is None else value.get_secret_value()
+        if not text or not text.strip():
+            return value  # unset, or blank: refused with every blank setting
+        if PLACEHOLDER in text.lower():
+            raise ValueError(
+                f"{info.field_name} is a placeholder of docker/.env.example; set a secret of "
+                f"your own (e.g. {_GENERATE})."
+            )
+        return value
+
+    def check_secrets_strong(self) -> None:
+        """Raise ``ValueError`` (naming the setting) for a configured token or salt of
+        fewer than :data:`MIN_SECRET_CHARS` characters: ``banditops serve`` checks it
+        before it listens (a test's app may use a short one)."""
+        for name in ("api_token", "user_salt"):
+            value: SecretStr | None = getattr(self, name)
+            if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+                raise ValueError(
+                    f"{name} ({env_name(name)}) must have at least {MIN_SECRET_CHARS} "
+                    f"characters; got {len(value.get_secret_value())} (e.g. {_GENERATE})."
+                )
 
     @property
     def expected_dim_user(self) -> int | None:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DIM_USER = 4
 DIM_ARM = 3
 #: Bearer token of the test services (the service fails closed without one).
-TEST_TOKEN = "test-token"
+TEST_TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 
@@ -259,7 +259,7 @@ def service_settings(tmp_path: Path, store_url: str | None = None, **overrides: 
         "database_url": store_url or f"sqlite:///{tmp_path / 'events.db'}",
         "seed": 7,
         "poll_interval_s": 3600.0,  # tests poll through /v1/admin/poll
-        "user_salt": "test-salt",
+        "user_salt": "test-salt-0123456789",
         "api_token": TEST_TOKEN,  # make_client sends it
     }
     options.update(overrides)

@@ -269,6 +269,15 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
             "api_token (BANDITOPS_API_TOKEN): must be a bearer token",
         ),
         ({"BANDITOPS_API_TOKEN": "tök"}, "api_token (BANDITOPS_API_TOKEN): must be a bearer token"),
+        # docker/.env.example's placeholders (accepted before, and served)
+        (
+            {"BANDITOPS_API_TOKEN": "change-me-api-token"},
+            "api_token (BANDITOPS_API_TOKEN): is a placeholder of docker/.env.example",
+        ),
+        (
+            {"BANDITOPS_USER_SALT": "Change-Me-user-salt"},
+            "user_salt (BANDITOPS_USER_SALT): is a placeholder of docker/.env.example",
+        ),
         # URLs that failed later, with a traceback
         (
             {"BANDITOPS_DATABASE_URL": "not a url"},
@@ -367,6 +376,25 @@ def test_a_variable_no_setting_reads_is_warned_about(
     assert code == 0
     assert "BANDITOPS_DATABSE_URL is not a setting and is ignored" in output
     assert "did you mean BANDITOPS_DATABASE_URL?" in output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("BANDITOPS_API_TOKEN", "x"), ("BANDITOPS_USER_SALT", "salt")],
+)
+def test_serve_refuses_a_guessable_secret(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A token of one character, or a salt of four (which makes every stored user hash
+    reversible by guessing), started a service before."""
+    monkeypatch.setenv("BANDITOPS_API_TOKEN", "a-token-of-sixteen-chars")
+    monkeypatch.setenv(variable, value)
+    code, output = _run("serve", "--port", "0")
+    name = variable.removeprefix("BANDITOPS_").lower()
+    assert code == 2, output
+    assert f"error: {name} ({variable}) must have at least 16 characters; got {len(value)}" in (
+        " ".join(output.split())
+    )
 
 
 def test_serve_names_an_unknown_log_level(workspace: Path) -> None:

@@ -382,6 +382,9 @@ def check_settings(p: Project) -> list[str]:
         env = {k: v for k, v in p.environment(service).items() if k.startswith("BANDITOPS_")}
         if role is None or not env:
             continue
+        # .env.example's placeholders are refused by name (the next test): replaced, as
+        # its first line asks, by secrets of one's own
+        env = {k: re.sub(r"change-me[\w-]*", "own-secret-0123456789", v) for k, v in env.items()}
         models = (PipelineSettings, MonitorSettings) if role == "airflow" else (Settings,)
         with banditops_environment(env):
             for model in models:
@@ -1267,3 +1270,54 @@ def test_the_postgres_init_script_is_valid_shell() -> None:
     done = subprocess.run(["sh", "-n", str(DOCKER / "postgres-init.sh")], capture_output=True)
     assert done.returncode == 0, done.stderr
     assert os.access(DOCKER / "postgres-init.sh", os.X_OK)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AIRFLOW__API_AUTH__JWT_SECRET", "change-me-jwt-secret"),
+        ("AIRFLOW__API__SECRET_KEY", "change-me-api-secret"),
+        ("AIRFLOW__CORE__FERNET_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    ],
+)
+def test_the_airflow_image_refuses_the_example_secrets(variable: str, value: str) -> None:
+    """With .env.example's JWT secret anyone could sign an admin token (the security
+    helper did, and triggered runs through the Bandits page); every Airflow container
+    now refuses to start on a placeholder, naming it."""
+    script = str(DOCKER / "airflow-entrypoint.sh")
+    env = {"PATH": os.environ["PATH"]}
+    refused = subprocess.run(
+        ["sh", script, "sh", "-c", "echo started"],
+        env={**env, variable: value},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2 and "started" not in refused.stdout
+    assert f"error: {variable} is a placeholder of docker/.env.example" in refused.stderr
+    fine = subprocess.run(
+        ["sh", script, "sh", "-c", "echo started"],
+        env={**env, variable: "a-secret-of-our-own-0123456789"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert fine.stdout.strip() == "started"
+
+
+def test_the_service_refuses_the_example_secrets(project: Project) -> None:
+    """The serving container with .env.example's token and salt left in place refuses to
+    start, naming both (before, it served with them)."""
+    env = {k: v for k, v in project.environment("serving").items() if k.startswith("BANDITOPS_")}
+    with banditops_environment(env), pytest.raises(ValidationError) as refused:
+        Settings()
+    text = str(refused.value)
+    assert "api_token is a placeholder of docker/.env.example" in text
+    assert "user_salt is a placeholder of docker/.env.example" in text
+
+
+def test_mlflow_is_published_on_the_host_s_loopback_only() -> None:
+    """It has no authentication here, and whoever writes to its registry decides what
+    serves: before, it listened on every interface of the host."""
+    services = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())["services"]
+    assert services["mlflow"]["ports"] == ["127.0.0.1:${MLFLOW_PORT:-5000}:5000"]

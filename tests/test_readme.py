@@ -18,6 +18,7 @@ from ops.config_reference import BEGIN, END, embedded_block, markdown, reference
 from tests.serving_helpers import running_client, service_settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+README_TOKEN = "readme-token-0123456789"
 
 
 def _readme() -> str:
@@ -172,7 +173,9 @@ def test_every_http_example_is_answered(tmp_path: Path) -> None:
     )
     state = save_policy(model, tmp_path / "policy.npz")
     del state
-    settings = service_settings(tmp_path, model_path=tmp_path / "policy.npz", api_token="change-me")
+    settings = service_settings(
+        tmp_path, model_path=tmp_path / "policy.npz", api_token=README_TOKEN
+    )
     event_id = None
     with running_client(settings) as client:
         for path, body, with_token in requests:
@@ -180,7 +183,7 @@ def test_every_http_example_is_answered(tmp_path: Path) -> None:
             if "EVENT_ID" in text:
                 assert event_id is not None, "a reward example precedes every decision"
                 text = text.replace("EVENT_ID", event_id)
-            headers = {"authorization": "Bearer change-me"} if with_token else {}
+            headers = {"authorization": f"Bearer {README_TOKEN}"} if with_token else {}
             answer = client.post(
                 path, content=text, headers={"content-type": "application/json", **headers}
             )

@@ -38,6 +38,7 @@ from tests.serving_helpers import (
     DIM_ARM,
     DIM_USER,
     ROOT,
+    TEST_TOKEN,
     ServiceProcess,
     decision_body,
     policy_file,
@@ -52,7 +53,7 @@ def _env(
     env = {
         "BANDITOPS_WORKSPACE": str(tmp / "ws"),
         "BANDITOPS_DATABASE_URL": store_url or f"sqlite:///{tmp / 'events.db'}",
-        "BANDITOPS_USER_SALT": "hostile",
+        "BANDITOPS_USER_SALT": "hostile-salt-0123456",
         "BANDITOPS_POLL_INTERVAL_S": "3600",
         "BANDITOPS_SEED": "3",
     }
@@ -165,7 +166,7 @@ def test_a_decision_past_its_deadline_is_served_by_the_fallback(tmp_path: Path) 
         model,
         BANDITOPS_INLINE_WORK_UNITS="0",
         BANDITOPS_DECISION_DEADLINE_S="0.000001",
-        BANDITOPS_API_TOKEN="t",
+        BANDITOPS_API_TOKEN=TEST_TOKEN,
     )
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
@@ -203,9 +204,9 @@ def test_a_reward_of_an_unbounded_old_decision_is_rejected_not_learnt(tmp_path: 
     """A decision logged before the bound existed (context 1e200): its reward is stored
     as ``rejected``, never applied, and the head stays finite across a restart."""
     model = policy_file(tmp_path / "lints.npz", name="shared_lints")
-    env = _env(tmp_path, model, BANDITOPS_API_TOKEN="t")
+    env = _env(tmp_path, model, BANDITOPS_API_TOKEN=TEST_TOKEN)
     service = ServiceProcess(env, tmp_path / "service.log").start()
-    auth = {"Authorization": "Bearer t"}
+    auth = {"Authorization": f"Bearer {TEST_TOKEN}"}
     try:
         with httpx.Client(base_url=service.url, timeout=30.0, headers=auth) as client:
             version = client.get("/v1/model").json()["production"]["version"]
@@ -316,11 +317,13 @@ def test_an_unsafe_version_is_refused_once_and_the_previous_keeps_serving(
     tmp_path: Path, make: Any, reason: str
 ) -> None:
     model = policy_file(tmp_path / "policy.npz", name="shared_linucb")
-    env = _env(tmp_path, model, BANDITOPS_API_TOKEN="t", BANDITOPS_MODEL_MAX_BYTES=str(64 << 20))
+    env = _env(
+        tmp_path, model, BANDITOPS_API_TOKEN=TEST_TOKEN, BANDITOPS_MODEL_MAX_BYTES=str(64 << 20)
+    )
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
         with httpx.Client(
-            base_url=service.url, timeout=60.0, headers={"Authorization": "Bearer t"}
+            base_url=service.url, timeout=60.0, headers={"Authorization": f"Bearer {TEST_TOKEN}"}
         ) as client:
             serving = client.get("/v1/model").json()["production"]["version"]
             bad = make(tmp_path / "bad.npz")
@@ -348,7 +351,7 @@ def _rss_kb(service: ServiceProcess) -> int:
 
 # -------------------------------------------------------------- 4. fallback width
 def test_without_a_model_widths_are_capped(tmp_path: Path) -> None:
-    env = _env(tmp_path, None, BANDITOPS_API_TOKEN="t", BANDITOPS_MAX_CONTEXT_FEATURES="64")
+    env = _env(tmp_path, None, BANDITOPS_API_TOKEN=TEST_TOKEN, BANDITOPS_MAX_CONTEXT_FEATURES="64")
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
         with httpx.Client(base_url=service.url, timeout=30.0) as client:
@@ -401,7 +404,7 @@ def test_a_folder_that_cannot_be_created_is_named_before_the_start(
 ) -> None:
     """A folder setting under /proc (no folder can be made there): one line naming the
     setting, exit 2; the journal's failed the application's start with a traceback."""
-    env = _env(tmp_path, None, BANDITOPS_API_TOKEN="tok", **{setting: "/proc/banditops-x"})
+    env = _env(tmp_path, None, BANDITOPS_API_TOKEN=TEST_TOKEN, **{setting: "/proc/banditops-x"})
     done = _serve_exits(env, tmp_path)
     output = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 2, output
@@ -421,7 +424,7 @@ def test_a_port_another_process_listens_on_is_named_before_the_start(tmp_path: P
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = _env(tmp_path, None, BANDITOPS_API_TOKEN="tok")
+        env = _env(tmp_path, None, BANDITOPS_API_TOKEN=TEST_TOKEN)
         done = subprocess.run(
             [sys.executable, "-m", "ops", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
@@ -515,11 +518,11 @@ def test_bad_catalog_cursors_are_a_422(http: httpx.Client, cursor: str) -> None:
 def test_nul_in_ids_is_a_422_on_every_store(store_url: str, tmp_path: Path) -> None:
     """On PostgreSQL a NUL in a text column is refused by the server (a 503 or 500)."""
     model = policy_file(tmp_path / "policy.npz")
-    env = _env(tmp_path, model, store_url, BANDITOPS_API_TOKEN="t")
+    env = _env(tmp_path, model, store_url, BANDITOPS_API_TOKEN=TEST_TOKEN)
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
         with httpx.Client(
-            base_url=service.url, timeout=30.0, headers={"Authorization": "Bearer t"}
+            base_url=service.url, timeout=30.0, headers={"Authorization": f"Bearer {TEST_TOKEN}"}
         ) as client:
             rng = np.random.default_rng(6)
             body = decision_body(rng, user="u\x00")

@@ -22,7 +22,7 @@ from tests.serving_helpers import ServiceProcess, decision_body, head_difference
 
 pytest_plugins = ["tests.serving_fixtures"]
 
-TOKEN = "crash-test"
+TOKEN = "crash-test-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -60,7 +60,7 @@ def test_kill_9_loses_nothing_acknowledged_and_recovers_the_head(
         "BANDITOPS_WORKSPACE": str(tmp_path / "ws"),
         "BANDITOPS_API_TOKEN": TOKEN,
         "BANDITOPS_SNAPSHOT_EVERY_REWARDS": "40",
-        "BANDITOPS_USER_SALT": "crash",
+        "BANDITOPS_USER_SALT": "crash-salt-0123456789",
     }
     log = tmp_path / "service.log"
     acked: dict[str, list[str]] = {"decisions": [], "rewards": []}
