@@ -31,14 +31,34 @@ def check_text(name: str, value: str) -> str:
     return value
 
 
-#: The password of a URL's userinfo (``scheme://user:password@host``).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]*:)[^\s/]*(?=@)")
+#: The password of a URL's userinfo (``scheme://user:password@host``; a password may hold
+#: an unencoded ``/``, which SQLAlchemy accepts).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]*:)[^\s@]*(?=@)")
+#: What stands for a password in a redacted URL.
+HIDDEN = "***"
 
 
 def redact_credentials(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ``***`` (an MLflow or
     database error names the URL it could not reach, userinfo and all)."""
-    return _URL_PASSWORD.sub(r"\g<head>***", text)
+    return _URL_PASSWORD.sub(rf"\g<head>{HIDDEN}", text)
+
+
+def with_password(hidden: str, configured: Callable[[], str], name: str) -> str:
+    """The URL ``hidden`` (:func:`redact_credentials` of it, as a run spec holds it) with
+    its password: that of the URL ``configured()`` reads, where that is the same URL; a URL
+    without a password as it is (nothing read). ``ValueError`` naming ``name`` when the
+    configured URL is another one."""
+    if f":{HIDDEN}@" not in hidden:
+        return hidden  # no password was taken out
+    configured_url = configured()
+    if redact_credentials(configured_url) != hidden:
+        raise ValueError(
+            f"{name} {hidden} is not the configured one ({redact_credentials(configured_url)}), "
+            "whose password this process has: a run spec keeps no password (it travels "
+            "through XCom, which every Airflow viewer reads); run again with this store."
+        )
+    return configured_url
 
 
 def _redacting_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:

@@ -61,6 +61,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,7 @@ from bandit_core.user_groups import group_key, user_group_key
 from eventstore.contract import DECISIONS, MONITOR_DAG
 from eventstore.engine import make_engine
 from eventstore.replay import dimensions, of_dimensions, read_replay
+from eventstore.text import redact_credentials
 from eventstore.workspace import MONITOR_FOLDER, as_utc, run_folder, within_range
 from modelregistry.registry import ModelRegistry
 from monitoring import evidence
@@ -1066,11 +1068,15 @@ def notify(
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
+    # a webhook's secret is its path (Slack's, Teams'): the task log names the host only
+    parts = urllib.parse.urlsplit(url)
+    shown = f"{parts.scheme}://{parts.hostname}/…"
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status = response.status
     except (urllib.error.URLError, OSError) as exc:
-        raise RuntimeError(f"alert webhook {url} could not be reached: {exc}") from exc
+        reason = redact_credentials(str(getattr(exc, "reason", exc))).replace(url, shown)
+        raise RuntimeError(f"alert webhook {shown} could not be reached: {reason}") from None
     if not 200 <= status < 300:
-        raise RuntimeError(f"alert webhook {url} answered {status}.")
+        raise RuntimeError(f"alert webhook {shown} answered {status}.")
     return {"sent": True, "alerts": alerts}

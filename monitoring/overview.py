@@ -43,6 +43,7 @@ from eventstore.rollouts import (
     traffic_outcomes,
 )
 from eventstore.settings import env_name
+from eventstore.text import redact_credentials
 from eventstore.workspace import MONITOR_FOLDER
 from modelregistry.registry import ModelRegistry, VersionInfo
 from monitoring import served_latency as sl
@@ -102,7 +103,7 @@ def _guarded(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return read()
     except Exception as exc:  # a section's source being down must not blank the page
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": redact_credentials(f"{type(exc).__name__}: {exc}")}
 
 
 # ---------------------------------------------------------------------- versions

@@ -317,10 +317,13 @@ def test_notify_sends_only_alerts_and_reports_an_unreachable_webhook(
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    hooked = settings.model_copy(update={"alert_webhook_url": f"http://127.0.0.1:{port}/x"})
+    secret = "services/T000/B000/XXXXsecretXXXX"  # a Slack-style webhook's key is its path
+    url = f"http://127.0.0.1:{port}/{secret}"
+    hooked = settings.model_copy(update={"alert_webhook_url": url})
     assert monitor.notify(_report(tmp_path, "ok"), hooked)["sent"] is False  # nothing to send
-    with pytest.raises(RuntimeError, match=f"alert webhook http://127.0.0.1:{port}/x could not"):
+    with pytest.raises(RuntimeError, match=r"alert webhook http://127.0.0.1/… could not") as err:
         monitor.notify(_report(tmp_path, "alert"), hooked, timeout_s=2.0)
+    assert "secret" not in str(err.value)  # the task log names the host only
 
 
 def test_a_monitor_report_ends_inside_the_times_events_may_take(tmp_path: Path) -> None:
@@ -330,3 +333,32 @@ def test_a_monitor_report_ends_inside_the_times_events_may_take(tmp_path: Path) 
     for end in (datetime(1, 1, 10, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)):
         with pytest.raises(ValueError, match=r"end must lie between 1970-01-01.* and 2200-01-01"):
             monitor.build_report(end, run_key="r", settings=settings)
+
+
+def test_the_run_spec_keeps_no_password(
+    settings: PipelineSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec is the plan step's XCom, which every Airflow viewer reads (the security
+    helper read the event store's password from it as a Viewer), and spec.json was
+    world-readable. Now its URLs carry ``***``, the steps take the password from their
+    own settings, and the file is the owner's."""
+    store = "postgresql+psycopg2://banditops:S3cret/pw@db.internal:5432/events"
+    tracking = "http://mlflow-user:Tr4ck%21ng@mlflow.internal:5000"
+    for name, value in (
+        ("BANDITOPS_DATABASE_URL", store),
+        ("BANDITOPS_MLFLOW_TRACKING_URI", tracking),
+    ):
+        monkeypatch.setenv(name, value)
+    configured = PipelineSettings(workspace=settings.workspace, runs_dir=settings.runs_path)
+    spec = runspec.plan({}, run_key="nightly-9", interval_end=END, settings=configured)
+    text = json.dumps(spec.to_xcom())
+    assert "S3cret" not in text and "Tr4ck" not in text, text
+    assert spec.store_url == "postgresql+psycopg2://banditops:***@db.internal:5432/events"
+    assert spec.url("store_url") == store
+    assert spec.url("tracking_uri") == spec.url("registry_uri") == tracking
+    written = Path(spec.run_dir) / runspec.SPEC_FILE
+    assert "S3cret" not in written.read_text() and written.stat().st_mode & 0o777 == 0o600
+    # a step whose settings name another store refuses, naming both (never the password)
+    monkeypatch.setenv("BANDITOPS_DATABASE_URL", store.replace("db.internal", "db.other"))
+    with pytest.raises(ValueError, match=r"store_url .*db\.internal.* is not the configured"):
+        spec.url("store_url")

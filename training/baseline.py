@@ -14,9 +14,9 @@ from training.runspec import RunSpec
 def open_registry(s: RunSpec) -> ModelRegistry:
     """The registry, model and alias names and the admission limits the run spec fixed."""
     return ModelRegistry(
-        s.tracking_uri,
+        s.url("tracking_uri"),
         s.model_name,
-        registry_uri=s.registry_uri,
+        registry_uri=s.url("registry_uri"),
         aliases=Aliases(s.registered_alias, s.staging_alias, s.production_alias),
         admission=Admission(max_bytes=s.model_max_bytes, max_dim=s.model_max_dim),
     )

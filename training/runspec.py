@@ -23,6 +23,7 @@ from bandit_core.catalog import policy_spec
 from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
 from eventstore.contract import RETRAIN_DAG
 from eventstore.settings import CoreSettings, check_rules
+from eventstore.text import redact_credentials, with_password
 from eventstore.workspace import as_utc, aware, run_folder
 from training.form import FIELDS, check_form
 from training.settings import AUTO, WINDOW_DAYS_MAX, PipelineSettings
@@ -49,7 +50,9 @@ class RunSpec:
     run_dir : str
         The run's folder; every output of the run lives under it.
     store_url, tracking_uri, registry_uri, model_name : str
-        Event store, MLflow tracking server, MLflow model registry and registered model.
+        Event store, MLflow tracking server, MLflow model registry and registered model;
+        the URLs without their passwords (``***``: the spec is an XCom, which every
+        Airflow viewer reads): :meth:`url` puts the configured one back.
     registered_alias, staging_alias, production_alias : str
         The aliases a version moves through: every registered version, a version whose
         gate passed (the service's rollout candidate), the version the service serves.
@@ -214,6 +217,14 @@ class RunSpec:
     def folder(self) -> Path:
         return Path(self.run_dir)
 
+    def url(self, name: str) -> str:
+        """The spec's ``store_url``, ``tracking_uri`` or ``registry_uri`` with its password:
+        the configured URL's (the settings of this process), which must be the same URL."""
+        hidden = getattr(self, name)
+        if name not in ("store_url", "tracking_uri", "registry_uri"):
+            raise ValueError(f"name must be a URL of the spec; got {name!r}.")
+        return with_password(hidden, lambda: getattr(PipelineSettings(), name), name)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -242,6 +253,7 @@ class RunSpec:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / SPEC_FILE
         path.write_text(json.dumps(self.to_dict(), indent=2))
+        path.chmod(0o600)
         return path
 
 
@@ -316,9 +328,9 @@ def plan(
     spec = RunSpec(
         run_key=run_key,
         run_dir=str(run_folder(settings.runs_path, run_key)),
-        store_url=settings.store_url,
-        tracking_uri=settings.tracking_uri,
-        registry_uri=settings.registry_uri,
+        store_url=redact_credentials(settings.store_url),
+        tracking_uri=redact_credentials(settings.tracking_uri),
+        registry_uri=redact_credentials(settings.registry_uri),
         model_name=settings.model_name,
         registered_alias=settings.registered_alias,
         staging_alias=settings.candidate_alias,

@@ -76,7 +76,7 @@ def extract(s: RunSpec) -> ReplayRef:
     spec's reward join rules (window, duplicate rule, missing-reward rule)."""
     start, end = s.window()
     manifest = extract_replay(
-        s.store_url,
+        s.url("store_url"),
         start,
         end,
         s.folder / "replay",
