@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ops.bandits_page.airflow_api import AirflowAPI, AirflowCallError, Triggered
+from ops.bandits_page.app import SHOWN_DAGS
 
 
 class _SlowAirflow(ThreadingHTTPServer):
@@ -26,6 +27,7 @@ class _SlowAirflow(ThreadingHTTPServer):
         self.delays = delays
         self.taken = taken
         self.runs: dict[str, dict[str, Any]] = {}
+        self.listed = list(SHOWN_DAGS)  # the DAGs the user's role reads
         self.calls = 0
         self.lock = threading.Lock()
 
@@ -40,7 +42,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             delay = self.server.delays.pop(0) if self.server.delays else 0.0
         time.sleep(delay)
-        self._answer(200, {"dags": [], "dag_runs": []})
+        self._answer(200, {"dags": [{"dag_id": d} for d in self.server.listed], "dag_runs": []})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -304,3 +306,26 @@ def test_a_cross_site_post_triggers_nothing(tmp_path: Any) -> None:
     finally:
         airflow.shutdown()
         airflow.server_close()
+
+
+@pytest.mark.parametrize("airflow_with", [([], False)], indirect=True)
+def test_a_role_that_reads_no_banditops_dag_sees_nothing_of_the_page(
+    airflow_with: _SlowAirflow, tmp_path: Any
+) -> None:
+    """The page checked only that the user may list DAGs: with per-DAG roles (FAB,
+    multi-team) a user who reads none of the banditops DAGs saw all of their data (the
+    security helper's stub Airflow answering an empty list got the whole page)."""
+    from monitoring.settings import MonitorSettings
+    from ops.bandits_page.app import NO_ACCESS, create_app
+    from tests.serving_helpers import make_client
+
+    settings = MonitorSettings(workspace=tmp_path / "ws")
+    app = create_app(lambda: settings, airflow=True, api_url=lambda: _url(airflow_with))
+    client = make_client(app, token="a-real-session")
+    assert client.get("/").status_code == 200  # listed: the page
+    airflow_with.listed = ["someone_elses_dag"]
+    page = client.get("/")
+    assert page.status_code == 403 and "none of the banditops DAGs" in page.text
+    assert 'id="versions"' not in page.text and "event store" not in page.text
+    overview = client.get("/api/overview")
+    assert overview.status_code == 403 and overview.json() == {"detail": NO_ACCESS}

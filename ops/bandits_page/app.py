@@ -94,6 +94,19 @@ def _unchecked(message: str | None, exc: Exception) -> HTMLResponse:
     )
 
 
+#: The answer to a signed-in user to whom Airflow lists none of the banditops DAGs.
+NO_ACCESS = (
+    "Airflow lists none of the banditops DAGs to you: your role cannot read them (or they "
+    "are not loaded yet), so neither can you read the page built from their data."
+)
+
+
+def _no_access() -> HTMLResponse:
+    """A user whose role reads no banditops DAG (a per-DAG role, FAB or multi-team): any
+    signed-in user saw the whole page before, as listing DAGs was the only check."""
+    return HTMLResponse(f"<!doctype html><p>{escape(NO_ACCESS)}</p>", status_code=403)
+
+
 def _login_required(request: Request, why: str) -> HTMLResponse:
     login = f"/auth/login?next={quote(str(request.url), safe='')}"
     return HTMLResponse(
@@ -165,6 +178,8 @@ def create_app(
                     return _login_required(request, "Airflow did not accept your session.")
                 # the sign-in is unchecked: nothing of the page, only what was asked for
                 return _unchecked(message, exc)
+            if not dags.keys() & set(SHOWN_DAGS):
+                return _no_access()
             states, problem = dag_states(api, dags, until)
             actions = {"dags": states}
             if problem is not None:
@@ -178,10 +193,12 @@ def create_app(
             if api is None:
                 return JSONResponse({"detail": "not signed in to Airflow"}, status_code=401)
             try:
-                api.dags()
+                dags = api.dags()
             except af.AirflowCallError as exc:
                 code = exc.status if exc.status in (401, 403) else 502
                 return JSONResponse({"detail": str(exc)}, status_code=code)
+            if not dags.keys() & set(SHOWN_DAGS):
+                return JSONResponse({"detail": NO_ACCESS}, status_code=403)
         return JSONResponse(collect(settings()))
 
     def trigger(request: Request, dag_id: str, conf: dict[str, Any], what: str) -> Response:
