@@ -11,9 +11,11 @@ of the rollout (recorded as its `promote`).
 `gate_report` shows what would change and the version's gate report (decision, reasons,
 OPE numbers) → `approve` waits for a person (Airflow's Human-in-the-loop
 `ApprovalOperator`: Required Actions in the UI, or the HITL REST API; "Reject", or no
-answer within the timeout, skips the move) → `move_alias` moves the alias, recording the
-approver and their comment in the registry's alias history. The alias must still be
-where it was when the report was made, else nothing moves.
+answer within the timeout, skips the move; only `BANDITOPS_PROMOTE_APPROVERS` may answer
+when set, and with `BANDITOPS_PROMOTE_FOUR_EYES` never the user who triggered the run) →
+`move_alias` moves the alias, recording the approver and their comment in the registry's
+alias history. The alias must still be where it was when the report was made, else
+nothing moves.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ def gate_report(*, params: Any = None) -> dict[str, Any]:
 
 
 @task
-def move_alias(plan: dict[str, Any], approval: dict[str, Any]) -> dict[str, Any]:
+def move_alias(
+    plan: dict[str, Any], approval: dict[str, Any], *, dag_run: Any = None
+) -> dict[str, Any]:
     from training import promotion
 
-    return promotion.apply_promotion(plan, approval)
+    return promotion.apply_promotion(
+        plan, approval, triggered_by=getattr(dag_run, "triggering_user_name", None)
+    )
 
 
 @dag(
@@ -91,6 +97,7 @@ def bandit_promote() -> None:
         subject="{{ ti.xcom_pull(task_ids='gate_report')['subject'] }}",
         body="{{ ti.xcom_pull(task_ids='gate_report')['body'] }}",
         defaults="Reject",
+        assigned_users=[{"id": u, "name": u} for u in SETTINGS.promote_approvers] or None,
         response_timeout=timedelta(hours=SETTINGS.approval_timeout_h),
         params={"comment": Param("", type="string", description="Why (kept in the registry).")},
     )

@@ -194,3 +194,37 @@ def test_algorithm_choices_are_the_policy_registry() -> None:
     from training.settings import ALGORITHMS, AUTO
 
     assert sorted(ALGORITHMS) == sorted([AUTO, *POLICIES])
+
+
+APPROVERS_OF_THE_PROMOTION = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+assert not bag.import_errors, bag.import_errors
+print(json.dumps(bag.dags["bandit_promote"].get_task("approve").assigned_users))
+"""
+
+
+def test_the_approval_is_assigned_to_the_configured_approvers(
+    airflow_home: Any, dagtools: Any
+) -> None:
+    """BANDITOPS_PROMOTE_APPROVERS becomes the approval task's assigned users, the only
+    ones Airflow lets answer it (unset: Airflow's rule, anyone who may act on the runs;
+    the security helper's "User" role approved its own promotion of a version its gate
+    had refused)."""
+    answers = []
+    for approvers in (None, '["ann", "bob"]'):
+        env = {**os.environ, **airflow_home.env}
+        if approvers is not None:
+            env["BANDITOPS_PROMOTE_APPROVERS"] = approvers
+        out = subprocess.run(
+            [sys.executable, "-c", APPROVERS_OF_THE_PROMOTION, str(dagtools.DAGS)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        answers.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert answers[0] in (None, [])
+    assert answers[1] == [{"id": "ann", "name": "ann"}, {"id": "bob", "name": "bob"}]

@@ -362,3 +362,29 @@ def test_the_run_spec_keeps_no_password(
     monkeypatch.setenv("BANDITOPS_DATABASE_URL", store.replace("db.internal", "db.other"))
     with pytest.raises(ValueError, match=r"store_url .*db\.internal.* is not the configured"):
         spec.url("store_url")
+
+
+def test_with_four_eyes_the_one_who_triggered_a_promotion_cannot_approve_it(
+    settings: PipelineSettings, tmp_path: Path
+) -> None:
+    """A user who may trigger bandit_promote could approve their own run (the security
+    helper's "user" promoted a version its gate had refused). With promote_four_eyes the
+    approver must be someone else, and a run whose triggering user is unknown needs the
+    setting off."""
+    from bandit_core import make_policy, save_policy
+    from modelregistry.registry import ModelRegistry
+
+    registry = ModelRegistry.from_settings(settings)
+    for seed in (1, 2):
+        state = save_policy(make_policy("linucb", dim_user=2), tmp_path / f"{seed}.npz")
+        registry.register_candidate(state_path=state, run_key=f"run-{seed}")
+    registry.promote("1", by="test", reason="first")
+    strict = settings.model_copy(update={"promote_four_eyes": True})
+    plan = promotion.plan_promotion("2", settings=strict)
+    mine = {"chosen_options": ["Approve"], "responded_by_user": {"id": "ann", "name": "ann"}}
+    for who in ("ann", None):
+        with pytest.raises(ValueError, match="another person must approve it; nothing moved"):
+            promotion.apply_promotion(plan, mine, settings=strict, triggered_by=who)
+    assert registry.by_alias("production").version == "1"
+    done = promotion.apply_promotion(plan, mine, settings=strict, triggered_by="bob")
+    assert done["version"] == "2" and registry.by_alias("production").version == "2"

@@ -156,6 +156,8 @@ def samples(root: Path, models: str = "registry") -> dict[str, Any]:
         "task_timeout_s": 600.0,
         "owner": "ml-team",
         "approval_timeout_h": 1.0,
+        "promote_approvers": ["ann", "bob"],
+        "promote_four_eyes": True,
         "rollout_schedule": "*/5 * * * *",
         "rollout_stages": [0.1, 0.5, 1.0],
         "rollout_min_stage_s": 60.0,

@@ -177,12 +177,16 @@ def apply_promotion(
     plan: Mapping[str, Any],
     approval: Mapping[str, Any],
     settings: PipelineSettings | None = None,
+    *,
+    triggered_by: str | None = None,
 ) -> dict[str, Any]:
     """Carry out an approved plan of :func:`plan_promotion`.
 
     ``approval`` is the approval task's result (``chosen_options``, ``responded_by_user``,
-    ``params_input``); it must say "Approve". The alias must still point where it did when
-    the plan was made, else nothing moves (someone else moved it while the approver read).
+    ``params_input``); it must say "Approve", and with ``promote_four_eyes`` come from
+    someone other than ``triggered_by`` (the user who triggered the run). The alias must
+    still point where it did when the plan was made, else nothing moves (someone else
+    moved it while the approver read).
 
     Returns
     -------
@@ -198,6 +202,14 @@ def apply_promotion(
     settings = PipelineSettings() if settings is None else settings
     user = approval.get("responded_by_user") or {}
     by = str(user.get("name") or user.get("id") or "unknown approver")
+    if settings.promote_four_eyes and (
+        triggered_by is None or triggered_by in (user.get("name"), user.get("id"))
+    ):
+        who = "no known user" if triggered_by is None else triggered_by
+        raise ValueError(
+            f"{by} approved a promotion that {who} triggered: with promote_four_eyes "
+            "(BANDITOPS_PROMOTE_FOUR_EYES) another person must approve it; nothing moved."
+        )
     comment = str((approval.get("params_input") or {}).get("comment") or "").strip()
     reason = f"{plan['subject']} — approved by {by}" + (f": {comment}" if comment else "")
     registry = ModelRegistry.from_settings(

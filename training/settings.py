@@ -153,6 +153,12 @@ class PipelineSettings(CoreSettings):
         Owner shown on the DAGs.
     approval_timeout_h : float
         Hours a promotion waits for its approval before it counts as rejected.
+    promote_approvers : list of str
+        Airflow user ids that may answer ``bandit_promote``'s approval (empty: every user
+        whose role may act on the DAG's runs, Airflow's rule).
+    promote_four_eyes : bool
+        The user who triggered a ``bandit_promote`` run may not approve it (a promotion
+        then needs two people; off for a one-operator setup).
     rollout_schedule : str
         Cron expression or preset of the rollout controller (``bandit_rollout``): one
         step per run.
@@ -247,6 +253,8 @@ class PipelineSettings(CoreSettings):
     task_timeout_s: float = Field(6 * 3600.0, gt=0.0)
     owner: str = "banditops"
     approval_timeout_h: float = Field(72.0, gt=0.0)
+    promote_approvers: list[str] = Field(default_factory=list)
+    promote_four_eyes: bool = False
     rollout_schedule: str = "*/10 * * * *"
     rollout_stages: list[float] = Field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0])
     rollout_min_stage_s: float = Field(3600.0, ge=0.0)
