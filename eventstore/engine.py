@@ -77,6 +77,7 @@ def make_engine(
     connect_timeout_s: float | None = None,
     sqlite_autocheckpoint: bool = True,
     lock_timeout_s: float | None = None,
+    idle_in_transaction_s: float | None = None,
 ) -> Engine:
     """An engine for ``url``.
 
@@ -108,6 +109,13 @@ def make_engine(
         Longest a statement waits for a lock another connection holds: SQLite's busy
         timeout (default :data:`SQLITE_BUSY_TIMEOUT_MS`), PostgreSQL's ``lock_timeout``
         (default none: wait). Past it the statement fails (``OperationalError``).
+    idle_in_transaction_s : float, optional
+        PostgreSQL: the server ends a session whose transaction waits this long for the
+        client's next statement (``idle_in_transaction_session_timeout``), so a
+        transaction stalled between its statements — a client paused, replies held on
+        the way — never commits late: it fails, and its events are journaled and
+        written again. With ``connect_timeout_s`` also the kernel's ``tcp_user_timeout``:
+        data the server does not acknowledge for that long breaks the connection.
     """
     if lock_timeout_s is not None and not lock_timeout_s > 0:
         raise ValueError(f"lock_timeout_s must be positive; got {lock_timeout_s!r}.")
@@ -154,8 +162,20 @@ def make_engine(
                 keepalives_interval=2,
                 keepalives_count=3,
             )
+        if connect_timeout_s is not None:
+            libpq["tcp_user_timeout"] = max(1000, round(connect_timeout_s * 1000))
+        server = []
         if lock_ms is not None:
-            libpq["options"] = f"-c lock_timeout={lock_ms}"
+            server.append(f"-c lock_timeout={lock_ms}")
+        if idle_in_transaction_s is not None:
+            if not idle_in_transaction_s > 0:
+                raise ValueError(
+                    f"idle_in_transaction_s must be positive; got {idle_in_transaction_s!r}."
+                )
+            idle_ms = max(1, round(idle_in_transaction_s * 1000))
+            server.append(f"-c idle_in_transaction_session_timeout={idle_ms}")
+        if server:
+            libpq["options"] = " ".join(server)
         options["connect_args"] = {k: v for k, v in libpq.items() if k not in parsed.query}
     return create_engine(parsed, **options)
 

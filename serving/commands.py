@@ -86,9 +86,12 @@ def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
 
     from eventstore.engine import make_engine
     from eventstore.migrate import upgrade
+    from serving.settings import Settings
 
     target = _url(url)
-    engine = make_engine(target)
+    # a store that takes the connection and never answers fails the start, which its
+    # supervisor retries (it hung there for good)
+    engine = make_engine(target, connect_timeout_s=Settings().store_connect_timeout_s)
     try:
         now = upgrade(engine, revision)
     except SQLAlchemyError as exc:  # unreachable, refused: named, not a traceback

@@ -6,6 +6,7 @@ equal the one rebuilt from the store."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -92,3 +93,75 @@ def test_a_read_only_store_is_an_outage(postgres_url: str, tmp_path: Path) -> No
             read_only(False)
             admin.dispose()
     assert stored == {r.json()["event_id"] for r in replies}
+
+
+def test_a_service_transaction_stalled_between_statements_never_commits_late(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A writer's transaction held between its statements (the client paused, or its
+    replies held on the way) committed 71 s late in the PostgreSQL helper's run, past the
+    replica sync's 60 s horizon, and another replica never learnt its reward. The
+    service's sessions now end a transaction idle for a quarter of the horizon: the late
+    COMMIT fails as an outage (journaled, written again with new ids)."""
+    import sqlalchemy as sa
+
+    from eventstore.migrate import upgrade
+    from eventstore.scratch import scratch_postgres_database
+    from serving.store.engine import store_engine
+    from serving.store.writer import is_outage
+    from tests.serving_helpers import service_settings
+
+    with scratch_postgres_database(postgres_url, prefix="banditops_idle") as url:
+        settings = service_settings(tmp_path, store_url=url, replica_sync_horizon_s=4.0)
+        engine = store_engine(settings)  # a second of idleness at this horizon
+        upgrade(engine)
+        try:
+            conn = engine.connect()
+            transaction = conn.begin()
+            conn.execute(sa.text("CREATE TEMP TABLE held (x int)"))
+            conn.execute(sa.text("INSERT INTO held VALUES (1)"))
+            time.sleep(2.5)  # stalled past the bound
+            with pytest.raises(sa.exc.DBAPIError) as late:
+                conn.execute(sa.text("SELECT 1"))
+                transaction.commit()
+            assert is_outage(late.value), late.value
+            conn.close()
+            with engine.connect() as fresh:  # the pool recovers: the next one works
+                assert fresh.execute(sa.text("SELECT 1")).scalar_one() == 1
+        finally:
+            engine.dispose()
+
+
+def test_serve_fails_its_start_against_a_store_that_never_answers(tmp_path: Path) -> None:
+    """A store that accepts the connection and says nothing (a stalled proxy or server):
+    ``serve`` migrates first and hung there for good; now it fails within the connect
+    timeout, so that its supervisor retries."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.serving_helpers import ROOT, TEST_TOKEN
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts, never answers
+        port = silent.getsockname()[1]
+        env = {
+            **os.environ,
+            "BANDITOPS_WORKSPACE": str(tmp_path / "ws"),
+            "BANDITOPS_DATABASE_URL": f"postgresql+psycopg2://u@127.0.0.1:{port}/db",
+            "BANDITOPS_API_TOKEN": TEST_TOKEN,
+            "BANDITOPS_STORE_CONNECT_TIMEOUT_S": "2",
+        }
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "ops", "serve", "--port", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert time.monotonic() - started < 30
+    assert done.returncode != 0
+    assert "could not be migrated" in done.stdout + done.stderr, done.stdout[-2000:]
