@@ -291,6 +291,7 @@ class DecisionService:
         # the SQLite log's checkpoints, off the commit path (0: inside commits, SQLite's)
         self.checkpointer = checkpointer(engine, settings)
         self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
+        self._cache_bytes = 0  # the cache's StoredDecision.nbytes
         # (event id, ordinal) of rewards whose deciding head refused the update, until
         # their request answers (bounded: a request cancelled meanwhile never collects)
         self._refused: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -624,12 +625,17 @@ class DecisionService:
         ).inc()
 
     def _remember(self, row: DecisionRow) -> None:
-        size = self.settings.decision_cache_size
-        if size == 0:
+        """Keep the decision for its rewards, within ``decision_cache_size`` decisions and
+        ``decision_cache_bytes`` (the oldest go first)."""
+        size, budget = self.settings.decision_cache_size, self.settings.decision_cache_bytes
+        if size == 0 or budget == 0:
             return
-        self._cache[row.event_id] = stored_decision(row)
-        while len(self._cache) > size:
-            self._cache.popitem(last=False)
+        stored = stored_decision(row)
+        self._cache[row.event_id] = stored
+        self._cache_bytes += stored.nbytes
+        while len(self._cache) > size or (self._cache_bytes > budget and self._cache):
+            _, gone = self._cache.popitem(last=False)
+            self._cache_bytes -= gone.nbytes
 
     # ------------------------------------------------------------------ rewards
     async def reward(self, req: RewardRequest) -> RewardResponse:

@@ -80,6 +80,9 @@ class Settings(CoreSettings):
     decision_cache_size : int
         Recent decisions kept in memory for their rewards (older ones are read back from
         the store).
+    decision_cache_bytes : int
+        The most memory those decisions take (their context and shown items' features):
+        with wide features the count alone let 50,000 of them take 1.6 GB.
     journal : bool
         While the event store is unreachable, acknowledge events once they are fsynced
         in a local journal and drain it into the store when it is back (see
@@ -229,6 +232,7 @@ class Settings(CoreSettings):
     snapshot_keep: int = Field(2, ge=1)
     writer_max_batch: int = Field(512, ge=1)
     decision_cache_size: int = Field(50_000, ge=0)
+    decision_cache_bytes: int = Field(128 << 20, ge=0)
     journal: bool = True
     journal_dir: Annotated[Path | None, DIRECTORY] = None
     journal_max_bytes: int = Field(1 << 30, ge=1 << 20)

@@ -917,3 +917,50 @@ def test_an_unknown_event_while_the_store_recovers_is_retried_not_refused(
         after = client.post("/v1/rewards", json=unknown)
     assert during.status_code == (404 if sole_writer else 503), during.text
     assert after.status_code == 404, after.text
+
+
+def test_the_decision_cache_is_bounded_in_bytes(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The cache of recent decisions was bounded by count only: with 512-wide features
+    and 5-item slates each took 32.6 kB, and the default 50,000 of them 1.6 GB (soak
+    helper). Its bytes now stay within BANDITOPS_DECISION_CACHE_BYTES, the oldest going
+    first, and a reward for one that went is still applied (read from the store)."""
+    import copy
+    import tracemalloc
+
+    from tests.serving_helpers import running_client, service_settings
+
+    width, budget = 256, 256 << 10
+    settings = service_settings(
+        tmp_path,
+        max_context_features=width,
+        max_arm_features=width,
+        decision_cache_bytes=budget,
+    )
+
+    def wide() -> dict[str, Any]:
+        return {
+            "context": rng.standard_normal(width).round(3).tolist(),
+            "candidates": [
+                {"id": f"item-{i}", "features": rng.standard_normal(width).round(3).tolist()}
+                for i in range(8)
+            ],
+            "k": 3,
+        }
+
+    with running_client(settings) as client:
+        events = [client.post("/v1/decisions", json=wide()).json()["event_id"] for _ in range(80)]
+        service = client.app.state.service
+        cached = list(service._cache.values())
+        assert 0 < len(cached) < 80 and events[-1] in service._cache
+        assert service._cache_bytes == sum(d.nbytes for d in cached) <= budget
+        oldest = client.post("/v1/rewards", json={"event_id": events[0], "reward": 1.0})
+        assert oldest.status_code == 200 and events[0] not in service._cache, oldest.text
+        # the estimate is what the objects take (tracemalloc), within a third
+        rows = [service.store.find_decision(e) for e in events[-20:]]
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    kept = [copy.deepcopy(r) for r in rows]
+    taken = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    estimate = sum(k.nbytes for k in kept)
+    assert 0.67 < estimate / taken < 1.5, (estimate, taken)

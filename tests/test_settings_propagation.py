@@ -99,6 +99,7 @@ def samples(root: Path, models: str = "registry") -> dict[str, Any]:
         "snapshot_keep": 3,
         "writer_max_batch": 64,
         "decision_cache_size": 99,
+        "decision_cache_bytes": 1 << 20,
         "journal": False,
         "journal_dir": root / "journal-here",
         "journal_max_bytes": 2 << 20,

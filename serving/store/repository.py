@@ -82,6 +82,11 @@ _INSERT_SNAPSHOT = insert(head_snapshots).returning(head_snapshots.c.id)
 _INSERT_PART = insert(head_snapshot_parts)
 
 
+#: The bytes of a :class:`StoredDecision` besides its arrays and ids (the objects,
+#: the array headers, the dict entry of a cache): about what CPython takes.
+STORED_DECISION_OVERHEAD = 600
+
+
 @dataclass(frozen=True)
 class StoredDecision:
     """What a reward needs to know about its decision.
@@ -103,6 +108,15 @@ class StoredDecision:
     @property
     def slate_length(self) -> int:
         return 1 if self.slate_ids is None else len(self.slate_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """About the memory it holds: its arrays, its ids and a fixed part for the rest."""
+        arrays = self.context.nbytes + self.arm_features.nbytes
+        if self.slate_features is not None:
+            arrays += self.slate_features.nbytes
+        ids = len(self.event_id) + len(self.arm_id) + sum(map(len, self.slate_ids or ()))
+        return arrays + ids + STORED_DECISION_OVERHEAD
 
     def shown_at(self, position: int | None) -> tuple[str, NDArray[np.float64]]:
         """Arm id and features of the item shown at ``position`` (None: the decision's
