@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -271,7 +272,9 @@ class ModelRegistry:
         except MlflowException:
             self.client.create_registered_model(self.model_name)
 
-    def _info(self, version: Any) -> VersionInfo:
+    def _info(self, version: Any, aliases: tuple[str, ...] | None = None) -> VersionInfo:
+        """``version`` (an MLflow model version) with its run's metrics and parameters;
+        ``aliases`` where the entity does not carry them (a search's do not)."""
         metrics: dict[str, float] = {}
         params: dict[str, str] = {}
         if version.run_id:
@@ -284,7 +287,9 @@ class ModelRegistry:
             name=self.model_name,
             version=str(version.version),
             run_id=str(version.run_id or ""),
-            aliases=tuple(sorted(getattr(version, "aliases", []) or [])),
+            aliases=tuple(sorted(getattr(version, "aliases", []) or []))
+            if aliases is None
+            else aliases,
             tags=dict(version.tags or {}),
             metrics=metrics,
             params=params,
@@ -310,27 +315,41 @@ class ModelRegistry:
         except MlflowException:
             return None
 
-    def versions(self) -> list[VersionInfo]:
-        """Every version, newest first."""
+    def _search(self, condition: str = "") -> list[Any]:
+        """The model's versions a search finds (``condition``: more of the filter)."""
+        where = f"name = '{self.model_name}'" + (f" AND {condition}" if condition else "")
         try:
-            found = self.client.search_model_versions(f"name = '{self.model_name}'")
+            return list(self.client.search_model_versions(where))
         except MlflowException as exc:  # never "no versions": a retrain would register twice
             raise RegistryError(
                 f"the registry could not list the versions of {self.model_name!r}: "
                 f"{str(exc.message)[:300]}"
             ) from exc
-        infos = [
-            self._info(self.client.get_model_version(self.model_name, v.version)) for v in found
-        ]
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version, newest first: one search, one read of the model's aliases (a
+        search's versions carry none) and each version's run. Before, each version was
+        read again for its aliases: a registration took 9 s at 400 versions."""
+        found = self._search()
+        try:
+            held = self.client.get_registered_model(self.model_name).aliases or {}
+        except MlflowException:
+            held = {}
+        aliases: dict[str, list[str]] = {}
+        for alias, number in held.items():
+            aliases.setdefault(str(number), []).append(alias)
+        infos = [self._info(v, tuple(sorted(aliases.get(str(v.version), [])))) for v in found]
         return sorted(infos, key=lambda v: int(v.version), reverse=True)
 
     def find_by_run_key(self, run_key: str) -> VersionInfo | None:
         """The version registered by ``run_key`` (the first, should two tries of one run
-        have raced: :meth:`register_candidate` keeps that one)."""
-        for info in reversed(self.versions()):
-            if info.tags.get("run_key") == run_key:
-                return info
-        return None
+        have raced: :meth:`register_candidate` keeps that one): found by a search on the
+        tag, so a registration does not read every version."""
+        if _SEARCHABLE.fullmatch(run_key):
+            found = [str(v.version) for v in self._search(f"tags.run_key = '{run_key}'")]
+        else:  # a key the filter language cannot quote: every version's tag
+            found = [i.version for i in self.versions() if i.tags.get("run_key") == run_key]
+        return self.get(min(found, key=int)) if found else None
 
     # ------------------------------------------------------------------ registering
     def register_candidate(
@@ -643,6 +662,10 @@ def fluent_uris(uri: str, registry_uri: str | None = None) -> Iterator[None]:
 def _param(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:6000]
+
+
+#: Run keys a search filter may quote as they are (Airflow's run ids are of these).
+_SEARCHABLE = re.compile(r"[A-Za-z0-9_.~:+\-@ ]+")
 
 
 class AliasReader:

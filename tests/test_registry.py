@@ -461,3 +461,40 @@ def test_version_numbers_are_ascii_digits_within_64_bits() -> None:
     for bad in ("٣", "3.0", "latest", "", True):
         with pytest.raises(RegistryError, match="a model version is a number such as 3"):
             version_number(bad)  # type: ignore[arg-type]
+
+
+def test_reading_versions_costs_no_call_per_version_beyond_its_run(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each version was read again for its aliases, and a registration scanned every
+    version for its run key twice: 9 s a registration at 400 versions (soak helper).
+    Now the listing reads each version's run only, and the run-key lookup searches the
+    tag, reading the one version it finds."""
+    registry.client.create_registered_model(registry.model_name)
+    for i in range(12):
+        key = "it's-a-quote" if i == 7 else f"scheduled__2026-12-{i + 1:02d}T03:30:00+00:00"
+        registry.client.create_model_version(
+            registry.model_name, source=f"/nowhere/{i}", tags={"run_key": key}
+        )
+    registry.client.set_registered_model_alias(registry.model_name, "production", "3")
+    registry.client.set_registered_model_alias(registry.model_name, "staging", "3")
+    calls: dict[str, int] = {}
+    for name in ("get_model_version", "search_model_versions", "get_registered_model"):
+        real = getattr(registry.client, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(registry.client, name, counted)
+    listed = registry.versions()
+    assert [v.version for v in listed] == [str(i) for i in range(12, 0, -1)]
+    assert listed[-3].aliases == ("production", "staging") and listed[0].aliases == ()
+    assert calls == {"search_model_versions": 1, "get_registered_model": 1}
+    calls.clear()
+    found = registry.find_by_run_key("scheduled__2026-12-05T03:30:00+00:00")
+    assert found is not None and found.version == "5" and found.aliases == ()
+    assert calls == {"search_model_versions": 1, "get_model_version": 1}
+    assert registry.find_by_run_key("no such run") is None
+    quoted = registry.find_by_run_key("it's-a-quote")  # the filter cannot quote it: a scan
+    assert quoted is not None and quoted.version == "8"
