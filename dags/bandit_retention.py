@@ -59,6 +59,7 @@ def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
         SETTINGS.retention_days,
         protected,
         window_stop=registry.window_stop,
+        served=registry.served_labels((SETTINGS.production_alias, SETTINGS.candidate_alias)),
         now=dag_run.run_after,
     )
 

@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -703,6 +703,12 @@ class AliasReader:
                 return None
             raise
         return str(found.version), dict(found.tags or {}), int(found.creation_timestamp or 0)
+
+    def served_labels(self, aliases: Iterable[str]) -> set[str]:
+        """The labels (:func:`~eventstore.contract.version_label`) of the versions
+        ``aliases`` point at: what the service serves, or may serve next."""
+        found = (self.version(alias) for alias in aliases)
+        return {version_label(self.model_name, v) for v in found if v is not None}
 
     def window_stop(self, label: str) -> datetime | None:
         """Where the training window of the version the service names ``label`` in the

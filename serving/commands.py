@@ -140,7 +140,7 @@ def store_prune(
     except (ArgumentError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--url") from None
     settings = Settings()
-    window_stop = None
+    window_stop, served = None, None
     if settings.uses_mlflow:  # registry versions learn by their window (file models do not)
         from modelregistry.registry import AliasReader, client_defaults
 
@@ -149,12 +149,14 @@ def store_prune(
             settings.tracking_uri, settings.model_name, registry_uri=settings.registry_uri
         )
         window_stop = reader.window_stop
+        served = reader.served_labels((settings.production_alias, settings.candidate_alias))
     try:
         result = apply_retention(
             engine,
             settings.model_name,
             age / timedelta(days=1),
             window_stop=window_stop,
+            served=served,
             dry_run=dry_run,
         )
     except SQLAlchemyError as exc:

@@ -577,3 +577,17 @@ def test_retention_reads_a_served_label_s_window_as_the_service_does(registry: R
     assert reader.window_stop(version_label("another-model", tagged)) is None
     assert reader.window_stop("file-0123abcd") is None
     assert reader.window_stop(f"{NAME}/²") is None
+
+
+def test_retention_keeps_the_last_snapshot_of_the_versions_the_aliases_name(
+    registry: Registry,
+) -> None:
+    from eventstore.contract import version_label
+    from modelregistry.registry import AliasReader
+
+    version = registry.log_version(None, 9010)
+    registry.client.set_registered_model_alias(NAME, "retention-test", version)
+    reader = AliasReader(registry.uri, NAME)
+    assert reader.served_labels(["retention-test", "no-such-alias"]) == {
+        version_label(NAME, version)
+    }

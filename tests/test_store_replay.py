@@ -483,3 +483,31 @@ def test_a_replica_restarted_after_retention_has_all_it_learnt(
     assert "deleted 0 rewards, 0 decisions" in " ".join(pruned.output.split()), pruned.output
     with running_client(settings) as client:
         assert head_difference(served_policy(client), learnt) <= 1e-9
+
+
+def test_a_version_retired_past_the_retention_loses_its_last_snapshot(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """Every version's newest snapshot was kept for good: a year of nightly versions left
+    276 snapshots of versions retired long ago (soak helper). With the labels the
+    registry still serves, the newest of a version that neither decided since the cutoff
+    nor is served goes; without them (a caller who cannot ask the registry) all stay."""
+    day = 24 * HOUR
+    with engine.begin() as conn:
+        write_events(
+            conn,
+            [
+                decision_row(rng, created_at=NOW - day, model_version="m/3"),
+                _snapshot("m/1", NOW - 200 * day),  # retired, not served: goes
+                _snapshot("m/2", NOW - 150 * day),  # not deciding, but @production
+                _snapshot("m/3", NOW - 120 * day),  # decided yesterday
+            ],
+        )
+    cutoff = NOW - 90 * day
+    assert prune_events(engine, cutoff, dry_run=True)["head_snapshots"] == 0
+    counted = prune_events(engine, cutoff, dry_run=True, keep_newest_of={"m/2"})
+    assert counted["head_snapshots"] == 1
+    assert prune_events(engine, cutoff, keep_newest_of={"m/2"}) == counted
+    with engine.connect() as conn:
+        kept = set(conn.execute(sa.text("SELECT model_version FROM head_snapshots")).scalars())
+    assert kept == {"m/2", "m/3"}
