@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -131,6 +132,10 @@ def make_engine(
         if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
             path = Path(parsed.database).absolute()
             path.parent.mkdir(parents=True, exist_ok=True)
+            # the owner's only (SQLite gives its -wal and -shm files the same mode): it
+            # holds users' contexts and hashes, and was created world-readable
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             watch = SqliteFileWatch(path)
         engine = create_engine(parsed, **options)
 

@@ -156,3 +156,19 @@ def test_replicas_upgrading_one_store_at_once_all_succeed(postgres_url: str) -> 
     for code, out, err in done:
         assert code == 0, err[-2000:]
         assert out.strip() == head_revision()
+
+
+def test_a_new_sqlite_store_is_its_owner_s_only(tmp_path: Path) -> None:
+    """It holds users' contexts and hashes: it was created world-readable (0644, the
+    security helper), and so were its -wal and -shm files."""
+    path = tmp_path / "private" / "events.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TABLE IF NOT EXISTS t (x int)"))
+            conn.execute(sa.text("INSERT INTO t VALUES (1)"))
+            modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir() if p.is_file()}
+    finally:
+        engine.dispose()
+    assert modes["events.db"] == 0o600 and modes.get("events.db-wal", 0o600) == 0o600, modes
