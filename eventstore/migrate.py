@@ -27,9 +27,32 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
-    """Upgrade the database behind ``engine`` to ``revision``; returns the new revision."""
+    """Upgrade the database behind ``engine`` to ``revision``; returns the new revision.
+
+    Raises :class:`StoreSchemaError` for a store at a revision this release does not ship
+    (migrated by a newer banditops), where Alembic said only that it could not locate it.
+    """
+    _check_known(engine)
     command.upgrade(alembic_config(engine), revision)
     return current_revision(engine)
+
+
+def known_revisions() -> set[str]:
+    """Every revision shipped with this package."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+
+
+def _check_known(engine: Engine) -> None:
+    have = current_revision(engine)
+    if have is not None and have not in known_revisions():
+        where = engine.url.render_as_string(hide_password=True)
+        raise StoreSchemaError(
+            f"the event store at {where} is at revision {have!r}, which this banditops "
+            f"does not ship (its newest is {head_revision()!r}): a newer banditops migrated "
+            "it. Run that release, or a store of this one's."
+        )
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -52,6 +75,7 @@ class StoreSchemaError(RuntimeError):
 def require_current(engine: Engine) -> None:
     """Raise :class:`StoreSchemaError` unless the database is at the shipped head
     revision (an empty database, such as a SQLite file that did not exist, has none)."""
+    _check_known(engine)
     have, want = current_revision(engine), head_revision()
     if have != want:
         where = engine.url.render_as_string(hide_password=True)

@@ -64,6 +64,24 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def check_schema(settings: Settings) -> None:
+    """Exit 2 with one ``error:`` line unless the store is at this release's revision."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from eventstore.engine import make_engine
+    from eventstore.migrate import StoreSchemaError, require_current
+
+    engine = make_engine(settings.store_url, connect_timeout_s=settings.store_connect_timeout_s)
+    try:
+        require_current(engine)
+    except (StoreSchemaError, SQLAlchemyError) as exc:
+        first = (str(exc).splitlines() or [""])[0]
+        console.print(f"[red]error:[/] {escape(redact_credentials(first))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+
+
 def uvicorn_limits(settings: Settings) -> dict[str, Any]:
     """uvicorn's protocol, connection limits and timeouts from the settings (README: HTTP
     API); the head's limits are :mod:`serving.http_protocol`'s, which the app sets."""
@@ -85,7 +103,7 @@ def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
     from eventstore.engine import make_engine
-    from eventstore.migrate import upgrade
+    from eventstore.migrate import StoreSchemaError, upgrade
     from serving.settings import Settings
 
     target = _url(url)
@@ -101,6 +119,9 @@ def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
             f"{exc.__class__.__name__}: {escape(redact_credentials(first))}",
             soft_wrap=True,
         )
+        raise typer.Exit(1) from None
+    except StoreSchemaError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
@@ -222,6 +243,8 @@ def serve(
     settings.resolve_salt()  # create a generated salt once, before workers start
     if migrate:
         db_upgrade(url=settings.store_url)
+    else:  # one line naming the revisions, not the traceback of a failed start (exit 3)
+        check_schema(settings)
     options = {
         "host": host,
         "port": port,

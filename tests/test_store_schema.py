@@ -3,6 +3,7 @@ SQLite and PostgreSQL, through the library call and through ``banditops db upgra
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,47 @@ def test_a_new_sqlite_store_is_its_owner_s_only(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert modes["events.db"] == 0o600 and modes.get("events.db-wal", 0o600) == 0o600, modes
+
+
+def test_a_store_of_another_release_is_named_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store a newer banditops migrated: ``db upgrade`` said only "Can't locate revision
+    identified by '0099'", and ``serve --no-migrate`` on a store behind printed a 28-line
+    traceback and exited 3 (PostgreSQL helper). Both now say what is wrong in one line."""
+    import subprocess
+    import sys
+
+    from tests.serving_helpers import ROOT, TEST_TOKEN
+
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    newer = CliRunner().invoke(cli, ["db", "upgrade", "--url", url])
+    assert newer.exit_code == 1
+    text = " ".join(newer.output.split())
+    assert (
+        f"is at revision '0099', which this banditops does not ship (its newest is '{head_revision()}')"
+        in text
+    )
+    behind = f"sqlite:///{tmp_path / 'empty.db'}"
+    env = {
+        **os.environ,
+        "BANDITOPS_WORKSPACE": str(tmp_path / "ws"),
+        "BANDITOPS_API_TOKEN": TEST_TOKEN,
+    }
+    for store, expected in ((behind, "has no banditops tables"), (url, "revision '0099'")):
+        done = subprocess.run(
+            [sys.executable, "-m", "ops", "serve", "--no-migrate", "--port", "0"],
+            cwd=ROOT,
+            env={**env, "BANDITOPS_DATABASE_URL": store},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        out = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 2 and "Traceback" not in out, out[-2000:]
+        assert "error: the event store at" in out and expected in out, out[-2000:]
