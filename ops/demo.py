@@ -420,6 +420,9 @@ def run_day4(
     for _ in range(ROLLOUT_MAX_BATCHES):
         batch = simulate_traffic(client, env, ROLLOUT_BATCH, rng, user_features=population)
         stats.append(batch)
+        # the batch's outcomes count once their reward windows close: a step taken at
+        # once saw only those the load had let close, and a slow machine ran out of batches
+        time.sleep(settings.reward_window_s)
         steps.append(rollout_step(settings))
         if steps[-1].action not in ("hold", "advance"):
             break

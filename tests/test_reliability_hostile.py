@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -964,3 +965,68 @@ def test_the_decision_cache_is_bounded_in_bytes(tmp_path: Path, rng: np.random.G
     tracemalloc.stop()
     estimate = sum(k.nbytes for k in kept)
     assert 0.67 < estimate / taken < 1.5, (estimate, taken)
+
+
+def test_pipelined_requests_are_answered_in_order_before_any_refusal(
+    thompson: ServiceProcess,
+) -> None:
+    """A read that ends one request (a 20 KB body) and begins the next was counted whole
+    against the next head: a 431 went out ahead of the first request's 200, which was
+    lost although the decision was stored (the diff reviewer's reproduction). Pipelined
+    requests worth 19 KB in one read fared the same. Each head is counted on its own now:
+    every request is answered in order, and the unfinished head last times out (408)."""
+    import socket
+
+    body = json.dumps(decision_body(np.random.default_rng(5))).encode() + b" " * 20_000
+    post = (
+        b"POST /v1/decisions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 600
+    for sent in (post, many):
+        with socket.create_connection(("127.0.0.1", thompson.port), timeout=30) as sock:
+            sock.sendall(sent + b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the last unfinished
+            answer = _answer(sock)
+        statuses = re.findall(rb"HTTP/1.1 (\d{3})", answer)
+        expected = 1 if sent is post else 600
+        assert statuses == [b"200"] * expected + [b"408"], statuses[-3:]
+
+
+def test_a_large_head_in_one_read_is_431(thompson: ServiceProcess) -> None:
+    """A 20 KB header that arrives in one read was served (only a head spanning reads
+    was counted); the parsed headers are counted exactly now."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", thompson.port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nx-pad: " + b"p" * 20_000 + b"\r\n\r\n")
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+
+def test_empty_lines_between_requests_do_not_hold_a_connection(
+    thompson: ServiceProcess,
+) -> None:
+    """Bare CRLFs after a request cancelled the keep-alive timeout and started no head:
+    a CRLF a second held a connection open for good (the diff reviewer's reproduction).
+    Any byte after a request now starts the next head's 2 s."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", thompson.port), timeout=30) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b'"status":"ok"' not in first:
+            first += sock.recv(65536)
+        started = time.perf_counter()
+        answer = b""
+        with contextlib.suppress(ConnectionError):
+            while time.perf_counter() - started < 8:
+                sock.sendall(b"\r\n")
+                sock.settimeout(0.5)
+                with contextlib.suppress(TimeoutError):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.perf_counter() - started < 6

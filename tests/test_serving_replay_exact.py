@@ -121,7 +121,10 @@ def _head_digest(policy: Any) -> dict[str, str]:
 def replay(tmp_path: Path, name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Send the stream, one request at a time, to a fresh service serving ``name``."""
     model = policy_file(tmp_path / f"{name}.npz", name=name, seed=3, **options)
-    settings = service_settings(tmp_path, model_path=model, snapshot_every_rewards=25)
+    # the salt the reference was recorded with (the stored user hashes depend on it)
+    settings = service_settings(
+        tmp_path, model_path=model, snapshot_every_rewards=25, user_salt="test-salt"
+    )
     answers: list[dict[str, Any]] = []
     rewards: list[dict[str, Any]] = []
     with running_client(settings) as client:
