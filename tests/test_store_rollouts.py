@@ -319,6 +319,13 @@ def test_lifetime_outcomes_read_settled_decisions_once(
         assert as_tuples(lifetime.read(engine, rules, now=now + later)) == as_tuples(
             online_outcomes(engine, rules, now=now + later)
         )
+    # a journal drained after a long outage writes old decisions and rewards late: read
+    late = now + timedelta(days=1) - timedelta(hours=5)
+    log(late, "m/2", 1.0)
+    log(late, "m/3", None)
+    assert as_tuples(lifetime.read(engine, rules, now=now + timedelta(days=1))) == as_tuples(
+        online_outcomes(engine, rules, now=now + timedelta(days=1))
+    )
     with engine.begin() as conn:  # what was read once is not read again
         conn.execute(sa.text("DELETE FROM rewards"))
         conn.execute(sa.text("DELETE FROM decisions"))
