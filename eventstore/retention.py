@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select, tuple_
 
 from eventstore.engine import make_engine
 from eventstore.rollouts import current_rollout
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: Decisions deleted per transaction (with their rewards).
 PRUNE_BATCH = 2_000
+#: Head snapshots, or snapshot parts, deleted per transaction (each up to a whole head,
+#: or a part of one).
+BLOB_BATCH = 16
 #: A served version's label → where its training window stops (None: it learns only the
 #: rewards of its own decisions), as the service reads the registry's ``window_stop``.
 WindowStops = Callable[[str], datetime | None]
@@ -124,18 +127,37 @@ def prune_events(
             }
     else:
         counts = _delete_events(engine, older_than, batch)
-    with engine.begin() as conn:
-        counts["head_snapshots"] = conn.execute(
-            select(func.count()).select_from(head_snapshots).where(old_snapshots)
-        ).scalar_one()
-        counts["head_snapshot_parts"] = conn.execute(
-            select(func.count()).select_from(head_snapshot_parts).where(old_parts)
-        ).scalar_one()
-        if not dry_run:
-            # the parts first: which ones go is judged by the snapshots still there
-            conn.execute(delete(head_snapshot_parts).where(old_parts))
-            conn.execute(delete(head_snapshots).where(old_snapshots))
+    if dry_run:
+        with engine.connect() as conn:
+            counts["head_snapshots"] = conn.execute(
+                select(func.count()).select_from(head_snapshots).where(old_snapshots)
+            ).scalar_one()
+            counts["head_snapshot_parts"] = conn.execute(
+                select(func.count()).select_from(head_snapshot_parts).where(old_parts)
+            ).scalar_one()
+        return {k: int(v) for k, v in counts.items()}
+    # a few rows to a transaction, as the decisions: a snapshot or a part holds up to a
+    # whole head or SNAPSHOT_PART_BYTES. The snapshots first, then the parts no remaining
+    # snapshot reads (recovery reads a snapshot whole or not at all).
+    counts["head_snapshots"] = _delete_rows(engine, head_snapshots, old_snapshots, (s.id,))
+    counts["head_snapshot_parts"] = _delete_rows(
+        engine, head_snapshot_parts, old_parts, (p.parts_key, p.seq)
+    )
     return {k: int(v) for k, v in counts.items()}
+
+
+def _delete_rows(
+    engine: Engine, table: Any, where: ColumnElement[bool], key: tuple[Any, ...]
+) -> int:
+    """Delete the rows of ``table`` that ``where`` picks, :data:`BLOB_BATCH` at a time
+    (a transaction each, picked again each time); the rows deleted."""
+    deleted = 0
+    while True:
+        with engine.begin() as conn:
+            rows = conn.execute(select(*key).where(where).limit(BLOB_BATCH)).all()
+            if not rows:
+                return deleted
+            deleted += conn.execute(delete(table).where(tuple_(*key).in_(rows))).rowcount
 
 
 def _delete_events(engine: Engine, older_than: datetime, batch: int) -> dict[str, int]:
