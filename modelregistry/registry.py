@@ -706,9 +706,19 @@ class AliasReader:
 
     def served_labels(self, aliases: Iterable[str]) -> set[str]:
         """The labels (:func:`~eventstore.contract.version_label`) of the versions
-        ``aliases`` point at: what the service serves, or may serve next."""
-        found = (self.version(alias) for alias in aliases)
-        return {version_label(self.model_name, v) for v in found if v is not None}
+        ``aliases`` point at, and of those a rollback of each would bring back (its
+        ``previous_<alias>`` tag): what the service serves, or may serve next."""
+        labels: set[str] = set()
+        for alias in aliases:
+            found = self.resolve(alias)
+            if found is None:
+                continue
+            version, tags, _ = found
+            labels.add(version_label(self.model_name, version))
+            previous = tags.get(previous_tag(alias))
+            if previous:
+                labels.add(version_label(self.model_name, previous))
+        return labels
 
     def window_stop(self, label: str) -> datetime | None:
         """Where the training window of the version the service names ``label`` in the
