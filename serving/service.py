@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import gc
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -663,7 +664,7 @@ class DecisionService:
                 raise StoreUnavailableError(
                     f"the event store is unreachable to look up event {req.event_id!r}."
                 ) from exc
-        if decision is None and self.writer.degraded and not settings.sole_writer:
+        if decision is None and not settings.sole_writer and self._recovering():
             # another worker or replica may hold it in its journal, not stored yet: a 404
             # would tell the client it never existed, and its reward would be dropped
             raise StoreUnavailableError(
@@ -764,6 +765,16 @@ class DecisionService:
             self.metrics.unsafe_heads.inc()
             return False
         return True
+
+    def _recovering(self) -> bool:
+        """This process's store is out, or came back less than ``replica_sync_horizon_s``
+        ago (the others, which share the outage, drain their journals about when it
+        does; the horizon is how late the replicas already let an event land)."""
+        writer = self.writer
+        if writer.degraded:
+            return True
+        back = writer.recovered_at
+        return back is not None and time.monotonic() - back < self.settings.replica_sync_horizon_s
 
     def _find(self, event_id: str) -> StoredDecision | None:
         """A decision from memory: the recent ones, or the journal's (not yet stored)."""

@@ -158,6 +158,8 @@ class GroupCommitWriter(Generic[T, R]):
         self._on_degraded = on_degraded
         self.probe_s = probe_s
         self.degraded = False
+        #: ``time.monotonic()`` when the last outage ended (its journal drained), or None.
+        self.recovered_at: float | None = None
         #: The last journal write failed (a full disk): new events are refused (503).
         self.spool_failing = False
         self.outages = 0
@@ -341,6 +343,7 @@ class GroupCommitWriter(Generic[T, R]):
             self._start_probe()
             return False
         self.degraded = False
+        self.recovered_at = time.monotonic()
         self.spool_failing = False
         if self._on_drained is not None:
             try:
