@@ -34,9 +34,11 @@ SETTINGS = PipelineSettings()
 
 
 @task
-def gate_report(*, params: Any = None) -> dict[str, Any]:
+def gate_report(*, params: Any = None, dag_run: Any = None) -> dict[str, Any]:
     from training import promotion
 
+    # before anyone is asked: a run no approval could carry out fails now
+    promotion.check_approvable(getattr(dag_run, "triggering_user_name", None), SETTINGS)
     return promotion.plan_promotion(
         params["version"],
         params["target"],

@@ -179,9 +179,14 @@ def make_engine(
                 )
             idle_ms = max(1, round(idle_in_transaction_s * 1000))
             server.append(f"-c idle_in_transaction_session_timeout={idle_ms}")
+        given = parsed.query.get("options")
+        if server and isinstance(given, str):
+            server.append(given)  # the URL's own, after: an option it sets again wins
         if server:
             libpq["options"] = " ".join(server)
-        options["connect_args"] = {k: v for k, v in libpq.items() if k not in parsed.query}
+        options["connect_args"] = {
+            k: v for k, v in libpq.items() if k not in parsed.query or k == "options"
+        }
     return create_engine(parsed, **options)
 
 

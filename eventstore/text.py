@@ -32,8 +32,9 @@ def check_text(name: str, value: str) -> str:
 
 
 #: The password of a URL's userinfo (``scheme://user:password@host``; a password may hold
-#: an unencoded ``/``, which SQLAlchemy accepts).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]*:)[^\s@]*(?=@)")
+#: an unencoded ``/``, which SQLAlchemy accepts). Bounded repeats: a line of many
+#: ``a://b:`` took seconds (each start scanned to the end of the line).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]{0,256}:)[^\s@]{0,256}(?=@)")
 #: What stands for a password in a redacted URL.
 HIDDEN = "***"
 

@@ -333,8 +333,11 @@ class ModelRegistry:
         found = self._search()
         try:
             held = self.client.get_registered_model(self.model_name).aliases or {}
-        except MlflowException:
-            held = {}
+        except MlflowException as exc:  # never "no version holds an alias"
+            raise RegistryError(
+                f"the registry could not read the aliases of {self.model_name!r}: "
+                f"{str(exc.message)[:300]}"
+            ) from exc
         aliases: dict[str, list[str]] = {}
         for alias, number in held.items():
             aliases.setdefault(str(number), []).append(alias)

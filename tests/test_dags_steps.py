@@ -388,3 +388,14 @@ def test_with_four_eyes_the_one_who_triggered_a_promotion_cannot_approve_it(
     assert registry.by_alias("production").version == "1"
     done = promotion.apply_promotion(plan, mine, settings=strict, triggered_by="bob")
     assert done["version"] == "2" and registry.by_alias("production").version == "2"
+
+
+def test_with_four_eyes_a_run_without_a_known_trigger_fails_before_it_asks(
+    settings: PipelineSettings,
+) -> None:
+    """It failed only after the wait for its approval, whoever approved (diff reviewer)."""
+    strict = settings.model_copy(update={"promote_four_eyes": True})
+    with pytest.raises(ValueError, match="needs a known triggering user"):
+        promotion.check_approvable(None, strict)
+    promotion.check_approvable("ann", strict)
+    promotion.check_approvable(None, settings)  # four eyes off: anyone's run

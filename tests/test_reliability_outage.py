@@ -165,3 +165,35 @@ def test_serve_fails_its_start_against_a_store_that_never_answers(tmp_path: Path
     assert time.monotonic() - started < 30
     assert done.returncode != 0
     assert "could not be migrated" in done.stdout + done.stderr, done.stdout[-2000:]
+
+
+def test_a_url_with_its_own_server_options_keeps_the_service_s_timeouts(
+    postgres_url: str,
+) -> None:
+    """A store URL with ``?options=`` dropped the service's lock and idle-in-transaction
+    timeouts silently (diff reviewer). Both now reach the server with the URL's own."""
+    from urllib.parse import quote
+
+    import sqlalchemy as sa
+
+    from eventstore.engine import make_engine
+
+    url = f"{postgres_url}?options={quote('-c statement_timeout=4321')}"
+    engine = make_engine(url, lock_timeout_s=1.5, idle_in_transaction_s=7.0)
+    try:
+        with engine.connect() as conn:
+            shown = {
+                name: conn.execute(sa.text(f"SHOW {name}")).scalar_one()
+                for name in (
+                    "statement_timeout",
+                    "lock_timeout",
+                    "idle_in_transaction_session_timeout",
+                )
+            }
+    finally:
+        engine.dispose()
+    assert shown == {
+        "statement_timeout": "4321ms",
+        "lock_timeout": "1500ms",
+        "idle_in_transaction_session_timeout": "7s",
+    }

@@ -172,7 +172,7 @@ def test_a_new_sqlite_store_is_its_owner_s_only(tmp_path: Path) -> None:
             modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir() if p.is_file()}
     finally:
         engine.dispose()
-    assert modes["events.db"] == 0o600 and modes.get("events.db-wal", 0o600) == 0o600, modes
+    assert modes == {"events.db": 0o600, "events.db-wal": 0o600, "events.db-shm": 0o600}, modes
 
 
 def test_a_store_of_another_release_is_named_not_a_traceback(

@@ -173,6 +173,18 @@ def plan_promotion(
     }
 
 
+def check_approvable(triggered_by: str | None, settings: PipelineSettings) -> None:
+    """``ValueError`` when no approval of this run could be carried out: with
+    ``promote_four_eyes`` a run whose triggering user is unknown (a scheduler's or a
+    CLI's), which was otherwise refused only after the wait for its approval."""
+    if settings.promote_four_eyes and triggered_by is None:
+        raise ValueError(
+            "with promote_four_eyes (BANDITOPS_PROMOTE_FOUR_EYES) a bandit_promote run "
+            "needs a known triggering user (trigger it from the UI, the Bandits page or "
+            "the REST API as yourself), so that someone else can approve it."
+        )
+
+
 def apply_promotion(
     plan: Mapping[str, Any],
     approval: Mapping[str, Any],

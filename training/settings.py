@@ -154,11 +154,14 @@ class PipelineSettings(CoreSettings):
     approval_timeout_h : float
         Hours a promotion waits for its approval before it counts as rejected.
     promote_approvers : list of str
-        Airflow user ids that may answer ``bandit_promote``'s approval (empty: every user
-        whose role may act on the DAG's runs, Airflow's rule).
+        Airflow user ids that may answer ``bandit_promote``'s approval, as the auth
+        manager gives them (the simple auth manager: the user name; FAB: the numeric id
+        ``airflow users list`` shows); empty: every user whose role may act on the DAG's
+        runs, Airflow's rule.
     promote_four_eyes : bool
-        The user who triggered a ``bandit_promote`` run may not approve it (a promotion
-        then needs two people; off for a one-operator setup).
+        The user who triggered a ``bandit_promote`` run (stopping a rollout included)
+        may not approve it, and a run with no known triggering user fails before it asks:
+        a promotion then needs two people (off for a one-operator setup).
     rollout_schedule : str
         Cron expression or preset of the rollout controller (``bandit_rollout``): one
         step per run.
