@@ -331,6 +331,8 @@ class ModelRegistry:
         search's versions carry none) and each version's run. Before, each version was
         read again for its aliases: a registration took 9 s at 400 versions."""
         found = self._search()
+        if not found:
+            return []  # no versions (nor, maybe, the registered model): no aliases to read
         try:
             held = self.client.get_registered_model(self.model_name).aliases or {}
         except MlflowException as exc:  # never "no version holds an alias"

@@ -19,6 +19,7 @@ from tests.serving_helpers import (
     decision_body,
     policy_file,
     service_settings,
+    wait_ready,
 )
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -38,7 +39,7 @@ def test_decision_and_reward_over_http(
         tmp_path, store_url, model_path=policy_file(tmp_path / "p.npz"), api_token="t"
     )
     with _server(settings) as server, httpx.Client(base_url=server.url, timeout=10) as http:
-        assert http.get("/readyz").status_code == 200
+        wait_ready(http.get)  # the first load may still run once uvicorn has started
         decision = http.post("/v1/decisions", json=decision_body(rng)).json()
         reward = http.post(
             "/v1/rewards",
