@@ -3,6 +3,7 @@ this package (no ``alembic.ini`` needed, so it works from an installed wheel).""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -37,11 +38,14 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
     return current_revision(engine)
 
 
-def known_revisions() -> set[str]:
-    """Every revision shipped with this package."""
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision shipped with this package (read once: they are files of it)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    return frozenset(
+        script.revision for script in ScriptDirectory.from_config(config).walk_revisions()
+    )
 
 
 def _check_known(engine: Engine) -> None:
