@@ -125,6 +125,12 @@ class ServiceMetrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.commit_timeouts = Counter(
+            "banditops_store_commit_timeouts",
+            "Events not durable within store_commit_deadline_s, or refused while a write "
+            "had been under way that long (503)",
+            registry=reg,
+        )
         self.store_outages = Counter(
             "banditops_store_outages", "Times the event store became unreachable", registry=reg
         )

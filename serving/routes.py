@@ -192,7 +192,8 @@ async def healthz() -> dict[str, str]:
     responses={
         503: {
             "description": "No model or fallback ready yet, or the event store is "
-            "unreachable and the local journal cannot take more events."
+            "unreachable and the local journal cannot take more events, or a write has "
+            "been under way longer than the commit deadline (stalled)."
         }
     },
     tags=["ops"],
@@ -204,7 +205,9 @@ async def readyz(request: Request, response: Response) -> dict[str, object]:
     200: decisions and rewards are still answered (acknowledged once fsynced in the
     local journal), so a load balancer should keep sending traffic; alert on
     ``banditops_store_degraded`` instead. 503 (``unavailable``) when the journal cannot
-    take more events either.
+    take more events either, and 503 (``stalled``) while a write has been under way longer
+    than ``store_commit_deadline_s``: a store that stopped answering in the middle of a
+    statement raises no error, so nothing turns to the journal, and events are refused.
     """
     service = service_of(request)
     if not service.ready:
@@ -214,7 +217,8 @@ async def readyz(request: Request, response: Response) -> dict[str, object]:
     store = service.store_status()
     if not store["accepting"]:
         response.status_code = 503
-        return {"status": "unavailable", "fallback_active": fallback, **store}
+        status = "stalled" if store["stalled"] else "unavailable"
+        return {"status": status, "fallback_active": fallback, **store}
     if store["degraded"]:
         return {"status": "degraded", "fallback_active": fallback, **store}
     return {"status": "ready", "fallback_active": fallback}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import logging
 import time
@@ -99,7 +100,7 @@ from serving.schemas import (
 )
 from serving.settings import Settings
 from serving.snapshots import HeadGate, Snapshotter, own_writer
-from serving.store.engine import checkpointer, store_engine
+from serving.store.engine import checkpointer, store_engine, transaction_bound_s
 from serving.store.journal import DrainReport, Journal, stored_decision
 from serving.store.repository import EventStore, StoredDecision, batch_landed, write_events
 from serving.store.writer import GroupCommitWriter, WriterClosedError
@@ -125,6 +126,31 @@ class NotFoundError(LookupError):
 
 class StoreUnavailableError(RuntimeError):
     """The event could not be committed, so it is not acknowledged (503)."""
+
+
+def _on_loop(future: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
+    """An asyncio future with ``future``'s outcome. Unlike :func:`asyncio.wrap_future`,
+    cancelling it (a request cancelled, a deadline) leaves ``future`` alone: withdrawing
+    an item is the caller's explicit choice (``future.cancel()``)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Any] = loop.create_future()
+
+    def copy(done: concurrent.futures.Future[Any]) -> None:
+        if waiter.cancelled():
+            return
+        if done.cancelled():
+            waiter.cancel()
+        elif (exc := done.exception()) is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(done.result())
+
+    def hand_over(done: concurrent.futures.Future[Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # a loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(copy, done)
+
+    future.add_done_callback(hand_over)
+    return waiter
 
 
 @dataclass(frozen=True)
@@ -258,6 +284,7 @@ class DecisionService:
             on_degraded=metrics.set_degraded,
             probe_s=settings.store_probe_s,
             landed=batch_landed,
+            statement_timeout_s=transaction_bound_s(settings),
         )
         self.loader = ModelLoader(
             source,
@@ -276,7 +303,11 @@ class DecisionService:
         # several workers or synced replicas rebuild from the store: no snapshots
         snapshots = settings.sole_writer
         # None: the snapshots commit beside the events (SQLite), or there are none
-        self._snapshot_writer = own_writer(engine, settings.store_probe_s) if snapshots else None
+        self._snapshot_writer = (
+            own_writer(engine, settings.store_probe_s, transaction_bound_s(settings))
+            if snapshots
+            else None
+        )
         self.snapshots = Snapshotter(
             self._commit_snapshot,
             settings.snapshot_every_rewards,
@@ -787,12 +818,42 @@ class DecisionService:
         return await self._commit(item, self._snapshot_writer or self.writer)
 
     async def _commit(self, item: Any, writer: GroupCommitWriter[Any, Any] | None = None) -> Any:
+        """``item``'s result once it is durable, within ``store_commit_deadline_s``.
+
+        A request cancelled meanwhile (its client left) leaves the item to be written
+        all the same. Past the deadline the item is withdrawn when it still waits in the
+        queue (never written), and the answer is 503 either way; while the write under
+        way has taken longer than the deadline (a store that stopped answering in the
+        middle of a statement never raises), nothing is queued behind it."""
+        writer = writer or self.writer
+        deadline = self.settings.store_commit_deadline_s
+        stalled = writer.in_flight_s()
+        if stalled > deadline:
+            self.metrics.commit_timeouts.inc()
+            raise StoreUnavailableError(
+                f"the event store has not finished a write for {stalled:.0f} s; the event "
+                "was not stored: retry later"
+            )
         try:
-            future = (writer or self.writer).submit(item)
+            future = writer.submit(item)
         except WriterClosedError as exc:
             raise StoreUnavailableError(str(exc)) from exc
         try:
-            return await asyncio.wrap_future(future)
+            async with asyncio.timeout(deadline):
+                return await _on_loop(future)
+        except TimeoutError:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                return future.result()  # durable just as the deadline passed
+            self.metrics.commit_timeouts.inc()
+            if future.cancel():
+                raise StoreUnavailableError(
+                    f"the event store did not take the event within {deadline:g} s; it was "
+                    "not stored: retry later"
+                ) from None
+            raise StoreUnavailableError(
+                f"the event store did not confirm the event within {deadline:g} s; it may "
+                "still be stored (a reward sent again is then stored as a duplicate)"
+            ) from None
         except Exception as exc:
             # the driver's message quotes the whole batch's parameters (other clients'
             # events): it goes to the log, the client learns only its kind
@@ -937,15 +998,18 @@ class DecisionService:
         self._unsynced.clear()
 
     def store_status(self) -> dict[str, Any]:
-        """Whether events are being journaled, how many wait, and whether new events can
-        still be acknowledged (not while degraded without a journal, with a full one, or
-        with one whose last write failed: a full disk)."""
+        """Whether events are being journaled, how many wait, whether a write has been
+        under way longer than ``store_commit_deadline_s`` (stalled), and whether new events
+        can still be acknowledged (not while stalled, nor while degraded without a
+        journal, with a full one, or with one whose last write failed: a full disk)."""
         journal, writer = self.journal, self.writer
         refusing = journal is None or journal.full or writer.spool_failing
+        stalled = writer.in_flight_s() > self.settings.store_commit_deadline_s
         return {
             "degraded": writer.degraded,
             "journal_events": 0 if journal is None else journal.events,
-            "accepting": not (writer.degraded and refusing),
+            "stalled": stalled,
+            "accepting": not (stalled or (writer.degraded and refusing)),
         }
 
     # ------------------------------------------------------------------ models

@@ -51,12 +51,15 @@ PARTS_PER_DROP = 4
 Commit = Callable[[SnapshotRow | SnapshotPart | SupersededSnapshots | DropParts], Awaitable[Any]]
 
 
-def own_writer(engine: Engine, probe_s: float) -> GroupCommitWriter[Any, Any] | None:
+def own_writer(
+    engine: Engine, probe_s: float, statement_timeout_s: float | None = None
+) -> GroupCommitWriter[Any, Any] | None:
     """The writer snapshots commit on, not started: None on SQLite, where they commit
     beside the events (one lock guards the file: a writer of their own would make the
     events wait in SQLite's busy handler), a writer of their own elsewhere (PostgreSQL:
     the events never wait behind them), which checks an unreachable database every
-    ``probe_s`` seconds as the events' writer does (``store_probe_s``)."""
+    ``probe_s`` seconds as the events' writer does (``store_probe_s``) and bounds its
+    statements alike (``statement_timeout_s``)."""
     if engine.dialect.name == "sqlite":
         return None
     return GroupCommitWriter(
@@ -66,6 +69,7 @@ def own_writer(engine: Engine, probe_s: float) -> GroupCommitWriter[Any, Any] | 
         name="banditops-snapshot-writer",
         probe_s=probe_s,
         landed=batch_landed,
+        statement_timeout_s=statement_timeout_s,
     )
 
 

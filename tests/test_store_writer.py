@@ -4,6 +4,7 @@ one bad event fails alone, and a reward is applied at most once per event."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future
 
 import numpy as np
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from eventstore import records
+from eventstore.migrate import upgrade
 from eventstore.records import RewardOutcome
 from eventstore.schema import rewards
 from serving.store import GroupCommitWriter, WriterClosedError
@@ -87,16 +89,130 @@ def test_closed_writer_refuses_and_flushes(engine: sa.Engine, rng: np.random.Gen
         writer.submit(decision_row(rng))
 
 
-def test_a_cancelled_wait_still_stores_the_event(
+def test_a_withdrawn_event_is_never_written(engine: sa.Engine, rng: np.random.Generator) -> None:
+    """An item whose future is cancelled while it waits in the queue (its caller told its
+    client the event was not stored) is left out; the rest of its batch is written. It
+    used to be written all the same: a 503'd decision could land after its client had
+    decided without it."""
+    writer = GroupCommitWriter(engine, write_events)
+    rows = [decision_row(rng) for _ in range(3)]
+    futures = [writer.submit(row) for row in rows]
+    assert futures[1].cancel()  # withdrawn before the batch began
+    writer.start()
+    assert futures[0].result(timeout=30) is None and futures[2].result(timeout=30) is None
+    writer.close()
+    stored = EventStore(engine).existing_event_ids([row.event_id for row in rows])
+    assert stored == {rows[0].event_id, rows[2].event_id}
+
+
+class _Held:
+    """``write_events`` that waits for ``release`` once ``armed`` (a store that stops
+    answering in the middle of a statement: nothing raises, nothing returns)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: sa.Connection, items: object) -> list[object]:
+        if self.armed:
+            self.entered.set()
+            assert self.release.wait(60)
+        return write_events(conn, items)  # type: ignore[arg-type]
+
+
+def test_a_write_under_way_is_timed_and_its_items_cannot_be_withdrawn(
     engine: sa.Engine, rng: np.random.Generator
 ) -> None:
-    writer = GroupCommitWriter(engine, write_events)
+    held = _Held()
+    writer = GroupCommitWriter(engine, held).start()
+    try:
+        assert writer.in_flight_s() == 0.0
+        held.armed = True
+        in_flight = writer.submit(decision_row(rng))
+        assert held.entered.wait(30)
+        queued = writer.submit(decision_row(rng))
+        time.sleep(0.2)
+        assert writer.in_flight_s() >= 0.2
+        assert not in_flight.cancel()  # its transaction began: it will be written
+        assert queued.cancel()
+        held.armed = False
+        held.release.set()
+        assert in_flight.result(timeout=30) is None
+        writer.submit(decision_row(rng)).result(timeout=30)  # the writer goes on
+        assert writer.in_flight_s() == 0.0
+    finally:
+        held.release.set()
+        writer.close()
+    assert EventStore(engine).count_rows()["decisions"] == 2
+
+
+def test_a_waiter_that_leaves_does_not_withdraw_the_event(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """The service's wait (:func:`serving.service._on_loop`) cancelled, as when a client
+    disconnects: the event is written all the same (only an explicit withdrawal, past
+    the commit deadline, leaves it out)."""
+    import asyncio
+
+    from serving.service import _on_loop
+
+    held = _Held()
+    held.armed = True
+    writer = GroupCommitWriter(engine, held).start()
     row = decision_row(rng)
-    future = writer.submit(row)
-    assert future.cancel()  # the caller gave up before the commit
-    writer.start()
-    writer.close()
+
+    async def leave() -> None:
+        future = writer.submit(row)
+        waiting = asyncio.ensure_future(_on_loop(future))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        held.release.set()
+        await asyncio.wrap_future(future)
+
+    try:
+        asyncio.run(leave())
+    finally:
+        held.release.set()
+        writer.close()
     assert EventStore(engine).existing_event_ids([row.event_id]) == {row.event_id}
+
+
+@pytest.mark.postgres
+def test_a_writer_statement_past_its_bound_fails_as_an_outage(
+    postgres_url: str, rng: np.random.Generator
+) -> None:
+    """``statement_timeout_s`` bounds the writer's own statements (PostgreSQL's
+    ``statement_timeout`` on its connection, out of the pool): a statement that runs
+    past it is cancelled, an outage (journaled in the service), never committed late.
+    Other connections of the engine keep the server's default."""
+    from eventstore.scratch import scratch_postgres_database
+    from serving.store.writer import is_outage
+
+    def slow(conn: sa.Connection, items: object) -> list[object]:
+        conn.exec_driver_sql("SELECT pg_sleep(10)")
+        return write_events(conn, items)  # type: ignore[arg-type]
+
+    with scratch_postgres_database(postgres_url, prefix="banditops_stmt") as url:
+        eng = sa.create_engine(url)
+        upgrade(eng)
+        writer = GroupCommitWriter(eng, slow, statement_timeout_s=0.5).start()
+        try:
+            started = time.monotonic()
+            failed = writer.submit(decision_row(rng)).exception(timeout=60)
+            took = time.monotonic() - started
+        finally:
+            writer.close()
+        try:
+            assert isinstance(failed, sa.exc.DBAPIError) and is_outage(failed), failed
+            assert took < 8, took  # four tries cancelled at the bound, not one whole sleep
+            assert EventStore(eng).count_rows()["decisions"] == 0
+            with eng.connect() as conn:
+                assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+        finally:
+            eng.dispose()
 
 
 def test_reward_ordinals_first_applied_rest_by_rule(

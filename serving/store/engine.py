@@ -16,7 +16,15 @@ from eventstore.engine import is_sqlite, make_engine
 #: so a transaction stalled mid-way must fail (its events journaled and written again,
 #: with new ids) rather than commit after the horizon, which lost a reward for good on
 #: another replica (PostgreSQL helper, stop 43: a 71 s stall against a 60 s horizon).
+#: The writers' statements get the same bound (``statement_timeout``): a server frozen in
+#: the middle of one and thawed later cancels it instead of committing late.
 IDLE_SHARE_OF_HORIZON = 0.25
+
+
+def transaction_bound_s(settings: Any) -> float:
+    """How long a service transaction may wait for its client's next statement, and how
+    long the writers' statements may run (:data:`IDLE_SHARE_OF_HORIZON`)."""
+    return max(1.0, float(settings.replica_sync_horizon_s) * IDLE_SHARE_OF_HORIZON)
 
 
 def store_engine(settings: Any) -> Engine:
@@ -29,7 +37,7 @@ def store_engine(settings: Any) -> Engine:
         connect_timeout_s=settings.store_connect_timeout_s,
         sqlite_autocheckpoint=settings.sqlite_checkpoint_s == 0.0,
         lock_timeout_s=settings.store_lock_timeout_s,
-        idle_in_transaction_s=max(1.0, settings.replica_sync_horizon_s * IDLE_SHARE_OF_HORIZON),
+        idle_in_transaction_s=transaction_bound_s(settings),
     )
 
 

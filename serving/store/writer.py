@@ -19,6 +19,13 @@ once fsynced there; the writer is then *degraded*: batches go straight to the jo
 while a probe thread checks the database every ``probe_s`` seconds, and when it answers
 the writer drains the journal (in order, before any new batch) and commits to the
 database again.
+
+A caller that stops waiting may withdraw its item with ``future.cancel()``: that
+succeeds only while the item waits in the queue, and such an item is never written. Once
+a batch has begun, its items are written whatever their callers do. :meth:`in_flight_s`
+says how long the current batch has been going, so that a caller can tell a store that
+stopped answering in the middle of a statement (a frozen server: no error ever comes)
+and answer at once rather than queue behind it.
 """
 
 from __future__ import annotations
@@ -132,6 +139,11 @@ class GroupCommitWriter(Generic[T, R]):
     landed : callable ``(connection, items, results) -> bool``, optional
         Whether a batch ``write`` wrote (with these results) is in the database: asked
         after a COMMIT that raised. Without it such a batch is retried as written.
+    statement_timeout_s : float, optional
+        PostgreSQL: the longest one statement on the writer's own connection may run
+        (``statement_timeout``; that connection is taken out of the pool, so nothing else
+        inherits the setting). A server frozen in the middle of a statement and thawed
+        later then cancels the statement rather than commit it late. Ignored on SQLite.
     """
 
     def __init__(
@@ -148,11 +160,17 @@ class GroupCommitWriter(Generic[T, R]):
         on_degraded: Callable[[bool], None] | None = None,
         probe_s: float = Settings.model_fields["store_probe_s"].default,
         landed: Callable[[Connection, Sequence[T], list[R]], bool] | None = None,
+        statement_timeout_s: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1; got {max_batch}.")
         if probe_s <= 0:
             raise ValueError(f"probe_s must be positive; got {probe_s}.")
+        if statement_timeout_s is not None and not statement_timeout_s > 0:
+            raise ValueError(f"statement_timeout_s must be positive; got {statement_timeout_s!r}.")
+        self._statement_timeout_s = statement_timeout_s
+        #: ``time.monotonic()`` when the batch being written began (None between batches).
+        self._began: float | None = None
         self._spool = spool
         self._on_drained = on_drained
         self._on_degraded = on_degraded
@@ -213,7 +231,11 @@ class GroupCommitWriter(Generic[T, R]):
         stop = False
         while not stop:
             if self.degraded and self._db_back.is_set():
-                self._try_drain()
+                self._began = time.monotonic()
+                try:
+                    self._try_drain()
+                finally:
+                    self._began = None
             try:
                 first = self._queue.get(timeout=self.probe_s if self.degraded else None)
             except queue.Empty:
@@ -231,15 +253,30 @@ class GroupCommitWriter(Generic[T, R]):
                     stop = True
                     break
                 batch.append(nxt)
-            self._commit(batch)
+            self._began = time.monotonic()
+            try:
+                self._commit(batch)
+            finally:
+                self._began = None
         self._last_drain()
 
+    def in_flight_s(self) -> float:
+        """Seconds the write under way (a batch to the store or the journal, or the
+        journal's drain) has taken so far; 0.0 between writes. Any thread."""
+        began = self._began
+        return 0.0 if began is None else max(0.0, time.monotonic() - began)
+
     def _commit(self, batch: list[tuple[T, Future[R]]]) -> None:
-        # A future cancelled before now (its caller gave up) still gets its item written;
-        # once running, it can no longer be cancelled under us.
-        for _, future in batch:
-            if not (future.running() or future.cancelled()):
-                future.set_running_or_notify_cancel()
+        # A future cancelled before now was withdrawn by its caller (it told its client
+        # the event was not stored): its item is left out. Once running, a future can no
+        # longer be cancelled, so every item of a batch that began is written.
+        batch = [
+            (item, future)
+            for item, future in batch
+            if future.running() or future.set_running_or_notify_cancel()
+        ]
+        if not batch:
+            return
         items = [item for item, _ in batch]
         if self.degraded and not self._try_drain():
             self._spool_batch(batch)
@@ -415,5 +452,15 @@ class GroupCommitWriter(Generic[T, R]):
     def _connection(self) -> Connection:
         """The thread's connection, kept across batches (no pool checkout per commit)."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self._conn = self.engine.connect()
+            conn = self.engine.connect()
+            if self._statement_timeout_s is not None and conn.dialect.name == "postgresql":
+                conn.detach()  # the session setting stays with this connection alone
+                ms = max(1, round(self._statement_timeout_s * 1000))
+                try:
+                    conn.exec_driver_sql(f"SET statement_timeout = {ms}")
+                    conn.commit()
+                except BaseException:
+                    conn.close()
+                    raise
+            self._conn = conn
         return self._conn

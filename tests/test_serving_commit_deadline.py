@@ -1,0 +1,160 @@
+"""A store that stops answering in the middle of a statement raises no error: nothing
+turns to the journal. Before ``store_commit_deadline_s`` every decision and reward waited
+for as long as it lasted (a PostgreSQL backend frozen with SIGSTOP held them for good)
+while ``/readyz`` said ready. Now a request is answered 503 within the deadline, an
+event still queued is withdrawn (never written), new events are refused at once while
+the write under way is older than the deadline, and ``/readyz`` says ``stalled``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from serving.store.repository import write_events
+from tests.serving_helpers import decision_body, running_client, service_settings
+
+DEADLINE_S = 1.0
+
+
+class _Held:
+    """The service writer's ``write``, held at ``release`` once ``armed``: the store
+    stops answering in the middle of a statement."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: sa.Connection, items: Any) -> list[Any]:
+        if self.armed:
+            self.entered.set()
+            assert self.release.wait(60)
+        return write_events(conn, items)
+
+
+def _decisions(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _wait_ready(client: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (ready := client.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, ready.json()
+        time.sleep(0.1)
+
+
+def test_a_stalled_write_answers_within_the_deadline_and_withdraws_what_waits(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(11)
+    settings = service_settings(
+        tmp_path, store_lock_timeout_s=0.5, store_commit_deadline_s=DEADLINE_S
+    )
+    held = _Held()
+    with running_client(settings) as client, ThreadPoolExecutor(2) as pool:
+        writer = client.app.state.service.writer
+        writer._write = held  # the fault: the next statement never returns
+        held.armed = True
+        started = time.monotonic()
+        in_flight = pool.submit(client.post, "/v1/decisions", json=decision_body(rng))
+        assert held.entered.wait(30)
+        queued = pool.submit(client.post, "/v1/decisions", json=decision_body(rng))
+        first, second = in_flight.result(30), queued.result(30)
+        assert time.monotonic() - started < DEADLINE_S + 3.0
+        assert first.status_code == 503 and "may still be stored" in first.json()["detail"]
+        assert second.status_code == 503 and "it was not stored" in second.json()["detail"]
+
+        time.sleep(max(0.0, DEADLINE_S - writer.in_flight_s()) + 0.1)
+        asked = time.monotonic()
+        refused = client.post("/v1/decisions", json=decision_body(rng))
+        assert time.monotonic() - asked < 0.5  # not queued behind the stalled write
+        assert refused.status_code == 503
+        assert "has not finished a write" in refused.json()["detail"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["status"] == "stalled", ready.json()
+        metrics = client.get("/metrics").text
+        assert "banditops_store_commit_timeouts_total 3.0" in metrics
+
+        held.armed = False
+        held.release.set()
+        _wait_ready(client)
+        assert client.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+    # the write under way landed after its 503; the withdrawn and the refused never did
+    assert _decisions(settings.store_url) == 2
+
+
+@contextmanager
+def _frozen(admin: sa.Engine, database: str) -> Iterator[list[int]]:
+    """Every server process of ``database`` stopped (SIGSTOP) for the block: the kernel
+    still acknowledges its packets, so its clients see no error, only silence."""
+    with admin.connect() as conn:
+        pids = list(
+            conn.execute(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = :name "
+                    "AND pid <> pg_backend_pid()"
+                ),
+                {"name": database},
+            ).scalars()
+        )
+    assert pids
+    try:
+        for pid in pids:
+            os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError) as exc:
+        pytest.skip(f"PostgreSQL's processes cannot be signalled from here ({exc})")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.postgres
+def test_a_frozen_postgresql_server_is_answered_503_then_served_again(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """The real fault: every backend of the service's database stopped with SIGSTOP."""
+    from eventstore.scratch import scratch_postgres_database
+
+    rng = np.random.default_rng(12)
+    with scratch_postgres_database(postgres_url, prefix="banditops_frozen") as url:
+        settings = service_settings(tmp_path, store_url=url, store_commit_deadline_s=3.0)
+        admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+        try:
+            with running_client(settings) as client:
+                assert client.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+                with _frozen(admin, sa.make_url(url).database or ""):
+                    started = time.monotonic()
+                    first = client.post("/v1/decisions", json=decision_body(rng))
+                    assert time.monotonic() - started < 3.0 + 3.0
+                    assert first.status_code == 503, first.text
+                    asked = time.monotonic()
+                    second = client.post("/v1/decisions", json=decision_body(rng))
+                    assert time.monotonic() - asked < 1.0
+                    assert second.status_code == 503, second.text
+                    assert client.get("/readyz").json()["status"] == "stalled"
+                _wait_ready(client)
+                assert client.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+            stored = _decisions(url)
+        finally:
+            admin.dispose()
+    assert stored == 3  # before, the one in flight (after its thaw), after; not the refused
