@@ -55,7 +55,13 @@ from bandit_core.exploration import sample_categorical
 from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import check_candidates
 from bandit_core.policies.position import split_position, with_position
-from bandit_core.types import Candidates, Decision, DecisionBatch
+from bandit_core.types import (
+    MARGINAL_DRAWS,
+    MARGINAL_MAX_STATES,
+    Candidates,
+    Decision,
+    DecisionBatch,
+)
 
 IntArray = NDArray[np.intp]
 
@@ -159,7 +165,7 @@ def select_slate(
     *,
     position_slots: int | None = None,
     marginal_draws: int = 0,
-    max_states: int = 256,
+    max_states: int = MARGINAL_MAX_STATES,
 ) -> Slate:
     """Fill ``k`` positions in turn without replacement.
 
@@ -257,8 +263,8 @@ def slate_marginals(
     k: int,
     rng: np.random.Generator,
     *,
-    n_draws: int = 1000,
-    max_states: int = 256,
+    n_draws: int = MARGINAL_DRAWS,
+    max_states: int = MARGINAL_MAX_STATES,
     position_slots: int | None = None,
 ) -> FloatArray:
     """``P(candidate i at position j | x)`` of the sequential slate, shape (K, k).
@@ -359,8 +365,8 @@ def slate_action_dist(
     len_list: int,
     rng: np.random.Generator,
     *,
-    n_draws: int = 1000,
-    max_states: int = 256,
+    n_draws: int = MARGINAL_DRAWS,
+    max_states: int = MARGINAL_MAX_STATES,
     position_slots: int | None = None,
 ) -> FloatArray:
     """A policy's ``action_dist`` (n_rounds, n_actions, len_list) as a slate policy.

@@ -98,6 +98,11 @@ def version_label(name: str, version: str | int) -> str:
 #: The service's Prometheus metrics the monitor reads back from ``/metrics``
 #: (:mod:`serving.metrics` exports them, :mod:`monitoring.served_latency` parses them).
 LATENCY = "banditops_request_latency_seconds"
+#: The service's endpoints that decide (routed by ``serving/routes.py`` under these
+#: paths): their latency is what the monitor calls "served".
+DECISION_PATH = "/v1/decisions"
+GROUPED_DECISION_PATH = "/v1/decisions/grouped"
+DECISION_ENDPOINTS = (DECISION_PATH, GROUPED_DECISION_PATH)
 DECISIONS = "banditops_decisions"
 MODEL_ERRORS = "banditops_model_errors"
 DEADLINE_FALLBACKS = "banditops_deadline_fallbacks"

@@ -10,10 +10,13 @@ import sqlite3
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import OperationalError
+
+from eventstore import schema
+from eventstore.settings import CORE_DEFAULTS, SqliteSynchronous
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ _WATCHES: weakref.WeakKeyDictionary[Engine, SqliteFileWatch] = weakref.WeakKeyDi
 
 def make_engine(
     url: str,
-    sqlite_synchronous: str = "FULL",
+    sqlite_synchronous: str = CORE_DEFAULTS["sqlite_synchronous"],
     pool_size: int = 5,
     connect_timeout_s: float | None = None,
     sqlite_autocheckpoint: bool = True,
@@ -124,9 +127,10 @@ def make_engine(
     parsed = make_url(url)
     options: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
-        if sqlite_synchronous not in ("FULL", "NORMAL"):
+        if sqlite_synchronous not in get_args(SqliteSynchronous):
             raise ValueError(
-                f"sqlite_synchronous must be 'FULL' or 'NORMAL'; got {sqlite_synchronous!r}."
+                f"sqlite_synchronous must be one of {get_args(SqliteSynchronous)}; got "
+                f"{sqlite_synchronous!r}."
             )
         watch = None
         if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
@@ -211,7 +215,8 @@ def probe_write(engine: Engine) -> None:
             return
         transaction = conn.begin()
         try:
-            conn.exec_driver_sql("LOCK TABLE decisions, rewards IN ROW EXCLUSIVE MODE NOWAIT")
+            tables = ", ".join(t.name for t in (schema.decisions, schema.rewards))
+            conn.exec_driver_sql(f"LOCK TABLE {tables} IN ROW EXCLUSIVE MODE NOWAIT")
         finally:
             transaction.rollback()
 

@@ -45,6 +45,11 @@ DUPLICATE_RULES: tuple[str, ...] = typing.get_args(DuplicateRule)
 #: What the training replay does with a decision without a reward: the default reward,
 #: or leave it out.
 MissingReward = Literal["default", "drop"]
+#: SQLite's ``PRAGMA synchronous`` values the event store may run with (WAL mode).
+SqliteSynchronous = Literal["FULL", "NORMAL"]
+#: Drift scores of a feature's histogram against its reference (the monitor's
+#: ``feature_drift_metric``, the replay suite's ``drift_metric``).
+DriftMetric = Literal["psi", "kl"]
 MISSING_REWARDS: tuple[str, ...] = typing.get_args(MissingReward)
 
 
@@ -457,7 +462,7 @@ class CoreSettings(BaseSettings):
 
     workspace: Annotated[Path, DIRECTORY] = Path("workspace")
     database_url: str | None = None
-    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    sqlite_synchronous: SqliteSynchronous = "FULL"
     mlflow_tracking_uri: str | None = None
     mlflow_registry_uri: str | None = None
     model_name: str = "banditops-policy"

@@ -73,7 +73,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core.user_groups import group_key, user_group_key
-from eventstore.contract import DECISIONS, MONITOR_DAG
+from eventstore.contract import DECISION_ENDPOINTS, DECISIONS, MONITOR_DAG
 from eventstore.engine import make_engine
 from eventstore.replay import dimensions, of_dimensions, read_replay
 from eventstore.text import redact_credentials
@@ -776,7 +776,7 @@ def served_latency(
             }
         )
     )
-    current = {e: histograms[e] for e in sl.DECISION_ENDPOINTS if e in histograms}
+    current = {e: histograms[e] for e in DECISION_ENDPOINTS if e in histograms}
     interval, since, restarted = current, None, False
     if previous is not None:
         # an endpoint missing from the previous scrape had served nothing yet: all new

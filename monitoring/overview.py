@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG
+from eventstore.contract import DECISION_ENDPOINTS, GATE_PASSED_TAG, GATE_REASONS_TAG
 from eventstore.engine import make_engine
 from eventstore.rollouts import (
     Rollout,
@@ -314,7 +314,7 @@ def live_latency(url: str | None, timeout_s: float = 3.0) -> dict[str, Any]:
         histograms = sl.scrape(url, timeout_s)
     except sl.ScrapeError as exc:
         return {"error": str(exc)}
-    merged = sl.merge(histograms[e] for e in sl.DECISION_ENDPOINTS if e in histograms)
+    merged = sl.merge(histograms[e] for e in DECISION_ENDPOINTS if e in histograms)
     if merged is None or merged.count == 0:
         return {"service_url": url, "count": 0, "p50_s": None, "p99_s": None}
     return {

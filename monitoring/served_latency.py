@@ -36,8 +36,6 @@ from eventstore.contract import (
 )
 
 METRIC = LATENCY
-#: The endpoints that serve decisions (``serving/routes.py``); their latency is "served".
-DECISION_ENDPOINTS = ("/v1/decisions", "/v1/decisions/grouped")
 
 
 class ScrapeError(RuntimeError):

@@ -6,12 +6,12 @@ Cheap to import (pydantic only): the monitor DAG reads them at parse time.
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from eventstore.settings import BLANK_IS_UNSET, CoreSettings
+from eventstore.settings import BLANK_IS_UNSET, CoreSettings, DriftMetric
 
 #: The monitor's checks, in report order (one DAG task each).
 CHECKS = (
@@ -103,7 +103,7 @@ class MonitorSettings(CoreSettings):
     alert_webhook_url: Annotated[str | None, BLANK_IS_UNSET] = None
     monitor_lookback_days: float = Field(7.0, gt=0.0)
     reward_drift_max: float = Field(0.2, gt=0.0)
-    feature_drift_metric: Literal["psi", "kl"] = "psi"
+    feature_drift_metric: DriftMetric = "psi"
     feature_drift_max: float = Field(0.25, gt=0.0)
     entropy_min_ratio: float = Field(0.5, gt=0.0, le=1.0)
     coverage_min_ratio: float = Field(0.01, gt=0.0, le=1.0)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from eventstore.contract import PRODUCTION, Traffic
+from eventstore.contract import DECISION_PATH, GROUPED_DECISION_PATH, PRODUCTION, Traffic
 from serving.grouped_decisions import decide_grouped
 from serving.json_body import JSONBodyRequest, JSONBodyRoute
 from serving.schemas import (
@@ -100,7 +100,7 @@ async def grouped_budget_before_validation(request: Request) -> None:
 
 
 @router.post(
-    "/v1/decisions",
+    DECISION_PATH,
     dependencies=[Depends(budget_before_validation)],
     responses=_UNAVAILABLE,
     tags=["decisions"],
@@ -114,7 +114,7 @@ async def post_decision(body: DecisionRequest, request: Request) -> DecisionResp
 
 
 @router.post(
-    "/v1/decisions/grouped",
+    GROUPED_DECISION_PATH,
     dependencies=[Depends(grouped_budget_before_validation)],
     responses=_UNAVAILABLE,
     tags=["decisions"],

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bandit_core.envs import Environment
+from eventstore.contract import DECISION_PATH
 from eventstore.outcomes import FALLBACK
 
 
@@ -101,7 +102,7 @@ def simulate_traffic(
             ],
             "user_id": f"user-{user}",
         }
-        resp = client.post("/v1/decisions", json=body, headers=headers)
+        resp = client.post(DECISION_PATH, json=body, headers=headers)
         if resp.status_code != 200:
             _record_error(stats, resp)
             continue

@@ -47,6 +47,7 @@ INIT_SCRIPT = "docker/postgres-init.sh"
 SERVING_DOCKERFILE = "docker/serving.Dockerfile"
 AIRFLOW_DOCKERFILE = "docker/airflow.Dockerfile"
 MLFLOW_DOCKERFILE = "docker/mlflow.Dockerfile"
+CONSTRAINTS = "docker/constraints.txt"
 FILES = (
     COMPOSE,
     ENV_EXAMPLE,
@@ -54,6 +55,8 @@ FILES = (
     SERVING_DOCKERFILE,
     AIRFLOW_DOCKERFILE,
     MLFLOW_DOCKERFILE,
+    CONSTRAINTS,
+    "Makefile",
 )
 #: Images that install torch (the MLflow server's does not).
 TORCH_DOCKERFILES = (SERVING_DOCKERFILE, AIRFLOW_DOCKERFILE)
@@ -768,6 +771,74 @@ def check_shell_variables(p: Project) -> list[str]:
     return problems
 
 
+#: Folders whose files must outlive a container, by role: the service's workspace (its
+#: journal of acknowledged events and its generated user salt), the pipelines' run folders
+#: (shared by every Celery worker).
+DURABLE_FOLDERS = {"serving": ("BANDITOPS_WORKSPACE",), "airflow": ("BANDITOPS_RUNS_DIR",)}
+
+
+def check_volumes(p: Project) -> list[str]:
+    """Each durable folder a container is told to use lies on one of its volumes (the
+    setting and the mount are two copies of one path: a moved mount lost the journal
+    when the container was recreated, and nothing said so)."""
+    problems = []
+    for service in p.services:
+        role = p.role(service)
+        if role == "serving" and "serve" not in p.command(service):
+            continue  # a one-shot of the image (the migration) keeps nothing
+        env = p.environment(service)
+        mounts = [
+            str(v).split(":")[1] if ":" in str(v) else str(v)
+            for v in p.services[service].get("volumes") or []
+        ]
+        for name in DURABLE_FOLDERS.get(role or "", ()):
+            folder = env.get(name)
+            if folder is None:
+                continue
+            if not any(Path(folder).is_relative_to(m) for m in mounts):
+                problems.append(f"{service}: {name}={folder} is on none of its volumes {mounts}")
+    return problems
+
+
+def _pins(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            pins[req.name.lower()] = str(next(iter(req.specifier)).version)
+    return pins
+
+
+def check_pins(p: Project) -> list[str]:
+    """The Airflow image's constraints, Airflow's version argument and the Makefile's
+    torch agree with pyproject's ranges (three copies of the versions: a pin outside a
+    range failed the image's build, or installed what the tests never ran)."""
+    problems = []
+    pins = _pins(p.texts[CONSTRAINTS])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        declared += extra
+    for text in declared:
+        req = Requirement(text)
+        pinned = pins.get(req.name.lower())
+        if pinned is not None and not req.specifier.contains(pinned, prereleases=True):
+            problems.append(f"{CONSTRAINTS}: {req.name}=={pinned} is outside pyproject's {req}")
+        if req.name == "torch":
+            torch_spec = re.search(r"^TORCH_SPEC \?= torch==(\S+)$", p.texts["Makefile"], re.M)
+            if torch_spec is None or not req.specifier.contains(torch_spec.group(1)):
+                found = torch_spec and torch_spec.group(1)
+                problems.append(f"Makefile: TORCH_SPEC torch=={found} is outside pyproject's {req}")
+    argument = re.search(r"^ARG AIRFLOW_VERSION=(\S+)$", p.texts[AIRFLOW_DOCKERFILE], re.M)
+    if argument is None or argument.group(1) != pins.get("apache-airflow"):
+        problems.append(
+            f"{AIRFLOW_DOCKERFILE}: AIRFLOW_VERSION {argument and argument.group(1)} is not the "
+            f"constraints' apache-airflow=={pins.get('apache-airflow')}"
+        )
+    return problems
+
+
 CHECKS: dict[str, Callable[[Project], list[str]]] = {
     "variables": check_variables,
     "settings": check_settings,
@@ -778,6 +849,8 @@ CHECKS: dict[str, Callable[[Project], list[str]]] = {
     "images": check_images,
     "airflow_options": check_airflow_options,
     "shell_variables": check_shell_variables,
+    "volumes": check_volumes,
+    "pins": check_pins,
 }
 
 
@@ -811,8 +884,33 @@ def test_the_docker_files_agree_with_the_code(project: Project, name: str) -> No
     assert CHECKS[name](project) == []
 
 
+#: The Airflow image's pinned versions, by package.
+_PINNED = _pins((ROOT / CONSTRAINTS).read_text())
 #: (check, file, text, its typo, a fragment of the problem reported)
 TYPOS = [
+    (
+        "volumes",
+        COMPOSE,
+        "serving-workspace:/var/lib/banditops\n",
+        "serving-workspace:/var/lib/banditops-data\n",
+        "serving: BANDITOPS_WORKSPACE=/var/lib/banditops is on none of its volumes",
+    ),
+    (
+        "volumes",
+        COMPOSE,
+        "banditops-runs:/opt/banditops/runs\n",
+        "banditops-runs:/opt/banditops/run-folders\n",
+        "BANDITOPS_RUNS_DIR=/opt/banditops/runs is on none of its volumes",
+    ),
+    ("pins", CONSTRAINTS, f"celery=={_PINNED['celery']}", "celery==5.7.0", "celery==5.7.0 is"),
+    (
+        "pins",
+        AIRFLOW_DOCKERFILE,
+        f"AIRFLOW_VERSION={_PINNED['apache-airflow']}\n",
+        "AIRFLOW_VERSION=3.2.9\n",
+        "AIRFLOW_VERSION 3.2.9 is not",
+    ),
+    ("pins", "Makefile", "TORCH_SPEC ?= torch==", "TORCH_SPEC ?= torch==9", "torch==9"),
     (
         "variables",
         ENV_EXAMPLE,

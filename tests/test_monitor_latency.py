@@ -13,11 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
+from eventstore.contract import DECISION_ENDPOINTS
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from monitoring import monitor
 from monitoring.served_latency import (
-    DECISION_ENDPOINTS,
     LatencyHistogram,
     histogram_quantile,
     merge,

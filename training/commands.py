@@ -152,6 +152,7 @@ def evaluate(
     the retrain's rule (``BANDITOPS_RETRAIN_TOLERANCE``, ``…_MIN_ESS``,
     ``…_SUPPORT_THRESHOLD``, ``…_MAX_UNSUPPORTED``)."""
     from training.evaluate import evaluate as run_evaluation
+    from validation.ope.bootstrap import LEVEL
 
     settings = PipelineSettings()
     n_resamples = settings.retrain_n_resamples if resamples is None else resamples
@@ -159,7 +160,7 @@ def evaluate(
         result = run_evaluation(
             candidate, production, replay, rule=settings.gate_rule(), n_resamples=n_resamples
         )
-    table = Table(title="off-policy estimates (95% bootstrap intervals)")
+    table = Table(title=f"off-policy estimates ({LEVEL:.0%} bootstrap intervals)")
     for col in ("estimator", "candidate", "interval", "production", "interval", "ESS"):
         table.add_column(col, justify="right")
     for name, est in result.candidate.estimates.items():
@@ -187,6 +188,7 @@ def models(
     floor, DR estimate and interval, gate verdict and the candidates compared."""
     from modelregistry.registry import RegistryError
     from modelregistry.report import candidate_names, display, version_summaries
+    from validation.ope.bootstrap import LEVEL
 
     registry = _registry(Settings())
     with _reported(RegistryError):
@@ -202,7 +204,7 @@ def models(
         "window rows",
         "head rows",
         "floor",
-        "DR [95% interval]",
+        f"DR [{LEVEL:.0%} interval]",
         "gate",
         "candidates",
         "created by run",

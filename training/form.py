@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
+from bandit_core.support import UNIFORM_SHARE
 from eventstore.settings import Bounds
 from training.settings import ALGORITHMS, PipelineSettings
 
@@ -304,8 +305,8 @@ RETRAIN_FORM: tuple[FormField, ...] = (
     FormField(
         "support_threshold",
         "number",
-        "Gate: a logging propensity below this counts as no support (or below half of "
-        "1 / K in a round of K candidates, where that is smaller).",
+        "Gate: a logging propensity below this counts as no support (or below "
+        f"{UNIFORM_SHARE:g} / K in a round of K candidates, where that is smaller).",
         setting="retrain_support_threshold",
     ),
     FormField(

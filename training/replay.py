@@ -63,7 +63,9 @@ class ReplayManifest:
     quarantine_path: str | None = None
     stop: str | None = None
     last_decision_at: str | None = None
-    duplicate_rule: str = "first_wins"
+    #: a manifest written before the field existed: the rule's default then (a value of
+    #: the past, not a copy of today's ``CORE_DEFAULTS["duplicate_rule"]``)
+    duplicate_rule: DuplicateRule = "first_wins"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -22,6 +22,9 @@ from bandit_core.sequential import DESIGN_N
 from bandit_core.support import MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
 from eventstore.settings import CoreSettings
 
+#: The rollout's default traffic shares of the candidate, stage by stage.
+ROLLOUT_STAGES = (0.05, 0.2, 0.5, 1.0)
+
 #: The retrain's ``algorithm`` that runs the champion–challenger comparison.
 AUTO = "auto"
 #: The retrain form's algorithm choices: ``auto`` and every policy of the catalog.
@@ -259,7 +262,7 @@ class PipelineSettings(CoreSettings):
     promote_approvers: list[str] = Field(default_factory=list)
     promote_four_eyes: bool = False
     rollout_schedule: str = "*/10 * * * *"
-    rollout_stages: list[float] = Field(default_factory=lambda: [0.05, 0.2, 0.5, 1.0])
+    rollout_stages: list[float] = Field(default_factory=lambda: list(ROLLOUT_STAGES))
     rollout_min_stage_s: float = Field(3600.0, ge=0.0)
     rollout_min_samples: int = Field(500, ge=1)
     rollout_max_duration_s: float = Field(7 * 86_400.0, gt=0.0)
@@ -316,7 +319,7 @@ class PipelineSettings(CoreSettings):
         )
         if not ok:
             raise ValueError(
-                "must be increasing shares in (0, 1] ending at 1.0 (e.g. [0.05, 0.2, 0.5, 1.0]); "
+                f"must be increasing shares in (0, 1] ending at 1.0 (e.g. {list(ROLLOUT_STAGES)}); "
                 f"got {value!r}."
             )
         return [float(v) for v in value]

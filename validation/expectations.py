@@ -37,7 +37,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ import pandas as pd
 from bandit_core._validation import Interval, OneOf, validate_params
 from eventstore.replay import REWARD, REWARD_COUNT
 from eventstore.schema import decisions
-from eventstore.settings import CORE_DEFAULTS
+from eventstore.settings import CORE_DEFAULTS, DriftMetric
 
 #: Value kinds checked by ``ExpectColumnValuesToBeOfKind``.
 Kind = Literal["string", "number", "utc_datetime", "string_sequence"]
@@ -138,7 +138,7 @@ class ReplaySuiteConfig:
     reward_max: float = CORE_DEFAULTS["reward_max"]
     summed_rewards: bool = False
     min_rows: int = 1
-    drift_metric: Literal["psi", "kl"] = "psi"
+    drift_metric: DriftMetric = "psi"
     drift_bins: int = 10
     columns: ReplayColumns = field(default_factory=ReplayColumns)
 
@@ -160,7 +160,7 @@ class ReplaySuiteConfig:
                 "reward_min": Interval(float, None, None),
                 "reward_max": Interval(float, None, None),
                 "min_rows": Interval(int, 0, None),
-                "drift_metric": OneOf(("psi", "kl")),
+                "drift_metric": OneOf(get_args(DriftMetric)),
                 "drift_bins": Interval(int, 2, None),
             },
         )
@@ -355,8 +355,8 @@ def histogram_divergence(counts: np.ndarray, reference_proportions: Any, metric:
     """:func:`drift_score` of histograms given as bin counts: ``counts`` (..., bins), one
     score per histogram (0 for an empty one); ``reference_proportions`` (bins,) or
     broadcastable to ``counts``."""
-    if metric not in ("psi", "kl"):
-        raise ValueError(f"metric must be 'psi' or 'kl'; got {metric!r}.")
+    if metric not in get_args(DriftMetric):
+        raise ValueError(f"metric must be one of {get_args(DriftMetric)}; got {metric!r}.")
     c = np.asarray(counts, dtype=np.float64)
     q = np.maximum(np.asarray(reference_proportions, dtype=np.float64), DRIFT_FLOOR)
     total = c.sum(axis=-1, keepdims=True)

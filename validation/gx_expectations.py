@@ -48,7 +48,14 @@ from great_expectations.expectations.metrics.map_metric_provider import (
     column_pair_condition_partial,
 )
 
-from validation.expectations import as_finite_array, drift_score, is_kind, is_sum_in_range
+from eventstore.settings import DriftMetric
+from validation.expectations import (
+    Kind,
+    as_finite_array,
+    drift_score,
+    is_kind,
+    is_sum_in_range,
+)
 
 _PAIR_DOMAIN_KEYS = (
     "batch_id",
@@ -156,7 +163,7 @@ class ColumnDriftScore(ColumnAggregateMetricProvider):
 class ExpectColumnValuesToBeOfKind(ColumnMapExpectation):
     """Each non-null value of the column is of ``kind``."""
 
-    kind: Literal["string", "number", "utc_datetime", "string_sequence"]
+    kind: Kind
 
     map_metric = "column_values.banditops_of_kind"
     success_keys = ("kind", "mostly")
@@ -217,7 +224,7 @@ class ExpectColumnDriftToBeBelow(ColumnAggregateExpectation):
 
     bin_edges: list[float]
     reference_proportions: list[float]
-    metric: Literal["psi", "kl"] = "psi"
+    metric: DriftMetric = "psi"
     threshold: float | SuiteParameterDict[str, Any]
 
     metric_dependencies: ClassVar[tuple[str, ...]] = ("column.banditops_drift_score",)
