@@ -76,6 +76,10 @@ STATE_DIGEST_TAG = "state_sha256"
 #: Version tags of the gate's decision: ``"true"`` / ``"false"``, and its reasons (JSON list).
 GATE_PASSED_TAG = "gate_passed"
 GATE_REASONS_TAG = "gate_reasons"
+#: Version tags mirroring the latest step of the version's rollout (the event store's
+#: ``rollouts`` holds it): the rollout's status after the step, and the step's reason.
+ROLLOUT_STATUS_TAG = "rollout_status"
+ROLLOUT_REASON_TAG = "rollout_reason"
 #: Version tag: the production version the retrain evaluated this one against (empty:
 #: the uniform fallback); a re-run of the same run compares with it again.
 BASELINE_TAG = "baseline_version"

@@ -206,6 +206,9 @@ def test_an_approved_move_run_again_finds_its_own_move(
     again = promotion.apply_promotion(plan, approval, settings=settings)
     assert again == first and registry.by_alias("production").version == "2"
     assert registry.alias_history() == history  # nothing moved twice
+    # the approval task marked success by hand leaves no answer (an AttributeError before)
+    with pytest.raises(ValueError, match="no approval was recorded"):
+        promotion.apply_promotion(plan, None, settings=settings)  # type: ignore[arg-type]
     registry.promote("3", by="bob", reason="by hand")
     with pytest.raises(RegistryError, match="moved from 1 to 3 while waiting for approval"):
         promotion.apply_promotion(plan, approval, settings=settings)

@@ -14,14 +14,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from bandit_core.support import ESTIMATOR
-from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG, previous_tag
+from eventstore.contract import (
+    GATE_PASSED_TAG,
+    GATE_REASONS_TAG,
+    ROLLOUT_REASON_TAG,
+    ROLLOUT_STATUS_TAG,
+    previous_tag,
+)
 from training.runspec import check_bool
 from training.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
+
+#: Longest a bandit_promote task (reading or moving the registry's aliases) may run: a
+#: registry that keeps a call open held the run, and every promotion, rollback and stop
+#: queued behind it, for good (stall helper, stop 44).
+TASK_TIMEOUT = timedelta(minutes=10)
 
 
 def targets(settings: PipelineSettings) -> tuple[str, str]:
@@ -153,6 +165,11 @@ def plan_promotion(
         *[f"  - {r}" for r in reasons],
         f"- training rows: {info.tags.get('rows', '?')}, run: {info.tags.get('run_key', '?')}",
     ]
+    if ROLLOUT_STATUS_TAG in info.tags:  # what the online test said, if it ran
+        lines.append(
+            f"- online rollout: {info.tags[ROLLOUT_STATUS_TAG]} — "
+            f"{info.tags.get(ROLLOUT_REASON_TAG, '')}"
+        )
     for key in (
         f"ope.candidate.{ESTIMATOR}.value",
         f"ope.candidate.{ESTIMATOR}.ci_low",
@@ -208,6 +225,11 @@ def apply_promotion(
     # lazy: the promote DAG imports this module at parse time, which must not load MLflow
     from modelregistry.registry import ModelRegistry, RegistryError
 
+    if not isinstance(approval, Mapping):  # the approval task marked success by hand
+        raise ValueError(
+            "no approval was recorded (was the approval task marked by hand?): nothing "
+            "moved; trigger the promotion again and answer its approval."
+        )
     chosen = list(approval.get("chosen_options") or [])
     if chosen != ["Approve"]:
         raise ValueError(f"approval must have chosen ['Approve']; got {chosen!r}.")

@@ -41,11 +41,19 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from bandit_core.sequential import ArmCounts, SequentialResult, stratified_test
-from eventstore.contract import CANDIDATE, GATE_PASSED_TAG, PRODUCTION, ROLLOUT_DAG
+from eventstore.contract import (
+    CANDIDATE,
+    GATE_PASSED_TAG,
+    PRODUCTION,
+    ROLLOUT_DAG,
+    ROLLOUT_REASON_TAG,
+    ROLLOUT_STATUS_TAG,
+)
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
 from eventstore.outcomes import OnlineMean, RewardRules
 from eventstore.rollouts import (
+    ENDS,
     Action,
     Readout,
     Rollout,
@@ -149,11 +157,11 @@ def _tag(
     tags = {
         "rollout_id": rollout.id,
         "rollout_action": action,
-        "rollout_status": rollout.status,
+        ROLLOUT_STATUS_TAG: rollout.status,
         "rollout_stage": rollout.stage_index,
         "rollout_share": rollout.share,
         "rollout_at": rollout.updated_at.isoformat(),
-        "rollout_reason": reason[:5000],
+        ROLLOUT_REASON_TAG: reason[:5000],
         **{f"rollout_{k}": v for k, v in numbers.items()},
     }
     try:
@@ -328,8 +336,12 @@ def _step(
             )
         if production.version == staging.version:
             return StepResult("idle", f"version {staging.version} is already production.")
-        if list_rollouts(engine, name, version=staging.version, limit=1):
-            return StepResult("idle", f"version {staging.version} was rolled out before.")
+        ended = list_rollouts(engine, name, version=staging.version, limit=1)
+        if ended:
+            return _after_its_end(registry, settings, ended[0])
+        unrecorded = _unrecorded_override(registry, settings, staging)
+        if unrecorded is not None:
+            return StepResult("idle", unrecorded)
         reason = (
             f"@{settings.candidate_alias} → version {staging.version} (production "
             f"{production.version}): staged rollout {settings.rollout_stages}"
@@ -466,6 +478,70 @@ def _step(
 
 def _counts(outcome: OnlineMean) -> ArmCounts:
     return ArmCounts(outcome.counted, outcome.total, outcome.total_sq)
+
+
+def _unrecorded_override(
+    registry: ModelRegistry, settings: PipelineSettings, staging: Any
+) -> str | None:
+    """Why no rollout starts for ``staging``, a version whose offline gate did not pass:
+    the last recorded move of ``@staging`` did not put it there, so no approved override
+    did (MLflow's UI or client set the alias, past ``bandit_promote``'s approval); None
+    when it may start. Before, such a version was rolled out to 100 % and promoted as
+    "staged by a person's override" with no override on record (operator helper, stop 44).
+    """
+    alias = settings.candidate_alias
+    if staging.tags.get(GATE_PASSED_TAG) == "true":
+        return None
+    last = registry.last_move(alias)
+    if last is not None and str(last.get("version")) == str(staging.version):
+        return None
+    verdict = {"false": "failed"}.get(staging.tags.get(GATE_PASSED_TAG, ""), "was not decided")
+    return (
+        f"@{alias} is on version {staging.version}, whose offline gate {verdict}, and no "
+        f"recorded move put it there (set outside banditops, e.g. in MLflow's UI): no "
+        "rollout starts; stage it through bandit_promote, whose approval is recorded."
+    )
+
+
+#: How a rollout ends that takes its version off ``@staging`` (the controller removes the
+#: alias right after recording it).
+UNSTAGING_ENDS = (ENDS["rollback"], ENDS["expire"])
+
+
+def _after_its_end(
+    registry: ModelRegistry, settings: PipelineSettings, ended: Rollout
+) -> StepResult:
+    """No rollout runs and ``@staging`` holds a version whose latest rollout ended. When
+    that end takes the version off ``@staging`` and nobody staged it again since, the
+    removal never happened (the step was killed, or the registry failed, between its
+    record and the alias): it is finished now. Before, ``@staging`` stayed on the
+    rolled-back version for good, the Bandits page offered to promote it and a fixed
+    ``candidate_share`` served it again (operator helper, stop 44)."""
+    alias = settings.candidate_alias
+    if ended.status not in UNSTAGING_ENDS or _staged_since(registry, alias, ended):
+        return StepResult("idle", f"version {ended.version} was rolled out before.")
+    why = (
+        f"rollout {ended.id} of version {ended.version} ended {ended.status} and left "
+        f"@{alias} on it; removed now ({ended.reason})"
+    )
+    registry.remove_alias(alias, by=CONTROLLER, reason=why, version=ended.version)
+    log.info("rollout %d of %s: %s", ended.id, ended.label, why)
+    return StepResult("idle", why)
+
+
+def _staged_since(registry: ModelRegistry, alias: str, ended: Rollout) -> bool:
+    """Whether ``alias`` was moved to the rollout's version after the rollout ended (a
+    person staged it again on purpose)."""
+    for move in registry.alias_history():
+        if move.get("alias") != alias or str(move.get("version")) != ended.version:
+            continue
+        try:
+            at = datetime.fromisoformat(str(move.get("at")))
+        except ValueError:
+            continue
+        if at.tzinfo is not None and at > ended.updated_at:
+            return True
+    return False
 
 
 def _production_moves(

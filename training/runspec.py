@@ -22,7 +22,7 @@ from bandit_core._validation import as_finite_float
 from bandit_core.catalog import policy_spec
 from bandit_core.support import MAX_UNSUPPORTED, SUPPORT_THRESHOLD
 from eventstore.contract import RETRAIN_DAG
-from eventstore.settings import CoreSettings, check_rules
+from eventstore.settings import CoreSettings, check_rules, env_name
 from eventstore.text import redact_credentials, with_password
 from eventstore.workspace import as_utc, aware, run_folder
 from training.form import FIELDS, check_form
@@ -288,6 +288,8 @@ def plan(
     """
     settings = PipelineSettings() if settings is None else settings
     values = check_form(params, settings)
+    if values["auto_promote"]:
+        check_gate_not_loosened(values, settings)
     interval_end = as_utc("interval_end", interval_end)
     start, end = resolve_window(values, interval_end)
     as_of = read_as_of(start, end, interval_end, settings.reward_window_s)
@@ -364,6 +366,34 @@ def plan(
     spec.write()
     log.info("run %s: window %s → %s, folder %s", run_key, start, end, spec.run_dir)
     return spec
+
+
+#: The gate's knobs a run's form may set: (form field, its setting, +1 when a larger
+#: value lets more candidates pass, -1 when a smaller one does).
+GATE_KNOBS = (
+    ("tolerance", "retrain_tolerance", +1),
+    ("min_ess", "retrain_min_ess", -1),
+    ("support_threshold", "retrain_support_threshold", -1),
+    ("max_unsupported", "retrain_max_unsupported", +1),
+)
+
+
+def check_gate_not_loosened(values: Mapping[str, Any], settings: PipelineSettings) -> None:
+    """``ValueError`` naming each gate knob of the form looser than its setting: with
+    ``auto_promote`` a version that passes goes straight to production, so whoever may
+    trigger a run could otherwise promote past the configured gate and the approvers
+    (operator helper, stop 44). A looser gate without ``auto_promote`` only stages."""
+    looser = [
+        f"{field} {values[field]!r} ({env_name(setting)}: {getattr(settings, setting)!r})"
+        for field, setting, sign in GATE_KNOBS
+        if sign * (float(values[field]) - float(getattr(settings, setting))) > 0
+    ]
+    if looser:
+        raise ValueError(
+            f"auto_promote needs the configured gate: {', '.join(looser)} "
+            "is looser; run without auto_promote (the version is staged, and its rollout or "
+            "bandit_promote's approval decides) or change the settings."
+        )
 
 
 def active_windows(

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,6 +29,8 @@ from eventstore.contract import (
     WINDOW_STOP_TAG,
     window_stop_time,
 )
+from eventstore.engine import make_engine
+from eventstore.rollouts import ENDS, Rollout, list_rollouts
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
 from training.baseline import baseline_state, open_registry
@@ -485,7 +488,12 @@ def gate(s: RunSpec, registered: RegisteredRef, evaluated: EvaluatedRef) -> bool
     ):
         log.info("version %s: gate already decided (%s)", version.version, recorded)
         return recorded == "true"
-    passed = registry.record_gate(version.version, evaluated.passed, list(evaluated.reasons))
+    passed, reasons = evaluated.passed, list(evaluated.reasons)
+    stale = _stale_now(s, registry, version) if passed else None
+    if stale is not None:  # a newer version took an alias after this run's evaluation
+        passed = False
+        reasons.append(f"{stale.reason} (checked again when the gate was recorded)")
+    passed = registry.record_gate(version.version, passed, reasons)
     log.info(
         "version %s: gate %s",
         version.version,
@@ -517,6 +525,17 @@ def promote(s: RunSpec, registered: RegisteredRef) -> PromotedRef:
             return PromotedRef(version.version, True, f"moved to {alias} before; not again.")
         why = f"moved to {alias} before, since moved to {held or 'none'}; not again."
         return PromotedRef(version.version, promoted=False, reason=why)
+    # a promote step re-run late (an operator cleared it) meets what happened since
+    ended = _ended_rollout(s, version.version)
+    if ended is not None:
+        why = (
+            f"its rollout {ended.id} ended {ended.status} ({ended.reason}): not promoted "
+            "(bandit_promote can still promote it, with an approval)."
+        )
+        return PromotedRef(version.version, promoted=False, reason=why)
+    stale = _stale_now(s, registry, version)
+    if stale is not None:
+        return PromotedRef(version.version, promoted=False, reason=f"{stale.reason} Not promoted.")
     reason = f"gate passed in run {s.run_key}"
     registry.promote(version.version, by=s.promoted_by, reason=reason)
     log.info("version %s promoted to %s", version.version, alias)
@@ -538,6 +557,12 @@ def _freshness(s: RunSpec, replay: ReplayRef, baseline: str | None) -> GateCheck
     staging = registry.by_alias(s.staging_alias)
     if staging is not None and staging.tags.get("run_key") != s.run_key:
         holders.append(staging)
+    return _fresh_against(window_stop_time(own), holders)
+
+
+def _fresh_against(own: datetime, holders: Sequence[Any]) -> GateCheck | None:
+    """:func:`validation.gate.freshness_check` of a window stopping at ``own`` against the
+    newest window of ``holders`` (registry versions); None when none has a stop."""
     stops = []
     for info in holders:
         tag = info.tags.get(WINDOW_STOP_TAG)
@@ -550,4 +575,40 @@ def _freshness(s: RunSpec, replay: ReplayRef, baseline: str | None) -> GateCheck
     if not stops:
         return None
     newest, version = max(stops)
-    return freshness_check(window_stop_time(own), newest, version)
+    return freshness_check(own, newest, version)
+
+
+def _stale_now(s: RunSpec, registry: Any, version: Any) -> GateCheck | None:
+    """The freshness check again when an alias is about to move, against what
+    ``@staging`` and ``@production`` hold *now*: a failed check, else None. The check in
+    :func:`evaluate_offline` saw the aliases of its time; a later run may have taken them
+    since, and an operator who clears an earlier run's failed step brought the older
+    version back over the newer one (operator helper, stop 44)."""
+    own = version.tags.get(WINDOW_STOP_TAG)
+    if not own:
+        return None
+    holders = [
+        held
+        for held in (registry.by_alias(s.staging_alias), registry.by_alias(s.production_alias))
+        if held is not None
+        and held.version != version.version
+        and held.tags.get("run_key") != s.run_key
+    ]
+    try:
+        check = _fresh_against(window_stop_time(own), holders)
+    except ValueError:  # not a time: the service refuses to serve that version anyway
+        return None
+    return check if check is not None and not check.passed else None
+
+
+def _ended_rollout(s: RunSpec, version: str) -> Rollout | None:
+    """The latest rollout of ``version`` when it ended otherwise than promoted (rolled
+    back, stopped, expired): the online test decided against it."""
+    engine = make_engine(s.url("store_url"))
+    try:
+        latest = list_rollouts(engine, s.model_name, version=version, limit=1)
+    finally:
+        engine.dispose()
+    if latest and not latest[0].running and latest[0].status != ENDS["promote"]:
+        return latest[0]
+    return None

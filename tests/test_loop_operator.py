@@ -1,0 +1,222 @@
+"""What an operator does to the loop in Airflow's UI (clear a task, let a killed step
+restart) must leave it consistent: the operator helper of stop 44 found three ways it did
+not, each reproduced here against a real MLflow registry (SQLite) and event store.
+
+* a rollback (or expiry) whose step died between its record and the alias removal left
+  ``@staging`` on the rolled-back version for good;
+* clearing a failed ``promote`` moved to production a version whose rollout had ended
+  (expired, rolled back) meanwhile;
+* clearing an earlier run's failed ``gate`` moved ``@staging`` back over a newer version
+  (the freshness check had run before the newer one existed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eventstore.contract import GATE_REASONS_TAG, WINDOW_STOP_TAG
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
+from eventstore.rollouts import ENDS, list_rollouts, record_step, start_rollout
+from tests.rollout_support import MODEL, policy_state
+from training import runspec, steps
+from training.refs import EvaluatedRef, RegisteredRef
+from training.rollout import rollout_step
+from training.settings import PipelineSettings
+
+END = datetime(2026, 12, 6, 2, 0, tzinfo=UTC)
+
+
+@dataclass
+class Loop:
+    root: Path
+    settings: PipelineSettings
+    registry: Any
+    engine: Any
+    production: str
+
+    def register(self, key: str, window_stop: datetime | None = None) -> str:
+        state = policy_state("uniform", self.root / f"{key}.npz")
+        tags = {} if window_stop is None else {WINDOW_STOP_TAG: window_stop.isoformat()}
+        info = self.registry.register_candidate(state_path=state, run_key=key, tags=tags)
+        return str(info.version)
+
+    def staged(self) -> str | None:
+        held = self.registry.by_alias(self.settings.candidate_alias)
+        return None if held is None else str(held.version)
+
+    def production_now(self) -> str | None:
+        held = self.registry.by_alias(self.settings.production_alias)
+        return None if held is None else str(held.version)
+
+    def ended(self, version: str, action: str) -> None:
+        """A rollout of the staged ``version`` recorded as ended by ``action`` (the
+        controller's record), the alias left where it was: the step died after it."""
+        rollout = start_rollout(
+            self.engine,
+            MODEL,
+            version,
+            0.05,
+            reason="test",
+            production_version=self.production,
+            at=datetime.now(UTC) - timedelta(minutes=5),
+        )
+        record_step(self.engine, rollout.id, action, reason=f"{action} (test)")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Iterator[Loop]:
+    from modelregistry.registry import ModelRegistry
+
+    store_url = f"sqlite:///{tmp_path / 'events.db'}"
+    engine = make_engine(store_url)
+    upgrade(engine)
+    settings = PipelineSettings(
+        workspace=tmp_path / "ws",
+        database_url=store_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        model_name=MODEL,
+        runs_dir=tmp_path / "runs",
+    )
+    registry = ModelRegistry.from_settings(settings)
+    world = Loop(tmp_path, settings, registry, engine, "")
+    world.production = world.register("production", END - timedelta(days=2))
+    registry.promote(world.production, by="test", reason="the first production")
+    yield world
+    engine.dispose()
+
+
+@pytest.mark.parametrize("action", ["rollback", "expire"])
+def test_an_end_whose_alias_removal_was_lost_is_finished_at_the_next_step(
+    loop: Loop, action: str
+) -> None:
+    version = loop.register("worse")
+    loop.registry.record_gate(version, True, ["passed (test)"])
+    loop.ended(version, action)
+    assert loop.staged() == version  # what the killed step left
+
+    step = rollout_step(loop.settings)
+    assert step.action == "idle" and "removed now" in step.reason, step
+    assert loop.staged() is None
+    assert rollout_step(loop.settings).action == "idle"  # nothing more to do
+    assert loop.registry.last_move(loop.settings.candidate_alias)["version"] is None
+
+
+def test_the_approval_shows_what_the_online_rollout_said(loop: Loop) -> None:
+    from eventstore.contract import ROLLOUT_REASON_TAG, ROLLOUT_STATUS_TAG
+    from training.promotion import plan_promotion
+
+    version = loop.register("worse")
+    loop.registry.tag_version(
+        version, {ROLLOUT_STATUS_TAG: "rolled_back", ROLLOUT_REASON_TAG: "worse by 0.24"}
+    )
+    plan = plan_promotion(version, settings=loop.settings)
+    assert "- online rollout: rolled_back — worse by 0.24" in plan["body"], plan["body"]
+
+
+def test_a_version_staged_again_after_its_rollout_ended_stays_staged(loop: Loop) -> None:
+    version = loop.register("worse")
+    loop.registry.record_gate(version, True, ["passed (test)"])
+    loop.ended(version, "rollback")
+    loop.registry.remove_alias(loop.settings.candidate_alias, by="test", reason="gone")
+    loop.registry.set_alias(
+        loop.settings.candidate_alias, version, by="an operator", reason="once more, on purpose"
+    )
+    step = rollout_step(loop.settings)
+    assert step.action == "idle" and "rolled out before" in step.reason, step
+    assert loop.staged() == version
+
+
+def test_a_gate_failed_version_staged_outside_banditops_is_not_rolled_out(loop: Loop) -> None:
+    version = loop.register("failed")
+    loop.registry.record_gate(version, False, ["failed (test)"])
+    # MLflow's own UI or client: no approval, no record
+    loop.registry.client.set_registered_model_alias(MODEL, loop.settings.candidate_alias, version)
+    step = rollout_step(loop.settings)
+    assert step.action == "idle" and "no recorded move put it there" in step.reason, step
+    assert list_rollouts(loop.engine, MODEL, version=version) == []
+    # an approved override is recorded: that one is rolled out
+    loop.registry.set_alias(
+        loop.settings.candidate_alias, version, by="alice", reason="approved override"
+    )
+    assert rollout_step(loop.settings).action == "start"
+
+
+def _spec(loop: Loop, run_key: str) -> runspec.RunSpec:
+    form = {"auto_promote": True}
+    return runspec.plan(form, run_key=run_key, interval_end=END, settings=loop.settings)
+
+
+def _registered(loop: Loop, version: str, run_key: str) -> RegisteredRef:
+    return RegisteredRef(
+        version=version, model_name=MODEL, run_key=run_key, created=True, rows=1, metrics=""
+    )
+
+
+@pytest.mark.parametrize("action", ["expire", "rollback", "stop"])
+def test_a_cleared_promote_never_moves_a_version_whose_rollout_ended(
+    loop: Loop, action: str
+) -> None:
+    version = loop.register("nightly", END - timedelta(hours=1))
+    loop.registry.record_gate(version, True, ["passed (test)"])
+    loop.ended(version, action)  # while the run's promote had failed
+    promoted = steps.promote(_spec(loop, "nightly"), _registered(loop, version, "nightly"))
+    assert not promoted.promoted and f"ended {ENDS[action]}" in promoted.reason, promoted
+    assert loop.production_now() == loop.production
+    (latest,) = list_rollouts(loop.engine, MODEL, version=version)
+    assert latest.status != "promoted"
+
+
+def test_a_late_gate_never_stages_an_older_window_over_a_newer_one(loop: Loop) -> None:
+    older = loop.register("run-1", END - timedelta(hours=20))
+    newer = loop.register("run-2", END - timedelta(hours=2))
+    loop.registry.record_gate(newer, True, ["passed (test)"])
+    assert loop.staged() == newer
+    evaluated = EvaluatedRef(summary="", passed=True, reasons=["passed"], baseline_version=None)
+    # the operator clears run 1's failed gate: its evaluation passed before run 2 existed
+    assert steps.gate(_spec(loop, "run-1"), _registered(loop, older, "run-1"), evaluated) is False
+    assert loop.staged() == newer
+    reasons = loop.registry.get(older).tags[GATE_REASONS_TAG]
+    assert f"before version {newer}'s" in reasons and "checked again" in reasons, reasons
+    # nor does its promote step move production past the newer window
+    loop.registry.promote(newer, by="test", reason="newer")
+    loop.registry.set_alias(loop.settings.candidate_alias, older, by="test", reason="by hand")
+    loop.registry.record_gate(older, True, ["passed (test)"])
+    promoted = steps.promote(_spec(loop, "run-1"), _registered(loop, older, "run-1"))
+    assert not promoted.promoted and f"before version {newer}'s" in promoted.reason, promoted
+    assert loop.production_now() == newer
+
+
+def test_a_fresh_gate_and_promote_still_move_their_aliases(loop: Loop) -> None:
+    version = loop.register("run-3", END - timedelta(hours=1))
+    evaluated = EvaluatedRef(summary="", passed=True, reasons=["passed"], baseline_version=None)
+    assert steps.gate(_spec(loop, "run-3"), _registered(loop, version, "run-3"), evaluated)
+    assert loop.staged() == version
+    promoted = steps.promote(_spec(loop, "run-3"), _registered(loop, version, "run-3"))
+    assert promoted.promoted and loop.production_now() == version
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("tolerance", 0.99), ("min_ess", 0.0), ("max_unsupported", 1.0), ("support_threshold", 0.0)],
+)
+def test_auto_promote_needs_the_configured_gate(loop: Loop, field: str, value: float) -> None:
+    """Whoever may trigger bandit_retrain could relax the gate in its form and promote
+    straight to production with ``auto_promote``: no approval, no flag (operator helper,
+    stop 44). Relaxed knobs still stage (the rollout's online test decides), but not
+    together with auto_promote."""
+    with pytest.raises(ValueError, match=f"auto_promote needs the configured gate: {field}"):
+        runspec.plan({"auto_promote": True, field: value}, run_key="r1", interval_end=END,
+                     settings=loop.settings)  # fmt: skip
+    relaxed = runspec.plan({field: value}, run_key="r2", interval_end=END, settings=loop.settings)
+    assert getattr(relaxed, field) == value and not relaxed.auto_promote
+    stricter = {"tolerance": 0.0, "min_ess": 500.0, "max_unsupported": 0.05}
+    assert runspec.plan(
+        {"auto_promote": True, **stricter}, run_key="r3", interval_end=END, settings=loop.settings
+    ).auto_promote
