@@ -27,15 +27,18 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from eventstore.contract import PROMOTE_DAG
-from training.promotion import targets
+from training.promotion import TASK_TIMEOUT, targets
 from training.settings import DAG_START, PipelineSettings
 
 SETTINGS = PipelineSettings()
 
 
-@task
+@task(execution_timeout=TASK_TIMEOUT)
 def gate_report(*, params: Any = None, dag_run: Any = None) -> dict[str, Any]:
+    from modelregistry.registry import client_defaults
     from training import promotion
+
+    client_defaults()  # seconds, not MLflow's minutes, for a registry that is down
 
     # before anyone is asked: a run no approval could carry out fails now
     promotion.check_approvable(getattr(dag_run, "triggering_user_name", None), SETTINGS)
@@ -47,11 +50,14 @@ def gate_report(*, params: Any = None, dag_run: Any = None) -> dict[str, Any]:
     )
 
 
-@task
+@task(execution_timeout=TASK_TIMEOUT)
 def move_alias(
     plan: dict[str, Any], approval: dict[str, Any], *, dag_run: Any = None
 ) -> dict[str, Any]:
+    from modelregistry.registry import client_defaults
     from training import promotion
+
+    client_defaults()
 
     return promotion.apply_promotion(
         plan, approval, triggered_by=getattr(dag_run, "triggering_user_name", None)
@@ -64,6 +70,8 @@ def move_alias(
     start_date=DAG_START,
     catchup=False,
     max_active_runs=1,
+    # the approval's wait and the two registry tasks: a run never holds the queue longer
+    dagrun_timeout=timedelta(hours=SETTINGS.approval_timeout_h) + 2 * TASK_TIMEOUT,
     tags=["banditops", "registry"],
     doc_md=__doc__,
     default_args={"owner": SETTINGS.owner, "retries": 0},

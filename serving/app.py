@@ -15,11 +15,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eventstore.text import redact_logged_credentials
 from serving.catalog.routes import router as catalog_router
-from serving.errors import body_error, input_error, validation_error, with_status
+from serving.errors import body_error, input_error, store_error, validation_error, with_status
 from serving.http_protocol import configure as configure_http
 from serving.inputs import InputError
 from serving.metrics import ServiceMetrics
@@ -32,6 +33,7 @@ from serving.service import (
     StoreUnavailableError,
 )
 from serving.settings import Settings
+from serving.store.reads import StoreDeadlineError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(NotFoundError, with_status(404))
     app.add_exception_handler(NotReadyError, with_status(503))
     app.add_exception_handler(StoreUnavailableError, with_status(503))
+    app.add_exception_handler(StoreDeadlineError, with_status(503))
+    app.add_exception_handler(DBAPIError, store_error)
     endpoints = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints)
     app.add_middleware(

@@ -7,6 +7,7 @@ non-finite numbers as strings instead.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -18,6 +19,8 @@ from fastapi.responses import JSONResponse
 from serving.inputs import InputError
 
 Handler = Callable[[Request, Any], Coroutine[Any, Any, JSONResponse]]
+
+log = logging.getLogger(__name__)
 
 
 def _text(value: str) -> str:
@@ -82,6 +85,18 @@ async def body_error(request: Request, exc: HTTPException) -> JSONResponse:
         status_code=exc.status_code,
         content={"detail": _finite(exc.detail)},
         headers=getattr(exc, "headers", None),
+    )
+
+
+async def store_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database error that reached a route (a read on a store that went away): 503, by
+    its class only — the driver's message may quote other clients' parameters — and the
+    message to the log. It was a 500 (a catalog read during an outage, stall helper,
+    stop 44)."""
+    log.warning("event store error on %s: %s", request.url.path, exc)
+    return JSONResponse(
+        status_code=503,
+        content={"detail": f"the event store failed ({type(exc).__name__}): retry later"},
     )
 
 

@@ -127,7 +127,7 @@ class ServiceMetrics:
         )
         self.commit_timeouts = Counter(
             "banditops_store_commit_timeouts",
-            "Events not durable within store_commit_deadline_s, or refused while a write "
+            "Events not durable within store_deadline_s, or refused while a write "
             "had been under way that long (503)",
             registry=reg,
         )

@@ -206,7 +206,7 @@ async def readyz(request: Request, response: Response) -> dict[str, object]:
     local journal), so a load balancer should keep sending traffic; alert on
     ``banditops_store_degraded`` instead. 503 (``unavailable``) when the journal cannot
     take more events either, and 503 (``stalled``) while a write has been under way longer
-    than ``store_commit_deadline_s``: a store that stopped answering in the middle of a
+    than ``store_deadline_s``: a store that stopped answering in the middle of a
     statement raises no error, so nothing turns to the journal, and events are refused.
     """
     service = service_of(request)

@@ -102,6 +102,7 @@ from serving.settings import Settings
 from serving.snapshots import HeadGate, Snapshotter, own_writer
 from serving.store.engine import checkpointer, store_engine, transaction_bound_s
 from serving.store.journal import DrainReport, Journal, stored_decision
+from serving.store.reads import read_within
 from serving.store.repository import EventStore, StoredDecision, batch_landed, write_events
 from serving.store.writer import GroupCommitWriter, WriterClosedError
 
@@ -690,7 +691,12 @@ class DecisionService:
         decision = self._find(req.event_id)
         if decision is None:
             try:
-                decision = await asyncio.to_thread(self.store.find_decision, req.event_id)
+                decision = await read_within(
+                    settings.store_deadline_s,
+                    f"event {req.event_id!r}",
+                    self.store.find_decision,
+                    req.event_id,
+                )
             except DBAPIError as exc:
                 raise StoreUnavailableError(
                     f"the event store is unreachable to look up event {req.event_id!r}."
@@ -818,7 +824,7 @@ class DecisionService:
         return await self._commit(item, self._snapshot_writer or self.writer)
 
     async def _commit(self, item: Any, writer: GroupCommitWriter[Any, Any] | None = None) -> Any:
-        """``item``'s result once it is durable, within ``store_commit_deadline_s``.
+        """``item``'s result once it is durable, within ``store_deadline_s``.
 
         A request cancelled meanwhile (its client left) leaves the item to be written
         all the same. Past the deadline the item is withdrawn when it still waits in the
@@ -826,7 +832,7 @@ class DecisionService:
         way has taken longer than the deadline (a store that stopped answering in the
         middle of a statement never raises), nothing is queued behind it."""
         writer = writer or self.writer
-        deadline = self.settings.store_commit_deadline_s
+        deadline = self.settings.store_deadline_s
         stalled = writer.in_flight_s()
         if stalled > deadline:
             self.metrics.commit_timeouts.inc()
@@ -999,12 +1005,12 @@ class DecisionService:
 
     def store_status(self) -> dict[str, Any]:
         """Whether events are being journaled, how many wait, whether a write has been
-        under way longer than ``store_commit_deadline_s`` (stalled), and whether new events
+        under way longer than ``store_deadline_s`` (stalled), and whether new events
         can still be acknowledged (not while stalled, nor while degraded without a
         journal, with a full one, or with one whose last write failed: a full disk)."""
         journal, writer = self.journal, self.writer
         refusing = journal is None or journal.full or writer.spool_failing
-        stalled = writer.in_flight_s() > self.settings.store_commit_deadline_s
+        stalled = writer.in_flight_s() > self.settings.store_deadline_s
         return {
             "degraded": writer.degraded,
             "journal_events": 0 if journal is None else journal.events,

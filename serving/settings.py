@@ -101,8 +101,9 @@ class Settings(CoreSettings):
         (SQLite's busy timeout, PostgreSQL's ``lock_timeout``); then the store counts as
         unavailable for writes: events go to the journal (503 without one) and the probe
         tries a write every ``store_probe_s``.
-    store_commit_deadline_s : float
-        Longest a request waits for its event to be durable: past it the answer is 503
+    store_deadline_s : float
+        Longest a request waits for the event store. A read (a reward's decision, a
+        catalog item) past it is answered 503. An event not durable by then: 503
         (an event still queued is withdrawn, never written; one whose transaction began
         may still land), and while a write has been under way this long (a store frozen
         in the middle of a statement, which never raises) new events are refused at once
@@ -246,7 +247,7 @@ class Settings(CoreSettings):
     store_probe_s: Annotated[float, PERIOD] = Field(1.0, gt=0.0)
     store_connect_timeout_s: float = Field(5.0, gt=0.0)
     store_lock_timeout_s: float = Field(2.0, gt=0.0, le=60.0)
-    store_commit_deadline_s: float = Field(10.0, gt=0.0)
+    store_deadline_s: float = Field(10.0, gt=0.0)
     sqlite_checkpoint_s: Annotated[float, PERIOD] = Field(0.5, ge=0.0)
     model_dim_user: int | None = Field(None, ge=1)
     model_dim_arm: int | None = Field(None, ge=0)
@@ -363,11 +364,11 @@ class Settings(CoreSettings):
                 f"names {named} features, but model_dim_user is {self.model_dim_user}: a "
                 "named context would never fit the models served.",
             )
-        if self.store_commit_deadline_s <= self.store_lock_timeout_s:
+        if self.store_deadline_s <= self.store_lock_timeout_s:
             raise SettingError(
-                "store_commit_deadline_s",
+                "store_deadline_s",
                 f"must be more than store_lock_timeout_s ({self.store_lock_timeout_s:g} s); "
-                f"got {self.store_commit_deadline_s:g} s: a write waiting for a lock would "
+                f"got {self.store_deadline_s:g} s: a write waiting for a lock would "
                 "have its requests answered 503 before it turned to the journal.",
             )
         if self.mlflow_registry_uri is not None and self.mlflow_tracking_uri is None:

@@ -319,8 +319,8 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
         ({"BANDITOPS_SERVICE_URL": "http://"}, "must be an http(s) URL with a host"),
         # a lock wait would have been answered 503 before it turned to the journal
         (
-            {"BANDITOPS_STORE_COMMIT_DEADLINE_S": "2", "BANDITOPS_STORE_LOCK_TIMEOUT_S": "2"},
-            "store_commit_deadline_s (BANDITOPS_STORE_COMMIT_DEADLINE_S): must be more than "
+            {"BANDITOPS_STORE_DEADLINE_S": "2", "BANDITOPS_STORE_LOCK_TIMEOUT_S": "2"},
+            "store_deadline_s (BANDITOPS_STORE_DEADLINE_S): must be more than "
             "store_lock_timeout_s (2 s); got 2 s",
         ),
     ],

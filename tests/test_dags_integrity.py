@@ -108,6 +108,12 @@ def test_every_dag_is_owned_tagged_documented_and_scheduled(bag: Any) -> None:
     assert bag.get_dag("bandit_rollout").dagrun_timeout == timedelta(minutes=9)
     assert monitor.dagrun_timeout == timedelta(minutes=54)
     assert bag.get_dag("bandit_retention").dagrun_timeout == timedelta(hours=2)
+    # a promotion whose registry keeps a call open held every later promotion, rollback
+    # and stop behind it (max_active_runs 1) for good: its tasks and run are bounded
+    promote = bag.get_dag("bandit_promote")
+    assert promote.dagrun_timeout == timedelta(hours=72, minutes=20)
+    assert promote.get_task("gate_report").execution_timeout == timedelta(minutes=10)
+    assert promote.get_task("move_alias").execution_timeout == timedelta(minutes=10)
     for task in retrain.tasks:
         assert task.retries == 1 and task.retry_delay == timedelta(seconds=1)  # from settings
         assert task.retry_policy is not None

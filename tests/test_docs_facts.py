@@ -74,7 +74,7 @@ def setting_quotes() -> list[tuple[str, str, str]]:
 
 def test_quotes_are_found() -> None:
     settings = {setting for _, setting, _ in setting_quotes()}
-    assert {"snapshot_keep", "decision_deadline_s", "store_commit_deadline_s"} <= settings
+    assert {"snapshot_keep", "decision_deadline_s", "store_deadline_s"} <= settings
 
 
 @pytest.mark.parametrize(("file", "setting", "quoted"), setting_quotes())

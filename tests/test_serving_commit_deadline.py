@@ -1,5 +1,5 @@
 """A store that stops answering in the middle of a statement raises no error: nothing
-turns to the journal. Before ``store_commit_deadline_s`` every decision and reward waited
+turns to the journal. Before ``store_deadline_s`` every decision and reward waited
 for as long as it lasted (a PostgreSQL backend frozen with SIGSTOP held them for good)
 while ``/readyz`` said ready. Now a request is answered 503 within the deadline, an
 event still queued is withdrawn (never written), new events are refused at once while
@@ -63,9 +63,7 @@ def test_a_stalled_write_answers_within_the_deadline_and_withdraws_what_waits(
     tmp_path: Path,
 ) -> None:
     rng = np.random.default_rng(11)
-    settings = service_settings(
-        tmp_path, store_lock_timeout_s=0.5, store_commit_deadline_s=DEADLINE_S
-    )
+    settings = service_settings(tmp_path, store_lock_timeout_s=0.5, store_deadline_s=DEADLINE_S)
     held = _Held()
     with running_client(settings) as client, ThreadPoolExecutor(2) as pool:
         writer = client.app.state.service.writer
@@ -137,7 +135,7 @@ def test_a_frozen_postgresql_server_is_answered_503_then_served_again(
 
     rng = np.random.default_rng(12)
     with scratch_postgres_database(postgres_url, prefix="banditops_frozen") as url:
-        settings = service_settings(tmp_path, store_url=url, store_commit_deadline_s=3.0)
+        settings = service_settings(tmp_path, store_url=url, store_deadline_s=3.0)
         admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
         try:
             with running_client(settings) as client:
@@ -158,3 +156,43 @@ def test_a_frozen_postgresql_server_is_answered_503_then_served_again(
         finally:
             admin.dispose()
     assert stored == 3  # before, the one in flight (after its thaw), after; not the refused
+
+
+def test_a_read_that_does_not_answer_is_503_within_the_deadline(tmp_path: Path) -> None:
+    """The reads on a request's path (a reward's decision not in memory, a catalog item)
+    waited in their thread for as long as the store kept silent (stall helper, stop 44:
+    still waiting after 90 s); a database error on them was a 500."""
+    settings = service_settings(
+        tmp_path, store_lock_timeout_s=0.5, store_deadline_s=DEADLINE_S, decision_cache_size=0
+    )
+    release = threading.Event()
+
+    def silent(*_args: object) -> None:
+        assert release.wait(60)
+
+    def failing(*_args: object) -> None:
+        raise sa.exc.OperationalError("SELECT …", {"secret": "other client's"}, Exception("gone"))
+
+    rng = np.random.default_rng(13)
+    with running_client(settings) as client:
+        decided = client.post("/v1/decisions", json=decision_body(rng))
+        assert decided.status_code == 200
+        service = client.app.state.service
+        service.store.find_decision = silent
+        service.catalog.store.current = silent
+        try:
+            for path, body in (
+                ("/v1/rewards", {"event_id": decided.json()["event_id"], "reward": 1.0}),
+                ("/v1/items/x", None),
+            ):
+                started = time.monotonic()
+                answer = client.post(path, json=body) if body is not None else client.get(path)
+                assert time.monotonic() - started < DEADLINE_S + 3.0
+                assert answer.status_code == 503, answer.text
+                assert "did not answer within" in answer.json()["detail"]
+        finally:
+            release.set()
+        service.catalog.store.current = failing
+        failed = client.get("/v1/items/x")
+        assert failed.status_code == 503, failed.text
+        assert failed.json()["detail"] == "the event store failed (OperationalError): retry later"

@@ -106,7 +106,7 @@ def samples(root: Path, models: str = "registry") -> dict[str, Any]:
         "store_probe_s": 0.5,
         "store_connect_timeout_s": 2.5,
         "store_lock_timeout_s": 0.7,
-        "store_commit_deadline_s": 4.5,
+        "store_deadline_s": 4.5,
         "model_dim_user": 6,
         "model_dim_arm": 4,
         "seed": 7,

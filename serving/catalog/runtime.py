@@ -23,8 +23,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,6 +35,9 @@ from serving.catalog.index import CatalogIndex, Compaction, IndexConfig, Retriev
 from serving.catalog.store import CatalogStore, ItemInput, ItemRecord
 from serving.inputs import InputError
 from serving.settings import Settings
+from serving.store.reads import read_within
+
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +168,10 @@ class CatalogService:
 
     # ------------------------------------------------------------------ reads
     async def current(self, item_id: str) -> ItemRecord | None:
-        return await asyncio.to_thread(self.store.current, item_id)
+        return await self._read(f"item {item_id!r}", self.store.current, item_id)
 
     async def version(self, item_id: str, version: int) -> ItemRecord | None:
-        return await asyncio.to_thread(self.store.version, item_id, version)
+        return await self._read(f"item {item_id!r}", self.store.version, item_id, version)
 
     async def page(
         self, status: str, limit: int, after: str | None, seq: int | None
@@ -180,7 +184,10 @@ class CatalogService:
             found, more = self.store.page(status, limit, after, at)
             return found, more, at
 
-        return await asyncio.to_thread(read)
+        return await self._read("a page of the catalog", read)
+
+    async def _read(self, what: str, read: Callable[..., R], *args: object) -> R:
+        return await read_within(self.settings.store_deadline_s, what, read, *args)
 
     def retrieve(self, query: NDArray[np.float64], k: int) -> Retrieved:
         """The retrieved candidate set for ``query`` (the request's retrieval vector).
