@@ -70,8 +70,9 @@ def move_alias(
     start_date=DAG_START,
     catchup=False,
     max_active_runs=1,
-    # the approval's wait and the two registry tasks: a run never holds the queue longer
-    dagrun_timeout=timedelta(hours=SETTINGS.approval_timeout_h) + 2 * TASK_TIMEOUT,
+    # the approval's wait, the two registry tasks and as much again for the scheduler's
+    # delays: a run never holds the queue longer
+    dagrun_timeout=timedelta(hours=SETTINGS.approval_timeout_h) + 3 * TASK_TIMEOUT,
     tags=["banditops", "registry"],
     doc_md=__doc__,
     default_args={"owner": SETTINGS.owner, "retries": 0},

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eventstore.text import redact_logged_credentials
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StoreUnavailableError, with_status(503))
     app.add_exception_handler(StoreDeadlineError, with_status(503))
     app.add_exception_handler(DBAPIError, store_error)
+    app.add_exception_handler(PoolTimeoutError, store_error)
     endpoints = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints)
     app.add_middleware(

@@ -89,15 +89,21 @@ async def body_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def store_error(request: Request, exc: Exception) -> JSONResponse:
-    """A database error that reached a route (a read on a store that went away): 503, by
-    its class only — the driver's message may quote other clients' parameters — and the
-    message to the log. It was a 500 (a catalog read during an outage, stall helper,
-    stop 44)."""
-    log.warning("event store error on %s: %s", request.url.path, exc)
-    return JSONResponse(
-        status_code=503,
-        content={"detail": f"the event store failed ({type(exc).__name__}): retry later"},
-    )
+    """A database error that reached a route. The store out of reach (a read on a store
+    that went away, no pooled connection free): 503, by its class only — the driver's
+    message may quote other clients' parameters — and the message to the log; it was a
+    500 (a catalog read during an outage, stall helper, stop 44). Any other database
+    error is a fault of the service, not one a retry mends: 500, logged whole."""
+    from serving.store.writer import is_outage
+
+    name = type(exc).__name__
+    if is_outage(exc):
+        log.warning("event store unavailable on %s: %s", request.url.path, exc)
+        return JSONResponse(
+            status_code=503, content={"detail": f"the event store failed ({name}): retry later"}
+        )
+    log.error("event store error on %s", request.url.path, exc_info=exc)
+    return JSONResponse(status_code=500, content={"detail": f"internal error ({name})"})
 
 
 def with_status(code: int) -> Handler:

@@ -28,9 +28,10 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -127,6 +128,62 @@ class NotFoundError(LookupError):
 
 class StoreUnavailableError(RuntimeError):
     """The event could not be committed, so it is not acknowledged (503)."""
+
+
+def _call(job: Callable[[], None]) -> None:
+    job()
+
+
+def _wait_on_loop(
+    loop: asyncio.AbstractEventLoop,
+    schedule: Callable[[Callable[[], None]], None],
+    job: Callable[[], None],
+) -> None:
+    """From another thread: ``job`` run on ``loop`` by ``schedule`` (``_call``, or the head
+    gate's ``run``), waited for at most ``_SWAP_WAIT_S``; its exception raised here."""
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def run() -> None:
+        if not done.set_running_or_notify_cancel():
+            return  # given up on (below)
+        try:
+            job()
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    loop.call_soon_threadsafe(schedule, run)
+    try:
+        done.result(timeout=_SWAP_WAIT_S)
+    except concurrent.futures.TimeoutError:
+        if done.cancel():
+            raise TimeoutError(
+                f"the event loop did not take the new models within {_SWAP_WAIT_S} s"
+            ) from None
+        done.result()  # running now: wait for it
+
+
+def _within(deadline_s: float, what: str, job: Callable[[], object]) -> None:
+    """``job()`` in a daemon thread, waited for at most ``deadline_s``: past it
+    :class:`StoreUnavailableError` (the thread is left to finish on its own)."""
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            job()
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    threading.Thread(target=run, name="banditops-catch-up", daemon=True).start()
+    try:
+        done.result(timeout=deadline_s)
+    except concurrent.futures.TimeoutError:
+        raise StoreUnavailableError(
+            f"the event store did not answer within {deadline_s:g} s to read {what}"
+        ) from None
 
 
 def _on_loop(future: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
@@ -286,6 +343,8 @@ class DecisionService:
             probe_s=settings.store_probe_s,
             landed=batch_landed,
             statement_timeout_s=transaction_bound_s(settings),
+            # an outage's retries leave half the deadline to the journal's fsync
+            retry_budget_s=settings.store_deadline_s / 2,
         )
         self.loader = ModelLoader(
             source,
@@ -693,7 +752,7 @@ class DecisionService:
             try:
                 decision = await read_within(
                     settings.store_deadline_s,
-                    f"event {req.event_id!r}",
+                    f"read event {req.event_id!r}",
                     self.store.find_decision,
                     req.event_id,
                 )
@@ -845,11 +904,14 @@ class DecisionService:
         except WriterClosedError as exc:
             raise StoreUnavailableError(str(exc)) from exc
         try:
-            async with asyncio.timeout(deadline):
-                return await _on_loop(future)
+            try:
+                async with asyncio.timeout(deadline):
+                    return await _on_loop(future)
+            except TimeoutError:
+                if not future.done():
+                    raise
+                return future.result()  # settled just as the deadline passed: its outcome
         except TimeoutError:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                return future.result()  # durable just as the deadline passed
             self.metrics.commit_timeouts.inc()
             if future.cancel():
                 raise StoreUnavailableError(
@@ -1037,10 +1099,16 @@ class DecisionService:
     def _install(self, new: ServingSet, fresh: list[ServedModel]) -> None:
         """Loader thread: serve ``new``, whose ``fresh`` models were recovered from the
         store a while ago. A reward committed since was learnt online by the versions
-        served then, not by these: each learns them here (``catch_up``) — most off the
-        loop, the last ones on it, in the same step that makes ``new`` the served set, so
-        that every reward after that step reaches them online (``_also_learning`` skips
-        what they learnt here by its id). With the replica sync on, the sync does it."""
+        served then, not by these: each learns them here (``catch_up``) — most with the
+        loop running, the last ones while the head gate is closed, so that every reward
+        committed after that read reaches them online once they serve (the gate holds its
+        update until then; ``_also_learning`` skips what they learnt here by its id). With
+        the replica sync on, the sync does it.
+
+        The last read runs in a thread of its own under ``store_deadline_s``, never on the
+        loop: a store that stopped answering during a swap held every request, ``/healthz``
+        included, for as long as it lasted (stall helper, stop 44). Past the deadline the
+        swap is given up (the loader keeps what serves and tries again at its next poll)."""
         loop, catching = self._loop, self.replicas is None
         self._refuse_swap_while_journaling()
         if catching:
@@ -1049,31 +1117,35 @@ class DecisionService:
         if loop is None or loop.is_closed():  # not started: no reward is learnt online
             self.loader.current = new
             return
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-        def swap() -> None:
-            if not done.set_running_or_notify_cancel():
-                return  # given up on (below): the loader keeps what serves
+        def close() -> None:
+            self._refuse_swap_while_journaling()
+            self.gate.close()
+
+        opened = False
+
+        def finish() -> None:
+            nonlocal opened
             try:
                 self._refuse_swap_while_journaling()
-                if catching:
-                    for model in fresh:
-                        catch_up(self.store, model, self.arm_limit.of(model.policy))
                 self.loader.current = new
-            except BaseException as exc:
-                done.set_exception(exc)
-            else:
-                done.set_result(None)
+            finally:
+                opened = True
+                self.gate.open()
 
-        loop.call_soon_threadsafe(self.gate.run, swap)
+        _wait_on_loop(loop, self.gate.run, close)  # after any head copy under way
         try:
-            done.result(timeout=_SWAP_WAIT_S)
-        except concurrent.futures.TimeoutError:
-            if done.cancel():
-                raise TimeoutError(
-                    f"the event loop did not take the new models within {_SWAP_WAIT_S} s"
-                ) from None
-            done.result()  # running now: wait for it
+            if catching:
+                _within(
+                    self.settings.store_deadline_s,
+                    "the rewards committed while the new versions loaded",
+                    lambda: [catch_up(self.store, m, self.arm_limit.of(m.policy)) for m in fresh],
+                )
+            _wait_on_loop(loop, _call, finish)
+        finally:
+            if not opened:
+                with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                    loop.call_soon_threadsafe(self.gate.open)
 
     def _refuse_swap_while_journaling(self) -> None:
         """No version is swapped in while a served head has learnt a reward that is in

@@ -111,7 +111,7 @@ def test_every_dag_is_owned_tagged_documented_and_scheduled(bag: Any) -> None:
     # a promotion whose registry keeps a call open held every later promotion, rollback
     # and stop behind it (max_active_runs 1) for good: its tasks and run are bounded
     promote = bag.get_dag("bandit_promote")
-    assert promote.dagrun_timeout == timedelta(hours=72, minutes=20)
+    assert promote.dagrun_timeout == timedelta(hours=72, minutes=30)
     assert promote.get_task("gate_report").execution_timeout == timedelta(minutes=10)
     assert promote.get_task("move_alias").execution_timeout == timedelta(minutes=10)
     for task in retrain.tasks:

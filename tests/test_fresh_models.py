@@ -336,6 +336,9 @@ def test_a_run_for_an_earlier_interval_never_replaces_a_fresher_production(
         mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
         runs_dir=tmp_path / "runs",
         reward_window_s=60.0,
+        # a gate any model passes, configured (auto_promote needs the configured gate)
+        retrain_min_ess=0.0,
+        retrain_tolerance=0.9,
     )  # type: ignore[arg-type]
     engine = make_engine(store_url)
     upgrade(engine)
@@ -357,8 +360,6 @@ def test_a_run_for_an_earlier_interval_never_replaces_a_fresher_production(
         "algorithm": "shared_linucb",
         "min_rows": 100,
         "n_resamples": 50,
-        "min_ess": 0.0,
-        "tolerance": 0.9,
         "auto_promote": auto_promote,
     }
     tonight = run_retrain(params, run_key="nightly", interval_end=end, settings=settings)

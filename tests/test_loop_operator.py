@@ -92,19 +92,22 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
     engine.dispose()
 
 
-@pytest.mark.parametrize("action", ["rollback", "expire"])
+@pytest.mark.parametrize(
+    ("action", "auto_start"), [("rollback", True), ("expire", True), ("rollback", False)]
+)
 def test_an_end_whose_alias_removal_was_lost_is_finished_at_the_next_step(
-    loop: Loop, action: str
+    loop: Loop, action: str, auto_start: bool
 ) -> None:
     version = loop.register("worse")
     loop.registry.record_gate(version, True, ["passed (test)"])
     loop.ended(version, action)
     assert loop.staged() == version  # what the killed step left
 
-    step = rollout_step(loop.settings)
+    settings = loop.settings.model_copy(update={"rollout_auto_start": auto_start})
+    step = rollout_step(settings)
     assert step.action == "idle" and "removed now" in step.reason, step
     assert loop.staged() is None
-    assert rollout_step(loop.settings).action == "idle"  # nothing more to do
+    assert rollout_step(settings).action == "idle"  # nothing more to do
     assert loop.registry.last_move(loop.settings.candidate_alias)["version"] is None
 
 

@@ -7,6 +7,7 @@ the write under way is older than the deadline, and ``/readyz`` says ``stalled``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -196,3 +197,57 @@ def test_a_read_that_does_not_answer_is_503_within_the_deadline(tmp_path: Path) 
         failed = client.get("/v1/items/x")
         assert failed.status_code == 503, failed.text
         assert failed.json()["detail"] == "the event store failed (OperationalError): retry later"
+
+        def broken(*_args: object) -> None:  # not an outage: a retry would not mend it
+            raise sa.exc.ProgrammingError("SELECT …", {}, Exception("no such column"))
+
+        service.catalog.store.current = broken
+        bug = client.get("/v1/items/x")
+        assert bug.status_code == 500 and bug.json() == {
+            "detail": "internal error (ProgrammingError)"
+        }
+
+
+def test_a_swap_whose_last_read_does_not_answer_leaves_the_loop_free(tmp_path: Path) -> None:
+    """A version swap read the last rewards to catch up on the event loop: a store that
+    stopped answering then held every request, ``/healthz`` included (stall helper, stop
+    44: 60 s). The read now runs in a thread under the deadline; past it the swap is given
+    up (the served version stays, the next poll tries again)."""
+    import asyncio
+
+    from tests.serving_helpers import policy_file
+
+    path = policy_file(tmp_path / "policy.npz", seed=0)
+    settings = service_settings(
+        tmp_path, model_path=path, store_lock_timeout_s=0.5, store_deadline_s=DEADLINE_S
+    )
+    release, entered = threading.Event(), threading.Event()
+    with running_client(settings) as client, ThreadPoolExecutor(1) as pool:
+        service = client.app.state.service
+        before = client.get("/v1/model").json()["production"]["version"]
+        real = service.store.applied_reward_chunks
+
+        def last_read(*args: Any, **kwargs: Any) -> Any:
+            with contextlib.suppress(RuntimeError):  # not on a loop: the first catch-up
+                asyncio.get_running_loop()
+                entered.set()  # on the event loop (before)
+                assert release.wait(60)
+            if threading.current_thread().name == "banditops-catch-up":
+                entered.set()
+                assert release.wait(60)
+            return real(*args, **kwargs)
+
+        service.store.applied_reward_chunks = last_read
+        policy_file(path, seed=1)  # a new version to swap in
+        polled = pool.submit(client.post, "/v1/admin/poll")
+        assert entered.wait(30)
+        started = time.monotonic()
+        assert client.get("/healthz").status_code == 200
+        assert time.monotonic() - started < 0.5  # the loop is free
+        info = polled.result(30).json()
+        assert info["production"]["version"] == before, info  # given up: what served stays
+        assert "did not answer within" in (info["last_load_error"] or ""), info
+        release.set()
+        service.store.applied_reward_chunks = real
+        after = client.post("/v1/admin/poll").json()
+        assert after["production"]["version"] != before, after

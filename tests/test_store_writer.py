@@ -357,6 +357,52 @@ def test_a_commit_the_store_cannot_confirm_fails_without_a_retry(
     assert EventStore(engine).count_rows()["decisions"] == 1
 
 
+class _Journal:
+    """A journal that takes every batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def spool(self, items: list[object]) -> list[object]:
+        self.batches.append(len(items))
+        return [None for _ in items]
+
+    def drain(self, engine: object) -> None:
+        raise sa.exc.OperationalError("drain", {}, Exception("still down"))
+
+    def observe(self, items: object, results: object) -> None:
+        pass
+
+    def on_outage(self) -> None:
+        pass
+
+
+def test_an_outage_s_retries_stop_at_their_budget_and_the_journal_takes_the_batch(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """Each try of a store out of reach took its connect timeout (5 s): four tries kept a
+    batch 20 s, past its requests' deadline, before the journal took it."""
+    tries: list[float] = []
+
+    def unreachable(conn: sa.Connection, items: object) -> list[object]:
+        tries.append(time.monotonic())
+        time.sleep(0.3)  # a connect timeout
+        raise sa.exc.OperationalError("connect", {}, Exception("timed out"))
+
+    journal = _Journal()
+    writer = GroupCommitWriter(
+        engine, unreachable, spool=journal, retry_budget_s=0.5, probe_s=60.0
+    ).start()
+    try:
+        started = time.monotonic()
+        assert writer.submit(decision_row(rng)).result(timeout=30) is None  # journaled
+        took = time.monotonic() - started
+    finally:
+        writer.close(timeout=1)
+    assert len(tries) == 2 and took < 1.2, (tries, took)
+    assert journal.batches == [1] and writer.degraded
+
+
 class _FullDisk:
     """A journal on a full disk: its writes fail until ``space`` is set."""
 

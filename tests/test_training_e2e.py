@@ -39,6 +39,9 @@ pytestmark = [
     ),
 ]
 
+#: The gate's least effective sample size, in the form and the settings alike.
+MIN_ESS = 30.0
+
 
 def _env() -> LogisticClickEnvironment:
     # strong user × item interactions: a learnt policy beats the uniform logger by far
@@ -75,6 +78,7 @@ def _pipeline(tmp_path: Path, store_url: str, naming: Naming) -> PipelineSetting
         database_url=store_url,
         runs_dir=tmp_path / "runs",
         reward_window_s=1.0,
+        retrain_min_ess=MIN_ESS,  # the form's: auto_promote needs the configured gate
         **naming,
     )  # type: ignore[arg-type]
 
@@ -143,7 +147,7 @@ def _retrain(settings: PipelineSettings, run_key: str, now: datetime, **form: ob
         "policy_options": {"alpha": 0.5, "interactions": True},
         "min_rows": 500,
         "n_resamples": 200,
-        "min_ess": 30.0,
+        "min_ess": MIN_ESS,
         "auto_promote": True,
         **form,
     }

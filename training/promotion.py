@@ -30,7 +30,8 @@ from training.settings import PipelineSettings
 
 log = logging.getLogger(__name__)
 
-#: Longest a bandit_promote task (reading or moving the registry's aliases) may run: a
+#: Longest a bandit_promote task (reading or moving the registry's aliases) may run (its
+#: run may take the approval's wait and three of these: room for scheduling delays): a
 #: registry that keeps a call open held the run, and every promotion, rollback and stop
 #: queued behind it, for good (stall helper, stop 44).
 TASK_TIMEOUT = timedelta(minutes=10)

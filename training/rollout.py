@@ -328,7 +328,12 @@ def _step(
     production = registry.by_alias(settings.production_alias)
     rollout = current_rollout(engine, name)
     if rollout is None:
-        if not settings.rollout_auto_start or staging is None:
+        if staging is None:
+            return StepResult("idle", f"no rollout of {name!r} is running.")
+        ended = list_rollouts(engine, name, version=staging.version, limit=1)
+        if ended:  # an unfinished end is finished whether or not rollouts start here
+            return _after_its_end(registry, settings, ended[0])
+        if not settings.rollout_auto_start:
             return StepResult("idle", f"no rollout of {name!r} is running.")
         if production is None:
             return StepResult(
@@ -336,9 +341,6 @@ def _step(
             )
         if production.version == staging.version:
             return StepResult("idle", f"version {staging.version} is already production.")
-        ended = list_rollouts(engine, name, version=staging.version, limit=1)
-        if ended:
-            return _after_its_end(registry, settings, ended[0])
         unrecorded = _unrecorded_override(registry, settings, staging)
         if unrecorded is not None:
             return StepResult("idle", unrecorded)

@@ -120,12 +120,14 @@ class CatalogService:
 
     # ------------------------------------------------------------------ writes
     async def upsert(self, entries: Sequence[ItemInput]) -> list[ItemRecord]:
-        records = await asyncio.to_thread(self.store.upsert, entries)
+        what = "store the items (they may still be stored: the catalog poll then serves them)"
+        records = await self._read(what, self.store.upsert, entries)
         self._apply(records)
         return records
 
     async def retire(self, item_id: str) -> ItemRecord | None:
-        record = await asyncio.to_thread(self.store.retire, item_id)
+        what = f"retire item {item_id!r} (it may still be retired)"
+        record = await self._read(what, self.store.retire, item_id)
         if record is not None:
             self._apply([record])
         return record
@@ -168,10 +170,10 @@ class CatalogService:
 
     # ------------------------------------------------------------------ reads
     async def current(self, item_id: str) -> ItemRecord | None:
-        return await self._read(f"item {item_id!r}", self.store.current, item_id)
+        return await self._read(f"read item {item_id!r}", self.store.current, item_id)
 
     async def version(self, item_id: str, version: int) -> ItemRecord | None:
-        return await self._read(f"item {item_id!r}", self.store.version, item_id, version)
+        return await self._read(f"read item {item_id!r}", self.store.version, item_id, version)
 
     async def page(
         self, status: str, limit: int, after: str | None, seq: int | None
@@ -184,7 +186,7 @@ class CatalogService:
             found, more = self.store.page(status, limit, after, at)
             return found, more, at
 
-        return await self._read("a page of the catalog", read)
+        return await self._read("read a page of the catalog", read)
 
     async def _read(self, what: str, read: Callable[..., R], *args: object) -> R:
         return await read_within(self.settings.store_deadline_s, what, read, *args)

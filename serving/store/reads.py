@@ -30,5 +30,5 @@ async def read_within(
         return await asyncio.wait_for(asyncio.to_thread(read, *args, **kwargs), deadline_s)
     except TimeoutError:
         raise StoreDeadlineError(
-            f"the event store did not answer within {deadline_s:g} s to read {what}: retry later"
+            f"the event store did not answer within {deadline_s:g} s to {what}: retry later"
         ) from None

@@ -144,6 +144,9 @@ class GroupCommitWriter(Generic[T, R]):
         (``statement_timeout``; that connection is taken out of the pool, so nothing else
         inherits the setting). A server frozen in the middle of a statement and thawed
         later then cancels the statement rather than commit it late. Ignored on SQLite.
+    retry_budget_s : float, optional
+        With a ``spool``: an outage's retries stop once a batch has tried this long, and
+        the journal takes it (so its requests are answered within their deadline).
     """
 
     def __init__(
@@ -161,6 +164,7 @@ class GroupCommitWriter(Generic[T, R]):
         probe_s: float = Settings.model_fields["store_probe_s"].default,
         landed: Callable[[Connection, Sequence[T], list[R]], bool] | None = None,
         statement_timeout_s: float | None = None,
+        retry_budget_s: float | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1; got {max_batch}.")
@@ -169,6 +173,7 @@ class GroupCommitWriter(Generic[T, R]):
         if statement_timeout_s is not None and not statement_timeout_s > 0:
             raise ValueError(f"statement_timeout_s must be positive; got {statement_timeout_s!r}.")
         self._statement_timeout_s = statement_timeout_s
+        self._retry_budget_s = retry_budget_s
         #: ``time.monotonic()`` when the batch being written began (None between batches).
         self._began: float | None = None
         self._spool = spool
@@ -231,11 +236,7 @@ class GroupCommitWriter(Generic[T, R]):
         stop = False
         while not stop:
             if self.degraded and self._db_back.is_set():
-                self._began = time.monotonic()
-                try:
-                    self._try_drain()
-                finally:
-                    self._began = None
+                self._try_drain()
             try:
                 first = self._queue.get(timeout=self.probe_s if self.degraded else None)
             except queue.Empty:
@@ -253,7 +254,6 @@ class GroupCommitWriter(Generic[T, R]):
                     stop = True
                     break
                 batch.append(nxt)
-            self._began = time.monotonic()
             try:
                 self._commit(batch)
             finally:
@@ -261,8 +261,9 @@ class GroupCommitWriter(Generic[T, R]):
         self._last_drain()
 
     def in_flight_s(self) -> float:
-        """Seconds the write under way (a batch to the store or the journal, or the
-        journal's drain) has taken so far; 0.0 between writes. Any thread."""
+        """Seconds the batch being written (to the store or the journal) has taken so far;
+        0.0 between batches and during a journal's drain (which makes progress chunk by
+        chunk: a long one is no stall). Any thread."""
         began = self._began
         return 0.0 if began is None else max(0.0, time.monotonic() - began)
 
@@ -279,8 +280,10 @@ class GroupCommitWriter(Generic[T, R]):
             return
         items = [item for item, _ in batch]
         if self.degraded and not self._try_drain():
+            self._began = time.monotonic()
             self._spool_batch(batch)
             return
+        self._began = time.monotonic()
         started = time.perf_counter()
         try:
             results = self._transaction(items, retry=True)
@@ -399,6 +402,7 @@ class GroupCommitWriter(Generic[T, R]):
 
     def _transaction(self, items: list[T], retry: bool) -> list[R]:
         attempts = len(_BACKOFF_S) + 1 if retry else 1
+        began = time.monotonic()
         for attempt in range(attempts):
             try:
                 conn = self._connection()
@@ -421,9 +425,20 @@ class GroupCommitWriter(Generic[T, R]):
                     self._conn = None
                 if attempt == attempts - 1 or is_lock_wait(exc):  # it waited its lock timeout
                     raise
+                if self._out_of_retry_time(began, exc):
+                    raise
                 log.info("event store write retried after %s", type(exc.orig).__name__)
                 time.sleep(_BACKOFF_S[attempt])
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _out_of_retry_time(self, began: float, exc: DBAPIError) -> bool:
+        """Whether an outage's retries have used ``retry_budget_s``: a journal then takes
+        the batch at once. Four tries of a 5 s connect timeout kept requests 20 s, past
+        their deadline, before the journal took them (diff review, stop 44)."""
+        budget = self._retry_budget_s
+        if budget is None or self._spool is None or not is_outage(exc):
+            return False
+        return time.monotonic() - began >= budget
 
     def _was_committed(self, items: list[T], results: list[R], exc: DBAPIError) -> bool:
         """After a COMMIT that raised ``exc``: True when the batch is in the database
