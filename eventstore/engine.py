@@ -74,11 +74,18 @@ class SqliteFileWatch:
 _WATCHES: weakref.WeakKeyDictionary[Engine, SqliteFileWatch] = weakref.WeakKeyDictionary()
 
 
+#: PostgreSQL's connect timeout for a process that names none (the CLI, the pipelines, the
+#: monitor, the Bandits page; the service passes ``store_connect_timeout_s``): a server
+#: that accepts and never answers held ``store prune`` and ``rollout status`` for good
+#: (stall helper, stop 44).
+CONNECT_TIMEOUT_S = 10.0
+
+
 def make_engine(
     url: str,
     sqlite_synchronous: str = CORE_DEFAULTS["sqlite_synchronous"],
     pool_size: int = 5,
-    connect_timeout_s: float | None = None,
+    connect_timeout_s: float | None = CONNECT_TIMEOUT_S,
     sqlite_autocheckpoint: bool = True,
     lock_timeout_s: float | None = None,
     idle_in_transaction_s: float | None = None,
@@ -100,10 +107,10 @@ def make_engine(
         Durability of SQLite commits.
     pool_size : int
         Connections kept open (PostgreSQL).
-    connect_timeout_s : float, optional
+    connect_timeout_s : float or None
         PostgreSQL (psycopg2): give up connecting after this long, and detect a dead peer
         of an open connection by TCP keepalives within about 10 s, so an unreachable
-        server is noticed quickly (options given in the URL win).
+        server is noticed quickly (options given in the URL win); None: the system's.
     sqlite_autocheckpoint : bool
         SQLite: let the commit that takes the write-ahead log past 1,000 pages copy it
         into the database (SQLite's default). False leaves that to a

@@ -134,6 +134,16 @@ def _call(job: Callable[[], None]) -> None:
     job()
 
 
+def _outcome_into(done: concurrent.futures.Future[None], job: Callable[[], object]) -> None:
+    """Run ``job`` and settle ``done`` with its outcome."""
+    try:
+        job()
+    except BaseException as exc:
+        done.set_exception(exc)
+    else:
+        done.set_result(None)
+
+
 def _wait_on_loop(
     loop: asyncio.AbstractEventLoop,
     schedule: Callable[[Callable[[], None]], None],
@@ -144,14 +154,8 @@ def _wait_on_loop(
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
 
     def run() -> None:
-        if not done.set_running_or_notify_cancel():
-            return  # given up on (below)
-        try:
-            job()
-        except BaseException as exc:
-            done.set_exception(exc)
-        else:
-            done.set_result(None)
+        if done.set_running_or_notify_cancel():  # else given up on (below)
+            _outcome_into(done, job)
 
     loop.call_soon_threadsafe(schedule, run)
     try:
@@ -168,16 +172,9 @@ def _within(deadline_s: float, what: str, job: Callable[[], object]) -> None:
     """``job()`` in a daemon thread, waited for at most ``deadline_s``: past it
     :class:`StoreUnavailableError` (the thread is left to finish on its own)."""
     done: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-    def run() -> None:
-        try:
-            job()
-        except BaseException as exc:
-            done.set_exception(exc)
-        else:
-            done.set_result(None)
-
-    threading.Thread(target=run, name="banditops-catch-up", daemon=True).start()
+    threading.Thread(
+        target=_outcome_into, args=(done, job), name="banditops-catch-up", daemon=True
+    ).start()
     try:
         done.result(timeout=deadline_s)
     except concurrent.futures.TimeoutError:

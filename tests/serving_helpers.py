@@ -249,6 +249,25 @@ def reward_row(
     )
 
 
+# ---------------------------------------------------------------------- faults
+class HeldWrite:
+    """``write_events`` held at ``release`` once ``armed``: a store that stops answering
+    in the middle of a statement (nothing raises, nothing returns)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, conn: Any, items: Any) -> list[Any]:
+        from serving.store.repository import write_events
+
+        if self.armed:
+            self.entered.set()
+            assert self.release.wait(60)
+        return write_events(conn, items)
+
+
 # ---------------------------------------------------------------------- in-process service
 def service_settings(tmp_path: Path, store_url: str | None = None, **overrides: Any) -> Any:
     """Settings of a test service: workspace in ``tmp_path``, seeded, fast polling."""

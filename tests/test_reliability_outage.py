@@ -197,3 +197,39 @@ def test_a_url_with_its_own_server_options_keeps_the_service_s_timeouts(
         "lock_timeout": "1500ms",
         "idle_in_transaction_session_timeout": "7s",
     }
+
+
+def test_every_process_gives_up_on_a_store_that_never_answers(tmp_path: Path) -> None:
+    """The CLI's engines had no connect timeout: ``store prune`` and ``rollout status``
+    against a server that accepts and says nothing waited for good (stall helper, stop
+    44). Every engine now gives up connecting (:data:`eventstore.engine.CONNECT_TIMEOUT_S`
+    unless the caller names its own)."""
+    import socket
+    import subprocess
+    import sys
+
+    from eventstore.engine import CONNECT_TIMEOUT_S
+    from tests.serving_helpers import ROOT
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts, never answers
+        port = silent.getsockname()[1]
+        env = {
+            **os.environ,
+            "BANDITOPS_WORKSPACE": str(tmp_path / "ws"),
+            "BANDITOPS_DATABASE_URL": f"postgresql+psycopg2://u@127.0.0.1:{port}/db",
+        }
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "ops", "rollout", "status"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert time.monotonic() - started < CONNECT_TIMEOUT_S + 30
+    assert done.returncode != 0 and "Traceback" not in done.stdout + done.stderr, (
+        done.stdout[-2000:] + done.stderr[-2000:]
+    )

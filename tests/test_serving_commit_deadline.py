@@ -22,26 +22,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from serving.store.repository import write_events
-from tests.serving_helpers import decision_body, running_client, service_settings
+from tests.serving_helpers import HeldWrite, decision_body, running_client, service_settings
 
 DEADLINE_S = 1.0
-
-
-class _Held:
-    """The service writer's ``write``, held at ``release`` once ``armed``: the store
-    stops answering in the middle of a statement."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, conn: sa.Connection, items: Any) -> list[Any]:
-        if self.armed:
-            self.entered.set()
-            assert self.release.wait(60)
-        return write_events(conn, items)
 
 
 def _decisions(url: str) -> int:
@@ -65,7 +48,7 @@ def test_a_stalled_write_answers_within_the_deadline_and_withdraws_what_waits(
 ) -> None:
     rng = np.random.default_rng(11)
     settings = service_settings(tmp_path, store_lock_timeout_s=0.5, store_deadline_s=DEADLINE_S)
-    held = _Held()
+    held = HeldWrite()
     with running_client(settings) as client, ThreadPoolExecutor(2) as pool:
         writer = client.app.state.service.writer
         writer._write = held  # the fault: the next statement never returns

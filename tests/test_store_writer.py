@@ -18,7 +18,7 @@ from eventstore.records import RewardOutcome
 from eventstore.schema import rewards
 from serving.store import GroupCommitWriter, WriterClosedError
 from serving.store.repository import EventStore, write_events
-from tests.serving_helpers import decision_row, reward_row
+from tests.serving_helpers import HeldWrite, decision_row, reward_row
 
 pytest_plugins = ["tests.serving_fixtures"]
 
@@ -105,26 +105,10 @@ def test_a_withdrawn_event_is_never_written(engine: sa.Engine, rng: np.random.Ge
     assert stored == {rows[0].event_id, rows[2].event_id}
 
 
-class _Held:
-    """``write_events`` that waits for ``release`` once ``armed`` (a store that stops
-    answering in the middle of a statement: nothing raises, nothing returns)."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, conn: sa.Connection, items: object) -> list[object]:
-        if self.armed:
-            self.entered.set()
-            assert self.release.wait(60)
-        return write_events(conn, items)  # type: ignore[arg-type]
-
-
 def test_a_write_under_way_is_timed_and_its_items_cannot_be_withdrawn(
     engine: sa.Engine, rng: np.random.Generator
 ) -> None:
-    held = _Held()
+    held = HeldWrite()
     writer = GroupCommitWriter(engine, held).start()
     try:
         assert writer.in_flight_s() == 0.0
@@ -157,7 +141,7 @@ def test_a_waiter_that_leaves_does_not_withdraw_the_event(
 
     from serving.service import _on_loop
 
-    held = _Held()
+    held = HeldWrite()
     held.armed = True
     writer = GroupCommitWriter(engine, held).start()
     row = decision_row(rng)
@@ -403,25 +387,17 @@ def test_an_outage_s_retries_stop_at_their_budget_and_the_journal_takes_the_batc
     assert journal.batches == [1] and writer.degraded
 
 
-class _FullDisk:
+class _FullDisk(_Journal):
     """A journal on a full disk: its writes fail until ``space`` is set."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.space = False
 
-    def spool(self, items: object) -> list[object]:
+    def spool(self, items: list[object]) -> list[object]:
         if not self.space:
             raise OSError(28, "No space left on device")
-        return [None for _ in items]  # type: ignore[attr-defined]
-
-    def drain(self, engine: object) -> None:
-        raise sa.exc.OperationalError("drain", {}, Exception("still down"))
-
-    def observe(self, items: object, results: object) -> None:
-        pass
-
-    def on_outage(self) -> None:
-        pass
+        return super().spool(items)
 
 
 def test_a_journal_that_cannot_write_is_reported_until_it_can(

@@ -534,31 +534,28 @@ def _after_its_end(
 def _staged_since(registry: ModelRegistry, alias: str, ended: Rollout) -> bool:
     """Whether ``alias`` was moved to the rollout's version after the rollout ended (a
     person staged it again on purpose)."""
-    for move in registry.alias_history():
-        if move.get("alias") != alias or str(move.get("version")) != ended.version:
-            continue
-        try:
-            at = datetime.fromisoformat(str(move.get("at")))
-        except ValueError:
-            continue
-        if at.tzinfo is not None and at > ended.updated_at:
-            return True
-    return False
+    moves = _moves_after(registry, alias, ended.updated_at)
+    return any(str(move.get("version")) == ended.version for move in moves)
 
 
 def _production_moves(
     registry: ModelRegistry, settings: PipelineSettings, rollout: Rollout
 ) -> list[dict[str, Any]]:
     """The moves of the production alias recorded after ``rollout`` started."""
+    return _moves_after(registry, settings.production_alias, rollout.started_at)
+
+
+def _moves_after(registry: ModelRegistry, alias: str, since: datetime) -> list[dict[str, Any]]:
+    """The recorded moves of ``alias`` stamped after ``since``, oldest first."""
     out = []
     for move in registry.alias_history():
-        if move.get("alias") != settings.production_alias:
+        if move.get("alias") != alias:
             continue
         try:
             at = datetime.fromisoformat(str(move.get("at")))
         except ValueError:
             continue
-        if at.tzinfo is not None and at > rollout.started_at:
+        if at.tzinfo is not None and at > since:
             out.append(move)
     return out
 
