@@ -28,7 +28,6 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -103,7 +102,7 @@ from serving.settings import Settings
 from serving.snapshots import HeadGate, Snapshotter, own_writer
 from serving.store.engine import checkpointer, store_engine, transaction_bound_s
 from serving.store.journal import DrainReport, Journal, stored_decision
-from serving.store.reads import read_within
+from serving.store.reads import call_within, read_within
 from serving.store.repository import EventStore, StoredDecision, batch_landed, write_events
 from serving.store.writer import GroupCommitWriter, WriterClosedError
 
@@ -169,15 +168,11 @@ def _wait_on_loop(
 
 
 def _within(deadline_s: float, what: str, job: Callable[[], object]) -> None:
-    """``job()`` in a daemon thread, waited for at most ``deadline_s``: past it
-    :class:`StoreUnavailableError` (the thread is left to finish on its own)."""
-    done: concurrent.futures.Future[None] = concurrent.futures.Future()
-    threading.Thread(
-        target=_outcome_into, args=(done, job), name="banditops-catch-up", daemon=True
-    ).start()
+    """``job()`` in a thread of its own, waited for at most ``deadline_s``: past it
+    :class:`StoreUnavailableError`."""
     try:
-        done.result(timeout=deadline_s)
-    except concurrent.futures.TimeoutError:
+        call_within(deadline_s, "banditops-catch-up", job)
+    except TimeoutError:
         raise StoreUnavailableError(
             f"the event store did not answer within {deadline_s:g} s to read {what}"
         ) from None

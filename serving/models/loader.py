@@ -44,6 +44,7 @@ from serving.decide import choose
 from serving.models.recovery import catch_up, recover
 from serving.models.served import ServedModel, ServingSet, Signature
 from serving.models.sources import ArtifactChangedError, ModelRef, ModelSource, Role
+from serving.store.reads import call_within
 from serving.store.repository import EventStore
 
 #: What a rollout reader returns: the running rollout's version labels (any of them
@@ -123,6 +124,14 @@ def smoke_test(policy: Policy, signature: Signature, max_work_units: int | None 
                 ) from exc
 
 
+#: Longest a poll waits for one lookup (the rollout's state, a role's alias): MLflow's
+#: timeout bounds each read of a response, not a call, and a registry sending a byte a
+#: second held a poll for minutes — and with it a rollback's share of 0, which a replica
+#: applies only when its poll ends (stall helper, stop 44). An unreachable registry's
+#: own retries end within about 35 s.
+LOOKUP_DEADLINE_S = 60.0
+
+
 class ModelLoader:
     """Keeps :attr:`current` up to date with the source.
 
@@ -162,6 +171,10 @@ class ModelLoader:
         on its event loop, between two reward updates. Default: catch up and assign here.
         When it raises, the poll keeps what serves (``"recover"``) and the next one
         loads the versions again.
+    lookup_deadline_s : float
+        Longest a poll waits for the rollout's state or an alias lookup: past it the
+        lookup counts as failed (``"rollout"``, ``"unreachable"``) and the poll goes on
+        with what serves.
     """
 
     def __init__(
@@ -179,7 +192,9 @@ class ModelLoader:
         arm_limit: ArmLimit | None = None,
         max_work_units: int | None = None,
         install: Callable[[ServingSet, list[ServedModel]], None] | None = None,
+        lookup_deadline_s: float = LOOKUP_DEADLINE_S,
     ) -> None:
+        self.lookup_deadline_s = lookup_deadline_s
         self._install = install or self._catch_up_and_assign
         self._rollout = rollout
         self.arm_limit = arm_limit
@@ -284,7 +299,8 @@ class ModelLoader:
         if self._rollout is None:
             return self.candidate_share, None
         try:
-            target = self._rollout()
+            rollout = self._rollout
+            target = call_within(self.lookup_deadline_s, "banditops-rollout-read", rollout)
         except Exception as exc:
             self._failed("rollout", f"could not read the rollout state: {exc}")
             log.warning("could not read the rollout state: %s; keeping the share served", exc)
@@ -307,7 +323,9 @@ class ModelLoader:
         must have the dimensions of ``loaded`` (the production model, when ``role`` is
         the candidate: the clients send one layout), else of ``serving``."""
         try:
-            ref = self.source.resolve(role)
+            ref = call_within(
+                self.lookup_deadline_s, "banditops-resolve", lambda: self.source.resolve(role)
+            )
         except Exception as exc:
             self._failed("unreachable", f"model source {self.source.name} unreachable: {exc}")
             log.warning("model source %s unreachable for %s: %s", self.source.name, role, exc)

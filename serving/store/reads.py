@@ -10,11 +10,32 @@ instead once ``deadline_s`` has passed (the thread is left to finish on its own)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def call_within(deadline_s: float, name: str, call: Callable[[], R]) -> R:
+    """From a thread that is not the event loop: ``call()`` in a daemon thread named
+    ``name``, its result or exception; ``TimeoutError`` past ``deadline_s`` (the thread is
+    left to finish on its own: nothing can interrupt a call that waits on a socket)."""
+    done: concurrent.futures.Future[R] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            done.set_result(call())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        return done.result(timeout=deadline_s)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"no answer within {deadline_s:g} s") from None
 
 
 class StoreDeadlineError(TimeoutError):

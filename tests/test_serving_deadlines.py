@@ -234,3 +234,29 @@ def test_a_swap_whose_last_read_does_not_answer_leaves_the_loop_free(tmp_path: P
         service.store.applied_reward_chunks = real
         after = client.post("/v1/admin/poll").json()
         assert after["production"]["version"] != before, after
+
+
+def test_a_registry_that_holds_its_answer_does_not_hold_the_poll(tmp_path: Path) -> None:
+    """MLflow's timeout bounds each read, not a call: a registry sending a byte a second
+    held a poll for minutes (and with it a rollback's share of 0). A lookup past the
+    loader's deadline counts as unreachable and the poll goes on with what serves."""
+    from tests.serving_helpers import policy_file
+
+    path = policy_file(tmp_path / "policy.npz", seed=0)
+    settings = service_settings(tmp_path, model_path=path)
+    release = threading.Event()
+    with running_client(settings) as client:
+        loader = client.app.state.service.loader
+        before = client.get("/v1/model").json()["production"]["version"]
+        real = loader.source.resolve
+        loader.lookup_deadline_s = 0.5
+        loader.source.resolve = lambda role: release.wait(60) and real(role)
+        try:
+            started = time.monotonic()
+            info = client.post("/v1/admin/poll").json()
+            assert time.monotonic() - started < 5.0
+        finally:
+            release.set()
+        assert info["production"]["version"] == before, info
+        assert "no answer within 0.5 s" in (info["last_load_error"] or ""), info
+        assert info["load_failures"] >= 1
