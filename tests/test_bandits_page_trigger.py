@@ -329,3 +329,59 @@ def test_a_role_that_reads_no_banditops_dag_sees_nothing_of_the_page(
     assert 'id="versions"' not in page.text and "event store" not in page.text
     overview = client.get("/api/overview")
     assert overview.status_code == 403 and overview.json() == {"detail": NO_ACCESS}
+
+
+def test_an_answer_sent_a_byte_at_a_time_ends_at_the_deadline() -> None:
+    """httpx's timeout bounds each read, not a call: an Airflow (or a proxy) sending its
+    answer a byte every 0.1 s held the page far past its deadline (stall helper, stop 44:
+    still waiting at 90 s)."""
+    import socket
+
+    stop = threading.Event()
+
+    def drip(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" * 20:
+                if stop.is_set():
+                    return
+                conn.sendall(bytes([byte]))
+                time.sleep(0.1)
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        thread = threading.Thread(target=drip, args=(server,), daemon=True)
+        thread.start()
+        api = AirflowAPI(f"http://127.0.0.1:{server.getsockname()[1]}", "t", deadline_s=1.0)
+        started = time.monotonic()
+        with pytest.raises(AirflowCallError, match="did not answer"):
+            api.dags()
+        stop.set()
+    assert time.monotonic() - started < 3.0
+
+
+def test_the_page_s_data_read_past_the_deadline_is_a_503(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store or registry that accepts and keeps silent held ``/api/overview`` and the
+    page for good (stall helper, stop 44)."""
+    from monitoring.settings import MonitorSettings
+    from ops.bandits_page import app as page_app
+    from tests.serving_helpers import make_client
+
+    release = threading.Event()
+    monkeypatch.setattr(page_app, "collect", lambda _settings: release.wait(60))
+    settings = MonitorSettings(workspace=tmp_path / "ws")
+    client = make_client(
+        page_app.create_app(lambda: settings, airflow=False, deadline_s=0.5), token=None
+    )
+    try:
+        for path in ("/api/overview", "/"):
+            started = time.monotonic()
+            answer = client.get(path)
+            assert time.monotonic() - started < 2.5
+            assert answer.status_code == 503 and "not read in time" in answer.text
+    finally:
+        release.set()

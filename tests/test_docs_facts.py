@@ -128,7 +128,7 @@ PHRASES = [
     ("README.md", "Deletes run {PRUNE_BATCH} decisions ({BLOB_BATCH} snapshots or parts)"),
     ("README.md", "Decisions {SETTLED_WINDOWS} reward windows old are settled"),
     ("README.md", "refuses a token or salt under {MIN_SECRET_CHARS} characters"),
-    ("README.md", "at most `DEADLINE_S` ({DEADLINE_S} s)"),
+    ("README.md", "at most `DEADLINE_S` ({DEADLINE_S} s) in all"),
     ("README.md", "off-policy on the held-out last {HOLDOUT_FRACTION} %"),
     ("README.md", "production on the same held-out last {HOLDOUT_FRACTION} %"),
     ("docs/architecture.md", "on the held-out last {HOLDOUT_FRACTION} %"),

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from serving.store.reads import call_within
+
 #: The cookie in which Airflow 3's UI keeps the signed-in user's JWT.
 TOKEN_COOKIE = "_token"
 
@@ -99,16 +101,22 @@ class AirflowAPI:
                 0, f"Airflow's API at {self.base_url} did not answer within {self.deadline_s:g} s"
             )
         try:
-            response = httpx.request(
-                method,
-                self.base_url.rstrip("/") + path,
-                json=body,
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=timeout,
-                # a certificate names the public host; this is the server's own loopback
-                verify=urlsplit(self.base_url).hostname != "127.0.0.1",
+            # httpx's timeout bounds each read, not the call: an answer sent a byte at a
+            # time held the page past its deadline (stall helper, stop 44)
+            response = call_within(
+                timeout,
+                "banditops-page-airflow",
+                lambda: httpx.request(
+                    method,
+                    self.base_url.rstrip("/") + path,
+                    json=body,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    timeout=timeout,
+                    # a certificate names the public host; this is the server's own loopback
+                    verify=urlsplit(self.base_url).hostname != "127.0.0.1",
+                ),
             )
-        except httpx.ReadTimeout as exc:
+        except (httpx.ReadTimeout, TimeoutError) as exc:
             raise _Unanswered(
                 f"Airflow's API at {self.base_url} did not answer {method} {path} "
                 f"within {timeout:.3g} s"

@@ -26,6 +26,7 @@ another port cannot lay it, invisible, under its own button. Without Airflow
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from html import escape
 from typing import Annotated, Any
@@ -39,6 +40,7 @@ from monitoring.overview import collect
 from monitoring.settings import MonitorSettings
 from ops.bandits_page import airflow_api as af
 from ops.bandits_page.html import render_page
+from serving.store.reads import call_within
 
 #: The DAGs whose state the actions panel shows.
 SHOWN_DAGS = (RETRAIN_DAG, ROLLOUT_DAG, PROMOTE_DAG, MONITOR_DAG)
@@ -99,6 +101,21 @@ NO_ACCESS = (
     "Airflow lists none of the banditops DAGs to you: your role cannot read them (or they "
     "are not loaded yet), so neither can you read the page built from their data."
 )
+
+
+def _collected(settings: Callable[[], MonitorSettings], until: float) -> dict[str, Any]:
+    """The page's data (:func:`monitoring.overview.collect`: the event store, the registry,
+    the service's ``/metrics``), or ``TimeoutError`` when it is not read by ``until`` (a
+    store or a registry that accepts and keeps silent held the page for good)."""
+    left = max(0.0, until - time.monotonic())
+    return call_within(left, "banditops-page-collect", lambda: collect(settings()))
+
+
+def _late(exc: TimeoutError, json: bool) -> Response:
+    why = f"the page's data was not read in time ({exc}): the event store or the registry is slow"
+    if json:
+        return JSONResponse({"detail": why}, status_code=503)
+    return HTMLResponse(f"<!doctype html><p>{escape(why)}. Reload to try again.</p>", 503)
 
 
 def _no_access() -> HTMLResponse:
@@ -166,11 +183,11 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, name="page")
     def page(request: Request, message: str | None = None) -> Response:
         actions: dict[str, Any] | None = None
+        until = time.monotonic() + deadline_s  # one deadline for all of the request's calls
         if airflow:
             api = api_of(request)
             if api is None:
                 return _login_required(request, "You are not signed in.")
-            until = api.deadline()
             try:
                 dags = api.dags(until)  # Airflow checks the token with it
             except af.AirflowCallError as exc:
@@ -184,22 +201,30 @@ def create_app(
             actions = {"dags": states}
             if problem is not None:
                 message = f"{message + ' · ' if message else ''}{problem}"
-        return HTMLResponse(render_page(collect(settings()), actions, message))
+        try:
+            data = _collected(settings, until)
+        except TimeoutError as exc:
+            return _late(exc, json=False)
+        return HTMLResponse(render_page(data, actions, message))
 
     @app.get("/api/overview")
     def overview(request: Request) -> Response:
+        until = time.monotonic() + deadline_s
         if airflow:
             api = api_of(request)
             if api is None:
                 return JSONResponse({"detail": "not signed in to Airflow"}, status_code=401)
             try:
-                dags = api.dags()
+                dags = api.dags(until)
             except af.AirflowCallError as exc:
                 code = exc.status if exc.status in (401, 403) else 502
                 return JSONResponse({"detail": str(exc)}, status_code=code)
             if not dags.keys() & set(SHOWN_DAGS):
                 return JSONResponse({"detail": NO_ACCESS}, status_code=403)
-        return JSONResponse(collect(settings()))
+        try:
+            return JSONResponse(_collected(settings, until))
+        except TimeoutError as exc:
+            return _late(exc, json=True)
 
     def trigger(request: Request, dag_id: str, conf: dict[str, Any], what: str) -> Response:
         if not airflow:
