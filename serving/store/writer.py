@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -472,7 +472,10 @@ class GroupCommitWriter(Generic[T, R]):
                 conn.detach()  # the session setting stays with this connection alone
                 ms = max(1, round(self._statement_timeout_s * 1000))
                 try:
-                    conn.exec_driver_sql(f"SET statement_timeout = {ms}")
+                    conn.execute(
+                        text("SELECT set_config('statement_timeout', :ms, false)"),
+                        {"ms": f"{ms}ms"},
+                    )
                     conn.commit()
                 except BaseException:
                     conn.close()
