@@ -29,8 +29,9 @@ The tables are :class:`eventstore.schema.RolloutRow` (``rollouts``) and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, get_args
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
@@ -74,10 +75,22 @@ class Rollout:
     updated_at: datetime
     reason: str
     production_version: str | None = None
+    ends_by: datetime | None = None
 
     @property
     def running(self) -> bool:
         return self.status == RUNNING
+
+    def past_its_end(self, now: datetime, max_duration_s: float | None = None) -> bool:
+        """Whether the rollout has run out of time at ``now``: past ``ends_by`` (fixed at
+        its start; None before revision 0007), or ``max_duration_s`` after its start when
+        given (the controller's setting now, which can shorten a rollout, never lengthen
+        it: the replicas end it at ``ends_by`` anyway)."""
+        if self.ends_by is not None and now >= self.ends_by:
+            return True
+        if max_duration_s is None:
+            return False
+        return now - self.started_at >= timedelta(seconds=max_duration_s)
 
     @property
     def label(self) -> str:
@@ -298,6 +311,19 @@ def _now(at: datetime | None) -> datetime:
     return at
 
 
+def _end(at: datetime, max_duration_s: float) -> datetime:
+    """``max_duration_s`` after ``at``, for a finite positive duration that ends before
+    the calendar does."""
+    if not 0.0 < max_duration_s < math.inf:
+        raise ValueError(f"max_duration_s must be finite and > 0; got {max_duration_s!r}.")
+    try:
+        return at + timedelta(seconds=max_duration_s)
+    except OverflowError:
+        raise ValueError(
+            f"max_duration_s must end before the year 10000; got {max_duration_s:g} s."
+        ) from None
+
+
 def _check_share(share: float) -> float:
     share = float(share)
     if not 0.0 < share <= 1.0:
@@ -340,10 +366,12 @@ def start_rollout(
     reason: str,
     at: datetime | None = None,
     production_version: str | None = None,
+    max_duration_s: float | None = None,
 ) -> Rollout:
     """Start a rollout of ``version`` at stage 0 with ``share`` of the users, against
-    ``production_version`` (the version ``@production`` holds); records the ``start``
-    step.
+    ``production_version`` (the version ``@production`` holds), ending by
+    ``max_duration_s`` after its start (None: no end of its own, the controller's setting
+    decides); records the ``start`` step.
 
     Raises
     ------
@@ -351,7 +379,7 @@ def start_rollout(
         ``model_name`` already has a running rollout.
     ValueError
         ``share`` outside (0, 1], an empty version, a naive ``at``, a ``reason`` with a
-        NUL character or a lone surrogate.
+        NUL character or a lone surrogate, a ``max_duration_s`` not finite and positive.
     """
     share = _check_share(share)
     check_text("reason", reason)
@@ -359,6 +387,7 @@ def start_rollout(
     if not version:
         raise ValueError("version must not be empty.")
     at = _now(at)
+    ends_by = None if max_duration_s is None else _end(at, max_duration_s)
     with engine.begin() as conn:
         running = conn.execute(
             select(rollouts.c.id, rollouts.c.version).where(
@@ -382,6 +411,7 @@ def start_rollout(
                 updated_at=at,
                 reason=reason,
                 production_version=production_version,
+                ends_by=ends_by,
             )
         ).inserted_primary_key
         if key is None:  # pragma: no cover - every dialect returns the new key

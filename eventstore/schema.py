@@ -254,6 +254,9 @@ class RolloutRow(Base):
     # the production version the candidate is compared with (None: started before
     # revision 0006); a step that finds @production elsewhere stops the rollout
     production_version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH), nullable=True)
+    # when the rollout expires, fixed at its start (None: started before revision 0007):
+    # past it every replica serves production alone, whether or not a step has run
+    ends_by: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class RolloutStepRow(Base):

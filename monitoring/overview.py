@@ -206,8 +206,9 @@ def rollout_section(engine: Engine, settings: MonitorSettings, now: datetime) ->
     if shown is None:
         return out
     rollout = {k: getattr(shown, k) for k in Rollout.__dataclass_fields__}
-    for key in ("started_at", "stage_started_at", "updated_at"):
-        rollout[key] = getattr(shown, key).isoformat()
+    for key in ("started_at", "stage_started_at", "updated_at", "ends_by"):
+        at = getattr(shown, key)
+        rollout[key] = None if at is None else at.isoformat()
     # an ended rollout's outcome as its last step read it; a running one's as of now
     until = None if shown.running else shown.updated_at
     outcomes = traffic_outcomes(

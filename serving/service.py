@@ -446,11 +446,13 @@ class DecisionService:
 
     def _running_rollout(self) -> RolloutTarget | None:
         """The running rollout of the served model (read at each model poll): its share
-        and version win over the fixed ``candidate_share``."""
+        and version win over the fixed ``candidate_share``. Past the rollout's end its
+        share is 0, whether or not the controller has recorded the expiry yet."""
         rollout = current_rollout(self.engine, self.settings.model_name)
         if rollout is None:
             return None
-        return (rollout.label, rollout.version), rollout.share
+        share = 0.0 if rollout.past_its_end(datetime.now(UTC)) else rollout.share
+        return (rollout.label, rollout.version), share
 
     def signature_of(self, model: ServedModel | None) -> Signature | None:
         """The input shape a request decided by ``model`` must have: the model's, or —

@@ -223,3 +223,36 @@ def test_auto_promote_needs_the_configured_gate(loop: Loop, field: str, value: f
     assert runspec.plan(
         {"auto_promote": True, **stricter}, run_key="r3", interval_end=END, settings=loop.settings
     ).auto_promote
+
+
+def test_a_rollout_past_the_end_fixed_at_its_start_expires_at_the_next_step(loop: Loop) -> None:
+    """``bandit_rollout`` paused in Airflow's UI past a rollout's end: the replicas stopped
+    splitting the users at ``ends_by``, and the controller's next step records the expiry,
+    even though its setting was raised since (it can shorten a rollout, not lengthen it)."""
+    version = loop.register("equal")
+    loop.registry.record_gate(version, True, ["passed (test)"])
+    loop.registry.set_alias(loop.settings.candidate_alias, version, by="test", reason="gate")
+    started = start_rollout(
+        loop.engine, MODEL, version, 0.05, reason="test", production_version=loop.production,
+        max_duration_s=86_400.0,
+    )  # fmt: skip
+    assert started.ends_by == started.started_at + timedelta(days=1)
+    later = started.started_at + timedelta(days=2)
+    longer = loop.settings.model_copy(update={"rollout_max_duration_s": 30 * 86_400.0})
+    assert rollout_step(longer, now=later - timedelta(days=1, seconds=1)).action == "hold"
+    step = rollout_step(longer, now=later)
+    assert step.action == "expire", step
+    assert step.reason.startswith("expired after 2.0 d at stage 1/4 (5%): no evidence either way")
+    assert loop.staged() is None
+    # a shorter setting than the recorded end applies at the step
+    again = loop.register("equal-again")
+    loop.registry.record_gate(again, True, ["passed (test)"])
+    loop.registry.set_alias(loop.settings.candidate_alias, again, by="test", reason="gate")
+    started = start_rollout(
+        loop.engine, MODEL, again, 0.05, reason="test", production_version=loop.production,
+        max_duration_s=86_400.0,
+    )  # fmt: skip
+    hours = started.started_at + timedelta(hours=2)
+    assert rollout_step(loop.settings, now=hours).action == "hold"
+    shorter = loop.settings.model_copy(update={"rollout_max_duration_s": 3_600.0})
+    assert rollout_step(shorter, now=hours).action == "expire"

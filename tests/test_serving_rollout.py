@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,45 @@ def test_background_poll_picks_up_the_share(tmp_path: Path) -> None:
         while client.get("/v1/model").json()["candidate_share"] != 0.2:
             assert time.monotonic() < deadline, "the stage change never reached the replica"
             time.sleep(0.05)
+
+
+def test_a_rollout_past_its_end_splits_no_users_without_a_controller_step(
+    tmp_path: Path,
+) -> None:
+    """A paused controller (``bandit_rollout`` paused in Airflow's UI) recorded no expiry,
+    and the replicas went on splitting the users for as long as it stayed paused: past
+    the end fixed at the rollout's start, production serves everyone at the next poll."""
+    prod = policy_file(tmp_path / "prod.npz", seed=0)
+    cand = policy_file(tmp_path / "cand.npz", seed=1)
+    settings = service_settings(tmp_path, model_path=prod, candidate_model_path=cand)
+    cand_version = "file-" + hashlib.sha256(cand.read_bytes()).hexdigest()[:12]
+    engine = make_engine(settings.store_url)
+    upgrade(engine)
+    now = datetime.now(UTC)
+    with running_client(settings) as client:
+
+        def share() -> float:
+            return float(client.post("/v1/admin/poll", headers=AUTH).json()["candidate_share"])
+
+        ended = start_rollout(
+            engine, settings.model_name, cand_version, 0.5, reason="test",
+            at=now - timedelta(days=8), max_duration_s=7 * 86_400.0,
+        )  # fmt: skip
+        assert ended.running and ended.ends_by == now - timedelta(days=1)
+        assert share() == 0.0
+        rng = np.random.default_rng(0)
+        answers = [
+            client.post("/v1/decisions", json=decision_body(rng, user=f"u{i}")) for i in range(40)
+        ]
+        assert {a.json()["traffic"] for a in answers} == {PRODUCTION}
+        # the same rollout within its time splits the users
+        record_step(engine, ended.id, "stop", reason="test")
+        start_rollout(
+            engine, settings.model_name, cand_version, 0.5, reason="test",
+            at=now - timedelta(days=6), max_duration_s=7 * 86_400.0,
+        )  # fmt: skip
+        assert share() == 0.5
+    engine.dispose()
 
 
 def test_a_candidate_with_other_dimensions_than_production_takes_no_traffic(

@@ -89,6 +89,27 @@ def _arm(got: OnlineMean) -> tuple[int, int, int, float, float]:
     return got.served, got.counted, got.rewarded, got.total, got.total_sq
 
 
+def test_a_rollout_records_the_end_fixed_at_its_start(engine: sa.Engine) -> None:
+    started = start_rollout(engine, "m", 3, 0.05, reason="r", at=T0, max_duration_s=3600.0)
+    assert started.ends_by == T0 + timedelta(hours=1)
+    assert current_rollout(engine, "m") == started  # read back from the store
+    assert not started.past_its_end(T0 + timedelta(minutes=59))
+    assert started.past_its_end(T0 + timedelta(hours=1))
+    assert started.past_its_end(T0 + timedelta(minutes=30), max_duration_s=60.0)  # shorter
+    assert not started.past_its_end(T0 + timedelta(minutes=30), max_duration_s=1e6)
+    unbounded = start_rollout(engine, "n", 3, 0.05, reason="r", at=T0)  # before revision 0007
+    assert unbounded.ends_by is None and not unbounded.past_its_end(T0 + timedelta(days=999))
+    for bad, expected in [
+        (float("nan"), "max_duration_s must be finite and > 0; got nan"),
+        (0.0, "max_duration_s must be finite and > 0; got 0.0"),
+        (float("inf"), "max_duration_s must be finite and > 0; got inf"),
+        (1e300, "max_duration_s must end before the year 10000; got 1e\\+300 s"),
+    ]:
+        with pytest.raises(ValueError, match=expected):
+            start_rollout(engine, "o", 3, 0.05, reason="r", at=T0, max_duration_s=bad)
+    assert current_rollout(engine, "o") is None
+
+
 def test_traffic_outcomes_count_each_closed_decision_with_its_reward_or_the_default(
     engine: sa.Engine, rng: np.random.Generator
 ) -> None:

@@ -71,6 +71,7 @@ def test_migrations_ship_as_package_modules() -> None:
         "0004_snapshot_parts.py",
         "0005_snapshot_incarnation.py",
         "0006_propensity_se_rollout_production.py",
+        "0007_rollout_ends_by.py",
     ]
 
 

@@ -318,7 +318,9 @@ def rollout_status(
         f"rollout {current.id} of {current.label}: {current.status}, stage "
         f"{current.stage_index + 1} at {current.share:.0%} of users since "
         f"{current.stage_started_at:%Y-%m-%d %H:%M:%S} (started "
-        f"{current.started_at:%Y-%m-%d %H:%M:%S})"
+        f"{current.started_at:%Y-%m-%d %H:%M:%S}"
+        + ("" if current.ends_by is None else f", ends by {current.ends_by:%Y-%m-%d %H:%M:%S}")
+        + ")"
     )
     table = Table("at", "action", "stage", "share", "n prod", "n cand", "Δ", "interval", "reason")
     for s in state["steps"]:

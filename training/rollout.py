@@ -25,7 +25,10 @@ not inflate its error rate:
   the last stage (100 %) that is **promote**: the production alias moves to the candidate
   (:meth:`modelregistry.registry.ModelRegistry.promote`);
 * **expire** when neither happened within ``rollout_max_duration_s``: the staging alias
-  leaves the version, production stays, and the verdict says the test could not tell;
+  leaves the version, production stays, and the verdict says the test could not tell.
+  The end is fixed when the rollout starts (``ends_by`` in the store): past it every
+  service replica serves production alone, even while no step runs (a paused
+  ``bandit_rollout``), and the next step can only roll back or expire;
 * **hold** otherwise.
 
 A rollout also ends when the registry changed under it: ``stop`` when the staging alias
@@ -256,6 +259,7 @@ def _start(
         reason=reason,
         at=now,
         production_version=production,
+        max_duration_s=settings.rollout_max_duration_s,
     )
     _tag(registry, rollout, "start", reason, None)
     log.info("rollout %d of %s started: %s", rollout.id, rollout.label, reason)
@@ -415,6 +419,27 @@ def _step(
         )
         return out
 
+    if rollout.past_its_end(now, settings.rollout_max_duration_s):
+        # the replicas stopped serving the candidate at its end: nothing else can follow
+        ran = (now - rollout.started_at).total_seconds()
+        verdict = (
+            "better than production, but the stages did not run to promotion in time"
+            if result.decision == "advance"
+            else "no evidence either way — not better, not worse by more than the margin "
+            f"{settings.rollout_margin:g}"
+        )
+        why = (
+            f"expired after {_duration(ran)} at {stage}: {verdict}; {numbers}. "
+            f"@{settings.production_alias} stays "
+            f"{production.version if production else 'unset'}; "
+            f"@{settings.candidate_alias} removed from {rollout.version}"
+        )
+        out = _record(engine, registry, rollout, "expire", why, readout, now)
+        registry.remove_alias(
+            settings.candidate_alias, by=CONTROLLER, reason=why, version=rollout.version
+        )
+        return out
+
     on_stage = stages_seen[-1][CANDIDATE]
     waited = now - rollout.stage_started_at
     stage_ready = (
@@ -445,21 +470,6 @@ def _step(
             )
             return _record(engine, registry, rollout, "stop", why, readout, now)
         return _record(engine, registry, rollout, "promote", why, readout, now)
-
-    if now - rollout.started_at >= timedelta(seconds=settings.rollout_max_duration_s):
-        why = (
-            f"expired after {_duration((now - rollout.started_at).total_seconds())} at "
-            f"{stage}: no evidence either way — not better, "
-            f"not worse by more than the margin {settings.rollout_margin:g}; {numbers}. "
-            f"@{settings.production_alias} stays "
-            f"{production.version if production else 'unset'}; "
-            f"@{settings.candidate_alias} removed from {rollout.version}"
-        )
-        out = _record(engine, registry, rollout, "expire", why, readout, now)
-        registry.remove_alias(
-            settings.candidate_alias, by=CONTROLLER, reason=why, version=rollout.version
-        )
-        return out
 
     waiting = []
     if not enough:

@@ -178,9 +178,12 @@ class PipelineSettings(CoreSettings):
         before it may advance, and fewest per arm since the start before any decision.
     rollout_max_duration_s : float
         A rollout still undecided this long after its start expires: the candidate
-        leaves the staging alias and production stays. It must exceed the number of
-        stages × max(``reward_window_s``, ``rollout_min_stage_s``): a stage counts only
-        the decisions whose reward window has closed.
+        leaves the staging alias and production stays. The end is recorded when the
+        rollout starts: past it the service replicas serve production alone even when
+        no controller step runs (``bandit_rollout`` paused); a lower value later ends
+        running rollouts sooner, a higher one does not extend them. It must exceed the
+        number of stages × max(``reward_window_s``, ``rollout_min_stage_s``): a stage
+        counts only the decisions whose reward window has closed.
     rollout_margin : float
         Roll back when the candidate is worse than production by more than this (reward
         units) with confidence ``1 − rollout_alpha``.

@@ -165,6 +165,12 @@ def _rollout_state(rollout: Mapping[str, Any]) -> str:
         f'<b class="rollout-share">{float(rollout["share"]):.0%}</b> of users · started '
         f"{escape(str(rollout['started_at'])[:19])} UTC · stage since "
         f"{escape(str(rollout['stage_started_at'])[:19])} UTC"
+        + (
+            " · ends by "
+            f'<span class="rollout-ends">{escape(str(rollout["ends_by"])[:19])}</span> UTC'
+            if rollout.get("ends_by")
+            else ""
+        )
         + (f" · {escape(str(rollout['reason']))}" if rollout.get("reason") else "")
         + "</p>"
     )
