@@ -3,10 +3,9 @@
 
 Trigger it with `version` (and `target`, default the production alias,
 `BANDITOPS_PRODUCTION_ALIAS`), or with `rollback` to move `target` back to the version it
-held before the current one, or with `stop_rollout` to stop the running staged rollout
-(`bandit_rollout`; its candidate gets no more traffic, the stop is recorded in the
-rollout's audit). Promoting the version of a running rollout to production skips the rest
-of the rollout (recorded as its `promote`).
+held before the current one. Promoting the version of a running rollout to production
+skips the rest of the rollout (recorded as its `promote`); `bandit_rollout_stop` stops
+one, at once.
 
 `gate_report` shows what would change and the version's gate report (decision, reasons,
 OPE numbers) → `approve` waits for a person (Airflow's Human-in-the-loop
@@ -42,11 +41,11 @@ def gate_report(*, params: Any = None, dag_run: Any = None) -> dict[str, Any]:
 
     # before anyone is asked: a run no approval could carry out fails now
     promotion.check_approvable(getattr(dag_run, "triggering_user_name", None), SETTINGS)
+    promotion.refuse_stop_conf(dag_run.conf)
     return promotion.plan_promotion(
         params["version"],
         params["target"],
         params["rollback"],
-        stop_rollout=params["stop_rollout"],
     )
 
 
@@ -93,11 +92,6 @@ def move_alias(
             False,
             type="boolean",
             description="Move the alias back to the version it held before the current one.",
-        ),
-        "stop_rollout": Param(
-            False,
-            type="boolean",
-            description="Stop the running staged rollout instead (version and target ignored).",
         ),
     },
 )

@@ -14,7 +14,7 @@ next model poll. Each decision is a row of the event store's `rollout_steps` and
 version's `rollout_*` tags; the task returns it.
 
 A person skips a rollout by promoting its version with `bandit_promote`, or stops it with
-`bandit_promote`'s `stop_rollout` (or `banditops rollout stop`).
+`bandit_rollout_stop` (or `banditops rollout stop`).
 """
 
 from __future__ import annotations

@@ -119,6 +119,7 @@ FALLBACK_LABELS = {True: "true", False: "false"}
 RETRAIN_DAG = "bandit_retrain"
 PROMOTE_DAG = "bandit_promote"
 ROLLOUT_DAG = "bandit_rollout"
+STOP_DAG = "bandit_rollout_stop"
 MONITOR_DAG = "bandit_monitor"
 RETENTION_DAG = "bandit_retention"
 

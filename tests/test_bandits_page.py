@@ -210,6 +210,9 @@ def test_the_page_shows_versions_rollout_monitor_and_service_with_the_store_numb
     assert 'id="action-retrain"' in inside and 'id="action-monitor"' in inside
     assert 'id="action-promote"' not in inside and "nothing to promote" in inside
     assert 'action="actions/stop-rollout"' in inside and "Stop the rollout of v2" in inside
+    # the stop names the rollout shown: one started since is never stopped by it
+    assert '<input type="hidden" name="version" value="2">' in inside
+    assert "(bandit_rollout_stop)" in inside
 
     html = client.get("/").text
     assert re.search(r'<table class="versions">', html)
@@ -275,7 +278,7 @@ def test_outside_airflow_the_page_is_read_only_and_says_so(tmp_path: Path) -> No
     assert client.post("/actions/retrain").status_code == 404
     data = json.loads(client.get("/api/overview").text)
     assert data["versions"]["rows"] == [] and "could not be read" in data["versions"]["error"]
-    assert client.post("/actions/stop-rollout").status_code == 404
+    assert client.post("/actions/stop-rollout", data={"version": "2"}).status_code == 404
 
 
 #: Run in a fresh interpreter: importing Airflow's plugin manager configures Airflow,

@@ -295,7 +295,7 @@ def test_a_cross_site_post_triggers_nothing(tmp_path: Any) -> None:
             {"Sec-Fetch-Site": "same-site", "Origin": "http://testserver"},
         ):
             for action in ("retrain", "monitor", "stop-rollout"):
-                got = client.post(f"/actions/{action}", headers=headers)
+                got = client.post(f"/actions/{action}", headers=headers, data={"version": "2"})
                 assert got.status_code == 403, (action, headers, got.text)
                 assert "same-origin posts only" in got.json()["detail"]
         assert airflow.tokens == []

@@ -114,6 +114,12 @@ def test_every_dag_is_owned_tagged_documented_and_scheduled(bag: Any) -> None:
     assert promote.dagrun_timeout == timedelta(hours=72, minutes=30)
     assert promote.get_task("gate_report").execution_timeout == timedelta(minutes=10)
     assert promote.get_task("move_alias").execution_timeout == timedelta(minutes=10)
+    # a stop is its own DAG: it never queues behind a promotion's pending approval, and
+    # waits for no approval of its own
+    stop = bag.get_dag("bandit_rollout_stop")
+    assert stop.schedule is None and [t.task_id for t in stop.tasks] == ["stop"]
+    assert stop.get_task("stop").execution_timeout == timedelta(minutes=10)
+    assert stop.dagrun_timeout == timedelta(minutes=30)
     for task in retrain.tasks:
         assert task.retries == 1 and task.retry_delay == timedelta(seconds=1)  # from settings
         assert task.retry_policy is not None
@@ -189,9 +195,12 @@ def test_forms_accept_their_defaults_and_valid_values(bag: Any) -> None:
         promote.get_param("version").resolve("v2")
     with pytest.raises(ParamValidationError):
         promote.get_param("target").resolve("candidate")
-    assert promote.get_param("stop_rollout").resolve(True) is True
+    assert "stop_rollout" not in promote  # a stop is bandit_rollout_stop's, at once
+    stop = bag.get_dag("bandit_rollout_stop").params
+    stop.validate()
+    assert stop.get_param("version").resolve("12") == "12"
     with pytest.raises(ParamValidationError):
-        promote.get_param("stop_rollout").resolve("yes")
+        stop.get_param("version").resolve("v2")
 
 
 def test_algorithm_choices_are_the_policy_registry() -> None:

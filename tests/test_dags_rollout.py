@@ -1,8 +1,8 @@
 """``bandit_rollout`` run for real by Airflow (``dag.test()``): its first run starts the
 rollout of the gate's ``@staging`` version, the decision service (real HTTP) serves it to
 5 % of the users at its next poll, and a later run rolls the worse candidate back once
-the evidence is there. ``bandit_promote`` with ``stop_rollout``, approved by a person,
-stops the next rollout (recorded ``stop`` with the approver)."""
+the evidence is there. ``bandit_rollout_stop`` stops the next rollout at once, with no
+approval to wait for (recorded ``stop`` with who triggered it and why)."""
 
 from __future__ import annotations
 
@@ -91,19 +91,22 @@ def test_rollout_dag_starts_then_rolls_back_a_worse_candidate(
     assert registry.by_alias("staging") is None
     assert registry.get(worse).tags["rollout_status"] == "rolled_back"
 
-    # the human path: a new rollout, stopped through bandit_promote after approval
+    # the human path: a new rollout, stopped at once through bandit_rollout_stop
     equal = register(registry, "equal", tmp_path, "equal")
     registry.record_gate(equal, True, ["offline gate passed (test)"])
     assert dagtools.run_dag("bandit_rollout", when=when + timedelta(hours=2)).state == "success"
     assert current_rollout(engine, MODEL) is not None
     stop_at = datetime.now(UTC)
-    with dagtools.approving("bandit_promote", stop_at, "Approve", "stop it") as answers:
-        run = dagtools.run_dag("bandit_promote", {"stop_rollout": True}, when=stop_at)
+    # a stop asked for another rollout than the one running stops nothing
+    conf = {"version": str(int(equal) + 1), "reason": "the wrong one"}
+    run = dagtools.run_dag("bandit_rollout_stop", conf, when=stop_at)
+    assert run.state == "failed" and current_rollout(engine, MODEL) is not None
+    conf = {"version": equal, "reason": "stop it"}
+    run = dagtools.run_dag("bandit_rollout_stop", conf, when=stop_at + timedelta(seconds=1))
     assert run.state == "success", run.tasks
-    assert answers["detail"]["subject"].startswith(f"stop the rollout of {MODEL} version {equal}")
     stopped = latest_rollout(engine, MODEL)
     assert stopped is not None and stopped.status == "stopped"
-    assert stopped.reason.startswith(f"stopped by {dagtools.REVIEWER}")
+    assert stopped.reason.startswith("stopped by ") and stopped.reason.endswith(": stop it")
     assert registry.get(equal).tags["rollout_action"] == "stop"
     staging = registry.by_alias("staging")
     assert staging is not None and staging.version == equal  # a person may still promote it

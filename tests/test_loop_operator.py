@@ -256,3 +256,35 @@ def test_a_rollout_past_the_end_fixed_at_its_start_expires_at_the_next_step(loop
     assert rollout_step(loop.settings, now=hours).action == "hold"
     shorter = loop.settings.model_copy(update={"rollout_max_duration_s": 3_600.0})
     assert rollout_step(shorter, now=hours).action == "expire"
+
+
+def test_a_stop_is_taken_at_once_and_only_of_the_rollout_named(loop: Loop) -> None:
+    """``bandit_rollout_stop``: no approval to wait for (a stop went through
+    ``bandit_promote`` and queued behind a pending promotion's approval, up to its window
+    and 30 min); a stop names the rollout the person saw."""
+    from training.promotion import refuse_stop_conf, stop_rollout
+
+    version = loop.register("equal")
+    loop.registry.record_gate(version, True, ["passed (test)"])
+    loop.registry.set_alias(loop.settings.candidate_alias, version, by="test", reason="gate")
+    assert rollout_step(loop.settings).action == "start"
+    for bad, expected in [
+        ("v2", "version must be a registered version number"),
+        (str(int(version) + 1), f"is of version {version}, not {int(version) + 1}; nothing"),
+    ]:
+        with pytest.raises((ValueError, LookupError), match=expected):
+            stop_rollout(bad, "why", loop.settings, triggered_by="alice")
+    with pytest.raises(ValueError, match="reason"):
+        stop_rollout(version, "a\x00b", loop.settings, triggered_by="alice")
+    assert list_rollouts(loop.engine, MODEL)[0].running  # nothing above stopped it
+    out = stop_rollout(version, " ", loop.settings, triggered_by="alice")
+    assert out["action"] == "stop", out
+    (ended,) = list_rollouts(loop.engine, MODEL)
+    assert ended.status == "stopped"
+    assert ended.reason == "stopped by alice: stopped through bandit_rollout_stop"
+    assert loop.staged() == version  # a person may still promote it
+    with pytest.raises(LookupError, match="nothing to stop"):
+        stop_rollout("", "again", loop.settings, triggered_by="alice")
+    with pytest.raises(ValueError, match="trigger bandit_rollout_stop"):
+        refuse_stop_conf({"version": "", "stop_rollout": True})
+    refuse_stop_conf({"version": "3"})

@@ -1,7 +1,8 @@
 """Manual alias moves (``bandit_promote``): what a promotion or rollback would do, and
 doing it once a person approved; and the person's say over a staged rollout
 (:mod:`training.rollout`): promoting the rollout's version to production skips the rest of
-the rollout (recorded as its ``promote``), ``stop_rollout`` stops it (recorded ``stop``).
+the rollout (recorded as its ``promote``); :func:`stop_rollout` (``bandit_rollout_stop``)
+stops it at once (recorded ``stop``).
 
 :func:`plan_promotion` builds the report the approver reads (the move and the version's
 gate decision, reasons and OPE numbers); :func:`apply_promotion` moves the alias, with the
@@ -23,8 +24,10 @@ from eventstore.contract import (
     GATE_REASONS_TAG,
     ROLLOUT_REASON_TAG,
     ROLLOUT_STATUS_TAG,
+    STOP_DAG,
     previous_tag,
 )
+from eventstore.text import check_text
 from training.runspec import check_bool
 from training.settings import PipelineSettings
 
@@ -43,44 +46,11 @@ def targets(settings: PipelineSettings) -> tuple[str, str]:
     return (settings.production_alias, settings.candidate_alias)
 
 
-def plan_stop(settings: PipelineSettings) -> dict[str, Any]:
-    """The plan of stopping the running rollout (what the approver reads).
-
-    Raises
-    ------
-    LookupError
-        No rollout of the model is running.
-    """
-    from training import rollout
-
-    state = rollout.status(settings, limit=1)
-    running = state["rollout"] if state["running"] else None
-    if running is None:
-        raise LookupError(f"no rollout of {settings.model_name!r} is running; nothing to stop.")
-    subject = (
-        f"stop the rollout of {settings.model_name} version {running.version} "
-        f"(stage {running.stage_index + 1}, {running.share:.0%} of users)"
-    )
-    last = state["steps"][0].reason if state["steps"] else ""
-    return {
-        "action": "stop",
-        "alias": settings.candidate_alias,
-        "version": running.version,
-        "current": running.version,
-        "model_name": settings.model_name,
-        "gate_passed": None,
-        "gate_reasons": [],
-        "subject": subject,
-        "body": f"**{subject}**\n\n- last step: {last}",
-    }
-
-
 def plan_promotion(
     version: str | int | None,
     target: str | None = None,
     rollback: bool = False,
     settings: PipelineSettings | None = None,
-    stop_rollout: bool = False,
 ) -> dict[str, Any]:
     """What a manual promotion (or rollback) would do, with the version's gate report.
 
@@ -94,9 +64,6 @@ def plan_promotion(
     rollback : bool
         Move ``target`` back to the version it held before the current one.
     settings : PipelineSettings, optional
-    stop_rollout : bool
-        Instead of moving an alias, stop the running rollout (:func:`plan_stop`; the
-        other arguments are ignored).
 
     Returns
     -------
@@ -116,8 +83,6 @@ def plan_promotion(
     from modelregistry.registry import ModelRegistry, RegistryError, version_number
 
     settings = PipelineSettings() if settings is None else settings
-    if check_bool("stop_rollout", stop_rollout):
-        return plan_stop(settings)
     allowed = targets(settings)
     target = allowed[0] if target is None else target
     if target not in allowed:
@@ -203,6 +168,17 @@ def check_approvable(triggered_by: str | None, settings: PipelineSettings) -> No
         )
 
 
+def refuse_stop_conf(conf: Mapping[str, Any] | None) -> None:
+    """``ValueError`` for a ``bandit_promote`` run asked to stop a rollout, which is
+    ``bandit_rollout_stop``'s (it was a ``bandit_promote`` option, waiting for an
+    approval): refused by name rather than read as a promotion missing its version."""
+    if conf and "stop_rollout" in conf:
+        raise ValueError(
+            f"stop_rollout is not a bandit_promote option: trigger {STOP_DAG} (the Bandits "
+            "page's Stop the rollout) to stop the running rollout at once."
+        )
+
+
 def apply_promotion(
     plan: Mapping[str, Any],
     approval: Mapping[str, Any],
@@ -254,24 +230,12 @@ def apply_promotion(
     now = registry.by_alias(alias)
     held = now.version if now else None
     # a re-run of this task (cleared after it moved the alias) finds its own move
-    done = (
-        plan["action"] != "stop"
-        and held == plan["version"]
-        and _moved_by(registry, alias, held, reason)
-    )
+    done = held == plan["version"] and _moved_by(registry, alias, held, reason)
     if held != plan["current"] and not done:
         raise RegistryError(
             f"@{alias} moved from {plan['current']} to {held} while "
             "waiting for approval; nothing changed. Trigger the promotion again."
         )
-    if plan["action"] == "stop":
-        from training import rollout
-
-        stopped = rollout.stop(
-            settings.model_copy(update={"model_name": plan["model_name"]}), by=by, reason=reason
-        )
-        return {"alias": alias, "version": plan["version"], "previous": plan["current"], "by": by,
-                "rollout": stopped.summary()}  # fmt: skip
     if done:
         log.info("%s: @%s is on %s already (this approval moved it)", reason, alias, held)
         moved = registry.get(plan["version"])
@@ -301,6 +265,55 @@ def apply_promotion(
         if skipped is not None:
             out["rollout"] = skipped.summary()
     return out
+
+
+def stop_rollout(
+    version: str | int | None,
+    reason: str,
+    settings: PipelineSettings | None = None,
+    *,
+    triggered_by: str | None,
+) -> dict[str, Any]:
+    """Stop the running rollout now (``bandit_rollout_stop``), recorded as its ``stop``
+    step by the user who triggered the run: its candidate gets no more traffic at each
+    replica's next poll, and ``@staging`` stays (a person may still promote it).
+
+    No approval is waited for: a stop only sends the candidate's users back to
+    production, and waiting for one (or queueing behind a promotion's, as when stops went
+    through ``bandit_promote``) left them on the candidate meanwhile. Who may stop is who
+    may trigger the DAG (Airflow's permissions on it).
+
+    Parameters
+    ----------
+    version : str, int or None
+        The version whose rollout the person saw running (empty: whichever runs); a stop
+        asked for one rollout never ends the next one.
+    reason : str
+        Why, kept in the rollout's audit.
+
+    Raises
+    ------
+    ValueError
+        A ``version`` that is not a version number; a ``reason`` with a NUL character
+        or a lone surrogate.
+    LookupError
+        No rollout of the model is running, or none of ``version``.
+    """
+    from modelregistry.registry import RegistryError, version_number
+    from training import rollout
+
+    settings = PipelineSettings() if settings is None else settings
+    wanted = None
+    if version is not None and str(version).strip() != "":
+        try:
+            wanted = version_number(version)
+        except RegistryError as exc:
+            raise ValueError(f"version must be a registered version number; {exc}") from None
+    reason = check_text("reason", str(reason)).strip() or "stopped through bandit_rollout_stop"
+    stopped = rollout.stop(
+        settings, by=triggered_by or "an unknown user", reason=reason, version=wanted
+    )
+    return stopped.summary()
 
 
 def _moved_by(registry: Any, alias: str, version: str | None, reason: str) -> bool:

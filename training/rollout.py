@@ -272,14 +272,16 @@ def stop(
     by: str,
     reason: str,
     now: datetime | None = None,
+    version: str | None = None,
 ) -> StepResult:
     """Stop the running rollout (a person's decision): its candidate gets no more
     traffic; the staging alias stays, so the version can still be promoted by hand.
+    With ``version``, only a rollout of that version is stopped.
 
     Raises
     ------
     LookupError
-        No rollout of the model is running.
+        No rollout of the model is running, or none of ``version``.
     """
     settings = PipelineSettings() if settings is None else settings
     engine, registry = _open(settings)
@@ -287,6 +289,11 @@ def stop(
         rollout = current_rollout(engine, settings.model_name)
         if rollout is None:
             raise LookupError(f"no rollout of {settings.model_name!r} is running; nothing to stop.")
+        if version is not None and rollout.version != version:
+            raise LookupError(
+                f"the running rollout of {settings.model_name!r} is of version "
+                f"{rollout.version}, not {version}; nothing stopped."
+            )
         why = f"stopped by {by}: {reason}"
         return _record(engine, registry, rollout, "stop", why, None, now or datetime.now(UTC))
     finally:

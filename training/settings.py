@@ -162,9 +162,9 @@ class PipelineSettings(CoreSettings):
         ``airflow users list`` shows); empty: every user whose role may act on the DAG's
         runs, Airflow's rule.
     promote_four_eyes : bool
-        The user who triggered a ``bandit_promote`` run (stopping a rollout included)
-        may not approve it, and a run with no known triggering user fails before it asks:
-        a promotion then needs two people (off for a one-operator setup).
+        The user who triggered a ``bandit_promote`` run may not approve it, and a run
+        with no known triggering user fails before it asks: a promotion then needs two
+        people (off for a one-operator setup).
     rollout_schedule : str
         Cron expression or preset of the rollout controller (``bandit_rollout``): one
         step per run.

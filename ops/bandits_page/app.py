@@ -7,8 +7,9 @@
   ``bandit_monitor``, or ``bandit_promote`` (``version`` form field; the promotion then
   waits for its approval step in Airflow), through Airflow's REST API as the signed-in
   user, then redirect back to the page with the run id;
-* ``POST /actions/stop-rollout`` — trigger ``bandit_promote`` with ``stop_rollout``: after
-  its approval step the running rollout ends (a ``stop`` step in its audit table).
+* ``POST /actions/stop-rollout`` — trigger ``bandit_rollout_stop`` (``version`` form
+  field, the rollout the page showed): the running rollout ends at once (a ``stop`` step
+  in its audit table), with no approval to wait for.
 
 Inside Airflow (``airflow=True``) every route needs the signed-in user's token (the UI's
 ``_token`` cookie or a bearer token), checked by Airflow's own API: plugin apps are not
@@ -35,7 +36,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from eventstore.contract import MONITOR_DAG, PROMOTE_DAG, RETRAIN_DAG, ROLLOUT_DAG
+from eventstore.contract import MONITOR_DAG, PROMOTE_DAG, RETRAIN_DAG, ROLLOUT_DAG, STOP_DAG
 from monitoring.overview import collect
 from monitoring.settings import MonitorSettings
 from ops.bandits_page import airflow_api as af
@@ -43,7 +44,7 @@ from ops.bandits_page.html import render_page
 from serving.store.reads import call_within
 
 #: The DAGs whose state the actions panel shows.
-SHOWN_DAGS = (RETRAIN_DAG, ROLLOUT_DAG, PROMOTE_DAG, MONITOR_DAG)
+SHOWN_DAGS = (RETRAIN_DAG, ROLLOUT_DAG, PROMOTE_DAG, STOP_DAG, MONITOR_DAG)
 #: Headers of every answer: framed by Airflow's UI (same origin) only, no sniffing.
 SECURITY_HEADERS = {
     "X-Frame-Options": "SAMEORIGIN",
@@ -271,15 +272,17 @@ def create_app(
         )
 
     @app.post("/actions/stop-rollout")
-    def stop_rollout(request: Request) -> Response:
-        """Trigger ``bandit_promote`` with ``stop_rollout``: once a person approves it,
-        the running rollout ends (a ``stop`` step in its audit) and every replica stops
-        routing users to the candidate at its next poll."""
+    def stop_rollout(
+        request: Request, version: Annotated[str, Form(pattern=r"^[0-9]+$")]
+    ) -> Response:
+        """Trigger ``bandit_rollout_stop`` for the rollout of ``version`` the page showed:
+        it ends at once (a ``stop`` step in its audit, signed by the signed-in user) and
+        every replica stops routing users to the candidate at its next poll."""
         return trigger(
             request,
-            PROMOTE_DAG,
-            {"version": "", "stop_rollout": True},
-            "stop of the running rollout (approve it in Airflow's Required Actions)",
+            STOP_DAG,
+            {"version": version, "reason": "stopped from the Bandits page"},
+            f"stop of the rollout of v{version}",
         )
 
     return app

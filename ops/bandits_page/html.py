@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from bandit_core.support import ESTIMATOR
+from eventstore.contract import STOP_DAG
 from ops.bandits_page import svg
 
 #: The estimator drawn against the online reward (the gate's headline estimator).
@@ -425,7 +426,8 @@ def actions_html(data: Mapping[str, Any], actions: Mapping[str, Any] | None) -> 
         forms.append(
             _form(
                 "stop-rollout",
-                f"Stop the rollout of v{rollout['version']} (bandit_promote)",
+                f"Stop the rollout of v{rollout['version']} ({STOP_DAG})",
+                {"version": str(rollout["version"])},
             )
         )
     dags = actions.get("dags", {})
