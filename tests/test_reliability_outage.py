@@ -7,6 +7,9 @@ equal the one rebuilt from the store."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -132,15 +135,13 @@ def test_a_service_transaction_stalled_between_statements_never_commits_late(
             engine.dispose()
 
 
-def test_serve_fails_its_start_against_a_store_that_never_answers(tmp_path: Path) -> None:
-    """A store that accepts the connection and says nothing (a stalled proxy or server):
-    ``serve`` migrates first and hung there for good; now it fails within the connect
-    timeout, so that its supervisor retries."""
-    import socket
-    import subprocess
-    import sys
-
-    from tests.serving_helpers import ROOT, TEST_TOKEN
+def _against_a_silent_store(
+    tmp_path: Path, args: list[str], extra: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``banditops <args>`` (``python -m ops``) against a PostgreSQL URL whose server
+    accepts the connection and never answers (a stalled proxy or server), with the
+    ``extra`` environment; its outcome."""
+    from tests.serving_helpers import ROOT
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -150,18 +151,31 @@ def test_serve_fails_its_start_against_a_store_that_never_answers(tmp_path: Path
             **os.environ,
             "BANDITOPS_WORKSPACE": str(tmp_path / "ws"),
             "BANDITOPS_DATABASE_URL": f"postgresql+psycopg2://u@127.0.0.1:{port}/db",
-            "BANDITOPS_API_TOKEN": TEST_TOKEN,
-            "BANDITOPS_STORE_CONNECT_TIMEOUT_S": "2",
+            **extra,
         }
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "ops", "serve", "--port", "0"],
+        return subprocess.run(
+            [sys.executable, "-m", "ops", *args],
             cwd=ROOT,
             env=env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout,
         )
+
+
+def test_serve_fails_its_start_against_a_store_that_never_answers(tmp_path: Path) -> None:
+    """A store that accepts the connection and says nothing (a stalled proxy or server):
+    ``serve`` migrates first and hung there for good; now it fails within the connect
+    timeout, so that its supervisor retries."""
+    from tests.serving_helpers import TEST_TOKEN
+
+    started = time.monotonic()
+    done = _against_a_silent_store(
+        tmp_path,
+        ["serve", "--port", "0"],
+        {"BANDITOPS_API_TOKEN": TEST_TOKEN, "BANDITOPS_STORE_CONNECT_TIMEOUT_S": "2"},
+        timeout=60,
+    )
     assert time.monotonic() - started < 30
     assert done.returncode != 0
     assert "could not be migrated" in done.stdout + done.stderr, done.stdout[-2000:]
@@ -204,31 +218,10 @@ def test_every_process_gives_up_on_a_store_that_never_answers(tmp_path: Path) ->
     against a server that accepts and says nothing waited for good (stall helper, stop
     44). Every engine now gives up connecting (:data:`eventstore.engine.CONNECT_TIMEOUT_S`
     unless the caller names its own)."""
-    import socket
-    import subprocess
-    import sys
-
     from eventstore.engine import CONNECT_TIMEOUT_S
-    from tests.serving_helpers import ROOT
 
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)  # accepts, never answers
-        port = silent.getsockname()[1]
-        env = {
-            **os.environ,
-            "BANDITOPS_WORKSPACE": str(tmp_path / "ws"),
-            "BANDITOPS_DATABASE_URL": f"postgresql+psycopg2://u@127.0.0.1:{port}/db",
-        }
-        started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "ops", "rollout", "status"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    started = time.monotonic()
+    done = _against_a_silent_store(tmp_path, ["rollout", "status"], {}, timeout=120)
     assert time.monotonic() - started < CONNECT_TIMEOUT_S + 30
     assert done.returncode != 0 and "Traceback" not in done.stdout + done.stderr, (
         done.stdout[-2000:] + done.stderr[-2000:]
