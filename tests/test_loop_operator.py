@@ -288,3 +288,27 @@ def test_a_stop_is_taken_at_once_and_only_of_the_rollout_named(loop: Loop) -> No
     with pytest.raises(ValueError, match="trigger bandit_rollout_stop"):
         refuse_stop_conf({"version": "", "stop_rollout": True})
     refuse_stop_conf({"version": "3"})
+
+
+@pytest.mark.parametrize("by", ["bandit_rollout", "alice"])
+def test_a_promotion_whose_step_died_before_its_record_keeps_its_numbers(
+    loop: Loop, by: str
+) -> None:
+    """The controller (or ``bandit_promote``) moved ``@production`` to the rollout's
+    version and died before recording it: the next step recorded "moved outside the
+    rollout", without the test's numbers or the approver. The recorded move's reason is
+    the step's now."""
+    version = loop.register("better")
+    loop.registry.record_gate(version, True, ["passed (test)"])
+    loop.registry.set_alias(loop.settings.candidate_alias, version, by="test", reason="gate")
+    assert rollout_step(loop.settings).action == "start"
+    numbers = "promoted at stage 4/4 (100%): better than production; Δ 0.031 [0.004, 0.058]"
+    loop.registry.promote(version, by=by, reason=numbers)  # ... and the step died here
+    step = rollout_step(loop.settings)
+    assert step.action == "promote", step
+    if by == "bandit_rollout":
+        assert step.reason == f"{numbers} (recorded by a later step)"
+    else:
+        assert step.reason.startswith("promoted by alice at ") and numbers in step.reason
+    (ended,) = list_rollouts(loop.engine, MODEL)
+    assert ended.status == "promoted" and numbers in ended.reason

@@ -363,11 +363,15 @@ def _step(
 
     # the registry changed under the rollout
     if production is not None and production.version == rollout.version:
-        why = (
-            f"version {rollout.version} was moved to @{settings.production_alias} "
-            "outside the rollout"
+        return _record(
+            engine,
+            registry,
+            rollout,
+            "promote",
+            _promoted_why(registry, settings, rollout),
+            None,
+            now,
         )
-        return _record(engine, registry, rollout, "promote", why, None, now)
     if staging is None or staging.version != rollout.version:
         where = "removed" if staging is None else f"moved to version {staging.version}"
         why = f"@{settings.candidate_alias} was {where}: the rollout of {rollout.version} stops"
@@ -553,6 +557,25 @@ def _staged_since(registry: ModelRegistry, alias: str, ended: Rollout) -> bool:
     person staged it again on purpose)."""
     moves = _moves_after(registry, alias, ended.updated_at)
     return any(str(move.get("version")) == ended.version for move in moves)
+
+
+def _promoted_why(registry: ModelRegistry, settings: PipelineSettings, rollout: Rollout) -> str:
+    """Why the rollout's version holds the production alias, as the step records it: the
+    recorded move's own reason when it moved there since the rollout started (a
+    controller step that died between its promotion and its record, or a promotion
+    through ``bandit_promote`` whose record failed: their numbers and approver are kept),
+    else a move outside banditops."""
+    moves = _production_moves(registry, settings, rollout)
+    last = moves[-1] if moves else None
+    if last is not None and last.get("version") == rollout.version:
+        by = str(last.get("by"))
+        reason = str(last.get("reason", ""))
+        if by == CONTROLLER:  # the controller's own promotion: its reason has the numbers
+            return f"{reason} (recorded by a later step)"
+        return f"promoted by {by} at {last.get('at')}: {reason} (recorded by a later step)"
+    return (
+        f"version {rollout.version} was moved to @{settings.production_alias} outside the rollout"
+    )
 
 
 def _production_moves(
