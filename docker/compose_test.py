@@ -57,6 +57,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from eventstore.settings import CoreSettings
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker" / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / "docker" / ".env.example"
@@ -74,7 +76,10 @@ IMAGES = {
 #: what must not be inside the serving image (`pip list` names)
 NOT_IN_SERVING = ("apache-airflow", "apache-airflow-core", "great-expectations", "matplotlib")
 SERVING_MAX_BYTES = 1.5e9
-MODEL_NAME = "banditops-policy"
+#: the stack's model and production alias: the settings' defaults (the compose file
+#: sets none of its own)
+MODEL_NAME = CoreSettings.model_fields["model_name"].default
+PRODUCTION = CoreSettings.model_fields["production_alias"].default
 #: the retrain run's parameters: a fast linear policy, a small bootstrap
 RETRAIN_CONF = {
     "algorithm": "shared_linucb",
@@ -882,8 +887,8 @@ def scenario(s: Stack) -> dict[str, Any]:
     s.d.compose("exec", "-T", "serving", "banditops", "promote", version, "--force",
                 "--reason", "compose-test", "--by", "compose-test")  # fmt: skip
     aliases = {a["alias"]: a["version"] for a in registry(s).get("aliases", [])}
-    if aliases.get("production") != version:
-        raise HarnessError(f"@production is {aliases.get('production')}, expected {version}")
+    if aliases.get(PRODUCTION) != version:
+        raise HarnessError(f"@{PRODUCTION} is {aliases.get(PRODUCTION)}, expected {version}")
     served = f"{MODEL_NAME}/{version}"  # how /v1/model names the served version
     start = time.monotonic()
     until(
@@ -926,8 +931,8 @@ def scenario(s: Stack) -> dict[str, Any]:
         ("serving", "serving-2"),
     )
     aliases = {a["alias"]: a["version"] for a in registry(s).get("aliases", [])}
-    if aliases.get("production") != version:
-        raise HarnessError(f"after the restart @production is {aliases.get('production')}")
+    if aliases.get(PRODUCTION) != version:
+        raise HarnessError(f"after the restart @{PRODUCTION} is {aliases.get(PRODUCTION)}")
     log(
         f"down and up in {time.monotonic() - start:.0f} s: nothing lost {after}, "
         f"@production still {version}, both replicas serve it"
