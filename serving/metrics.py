@@ -192,14 +192,18 @@ class ServiceMetrics:
         self.journal_bytes.set(size)
 
     def set_models(self, served: Iterable[tuple[str, str, str]], fallback: bool) -> None:
-        """Mark ``(role, version, policy)`` triples as serving (others go to 0: label
-        removal is not supported in multiprocess mode)."""
+        """Mark ``(role, version, policy)`` triples as serving. The others' series are
+        removed (a new version every night left a year's series behind), or set to 0 in
+        multiprocess mode, which cannot remove a series."""
         now = set(served)
         for labels in self._model_labels - now:
-            self.model_info.labels(*labels).set(0)
+            if self.multiprocess:
+                self.model_info.labels(*labels).set(0)
+            else:
+                self.model_info.remove(*labels)
         for labels in now:
             self.model_info.labels(*labels).set(1)
-        self._model_labels |= now
+        self._model_labels = self._model_labels | now if self.multiprocess else now
         self.fallback_active.set(1 if fallback else 0)
 
     def render(self) -> tuple[bytes, str]:

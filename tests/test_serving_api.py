@@ -437,3 +437,20 @@ def test_a_huge_key_is_named_in_a_422_not_echoed_whole(
         got = client.post("/v1/decisions", json=body)
         assert got.status_code == 422 and len(got.content) < 5_000, len(got.content)
         assert got.json()["detail"][0]["loc"][:2] == ["body", "context"]
+
+
+def test_a_version_no_longer_served_leaves_no_series_behind() -> None:
+    """``banditops_model_info`` kept a 0 series for every version ever served: a new
+    version each night left a year's series in every scrape."""
+    from serving.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    for night in range(3):
+        metrics.set_models([("production", f"m/{night}", "shared_lints")], fallback=False)
+    text = metrics.render()[0].decode()
+    series = [line for line in text.splitlines() if line.startswith("banditops_model_info{")]
+    assert series == [
+        'banditops_model_info{policy="shared_lints",role="production",version="m/2"} 1.0'
+    ]
+    metrics.set_models([], fallback=True)
+    assert "banditops_model_info{" not in metrics.render()[0].decode()
