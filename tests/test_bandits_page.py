@@ -116,7 +116,9 @@ def build_workspace(tmp_path: Path, store_url: str) -> tuple[MonitorSettings, di
     with engine.begin() as conn:
         write_events(conn, items)
     # v2 in a staged rollout: started at 5 %, advanced once with the controller's readout
-    rollout = start_rollout(engine, MODEL, "2", 0.05, reason="gate passed", at=start)
+    rollout = start_rollout(
+        engine, MODEL, "2", 0.05, reason="gate passed", at=start, max_duration_s=7 * 86_400.0
+    )
     record_step(
         engine,
         rollout.id,
@@ -225,6 +227,10 @@ def test_the_page_shows_versions_rollout_monitor_and_service_with_the_store_numb
         "fallback",
     ]
     assert '<b class="rollout-share">20%</b>' in html and 'class="rollout-steps"' in html
+    started = datetime.fromisoformat(data["rollout"]["rollout"]["started_at"])
+    ends = (started + timedelta(days=7)).isoformat()
+    assert data["rollout"]["rollout"]["ends_by"] == ends
+    assert f'ends by <span class="rollout-ends">{ends[:19]}</span> UTC' in html
     ope_points = re.findall(
         r'data-series="OPE DR \(95% interval\)" data-label="(v\d)" data-value="([0-9.e-]+)"', html
     )
