@@ -169,6 +169,10 @@ def test_cli_starts_shows_and_stops_a_rollout(
     assert world.service.poll()["candidate_share"] == 0.05
     out = runner.invoke(app, ["rollout", "status"])
     assert out.exit_code == 0 and f"of {MODEL}/{version}: running, stage 1 at 5%" in out.output
+    started = current_rollout(world.engine, MODEL)
+    assert started is not None and started.ends_by is not None
+    shown = " ".join(out.output.split())  # the console wraps long lines
+    assert f"ends by {started.ends_by:%Y-%m-%d %H:%M:%S})" in shown, out.output
     out = runner.invoke(app, ["rollout", "stop", "--by", "alice", "--reason", "wrong version"])
     assert out.exit_code == 0 and "stopped by alice: wrong version" in out.output, out.output
     assert current_rollout(world.engine, MODEL) is None
