@@ -23,7 +23,7 @@ from serving.inputs import (
     check_signature,
 )
 from serving.schemas import GroupChoice, GroupedDecisionRequest, GroupedDecisionResponse
-from serving.service import DecisionService
+from serving.service import DecisionService, StoreUnavailableError
 
 T = TypeVar("T")
 
@@ -36,6 +36,32 @@ def _in_group(prefix: Loc, check: Callable[..., T], *args: Any) -> T:
         if exc.loc[:2] == ("body", "candidates"):
             raise InputError((*prefix, *exc.loc[2:]), exc.message, exc.value) from None
         raise
+
+
+async def _log_all(service: DecisionService, rows: list[DecisionRow]) -> None:
+    """Commit every group's decision; when any fails, one 503 that says how much of the
+    group was stored (each row commits on its own: the first failure's message alone
+    said "not stored" of a group whose other rows were)."""
+    outcomes = await asyncio.gather(
+        *(service.log_decision(row) for row in rows), return_exceptions=True
+    )
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    for error in failed:
+        if not isinstance(error, StoreUnavailableError):
+            raise error
+    if not failed:
+        return
+    maybe = sum(1 for e in failed if isinstance(e, StoreUnavailableError) and e.maybe_stored)
+    stored = len(rows) - len(failed)
+    if stored == 0 and maybe == 0:
+        raise failed[0]
+    raise StoreUnavailableError(
+        f"the event store failed part of the request: of its {len(rows)} groups' "
+        f"decisions {stored} were stored, {maybe} may still be, {len(failed) - maybe} were "
+        f"not ({failed[0]}). Retry the whole request (a decision stored without its answer "
+        "gets no reward: it counts with the default reward)",
+        maybe_stored=True,
+    )
 
 
 async def decide_grouped(
@@ -97,7 +123,7 @@ async def decide_grouped(
                 group_id=group.id,
             )
         )
-    await asyncio.gather(*(service.log_decision(row) for row in rows))
+    await _log_all(service, rows)
     fallback = any(r.fallback for r in rows)
     return GroupedDecisionResponse(
         request_id=request_id,

@@ -126,7 +126,14 @@ class NotFoundError(LookupError):
 
 
 class StoreUnavailableError(RuntimeError):
-    """The event could not be committed, so it is not acknowledged (503)."""
+    """The event could not be committed, so it is not acknowledged (503).
+
+    ``maybe_stored``: its transaction began before the failure, so it may still be
+    stored (else it was not)."""
+
+    def __init__(self, message: str, *, maybe_stored: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_stored = maybe_stored
 
 
 def _call(job: Callable[[], None]) -> None:
@@ -914,7 +921,8 @@ class DecisionService:
                 ) from None
             raise StoreUnavailableError(
                 f"the event store did not confirm the event within {deadline:g} s; it may "
-                "still be stored (a reward sent again is then stored as a duplicate)"
+                "still be stored (a reward sent again is then stored as a duplicate)",
+                maybe_stored=True,
             ) from None
         except Exception as exc:
             # the driver's message quotes the whole batch's parameters (other clients'

@@ -81,6 +81,31 @@ def test_a_stalled_write_answers_within_the_deadline_and_withdraws_what_waits(
     assert _decisions(settings.store_url) == 2
 
 
+def test_a_group_stored_in_part_says_how_much_was(tmp_path: Path) -> None:
+    """Each group's decision commits on its own: under a stalled write the 503 of a
+    grouped request quoted its first failure alone ("it was not stored") while another of
+    its decisions could still land. It now counts them."""
+    settings = service_settings(
+        tmp_path, store_lock_timeout_s=0.5, store_deadline_s=DEADLINE_S, writer_max_batch=1
+    )
+    held = HeldWrite()
+    groups = [
+        {"id": f"g{g}", "variants": [{"id": f"g{g}-v{v}", "features": [0.1, v]} for v in range(3)]}
+        for g in range(2)
+    ]
+    with running_client(settings) as client:
+        client.app.state.service.writer._write = held
+        held.armed = True  # the first group's write never returns; the second waits
+        got = client.post("/v1/decisions/grouped", json={"context": [1.0, 0.5], "groups": groups})
+        held.armed = False
+        held.release.set()
+        assert got.status_code == 503, got.text
+        detail = got.json()["detail"]
+        assert "of its 2 groups' decisions 0 were stored, 1 may still be, 1 were not" in detail
+        _wait_ready(client)
+    assert _decisions(settings.store_url) == 1  # the one in flight landed; the other never
+
+
 @contextmanager
 def _frozen(admin: sa.Engine, database: str) -> Iterator[list[int]]:
     """Every server process of ``database`` stopped (SIGSTOP) for the block: the kernel
