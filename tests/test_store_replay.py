@@ -354,6 +354,11 @@ def test_snapshots_of_a_label_keep_to_their_incarnation(engine: sa.Engine) -> No
     assert states == [b"second:4", b"None:2"]  # never "first"'s, though they cover more
     assert [s.state for s in store.snapshots("m/1", "first")][:2] == [b"first:9", b"first:8"]
     assert len(list(store.snapshots("m/1"))) == 4  # a source whose labels are never reused
+    # a snapshot from before incarnations were recorded, older than the version's
+    # registration, is a deleted namesake's (upgrade helper, stop 45): never used
+    later = [s.state for s in store.snapshots("m/1", "second", not_before=old + HOUR)]
+    assert later == [b"second:4"]
+    assert [s.state for s in store.snapshots("m/1", "second", not_before=old)] == states
 
     with engine.begin() as conn:
         write_events(conn, [row(5, "second"), SupersededSnapshots("m/1", 1, "second")])

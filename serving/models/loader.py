@@ -376,6 +376,7 @@ class ModelLoader:
                 ref.window_stop,
                 self._max_arms(base),
                 ref.incarnation,
+                ref.not_before,
             )
             stage = "smoke"
             smoke_test(model.policy, model.signature, self.max_work_units)

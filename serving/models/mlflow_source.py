@@ -89,7 +89,14 @@ class MlflowModelSource:
                 f"registered ({registered.isoformat()}): no window ends after its model"
             )
             return ModelRef(label, version, None, refused=why, incarnation=incarnation)
-        return ModelRef(label, version, window_stop, digest=digest, incarnation=incarnation)
+        return ModelRef(
+            label,
+            version,
+            window_stop,
+            digest=digest,
+            incarnation=incarnation,
+            not_before=registered - CLOCK_SKEW if created_ms > 0 else None,
+        )
 
     def load(self, ref: ModelRef) -> Policy:
         size = self._reader.state_size(ref.locator)

@@ -107,11 +107,12 @@ def recover(
     window_stop: datetime | None = None,
     max_arms: int | None = None,
     incarnation: str | None = None,
+    not_before: datetime | None = None,
 ) -> ServedModel:
     """The served model of ``version``: newest snapshot (of its ``incarnation``, when
-    the label can name several artifacts) or ``base`` + the later rewards its head learns
-    (with ``window_stop``: every reward of a decision after the window; with
-    ``max_arms``: none of a new arm past it, as online).
+    the label can name several artifacts; see ``ModelRef.not_before``) or ``base`` + the
+    later rewards its head learns (with ``window_stop``: every reward of a decision after
+    the window; with ``max_arms``: none of a new arm past it, as online).
 
     A snapshot is a shortcut: one that cannot be used (unreadable, another kind of model,
     other dimensions, not finite) is logged and recovery tries the next one (the service
@@ -119,7 +120,7 @@ def recover(
     (:func:`rebuild_from_store`), only slower."""
     policy, last_id, applied = base, 0, 0
     # the one covering the most rewards first
-    for snapshot in store.snapshots(version, incarnation):
+    for snapshot in store.snapshots(version, incarnation, not_before):
         restored = _usable(snapshot, base, version)
         if restored is not None:
             policy = restored

@@ -36,6 +36,9 @@ class ModelRef:
     registered model deleted and created again numbers its versions from 1 again): the
     served head, its snapshots (``head_snapshots.incarnation``) and refusals belong to
     the label *and* this; None where the label alone says (a file's label is its digest).
+    ``not_before``: the earliest a snapshot of this incarnation can have been written
+    (its registration, less the clock skew allowed; None where the source does not say):
+    a snapshot written before snapshots recorded incarnations is used only when later.
     """
 
     version: str
@@ -44,6 +47,7 @@ class ModelRef:
     refused: str | None = field(default=None, compare=False)
     digest: str | None = field(default=None, compare=False)
     incarnation: str | None = field(default=None, compare=False)
+    not_before: datetime | None = field(default=None, compare=False)
 
     @property
     def key(self) -> tuple[str, str | None]:

@@ -234,15 +234,24 @@ def batch_landed(conn: Connection, items: Sequence[Item], results: Sequence[Any]
     return True
 
 
-def of_incarnation(model_version: str, incarnation: str | None) -> ColumnElement[bool]:
+def of_incarnation(
+    model_version: str, incarnation: str | None, not_before: datetime | None = None
+) -> ColumnElement[bool]:
     """The snapshots a head of ``model_version`` may start from: with an
     ``incarnation``, those of it and those written before snapshots recorded one (the
-    snapshots of a deleted model's namesake never); without, every one of the label."""
+    snapshots of a deleted model's namesake never) — of those, with ``not_before`` (the
+    version's registration, less the clock skew allowed), only the ones written since:
+    an older one is of a namesake the registry deleted before the upgrade to revision
+    0005 (upgrade helper, stop 45: a re-created version 2 was served with the deleted
+    version 2's head). Without an incarnation, every one of the label."""
     s = head_snapshots.c
     label: ColumnElement[bool] = s.model_version == model_version
     if incarnation is None:
         return label
-    mine: ColumnElement[bool] = label & or_(s.incarnation == incarnation, s.incarnation.is_(None))
+    unmarked: ColumnElement[bool] = s.incarnation.is_(None)
+    if not_before is not None:
+        unmarked = unmarked & (s.created_at >= not_before)
+    mine: ColumnElement[bool] = label & or_(s.incarnation == incarnation, unmarked)
     return mine
 
 
@@ -341,9 +350,12 @@ class EventStore:
         )
 
     def snapshots(
-        self, model_version: str, incarnation: str | None = None
+        self,
+        model_version: str,
+        incarnation: str | None = None,
+        not_before: datetime | None = None,
     ) -> Iterator[StoredSnapshot]:
-        """The snapshots of ``model_version`` (of its ``incarnation``:
+        """The snapshots of ``model_version`` (of its ``incarnation``, ``not_before``:
         :func:`of_incarnation`) in the order recovery tries them: the one covering the
         most rewards first (the newest of those; snapshots commit in the order their
         serialisation ends, which need not be the order of their copies). Each state is
@@ -351,7 +363,7 @@ class EventStore:
         s = head_snapshots.c
         query = (
             select(s.id, s.model_version, s.created_at, s.last_reward_id, s.applied_rewards)
-            .where(of_incarnation(model_version, incarnation))
+            .where(of_incarnation(model_version, incarnation, not_before))
             .order_by(*latest_snapshot_first())
         )
         with self.engine.connect() as conn:
