@@ -621,7 +621,12 @@ class ModelRegistry:
 
     def rollback(self, *, by: str, reason: str, alias: str | None = None) -> VersionInfo:
         """Point ``alias`` (default: the production alias) back at the version it held
-        before the current one (``ValueError`` for unstorable ``by`` or ``reason`` text)."""
+        before the current one (``ValueError`` for unstorable ``by`` or ``reason`` text).
+
+        A version rolled back from production leaves the staging alias too, when it
+        holds it (an auto-promoted version holds both): the rollout controller started
+        a rollout of it at its next step, sending users back to the version just taken
+        away from them (upgrade helper, stop 45)."""
         _check_record(by, reason)
         alias = alias or self.aliases.production
         current = self.by_alias(alias)
@@ -639,7 +644,10 @@ class ModelRegistry:
             self.model_name, current.version, "rolled_back_at", datetime.now(UTC).isoformat()
         )
         self.client.set_model_version_tag(self.model_name, current.version, "rolled_back_by", by)
-        self.set_alias(alias, previous, by=by, reason=f"rollback from {current.version}: {reason}")
+        why = f"rollback from {current.version}: {reason}"
+        self.set_alias(alias, previous, by=by, reason=why)
+        if alias == self.aliases.production:
+            self.remove_alias(self.aliases.staging, by=by, reason=why, version=current.version)
         return self.get(previous)
 
 

@@ -312,3 +312,28 @@ def test_a_promotion_whose_step_died_before_its_record_keeps_its_numbers(
         assert step.reason.startswith("promoted by alice at ") and numbers in step.reason
     (ended,) = list_rollouts(loop.engine, MODEL)
     assert ended.status == "promoted" and numbers in ended.reason
+
+
+def test_a_version_rolled_back_from_production_is_not_rolled_out_again(loop: Loop) -> None:
+    """An auto-promoted version holds ``@staging`` and ``@production``: ``banditops
+    rollback`` (or ``bandit_promote`` with rollback) moved production back and left
+    ``@staging``, and the next controller step started a rollout of the version just
+    taken away (upgrade helper, stop 45)."""
+    version = loop.register("auto-promoted")
+    loop.registry.record_gate(version, True, ["passed (test)"])  # → @staging
+    loop.registry.promote(version, by="test", reason="auto_promote")
+    assert loop.staged() == version == loop.production_now()
+    loop.registry.rollback(by="alice", reason="clicks fell")
+    assert loop.production_now() == loop.production and loop.staged() is None
+    assert loop.registry.last_move(loop.settings.candidate_alias)["reason"] == (
+        f"rollback from {version}: clicks fell"
+    )
+    step = rollout_step(loop.settings)
+    assert step.action == "idle", step
+    # a rollback of @staging itself, or of a production whose version is not staged,
+    # leaves the other alias alone
+    other = loop.register("other")
+    loop.registry.record_gate(other, True, ["passed (test)"])
+    loop.registry.promote(version, by="test", reason="again")
+    loop.registry.rollback(by="alice", reason="back")
+    assert loop.staged() == other
