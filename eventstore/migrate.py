@@ -31,11 +31,30 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Upgrade the database behind ``engine`` to ``revision``; returns the new revision.
 
     Raises :class:`StoreSchemaError` for a store at a revision this release does not ship
-    (migrated by a newer banditops), where Alembic said only that it could not locate it.
+    (migrated by a newer banditops), where Alembic said only that it could not locate it,
+    and for a ``revision`` older than the store's: an upgrade never downgrades, and it
+    answered "is at revision <newer>" as if it had done what was asked.
     """
     _check_known(engine)
+    have = current_revision(engine)
+    order = revision_order()
+    if have is not None and revision in order and order.index(revision) < order.index(have):
+        raise StoreSchemaError(
+            f"the event store is at revision {have!r}, after {revision!r}: an upgrade never "
+            "goes back. To downgrade (for an older banditops), back the store up and run "
+            f"Alembic's downgrade to {revision!r} (README: Upgrading)."
+        )
     command.upgrade(alembic_config(engine), revision)
     return current_revision(engine)
+
+
+@functools.cache
+def revision_order() -> tuple[str, ...]:
+    """The shipped revisions, oldest first."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    walked = ScriptDirectory.from_config(config).walk_revisions()  # newest first
+    return tuple(reversed([script.revision for script in walked]))
 
 
 @functools.cache

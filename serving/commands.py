@@ -139,6 +139,7 @@ def store_prune(
     bandit_retention DAG, which also keeps the windows of running retrains: it asks
     Airflow for them)."""
     from eventstore.engine import make_engine
+    from eventstore.migrate import StoreSchemaError, require_current
     from eventstore.retention import apply_retention
     from serving.durations import parse_duration
     from serving.settings import Settings
@@ -172,6 +173,7 @@ def store_prune(
         window_stop = reader.window_stop
         served = reader.served_labels((settings.production_alias, settings.candidate_alias))
     try:
+        require_current(engine)  # a store of an older release: "run db upgrade", not SQL
         result = apply_retention(
             engine,
             settings.model_name,
@@ -188,6 +190,9 @@ def store_prune(
             soft_wrap=True,
         )
         raise typer.Exit(1) from None
+    except StoreSchemaError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     finally:
         engine.dispose()
     verb = "would delete" if dry_run else "deleted"

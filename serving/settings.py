@@ -335,9 +335,17 @@ class Settings(CoreSettings):
         for name in ("api_token", "user_salt"):
             value: SecretStr | None = getattr(self, name)
             if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+                # a new salt hashes every user anew (upgrade helper, stop 45): say so
+                moves = (
+                    " A new salt gives every user a new hash: the rollout split, the "
+                    "exploration floor's hashed user groups and the stored user hashes "
+                    "start over."
+                    if name == "user_salt"
+                    else ""
+                )
                 raise ValueError(
                     f"{name} ({env_name(name)}) must have at least {MIN_SECRET_CHARS} "
-                    f"characters; got {len(value.get_secret_value())} (e.g. {_GENERATE})."
+                    f"characters; got {len(value.get_secret_value())} (e.g. {_GENERATE})." + moves
                 )
 
     @property

@@ -46,7 +46,13 @@ def _run(*args: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "args",
-    [("train", "--run-key", "k"), ("rollout", "status"), ("rollout", "step"), ("catalog", "load")],
+    [
+        ("train", "--run-key", "k"),
+        ("rollout", "status"),
+        ("rollout", "step"),
+        ("catalog", "load"),
+        ("store", "prune", "--older-than", "90d"),  # was a raw "no such column" (stop 45)
+    ],
 )
 def test_a_store_without_tables_is_named_with_the_fix(
     workspace: Path, args: tuple[str, ...]
@@ -401,6 +407,8 @@ def test_serve_refuses_a_guessable_secret(
     assert f"error: {name} ({variable}) must have at least 16 characters; got {len(value)}" in (
         " ".join(output.split())
     )
+    # following the advice for a salt moves every user: said (upgrade helper, stop 45)
+    assert ("A new salt gives every user a new hash" in output) == (name == "user_salt")
 
 
 def test_serve_names_an_unknown_log_level(workspace: Path) -> None:

@@ -190,6 +190,13 @@ def test_a_store_of_another_release_is_named_not_a_traceback(
     url = f"sqlite:///{tmp_path / 'events.db'}"
     engine = make_engine(url)
     upgrade(engine)
+    # an upgrade to an older revision than the store's never goes back, and says so (it
+    # printed "is at revision <head>" and exited 0: upgrade helper, stop 45)
+    back = CliRunner().invoke(cli, ["db", "upgrade", "--url", url, "--revision", "0003"])
+    assert back.exit_code == 1
+    assert f"is at revision '{head_revision()}', after '0003': an upgrade never goes back" in (
+        " ".join(back.output.split())
+    )
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
     engine.dispose()
