@@ -252,3 +252,41 @@ def test_a_window_of_equal_rewards_promotes_nothing(tmp_path: Path, reward: floa
     assert all(c.passed for c in result.gate.checks if c is not check)  # a tie cleared them
     assert not result.gate.promote
     assert result.gate.to_tags()["gate.decision"] == "reject"
+
+
+def test_a_production_whose_state_no_longer_loads_is_compared_as_the_fallback(
+    tmp_path: Path,
+) -> None:
+    """A production version saved by an older banditops in a layout this one refuses (the
+    service serves its fallback meanwhile) stopped every retrain at the evaluation
+    (upgrade helper, stop 45). The candidate is now compared with the uniform policy,
+    what it would replace, and the production report says so."""
+    rng = np.random.default_rng(2)
+    ids = ["a", "b", "c"]
+    rows = [
+        {
+            "event_id": f"e{t}",
+            "context": [1.0, float(rng.standard_normal())],
+            "candidate_ids": ids,
+            "candidate_features": [[0.0]] * 3,
+            "chosen": (arm := int(rng.integers(3))),
+            "reward": float(arm == 2),
+            "propensity": 1 / 3,
+            "probabilities": [1 / 3] * 3,
+            "model_version": "1",
+        }
+        for t in range(600)
+    ]
+    pd.DataFrame(rows).to_parquet(tmp_path / "replay.parquet")
+    candidate = save_policy(make_policy("linucb", dim_user=2), tmp_path / "candidate.npz")
+    good = save_policy(make_policy("shared_lints", dim_user=2, dim_arm=1), tmp_path / "prod.npz")
+    arrays = dict(np.load(good, allow_pickle=False))
+    del arrays["head.precision"]  # a layout this release does not read
+    np.savez(tmp_path / "old.npz", **arrays)
+    kwargs = {"rule": GateRule(min_ess=0.0), "n_resamples": 20}
+    refused = evaluate(candidate, tmp_path / "old.npz", tmp_path / "replay.parquet", **kwargs)
+    (note,) = [n for n in refused.production.notes if "does not load" in n]
+    assert "malformed (KeyError: 'head.precision')" in note and "uniform policy" in note
+    uniform = evaluate(candidate, None, tmp_path / "replay.parquet", **kwargs)
+    assert refused.production.estimates["dr"].value == uniform.production.estimates["dr"].value
+    assert refused.gate.promote == uniform.gate.promote

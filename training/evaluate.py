@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from validation.gate import (
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
 from validation.ope.evaluate import evaluate_policy_in_blocks, policy_action_dist
 from validation.ope.propensity_error import MAX_REL_ERROR, flag_propensity_error
+
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "evaluation.json"
 #: Most entries of the held-out window's largest dense array (512 MiB of float64); a
@@ -312,10 +315,23 @@ class EvaluationResult:
         return out
 
 
-def _production(path: str | Path | None, data: ReplayData) -> Policy:
+def production_policy(path: str | Path | None, dim_user: int) -> tuple[Policy, str | None]:
+    """The policy the candidate is compared with, and a note when it is not production's:
+    the uniform policy when there is no production, or when its state no longer loads (a
+    version saved by an older banditops in a layout this one refuses; the service then
+    serves its fallback, so that is what the candidate would replace). Before, such a
+    production stopped every retrain (upgrade helper, stop 45)."""
     if path is None:
-        return make_policy("uniform", dim_user=data.dim_user)
-    return load_policy(path)
+        return make_policy("uniform", dim_user=dim_user), None
+    try:
+        return load_policy(path), None
+    except ValueError as exc:
+        note = (
+            f"the production version's state does not load ({exc}); compared with the "
+            "uniform policy, what the service serves while it cannot load production"
+        )
+        log.warning("%s", note)
+        return make_policy("uniform", dim_user=dim_user), note
 
 
 def evaluate(
@@ -335,7 +351,7 @@ def evaluate(
     """
     _, holdout = load_replay(replay_path).split(holdout_fraction)
     candidate = load_policy(candidate_state)
-    production = _production(production_state, holdout)
+    production, refused = production_policy(production_state, holdout.dim_user)
     slates = holdout.len_list > 1  # position-wise: both policies rank the logged positions
     if dense_entries(holdout) <= DENSE_ENTRIES:
         batch = logged_batch(holdout)
@@ -358,6 +374,8 @@ def evaluate(
         )
         support = _support_in_blocks(candidate, parts, batches, rule.support_threshold, seed)
         rewards = merge_ranges(reward_range(b.rewards) for b in batches)
+    if refused is not None:
+        rep_p = dataclasses.replace(rep_p, notes=(*rep_p.notes, refused))
     gate = decide(rep_c, rep_p, rule, support, rewards)
     result = EvaluationResult(rep_c, rep_p, gate, PropensityFlags.of(holdout))
     if out_dir is not None:

@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-from bandit_core import load_policy, make_policy, save_state
+from bandit_core import load_policy, save_state
 from bandit_core.catalog import CATALOG, SHARDABLE
 from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
 from bandit_core.policies.wrappers import DelegatingWrapper
@@ -465,9 +465,10 @@ def reduce_head(
 
 # ---------------------------------------------------------------------- map: OPE
 def _evaluated_policies(shard: Mapping[str, Any], state_path: str | Path, dim_user: int) -> Any:
+    from training.evaluate import production_policy
+
     candidate = load_policy(state_path)
-    base = shard.get("baseline_state")
-    production = load_policy(base) if base else make_policy("uniform", dim_user=dim_user)
+    production, _ = production_policy(shard.get("baseline_state") or None, dim_user)
     return {"candidate": candidate, "production": production}
 
 
