@@ -337,3 +337,23 @@ def test_a_version_rolled_back_from_production_is_not_rolled_out_again(loop: Loo
     loop.registry.promote(version, by="test", reason="again")
     loop.registry.rollback(by="alice", reason="back")
     assert loop.staged() == other
+
+
+def test_a_rollout_from_before_revision_0006_sees_a_production_moved_by_mlflow_itself(
+    loop: Loop,
+) -> None:
+    """A rollout started by an older release recorded no production version: a move of
+    ``@production`` by MLflow's own client (no recorded move) went unseen, and the
+    production arm mixed two versions (upgrade helper, stop 45)."""
+    version = loop.register("candidate")
+    loop.registry.record_gate(version, True, ["passed (test)"])
+    start_rollout(loop.engine, MODEL, version, 0.05, reason="started by an older release")
+    assert rollout_step(loop.settings).action == "hold"
+    other = loop.register("other")
+    loop.registry.client.set_registered_model_alias(MODEL, "production", other)
+    step = rollout_step(loop.settings)
+    assert step.action == "stop", step
+    assert step.reason.startswith(
+        f"@production is on version {other}, not on version {loop.production} as when the "
+        "rollout started"
+    )

@@ -377,12 +377,16 @@ def _step(
         why = f"@{settings.candidate_alias} was {where}: the rollout of {rollout.version} stops"
         return _record(engine, registry, rollout, "stop", why, None, now)
     held = None if production is None else production.version
-    if rollout.production_version is not None and held != rollout.production_version:
+    # a rollout started before revision 0006 recorded no production: the recorded move
+    # before its start says which (a move by MLflow's own client went unseen: upgrade
+    # helper, stop 45)
+    expected = rollout.production_version or _production_at(registry, settings, rollout)
+    if expected is not None and held != expected:
         # the alias moved by any means: a promotion or rollback, MLflow's UI or client
         now_held = "removed" if held is None else f"on version {held}"
         why = (
             f"@{settings.production_alias} is {now_held}, not on version "
-            f"{rollout.production_version} as when the rollout started: the production "
+            f"{expected} as when the rollout started: the production "
             f"arm's outcomes mix versions; the rollout of {rollout.version} stops (start it "
             "again to compare with the new production)"
         )
@@ -576,6 +580,23 @@ def _promoted_why(registry: ModelRegistry, settings: PipelineSettings, rollout: 
     return (
         f"version {rollout.version} was moved to @{settings.production_alias} outside the rollout"
     )
+
+
+def _production_at(
+    registry: ModelRegistry, settings: PipelineSettings, rollout: Rollout
+) -> str | None:
+    """The version the production alias held when ``rollout`` started, by the last move
+    recorded before (None when none is)."""
+    alias = settings.production_alias
+    held = None
+    for move in registry.alias_history():  # oldest first
+        try:
+            at = datetime.fromisoformat(str(move.get("at")))
+        except ValueError:
+            continue
+        if move.get("alias") == alias and at.tzinfo is not None and at <= rollout.started_at:
+            held = move.get("version")
+    return None if held is None else str(held)
 
 
 def _production_moves(
