@@ -20,7 +20,8 @@ demo: $(STAMP)
 	$(BIN)/banditops demo
 
 # the suite runs in PYTEST_WORKERS processes (pytest-xdist; 0 runs it in this one); tests
-# that must not overlap share an xdist_group and so one process
+# that must not overlap, or that share a costly set-up (the demo and `airflow standalone`
+# on its workspace, the DAG tests' Airflow home), share an xdist_group and so one process
 PYTEST_WORKERS ?= 2
 
 test: $(STAMP)

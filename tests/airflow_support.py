@@ -21,7 +21,9 @@ in the same temp folder. ``dag.test()`` then runs every task for real, in proces
   Human-in-the-loop REST API from another thread), :func:`copy_store`, :func:`registry`.
 
 Tests that use these fixtures get :data:`THIRD_PARTY_WARNINGS` as ``filterwarnings`` marks
-(:func:`pytest_collection_modifyitems`), which also cover the session fixtures they set up.
+(:func:`pytest_collection_modifyitems`), which also cover the session fixtures they set up,
+and one ``xdist_group`` (:data:`AIRFLOW_HOME_GROUP`): one pytest-xdist worker runs them all,
+so the session fixtures are set up once per test run.
 """
 
 from __future__ import annotations
@@ -91,12 +93,26 @@ def metadata_rows(url: str, *queries: str) -> list[list[Any]]:
         engine.dispose()
 
 
+#: the ``xdist_group`` of the tests that use the Airflow home: one process runs them all,
+#: so the session fixtures above (migrate, seed, the two nightly runs) run once for them,
+#: not once per pytest-xdist worker
+AIRFLOW_HOME_GROUP = "airflow_home"
+#: modules left out of the group: the Celery test runs Airflow processes of its own for
+#: minutes and is timing-sensitive on a loaded machine, so it keeps its place in the run
+#: (among the suite's lighter tests) rather than run early, beside the demo's Airflow
+UNGROUPED = ("tests/test_scale_celery.py",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Filter :data:`THIRD_PARTY_WARNINGS` in the tests that use the Airflow home."""
+    """Filter :data:`THIRD_PARTY_WARNINGS` in the tests that use the Airflow home, and put
+    them (but :data:`UNGROUPED`) in :data:`AIRFLOW_HOME_GROUP`."""
     for item in items:
         if "airflow_home" in getattr(item, "fixturenames", ()):
             for spec in THIRD_PARTY_WARNINGS:
                 item.add_marker(pytest.mark.filterwarnings(spec))
+            if item.nodeid.split("::")[0] not in UNGROUPED:
+                item.add_marker(pytest.mark.xdist_group(name=AIRFLOW_HOME_GROUP))
 
 
 @pytest.fixture(scope="session")

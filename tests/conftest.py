@@ -47,6 +47,27 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
+@pytest.hookimpl(trylast=True)  # after every hook that adds an xdist_group mark
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--dist loadgroup`` on pytest 9.2: pytest-xdist (3.8) tells its scheduler a test's
+    ``xdist_group`` by appending ``@<group>`` to the test's node id, through a field that
+    pytest 9.2's structured node ids no longer read (pytest-dev/pytest-xdist#1386): every
+    test was scheduled on its own. This appends it to the id pytest 9.2 reads, unless
+    pytest-xdist already did (older pytest, a fixed pytest-xdist)."""
+    if not getattr(config.option, "loadgroup", False):  # set on pytest-xdist's workers
+        return
+    for item in items:
+        groups = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        suffix = "@" + "_".join(sorted(groups))
+        if groups and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(item.nodeid + suffix)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """A reachable PostgreSQL URL (``BANDITOPS_TEST_POSTGRES_URL``)."""

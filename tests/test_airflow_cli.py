@@ -89,6 +89,11 @@ def test_env_command_prints_the_export_lines(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- real Airflow
+#: the tests of one ``initialized`` home run in one process (pytest-xdist), which runs
+#: ``banditops airflow init`` once for them all
+ONE_INIT = pytest.mark.xdist_group(name="airflow_cli_init")
+
+
 @dataclass
 class Initialized:
     home: AirflowHome
@@ -112,6 +117,7 @@ def initialized(tmp_path_factory: pytest.TempPathFactory) -> Initialized:
     return Initialized(AirflowHome.of(workspace), done.stdout, time.monotonic() - started)
 
 
+@ONE_INIT
 def test_init_migrates_sqlite_metadata_and_serializes_the_dags_unpaused(
     initialized: Initialized,
 ) -> None:
@@ -125,6 +131,7 @@ def test_init_migrates_sqlite_metadata_and_serializes_the_dags_unpaused(
     assert "(paused)" not in out
 
 
+@ONE_INIT
 def test_airflow_waits_a_minute_for_the_sqlite_lock(initialized: Initialized) -> None:
     """Airflow's own engine on the home's metadata database has a 60 s busy timeout
     (``ops/airflow_db.py``), not sqlite3's 5 s."""
@@ -233,6 +240,7 @@ def standalone(initialized: Initialized) -> Iterator[Standalone]:
             process.stdout.close()
 
 
+@ONE_INIT
 @pytest.mark.slow
 def test_standalone_serves_the_api_with_the_generated_password_and_stops_on_ctrl_c(
     initialized: Initialized, standalone: Standalone
