@@ -287,6 +287,7 @@ def test_a_production_whose_state_no_longer_loads_is_compared_as_the_fallback(
     refused = evaluate(candidate, tmp_path / "old.npz", tmp_path / "replay.parquet", **kwargs)
     (note,) = [n for n in refused.production.notes if "does not load" in n]
     assert "malformed (KeyError: 'head.precision')" in note and "uniform policy" in note
+    assert "saved by an older banditops" in note  # what a layout since changed gives
     uniform = evaluate(candidate, None, tmp_path / "replay.parquet", **kwargs)
     assert refused.production.estimates["dr"].value == uniform.production.estimates["dr"].value
     assert refused.gate.promote == uniform.gate.promote

@@ -52,9 +52,18 @@ def policy_from_state(state: PolicyState) -> Policy:
     try:
         restored: Policy = cls.from_state(state)
     except (KeyError, IndexError, AttributeError, TypeError, OverflowError) as exc:
-        # a state written by to_state never gets here: a hand-edited or truncated one does
+        # a state written by to_state never gets here: a hand-edited or truncated one
+        # does, and one an older banditops wrote in a layout since changed (a hybrid
+        # policy's before its scoring blocks were stored: upgrade helper, stop 45)
+        older = (
+            " A missing array is also what a state saved by an older banditops in a layout "
+            "this one no longer reads gives: retrain the version, or roll back to one this "
+            "release loads."
+            if isinstance(exc, KeyError)
+            else ""
+        )
         raise ValueError(
-            f"state of policy {state.policy!r} is malformed ({type(exc).__name__}: {exc})."
+            f"state of policy {state.policy!r} is malformed ({type(exc).__name__}: {exc})." + older
         ) from exc
     return restored
 
