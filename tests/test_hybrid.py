@@ -3,6 +3,7 @@ hashed arm-embedding interaction."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from bandit_core.features import FeatureMap
 from bandit_core.head import BayesianLinearHead, HeadConfig
 from bandit_core.policies import hybrid
 from bandit_core.policies.hybrid import HybridLinTSConfig, HybridLinUCBConfig
+from bandit_core.state import load_state
 from tests.policy_factories import state_arrays
 
 DU, DA = 4, 3
@@ -57,18 +59,24 @@ def _candidates() -> Candidates:
     return Candidates((*IDS[:3], "new"), rng.standard_normal((4, DA)))
 
 
+def _joint_law(policy: Any, contexts: np.ndarray, cands: Candidates) -> tuple[Any, Any]:
+    """Posterior means (n, K) and the candidates' score covariances (n, K, K)."""
+    mean, proj, _ = policy.model.terms(contexts, cands)
+    k = policy.model.dim_shared
+    shared, own = proj[..., :k], proj[..., k:]
+    cov = np.einsum("nak,nbk->nab", shared, shared)
+    cov += np.einsum("nak,nak->na", own, own)[:, :, None] * np.eye(len(cands))
+    return mean, cov
+
+
 def _compare(policy: Any, dense: Dense) -> None:
     cands = _candidates()
     contexts = np.random.default_rng(7).standard_normal((6, DU))
-    mean, proj, _ = policy.model.terms(contexts, cands)
+    mean, block = _joint_law(policy, contexts, cands)
     phi = dense.phis(contexts, cands)
     cov = dense.head.covariance(0)
     np.testing.assert_allclose(mean, phi @ dense.head.theta_[0], rtol=0, atol=TOL)
     # the whole joint law of the candidates' scores: Cov(s_a, s_b) = φ_aᵀ M⁻¹ φ_b
-    k = policy.model.dim_shared
-    shared, own = proj[..., :k], proj[..., k:]
-    block = np.einsum("nak,nbk->nab", shared, shared)
-    block += np.einsum("nak,nak->na", own, own)[:, :, None] * np.eye(len(cands))
     np.testing.assert_allclose(block, np.einsum("nad,de,nbe->nab", phi, cov, phi), atol=TOL)
     a, b = policy.model.noise_posterior()
     da_, db_ = dense.head.noise_posterior(np.array([0]))
@@ -335,3 +343,44 @@ def test_a_refused_first_update_of_a_new_arm_leaves_no_arm_behind(
         np.testing.assert_array_equal(after[key], value, err_msg=key)
     policy.update(rng.standard_normal(DU), "new", 1.0, rng.standard_normal(DA))  # learns on
     assert list(policy.model.arm_ids) == [*arms, "new"]
+
+
+BEFORE_D8A84E1 = Path(__file__).parent / "data" / "hybrid_before_d8a84e1"
+
+
+@pytest.mark.parametrize("name", ["hybrid_linucb", "hybrid_lints"])
+def test_a_state_of_the_layout_before_the_scoring_blocks_decides_as_it_did(name: str) -> None:
+    """States written by the code before d8a84e1 (``make_states.py`` beside them, run with
+    that code: 150 rows learnt in a batch, then 90 rank-one steps, 40 since the last
+    refactorisation) load: the same posterior as that code computed from them, and learning
+    goes on from there as for a model that learnt everything now."""
+    expected = np.load(BEFORE_D8A84E1 / "expected.npz")
+    state = load_state(BEFORE_D8A84E1 / f"{name}.npz")
+    assert "hybrid.scoring" not in state.arrays and "hybrid.inv_chol" in state.arrays
+    policy: Any = policy_from_state(state)
+    cands = Candidates(tuple(str(c) for c in expected["cand_ids"]), expected["cand_features"])
+    contexts = expected["contexts"]
+    mean, cov = _joint_law(policy, contexts, cands)
+    np.testing.assert_allclose(mean, expected[f"{name}.mean"], rtol=0, atol=TOL)
+    np.testing.assert_allclose(cov, expected[f"{name}.cov"], rtol=0, atol=TOL)
+    np.testing.assert_allclose(policy.model.noise_posterior(), expected[f"{name}.noise"], atol=TOL)
+    if name == "hybrid_linucb":
+        scores = policy.select_batch(contexts, cands, np.random.default_rng(0)).scores
+        np.testing.assert_allclose(scores, expected[f"{name}.scores"], rtol=0, atol=TOL)
+
+    # it learns on, and saves in this release's layout, as a model that learnt it all now
+    ids = [IDS[a] for a in expected["arms"]]
+    x, r, feats = expected["x"], expected["r"], expected["feats"][expected["arms"]]
+    now: Any = make_policy(name, dim_user=DU, dim_arm=DA, interactions=True, refactor_every=50)
+    now.update_batch(x[:150], ids[:150], r[:150], feats[:150])
+    for t in range(150, len(ids)):
+        now.update(x[t], ids[t], r[t], feats[t])
+    for p in (policy, now):
+        for t in range(20):
+            p.update(x[t] + 1.0, ids[t], 1.0 - r[t], feats[t])
+    again: Any = policy_from_state(policy.to_state())
+    for got in (policy, again):
+        for ours, theirs in zip(
+            _joint_law(got, contexts, cands), _joint_law(now, contexts, cands), strict=True
+        ):
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=TOL)

@@ -575,6 +575,33 @@ class HybridModel:
         "arm_fit_",
     )
 
+    def _state_array(self, arrays: dict[str, NDArray[Any]], name: str) -> FloatArray:
+        """The state's array for attribute ``name``, in the shape this model gives it."""
+        key = "hybrid." + name.rstrip("_")
+        value = np.asarray(arrays[key], dtype=np.float64)
+        expected = getattr(self, name).shape
+        if value.shape != expected:
+            raise ValueError(f"state array {key!r} must have shape {expected}; got {value.shape}.")
+        return value
+
+    def _scoring_of_older_layout(self, arrays: dict[str, NDArray[Any]]) -> FloatArray:
+        """Each arm's scoring block for a state saved before the blocks were stored
+        (d8a84e1): that layout kept every arm's inverse Cholesky factor ``U_a`` (as
+        ``hybrid.inv_chol``) and the Schur complement instead. ``W_a`` is built from the
+        stored ``U_a``, ``B_a``, ``b_a`` (:func:`scoring_block`) and every other array is
+        taken as stored, so the model decides as the one that saved it did (rank-one steps
+        since its last refactorisation included); the Schur complement is not needed."""
+        inv_chol = self._state_array({"hybrid.precision": arrays["hybrid.inv_chol"]}, "precision_")
+        scoring, _ = scoring_block(
+            inv_chol, self._state_array(arrays, "cross_"), self._state_array(arrays, "xty_")
+        )
+        if not np.isfinite(scoring).all():
+            raise ValueError(
+                "state array 'hybrid.inv_chol' gives non-finite scoring blocks "
+                "(a state of the layout before d8a84e1)."
+            )
+        return scoring
+
     def fold(self) -> None:
         """Add the observations learnt one at a time since the last fold to the summed
         statistics (what :meth:`arrays` does first): afterwards reading the state changes
@@ -598,15 +625,10 @@ class HybridModel:
         self._rows_of.clear()
         self._reset()
         self.slots_for(arm_ids, create=True)
+        if "hybrid.scoring" not in arrays and "hybrid.inv_chol" in arrays:
+            arrays = {**arrays, "hybrid.scoring": self._scoring_of_older_layout(arrays)}
         for name in self._ARRAYS:
-            key = "hybrid." + name.rstrip("_")
-            value = np.asarray(arrays[key], dtype=np.float64)
-            expected = getattr(self, name).shape
-            if value.shape != expected:
-                raise ValueError(
-                    f"state array {key!r} must have shape {expected}; got {value.shape}."
-                )
-            setattr(self, name, value.copy())
+            setattr(self, name, self._state_array(arrays, name).copy())
         self._weights = self._noise = None
         scalars = np.asarray(arrays["hybrid.scalars"], dtype=np.float64)
         if scalars.shape != (3,):

@@ -53,8 +53,8 @@ def policy_from_state(state: PolicyState) -> Policy:
         restored: Policy = cls.from_state(state)
     except (KeyError, IndexError, AttributeError, TypeError, OverflowError) as exc:
         # a state written by to_state never gets here: a hand-edited or truncated one
-        # does, and one an older banditops wrote in a layout since changed (a hybrid
-        # policy's before its scoring blocks were stored: upgrade helper, stop 45)
+        # does, and one an older banditops wrote in a layout this one does not convert
+        # (the hybrid policies' layout before their scoring blocks is converted on load)
         older = (
             " A missing array is also what a state saved by an older banditops in a layout "
             "this one no longer reads gives: retrain the version, or roll back to one this "
