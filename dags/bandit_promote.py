@@ -26,7 +26,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, task
 
 from eventstore.contract import PROMOTE_DAG
-from training.promotion import TASK_TIMEOUT, targets
+from training.promotion import TASK_TIMEOUT, targets, version_param
 from training.settings import DAG_START, PipelineSettings
 
 SETTINGS = PipelineSettings()
@@ -77,10 +77,7 @@ def move_alias(
     default_args={"owner": SETTINGS.owner, "retries": 0},
     params={
         "version": Param(
-            "",
-            type="string",
-            pattern="^[0-9]*$",
-            description="Registered version to promote (empty with rollback).",
+            "", **version_param("Registered version to promote (empty with rollback).")
         ),
         "target": Param(
             SETTINGS.production_alias,

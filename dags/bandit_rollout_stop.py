@@ -19,7 +19,7 @@ from typing import Any
 from airflow.sdk import Param, dag, task
 
 from eventstore.contract import STOP_DAG
-from training.promotion import TASK_TIMEOUT
+from training.promotion import TASK_TIMEOUT, version_param
 from training.settings import DAG_START, PipelineSettings
 
 SETTINGS = PipelineSettings()
@@ -50,10 +50,7 @@ def stop(*, params: Any = None, dag_run: Any = None) -> dict[str, Any]:
     default_args={"owner": SETTINGS.owner, "retries": 0},
     params={
         "version": Param(
-            "",
-            type="string",
-            pattern="^[0-9]*$",
-            description="The version whose rollout to stop (empty: the running one).",
+            "", **version_param("The version whose rollout to stop (empty: the running one).")
         ),
         "reason": Param("", type="string", description="Why (kept in the rollout's audit)."),
     },

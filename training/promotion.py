@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 TASK_TIMEOUT = timedelta(minutes=10)
 
 
+def version_param(description: str) -> dict[str, Any]:
+    """The keywords of a DAG's ``version`` ``Param`` (``bandit_promote``,
+    ``bandit_rollout_stop``): a registered version number, or empty. The form refuses
+    anything else before a run is queued; the task checks again
+    (:func:`modelregistry.registry.version_number`)."""
+    return {"type": "string", "pattern": "^[0-9]*$", "description": description}
+
+
 def targets(settings: PipelineSettings) -> tuple[str, str]:
     """The aliases a person may move: the production alias and the staging alias (the
     rollout candidate, ``candidate_alias``)."""

@@ -189,6 +189,25 @@ def _record(
     return StepResult(action, reason, after, readout)
 
 
+def _end(
+    engine: Engine,
+    registry: ModelRegistry,
+    settings: PipelineSettings,
+    rollout: Rollout,
+    action: Action,
+    why: str,
+    readout: Readout,
+    now: datetime,
+) -> StepResult:
+    """Record a rollout's rollback or expiry, then take ``@staging`` off its candidate (a
+    later step must not start rolling it out again)."""
+    out = _record(engine, registry, rollout, action, why, readout, now)
+    registry.remove_alias(
+        settings.candidate_alias, by=CONTROLLER, reason=why, version=rollout.version
+    )
+    return out
+
+
 def start(
     version: str | int,
     settings: PipelineSettings | None = None,
@@ -428,11 +447,7 @@ def _step(
             f"rolled back at {stage}: worse than production by more than the margin "
             f"{settings.rollout_margin:g}; {numbers}"
         )
-        out = _record(engine, registry, rollout, "rollback", why, readout, now)
-        registry.remove_alias(
-            settings.candidate_alias, by=CONTROLLER, reason=why, version=rollout.version
-        )
-        return out
+        return _end(engine, registry, settings, rollout, "rollback", why, readout, now)
 
     if rollout.past_its_end(now, settings.rollout_max_duration_s):
         # the replicas stopped serving the candidate at its end: nothing else can follow
@@ -449,11 +464,7 @@ def _step(
             f"{production.version if production else 'unset'}; "
             f"@{settings.candidate_alias} removed from {rollout.version}"
         )
-        out = _record(engine, registry, rollout, "expire", why, readout, now)
-        registry.remove_alias(
-            settings.candidate_alias, by=CONTROLLER, reason=why, version=rollout.version
-        )
-        return out
+        return _end(engine, registry, settings, rollout, "expire", why, readout, now)
 
     on_stage = stages_seen[-1][CANDIDATE]
     waited = now - rollout.stage_started_at
