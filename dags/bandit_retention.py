@@ -1,5 +1,5 @@
 """
-### bandit_retention — nightly pruning of the event store
+### bandit_retention — nightly pruning of the event store and the runs folder
 
 `prune` deletes decisions (with their rewards) and superseded head snapshots older than
 `BANDITOPS_RETENTION_DAYS` (the function behind `banditops store prune`), at
@@ -8,8 +8,11 @@ reads the store: the replay window of each `bandit_retrain` run that is running 
 (from its run spec, asked of Airflow by run id; a queued run not planned yet holds the
 whole store back until it is), the running rollout's start and, for each version
 that still serves, the rewards its head learnt after its newest snapshot
-(`eventstore.retention`). Its return value (XCom) names the cutoff, what held it back and
-the rows deleted per table.
+(`eventstore.retention`); ended rollouts go too, except the latest and those of a version
+an alias holds. Then it deletes the folders of retrain runs and the monitor's reports
+under the runs folder last written more than `BANDITOPS_RUNS_RETENTION_DAYS` ago, never a
+running or queued retrain's (`training.run_folders`). Its return value (XCom) names the
+cutoff, what held it back, the rows deleted per table and the folders deleted.
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
     from eventstore.retention import apply_retention
     from modelregistry.registry import AliasReader
+    from training.run_folders import prune_run_folders
     from training.runspec import active_windows
 
     refuse_run_conf(RETENTION_DAG, dag_run.conf)
 
     total = ti.get_dr_count(dag_id=RETRAIN, states=ACTIVE)
     protected: dict[str, datetime] = {}
+    found: dict[str, datetime] = {}
     if total:
         found = active_windows(
             SETTINGS.runs_path,
@@ -53,7 +58,7 @@ def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
     registry = AliasReader(
         SETTINGS.tracking_uri, SETTINGS.model_name, registry_uri=SETTINGS.registry_uri
     )
-    return apply_retention(
+    result = apply_retention(
         SETTINGS.store_url,
         SETTINGS.model_name,
         SETTINGS.retention_days,
@@ -62,6 +67,12 @@ def prune(*, ti: Any = None, dag_run: Any = None) -> dict[str, Any]:
         served=registry.served_labels((SETTINGS.production_alias, SETTINGS.candidate_alias)),
         now=dag_run.run_after,
     )
+    result["runs_folder"] = prune_run_folders(
+        SETTINGS.runs_path,
+        dag_run.run_after - timedelta(days=SETTINGS.runs_retention_days),
+        active=found,
+    )
+    return result
 
 
 @dag(

@@ -32,8 +32,15 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select, tuple_
 
 from eventstore.engine import make_engine
-from eventstore.rollouts import current_rollout
-from eventstore.schema import decisions, head_snapshot_parts, head_snapshots, rewards
+from eventstore.rollouts import RUNNING, current_rollout
+from eventstore.schema import (
+    decisions,
+    head_snapshot_parts,
+    head_snapshots,
+    rewards,
+    rollout_steps,
+    rollouts,
+)
 from eventstore.workspace import as_utc
 
 log = logging.getLogger(__name__)
@@ -90,6 +97,12 @@ def prune_events(
     every version ever served kept one for good: 276 of 454 after a year of nightly
     versions, in the soak helper's run). None keeps every version's.
 
+    With ``keep_newest_of`` too, the rollouts that ended before ``older_than`` go with
+    their steps (up to a thousand a rollout: nothing deleted them), except each model's
+    latest (the Bandits page and ``rollout status`` show it) and the latest of each
+    version those labels name (the controller reads it not to roll a version still
+    ``@staging`` out again).
+
     The decisions go ``batch`` at a time in id order, each batch with its rewards in one
     transaction, so no write of the service waits for more than one batch.
 
@@ -127,6 +140,7 @@ def prune_events(
             }
     else:
         counts = _delete_events(engine, older_than, batch)
+    ended = None if keep_newest_of is None else _ended_rollouts(older_than, keep_newest_of)
     if dry_run:
         with engine.connect() as conn:
             counts["head_snapshots"] = conn.execute(
@@ -135,6 +149,14 @@ def prune_events(
             counts["head_snapshot_parts"] = conn.execute(
                 select(func.count()).select_from(head_snapshot_parts).where(old_parts)
             ).scalar_one()
+            if ended is not None:
+                ids = select(rollouts.c.id).where(ended)
+                counts["rollout_steps"] = conn.execute(
+                    select(func.count()).where(rollout_steps.c.rollout_id.in_(ids))
+                ).scalar_one()
+                counts["rollouts"] = conn.execute(
+                    select(func.count()).select_from(rollouts).where(ended)
+                ).scalar_one()
         return {k: int(v) for k, v in counts.items()}
     # a few rows to a transaction, as the decisions: a snapshot or a part holds up to a
     # whole head or SNAPSHOT_PART_BYTES. The snapshots first, then the parts no remaining
@@ -143,18 +165,49 @@ def prune_events(
     counts["head_snapshot_parts"] = _delete_rows(
         engine, head_snapshot_parts, old_parts, (p.parts_key, p.seq)
     )
+    if ended is not None:  # the steps first: a rollout is never left with half of them
+        ids = select(rollouts.c.id).where(ended)
+        counts["rollout_steps"] = _delete_rows(
+            engine,
+            rollout_steps,
+            rollout_steps.c.rollout_id.in_(ids),
+            (rollout_steps.c.id,),
+            PRUNE_BATCH,
+        )
+        counts["rollouts"] = _delete_rows(engine, rollouts, ended, (rollouts.c.id,), PRUNE_BATCH)
     return {k: int(v) for k, v in counts.items()}
 
 
+def _ended_rollouts(older_than: datetime, served: Collection[str]) -> ColumnElement[bool]:
+    """The rollouts :func:`prune_events` deletes: ended before ``older_than``, neither
+    their model's latest nor the latest of a version ``served`` names."""
+    r = rollouts.c
+    where: ColumnElement[bool] = (r.status != RUNNING) & (r.updated_at < older_than)
+    where &= r.id.not_in(select(func.max(r.id)).group_by(r.model_name))
+    held = sorted({(name, version) for name, _, version in (x.rpartition("/") for x in served)})
+    if held:
+        latest_of_held = (
+            select(func.max(r.id))
+            .where(tuple_(r.model_name, r.version).in_(held))
+            .group_by(r.model_name, r.version)
+        )
+        where &= r.id.not_in(latest_of_held)
+    return where
+
+
 def _delete_rows(
-    engine: Engine, table: Any, where: ColumnElement[bool], key: tuple[Any, ...]
+    engine: Engine,
+    table: Any,
+    where: ColumnElement[bool],
+    key: tuple[Any, ...],
+    batch: int = BLOB_BATCH,
 ) -> int:
-    """Delete the rows of ``table`` that ``where`` picks, :data:`BLOB_BATCH` at a time
-    (a transaction each, picked again each time); the rows deleted."""
+    """Delete the rows of ``table`` that ``where`` picks, ``batch`` at a time (a
+    transaction each, picked again each time); the rows deleted."""
     deleted = 0
     while True:
         with engine.begin() as conn:
-            rows = conn.execute(select(*key).where(where).limit(BLOB_BATCH)).all()
+            rows = conn.execute(select(*key).where(where).limit(batch)).all()
             if not rows:
                 return deleted
             deleted += conn.execute(delete(table).where(tuple_(*key).in_(rows))).rowcount

@@ -14,6 +14,11 @@ from eventstore.text import check_text
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: The monitor's folder under the runs folder: its reports and the state between runs.
 MONITOR_FOLDER = "monitor"
+#: A monitor run's report, in the run's own folder under :data:`MONITOR_FOLDER`.
+MONITOR_REPORT_FILE = "report.json"
+#: The newest monitor reports the Bandits page reads (its latency history): retention
+#: keeps at least these, however old.
+MONITOR_REPORTS_SHOWN = 24
 #: Folders of the runs folder that no run's own folder may be (a retrain run named
 #: ``monitor`` would write into the monitor's, and its report would read as the latest
 #: monitor report).

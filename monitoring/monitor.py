@@ -77,7 +77,13 @@ from eventstore.contract import DECISION_ENDPOINTS, DECISIONS, MONITOR_DAG
 from eventstore.engine import make_engine
 from eventstore.replay import dimensions, of_dimensions, read_replay
 from eventstore.text import redact_credentials
-from eventstore.workspace import MONITOR_FOLDER, as_utc, run_folder, within_range
+from eventstore.workspace import (
+    MONITOR_FOLDER,
+    MONITOR_REPORT_FILE,
+    as_utc,
+    run_folder,
+    within_range,
+)
 from modelregistry.registry import ModelRegistry
 from monitoring import evidence
 from monitoring import served_latency as sl
@@ -87,7 +93,7 @@ from validation.expectations import STORE_COLUMNS, ReplaySuiteConfig, drift_scor
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.json"
+REPORT_FILE = MONITOR_REPORT_FILE
 FIGURE_FILE = "report.png"
 #: The last ``/metrics`` scrape, kept under ``<runs dir>/monitor/``: the next run's baseline.
 LATENCY_STATE_FILE = "latency_scrape.json"

@@ -44,7 +44,7 @@ from eventstore.rollouts import (
 )
 from eventstore.settings import env_name
 from eventstore.text import redact_credentials
-from eventstore.workspace import MONITOR_FOLDER
+from eventstore.workspace import MONITOR_FOLDER, MONITOR_REPORTS_SHOWN
 from modelregistry.registry import ModelRegistry, VersionInfo
 from monitoring import served_latency as sl
 from monitoring.monitor import REPORT_FILE
@@ -59,7 +59,7 @@ from monitoring.settings import MonitorSettings
 
 #: Where ``bandit_monitor`` keeps its runs (``<runs dir>/monitor/<run>/report.json``).
 #: Monitor reports read for the latency history.
-LATENCY_HISTORY = 24
+LATENCY_HISTORY = MONITOR_REPORTS_SHOWN
 #: Alias moves shown.
 HISTORY_ROWS = 20
 #: Days of the fallback-share chart.

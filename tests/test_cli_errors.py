@@ -260,6 +260,10 @@ def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> 
             {"BANDITOPS_RETENTION_DAYS": "1e6"},
             "retention_days (BANDITOPS_RETENTION_DAYS): must be at most 11574.1",
         ),
+        (
+            {"BANDITOPS_RUNS_RETENTION_DAYS": "0"},
+            "runs_retention_days (BANDITOPS_RUNS_RETENTION_DAYS): Input should be greater than 0",
+        ),
         # a busy loop at 1e-300
         (
             {"BANDITOPS_SNAPSHOT_EVERY_S": "1e-300"},

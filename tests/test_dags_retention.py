@@ -9,6 +9,7 @@ newest snapshot. Each night that a protection is released prunes the next rows."
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -103,6 +104,14 @@ def test_retention_dag_keeps_what_running_retrains_and_rollouts_read(
         reward_ids, _ = store.applied_reward_ids("v1")
         with engine.begin() as conn:  # a snapshot holding the rewards of all but d10
             write_events(conn, [SnapshotRow("v1", now, int(reward_ids[2]), 3, "uniform", b"npz")])
+        # the runs folder: the running retrain's folder and a finished one's, 100 days
+        # untouched (the running one was cleared and runs again)
+        stale = runs / "an-old-retrain"
+        stale.mkdir()
+        (stale / SPEC_FILE).write_text(json.dumps({"run_key": "scheduled__old"}))
+        for folder in (stale, runs / "a-running-retrain"):
+            for path in (*folder.iterdir(), folder):
+                os.utime(path, ((now - 100 * DAY).timestamp(),) * 2)
         with airflow_home.applied(**env), _retrain_run(running, "running"):
             rollout = start_rollout(
                 engine, "banditops-policy", 4, 0.05, reason="gate", at=now - 70 * DAY
@@ -111,10 +120,12 @@ def test_retention_dag_keeps_what_running_retrains_and_rollouts_read(
                 # a queued retrain has no window yet: nothing can be pruned safely
                 assert night(1) == set(AGES)
             assert night(2) == {"d60", "d45", "d10"}  # the rollout reads from 70 days back
+            assert not stale.exists() and (runs / "a-running-retrain").exists()
             record_step(engine, rollout.id, "stop", reason="operator")
             assert night(3) == {"d45", "d10"}  # the retrain's window starts 50 days back
         with airflow_home.applied(**env):
             assert night(4) == {"d10"}  # nothing runs: 30 days of retention
+            assert not (runs / "a-running-retrain").exists()
         assert store.count_rows()["rewards"] == 1
     finally:
         engine.dispose()

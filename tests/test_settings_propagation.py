@@ -173,6 +173,7 @@ def samples(root: Path, models: str = "registry") -> dict[str, Any]:
         "validation_drift_failing": 2.0,
         "retention_schedule": "15 4 * * *",
         "retention_days": 30.0,
+        "runs_retention_days": 7.0,
         # monitor
         "alert_webhook_url": "http://127.0.0.1:9/alerts",
         "monitor_lookback_days": 3.0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from eventstore import records
 from eventstore.records import SnapshotPart, SnapshotRow
 from eventstore.replay import COLUMNS, read_replay, write_replay_parquet
 from eventstore.retention import prune_events
+from eventstore.rollouts import record_step, start_rollout
 from ops.cli import app as cli
 from serving.store.repository import DropParts, EventStore, SupersededSnapshots, write_events
 from tests.serving_helpers import decision_row, reward_row
@@ -516,3 +518,41 @@ def test_a_version_retired_past_the_retention_loses_its_last_snapshot(
     with engine.connect() as conn:
         kept = set(conn.execute(sa.text("SELECT model_version FROM head_snapshots")).scalars())
     assert kept == {"m/2", "m/3"}
+
+
+def test_ended_rollouts_go_except_the_latest_and_those_of_served_versions(
+    engine: sa.Engine,
+) -> None:
+    """Nothing deleted rollouts or their steps (months helper, stop 46: up to a thousand
+    steps a rollout, one rollout a night). Past the cutoff an ended rollout goes with its
+    steps, except its model's latest (what the page and ``rollout status`` show) and the
+    latest of a version the registry still serves (the controller reads it not to roll
+    a version still ``@staging`` out again); a caller who cannot ask the registry keeps
+    them all."""
+    day = 24 * HOUR
+
+    def ended(model: str, version: int, age: int, action: Any = "stop") -> int:
+        rollout = start_rollout(engine, model, version, 0.05, reason="gate", at=NOW - age * day)
+        for h in range(3):
+            record_step(
+                engine, rollout.id, "hold", reason="waiting", at=rollout.started_at + h * HOUR
+            )
+        record_step(engine, rollout.id, action, reason="done", at=NOW - (age - 1) * day)
+        return rollout.id
+
+    gone = {ended("m", 1, 200), ended("m", 5, 160, "rollback")}
+    served = ended("m", 2, 180, "rollback")  # v2 still @staging
+    recent = ended("m", 3, 20, "promote")  # ended after the cutoff
+    other = ended("other", 1, 300)  # the other model's latest
+    running = start_rollout(engine, "m", 6, 0.05, reason="gate", at=NOW - 150 * day).id
+    cutoff = NOW - 90 * day
+    assert prune_events(engine, cutoff, dry_run=True)["head_snapshots"] == 0
+    assert "rollouts" not in prune_events(engine, cutoff, dry_run=True)  # no registry
+    counted = prune_events(engine, cutoff, dry_run=True, keep_newest_of={"m/2", "m/3"})
+    assert (counted["rollouts"], counted["rollout_steps"]) == (2, 10)  # start, 3 holds, end
+    assert prune_events(engine, cutoff, keep_newest_of={"m/2", "m/3"}) == counted
+    with engine.connect() as conn:
+        kept = set(conn.execute(sa.text("SELECT id FROM rollouts")).scalars())
+        steps = set(conn.execute(sa.text("SELECT rollout_id FROM rollout_steps")).scalars())
+    assert kept == {served, recent, other, running} and not kept & gone
+    assert steps == kept

@@ -209,6 +209,13 @@ class PipelineSettings(CoreSettings):
         ``bandit_retention`` deletes decisions (with their rewards) and superseded head
         snapshots older than this, never a row a running retrain's window, a running
         rollout or a served head (what it learnt after its newest snapshot) still needs.
+        Ended rollouts go too, except the latest and those of a version an alias holds.
+    runs_retention_days : float
+        ``bandit_retention`` deletes the folders of retrain runs under ``runs_dir`` (each
+        with a copy of its replay window, its data docs and reports; what the loop needs
+        of a run is in MLflow) and the monitor's hourly reports, once their newest file
+        is older than this; never the folder of a retrain Airflow still runs or has
+        queued, nor the newest monitor reports the Bandits page shows.
     """
 
     section: ClassVar[str] = "pipelines"
@@ -277,6 +284,7 @@ class PipelineSettings(CoreSettings):
     validation_drift_failing: float = Field(1.0, gt=0.0)
     retention_schedule: str = "30 3 * * *"
     retention_days: float = Field(90.0, gt=0.0)
+    runs_retention_days: float = Field(30.0, gt=0.0)
 
     @field_validator("retrain_algorithm")
     @classmethod
