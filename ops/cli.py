@@ -21,7 +21,6 @@ import numpy as np
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
@@ -43,6 +42,7 @@ from eventstore.settings import WORKSPACE_ENV, setting_problems, workspace_file,
 from ops import config_file
 from ops.airflow_cli import airflow_app
 from ops.config_reference import markdown, splice, unknown_variables
+from ops.console import error, warning
 from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
 from training.commands import evaluate, models, promote, rollback, rollout_app, train
@@ -54,17 +54,17 @@ class _Commands(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:  # typer's own click Context
         for line in unknown_variables(os.environ):
-            console.print(f"[yellow]warning:[/] {escape(line)}")
+            warning(line)
         try:
             return super().invoke(ctx)
         except ValidationError as exc:
             for problem in setting_problems(exc):
-                console.print(f"[red]error:[/] {escape(problem)}", soft_wrap=True)
+                error(problem)
             raise typer.Exit(2) from None
         except Exception as exc:
             if not is_operator_error(exc):
                 raise  # a bug: its traceback is what a report needs
-            console.print(f"[red]error:[/] {escape(operator_message(exc))}", soft_wrap=True)
+            error(operator_message(exc))
             raise typer.Exit(2) from None
 
 

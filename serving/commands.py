@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from eventstore.settings import env_name
 from eventstore.text import redact_credentials
+from ops.console import error
 
 if TYPE_CHECKING:
     from serving.settings import Settings
@@ -76,7 +76,7 @@ def check_schema(settings: Settings) -> None:
         require_current(engine)
     except (StoreSchemaError, SQLAlchemyError) as exc:
         first = (str(exc).splitlines() or [""])[0]
-        console.print(f"[red]error:[/] {escape(redact_credentials(first))}", soft_wrap=True)
+        error(redact_credentials(first))
         raise typer.Exit(2) from None
     finally:
         engine.dispose()
@@ -114,14 +114,13 @@ def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
         now = upgrade(engine, revision)
     except SQLAlchemyError as exc:  # unreachable, refused: named, not a traceback
         first = str(exc).splitlines()[0] if str(exc) else ""
-        console.print(
-            f"[red]error:[/] the event store {escape(_shown(target))} could not be migrated: "
-            f"{exc.__class__.__name__}: {escape(redact_credentials(first))}",
-            soft_wrap=True,
+        error(
+            f"the event store {_shown(target)} could not be migrated: "
+            f"{exc.__class__.__name__}: {redact_credentials(first)}"
         )
         raise typer.Exit(1) from None
     except StoreSchemaError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        error(str(exc))
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
@@ -184,14 +183,10 @@ def store_prune(
         )
     except SQLAlchemyError as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        console.print(
-            f"[red]error:[/] the event store {escape(_shown(target))} refused: "
-            f"{exc.__class__.__name__}: {escape(first)}",
-            soft_wrap=True,
-        )
+        error(f"the event store {_shown(target)} refused: {exc.__class__.__name__}: {first}")
         raise typer.Exit(1) from None
     except StoreSchemaError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        error(str(exc))
         raise typer.Exit(2) from None
     finally:
         engine.dispose()

@@ -6,8 +6,10 @@ and its command listings keep each summary on one line."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -392,6 +394,28 @@ def test_a_variable_no_setting_reads_is_warned_about(
     assert code == 0
     assert "BANDITOPS_DATABSE_URL is not a setting and is ignored" in output
     assert "did you mean BANDITOPS_DATABASE_URL?" in output
+
+
+def test_warnings_and_errors_go_to_stderr_so_json_output_stays_json(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``config show --json | jq`` broke on the warning about a stray variable, which went
+    to stdout with the JSON (README helper, stop 46); errors go to stderr too."""
+    monkeypatch.setenv("BANDITOPS_POLL_INTERVAL", "3")
+    shown = CliRunner().invoke(_app(), ["config", "show", "--json"])
+    assert shown.exit_code == 0
+    assert "BANDITOPS_POLL_INTERVAL is not a setting" in shown.stderr
+    assert json.loads(shown.stdout)
+    monkeypatch.setenv("BANDITOPS_MONITOR_ALPHA", "0.7")
+    refused = CliRunner().invoke(_app(), ["config", "show", "--json"])
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert "error: monitor_alpha (BANDITOPS_MONITOR_ALPHA)" in refused.stderr
+
+
+def _app() -> Any:
+    from ops.cli import app
+
+    return app
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ def test_train_options_are_the_form() -> None:
         option = options[field.name]
         assert option.default is None, field.name  # the form's default, filled by plan()
         assert field.description in option.help and field.expectation() in option.help
+        assert "Undefined" not in option.help, option.help  # a factory's default shown
         flag = "--" + field.name.replace("_", "-")
         assert flag in option.opts
         if field.kind == "boolean":

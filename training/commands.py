@@ -19,12 +19,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from eventstore.contract import GATE_PASSED_TAG
 from eventstore.settings import CoreSettings as Settings
 from eventstore.settings import env_name
+from ops.console import error, warning
 from training.form import RETRAIN_FORM, FormField
 from training.settings import N_RESAMPLES_MIN, PipelineSettings
 
@@ -74,7 +74,10 @@ def train_option(field: FormField) -> inspect.Parameter:
 
 
 def _setting_default(field: FormField) -> Any:
-    return PipelineSettings.model_fields[field.setting or ""].default
+    """The setting's default, as the help shows it (a factory's value for ``{}``)."""
+    info = PipelineSettings.model_fields[field.setting or ""]
+    value = info.get_default(call_default_factory=True)
+    return json.dumps(value) if isinstance(value, dict) else value
 
 
 def _with_form_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -239,7 +242,7 @@ def _reported(*errors: type[Exception]) -> Iterator[None]:
     try:
         yield
     except errors as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        error(str(exc))
         raise typer.Exit(code=2) from exc
 
 
@@ -272,7 +275,7 @@ def promote(
     with _reported(ValueError, RegistryError):
         info = _registry(settings).promote(version, by=by, reason=reason, alias=alias, force=force)
     if info.tags.get(GATE_PASSED_TAG) == "false":
-        console.print(f"[yellow]warning:[/] version {info.version} failed its gate; forced.")
+        warning(f"version {info.version} failed its gate; forced.")
     console.print(f"@{alias} → version {info.version}")
 
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from ops.console import error
 
 console = Console()
 catalog_app = typer.Typer(help="The item catalog.", no_args_is_help=True)
@@ -48,7 +49,7 @@ def catalog_load(
         try:
             require_current(engine)
         except StoreSchemaError as exc:  # an operator error, as every command's: exit 2
-            console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
+            error(str(exc))
             raise typer.Exit(code=2) from exc
         store = CatalogStore(engine)
         count, newest = 0, 0
