@@ -7,6 +7,14 @@ not newer than the one held is ignored), so change feeds may overlap.
 :meth:`CatalogIndex.compacted` rebuilds from the active rows alone (run off the event
 loop when too many rows are off, or when the catalog outgrew the exact retriever).
 
+What the index keeps grows with the active catalog, not with its history or its traffic:
+impressions are counted for active items only (a decision among the client's own
+candidates shows ids the catalog does not hold: counting them kept an entry per id ever
+shown, 5,000 for 5,000 decisions among fresh ids), a retired item's count is dropped, and
+its version is kept only as a *tombstone* that refuses an older version of it arriving
+late (an overlapping feed read) until the compaction after that can no longer happen
+(``forget_retired_before``: 1,000 items retired a day made 8,000 entries after 8 days).
+
 New items — fewer than ``new_after`` impressions — are also kept in a small exact index,
 from which :meth:`CatalogIndex.retrieve` can add the best-scoring new items to the
 retrieved candidates (``cold_slots``), so a new item can be shown before its score would
@@ -18,6 +26,8 @@ those of the policy given the set.
 
 from __future__ import annotations
 
+import math
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -136,7 +146,9 @@ class CatalogIndex:
         self._cold_rows: list[int] = []  # cold-index row → catalog row
         self._cold_of: dict[str, int] = {}  # item → its cold-index row
         self.item_row: dict[str, int] = {}  # active item → its current row
-        self.versions: dict[str, int] = {}  # every item seen → newest version
+        self.versions: dict[str, int] = {}  # active or tombstoned item → newest version
+        self.retired_at: dict[str, float] = {}  # tombstone → when applied (time.monotonic)
+        #: active item → times shown (a retired item's count is dropped)
         self.impressions: Counter[str] = impressions if impressions is not None else Counter()
         self.seq = 0
 
@@ -164,9 +176,15 @@ class CatalogIndex:
 
     # ------------------------------------------------------------------ changes
     def apply(self, records: Iterable[ItemRecord]) -> int:
-        """Apply item versions in order; returns how many were newer than those held."""
+        """Apply item versions in order; returns how many were newer than those held.
+
+        A retirement drops the item's impressions and leaves a tombstone in
+        :attr:`versions` (see :meth:`snapshot`); an item that comes back starts from the
+        impressions its record carries (the store's count).
+        """
         pending: list[ItemRecord] = []  # appended together (one retriever call)
         applied = 0
+        now = time.monotonic()
         for rec in records:
             self.seq = max(self.seq, rec.seq)
             if rec.version <= self.versions.get(rec.item_id, 0):
@@ -175,12 +193,16 @@ class CatalogIndex:
             if self.item_row.get(rec.item_id, -1) >= len(self._rows.ids):
                 self._flush(pending)  # a second version of an item still pending
             self.versions[rec.item_id] = rec.version
+            self._switch_off(rec.item_id)
+            if rec.retired:
+                self.impressions.pop(rec.item_id, None)
+                self.retired_at[rec.item_id] = now
+                continue
+            self.retired_at.pop(rec.item_id, None)
             if rec.impressions:
                 self.impressions[rec.item_id] = max(self.impressions[rec.item_id], rec.impressions)
-            self._switch_off(rec.item_id)
-            if not rec.retired:
-                self.item_row[rec.item_id] = len(self._rows.ids) + len(pending)
-                pending.append(rec)
+            self.item_row[rec.item_id] = len(self._rows.ids) + len(pending)
+            pending.append(rec)
         self._flush(pending)
         return applied
 
@@ -217,31 +239,51 @@ class CatalogIndex:
             self.cold.add(vectors[new])
 
     def record_shown(self, item_ids: Iterable[str]) -> None:
-        """Count impressions; an item leaves the new set at ``new_after``."""
+        """Count impressions of the active items among ``item_ids`` (the rest are not
+        the catalog's: ids a client sent with its own features); an item leaves the new
+        set at ``new_after``."""
         for item in item_ids:
+            if item not in self.item_row:
+                continue
             self.impressions[item] += 1
             if self.impressions[item] >= self.config.new_after:
                 cold = self._cold_of.pop(item, None)
                 if cold is not None:
                     self.cold.deactivate(np.array([cold]))
 
-    def snapshot(self) -> Compaction:
-        """The active rows, copied (cheap; on the loop): input of :meth:`Compaction.build`."""
+    def snapshot(self, forget_retired_before: float = -math.inf) -> Compaction:
+        """The active rows, copied (cheap; on the loop): input of :meth:`Compaction.build`.
+
+        Parameters
+        ----------
+        forget_retired_before : float
+            Tombstones of retirements applied before this ``time.monotonic()`` are left
+            out: the caller knows no read still under way, or yet to come, can hand over
+            an older version of those items (which the tombstone would refuse). Default:
+            keep every tombstone.
+        """
         rows = np.fromiter(self.item_row.values(), dtype=np.intp, count=len(self.item_row))
         rows.sort()
+        retired_at = {i: t for i, t in self.retired_at.items() if t >= forget_retired_before}
         return Compaction(
             index=self,
             ids=[self._rows.ids[r] for r in rows],
             versions=[self._rows.versions[r] for r in rows],
             features=self._rows.features.take(rows),
             vectors=self._vectors.take(rows),
-            all_versions=dict(self.versions),
+            all_versions={
+                item: v
+                for item, v in self.versions.items()
+                if item in self.item_row or item in retired_at
+            },
+            retired_at=retired_at,
             seq=self.seq,
         )
 
-    def compacted(self) -> CatalogIndex:
-        """A new index holding only the active rows (same items, versions, impressions)."""
-        return self.snapshot().build()
+    def compacted(self, forget_retired_before: float = -math.inf) -> CatalogIndex:
+        """A new index holding only the active rows (same items, versions, impressions)
+        and the tombstones applied since ``forget_retired_before`` (:meth:`snapshot`)."""
+        return self.snapshot(forget_retired_before).build()
 
     # ------------------------------------------------------------------ retrieval
     def retrieve(self, query: FloatArray, k: int) -> Retrieved:
@@ -287,6 +329,7 @@ class Compaction:
     features: FloatArray
     vectors: FloatArray
     all_versions: dict[str, int]
+    retired_at: dict[str, float]
     seq: int
 
     def build(self, extra: int = 0) -> CatalogIndex:
@@ -296,6 +339,7 @@ class Compaction:
             old.config, old.dim_features, old.dim_vector, len(self.ids) + extra, old.impressions
         )
         out.versions = dict(self.all_versions)
+        out.retired_at = dict(self.retired_at)
         out.item_row = {item: i for i, item in enumerate(self.ids)}
         out._rows.versions = list(self.versions)
         if self.ids:

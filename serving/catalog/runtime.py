@@ -15,6 +15,12 @@ The index is used and changed on the event loop only. Small batches are applied 
 a large one (a bulk load), too many switched-off rows, or a catalog that outgrew exact
 retrieval rebuilds the index in a thread from a copy of its active rows, and the changes
 applied meanwhile are applied to the new index before it is swapped in.
+
+A retired item's tombstone (what refuses an older version of it read late) is left out of
+a rebuild once no read can hand such a version over: a version read before the
+retirement comes from a read under way then (a feed read, or the write of this
+process), or from a gap asked for again, for at most ``FEED_OVERLAP`` after it was
+noticed (:meth:`CatalogService._settled_before`).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -73,6 +79,7 @@ class CatalogService:
         self._top = 0  # highest seq read
         self._gaps: dict[int, float] = {}  # skipped seq → when it was noticed
         self._during_rebuild: list[ItemRecord] | None = None
+        self._reads: dict[object, float] = {}  # read under way → when it began (monotonic)
         self._timer: asyncio.Task[None] | None = None
         self._rebuild: asyncio.Task[None] | None = None
 
@@ -101,10 +108,32 @@ class CatalogService:
 
     async def refresh(self) -> int:
         """Apply the store's changes since the last read (and any gap that filled)."""
-        expired = time.monotonic() - FEED_OVERLAP.total_seconds()
-        self._gaps = {g: t for g, t in self._gaps.items() if t >= expired}
-        records = await asyncio.to_thread(self.store.changes, self._top, sorted(self._gaps))
-        return self._apply(records)
+        with self._reading() as began:
+            expired = began - FEED_OVERLAP.total_seconds()
+            self._gaps = {g: t for g, t in self._gaps.items() if t >= expired}
+            records = await asyncio.to_thread(self.store.changes, self._top, sorted(self._gaps))
+            return self._apply(records)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[float]:
+        """Mark a read whose versions are applied at its end (yields when it began)."""
+        token, began = object(), time.monotonic()
+        self._reads[token] = began
+        try:
+            yield began
+        finally:
+            del self._reads[token]
+
+    def _settled_before(self) -> float:
+        """The ``time.monotonic()`` before which an applied retirement is final.
+
+        An older version of a retired item reaches :meth:`_apply` only from a read that
+        began before the retirement was applied, or as a gap: a ``seq`` noticed missing
+        before then (later ones are above the retirement's), asked for again by the feed
+        reads that begin within ``FEED_OVERLAP`` of it. So a retirement applied
+        ``FEED_OVERLAP`` before the oldest read under way (or now) is final.
+        """
+        return min([time.monotonic(), *self._reads.values()]) - FEED_OVERLAP.total_seconds()
 
     def _track(self, records: Sequence[ItemRecord]) -> None:
         """Record the seqs read and the ones skipped (gaps)."""
@@ -121,15 +150,17 @@ class CatalogService:
     # ------------------------------------------------------------------ writes
     async def upsert(self, entries: Sequence[ItemInput]) -> list[ItemRecord]:
         what = "store the items (they may still be stored: the catalog poll then serves them)"
-        records = await self._read(what, self.store.upsert, entries)
-        self._apply(records)
+        with self._reading():
+            records = await self._read(what, self.store.upsert, entries)
+            self._apply(records)
         return records
 
     async def retire(self, item_id: str) -> ItemRecord | None:
         what = f"retire item {item_id!r} (it may still be retired)"
-        record = await self._read(what, self.store.retire, item_id)
-        if record is not None:
-            self._apply([record])
+        with self._reading():
+            record = await self._read(what, self.store.retire, item_id)
+            if record is not None:
+                self._apply([record])
         return record
 
     def _apply(self, records: Sequence[ItemRecord]) -> int:
@@ -158,7 +189,7 @@ class CatalogService:
         """A new index from the active rows plus ``records``, built in a thread."""
         if self.index is None:
             return
-        snapshot = self.index.snapshot()
+        snapshot = self.index.snapshot(self._settled_before())
         self._during_rebuild = []
         try:
             built = await asyncio.to_thread(_build, snapshot, records)
