@@ -1,19 +1,29 @@
 """What the catalog keeps grows with the catalog, not with traffic or history: impressions
-are counted for active catalog items only and a retired item leaves the index."""
+are counted for active catalog items only and a retired item leaves the index; an item
+written again exactly as it is adds no version (a nightly reload of an unchanged catalog
+added a copy of every item a night), and concurrent writes of one item number their
+versions in turn."""
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
 
+from eventstore.schema import decisions, item_versions
+from ops.cli import app as cli
 from serving.catalog import runtime
 from serving.catalog.index import CatalogIndex, IndexConfig
-from serving.catalog.store import ItemRecord
+from serving.catalog.store import CatalogStore, ItemInput, ItemRecord
 from tests.serving_helpers import DIM_ARM, DIM_USER, policy_file, running_client, service_settings
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -40,6 +50,11 @@ def _inline(rng: np.random.Generator, ids: list[str]) -> dict[str, Any]:
     }
 
 
+def _version_rows(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(item_versions)).scalar())
+
+
 def _settled(client: Any) -> CatalogIndex:
     """The service's catalog index once no rebuild is under way and no row is stale."""
     catalog = client.app.state.service.catalog
@@ -62,7 +77,8 @@ def test_impressions_are_kept_for_active_catalog_items_only(
     (1 in 10 also shows catalog item cat-0 inline): the impressions kept are those
     of the catalog's items (it kept one per id ever shown: 2,000 here, ~100 MB a day at
     1M fresh ids). A retired item leaves the impressions at once and the versions at the
-    compaction after it (here at once: no feed read can bring an older version back)."""
+    compaction after it (here at once: no feed read can bring an older version back),
+    and comes back with the impressions the store counted."""
     monkeypatch.setattr(runtime, "FEED_OVERLAP", timedelta(0))
     model = policy_file(tmp_path / "policy.npz", seed=0)
     settings = service_settings(tmp_path, None, model_path=model, api_token="tok")
@@ -96,6 +112,11 @@ def test_impressions_are_kept_for_active_catalog_items_only(
             index = _settled(client)
         assert set(index.impressions) == {"cat-2", "cat-3"}
         assert set(index.versions) == {"cat-2", "cat-3"} and not index.retired_at
+
+        body = {k: v for k, v in _item(rng, "cat-0").items() if k != "id"}
+        back = client.put("/v1/items/cat-0", json=body, headers=TOKEN).json()
+        assert back["version"] == 3 and back["impressions"] == stored
+        assert client.app.state.service.catalog.index.impressions["cat-0"] == stored
 
 
 def test_the_index_keeps_active_items_and_recent_tombstones_only() -> None:
@@ -140,3 +161,135 @@ def test_a_read_under_way_keeps_the_tombstones_it_could_undo(tmp_path: Path) -> 
         assert catalog._settled_before() == began - overlap
     assert catalog._settled_before() > began - overlap
     engine.dispose()
+
+
+# ---------------------------------------------------------------------- versions
+def test_an_unchanged_item_writes_no_version_and_a_changed_one_does(engine: sa.Engine) -> None:
+    store = CatalogStore(engine)
+    rng = np.random.default_rng(0)
+    catalog = [
+        ItemInput(f"item-{i}", rng.standard_normal(DIM_ARM), rng.standard_normal(DIM_USER))
+        for i in range(50)
+    ]
+    first = store.upsert(catalog)
+    assert _version_rows(engine) == 50
+
+    again = store.upsert(catalog)  # the nightly reload of the same file
+    assert _version_rows(engine) == 50  # it was 100
+    assert all(r.unchanged for r in again) and not any(r.unchanged for r in first)
+    assert [(r.version, r.seq) for r in again] == [(r.version, r.seq) for r in first]
+    assert store.changes(max(r.seq for r in first)) == []  # nothing for the feed
+
+    changed = list(catalog)
+    changed[3] = ItemInput("item-3", catalog[3].features + 1.0, catalog[3].embedding)
+    changed[7] = ItemInput("item-7", catalog[7].features, catalog[7].embedding * 2.0)
+    assert store.retire("item-9") is not None  # sent again as it was: it comes back
+    third = store.upsert(changed)
+    assert _version_rows(engine) == 50 + 1 + 3
+    assert [r.item_id for r in third if not r.unchanged] == ["item-3", "item-7", "item-9"]
+    assert {r.item_id: r.version for r in third if not r.unchanged} == {
+        "item-3": 2,
+        "item-7": 2,
+        "item-9": 3,
+    }
+    current = store.current("item-3")
+    assert current is not None and current.version == 2
+    np.testing.assert_array_equal(current.features, catalog[3].features + 1.0)
+    old = store.version("item-3", 1)
+    assert old is not None
+    np.testing.assert_array_equal(old.features, catalog[3].features)
+
+
+def test_concurrent_writes_of_one_item_number_their_versions_in_turn(engine: sa.Engine) -> None:
+    """4 writers, 15 writes each of one of 3 feature vectors: every write succeeds, the
+    versions are 1, 2, 3, … with no two in a row alike, and the item's current row is the
+    last of them (each write compared with, and numbered after, the one before it)."""
+    store = CatalogStore(engine)
+    store.upsert([ItemInput("shared", np.zeros(DIM_ARM), np.ones(DIM_USER))])
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        try:
+            for j in range(15):
+                value = float((worker + j) % 3)
+                store.upsert([ItemInput("shared", np.full(DIM_ARM, value), np.ones(DIM_USER))])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    v = item_versions.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(v.version, v.features).where(v.item_id == "shared").order_by(v.version)
+        ).all()
+    assert [r.version for r in rows] == list(range(1, len(rows) + 1))
+    assert all(bytes(a.features) != bytes(b.features) for a, b in itertools.pairwise(rows))
+    current = store.current("shared")
+    assert current is not None and current.version == len(rows)
+    assert bytes(rows[-1].features) == current.features.tobytes()
+
+
+def test_reloads_report_unchanged_items_and_decisions_log_their_kept_versions(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """``banditops catalog load`` and ``POST /v1/items`` say how many items were
+    unchanged; a decision retrieving an unchanged item logs the version it kept, which
+    re-featurises it."""
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            **{f"f_{j}": rng.standard_normal(3).round(6) for j in range(DIM_ARM)},
+            **{f"e_{j}": rng.standard_normal(3).round(6) for j in range(DIM_USER)},
+        }
+    )
+    frame.to_csv(tmp_path / "items.csv", index=False)
+    model = policy_file(tmp_path / "policy.npz", seed=0)
+    settings = service_settings(
+        tmp_path, url, model_path=model, api_token="tok", catalog_poll_s=0.05
+    )
+    runner = CliRunner()
+
+    def load() -> str:
+        result = runner.invoke(cli, ["catalog", "load", str(tmp_path / "items.csv"), "--url", url])
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    with running_client(settings) as client:
+        assert "loaded 3 items from items.csv (3 new versions, 0 unchanged)" in load()
+        assert "loaded 3 items from items.csv (0 new versions, 3 unchanged)" in load()
+        engine = client.app.state.service.engine
+        assert _version_rows(engine) == 3
+        items = client.get("/v1/items").json()["items"]
+        body = {"items": [{k: it[k] for k in ("id", "features", "embedding")} for it in items]}
+        body["items"][0]["features"][0] += 1.0
+        posted = client.post("/v1/items", json=body, headers=TOKEN).json()
+        assert posted["count"] == 3 and posted["unchanged"] == 2
+        assert posted["versions"] == {"a": 2, "b": 1, "c": 1}
+        again = client.post("/v1/items", json=body, headers=TOKEN).json()
+        assert again["unchanged"] == 3 and again["versions"] == posted["versions"]
+        assert again["seq"] == posted["seq"] and _version_rows(engine) == 4
+
+        deadline = time.monotonic() + 30  # b and c reach the service by its change feed
+        while len(client.app.state.service.catalog.index) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        got = client.post(
+            "/v1/decisions", json={"context": [1.0] * DIM_USER, "retrieve": {"k": 3}}
+        ).json()
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.select(decisions.c.candidate_ids, decisions.c.candidate_versions).where(
+                    decisions.c.event_id == got["event_id"]
+                )
+            ).one()
+        logged = dict(zip(row.candidate_ids, row.candidate_versions, strict=True))
+        assert logged == posted["versions"]
+        for item_id, version in logged.items():
+            served = client.get(f"/v1/items/{item_id}/versions/{version}").json()
+            sent = next(it for it in body["items"] if it["id"] == item_id)
+            assert served["features"] == sent["features"]

@@ -28,7 +28,8 @@ def catalog_load(
     ] = "e_",
     batch: Annotated[int, typer.Option(min=1, help="Items per transaction.")] = 5000,
 ) -> None:
-    """Add the file's items to the catalog (a new version for ids already there).
+    """Add the file's items to the catalog (a new version for ids already there whose
+    features or embedding differ; an item exactly as it is stays at its version).
 
     A running service picks the changes up from the catalog's change feed.
     """
@@ -52,7 +53,7 @@ def catalog_load(
             error(str(exc))
             raise typer.Exit(code=2) from exc
         store = CatalogStore(engine)
-        count, newest = 0, 0
+        count, unchanged, newest = 0, 0, 0
         for items in batches:
             try:
                 records = store.upsert(items)
@@ -61,7 +62,11 @@ def catalog_load(
                     f"{' '.join(map(str, exc.loc[1:]))}: {exc.message}", param_hint="PATH"
                 ) from exc
             count += len(records)
+            unchanged += sum(r.unchanged for r in records)
             newest = max([newest, *(r.seq for r in records)])
     finally:
         engine.dispose()
-    console.print(f"loaded {count} items from {path.name}; catalog change {newest}")
+    console.print(
+        f"loaded {count} items from {path.name} ({count - unchanged} new versions, "
+        f"{unchanged} unchanged); catalog change {newest}"
+    )

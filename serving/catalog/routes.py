@@ -75,12 +75,14 @@ def _entry(item_id: str, body: ItemBody, loc: tuple[str | int, ...], s: Settings
 
 @router.post("/v1/items", dependencies=Authorized, responses={**_UNAUTHORIZED, **_UNAVAILABLE})
 async def post_items(body: ItemsIn, request: Request) -> ItemsOut:
-    """Add items, or new versions of existing ones, in one transaction."""
+    """Add items, or new versions of existing ones, in one transaction (an item sent
+    exactly as it is keeps its version)."""
     settings = service_of(request).settings
     entries = [_entry(it.id, it, ("body", "items", i), settings) for i, it in enumerate(body.items)]
     records = await catalog_of(request).upsert(entries)
     return ItemsOut(
         count=len(records),
+        unchanged=sum(r.unchanged for r in records),
         seq=max(r.seq for r in records),
         versions={r.item_id: r.version for r in records},
     )
@@ -90,7 +92,8 @@ async def post_items(body: ItemsIn, request: Request) -> ItemsOut:
     "/v1/items/{item_id}", dependencies=Authorized, responses={**_UNAUTHORIZED, **_UNAVAILABLE}
 )
 async def put_item(item_id: ItemId, body: ItemBody, request: Request) -> ItemOut:
-    """Add the item, or a new version of it (a retired item comes back)."""
+    """Add the item, or a new version of it (a retired item comes back); an item sent
+    exactly as it is keeps its version."""
     settings = service_of(request).settings
     (record,) = await catalog_of(request).upsert([_entry(item_id, body, ("body",), settings)])
     return _out(record)

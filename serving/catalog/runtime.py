@@ -152,7 +152,9 @@ class CatalogService:
         what = "store the items (they may still be stored: the catalog poll then serves them)"
         with self._reading():
             records = await self._read(what, self.store.upsert, entries)
-            self._apply(records)
+            # an unchanged item is at a version this process has (or its feed brings):
+            # a reload of an unchanged catalog applies nothing, rebuilds nothing
+            self._apply([r for r in records if not r.unchanged])
         return records
 
     async def retire(self, item_id: str) -> ItemRecord | None:

@@ -54,9 +54,16 @@ class ItemOut(BaseModel):
 
 
 class ItemsOut(BaseModel):
-    count: int
-    seq: int = Field(description="Catalog change number of the last version written.")
-    versions: dict[str, int]
+    count: int = Field(description="Items in the request.")
+    unchanged: int = Field(
+        description="Items sent exactly as they already were (active, same features and "
+        "embedding): no version written, they keep theirs."
+    )
+    seq: int = Field(
+        description="Catalog change number of the newest of these items' versions (the "
+        "catalog version from which all of them are as sent)."
+    )
+    versions: dict[str, int] = Field(description="Each item's version, new or kept.")
 
 
 class ItemsPage(BaseModel):
