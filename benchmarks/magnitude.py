@@ -161,10 +161,18 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", default="1e6,1e7,1e8,1e9,1e12,1e50,1e100")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--scales",
+        default="1e6,1e7,1e8,1e9,1e12,1e50,1e100",
+        help="comma-separated magnitudes the inputs are scaled to",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=5, help="runs per policy and scale (seeds 0..N-1; N >= 1)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
+    if args.seeds < 1:  # zero runs printed "none broken" at every scale
+        parser.error(f"--seeds is a number of runs, at least 1; got {args.seeds}.")
     scales = [float(s) for s in args.scales.split(",") if s.strip()]
     rows = run(scales, args.seeds)
     print_table(rows)

@@ -26,3 +26,12 @@ def test_the_bound_is_lifted_only_inside_the_benchmark() -> None:
         policy.update(np.array([1e9, 0.0]), "a", 1.0)
     with pytest.raises(ValueError, match=r"context must be at most 1e\+06 in magnitude"):
         policy.update(np.array([1e9, 0.0]), "a", 1.0)
+
+
+def test_zero_seeds_is_refused_not_reported_clean(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--seeds 0`` ran nothing and printed "none broken" at every scale (README helper,
+    stop 46)."""
+    with pytest.raises(SystemExit) as exited:
+        magnitude.main(["--seeds", "0", "--scales", "1e6"])
+    assert exited.value.code == 2
+    assert "--seeds is a number of runs, at least 1" in capsys.readouterr().err
