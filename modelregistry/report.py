@@ -17,7 +17,7 @@ from typing import Any
 
 from bandit_core.support import ESTIMATOR
 from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG, WINDOW_STOP_TAG
-from modelregistry.registry import ModelRegistry, VersionInfo
+from modelregistry.registry import VersionInfo, VersionListing
 
 #: The keys of :func:`version_summary`, in the order the table shows them.
 SUMMARY_KEYS = (
@@ -103,9 +103,10 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
     }
 
 
-def version_summaries(registry: ModelRegistry) -> list[dict[str, Any]]:
-    """:func:`version_summary` of every version, oldest first."""
-    return [version_summary(v) for v in sorted(registry.versions(), key=lambda v: int(v.version))]
+def version_summaries(listing: VersionListing) -> list[dict[str, Any]]:
+    """:func:`version_summary` of every version of ``listing``
+    (:meth:`~modelregistry.registry.ModelRegistry.listing`), oldest first."""
+    return [version_summary(v) for v in sorted(listing.versions, key=lambda v: int(v.version))]
 
 
 def candidate_names(candidates: Any) -> str:

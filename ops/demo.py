@@ -517,7 +517,7 @@ def run_demo(
                 wait_for_version(client, service, newest.version)
     rollout_traffic: list[TrafficStats] = rollout.pop("traffic")
     versions = []
-    for summary in version_summaries(ModelRegistry(ws.tracking_uri, MODEL_NAME)):
+    for summary in version_summaries(ModelRegistry(ws.tracking_uri, MODEL_NAME).listing()):
         label = f"{MODEL_NAME}/{summary['version']}"
         # every reward the version's decisions got online, days 1–3 and day 4's batches
         realized = [r for s in [*per_day, *rollout_traffic] for r in s.by_version.get(label, [])]

@@ -99,6 +99,7 @@ def _constants() -> dict[str, Callable[[], str]]:
     """Module constants, each formatted as the texts write it."""
     from bandit_core import MAX_ABS_INPUT
     from eventstore.retention import BLOB_BATCH, PRUNE_BATCH
+    from modelregistry.registry import LISTED_VERSIONS, RUNS_PER_SEARCH
     from monitoring.online import SETTLED_WINDOWS
     from ops.bandits_page.airflow_api import DEADLINE_S
     from serving.settings import MIN_SECRET_CHARS
@@ -119,6 +120,8 @@ def _constants() -> dict[str, Callable[[], str]]:
         "PARTS_PER_DROP": lambda: words[PARTS_PER_DROP],
         "RECOVERY_CHUNK": lambda: f"{RECOVERY_CHUNK:,}",
         "MAX_ABS_INPUT": lambda: f"{MAX_ABS_INPUT:.0e}".replace("e+0", "e"),
+        "LISTED_VERSIONS": lambda: f"{LISTED_VERSIONS}",
+        "RUNS_PER_SEARCH": lambda: f"{RUNS_PER_SEARCH}",
     }
 
 
@@ -136,6 +139,9 @@ PHRASES = [
     ("docs/benchmarks.md", "{PARTS_PER_DROP} parts per transaction"),
     ("docs/benchmarks.md", "`RECOVERY_CHUNK` = {RECOVERY_CHUNK} rewards"),
     ("README.md", "`bandit_core.MAX_ABS_INPUT` ({MAX_ABS_INPUT})"),
+    ("README.md", "`banditops models` lists the newest {LISTED_VERSIONS} versions"),
+    ("README.md", "the newest {LISTED_VERSIONS} registered versions and every older one"),
+    ("README.md", "in one search per {RUNS_PER_SEARCH} versions"),
 ]
 
 

@@ -186,18 +186,40 @@ def models(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per version (a list), for scripts.")
     ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            help="List the newest LIMIT versions and every older one that holds an alias "
+            "(default: as many as the Bandits page lists).",
+            show_default=False,
+        ),
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="List every version (reads every version's run).")
+    ] = False,
 ) -> None:
     """Registered versions: aliases, algorithm, the rows of the window and of the head,
-    floor, DR estimate and interval, gate verdict and the candidates compared."""
-    from modelregistry.registry import RegistryError
+    floor, DR estimate and interval, gate verdict and the candidates compared.
+
+    The newest versions and every older one that holds an alias, as the Bandits page
+    shows them; how many older versions were left out is said after the table (with
+    --json, on stderr: stdout stays the list)."""
+    from modelregistry.registry import LISTED_VERSIONS, RegistryError
     from modelregistry.report import candidate_names, display, version_summaries
     from validation.ope.bootstrap import LEVEL
 
+    if every and limit is not None:
+        raise typer.BadParameter("--all lists every version; give --limit or --all, not both.")
     registry = _registry(Settings())
     with _reported(RegistryError):
-        summaries = version_summaries(registry)
+        listing = registry.listing(None if every else (limit or LISTED_VERSIONS))
+    summaries = version_summaries(listing)
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
+        if listing.note:
+            typer.echo(listing.note, err=True)
         return
     table = Table(title=f"model {registry.model_name} ({registry.tracking_uri})")
     for col in (
@@ -231,6 +253,8 @@ def models(
             display(v["run_key"]),
         )
     console.print(table)
+    if listing.note:
+        console.print(escape(listing.note), soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -128,6 +128,8 @@ def versions_html(data: Mapping[str, Any]) -> str:
             f'<p class="note">fallback policy: online reward {_num(fallback["mean"])} '
             f"{_ci(fallback['ci'])} over {fallback['served']} decisions.</p>"
         )
+    if section.get("omitted_note"):
+        note += f'<p class="note versions-omitted">{escape(str(section["omitted_note"]))}</p>'
     return (
         '<section id="versions"><h2>Versions</h2>'
         + _error(section)
