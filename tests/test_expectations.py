@@ -95,6 +95,23 @@ def test_good_data_passes_every_expectation(tmp_path: Path) -> None:
     assert result.to_metrics()["gx.success"] == 1.0
 
 
+def test_the_data_docs_keep_the_pages_and_only_the_assets_they_link(tmp_path: Path) -> None:
+    """GX copied its whole static folder (4.1 MB of fonts and tutorial GIFs its pages
+    never show) into the site of every validation: the retrain stored and logged it
+    again every night. The site keeps its pages and the one asset they name."""
+    docs = tmp_path / "docs"
+    validate_replay(good(n=200), config(), docs_dir=docs)
+    files = {
+        p.relative_to(docs).as_posix(): p.stat().st_size for p in docs.rglob("*") if p.is_file()
+    }
+    assert sum(files.values()) < 500_000, files
+    assert {f for f in files if f.startswith("static/")} == {"static/images/favicon.ico"}
+    index = (docs / "index.html").read_text()
+    (page,) = (f for f in files if f.startswith("validations/") and f.endswith(".html"))
+    assert page in index  # the index still links the night's validation page
+    assert "Evaluated Expectations" in (docs / page).read_text()
+
+
 def test_too_few_rows() -> None:
     found = failures(good(n=5))
     assert set(found) == {("expect_table_row_count_to_be_between", "table")}

@@ -137,6 +137,22 @@ def _traffic(settings: Settings, n: int, seed: int) -> None:
     assert stats.errors == 0, stats.error_samples
 
 
+#: The most a night's GX data docs may take, in its run folder and logged with its run (a
+#: site with a copy of GX's static assets took 4.25 MB).
+GX_DOCS_MAX_BYTES = 500_000
+
+
+def _artifact_bytes(registry: ModelRegistry, run_id: str, folder: str) -> dict[str, int]:
+    """The size of every artifact under ``folder`` of run ``run_id``, by path."""
+    sizes: dict[str, int] = {}
+    for item in registry.client.list_artifacts(run_id, folder):
+        if item.is_dir:
+            sizes.update(_artifact_bytes(registry, run_id, item.path))
+        else:
+            sizes[item.path] = int(item.file_size or 0)
+    return sizes
+
+
 def _retrain(settings: PipelineSettings, run_key: str, now: datetime, **form: object) -> Any:
     """The retrain of the last hour (up to 2 s past ``now``, so every reward window has
     closed), as ``banditops train`` runs it."""
@@ -171,6 +187,12 @@ def test_retrain_registers_gates_promotes_and_serving_follows(
         outcome.manifest["rows"]
     )
     assert v1.metrics["ope.candidate.dr.value"] > v1.metrics["ope.production.dr.value"]
+    # the night's GX data docs, not another copy of GX's 4.1 MB of static assets
+    (docs,) = (tmp_path / "runs").rglob("gx_docs")
+    assert (docs / "index.html").is_file()
+    assert sum(p.stat().st_size for p in docs.rglob("*") if p.is_file()) < GX_DOCS_MAX_BYTES
+    logged = _artifact_bytes(registry, v1.run_id, "gx_docs")
+    assert "gx_docs/index.html" in logged and sum(logged.values()) < GX_DOCS_MAX_BYTES
     if "mlflow_registry_uri" in naming:  # the versions live in the registry store only
         tracking_only = ModelRegistry(naming["mlflow_tracking_uri"], pipeline.model_name)
         assert tracking_only.versions() == []
