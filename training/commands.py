@@ -254,7 +254,7 @@ def models(
         )
     console.print(table)
     if listing.note:
-        console.print(escape(listing.note), soft_wrap=True)
+        console.print(listing.note, markup=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
