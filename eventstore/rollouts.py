@@ -53,6 +53,11 @@ ENDS: Final[dict[str, str]] = {
     "stop": "stopped",
     "expire": "expired",
 }
+#: The statuses of a rollout that ended against its candidate: the online test (or a
+#: person stopping it) decided it should not replace production.
+ENDED_AGAINST: Final[frozenset[str]] = frozenset(
+    status for action, status in ENDS.items() if action != "promote"
+)
 
 
 class RolloutStateError(RuntimeError):

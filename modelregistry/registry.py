@@ -48,12 +48,15 @@ from eventstore.contract import (
     POLICY_STATE_FILE,
     POLICY_STATE_PATH,
     REFERENCE_ARTIFACT,
+    ROLLOUT_REASON_TAG,
+    ROLLOUT_STATUS_TAG,
     STATE_DIGEST_TAG,
     WINDOW_STOP_TAG,
     previous_tag,
     version_label,
     window_stop_time,
 )
+from eventstore.rollouts import ENDED_AGAINST
 from eventstore.settings import CoreSettings
 from eventstore.text import check_text
 from modelregistry.pyfunc_model import table_signature
@@ -672,13 +675,16 @@ class ModelRegistry:
         """Move ``alias`` (default: the production alias) to ``version`` and tag who, when
         and why.
 
-        A version whose gate failed (tag ``gate_passed=false``) is refused unless
-        ``force``; a forced promotion is tagged ``promoted_despite_gate``.
+        A version whose gate failed (tag ``gate_passed=false``), or whose online rollout
+        ended otherwise than promoted (rolled back, stopped, expired: its
+        ``rollout_status`` tag), is refused unless ``force``; a forced promotion of a
+        failed gate is tagged ``promoted_despite_gate``. (``banditops promote 3`` put the
+        demo's rolled-back version in production without a word: README helper, stop 46.)
 
         Raises
         ------
         RegistryError
-            An unknown version, or one whose gate failed without ``force``.
+            An unknown version, or one refused as above without ``force``.
         ValueError
             ``by`` or ``reason`` with a NUL character or a lone surrogate.
         """
@@ -694,6 +700,13 @@ class ModelRegistry:
                 )
             self.client.set_model_version_tag(
                 self.model_name, version, "promoted_despite_gate", "true"
+            )
+        rollout = target.tags.get(ROLLOUT_STATUS_TAG)
+        if rollout in ENDED_AGAINST and not force:
+            raise RegistryError(
+                f"version {version}'s online rollout ended {rollout} "
+                f"({target.tags.get(ROLLOUT_REASON_TAG, '')[:200]}); promote it anyway "
+                "with --force."
             )
         previous = self.by_alias(alias)
         if previous is not None and previous.version == version:

@@ -558,3 +558,29 @@ def test_a_listed_version_whose_run_the_search_does_not_find_is_read_on_its_own(
     assert listed[0].version == "4" and listed[0].metrics == {"ope.candidate.dr.value": 0.5}
     assert listed[-1].params == {"algorithm": "linucb"}  # its run deleted, still read
     assert calls == {"get_run": 1, "search_runs": 1}
+
+
+@pytest.mark.parametrize("status", ["rolled_back", "stopped", "expired"])
+def test_a_version_whose_rollout_ended_against_it_needs_force(
+    registry: ModelRegistry, tmp_path: Path, status: str
+) -> None:
+    """``banditops promote 3`` put the demo's rolled-back version in production without a
+    word (README helper, stop 46): the registry promoted anything whose gate had not
+    failed. A version the online test (or a person's stop) ended against is refused
+    unless forced; a version whose rollout promoted it, or never ran, is not."""
+    v1 = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="run-1")
+    registry.promote(v1.version, by="tester", reason="first model")
+    v2 = registry.register_candidate(state_path=_state(tmp_path, 2), run_key="run-2")
+    registry.client.set_model_version_tag(registry.model_name, v2.version, "rollout_status", status)
+    registry.client.set_model_version_tag(
+        registry.model_name, v2.version, "rollout_reason", "worse than production by 0.04"
+    )
+    with pytest.raises(RegistryError, match=rf"rollout ended {status} \(worse .*--force"):
+        registry.promote(v2.version, by="tester", reason="typo")
+    assert registry.by_alias("production").version == v1.version
+    assert registry.promote(v2.version, by="tester", reason="sure", force=True).version == "2"
+    v3 = registry.register_candidate(state_path=_state(tmp_path, 3), run_key="run-3")
+    registry.client.set_model_version_tag(
+        registry.model_name, v3.version, "rollout_status", "promoted"
+    )
+    assert registry.promote(v3.version, by="tester", reason="again").version == "3"

@@ -280,11 +280,15 @@ def promote(
     ] = "manual promotion",
     by: Annotated[str, typer.Option(help="Who (recorded).")] = "cli",
     force: Annotated[
-        bool, typer.Option("--force", help="Promote a version whose gate failed.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Promote a version whose gate failed or whose online rollout ended against it.",
+        ),
     ] = False,
 ) -> None:
-    """Move an alias (default: the production alias) to VERSION (one whose gate failed:
-    --force)."""
+    """Move an alias (default: the production alias) to VERSION (one whose gate failed,
+    or whose rollout was rolled back, stopped or expired: --force)."""
     from modelregistry.registry import RegistryError
 
     settings = Settings()

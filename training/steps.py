@@ -30,7 +30,7 @@ from eventstore.contract import (
     window_stop_time,
 )
 from eventstore.engine import make_engine
-from eventstore.rollouts import ENDS, Rollout, list_rollouts
+from eventstore.rollouts import ENDED_AGAINST, Rollout, list_rollouts
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
 from training.baseline import baseline_state, open_registry
@@ -609,6 +609,6 @@ def _ended_rollout(s: RunSpec, version: str) -> Rollout | None:
         latest = list_rollouts(engine, s.model_name, version=version, limit=1)
     finally:
         engine.dispose()
-    if latest and not latest[0].running and latest[0].status != ENDS["promote"]:
+    if latest and latest[0].status in ENDED_AGAINST:
         return latest[0]
     return None
