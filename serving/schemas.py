@@ -240,6 +240,12 @@ class ModelInfo(BaseModel):
         0, description="Polls that kept the served version (source unreachable, bad version)."
     )
     last_load_error: str | None = Field(None, description="Why the last such poll failed.")
+    no_production: str | None = Field(
+        None,
+        description="Set while the model source has no production version: where it was "
+        "looked up (the registered model, its alias and the registry), so a mistyped "
+        "registry or alias is seen, not only the fallback it leaves serving.",
+    )
     store_degraded: bool = Field(
         False, description="The event store is unreachable; events go to the local journal."
     )

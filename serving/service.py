@@ -1184,6 +1184,7 @@ class DecisionService:
             candidate_share=served.candidate_share if served else 0.0,
             load_failures=self.loader.failures,
             last_load_error=self.loader.last_error,
+            no_production=self.loader.no_production,
             store_degraded=self.writer.degraded,
             journal_events=0 if self.journal is None else self.journal.events,
         )

@@ -149,12 +149,20 @@ def test_service_follows_the_production_alias(
         got = client.post("/v1/decisions", json=decision_body(rng)).json()
         assert got["fallback"] is True
 
+        # and it says where it looked (a mistyped registry URI gave an empty registry,
+        # a fallback for good and nothing else: README helper, stop 46)
+        missing = client.get("/v1/model").json()["no_production"]
+        assert f"has no version of {NAME!r} @production" in missing
+        assert registry.uri.rpartition("/")[2] in missing
+
         v1 = registry.log_version(policy_file(tmp_path / "v1.npz", seed=1), seed=1)
         info = client.post("/v1/admin/poll").json()
         assert info["fallback_active"] is True  # registered, but no alias yet
+        assert info["no_production"] == missing
         registry.client.set_registered_model_alias(NAME, "production", v1)
         info = client.post("/v1/admin/poll").json()
         assert info["production"]["version"] == version_label(NAME, v1)
+        assert info["no_production"] is None
         assert info["production"]["source"] == "mlflow"
         got = client.post("/v1/decisions", json=decision_body(rng)).json()
         assert (got["fallback"], got["model_version"]) == (False, version_label(NAME, v1))
@@ -206,7 +214,8 @@ def test_service_follows_the_production_alias(
 
         # alias removed: no production model, the fallback serves again
         registry.client.delete_registered_model_alias(NAME, "production")
-        assert client.post("/v1/admin/poll").json()["fallback_active"] is True
+        info = client.post("/v1/admin/poll").json()
+        assert info["fallback_active"] is True and info["no_production"] == missing
         assert client.post("/v1/decisions", json=decision_body(rng)).json()["fallback"] is True
 
 

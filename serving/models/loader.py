@@ -204,6 +204,10 @@ class ModelLoader:
         self._failed_versions: dict[tuple[str, str | None], float] = {}
         self._on_failure = on_failure
         self.last_error: str | None = None
+        #: Set while the source has no production version: where it was looked up (a
+        #: mistyped registry URI gave an empty registry, and a fallback served for good
+        #: with nothing saying why: README helper, stop 46).
+        self.no_production: str | None = None
         self.source = source
         self.store = store
         self.interval_s = interval_s
@@ -330,6 +334,8 @@ class ModelLoader:
             self._failed("unreachable", f"model source {self.source.name} unreachable: {exc}")
             log.warning("model source %s unreachable for %s: %s", self.source.name, role, exc)
             return serving
+        if role == PRODUCTION:
+            self._production_found(ref is not None, role)
         if ref is None:
             return None
         reused = current.for_version(ref.version)
@@ -415,6 +421,16 @@ class ModelLoader:
                 f"dim_arm={signature.dim_arm}; the service expects dim_user={dim_user}, "
                 f"dim_arm={dim_arm}"
             )
+
+    def _production_found(self, found: bool, role: Role) -> None:
+        """Keep :attr:`no_production` (logged once each time it starts)."""
+        if found:
+            self.no_production = None
+            return
+        missing = f"nothing plays the {role} role: {self.source.describe(role)}"
+        if missing != self.no_production:
+            log.warning("%s; the fallback policy serves until it does", missing)
+        self.no_production = missing
 
     def _failed(self, reason: str, message: str) -> None:
         self.failures += 1

@@ -13,6 +13,7 @@ from bandit_core import Policy
 from eventstore.admission import Admission, AdmissionError
 from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label, window_stop_time
 from eventstore.schema import INCARNATION_LENGTH
+from eventstore.text import redact_credentials
 from modelregistry.registry import AliasReader, client_defaults
 from serving.models.sources import ROLES, ArtifactChangedError, ModelRef, Role
 
@@ -60,6 +61,16 @@ class MlflowModelSource:
         self.model_name = model_name
         self.aliases = {role: aliases.get(role) for role in ROLES}
         self._reader = AliasReader(tracking_uri, model_name, registry_uri=self.registry_uri)
+
+    def describe(self, role: Role) -> str:
+        alias = self.aliases[role]
+        where = redact_credentials(self.registry_uri)
+        if alias is None:
+            return f"no alias is configured for the {role} role"
+        return (
+            f"the registry {where} has no version of {self.model_name!r} @{alias} (no such "
+            "registered model, or no version holds the alias)"
+        )
 
     def resolve(self, role: Role) -> ModelRef | None:
         alias = self.aliases[role]

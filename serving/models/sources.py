@@ -73,6 +73,11 @@ class ModelSource(Protocol):
         """The policy of ``ref`` with ``model_version`` set to ``ref.version``."""
         ...
 
+    def describe(self, role: Role) -> str:
+        """Why :meth:`resolve` found no version for ``role``, naming where it looked (a
+        file, a registry and its alias) as an operator would check it."""
+        ...
+
 
 class FileModelSource:
     """Policy state files on local disk, one per role.
@@ -115,6 +120,12 @@ class FileModelSource:
             ref = ModelRef(f"file-{digest}", data)
             self._seen[role] = (key, ref)
             return ref
+
+    def describe(self, role: Role) -> str:
+        path = self.paths[role]
+        return (
+            f"no {role} file is configured" if path is None else f"the file {path} does not exist"
+        )
 
     def load(self, ref: ModelRef) -> Policy:
         if ref.locator is None:
