@@ -118,6 +118,19 @@ def test_too_few_rows() -> None:
     assert found[("expect_table_row_count_to_be_between", "table")].observed_value == 5
 
 
+def test_too_few_rows_names_the_window_and_what_to_check() -> None:
+    """An empty window said "observed 0" and nothing else: not which window was read,
+    nor why it could be empty (README helper, stop 46: the demo's data all came after the
+    scheduled run's window)."""
+    with pytest.raises(DataValidationError) as raised:
+        validate_replay(good(n=0), config())
+    message = str(raised.value)
+    assert "(0 rows in the window [2024-05-01T00:00:00+00:00, 2024-05-02T00:00:00+00:00))" in (
+        message
+    )
+    assert "fewer than min_rows = 10: check the window (window_days" in message
+
+
 def test_missing_column() -> None:
     found = failures(good().drop(columns=["reward"]))
     assert ("expect_column_to_exist", "column=reward") in found

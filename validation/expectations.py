@@ -243,13 +243,30 @@ class ReplayValidation:
 class DataValidationError(ValueError):
     """The replay data failed its expectations; ``validation.failures`` lists them."""
 
-    def __init__(self, validation: ReplayValidation) -> None:
+    def __init__(
+        self, validation: ReplayValidation, config: ReplaySuiteConfig | None = None
+    ) -> None:
         self.validation = validation
+        window = (
+            ""
+            if config is None
+            else f" in the window [{config.window_start.isoformat()}, "
+            f"{config.window_end.isoformat()})"
+        )
         lines = [
             f"replay data failed {len(validation.failures)} of {validation.evaluated} expectations "
-            f"({validation.row_count} rows):"
+            f"({validation.row_count} rows{window}):"
         ]
         lines += [f"  - {f.describe()}" for f in validation.failures]
+        if config is not None and validation.row_count < config.min_rows:
+            # an empty window read as "observed 0", with nothing to say where or why
+            # (README helper, stop 46: the demo's data all came after the nightly window)
+            lines.append(
+                f"the window holds {validation.row_count} decisions whose reward window had "
+                f"closed by its end, fewer than min_rows = {config.min_rows}: check the "
+                "window (window_days, or window_start and window_end) and that the service "
+                "logs to this event store."
+            )
         drifted = [
             f"{f.target.removeprefix('column=')} {f.observed_value:.3g} > "
             f"{f.details.get('threshold', float('nan')):g}"
@@ -746,5 +763,5 @@ def validate_replay(
         warnings=_failures([r for r in result.results if _is_warning(r)]),
     )
     if failures and raise_on_failure:
-        raise DataValidationError(outcome)
+        raise DataValidationError(outcome, config)
     return outcome
