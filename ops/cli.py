@@ -349,6 +349,9 @@ def demo(
         task = bar.add_task("starting", total=phases)
 
         def step(message: str) -> None:
+            # each phase as a line too: the bar is redrawn over (the "replacing the
+            # previous demo" notice was lost) and is not drawn at all without a terminal
+            bar.console.print(message, markup=False)
             bar.update(task, description=message, advance=1)
 
         result = run_demo(

@@ -274,10 +274,33 @@ def plot_summary(days: list[dict[str, Any]], versions: list[dict[str, Any]], pat
     return path
 
 
+#: Written first into every demo workspace: the demo replaces a folder only when it holds
+#: this file (or is empty), never one a person gave by mistake (``--workspace ~``).
+DEMO_MARKER = ".banditops-demo"
+
+
 def fresh_workspace(path: Path) -> Workspace:
+    """An empty ``path`` for the demo, marked as the demo's.
+
+    Raises
+    ------
+    ValueError
+        ``path`` exists and is neither empty nor a previous demo's workspace (the demo
+        deleted whatever folder ``--workspace`` named).
+    """
     if path.exists():
-        shutil.rmtree(path)
+        if path.is_dir() and not (path / DEMO_MARKER).is_file() and any(path.iterdir()):
+            raise ValueError(
+                f"--workspace {path} exists and is not a banditops demo's workspace (it has "
+                f"no {DEMO_MARKER} file); the demo replaces only its own: give a new or "
+                "empty folder, or delete this one yourself."
+            )
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            raise ValueError(f"--workspace {path} is a file, not a folder.")
     path.mkdir(parents=True)
+    (path / DEMO_MARKER).write_text("a banditops demo workspace: `banditops demo` replaces it\n")
     return Workspace(path.resolve())
 
 
@@ -465,9 +488,10 @@ def run_demo(
     from modelregistry.report import version_summaries
 
     step = progress or (lambda message: None)
-    if workspace.exists():  # said, not silent: it held a previous demo's models and runs
-        step(f"replacing the previous demo workspace {workspace}")
+    replaced = (workspace / DEMO_MARKER).is_file()
     ws = fresh_workspace(workspace)
+    if replaced:  # said, not silent: it held a previous demo's models and runs
+        step(f"replaced the previous demo workspace {workspace}")
     for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
         del os.environ[key]  # the demo runs on its workspace file alone
     os.environ.update(ws.env())
