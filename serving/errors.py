@@ -52,16 +52,30 @@ def _summary(value: Any, limit: int = 200) -> Any:
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     detail = []
     for err in exc.errors():
+        msg = _summary(err.get("msg"), 1000)
+        if tuple(err.get("loc", ())) == ("body",):
+            msg += _content_type_hint(request)
         item = {
             "type": err.get("type"),
             # a 100 KB key of a named context is named, not echoed whole
             "loc": [_summary(part) for part in err.get("loc", ())],
-            "msg": _summary(err.get("msg"), 1000),
+            "msg": msg,
         }
         if "input" in err:
             item["input"] = _summary(err["input"])
         detail.append(item)
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def _content_type_hint(request: Request) -> str:
+    """Why a whole body was not an object when it was not sent as JSON: ``curl -d`` sends
+    ``application/x-www-form-urlencoded`` unless told, and the answer named only "a valid
+    dictionary" (README helper, stop 46)."""
+    sent = request.headers.get("content-type", "")
+    if sent.split(";")[0].strip().lower() == "application/json":
+        return ""
+    shown = _text(sent[:100]) or "no content-type"
+    return f" (the body was sent as {shown}: send JSON with content-type: application/json)"
 
 
 async def input_error(request: Request, exc: InputError) -> JSONResponse:

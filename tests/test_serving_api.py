@@ -4,6 +4,7 @@ restart recovery."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -454,3 +455,25 @@ def test_a_version_no_longer_served_leaves_no_series_behind() -> None:
     ]
     metrics.set_models([], fallback=True)
     assert "banditops_model_info{" not in metrics.render()[0].decode()
+
+
+def test_a_body_not_sent_as_json_is_told_to_send_json(
+    model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """``curl -d '{…}'`` without a content-type sends a form: the 422 said only "Input
+    should be a valid dictionary" (README helper, stop 46). It names what was sent."""
+    settings = service_settings(tmp_path, model_path=model_path)
+    body = json.dumps(decision_body(rng)).encode()
+    with running_client(settings) as client:
+        for sent, shown in (
+            ("application/x-www-form-urlencoded", "application/x-www-form-urlencoded"),
+            ("text/plain", "text/plain"),
+        ):
+            got = client.post("/v1/decisions", content=body, headers={"content-type": sent})
+            assert got.status_code == 422, got.text
+            (item,) = got.json()["detail"]
+            assert f"(the body was sent as {shown}: send JSON with content-type" in item["msg"]
+        fine = client.post(
+            "/v1/decisions", content=body, headers={"content-type": "application/json"}
+        )
+        assert fine.status_code == 200
