@@ -37,12 +37,12 @@ from bandit_core.option_text import parse_overrides
 from bandit_core.policies.overlap import floor_of_policy
 from bandit_core.simulate import run_simulation
 from bandit_core.user_groups import simulated_users, user_group_key
+from eventstore.console import error, warning
 from eventstore.contract import MLFLOW_CLIENT_ENV
 from eventstore.settings import WORKSPACE_ENV, setting_problems, workspace_file, workspace_of
 from ops import config_file
 from ops.airflow_cli import airflow_app
 from ops.config_reference import markdown, splice, unknown_variables
-from ops.console import error, warning
 from serving.catalog.commands import catalog_app
 from serving.commands import db_app, serve, store_app
 from training.commands import evaluate, models, promote, rollback, rollout_app, train

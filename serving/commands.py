@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from eventstore.console import error
 from eventstore.settings import env_name
 from eventstore.text import redact_credentials
-from ops.console import error
 
 if TYPE_CHECKING:
     from serving.settings import Settings

@@ -21,10 +21,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from eventstore.console import error, warning
 from eventstore.contract import GATE_PASSED_TAG
 from eventstore.settings import CoreSettings as Settings
 from eventstore.settings import env_name
-from ops.console import error, warning
 from training.form import RETRAIN_FORM, FormField
 from training.settings import N_RESAMPLES_MIN, PipelineSettings
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ops.console import error
+from eventstore.console import error
 
 console = Console()
 catalog_app = typer.Typer(help="The item catalog.", no_args_is_help=True)
