@@ -73,6 +73,10 @@ def test_old_runs_go_active_and_recent_ones_stay(tmp_path: Path) -> None:
     )
     assert not old.exists() and link.is_symlink()  # the link itself is left alone
     assert all(p.exists() for p in (active, moved, torn, recent, touched, notes))
+    # a run key no folder can have (Airflow's, read from a spec) stops nothing
+    odd = prune_run_folders(runs, cutoff, active=["a\x00b", "\ud800", "manual__moved"])
+    assert odd["run_folders"] == 1  # the one Airflow no longer runs
+    assert moved.exists() and not active.exists()
     assert prune_run_folders(tmp_path / "none", cutoff) == {
         "run_folders": 0,
         "monitor_reports": 0,

@@ -70,7 +70,7 @@ def prune_run_folders(
     """
     cutoff = as_utc("older_than", older_than).timestamp()
     root = Path(runs_path)
-    kept = {run_folder(root, key).name for key in active}
+    kept = {name for key in active if (name := _folder_name(root, key))}
     counts = {"run_folders": 0, "monitor_reports": 0, "bytes": 0}
     if not root.is_dir():
         return counts
@@ -114,6 +114,16 @@ def _is_active(folder: Path, kept: Collection[str], active: Collection[str]) -> 
         return str(json.loads((folder / SPEC_FILE).read_text())["run_key"]) in active
     except (ValueError, KeyError, TypeError, OSError):
         return True
+
+
+def _folder_name(root: Path, key: str) -> str | None:
+    """The folder name of run ``key`` (None for a key no folder can have, one with a NUL
+    or a lone surrogate: retention goes on, and still keeps a folder whose spec names
+    that key)."""
+    try:
+        return run_folder(root, key).name
+    except ValueError:
+        return None
 
 
 def _folders(parent: Path) -> Iterator[Path]:
