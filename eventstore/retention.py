@@ -20,6 +20,12 @@ So a row a running retrain, rollout or served head needs is kept, and a later ni
 prunes it. The deletes run in batches of :data:`PRUNE_BATCH` decisions, a transaction
 each: the service's writes wait for one batch (on SQLite a fraction of a second), never
 for the whole night's prune.
+
+The catalog keeps each item's current version for good (retired or not: a version number
+is never handed out twice) and loses the versions superseded before the catalog's
+*horizon* (:func:`catalog_horizon_for`): a decision older than the cutoff is gone, and a
+newer one logged versions its service's index held, which are at or after the horizon.
+The catalog as it was before the horizon can no longer be listed (``seq`` below it: 410).
 """
 
 from __future__ import annotations
@@ -29,14 +35,26 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, delete, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    delete,
+    exists,
+    func,
+    select,
+    tuple_,
+    update,
+)
 
 from eventstore.engine import make_engine
 from eventstore.rollouts import RUNNING, current_rollout
 from eventstore.schema import (
+    catalog_horizon,
     decisions,
     head_snapshot_parts,
     head_snapshots,
+    item_versions,
     rewards,
     rollout_steps,
     rollouts,
@@ -50,6 +68,11 @@ PRUNE_BATCH = 2_000
 #: Head snapshots, or snapshot parts, deleted per transaction (each up to a whole head,
 #: or a part of one).
 BLOB_BATCH = 16
+#: How long a superseded item version outlives the cutoff at least, after the version
+#: that superseded it was written: a decision logs the versions its service's catalog
+#: index held, which follows the store by its poll, and by up to ``FEED_OVERLAP`` for a
+#: version whose transaction committed after a later one was read. A day covers both.
+ITEM_VERSION_GRACE = timedelta(days=1)
 #: A served version's label → where its training window stops (None: it learns only the
 #: rewards of its own decisions), as the service reads the registry's ``window_stop``.
 WindowStops = Callable[[str], datetime | None]
@@ -97,6 +120,10 @@ def prune_events(
     every version ever served kept one for good: 276 of 454 after a year of nightly
     versions, in the soak helper's run). None keeps every version's.
 
+    The item versions superseded before the catalog's horizon (:func:`catalog_horizon_for`)
+    go too, once the horizon has moved there (a listing at an older catalog version is
+    refused from then on).
+
     With ``keep_newest_of`` too, the rollouts that ended before ``older_than`` go with
     their steps (up to a thousand a rollout: nothing deleted them), except each model's
     latest (the Bandits page and ``rollout status`` show it) and the latest of each
@@ -141,6 +168,9 @@ def prune_events(
     else:
         counts = _delete_events(engine, older_than, batch)
     ended = None if keep_newest_of is None else _ended_rollouts(older_than, keep_newest_of)
+    with engine.connect() as conn:
+        horizon = catalog_horizon_for(conn, older_than)
+    superseded = _superseded_versions(horizon)
     if dry_run:
         with engine.connect() as conn:
             counts["head_snapshots"] = conn.execute(
@@ -157,6 +187,9 @@ def prune_events(
                 counts["rollouts"] = conn.execute(
                     select(func.count()).select_from(rollouts).where(ended)
                 ).scalar_one()
+            counts["item_versions"] = conn.execute(
+                select(func.count()).select_from(item_versions).where(superseded)
+            ).scalar_one()
         return {k: int(v) for k, v in counts.items()}
     # a few rows to a transaction, as the decisions: a snapshot or a part holds up to a
     # whole head or SNAPSHOT_PART_BYTES. The snapshots first, then the parts no remaining
@@ -175,7 +208,52 @@ def prune_events(
             PRUNE_BATCH,
         )
         counts["rollouts"] = _delete_rows(engine, rollouts, ended, (rollouts.c.id,), PRUNE_BATCH)
+    # the horizon moves first, in a transaction of its own: a listing that read a pruned
+    # catalog version then finds it refused when it reads the horizon after its rows
+    with engine.begin() as conn:
+        h = catalog_horizon.c
+        conn.execute(
+            update(catalog_horizon)
+            .where(h.seq < horizon)
+            .values(seq=horizon, updated_at=datetime.now(UTC))
+        )
+    counts["item_versions"] = _delete_rows(
+        engine, item_versions, superseded, (item_versions.c.seq,), PRUNE_BATCH
+    )
     return {k: int(v) for k, v in counts.items()}
+
+
+def catalog_horizon_for(conn: Connection, older_than: datetime) -> int:
+    """The catalog's horizon once the decisions before ``older_than`` are gone: the
+    newest ``seq`` written ``ITEM_VERSION_GRACE`` before ``older_than``, or the oldest
+    catalog version a decision at or after it retrieved from when that is older (a
+    service that read its catalog feed late). Never below the horizon already reached
+    (0: none)."""
+    v, d = item_versions.c, decisions.c
+    reached = int(conn.execute(select(func.max(catalog_horizon.c.seq))).scalar_one() or 0)
+    written = conn.execute(
+        select(func.max(v.seq)).where(v.created_at < older_than - ITEM_VERSION_GRACE)
+    ).scalar_one()
+    read = conn.execute(
+        select(func.min(d.catalog_seq)).where(d.created_at >= older_than)
+    ).scalar_one()
+    if written is None:
+        return reached
+    return max(reached, int(written) if read is None else min(int(written), int(read)))
+
+
+def _superseded_versions(horizon: int) -> ColumnElement[bool]:
+    """The item versions a later version of the same item with ``seq`` at most
+    ``horizon`` superseded (never an item's current version)."""
+    v = item_versions.c
+    later = item_versions.alias("later")
+    return exists(
+        select(later.c.seq).where(
+            later.c.item_id == v.item_id,
+            later.c.version > v.version,
+            later.c.seq <= horizon,
+        )
+    )
 
 
 def _ended_rollouts(older_than: datetime, served: Collection[str]) -> ColumnElement[bool]:

@@ -27,7 +27,11 @@
 ``item_versions``
     Every version of every item, append-only; ``seq`` numbers the catalog's changes in
     order. A decision logs the version of each candidate (``candidate_versions``), so it
-    can be re-featurised exactly as served.
+    can be re-featurised exactly as served. Retention deletes the versions superseded
+    before the horizon (each item's current version is kept).
+``catalog_horizon``
+    One row: the ``seq`` before which retention has deleted superseded item versions.
+    The catalog as it was at an older ``seq`` can no longer be listed.
 ``rollouts``
     One row per staged rollout of a registry version (:mod:`eventstore.rollouts`): its
     current stage and traffic share (what every service replica reads at its poll) and
@@ -235,6 +239,17 @@ class ItemVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class CatalogHorizon(Base):
+    """The catalog versions retention pruned (:func:`eventstore.retention.prune_events`)."""
+
+    __tablename__ = "catalog_horizon"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # every version superseded by one with a seq at most this may be deleted
+    seq: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class RolloutRow(Base):
     """A staged rollout (see :mod:`eventstore.rollouts` for the rules)."""
 
@@ -289,6 +304,7 @@ head_snapshots: Any = HeadSnapshot.__table__
 head_snapshot_parts: Any = HeadSnapshotPart.__table__
 items: Any = Item.__table__
 item_versions: Any = ItemVersion.__table__
+catalog_horizon: Any = CatalogHorizon.__table__
 rollouts: Any = RolloutRow.__table__
 rollout_steps: Any = RolloutStepRow.__table__
 metadata = Base.metadata

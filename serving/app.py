@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eventstore.text import redact_logged_credentials
 from serving.catalog.routes import router as catalog_router
+from serving.catalog.store import PrunedError
 from serving.errors import body_error, input_error, store_error, validation_error, with_status
 from serving.http_protocol import configure as configure_http
 from serving.inputs import InputError
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, body_error)  # type: ignore[arg-type]
     app.add_exception_handler(InputError, input_error)  # type: ignore[arg-type]
     app.add_exception_handler(NotFoundError, with_status(404))
+    app.add_exception_handler(PrunedError, with_status(410))
     app.add_exception_handler(NotReadyError, with_status(503))
     app.add_exception_handler(StoreUnavailableError, with_status(503))
     app.add_exception_handler(StoreDeadlineError, with_status(503))

@@ -133,10 +133,10 @@ def store_prune(
     url: UrlOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count, delete nothing.")] = False,
 ) -> None:
-    """Delete decisions (with their rewards) and old head snapshots past the retention,
-    never those a running rollout reads or a served head would be rebuilt from (as the
-    bandit_retention DAG, which also keeps the windows of running retrains: it asks
-    Airflow for them)."""
+    """Delete decisions (with their rewards), old head snapshots and superseded catalog
+    item versions past the retention, never those a running rollout reads or a served
+    head would be rebuilt from (as the bandit_retention DAG, which also keeps the windows
+    of running retrains: it asks Airflow for them)."""
     from eventstore.engine import make_engine
     from eventstore.migrate import StoreSchemaError, require_current
     from eventstore.retention import apply_retention

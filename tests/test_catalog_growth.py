@@ -6,10 +6,11 @@ versions in turn."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,21 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from eventstore.retention import prune_events
 from eventstore.schema import decisions, item_versions
 from ops.cli import app as cli
 from serving.catalog import runtime
 from serving.catalog.index import CatalogIndex, IndexConfig
-from serving.catalog.store import CatalogStore, ItemInput, ItemRecord
-from tests.serving_helpers import DIM_ARM, DIM_USER, policy_file, running_client, service_settings
+from serving.catalog.store import CatalogStore, ItemInput, ItemRecord, PrunedError
+from serving.store.repository import write_events
+from tests.serving_helpers import (
+    DIM_ARM,
+    DIM_USER,
+    decision_row,
+    policy_file,
+    running_client,
+    service_settings,
+)
 
 pytest_plugins = ["tests.serving_fixtures"]
 TOKEN = {"Authorization": "Bearer tok"}
@@ -293,3 +303,128 @@ def test_reloads_report_unchanged_items_and_decisions_log_their_kept_versions(
             served = client.get(f"/v1/items/{item_id}/versions/{version}").json()
             sent = next(it for it in body["items"] if it["id"] == item_id)
             assert served["features"] == sent["features"]
+
+
+# ---------------------------------------------------------------------- retention
+DAY = timedelta(days=1)
+
+
+def _written_at(engine: sa.Engine, when: dict[int, datetime]) -> None:
+    """Date the item versions ``seq`` → ``when`` (the store writes the time it is)."""
+    v = item_versions.c
+    with engine.begin() as conn:
+        for seq, at in when.items():
+            conn.execute(sa.update(item_versions).where(v.seq == seq).values(created_at=at))
+
+
+def _listing(store: CatalogStore, seq: int) -> list[tuple[str, int, bool]]:
+    found, more = store.page("all", 100, None, seq)
+    assert not more
+    return [(r.item_id, r.version, r.retired) for r in found]
+
+
+def test_retention_deletes_the_versions_superseded_before_the_horizon(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """Versions superseded by one written a day before the cutoff (and before the oldest
+    catalog version a kept decision retrieved from) go; every item's current version,
+    retired or not, stays. The catalog at or after the horizon lists as before; before it,
+    and a pruned version, are refused by name (they were answered wrongly: an item
+    missing from an old listing)."""
+    store = CatalogStore(engine)
+    now = datetime.now(UTC)
+
+    def write(item_id: str, value: float) -> int:
+        (rec,) = store.upsert([ItemInput(item_id, np.full(DIM_ARM, value), np.ones(DIM_USER))])
+        return rec.seq
+
+    a1, b1, c1, d1 = (write(i, 0.0) for i in "abcd")
+    a2 = write("a", 1.0)
+    retired = store.retire("c")
+    assert retired is not None
+    a3, b2, a4 = write("a", 2.0), write("b", 1.0), write("a", 3.0)
+    _written_at(
+        engine,
+        {a1: now - 100 * DAY, b1: now - 100 * DAY, c1: now - 100 * DAY, d1: now - 100 * DAY}
+        | {a2: now - 60 * DAY, retired.seq: now - 60 * DAY, a3: now - 31.5 * DAY}
+        | {b2: now - 30.5 * DAY, a4: now - DAY},  # after the grace (a day before the cutoff)
+    )
+    listings = {seq: _listing(store, seq) for seq in range(1, a4 + 1)}
+    cutoff = now - 30 * DAY
+
+    def decided(at: datetime, catalog_seq: int) -> Any:
+        return dataclasses.replace(
+            decision_row(rng, created_at=at), catalog_seq=catalog_seq, candidate_versions=[1] * 4
+        )
+
+    late = decided(now - 5 * DAY, a1)  # a service whose catalog feed had not moved since a1
+    with engine.begin() as conn:
+        write_events(conn, [decided(now - 40 * DAY, a1), late])
+    held = prune_events(engine, cutoff, dry_run=True)
+    assert held["decisions"] == 1 and held["item_versions"] == 0
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(decisions).where(decisions.c.event_id == late.event_id).values(catalog_seq=a3)
+        )
+
+    counted = prune_events(engine, cutoff, dry_run=True)
+    assert counted["item_versions"] == 3  # a1, a2 and c1; not b1 (b2 is within the grace)
+    assert _listing(store, a1) == listings[a1]  # a dry run deletes nothing
+    assert prune_events(engine, cutoff) == counted
+    v = item_versions.c
+    with engine.connect() as conn:
+        kept = conn.execute(sa.select(v.item_id, v.version).order_by(v.seq)).all()
+    assert [tuple(r) for r in kept] == [("b", 1), ("d", 1), ("c", 2), ("a", 3), ("b", 2), ("a", 4)]
+    for seq in range(a3, a4 + 1):
+        assert _listing(store, seq) == listings[seq]
+    for seq in range(1, a3):
+        with pytest.raises(PrunedError, match=rf"catalog version {seq} is before .* \(seq {a3}\)"):
+            store.page("active", 10, None, seq)
+    with pytest.raises(PrunedError, match=r"version 2 of item 'a' .* current version is 4"):
+        store.version("a", 2)
+    assert store.version("a", 3) is not None and store.version("c", 2) is not None
+    assert store.version("a", 5) is None and store.version("zz", 1) is None
+    assert store.changes(0)[-1].seq == a4  # the feed from the start still ends as it is
+
+    # the horizon never moves back (a shorter window, then a longer one)
+    assert prune_events(engine, now - 90 * DAY)["item_versions"] == 0
+    with pytest.raises(PrunedError):
+        store.page("active", 10, None, a3 - 1)
+
+
+def test_a_pruned_catalog_version_is_a_410_naming_the_horizon(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Over HTTP, after ``banditops store prune``: the old listing (by seq or by a cursor
+    of it) and the pruned version answer 410 with what to ask instead."""
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    settings = service_settings(
+        tmp_path, url, model_path=policy_file(tmp_path / "p.npz", seed=0), api_token="tok"
+    )
+    with running_client(settings) as client:
+        first = client.post(
+            "/v1/items", json={"items": [_item(rng, "x"), _item(rng, "y")]}, headers=TOKEN
+        ).json()
+        changed = client.post("/v1/items", json={"items": [_item(rng, "x")]}, headers=TOKEN)
+        old = client.get("/v1/items", params={"seq": first["seq"], "limit": 1}).json()
+        assert old["next_cursor"] is not None
+        engine = client.app.state.service.engine
+        _written_at(
+            engine,
+            dict.fromkeys(range(1, changed.json()["seq"] + 1), datetime(2020, 1, 1, tzinfo=UTC)),
+        )
+        result = CliRunner().invoke(cli, ["store", "prune", "--older-than", "30d", "--url", url])
+        assert result.exit_code == 0, result.output
+        assert "1 item_versions" in " ".join(result.output.split())
+        for params in ({"seq": first["seq"]}, {"cursor": old["next_cursor"]}):
+            got = client.get("/v1/items", params=params)
+            assert got.status_code == 410, got.text
+            assert (
+                f"catalog version {first['seq']} is before the catalog's horizon"
+                in got.json()["detail"]
+            )
+        got = client.get("/v1/items/x/versions/1")
+        assert got.status_code == 410
+        assert "deleted by retention" in got.json()["detail"]
+        assert client.get("/v1/items/x/versions/2").status_code == 200
+        assert [i["id"] for i in client.get("/v1/items").json()["items"]] == ["x", "y"]

@@ -328,6 +328,7 @@ def test_retention_never_prunes_what_a_running_retrain_or_rollout_reads(
         "decisions": 1,
         "head_snapshots": 0,
         "head_snapshot_parts": 0,
+        "item_versions": 0,
     }
     assert kept() == set(ages)
     night1 = apply_retention(store_url, "m", 30, retrain, now=NOW)

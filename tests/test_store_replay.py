@@ -180,7 +180,13 @@ def test_prune_deletes_old_events_keeps_newest_snapshots(
         )
     store = EventStore(engine)
     cutoff = NOW - 90 * 24 * HOUR
-    expected = {"rewards": 1, "decisions": 1, "head_snapshots": 1, "head_snapshot_parts": 0}
+    expected = {
+        "rewards": 1,
+        "decisions": 1,
+        "head_snapshots": 1,
+        "head_snapshot_parts": 0,
+        "item_versions": 0,
+    }
     assert store.prune(cutoff, dry_run=True) == expected
     assert store.count_rows() == {"decisions": 2, "rewards": 2, "head_snapshots": 3}
     assert store.prune(cutoff) == expected
@@ -262,7 +268,13 @@ def test_prune_keeps_the_snapshot_recovery_starts_from_and_the_parts_it_reads(
     store = EventStore(engine)
     before = store.latest_snapshot("v1")
     assert before is not None and before.last_reward_id == 9 and before.state == state
-    expected = {"rewards": 0, "decisions": 0, "head_snapshots": 2, "head_snapshot_parts": 3}
+    expected = {
+        "rewards": 0,
+        "decisions": 0,
+        "head_snapshots": 2,
+        "head_snapshot_parts": 3,
+        "item_versions": 0,
+    }
     assert store.prune(NOW - 90 * 24 * HOUR, dry_run=True) == expected
     assert _count(engine, "head_snapshot_parts") == 6
     assert store.prune(NOW - 90 * 24 * HOUR) == expected
@@ -387,7 +399,13 @@ def test_prune_deletes_in_batches_and_keeps_what_came_after(
     cutoff = NOW - 90 * 24 * HOUR
     counted = prune_events(engine, cutoff, dry_run=True, batch=3)
     assert prune_events(engine, cutoff, batch=3) == counted
-    assert counted == {"rewards": 5, "decisions": 7, "head_snapshots": 0, "head_snapshot_parts": 0}
+    assert counted == {
+        "rewards": 5,
+        "decisions": 7,
+        "head_snapshots": 0,
+        "head_snapshot_parts": 0,
+        "item_versions": 0,
+    }
     store = EventStore(engine)
     assert store.count_rows() == {"decisions": 2, "rewards": 1, "head_snapshots": 0}
     assert store.existing_event_ids([r.event_id for r in rows]) == {r.event_id for r in new}

@@ -72,6 +72,7 @@ def test_migrations_ship_as_package_modules() -> None:
         "0005_snapshot_incarnation.py",
         "0006_propensity_se_rollout_production.py",
         "0007_rollout_ends_by.py",
+        "0008_catalog_horizon.py",
     ]
 
 

@@ -36,6 +36,9 @@ from serving.settings import Settings
 router = APIRouter(tags=["catalog"], route_class=JSONBodyRoute)
 ItemId = Annotated[ItemIdText, Path()]
 _NOT_FOUND: OpenAPIResponses = {404: {"description": "Unknown item (or version)."}}
+_PRUNED: OpenAPIResponses = {
+    410: {"description": "Deleted by retention: superseded before the catalog's horizon."}
+}
 
 
 def catalog_of(request: Request) -> CatalogService:
@@ -130,7 +133,7 @@ def _read_cursor(cursor: str) -> tuple[int, str]:
     raise InputError(("query", "cursor"), "cursor must be a next_cursor of this listing.", cursor)
 
 
-@router.get("/v1/items")
+@router.get("/v1/items", responses=_PRUNED)
 async def list_items(
     request: Request,
     status: Annotated[
@@ -173,7 +176,7 @@ async def get_item(item_id: ItemId, request: Request) -> ItemOut:
     return _out(record)
 
 
-@router.get("/v1/items/{item_id}/versions/{version}", responses=_NOT_FOUND)
+@router.get("/v1/items/{item_id}/versions/{version}", responses={**_NOT_FOUND, **_PRUNED})
 async def get_item_version(
     item_id: ItemId, version: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request
 ) -> ItemOut:

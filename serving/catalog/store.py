@@ -15,6 +15,10 @@ order; SQLite takes its write lock at ``BEGIN``), so two concurrent writes of on
 follow each other: the second numbers its version after the first's and compares with
 what the first wrote.
 
+Retention deletes the versions superseded before the catalog's *horizon*
+(:func:`eventstore.retention.catalog_horizon_for`); the catalog as it was before it can no
+longer be listed, and a pruned version can no longer be read (:class:`PrunedError`).
+
 The retrieval vector of an item is its embedding when it has one, else its features; all
 items share one feature width and one retrieval width (checked on every write).
 """
@@ -30,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
 
-from eventstore.schema import item_versions, items
+from eventstore.schema import catalog_horizon, item_versions, items
 from eventstore.types import decode_floats, encode_floats
 from serving.inputs import InputError, Loc
 
@@ -89,6 +93,11 @@ class ItemRecord:
     def vector(self) -> FloatArray:
         """The retrieval vector: the embedding, else the features."""
         return self.features if self.embedding is None else self.embedding
+
+
+class PrunedError(LookupError):
+    """A catalog version retention deleted: a listing before the horizon, or a
+    superseded version of an item (410)."""
 
 
 def _record(
@@ -156,11 +165,35 @@ class CatalogStore:
         return _record(row, int(row.impressions), row.updated_at)
 
     def version(self, item_id: str, version: int) -> ItemRecord | None:
+        """The item's ``version`` (None: no such item or version).
+
+        Raises
+        ------
+        PrunedError
+            Retention deleted it: the item has later versions and this one is gone.
+        """
         v = item_versions.c
         query = select(item_versions).where(v.item_id == item_id, v.version == version)
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        return None if row is None else _record(row)
+            if row is not None:
+                return _record(row)
+            current = conn.execute(
+                select(items.c.version).where(items.c.item_id == item_id)
+            ).scalar_one_or_none()
+            if current is None or not 1 <= version < current:
+                return None
+            horizon = self._horizon(conn)
+        raise PrunedError(
+            f"version {version} of item {item_id!r} was superseded before the catalog's "
+            f"horizon (seq {horizon}) and deleted by retention (BANDITOPS_RETENTION_DAYS); "
+            f"its current version is {current}."
+        )
+
+    @staticmethod
+    def _horizon(conn: Connection) -> int:
+        """The seq before which retention deleted superseded versions (0: none)."""
+        return int(conn.execute(select(func.max(catalog_horizon.c.seq))).scalar_one() or 0)
 
     def newest_seq(self) -> int:
         """The catalog version: ``seq`` of its latest change (0 while empty)."""
@@ -203,6 +236,14 @@ class CatalogStore:
             if status != "all":
                 query = query.where(table.c.retired.is_(status == "retired"))
             rows = conn.execute(query.order_by(table.c.item_id).limit(limit + 1)).all()
+            # read after the rows: retention moves the horizon before it deletes
+            horizon = self._horizon(conn) if seq < newest else 0
+        if seq < horizon:
+            raise PrunedError(
+                f"catalog version {seq} is before the catalog's horizon (seq {horizon}): "
+                "retention deleted the item versions it was made of. List the newest "
+                f"version (no seq, no cursor) or one at seq >= {horizon}."
+            )
         found = [_record(r, int(r.impressions), r.changed_at) for r in rows[:limit]]
         return found, len(rows) > limit
 
