@@ -247,7 +247,7 @@ def _superseded_versions(horizon: int) -> ColumnElement[bool]:
     ``horizon`` superseded (never an item's current version)."""
     v = item_versions.c
     later = item_versions.alias("later")
-    return exists(
+    return (v.seq < horizon) & exists(
         select(later.c.seq).where(
             later.c.item_id == v.item_id,
             later.c.version > v.version,
