@@ -26,6 +26,7 @@ from ops.cli import app as cli
 from serving.catalog import runtime
 from serving.catalog.index import CatalogIndex, IndexConfig
 from serving.catalog.store import CatalogStore, ItemInput, ItemRecord, PrunedError
+from serving.inputs import InputError
 from serving.store.repository import write_events
 from tests.serving_helpers import (
     DIM_ARM,
@@ -211,15 +212,18 @@ def test_an_unchanged_item_writes_no_version_and_a_changed_one_does(engine: sa.E
 
 
 def test_concurrent_writes_of_one_item_number_their_versions_in_turn(engine: sa.Engine) -> None:
-    """4 writers, 15 writes each of one of 3 feature vectors: every write succeeds, the
-    versions are 1, 2, 3, … with no two in a row alike, and the item's current row is the
-    last of them (each write compared with, and numbered after, the one before it)."""
+    """4 writers, 15 writes each of one of 3 feature vectors, the first ones racing to
+    create the item: every write succeeds, the versions are 1, 2, 3, … with no two in a
+    row alike, and the item's current row is the last of them (each write compared with,
+    and numbered after, the one before it). On PostgreSQL the creation failed 1 to 3 of
+    the writers with a unique violation (no row to lock yet: a 500 over HTTP)."""
     store = CatalogStore(engine)
-    store.upsert([ItemInput("shared", np.zeros(DIM_ARM), np.ones(DIM_USER))])
     errors: list[BaseException] = []
+    start = threading.Barrier(4)
 
     def write(worker: int) -> None:
         try:
+            start.wait()
             for j in range(15):
                 value = float((worker + j) % 3)
                 store.upsert([ItemInput("shared", np.full(DIM_ARM, value), np.ones(DIM_USER))])
@@ -242,6 +246,41 @@ def test_concurrent_writes_of_one_item_number_their_versions_in_turn(engine: sa.
     current = store.current("shared")
     assert current is not None and current.version == len(rows)
     assert bytes(rows[-1].features) == current.features.tobytes()
+
+
+def test_first_writes_of_two_widths_to_an_empty_catalog_keep_one_width(
+    engine: sa.Engine,
+) -> None:
+    """Two writers race to fill an empty catalog with items of different feature widths:
+    one of them is refused by name, never both stored (each read the empty catalog's
+    widths before the other wrote)."""
+    store = CatalogStore(engine)
+    start = threading.Barrier(2)
+    outcomes: dict[int, BaseException | None] = {}
+
+    def write(width: int) -> None:
+        start.wait()
+        try:
+            store.upsert([ItemInput(f"w{width}-{i}", np.ones(width), None) for i in range(50)])
+            outcomes[width] = None
+        except BaseException as exc:  # reported below
+            outcomes[width] = exc
+
+    for _ in range(5):
+        with engine.begin() as conn:
+            conn.execute(sa.delete(item_versions))
+            conn.execute(sa.delete(sa.table("items")))
+        threads = [threading.Thread(target=write, args=(w,)) for w in (3, 5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        refused = [e for e in outcomes.values() if e is not None]
+        assert len(refused) == 1, outcomes
+        assert isinstance(refused[0], InputError), refused
+        assert "like the rest of the catalog" in refused[0].message
+        widths = {int(w) for w in store.active()[0] for w in [w.features.shape[0]]}
+        assert len(widths) == 1
 
 
 def test_reloads_report_unchanged_items_and_decisions_log_their_kept_versions(

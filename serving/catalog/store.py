@@ -10,10 +10,10 @@ change: it appends no version, and keeps its version number and ``seq``. A catal
 re-loaded nightly from an unchanged file used to append a copy of every item each night
 (2,000 items: 90,000 rows after 45 nights, the largest table of the store).
 
-Writes of existing items lock their ``items`` rows first (PostgreSQL ``FOR UPDATE``, in id
-order; SQLite takes its write lock at ``BEGIN``), so two concurrent writes of one item
-follow each other: the second numbers its version after the first's and compares with
-what the first wrote.
+The catalog's writes take turns (:func:`_lock_for_write`: SQLite's write lock taken at
+``BEGIN``, a PostgreSQL advisory lock), so two concurrent writes of one item follow each
+other: the second numbers its version after the first's and compares with what the first
+wrote, whether the item existed or the first created it.
 
 Retention deletes the versions superseded before the catalog's *horizon*
 (:func:`eventstore.retention.catalog_horizon_for`); the catalog as it was before it can no
@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, text, update
 
 from eventstore.schema import catalog_horizon, item_versions, items
 from eventstore.types import decode_floats, encode_floats
@@ -42,6 +42,9 @@ FloatArray = NDArray[np.float64]
 
 #: Ids per ``IN (...)`` query.
 _CHUNK = 900
+#: The PostgreSQL advisory lock key the catalog's writes take in turn (a constant of
+#: this store: the first 8 bytes of sha256(b"banditops.catalog"), as a signed bigint).
+CATALOG_LOCK = 0x5779_520F_E74A_DFE6
 
 _INSERT_VERSIONS = insert(item_versions).returning(
     item_versions.c.seq, sort_by_parameter_order=True
@@ -338,8 +341,7 @@ class CatalogStore:
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             _lock_for_write(conn)
-            query = select(items).where(items.c.item_id == item_id).with_for_update()
-            row = conn.execute(query).first()
+            row = conn.execute(select(items).where(items.c.item_id == item_id)).first()
             if row is None:
                 return None
             if row.retired:
@@ -367,17 +369,11 @@ class CatalogStore:
         )
 
     def _current(self, conn: Connection, ids: Sequence[str]) -> dict[str, Row[Any]]:
-        """The current rows of the items of ``ids`` that exist, locked for this
-        transaction (PostgreSQL; in id order, so that two writes never wait on each
-        other's rows)."""
+        """The current rows of the items of ``ids`` that exist (read under
+        :func:`_lock_for_write`)."""
         out: dict[str, Row[Any]] = {}
-        for chunk in _chunks(sorted(ids)):
-            query = (
-                select(items)
-                .where(items.c.item_id.in_(chunk))
-                .order_by(items.c.item_id)
-                .with_for_update()
-            )
+        for chunk in _chunks(ids):
+            query = select(items).where(items.c.item_id.in_(chunk))
             out.update((r.item_id, r) for r in conn.execute(query))
         return out
 
@@ -428,9 +424,14 @@ class CatalogStore:
 
 
 def _lock_for_write(conn: Connection) -> None:
-    """SQLite: take the database's write lock now (``BEGIN IMMEDIATE``), not at the first
-    insert, so that what the transaction reads before it writes (the items' current
-    versions) cannot change before it commits. PostgreSQL locks the rows it reads
-    (``FOR UPDATE``) instead."""
+    """Make the catalog's writes take turns, so that what a write reads before it writes
+    (the items' current versions, the catalog's widths) cannot change before it commits.
+    SQLite: the database's write lock, taken now (``BEGIN IMMEDIATE``), not at the first
+    insert. PostgreSQL: a transaction-scoped advisory lock of the catalog
+    (:data:`CATALOG_LOCK`): row locks alone (``FOR UPDATE``) left two writes creating
+    one new item (no row to lock yet) to fail one of them with a unique violation, and
+    two first writes to an empty catalog free to differ in width."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CATALOG_LOCK})
