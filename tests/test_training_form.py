@@ -367,6 +367,28 @@ def test_the_sum_rule_reaches_the_training_replay(
     assert rewards == {"first_wins": 0.75, "sum": 1.25}
 
 
+def test_a_step_given_another_release_s_spec_says_to_plan_the_run_again(
+    engine: sa.Engine, store_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A run planned before an upgrade (its spec lacks the fields added since) and
+    resumed after it: the step names its input, what it lacks and what to do (it said
+    only "spec has missing fields [...]"), and runs nothing."""
+    with engine.begin() as conn:
+        write_events(conn, [decision_row(rng, created_at=END - timedelta(days=2))])
+    settings = PipelineSettings(
+        workspace=tmp_path / "ws", database_url=store_url, retrain_min_rows=1
+    )
+    spec = pipeline.run_step("plan_run", {}, run_key="old", interval_end=END, settings=settings)
+    older = {k: v for k, v in spec.items() if k not in ("model_max_bytes", "model_max_dim")}
+    with pytest.raises(pipeline.StaleInputError) as caught:
+        pipeline.run_step("extract_replay", older)
+    message = str(caught.value)
+    assert message.startswith("step 'extract_replay' cannot read the output of 'plan_run': ")
+    assert "missing fields ['model_max_bytes', 'model_max_dim']" in message
+    assert "Clear the whole run, from plan_run" in message
+    assert not (Path(spec["run_dir"]) / "replay").exists()
+
+
 def test_a_window_is_read_once_its_rewards_are_in_and_an_empty_one_is_refused(
     engine: sa.Engine, store_url: str, tmp_path: Path, rng: np.random.Generator
 ) -> None:

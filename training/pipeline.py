@@ -250,9 +250,23 @@ def run_step(name: str, *args: Any, **kwargs: Any) -> Any:
     function = _function(_BY_NAME[name])
     signature = inspect.signature(function, eval_str=True)
     bound = signature.bind(*args, **kwargs)
-    for key, value in bound.arguments.items():
-        bound.arguments[key] = _typed(signature.parameters[key].annotation, value)
+    upstream = _BY_NAME[name].inputs
+    for position, (key, value) in enumerate(bound.arguments.items()):
+        try:
+            bound.arguments[key] = _typed(signature.parameters[key].annotation, value)
+        except (TypeError, ValueError) as exc:  # another release's, or a hand-edited, value
+            source = upstream[position] if position < len(upstream) else key
+            raise StaleInputError(
+                f"step {name!r} cannot read the output of {source!r}: {exc} An earlier step "
+                "of this DAG run wrote it, most likely under another banditops release (a "
+                "run started before an upgrade). Clear the whole run, from plan_run, so "
+                "this release plans it again, or trigger a new run."
+            ) from exc
     return _plain(function(*bound.args, **bound.kwargs))
+
+
+class StaleInputError(ValueError):
+    """A step's XCom input is not what this release's steps write (:func:`run_step`)."""
 
 
 # ---------------------------------------------------------------------- one process
