@@ -48,6 +48,50 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
     return current_revision(engine)
 
 
+#: ``Config.attributes`` key: a downgrade past 0008 may forget the catalog's horizon
+#: (the older release then lists the catalog before it without the pruned versions).
+FORGET_PRUNED_CATALOG = "forget_pruned_catalog"
+
+
+def downgrade(engine: Engine, revision: str, *, forget_pruned_catalog: bool = False) -> str | None:
+    """Take the database behind ``engine`` back to ``revision`` (a shipped revision before
+    the store's), for an older banditops; returns the revision it is at.
+
+    A revision's downgrade drops what the older code would misread (0004: the snapshots
+    written in parts) or refuses what it would answer wrongly (0008: a catalog pruned by
+    retention, unless ``forget_pruned_catalog``). Back the store up first.
+
+    Raises
+    ------
+    StoreSchemaError
+        An unknown revision, one not before the store's, or a downgrade that refused.
+    """
+    _check_known(engine)
+    have = current_revision(engine)
+    order = revision_order()
+    if revision not in order:
+        raise StoreSchemaError(
+            f"revision must be one of {', '.join(order)} (the shipped migrations); "
+            f"got {revision!r}."
+        )
+    if have is None or order.index(revision) >= order.index(have):
+        raise StoreSchemaError(
+            f"the event store is at revision {have!r}, not after {revision!r}: a downgrade "
+            "only goes back (`banditops db upgrade` goes forward)."
+        )
+    config = alembic_config(engine)
+    config.attributes[FORGET_PRUNED_CATALOG] = forget_pruned_catalog
+    try:
+        command.downgrade(config, revision)
+    except DowngradeRefusedError as exc:
+        raise StoreSchemaError(str(exc)) from None
+    return current_revision(engine)
+
+
+class DowngradeRefusedError(RuntimeError):
+    """A revision's downgrade found data the older code would answer wrongly."""
+
+
 @functools.cache
 def revision_order() -> tuple[str, ...]:
     """The shipped revisions, oldest first."""

@@ -247,13 +247,14 @@ def _superseded_versions(horizon: int) -> ColumnElement[bool]:
     ``horizon`` superseded (never an item's current version)."""
     v = item_versions.c
     later = item_versions.alias("later")
-    return (v.seq < horizon) & exists(
+    superseded: ColumnElement[bool] = (v.seq < horizon) & exists(
         select(later.c.seq).where(
             later.c.item_id == v.item_id,
             later.c.version > v.version,
             later.c.seq <= horizon,
         )
     )
+    return superseded
 
 
 def _ended_rollouts(older_than: datetime, served: Collection[str]) -> ColumnElement[bool]:

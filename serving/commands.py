@@ -1,5 +1,5 @@
 """The service commands of the ``banditops`` CLI: ``serve``, ``db upgrade``,
-``store prune`` (registered on the app in :mod:`ops.cli`)."""
+``db downgrade``, ``store prune`` (registered on the app in :mod:`ops.cli`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,11 +20,13 @@ from eventstore.settings import env_name
 from eventstore.text import redact_credentials
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from serving.settings import Settings
 
 console = Console()
 
-db_app = typer.Typer(help="Create or upgrade the event store.", no_args_is_help=True)
+db_app = typer.Typer(help="Create, upgrade or downgrade the event store.", no_args_is_help=True)
 store_app = typer.Typer(help="Event store maintenance.", no_args_is_help=True)
 
 UrlOption = Annotated[
@@ -100,18 +104,29 @@ def uvicorn_limits(settings: Settings) -> dict[str, Any]:
 @db_app.command("upgrade")
 def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
     """Create the event-store tables, or migrate them to the newest schema."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     from eventstore.engine import make_engine
-    from eventstore.migrate import StoreSchemaError, upgrade
+    from eventstore.migrate import upgrade
     from serving.settings import Settings
 
     target = _url(url)
     # a store that takes the connection and never answers fails the start, which its
     # supervisor retries (it hung there for good)
     engine = make_engine(target, connect_timeout_s=Settings().store_connect_timeout_s)
-    try:
+    with _migrating(target, engine):
         now = upgrade(engine, revision)
+    console.print(f"event store {_shown(target)} is at revision {now}")
+
+
+@contextmanager
+def _migrating(target: str, engine: Engine) -> Iterator[None]:
+    """A migration of ``engine`` (``target``'s): its errors named in one line (exit 1),
+    not a traceback; the engine disposed."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from eventstore.migrate import StoreSchemaError
+
+    try:
+        yield
     except SQLAlchemyError as exc:  # unreachable, refused: named, not a traceback
         first = str(exc).splitlines()[0] if str(exc) else ""
         error(
@@ -124,6 +139,43 @@ def db_upgrade(url: UrlOption = None, revision: str = "head") -> None:
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[
+        str, typer.Argument(help="The revision to go back to: the older release's newest.")
+    ],
+    url: UrlOption = None,
+    forget_pruned_catalog: Annotated[
+        bool,
+        typer.Option(
+            "--forget-pruned-catalog",
+            help="Past 0008 after a prune: the older release lists the catalog before the "
+            "horizon without the pruned versions.",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Take the event store back to REVISION, for an older banditops: back it up first.
+
+    Before it, move @production to a version the older release registered (a newer
+    release's version may use what it cannot read: it serves its fallback)."""
+    from eventstore.engine import make_engine
+    from eventstore.migrate import current_revision, downgrade
+    from serving.settings import Settings
+
+    target = _url(url)
+    engine = make_engine(target, connect_timeout_s=Settings().store_connect_timeout_s)
+    with _migrating(target, engine):
+        have = current_revision(engine)
+        if not yes and not typer.confirm(
+            f"take the event store {_shown(target)} from revision {have} back to {revision}? "
+            "A downgrade drops what the older release cannot read; back the store up first",
+            err=True,
+        ):
+            raise typer.Exit(1)
+        now = downgrade(engine, revision, forget_pruned_catalog=forget_pruned_catalog)
     console.print(f"event store {_shown(target)} is at revision {now}")
 
 

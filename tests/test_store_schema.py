@@ -57,6 +57,43 @@ def test_db_upgrade_uses_the_settings_url(tmp_path: Path, monkeypatch: pytest.Mo
     assert (tmp_path / "ws" / "banditops.db").exists()
 
 
+def test_db_downgrade_goes_back_and_refuses_to_forget_a_pruned_catalog(store_url: str) -> None:
+    """``banditops db downgrade REVISION`` (the README sent operators to Alembic, which
+    refused to run the migrations without the engine banditops passes): it asks first,
+    names a revision it does not ship or that is not behind, and past a prune refuses to
+    drop the catalog's horizon unless told (the older release would list the catalog
+    before it without the pruned versions, silently)."""
+    runner = CliRunner()
+    engine = make_engine(store_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE catalog_horizon SET seq = 44"))
+
+        def run(*args: str, stdin: str | None = None) -> tuple[int, str]:
+            result = runner.invoke(cli, ["db", "downgrade", *args, "--url", store_url], input=stdin)
+            return result.exit_code, " ".join(result.output.split())
+
+        code, out = run("0007", stdin="n\n")
+        assert code == 1 and "back the store up first" in out
+        assert current_revision(engine) == head_revision()
+        code, out = run("0007", "--yes")
+        assert code == 1 and current_revision(engine) == head_revision()
+        assert "superseded before seq 44" in out and "--forget-pruned-catalog" in out, out
+        code, out = run("0009", "--yes")
+        assert code == 1 and "revision must be one of 0001, 0002" in out, out
+        code, out = run("0007", "--yes", "--forget-pruned-catalog")
+        assert code == 0 and "is at revision 0007" in out, out
+        assert "catalog_horizon" not in sa.inspect(engine).get_table_names()
+        code, out = run("0007", "--yes")
+        assert code == 1 and "not after '0007': a downgrade only goes back" in out, out
+        assert upgrade(engine) == head_revision()  # and forward again: the horizon at 0
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT seq FROM catalog_horizon")).scalar() == 0
+    finally:
+        engine.dispose()
+
+
 def test_migrations_ship_as_package_modules() -> None:
     """Everything ``upgrade`` needs is a module of an importable package (so it is in
     the wheel); no ``alembic.ini`` is involved."""

@@ -17,8 +17,9 @@ def run_migrations_online() -> None:
     engine = context.config.attributes.get("engine")
     if engine is None:
         raise RuntimeError(
-            "run the banditops migrations with `banditops db upgrade` (or "
-            "eventstore.migrate.upgrade), which passes the engine to Alembic."
+            "run the banditops migrations with `banditops db upgrade` or `banditops db "
+            "downgrade REVISION` (eventstore.migrate.upgrade / downgrade), which pass the "
+            "engine to Alembic."
         )
     with engine.connect() as connection:
         context.configure(

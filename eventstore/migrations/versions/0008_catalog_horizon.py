@@ -14,8 +14,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
+from eventstore.migrate import FORGET_PRUNED_CATALOG, DowngradeRefusedError
 from eventstore.types import UTCDateTime
 
 revision = "0008"
@@ -36,4 +37,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # the code before this revision lists the catalog at any seq from item_versions: past
+    # a prune it would list the catalog before the horizon without the versions deleted
+    horizon = op.get_bind().execute(sa.text("SELECT max(seq) FROM catalog_horizon")).scalar()
+    if horizon and not context.config.attributes.get(FORGET_PRUNED_CATALOG, False):
+        raise DowngradeRefusedError(
+            f"retention deleted the catalog's item versions superseded before seq {horizon}: "
+            "a banditops before revision 0008 would list the catalog as it was before that "
+            "without them, and answer 404 for those versions, saying nothing. Downgrade "
+            "anyway with --forget-pruned-catalog."
+        )
     op.drop_table("catalog_horizon")
