@@ -9,9 +9,10 @@ reads the store: the replay window of each `bandit_retrain` run that is running 
 whole store back until it is), the running rollout's start and, for each version
 that still serves, the rewards its head learnt after its newest snapshot
 (`eventstore.retention`); ended rollouts go too, except the latest and those of a version
-an alias holds, and the catalog's item versions superseded before its horizon. Then it deletes the folders of retrain runs and the monitor's reports
-under the runs folder last written more than `BANDITOPS_RUNS_RETENTION_DAYS` ago, never a
-running or queued retrain's (`training.run_folders`). Its return value (XCom) names the
+an alias holds, and the catalog's item versions superseded before its horizon. Then it
+deletes the folders of retrain runs and the monitor's reports under the runs folder last
+written more than `BANDITOPS_RUNS_RETENTION_DAYS` ago, never a running or queued
+retrain's (`training.run_folders`). Its return value (XCom) names the
 cutoff, what held it back, the rows deleted per table and the folders deleted.
 """
 

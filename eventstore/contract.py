@@ -19,6 +19,8 @@ the registry version tags, and the service's metrics the monitor reads back.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal, get_args
 
@@ -76,6 +78,22 @@ STATE_DIGEST_TAG = "state_sha256"
 #: Version tags of the gate's decision: ``"true"`` / ``"false"``, and its reasons (JSON list).
 GATE_PASSED_TAG = "gate_passed"
 GATE_REASONS_TAG = "gate_reasons"
+
+
+def gate_reasons(tags: Mapping[str, str]) -> list[str]:
+    """The gate's reasons in a version's ``tags``: the JSON list the retrain wrote, a tag
+    that is not one (set by hand) as its text, [] when absent. The one reading of the tag
+    (the CLI printed it as raw JSON, ``\\u2265`` escapes and all)."""
+    raw = tags.get(GATE_REASONS_TAG)
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return [raw]
+    return [str(v) for v in value] if isinstance(value, list) else [raw]
+
+
 #: Version tags mirroring the latest step of the version's rollout (the event store's
 #: ``rollouts`` holds it): the rollout's status after the step, and the step's reason.
 ROLLOUT_STATUS_TAG = "rollout_status"

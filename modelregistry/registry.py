@@ -52,6 +52,7 @@ from eventstore.contract import (
     ROLLOUT_STATUS_TAG,
     STATE_DIGEST_TAG,
     WINDOW_STOP_TAG,
+    gate_reasons,
     previous_tag,
     version_label,
     window_stop_time,
@@ -695,8 +696,9 @@ class ModelRegistry:
         if target.tags.get(GATE_PASSED_TAG) == "false":
             if not force:
                 raise RegistryError(
-                    f"version {version} failed its gate ({target.tags.get(GATE_REASONS_TAG, '')}); "
-                    "promote it anyway with --force."
+                    f"version {version} failed its gate "
+                    f"({'; '.join(gate_reasons(target.tags))[:500]}); promote it anyway with "
+                    "--force."
                 )
             self.client.set_model_version_tag(
                 self.model_name, version, "promoted_despite_gate", "true"

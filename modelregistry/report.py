@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from bandit_core.support import ESTIMATOR
-from eventstore.contract import GATE_PASSED_TAG, GATE_REASONS_TAG, WINDOW_STOP_TAG
+from eventstore.contract import GATE_PASSED_TAG, WINDOW_STOP_TAG, gate_reasons
 from modelregistry.registry import VersionInfo, VersionListing
 
 #: The keys of :func:`version_summary`, in the order the table shows them.
@@ -83,7 +83,6 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
         keys = ("value", "ci_low", "ci_high")
         dr = {key: _finite(metrics.get(f"ope.candidate.{ESTIMATOR}.{key}")) for key in keys}
     gate = tags.get(GATE_PASSED_TAG)
-    reasons = _json(tags.get(GATE_REASONS_TAG))
     return {
         "version": info.version,
         "aliases": list(info.aliases),
@@ -97,7 +96,7 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
         "floor": _json(tags.get("floor")),
         "dr": dr,
         "gate_passed": None if gate is None else gate == "true",
-        "gate_reasons": reasons if isinstance(reasons, list) else [],
+        "gate_reasons": gate_reasons(tags),
         "candidates": _json(tags.get("challengers")),
         "run_key": tags.get("run_key"),
     }

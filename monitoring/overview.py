@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from eventstore.contract import DECISION_ENDPOINTS, GATE_PASSED_TAG, GATE_REASONS_TAG
+from eventstore.contract import DECISION_ENDPOINTS, GATE_PASSED_TAG, gate_reasons
 from eventstore.engine import make_engine
 from eventstore.rollouts import (
     Rollout,
@@ -120,10 +120,7 @@ def ope_estimates(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 
 def version_row(info: VersionInfo, online: dict[str, Any] | None) -> dict[str, Any]:
-    try:
-        reasons = json.loads(info.tags.get(GATE_REASONS_TAG, "[]"))
-    except ValueError:
-        reasons = [info.tags[GATE_REASONS_TAG]]
+    reasons = gate_reasons(info.tags)
     passed = info.tags.get(GATE_PASSED_TAG)
     return {
         "version": info.version,

@@ -70,10 +70,13 @@ def test_register_gate_promote_rollback_with_history(
     assert registry.record_gate(v1.version, True, ["dr lower bound 0.31 ≥ 0.29"]) is True
     registry.promote(v1.version, by="tester", reason="first model")
     v2 = registry.register_candidate(state_path=_state(tmp_path, 2), run_key="run-2")
-    assert registry.record_gate(v2.version, False, ["dr lower bound 0.10 < 0.29"]) is False
+    reasons = ["dr lower bound 0.10 < 0.29", "support 0.4 ≥ 0.2"]
+    assert registry.record_gate(v2.version, False, reasons) is False
     assert registry.get(v2.version).tags["gate_passed"] == "false"
     assert registry.by_alias("staging").version == v1.version  # a failed gate does not move staging
-    with pytest.raises(RegistryError, match=r"failed its gate.*--force"):
+    # the reasons as words, not the tag's JSON (``\u2265`` escapes and all)
+    gate = r"failed its gate \(dr lower bound 0\.10 < 0\.29; support 0\.4 ≥ 0\.2\).*--force"
+    with pytest.raises(RegistryError, match=gate):
         registry.promote(v2.version, by="tester", reason="manual override")
     assert registry.by_alias("production").version == v1.version
     registry.promote(v2.version, by="tester", reason="manual override", force=True)

@@ -12,7 +12,6 @@ where the report saw it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from datetime import timedelta
@@ -21,10 +20,10 @@ from typing import Any
 from bandit_core.support import ESTIMATOR
 from eventstore.contract import (
     GATE_PASSED_TAG,
-    GATE_REASONS_TAG,
     ROLLOUT_REASON_TAG,
     ROLLOUT_STATUS_TAG,
     STOP_DAG,
+    gate_reasons,
     previous_tag,
 )
 from eventstore.text import check_text
@@ -126,7 +125,7 @@ def plan_promotion(
     if wanted is None:  # unreachable: checked above; keeps the type narrow
         raise ValueError("version must be given unless rollback is true.")
     info = registry.get(wanted)
-    reasons = json.loads(info.tags.get(GATE_REASONS_TAG, "[]"))
+    reasons = gate_reasons(info.tags)
     action = "rollback" if rollback else "promote"
     subject = (
         f"{action} {settings.model_name} @{target}: "
