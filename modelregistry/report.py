@@ -70,6 +70,11 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
+#: What the ``window_rows`` tag was called before the head's rows were told apart (a
+#: version registered then has its window's rows under it, and no ``head_rows``).
+LEGACY_WINDOW_ROWS_TAG = "rows"
+
+
 def version_summary(info: VersionInfo) -> dict[str, Any]:
     """The version as a JSON-able dict with the keys of :data:`SUMMARY_KEYS`.
 
@@ -87,7 +92,8 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
         "version": info.version,
         "aliases": list(info.aliases),
         "algorithm": tags.get("algorithm") or info.params.get("algorithm"),
-        "window_rows": _int(tags.get("window_rows")),
+        # a version registered before the tag was named so: its replay window's ``rows``
+        "window_rows": _int(tags.get("window_rows", tags.get(LEGACY_WINDOW_ROWS_TAG))),
         "head_rows": _int(tags.get("head_rows")),
         "eval_rows": _int(tags.get("eval_rows")),
         "train_rows": _int(tags.get("train_rows")),

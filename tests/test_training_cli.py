@@ -98,10 +98,14 @@ def test_models_json_reports_rows_floor_dr_gate_and_candidates(
     registry.register_candidate(  # an old version: none of it recorded
         state_path=save_policy(policy, tmp_path / "b.npz"), run_key="old"
     )
+    registry.register_candidate(  # a version of 9d58d9d: its window's rows as ``rows``
+        state_path=save_policy(policy, tmp_path / "c.npz"), run_key="older", tags={"rows": "2000"}
+    )
     runner = CliRunner()
     out = runner.invoke(app, ["models", "--json"])
     assert out.exit_code == 0, out.output
-    first, second = json.loads(out.output)
+    first, second, third = json.loads(out.output)
+    assert third["window_rows"] == 2000 and third["head_rows"] is None
     assert first["version"] == "1" and "staging" in first["aliases"]
     assert first["algorithm"] == "linucb" and first["floor"] == 0.05
     assert (first["window_rows"], first["head_rows"], first["eval_rows"]) == (1500, 1500, 300)
