@@ -6,6 +6,7 @@ versions in turn."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import threading
@@ -246,6 +247,100 @@ def test_concurrent_writes_of_one_item_number_their_versions_in_turn(engine: sa.
     current = store.current("shared")
     assert current is not None and current.version == len(rows)
     assert bytes(rows[-1].features) == current.features.tobytes()
+
+
+def test_catalog_writes_and_impression_counts_never_deadlock(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """Catalog writes of items in any order, while decisions count impressions of the same
+    items (a batch of decisions a transaction, as the service's writer): no transaction
+    fails and every impression is counted. On PostgreSQL the catalog updated its rows in
+    the order sent and the decisions in id order: deadlocks, which sent the service's
+    writer to its journal as if the store were down (concurrency helper)."""
+    store = CatalogStore(engine)
+    ids = [f"i{j:03d}" for j in range(300)]
+    store.upsert([ItemInput(i, np.zeros(DIM_ARM), np.ones(DIM_USER)) for i in ids])
+    errors: list[BaseException] = []
+    done = threading.Event()
+    counted: list[str] = []
+
+    def write_catalog() -> None:
+        try:
+            for round_ in range(1, 7):  # every item changed, the ids in descending order
+                value = float(round_)
+                entries = [ItemInput(i, np.full(DIM_ARM, value), np.ones(DIM_USER)) for i in ids]
+                store.upsert(entries[::-1])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def decide() -> None:
+        local = np.random.default_rng(1)
+        try:
+            while not done.is_set():
+                batch = []
+                for _ in range(40):
+                    row = decision_row(local)
+                    picked = tuple(local.choice(ids, size=4, replace=False).tolist())
+                    batch.append(
+                        dataclasses.replace(row, candidate_ids=picked, count_impressions=True)
+                    )
+                with engine.begin() as conn:
+                    write_events(conn, batch)
+                counted.extend(d.arm_id for d in batch)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write_catalog), threading.Thread(target=decide)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert counted, "no decision was written while the catalog changed"
+    with engine.connect() as conn:
+        stored = dict(conn.execute(sa.text("SELECT item_id, impressions FROM items")).all())
+    assert {i: n for i, n in stored.items() if n} == dict(collections.Counter(counted))
+
+
+@pytest.mark.postgres
+def test_a_catalog_write_waits_its_turn_within_its_own_bound(postgres_url: str) -> None:
+    """On the service's engine (a 0.3 s ``lock_timeout`` here, 2 s by default) a catalog
+    write queued behind another for longer than that waits for its turn, up to the
+    store's ``lock_wait_s``: it failed with ``LockNotAvailable`` (a 503) after the
+    engine's timeout. The engine's own bound is left as it was for the next user of the
+    connection."""
+    from eventstore.engine import make_engine
+    from eventstore.migrate import upgrade
+    from eventstore.scratch import scratch_postgres_database
+    from serving.catalog.store import CATALOG_LOCK
+
+    with scratch_postgres_database(postgres_url, prefix="banditops_turn") as url:
+        engine = make_engine(url, lock_timeout_s=0.3)
+        try:
+            upgrade(engine)
+            store = CatalogStore(engine, lock_wait_s=10.0)
+            held = threading.Event()
+
+            def hold() -> None:  # another write's turn, 1 s long
+                with engine.begin() as conn:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CATALOG_LOCK})
+                    held.set()
+                    time.sleep(1.0)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            assert held.wait(10)
+            began = time.monotonic()
+            (rec,) = store.upsert([ItemInput("x", np.zeros(DIM_ARM), np.ones(DIM_USER))])
+            waited = time.monotonic() - began
+            holder.join()
+            assert rec.version == 1 and waited > 0.3
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "300ms"
+        finally:
+            engine.dispose()
 
 
 def test_first_writes_of_two_widths_to_an_empty_catalog_keep_one_width(

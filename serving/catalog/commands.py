@@ -11,6 +11,10 @@ from rich.console import Console
 from eventstore.console import error
 
 console = Console()
+#: Items per transaction of a catalog load: each transaction holds its items' rows until it
+#: commits, and a running service's impression counts wait for them (5,000 a transaction
+#: kept them past their 2 s lock timeout on PostgreSQL: the service journaled its events).
+LOAD_BATCH = 500
 catalog_app = typer.Typer(help="The item catalog.", no_args_is_help=True)
 
 
@@ -26,7 +30,7 @@ def catalog_load(
     embedding_prefix: Annotated[
         str, typer.Option(help="Prefix of the embedding columns (optional).")
     ] = "e_",
-    batch: Annotated[int, typer.Option(min=1, help="Items per transaction.")] = 5000,
+    batch: Annotated[int, typer.Option(min=1, help="Items per transaction.")] = LOAD_BATCH,
 ) -> None:
     """Add the file's items to the catalog (a new version for ids already there whose
     features or embedding differ; an item exactly as it is stays at its version).

@@ -28,12 +28,12 @@ def read_table(path: Path, id_column: str = "id") -> pd.DataFrame:
 
 def items_from_table(
     frame: pd.DataFrame,
-    id_column: str = "id",
-    feature_prefix: str = "f_",
-    embedding_prefix: str = "e_",
-    batch: int = 5000,
+    id_column: str,
+    feature_prefix: str,
+    embedding_prefix: str,
+    batch: int,
 ) -> Iterator[list[ItemInput]]:
-    """Validated items in batches.
+    """Validated items in batches of ``batch``.
 
     Raises
     ------

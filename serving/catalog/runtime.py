@@ -72,7 +72,7 @@ class CatalogService:
     """Item writes, change-feed polling and retrieval for the decision service."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
-        self.store = CatalogStore(engine)
+        self.store = CatalogStore(engine, lock_wait_s=settings.store_deadline_s)
         self.settings = settings
         self.config = index_config(settings)
         self.index: CatalogIndex | None = None

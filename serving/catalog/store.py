@@ -141,10 +141,19 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
 
 
 class CatalogStore:
-    """The catalog tables over one engine."""
+    """The catalog tables over one engine.
 
-    def __init__(self, engine: Engine) -> None:
+    ``lock_wait_s``: how long a write waits for its turn (:func:`_lock_for_write`) on
+    PostgreSQL; None waits for the engine's ``lock_timeout``. The service's engine allows
+    its event writes 2 s (``store_lock_timeout_s``), and a catalog write queued behind a
+    bulk load answered 503 after those 2 s; it waits within the request's deadline now.
+    """
+
+    def __init__(self, engine: Engine, lock_wait_s: float | None = None) -> None:
+        if lock_wait_s is not None and not lock_wait_s > 0:
+            raise ValueError(f"lock_wait_s must be > 0; got {lock_wait_s!r}.")
         self.engine = engine
+        self.lock_wait_s = lock_wait_s
 
     # ------------------------------------------------------------------ reads
     def widths(self, conn: Connection | None = None) -> tuple[int, int] | None:
@@ -300,7 +309,7 @@ class CatalogStore:
             raise InputError((*dup.loc, "id"), f"item id {dup.item_id!r} appears twice.")
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            _lock_for_write(conn)
+            _lock_for_write(conn, self.lock_wait_s)
             self._check_widths(conn, entries)
             current = self._current(conn, ids)
             out: list[ItemRecord | None] = [None] * len(entries)
@@ -340,7 +349,7 @@ class CatalogStore:
         already retired item is returned as it is."""
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            _lock_for_write(conn)
+            _lock_for_write(conn, self.lock_wait_s)
             row = conn.execute(select(items).where(items.c.item_id == item_id)).first()
             if row is None:
                 return None
@@ -396,8 +405,8 @@ class CatalogStore:
                 new.append({**current, "impressions": 0, "created_at": now})
         if new:
             conn.execute(_INSERT_ITEMS, new)
-        if changed:
-            conn.execute(_UPDATE_ITEMS, changed)
+        if changed:  # in id order, as the decisions' impression counts: no deadlock
+            conn.execute(_UPDATE_ITEMS, sorted(changed, key=lambda row: row["key"]))
         return seqs
 
     def _check_widths(self, conn: Connection, entries: Sequence[ItemInput]) -> None:
@@ -423,7 +432,7 @@ class CatalogStore:
                 )
 
 
-def _lock_for_write(conn: Connection) -> None:
+def _lock_for_write(conn: Connection, wait_s: float | None = None) -> None:
     """Make the catalog's writes take turns, so that what a write reads before it writes
     (the items' current versions, the catalog's widths) cannot change before it commits.
     SQLite: the database's write lock, taken now (``BEGIN IMMEDIATE``), not at the first
@@ -434,4 +443,9 @@ def _lock_for_write(conn: Connection) -> None:
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     elif conn.dialect.name == "postgresql":
+        if wait_s is not None:  # this transaction's waits (the turn, then the rows)
+            conn.execute(
+                text("SELECT set_config('lock_timeout', :ms, true)"),
+                {"ms": f"{max(1, round(wait_s * 1000))}ms"},
+            )
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CATALOG_LOCK})
