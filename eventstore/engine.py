@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -12,7 +13,7 @@ import weakref
 from pathlib import Path
 from typing import Any, get_args
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from eventstore import schema
@@ -235,3 +236,28 @@ def is_lock_wait(exc: BaseException) -> bool:
     if getattr(orig, "pgcode", None) == "55P03":
         return True
     return "database is locked" in str(orig) or "database table is locked" in str(orig)
+
+
+def turn_key(name: str) -> int:
+    """The PostgreSQL advisory lock key of the writes named ``name`` (:func:`take_turn`):
+    the first 8 bytes of its SHA-256, as a signed 64-bit integer."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def take_turn(conn: Connection, key: int, wait_s: float | None = None) -> None:
+    """Make the transaction just begun on ``conn`` follow every other one that takes the
+    turn ``key`` (:func:`turn_key`), so that what it reads before it writes cannot change
+    before it commits. SQLite: the database's write lock, taken now (``BEGIN
+    IMMEDIATE``) rather than at the first write. PostgreSQL: a transaction-scoped advisory
+    lock (rows read under READ COMMITTED are not locked, and a row that does not exist
+    yet cannot be), waited for up to ``wait_s`` (None: the connection's ``lock_timeout``),
+    a bound that holds for the rest of this transaction only."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        if wait_s is not None:
+            conn.execute(
+                text("SELECT set_config('lock_timeout', :ms, true)"),
+                {"ms": f"{max(1, round(wait_s * 1000))}ms"},
+            )
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

@@ -37,6 +37,7 @@ from typing import Any, Final, Literal, get_args
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from eventstore.contract import CANDIDATE, PRODUCTION, version_label
+from eventstore.engine import take_turn, turn_key
 from eventstore.outcomes import OnlineMean, RewardRules, online_outcomes
 from eventstore.schema import decisions, rollout_steps, rollouts
 from eventstore.text import check_text
@@ -46,6 +47,10 @@ Action = Literal["start", "advance", "hold", "rollback", "promote", "stop", "exp
 STATUSES: Final[tuple[str, ...]] = get_args(Status)
 ACTIONS: Final[tuple[str, ...]] = get_args(Action)
 RUNNING: Final = "running"
+#: The turn every rollout write takes (:func:`eventstore.engine.take_turn`): two starts
+#: at once left two running rollouts of one model on PostgreSQL, and a step that waited
+#: for another to end the rollout said it was still running.
+ROLLOUT_WRITES: Final = turn_key("banditops.rollouts")
 #: The status a rollout ends in after each ending action.
 ENDS: Final[dict[str, str]] = {
     "rollback": "rolled_back",
@@ -394,6 +399,7 @@ def start_rollout(
     at = _now(at)
     ends_by = None if max_duration_s is None else _end(at, max_duration_s)
     with engine.begin() as conn:
+        take_turn(conn, ROLLOUT_WRITES)
         running = conn.execute(
             select(rollouts.c.id, rollouts.c.version).where(
                 rollouts.c.model_name == model_name, rollouts.c.status == RUNNING
@@ -469,6 +475,7 @@ def record_step(
     elif action in ENDS:
         values.update(status=ENDS[action], reason=reason)
     with engine.begin() as conn:
+        take_turn(conn, ROLLOUT_WRITES)
         before = conn.execute(select(rollouts).where(rollouts.c.id == rollout_id)).first()
         if before is None:
             raise LookupError(f"no rollout with id {rollout_id}.")

@@ -5,6 +5,7 @@ reads each decision's reward by the reward rules, as the replay and the monitor 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -353,3 +354,58 @@ def test_lifetime_outcomes_read_settled_decisions_once(
     kept = lifetime.read(engine, rules, now=now + timedelta(days=1))
     assert (kept[("m/1",)].served, kept[("m/1",)].total) == (len(old), 1.0)
     assert online_outcomes(engine, rules, now=now + timedelta(days=1)) == {}
+
+
+def test_concurrent_starts_leave_one_rollout_running_and_a_late_step_names_the_end(
+    engine: sa.Engine,
+) -> None:
+    """Six starts of one model at once (``banditops rollout start`` beside the controller's
+    own start): one runs, the others are refused by name. On PostgreSQL two or more often
+    ran, and the one ``current_rollout`` did not show came back once the other ended. Then
+    four steps on it at once: one stop ends it, the others are refused naming the status
+    it ended in (a step that waited for the stop said "is running, not running")."""
+    start = threading.Barrier(6)
+    outcomes: list[Any] = []
+
+    def start_one(version: int) -> None:
+        start.wait()
+        try:
+            outcomes.append(start_rollout(engine, "m", version, 0.05, reason="race"))
+        except Exception as exc:  # reported below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=start_one, args=(v,)) for v in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    started = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(started) == 1, outcomes
+    assert all(isinstance(e, RolloutStateError) for e in refused), refused
+    assert all("already has a running rollout" in str(e) for e in refused)
+    with engine.connect() as conn:
+        running = conn.execute(sa.text("SELECT count(*) FROM rollouts WHERE status = 'running'"))
+        assert running.scalar() == 1
+    (rollout,) = started
+
+    steps = threading.Barrier(4)
+    ended: list[Any] = []
+
+    def stop_it(who: int) -> None:
+        steps.wait()
+        try:
+            ended.append(record_step(engine, rollout.id, "stop", reason=f"stop {who}"))
+        except Exception as exc:  # reported below
+            ended.append(exc)
+
+    threads = [threading.Thread(target=stop_it, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(not isinstance(e, Exception) for e in ended) == 1, ended
+    for exc in (e for e in ended if isinstance(e, Exception)):
+        assert isinstance(exc, RolloutStateError), exc
+        assert "is stopped, not running; stop not recorded" in str(exc)
+    assert len(rollout_history(engine, "m", rollout_id=rollout.id)) == 2  # start, one stop

@@ -377,9 +377,11 @@ def rollout_stop(
 ) -> None:
     """Stop the running rollout: its candidate gets no more traffic (recorded ``stop``)."""
     from eventstore.migrate import StoreSchemaError
+    from eventstore.rollouts import RolloutStateError
     from training import rollout
 
-    with _reported(LookupError, StoreSchemaError, ValueError):
+    # RolloutStateError: the rollout ended while this stop waited for it (a traceback)
+    with _reported(LookupError, RolloutStateError, StoreSchemaError, ValueError):
         result = rollout.stop(PipelineSettings(), by=by, reason=reason)
     _print_step(result)
 
@@ -404,8 +406,9 @@ def rollout_start(
 def rollout_step_command() -> None:
     """Run one controller step now (what each bandit_rollout run does)."""
     from eventstore.migrate import StoreSchemaError
+    from eventstore.rollouts import RolloutStateError
     from training import rollout
 
-    with _reported(StoreSchemaError):
+    with _reported(RolloutStateError, StoreSchemaError):
         result = rollout.rollout_step(PipelineSettings())
     _print_step(result)

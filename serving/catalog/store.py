@@ -10,8 +10,8 @@ change: it appends no version, and keeps its version number and ``seq``. A catal
 re-loaded nightly from an unchanged file used to append a copy of every item each night
 (2,000 items: 90,000 rows after 45 nights, the largest table of the store).
 
-The catalog's writes take turns (:func:`_lock_for_write`: SQLite's write lock taken at
-``BEGIN``, a PostgreSQL advisory lock), so two concurrent writes of one item follow each
+The catalog's writes take turns (:func:`eventstore.engine.take_turn`: SQLite's write lock
+taken at ``BEGIN``, a PostgreSQL advisory lock), so two concurrent writes of one item follow each
 other: the second numbers its version after the first's and compares with what the first
 wrote, whether the item existed or the first created it.
 
@@ -32,8 +32,9 @@ from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
 
+from eventstore.engine import take_turn, turn_key
 from eventstore.schema import catalog_horizon, item_versions, items
 from eventstore.types import decode_floats, encode_floats
 from serving.inputs import InputError, Loc
@@ -42,9 +43,11 @@ FloatArray = NDArray[np.float64]
 
 #: Ids per ``IN (...)`` query.
 _CHUNK = 900
-#: The PostgreSQL advisory lock key the catalog's writes take in turn (a constant of
-#: this store: the first 8 bytes of sha256(b"banditops.catalog"), as a signed bigint).
-CATALOG_LOCK = 0x5779_520F_E74A_DFE6
+#: The turn the catalog's writes take (:func:`eventstore.engine.take_turn`): without it,
+#: PostgreSQL's row locks (``FOR UPDATE``) left two writes creating one new item (no row to
+#: lock yet) to fail one with a unique violation (a 500), and two first writes to an
+#: empty catalog free to store two widths.
+CATALOG_LOCK = turn_key("banditops.catalog")
 
 _INSERT_VERSIONS = insert(item_versions).returning(
     item_versions.c.seq, sort_by_parameter_order=True
@@ -143,7 +146,7 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
 class CatalogStore:
     """The catalog tables over one engine.
 
-    ``lock_wait_s``: how long a write waits for its turn (:func:`_lock_for_write`) on
+    ``lock_wait_s``: how long a write waits for its turn (:func:`~eventstore.engine.take_turn`) on
     PostgreSQL; None waits for the engine's ``lock_timeout``. The service's engine allows
     its event writes 2 s (``store_lock_timeout_s``), and a catalog write queued behind a
     bulk load answered 503 after those 2 s; it waits within the request's deadline now.
@@ -309,7 +312,7 @@ class CatalogStore:
             raise InputError((*dup.loc, "id"), f"item id {dup.item_id!r} appears twice.")
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            _lock_for_write(conn, self.lock_wait_s)
+            take_turn(conn, CATALOG_LOCK, self.lock_wait_s)
             self._check_widths(conn, entries)
             current = self._current(conn, ids)
             out: list[ItemRecord | None] = [None] * len(entries)
@@ -349,7 +352,7 @@ class CatalogStore:
         already retired item is returned as it is."""
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            _lock_for_write(conn, self.lock_wait_s)
+            take_turn(conn, CATALOG_LOCK, self.lock_wait_s)
             row = conn.execute(select(items).where(items.c.item_id == item_id)).first()
             if row is None:
                 return None
@@ -379,7 +382,7 @@ class CatalogStore:
 
     def _current(self, conn: Connection, ids: Sequence[str]) -> dict[str, Row[Any]]:
         """The current rows of the items of ``ids`` that exist (read under
-        :func:`_lock_for_write`)."""
+        :func:`~eventstore.engine.take_turn`)."""
         out: dict[str, Row[Any]] = {}
         for chunk in _chunks(ids):
             query = select(items).where(items.c.item_id.in_(chunk))
@@ -430,22 +433,3 @@ class CatalogStore:
                     f"the retrieval vector (embedding, else features) must have "
                     f"{expected[1]} values, like the rest of the catalog; got {width[1]}.",
                 )
-
-
-def _lock_for_write(conn: Connection, wait_s: float | None = None) -> None:
-    """Make the catalog's writes take turns, so that what a write reads before it writes
-    (the items' current versions, the catalog's widths) cannot change before it commits.
-    SQLite: the database's write lock, taken now (``BEGIN IMMEDIATE``), not at the first
-    insert. PostgreSQL: a transaction-scoped advisory lock of the catalog
-    (:data:`CATALOG_LOCK`): row locks alone (``FOR UPDATE``) left two writes creating
-    one new item (no row to lock yet) to fail one of them with a unique violation, and
-    two first writes to an empty catalog free to differ in width."""
-    if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-    elif conn.dialect.name == "postgresql":
-        if wait_s is not None:  # this transaction's waits (the turn, then the rows)
-            conn.execute(
-                text("SELECT set_config('lock_timeout', :ms, true)"),
-                {"ms": f"{max(1, round(wait_s * 1000))}ms"},
-            )
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CATALOG_LOCK})
