@@ -866,9 +866,14 @@ class DecisionService:
     def _recovering(self) -> bool:
         """This process's store is out, or came back less than ``replica_sync_horizon_s``
         ago (the others, which share the outage, drain their journals about when it
-        does; the horizon is how late the replicas already let an event land)."""
+        does; the horizon is how late the replicas already let an event land), or
+        another worker's journal holds events: a worker can journal alone (its
+        transaction waited out its lock timeout), and this one answered its decisions'
+        rewards 404 (concurrency helper)."""
         writer = self.writer
         if writer.degraded:
+            return True
+        if self.journal is not None and self.journal.others_hold_events():
             return True
         back = writer.recovered_at
         return back is not None and time.monotonic() - back < self.settings.replica_sync_horizon_s

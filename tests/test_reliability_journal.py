@@ -281,3 +281,29 @@ def test_a_record_the_store_refuses_for_good_is_set_aside_not_drained_forever(
     assert valid > 0 and isinstance(aside, JudgedReward)
     assert aside.row.event_id == pruned.event_id
     assert not list(folder.glob("*.journal")) or journal.events == 0
+
+
+def test_a_reward_for_a_decision_another_worker_journaled_is_retried_not_404(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """With several workers one can journal alone (its transaction waited out its lock
+    timeout while the store is fine for the others): a reward for one of its decisions,
+    reaching another worker, is a 503 to retry while any other journal holds events, and
+    a 404 once none does. It was a 404 at once (the client dropped the reward), since
+    only this worker's own outage counted."""
+    from tests.serving_helpers import policy_file, running_client, service_settings
+
+    settings = service_settings(
+        tmp_path, model_path=policy_file(tmp_path / "p.npz", seed=0), workers=2
+    )
+    journaled = decision_row(rng)
+    segment = settings.journal_path / "segment-1-99999-feedbeef.journal"  # the other's
+    with running_client(settings) as client:
+        segment.write_bytes(encode_record(journaled))
+        body = {"event_id": journaled.event_id, "reward": 1.0}
+        got = client.post("/v1/rewards", json=body)
+        assert got.status_code == 503, got.text
+        assert "retry later" in got.json()["detail"]
+        segment.write_bytes(b"")  # drained into the store: the event is not there
+        got = client.post("/v1/rewards", json=body)
+        assert got.status_code == 404, got.text

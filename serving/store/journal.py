@@ -484,6 +484,16 @@ class Journal:
     def full(self) -> bool:
         return self._size >= self.max_bytes
 
+    def others_hold_events(self) -> bool:
+        """Whether another segment of the directory holds events not yet in the store
+        (another worker's journal, or a stopped process's, drained at the next start)."""
+        for path in self.directory.glob(f"*{_SUFFIX}"):
+            if path != self.path:
+                with contextlib.suppress(FileNotFoundError):  # drained meanwhile
+                    if path.stat().st_size > 0:
+                        return True
+        return False
+
     def find(self, event_id: str) -> StoredDecision | None:
         """A journaled decision (not yet in the store), for its rewards."""
         with self._lock:
