@@ -224,43 +224,59 @@ class CatalogStore:
         item's current impression count) and whether more follow.
 
         While ``seq`` is the newest version the current rows answer (one index range);
-        for an older version the versions table does.
+        for an older version, or when a row changed after ``seq`` was read (the first
+        page listed items newer than the version it named), the versions table does.
         """
         if status not in ("active", "retired", "all"):
             raise ValueError(f"status must be 'active', 'retired' or 'all'; got {status!r}.")
         with self.engine.connect() as conn:
             newest = conn.execute(select(func.max(item_versions.c.seq))).scalar_one() or 0
+            rows = None
             if seq >= newest:
-                table, updated = items, items.c.updated_at
-                query = select(items)
-            else:
-                v = item_versions.c
-                latest = select(v.item_id, func.max(v.seq).label("seq")).where(v.seq <= seq)
-                if after is not None:
-                    latest = latest.where(v.item_id > after)
-                last = latest.group_by(v.item_id).subquery()
-                table, updated = item_versions, v.created_at
-                query = (
-                    select(item_versions, items.c.impressions)
-                    .join(last, (v.item_id == last.c.item_id) & (v.seq == last.c.seq))
-                    .join(items, items.c.item_id == v.item_id)
-                )
-            query = query.add_columns(updated.label("changed_at"))
-            if after is not None:
-                query = query.where(table.c.item_id > after)
-            if status != "all":
-                query = query.where(table.c.retired.is_(status == "retired"))
-            rows = conn.execute(query.order_by(table.c.item_id).limit(limit + 1)).all()
-            # read after the rows: retention moves the horizon before it deletes
-            horizon = self._horizon(conn) if seq < newest else 0
-        if seq < horizon:
-            raise PrunedError(
-                f"catalog version {seq} is before the catalog's horizon (seq {horizon}): "
-                "retention deleted the item versions it was made of. List the newest "
-                f"version (no seq, no cursor) or one at seq >= {horizon}."
-            )
+                rows = self._page_rows(conn, status, limit, after, None)
+                if any(r.seq > seq for r in rows):
+                    rows = None
+            if rows is None:
+                rows = self._page_rows(conn, status, limit, after, seq)
+                # read after the rows: retention moves the horizon before it deletes
+                horizon = self._horizon(conn)
+                if seq < horizon:
+                    raise PrunedError(
+                        f"catalog version {seq} is before the catalog's horizon (seq "
+                        f"{horizon}): retention deleted the item versions it was made of. "
+                        f"List the newest version (no seq, no cursor) or one at seq >= "
+                        f"{horizon}."
+                    )
         found = [_record(r, int(r.impressions), r.changed_at) for r in rows[:limit]]
         return found, len(rows) > limit
+
+    @staticmethod
+    def _page_rows(
+        conn: Connection, status: str, limit: int, after: str | None, seq: int | None
+    ) -> Sequence[Row[Any]]:
+        """:meth:`page`'s rows (one more than ``limit``): from the current rows (``seq``
+        None), else from the versions table as of ``seq``."""
+        if seq is None:
+            table, updated = items, items.c.updated_at
+            query = select(items)
+        else:
+            v = item_versions.c
+            latest = select(v.item_id, func.max(v.seq).label("seq")).where(v.seq <= seq)
+            if after is not None:
+                latest = latest.where(v.item_id > after)
+            last = latest.group_by(v.item_id).subquery()
+            table, updated = item_versions, v.created_at
+            query = (
+                select(item_versions, items.c.impressions)
+                .join(last, (v.item_id == last.c.item_id) & (v.seq == last.c.seq))
+                .join(items, items.c.item_id == v.item_id)
+            )
+        query = query.add_columns(updated.label("changed_at"))
+        if after is not None:
+            query = query.where(table.c.item_id > after)
+        if status != "all":
+            query = query.where(table.c.retired.is_(status == "retired"))
+        return conn.execute(query.order_by(table.c.item_id).limit(limit + 1)).all()
 
     def active(self) -> tuple[list[ItemRecord], int]:
         """Every active item (current version, impressions) and the newest ``seq``."""
