@@ -38,7 +38,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from threadpoolctl import threadpool_limits
 
 from bandit_core import Candidates
@@ -730,6 +730,11 @@ class DecisionService:
             _, gone = self._cache.popitem(last=False)
             self._cache_bytes -= gone.nbytes
 
+    def _forget(self, event_id: str) -> None:
+        gone = self._cache.pop(event_id, None)
+        if gone is not None:
+            self._cache_bytes -= gone.nbytes
+
     # ------------------------------------------------------------------ rewards
     async def reward(self, req: RewardRequest) -> RewardResponse:
         """Log a reward; the head of the deciding version learns from it before the
@@ -803,7 +808,17 @@ class DecisionService:
                 decision.context, arm_id, arm_features, req.position or 0, decision.created_at
             ),
         )
-        outcome: RewardOutcome = await self._commit(row)
+        try:
+            outcome: RewardOutcome = await self._commit(row)
+        except StoreUnavailableError as exc:
+            if not _decision_deleted(exc.__cause__):
+                raise
+            # retention deleted the decision while this process still remembered it: a
+            # 503 sent the client to retry it for ever, the other workers said 404
+            self._forget(req.event_id)
+            raise NotFoundError(
+                f"no decision with event_id {req.event_id!r} (retention deleted it)."
+            ) from None
         # the head learnt it (or refused it) before the commit's answer reached here, or
         # it waits behind the gate (a snapshot's copy) and is learnt when the gate opens
         key = (req.event_id, outcome.ordinal)
@@ -1193,3 +1208,12 @@ class DecisionService:
             store_degraded=self.writer.degraded,
             journal_events=0 if self.journal is None else self.journal.events,
         )
+
+
+def _decision_deleted(exc: BaseException | None) -> bool:
+    """Whether a reward's write failed because its decision is no longer stored (the
+    foreign key of ``rewards.event_id``: PostgreSQL's SQLSTATE 23503, SQLite's message)."""
+    if not isinstance(exc, IntegrityError):
+        return False
+    orig = exc.orig
+    return getattr(orig, "pgcode", None) == "23503" or "FOREIGN KEY constraint failed" in str(orig)

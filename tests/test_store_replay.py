@@ -574,3 +574,36 @@ def test_ended_rollouts_go_except_the_latest_and_those_of_served_versions(
         steps = set(conn.execute(sa.text("SELECT rollout_id FROM rollout_steps")).scalars())
     assert kept == {served, recent, other, running} and not kept & gone
     assert steps == kept
+
+
+def test_a_reward_for_a_decision_retention_deleted_is_a_404_even_where_it_was_remembered(
+    store_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The worker that made a decision remembers it (its decision cache, by count: weeks of
+    a quiet service's decisions); retention deleted it from the store meanwhile. Its reward
+    failed the store's foreign key and got a 503 "retry later" for ever, while the other
+    workers answered 404; now a 404 that says why, and the decision is forgotten."""
+    from eventstore.schema import decisions
+    from tests.serving_helpers import decision_body, policy_file, running_client, service_settings
+
+    settings = service_settings(
+        tmp_path, store_url, model_path=policy_file(tmp_path / "p.npz", seed=0)
+    )
+    with running_client(settings) as client:
+        got = client.post("/v1/decisions", json=decision_body(rng))
+        assert got.status_code == 200, got.text
+        event_id = got.json()["event_id"]
+        engine = client.app.state.service.engine
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(decisions)
+                .where(decisions.c.event_id == event_id)
+                .values(created_at=datetime.now(UTC) - timedelta(days=100))
+            )
+        assert prune_events(engine, datetime.now(UTC) - timedelta(days=30))["decisions"] == 1
+        body = {"event_id": event_id, "reward": 1.0}
+        remembered = client.post("/v1/rewards", json=body)
+        assert remembered.status_code == 404, remembered.text
+        assert "(retention deleted it)" in remembered.json()["detail"]
+        forgotten = client.post("/v1/rewards", json=body)  # now read from the store
+        assert forgotten.status_code == 404, forgotten.text
