@@ -230,7 +230,7 @@ def catalog_horizon_for(conn: Connection, older_than: datetime) -> int:
     service that read its catalog feed late). Never below the horizon already reached
     (0: none)."""
     v, d = item_versions.c, decisions.c
-    reached = int(conn.execute(select(func.max(catalog_horizon.c.seq))).scalar_one() or 0)
+    reached = catalog_horizon_reached(conn)
     written = conn.execute(
         select(func.max(v.seq)).where(v.created_at < older_than - ITEM_VERSION_GRACE)
     ).scalar_one()
@@ -240,6 +240,12 @@ def catalog_horizon_for(conn: Connection, older_than: datetime) -> int:
     if written is None:
         return reached
     return max(reached, int(written) if read is None else min(int(written), int(read)))
+
+
+def catalog_horizon_reached(conn: Connection) -> int:
+    """The ``seq`` before which retention has deleted superseded item versions (0:
+    none): what a listing of an older catalog version is refused by."""
+    return int(conn.execute(select(func.max(catalog_horizon.c.seq))).scalar_one() or 0)
 
 
 def _superseded_versions(horizon: int) -> ColumnElement[bool]:

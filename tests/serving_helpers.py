@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +326,13 @@ def head_difference(a: Any, b: Any) -> float:
         else:
             np.testing.assert_array_equal(left, right)
     return worst
+
+
+def run_together(*calls: Callable[[], object]) -> None:
+    """Run each call in a thread of its own, all at once; return once every one ended
+    (the calls record their own outcomes)."""
+    threads = [threading.Thread(target=call) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

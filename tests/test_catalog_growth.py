@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import threading
 import time
@@ -34,6 +35,7 @@ from tests.serving_helpers import (
     DIM_USER,
     decision_row,
     policy_file,
+    run_together,
     running_client,
     service_settings,
 )
@@ -231,11 +233,7 @@ def test_concurrent_writes_of_one_item_number_their_versions_in_turn(engine: sa.
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(*(functools.partial(write, w) for w in range(4)))
     assert errors == []
     v = item_versions.c
     with engine.connect() as conn:
@@ -292,11 +290,7 @@ def test_catalog_writes_and_impression_counts_never_deadlock(
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=write_catalog), threading.Thread(target=decide)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(write_catalog, decide)
     assert errors == []
     assert counted, "no decision was written while the catalog changed"
     with engine.connect() as conn:
@@ -404,11 +398,7 @@ def test_first_writes_of_two_widths_to_an_empty_catalog_keep_one_width(
         with engine.begin() as conn:
             conn.execute(sa.delete(item_versions))
             conn.execute(sa.delete(sa.table("items")))
-        threads = [threading.Thread(target=write, args=(w,)) for w in (3, 5)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_together(functools.partial(write, 3), functools.partial(write, 5))
         refused = [e for e in outcomes.values() if e is not None]
         assert len(refused) == 1, outcomes
         assert isinstance(refused[0], InputError), refused

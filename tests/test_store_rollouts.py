@@ -5,6 +5,7 @@ reads each decision's reward by the reward rules, as the replay and the monitor 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from eventstore.rollouts import (
     traffic_outcomes,
 )
 from serving.store.repository import write_events
-from tests.serving_helpers import decision_row, reward_row
+from tests.serving_helpers import decision_row, reward_row, run_together
 
 pytest_plugins = ["tests.serving_fixtures"]
 
@@ -374,11 +375,7 @@ def test_concurrent_starts_leave_one_rollout_running_and_a_late_step_names_the_e
         except Exception as exc:  # reported below
             outcomes.append(exc)
 
-    threads = [threading.Thread(target=start_one, args=(v,)) for v in range(1, 7)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(*(functools.partial(start_one, v) for v in range(1, 7)))
     started = [o for o in outcomes if not isinstance(o, Exception)]
     refused = [o for o in outcomes if isinstance(o, Exception)]
     assert len(started) == 1, outcomes
@@ -399,11 +396,7 @@ def test_concurrent_starts_leave_one_rollout_running_and_a_late_step_names_the_e
         except Exception as exc:  # reported below
             ended.append(exc)
 
-    threads = [threading.Thread(target=stop_it, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(*(functools.partial(stop_it, w) for w in range(4)))
     assert sum(not isinstance(e, Exception) for e in ended) == 1, ended
     for exc in (e for e in ended if isinstance(e, Exception)):
         assert isinstance(exc, RolloutStateError), exc

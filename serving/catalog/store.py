@@ -10,10 +10,10 @@ change: it appends no version, and keeps its version number and ``seq``. A catal
 re-loaded nightly from an unchanged file used to append a copy of every item each night
 (2,000 items: 90,000 rows after 45 nights, the largest table of the store).
 
-The catalog's writes take turns (:func:`eventstore.engine.take_turn`: SQLite's write lock
-taken at ``BEGIN``, a PostgreSQL advisory lock), so two concurrent writes of one item follow each
-other: the second numbers its version after the first's and compares with what the first
-wrote, whether the item existed or the first created it.
+The catalog's writes take turns (:func:`eventstore.engine.take_turn`: SQLite's write
+lock taken at ``BEGIN``, a PostgreSQL advisory lock), so two concurrent writes of one item
+follow each other: the second numbers its version after the first's and compares with
+what the first wrote, whether the item existed or the first created it.
 
 Retention deletes the versions superseded before the catalog's *horizon*
 (:func:`eventstore.retention.catalog_horizon_for`); the catalog as it was before it can no
@@ -35,7 +35,8 @@ from numpy.typing import NDArray
 from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, select, update
 
 from eventstore.engine import take_turn, turn_key
-from eventstore.schema import catalog_horizon, item_versions, items
+from eventstore.retention import catalog_horizon_reached
+from eventstore.schema import item_versions, items
 from eventstore.types import decode_floats, encode_floats
 from serving.inputs import InputError, Loc
 
@@ -146,8 +147,9 @@ def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
 class CatalogStore:
     """The catalog tables over one engine.
 
-    ``lock_wait_s``: how long a write waits for its turn (:func:`~eventstore.engine.take_turn`) on
-    PostgreSQL; None waits for the engine's ``lock_timeout``. The service's engine allows
+    ``lock_wait_s``: how long a write waits for its turn
+    (:func:`~eventstore.engine.take_turn`) on PostgreSQL; None waits for the engine's
+    ``lock_timeout``. The service's engine allows
     its event writes 2 s (``store_lock_timeout_s``), and a catalog write queued behind a
     bulk load answered 503 after those 2 s; it waits within the request's deadline now.
     """
@@ -198,17 +200,12 @@ class CatalogStore:
             ).scalar_one_or_none()
             if current is None or not 1 <= version < current:
                 return None
-            horizon = self._horizon(conn)
+            horizon = catalog_horizon_reached(conn)
         raise PrunedError(
             f"version {version} of item {item_id!r} was superseded before the catalog's "
             f"horizon (seq {horizon}) and deleted by retention (BANDITOPS_RETENTION_DAYS); "
             f"its current version is {current}."
         )
-
-    @staticmethod
-    def _horizon(conn: Connection) -> int:
-        """The seq before which retention deleted superseded versions (0: none)."""
-        return int(conn.execute(select(func.max(catalog_horizon.c.seq))).scalar_one() or 0)
 
     def newest_seq(self) -> int:
         """The catalog version: ``seq`` of its latest change (0 while empty)."""
@@ -239,7 +236,7 @@ class CatalogStore:
             if rows is None:
                 rows = self._page_rows(conn, status, limit, after, seq)
                 # read after the rows: retention moves the horizon before it deletes
-                horizon = self._horizon(conn)
+                horizon = catalog_horizon_reached(conn)
                 if seq < horizon:
                     raise PrunedError(
                         f"catalog version {seq} is before the catalog's horizon (seq "
