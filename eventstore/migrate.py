@@ -66,19 +66,7 @@ def downgrade(engine: Engine, revision: str, *, forget_pruned_catalog: bool = Fa
     StoreSchemaError
         An unknown revision, one not before the store's, or a downgrade that refused.
     """
-    _check_known(engine)
-    have = current_revision(engine)
-    order = revision_order()
-    if revision not in order:
-        raise StoreSchemaError(
-            f"revision must be one of {', '.join(order)} (the shipped migrations); "
-            f"got {revision!r}."
-        )
-    if have is None or order.index(revision) >= order.index(have):
-        raise StoreSchemaError(
-            f"the event store is at revision {have!r}, not after {revision!r}: a downgrade "
-            "only goes back (`banditops db upgrade` goes forward)."
-        )
+    check_downgrade(engine, revision)
     config = alembic_config(engine)
     config.attributes[FORGET_PRUNED_CATALOG] = forget_pruned_catalog
     try:
@@ -86,6 +74,31 @@ def downgrade(engine: Engine, revision: str, *, forget_pruned_catalog: bool = Fa
     except DowngradeRefusedError as exc:
         raise StoreSchemaError(str(exc)) from None
     return current_revision(engine)
+
+
+def check_downgrade(engine: Engine, revision: str) -> str:
+    """The store's revision, when :func:`downgrade` to ``revision`` can begin (asked
+    before a person is asked to confirm it).
+
+    Raises
+    ------
+    StoreSchemaError
+        ``revision`` is not shipped, or not before the store's.
+    """
+    _check_known(engine)
+    have = current_revision(engine)
+    order = revision_order()
+    if revision not in order:
+        raise StoreSchemaError(
+            f"revision must be one of {', '.join(order)} (the shipped migrations); "
+            f"got {revision[:40]!r}."
+        )
+    if have is None or order.index(revision) >= order.index(have):
+        raise StoreSchemaError(
+            f"the event store is at revision {have!r}, not after {revision!r}: a downgrade "
+            "only goes back (`banditops db upgrade` goes forward)."
+        )
+    return have
 
 
 class DowngradeRefusedError(RuntimeError):

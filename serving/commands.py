@@ -162,13 +162,13 @@ def db_downgrade(
     Before it, move @production to a version the older release registered (a newer
     release's version may use what it cannot read: it serves its fallback)."""
     from eventstore.engine import make_engine
-    from eventstore.migrate import current_revision, downgrade
+    from eventstore.migrate import check_downgrade, downgrade
     from serving.settings import Settings
 
     target = _url(url)
     engine = make_engine(target, connect_timeout_s=Settings().store_connect_timeout_s)
     with _migrating(target, engine):
-        have = current_revision(engine)
+        have = check_downgrade(engine, revision)
         if not yes and not typer.confirm(
             f"take the event store {_shown(target)} from revision {have} back to {revision}? "
             "A downgrade drops what the older release cannot read; back the store up first",

@@ -82,11 +82,14 @@ def test_db_downgrade_goes_back_and_refuses_to_forget_a_pruned_catalog(store_url
         assert "superseded before seq 44" in out and "--forget-pruned-catalog" in out, out
         code, out = run("0009", "--yes")
         assert code == 1 and "revision must be one of 0001, 0002" in out, out
+        code, out = run("9" * 5000)  # named, cut short, before anything is asked
+        assert code == 1 and f"got '{'9' * 40}'." in out and "[y/N]" not in out, out
         code, out = run("0007", "--yes", "--forget-pruned-catalog")
         assert code == 0 and "is at revision 0007" in out, out
         assert "catalog_horizon" not in sa.inspect(engine).get_table_names()
-        code, out = run("0007", "--yes")
+        code, out = run("0007")  # refused before a person is asked to confirm it
         assert code == 1 and "not after '0007': a downgrade only goes back" in out, out
+        assert "[y/N]" not in out
         assert upgrade(engine) == head_revision()  # and forward again: the horizon at 0
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT seq FROM catalog_horizon")).scalar() == 0
