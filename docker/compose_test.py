@@ -324,6 +324,9 @@ def test_environment(ports: Ports) -> dict[str, str]:
         SERVING_WORKERS="1",
         MLFLOW_WORKERS="1",
         SERVING_REPLICAS="1",
+        # two replicas of one worker (serving, serving-2: host_network_override) learn
+        # each other's rewards; without it the second refuses to start beside the first
+        BANDITOPS_REPLICA_SYNC_S="2",
         MLFLOW_PORT=str(ports.mlflow),
         AIRFLOW_PORT=str(ports.airflow_api),
         SERVING_PORTS=str(ports.serving[0]),

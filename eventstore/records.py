@@ -283,6 +283,9 @@ class SnapshotRow:
     state: bytes
     parts_key: str | None = None
     incarnation: str | None = None
+    #: the writer's lease token (:mod:`eventstore.leases`): the row is kept only while
+    #: that lease holds (not a column)
+    lease: str | None = None
 
     def params(self) -> dict[str, Any]:
         """Column values for an INSERT into ``head_snapshots``."""

@@ -32,6 +32,10 @@
 ``catalog_horizon``
     One row: the ``seq`` before which retention has deleted superseded item versions.
     The catalog as it was at an older ``seq`` can no longer be listed.
+``service_leases``
+    One row per running serving process (:mod:`eventstore.leases`): its name, where it
+    runs, whether it takes itself for the store's only writer, and until when (by the
+    store's clock) its claim holds unless renewed.
 ``rollouts``
     One row per staged rollout of a registry version (:mod:`eventstore.rollouts`): its
     current stage and traffic share (what every service replica reads at its poll) and
@@ -117,6 +121,7 @@ ARM_ID_LENGTH = 256
 SNAPSHOT_KEY_LENGTH = 32
 #: A served version's incarnation (``serving.models.sources.ModelRef.incarnation``).
 INCARNATION_LENGTH = 64
+LEASE_TOKEN_LENGTH = 32
 
 
 class Base(DeclarativeBase):
@@ -250,6 +255,22 @@ class CatalogHorizon(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class ServiceLease(Base):
+    """A serving process's claim on the store (see :mod:`eventstore.leases`)."""
+
+    __tablename__ = "service_leases"
+
+    token: Mapped[str] = mapped_column(String(LEASE_TOKEN_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(VERSION_LENGTH))
+    # host name and PID namespace: where ``pid`` names a process
+    host: Mapped[str] = mapped_column(String(VERSION_LENGTH))
+    pid: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(16))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # seconds since the epoch by the store's clock (every holder reads the same clock)
+    expires_at: Mapped[float] = mapped_column(Double)
+
+
 class RolloutRow(Base):
     """A staged rollout (see :mod:`eventstore.rollouts` for the rules)."""
 
@@ -305,6 +326,7 @@ head_snapshot_parts: Any = HeadSnapshotPart.__table__
 items: Any = Item.__table__
 item_versions: Any = ItemVersion.__table__
 catalog_horizon: Any = CatalogHorizon.__table__
+service_leases: Any = ServiceLease.__table__
 rollouts: Any = RolloutRow.__table__
 rollout_steps: Any = RolloutStepRow.__table__
 metadata = Base.metadata

@@ -86,6 +86,26 @@ def check_schema(settings: Settings) -> None:
         engine.dispose()
 
 
+def check_writers(settings: Settings) -> None:
+    """Exit 2 with one ``error:`` line while another serving process holds a lease this
+    one's cannot stand beside (:mod:`eventstore.leases`), after waiting up to
+    ``lease_s`` for it to lapse. Each worker takes its own lease when it starts: this
+    only turns the common refusal into one line instead of a failed start's traceback."""
+    from eventstore.engine import make_engine
+    from eventstore.leases import SHARED, SOLE, Lease, LeaseConflictError
+    from serving.replica_sync import replica_name
+
+    engine = make_engine(settings.store_url, connect_timeout_s=settings.store_connect_timeout_s)
+    mode = SOLE if settings.sole_writer else SHARED
+    try:
+        Lease(engine, replica_name(settings.replica_id), mode, settings.lease_s).acquire(take=False)
+    except LeaseConflictError as exc:
+        error(str(exc))
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+
+
 def uvicorn_limits(settings: Settings) -> dict[str, Any]:
     """uvicorn's protocol, connection limits and timeouts from the settings (README: HTTP
     API); the head's limits are :mod:`serving.http_protocol`'s, which the app sets."""
@@ -297,6 +317,7 @@ def serve(
         db_upgrade(url=settings.store_url)
     else:  # one line naming the revisions, not the traceback of a failed start (exit 3)
         check_schema(settings)
+    check_writers(settings)
     options = {
         "host": host,
         "port": port,

@@ -125,6 +125,13 @@ class ServiceMetrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self.lease_lost = Gauge(
+            "banditops_store_lease_lost",
+            "1 once this process lost its lease on the event store to another serving "
+            "process: it writes no more head snapshots until it restarts",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.commit_timeouts = Counter(
             "banditops_store_commit_timeouts",
             "Events not durable within store_deadline_s, or refused while a write "

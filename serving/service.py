@@ -51,6 +51,7 @@ from bandit_core.state import state_to_parts
 from eventstore import records
 from eventstore.admission import Admission
 from eventstore.contract import CANDIDATE, FALLBACK_LABELS, PRODUCTION
+from eventstore.leases import SHARED, SOLE, Lease
 from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
@@ -318,6 +319,14 @@ class DecisionService:
         #: most arms a per-arm head learns online (README: max_arms): the registry's
         #: bound on a version's size bounds the head it grows into too
         self.arm_limit = ArmLimit(settings.max_arms, settings.model_max_bytes)
+        # which serving processes write the store, and whether this one may take itself
+        # for the only one (eventstore.leases)
+        self.lease = Lease(
+            engine,
+            replica_name(settings.replica_id),
+            SOLE if settings.sole_writer else SHARED,
+            settings.lease_s,
+        )
         self.replicas: ReplicaSync | None = None
         if settings.replica_sync_s > 0:  # several replicas: apply the others' rewards
             self.replicas = ReplicaSync(
@@ -377,6 +386,7 @@ class DecisionService:
             keep=settings.snapshot_keep,
             hold=lambda model: self._unsynced.get(model.version, 0) > 0,
             on_unsafe=metrics.unsafe_heads.inc,
+            lease=self.lease if snapshots else None,
         )
         self.catalog = CatalogService(engine, settings)
         # the SQLite log's checkpoints, off the commit path (0: inside commits, SQLite's)
@@ -389,6 +399,7 @@ class DecisionService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._blas: Any = None
         # costly decisions are chosen here, on a copy of the policy (``choose_for``),
         # behind the loop
@@ -403,11 +414,20 @@ class DecisionService:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # first: a process that may not write beside the others writes nothing
+        await asyncio.to_thread(self.lease.acquire)
+        self._lease_task = asyncio.create_task(self._renew_lease())
         self._blas = threadpool_limits(limits=1)
-        if self.journal is not None:  # events of a run that ended degraded go first
-            await asyncio.to_thread(self.journal.recover, self.engine)
-            self.journal.open()
-        await self.catalog.start()
+        try:
+            if self.journal is not None:  # events of a run that ended degraded go first
+                await asyncio.to_thread(self.journal.recover, self.engine)
+                self.journal.open()
+            await self.catalog.start()
+        except BaseException:  # a failed start holds no lease
+            self._lease_task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.lease.release)
+            raise
         if self.checkpointer is not None:
             self.checkpointer.start()
         self.writer.start()
@@ -430,6 +450,8 @@ class DecisionService:
             self._timer.cancel()
         if self._sync_task is not None:
             self._sync_task.cancel()
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         try:
             await self.snapshots.dirty(self._served_models())
         except StoreUnavailableError as exc:  # the heads recover from the store later
@@ -443,9 +465,28 @@ class DecisionService:
             await asyncio.to_thread(self.checkpointer.stop)
         if self.journal is not None:
             self.journal.close()
+        try:
+            await asyncio.to_thread(self.lease.release)
+        except Exception as exc:  # it lapses by itself
+            log.warning("lease on the event store not released: %s", exc)
         self.engine.dispose()
         if self._blas is not None:
             self._blas.restore_original_limits()
+
+    async def _renew_lease(self) -> None:
+        """Run forever: renew the lease every third of its length. A store out of reach
+        leaves it to lapse; a lease lost to another process ends the snapshots (the
+        Snapshotter asks) and the journal's count of this process's rewards as the only
+        ones."""
+        while not self.lease.lost:
+            await asyncio.sleep(self.lease.length_s / 3)
+            try:
+                await asyncio.to_thread(self.lease.renew)
+            except Exception as exc:  # the store is out: the writer reports that
+                log.debug("lease not renewed: %s", exc)
+        self.metrics.lease_lost.set(1)
+        if self.journal is not None:
+            self.journal.exclusive = False
 
     @property
     def ready(self) -> bool:

@@ -33,6 +33,7 @@ from bandit_core.policies.base import fold_pending
 from bandit_core.policies.wrappers import records_on_select
 from bandit_core.state import state_to_parts
 from eventstore.admission import first_non_finite
+from eventstore.leases import Lease
 from eventstore.records import SnapshotPart, SnapshotRow
 from serving.models.served import ServedModel
 from serving.store.repository import (
@@ -147,6 +148,9 @@ class Snapshotter:
         True for a model that must not be snapshotted now: its head learnt rewards that
         are in the local journal and have no store id yet, so ``last_reward_id`` could not
         say what the snapshot covers.
+    lease : Lease, optional
+        This process's lease as the store's only writer (:mod:`eventstore.leases`): a
+        snapshot is kept only while it holds (lost: none is taken any more).
     """
 
     def __init__(
@@ -160,6 +164,7 @@ class Snapshotter:
         keep: int,
         hold: Callable[[ServedModel], bool] | None = None,
         on_unsafe: Callable[[], None] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         if part_bytes < 1:
             raise ValueError(f"part_bytes must be at least 1; got {part_bytes}.")
@@ -174,6 +179,7 @@ class Snapshotter:
         self.every_s = every_s
         self.enabled = enabled
         self._hold = hold
+        self.lease = lease
         self._pending: set[asyncio.Task[int | None]] = set()
 
     def after_reward(self, model: ServedModel) -> None:
@@ -192,6 +198,8 @@ class Snapshotter:
         serialised and committed in the background."""
         if not self.enabled or (self._hold is not None and self._hold(model)):
             return None
+        if self.lease is not None and not self.lease.held:
+            return None  # lost to another process (its rewards are not in this head)
         meta = {
             "model_version": model.version,
             "last_reward_id": model.last_reward_id,
@@ -258,9 +266,18 @@ class Snapshotter:
             policy=state.policy,
             state=parts[-1],
             parts_key=parts_key,
+            lease=None if self.lease is None else self.lease.token,
             **meta,
         )
-        snapshot_id: int = await self._commit(row)
+        snapshot_id: int | None = await self._commit(row)
+        if snapshot_id is None:  # the lease no longer held when it committed
+            log.warning(
+                "no snapshot of %s: this process no longer holds its lease on the store",
+                meta["model_version"],
+            )
+            if parts_key is not None:
+                await self._drop(parts_key)
+            return None
         log.info(
             "snapshot %d of %s after reward %d",
             snapshot_id,
@@ -278,10 +295,14 @@ class Snapshotter:
                 SupersededSnapshots(version, self.keep, incarnation)
             )
             for key in keys:
-                while await self._commit(DropParts(key, PARTS_PER_DROP)) == PARTS_PER_DROP:
-                    pass
+                await self._drop(key)
         except Exception as exc:
             log.warning("superseded snapshots of %s not deleted yet: %s", version, exc)
+
+    async def _drop(self, parts_key: str) -> None:
+        """Delete the parts of ``parts_key``, a few per transaction."""
+        while await self._commit(DropParts(parts_key, PARTS_PER_DROP)) == PARTS_PER_DROP:
+            pass
 
     async def dirty(self, models: Iterable[ServedModel]) -> list[int]:
         """Snapshot every head with unsaved rewards; the ids written (a head that is not

@@ -104,7 +104,12 @@ def test_replicas_follow_the_rollout_stage_within_one_poll(tmp_path: Path) -> No
     prod = policy_file(tmp_path / "prod.npz", seed=0)
     cand = policy_file(tmp_path / "cand.npz", seed=1)
     store_url = f"sqlite:///{tmp_path / 'events.db'}"
-    common = {"model_path": prod, "candidate_model_path": cand, "candidate_share": 0.0}
+    common = {
+        "model_path": prod,
+        "candidate_model_path": cand,
+        "candidate_share": 0.0,
+        "replica_sync_s": 1.0,  # replicas: without it the second would not start
+    }
     replicas = [
         service_settings(tmp_path / name, store_url, workspace=tmp_path / name, **common)
         for name in ("a", "b")

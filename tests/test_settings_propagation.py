@@ -114,6 +114,7 @@ def samples(root: Path, models: str = "registry") -> dict[str, Any]:
         "replica_id": "replica-a",
         "replica_sync_s": 3.0,
         "replica_sync_horizon_s": 30.0,
+        "lease_s": 12.0,
         "catalog_index": "hnsw",
         "catalog_exact_max": 10,
         "catalog_hnsw_m": 8,

@@ -78,9 +78,12 @@ def test_db_downgrade_goes_back_and_refuses_to_forget_a_pruned_catalog(store_url
         assert code == 1 and "back the store up first" in out
         assert current_revision(engine) == head_revision()
         code, out = run("0007", "--yes")
+        # refused at 0008, after 0009 went back: every step is one transaction, so the
+        # store stays at the head (SQLite committed each step before)
         assert code == 1 and current_revision(engine) == head_revision()
+        assert "service_leases" in sa.inspect(engine).get_table_names()
         assert "superseded before seq 44" in out and "--forget-pruned-catalog" in out, out
-        code, out = run("0009", "--yes")
+        code, out = run(f"{int(head_revision()) + 1:04d}", "--yes")  # one not shipped
         assert code == 1 and "revision must be one of 0001, 0002" in out, out
         code, out = run("9" * 5000)  # named, cut short, before anything is asked
         assert code == 1 and f"got '{'9' * 40}'." in out and "[y/N]" not in out, out
@@ -113,6 +116,7 @@ def test_migrations_ship_as_package_modules() -> None:
         "0006_propensity_se_rollout_production.py",
         "0007_rollout_ends_by.py",
         "0008_catalog_horizon.py",
+        "0009_service_leases.py",
     ]
 
 

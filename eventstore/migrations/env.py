@@ -26,8 +26,14 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            # one transaction for every step on SQLite too (Alembic commits each one
+            # there): a downgrade refused half-way leaves the store where it was
+            transactional_ddl=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "sqlite":
+                # pysqlite begins before DML only: DDL first would run outside
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
             if connection.dialect.name == "postgresql":
                 # the others wait here, then find the store at the revision this one
                 # reached (before, one of two replicas starting at once failed)

@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 from eventstore import records
+from eventstore.leases import snapshot_allowed
 from eventstore.records import (
     DecisionRow,
     JudgedReward,
@@ -167,6 +168,16 @@ class AppliedRewards:
         )
 
 
+def _write_snapshot(conn: Connection, row: SnapshotRow) -> int | None:
+    """The new snapshot's id, or None when it was taken under a lease that no longer
+    holds (:func:`eventstore.leases.snapshot_allowed`): then nothing is kept."""
+    snapshot_id: int = conn.execute(_INSERT_SNAPSHOT, row.params()).scalar_one()
+    if row.lease is not None and not snapshot_allowed(conn, row.lease):
+        conn.execute(delete(head_snapshots).where(head_snapshots.c.id == snapshot_id))
+        return None
+    return snapshot_id
+
+
 def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
     """Write a batch inside the caller's transaction; one result per item.
 
@@ -201,7 +212,7 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
         if isinstance(item, SnapshotPart):
             conn.execute(_INSERT_PART, item.params())
         elif isinstance(item, SnapshotRow):
-            out[i] = conn.execute(_INSERT_SNAPSHOT, item.params()).scalar_one()
+            out[i] = _write_snapshot(conn, item)
         elif isinstance(item, SupersededSnapshots):
             out[i] = _delete_superseded(conn, item)
         elif isinstance(item, DropParts):
@@ -223,7 +234,7 @@ def batch_landed(conn: Connection, items: Sequence[Item], results: Sequence[Any]
             found = select(r.id).where(
                 r.id == result.id, r.event_id == item.event_id, r.ordinal == result.ordinal
             )
-        elif isinstance(item, SnapshotRow):
+        elif isinstance(item, SnapshotRow) and result is not None:  # None: not kept
             found = select(head_snapshots.c.id).where(head_snapshots.c.id == result)
         elif isinstance(item, SnapshotPart):
             p = head_snapshot_parts.c

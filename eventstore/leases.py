@@ -1,0 +1,312 @@
+"""Which serving processes write the event store, and which of them may say it is the only
+one.
+
+A serving process of one worker without replica sync is the store's **sole writer**: its
+head snapshots say "this head has learnt every applied reward up to ``last_reward_id``",
+and its journal counts the rewards of its decisions alone. Beside a second process
+writing rewards, both are false: a snapshot covers rewards the other process applied and
+this head never learnt, and a restart from it loses them. Processes that know they share
+the store (several workers, replica sync) write no snapshots and are safe together.
+
+So every serving process holds a **lease**: a row of ``service_leases`` naming it, where
+it runs, its mode (``sole`` or ``shared``) and until when it holds, by the store's clock
+(every holder reads the same clock, whatever the skew between hosts). A holder renews it
+every third of its length. The rules, checked by every process under one turn
+(:func:`eventstore.engine.take_turn`) so that two starting at once cannot both pass:
+
+* a ``sole`` lease excludes every other live lease; a ``shared`` one, every live ``sole``
+  one;
+* a lease past its end is lapsed: whoever looks next deletes it. So is one whose process
+  is gone: on the same host and PID namespace, a PID that no longer runs, or this
+  process's own PID under a token it does not hold (a container restarted with the same
+  PID). A process killed on another host holds its lease until it lapses.
+
+A starting process waits up to a lease's length for a conflicting one to lapse (the
+holder may just have been killed), then gives up (:class:`LeaseConflictError`, naming the
+holder). A running holder that finds its lease gone or a conflicting one beside it (its
+store was out of its reach for longer than the lease, and another process took over) has
+**lost** it for good: it writes no more snapshots until it restarts.
+
+A snapshot is written only under a lease that holds (:func:`snapshot_allowed`), checked
+inside the snapshot's own transaction and in the leases' turn, so that no process can
+take the lease over between the check and the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert, select, text, update
+
+from eventstore.engine import take_turn, turn_key
+from eventstore.schema import service_leases
+
+log = logging.getLogger(__name__)
+
+SOLE = "sole"
+SHARED = "shared"
+MODES = (SOLE, SHARED)
+#: The turn every lease change and every leased snapshot takes.
+LEASES = turn_key("service_leases")
+#: Seconds between two looks while a start waits for a conflicting lease to lapse.
+_WAIT_STEP_S = 0.5
+
+# tokens of the leases this process holds now (a row with this process's PID and another
+# token was left by an earlier process that had the same PID)
+_held: set[str] = set()
+_held_lock = threading.Lock()
+
+
+class LeaseConflictError(RuntimeError):
+    """Another serving process holds a lease this one's cannot stand beside."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A lease row as read."""
+
+    token: str
+    name: str
+    host: str
+    pid: int
+    mode: str
+    expires_at: float
+
+    def describe(self, now: float) -> str:
+        role = (
+            "as the store's only writer (one worker, no replica sync)"
+            if self.mode == SOLE
+            else "beside other writers"
+        )
+        return (
+            f"{self.name!r} (host {self.host.split('/')[0]}, pid {self.pid}) writes to this "
+            f"store {role}; its lease ends in {max(0.0, self.expires_at - now):.0f} s "
+            "unless it renews it"
+        )
+
+
+def here() -> str:
+    """This process's host: the host name and the PID namespace its PID belongs to."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+def store_clock(conn: Connection) -> float:
+    """Seconds since the epoch by the store's clock."""
+    if conn.dialect.name == "sqlite":
+        query = "SELECT (julianday('now') - 2440587.5) * 86400.0"
+    else:
+        query = "SELECT extract(epoch FROM clock_timestamp())"
+    return float(conn.execute(text(query)).scalar_one())
+
+
+def _gone(row: Holder, host: str) -> bool:
+    """Whether ``row``'s process is known to have ended (on this host only)."""
+    if row.host != host:
+        return False
+    if row.pid == os.getpid():
+        with _held_lock:
+            return row.token not in _held
+    try:
+        os.kill(row.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process runs under that PID
+        return False
+    return False
+
+
+def conflicts_with(mode: str, other: str) -> bool:
+    """Whether a lease of ``mode`` cannot stand beside a live one of ``other``."""
+    return SOLE in (mode, other)
+
+
+def _read(conn: Connection) -> list[Holder]:
+    c = service_leases.c
+    rows = conn.execute(select(c.token, c.name, c.host, c.pid, c.mode, c.expires_at))
+    return [Holder(*row) for row in rows]
+
+
+def _live_others(conn: Connection, token: str, now: float) -> list[Holder]:
+    """The live leases but ``token``'s, after deleting the lapsed and the gone ones."""
+    host = here()
+    rows = _read(conn)
+    dead = [r.token for r in rows if r.token != token and (r.expires_at <= now or _gone(r, host))]
+    if dead:
+        conn.execute(delete(service_leases).where(service_leases.c.token.in_(dead)))
+    return [r for r in rows if r.token != token and r.token not in dead]
+
+
+class Lease:
+    """This process's lease on the store (see the module's rules).
+
+    Parameters
+    ----------
+    engine : Engine
+        The store.
+    name : str
+        The process's name in the conflict messages (``replica_id``).
+    mode : str
+        ``sole`` or ``shared``.
+    length_s : float
+        How long the lease holds without renewal; :meth:`renew` is due every third.
+    """
+
+    def __init__(self, engine: Engine, name: str, mode: str, length_s: float) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}.")
+        if not length_s > 0:
+            raise ValueError(f"length_s must be positive; got {length_s!r}.")
+        self.engine = engine
+        self.name = name
+        self.mode = mode
+        self.length_s = float(length_s)
+        self.token = uuid.uuid4().hex
+        #: True once another process took over: no snapshot is written any more
+        self.lost = False
+        self._held = False
+        self._lock = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self._held and not self.lost
+
+    def acquire(self, wait_s: float | None = None, *, take: bool = True) -> None:
+        """Take the lease, waiting up to ``wait_s`` (default: the lease's length) for
+        conflicting ones to lapse; ``take`` False only waits (a check before starting
+        the processes that will take it).
+
+        Raises
+        ------
+        LeaseConflictError
+            A conflicting lease is still live after the wait (names its holder).
+        """
+        wait_s = self.length_s if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        logged = False
+        while True:
+            blocking, now = self._claim(write=take)
+            if not blocking:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LeaseConflictError(
+                    "another serving process writes to this event store: "
+                    + "; ".join(b.describe(now) for b in blocking)
+                    + ". "
+                    + _advice(self.mode)
+                )
+            if not logged:
+                log.warning(
+                    "%s: waiting up to %.0f s for it to lapse",
+                    "; ".join(b.describe(now) for b in blocking),
+                    left,
+                )
+                logged = True
+            time.sleep(min(_WAIT_STEP_S, left))
+
+    def renew(self) -> None:
+        """Extend the lease (due every third of its length); a lease found gone with a
+        conflicting one beside it is lost for good (logged once)."""
+        if self.lost:
+            return
+        blocking, now = self._claim(write=True)
+        if blocking:
+            self.lost = True
+            log.error(
+                "this process lost its lease on the event store and writes no more head "
+                "snapshots until it restarts: %s. %s",
+                "; ".join(b.describe(now) for b in blocking),
+                _advice(self.mode),
+            )
+
+    def release(self) -> None:
+        """Give the lease up (a stopping process)."""
+        with _held_lock:
+            _held.discard(self.token)
+        self._held = False
+        with self.engine.begin() as conn:
+            take_turn(conn, LEASES)
+            conn.execute(delete(service_leases).where(service_leases.c.token == self.token))
+
+    def _claim(self, write: bool) -> tuple[list[Holder], float]:
+        """One look under the leases' turn: the conflicting live leases (then nothing is
+        written), else (``write``) this one's row written or extended."""
+        with self._lock, self.engine.begin() as conn:
+            take_turn(conn, LEASES)
+            now = store_clock(conn)
+            blocking = [
+                r for r in _live_others(conn, self.token, now) if conflicts_with(self.mode, r.mode)
+            ]
+            if blocking or not write:
+                return blocking, now
+            with _held_lock:  # before the commit: no look of this process deletes it
+                _held.add(self.token)
+            ends = now + self.length_s
+            extended = conn.execute(
+                update(service_leases)
+                .where(service_leases.c.token == self.token)
+                .values(expires_at=ends)
+            ).rowcount
+            if not extended:
+                if self._held:  # lapsed and deleted by another process's look: taken again
+                    log.warning("the lease on the event store had lapsed; taken again")
+                conn.execute(insert(service_leases).values(self._row(ends)))
+        self._held = True
+        return [], now
+
+    def _row(self, ends: float) -> dict[str, Any]:
+        return {
+            "token": self.token,
+            "name": self.name[:256],
+            "host": here()[:256],
+            "pid": os.getpid(),
+            "mode": self.mode,
+            "acquired_at": datetime.now(UTC),
+            "expires_at": ends,
+        }
+
+
+def _advice(mode: str) -> str:
+    if mode == SOLE:
+        return (
+            "A process of one worker without replica sync takes itself for the store's only "
+            "writer (its head snapshots would cover rewards the other one applied): run every "
+            "replica with BANDITOPS_REPLICA_SYNC_S > 0 (README: Serving replicas), or stop "
+            "the other process first"
+        )
+    return (
+        "Beside it this process's rewards would be missing from its head snapshots: start "
+        "every replica with BANDITOPS_REPLICA_SYNC_S > 0 (README: Serving replicas), or "
+        "stop it first"
+    )
+
+
+def snapshot_allowed(conn: Connection, token: str) -> bool:
+    """Inside a snapshot's transaction, after its row was inserted: whether ``token``'s
+    lease still holds and no conflicting one stands beside it, in the leases' turn (on
+    PostgreSQL an advisory lock held to the commit; on SQLite the insert already holds
+    the database's write lock), so that no process takes the lease over before the
+    snapshot commits."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LEASES})
+    now = store_clock(conn)
+    rows = _read(conn)
+    mine = [r for r in rows if r.token == token]
+    if not mine or mine[0].expires_at <= now:
+        return False
+    return not any(
+        r.token != token and r.expires_at > now and conflicts_with(mine[0].mode, r.mode)
+        for r in rows
+    )
