@@ -357,3 +357,34 @@ def test_a_rollout_from_before_revision_0006_sees_a_production_moved_by_mlflow_i
         f"@production is on version {other}, not on version {loop.production} as when the "
         "rollout started"
     )
+
+
+def test_a_step_that_finds_its_rollout_stopped_under_it_steps_again(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A person stops the rollout (``banditops rollout stop``, ``bandit_rollout_stop``)
+    while a ``bandit_rollout`` step reads it: the step wrote nothing and, before, failed
+    its task with "is stopped, not running" (a red task in the UI for a stop that
+    worked); now it steps again from the new state."""
+    import training.rollout as controller
+
+    version = loop.register("race")
+    loop.registry.record_gate(version, True, ["passed (test)"])
+    loop.registry.set_alias(loop.settings.candidate_alias, version, by="test", reason="race")
+    assert rollout_step(loop.settings).action == "start"
+    reads = {"n": 0}
+    own_read = controller.current_rollout
+
+    def read_then_stopped(engine: Any, name: str) -> Any:
+        running = own_read(engine, name)
+        reads["n"] += 1
+        if reads["n"] == 1:  # the person's stop lands right after the step's read
+            controller.stop(loop.settings, by="alice", reason="stopped by hand")
+        return running
+
+    monkeypatch.setattr(controller, "current_rollout", read_then_stopped)
+    step = rollout_step(loop.settings)
+    assert reads["n"] >= 2, reads  # read again after the refused record
+    assert step.action == "idle" and "rolled out before" in step.reason, step
+    (ended,) = list_rollouts(loop.engine, MODEL, version=version)
+    assert ended.status == "stopped" and "alice" in ended.reason

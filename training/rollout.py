@@ -60,6 +60,7 @@ from eventstore.rollouts import (
     Action,
     Readout,
     Rollout,
+    RolloutStateError,
     current_rollout,
     list_rollouts,
     record_step,
@@ -336,6 +337,12 @@ def promoted_by_hand(
         engine.dispose()
 
 
+#: Attempts of one controller step: a step that finds the rollout changed under it (a
+#: person stopped or promoted it, or another step ran, while this one read the evidence)
+#: writes nothing and steps again from the new state, rather than failing its task.
+STEP_ATTEMPTS = 3
+
+
 def rollout_step(
     settings: PipelineSettings | None = None, now: datetime | None = None
 ) -> StepResult:
@@ -345,7 +352,15 @@ def rollout_step(
     now = datetime.now(UTC) if now is None else now
     engine, registry = _open(settings)
     try:
-        return _step(engine, registry, settings, now)
+        attempt = 1
+        while True:
+            try:
+                return _step(engine, registry, settings, now)
+            except RolloutStateError as exc:  # nothing of this attempt was written
+                if attempt == STEP_ATTEMPTS:
+                    raise
+                attempt += 1
+                log.info("the rollout changed while this step read it (%s); stepping again", exc)
     finally:
         engine.dispose()
 
