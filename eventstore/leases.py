@@ -269,13 +269,19 @@ class Lease:
     def _row(self, ends: float) -> dict[str, Any]:
         return {
             "token": self.token,
-            "name": self.name[:256],
-            "host": here()[:256],
+            "name": _text(self.name),
+            "host": _text(here()),
             "pid": os.getpid(),
             "mode": self.mode,
             "acquired_at": datetime.now(UTC),
             "expires_at": ends,
         }
+
+
+def _text(value: str) -> str:
+    """``value`` as a column takes it: at most 256 characters of valid UTF-8 (a name read
+    from an environment of other bytes holds lone surrogates)."""
+    return value.encode("utf-8", "replace").decode("utf-8")[:256]
 
 
 def _advice(mode: str) -> str:

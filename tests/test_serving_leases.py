@@ -146,6 +146,13 @@ def test_a_lease_from_elsewhere_is_waited_for_and_a_dead_process_s_at_once(
         with pytest.raises(LeaseConflictError, match="'mine'"):
             Lease(engine, "other", SHARED, 30.0).acquire(wait_s=0.2)
         lease.release()
+        # a replica id from an environment of other bytes (a lone surrogate), and a long one
+        odd = Lease(engine, "\udcff" + "x" * 5000, SHARED, 30.0)
+        odd.acquire(wait_s=0.0)
+        with engine.connect() as conn:
+            (name,) = conn.execute(sa.select(service_leases.c.name)).scalars().all()
+        assert name == "?" + "x" * 255
+        odd.release()
     finally:
         engine.dispose()
 
