@@ -248,12 +248,23 @@ def take_turn(conn: Connection, key: int, wait_s: float | None = None) -> None:
     """Make the transaction just begun on ``conn`` follow every other one that takes the
     turn ``key`` (:func:`turn_key`), so that what it reads before it writes cannot change
     before it commits. SQLite: the database's write lock, taken now (``BEGIN
-    IMMEDIATE``) rather than at the first write. PostgreSQL: a transaction-scoped advisory
-    lock (rows read under READ COMMITTED are not locked, and a row that does not exist
-    yet cannot be), waited for up to ``wait_s`` (None: the connection's ``lock_timeout``),
-    a bound that holds for the rest of this transaction only."""
+    IMMEDIATE``) rather than at the first write, waited for up to ``wait_s`` (None: the
+    connection's busy timeout), a bound for that BEGIN only. PostgreSQL: a
+    transaction-scoped advisory lock (rows read under READ COMMITTED are not locked, and a
+    row that does not exist yet cannot be), waited for up to ``wait_s`` (None: the
+    connection's ``lock_timeout``), a bound that holds for the rest of this transaction
+    only."""
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if wait_s is None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # the wait is the lock's: the connection's busy timeout, for this BEGIN only
+        own = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={max(1, round(wait_s * 1000))}")
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={int(own)}")
     elif conn.dialect.name == "postgresql":
         if wait_s is not None:
             conn.execute(

@@ -299,42 +299,45 @@ def test_catalog_writes_and_impression_counts_never_deadlock(
 
 
 @pytest.mark.postgres
-def test_a_catalog_write_waits_its_turn_within_its_own_bound(postgres_url: str) -> None:
-    """On the service's engine (a 0.3 s ``lock_timeout`` here, 2 s by default) a catalog
+def test_a_catalog_write_waits_its_turn_within_its_own_bound(store_url: str) -> None:
+    """On the service's engine (a 0.3 s lock timeout here, 2 s by default) a catalog
     write queued behind another for longer than that waits for its turn, up to the
-    store's ``lock_wait_s``: it failed with ``LockNotAvailable`` (a 503) after the
-    engine's timeout. The engine's own bound is left as it was for the next user of the
-    connection."""
+    store's ``lock_wait_s``: it failed after the engine's timeout (PostgreSQL
+    ``LockNotAvailable``, SQLite "database is locked": a 503). The engine's own bound is
+    left as it was for the next user of the connection."""
     from eventstore.engine import make_engine
     from eventstore.migrate import upgrade
-    from eventstore.scratch import scratch_postgres_database
     from serving.catalog.store import CATALOG_LOCK
 
-    with scratch_postgres_database(postgres_url, prefix="banditops_turn") as url:
-        engine = make_engine(url, lock_timeout_s=0.3)
-        try:
-            upgrade(engine)
-            store = CatalogStore(engine, lock_wait_s=10.0)
-            held = threading.Event()
+    engine = make_engine(store_url, lock_timeout_s=0.3)
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        upgrade(engine)
+        store = CatalogStore(engine, lock_wait_s=10.0)
+        held = threading.Event()
 
-            def hold() -> None:  # another write's turn, 1 s long
-                with engine.begin() as conn:
+        def hold() -> None:  # another write's turn, 1 s long
+            with engine.begin() as conn:
+                if postgres:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CATALOG_LOCK})
-                    held.set()
-                    time.sleep(1.0)
+                else:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                held.set()
+                time.sleep(1.0)
 
-            holder = threading.Thread(target=hold)
-            holder.start()
-            assert held.wait(10)
-            began = time.monotonic()
-            (rec,) = store.upsert([ItemInput("x", np.zeros(DIM_ARM), np.ones(DIM_USER))])
-            waited = time.monotonic() - began
-            holder.join()
-            assert rec.version == 1 and waited > 0.3
-            with engine.connect() as conn:
-                assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "300ms"
-        finally:
-            engine.dispose()
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(10)
+        began = time.monotonic()
+        (rec,) = store.upsert([ItemInput("x", np.zeros(DIM_ARM), np.ones(DIM_USER))])
+        waited = time.monotonic() - began
+        holder.join()
+        assert rec.version == 1 and waited > 0.3
+        with engine.connect() as conn:
+            bound = "SHOW lock_timeout" if postgres else "PRAGMA busy_timeout"
+            assert str(conn.exec_driver_sql(bound).scalar()) in ("300ms", "300")
+    finally:
+        engine.dispose()
 
 
 def test_a_listing_never_shows_a_version_after_the_one_it_names(engine: sa.Engine) -> None:
