@@ -23,9 +23,12 @@ every third of its length. The rules, checked by every process under one turn
 
 A starting process waits up to a lease's length for a conflicting one to lapse (the
 holder may just have been killed), then gives up (:class:`LeaseConflictError`, naming the
-holder). A running holder that finds its lease gone or a conflicting one beside it (its
-store was out of its reach for longer than the lease, and another process took over) has
-**lost** it for good: it writes no more snapshots until it restarts.
+holder). A running holder that finds a conflicting lease beside it, or a sole writer that finds
+its lease gone (its store was out of its reach for longer than the lease, and another
+process looked at the store meanwhile, and may have written), has **lost** it for good:
+it takes no more events, writes nothing more to the store (its journal keeps what it
+acknowledged, drained by its next start, which waits for the lease) and no snapshot,
+until it restarts.
 
 A snapshot is written only under a lease that holds (:func:`snapshot_allowed`), checked
 inside the snapshot's own transaction and in the leases' turn, so that no process can
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, text, update
+from sqlalchemy import Connection, Engine, delete, insert, inspect, select, text, update
 
 from eventstore.engine import take_turn, turn_key
 from eventstore.schema import service_leases
@@ -217,19 +220,31 @@ class Lease:
             time.sleep(min(_WAIT_STEP_S, left))
 
     def renew(self) -> None:
-        """Extend the lease (due every third of its length); a lease found gone with a
-        conflicting one beside it is lost for good (logged once)."""
+        """Extend the lease (due every third of its length). It is lost for good (logged
+        once) when a conflicting lease stands beside it, or — for a sole writer — when its
+        row is gone: it lapsed, and a process that looked at the store meanwhile may have
+        written rewards this one never learnt, even if it has stopped since."""
         if self.lost:
             return
         blocking, now = self._claim(write=True)
         if blocking:
-            self.lost = True
-            log.error(
-                "this process lost its lease on the event store and writes no more head "
-                "snapshots until it restarts: %s. %s",
-                "; ".join(b.describe(now) for b in blocking),
-                _advice(self.mode),
+            why = "; ".join(b.describe(now) for b in blocking)
+        elif not self._held:
+            why = (
+                "its lease lapsed (the store was out of its reach for longer than the "
+                f"lease, {self.length_s:g} s) and another serving process started on the "
+                "store meanwhile"
             )
+        else:
+            return
+        self.lost = True
+        log.error(
+            "this process lost its lease on the event store and takes no more events: %s. "
+            "Its journal keeps what it acknowledged; restart it once the other process is "
+            "stopped. %s",
+            why,
+            _advice(self.mode),
+        )
 
     def release(self) -> None:
         """Give the lease up (a stopping process)."""
@@ -260,7 +275,11 @@ class Lease:
                 .values(expires_at=ends)
             ).rowcount
             if not extended:
-                if self._held:  # lapsed and deleted by another process's look: taken again
+                if self._held and self.mode == SOLE:
+                    # lapsed and deleted by another process's look: not taken again
+                    self._held = False
+                    return [], now
+                if self._held:  # shared: no snapshot relied on it
                     log.warning("the lease on the event store had lapsed; taken again")
                 conn.execute(insert(service_leases).values(self._row(ends)))
         self._held = True
@@ -297,6 +316,16 @@ def _advice(mode: str) -> str:
         "every replica with BANDITOPS_REPLICA_SYNC_S > 0 (README: Serving replicas), or "
         "stop it first"
     )
+
+
+def live_holders(engine: Engine) -> list[Holder]:
+    """The leases that have not lapsed and whose process is not known to be gone (none
+    before revision 0009)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table(service_leases.name):
+            return []
+        now, host = store_clock(conn), here()
+        return [r for r in _read(conn) if r.expires_at > now and not _gone(r, host)]
 
 
 def snapshot_allowed(conn: Connection, token: str) -> bool:

@@ -83,7 +83,8 @@ def check_downgrade(engine: Engine, revision: str) -> str:
     Raises
     ------
     StoreSchemaError
-        ``revision`` is not shipped, or not before the store's.
+        ``revision`` is not shipped, or not before the store's, or serving processes
+        still hold leases on the store.
     """
     _check_known(engine)
     have = current_revision(engine)
@@ -97,6 +98,15 @@ def check_downgrade(engine: Engine, revision: str) -> str:
         raise StoreSchemaError(
             f"the event store is at revision {have!r}, not after {revision!r}: a downgrade "
             "only goes back (`banditops db upgrade` goes forward)."
+        )
+    from eventstore.leases import live_holders
+
+    running = live_holders(engine)
+    if running:
+        raise StoreSchemaError(
+            f"{len(running)} serving process(es) hold a lease on this store (first: "
+            f"{running[0].name[:80]!r} on host {running[0].host.split('/')[0][:80]}, pid "
+            f"{running[0].pid}): stop them first; a downgrade takes away tables they write."
         )
     return have
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from eventstore.leases import Lease
 from eventstore.text import redact_logged_credentials
 from serving.catalog.routes import router as catalog_router
 from serving.catalog.store import PrunedError
@@ -40,8 +41,9 @@ from serving.store.reads import StoreDeadlineError
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A decision-service app for ``settings`` (default: from the environment)."""
+def create_app(settings: Settings | None = None, lease: Lease | None = None) -> FastAPI:
+    """A decision-service app for ``settings`` (default: from the environment), with the
+    store lease ``banditops serve`` took for it (default: taken at start)."""
     settings = settings or Settings()
     settings.check_auth()  # fail closed: no token and auth not disabled explicitly
     configure_http(settings)  # the head limits of the connections of this process
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "AUTH DISABLED (BANDITOPS_AUTH_DISABLED): rewards and catalog writes are "
                 "open to anyone who can reach this service; admin endpoints are off."
             )
-        service = DecisionService.from_settings(settings, metrics)
+        service = DecisionService.from_settings(settings, metrics, lease=lease)
         app.state.service = service
         await service.start()
         try:

@@ -22,6 +22,7 @@ from eventstore.text import redact_credentials
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from eventstore.leases import Lease
     from serving.settings import Settings
 
 console = Console()
@@ -86,24 +87,28 @@ def check_schema(settings: Settings) -> None:
         engine.dispose()
 
 
-def check_writers(settings: Settings) -> None:
-    """Exit 2 with one ``error:`` line while another serving process holds a lease this
-    one's cannot stand beside (:mod:`eventstore.leases`), after waiting up to
-    ``lease_s`` for it to lapse. Each worker takes its own lease when it starts: this
-    only turns the common refusal into one line instead of a failed start's traceback."""
+def take_lease(settings: Settings, take: bool) -> Lease | None:
+    """The serving process's lease on the store (:mod:`eventstore.leases`), taken here
+    (``take``: one worker, which serves in this process and keeps it) or only waited
+    for (several workers, each of which takes its own). Exit 2 with one ``error:`` line
+    while another serving process holds a lease this one's cannot stand beside, after
+    waiting up to ``lease_s`` for it to lapse: a worker's own refusal at start is a
+    failed start's traceback."""
     from eventstore.engine import make_engine
     from eventstore.leases import SHARED, SOLE, Lease, LeaseConflictError
     from serving.replica_sync import replica_name
 
     engine = make_engine(settings.store_url, connect_timeout_s=settings.store_connect_timeout_s)
     mode = SOLE if settings.sole_writer else SHARED
+    lease = Lease(engine, replica_name(settings.replica_id), mode, settings.lease_s)
     try:
-        Lease(engine, replica_name(settings.replica_id), mode, settings.lease_s).acquire(take=False)
+        lease.acquire(take=take)
     except LeaseConflictError as exc:
         error(str(exc))
         raise typer.Exit(2) from None
     finally:
-        engine.dispose()
+        engine.dispose()  # a lease taken moves to the service's engine
+    return lease if take else None
 
 
 def uvicorn_limits(settings: Settings) -> dict[str, Any]:
@@ -317,7 +322,7 @@ def serve(
         db_upgrade(url=settings.store_url)
     else:  # one line naming the revisions, not the traceback of a failed start (exit 3)
         check_schema(settings)
-    check_writers(settings)
+    lease = take_lease(settings, take=workers == 1)
     options = {
         "host": host,
         "port": port,
@@ -329,7 +334,7 @@ def serve(
         if workers == 1:
             from serving.app import create_app
 
-            uvicorn.run(create_app(settings), **options)
+            uvicorn.run(create_app(settings, lease=lease), **options)
         else:
             uvicorn.run("serving.app:create_app", factory=True, workers=workers, **options)
     finally:

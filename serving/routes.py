@@ -193,7 +193,8 @@ async def healthz() -> dict[str, str]:
         503: {
             "description": "No model or fallback ready yet, or the event store is "
             "unreachable and the local journal cannot take more events, or a write has "
-            "been under way longer than the commit deadline (stalled)."
+            "been under way longer than the commit deadline (stalled), or this process "
+            "lost its lease on the store to another serving process (lease_lost)."
         }
     },
     tags=["ops"],
@@ -213,6 +214,9 @@ async def readyz(request: Request, response: Response) -> dict[str, object]:
     if not service.ready:
         response.status_code = 503
         return {"status": "starting"}
+    if service.lease.lost:  # another serving process took the store over: no events here
+        response.status_code = 503
+        return {"status": "lease_lost"}
     fallback = service.model_info().fallback_active
     store = service.store_status()
     if not store["accepting"]:

@@ -290,6 +290,7 @@ class DecisionService:
         source: ModelSource,
         metrics: ServiceMetrics,
         rng: np.random.Generator | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -321,12 +322,17 @@ class DecisionService:
         self.arm_limit = ArmLimit(settings.max_arms, settings.model_max_bytes)
         # which serving processes write the store, and whether this one may take itself
         # for the only one (eventstore.leases)
-        self.lease = Lease(
-            engine,
-            replica_name(settings.replica_id),
-            SOLE if settings.sole_writer else SHARED,
-            settings.lease_s,
-        )
+        # (one taken before the service was built: renewed and released here, on its
+        # engine)
+        if lease is None:
+            lease = Lease(
+                engine,
+                replica_name(settings.replica_id),
+                SOLE if settings.sole_writer else SHARED,
+                settings.lease_s,
+            )
+        lease.engine = engine
+        self.lease = lease
         self.replicas: ReplicaSync | None = None
         if settings.replica_sync_s > 0:  # several replicas: apply the others' rewards
             self.replicas = ReplicaSync(
@@ -353,6 +359,8 @@ class DecisionService:
             statement_timeout_s=transaction_bound_s(settings),
             # an outage's retries leave half the deadline to the journal's fsync
             retry_budget_s=settings.store_deadline_s / 2,
+            # a lease lost to another process: nothing more reaches the store from here
+            fenced=lambda: self.lease.lost,
         )
         self.loader = ModelLoader(
             source,
@@ -406,16 +414,21 @@ class DecisionService:
         self._decider = lowered_executor("banditops-decide", settings.costly_work_nice)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: ServiceMetrics) -> DecisionService:
+    def from_settings(
+        cls, settings: Settings, metrics: ServiceMetrics, lease: Lease | None = None
+    ) -> DecisionService:
         engine = store_engine(settings)
         require_current(engine)
-        return cls(settings, engine, build_source(settings), metrics)
+        return cls(settings, engine, build_source(settings), metrics, lease=lease)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         # first: a process that may not write beside the others writes nothing
-        await asyncio.to_thread(self.lease.acquire)
+        if self.lease.held:  # taken by `serve`: renewed at once (its start took time)
+            await asyncio.to_thread(self.lease.renew)
+        else:
+            await asyncio.to_thread(self.lease.acquire)
         self._lease_task = asyncio.create_task(self._renew_lease())
         self._blas = threadpool_limits(limits=1)
         try:
@@ -953,6 +966,12 @@ class DecisionService:
         way has taken longer than the deadline (a store that stopped answering in the
         middle of a statement never raises), nothing is queued behind it."""
         writer = writer or self.writer
+        if self.lease.lost:
+            raise StoreUnavailableError(
+                "this service lost its lease on the event store to another serving "
+                "process and takes no more events (its log says which): send them to "
+                "another replica, or restart it once the other process is stopped"
+            )
         deadline = self.settings.store_deadline_s
         stalled = writer.in_flight_s()
         if stalled > deadline:

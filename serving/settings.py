@@ -133,7 +133,7 @@ class Settings(CoreSettings):
         sync (the store's only writer) refuses to start beside another serving process,
         and a replica refuses to start beside such a process; a starting one waits this
         long for the lease of one that was killed to lapse (on the same host a killed
-        process's lease lapses at once).
+        process's lease lapses at once). At least 1 s.
     replica_sync_horizon_s : float
         A reward is settled (every reward with a smaller id is committed or will never
         be) this long after it was received: longer than a commit takes plus the clock
@@ -263,7 +263,7 @@ class Settings(CoreSettings):
     replica_id: str | None = None
     replica_sync_s: Annotated[float, PERIOD] = Field(0.0, ge=0.0)
     replica_sync_horizon_s: float = Field(60.0, gt=0.0)
-    lease_s: Annotated[float, PERIOD] = Field(30.0, gt=0.0)
+    lease_s: float = Field(30.0, ge=1.0)
 
     catalog_index: Literal["auto", "exact", "hnsw"] = "auto"
     catalog_exact_max: int = Field(20_000, ge=0)

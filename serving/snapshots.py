@@ -272,7 +272,8 @@ class Snapshotter:
         snapshot_id: int | None = await self._commit(row)
         if snapshot_id is None:  # the lease no longer held when it committed
             log.warning(
-                "no snapshot of %s: this process no longer holds its lease on the store",
+                "no snapshot of %s: this process's lease on the store had lapsed or was "
+                "lost as it committed",
                 meta["model_version"],
             )
             if parts_key is not None:

@@ -30,6 +30,7 @@ from serving.service import DecisionService
 from tests.demo_support import BANDITOPS
 from tests.serving_helpers import (
     DIM_USER,
+    decision_row,
     free_port,
     policy_file,
     running_client,
@@ -157,11 +158,16 @@ def test_a_lease_from_elsewhere_is_waited_for_and_a_dead_process_s_at_once(
         engine.dispose()
 
 
-def test_a_lease_lost_to_another_process_ends_the_snapshots(store_url: str, tmp_path: Path) -> None:
+def test_a_lease_lost_to_another_process_ends_the_snapshots_and_the_writes(
+    store_url: str, tmp_path: Path
+) -> None:
     """A holder whose lease lapsed while another process took over (its store out of
     its reach for longer than the lease) keeps no snapshot it takes from then on: one
-    that commits after the takeover is deleted in its own transaction, and once a
-    renewal finds the other lease none is taken at all."""
+    that commits after the takeover is deleted in its own transaction. Once a renewal
+    finds the other lease, it takes no more events (503, ``/readyz`` 503 ``lease_lost``)
+    and writes nothing more to the store: what its writer still has goes to its journal,
+    which is not drained (the attack pass found a lost holder draining its journal and
+    taking rewards beside the new sole writer, whose snapshots then covered them)."""
     model = policy_file(tmp_path / "linucb.npz", name="linucb")
     settings = service_settings(tmp_path, store_url, model_path=model, lease_s=600.0)
     rng = np.random.default_rng(3)
@@ -178,18 +184,108 @@ def test_a_lease_lost_to_another_process_ends_the_snapshots(store_url: str, tmp_
         _reward(client, rng)
         assert client.post("/v1/admin/snapshot").json()["snapshot_ids"] == []
         with engine.connect() as conn:
-            assert (
-                conn.execute(sa.select(sa.func.count()).select_from(head_snapshots)).scalar() == 1
-            )
+            count = sa.select(sa.func.count()).select_from(head_snapshots)
+            assert conn.execute(count).scalar() == 1
         assert service.lease.held  # nothing has told it yet
         service.lease.renew()
         assert service.lease.lost and not service.lease.held
-        _reward(client, rng)
-        assert client.post("/v1/admin/snapshot").json()["snapshot_ids"] == []
+        assert client.get("/readyz").json() == {"status": "lease_lost"}
+        assert client.get("/readyz").status_code == 503
+        body = {"context": [0.1] * DIM_USER, "candidates": [{"id": "a"}, {"id": "b"}]}
+        refused = client.post("/v1/decisions", json=body)
+        assert refused.status_code == 503 and "lost its lease" in refused.text, refused.text
+        # an event already in the writer's hands goes to the journal, not to the store
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar()
+        row = decision_row(rng, "after-the-loss")
+        service.writer.submit(row).result(timeout=30)
+        assert service.journal is not None and service.journal.events == 1
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar() == stored
         # the other process's lease is left alone
         with engine.connect() as conn:
             names = conn.execute(sa.select(service_leases.c.name)).scalars().all()
         assert names == ["replica-elsewhere"]
+
+
+def test_a_sole_writer_whose_lease_lapsed_and_was_looked_past_never_takes_it_back(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A sole writer's row deleted by another process's look (it had lapsed): that
+    process may have written rewards and stopped since. Before (attack pass), the
+    holder took its lease back ("taken again") and its next snapshot covered the other
+    process's rewards, lost at the restart; now the lease is lost. A shared holder
+    (no snapshots) takes its lapsed lease back."""
+    engine = make_engine(store_url)
+    upgrade(engine)
+    try:
+        sole = Lease(engine, "sole", SOLE, 30.0)
+        sole.acquire(wait_s=0.0)
+        with engine.begin() as conn:  # lapsed; another process came, wrote, and went
+            conn.execute(sa.delete(service_leases))
+        sole.renew()
+        assert sole.lost
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(service_leases.c.token)).all() == []
+        shared = Lease(engine, "shared", SHARED, 30.0)
+        shared.acquire(wait_s=0.0)
+        with engine.begin() as conn:
+            conn.execute(sa.delete(service_leases))
+        shared.renew()
+        assert shared.held
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(service_leases.c.name)).scalars().all() == ["shared"]
+        shared.release()
+    finally:
+        engine.dispose()
+
+
+def test_two_serves_started_at_once_leave_one_serving_and_one_line_from_the_other(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Two `banditops serve` of one worker waiting for the same lease to lapse: one
+    takes it and serves; the other says so in one line, exit 2. Before (attack pass),
+    both passed the check before starting and the second failed its start with a
+    traceback, exit 3: `serve` now takes the lease itself and hands it to the app."""
+    model = policy_file(tmp_path / "linucb.npz", name="linucb")
+    engine = make_engine(store_url)
+    upgrade(engine)
+    _foreign(engine, SOLE, 2.0)  # lapses while both wait
+    engine.dispose()
+    procs = []
+    for name in ("one", "two"):
+        env = {
+            **os.environ,
+            "BANDITOPS_WORKSPACE": str(tmp_path / name),
+            "BANDITOPS_DATABASE_URL": store_url,
+            "BANDITOPS_MODEL_PATH": str(model),
+            "BANDITOPS_AUTH_DISABLED": "true",
+            "BANDITOPS_LEASE_S": "4",
+            "BANDITOPS_REPLICA_ID": name,
+        }
+        cmd = [str(BANDITOPS), "serve", "--port", str(free_port()), "--no-migrate"]
+        with (tmp_path / f"{name}.log").open("wb") as log:
+            procs.append(subprocess.Popen(cmd, env=env, stderr=log, stdout=subprocess.DEVNULL))
+    try:
+        ended = None
+        deadline = time.monotonic() + 60
+        while ended is None and time.monotonic() < deadline:
+            ended = next((p for p in procs if p.poll() is not None), None)
+            time.sleep(0.2)
+        assert ended is not None, "neither refused"
+        name = "one" if ended is procs[0] else "two"
+        stderr = (tmp_path / f"{name}.log").read_text()
+        assert ended.returncode == 2, stderr
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "only writer" in lines[0], stderr
+        assert "Traceback" not in stderr
+        (serving,) = [p for p in procs if p is not ended]
+        assert serving.poll() is None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(30)
 
 
 def test_serve_beside_a_sole_writer_exits_with_one_line_naming_it(
@@ -218,3 +314,29 @@ def test_serve_beside_a_sole_writer_exits_with_one_line_naming_it(
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "'holder'" in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_db_downgrade_refuses_while_a_service_holds_a_lease(store_url: str, tmp_path: Path) -> None:
+    """A downgrade takes away tables a running service writes (the attack pass saw the
+    service turn to its journal, then refuse snapshots with a 503): refused, naming it."""
+    from typer.testing import CliRunner
+
+    from eventstore.migrate import current_revision, head_revision
+    from ops.cli import app as cli
+
+    model = policy_file(tmp_path / "linucb.npz", name="linucb")
+    settings = service_settings(tmp_path, store_url, model_path=model, replica_id="running")
+    with running_client(settings) as client:
+        out = CliRunner().invoke(cli, ["db", "downgrade", "0008", "--yes", "--url", store_url])
+        assert out.exit_code == 1 and "'running'" in out.output and "stop them" in out.output
+        engine = client.app.state.service.engine
+        assert current_revision(engine) == head_revision()
+
+
+def test_a_lease_shorter_than_a_second_is_refused(tmp_path: Path) -> None:
+    """0.01 s was accepted: a renewal (a write transaction) every 3 ms, 21 % of a core
+    idle, and snapshots refused for a lapse between two renewals (attack pass)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="lease_s"):
+        service_settings(tmp_path, lease_s=0.5)

@@ -67,6 +67,13 @@ class WriterClosedError(RuntimeError):
     """The writer no longer accepts items (the service is shutting down)."""
 
 
+FENCED = "this process lost its lease on the event store: it writes nothing more there"
+
+
+class FencedError(RuntimeError):
+    """The process may no longer write the store (``GroupCommitWriter(fenced=...)``)."""
+
+
 class Spool(Protocol):
     """Where batches go while the database is unreachable (see
     :class:`serving.store.journal.Journal`)."""
@@ -147,6 +154,11 @@ class GroupCommitWriter(Generic[T, R]):
     retry_budget_s : float, optional
         With a ``spool``: an outage's retries stop once a batch has tried this long, and
         the journal takes it (so its requests are answered within their deadline).
+    fenced : callable, optional
+        True once this process may no longer write the store (its lease was lost:
+        :mod:`eventstore.leases`): from then on nothing is written there and the spool is
+        not drained; batches go to the spool (without one they fail with
+        :class:`FencedError`).
     """
 
     def __init__(
@@ -165,6 +177,7 @@ class GroupCommitWriter(Generic[T, R]):
         landed: Callable[[Connection, Sequence[T], list[R]], bool] | None = None,
         statement_timeout_s: float | None = None,
         retry_budget_s: float | None = None,
+        fenced: Callable[[], bool] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1; got {max_batch}.")
@@ -174,6 +187,7 @@ class GroupCommitWriter(Generic[T, R]):
             raise ValueError(f"statement_timeout_s must be positive; got {statement_timeout_s!r}.")
         self._statement_timeout_s = statement_timeout_s
         self._retry_budget_s = retry_budget_s
+        self._fenced = fenced
         #: ``time.monotonic()`` when the batch being written began (None between batches).
         self._began: float | None = None
         self._spool = spool
@@ -279,6 +293,16 @@ class GroupCommitWriter(Generic[T, R]):
         if not batch:
             return
         items = [item for item, _ in batch]
+        if self._fenced is not None and self._fenced():
+            self._began = time.monotonic()
+            if self._spool is None:
+                for _, future in batch:
+                    _settle(future, exc=FencedError(FENCED))
+            else:
+                if not self.degraded:
+                    self._enter_degraded(FencedError(FENCED))
+                self._spool_batch(batch)
+            return
         if self.degraded and not self._try_drain():
             self._began = time.monotonic()
             self._spool_batch(batch)
@@ -370,6 +394,8 @@ class GroupCommitWriter(Generic[T, R]):
         """Drain the spool when the probe saw the database; True when no longer degraded."""
         if not self.degraded:
             return True
+        if self._fenced is not None and self._fenced():
+            return False  # the journal is drained by the next start, which holds the lease
         if self._spool is None or not self._db_back.is_set():
             return False
         self._db_back.clear()
