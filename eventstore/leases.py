@@ -30,19 +30,23 @@ it takes no more events, writes nothing more to the store (its journal keeps wha
 acknowledged, drained by its next start, which waits for the lease) and no snapshot,
 until it restarts.
 
-A snapshot is written only under a lease that holds (:func:`snapshot_allowed`), checked
-inside the snapshot's own transaction and in the leases' turn, so that no process can
-take the lease over between the check and the commit.
+Every transaction of a holder that writes events or snapshots checks, before it commits
+and in the leases' turn, that its lease still holds (:meth:`Lease.writing`, :func:`holds`),
+so that no process can take the lease over between the check and the commit: a holder
+that has not renewed for longer than its lease (stopped, its store out of reach) never
+writes beside the process that took over, whatever its renewals have found yet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -70,6 +74,13 @@ _held_lock = threading.Lock()
 
 class LeaseConflictError(RuntimeError):
     """Another serving process holds a lease this one's cannot stand beside."""
+
+
+LOST = "this process lost its lease on the event store: it writes nothing more there"
+
+
+class LeaseLostError(RuntimeError):
+    """A write of a process whose lease no longer holds (rolled back)."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,7 @@ class Lease:
         self.lost = False
         self._held = False
         self._lock = threading.Lock()
+        self._lock_lost = threading.Lock()
 
     @property
     def held(self) -> bool:
@@ -237,7 +249,24 @@ class Lease:
             )
         else:
             return
-        self.lost = True
+        self._lose(why)
+
+    @contextlib.contextmanager
+    def writing(self, conn: Connection) -> Iterator[None]:
+        """Around the writes of a transaction on ``conn``: raise :class:`LeaseLostError`
+        (the transaction rolls back) unless the lease holds at its end (:func:`holds`);
+        a lease found not holding is lost for good."""
+        hold_turn_shared(conn)
+        yield
+        if self.lost or not holds(conn, self.token):
+            self._lose("its lease no longer held when it was about to commit a write")
+            raise LeaseLostError(LOST)
+
+    def _lose(self, why: str) -> None:
+        with self._lock_lost:
+            if self.lost:
+                return
+            self.lost = True
         log.error(
             "this process lost its lease on the event store and takes no more events: %s. "
             "Its journal keeps what it acknowledged; restart it once the other process is "
@@ -328,14 +357,21 @@ def live_holders(engine: Engine) -> list[Holder]:
         return [r for r in _read(conn) if r.expires_at > now and not _gone(r, host)]
 
 
-def snapshot_allowed(conn: Connection, token: str) -> bool:
-    """Inside a snapshot's transaction, after its row was inserted: whether ``token``'s
-    lease still holds and no conflicting one stands beside it, in the leases' turn (on
-    PostgreSQL an advisory lock held to the commit; on SQLite the insert already holds
-    the database's write lock), so that no process takes the lease over before the
-    snapshot commits."""
+def hold_turn_shared(conn: Connection) -> None:
+    """Inside a transaction that writes the store under a lease: on PostgreSQL a shared
+    hold of the leases' turn to the commit (writers do not wait for each other; a lease
+    change waits for them and they for it); on SQLite the transaction's first write
+    already holds the database's write lock."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LEASES})
+        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": LEASES})
+
+
+def holds(conn: Connection, token: str) -> bool:
+    """Inside a transaction that has written (and on PostgreSQL holds the turn:
+    :func:`hold_turn_shared`): whether ``token``'s lease still holds and no conflicting
+    one stands beside it, so that no process can take the lease over before this
+    transaction commits."""
+    hold_turn_shared(conn)
     now = store_clock(conn)
     rows = _read(conn)
     mine = [r for r in rows if r.token == token]

@@ -333,6 +333,8 @@ class DecisionService:
             )
         lease.engine = engine
         self.lease = lease
+        if self.journal is not None:  # a drain writes only under a lease that holds
+            self.journal.guard = lambda conn: self.lease.writing(conn)
         self.replicas: ReplicaSync | None = None
         if settings.replica_sync_s > 0:  # several replicas: apply the others' rewards
             self.replicas = ReplicaSync(
@@ -345,9 +347,10 @@ class DecisionService:
                 hold=lambda: bool(self._unsynced) or self.gate.closed,
                 arm_limit=self.arm_limit,
             )
+        write = write_events if self.replicas is None else self.replicas.claiming(write_events)
         self.writer: GroupCommitWriter[Any, Any] = GroupCommitWriter(
             engine,
-            write_events if self.replicas is None else self.replicas.claiming(write_events),
+            self._under_lease(write),
             max_batch=settings.writer_max_batch,
             on_committed=self._on_committed,
             on_batch=metrics.observe_batch,
@@ -427,7 +430,10 @@ class DecisionService:
         # first: a process that may not write beside the others writes nothing
         if self.lease.held:  # taken by `serve`: renewed at once (its start took time)
             await asyncio.to_thread(self.lease.renew)
-        else:
+        if not self.lease.held:
+            # lost between `serve`'s take and now (nothing was written under it): the
+            # start waits for it as any start does, or fails
+            self.lease.lost = False
             await asyncio.to_thread(self.lease.acquire)
         self._lease_task = asyncio.create_task(self._renew_lease())
         self._blas = threadpool_limits(limits=1)
@@ -485,6 +491,20 @@ class DecisionService:
         self.engine.dispose()
         if self._blas is not None:
             self._blas.restore_original_limits()
+
+    def _under_lease(
+        self, write: Callable[[Any, Sequence[Any]], list[Any]]
+    ) -> Callable[[Any, Sequence[Any]], list[Any]]:
+        """``write`` (the writer's ``(connection, items) -> results``), committed only while
+        this process's lease holds (:meth:`eventstore.leases.Lease.writing`): a process
+        that has not renewed it for longer than the lease never writes beside the one
+        that took over, whatever its renewals have found yet."""
+
+        def write_under_lease(conn: Any, items: Sequence[Any]) -> list[Any]:
+            with self.lease.writing(conn):
+                return write(conn, items)
+
+        return write_under_lease
 
     async def _renew_lease(self) -> None:
         """Run forever: renew the lease every third of its length. A store out of reach

@@ -22,11 +22,21 @@ import pytest
 import sqlalchemy as sa
 
 from eventstore.engine import make_engine
-from eventstore.leases import SHARED, SOLE, Lease, LeaseConflictError, here, store_clock
+from eventstore.leases import (
+    SHARED,
+    SOLE,
+    Lease,
+    LeaseConflictError,
+    LeaseLostError,
+    here,
+    store_clock,
+)
 from eventstore.migrate import upgrade
-from eventstore.schema import head_snapshots, service_leases
+from eventstore.schema import service_leases
 from serving.metrics import ServiceMetrics
 from serving.service import DecisionService
+from serving.store.journal import Journal
+from serving.store.writer import FencedError
 from tests.demo_support import BANDITOPS
 from tests.serving_helpers import (
     DIM_USER,
@@ -158,16 +168,17 @@ def test_a_lease_from_elsewhere_is_waited_for_and_a_dead_process_s_at_once(
         engine.dispose()
 
 
-def test_a_lease_lost_to_another_process_ends_the_snapshots_and_the_writes(
+def test_a_holder_whose_lease_was_taken_over_writes_nothing_more(
     store_url: str, tmp_path: Path
 ) -> None:
     """A holder whose lease lapsed while another process took over (its store out of
-    its reach for longer than the lease) keeps no snapshot it takes from then on: one
-    that commits after the takeover is deleted in its own transaction. Once a renewal
-    finds the other lease, it takes no more events (503, ``/readyz`` 503 ``lease_lost``)
-    and writes nothing more to the store: what its writer still has goes to its journal,
-    which is not drained (the attack pass found a lost holder draining its journal and
-    taking rewards beside the new sole writer, whose snapshots then covered them)."""
+    its reach, or the process stopped, for longer than the lease) has not renewed since:
+    its next write finds the lease gone inside its own transaction and rolls back (503,
+    not acknowledged), the lease is lost at once, ``/readyz`` says 503 ``lease_lost``,
+    and nothing more reaches the store. Before (attack passes), such a holder wrote the
+    rewards queued while it was stopped, and drained its journal (at its stop too)
+    beside the new sole writer, whose snapshots then covered them: a restart lost
+    them."""
     model = policy_file(tmp_path / "linucb.npz", name="linucb")
     settings = service_settings(tmp_path, store_url, model_path=model, lease_s=600.0)
     rng = np.random.default_rng(3)
@@ -176,36 +187,76 @@ def test_a_lease_lost_to_another_process_ends_the_snapshots_and_the_writes(
         _reward(client, rng)
         assert len(client.post("/v1/admin/snapshot").json()["snapshot_ids"]) == 1
         engine = service.engine
+
+        def stored() -> tuple[int, int, int]:
+            with engine.connect() as conn:
+                return tuple(  # type: ignore[return-value]
+                    conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+                    for table in ("decisions", "rewards", "head_snapshots")
+                )
+
+        before = stored()
         # the takeover: this lease gone (lapsed, deleted by the other's look), another
         # process the sole writer; this one has not renewed since
         with engine.begin() as conn:
             conn.execute(sa.delete(service_leases))
         _foreign(engine, SOLE, 600.0)
-        _reward(client, rng)
-        assert client.post("/v1/admin/snapshot").json()["snapshot_ids"] == []
-        with engine.connect() as conn:
-            count = sa.select(sa.func.count()).select_from(head_snapshots)
-            assert conn.execute(count).scalar() == 1
-        assert service.lease.held  # nothing has told it yet
-        service.lease.renew()
+        assert service.lease.held  # no renewal has told it
+        body = {"context": [0.1] * DIM_USER, "candidates": [{"id": "a"}, {"id": "b"}]}
+        refused = client.post("/v1/decisions", json=body)
+        assert refused.status_code == 503, refused.text
         assert service.lease.lost and not service.lease.held
         assert client.get("/readyz").json() == {"status": "lease_lost"}
         assert client.get("/readyz").status_code == 503
-        body = {"context": [0.1] * DIM_USER, "candidates": [{"id": "a"}, {"id": "b"}]}
-        refused = client.post("/v1/decisions", json=body)
-        assert refused.status_code == 503 and "lost its lease" in refused.text, refused.text
-        # an event already in the writer's hands goes to the journal, not to the store
-        with engine.connect() as conn:
-            stored = conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar()
-        row = decision_row(rng, "after-the-loss")
-        service.writer.submit(row).result(timeout=30)
-        assert service.journal is not None and service.journal.events == 1
-        with engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar() == stored
+        again = client.post("/v1/decisions", json=body)
+        assert again.status_code == 503 and "lost its lease" in again.text, again.text
+        # an event already in the writer's hands is refused too, not journaled
+        failed = service.writer.submit(decision_row(rng, "after-the-loss")).exception(30)
+        assert isinstance(failed, FencedError)
+        assert service.journal is not None and service.journal.events == 0
+        assert client.post("/v1/admin/snapshot").json()["snapshot_ids"] == []
+        assert stored() == before
         # the other process's lease is left alone
         with engine.connect() as conn:
             names = conn.execute(sa.select(service_leases.c.name)).scalars().all()
         assert names == ["replica-elsewhere"]
+
+
+def test_a_journal_is_drained_only_under_a_lease_that_holds(store_url: str, tmp_path: Path) -> None:
+    """What a holder journaled during an outage is drained only under its lease: a
+    drain (the writer's, its last one at the stop, or the next start's recovery) whose
+    lease was taken over meanwhile writes nothing and keeps the journal; the start that
+    holds the lease again drains it."""
+    engine = make_engine(store_url)
+    upgrade(engine)
+    rng = np.random.default_rng(4)
+    try:
+        lease = Lease(engine, "journaling", SOLE, 30.0)
+        lease.acquire(wait_s=0.0)
+        journal = Journal(tmp_path / "journal").open()
+        journal.guard = lease.writing
+        journal.spool([decision_row(rng, f"journaled-{i}") for i in range(3)])
+        with engine.begin() as conn:  # taken over while the store was out of its reach
+            conn.execute(sa.delete(service_leases))
+        _foreign(engine, SOLE, 600.0)
+        with pytest.raises(LeaseLostError):
+            journal.drain(engine)
+        assert lease.lost and journal.events == 3
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar() == 0
+        journal.close()
+        with engine.begin() as conn:  # the other process stopped
+            conn.execute(sa.delete(service_leases))
+        restarted = Lease(engine, "journaling", SOLE, 30.0)
+        restarted.acquire(wait_s=0.0)
+        again = Journal(tmp_path / "journal")
+        again.guard = restarted.writing
+        assert again.recover(engine).decisions == 3
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM decisions")).scalar() == 3
+        restarted.release()
+    finally:
+        engine.dispose()
 
 
 def test_a_sole_writer_whose_lease_lapsed_and_was_looked_past_never_takes_it_back(

@@ -52,7 +52,8 @@ import time
 import uuid
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -247,10 +248,19 @@ def _drain_chunk(conn: Connection, chunk: Sequence[DecisionRow | JudgedReward]) 
     return report
 
 
+#: Around the writes of one drain transaction (the lease's check: ``Lease.writing``).
+Guard = Callable[[Connection], AbstractContextManager[None]]
+
+
+def _no_guard(_conn: Connection) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
 def drain_records(
     engine: Engine,
     records: Sequence[DecisionRow | JudgedReward],
     rejected: Path | None = None,
+    guard: Guard | None = None,
 ) -> DrainReport:
     """Copy ``records`` into the store in order, skipping those already there.
 
@@ -259,26 +269,28 @@ def drain_records(
     it still refuses is appended to ``rejected`` (logged, counted in the report) instead
     of failing the drain: before, one such record failed every drain, kept the service
     degraded and its restart from starting. An outage still raises (the drain is
-    retried)."""
+    retried). ``guard`` wraps the writes of each transaction (a lease that no longer
+    holds raises there: the transaction rolls back, the drain stops)."""
+    guard = guard or _no_guard
     started = time.perf_counter()
     report = DrainReport()
     for start in range(0, len(records), DRAIN_CHUNK):
         chunk = records[start : start + DRAIN_CHUNK]
         try:
-            with engine.begin() as conn:
+            with engine.begin() as conn, guard(conn):
                 report.add(_drain_chunk(conn, chunk))
         except (IntegrityError, DataError):
             for record in chunk:
-                report.add(_drain_or_reject(engine, record, rejected))
+                report.add(_drain_or_reject(engine, record, rejected, guard))
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _drain_or_reject(
-    engine: Engine, record: DecisionRow | JudgedReward, rejected: Path | None
+    engine: Engine, record: DecisionRow | JudgedReward, rejected: Path | None, guard: Guard
 ) -> DrainReport:
     try:
-        with engine.begin() as conn:
+        with engine.begin() as conn, guard(conn):
             return _drain_chunk(conn, [record])
     except (IntegrityError, DataError) as exc:
         row = record.row if isinstance(record, JudgedReward) else record
@@ -415,6 +427,8 @@ class Journal:
         self._lock = threading.Lock()
         self.appended = 0
         self.drained = 0
+        #: around the writes of each drain transaction (the service sets its lease's)
+        self.guard: Guard | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def recover(self, engine: Engine) -> DrainReport:
@@ -435,7 +449,7 @@ class Journal:
                         path.name,
                         len(data) - valid,
                     )
-                report.add(drain_records(engine, found, self.directory / REJECTED_FILE))
+                report.add(drain_records(engine, found, self.directory / REJECTED_FILE, self.guard))
                 path.unlink(missing_ok=True)
         _fsync_dir(self.directory)
         if report.records:
@@ -606,7 +620,7 @@ class Journal:
         while chunk := os.read(self._fd, 1 << 20):
             data += chunk
         found, _ = read_records(data)
-        report = drain_records(engine, found, self.directory / REJECTED_FILE)
+        report = drain_records(engine, found, self.directory / REJECTED_FILE, self.guard)
         os.ftruncate(self._fd, 0)
         os.fsync(self._fd)
         with self._lock:

@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 
 from eventstore import records
-from eventstore.leases import snapshot_allowed
+from eventstore.leases import holds
 from eventstore.records import (
     DecisionRow,
     JudgedReward,
@@ -170,9 +170,9 @@ class AppliedRewards:
 
 def _write_snapshot(conn: Connection, row: SnapshotRow) -> int | None:
     """The new snapshot's id, or None when it was taken under a lease that no longer
-    holds (:func:`eventstore.leases.snapshot_allowed`): then nothing is kept."""
+    holds (:func:`eventstore.leases.holds`): then nothing is kept."""
     snapshot_id: int = conn.execute(_INSERT_SNAPSHOT, row.params()).scalar_one()
-    if row.lease is not None and not snapshot_allowed(conn, row.lease):
+    if row.lease is not None and not holds(conn, row.lease):
         conn.execute(delete(head_snapshots).where(head_snapshots.c.id == snapshot_id))
         return None
     return snapshot_id

@@ -43,6 +43,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from eventstore.engine import is_lock_wait, probe_write
+from eventstore.leases import LOST as FENCED
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,6 @@ def _settle(future: Future[R], result: R | None = None, exc: BaseException | Non
 
 class WriterClosedError(RuntimeError):
     """The writer no longer accepts items (the service is shutting down)."""
-
-
-FENCED = "this process lost its lease on the event store: it writes nothing more there"
 
 
 class FencedError(RuntimeError):
@@ -156,9 +154,9 @@ class GroupCommitWriter(Generic[T, R]):
         the journal takes it (so its requests are answered within their deadline).
     fenced : callable, optional
         True once this process may no longer write the store (its lease was lost:
-        :mod:`eventstore.leases`): from then on nothing is written there and the spool is
-        not drained; batches go to the spool (without one they fail with
-        :class:`FencedError`).
+        :mod:`eventstore.leases`; ``write`` itself checks the lease in each transaction):
+        from then on batches fail with :class:`FencedError` (503: not acknowledged) and
+        the spool is not drained.
     """
 
     def __init__(
@@ -293,15 +291,7 @@ class GroupCommitWriter(Generic[T, R]):
         if not batch:
             return
         items = [item for item, _ in batch]
-        if self._fenced is not None and self._fenced():
-            self._began = time.monotonic()
-            if self._spool is None:
-                for _, future in batch:
-                    _settle(future, exc=FencedError(FENCED))
-            else:
-                if not self.degraded:
-                    self._enter_degraded(FencedError(FENCED))
-                self._spool_batch(batch)
+        if self._refuse_fenced(batch):
             return
         if self.degraded and not self._try_drain():
             self._began = time.monotonic()
@@ -312,6 +302,8 @@ class GroupCommitWriter(Generic[T, R]):
         try:
             results = self._transaction(items, retry=True)
         except Exception as exc:
+            if self._refuse_fenced(batch):  # the write found the lease gone: rolled back
+                return
             if self._spool is not None and is_outage(exc):
                 self._enter_degraded(exc)
                 self._spool_batch(batch)
@@ -332,6 +324,15 @@ class GroupCommitWriter(Generic[T, R]):
         if self._spool is not None:
             self._spool.observe(items, results)
         self._committed(batch, results)
+
+    def _refuse_fenced(self, batch: list[tuple[T, Future[R]]]) -> bool:
+        """Once fenced: fail the batch (its requests are answered 503, not acknowledged:
+        they go to another replica); True when it did."""
+        if self._fenced is None or not self._fenced():
+            return False
+        for _, future in batch:
+            _settle(future, exc=FencedError(FENCED))
+        return True
 
     def _committed(self, batch: list[tuple[T, Future[R]]], results: list[Any]) -> None:
         """Run the hook on the durable items, then complete every future."""
