@@ -116,13 +116,16 @@ def here() -> str:
     return f"{socket.gethostname()}/{namespace}"
 
 
+#: The store's clock, in seconds since the epoch, per dialect.
+_CLOCK = {
+    "sqlite": "(julianday('now') - 2440587.5) * 86400.0",
+    "postgresql": "extract(epoch FROM clock_timestamp())",
+}
+
+
 def store_clock(conn: Connection) -> float:
     """Seconds since the epoch by the store's clock."""
-    if conn.dialect.name == "sqlite":
-        query = "SELECT (julianday('now') - 2440587.5) * 86400.0"
-    else:
-        query = "SELECT extract(epoch FROM clock_timestamp())"
-    return float(conn.execute(text(query)).scalar_one())
+    return float(conn.execute(text(f"SELECT {_CLOCK[conn.dialect.name]}")).scalar_one())
 
 
 def _gone(row: Holder, host: str) -> bool:
@@ -258,7 +261,7 @@ class Lease:
         a lease found not holding is lost for good."""
         hold_turn_shared(conn)
         yield
-        if self.lost or not holds(conn, self.token):
+        if self.lost or not holds(conn, self.token, turn_held=True):
             self._lose("its lease no longer held when it was about to commit a write")
             raise LeaseLostError(LOST)
 
@@ -366,18 +369,20 @@ def hold_turn_shared(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": LEASES})
 
 
-def holds(conn: Connection, token: str) -> bool:
+def holds(conn: Connection, token: str, *, turn_held: bool = False) -> bool:
     """Inside a transaction that has written (and on PostgreSQL holds the turn:
-    :func:`hold_turn_shared`): whether ``token``'s lease still holds and no conflicting
-    one stands beside it, so that no process can take the lease over before this
-    transaction commits."""
-    hold_turn_shared(conn)
-    now = store_clock(conn)
-    rows = _read(conn)
-    mine = [r for r in rows if r.token == token]
-    if not mine or mine[0].expires_at <= now:
+    :func:`hold_turn_shared`, taken here unless ``turn_held``): whether ``token``'s lease
+    still holds and no conflicting one stands beside it, so that no process can take the
+    lease over before this transaction commits. One statement (it runs in every batch
+    of the event writer)."""
+    if not turn_held:
+        hold_turn_shared(conn)
+    c = service_leases.c
+    rows = conn.execute(
+        select(c.token, c.mode, c.expires_at, text(_CLOCK[conn.dialect.name]))
+    ).all()
+    mine = [r for r in rows if r[0] == token]
+    if not mine or mine[0][2] <= mine[0][3]:
         return False
-    return not any(
-        r.token != token and r.expires_at > now and conflicts_with(mine[0].mode, r.mode)
-        for r in rows
-    )
+    now, mode = mine[0][3], mine[0][1]
+    return not any(r[0] != token and r[2] > now and conflicts_with(mode, r[1]) for r in rows)
