@@ -60,7 +60,6 @@ from sqlalchemy import (
     inspect,
     literal_column,
     select,
-    text,
     update,
 )
 
@@ -128,10 +127,11 @@ def here() -> str:
 
 
 #: The store's clock, in seconds since the epoch, per dialect.
-_CLOCK: dict[str, ColumnClause[Any]] = {
-    "sqlite": literal_column("(julianday('now') - 2440587.5) * 86400.0"),
-    "postgresql": literal_column("extract(epoch FROM clock_timestamp())"),
+_CLOCK_SQL = {
+    "sqlite": "(julianday('now') - 2440587.5) * 86400.0",
+    "postgresql": "extract(epoch FROM clock_timestamp())",
 }
+_CLOCK: dict[str, ColumnClause[Any]] = {d: literal_column(sql) for d, sql in _CLOCK_SQL.items()}
 
 
 def store_clock(conn: Connection) -> float:
@@ -268,11 +268,11 @@ class Lease:
     @contextlib.contextmanager
     def writing(self, conn: Connection) -> Iterator[None]:
         """Around the writes of a transaction on ``conn``: raise :class:`LeaseLostError`
-        (the transaction rolls back) unless the lease holds at its end (:func:`holds`);
-        a lease found not holding is lost for good."""
-        hold_turn_shared(conn)
+        (the transaction rolls back) unless the lease holds at its end (:func:`holds`,
+        which takes the leases' turn then: no lease changes before the commit); a lease
+        found not holding is lost for good."""
         yield
-        if self.lost or not holds(conn, self.token, turn_held=True):
+        if self.lost or not holds(conn, self.token):
             self._lose("its lease no longer held when it was about to commit a write")
             raise LeaseLostError(LOST)
 
@@ -371,24 +371,19 @@ def live_holders(engine: Engine) -> list[Holder]:
         return [r for r in _read(conn) if r.expires_at > now and not _gone(r, host)]
 
 
-def hold_turn_shared(conn: Connection) -> None:
-    """Inside a transaction that writes the store under a lease: on PostgreSQL a shared
-    hold of the leases' turn to the commit (writers do not wait for each other; a lease
-    change waits for them and they for it); on SQLite the transaction's first write
-    already holds the database's write lock."""
+def holds(conn: Connection, token: str) -> bool:
+    """Inside a transaction that has written: whether ``token``'s lease still holds and
+    no conflicting one stands beside it, checked in the leases' turn held to the commit,
+    so that no process takes the lease over before this transaction commits (PostgreSQL:
+    a shared advisory hold, so writers do not wait for each other and a lease change
+    waits for them; SQLite: the write lock the transaction's first write took). One
+    round trip: it runs in every batch of the event writer."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": LEASES})
-
-
-def holds(conn: Connection, token: str, *, turn_held: bool = False) -> bool:
-    """Inside a transaction that has written (and on PostgreSQL holds the turn:
-    :func:`hold_turn_shared`, taken here unless ``turn_held``): whether ``token``'s lease
-    still holds and no conflicting one stands beside it, so that no process can take the
-    lease over before this transaction commits. One statement (it runs in every batch
-    of the event writer)."""
-    if not turn_held:
-        hold_turn_shared(conn)
-    rows = conn.execute(_HOLDS[conn.dialect.name]).all()
+        # the hold, then the read (its snapshot taken once the hold is granted): two
+        # statements in one query
+        rows = conn.exec_driver_sql(_HOLDS_POSTGRESQL, {"key": LEASES}).all()
+    else:
+        rows = conn.execute(_HOLDS[conn.dialect.name]).all()
     mine = [r for r in rows if r[0] == token]
     if not mine or mine[0][2] <= mine[0][3]:
         return False
@@ -405,3 +400,9 @@ _HOLDS = {
     )
     for dialect, clock in _CLOCK.items()
 }
+_HOLDS_POSTGRESQL = (
+    "SELECT pg_advisory_xact_lock_shared(%(key)s); "
+    "SELECT token, mode, expires_at, extract(epoch FROM clock_timestamp()) FROM service_leases"
+)
+if _CLOCK_SQL["postgresql"] not in _HOLDS_POSTGRESQL:  # pragma: no cover - the same clock
+    raise AssertionError("_HOLDS_POSTGRESQL must read the clock of _CLOCK_SQL")
