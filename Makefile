@@ -39,6 +39,7 @@ bench: $(STAMP)
 	mkdir -p bench-results
 	$(BIN)/python -m benchmarks.latency --json bench-results/latency.json
 	$(BIN)/python -m benchmarks.quadrature --json bench-results/quadrature.json
+	$(BIN)/python -m benchmarks.work_units --json bench-results/work_units.json
 	$(BIN)/python -m benchmarks.magnitude --json bench-results/magnitude.json
 	$(BIN)/python -m benchmarks.ope_speed --rows 1000000 --json bench-results/ope_speed.json
 	$(BIN)/python -m benchmarks.serving_load --rps 200 --seconds 30 --store both --systems banditops --json bench-results/serving_load.json

@@ -1,17 +1,19 @@
 """What a request may cost and carry, checked before any work (every failure a 422).
 
-* **Work units** bound the CPU of one decision. A choice among ``n`` candidates with
-  feature width ``w`` (context plus arm features) by a policy drawing ``S`` posterior
-  samples per choice (``n_sim`` of a Thompson policy, else 1) costs ``n · w · S`` units;
-  a slate of ``k`` makes ``k`` choices, and its marginal propensities (``D`` Monte-Carlo
-  prefixes, or as many exact prefix sets) ``k · D`` more::
+* **Work units** bound the CPU of one decision. A choice among ``n`` candidates costs
+  what its policy's own sizes make it (:func:`bandit_core.work.decision_work`: about one
+  unit per multiply-add of the head's quadratic forms ``n·d²``, the ``S`` posterior
+  draws ``S·n·d``, the network's passes); a slate of ``k`` makes ``k`` choices, and its
+  marginal propensities (``D`` Monte-Carlo prefixes, or as many exact prefix sets)
+  ``k · D`` more::
 
-      units = n · max(w, 1) · S · c,    c = 1 (one arm) or k · (1 + D) (a slate).
+      units = decision_work(policy, n) · c,    c = 1 (one arm) or k · (1 + D) (a slate).
 
-  Measured on the reference machine (one core), a unit costs 1–10 ns for linear
-  Thompson sampling and less for greedy (UCB) slates, whose marginals need no draws: the
-  default budget (5·10⁷) bounds a decision to a few hundred milliseconds, which the
-  decision thread and its deadline keep off the event loop.
+  Measured on the reference machine (one core, ``benchmarks.work_units``), a unit costs
+  about 0.04 ns in the decisions that take a millisecond or more, whatever the policy
+  and width: the default budget (2.5·10⁹) bounds a decision to about 100 milliseconds,
+  which the decision thread and its deadline keep off the event loop, and the loop
+  chooses only decisions within ``inline_work_units`` (2.5·10⁷, about a millisecond).
 * **Magnitudes**: every feature ``|x| ≤ max_abs_feature``, so that sums of squares of
   bounded features over any realistic number of rewards stay finite (see
   ``docs/reliability.md``).
@@ -28,34 +30,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core import Decision
+from bandit_core.work import decision_work
 from serving.inputs import InputError, Loc
 
 
-def draws_per_choice(policy: Any) -> int:
-    """Posterior samples one choice of ``policy`` draws (``n_sim``, through wrappers)."""
-    while policy is not None:
-        n_sim = getattr(getattr(policy, "config", None), "n_sim", None)
-        if isinstance(n_sim, int) and n_sim > 0:
-            return n_sim
-        policy = getattr(policy, "inner", None)
-    return 1
-
-
-def work_units(n_candidates: int, width: int, draws: int, k: int | None, marginal: int) -> int:
-    """Work units of one decision (module docstring)."""
+def work_units(policy: Any, n_candidates: int, k: int | None, marginal: int) -> int:
+    """Work units of one decision of ``policy`` (module docstring)."""
     choices = 1 if k is None else k * (1 + marginal)
-    return n_candidates * max(width, 1) * draws * choices
+    return decision_work(policy, n_candidates) * choices
 
 
-def body_lengths(raw: Any) -> tuple[int, int, int | None] | None:
-    """``(candidates, least feature width, k)`` of a parsed, not yet validated decision
-    body, or None when it does not have the shape the checks below need.
-
-    The width is a lower bound of the validated request's: the context's length when it
-    is a list (a named context counts 0) plus the shortest candidate feature list. So
-    the units computed from these lengths never exceed those of the full check, and a
-    request they put over the budget is over it whatever else is wrong with it.
-    """
+def body_lengths(raw: Any) -> tuple[int, int | None] | None:
+    """``(candidates, k)`` of a parsed, not yet validated decision body, or None when it
+    does not have the shape the checks below need (the validated request has the same)."""
     if not isinstance(raw, dict):
         return None
     candidates, k = raw.get("candidates"), raw.get("k")
@@ -63,27 +50,22 @@ def body_lengths(raw: Any) -> tuple[int, int, int | None] | None:
         return None
     if k is not None and (type(k) is not int or k < 1):
         return None
-    context = raw.get("context")
-    width = len(context) if isinstance(context, list) else 0
-    features = [c.get("features") if isinstance(c, dict) else None for c in candidates]
-    width += min(len(f) if isinstance(f, list) else 0 for f in features)
-    return len(candidates), width, k
+    return len(candidates), k
 
 
-def grouped_lengths(raw: Any) -> list[tuple[int, int, None]] | None:
-    """:func:`body_lengths` of each group of a parsed, not yet validated grouped decision
-    body (its ``variants`` are the group's candidates; the context is shared), or None
-    when it does not have that shape."""
+def grouped_lengths(raw: Any) -> list[int] | None:
+    """The candidates (``variants``) of each group of a parsed, not yet validated grouped
+    decision body, or None when it does not have that shape."""
     if not isinstance(raw, dict) or not isinstance(raw.get("groups"), list):
         return None
-    out: list[tuple[int, int, None]] = []
+    out: list[int] = []
     for group in raw["groups"]:
         if not isinstance(group, dict):
             return None
-        lengths = body_lengths({"context": raw.get("context"), "candidates": group.get("variants")})
+        lengths = body_lengths({"candidates": group.get("variants")})
         if lengths is None:
             return None
-        out.append((lengths[0], lengths[1], None))
+        out.append(lengths[0])
     return out
 
 
@@ -95,9 +77,9 @@ def check_budget(units: int, limit: int) -> None:
         shown = str(units) if bits < 256 else f"about 10^{int(bits * math.log10(2))}"
         raise InputError(
             ("body",),
-            f"the request costs {shown} work units (candidates × features × draws × slate "
-            f"choices); the limit max_work_units is {limit}. Ask for fewer candidates or a "
-            "smaller k.",
+            f"the request costs {shown} work units (the model's work per candidate × "
+            f"candidates × slate choices); the limit max_work_units is {limit}. Ask for "
+            "fewer candidates or a smaller k.",
         )
 
 

@@ -62,7 +62,6 @@ from serving.budget import (
     check_choice_finite,
     check_magnitude,
     check_width,
-    draws_per_choice,
     grouped_lengths,
     learnable,
     work_units,
@@ -684,11 +683,9 @@ class DecisionService:
     def check_budget(self, model: ServedModel | None, inp: DecisionInput, k: int | None) -> int:
         """The decision's work units (:mod:`serving.budget`); 422 beyond the budget."""
         settings = self.settings
-        draws = draws_per_choice(model.policy if model is not None else self.fallback)
+        policy = model.policy if model is not None else self.fallback
         marginal = 0 if k is None or k == 1 else settings.slate_marginal_draws
-        units = work_units(
-            len(inp.candidates), inp.context.shape[0] + inp.candidates.dim, draws, k, marginal
-        )
+        units = work_units(policy, len(inp.candidates), k, marginal)
         check_budget(units, settings.max_work_units)
         return units
 
@@ -698,17 +695,20 @@ class DecisionService:
         :func:`serving.budget.grouped_lengths`), for the least costly model that could
         decide it: an over-budget request then costs its parse and nothing more. The
         full check (:meth:`check_budget`) still runs on every validated request."""
-        found = grouped_lengths(raw) if grouped else [body_lengths(raw)]
-        if found is None or None in found:
+        found: list[tuple[int, int | None]] | None
+        if grouped:
+            sizes = grouped_lengths(raw)
+            found = None if sizes is None else [(n, None) for n in sizes]
+        else:
+            lengths = body_lengths(raw)
+            found = None if lengths is None else [lengths]
+        if found is None:
             return
         policies: list[Any] = [m.policy for m in self._served_models()] or [self.fallback]
-        draws = min(draws_per_choice(p) for p in policies)
         units = 0
-        for lengths in found:
-            assert lengths is not None  # checked above
-            n, width, k = lengths
+        for n, k in found:
             marginal = 0 if k is None or k == 1 else self.settings.slate_marginal_draws
-            units += work_units(n, width, draws, k, marginal)
+            units += min(work_units(p, n, k, marginal) for p in policies)
         check_budget(units, self.settings.max_work_units)
 
     def _options(self, inp: DecisionInput, marginal: bool = True) -> ChoiceOptions:

@@ -180,12 +180,13 @@ class Settings(CoreSettings):
         start). Without it, a service with no ``api_token`` refuses to start.
         ``/v1/admin/*`` always needs the token.
     max_work_units : int
-        Request budget: the most work units (:func:`serving.budget.work_units`:
-        candidates × feature width × draws per choice × choices) one decision may cost;
-        422 beyond, before any work.
+        Request budget: the most work units (:func:`serving.budget.work_units`: the
+        model's work per choice, about one unit per multiply-add, × choices) one
+        decision may cost; 422 beyond, before any work. A unit is ~0.04 ns on the
+        reference machine (``benchmarks.work_units``): the default is ~100 ms.
     inline_work_units : int
-        Decisions up to this cost are chosen on the event loop; costlier ones in the
-        decision thread, under ``decision_deadline_s``.
+        Decisions up to this cost are chosen on the event loop (the default: ~1 ms);
+        costlier ones in the decision thread, under ``decision_deadline_s``.
     decision_deadline_s : float
         A decision chosen in the decision thread and not done by then is served by the
         fallback policy (logged as such, with its exact propensity, and counted).
@@ -284,8 +285,8 @@ class Settings(CoreSettings):
 
     # hardening: auth, request budget, numeric bounds, model admission, HTTP limits
     auth_disabled: bool = False
-    max_work_units: int = Field(50_000_000, ge=1)
-    inline_work_units: int = Field(500_000, ge=0)
+    max_work_units: int = Field(2_500_000_000, ge=1)
+    inline_work_units: int = Field(25_000_000, ge=0)
     decision_deadline_s: float = Field(0.25, gt=0.0)
     costly_work_nice: int = Field(19, ge=0, le=19)
     max_abs_feature: float = Field(MAX_ABS_INPUT, gt=0.0, le=MAX_ABS_INPUT)

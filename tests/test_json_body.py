@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bandit_core import make_policy
 from serving.budget import body_lengths, check_budget, work_units
 from serving.inputs import InputError
 from serving.json_body import parse_json
@@ -96,8 +97,8 @@ def test_refused_documents_raise_json_s_error(document: bytes) -> None:
     assert str(got.value) == str(expected.value)
 
 
-def test_body_lengths_never_exceed_the_validated_request_s() -> None:
-    """The early budget check's units are a lower bound of the full check's."""
+def test_body_lengths_are_the_validated_request_s() -> None:
+    """The early budget check counts the candidates and ``k`` the full check will."""
     rng = np.random.default_rng(1)
     for _ in range(200):
         n, du, da = (int(v) for v in rng.integers(1, 30, 3))
@@ -109,10 +110,7 @@ def test_body_lengths_never_exceed_the_validated_request_s() -> None:
             "candidates": [{"id": str(i), "features": [0.0] * da} for i in range(n)],
             "k": k,
         }
-        lengths = body_lengths(json.loads(json.dumps(body)))
-        assert lengths is not None
-        early = work_units(*lengths[:2], 7, lengths[2], 3)
-        assert early <= work_units(n, du + da, 7, k, 3)
+        assert body_lengths(json.loads(json.dumps(body))) == (n, k)
     assert body_lengths([1, 2]) is None
     assert body_lengths({"context": [1.0], "retrieve": {"k": 5}}) is None
     assert body_lengths({"context": [1.0], "candidates": [{"id": "a"}], "k": "3"}) is None
@@ -121,6 +119,6 @@ def test_body_lengths_never_exceed_the_validated_request_s() -> None:
 def test_a_budget_too_large_to_print_is_refused_with_its_size() -> None:
     """``k`` of 4,299 digits (json parses it) makes units past Python's 4,300-digit
     printing limit: still a 422 naming the limit, with the size instead of the digits."""
-    units = work_units(2, 7, 100, int("9" * 4299), 200)
+    units = work_units(make_policy("uniform"), 2, int("9" * 4299), 200)
     with pytest.raises(InputError, match=r"about 10\^430\d work units.*max_work_units"):
         check_budget(units, 50_000_000)

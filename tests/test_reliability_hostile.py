@@ -64,12 +64,27 @@ def _env(
     return env
 
 
+#: The ``thompson`` service's budgets. Its model (``shared_lints``, d = 7, 1,002 draws)
+#: costs about 1.1·10⁷ units a choice among 1,000 candidates and 1.2·10⁶ among 75
+#: (:func:`bandit_core.work.decision_work`).
+FIXTURE_UNITS = {"max": 50_000_000, "inline": 1_000_000}
+
+
 @pytest.fixture(scope="module")
 def thompson(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """``banditops serve`` with a linear Thompson-sampling model (token: ``AUTH``)."""
     tmp = tmp_path_factory.mktemp("hostile")
     model = policy_file(tmp / "lints.npz", name="shared_lints")
-    env = _env(tmp, model, BANDITOPS_HTTP_BODY_TIMEOUT_S="2", BANDITOPS_HTTP_HEAD_TIMEOUT_S="2")
+    env = _env(
+        tmp,
+        model,
+        BANDITOPS_HTTP_BODY_TIMEOUT_S="2",
+        BANDITOPS_HTTP_HEAD_TIMEOUT_S="2",
+        # budgets this small model's requests can cross (``FIXTURE_UNITS``): the
+        # defaults are sized for models of hundreds of features
+        BANDITOPS_MAX_WORK_UNITS=str(FIXTURE_UNITS["max"]),
+        BANDITOPS_INLINE_WORK_UNITS=str(FIXTURE_UNITS["inline"]),
+    )
     service = ServiceProcess(env, tmp / "service.log").start()
     yield service
     service.stop()
@@ -122,7 +137,7 @@ def test_an_over_budget_grouped_request_is_refused_before_its_body_is_validated(
     """The groups' costs summed from the parsed body, before validation (the grouped
     route validated 30,000 variants first: about 95 ms of loop time per refusal)."""
     rng = np.random.default_rng(13)
-    # 100 groups × 75 variants × 7 features × 1,000 draws: 52.5 M units, over 50 M
+    # 100 groups of 75 variants: about 1.2·10⁸ units, over the fixture's 5·10⁷
     body = decision_body(rng, n=75)
     groups = [{"id": f"g{g}", "variants": body["candidates"]} for g in range(100)]
     groups[99]["variants"] = [*body["candidates"][:-1], {"id": "bad\x00id", "features": [0.0]}]
@@ -150,7 +165,7 @@ def test_costly_decisions_run_in_a_thread_behind_the_event_loop(
     """The decision thread runs at ``costly_work_nice`` (19), every other thread of the
     service at the process's niceness."""
     rng = np.random.default_rng(12)
-    # 1,000 candidates × 7 features × 100 draws: over inline_work_units, within the budget
+    # 1,000 candidates: over the fixture's inline_work_units, within its budget
     got = http.post("/v1/decisions", json=decision_body(rng, n=1000))
     assert got.status_code == 200, got.text
     assert thompson.proc is not None

@@ -67,11 +67,11 @@ def test_a_grouped_request_costly_as_a_whole_is_chosen_off_the_loop(tmp_path: Pa
     the decision thread (here, to miss a 1 µs deadline: the fallback answers), where each
     group used to be chosen on the loop, the groups one after the other."""
     from bandit_core import load_policy
-    from serving.budget import draws_per_choice, work_units
-    from tests.serving_helpers import DIM_ARM, decision_body, policy_file
+    from serving.budget import work_units
+    from tests.serving_helpers import decision_body, policy_file
 
     model = policy_file(tmp_path / "lints.npz", name="shared_lints")
-    per_group = work_units(5, DIM_USER + DIM_ARM, draws_per_choice(load_policy(model)), None, 0)
+    per_group = work_units(load_policy(model), 5, None, 0)
     settings = service_settings(
         tmp_path,
         model_path=model,

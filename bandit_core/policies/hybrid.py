@@ -77,6 +77,7 @@ from bandit_core.policies.linear import (
     build_config,
 )
 from bandit_core.types import Candidates
+from bandit_core.work import PER_ARM, draws_work, linear_work, monte_carlo_draws
 
 IntArray = NDArray[np.intp]
 
@@ -658,6 +659,14 @@ class HybridPolicy(LinearPolicy):
     def head(self) -> Any:
         raise AttributeError(f"{self.name} has no single head; its posterior is `model`.")
 
+    def decision_work(self, n: int) -> int:
+        """Work units of one choice among ``n`` candidates (:mod:`bandit_core.work`): the
+        shared block's ``k²`` and each arm's own block and cross terms (``d² + 2kd``,
+        ``d = dim_user``, weighted as a per-arm head's)."""
+        k, d = int(self.model.dim_shared), self.config.dim_user
+        own = n * PER_ARM * (d * d + 2 * k * d)
+        return linear_work(n, k) + own + self._exploration_work(n, k)
+
 
 class _HybridThompsonRule:
     """Thompson sampling from the hybrid posterior with Monte-Carlo propensities.
@@ -672,6 +681,13 @@ class _HybridThompsonRule:
 
     config: Any
     model: Any
+
+    def _exploration_work(self, n: int, k: int) -> int:
+        """The draws of the shared noise in ``min(n, k)`` dimensions (after a QR of
+        ``n·k·min(n, k)`` when ``n < k``) and of each candidate's own."""
+        shared = min(n, k)
+        draws = monte_carlo_draws(self.config)
+        return draws_work(n, shared, draws, shared + n) + n * k * shared
 
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator

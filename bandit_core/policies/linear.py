@@ -57,6 +57,7 @@ from bandit_core.policies.base import (
 )
 from bandit_core.policies.exact_thompson import per_arm_thompson
 from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
+from bandit_core.work import QUADRATURE, draws_work, linear_work, monte_carlo_draws
 
 IntArray = NDArray[np.intp]
 
@@ -603,6 +604,17 @@ class LinearPolicy(HeadStatisticsMethods):
     ) -> tuple[IntArray, FloatArray, FloatArray]:
         raise NotImplementedError
 
+    # -- work ----------------------------------------------------------------
+    def decision_work(self, n: int) -> int:
+        """Work units of one choice among ``n`` candidates (:mod:`bandit_core.work`)."""
+        d = self.head.dim
+        per_arm = isinstance(self.model, PerArmModel)
+        return linear_work(n, d, per_arm) + self._exploration_work(n, d)
+
+    def _exploration_work(self, n: int, d: int) -> int:
+        """Work of the exploration rule beyond the head's scores (none for ε-greedy)."""
+        return 0
+
     # -- learning ------------------------------------------------------------
     def update(self, context: Any, arm_id: Any, reward: Any, arm_features: Any = None) -> None:
         x = as_float_vector("context", context, self.config.dim_user)
@@ -695,6 +707,9 @@ class LinearPolicy(HeadStatisticsMethods):
 class _UCBRule:
     config: Any
 
+    def _exploration_work(self, n: int, d: int) -> int:
+        return 0  # the width ‖U x‖ is the head's own term
+
     def _first_of_ties(self) -> bool:
         """Ties to the first candidate (``ties="first"``) instead of a uniform split."""
         return bool(self.config.ties == "first")
@@ -740,6 +755,11 @@ class _ThompsonRule:
 
     config: Any
     model: PerArmModel | SharedModel
+
+    def _exploration_work(self, n: int, d: int) -> int:
+        if isinstance(self.model, PerArmModel):
+            return n * QUADRATURE  # independent arms: exact propensities
+        return draws_work(n, d, monte_carlo_draws(self.config), d)
 
     def _explore(
         self, mean: FloatArray, proj: FloatArray, heads: IntArray | None, rng: np.random.Generator

@@ -47,6 +47,7 @@ from bandit_core.linalg import inv_chol_rank1_update, inverse_cholesky
 from bandit_core.montecarlo import MONTE_CARLO_PARAMS, MonteCarloOptions, thompson_draws
 from bandit_core.policies.base import check_candidates, check_contexts, check_rng, check_updates
 from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
+from bandit_core.work import draws_work, linear_work, monte_carlo_draws
 
 IntArray = NDArray[np.intp]
 
@@ -176,6 +177,11 @@ class LogisticTS:
         if self.config.intercept:
             phi = np.concatenate([phi, np.ones((*phi.shape[:-1], 1))], axis=-1)
         return phi
+
+    def decision_work(self, n: int) -> int:
+        """Work units of one choice among ``n`` candidates (:mod:`bandit_core.work`)."""
+        d = self.dim
+        return linear_work(n, d) + draws_work(n, d, monte_carlo_draws(self.config), d)
 
     # -- decisions -------------------------------------------------------------
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:

@@ -39,7 +39,7 @@ from bandit_core.policies.linear import ArmLimit, arm_state
 from eventstore.admission import AdmissionError, first_non_finite
 from eventstore.contract import CANDIDATE, PRODUCTION
 from eventstore.text import redact_credentials
-from serving.budget import check_choice_finite, draws_per_choice, work_units
+from serving.budget import check_choice_finite, work_units
 from serving.decide import choose
 from serving.models.recovery import catch_up, recover
 from serving.models.served import ServedModel, ServingSet, Signature
@@ -96,15 +96,14 @@ def smoke_test(policy: Policy, signature: Signature, max_work_units: int | None 
     bad = first_non_finite(policy.to_state().arrays)
     if bad is not None:
         raise UnsafeModelError(f"state array {bad!r} holds non-finite values")
-    dim_user = signature.dim_user or 1
-    width = max(signature.dim_arm, 0)
-    draws = draws_per_choice(policy)
-    units = work_units(2, dim_user + width, draws, None, 0)
+    units = work_units(policy, 2, None, 0)
     if max_work_units is not None and units > max_work_units:
         raise UnsafeModelError(
-            f"a decision between two candidates costs {units} work units ({draws} draws); "
-            f"the limit max_work_units is {max_work_units}"
+            f"a decision between two candidates costs {units} work units; the limit "
+            f"max_work_units is {max_work_units}"
         )
+    dim_user = signature.dim_user or 1
+    width = max(signature.dim_arm, 0)
     rng = np.random.default_rng(0)
     arms = arm_state(policy)
     known = tuple(arms.arm_ids) if arms is not None else ()

@@ -69,6 +69,7 @@ from bandit_core.policies.base import (
 from bandit_core.policies.linear import build_config
 from bandit_core.policies.neural.buffer import ReplayBuffer
 from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
+from bandit_core.work import PER_CANDIDATE, mlp_work
 
 IntArray = NDArray[np.intp]
 
@@ -221,6 +222,20 @@ class NeuralPolicy:
     def _n_weights(self) -> int:
         """Per-row bootstrap weights stored in the buffer (0: unweighted training)."""
         return 0
+
+    def _passes(self) -> int:
+        """Forward passes of the network per decision (members, or dropout passes)."""
+        return self._members()
+
+    def _head_work(self, n: int) -> int:
+        """Work of a linear head on the network's features (none here)."""
+        return 0
+
+    def decision_work(self, n: int) -> int:
+        """Work units of one choice among ``n`` candidates (:mod:`bandit_core.work`):
+        the network's forward passes, then any head."""
+        forward = mlp_work(self.features.dim, self.config.hidden)
+        return n * (self._passes() * forward + PER_CANDIDATE) + self._head_work(n)
 
     def _choose(
         self, inputs: FloatArray, rng: np.random.Generator

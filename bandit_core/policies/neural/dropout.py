@@ -107,6 +107,10 @@ class MCDropout(NeuralPolicy):
     def _train_spec(self) -> TrainSpec:
         return self.config.train_spec(dropout=self.config.dropout)
 
+    def _passes(self) -> int:
+        cfg = self.config
+        return cfg.n_passes if cfg.mode == "ucb" else cfg.n_sim + 1
+
     def _draw_ucb_masks(self) -> None:
         cfg = self.config
         shape = (cfg.n_passes, 1, 1)

@@ -45,6 +45,7 @@ from bandit_core.montecarlo import MONTE_CARLO_PARAMS
 from bandit_core.nets import to_numpy
 from bandit_core.policies.linear import _ThompsonRule, _UCBRule
 from bandit_core.policies.neural.base import IntArray, NeuralConfig, NeuralPolicy
+from bandit_core.work import linear_work
 
 #: rows encoded per forward pass during a rebuild
 REBUILD_CHUNK = 8192
@@ -173,6 +174,10 @@ class NeuralLinear(NeuralPolicy, HeadStatisticsMethods):
             parts.append(flat)
         phi = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         return phi.reshape(*lead, self.dim_phi)
+
+    def _head_work(self, n: int) -> int:
+        d = self.dim_phi
+        return linear_work(n, d) + self._rule._exploration_work(n, d)
 
     # -- decisions ---------------------------------------------------------------
     def _choose(
