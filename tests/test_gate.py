@@ -102,7 +102,11 @@ def test_decision_serialises() -> None:
         "support_threshold": SUPPORT_THRESHOLD,
         "max_unsupported": MAX_UNSUPPORTED,
     }
-    assert [c["name"] for c in d["checks"]] == ["lower_bound", "effective_sample_size"]
+    assert [c["name"] for c in d["checks"]] == [
+        "lower_bound",
+        "effective_sample_size",
+        "production_estimate",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -291,3 +295,32 @@ def test_a_production_whose_state_no_longer_loads_is_compared_as_the_fallback(
     uniform = evaluate(candidate, None, tmp_path / "replay.parquet", **kwargs)
     assert refused.production.estimates["dr"].value == uniform.production.estimates["dr"].value
     assert refused.gate.promote == uniform.gate.promote
+
+
+@pytest.mark.parametrize(
+    ("production", "why"),
+    [
+        (-3.68331, "outside the held-out reward range [0, 1]"),  # a bar every candidate clears
+        (4.38676e296, "outside the held-out reward range [0, 1]"),  # one none does
+        (float("inf"), "not finite"),
+    ],
+)
+def test_a_production_estimate_no_mean_reward_can_have_refuses_the_comparison(
+    production: float, why: str
+) -> None:
+    """Mislogged or tiny propensities put production's DR estimate (the bar) at −3.7 on a
+    [0, 1] reward: a candidate worse in truth (0.378 against 0.535) passed and was
+    promoted. Production's estimate must be a possible mean reward."""
+    candidate = report("cand", 0.35, 0.10, 0.60)
+    prod = report("prod", production, production - 1, production + 1, ess=3.7)
+    refused = decide(candidate, prod, reward_range=(0.0, 1.0))
+    assert not refused.promote
+    check = next(c for c in refused.checks if c.name == "production_estimate")
+    assert not check.passed and why in check.reason
+    assert "(effective sample size 3.7)" in check.reason
+    assert any(why in r for r in refused.reasons)
+    fine = decide(candidate, report("prod", 0.05, 0.0, 0.1), reward_range=(0.0, 1.0))
+    assert fine.promote
+    assert "production's dr estimate 0.05 lies within the held-out reward range [0, 1]." in (
+        fine.reasons
+    )

@@ -22,7 +22,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
+from sqlalchemy import update
 
 from bandit_core import Candidates, load_state, save_state
 from bandit_core.policies.registry import policy_from_state
@@ -31,6 +33,7 @@ from benchmarks.reliability_hostile import bomb_version, huge_dimension_version,
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from eventstore.records import DecisionRow
+from eventstore.schema import decisions
 from serving.budget import NonFiniteChoiceError, check_choice_finite
 from serving.decide import choose
 from serving.store.repository import write_events
@@ -747,15 +750,26 @@ def _window(
     rng = np.random.default_rng(8)
     start = datetime.now(UTC) - timedelta(hours=1)
     rows: list[Any] = []
+    edits: dict[str, int] = {}
     for i in range(total):
         row = decision_row(rng, created_at=start + timedelta(seconds=i))
         if i < broken and how == "wide":
             row = dataclasses.replace(row, event_id=f"wide-{i}", context=np.ones(500))
+        elif i < broken and how == "mislogged":
+            # a propensity its probabilities do not give (an edited or corrupt store)
+            row = dataclasses.replace(row, event_id=f"mislogged-{i}", propensity=0.001)
+        elif i < broken and how == "chosen":  # edited in the store below
+            wrong = (row.chosen + 1) % len(row.candidate_ids) if i % 2 else 99
+            row = dataclasses.replace(row, event_id=f"chosen-{i}")
+            edits[row.event_id] = wrong
         elif i < broken:
             row = dataclasses.replace(row, event_id=f"zero-{i}", propensity=0.0)
         rows += [row, reward_row(row.event_id, float(rng.random() < 0.5), ts=row.created_at)]
     with engine.begin() as conn:
         write_events(conn, rows)
+        for event_id, chosen in edits.items():  # the service never logs these
+            edit = update(decisions).where(decisions.c.event_id == event_id)
+            conn.execute(edit.values(chosen=chosen))
     engine.dispose()
     return url, start - timedelta(minutes=1), start + timedelta(hours=1)
 
@@ -795,6 +809,41 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
     assert manifest.quarantined == 0 and manifest.rows == 150
     with pytest.raises(DataValidationError):
         validate_features(manifest, tmp_path / "over" / "docs", **rules)
+
+
+@pytest.mark.filterwarnings("ignore:module 'sre_constants' is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:module 'sre_parse' is deprecated:DeprecationWarning")
+def test_a_logged_choice_that_does_not_hold_together_is_quarantined(tmp_path: Path) -> None:
+    """Three held-out rows of 300 whose propensity (0.001) was not their logged
+    probability (1/K) put production's DR estimate at −3.7 on a [0, 1] reward and a worse
+    candidate passed the gate; a ``chosen`` naming another candidate (or none) trained
+    and evaluated the wrong arm, or failed with an IndexError. Such rows are set aside,
+    named; above the share the extraction fails, naming the first."""
+    from datetime import timedelta
+
+    from training.replay import extract_replay
+
+    def extract(how: str, broken: int, total: int = 150) -> Any:
+        url, start, end = _window(tmp_path, broken=broken, total=total, how=how)
+        out = tmp_path / f"{how}-{broken}"
+        return extract_replay(url, start, end, out, reward_window=timedelta(seconds=1)), out
+
+    manifest, out = extract("mislogged", 1)
+    assert (manifest.quarantined, manifest.rows) == (1, 149)
+    set_aside = pd.read_parquet(out / "quarantine.parquet")
+    assert set_aside["event_id"].tolist() == ["mislogged-0"]
+    assert "propensity 0.001 is not its logged probability" in set_aside["reason"][0]
+    manifest, out = extract("chosen", 2, total=200)
+    assert (manifest.quarantined, manifest.rows) == (2, 198)
+    reasons = pd.read_parquet(out / "quarantine.parquet")["reason"].tolist()
+    assert "chosen 99 is not the index of one of its" in reasons[0]
+    assert "not the logged arm" in reasons[1]
+    with pytest.raises(
+        ValueError,
+        match=r"10 of the window's 150 decisions log a choice "
+        r"that does not hold together.*'mislogged-0'.*propensity 0.001",
+    ):
+        extract("mislogged", 10)
 
 
 def test_a_version_whose_scores_overflow_on_client_scale_inputs_is_refused() -> None:

@@ -11,7 +11,14 @@ failing), and other broken rows when they are at most ``max_share`` of the windo
   (not the first row's, which may be the broken one);
 * a row breaks the schema when its context or any candidate's features have another
   width, hold a non-finite value or exceed ``max_abs`` in magnitude, or its propensity is
-  not in (0, 1].
+  not in (0, 1];
+* a row's logged choice must hold together (:func:`inconsistent`): ``chosen`` indexes
+  its ``arm_id`` among the candidates, and the choice probabilities (where logged) are
+  non-negative, sum to 1 and give the chosen arm the logged propensity. The support
+  check reads the probabilities and the importance weights the propensity: a row where
+  they disagree (an edited or corrupt store) moved the gate's production estimate to
+  −3.7 on a [0, 1] reward with three such rows in 300, and a worse model passed.
+  Above ``max_share`` such rows fail the extraction, naming the first.
 
 The set-aside rows go to ``quarantine.parquet`` (``event_id`` and ``reason``) beside the
 replay file, their count to the manifest, and their ids to the data-docs folder of the
@@ -33,6 +40,10 @@ from eventstore.replay import dimensions
 MAX_SHARE = 0.01
 #: Default largest feature magnitude a replay row may hold (the most a policy accepts).
 MAX_ABS = MAX_ABS_INPUT
+#: Largest relative difference between a row's propensity and its logged probability of
+#: the chosen arm, and between its probabilities' sum and 1 (both are one float64 number
+#: as the service logs them).
+CONSISTENCY = 1e-6
 
 
 def off_width(row: Any, dim_user: int, dim_arm: int) -> str | None:
@@ -46,8 +57,46 @@ def off_width(row: Any, dim_user: int, dim_arm: int) -> str | None:
     return None
 
 
+def inconsistent(row: Any) -> str | None:
+    """Why ``row``'s logged choice does not hold together, or None (module docstring)."""
+    ids = list(row.candidate_ids) if row.candidate_ids is not None else []
+    chosen = row.chosen
+    if isinstance(chosen, bool) or not isinstance(chosen, int | np.integer):
+        return f"chosen {chosen!r} is not an index"
+    if not 0 <= int(chosen) < len(ids):
+        return f"chosen {int(chosen)} is not the index of one of its {len(ids)} candidates"
+    if ids[int(chosen)] != row.arm_id:
+        return (
+            f"chosen {int(chosen)} names candidate {str(ids[int(chosen)])[:64]!r}, not the "
+            f"logged arm {str(row.arm_id)[:64]!r}"
+        )
+    probs = np.asarray(row.probabilities if row.probabilities is not None else [], float)
+    if probs.shape != (len(ids),):
+        return f"{probs.size} choice probabilities for {len(ids)} candidates"
+    if np.isnan(probs).all():
+        return None  # not logged with them (an import of another system's logs)
+    if not bool(np.all(np.isfinite(probs))) or bool((probs < 0.0).any()):
+        return "a choice probability is negative or not finite"
+    total = float(probs.sum())
+    if abs(total - 1.0) > CONSISTENCY:
+        return f"its choice probabilities sum to {total:.9g}, not 1"
+    logged, chosen_p = float(row.propensity), float(probs[int(chosen)])
+    if abs(logged - chosen_p) > CONSISTENCY * max(logged, chosen_p):
+        return (
+            f"propensity {logged:.9g} is not its logged probability {chosen_p:.9g} of the "
+            "chosen arm"
+        )
+    return None
+
+
 def why_broken(row: Any, dim_user: int, dim_arm: int, max_abs: float) -> str | None:
-    """Why ``row`` breaks the replay schema, or None."""
+    """Why ``row`` breaks the replay schema or its logged choice does not hold together,
+    or None."""
+    return off_schema(row, dim_user, dim_arm, max_abs) or inconsistent(row)
+
+
+def off_schema(row: Any, dim_user: int, dim_arm: int, max_abs: float) -> str | None:
+    """Why ``row`` breaks the replay schema (what the suite checks), or None."""
     wrong = off_width(row, dim_user, dim_arm)
     if wrong is not None:
         return wrong
@@ -82,6 +131,17 @@ def split(
     wide = np.array([off_width(row, *dims) is not None for row in rows], dtype=bool)
     other = broken & ~wide
     if other.any() and other.mean() > max_share:
+        # the suite fails the run on the schema's rows; it cannot see a choice that does
+        # not hold together, which would be evaluated as logged
+        mixed = [i for i in np.flatnonzero(other) if off_schema(rows[i], *dims, max_abs) is None]
+        if mixed:
+            first = rows[mixed[0]]
+            raise ValueError(
+                f"{len(mixed)} of the window's {len(rows)} decisions log a choice that does "
+                f"not hold together, more than quarantine_max_share ({max_share:g}) of it; "
+                f"the first, event {str(first.event_id)[:64]!r}: {inconsistent(first)}. "
+                "The window cannot be evaluated."
+            )
         broken = wide
     empty = pd.DataFrame({"event_id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
     if not broken.any():

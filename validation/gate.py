@@ -14,6 +14,9 @@ carry the same data fingerprint). The default rule promotes when
   (:func:`unsupported_mass`) is at most ``max_unsupported``. Importance weighting
   cannot see what the logs never tried: without support the estimates above are biased
   or uninformative however narrow their intervals look, and
+* production's estimate, the bar, is a possible mean reward: finite and within the
+  held-out rewards' range (tiny or mislogged propensities put it far outside, where every
+  candidate clears it or none does), and
 * the held-out rewards are not all equal: when every logged reward is the same value
   (no click in the window, or a reward pipeline that delivered none, filled in by
   ``missing_reward = default``), every policy's estimate is that value with an interval
@@ -274,6 +277,7 @@ def decide(
                 ),
             ),
         )
+    checks += (_production_check(rule.estimator, prod.value, prod.ess, reward_range),)
     if reward_range is not None:
         lo, hi = reward_range
         varied = hi > lo
@@ -299,6 +303,35 @@ def decide(
         checks=checks,
         candidate=candidate.policy,
         production=production.policy,
+    )
+
+
+def _production_check(
+    estimator: str, value: float, ess: float, reward_range: tuple[float, float] | None
+) -> GateCheck:
+    """Production's estimate is the bar: it must be a possible mean reward — finite, and
+    within the held-out rewards' range when known. Tiny or mislogged propensities put it
+    at −3.7 on a [0, 1] reward (a bar every candidate clears) or at 10²⁹⁶ (one none
+    does)."""
+    finite = bool(np.isfinite(value))
+    lo, hi = reward_range if reward_range is not None else (-np.inf, np.inf)
+    inside = finite and lo <= value <= hi
+    where = "" if reward_range is None else f" [{lo:.6g}, {hi:.6g}]"
+    state = "not finite" if not finite else f"outside the held-out reward range{where}"
+    reason = (
+        f"production's {estimator} estimate {value:.6g} lies within the held-out reward "
+        f"range{where}."
+        if inside
+        else f"production's {estimator} estimate {value:.6g} (effective sample size "
+        f"{ess:.1f}) is {state}: no policy's mean reward can be, so the window's "
+        "propensities cannot be trusted and the candidate is not compared against it."
+    )
+    return GateCheck(
+        name="production_estimate",
+        passed=inside,
+        value=float(value),
+        threshold=float(lo if finite and value < lo else hi),
+        reason=reason,
     )
 
 
