@@ -178,10 +178,12 @@ class FeatureMap:
         n = contexts.shape[0]
         parts = [contexts, arm_features]
         if self.interactions:
-            parts.append((contexts[:, :, None] * arm_features[:, None, :]).reshape(n, -1))
+            cross = contexts[:, :, None] * arm_features[:, None, :]
+            parts.append(cross.reshape(n, cross.shape[1] * cross.shape[2]))  # n may be 0
         if self.arm_vocabulary:
             parts.append(self.one_hot(arm_ids))
         if self.arm_embedding:
             emb = arm_embeddings(arm_ids, self.arm_embedding)
-            parts.append((contexts[:, :, None] * emb[:, None, :]).reshape(n, -1))
+            cross = contexts[:, :, None] * emb[:, None, :]
+            parts.append(cross.reshape(n, cross.shape[1] * cross.shape[2]))
         return np.concatenate(parts, axis=-1)

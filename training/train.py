@@ -23,19 +23,22 @@ that position's one-hot and learns each reward at the position it names.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bandit_core import Policy, PositionBias, load_policy, make_policy, save_policy
+from bandit_core import MAX_ABS_INPUT, Policy, PositionBias, load_policy, make_policy, save_policy
 from bandit_core.catalog import ALGORITHMS, policy_spec
 from bandit_core.diagnostics import diagnose_linear_failure
 from bandit_core.head_statistics import LinearHeadPolicy
-from bandit_core.policies.position import split_position
+from bandit_core.policies.position import split_position, update_batch_skipping
 from bandit_core.policies.registry import catalog_policy
 from training.replay import HOLDOUT_FRACTION, ReplayData, load_replay
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "policy_state.npz"
 RESULT_FILE = "train.json"
@@ -217,12 +220,11 @@ def train(
             f"the replay window has {decisions} decisions; min_rows is {config.min_rows}."
         )
     policy: Any = build_policy(config, data, train_part.n_rows)
+    refused: list[int] = []
     if policy_spec(config.algorithm).trains_network:
         curve = _train_neural(policy, train_part, holdout, config.curve_points)
     else:
-        policy.rebuild(
-            train_part.contexts, train_part.arm_ids, train_part.rewards, train_part.arm_features
-        )
+        refused = rebuild_rows(policy, train_part)
         curve = []
     diag = None if whole_window else _diagnose(policy, train_part, config.seed)
     out = Path(out_dir)
@@ -234,6 +236,7 @@ def train(
         "n_train": float(train_part.n_rows),
         "n_holdout": float(n_holdout),
         "position_slots": float(slots),
+        "rows_refused": float(len(refused)),
     }
     if curve:
         metrics.update({k: v for k, v in curve[-1].items() if k != "epoch"})
@@ -252,6 +255,41 @@ def train(
     return result
 
 
+def rebuild_rows(policy: Any, part: ReplayData) -> list[int]:
+    """Rebuild ``policy``'s head from ``part``'s rows; the indices of the rows it refused.
+
+    When the head refuses the whole rebuild (a precision that is not positive definite:
+    one decision whose interaction features, products of inputs near the bound, are
+    ~10¹² failed every nightly run of an interaction model while it stayed in the
+    window), the rows are learnt in order from the prior, skipping those the head
+    refuses, as recovery and replica sync do
+    (:func:`bandit_core.policies.position.update_batch_skipping`), and they are named
+    in the log.
+    """
+    try:
+        policy.rebuild(part.contexts, part.arm_ids, part.rewards, part.arm_features)
+        return []
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("the head refused the rebuild (%s); learning the rows one batch at a time", exc)
+    none = slice(0, 0)
+    policy.rebuild(
+        part.contexts[none], part.arm_ids[none], part.rewards[none], part.arm_features[none]
+    )
+    refused = update_batch_skipping(
+        policy, part.contexts, part.arm_ids, part.rewards, part.arm_features, None
+    )
+    if refused:
+        named = ", ".join(repr(str(part.event_ids[i])[:64]) for i in refused[:5])
+        log.warning(
+            "the head refused %d of %d rows (events %s%s): left out",
+            len(refused),
+            part.n_rows,
+            named,
+            ", …" if len(refused) > 5 else "",
+        )
+    return refused
+
+
 def _diagnose(policy: Any, data: ReplayData, seed: int) -> Any:
     policy = catalog_policy(policy)  # the model inside its overlap floor
     config = policy.config if policy_spec(policy.name).config_class() is not None else None
@@ -263,8 +301,20 @@ def _diagnose(policy: Any, data: ReplayData, seed: int) -> Any:
         one_hot = np.eye(len(arms))[[arms.index(a) for a in data.arm_ids]]
         inputs = np.hstack([data.contexts, one_hot])
     hidden = tuple(getattr(config, "hidden", (50,)))
+    # rows whose model features pass the bound every input is held to (interactions of
+    # inputs near it) are left out of the diagnostic, not the run
+    within = np.all(np.abs(inputs) <= MAX_ABS_INPUT, axis=1)
+    if not within.any():
+        log.warning("no row's model features are within %g: no diagnostic", MAX_ABS_INPUT)
+        return None
+    if not within.all():
+        log.warning(
+            "the linear-failure diagnostic leaves out %d rows whose model features exceed %g",
+            int((~within).sum()),
+            MAX_ABS_INPUT,
+        )
     return diagnose_linear_failure(
-        inputs, data.rewards, np.random.default_rng(seed), hidden=hidden, epochs=20
+        inputs[within], data.rewards[within], np.random.default_rng(seed), hidden=hidden, epochs=20
     )
 
 
@@ -294,9 +344,7 @@ def rebuild_head(
         if slots:
             data = data.with_position_features(slots)
         train_part = data if holdout_fraction is None else data.split(holdout_fraction)[0]
-        policy.rebuild(
-            train_part.contexts, train_part.arm_ids, train_part.rewards, train_part.arm_features
-        )
+        rebuild_rows(policy, train_part)
     return save_policy(loaded, out_path)
 
 

@@ -1,0 +1,83 @@
+"""A window holding a row the head cannot learn trains without it, named (one decision of
+features near the input bound failed every nightly run of an interaction model)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bandit_core import load_policy, make_policy
+from training.train import TrainConfig, rebuild_head, train
+
+K = 4
+ROWS = 400
+DIM_USER, DIM_ARM = 3, 2
+
+
+def _window(path: Path, huge: tuple[int, ...]) -> Path:
+    """A uniformly logged replay window; the rows ``huge`` hold features at ±10⁶ (the
+    bound the service accepts)."""
+    rng = np.random.default_rng(5)
+    ids = [f"arm-{a}" for a in range(K)]
+    rows = []
+    for t in range(ROWS):
+        x = rng.standard_normal(DIM_USER)
+        feats = rng.standard_normal((K, DIM_ARM))
+        if t in huge:
+            x, feats = np.full(DIM_USER, 1e6), np.full((K, DIM_ARM), -1e6)
+        a = int(rng.integers(K))
+        rows.append(
+            {
+                "event_id": f"e{t}",
+                "context": x.tolist(),
+                "candidate_ids": ids,
+                "candidate_features": feats.tolist(),
+                "chosen": a,
+                "reward": float(rng.random() < 0.3),
+                "propensity": 1.0 / K,
+                "probabilities": [1.0 / K] * K,
+                "model_version": "fallback",
+            }
+        )
+    out = path / "replay.parquet"
+    pd.DataFrame(rows).to_parquet(out)
+    return out
+
+
+@pytest.mark.parametrize("algorithm", ["shared_lints", "shared_linucb"])
+def test_a_row_the_head_refuses_is_left_out_named_not_the_run(
+    tmp_path: Path, algorithm: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: ``ValueError: precision matrix must be symmetric positive definite`` at
+    train, every night while the row stayed in the window (and the linear-failure
+    diagnostic refused the interactions of inputs near the bound)."""
+    replay = _window(tmp_path, huge=(100,))
+    config = TrainConfig(algorithm, {"interactions": True}, min_rows=100)
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        result = train(replay, config, tmp_path / "train")
+    assert result.metrics["rows_refused"] == 1.0
+    assert "'e100'" in caplog.text and "refused 1 of" in caplog.text
+    assert json.loads((tmp_path / "train" / "train.json").read_text())["diagnostics"]
+    # the head equals one that learnt the other rows in order, from the prior
+    policy = load_policy(result.state_path)
+    expected = make_policy(algorithm, dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True)
+    frame = pd.read_parquet(replay).iloc[: result.n_train].drop(index=100)
+    chosen = frame["chosen"].to_numpy()
+    feats = np.stack(
+        [np.asarray(list(f[c])) for f, c in zip(frame["candidate_features"], chosen, strict=True)]
+    )
+    expected.update_batch(
+        np.stack(frame["context"].map(list)),
+        [ids[c] for ids, c in zip(frame["candidate_ids"], chosen, strict=True)],
+        frame["reward"].to_numpy(),
+        feats,
+    )
+    np.testing.assert_allclose(policy.head.theta_, expected.head.theta_, rtol=1e-7, atol=1e-9)
+    # the head rebuild of the pipeline (the evaluated state, then the refit) does the same
+    rebuilt = rebuild_head(result.state_path, replay, tmp_path / "rebuilt.npz")
+    np.testing.assert_allclose(load_policy(rebuilt).head.theta_, policy.head.theta_, atol=1e-9)
