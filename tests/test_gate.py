@@ -295,6 +295,13 @@ def test_a_production_whose_state_no_longer_loads_is_compared_as_the_fallback(
     uniform = evaluate(candidate, None, tmp_path / "replay.parquet", **kwargs)
     assert refused.production.estimates["dr"].value == uniform.production.estimates["dr"].value
     assert refused.gate.promote == uniform.gate.promote
+    # a production of other widths than the window's (the catalog's features changed):
+    # before, "candidates.features must have 1 columns (dim_arm); got 2" at every retrain
+    wide = save_policy(make_policy("shared_lints", dim_user=2, dim_arm=2), tmp_path / "w.npz")
+    other = evaluate(candidate, wide, tmp_path / "replay.parquet", **kwargs)
+    (note,) = [n for n in other.production.notes if "takes dim_user" in n]
+    assert "dim_user=2, dim_arm=2; the window's decisions have dim_user=2, dim_arm=1" in note
+    assert other.production.estimates["dr"].value == uniform.production.estimates["dr"].value
 
 
 @pytest.mark.parametrize(

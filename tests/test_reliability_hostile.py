@@ -750,7 +750,7 @@ def _window(
     rng = np.random.default_rng(8)
     start = datetime.now(UTC) - timedelta(hours=1)
     rows: list[Any] = []
-    edits: dict[str, int] = {}
+    edits: dict[str, dict[str, float]] = {}
     for i in range(total):
         row = decision_row(rng, created_at=start + timedelta(seconds=i))
         if i < broken and how == "wide":
@@ -761,15 +761,18 @@ def _window(
         elif i < broken and how == "chosen":  # edited in the store below
             wrong = (row.chosen + 1) % len(row.candidate_ids) if i % 2 else 99
             row = dataclasses.replace(row, event_id=f"chosen-{i}")
-            edits[row.event_id] = wrong
+            edits[row.event_id] = {"chosen": wrong}
+        elif i < broken and how == "se":
+            row = dataclasses.replace(row, event_id=f"se-{i}")
+            edits[row.event_id] = {"propensity_se": float("inf") if i % 2 else -0.5}
         elif i < broken:
             row = dataclasses.replace(row, event_id=f"zero-{i}", propensity=0.0)
         rows += [row, reward_row(row.event_id, float(rng.random() < 0.5), ts=row.created_at)]
     with engine.begin() as conn:
         write_events(conn, rows)
-        for event_id, chosen in edits.items():  # the service never logs these
+        for event_id, values in edits.items():  # the service never logs these
             edit = update(decisions).where(decisions.c.event_id == event_id)
-            conn.execute(edit.values(chosen=chosen))
+            conn.execute(edit.values(**values))
     engine.dispose()
     return url, start - timedelta(minutes=1), start + timedelta(hours=1)
 
@@ -838,6 +841,13 @@ def test_a_logged_choice_that_does_not_hold_together_is_quarantined(tmp_path: Pa
     reasons = pd.read_parquet(out / "quarantine.parquet")["reason"].tolist()
     assert "chosen 99 is not the index of one of its" in reasons[0]
     assert "not the logged arm" in reasons[1]
+    manifest, out = extract("se", 2, total=200)  # before: the evaluation refused the run
+    assert (manifest.quarantined, manifest.rows) == (2, 198)
+    reasons = pd.read_parquet(out / "quarantine.parquet")["reason"].tolist()
+    assert reasons == [
+        "propensity_se -0.5 is not a standard error (finite, at least 0)",
+        "propensity_se inf is not a standard error (finite, at least 0)",
+    ]
     with pytest.raises(
         ValueError,
         match=r"10 of the window's 150 decisions log a choice "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from bandit_core import Candidates, Policy, load_policy, make_policy
+from bandit_core.policies.registry import input_widths
 from training.replay import HOLDOUT_FRACTION, ReplayData, load_replay
 from validation.gate import (
     GateDecision,
@@ -315,23 +316,39 @@ class EvaluationResult:
         return out
 
 
-def production_policy(path: str | Path | None, dim_user: int) -> tuple[Policy, str | None]:
+def production_policy(
+    path: str | Path | None, dim_user: int, dim_arm: int | None = None
+) -> tuple[Policy, str | None]:
     """The policy the candidate is compared with, and a note when it is not production's:
-    the uniform policy when there is no production, or when its state no longer loads (a
+    the uniform policy when there is no production, when its state no longer loads (a
     version saved by an older banditops in a layout this one refuses; the service then
-    serves its fallback, so that is what the candidate would replace). Before, such a
-    production stopped every retrain (upgrade helper, stop 45)."""
+    serves its fallback, so that is what the candidate would replace) or when it takes
+    other widths than the window's ``dim_user`` / ``dim_arm`` (the catalog's features
+    changed: the service refuses production's requests of the new width and serves its
+    fallback). Before, such a production stopped every retrain (upgrade helper, stop 45;
+    a width change, hostile-data helper, stop 49)."""
     if path is None:
         return make_policy("uniform", dim_user=dim_user), None
     try:
-        return load_policy(path), None
+        policy = load_policy(path)
     except ValueError as exc:
-        note = (
-            f"the production version's state does not load ({exc}); compared with the "
-            "uniform policy, what the service serves while it cannot load production"
+        why = f"the production version's state does not load ({exc})"
+    else:
+        own_user, own_arm, _ = input_widths(policy)
+        user_ok = own_user is None or own_user == dim_user
+        arm_ok = dim_arm is None or own_arm == 0 or own_arm == dim_arm
+        if user_ok and arm_ok:
+            return policy, None
+        why = (
+            f"the production version takes dim_user={own_user}, dim_arm={own_arm}; the "
+            f"window's decisions have dim_user={dim_user}, dim_arm={dim_arm}"
         )
-        log.warning("%s", note)
-        return make_policy("uniform", dim_user=dim_user), note
+    note = (
+        f"{why}; compared with the uniform policy, what the service serves while it cannot "
+        "use production"
+    )
+    log.warning("%s", note)
+    return make_policy("uniform", dim_user=dim_user), note
 
 
 def evaluate(
@@ -351,7 +368,7 @@ def evaluate(
     """
     _, holdout = load_replay(replay_path).split(holdout_fraction)
     candidate = load_policy(candidate_state)
-    production, refused = production_policy(production_state, holdout.dim_user)
+    production, refused = production_policy(production_state, holdout.dim_user, holdout.dim_arm)
     slates = holdout.len_list > 1  # position-wise: both policies rank the logged positions
     if dense_entries(holdout) <= DENSE_ENTRIES:
         batch = logged_batch(holdout)

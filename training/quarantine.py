@@ -13,7 +13,8 @@ failing), and other broken rows when they are at most ``max_share`` of the windo
   width, hold a non-finite value or exceed ``max_abs`` in magnitude, or its propensity is
   not in (0, 1];
 * a row's logged choice must hold together (:func:`inconsistent`): ``chosen`` indexes
-  its ``arm_id`` among the candidates, and the choice probabilities (where logged) are
+  its ``arm_id`` among the candidates, a propensity's standard error (where logged) is
+  finite and not negative, and the choice probabilities (where logged) are
   non-negative, sum to 1 and give the chosen arm the logged propensity. The support
   check reads the probabilities and the importance weights the propensity: a row where
   they disagree (an edited or corrupt store) moved the gate's production estimate to
@@ -28,6 +29,7 @@ GX suite fails the run on them as before.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -70,6 +72,10 @@ def inconsistent(row: Any) -> str | None:
             f"chosen {int(chosen)} names candidate {str(ids[int(chosen)])[:64]!r}, not the "
             f"logged arm {str(row.arm_id)[:64]!r}"
         )
+    se = getattr(row, "propensity_se", None)
+    if se is not None and not math.isnan(se) and not 0.0 <= se < math.inf:
+        # the evaluation's propensity flags refused the run on it, naming no event
+        return f"propensity_se {se!r} is not a standard error (finite, at least 0)"
     probs = np.asarray(row.probabilities if row.probabilities is not None else [], float)
     if probs.shape != (len(ids),):
         return f"{probs.size} choice probabilities for {len(ids)} candidates"

@@ -464,11 +464,13 @@ def reduce_head(
 
 
 # ---------------------------------------------------------------------- map: OPE
-def _evaluated_policies(shard: Mapping[str, Any], state_path: str | Path, dim_user: int) -> Any:
+def _evaluated_policies(
+    shard: Mapping[str, Any], state_path: str | Path, dim_user: int, dim_arm: int
+) -> Any:
     from training.evaluate import production_policy
 
     candidate = load_policy(state_path)
-    production, _ = production_policy(shard.get("baseline_state") or None, dim_user)
+    production, _ = production_policy(shard.get("baseline_state") or None, dim_user, dim_arm)
     return {"candidate": candidate, "production": production}
 
 
@@ -513,7 +515,7 @@ def shard_evaluation(
     """
     data = replay_from_frame(read_rows(shard["replay"], shard["start"], shard["stop"]).to_pandas())
     model = RidgeRewardModel.load(reward_model)
-    policies = _evaluated_policies(shard, state_path, data.dim_user)
+    policies = _evaluated_policies(shard, state_path, data.dim_user, data.dim_arm)
     seed, first_block = int(shard["seed"]), int(shard["first_block"])
     threshold = float(shard["support_threshold"])
     start = int(shard["start"])

@@ -96,3 +96,19 @@ def catalog_policy(policy: Any) -> Any:
     if inner is None:
         raise ValueError(f"{getattr(policy, 'name', policy)!r} wraps no catalog policy.")
     return inner
+
+
+def input_widths(policy: Policy) -> tuple[int | None, int, int]:
+    """``(dim_user, dim_arm, position_slots)`` a policy's decisions take, from its state's
+    configuration (wrappers unwrapped): ``dim_user`` None for any context, ``dim_arm`` the
+    width of a candidate's features (0: not used, any width accepted), ``position_slots``
+    > 0 for a position bias (its head sees ``dim_arm + position_slots``)."""
+    config: dict[str, Any] = policy.to_state().config
+    slots = 0
+    while "inner" in config:
+        slots = max(slots, int(config.get("position_slots", 0) or 0))
+        config = config["inner"]["config"]
+    dim_user = config.get("dim_user")
+    shared = config.get("shared", True)
+    dim_arm = int(config.get("dim_arm", 0) or 0) if shared else 0
+    return None if dim_user is None else int(dim_user), dim_arm - slots, slots

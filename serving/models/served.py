@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 from bandit_core import Policy
 from bandit_core.head_statistics import LinearHeadPolicy
+from bandit_core.policies.registry import input_widths
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,7 @@ class Signature:
     @classmethod
     def of(cls, policy: Policy) -> Signature:
         """Read the dimensions from the policy's state config (wrappers unwrapped)."""
-        config: dict[str, Any] = policy.to_state().config
-        slots = 0
-        while "inner" in config:
-            slots = max(slots, int(config.get("position_slots", 0) or 0))
-            config = config["inner"]["config"]
-        dim_user = config.get("dim_user")
-        shared = config.get("shared", True)
-        dim_arm = int(config.get("dim_arm", 0) or 0) if shared else 0
-        return cls(None if dim_user is None else int(dim_user), dim_arm - slots, slots)
+        return cls(*input_widths(policy))
 
 
 #: The members :class:`LinearHeadPolicy` asks for, and whether each is a method.
