@@ -391,14 +391,15 @@ def holds(conn: Connection, token: str) -> bool:
     return not any(r[0] != token and r[2] > now and conflicts_with(mode, r[1]) for r in rows)
 
 
-#: :func:`holds`'s statement per dialect: every lease with the store's clock (built once:
-#: it runs in every batch of the event writer, and a statement built anew costs more than
-#: running it).
+#: :func:`holds`'s statement per dialect but PostgreSQL's (``_HOLDS_POSTGRESQL``): every
+#: lease with the store's clock (built once: it runs in every batch of the event writer,
+#: and a statement built anew costs more than running it).
 _HOLDS = {
     dialect: select(
         service_leases.c.token, service_leases.c.mode, service_leases.c.expires_at, clock
     )
     for dialect, clock in _CLOCK.items()
+    if dialect != "postgresql"
 }
 _HOLDS_POSTGRESQL = (
     "SELECT pg_advisory_xact_lock_shared(%(key)s); "
