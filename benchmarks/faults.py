@@ -56,6 +56,10 @@ class TcpProxy:
         self.connections = 0
         self.refused = 0
         self.cuts = 0
+        self._marker: bytes | None = None
+        self._frozen: set[tuple[socket.socket, socket.socket]] = set()
+        self._thawed = threading.Event()
+        self._thawed.set()
 
     # ------------------------------------------------------------------ control
     def __enter__(self) -> TcpProxy:
@@ -82,6 +86,23 @@ class TcpProxy:
     def restore(self) -> None:
         """Forward new connections again."""
         self._up.set()
+
+    def freeze_on(self, marker: bytes) -> None:
+        """Forward until a client sends ``marker``, then hold that connection's traffic,
+        both ways, until :meth:`thaw`: a server that stopped answering in the middle of a
+        statement (it never raises, and no server-side timeout reaches it)."""
+        self._thawed.clear()
+        self._marker = marker
+
+    def thaw(self) -> None:
+        """Let the held connections go on; freeze no more."""
+        self._marker = None
+        self._thawed.set()
+
+    @property
+    def frozen(self) -> int:
+        """Connections held by :meth:`freeze_on`."""
+        return len(self._frozen)
 
     @contextlib.contextmanager
     def outage(self) -> Iterator[None]:
@@ -137,6 +158,11 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                marker = self._marker
+                if marker is not None and src is pair[0] and marker in data:
+                    self._frozen.add(pair)
+                if pair in self._frozen:
+                    self._thawed.wait()
                 dst.sendall(data)
         except OSError:
             pass

@@ -307,3 +307,52 @@ def test_a_reward_for_a_decision_another_worker_journaled_is_retried_not_404(
         segment.write_bytes(b"")  # drained into the store: the event is not there
         got = client.post("/v1/rewards", json=body)
         assert got.status_code == 404, got.text
+
+
+@pytest.mark.postgres
+def test_a_drain_the_store_stops_answering_in_the_middle_of_is_a_stall(
+    postgres_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A store that stops answering in the middle of a drain's INSERT never raises: the
+    drain counted as no write in progress, so every request waited its full deadline and
+    /readyz said 200 (stalled-store helper, stop 49). Now the drain's current transaction
+    is the write in progress, and a drain that makes progress is none."""
+    with scratch_postgres_database(postgres_url, prefix="banditops_journal") as url:
+        direct = make_engine(url)
+        upgrade(direct)
+        target = sa.make_url(url)
+        with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+            proxied = make_engine(
+                target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+                connect_timeout_s=2,
+            )
+            journal = Journal(tmp_path / "journal").open()
+            drained: list[object] = []
+            writer = GroupCommitWriter(
+                proxied, write_events, spool=journal, on_drained=drained.append, probe_s=0.1
+            ).start()
+            proxy.cut()
+            during = [decision_row(rng) for _ in range(20)]
+            assert [writer.submit(row).result(timeout=30) for row in during] == [None] * 20
+            assert writer.degraded and journal.events == 20
+            proxy.freeze_on(b"INSERT INTO decisions")
+            proxy.restore()
+            deadline = time.monotonic() + 30
+            late = []
+            while proxy.frozen == 0 and time.monotonic() < deadline:
+                # a batch drains the journal first, once the probe saw the store back
+                late.append(writer.submit(decision_row(rng)))
+                time.sleep(0.2)
+            assert proxy.frozen == 1  # the drain's INSERT, held
+            time.sleep(1.5)
+            assert writer.in_flight_s() > 1.0  # before: 0.0 while a drain ran
+            assert not late[-1].done()
+            proxy.thaw()
+            assert [f.result(timeout=30) for f in late] == [None] * len(late)
+            assert writer.in_flight_s() < 1.0 and len(drained) == 1 and journal.events == 0
+            writer.close()
+            journal.close()
+            proxied.dispose()
+        ids = [r.event_id for r in during]
+        assert EventStore(direct).existing_event_ids(ids) == set(ids)
+        direct.dispose()

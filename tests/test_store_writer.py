@@ -351,7 +351,7 @@ class _Journal:
         self.batches.append(len(items))
         return [None for _ in items]
 
-    def drain(self, engine: object) -> None:
+    def drain(self, engine: object, progress: object = None) -> None:
         raise sa.exc.OperationalError("drain", {}, Exception("still down"))
 
     def observe(self, items: object, results: object) -> None:

@@ -261,6 +261,7 @@ def drain_records(
     records: Sequence[DecisionRow | JudgedReward],
     rejected: Path | None = None,
     guard: Guard | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> DrainReport:
     """Copy ``records`` into the store in order, skipping those already there.
 
@@ -270,7 +271,9 @@ def drain_records(
     of failing the drain: before, one such record failed every drain, kept the service
     degraded and its restart from starting. An outage still raises (the drain is
     retried). ``guard`` wraps the writes of each transaction (a lease that no longer
-    holds raises there: the transaction rolls back, the drain stops)."""
+    holds raises there: the transaction rolls back, the drain stops); ``progress`` is
+    called after each (the writer's stall watch: a store that stops answering in the
+    middle of a chunk never raises)."""
     guard = guard or _no_guard
     started = time.perf_counter()
     report = DrainReport()
@@ -282,6 +285,10 @@ def drain_records(
         except (IntegrityError, DataError):
             for record in chunk:
                 report.add(_drain_or_reject(engine, record, rejected, guard))
+                if progress is not None:
+                    progress()
+        if progress is not None:
+            progress()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -608,8 +615,9 @@ class Journal:
             raise
         self._size += len(data)
 
-    def drain(self, engine: Engine) -> DrainReport:
-        """Copy this process's journaled events into the store, then empty the segment.
+    def drain(self, engine: Engine, progress: Callable[[], None] | None = None) -> DrainReport:
+        """Copy this process's journaled events into the store, then empty the segment
+        (``progress`` called after each transaction: :func:`drain_records`).
 
         Raises whatever the database raises (the segment is kept, and the next drain
         skips what this one wrote)."""
@@ -620,7 +628,8 @@ class Journal:
         while chunk := os.read(self._fd, 1 << 20):
             data += chunk
         found, _ = read_records(data)
-        report = drain_records(engine, found, self.directory / REJECTED_FILE, self.guard)
+        rejected = self.directory / REJECTED_FILE
+        report = drain_records(engine, found, rejected, self.guard, progress)
         os.ftruncate(self._fd, 0)
         os.fsync(self._fd)
         with self._lock:

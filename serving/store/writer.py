@@ -80,8 +80,9 @@ class Spool(Protocol):
         """Store ``items`` durably; per item its result or the exception refusing it."""
         ...
 
-    def drain(self, engine: Engine) -> Any:
-        """Copy everything spooled into the database (raises while it is unreachable)."""
+    def drain(self, engine: Engine, progress: Callable[[], None] | None = None) -> Any:
+        """Copy everything spooled into the database (raises while it is unreachable),
+        calling ``progress`` after each transaction."""
         ...
 
     def observe(self, items: Sequence[Any], results: Sequence[Any]) -> None:
@@ -273,11 +274,15 @@ class GroupCommitWriter(Generic[T, R]):
         self._last_drain()
 
     def in_flight_s(self) -> float:
-        """Seconds the batch being written (to the store or the journal) has taken so far;
-        0.0 between batches and during a journal's drain (which makes progress chunk by
-        chunk: a long one is no stall). Any thread."""
+        """Seconds the batch being written (to the store or the journal), or the current
+        transaction of a journal's drain, has taken so far (a long drain that makes
+        progress is no stall); 0.0 between batches. Any thread."""
         began = self._began
         return 0.0 if began is None else max(0.0, time.monotonic() - began)
+
+    def _progressed(self) -> None:
+        """A drain's transaction committed: the next one's time starts now."""
+        self._began = time.monotonic()
 
     def _commit(self, batch: list[tuple[T, Future[R]]]) -> None:
         # A future cancelled before now was withdrawn by its caller (it told its client
@@ -403,8 +408,12 @@ class GroupCommitWriter(Generic[T, R]):
         if self._conn is not None:  # opened before the outage: not to be trusted
             self._conn.close()
             self._conn = None
+        # a drain is a write in progress too: stalled when a transaction of it has taken
+        # longer than the deadline (a store that stopped answering in the middle of one
+        # never raises; every request waited its deadline, and /readyz said 200)
+        self._began = time.monotonic()
         try:
-            report = self._spool.drain(self.engine)
+            report = self._spool.drain(self.engine, self._progressed)
         except Exception as exc:
             log.warning("journal drain failed (%s); still degraded", exc)
             self._start_probe()
