@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -438,7 +439,7 @@ class DecisionService:
         self._blas = threadpool_limits(limits=1)
         try:
             if self.journal is not None:  # events of a run that ended degraded go first
-                await asyncio.to_thread(self.journal.recover, self.engine)
+                await self._recover_journal(self.journal)
                 self.journal.open()
             await self.catalog.start()
         except BaseException:  # a failed start holds no lease
@@ -459,6 +460,52 @@ class DecisionService:
         self._timer = asyncio.create_task(self.snapshots.timer(self._served_models))
         if self.replicas is not None:
             self._sync_task = asyncio.create_task(self.replicas.run(self._served_models))
+
+    async def _recover_journal(self, journal: Journal) -> None:
+        """Drain the journal a previous run left (:meth:`Journal.recover`) in a daemon
+        thread, watched: a transaction of it that takes longer than ``store_deadline_s``
+        fails the start (a store that stops answering in the middle of a statement never
+        raises: the start waited for ever, its port never opened and SIGTERM went
+        unanswered). The thread is left behind, a daemon: the process can still exit."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        last = [time.monotonic()]
+
+        def progress() -> None:
+            last[0] = time.monotonic()
+
+        def settle(exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def run() -> None:
+            outcome: BaseException | None = None
+            try:
+                journal.recover(self.engine, progress)
+            except BaseException as exc:  # the waiter's to raise, if it still waits
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, outcome)
+
+        threading.Thread(target=run, name="journal-recover", daemon=True).start()
+        bound = self.settings.store_deadline_s
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(done), timeout=min(1.0, bound))
+                return
+            except TimeoutError:
+                stalled = time.monotonic() - last[0]
+                if stalled > bound:
+                    raise StoreUnavailableError(
+                        f"the journal a previous run left could not be drained: the event "
+                        f"store has not finished a write of it for {stalled:.0f} s "
+                        f"(store_deadline_s {bound:g}); the journal is kept for the next "
+                        "start"
+                    ) from None
 
     async def stop(self) -> None:
         """Stop polling, snapshot every head with unsaved rewards, commit, close."""

@@ -6,6 +6,7 @@ keeps acknowledging events and drains them when the link is back."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from pathlib import Path
@@ -354,5 +355,61 @@ def test_a_drain_the_store_stops_answering_in_the_middle_of_is_a_stall(
             journal.close()
             proxied.dispose()
         ids = [r.event_id for r in during]
+        assert EventStore(direct).existing_event_ids(ids) == set(ids)
+        direct.dispose()
+
+
+@pytest.mark.postgres
+def test_a_start_whose_journal_drain_the_store_stops_answering_fails_in_its_deadline(
+    postgres_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A restart drains the journal its previous run left before it serves; a store that
+    stopped answering in the middle of that drain's INSERT kept the start waiting for
+    ever (the port never opened, SIGTERM went unanswered: stalled-store helper, stop 49).
+    Now the start fails once a transaction of it has taken ``store_deadline_s``, the
+    journal kept; the next start, with the store answering, drains it."""
+    from serving.metrics import ServiceMetrics
+    from serving.service import DecisionService, StoreUnavailableError
+    from tests.serving_helpers import service_settings
+
+    with scratch_postgres_database(postgres_url, prefix="banditops_journal") as url:
+        direct = make_engine(url)
+        upgrade(direct)
+        target = sa.make_url(url)
+        with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+            proxied = target.set(host="127.0.0.1", port=proxy.port)
+            settings = service_settings(
+                tmp_path,
+                store_url=proxied.render_as_string(hide_password=False),
+                store_deadline_s=1.5,
+                store_lock_timeout_s=1.0,
+                lease_s=5.0,
+            )
+            left = Journal(settings.journal_path).open()  # a run that ended degraded
+            rows = [decision_row(rng) for _ in range(30)]
+            assert left.spool(rows) == [None] * 30
+            left.close()
+            proxy.freeze_on(b"INSERT INTO decisions")
+
+            async def start() -> float:
+                service = DecisionService.from_settings(settings, ServiceMetrics())
+                began = time.monotonic()
+                with pytest.raises(StoreUnavailableError, match="could not be drained"):
+                    await service.start()
+                return time.monotonic() - began
+
+            assert asyncio.run(start()) < 15.0  # before: no end
+            assert proxy.frozen == 1
+            proxy.thaw()
+            assert EventStore(direct).count_rows()["decisions"] in (0, 30)  # one transaction
+            time.sleep(6.0)  # the failed start's lease lapses (it could not release it)
+
+            async def restart() -> None:
+                service = DecisionService.from_settings(settings, ServiceMetrics())
+                await service.start()
+                await service.stop()
+
+            asyncio.run(restart())
+        ids = [r.event_id for r in rows]
         assert EventStore(direct).existing_event_ids(ids) == set(ids)
         direct.dispose()

@@ -438,9 +438,10 @@ class Journal:
         self.guard: Guard | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def recover(self, engine: Engine) -> DrainReport:
+    def recover(self, engine: Engine, progress: Callable[[], None] | None = None) -> DrainReport:
         """Drain and delete every segment no live process holds (call before
-        :meth:`open`, with the database reachable)."""
+        :meth:`open`, with the database reachable; ``progress`` called after each
+        transaction: :func:`drain_records`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         report = DrainReport()
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
@@ -456,7 +457,8 @@ class Journal:
                         path.name,
                         len(data) - valid,
                     )
-                report.add(drain_records(engine, found, self.directory / REJECTED_FILE, self.guard))
+                rejected = self.directory / REJECTED_FILE
+                report.add(drain_records(engine, found, rejected, self.guard, progress))
                 path.unlink(missing_ok=True)
         _fsync_dir(self.directory)
         if report.records:
