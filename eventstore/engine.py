@@ -21,6 +21,8 @@ from eventstore.settings import CORE_DEFAULTS, SqliteSynchronous
 
 log = logging.getLogger(__name__)
 
+#: Longest a statement waits for a lock another connection holds unless told otherwise:
+#: SQLite's busy timeout and PostgreSQL's ``lock_timeout`` (:func:`make_engine`).
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -119,8 +121,12 @@ def make_engine(
         commit waits for a checkpoint.
     lock_timeout_s : float, optional
         Longest a statement waits for a lock another connection holds: SQLite's busy
-        timeout (default :data:`SQLITE_BUSY_TIMEOUT_MS`), PostgreSQL's ``lock_timeout``
-        (default none: wait). Past it the statement fails (``OperationalError``).
+        timeout, PostgreSQL's ``lock_timeout`` (default for both
+        :data:`SQLITE_BUSY_TIMEOUT_MS`: before, a PostgreSQL command waited for ever
+        behind a table another session locked, and its server session kept waiting
+        after its client was killed). Past it the statement fails (``OperationalError``).
+        A wait meant to be longer says so in its transaction (:func:`take_turn`, the
+        migrations' lock).
     idle_in_transaction_s : float, optional
         PostgreSQL: the server ends a session whose transaction waits this long for the
         client's next statement (``idle_in_transaction_session_timeout``), so a
@@ -181,9 +187,7 @@ def make_engine(
             )
         if connect_timeout_s is not None:
             libpq["tcp_user_timeout"] = max(1000, round(connect_timeout_s * 1000))
-        server = []
-        if lock_ms is not None:
-            server.append(f"-c lock_timeout={lock_ms}")
+        server = [f"-c lock_timeout={lock_ms or SQLITE_BUSY_TIMEOUT_MS}"]
         if idle_in_transaction_s is not None:
             if not idle_in_transaction_s > 0:
                 raise ValueError(

@@ -442,3 +442,46 @@ def test_serve_refuses_a_guessable_secret(
 def test_serve_names_an_unknown_log_level(workspace: Path) -> None:
     code, output = _run("serve", "--log-level", "bogus")
     assert code == 2 and "--log-level" in output and "must be one of" in output, output
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("table", "args"),
+    [
+        ("rollouts", ("rollout", "status")),
+        ("decisions", ("store", "prune", "--older-than", "90d")),
+    ],
+)
+def test_a_command_behind_a_locked_table_gives_up_in_one_line(
+    workspace: Path,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    table: str,
+    args: tuple[str, ...],
+) -> None:
+    """A PostgreSQL session holding a table (ACCESS EXCLUSIVE) kept every command that
+    reads it waiting for ever, silent, and its server session kept waiting after the
+    client was killed (stalled-store helper, stop 49): a statement waits for another's
+    lock at most ``SQLITE_BUSY_TIMEOUT_MS``, as on SQLite."""
+    import time
+
+    import sqlalchemy as sa
+
+    from eventstore.engine import SQLITE_BUSY_TIMEOUT_MS, make_engine
+    from eventstore.migrate import upgrade
+    from eventstore.scratch import scratch_postgres_database
+
+    with scratch_postgres_database(postgres_url, prefix="banditops_cli") as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        monkeypatch.setenv("BANDITOPS_DATABASE_URL", url)
+        holder = sa.create_engine(url)
+        with holder.connect() as conn, conn.begin():
+            conn.exec_driver_sql(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            code, out = _run(*args)
+            took = time.monotonic() - started
+        holder.dispose()
+        engine.dispose()
+    assert code in (1, 2) and out.startswith("error:") and "lock timeout" in out, out
+    assert SQLITE_BUSY_TIMEOUT_MS / 1000 <= took < 60

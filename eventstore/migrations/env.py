@@ -36,7 +36,9 @@ def run_migrations_online() -> None:
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
             if connection.dialect.name == "postgresql":
                 # the others wait here, then find the store at the revision this one
-                # reached (before, one of two replicas starting at once failed)
+                # reached (before, one of two replicas starting at once failed); a
+                # migration waits as long as it takes, for the other's and for its tables
+                connection.execute(text("SELECT set_config('lock_timeout', '0', true)"))
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
                 )
