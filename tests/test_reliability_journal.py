@@ -345,9 +345,11 @@ def test_a_drain_the_store_stops_answering_in_the_middle_of_is_a_stall(
                 late.append(writer.submit(decision_row(rng)))
                 time.sleep(0.2)
             assert proxy.frozen == 1  # the drain's INSERT, held
+            behind = writer.submit(decision_row(rng))  # queued behind the drain
+            late.append(behind)
             time.sleep(1.5)
             assert writer.in_flight_s() > 1.0  # before: 0.0 while a drain ran
-            assert not late[-1].done()
+            assert not behind.done()
             proxy.thaw()
             assert [f.result(timeout=30) for f in late] == [None] * len(late)
             assert writer.in_flight_s() < 1.0 and len(drained) == 1 and journal.events == 0
