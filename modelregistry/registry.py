@@ -395,10 +395,21 @@ class ModelRegistry:
             ) from exc
 
     def by_alias(self, alias: str) -> VersionInfo | None:
+        """The version ``alias`` points at; None when the model or the alias is missing.
+
+        Raises :class:`RegistryError` when the registry cannot say (before, an
+        unreachable registry read as "no version": ``rollback`` said "nothing to roll
+        back")."""
         try:
-            return self._info(self.client.get_model_version_by_alias(self.model_name, alias))
-        except MlflowException:
-            return None
+            found = self.client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException as exc:
+            if exc.error_code in _MISSING:
+                return None
+            raise RegistryError(
+                f"the registry could not say which version of {self.model_name!r} holds "
+                f"@{alias}: {str(exc.message)[:300]}"
+            ) from exc
+        return self._info(found)
 
     def _search(self, condition: str = "") -> list[Any]:
         """The model's versions a search finds (``condition``: more of the filter)."""

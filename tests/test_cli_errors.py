@@ -485,3 +485,22 @@ def test_a_command_behind_a_locked_table_gives_up_in_one_line(
         engine.dispose()
     assert code in (1, 2) and out.startswith("error:") and "lock timeout" in out, out
     assert SQLITE_BUSY_TIMEOUT_MS / 1000 <= took < 60
+
+
+def test_a_registry_that_cannot_answer_is_named_not_taken_for_an_empty_one(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rollback`` against a registry that did not answer said "nothing to roll back:
+    'banditops-policy' has no @production version" (the alias read returned None for
+    any error: stalled-store helper, stop 49). Only a missing model or alias is none."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("BANDITOPS_MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    code, out = _run("rollback")
+    assert code == 2 and "nothing to roll back" not in out, out
+    assert out.startswith("error: the registry could not say which version of"), out
+    assert "@production" in out
