@@ -7,8 +7,10 @@ keeps acknowledging events and drains them when the link is back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -177,55 +179,61 @@ def test_recover_drains_dead_segments_and_leaves_live_ones(
     live.close()
 
 
-@pytest.mark.postgres
-def test_writer_behind_a_cut_link_journals_then_drains(
-    postgres_url: str, tmp_path: Path, rng: np.random.Generator
-) -> None:
+@contextlib.contextmanager
+def _store_behind_a_proxy(postgres_url: str) -> Iterator[tuple[sa.Engine, TcpProxy, str]]:
+    """A scratch PostgreSQL store at the current revision: an engine on it, a TCP proxy
+    to it and the store's URL through the proxy."""
     with scratch_postgres_database(postgres_url, prefix="banditops_journal") as url:
         direct = make_engine(url)
         upgrade(direct)
         target = sa.make_url(url)
         with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
-            proxied = make_engine(
-                target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
-                connect_timeout_s=2,
-            )
-            journal = Journal(tmp_path / "journal").open()
-            states: list[bool] = []
-            drained: list[object] = []
-            writer = GroupCommitWriter(
-                proxied,
-                write_events,
-                spool=journal,
-                on_degraded=states.append,
-                on_drained=drained.append,
-                probe_s=0.1,
-            ).start()
-            before = [decision_row(rng) for _ in range(5)]
-            for row in before:
-                writer.submit(row).result(timeout=30)
-            proxy.cut()
-            during = [decision_row(rng) for _ in range(20)]
-            got = [writer.submit(row) for row in during]
-            assert [f.result(timeout=30) for f in got] == [None] * 20  # acknowledged
-            reward = writer.submit(reward_row(before[0].event_id, 1.0)).result(timeout=30)
-            assert (reward.journaled, reward.applied, reward.ordinal) == (True, True, 0)
-            assert writer.degraded and journal.events == 21 and states == [True]
-            assert EventStore(direct).count_rows()["decisions"] == 5  # nothing reached it
-            proxy.restore()
-            deadline = time.monotonic() + 30
-            while writer.degraded and time.monotonic() < deadline:
-                writer.submit(decision_row(rng)).result(timeout=30)
-                time.sleep(0.05)
-            writer.close()
-            assert states == [True, False] and len(drained) == 1 and journal.events == 0
-            journal.close()
-            proxied.dispose()
+            proxied = target.set(host="127.0.0.1", port=proxy.port)
+            yield direct, proxy, proxied.render_as_string(hide_password=False)
+        direct.dispose()
+
+
+@pytest.mark.postgres
+def test_writer_behind_a_cut_link_journals_then_drains(
+    postgres_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    with _store_behind_a_proxy(postgres_url) as (direct, proxy, url):
+        proxied = make_engine(url, connect_timeout_s=2)
+        journal = Journal(tmp_path / "journal").open()
+        states: list[bool] = []
+        drained: list[object] = []
+        writer = GroupCommitWriter(
+            proxied,
+            write_events,
+            spool=journal,
+            on_degraded=states.append,
+            on_drained=drained.append,
+            probe_s=0.1,
+        ).start()
+        before = [decision_row(rng) for _ in range(5)]
+        for row in before:
+            writer.submit(row).result(timeout=30)
+        proxy.cut()
+        during = [decision_row(rng) for _ in range(20)]
+        got = [writer.submit(row) for row in during]
+        assert [f.result(timeout=30) for f in got] == [None] * 20  # acknowledged
+        reward = writer.submit(reward_row(before[0].event_id, 1.0)).result(timeout=30)
+        assert (reward.journaled, reward.applied, reward.ordinal) == (True, True, 0)
+        assert writer.degraded and journal.events == 21 and states == [True]
+        assert EventStore(direct).count_rows()["decisions"] == 5  # nothing reached it
+        proxy.restore()
+        deadline = time.monotonic() + 30
+        while writer.degraded and time.monotonic() < deadline:
+            writer.submit(decision_row(rng)).result(timeout=30)
+            time.sleep(0.05)
+        writer.close()
+        assert states == [True, False] and len(drained) == 1 and journal.events == 0
+        journal.close()
+        proxied.dispose()
         store = EventStore(direct)
         ids = [r.event_id for r in before + during]
         assert store.existing_event_ids(ids) == set(ids)
         assert store.count_rows()["rewards"] == 1
-        direct.dispose()
 
 
 @pytest.mark.parametrize(
@@ -318,47 +326,39 @@ def test_a_drain_the_store_stops_answering_in_the_middle_of_is_a_stall(
     drain counted as no write in progress, so every request waited its full deadline and
     /readyz said 200 (stalled-store helper, stop 49). Now the drain's current transaction
     is the write in progress, and a drain that makes progress is none."""
-    with scratch_postgres_database(postgres_url, prefix="banditops_journal") as url:
-        direct = make_engine(url)
-        upgrade(direct)
-        target = sa.make_url(url)
-        with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
-            proxied = make_engine(
-                target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
-                connect_timeout_s=2,
-            )
-            journal = Journal(tmp_path / "journal").open()
-            drained: list[object] = []
-            writer = GroupCommitWriter(
-                proxied, write_events, spool=journal, on_drained=drained.append, probe_s=0.1
-            ).start()
-            proxy.cut()
-            during = [decision_row(rng) for _ in range(20)]
-            assert [writer.submit(row).result(timeout=30) for row in during] == [None] * 20
-            assert writer.degraded and journal.events == 20
-            proxy.freeze_on(b"INSERT INTO decisions")
-            proxy.restore()
-            deadline = time.monotonic() + 30
-            late = []
-            while proxy.frozen == 0 and time.monotonic() < deadline:
-                # a batch drains the journal first, once the probe saw the store back
-                late.append(writer.submit(decision_row(rng)))
-                time.sleep(0.2)
-            assert proxy.frozen == 1  # the drain's INSERT, held
-            behind = writer.submit(decision_row(rng))  # queued behind the drain
-            late.append(behind)
-            time.sleep(1.5)
-            assert writer.in_flight_s() > 1.0  # before: 0.0 while a drain ran
-            assert not behind.done()
-            proxy.thaw()
-            assert [f.result(timeout=30) for f in late] == [None] * len(late)
-            assert writer.in_flight_s() < 1.0 and len(drained) == 1 and journal.events == 0
-            writer.close()
-            journal.close()
-            proxied.dispose()
+    with _store_behind_a_proxy(postgres_url) as (direct, proxy, url):
+        proxied = make_engine(url, connect_timeout_s=2)
+        journal = Journal(tmp_path / "journal").open()
+        drained: list[object] = []
+        writer = GroupCommitWriter(
+            proxied, write_events, spool=journal, on_drained=drained.append, probe_s=0.1
+        ).start()
+        proxy.cut()
+        during = [decision_row(rng) for _ in range(20)]
+        assert [writer.submit(row).result(timeout=30) for row in during] == [None] * 20
+        assert writer.degraded and journal.events == 20
+        proxy.freeze_on(b"INSERT INTO decisions")
+        proxy.restore()
+        deadline = time.monotonic() + 30
+        late = []
+        while proxy.frozen == 0 and time.monotonic() < deadline:
+            # a batch drains the journal first, once the probe saw the store back
+            late.append(writer.submit(decision_row(rng)))
+            time.sleep(0.2)
+        assert proxy.frozen == 1  # the drain's INSERT, held
+        behind = writer.submit(decision_row(rng))  # queued behind the drain
+        late.append(behind)
+        time.sleep(1.5)
+        assert writer.in_flight_s() > 1.0  # before: 0.0 while a drain ran
+        assert not behind.done()
+        proxy.thaw()
+        assert [f.result(timeout=30) for f in late] == [None] * len(late)
+        assert writer.in_flight_s() < 1.0 and len(drained) == 1 and journal.events == 0
+        writer.close()
+        journal.close()
+        proxied.dispose()
         ids = [r.event_id for r in during]
         assert EventStore(direct).existing_event_ids(ids) == set(ids)
-        direct.dispose()
 
 
 @pytest.mark.postgres
@@ -374,44 +374,38 @@ def test_a_start_whose_journal_drain_the_store_stops_answering_fails_in_its_dead
     from serving.service import DecisionService, StoreUnavailableError
     from tests.serving_helpers import service_settings
 
-    with scratch_postgres_database(postgres_url, prefix="banditops_journal") as url:
-        direct = make_engine(url)
-        upgrade(direct)
-        target = sa.make_url(url)
-        with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
-            proxied = target.set(host="127.0.0.1", port=proxy.port)
-            settings = service_settings(
-                tmp_path,
-                store_url=proxied.render_as_string(hide_password=False),
-                store_deadline_s=1.5,
-                store_lock_timeout_s=1.0,
-                lease_s=5.0,
-            )
-            left = Journal(settings.journal_path).open()  # a run that ended degraded
-            rows = [decision_row(rng) for _ in range(30)]
-            assert left.spool(rows) == [None] * 30
-            left.close()
-            proxy.freeze_on(b"INSERT INTO decisions")
+    with _store_behind_a_proxy(postgres_url) as (direct, proxy, url):
+        settings = service_settings(
+            tmp_path,
+            store_url=url,
+            store_deadline_s=1.5,
+            store_lock_timeout_s=1.0,
+            lease_s=5.0,
+        )
+        left = Journal(settings.journal_path).open()  # a run that ended degraded
+        rows = [decision_row(rng) for _ in range(30)]
+        assert left.spool(rows) == [None] * 30
+        left.close()
+        proxy.freeze_on(b"INSERT INTO decisions")
 
-            async def start() -> float:
-                service = DecisionService.from_settings(settings, ServiceMetrics())
-                began = time.monotonic()
-                with pytest.raises(StoreUnavailableError, match="could not be drained"):
-                    await service.start()
-                return time.monotonic() - began
-
-            assert asyncio.run(start()) < 15.0  # before: no end
-            assert proxy.frozen == 1
-            proxy.thaw()
-            assert EventStore(direct).count_rows()["decisions"] in (0, 30)  # one transaction
-            time.sleep(6.0)  # the failed start's lease lapses (it could not release it)
-
-            async def restart() -> None:
-                service = DecisionService.from_settings(settings, ServiceMetrics())
+        async def start() -> float:
+            service = DecisionService.from_settings(settings, ServiceMetrics())
+            began = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="could not be drained"):
                 await service.start()
-                await service.stop()
+            return time.monotonic() - began
 
-            asyncio.run(restart())
+        assert asyncio.run(start()) < 15.0  # before: no end
+        assert proxy.frozen == 1
+        proxy.thaw()
+        assert EventStore(direct).count_rows()["decisions"] in (0, 30)  # one transaction
+        time.sleep(6.0)  # the failed start's lease lapses (it could not release it)
+
+        async def restart() -> None:
+            service = DecisionService.from_settings(settings, ServiceMetrics())
+            await service.start()
+            await service.stop()
+
+        asyncio.run(restart())
         ids = [r.event_id for r in rows]
         assert EventStore(direct).existing_event_ids(ids) == set(ids)
-        direct.dispose()
