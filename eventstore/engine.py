@@ -210,6 +210,18 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def store_identity(engine: Engine) -> str:
+    """Which store ``engine`` writes to, without credentials or options: the SQLite
+    file's absolute path, or the PostgreSQL server and database (what a journal's events
+    belong to: :class:`serving.store.journal.Journal`)."""
+    url = engine.url
+    if is_sqlite(engine):
+        database = url.database or ":memory:"
+        where = database if database == ":memory:" else str(Path(database).absolute())
+        return f"sqlite:{where}"
+    return f"{url.get_backend_name()}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+
+
 def probe_write(engine: Engine) -> None:
     """Raise unless a write could take its locks now (nothing is written): SQLite takes
     the database's write lock (``BEGIN IMMEDIATE``, waiting at most the busy timeout),

@@ -52,6 +52,7 @@ from bandit_core.state import state_to_parts
 from eventstore import records
 from eventstore.admission import Admission
 from eventstore.contract import CANDIDATE, FALLBACK_LABELS, PRODUCTION
+from eventstore.engine import store_identity
 from eventstore.leases import SHARED, SOLE, Lease
 from eventstore.migrate import require_current
 from eventstore.records import DecisionRow, RewardOutcome, RewardRow
@@ -309,6 +310,7 @@ class DecisionService:
                 exclusive=settings.sole_writer,
                 ledger_size=settings.decision_cache_size,
                 observer=metrics,
+                store=store_identity(engine),
             )
         # rewards a head learnt from that are journaled, not yet in the store, per version
         self._unsynced: dict[str, int] = {}

@@ -409,3 +409,38 @@ def test_a_start_whose_journal_drain_the_store_stops_answering_fails_in_its_dead
         asyncio.run(restart())
         ids = [r.event_id for r in rows]
         assert EventStore(direct).existing_event_ids(ids) == set(ids)
+
+
+def test_a_journal_drains_only_into_the_store_its_events_belong_to(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A restart on the same workspace with another ``BANDITOPS_DATABASE_URL`` drained
+    805 events journaled for a PostgreSQL store into SQLite (stalled-store helper, stop
+    49). Each segment now names its store; a start with another refuses, naming both."""
+    from eventstore.engine import store_identity
+    from serving.store.journal import JournalError
+
+    stores = []
+    for name in ("a", "b"):
+        engine = make_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
+        upgrade(engine)
+        stores.append(engine)
+    a, b = stores
+    assert store_identity(a) == f"sqlite:{tmp_path / 'a.db'}"
+    left = Journal(tmp_path / "journal", store=store_identity(a)).open()
+    rows = [decision_row(rng) for _ in range(5)]
+    assert left.spool(rows) == [None] * 5
+    left.close()
+    other = Journal(tmp_path / "journal", store=store_identity(b))
+    with pytest.raises(JournalError, match=r"holds events of the store sqlite:.*a\.db, not of"):
+        other.recover(b)
+    assert EventStore(b).count_rows()["decisions"] == 0
+    report = Journal(tmp_path / "journal", store=store_identity(a)).recover(a)
+    assert report.decisions == 5 and not list((tmp_path / "journal").iterdir())
+    # a segment an older release wrote (no store named) drains where it is started
+    old = Journal(tmp_path / "journal").open()
+    assert old.spool([decision_row(rng)]) == [None]
+    old.close()
+    assert Journal(tmp_path / "journal", store=store_identity(b)).recover(b).decisions == 1
+    for engine in stores:
+        engine.dispose()

@@ -63,6 +63,7 @@ import numpy as np
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DataError, IntegrityError
 
+from eventstore.engine import store_identity
 from eventstore.records import (
     DecisionRow,
     JudgedReward,
@@ -395,6 +396,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _store_file(segment: Path) -> Path:
+    """Where a segment's store is named (:class:`Journal`'s ``store``)."""
+    return segment.with_name(segment.name + ".store")
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Journal:
     """The local journal of one service process.
 
@@ -411,6 +426,12 @@ class Journal:
         Recent events whose reward counts are kept.
     observer : JournalObserver, optional
         Metrics.
+    store : str, optional
+        The store the events belong to (:func:`eventstore.engine.store_identity`),
+        written beside each segment (``<segment>.store``): a start drains a segment only
+        into its own store (before, a restart with another ``BANDITOPS_DATABASE_URL`` on
+        the same workspace drained a PostgreSQL store's events into SQLite). A segment
+        without one (an older release's) drains anywhere.
     """
 
     def __init__(
@@ -420,7 +441,9 @@ class Journal:
         exclusive: bool = True,
         ledger_size: int = Settings.model_fields["decision_cache_size"].default,
         observer: JournalObserver | None = None,
+        store: str | None = None,
     ) -> None:
+        self.store = store
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.exclusive = exclusive
@@ -448,6 +471,7 @@ class Journal:
             with _locked_segment(path) as fd:
                 if fd is None:
                     continue  # another worker's live segment
+                self._check_store(path, store_identity(engine))
                 data = path.read_bytes()
                 found, valid = read_records(data)
                 if valid < len(data):
@@ -460,6 +484,7 @@ class Journal:
                 rejected = self.directory / REJECTED_FILE
                 report.add(drain_records(engine, found, rejected, self.guard, progress))
                 path.unlink(missing_ok=True)
+                _store_file(path).unlink(missing_ok=True)
         _fsync_dir(self.directory)
         if report.records:
             log.warning(
@@ -477,11 +502,26 @@ class Journal:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"segment-{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
         self.path = self.directory / name
+        if self.store is not None:  # first: a segment is never without its store's name
+            _write_durably(_store_file(self.path), self.store.encode())
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd = fd
         _fsync_dir(self.directory)
         return self
+
+    def _check_store(self, path: Path, store: str) -> None:
+        """Raise :class:`JournalError` when segment ``path`` holds events of another
+        store than ``store`` (its ``.store`` file)."""
+        with contextlib.suppress(FileNotFoundError):
+            own = _store_file(path).read_text(errors="replace").strip()
+            if own and own != store and path.stat().st_size > 0:
+                raise JournalError(
+                    f"the journal segment {path.name} holds events of the store {own[:200]}, "
+                    f"not of this service's {store[:200]}: start the service with that "
+                    f"store to drain them, or delete {_store_file(path).name} to drain "
+                    "them into this one"
+                )
 
     def close(self) -> None:
         """Release the segment; an empty one is deleted, a non-empty one waits for the
@@ -490,6 +530,7 @@ class Journal:
             return
         if self._size == 0:
             self.path.unlink(missing_ok=True)
+            _store_file(self.path).unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
 
