@@ -375,6 +375,8 @@ def worse_candidate(ws: Workspace, start: datetime, end: datetime, seed: int) ->
         duplicate_rule=settings.duplicate_rule,
         missing_reward=settings.missing_reward,
         default_reward=settings.default_reward,
+        reward_min=settings.reward_min,
+        reward_max=settings.reward_max,
     )
     frame = pd.read_parquet(out / REPLAY_FILE)
     frame["reward"] = settings.reward_min + settings.reward_max - frame["reward"]

@@ -34,6 +34,7 @@ from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from eventstore.records import DecisionRow
 from eventstore.schema import decisions
+from eventstore.schema import rewards as reward_table
 from serving.budget import NonFiniteChoiceError, check_choice_finite
 from serving.decide import choose
 from serving.store.repository import write_events
@@ -739,7 +740,9 @@ def _window(
 ) -> tuple[str, datetime, datetime]:
     """A store with ``total`` decisions and rewards, ``broken`` of them 500 features wide
     (logged by a service without width caps, or sent while no model served) or, with
-    ``how="propensity"``, logged with propensity 0."""
+    ``how="propensity"``, logged with propensity 0; ``how="reward"`` stores their reward
+    outside ``[0, 1]`` (an edited store, or another tool's write) and gives the others a
+    second reward."""
     from datetime import timedelta
 
     from tests.serving_helpers import decision_row, reward_row
@@ -751,6 +754,7 @@ def _window(
     start = datetime.now(UTC) - timedelta(hours=1)
     rows: list[Any] = []
     edits: dict[str, dict[str, float]] = {}
+    rewards: dict[str, float] = {}
     for i in range(total):
         row = decision_row(rng, created_at=start + timedelta(seconds=i))
         if i < broken and how == "wide":
@@ -765,11 +769,20 @@ def _window(
         elif i < broken and how == "se":
             row = dataclasses.replace(row, event_id=f"se-{i}")
             edits[row.event_id] = {"propensity_se": float("inf") if i % 2 else -0.5}
+        elif i < broken and how == "reward":  # edited in the store below
+            row = dataclasses.replace(row, event_id=f"reward-{i}")
+            rewards[row.event_id] = (7.0, -float("inf"))[i % 2]
         elif i < broken:
             row = dataclasses.replace(row, event_id=f"zero-{i}", propensity=0.0)
         rows += [row, reward_row(row.event_id, float(rng.random() < 0.5), ts=row.created_at)]
+        if how == "reward" and i >= broken:
+            rows.append(reward_row(row.event_id, 1.0, ts=row.created_at))
     with engine.begin() as conn:
         write_events(conn, rows)
+        for event_id, value in rewards.items():  # the service never stores these
+            conn.execute(
+                update(reward_table).where(reward_table.c.event_id == event_id), {"value": value}
+            )
         for event_id, values in edits.items():  # the service never logs these
             edit = update(decisions).where(decisions.c.event_id == event_id)
             conn.execute(edit.values(**values))
@@ -816,6 +829,46 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
 
 @pytest.mark.filterwarnings("ignore:module 'sre_constants' is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:module 'sre_parse' is deprecated:DeprecationWarning")
+def test_a_stored_reward_outside_the_reward_range_is_quarantined_not_the_window(
+    tmp_path: Path,
+) -> None:
+    """One reward outside ``[reward_min, reward_max]`` in the store (7, or −inf: an edited
+    store, another tool's write, a range narrowed since) failed the suite, so every retrain
+    failed while it stayed in the window. It is set aside like any row breaking the
+    schema, under either duplicate rule (a sum of two rewards in range is kept)."""
+    from datetime import timedelta
+
+    from training.replay import extract_replay
+    from training.validate import validate_features
+    from validation.expectations import DataValidationError
+
+    rules = {"min_rows": 100, "reward_min": 0.0, "reward_max": 1.0, "drift_threshold": 1.0}
+    url, start, end = _window(tmp_path, broken=2, total=200, how="reward")
+    for rule in ("first_wins", "sum"):
+        out = tmp_path / rule
+        manifest = extract_replay(
+            url, start, end, out, reward_window=timedelta(seconds=1), duplicate_rule=rule
+        )
+        assert (manifest.quarantined, manifest.rows) == (2, 198), rule
+        set_aside = pd.read_parquet(out / "quarantine.parquet")
+        assert set_aside["event_id"].tolist() == ["reward-0", "reward-1"]
+        reasons = set_aside["reason"].tolist()
+        if rule == "sum":
+            assert reasons[0] == "reward 7 is not a sum of 1 rewards each in [0, 1]"
+        else:
+            assert reasons == ["reward 7 is not in [0, 1]", "reward -inf is not in [0, 1]"]
+        validate_features(manifest, out / "docs", **rules)
+    # a window whose range was narrowed since: its rewards in the old range are more than
+    # the share, so the suite fails the run on them, naming the expectation
+    narrowed = tmp_path / "narrowed"
+    manifest = extract_replay(
+        url, start, end, narrowed, reward_window=timedelta(seconds=1), reward_max=0.5
+    )
+    assert manifest.quarantined == 0 and manifest.rows == 200
+    with pytest.raises(DataValidationError, match="reward"):
+        validate_features(manifest, narrowed / "docs", **{**rules, "reward_max": 0.5})
+
+
 def test_a_logged_choice_that_does_not_hold_together_is_quarantined(tmp_path: Path) -> None:
     """Three held-out rows of 300 whose propensity (0.001) was not their logged
     probability (1/K) put production's DR estimate at −3.7 on a [0, 1] reward and a worse

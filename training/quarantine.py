@@ -11,7 +11,10 @@ failing), and other broken rows when they are at most ``max_share`` of the windo
   (not the first row's, which may be the broken one);
 * a row breaks the schema when its context or any candidate's features have another
   width, hold a non-finite value or exceed ``max_abs`` in magnitude, or its propensity is
-  not in (0, 1];
+  not in (0, 1], or its reward is not a reward the window may hold (``rewards``: within
+  ``[reward_min, reward_max]``, a sum of ``n_rewards`` such rewards under the sum
+  rule — what the suite checks; one NaN or out-of-range reward an edited store or another
+  tool wrote failed every retrain while it stayed in the window);
 * a row's logged choice must hold together (:func:`inconsistent`): ``chosen`` indexes
   its ``arm_id`` among the candidates, a propensity's standard error (where logged) is
   finite and not negative, and the choice probabilities (where logged) are
@@ -30,13 +33,15 @@ GX suite fails the run on them as before.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bandit_core import MAX_ABS_INPUT
-from eventstore.replay import dimensions
+from eventstore.replay import REWARD, REWARD_COUNT, dimensions
+from validation.expectations import is_sum_in_range
 
 #: Default largest share of a window that may be quarantined.
 MAX_SHARE = 0.01
@@ -95,13 +100,53 @@ def inconsistent(row: Any) -> str | None:
     return None
 
 
-def why_broken(row: Any, dim_user: int, dim_arm: int, max_abs: float) -> str | None:
+def _shown(value: Any) -> str:
+    """A stored number as a message shows it (a whole count without its decimals)."""
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    return repr(value)[:64]
+
+
+@dataclass(frozen=True)
+class Rewards:
+    """The rewards a window may hold: each in ``[low, high]``; with ``summed`` (the sum
+    duplicate rule) a row's reward is the sum of its ``n_rewards`` received rewards, each
+    in that range (:func:`validation.expectations.is_sum_in_range`)."""
+
+    low: float
+    high: float
+    summed: bool = False
+
+    def why_not(self, row: Any) -> str | None:
+        """Why ``row``'s reward is not one the window may hold, or None."""
+        value = getattr(row, REWARD)
+        if self.summed:
+            count = getattr(row, REWARD_COUNT)
+            if is_sum_in_range(value, count, self.low, self.high):
+                return None
+            return (
+                f"reward {_shown(value)} is not a sum of {_shown(count)} rewards each in "
+                f"[{self.low:g}, {self.high:g}]"
+            )
+        if isinstance(value, int | float | np.integer | np.floating) and (
+            self.low <= float(value) <= self.high
+        ):
+            return None
+        return f"reward {_shown(value)} is not in [{self.low:g}, {self.high:g}]"
+
+
+def why_broken(
+    row: Any, dim_user: int, dim_arm: int, max_abs: float, rewards: Rewards | None = None
+) -> str | None:
     """Why ``row`` breaks the replay schema or its logged choice does not hold together,
     or None."""
-    return off_schema(row, dim_user, dim_arm, max_abs) or inconsistent(row)
+    return off_schema(row, dim_user, dim_arm, max_abs, rewards) or inconsistent(row)
 
 
-def off_schema(row: Any, dim_user: int, dim_arm: int, max_abs: float) -> str | None:
+def off_schema(
+    row: Any, dim_user: int, dim_arm: int, max_abs: float, rewards: Rewards | None = None
+) -> str | None:
     """Why ``row`` breaks the replay schema (what the suite checks), or None."""
     wrong = off_width(row, dim_user, dim_arm)
     if wrong is not None:
@@ -116,11 +161,14 @@ def off_schema(row: Any, dim_user: int, dim_arm: int, max_abs: float) -> str | N
     propensity = float(row.propensity)
     if not 0.0 < propensity <= 1.0:
         return f"propensity {propensity!r} is not in (0, 1]"
-    return None
+    return rewards.why_not(row) if rewards is not None else None
 
 
 def split(
-    frame: pd.DataFrame, max_share: float = MAX_SHARE, max_abs: float = MAX_ABS
+    frame: pd.DataFrame,
+    max_share: float = MAX_SHARE,
+    max_abs: float = MAX_ABS,
+    rewards: Rewards | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int]]:
     """``(kept rows, quarantined rows with a reason, (dim_user, dim_arm))``.
 
@@ -132,14 +180,16 @@ def split(
     """
     dims = dimensions(frame)
     rows = list(frame.itertuples(index=False))
-    reasons = [why_broken(row, *dims, max_abs) for row in rows]
+    reasons = [why_broken(row, *dims, max_abs, rewards) for row in rows]
     broken = np.array([r is not None for r in reasons], dtype=bool)
     wide = np.array([off_width(row, *dims) is not None for row in rows], dtype=bool)
     other = broken & ~wide
     if other.any() and other.mean() > max_share:
         # the suite fails the run on the schema's rows; it cannot see a choice that does
         # not hold together, which would be evaluated as logged
-        mixed = [i for i in np.flatnonzero(other) if off_schema(rows[i], *dims, max_abs) is None]
+        mixed = [
+            i for i in np.flatnonzero(other) if off_schema(rows[i], *dims, max_abs, rewards) is None
+        ]
         if mixed:
             first = rows[mixed[0]]
             raise ValueError(

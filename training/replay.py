@@ -93,6 +93,8 @@ def extract_replay(
     duplicate_rule: DuplicateRule = CORE_DEFAULTS["duplicate_rule"],
     missing_reward: MissingReward = CORE_DEFAULTS["missing_reward"],
     default_reward: float = CORE_DEFAULTS["default_reward"],
+    reward_min: float = CORE_DEFAULTS["reward_min"],
+    reward_max: float = CORE_DEFAULTS["reward_max"],
     as_of: datetime | None = None,
     quarantine_max_share: float = quarantine.MAX_SHARE,
     max_abs_feature: float = quarantine.MAX_ABS,
@@ -102,7 +104,8 @@ def extract_replay(
     The output overwrites ``<out_dir>/replay.parquet`` and ``replay.json`` (a retried task
     rewrites its own run-scoped files). Rows breaking the replay schema, up to
     ``quarantine_max_share`` of the window, are set aside in ``quarantine.parquet``
-    (:mod:`training.quarantine`). Returns the manifest.
+    (:mod:`training.quarantine`; a reward outside ``[reward_min, reward_max]`` breaks it,
+    as in the suite). Returns the manifest.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,8 +125,9 @@ def extract_replay(
         )
     finally:
         engine.dispose()
+    rewards = quarantine.Rewards(reward_min, reward_max, summed=duplicate_rule == "sum")
     frame, set_aside, (dim_user, dim_arm) = quarantine.split(
-        frame, quarantine_max_share, max_abs_feature
+        frame, quarantine_max_share, max_abs_feature, rewards
     )
     quarantine_path = out / QUARANTINE_FILE
     if len(set_aside):

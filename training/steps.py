@@ -87,6 +87,8 @@ def extract(s: RunSpec) -> ReplayRef:
         duplicate_rule=s.duplicate_rule,  # type: ignore[arg-type]
         missing_reward=s.missing_reward,  # type: ignore[arg-type]
         default_reward=s.default_reward,
+        reward_min=s.reward_min,
+        reward_max=s.reward_max,
         as_of=aware("as_of", s.as_of),
     )
     log.info(
