@@ -16,7 +16,9 @@ every third of its length. The rules, checked by every process under one turn
 
 * a ``sole`` lease excludes every other live lease; a ``shared`` one, every live ``sole``
   one;
-* a lease past its end is lapsed: whoever looks next deletes it. So is one whose process
+* a lease past its end is lapsed: whoever looks next deletes it. Until then its holder
+  still holds it (nobody can have written beside it) and its renewal extends it: a wall
+  clock stepped forward past the lease costs nothing. So is one whose process
   is gone: on the same host and PID namespace, a PID that no longer runs, or this
   process's own PID under a token it does not hold (a container restarted with the same
   PID). A process killed on another host holds its lease until it lapses.
@@ -363,12 +365,13 @@ def _advice(mode: str) -> str:
 
 def live_holders(engine: Engine) -> list[Holder]:
     """The leases that have not lapsed and whose process is not known to be gone (none
-    before revision 0009)."""
-    with engine.connect() as conn:
+    before revision 0009). A look: the lapsed and the gone ones are deleted (in the
+    leases' turn), so that their holders, if they still run, write nothing more."""
+    with engine.begin() as conn:
         if not inspect(conn).has_table(service_leases.name):
             return []
-        now, host = store_clock(conn), here()
-        return [r for r in _read(conn) if r.expires_at > now and not _gone(r, host)]
+        take_turn(conn, LEASES)
+        return _live_others(conn, "", store_clock(conn))
 
 
 def holds(conn: Connection, token: str) -> bool:
@@ -385,8 +388,14 @@ def holds(conn: Connection, token: str) -> bool:
     else:
         rows = conn.execute(_HOLDS[conn.dialect.name]).all()
     mine = [r for r in rows if r[0] == token]
-    if not mine or mine[0][2] <= mine[0][3]:
+    if not mine:
         return False
+    # its own row past its end still holds while no process has looked past it (a look
+    # deletes it, in the leases' turn this transaction holds): nobody has written beside
+    # it, and its renewal extends it, as :meth:`Lease.renew` does. Before, a wall clock
+    # stepped forward past the lease (SQLite's clock is the host's: a VM resumed, NTP's
+    # first correction) lost a sole service its lease for good with no other process
+    # anywhere: every request a 503 until a restart (time pass, stop 50).
     now, mode = mine[0][3], mine[0][1]
     return not any(r[0] != token and r[2] > now and conflicts_with(mode, r[1]) for r in rows)
 

@@ -222,6 +222,47 @@ def test_a_holder_whose_lease_was_taken_over_writes_nothing_more(
         assert names == ["replica-elsewhere"]
 
 
+def test_a_lease_past_its_end_that_nobody_looked_past_still_holds(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A holder's row past its end that no process has looked past: nobody can have
+    written beside it. A wall clock stepped forward past the lease (SQLite's clock is
+    the host's: a VM resumed, NTP's first correction) or a holder stopped for longer than
+    the lease used to lose it for good at its next write, with no other process
+    anywhere: every request a 503 ``lease_lost`` until a restart (time pass). Now its
+    writes and snapshots go on and its renewal extends it; a look past it (a starting
+    process, ``db downgrade``'s check) deletes it, and then its next write finds it lost."""
+    model = policy_file(tmp_path / "linucb.npz", name="linucb")
+    settings = service_settings(tmp_path, store_url, model_path=model, lease_s=600.0)
+    rng = np.random.default_rng(5)
+    with running_client(settings) as client:
+        service = client.app.state.service
+        engine = service.engine
+
+        def lapse() -> None:  # as a clock stepped forward by twice the lease
+            with engine.begin() as conn:
+                ended = store_clock(conn) - 1200.0
+                conn.execute(sa.update(service_leases).values(expires_at=ended))
+
+        lapse()
+        _reward(client, rng)
+        assert service.lease.held and client.get("/readyz").status_code == 200
+        assert len(client.post("/v1/admin/snapshot").json()["snapshot_ids"]) == 1
+        service.lease.renew()
+        with engine.connect() as conn:
+            ends = conn.execute(sa.select(service_leases.c.expires_at)).scalar_one()
+            assert ends > store_clock(conn) + 500.0
+        # looked past (here by the downgrade's check): the holder's next write is refused
+        lapse()
+        from eventstore.leases import live_holders
+
+        assert live_holders(engine) == []
+        body = {"context": [0.1] * DIM_USER, "candidates": [{"id": "a"}, {"id": "b"}]}
+        assert client.post("/v1/decisions", json=body).status_code == 503
+        assert service.lease.lost
+        assert client.get("/readyz").json() == {"status": "lease_lost"}
+
+
 def test_a_journal_is_drained_only_under_a_lease_that_holds(store_url: str, tmp_path: Path) -> None:
     """What a holder journaled during an outage is drained only under its lease: a
     drain (the writer's, its last one at the stop, or the next start's recovery) whose
