@@ -136,7 +136,6 @@ REWARD_CASES: list[tuple[str, Any, tuple[Any, ...]]] = [
     ("event id missing", {"event_id": None}, ("body", "event_id")),
     ("event id too long", {"event_id": "e" * 65}, ("body", "event_id")),
     ("naive timestamp", {"timestamp": "2026-11-01T12:00:00"}, ("body", "timestamp")),
-    ("timestamp before the decision", {"timestamp": "2001-01-01T00:00:00Z"}, ("body", "timestamp")),
     ("unknown field", {"weight": 2}, ("body", "weight")),
 ]
 
@@ -157,6 +156,28 @@ def test_bad_reward_fields_are_422(
     assert got.status_code == 422, got.text
     assert tuple(got.json()["detail"][0]["loc"][: len(loc)]) == loc
     assert client.app.state.service.store.count_rows()["rewards"] == 0
+
+
+def test_a_reward_s_timestamp_judges_nothing(client: Any) -> None:
+    """A client's clock minutes off (a phone behind by 6 minutes) stamped its rewards
+    before their decisions, and each was a 422 (never retried: lost). The timestamp is
+    stored as sent and judges nothing; the reward is applied by when it was received."""
+    import sqlalchemy as sa
+
+    from eventstore.schema import rewards
+
+    service = client.app.state.service
+    event_id = client.post("/v1/decisions", json=BODY).json()["event_id"]
+    behind = "2001-02-03T04:05:06+00:00"
+    got = client.post(
+        "/v1/rewards", json={"event_id": event_id, "reward": 1.0, "timestamp": behind}
+    )
+    assert got.status_code == 200 and got.json()["applied"], got.text
+    with service.engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(rewards.c.ts, rewards.c.status).where(rewards.c.event_id == event_id)
+        ).one()
+    assert stored.ts.isoformat() == behind and stored.status == "applied"
 
 
 def test_oversized_bodies_are_413(client: Any) -> None:
