@@ -32,6 +32,8 @@ from training.settings import PipelineSettings
 pytest_plugins = ["tests.serving_fixtures", "tests.airflow_support"]
 
 END = datetime(2026, 11, 29, 2, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+HALF = 30 * MINUTE
 
 
 def _settings(tmp_path: Path, **extra: Any) -> PipelineSettings:
@@ -427,6 +429,36 @@ def test_a_window_is_read_once_its_rewards_are_in_and_an_empty_one_is_refused(
             match=r"holds no decision whose reward window \(reward_window_s = 86400 s\) had closed",
         ):
             plan(params, run_key="empty", interval_end=END, settings=settings)
+
+
+def test_a_run_whose_data_interval_ends_in_the_future_reads_no_open_reward_window(
+    engine: sa.Engine, store_url: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A trigger may name any logical date: a run whose interval ended 50 minutes from
+    now read the store as of then, so a decision 30 minutes old (its hour-long reward
+    window open, its click still to come) was trained as a miss, and its version never
+    learnt the click (the service replays decisions after the window's stop only). The
+    store is read no later than now."""
+    now = datetime.now(UTC)
+    old, fresh = (decision_row(rng, created_at=now - t) for t in (timedelta(hours=3), HALF))
+    with engine.begin() as conn:
+        write_events(conn, [old, fresh, reward_row(old.event_id, 1.0, ts=old.created_at)])
+    settings = PipelineSettings(
+        workspace=tmp_path / "ws",
+        database_url=store_url,
+        retrain_min_rows=1,
+        reward_window_s=3600.0,
+    )
+    spec = pipeline.run_step(
+        "plan_run",
+        {"window_days": 1},
+        run_key="ahead",
+        interval_end=now + 50 * MINUTE,
+        settings=settings,
+    )
+    assert datetime.fromisoformat(RunSpec.from_xcom(spec).as_of) <= datetime.now(UTC)
+    replay = refs.ReplayRef.from_xcom(pipeline.run_step("extract_replay", spec))
+    assert pd.read_parquet(replay.path)["event_id"].tolist() == [old.event_id]
 
 
 # ---------------------------------------------------------------------- typed references

@@ -455,11 +455,18 @@ def resolve_window(values: Mapping[str, Any], interval_end: datetime) -> tuple[d
 
 
 def read_as_of(
-    start: datetime, end: datetime, interval_end: datetime, reward_window_s: float
+    start: datetime,
+    end: datetime,
+    interval_end: datetime,
+    reward_window_s: float,
+    now: datetime | None = None,
 ) -> datetime:
     """When the replay of ``[start, end)`` reads the store: once the reward window of the
     window's last decision has closed, but no later than the run's data interval end (a
-    re-run then reads the same rows).
+    re-run then reads the same rows) nor than ``now`` (default: the clock's). A run whose
+    data interval ends in the future (Airflow takes any logical date a trigger names) read
+    the reward windows still open as missing rewards, and its version never learnt them
+    (the service replays only decisions after the window's stop).
 
     A window ending by the interval end less ``reward_window_s`` is read whole; the
     nightly window, which ends at the interval end, stops ``reward_window_s`` before it
@@ -470,14 +477,15 @@ def read_as_of(
     from eventstore.replay import window_stop  # (pandas and SQLAlchemy: not at DAG parse)
 
     rewards = timedelta(seconds=reward_window_s)
-    as_of = min(interval_end, end + rewards)
+    now = datetime.now(UTC) if now is None else now
+    as_of = min(interval_end, end + rewards, now)
     if window_stop(end, rewards, as_of) <= start:
+        by = "the run's data interval end" if as_of == interval_end else "now"
         raise ValueError(
             f"the window {start.isoformat()} to {end.isoformat()} holds no decision whose "
-            f"reward window (reward_window_s = {reward_window_s:g} s) had closed by the "
-            f"run's data interval end ({interval_end.isoformat()}): its replay would be "
-            "empty. Make window_days longer than the reward window, or end window_end "
-            "earlier."
+            f"reward window (reward_window_s = {reward_window_s:g} s) had closed by "
+            f"{by} ({as_of.isoformat()}): its replay would be empty. Make window_days "
+            "longer than the reward window, or end window_end earlier."
         )
     return as_of
 
