@@ -42,6 +42,7 @@ from bandit_core._validation import (
 )
 from bandit_core.linalg import (
     GATHER_BYTES,
+    factor_is_accurate,
     inv_chol_rank1_update,
     inverse_cholesky,
     sufficient_statistics,
@@ -381,29 +382,60 @@ class BayesianLinearHead:
         w = self.config.window
         assert w is not None  # guarded by the caller; not input validation
         slot = int(self.window_next_[head])
-        if self.window_size_[head] == w:
-            self._rank1(
-                head,
-                self.window_features_[head, slot].copy(),
-                float(self.window_rewards_[head, slot]),
-                -1.0,
-            )
-        else:
-            self.window_size_[head] += 1
+        full = self.window_size_[head] == w
+        leaving = (
+            self.window_features_[head, slot].copy(),
+            float(self.window_rewards_[head, slot]),
+        )
         self.window_features_[head, slot] = x
         self.window_rewards_[head, slot] = r
         self.window_next_[head] = (slot + 1) % w
+        if not full:
+            self.window_size_[head] += 1
+            return
+        try:
+            self._rank1(head, *leaving, -1.0)  # raises before any change
+        except ValueError:
+            # the row leaving weighed so much beside the rest (xᵀA⁻¹x near 1/ε: one
+            # context at the input bound among small ones) that taking it out loses the
+            # precision in float64. Before, the downdate was refused, the row stayed and
+            # every later update of the head tried to remove it again: the head learnt
+            # nothing more, ever (numerics pass, stop 50). The head is learnt anew from the
+            # rows left in its window instead.
+            self._refill_window(head)
+
+    def _refill_window(self, head: int) -> None:
+        """Head ``head`` learnt anew from the prior and the rows of its window, in time
+        order, by rank-one updates (which never form the precision matrix)."""
+        w, cfg = self.window_size_[head], self.config
+        order = (int(self.window_next_[head]) + np.arange(w)) % self.config.window
+        rows, rewards = self.window_features_[head, order], self.window_rewards_[head, order]
+        u = self._prior_inv_chol
+        for row in rows:
+            u = inv_chol_rank1_update(u, row, 1.0)
+        self.inv_chol_[head] = u
+        self.precision_[head] = cfg.lambda_prior * np.eye(self.dim) + rows.T @ rows
+        self.xty_[head] = rows.T @ rewards
+        self.yty_[head] = float(rewards @ rewards)
+        self.count_[head] = float(w)
+        self.pending_[head] = 0
 
     def _refactor_one(self, head: int) -> None:
         """The periodic refactorisation that bounds the rank-one updates' round-off. Where
-        the precision matrix is numerically singular in float64 (features so large that
-        the prior's λ is lost beside them) the rank-one factor, which never formed it, is
-        the better one: it is kept, and the refactorisation tried again next time."""
+        the precision matrix is numerically singular or ill-conditioned in float64
+        (:func:`bandit_core.linalg.factor_is_accurate`: collinear features so large that
+        the prior's λ is lost beside their sums) the rank-one factor, which never formed
+        it, is the better one: it is kept. Before, a factor of relative error ~1 replaced
+        it (10⁴ collinear rows at 1e6: the width in the unobserved direction 4× too
+        small), or the failed factorisation was tried again at every update (O(d³)
+        each)."""
+        self.pending_[head] = 0
         try:
-            self.inv_chol_[head] = inverse_cholesky(self.precision_[head])
+            refactored = inverse_cholesky(self.precision_[head])
         except ValueError:
             return
-        self.pending_[head] = 0
+        if factor_is_accurate(self.precision_[head], refactored):
+            self.inv_chol_[head] = refactored
 
     def refactor(self, heads: IntArray | None = None) -> None:
         """Recompute the factor (and mean) from the precision matrix."""
@@ -420,27 +452,55 @@ class BayesianLinearHead:
         self.theta_[idx] = np.einsum("kji,kj->ki", u, np.einsum("kij,kj->ki", u, self.xty_[idx]))
 
     def update_batch(self, features: Any, rewards: Any, heads: Any = None) -> None:
-        """Add ``n`` observations in order; equal to ``n`` calls of :meth:`update`.
+        """Add ``n`` observations in order; equal to ``n`` calls of :meth:`update`, whole
+        or not at all (a row refused raises ``ValueError`` with the head unchanged).
 
         Without discount or window the statistics are summed per head and the touched
-        heads refactorised once (O(n d² + m d³)); otherwise rows are applied in order.
+        heads refactorised once (O(n d² + m d³)) unless that factor would not be accurate
+        (:func:`bandit_core.linalg.factor_is_accurate`); otherwise rows are applied in
+        order.
         """
         phi, r, hd = self._check_batch(features, rewards, heads)
         if self.config.gamma < 1.0 or self.config.window is not None:
-            for i in range(phi.shape[0]):
-                self._update(phi[i], float(r[i]), int(hd[i]))
+            # whole or not at all: a row refused half-way left the rows before it learnt,
+            # and recovery's halving (update_batch_skipping) learnt them again
+            self._update_in_order(phi, r, hd)
             return
         touched = np.unique(hd)
         stats = [sufficient_statistics(phi[hd == h], r[hd == h]) for h in touched]
         precision = self.precision_[touched] + np.stack([gram for gram, *_ in stats])
         # factor first: a precision that is numerically singular raises before any change
-        inv_chol = inverse_cholesky(precision)
+        try:
+            inv_chol = inverse_cholesky(precision)
+            accurate = factor_is_accurate(precision, inv_chol)
+        except ValueError:
+            inv_chol, accurate = None, np.zeros(touched.size, dtype=bool)
+        if not accurate.all():
+            # the summed precision of some heads cannot be factored accurately in float64
+            # (collinear rows so large that λ is lost beside them): they learn their rows
+            # one at a time, as online, and so do all the others (whole or not at all).
+            # Before, recovery refused rewards the online head had learnt (23 % of 30,000
+            # collinear rows at 1e6) or built a factor unlike the online one.
+            self._update_in_order(phi, r, hd)
+            return
+        assert inv_chol is not None
         self.precision_[touched] = precision
         for h, (_, xty, yty, count) in zip(touched, stats, strict=True):
             self.xty_[h] += xty
             self.yty_[h] += yty
             self.count_[h] += count
         self._set_factor(touched, inv_chol)
+
+    def _update_in_order(self, phi: FloatArray, r: FloatArray, hd: IntArray) -> None:
+        """``n`` calls of :meth:`_update`, whole or not at all: the first row refused puts
+        every head back as it was and raises its ``ValueError``."""
+        saved = {k: v.copy() for k, v in vars(self).items() if isinstance(v, np.ndarray)}
+        try:
+            for i in range(phi.shape[0]):
+                self._update(phi[i], float(r[i]), int(hd[i]))
+        except ValueError:
+            vars(self).update(saved)
+            raise
 
     def _check_batch(
         self, features: Any, rewards: Any, heads: Any

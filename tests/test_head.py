@@ -266,18 +266,23 @@ def test_a_numerically_singular_precision_changes_nothing(rng: np.random.Generat
     """Rows of 1e12 along one direction hide the prior's λ = 1 beside Gram entries near
     1e26: the precision is singular in float64. Every path that must factor it raises and
     leaves the head as it was; row-by-row rank-one updates never form it and learn them,
-    keeping the factor they built where the periodic refactorisation cannot succeed."""
+    keeping the factor they built where the periodic refactorisation cannot succeed, and
+    a batch learns them so too (it raised, and recovery refused rows the online head had
+    learnt)."""
     phi, r = _data(rng, 50, 4)
     big = np.tile(1e12 * np.array([1.0, 1.0, 0.0, 0.0]), (100, 1))
     for config in (HeadConfig(dim=4), HeadConfig(dim=4, gamma=0.999)):
         head = _sequential(config, phi, r)
         before = _head_arrays(head)
+        if config.gamma == 1.0:  # the batch learns them one at a time, as online
+            head.update_batch(big, np.ones(100))
+            online = _sequential(config, np.vstack([phi, big]), np.concatenate([r, np.ones(100)]))
+            for key, value in _head_arrays(online).items():
+                np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
+            continue
         with pytest.raises(ValueError, match="symmetric positive definite"):
-            if config.gamma < 1.0:
-                for x in big:  # the discounted update refactorises every row
-                    head.update(x, 1.0)
-            else:
-                head.update_batch(big, np.ones(100))
+            for x in big:  # the discounted update refactorises every row
+                head.update(x, 1.0)
         for key, value in before.items():  # the discounted head fails on the first row
             np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
     head = _sequential(HeadConfig(dim=4), phi, r)
@@ -392,3 +397,94 @@ def test_a_window_that_rounds_its_sum_of_squares_below_zero_restores() -> None:
         policy.update(rng.standard_normal(3), "a", float(r))
     assert policy.head.yty_[1] < 0.0
     policy_from_state(load_state(state_to_bytes(policy.to_state())))
+
+
+def _collinear(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows ``[1e6, 1e6]`` (valid: at the input bound) with 0/1 rewards."""
+    return np.tile([1e6, 1e6], (n, 1)), (np.arange(n) % 3 == 0).astype(float)
+
+
+#: the direction such rows never observe: its posterior width stays 1/√λ = 1 for ever
+UNOBSERVED = np.array([1.0, -1.0]) / np.sqrt(2.0)
+
+
+def test_collinear_rows_at_the_bound_keep_the_unobserved_width() -> None:
+    """10⁴ collinear rows at 1e6 sum to Gram entries near 2e16 beside λ = 1: the periodic
+    refactorisation from them put a factor of relative error ~1 in place of the rank-one
+    one (width 1.41, then 0.71 and 0.25 at 10⁵ rows, where the exact width is 1). The
+    rank-one factor is kept where the formed precision cannot be factored accurately
+    (scaled condition number past ``SCALED_CONDITION_LIMIT``); a batch of the same rows
+    (recovery, replica sync) learns them as the online head did (it refused 23 % of
+    them, or built a width of 0.5)."""
+    phi, r = _collinear(12_000)
+    online = _sequential(HeadConfig(dim=2), phi, r)
+    assert np.linalg.norm(online.inv_chol_[0] @ UNOBSERVED) == pytest.approx(1.0, rel=1e-6)
+    batch = BayesianLinearHead(HeadConfig(dim=2))
+    for start in range(0, phi.shape[0], 1000):
+        batch.update_batch(phi[start : start + 1000], r[start : start + 1000])
+    assert batch.count_[0] == 12_000
+    assert np.linalg.norm(batch.inv_chol_[0] @ UNOBSERVED) == pytest.approx(1.0, rel=1e-6)
+    # the mean along the observed direction is the closed form's
+    exact = r.sum() / (1.0 + 12_000 * 2e12) * np.array([1e6, 1e6])
+    for head in (online, batch):
+        assert phi[0] @ head.theta_[0] == pytest.approx(phi[0] @ exact, rel=1e-9)
+
+
+def test_well_conditioned_heads_still_refactor(rng: np.random.Generator) -> None:
+    """The periodic refactorisation still replaces the rank-one factor where the formed
+    precision is well conditioned once its features are scaled (columns from 1e-4 to
+    1e5: the plain condition number is ~1e18, the scaled one ~1)."""
+    from bandit_core.linalg import factor_is_accurate, scaled_condition
+
+    phi = rng.standard_normal((3000, 6)) * 10.0 ** np.arange(-4, 2)[None, :] * 1e3
+    head = _sequential(HeadConfig(dim=6, refactor_every=1000), phi, rng.standard_normal(3000))
+    assert head.pending_[0] == 0
+    np.testing.assert_allclose(
+        head.inv_chol_[0], inverse_cholesky(head.precision_[0]), rtol=0, atol=1e-12
+    )
+    assert scaled_condition(head.precision_[0], head.inv_chol_[0]) < 10.0
+    phi, _ = _collinear(1000)
+    precision = np.eye(2) + phi.T @ phi
+    assert not factor_is_accurate(precision, inverse_cholesky(precision))
+
+
+def test_a_window_whose_leaving_row_cannot_be_downdated_is_learnt_anew(
+    rng: np.random.Generator,
+) -> None:
+    """One context at the input bound in features that are otherwise 0: once it had to
+    leave the window its downdate was refused (xᵀA⁻¹x within 1e-12 of 1), the row stayed,
+    and every later update of the head tried to remove it again — the head learnt nothing
+    more, ever (its snapshot and a rebuild too). The head is learnt anew from the rows
+    left in its window instead, and equals a rebuild from them."""
+    window = 50
+    config = HeadConfig(dim=6, window=window)
+    rows = rng.standard_normal((300, 6))
+    rows[:, :2] = 0.0
+    rows[60, :2] = 1e6  # the one extreme context
+    rewards = rng.standard_normal(300)
+    head = _sequential(config, rows, rewards)
+    assert head.count_[0] == window
+    rebuilt = BayesianLinearHead(config)
+    rebuilt.rebuild(rows[-window:], rewards[-window:])
+    np.testing.assert_allclose(head.theta_[0], rebuilt.theta_[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(head.inv_chol_[0], rebuilt.inv_chol_[0], rtol=1e-9, atol=1e-12)
+    assert head.yty_[0] == pytest.approx(rebuilt.yty_[0], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("config", "big"),
+    [(HeadConfig(dim=4, gamma=0.999), 1e12), (HeadConfig(dim=4, window=8), 1e200)],
+)
+def test_a_batch_of_a_discounted_or_windowed_head_is_learnt_whole_or_not_at_all(
+    rng: np.random.Generator, config: HeadConfig, big: float
+) -> None:
+    """Rows are applied one at a time there: a row refused half-way left the rows before
+    it learnt, and recovery's halving (``update_batch_skipping``) learnt them twice."""
+    head = _sequential(config, *_data(rng, 20, 4))
+    before = _head_arrays(head)
+    phi, r = _data(rng, 10, 4)
+    phi[6] = big  # its precision cannot be factored, or its factor overflows
+    with pytest.raises(ValueError), np.errstate(all="ignore"):
+        head.update_batch(phi, r)
+    for key, value in before.items():
+        np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)

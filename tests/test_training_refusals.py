@@ -16,6 +16,7 @@ from training.train import TrainConfig, rebuild_head, train
 
 K = 4
 ROWS = 400
+DISCOUNT = {"gamma": 0.999}
 DIM_USER, DIM_ARM = 3, 2
 
 
@@ -55,9 +56,11 @@ def test_a_row_the_head_refuses_is_left_out_named_not_the_run(
 ) -> None:
     """Before: ``ValueError: precision matrix must be symmetric positive definite`` at
     train, every night while the row stayed in the window (and the linear-failure
-    diagnostic refused the interactions of inputs near the bound)."""
+    diagnostic refused the interactions of inputs near the bound). A discounted head
+    refuses that row's update (each one factors the formed precision); an undiscounted
+    one learns it in order (the next test)."""
     replay = _window(tmp_path, huge=(100,))
-    config = TrainConfig(algorithm, {"interactions": True}, min_rows=100)
+    config = TrainConfig(algorithm, {"interactions": True, **DISCOUNT}, min_rows=100)
     with caplog.at_level(logging.WARNING, logger="training.train"):
         result = train(replay, config, tmp_path / "train")
     assert result.metrics["rows_refused"] == 1.0
@@ -65,7 +68,9 @@ def test_a_row_the_head_refuses_is_left_out_named_not_the_run(
     assert json.loads((tmp_path / "train" / "train.json").read_text())["diagnostics"]
     # the head equals one that learnt the other rows in order, from the prior
     policy = load_policy(result.state_path)
-    expected = make_policy(algorithm, dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True)
+    expected = make_policy(
+        algorithm, dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True, **DISCOUNT
+    )
     frame = pd.read_parquet(replay).iloc[: result.n_train].drop(index=100)
     chosen = frame["chosen"].to_numpy()
     feats = np.stack(
@@ -81,3 +86,27 @@ def test_a_row_the_head_refuses_is_left_out_named_not_the_run(
     # the head rebuild of the pipeline (the evaluated state, then the refit) does the same
     rebuilt = rebuild_head(result.state_path, replay, tmp_path / "rebuilt.npz")
     np.testing.assert_allclose(load_policy(rebuilt).head.theta_, policy.head.theta_, atol=1e-9)
+
+
+@pytest.mark.parametrize("algorithm", ["shared_lints", "shared_linucb"])
+def test_a_row_the_rebuild_cannot_factor_is_learnt_in_order_as_online(
+    tmp_path: Path, algorithm: str
+) -> None:
+    """The same row in an undiscounted head: its rebuild from the summed statistics
+    cannot be factored in float64, but the online head learnt that row by rank-one
+    updates, and the retrain now learns it so too (it was left out, so the registered
+    head was not the one the service would have built from the same rewards)."""
+    replay = _window(tmp_path, huge=(100,))
+    config = TrainConfig(algorithm, {"interactions": True}, min_rows=100)
+    result = train(replay, config, tmp_path / "train")
+    assert result.metrics["rows_refused"] == 0.0
+    policy = load_policy(result.state_path)
+    frame = pd.read_parquet(replay).iloc[: result.n_train]
+    online = make_policy(algorithm, dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True)
+    for row in frame.itertuples():
+        features = np.asarray(list(row.candidate_features[row.chosen]))
+        online.update(
+            np.asarray(list(row.context)), row.candidate_ids[row.chosen], row.reward, features
+        )
+    np.testing.assert_allclose(policy.head.theta_, online.head.theta_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(policy.head.inv_chol_, online.head.inv_chol_, rtol=1e-7, atol=1e-9)
