@@ -210,7 +210,9 @@ def read_replay(
     observed = _rewards(engine, in_window, reward_window, duplicate_rule)
     missing = float("nan") if missing_reward == "drop" else default_reward
     rows = []
-    query = select(decisions).where(in_window).order_by(d.id)
+    # time order (a decision drained late from a journal, or logged by another replica,
+    # has a later id than newer ones: in id order it landed in the held-out newest part)
+    query = select(decisions).where(in_window).order_by(d.created_at, d.id)
     with engine.connect() as conn:
         for row in conn.execution_options(yield_per=YIELD_PER).execute(query):
             value, count = observed.get((row.event_id, 0), (None, 0))

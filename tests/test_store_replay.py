@@ -115,6 +115,21 @@ def test_a_reward_counts_by_when_it_was_received_not_by_its_timestamp(
     assert frame.loc[honest.event_id, "reward"] == 1.0
 
 
+def test_a_window_is_in_time_order_whatever_order_its_decisions_were_stored_in(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """A decision drained late from a journal (or logged by another replica) is stored
+    after newer ones: in id order it landed in the held-out newest part of the window,
+    older than rows the model trained on. The window is in time order."""
+    older, newer = (decision_row(rng, created_at=NOW - (3 - i) * HOUR) for i in range(2))
+    with engine.begin() as conn:
+        write_events(conn, [newer])
+    with engine.begin() as conn:  # the journal drained later
+        write_events(conn, [older])
+    frame = _replay(engine)
+    assert list(frame["event_id"]) == [older.event_id, newer.event_id]
+
+
 def test_open_reward_windows_are_left_out(engine: sa.Engine, rng: np.random.Generator) -> None:
     ids = _log(engine, rng)
     frame = _replay(engine, as_of=NOW - 2.2 * HOUR)  # d (1 h ago) and c (2 h) still open
