@@ -128,6 +128,10 @@ DECISION_ENDPOINTS = (DECISION_PATH, GROUPED_DECISION_PATH)
 DECISIONS = "banditops_decisions"
 MODEL_ERRORS = "banditops_model_errors"
 DEADLINE_FALLBACKS = "banditops_deadline_fallbacks"
+#: Rewards received, by ``status`` (:data:`eventstore.records.APPLIED` among them).
+REWARDS = "banditops_rewards"
+#: Rewards stored as applied whose head update the model refused (the head unchanged).
+HEAD_UPDATE_FAILURES = "banditops_head_update_failures"
 #: The ``fallback`` label of :data:`DECISIONS`.
 FALLBACK_LABELS = {True: "true", False: "false"}
 

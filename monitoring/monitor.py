@@ -855,6 +855,8 @@ def fallback_causes(
         "model_error": diff["model_errors"],
         "deadline": diff["deadline_fallbacks"],
         "no_model": max(diff["fallback_decisions"] - failed, 0.0),
+        "rewards_applied": diff["rewards_applied"],
+        "head_refusals": diff["head_update_failures"],
     }, restarted
 
 
@@ -867,7 +869,9 @@ def served_faults(
 
     Skipped when ``service_url`` is unset or no decision was served in the interval; in
     alert when the share of decisions the model failed (raised, non-finite scores, or
-    past the deadline) exceeds ``model_error_share_max`` or ``/metrics`` cannot be read.
+    past the deadline), or the share of applied rewards whose head update the model
+    refused (its head learnt nothing from them), exceeds ``model_error_share_max``, or
+    ``/metrics`` cannot be read.
     """
     limit = settings.model_error_share_max
     url = settings.service_url
@@ -920,11 +924,23 @@ def served_faults(
         f"{causes['model_error']:.0f} errors or non-finite scores, {causes['deadline']:.0f} "
         f"past the deadline); {causes['no_model']:.0f} more fell back with no model served"
     )
+    # rewards stored as applied whose head update the model refused: the head learnt
+    # nothing from them (before, only a counter no check read said so)
+    applied, refused = causes["rewards_applied"], causes["head_refusals"]
+    refused_share = refused / applied if applied > 0 else 0.0
+    section["head_refused_share"] = refused_share if applied > 0 else None
+    text += f"; the heads refused {refused:.0f} of {applied:.0f} applied rewards"
+    beyond: list[tuple[str, float]] = []
     if share > limit:
+        p_value = evidence.share_p_value(failed, n, limit, above=True)
+        beyond.append((f"{share:.2%} of decisions failed", p_value))
+    if applied > 0 and refused_share > limit:
+        p_value = evidence.share_p_value(refused, applied, limit, above=True)
+        beyond.append((f"{refused_share:.2%} of applied rewards refused", p_value))
+    if beyond:
+        worst = min(beyond, key=lambda b: b[1])
         section["check"] = _beyond(
-            f"{text}; at most {limit:.2%} allowed.",
-            evidence.share_p_value(failed, n, limit, above=True),
-            settings,
+            f"{text}; {worst[0]}, at most {limit:.2%} allowed.", worst[1], settings
         )
     else:
         section["check"] = _check("ok", f"{text} (limit {limit:.2%}).")

@@ -31,9 +31,12 @@ from eventstore.contract import (
     DEADLINE_FALLBACKS,
     DECISIONS,
     FALLBACK_LABELS,
+    HEAD_UPDATE_FAILURES,
     LATENCY,
     MODEL_ERRORS,
+    REWARDS,
 )
+from eventstore.records import APPLIED
 
 METRIC = LATENCY
 
@@ -213,14 +216,20 @@ def read_metrics(service_url: str, timeout_s: float = 10.0) -> str:
 
 
 def parse_fallback_counters(text: str) -> dict[str, float] | None:
-    """``decisions``, ``fallback_decisions``, ``model_errors`` and ``deadline_fallbacks``
-    (cumulative since the service started) from a Prometheus exposition; None when it has
-    no decision counter (not a banditops service)."""
-    out = {"decisions": 0.0, "fallback_decisions": 0.0, "model_errors": 0.0}
-    out["deadline_fallbacks"] = 0.0
+    """``decisions``, ``fallback_decisions``, ``model_errors``, ``deadline_fallbacks``,
+    ``rewards_applied`` and ``head_update_failures`` (cumulative since the service
+    started) from a Prometheus exposition; None when it has no decision counter (not a
+    banditops service)."""
+    names = ("decisions", "fallback_decisions", "model_errors", "deadline_fallbacks")
+    out = dict.fromkeys((*names, "rewards_applied", "head_update_failures"), 0.0)
+    summed = {
+        MODEL_ERRORS: "model_errors",
+        DEADLINE_FALLBACKS: "deadline_fallbacks",
+        HEAD_UPDATE_FAILURES: "head_update_failures",
+    }
     found = False
     for family in text_string_to_metric_families(text):
-        if family.name not in (MODEL_ERRORS, DEADLINE_FALLBACKS, DECISIONS):
+        if family.name not in (*summed, DECISIONS, REWARDS):
             continue
         found = found or family.name == DECISIONS
         for sample in family.samples:
@@ -230,10 +239,11 @@ def parse_fallback_counters(text: str) -> dict[str, float] | None:
                 out["decisions"] += sample.value
                 if sample.labels.get("fallback") == FALLBACK_LABELS[True]:
                     out["fallback_decisions"] += sample.value
-            elif family.name == MODEL_ERRORS:
-                out["model_errors"] += sample.value
+            elif family.name == REWARDS:
+                if sample.labels.get("status") == APPLIED:
+                    out["rewards_applied"] += sample.value
             else:
-                out["deadline_fallbacks"] += sample.value
+                out[summed[family.name]] += sample.value
     return out if found else None
 
 

@@ -80,7 +80,8 @@ class MonitorSettings(CoreSettings):
     model_error_share_max : float
         Alert when the share of decisions whose model raised, returned non-finite scores
         or missed the decision deadline (the fallback decided instead; read from the
-        service's ``/metrics``) exceeds this.
+        service's ``/metrics``) exceeds this, or the share of applied rewards whose head
+        update the model refused (its head learnt nothing from them).
     segment_feature : str or None
         The segments of the per-segment coverage check: a categorical context feature,
         ``context_<j>`` (each distinct value a segment); unset: hashed user groups.

@@ -24,8 +24,10 @@ from prometheus_client import (
 from eventstore.contract import (
     DEADLINE_FALLBACKS,
     DECISIONS,
+    HEAD_UPDATE_FAILURES,
     LATENCY,
     MODEL_ERRORS,
+    REWARDS,
 )
 
 #: Distinct arm labels kept before the rest are counted as ``"other"``.
@@ -62,7 +64,7 @@ class ServiceMetrics:
         self.decisions = Counter(
             DECISIONS, "Decisions served", ["arm", "traffic", "fallback"], registry=reg
         )
-        self.rewards = Counter("banditops_rewards", "Rewards received", ["status"], registry=reg)
+        self.rewards = Counter(REWARDS, "Rewards received", ["status"], registry=reg)
         self.reward_value = Summary(
             "banditops_reward_value", "Reward values received", registry=reg
         )
@@ -82,7 +84,7 @@ class ServiceMetrics:
             registry=reg,
         )
         self.head_update_failures = Counter(
-            "banditops_head_update_failures",
+            HEAD_UPDATE_FAILURES,
             "Rewards stored as applied whose head update the model refused (a precision "
             "singular in float64: features too large for its prior; the head is unchanged)",
             registry=reg,

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from bandit_core.user_groups import user_group
+from eventstore import records
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from eventstore.records import SnapshotRow
@@ -221,12 +222,17 @@ def test_fallback_counters_of_the_services_own_metrics() -> None:
         metrics.decisions.labels("b", "production", "true").inc()
     metrics.model_errors.inc(2)
     metrics.deadline_fallbacks.inc()
+    metrics.rewards.labels(records.APPLIED).inc(40)
+    metrics.rewards.labels(records.LATE).inc(7)
+    metrics.head_update_failures.inc(3)
     first = parse_fallback_counters(metrics.render()[0].decode())
     assert first == {
         "decisions": 100.0,
         "fallback_decisions": 5.0,
         "model_errors": 2.0,
         "deadline_fallbacks": 1.0,
+        "rewards_applied": 40.0,
+        "head_update_failures": 3.0,
     }
     causes, restarted = monitor.fallback_causes(first, None)
     assert not restarted
@@ -236,6 +242,8 @@ def test_fallback_counters_of_the_services_own_metrics() -> None:
         "model_error": 2.0,
         "deadline": 1.0,
         "no_model": 2.0,
+        "rewards_applied": 40.0,
+        "head_refusals": 3.0,
     }
     for _ in range(50):
         metrics.decisions.labels("b", "production", "true").inc()
@@ -279,6 +287,47 @@ def test_model_errors_check_reads_a_running_services_metrics(
         assert second["basis"].startswith("since the previous scrape at")
     down = monitor.served_faults(settings, state, timeout_s=2.0)
     assert down["check"]["status"] == "alert" and "model errors unknown" in down["check"]["message"]
+
+
+def test_the_model_errors_check_alerts_on_rewards_the_heads_refused(tmp_path: Path) -> None:
+    """A head that refuses its updates (a precision singular in float64) learns nothing
+    from rewards stored as applied: only a counter no check read said so. The model
+    errors check reads it over real HTTP: 30 of 200 applied rewards refused is an
+    alert; 1 of 200 is not (limit 1 %, within chance)."""
+    import http.server
+    import threading
+
+    metrics = ServiceMetrics()
+    metrics.decisions.labels("a", "production", "false").inc(500)
+    metrics.rewards.labels(records.APPLIED).inc(200)
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = metrics.render()[0]
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = _settings(tmp_path, service_url=f"http://127.0.0.1:{server.server_port}")
+        metrics.head_update_failures.inc(1)
+        state = tmp_path / "one" / monitor.FAULTS_STATE_FILE
+        few = monitor.served_faults(settings, state)
+        assert few["check"]["status"] == "ok" and few["head_refused_share"] == 0.005
+        assert "the heads refused 1 of 200 applied rewards" in few["check"]["message"]
+        metrics.head_update_failures.inc(29)
+        many = monitor.served_faults(settings, tmp_path / "two" / monitor.FAULTS_STATE_FILE)
+        assert many["check"]["status"] == "alert", many["check"]
+        assert "15.00% of applied rewards refused" in many["check"]["message"]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ---------------------------------------------------------------------- retention
