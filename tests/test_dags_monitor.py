@@ -385,6 +385,8 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
         "model_error": 0.0,
         "deadline": 0.0,
         "no_model": 20.0,
+        "rewards_applied": 0.0,
+        "head_refusals": 0.0,
     }
     groups = {r["segment"]: r["decisions"] for r in report["segments"]["segments"]}
     users = np.arange(N_PER_WEEK) % 40
