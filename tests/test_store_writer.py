@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,6 +345,8 @@ def test_a_commit_the_store_cannot_confirm_fails_without_a_retry(
 class _Journal:
     """A journal that takes every batch."""
 
+    failing = False
+
     def __init__(self) -> None:
         self.batches: list[int] = []
 
@@ -421,3 +424,41 @@ def test_a_journal_that_cannot_write_is_reported_until_it_can(
         assert writer.degraded and not writer.spool_failing
     finally:
         writer.close(timeout=1)
+
+
+def test_a_real_journal_on_a_full_disk_is_reported_until_it_can_write(
+    engine: sa.Engine, rng: np.random.Generator, tmp_path: Path
+) -> None:
+    """The journal refuses a batch it cannot write item by item, without raising: on a
+    full disk (its segment's writes fail with ENOSPC: here ``/dev/full`` in its place)
+    and past its byte cap, every event got a 503 while the writer said nothing was
+    failing, and ``/readyz`` 200 ``accepting``. Now it is reported until a write
+    succeeds."""
+    import os
+
+    from serving.store.journal import Journal, JournalError
+
+    def down(*_args: object) -> list[object]:
+        raise sa.exc.OperationalError("insert", {}, Exception("server gone"))
+
+    journal = Journal(tmp_path / "journal").open()
+    assert journal._fd is not None and journal.path is not None
+    segment = os.dup(journal._fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, journal._fd)  # the segment's disk is full
+    writer = GroupCommitWriter(engine, down, spool=journal, probe_s=60.0).start()
+    try:
+        refused = writer.submit(decision_row(rng)).exception(timeout=30)
+        assert isinstance(refused, JournalError) and "No space left" in str(refused)
+        assert writer.degraded and writer.spool_failing and journal.events == 0
+        os.dup2(segment, journal._fd)  # space again
+        assert writer.submit(decision_row(rng)).result(timeout=30) is None
+        assert not writer.spool_failing and journal.events == 1
+        journal.max_bytes = journal.size + 10  # the byte cap reached
+        assert isinstance(writer.submit(decision_row(rng)).exception(timeout=30), JournalError)
+        assert writer.spool_failing
+    finally:
+        writer.close(timeout=1)
+        os.close(full)
+        os.close(segment)
+        journal.close()

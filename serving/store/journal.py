@@ -452,6 +452,7 @@ class Journal:
         self.path: Path | None = None
         self._fd: int | None = None
         self._size = 0
+        self._failing = False
         self._events = 0
         self._index: dict[str, StoredDecision] = {}
         self._lock = threading.Lock()
@@ -545,6 +546,12 @@ class Journal:
         return self._size
 
     @property
+    def failing(self) -> bool:
+        """Whether its last write of a batch failed (its disk full, or the batch past
+        ``max_bytes``), until one succeeds."""
+        return self._failing
+
+    @property
     def full(self) -> bool:
         return self._size >= self.max_bytes
 
@@ -619,15 +626,19 @@ class Journal:
             )
             for i, _ in accepted:
                 out[i] = error
+            self._failing = True
             return out
         started = time.perf_counter()
         try:
             self._write(data)
         except OSError as exc:
-            error = JournalError(f"the journal write failed: {exc}")
+            log.error("journal: cannot write %s: %s", self.path, exc)
+            error = JournalError(f"the journal write failed ({exc.strerror or exc})")
             for i, _ in accepted:
                 out[i] = error
+            self._failing = True
             return out
+        self._failing = False
         seconds = time.perf_counter() - started
         with self._lock:
             for i, item in accepted:

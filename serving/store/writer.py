@@ -93,6 +93,12 @@ class Spool(Protocol):
         """Called when the database becomes unreachable."""
         ...
 
+    @property
+    def failing(self) -> bool:
+        """Whether its last write of a batch failed (its disk full, or the batch past its
+        byte cap), until one succeeds."""
+        ...
+
 
 class CommitOutcomeUnknownError(RuntimeError):
     """A batch's COMMIT raised and the database could not say whether it committed: the
@@ -377,7 +383,10 @@ class GroupCommitWriter(Generic[T, R]):
             results = [exc] * len(items)
             self.spool_failing = True
         else:
-            self.spool_failing = False
+            # a journal refuses a batch it cannot write item by item, without raising:
+            # /readyz said 200 "accepting" while a full disk refused every event
+            # (resources pass, stop 50)
+            self.spool_failing = self._spool.failing
         self._committed(batch, results)
 
     def _start_probe(self) -> None:
