@@ -40,7 +40,7 @@ from bandit_core._validation import (
 )
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
 from bandit_core.head_statistics import HeadStatisticsMethods
-from bandit_core.linalg import sufficient_statistics
+from bandit_core.linalg import factor_is_accurate, sufficient_statistics
 from bandit_core.montecarlo import MONTE_CARLO_PARAMS
 from bandit_core.nets import to_numpy
 from bandit_core.policies.linear import _ThompsonRule, _UCBRule
@@ -231,7 +231,20 @@ class NeuralLinear(NeuralPolicy, HeadStatisticsMethods):
             yty += yy
             count += c
         self.head.reset()
-        self.head.load_statistics(gram, xty, yty, count)
+        try:
+            self.head.load_statistics(gram, xty, yty, count)
+            accurate = bool(factor_is_accurate(self.head.precision_[0], self.head.inv_chol_[0]))
+        except ValueError:  # the summed precision is singular in float64
+            accurate = False
+        if not accurate:
+            # features so large or collinear that the sums lose the prior's λ: the rows
+            # are learnt again one at a time (the head's rank-one updates never form the
+            # sums), as online. Before, this rebuild failed at every retraining and the
+            # policy refused every later reward for good (numerics pass, stop 50).
+            self.head.reset()
+            for start in range(0, inputs.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                self.head.update_batch(self.encode(inputs[rows]), rewards[rows])
 
     # -- head statistics (LinearHeadPolicy) ------------------------------------------
     def head_features(
