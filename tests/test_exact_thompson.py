@@ -247,6 +247,24 @@ def test_quadrature_equals_choice_frequencies_of_200000_draws(sample_noise: bool
     np.testing.assert_array_equal(batch.propensities, exact[batch.arms])
 
 
+@pytest.mark.parametrize("scale", [1e-12, 1e-14, 1e-150])
+def test_a_context_of_tiny_norm_is_chosen_as_its_propensities_say(scale: float) -> None:
+    """Every draw of a context of norm ≲ 1e-12 lay within the tie tolerance of the
+    maximum, so the choice was uniform while the logged propensities were the
+    quadrature's (0.10 … 0.47 here: up to 0.58 apart with other arms). Only point masses
+    (scale 0) tie now, as in the quadrature."""
+    policy: object = _trained_lints(True)
+    cands = Candidates.from_any(["a", "b", "c", "d"])
+    x = scale * np.array([0.4, -0.2, 0.9])
+    n = 40_000
+    batch = policy.select_batch(np.tile(x, (n, 1)), cands, np.random.default_rng(12))  # type: ignore[attr-defined]
+    exact = batch.probabilities[0]
+    assert exact.max() - exact.min() > 0.2  # the premise: far from uniform
+    freq = np.bincount(batch.arms, minlength=4) / n
+    se = np.sqrt(exact * (1 - exact) / n)
+    assert (np.abs(freq - exact) <= 4 * se + 1e-12).all(), (freq, exact, se)
+
+
 @pytest.mark.parametrize(
     "options", [{}, {"gamma": 0.97}, {"window": 15}], ids=["plain", "discounted", "windowed"]
 )

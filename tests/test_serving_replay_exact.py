@@ -122,8 +122,14 @@ def replay(tmp_path: Path, name: str, options: dict[str, Any]) -> dict[str, Any]
     """Send the stream, one request at a time, to a fresh service serving ``name``."""
     model = policy_file(tmp_path / f"{name}.npz", name=name, seed=3, **options)
     # the salt the reference was recorded with (the stored user hashes depend on it)
+    # a deadline no loaded machine misses (the decision thread runs at nice 19: beside a
+    # busy CI a decision past the default 0.25 s fell back, and the stream differed)
     settings = service_settings(
-        tmp_path, model_path=model, snapshot_every_rewards=25, user_salt="test-salt"
+        tmp_path,
+        model_path=model,
+        snapshot_every_rewards=25,
+        user_salt="test-salt",
+        decision_deadline_s=30.0,
     )
     answers: list[dict[str, Any]] = []
     rewards: list[dict[str, Any]] = []

@@ -65,9 +65,16 @@ def per_arm_thompson(
         df = None
     scores = mean + noise
     choice = scores.argmax(axis=1).astype(np.intp)
-    ties = tied_with_max(scores)
+    # a win split uniformly only among point masses (scale 0: a zero context) whose means
+    # are tied, as the quadrature splits it; draws of scale > 0 tie with probability 0.
+    # Before, any draws within 1e-12 of the maximum were split: every decision of a
+    # context of norm ≲ 1e-12 was uniform while its logged propensities were the
+    # quadrature's (up to 0.58 apart; numerics pass, stop 50)
+    point = scale == 0.0
+    ties = point & tied_with_max(np.where(point, scores, -np.inf))
+    ties &= point[np.arange(choice.shape[0]), choice][:, None]  # a point mass won
     several = ties.sum(axis=1) > 1
-    if several.any():  # equal draws (point masses): split uniformly, as the propensity does
+    if several.any():
         split = ties[several] / ties[several].sum(axis=1, keepdims=True)
         choice[several] = sample_categorical(split, rng)
     return choice, argmax_probabilities(mean, scale, df), scores
