@@ -829,6 +829,39 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
 
 @pytest.mark.filterwarnings("ignore:module 'sre_constants' is deprecated:DeprecationWarning")
 @pytest.mark.filterwarnings("ignore:module 'sre_parse' is deprecated:DeprecationWarning")
+def test_an_extraction_cut_short_by_a_full_disk_leaves_no_part_file(tmp_path: Path) -> None:
+    """A replay write that fails half-way (here the process may write no file past 16 KB
+    once it has read the store, as on a full disk) left its ``replay.parquet.tmp`` in the run folder, and every
+    nightly run key another (resources pass). The error goes up; nothing is left."""
+    url, start, end = _window(tmp_path, broken=0, total=400)
+    out = tmp_path / "cut"
+    script = f"""
+import resource, signal, sys
+from datetime import datetime, timedelta
+import pandas as pd
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as ENOSPC: an error, not a kill
+from training.replay import extract_replay
+write = pd.DataFrame.to_parquet
+def cut_short(frame, path, **kw):  # the disk fills once the store has been read
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, resource.RLIM_INFINITY))
+    return write(frame, path, **kw)
+pd.DataFrame.to_parquet = cut_short
+try:
+    extract_replay({url!r}, datetime.fromisoformat({start.isoformat()!r}),
+                   datetime.fromisoformat({end.isoformat()!r}), {str(out)!r},
+                   reward_window=timedelta(seconds=1))
+except OSError as exc:
+    print("refused:", exc)
+    sys.exit(3)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "File too large" in done.stdout or "Errno 27" in done.stdout, done.stdout
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_a_stored_reward_outside_the_reward_range_is_quarantined_not_the_window(
     tmp_path: Path,
 ) -> None:

@@ -136,8 +136,11 @@ def extract_replay(
         quarantine_path.unlink(missing_ok=True)
     path = out / REPLAY_FILE
     tmp = path.with_suffix(".parquet.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    try:
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    finally:  # a write cut short (a full disk) leaves no part-file behind
+        tmp.unlink(missing_ok=True)
     manifest = ReplayManifest(
         path=str(path),
         start=start.astimezone(UTC).isoformat(),

@@ -749,9 +749,13 @@ def validate_replay(
     parameters = {DRIFT_PARAMETER: float(drift_threshold)}
     if drift_warning is not None:
         parameters[DRIFT_WARNING_PARAMETER] = float(drift_warning)
-    run = checkpoint.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
-    if docs_dir is not None:
-        drop_unlinked_assets(Path(docs_dir).resolve())
+    try:
+        run = checkpoint.run(
+            batch_parameters={"dataframe": frame}, expectation_parameters=parameters
+        )
+    finally:  # a build cut short (a full disk) left MBs of GX's assets in every run folder
+        if docs_dir is not None:
+            drop_unlinked_assets(Path(docs_dir).resolve())
     result = next(iter(run.run_results.values()))
     failures = _failures([r for r in result.results if not _is_warning(r)])
     outcome = ReplayValidation(
