@@ -157,6 +157,9 @@ def _retrain(settings: PipelineSettings, run_key: str, now: datetime, **form: ob
     """The retrain of the last hour (up to 2 s past ``now``, so every reward window has
     closed), as ``banditops train`` runs it."""
     end = now + timedelta(seconds=2)
+    wait = (end - datetime.now(UTC)).total_seconds()
+    if wait > 0:  # a retrain reads the store no later than now: let the interval end
+        time.sleep(wait)
     params = {
         "window_days": (end - (now - timedelta(hours=1))).total_seconds() / 86_400,
         "algorithm": "shared_linucb",
