@@ -493,13 +493,17 @@ class BayesianLinearHead:
 
     def _update_in_order(self, phi: FloatArray, r: FloatArray, hd: IntArray) -> None:
         """``n`` calls of :meth:`_update`, whole or not at all: the first row refused puts
-        every head back as it was and raises its ``ValueError``."""
-        saved = {k: v.copy() for k, v in vars(self).items() if isinstance(v, np.ndarray)}
+        the heads it touched back as they were and raises its ``ValueError`` (only those
+        heads' rows are kept aside: a bank of many arms is not copied per reward)."""
+        touched = np.unique(hd)
+        names = self._array_names()
+        kept = [getattr(self, name)[touched].copy() for name in names]
         try:
             for i in range(phi.shape[0]):
                 self._update(phi[i], float(r[i]), int(hd[i]))
         except ValueError:
-            vars(self).update(saved)
+            for name, value in zip(names, kept, strict=True):
+                getattr(self, name)[touched] = value
             raise
 
     def _check_batch(
