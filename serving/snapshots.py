@@ -256,11 +256,7 @@ class Snapshotter:
         if parts is None:
             return None
         created_at = datetime.now(UTC)
-        parts_key = None
-        if len(parts) > 1:  # the leading parts first, each in a transaction of its own
-            parts_key = uuid.uuid4().hex
-            for seq, part in enumerate(parts[:-1]):
-                await self._commit(SnapshotPart(parts_key, seq, created_at, part))
+        parts_key = None if len(parts) == 1 else uuid.uuid4().hex
         row = SnapshotRow(
             created_at=created_at,
             policy=state.policy,
@@ -269,7 +265,18 @@ class Snapshotter:
             lease=None if self.lease is None else self.lease.token,
             **meta,
         )
-        snapshot_id: int | None = await self._commit(row)
+        try:
+            if parts_key is not None:  # the leading parts first, each in its own transaction
+                for seq, part in enumerate(parts[:-1]):
+                    await self._commit(SnapshotPart(parts_key, seq, created_at, part))
+            snapshot_id: int | None = await self._commit(row)
+        except Exception:
+            # the parts written so far belong to no snapshot: before, each failed attempt
+            # left them (a part or more of a whole head per attempt, on a disk already
+            # full) until retention's horizon (resources pass, stop 50)
+            if parts_key is not None:
+                await self._drop_quietly(parts_key)
+            raise
         if snapshot_id is None:  # the lease no longer held when it committed
             log.warning(
                 "no snapshot of %s: this process's lease on the store had lapsed or was "
@@ -299,6 +306,15 @@ class Snapshotter:
                 await self._drop(key)
         except Exception as exc:
             log.warning("superseded snapshots of %s not deleted yet: %s", version, exc)
+
+    async def _drop_quietly(self, parts_key: str) -> None:
+        """:meth:`_drop`, whose own failure is logged (retention deletes what it leaves)."""
+        try:
+            await self._drop(parts_key)
+        except Exception as exc:
+            log.warning(
+                "parts %s of a snapshot not written are not deleted yet: %s", parts_key, exc
+            )
 
     async def _drop(self, parts_key: str) -> None:
         """Delete the parts of ``parts_key``, a few per transaction."""

@@ -209,3 +209,60 @@ def test_a_version_keeps_its_newest_snapshots_and_none_of_the_parts_of_the_other
         served = client.app.state.service.loader.current.production
         assert len(served.replayed_ids) == 0
         assert head_difference(live, served.policy) == 0.0
+
+
+def _refuse_snapshot_rows(url: str) -> None:
+    """A trigger that fails every INSERT into ``head_snapshots`` (the store refusing a
+    snapshot's row after its parts were written: a full disk, a constraint)."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.execute(
+                    sa.text(
+                        "CREATE TRIGGER refuse_snapshots BEFORE INSERT ON head_snapshots "
+                        "BEGIN SELECT RAISE(ABORT, 'no room for a snapshot'); END"
+                    )
+                )
+                return
+            conn.execute(
+                sa.text(
+                    "CREATE FUNCTION refuse_snapshots() RETURNS trigger AS $$ BEGIN "
+                    "RAISE EXCEPTION 'no room for a snapshot'; END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER refuse_snapshots BEFORE INSERT ON head_snapshots "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_snapshots()"
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_snapshot_whose_row_the_store_refuses_leaves_none_of_its_parts(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The parts of a snapshot are committed before its row; when the row fails, the
+    parts are deleted. Before, each failed attempt left its parts (of a whole head) in
+    the store until retention's horizon, on a disk that was often full already."""
+    model = policy_file(tmp_path / "linucb.npz", name="linucb")
+    settings = service_settings(tmp_path, store_url, model_path=model, snapshot_part_bytes=1024)
+    rng = np.random.default_rng(17)
+    with running_client(settings) as client:
+        _refuse_snapshot_rows(settings.store_url)
+        for attempt in range(3):
+            assert _decide_and_reward(client, rng, 1.0).json()["applied"] is True
+            refused = client.post("/v1/admin/snapshot")
+            assert refused.status_code == 503, (attempt, refused.text)
+            assert "refused" in refused.json()["detail"]
+        assert _decide_and_reward(client, rng, 0.0).status_code == 200  # events still go in
+    engine = make_engine(settings.store_url)
+    try:
+        with engine.connect() as conn:
+            parts = conn.execute(sa.text("SELECT count(*) FROM head_snapshot_parts")).scalar()
+            snapshots = conn.execute(sa.text("SELECT count(*) FROM head_snapshots")).scalar()
+    finally:
+        engine.dispose()
+    assert (parts, snapshots) == (0, 0)
