@@ -1215,14 +1215,32 @@ class DecisionService:
         can still be acknowledged (not while stalled, nor while degraded without a
         journal, with a full one, or with one whose last write failed: a full disk)."""
         journal, writer = self.journal, self.writer
-        refusing = journal is None or journal.full or writer.spool_failing
-        stalled = writer.in_flight_s() > self.settings.store_deadline_s
-        return {
+        in_flight, deadline = writer.in_flight_s(), self.settings.store_deadline_s
+        refusing = None
+        if in_flight > deadline:
+            refusing = (
+                f"an event store write has been under way for {in_flight:.0f} s "
+                f"(store_deadline_s {deadline:g})"
+            )
+        elif writer.degraded:
+            if journal is None:
+                refusing = "the event store is unreachable and this process keeps no journal"
+            elif journal.full:
+                refusing = (
+                    f"the event store is unreachable and the journal is full ({journal.size} "
+                    f"of {journal.max_bytes} bytes: journal_max_bytes)"
+                )
+            else:
+                refusing = writer.spool_failure
+        status: dict[str, Any] = {
             "degraded": writer.degraded,
             "journal_events": 0 if journal is None else journal.events,
-            "stalled": stalled,
-            "accepting": not (stalled or (writer.degraded and refusing)),
+            "stalled": in_flight > deadline,
+            "accepting": refusing is None,
         }
+        if refusing is not None:  # before, a 503 said "unavailable" and no more
+            status["reason"] = refusing
+        return status
 
     # ------------------------------------------------------------------ models
     async def state_parts(self, role: str) -> list[bytes]:

@@ -74,3 +74,38 @@ def test_events_acknowledged_after_the_file_went_reach_the_next_file(tmp_path: P
         engine = client.app.state.service.store.engine
         assert EventStore(engine).existing_event_ids(after) == set(after)
         assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_readyz_names_why_no_event_is_accepted(tmp_path: Path) -> None:
+    """The store gone and the journal's disk full (``/dev/full`` in its segment's place):
+    ``/readyz`` answers 503 ``unavailable`` with a ``reason`` naming the failed journal
+    write and its file, and ``ready`` again once the journal can write. Before, the body
+    said ``unavailable`` and no more: an operator could not tell a full disk from a full
+    journal or a missing one."""
+    path = tmp_path / "events.db"
+    settings = service_settings(tmp_path, f"sqlite:///{path}", store_probe_s=0.1)
+    rng = np.random.default_rng(5)
+    with running_client(settings) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
+        journal = client.app.state.service.journal
+        _remove(path)
+        assert client.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+        segment, full = os.dup(journal._fd), os.open("/dev/full", os.O_WRONLY)
+        try:
+            os.dup2(full, journal._fd)
+            refused = client.post("/v1/decisions", json=decision_body(rng))
+            assert refused.status_code == 503, refused.text
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            body = ready.json()
+            assert body["status"] == "unavailable" and body["degraded"] is True
+            assert "No space left on device" in body["reason"], body
+            assert str(journal.path) in body["reason"], body
+        finally:
+            os.dup2(segment, journal._fd)
+            os.close(full)
+            os.close(segment)
+        assert client.post("/v1/decisions", json=decision_body(rng)).status_code == 200
+        ready = client.get("/readyz")
+        assert (ready.status_code, ready.json()["status"]) == (200, "degraded"), ready.text
+        assert "reason" not in ready.json()

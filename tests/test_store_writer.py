@@ -345,7 +345,7 @@ def test_a_commit_the_store_cannot_confirm_fails_without_a_retry(
 class _Journal:
     """A journal that takes every batch."""
 
-    failing = False
+    failure = None
 
     def __init__(self) -> None:
         self.batches: list[int] = []

@@ -452,7 +452,7 @@ class Journal:
         self.path: Path | None = None
         self._fd: int | None = None
         self._size = 0
-        self._failing = False
+        self._failure: str | None = None
         self._events = 0
         self._index: dict[str, StoredDecision] = {}
         self._lock = threading.Lock()
@@ -546,10 +546,10 @@ class Journal:
         return self._size
 
     @property
-    def failing(self) -> bool:
-        """Whether its last write of a batch failed (its disk full, or the batch past
-        ``max_bytes``), until one succeeds."""
-        return self._failing
+    def failure(self) -> str | None:
+        """Why its last write of a batch failed (its disk full, or the batch past
+        ``max_bytes``), until one succeeds; None when it did not."""
+        return self._failure
 
     @property
     def full(self) -> bool:
@@ -626,7 +626,7 @@ class Journal:
             )
             for i, _ in accepted:
                 out[i] = error
-            self._failing = True
+            self._failure = str(error)
             return out
         started = time.perf_counter()
         try:
@@ -636,9 +636,9 @@ class Journal:
             error = JournalError(f"the journal write failed ({exc.strerror or exc})")
             for i, _ in accepted:
                 out[i] = error
-            self._failing = True
+            self._failure = f"{error} on {self.path}"
             return out
-        self._failing = False
+        self._failure = None
         seconds = time.perf_counter() - started
         with self._lock:
             for i, item in accepted:

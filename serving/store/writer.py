@@ -94,9 +94,9 @@ class Spool(Protocol):
         ...
 
     @property
-    def failing(self) -> bool:
-        """Whether its last write of a batch failed (its disk full, or the batch past its
-        byte cap), until one succeeds."""
+    def failure(self) -> str | None:
+        """Why its last write of a batch failed (its disk full, or the batch past its
+        byte cap), until one succeeds; None when it did not."""
         ...
 
 
@@ -202,8 +202,9 @@ class GroupCommitWriter(Generic[T, R]):
         self.degraded = False
         #: ``time.monotonic()`` when the last outage ended (its journal drained), or None.
         self.recovered_at: float | None = None
-        #: The last journal write failed (a full disk): new events are refused (503).
-        self.spool_failing = False
+        #: Why the last journal write failed (a full disk), None when it did not: new
+        #: events are refused (503) meanwhile.
+        self.spool_failure: str | None = None
         self.outages = 0
         self._db_back = threading.Event()
         self.engine = engine
@@ -381,13 +382,18 @@ class GroupCommitWriter(Generic[T, R]):
         except Exception as exc:
             log.error("journal write failed: %s", exc)
             results = [exc] * len(items)
-            self.spool_failing = True
+            self.spool_failure = f"the journal write failed: {exc}"
         else:
             # a journal refuses a batch it cannot write item by item, without raising:
             # /readyz said 200 "accepting" while a full disk refused every event
             # (resources pass, stop 50)
-            self.spool_failing = self._spool.failing
+            self.spool_failure = self._spool.failure
         self._committed(batch, results)
+
+    @property
+    def spool_failing(self) -> bool:
+        """Whether the last journal write failed (:attr:`spool_failure` says why)."""
+        return self.spool_failure is not None
 
     def _start_probe(self) -> None:
         threading.Thread(target=self._probe, name="banditops-store-probe", daemon=True).start()
@@ -429,7 +435,7 @@ class GroupCommitWriter(Generic[T, R]):
             return False
         self.degraded = False
         self.recovered_at = time.monotonic()
-        self.spool_failing = False
+        self.spool_failure = None
         if self._on_drained is not None:
             try:
                 self._on_drained(report)
