@@ -37,7 +37,9 @@ O(d(d + k)) for the arm, instead of O((k + K·d)²); a decision costs O(K(d² + 
 A₀, A_a and B_a are read only by the refactorisation, which sums them then. The noise
 posterior needs ``bᵀM⁻¹b = b̂ᵀβ̂ + Σ_a b_aᵀA_a⁻¹b_a`` (block elimination), kept per arm.
 Every ``refactor_every`` updates the blocks are recomputed from the additive statistics,
-bounding round-off.
+bounding round-off, unless the dense precision's scaled condition number says those would
+not be accurate (collinear rows at the input bound, whose sums lose λ in float64): then the
+rank-one blocks are kept (:meth:`HybridModel.refactor`).
 
 Thompson sampling draws from the same joint posterior: ``β̃ ~ N(β̂, σ²S⁻¹)`` and, given β̃,
 ``θ̃_a ~ N(A_a⁻¹(b_a − B_aβ̃), σ²A_a⁻¹)`` independently per arm, so a candidate's sampled
@@ -62,6 +64,7 @@ from bandit_core._growth import append_rows
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.features import FeatureMap
 from bandit_core.linalg import (
+    SCALED_CONDITION_LIMIT,
     inv_chol_rank1_product,
     inverse_cholesky,
     upper_triangular_factor,
@@ -195,6 +198,68 @@ def arm_terms(
     q = (out[0, :, :d] @ x[0])[None] if n == 1 else np.einsum("nkd,nd->nk", out[..., :d], x)
     np.maximum(q, 0.0, out=q)  # A_a⁻¹ is positive definite; round-off must not flip a sign
     return q, out[..., d : d + dim_shared], out[..., -1]
+
+
+#: Power iterations of :func:`block_scaled_condition`'s two largest-eigenvalue estimates.
+_POWER_STEPS = 16
+
+
+def block_scaled_condition(
+    gram0: FloatArray,
+    precision: FloatArray,
+    cross: FloatArray,
+    inv_chol: FloatArray,
+    ub: FloatArray,
+    schur_inv_chol: FloatArray,
+) -> float:
+    """Estimated condition number of ``D^{-1/2} M D^{-1/2}`` (``D = diag(M)``) for the dense
+    precision ``M`` of the blocks (module docstring), from its block factor, without forming
+    ``M``: what bounds the relative error of the blocks a refactorisation computes from the
+    summed ``A₀``, ``A_a``, ``B_a`` (it is a block Cholesky factorisation of ``M``, arms
+    first, whose Schur complement ``S = A₀ − Σ (U_aB_a)ᵀ(U_aB_a)`` is formed by subtraction:
+    where that cancels, ``S`` is small beside ``A₀``'s diagonal and ``M``'s scaled
+    condition number large). As :func:`bandit_core.linalg.scaled_condition`, by power
+    iteration from a fixed start (an estimate, from below).
+
+    ``gram0`` (k, k) = A₀, ``precision`` (m, d, d) = A_a, ``cross`` (m, d, k) = B_a,
+    ``inv_chol`` (m, d, d) = U_a, ``ub`` (m, d, k) = U_aB_a, ``schur_inv_chol`` (k, k) = U₀.
+    """
+    tiny = np.finfo(np.float64).tiny
+    root0 = np.sqrt(np.maximum(np.diagonal(gram0), tiny))
+    roots = np.sqrt(np.maximum(np.diagonal(precision, axis1=-2, axis2=-1), tiny))
+    k, (m, d) = root0.size, roots.shape
+
+    def scaled(v: FloatArray) -> FloatArray:  # D^{-1/2} M D^{-1/2} v
+        v0, va = v[:k] / root0, v[k:].reshape(m, d) / roots
+        top = gram0 @ v0 + np.einsum("mdk,md->k", cross, va)
+        arms = np.einsum("mdk,k->md", cross, v0) + np.einsum("mij,mj->mi", precision, va)
+        return np.concatenate((top / root0, (arms / roots).ravel()))
+
+    def inverse(v: FloatArray) -> FloatArray:  # D^{1/2} M⁻¹ D^{1/2} v, M⁻¹ = L⁻ᵀL⁻¹
+        v0, va = v[:k] * root0, v[k:].reshape(m, d) * roots
+        ya = np.einsum("mij,mj->mi", inv_chol, va)  # L⁻¹v: [U_a v_a ; U₀(v₀ − Σ(U_aB_a)ᵀy_a)]
+        y0 = schur_inv_chol @ (v0 - np.einsum("mdk,md->k", ub, ya))
+        t0 = schur_inv_chol.T @ y0  # L⁻ᵀy: [U₀ᵀy₀ ; U_aᵀ(y_a − U_aB_a t₀)]
+        ta = np.einsum("mji,mj->mi", inv_chol, ya - np.einsum("mdk,k->md", ub, t0))
+        return np.concatenate((t0 * root0, (ta * roots).ravel()))
+
+    def largest(apply: Callable[[FloatArray], FloatArray]) -> float:
+        v = np.linspace(1.0, 2.0, k + m * d)
+        value = 1.0
+        for _ in range(_POWER_STEPS):
+            v /= np.linalg.norm(v)
+            w = apply(v)
+            value = float(v.dot(w))
+            v = w
+        return value
+
+    return largest(scaled) * largest(inverse)
+
+
+def blocks_are_accurate(condition: float) -> bool:
+    """Whether blocks refactorised from the sums are accurate to about 1e-6
+    (:data:`bandit_core.linalg.SCALED_CONDITION_LIMIT`); not finite: not accurate."""
+    return bool(np.isfinite(condition) and condition <= SCALED_CONDITION_LIMIT)
 
 
 # ------------------------------------------------------------------ the model
@@ -382,12 +447,8 @@ class HybridModel:
                 raise
         else:
             self._rank1(slot, context, z, reward)
-        if self.pending_ >= self.config.refactor_every:
-            try:
-                self.refactor()
-                return
-            except ValueError:  # statistics no factorisation can take: keep the rank-one
-                pass  # blocks (they never formed them) and try again next time
+        if self.pending_ >= self.config.refactor_every and self.refactor():
+            return
         self._set_beta()
 
     def _rank1(self, slot: int, x: FloatArray, z: FloatArray, r: float) -> None:
@@ -491,14 +552,16 @@ class HybridModel:
     def learn(
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
     ) -> None:
-        """Add ``n`` observations: statistics summed, every factor recomputed once."""
+        """Add ``n`` observations, whole or not at all: statistics summed, every factor
+        recomputed once, or the rows learnt one at a time as online where the sums cannot
+        be factored accurately (:meth:`_learn_all`)."""
         if contexts.shape[0] == 1:
             self.learn_one(contexts[0], ids[0], feats[0], float(rewards[0]))
             return
         saved = self._snapshot()
         try:
             self._learn_all(contexts, ids, feats, rewards)
-        except ValueError:  # a factorisation failed: the model is as it was
+        except ValueError:  # a row was refused: the model is as it was
             self._restore(saved)
             raise
 
@@ -522,6 +585,7 @@ class HybridModel:
         slots = self.slots_for(ids, create=True)
         z = self.features.build_rows(contexts, feats, ids)
         self._fold()
+        start = self._snapshot()
         self._add_statistics(slots, contexts, z)
         self.xty0_ += z.T @ rewards
         for slot in np.unique(slots):
@@ -529,7 +593,20 @@ class HybridModel:
             self.xty_[slot] += contexts[rows].T @ rewards[rows]
         self.yty_ += float(rewards @ rewards)
         self.count_ += float(contexts.shape[0])
-        self.refactor()
+        blocks = self._refactored()
+        if blocks is None:
+            # the summed statistics cannot be factored (accurately) in float64: collinear
+            # rows so large that λ is lost beside their sums, or the Schur complement's
+            # subtraction cancels. The rows are learnt one at a time, as online (a row
+            # refused raises, and the caller puts the model back: whole or not at all).
+            # Before, the batch was refused where the online model learnt every row
+            # (10⁴ collinear rows at 1e6 in batches of 1,000: up to 6,000 refused), or its
+            # blocks came from a factor of relative error up to ~1.
+            self._restore(start)
+            for i in range(contexts.shape[0]):
+                self.learn_one(contexts[i], ids[i], feats[i], float(rewards[i]))
+            return
+        self._take(blocks)
 
     def rebuild(
         self, contexts: FloatArray, ids: list[str], feats: FloatArray, rewards: FloatArray
@@ -545,22 +622,56 @@ class HybridModel:
                 self._restore(saved)
                 raise
 
-    def refactor(self) -> None:
-        """Recompute every block from the additive statistics: ``W_a`` from
-        ``U_a = L_a⁻¹`` (:func:`scoring_block`), ``S = A₀ − Σ (U_aB_a)ᵀ(U_aB_a)``,
-        ``b̂ = b₀ − Σ (A_a⁻¹B_a)ᵀ b_a`` (O(K(d³ + d²k + dk²) + k³))."""
-        self._fold()
-        inv_chol = inverse_cholesky(self.precision_)
-        self.scoring_, ub = scoring_block(inv_chol, self.cross_, self.xty_)
-        d, k = self.config.dim_user, self.dim_shared
-        stacked = ub.reshape(-1, k)  # Σ_a (U_aB_a)ᵀ(U_aB_a) as one product
-        schur = self.gram0_ - stacked.T @ stacked
-        gain = self.scoring_[:, d : d + k]  # (m, k, d)
-        self.reduced_ = self.xty0_ - np.einsum("mkd,md->k", gain, self.xty_)
-        self.arm_fit_ = np.einsum("md,md->m", self.scoring_[:, -1], self.xty_)
-        self.schur_inv_chol_ = inverse_cholesky(schur)
+    def refactor(self) -> bool:
+        """Recompute every block from the additive statistics (:meth:`_refactored`), the
+        periodic refactorisation that bounds the rank-one steps' round-off; whether it did.
+
+        Where the blocks computed from the sums would not be accurate
+        (:func:`block_scaled_condition` of the dense precision past
+        :data:`~bandit_core.linalg.SCALED_CONDITION_LIMIT`, or no factorisation takes the
+        sums) the rank-one blocks, which never formed them, are kept and the next try is
+        ``refactor_every`` updates later. Before, blocks of relative error ~1 or worse
+        replaced them (3·10⁴ collinear rows at 1e6 on two arms: a width of 4.7e7 where the
+        exact one is 2.2), or a failed factorisation was tried again at every update."""
+        self.pending_ = 0
+        blocks = self._refactored()
+        if blocks is None:
+            return False
+        self._take(blocks)
+        return True
+
+    def _take(self, blocks: dict[str, FloatArray]) -> None:
+        vars(self).update(blocks)
         self.pending_ = 0
         self._set_beta()
+
+    def _refactored(self) -> dict[str, FloatArray] | None:
+        """Every block from the additive statistics: ``W_a`` from ``U_a = L_a⁻¹``
+        (:func:`scoring_block`), ``S = A₀ − Σ (U_aB_a)ᵀ(U_aB_a)``, ``b̂ = b₀ − Σ
+        (A_a⁻¹B_a)ᵀ b_a`` (O(K(d³ + d²k + dk²) + k³)); ``None`` (nothing changed) where a
+        factorisation fails or the blocks would not be accurate (:func:`blocks_are_accurate`)."""
+        self._fold()
+        d, k = self.config.dim_user, self.dim_shared
+        try:
+            inv_chol = inverse_cholesky(self.precision_)
+            scoring, ub = scoring_block(inv_chol, self.cross_, self.xty_)
+            stacked = ub.reshape(-1, k)  # Σ_a (U_aB_a)ᵀ(U_aB_a) as one product
+            schur = self.gram0_ - stacked.T @ stacked
+            schur_inv_chol = inverse_cholesky(schur)
+        except ValueError:
+            return None
+        condition = block_scaled_condition(
+            self.gram0_, self.precision_, self.cross_, inv_chol, ub, schur_inv_chol
+        )
+        if not blocks_are_accurate(condition):
+            return None
+        gain = scoring[:, d : d + k]  # (m, k, d)
+        return {
+            "scoring_": scoring,
+            "reduced_": self.xty0_ - np.einsum("mkd,md->k", gain, self.xty_),
+            "arm_fit_": np.einsum("md,md->m", scoring[:, -1], self.xty_),
+            "schur_inv_chol_": schur_inv_chol,
+        }
 
     # -- state -----------------------------------------------------------------
     _ARRAYS = (
