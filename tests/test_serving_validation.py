@@ -222,6 +222,23 @@ def _assert_recovered_after_a_crash(settings: Any, live: Any) -> None:
         assert head_difference(live, served_policy(client)) <= 1e-9
 
 
+def _same_head(live: Any, other: Any) -> None:
+    """The same learned arrays to round-off: relative to each array's largest entry,
+    since sums of features at the bound are ~1e13, where one unit in the last place is
+    0.004, and their cancelling entries keep that error (the hybrid sums the rows it
+    learns in order in other groups than a batch does)."""
+    left, right = live.to_state().arrays, other.to_state().arrays
+    assert left.keys() == right.keys()
+    for key, value in left.items():
+        if key.endswith("pending"):
+            continue
+        if np.issubdtype(value.dtype, np.floating):
+            atol = 1e-9 + 1e-14 * float(np.abs(value).max(initial=0.0))
+            np.testing.assert_allclose(right[key], value, rtol=1e-12, atol=atol, err_msg=key)
+        else:
+            np.testing.assert_array_equal(right[key], value, err_msg=key)
+
+
 def test_a_head_update_the_model_refuses_is_counted_skipped_and_recovered(
     tmp_path: Path,
 ) -> None:
@@ -278,7 +295,7 @@ def test_a_head_update_the_model_refuses_is_counted_skipped_and_recovered(
     engine = make_engine(settings.store_url)
     try:
         rebuilt = rebuild_from_store(EventStore(engine), version, load_policy(model))
-        assert head_difference(live, rebuilt) <= 1e-9
+        _same_head(live, rebuilt)
     finally:
         engine.dispose()
     _drop_snapshots(settings.store_url)
@@ -286,7 +303,7 @@ def test_a_head_update_the_model_refuses_is_counted_skipped_and_recovered(
         restarted = client.app.state.service.loader.current.production
         assert restarted is not None and restarted.version == version
         assert restarted.applied_rewards == sum(learnt)
-        assert head_difference(live, restarted.policy) <= 1e-9
+        _same_head(live, restarted.policy)
         got = client.post("/v1/decisions", json=decision_body(rng, n=4))
         assert got.status_code == 200 and got.json()["fallback"] is False, got.text
 
