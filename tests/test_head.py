@@ -271,7 +271,12 @@ def test_a_numerically_singular_precision_changes_nothing(rng: np.random.Generat
     learnt)."""
     phi, r = _data(rng, 50, 4)
     big = np.tile(1e12 * np.array([1.0, 1.0, 0.0, 0.0]), (100, 1))
-    for config in (HeadConfig(dim=4), HeadConfig(dim=4, gamma=0.999)):
+    # out of scale beside the rows before (outlier_ratio): the check is off, the numerics
+    # being what is tested
+    for config in (
+        HeadConfig(dim=4, outlier_ratio=None),
+        HeadConfig(dim=4, outlier_ratio=None, gamma=0.999),
+    ):
         head = _sequential(config, phi, r)
         before = _head_arrays(head)
         if config.gamma == 1.0:  # the batch learns them one at a time, as online
@@ -285,7 +290,7 @@ def test_a_numerically_singular_precision_changes_nothing(rng: np.random.Generat
                 head.update(x, 1.0)
         for key, value in before.items():  # the discounted head fails on the first row
             np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
-    head = _sequential(HeadConfig(dim=4), phi, r)
+    head = _sequential(HeadConfig(dim=4, outlier_ratio=None), phi, r)
     stats_before = _head_arrays(head)
     gram = big.T @ big
     with pytest.raises(ValueError, match="symmetric positive definite"):
@@ -296,7 +301,7 @@ def test_a_numerically_singular_precision_changes_nothing(rng: np.random.Generat
         head.rebuild(np.vstack([phi, big]), np.concatenate([r, np.ones(100)]))
     for key, value in stats_before.items():
         np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
-    rows = _sequential(HeadConfig(dim=4, refactor_every=10), phi, r)
+    rows = _sequential(HeadConfig(dim=4, outlier_ratio=None, refactor_every=10), phi, r)
     for x in big:
         rows.update(x, 1.0)
     assert np.isfinite(rows.theta_).all() and np.isfinite(rows.inv_chol_).all()
@@ -457,7 +462,7 @@ def test_a_window_whose_leaving_row_cannot_be_downdated_is_learnt_anew(
     more, ever (its snapshot and a rebuild too). The head is learnt anew from the rows
     left in its window instead, and equals a rebuild from them."""
     window = 50
-    config = HeadConfig(dim=6, window=window)
+    config = HeadConfig(dim=6, window=window, outlier_ratio=None)  # its numerics, not its scale
     rows = rng.standard_normal((300, 6))
     rows[:, :2] = 0.0
     rows[60, :2] = 1e6  # the one extreme context
@@ -488,3 +493,73 @@ def test_a_batch_of_a_discounted_or_windowed_head_is_learnt_whole_or_not_at_all(
         head.update_batch(phi, r)
     for key, value in before.items():
         np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [HeadConfig(dim=5), HeadConfig(dim=5, gamma=0.99), HeadConfig(dim=5, window=60)],
+    ids=["plain", "discounted", "windowed"],
+)
+def test_a_row_out_of_scale_beside_the_rows_held_is_refused_whole(
+    rng: np.random.Generator, config: HeadConfig
+) -> None:
+    """A feature more than ``outlier_ratio`` (100) times its RMS over the rows the head
+    holds is a leverage point: one row at 1e6 along an axis sets the fit in that direction
+    by itself. It is refused (``ValueError`` naming the feature, nothing learnt), by
+    ``update`` and by ``update_batch`` alike (the batch whole, as the row would be one at
+    a time); rows within the ratio, and any row before the head holds
+    ``OUTLIER_MIN_ROWS`` rows, are learnt. Before, every such row was learnt."""
+    from bandit_core.head import OUTLIER_MIN_ROWS
+
+    phi, r = _data(rng, 100, 5)
+    head = _sequential(config, phi, r)
+    before = _head_arrays(head)
+    poison = np.zeros(5)
+    poison[3] = 1e6
+    with pytest.raises(ValueError, match=r"phi\[3\] = 1e\+06 .* outlier_ratio=100"):
+        head.update(poison, 0.0)
+    batch = np.vstack([phi[:10], poison[None], phi[10:20]])
+    with pytest.raises(ValueError, match=r"phi\[3\] = 1e\+06"):
+        head.update_batch(batch, np.zeros(21))
+    for key, value in before.items():
+        np.testing.assert_array_equal(getattr(head, key), value, err_msg=key)
+    head.update(20.0 * phi[0] / np.abs(phi[0]).max(), 0.0)  # 20× the RMS: learnt
+    assert not np.array_equal(head.precision_, before["precision_"])
+    young = _sequential(config, phi[: OUTLIER_MIN_ROWS - 1], r[: OUTLIER_MIN_ROWS - 1])
+    young.update(poison, 0.0)  # too few rows to judge its scale by
+    off = _sequential(HeadConfig(dim=5, outlier_ratio=None), phi, r)
+    off.update(poison, 0.0)
+    assert abs(off.theta_[0, 3]) < 1e-5  # what the row did: the fit along it pinned to 0
+
+
+def test_the_batch_and_the_rebuild_refuse_the_rows_one_at_a_time_would(
+    rng: np.random.Generator,
+) -> None:
+    """The first out-of-scale row of a batch is judged against the head and the batch's
+    rows before it, as if learnt in order: after learning the rows around it, the head
+    equals one that learnt them one at a time and refused it. A rebuild refuses a window
+    holding such a row whole (the retrain then learns it in order, skipping the row:
+    ``training.train.rebuild_rows``)."""
+    phi, r = _data(rng, 200, 5)
+    phi[120, 1] = 5e4
+    online = BayesianLinearHead(HeadConfig(dim=5))
+    refused = []
+    for i in range(200):
+        try:
+            online.update(phi[i], r[i])
+        except ValueError:
+            refused.append(i)
+    assert refused == [120]
+    batch = BayesianLinearHead(HeadConfig(dim=5))
+    with pytest.raises(ValueError, match=r"phi\[1\] = 50000"):
+        batch.update_batch(phi, r)
+    assert batch.count_[0] == 0
+    batch.update_batch(phi[:120], r[:120])
+    batch.update_batch(phi[121:], r[121:])
+    np.testing.assert_allclose(batch.theta_, online.theta_, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match=r"phi\[1\] = 50000"):
+        BayesianLinearHead(HeadConfig(dim=5)).rebuild(phi, r)
+    # the same value early, among the first rows, is nothing the head can judge yet
+    early = BayesianLinearHead(HeadConfig(dim=5))
+    early.rebuild(np.vstack([phi[120:121], phi[:120]]), np.concatenate([r[120:121], r[:120]]))
+    assert early.count_[0] == 121

@@ -74,7 +74,7 @@ _POLICY_PARAMS: dict[str, Constraint] = {
     **delegate(
         "BayesianLinearHead",
         HEAD_PARAMS,
-        ("lambda_prior", "a0", "b0", "gamma", "window", "refactor_every"),
+        ("lambda_prior", "a0", "b0", "gamma", "window", "refactor_every", "outlier_ratio"),
     ),
     **delegate("FeatureMap", FEATURE_PARAMS, ("dim_arm", "interactions", "arm_vocabulary")),
 }
@@ -97,6 +97,7 @@ class LinearConfig:
     gamma: float = 1.0
     window: int | None = None
     refactor_every: int = 1000
+    outlier_ratio: float | None = 100.0
 
     @classmethod
     def constraints(cls) -> dict[str, Constraint]:
@@ -117,6 +118,7 @@ class LinearConfig:
             gamma=self.gamma,
             window=self.window,
             refactor_every=self.refactor_every,
+            outlier_ratio=self.outlier_ratio,
         )
 
     def feature_map(self) -> FeatureMap | None:

@@ -79,6 +79,9 @@ class NeuralLinearConfig(NeuralConfig):
         features, as in wide & deep models): the head then contains the shared linear
         model on z, so the policy starts where shared linear TS is and the network only
         has to add what is not linear.
+    outlier_ratio : float or None
+        The head refuses a row out of scale beside those it holds
+        (:attr:`bandit_core.head.HeadConfig.outlier_ratio`).
     """
 
     mode: str = "ts"
@@ -93,6 +96,7 @@ class NeuralLinearConfig(NeuralConfig):
     sample_noise: bool = True
     head_bias: bool = True
     head_inputs: bool = False
+    outlier_ratio: float | None = 100.0
 
     extra_params: ClassVar[dict[str, Constraint]] = {
         "mode": OneOf(("ts", "ucb")),
@@ -102,7 +106,9 @@ class NeuralLinearConfig(NeuralConfig):
         "sample_noise": IsBool(),
         "head_bias": IsBool(),
         "head_inputs": IsBool(),
-        **delegate("BayesianLinearHead", HEAD_PARAMS, ("lambda_prior", "a0", "b0")),
+        **delegate(
+            "BayesianLinearHead", HEAD_PARAMS, ("lambda_prior", "a0", "b0", "outlier_ratio")
+        ),
     }
 
     def __post_init__(self) -> None:
@@ -110,7 +116,13 @@ class NeuralLinearConfig(NeuralConfig):
         self.head_config(1)  # the head validates λ, a0, b0
 
     def head_config(self, dim: int) -> HeadConfig:
-        return HeadConfig(dim=dim, lambda_prior=self.lambda_prior, a0=self.a0, b0=self.b0)
+        return HeadConfig(
+            dim=dim,
+            lambda_prior=self.lambda_prior,
+            a0=self.a0,
+            b0=self.b0,
+            outlier_ratio=self.outlier_ratio,
+        )
 
 
 class _HeadThompson(_ThompsonRule):

@@ -1,0 +1,65 @@
+"""A client that sends a few contexts far out of scale (a feature at 1e6 where the
+features are ~1) could take a trained linear model back to chance: each such row is a
+leverage point that sets the fit in its direction by itself. Heads refuse rows out of
+scale beside those they hold (``outlier_ratio``, :class:`bandit_core.HeadConfig`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bandit_core import make_policy
+from bandit_core.envs import LinearEnvironment
+from bandit_core.types import Candidates
+
+N_ARMS, DIM = 5, 6
+
+
+def _value(policy: object, env: LinearEnvironment, per_arm: bool) -> float:
+    """Mean expected reward of the policy's choices on 500 seeded contexts."""
+    rng = np.random.default_rng(2)
+    total = 0.0
+    for _ in range(500):
+        x, cands = env.sample(rng)
+        if per_arm:
+            cands = Candidates(cands.ids, np.zeros((N_ARMS, 0)))
+        total += float(env.expected_rewards(x, cands)[policy.select(x, cands, rng).arm])  # type: ignore[attr-defined]
+    return total / 500
+
+
+@pytest.mark.parametrize("name", ["shared_linucb", "shared_lints", "lints"])
+def test_contexts_far_out_of_scale_do_not_take_a_trained_model_back_to_chance(
+    name: str,
+) -> None:
+    per_arm = not name.startswith("shared")
+    env = LinearEnvironment.make(np.random.default_rng(0), n_arms=N_ARMS, dim=DIM)
+    options = (
+        {"dim_user": DIM} if per_arm else {"dim_user": DIM, "dim_arm": N_ARMS, "interactions": True}
+    )
+    guarded, unguarded = (
+        make_policy(name, **options),
+        make_policy(name, **options, outlier_ratio=None),
+    )
+    rng = np.random.default_rng(1)
+    for _ in range(1500):  # a few hundred rows per arm: a good model
+        x, cands = env.sample(rng)
+        arm = int(rng.integers(N_ARMS))
+        reward = env.reward(env.expected_rewards(x, cands), arm, float(rng.uniform()))
+        feats = np.zeros(0) if per_arm else cands.features[arm]
+        for policy in (guarded, unguarded):
+            policy.update(x, cands.ids[arm], reward, feats)
+    trained = _value(guarded, env, per_arm)
+    assert trained > 0.8, "the premise broke: the model did not learn"
+    refused = 0
+    for k in range(DIM):  # 30 rows: a context at 1e6 along each axis, for each arm
+        for arm in range(N_ARMS):
+            x = np.zeros(DIM)
+            x[k] = 1e6
+            feats = np.zeros(0) if per_arm else np.eye(N_ARMS)[arm]
+            unguarded.update(x, str(arm), 0.0, feats)
+            with pytest.raises(ValueError, match="outlier_ratio"):
+                guarded.update(x, str(arm), 0.0, feats)
+            refused += 1
+    assert refused == DIM * N_ARMS
+    assert _value(guarded, env, per_arm) == trained  # nothing learnt: the same choices
+    assert _value(unguarded, env, per_arm) < 0.3  # what the rows did without the check
