@@ -5,6 +5,9 @@ scale beside those they hold (``outlier_ratio``, :class:`bandit_core.HeadConfig`
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -63,3 +66,57 @@ def test_contexts_far_out_of_scale_do_not_take_a_trained_model_back_to_chance(
     assert refused == DIM * N_ARMS
     assert _value(guarded, env, per_arm) == trained  # nothing learnt: the same choices
     assert _value(unguarded, env, per_arm) < 0.3  # what the rows did without the check
+
+
+def test_the_service_answers_poisoned_rewards_unlearnt_and_recovery_skips_them(
+    tmp_path: Path,
+) -> None:
+    """Over HTTP: rewards of decisions whose context is far out of scale are stored and
+    answered ``applied: false``, counted in ``banditops_head_update_failures_total``; the
+    served head is the one that learnt only the ordinary rewards, and so is the head a
+    restart recovers from the store (no snapshot: every reward replayed)."""
+    from tests.serving_helpers import (
+        DIM_USER,
+        decision_body,
+        head_difference,
+        policy_file,
+        running_client,
+        served_policy,
+        service_settings,
+    )
+    from tests.test_serving_validation import _drop_snapshots
+
+    model = policy_file(tmp_path / "p.npz", warm=60)
+    settings = service_settings(tmp_path, model_path=model, snapshot_every_rewards=10_000)
+    rng = np.random.default_rng(4)
+
+    def decide_and_reward(body: dict[str, object], reward: float) -> dict[str, object]:
+        event = client.post("/v1/decisions", json=body)
+        assert event.status_code == 200, event.text
+        got = client.post(
+            "/v1/rewards", json={"event_id": event.json()["event_id"], "reward": reward}
+        )
+        assert got.status_code == 200, got.text
+        return dict(got.json())
+
+    with running_client(settings) as client:
+        for _ in range(20):
+            assert decide_and_reward(decision_body(rng), 1.0)["applied"] is True
+        clean = copy.deepcopy(served_policy(client))
+        for k in range(DIM_USER):
+            body = decision_body(rng)
+            body["context"] = [1e6 if i == k else 0.0 for i in range(DIM_USER)]
+            answer = decide_and_reward(body, 0.0)
+            assert (answer["status"], answer["applied"]) == ("applied", False), answer
+        metrics = client.get("/metrics").text
+        line = next(
+            x for x in metrics.splitlines() if x.startswith("banditops_head_update_failures_total")
+        )
+        assert float(line.split()[-1]) == DIM_USER
+        assert head_difference(clean, served_policy(client)) == 0.0
+    _drop_snapshots(settings.store_url)  # a crash before any snapshot
+    with running_client(settings) as client:
+        served = client.app.state.service.loader.current.production
+        assert len(served.replayed_ids) == 20 + DIM_USER  # every applied reward, tried
+        assert served.applied_rewards == 20
+        assert head_difference(clean, served.policy) <= 1e-9
