@@ -63,6 +63,7 @@ from numpy.typing import NDArray
 from bandit_core._growth import append_rows
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.features import FeatureMap
+from bandit_core.head import first_outlier
 from bandit_core.linalg import (
     SCALED_CONDITION_LIMIT,
     inv_chol_rank1_product,
@@ -438,6 +439,7 @@ class HybridModel:
     def learn_one(self, context: FloatArray, arm_id: str, feats: FloatArray, reward: float) -> None:
         slot = self._slots.get(arm_id)
         z = self.features.row(context, feats, arm_id)
+        self._refuse_outliers(z[None])
         if slot is None:  # a refused first update leaves no arm behind
             slot = self._add_arm(arm_id)
             try:
@@ -450,6 +452,29 @@ class HybridModel:
         if self.pending_ >= self.config.refactor_every and self.refactor():
             return
         self._set_beta()
+
+    def _refuse_outliers(self, z: FloatArray) -> None:
+        """Raise ``ValueError`` when a row of the shared features ``z`` (the next rows, in
+        order; they hold the context) is out of scale beside the rows learnt
+        (:attr:`bandit_core.HeadConfig.outlier_ratio`, the linear heads' check, on
+        ``A₀``'s diagonal and the rows not folded into it yet). Nothing changes."""
+        ratio = self.config.outlier_ratio
+        if ratio is None or z.shape[0] == 0:
+            return
+        sums = np.diagonal(self.gram0_) - self.config.lambda_prior
+        if self._unfolded:
+            d = self.config.dim_user
+            pending = np.stack([row[d:] for _, row in self._unfolded])
+            sums = sums + np.einsum("ij,ij->j", pending, pending)
+        found = first_outlier(z, sums, self.count_, ratio)
+        if found is not None:
+            i, j, scale = found
+            raise ValueError(
+                f"shared feature {j} = {z[i, j]:g} is more than outlier_ratio={ratio:g} "
+                f"times the root-mean-square {scale:.3g} of the rows learnt (a leverage "
+                "point: one such row sets the fit in its direction by itself); nothing was "
+                "learnt."
+            )
 
     def _rank1(self, slot: int, x: FloatArray, z: FloatArray, r: float) -> None:
         """Algorithm 2's update of the blocks for one observation on arm ``slot``.
@@ -585,6 +610,7 @@ class HybridModel:
         slots = self.slots_for(ids, create=True)
         z = self.features.build_rows(contexts, feats, ids)
         self._fold()
+        self._refuse_outliers(z)  # the caller puts the arms back
         start = self._snapshot()
         self._add_statistics(slots, contexts, z)
         self.xty0_ += z.T @ rewards
