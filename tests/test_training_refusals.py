@@ -116,3 +116,22 @@ def test_a_row_the_rebuild_cannot_factor_is_learnt_in_order_as_online(
         )
     np.testing.assert_allclose(policy.head.theta_, online.head.theta_, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(policy.head.inv_chol_, online.head.inv_chol_, rtol=1e-7, atol=1e-9)
+
+
+def test_a_neural_retrain_leaves_a_row_out_of_scale_out_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The head of a neural-linear policy refuses a row out of scale beside the others
+    (``outlier_ratio``), as the service's head refused that reward: the nightly run
+    leaves it out of the buffer and the head, named, and trains on the rest. Before the
+    check it was learnt; with the check and no skipping, the whole run failed."""
+    replay = _window(tmp_path, huge=(100,))
+    options = {"hidden": [8], "epochs": 2, "retrain_every": 10_000, "device": "cpu"}
+    config = TrainConfig("neural_linear", options, min_rows=100)
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        result = train(replay, config, tmp_path / "train")
+    assert result.metrics["rows_refused"] == 1.0
+    assert "'e100'" in caplog.text and "refused 1 of" in caplog.text
+    policy = load_policy(result.state_path)
+    assert len(policy.buffer_) == result.n_train - 1
+    assert np.abs(policy.buffer_.inputs).max() < 1e3  # the row at 1e6 is not in it

@@ -172,11 +172,13 @@ def _mse(policy: Any, data: ReplayData) -> float:
 
 def _train_neural(
     policy: Any, train: ReplayData, holdout: ReplayData | None, points: int
-) -> list[dict[str, float]]:
+) -> tuple[list[dict[str, float]], list[int]]:
     """Fill the buffer (fast path only), then one slow-path training in ``points``
     stages, recording train and validation loss after each (the learning curve; no
-    validation loss for the whole-window refit, which holds nothing out)."""
-    policy.update_batch(train.contexts, train.arm_ids, train.rewards, train.arm_features)
+    validation loss for the whole-window refit, which holds nothing out). The rows the
+    head refuses are left out of the buffer too, named (:func:`learn_skipping`); their
+    indices are the second item."""
+    refused = learn_skipping(policy, train)
     curve: list[dict[str, float]] = []
 
     def record(epochs: int, loss: float) -> None:
@@ -186,7 +188,7 @@ def _train_neural(
         curve.append(point)
 
     policy.retrain(stages=points, after_stage=record)
-    return curve
+    return curve, refused
 
 
 def train(
@@ -220,9 +222,8 @@ def train(
             f"the replay window has {decisions} decisions; min_rows is {config.min_rows}."
         )
     policy: Any = build_policy(config, data, train_part.n_rows)
-    refused: list[int] = []
     if policy_spec(config.algorithm).trains_network:
-        curve = _train_neural(policy, train_part, holdout, config.curve_points)
+        curve, refused = _train_neural(policy, train_part, holdout, config.curve_points)
     else:
         refused = rebuild_rows(policy, train_part)
         curve = []
@@ -275,6 +276,15 @@ def rebuild_rows(policy: Any, part: ReplayData) -> list[int]:
     policy.rebuild(
         part.contexts[none], part.arm_ids[none], part.rewards[none], part.arm_features[none]
     )
+    return learn_skipping(policy, part)
+
+
+def learn_skipping(policy: Any, part: ReplayData) -> list[int]:
+    """Learn ``part``'s rows in order, skipping those the policy refuses (one batch when
+    it refuses none: :func:`~bandit_core.policies.position.update_batch_skipping`); the
+    indices of the refused rows, named in the log. A row out of scale beside the others
+    (``outlier_ratio``) failed a neural policy's whole retrain, where the service had
+    refused that one reward."""
     refused = update_batch_skipping(
         policy, part.contexts, part.arm_ids, part.rewards, part.arm_features, None
     )
