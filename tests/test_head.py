@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -563,3 +565,27 @@ def test_the_batch_and_the_rebuild_refuse_the_rows_one_at_a_time_would(
     early = BayesianLinearHead(HeadConfig(dim=5))
     early.rebuild(np.vstack([phi[120:121], phi[:120]]), np.concatenate([r[120:121], r[:120]]))
     assert early.count_[0] == 121
+
+
+def test_the_cheap_pass_of_a_reward_agrees_with_the_full_check(
+    rng: np.random.Generator,
+) -> None:
+    """One row is passed by its squared norm (two numpy calls) where that suffices, else
+    judged feature by feature: rows at every scale get the full check's verdict."""
+    from bandit_core.head import first_outlier
+
+    phi, r = _data(rng, 100, 6)
+    head = _sequential(HeadConfig(dim=6), phi, r)
+    sums = np.diagonal(head.precision_[0]) - head.config.lambda_prior
+    verdicts = set()
+    for _ in range(400):
+        x = rng.standard_normal(6) * 10.0 ** rng.uniform(-1, 3, 6)
+        expected = first_outlier(x[None], sums, float(head.count_[0]), 100.0) is not None
+        try:
+            copy.deepcopy(head).update(x, 0.0)
+            refused = False
+        except ValueError:
+            refused = True
+        assert refused == expected, x
+        verdicts.add(refused)
+    assert verdicts == {True, False}
