@@ -71,10 +71,11 @@ def per_arm_thompson(
     # context of norm ≲ 1e-12 was uniform while its logged propensities were the
     # quadrature's (up to 0.58 apart; numerics pass, stop 50)
     point = scale == 0.0
-    ties = point & tied_with_max(np.where(point, scores, -np.inf))
-    ties &= point[np.arange(choice.shape[0]), choice][:, None]  # a point mass won
-    several = ties.sum(axis=1) > 1
-    if several.any():
-        split = ties[several] / ties[several].sum(axis=1, keepdims=True)
-        choice[several] = sample_categorical(split, rng)
+    if point.any():  # else nothing can tie (and no draw is taken either way)
+        ties = point & tied_with_max(np.where(point, scores, -np.inf))
+        ties &= point[np.arange(choice.shape[0]), choice][:, None]  # a point mass won
+        several = ties.sum(axis=1) > 1
+        if several.any():
+            split = ties[several] / ties[several].sum(axis=1, keepdims=True)
+            choice[several] = sample_categorical(split, rng)
     return choice, argmax_probabilities(mean, scale, df), scores
