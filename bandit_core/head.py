@@ -545,9 +545,10 @@ class BayesianLinearHead:
             self._update_in_order(phi, r, hd)
             return
         touched = np.unique(hd)
-        for h in touched:  # before anything changes
-            self._refuse_outliers(phi[hd == h], int(h))
-        stats = [sufficient_statistics(phi[hd == h], r[hd == h]) for h in touched]
+        rows = [hd == h for h in touched]
+        for h, mine in zip(touched, rows, strict=True):  # before anything changes
+            self._refuse_outliers(phi[mine], int(h))
+        stats = [sufficient_statistics(phi[mine], r[mine]) for mine in rows]
         precision = self.precision_[touched] + np.stack([gram for gram, *_ in stats])
         # factor first: a precision that is numerically singular raises before any change
         try:

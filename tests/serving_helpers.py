@@ -336,3 +336,17 @@ def run_together(*calls: Callable[[], object]) -> None:
         t.start()
     for t in threads:
         t.join()
+
+
+def drop_snapshots(store_url: str) -> None:
+    """A crash before the first snapshot: recovery replays every applied reward."""
+    import sqlalchemy as sa
+
+    from eventstore.engine import make_engine
+
+    engine = make_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM head_snapshots"))
+    finally:
+        engine.dispose()

@@ -79,13 +79,13 @@ def test_the_service_answers_poisoned_rewards_unlearnt_and_recovery_skips_them(
     from tests.serving_helpers import (
         DIM_USER,
         decision_body,
+        drop_snapshots,
         head_difference,
         policy_file,
         running_client,
         served_policy,
         service_settings,
     )
-    from tests.test_serving_validation import _drop_snapshots
 
     model = policy_file(tmp_path / "p.npz", warm=60)
     settings = service_settings(tmp_path, model_path=model, snapshot_every_rewards=10_000)
@@ -115,7 +115,7 @@ def test_the_service_answers_poisoned_rewards_unlearnt_and_recovery_skips_them(
         )
         assert float(line.split()[-1]) == DIM_USER
         assert head_difference(clean, served_policy(client)) == 0.0
-    _drop_snapshots(settings.store_url)  # a crash before any snapshot
+    drop_snapshots(settings.store_url)  # a crash before any snapshot
     with running_client(settings) as client:
         served = client.app.state.service.loader.current.production
         assert len(served.replayed_ids) == 20 + DIM_USER  # every applied reward, tried

@@ -18,6 +18,7 @@ from tests.serving_helpers import (
     DIM_ARM,
     DIM_USER,
     decision_body,
+    drop_snapshots,
     head_difference,
     policy_file,
     running_client,
@@ -201,23 +202,9 @@ def test_oversized_bodies_are_413(client: Any) -> None:
     assert small.status_code == 200
 
 
-def _drop_snapshots(store_url: str) -> None:
-    """A crash before the first snapshot: recovery replays every applied reward."""
-    import sqlalchemy as sa
-
-    from eventstore.engine import make_engine
-
-    engine = make_engine(store_url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM head_snapshots"))
-    finally:
-        engine.dispose()
-
-
 def _assert_recovered_after_a_crash(settings: Any, live: Any) -> None:
     """After a crash before the first snapshot a restart recovers the ``live`` head."""
-    _drop_snapshots(settings.store_url)
+    drop_snapshots(settings.store_url)
     with running_client(settings) as client:
         assert head_difference(live, served_policy(client)) <= 1e-9
 
@@ -298,7 +285,7 @@ def test_a_head_update_the_model_refuses_is_counted_skipped_and_recovered(
         _same_head(live, rebuilt)
     finally:
         engine.dispose()
-    _drop_snapshots(settings.store_url)
+    drop_snapshots(settings.store_url)
     with running_client(settings) as client:
         restarted = client.app.state.service.loader.current.production
         assert restarted is not None and restarted.version == version
