@@ -103,6 +103,51 @@ def first_outlier(
     return int(np.flatnonzero(applies)[k]), j, float(np.sqrt(bound[k, j]))
 
 
+def outlier_rows(
+    phi: FloatArray, sums: FloatArray, count: float, ratio: float, gamma: float = 1.0
+) -> IntArray:
+    """The rows of ``phi`` (n, d) a head holding ``sums`` (d,) over ``count`` rows refuses
+    when it learns them in order, skipping each one it refuses (:func:`first_outlier`
+    row by row: a refused row adds nothing to the sums the later rows are judged by).
+    What a rebuild from statistics leaves out, so that it learns what learning the rows
+    one at a time learns."""
+    refused: list[int] = []
+    sums = np.asarray(sums, dtype=np.float64).copy()
+    start, n = 0, phi.shape[0]
+    while start < n:
+        found = first_outlier(phi[start:], sums, count, ratio, gamma)
+        stop = n if found is None else start + found[0]
+        kept = phi[start:stop]
+        if gamma < 1.0:
+            weights = gamma ** np.arange(kept.shape[0] - 1, -1, -1, dtype=np.float64)
+            sums = gamma ** kept.shape[0] * sums + weights @ (kept * kept)
+            count = gamma ** kept.shape[0] * count + float(weights.sum())
+        else:
+            sums = sums + np.einsum("nd,nd->d", kept, kept)
+            count += kept.shape[0]
+        if found is None:
+            break
+        refused.append(stop)
+        start = stop + 1
+    return np.asarray(refused, dtype=np.intp)
+
+
+def surely_without_outliers(
+    peak: FloatArray, sums: FloatArray, count: float, rows: int, ratio: float, gamma: float = 1.0
+) -> bool:
+    """A test, without the rows, that :func:`outlier_rows` refuses none of ``rows`` rows
+    whose largest square per feature is ``peak`` (d,), learnt after rows whose sums of
+    squares are ``sums`` over ``count`` rows. Before row ``m`` of them the sums are at least
+    ``γ^m sums`` over at most ``count + m`` rows, so every feature's bound there is at least
+    ``γ^(rows−1) sums / (count + rows − 1)``. False: the rows themselves decide (a map-reduce
+    rebuild reads them again with the sums before them)."""
+    if rows == 0 or count + rows - 1 < OUTLIER_MIN_ROWS:
+        return True  # no row among them is judged
+    low = gamma ** (rows - 1) * np.maximum(sums, 0.0) / (count + rows - 1)
+    bound = np.maximum(low, low.mean())
+    return bool(np.all(peak <= (ratio * ratio) * bound))
+
+
 def surely_in_scale(row: FloatArray, sums_total: float, count: float, ratio: float) -> bool:
     """A cheap test that :func:`first_outlier` finds nothing in the one row ``row`` after
     rows whose sums of squares total at least ``sums_total`` over ``count`` rows: its

@@ -19,11 +19,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from bandit_core.head import BayesianLinearHead
+from bandit_core.head import BayesianLinearHead, outlier_rows
 from bandit_core.linalg import sufficient_statistics
 from bandit_core.types import PolicyState
 
 FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.intp]
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,7 @@ class HeadStatistics:
         """Per-head statistics of rows ``phi`` (n, d), ``rewards`` (n,) in time order;
         ``keys`` (n,) names each row's head (None: one shared head). Heads are listed in
         order of first appearance."""
-        if keys is None:
-            groups: dict[str, NDArray[np.intp]] = {"": np.arange(phi.shape[0])}
-        else:
-            order: dict[str, list[int]] = {}
-            for i, key in enumerate(keys):
-                order.setdefault(key, []).append(i)
-            groups = {k: np.asarray(v, dtype=np.intp) for k, v in order.items()}
+        groups = head_groups(keys, phi.shape[0])
         m, d = len(groups), phi.shape[1]
         gram, xty = np.zeros((m, d, d)), np.zeros((m, d))
         yty, count, rows = np.zeros(m), np.zeros(m), np.zeros(m, dtype=np.int64)
@@ -99,6 +94,36 @@ class HeadStatistics:
             )
             rows[j] = idx.size
         return cls(list(groups), gram, xty, yty, count, rows)
+
+    @classmethod
+    def learnt(
+        cls,
+        phi: FloatArray,
+        rewards: FloatArray,
+        keys: Sequence[str] | None,
+        config: Any,
+        before: HeadStatistics | None = None,
+    ) -> tuple[HeadStatistics, IntArray]:
+        """:meth:`of` the rows a head with ``config`` (a :class:`HeadConfig`) learns after
+        the rows of ``before`` when it learns these in order: each head leaves out the
+        rows out of scale beside those before them (``config.outlier_ratio``,
+        :func:`bandit_core.head.outlier_rows`), as learning them one at a time does.
+        Returns ``(statistics of the rows learnt, indices of the rows left out)``."""
+        ratio, gamma = config.outlier_ratio, config.gamma
+        if ratio is None or phi.shape[0] == 0:
+            return cls.of(phi, rewards, keys, gamma), np.zeros(0, dtype=np.intp)
+        held = {} if before is None else {k: j for j, k in enumerate(before.keys)}
+        refused: list[IntArray] = []
+        for key, idx in head_groups(keys, phi.shape[0]).items():
+            sums, count = np.zeros(phi.shape[1]), 0.0
+            if before is not None and key in held:
+                sums, count = np.diagonal(before.gram[held[key]]), float(before.count[held[key]])
+            refused.append(idx[outlier_rows(phi[idx], sums, count, ratio, gamma)])
+        out = np.sort(np.concatenate(refused))
+        kept = np.ones(phi.shape[0], dtype=bool)
+        kept[out] = False
+        learnt = None if keys is None else [k for k, keep in zip(keys, kept, strict=True) if keep]
+        return cls.of(phi[kept], rewards[kept], learnt, gamma), out
 
     def merge(self, later: HeadStatistics, gamma: float = 1.0) -> HeadStatistics:
         """The statistics of these rows followed by ``later``'s: per head
@@ -151,6 +176,16 @@ class HeadStatistics:
         )
 
 
+def head_groups(keys: Sequence[str] | None, n: int) -> dict[str, IntArray]:
+    """Each head key's rows, in order of first appearance (``""``: one shared head)."""
+    if keys is None:
+        return {"": np.arange(n, dtype=np.intp)}
+    order: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        order.setdefault(key, []).append(i)
+    return {k: np.asarray(v, dtype=np.intp) for k, v in order.items()}
+
+
 @runtime_checkable
 class LinearHeadPolicy(Protocol):
     """A policy whose learned head is a :class:`BayesianLinearHead` on features it can
@@ -171,16 +206,6 @@ class LinearHeadPolicy(Protocol):
         ``contexts`` (n, dim_user), ``arm_ids`` (n,), ``arm_features`` (n, dim_arm)."""
         ...
 
-    def head_statistics(
-        self,
-        contexts: FloatArray,
-        arm_ids: Sequence[str],
-        rewards: FloatArray,
-        arm_features: FloatArray,
-    ) -> HeadStatistics:
-        """The statistics of logged rows (in time order) under the head's discount."""
-        ...
-
     def state_with_statistics(self, stats: HeadStatistics) -> PolicyState:
         """This policy's state with every head reset to the prior and the heads named in
         ``stats`` loaded with their totals (the rest of the state unchanged)."""
@@ -192,19 +217,8 @@ class _StateOwner(LinearHeadPolicy, Protocol):
 
 
 class HeadStatisticsMethods:
-    """:meth:`LinearHeadPolicy.head_statistics` and ``state_with_statistics`` for a policy
-    that has ``head``, ``head_features`` and ``to_state`` (one implementation for the
-    linear and the neural-linear policies)."""
-
-    def head_statistics(
-        self: LinearHeadPolicy,
-        contexts: FloatArray,
-        arm_ids: Sequence[str],
-        rewards: FloatArray,
-        arm_features: FloatArray,
-    ) -> HeadStatistics:
-        phi, keys = self.head_features(contexts, arm_ids, arm_features)
-        return HeadStatistics.of(phi, rewards, keys, self.head.config.gamma)
+    """:meth:`LinearHeadPolicy.state_with_statistics` for a policy that has ``head`` and
+    ``to_state`` (one implementation for the linear and the neural-linear policies)."""
 
     def state_with_statistics(self: _StateOwner, stats: HeadStatistics) -> PolicyState:
         return state_with_statistics(self.to_state(), self.head.config, stats)

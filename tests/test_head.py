@@ -589,3 +589,58 @@ def test_the_cheap_pass_of_a_reward_agrees_with_the_full_check(
         assert refused == expected, x
         verdicts.add(refused)
     assert verdicts == {True, False}
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.99])
+def test_the_rows_left_out_of_statistics_are_those_a_head_refuses_one_at_a_time(
+    rng: np.random.Generator, gamma: float
+) -> None:
+    """A rebuild from sums (shards, a re-encoded buffer) leaves out the rows that learning
+    them in order refuses, judged by the rows learnt before them, refused ones uncounted:
+    rows out of scale among the first 30, in a run, and after earlier refusals."""
+    from bandit_core.head import outlier_rows, surely_without_outliers
+    from bandit_core.head_statistics import HeadStatistics
+
+    config = HeadConfig(dim=5, gamma=gamma)
+    phi, r = _data(rng, 400, 5)
+    for i, j, scale in [(10, 0, 1e2), (50, 1, 1e4), (51, 1, 1e4), (52, 2, 30.0), (300, 4, 1e5)]:
+        phi[i, j] *= scale
+    online, refused = BayesianLinearHead(config), []
+    for i in range(phi.shape[0]):
+        try:
+            online.update(phi[i], float(r[i]))
+        except ValueError:
+            refused.append(i)
+    assert refused == [50, 51, 300]  # row 10 is among the first 30, row 52 in scale
+    found = outlier_rows(phi, np.zeros(5), 0.0, 100.0, gamma)
+    assert found.tolist() == refused
+    # split in two: the second part judged after the first part's statistics
+    first, left_first = HeadStatistics.learnt(phi[:200], r[:200], None, config)
+    second, left_second = HeadStatistics.learnt(phi[200:], r[200:], None, config, first)
+    assert left_first.tolist() == [50, 51] and (200 + left_second).tolist() == [300]
+    merged = first.merge(second, gamma)
+    rebuilt = BayesianLinearHead(config)
+    rebuilt.load_statistics(merged.gram[0], merged.xty[0], merged.yty[0], merged.count[0])
+    for name in ("precision_", "xty_", "count_", "theta_"):
+        np.testing.assert_allclose(getattr(rebuilt, name), getattr(online, name), rtol=1e-9)
+    # the test without the rows: never "none" where a row is left out
+    sums, count = np.diagonal(first.gram[0]), float(first.count[0])
+    later = phi[200:]
+    peak = (later * later).max(axis=0)
+    assert not surely_without_outliers(peak, sums, count, 200, 100.0, gamma)
+    clean = np.delete(later, 100, axis=0)
+    assert surely_without_outliers((clean * clean).max(axis=0), sums, count, 199, 100.0, gamma)
+    assert outlier_rows(clean, sums, count, 100.0, gamma).size == 0
+    verdicts = set()
+    for _ in range(300):  # rows with spikes of 3 to 3,000 times the others' scale
+        rows = phi[:120].copy()
+        spikes = rng.random(120) < 0.03
+        rows[spikes] *= 10.0 ** rng.uniform(0.5, 3.5, (int(spikes.sum()), 1))
+        low = int(rng.integers(0, 60))
+        sums = np.einsum("nd,nd->d", rows[:low], rows[:low])
+        peak = (rows[low:] ** 2).max(axis=0)
+        surely = surely_without_outliers(peak, sums, float(low), 120 - low, 100.0)
+        left_out = outlier_rows(rows[low:], sums, float(low), 100.0).size > 0
+        assert not (surely and left_out)
+        verdicts.add((surely, left_out))
+    assert verdicts == {(True, False), (False, True), (False, False)}

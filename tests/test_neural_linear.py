@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from bandit_core import (
 from bandit_core.head import HeadConfig
 from bandit_core.linalg import factor_is_accurate, inverse_cholesky
 from bandit_core.policies.neural import NeuralLinearConfig
+from bandit_core.state import state_to_bytes
 from tests.policy_factories import state_arrays
 
 DU, DA = 3, 2
@@ -66,6 +68,29 @@ def test_rebuild_equals_a_head_built_directly_on_the_new_features(head_inputs: b
         assert _relative_error(getattr(policy.head, name), getattr(direct, name)) <= 1e-9, name
     for ours, theirs in zip(policy.head.noise_posterior(), direct.noise_posterior(), strict=True):
         assert _relative_error(ours, theirs) <= 1e-9
+
+
+def test_a_buffered_row_out_of_scale_is_left_out_of_the_rebuilt_head() -> None:
+    """A state saved before the heads' outlier check (``outlier_ratio`` loads as its
+    default) can hold a leverage point in its buffer. The rebuild leaves it out, as
+    learning the rows one at a time does, and keeps it buffered; before, the sums took it
+    in (and the in-order fallback raised with the head reset)."""
+    options = {**SMALL, "retrain_every": 10_000}
+    unchecked = NeuralLinear(**options, outlier_ratio=None)
+    x, ids, r, feats = _rows(np.random.default_rng(4), 80)
+    x[60, 1] = 1e6
+    unchecked.update_batch(x, ids, r, feats)
+    state = unchecked.to_state()
+    state.config["outlier_ratio"] = 100.0  # what an old state loads as
+    upgraded: Any = load_policy(state_to_bytes(state))
+    assert upgraded.head.count_[0] == 80 and upgraded.config.outlier_ratio == 100.0
+    left_out = upgraded.rebuild_head(chunk_size=7)
+    assert left_out.tolist() == [60] and upgraded.buffer_.inputs.shape[0] == 80
+    keep = np.arange(80) != 60
+    direct = BayesianLinearHead(upgraded.config.head_config(upgraded.dim_phi))
+    direct.rebuild(upgraded.encode(upgraded.buffer_.inputs[keep]), upgraded.buffer_.rewards[keep])
+    for name in ("precision_", "xty_", "theta_", "inv_chol_", "yty_", "count_"):
+        assert _relative_error(getattr(upgraded.head, name), getattr(direct, name)) <= 1e-9, name
 
 
 def test_after_a_retrain_the_old_statistics_are_gone() -> None:

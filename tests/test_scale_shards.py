@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from bandit_core import load_policy
@@ -131,6 +132,81 @@ def test_sharded_rebuild_equals_the_single_node_rebuild(
         assert list(got.to_state().arrays["arm_ids"]) == list(ref.to_state().arrays["arm_ids"])
 
 
+@pytest.fixture(scope="module")
+def poisoned_replay(replay: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``replay`` with five training rows whose context has one input at 1e5 where the
+    others are ~1 (leverage points): in the first shard, a run of two in the second, one
+    in the last (of four), and one in the held-out part."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(replay)
+    contexts = [list(c) for c in table.column("context").to_pylist()]
+    for row, axis in ((100, 0), (300, 1), (301, 1), (800, 2), (1000, 3)):
+        contexts[row][axis] = 1e5
+    index = table.schema.get_field_index("context")
+    field = table.schema.field(index)
+    column = pa.array(contexts, type=field.type)
+    path = tmp_path_factory.mktemp("poisoned") / "replay.parquet"
+    pq.write_table(table.set_column(index, field, column), path, row_group_size=500)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "options"),
+    [
+        ("shared_linucb", {"interactions": True}),
+        ("linucb", {}),
+        ("shared_lints", {"gamma": 0.995}),
+        ("neural_linear", {"hidden": [8], "epochs": 2}),
+    ],
+)
+def test_the_sharded_rebuild_leaves_out_the_rows_the_single_node_one_refuses(
+    poisoned_replay: Path,
+    tmp_path: Path,
+    algorithm: str,
+    options: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Which rows a head refuses as out of scale depends on every row before them: the
+    first shard leaves them out itself, and a later shard that may hold one is read again
+    after the rows before it. Before, the shards summed every row: a sharded retrain
+    learnt the leverage points the service and the single-node retrain refuse."""
+    trained = _trained(poisoned_replay, tmp_path, algorithm, options)
+    single = rebuild_head(trained.state_path, poisoned_replay, tmp_path / "single.npz", HOLDOUT)
+    cut = shards.split_point(ROWS, HOLDOUT)
+    ranges = shards.shard_ranges(0, cut, 4)
+    parts = [
+        shards.shard_statistics(s, trained.state_path)
+        for s in _shard_dicts(poisoned_replay, tmp_path / "shards", "train", ranges)
+    ]
+    with caplog.at_level("WARNING", logger="training.shards"):
+        state, _ = shards.reduce_head(trained.state_path, parts, tmp_path / "sharded.npz")
+    ref, got = load_policy(single), load_policy(state)
+    for name in HEAD_ARRAYS:
+        assert rel(getattr(got.head, name), getattr(ref.head, name)) <= 1e-9, name
+    read_again = [r.getMessage() for r in caplog.records if "read again" in r.getMessage()]
+    if algorithm != "linucb":  # one shared head: every poisoned training row refused
+        assert float(np.sum(got.head.count_)) < cut - 1  # discounted or not, fewer rows
+        assert round(float(np.sum(ref.head.count_))) == round(float(np.sum(got.head.count_)))
+        assert any("shard 1" in m for m in read_again) and any("shard 3" in m for m in read_again)
+        assert not any("shard 2" in m for m in read_again), read_again  # proved clean
+
+
+def test_a_clean_window_reads_no_shard_again(
+    replay: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trained = _trained(replay, tmp_path, "shared_linucb", {"interactions": True})
+    ranges = shards.shard_ranges(0, shards.split_point(ROWS, HOLDOUT), 4)
+    parts = [
+        shards.shard_statistics(s, trained.state_path)
+        for s in _shard_dicts(replay, tmp_path / "shards", "train", ranges)
+    ]
+    with caplog.at_level("WARNING", logger="training.shards"):
+        state, _ = shards.reduce_head(trained.state_path, parts, tmp_path / "sharded.npz")
+    assert not [r for r in caplog.records if "read again" in r.getMessage()]
+    assert float(load_policy(state).head.count_[0]) == shards.split_point(ROWS, HOLDOUT)
+
+
 def test_a_tampered_shard_is_refused_naming_its_array(replay: Path, tmp_path: Path) -> None:
     """A shard file whose statistics do not fit its heads, or hold NaN or a negative count,
     is refused before the merge, naming the array (a head short gave numpy's broadcast
@@ -150,6 +226,8 @@ def test_a_tampered_shard_is_refused_naming_its_array(replay: Path, tmp_path: Pa
         ("gram", arrays["gram"][:-1], "must have shape"),
         ("xty", nan_xty, "must hold finite numbers"),
         ("count", -arrays["count"], "must not be negative"),
+        ("peak", arrays["peak"][:-1], "must have shape"),  # decides what is read again
+        ("peak", -arrays["peak"], "must hold finite numbers, not negative"),
     ):
         with path.open("wb") as fh:
             np.savez(fh, **{**arrays, name: bad})

@@ -14,7 +14,8 @@ moments of ``[z, r]`` that fit the OPE reward model (a ridge regression on
 ``z = [x; f; x⊗f]``, fitted on the *training* rows so the held-out rounds are never
 predicted by a model that saw them). The reduce sums them in shard order, loads the
 totals into the policy's head (one factorisation per head) and fits the reward model:
-the head equals the single-node :func:`training.train.rebuild_head` (to round-off).
+the head equals the single-node :func:`training.train.rebuild_head` (to round-off),
+the rows it refuses as out of scale left out alike (:func:`shard_statistics`).
 A discounted head (γ < 1) is merged as ``S = γ^{n_b} S_a + S_b`` per head (shard b
 after shard a), which is the single-node weighting ``γ^{n−1−i}``; a sliding window is
 not decomposable and such runs stay on the single-node path (as do policies without a
@@ -54,7 +55,8 @@ from numpy.typing import NDArray
 
 from bandit_core import load_policy, save_state
 from bandit_core.catalog import CATALOG, SHARDABLE
-from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy
+from bandit_core.head import surely_without_outliers
+from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy, head_groups
 from bandit_core.policies.wrappers import DelegatingWrapper
 from training.baseline import baseline_state
 from training.evaluate import (
@@ -379,6 +381,13 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
     """Map step of the rebuild: the head statistics and reward-model moments of one
     training shard, written to ``<run>/shards/train-<index>.npz``.
 
+    A head leaves out a row out of scale beside the rows before it
+    (:attr:`bandit_core.HeadConfig.outlier_ratio`), and which rows those are depends on
+    every row before. The first shard has none before it and leaves them out itself
+    (``exact``); a later shard sums all its rows and records each head's largest square
+    per feature (``peak``), from which the reduce proves that none of its rows is left out
+    or reads the shard again with the rows before it (:func:`reduce_statistics`).
+
     Returns
     -------
     dict
@@ -386,12 +395,16 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
     """
     policy = _head_policy(load_policy(state_path))
     gamma = policy.head.config.gamma
+    exact = _span(shard)[0] == 0 or policy.head.config.outlier_ratio is None
     stats: HeadStatistics | None = None
+    peaks: dict[str, FloatArray] = {}
     reward: Moments | None = None
+    refused = 0
     low, high = math.inf, -math.inf
     for table in iter_rows(shard["replay"], shard["start"], shard["stop"], _TRAIN_COLUMNS):
         rows = TrainingRows.from_table(table)
-        part = policy.head_statistics(rows.contexts, rows.arm_ids, rows.rewards, rows.arm_features)
+        part, left_out = _chunk_statistics(policy, rows, stats, None if exact else peaks)
+        refused += left_out
         stats = part if stats is None else stats.merge(part, gamma)
         z = reward_features(rows.contexts, rows.arm_features)
         piece = Moments.of(np.concatenate([z, rows.rewards[:, None]], axis=1))
@@ -400,12 +413,43 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
             low, high = min(low, float(rows.rewards.min())), max(high, float(rows.rewards.max()))
     assert stats is not None and reward is not None  # iter_rows yields or raises
     path = Path(shard["out_dir"]) / f"train-{int(shard['index']):04d}.npz"
-    ranged = {"reward.range": np.array([low, high])}
-    _write(path, {**stats.to_arrays(), **reward.to_arrays("reward."), **ranged})
+    arrays: dict[str, Any] = {
+        **stats.to_arrays(),
+        **reward.to_arrays("reward."),
+        "reward.range": np.array([low, high]),
+        "exact": np.array(exact),
+        "refused": np.array(refused),
+        "replay": np.array(str(shard["replay"])),  # what the reduce reads again if it must
+        "span": np.array(_span(shard)),
+    }
+    if not exact:
+        arrays["peak"] = np.stack([peaks[k] for k in stats.keys])
+    _write(path, arrays)
     log.info(
         "training shard %d: rows [%d, %d), %d heads", shard["index"], *_span(shard), len(stats.keys)
     )
     return {"path": str(path), "index": int(shard["index"]), "rows": int(stats.rows.sum())}
+
+
+def _chunk_statistics(
+    policy: LinearHeadPolicy,
+    rows: TrainingRows,
+    before: HeadStatistics | None,
+    peaks: dict[str, FloatArray] | None,
+) -> tuple[HeadStatistics, int]:
+    """The statistics of ``rows`` (in order, after the rows of ``before``) and how many
+    of them the head leaves out; with ``peaks``, the sums of all of them, and each head's
+    largest square per feature folded into ``peaks``."""
+    config = policy.head.config
+    phi, keys = policy.head_features(rows.contexts, rows.arm_ids, rows.arm_features)
+    if peaks is None:
+        stats, left_out = HeadStatistics.learnt(phi, rows.rewards, keys, config, before)
+        return stats, int(left_out.size)
+    squares = phi * phi
+    for key, idx in head_groups(keys, phi.shape[0]).items():
+        peak = squares[idx].max(axis=0)
+        peaks[key] = np.maximum(peaks[key], peak) if key in peaks else peak
+    return HeadStatistics.of(phi, rows.rewards, keys, config.gamma), 0
 
 
 def _head_policy(policy: Any) -> LinearHeadPolicy:
@@ -429,22 +473,93 @@ def _ordered(parts: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def reduce_statistics(
-    parts: Sequence[Mapping[str, Any]], gamma: float = 1.0
-) -> tuple[HeadStatistics, Any, tuple[float, float] | None]:
+    parts: Sequence[Mapping[str, Any]], policy: LinearHeadPolicy
+) -> tuple[HeadStatistics, Any, tuple[float, float] | None, int]:
     """Merge training shards in order: ``(head statistics, moments of [z, r], the range
-    of the rewards)`` (None: no rewards)."""
+    of the rewards (None: no rewards), rows the heads left out)``.
+
+    A shard that summed all its rows (not ``exact``) is merged as it is when its peaks
+    show that none of them is out of scale beside the rows before it
+    (:func:`bandit_core.head.surely_without_outliers`, per head); otherwise its rows are
+    read again and learnt after the rows merged so far, leaving out those a head learning
+    them one at a time refuses, as the single-node rebuild does."""
+    config = policy.head.config
     stats: HeadStatistics | None = None
     moments = []
     low, high = math.inf, -math.inf
+    refused = 0
     for part in _ordered(parts):
         with np.load(part["path"], allow_pickle=False) as data:
             shard = HeadStatistics.from_arrays(data)
             moments.append(Moments.from_arrays(data, "reward."))
             lo, hi = (float(v) for v in data["reward.range"])
+            exact = bool(data["exact"])
+            refused += int(data["refused"])
+            peak = None if exact else _peaks(data, shard)
+            rows = {"replay": str(data["replay"]), "index": part["index"]}
+            rows["start"], rows["stop"] = (int(v) for v in data["span"])
         low, high = min(low, lo), max(high, hi)
-        stats = shard if stats is None else stats.merge(shard, gamma)
+        if peak is not None and not _surely_learnt_whole(shard, peak, stats, config):
+            shard, left_out = _relearn(policy, rows, stats)
+            refused += left_out
+        stats = shard if stats is None else stats.merge(shard, config.gamma)
     assert stats is not None  # _ordered refuses an empty list; not input validation
-    return stats, merge_all(moments), (low, high) if low <= high else None
+    return stats, merge_all(moments), (low, high) if low <= high else None, refused
+
+
+def _peaks(data: Any, shard: HeadStatistics) -> FloatArray:
+    """A shard file's ``peak`` (one row per head, finite, not negative), checked before
+    it decides anything."""
+    if "peak" not in data:
+        raise ValueError("a shard file that is not exact must hold each head's 'peak'.")
+    peak = np.asarray(data["peak"])
+    if peak.shape != shard.xty.shape or peak.dtype.kind != "f":
+        raise ValueError(f"head statistics 'peak' must have shape {shard.xty.shape}.")
+    if not np.isfinite(peak).all() or (peak < 0).any():
+        raise ValueError("head statistics 'peak' must hold finite numbers, not negative.")
+    return peak
+
+
+def _surely_learnt_whole(
+    shard: HeadStatistics, peak: FloatArray, before: HeadStatistics | None, config: Any
+) -> bool:
+    """Whether no head leaves out any row of ``shard`` (whose largest squares are
+    ``peak``) learnt after the rows of ``before``."""
+    ratio = config.outlier_ratio
+    if ratio is None:
+        return True
+    held = {} if before is None else {k: j for j, k in enumerate(before.keys)}
+    for j, key in enumerate(shard.keys):
+        sums, count = np.zeros(shard.xty.shape[1]), 0.0
+        if before is not None and key in held:
+            sums, count = np.diagonal(before.gram[held[key]]), float(before.count[held[key]])
+        rows = int(shard.rows[j])
+        if not surely_without_outliers(peak[j], sums, count, rows, ratio, config.gamma):
+            return False
+    return True
+
+
+def _relearn(
+    policy: LinearHeadPolicy, shard: Mapping[str, Any], before: HeadStatistics | None
+) -> tuple[HeadStatistics, int]:
+    """A shard's statistics read again from its rows, learnt after the rows of ``before``
+    (the rows the heads leave out left out): ``(statistics, rows left out)``."""
+    gamma = policy.head.config.gamma
+    stats: HeadStatistics | None = None
+    refused = 0
+    for table in iter_rows(shard["replay"], shard["start"], shard["stop"], _TRAIN_COLUMNS):
+        prior = stats if before is None else before if stats is None else before.merge(stats, gamma)
+        piece, left_out = _chunk_statistics(policy, TrainingRows.from_table(table), prior, None)
+        refused += left_out
+        stats = piece if stats is None else stats.merge(piece, gamma)
+    assert stats is not None  # iter_rows yields or raises
+    log.warning(
+        "training shard %s: a row may be out of scale beside the rows before it; read "
+        "again after them: %d of its rows left out",
+        shard["index"],
+        refused,
+    )
+    return stats, refused
 
 
 def reduce_head(
@@ -453,13 +568,18 @@ def reduce_head(
     """Reduce step of the rebuild: the policy with its head rebuilt from every shard
     (``out_path``) and the OPE reward model beside it (``reward_model.npz``)."""
     policy = _head_policy(load_policy(state_path))
-    stats, moments, bounds = reduce_statistics(parts, policy.head.config.gamma)
+    stats, moments, bounds, refused = reduce_statistics(parts, policy)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = save_state(policy.state_with_statistics(stats), out)
     fitted = RidgeRewardModel.from_moments(moments, bounds=bounds)
     model = fitted.save(out.with_name("reward_model.npz"))
-    log.info("head rebuilt from %d shards (%d rows)", len(parts), int(stats.rows.sum()))
+    log.info(
+        "head rebuilt from %d shards (%d rows; %d out of scale left out)",
+        len(parts),
+        int(stats.rows.sum()),
+        refused,
+    )
     return state, model
 
 

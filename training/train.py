@@ -348,7 +348,16 @@ def rebuild_head(
     spec = policy_spec(catalog_policy(policy).name)
     if spec.trains_network:
         if spec.linear_head:  # re-encode every stored row with the final network
-            policy.rebuild_head()
+            left_out = policy.rebuild_head()
+            if left_out.size:
+                log.warning(
+                    "%d of the %d buffered rows are out of scale under the final network: "
+                    "left out of the head (buffer rows %s%s)",
+                    left_out.size,
+                    policy.buffer_.inputs.shape[0],
+                    left_out[:5].tolist(),
+                    ", …" if left_out.size > 5 else "",
+                )
     else:
         data = load_replay(replay_path)
         if slots:

@@ -39,8 +39,8 @@ from bandit_core._validation import (
     delegate,
 )
 from bandit_core.head import HEAD_PARAMS, BayesianLinearHead, HeadConfig
-from bandit_core.head_statistics import HeadStatisticsMethods
-from bandit_core.linalg import factor_is_accurate, sufficient_statistics
+from bandit_core.head_statistics import HeadStatistics, HeadStatisticsMethods
+from bandit_core.linalg import factor_is_accurate
 from bandit_core.montecarlo import MONTE_CARLO_PARAMS
 from bandit_core.nets import to_numpy
 from bandit_core.policies.linear import _ThompsonRule, _UCBRule
@@ -226,25 +226,33 @@ class NeuralLinear(NeuralPolicy, HeadStatisticsMethods):
     def _after_retrain(self) -> None:
         self.rebuild_head()
 
-    def rebuild_head(self, chunk_size: int = REBUILD_CHUNK) -> None:
-        """Forget the head and rebuild it from every stored observation, re-encoded.
+    def rebuild_head(self, chunk_size: int = REBUILD_CHUNK) -> IntArray:
+        """Forget the head and rebuild it from every stored observation, re-encoded; the
+        indices of the buffered rows it left out.
 
         Statistics ``(Σφφᵀ, Σrφ, Σr², n)`` are accumulated chunk by chunk and loaded once
-        (one O(d³) factorisation); memory is O(d² + chunk_size · d).
+        (one O(d³) factorisation); memory is O(d² + chunk_size · d). A row whose new
+        features are out of scale beside the rows before it
+        (:attr:`bandit_core.HeadConfig.outlier_ratio`) is left out of the head, as
+        learning the rows one at a time leaves it out, and stays in the buffer; before,
+        the sums took it in (and the in-order fallback raised halfway, the head reset).
         """
-        d = self.dim_phi
-        gram, xty, yty, count = np.zeros((d, d)), np.zeros(d), 0.0, 0.0
+        config = self.head.config
         inputs, rewards = self.buffer_.inputs, self.buffer_.rewards
+        stats: HeadStatistics | None = None
+        refused: list[IntArray] = []
         for start in range(0, inputs.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
-            g, xy, yy, c = sufficient_statistics(self.encode(inputs[rows]), rewards[rows])
-            gram += g
-            xty += xy
-            yty += yy
-            count += c
+            phi = self.encode(inputs[rows])
+            part, left_out = HeadStatistics.learnt(phi, rewards[rows], None, config, stats)
+            refused.append(start + left_out)
+            stats = part if stats is None else stats.merge(part, config.gamma)
+        out = np.concatenate(refused) if refused else np.zeros(0, dtype=np.intp)
         self.head.reset()
+        if stats is None:
+            return out
         try:
-            self.head.load_statistics(gram, xty, yty, count)
+            self.head.load_statistics(stats.gram[0], stats.xty[0], stats.yty[0], stats.count[0])
             accurate = bool(factor_is_accurate(self.head.precision_[0], self.head.inv_chol_[0]))
         except ValueError:  # the summed precision is singular in float64
             accurate = False
@@ -254,9 +262,12 @@ class NeuralLinear(NeuralPolicy, HeadStatisticsMethods):
             # sums), as online. Before, this rebuild failed at every retraining and the
             # policy refused every later reward for good (numerics pass, stop 50).
             self.head.reset()
+            kept = np.ones(inputs.shape[0], dtype=bool)
+            kept[out] = False
             for start in range(0, inputs.shape[0], chunk_size):
-                rows = slice(start, start + chunk_size)
-                self.head.update_batch(self.encode(inputs[rows]), rewards[rows])
+                mine = np.flatnonzero(kept[start : start + chunk_size]) + start
+                self.head.update_batch(self.encode(inputs[mine]), rewards[mine])
+        return out
 
     # -- head statistics (LinearHeadPolicy) ------------------------------------------
     def head_features(
