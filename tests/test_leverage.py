@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,11 +31,13 @@ def _value(policy: object, env: LinearEnvironment, per_arm: bool) -> float:
     return total / 500
 
 
-@pytest.mark.parametrize("name", ["shared_linucb", "shared_lints", "lints", "hybrid_linucb"])
+@pytest.mark.parametrize(
+    "name", ["shared_linucb", "shared_lints", "lints", "hybrid_linucb", "logistic_ts"]
+)
 def test_contexts_far_out_of_scale_do_not_take_a_trained_model_back_to_chance(
     name: str,
 ) -> None:
-    per_arm = not name.startswith("shared")
+    per_arm = name in ("lints", "hybrid_linucb")
     env = LinearEnvironment.make(np.random.default_rng(0), n_arms=N_ARMS, dim=DIM)
     options = (
         {"dim_user": DIM} if per_arm else {"dim_user": DIM, "dim_arm": N_ARMS, "interactions": True}
@@ -48,6 +51,8 @@ def test_contexts_far_out_of_scale_do_not_take_a_trained_model_back_to_chance(
         x, cands = env.sample(rng)
         arm = int(rng.integers(N_ARMS))
         reward = env.reward(env.expected_rewards(x, cands), arm, float(rng.uniform()))
+        if name == "logistic_ts":  # clicks: 1 with the expected reward's probability
+            reward = float(rng.uniform() < env.expected_rewards(x, cands)[arm])
         feats = np.zeros(0) if per_arm else cands.features[arm]
         for policy in (guarded, unguarded):
             policy.update(x, cands.ids[arm], reward, feats)
@@ -121,3 +126,38 @@ def test_the_service_answers_poisoned_rewards_unlearnt_and_recovery_skips_them(
         assert len(served.replayed_ids) == 20 + DIM_USER  # every applied reward, tried
         assert served.applied_rewards == 20
         assert head_difference(clean, served.policy) <= 1e-9
+
+
+def test_a_logistic_state_keeps_the_check_s_sums_and_an_older_one_starts_them_afresh() -> None:
+    """The Laplace precision weighs each row by its curvature, so the logistic model keeps
+    the plain sums of φ² the check judges by in its state (``squares``). A state saved
+    before the check has none: it judges from its next 30 rows on. A tampered one is
+    refused by name."""
+    from bandit_core import load_policy
+    from bandit_core.state import state_to_bytes
+
+    policy = make_policy("logistic_ts", dim_user=3)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 3))
+    policy.update_batch(x, ["a"] * 40, (rng.uniform(size=40) < 0.5).astype(float))
+    far = np.array([0.0, 1e5, 0.0])
+    state = policy.to_state()
+    again: Any = load_policy(state_to_bytes(state))
+    np.testing.assert_array_equal(again.squares_, policy.squares_)
+    assert again.squares_rows_ == 40
+    with pytest.raises(ValueError, match=r"phi\[1\] = 100000 is more than outlier_ratio=100"):
+        again.update(far, "a", 0.0)
+    older = copy.deepcopy(state)
+    del older.arrays["squares"]
+    old: Any = load_policy(state_to_bytes(older))
+    assert old.squares_rows_ == 0 and old.count_ == 40
+    before = copy.deepcopy(old)
+    before.update(far, "a", 0.0)  # nothing to judge it by yet: learnt, as before the check
+    old.update_batch(x[:30], ["a"] * 30, np.zeros(30))
+    with pytest.raises(ValueError, match="outlier_ratio"):
+        old.update(far, "a", 0.0)
+    for bad in (np.zeros(3), np.full(5, -1.0), np.full(5, np.nan)):
+        tampered = copy.deepcopy(state)
+        tampered.arrays["squares"] = bad
+        with pytest.raises(ValueError, match="state array 'squares'"):
+            load_policy(state_to_bytes(tampered))

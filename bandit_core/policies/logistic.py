@@ -43,6 +43,7 @@ from bandit_core._validation import (
 )
 from bandit_core.exploration import tied_with_max
 from bandit_core.features import FeatureMap
+from bandit_core.head import HEAD_PARAMS, first_outlier, surely_in_scale
 from bandit_core.linalg import inv_chol_rank1_update, inverse_cholesky
 from bandit_core.montecarlo import MONTE_CARLO_PARAMS, MonteCarloOptions, thompson_draws
 from bandit_core.policies.base import check_candidates, check_contexts, check_rng, check_updates
@@ -61,6 +62,7 @@ _PARAMS: dict[str, Constraint] = {
     "v": Interval(float, 0.0, None, closed="neither"),
     "newton_steps": Interval(int, 1, 100),
     "refactor_every": Interval(int, 1, None),
+    "outlier_ratio": HEAD_PARAMS["outlier_ratio"],
 }
 
 
@@ -82,6 +84,10 @@ class LogisticTSConfig(MonteCarloOptions):
         Newton iterations of the scalar MAP equation per reward.
     refactor_every : int
         Recompute ``L⁻¹`` from the precision after this many rank-one updates.
+    outlier_ratio : float or None
+        Refuse a reward whose φ has a feature more than this many times that feature's
+        RMS over the rows learnt (the linear heads' check,
+        :attr:`bandit_core.HeadConfig.outlier_ratio`); None turns it off.
     n_sim, target_rel_error, max_sim
         Monte-Carlo propensities (:class:`~bandit_core.montecarlo.MonteCarloOptions`).
     """
@@ -95,6 +101,7 @@ class LogisticTSConfig(MonteCarloOptions):
     v: float = 1.0
     newton_steps: int = 5
     refactor_every: int = 1000
+    outlier_ratio: float | None = 100.0
 
     @classmethod
     def constraints(cls) -> dict[str, Constraint]:
@@ -140,11 +147,15 @@ class LogisticTS:
 
     Learned state: ``theta_`` (d,) the MAP weights, ``precision_`` (d, d) the Laplace
     precision, ``inv_chol_`` (d, d) its inverse Cholesky factor, ``count_`` rewards learnt,
-    ``pending_`` rank-one updates since the last refactorisation.
+    ``pending_`` rank-one updates since the last refactorisation, ``squares_`` (d,) the
+    sums of φ² over the ``squares_rows_`` rows the outlier check judges by (the precision
+    weighs each row by its curvature; a state saved before the check starts them at 0).
     """
 
     name: ClassVar[str] = "logistic_ts"
     config_class: ClassVar[type[LogisticTSConfig]] = LogisticTSConfig
+    #: State arrays a state saved by an older release lacks (it loads without them).
+    added_state_arrays: ClassVar[frozenset[str]] = frozenset({"squares"})
 
     def __init__(self, config: LogisticTSConfig | None = None, **options: Any) -> None:
         if config is None:
@@ -165,6 +176,8 @@ class LogisticTS:
         self.inv_chol_: FloatArray = np.eye(d) / np.sqrt(config.lambda_prior)
         self.count_ = 0.0
         self.pending_ = 0
+        self.squares_: FloatArray = np.zeros(d)
+        self.squares_rows_ = 0.0
         self.model_version: str | None = None
 
     @property
@@ -256,6 +269,7 @@ class LogisticTS:
         if self.config.intercept:
             phi = np.concatenate([phi, np.ones((phi.shape[0], 1))], axis=1)
         cfg = self.config
+        self._refuse_outliers(phi)
         # on copies, kept only when every row went in and the posterior is finite: a
         # refused batch (a refactorisation that fails, a non-finite result) learns nothing
         theta, inv_chol, precision = self.theta_, self.inv_chol_, self.precision_.copy()
@@ -277,6 +291,27 @@ class LogisticTS:
         self.theta_, self.inv_chol_, self.precision_ = theta, inv_chol, precision
         self.count_ += float(phi.shape[0])
         self.pending_ = pending
+        self.squares_ = self.squares_ + np.einsum("nd,nd->d", phi, phi)
+        self.squares_rows_ += float(phi.shape[0])
+
+    def _refuse_outliers(self, phi: FloatArray) -> None:
+        """Raise ``ValueError`` when a row of ``phi`` (the next rows, in order) is out of
+        scale beside the rows learnt (``outlier_ratio``, the linear heads' check): a
+        leverage point the Laplace update pins the weights by. Nothing changes."""
+        ratio = self.config.outlier_ratio
+        if ratio is None:
+            return
+        rows, total = self.squares_rows_, float(self.squares_.sum())
+        if phi.shape[0] == 1 and surely_in_scale(phi[0], total, rows, ratio):
+            return
+        found = first_outlier(phi, self.squares_, rows, ratio)
+        if found is not None:
+            i, j, scale = found
+            raise ValueError(
+                f"phi[{j}] = {phi[i, j]:g} is more than outlier_ratio={ratio:g} times the "
+                f"root-mean-square {scale:.3g} of the rows learnt (a leverage point: one "
+                "such row sets the fit in its direction by itself); nothing was learnt."
+            )
 
     def rebuild(self, contexts: Any, arm_ids: Any, rewards: Any, arm_features: Any = None) -> None:
         """Forget everything and learn the rows again, in time order."""
@@ -288,6 +323,7 @@ class LogisticTS:
             fresh.inv_chol_,
         )
         self.count_, self.pending_ = fresh.count_, fresh.pending_
+        self.squares_, self.squares_rows_ = fresh.squares_, fresh.squares_rows_
 
     # -- state -----------------------------------------------------------------
     def to_state(self) -> PolicyState:
@@ -298,6 +334,7 @@ class LogisticTS:
             "precision": self.precision_.copy(),
             "inv_chol": self.inv_chol_.copy(),
             "counts": np.array([self.count_, float(self.pending_)]),
+            "squares": np.append(self.squares_, self.squares_rows_),
         }
         meta = {"model_version": self.model_version}
         return PolicyState(self.name, {**config, "__meta__": meta}, arrays, SCHEMA_VERSION)
@@ -318,5 +355,12 @@ class LogisticTS:
             setattr(policy, key + "_", value.copy())
         counts = np.asarray(state.arrays["counts"], dtype=np.float64)
         policy.count_, policy.pending_ = float(counts[0]), int(counts[1])
+        if "squares" in state.arrays:  # else saved before the outlier check: judged afresh
+            squares = np.asarray(state.arrays["squares"], dtype=np.float64)
+            if squares.shape != (d + 1,) or not np.isfinite(squares).all() or (squares < 0).any():
+                raise ValueError(
+                    f"state array 'squares' must hold {d + 1} finite numbers, not negative."
+                )
+            policy.squares_, policy.squares_rows_ = squares[:d].copy(), float(squares[d])
         policy.model_version = meta.get("model_version")
         return policy
