@@ -22,6 +22,7 @@ correlated, so the propensities are Monte-Carlo estimates with a measured standa
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -81,7 +82,8 @@ class LogisticTSConfig(MonteCarloOptions):
     v : float
         Scale of the posterior draws (1: plain Thompson sampling).
     newton_steps : int
-        Newton iterations of the scalar MAP equation per reward.
+        At most this many iterations of the scalar MAP equation per reward (safeguarded
+        Newton, :func:`map_step`; it stops once the equation holds to 1e-12).
     refactor_every : int
         Recompute ``L⁻¹`` from the precision after this many rank-one updates.
     outlier_ratio : float or None
@@ -99,7 +101,7 @@ class LogisticTSConfig(MonteCarloOptions):
     intercept: bool = True
     lambda_prior: float = 1.0
     v: float = 1.0
-    newton_steps: int = 5
+    newton_steps: int = 50
     refactor_every: int = 1000
     outlier_ratio: float | None = 100.0
 
@@ -117,6 +119,40 @@ class LogisticTSConfig(MonteCarloOptions):
         return FeatureMap(self.dim_user, self.dim_arm, self.interactions, self.arm_vocabulary)
 
 
+#: |t − r + σ(η₀ + t q)| at which :func:`map_step` stops.
+MAP_TOLERANCE = 1e-12
+
+
+def map_step(eta0: float, q: float, reward: float, steps: int) -> float:
+    """The root ``t`` of ``f(t) = t − r + σ(η₀ + t q)`` (``q ≥ 0``): the MAP weights
+    after one reward lie at ``mean + t A⁻¹φ``.
+
+    ``f`` rises (``f′ = 1 + q σ′ ≥ 1``) and is negative at ``r − 1`` and positive at
+    ``r`` for a reward in [0, 1], so the root lies in that bracket; a Newton step that
+    leaves the bracket (``σ`` bends both ways) is replaced by bisection. Plain Newton from 0
+    with 5 steps left a residual above 1e-6 in 17 % of updates with ``q`` in [10, 100]
+    (the first rewards of a model with a few dozen features), up to 0.98: the mean moved
+    almost a whole step too far.
+    """
+    lo, hi = reward - 1.0, reward
+    t, last = 0.0, math.inf
+    for _ in range(steps):
+        p = float(expit(eta0 + t * q))
+        f = t - reward + p
+        if abs(f) <= MAP_TOLERANCE:
+            break
+        if f > 0.0:
+            hi = t
+        else:
+            lo = t
+        newton = t - f / (1.0 + q * p * (1.0 - p))
+        # Newton where it stays in the bracket and at least halves |f|; else bisection
+        # (Newton alone can bounce between the two sides of the bend for good)
+        t = newton if lo < newton < hi and abs(f) <= 0.5 * last else 0.5 * (lo + hi)
+        last = abs(f)
+    return t
+
+
 def laplace_update(
     mean: FloatArray,
     inv_chol: FloatArray,
@@ -132,10 +168,7 @@ def laplace_update(
     s = inv_chol.T @ (inv_chol @ phi)  # A⁻¹φ
     q = float(phi @ s)
     eta0 = float(phi @ mean)
-    t = 0.0
-    for _ in range(steps):  # Newton on f(t) = t − r + σ(η0 + t q); f' = 1 + q σ'(·) > 0
-        p = float(expit(eta0 + t * q))
-        t -= (t - reward + p) / (1.0 + q * p * (1.0 - p))
+    t = map_step(eta0, q, reward, steps)
     new_mean = mean + t * s
     p = float(expit(eta0 + t * q))
     curvature = p * (1.0 - p)
