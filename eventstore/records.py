@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -109,6 +109,23 @@ class DecisionRow:
         for name, array, axis in plan.extents:
             out[name] = int(getattr(self, array).shape[axis])
         return out
+
+
+@dataclass(frozen=True)
+class DecisionGroup:
+    """The decisions of one grouped request, one item of the event writer: written in one
+    transaction (or journaled in one append), all of them or none."""
+
+    rows: tuple[DecisionRow, ...]
+
+
+def decision_rows(items: Iterable[Any]) -> Iterator[DecisionRow]:
+    """The decisions among writer items, a group's in its order."""
+    for item in items:
+        if isinstance(item, DecisionRow):
+            yield item
+        elif isinstance(item, DecisionGroup):
+            yield from item.rows
 
 
 #: Fields of :class:`DecisionRow` that are instructions to the writer, not columns.

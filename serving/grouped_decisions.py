@@ -3,12 +3,12 @@
 Each group is decided on its own variants (:func:`bandit_core.grouped.select_grouped`'s
 rule, through the service's model or fallback) and logged as a decision of its own, with
 its own event id and propensity and the request's ``request_id`` and its ``group_id``, so
-rewards, replay and off-policy evaluation treat it like any other decision.
+rewards, replay and off-policy evaluation treat it like any other decision. The request's
+decisions are committed together (:meth:`DecisionService.log_decisions`): all or none.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,7 +23,7 @@ from serving.inputs import (
     check_signature,
 )
 from serving.schemas import GroupChoice, GroupedDecisionRequest, GroupedDecisionResponse
-from serving.service import DecisionService, StoreUnavailableError
+from serving.service import DecisionService
 
 T = TypeVar("T")
 
@@ -36,32 +36,6 @@ def _in_group(prefix: Loc, check: Callable[..., T], *args: Any) -> T:
         if exc.loc[:2] == ("body", "candidates"):
             raise InputError((*prefix, *exc.loc[2:]), exc.message, exc.value) from None
         raise
-
-
-async def _log_all(service: DecisionService, rows: list[DecisionRow]) -> None:
-    """Commit every group's decision; when any fails, one 503 that says how much of the
-    group was stored (each row commits on its own: the first failure's message alone
-    said "not stored" of a group whose other rows were)."""
-    outcomes = await asyncio.gather(
-        *(service.log_decision(row) for row in rows), return_exceptions=True
-    )
-    failed = [o for o in outcomes if isinstance(o, BaseException)]
-    for error in failed:
-        if not isinstance(error, StoreUnavailableError):
-            raise error
-    if not failed:
-        return
-    maybe = sum(1 for e in failed if isinstance(e, StoreUnavailableError) and e.maybe_stored)
-    stored = len(rows) - len(failed)
-    if stored == 0 and maybe == 0:
-        raise failed[0]
-    raise StoreUnavailableError(
-        f"the event store failed part of the request: of its {len(rows)} groups' "
-        f"decisions {stored} were stored, {maybe} may still be, {len(failed) - maybe} were "
-        f"not ({failed[0]}). Retry the whole request (a decision stored without its answer "
-        "gets no reward: it counts with the default reward)",
-        maybe_stored=True,
-    )
 
 
 async def decide_grouped(
@@ -123,7 +97,7 @@ async def decide_grouped(
                 group_id=group.id,
             )
         )
-    await _log_all(service, rows)
+    await service.log_decisions(rows)  # in one transaction: all the groups or none
     fallback = any(r.fallback for r in rows)
     return GroupedDecisionResponse(
         request_id=request_id,

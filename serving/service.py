@@ -55,7 +55,7 @@ from eventstore.contract import CANDIDATE, FALLBACK_LABELS, PRODUCTION
 from eventstore.engine import store_identity
 from eventstore.leases import SHARED, SOLE, Lease
 from eventstore.migrate import require_current
-from eventstore.records import DecisionRow, RewardOutcome, RewardRow
+from eventstore.records import DecisionGroup, DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import current_rollout
 from serving.budget import (
     NonFiniteChoiceError,
@@ -830,6 +830,18 @@ class DecisionService:
     async def log_decision(self, row: DecisionRow) -> None:
         """Commit a decision, remember it for its rewards, count it."""
         await self._commit(row)
+        self._logged(row)
+
+    async def log_decisions(self, rows: Sequence[DecisionRow]) -> None:
+        """Commit the decisions of one request in one transaction (or one journal append):
+        all of them or none. Each committed on its own, a grouped request's 503 could
+        leave some of its groups' decisions stored and the others not."""
+        await self._commit(DecisionGroup(tuple(rows)))
+        for row in rows:
+            self._logged(row)
+
+    def _logged(self, row: DecisionRow) -> None:
+        """A committed decision: remembered for its rewards, its impressions, counted."""
         self._remember(row)
         if row.count_impressions:
             self.catalog.record_shown(row.shown_ids)

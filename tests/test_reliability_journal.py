@@ -32,7 +32,7 @@ from serving.store.journal import (
     encode_record,
     read_records,
 )
-from serving.store.repository import EventStore, write_events
+from serving.store.repository import EventStore, batch_landed, write_events
 from tests.serving_helpers import decision_row, reward_row
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -177,6 +177,37 @@ def test_recover_drains_dead_segments_and_leaves_live_ones(
         r.event_id for r in rows
     }
     live.close()
+
+
+def test_a_grouped_request_is_journaled_in_one_append_and_written_in_one_batch(
+    engine: sa.Engine, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A grouped request's decisions are one writer item (``DecisionGroup``): journaled
+    together (a full journal refuses all of them), found for their rewards, drained,
+    and written to the store in one transaction, its first row saying whether it landed."""
+    group = records.DecisionGroup(tuple(decision_row(rng) for _ in range(3)))
+    ids = [row.event_id for row in group.rows]
+    journal = Journal(tmp_path / "journal", exclusive=True).open()
+    assert journal.spool([decision_row(rng), group]) == [None, None]
+    assert all(journal.find(i) is not None for i in ids)
+    assert all(i in journal.ledger for i in ids)
+    journal.close()
+    assert Journal(tmp_path / "journal").recover(engine).decisions == 4
+    store = EventStore(engine)
+    assert store.existing_event_ids(ids) == set(ids)
+    other = records.DecisionGroup(tuple(decision_row(rng) for _ in range(2)))
+    room = len(encode_record(other.rows[0])) + 8  # for one of its two records
+    full = Journal(tmp_path / "full", max_bytes=room).open()
+    (refused,) = full.spool([other])
+    assert isinstance(refused, JournalError) and "full" in str(refused)
+    assert all(full.find(r.event_id) is None for r in other.rows)
+    full.close()
+    fresh = records.DecisionGroup(tuple(decision_row(rng) for _ in range(2)))
+    with engine.begin() as conn:
+        assert write_events(conn, [fresh]) == [None]
+    with engine.connect() as conn:
+        assert batch_landed(conn, [fresh], [None])
+        assert not batch_landed(conn, [other], [None])
 
 
 @contextlib.contextmanager

@@ -65,10 +65,12 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from eventstore.engine import store_identity
 from eventstore.records import (
+    DecisionGroup,
     DecisionRow,
     JudgedReward,
     RewardOutcome,
     RewardRow,
+    decision_rows,
     judge_rewards,
 )
 from eventstore.schema import decisions, rewards
@@ -573,10 +575,10 @@ class Journal:
     # ------------------------------------------------------------------ writer thread
     def observe(self, items: Sequence[Any], results: Sequence[Any]) -> None:
         """After a database commit: count the decisions and rewards in the ledger."""
+        for row in decision_rows(items):
+            self.ledger.add_decision(row.event_id)
         for item in items:
-            if isinstance(item, DecisionRow):
-                self.ledger.add_decision(item.event_id)
-            elif isinstance(item, RewardRow):
+            if isinstance(item, RewardRow):
                 self.ledger.add_reward(item.event_id, item.position)
 
     def on_outage(self) -> None:
@@ -594,9 +596,10 @@ class Journal:
         accepted: list[tuple[int, DecisionRow | JudgedReward]] = []
         reward_slots = []
         for i, item in enumerate(items):
-            if isinstance(item, DecisionRow):
-                accepted.append((i, item))
-                self.ledger.add_decision(item.event_id)
+            if isinstance(item, DecisionRow | DecisionGroup):  # a group's rows: one append
+                for row in decision_rows([item]):
+                    accepted.append((i, row))
+                    self.ledger.add_decision(row.event_id)
             elif isinstance(item, RewardRow):
                 if item.event_id in self.ledger:
                     reward_slots.append(i)

@@ -27,12 +27,14 @@ from sqlalchemy import (
 from eventstore import records
 from eventstore.leases import holds
 from eventstore.records import (
+    DecisionGroup,
     DecisionRow,
     JudgedReward,
     RewardOutcome,
     RewardRow,
     SnapshotPart,
     SnapshotRow,
+    decision_rows,
 )
 from eventstore.retention import latest_snapshot_first, learnt_by, prune_events
 from eventstore.schema import decisions, head_snapshot_parts, head_snapshots, items, rewards
@@ -61,7 +63,15 @@ class DropParts:
     limit: int
 
 
-Item = DecisionRow | RewardRow | SnapshotRow | SnapshotPart | SupersededSnapshots | DropParts
+Item = (
+    DecisionRow
+    | DecisionGroup
+    | RewardRow
+    | SnapshotRow
+    | SnapshotPart
+    | SupersededSnapshots
+    | DropParts
+)
 
 # Statements of the write path, built once (SQLAlchemy caches their compiled form).
 #: Rewards read (and learnt) per query when a head learns a store's worth of them.
@@ -189,7 +199,7 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
     retries, never into a reward applied twice.
     """
     out: list[Any] = [None] * len(items)
-    new_decisions = [d.params() for d in items if isinstance(d, DecisionRow)]
+    new_decisions = [d.params() for d in decision_rows(items)]
     if new_decisions:
         conn.execute(_INSERT_DECISIONS, new_decisions)
     reward_slots = [i for i, item in enumerate(items) if isinstance(item, RewardRow)]
@@ -197,12 +207,7 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
         rows: list[RewardRow] = [items[i] for i in reward_slots]  # type: ignore[misc]
         for i, outcome in zip(reward_slots, _write_rewards(conn, rows), strict=True):
             out[i] = outcome
-    shown = Counter(
-        arm
-        for d in items
-        if isinstance(d, DecisionRow) and d.count_impressions
-        for arm in d.shown_ids
-    )
+    shown = Counter(arm for d in decision_rows(items) if d.count_impressions for arm in d.shown_ids)
     if shown:
         conn.execute(
             _ADD_IMPRESSIONS,
@@ -223,12 +228,14 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
 def batch_landed(conn: Connection, items: Sequence[Item], results: Sequence[Any]) -> bool:
     """Whether the batch :func:`write_events` wrote (returning ``results``) is in the
     store, asked after its COMMIT raised. A transaction is whole or absent, so its first
-    row that can be found by key tells: a decision by ``event_id``, a reward by its id
-    with its event and ordinal, a snapshot by id, a part by ``(parts_key, seq)``. A batch
-    of deletions alone counts as there (written again, it deletes nothing more)."""
+    row that can be found by key tells: a decision (a group's first) by ``event_id``, a
+    reward by its id with its event and ordinal, a snapshot by id, a part by
+    ``(parts_key, seq)``. A batch of deletions alone counts as there (written again, it
+    deletes nothing more)."""
     for item, result in zip(items, results, strict=True):
-        if isinstance(item, DecisionRow):
-            found = select(decisions.c.event_id).where(decisions.c.event_id == item.event_id)
+        first = next(decision_rows([item]), None)  # a group is whole or absent too
+        if first is not None:
+            found = select(decisions.c.event_id).where(decisions.c.event_id == first.event_id)
         elif isinstance(item, RewardRow) and isinstance(result, RewardOutcome):
             r = rewards.c
             found = select(r.id).where(
