@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -112,18 +113,29 @@ class HeadStatistics:
         ratio, gamma = config.outlier_ratio, config.gamma
         if ratio is None or phi.shape[0] == 0:
             return cls.of(phi, rewards, keys, gamma), np.zeros(0, dtype=np.intp)
-        held = {} if before is None else {k: j for j, k in enumerate(before.keys)}
         refused: list[IntArray] = []
         for key, idx in head_groups(keys, phi.shape[0]).items():
-            sums, count = np.zeros(phi.shape[1]), 0.0
-            if before is not None and key in held:
-                sums, count = np.diagonal(before.gram[held[key]]), float(before.count[held[key]])
+            sums, count = HeadStatistics.squares(before, key, phi.shape[1])
             refused.append(idx[outlier_rows(phi[idx], sums, count, ratio, gamma)])
         out = np.sort(np.concatenate(refused))
         kept = np.ones(phi.shape[0], dtype=bool)
         kept[out] = False
         learnt = None if keys is None else [k for k, keep in zip(keys, kept, strict=True) if keep]
         return cls.of(phi[kept], rewards[kept], learnt, gamma), out
+
+    @staticmethod
+    def squares(stats: HeadStatistics | None, key: str, dim: int) -> tuple[FloatArray, float]:
+        """``(Σ w φ² per feature, Σ w)`` of head ``key``'s rows in ``stats`` (zeros where
+        it holds none): what the heads' outlier check judges the next rows by."""
+        j = None if stats is None else stats.index.get(key)
+        if stats is None or j is None:
+            return np.zeros(dim), 0.0
+        return np.diagonal(stats.gram[j]), float(stats.count[j])
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Each key's position."""
+        return {k: j for j, k in enumerate(self.keys)}
 
     def merge(self, later: HeadStatistics, gamma: float = 1.0) -> HeadStatistics:
         """The statistics of these rows followed by ``later``'s: per head

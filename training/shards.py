@@ -528,11 +528,8 @@ def _surely_learnt_whole(
     ratio = config.outlier_ratio
     if ratio is None:
         return True
-    held = {} if before is None else {k: j for j, k in enumerate(before.keys)}
     for j, key in enumerate(shard.keys):
-        sums, count = np.zeros(shard.xty.shape[1]), 0.0
-        if before is not None and key in held:
-            sums, count = np.diagonal(before.gram[held[key]]), float(before.count[held[key]])
+        sums, count = HeadStatistics.squares(before, key, shard.xty.shape[1])
         rows = int(shard.rows[j])
         if not surely_without_outliers(peak[j], sums, count, rows, ratio, config.gamma):
             return False
