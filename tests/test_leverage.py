@@ -70,8 +70,11 @@ def test_contexts_far_out_of_scale_do_not_take_a_trained_model_back_to_chance(
             refused += 1
     assert refused == DIM * N_ARMS
     assert _value(guarded, env, per_arm) == trained  # nothing learnt: the same choices
-    if name != "hybrid_linucb":  # its per-arm blocks and shared part share the damage
-        assert _value(unguarded, env, per_arm) < 0.3  # what the rows did without the check
+    damaged = _value(unguarded, env, per_arm)  # what the rows did without the check
+    if name == "logistic_ts":  # its curvature fades where the rows saturate the sigmoid
+        assert damaged < trained - 0.1  # 0.88 -> 0.72
+    elif name != "hybrid_linucb":  # its per-arm blocks and shared part share the damage
+        assert damaged < 0.3
 
 
 def test_the_service_answers_poisoned_rewards_unlearnt_and_recovery_skips_them(
