@@ -65,6 +65,10 @@ HEAD_PARAMS: dict[str, Constraint] = {
 #: mean squares are too few to say what is out of scale.
 OUTLIER_MIN_ROWS = 30
 
+#: Rows that :func:`first_outlier` judges one at a time when their norms do not pass them
+#: at once; more are judged together (cumulative sums of every feature).
+_SUSPECTS_ONE_BY_ONE = 32
+
 
 def first_outlier(
     phi: FloatArray, sums: FloatArray, count: float, ratio: float, gamma: float = 1.0
@@ -75,8 +79,8 @@ def first_outlier(
     larger): ``(row, feature, that RMS)``, or None. The check applies once the rows
     before number :data:`OUTLIER_MIN_ROWS`; a row refused is not counted. Each row's
     squares are added as a head adds them (``A += φφᵀ``, discounted by ``gamma``)."""
-    squares = phi * phi
     if gamma < 1.0:  # discounted recurrences: a row at a time
+        squares = phi * phi
         sums = sums.copy()
         for i in range(phi.shape[0]):
             found = _out_of_scale(squares[i], sums, count, ratio)
@@ -87,11 +91,30 @@ def first_outlier(
             count = gamma * count + 1.0
         return None
     n = phi.shape[0]
-    before = np.cumsum(np.concatenate((sums[None], squares[:-1])), axis=0)
     counts = count + np.arange(n, dtype=np.float64)
     applies = counts >= OUTLIER_MIN_ROWS
     if not applies.any():
         return None
+    # a row passes by its squared norm (which bounds each of its squares) within ratio²
+    # times the mean square of all features before it, a lower bound of every feature's
+    # bound there: the rest, usually none, are judged feature by feature
+    norms = np.einsum("nd,nd->n", phi, phi)
+    totals = float(np.sum(sums)) + np.concatenate(([0.0], np.cumsum(norms[:-1])))
+    lowest = (ratio * ratio) * np.maximum(totals, 0.0) / (phi.shape[1] * np.maximum(counts, 1.0))
+    suspects = np.flatnonzero(applies & (norms > lowest))
+    if suspects.size == 0:
+        return None
+    if suspects.size <= _SUSPECTS_ONE_BY_ONE:
+        prefix, done = np.asarray(sums, dtype=np.float64).copy(), 0
+        for i in suspects.tolist():
+            prefix += np.einsum("nd,nd->d", phi[done:i], phi[done:i])
+            done = i
+            found = _out_of_scale(phi[i] * phi[i], prefix, float(counts[i]), ratio)
+            if found is not None:
+                return i, *found
+        return None
+    squares = phi * phi
+    before = np.cumsum(np.concatenate((sums[None], squares[:-1])), axis=0)
     mean = np.maximum(before[applies], 0.0) / counts[applies, None]
     bound = np.maximum(mean, mean.mean(axis=1, keepdims=True))
     outside = squares[applies] > (ratio * ratio) * bound

@@ -116,8 +116,11 @@ class HeadStatistics:
         refused: list[IntArray] = []
         for key, idx in head_groups(keys, phi.shape[0]).items():
             sums, count = HeadStatistics.squares(before, key, phi.shape[1])
-            refused.append(idx[outlier_rows(phi[idx], sums, count, ratio, gamma)])
+            rows = phi if keys is None else phi[idx]  # one shared head: no copy
+            refused.append(idx[outlier_rows(rows, sums, count, ratio, gamma)])
         out = np.sort(np.concatenate(refused))
+        if out.size == 0:
+            return cls.of(phi, rewards, keys, gamma), out
         kept = np.ones(phi.shape[0], dtype=bool)
         kept[out] = False
         learnt = None if keys is None else [k for k, keep in zip(keys, kept, strict=True) if keep]

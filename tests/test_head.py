@@ -644,3 +644,39 @@ def test_the_rows_left_out_of_statistics_are_those_a_head_refuses_one_at_a_time(
         assert not (surely and left_out)
         verdicts.add((surely, left_out))
     assert verdicts == {(True, False), (False, True), (False, False)}
+
+
+@pytest.mark.parametrize("ratio", [1.5, 3.0, 100.0])
+def test_the_first_outlier_is_the_one_a_row_by_row_check_finds(
+    rng: np.random.Generator, ratio: float
+) -> None:
+    """:func:`first_outlier` passes rows by their norms and judges the rest feature by
+    feature, one at a time when few, together when many (a small ratio makes most rows
+    suspects): the same row and feature as judging every row in turn."""
+    from bandit_core.head import OUTLIER_MIN_ROWS, first_outlier
+
+    def row_by_row(phi: np.ndarray, sums: np.ndarray, count: float) -> tuple[int, int] | None:
+        sums = sums.copy()
+        for i, row in enumerate(phi):
+            if count + i >= OUTLIER_MIN_ROWS:
+                mean = sums / (count + i)
+                outside = np.flatnonzero(row * row > ratio * ratio * np.maximum(mean, mean.mean()))
+                if outside.size:
+                    return i, int(outside[0])
+            sums += row * row
+        return None
+
+    verdicts = set()
+    for trial in range(60):
+        n, d = int(rng.integers(40, 300)), int(rng.integers(1, 12))
+        phi = rng.standard_normal((n, d)) * 10.0 ** rng.uniform(-1, 1, d)
+        phi[rng.random((n, d)) < 0.3] = 0.0  # sparse features: uneven scales
+        spikes = rng.random(n) < 0.02
+        phi[spikes] *= 10.0 ** rng.uniform(0, 3, (int(spikes.sum()), 1))
+        count = float(rng.integers(0, 50))
+        sums = count * rng.uniform(0.5, 2.0, d)
+        found = first_outlier(phi, sums, count, ratio)
+        expected = row_by_row(phi, sums, count)
+        assert (None if found is None else found[:2]) == expected, trial
+        verdicts.add(expected is None)
+    assert False in verdicts and (ratio < 100.0 or True in verdicts)

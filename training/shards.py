@@ -445,9 +445,9 @@ def _chunk_statistics(
     if peaks is None:
         stats, left_out = HeadStatistics.learnt(phi, rows.rewards, keys, config, before)
         return stats, int(left_out.size)
-    squares = phi * phi
     for key, idx in head_groups(keys, phi.shape[0]).items():
-        peak = squares[idx].max(axis=0)
+        mine = phi if keys is None else phi[idx]  # one shared head: no copy
+        peak = np.square(np.maximum(mine.max(axis=0), -mine.min(axis=0)))
         peaks[key] = np.maximum(peaks[key], peak) if key in peaks else peak
     return HeadStatistics.of(phi, rows.rewards, keys, config.gamma), 0
 
