@@ -160,11 +160,13 @@ def poisoned_replay(replay: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         ("neural_linear", {"hidden": [8], "epochs": 2}),
     ],
 )
+@pytest.mark.parametrize("named", [True, False], ids=["named-by-training", "judged-by-shards"])
 def test_the_sharded_rebuild_leaves_out_the_rows_the_single_node_one_refuses(
     poisoned_replay: Path,
     tmp_path: Path,
     algorithm: str,
     options: dict[str, Any],
+    named: bool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Which rows a head refuses as out of scale depends on every row before them: the
@@ -175,8 +177,11 @@ def test_the_sharded_rebuild_leaves_out_the_rows_the_single_node_one_refuses(
     single = rebuild_head(trained.state_path, poisoned_replay, tmp_path / "single.npz", HOLDOUT)
     cut = shards.split_point(ROWS, HOLDOUT)
     ranges = shards.shard_ranges(0, cut, 4)
+    # named: as the DAG's mapped task, with the rows the training left out; else the
+    # shards and the reduce find them themselves (a later shard read again)
+    left_out = trained.refused_rows if named else []
     parts = [
-        shards.shard_statistics(s, trained.state_path)
+        shards.shard_statistics(s, trained.state_path, left_out)
         for s in _shard_dicts(poisoned_replay, tmp_path / "shards", "train", ranges)
     ]
     with caplog.at_level("WARNING", logger="training.shards"):
@@ -188,8 +193,53 @@ def test_the_sharded_rebuild_leaves_out_the_rows_the_single_node_one_refuses(
     if algorithm != "linucb":  # one shared head: every poisoned training row refused
         assert float(np.sum(got.head.count_)) < cut - 1  # discounted or not, fewer rows
         assert round(float(np.sum(ref.head.count_))) == round(float(np.sum(got.head.count_)))
-        assert any("shard 1" in m for m in read_again) and any("shard 3" in m for m in read_again)
-        assert not any("shard 2" in m for m in read_again), read_again  # proved clean
+        assert sorted(trained.refused_rows) == [100, 300, 301, 800]
+        if named:
+            assert not read_again, read_again
+        else:
+            assert any("shard 1" in m for m in read_again)
+            assert any("shard 3" in m for m in read_again)
+            assert not any("shard 2" in m for m in read_again), read_again  # proved clean
+
+
+@pytest.mark.parametrize("algorithm", ["shared_linucb", "linucb"])
+def test_rows_the_training_left_out_are_left_out_of_the_sharded_head(
+    replay: Path, tmp_path: Path, algorithm: str
+) -> None:
+    """A neural policy's training judges rows by the network before its training and
+    leaves them out of its buffer, which the single-node rebuild learns; the trained
+    network may judge them otherwise. The shards leave out exactly the rows the training
+    names (``TrainResult.refused_rows``), in the first shard and later ones, and nothing
+    else."""
+    trained = _trained(
+        replay,
+        tmp_path,
+        algorithm,
+        {"interactions": True} if algorithm.startswith("shared") else {},
+    )
+    cut = shards.split_point(ROWS, HOLDOUT)
+    ranges = shards.shard_ranges(0, cut, 4)
+    left_out = [10, 250, 251, 899]
+    whole = [
+        shards.shard_statistics(s, trained.state_path)
+        for s in _shard_dicts(replay, tmp_path / "whole", "train", ranges)
+    ]
+    parts = [
+        shards.shard_statistics(s, trained.state_path, left_out)
+        for s in _shard_dicts(replay, tmp_path / "less", "train", ranges)
+    ]
+    policy = load_policy(trained.state_path)
+    full, *_ = shards.reduce_statistics(whole, policy)
+    less, *_, refused = shards.reduce_statistics(parts, policy)
+    assert refused == len(left_out)
+    rows = load_replay(replay).subset(np.array(left_out))
+    phi, keys = policy.head_features(rows.contexts, rows.arm_ids, rows.arm_features)
+    expected = full.gram.copy()
+    for i, key in enumerate(keys or [""] * len(left_out)):
+        expected[full.keys.index(key)] -= np.outer(phi[i], phi[i])
+    at = [less.keys.index(k) for k in full.keys]
+    np.testing.assert_allclose(less.gram[at], expected, rtol=1e-10, atol=1e-9)
+    assert int(less.rows.sum()) == cut - len(left_out)
 
 
 def test_a_clean_window_reads_no_shard_again(

@@ -272,6 +272,21 @@ class TrainingRows:
     arm_features: FloatArray
     rewards: FloatArray
 
+    def without(self, rows: NDArray[np.int64]) -> TrainingRows:
+        """These rows but those at positions ``rows`` (positions outside are ignored)."""
+        n = len(self.arm_ids)
+        rows = rows[(rows >= 0) & (rows < n)]
+        if rows.size == 0:
+            return self
+        keep = np.ones(n, dtype=bool)
+        keep[rows] = False
+        return TrainingRows(
+            contexts=self.contexts[keep],
+            arm_ids=[a for a, k in zip(self.arm_ids, keep, strict=True) if k],
+            arm_features=self.arm_features[keep],
+            rewards=self.rewards[keep],
+        )
+
     @classmethod
     def from_table(cls, table: Any) -> TrainingRows:
         """Column-wise decoding of replay rows (no per-row Python work for the arrays)."""
@@ -377,9 +392,16 @@ def _write(path: Path, arrays: Mapping[str, Any]) -> Path:
     return path
 
 
-def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[str, Any]:
+def shard_statistics(
+    shard: Mapping[str, Any], state_path: str | Path, left_out: Sequence[int] = ()
+) -> dict[str, Any]:
     """Map step of the rebuild: the head statistics and reward-model moments of one
     training shard, written to ``<run>/shards/train-<index>.npz``.
+
+    ``left_out``: the training rows the training left out of the head (and a network's
+    buffer: :attr:`training.train.TrainResult.refused_rows`), left out here too — the
+    single-node rebuild learns the buffer, and a row judged by the network before its
+    training may pass the check under the trained one.
 
     A head leaves out a row out of scale beside the rows before it
     (:attr:`bandit_core.HeadConfig.outlier_ratio`), and which rows those are depends on
@@ -395,16 +417,22 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
     """
     policy = _head_policy(load_policy(state_path))
     gamma = policy.head.config.gamma
-    exact = _span(shard)[0] == 0 or policy.head.config.outlier_ratio is None
+    start, stop = _span(shard)
+    exact = start == 0 or policy.head.config.outlier_ratio is None
+    skip = np.unique(np.asarray(left_out, dtype=np.int64))
+    skip = skip[(skip >= start) & (skip < stop)]
     stats: HeadStatistics | None = None
     peaks: dict[str, FloatArray] = {}
     reward: Moments | None = None
-    refused = 0
+    refused = int(skip.size)
     low, high = math.inf, -math.inf
-    for table in iter_rows(shard["replay"], shard["start"], shard["stop"], _TRAIN_COLUMNS):
+    at = start
+    for table in iter_rows(shard["replay"], start, stop, _TRAIN_COLUMNS):
         rows = TrainingRows.from_table(table)
-        part, left_out = _chunk_statistics(policy, rows, stats, None if exact else peaks)
-        refused += left_out
+        learnt = rows.without(skip - at)
+        at += len(rows.arm_ids)
+        part, judged = _chunk_statistics(policy, learnt, stats, None if exact else peaks)
+        refused += judged
         stats = part if stats is None else stats.merge(part, gamma)
         z = reward_features(rows.contexts, rows.arm_features)
         piece = Moments.of(np.concatenate([z, rows.rewards[:, None]], axis=1))
@@ -421,9 +449,10 @@ def shard_statistics(shard: Mapping[str, Any], state_path: str | Path) -> dict[s
         "refused": np.array(refused),
         "replay": np.array(str(shard["replay"])),  # what the reduce reads again if it must
         "span": np.array(_span(shard)),
+        "skip": skip,
     }
     if not exact:
-        arrays["peak"] = np.stack([peaks[k] for k in stats.keys])
+        arrays["peak"] = np.array([peaks[k] for k in stats.keys]).reshape(stats.xty.shape)
     _write(path, arrays)
     log.info(
         "training shard %d: rows [%d, %d), %d heads", shard["index"], *_span(shard), len(stats.keys)
@@ -441,6 +470,8 @@ def _chunk_statistics(
     of them the head leaves out; with ``peaks``, the sums of all of them, and each head's
     largest square per feature folded into ``peaks``."""
     config = policy.head.config
+    if not rows.arm_ids:  # every row of the chunk left out by the training
+        return HeadStatistics.of(np.zeros((0, policy.head.dim)), rows.rewards, []), 0
     phi, keys = policy.head_features(rows.contexts, rows.arm_ids, rows.arm_features)
     if peaks is None:
         stats, left_out = HeadStatistics.learnt(phi, rows.rewards, keys, config, before)
@@ -498,6 +529,7 @@ def reduce_statistics(
             peak = None if exact else _peaks(data, shard)
             rows = {"replay": str(data["replay"]), "index": part["index"]}
             rows["start"], rows["stop"] = (int(v) for v in data["span"])
+            rows["skip"] = np.asarray(data["skip"], dtype=np.int64)
         low, high = min(low, lo), max(high, hi)
         if peak is not None and not _surely_learnt_whole(shard, peak, stats, config):
             shard, left_out = _relearn(policy, rows, stats)
@@ -543,10 +575,13 @@ def _relearn(
     (the rows the heads leave out left out): ``(statistics, rows left out)``."""
     gamma = policy.head.config.gamma
     stats: HeadStatistics | None = None
-    refused = 0
+    refused, at = 0, int(shard["start"])
     for table in iter_rows(shard["replay"], shard["start"], shard["stop"], _TRAIN_COLUMNS):
+        rows = TrainingRows.from_table(table)
+        learnt = rows.without(shard["skip"] - at)
+        at += len(rows.arm_ids)
         prior = stats if before is None else before if stats is None else before.merge(stats, gamma)
-        piece, left_out = _chunk_statistics(policy, TrainingRows.from_table(table), prior, None)
+        piece, left_out = _chunk_statistics(policy, learnt, prior, None)
         refused += left_out
         stats = piece if stats is None else stats.merge(piece, gamma)
     assert stats is not None  # iter_rows yields or raises

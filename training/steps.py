@@ -227,7 +227,8 @@ def plan_evaluation_shards(s: RunSpec, replay: ReplayRef, trained: TrainedRef) -
 
 def shard_statistics(shard: ShardRef, trained: TrainedRef) -> ShardPartRef:
     """The additive head statistics of one training shard (a mapped task)."""
-    return ShardPartRef(**statistics_of_shard(shard.to_xcom(), trained.state_path))
+    left_out = TrainResult.read(trained.result).refused_rows
+    return ShardPartRef(**statistics_of_shard(shard.to_xcom(), trained.state_path, left_out))
 
 
 def shard_evaluation(shard: ShardRef, rebuilt: RebuiltRef) -> ShardPartRef:

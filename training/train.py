@@ -141,6 +141,11 @@ class TrainResult:
     position_slots: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     challengers: list[dict[str, Any]] = field(default_factory=list)
+    #: The training rows (positions in the replay window) the head refused, which a
+    #: network's buffer left out too: a sharded rebuild leaves them out as well
+    #: (:func:`training.shards.shard_statistics`), so that it learns the rows the
+    #: single-node rebuild learns even where the network that judged them has changed.
+    refused_rows: list[int] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -251,6 +256,7 @@ def train(
         diagnostics="" if diag is None else diag.summary(),
         position_slots=slots,
         options=dict(config.options),
+        refused_rows=[int(i) for i in refused],
     )
     (out / RESULT_FILE).write_text(result.to_json())
     return result
