@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -135,3 +136,32 @@ def test_a_neural_retrain_leaves_a_row_out_of_scale_out_named(
     policy = load_policy(result.state_path)
     assert len(policy.buffer_) == result.n_train - 1
     assert np.abs(policy.buffer_.inputs).max() < 1e3  # the row at 1e6 is not in it
+
+
+def test_a_logistic_retrain_leaves_out_a_row_out_of_scale_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The logistic model refuses a row out of scale as the linear heads do: the nightly
+    training leaves it out, named, and learns the others in order."""
+    replay = _window(tmp_path, huge=(100,))
+    config = TrainConfig("logistic_ts", {"interactions": True}, min_rows=100)
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        result = train(replay, config, tmp_path / "train")
+    assert result.metrics["rows_refused"] == 1.0 and result.refused_rows == [100]
+    assert "'e100'" in caplog.text
+    frame = pd.read_parquet(replay).iloc[: result.n_train].drop(index=100)
+    chosen = frame["chosen"].to_numpy()
+    expected = make_policy("logistic_ts", dim_user=DIM_USER, dim_arm=DIM_ARM, interactions=True)
+    expected.update_batch(
+        np.stack(frame["context"].map(list)),
+        [ids[c] for ids, c in zip(frame["candidate_ids"], chosen, strict=True)],
+        frame["reward"].to_numpy(),
+        np.stack(
+            [
+                np.asarray(list(f[c]))
+                for f, c in zip(frame["candidate_features"], chosen, strict=True)
+            ]
+        ),
+    )
+    got: Any = load_policy(result.state_path)
+    np.testing.assert_allclose(got.theta_, expected.theta_, rtol=1e-9, atol=1e-12)
