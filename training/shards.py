@@ -84,6 +84,8 @@ SHARDED_ESTIMATORS = DECOMPOSABLE
 RIDGE_ALPHA = 1.0
 SHARDS_DIR = "shards"
 _TRAIN_COLUMNS = ["context", "candidate_features", "chosen", "arm_id", "reward"]
+#: What a training shard's file holds besides its head statistics and reward moments.
+_SHARD_ARRAYS = ("reward.range", "exact", "refused", "replay", "span", "skip")
 
 
 # ---------------------------------------------------------------------- planning
@@ -521,6 +523,13 @@ def reduce_statistics(
     refused = 0
     for part in _ordered(parts):
         with np.load(part["path"], allow_pickle=False) as data:
+            missing = [k for k in _SHARD_ARRAYS if k not in data]
+            if missing:
+                raise ValueError(
+                    f"the shard file {Path(part['path']).name} lacks {', '.join(missing)}: "
+                    "written by an older banditops or cut short; clear the run's "
+                    "shard_statistics tasks so that they map the shards again."
+                )
             shard = HeadStatistics.from_arrays(data)
             moments.append(Moments.from_arrays(data, "reward."))
             lo, hi = (float(v) for v in data["reward.range"])
