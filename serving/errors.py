@@ -28,17 +28,24 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _finite(value: Any) -> Any:
+#: how deep an echoed input is shown; deeper arrays and objects are shown as "..."
+_ECHO_DEPTH = 8
+
+
+def _finite(value: Any, depth: int = _ECHO_DEPTH) -> Any:
     """``value`` with every non-finite float replaced by its name and every string made
-    encodable (JSON-safe: the handlers echo input that failed validation)."""
+    encodable (JSON-safe: the handlers echo input that failed validation), cut at
+    ``depth`` levels (a body nested 500 deep recursed past Python's limit here: a 500)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, str):
         return _text(value)
+    if isinstance(value, dict | list | tuple) and depth <= 0:
+        return "..."
     if isinstance(value, dict):
-        return {_text(str(k)): _finite(v) for k, v in value.items()}
+        return {_text(str(k)): _finite(v, depth - 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [_finite(v, depth - 1) for v in value]
     if isinstance(value, int | float | bool) or value is None:
         return value
     return _text(str(value))
@@ -53,6 +60,9 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     detail = []
     for err in exc.errors():
         msg = _summary(err.get("msg"), 1000)
+        reason = (err.get("ctx") or {}).get("error")
+        if err.get("type") == "json_invalid" and isinstance(reason, str):
+            msg = f"{msg}: {_summary(reason, 200)}"  # FastAPI keeps json's reason there
         if tuple(err.get("loc", ())) == ("body",):
             msg += _content_type_hint(request)
         item = {

@@ -37,6 +37,7 @@ from eventstore.schema import decisions
 from eventstore.schema import rewards as reward_table
 from serving.budget import NonFiniteChoiceError, check_choice_finite
 from serving.decide import choose
+from serving.json_body import MAX_DEPTH
 from serving.store.repository import write_events
 from tests.serving_helpers import (
     AUTH,
@@ -563,6 +564,34 @@ def test_every_parse_error_is_a_422(http: httpx.Client) -> None:
     for raw in (b'{"context": [0.1,', b'\xff\xfe{"context": 1}', b"[1, 2", b""):
         got = http.post("/v1/decisions", content=raw, headers={"content-type": "application/json"})
         assert got.status_code == 422, (raw, got.status_code, got.text)
+
+
+@pytest.mark.parametrize("depth", [150, 500, 5000])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/decisions"),
+        ("POST", "/v1/decisions/grouped"),
+        ("POST", "/v1/rewards"),
+        ("POST", "/v1/items"),
+        ("PUT", "/v1/items/deep"),
+    ],
+)
+def test_deeply_nested_bodies_are_a_422_naming_the_limit(
+    thompson: ServiceProcess, http: httpx.Client, method: str, path: str, depth: int
+) -> None:
+    """1 kB nested 500 deep was read by ``json`` and echoed back by the 422 handler, which
+    recursed past Python's limit: a 500 and a traceback in the log per request, on every
+    endpoint with a body, with or without a token (serving helper, stop 53)."""
+    logged = thompson.log.read_text()
+    nested = "[" * depth + "]" * depth
+    for body in (f'{{"context": {nested}}}', f'{{"x": {nested}}}', nested):
+        got = _raw(http, path, body, method)
+        assert got.status_code == 422, (body[:20], got.status_code, got.text[:300])
+        if depth > MAX_DEPTH:
+            assert "deeper than 200 levels" in got.text, got.text
+        assert len(got.text) < 2_000  # the echo is cut, not the whole body
+    assert "Traceback" not in thompson.log.read_text()[len(logged) :]
 
 
 def test_a_trickled_body_times_out_with_408(thompson: ServiceProcess) -> None:
