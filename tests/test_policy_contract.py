@@ -18,14 +18,15 @@ from bandit_core import (
     Candidates,
     Policy,
     load_policy,
+    make_policy,
     policy_from_state,
     save_policy,
 )
 from bandit_core._validation import CheckedBy, Constraint, FloatArray, Interval
 from bandit_core.catalog import CATALOG
 from bandit_core.head_statistics import LinearHeadPolicy
-from bandit_core.policies.arm_features import candidates_for
-from bandit_core.policies.base import fold_pending
+from bandit_core.policies.arm_features import candidates_for, ignores_arm_features
+from bandit_core.policies.base import arm_width, fold_pending
 from bandit_core.policies.decision_copy import decision_copy
 from bandit_core.policies.linear import arm_state
 from bandit_core.policies.position import update_batch_skipping
@@ -37,6 +38,7 @@ from tests.policy_factories import (
     UNIT_REWARDS,
     VARIANTS,
     WRAPPED,
+    default_options,
     state_arrays,
 )
 
@@ -51,6 +53,33 @@ def test_per_arm_policies_refuse_arm_features_they_do_not_use() -> None:
             ALL[name]().select(np.ones(DIM_USER), cands, np.random.default_rng(0))
     for name in ("linucb_arm_features", "lints_arm_features", "shared_lints"):
         ALL[name]().select(np.ones(DIM_USER), cands, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_a_model_that_reads_no_arm_features_refuses_them_and_candidates_for_drops_them(
+    name: str,
+) -> None:
+    """``dim_arm`` 0: no candidate feature is read. The model refuses featured candidates
+    naming why (neural and logistic models raised numpy's broadcast error), and
+    ``candidates_for`` — what serving, OPE and the simulator pass — drops them."""
+    options = default_options(name)
+    if "dim_arm" in CATALOG[name].option_names():
+        options["dim_arm"] = 0
+    try:
+        policy = make_policy(name, **options)
+    except ValueError:  # a model of arm features needs some
+        assert name.endswith("_arm_features"), name
+        return
+    cands = _candidates(np.random.default_rng(0))
+    x, rng = np.ones(DIM_USER), np.random.default_rng(0)
+    assert arm_width(policy) == 0 and ignores_arm_features(policy)
+    taken = candidates_for(policy, cands)
+    assert taken.ids == cands.ids and taken.dim == 0
+    decision = policy.select(x, taken, rng)
+    assert decision.arm_id in cands.ids and decision.propensity > 0
+    if name != "uniform":
+        with pytest.raises(ValueError, match=r"(uses no|does not use) arm features"):
+            policy.select(x, cands, rng)
 
 
 def test_every_registered_policy_is_in_the_suite() -> None:

@@ -316,6 +316,26 @@ def test_a_model_that_errors_is_refused(tmp_path: Path, rng: np.random.Generator
         )
 
 
+@pytest.mark.parametrize("name", ["neural_linear", "logistic_ts", "linucb"])
+def test_a_model_without_arm_features_decides_candidates_that_carry_some(
+    tmp_path: Path, rng: np.random.Generator, name: str
+) -> None:
+    """The service drops the features a model does not read (``dim_arm`` 0 accepts any
+    width). Only per-arm linear models were told apart: a neural-linear or logistic model
+    raised on every such request, logged a traceback, and the fallback decided."""
+    opts = (
+        {"hidden": (8,), "retrain_every": 1000, "device": "cpu"} if name == "neural_linear" else {}
+    )
+    path = policy_file(tmp_path / "policy.npz", name=name, **opts)
+    with running_client(service_settings(tmp_path, model_path=path)) as client:
+        for _ in range(5):
+            got = client.post("/v1/decisions", json=decision_body(rng)).json()
+            assert got["fallback"] is False and got["policy"] == name, got
+            reward = client.post("/v1/rewards", json={"event_id": got["event_id"], "reward": 1.0})
+            assert reward.json()["status"] == "applied", reward.text
+        assert "banditops_model_errors_total 0.0" in client.get("/metrics").text
+
+
 def test_slate(model_path: Path, tmp_path: Path, rng: np.random.Generator) -> None:
     with running_client(service_settings(tmp_path, model_path=model_path)) as client:
         got = client.post("/v1/decisions", json={**decision_body(rng, n=6), "k": 4}).json()

@@ -17,6 +17,7 @@ import numpy as np
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.head import BayesianLinearHead
 from bandit_core.linalg import gathered_product
+from bandit_core.policies.base import arm_width
 from bandit_core.policies.linear import (
     IntArray,
     LinearConfig,
@@ -135,12 +136,12 @@ class LinTSArmFeatures(LinTS, _ArmFeatures):
 
 
 def ignores_arm_features(policy: object) -> bool:
-    """True for a policy (through wrappers) whose model reads the user context only — a
-    per-arm model without arm features, which refuses candidates that carry features."""
-    while hasattr(policy, "inner"):
-        policy = policy.inner
-    model = getattr(policy, "model", None)
-    return isinstance(policy, LinearPolicy) and model is not None and model.dim_arm == 0
+    """True for a policy (through wrappers) whose model reads no candidate features — a
+    per-arm model on the user context, a shared, neural or logistic one with ``dim_arm``
+    0 — which refuses candidates that carry features (only per-arm linear models were
+    told apart: a neural-linear model with ``dim_arm`` 0 raised on every request whose
+    candidates had features, and the fallback decided, serving helper, stop 53)."""
+    return arm_width(policy) == 0
 
 
 def candidates_for(policy: object, candidates: Candidates) -> Candidates:

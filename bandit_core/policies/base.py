@@ -73,8 +73,28 @@ def fold_pending(policy: Any) -> None:
         layer = getattr(layer, "inner", None)
 
 
-def check_candidates(candidates: Any, dim_arm: int | None) -> Candidates:
-    """Accept a :class:`Candidates` or a sequence of ids; check the feature width."""
+def arm_width(policy: Any) -> int:
+    """``dim_arm`` of a policy's model (through wrappers, whose own configs — an overlap's
+    floors — say nothing of it): the width of the features its candidates carry, 0 when
+    it reads none (a per-arm model on the user context, a shared one without item
+    features, a model without a configuration)."""
+    while policy is not None:
+        config = getattr(policy, "config", None)
+        if config is not None and hasattr(config, "dim_arm"):
+            if not getattr(config, "shared", True):
+                return 0
+            return int(getattr(config, "dim_arm", 0) or 0)
+        policy = getattr(policy, "inner", None)
+    return 0
+
+
+def check_candidates(candidates: Any, dim_arm: int | None, owner: str | None = None) -> Candidates:
+    """Accept a :class:`Candidates` or a sequence of ids; check the feature width.
+
+    ``dim_arm`` None or 0 accepts any width, except that a model named as ``owner`` whose
+    ``dim_arm`` is 0 refuses candidates that carry features: it would not read them (and
+    its feature map cannot). Serving drops them first
+    (:func:`bandit_core.policies.arm_features.candidates_for`)."""
     if not isinstance(candidates, Candidates):
         if isinstance(candidates, (Sequence, np.ndarray)) and not isinstance(candidates, str):
             return check_candidates(Candidates.from_any(list(candidates)), dim_arm)
@@ -86,6 +106,12 @@ def check_candidates(candidates: Any, dim_arm: int | None) -> Candidates:
     if dim_arm is not None and dim_arm > 0 and candidates.dim != dim_arm:
         raise ValueError(
             f"candidates.features must have {dim_arm} columns (dim_arm); got {candidates.dim}."
+        )
+    if owner is not None and dim_arm == 0 and candidates.dim > 0:
+        raise ValueError(
+            f"{owner} uses no arm features (dim_arm = 0); got candidates with "
+            f"{candidates.dim} features. Pass candidates without features, or train the "
+            f"model with dim_arm = {candidates.dim}."
         )
     return candidates
 

@@ -232,7 +232,7 @@ class LogisticTS:
     # -- decisions -------------------------------------------------------------
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         x = as_float_vector("context", context, self.config.dim_user)[None, :]
-        cands = check_candidates(candidates, self.dim_arm)
+        cands = check_candidates(candidates, self.dim_arm, self.name)
         batch, explored = self._decide(x, cands, check_rng(rng))
         arm = int(batch.arms[0])
         se = None if batch.propensity_se is None else float(batch.propensity_se[0])
@@ -252,7 +252,7 @@ class LogisticTS:
         self, contexts: Any, candidates: Any, rng: np.random.Generator
     ) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
-        cands = check_candidates(candidates, self.dim_arm)
+        cands = check_candidates(candidates, self.dim_arm, self.name)
         if x.shape[0] == 0:
             return DecisionBatch.empty(len(cands.ids), self.name)
         return self._decide(x, cands, check_rng(rng))[0]

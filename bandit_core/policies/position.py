@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bandit_core._validation import FloatArray, Interval, validate_params
-from bandit_core.policies.base import Policy, check_candidates
+from bandit_core.policies.base import Policy, arm_width, check_candidates
 from bandit_core.policies.wrappers import _nest, _restore_inner, _Wrapper, revise_reward
 from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
 
@@ -98,19 +98,6 @@ def with_positions(features: Any, positions: Any, position_slots: int) -> FloatA
     return out
 
 
-def _arm_width(policy: Any) -> int:
-    """``dim_arm`` of a shared model (through wrappers, whose own configs — an overlap's
-    floors — say nothing of it); 0 when arm features are unused."""
-    while policy is not None:
-        config = getattr(policy, "config", None)
-        if config is not None and hasattr(config, "dim_arm"):
-            if not getattr(config, "shared", True):
-                return 0
-            return int(getattr(config, "dim_arm", 0) or 0)
-        policy = getattr(policy, "inner", None)
-    return 0
-
-
 class PositionBias(_Wrapper):
     """An inner shared policy scored on ``[x_arm ; e_position]``.
 
@@ -143,7 +130,7 @@ class PositionBias(_Wrapper):
             {"position_slots": position_slots},
             {"position_slots": Interval(int, 1, None)},
         )
-        width = _arm_width(inner)
+        width = arm_width(inner)
         if width <= position_slots:
             raise ValueError(
                 f"PositionBias needs a shared inner policy whose dim_arm is the item width plus "

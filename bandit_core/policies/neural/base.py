@@ -284,7 +284,7 @@ class NeuralPolicy:
     # -- decisions ---------------------------------------------------------------
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         x = check_context(context, self.config.dim_user)
-        cands = check_candidates(candidates, self.config.dim_arm)
+        cands = check_candidates(candidates, self.config.dim_arm, self.name)
         batch, explored = self._decide(x, cands, check_rng(rng))
         return to_decision(batch, cands, bool(explored[0]), self.model_version)
 
@@ -292,7 +292,7 @@ class NeuralPolicy:
         self, contexts: Any, candidates: Any, rng: np.random.Generator
     ) -> DecisionBatch:
         x = check_contexts(contexts, self.config.dim_user)
-        cands = check_candidates(candidates, self.config.dim_arm)
+        cands = check_candidates(candidates, self.config.dim_arm, self.name)
         if x.shape[0] == 0:
             return DecisionBatch.empty(len(cands.ids), self.name)
         return self._decide(x, cands, check_rng(rng))[0]
