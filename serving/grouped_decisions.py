@@ -3,12 +3,15 @@
 Each group is decided on its own variants (:func:`bandit_core.grouped.select_grouped`'s
 rule, through the service's model or fallback) and logged as a decision of its own, with
 its own event id and propensity and the request's ``request_id`` and its ``group_id``, so
-rewards, replay and off-policy evaluation treat it like any other decision. The request's
+rewards, replay and off-policy evaluation treat it like any other decision. The request
+has one work budget and one deadline (``decision_deadline_s``): the groups not chosen by
+then are chosen by the fallback, each saying so. The request's
 decisions are committed together (:meth:`DecisionService.log_decisions`): all or none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -80,10 +83,12 @@ async def decide_grouped(
     check_budget(total, settings.max_work_units)
     request_id = uuid.uuid4().hex
     rows: list[DecisionRow] = []
+    # one deadline for the request: each group's own let 100 groups take 100 deadlines
+    deadline = asyncio.get_running_loop().time() + settings.decision_deadline_s
     for group, inp in zip(req.groups, inputs, strict=True):
         # the request's cost, not the group's, says whether the loop may choose: groups
         # each within inline_work_units add up to a loop stall
-        choice, fallback = await service.choose_for(model, inp, None, total)
+        choice, fallback = await service.choose_for(model, inp, None, total, deadline)
         rows.append(
             decision_row(
                 inp,
@@ -98,7 +103,7 @@ async def decide_grouped(
             )
         )
     await service.log_decisions(rows)  # in one transaction: all the groups or none
-    fallback = any(r.fallback for r in rows)
+    by_model = [r for r in rows if not r.fallback]
     return GroupedDecisionResponse(
         request_id=request_id,
         groups=[
@@ -109,11 +114,15 @@ async def decide_grouped(
                 propensity=r.propensity,
                 propensity_se=r.propensity_se,
                 explored=r.explored,
+                policy=r.policy,
+                fallback=r.fallback,
             )
             for r in rows
         ],
-        model_version=None if fallback or model is None else model.version,
-        policy=rows[0].policy,
-        fallback=fallback,
+        # each group says who chose it; the request, whether the model chose any (it
+        # said "fallback" with the first group's policy, and no version when any fell back)
+        model_version=by_model[0].model_version if by_model else None,
+        policy=(by_model or rows)[0].policy,
+        fallback=len(by_model) < len(rows),
         traffic=traffic,
     )

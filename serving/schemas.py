@@ -148,14 +148,23 @@ class GroupChoice(BaseModel):
         default=None, description="Its standard error when a Monte-Carlo estimate, else null."
     )
     explored: bool
+    policy: str = Field(description="The policy that chose this group's variant.")
+    fallback: bool = Field(
+        description="Whether the fallback chose it (no model, the model failed on these "
+        "variants, or the request's deadline had passed)."
+    )
 
 
 class GroupedDecisionResponse(BaseModel):
     request_id: str
     groups: list[GroupChoice]
-    model_version: str | None
-    policy: str
-    fallback: bool
+    model_version: str | None = Field(
+        description="The served model's version when it chose at least one group, else null."
+    )
+    policy: str = Field(
+        description="The model's policy when it chose at least one group, else the fallback's."
+    )
+    fallback: bool = Field(description="Whether the fallback chose any group.")
     traffic: str
 
 

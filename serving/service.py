@@ -768,10 +768,17 @@ class DecisionService:
         )
 
     async def choose_for(
-        self, model: ServedModel | None, inp: DecisionInput, k: int | None, units: int = 0
+        self,
+        model: ServedModel | None,
+        inp: DecisionInput,
+        k: int | None,
+        units: int = 0,
+        deadline: float | None = None,
     ) -> tuple[Choice, bool]:
         """The model's choice, or the fallback's when there is no model, it fails, its
-        scores are not finite, or (chosen in the decision thread) it misses the deadline.
+        scores are not finite, or (chosen in the decision thread) it misses the deadline:
+        ``decision_deadline_s`` from now, or ``deadline`` (the event loop's clock) when
+        that comes first — a grouped request's, shared by its groups.
 
         Decisions costing at most ``inline_work_units`` are chosen on the event loop;
         costlier ones on a copy of the policy in the decision thread, so the loop keeps
@@ -788,7 +795,7 @@ class DecisionService:
                     policy = for_users(model.policy, [inp.user_hash])
                     choice = choose(policy, inp.context, inp.candidates, self.rng, k, options)
                 else:
-                    choice = await self._choose_off_loop(model, inp, k, options)
+                    choice = await self._choose_off_loop(model, inp, k, options, deadline)
                 check_choice_finite(
                     choice.decision, choice.slate_propensities, choice.position_propensities
                 )
@@ -810,19 +817,27 @@ class DecisionService:
         return choose(self.fallback, inp.context, inp.candidates, self.rng, k, options), True
 
     async def _choose_off_loop(
-        self, model: ServedModel, inp: DecisionInput, k: int | None, options: ChoiceOptions
+        self,
+        model: ServedModel,
+        inp: DecisionInput,
+        k: int | None,
+        options: ChoiceOptions,
+        deadline: float | None = None,
     ) -> Choice:
         """``choose`` on a copy of the policy for these candidates (taken here, on the
         loop, so it is consistent; :func:`~bandit_core.policies.decision_copy.decision_copy`
         copies the rows of the candidates' arms, not every arm's) in the decision thread;
-        TimeoutError past the deadline."""
+        TimeoutError past the deadline (at once when ``deadline`` has passed)."""
+        wait = self.settings.decision_deadline_s
+        if deadline is not None:
+            wait = min(wait, deadline - asyncio.get_running_loop().time())
+            if wait <= 0:
+                raise TimeoutError
         policy = for_users(decision_copy(model.policy, inp.candidates.ids), [inp.user_hash])
         rng = self.rng.spawn(1)[0]
         future = self._decider.submit(choose, policy, inp.context, inp.candidates, rng, k, options)
         try:
-            return await asyncio.wait_for(
-                asyncio.wrap_future(future), self.settings.decision_deadline_s
-            )
+            return await asyncio.wait_for(asyncio.wrap_future(future), wait)
         except TimeoutError:
             future.cancel()  # not started yet: never runs
             raise

@@ -20,12 +20,6 @@ from validation.expectations import (
     validate_replay,
 )
 
-# GX imports the deprecated sre_* modules (Python 3.11); nothing to fix on our side.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:module 'sre_constants' is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:module 'sre_parse' is deprecated:DeprecationWarning"),
-]
-
 UTC = dt.UTC
 START = dt.datetime(2024, 5, 1, tzinfo=UTC)
 END = dt.datetime(2024, 5, 2, tzinfo=UTC)

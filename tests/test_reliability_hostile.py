@@ -819,9 +819,6 @@ def _window(
     return url, start - timedelta(minutes=1), start + timedelta(hours=1)
 
 
-# GX imports the deprecated sre_* modules (Python 3.11); nothing to fix on our side
-@pytest.mark.filterwarnings("ignore:module 'sre_constants' is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:module 'sre_parse' is deprecated:DeprecationWarning")
 def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path) -> None:
     """One wide row failed the whole GX window, so the nightly retrain never registered."""
     from datetime import timedelta
@@ -856,8 +853,6 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
         validate_features(manifest, tmp_path / "over" / "docs", **rules)
 
 
-@pytest.mark.filterwarnings("ignore:module 'sre_constants' is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:module 'sre_parse' is deprecated:DeprecationWarning")
 def test_an_extraction_cut_short_by_a_full_disk_leaves_no_part_file(tmp_path: Path) -> None:
     """A replay write that fails half-way (here the process may write no file past 16 KB
     once it has read the store, as on a full disk) left its ``replay.parquet.tmp`` in the run folder, and every

@@ -22,7 +22,13 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from tests.serving_helpers import HeldWrite, decision_body, running_client, service_settings
+from tests.serving_helpers import (
+    HeldWrite,
+    decision_body,
+    policy_file,
+    running_client,
+    service_settings,
+)
 
 DEADLINE_S = 1.0
 
@@ -106,6 +112,54 @@ def test_a_grouped_request_is_stored_whole_or_not_at_all(tmp_path: Path) -> None
         whole = client.post("/v1/decisions/grouped", json={"context": [1.0, 0.5], "groups": groups})
         assert whole.status_code == 200, whole.text
     assert _decisions(settings.store_url) == 4  # the request in flight landed whole
+
+
+def test_a_grouped_request_has_one_deadline_and_says_which_groups_the_fallback_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each group waited its own ``decision_deadline_s``: 100 groups, 100 deadlines (25 s
+    at the defaults; serving helper, stop 53). Now the request's deadline is shared: the
+    groups not chosen by then go to the fallback, and each group says who chose it (the
+    response said ``fallback`` with the first group's policy and no version)."""
+    import serving.service
+
+    slow_s, deadline_s, n_groups = 0.15, 0.5, 12
+    real_choose = serving.service.choose
+
+    def slow_choose(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name.startswith("banditops-decide"):
+            time.sleep(slow_s)  # the model's costly choice, in the decision thread
+        return real_choose(*args, **kwargs)
+
+    monkeypatch.setattr(serving.service, "choose", slow_choose)
+    settings = service_settings(
+        tmp_path,
+        model_path=policy_file(tmp_path / "policy.npz"),
+        inline_work_units=0,  # every choice by the model goes to the decision thread
+        decision_deadline_s=deadline_s,
+    )
+    rng = np.random.default_rng(4)
+    groups = [
+        {"id": f"g{g}", "variants": decision_body(rng, n=3)["candidates"]} for g in range(n_groups)
+    ]
+    with running_client(settings) as client:
+        started = time.monotonic()
+        got = client.post("/v1/decisions/grouped", json={"context": [0.1] * 4, "groups": groups})
+        took = time.monotonic() - started
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert took < deadline_s + 3 * slow_s + 0.5, took  # n_groups × slow_s = 1.8 s before
+        by = [g["fallback"] for g in body["groups"]]
+        assert by[0] is False and by[-1] is True and by == sorted(by), by
+        for g in body["groups"]:
+            assert g["policy"] == ("fallback:uniform" if g["fallback"] else "shared_linucb")
+        assert body["fallback"] is True and body["policy"] == "shared_linucb"
+        assert body["model_version"] is not None
+    engine = sa.create_engine(settings.store_url)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(sa.text("SELECT group_id, fallback FROM decisions")).all())
+    engine.dispose()
+    assert stored == {g["group_id"]: g["fallback"] for g in body["groups"]}
 
 
 @contextmanager

@@ -320,11 +320,6 @@ def test_the_dag_wires_its_tasks_in_the_shared_step_order(airflow_home: Any, dag
 
 
 # ---------------------------------------------------------------------- settings reach steps
-# the validation runs Great Expectations
-@pytest.mark.filterwarnings(
-    "ignore:module 'sre_constants' is deprecated:DeprecationWarning",
-    "ignore:module 'sre_parse' is deprecated:DeprecationWarning",
-)
 def test_the_sum_rule_reaches_the_training_replay(
     engine: sa.Engine, store_url: str, tmp_path: Path, rng: np.random.Generator
 ) -> None:
