@@ -80,6 +80,16 @@ GATE_PASSED_TAG = "gate_passed"
 GATE_REASONS_TAG = "gate_reasons"
 
 
+def gate_verdict(tags: Mapping[str, str]) -> bool | None:
+    """The gate's verdict in a version's ``tags``: True for ``"true"``; None when there
+    is no tag (the gate has not decided: a version registered outside the retrain);
+    False for ``"false"`` and for any other value, which the retrain never writes (an
+    edited tag is no pass). The one reading of the tag: ``banditops models`` read
+    ``"False"`` as failed while ``promote`` refused only ``"false"``, and moved it."""
+    raw = tags.get(GATE_PASSED_TAG)
+    return None if raw is None else raw == "true"
+
+
 def gate_reasons(tags: Mapping[str, str]) -> list[str]:
     """The gate's reasons in a version's ``tags``: the JSON list the retrain wrote, a tag
     that is not one (set by hand) as its text, [] when absent. The one reading of the tag

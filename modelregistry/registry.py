@@ -53,6 +53,7 @@ from eventstore.contract import (
     STATE_DIGEST_TAG,
     WINDOW_STOP_TAG,
     gate_reasons,
+    gate_verdict,
     previous_tag,
     version_label,
     window_stop_time,
@@ -704,12 +705,15 @@ class ModelRegistry:
         alias = alias or self.aliases.production
         version = version_number(version)
         target = self.get(version)
-        if target.tags.get(GATE_PASSED_TAG) == "false":
+        if gate_verdict(target.tags) is False:
             if not force:
+                raw = target.tags[GATE_PASSED_TAG]
+                why = gate_reasons(target.tags)
+                if raw != "false":  # set by hand: the retrain writes "true" or "false"
+                    why.insert(0, f"{GATE_PASSED_TAG}={raw[:40]!r}, not 'true'")
                 raise RegistryError(
-                    f"version {version} failed its gate "
-                    f"({'; '.join(gate_reasons(target.tags))[:500]}); promote it anyway with "
-                    "--force."
+                    f"version {version} failed its gate ({'; '.join(why)[:500]}); promote it "
+                    "anyway with --force."
                 )
             self.client.set_model_version_tag(
                 self.model_name, version, "promoted_despite_gate", "true"
@@ -769,15 +773,27 @@ class ModelRegistry:
                 f"version {current.version} is the first @{alias} of {self.model_name!r}; "
                 "there is no previous version to roll back to."
             )
+        try:  # before any tag: a deleted previous version left the current one tagged
+            target = self.get(previous)
+        except (RegistryError, ValueError) as exc:
+            raise RegistryError(
+                f"cannot roll @{alias} back from version {current.version} to the version "
+                f"before it ({previous_tag(alias)}={previous[:40]!r}): {exc}"
+            ) from exc
+        if target.version == current.version:
+            raise RegistryError(
+                f"version {current.version} names itself as the @{alias} before it "
+                f"({previous_tag(alias)}); there is no other version to roll back to."
+            )
+        why = f"rollback from {current.version}: {reason}"
+        self.set_alias(alias, target.version, by=by, reason=why)
         self.client.set_model_version_tag(
             self.model_name, current.version, "rolled_back_at", datetime.now(UTC).isoformat()
         )
         self.client.set_model_version_tag(self.model_name, current.version, "rolled_back_by", by)
-        why = f"rollback from {current.version}: {reason}"
-        self.set_alias(alias, previous, by=by, reason=why)
         if alias == self.aliases.production:
             self.remove_alias(self.aliases.staging, by=by, reason=why, version=current.version)
-        return self.get(previous)
+        return self.get(target.version)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from bandit_core.support import ESTIMATOR
-from eventstore.contract import GATE_PASSED_TAG, WINDOW_STOP_TAG, gate_reasons
+from eventstore.contract import WINDOW_STOP_TAG, gate_reasons, gate_verdict
 from modelregistry.registry import VersionInfo, VersionListing
 
 #: The keys of :func:`version_summary`, in the order the table shows them.
@@ -39,29 +39,42 @@ SUMMARY_KEYS = (
 )
 
 
+#: The largest count a tag may say (rows of a window): more is not a count banditops wrote.
+_MAX_COUNT = 2**53
+
+
 def _int(value: str | None) -> int | None:
-    """A count tag; None when absent or not a finite number (a tag anyone can set must
-    not end the listing of every version)."""
+    """A count tag; None when absent or not a whole number in ``[0, 2⁵³]`` (a tag anyone
+    can set must not end the listing of every version, nor be shown as a count it is not:
+    ``-7.9`` was listed as -7 rows, ``1e308`` as a 309-digit one)."""
     if value in (None, ""):
         return None
     try:
         number = float(value)
     except ValueError:
         return None
-    return int(number) if math.isfinite(number) else None
+    return int(number) if number.is_integer() and 0 <= number <= _MAX_COUNT else None
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999: JSON's grammar, no double's value
+        raise ValueError(f"{text[:40]} overflows a double")
+    return number
+
+
 def _json(value: str | None) -> Any:
-    """A JSON tag's value (a tag that is not strict JSON — ``NaN``, nesting too deep,
-    not JSON at all — as its string); None when absent."""
+    """A JSON tag's value (a tag that is not strict JSON — ``NaN``, a number past a
+    double's range, nesting too deep, not JSON at all — as its string); None when absent.
+    ``1e999`` was read as infinity and printed as the ``Infinity`` no JSON parser reads."""
     if value in (None, ""):
         return None
     try:
-        return json.loads(value, parse_constant=_refuse_constant)
+        return json.loads(value, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError):
         return value
 
@@ -87,7 +100,6 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
     if f"ope.candidate.{ESTIMATOR}.value" in metrics:
         keys = ("value", "ci_low", "ci_high")
         dr = {key: _finite(metrics.get(f"ope.candidate.{ESTIMATOR}.{key}")) for key in keys}
-    gate = tags.get(GATE_PASSED_TAG)
     return {
         "version": info.version,
         "aliases": list(info.aliases),
@@ -101,7 +113,7 @@ def version_summary(info: VersionInfo) -> dict[str, Any]:
         "window_stop": tags.get(WINDOW_STOP_TAG),
         "floor": _json(tags.get("floor")),
         "dr": dr,
-        "gate_passed": None if gate is None else gate == "true",
+        "gate_passed": gate_verdict(tags),
         "gate_reasons": gate_reasons(tags),
         "candidates": _json(tags.get("challengers")),
         "run_key": tags.get("run_key"),

@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from eventstore.contract import DECISION_ENDPOINTS, GATE_PASSED_TAG, gate_reasons
+from eventstore.contract import DECISION_ENDPOINTS, gate_reasons, gate_verdict
 from eventstore.engine import make_engine
 from eventstore.rollouts import (
     Rollout,
@@ -121,14 +121,13 @@ def ope_estimates(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def version_row(info: VersionInfo, online: dict[str, Any] | None) -> dict[str, Any]:
     reasons = gate_reasons(info.tags)
-    passed = info.tags.get(GATE_PASSED_TAG)
     return {
         "version": info.version,
         "label": info.label,
         "aliases": list(info.aliases),
         "run_id": info.run_id,
         "gate": {
-            "passed": None if passed is None else passed == "true",
+            "passed": gate_verdict(info.tags),
             "reasons": [str(r) for r in reasons],
         },
         "ope": ope_estimates(info.metrics),

@@ -101,6 +101,33 @@ def test_register_gate_promote_rollback_with_history(
         registry.rollback(by="tester", reason="again")
 
 
+def test_a_rollback_that_cannot_happen_changes_nothing(
+    registry: ModelRegistry, tmp_path: Path
+) -> None:
+    """The version before production deleted: the rollback failed after tagging the
+    current version rolled back (the Bandits page showed it so). Naming itself as the
+    one before: it said "@production → version 3", a rollback that moved nothing."""
+    versions = [
+        registry.register_candidate(state_path=_state(tmp_path, s), run_key=f"r{s}").version
+        for s in (1, 2, 3)
+    ]
+    for v in versions:
+        registry.record_gate(v, True, [])
+        registry.promote(v, by="tester", reason="nightly")
+    registry.client.delete_model_version(registry.model_name, versions[1])
+    with pytest.raises(
+        RegistryError, match=f"to the version before it.*no version '{versions[1]}'"
+    ):
+        registry.rollback(by="tester", reason="bad")
+    current = registry.by_alias("production")
+    assert current is not None and current.version == versions[2]
+    assert "rolled_back_at" not in current.tags and "rolled_back_by" not in current.tags
+    registry.tag_version(versions[2], {"previous_production": versions[2]})
+    with pytest.raises(RegistryError, match="names itself as the @production before it"):
+        registry.rollback(by="tester", reason="bad")
+    assert "rolled_back_at" not in registry.get(versions[2]).tags
+
+
 def test_same_run_key_never_registers_twice(registry: ModelRegistry, tmp_path: Path) -> None:
     first = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="airflow-run-7")
     again = registry.register_candidate(state_path=_state(tmp_path, 1), run_key="airflow-run-7")
@@ -278,14 +305,34 @@ def test_a_version_s_hostile_tags_never_end_the_listing(
         "challengers": "[" * 3000,
         "floor": "NaN",
     }
+    # and what passed for numbers (offline helper, stop 53): 1e999 printed as Infinity,
+    # -7.9 rows as -7, 1e308 rows as 309 digits; a gate verdict the retrain never writes
+    # listed as rejected while ``promote`` moved the alias to it without --force
+    odd = {
+        "window_rows": "1e308",
+        "head_rows": "-7.9",
+        "eval_rows": "12.0",
+        "floor": "1e999",
+        "challengers": '[{"algorithm": "lints", "dr": 1e999}]',
+        "gate_passed": "False",
+    }
+    third = registry.register_candidate(state_path=_state(tmp_path, 3), run_key="odd")
     registry.tag_version(bad.version, hostile)
+    registry.tag_version(third.version, odd)
     summaries = {s["version"]: s for s in version_summaries(registry.listing())}
-    assert set(summaries) == {good.version, bad.version}
+    assert set(summaries) == {good.version, bad.version, third.version}
     row = summaries[bad.version]
     assert row["window_rows"] is None and row["head_rows"] is None
     assert row["candidates"] == "[" * 3000 and row["floor"] == "NaN"
+    row = summaries[third.version]
+    assert row["window_rows"] is None and row["head_rows"] is None and row["eval_rows"] == 12
+    assert row["floor"] == "1e999" and row["candidates"] == odd["challengers"]
+    assert row["gate_passed"] is False
     text = json.dumps(list(summaries.values()), allow_nan=False)  # strict JSON
     assert json.loads(text)[0]["version"] in summaries
+    with pytest.raises(RegistryError, match="failed its gate \\(gate_passed='False', not 'true'\\)"):
+        registry.promote(third.version, by="tester", reason="no force")
+    assert registry.by_alias("production") is None
 
 
 def test_a_registry_that_cannot_be_read_is_an_error_not_an_empty_list(

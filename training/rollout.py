@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any
 from bandit_core.sequential import ArmCounts, SequentialResult, stratified_test
 from eventstore.contract import (
     CANDIDATE,
-    GATE_PASSED_TAG,
     PRODUCTION,
     ROLLOUT_DAG,
     ROLLOUT_REASON_TAG,
     ROLLOUT_STATUS_TAG,
+    gate_verdict,
 )
 from eventstore.engine import make_engine
 from eventstore.migrate import require_current
@@ -499,7 +499,7 @@ def _step(
         # override (the gate stages passing versions alone): the online test decides it
         from modelregistry.registry import RegistryError  # lazy, as in _open
 
-        overridden = registry.get(rollout.version).tags.get(GATE_PASSED_TAG) == "false"
+        overridden = gate_verdict(registry.get(rollout.version).tags) is False
         if overridden:
             why += "; its offline gate had failed (staged by a person's override)"
         try:
@@ -543,14 +543,15 @@ def _unrecorded_override(
     "staged by a person's override" with no override on record (operator helper, stop 44).
     """
     alias = settings.candidate_alias
-    if staging.tags.get(GATE_PASSED_TAG) == "true":
+    verdict = gate_verdict(staging.tags)
+    if verdict is True:
         return None
     last = registry.last_move(alias)
     if last is not None and str(last.get("version")) == str(staging.version):
         return None
-    verdict = {"false": "failed"}.get(staging.tags.get(GATE_PASSED_TAG, ""), "was not decided")
     return (
-        f"@{alias} is on version {staging.version}, whose offline gate {verdict}, and no "
+        f"@{alias} is on version {staging.version}, whose offline gate "
+        f"{'was not decided' if verdict is None else 'failed'}, and no "
         f"recorded move put it there (set outside banditops, e.g. in MLflow's UI): no "
         "rollout starts; stage it through bandit_promote, whose approval is recorded."
     )

@@ -27,6 +27,7 @@ from eventstore.contract import (
     GATE_PASSED_TAG,
     REFERENCE_FILE,
     WINDOW_STOP_TAG,
+    gate_verdict,
     window_stop_time,
 )
 from eventstore.engine import make_engine
@@ -486,11 +487,12 @@ def gate(s: RunSpec, registered: RegisteredRef, evaluated: EvaluatedRef) -> bool
     registry = open_registry(s)
     version = registry.get(registered.version)
     recorded = version.tags.get(GATE_PASSED_TAG)
-    if recorded == "false" or (
-        recorded == "true" and registry.moved_to(s.staging_alias, version.version)
+    verdict = gate_verdict(version.tags)
+    if verdict is False or (
+        verdict is True and registry.moved_to(s.staging_alias, version.version)
     ):
         log.info("version %s: gate already decided (%s)", version.version, recorded)
-        return recorded == "true"
+        return verdict
     passed, reasons = evaluated.passed, list(evaluated.reasons)
     stale = _stale_now(s, registry, version) if passed else None
     if stale is not None:  # a newer version took an alias after this run's evaluation
@@ -519,7 +521,7 @@ def promote(s: RunSpec, registered: RegisteredRef) -> PromotedRef:
     if not s.auto_promote:
         reason = "auto_promote is off: the version waits for bandit_promote."
         return PromotedRef(version.version, promoted=False, reason=reason)
-    if version.tags.get(GATE_PASSED_TAG) != "true":
+    if gate_verdict(version.tags) is not True:
         return PromotedRef(version.version, promoted=False, reason="the gate did not pass.")
     if registry.moved_to(alias, version.version):
         holder = registry.by_alias(alias)
