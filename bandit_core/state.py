@@ -149,12 +149,30 @@ def load_state(source: str | Path | bytes) -> PolicyState:
     (its bytes); ``allow_pickle=False``."""
     where = "the state" if isinstance(source, bytes) else str(source)
     opened = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
-    with np.load(opened, allow_pickle=False) as data:
+    try:
+        loaded = np.load(opened, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # an empty file raised EOFError, which the CLI could only abort on, naming nothing;
+        # another file numpy's advice to load it "unsafely" with pickle
+        why = {EOFError: "it is empty", ValueError: "it is neither .npz nor .npy"}.get(
+            type(exc), f"a damaged archive ({exc})"
+        )
+        raise ValueError(
+            f"{where} is not a banditops policy state (an .npz archive): {why}."
+        ) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{where} is not a banditops policy state (an .npz archive): an .npy.")
+    with loaded as data:
         if _HEADER not in data.files:
             raise ValueError(f"{where} is not a banditops policy state (no {_HEADER} entry).")
-        header = json.loads(str(data[_HEADER]))
-        arrays = {k: data[k] for k in data.files if k != _HEADER}
-    return PolicyState(header["policy"], header["config"], arrays, int(header["schema_version"]))
+        try:
+            header = json.loads(str(data[_HEADER]))
+            arrays = {k: data[k] for k in data.files if k != _HEADER}
+            return PolicyState(
+                header["policy"], header["config"], arrays, int(header["schema_version"])
+            )
+        except (ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{where} holds a damaged policy state: {exc!r}") from None
 
 
 def save_policy(policy: Policy, path: str | Path) -> Path:

@@ -248,12 +248,16 @@ def read_workspace_file(settings_cls: type[BaseSettings], path: Path) -> dict[st
         outside a table, has a key that is not a field of its table's settings class, or
         sets ``workspace`` (the folder that holds the file).
     """
-    if not path.is_file():
+    if not path.exists():
         return {}
+    if not path.is_file():  # a folder of that name was read as no file: every default
+        raise ValueError(f"{path} is not a file; the workspace's settings file must be one.")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not a valid TOML file: {exc}") from exc
+    except OSError as exc:  # unreadable: its settings would silently not apply
+        raise ValueError(f"{path} cannot be read: {exc.strerror or exc}.") from exc
     for key, table in data.items():
         if key not in SECTIONS or not isinstance(table, dict):
             raise ValueError(

@@ -234,6 +234,85 @@ def test_evaluate_gates_by_every_retrain_gate_setting(
     assert code == 2 and out.startswith("error: the replay holds 30 repeated decisions"), out
 
 
+def _broken(frame: pd.DataFrame, rows: list[int], column: str, value: Any) -> pd.DataFrame:
+    out = frame.copy()
+    cells = list(out[column]) if column in out else [None] * len(out)
+    for i in rows:
+        cells[i] = value
+    out[column] = cells
+    return out
+
+
+def test_evaluate_holds_a_replay_file_to_the_extraction_s_rules(workspace: Path) -> None:
+    """A file no retrain wrote skipped the quarantine: a missing column or a ``chosen``
+    past its candidates raised a traceback, ``chosen = -1`` picked the last candidate and
+    moved the estimates, a propensity of 1 against probabilities of 1/6 reported IPS
+    0.07 for 0.40, a reward of 1e308 printed NaN intervals (offline helper, stop 53).
+    Now: broken rows up to the quarantine's share are set aside, named; more refuse the
+    file, naming the first; a missing column is named."""
+    from benchmarks.scale import synthetic_replay
+    from training.train import TrainConfig, train
+
+    replay = synthetic_replay(workspace / "replay.parquet", 400, seed=2)
+    trained = train(replay, TrainConfig(algorithm="linucb"), workspace / "train")
+    frame = pd.read_parquet(replay)
+    clean_code, clean = _run("evaluate", trained.state_path, str(replay), "--resamples", "50")
+    assert clean_code == 0 and "set aside" not in clean, clean
+    n = len(frame)
+    last = frame.index[-1]  # a held-out row: it moved the estimates
+    cases: list[tuple[pd.DataFrame, int, str]] = [
+        (frame.drop(columns=["chosen"]), 2, "lacks the column(s) chosen"),
+        (_broken(frame, [last], "chosen", -1), 0, "chosen -1 is not the index of one of"),
+        (_broken(frame, [last], "chosen", 99), 0, "chosen 99 is not the index of one of"),
+        (_broken(frame, [last], "reward", 1e308), 0, "reward 1e+308 is not in [0, 1]"),
+        (_broken(frame, [last], "propensity", float("nan")), 0, "propensity nan is not in"),
+        (_broken(frame, [last], "propensity_se", "x"), 0, "propensity_se 'x' is not a number"),
+        (_broken(frame, list(range(n)), "propensity", 1.0), 2, "propensity 1 is not its logged"),
+        (_broken(frame, list(range(n)), "reward", 1e200), 2, "reward 1e+200 is not in [0, 1]"),
+        (_broken(frame, list(range(n)), "context", None), 2, "every one of the replay's"),
+    ]
+    for i, (bad, code, message) in enumerate(cases):
+        path = workspace / f"bad-{i}.parquet"
+        bad.to_parquet(path)
+        got, out = _run("evaluate", trained.state_path, str(path), "--resamples", "50")
+        assert got == code and message in out, (i, message, out[:600])
+        if code == 0:
+            assert f"1 of the replay's {n} decisions set aside" in out, out[:300]
+            assert f"the first, event '{frame['event_id'].iloc[-1]}'" in out, out[:300]
+
+
+def test_evaluate_names_a_state_file_that_is_not_one(workspace: Path) -> None:
+    """An empty candidate file ended in click's bare "Aborted." (an EOFError); a text
+    file got numpy's advice to load it unsafely with pickle, naming no path; a named
+    production file that does not load was replaced by the uniform policy."""
+    from benchmarks.scale import synthetic_replay
+    from training.train import TrainConfig, train
+
+    replay = synthetic_replay(workspace / "replay.parquet", 200, seed=2)
+    trained = train(replay, TrainConfig(algorithm="linucb"), workspace / "train")
+    empty, text = workspace / "empty.npz", workspace / "text.npz"
+    empty.write_bytes(b"")
+    text.write_text("not a state")
+    for args, why in [
+        (
+            (str(empty), str(replay)),
+            f"{empty} is not a banditops policy state (an .npz archive): it is empty",
+        ),
+        (
+            (str(text), str(replay)),
+            f"{text} is not a banditops policy state (an .npz archive): it is neither",
+        ),
+        (
+            (trained.state_path, str(replay), "--production", str(text)),
+            f"{text} is not a banditops policy state",
+        ),
+    ]:
+        code, out = _run("evaluate", *args, "--resamples", "50")
+        assert code == 2 and why in out and "pickle" not in out, out
+    code, out = _run("evaluate", trained.state_path, str(replay), "--resamples", "100000001")
+    assert code == 2 and "100000" in out, out
+
+
 def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> None:
     """``db upgrade`` (and ``serve``, which runs it first) printed a 500-line traceback."""
     url = "postgresql+psycopg2://user:pw-secret@127.0.0.1:1/db"  # nothing listens on port 1
@@ -362,6 +441,10 @@ def test_operator_errors_of_any_command_are_one_line(workspace: Path) -> None:
     assert code == 2 and "'servce' is not a settings table" in output, output
     assert "[core], [service]" in output  # the section names are text, not Rich markup
     (workspace / "banditops.toml").unlink()
+    (workspace / "banditops.toml").mkdir()  # read as no file: every setting its default
+    code, output = _run("config", "show")
+    assert code == 2 and "banditops.toml is not a file" in output, output
+    (workspace / "banditops.toml").rmdir()
     code, output = _run("db", "upgrade", "--revision", "nosuch")
     assert code == 2 and output.startswith("error:") and "nosuch" in output, output
 

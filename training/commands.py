@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from eventstore.console import error, warning
-from eventstore.contract import GATE_PASSED_TAG
+from eventstore.contract import gate_verdict
 from eventstore.settings import CoreSettings as Settings
 from eventstore.settings import env_name
 from training.form import RETRAIN_FORM, FormField
-from training.settings import N_RESAMPLES_MIN, PipelineSettings
+from training.settings import N_RESAMPLES_MAX, N_RESAMPLES_MIN, PipelineSettings
 
 # The commands import the pipeline (torch, MLflow, Great Expectations, matplotlib) and the
 # registry when they run, not here: the root CLI imports this module for every command,
@@ -147,21 +147,40 @@ def evaluate(
         int | None,
         typer.Option(
             min=N_RESAMPLES_MIN,
+            max=N_RESAMPLES_MAX,  # the setting's range: 10⁸ ran on past 1 GB
             help="Bootstrap resamples (default: BANDITOPS_RETRAIN_N_RESAMPLES).",
         ),
     ] = None,
 ) -> None:
     """Off-policy evaluation of a candidate against production on a replay file, gated by
     the retrain's rule (``BANDITOPS_RETRAIN_TOLERANCE``, ``…_MIN_ESS``,
-    ``…_SUPPORT_THRESHOLD``, ``…_MAX_UNSUPPORTED``)."""
+    ``…_SUPPORT_THRESHOLD``, ``…_MAX_UNSUPPORTED``). The file is held to the extraction's
+    rules (``BANDITOPS_REWARD_MIN``/``…_MAX``, ``…_DUPLICATE_RULE``): broken rows up to
+    the quarantine's share are set aside, named; more refuse the file."""
+    from bandit_core import load_policy
     from training.evaluate import evaluate as run_evaluation
+    from training.quarantine import MAX_SHARE, Rewards
+    from training.replay import vetted_replay
     from validation.ope.bootstrap import LEVEL
 
     settings = PipelineSettings()
     n_resamples = settings.retrain_n_resamples if resamples is None else resamples
-    with _reported(ValueError):  # a replay or a state that is not what it must be
+    rewards = Rewards(
+        settings.reward_min, settings.reward_max, summed=settings.duplicate_rule == "sum"
+    )
+    with _reported(ValueError, OSError):  # a replay or a state that is not what it must be
+        if production is not None:  # named: one that does not load is not the uniform
+            load_policy(production)
+        data, set_aside = vetted_replay(replay, rewards)
+        if len(set_aside):
+            first = set_aside.iloc[0]
+            console.print(
+                f"{len(set_aside)} of the replay's {data.n_rows + len(set_aside)} decisions set "
+                f"aside (at most {MAX_SHARE:g} of them may be); the first, event "
+                f"{str(first['event_id'])[:64]!r}: {first['reason']}"
+            )
         result = run_evaluation(
-            candidate, production, replay, rule=settings.gate_rule(), n_resamples=n_resamples
+            candidate, production, data, rule=settings.gate_rule(), n_resamples=n_resamples
         )
     table = Table(title=f"off-policy estimates ({LEVEL:.0%} bootstrap intervals)")
     for col in ("estimator", "candidate", "interval", "production", "interval", "ESS"):
@@ -302,7 +321,7 @@ def promote(
     alias = to or settings.production_alias
     with _reported(ValueError, RegistryError):
         info = _registry(settings).promote(version, by=by, reason=reason, alias=alias, force=force)
-    if info.tags.get(GATE_PASSED_TAG) == "false":
+    if gate_verdict(info.tags) is False:
         warning(f"version {info.version} failed its gate; forced.")
     console.print(f"@{alias} → version {info.version}")
 

@@ -354,7 +354,7 @@ def production_policy(
 def evaluate(
     candidate_state: str | Path,
     production_state: str | Path | None,
-    replay_path: str | Path,
+    replay: str | Path | ReplayData,
     *,
     holdout_fraction: float = HOLDOUT_FRACTION,
     rule: GateRule,
@@ -366,7 +366,8 @@ def evaluate(
 
     Writes ``<out_dir>/evaluation.json`` and the interval plots when ``out_dir`` is given.
     """
-    _, holdout = load_replay(replay_path).split(holdout_fraction)
+    data = replay if isinstance(replay, ReplayData) else load_replay(replay)
+    _, holdout = data.split(holdout_fraction)
     candidate = load_policy(candidate_state)
     production, refused = production_policy(production_state, holdout.dim_user, holdout.dim_arm)
     slates = holdout.len_list > 1  # position-wise: both policies rank the logged positions

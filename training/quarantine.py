@@ -56,7 +56,9 @@ CONSISTENCY = 1e-6
 def off_width(row: Any, dim_user: int, dim_arm: int) -> str | None:
     """Why ``row``'s context or a candidate's features are not of the window's widths,
     or None."""
-    width = len(row.context) if row.context is not None else -1
+    if _absent(row.context):  # every row without one made -1 the window's width
+        return "it has no context"
+    width = len(row.context)
     if width != dim_user:
         return f"context has {width} features; the window has {dim_user}"
     if any(len(f) != dim_arm for f in row.candidate_features):
@@ -77,7 +79,12 @@ def inconsistent(row: Any) -> str | None:
             f"chosen {int(chosen)} names candidate {str(ids[int(chosen)])[:64]!r}, not the "
             f"logged arm {str(row.arm_id)[:64]!r}"
         )
+    slate = _unordered_slate(row, int(chosen), len(ids))
+    if slate is not None:
+        return slate
     se = getattr(row, "propensity_se", None)
+    if se is not None and not isinstance(se, int | float | np.integer | np.floating):
+        return f"propensity_se {_shown(se)} is not a number"
     if se is not None and not math.isnan(se) and not 0.0 <= se < math.inf:
         # the evaluation's propensity flags refused the run on it, naming no event
         return f"propensity_se {se!r} is not a standard error (finite, at least 0)"
@@ -100,11 +107,45 @@ def inconsistent(row: Any) -> str | None:
     return None
 
 
+def _absent(value: Any) -> bool:
+    """A frame cell that holds nothing (None, or pandas' NaN for a missing list)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _unordered_slate(row: Any, chosen: int, n_candidates: int) -> str | None:
+    """Why a slate row's ranking does not hold together, or None (no ranking: no slate).
+    The ranking lists distinct candidate indices, the chosen one first, with a reward
+    per position (and a marginal propensity per position, where logged): an edited or
+    imported file's ranking past its candidates raised an IndexError in the evaluation."""
+    ranking = getattr(row, "ranking", None)
+    if ranking is None or _absent(ranking):
+        return None
+    order = list(ranking)
+    if (
+        not order
+        or any(isinstance(i, bool) or not isinstance(i, int | np.integer) for i in order)
+        or not all(0 <= int(i) < n_candidates for i in order)
+        or len(set(order)) != len(order)
+    ):
+        shown = repr([int(i) if isinstance(i, int | np.integer) else i for i in order])[:64]
+        return f"ranking {shown} is not distinct indices of its {n_candidates} candidates"
+    if int(order[0]) != chosen:
+        return f"ranking starts with candidate {int(order[0])}, not the chosen {chosen}"
+    for name in ("position_rewards", "position_propensities"):
+        values = getattr(row, name, None)
+        if name == "position_propensities" and _absent(values):
+            continue  # logged before the column existed
+        count = 0 if values is None or _absent(values) else len(values)
+        if count != len(order):
+            return f"{count} {name.replace('_', ' ')} for a ranking of {len(order)}"
+    return None
+
+
 def _shown(value: Any) -> str:
     """A stored number as a message shows it (a whole count without its decimals)."""
     if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
-        number = float(value)
-        return str(int(number)) if number.is_integer() else repr(number)
+        number = float(value)  # 1e200 as itself, not its 201 digits
+        return str(int(number)) if number.is_integer() and abs(number) < 1e16 else repr(number)
     return repr(value)[:64]
 
 

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from bandit_core.policies.position import with_positions
 from eventstore.engine import make_engine
-from eventstore.replay import read_replay, window_stop
+from eventstore.replay import REWARD, REWARD_COUNT, read_replay, window_stop
 from eventstore.settings import CORE_DEFAULTS, DuplicateRule, MissingReward
 from training import quarantine
 
@@ -390,6 +390,71 @@ def _matrix(rows: Any) -> NDArray[np.float64]:
 def load_replay(path: str | Path) -> ReplayData:
     """Read a replay Parquet file written by :func:`extract_replay`."""
     return replay_from_frame(pd.read_parquet(path))
+
+
+#: The columns every replay row is read by (the slate columns and ``propensity_se``,
+#: ``user_hash`` may be absent: a file of other logs, or of an older banditops).
+REQUIRED_COLUMNS = (
+    "event_id",
+    "model_version",
+    "context",
+    "candidate_ids",
+    "candidate_features",
+    "chosen",
+    "arm_id",
+    "propensity",
+    "probabilities",
+    REWARD,
+)
+
+
+def vetted_replay(
+    path: str | Path,
+    rewards: quarantine.Rewards,
+    max_share: float = quarantine.MAX_SHARE,
+    max_abs: float = quarantine.MAX_ABS,
+) -> tuple[ReplayData, pd.DataFrame]:
+    """A replay file of any origin (``banditops evaluate``), held to the extraction's
+    rules: ``(the data, the rows set aside with their reasons)``.
+
+    A file the retrain did not write skipped the quarantine and the suite: a missing
+    column or a ``chosen`` past its candidates raised a ``KeyError``/``IndexError``, and
+    ``chosen = -1``, probabilities that do not sum to 1, a propensity the probabilities
+    contradict or a reward of 1e308 were evaluated as logged, moving the estimates.
+
+    Raises
+    ------
+    ValueError
+        A column missing, no decisions, or broken rows above ``max_share`` (the first
+        named, with its event id).
+    """
+    frame = pd.read_parquet(path)
+    needed = (*REQUIRED_COLUMNS, *((REWARD_COUNT,) if rewards.summed else ()))
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"the replay file {path} lacks the column(s) {', '.join(missing)}: a replay has "
+            "the columns extract_replay writes (eventstore.replay.COLUMNS)."
+        )
+    if len(frame) == 0:
+        return replay_from_frame(frame), frame  # its own error, naming no row
+    kept, set_aside, dims = quarantine.split(frame, max_share, max_abs, rewards)
+    if len(kept) == 0:  # every row of another width (no context): none left to read
+        first = set_aside.iloc[0]
+        raise ValueError(
+            f"every one of the replay's {len(frame)} decisions breaks the replay schema; "
+            f"the first, event {str(first['event_id'])[:64]!r}: {first['reason']}."
+        )
+    rows = list(kept.itertuples(index=False))
+    left = [(r, why) for r in rows if (why := quarantine.why_broken(r, *dims, max_abs, rewards))]
+    if left:  # above max_share split keeps them, for the suite to refuse the run on
+        first, why = left[0]
+        raise ValueError(
+            f"{len(left) + len(set_aside)} of the replay's {len(frame)} decisions break the "
+            f"replay schema, more than {max_share:g} of them; the first kept, event "
+            f"{str(first.event_id)[:64]!r}: {why}."
+        )
+    return replay_from_frame(kept), set_aside
 
 
 def replay_summary(data: ReplayData) -> dict[str, Any]:
