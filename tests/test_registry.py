@@ -330,7 +330,9 @@ def test_a_version_s_hostile_tags_never_end_the_listing(
     assert row["gate_passed"] is False
     text = json.dumps(list(summaries.values()), allow_nan=False)  # strict JSON
     assert json.loads(text)[0]["version"] in summaries
-    with pytest.raises(RegistryError, match="failed its gate \\(gate_passed='False', not 'true'\\)"):
+    with pytest.raises(
+        RegistryError, match="failed its gate \\(gate_passed='False', not 'true'\\)"
+    ):
         registry.promote(third.version, by="tester", reason="no force")
     assert registry.by_alias("production") is None
 

@@ -440,10 +440,10 @@ def vetted_replay(
         return replay_from_frame(frame), frame  # its own error, naming no row
     kept, set_aside, dims = quarantine.split(frame, max_share, max_abs, rewards)
     if len(kept) == 0:  # every row of another width (no context): none left to read
-        first = set_aside.iloc[0]
+        aside = set_aside.iloc[0]
         raise ValueError(
             f"every one of the replay's {len(frame)} decisions breaks the replay schema; "
-            f"the first, event {str(first['event_id'])[:64]!r}: {first['reason']}."
+            f"the first, event {str(aside['event_id'])[:64]!r}: {aside['reason']}."
         )
     rows = list(kept.itertuples(index=False))
     left = [(r, why) for r in rows if (why := quarantine.why_broken(r, *dims, max_abs, rewards))]
