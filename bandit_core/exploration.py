@@ -91,6 +91,19 @@ def thompson_choice(
     return choice, probs
 
 
+def choice_standard_error(sampled_scores: FloatArray, choice: IntArray) -> FloatArray:
+    """Standard error (n,) of :func:`thompson_choice`'s probability of the chosen arm:
+    the spread of its per-draw win share (``1/|ties|`` in a tied draw) over the S draws,
+    ``s / √S``."""
+    n, s, _ = sampled_scores.shape
+    tied = sampled_scores == sampled_scores.max(axis=-1, keepdims=True)  # (n, S, K)
+    share = tied[np.arange(n), :, choice] / tied.sum(axis=-1)  # (n, S)
+    if s < 2:
+        return np.zeros(n)
+    out: FloatArray = share.std(axis=1, ddof=1) / np.sqrt(s)
+    return out
+
+
 def mix_uniform(probabilities: FloatArray, weight: float) -> FloatArray:
     """``(1 − w) p + w / K``: the exact law of "with probability w pick uniformly"."""
     k = probabilities.shape[-1]

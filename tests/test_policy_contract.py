@@ -82,6 +82,21 @@ def test_a_model_that_reads_no_arm_features_refuses_them_and_candidates_for_drop
             policy.select(x, cands, rng)
 
 
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_propensities_that_depend_on_the_draws_come_with_their_standard_error(name: str) -> None:
+    """Exact propensities are a function of the state, the context and the candidates;
+    Monte-Carlo ones change with the generator and say so with ``propensity_se`` (MC
+    dropout's Thompson mode reported none: "exact", core helper, stop 53)."""
+    policy = _trained(name)
+    cands = _candidates(np.random.default_rng(3))
+    x = np.random.default_rng(4).standard_normal(DIM_USER)
+    cands = candidates_for(policy, cands)
+    seen = [policy.select(x, cands, np.random.default_rng(seed)) for seed in range(6)]
+    varies = any(not np.array_equal(d.probabilities, seen[0].probabilities) for d in seen[1:])
+    reported = [d.propensity_se is not None for d in seen]
+    assert all(reported) if varies else not any(reported), (varies, reported)
+
+
 def test_every_registered_policy_is_in_the_suite() -> None:
     assert set(POLICIES) <= set(FACTORIES), sorted(set(POLICIES) - set(FACTORIES))
 

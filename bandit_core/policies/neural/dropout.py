@@ -28,8 +28,13 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from bandit_core._validation import Constraint, FloatArray, Interval, IsBool, OneOf
-from bandit_core.exploration import greedy_probabilities, sample_categorical, thompson_choice
+from bandit_core._validation import BONUS_SCALE, Constraint, FloatArray, Interval, IsBool, OneOf
+from bandit_core.exploration import (
+    choice_standard_error,
+    greedy_probabilities,
+    sample_categorical,
+    thompson_choice,
+)
 from bandit_core.montecarlo import DRAWS
 from bandit_core.nets import (
     DTYPE,
@@ -66,7 +71,7 @@ class DropoutConfig(NeuralConfig):
         "mode": OneOf(("ucb", "ts")),
         "n_sim": DRAWS,
         "n_passes": Interval(int, 2, None),
-        "alpha": Interval(float, 0.0, None),
+        "alpha": BONUS_SCALE,
     }
 
 
@@ -130,6 +135,13 @@ class MCDropout(NeuralPolicy):
     def _choose(
         self, inputs: FloatArray, rng: np.random.Generator
     ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+        return self._choose_se(inputs, rng)[:4]
+
+    def _choose_se(
+        self, inputs: FloatArray, rng: np.random.Generator
+    ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray, FloatArray | None]:
+        """UCB's propensities are exact (fixed masks); Thompson's are the frequencies of
+        ``n_sim + 1`` passes, with their standard error (it reported none: "exact")."""
         cfg = self.config
         n = inputs.shape[0]
         if cfg.mode == "ucb":
@@ -137,7 +149,7 @@ class MCDropout(NeuralPolicy):
             mean = scores.mean(axis=0)
             ucb = mean + cfg.alpha * scores.std(axis=0)
             probs = greedy_probabilities(ucb)
-            return sample_categorical(probs, rng), probs, ucb, mean
+            return sample_categorical(probs, rng), probs, ucb, mean, None
         gen = generator_from(rng)
         draws = cfg.n_sim + 1
         step = max(1, _PASS_BLOCK // (draws * inputs.shape[1] * max(cfg.hidden)))
@@ -148,7 +160,8 @@ class MCDropout(NeuralPolicy):
             parts.append(self.pass_scores(block, masks).transpose(1, 0, 2))  # (m, S, K)
         sampled = np.concatenate(parts)
         choice, probs = thompson_choice(sampled, rng)
-        return choice, probs, sampled[:, 0, :], sampled.mean(axis=1)
+        se = choice_standard_error(sampled, choice)
+        return choice, probs, sampled[:, 0, :], sampled.mean(axis=1), se
 
     def _extra_arrays(self) -> dict[str, NDArray[Any]]:
         out = {f"ucb_masks.{i}": m.numpy().copy() for i, m in enumerate(self.ucb_masks_)}
