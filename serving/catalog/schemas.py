@@ -20,11 +20,17 @@ class ItemBody(_Strict):
 
 
 def addressable(value: str) -> str:
-    """An item id ``/v1/items/{id}`` can name: no ``/`` (a path separator) and no U+FFFD
-    (what an undecodable ``%``-escape in a path becomes: two bad paths would name one
-    item)."""
+    """An item id ``/v1/items/{id}`` can name: no ``/`` (a path separator), not ``.`` or
+    ``..`` (a dot segment, which clients — curl, browsers, httpx — remove from a URL before
+    sending it), and no U+FFFD (what an undecodable ``%``-escape in a path becomes: two
+    bad paths would name one item)."""
     if "/" in value:
         raise ValueError("must not contain '/' (the item could not be read or retired by id)")
+    if value in (".", ".."):
+        raise ValueError(
+            "must not be '.' or '..' (clients drop such a URL segment: the item could not "
+            "be read or retired by id)"
+        )
     if "\ufffd" in value:
         raise ValueError("must be valid UTF-8 (U+FFFD stands for bytes that were not)")
     return value
