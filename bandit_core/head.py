@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from bandit_core._growth import append_rows
 from bandit_core._validation import (
+    NOISE_SHAPE,
     PRIOR_PRECISION,
     Constraint,
     FloatArray,
@@ -53,7 +54,7 @@ IntArray = NDArray[np.intp]
 HEAD_PARAMS: dict[str, Constraint] = {
     "dim": Interval(int, 1, None),
     "lambda_prior": PRIOR_PRECISION,
-    "a0": Interval(float, 0.0, None, closed="neither"),
+    "a0": NOISE_SHAPE,
     "b0": Interval(float, 0.0, None, closed="neither"),
     "gamma": Interval(float, 0.0, 1.0, closed="right"),
     "window": OptionalOf(Interval(int, 1, None)),

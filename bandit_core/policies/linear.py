@@ -24,6 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core._validation import (
+    BONUS_SCALE,
+    DRAW_SCALE,
     Constraint,
     FloatArray,
     Interval,
@@ -62,8 +64,8 @@ from bandit_core.work import QUADRATURE, draws_work, linear_work, monte_carlo_dr
 IntArray = NDArray[np.intp]
 
 _POLICY_PARAMS: dict[str, Constraint] = {
-    "alpha": Interval(float, 0.0, None, closed="left"),
-    "v": Interval(float, 0.0, None, closed="neither"),
+    "alpha": BONUS_SCALE,
+    "v": DRAW_SCALE,
     "n_sim": DRAWS,
     "sample_noise": IsBool(),
     "epsilon": Interval(float, 0.0, 1.0),

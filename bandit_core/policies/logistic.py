@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from scipy.special import expit
 
 from bandit_core._validation import (
+    DRAW_SCALE,
     PRIOR_PRECISION,
     Constraint,
     FloatArray,
@@ -60,7 +61,7 @@ _PARAMS: dict[str, Constraint] = {
     "arm_vocabulary": StrTuple(),
     "intercept": IsBool(),
     "lambda_prior": PRIOR_PRECISION,
-    "v": Interval(float, 0.0, None, closed="neither"),
+    "v": DRAW_SCALE,
     "newton_steps": Interval(int, 1, 100),
     "refactor_every": Interval(int, 1, None),
     "outlier_ratio": HEAD_PARAMS["outlier_ratio"],

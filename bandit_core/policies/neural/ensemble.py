@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from bandit_core._validation import Constraint, FloatArray, Interval, OneOf
+from bandit_core._validation import BONUS_SCALE, Constraint, FloatArray, Interval, OneOf
 from bandit_core.exploration import greedy_probabilities, sample_categorical
 from bandit_core.nets import to_numpy
 from bandit_core.policies.neural.base import IntArray, NeuralConfig, NeuralPolicy
@@ -38,7 +38,7 @@ class EnsembleConfig(NeuralConfig):
     extra_params: ClassVar[dict[str, Constraint]] = {
         "n_members": Interval(int, 1, None),
         "mode": OneOf(("ucb", "ts")),
-        "beta": Interval(float, 0.0, None),
+        "beta": BONUS_SCALE,
     }
 
 

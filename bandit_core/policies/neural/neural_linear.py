@@ -31,9 +31,10 @@ import torch
 from numpy.typing import NDArray
 
 from bandit_core._validation import (
+    BONUS_SCALE,
+    DRAW_SCALE,
     Constraint,
     FloatArray,
-    Interval,
     IsBool,
     OneOf,
     delegate,
@@ -100,8 +101,8 @@ class NeuralLinearConfig(NeuralConfig):
 
     extra_params: ClassVar[dict[str, Constraint]] = {
         "mode": OneOf(("ts", "ucb")),
-        "alpha": Interval(float, 0.0, None),
-        "v": Interval(float, 0.0, None, closed="neither"),
+        "alpha": BONUS_SCALE,
+        "v": DRAW_SCALE,
         **MONTE_CARLO_PARAMS,
         "sample_noise": IsBool(),
         "head_bias": IsBool(),
