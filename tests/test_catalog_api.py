@@ -124,11 +124,15 @@ def test_item_ids_and_widths_a_request_could_not_use_are_refused(
         assert query.status_code == 422 and "max_context_features" in query.text
         slash = post({"id": "a/b", "features": [0.5] * 3})
         assert slash.status_code == 422 and slash.json()["detail"][0]["loc"][-1] == "id"
+        for dots in (".", ".."):  # clients drop such a URL segment: /v1/items/.. is /v1
+            got = post({"id": dots, "features": [0.5] * 3})
+            assert got.status_code == 422 and "'.' or '..'" in got.text, got.text
         for path in ("%FF", "%ED%A0%80", "a%EF%BF%BDb"):
             got = client.put(f"/v1/items/{path}", json={"features": [0.5] * 3}, headers=TOKEN)
             assert got.status_code == 422, (path, got.text)
             assert client.get(f"/v1/items/{path}").status_code == 422
         assert client.get("/v1/items").json()["items"] == []
+        assert post({"id": "...", "features": [0.5] * 3}).status_code == 200  # not a segment
 
 
 def test_retrieved_decisions_log_the_candidates_and_refeaturise_exactly(
@@ -389,6 +393,20 @@ def test_catalog_load_reads_csv_and_parquet(tmp_path: Path, rng: np.random.Gener
     (tmp_path / "bad.csv").write_text("\n".join([*text[:2], ",".join(cells), *text[3:]]) + "\n")
     result = runner.invoke(cli, ["catalog", "load", str(tmp_path / "bad.csv"), "--url", url])
     assert result.exit_code != 0 and "f_2" in result.output and "row 1" in result.output
+    # an id the API refuses is refused from a file too (the file loaded them, and no
+    # request could read or retire them: serving helper, stop 53)
+    for bad_id, why in [
+        ("a/b", "must not contain '/'"),
+        ("..", "'.' or '..'"),
+        ("x" * 300, "at most"),
+    ]:
+        frame.assign(id=["ok-1", bad_id, "ok-2"]).to_parquet(tmp_path / "bad.parquet")
+        result = runner.invoke(
+            cli, ["catalog", "load", str(tmp_path / "bad.parquet"), "--url", url]
+        )
+        text = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and "in row 1" in text and why in text, text
+    assert store.current("ok-1") is None  # nothing of the refused file loaded
     engine.dispose()
 
 

@@ -12,8 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from pydantic import TypeAdapter, ValidationError
 
+from serving.catalog.schemas import ItemIdText
 from serving.catalog.store import ItemInput
+
+#: An item id as ``POST /v1/items`` takes it: the file loaded ids the API refuses ('a/b',
+#: 300 characters, '..'), which no request could then read or retire.
+_ITEM_ID: TypeAdapter[str] = TypeAdapter(ItemIdText)
 
 
 def read_table(path: Path, id_column: str = "id") -> pd.DataFrame:
@@ -59,6 +65,12 @@ def items_from_table(
     if repeated.any():
         row = int(np.flatnonzero(repeated)[0])
         raise ValueError(f"item id {ids.iloc[row]!r} appears twice (row {row}).")
+    for row, item_id in enumerate(ids):  # the API's rule for an id, not a looser one
+        try:
+            _ITEM_ID.validate_python(item_id)
+        except ValidationError as exc:
+            why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"item id {item_id[:64]!r} in row {row}: {why}.") from None
     features = _numbers(frame, feature_cols)
     embeddings = _numbers(frame, embedding_cols) if embedding_cols else None
     for start in range(0, len(frame), batch):
