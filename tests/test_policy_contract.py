@@ -6,7 +6,7 @@ import copy
 import pickle
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +95,23 @@ def test_propensities_that_depend_on_the_draws_come_with_their_standard_error(na
     varies = any(not np.array_equal(d.probabilities, seen[0].probabilities) for d in seen[1:])
     reported = [d.propensity_se is not None for d in seen]
     assert all(reported) if varies else not any(reported), (varies, reported)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_a_state_naming_an_arm_twice_is_refused(name: str) -> None:
+    """Arm ids ["a", "a"]: the per-arm models gave arm a the second head and arm b the
+    prior, and decided otherwise without an error (core helper, stop 53)."""
+    state = _trained(name).to_state()
+    keys = [k for k, v in state.arrays.items() if k.endswith("arm_ids") and len(v) >= 2]
+    if not keys:
+        pytest.skip(f"{name} keeps no arm ids")
+    for key in keys:
+        ids = np.array(state.arrays[key])
+        ids[1] = ids[0]
+        with pytest.raises(
+            ValueError, match=f"'{key.rpartition('.')[2]}' names arm .* more than once"
+        ):
+            policy_from_state(replace(state, arrays={**state.arrays, key: ids}))
 
 
 def test_every_registered_policy_is_in_the_suite() -> None:
@@ -514,7 +531,6 @@ def test_a_tampered_state_is_refused_naming_what_is_wrong(name: str) -> None:
     state is malformed). Before, NaN and complex arrays were restored as they were (a
     ``shared_linucb`` with NaN weights decided with NaN propensities) and a missing
     array was a ``KeyError``."""
-    from dataclasses import replace
 
     state = _trained(name).to_state()
     floats = [k for k, v in state.arrays.items() if np.asarray(v).dtype.kind == "f" and np.size(v)]

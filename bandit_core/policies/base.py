@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -71,6 +71,18 @@ def fold_pending(policy: Any) -> None:
             if callable(fold):
                 fold()
         layer = getattr(layer, "inner", None)
+
+
+def state_arm_ids(arrays: Mapping[str, Any], key: str = "arm_ids") -> list[str]:
+    """A state's arm ids, each once: a repeated id gave its later head's slot to the
+    earlier one, and the other arm fell back to the prior, deciding otherwise with no
+    error (a tampered state, core helper, stop 53)."""
+    ids = [str(a) for a in arrays[key]]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        repeated = next(a for a in ids if a in seen or seen.add(a))  # type: ignore[func-returns-value]
+        raise ValueError(f"state array {key!r} names arm {repeated[:64]!r} more than once.")
+    return ids
 
 
 def arm_width(policy: Any) -> int:

@@ -71,6 +71,7 @@ from bandit_core.linalg import (
     upper_triangular_factor,
 )
 from bandit_core.montecarlo import distinct, draw_pairs, one_decision, thompson_draws
+from bandit_core.policies.base import state_arm_ids
 from bandit_core.policies.linear import (
     LinearConfig,
     LinearPolicy,
@@ -763,7 +764,7 @@ class HybridModel:
         return out
 
     def load_arrays(self, arrays: dict[str, NDArray[Any]]) -> None:
-        arm_ids = [str(a) for a in arrays["arm_ids"]]
+        arm_ids = state_arm_ids(arrays)
         self.arm_ids, self._slots = [], {}
         self._rows_of.clear()
         self._reset()

@@ -56,6 +56,7 @@ from bandit_core.policies.base import (
     check_contexts,
     check_rng,
     check_updates,
+    state_arm_ids,
 )
 from bandit_core.policies.exact_thompson import per_arm_thompson
 from bandit_core.types import SCHEMA_VERSION, Candidates, Decision, DecisionBatch, PolicyState
@@ -435,7 +436,7 @@ class PerArmModel:
 
     def load_arrays(self, arrays: dict[str, NDArray[Any]]) -> None:
         self.head = BayesianLinearHead.from_arrays(self.head.config, arrays)
-        self.arm_ids = [str(a) for a in arrays["arm_ids"]]
+        self.arm_ids = state_arm_ids(arrays)
         self._slots = {a: i + 1 for i, a in enumerate(self.arm_ids)}
         self._heads_of.clear()
         if len(self.arm_ids) + 1 != self.head.n_heads:
