@@ -116,6 +116,11 @@ _REFUSALS_KEPT = 1024
 _SWAP_WAIT_S = 30.0
 
 
+class PastDeadlineError(TimeoutError):
+    """A choice not even started: its request's deadline had passed (a grouped request's
+    later groups). Counted, not logged again: one line per request, not per group."""
+
+
 class NotReadyError(RuntimeError):
     """No model and no fallback decided yet (503)."""
 
@@ -800,12 +805,13 @@ class DecisionService:
                     choice.decision, choice.slate_propensities, choice.position_propensities
                 )
                 return choice, False
-            except TimeoutError:
-                log.warning(
-                    "model %s missed the %.3f s decision deadline; the fallback decides",
-                    model.version,
-                    self.settings.decision_deadline_s,
-                )
+            except TimeoutError as exc:
+                if not isinstance(exc, PastDeadlineError):  # the request's first miss says it
+                    log.warning(
+                        "model %s missed the %.3f s decision deadline; the fallback decides",
+                        model.version,
+                        self.settings.decision_deadline_s,
+                    )
                 self.metrics.deadline_fallbacks.inc()
             except NonFiniteChoiceError as exc:  # the model's numbers: one line, counted
                 log.warning("model %s: %s; the fallback decides", model.version, exc)
@@ -832,7 +838,7 @@ class DecisionService:
         if deadline is not None:
             wait = min(wait, deadline - asyncio.get_running_loop().time())
             if wait <= 0:
-                raise TimeoutError
+                raise PastDeadlineError
         policy = for_users(decision_copy(model.policy, inp.candidates.ids), [inp.user_hash])
         rng = self.rng.spawn(1)[0]
         future = self._decider.submit(choose, policy, inp.context, inp.candidates, rng, k, options)

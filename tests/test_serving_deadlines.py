@@ -115,7 +115,7 @@ def test_a_grouped_request_is_stored_whole_or_not_at_all(tmp_path: Path) -> None
 
 
 def test_a_grouped_request_has_one_deadline_and_says_which_groups_the_fallback_chose(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Each group waited its own ``decision_deadline_s``: 100 groups, 100 deadlines (25 s
     at the defaults; serving helper, stop 53). Now the request's deadline is shared: the
@@ -155,6 +155,11 @@ def test_a_grouped_request_has_one_deadline_and_says_which_groups_the_fallback_c
             assert g["policy"] == ("fallback:uniform" if g["fallback"] else "shared_linucb")
         assert body["fallback"] is True and body["policy"] == "shared_linucb"
         assert body["model_version"] is not None
+        # every group past the deadline is counted; the log says it once per request
+        missed = sum(g["fallback"] for g in body["groups"])
+        assert f"banditops_deadline_fallbacks_total {float(missed)}" in client.get("/metrics").text
+        lines = [r for r in caplog.records if "missed the" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
     engine = sa.create_engine(settings.store_url)
     with engine.connect() as conn:
         stored = dict(conn.execute(sa.text("SELECT group_id, fallback FROM decisions")).all())
