@@ -146,7 +146,7 @@ def test_a_snapshot_that_cannot_be_used_is_skipped_and_the_head_rebuilt(
     other_kind = make_policy("shared_lints", dim_user=DIM_USER, dim_arm=DIM_ARM)
     other_dims = make_policy("shared_linucb", dim_user=DIM_USER + 1, dim_arm=DIM_ARM)
     states = {  # what the log says of each
-        "pickled": b"not an npz",
+        "not a banditops policy state (an .npz archive)": b"not an npz",
         "it holds a SharedLinTS": policy_to_bytes(other_kind),
         "dim_user=5": policy_to_bytes(other_dims),
         "state array 'head.theta' holds non-finite values": policy_to_bytes(broken),

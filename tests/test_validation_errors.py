@@ -101,7 +101,8 @@ def test_unknown_policy_and_unknown_option() -> None:
         (
             "linucb",
             {"alpha": -1.0},
-            r"The 'alpha' parameter of LinUCBConfig must be a float in the range \[0, inf\). Got -1.0.",
+            r"The 'alpha' parameter of LinUCBConfig must be a float in the range \[0, 1e\+12\]. "
+            r"Got -1.0.",
         ),
         (
             "linucb",
