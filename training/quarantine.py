@@ -210,6 +210,8 @@ def split(
     max_share: float = MAX_SHARE,
     max_abs: float = MAX_ABS,
     rewards: Rewards | None = None,
+    *,
+    strict: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, tuple[int, int]]:
     """``(kept rows, quarantined rows with a reason, (dim_user, dim_arm))``.
 
@@ -217,7 +219,8 @@ def split(
     service takes any width while no model serves, so a client could otherwise keep every
     retrain — the way out of the fallback — failing with a few rows of another width.
     The other broken rows are set aside only when they are at most ``max_share`` of the
-    window (otherwise the suite fails the run on them).
+    window (otherwise the suite fails the run on them; with ``strict``, for a file no
+    suite checks after, this raises ``ValueError`` naming the first).
     """
     dims = dimensions(frame)
     rows = list(frame.itertuples(index=False))
@@ -238,6 +241,13 @@ def split(
                 f"not hold together, more than quarantine_max_share ({max_share:g}) of it; "
                 f"the first, event {str(first.event_id)[:64]!r}: {inconsistent(first)}. "
                 "The window cannot be evaluated."
+            )
+        if strict:  # no suite after it: refused here, from the reasons already found
+            at = int(np.flatnonzero(other)[0])
+            raise ValueError(
+                f"{int((other | wide).sum())} of the replay's {len(rows)} decisions break "
+                f"the replay schema, more than {max_share:g} of them; the first kept, event "
+                f"{str(rows[at].event_id)[:64]!r}: {reasons[at]}."
             )
         broken = wide
     empty = pd.DataFrame({"event_id": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
