@@ -494,13 +494,19 @@ def config_show(
     """Print every setting in effect here, secrets masked, and where it came from:
     env (a BANDITOPS_* variable), file (the workspace's banditops.toml) or default."""
     rows = config_file.effective(workspace)  # a bad setting: named by the root group
+    path = config_file.file_in_effect(workspace)
+    if not path.parent.is_dir():  # a mistyped folder would read as "every default"
+        typer.echo(
+            f"note: the workspace folder {path.parent} does not exist; no file sets anything.",
+            err=True,
+        )
     if as_json:
         typer.echo(
             json.dumps({r.variable: {"value": r.value, "source": r.origin} for r in rows}, indent=2)
         )
         return
-    path = config_file.file_in_effect(workspace)
-    table = Table("variable", "value", "source", title=f"workspace file: {path}")
+    state = "" if path.is_file() else " (absent)"
+    table = Table("variable", "value", "source", title=f"workspace file: {path}{state}")
     for r in rows:
         source = f"file ({r.section})" if r.origin == "file" else r.origin
         table.add_row(r.variable, "-" if r.value is None else str(r.value), source)

@@ -495,6 +495,24 @@ def test_warnings_and_errors_go_to_stderr_so_json_output_stays_json(
     assert "error: monitor_alpha (BANDITOPS_MONITOR_ALPHA)" in refused.stderr
 
 
+def test_config_show_says_when_the_workspace_it_reads_is_not_there(
+    workspace: Path,
+) -> None:
+    """A mistyped ``--workspace`` printed every setting at its default as if that workspace
+    set none of them (audit, stop 53): the missing folder is named on stderr, and the
+    title says the file is absent."""
+    missing = workspace / "no-such-folder"
+    shown = CliRunner().invoke(_app(), ["config", "show", "--workspace", str(missing)])
+    assert shown.exit_code == 0
+    assert f"the workspace folder {missing} does not exist" in shown.stderr
+    assert "(absent)" in " ".join(shown.stdout.split())
+    as_json = CliRunner().invoke(_app(), ["config", "show", "--json", "--workspace", str(missing)])
+    assert json.loads(as_json.stdout) and "does not exist" in as_json.stderr
+    (workspace / "banditops.toml").write_text("[service]\n", encoding="utf-8")
+    present = CliRunner().invoke(_app(), ["config", "show"])
+    assert present.stderr == "" and "(absent)" not in present.stdout
+
+
 def _app() -> Any:
     from ops.cli import app
 
