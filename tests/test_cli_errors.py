@@ -311,6 +311,24 @@ def test_evaluate_names_a_state_file_that_is_not_one(workspace: Path) -> None:
         assert code == 2 and why in out and "pickle" not in out, out
     code, out = _run("evaluate", trained.state_path, str(replay), "--resamples", "100000001")
     assert code == 2 and "100000" in out, out
+    missing = workspace / "nope.parquet"  # was "error: <path>", saying nothing of why
+    code, out = _run("evaluate", trained.state_path, str(missing), "--resamples", "50")
+    out = " ".join(out.replace("│", " ").split())  # click's usage error comes in a box
+    assert code == 2 and "'replay': file" in out and "does not exist" in out, out
+    code, out = _run("evaluate", trained.state_path, str(workspace), "--resamples", "50")
+    out = " ".join(out.replace("│", " ").split())
+    assert code == 2 and "is a directory" in out, out
+
+
+def test_a_file_error_that_holds_only_its_path_says_what_went_wrong() -> None:
+    """pyarrow's ``FileNotFoundError('/x.parquet')`` printed as ``error: /x.parquet``."""
+    from training.commands import _said
+
+    assert _said(FileNotFoundError("/x.parquet")) == "/x.parquet: FileNotFoundError"
+    assert _said(FileNotFoundError(2, "No such file or directory", "/y")) == (
+        "[Errno 2] No such file or directory: '/y'"
+    )
+    assert _said(ValueError("bad")) == "bad"
 
 
 def test_an_unreachable_store_is_named_without_its_password(workspace: Path) -> None:

@@ -138,10 +138,17 @@ def train(
 
 
 def evaluate(
-    candidate: Annotated[Path, typer.Argument(help="Candidate policy state (.npz).")],
-    replay: Annotated[Path, typer.Argument(help="Replay Parquet file.")],
+    candidate: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="Candidate policy state (.npz).")
+    ],
+    replay: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="Replay Parquet file.")
+    ],
     production: Annotated[
-        Path | None, typer.Option(help="Production policy state (.npz); default: uniform.")
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="Production policy state (.npz); default: uniform."
+        ),
     ] = None,
     resamples: Annotated[
         int | None,
@@ -285,8 +292,16 @@ def _reported(*errors: type[Exception]) -> Iterator[None]:
     try:
         yield
     except errors as exc:
-        error(str(exc))
+        error(_said(exc))
         raise typer.Exit(code=2) from exc
+
+
+def _said(exc: Exception) -> str:
+    """The error's text; an ``OSError`` that holds only a path (pyarrow's file errors)
+    also says what went wrong with it."""
+    if isinstance(exc, OSError) and exc.strerror is None and len(exc.args) == 1:
+        return f"{exc.args[0]}: {type(exc).__name__}"
+    return str(exc)
 
 
 def promote(
