@@ -862,7 +862,8 @@ class BayesianLinearHead:
         """What every head this class builds satisfies, checked on a restored state (a
         tampered one otherwise decided, learnt online and failed at the next restart or
         rebuild, which refactors from the precision): a symmetric precision with a
-        positive diagonal, counts not negative, the sliding window's bookkeeping within
+        positive diagonal, a lower-triangular factor with a positive diagonal, the mean that
+        factor and ``xty`` give, counts not negative, the sliding window's bookkeeping within
         the window (size ≤ w, the next slot < w, and equal to the size until full). Σr²
         is not checked: a window's adds and removes of large rewards leave it a rounding
         error below 0 (the noise posterior clamps it). The precision is read in blocks of
@@ -881,6 +882,24 @@ class BayesianLinearHead:
             asymmetry = np.abs(block - block.transpose(0, 2, 1)).max(axis=(1, 2))
             if not (asymmetry <= 1e-8 * scale).all():
                 refuse("precision", "must be symmetric (a precision matrix)")
+        u, xty, theta = self.inv_chol_, self.xty_, self.theta_
+        step = max(1, GATHER_BYTES // max(u[:1].nbytes, 1))
+        for start in range(0, u.shape[0], step):
+            block = u[start : start + step]
+            size = np.abs(block).max(axis=(1, 2))  # a batched solve leaves ~ε above it
+            if (np.abs(np.triu(block, 1)).max(axis=(1, 2)) > 1e-9 * size).any() or not (
+                np.diagonal(block, axis1=1, axis2=2) > 0.0
+            ).all():
+                refuse("inv_chol", "must be lower triangular with a positive diagonal")
+            # θ = UᵀU b is what every update computes; a θ that is not this decided with a
+            # mean that no learning gave (and the next update silently replaced it). The
+            # bound is round-off's, |U|²|b|·d·ε, with a wide margin.
+            t = theta[start : start + step]
+            b = xty[start : start + step]
+            mean = np.einsum("kji,kj->ki", block, np.einsum("kij,kj->ki", block, b))
+            scale = (block * block).sum(axis=(1, 2)) * np.abs(b).max(axis=1, initial=0.0)
+            if not (np.abs(t - mean).max(axis=1, initial=0.0) <= 1e-9 * (scale + 1e-300)).all():
+                refuse("theta", "must be the mean its factor and statistics give (UᵀU·xty)")
         for name in ("count", "pending"):
             if (getattr(self, name + "_") < -1e-6).any():
                 refuse(name, "must not be negative")

@@ -370,6 +370,10 @@ def test_a_policy_refuses_the_overflowing_update_whole(rng: np.random.Generator)
         ("count", lambda a: a - 1e6, "must not be negative"),
         ("window_next", lambda a: a + 99, "window_next"),
         ("window_size", lambda a: a * 0 + 6, "window_size"),
+        ("theta", lambda a: a + 0.5, "the mean its factor and statistics give"),
+        ("theta", lambda a: a * (1 + 1e-6), "the mean its factor and statistics give"),
+        ("inv_chol", lambda a: a + np.triu(np.full_like(a[0], 0.1), 1), "lower triangular"),
+        ("inv_chol", lambda a: -a, "positive diagonal"),
     ],
 )
 def test_a_restored_head_that_no_learning_could_give_is_refused(
@@ -388,6 +392,25 @@ def test_a_restored_head_that_no_learning_could_give_is_refused(
     arrays[f"head.{array}"] = tamper(arrays[f"head.{array}"])  # type: ignore[operator]
     with pytest.raises(ValueError, match=message):
         BayesianLinearHead.from_arrays(head.config, arrays)
+
+
+def test_a_long_learnt_head_restores_with_its_mean_within_round_off() -> None:
+    """The mean check's bound is round-off's: heads after thousands of rank-one updates,
+    periodic refactorisations, discounting and a sliding window, on features of very
+    different scales, restore."""
+    rng = np.random.default_rng(11)
+    for config in (
+        HeadConfig(dim=6),
+        HeadConfig(dim=6, gamma=0.99),
+        HeadConfig(dim=6, window=50),
+        HeadConfig(dim=6, lambda_prior=1e-3),
+    ):
+        head = BayesianLinearHead(config, n_heads=3)
+        scales = np.array([1e-4, 1e-2, 1.0, 1e2, 1e4, 1.0])
+        for _ in range(1500):
+            x = rng.standard_normal(6) * scales
+            head.update(x, float(rng.random() * 100), int(rng.integers(3)))
+        BayesianLinearHead.from_arrays(config, head.to_arrays())
 
 
 def test_a_window_that_rounds_its_sum_of_squares_below_zero_restores() -> None:
