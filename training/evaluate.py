@@ -366,7 +366,8 @@ def evaluate(
 
     ``replay`` is a file the retrain's extraction wrote (quarantined already) or data;
     a file of any other origin goes through :func:`training.replay.vetted_replay` first,
-    as ``banditops evaluate`` does. Writes ``<out_dir>/evaluation.json`` and the interval plots when ``out_dir`` is given.
+    as ``banditops evaluate`` does. Writes ``<out_dir>/evaluation.json`` and the interval
+    plots when ``out_dir`` is given.
     """
     data = replay if isinstance(replay, ReplayData) else load_replay(replay)
     _, holdout = data.split(holdout_fraction)
