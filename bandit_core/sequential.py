@@ -265,7 +265,8 @@ def stratified_test(
     design_n: float = DESIGN_N,
 ) -> SequentialResult:
     """:func:`sequential_test` on outcomes in strata — ``(candidate, production)`` per
-    stratum, e.g. the stages of a rollout, each with its own traffic share.
+    stratum, e.g. the stages of a rollout, each with its own traffic share — every
+    outcome its own unit of randomisation (:func:`clustered_test` with no users).
 
     Pooled over stages of different shares, a reward rate that moves over time weighs the
     arms differently (the candidate's outcomes come mostly from the later, larger stages)
@@ -278,29 +279,100 @@ def stratified_test(
     reported are the same information-weighted averages (their difference is the
     estimate), the counts those of the strata used.
     """
+    none = np.zeros(0)
+    return clustered_test(
+        [(ArmUnits(none, none, c), ArmUnits(none, none, p)) for c, p in strata],
+        alpha=alpha,
+        margin=margin,
+        reward_range=reward_range,
+        design_n=design_n,
+    )
+
+
+@dataclass(frozen=True)
+class ArmUnits:
+    """One arm's outcomes in one stratum by unit of randomisation.
+
+    A staged rollout routes *users* (sticky by hashed id): one user's outcomes share the
+    user's taste and are not independent; users are. ``counts[b]``/``sums[b]`` are the
+    outcomes and their reward sum of the users hashed to bucket ``b`` (the same buckets
+    in every stratum and arm: a bucket's users are the same people throughout, which is
+    what makes strata dependent); ``singles`` are outcomes each its own unit (requests
+    without a user id, routed one by one). Raw reward units.
+    """
+
+    counts: NDArray[np.float64]
+    sums: NDArray[np.float64]
+    singles: ArmCounts
+
+    @property
+    def n(self) -> int:
+        return round(float(np.sum(self.counts))) + self.singles.n
+
+
+def clustered_test(
+    strata: list[tuple[ArmUnits, ArmUnits]],
+    *,
+    alpha: float,
+    margin: float,
+    reward_range: tuple[float, float] = (0.0, 1.0),
+    design_n: float = DESIGN_N,
+) -> SequentialResult:
+    """:func:`stratified_test` with outcomes grouped by the unit that was randomised.
+
+    Within a stratum, an arm's mean ``m = Σ Y / Σ N`` (``Y_u``, ``N_u``: unit ``u``'s
+    reward sum and count) has the cluster-robust variance ``Σ_u (Y_u − m N_u)² / N²``
+    (the delta method's, as for any ratio metric of a user-randomised experiment);
+    with one outcome per unit it is the per-outcome variance, so without users this is
+    :func:`stratified_test`. Per-outcome variances made a user who comes back often
+    count as many independent draws: an A/A rollout with returning users of different
+    click rates rolled back or advanced identical models in 11–62 % of runs at α = 5 %
+    (audit, stop 54). Across strata the same users come back, so the strata's estimates
+    are correlated (positively for a user who stays on an arm, negatively for one whom a
+    larger share moves to the candidate): the variance of ``Σ w_s Δ̂_s`` adds, to
+    ``Σ w_s² V_s``, the covariances ``Σ_b Σ_{s≠t} φ_{b,s} φ_{b,t}`` of each bucket's
+    influence ``φ_{b,s} = w_s (r_{b,s,c}/N_{s,c} − r_{b,s,p}/N_{s,p})`` (``r = Y − m N``);
+    buckets of independent users are independent, so the sum estimates it. The total is
+    never taken below the shrinkage terms alone. The boundary is the module's, in the
+    information ``1 / Var``.
+    """
     _check_alpha(alpha)
     low, width = _scale(reward_range, design_n)
-    info = weighted_c = weighted_p = 0.0
+    shapes = {np.shape(a.counts) for pair in strata for a in pair}
+    shapes |= {np.shape(a.sums) for pair in strata for a in pair}
+    if len(shapes) > 1 or any(len(shape) != 1 for shape in shapes):
+        raise ValueError(
+            "every arm of every stratum must have counts and sums over the same buckets "
+            f"(one-dimensional, one length); got shapes {sorted(shapes)}."
+        )
+    infos, means_c, means_p, floors, influence = [], [], [], [], []
     n_c = n_p = 0
     for cand, prod in strata:
         if cand.n < 1 or prod.n < 1:
             continue  # a stratum without both arms says nothing of their difference
-        _, mean_c, v_c = _scaled(cand.n, cand.total, cand.squares, low, width)
-        _, mean_p, v_p = _scaled(prod.n, prod.total, prod.squares, low, width)
-        i_s = 1.0 / float(v_c + v_p)
-        info += i_s
-        weighted_c += i_s * float(mean_c)
-        weighted_p += i_s * float(mean_p)
+        c, p = _arm_of(cand, low, width), _arm_of(prod, low, width)
+        infos.append(1.0 / (c.variance + p.variance))
+        means_c.append(c.mean)
+        means_p.append(p.mean)
+        floors.append(c.floor + p.floor)
+        influence.append(c.residuals / c.n - p.residuals / p.n)
         n_c, n_p = n_c + cand.n, n_p + prod.n
-    if info == 0.0:
+    if not infos:
         d, ci_low, ci_high = math.nan, -1.0, 1.0
         mc = mp = None
     else:
+        w = np.asarray(infos) / sum(infos)
+        variance = float((w * w / np.asarray(infos)).sum())
+        phi = np.stack(influence) * w[:, None] if influence[0].size else np.zeros((len(w), 0))
+        cross = float((phi.sum(axis=0) ** 2).sum() - (phi * phi).sum())  # s ≠ t terms
+        variance = max(variance + cross, float((w * w * np.asarray(floors)).sum()))
+        info = 1.0 / variance
         r = mixture_r(design_n / (2.0 * MAX_VARIANCE), alpha)
         radius = float(mixture_boundary(info, alpha, r)) / info
-        d = (weighted_c - weighted_p) / info
+        weighted_c, weighted_p = float(w @ np.asarray(means_c)), float(w @ np.asarray(means_p))
+        d = weighted_c - weighted_p
         ci_low, ci_high = max(d - radius, -1.0), min(d + radius, 1.0)
-        mc, mp = low + width * weighted_c / info, low + width * weighted_p / info
+        mc, mp = low + width * weighted_c, low + width * weighted_p
     ci_low, ci_high = ci_low * width, ci_high * width
     return SequentialResult(
         n_production=n_p,
@@ -314,3 +386,31 @@ def stratified_test(
         alpha=alpha,
         margin=margin,
     )
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """One arm of one stratum on the [0, 1] scale (see :func:`clustered_test`)."""
+
+    n: float
+    mean: float
+    variance: float  # of the mean: cluster-robust, shrunk as in :func:`_scaled`
+    floor: float  # the shrinkage's part of it
+    residuals: NDArray[np.float64]  # per bucket: Y − m N
+
+
+def _arm_of(units: ArmUnits, low: float, width: float) -> _Arm:
+    counts = np.asarray(units.counts, dtype=np.float64)
+    sums = (np.asarray(units.sums, dtype=np.float64) - counts * low) / width
+    one = units.singles
+    n1, s1_raw = float(one.n), float(one.total)
+    s1 = (s1_raw - n1 * low) / width
+    q1 = (float(one.squares) - 2.0 * low * s1_raw + n1 * low**2) / width**2
+    n = float(counts.sum()) + n1
+    mean = (float(sums.sum()) + s1) / n
+    residuals = sums - mean * counts
+    # Σ_b r_b² + Σ over single outcomes of (x − m)² (= q − 2 m s + m² n), kept >= 0
+    centred = float(residuals @ residuals) + max(q1 - 2.0 * mean * s1 + mean * mean * n1, 0.0)
+    floor = PRIOR_COUNT * MAX_VARIANCE / ((n + PRIOR_COUNT) * n)
+    variance = (centred + PRIOR_COUNT * MAX_VARIANCE) / ((n + PRIOR_COUNT) * n)
+    return _Arm(n, mean, variance, floor, residuals)

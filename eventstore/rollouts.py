@@ -38,9 +38,14 @@ from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
 from eventstore.contract import CANDIDATE, PRODUCTION, version_label
 from eventstore.engine import take_turn, turn_key
-from eventstore.outcomes import OnlineMean, RewardRules, online_outcomes
+from eventstore.outcomes import OnlineMean, RewardRules, UnitSums, online_outcomes
 from eventstore.schema import decisions, rollout_steps, rollouts
 from eventstore.text import check_text
+
+#: Buckets of users for the rollout's cluster-robust variance: enough that the variance
+#: estimate has thousands of independent terms, few enough that a stage's arrays are
+#: small however many users it has.
+UNIT_BUCKETS = 4096
 
 Status = Literal["running", "promoted", "rolled_back", "stopped", "expired"]
 Action = Literal["start", "advance", "hold", "rollback", "promote", "stop", "expire"]
@@ -232,6 +237,7 @@ def traffic_outcomes(
     rules: RewardRules,
     until: datetime | None = None,
     now: datetime | None = None,
+    units: int = 0,
 ) -> dict[str, OnlineMean]:
     """The online outcome per traffic arm of the decisions since ``since`` (and before
     ``until``), as of ``now``, under ``rules`` (:func:`eventstore.outcomes.online_outcomes`:
@@ -249,8 +255,13 @@ def traffic_outcomes(
         until=until,
         now=now,
         by=("traffic", "model_version", "fallback"),
+        units=units,
     )
-    out: dict[str, OnlineMean] = {PRODUCTION: OnlineMean(), CANDIDATE: OnlineMean()}
+    empty = UnitSums.empty(units) if units else None
+    out: dict[str, OnlineMean] = {
+        PRODUCTION: OnlineMean(units=empty),
+        CANDIDATE: OnlineMean(units=empty),
+    }
     for (traffic, served_by, fallback), outcome in groups.items():
         if traffic == PRODUCTION:
             out[PRODUCTION] += outcome
@@ -278,15 +289,18 @@ def stage_outcomes(
     rollout: Rollout,
     rules: RewardRules,
     now: datetime | None = None,
+    units: int = UNIT_BUCKETS,
 ) -> list[dict[str, OnlineMean]]:
     """:func:`traffic_outcomes` of the decisions of each stage of ``rollout`` so far (the
-    last one still running), in stage order: within a stage the traffic share is
-    constant, so the arms can be compared there (see
-    :func:`bandit_core.sequential.stratified_test`)."""
+    last one still running), in stage order, by unit of randomisation (users in
+    ``units`` buckets): within a stage the traffic share is constant, so the arms can be
+    compared there (see :func:`bandit_core.sequential.clustered_test`)."""
     starts = stage_starts(engine, rollout)
     ends: list[datetime | None] = [*starts[1:], None]
     return [
-        traffic_outcomes(engine, model_name, rollout.version, since, rules, until=until, now=now)
+        traffic_outcomes(
+            engine, model_name, rollout.version, since, rules, until=until, now=now, units=units
+        )
         for since, until in zip(starts, ends, strict=True)
     ]
 

@@ -402,3 +402,58 @@ def test_concurrent_starts_leave_one_rollout_running_and_a_late_step_names_the_e
         assert isinstance(exc, RolloutStateError), exc
         assert "is stopped, not running; stop not recorded" in str(exc)
     assert len(rollout_history(engine, "m", rollout_id=rollout.id)) == 2  # start, one stop
+
+
+@pytest.mark.parametrize("missing", ["default", "drop"])
+def test_outcomes_by_unit_add_up_to_the_arm_and_a_reward_out_of_range_is_set_aside(
+    engine: sa.Engine, rng: np.random.Generator, missing: str
+) -> None:
+    """The rollout's test reads each arm by user (a user's outcomes are not independent
+    draws): per bucket of users the outcomes and their sum, the anonymous decisions each
+    their own unit; they add up to the arm's count and total. A stored reward outside the
+    reward range (another tool's row, or a range narrowed since) sets its decision aside,
+    as the replay's quarantine does: one of 1000 held a rollout until it expired (inf)
+    or made its interval the whole range (audit, stop 54)."""
+    from eventstore.outcomes import unit_bucket
+
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=1)
+    rules = dataclasses.replace(RULES, missing_reward=missing)
+    rows: list[Any] = []
+    per_user: dict[str, list[float]] = {}
+    single: list[float] = []
+    for i in range(60):
+        user = None if i % 3 == 0 else f"{i % 7:064x}"  # 6 users, each back many times
+        d = dataclasses.replace(
+            decision_row(rng, model_version="m/7", created_at=since),
+            traffic="candidate",
+            user_hash=user,
+        )
+        rows.append(d)
+        value = None if i % 4 == 0 else float(rng.random())
+        if i == 5:
+            value = 5.0  # outside [0, 1]
+        if value is not None:
+            rows.append(reward_row(d.event_id, value, ts=since + timedelta(seconds=1)))
+        if i == 5:
+            continue
+        outcome = value if value is not None else (0.0 if missing == "default" else None)
+        if outcome is None:
+            continue
+        (single if user is None else per_user.setdefault(user, [])).append(outcome)
+    with engine.begin() as conn:
+        write_events(conn, rows)
+    got = traffic_outcomes(engine, "m", "7", since, rules, now=now, units=64)["candidate"]
+    units = got.units
+    assert units is not None and got.set_aside == 1
+    assert got.counted == sum(len(v) for v in per_user.values()) + len(single)
+    assert units.counts.sum() + units.singles == got.counted
+    assert units.sums.sum() + units.singles_total == pytest.approx(got.total)
+    assert units.singles == len(single)
+    assert units.singles_sq == pytest.approx(sum(v * v for v in single))
+    for user, values in per_user.items():
+        b = unit_bucket(user, 64)
+        together = [v for u, vs in per_user.items() if unit_bucket(u, 64) == b for v in vs]
+        assert units.counts[b] == len(together) >= len(values)
+        assert units.sums[b] == pytest.approx(sum(together))
+    assert got.highest <= 1.0 and "set_aside" in got.to_dict()

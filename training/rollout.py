@@ -12,10 +12,11 @@ Each step of a running rollout reads the online outcome per traffic arm of each 
 since the start (:func:`eventstore.rollouts.stage_outcomes`: each decision whose reward
 window has closed, with its reward under the reward rules, ``default_reward`` for none —
 what the retrain learns and the monitor shows) and runs the always-valid sequential test
-on the stages' differences (:func:`bandit_core.sequential.stratified_test`: within a
+on the stages' differences (:func:`bandit_core.sequential.clustered_test`: within a
 stage the share is constant; pooled over stages of different shares, a reward rate that
-moves over time would make a worse candidate look better) — looking at every step does
-not inflate its error rate:
+moves over time would make a worse candidate look better; and its variance is by user,
+the unit the routing randomises, not by decision) — looking at every step does not
+inflate its error rate:
 
 * **rollback** as soon as the candidate is worse than production by more than
   ``rollout_margin`` with confidence ``1 − rollout_alpha`` (both arms having at least
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bandit_core.sequential import ArmCounts, SequentialResult, stratified_test
+from bandit_core.sequential import ArmCounts, ArmUnits, SequentialResult, clustered_test
 from eventstore.contract import (
     CANDIDATE,
     PRODUCTION,
@@ -443,15 +444,26 @@ def _step(
     cand, prod = OnlineMean(), OnlineMean()
     for arms in stages_seen:
         cand, prod = cand + arms[CANDIDATE], prod + arms[PRODUCTION]
-    result = stratified_test(
-        [(_counts(arms[CANDIDATE]), _counts(arms[PRODUCTION])) for arms in stages_seen],
+    # by user: one user's outcomes are not independent draws (clustered_test); a sum of
+    # several rewards may pass the per-reward range, which then widens to hold it
+    result = clustered_test(
+        [(_units(arms[CANDIDATE]), _units(arms[PRODUCTION])) for arms in stages_seen],
         alpha=settings.rollout_alpha,
         margin=settings.rollout_margin,
-        reward_range=(settings.reward_min, settings.reward_max),
+        reward_range=(
+            min(settings.reward_min, cand.lowest, prod.lowest),
+            max(settings.reward_max, cand.highest, prod.highest),
+        ),
         design_n=settings.rollout_design_n,
     )
     readout = readout_of(result)
     numbers = _numbers(result)
+    set_aside = cand.set_aside + prod.set_aside
+    if set_aside:
+        numbers += (
+            f"; {set_aside} decision(s) set aside for a stored reward outside "
+            f"[{settings.reward_min:g}, {settings.reward_max:g}]"
+        )
     min_n = settings.rollout_min_samples
     stages = settings.rollout_stages
     stage = f"stage {rollout.stage_index + 1}/{len(stages)} ({rollout.share:.0%})"
@@ -529,8 +541,12 @@ def _step(
     return _record(engine, registry, rollout, "hold", why, readout, now)
 
 
-def _counts(outcome: OnlineMean) -> ArmCounts:
-    return ArmCounts(outcome.counted, outcome.total, outcome.total_sq)
+def _units(outcome: OnlineMean) -> ArmUnits:
+    units = outcome.units
+    if units is None:
+        raise ValueError("the rollout's outcomes must come by unit (stage_outcomes does).")
+    singles = ArmCounts(units.singles, units.singles_total, units.singles_sq)
+    return ArmUnits(units.counts, units.sums, singles)
 
 
 def _unrecorded_override(
