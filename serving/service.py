@@ -56,7 +56,7 @@ from eventstore.engine import store_identity
 from eventstore.leases import SHARED, SOLE, Lease
 from eventstore.migrate import require_current
 from eventstore.records import DecisionGroup, DecisionRow, RewardOutcome, RewardRow
-from eventstore.rollouts import current_rollout
+from eventstore.rollouts import latest_rollout
 from serving.budget import (
     NonFiniteChoiceError,
     body_lengths,
@@ -576,14 +576,18 @@ class DecisionService:
         return self.loader.ready
 
     def _running_rollout(self) -> RolloutTarget | None:
-        """The running rollout of the served model (read at each model poll): its share
-        and version win over the fixed ``candidate_share``. Past the rollout's end its
-        share is 0, whether or not the controller has recorded the expiry yet."""
-        rollout = current_rollout(self.engine, self.settings.model_name)
-        if rollout is None:
+        """The latest rollout of the served model (read at each model poll): a running
+        one's share and version win over the fixed ``candidate_share``; past its end its
+        share is 0, whether or not the controller has recorded the expiry yet. An ended
+        one's version, unless promoted, gets no traffic from the fixed share."""
+        rollout = latest_rollout(self.engine, self.settings.model_name)
+        if rollout is None or rollout.status == "promoted":
             return None
+        versions = (rollout.label, rollout.version)
+        if not rollout.running:
+            return RolloutTarget(versions, 0.0, running=False)
         share = 0.0 if rollout.past_its_end(datetime.now(UTC)) else rollout.share
-        return (rollout.label, rollout.version), share
+        return RolloutTarget(versions, share)
 
     def signature_of(self, model: ServedModel | None) -> Signature | None:
         """The input shape a request decided by ``model`` must have: the model's, or —

@@ -46,7 +46,8 @@ class Settings(CoreSettings):
     candidate_share : float
         Share of traffic, by hashed user id, served by the candidate version when no
         staged rollout runs. While one runs (``banditops rollout status``), its stage's
-        share and version, read from the event store at every model poll, win.
+        share and version, read from the event store at every model poll, win; a version
+        whose last rollout ended unpromoted (stopped, rolled back, expired) gets none.
     poll_interval_s : float
         Seconds between two polls of the model source (off the request path).
     fallback_policy : str

@@ -212,6 +212,45 @@ def test_a_rollout_past_its_end_splits_no_users_without_a_controller_step(
     engine.dispose()
 
 
+def test_a_stopped_rollout_s_version_gets_nothing_from_the_fixed_share(tmp_path: Path) -> None:
+    """With ``candidate_share`` > 0, stopping a rollout at 5 % sent 30 % of the users to
+    the stopped version: the stop leaves ``@staging``, and with no rollout running the
+    fixed share served it again (audit, stop 54). A version whose rollout ended
+    unpromoted gets nothing from it; another version in the candidate role does."""
+    prod = policy_file(tmp_path / "prod.npz", seed=0)
+    cand = policy_file(tmp_path / "cand.npz", seed=1)
+    settings = service_settings(
+        tmp_path, model_path=prod, candidate_model_path=cand, candidate_share=0.3
+    )
+    cand_version = "file-" + hashlib.sha256(cand.read_bytes()).hexdigest()[:12]
+    engine = make_engine(settings.store_url)
+    upgrade(engine)
+    with running_client(settings) as client:
+
+        def served() -> tuple[float, str | None]:
+            info = client.post("/v1/admin/poll", headers=AUTH).json()
+            return info["candidate_share"], (info["candidate"] or {}).get("version")
+
+        assert served() == (0.3, cand_version)  # no rollout ever ran: the fixed share
+        other = start_rollout(engine, settings.model_name, "file-000000000000", 0.5, reason="t")
+        record_step(engine, other.id, "stop", reason="another version's rollout")
+        assert served() == (0.3, cand_version)
+        for ending in ("stop", "rollback", "expire"):
+            rollout = start_rollout(engine, settings.model_name, cand_version, 0.05, reason="t")
+            assert served() == (0.05, cand_version)
+            record_step(engine, rollout.id, ending, reason="test")
+            assert served() == (0.0, None), ending
+        rng = np.random.default_rng(0)
+        answers = [
+            client.post("/v1/decisions", json=decision_body(rng, user=f"u{i}")) for i in range(60)
+        ]
+        assert {a.json()["traffic"] for a in answers} == {PRODUCTION}
+        promoted = start_rollout(engine, settings.model_name, cand_version, 0.05, reason="t")
+        record_step(engine, promoted.id, "promote", reason="test")
+        assert served() == (0.3, cand_version)
+    engine.dispose()
+
+
 def test_a_candidate_with_other_dimensions_than_production_takes_no_traffic(
     tmp_path: Path, rng: np.random.Generator
 ) -> None:

@@ -18,8 +18,9 @@ refused. Each of these is counted by reason (``on_failure``) and the last one is
 The candidate's traffic share is read at every poll too (``rollout``): while a staged
 rollout runs (:mod:`eventstore.rollouts`), its share and version win over the fixed
 ``candidate_share``; the candidate role is served only when it resolves to the rollout's
-version. Every replica polls the same store, so a stage change reaches all of them within
-one poll interval, without a restart. A store that cannot be read keeps the share served.
+version, and the fixed share never serves a version whose rollout ended unpromoted.
+Every replica polls the same store, so a stage change reaches all of them within one
+poll interval, without a restart. A store that cannot be read keeps the share served.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,9 +49,22 @@ from serving.models.sources import ArtifactChangedError, ModelRef, ModelSource, 
 from serving.store.reads import call_within
 from serving.store.repository import EventStore
 
-#: What a rollout reader returns: the running rollout's version labels (any of them
-#: names the version, e.g. ``("<model>/3", "3")``) and its share; None when none runs.
-RolloutTarget = tuple[tuple[str, ...], float]
+
+class RolloutTarget(NamedTuple):
+    """What a rollout reader returns (None: no rollout ever ran).
+
+    ``versions``: the rollout's version labels (any of them names the version, e.g.
+    ``("<model>/3", "3")``). While it runs (``running``) the candidate role serves that
+    version alone, with ``share``. Once it ended otherwise than promoted, the fixed
+    ``candidate_share`` never serves that version again (a person stopped it, or the
+    test rolled it back): a stop that leaves ``@staging`` in place handed the version
+    the fixed share, more traffic than the rollout gave it (audit, stop 54).
+    """
+
+    versions: tuple[str, ...]
+    share: float
+    running: bool = True
+
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +159,7 @@ class ModelLoader:
     candidate_share : float
         Traffic share of the candidate role when no rollout runs (0 disables it).
     rollout : callable, optional
-        Called at each poll: the running rollout (:data:`RolloutTarget`) or None.
+        Called at each poll: the latest rollout (:class:`RolloutTarget`) or None.
     on_swap : callable, optional
         Called with the new set after every change (metrics).
     expected_dim_user, expected_dim_arm : int, optional
@@ -252,7 +267,7 @@ class ModelLoader:
         """One poll; True when the served set changed. Thread-safe."""
         with self._lock:
             current = self.current or ServingSet(None, None, self.candidate_share)
-            share, versions = self._share(current)
+            share, versions, ended = self._share(current)
             production = self._role(PRODUCTION, current.production, current)
             candidate = None
             if share > 0.0:  # the production just loaded serves the candidate role too
@@ -263,6 +278,13 @@ class ModelLoader:
                     "traffic until they agree",
                     candidate.version,
                     versions[0],
+                )
+                candidate = None
+            if candidate is not None and candidate.version in ended:
+                log.debug(
+                    "the candidate role holds %s, whose rollout ended unpromoted: the fixed "
+                    "candidate share does not serve it",
+                    candidate.version,
                 )
                 candidate = None
             new = ServingSet(production, candidate, share if candidate is not None else 0.0)
@@ -295,12 +317,13 @@ class ModelLoader:
             catch_up(self.store, model, self._max_arms(model.policy))
         self.current = new
 
-    def _share(self, current: ServingSet) -> tuple[float, tuple[str, ...] | None]:
-        """The candidate share now and the versions it must be served by (None: any):
-        the running rollout's, else the fixed share; the served share and version when
+    def _share(self, current: ServingSet) -> tuple[float, tuple[str, ...] | None, tuple[str, ...]]:
+        """The candidate share now, the versions it must be served by (None: any) and
+        those it must not: the running rollout's, else the fixed share, never for the
+        version of a rollout that ended unpromoted; the served share and version when
         the store cannot be read."""
         if self._rollout is None:
-            return self.candidate_share, None
+            return self.candidate_share, None, ()
         try:
             rollout = self._rollout
             target = call_within(self.lookup_deadline_s, "banditops-rollout-read", rollout)
@@ -308,11 +331,12 @@ class ModelLoader:
             self._failed("rollout", f"could not read the rollout state: {exc}")
             log.warning("could not read the rollout state: %s; keeping the share served", exc)
             kept = current.candidate
-            return current.candidate_share, None if kept is None else (kept.version,)
+            return current.candidate_share, None if kept is None else (kept.version,), ()
         if target is None:
-            return self.candidate_share, None
-        versions, share = target
-        return share, versions
+            return self.candidate_share, None, ()
+        if not target.running:
+            return self.candidate_share, None, target.versions
+        return target.share, target.versions, ()
 
     def _role(
         self,
