@@ -79,6 +79,11 @@ def test_a_store_without_tables_is_named_with_the_fix(
         ),
         (("train", "--run-key", "k"), {"BANDITOPS_DEFAULT_REWARD": "1e400"}, "default_reward"),
         (("rollout", "status"), {"BANDITOPS_ROLLOUT_STAGES": "[0.5, 0.2]"}, "rollout_stages"),
+        (  # everyone on the candidate, no production outcome: it could only expire
+            ("rollout", "step"),
+            {"BANDITOPS_ROLLOUT_STAGES": "[1.0]"},
+            "(BANDITOPS_ROLLOUT_STAGES): must be increasing shares in (0, 1), at least one, then 1.0",
+        ),
     ],
 )
 def test_a_bad_setting_is_named_by_any_command_without_a_traceback(

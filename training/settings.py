@@ -169,8 +169,9 @@ class PipelineSettings(CoreSettings):
         Cron expression or preset of the rollout controller (``bandit_rollout``): one
         step per run.
     rollout_stages : list of float
-        Candidate traffic shares of the staged rollout, increasing, the last 1.0; at
-        the last one, a passing test promotes.
+        Candidate traffic shares of the staged rollout, increasing, the last 1.0 and at
+        least one below it (only there do both arms serve, so only there can the test
+        compare them); at the last one, a passing test promotes.
     rollout_min_stage_s : float
         Shortest time on a stage before it may advance (a rollback needs no wait).
     rollout_min_samples : int
@@ -322,16 +323,19 @@ class PipelineSettings(CoreSettings):
     @field_validator("rollout_stages")
     @classmethod
     def _stages(cls, value: list[float]) -> list[float]:
+        # at least one stage below 1.0: only there do both arms serve, so only there can
+        # the test compare them; [1.0] alone sent everyone to the candidate and could
+        # neither roll it back nor promote it, only expire (audit, stop 54)
         ok = (
-            len(value) >= 1
+            len(value) >= 2
             and all(0.0 < v <= 1.0 for v in value)
             and all(a < b for a, b in itertools.pairwise(value))
             and value[-1] == 1.0
         )
         if not ok:
             raise ValueError(
-                f"must be increasing shares in (0, 1] ending at 1.0 (e.g. {list(ROLLOUT_STAGES)}); "
-                f"got {value!r}."
+                "must be increasing shares in (0, 1), at least one, then 1.0 (e.g. "
+                f"{list(ROLLOUT_STAGES)}); got {value!r}."
             )
         return [float(v) for v in value]
 
