@@ -3,6 +3,8 @@ the one-dimensional stationarity equation, whatever the curvature."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.special import expit
@@ -33,11 +35,39 @@ def test_each_update_lands_on_the_map_weights(q_range: tuple[float, float]) -> N
         lhs = precision @ (new_mean - mean)
         rhs = (reward - expit(phi @ new_mean)) * phi
         worst = max(worst, float(np.max(np.abs(lhs - rhs)) / np.max(np.abs(phi))))
-        p = float(expit(phi @ new_mean))
-        assert curvature == pytest.approx(p * (1.0 - p), rel=1e-9, abs=1e-300)
+        z = float(phi @ new_mean)  # σ(z) σ(−z): p (1 − p) loses digits where σ nears 1
+        assert curvature == pytest.approx(expit(z) * expit(-z), rel=1e-9, abs=1e-300)
         expected = precision + curvature * np.outer(phi, phi)
         np.testing.assert_allclose(new_u.T @ new_u @ expected, np.eye(d), atol=1e-6)
     assert worst <= 1e-9
+
+
+@pytest.mark.parametrize(
+    ("eta0", "q", "reward", "logit"),
+    [  # the roots from 600 bisections in 60-digit arithmetic (mpmath)
+        (-50.0, 1e16, 1.0, 32.42941908695424),
+        (-50.0, 1e15, 1.0, 30.154816425021463),
+        (-1.24e8, 1.24e20, 1.0, 27.631020893096759),
+        (6.85e6, 5.62e18, 0.0, -27.43310012273468),
+        (-5.85, 4.44e19, 1.0, 41.384643546522987),
+        (3.0, 1e7, 0.5, 1.199999520000336e-6),
+    ],
+)
+def test_a_large_q_lands_the_row_s_logit_on_its_root(
+    eta0: float, q: float, reward: float, logit: float
+) -> None:
+    """With ``q = φᵀA⁻¹φ`` past ~1e13 (features of 1e4 with interactions) the absolute
+    test on ``f`` passed a ``t`` 100× too large, and 50 halvings of ``[r − 1, r]`` could
+    not resolve ``t ≈ 1/q``: the row's logit landed at 9,045 for a root at 32.4 (at
+    1.24e20: −99,110 for 27.6) and its curvature was exactly 0, so the precision did not
+    learn the row (audit, stop 54). Solved for the logit, it lands within 1e-9."""
+    t = map_step(eta0, q, reward, 50)
+    assert reward - 1.0 <= t <= reward
+    assert eta0 + t * q == pytest.approx(logit, rel=1e-9, abs=1e-9)
+    phi = np.array([math.sqrt(q)])  # A = I: q = φᵀA⁻¹φ; the mean puts η₀ on the row
+    _, _, curvature = laplace_update(np.array([eta0 / phi[0]]), np.eye(1), phi, reward, 50)
+    assert curvature == pytest.approx(float(expit(logit)) * float(expit(-logit)), rel=1e-6)
+    assert curvature > 0.0  # p (1 − p) was 0 once σ rounded to 1: the row not learnt
 
 
 def test_the_scalar_equation_is_solved_in_its_bracket_where_newton_bounces() -> None:

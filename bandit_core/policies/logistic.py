@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.optimize import brentq
 from scipy.special import expit
 
 from bandit_core._validation import (
@@ -135,6 +136,8 @@ def map_step(eta0: float, q: float, reward: float, steps: int) -> float:
     (the first rewards of a model with a few dozen features), up to 0.98: the mean moved
     almost a whole step too far.
     """
+    if q > LOGIT_SPACE_Q:
+        return _map_step_in_logits(eta0, q, reward)
     lo, hi = reward - 1.0, reward
     t, last = 0.0, math.inf
     for _ in range(steps):
@@ -154,6 +157,34 @@ def map_step(eta0: float, q: float, reward: float, steps: int) -> float:
     return t
 
 
+#: ``q`` above which :func:`map_step` solves for the logit ``u = η₀ + t q`` instead of
+#: ``t``: past it the absolute test on ``f`` and 50 halvings of ``[r − 1, r]`` no longer
+#: resolve ``t ≈ 1/q`` (at q = 1e16 the row's logit landed 9,000 from the root at 32 and
+#: its curvature was exactly 0: the row was not learnt; audit, stop 54). Below it the
+#: logit's error is at most ``q · MAP_TOLERANCE`` = 1e-6.
+LOGIT_SPACE_Q = 1e6
+
+
+def _map_step_in_logits(eta0: float, q: float, reward: float) -> float:
+    """:func:`map_step` for large ``q``: the root of ``h(u) = u − η₀ − q (r − σ(u))``
+    (rising, ``h′ ≥ 1``; negative at ``η₀ + (r − 1) q``, positive at ``η₀ + r q``) by
+    Brent's method to 1e-10 in the logit, then ``t = (u − η₀) / q``. ``r − σ(u)`` is
+    formed without cancelling (at u = 32, ``1 − σ(u)`` from σ kept two digits)."""
+
+    def h(u: float) -> float:
+        # r − σ(u) without cancelling: σ(u) = 1 − σ(−u) where σ(u) is near 1
+        gap = (reward - 1.0) + float(expit(-u)) if u > 0.0 else reward - float(expit(u))
+        return u - eta0 - q * gap
+
+    lo, hi = eta0 + (reward - 1.0) * q, eta0 + reward * q
+    if h(lo) >= 0.0:
+        return reward - 1.0
+    if h(hi) <= 0.0:
+        return reward
+    u = float(brentq(h, lo, hi, xtol=1e-10, rtol=4.0 * np.finfo(float).eps, maxiter=500))
+    return (u - eta0) / q
+
+
 def laplace_update(
     mean: FloatArray,
     inv_chol: FloatArray,
@@ -171,8 +202,10 @@ def laplace_update(
     eta0 = float(phi @ mean)
     t = map_step(eta0, q, reward, steps)
     new_mean = mean + t * s
-    p = float(expit(eta0 + t * q))
-    curvature = p * (1.0 - p)
+    u = eta0 + t * q
+    # σ(u) σ(−u): p (1 − p) is 0 once σ(u) rounds to 1 (u ≳ 37), and the row's
+    # curvature, which the Laplace precision learns from, was lost with it
+    curvature = float(expit(u)) * float(expit(-u))
     return new_mean, inv_chol_rank1_update(inv_chol, np.sqrt(curvature) * phi), curvature
 
 
