@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from bandit_core import Candidates, Policy, load_policy, make_policy
 from bandit_core.policies.registry import input_widths
@@ -61,9 +62,13 @@ def block_bounds(
     start: int = 0,
     rounds: int = BLOCK_ROUNDS,
     actions: int = BLOCK_ACTIONS,
+    candidate_features: Iterable[Any] | None = None,
 ) -> list[tuple[int, int]]:
     """Consecutive rows, numbered from ``start``, in blocks ``[lo, hi)`` of at most
-    ``rounds`` rounds and (but for a block of one round) ``actions`` distinct candidates.
+    ``rounds`` rounds and (but for a block of one round) ``actions`` distinct candidates;
+    with ``candidate_features`` (each row's, in the order of its ids), a block also ends
+    before a row that offers one of its candidates with other features, so that within a
+    block each candidate has one feature vector, the one every row of it offered.
 
     The cut depends on the rows alone: the single-node evaluation and the held-out
     shards (:func:`training.shards.plan`) block a window the same way whatever its
@@ -73,13 +78,20 @@ def block_bounds(
         raise ValueError(f"rounds and actions must be at least 1; got {rounds} and {actions}.")
     out: list[tuple[int, int]] = []
     lo = stop = start
-    seen: set[str] = set()
+    seen: dict[str, NDArray[np.float64] | None] = {}
+    features = iter(candidate_features) if candidate_features is not None else None
     for i, ids in enumerate(candidate_ids, start):
-        fresh = set(ids) - seen
-        if i > lo and (i - lo >= rounds or len(seen) + len(fresh) > actions):
+        rows = None if features is None else np.asarray(next(features), dtype=np.float64)
+        fresh = set(ids) - seen.keys()
+        moved = rows is not None and any(
+            (held := seen.get(arm)) is not None and not np.array_equal(held, row)
+            for arm, row in zip(ids, rows, strict=True)
+        )
+        if i > lo and (i - lo >= rounds or len(seen) + len(fresh) > actions or moved):
             out.append((lo, i))
-            lo, seen, fresh = i, set(), set(ids)
-        seen |= fresh
+            lo, seen = i, {}
+        for k, arm in enumerate(ids):
+            seen.setdefault(arm, None if rows is None else rows[k])
         stop = i + 1
     if stop > lo:
         out.append((lo, stop))
@@ -87,14 +99,29 @@ def block_bounds(
 
 
 def blocks_of(data: ReplayData) -> list[slice]:
-    """The rows of ``data`` in the blocks of :func:`block_bounds`."""
-    return [slice(lo, hi) for lo, hi in block_bounds(data.candidate_ids)]
+    """The rows of ``data`` in the blocks of :func:`block_bounds` (by features too)."""
+    bounds = block_bounds(data.candidate_ids, candidate_features=data.candidate_features)
+    return [slice(lo, hi) for lo, hi in bounds]
+
+
+def features_vary(data: ReplayData) -> bool:
+    """Whether some candidate is offered with different features in different rows (a
+    client that sends each item's price or freshness with the request)."""
+    first: dict[str, NDArray[np.float64]] = {}
+    for ids, rows in zip(data.candidate_ids, data.candidate_features, strict=True):
+        for arm, row in zip(ids, rows, strict=True):
+            held = first.setdefault(arm, row)
+            if held is not row and not np.array_equal(held, row):
+                return True
+    return False
 
 
 def logged_batch(data: ReplayData) -> LoggedBatch:
     """The replay rows as a :class:`LoggedBatch` over the union of their candidate sets.
 
-    An arm's features are taken from its first appearance in the window; each row marks
+    An arm's features are taken from its first appearance in the rows, so each arm must
+    have one feature vector in them (:func:`features_vary`; :func:`blocks_of` cuts a
+    window so that each block does); each row marks
     which arms it actually offered (``available``). Slate rows keep their position
     (``positions`` / ``len_list``, with the marginal propensity at it); rows whose
     propensity at their position was not logged (NaN) are left out.
@@ -374,7 +401,11 @@ def evaluate(
     candidate = load_policy(candidate_state)
     production, refused = production_policy(production_state, holdout.dim_user, holdout.dim_arm)
     slates = holdout.len_list > 1  # position-wise: both policies rank the logged positions
-    if dense_entries(holdout) <= DENSE_ENTRIES:
+    # one candidate table for the whole window scored every row with each item's
+    # features from its first appearance: with features sent per request the policy was
+    # judged on stale features (a model worth 0.83 estimated at 0.37, and rejected;
+    # audit, stop 54). Blocks within which each item has one feature vector are exact.
+    if not features_vary(holdout) and dense_entries(holdout) <= DENSE_ENTRIES:
         batch = logged_batch(holdout)
         rep_c, rep_p = (
             evaluate_policy(

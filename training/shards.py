@@ -40,6 +40,7 @@ Switch-DR / DRos (λ tuned on all rounds) are left out.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -121,13 +122,17 @@ def holdout_blocks(
 ) -> list[tuple[int, int]]:
     """The evaluation's blocks of replay rows ``[start, stop)``
     (:func:`training.evaluate.block_bounds`; ``blocking``: its ``rounds`` / ``actions``),
-    read one row group of candidate ids at a time."""
-    ids = (
-        row
-        for piece in iter_rows(path, start, stop, ["candidate_ids"])
-        for row in piece.column(0).to_pylist()
+    by candidate ids and features, read one row group at a time."""
+    rows = (
+        pair
+        for piece in iter_rows(path, start, stop, ["candidate_ids", "candidate_features"])
+        for pair in zip(piece.column(0).to_pylist(), piece.column(1).to_pylist(), strict=True)
     )
-    return block_bounds(ids, start=start, **blocking)
+    # read in lockstep: the tee holds a row at a time, memory stays one row group's
+    first, second = itertools.tee(rows)
+    ids = (i for i, _ in first)
+    features = (f for _, f in second)
+    return block_bounds(ids, start=start, candidate_features=features, **blocking)
 
 
 def holdout_shards(
