@@ -53,6 +53,22 @@ def test_action_dist_not_summing_to_one_is_rejected() -> None:
         check_feedback(**args)
 
 
+def test_a_round_may_hold_nothing_at_slots_it_cannot_fill() -> None:
+    """A single decision of one candidate in a window of slates of two has no item at
+    slot 1: only its logged slot must sum to 1 (every estimator reads that one). The
+    check over every slot failed each retrain of such a window (audit, stop 54)."""
+    args = good()
+    dist = np.zeros((3, 2, 2))
+    dist[:, :, 0] = args["action_dist"][:, :, 0]
+    dist[1, :, 1] = [0.5, 0.5]  # round 1 was logged at slot 1; the others fill slot 0
+    args["action_dist"] = dist
+    fb = check_feedback(**args, position=np.array([0, 1, 0]))
+    assert fb.len_list == 2
+    dist[1, :, 1] = [0.5, 0.0]
+    with pytest.raises(ValueError, match=r"round 1, slot 1 sums to 0\.5"):
+        check_feedback(**args, position=np.array([0, 1, 0]))
+
+
 def test_negative_action_dist_is_rejected() -> None:
     args = good()
     args["action_dist"] = np.array([[1.2, -0.2], [0.6, 0.4], [0.3, 0.7]])[:, :, None]
