@@ -95,13 +95,24 @@ def _with_bias(x: FloatArray) -> FloatArray:
     return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
 
 
+#: The held-out share of :func:`diagnose_linear_failure` by default.
+VALIDATION_FRACTION = 0.2
+
+
+def diagnosable(n_rows: int, validation_fraction: float = VALIDATION_FRACTION) -> bool:
+    """Whether :func:`diagnose_linear_failure` can split ``n_rows`` rows: at least
+    :data:`MIN_ROWS` on each side."""
+    n_val = round(validation_fraction * n_rows)
+    return n_val >= MIN_ROWS and n_rows - n_val >= MIN_ROWS
+
+
 def diagnose_linear_failure(
     inputs: Any,
     rewards: Any,
     rng: np.random.Generator,
     *,
     linear_inputs: Any = None,
-    validation_fraction: float = 0.2,
+    validation_fraction: float = VALIDATION_FRACTION,
     margin: float = 0.2,
     hidden: Sequence[int] = (50,),
     lambda_prior: float = 1.0,
@@ -161,7 +172,7 @@ def diagnose_linear_failure(
     )
     n = x.shape[0]
     n_val = round(validation_fraction * n)
-    if n_val < MIN_ROWS or n - n_val < MIN_ROWS:
+    if not diagnosable(n, validation_fraction):
         raise ValueError(
             f"diagnose_linear_failure needs at least {MIN_ROWS} rows on each side of the split; "
             f"got {n} rows with validation_fraction={validation_fraction}."

@@ -165,3 +165,21 @@ def test_a_logistic_retrain_leaves_out_a_row_out_of_scale_named(
     )
     got: Any = load_policy(result.state_path)
     np.testing.assert_allclose(got.theta_, expected.theta_, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows", [10, 28])
+def test_a_window_too_small_for_the_diagnostic_trains_without_it(
+    tmp_path: Path, rows: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--min-rows`` accepts windows down to one row; a window of 28 passed validation,
+    then failed in the optional linear-failure diagnostic ("diagnose_linear_failure needs
+    at least 5 rows on each side of the split"; audit, stop 54). It trains, without the
+    diagnostic, and says why."""
+    from benchmarks.scale import synthetic_replay
+
+    replay = synthetic_replay(tmp_path / "replay.parquet", rows, seed=3)
+    with caplog.at_level(logging.WARNING):
+        result = train(replay, TrainConfig(algorithm="shared_lints"), tmp_path / "run")
+    assert result.diagnostics == "" and "linear_failure" not in " ".join(result.metrics)
+    assert "too few for the linear-failure diagnostic" in caplog.text
+    load_policy(result.state_path)

@@ -32,7 +32,12 @@ import numpy as np
 
 from bandit_core import MAX_ABS_INPUT, Policy, PositionBias, load_policy, make_policy, save_policy
 from bandit_core.catalog import ALGORITHMS, policy_spec
-from bandit_core.diagnostics import diagnose_linear_failure
+from bandit_core.diagnostics import (
+    MIN_ROWS,
+    VALIDATION_FRACTION,
+    diagnosable,
+    diagnose_linear_failure,
+)
 from bandit_core.head_statistics import LinearHeadPolicy
 from bandit_core.policies.position import split_position, update_batch_skipping
 from bandit_core.policies.registry import catalog_policy
@@ -322,6 +327,16 @@ def _diagnose(policy: Any, data: ReplayData, seed: int) -> Any:
     within = np.all(np.abs(inputs) <= MAX_ABS_INPUT, axis=1)
     if not within.any():
         log.warning("no row's model features are within %g: no diagnostic", MAX_ABS_INPUT)
+        return None
+    if not diagnosable(int(within.sum())):  # a window of 28 rows passed validation, then
+        # failed here naming this optional step's internals (audit, stop 54)
+        log.warning(
+            "%d training rows are too few for the linear-failure diagnostic (it holds out "
+            "%g of them, at least %d on each side): no diagnostic",
+            int(within.sum()),
+            VALIDATION_FRACTION,
+            MIN_ROWS,
+        )
         return None
     if not within.all():
         log.warning(
