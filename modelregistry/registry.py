@@ -245,7 +245,31 @@ class ModelRegistry:
         self.artifact_location = artifact_location
         self.registry_uri = registry_uri or tracking_uri
         self.aliases = aliases
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+        self.client = self._open_sqlite_stores()
+
+    def _open_sqlite_stores(self) -> MlflowClient:
+        """Open the embedded SQLite stores one process at a time. MLflow creates and
+        migrates a store's tables when a process first opens it: two ``banditops train``
+        started together on a fresh workspace raced through the migrations and left
+        ``mlflow.db`` half-migrated ("table _alembic_tmp_experiments already exists"),
+        every later command failing (audit, stop 54). A file lock beside each database
+        orders the first opening (the client's construction opens the tracking store);
+        the store's own errors come, as before, from the call that needs it."""
+        locks = [
+            db.parent / f"{db.name}.open-lock"
+            for uri in dict.fromkeys((self.tracking_uri, self.registry_uri))
+            if uri.startswith("sqlite:///")
+            and (db := Path(uri.removeprefix("sqlite:///"))).parent.is_dir()
+        ]
+        with contextlib.ExitStack() as held:
+            for lock in locks:
+                held.enter_context(_file_lock(lock))
+            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+            if locks:
+                with contextlib.suppress(Exception):
+                    client.search_experiments(max_results=1)
+                    client.search_registered_models(max_results=1)
+        return client
 
     @classmethod
     def from_settings(cls, settings: CoreSettings) -> ModelRegistry:
@@ -924,3 +948,25 @@ class AliasReader:
             tracking_uri=self.tracking_uri,
         )
         return Path(local)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created) held by this process for the block; none
+    where the file cannot be opened or locking is not supported."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        handle = path.open("a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

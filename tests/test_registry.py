@@ -636,3 +636,33 @@ def test_a_version_whose_rollout_ended_against_it_needs_force(
         registry.model_name, v3.version, "rollout_status", "promoted"
     )
     assert registry.promote(v3.version, by="tester", reason="again").version == "3"
+
+
+def test_processes_opening_a_fresh_registry_together_both_open_it(tmp_path: Path) -> None:
+    """Two ``banditops train`` started together on a fresh workspace raced through
+    MLflow's migrations of ``mlflow.db``: one or both failed ("table _alembic_tmp_…
+    already exists", "Online migration expected to match one row") and in half the tries
+    the database was left half-migrated, every later command failing (audit, stop 54).
+    The first opening is ordered by a file lock: both open it, every time."""
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import sys; from modelregistry.registry import ModelRegistry; "
+        "r = ModelRegistry(f'sqlite:///{sys.argv[1]}/mlflow.db', 'm'); "
+        "r.client.search_registered_models(); print('opened')"
+    )
+    for attempt in range(2):  # unordered, 5 of 6 openings failed
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(folder)],
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0 and "opened" in out, err[-2000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import secrets
 import typing
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -121,7 +122,9 @@ def train(
             ) from exc
     settings = PipelineSettings()
     now = datetime.now(UTC)
-    key = run_key or now.strftime("cli-%Y%m%dT%H%M%S")
+    # a run key names the run's folder: to the second, two runs started together shared
+    # it, the second's spec overwriting the first's (audit, stop 54)
+    key = run_key or f"{now.strftime('cli-%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
     with _reported(StoreSchemaError, ValueError):
         if plan_only:
             spec = run_step("plan_run", values, run_key=key, interval_end=now, settings=settings)
