@@ -182,8 +182,10 @@ def _step_row(step: RolloutStep) -> dict[str, Any]:
 
 def rollout_section(engine: Engine, settings: MonitorSettings, now: datetime) -> dict[str, Any]:
     """The running rollout (else the latest one): its stage, share and status, the online
-    outcome of both traffic arms since it started (:func:`eventstore.rollouts.traffic_outcomes`,
-    what the controller decides on; for an ended rollout, as its last step read it), its
+    outcome of both traffic arms since it started, pooled over its stages
+    (:func:`eventstore.rollouts.traffic_outcomes`, for context: the controller compares
+    within each stage and by user, and its steps carry what it read; for an ended
+    rollout, as its last step read it), its
     steps with the sequential test's interval on the candidate − production difference as
     the controller computed it at each step, and, for context, the online reward by
     traffic arm and version over the monitored week."""

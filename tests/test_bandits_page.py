@@ -227,6 +227,9 @@ def test_the_page_shows_versions_rollout_monitor_and_service_with_the_store_numb
         "fallback",
     ]
     assert '<b class="rollout-share">20%</b>' in html and 'class="rollout-steps"' in html
+    # the per-arm means are pooled over the stages: said so, as they can show the
+    # opposite sign to the controller's per-stage estimate (audit, stop 54)
+    assert "online reward (pooled)" in html and "within each stage" in html
     started = datetime.fromisoformat(data["rollout"]["rollout"]["started_at"])
     ends = (started + timedelta(days=7)).isoformat()
     assert data["rollout"]["rollout"]["ends_by"] == ends

@@ -202,11 +202,17 @@ def rollout_html(data: Mapping[str, Any]) -> str:
     ]
     if rollout is not None:
         parts.append(
+            '<p class="note">online reward pooled over the stages, for context: the '
+            "controller compares the arms within each stage (a share that grows while the "
+            "reward rate moves makes pooled means mislead) and by user; what it read is in "
+            "each step below.</p>"
+        )
+        parts.append(
             _table(
                 "rollout-outcomes",
                 [
                     "traffic arm",
-                    "online reward",
+                    "online reward (pooled)",
                     "95% interval",
                     "counted",
                     "rewarded",
@@ -247,7 +253,7 @@ def rollout_html(data: Mapping[str, Any]) -> str:
         )
     arms_chart = svg.interval_chart(
         "rollout-arms",
-        "rollout: online reward per arm (95% interval)",
+        "rollout: online reward per arm, pooled over stages (95% interval)",
         list(outcomes),
         [
             svg.Series(
