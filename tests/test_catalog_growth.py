@@ -594,3 +594,40 @@ def test_a_pruned_catalog_version_is_a_410_naming_the_horizon(
         assert "deleted by retention" in got.json()["detail"]
         assert client.get("/v1/items/x/versions/2").status_code == 200
         assert [i["id"] for i in client.get("/v1/items").json()["items"]] == ["x", "y"]
+
+
+def test_index_changes_are_applied_in_chunks_that_yield_to_the_loop() -> None:
+    """An HNSW index adds a vector in ~60 µs at 35,000 items: a POST of 1,000 applied at
+    once held every request for ~0.4 s, and the changes replayed into a rebuilt index
+    for 1.4–1.9 s (audit, stop 54). Chunks of ``APPLY_CHUNK`` yield to the loop between
+    them, and a list that grows meanwhile is applied to its end."""
+    import asyncio
+
+    from serving.catalog.runtime import APPLY_CHUNK, _apply_in_chunks
+
+    class Counting:
+        def __init__(self) -> None:
+            self.chunks: list[int] = []
+
+        def apply(self, chunk: list[Any]) -> int:
+            self.chunks.append(len(chunk))
+            return len(chunk)
+
+    async def run() -> tuple[int, int, Counting]:
+        index, ticks = Counting(), [0]
+        records: list[Any] = list(range(5 * APPLY_CHUNK + 3))
+
+        async def other_requests() -> None:
+            for _ in range(3):
+                ticks[0] += 1
+                records.append("late")  # a change that arrives while it applies
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(other_requests())
+        applied = await _apply_in_chunks(lambda: index, records)  # type: ignore[arg-type,return-value]
+        await task
+        return applied, ticks[0], index
+
+    applied, ticks, index = asyncio.run(run())
+    assert ticks == 3 and max(index.chunks) <= APPLY_CHUNK
+    assert applied == sum(index.chunks) == 5 * APPLY_CHUNK + 3 + 3

@@ -53,6 +53,11 @@ FEED_OVERLAP = timedelta(seconds=60)
 MAX_GAPS = 10_000
 #: Batches larger than this are applied by a rebuild in a thread, off the event loop.
 LARGE_BATCH = 1000
+#: Records applied to the index between two yields to the event loop: an HNSW index
+#: adds a vector in ~60 µs at 35,000 items, so a POST of 1,000 held every request for
+#: ~0.4 s, and the changes replayed into a rebuilt index 1.4–1.9 s (audit, stop 54); at
+#: 16 a chunk is ~5 ms (max decision latency during 100 posts of 1,000: 0.22 s).
+APPLY_CHUNK = 16
 
 
 def index_config(settings: Settings) -> IndexConfig:
@@ -112,7 +117,7 @@ class CatalogService:
             expired = began - FEED_OVERLAP.total_seconds()
             self._gaps = {g: t for g, t in self._gaps.items() if t >= expired}
             records = await asyncio.to_thread(self.store.changes, self._top, sorted(self._gaps))
-            return self._apply(records)
+            return await self._apply(records)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[float]:
@@ -154,7 +159,7 @@ class CatalogService:
             records = await self._read(what, self.store.upsert, entries)
             # an unchanged item is at a version this process has (or its feed brings):
             # a reload of an unchanged catalog applies nothing, rebuilds nothing
-            self._apply([r for r in records if not r.unchanged])
+            await self._apply([r for r in records if not r.unchanged])
         return records
 
     async def retire(self, item_id: str) -> ItemRecord | None:
@@ -162,12 +167,13 @@ class CatalogService:
         with self._reading():
             record = await self._read(what, self.store.retire, item_id)
             if record is not None:
-                self._apply([record])
+                await self._apply([record])
         return record
 
-    def _apply(self, records: Sequence[ItemRecord]) -> int:
-        """Apply on the loop (or hand a large batch to a rebuild); returns how many
-        versions were newer than those held (those handed over count as new)."""
+    async def _apply(self, records: Sequence[ItemRecord]) -> int:
+        """Apply on the loop, :data:`APPLY_CHUNK` records at a time (or hand a large batch
+        to a rebuild); returns how many versions were newer than those held (those handed
+        over count as new)."""
         if not records:
             return 0
         self._track(records)
@@ -182,8 +188,9 @@ class CatalogService:
         if len(records) > LARGE_BATCH and not rebuilding:
             self._rebuild = asyncio.create_task(self._rebuild_with(list(records)))
             return len(records)
-        applied = self.index.apply(records)
-        if self.index.needs_rebuild() and not rebuilding:
+        applied = await _apply_in_chunks(lambda: self.index, records)
+        rebuilding = self._rebuild is not None and not self._rebuild.done()  # it yielded
+        if self.index is not None and self.index.needs_rebuild() and not rebuilding:
             self._rebuild = asyncio.create_task(self._rebuild_with([]))
         return applied
 
@@ -195,7 +202,9 @@ class CatalogService:
         self._during_rebuild = []
         try:
             built = await asyncio.to_thread(_build, snapshot, records)
-            built.apply(self._during_rebuild)  # changes applied to the old index meanwhile
+            # the changes applied to the old index meanwhile; more may come while this
+            # yields (the same list grows), and none after its last chunk
+            await _apply_in_chunks(lambda: built, self._during_rebuild)
             self.index = built
         finally:
             self._during_rebuild = None
@@ -263,3 +272,22 @@ def _build(snapshot: Compaction, records: list[ItemRecord]) -> CatalogIndex:
     index = snapshot.build(extra=len(records))
     index.apply(records)
     return index
+
+
+async def _apply_in_chunks(
+    index: Callable[[], CatalogIndex | None], records: Sequence[ItemRecord]
+) -> int:
+    """Apply ``records`` (a list that may grow meanwhile) to the index ``index()`` gives at
+    each chunk (a rebuild may replace it between two; versions apply once, in order, so
+    a chunk applied to both is harmless), yielding to the loop between chunks."""
+    applied = done = 0
+    while done < len(records):
+        target = index()
+        if target is None:
+            return applied
+        chunk = records[done : done + APPLY_CHUNK]
+        applied += target.apply(chunk)
+        done += len(chunk)
+        if done < len(records):
+            await asyncio.sleep(0)
+    return applied
