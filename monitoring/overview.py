@@ -25,6 +25,7 @@ yet, the service down) says why in its ``error`` instead of failing the page.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -109,13 +110,18 @@ def _guarded(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- versions
-def ope_estimates(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
-    """``{estimator: {"value", "ci_low", "ci_high"}}`` from a training run's metrics."""
-    out: dict[str, dict[str, float]] = {}
+def ope_estimates(metrics: dict[str, float]) -> dict[str, dict[str, float | None]]:
+    """``{estimator: {"value", "ci_low", "ci_high"}}`` from a training run's metrics (None
+    for a number that is not finite: MLflow keeps a NaN metric, and one made the page's
+    JSON a 500 for as long as its version was listed; audit, stop 54)."""
+    out: dict[str, dict[str, float | None]] = {}
     for key, value in metrics.items():
         match = _OPE_METRIC.match(key)
         if match:
-            out.setdefault(match.group(1), {})[match.group(2)] = float(value)
+            number = float(value)
+            out.setdefault(match.group(1), {})[match.group(2)] = (
+                number if math.isfinite(number) else None
+            )
     return {name: out[name] for name in sorted(out) if "value" in out[name]}
 
 

@@ -348,3 +348,34 @@ def test_the_page_lists_the_newest_and_every_aliased_version_and_says_what_it_le
     html = client.get("/").text
     assert f"{left_out} older versions without an alias not listed" in html
     assert "--all" in html and '<span class="version">4</span>' in html
+
+
+def test_a_metric_that_is_not_finite_is_shown_as_none_and_json_stays_json() -> None:
+    """MLflow keeps a NaN metric: one made ``/bandits/api/overview`` a 500 ("Out of range
+    float values are not JSON compliant") for as long as its version was listed (audit,
+    stop 54)."""
+    from monitoring.overview import ope_estimates
+
+    got = ope_estimates(
+        {
+            "ope.candidate.dr.value": float("nan"),
+            "ope.candidate.dr.ci_low": 0.1,
+            "ope.candidate.dr.ci_high": float("inf"),
+        }
+    )
+    assert got == {"dr": {"value": None, "ci_low": 0.1, "ci_high": None}}
+    json.dumps(got, allow_nan=False)
+
+
+def test_the_page_bounds_mlflow_s_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With MLflow's own retries a registry that refuses connections held the whole page
+    until its 40 s deadline, which blamed a slow store; the CLI, the service and the DAGs
+    bound them, the page did not (audit, stop 54)."""
+    from eventstore.contract import MLFLOW_CLIENT_ENV
+    from ops.bandits_page.app import create_app
+
+    for variable in MLFLOW_CLIENT_ENV:
+        monkeypatch.delenv(variable, raising=False)
+    create_app(airflow=False)
+    for variable, value in MLFLOW_CLIENT_ENV.items():
+        assert os.environ[variable] == value

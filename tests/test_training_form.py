@@ -384,6 +384,13 @@ def test_a_step_given_another_release_s_spec_says_to_plan_the_run_again(
     assert "missing fields ['model_max_bytes', 'model_max_dim']" in message
     assert "Clear the whole run, from plan_run" in message
     assert not (Path(spec["run_dir"]) / "replay").exists()
+    # a task marked success by hand left no output: said so, not "another release"
+    # (audit, stop 54)
+    with pytest.raises(pipeline.StaleInputError) as caught:
+        pipeline.run_step("extract_replay", None)
+    message = str(caught.value)
+    assert "has no output of 'plan_run'" in message and "marked success" in message
+    assert "another banditops release" not in message
 
 
 def test_a_window_is_read_once_its_rewards_are_in_and_an_empty_one_is_refused(

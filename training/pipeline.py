@@ -256,6 +256,13 @@ def run_step(name: str, *args: Any, **kwargs: Any) -> Any:
             bound.arguments[key] = _typed(signature.parameters[key].annotation, value)
         except (TypeError, ValueError) as exc:  # another release's, or a hand-edited, value
             source = upstream[position] if position < len(upstream) else key
+            if value is None:  # no output at all: not another release's
+                raise StaleInputError(
+                    f"step {name!r} has no output of {source!r} to read: that task left "
+                    "none, most likely because it was marked success (or skipped) by hand "
+                    "in Airflow's UI without running. Clear it so that it runs, or trigger "
+                    "a new run."
+                ) from exc
             raise StaleInputError(
                 f"step {name!r} cannot read the output of {source!r}: {exc} An earlier step "
                 "of this DAG run wrote it, most likely under another banditops release (a "

@@ -37,6 +37,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from eventstore.contract import MONITOR_DAG, PROMOTE_DAG, RETRAIN_DAG, ROLLOUT_DAG, STOP_DAG
+from modelregistry.registry import client_defaults
 from monitoring.overview import collect
 from monitoring.settings import MonitorSettings
 from ops.bandits_page import airflow_api as af
@@ -145,6 +146,10 @@ def create_app(
     ``api_url``: the Airflow REST API that checks tokens and triggers runs (by default the
     API server this app is mounted in, from Airflow's configuration); ``deadline_s``: how
     long one request waits for Airflow in all (:data:`~ops.bandits_page.airflow_api.DEADLINE_S`)."""
+    # MLflow's own retries take minutes on a registry that refuses connections: the
+    # whole page waited for its 40 s deadline and said "slow" (audit, stop 54); with
+    # the client bounds the versions section says why within seconds
+    client_defaults()
     app = FastAPI(
         title="banditops: the Bandits page",
         description="The operator's view of the bandit loop, inside the Airflow UI.",
