@@ -27,9 +27,9 @@ from airflow.sdk import Param, dag, task
 
 from eventstore.contract import PROMOTE_DAG
 from training.promotion import TASK_TIMEOUT, targets, version_param
-from training.settings import DAG_START, PipelineSettings
+from training.settings import DAG_START, dag_settings
 
-SETTINGS = PipelineSettings()
+SETTINGS = dag_settings()  # a bad setting: one line naming it (the import error)
 
 
 @task(execution_timeout=TASK_TIMEOUT)

@@ -252,3 +252,23 @@ def test_the_approval_is_assigned_to_the_configured_approvers(
         answers.append(json.loads(out.stdout.strip().splitlines()[-1]))
     assert answers[0] in (None, [])
     assert answers[1] == [{"id": "ann", "name": "ann"}, {"id": "bob", "name": "bob"}]
+
+
+def test_a_bad_setting_is_each_dag_s_import_error_in_one_line(
+    airflow_home: Any, dagtools: Any, tmp_path: Path
+) -> None:
+    """A DAG's import error for a bad ``banditops.toml`` value was pydantic's ten lines,
+    naming neither the file nor its table; it is the CLI's line (audit, stop 54)."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "banditops.toml").write_text(
+        '[pipelines]\nretention_schedule = "61 * * * *"\n', encoding="utf-8"
+    )
+    env = {**airflow_home.env, "BANDITOPS_WORKSPACE": str(workspace)}
+    (parsed,) = _parse([dagtools.DAGS], env)
+    assert parsed["dags"] == [] and len(parsed["errors"]) == len(DAG_IDS)
+    for error in parsed["errors"].values():
+        last = error.strip().splitlines()[-1]
+        assert last.startswith("training.settings.SettingsError: banditops settings: "), last
+        assert "retention_schedule" in last and "banditops.toml [pipelines]" in last, last
+        assert "errors.pydantic.dev" not in error

@@ -15,12 +15,12 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from bandit_core.catalog import ALGORITHMS as POLICY_NAMES  # torch-free
 from bandit_core.sequential import DESIGN_N
 from bandit_core.support import MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
-from eventstore.settings import CoreSettings
+from eventstore.settings import CoreSettings, setting_problems
 
 #: The rollout's default traffic shares of the candidate, stage by stage.
 ROLLOUT_STAGES = (0.05, 0.2, 0.5, 1.0)
@@ -381,3 +381,20 @@ class PipelineSettings(CoreSettings):
         raise ValueError(
             f"must be a five-field cron expression or one of {', '.join(_PRESETS)}; got {value!r}."
         )
+
+
+class SettingsError(ValueError):
+    """Settings a process cannot start with, one ``field (where set): expectation`` line
+    per problem."""
+
+
+def dag_settings() -> PipelineSettings:
+    """The settings a DAG file reads when Airflow parses it. A bad value is a
+    :class:`SettingsError` naming the setting and where it was set (the workspace file
+    and table, or the variable), as the CLI says it: the DAG's import error showed
+    pydantic's ten lines, naming neither (audit, stop 54)."""
+    try:
+        return PipelineSettings()
+    except ValidationError as exc:
+        problems = "; ".join(setting_problems(exc))
+        raise SettingsError(f"banditops settings: {problems}") from None
