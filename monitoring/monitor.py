@@ -140,7 +140,8 @@ def selection_entropy(
     p = counts / counts.sum()
     u = np.array(list(uniform_shares(candidate_ids).values()), dtype=np.float64)
     u = u[u > 0] / u.sum() if u.size else u
-    return float(-(p * np.log(p)).sum()), float(-(u * np.log(u)).sum())
+    # + 0.0: one arm chosen throughout is −0.0, which the alert printed as "-0.000 nats"
+    return float(-(p * np.log(p)).sum()) + 0.0, float(-(u * np.log(u)).sum()) + 0.0
 
 
 def uniform_shares(candidate_ids: Sequence[Sequence[str]]) -> defaultdict[str, float]:
@@ -499,12 +500,24 @@ def _entropy_section(
             "skipped", "selection entropy needs two or more decisions among at least two arms."
         )
     elif ratio < limit:
-        section["check"] = _check(
-            "alert",
+        text = (
             f"selection entropy {entropy:.3f} nats is {ratio:.0%} of {expected:.3f} (a "
             f"uniform choice among the candidates offered, over the same {len(arms)} "
-            f"decisions), below {limit:.0%}.",
+            f"decisions), below {limit:.0%}."
         )
+        # two uniform choices between two arms agree half the time (entropy 0): it
+        # alerted on 48 % of such weeks (audit, stop 54)
+        shares = list(uniform_shares(candidates).values())
+        chance = evidence.entropy_chance_quantile(shares, len(arms), settings.monitor_alpha)
+        section["chance_quantile"] = chance
+        if entropy < chance:
+            section["check"] = _check("alert", text)
+        else:
+            section["check"] = _check(
+                "skipped",
+                f"{text} Too few decisions to tell: uniform choice over this many gives "
+                f"{chance:.3f} nats or less with probability {settings.monitor_alpha:g}.",
+            )
     else:
         section["check"] = _check(
             "ok",
@@ -669,6 +682,12 @@ def _segment_section(now: Any, before: Any, settings: MonitorSettings) -> dict[s
     if not keys:  # as every other check of an empty week: nothing served, nothing to judge
         section["check"] = _check("skipped", "no decisions this week.")
         return section
+    if settings.segment_feature is None and section["unsegmented"] == len(keys):
+        # every group at 0 is no sign of a group left out (audit, stop 54)
+        section["check"] = _check(
+            "skipped", f"no decision carries a user id this week: no user group ({by})."
+        )
+        return section
     if not expected:
         section["check"] = _check(
             "skipped", f"no decision carries a segment ({by}) this week or the week before."
@@ -710,11 +729,19 @@ def _segment_section(now: Any, before: Any, settings: MonitorSettings) -> dict[s
     short = [r for r in table if r["decisions"] < minimum]
     if short:
         parts = ", ".join(f"{r['segment']} {r['decisions']}" for r in short)
-        section["check"] = _check(
-            "alert",
+        text = (
             f"{len(short)} of {len(table)} segments ({by}) got fewer than {minimum} decisions "
-            f"this week: {parts}.",
+            f"this week: {parts}."
         )
+        # chance: a segment's decisions are Binomial(n, its share): 1 / groups, or a
+        # value's share of last week (a one-decision week left every other one short)
+        n = len(keys) - section["unsegmented"]
+        shares = _segment_shares(before, settings, [r["segment"] for r in short])
+        p_value = min(
+            evidence.share_p_value(r["decisions"], n, share, above=False)
+            for r, share in zip(short, shares, strict=True)
+        )
+        section["check"] = _beyond(text, p_value, settings)
     else:
         section["check"] = _check(
             "ok",
@@ -722,6 +749,17 @@ def _segment_section(now: Any, before: Any, settings: MonitorSettings) -> dict[s
             f"(fewest: {fewest['segment']} {fewest['decisions']}).",
         )
     return section
+
+
+def _segment_shares(before: Any, settings: MonitorSettings, segments: list[str]) -> list[float]:
+    """Each segment's expected share of a week's segmented decisions: ``1 / groups`` for
+    hashed user groups; for a feature's values, the week before's (0 where it had none:
+    its shortfall is no evidence)."""
+    if settings.segment_feature is None:
+        return [1.0 / settings.segment_user_groups] * len(segments)
+    keys = [k for k in segment_keys(before, settings) if k is not None]
+    counts = {k: keys.count(k) for k in set(keys)}
+    return [counts.get(s, 0) / len(keys) if keys else 0.0 for s in segments]
 
 
 def _correlations(frame: Any, end: datetime) -> dict[str, float | None]:

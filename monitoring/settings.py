@@ -94,9 +94,9 @@ class MonitorSettings(CoreSettings):
     monitor_alpha : float
         A figure beyond its limit is an alert only when chance alone would put it there
         with probability below this at the week's number of decisions (a share at its
-        limit, no feature drift, equal reward distributions, uniform choice's entropy);
-        otherwise the check is skipped as too few decisions to tell
-        (:mod:`monitoring.evidence`).
+        limit, no feature drift, equal reward distributions, uniform choice's entropy, a
+        segment's usual share of the decisions); otherwise the check is skipped as too
+        few decisions to tell (:mod:`monitoring.evidence`).
     """
 
     section: ClassVar[str] = "monitor"

@@ -210,3 +210,73 @@ def test_quantile_intervals_cover_at_their_level() -> None:
     assert covered / 2000 >= 0.95 - 4 * np.sqrt(0.95 * 0.05 / 2000)
     lo, _ = evidence.quantile_interval(np.arange(5.0), 0.05, 0.05)
     assert lo == -np.inf  # five values cannot bound the 5th percentile from below
+
+
+def test_uniform_choice_in_tiny_weeks_is_chance_not_an_alert(tmp_path: Path) -> None:
+    """Two uniform choices between two arms agree half the time (entropy 0): the check
+    alerted on 48 % of such weeks, 24 % at three (audit, stop 54). The entropy must also
+    lie below what uniform choice reaches with probability ``monitor_alpha``; a policy
+    stuck on one arm over enough decisions still alerts."""
+    settings = _settings(tmp_path)
+    rng = np.random.default_rng(0)
+    for k, n in [(2, 2), (2, 3), (2, 4), (3, 3), (5, 4)]:
+        ids = [f"a{j}" for j in range(k)]
+        alerts = sum(
+            monitor._entropy_section(
+                [ids[j] for j in rng.integers(k, size=n)], [ids] * n, settings
+            )["check"]["status"]
+            == "alert"
+            for _ in range(300)
+        )
+        assert alerts / 300 <= settings.monitor_alpha + 4 * np.sqrt(0.01 * 0.99 / 300), (k, n)
+    ids = [f"a{j}" for j in range(5)]
+    stuck = monitor._entropy_section(["a0"] * 30, [ids] * 30, settings)
+    assert stuck["check"]["status"] == "alert" and "0.000 nats is 0%" in stuck["check"]["message"]
+
+
+def test_two_constant_weeks_that_differ_are_not_a_certain_change() -> None:
+    """Two weeks of two clicks each, [0, 0] and [1, 1]: the z test's p was 0 (both
+    variances 0) and 12 % of equal weeks of two alerted (audit, stop 54). Both weeks'
+    values taken as one sample give the variance; Welch's t gives small weeks their
+    tails; many rows still show a real change."""
+    assert evidence.mean_p_value(np.array([0.0, 0.0]), np.array([1.0, 1.0])) > 0.2
+    assert evidence.mean_p_value(np.array([0.0, 1.0, 0.0]), np.array([1.0, 1.0, 1.0])) > 0.01
+    rng = np.random.default_rng(1)
+    a, b = (rng.random(3000) < 0.3).astype(float), (rng.random(3000) < 0.4).astype(float)
+    assert evidence.mean_p_value(a, b) < 1e-6
+    assert evidence.mean_p_value(np.zeros(200), np.ones(200)) < 1e-30
+
+
+def test_segments_without_users_or_with_a_week_too_small_are_not_an_alert(
+    tmp_path: Path,
+) -> None:
+    """Every week of anonymous traffic alerted "8 of 8 segments got fewer than 20", and
+    a week of one decision left every other group short (audit, stop 54): without a user
+    id there is no group to judge, and a group's shortfall must be one chance (Binomial
+    of the week's decisions at 1 / groups) rarely gives; a starved group of a big week
+    still alerts."""
+    settings = _settings(tmp_path)  # 8 groups, 20 decisions each
+
+    def week(hashes: list[str | None]) -> pd.DataFrame:
+        n = len(hashes)
+        return pd.DataFrame(
+            {
+                "user_hash": hashes,
+                "explored": [False] * n,
+                "fallback": [False] * n,
+                "arm_id": ["a"] * n,
+                "context": [np.zeros(2)] * n,
+            }
+        )
+
+    anonymous = monitor._segment_section(week([None] * 1000), week([]), settings)
+    assert anonymous["check"]["status"] == "skipped"
+    assert "no decision carries a user id" in anonymous["check"]["message"]
+    one = monitor._segment_section(week(["ab" * 32]), week([]), settings)
+    assert one["check"]["status"] == "skipped", one["check"]
+    rng = np.random.default_rng(2)
+    users = [rng.bytes(32).hex() for _ in range(4000)]
+    grouped = [monitor.user_group_key(u, 8) for u in users]
+    starved = [u for u, g in zip(users, grouped, strict=True) if g != grouped[0]]
+    big = monitor._segment_section(week(starved), week([]), settings)
+    assert big["check"]["status"] == "alert", big["check"]
