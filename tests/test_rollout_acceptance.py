@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,27 @@ def test_a_production_moved_by_hand_mid_rollout_stops_it(world: World, how: str)
     assert current_rollout(world.engine, MODEL) is None
     assert world.registry.get(version).tags["rollout_status"] == "stopped"
     world.registry.set_alias("production", before, by="test", reason="the tests' production")
+
+
+def test_production_moved_away_and_back_stops_but_the_move_that_set_it_does_not(
+    world: World,
+) -> None:
+    """A move away from the recorded production and back (A → B → A) leaves the alias
+    where it was, but the production arm's outcomes mixed versions: the rollout stops,
+    naming the move away. The move that *put* production on the recorded version,
+    stamped by a registry host whose clock runs ahead of the controller's, is no reason
+    to stop: it stopped a healthy rollout (audit, stop 54)."""
+    before = world.registry.by_alias("production").version
+    version = _gate(world, "equal", "skewed-clock")
+    behind = datetime.now(UTC) - timedelta(minutes=2)  # the controller's clock runs behind
+    world.registry.set_alias("production", before, by="bob", reason="set again")  # now-stamped
+    started = rollout_step(world.settings, now=behind)
+    assert started.action == "start" and started.rollout is not None
+    step = rollout_step(world.settings, now=behind + timedelta(minutes=10))
+    assert step.action == "hold", step
+    other = register(world.registry, "uniform", world.root, "away-and-back")
+    world.registry.set_alias("production", other, by="bob", reason="away")
+    world.registry.set_alias("production", before, by="bob", reason="and back")
+    step = rollout_step(world.settings, now=behind + timedelta(minutes=20))
+    assert step.action == "stop" and f"to {other}" in step.reason, step
+    assert world.registry.get(version).tags["rollout_status"] == "stopped"

@@ -426,7 +426,17 @@ def _step(
             "again to compare with the new production)"
         )
         return _record(engine, registry, rollout, "stop", why, None, now)
-    moved = _production_moves(registry, settings, rollout)  # rollouts started before 0006
+    moved = _production_moves(registry, settings, rollout)
+    if rollout.production_version is not None:
+        # moves away from the recorded production (it came back since: A → B → A); the
+        # moves that put it there are stamped by the registry host's clock, which may
+        # run ahead of this one's: they stopped a healthy rollout (audit, stop 54)
+        recorded = rollout.production_version
+        moved = [
+            m
+            for m in moved
+            if str(m.get("previous")) == recorded and str(m.get("version")) != recorded
+        ]
     if moved:
         last = moved[-1]
         why = (
