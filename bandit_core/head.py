@@ -921,9 +921,11 @@ class BayesianLinearHead:
             # bound is round-off's, |U|²|b|·d·ε, with a wide margin.
             t = theta[start : start + step]
             b = xty[start : start + step]
-            mean = np.einsum("kji,kj->ki", block, np.einsum("kij,kj->ki", block, b))
-            scale = (block * block).sum(axis=(1, 2)) * np.abs(b).max(axis=1, initial=0.0)
-            if not (np.abs(t - mean).max(axis=1, initial=0.0) <= 1e-9 * (scale + 1e-300)).all():
+            with np.errstate(over="ignore", invalid="ignore"):  # finite, near the limit
+                mean = np.einsum("kji,kj->ki", block, np.einsum("kij,kj->ki", block, b))
+                scale = (block * block).sum(axis=(1, 2)) * np.abs(b).max(axis=1, initial=0.0)
+                gap = np.abs(t - mean).max(axis=1, initial=0.0)
+            if not (gap <= 1e-9 * (scale + 1e-300)).all():
                 refuse("theta", "must be the mean its factor and statistics give (UᵀU·xty)")
         for name in ("count", "pending"):
             if (getattr(self, name + "_") < -1e-6).any():

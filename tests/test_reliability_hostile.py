@@ -801,6 +801,10 @@ def _window(
         elif i < broken and how == "reward":  # edited in the store below
             row = dataclasses.replace(row, event_id=f"reward-{i}")
             rewards[row.event_id] = (7.0, -float("inf"))[i % 2]
+        elif how == "newer" and i >= total - broken:  # a context feature added lately
+            row = dataclasses.replace(row, event_id=f"newer-{i}", context=np.ones(DIM_USER + 1))
+        elif how == "newer":
+            pass
         elif i < broken:
             row = dataclasses.replace(row, event_id=f"zero-{i}", propensity=0.0)
         rows += [row, reward_row(row.event_id, float(rng.random() < 0.5), ts=row.created_at)]
@@ -851,6 +855,28 @@ def test_rows_breaking_the_schema_are_quarantined_not_the_window(tmp_path: Path)
     assert manifest.quarantined == 0 and manifest.rows == 150
     with pytest.raises(DataValidationError):
         validate_features(manifest, tmp_path / "over" / "docs", **rules)
+
+
+def test_a_window_whose_newest_decisions_changed_width_is_refused_naming_the_change(
+    tmp_path: Path,
+) -> None:
+    """A context feature added by the clients in the last 30 % of the window: those rows
+    were set aside as strays and a version of the old width was registered, silently,
+    its head missing every decision since the change (audit, stop 54). The newest
+    decisions, more than the quarantine's share and nothing else among them, of one
+    other width: refused, naming it. One such row alone is still set aside."""
+    from datetime import timedelta
+
+    from training.replay import extract_replay
+
+    url, start, end = _window(tmp_path, broken=10, how="newer")
+    with pytest.raises(ValueError, match="the window's newest 10 of 150 decisions") as caught:
+        extract_replay(url, start, end, tmp_path / "changed", reward_window=timedelta(seconds=1))
+    assert f"have {DIM_USER + 1} context" in str(caught.value)
+    assert "starts after the change (window_start)" in str(caught.value)
+    url, start, end = _window(tmp_path, broken=1, how="newer")
+    manifest = extract_replay(url, start, end, tmp_path / "one", reward_window=timedelta(seconds=1))
+    assert (manifest.quarantined, manifest.rows) == (1, 149)
 
 
 def test_an_extraction_cut_short_by_a_full_disk_leaves_no_part_file(tmp_path: Path) -> None:
@@ -978,6 +1004,8 @@ def test_a_version_whose_scores_overflow_on_client_scale_inputs_is_refused() -> 
     theta = state.arrays["head.theta"]
     positions = np.arange(theta.size).reshape(theta.shape)
     state.arrays["head.theta"] = np.where(positions % 10 < 2, 1e308, 0.0)
+    # the mean its factor (the prior's: I) and statistics give, as a restored head's must be
+    state.arrays["head.xty"] = state.arrays["head.theta"].copy()
     policy = policy_from_state(state)
     signature = Signature.of(policy)
     ones = Candidates(("a", "b"), np.ones((2, signature.dim_arm)))
@@ -1016,6 +1044,10 @@ def test_a_per_arm_version_with_a_known_arm_that_overflows_is_refused(name: str)
     key = "head.theta" if "head.theta" in state.arrays else "hybrid.scoring"
     state.arrays[key] = state.arrays[key].copy()
     state.arrays[key][slot] = 1e308
+    if key == "head.theta":  # the mean its factor and statistics give, as restored must be
+        for name, value in (("head.inv_chol", np.eye(4)), ("head.xty", state.arrays[key][slot])):
+            state.arrays[name] = state.arrays[name].copy()
+            state.arrays[name][slot] = value
     with warnings.catch_warnings(), pytest.raises(UnsafeModelError, match="known arms"):
         warnings.simplefilter("ignore", RuntimeWarning)
         smoke_test(policy_from_state(state), Signature.of(policy))

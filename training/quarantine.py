@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from bandit_core import MAX_ABS_INPUT
 from eventstore.replay import REWARD, REWARD_COUNT, dimensions
@@ -205,6 +206,43 @@ def off_schema(
     return rewards.why_not(row) if rewards is not None else None
 
 
+def _widths(row: Any) -> tuple[int, int]:
+    context = 0 if _absent(row.context) else len(row.context)
+    arm = len(row.candidate_features[0]) if len(row.candidate_features) else 0
+    return context, arm
+
+
+def _refuse_a_changed_width(
+    rows: list[Any], wide: NDArray[np.bool_], dims: tuple[int, int], max_share: float
+) -> None:
+    """Raise ``ValueError`` when the window's newest decisions, more than ``max_share`` of
+    it and nothing else among them, all have one other width: the clients changed what
+    they send (a context feature added), and a model of the window's majority width
+    could not decide their requests. Set aside as stray rows, they left a version of the
+    old width registered, silently, its head missing every decision since the change
+    (audit, stop 54). A few rows of another width among the others are still set aside:
+    a client cannot fail the run with them."""
+    n = len(rows)
+    if n == 0 or not wide[-1]:
+        return
+    newest = _widths(rows[-1])
+    tail = 0
+    while tail < n and wide[n - 1 - tail] and _widths(rows[n - 1 - tail]) == newest:
+        tail += 1
+    if tail == n or tail <= max(1.0, max_share * n):  # all of it: the checks that follow
+        return
+    first = rows[n - tail]
+    since = getattr(first, "created_at", None)
+    raise ValueError(
+        f"the window's newest {tail} of {n} decisions (from {since}, event "
+        f"{str(first.event_id)[:64]!r}) have {newest[0]} context and {newest[1]} candidate "
+        f"features, the rest of the window {dims[0]} and {dims[1]}: the clients changed what "
+        "they send, and a model of the older widths could not decide their requests. "
+        "Train on a window that starts after the change (window_start), or once most of "
+        "the window has the new widths."
+    )
+
+
 def split(
     frame: pd.DataFrame,
     max_share: float = MAX_SHARE,
@@ -227,6 +265,7 @@ def split(
     reasons = [why_broken(row, *dims, max_abs, rewards) for row in rows]
     broken = np.array([r is not None for r in reasons], dtype=bool)
     wide = np.array([off_width(row, *dims) is not None for row in rows], dtype=bool)
+    _refuse_a_changed_width(rows, wide, dims, max_share)
     other = broken & ~wide
     if other.any() and other.mean() > max_share:
         # the suite fails the run on the schema's rows; it cannot see a choice that does
