@@ -276,7 +276,16 @@ def test_production_moved_away_and_back_stops_but_the_move_that_set_it_does_not(
     to stop: it stopped a healthy rollout (audit, stop 54)."""
     before = world.registry.by_alias("production").version
     version = _gate(world, "equal", "skewed-clock")
-    behind = datetime.now(UTC) - timedelta(minutes=2)  # the controller's clock runs behind
+    # the controller's clock runs behind the registry host's: its "now" lies before the
+    # stamp of the move below (and after every earlier test's moves in this world)
+    stamps = [
+        datetime.fromisoformat(str(m["at"]))
+        for m in world.registry.alias_history()
+        if m.get("alias") == "production"
+    ]
+    behind = max(stamps, default=datetime.now(UTC) - timedelta(minutes=2))
+    behind += timedelta(milliseconds=1)
+    time.sleep(0.01)
     world.registry.set_alias("production", before, by="bob", reason="set again")  # now-stamped
     started = rollout_step(world.settings, now=behind)
     assert started.action == "start" and started.rollout is not None

@@ -64,6 +64,7 @@ def test_hot_swap_under_concurrent_requests(tmp_path: Path) -> None:
     lock = threading.Lock()
     swapped = threading.Event()
     with _server(settings) as server:
+        wait_ready(lambda url: httpx.get(f"{server.url}{url}"))  # the first load may still run
         first = httpx.get(f"{server.url}/v1/model").json()["production"]["version"]
 
         def client(seed: int) -> None:

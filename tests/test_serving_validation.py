@@ -525,6 +525,9 @@ def test_a_version_whose_factor_overflows_learns_nothing_non_finite(tmp_path: Pa
     model = policy_file(tmp_path / "lints.npz", name="shared_lints")
     state = load_state(model)
     state.arrays["head.inv_chol"] = state.arrays["head.inv_chol"] * 1e160
+    # statistics of nothing learnt: θ = UᵀU·xty = 0 holds, as a restored head's must
+    for name in ("head.xty", "head.theta"):
+        state.arrays[name] = np.zeros_like(state.arrays[name])
     save_state(state, model)
     settings = service_settings(tmp_path, model_path=model)
     rng = np.random.default_rng(8)

@@ -181,8 +181,10 @@ def _map_step_in_logits(eta0: float, q: float, reward: float) -> float:
         return reward - 1.0
     if h(hi) <= 0.0:
         return reward
-    u = float(brentq(h, lo, hi, xtol=1e-10, rtol=4.0 * np.finfo(float).eps, maxiter=500))
-    return (u - eta0) / q
+    # a bracket of 1e30 and more (inputs at the bound) may need more steps than given:
+    # the best point found is taken then (``disp=False``), never an error mid-update
+    found = brentq(h, lo, hi, xtol=1e-10, rtol=4.0 * np.finfo(float).eps, maxiter=500, disp=False)
+    return (float(found) - eta0) / q
 
 
 def laplace_update(
