@@ -35,7 +35,8 @@ from eventstore.workspace import refuse_run_conf
 from monitoring.settings import CHECKS, DRIFT_ASSET_NAME, DRIFT_ASSET_URI
 from training.settings import DAG_START, dag_settings, run_timeout
 
-SETTINGS = dag_settings()  # a bad setting: one line naming it (the import error)
+# what this file reads of the settings as it is parsed (a bad one: its import error)
+SETTINGS = dag_settings(MONITOR_DAG, "monitor_schedule", "owner")
 DRIFT_ASSET = Asset(
     uri=DRIFT_ASSET_URI.format(model_name=SETTINGS.model_name), name=DRIFT_ASSET_NAME
 )

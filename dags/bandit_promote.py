@@ -29,7 +29,8 @@ from eventstore.contract import PROMOTE_DAG
 from training.promotion import TASK_TIMEOUT, targets, version_param
 from training.settings import DAG_START, dag_settings
 
-SETTINGS = dag_settings()  # a bad setting: one line naming it (the import error)
+# what this file reads of the settings as it is parsed (a bad one: its import error)
+SETTINGS = dag_settings(PROMOTE_DAG, "approval_timeout_h", "owner", "promote_approvers")
 
 
 @task(execution_timeout=TASK_TIMEOUT)

@@ -28,7 +28,18 @@ from eventstore.workspace import refuse_run_conf
 from training.dag_retry import NO_RETRY_ON_BAD_INPUT
 from training.settings import DAG_START, dag_settings, run_timeout
 
-SETTINGS = dag_settings()  # a bad setting: one line naming it (the import error)
+# what this file reads of the settings as it is parsed (a bad one: its import error)
+SETTINGS = dag_settings(
+    RETENTION_DAG,
+    "owner",
+    "retention_days",
+    "retention_schedule",
+    "runs_path",
+    "runs_retention_days",
+    "store_url",
+    "tracking_uri",
+    "registry_uri",
+)
 RETRAIN = RETRAIN_DAG
 ACTIVE = ["running", "queued"]
 #: Protects every row: a queued retrain whose window is not fixed yet.

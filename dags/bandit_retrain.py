@@ -63,7 +63,17 @@ from training.form import RETRAIN_FORM
 from training.pipeline import RETRAIN_STEPS, Step, run_step
 from training.settings import DAG_START, dag_settings
 
-SETTINGS = dag_settings()  # a bad setting: one line naming it (the import error)
+# what this file reads of the settings as it is parsed (a bad one: its import error)
+SETTINGS = dag_settings(
+    RETRAIN_DAG,
+    "owner",
+    "retrain_queue",
+    "retrain_schedule",
+    "retries",
+    "retry_delay_s",
+    "task_timeout_s",
+    *(f.setting for f in RETRAIN_FORM if f.setting),
+)
 ASSETS = {
     s.name: Asset(uri=s.outlet.uri.format(model_name=SETTINGS.model_name), name=s.outlet.name)
     for s in RETRAIN_STEPS

@@ -27,7 +27,8 @@ from eventstore.contract import ROLLOUT_DAG
 from eventstore.workspace import refuse_run_conf
 from training.settings import DAG_START, dag_settings, run_timeout
 
-SETTINGS = dag_settings()  # a bad setting: one line naming it (the import error)
+# what this file reads of the settings as it is parsed (a bad one: its import error)
+SETTINGS = dag_settings(ROLLOUT_DAG, "owner", "rollout_schedule")
 
 
 @task

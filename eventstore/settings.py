@@ -245,8 +245,9 @@ def read_workspace_file(settings_cls: type[BaseSettings], path: Path) -> dict[st
     ------
     ValueError
         When the file is not TOML, has a table other than :data:`SECTIONS` or a value
-        outside a table, has a key that is not a field of its table's settings class, or
-        sets ``workspace`` (the folder that holds the file).
+        outside a table, has a key that is not a field of its table's settings class, sets
+        one of ``settings_cls``'s fields in another class's table, or sets ``workspace``
+        (the folder that holds the file).
     """
     if not path.exists():
         return {}
@@ -266,6 +267,14 @@ def read_workspace_file(settings_cls: type[BaseSettings], path: Path) -> dict[st
             )
     values: dict[str, Any] = {}
     sections = section_fields(settings_cls)
+    home = {name: section for section, names in sections.items() for name in names}
+    for section, table in data.items():  # another component's table (a name is in one)
+        misplaced = sorted(set(table) & set(home)) if section not in sections else []
+        if misplaced:  # its owner does not read it there, and this class would not
+            raise ValueError(
+                f"{path}: {misplaced[0]!r} is set in [{section}] but belongs in "
+                f"[{home[misplaced[0]]}], where it would apply; move it there."
+            )
     for section, names in sections.items():
         table = data.get(section, {})
         unknown = sorted(set(table) - set(names))

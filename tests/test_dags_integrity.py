@@ -254,21 +254,49 @@ def test_the_approval_is_assigned_to_the_configured_approvers(
     assert answers[1] == [{"id": "ann", "name": "ann"}, {"id": "bob", "name": "bob"}]
 
 
-def test_a_bad_setting_is_each_dag_s_import_error_in_one_line(
-    airflow_home: Any, dagtools: Any, tmp_path: Path
+@pytest.mark.parametrize(
+    ("text", "setting", "failing"),
+    [
+        # read by one DAG as it is parsed: that DAG's import error; the others load
+        (
+            '[pipelines]\nretention_schedule = "61 * * * *"\n',
+            "retention_schedule",
+            ["bandit_retention"],
+        ),
+        # read only by tasks: every DAG loads (the tasks that read it fail naming it)
+        ("[pipelines]\nrollout_stages = [1.0]\n", "rollout_stages", []),
+        # a core setting, read by every component: every DAG's import error
+        ("[core]\nmodel_max_dim = 0\n", "model_max_dim", DAG_IDS),
+    ],
+)
+def test_a_bad_setting_is_the_import_error_of_the_dags_that_read_it_in_one_line(
+    text: str, setting: str, failing: list[str], airflow_home: Any, dagtools: Any, tmp_path: Path
 ) -> None:
     """A DAG's import error for a bad ``banditops.toml`` value was pydantic's ten lines,
-    naming neither the file nor its table; it is the CLI's line (audit, stop 54)."""
+    naming neither the file nor its table; it is the CLI's line (audit, stop 54). And one
+    bad value unloaded all six DAGs, the hourly monitor with them, whichever DAG read it:
+    only the DAGs whose files read it are unloaded now."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    (workspace / "banditops.toml").write_text(
-        '[pipelines]\nretention_schedule = "61 * * * *"\n', encoding="utf-8"
-    )
+    (workspace / "banditops.toml").write_text(text, encoding="utf-8")
     env = {**airflow_home.env, "BANDITOPS_WORKSPACE": str(workspace)}
     (parsed,) = _parse([dagtools.DAGS], env)
-    assert parsed["dags"] == [] and len(parsed["errors"]) == len(DAG_IDS)
+    unloaded = sorted(failing)
+    assert parsed["dags"] == sorted(set(DAG_IDS) - set(unloaded)), parsed
+    assert sorted(Path(f).stem for f in parsed["errors"]) == unloaded, parsed["errors"]
     for error in parsed["errors"].values():
         last = error.strip().splitlines()[-1]
         assert last.startswith("training.settings.SettingsError: banditops settings: "), last
-        assert "retention_schedule" in last and "banditops.toml [pipelines]" in last, last
+        assert setting in last and "banditops.toml [" in last, last
         assert "errors.pydantic.dev" not in error
+
+
+def test_a_dag_file_reads_only_the_settings_it_names() -> None:
+    """The list a DAG file gives :func:`dag_settings` is what decides whether a bad value
+    unloads it: reading another setting is an error naming it (the DAG import tests)."""
+    from training.settings import dag_settings
+
+    settings = dag_settings("bandit_x", "owner")
+    assert settings.owner and settings.model_name  # named, and a core setting
+    with pytest.raises(AttributeError, match="bandit_x reads the setting 'rollout_stages'"):
+        _ = settings.rollout_stages

@@ -401,6 +401,40 @@ def test_a_bad_workspace_file_is_an_error_naming_the_key_and_the_file(
     assert str(tmp_path / "banditops.toml") in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "reader", "home"),
+    [
+        ('[service]\nretrain_schedule = "@daily"\n', "pipelines", "pipelines"),
+        ("[monitor]\nreward_window_s = 2.0\n", "pipelines", "core"),
+        ("[pipelines]\nmonitor_alpha = 0.2\n", "monitor", "monitor"),
+        ("[monitor]\njournal_dir = 'j'\n", "service", "service"),
+    ],
+)
+def test_a_setting_in_another_component_s_table_is_refused_by_the_one_that_owns_it(
+    text: str, reader: str, home: str, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """``retrain_schedule`` under ``[service]`` was read by nothing: the service does not
+    know it there, and the DAG files (reading ``[core]`` and ``[pipelines]`` only) parsed
+    with the default schedule, saying nothing (audit, stop 54). The component that owns
+    the setting refuses the file, naming the key, the table and where it belongs."""
+    from monitoring.settings import MonitorSettings
+
+    (tmp_path / "banditops.toml").write_text(text)
+    classes = {"pipelines": PipelineSettings, "monitor": MonitorSettings, "service": Settings}
+    key = text.splitlines()[1].split(" =")[0]
+    with pytest.raises(ValueError, match=rf"'{key}' is set in \[\w+\] but belongs in \[{home}\]"):
+        classes[reader](workspace=tmp_path)
+
+
+def test_a_setting_name_belongs_to_one_table() -> None:
+    """A name in two tables would make a table's reader misjudge another's key."""
+    seen: dict[str, str] = {}
+    for cls, _ in SETTINGS_CLASSES:
+        for section, names in section_fields(cls).items():
+            for name in names:
+                assert seen.setdefault(name, section) == section, (name, section, seen[name])
+
+
 def test_relative_paths_in_the_file_are_relative_to_the_workspace(
     tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:

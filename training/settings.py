@@ -388,13 +388,49 @@ class SettingsError(ValueError):
     per problem."""
 
 
-def dag_settings() -> PipelineSettings:
-    """The settings a DAG file reads when Airflow parses it. A bad value is a
-    :class:`SettingsError` naming the setting and where it was set (the workspace file
-    and table, or the variable), as the CLI says it: the DAG's import error showed
-    pydantic's ten lines, naming neither (audit, stop 54)."""
+class DagSettings:
+    """What one DAG file reads of :class:`PipelineSettings` as Airflow parses it: the
+    fields it named to :func:`dag_settings`, and nothing else (reading another is an
+    ``AttributeError`` naming it, so the list a DAG file gives stays its whole need)."""
+
+    def __init__(self, dag: str, settings: PipelineSettings, names: frozenset[str]) -> None:
+        self._dag, self._settings, self._names = dag, settings, names
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in self._names:
+            raise AttributeError(
+                f"{self._dag} reads the setting {name!r} as it is parsed but does not name "
+                "it in dag_settings(...)."
+            )
+        return getattr(self._settings, name)
+
+
+def dag_settings(dag: str, *names: str) -> DagSettings:
+    """The settings the DAG ``dag`` reads when Airflow parses its file: ``names`` (fields
+    or properties of :class:`PipelineSettings`) and the core settings every component
+    reads (:class:`~eventstore.settings.CoreSettings`).
+
+    A bad value of one of those is a :class:`SettingsError` naming the setting and where
+    it was set (the workspace file and table, or the variable), as the CLI says it: the
+    DAG's import error (it showed pydantic's ten lines, naming neither; audit, stop 54).
+    A bad value only another DAG reads does not unload this one (one bad
+    ``rollout_stages`` unloaded all six, the hourly monitor with them): that DAG's import
+    error names it, and a task that reads it fails naming it when it runs.
+    """
     try:
-        return PipelineSettings()
+        settings = PipelineSettings()
     except ValidationError as exc:
-        problems = "; ".join(setting_problems(exc))
-        raise SettingsError(f"banditops settings: {problems}") from None
+        core = set(CoreSettings.model_fields)
+        failing = {str(error["loc"][0]) if error["loc"] else "" for error in exc.errors()}
+        ours = failing & (set(names) | core | {""})
+        if ours or not failing <= set(PipelineSettings.model_fields):
+            problems = "; ".join(setting_problems(exc))
+            raise SettingsError(f"banditops settings: {problems}") from None
+        # the others' values as declared, where nothing of this DAG reads them
+        settings = PipelineSettings(
+            **{
+                name: PipelineSettings.model_fields[name].get_default(call_default_factory=True)
+                for name in failing
+            }
+        )
+    return DagSettings(dag, settings, frozenset(names) | frozenset(CoreSettings.model_fields))
