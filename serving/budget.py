@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,7 @@ from numpy.typing import NDArray
 
 from bandit_core import Decision
 from bandit_core.work import decision_work
-from serving.inputs import InputError, Loc
+from serving.inputs import InputError, Loc, check_count
 
 
 def work_units(policy: Any, n_candidates: int, k: int | None, marginal: int) -> int:
@@ -51,6 +52,58 @@ def body_lengths(raw: Any) -> tuple[int, int | None] | None:
     if k is not None and (type(k) is not int or k < 1):
         return None
     return len(candidates), k
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The count limits a decision body is held to before it is validated (the settings
+    of the same names): a list or mapping over them is refused for its length alone,
+    before pydantic makes an object, or an error, of each element (a 1 MiB context of
+    100,000 bad named features made as many errors; audit, stop 55)."""
+
+    max_candidates: int
+    max_groups: int
+    max_context_features: int
+    max_arm_features: int
+
+
+def check_lengths(raw: Any, limits: Limits, grouped: bool = False) -> None:
+    """422 naming the field and its limit for a parsed, not yet validated decision body
+    (grouped or not) with too many candidates, groups, context or item features; a body
+    of another shape is left to validation. Each element is looked at once, and no more
+    of them than the limits allow."""
+    if not isinstance(raw, dict):
+        return
+    context = limits.max_context_features, "max_context_features"
+    _count(raw.get("context"), context, ("body", "context"), "context")
+    retrieve = raw.get("retrieve")
+    if isinstance(retrieve, dict):
+        _count(retrieve.get("query"), context, ("body", "retrieve", "query"), "retrieve.query")
+    lists: list[tuple[Loc, Any]] = [(("body", "candidates"), raw.get("candidates"))]
+    if grouped:
+        groups = raw.get("groups")
+        if isinstance(groups, list):
+            check_count(len(groups), limits.max_groups, ("body", "groups"), "groups")
+        lists = [
+            (("body", "groups", g, "variants"), group.get("variants"))
+            for g, group in enumerate(groups if isinstance(groups, list) else [])
+            if isinstance(group, dict)
+        ]
+    item = limits.max_arm_features, "max_arm_features"
+    for where, candidates in lists:
+        if not isinstance(candidates, list):
+            continue
+        check_count(len(candidates), limits.max_candidates, where, "candidates")
+        for i, candidate in enumerate(candidates):
+            if isinstance(candidate, dict):
+                at = (*where, i, "features")
+                _count(candidate.get("features"), item, at, "features")
+
+
+def _count(value: Any, limit: tuple[int, str], where: Loc, what: str) -> None:
+    """``check_width`` of a list or mapping ``value`` against ``(limit, setting)``."""
+    if isinstance(value, list | dict):
+        check_width(len(value), limit[0], where, what, limit[1])
 
 
 def grouped_lengths(raw: Any) -> list[int] | None:

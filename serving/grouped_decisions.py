@@ -23,6 +23,7 @@ from serving.inputs import (
     DecisionInput,
     InputError,
     Loc,
+    check_count,
     check_signature,
 )
 from serving.schemas import GroupChoice, GroupedDecisionRequest, GroupedDecisionResponse
@@ -54,11 +55,7 @@ async def decide_grouped(
         As for single decisions (503).
     """
     settings = service.settings
-    if len(req.groups) > settings.max_groups:
-        raise InputError(
-            ("body", "groups"),
-            f"at most {settings.max_groups} groups are allowed; got {len(req.groups)}.",
-        )
+    check_count(len(req.groups), settings.max_groups, ("body", "groups"), "groups")
     user_hash, traffic, model = service.route(req.user_id)
     context = service.context_of(req.context)
     inputs: list[DecisionInput] = []

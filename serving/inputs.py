@@ -63,13 +63,15 @@ def context_vector(
     return np.array([context[n] for n in names], dtype=np.float64)
 
 
+def check_count(count: int, limit: int, loc: Loc, what: str) -> None:
+    """422 at ``loc`` when ``count`` ``what`` (candidates, groups) exceed ``limit``."""
+    if count > limit:
+        raise InputError(loc, f"at most {limit} {what} are allowed; got {count}.")
+
+
 def candidate_set(candidates: Sequence[Candidate], max_candidates: int) -> Candidates:
     """Validated candidates: at most ``max_candidates``, distinct ids, equal widths."""
-    if len(candidates) > max_candidates:
-        raise InputError(
-            ("body", "candidates"),
-            f"at most {max_candidates} candidates are allowed; got {len(candidates)}.",
-        )
+    check_count(len(candidates), max_candidates, ("body", "candidates"), "candidates")
     width = len(candidates[0].features)
     seen: set[str] = set()
     for i, cand in enumerate(candidates):

@@ -72,7 +72,11 @@ class BodyLimitMiddleware:
                 while more:
                     message = await receive()
                     if message["type"] != "http.request":
-                        break
+                        # the client left before its body ended: nobody to answer, and a
+                        # prefix that parses was run as the whole request (a decision
+                        # logged for no one, a reward its retry then found a duplicate;
+                        # audit, stop 55)
+                        return
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > self.max_bytes:

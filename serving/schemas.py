@@ -28,6 +28,10 @@ from eventstore.text import text_problem
 from eventstore.workspace import EARLIEST, LATEST
 
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+#: A list whose validation stops at its first bad element: a 1 MiB body of 250,000 bad
+#: elements made as many errors, 3–11 s of the event loop and a 28–77 MB answer (audit,
+#: stop 55); one is enough to name the field.
+Floats = Annotated[list[FiniteFloat], Field(fail_fast=True)]
 
 
 def clean_text(value: str) -> str:
@@ -68,7 +72,7 @@ def _context_kind(value: object) -> str:
 #: A vector, or named features; the error of the matching form only is reported, at
 #: ``context.vector[...]`` or ``context.named[...]``.
 Context = Annotated[
-    Annotated[list[FiniteFloat], Tag("vector")] | Annotated[dict[Text, FiniteFloat], Tag("named")],
+    Annotated[Floats, Tag("vector")] | Annotated[dict[Text, FiniteFloat], Tag("named")],
     Discriminator(_context_kind),
 ]
 
@@ -81,7 +85,7 @@ class Candidate(_Strict):
     """One candidate arm."""
 
     id: Identifier
-    features: list[FiniteFloat] = Field(
+    features: Floats = Field(
         default_factory=list, description="Feature vector (dim_arm floats); may be empty."
     )
 
@@ -90,7 +94,7 @@ class Retrieve(_Strict):
     """Take the candidates from the item catalog: the top ``k`` by inner product."""
 
     k: int = Field(ge=1, strict=True, description="Candidates to retrieve (1..max_retrieve).")
-    query: list[FiniteFloat] | None = Field(
+    query: Floats | None = Field(
         default=None,
         description="Retrieval vector (the catalog's embedding width); default: the context.",
     )
@@ -104,7 +108,7 @@ class DecisionRequest(_Strict):
         description="User context: a vector of dim_user floats, or named features "
         "(names configured in BANDITOPS_CONTEXT_FEATURES)."
     )
-    candidates: list[Candidate] | None = Field(
+    candidates: Annotated[list[Candidate], Field(fail_fast=True)] | None = Field(
         default=None, min_length=1, description="Candidate arms (1..max); or use retrieve."
     )
     retrieve: Retrieve | None = Field(
@@ -128,14 +132,18 @@ class Group(_Strict):
     """One group (e.g. a title) and its variants (e.g. its artworks)."""
 
     id: Identifier
-    variants: list[Candidate] = Field(min_length=1, description="Variants (1..max).")
+    variants: Annotated[list[Candidate], Field(fail_fast=True)] = Field(
+        min_length=1, description="Variants (1..max)."
+    )
 
 
 class GroupedDecisionRequest(_Strict):
     """Choose one variant for every group, for a user with ``context``."""
 
     context: Context
-    groups: list[Group] = Field(min_length=1, description="Groups (1..max_groups).")
+    groups: Annotated[list[Group], Field(fail_fast=True)] = Field(
+        min_length=1, description="Groups (1..max_groups)."
+    )
     user_id: Identifier | None = None
 
 

@@ -58,10 +58,12 @@ from eventstore.migrate import require_current
 from eventstore.records import DecisionGroup, DecisionRow, RewardOutcome, RewardRow
 from eventstore.rollouts import latest_rollout
 from serving.budget import (
+    Limits,
     NonFiniteChoiceError,
     body_lengths,
     check_budget,
     check_choice_finite,
+    check_lengths,
     check_magnitude,
     check_width,
     grouped_lengths,
@@ -750,6 +752,14 @@ class DecisionService:
         :func:`serving.budget.grouped_lengths`), for the least costly model that could
         decide it: an over-budget request then costs its parse and nothing more. The
         full check (:meth:`check_budget`) still runs on every validated request."""
+        settings = self.settings
+        limits = Limits(
+            settings.max_candidates,
+            settings.max_groups,
+            settings.max_context_features,
+            settings.max_arm_features,
+        )
+        check_lengths(raw, limits, grouped)
         found: list[tuple[int, int | None]] | None
         if grouped:
             sizes = grouped_lengths(raw)

@@ -609,6 +609,30 @@ def test_a_trickled_body_times_out_with_408(thompson: ServiceProcess) -> None:
         assert time.perf_counter() - started < 10
 
 
+def test_a_body_its_client_abandoned_is_not_run(
+    thompson: ServiceProcess, http: httpx.Client
+) -> None:
+    """A client that closed its connection before its declared body ended had the bytes
+    sent so far run as the whole request when they parsed: a reward it gave up on was
+    applied, and its retry answered ``duplicate`` (audit, stop 55). Nothing is run for a
+    client that left."""
+    import socket
+
+    decided = http.post("/v1/decisions", json=decision_body(np.random.default_rng(7)))
+    event = decided.json()["event_id"]
+    body = json.dumps({"event_id": event, "reward": 1.0}).encode()
+    head = (
+        f"POST /v1/rewards HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+        f"authorization: {AUTH['Authorization']}\r\ncontent-length: {len(body) + 100}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", thompson.port), timeout=30) as sock:
+        sock.sendall(head.encode() + body)
+        time.sleep(0.2)  # the body's bytes are in; the rest never comes
+    time.sleep(1.0)
+    retried = http.post("/v1/rewards", json={"event_id": event, "reward": 0.0})
+    assert retried.status_code == 200 and retried.json()["status"] == "applied", retried.text
+
+
 def _answer(sock: Any) -> bytes:
     """What the server sends until it closes the connection."""
     got = b""
