@@ -18,11 +18,15 @@ Bookkeeping per served model (its :class:`_Tracker`):
 Ids come from one sequence but commit out of order across replicas: a reward with a
 smaller id may become visible after a larger one. A sync reads the applied ids above
 ``high`` (the largest id read so far: the new rewards); every quarter horizon it reads
-those above ``floor`` instead, which finds the ones that committed late (ids and times
-only; the rows the head lacks are then read in full). ``floor`` moves up to a reward only
-once it was received ``replica_sync_horizon_s`` ago — by then every smaller id is
-committed or rolled back (the horizon must exceed a commit's duration plus the clock skew
-between replicas).
+those above ``floor`` instead, which finds the ones that committed late (ids only; the
+rows the head lacks are then read in full). ``floor`` moves up to a reward only once this
+replica first read it ``replica_sync_horizon_s`` ago (its own monotonic clock): every
+smaller id was taken before that reward committed, so by then its transaction has
+committed or rolled back (the horizon must exceed a commit's duration). The reward's
+``received_at`` is not the measure: a reward a replica journaled during an outage is
+stored minutes after it was received, with a new id, and taking it as settled at once
+moved the floor past a smaller id still being committed, which the head then never
+learnt (audit, stop 55); and no clock is compared across hosts.
 
 **Which rewards.** A head learns the rewards of its own decisions; a version that
 records where its training window stops (``ServedModel.window_stop``) learns those of
@@ -59,7 +63,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from bandit_core.policies.linear import ArmLimit
@@ -97,6 +101,8 @@ class _Tracker:
     seen: set[int] = field(default_factory=set)
     high: int = 0
     checked_at: float = -math.inf  # monotonic time of the last read above ``floor``
+    #: monotonic time each applied id above ``floor`` was first read here
+    first_read: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -225,9 +231,12 @@ class ReplicaSync:
         tracker = self._tracker(model)
         recheck = time.monotonic() - tracker.checked_at >= self.horizon.total_seconds() / 4
         after = tracker.floor if recheck else tracker.high
-        ids, received = await asyncio.to_thread(
+        ids, _ = await asyncio.to_thread(
             self.store.applied_reward_ids, model.version, after, model.window_stop
         )
+        read_at = time.monotonic()
+        for i in ids:
+            tracker.first_read.setdefault(int(i), read_at)
         claimed = self._claimed(model.version)
         missing = [int(i) for i in ids if int(i) not in tracker.seen and int(i) not in claimed]
         fetched = []
@@ -253,7 +262,7 @@ class ReplicaSync:
             tracker.high = max(tracker.high, int(ids[-1]))
         if recheck:
             tracker.checked_at = time.monotonic()
-            self._advance(model.version, tracker, ids, received)
+            self._advance(model.version, tracker)
         if count:
             log.debug(
                 "replica %s: %d rewards of %s from other replicas",
@@ -272,13 +281,16 @@ class ReplicaSync:
         model.last_reward_id = max(model.last_reward_id, int(rows.ids[keep].max()))
         return learnt
 
-    def _advance(self, version: str, tracker: _Tracker, ids: Any, received: list[datetime]) -> None:
-        """Move ``floor`` up to the newest reward received more than a horizon ago."""
-        cutoff = datetime.now(UTC) - self.horizon
-        settled = [int(i) for i, at in zip(ids, received, strict=True) if _utc(at) <= cutoff]
+    def _advance(self, version: str, tracker: _Tracker) -> None:
+        """Move ``floor`` up to the newest reward first read here a horizon ago."""
+        cutoff = time.monotonic() - self.horizon.total_seconds()
+        settled = [i for i, at in tracker.first_read.items() if at <= cutoff]
         if settled and max(settled) > tracker.floor:
             tracker.floor = max(settled)
             tracker.seen = {i for i in tracker.seen if i > tracker.floor}
+            tracker.first_read = {
+                i: at for i, at in tracker.first_read.items() if i > tracker.floor
+            }
             self._forget_claims(version, tracker.floor)
 
     async def run(self, current: Callable[[], list[ServedModel]]) -> None:
@@ -298,7 +310,3 @@ class ReplicaSync:
                     report.total,
                     time.perf_counter() - started,
                 )
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -137,8 +137,7 @@ class Settings(CoreSettings):
         process's lease lapses at once). At least 1 s.
     replica_sync_horizon_s : float
         A reward is settled (every reward with a smaller id is committed or will never
-        be) this long after it was received: longer than a commit takes plus the clock
-        skew between replicas.
+        be) this long after a replica first read it: longer than a commit takes.
     catalog_index : str
         Retrieval over the item catalog: exact dot products, faiss HNSW, or exact up to
         ``catalog_exact_max`` items and HNSW beyond.

@@ -165,3 +165,55 @@ def test_order_dependent_heads_are_recognised() -> None:
     assert order_dependent(make_policy("shared_lints", dim_user=4, dim_arm=3, gamma=0.99))
     assert order_dependent(make_policy("linucb", dim_user=4, window=100))
     assert order_dependent(make_policy("uniform", dim_user=4))
+
+
+def test_a_journaled_reward_stored_late_does_not_settle_a_smaller_id_still_committing(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Replica A drains its journal after an outage: a reward received minutes ago is
+    stored with a new id. Replica B took it as settled at once (by its ``received_at``)
+    and moved its floor past the smaller id of replica C's reward, whose transaction had
+    not committed yet: B's head never learnt C's reward (PostgreSQL helper, stop 55). An
+    id settles a horizon after B first read it, on B's own clock."""
+    import asyncio
+    from collections import Counter
+    from datetime import UTC, datetime, timedelta
+
+    from eventstore.records import judge_rewards
+    from serving.models.recovery import recover
+    from serving.replica_sync import ReplicaSync
+    from serving.store.journal import drain_records
+    from serving.store.repository import write_events
+    from tests.serving_helpers import decision_row, reward_row
+
+    rng = np.random.default_rng(3)
+    base = policy_file(tmp_path / "base.npz", warm=20)
+    horizon = 0.8
+    with scratch_postgres_database(postgres_url, prefix="banditops_settle") as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        store = EventStore(engine)
+        late, journaled = (decision_row(rng, model_version="v/1") for _ in range(2))
+        with engine.begin() as conn:
+            write_events(conn, [late, journaled])
+        model = recover(store, "v/1", load_policy(base), "test")
+        sync = ReplicaSync(store, "b", interval_s=0.1, horizon_s=horizon)
+        with engine.connect() as conn_c:
+            committing = conn_c.begin()  # replica C: its reward has taken the first id
+            [taken] = write_events(conn_c, [reward_row(late.event_id, 1.0, model_version="v/1")])
+            old = datetime.now(UTC) - timedelta(minutes=5)
+            judged = judge_rewards(
+                [reward_row(journaled.event_id, 0.0, ts=old, model_version="v/1")],
+                Counter(),
+                Counter(),
+            )
+            drained = drain_records(engine, judged)  # replica A's journal: a larger id
+            assert drained.reward_ids == [("v/1", taken.id + 1, True)], drained
+            assert asyncio.run(sync.sync([model])).applied == {"v/1": 1}
+            committing.commit()  # C's commit lands a moment later
+        learnt = 0
+        for _ in range(4):  # each a quarter horizon and more apart: re-reads above the floor
+            time.sleep(horizon / 2)
+            learnt += asyncio.run(sync.sync([model])).applied["v/1"]
+        assert learnt == 1 and model.applied_rewards == 2, (learnt, model.applied_rewards)
+        engine.dispose()
