@@ -25,6 +25,7 @@ import numpy as np
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.montecarlo import mixture_se
 from bandit_core.policies.base import batch_of, check_candidates, check_rng
+from bandit_core.policies.wrappers import decide_only, record_exposure
 from bandit_core.slates import Selector
 from bandit_core.types import Candidates, Decision, DecisionBatch
 
@@ -82,8 +83,17 @@ class ColdStartFloor:
         return weight, out
 
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        """:meth:`decide`, then the served arm counted by an exposure cap inside: the cap
+        counted the arm the inner policy chose, not the new item the floor served
+        (audit, stop 55)."""
+        decision = self.decide(context, candidates, rng)
+        record_exposure(self.inner, decision.arm_id)
+        return decision
+
+    def decide(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        """The decision, with nothing recorded."""
         cands = check_candidates(candidates, None)
-        inner = self.inner.select(context, cands, rng)
+        inner = decide_only(self.inner, context, cands, rng)
         new = self.new_mask(cands)
         if not new.any():
             return inner

@@ -55,6 +55,7 @@ from bandit_core.exploration import sample_categorical
 from bandit_core.policies.arm_features import candidates_for
 from bandit_core.policies.base import check_candidates
 from bandit_core.policies.position import split_position, with_position
+from bandit_core.policies.wrappers import decide_only, record_exposure
 from bandit_core.types import (
     MARGINAL_DRAWS,
     MARGINAL_MAX_STATES,
@@ -172,7 +173,9 @@ def select_slate(
     Parameters
     ----------
     policy : Policy
-        Any policy (or wrapper); ``select`` decides each position.
+        Any policy (or wrapper); each position is its decision with nothing recorded
+        (:func:`~bandit_core.policies.wrappers.decide_only`), and an exposure cap inside
+        counts the ``k`` items shown once the slate is whole.
     context : array-like of shape (dim_user,)
     candidates : Candidates
         K ≥ k candidates.
@@ -208,7 +211,7 @@ def select_slate(
     decisions = []
     for j in range(k):
         subset = _at_position(cands, j, position_slots).subset(remaining)
-        d = policy.select(x, subset, rng)
+        d = decide_only(policy, x, subset, rng)  # exposure recorded once the slate is whole
         chosen = int(remaining[d.arm])
         ranking[j] = chosen
         props[j] = d.propensity
@@ -239,6 +242,11 @@ def select_slate(
             max_states=max_states,
             position_slots=position_slots,
         )
+    # an exposure cap counts the k items shown only now: recorded position by position,
+    # the cap moved mid-slate and the marginals (taken after) read items just shown as
+    # capped, logging 0 where the true probability was 0.25 (audit, stop 55)
+    for chosen in ranking:
+        record_exposure(policy, cands.ids[chosen])
     return Slate(
         ranking=ranking,
         ids=tuple(cands.ids[i] for i in ranking),

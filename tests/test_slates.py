@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bandit_core import Candidates, ExplorationFloor, Policy, make_policy
+from bandit_core import Candidates, ExplorationFloor, ExposureCap, Policy, make_policy
 from bandit_core.policies.arm_features import candidates_for
 from bandit_core.slates import select_slate, slate_action_dist, slate_marginals, with_position
 from tests.policy_factories import DIM_ARM, DIM_USER, FACTORIES, WRAPPED
@@ -250,3 +250,48 @@ def test_position_wise_ips_with_marginal_propensities_is_unbiased() -> None:
     assert abs(per_slate.mean() - truth) <= 4.0 * se, (per_slate.mean(), truth, se)
     # the conditional propensities would not do: position 1's are not the marginals
     assert not np.allclose(log_dist[:, :, 1], log_dist[:, :, 0])
+
+
+def _cap(policy: object) -> ExposureCap:
+    while not isinstance(policy, ExposureCap):
+        policy = policy.__dict__["inner"]
+    return policy
+
+
+@pytest.mark.parametrize("options", [{}, {"floor": 0.05}])
+def test_an_exposure_capped_slate_logs_the_position_probabilities_it_plays(
+    options: dict[str, float],
+) -> None:
+    """The cap recorded each position's item before the next position and the marginals
+    were decided: the items just shown read as capped, and the logged position
+    propensities were 0 (or the floor) for items shown a quarter of the time (audit,
+    stop 55). The slate is decided on the cap as it was, then all k items recorded."""
+    import copy
+
+    base = make_policy(
+        "uniform",
+        dim_user=3,
+        exposure_cap=0.35,
+        exposure_window=100,
+        exposure_min_decisions=0,
+        **options,
+    )
+    cap = _cap(base)
+    for arm in ("a0", "a0", "a1", "a1", "a2", "a2"):  # a3 is the only one at its cap
+        cap.record(arm)
+    cands = Candidates.from_any(["a0", "a1", "a2", "a3"])
+    rng = np.random.default_rng(0)
+    shown = np.zeros((4, 2))
+    logged: list[np.ndarray] = []
+    n = 600
+    for _ in range(n):
+        policy = copy.deepcopy(base)
+        slate = select_slate(policy, np.zeros(3), cands, 2, rng, marginal_draws=200)
+        shown[slate.ranking, [0, 1]] += 1
+        assert slate.marginals is not None
+        logged.append(slate.marginals)
+        assert sum(_cap(policy)._counts.values()) == 8  # the six before, the slate's two
+    marginals = np.mean(logged, axis=0)
+    se = np.sqrt(marginals * (1 - marginals) / n)
+    assert np.all(np.abs(shown / n - marginals) < 4 * se + 1e-12), (shown / n, marginals)
+    assert np.all(np.asarray(logged)[:, :3] > 0)  # capped items a0..a2 still shown

@@ -85,3 +85,37 @@ def test_an_exposure_cap_state_whose_ring_does_not_fit_its_window_is_refused() -
     too_many = {**state.arrays, "recent": np.array(["best"] * 11)}
     with pytest.raises(ValueError, match="exposure_cap state"):
         policy_from_state(replace(state, arrays=too_many))
+
+
+@pytest.mark.parametrize("floor", [None, 0.05])
+def test_an_exposure_cap_counts_the_arm_served_whichever_layer_chose_it(
+    floor: float | None,
+) -> None:
+    """Serving puts a cold-start floor around the model: the cap inside counted the arm
+    its inner policy chose, not the new item the floor served instead (audit, stop 55:
+    served a0 60, a1 34, new 106; counted a0 85, a1 60, new 55)."""
+    from bandit_core import ColdStartFloor
+
+    rng = np.random.default_rng(0)
+    options = {} if floor is None else {"floor": floor}
+    policy = make_policy(
+        "linucb",
+        dim_user=3,
+        alpha=0.0,
+        exposure_cap=0.9,
+        exposure_window=200,
+        exposure_min_decisions=10,
+        **options,
+    )
+    for _ in range(30):  # a0 is clearly best
+        policy.update(rng.standard_normal(3), "a0", 1.0)
+        policy.update(rng.standard_normal(3), "a1", 0.0)
+    cands = Candidates.from_any(["a0", "a1", "new"])
+    served: Counter[str] = Counter()
+    for _ in range(200):
+        served_by = ColdStartFloor(policy, p_min=0.4, new_ids={"new"}, max_share=0.4)
+        served[served_by.select(rng.standard_normal(3) * 0.01, cands, rng).arm_id] += 1
+    cap = policy
+    while not isinstance(cap, ExposureCap):
+        cap = cap.__dict__["inner"]
+    assert served["new"] > 50 and cap._counts == served, (served, cap._counts)

@@ -61,7 +61,13 @@ from bandit_core.policies.base import (
     check_rng,
     to_decision,
 )
-from bandit_core.policies.wrappers import DelegatingWrapper, ExposureCap, _nest, _restore_inner
+from bandit_core.policies.wrappers import (
+    DelegatingWrapper,
+    ExposureCap,
+    _nest,
+    _restore_inner,
+    decide_only,
+)
 from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
 from bandit_core.user_groups import group_key, group_of_key, user_group
 
@@ -306,24 +312,14 @@ class Overlap(DelegatingWrapper):
         return out, arms != batch.arms
 
     # ------------------------------------------------------------------ Policy
-    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+    def decide(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         cands = check_candidates(candidates, None)
-        # an exposure cap inside counts the arm served, which the floor may change
-        cap = self.inner if isinstance(self.inner, ExposureCap) else None
-        inner = (
-            cap.decide(context, cands, rng)
-            if cap is not None
-            else self.inner.select(context, cands, rng)
-        )
+        # an exposure cap inside counts the arm served (select), which the floor may change
+        inner = decide_only(self.inner, context, cands, rng)
         batch = batch_of(inner)
         x = np.asarray(context, dtype=np.float64).reshape(1, -1)
         mixed, switched = self._mix(batch, x, self.new_mask(cands), check_rng(rng))
-        decision = to_decision(
-            mixed, cands, inner.explored or bool(switched[0]), self.model_version
-        )
-        if cap is not None:
-            cap.record(decision.arm_id)
-        return decision
+        return to_decision(mixed, cands, inner.explored or bool(switched[0]), self.model_version)
 
     def select_batch(
         self, contexts: Any, candidates: Any, rng: np.random.Generator

@@ -25,7 +25,13 @@ import numpy as np
 
 from bandit_core._validation import FloatArray, Interval, validate_params
 from bandit_core.policies.base import Policy, arm_width, check_candidates
-from bandit_core.policies.wrappers import _nest, _restore_inner, _Wrapper, revise_reward
+from bandit_core.policies.wrappers import (
+    _nest,
+    _restore_inner,
+    _Wrapper,
+    decide_only,
+    revise_reward,
+)
 from bandit_core.types import Candidates, Decision, DecisionBatch, PolicyState
 
 
@@ -148,6 +154,11 @@ class PositionBias(_Wrapper):
         self, context: Any, candidates: Any, rng: np.random.Generator, *, position: int = 0
     ) -> Decision:
         return self.inner.select(context, self.at(candidates, position), rng)
+
+    def decide(
+        self, context: Any, candidates: Any, rng: np.random.Generator, *, position: int = 0
+    ) -> Decision:
+        return decide_only(self.inner, context, self.at(candidates, position), rng)
 
     def select_batch(
         self, contexts: Any, candidates: Any, rng: np.random.Generator, *, position: int = 0

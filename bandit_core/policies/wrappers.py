@@ -55,6 +55,17 @@ class _Wrapper:
     def name(self) -> str:
         return f"{self.inner.name}+{self.kind}"
 
+    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        """:meth:`decide`, then the arm it serves counted by the :class:`ExposureCap`
+        inside, if any (the served arm, whichever layer chose it)."""
+        decision = self.decide(context, candidates, rng)
+        record_exposure(self.inner, decision.arm_id)
+        return decision
+
+    def decide(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+        """The decision, with nothing recorded (each wrapper's own)."""
+        raise NotImplementedError
+
     @property
     def model_version(self) -> str | None:
         return self.inner.model_version
@@ -117,9 +128,9 @@ class ExplorationFloor(_Wrapper):
         out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name, se)
         return out, uniform_branch & (arms != batch.arms)
 
-    def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+    def decide(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         cands = check_candidates(candidates, None)
-        inner = self.inner.select(context, cands, rng)
+        inner = decide_only(self.inner, context, cands, rng)
         batch = batch_of(inner)
         mixed, switched = self._mix(batch, check_rng(rng))
         return to_decision(mixed, cands, inner.explored or bool(switched[0]), self.model_version)
@@ -234,7 +245,7 @@ class ExposureCap(DelegatingWrapper):
         """:meth:`select` without recording the exposure."""
         cands = check_candidates(candidates, None)
         keep = self.allowed(cands)
-        inner = self.inner.select(context, cands.subset(keep), rng)
+        inner = decide_only(self.inner, context, cands.subset(keep), rng)
         batch = self._expand(
             batch_of(inner),
             keep,
@@ -278,6 +289,28 @@ class ExposureCap(DelegatingWrapper):
             )
         policy._counts = Counter(policy._recent)
         return policy
+
+
+def decide_only(policy: Any, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
+    """``policy``'s decision with nothing recorded: its ``decide`` where it has one of its
+    own (a wrapper: an :class:`ExposureCap` inside counts nothing yet), else its
+    ``select``. A layer that may serve another arm than the one below it chose decides
+    through this and records the arm served (:func:`record_exposure`): the cap counted the
+    arm its inner policy chose, not the arm a floor above it served (audit, stop 55)."""
+    if isinstance(policy, _Wrapper) or hasattr(type(policy), "decide"):
+        decision: Decision = policy.decide(context, candidates, rng)
+        return decision
+    return policy.select(context, candidates, rng)
+
+
+def record_exposure(policy: Any, arm_id: str) -> None:
+    """Count ``arm_id`` as served by the :class:`ExposureCap` in ``policy``'s chain of
+    wrappers (nothing when there is none)."""
+    while policy is not None:
+        if isinstance(policy, ExposureCap):
+            policy.record(arm_id)
+            return
+        policy = policy.__dict__.get("inner") if hasattr(policy, "__dict__") else None
 
 
 def records_on_select(policy: Any) -> bool:
