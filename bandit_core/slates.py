@@ -245,8 +245,8 @@ def select_slate(
     # an exposure cap counts the k items shown only now: recorded position by position,
     # the cap moved mid-slate and the marginals (taken after) read items just shown as
     # capped, logging 0 where the true probability was 0.25 (audit, stop 55)
-    for chosen in ranking:
-        record_exposure(policy, cands.ids[chosen])
+    for shown in ranking:
+        record_exposure(policy, cands.ids[shown])
     return Slate(
         ranking=ranking,
         ids=tuple(cands.ids[i] for i in ranking),

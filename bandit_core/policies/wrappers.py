@@ -299,8 +299,9 @@ def decide_only(policy: Any, context: Any, candidates: Any, rng: np.random.Gener
     arm its inner policy chose, not the arm a floor above it served (audit, stop 55)."""
     if isinstance(policy, _Wrapper) or hasattr(type(policy), "decide"):
         decision: Decision = policy.decide(context, candidates, rng)
-        return decision
-    return policy.select(context, candidates, rng)
+    else:
+        decision = policy.select(context, candidates, rng)
+    return decision
 
 
 def record_exposure(policy: Any, arm_id: str) -> None:
