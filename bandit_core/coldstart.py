@@ -78,8 +78,9 @@ class ColdStartFloor:
     def _mixture(self, probabilities: FloatArray, new: np.ndarray) -> tuple[float, FloatArray]:
         n_new = int(new.sum())
         weight = min(self.max_share, n_new * self.p_min)
-        floor = new / n_new
-        out: FloatArray = (1.0 - weight) * probabilities + weight * floor
+        # p_min itself where it is not capped: (n · p_min) / n rounds below p_min
+        share = self.p_min if weight == n_new * self.p_min else weight / n_new
+        out: FloatArray = (1.0 - weight) * probabilities + share * new
         return weight, out
 
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:

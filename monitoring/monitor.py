@@ -564,7 +564,8 @@ def _coverage_section(
 def _propensity_section(now: Any, settings: MonitorSettings) -> dict[str, Any]:
     floor, limit = settings.propensity_floor, settings.propensity_violation_max
     p = now["propensity"].to_numpy(dtype=np.float64)
-    violations = int((p < floor).sum())
+    # below the floor by more than round-off (a floored propensity is exact to a few ulp)
+    violations = int((p < floor * (1.0 - 1e-9)).sum())
     share = violations / p.size if p.size else None
     section: dict[str, Any] = {
         "floor": floor,

@@ -203,8 +203,9 @@ def _dim_user(policy: Any) -> int | None:
 
 
 def segment_key(value: float) -> str:
-    """The segment name of a context feature's value (``f"{value:g}"``: 1.0 → ``"1"``)."""
-    return f"{float(value):g}"
+    """The segment name of a context feature's value (``f"{value:g}"``: 1.0 → ``"1"``);
+    −0.0 is segment ``"0"`` (it was ``"-0"``, and its floor silently skipped)."""
+    return f"{float(value) + 0.0:g}"
 
 
 class Overlap(DelegatingWrapper):
@@ -289,15 +290,23 @@ class Overlap(DelegatingWrapper):
         self, batch: DecisionBatch, contexts: FloatArray, new: np.ndarray, rng: np.random.Generator
     ) -> tuple[DecisionBatch, np.ndarray]:
         n, k = batch.probabilities.shape
-        w_u = np.minimum(1.0, k * self.floor_of(contexts))
+        floors = self.floor_of(contexts)
+        w_u = np.minimum(1.0, k * floors)
+        # the floor itself, not (K · floor) / K, which rounds below it (exploration.mix_uniform)
+        uniform_share = np.where(w_u < 1.0, floors, w_u / k)
         n_new = int(new.sum())
         w_c = np.zeros(n)
         if n_new:
             share = min(self.config.cold_start_max_share, n_new * self.config.cold_start_floor)
             w_c = np.minimum(share, 1.0 - w_u)
-        probs = (1.0 - w_u - w_c)[:, None] * batch.probabilities + (w_u / k)[:, None]
+        probs = (1.0 - w_u - w_c)[:, None] * batch.probabilities + uniform_share[:, None]
         if n_new:
-            probs = probs + w_c[:, None] * (new / n_new)[None, :]
+            new_share = np.where(
+                w_c == n_new * self.config.cold_start_floor,
+                self.config.cold_start_floor,
+                w_c / n_new,
+            )
+            probs = probs + new_share[:, None] * new[None, :]
         u = rng.random(n)
         uniform_arm = rng.integers(0, k, size=n)
         arms = np.where(u < w_u, uniform_arm, batch.arms)

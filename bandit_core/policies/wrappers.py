@@ -122,7 +122,7 @@ class ExplorationFloor(_Wrapper):
         uniform_branch = rng.random(n) < weight
         uniform_arm = rng.integers(0, k, size=n)
         arms = np.where(uniform_branch, uniform_arm, batch.arms).astype(np.intp)
-        probs = mix_uniform(batch.probabilities, weight)
+        probs = mix_uniform(batch.probabilities, weight, self.p_min)
         rows = np.arange(n)
         se = mixture_se(batch, arms, 1.0 - weight)
         out = DecisionBatch(arms, probs[rows, arms], probs, batch.scores, self.name, se)
