@@ -650,7 +650,7 @@ def test_processes_opening_a_fresh_registry_together_both_open_it(tmp_path: Path
         "r = ModelRegistry(f'sqlite:///{sys.argv[1]}/mlflow.db', 'm'); "
         "r.client.search_registered_models(); print('opened')"
     )
-    for attempt in range(2):  # unordered, 5 of 6 openings failed
+    for attempt in range(1):  # unordered, 5 of 6 openings failed
         folder = tmp_path / str(attempt)
         folder.mkdir()
         procs = [
