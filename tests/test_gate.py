@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bandit_core import make_policy, save_policy
+from bandit_core import Candidates, make_policy, save_policy
 from bandit_core.support import MAX_UNSUPPORTED, MIN_ESS, SUPPORT_THRESHOLD, TOLERANCE
 from training.evaluate import evaluate
 from validation.gate import GateRule, decide, unsupported_mass
@@ -331,3 +332,66 @@ def test_a_production_estimate_no_mean_reward_can_have_refuses_the_comparison(
     assert "production's dr estimate 0.05 lies within the held-out reward range [0, 1]." in (
         fine.reasons
     )
+
+
+@pytest.mark.parametrize(
+    ("share_first", "refused"),
+    [(1.0, True), (0.6, True), (0.1, False), (0.0, False)],
+)
+def test_a_slate_candidate_is_checked_for_support_by_its_importance_weights(
+    share_first: float, refused: bool
+) -> None:
+    """A slate window had no support check at all: a candidate ranking first an item
+    the logs never showed there was promoted on its reward model's extrapolation (OPE
+    helper, stop 55). The logs show slates of 2 of a0..a8 uniformly, never a9; the
+    candidate puts ``share_first`` of position 0 on a9. One minus its mean importance
+    weight estimates that share; beyond the limit by two standard errors it is refused."""
+    from validation.gate import WeightedSupport, weight_terms
+
+    rng = np.random.default_rng(0)
+    k, n = 10, 3000
+    actions = np.concatenate([rng.permutation(9)[:2] for _ in range(n)])
+    positions = np.tile([0, 1], n)
+    pscore = np.full(2 * n, 1 / 9)
+    dist = np.zeros((2 * n, k, 2))
+    dist[:, :9, :] = 1 / 9
+    dist[:, 9, 0] = share_first
+    dist[:, :9, 0] *= 1 - share_first
+    support = WeightedSupport.of(weight_terms(dist, actions, positions, pscore, 2))
+    assert support is not None
+    position, share, se = support.worst()
+    assert abs(share - share_first) < 4 * se + 1e-12 and (position == 0 or share_first == 0)
+    decision = decide(
+        report("cand", 0.30, 0.26, 0.34), report("prod", 0.25, 0.24, 0.26), GateRule(), support
+    )
+    (check,) = [c for c in decision.checks if c.name == "support"]
+    assert check.passed is not refused and decision.promote is not refused, check.reason
+    assert "from the importance weights" in check.reason
+
+
+def test_the_evaluation_estimates_a_slate_window_s_support() -> None:
+    """End to end through :func:`training.evaluate.support_of` on a slate batch: a uniform
+    candidate over ten items, logs that never show one of them: about a tenth of its
+    mass at each position."""
+    from training.evaluate import support_of
+    from validation.gate import WeightedSupport
+    from validation.ope import LoggedBatch
+
+    rng = np.random.default_rng(1)
+    n = 2000
+    actions = np.concatenate([rng.permutation(9)[:2] for _ in range(n)])
+    batch = LoggedBatch(
+        np.repeat(rng.standard_normal((n, 3)), 2, axis=0),
+        Candidates.from_any([f"a{i}" for i in range(10)]),
+        actions,
+        rng.binomial(1, 0.1, 2 * n).astype(float),
+        np.full(2 * n, 1 / 9),
+        positions=np.tile([0, 1], n),
+        len_list=2,
+    )
+    policy = make_policy("uniform", dim_user=3)
+    logged = SimpleNamespace(logging_probabilities=None)  # no probability vectors
+    support = support_of(policy, logged, batch, SUPPORT_THRESHOLD, 0)  # type: ignore[arg-type]
+    assert isinstance(support, WeightedSupport)
+    _, share, se = support.worst()
+    assert abs(share - 0.1) < 4 * se, (share, se)

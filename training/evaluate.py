@@ -25,13 +25,19 @@ from training.replay import HOLDOUT_FRACTION, ReplayData, load_replay
 from validation.gate import (
     GateDecision,
     GateRule,
+    WeightedSupport,
     decide,
     merge_ranges,
     reward_range,
     unsupported_terms,
+    weight_terms,
 )
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
-from validation.ope.evaluate import evaluate_policy_in_blocks, policy_action_dist
+from validation.ope.evaluate import (
+    evaluate_policy_in_blocks,
+    policy_action_dist,
+    slate_policy_action_dist,
+)
 from validation.ope.propensity_error import MAX_REL_ERROR, flag_propensity_error
 
 log = logging.getLogger(__name__)
@@ -186,16 +192,23 @@ def support_terms(
     return unsupported_terms(action_dist[:, :, 0], mu, threshold)
 
 
+def candidate_dist(
+    policy: Policy, batch: LoggedBatch, rng: np.random.Generator, slates: bool
+) -> np.ndarray:
+    """The policy's ``action_dist`` (n, K, len_list) as its estimates read it: position-wise
+    for a slate window (``slates``), else one choice at every slot."""
+    if slates and batch.len_list > 1:
+        return slate_policy_action_dist(policy, batch, rng)
+    return policy_action_dist(policy, batch, rng)
+
+
 def support_of(
     policy: Policy, data: ReplayData, batch: LoggedBatch, threshold: float, seed: int
-) -> float | None:
+) -> float | WeightedSupport | None:
     """:func:`validation.gate.unsupported_mass` of ``policy`` on the held-out rows
-    ``data`` (their ``batch``); None for slates or a window without logged probabilities."""
-    if batch.len_list > 1 or data.logging_probabilities is None:
-        return None
-    dist = policy_action_dist(policy, batch, np.random.default_rng(seed))
-    terms = support_terms(data, batch, threshold, dist)
-    return None if terms is None else terms[0] / terms[1]
+    ``data`` (their ``batch``); for slates or a window without logged probabilities, the
+    share estimated from its importance weights (:class:`validation.gate.WeightedSupport`)."""
+    return _support_in_blocks(policy, [data], [batch], threshold, seed)
 
 
 def _support_in_blocks(
@@ -204,17 +217,20 @@ def _support_in_blocks(
     batches: list[LoggedBatch],
     threshold: float,
     seed: int,
-) -> float | None:
+) -> float | WeightedSupport | None:
     """:func:`support_of` summed over the blocks of a blocked evaluation."""
-    if any(b.len_list > 1 for b in batches) or parts[0].logging_probabilities is None:
-        return None
     rng = np.random.default_rng(seed)
     mass = rounds = 0.0
+    weights = np.zeros((max(b.len_list for b in batches), 3))
     for part, batch in zip(parts, batches, strict=True):
-        terms = support_terms(part, batch, threshold, policy_action_dist(policy, batch, rng))
+        dist = candidate_dist(policy, batch, rng, slates=batch.len_list > 1)
+        terms = support_terms(part, batch, threshold, dist)
         if terms is not None:
             mass, rounds = mass + terms[0], rounds + terms[1]
-    return mass / rounds if rounds else None
+        weights[: batch.len_list] += weight_terms(
+            dist, batch.actions, batch.positions, batch.pscore, batch.len_list
+        )
+    return mass / rounds if rounds else WeightedSupport.of(weights)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ from training.evaluate import (
 )
 from training.replay import replay_from_frame
 from training.runspec import RunSpec
-from validation.gate import decide, merge_ranges, reward_range
+from validation.gate import WeightedSupport, decide, merge_ranges, reward_range, weight_terms
 from validation.ope import OPEReport, check_feedback, policy_action_dist, round_terms
 from validation.ope.moments import Moments, TermSums, merge_all
 from validation.ope.reward_models import RidgeModel
@@ -688,6 +688,7 @@ def shard_evaluation(
     sums: dict[str, dict[str, Any]] = {}
     fingerprints = []
     support_mass, support_rows = 0.0, 0
+    weights = np.zeros((max(1, data.len_list), 3))
     rewards: tuple[float, float] | None = None
     flags = PropensityFlags(0, 0, 0)
     for b, (lo, hi) in enumerate(shard["blocks"]):
@@ -705,10 +706,14 @@ def shard_evaluation(
         if support is not None:
             support_mass += support[0]
             support_rows += support[1]
+        weights[: batch.len_list] += weight_terms(
+            dists["candidate"], batch.actions, batch.positions, batch.pscore, batch.len_list
+        )
     arrays: dict[str, Any] = {
         "fingerprints": np.array(fingerprints, dtype=np.str_),
         "labels": np.array([_label(policies[r]) for r in ("candidate", "production")]),
         "support": np.array([support_mass, support_rows], dtype=np.float64),
+        "support_weights": weights,
         "reward_range": np.array(rewards or (np.nan, np.nan), dtype=np.float64),
         **flags.to_arrays(),
     }
@@ -757,17 +762,26 @@ def reduce_reports(parts: Sequence[Mapping[str, Any]], level: float = 0.95) -> d
     return reports
 
 
-def reduce_support(parts: Sequence[Mapping[str, Any]]) -> float | None:
+def reduce_support(parts: Sequence[Mapping[str, Any]]) -> float | WeightedSupport | None:
     """The candidate's :func:`validation.gate.unsupported_mass` on the whole held-out
-    window, from the shards' support terms; None when no row has logged probabilities
-    (the support check is then skipped, as on the single-node path)."""
+    window, from the shards' support terms; when no row has logged probabilities (or a
+    slate window), the share estimated from its importance weights, as on the
+    single-node path (:class:`validation.gate.WeightedSupport`)."""
     mass, rows = 0.0, 0.0
+    weights: np.ndarray | None = None
     for part in parts:
         with np.load(part["path"], allow_pickle=False) as data:
             part_mass, part_rows = (float(v) for v in data["support"])
+            part_weights = np.asarray(data["support_weights"], dtype=np.float64)
         mass += part_mass
         rows += part_rows
-    return mass / rows if rows else None
+        if weights is None or part_weights.shape[0] > weights.shape[0]:
+            grown = np.zeros_like(part_weights)
+            if weights is not None:
+                grown[: weights.shape[0]] = weights
+            weights = grown
+        weights[: part_weights.shape[0]] += part_weights
+    return mass / rows if rows else WeightedSupport.of(weights if weights is not None else [])
 
 
 def reduce_reward_range(parts: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:

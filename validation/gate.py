@@ -13,7 +13,10 @@ carry the same data fingerprint). The default rule promotes when
   logging policy played with propensity below ``support_threshold``
   (:func:`unsupported_mass`) is at most ``max_unsupported``. Importance weighting
   cannot see what the logs never tried: without support the estimates above are biased
-  or uninformative however narrow their intervals look, and
+  or uninformative however narrow their intervals look. Where the logging probabilities
+  of every action are not known (slates, per position), the share on actions the logs
+  never played is estimated from the candidate's importance weights
+  (:class:`WeightedSupport`) and must not exceed the limit beyond its noise, and
 * production's estimate, the bar, is a possible mean reward: finite and within the
   held-out rewards' range (tiny or mislogged propensities put it far outside, where every
   candidate clears it or none does), and
@@ -179,6 +182,65 @@ def unsupported_terms(
     return float((pi[known] * (mu < cutoff)).sum()), int(known.sum())
 
 
+#: Standard errors by which a weight-estimated unsupported share must pass the limit.
+SUPPORT_Z = 2.0
+
+
+def weight_terms(
+    action_dist: Any, actions: Any, positions: Any, pscore: Any, len_list: int
+) -> np.ndarray:
+    """The additive parts of :class:`WeightedSupport`: per position ``(rows, Σ(1 − w),
+    Σ(1 − w)²)`` of the candidate's importance weights ``w = π(a_i) / μ(a_i)`` at the
+    logged actions (``action_dist`` (n, K, len_list), the one its estimates read)."""
+    pi = np.asarray(action_dist, dtype=np.float64)
+    pos = np.asarray(positions, dtype=np.intp)
+    rows = np.arange(pi.shape[0])
+    gap = 1.0 - pi[rows, np.asarray(actions, dtype=np.intp), pos] / np.asarray(pscore)
+    out = np.zeros((len_list, 3))
+    np.add.at(out[:, 0], pos, 1.0)
+    np.add.at(out[:, 1], pos, gap)
+    np.add.at(out[:, 2], pos, gap * gap)
+    return out
+
+
+@dataclass(frozen=True)
+class WeightedSupport:
+    """The candidate's unsupported share estimated from its importance weights, where the
+    logging policy's probability vectors are not known (slates: per position; rounds
+    logged without them). ``E_μ[π(a) / μ(a)]`` is one minus the candidate's mass on
+    actions the logging policy never plays, so one minus the mean weight estimates that
+    mass at each position. A slate window had no support check at all, and a candidate
+    ranking first an item the logs never showed there was promoted (OPE helper, stop 55).
+
+    ``terms``: per position ``(rows, Σ(1 − w), Σ(1 − w)²)`` (:func:`weight_terms`),
+    summed over the blocks or shards of a window."""
+
+    terms: tuple[tuple[float, float, float], ...]
+
+    @classmethod
+    def of(cls, terms: Any) -> WeightedSupport | None:
+        """From summed :func:`weight_terms`; None without rows."""
+        arr = np.asarray(terms, dtype=np.float64).reshape(-1, 3)
+        if not (arr[:, 0] > 0).any():
+            return None
+        return cls(tuple((float(n), float(s), float(q)) for n, s, q in arr))
+
+    def worst(self) -> tuple[int, float, float]:
+        """``(position, estimate, standard error)`` of the position whose lower bound
+        ``estimate − SUPPORT_Z · se`` is the largest."""
+        best: tuple[float, int, float, float] | None = None
+        for position, (n, s, q) in enumerate(self.terms):
+            if n <= 0:
+                continue
+            mean = s / n
+            se = float(np.sqrt(max(q / n - mean * mean, 0.0) / n))
+            low = mean - SUPPORT_Z * se
+            if best is None or low > best[0]:
+                best = (low, position, mean, se)
+        assert best is not None  # of() keeps rows
+        return best[1], best[2], best[3]
+
+
 def unsupported_mass(action_dist: Any, logging_probabilities: Any, threshold: float) -> float:
     """The share of the candidate's probability mass on actions the logging policy played
     with propensity below ``threshold`` — or, in a round of more than
@@ -199,7 +261,7 @@ def decide(
     candidate: OPEReport,
     production: OPEReport,
     rule: GateRule | None = None,
-    unsupported: float | None = None,
+    unsupported: float | WeightedSupport | None = None,
     reward_range: tuple[float, float] | None = None,
 ) -> GateDecision:
     """Apply ``rule`` to the candidate's and production's reports on one window.
@@ -260,7 +322,9 @@ def decide(
         ),
     )
     checks: tuple[GateCheck, ...] = (value_check, ess_check)
-    if unsupported is not None and np.isfinite(unsupported):
+    if isinstance(unsupported, WeightedSupport):
+        checks += (_weighted_support_check(unsupported, rule),)
+    elif unsupported is not None and np.isfinite(unsupported):
         support_ok = unsupported <= rule.max_unsupported
         checks += (
             GateCheck(
@@ -303,6 +367,31 @@ def decide(
         checks=checks,
         candidate=candidate.policy,
         production=production.policy,
+    )
+
+
+def _weighted_support_check(support: WeightedSupport, rule: GateRule) -> GateCheck:
+    position, share, se = support.worst()
+    low = share - SUPPORT_Z * se
+    passed = low <= rule.max_unsupported
+    where = f" at position {position}" if len(support.terms) > 1 else ""
+    return GateCheck(
+        name="support",
+        passed=passed,
+        value=float(share),
+        threshold=float(rule.max_unsupported),
+        reason=(
+            f"support (from the importance weights: the logs hold no probability vectors): "
+            f"the candidate puts an estimated {100 * share:.1f}% (± {100 * se:.1f}%) of its "
+            f"probability{where} on actions the logs never played "
+            + (
+                f"(not beyond the limit {100 * rule.max_unsupported:g}% by "
+                f"{SUPPORT_Z:g} standard errors)."
+                if passed
+                else f"(beyond the limit {100 * rule.max_unsupported:g}% by more than "
+                f"{SUPPORT_Z:g} standard errors); its estimates cannot be trusted."
+            )
+        ),
     )
 
 
