@@ -334,6 +334,24 @@ def test_a_production_estimate_no_mean_reward_can_have_refuses_the_comparison(
     )
 
 
+def test_a_production_estimate_noise_put_past_the_range_is_compared_at_its_end() -> None:
+    """DR is not bounded by the reward range: a poor production with rare clicks was
+    estimated at −0.0005 and a better candidate (0.098 [0.060, 0.139]) refused for
+    "propensities that cannot be trusted" in 14 of 60 windows (OPE helper, stop 55).
+    While production's interval reaches into the range, it is compared at the range's
+    end."""
+    candidate = report("cand", 0.098, 0.060, 0.139)
+    prod = report("prod", -0.00049, -0.003, 0.002)
+    decision = decide(candidate, prod, reward_range=(0.0, 1.0))
+    check = next(c for c in decision.checks if c.name == "production_estimate")
+    assert decision.promote and check.passed, decision.reasons
+    assert "its interval [-0.003, 0.002] reaches into it: compared at 0." in check.reason
+    value_check = next(c for c in decision.checks if c.name == "lower_bound")
+    assert value_check.threshold == 0.0
+    worse = decide(report("cand", 0.0, -0.01, 0.01), prod, reward_range=(0.0, 1.0))
+    assert not worse.promote  # its lower bound is below the range's end
+
+
 @pytest.mark.parametrize(
     ("share_first", "refused"),
     [(1.0, True), (0.6, True), (0.1, False), (0.0, False)],

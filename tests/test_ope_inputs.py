@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from validation.ope import check_feedback
+from validation.ope.inputs import PSCORE_MIN
 
 
 def good() -> dict[str, np.ndarray]:
@@ -30,18 +31,19 @@ def test_two_dimensional_action_dist_is_one_slot() -> None:
     assert check_feedback(**args).action_dist.shape == (3, 2, 1)
 
 
-def test_pscore_zero_is_rejected() -> None:
+@pytest.mark.parametrize("bad", [0.0, 1e-310, 1.5])
+def test_pscore_outside_what_a_weight_can_divide_by_is_rejected(bad: float) -> None:
+    """A subnormal propensity (1e-310) is in (0, 1], but its weight is infinite: every
+    estimate, interval, MLflow metric and report of the window was inf or NaN (OPE
+    helper, stop 55)."""
     args = good()
-    args["pscore"] = np.array([0.5, 0.0, 0.25])
-    with pytest.raises(ValueError, match=r"pscore must be in \(0, 1\]; got 0\.0 at index 1"):
+    args["pscore"] = np.array([0.5, bad, 0.25])
+    with pytest.raises(
+        ValueError, match=rf"pscore must be in \[2\.225e-308, 1\] .*; got {bad!r} at index 1"
+    ):
         check_feedback(**args)
-
-
-def test_pscore_above_one_is_rejected() -> None:
-    args = good()
-    args["pscore"] = np.array([0.5, 1.5, 0.25])
-    with pytest.raises(ValueError, match=r"pscore must be in \(0, 1\]; got 1\.5 at index 1"):
-        check_feedback(**args)
+    args["pscore"] = np.array([0.5, PSCORE_MIN, 0.25])
+    assert np.isfinite(1.0 / check_feedback(**args).pscore).all()
 
 
 def test_action_dist_not_summing_to_one_is_rejected() -> None:

@@ -296,7 +296,10 @@ def decide(
         )
     cand = candidate[rule.estimator]
     prod = production[rule.estimator]
-    bar = prod.value - rule.tolerance * abs(prod.value)
+    # production's estimate, where noise put it past the reward range its interval still
+    # reaches, is compared at that range's end (no policy's mean reward lies beyond it)
+    at = float(np.clip(prod.value, *reward_range)) if reward_range is not None else prod.value
+    bar = at - rule.tolerance * abs(at)
     value_ok = cand.ci_low >= bar
     pct = f"{100 * cand.level:g}%"
     value_check = GateCheck(
@@ -341,7 +344,7 @@ def decide(
                 ),
             ),
         )
-    checks += (_production_check(rule.estimator, prod.value, prod.ess, reward_range),)
+    checks += (_production_check(rule.estimator, prod, reward_range),)
     if reward_range is not None:
         lo, hi = reward_range
         varied = hi > lo
@@ -396,29 +399,43 @@ def _weighted_support_check(support: WeightedSupport, rule: GateRule) -> GateChe
 
 
 def _production_check(
-    estimator: str, value: float, ess: float, reward_range: tuple[float, float] | None
+    estimator: str, prod: Any, reward_range: tuple[float, float] | None
 ) -> GateCheck:
     """Production's estimate is the bar: it must be a possible mean reward — finite, and
-    within the held-out rewards' range when known. Tiny or mislogged propensities put it
-    at −3.7 on a [0, 1] reward (a bar every candidate clears) or at 10²⁹⁶ (one none
-    does)."""
+    its interval reaching into the held-out rewards' range when known. Tiny or mislogged
+    propensities put it at −3.7 on a [0, 1] reward (a bar every candidate clears) or at
+    10²⁹⁶ (one none does). DR is not bounded by the range: a poor production with rare
+    clicks was estimated at −0.0005 [−0.003, 0.002], and a better candidate refused in 14
+    of 60 windows for "propensities that cannot be trusted" (OPE helper, stop 55); it is
+    compared at the range's end instead."""
+    value, low, high = float(prod.value), float(prod.ci_low), float(prod.ci_high)
     finite = bool(np.isfinite(value))
     lo, hi = reward_range if reward_range is not None else (-np.inf, np.inf)
-    inside = finite and lo <= value <= hi
+    within = finite and lo <= value <= hi
+    reaches = finite and bool(np.isfinite(low) and np.isfinite(high)) and low <= hi and high >= lo
     where = "" if reward_range is None else f" [{lo:.6g}, {hi:.6g}]"
     state = "not finite" if not finite else f"outside the held-out reward range{where}"
-    reason = (
-        f"production's {estimator} estimate {value:.6g} lies within the held-out reward "
-        f"range{where}."
-        if inside
-        else f"production's {estimator} estimate {value:.6g} (effective sample size "
-        f"{ess:.1f}) is {state}: no policy's mean reward can be, so the window's "
-        "propensities cannot be trusted and the candidate is not compared against it."
-    )
+    if within:
+        reason = (
+            f"production's {estimator} estimate {value:.6g} lies within the held-out reward "
+            f"range{where}."
+        )
+    elif reaches:
+        reason = (
+            f"production's {estimator} estimate {value:.6g} is outside the held-out reward "
+            f"range{where}, but its interval [{low:.6g}, {high:.6g}] reaches into it: "
+            f"compared at {float(np.clip(value, lo, hi)):.6g}."
+        )
+    else:
+        reason = (
+            f"production's {estimator} estimate {value:.6g} (effective sample size "
+            f"{prod.ess:.1f}) is {state}: no policy's mean reward can be, so the window's "
+            "propensities cannot be trusted and the candidate is not compared against it."
+        )
     return GateCheck(
         name="production_estimate",
-        passed=inside,
-        value=float(value),
+        passed=within or reaches,
+        value=value,
         threshold=float(lo if finite and value < lo else hi),
         reason=reason,
     )

@@ -36,6 +36,10 @@ IntArray = NDArray[np.intp]
 #: distributions (counts / n_sim) sum to 1 up to round-off, far inside it.
 SUM_TOLERANCE = 1e-6
 
+#: The smallest logged propensity an importance weight can divide by (the smallest
+#: positive normal float: below it ``1 / pscore`` overflows).
+PSCORE_MIN = float(np.finfo(np.float64).tiny)
+
 
 def _show(value: Any) -> str:
     text = repr(value)
@@ -192,10 +196,15 @@ def check_feedback(
             f"pscore must have length n_rounds = {n} (the length of reward); "
             f"got length {ps.shape[0]}."
         )
-    bad = (ps <= 0.0) | (ps > 1.0)
+    # a subnormal propensity (1e-310) is in (0, 1] but its weight 1/pscore is infinite:
+    # every estimate, interval and MLflow metric of the window came out inf or NaN
+    bad = (ps < PSCORE_MIN) | (ps > 1.0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"pscore must be in (0, 1]; got {ps[i].item()!r} at index {i}.")
+        raise ValueError(
+            f"pscore must be in [{PSCORE_MIN:.4g}, 1] (a positive normal float: its "
+            f"importance weight must be finite); got {ps[i].item()!r} at index {i}."
+        )
 
     dist = _float_array("action_dist", action_dist, 3, widen=True)
     if dist.shape[0] != n:
