@@ -31,18 +31,36 @@ def check_text(name: str, value: str) -> str:
     return value
 
 
-#: The password of a URL's userinfo (``scheme://user:password@host``; a password may hold
-#: an unencoded ``/``, which SQLAlchemy accepts). Bounded repeats: a line of many
-#: ``a://b:`` took seconds (each start scanned to the end of the line).
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]{0,256}:)[^\s@]{0,256}(?=@)")
+#: Where a URL's userinfo ends: at the ``@`` followed by a host (and port), then the end
+#: of the authority. The password may hold ``@`` (URL parsers split at the last one) and
+#: an unencoded ``/`` (SQLAlchemy accepts it).
+_AT_HOST = r"(?=@[\w.\[\]-]{1,256}(?::\d{1,5})?(?:[/?#\s'\")]|$))"
+#: The password of a URL's userinfo (``scheme://user:password@host``). Bounded repeats:
+#: a line of many ``a://b:`` took seconds (each start scanned to the end of the line).
+_URL_PASSWORD = re.compile(
+    r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]{0,256}:)[^\s]{0,256}?" + _AT_HOST
+)
+#: A userinfo of one part (``scheme://token@host``): often a token standing for a user.
+_URL_USER = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://)[^\s/@:]{1,256}" + _AT_HOST)
+#: A credential in a URL's query (``?password=…``, ``&token=…``).
+_URL_QUERY = re.compile(
+    r"(?P<head>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|secret|"
+    r"sig|signature)=)[^&\s#]{1,512}",
+    re.IGNORECASE,
+)
 #: What stands for a password in a redacted URL.
 HIDDEN = "***"
 
 
 def redact_credentials(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***`` (an MLflow or
-    database error names the URL it could not reach, userinfo and all)."""
-    return _URL_PASSWORD.sub(rf"\g<head>{HIDDEN}", text)
+    """``text`` with the credentials of every URL in it replaced by ``***``: a userinfo's
+    password (an ``@`` in it included), a userinfo of one part (a token), and credential
+    query parameters (an MLflow or database error names the URL it could not reach,
+    userinfo and all). ``http://svc:p@ssw0rd@host`` showed ``ssw0rd``, and a token as
+    the userinfo or in ``?password=`` showed whole (security helper, stop 55)."""
+    text = _URL_PASSWORD.sub(rf"\g<head>{HIDDEN}", text)
+    text = _URL_USER.sub(rf"\g<head>{HIDDEN}", text)
+    return _URL_QUERY.sub(rf"\g<head>{HIDDEN}", text)
 
 
 def with_password(hidden: str, configured: Callable[[], str], name: str) -> str:
@@ -50,8 +68,8 @@ def with_password(hidden: str, configured: Callable[[], str], name: str) -> str:
     its password: that of the URL ``configured()`` reads, where that is the same URL; a URL
     without a password as it is (nothing read). ``ValueError`` naming ``name`` when the
     configured URL is another one."""
-    if f":{HIDDEN}@" not in hidden:
-        return hidden  # no password was taken out
+    if HIDDEN not in hidden:
+        return hidden  # no credential was taken out
     configured_url = configured()
     if redact_credentials(configured_url) != hidden:
         raise ValueError(

@@ -628,3 +628,28 @@ def test_a_registry_that_cannot_answer_is_named_not_taken_for_an_empty_one(
     assert code == 2 and "nothing to roll back" not in out, out
     assert out.startswith("error: the registry could not say which version of"), out
     assert "@production" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "shown", "secret"),
+    [
+        ("http://svc:p@ssw0rd@127.0.0.1:42307/x", "http://svc:***@127.0.0.1:42307/x", "ssw0rd"),
+        ("http://ghp_T0KEN1234567890@127.0.0.1:42307", "http://***@127.0.0.1:42307", "T0KEN"),
+        ("http://h/x?password=s3cret&a=1", "http://h/x?password=***&a=1", "s3cret"),
+        ("http://h/x?a=1&Token=s3cret#f", "http://h/x?a=1&Token=***#f", "s3cret"),
+        (
+            "postgresql://u:pa/ss@db:5432/x failed for user@example.com",
+            "postgresql://u:***@db:5432/x failed for user@example.com",
+            "pa/ss",
+        ),
+    ],
+)
+def test_every_credential_of_a_url_is_redacted(text: str, shown: str, secret: str) -> None:
+    """``GET /v1/model`` (no token) showed the registry URL as redacted: a password with an
+    ``@`` in it showed its end, a token as the userinfo or in the query showed whole
+    (security helper, stop 55); the logs were redacted the same way."""
+    from eventstore.text import redact_credentials, with_password
+
+    assert redact_credentials(text) == shown and secret not in redact_credentials(text)
+    # a run spec keeps the redacted form; the configured URL brings the credential back
+    assert with_password(shown, lambda: text, "tracking_uri") == text
