@@ -92,6 +92,8 @@ def test_items_are_listed_by_status_in_pages_of_one_catalog_version(
             ({"limit": 0}, ["query", "limit"]),
             ({"limit": 1001}, ["query", "limit"]),
             ({"status": "gone"}, ["query", "status"]),
+            # a version not written yet is no snapshot (security helper, stop 55)
+            ({"seq": version + 1000}, ["query", "seq"]),
         ):
             bad = client.get("/v1/items", params=params)
             assert bad.status_code == 422, (params, bad.text)

@@ -224,7 +224,17 @@ class CatalogService:
         and whether more follow (:meth:`CatalogStore.page`)."""
 
         def read() -> tuple[list[ItemRecord], bool, int]:
-            at = self.store.newest_seq() if seq is None else seq
+            newest = self.store.newest_seq()
+            if seq is not None and seq > newest:
+                # a version not written yet is no snapshot: later writes would show in
+                # its next pages (security helper, stop 55)
+                raise InputError(
+                    ("query", "seq"),
+                    f"seq {seq} is past the catalog's newest version {newest}; list without "
+                    "seq for the newest.",
+                    seq,
+                )
+            at = newest if seq is None else seq
             found, more = self.store.page(status, limit, after, at)
             return found, more, at
 
