@@ -62,7 +62,10 @@ class ServiceMetrics:
             registry=reg,
         )
         self.decisions = Counter(
-            DECISIONS, "Decisions served", ["arm", "traffic", "fallback"], registry=reg
+            DECISIONS,
+            "Decisions served (arm: an arm a reward was applied to, else other)",
+            ["arm", "traffic", "fallback"],
+            registry=reg,
         )
         self.rewards = Counter(REWARDS, "Rewards received", ["status"], registry=reg)
         self.reward_value = Summary(
@@ -173,12 +176,17 @@ class ServiceMetrics:
         self._model_labels: set[tuple[str, str, str]] = set()
 
     def arm_label(self, arm_id: str) -> str:
-        if arm_id in self._arms:
-            return arm_id
+        """``arm_id`` once a reward of it was applied (:meth:`admit_arm`), else
+        ``"other"``: the decision endpoints are open, and ten anonymous grouped requests
+        of junk ids took all 1,000 labels, every real arm counted as "other" until a
+        restart (security helper, stop 55)."""
+        return arm_id if arm_id in self._arms else "other"
+
+    def admit_arm(self, arm_id: str) -> None:
+        """Give ``arm_id`` a label of its own (a reward of it was applied: a client that
+        holds the token named it), up to ``MAX_ARM_LABELS`` arms."""
         if len(self._arms) < MAX_ARM_LABELS:
             self._arms.add(arm_id)
-            return arm_id
-        return "other"
 
     def observe_batch(self, n_items: int, seconds: float) -> None:
         self.batch_size.observe(n_items)

@@ -1145,6 +1145,7 @@ class DecisionService:
             self._held_rewards.difference_update((row.event_id, o.ordinal) for row, o in pairs)
         served = self.loader.current
         for row, outcome in pairs:
+            self.metrics.admit_arm(row.learn.arm_id)
             if served is None:
                 continue
             model = served.for_version(row.model_version)

@@ -203,10 +203,21 @@ def test_ops_endpoints(model_path: Path, tmp_path: Path, rng: np.random.Generato
             f'version="{version}"}} 1.0'
         ) in text
         assert "banditops_fallback_active 0.0" in text
+        # an arm gets a label of its own once a reward of it was applied (a client with the
+        # token named it): anonymous junk ids took every label (security helper, stop 55)
+        assert (
+            'banditops_decisions_total{arm="other",fallback="false",traffic="production"} 1.0'
+        ) in text
         arm = decision["arm_id"]
+        for _ in range(40):
+            again = client.post("/v1/decisions", json=decision_body(rng)).json()
+            if again["arm_id"] == arm:
+                break
+        else:
+            pytest.fail("the rewarded arm was never chosen again")
         assert (
             f'banditops_decisions_total{{arm="{arm}",fallback="false",traffic="production"}} 1.0'
-        ) in text
+        ) in client.get("/metrics").text
         assert 'banditops_rewards_total{status="applied"} 1.0' in text
         assert (
             'banditops_requests_total{endpoint="/v1/decisions",method="POST",status="200"}' in text
