@@ -122,6 +122,15 @@ def previous_tag(alias: str) -> str:
     return f"previous_{alias}"
 
 
+#: Longest version label (``<model name>/<version>``) the store holds.
+VERSION_LENGTH = 256
+#: Longest model name: its label with any registry version (up to 20 digits) must fit
+#: the store; a 255-character name was accepted, and every decision of its versions
+#: failed on PostgreSQL (SQLite does not hold VARCHAR to its length; PostgreSQL helper,
+#: stop 55).
+MODEL_NAME_LENGTH = VERSION_LENGTH - len("/") - 20
+
+
 def version_label(name: str, version: str | int) -> str:
     """How the service names a registry version in its logs and in the store."""
     return f"{name}/{version}"

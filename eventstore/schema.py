@@ -97,6 +97,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bandit_core.user_groups import USER_HASH_MAX_CHARS
+from eventstore.contract import VERSION_LENGTH
 from eventstore.types import UTCDateTime
 
 #: SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a bigint.
@@ -116,7 +117,6 @@ REPLAY = "replay"
 _NOT_IN_REPLAY = {REPLAY: False}
 
 EVENT_ID_LENGTH = 64
-VERSION_LENGTH = 256
 ARM_ID_LENGTH = 256
 SNAPSHOT_KEY_LENGTH = 32
 #: A served version's incarnation (``serving.models.sources.ModelRef.incarnation``).

@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from bandit_core import MAX_ABS_INPUT
+from eventstore.contract import MODEL_NAME_LENGTH
 from eventstore.text import redact_credentials
 
 #: How several rewards of one event make its reward (:mod:`eventstore.replay`): the first
@@ -478,7 +479,7 @@ class CoreSettings(BaseSettings):
     sqlite_synchronous: SqliteSynchronous = "FULL"
     mlflow_tracking_uri: str | None = None
     mlflow_registry_uri: str | None = None
-    model_name: str = "banditops-policy"
+    model_name: str = Field("banditops-policy", min_length=1, max_length=MODEL_NAME_LENGTH)
     production_alias: str = "production"
     candidate_alias: str = "staging"
     registered_alias: str = "candidate"

@@ -84,6 +84,11 @@ def test_a_store_without_tables_is_named_with_the_fix(
             {"BANDITOPS_ROLLOUT_STAGES": "[1.0]"},
             "(BANDITOPS_ROLLOUT_STAGES): must be increasing shares in (0, 1), at least one, then 1.0",
         ),
+        (  # its version labels would not fit the store (PostgreSQL refused every decision)
+            ("rollout", "status"),
+            {"BANDITOPS_MODEL_NAME": "m" * 236},
+            "model_name (BANDITOPS_MODEL_NAME): String should have at most 235 characters",
+        ),
     ],
 )
 def test_a_bad_setting_is_named_by_any_command_without_a_traceback(

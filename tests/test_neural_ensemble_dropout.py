@@ -185,3 +185,40 @@ def test_bad_options_raise_value_errors(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         make_policy(name, dim_user=DU, **options)
+
+
+def test_a_neural_state_no_training_could_give_is_refused_naming_its_array() -> None:
+    """A replay buffer's cursor past its capacity loaded, and the next update failed
+    after the head had learnt the row; a learnt dropout rate of 1 (``logit_p = 40`` is
+    finite) loaded and every decision's propensities were NaN (policy helper, stop 55)."""
+    from bandit_core.types import PolicyState
+
+    small = {"dim_user": 3, "dim_arm": 2, "hidden": (8,), "retrain_every": 10, "epochs": 1}
+    rng = np.random.default_rng(0)
+    buffered = make_policy("neural_linear", **small, buffer_size=5, device="cpu")
+    buffered.update_batch(
+        rng.standard_normal((3, 3)), ["a"] * 3, rng.random(3), rng.standard_normal((3, 2))
+    )
+    dropout = make_policy("dropout", **small, device="cpu")
+    for policy, key, value, message in (
+        (buffered, "buffer.next", 7, "replay buffer 'next' must be in"),
+        (buffered, "buffer.next", 2, "0 until the buffer is full"),
+        (dropout, "concrete.logit_p", [40.0], "'concrete.logit_p' gives a dropout rate of 1"),
+    ):
+        state = policy.to_state()
+        arrays = {**state.arrays, key: np.asarray(value, dtype=state.arrays[key].dtype)}
+        with pytest.raises(ValueError, match=message):
+            policy_from_state(PolicyState(state.policy, state.config, arrays))
+
+
+def test_a_state_trained_on_a_gpu_loads_where_there_is_none() -> None:
+    """A state saved with ``device='cuda'`` (trained on a GPU worker) was refused by
+    every CPU-only replica: "CUDA is not available here"."""
+    from bandit_core.types import PolicyState
+
+    policy = make_policy("neural_linear", dim_user=3, dim_arm=2, hidden=(8,), device="cpu")
+    state = policy.to_state()
+    on_gpu = PolicyState(state.policy, {**state.config, "device": "cuda:0"}, state.arrays)
+    loaded = policy_from_state(on_gpu)
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert str(loaded.device) == expected

@@ -495,6 +495,11 @@ class NeuralPolicy:
         for key in ("hidden", "arm_vocabulary"):
             if key in options:
                 options[key] = tuple(options[key])
+        device = options.get("device")
+        if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+            # trained on a GPU, served where there is none (the arrays are the same):
+            # the state named its training device and every CPU replica refused it
+            options["device"] = "cpu"
         policy = cls(**options)
         load_module_arrays(policy.net_, state.arrays, "net.")
         policy.buffer_.load_arrays(state.arrays, "buffer.")

@@ -126,4 +126,12 @@ class ReplayBuffer:
             raise ValueError(f"replay buffer holds {n} rows but its capacity is {self.capacity}.")
         self._inputs, self._rewards, self._weights = inputs.copy(), rewards.copy(), weights.copy()
         self._size = n
-        self._next = int(arrays[prefix + "next"])
+        nxt = int(arrays[prefix + "next"])
+        full = self.capacity is not None and n == self.capacity
+        if not 0 <= nxt < (self.capacity or 1) or (nxt and not full):
+            # a later add wrote past the arrays, after the head had learnt the row
+            raise ValueError(
+                f"replay buffer 'next' must be in [0, capacity) and 0 until the buffer is "
+                f"full; got {nxt} with {n} rows of capacity {self.capacity}."
+            )
+        self._next = nxt

@@ -172,6 +172,13 @@ class MCDropout(NeuralPolicy):
     def _load_extra(self, arrays: dict[str, NDArray[Any]]) -> None:
         if self.concrete_ is not None:
             load_module_arrays(self.concrete_, arrays, "concrete.")
+            keep = 1.0 - torch.sigmoid(self.concrete_.logit_p.detach()).cpu()
+            if not bool((keep > 0).all()):
+                # a rate of 1 (logit 40 is finite) dropped every unit: NaN propensities
+                raise ValueError(
+                    "state array 'concrete.logit_p' gives a dropout rate of 1 (every unit "
+                    "dropped); a learnt rate is below 1."
+                )
         masks = []
         for i, current in enumerate(self.ucb_masks_):
             value = np.asarray(arrays[f"ucb_masks.{i}"])
