@@ -19,7 +19,7 @@ one is set), ``M`` the candidates the model has not seen and
 the decision is uniform over the K candidates with probability ``w_u``, uniform over
 ``M`` with probability ``w_c`` and the inner policy's otherwise, so exactly
 
-    π(a | x) = (1 − w_u − w_c) p(a) + w_u / K + w_c · 1[a ∈ M] / |M|  ≥  p_min(x).
+    π(a | x) = (1 − w_u − w_c) p(a) + w_u / K + w_c · 1[a ∈ M] / |M|  ≥  min(p_min(x), 1/K).
 
 An unseen candidate gets at least ``p_min(x) + w_c / |M|``. The exposure cap
 (:class:`~bandit_core.policies.wrappers.ExposureCap`, an inner layer) removes arms over

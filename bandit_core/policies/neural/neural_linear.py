@@ -69,8 +69,10 @@ class NeuralLinearConfig(NeuralConfig):
     n_sim : int
         Extra posterior draws per decision for the Monte-Carlo propensities.
     target_rel_error, max_sim : float or None, int
-        Draw more (up to ``max_sim``) until the chosen arm's propensity has this relative
-        standard error (:func:`bandit_core.montecarlo.thompson_draws`).
+        Draw more (up to ``max_sim``), as many as the propensity of the arm a pilot draw
+        chooses needs for this relative standard error: a decision that chooses a less
+        likely arm gets fewer than its own propensity would need, and logs the larger
+        standard error it has (:func:`bandit_core.montecarlo.thompson_draws`).
     sample_noise : bool
         Draw σ² from its inverse-gamma posterior for every draw (else σ = 1).
     head_bias : bool
