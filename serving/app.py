@@ -71,6 +71,9 @@ def create_app(settings: Settings | None = None, lease: Lease | None = None) -> 
         description="Contextual-bandit decisions with exact propensities, logged before "
         "they are answered; rewards update the deciding model at once.",
         lifespan=lifespan,
+        # a trailing slash is a 404, not a 307 to a Location built from the client's own
+        # Host header (security helper, stop 55)
+        redirect_slashes=False,
     )
     app.include_router(router)
     app.include_router(catalog_router)

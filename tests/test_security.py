@@ -120,6 +120,10 @@ def test_tokens_are_required_where_configured(tmp_path: Path, rng: np.random.Gen
         good = {"Authorization": "Bearer s3"}
         assert client.post("/v1/rewards", json=reward, headers=good).status_code == 200
         assert client.get("/v1/admin/state", headers=good).status_code == 200
+        # a trailing slash was a 307 to a Location built from the client's Host header
+        evil = {"Host": "evil.example", **good}
+        slashed = client.post("/v1/rewards/", json=reward, headers=evil, follow_redirects=False)
+        assert slashed.status_code == 404 and "location" not in slashed.headers
 
 
 def test_user_ids_are_never_stored_in_clear(tmp_path: Path, rng: np.random.Generator) -> None:
