@@ -72,7 +72,7 @@ from serving.budget import (
 )
 from serving.catalog.index import Retrieved
 from serving.catalog.runtime import CatalogService
-from serving.decide import Choice, ChoiceOptions, choose, decision_row
+from serving.decide import Choice, ChoiceOptions, choose, decision_row, event_time
 from serving.identity import hash_user, route
 from serving.inputs import (
     DecisionInput,
@@ -940,6 +940,16 @@ class DecisionService:
                 f"event {req.event_id!r} is not in the event store yet, which is recovering "
                 "from an outage (another worker or replica may still hold it): retry later."
             )
+        if decision is None and not settings.sole_writer and self._made_lately(req.event_id):
+            # a replica that lost the store alone (its own network, its pooler) journals
+            # its decisions where this one cannot see them: their rewards were answered
+            # 404 and dropped (PostgreSQL helper, stop 55). An event its id dates within
+            # the horizon may yet land.
+            raise StoreUnavailableError(
+                f"event {req.event_id!r} is not in the event store yet; it was made less "
+                f"than {settings.replica_sync_horizon_s:g} s ago, and another replica may "
+                "still hold it: retry later."
+            )
         if decision is None:
             raise NotFoundError(f"no decision with event_id {req.event_id!r}.")
         check_position(req.position, decision.slate_length)
@@ -1055,6 +1065,15 @@ class DecisionService:
             return True
         back = writer.recovered_at
         return back is not None and time.monotonic() - back < self.settings.replica_sync_horizon_s
+
+    def _made_lately(self, event_id: str) -> bool:
+        """Whether ``event_id`` dates itself (:func:`serving.decide.event_time`) within
+        ``replica_sync_horizon_s`` of now, either way (clocks of replicas differ)."""
+        made = event_time(event_id)
+        if made is None:
+            return False
+        age = abs((datetime.now(UTC) - made).total_seconds())
+        return age < self.settings.replica_sync_horizon_s
 
     def _find(self, event_id: str) -> StoredDecision | None:
         """A decision from memory: the recent ones, or the journal's (not yet stored)."""

@@ -432,3 +432,46 @@ def test_a_lease_shorter_than_a_second_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValidationError, match="lease_s"):
         service_settings(tmp_path, lease_s=0.5)
+
+
+def test_a_replica_answers_503_not_404_for_an_event_made_lately_that_it_cannot_find(
+    tmp_path: Path,
+) -> None:
+    """A replica that lost the store alone (its network, its pooler) journals its
+    decisions where the others cannot see them: their rewards were answered 404 by the
+    others, a final answer, and dropped (PostgreSQL helper, stop 55). An event id dates
+    its decision: made within the sync horizon, an event not found yet is a 503 (retry);
+    an older one, or an id of another form, is a 404."""
+    from datetime import timedelta
+
+    from serving.decide import event_time, new_event_id
+    from tests.serving_helpers import AUTH
+
+    store_url = f"sqlite:///{tmp_path}/events.db"
+    settings = service_settings(
+        tmp_path / "a",
+        store_url,
+        model_path=policy_file(tmp_path / "m.npz"),
+        replica_id="a",
+        replica_sync_s=1.0,
+        replica_sync_horizon_s=30.0,
+    )
+    now = datetime.now(UTC)
+    with running_client(settings) as client:
+        decided = client.post(
+            "/v1/decisions",
+            json={
+                "context": [0.0] * DIM_USER,
+                "candidates": [{"id": "x", "features": [0.0, 0.0, 0.0]}],
+            },
+        ).json()
+        made = event_time(decided["event_id"])
+        assert made is not None and abs((made - datetime.now(UTC)).total_seconds()) < 5
+        for event, status in (
+            (new_event_id(now), 503),
+            (new_event_id(now - timedelta(minutes=5)), 404),
+            ("0" * 32, 404),
+            ("f" * 32, 404),
+        ):
+            got = client.post("/v1/rewards", json={"event_id": event, "reward": 1.0}, headers=AUTH)
+            assert got.status_code == status, (event, got.text)
