@@ -413,3 +413,37 @@ def test_the_evaluation_estimates_a_slate_window_s_support() -> None:
     assert isinstance(support, WeightedSupport)
     _, share, se = support.worst()
     assert abs(share - 0.1) < 4 * se, (share, se)
+
+
+def test_figures_that_are_not_finite_are_null_in_json_and_no_metric() -> None:
+    """A window whose weights overflowed wrote ``NaN``/``Infinity`` tokens into
+    evaluation.json and the ``challengers`` tag (``banditops models`` then read the tag as
+    a raw string), ``OPEReport.to_json`` raised, and MLflow got 25 non-finite metrics
+    (OPE helper, stop 55)."""
+    import json
+
+    from training.challengers import Challenger, challenger_metrics, challengers_tag
+
+    est = Estimate(
+        "dr",
+        float("inf"),
+        0.2,
+        float("nan"),
+        0.95,
+        100,
+        float("nan"),
+        3.0,
+        10,
+        {"lambda_": float("inf")},
+    )
+    rep = OPEReport("p", 10, "w", {"dr": est})
+    back = OPEReport.from_json(rep.to_json())
+    assert back.estimates["dr"].ci_low == 0.2 and np.isnan(back.estimates["dr"].ci_high)
+    assert np.isnan(back.estimates["dr"].params["lambda_"])
+    metrics = rep.to_mlflow_metrics()
+    assert all(np.isfinite(v) for v in metrics.values()) and "ope.dr.ci_low" in metrics
+    table = [Challenger("shared_lints", float("inf"), 0.1, float("nan"), True, "")]
+    assert json.loads(challengers_tag(table)) == [
+        {"algorithm": "shared_lints", "dr": None, "ci_low": 0.1, "ci_high": None, "chosen": True}
+    ]
+    assert all(np.isfinite(v) for v in challenger_metrics(table).values())

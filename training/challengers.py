@@ -54,20 +54,26 @@ class Challenger:
     note: str
 
     def tag(self) -> dict[str, Any]:
-        """The entry of the ``challengers`` version tag."""
+        """The entry of the ``challengers`` version tag (strict JSON: a figure that is
+        not finite is ``null``; ``Infinity`` made the tag unreadable to ``banditops
+        models``)."""
         return {
             "algorithm": self.algorithm,
-            "dr": self.dr,
-            "ci_low": self.ci_low,
-            "ci_high": self.ci_high,
+            "dr": _finite(self.dr),
+            "ci_low": _finite(self.ci_low),
+            "ci_high": _finite(self.ci_high),
             "chosen": self.chosen,
         }
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
 
 
 def challengers_tag(table: Sequence[Challenger]) -> str:
     """The ``challengers`` version tag: a JSON list of ``{algorithm, dr, ci_low, ci_high,
     chosen}``."""
-    return json.dumps([c.tag() for c in table])
+    return json.dumps([c.tag() for c in table], allow_nan=False)
 
 
 def challenger_metrics(table: Sequence[Challenger]) -> dict[str, float]:
@@ -78,14 +84,13 @@ def challenger_metrics(table: Sequence[Challenger]) -> dict[str, float]:
         if c.dr is None or c.ci_low is None or c.ci_high is None:
             continue
         key = f"challenger.{c.algorithm}"
-        out.update(
-            {
-                f"{key}.dr.value": c.dr,
-                f"{key}.dr.ci_low": c.ci_low,
-                f"{key}.dr.ci_high": c.ci_high,
-                f"{key}.chosen": float(c.chosen),
-            }
-        )
+        figures = {
+            f"{key}.dr.value": c.dr,
+            f"{key}.dr.ci_low": c.ci_low,
+            f"{key}.dr.ci_high": c.ci_high,
+            f"{key}.chosen": float(c.chosen),
+        }
+        out.update({k: v for k, v in figures.items() if math.isfinite(v)})
     return out
 
 

@@ -39,6 +39,7 @@ from validation.ope.evaluate import (
     slate_policy_action_dist,
 )
 from validation.ope.propensity_error import MAX_REL_ERROR, flag_propensity_error
+from validation.ope.report import strict_json
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +334,8 @@ class EvaluationResult:
         plots show the estimates, which it does not change)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / REPORT_FILE).write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        text = json.dumps(strict_json(self.to_dict()), indent=2, default=str, allow_nan=False)
+        (out / REPORT_FILE).write_text(text)
         return out
 
     def metrics(self) -> dict[str, float]:

@@ -74,13 +74,31 @@ class Estimate:
     params: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["params"] = dict(self.params)
+        """JSON-ready: a value that is not finite is ``None`` (strict JSON has no NaN or
+        Infinity: a window whose weights overflowed wrote ``NaN`` and ``Infinity`` tokens
+        that other readers refuse, and ``to_json`` raised; OPE helper, stop 55)."""
+        out = {k: _finite_or_none(v) for k, v in asdict(self).items()}
+        out["params"] = {k: _finite_or_none(v) for k, v in self.params.items()}
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Estimate:
-        return cls(**{**data, "params": dict(data.get("params", {}))})
+        """:meth:`to_dict` read back (``None`` is NaN again)."""
+        values: dict[str, Any] = {
+            k: math.nan if v is None and k in _FLOAT_FIELDS else v for k, v in data.items()
+        }
+        values["params"] = {
+            k: math.nan if v is None else float(v) for k, v in dict(data.get("params", {})).items()
+        }
+        return cls(**values)
+
+
+#: The float fields of :class:`Estimate` (``None`` in JSON when not finite).
+_FLOAT_FIELDS = frozenset({"value", "ci_low", "ci_high", "level", "ess", "max_weight"})
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def round_terms(

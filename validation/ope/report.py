@@ -86,8 +86,9 @@ class OPEReport:
         """
         out: dict[str, float] = {f"{prefix}.n_rounds": float(self.n_rounds)}
         for name, est in self.estimates.items():
-            for key in METRIC_FIELDS:
-                out[f"{prefix}.{name}.{key}"] = float(getattr(est, key))
+            for key in METRIC_FIELDS:  # a value that is not finite is no metric
+                if math.isfinite(value := float(getattr(est, key))):
+                    out[f"{prefix}.{name}.{key}"] = value
             for key, val in est.params.items():
                 if math.isfinite(val):
                     out[f"{prefix}.{name}.{key}"] = float(val)
@@ -141,3 +142,15 @@ def plot_report(report: OPEReport, path: str | Path, truth: float | None = None)
     out = Path(path)
     fig.savefig(out, format="png", dpi=110)
     return out
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` (dicts, lists, scalars) with every float that is not finite as ``None``:
+    what ``json.dumps(..., allow_nan=False)`` accepts."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
