@@ -40,8 +40,9 @@ _AT_HOST = r"(?=@[\w.\[\]-]{1,256}(?::\d{1,5})?(?:[/?#\s'\")]|$))"
 _URL_PASSWORD = re.compile(
     r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]{0,256}:)[^\s]{0,256}?" + _AT_HOST
 )
-#: A userinfo of one part (``scheme://token@host``): often a token standing for a user.
-_URL_USER = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://)[^\s/@:]{1,256}" + _AT_HOST)
+#: A userinfo of one part of an HTTP URL (``https://token@host``): a token standing for a
+#: user, by convention (a database URL's is its user name, shown).
+_URL_USER = re.compile(r"(?P<head>\bhttps?://)[^\s/@:]{1,256}" + _AT_HOST, re.IGNORECASE)
 #: A credential in a URL's query (``?password=…``, ``&token=…``).
 _URL_QUERY = re.compile(
     r"(?P<head>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|secret|"
@@ -54,7 +55,7 @@ HIDDEN = "***"
 
 def redact_credentials(text: str) -> str:
     """``text`` with the credentials of every URL in it replaced by ``***``: a userinfo's
-    password (an ``@`` in it included), a userinfo of one part (a token), and credential
+    password (an ``@`` in it included), an HTTP URL's userinfo of one part (a token), and credential
     query parameters (an MLflow or database error names the URL it could not reach,
     userinfo and all). ``http://svc:p@ssw0rd@host`` showed ``ssw0rd``, and a token as
     the userinfo or in ``?password=`` showed whole (security helper, stop 55)."""

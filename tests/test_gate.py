@@ -447,3 +447,40 @@ def test_figures_that_are_not_finite_are_null_in_json_and_no_metric() -> None:
         {"algorithm": "shared_lints", "dr": None, "ci_low": 0.1, "ci_high": None, "chosen": True}
     ]
     assert all(np.isfinite(v) for v in challenger_metrics(table).values())
+
+
+def test_the_gate_compares_the_candidate_with_production_paired_on_the_same_rounds() -> None:
+    """The candidate's lower bound against production's point estimate ignored that both
+    are estimated on the same rounds: a candidate truly better by 0.005 was refused,
+    and overall an equal one passed 7.7 % of seeded windows and a better one 12 % (OPE
+    helper, stop 55). The gain's paired interval sees the difference."""
+    from validation.ope.estimate import estimate
+    from validation.ope.evaluate import paired_difference
+    from validation.ope.inputs import check_feedback
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    actions = rng.integers(0, 2, n)
+    rewards = (rng.random(n) < np.where(actions == 0, 0.35, 0.30)).astype(float)
+    pscore = np.full(n, 0.5)
+    fbs = [
+        check_feedback(rewards, actions, pscore, np.tile(np.array(p)[None, :, None], (n, 1, 1)))
+        for p in ([0.6, 0.4], [0.5, 0.5])  # true values 0.330 and 0.325
+    ]
+    cand, prod = (estimate("ips", fb, np.random.default_rng(0), n_resamples=400) for fb in fbs)
+    reports = [OPEReport(name, n, "w", {"ips": e}) for name, e in (("c", cand), ("p", prod))]
+    rule = GateRule(estimator="ips")
+    unpaired = decide(*reports, rule)
+    assert not unpaired.promote  # its lower bound is below production's estimate
+    difference = paired_difference(*fbs, "ips", np.random.default_rng(0), n_resamples=400)
+    assert difference.value == pytest.approx(cand.value - prod.value, abs=1e-12)
+    assert difference.ci_low > 0 and difference.ci_high - difference.ci_low < 0.25 * (
+        cand.ci_high - cand.ci_low
+    )
+    paired = decide(*reports, rule, difference=difference)
+    check = next(c for c in paired.checks if c.name == "lower_bound")
+    assert paired.promote and check.passed, paired.reasons
+    assert "gain over production" in check.reason and "paired on the same rounds" in check.reason
+    # production alone better: the paired bound is below 0 and the candidate refused
+    worse = paired_difference(fbs[1], fbs[0], "ips", np.random.default_rng(0), n_resamples=400)
+    assert not decide(reports[1], reports[0], rule, difference=worse).promote

@@ -34,10 +34,13 @@ from validation.gate import (
 )
 from validation.ope import LoggedBatch, OPEReport, evaluate_policy
 from validation.ope.evaluate import (
+    PairedDifference,
     evaluate_policy_in_blocks,
+    paired_difference,
     policy_action_dist,
     slate_policy_action_dist,
 )
+from validation.ope.inputs import BanditFeedback
 from validation.ope.propensity_error import MAX_REL_ERROR, flag_propensity_error
 from validation.ope.report import strict_json
 
@@ -310,6 +313,8 @@ class EvaluationResult:
     production: OPEReport
     gate: GateDecision
     propensity: PropensityFlags | None = None
+    #: the candidate minus production on the same rounds (None on the sharded path)
+    difference: PairedDifference | None = None
 
     def __post_init__(self) -> None:
         note = None if self.propensity is None else self.propensity.note()
@@ -327,6 +332,7 @@ class EvaluationResult:
             "production": self.production.to_dict(),
             "gate": self.gate.to_dict(),
             "propensity_error": None if self.propensity is None else self.propensity.to_dict(),
+            "difference": None if self.difference is None else self.difference.to_dict(),
         }
 
     def write_report(self, out_dir: str | Path) -> Path:
@@ -345,6 +351,10 @@ class EvaluationResult:
             **self.production.to_mlflow_metrics("ope.production"),
         }
         out["gate.promote"] = float(self.gate.promote)
+        if self.difference is not None:
+            for key in ("value", "ci_low", "ci_high"):
+                if np.isfinite(figure := getattr(self.difference, key)):
+                    out[f"ope.difference.{self.difference.estimator}.{key}"] = float(figure)
         for check in self.gate.checks:
             if check.name == "support":
                 out["gate.unsupported_mass"] = check.value
@@ -419,6 +429,7 @@ def evaluate(
     candidate = load_policy(candidate_state)
     production, refused = production_policy(production_state, holdout.dim_user, holdout.dim_arm)
     slates = holdout.len_list > 1  # position-wise: both policies rank the logged positions
+    feedback: list[BanditFeedback] = []  # the rounds each was estimated on, for the pairing
     # one candidate table for the whole window scored every row with each item's
     # features from its first appearance: with features sent per request the policy was
     # judged on stale features (a model worth 0.83 estimated at 0.37, and rejected;
@@ -427,7 +438,12 @@ def evaluate(
         batch = logged_batch(holdout)
         rep_c, rep_p = (
             evaluate_policy(
-                policy, batch, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
+                policy,
+                batch,
+                np.random.default_rng(seed),
+                n_resamples=n_resamples,
+                slates=slates,
+                feedback_out=feedback,
             )
             for policy in (candidate, production)
         )
@@ -438,7 +454,12 @@ def evaluate(
         batches = [logged_batch(part) for part in parts]
         rep_c, rep_p = (
             evaluate_policy_in_blocks(
-                policy, batches, np.random.default_rng(seed), n_resamples=n_resamples, slates=slates
+                policy,
+                batches,
+                np.random.default_rng(seed),
+                n_resamples=n_resamples,
+                slates=slates,
+                feedback_out=feedback,
             )
             for policy in (candidate, production)
         )
@@ -446,8 +467,15 @@ def evaluate(
         rewards = merge_ranges(reward_range(b.rewards) for b in batches)
     if refused is not None:
         rep_p = dataclasses.replace(rep_p, notes=(*rep_p.notes, refused))
-    gate = decide(rep_c, rep_p, rule, support, rewards)
-    result = EvaluationResult(rep_c, rep_p, gate, PropensityFlags.of(holdout))
+    difference = paired_difference(
+        feedback[0],
+        feedback[1],
+        rule.estimator,
+        np.random.default_rng(seed),
+        n_resamples=n_resamples,
+    )
+    gate = decide(rep_c, rep_p, rule, support, rewards, difference)
+    result = EvaluationResult(rep_c, rep_p, gate, PropensityFlags.of(holdout), difference)
     if out_dir is not None:
         result.write(out_dir)
     return result

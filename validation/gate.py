@@ -3,10 +3,13 @@
 Both policies are evaluated off-policy on the *same* held-out window (their reports must
 carry the same data fingerprint). The default rule promotes when
 
-* the lower end of the candidate's interval under ``estimator`` (DR) is at least the
-  production point estimate minus ``tolerance`` of its magnitude:
-  ``L_cand ≥ V_prod − tolerance · |V_prod|`` (``V_prod (1 − tolerance)`` for a positive
-  value; the ``|·|`` keeps the rule meaningful for negative rewards), and
+* the lower end of the interval of the candidate's gain over production under
+  ``estimator`` (DR), paired on the same rounds (:class:`~validation.ope.evaluate.
+  PairedDifference`), is at least ``−tolerance · |V_prod|`` (the ``|·|`` keeps the rule
+  meaningful for negative rewards). Without a paired difference (the sharded path), the
+  lower end of the candidate's own interval is compared with production's point
+  estimate: ``L_cand ≥ V_prod − tolerance · |V_prod|``, which ignores production's noise
+  and the pairing (weaker, and less accurate in its level), and
 * the candidate's effective sample size under that estimator is at least ``min_ess``
   (too few effective rounds and the interval itself cannot be trusted), and
 * the logs support the candidate: the share of its probability mass on actions the
@@ -37,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +55,9 @@ from bandit_core.support import (
 )
 from validation.ope.report import OPEReport
 from validation.ope.spec import ESTIMATORS
+
+if TYPE_CHECKING:
+    from validation.ope.evaluate import PairedDifference
 
 
 @dataclass(frozen=True)
@@ -263,6 +269,7 @@ def decide(
     rule: GateRule | None = None,
     unsupported: float | WeightedSupport | None = None,
     reward_range: tuple[float, float] | None = None,
+    difference: PairedDifference | None = None,
 ) -> GateDecision:
     """Apply ``rule`` to the candidate's and production's reports on one window.
 
@@ -300,19 +307,38 @@ def decide(
     # reaches, is compared at that range's end (no policy's mean reward lies beyond it)
     at = float(np.clip(prod.value, *reward_range)) if reward_range is not None else prod.value
     bar = at - rule.tolerance * abs(at)
-    value_ok = cand.ci_low >= bar
     pct = f"{100 * cand.level:g}%"
-    value_check = GateCheck(
-        name="lower_bound",
-        passed=value_ok,
-        value=cand.ci_low,
-        threshold=bar,
-        reason=(
-            f"{rule.estimator} {pct} lower bound of the candidate {cand.ci_low:.6g} "
-            f"{'≥' if value_ok else '<'} production estimate {prod.value:.6g} with tolerance "
-            f"{rule.tolerance:g} (bar {bar:.6g})."
-        ),
-    )
+    if difference is not None and difference.estimator == rule.estimator:
+        # paired on the same rounds: the candidate's gain over production (at the range's
+        # end where noise put production past it) at least -tolerance · |production|
+        gain_bar = bar - at
+        low = difference.ci_low + (prod.value - at)
+        value_ok = bool(low >= gain_bar)
+        value_check = GateCheck(
+            name="lower_bound",
+            passed=value_ok,
+            value=float(low),
+            threshold=float(gain_bar),
+            reason=(
+                f"{rule.estimator} {100 * difference.level:g}% lower bound of the "
+                f"candidate's gain over production {low:.6g} (paired on the same rounds; "
+                f"candidate {cand.value:.6g}, production {prod.value:.6g}) "
+                f"{'≥' if value_ok else '<'} {gain_bar:.6g} (tolerance {rule.tolerance:g})."
+            ),
+        )
+    else:
+        value_ok = cand.ci_low >= bar
+        value_check = GateCheck(
+            name="lower_bound",
+            passed=value_ok,
+            value=cand.ci_low,
+            threshold=bar,
+            reason=(
+                f"{rule.estimator} {pct} lower bound of the candidate {cand.ci_low:.6g} "
+                f"{'≥' if value_ok else '<'} production estimate {prod.value:.6g} with "
+                f"tolerance {rule.tolerance:g} (bar {bar:.6g})."
+            ),
+        )
     ess_ok = cand.ess >= rule.min_ess
     ess_check = GateCheck(
         name="effective_sample_size",

@@ -25,8 +25,14 @@ from bandit_core.policies.overlap import for_users
 from bandit_core.policies.position import split_position
 from bandit_core.slates import slate_marginals
 from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
-from validation.ope.bootstrap import BOOTSTRAP_PARAMS, LEVEL, N_RESAMPLES
-from validation.ope.estimate import Estimate, estimate
+from validation.ope.bootstrap import (
+    BOOTSTRAP_PARAMS,
+    LEVEL,
+    N_RESAMPLES,
+    bootstrap_estimates,
+    percentile_interval,
+)
+from validation.ope.estimate import Estimate, estimate, round_terms
 from validation.ope.inputs import BanditFeedback, check_feedback
 from validation.ope.report import OPEReport
 from validation.ope.reward_models import (
@@ -306,8 +312,12 @@ def evaluate_policy(
     level: float = LEVEL,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     slates: bool = False,
+    feedback_out: list[BanditFeedback] | None = None,
 ) -> OPEReport:
     """Off-policy estimates of ``policy``'s value on ``batch``, with intervals.
+
+    ``feedback_out``, when given, receives the feedback the estimates read (for a paired
+    comparison of two policies on the same rounds: :func:`paired_difference`).
 
     Parameters
     ----------
@@ -389,6 +399,8 @@ def evaluate_policy(
     fb: BanditFeedback = check_feedback(
         batch.rewards, batch.actions, batch.pscore, action_dist, batch.positions, q_hat
     )
+    if feedback_out is not None:
+        feedback_out.append(fb)
     results: dict[str, Estimate] = {}
     for name in names:
         results[name] = estimate(
@@ -409,6 +421,7 @@ def evaluate_policy_in_blocks(
     level: float = LEVEL,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     slates: bool = False,
+    feedback_out: list[BanditFeedback] | None = None,
 ) -> OPEReport:
     """:func:`evaluate_policy` on a window given as consecutive blocks, each a
     :class:`LoggedBatch` over its own candidates: memory stays one block's, whatever the
@@ -482,6 +495,8 @@ def evaluate_policy_in_blocks(
     pi0 = np.clip(pi_logged, 0.0, 1.0)
     compact = np.repeat(np.stack([pi0, 1.0 - pi0], axis=1)[:, :, None], slots, axis=2)
     fb = check_feedback(rewards, np.zeros(n, dtype=np.intp), pscore, compact, positions, q_hat)
+    if feedback_out is not None:
+        feedback_out.append(fb)
     results = {
         name: estimate(
             name, fb, rng, n_resamples=n_resamples, level=level, **per_estimator.get(name, {})
@@ -519,3 +534,66 @@ def _estimator_options(
         check_known_options(name, given, tuple(SPECS[name].options))
         out[name] = dict(given)
     return out
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """The candidate's value minus production's under one estimator, on the same logged
+    rounds, with a paired bootstrap interval: each resample draws the same rounds for
+    both, so the noise they share (the same users, the same rewards) cancels.
+
+    Comparing the candidate's lower bound with production's point estimate ignored both
+    production's noise and the pairing: on seeded windows an equal candidate passed 7.7 %
+    of the time (3.0 % paired), and one truly better (0.32 against 0.30) 12 % (100 %
+    paired; OPE helper, stop 55)."""
+
+    estimator: str
+    value: float
+    ci_low: float
+    ci_high: float
+    level: float
+    n_resamples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "estimator": self.estimator,
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "level": self.level,
+            "n_resamples": self.n_resamples,
+        }
+
+
+def paired_difference(
+    candidate: BanditFeedback,
+    production: BanditFeedback,
+    estimator: str,
+    rng: np.random.Generator,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    level: float = LEVEL,
+    **options: Any,
+) -> PairedDifference:
+    """``estimator``'s value of the candidate minus production's, from the feedback each
+    was estimated on (:func:`evaluate_policy`'s ``feedback_out``: the same rounds), with
+    a percentile interval over bootstrap resamples that draw the same rounds for both."""
+    if candidate.n_rounds != production.n_rounds or not np.array_equal(
+        candidate.reward, production.reward
+    ):
+        raise ValueError(
+            "candidate and production must be estimated on the same rounds; got "
+            f"{candidate.n_rounds} and {production.n_rounds} rounds with other rewards."
+        )
+    rng = check_generator(rng)
+    validate_params(
+        "paired_difference", {"n_resamples": n_resamples, "level": level}, BOOTSTRAP_PARAMS
+    )
+    terms = [round_terms(estimator, fb, rng, **options) for fb in (candidate, production)]
+    seed = int(rng.integers(0, 2**63 - 1))
+    # the same seed draws the same resampled rounds for both (bootstrap_estimates)
+    cand, prod = (bootstrap_estimates(t, np.random.default_rng(seed), n_resamples) for t in terms)
+    low, high = percentile_interval(cand - prod, level)
+    return PairedDifference(
+        estimator, terms[0].value() - terms[1].value(), low, high, float(level), int(n_resamples)
+    )
