@@ -41,7 +41,10 @@ def gate_report(*, params: Any = None, dag_run: Any = None) -> dict[str, Any]:
     client_defaults()  # seconds, not MLflow's minutes, for a registry that is down
 
     # before anyone is asked: a run no approval could carry out fails now
-    promotion.check_approvable(getattr(dag_run, "triggering_user_name", None), SETTINGS)
+    from training.settings import PipelineSettings
+
+    user = getattr(dag_run, "triggering_user_name", None)
+    promotion.check_approvable(user, PipelineSettings())  # the settings as the run starts
     promotion.refuse_stop_conf(dag_run.conf)
     return promotion.plan_promotion(
         params["version"],
