@@ -434,6 +434,13 @@ def test_sharded_ope_equals_one_pass_over_the_held_out_rounds(
     assert float(result.gate.to_tags()["gate.unsupported_mass"]) == pytest.approx(one)
     (support,) = [c for c in result.gate.checks if c.name == "support"]
     assert not support.passed and support.value == pytest.approx(one)
+    # the gate's paired difference: the candidate minus production round by round
+    diff = result.difference
+    dr_c, dr_p = reports["candidate"]["dr"], reports["production"]["dr"]
+    assert diff is not None and diff.value == pytest.approx(dr_c.value - dr_p.value, abs=1e-12)
+    assert diff.ci_low < diff.value < diff.ci_high
+    (lower,) = [c for c in result.gate.checks if c.name == "lower_bound"]
+    assert "paired on the same rounds" in lower.reason
     for estimator in shards.SHARDED_ESTIMATORS:
         ref = _reference(replay, state, Path(base.state_path), estimator)
         for role in ("candidate", "production"):

@@ -71,6 +71,8 @@ from training.replay import replay_from_frame
 from training.runspec import RunSpec
 from validation.gate import WeightedSupport, decide, merge_ranges, reward_range, weight_terms
 from validation.ope import OPEReport, check_feedback, policy_action_dist, round_terms
+from validation.ope.estimators import RoundTerms
+from validation.ope.evaluate import PairedDifference
 from validation.ope.moments import Moments, TermSums, merge_all
 from validation.ope.reward_models import RidgeModel
 from validation.ope.spec import DECOMPOSABLE, SPECS
@@ -79,6 +81,8 @@ log = logging.getLogger(__name__)
 
 FloatArray = NDArray[np.float64]
 
+#: The role under which a shard keeps the candidate's round terms minus production's.
+DIFFERENCE = "difference"
 #: Estimators whose round terms merge exactly over shards (see the module docstring).
 SHARDED_ESTIMATORS = DECOMPOSABLE
 #: L2 penalty of the OPE reward model (the single-node default's ``RidgeModel(alpha=1)``).
@@ -656,13 +660,26 @@ def block_terms(
     q_hat = model.predict(batch.contexts, batch.candidates.features)[:, :, None]
     out: dict[str, dict[str, Any]] = {}
     dists: dict[str, Any] = {}
+    raw: dict[str, dict[str, RoundTerms]] = {}
     for role, policy in policies.items():
         dist = policy_action_dist(policy, batch, np.random.default_rng(list(rng_seed)))
         fb = check_feedback(
             batch.rewards, batch.actions, batch.pscore, dist, batch.positions, q_hat
         )
-        out[role] = {name: TermSums.of(round_terms(name, fb)) for name in SHARDED_ESTIMATORS}
+        raw[role] = {name: round_terms(name, fb) for name in SHARDED_ESTIMATORS}
+        out[role] = {name: TermSums.of(t) for name, t in raw[role].items()}
         dists[role] = dist
+    if "candidate" in raw and "production" in raw:
+        # the candidate minus production round by round (a mean of terms: the estimators
+        # without a ratio), for the gate's paired comparison
+        out[DIFFERENCE] = {
+            name: TermSums.of(RoundTerms(c.num - p.num, c.weights))
+            for name, c in raw["candidate"].items()
+            if (p := raw["production"][name]).den is None
+            and c.den is None
+            and p.base is None
+            and c.base is None
+        }
     return out, dists
 
 
@@ -762,6 +779,25 @@ def reduce_reports(parts: Sequence[Mapping[str, Any]], level: float = 0.95) -> d
     return reports
 
 
+def reduce_difference(
+    parts: Sequence[Mapping[str, Any]], estimator: str, level: float = 0.95
+) -> PairedDifference | None:
+    """The candidate's value minus production's under ``estimator`` on the whole held-out
+    window, from the shards' round-by-round differences (normal approximation, as the
+    sharded reports); None for an estimator whose difference is not a mean of terms."""
+    total: TermSums | None = None
+    for part in _ordered(parts):
+        with np.load(part["path"], allow_pickle=False) as data:
+            if f"{DIFFERENCE}.{estimator}.n" not in data.files:
+                return None
+            t = TermSums.from_arrays(data, f"{DIFFERENCE}.{estimator}.")
+        total = t if total is None else total.merge(t)
+    if total is None:
+        return None
+    est = total.estimate(estimator, level)
+    return PairedDifference(estimator, est.value, est.ci_low, est.ci_high, float(level), 0)
+
+
 def reduce_support(parts: Sequence[Mapping[str, Any]]) -> float | WeightedSupport | None:
     """The candidate's :func:`validation.gate.unsupported_mass` on the whole held-out
     window, from the shards' support terms; when no row has logged probabilities (or a
@@ -802,6 +838,7 @@ def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: st
     for part in parts:
         with np.load(part["path"], allow_pickle=False) as data:
             flags = flags.merge(PropensityFlags.from_arrays(data))
+    difference = reduce_difference(parts, rule.estimator)
     result = EvaluationResult(
         reports["candidate"],
         reports["production"],
@@ -811,8 +848,10 @@ def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: st
             rule,
             reduce_support(parts),
             reduce_reward_range(parts),
+            difference,
         ),
         flags,
+        difference,
     )
     result.write(out_dir)
     return result

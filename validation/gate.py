@@ -6,10 +6,11 @@ carry the same data fingerprint). The default rule promotes when
 * the lower end of the interval of the candidate's gain over production under
   ``estimator`` (DR), paired on the same rounds (:class:`~validation.ope.evaluate.
   PairedDifference`), is at least ``−tolerance · |V_prod|`` (the ``|·|`` keeps the rule
-  meaningful for negative rewards). Without a paired difference (the sharded path), the
-  lower end of the candidate's own interval is compared with production's point
-  estimate: ``L_cand ≥ V_prod − tolerance · |V_prod|``, which ignores production's noise
-  and the pairing (weaker, and less accurate in its level), and
+  meaningful for negative rewards); the sharded path sums the round-by-round
+  differences (a normal interval, as its reports). Without a paired difference (a
+  self-normalised estimator as the gate's, sharded), the lower end of the candidate's own
+  interval is compared with production's point estimate: ``L_cand ≥ V_prod − tolerance ·
+  |V_prod|``, which ignores production's noise and the pairing, and
 * the candidate's effective sample size under that estimator is at least ``min_ess``
   (too few effective rounds and the interval itself cannot be trusted), and
 * the logs support the candidate: the share of its probability mass on actions the
