@@ -236,7 +236,8 @@ RETRAIN_FORM: tuple[FormField, ...] = (
     FormField(
         "tolerance",
         "number",
-        "Allowed relative shortfall of the candidate's DR lower bound below production.",
+        "Allowed shortfall of the lower bound of the candidate's DR gain over production "
+        "(paired), relative to production's estimate.",
         setting="retrain_tolerance",
     ),
     FormField(

@@ -130,8 +130,9 @@ class PipelineSettings(CoreSettings):
     retrain_seed : int
         Default of the form's ``seed``: seed of training and of the bootstrap.
     retrain_tolerance : float
-        Default of the form's ``tolerance``: allowed relative shortfall of the candidate's
-        DR lower bound below production's estimate.
+        Default of the form's ``tolerance``: allowed shortfall of the lower bound of the
+        candidate's DR gain over production (paired on the same rounds), relative to
+        production's estimate.
     retrain_min_ess : float
         Default of the form's ``min_ess``: smallest effective sample size the gate accepts.
     retrain_n_resamples : int
