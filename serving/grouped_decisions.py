@@ -82,10 +82,12 @@ async def decide_grouped(
     rows: list[DecisionRow] = []
     # one deadline for the request: each group's own let 100 groups take 100 deadlines
     deadline = asyncio.get_running_loop().time() + settings.decision_deadline_s
+    shown: set[str] = set()
     for group, inp in zip(req.groups, inputs, strict=True):
         # the request's cost, not the group's, says whether the loop may choose: groups
         # each within inline_work_units add up to a loop stall
         choice, fallback = await service.choose_for(model, inp, None, total, deadline)
+        arm_id = choice.decision.arm_id
         rows.append(
             decision_row(
                 inp,
@@ -94,11 +96,15 @@ async def decide_grouped(
                 model_version=None if model is None else model.version,
                 user_hash=user_hash,
                 traffic=traffic,
-                count_impressions=service.catalog.has_items,
+                # one impression of an item per request, however many groups show it: one
+                # anonymous request of 100 groups naming a catalog item made 100, and took
+                # its cold-start floor (security helper, stop 55)
+                count_impressions=service.catalog.has_items and arm_id not in shown,
                 request_id=request_id,
                 group_id=group.id,
             )
         )
+        shown.add(arm_id)
     await service.log_decisions(rows)  # in one transaction: all the groups or none
     by_model = [r for r in rows if not r.fallback]
     return GroupedDecisionResponse(

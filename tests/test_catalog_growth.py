@@ -631,3 +631,24 @@ def test_index_changes_are_applied_in_chunks_that_yield_to_the_loop() -> None:
     applied, ticks, index = asyncio.run(run())
     assert ticks == 3 and max(index.chunks) <= APPLY_CHUNK
     assert applied == sum(index.chunks) == 5 * APPLY_CHUNK + 3 + 3
+
+
+def test_an_item_shown_by_many_groups_of_one_request_is_one_impression(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """One anonymous grouped request of 100 one-variant groups naming a catalog item
+    made it 100 impressions: no longer new, it lost its exploration floor and its
+    cold-start slots (security helper, stop 55). One impression per request."""
+    model = policy_file(tmp_path / "policy.npz", seed=0)
+    settings = service_settings(tmp_path, None, model_path=model, api_token="tok")
+    with running_client(settings) as client:
+        item = _item(rng, "cat-0")
+        assert client.post("/v1/items", json={"items": [item]}, headers=TOKEN).status_code == 200
+        variant = {"id": "cat-0", "features": item["features"]}
+        groups = [{"id": f"g{i}", "variants": [variant]} for i in range(100)]
+        body = {"context": np.ones(DIM_USER).tolist(), "groups": groups}
+        for _ in range(2):
+            got = client.post("/v1/decisions/grouped", json=body)
+            assert got.status_code == 200, got.text
+        assert client.get("/v1/items/cat-0").json()["impressions"] == 2
+        assert client.app.state.service.catalog.index.impressions == {"cat-0": 2}
