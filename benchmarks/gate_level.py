@@ -88,11 +88,16 @@ def run_setting(setting: Setting, windows: int, rows: int, seed: int) -> Row:
         pscore = np.full(rows, 1.0 / k)
         fbs = [check_feedback(rewards, actions, pscore, d, None, q_hat) for d in dists]
         c, p = (estimate("dr", fb, np.random.default_rng(w), n_resamples=N_RESAMPLES) for fb in fbs)
-        reports = [OPEReport(n, rows, "w", {"dr": e}) for n, e in (("c", c), ("p", p))]
+        cand_report, prod_report = (
+            OPEReport("c", rows, "w", {"dr": c}),
+            OPEReport("p", rows, "w", {"dr": p}),
+        )
         span = reward_range(rewards)
-        promoted[0] += decide(*reports, GateRule(), None, span).promote
-        diff = paired_difference(*fbs, "dr", np.random.default_rng(w), n_resamples=N_RESAMPLES)
-        promoted[1] += decide(*reports, GateRule(), None, span, diff).promote
+        promoted[0] += decide(cand_report, prod_report, GateRule(), None, span).promote
+        diff = paired_difference(
+            fbs[0], fbs[1], "dr", np.random.default_rng(w), n_resamples=N_RESAMPLES
+        )
+        promoted[1] += decide(cand_report, prod_report, GateRule(), None, span, diff).promote
     cand, prod = setting.values()
     return Row(setting.name, cand - prod, windows, rows, *(promoted / windows))
 
