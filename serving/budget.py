@@ -64,14 +64,15 @@ class Limits:
     max_candidates: int
     max_groups: int
     max_context_features: int
-    max_arm_features: int
 
 
 def check_lengths(raw: Any, limits: Limits, grouped: bool = False) -> None:
     """422 naming the field and its limit for a parsed, not yet validated decision body
-    (grouped or not) with too many candidates, groups, context or item features; a body
-    of another shape is left to validation. Each element is looked at once, and no more
-    of them than the limits allow."""
+    (grouped or not) with too many candidates, groups, variants or context features; a
+    body of another shape is left to validation. A few lengths are read (one per group):
+    an item's features are left to validation, which stops at a list's first bad
+    element (a body limit's worth of good floats validates in milliseconds), and the
+    request path stays as it was for every body within the limits."""
     if not isinstance(raw, dict):
         return
     context = limits.max_context_features, "max_context_features"
@@ -89,15 +90,9 @@ def check_lengths(raw: Any, limits: Limits, grouped: bool = False) -> None:
             for g, group in enumerate(groups if isinstance(groups, list) else [])
             if isinstance(group, dict)
         ]
-    item = limits.max_arm_features, "max_arm_features"
     for where, candidates in lists:
-        if not isinstance(candidates, list):
-            continue
-        check_count(len(candidates), limits.max_candidates, where, "candidates")
-        for i, candidate in enumerate(candidates):
-            if isinstance(candidate, dict):
-                at = (*where, i, "features")
-                _count(candidate.get("features"), item, at, "features")
+        if isinstance(candidates, list):
+            check_count(len(candidates), limits.max_candidates, where, "candidates")
 
 
 def _count(value: Any, limit: tuple[int, str], where: Loc, what: str) -> None:

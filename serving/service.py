@@ -753,12 +753,7 @@ class DecisionService:
         decide it: an over-budget request then costs its parse and nothing more. The
         full check (:meth:`check_budget`) still runs on every validated request."""
         settings = self.settings
-        limits = Limits(
-            settings.max_candidates,
-            settings.max_groups,
-            settings.max_context_features,
-            settings.max_arm_features,
-        )
+        limits = Limits(settings.max_candidates, settings.max_groups, settings.max_context_features)
         check_lengths(raw, limits, grouped)
         found: list[tuple[int, int | None]] | None
         if grouped:

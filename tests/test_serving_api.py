@@ -502,7 +502,10 @@ def test_a_body_of_many_bad_elements_is_refused_for_its_first_or_its_length(
         ),
         (
             "/v1/decisions",
-            {"context": named, "candidates": [{"id": "a", "features": ["x"] * 2000}] * 10},
+            {
+                "context": named,
+                "candidates": [{"id": f"a{i}", "features": [0.0] * 2000} for i in range(10)],
+            },
             ["body", "candidates", 0, "features"],
             "max_arm_features",
         ),
