@@ -31,14 +31,19 @@ def check_text(name: str, value: str) -> str:
     return value
 
 
-#: Where a URL's userinfo ends: at the ``@`` followed by a host (and port), then the end
-#: of the authority. The password may hold ``@`` (URL parsers split at the last one) and
-#: an unencoded ``/`` (SQLAlchemy accepts it).
-_AT_HOST = r"(?=@[\w.\[\]-]{1,256}(?::\d{1,5})?(?:[/?#\s'\")]|$))"
-#: The password of a URL's userinfo (``scheme://user:password@host``). Bounded repeats:
-#: a line of many ``a://b:`` took seconds (each start scanned to the end of the line).
+#: Where a URL's userinfo ends: at its last ``@`` followed by a host (a name, an IPv6
+#: literal, several hosts, none at all for a socket path; a port) and then the end of the
+#: authority or of the URL's text. The password may hold ``@`` and ``/`` (URL parsers
+#: split at the last ``@``; SQLAlchemy accepts an unencoded ``/``).
+_AT_HOST = (
+    r"(?=@(?:\[[0-9a-fA-F:.]{0,64}\](?::\d{0,5})?(?:,[\w.:\[\]-]{0,256})?|[\w.,:%-]{0,256})"
+    r"(?:[/?#\s'\",;>)]|$))"
+)
+#: The password of a URL's userinfo (``scheme://user:password@host``): greedy within the
+#: token, so the last ``@`` before the host ends it. Bounded repeats: a line of many
+#: ``a://b:`` took seconds (each start scanned to the end of the line).
 _URL_PASSWORD = re.compile(
-    r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]{0,256}:)[^\s]{0,256}?" + _AT_HOST
+    r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s/@:]{0,256}:)[^\s]{0,256}" + _AT_HOST
 )
 #: A userinfo of one part of an HTTP URL (``https://token@host``): a token standing for a
 #: user, by convention (a database URL's is its user name, shown).

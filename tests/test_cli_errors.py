@@ -647,6 +647,23 @@ def test_a_registry_that_cannot_answer_is_named_not_taken_for_an_empty_one(
             "postgresql://u:***@db:5432/x failed for user@example.com",
             "pa/ss",
         ),
+        # a socket path, IPv6, several hosts, a port alone, a URL in brackets or followed
+        # by a comma, a password holding both @ and / (review, stop 55)
+        (
+            "postgresql://u:S3cret@/db?host=/cloudsql/p:eu:db",
+            "postgresql://u:***@/db?host=/cloudsql/p:eu:db",
+            "S3cret",
+        ),
+        ("postgresql://u:S3cret@[::1]:5432/db", "postgresql://u:***@[::1]:5432/db", "S3cret"),
+        ("postgresql://u:S3cret@db1,db2:5432/x", "postgresql://u:***@db1,db2:5432/x", "S3cret"),
+        ("postgresql://u:S3cret@:5432/db", "postgresql://u:***@:5432/db", "S3cret"),
+        ("<mysql://u:S3cret@db>, then", "<mysql://u:***@db>, then", "S3cret"),
+        ("http://u:p@ss/word@db/x", "http://u:***@db/x", "ss/word"),
+        (
+            "postgresql://postgres@127.0.0.1:5432/db",
+            "postgresql://postgres@127.0.0.1:5432/db",
+            "\0",
+        ),
     ],
 )
 def test_every_credential_of_a_url_is_redacted(text: str, shown: str, secret: str) -> None:
