@@ -350,6 +350,12 @@ def test_a_production_estimate_noise_put_past_the_range_is_compared_at_its_end()
     assert value_check.threshold == 0.0
     worse = decide(report("cand", 0.0, -0.01, 0.01), prod, reward_range=(0.0, 1.0))
     assert not worse.promote  # its lower bound is below the range's end
+    # far past the range, however wide its interval: the propensities are wrong, not noisy
+    # (three mislogged rows put it at -3.87 [-9.89, 0.62]; review, stop 55)
+    mislogged = report("prod", -3.866, -9.889, 0.623, ess=3.5)
+    refused = decide(report("cand", 0.374, 0.251, 0.495), mislogged, reward_range=(0.0, 1.0))
+    check = next(c for c in refused.checks if c.name == "production_estimate")
+    assert not refused.promote and not check.passed and "cannot be trusted" in check.reason
 
 
 @pytest.mark.parametrize(

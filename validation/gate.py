@@ -23,7 +23,8 @@ carry the same data fingerprint). The default rule promotes when
   (:class:`WeightedSupport`) and must not exceed the limit beyond its noise, and
 * production's estimate, the bar, is a possible mean reward: finite and within the
   held-out rewards' range (tiny or mislogged propensities put it far outside, where every
-  candidate clears it or none does), and
+  candidate clears it or none does) or, its interval reaching into the range, at most
+  ``RANGE_SLACK`` of the range past an end (noise: it is compared at that end), and
 * the held-out rewards are not all equal: when every logged reward is the same value
   (no click in the window, or a reward pipeline that delivered none, filled in by
   ``missing_reward = default``), every policy's estimate is that value with an interval
@@ -189,6 +190,11 @@ def unsupported_terms(
     return float((pi[known] * (mu < cutoff)).sum()), int(known.sum())
 
 
+#: How far past the held-out reward range (a share of its width) production's estimate
+#: may lie and still be compared, at the range's end: DR is not bounded by the range, and
+#: noise puts a poor production's just below it; far past it, the propensities are wrong.
+RANGE_SLACK = 0.05
+
 #: Standard errors by which a weight-estimated unsupported share must pass the limit.
 SUPPORT_Z = 2.0
 
@@ -306,7 +312,7 @@ def decide(
     prod = production[rule.estimator]
     # production's estimate, where noise put it past the reward range its interval still
     # reaches, is compared at that range's end (no policy's mean reward lies beyond it)
-    at = float(np.clip(prod.value, *reward_range)) if reward_range is not None else prod.value
+    at = _compared_at(prod.value, reward_range)
     bar = at - rule.tolerance * abs(at)
     pct = f"{100 * cand.level:g}%"
     if difference is not None and difference.estimator == rule.estimator:
@@ -336,8 +342,9 @@ def decide(
             threshold=bar,
             reason=(
                 f"{rule.estimator} {pct} lower bound of the candidate {cand.ci_low:.6g} "
-                f"{'≥' if value_ok else '<'} production estimate {prod.value:.6g} with "
-                f"tolerance {rule.tolerance:g} (bar {bar:.6g})."
+                f"{'≥' if value_ok else '<'} production estimate {prod.value:.6g}"
+                + (f" (compared at {at:.6g})" if at != prod.value else "")
+                + f" with tolerance {rule.tolerance:g} (bar {bar:.6g})."
             ),
         )
     ess_ok = cand.ess >= rule.min_ess
@@ -425,6 +432,17 @@ def _weighted_support_check(support: WeightedSupport, rule: GateRule) -> GateChe
     )
 
 
+def _compared_at(value: float, reward_range: tuple[float, float] | None) -> float:
+    """Production's estimate as the bar: clipped into the reward range when noise put it
+    at most :data:`RANGE_SLACK` of the range past an end (else as it is: the production
+    check refuses it)."""
+    if reward_range is None or not np.isfinite(value):
+        return value
+    lo, hi = reward_range
+    clipped = float(np.clip(value, lo, hi))
+    return clipped if abs(value - clipped) <= RANGE_SLACK * (hi - lo) else value
+
+
 def _production_check(
     estimator: str, prod: Any, reward_range: tuple[float, float] | None
 ) -> GateCheck:
@@ -439,7 +457,16 @@ def _production_check(
     finite = bool(np.isfinite(value))
     lo, hi = reward_range if reward_range is not None else (-np.inf, np.inf)
     within = finite and lo <= value <= hi
-    reaches = finite and bool(np.isfinite(low) and np.isfinite(high)) and low <= hi and high >= lo
+    # just past the range, its interval reaching into it: noise, compared at the end; a
+    # mislogged propensity put it at -3.87 with an interval reaching to 0.62, and the
+    # worse candidate passed a bar of 0 (review, stop 55)
+    reaches = (
+        finite
+        and _compared_at(value, reward_range) != value
+        and bool(np.isfinite(low) and np.isfinite(high))
+        and low <= hi
+        and high >= lo
+    )
     where = "" if reward_range is None else f" [{lo:.6g}, {hi:.6g}]"
     state = "not finite" if not finite else f"outside the held-out reward range{where}"
     if within:
