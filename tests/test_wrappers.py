@@ -119,3 +119,15 @@ def test_an_exposure_cap_counts_the_arm_served_whichever_layer_chose_it(
     while not isinstance(cap, ExposureCap):
         cap = cap.__dict__["inner"]
     assert served["new"] > 50 and cap._counts == served, (served, cap._counts)
+
+
+def test_every_exposure_cap_of_a_chain_counts_the_arm_served() -> None:
+    """With decisions made by the innermost layers and recorded by the outermost, a cap
+    inside another cap counted nothing (review, stop 55)."""
+    inner = ExposureCap(make_policy("uniform", dim_user=2), max_share=0.9, min_decisions=0)
+    outer = ExposureCap(inner, max_share=0.9, min_decisions=0)
+    rng = np.random.default_rng(0)
+    served = Counter(
+        outer.select(np.zeros(2), Candidates.from_any(["a", "b"]), rng).arm_id for _ in range(20)
+    )
+    assert inner._counts == served == outer._counts

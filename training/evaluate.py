@@ -215,6 +215,19 @@ def support_of(
     return _support_in_blocks(policy, [data], [batch], threshold, seed)
 
 
+def support_from_dist(
+    data: ReplayData, batch: LoggedBatch, threshold: float, dist: np.ndarray
+) -> float | WeightedSupport | None:
+    """:func:`support_of` from the candidate's ``action_dist`` its estimates read (the
+    feedback of :func:`validation.ope.evaluate_policy`: no second pass of the policy)."""
+    terms = support_terms(data, batch, threshold, dist)
+    if terms is not None:
+        return terms[0] / terms[1]
+    return WeightedSupport.of(
+        weight_terms(dist, batch.actions, batch.positions, batch.pscore, batch.len_list)
+    )
+
+
 def _support_in_blocks(
     policy: Policy,
     parts: list[ReplayData],
@@ -447,7 +460,9 @@ def evaluate(
             )
             for policy in (candidate, production)
         )
-        support = support_of(candidate, holdout, batch, rule.support_threshold, seed)
+        # the candidate's distribution its estimates read (a slate's is a Monte-Carlo pass)
+        dist = feedback[0].action_dist
+        support = support_from_dist(holdout, batch, rule.support_threshold, dist)
         rewards = reward_range(batch.rewards)
     else:
         parts = [holdout.subset(block) for block in blocks_of(holdout)]

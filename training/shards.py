@@ -808,7 +808,13 @@ def reduce_support(parts: Sequence[Mapping[str, Any]]) -> float | WeightedSuppor
     for part in parts:
         with np.load(part["path"], allow_pickle=False) as data:
             part_mass, part_rows = (float(v) for v in data["support"])
-            part_weights = np.asarray(data["support_weights"], dtype=np.float64)
+            # a shard written before the weights were kept (a map step of an earlier
+            # release, reduced by this one) adds none
+            part_weights = (
+                np.asarray(data["support_weights"], dtype=np.float64)
+                if "support_weights" in data.files
+                else np.zeros((1, 3))
+            )
         mass += part_mass
         rows += part_rows
         if weights is None or part_weights.shape[0] > weights.shape[0]:

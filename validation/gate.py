@@ -411,14 +411,16 @@ def _weighted_support_check(support: WeightedSupport, rule: GateRule) -> GateChe
     position, share, se = support.worst()
     low = share - SUPPORT_Z * se
     passed = low <= rule.max_unsupported
-    where = f" at position {position}" if len(support.terms) > 1 else ""
+    slates = len(support.terms) > 1
+    where = f" at position {position}" if slates else ""
+    how = ", position by position" if slates else ": the logs hold no probability vectors"
     return GateCheck(
         name="support",
         passed=passed,
         value=float(share),
         threshold=float(rule.max_unsupported),
         reason=(
-            f"support (from the importance weights: the logs hold no probability vectors): "
+            f"support (from the importance weights{how}): "
             f"the candidate puts an estimated {100 * share:.1f}% (± {100 * se:.1f}%) of its "
             f"probability{where} on actions the logs never played "
             + (

@@ -238,7 +238,7 @@ class ExposureCap(DelegatingWrapper):
 
     def select(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
         decision = self.decide(context, candidates, rng)
-        self.record(decision.arm_id)
+        record_exposure(self, decision.arm_id)  # this cap and any inside it
         return decision
 
     def decide(self, context: Any, candidates: Any, rng: np.random.Generator) -> Decision:
@@ -305,12 +305,11 @@ def decide_only(policy: Any, context: Any, candidates: Any, rng: np.random.Gener
 
 
 def record_exposure(policy: Any, arm_id: str) -> None:
-    """Count ``arm_id`` as served by the :class:`ExposureCap` in ``policy``'s chain of
+    """Count ``arm_id`` as served by every :class:`ExposureCap` in ``policy``'s chain of
     wrappers (nothing when there is none)."""
     while policy is not None:
         if isinstance(policy, ExposureCap):
             policy.record(arm_id)
-            return
         policy = policy.__dict__.get("inner") if hasattr(policy, "__dict__") else None
 
 

@@ -7,14 +7,14 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from serving.schemas import FiniteFloat, Identifier, _Strict
+from serving.schemas import Floats, Identifier, _Strict
 
 
 class ItemBody(_Strict):
     """An item's features and, optionally, its retrieval embedding."""
 
-    features: list[FiniteFloat] = Field(min_length=1, description="Feature vector.")
-    embedding: list[FiniteFloat] | None = Field(
+    features: Floats = Field(min_length=1, description="Feature vector.")
+    embedding: Floats | None = Field(
         default=None, min_length=1, description="Retrieval vector (default: the features)."
     )
 
@@ -51,7 +51,7 @@ MAX_ITEMS_PER_REQUEST = 1000
 
 
 class ItemsIn(_Strict):
-    items: list[ItemIn] = Field(
+    items: Annotated[list[ItemIn], Field(fail_fast=True)] = Field(
         min_length=1,
         max_length=MAX_ITEMS_PER_REQUEST,
         description="Items to add or update (at most 1,000 a request).",
