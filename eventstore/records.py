@@ -197,8 +197,10 @@ class RewardRow:
     check, which needs the store; a repeated reward gets ``repeat_status``
     (``DUPLICATE`` under the first-wins rule, ``SUMMED`` under the sum rule). ``position``
     names the slate position rewarded (None: the decision's arm, position 0); "repeated"
-    means another reward for the same event *and position*. ``learn`` travels with the
-    row to whoever applies committed rewards to a head; it is not stored.
+    means another reward for the same event *and position*. ``idempotency_key`` is the
+    client's key (None: none): a reward whose event already has one with that key is not
+    written again (:class:`KeyRepeat`). ``learn`` travels with the row to whoever applies
+    committed rewards to a head; it is not stored.
     """
 
     event_id: str
@@ -210,6 +212,7 @@ class RewardRow:
     ineligible_status: str | None = None
     repeat_status: str = DUPLICATE
     position: int | None = None
+    idempotency_key: str | None = None
     learn: Any = field(default=None, compare=False)
 
 
@@ -220,6 +223,9 @@ class RewardOutcome:
 
     ``journaled``: the reward is durable in the local journal, not yet in the database
     (``id`` is 0 until the journal is drained, see :mod:`serving.store.journal`).
+    ``repeat_of``: set when the reward repeated an idempotency key its event had already
+    used: nothing was written and no head learns it (``applied`` is False); the first's
+    outcome is what the client is answered.
     """
 
     id: int
@@ -227,6 +233,37 @@ class RewardOutcome:
     applied: bool
     status: str
     journaled: bool = False
+    repeat_of: KeyedFirst | None = None
+
+
+@dataclass(frozen=True)
+class KeyedFirst:
+    """The first reward of an event under an idempotency key: what it was sent with
+    (``value``, ``position``) and its ``outcome``."""
+
+    value: float
+    position: int | None
+    outcome: RewardOutcome
+
+    def repeated(self) -> RewardOutcome:
+        """The outcome of a reward that repeats this one's key."""
+        first = self.outcome
+        return RewardOutcome(
+            first.id, first.ordinal, False, first.status, first.journaled, repeat_of=self
+        )
+
+
+@dataclass(frozen=True)
+class KeyRepeat:
+    """A reward whose idempotency key its event already used (``first``: stored, or
+    judged earlier in the same batch): it is not written."""
+
+    row: RewardRow
+    first: KeyedFirst | JudgedReward
+
+
+#: The first reward of each (event id, idempotency key) a writer knows of.
+Keyed = dict[tuple[str, str], "KeyedFirst | JudgedReward"]
 
 
 @dataclass(frozen=True)
@@ -262,14 +299,24 @@ def reward_sources(table: Table) -> dict[str, str]:
 
 
 def judge_rewards(
-    rows: Sequence[RewardRow], seen: Counter[str], at_position: Counter[tuple[str, int]]
-) -> list[JudgedReward]:
+    rows: Sequence[RewardRow],
+    seen: Counter[str],
+    at_position: Counter[tuple[str, int]],
+    keyed: Keyed | None = None,
+) -> list[JudgedReward | KeyRepeat]:
     """The verdict of each reward, in order, given how many rewards each event already has
-    (``seen``) and has per position (``at_position``; None counts as position 0). Both
-    counters are updated. A reward repeats when its event already has one at the same
-    position; only a first, eligible reward is applied."""
-    out = []
+    (``seen``) and has per position (``at_position``; None counts as position 0), and the
+    first reward of each idempotency key it already has (``keyed``). All three are
+    updated. A reward repeats when its event already has one at the same position; only a
+    first, eligible reward is applied. A reward whose key its event already used is a
+    :class:`KeyRepeat`, and counts nowhere."""
+    keyed = {} if keyed is None else keyed
+    out: list[JudgedReward | KeyRepeat] = []
     for row in rows:
+        by_key = None if row.idempotency_key is None else (row.event_id, row.idempotency_key)
+        if by_key is not None and by_key in keyed:
+            out.append(KeyRepeat(row, keyed[by_key]))
+            continue
         ordinal = seen[row.event_id]
         seen[row.event_id] += 1
         key = (row.event_id, row.position or 0)
@@ -281,7 +328,37 @@ def judge_rewards(
             status = APPLIED
         else:
             status = row.ineligible_status or NOT_SERVED
-        out.append(JudgedReward(row, ordinal, status == APPLIED, status))
+        judged = JudgedReward(row, ordinal, status == APPLIED, status)
+        if by_key is not None:
+            keyed[by_key] = judged
+        out.append(judged)
+    return out
+
+
+def written(judged: Sequence[JudgedReward | KeyRepeat]) -> list[JudgedReward]:
+    """The rewards of ``judged`` to write (the repeats of a key are not)."""
+    return [j for j in judged if isinstance(j, JudgedReward)]
+
+
+def outcomes(
+    judged: Sequence[JudgedReward | KeyRepeat], results: Sequence[RewardOutcome]
+) -> list[RewardOutcome]:
+    """One outcome per reward of ``judged``: those written take theirs from ``results``
+    (one per :func:`written` reward, in order), a repeat its first's
+    (:meth:`KeyedFirst.repeated`)."""
+    of_written = iter(results)
+    firsts: dict[int, RewardOutcome] = {}
+    out = []
+    for j in judged:
+        if isinstance(j, JudgedReward):
+            outcome = next(of_written)
+            firsts[id(j)] = outcome
+        elif isinstance(j.first, KeyedFirst):
+            outcome = j.first.repeated()
+        else:
+            first = j.first.row
+            outcome = KeyedFirst(first.value, first.position, firsts[id(j.first)]).repeated()
+        out.append(outcome)
     return out
 
 

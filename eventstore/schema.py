@@ -10,7 +10,9 @@
     Every reward received, in arrival order (``id``). ``ordinal`` numbers the rewards of
     one event (0 = the first); ``UNIQUE(event_id, ordinal)`` makes "applied at most once"
     hold even with several writer processes. ``applied`` says whether the online head of
-    the deciding model learnt from it; ``status`` says why not.
+    the deciding model learnt from it; ``status`` says why not. A reward may carry the
+    client's ``idempotency_key`` (unique per event): sent again with it, it is answered
+    as the first was, and nothing more is stored.
 ``head_snapshots``
     The online state of a served model version after its rewards up to
     ``last_reward_id`` (a :func:`bandit_core.save_policy` ``.npz``, never pickle). A
@@ -172,6 +174,7 @@ class RewardEvent(Base):
     __table_args__ = (
         UniqueConstraint("event_id", "ordinal"),
         Index(None, "model_version", "applied", "id"),
+        Index(None, "event_id", "idempotency_key", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -186,6 +189,9 @@ class RewardEvent(Base):
     status: Mapped[str] = mapped_column(String(16))
     model_version: Mapped[str | None] = mapped_column(String(VERSION_LENGTH))
     position: Mapped[int | None] = mapped_column(Integer)
+    # the client's key for this reward: a reward sent again with it is answered as the
+    # first was and stored once (None: sent without one, or before revision 0010)
+    idempotency_key: Mapped[str | None] = mapped_column(String(EVENT_ID_LENGTH))
 
 
 class HeadSnapshot(Base):

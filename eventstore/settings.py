@@ -451,7 +451,8 @@ class CoreSettings(BaseSettings):
     duplicate_rule : str
         A repeated reward of an event is ignored, or added to the event's reward in the
         training replay (whose validation then holds the reward range per received
-        reward); online, only the first is ever applied to a head.
+        reward); online, only the first is ever applied to a head. A reward sent again
+        with its ``idempotency_key`` is not a repeat: it is answered as the first, once.
     missing_reward : str
         What the training replay does with a decision without a reward in its window:
         ``default`` gives it ``default_reward`` (a client that reports clicks only),

@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bandit_core import Candidates
+from eventstore.records import KeyedFirst
 from serving.models.served import Signature
 from serving.schemas import Candidate
 
@@ -135,6 +136,22 @@ def check_position(position: int | None, slate_length: int) -> None:
             ("body", "position"),
             f"position must be below the decision's slate length ({slate_length}); got {position}.",
             position,
+        )
+
+
+def check_same_reward(
+    key: str | None, value: float, position: int | None, first: KeyedFirst
+) -> None:
+    """A reward repeating an idempotency key must be the reward the key was first sent
+    with: a key names one reward."""
+    if (value, position or 0) != (first.value, first.position or 0):
+        raise InputError(
+            ("body", "idempotency_key"),
+            f"idempotency_key {key!r} of this event was first sent with reward "
+            f"{first.value!r} at position {first.position or 0}; this reward is {value!r} at "
+            f"position {position or 0}. A key names one reward: send another reward with a "
+            "key of its own.",
+            key,
         )
 
 

@@ -221,6 +221,14 @@ class RewardRequest(_Strict):
         description="When the reward happened (default: when received); stored, while the "
         "reward window is judged on the time the service received the reward.",
     )
+    idempotency_key: EventId | None = Field(
+        default=None,
+        description="The client's name for this reward, unique within its event: a reward "
+        "sent again with the same key (its first answer was lost) is answered as the first "
+        "was and stored once; with another value or position it is refused (422). Without "
+        "one, a reward sent again is another reward of the event (under the sum rule it "
+        "counts again).",
+    )
 
 
 class RewardResponse(BaseModel):

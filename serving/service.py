@@ -81,6 +81,7 @@ from serving.inputs import (
     candidate_set,
     check_position,
     check_reward,
+    check_same_reward,
     check_signature,
     check_slate,
     context_vector,
@@ -972,6 +973,7 @@ class DecisionService:
             ineligible_status=status,
             repeat_status=records.repeat_status(settings.duplicate_rule, late),
             position=req.position,
+            idempotency_key=req.idempotency_key,
             learn=LearnInput(
                 decision.context, arm_id, arm_features, req.position or 0, decision.created_at
             ),
@@ -993,10 +995,15 @@ class DecisionService:
         while key in self._held_rewards:
             await self.gate.opened()
         refused = key in self._refused
-        if refused:
-            del self._refused[key]
-        self.metrics.rewards.labels(outcome.status).inc()
-        self.metrics.reward_value.observe(req.reward)
+        first = outcome.repeat_of
+        if first is not None:  # the key's first reward answers (its request may be waiting)
+            check_same_reward(req.idempotency_key, req.reward, req.position, first)
+            outcome = first.outcome
+        else:
+            if refused:
+                del self._refused[key]
+            self.metrics.rewards.labels(outcome.status).inc()
+            self.metrics.reward_value.observe(req.reward)
         return RewardResponse(
             event_id=req.event_id,
             status=outcome.status,
@@ -1124,7 +1131,8 @@ class DecisionService:
                 ) from None
             raise StoreUnavailableError(
                 f"the event store did not confirm the event within {deadline:g} s; it may "
-                "still be stored (a reward sent again is then stored as a duplicate)",
+                "still be stored (a reward sent again with its idempotency_key is then "
+                "answered as the first)",
                 maybe_stored=True,
             ) from None
         except Exception as exc:

@@ -117,6 +117,7 @@ def test_migrations_ship_as_package_modules() -> None:
         "0007_rollout_ends_by.py",
         "0008_catalog_horizon.py",
         "0009_service_leases.py",
+        "0010_reward_idempotency_key.py",
     ]
 
 

@@ -68,10 +68,14 @@ from eventstore.records import (
     DecisionGroup,
     DecisionRow,
     JudgedReward,
+    Keyed,
+    KeyedFirst,
     RewardOutcome,
     RewardRow,
     decision_rows,
     judge_rewards,
+    outcomes,
+    written,
 )
 from eventstore.schema import decisions, rewards
 from serving.settings import Settings
@@ -324,14 +328,24 @@ def _drain_or_reject(
 
 
 # ---------------------------------------------------------------------- ledger
+@dataclass
+class _EventRewards:
+    """The rewards of one event the ledger has seen: how many per position, and the
+    first of each idempotency key."""
+
+    at_position: Counter[int] = field(default_factory=Counter)
+    keys: dict[str, KeyedFirst] = field(default_factory=dict)
+
+
 class RewardLedger:
-    """Rewards per position of recent events whose every reward this process has seen
-    (bounded, least recently used first out)."""
+    """Rewards per position, and the first reward of each idempotency key, of recent
+    events whose every reward this process has seen (bounded, least recently used
+    first out)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        # None: no reward yet (most events; a Counter only once there is one)
-        self._events: OrderedDict[str, Counter[int] | None] = OrderedDict()
+        # None: no reward yet (most events; their rewards' record only once there is one)
+        self._events: OrderedDict[str, _EventRewards | None] = OrderedDict()
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._events
@@ -341,23 +355,31 @@ class RewardLedger:
         while len(self._events) > self.size:
             self._events.popitem(last=False)
 
-    def add_reward(self, event_id: str, position: int | None) -> None:
-        if event_id not in self._events:
+    def add_reward(self, row: RewardRow, outcome: RewardOutcome) -> None:
+        """A reward written (to the store or the journal) with its ``outcome``; a repeat
+        of a key (nothing written) changes nothing."""
+        if row.event_id not in self._events or outcome.repeat_of is not None:
             return
-        counts = self._events[event_id] or Counter()
-        counts[position or 0] += 1
-        self._events[event_id] = counts
-        self._events.move_to_end(event_id)
+        seen = self._events[row.event_id] or _EventRewards()
+        seen.at_position[row.position or 0] += 1
+        if row.idempotency_key is not None:
+            seen.keys[row.idempotency_key] = KeyedFirst(row.value, row.position, outcome)
+        self._events[row.event_id] = seen
+        self._events.move_to_end(row.event_id)
 
-    def counters(self, event_ids: set[str]) -> tuple[Counter[str], Counter[tuple[str, int]]]:
-        """``seen`` and ``at_position`` counters for :func:`judge_rewards`."""
+    def counters(self, event_ids: set[str]) -> tuple[Counter[str], Counter[tuple[str, int]], Keyed]:
+        """``seen``, ``at_position`` and ``keyed`` for :func:`judge_rewards`."""
         seen: Counter[str] = Counter()
         at_position: Counter[tuple[str, int]] = Counter()
+        keyed: Keyed = {}
         for event_id in event_ids:
-            for position, n in (self._events[event_id] or Counter()).items():
+            rewards_seen = self._events[event_id] or _EventRewards()
+            for position, n in rewards_seen.at_position.items():
                 seen[event_id] += n
                 at_position[(event_id, position)] += n
-        return seen, at_position
+            for key, first in rewards_seen.keys.items():
+                keyed[(event_id, key)] = first
+        return seen, at_position, keyed
 
     def clear(self) -> None:
         self._events.clear()
@@ -577,9 +599,9 @@ class Journal:
         """After a database commit: count the decisions and rewards in the ledger."""
         for row in decision_rows(items):
             self.ledger.add_decision(row.event_id)
-        for item in items:
-            if isinstance(item, RewardRow):
-                self.ledger.add_reward(item.event_id, item.position)
+        for item, result in zip(items, results, strict=True):
+            if isinstance(item, RewardRow) and isinstance(result, RewardOutcome):
+                self.ledger.add_reward(item, result)
 
     def on_outage(self) -> None:
         """The database just became unreachable."""
@@ -599,7 +621,7 @@ class Journal:
             if isinstance(item, DecisionRow | DecisionGroup):  # a group's rows: one append
                 for row in decision_rows([item]):
                     accepted.append((i, row))
-                    self.ledger.add_decision(row.event_id)
+                    self.ledger.add_decision(row.event_id)  # no reward yet: nothing to undo
             elif isinstance(item, RewardRow):
                 if item.event_id in self.ledger:
                     reward_slots.append(i)
@@ -612,48 +634,57 @@ class Journal:
                 out[i] = JournalError(
                     f"the event store is unreachable; a {type(item).__name__} is not journaled."
                 )
-        if reward_slots:
-            rows: list[RewardRow] = [items[i] for i in reward_slots]
-            seen, at_position = self.ledger.counters({r.event_id for r in rows})
-            for i, judged in zip(reward_slots, judge_rewards(rows, seen, at_position), strict=True):
-                accepted.append((i, judged))
-                self.ledger.add_reward(judged.row.event_id, judged.row.position)
-            accepted.sort(key=lambda pair: pair[0])
-        if not accepted:
-            return out
-        data = b"".join(encode_record(item) for _, item in accepted)
+        rows: list[RewardRow] = [items[i] for i in reward_slots]
+        judged = judge_rewards(rows, *self.ledger.counters({r.event_id for r in rows}))
+        accepted += [
+            (i, j) for i, j in zip(reward_slots, judged, strict=True) if isinstance(j, JudgedReward)
+        ]
+        accepted.sort(key=lambda pair: pair[0])
+        if accepted:
+            error = self._append([item for _, item in accepted])
+            if error is not None:
+                for i in [i for i, _ in accepted] + reward_slots:
+                    out[i] = error
+                return out
+        # the ledger counts the rewards that are durable only: one counted but never
+        # written made the event's next reward (its retry) a repeat, and no head learnt it
+        with self._lock:
+            for _, item in accepted:
+                if isinstance(item, DecisionRow):
+                    self._index[item.event_id] = stored_decision(item)
+        journaled = [
+            RewardOutcome(0, j.ordinal, j.applied, j.status, True) for j in written(judged)
+        ]
+        for i, row, outcome in zip(reward_slots, rows, outcomes(judged, journaled), strict=True):
+            out[i] = outcome
+            self.ledger.add_reward(row, outcome)
+        return out
+
+    def _append(self, records: Sequence[DecisionRow | JudgedReward]) -> JournalError | None:
+        """Append ``records`` durably; the error that refused them, if one did."""
+        data = b"".join(encode_record(item) for item in records)
         if self._size + len(data) > self.max_bytes:
             error = JournalError(
                 f"the journal is full ({self._size} of {self.max_bytes} bytes) and the "
                 "event store is unreachable."
             )
-            for i, _ in accepted:
-                out[i] = error
             self._failure = str(error)
-            return out
+            return error
         started = time.perf_counter()
         try:
             self._write(data)
         except OSError as exc:
             log.error("journal: cannot write %s: %s", self.path, exc)
             error = JournalError(f"the journal write failed ({exc.strerror or exc})")
-            for i, _ in accepted:
-                out[i] = error
             self._failure = f"{error} on {self.path}"
-            return out
+            return error
         self._failure = None
         seconds = time.perf_counter() - started
-        with self._lock:
-            for i, item in accepted:
-                if isinstance(item, DecisionRow):
-                    self._index[item.event_id] = stored_decision(item)
-                else:
-                    out[i] = RewardOutcome(0, item.ordinal, item.applied, item.status, True)
-        self._events += len(accepted)
-        self.appended += len(accepted)
+        self._events += len(records)
+        self.appended += len(records)
         if self.observer is not None:
-            self.observer.on_journal_append(len(accepted), seconds, self._events, self._size)
-        return out
+            self.observer.on_journal_append(len(records), seconds, self._events, self._size)
+        return None
 
     def _write(self, data: bytes) -> None:
         """Append and fsync; on failure the segment is cut back to what it was."""

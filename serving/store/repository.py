@@ -83,6 +83,19 @@ _COUNT_REWARDS = (
     .where(rewards.c.event_id.in_(bindparam("event_ids", expanding=True)))
     .group_by(rewards.c.event_id, func.coalesce(rewards.c.position, 0))
 )
+_KEYED_REWARDS = select(
+    rewards.c.event_id,
+    rewards.c.idempotency_key,
+    rewards.c.value,
+    rewards.c.position,
+    rewards.c.id,
+    rewards.c.ordinal,
+    rewards.c.applied,
+    rewards.c.status,
+).where(
+    rewards.c.event_id.in_(bindparam("event_ids", expanding=True)),
+    rewards.c.idempotency_key.is_not(None),
+)
 _ADD_IMPRESSIONS = (
     update(items)
     .where(items.c.item_id == bindparam("shown_id"))
@@ -236,7 +249,11 @@ def batch_landed(conn: Connection, items: Sequence[Item], results: Sequence[Any]
         first = next(decision_rows([item]), None)  # a group is whole or absent too
         if first is not None:
             found = select(decisions.c.event_id).where(decisions.c.event_id == first.event_id)
-        elif isinstance(item, RewardRow) and isinstance(result, RewardOutcome):
+        elif (
+            isinstance(item, RewardRow)
+            and isinstance(result, RewardOutcome)
+            and result.repeat_of is None  # a repeat wrote nothing: its first is older
+        ):
             r = rewards.c
             found = select(r.id).where(
                 r.id == result.id, r.event_id == item.event_id, r.ordinal == result.ordinal
@@ -303,7 +320,8 @@ def _drop_parts(conn: Connection, item: DropParts) -> int:
 
 
 def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcome]:
-    """Ordinals count an event's rewards already stored (see
+    """Ordinals count an event's rewards already stored, and a reward repeating an
+    idempotency key its event already used is answered as the first (see
     :func:`~eventstore.records.judge_rewards`)."""
     event_ids = sorted({r.event_id for r in rows})
     seen: Counter[str] = Counter()
@@ -311,7 +329,15 @@ def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcom
     for event_id, position, count in conn.execute(_COUNT_REWARDS, {"event_ids": event_ids}):
         seen[event_id] += int(count)
         at_position[(event_id, int(position))] += int(count)
-    return insert_rewards(conn, records.judge_rewards(rows, seen, at_position))
+    keyed: records.Keyed = {}
+    keys = sorted({r.event_id for r in rows if r.idempotency_key is not None})
+    if keys:
+        for r in conn.execute(_KEYED_REWARDS, {"event_ids": keys}):
+            outcome = RewardOutcome(int(r.id), int(r.ordinal), r.applied, r.status)
+            first = records.KeyedFirst(r.value, r.position, outcome)
+            keyed[(r.event_id, r.idempotency_key)] = first
+    judged = records.judge_rewards(rows, seen, at_position, keyed)
+    return records.outcomes(judged, insert_rewards(conn, records.written(judged)))
 
 
 def insert_rewards(conn: Connection, judged: Sequence[JudgedReward]) -> list[RewardOutcome]:

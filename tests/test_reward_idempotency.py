@@ -1,0 +1,186 @@
+"""A reward's idempotency key: a reward sent again with its key (its first answer was
+lost) is answered as the first was and stored once — through the service, in one
+group-commit batch, on SQLite and PostgreSQL, and in the journal while the store is out.
+Without a key, a reward sent again is another reward (under the sum rule it counts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from eventstore import records
+from eventstore.records import RewardOutcome
+from eventstore.replay import read_replay
+from eventstore.schema import rewards
+from serving.store.journal import Journal, drain_records, read_records
+from serving.store.repository import write_events
+from tests.serving_helpers import (
+    decision_body,
+    decision_row,
+    policy_file,
+    reward_row,
+    run_together,
+    running_client,
+    service_settings,
+)
+
+pytest_plugins = ["tests.serving_fixtures"]
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    return policy_file(tmp_path / "policy.npz", seed=0)
+
+
+def _stored(engine: sa.Engine) -> list[tuple[str, float, int, str | None]]:
+    r = rewards.c
+    with engine.connect() as conn:
+        query = sa.select(r.event_id, r.value, r.ordinal, r.idempotency_key).order_by(r.id)
+        return [(e, v, o, k) for e, v, o, k in conn.execute(query)]
+
+
+def _replayed(engine: sa.Engine) -> list[float]:
+    frame = read_replay(
+        engine,
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime.now(UTC) + timedelta(days=1),
+        reward_window=timedelta(hours=1),
+        duplicate_rule="sum",
+        as_of=datetime.now(UTC) + timedelta(days=2),
+    )
+    return [float(v) for v in frame["reward"]]
+
+
+def test_a_reward_sent_again_with_its_key_is_answered_as_the_first_and_counted_once(
+    store_url: str, model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(tmp_path, store_url, model_path=model_path, duplicate_rule="sum")
+    with running_client(settings) as client:
+        head = client.app.state.service
+        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        keyed = {"event_id": event, "reward": 1.0, "idempotency_key": "click-1"}
+        first = client.post("/v1/rewards", json=keyed).json()
+        again = client.post("/v1/rewards", json=keyed).json()
+        assert first == again and first["status"] == "applied" and first["applied"] is True
+        learnt = client.get("/v1/model").json()["production"]["applied_rewards"]
+        assert learnt == 1  # the head learnt it once
+
+        other = client.post(
+            "/v1/rewards", json={**keyed, "reward": 0.75, "idempotency_key": "purchase-1"}
+        ).json()
+        unkeyed = client.post("/v1/rewards", json={"event_id": event, "reward": 0.5}).json()
+        assert (other["status"], unkeyed["status"]) == ("summed", "summed")
+
+        clash = client.post("/v1/rewards", json={**keyed, "reward": 0.0})
+        assert clash.status_code == 422
+        error = clash.json()["detail"][0]
+        assert error["loc"] == ["body", "idempotency_key"]
+        assert "first sent with reward 1.0 at position 0" in error["msg"]
+
+        assert _stored(head.engine) == [
+            (event, 1.0, 0, "click-1"),
+            (event, 0.75, 1, "purchase-1"),
+            (event, 0.5, 2, None),
+        ]
+        assert _replayed(head.engine) == [2.25]
+
+
+def test_a_key_sent_twice_at_once_is_stored_once(
+    model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Retries race their first (a client timeout shorter than the commit): both land in
+    the writer, where the second finds the first in its batch or in the store."""
+    settings = service_settings(tmp_path, model_path=model_path, duplicate_rule="sum")
+    with running_client(settings) as client:
+        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        body = {"event_id": event, "reward": 1.0, "idempotency_key": "k"}
+        answers: list[dict[str, object]] = []
+        run_together(*[lambda: answers.append(client.post("/v1/rewards", json=body).json())] * 6)
+        assert len(answers) == 6 and all(a == answers[0] for a in answers)
+        assert answers[0]["status"] == "applied"
+        assert _stored(client.app.state.service.engine) == [(event, 1.0, 0, "k")]
+        assert client.get("/v1/model").json()["production"]["applied_rewards"] == 1
+
+
+def test_the_writer_answers_a_repeated_key_in_one_batch_and_across_batches(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    decision = decision_row(rng)
+    with engine.begin() as conn:
+        write_events(conn, [decision])
+    sent = [
+        reward_row(decision.event_id, 1.0, idempotency_key="a", repeat_status=records.SUMMED),
+        reward_row(decision.event_id, 1.0, idempotency_key="a", repeat_status=records.SUMMED),
+        reward_row(decision.event_id, 0.5, idempotency_key="b", repeat_status=records.SUMMED),
+    ]
+    with engine.begin() as conn:
+        out = write_events(conn, sent)
+    assert [(o.ordinal, o.applied, o.status) for o in out] == [
+        (0, True, records.APPLIED),
+        (0, False, records.APPLIED),  # nothing written, no head learns it
+        (1, False, records.SUMMED),
+    ]
+    assert out[1].repeat_of is not None and out[1].repeat_of.outcome == out[0]
+    with engine.begin() as conn:  # the next batch finds both keys in the store
+        later = write_events(conn, sent[1:])
+    assert [o.repeat_of.outcome for o in later] == out[::2]  # type: ignore[union-attr]
+    assert [(v, o, k) for _, v, o, k in _stored(engine)] == [(1.0, 0, "a"), (0.5, 1, "b")]
+
+
+def test_the_journal_answers_a_repeated_key_while_the_store_is_out(
+    engine: sa.Engine, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The ledger keeps each key's first reward: one stored before the outage, or
+    journaled during it, answers its repeats; the drain writes each key once."""
+    journal = Journal(tmp_path / "journal", exclusive=True, ledger_size=100).open()
+    before, during = decision_row(rng), decision_row(rng)
+    with engine.begin() as conn:
+        stored = write_events(
+            conn, [before, reward_row(before.event_id, 1.0, idempotency_key="k")]
+        )[1]
+    journal.observe([before], [None])
+    journal.observe([reward_row(before.event_id, 1.0, idempotency_key="k")], [stored])
+    journal.observe([during], [None])
+    out = journal.spool(
+        [
+            reward_row(before.event_id, 1.0, idempotency_key="k"),
+            reward_row(during.event_id, 0.5, idempotency_key="k"),
+            reward_row(during.event_id, 0.5, idempotency_key="k"),
+        ]
+    )
+    assert isinstance(out[0], RewardOutcome) and out[0].repeat_of is not None
+    assert out[0].repeat_of.outcome == stored and not out[0].applied
+    assert (out[1].ordinal, out[1].applied, out[1].journaled) == (0, True, True)
+    assert out[2].repeat_of is not None and out[2].repeat_of.outcome == out[1]
+    found, _ = read_records(journal.path.read_bytes())  # type: ignore[union-attr]
+    assert len(found) == 1  # only the first reward of ``during`` was journaled
+    again = journal.spool([reward_row(during.event_id, 0.5, idempotency_key="k")])
+    assert again[0].repeat_of.outcome == out[1]  # the ledger counts what it journaled
+    with engine.begin() as conn:
+        write_events(conn, [during])
+    drain_records(engine, found)
+    assert sorted((e == before.event_id, v, k) for e, v, _, k in _stored(engine)) == [
+        (False, 0.5, "k"),
+        (True, 1.0, "k"),
+    ]
+    journal.close()
+
+
+def test_a_reward_the_journal_could_not_write_is_not_counted_by_its_ledger(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A reward refused by a full journal was counted all the same: the event's next
+    reward, the client's retry, was judged a repeat and never learnt."""
+    journal = Journal(tmp_path / "journal", exclusive=True, ledger_size=100, max_bytes=1).open()
+    decision = decision_row(rng)
+    journal.observe([decision], [None])
+    refused = journal.spool([reward_row(decision.event_id, 1.0)])
+    assert not isinstance(refused[0], RewardOutcome)
+    journal.max_bytes = 1 << 20
+    retried = journal.spool([reward_row(decision.event_id, 1.0)])[0]
+    assert (retried.ordinal, retried.status, retried.applied) == (0, records.APPLIED, True)
+    journal.close()
