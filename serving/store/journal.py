@@ -655,9 +655,9 @@ class Journal:
         journaled = [
             RewardOutcome(0, j.ordinal, j.applied, j.status, True) for j in written(judged)
         ]
-        for i, row, outcome in zip(reward_slots, rows, outcomes(judged, journaled), strict=True):
+        for i, sent, outcome in zip(reward_slots, rows, outcomes(judged, journaled), strict=True):
             out[i] = outcome
-            self.ledger.add_reward(row, outcome)
+            self.ledger.add_reward(sent, outcome)
         return out
 
     def _append(self, records: Sequence[DecisionRow | JudgedReward]) -> JournalError | None:
