@@ -207,8 +207,10 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowSe
         "BANDITOPS_RETRIES": "1",
         "BANDITOPS_RETRY_DELAY_S": "1",
         "BANDITOPS_SQLITE_SYNCHRONOUS": "NORMAL",
-        # the gate the test runs' form asks for: auto_promote needs the configured one
+        # the gate the test runs' form asks for: auto_promote needs the configured one,
+        # and the settings' leave to promote (a form cannot turn it on)
         "BANDITOPS_RETRAIN_MIN_ESS": str(GOOD_RUN["min_ess"]),
+        "BANDITOPS_RETRAIN_AUTO_PROMOTE": "true",
     }
     airflow = Path(sys.executable).with_name("airflow")
     session = AirflowSession(home, env)

@@ -67,7 +67,7 @@ def test_plan_fixes_the_run_from_the_form_values(settings: PipelineSettings) -> 
         },
         run_key="manual-1",
         interval_end=END,
-        settings=settings,
+        settings=settings.model_copy(update={"retrain_auto_promote": True}),
     ).to_xcom()
     assert (explicit["window_start"], explicit["window_end"]) == (
         "2026-11-01T00:00:00+00:00",

@@ -339,6 +339,7 @@ def test_a_run_for_an_earlier_interval_never_replaces_a_fresher_production(
         # a gate any model passes, configured (auto_promote needs the configured gate)
         retrain_min_ess=0.0,
         retrain_tolerance=0.9,
+        retrain_auto_promote=True,  # the form turns it off in one case (never on)
     )  # type: ignore[arg-type]
     engine = make_engine(store_url)
     upgrade(engine)

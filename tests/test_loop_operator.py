@@ -83,6 +83,7 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
         mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         model_name=MODEL,
         runs_dir=tmp_path / "runs",
+        retrain_auto_promote=True,
     )
     registry = ModelRegistry.from_settings(settings)
     world = Loop(tmp_path, settings, registry, engine, "")
@@ -217,12 +218,32 @@ def test_auto_promote_needs_the_configured_gate(loop: Loop, field: str, value: f
     with pytest.raises(ValueError, match=f"auto_promote needs the configured gate: {field}"):
         runspec.plan({"auto_promote": True, field: value}, run_key="r1", interval_end=END,
                      settings=loop.settings)  # fmt: skip
-    relaxed = runspec.plan({field: value}, run_key="r2", interval_end=END, settings=loop.settings)
+    relaxed = runspec.plan(
+        {"auto_promote": False, field: value},
+        run_key="r2",
+        interval_end=END,
+        settings=loop.settings,
+    )
     assert getattr(relaxed, field) == value and not relaxed.auto_promote
     stricter = {"tolerance": 0.0, "min_ess": 500.0, "max_unsupported": 0.05}
     assert runspec.plan(
         {"auto_promote": True, **stricter}, run_key="r3", interval_end=END, settings=loop.settings
     ).auto_promote
+
+
+def test_a_run_cannot_turn_on_auto_promote_the_settings_leave_off(loop: Loop) -> None:
+    """With approvers and the four-eyes rule configured on bandit_promote, whoever may
+    trigger bandit_retrain asked for ``auto_promote`` in its form and the version moved
+    production with no approval (security helper, stop 56). The form may turn it off."""
+    strict = loop.settings.model_copy(
+        update={"retrain_auto_promote": False, "promote_approvers": ["alice"]}
+    )
+    with pytest.raises(ValueError, match="auto_promote is off in the settings"):
+        runspec.plan({"auto_promote": True}, run_key="r1", interval_end=END, settings=strict)
+    assert not runspec.plan({}, run_key="r2", interval_end=END, settings=strict).auto_promote
+    off = runspec.plan({"auto_promote": False}, run_key="r3", interval_end=END,
+                       settings=loop.settings)  # fmt: skip
+    assert not off.auto_promote
 
 
 def test_a_rollout_past_the_end_fixed_at_its_start_expires_at_the_next_step(loop: Loop) -> None:

@@ -79,6 +79,7 @@ def _pipeline(tmp_path: Path, store_url: str, naming: Naming) -> PipelineSetting
         runs_dir=tmp_path / "runs",
         reward_window_s=1.0,
         retrain_min_ess=MIN_ESS,  # the form's: auto_promote needs the configured gate
+        retrain_auto_promote=True,  # and the settings' leave (a form cannot turn it on)
         **naming,
     )  # type: ignore[arg-type]
 

@@ -255,7 +255,8 @@ RETRAIN_FORM: tuple[FormField, ...] = (
     FormField(
         "auto_promote",
         "boolean",
-        "Move the production alias to the version when its gate passes.",
+        "Move the production alias to the version when its gate passes (only where "
+        "the settings allow it: a run cannot skip bandit_promote's approval).",
         setting="retrain_auto_promote",
     ),
     FormField(

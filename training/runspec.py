@@ -289,6 +289,7 @@ def plan(
     settings = PipelineSettings() if settings is None else settings
     values = check_form(params, settings)
     if values["auto_promote"]:
+        check_promotion_allowed(settings)
         check_gate_not_loosened(values, settings)
     interval_end = as_utc("interval_end", interval_end)
     start, end = resolve_window(values, interval_end)
@@ -376,6 +377,20 @@ GATE_KNOBS = (
     ("support_threshold", "retrain_support_threshold", -1),
     ("max_unsupported", "retrain_max_unsupported", +1),
 )
+
+
+def check_promotion_allowed(settings: PipelineSettings) -> None:
+    """``ValueError`` when a run asks for ``auto_promote`` that the settings leave off:
+    whoever may trigger a run could otherwise move production with no approval, past the
+    approvers and the four-eyes rule ``bandit_promote`` enforces (security helper, stop
+    56). The form may turn it off, never on."""
+    if not settings.retrain_auto_promote:
+        raise ValueError(
+            f"auto_promote is off in the settings ({env_name('retrain_auto_promote')}="
+            "false): a run cannot turn it on, since it would move production without "
+            "bandit_promote's approval. Run without it (the version is staged) or change "
+            "the setting."
+        )
 
 
 def check_gate_not_loosened(values: Mapping[str, Any], settings: PipelineSettings) -> None:

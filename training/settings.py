@@ -139,7 +139,8 @@ class PipelineSettings(CoreSettings):
         Default of the form's ``n_resamples``: bootstrap resamples of the offline evaluation.
     retrain_auto_promote : bool
         Default of the form's ``auto_promote``: move production to a version whose gate
-        passes.
+        passes. A run's form may turn it off, never on: that would skip
+        ``bandit_promote``'s approval.
     retrain_shards : int
         Default of the retrain form's ``shards``: shards of the map-reduce head rebuild and
         offline evaluation (``training.shards``); 1 keeps the single-node path.
