@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.challengers import challenger_metrics, challengers_tag, compare
+from training.challengers import challenger_metrics, challengers_tag, compare, compared
+from training.evaluate import evaluate
 from training.runspec import overlap_options
 from training.train import TrainConfig, TrainResult
 from validation.gate import GateRule
@@ -117,6 +118,24 @@ def test_a_nonlinear_window_with_enough_rows_registers_the_neural_policy(tmp_pat
     assert metrics["challenger.neural_linear.chosen"] == 1.0
     assert metrics["challenger.lints.dr.ci_low"] == pytest.approx(by["lints"].ci_low)
 
+    # the winner of two is gated at the level the two share (statistics helper, stop 56:
+    # the best of two equal candidates passed twice as often as one on its own rounds)
+    assert compared(result) == 2
+    rebuilt = tmp_path / "challengers" / "neural_linear" / "rebuilt" / "policy_state.npz"
+    gated = {
+        n: evaluate(
+            rebuilt,
+            None,
+            tmp_path / "replay.parquet",
+            rule=GateRule(min_ess=30.0, comparisons=n),
+            n_resamples=60,
+        )
+        for n in (1, compared(result))
+    }
+    assert [g.difference.level for g in gated.values()] == [0.95, 0.975]  # type: ignore[union-attr]
+    assert gated[2].difference.ci_low < gated[1].difference.ci_low  # type: ignore[union-attr]
+    assert any("97.5% lower bound" in str(r) for r in gated[2].gate.reasons)
+
 
 def test_a_small_window_keeps_the_neural_policy_out(tmp_path: Path) -> None:
     replay = _window(tmp_path, xor_reward, seed=4)
@@ -132,6 +151,6 @@ def test_a_small_window_keeps_the_neural_policy_out(tmp_path: Path) -> None:
         n_resamples=60,
         out_dir=tmp_path,
     )
-    assert result.algorithm == "lints"
+    assert result.algorithm == "lints" and compared(result) == 1
     skipped = next(c for c in table if c.algorithm == "neural_linear")
     assert skipped.dr is None and "fewer than neural_min_rows 10000" in skipped.note

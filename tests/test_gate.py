@@ -102,6 +102,7 @@ def test_decision_serialises() -> None:
         "min_ess": MIN_ESS,
         "support_threshold": SUPPORT_THRESHOLD,
         "max_unsupported": MAX_UNSUPPORTED,
+        "comparisons": 1,
     }
     assert [c["name"] for c in d["checks"]] == [
         "lower_bound",

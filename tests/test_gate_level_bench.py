@@ -1,4 +1,5 @@
-"""``benchmarks.gate_level`` runs and tells the paired rule from the unpaired one."""
+"""``benchmarks.gate_level`` runs and tells the paired rule from the unpaired one, and the
+level shared among compared candidates from the plain one."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ def test_the_gate_level_benchmark_reports_error_and_power(tmp_path: Path) -> Non
     for name, row in rows.items():
         if row["true_difference"] <= 0:
             assert row["paired"] <= 0.2, (name, row)
+    chosen = {c["candidates"]: c for c in out["selection"]}
+    assert set(chosen) == set(gate_level.SELECTION_SIZES)
+    # the shared level's bound is below the plain one's on the same draws
+    assert all(c["shared"] <= c["plain"] for c in chosen.values())
+    assert chosen[1]["shared"] == chosen[1]["plain"]

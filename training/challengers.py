@@ -187,6 +187,13 @@ def compare(
     return chosen, table
 
 
+def compared(result: TrainResult) -> int:
+    """How many candidates the run compared on its held-out rows before choosing
+    ``result`` (1 for a run of one algorithm): the gate shares its level among them
+    (:attr:`validation.gate.GateRule.comparisons`)."""
+    return max(1, sum(1 for c in result.challengers if c.get("dr") is not None))
+
+
 def _lower(report: Any, rule: GateRule) -> float:
     low = float(report[rule.estimator].ci_low)
     return low if math.isfinite(low) else -math.inf

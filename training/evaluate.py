@@ -488,6 +488,7 @@ def evaluate(
         rule.estimator,
         np.random.default_rng(seed),
         n_resamples=n_resamples,
+        level=rule.difference_level,
     )
     gate = decide(rep_c, rep_p, rule, support, rewards, difference)
     result = EvaluationResult(rep_c, rep_p, gate, PropensityFlags.of(holdout), difference)

@@ -844,7 +844,7 @@ def reduce_evaluation(parts: Sequence[Mapping[str, Any]], rule: Any, out_dir: st
     for part in parts:
         with np.load(part["path"], allow_pickle=False) as data:
             flags = flags.merge(PropensityFlags.from_arrays(data))
-    difference = reduce_difference(parts, rule.estimator)
+    difference = reduce_difference(parts, rule.estimator, rule.difference_level)
     result = EvaluationResult(
         reports["candidate"],
         reports["production"],

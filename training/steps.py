@@ -41,6 +41,7 @@ from training.challengers import (
     challenger_metrics,
     challengers_tag,
     compare,
+    compared,
 )
 from training.evaluate import evaluate
 from training.plots import plot_arm_coverage, plot_learning_curve
@@ -278,8 +279,12 @@ def evaluate_offline(
     the uniform fallback.
     """
     out = s.folder / "evaluation"
+    # the winner of a champion–challenger comparison is gated at a level shared by every
+    # candidate compared on these rounds (the best of several equal ones passed more often)
+    trained = TrainResult.read(s.folder / "train" / RESULT_FILE)
+    rule = dataclasses.replace(s.gate_rule(), comparisons=compared(trained))
     if parts:
-        result = reduce_evaluation([p.to_xcom() for p in parts], s.gate_rule(), out)
+        result = reduce_evaluation([p.to_xcom() for p in parts], rule, out)
         baseline = parts[0].baseline_version
     else:
         baseline, state = baseline_state(s)
@@ -288,7 +293,7 @@ def evaluate_offline(
             state,
             replay.path,
             holdout_fraction=s.train_config().holdout_fraction,
-            rule=s.gate_rule(),
+            rule=rule,
             n_resamples=s.n_resamples,
             seed=int(s.train.get("seed", 0)),
             out_dir=out,
