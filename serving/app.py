@@ -54,8 +54,13 @@ def create_app(settings: Settings | None = None, lease: Lease | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.api_token is None:
             log.warning(
-                "AUTH DISABLED (BANDITOPS_AUTH_DISABLED): rewards and catalog writes are "
-                "open to anyone who can reach this service; admin endpoints are off."
+                "AUTH DISABLED (BANDITOPS_AUTH_DISABLED): decisions, rewards and catalog "
+                "writes are open to anyone who can reach this service; admin endpoints are off."
+            )
+        elif settings.public_decisions:
+            log.warning(
+                "PUBLIC DECISIONS (BANDITOPS_PUBLIC_DECISIONS): anyone who can reach this "
+                "service may log decisions, which the retrain and the rollout's test count."
             )
         service = DecisionService.from_settings(settings, metrics, lease=lease)
         app.state.service = service

@@ -56,6 +56,15 @@ async def require_token(
     _check(token.get_secret_value(), credentials)
 
 
+async def require_decision_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """The decision endpoints: as :func:`require_token`, unless ``public_decisions``."""
+    if not service_of(request).settings.public_decisions:
+        await require_token(request, credentials)
+
+
 async def require_admin_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -101,8 +110,8 @@ async def grouped_budget_before_validation(request: Request) -> None:
 
 @router.post(
     DECISION_PATH,
-    dependencies=[Depends(budget_before_validation)],
-    responses=_UNAVAILABLE,
+    dependencies=[Depends(require_decision_token), Depends(budget_before_validation)],
+    responses={**_UNAUTHORIZED, **_UNAVAILABLE},
     tags=["decisions"],
 )
 async def post_decision(body: DecisionRequest, request: Request) -> DecisionResponse:
@@ -115,8 +124,8 @@ async def post_decision(body: DecisionRequest, request: Request) -> DecisionResp
 
 @router.post(
     GROUPED_DECISION_PATH,
-    dependencies=[Depends(grouped_budget_before_validation)],
-    responses=_UNAVAILABLE,
+    dependencies=[Depends(require_decision_token), Depends(grouped_budget_before_validation)],
+    responses={**_UNAUTHORIZED, **_UNAVAILABLE},
     tags=["decisions"],
 )
 async def post_grouped_decision(

@@ -176,9 +176,16 @@ class Settings(CoreSettings):
     slate_max_states : int
         Prefix sets the exact marginal computation may keep per position.
     auth_disabled : bool
-        Serve without a bearer token (rewards and catalog writes open; a warning at every
-        start). Without it, a service with no ``api_token`` refuses to start.
-        ``/v1/admin/*`` always needs the token.
+        Serve without a bearer token (decisions, rewards and catalog writes open; a
+        warning at every start). Without it, a service with no ``api_token`` refuses to
+        start. ``/v1/admin/*`` always needs the token.
+    public_decisions : bool
+        Decide without the bearer token (for callers that cannot keep a secret: a
+        browser, an app). Every decision is logged and counts: one never rewarded counts
+        ``default_reward`` in the training replay and the rollout's online test, so an
+        anonymous caller's unrewarded decisions can hold a worse candidate in a rollout
+        and teach the retrain that production's choices earn nothing (security helper,
+        stop 56). Keep it off unless a proxy authenticates the callers.
     max_work_units : int
         Request budget: the most work units (:func:`serving.budget.work_units`: the
         model's work per choice, about one unit per multiply-add, × choices) one
@@ -285,6 +292,7 @@ class Settings(CoreSettings):
 
     # hardening: auth, request budget, numeric bounds, model admission, HTTP limits
     auth_disabled: bool = False
+    public_decisions: bool = False
     max_work_units: int = Field(2_500_000_000, ge=1)
     inline_work_units: int = Field(25_000_000, ge=0)
     decision_deadline_s: float = Field(0.25, gt=0.0)
@@ -417,7 +425,7 @@ class Settings(CoreSettings):
         if self.api_token is None and not self.auth_disabled:
             raise ValueError(
                 "no api_token: set BANDITOPS_API_TOKEN, or BANDITOPS_AUTH_DISABLED=true to "
-                "serve rewards and catalog writes without authentication."
+                "serve decisions, rewards and catalog writes without authentication."
             )
 
     # ------------------------------------------------------------------ derived

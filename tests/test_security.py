@@ -110,20 +110,43 @@ def test_tokens_are_required_where_configured(tmp_path: Path, rng: np.random.Gen
     settings = service_settings(
         tmp_path, model_path=policy_file(tmp_path / "p.npz"), api_token="s3"
     )
+    body = decision_body(rng)
+    grouped = {"context": body["context"], "groups": [{"id": "g", "variants": body["candidates"]}]}
     with running_client(settings) as client:
-        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        good = {"Authorization": "Bearer s3"}
+        event = client.post("/v1/decisions", json=body, headers=good).json()["event_id"]
         reward = {"event_id": event, "reward": 1.0}
         for headers in ({}, {"Authorization": "Bearer s4"}, {"Authorization": "Basic s3"}):
+            # an anonymous caller's unrewarded decisions counted as reward 0 for the arm
+            # that served them: they held a worse rollout candidate (security helper)
+            assert client.post("/v1/decisions", json=body, headers=headers).status_code == 401
+            grouped_answer = client.post("/v1/decisions/grouped", json=grouped, headers=headers)
+            assert grouped_answer.status_code == 401
             assert client.post("/v1/rewards", json=reward, headers=headers).status_code == 401
             assert client.post("/v1/admin/poll", headers=headers).status_code == 401
             assert client.get("/v1/admin/state", headers=headers).status_code == 401
-        good = {"Authorization": "Bearer s3"}
+        assert client.post("/v1/decisions/grouped", json=grouped, headers=good).status_code == 200
         assert client.post("/v1/rewards", json=reward, headers=good).status_code == 200
         assert client.get("/v1/admin/state", headers=good).status_code == 200
         # a trailing slash was a 307 to a Location built from the client's Host header
         evil = {"Host": "evil.example", **good}
         slashed = client.post("/v1/rewards/", json=reward, headers=evil, follow_redirects=False)
         assert slashed.status_code == 404 and "location" not in slashed.headers
+
+
+def test_public_decisions_open_the_decision_endpoints_only(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    settings = service_settings(
+        tmp_path, model_path=policy_file(tmp_path / "p.npz"), api_token="s3" * 8,
+        public_decisions=True,
+    )  # fmt: skip
+    with running_client(settings) as client:
+        anonymous = {"Authorization": ""}
+        answer = client.post("/v1/decisions", json=decision_body(rng), headers=anonymous)
+        assert answer.status_code == 200
+        reward = {"event_id": answer.json()["event_id"], "reward": 1.0}
+        assert client.post("/v1/rewards", json=reward, headers=anonymous).status_code == 401
 
 
 def test_user_ids_are_never_stored_in_clear(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -70,6 +70,7 @@ def samples(root: Path, models: str = "registry") -> dict[str, Any]:
         "fallback_epsilon": 0.2,
         "api_token": SecretStr("token-123"),
         "auth_disabled": True,
+        "public_decisions": True,
         "decision_deadline_s": 0.5,
         "costly_work_nice": 10,
         "sqlite_checkpoint_s": 0.25,
