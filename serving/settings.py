@@ -184,8 +184,8 @@ class Settings(CoreSettings):
         browser, an app). Every decision is logged and counts: one never rewarded counts
         ``default_reward`` in the training replay and the rollout's online test, so an
         anonymous caller's unrewarded decisions can hold a worse candidate in a rollout
-        and teach the retrain that production's choices earn nothing (security helper,
-        stop 56). Keep it off unless a proxy authenticates the callers.
+        and teach the retrain that production's choices earn nothing. Keep it off unless
+        a proxy authenticates the callers.
     max_work_units : int
         Request budget: the most work units (:func:`serving.budget.work_units`: the
         model's work per choice, about one unit per multiply-add, × choices) one
