@@ -293,16 +293,23 @@ def serve(
     the store when it starts (head snapshots are off), and Prometheus runs in
     multiprocess mode.
     """
+    import logging.config
+
     import uvicorn
     from uvicorn.config import LOG_LEVELS
 
     from eventstore.settings import create_directories
+    from serving.log_config import log_config
     from serving.settings import Settings
 
     if log_level not in LOG_LEVELS:
         raise typer.BadParameter(
             f"must be one of {', '.join(LOG_LEVELS)}; got {log_level!r}.", param_hint="--log-level"
         )
+    # the project's loggers at --log-level, here for the start (migration, model load) and
+    # in uvicorn's config, which applies it again in every worker process
+    logging_config = log_config(LOG_LEVELS[log_level])
+    logging.config.dictConfig(logging_config)
     if workers is not None:  # the option wins over the environment and banditops.toml
         os.environ[env_name("workers")] = str(workers)
     # a bad setting, an absent token or a folder that cannot be made: the root command
@@ -327,6 +334,7 @@ def serve(
         "host": host,
         "port": port,
         "log_level": log_level,
+        "log_config": logging_config,
         "access_log": access_log,
         **uvicorn_limits(settings),
     }
