@@ -70,6 +70,7 @@ from bandit_core.policies.linear import ArmLimit
 from eventstore.records import RewardRow
 from serving.models.recovery import learn_rewards
 from serving.models.served import ServedModel, find_head
+from serving.store.outage_log import OutageLog
 from serving.store.repository import AppliedRewards, EventStore
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ class ReplicaSync:
             weakref.WeakKeyDictionary()
         )
         self._warned: set[str] = set()
+        self._outage = OutageLog(log, "replica sync")
         self.syncs = 0
 
     # ------------------------------------------------------------------ claims
@@ -294,15 +296,17 @@ class ReplicaSync:
             self._forget_claims(version, tracker.floor)
 
     async def run(self, current: Callable[[], list[ServedModel]]) -> None:
-        """Run forever: a sync every ``interval_s`` (failures are logged, never raised)."""
+        """Run forever: a sync every ``interval_s`` (failures are logged, never raised; a
+        store outage once as it begins and once as it ends, :mod:`serving.store.outage_log`)."""
         while True:
             await asyncio.sleep(self.interval_s)
             started = time.perf_counter()
             try:
                 report = await self.sync(current())
-            except Exception:
-                log.exception("replica sync failed; the next one retries")
+            except Exception as exc:  # an outage: one line as it begins, one as it ends
+                self._outage.failed(exc)
                 continue
+            self._outage.succeeded()
             if report.total:
                 log.info(
                     "replica %s: applied %d rewards of other replicas in %.3f s",

@@ -41,6 +41,7 @@ from serving.catalog.index import CatalogIndex, Compaction, IndexConfig, Retriev
 from serving.catalog.store import CatalogStore, ItemInput, ItemRecord
 from serving.inputs import InputError
 from serving.settings import Settings
+from serving.store.outage_log import OutageLog
 from serving.store.reads import read_within
 
 R = TypeVar("R")
@@ -87,6 +88,7 @@ class CatalogService:
         self._reads: dict[object, float] = {}  # read under way → when it began (monotonic)
         self._timer: asyncio.Task[None] | None = None
         self._rebuild: asyncio.Task[None] | None = None
+        self._outage = OutageLog(log, "reading the catalog change feed")
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -108,8 +110,10 @@ class CatalogService:
             await asyncio.sleep(self.settings.catalog_poll_s)
             try:
                 await self.refresh()
-            except Exception:
-                log.exception("reading the catalog change feed failed; retrying")
+            except Exception as exc:  # an outage: one line as it begins, one as it ends
+                self._outage.failed(exc)
+            else:
+                self._outage.succeeded()
 
     async def refresh(self) -> int:
         """Apply the store's changes since the last read (and any gap that filled)."""

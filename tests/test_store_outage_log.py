@@ -1,0 +1,163 @@
+"""The store's timed readers (the replica sync, the catalog's change feed) log a store
+outage once as it begins (one WARNING line, no traceback) and once as it ends (INFO),
+its repeats at DEBUG; any other failure keeps its traceback.
+
+Each failed poll logged a traceback (60 lines for a psycopg2 error), once a second per
+worker for as long as the store was out of reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from bandit_core import load_policy
+from benchmarks.faults import TcpProxy
+from eventstore.engine import make_engine
+from eventstore.migrate import upgrade
+from eventstore.scratch import scratch_postgres_database
+from serving.catalog.runtime import CatalogService
+from serving.models.recovery import recover
+from serving.replica_sync import ReplicaSync
+from serving.settings import Settings
+from serving.store.repository import EventStore
+from tests.serving_helpers import policy_file
+
+POLL_S = 0.05
+
+
+@contextlib.contextmanager
+def _store_behind_a_proxy(postgres_url: str) -> Iterator[tuple[sa.Engine, TcpProxy]]:
+    """A scratch PostgreSQL store at the current revision, an engine on it through a TCP
+    proxy, and the proxy (cut it for an outage)."""
+    with scratch_postgres_database(postgres_url, prefix="banditops_outage_log") as url:
+        direct = make_engine(url)
+        upgrade(direct)
+        direct.dispose()
+        target = sa.make_url(url)
+        with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+            proxied = target.set(host="127.0.0.1", port=proxy.port)
+            engine = make_engine(proxied.render_as_string(hide_password=False), connect_timeout_s=2)
+            try:
+                yield engine, proxy
+            finally:
+                engine.dispose()
+
+
+async def _through_an_outage(
+    proxy: TcpProxy, caplog: pytest.LogCaptureFixture, logger: str, polls: int = 6
+) -> None:
+    """Cut the store for at least ``polls`` failed polls of ``logger`` (a record each),
+    then restore it and wait up to 10 s for the recovery line."""
+    await asyncio.sleep(5 * POLL_S)  # a few good polls first
+    proxy.cut()
+    deadline = time.monotonic() + 30
+    while sum(r.name == logger for r in caplog.records) < polls:  # a record per failure
+        assert time.monotonic() < deadline, caplog.text
+        await asyncio.sleep(POLL_S)
+    proxy.restore()
+    recovered = time.monotonic() + 10  # the caller asserts the line
+    while _count(caplog, logger, logging.INFO, "answers again") < 1:
+        if time.monotonic() > recovered:
+            return
+        await asyncio.sleep(POLL_S)
+
+
+def _count(caplog: pytest.LogCaptureFixture, logger: str, level: int, text: str = "") -> int:
+    return sum(
+        r.name == logger and r.levelno == level and text in r.getMessage() for r in caplog.records
+    )
+
+
+def _assert_logged_once(caplog: pytest.LogCaptureFixture, logger: str, what: str) -> None:
+    mine = [r for r in caplog.records if r.name == logger]
+    warnings = [r for r in mine if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    [warning] = warnings
+    assert warning.levelno == logging.WARNING and warning.exc_info is None
+    assert warning.getMessage().startswith(f"{what} failed: the store is out of reach (")
+    assert "\n" not in warning.getMessage() and "OperationalError" in warning.getMessage()
+    assert all(r.exc_info is None for r in mine)
+    assert "Traceback" not in caplog.text
+    [ended] = [r for r in mine if r.levelno == logging.INFO and "answers again" in r.getMessage()]
+    assert ended.getMessage().startswith(f"{what}: the store answers again after ")
+    assert ended.created > warning.created
+
+
+def _run_beside(task: Callable[[], Awaitable[None]], body: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        running = asyncio.create_task(task())
+        try:
+            await body()
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+    asyncio.run(main())
+
+
+@pytest.mark.postgres
+def test_replica_sync_logs_an_outage_once_and_its_end(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="serving.replica_sync")
+    base = load_policy(policy_file(tmp_path / "base.npz", warm=5))
+    with _store_behind_a_proxy(postgres_url) as (engine, proxy):
+        store = EventStore(engine)
+        model = recover(store, "v/1", base, "test")
+        sync = ReplicaSync(store, "b", interval_s=POLL_S, horizon_s=1.0)
+        _run_beside(
+            lambda: sync.run(lambda: [model]),
+            lambda: _through_an_outage(proxy, caplog, "serving.replica_sync"),
+        )
+    _assert_logged_once(caplog, "serving.replica_sync", "replica sync")
+
+
+@pytest.mark.postgres
+def test_the_catalog_feed_logs_an_outage_once_and_its_end(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="serving.catalog.runtime")
+    with _store_behind_a_proxy(postgres_url) as (engine, proxy):
+        catalog = CatalogService(engine, Settings(workspace=tmp_path / "ws", catalog_poll_s=POLL_S))
+
+        async def body() -> None:
+            await catalog.start()
+            try:
+                await _through_an_outage(proxy, caplog, "serving.catalog.runtime")
+            finally:
+                await catalog.stop()
+
+        asyncio.run(body())
+    _assert_logged_once(caplog, "serving.catalog.runtime", "reading the catalog change feed")
+
+
+def test_an_unexpected_failure_keeps_its_traceback_every_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault of the service, not of the store: an ERROR with its traceback per poll."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    upgrade(engine)
+    sync = ReplicaSync(EventStore(engine), "b", interval_s=POLL_S, horizon_s=1.0)
+
+    def broken() -> list[object]:
+        raise KeyError("no such model")
+
+    async def wait_for_three() -> None:
+        deadline = time.monotonic() + 10
+        while _count(caplog, "serving.replica_sync", logging.ERROR) < 3:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(POLL_S)
+
+    _run_beside(lambda: sync.run(broken), wait_for_three)  # type: ignore[arg-type]
+    engine.dispose()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) >= 3 and all(r.exc_info and r.exc_info[0] is KeyError for r in errors)
