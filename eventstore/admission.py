@@ -14,6 +14,10 @@ version that would poison or exhaust the service is refused on both sides:
    serves, when given;
 4. only then are the arrays read, and every float array must be finite.
 
+A registered version's state is also held to the SHA-256 recorded when it was registered
+(:meth:`Admission.registered_policy`: the service's loader and the retrain's baseline
+alike), so an artifact changed in the store after registration is refused.
+
 Only a state passing all four is handed to :func:`bandit_core.policies.registry.policy_from_state`
 (:meth:`Admission.policy`), whose own refusals (an unknown policy, an array of the wrong
 shape, an option out of its range, such as more posterior draws than
@@ -22,6 +26,7 @@ shape, an option out of its range, such as more posterior draws than
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -36,6 +41,7 @@ from numpy.typing import NDArray
 
 from bandit_core import Policy, PolicyState
 from bandit_core.policies.registry import policy_from_state
+from eventstore.contract import STATE_DIGEST_TAG
 from eventstore.settings import CoreSettings
 
 _HEADER_MEMBER = "__state__.json.npy"
@@ -53,6 +59,22 @@ _LIMITS = CoreSettings.model_fields
 
 class AdmissionError(ValueError):
     """A model version's state is refused (the message says which check failed)."""
+
+
+class ArtifactChangedError(AdmissionError):
+    """The state file downloaded is not the one the version was registered with: refused
+    like any unsafe version, but tried again after the service loader's
+    ``retry_failed_s`` — a file restored in place is the version again."""
+
+
+def state_digest(path: Path) -> str:
+    """The SHA-256 (hex) of the state file at ``path``, read in blocks (the digest
+    registration records as :data:`~eventstore.contract.STATE_DIGEST_TAG`)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -107,6 +129,34 @@ class Admission:
             # other state that makes no policy (not a RuntimeError at large: torch's
             # allocator failing for want of memory is a failure to load, retried)
             raise AdmissionError(f"the state does not make a policy: {exc}") from exc
+
+    def registered_policy(self, path: Path, digest: str | None) -> Policy:
+        """The policy of a registered version's downloaded state file: the file must be
+        the one registered (its SHA-256 is ``digest``, the version's
+        :data:`~eventstore.contract.STATE_DIGEST_TAG`; None: a version registered before
+        digests were recorded, held to the size checks alone) and pass :meth:`policy`.
+        Whoever loads a version from the registry loads it here: the service, and the
+        retrain its production baseline.
+
+        Raises
+        ------
+        ArtifactChangedError
+            The file's SHA-256 is not ``digest``.
+        AdmissionError
+            A check of :meth:`policy` failed (a file over ``max_bytes`` before it is
+            hashed).
+        """
+        size = path.stat().st_size
+        if size > self.max_bytes:
+            raise AdmissionError(f"the state file has {size} bytes; the limit is {self.max_bytes}.")
+        if digest is not None:
+            found = state_digest(path)
+            if found != digest:
+                raise ArtifactChangedError(
+                    f"its state file's SHA-256 is {found[:16]}…, not the {digest[:16]}… "
+                    f"recorded at registration ({STATE_DIGEST_TAG}): the artifact changed"
+                )
+        return self.policy(path)
 
     def admit(self, source: bytes | Path) -> PolicyState:
         """The checked state of ``source`` (bytes or a path).

@@ -465,9 +465,10 @@ class CoreSettings(BaseSettings):
         its reports; default ``<workspace>/runs``.
     model_max_dim : int
         Largest dimension a model version's configuration may declare (the service
-        refuses to load a larger one; the retrain refuses to register it).
+        refuses to load a larger one; the retrain refuses to register it, or to compare
+        with it as production).
     model_max_bytes : int
-        Largest total (uncompressed) size of a model version's arrays (the same two
+        Largest total (uncompressed) size of a model version's arrays (the same three
         places).
     """
 

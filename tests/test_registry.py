@@ -282,7 +282,7 @@ def test_a_re_run_compares_with_its_recorded_baseline_whatever_promotions_wrote(
     registry.promote(v3.version, by="tester", reason="newer")
     registry.promote(v2.version, by="tester", reason="after all")
     assert registry.get(v2.version).tags[previous_tag("production")] == v3.version
-    baseline, state = baseline_state(spec)
+    baseline, state, _ = baseline_state(spec)
     assert baseline == v1.version and state is not None and state.is_file()
 
 

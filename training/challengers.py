@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from eventstore.admission import Admission
 from training.evaluate import evaluate
 from training.runspec import RunSpec, overlap_options
 from training.train import RESULT_FILE, STATE_FILE, TrainConfig, TrainResult, rebuild_head, train
@@ -105,6 +106,8 @@ def compare(
     rule: GateRule,
     n_resamples: int,
     out_dir: str | Path,
+    production_digest: str | None = None,
+    admission: Admission | None = None,
 ) -> tuple[TrainResult, list[Challenger]]:
     """Train and evaluate the candidates; the winner's outputs in ``<out_dir>/train``.
 
@@ -125,6 +128,8 @@ def compare(
     out_dir : path
         The run folder: ``challengers/<algorithm>/`` per candidate, the winner copied to
         ``train/``, the table to ``train/challengers.json``.
+    production_digest, admission
+        What production's state is loaded against (:func:`~training.evaluate.production_policy`).
 
     Returns
     -------
@@ -134,7 +139,8 @@ def compare(
     out = Path(out_dir)
     runs: dict[str, tuple[TrainResult, Any]] = {}
     notes: dict[str, str] = {}
-    result = _train_and_evaluate(replay_path, linear, production_state, rule, n_resamples, out)
+    baseline = _Baseline(production_state, production_digest, admission)
+    result = _train_and_evaluate(replay_path, linear, baseline, rule, n_resamples, out)
     runs[linear.algorithm] = result
     if neural is not None:
         recommended = bool(result[0].metrics.get("neural_is_better", 0.0))
@@ -150,7 +156,7 @@ def compare(
             )
         else:
             runs[neural.algorithm] = _train_and_evaluate(
-                replay_path, neural, production_state, rule, n_resamples, out
+                replay_path, neural, baseline, rule, n_resamples, out
             )
     winner = max(runs, key=lambda a: _lower(runs[a][1], rule))
     table: list[Challenger] = []
@@ -199,10 +205,19 @@ def _lower(report: Any, rule: GateRule) -> float:
     return low if math.isfinite(low) else -math.inf
 
 
+@dataclass(frozen=True)
+class _Baseline:
+    """Production as :func:`~training.evaluate.evaluate` loads it, for each candidate."""
+
+    state: str | Path | None
+    digest: str | None
+    admission: Admission | None
+
+
 def _train_and_evaluate(
     replay_path: str | Path,
     config: TrainConfig,
-    production_state: str | Path | None,
+    baseline: _Baseline,
     rule: GateRule,
     n_resamples: int,
     out: Path,
@@ -214,12 +229,14 @@ def _train_and_evaluate(
     )
     evaluation = evaluate(
         rebuilt,
-        production_state,
+        baseline.state,
         replay_path,
         holdout_fraction=config.holdout_fraction,
         rule=rule,
         n_resamples=n_resamples,
         seed=config.seed,
+        production_digest=baseline.digest,
+        admission=baseline.admission,
     )
     return result, evaluation.candidate
 

@@ -167,7 +167,7 @@ def evaluate(
     ``…_SUPPORT_THRESHOLD``, ``…_MAX_UNSUPPORTED``). The file is held to the extraction's
     rules (``BANDITOPS_REWARD_MIN``/``…_MAX``, ``…_DUPLICATE_RULE``): broken rows up to
     the quarantine's share are set aside, named; more refuse the file."""
-    from bandit_core import load_policy
+    from eventstore.admission import Admission
     from training.evaluate import evaluate as run_evaluation
     from training.quarantine import MAX_SHARE, Rewards
     from training.replay import vetted_replay
@@ -178,9 +178,10 @@ def evaluate(
     rewards = Rewards(
         settings.reward_min, settings.reward_max, summed=settings.duplicate_rule == "sum"
     )
+    admission = Admission.from_settings(settings)  # production is loaded as the retrain does
     with _reported(ValueError, OSError):  # a replay or a state that is not what it must be
         if production is not None:  # named: one that does not load is not the uniform
-            load_policy(production)
+            admission.policy(production)
         data, set_aside = vetted_replay(replay, rewards)
         if len(set_aside):
             first = set_aside.iloc[0]
@@ -190,7 +191,12 @@ def evaluate(
                 f"{str(first['event_id'])[:64]!r}: {first['reason']}"
             )
         result = run_evaluation(
-            candidate, production, data, rule=settings.gate_rule(), n_resamples=n_resamples
+            candidate,
+            production,
+            data,
+            rule=settings.gate_rule(),
+            n_resamples=n_resamples,
+            admission=admission,
         )
     table = Table(title=f"off-policy estimates ({LEVEL:.0%} bootstrap intervals)")
     for col in ("estimator", "candidate", "interval", "production", "interval", "ESS"):

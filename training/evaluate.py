@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from bandit_core import Candidates, Policy, load_policy, make_policy
 from bandit_core.policies.registry import input_widths
+from eventstore.admission import Admission
 from training.replay import HOLDOUT_FRACTION, ReplayData, load_replay
 from validation.gate import (
     GateDecision,
@@ -385,7 +386,12 @@ class EvaluationResult:
 
 
 def production_policy(
-    path: str | Path | None, dim_user: int, dim_arm: int | None = None
+    path: str | Path | None,
+    dim_user: int,
+    dim_arm: int | None = None,
+    *,
+    digest: str | None = None,
+    admission: Admission | None = None,
 ) -> tuple[Policy, str | None]:
     """The policy the candidate is compared with, and a note when it is not production's:
     the uniform policy when there is no production, when its state no longer loads (a
@@ -394,12 +400,21 @@ def production_policy(
     other widths than the window's ``dim_user`` / ``dim_arm`` (the catalog's features
     changed: the service refuses production's requests of the new width and serves its
     fallback). Before, such a production stopped every retrain (upgrade helper, stop 45;
-    a width change, hostile-data helper, stop 49)."""
+    a width change, hostile-data helper, stop 49).
+
+    The state is loaded as the service loads it
+    (:meth:`~eventstore.admission.Admission.registered_policy`): against the SHA-256 its
+    registration recorded (``digest``; None: not checked) and under ``admission``'s
+    limits (default: the settings' defaults), declared sizes checked before anything is
+    allocated. A refused state (an artifact changed in the registry, one declaring more
+    than the limits) does not load, as above. Before, the retrain read production with
+    no check at all: 1 MB of deflated zeros declaring 1 GiB took 1.1 GiB of its memory
+    (security audit)."""
     if path is None:
         return make_policy("uniform", dim_user=dim_user), None
     try:
-        policy = load_policy(path)
-    except ValueError as exc:
+        policy = (admission or Admission()).registered_policy(Path(path), digest)
+    except ValueError as exc:  # AdmissionError too: refused, as one that does not load
         why = f"the production version's state does not load ({exc})"
     else:
         own_user, own_arm, _ = input_widths(policy)
@@ -429,18 +444,27 @@ def evaluate(
     n_resamples: int,
     seed: int = 0,
     out_dir: str | Path | None = None,
+    production_digest: str | None = None,
+    admission: Admission | None = None,
 ) -> EvaluationResult:
     """OPE of candidate and production on the held-out window, and the gate decision.
 
     ``replay`` is a file the retrain's extraction wrote (quarantined already) or data;
     a file of any other origin goes through :func:`training.replay.vetted_replay` first,
     as ``banditops evaluate`` does. Writes ``<out_dir>/evaluation.json`` and the interval
-    plots when ``out_dir`` is given.
+    plots when ``out_dir`` is given. Production's state is loaded against
+    ``production_digest`` under ``admission`` (:func:`production_policy`).
     """
     data = replay if isinstance(replay, ReplayData) else load_replay(replay)
     _, holdout = data.split(holdout_fraction)
     candidate = load_policy(candidate_state)
-    production, refused = production_policy(production_state, holdout.dim_user, holdout.dim_arm)
+    production, refused = production_policy(
+        production_state,
+        holdout.dim_user,
+        holdout.dim_arm,
+        digest=production_digest,
+        admission=admission,
+    )
     slates = holdout.len_list > 1  # position-wise: both policies rank the logged positions
     feedback: list[BanditFeedback] = []  # the rounds each was estimated on, for the pairing
     # one candidate table for the whole window scored every row with each item's

@@ -135,7 +135,9 @@ class ShardRef(StepRef):
     ``[start, stop)`` of ``part`` (``"train"`` or ``"holdout"``), its output written under
     ``out_dir``; a held-out shard also carries the OPE's blocking (``blocks``, each
     ``[lo, hi)``, the first one's index ``first_block``, ``seed``), the gate's
-    ``support_threshold`` and the production baseline every shard compares with."""
+    ``support_threshold`` and the production baseline every shard compares with (its
+    state, the SHA-256 its registration recorded and the admission limits it is loaded
+    under: ``max_bytes``, ``max_dim``)."""
 
     replay: str
     out_dir: str
@@ -149,6 +151,8 @@ class ShardRef(StepRef):
     support_threshold: float | None = None
     baseline_version: str | None = None
     baseline_state: str | None = None
+    baseline_digest: str | None = None
+    baseline_limits: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,8 @@ from bandit_core.catalog import CATALOG, SHARDABLE
 from bandit_core.head import surely_without_outliers
 from bandit_core.head_statistics import HeadStatistics, LinearHeadPolicy, head_groups
 from bandit_core.policies.wrappers import DelegatingWrapper
-from training.baseline import baseline_state
+from eventstore.admission import Admission
+from training.baseline import baseline_state, run_admission
 from training.evaluate import (
     EvaluationResult,
     PropensityFlags,
@@ -202,7 +203,8 @@ def plan(
             {**common, "index": i, "start": lo, "stop": hi} for i, (lo, hi) in enumerate(ranges)
         ]
     else:
-        baseline, state = baseline_state(s)
+        baseline, state, digest = baseline_state(s)
+        limits = run_admission(s)
         runs = holdout_shards(replay["path"], cut, rows, s.shards, **blocking)
         shards = [
             {
@@ -213,6 +215,8 @@ def plan(
                 "support_threshold": float(s.support_threshold),
                 "baseline_version": baseline,
                 "baseline_state": None if state is None else str(state),
+                "baseline_digest": digest,
+                "baseline_limits": {"max_bytes": limits.max_bytes, "max_dim": limits.max_dim},
             }
             for i, blocks in enumerate(runs)
         ]
@@ -640,7 +644,16 @@ def _evaluated_policies(
     from training.evaluate import production_policy
 
     candidate = load_policy(state_path)
-    production, _ = production_policy(shard.get("baseline_state") or None, dim_user, dim_arm)
+    limits = shard.get("baseline_limits")  # (None: a shard planned before they were kept)
+    production, _ = production_policy(
+        shard.get("baseline_state") or None,
+        dim_user,
+        dim_arm,
+        digest=shard.get("baseline_digest") or None,
+        admission=None
+        if not limits
+        else Admission(max_bytes=int(limits["max_bytes"]), max_dim=int(limits["max_dim"])),
+    )
     return {"candidate": candidate, "production": production}
 
 

@@ -34,7 +34,7 @@ from eventstore.engine import make_engine
 from eventstore.rollouts import ENDED_AGAINST, Rollout, list_rollouts
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
-from training.baseline import baseline_state, open_registry
+from training.baseline import baseline_state, open_registry, run_admission
 from training.challengers import (
     Challenger,
     candidate_configs,
@@ -189,17 +189,19 @@ def train_network(s: RunSpec, replay: ReplayRef) -> TrainedRef:
     (:mod:`training.challengers`) and keeps the one with the best DR lower bound."""
     if s.challengers:
         linear, neural = candidate_configs(s)
-        _, production = baseline_state(s)
+        production = baseline_state(s)
         result, _ = compare(
             replay.path,
             linear,
             neural,
             window_rows=replay.rows,
             neural_min_rows=int(s.challengers["neural_min_rows"]),
-            production_state=production,
+            production_state=production.state,
             rule=s.gate_rule(),
             n_resamples=s.n_resamples,
             out_dir=s.folder,
+            production_digest=production.digest,
+            admission=run_admission(s),
         )
     else:
         result = train(replay.path, s.train_config(), s.folder / "train")
@@ -287,7 +289,7 @@ def evaluate_offline(
         result = reduce_evaluation([p.to_xcom() for p in parts], rule, out)
         baseline = parts[0].baseline_version
     else:
-        baseline, state = baseline_state(s)
+        baseline, state, digest = baseline_state(s)
         result = evaluate(
             rebuilt.state_path,
             state,
@@ -297,6 +299,8 @@ def evaluate_offline(
             n_resamples=s.n_resamples,
             seed=int(s.train.get("seed", 0)),
             out_dir=out,
+            production_digest=digest,
+            admission=run_admission(s),
         )
     fresh = _freshness(s, replay, baseline)
     if fresh is not None:

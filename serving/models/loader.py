@@ -38,14 +38,14 @@ from numpy.typing import NDArray
 from bandit_core import Candidates, Policy
 from bandit_core.policies.decision_copy import decision_copy
 from bandit_core.policies.linear import ArmLimit, arm_state
-from eventstore.admission import AdmissionError, first_non_finite
+from eventstore.admission import AdmissionError, ArtifactChangedError, first_non_finite
 from eventstore.contract import CANDIDATE, PRODUCTION
 from eventstore.text import redact_credentials
 from serving.budget import check_choice_finite, work_units
 from serving.decide import choose
 from serving.models.recovery import catch_up, recover
 from serving.models.served import ServedModel, ServingSet, Signature
-from serving.models.sources import ArtifactChangedError, ModelRef, ModelSource, Role
+from serving.models.sources import ModelRef, ModelSource, Role
 from serving.store.reads import call_within
 from serving.store.repository import EventStore
 

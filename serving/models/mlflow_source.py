@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from bandit_core import Policy
 from eventstore.admission import Admission, AdmissionError
@@ -15,19 +13,11 @@ from eventstore.contract import STATE_DIGEST_TAG, WINDOW_STOP_TAG, version_label
 from eventstore.schema import INCARNATION_LENGTH
 from eventstore.text import redact_credentials
 from modelregistry.registry import AliasReader, client_defaults
-from serving.models.sources import ROLES, ArtifactChangedError, ModelRef, Role
+from serving.models.sources import ROLES, ModelRef, Role
 
 #: How much later than a version's registration its window may end (clocks of the
 #: machines that extracted the window and registered the version may differ this much).
 CLOCK_SKEW = timedelta(hours=1)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class MlflowModelSource:
@@ -119,13 +109,6 @@ class MlflowModelSource:
             )
         with tempfile.TemporaryDirectory(prefix="banditops-model-") as tmp:
             path = self._reader.download_state(ref.locator, tmp)
-            if ref.digest is not None and path.stat().st_size <= self.admission.max_bytes:
-                found = _sha256(path)
-                if found != ref.digest:
-                    raise ArtifactChangedError(
-                        f"its state file's SHA-256 is {found[:16]}…, not the {ref.digest[:16]}… "
-                        f"recorded at registration ({STATE_DIGEST_TAG}): the artifact changed"
-                    )
-            policy = self.admission.policy(path)
+            policy = self.admission.registered_policy(path, ref.digest)
         policy.model_version = ref.version
         return policy

@@ -55,12 +55,6 @@ class ModelRef:
         return self.version, self.incarnation
 
 
-class ArtifactChangedError(AdmissionError):
-    """The state file downloaded is not the one the version was registered with: refused
-    like any unsafe version, but tried again after the loader's ``retry_failed_s`` — a
-    file restored in place is the version again."""
-
-
 class ModelSource(Protocol):
     name: str
 
