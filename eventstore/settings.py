@@ -99,6 +99,9 @@ DIRECTORY = _Marker("DIRECTORY")
 #: ``Annotated[str | None, BLANK_IS_UNSET]``: an empty value means unset (``X=`` in an env
 #: file); for every other field an empty or blank value is refused.
 BLANK_IS_UNSET = _Marker("BLANK_IS_UNSET")
+#: ``Annotated[str | None, SECRET_PATH]``: a webhook URL whose path is its secret (Slack's,
+#: Teams'): wherever settings are shown, its host only (:func:`eventstore.text.webhook_shown`).
+SECRET_PATH = _Marker("SECRET_PATH")
 
 
 class SettingError(ValueError):

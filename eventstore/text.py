@@ -10,6 +10,7 @@ import re
 import traceback
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 
 def text_problem(value: str) -> str | None:
@@ -67,6 +68,15 @@ def redact_credentials(text: str) -> str:
     text = _URL_PASSWORD.sub(rf"\g<head>{HIDDEN}", text)
     text = _URL_USER.sub(rf"\g<head>{HIDDEN}", text)
     return _URL_QUERY.sub(rf"\g<head>{HIDDEN}", text)
+
+
+def webhook_shown(url: str) -> str:
+    """A webhook URL as a log, a listing or an error may show it: its scheme and host only.
+    A Slack or Teams webhook's secret is its path (``/services/T…/B…/<token>``): whoever
+    reads it may post as the sender. ``banditops config show`` printed it whole while the
+    monitor's task log named the host alone (security audit)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}/…"
 
 
 def with_password(hidden: str, configured: Callable[[], str], name: str) -> str:

@@ -61,7 +61,6 @@ from __future__ import annotations
 import json
 import logging
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -76,7 +75,7 @@ from bandit_core.user_groups import group_key, user_group_key
 from eventstore.contract import DECISION_ENDPOINTS, DECISIONS, MONITOR_DAG
 from eventstore.engine import make_engine
 from eventstore.replay import dimensions, of_dimensions, read_replay
-from eventstore.text import redact_credentials
+from eventstore.text import redact_credentials, webhook_shown
 from eventstore.workspace import (
     MONITOR_FOLDER,
     MONITOR_REPORT_FILE,
@@ -1129,9 +1128,7 @@ def notify(
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
-    # a webhook's secret is its path (Slack's, Teams'): the task log names the host only
-    parts = urllib.parse.urlsplit(url)
-    shown = f"{parts.scheme}://{parts.hostname}/…"
+    shown = webhook_shown(url)  # the task log names the host only
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             status = response.status

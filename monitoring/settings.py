@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from eventstore.settings import BLANK_IS_UNSET, CoreSettings, DriftMetric
+from eventstore.settings import BLANK_IS_UNSET, SECRET_PATH, CoreSettings, DriftMetric
 
 #: The monitor's checks, in report order (one DAG task each).
 CHECKS = (
@@ -101,7 +101,7 @@ class MonitorSettings(CoreSettings):
 
     section: ClassVar[str] = "monitor"
 
-    alert_webhook_url: Annotated[str | None, BLANK_IS_UNSET] = None
+    alert_webhook_url: Annotated[str | None, BLANK_IS_UNSET, SECRET_PATH] = None
     monitor_lookback_days: float = Field(7.0, gt=0.0)
     reward_drift_max: float = Field(0.2, gt=0.0)
     feature_drift_metric: DriftMetric = "psi"

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 from pydantic_core import PydanticUndefined
 
 from eventstore.settings import (
+    SECRET_PATH,
     SECTIONS,
     CoreSettings,
     env_name,
@@ -26,7 +27,7 @@ from eventstore.settings import (
     workspace_file,
     workspace_of,
 )
-from eventstore.text import redact_credentials
+from eventstore.text import redact_credentials, webhook_shown
 from ops.config_reference import SETTINGS_CLASSES
 
 HEADER = """\
@@ -152,6 +153,8 @@ def effective(workspace: Path | None = None) -> list[Effective]:
         for name, origin in cls.origins(**init).items():
             if isinstance(values[name], str):  # and a URL without its password
                 values[name] = redact_credentials(values[name])
+                if SECRET_PATH in cls.model_fields[name].metadata:  # a webhook: its host
+                    values[name] = webhook_shown(values[name])
             rows.setdefault(
                 name,
                 Effective(env_name(name), where[name], values[name], origin),

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from bandit_core.policies.overlap import OVERLAP_OPTIONS
 from eventstore.settings import SECTIONS, WORKSPACE_ENV, CoreSettings, section_fields
+from eventstore.text import webhook_shown
 from ops import config_file
 from ops.config_reference import SETTINGS_CLASSES, all_fields
 from serving.settings import Settings
@@ -31,6 +32,9 @@ from training.runspec import plan
 from training.settings import PipelineSettings
 
 BANDITOPS = Path(sys.executable).with_name("banditops")
+#: The checkout the tests run from: the CLI's process imports its code (not the code the
+#: virtualenv installed, which may be another checkout's).
+ROOT = Path(__file__).resolve().parents[1]
 END = datetime(2026, 3, 2, tzinfo=UTC)
 MASK = "**********"
 
@@ -267,10 +271,12 @@ def _plain(value: Any) -> Any:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
-def _shown(value: Any) -> Any:
-    """``value`` as ``config show --json`` prints it."""
+def _shown(value: Any, name: str = "") -> Any:
+    """``value`` of setting ``name`` as ``config show --json`` prints it."""
     if isinstance(value, SecretStr):
         return MASK
+    if name == "alert_webhook_url":  # a webhook's secret is its path
+        return webhook_shown(value)
     if isinstance(value, Path):
         return str(value)
     return value
@@ -349,7 +355,7 @@ def test_each_setting_reaches_every_component(
         assert form[field] == values[f"retrain_{field}"]
 
     # the CLI, in a process of its own
-    env = dict(os.environ)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     shown = subprocess.run(
         [str(BANDITOPS), "config", "show", "--json"],
         env=env,
@@ -361,7 +367,7 @@ def test_each_setting_reaches_every_component(
     table = json.loads(shown.stdout)
     for name, value in values.items():
         row = table[f"BANDITOPS_{name.upper()}"]
-        assert row == {"value": _shown(value), "source": source}, name
+        assert row == {"value": _shown(value, name), "source": source}, name
     assert table["BANDITOPS_WORKSPACE"] == {"value": str(ws), "source": "env"}
 
 
@@ -517,3 +523,37 @@ def test_aliases_are_distinct_registry_aliases(
     with pytest.raises(ValidationError, match=message):
         CoreSettings(workspace=tmp_path, **values)
     assert CoreSettings(workspace=tmp_path, production_alias="live").production_alias == "live"
+
+
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_config_show_names_the_alert_webhook_s_host_only(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, where: str
+) -> None:
+    """A Slack or Teams webhook's secret is its path: whoever reads it may post as the
+    monitor, whose task log therefore names the host only. ``banditops config show``
+    printed the URL whole, in the table and in ``--json``, while it masked the API token
+    and URL passwords (security audit)."""
+    secret = "T000/B000/SECRETXYZ"
+    url = f"https://hooks.slack.com/services/{secret}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), WORKSPACE_ENV: str(tmp_path)}
+    if where == "env":
+        env["BANDITOPS_ALERT_WEBHOOK_URL"] = url
+    else:
+        (tmp_path / "banditops.toml").write_text(f'[monitor]\nalert_webhook_url = "{url}"\n')
+    for extra in ([], ["--json"]):
+        shown = subprocess.run(
+            [str(BANDITOPS), "config", "show", *extra],
+            env={**env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        )
+        assert "SECRETXYZ" not in shown.stdout + shown.stderr, extra
+        assert "services" not in shown.stdout, extra
+        if extra:
+            row = json.loads(shown.stdout)["BANDITOPS_ALERT_WEBHOOK_URL"]
+            assert row == {"value": "https://hooks.slack.com/…", "source": where}
+        else:
+            (line,) = [x for x in shown.stdout.splitlines() if "ALERT_WEBHOOK_URL" in x]
+            assert "https://hooks.slack.com/…" in line
