@@ -83,6 +83,12 @@ LISTED_VERSIONS = 30
 #: ``get_run`` per version, with a filter a few kilobytes long.
 RUNS_PER_SEARCH = 100
 
+#: Bytes one feature may take in a feature reference (``steps.validate`` writes its
+#: histogram indented, a number a line: ~650 bytes with the 10 bins it uses; this leaves
+#: room for ~30). A reference holds at most ``2 × model_max_dim`` features (``dim_user``
+#: and ``dim_arm``, each a model's dimension): 16 MiB at the defaults.
+REFERENCE_BYTES_PER_FEATURE = 2048
+
 #: Run ids a search filter may quote as they are (MLflow's are 32 hex digits).
 _RUN_ID = re.compile(r"[A-Za-z0-9_\-]+")
 
@@ -130,6 +136,23 @@ def client_defaults() -> None:
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot be carried out (named version, alias, reason)."""
+
+
+class FeatureReferenceError(RegistryError):
+    """A version's feature reference that cannot be used: larger than its bound, not
+    JSON, or not the histograms the retrain writes. Its readers (the monitor's drift
+    check, the retrain's drift expectations) go on without one, as for a version that
+    logged none, and say why.
+
+    Attributes
+    ----------
+    version : str
+        The version whose reference it is.
+    """
+
+    def __init__(self, version: str, message: str) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 @dataclass(frozen=True)
@@ -306,17 +329,44 @@ class ModelRegistry:
         """The feature reference (:data:`~eventstore.contract.REFERENCE_ARTIFACT`: the
         histograms of its training window) logged with the version ``alias`` names, and
         that version: ``(None, None)`` when no version has the alias, ``(None, version)``
-        when the version has no reference."""
+        when the version has no reference.
+
+        Raises
+        ------
+        FeatureReferenceError
+            The reference is larger than :meth:`reference_max_bytes` (checked before it is
+            read: it was parsed whole, whatever its size), not JSON, or not a reference.
+        """
         version = self.by_alias(alias)
         if version is None:
             return None, None
+        limit = self.reference_max_bytes()
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = self.run_artifact(version.run_id, REFERENCE_ARTIFACT, tmp)
+                size = Path(local).stat().st_size
             except (RegistryError, OSError):
                 return None, version.version
-            reference: dict[str, Any] = json.loads(Path(local).read_text())
+            where = f"the feature reference of version {version.version}"
+            if size > limit:
+                raise FeatureReferenceError(
+                    version.version,
+                    f"{where} has {size} bytes; the limit is {limit} "
+                    f"({REFERENCE_BYTES_PER_FEATURE} a feature, 2 × model_max_dim features).",
+                )
+            try:
+                reference = json.loads(Path(local).read_bytes())
+            except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested deep
+                raise FeatureReferenceError(version.version, f"{where} is not JSON: {exc}") from exc
+        problem = _reference_problem(reference)
+        if problem is not None:
+            raise FeatureReferenceError(version.version, f"{where} is malformed: {problem}.")
         return reference, version.version
+
+    def reference_max_bytes(self) -> int:
+        """The largest feature reference read: :data:`REFERENCE_BYTES_PER_FEATURE` for each
+        of the ``2 × model_max_dim`` features a reference may hold."""
+        return 2 * self.admission.max_dim * REFERENCE_BYTES_PER_FEATURE
 
     def download_version(self, version: str | int, dst_path: str | Path) -> Path:
         """Download a version's model directory into ``dst_path``; its local path (the
@@ -970,3 +1020,32 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _reference_problem(reference: Any) -> str | None:
+    """What keeps ``reference`` from being a feature reference as ``training.steps.validate``
+    writes it (None: nothing): integer ``dim_user`` / ``dim_arm``, and ``features`` mapping
+    each name to lists of numbers ``edges`` and ``proportions``."""
+    if not isinstance(reference, dict):
+        return f"a JSON object is expected; got {type(reference).__name__}"
+    for key in ("dim_user", "dim_arm", "rows"):
+        value = reference.get(key)
+        if key == "rows" and value is None:  # (optional)
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{key} must be a non-negative integer; got {str(value)[:40]!r}"
+    features = reference.get("features")
+    if not isinstance(features, dict):
+        return f"features must be an object; got {type(features).__name__}"
+    for name, histogram in features.items():
+        if not isinstance(histogram, dict):
+            return f"features[{name[:40]!r}] must be an object"
+        for key in ("edges", "proportions"):
+            values = histogram.get(key)
+            if not isinstance(values, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values
+            ):
+                return f"features[{name[:40]!r}].{key} must be a list of numbers"
+        if len(histogram["proportions"]) != len(histogram["edges"]) + 1:
+            return f"features[{name[:40]!r}] must have one proportion more than edges"
+    return None

@@ -83,7 +83,7 @@ from eventstore.workspace import (
     run_folder,
     within_range,
 )
-from modelregistry.registry import ModelRegistry
+from modelregistry.registry import FeatureReferenceError, ModelRegistry
 from monitoring import evidence
 from monitoring import served_latency as sl
 from monitoring.plots import plot_monitor_report
@@ -197,11 +197,17 @@ def build_report(
     settings = MonitorSettings() if settings is None else settings
     end = within_range("end", end)  # (year 1 overflowed the lookback's arithmetic)
     frame = _read_events(settings, end)
-    reference, production = production_reference(settings)
+    try:
+        reference, production = production_reference(settings)
+        unusable = None
+    except FeatureReferenceError as exc:  # drift not computed, as without a reference
+        reference, production, unusable = None, exc.version, str(exc)
     state = settings.runs_path / MONITOR_FOLDER
     latency = served_latency(settings, state / LATENCY_STATE_FILE)
     faults = served_faults(settings, state / FAULTS_STATE_FILE)
-    report = summarize(frame, end, settings, reference, production, latency, faults)
+    report = summarize(
+        frame, end, settings, reference, production, latency, faults, reference_problem=unusable
+    )
     folder = run_folder(settings.runs_path / MONITOR_FOLDER, run_key)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / REPORT_FILE
@@ -250,6 +256,7 @@ def summarize(
     production: str | None,
     latency: Mapping[str, Any] | None = None,
     faults: Mapping[str, Any] | None = None,
+    reference_problem: str | None = None,
 ) -> dict[str, Any]:
     """The report dict from the events of :func:`read_replay` over both weeks.
 
@@ -257,7 +264,9 @@ def summarize(
     ``candidate_features``, ``arm_id``, ``propensity``, ``fallback``, ``explored``,
     ``user_hash``, ``outcome`` (NaN: no reward under the rules). ``latency`` and
     ``faults`` are the sections of :func:`served_latency` and :func:`served_faults`
-    (default: not measured).
+    (default: not measured). ``reference_problem``: why production's feature reference
+    could not be used (:class:`~modelregistry.registry.FeatureReferenceError`), said where
+    the drift check is skipped.
     """
     lookback = timedelta(days=settings.monitor_lookback_days)
     shift = timedelta(seconds=settings.reward_window_s)
@@ -287,7 +296,9 @@ def summarize(
         "production_version": production,
     }
     report["reward"] = _reward_section(reward_now, reward_before, settings)
-    report["feature_drift"] = _drift_section(now, end, settings, reference, production)
+    report["feature_drift"] = _drift_section(
+        now, end, settings, reference, production, reference_problem
+    )
     report["selection_entropy"] = _entropy_section(arms, candidates, settings)
     report["arm_coverage"] = _coverage_section(arms, candidates, settings)
     report["propensity"] = _propensity_section(now, settings)
@@ -410,6 +421,7 @@ def _drift_section(
     settings: MonitorSettings,
     reference: Mapping[str, Any] | None,
     production: str | None,
+    reference_problem: str | None = None,
 ) -> dict[str, Any]:
     metric, limit = settings.feature_drift_metric, settings.feature_drift_max
     section: dict[str, Any] = {"metric": metric, "threshold": limit, "scores": {}}
@@ -417,7 +429,7 @@ def _drift_section(
         why = (
             "no production model yet"
             if production is None
-            else (f"production version {production} has no feature reference")
+            else reference_problem or f"production version {production} has no feature reference"
         )
         section["check"] = _check("skipped", f"feature drift not computed: {why}.")
         return section

@@ -34,6 +34,7 @@ from eventstore.engine import make_engine
 from eventstore.rollouts import ENDED_AGAINST, Rollout, list_rollouts
 from eventstore.workspace import aware
 from modelregistry.pyfunc_model import example_table
+from modelregistry.registry import FeatureReferenceError
 from training.baseline import baseline_state, open_registry, run_admission
 from training.challengers import (
     Challenger,
@@ -122,7 +123,11 @@ def validate(s: RunSpec, replay: ReplayRef) -> ValidatedRef:
         Listing every failing expectation; nothing downstream runs.
     """
     manifest = ReplayManifest.read(replay.manifest)
-    production_reference, production = open_registry(s).feature_reference(s.production_alias)
+    try:
+        production_reference, production = open_registry(s).feature_reference(s.production_alias)
+    except FeatureReferenceError as exc:  # no drift expectations, as without a reference
+        log.warning("run %s: no drift expectations: %s", s.run_key, exc)
+        production_reference = None
     if production_reference is not None:
         log.info(
             "run %s: drift against production version %s's training window (warning > %g, "
