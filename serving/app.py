@@ -93,8 +93,7 @@ def create_app(settings: Settings | None = None, lease: Lease | None = None) -> 
     app.add_exception_handler(StoreDeadlineError, with_status(503))
     app.add_exception_handler(DBAPIError, store_error)
     app.add_exception_handler(PoolTimeoutError, store_error)
-    endpoints = {getattr(r, "path", "") for r in app.routes}
-    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints)
+    # the last added is the outer layer: the metrics see the body limit's 413 and 408
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -102,4 +101,6 @@ def create_app(settings: Settings | None = None, lease: Lease | None = None) -> 
         large_bytes=settings.http_large_body_bytes,
         large_concurrency=settings.http_large_body_concurrency,
     )
+    endpoints = {getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=endpoints)
     return app

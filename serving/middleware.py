@@ -1,4 +1,9 @@
-"""ASGI middleware: request body size limit, and request metrics."""
+"""ASGI middleware: request body size limit, and request metrics.
+
+The metrics layer is the outer one (``serving.app``): it counts every answer, the body
+limit's 413 and 408 included, and times each request from when its body was received
+(the body limit marks that instant in the scope, :data:`BODY_RECEIVED`).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The scope key where :class:`BodyLimitMiddleware` puts the ``time.perf_counter()`` at
+#: which it stopped waiting for the body (received whole, over the limit, or timed out).
+BODY_RECEIVED = "banditops.body_received"
 
 
 async def _answer(send: Send, status: int, message: str) -> None:
@@ -61,6 +70,7 @@ class BodyLimitMiddleware:
         too_large = f"request body is larger than {self.max_bytes} bytes."
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            scope[BODY_RECEIVED] = time.perf_counter()
             await _answer(send, 413, too_large)
             return
         chunks: list[bytes] = []
@@ -84,8 +94,10 @@ class BodyLimitMiddleware:
                     chunks.append(chunk)
                     more = message.get("more_body", False)
         except TimeoutError:
+            scope[BODY_RECEIVED] = time.perf_counter()
             await _answer(send, 408, f"request body not received within {self.timeout_s:g} s.")
             return
+        scope[BODY_RECEIVED] = time.perf_counter()
         if size > self.max_bytes:
             await _answer(send, 413, too_large)
             return
@@ -117,6 +129,13 @@ class MetricsMiddleware:
 
     Paths outside ``endpoints`` and methods outside :data:`METHODS` are counted as
     ``"other"`` (bounded label values: uvicorn's h11 parser passes any token as a method).
+
+    It wraps :class:`BodyLimitMiddleware`, so the 413 and 408 answered there are counted
+    (inside it, they never were, though the docs name this metric for them). A request is
+    timed from when its body was received (:data:`BODY_RECEIVED`, else from its start):
+    a client's upload, or a body that never came (408), is not the service's latency. A
+    request whose client left before its body ended is answered by nobody and not
+    counted.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, endpoints: set[str]) -> None:
@@ -145,21 +164,30 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status = 500
+        answered = False
 
         async def capture(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                answered = True
             await send(message)
 
         try:
             await self.app(scope, receive, capture)
-        finally:
-            # the route's template once routed (``/v1/items/{item_id}``: one label for
-            # every item), else the path when it is one
-            route = getattr(scope.get("route"), "path", None)
-            path = route if route is not None else scope.get("path", "")
-            endpoint = path if path in self.endpoints else "other"
-            method = scope.get("method", "")
-            method = method if method in METHODS else "other"
-            self._observe(endpoint, method, status, time.perf_counter() - started)
+        except BaseException:
+            self._finish(scope, status, started)  # the server's error layer answers 500
+            raise
+        if answered:
+            self._finish(scope, status, started)
+
+    def _finish(self, scope: Scope, status: int, started: float) -> None:
+        # the route's template once routed (``/v1/items/{item_id}``: one label for every
+        # item), else the path when it is one
+        route = getattr(scope.get("route"), "path", None)
+        path = route if route is not None else scope.get("path", "")
+        endpoint = path if path in self.endpoints else "other"
+        method = scope.get("method", "")
+        method = method if method in METHODS else "other"
+        since = scope.get(BODY_RECEIVED, started)
+        self._observe(endpoint, method, status, time.perf_counter() - since)

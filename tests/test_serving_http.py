@@ -3,7 +3,9 @@ path, and a hot swap under concurrent requests with no failed request."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +105,47 @@ def test_hot_swap_under_concurrent_requests(tmp_path: Path) -> None:
         assert set(versions[:switch]) <= {first}
         assert set(versions[switch:]) <= {final}
     assert {v for _, v, _ in results} == {first, final}
+
+
+def _received(port: int, raw: bytes) -> bytes:
+    """What the server answers to ``raw`` sent on a fresh connection, until it closes."""
+    got = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(raw)
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
+def test_the_body_limits_answers_are_counted_in_the_request_metrics(tmp_path: Path) -> None:
+    """The body limit answered 413 and 408 outside the metrics layer, so neither was in
+    ``banditops_requests_total`` (nor the latency histogram), which docs/reliability.md
+    names as where they show. A client that leaves before its body ends is answered by
+    nobody and still not counted; a 408 is timed from when the wait for its body ended,
+    not over the wait (a slow client is not the service's latency)."""
+    settings = service_settings(
+        tmp_path,
+        model_path=policy_file(tmp_path / "p.npz"),
+        max_body_bytes=2048,
+        http_body_timeout_s=1.0,
+    )
+    head = b"POST /v1/decisions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+    with _server(settings) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+        wait_ready(http.get)
+        declared = http.post("/v1/decisions", content=b"[" + b"0," * 2000 + b"0]")
+        assert declared.status_code == 413, declared.text
+        streamed = http.post("/v1/decisions", content=iter([b"[", b"0," * 2000, b"0]"]))
+        assert streamed.status_code == 413, streamed.text
+        trickled = _received(server.port, head + b"content-length: 100\r\n\r\n{")
+        assert trickled.startswith(b"HTTP/1.1 408"), trickled
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(head + b"content-length: 100\r\n\r\n{")  # then leaves
+        time.sleep(0.3)
+        text = http.get("/metrics").text
+    count = 'banditops_requests_total{endpoint="/v1/decisions",method="POST",status="%s"} %s'
+    assert count % ("413", "2.0") in text, text
+    assert count % ("408", "1.0") in text, text
+    timed = 'banditops_request_latency_seconds_count{endpoint="/v1/decisions"} 3.0'
+    assert timed in text, text
+    within = 'banditops_request_latency_seconds_bucket{endpoint="/v1/decisions",le="0.5"} 3.0'
+    assert within in text, text
