@@ -475,3 +475,24 @@ def test_a_journal_drains_only_into_the_store_its_events_belong_to(
     assert Journal(tmp_path / "journal", store=store_identity(b)).recover(b).decisions == 1
     for engine in stores:
         engine.dispose()
+
+
+def test_a_start_counts_the_journal_it_drains_in_the_metrics(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """A restart drained the 20 events its previous run journaled into the store, and
+    ``banditops_journal_drained_total`` (events copied from the journal into the store,
+    docs/reliability.md) still said 0: only the drain after an outage was counted."""
+    from tests.serving_helpers import running_client, service_settings
+
+    settings = service_settings(tmp_path)
+    left = Journal(settings.journal_path).open()  # a run that ended degraded
+    rows = [decision_row(rng) for _ in range(20)]
+    assert left.spool(rows) == [None] * 20
+    left.close()
+    with running_client(settings) as client:
+        text = client.get("/metrics").text
+        engine = client.app.state.service.engine
+        assert EventStore(engine).count_rows()["decisions"] == 20
+    assert "banditops_journal_drained_total 20.0" in text, text
+    assert "banditops_journal_events 0.0" in text, text

@@ -489,7 +489,9 @@ class Journal:
     def recover(self, engine: Engine, progress: Callable[[], None] | None = None) -> DrainReport:
         """Drain and delete every segment no live process holds (call before
         :meth:`open`, with the database reachable; ``progress`` called after each
-        transaction: :func:`drain_records`)."""
+        transaction: :func:`drain_records`). Each segment drained is counted by the
+        observer as :meth:`drain` counts: before, a restart that drained a previous
+        run's journal left ``banditops_journal_drained_total`` at 0."""
         self.directory.mkdir(parents=True, exist_ok=True)
         report = DrainReport()
         for path in sorted(self.directory.glob(f"*{_SUFFIX}")):
@@ -507,9 +509,13 @@ class Journal:
                         len(data) - valid,
                     )
                 rejected = self.directory / REJECTED_FILE
-                report.add(drain_records(engine, found, rejected, self.guard, progress))
+                drained = drain_records(engine, found, rejected, self.guard, progress)
+                report.add(drained)
                 path.unlink(missing_ok=True)
                 _store_file(path).unlink(missing_ok=True)
+                self.drained += drained.records
+                if self.observer is not None:  # counted as the drains of an outage are
+                    self.observer.on_journal_drain(drained.records, 0, 0)
         _fsync_dir(self.directory)
         if report.records:
             log.warning(
