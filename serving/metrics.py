@@ -3,13 +3,18 @@
 One :class:`ServiceMetrics` per app, on its own registry (several apps can live in one
 test process). With several uvicorn workers, ``PROMETHEUS_MULTIPROC_DIR`` is set before
 start (``banditops serve`` does it) and ``/metrics`` aggregates every worker's files
-through a ``MultiProcessCollector``.
+through a ``MultiProcessCollector``; the live gauges' files of workers that died are
+removed first (:func:`mark_dead_processes`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -42,12 +47,92 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+#: A live gauge's file in the multiprocess folder: ``gauge_<mode>_<pid>.db``.
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live(?:all|sum|max|min|mostrecent)_(\d+)\.db")
+
+#: How much later than its file's last change a process may seem to have started and
+#: still be the one that wrote it (the clocks compared are read a moment apart).
+_START_SLACK_S = 1.0
+
+
+def _started_at(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), or None where ``/proc`` cannot say;
+    ``-inf`` for a zombie (it has exited; its parent has not reaped it yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces
+        if fields[0] == "Z":
+            return -float("inf")
+        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
+        booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return booted + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _wrote(pid: int, changed: float) -> bool:
+    """Whether process ``pid`` is alive and is the one whose file last changed at
+    ``changed``: not an exited process, nor a later one given its pid (pid reuse)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    started = _started_at(pid)
+    if started is None:  # no /proc: alive is all that is known
+        return True
+    return started != -float("inf") and started <= changed + _START_SLACK_S
+
+
+def mark_dead_processes(directory: str | Path) -> set[int]:
+    """Remove from ``directory`` the live gauges' files of processes that exited.
+
+    A worker killed (SIGKILL, the OOM killer) never runs ``mark_process_dead``: its
+    ``banditops_store_degraded`` kept saying 1 after the store was back, its
+    ``banditops_journal_events`` counted events long stored, and ``banditops_model_info``
+    kept a series for its pid, for as long as the service ran. A file is removed when
+    its pid is gone, a zombie, or a process started after the file last changed (the pid
+    given to another process); a live process's files are kept, a sibling worker's or
+    not. Counters' and histograms' files stay (their totals include the dead). Two
+    workers may remove the same files at once; the collector skips a live gauge's file
+    removed while it reads.
+
+    Returns
+    -------
+    set of int
+        The pids whose files were removed.
+    """
+    changed: dict[int, float] = {}
+    files: dict[int, list[Path]] = {}
+    for path in Path(directory).glob("gauge_live*.db"):
+        match = _LIVE_GAUGE_FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:  # removed by another worker meanwhile
+            continue
+        changed[pid] = max(changed.get(pid, mtime), mtime)
+        files.setdefault(pid, []).append(path)
+    dead = {pid for pid in changed if pid != os.getpid() and not _wrote(pid, changed[pid])}
+    for pid in dead:
+        for path in files[pid]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return dead
+
+
 class ServiceMetrics:
     """Request counts and latency, decisions per arm, rewards, served versions, fallback
     state and the event writer's batches."""
 
     def __init__(self) -> None:
-        self.multiprocess = multiprocess_dir() is not None
+        self.directory = multiprocess_dir()
+        self.multiprocess = self.directory is not None
+        if self.directory is not None:  # a worker started after one died: its files go
+            mark_dead_processes(self.directory)
         # In multiprocess mode values live in files; the registry is built per scrape.
         self.registry: CollectorRegistry | None = None if self.multiprocess else CollectorRegistry()
         reg = self.registry
@@ -224,11 +309,14 @@ class ServiceMetrics:
         self.fallback_active.set(1 if fallback else 0)
 
     def render(self) -> tuple[bytes, str]:
-        """The exposition text and its content type."""
+        """The exposition text and its content type (in multiprocess mode, of the
+        workers alive: :func:`mark_dead_processes` runs first)."""
         registry = self.registry
         if registry is None:
             from prometheus_client import multiprocess
 
+            if self.directory is not None:
+                mark_dead_processes(self.directory)
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry, self.directory)
         return generate_latest(registry), CONTENT_TYPE_LATEST
