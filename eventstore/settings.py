@@ -356,6 +356,57 @@ def _set_by(field: str) -> str:
     return f" ({path} [{tables[0]}])" if tables else ""
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:///`` URL names (absolute), or None for another database, an
+    in-memory one or a ``file:`` URI (SQLAlchemy's ``?uri=true``)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None  # not a database URL (an MLflow server's): not a file
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri"):
+        return None
+    if not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).absolute()
+
+
+def check_readable(settings: CoreSettings, *, store: bool = False, registry: bool = False) -> None:
+    """Raise a ``ValueError`` naming the path when a command that only reads would open a
+    SQLite file that does not exist: the event store (``store``), the MLflow registry
+    (``registry``). Opening one creates it empty: ``banditops models --json`` on a
+    mistyped ``--workspace`` made a new ``mlflow.db`` and printed ``[]`` with exit 0 (a
+    script could not tell no versions from a wrong path), ``rollout status`` left an
+    empty ``banditops.db`` behind. Nothing is created here."""
+    # (what, its URL, the setting that names it, what creates it)
+    wanted: list[tuple[str, str, str, str]] = []
+    if store:
+        wanted.append(("event store", settings.store_url, "database_url", "`banditops db upgrade`"))
+    if registry:
+        for uri, field in (
+            (settings.tracking_uri, "mlflow_tracking_uri"),
+            (settings.registry_uri, "mlflow_registry_uri"),
+        ):
+            if uri not in {url for _, url, _, _ in wanted}:
+                wanted.append(("MLflow registry", uri, field, "the first `banditops train`"))
+    for what, url, field, maker in wanted:
+        path = sqlite_file(url)
+        if path is None or path.exists():
+            continue
+        if getattr(settings, field) is not None:
+            where = f"named by {field}{_set_by(field)}"
+        elif not settings.workspace.is_dir():
+            where = f"the workspace folder {settings.workspace.absolute()} does not exist"
+        else:
+            where = f"the default of the workspace {settings.workspace.absolute()}"
+        raise ValueError(
+            f"the {what} {path} does not exist: {where}; nothing was created. Check "
+            f"--workspace (BANDITOPS_WORKSPACE) and {env_name(field)}; {maker} creates it."
+        )
+
+
 def create_directories(settings: BaseSettings) -> None:
     """Create every folder setting (``DIRECTORY``) that does not exist yet, before a
     process starts work: ``ValueError`` naming the setting when one cannot be (a path

@@ -59,6 +59,9 @@ def _run(*args: str) -> tuple[int, str]:
 def test_a_store_without_tables_is_named_with_the_fix(
     workspace: Path, args: tuple[str, ...]
 ) -> None:
+    # an empty SQLite file: a store without tables (a store file that does not exist is
+    # refused by the commands that only read: test_a_read_only_command_creates_nothing)
+    (workspace / "banditops.db").touch()
     if args[0] == "catalog":
         table = workspace / "items.csv"
         table.write_text("id,f_a\nx,1.0\n")
@@ -539,6 +542,41 @@ def test_config_show_says_when_the_workspace_it_reads_is_not_there(
     (workspace / "banditops.toml").write_text("[service]\n", encoding="utf-8")
     present = CliRunner().invoke(_app(), ["config", "show"])
     assert present.stderr == "" and "(absent)" not in present.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "missing"),
+    [
+        (("models", "--json"), "mlflow.db"),
+        (("models",), "mlflow.db"),
+        (("rollout", "status"), "banditops.db"),
+    ],
+)
+def test_a_read_only_command_creates_nothing(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], missing: str
+) -> None:
+    """``models --json`` on a mistyped ``--workspace`` created the folder and an empty
+    ``mlflow.db``, then printed ``[]`` with exit 0: a script could not tell "no versions"
+    from "wrong path"; ``rollout status`` left an empty ``banditops.db`` before it failed
+    (operations audit). A SQLite file a read-only command needs and that does not exist
+    is an error on stderr (exit 2) naming it, and nothing is created."""
+    typo = workspace / "wrokspace"
+    got = CliRunner().invoke(_app(), ["--workspace", str(typo), *args])
+    assert got.exit_code == 2 and got.stdout == "", got.output
+    said = " ".join(got.stderr.split())
+    assert said.startswith(f"error: the {'event store' if missing == 'banditops.db' else 'MLflow'}")
+    assert f"{typo / missing} does not exist" in said, said
+    assert f"the workspace folder {typo} does not exist" in said, said
+    assert not typo.exists()
+    # a file named by its URL, in a workspace that exists
+    variable = (
+        "BANDITOPS_DATABASE_URL" if missing == "banditops.db" else ("BANDITOPS_MLFLOW_TRACKING_URI")
+    )
+    monkeypatch.setenv(variable, f"sqlite:///{workspace / 'nosuch.db'}")
+    got = CliRunner().invoke(_app(), ["--workspace", str(workspace), *args])
+    said = " ".join(got.stderr.split())
+    assert got.exit_code == 2 and f"({variable})" in said and "nosuch.db does not exist" in said
+    assert sorted(p.name for p in workspace.iterdir()) == []
 
 
 def _app() -> Any:

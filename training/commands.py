@@ -25,7 +25,7 @@ from rich.table import Table
 from eventstore.console import error, warning
 from eventstore.contract import gate_verdict
 from eventstore.settings import CoreSettings as Settings
-from eventstore.settings import env_name
+from eventstore.settings import check_readable, env_name
 from training.form import RETRAIN_FORM, FormField
 from training.settings import N_RESAMPLES_MAX, N_RESAMPLES_MIN, PipelineSettings
 
@@ -247,7 +247,9 @@ def models(
 
     if every and limit is not None:
         raise typer.BadParameter("--all lists every version; give --limit or --all, not both.")
-    registry = _registry(Settings())
+    settings = Settings()
+    check_readable(settings, registry=True)  # a mistyped path is an error, not `[]`
+    registry = _registry(settings)
     with _reported(RegistryError):
         listing = registry.listing(None if every else (limit or LISTED_VERSIONS))
     summaries = version_summaries(listing)
@@ -382,8 +384,10 @@ def rollout_status(
     from eventstore.migrate import StoreSchemaError
     from training import rollout
 
+    settings = PipelineSettings()
+    check_readable(settings, store=True)  # opening a missing store file creates it
     with _reported(StoreSchemaError):
-        state = rollout.status(PipelineSettings(), limit=limit)
+        state = rollout.status(settings, limit=limit)
     current = state["rollout"]
     if current is None:
         console.print("no rollout yet.")
