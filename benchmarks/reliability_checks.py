@@ -251,9 +251,12 @@ def fuzz_openapi(base_url: str, max_examples: int, headers: dict[str, str]) -> d
     }
 
 
-def hostile_bodies(base_url: str, max_body_bytes: int) -> dict[str, Any]:
+def hostile_bodies(
+    base_url: str, max_body_bytes: int, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Oversize bodies (declared and chunked), non-finite numbers and wrong dimensions:
-    the status of each (expected 413, 413, 422, 422, 422)."""
+    the status of each (expected 413, 413, 422, 422, 422), sent with ``headers``
+    (default: the benchmark's token)."""
     raw_nan = b'{"context": [NaN, 0, 0, 0], "candidates": [{"id": "a", "features": [1, 2]}]}'
     raw_inf = b'{"context": [0, 0], "candidates": [{"id": "a", "features": [Infinity]}]}'
     big = b'{"context": [' + b"0.123456789," * (max_body_bytes // 12 + 10) + b"0]}"
@@ -264,7 +267,7 @@ def hostile_bodies(base_url: str, max_body_bytes: int) -> dict[str, Any]:
 
     wrong_dim = {"context": [0.0] * 3, "candidates": [{"id": "a", "features": [0.0] * 16}]}
     json_headers = {"content-type": "application/json"}
-    with httpx.Client(base_url=base_url, timeout=30) as http:
+    with httpx.Client(base_url=base_url, timeout=30, headers=headers or AUTH) as http:
         got = {
             "oversize declared": http.post("/v1/decisions", content=big, headers=json_headers),
             "oversize chunked": http.post("/v1/decisions", content=chunks(), headers=json_headers),
@@ -720,7 +723,8 @@ def case_security() -> Row:
                 statuses = []
                 for user, req in zip(users, requests, strict=True):
                     body = {**json.loads(req["body"]), "user_id": user}
-                    event = http.post("/v1/decisions", json=body).json()["event_id"]
+                    answer = http.post("/v1/decisions", json=body, headers=AUTH)
+                    event = answer.json()["event_id"]
                     reward = {"event_id": event, "reward": 1.0}
                     statuses.append(http.post("/v1/rewards", json=reward).status_code)
                     statuses.append(

@@ -94,7 +94,7 @@ def _hostile_sender(url: str, seconds: float, seed: int, results: Any, sending: 
     stop = [0.0]
 
     def client(i: int) -> None:
-        headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json", **AUTH}
         with httpx.Client(base_url=url, timeout=60.0) as http:
             opened.wait(OPEN_TIMEOUT_S)  # a client that cannot open breaks it for all
             j = i
@@ -154,7 +154,9 @@ def hostile_slates(service: Service, seconds: float) -> dict[str, Any]:
             decisions.append(
                 _timed(
                     lambda b=body: http.post(
-                        "/v1/decisions", content=b, headers={"content-type": "application/json"}
+                        "/v1/decisions",
+                        content=b,
+                        headers={"content-type": "application/json", **AUTH},
                     )
                 )
             )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,39 +49,29 @@ def multiprocess_dir() -> str | None:
 #: A live gauge's file in the multiprocess folder: ``gauge_<mode>_<pid>.db``.
 _LIVE_GAUGE_FILE = re.compile(r"gauge_live(?:all|sum|max|min|mostrecent)_(\d+)\.db")
 
-#: How much later than its file's last change a process may seem to have started and
-#: still be the one that wrote it (the clocks compared are read a moment apart).
-_START_SLACK_S = 1.0
 
-
-def _started_at(pid: int) -> float | None:
-    """When process ``pid`` started (epoch seconds), or None where ``/proc`` cannot say;
-    ``-inf`` for a zombie (it has exited; its parent has not reaped it yet)."""
+def _zombie(pid: int) -> bool:
+    """Whether process ``pid`` has exited and waits for its parent to reap it (False
+    where ``/proc`` cannot say)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces
-        if fields[0] == "Z":
-            return -float("inf")
-        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
-        booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-    return booted + ticks / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith("Z")  # the name may hold spaces
 
 
-def _wrote(pid: int, changed: float) -> bool:
-    """Whether process ``pid`` is alive and is the one whose file last changed at
-    ``changed``: not an exited process, nor a later one given its pid (pid reuse)."""
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. A pid given to a later process counts as alive: its
+    files stay until that one exits. Telling it apart by start time against the file's
+    last change removed a live worker's files when the wall clock stepped forward (an
+    NTP step, a resumed VM; review, stop 56)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # alive, another user's
-    started = _started_at(pid)
-    if started is None:  # no /proc: alive is all that is known
-        return True
-    return started != -float("inf") and started <= changed + _START_SLACK_S
+    return not _zombie(pid)
 
 
 def mark_dead_processes(directory: str | Path) -> set[int]:
@@ -92,8 +81,7 @@ def mark_dead_processes(directory: str | Path) -> set[int]:
     ``banditops_store_degraded`` kept saying 1 after the store was back, its
     ``banditops_journal_events`` counted events long stored, and ``banditops_model_info``
     kept a series for its pid, for as long as the service ran. A file is removed when
-    its pid is gone, a zombie, or a process started after the file last changed (the pid
-    given to another process); a live process's files are kept, a sibling worker's or
+    its pid is gone or a zombie; a live process's files are kept, a sibling worker's or
     not. Counters' and histograms' files stay (their totals include the dead). Two
     workers may remove the same files at once; the collector skips a live gauge's file
     removed while it reads.
@@ -103,20 +91,13 @@ def mark_dead_processes(directory: str | Path) -> set[int]:
     set of int
         The pids whose files were removed.
     """
-    changed: dict[int, float] = {}
     files: dict[int, list[Path]] = {}
     for path in Path(directory).glob("gauge_live*.db"):
         match = _LIVE_GAUGE_FILE.fullmatch(path.name)
         if match is None:
             continue
-        pid = int(match.group(1))
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:  # removed by another worker meanwhile
-            continue
-        changed[pid] = max(changed.get(pid, mtime), mtime)
-        files.setdefault(pid, []).append(path)
-    dead = {pid for pid in changed if pid != os.getpid() and not _wrote(pid, changed[pid])}
+        files.setdefault(int(match.group(1)), []).append(path)
+    dead = {pid for pid in files if pid != os.getpid() and not _alive(pid)}
     for pid in dead:
         for path in files[pid]:
             with contextlib.suppress(FileNotFoundError):

@@ -56,8 +56,8 @@ class Settings(CoreSettings):
     fallback_epsilon : float
         Exploration share of the ε-greedy fallback.
     api_token : SecretStr or None
-        Bearer token of the reward, catalog-write and admin endpoints (not empty; RFC
-        6750 characters only).
+        Bearer token of the decision, reward, catalog-write and admin endpoints (not
+        empty; RFC 6750 characters only).
     max_body_bytes, max_candidates, max_slate : int
         Request limits (413 / 422 beyond them).
     context_features : list of str

@@ -153,7 +153,9 @@ def test_retrieved_decisions_log_the_candidates_and_refeaturise_exactly(
         loaded = client.post("/v1/items", json={"items": items}, headers=TOKEN).json()
         assert loaded["count"] == 60
         context = rng.standard_normal(DIM_USER).round(6).tolist()
-        got = client.post("/v1/decisions", json={"context": context, "retrieve": {"k": 10}})
+        got = client.post(
+            "/v1/decisions", headers=TOKEN, json={"context": context, "retrieve": {"k": 10}}
+        )
         assert got.status_code == 200, got.text
         decision = got.json()
         # exact retrieval (small catalog): the top 10 by inner product with the context
@@ -191,7 +193,7 @@ def test_retrieved_decisions_log_the_candidates_and_refeaturise_exactly(
             ),
             ({"context": context, "retrieve": {"k": 0}}, ["body", "retrieve", "k"]),
         ):
-            bad = client.post("/v1/decisions", json=body)
+            bad = client.post("/v1/decisions", headers=TOKEN, json=body)
             assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == loc, bad.text
 
 
@@ -209,7 +211,9 @@ def test_retired_items_are_never_served(
         served: set[str] = set()
         for _ in range(100):
             got = client.post(
-                "/v1/decisions", json={"context": context, "retrieve": {"k": 15}, "k": 3}
+                "/v1/decisions",
+                headers=TOKEN,
+                json={"context": context, "retrieve": {"k": 15}, "k": 3},
             ).json()
             served.update(got["candidates"])
             assert got["arm_id"] not in top
@@ -233,10 +237,16 @@ def test_new_items_are_retrieved_and_get_the_exploration_floor(
         client.post("/v1/items", json={"items": _items(rng, 8)}, headers=TOKEN)
         context = np.ones(DIM_USER).tolist()
         for _ in range(6):  # every item is shown 6 times: none is new any more
-            client.post("/v1/decisions", json={"context": context, "retrieve": {"k": 8}, "k": 8})
+            client.post(
+                "/v1/decisions",
+                headers=TOKEN,
+                json={"context": context, "retrieve": {"k": 8}, "k": 8},
+            )
         low = {"features": [0.0, 0.0, 0.0], "embedding": [-5.0] * DIM_USER}  # scores last
         client.put("/v1/items/fresh", json=low, headers=TOKEN)
-        got = client.post("/v1/decisions", json={"context": context, "retrieve": {"k": 8}}).json()
+        got = client.post(
+            "/v1/decisions", headers=TOKEN, json={"context": context, "retrieve": {"k": 8}}
+        ).json()
         assert got["candidates"][-1] == "fresh"
         (row,) = [
             r
@@ -254,7 +264,9 @@ def test_slates_log_position_propensities_and_rewards_name_the_position(
 ) -> None:
     settings = _settings(tmp_path, store_url, model_path)
     with running_client(settings) as client:
-        got = client.post("/v1/decisions", json={**decision_body(rng, n=6), "k": 3}).json()
+        got = client.post(
+            "/v1/decisions", headers=TOKEN, json={**decision_body(rng, n=6), "k": 3}
+        ).json()
         marginal = got["position_propensities"]
         assert len(marginal) == 3 and marginal[0] == pytest.approx(got["propensity"], abs=1e-12)
         assert all(0.0 < p <= 1.0 for p in marginal)
@@ -316,7 +328,7 @@ def test_a_grouped_request_returns_exactly_one_variant_per_group(
             for g, n in enumerate((3, 7, 1, 10))
         ]
         body = {"context": rng.standard_normal(DIM_USER).round(6).tolist(), "groups": groups}
-        got = client.post("/v1/decisions/grouped", json=body)
+        got = client.post("/v1/decisions/grouped", headers=TOKEN, json=body)
         assert got.status_code == 200, got.text
         out = got.json()
         assert [c["group_id"] for c in out["groups"]] == [g["id"] for g in groups]
@@ -341,7 +353,7 @@ def test_a_grouped_request_returns_exactly_one_variant_per_group(
         )
         assert reward.json()["status"] == "applied"
         dup = {**body, "groups": [groups[0], groups[0]]}
-        bad = client.post("/v1/decisions/grouped", json=dup)
+        bad = client.post("/v1/decisions/grouped", headers=TOKEN, json=dup)
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == [
             "body",
             "groups",
@@ -349,7 +361,7 @@ def test_a_grouped_request_returns_exactly_one_variant_per_group(
             "id",
         ]
         wide = {**body, "groups": [{"id": "t", "variants": [{"id": "v", "features": [1.0]}]}]}
-        bad = client.post("/v1/decisions/grouped", json=wide)
+        bad = client.post("/v1/decisions/grouped", headers=TOKEN, json=wide)
         assert bad.json()["detail"][0]["loc"] == ["body", "groups", 0, "variants", 0, "features"]
 
 
@@ -363,7 +375,9 @@ def test_changes_made_elsewhere_reach_the_service_through_the_change_feed(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             got = client.post(
-                "/v1/decisions", json={"context": [1.0] * DIM_USER, "retrieve": {"k": 1}}
+                "/v1/decisions",
+                headers=TOKEN,
+                json={"context": [1.0] * DIM_USER, "retrieve": {"k": 1}},
             )
             if got.status_code == 200:
                 break

@@ -107,11 +107,11 @@ def test_impressions_are_kept_for_active_catalog_items_only(
             if d % 10 == 0:
                 ids[0] = "cat-0"
                 shown_inline += 1
-            got = client.post("/v1/decisions", json=_inline(rng, ids))
+            got = client.post("/v1/decisions", headers=TOKEN, json=_inline(rng, ids))
             assert got.status_code == 200, got.text
         context = np.ones(DIM_USER).tolist()
         retrieved = client.post(
-            "/v1/decisions", json={"context": context, "retrieve": {"k": 4}, "k": 4}
+            "/v1/decisions", headers=TOKEN, json={"context": context, "retrieve": {"k": 4}, "k": 4}
         )
         assert retrieved.status_code == 200, retrieved.text
 
@@ -455,7 +455,7 @@ def test_reloads_report_unchanged_items_and_decisions_log_their_kept_versions(
         while len(client.app.state.service.catalog.index) < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
         got = client.post(
-            "/v1/decisions", json={"context": [1.0] * DIM_USER, "retrieve": {"k": 3}}
+            "/v1/decisions", headers=TOKEN, json={"context": [1.0] * DIM_USER, "retrieve": {"k": 3}}
         ).json()
         with engine.connect() as conn:
             row = conn.execute(
@@ -648,7 +648,7 @@ def test_an_item_shown_by_many_groups_of_one_request_is_one_impression(
         groups = [{"id": f"g{i}", "variants": [variant]} for i in range(100)]
         body = {"context": np.ones(DIM_USER).tolist(), "groups": groups}
         for _ in range(2):
-            got = client.post("/v1/decisions/grouped", json=body)
+            got = client.post("/v1/decisions/grouped", headers=TOKEN, json=body)
             assert got.status_code == 200, got.text
         assert client.get("/v1/items/cat-0").json()["impressions"] == 2
         assert client.app.state.service.catalog.index.impressions == {"cat-0": 2}

@@ -37,7 +37,7 @@ from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from monitoring.settings import CHECKS
 from serving.app import create_app
-from tests.serving_helpers import LiveServer, decision_body, service_settings
+from tests.serving_helpers import AUTH, LiveServer, decision_body, service_settings
 
 pytest_plugins = ["tests.airflow_support"]
 
@@ -274,7 +274,7 @@ def test_monitor_computes_its_numbers_and_fails_the_checks_in_alert(
     upgrade(engine)
     engine.dispose()
     with LiveServer(create_app(service)) as server:
-        with httpx.Client(base_url=server.url, timeout=10) as http:
+        with httpx.Client(base_url=server.url, timeout=10, headers=AUTH) as http:
             for _ in range(20):
                 assert http.post("/v1/decisions", json=decision_body(rng)).status_code == 200
         monkeypatch.setenv("BANDITOPS_SERVICE_URL", server.url)

@@ -31,6 +31,7 @@ from serving.app import create_app
 from serving.metrics import ServiceMetrics
 from serving.store.repository import EventStore, write_events
 from tests.serving_helpers import (
+    AUTH,
     LiveServer,
     decision_body,
     decision_row,
@@ -270,7 +271,7 @@ def test_model_errors_check_reads_a_running_services_metrics(
     assert monitor.served_faults(_settings(tmp_path), state)["check"]["status"] == "skipped"
     with (
         LiveServer(create_app(service)) as server,
-        httpx.Client(base_url=server.url, timeout=10) as http,
+        httpx.Client(base_url=server.url, timeout=10, headers=AUTH) as http,
     ):
         settings = _settings(tmp_path, service_url=server.url)
         for _ in range(12):

@@ -26,7 +26,7 @@ from monitoring.served_latency import (
 from monitoring.settings import MonitorSettings
 from serving.app import create_app
 from serving.metrics import ServiceMetrics
-from tests.serving_helpers import LiveServer, decision_body, service_settings
+from tests.serving_helpers import AUTH, LiveServer, decision_body, service_settings
 
 INF = math.inf
 
@@ -196,7 +196,7 @@ def test_served_latency_is_read_from_a_running_services_metrics(
     state = tmp_path / "runs" / "monitor" / monitor.LATENCY_STATE_FILE
     with (
         LiveServer(create_app(service)) as server,
-        httpx.Client(base_url=server.url, timeout=10) as http,
+        httpx.Client(base_url=server.url, timeout=10, headers=AUTH) as http,
     ):
         settings = _settings(tmp_path, server.url, latency_p99_max_s=5.0)
         first = monitor.served_latency(settings, state)

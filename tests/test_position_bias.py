@@ -105,7 +105,7 @@ def test_rewards_naming_a_position_update_the_head_with_that_positions_features(
         gram, xty = np.zeros_like(precision0), np.zeros_like(xty0)
         for _ in range(4):
             body = {**decision_body(rng, n=6), "k": 3}
-            got = client.post("/v1/decisions", json=body)
+            got = client.post("/v1/decisions", headers=TOKEN, json=body)
             assert got.status_code == 200, got.text
             out = got.json()
             assert out["policy"] == "shared_linucb" and len(out["ranking"]) == 3
@@ -127,12 +127,14 @@ def test_rewards_naming_a_position_update_the_head_with_that_positions_features(
         np.testing.assert_allclose(head.xty_[0] - xty0, xty, rtol=0, atol=1e-12)
         assert client.get("/v1/model").json()["production"]["policy"] == "shared_linucb+position"
         # more positions than the model knows: 422 on k, naming the slots
-        too_long = client.post("/v1/decisions", json={**decision_body(rng, n=6), "k": 4})
+        too_long = client.post(
+            "/v1/decisions", headers=TOKEN, json={**decision_body(rng, n=6), "k": 4}
+        )
         assert too_long.status_code == 422
         detail = too_long.json()["detail"][0]
         assert detail["loc"] == ["body", "k"] and "3 position slots" in detail["msg"]
         # single decisions are position 0 of a one-item slate
-        single = client.post("/v1/decisions", json=decision_body(rng, n=4))
+        single = client.post("/v1/decisions", headers=TOKEN, json=decision_body(rng, n=4))
         assert single.status_code == 200
         online = served_policy(client)
         version = client.app.state.service.loader.current.production.version
@@ -154,7 +156,7 @@ def test_a_position_blind_model_learns_the_item_shown_at_the_position(
     settings = service_settings(tmp_path, None, model_path=model_path, api_token="tok")
     with running_client(settings) as client:
         body = {**decision_body(rng, n=5), "k": 3}
-        out = client.post("/v1/decisions", json=body).json()
+        out = client.post("/v1/decisions", headers=TOKEN, json=body).json()
         client.post(
             "/v1/rewards",
             json={"event_id": out["event_id"], "reward": 1.0, "position": 2},

@@ -192,7 +192,7 @@ def test_a_decision_past_its_deadline_is_served_by_the_fallback(tmp_path: Path) 
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
         rng = np.random.default_rng(2)
-        with httpx.Client(base_url=service.url, timeout=30.0) as client:
+        with httpx.Client(base_url=service.url, timeout=30.0, headers=AUTH) as client:
             got = client.post("/v1/decisions", json=_slate(rng, 8, 3)).json()
             assert got["fallback"] is True and got["policy"] == "fallback:uniform"
             assert got["propensity"] == pytest.approx(1 / 8)
@@ -375,7 +375,7 @@ def test_without_a_model_widths_are_capped(tmp_path: Path) -> None:
     env = _env(tmp_path, None, BANDITOPS_API_TOKEN=TEST_TOKEN, BANDITOPS_MAX_CONTEXT_FEATURES="64")
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
-        with httpx.Client(base_url=service.url, timeout=30.0) as client:
+        with httpx.Client(base_url=service.url, timeout=30.0, headers=AUTH) as client:
             wide = {"context": [0.5] * 5000, "candidates": [{"id": "a", "features": [1.0]}]}
             got = client.post("/v1/decisions", json=wide)
             assert got.status_code == 422 and "max_context_features" in got.text
@@ -1225,7 +1225,7 @@ def test_pipelined_requests_are_answered_in_order_before_any_refusal(
     body = json.dumps(decision_body(np.random.default_rng(5))).encode() + b" " * 20_000
     post = (
         b"POST /v1/decisions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + f"authorization: Bearer {TEST_TOKEN}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
         + body
     )
     many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 600

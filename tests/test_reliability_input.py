@@ -55,7 +55,7 @@ def test_no_generated_request_gets_a_server_error(server: LiveServer) -> None:
 
 
 def test_hostile_bodies_are_refused_with_the_right_code(server: LiveServer) -> None:
-    assert hostile_bodies(server.url, LIMIT) == {
+    assert hostile_bodies(server.url, LIMIT, {"Authorization": "Bearer t"}) == {
         "oversize declared": 413,
         "oversize chunked": 413,
         "NaN context": 422,

@@ -64,7 +64,9 @@ def traffic(replicas: list[ServiceProcess], rng: np.random.Generator, n: int) ->
     count = [0] * len(replicas)
     for i in range(n):
         decider = replicas[i % len(replicas)]
-        event = httpx.post(f"{decider.url}/v1/decisions", json=decision_body(rng), timeout=10)
+        event = httpx.post(
+            f"{decider.url}/v1/decisions", json=decision_body(rng), headers=AUTH, timeout=10
+        )
         event.raise_for_status()
         which = int(rng.integers(len(replicas)))
         receiver = replicas[which]

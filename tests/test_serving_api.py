@@ -79,7 +79,8 @@ def test_rewards_need_the_token_when_one_is_set(
 ) -> None:
     settings = service_settings(tmp_path, model_path=model_path, api_token="s3cret")
     with running_client(settings) as client:
-        event = client.post("/v1/decisions", json=decision_body(rng)).json()["event_id"]
+        ok = {"Authorization": "Bearer s3cret"}
+        event = client.post("/v1/decisions", json=decision_body(rng), headers=ok).json()["event_id"]
         body = {"event_id": event, "reward": 1.0}
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
             denied = client.post("/v1/rewards", json=body, headers=headers)
@@ -87,7 +88,6 @@ def test_rewards_need_the_token_when_one_is_set(
             assert denied.headers["www-authenticate"] == "Bearer"
         for path in ("/v1/admin/poll", "/v1/admin/snapshot"):
             assert client.post(path).status_code == 401
-        ok = {"Authorization": "Bearer s3cret"}
         assert client.post("/v1/rewards", json=body, headers=ok).json()["applied"] is True
         assert client.post("/v1/admin/snapshot", headers=ok).status_code == 200
         assert client.app.state.service.store.count_rows()["rewards"] == 1

@@ -40,7 +40,11 @@ def test_decision_and_reward_over_http(
     settings = service_settings(
         tmp_path, store_url, model_path=policy_file(tmp_path / "p.npz"), api_token="t"
     )
-    with _server(settings) as server, httpx.Client(base_url=server.url, timeout=10) as http:
+    token = {"Authorization": "Bearer t"}
+    with (
+        _server(settings) as server,
+        httpx.Client(base_url=server.url, timeout=10, headers=token) as http,
+    ):
         wait_ready(http.get)  # the first load may still run once uvicorn has started
         decision = http.post("/v1/decisions", json=decision_body(rng)).json()
         reward = http.post(

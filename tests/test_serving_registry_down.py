@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.serving_helpers import ServiceProcess, decision_body, free_port
+from tests.serving_helpers import AUTH, ServiceProcess, decision_body, free_port
 
 PASSWORD = "Hunter2Secret"
 
@@ -31,7 +31,10 @@ def test_an_unreachable_registry_neither_blocks_the_fallback_nor_leaks_its_passw
     try:
         ready_after = time.monotonic() - started
         out = httpx.post(
-            f"{service.url}/v1/decisions", json=decision_body(np.random.default_rng(0)), timeout=10
+            f"{service.url}/v1/decisions",
+            json=decision_body(np.random.default_rng(0)),
+            headers=AUTH,
+            timeout=10,
         )
         assert out.status_code == 200 and out.json()["fallback"] is True, out.text
         deadline = time.monotonic() + 60

@@ -44,7 +44,7 @@ def _log_slates(tmp_path: Path, rng: np.random.Generator) -> tuple[str, dict[str
                 ],
                 "k": K,
             }
-            out = client.post("/v1/decisions", json=body).json()
+            out = client.post("/v1/decisions", json=body, headers=TOKEN).json()
             assert out["fallback"] is True and len(out["position_propensities"]) == K
             sent: dict[int, float] = {}
             for position in np.flatnonzero(rng.random(K) < 0.4).tolist():

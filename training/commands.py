@@ -181,7 +181,10 @@ def evaluate(
     admission = Admission.from_settings(settings)  # production is loaded as the retrain does
     with _reported(ValueError, OSError):  # a replay or a state that is not what it must be
         if production is not None:  # named: one that does not load is not the uniform
-            admission.policy(production)
+            try:
+                admission.policy(production)
+            except ValueError as exc:  # (AdmissionError) naming the file
+                raise ValueError(f"{production} is not a banditops policy state: {exc}") from exc
         data, set_aside = vetted_replay(replay, rewards)
         if len(set_aside):
             first = set_aside.iloc[0]

@@ -288,8 +288,9 @@ def evaluate_offline(
     out = s.folder / "evaluation"
     # the winner of a champion–challenger comparison is gated at a level shared by every
     # candidate compared on these rounds (the best of several equal ones passed more often)
-    trained = TrainResult.read(s.folder / "train" / RESULT_FILE)
-    rule = dataclasses.replace(s.gate_rule(), comparisons=compared(trained))
+    trained = s.folder / "train" / RESULT_FILE  # (a run folder of an earlier release: one)
+    comparisons = compared(TrainResult.read(trained)) if trained.exists() else 1
+    rule = dataclasses.replace(s.gate_rule(), comparisons=comparisons)
     if parts:
         result = reduce_evaluation([p.to_xcom() for p in parts], rule, out)
         baseline = parts[0].baseline_version

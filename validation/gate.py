@@ -85,8 +85,9 @@ class GateRule:
         (champion–challenger). The paired bound's level is then
         ``1 − (1 − LEVEL) / comparisons`` (Bonferroni): the best of several candidates no
         better than production, gated on the rounds it was chosen on at the plain level,
-        was promoted 9 % of the time for two and 16 % for ten, where the gate allows 2.5 %
-        (statistics helper, stop 56; ``benchmarks.gate_level``).
+        was promoted 4.3 % of the time for two and 6.8 % for five, where one alone is
+        promoted 2.2 % (``benchmarks.gate_level``). Where no paired difference exists (a
+        self-normalised estimator, sharded) the unpaired rule does not use it.
     """
 
     estimator: str = ESTIMATOR
