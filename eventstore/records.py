@@ -269,12 +269,15 @@ Keyed = dict[tuple[str, str], "KeyedFirst | JudgedReward"]
 @dataclass(frozen=True)
 class JudgedReward:
     """A reward with its verdict: ``ordinal`` among its event's rewards, whether a head
-    learns from it and its ``status``."""
+    learns from it and its ``status``. ``refused`` is False when it is written: the
+    deciding head refuses an update after the commit, and the service then records it
+    (``serving.store.repository.RefusedReward``)."""
 
     row: RewardRow
     ordinal: int
     applied: bool
     status: str
+    refused: bool = False
 
     def params(self) -> dict[str, Any]:
         """Column values for an INSERT into ``rewards``: the verdict's fields, the rest

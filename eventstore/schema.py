@@ -192,6 +192,10 @@ class RewardEvent(Base):
     # the client's key for this reward: a reward sent again with it is answered as the
     # first was and stored once (None: sent without one, or before revision 0010)
     idempotency_key: Mapped[str | None] = mapped_column(String(EVENT_ID_LENGTH))
+    # the deciding head refused the update after the commit: the reward was answered
+    # ``applied: false``, and so is every repeat of its key (None: stored before
+    # revision 0011). Recovery and the replica sync still try it, as ``applied`` says.
+    refused: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class HeadSnapshot(Base):

@@ -108,12 +108,18 @@ from serving.snapshots import HeadGate, Snapshotter, own_writer
 from serving.store.engine import checkpointer, store_engine, transaction_bound_s
 from serving.store.journal import DrainReport, Journal, stored_decision
 from serving.store.reads import call_within, read_within
-from serving.store.repository import EventStore, StoredDecision, batch_landed, write_events
+from serving.store.repository import (
+    EventStore,
+    RefusedReward,
+    StoredDecision,
+    batch_landed,
+    write_events,
+)
 from serving.store.writer import GroupCommitWriter, WriterClosedError
 
 log = logging.getLogger(__name__)
 
-#: Refused head updates remembered until their request answers (see ``_refused``).
+#: Refused head updates kept in memory, the newest (see ``_refused``).
 _REFUSALS_KEPT = 1024
 #: How long the loader waits for the event loop to take newly loaded models.
 _SWAP_WAIT_S = 30.0
@@ -411,9 +417,12 @@ class DecisionService:
         self.checkpointer = checkpointer(engine, settings)
         self._cache: OrderedDict[str, StoredDecision] = OrderedDict()
         self._cache_bytes = 0  # the cache's StoredDecision.nbytes
-        # (event id, ordinal) of rewards whose deciding head refused the update, until
-        # their request answers (bounded: a request cancelled meanwhile never collects)
-        self._refused: OrderedDict[tuple[str, int], None] = OrderedDict()
+        # (event id, ordinal) of rewards whose deciding head refused the update → the
+        # write that stores it (None: journaled, not in the store yet); the repeats of
+        # its key judged before the store held it read it here (bounded, oldest out)
+        self._refused: OrderedDict[tuple[str, int], concurrent.futures.Future[Any] | None] = (
+            OrderedDict()
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
@@ -1001,7 +1010,7 @@ class DecisionService:
             outcome = first.outcome
         else:
             if refused:
-                del self._refused[key]
+                await self._refusal_stored(key)
             self.metrics.rewards.labels(outcome.status).inc()
             self.metrics.reward_value.observe(req.reward)
         return RewardResponse(
@@ -1182,11 +1191,41 @@ class DecisionService:
                     "reward %d of %s: its version is not served", outcome.id, row.model_version
                 )
             elif not self._learn_one(model, row, outcome):
-                self._refused[(row.event_id, outcome.ordinal)] = None
-                while len(self._refused) > _REFUSALS_KEPT:
-                    self._refused.popitem(last=False)
+                self._refuse(row, outcome)
             for other in self._also_learning(served, model, row.learn, outcome):
                 self._learn_one(other, row, outcome)
+
+    def _refuse(self, row: RewardRow, outcome: RewardOutcome) -> None:
+        """Loop thread: the deciding head refused this reward. Its request, and every
+        repeat of its idempotency key, answers ``applied: false``: from the store
+        (:class:`~serving.store.repository.RefusedReward`, written now), and from memory
+        until the store holds it; a journaled reward's refusal is this process's alone."""
+        stored = None
+        if not outcome.journaled:
+            with contextlib.suppress(WriterClosedError):
+                stored = self.writer.submit(RefusedReward(row.event_id, outcome.ordinal))
+        self._refused[(row.event_id, outcome.ordinal)] = stored
+        while len(self._refused) > _REFUSALS_KEPT:
+            self._refused.popitem(last=False)
+
+    async def _refusal_stored(self, key: tuple[str, int]) -> None:
+        """Wait, within ``store_deadline_s``, until the store holds the refusal of reward
+        ``key`` (event id, ordinal): the answer about to be given then outlives this
+        process. When it cannot, say so."""
+        stored = self._refused.get(key)
+        if stored is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.store_deadline_s):
+                await _on_loop(stored)
+        except Exception as exc:  # the store's error, or its deadline: the answer stands
+            log.warning(
+                "the head's refusal of reward %d of event %s is not stored (%s): only this "
+                "process answers its repeats applied: false",
+                key[1],
+                key[0],
+                exc or type(exc).__name__,
+            )
 
     def _also_learning(
         self,

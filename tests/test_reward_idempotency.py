@@ -89,6 +89,28 @@ def test_a_reward_sent_again_with_its_key_is_answered_as_the_first_and_counted_o
         assert _replayed(head.engine) == [2.25]
 
 
+def test_a_repeat_of_a_reward_its_head_refused_is_answered_unlearnt_after_a_restart_too(
+    store_url: str, model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The head refuses a reward whose context is far out of scale: it is stored
+    ``applied`` and answered ``applied: false``. Its repeats were answered ``applied:
+    true`` once the first had answered (the refusal was kept only until then), and after
+    a restart; the stored row now says the head refused it."""
+    settings = service_settings(tmp_path, store_url, model_path=model_path)
+    body = decision_body(rng)
+    body["context"] = [1e6] + [0.0] * (len(body["context"]) - 1)
+    with running_client(settings) as client:
+        event = client.post("/v1/decisions", json=body).json()["event_id"]
+        keyed = {"event_id": event, "reward": 1.0, "idempotency_key": "click-1"}
+        first = client.post("/v1/rewards", json=keyed).json()
+        assert (first["status"], first["applied"]) == ("applied", False)
+        assert client.post("/v1/rewards", json=keyed).json() == first
+        assert client.get("/v1/model").json()["production"]["applied_rewards"] == 0
+        assert _stored(client.app.state.service.engine) == [(event, 1.0, 0, "click-1")]
+    with running_client(settings) as client:  # the answer is the store's, not memory's
+        assert client.post("/v1/rewards", json=keyed).json() == first
+
+
 def test_a_key_sent_twice_at_once_is_stored_once(
     model_path: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:

@@ -118,6 +118,7 @@ def test_migrations_ship_as_package_modules() -> None:
         "0008_catalog_horizon.py",
         "0009_service_leases.py",
         "0010_reward_idempotency_key.py",
+        "0011_reward_refused.py",
     ]
 
 

@@ -63,10 +63,21 @@ class DropParts:
     limit: int
 
 
+@dataclass(frozen=True)
+class RefusedReward:
+    """Write item: the deciding head refused the update of the reward ``ordinal`` of
+    ``event_id`` (stored): ``rewards.refused``, read by the repeats of its idempotency
+    key. The result is None."""
+
+    event_id: str
+    ordinal: int
+
+
 Item = (
     DecisionRow
     | DecisionGroup
     | RewardRow
+    | RefusedReward
     | SnapshotRow
     | SnapshotPart
     | SupersededSnapshots
@@ -92,9 +103,18 @@ _KEYED_REWARDS = select(
     rewards.c.ordinal,
     rewards.c.applied,
     rewards.c.status,
+    rewards.c.refused,
 ).where(
     rewards.c.event_id.in_(bindparam("event_ids", expanding=True)),
     rewards.c.idempotency_key.is_not(None),
+)
+_REFUSE = (
+    update(rewards)
+    .where(
+        rewards.c.event_id == bindparam("refused_event"),
+        rewards.c.ordinal == bindparam("refused_ordinal"),
+    )
+    .values(refused=True)
 )
 _ADD_IMPRESSIONS = (
     update(items)
@@ -204,7 +224,7 @@ def _write_snapshot(conn: Connection, row: SnapshotRow) -> int | None:
 def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
     """Write a batch inside the caller's transaction; one result per item.
 
-    Decisions and snapshot parts return ``None``, snapshots their id, rewards a
+    Decisions, refusals and snapshot parts return ``None``, snapshots their id, rewards a
     :class:`RewardOutcome`.
     A reward's ordinal counts the event's rewards already stored plus those earlier in
     the batch; only ordinal 0 of an eligible reward is applied. ``UNIQUE(event_id,
@@ -215,6 +235,13 @@ def write_events(conn: Connection, items: Sequence[Item]) -> list[Any]:
     new_decisions = [d.params() for d in decision_rows(items)]
     if new_decisions:
         conn.execute(_INSERT_DECISIONS, new_decisions)
+    refusals = [
+        {"refused_event": item.event_id, "refused_ordinal": item.ordinal}
+        for item in items
+        if isinstance(item, RefusedReward)
+    ]
+    if refusals:  # before the rewards: a repeat of the key later in the batch reads it
+        conn.execute(_REFUSE, refusals)
     reward_slots = [i for i, item in enumerate(items) if isinstance(item, RewardRow)]
     if reward_slots:
         rows: list[RewardRow] = [items[i] for i in reward_slots]  # type: ignore[misc]
@@ -333,7 +360,8 @@ def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcom
     keys = sorted({r.event_id for r in rows if r.idempotency_key is not None})
     if keys:
         for r in conn.execute(_KEYED_REWARDS, {"event_ids": keys}):
-            outcome = RewardOutcome(int(r.id), int(r.ordinal), r.applied, r.status)
+            learnt = r.applied and not r.refused  # what the first was answered
+            outcome = RewardOutcome(int(r.id), int(r.ordinal), learnt, r.status)
             first = records.KeyedFirst(r.value, r.position, outcome)
             keyed[(r.event_id, r.idempotency_key)] = first
     judged = records.judge_rewards(rows, seen, at_position, keyed)
