@@ -245,6 +245,11 @@ class KeyedFirst:
     position: int | None
     outcome: RewardOutcome
 
+    def same(self, value: float, position: int | None) -> bool:
+        """Whether a reward sent with ``value`` at ``position`` is this one again (a key
+        names one reward; no position is position 0)."""
+        return (value, position or 0) == (self.value, self.position or 0)
+
     def repeated(self) -> RewardOutcome:
         """The outcome of a reward that repeats this one's key."""
         first = self.outcome

@@ -144,7 +144,7 @@ def check_same_reward(
 ) -> None:
     """A reward repeating an idempotency key must be the reward the key was first sent
     with: a key names one reward."""
-    if (value, position or 0) != (first.value, first.position or 0):
+    if not first.same(value, position):
         raise InputError(
             ("body", "idempotency_key"),
             f"idempotency_key {key!r} of this event was first sent with reward "

@@ -5,6 +5,8 @@ Without a key, a reward sent again is another reward (under the sum rule it coun
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from eventstore import records
 from eventstore.records import RewardOutcome
 from eventstore.replay import read_replay
 from eventstore.schema import rewards
-from serving.store.journal import Journal, drain_records, read_records
+from serving.store import journal as journal_module
+from serving.store.journal import REJECTED_FILE, Journal, drain_records, read_records
 from serving.store.repository import write_events
 from tests.serving_helpers import (
     decision_body,
@@ -190,6 +193,59 @@ def test_the_journal_answers_a_repeated_key_while_the_store_is_out(
         (True, 1.0, "k"),
     ]
     journal.close()
+
+
+@pytest.mark.parametrize("retried_with", [1.0, 0.25])
+def test_a_journaled_key_another_replica_stored_meanwhile_is_a_repeat_when_drained(
+    engine: sa.Engine,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    retried_with: float,
+) -> None:
+    """Replica A, cut off from the store alone, journals a decision and two rewards of
+    it, the second keyed. Its drain's first transaction stores the decision; the client,
+    whose answer to the keyed reward was lost, sends it again through replica B, which
+    stores it at once. A's drain then met the unique index on (event_id,
+    idempotency_key) and set the reward aside as refused for good. Now the same reward
+    is a repeat already stored: dropped, counted, its id B's (A's head learnt it: A's
+    replica sync must not learn B's row again); another value under the key is set
+    aside naming idempotency_key."""
+    monkeypatch.setattr(journal_module, "DRAIN_CHUNK", 1)
+    replica_a = Journal(tmp_path / "journal", exclusive=False).open()
+    decision = dataclasses.replace(decision_row(rng), ranking=(0, 1))  # a slate of two
+    keyed = reward_row(decision.event_id, 1.0, idempotency_key="k")
+    other = reward_row(decision.event_id, 0.5, position=1)
+    spooled = replica_a.spool([decision, other, keyed])
+    assert [(o.ordinal, o.applied) for o in spooled[1:]] == [(0, True), (1, True)]
+    by_b: list[RewardOutcome] = []
+
+    def retried_through_b() -> None:  # after each drain transaction; the first: the decision
+        if not by_b:
+            again = reward_row(decision.event_id, retried_with, idempotency_key="k")
+            with engine.begin() as conn:
+                by_b.extend(write_events(conn, [again]))
+
+    with caplog.at_level(logging.INFO, logger=journal_module.__name__):
+        report = replica_a.drain(engine, progress=retried_through_b)
+    keys = [(v, o, k) for _, v, o, k in _stored(engine) if k is not None]
+    assert keys == [(retried_with, 0, "k")]  # B's, stored once
+    aside = tmp_path / "journal" / REJECTED_FILE
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    if retried_with == keyed.value:
+        assert (report.repeats, report.rejected) == (1, 0) and not aside.exists()
+        assert report.reward_ids[-1] == ("v1", by_b[0].id, True)
+        assert not errors
+        (told,) = [r for r in caplog.records if "dropped as repeats" in r.getMessage()]
+        assert told.levelno == logging.INFO
+    else:
+        assert (report.repeats, report.rejected) == (0, 1)
+        (set_aside,), _ = read_records(aside.read_bytes())
+        assert set_aside.row == keyed  # type: ignore[union-attr]
+        (error,) = errors
+        assert "idempotency_key 'k' is stored for reward 0.25" in error
+    replica_a.close()
 
 
 def test_a_reward_the_journal_could_not_write_is_not_counted_by_its_ledger(

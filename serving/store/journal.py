@@ -21,7 +21,10 @@ Idempotent replay
     A decision is keyed by its ``event_id``, a reward by ``(event_id, ordinal)``
     (``UNIQUE`` in the store). A drain skips records whose key is already stored, so a
     drain interrupted by a crash, or a batch that the database committed although its
-    acknowledgement was lost, is never written twice.
+    acknowledgement was lost, is never written twice. A reward sent with an
+    ``idempotency_key`` that its event already has in the store (the client sent it
+    again through another process, which stored it) is a repeat already stored: dropped,
+    counted (``repeats``); sent there with another value or position, it is set aside.
 
 Rewards while degraded
     The verdict of a reward (its ordinal, whether a head learns from it) needs the number
@@ -79,7 +82,7 @@ from eventstore.records import (
 )
 from eventstore.schema import decisions, rewards
 from serving.settings import Settings
-from serving.store.repository import StoredDecision, insert_rewards, write_events
+from serving.store.repository import StoredDecision, insert_rewards, stored_keys, write_events
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +203,15 @@ def stored_decision(row: DecisionRow) -> StoredDecision:
 @dataclass
 class DrainReport:
     """What a drain wrote: counts, and ``(model_version, reward id, applied)`` of every
-    journaled reward, in journal order (``rewards``)."""
+    journaled reward, in journal order (``rewards``; a repeat of a stored key has its
+    first's id). ``repeats``: rewards whose idempotency key was already stored."""
 
     records: int = 0
     decisions: int = 0
     rewards: int = 0
     skipped: int = 0
     rejected: int = 0
+    repeats: int = 0
     seconds: float = 0.0
     reward_ids: list[tuple[str | None, int, bool]] = field(default_factory=list)
 
@@ -216,13 +221,23 @@ class DrainReport:
         self.rewards += other.rewards
         self.skipped += other.skipped
         self.rejected += other.rejected
+        self.repeats += other.repeats
         self.seconds += other.seconds
         self.reward_ids += other.reward_ids
 
 
-def _drain_chunk(conn: Connection, chunk: Sequence[DecisionRow | JudgedReward]) -> DrainReport:
-    """Write the records of ``chunk`` that the store does not hold yet (one transaction)."""
+#: A journaled reward the store cannot take, and why.
+SetAside = tuple[JudgedReward, str]
+
+
+def _drain_chunk(
+    conn: Connection, chunk: Sequence[DecisionRow | JudgedReward]
+) -> tuple[DrainReport, list[SetAside]]:
+    """Write the records of ``chunk`` that the store does not hold yet (one transaction);
+    the rewards whose idempotency key the store holds for another reward are left out,
+    returned with the reason."""
     report = DrainReport(records=len(chunk))
+    conflicts: list[SetAside] = []
     rows = [r for r in chunk if isinstance(r, DecisionRow)]
     judged = [r for r in chunk if isinstance(r, JudgedReward)]
     if rows:
@@ -244,15 +259,45 @@ def _drain_chunk(conn: Connection, chunk: Sequence[DecisionRow | JudgedReward]) 
                 select(r.event_id, r.ordinal, r.id).where(r.event_id.in_(event_ids))
             )
         }
-        new_rewards = [j for j in judged if (j.row.event_id, j.ordinal) not in stored]
+        keyed = stored_keys(conn, [j.row for j in judged])
+        new_rewards: list[JudgedReward] = []
+        repeats: dict[int, int] = {}  # id(record) -> the id of its key's stored first
+        for j in judged:
+            if (j.row.event_id, j.ordinal) in stored:
+                continue
+            key = j.row.idempotency_key
+            first = None if key is None else keyed.get((j.row.event_id, key))
+            if first is None:
+                new_rewards.append(j)
+            elif first.same(j.row.value, j.row.position):
+                repeats[id(j)] = first.outcome.id
+            else:
+                conflicts.append((j, _key_conflict(j.row, first)))
+        set_aside = {id(j) for j, _ in conflicts}
         inserted = iter(insert_rewards(conn, new_rewards))
         for j in judged:
-            key = (j.row.event_id, j.ordinal)
-            rid = stored[key] if key in stored else next(inserted).id
+            at = (j.row.event_id, j.ordinal)
+            if id(j) in set_aside:
+                continue
+            if at in stored:
+                rid = stored[at]
+            elif id(j) in repeats:  # the head here learnt it: the stored first is claimed
+                rid = repeats[id(j)]
+            else:
+                rid = next(inserted).id
             report.reward_ids.append((j.row.model_version, rid, j.applied))
         report.rewards += len(new_rewards)
-        report.skipped += len(judged) - len(new_rewards)
-    return report
+        report.repeats += len(repeats)
+        report.skipped += len(judged) - len(new_rewards) - len(repeats) - len(conflicts)
+    return report, conflicts
+
+
+def _key_conflict(row: RewardRow, first: KeyedFirst) -> str:
+    return (
+        f"its idempotency_key {row.idempotency_key!r} is stored for reward {first.value!r} "
+        f"at position {first.position or 0}; this one is {row.value!r} at position "
+        f"{row.position or 0}"
+    )
 
 
 #: Around the writes of one drain transaction (the lease's check: ``Lease.writing``).
@@ -287,8 +332,7 @@ def drain_records(
     for start in range(0, len(records), DRAIN_CHUNK):
         chunk = records[start : start + DRAIN_CHUNK]
         try:
-            with engine.begin() as conn, guard(conn):
-                report.add(_drain_chunk(conn, chunk))
+            report.add(_write_chunk(engine, chunk, rejected, guard))
         except (IntegrityError, DataError):
             for record in chunk:
                 report.add(_drain_or_reject(engine, record, rejected, guard))
@@ -297,6 +341,27 @@ def drain_records(
         if progress is not None:
             progress()
     report.seconds = time.perf_counter() - started
+    if report.repeats:
+        log.info(
+            "journal: %d journaled rewards were already stored under their idempotency_key "
+            "(sent again through another process): dropped as repeats",
+            report.repeats,
+        )
+    return report
+
+
+def _write_chunk(
+    engine: Engine,
+    chunk: Sequence[DecisionRow | JudgedReward],
+    rejected: Path | None,
+    guard: Guard,
+) -> DrainReport:
+    """One transaction of a drain; then the rewards it left out for their key set aside."""
+    with engine.begin() as conn, guard(conn):
+        report, conflicts = _drain_chunk(conn, chunk)
+    for record, reason in conflicts:
+        _set_aside(record, reason, rejected)
+    report.rejected += len(conflicts)
     return report
 
 
@@ -304,27 +369,30 @@ def _drain_or_reject(
     engine: Engine, record: DecisionRow | JudgedReward, rejected: Path | None, guard: Guard
 ) -> DrainReport:
     try:
-        with engine.begin() as conn, guard(conn):
-            return _drain_chunk(conn, [record])
+        return _write_chunk(engine, [record], rejected, guard)
     except (IntegrityError, DataError) as exc:
-        row = record.row if isinstance(record, JudgedReward) else record
-        kind = "reward" if isinstance(record, JudgedReward) else "decision"
-        first = (str(exc.orig).strip().splitlines() or [""])[0]
-        log.error(
-            "journal: the event store refuses the %s of event %s for good (%s): kept in %s",
-            kind,
-            row.event_id,
-            first,
-            rejected,
-        )
-        if rejected is not None:
-            fd = os.open(rejected, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, encode_record(record))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _set_aside(record, (str(exc.orig).strip().splitlines() or [""])[0], rejected)
         return DrainReport(records=1, rejected=1)
+
+
+def _set_aside(record: DecisionRow | JudgedReward, reason: str, rejected: Path | None) -> None:
+    """Log ``record``, which the store refuses for good, and append it to ``rejected``."""
+    row = record.row if isinstance(record, JudgedReward) else record
+    kind = "reward" if isinstance(record, JudgedReward) else "decision"
+    log.error(
+        "journal: the event store refuses the %s of event %s for good (%s): kept in %s",
+        kind,
+        row.event_id,
+        reason,
+        rejected,
+    )
+    if rejected is not None:
+        fd = os.open(rejected, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, encode_record(record))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # ---------------------------------------------------------------------- ledger

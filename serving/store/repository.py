@@ -356,16 +356,26 @@ def _write_rewards(conn: Connection, rows: list[RewardRow]) -> list[RewardOutcom
     for event_id, position, count in conn.execute(_COUNT_REWARDS, {"event_ids": event_ids}):
         seen[event_id] += int(count)
         at_position[(event_id, int(position))] += int(count)
-    keyed: records.Keyed = {}
-    keys = sorted({r.event_id for r in rows if r.idempotency_key is not None})
-    if keys:
-        for r in conn.execute(_KEYED_REWARDS, {"event_ids": keys}):
-            learnt = r.applied and not r.refused  # what the first was answered
-            outcome = RewardOutcome(int(r.id), int(r.ordinal), learnt, r.status)
-            first = records.KeyedFirst(r.value, r.position, outcome)
-            keyed[(r.event_id, r.idempotency_key)] = first
+    keyed: records.Keyed = dict(stored_keys(conn, rows))
     judged = records.judge_rewards(rows, seen, at_position, keyed)
     return records.outcomes(judged, insert_rewards(conn, records.written(judged)))
+
+
+def stored_keys(
+    conn: Connection, rows: Sequence[RewardRow]
+) -> dict[tuple[str, str], records.KeyedFirst]:
+    """The stored first reward of each (event id, idempotency key) of the events of
+    ``rows`` that were sent with a key, answered as it was (``applied`` false where its
+    head refused it)."""
+    event_ids = sorted({r.event_id for r in rows if r.idempotency_key is not None})
+    if not event_ids:
+        return {}
+    keyed = {}
+    for r in conn.execute(_KEYED_REWARDS, {"event_ids": event_ids}):
+        learnt = r.applied and not r.refused  # what the first was answered
+        outcome = RewardOutcome(int(r.id), int(r.ordinal), learnt, r.status)
+        keyed[(r.event_id, r.idempotency_key)] = records.KeyedFirst(r.value, r.position, outcome)
+    return keyed
 
 
 def insert_rewards(conn: Connection, judged: Sequence[JudgedReward]) -> list[RewardOutcome]:
