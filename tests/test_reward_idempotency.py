@@ -229,8 +229,13 @@ def test_a_journaled_key_another_replica_stored_meanwhile_is_a_repeat_when_drain
 
     with caplog.at_level(logging.INFO, logger=journal_module.__name__):
         report = replica_a.drain(engine, progress=retried_through_b)
-    keys = [(v, o, k) for _, v, o, k in _stored(engine) if k is not None]
-    assert keys == [(retried_with, 0, "k")]  # B's, stored once
+    # B's keyed reward took ordinal 0, which A had journaled ``other`` under: ``other``
+    # was skipped as already stored, and lost
+    assert [(v, o, k) for _, v, o, k in _stored(engine)] == [
+        (retried_with, 0, "k"),  # B's, stored once
+        (0.5, 1, None),  # A's ``other``, under the next ordinal
+    ]
+    assert report.reward_ids[0] == ("v1", _stored_id(engine, 0.5), True)
     aside = tmp_path / "journal" / REJECTED_FILE
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     if retried_with == keyed.value:
@@ -245,6 +250,62 @@ def test_a_journaled_key_another_replica_stored_meanwhile_is_a_repeat_when_drain
         assert set_aside.row == keyed  # type: ignore[union-attr]
         (error,) = errors
         assert "idempotency_key 'k' is stored for reward 0.25" in error
+    replica_a.close()
+
+
+def _stored_id(engine: sa.Engine, value: float) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(sa.select(rewards.c.id).where(rewards.c.value == value)).scalar_one()
+        )
+
+
+def test_a_journaled_reward_whose_ordinal_another_replica_took_is_stored_once(
+    engine: sa.Engine, tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replica A journals a decision and two rewards of it (ordinals 0 and 1). Its
+    drain's first transaction stores the decision; replica B then stores a reward of the
+    event under ordinal 0 (the count it finds). A's drain took (event_id, ordinal) being
+    stored for "this reward is stored already" and dropped A's first reward. Each reward
+    is stored once: A's under the next free ordinals, also when the drain is cut off
+    after its first reward and run again (that reward, stored under another ordinal than
+    its journal's, is found by what it is); A reports its own rows' ids, so with B's
+    claims every applied row is learnt by each head once, by its own replica or by the
+    replica sync."""
+    monkeypatch.setattr(journal_module, "DRAIN_CHUNK", 1)
+    replica_a = Journal(tmp_path / "journal", exclusive=False).open()
+    decision = dataclasses.replace(decision_row(rng), ranking=(0, 1))
+    first, second = (
+        reward_row(decision.event_id, 1.0),
+        reward_row(decision.event_id, 0.5, position=1),
+    )
+    spooled = replica_a.spool([decision, first, second])
+    assert [(o.ordinal, o.applied) for o in spooled[1:]] == [(0, True), (1, True)]
+    by_b: list[RewardOutcome] = []
+    transactions = 0
+
+    def b_then_outage() -> None:  # after each drain transaction
+        nonlocal transactions
+        transactions += 1
+        if transactions == 1:  # the decision is stored: B rewards the event
+            with engine.begin() as conn:
+                by_b.extend(write_events(conn, [reward_row(decision.event_id, 0.25)]))
+        elif transactions == 2:  # A's first reward is stored: the store goes away
+            raise sa.exc.OperationalError("drain", {}, ConnectionError("store lost"))
+
+    with pytest.raises(sa.exc.OperationalError):
+        replica_a.drain(engine, progress=b_then_outage)
+    report = replica_a.drain(engine)  # the store is back: the drain runs again
+    assert [(v, o) for _, v, o, _ in _stored(engine)] == [(0.25, 0), (1.0, 1), (0.5, 2)]
+    assert (report.rewards, report.skipped, report.renumbered, report.rejected) == (1, 2, 1, 0)
+    mine = [(version, rid) for version, rid, applied in report.reward_ids if applied]
+    assert mine == [("v1", _stored_id(engine, 1.0)), ("v1", _stored_id(engine, 0.5))]
+    claims_b = {("v1", by_b[0].id)}
+    with engine.connect() as conn:
+        applied = set(
+            conn.execute(sa.select(rewards.c.model_version, rewards.c.id).where(rewards.c.applied))
+        )
+    assert set(mine).isdisjoint(claims_b) and set(mine) | claims_b == applied
     replica_a.close()
 
 

@@ -18,13 +18,19 @@ Format
     acknowledged; reading stops there.
 
 Idempotent replay
-    A decision is keyed by its ``event_id``, a reward by ``(event_id, ordinal)``
-    (``UNIQUE`` in the store). A drain skips records whose key is already stored, so a
-    drain interrupted by a crash, or a batch that the database committed although its
-    acknowledgement was lost, is never written twice. A reward sent with an
-    ``idempotency_key`` that its event already has in the store (the client sent it
-    again through another process, which stored it) is a repeat already stored: dropped,
-    counted (``repeats``); sent there with another value or position, it is set aside.
+    A decision is skipped when its ``event_id`` is already stored; a reward when its
+    event has a stored reward that is this one (value, position, key, model version,
+    client and receive times, verdict: :data:`RECEIVED_IDENTITY`), so a drain
+    interrupted by a crash, or a batch that the database committed although its
+    acknowledgement was lost, is never written twice. Its ``(event_id, ordinal)``
+    (``UNIQUE``) does not tell: once the drain has stored a journaled event's decision,
+    another process may store a reward of it under the ordinal the journal gave one of
+    its own, which the drain then skipped as stored, and lost. A journaled reward whose
+    ordinal another reward holds is stored under its event's next free ordinal, with the
+    verdict it was answered (``renumbered``). A reward sent with an ``idempotency_key``
+    that its event already has in the store (the client sent it again through another
+    process, which stored it) is a repeat already stored: dropped, counted
+    (``repeats``); sent there with another value or position, it is set aside.
 
 Rewards while degraded
     The verdict of a reward (its ordinal, whether a head learns from it) needs the number
@@ -94,6 +100,12 @@ REJECTED_FILE = "rejected.records"
 #: Records written to the store per transaction while draining.
 DRAIN_CHUNK = 500
 _REWARD_FIELDS = tuple(f.name for f in dataclasses.fields(RewardRow) if f.name != "learn")
+#: What tells a stored reward for a journaled one: the fields it was received with, and
+#: its verdict's; the ordinal is not one of them (see the module docstring).
+#: ``received_at`` is the receiving process's clock: two rewards received apart, by one
+#: process or two, differ there.
+RECEIVED_IDENTITY = ("value", "position", "idempotency_key", "model_version", "ts", "received_at")
+VERDICT_IDENTITY = ("applied", "status")
 
 
 class JournalError(RuntimeError):
@@ -204,7 +216,9 @@ def stored_decision(row: DecisionRow) -> StoredDecision:
 class DrainReport:
     """What a drain wrote: counts, and ``(model_version, reward id, applied)`` of every
     journaled reward, in journal order (``rewards``; a repeat of a stored key has its
-    first's id). ``repeats``: rewards whose idempotency key was already stored."""
+    first's id). ``repeats``: rewards whose idempotency key was already stored;
+    ``renumbered``: rewards stored under another ordinal than the journal's, which
+    another reward of their event held."""
 
     records: int = 0
     decisions: int = 0
@@ -212,6 +226,7 @@ class DrainReport:
     skipped: int = 0
     rejected: int = 0
     repeats: int = 0
+    renumbered: int = 0
     seconds: float = 0.0
     reward_ids: list[tuple[str | None, int, bool]] = field(default_factory=list)
 
@@ -222,6 +237,7 @@ class DrainReport:
         self.skipped += other.skipped
         self.rejected += other.rejected
         self.repeats += other.repeats
+        self.renumbered += other.renumbered
         self.seconds += other.seconds
         self.reward_ids += other.reward_ids
 
@@ -251,45 +267,87 @@ def _drain_chunk(
         write_events(conn, new)
         report.decisions, report.skipped = len(new), len(rows) - len(new)
     if judged:
-        r = rewards.c
-        event_ids = sorted({j.row.event_id for j in judged})
-        stored = {
-            (event_id, int(ordinal)): int(rid)
-            for event_id, ordinal, rid in conn.execute(
-                select(r.event_id, r.ordinal, r.id).where(r.event_id.in_(event_ids))
-            )
-        }
-        keyed = stored_keys(conn, [j.row for j in judged])
-        new_rewards: list[JudgedReward] = []
-        repeats: dict[int, int] = {}  # id(record) -> the id of its key's stored first
-        for j in judged:
-            if (j.row.event_id, j.ordinal) in stored:
-                continue
-            key = j.row.idempotency_key
-            first = None if key is None else keyed.get((j.row.event_id, key))
-            if first is None:
-                new_rewards.append(j)
-            elif first.same(j.row.value, j.row.position):
-                repeats[id(j)] = first.outcome.id
-            else:
-                conflicts.append((j, _key_conflict(j.row, first)))
-        set_aside = {id(j) for j, _ in conflicts}
-        inserted = iter(insert_rewards(conn, new_rewards))
-        for j in judged:
-            at = (j.row.event_id, j.ordinal)
-            if id(j) in set_aside:
-                continue
-            if at in stored:
-                rid = stored[at]
-            elif id(j) in repeats:  # the head here learnt it: the stored first is claimed
-                rid = repeats[id(j)]
-            else:
-                rid = next(inserted).id
-            report.reward_ids.append((j.row.model_version, rid, j.applied))
-        report.rewards += len(new_rewards)
-        report.repeats += len(repeats)
-        report.skipped += len(judged) - len(new_rewards) - len(repeats) - len(conflicts)
+        _drain_rewards(conn, judged, report, conflicts)
     return report, conflicts
+
+
+def _identity(judged: JudgedReward) -> tuple[Any, ...]:
+    """What tells ``judged`` from its event's other rewards (:data:`RECEIVED_IDENTITY`,
+    then :data:`VERDICT_IDENTITY`)."""
+    received = (getattr(judged.row, name) for name in RECEIVED_IDENTITY)
+    return (*received, *(getattr(judged, name) for name in VERDICT_IDENTITY))
+
+
+class _StoredRewards:
+    """The stored rewards of some events: which ordinals each holds, and the id and
+    ordinal of each reward by event and :func:`_identity`, until a journaled reward
+    claims it (each stored row stands for one journaled reward)."""
+
+    def __init__(self, conn: Connection, event_ids: Sequence[str]) -> None:
+        r = rewards.c
+        identity = [r[name] for name in RECEIVED_IDENTITY + VERDICT_IDENTITY]
+        self.ordinals: dict[str, set[int]] = {}
+        self._unclaimed: dict[tuple[str, tuple[Any, ...]], list[tuple[int, int]]] = {}
+        query = select(r.id, r.event_id, r.ordinal, *identity).where(r.event_id.in_(event_ids))
+        for rid, event_id, ordinal, *of_row in conn.execute(query):
+            self.ordinals.setdefault(event_id, set()).add(int(ordinal))
+            found = self._unclaimed.setdefault((event_id, tuple(of_row)), [])
+            found.append((int(ordinal), int(rid)))
+
+    def claim(self, judged: JudgedReward) -> int | None:
+        """The id of the stored reward that is ``judged`` (under its journal ordinal
+        first), now claimed; None when none is."""
+        found = self._unclaimed.get((judged.row.event_id, _identity(judged)))
+        if not found:
+            return None
+        at = next((i for i, (ordinal, _) in enumerate(found) if ordinal == judged.ordinal), 0)
+        return found.pop(at)[1]
+
+    def place(self, judged: JudgedReward) -> JudgedReward:
+        """``judged`` under its journal ordinal, or under its event's next one when
+        another reward holds that; the ordinal is taken."""
+        held = self.ordinals.setdefault(judged.row.event_id, set())
+        ordinal = judged.ordinal if judged.ordinal not in held else max(held) + 1
+        held.add(ordinal)
+        return judged if ordinal == judged.ordinal else dataclasses.replace(judged, ordinal=ordinal)
+
+
+def _drain_rewards(
+    conn: Connection,
+    judged: Sequence[JudgedReward],
+    report: DrainReport,
+    conflicts: list[SetAside],
+) -> None:
+    """Write the journaled rewards ``judged`` the store does not hold yet (see the module
+    docstring), counting them in ``report``; those whose idempotency key the store holds
+    for another reward are appended to ``conflicts``."""
+    stored = _StoredRewards(conn, sorted({j.row.event_id for j in judged}))
+    keyed = stored_keys(conn, [j.row for j in judged])
+    new_rewards: list[JudgedReward] = []
+    ids: dict[int, int] = {}  # id(record) -> the id of the stored row it is, or repeats
+    for j in judged:
+        rid = stored.claim(j)
+        key = j.row.idempotency_key
+        first = None if key is None or rid is not None else keyed.get((j.row.event_id, key))
+        if rid is not None:
+            ids[id(j)] = rid
+            report.skipped += 1
+        elif first is None:
+            placed = stored.place(j)
+            report.renumbered += placed.ordinal != j.ordinal
+            new_rewards.append(placed)
+        elif first.same(j.row.value, j.row.position):
+            ids[id(j)] = first.outcome.id  # the head here learnt it: the stored first is claimed
+            report.repeats += 1
+        else:
+            conflicts.append((j, _key_conflict(j.row, first)))
+    set_aside = {id(j) for j, _ in conflicts}
+    inserted = iter(insert_rewards(conn, new_rewards))
+    for j in judged:
+        if id(j) not in set_aside:
+            rid = ids[id(j)] if id(j) in ids else next(inserted).id
+            report.reward_ids.append((j.row.model_version, rid, j.applied))
+    report.rewards += len(new_rewards)
 
 
 def _key_conflict(row: RewardRow, first: KeyedFirst) -> str:
@@ -346,6 +404,12 @@ def drain_records(
             "journal: %d journaled rewards were already stored under their idempotency_key "
             "(sent again through another process): dropped as repeats",
             report.repeats,
+        )
+    if report.renumbered:
+        log.info(
+            "journal: %d journaled rewards were stored under a later ordinal than the "
+            "journal's (another process stored a reward of their event meanwhile)",
+            report.renumbered,
         )
     return report
 
