@@ -22,7 +22,7 @@ from serving.schemas import (
     RewardRequest,
     RewardResponse,
 )
-from serving.service import DecisionService
+from serving.service import LEASE_LOST_REASON, DecisionService
 
 router = APIRouter(route_class=JSONBodyRoute)
 _bearer = HTTPBearer(
@@ -190,9 +190,32 @@ async def admin_state(request: Request, role: Traffic = PRODUCTION) -> Response:
     )
 
 
-@router.get("/healthz", tags=["ops"])
-async def healthz() -> dict[str, str]:
-    """The process is up."""
+@router.get(
+    "/healthz",
+    responses={
+        503: {
+            "description": "This process lost its lease on the event store to another "
+            "serving process for good (lease_lost): only a restart serves again."
+        }
+    },
+    tags=["ops"],
+)
+async def healthz(request: Request, response: Response) -> dict[str, str]:
+    """200 while the process is up and can serve again without a restart.
+
+    503 ``lease_lost`` (with a one-line ``reason``) once it lost its lease on the event
+    store for good (:mod:`eventstore.leases`): it takes no more events until it restarts,
+    and ``/readyz`` alone would keep it out of the load balancer for ever. A failing
+    liveness probe is what Kubernetes restarts a container for, paced by its back-off,
+    and the process stays up meanwhile so that its ``/metrics``
+    (``banditops_store_lease_lost``) and log can be read; exiting by itself instead
+    would cut the requests under way and restart at once, in a tight loop where the other
+    process still holds the lease. Every other trouble (a store outage, a stall) passes
+    by itself and leaves this 200.
+    """
+    if service_of(request).lease.lost:
+        response.status_code = 503
+        return {"status": "lease_lost", "reason": LEASE_LOST_REASON}
     return {"status": "ok"}
 
 

@@ -123,6 +123,11 @@ log = logging.getLogger(__name__)
 _REFUSALS_KEPT = 1024
 #: How long the loader waits for the event loop to take newly loaded models.
 _SWAP_WAIT_S = 30.0
+#: Why a process whose lease was lost for good takes no events (503s, ``/healthz``).
+LEASE_LOST_REASON = (
+    "this service lost its lease on the event store to another serving process and "
+    "takes no more events until it restarts (its log says which)"
+)
 
 
 class PastDeadlineError(TimeoutError):
@@ -1107,9 +1112,8 @@ class DecisionService:
         writer = writer or self.writer
         if self.lease.lost:
             raise StoreUnavailableError(
-                "this service lost its lease on the event store to another serving "
-                "process and takes no more events (its log says which): send them to "
-                "another replica, or restart it once the other process is stopped"
+                f"{LEASE_LOST_REASON}: send them to another replica, or restart it once "
+                "the other process is stopped"
             )
         deadline = self.settings.store_deadline_s
         stalled = writer.in_flight_s()

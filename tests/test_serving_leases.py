@@ -174,8 +174,8 @@ def test_a_holder_whose_lease_was_taken_over_writes_nothing_more(
     """A holder whose lease lapsed while another process took over (its store out of
     its reach, or the process stopped, for longer than the lease) has not renewed since:
     its next write finds the lease gone inside its own transaction and rolls back (503,
-    not acknowledged), the lease is lost at once, ``/readyz`` says 503 ``lease_lost``,
-    and nothing more reaches the store. Before (attack passes), such a holder wrote the
+    not acknowledged), the lease is lost at once, ``/readyz`` and ``/healthz`` say 503
+    ``lease_lost`` (the liveness probe restarts it), and nothing more reaches the store. Before (attack passes), such a holder wrote the
     rewards queued while it was stopped, and drained its journal (at its stop too)
     beside the new sole writer, whose snapshots then covered them: a restart lost
     them."""
@@ -208,6 +208,13 @@ def test_a_holder_whose_lease_was_taken_over_writes_nothing_more(
         assert service.lease.lost and not service.lease.held
         assert client.get("/readyz").json() == {"status": "lease_lost"}
         assert client.get("/readyz").status_code == 503
+        # lost for good: the liveness probe fails too, so that the container is restarted
+        # (before, /healthz said 200 and the process stayed out of service for ever)
+        health = client.get("/healthz")
+        assert health.status_code == 503, health.text
+        assert health.json()["status"] == "lease_lost"
+        assert "lost its lease" in health.json()["reason"]
+        assert "\n" not in health.json()["reason"]
         again = client.post("/v1/decisions", json=body)
         assert again.status_code == 503 and "lost its lease" in again.text, again.text
         # an event already in the writer's hands is refused too, not journaled
@@ -247,6 +254,7 @@ def test_a_lease_past_its_end_that_nobody_looked_past_still_holds(
         lapse()
         _reward(client, rng)
         assert service.lease.held and client.get("/readyz").status_code == 200
+        assert client.get("/healthz").status_code == 200  # not lost: no restart
         assert len(client.post("/v1/admin/snapshot").json()["snapshot_ids"]) == 1
         service.lease.renew()
         with engine.connect() as conn:
