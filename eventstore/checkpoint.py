@@ -21,10 +21,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Protocol
 
 from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
+
+
+class FailureLog(Protocol):
+    """How the checkpoints' failures are logged (the service's:
+    :class:`serving.store.outage_log.OutageLog`, which tells a store outage from a fault)."""
+
+    def failed(self, exc: BaseException) -> None: ...
+
+    def succeeded(self) -> None: ...
 
 
 class WalCheckpointer:
@@ -36,13 +46,22 @@ class WalCheckpointer:
         Checkpoints run so far; ``pages`` the log pages they copied.
     longest_s : float
         The longest one (the time a commit would have waited for it).
+
+    Parameters
+    ----------
+    failure_log : FailureLog, optional
+        Logs each failed checkpoint and each one that worked; without it, each failure
+        is a WARNING with its traceback.
     """
 
-    def __init__(self, engine: Engine, interval_s: float) -> None:
+    def __init__(
+        self, engine: Engine, interval_s: float, failure_log: FailureLog | None = None
+    ) -> None:
         if interval_s <= 0.0:
             raise ValueError(f"interval_s must be positive; got {interval_s!r}.")
         self.engine = engine
         self.interval_s = interval_s
+        self.failure_log = failure_log
         self.checkpoints = 0
         self.pages = 0
         self.longest_s = 0.0
@@ -77,7 +96,13 @@ class WalCheckpointer:
             stopping = self._stop.wait(self.interval_s)
             try:
                 self.checkpoint()
-            except Exception:  # the store may be down: the next tick tries again
-                log.warning("checkpointing the SQLite log failed; retrying", exc_info=True)
+            except Exception as exc:  # the store may be down: the next tick tries again
+                if self.failure_log is None:
+                    log.warning("checkpointing the SQLite log failed; retrying", exc_info=True)
+                else:
+                    self.failure_log.failed(exc)
+            else:
+                if self.failure_log is not None:
+                    self.failure_log.succeeded()
             if stopping:
                 return

@@ -1,6 +1,7 @@
-"""The store's timed readers (the replica sync, the catalog's change feed) log a store
-outage once as it begins (one WARNING line, no traceback) and once as it ends (INFO),
-its repeats at DEBUG; any other failure keeps its traceback.
+"""The store's timed readers (the replica sync, the catalog's change feed, the model
+poll, the SQLite checkpointer) log a store (or registry) outage once as it begins (one
+WARNING line, no traceback) and once as it ends (INFO), its repeats at DEBUG; any other
+failure keeps its traceback.
 
 Each failed poll logged a traceback (60 lines for a psycopg2 error), once a second per
 worker for as long as the store was out of reach.
@@ -20,15 +21,20 @@ import sqlalchemy as sa
 
 from bandit_core import load_policy
 from benchmarks.faults import TcpProxy
+from eventstore.contract import PRODUCTION
 from eventstore.engine import make_engine
 from eventstore.migrate import upgrade
 from eventstore.scratch import scratch_postgres_database
 from serving.catalog.runtime import CatalogService
+from serving.models.loader import ModelLoader
+from serving.models.mlflow_source import MlflowModelSource
 from serving.models.recovery import recover
+from serving.models.sources import FileModelSource
 from serving.replica_sync import ReplicaSync
 from serving.settings import Settings
+from serving.store.engine import checkpointer, store_engine
 from serving.store.repository import EventStore
-from tests.serving_helpers import policy_file
+from tests.serving_helpers import free_port, policy_file
 
 POLL_S = 0.05
 
@@ -161,3 +167,108 @@ def test_an_unexpected_failure_keeps_its_traceback_every_time(
     engine.dispose()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) >= 3 and all(r.exc_info and r.exc_info[0] is KeyError for r in errors)
+
+
+def _loader_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "serving.models.loader"]
+
+
+def test_the_model_poll_logs_a_store_outage_once_and_its_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new version's recovery reads the store at every poll until it works: during an
+    outage (here the SQLite file moved away: every transaction fails) one WARNING line,
+    DEBUG lines for the repeats and one INFO line when it loads. Each failed poll
+    logged a traceback."""
+    caplog.set_level(logging.DEBUG, logger="serving.models.loader")
+    db = tmp_path / "events.db"
+    engine = make_engine(f"sqlite:///{db}")
+    upgrade(engine)
+    source = FileModelSource({PRODUCTION: policy_file(tmp_path / "v.npz")})
+    loader = ModelLoader(source, EventStore(engine), interval_s=60.0)
+    db.rename(tmp_path / "away.db")
+    for _ in range(4):
+        loader.poll()
+        assert loader.current is not None and loader.current.production is None  # fallback
+    (tmp_path / "away.db").rename(db)
+    assert loader.poll() is True and loader.current.production is not None
+    engine.dispose()
+    mine = _loader_records(caplog)
+    [warning] = [r for r in mine if r.levelno >= logging.WARNING]
+    message = warning.getMessage()
+    assert warning.levelno == logging.WARNING and all(r.exc_info is None for r in mine)
+    assert message.startswith("model poll failed: the event store is out of reach (")
+    assert "OperationalError" in message and "\n" not in message
+    assert sum(r.levelno == logging.DEBUG and "failed again" in r.getMessage() for r in mine) == 3
+    [ended] = [r for r in mine if "answers again" in r.getMessage()]
+    assert ended.levelno == logging.INFO
+    assert ended.getMessage().startswith("model poll: the event store answers again after ")
+    assert ended.getMessage().endswith("(4 failed reads)")
+
+
+def test_the_model_poll_logs_a_registry_outage_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that refuses connections (the MLflow client's error wraps the socket's):
+    one WARNING line naming the source, the repeats at DEBUG. Each poll logged a
+    WARNING."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    caplog.set_level(logging.DEBUG, logger="serving.models.loader")
+    engine = make_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    upgrade(engine)
+    source = MlflowModelSource(f"http://127.0.0.1:{free_port()}", "m", {PRODUCTION: "production"})
+    loader = ModelLoader(source, EventStore(engine), interval_s=60.0)
+    for _ in range(3):
+        loader.poll()
+    engine.dispose()
+    mine = _loader_records(caplog)
+    [warning] = [r for r in mine if r.levelno >= logging.WARNING]
+    assert warning.getMessage().startswith(
+        "model poll failed: the model source mlflow is out of reach (MlflowException: "
+    )
+    assert all(r.exc_info is None for r in mine)
+    assert sum(r.levelno == logging.DEBUG and "failed again" in r.getMessage() for r in mine) == 2
+    assert loader.failures == 3  # still counted each time (banditops_model_load_failures)
+
+
+def test_the_sqlite_checkpointer_logs_an_outage_once_and_its_end(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service's checkpointer (:func:`serving.store.engine.checkpointer`) while its
+    SQLite file is moved away and its connections reopened (they fail): one WARNING line,
+    DEBUG repeats, one INFO line once the file is back. Each tick logged a traceback."""
+    caplog.set_level(logging.DEBUG, logger="eventstore.checkpoint")
+    db = tmp_path / "events.db"
+    settings = Settings(workspace=tmp_path / "ws", database_url=f"sqlite:///{db}",
+                        sqlite_checkpoint_s=POLL_S)  # fmt: skip
+    engine = store_engine(settings)
+    upgrade(engine)
+    walker = checkpointer(engine, settings)
+    assert walker is not None
+
+    def logged(level: int, text: str) -> int:
+        return _count(caplog, "eventstore.checkpoint", level, text)
+
+    def wait_for(level: int, text: str, n: int) -> None:
+        deadline = time.monotonic() + 10
+        while logged(level, text) < n:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(POLL_S)
+
+    walker.start()
+    try:
+        db.rename(tmp_path / "away.db")
+        engine.dispose()  # new connections: each checks the file (and fails)
+        wait_for(logging.DEBUG, "failed again", 3)
+        (tmp_path / "away.db").rename(db)
+        wait_for(logging.INFO, "answers again", 1)
+    finally:
+        walker.stop()
+        engine.dispose()
+    mine = [r for r in caplog.records if r.name == "eventstore.checkpoint"]
+    [warning] = [r for r in mine if r.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING and all(r.exc_info is None for r in mine)
+    assert warning.getMessage().startswith(
+        "checkpointing the SQLite log failed: the store is out of reach (OperationalError: "
+    )
+    assert "Traceback" not in caplog.text

@@ -13,7 +13,9 @@ serving; a source that cannot be reached changes nothing. A version whose featur
 dimensions differ from the expected ones (``expected``, else those of the version serving
 the role) is not loaded either: every request shaped for the current version would be
 refused. Each of these is counted by reason (``on_failure``) and the last one is kept in
-:attr:`ModelLoader.last_error`.
+:attr:`ModelLoader.last_error`. An outage of the store or of the model source is logged
+once as it begins and once as it ends (:mod:`serving.store.outage_log`), not at every
+poll.
 
 The candidate's traffic share is read at every poll too (``rollout``): while a staged
 rollout runs (:mod:`eventstore.rollouts`), its share and version win over the fixed
@@ -46,6 +48,7 @@ from serving.decide import choose
 from serving.models.recovery import catch_up, recover
 from serving.models.served import ServedModel, ServingSet, Signature
 from serving.models.sources import ModelRef, ModelSource, Role
+from serving.store.outage_log import OutageLog
 from serving.store.reads import call_within
 from serving.store.repository import EventStore
 
@@ -224,6 +227,10 @@ class ModelLoader:
         self.no_production: str | None = None
         self.source = source
         self.store = store
+        # an outage of the store or of the model source is logged once as it begins and
+        # once as it ends (it logged a line, or a traceback, at every poll while it lasted)
+        self._store_outage = OutageLog(log, "model poll", "the event store")
+        self._source_outage = OutageLog(log, "model poll", f"the model source {source.name}")
         self.interval_s = interval_s
         self.candidate_share = candidate_share
         self._on_swap = on_swap
@@ -301,8 +308,13 @@ class ModelLoader:
                     self._install(new, fresh)
                 except Exception as exc:
                     self._failed("recover", f"could not serve the versions loaded: {exc}")
-                    log.warning("could not serve the new versions (%s); keeping what serves", exc)
+                    if not self._store_outage.outage(exc):
+                        log.warning(
+                            "could not serve the new versions (%s); keeping what serves", exc
+                        )
                     return False
+                if fresh:
+                    self._store_outage.succeeded()
                 names = [m.version if m else None for m in (production, candidate)]
                 log.info("serving production=%s candidate=%s share=%s", *names, new.candidate_share)
                 if self._on_swap is not None:
@@ -329,9 +341,11 @@ class ModelLoader:
             target = call_within(self.lookup_deadline_s, "banditops-rollout-read", rollout)
         except Exception as exc:
             self._failed("rollout", f"could not read the rollout state: {exc}")
-            log.warning("could not read the rollout state: %s; keeping the share served", exc)
+            if not self._store_outage.outage(exc):
+                log.warning("could not read the rollout state: %s; keeping the share served", exc)
             kept = current.candidate
             return current.candidate_share, None if kept is None else (kept.version,), ()
+        self._store_outage.succeeded()
         if target is None:
             return self.candidate_share, None, ()
         if not target.running:
@@ -355,8 +369,10 @@ class ModelLoader:
             )
         except Exception as exc:
             self._failed("unreachable", f"model source {self.source.name} unreachable: {exc}")
-            log.warning("model source %s unreachable for %s: %s", self.source.name, role, exc)
+            if not self._source_outage.outage(exc):
+                log.warning("model source %s unreachable for %s: %s", self.source.name, role, exc)
             return serving
+        self._source_outage.succeeded()
         if role == PRODUCTION:
             self._production_found(ref is not None, role)
         if ref is None:
@@ -422,9 +438,13 @@ class ModelLoader:
             if stage == "load":
                 self._failed_versions[ref.key] = time.monotonic()
             self._failed(stage, f"could not {stage} {role} version {ref.version}: {exc}")
-            log.exception(
-                "could not %s %s version %s; keeping %s", stage, role, ref.version, keeping
-            )
+            # the download reads the model source, the recovery the store: their outages
+            # are logged once; anything else (a smoke test that raised) with its traceback
+            outage = {"load": self._source_outage, "recover": self._store_outage}.get(stage)
+            if outage is None or not outage.outage(exc):
+                log.exception(
+                    "could not %s %s version %s; keeping %s", stage, role, ref.version, keeping
+                )
             return serving
         log.info("loaded %s %s (%d rewards replayed)", role, ref.version, model.applied_rewards)
         return model

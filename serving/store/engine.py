@@ -7,8 +7,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from eventstore import checkpoint
 from eventstore.checkpoint import WalCheckpointer
 from eventstore.engine import is_sqlite, make_engine
+from serving.store.outage_log import OutageLog
 
 #: A service transaction may wait for its client's next statement a quarter of
 #: ``replica_sync_horizon_s`` (at least a second): ids are claimed when a row is inserted
@@ -43,7 +45,10 @@ def store_engine(settings: Any) -> Engine:
 
 def checkpointer(engine: Engine, settings: Any) -> WalCheckpointer | None:
     """The thread that checkpoints a SQLite store every ``sqlite_checkpoint_s`` (None for
-    PostgreSQL, or with the setting at 0); started and stopped by its owner."""
+    PostgreSQL, or with the setting at 0); started and stopped by its owner. A store
+    outage is logged once as it begins and once as it ends (:mod:`serving.store.outage_log`;
+    each failed tick logged a traceback)."""
     if is_sqlite(engine) and settings.sqlite_checkpoint_s > 0.0:
-        return WalCheckpointer(engine, settings.sqlite_checkpoint_s)
+        failure_log = OutageLog(checkpoint.log, "checkpointing the SQLite log")
+        return WalCheckpointer(engine, settings.sqlite_checkpoint_s, failure_log)
     return None

@@ -1,10 +1,12 @@
-"""How a task that reads the store on a timer logs a store outage: once when it begins,
-once when it ends.
+"""How a task that reads the store (or the model registry) on a timer logs an outage:
+once when it begins, once when it ends.
 
 The replica sync and the catalog's change feed read the store every second or so, in
-every worker. They logged each failure with its traceback, so a store outage (an
-expected condition, which the writer's journal rides out) filled the log with a
-60-line traceback per poll per worker and buried whatever else happened. An outage —
+every worker; the model poll reads the registry and the store, and the SQLite
+checkpointer the store, every poll or tick. They logged each failure with its
+traceback (or a WARNING line), so a store outage (an expected condition, which the
+writer's journal rides out) filled the log with a 60-line traceback per poll per worker
+and buried whatever else happened. An outage —
 what :func:`serving.store.writer.is_outage` calls one, or a connection error or a
 timeout — is now one WARNING line with the error's first line when it begins, DEBUG
 lines while it lasts and one INFO line when a read succeeds again. Any other exception
@@ -14,15 +16,26 @@ is a fault of the service and keeps its traceback, every time.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 from serving.store.writer import is_outage
 
 
 def is_expected_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store cannot be reached for now (retrying mends it), not
-    that the service is wrong."""
-    return is_outage(exc) or isinstance(exc, ConnectionError | TimeoutError)
+    """Whether ``exc`` says the store or the model registry cannot be reached for now
+    (retrying mends it), not that the service is wrong: a database outage, or a refused,
+    reset or timed-out connection or a name that does not resolve, on its own or as the
+    cause of what was raised (the MLflow client raises an ``MlflowException`` from the
+    ``requests`` error from the socket's)."""
+    seen: set[int] = set()
+    found: BaseException | None = exc
+    while found is not None and id(found) not in seen:
+        if is_outage(found) or isinstance(found, ConnectionError | TimeoutError | socket.gaierror):
+            return True
+        seen.add(id(found))
+        found = found.__cause__ or (None if found.__suppress_context__ else found.__context__)
+    return False
 
 
 def first_line(exc: BaseException) -> str:
@@ -33,10 +46,11 @@ def first_line(exc: BaseException) -> str:
 
 
 class OutageLog:
-    """The log of one recurring store read (``what``, e.g. "replica sync").
+    """The log of one recurring read (``what``, e.g. "replica sync") of one service
+    (``source``, the store unless said).
 
-    Call :meth:`failed` with each exception and :meth:`succeeded` after each read that
-    worked; use from one task (not thread-safe).
+    Call :meth:`failed` (or :meth:`outage`) with each exception and :meth:`succeeded`
+    after each read that worked; use from one task (not thread-safe).
 
     Parameters
     ----------
@@ -44,11 +58,14 @@ class OutageLog:
         The logger of the module that reads (so ``--log-level`` and filters by name hold).
     what : str
         The read, as the log lines name it.
+    source : str
+        What it reads, as the log lines name it.
     """
 
-    def __init__(self, logger: logging.Logger, what: str) -> None:
+    def __init__(self, logger: logging.Logger, what: str, source: str = "the store") -> None:
         self.logger = logger
         self.what = what
+        self.source = source
         #: ``time.monotonic()`` when the current outage began; None while the store answers.
         self.since: float | None = None
         #: Failed reads of the current outage.
@@ -57,29 +74,37 @@ class OutageLog:
     def failed(self, exc: BaseException) -> None:
         """Log a failed read: an outage's first at WARNING and its repeats at DEBUG, one
         line each; anything else at ERROR with its traceback."""
-        if not is_expected_outage(exc):
+        if not self.outage(exc):
             self.logger.error("%s failed; the next one retries", self.what, exc_info=exc)
-            return
+
+    def outage(self, exc: BaseException) -> bool:
+        """Log ``exc`` as :meth:`failed` does when it is an outage, and say whether it was;
+        log nothing otherwise (the caller logs its own fault)."""
+        if not is_expected_outage(exc):
+            return False
         self.failures += 1
         if self.since is None:
             self.since = time.monotonic()
             self.logger.warning(
-                "%s failed: the store is out of reach (%s); retrying, logged again when it answers",
+                "%s failed: %s is out of reach (%s); retrying, logged again when it answers",
                 self.what,
+                self.source,
                 first_line(exc),
             )
         else:
             self.logger.debug(
                 "%s failed again (%d in a row): %s", self.what, self.failures, first_line(exc)
             )
+        return True
 
     def succeeded(self) -> None:
         """Log the end of an outage, if one was under way."""
         if self.since is None:
             return
         self.logger.info(
-            "%s: the store answers again after %.1f s (%d failed reads)",
+            "%s: %s answers again after %.1f s (%d failed reads)",
             self.what,
+            self.source,
             time.monotonic() - self.since,
             self.failures,
         )
