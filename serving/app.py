@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, lease: Lease | None = None) -> 
     settings.check_auth()  # fail closed: no token and auth not disabled explicitly
     configure_http(settings)  # the head limits of the connections of this process
     redact_logged_credentials()  # an unreachable registry's error names its URL
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(settings.store_deadline_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -10,6 +10,7 @@ removed first (:func:`mark_dead_processes`).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -33,13 +34,37 @@ from eventstore.contract import (
     MODEL_ERRORS,
     REWARDS,
 )
+from serving.settings import Settings
 
 #: Distinct arm labels kept before the rest are counted as ``"other"``.
 MAX_ARM_LABELS = 1000
 
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+#: The latency buckets of what a request takes when nothing waits (seconds).
+_LOW_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
+#: Above the low buckets, bounds follow this series (times powers of ten) below the deadline.
+_SERIES = (1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_DEFAULT_DEADLINE_S: float = Settings.model_fields["store_deadline_s"].default
+
+
+def latency_buckets(store_deadline_s: float) -> tuple[float, ...]:
+    """The upper bounds (seconds) of the latency histograms for a service whose requests
+    wait at most ``store_deadline_s`` for the store: the low buckets, the 1–2.5–5 series
+    above them and below the deadline, the deadline and twice it. A request answered when
+    its deadline passed (a little after it) lands in a finite bucket, not ``+Inf``, and one
+    answered before it in a bucket at most the deadline. Before, the top bound was 1 s
+    against a 10 s deadline: every store wait past a second was only "more than 1 s"."""
+    if not math.isfinite(store_deadline_s) or store_deadline_s <= 0.0:
+        raise ValueError(f"store_deadline_s must be a positive number; got {store_deadline_s!r}.")
+    top = _LOW_LATENCY_BUCKETS[-1]
+    series: list[float] = []
+    decade = top
+    while decade < store_deadline_s:
+        series += [decade * step for step in _SERIES if top < decade * step < store_deadline_s]
+        decade *= 10.0
+    deadline = float(store_deadline_s)
+    return tuple(sorted({*_LOW_LATENCY_BUCKETS, *series, deadline, 2 * deadline}))
 
 
 def multiprocess_dir() -> str | None:
@@ -107,9 +132,11 @@ def mark_dead_processes(directory: str | Path) -> set[int]:
 
 class ServiceMetrics:
     """Request counts and latency, decisions per arm, rewards, served versions, fallback
-    state and the event writer's batches."""
+    state and the event writer's batches; the latency histograms' buckets reach past
+    ``store_deadline_s`` (:func:`latency_buckets`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store_deadline_s: float = _DEFAULT_DEADLINE_S) -> None:
+        latency = latency_buckets(store_deadline_s)
         self.directory = multiprocess_dir()
         self.multiprocess = self.directory is not None
         if self.directory is not None:  # a worker started after one died: its files go
@@ -124,7 +151,7 @@ class ServiceMetrics:
             LATENCY,
             "Request latency in the service",
             ["endpoint"],
-            buckets=_LATENCY_BUCKETS,
+            buckets=latency,
             registry=reg,
         )
         self.decisions = Counter(
@@ -180,7 +207,7 @@ class ServiceMetrics:
         self.commit_seconds = Histogram(
             "banditops_store_commit_seconds",
             "Duration of one group commit",
-            buckets=_LATENCY_BUCKETS,
+            buckets=latency,
             registry=reg,
         )
         self.model_load_failures = Counter(
@@ -235,7 +262,7 @@ class ServiceMetrics:
         self.journal_fsync_seconds = Histogram(
             "banditops_journal_fsync_seconds",
             "Duration of one journal append (write and fsync)",
-            buckets=_LATENCY_BUCKETS,
+            buckets=latency,
             registry=reg,
         )
         self._arms: set[str] = set()

@@ -109,7 +109,8 @@ class Settings(CoreSettings):
         may still land), and while a write has been under way this long (a store frozen
         in the middle of a statement, which never raises) new events are refused at once
         and ``/readyz`` says ``stalled``. More than ``store_lock_timeout_s``, so that a
-        lock wait ends in the journal, not in a 503.
+        lock wait ends in the journal, not in a 503. The latency histograms' top
+        buckets are this and twice this.
     sqlite_checkpoint_s : float
         SQLite event store: seconds between two checkpoints of the write-ahead log, run
         by a thread of their own (:mod:`eventstore.checkpoint`) so that no commit waits

@@ -193,6 +193,9 @@ def test_a_late_repeat_under_the_sum_rule_is_late_and_not_replayed(
 def test_ops_endpoints(model_path: Path, tmp_path: Path, rng: np.random.Generator) -> None:
     with running_client(service_settings(tmp_path, model_path=model_path)) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
+        # the latency buckets reach past the service's store deadline
+        deadline = client.app.state.service.settings.store_deadline_s
+        assert f'le="{deadline * 2:.1f}"' in client.get("/metrics").text
         assert client.get("/readyz").json() == {"status": "ready", "fallback_active": False}
         decision = client.post("/v1/decisions", json=decision_body(rng)).json()
         client.post("/v1/rewards", json={"event_id": decision["event_id"], "reward": 1.0})
@@ -563,6 +566,43 @@ def test_a_version_no_longer_served_leaves_no_series_behind() -> None:
     ]
     metrics.set_models([], fallback=True)
     assert "banditops_model_info{" not in metrics.render()[0].decode()
+
+
+@pytest.mark.parametrize("deadline_s", [0.3, 2.0, 10.0, 37.0])
+def test_a_request_that_waited_its_store_deadline_lands_in_a_finite_bucket(
+    deadline_s: float,
+) -> None:
+    """The latency histograms stopped at 1 s while ``store_deadline_s`` allows 10: a
+    request answered 503 at its deadline counted only as "more than 1 s" (``+Inf``).
+    Their buckets now reach past the deadline, and keep the low ones."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from eventstore.contract import LATENCY
+    from serving.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics(deadline_s)
+    waited = deadline_s + 0.05  # the 503 is answered a little after the deadline
+    metrics.latency.labels("/v1/rewards").observe(waited)
+    metrics.commit_seconds.observe(waited)
+    metrics.journal_fsync_seconds.observe(waited)
+    families = text_string_to_metric_families(metrics.render()[0].decode())
+    names = {LATENCY, "banditops_store_commit_seconds", "banditops_journal_fsync_seconds"}
+    seen = set()
+    for family in families:
+        if family.name not in names:
+            continue
+        seen.add(family.name)
+        bounds = {
+            float(sample.labels["le"]): sample.value
+            for sample in family.samples
+            if sample.name.endswith("_bucket")
+        }
+        finite = max(b for b in bounds if b != float("inf"))
+        assert finite >= deadline_s and deadline_s in bounds, (family.name, sorted(bounds))
+        assert bounds[finite] == 1.0, (family.name, bounds)  # counted below +Inf
+        assert bounds[deadline_s] == 0.0  # and told from a request answered in time
+        assert {0.0005, 0.001, 0.005, 0.01, 0.1, 1.0} <= set(bounds), sorted(bounds)
+    assert seen == names
 
 
 def test_a_body_not_sent_as_json_is_told_to_send_json(
