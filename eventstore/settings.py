@@ -526,7 +526,11 @@ class CoreSettings(BaseSettings):
         places).
     """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    # a ValidationError's text repeats no value (pydantic's ``input_value``): a token's,
+    # a URL's password, a webhook's path would be (each check's message shows what it may)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", hide_input_in_errors=True
+    )
     #: This class's table in the workspace file.
     section: ClassVar[str] = "core"
 

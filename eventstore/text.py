@@ -74,9 +74,17 @@ def webhook_shown(url: str) -> str:
     """A webhook URL as a log, a listing or an error may show it: its scheme and host only.
     A Slack or Teams webhook's secret is its path (``/services/T…/B…/<token>``): whoever
     reads it may post as the sender. ``banditops config show`` printed it whole while the
-    monitor's task log named the host alone (security audit)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}/…"
+    monitor's task log named the host alone (security audit). A text that is no URL with
+    a scheme and a host (a refused setting's) shows its scheme at most: all of the rest
+    may be the path."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # an unclosed "[" or a port that is no number
+        return "…"
+    if not parts.scheme.isascii() or not parts.scheme.isalpha():
+        return "…"
+    return f"{parts.scheme}://{host}/…" if host else f"{parts.scheme}:…"
 
 
 def with_password(hidden: str, configured: Callable[[], str], name: str) -> str:

@@ -9,9 +9,10 @@ import re
 from typing import Annotated, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from eventstore.settings import BLANK_IS_UNSET, SECRET_PATH, CoreSettings, DriftMetric
+from eventstore.text import redact_credentials, webhook_shown
 
 #: The monitor's checks, in report order (one DAG task each).
 CHECKS = (
@@ -133,16 +134,24 @@ class MonitorSettings(CoreSettings):
 
     @field_validator("alert_webhook_url", "service_url")
     @classmethod
-    def _webhook(cls, value: str | None) -> str | None:
+    def _webhook(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or not value.strip():
             return None
-        parts = urlsplit(value)
-        if (
-            parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or any(c.isspace() for c in value)
-        ):
+        try:
+            parts = urlsplit(value)
+            scheme, host = parts.scheme, parts.hostname
+        except ValueError:  # "http://[::1": an unclosed IPv6 literal
+            scheme, host = "", None
+        if scheme not in ("http", "https") or not host or any(c.isspace() for c in value):
             # "http://" and "http://a b" passed the prefix check; the monitor then failed
-            # (an alert every hour, or a crashed report)
-            raise ValueError(f"must be an http(s) URL with a host; got {value!r}.")
+            # (an alert every hour, or a crashed report). The value is not echoed whole: a
+            # webhook's path is its secret, a URL's userinfo a password
+            name = info.field_name or ""
+            secret_path = SECRET_PATH in cls.model_fields[name].metadata
+            shown = (
+                f"{webhook_shown(value)!r} (the rest not shown: a webhook's path is its secret)"
+                if secret_path
+                else repr(redact_credentials(value))
+            )
+            raise ValueError(f"must be an http(s) URL with a host; got {shown}.")
         return value

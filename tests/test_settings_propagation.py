@@ -557,3 +557,40 @@ def test_config_show_names_the_alert_webhook_s_host_only(
         else:
             (line,) = [x for x in shown.stdout.splitlines() if "ALERT_WEBHOOK_URL" in x]
             assert "https://hooks.slack.com/…" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("alert_webhook_url", "ftp://hooks.slack.com/services/T0/B0/SECRETXYZ", "hooks.slack.com"),
+        ("alert_webhook_url", "hooks.slack.com/services/T0/B0/SECRETXYZ", "http(s) URL"),
+        ("service_url", "ftp://monitor:SECRETXYZ@svc:8000/", "ftp://monitor:***@svc"),
+        ("api_token", "two words SECRETXYZ", "bearer token"),
+        ("database_url", "postgresql+nodriver://u:SECRETXYZ@db/events", "not installed"),
+        ("mlflow_tracking_uri", "ftp://u:SECRETXYZ@mlflow:5000", "ftp://u:***@mlflow"),
+    ],
+)
+def test_a_refused_secret_bearing_setting_is_not_echoed(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, name: str, value: str, shown: str
+) -> None:
+    """A refused webhook URL was echoed whole (its path is the secret), and so, in the
+    ``ValidationError``'s own text (pydantic's ``input_value``), were a refused token and
+    a database URL's password, wherever a component printed it (a task's traceback). The
+    error names the setting and what it expects, and shows the host at most."""
+    from pydantic import ValidationError
+
+    from monitoring.settings import MonitorSettings
+
+    owner = MonitorSettings if name in MonitorSettings.model_fields else Settings
+    with pytest.raises(ValidationError) as refused:
+        owner(workspace=tmp_path, **{name: value})
+    assert "SECRETXYZ" not in str(refused.value) and shown in str(refused.value)
+    assert "services/T0" not in str(refused.value)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), WORKSPACE_ENV: str(tmp_path)}
+    env[f"BANDITOPS_{name.upper()}"] = value
+    done = subprocess.run(
+        [str(BANDITOPS), "config", "show"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"{name} (BANDITOPS_{name.upper()})" in done.stderr, done.stderr
+    assert shown in done.stderr and "SECRETXYZ" not in done.stdout + done.stderr, done.stderr
