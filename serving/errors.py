@@ -120,10 +120,14 @@ async def input_error(request: Request, exc: InputError) -> JSONResponse:
 
 async def body_error(request: Request, exc: HTTPException) -> JSONResponse:
     """422, not 400, for a body that cannot be parsed (the API promises 422 for every
-    bad request); other HTTP errors keep their code."""
+    bad request); other HTTP errors keep their code. A 422 raised with validation-error
+    items (a duplicate key of the body) has their paths cut as every 422's are."""
     if exc.status_code == 400:
         detail = [{"type": "json_invalid", "loc": ["body"], "msg": _finite(str(exc.detail))}]
         return JSONResponse(status_code=422, content={"detail": detail})
+    if exc.status_code == 422 and isinstance(exc.detail, list):
+        items = [{**item, "loc": [_summary(part) for part in item["loc"]]} for item in exc.detail]
+        return JSONResponse(status_code=422, content={"detail": _finite(items)})
     return JSONResponse(
         status_code=exc.status_code,
         content={"detail": _finite(exc.detail)},

@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bandit_core import make_policy
 from serving.budget import body_lengths, check_budget, work_units
 from serving.inputs import InputError
-from serving.json_body import MAX_DEPTH, BodyError, parse_json
+from serving.json_body import MAX_DEPTH, BodyError, DuplicateKeyError, parse_json
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -63,7 +65,8 @@ def test_numbers_parse_to_the_same_bits_as_json() -> None:
 @pytest.mark.parametrize(
     "document",
     [
-        b'{"id": "caf\\u00e9", "x": [1, 2.5, {"a": null, "b": true}], "a": 1, "a": 2}',
+        b'{"id": "caf\\u00e9", "x": [1, 2.5, {"a": null, "b": true}], "a": 1, "b": 2}',
+        b'{"urn": "a:b:c", "\\u003a": "\\u003a:", "t": "2024-01-01T00:00:00Z"}',
         '{"id": "café 🙂"}'.encode(),
         b'"\\ud83d\\ude42"',  # a surrogate pair
         b'"\\ud800"',  # a lone surrogate: pydantic-core refuses it, json keeps it
@@ -147,3 +150,62 @@ def test_a_budget_too_large_to_print_is_refused_with_its_size() -> None:
     units = work_units(make_policy("uniform"), 2, int("9" * 4299), 200)
     with pytest.raises(InputError, match=r"about 10\^430\d work units.*max_work_units"):
         check_budget(units, 50_000_000)
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        (b'{"event_id": "e", "reward": 1, "reward": 0}', ("reward",)),
+        (b'{"candidates": [{"id": "a"}, {"id": "b", "id": "c"}]}', ("candidates", 1, "id")),
+        (b'{"a": {"b": {"k": "x:y", "k": 1}}, "z": 1}', ("a", "b", "k")),
+        (b'{"k": 1, "s": "\\u003a", "k": 2}', ("k",)),  # the escape evens the count
+        (b'{"\\u0061": 1, "a": 2}', ("a",)),  # the same key, written two ways
+        (b'{"a": "\\ud800", "a": 1}', ("a",)),  # pydantic-core refuses: json's path
+        ('\ufeff{"x": [1, {"a": 1, "b": 2, "a": 3}]}'.encode(), ("x", 1, "a")),
+        (b'[{"a": 1}, {"b": {"c": 1, "c": 1}}, {"d": 1, "d": 2}]', (1, "b", "c")),
+    ],
+)
+def test_a_key_named_twice_in_an_object_is_refused_naming_its_path(
+    document: bytes, path: tuple[str | int, ...]
+) -> None:
+    """Both parsers kept the last value: ``{"reward": 1, "reward": 0}`` logged 0. The
+    path is the first duplicate's in the body's order, whichever parser refused it."""
+    with pytest.raises(DuplicateKeyError) as refused:
+        parse_json(document)
+    assert refused.value.path == path
+
+
+_KEYS = st.sampled_from(["a", "b", "c", "a:b", "\\u0061", "\\u003a"])
+_SCALARS = st.sampled_from(["1", "2.5", "null", '"x"', '"x:y"', '"\\u003a"', "true"])
+
+
+def _text(keys_values: list[tuple[str, str]]) -> str:
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in keys_values) + "}"
+
+
+_BODIES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+        st.lists(st.tuples(_KEYS, inner), max_size=4).map(_text),
+    ),
+    max_leaves=20,
+)
+
+
+@given(_BODIES)
+def test_a_body_is_refused_exactly_when_json_sees_a_key_twice(body: str) -> None:
+    """Against ``json``'s own object pairs: refused when some object names a key twice
+    (after unescaping), else read as ``json`` reads it."""
+    twice = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        twice.append(len({k for k, _ in items}) != len(items))
+        return dict(items)
+
+    expected = json.loads(body, object_pairs_hook=pairs)
+    if any(twice):
+        with pytest.raises(DuplicateKeyError):
+            parse_json(body.encode())
+    else:
+        assert _same(parse_json(body.encode()), expected)

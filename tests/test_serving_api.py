@@ -605,6 +605,38 @@ def test_a_request_that_waited_its_store_deadline_lands_in_a_finite_bucket(
     assert seen == names
 
 
+def test_a_key_named_twice_in_a_body_is_a_422_naming_its_path(
+    model_path: Path, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """``{"reward": 1, "reward": 0}`` was read as 0 (the last value), and a candidate with
+    two ids as its last: silently, whatever the client meant. Now a 422 naming the key's
+    path, and nothing is logged or learnt."""
+    json_headers = {"content-type": "application/json"}
+
+    def refused(path: str, body: bytes) -> dict[str, Any]:
+        got = client.post(path, content=body, headers=json_headers)
+        assert got.status_code == 422, got.text
+        (item,) = got.json()["detail"]
+        assert item["type"] == "duplicate_key" and "more than once" in item["msg"], item
+        return dict(item)
+
+    with running_client(service_settings(tmp_path, model_path=model_path)) as client:
+        decision = decision_body(rng)
+        text = json.dumps(decision).encode()
+        twice = text.replace(b'"id": "item-1"', b'"id": "item-1", "id": "item-9"')
+        assert refused("/v1/decisions", twice)["loc"] == ["body", "candidates", 1, "id"]
+        event = client.post("/v1/decisions", json=decision).json()["event_id"]
+        body = f'{{"event_id": "{event}", "reward": 1.0, "reward": 0.0}}'.encode()
+        assert refused("/v1/rewards", body)["loc"] == ["body", "reward"]
+        long_key = "k" * 100_000  # named, not echoed whole
+        body = f'{{"event_id": "{event}", "{long_key}": 1, "{long_key}": 2}}'.encode()
+        loc = refused("/v1/rewards", body)["loc"]
+        assert loc[0] == "body" and loc[1].startswith("kkk") and len(loc[1]) <= 200
+        # nothing of the refused reward was applied: the event takes its first reward
+        got = client.post("/v1/rewards", json={"event_id": event, "reward": 1.0})
+        assert got.status_code == 200 and got.json()["status"] == "applied", got.text
+
+
 def test_a_body_not_sent_as_json_is_told_to_send_json(
     model_path: Path, tmp_path: Path, rng: np.random.Generator
 ) -> None:
