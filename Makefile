@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.magnitude --json bench-results/magnitude.json
 	$(BIN)/python -m benchmarks.ope_speed --rows 1000000 --json bench-results/ope_speed.json
 	$(BIN)/python -m benchmarks.gate_level --windows 200 --rows 2000 --json bench-results/gate_level.json
+	$(BIN)/python -m benchmarks.interval_coverage --json bench-results/interval_coverage.json
 	$(BIN)/python -m benchmarks.serving_load --rps 200 --seconds 30 --store both --systems banditops --json bench-results/serving_load.json
 	$(BIN)/python -m benchmarks.serving_load --rps 200,500,1000 --seconds 20 --json bench-results/serving_floor.json
 	$(BIN)/python -m benchmarks.rebuild --rows 1000000 --dim 64 --json bench-results/rebuild.json

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from validation.ope import RoundTerms, bootstrap_estimates, bootstrap_interval, percentile_interval
+from validation.ope.bootstrap import bootstrap_means, pseudo_rounds, resampled_interval
 
 
 def terms(n: int = 500, seed: int = 0, ratio: bool = False) -> RoundTerms:
@@ -102,3 +103,69 @@ def test_level_must_be_inside_zero_one() -> None:
 def test_rng_must_be_a_generator() -> None:
     with pytest.raises(TypeError, match=r"rng must be a numpy\.random\.Generator"):
         bootstrap_estimates(terms(), 42, 10)  # type: ignore[arg-type]
+
+
+def rare_ips(clicks: int, n: int = 2000, k: int = 12, seed: int = 0) -> RoundTerms:
+    """IPS terms of a policy playing one of ``k`` uniformly logged arms: weight ``k`` on
+    its ``n / k`` matched rounds, ``clicks`` of them rewarded; 5 other rounds rewarded."""
+    rng = np.random.default_rng(seed)
+    matched = np.zeros(n, dtype=bool)
+    matched[rng.choice(n, n // k, replace=False)] = True
+    reward = np.zeros(n)
+    reward[rng.choice(np.flatnonzero(matched), clicks, replace=False)] = 1.0
+    reward[rng.choice(np.flatnonzero(~matched), 5, replace=False)] = 1.0
+    w = np.where(matched, float(k), 0.0)
+    return RoundTerms(num=w * reward, weights=w, reward=reward, reward_slope=w)
+
+
+def test_one_more_event_is_the_largest_weight_at_the_top_reward() -> None:
+    t = rare_ips(clicks=2)
+    high, low = pseudo_rounds([t], (1.0,))
+    np.testing.assert_array_equal(high[0], [12.0])  # a matched round with a click
+    np.testing.assert_array_equal(low[0], [0.0])  # a round without one
+    # for a ratio the denominator goes with it: SNIPS's event is (w r_max, w)
+    s = RoundTerms(
+        num=t.num, den=t.weights, weights=t.weights, reward=t.reward, reward_slope=t.weights
+    )
+    high, low = pseudo_rounds([s], (1.0,))
+    np.testing.assert_array_equal(high[0], [12.0, 12.0])
+    np.testing.assert_array_equal(low[0], [0.0, 12.0])
+    # no reward in the terms, all rewards equal, or none entering them: no event
+    assert pseudo_rounds([RoundTerms(num=t.num, weights=t.weights)], (1.0,)) is None
+    flat = RoundTerms(
+        num=t.weights, weights=t.weights, reward=np.ones(2000), reward_slope=t.weights
+    )
+    assert pseudo_rounds([flat], (1.0,)) is None
+    dm = RoundTerms(num=t.num, weights=t.weights, reward=t.reward, reward_slope=np.zeros(2000))
+    assert pseudo_rounds([dm], (1.0,)) is None
+
+
+@pytest.mark.parametrize("clicks", [0, 1, 4, 30])
+def test_the_event_adjusted_interval_holds_the_percentile_one_and_one_more_click(
+    clicks: int,
+) -> None:
+    # reference: a matched click is worth 12 / 2000 = 0.006 of the estimate; Garwood's
+    # exact 97.5 % upper bounds of a Poisson count are 3.69, 5.57, 10.24 and 42.8 counts
+    # for 0, 1, 4 and 30 seen: the percentile interval stops at about c + 2√c (none: 0)
+    t = rare_ips(clicks)
+    means = bootstrap_means(t, np.random.default_rng(1), 2000)
+    extra = np.random.default_rng(2).poisson(1.0, 2000)
+    plain = resampled_interval([t], [means], None)
+    low, high = resampled_interval([t], [means], extra)
+    assert low <= plain[0] and high >= plain[1]
+    garwood = {0: 3.69, 1: 5.57, 4: 10.24, 30: 42.8}[clicks]
+    assert garwood - 1.0 <= high / 0.006 <= garwood + 1.5, (plain, high / 0.006)
+    if clicks == 0:
+        assert plain == (0.0, 0.0)
+
+
+def test_the_percentile_interval_is_the_open_bandit_pipeline_s() -> None:
+    # interval="percentile" reproduces the percentile interval of the same resamples
+    t = terms(ratio=True)
+    got = bootstrap_interval(t, np.random.default_rng(6), 300, interval="percentile")
+    want = percentile_interval(bootstrap_estimates(t, np.random.default_rng(6), 300))
+    assert got == want
+    with pytest.raises(
+        ValueError, match=r"'interval' parameter of bootstrap_interval must be one of"
+    ):
+        bootstrap_interval(t, np.random.default_rng(6), 300, interval="bca")

@@ -5,7 +5,7 @@ Modules, one job each:
 ``inputs``         the input contract and its single checker (:func:`check_feedback`)
 ``estimators``     replay, IPS, SNIPS, DM, DR, SNDR, Switch-DR, DRos as pure functions
 ``spec``           the estimator spec table (options, properties) every list derives from
-``bootstrap``      vectorised, seeded percentile bootstrap
+``bootstrap``      vectorised, seeded bootstrap; event-adjusted and percentile intervals
 ``tuning``         λ for Switch-DR / DRos by estimated MSE
 ``estimate``       one estimator end to end (:class:`Estimate`)
 ``reward_models``  cross-fitted, pluggable reward models

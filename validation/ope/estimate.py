@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -17,10 +17,12 @@ from bandit_core._validation import (
 )
 from validation.ope.bootstrap import (
     BOOTSTRAP_PARAMS,
+    INTERVAL,
     LEVEL,
     N_RESAMPLES,
-    bootstrap_estimates,
-    percentile_interval,
+    bootstrap_means,
+    extra_draws,
+    resampled_interval,
 )
 from validation.ope.estimators import RoundTerms
 from validation.ope.inputs import BanditFeedback
@@ -51,7 +53,8 @@ class Estimate:
     value : float
         Point estimate of the evaluation policy's value.
     ci_low, ci_high : float
-        Percentile bootstrap interval at ``level`` over ``n_resamples`` resamples.
+        Bootstrap interval at ``level`` over ``n_resamples`` resamples (event-adjusted
+        percentile unless asked otherwise: :mod:`validation.ope.bootstrap`).
     ess : float
         Effective sample size of the weights the estimator applies.
     max_weight : float
@@ -135,9 +138,7 @@ def round_terms(
         if lam is None:
             choice = select_lambda(name, feedback, given.get("lambda_grid") or LAMBDA_GRID)
             terms = spec.function(feedback, choice.lambda_)
-            return RoundTerms(
-                terms.num, terms.weights, terms.den, terms.base, {**terms.params, "tuned": 1.0}
-            )
+            return replace(terms, params={**terms.params, "tuned": 1.0})
         return spec.function(feedback, lam)
     return spec.function(feedback, **given)
 
@@ -149,6 +150,7 @@ def estimate(
     *,
     n_resamples: int = N_RESAMPLES,
     level: float = LEVEL,
+    interval: str = INTERVAL,
     **options: Any,
 ) -> Estimate:
     """Run ``estimator`` on ``feedback``: value, bootstrap interval, ESS, max weight.
@@ -165,6 +167,9 @@ def estimate(
         Bootstrap resamples.
     level : float
         Interval coverage in (0, 1).
+    interval : str
+        ``"event_adjusted"`` (default) or ``"percentile"`` (the Open Bandit Pipeline's):
+        :data:`validation.ope.bootstrap.INTERVALS`.
     **options
         See :func:`round_terms`.
 
@@ -173,9 +178,14 @@ def estimate(
     Estimate
     """
     rng = check_generator(rng)
-    validate_params("estimate", {"n_resamples": n_resamples, "level": level}, BOOTSTRAP_PARAMS)
+    validate_params(
+        "estimate",
+        {"n_resamples": n_resamples, "level": level, "interval": interval},
+        BOOTSTRAP_PARAMS,
+    )
     terms = round_terms(estimator, feedback, rng, **options)
-    low, high = percentile_interval(bootstrap_estimates(terms, rng, n_resamples), level)
+    means = bootstrap_means(terms, rng, n_resamples)
+    low, high = resampled_interval([terms], [means], extra_draws(rng, n_resamples, interval), level)
     return Estimate(
         estimator=estimator,
         value=terms.value(),

@@ -51,6 +51,15 @@ class RoundTerms:
         Term added outside the ratio (the DM part of SNDR).
     params : dict
         Hyperparameters used (``clip``, ``lambda_``) and counts (``n_matched``).
+    reward : ndarray (n_rounds,) or None
+        The logged rewards the terms were computed from.
+    reward_slope : ndarray (n_rounds,) or None
+        ``∂num_i / ∂r_i``: how far round i's ``num`` moves per unit of its reward (the
+        applied weight; the match indicator for replay). With ``reward``, it gives the
+        round's terms had its reward been another value
+        (:meth:`num_at`), which the small-count interval needs
+        (:mod:`validation.ope.bootstrap`). None where no reward enters ``num`` (DM) or
+        the terms were built by hand.
     """
 
     num: FloatArray
@@ -58,6 +67,8 @@ class RoundTerms:
     den: FloatArray | None = None
     base: FloatArray | None = None
     params: dict[str, float] = field(default_factory=dict)
+    reward: FloatArray | None = None
+    reward_slope: FloatArray | None = None
 
     def columns(self) -> FloatArray:
         """The arrays to resample together, shape (n_rounds, 1 + has_den + has_base)."""
@@ -78,6 +89,14 @@ class RoundTerms:
         if self.base is not None:
             value = value + means[..., col]
         out: FloatArray = np.asarray(value, dtype=np.float64)
+        return out
+
+    def num_at(self, reward: float) -> FloatArray:
+        """``num`` of every round had its reward been ``reward`` (n_rounds,); ``num``
+        itself without :attr:`reward` and :attr:`reward_slope`."""
+        if self.reward is None or self.reward_slope is None:
+            return self.num
+        out: FloatArray = self.num + self.reward_slope * (reward - self.reward)
         return out
 
     def value(self) -> float:
@@ -121,6 +140,8 @@ def replay(fb: BanditFeedback, rng: np.random.Generator) -> RoundTerms:
         den=match,
         weights=match / fb.pscore,
         params={"n_matched": float(match.sum())},
+        reward=fb.reward,
+        reward_slope=match,
     )
 
 
@@ -133,14 +154,14 @@ def ips(fb: BanditFeedback, clip: float | None = None) -> RoundTerms:
     if clip is not None:
         w = np.minimum(w, clip)
         params["clip"] = float(clip)
-    return RoundTerms(num=fb.reward * w, weights=w, params=params)
+    return RoundTerms(num=fb.reward * w, weights=w, params=params, reward=fb.reward, reward_slope=w)
 
 
 def snips(fb: BanditFeedback) -> RoundTerms:
     """Self-normalised IPS: ``V̂ = Σ w_i r_i / Σ w_i`` (Swaminathan & Joachims, NeurIPS
     2015, eq. 3). Bounded by the reward range; consistent, not unbiased."""
     w = fb.importance_weights()
-    return RoundTerms(num=fb.reward * w, den=w, weights=w)
+    return RoundTerms(num=fb.reward * w, den=w, weights=w, reward=fb.reward, reward_slope=w)
 
 
 def dm(fb: BanditFeedback) -> RoundTerms:
@@ -155,7 +176,7 @@ def dr(fb: BanditFeedback) -> RoundTerms:
     model (fixed, or cross-fitted)."""
     w = fb.importance_weights()
     base, resid = _residual(fb, "dr")
-    return RoundTerms(num=base + w * resid, weights=w)
+    return RoundTerms(num=base + w * resid, weights=w, reward=fb.reward, reward_slope=w)
 
 
 def sndr(fb: BanditFeedback) -> RoundTerms:
@@ -163,7 +184,7 @@ def sndr(fb: BanditFeedback) -> RoundTerms:
     (Kallus & Uehara, NeurIPS 2019; the Open Bandit Pipeline's SNDR)."""
     w = fb.importance_weights()
     base, resid = _residual(fb, "sndr")
-    return RoundTerms(num=w * resid, den=w, base=base, weights=w)
+    return RoundTerms(num=w * resid, den=w, base=base, weights=w, reward=fb.reward, reward_slope=w)
 
 
 def switch_weights(w: FloatArray, lambda_: float) -> FloatArray:
@@ -188,7 +209,13 @@ def switch_dr(fb: BanditFeedback, lambda_: float) -> RoundTerms:
     the model alone above: ``V̂ = mean(q̂(x_i, π_e) + 1[w_i ≤ λ] w_i (r_i − q̂_i))``."""
     ws = switch_weights(fb.importance_weights(), lambda_)
     base, resid = _residual(fb, "switch_dr")
-    return RoundTerms(num=base + ws * resid, weights=ws, params={"lambda_": float(lambda_)})
+    return RoundTerms(
+        num=base + ws * resid,
+        weights=ws,
+        params={"lambda_": float(lambda_)},
+        reward=fb.reward,
+        reward_slope=ws,
+    )
 
 
 def dros(fb: BanditFeedback, lambda_: float) -> RoundTerms:
@@ -196,4 +223,10 @@ def dros(fb: BanditFeedback, lambda_: float) -> RoundTerms:
     ``V̂ = mean(q̂(x_i, π_e) + ŵ_i (r_i − q̂_i))`` with ``ŵ = λ w / (w² + λ)``."""
     wh = shrink_weights(fb.importance_weights(), lambda_)
     base, resid = _residual(fb, "dros")
-    return RoundTerms(num=base + wh * resid, weights=wh, params={"lambda_": float(lambda_)})
+    return RoundTerms(
+        num=base + wh * resid,
+        weights=wh,
+        params={"lambda_": float(lambda_)},
+        reward=fb.reward,
+        reward_slope=wh,
+    )

@@ -27,10 +27,12 @@ from bandit_core.slates import slate_marginals
 from bandit_core.types import MARGINAL_DRAWS, MARGINAL_MAX_STATES
 from validation.ope.bootstrap import (
     BOOTSTRAP_PARAMS,
+    INTERVAL,
     LEVEL,
     N_RESAMPLES,
-    bootstrap_estimates,
-    percentile_interval,
+    bootstrap_means,
+    extra_draws,
+    resampled_interval,
 )
 from validation.ope.estimate import Estimate, estimate, round_terms
 from validation.ope.inputs import BanditFeedback, check_feedback
@@ -573,11 +575,16 @@ def paired_difference(
     *,
     n_resamples: int = N_RESAMPLES,
     level: float = LEVEL,
+    interval: str = INTERVAL,
     **options: Any,
 ) -> PairedDifference:
     """``estimator``'s value of the candidate minus production's, from the feedback each
     was estimated on (:func:`evaluate_policy`'s ``feedback_out``: the same rounds), with
-    a percentile interval over bootstrap resamples that draw the same rounds for both."""
+    a bootstrap interval (``interval``: :data:`validation.ope.bootstrap.INTERVALS`) over
+    resamples that draw the same rounds for both. The event-adjusted one adds one more
+    event to both on the same round: with rare rewards the percentile interval's lower
+    bound passed an equal candidate in 6.3 % of windows for a nominal 2.5 %, 3.3 %
+    event-adjusted (``benchmarks.interval_coverage``, 10,000 rows)."""
     if candidate.n_rounds != production.n_rounds or not np.array_equal(
         candidate.reward, production.reward
     ):
@@ -587,13 +594,16 @@ def paired_difference(
         )
     rng = check_generator(rng)
     validate_params(
-        "paired_difference", {"n_resamples": n_resamples, "level": level}, BOOTSTRAP_PARAMS
+        "paired_difference",
+        {"n_resamples": n_resamples, "level": level, "interval": interval},
+        BOOTSTRAP_PARAMS,
     )
     terms = [round_terms(estimator, fb, rng, **options) for fb in (candidate, production)]
     seed = int(rng.integers(0, 2**63 - 1))
-    # the same seed draws the same resampled rounds for both (bootstrap_estimates)
-    cand, prod = (bootstrap_estimates(t, np.random.default_rng(seed), n_resamples) for t in terms)
-    low, high = percentile_interval(cand - prod, level)
+    # the same seed draws the same resampled rounds for both (bootstrap_means)
+    means = [bootstrap_means(t, np.random.default_rng(seed), n_resamples) for t in terms]
+    extra = extra_draws(rng, n_resamples, interval)
+    low, high = resampled_interval(terms, means, extra, level, signs=(1.0, -1.0))
     return PairedDifference(
         estimator, terms[0].value() - terms[1].value(), low, high, float(level), int(n_resamples)
     )
