@@ -491,3 +491,24 @@ def test_the_gate_compares_the_candidate_with_production_paired_on_the_same_roun
     # production alone better: the paired bound is below 0 and the candidate refused
     worse = paired_difference(fbs[1], fbs[0], "ips", np.random.default_rng(0), n_resamples=400)
     assert not decide(reports[1], reports[0], rule, difference=worse).promote
+
+
+def test_the_unpaired_rule_uses_the_level_shared_among_the_candidates_compared() -> None:
+    # no paired difference (a self-normalised gate estimator, sharded): the winner of two
+    # is held to the 97.5 % lower bound, as the paired rule holds it; it was held to 95 %.
+    # The candidate's 95 % interval 0.50 ± 0.04 is normal: its 97.5 % lower bound is
+    # 0.50 − 0.04 · z(0.9875) / z(0.975) = 0.45426, below production's 0.455.
+    cand, prod = report("cand", 0.50, 0.46, 0.54), report("prod", 0.455, 0.45, 0.46)
+    assert decide(cand, prod, GateRule()).promote  # one candidate: 0.46 ≥ 0.455
+    decision = decide(cand, prod, GateRule(comparisons=2))
+    assert not decision.promote
+    check = decision.checks[0]
+    assert check.value == pytest.approx(0.50 - 0.04 * 2.241403 / 1.959964, rel=1e-6)
+    assert check.reason.startswith(
+        "dr 97.5% lower bound (the level shared by 2 candidates compared) of the candidate"
+    )
+    # a report computed at the shared level already is read as it is
+    wide = OPEReport(
+        "cand", 1000, "w1", {"dr": Estimate("dr", 0.50, 0.46, 0.54, 0.975, 1000, 500.0, 3.0, 1000)}
+    )
+    assert decide(wide, prod, GateRule(comparisons=2)).checks[0].value == 0.46
