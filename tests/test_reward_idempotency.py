@@ -260,24 +260,35 @@ def _stored_id(engine: sa.Engine, value: float) -> int:
         )
 
 
+@pytest.mark.parametrize(
+    ("rule", "repeat"), [("first", records.DUPLICATE), ("sum", records.SUMMED)]
+)
 def test_a_journaled_reward_whose_ordinal_another_replica_took_is_stored_once(
-    engine: sa.Engine, tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+    engine: sa.Engine,
+    tmp_path: Path,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    rule: str,
+    repeat: str,
 ) -> None:
-    """Replica A journals a decision and two rewards of it (ordinals 0 and 1). Its
-    drain's first transaction stores the decision; replica B then stores a reward of the
-    event under ordinal 0 (the count it finds). A's drain took (event_id, ordinal) being
-    stored for "this reward is stored already" and dropped A's first reward. Each reward
-    is stored once: A's under the next free ordinals, also when the drain is cut off
-    after its first reward and run again (that reward, stored under another ordinal than
-    its journal's, is found by what it is); A reports its own rows' ids, so with B's
-    claims every applied row is learnt by each head once, by its own replica or by the
-    replica sync."""
+    """Replica A journals a decision and two rewards of it (ordinals 0 and 1, positions
+    0 and 1, both answered applied). Its drain's first transaction stores the decision;
+    replica B then stores a reward of the event at position 0 under ordinal 0 (applied:
+    the first there). A's drain took (event_id, ordinal) being stored for "this reward is
+    stored already" and dropped A's first reward; then it stored it under the next
+    ordinal still applied: two applied rewards at one position, learnt twice by every
+    head through the sync. Each reward is stored once: A's under the next free ordinals,
+    its first as the repeat at position 0 that the writer would make of it, also when
+    the drain is cut off after it and run again (found by what it is and the verdict it
+    was stored with). A reports B's row for it (A's head learnt one reward there) and
+    its own row for the second, so every applied row is learnt by each head once."""
     monkeypatch.setattr(journal_module, "DRAIN_CHUNK", 1)
     replica_a = Journal(tmp_path / "journal", exclusive=False).open()
     decision = dataclasses.replace(decision_row(rng), ranking=(0, 1))
+    status = records.repeat_status(rule, late=False)
     first, second = (
-        reward_row(decision.event_id, 1.0),
-        reward_row(decision.event_id, 0.5, position=1),
+        reward_row(decision.event_id, 1.0, repeat_status=status),
+        reward_row(decision.event_id, 0.5, position=1, repeat_status=status),
     )
     spooled = replica_a.spool([decision, first, second])
     assert [(o.ordinal, o.applied) for o in spooled[1:]] == [(0, True), (1, True)]
@@ -289,23 +300,30 @@ def test_a_journaled_reward_whose_ordinal_another_replica_took_is_stored_once(
         transactions += 1
         if transactions == 1:  # the decision is stored: B rewards the event
             with engine.begin() as conn:
-                by_b.extend(write_events(conn, [reward_row(decision.event_id, 0.25)]))
+                b_reward = reward_row(decision.event_id, 0.25, repeat_status=status)
+                by_b.extend(write_events(conn, [b_reward]))
         elif transactions == 2:  # A's first reward is stored: the store goes away
             raise sa.exc.OperationalError("drain", {}, ConnectionError("store lost"))
 
     with pytest.raises(sa.exc.OperationalError):
         replica_a.drain(engine, progress=b_then_outage)
     report = replica_a.drain(engine)  # the store is back: the drain runs again
-    assert [(v, o) for _, v, o, _ in _stored(engine)] == [(0.25, 0), (1.0, 1), (0.5, 2)]
-    assert (report.rewards, report.skipped, report.renumbered, report.rejected) == (1, 2, 1, 0)
-    mine = [(version, rid) for version, rid, applied in report.reward_ids if applied]
-    assert mine == [("v1", _stored_id(engine, 1.0)), ("v1", _stored_id(engine, 0.5))]
-    claims_b = {("v1", by_b[0].id)}
+    r = rewards.c
     with engine.connect() as conn:
-        applied = set(
-            conn.execute(sa.select(rewards.c.model_version, rewards.c.id).where(rewards.c.applied))
-        )
-    assert set(mine).isdisjoint(claims_b) and set(mine) | claims_b == applied
+        rows = conn.execute(sa.select(r.value, r.ordinal, r.applied, r.status).order_by(r.id)).all()
+        applied = set(conn.execute(sa.select(r.model_version, r.id).where(r.applied)))
+    assert [tuple(row) for row in rows] == [
+        (0.25, 0, True, records.APPLIED),
+        (1.0, 1, False, repeat),
+        (0.5, 2, True, records.APPLIED),
+    ]
+    assert (report.rewards, report.skipped, report.renumbered, report.rejected) == (1, 2, 1, 0)
+    mine = [(version, rid) for version, rid, learnt in report.reward_ids if learnt]
+    assert mine == [("v1", by_b[0].id), ("v1", _stored_id(engine, 0.5))]
+    claims_b = [("v1", by_b[0].id)]
+    for learnt_here in (mine, claims_b):  # each head: its own rewards, then the sync's
+        synced = applied - set(learnt_here)
+        assert len(learnt_here) + len(synced) == len(applied) and set(learnt_here) <= applied
     replica_a.close()
 
 

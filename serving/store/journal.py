@@ -26,11 +26,15 @@ Idempotent replay
     (``UNIQUE``) does not tell: once the drain has stored a journaled event's decision,
     another process may store a reward of it under the ordinal the journal gave one of
     its own, which the drain then skipped as stored, and lost. A journaled reward whose
-    ordinal another reward holds is stored under its event's next free ordinal, with the
-    verdict it was answered (``renumbered``). A reward sent with an ``idempotency_key``
-    that its event already has in the store (the client sent it again through another
-    process, which stored it) is a repeat already stored: dropped, counted
-    (``repeats``); sent there with another value or position, it is set aside.
+    ordinal another reward holds is stored under its event's next free ordinal
+    (``renumbered``); answered applied, it is judged again as the writer judges, against
+    the rewards its event's position holds in the store: where the other process stored
+    one first it is a repeat (``duplicate``, ``summed`` under the sum rule; ``demoted``),
+    stored unapplied, and reported with the id of the reward applied there, which the
+    head here then has (it learnt this one when it answered). A reward sent with an
+    ``idempotency_key`` that its event already has in the store (the client sent it again
+    through another process, which stored it) is a repeat already stored: dropped,
+    counted (``repeats``); sent there with another value or position, it is set aside.
 
 Rewards while degraded
     The verdict of a reward (its ordinal, whether a head learns from it) needs the number
@@ -218,7 +222,9 @@ class DrainReport:
     journaled reward, in journal order (``rewards``; a repeat of a stored key has its
     first's id). ``repeats``: rewards whose idempotency key was already stored;
     ``renumbered``: rewards stored under another ordinal than the journal's, which
-    another reward of their event held."""
+    another reward of their event held; ``demoted``: of those, answered applied, the ones
+    stored as repeats (another process stored a reward at their position first), each
+    reported with the id of the reward applied there."""
 
     records: int = 0
     decisions: int = 0
@@ -227,6 +233,7 @@ class DrainReport:
     rejected: int = 0
     repeats: int = 0
     renumbered: int = 0
+    demoted: int = 0
     seconds: float = 0.0
     reward_ids: list[tuple[str | None, int, bool]] = field(default_factory=list)
 
@@ -238,6 +245,7 @@ class DrainReport:
         self.rejected += other.rejected
         self.repeats += other.repeats
         self.renumbered += other.renumbered
+        self.demoted += other.demoted
         self.seconds += other.seconds
         self.reward_ids += other.reward_ids
 
@@ -279,37 +287,74 @@ def _identity(judged: JudgedReward) -> tuple[Any, ...]:
 
 
 class _StoredRewards:
-    """The stored rewards of some events: which ordinals each holds, and the id and
-    ordinal of each reward by event and :func:`_identity`, until a journaled reward
-    claims it (each stored row stands for one journaled reward)."""
+    """The stored rewards of some events: which ordinals each holds, how many rewards
+    each position holds (with those this drain places), the id of the applied reward at
+    each, and the id and ordinal of each reward by event and :func:`_identity`, until a
+    journaled reward claims it (each stored row stands for one journaled reward)."""
 
     def __init__(self, conn: Connection, event_ids: Sequence[str]) -> None:
         r = rewards.c
         identity = [r[name] for name in RECEIVED_IDENTITY + VERDICT_IDENTITY]
         self.ordinals: dict[str, set[int]] = {}
+        self.at_position: Counter[tuple[str, int]] = Counter()
+        self._applied_at: dict[tuple[str, int], int] = {}
         self._unclaimed: dict[tuple[str, tuple[Any, ...]], list[tuple[int, int]]] = {}
         query = select(r.id, r.event_id, r.ordinal, *identity).where(r.event_id.in_(event_ids))
         for rid, event_id, ordinal, *of_row in conn.execute(query):
+            row = dict(zip(RECEIVED_IDENTITY + VERDICT_IDENTITY, of_row, strict=True))
+            at = (event_id, int(row["position"] or 0))
             self.ordinals.setdefault(event_id, set()).add(int(ordinal))
+            self.at_position[at] += 1
+            if row["applied"]:
+                self._applied_at[at] = int(rid)
             found = self._unclaimed.setdefault((event_id, tuple(of_row)), [])
             found.append((int(ordinal), int(rid)))
 
-    def claim(self, judged: JudgedReward) -> int | None:
-        """The id of the stored reward that is ``judged`` (under its journal ordinal
-        first), now claimed; None when none is."""
-        found = self._unclaimed.get((judged.row.event_id, _identity(judged)))
-        if not found:
-            return None
-        at = next((i for i, (ordinal, _) in enumerate(found) if ordinal == judged.ordinal), 0)
-        return found.pop(at)[1]
+    def claim(self, judged: JudgedReward) -> tuple[JudgedReward, int] | None:
+        """The stored reward that is ``judged`` (under its journal ordinal first), now
+        claimed: its verdict and id. Stored with the journal's verdict or, answered
+        applied, as a repeat (:meth:`place` stores it so); None when none is."""
+        verdicts = (judged, _as_repeat(judged)) if judged.applied else (judged,)
+        for verdict in verdicts:
+            found = self._unclaimed.get((judged.row.event_id, _identity(verdict)))
+            if found:
+                at = next((i for i, (o, _) in enumerate(found) if o == judged.ordinal), 0)
+                return verdict, found.pop(at)[1]
+        return None
 
     def place(self, judged: JudgedReward) -> JudgedReward:
         """``judged`` under its journal ordinal, or under its event's next one when
-        another reward holds that; the ordinal is taken."""
-        held = self.ordinals.setdefault(judged.row.event_id, set())
-        ordinal = judged.ordinal if judged.ordinal not in held else max(held) + 1
+        another reward holds that; the ordinal is taken. A reward moved so, answered
+        applied, is judged again as the writer judges (:func:`judge_rewards`) against
+        what its event's position holds: the reward there another process stored first
+        makes it a repeat (``duplicate``, or ``summed`` under the sum rule)."""
+        event_id = judged.row.event_id
+        held = self.ordinals.setdefault(event_id, set())
+        if judged.ordinal not in held:
+            held.add(judged.ordinal)
+            self.at_position[(event_id, judged.row.position or 0)] += 1
+            return judged
+        ordinal = max(held) + 1
         held.add(ordinal)
-        return judged if ordinal == judged.ordinal else dataclasses.replace(judged, ordinal=ordinal)
+        (again,) = judge_rewards([judged.row], Counter(), self.at_position)
+        assert isinstance(again, JudgedReward)  # no keys given: no key repeats
+        verdict = again if judged.applied else judged  # never learnt where it was not
+        return dataclasses.replace(
+            judged, ordinal=ordinal, applied=verdict.applied, status=verdict.status
+        )
+
+    def learnt_as(self, judged: JudgedReward, stored: JudgedReward, rid: int) -> int:
+        """The id the head that learnt ``judged`` learnt, stored as ``stored`` under id
+        ``rid``: its own, or, where the drain stored it as a repeat, that of the reward
+        applied at its position (another process's, which the head here then has)."""
+        if judged.applied and not stored.applied:
+            return self._applied_at.get((judged.row.event_id, judged.row.position or 0), rid)
+        return rid
+
+
+def _as_repeat(judged: JudgedReward) -> JudgedReward:
+    """``judged`` with the verdict of a repeat at its position."""
+    return dataclasses.replace(judged, applied=False, status=judged.row.repeat_status)
 
 
 def _drain_rewards(
@@ -326,15 +371,16 @@ def _drain_rewards(
     new_rewards: list[JudgedReward] = []
     ids: dict[int, int] = {}  # id(record) -> the id of the stored row it is, or repeats
     for j in judged:
-        rid = stored.claim(j)
+        found = stored.claim(j)
         key = j.row.idempotency_key
-        first = None if key is None or rid is not None else keyed.get((j.row.event_id, key))
-        if rid is not None:
-            ids[id(j)] = rid
+        first = None if key is None or found is not None else keyed.get((j.row.event_id, key))
+        if found is not None:
+            ids[id(j)] = stored.learnt_as(j, *found)
             report.skipped += 1
         elif first is None:
             placed = stored.place(j)
             report.renumbered += placed.ordinal != j.ordinal
+            report.demoted += placed.applied != j.applied
             new_rewards.append(placed)
         elif first.same(j.row.value, j.row.position):
             ids[id(j)] = first.outcome.id  # the head here learnt it: the stored first is claimed
@@ -342,11 +388,16 @@ def _drain_rewards(
         else:
             conflicts.append((j, _key_conflict(j.row, first)))
     set_aside = {id(j) for j, _ in conflicts}
-    inserted = iter(insert_rewards(conn, new_rewards))
+    inserted = iter(zip(new_rewards, insert_rewards(conn, new_rewards), strict=True))
     for j in judged:
-        if id(j) not in set_aside:
-            rid = ids[id(j)] if id(j) in ids else next(inserted).id
-            report.reward_ids.append((j.row.model_version, rid, j.applied))
+        if id(j) in set_aside:
+            continue
+        if id(j) in ids:
+            rid = ids[id(j)]
+        else:
+            placed, outcome = next(inserted)
+            rid = stored.learnt_as(j, placed, outcome.id)
+        report.reward_ids.append((j.row.model_version, rid, j.applied))
     report.rewards += len(new_rewards)
 
 
@@ -410,6 +461,12 @@ def drain_records(
             "journal: %d journaled rewards were stored under a later ordinal than the "
             "journal's (another process stored a reward of their event meanwhile)",
             report.renumbered,
+        )
+    if report.demoted:
+        log.info(
+            "journal: %d journaled rewards answered applied were stored as repeats "
+            "(another process stored a reward at their event's position first)",
+            report.demoted,
         )
     return report
 
