@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy as sa
+from mlflow.exceptions import MlflowException
 
 from bandit_core import load_policy
 from benchmarks.faults import TcpProxy
@@ -33,6 +35,7 @@ from serving.models.sources import FileModelSource
 from serving.replica_sync import ReplicaSync
 from serving.settings import Settings
 from serving.store.engine import checkpointer, store_engine
+from serving.store.outage_log import is_expected_outage
 from serving.store.repository import EventStore
 from tests.serving_helpers import free_port, policy_file
 
@@ -167,6 +170,35 @@ def test_an_unexpected_failure_keeps_its_traceback_every_time(
     engine.dispose()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) >= 3 and all(r.exc_info and r.exc_info[0] is KeyError for r in errors)
+
+
+def _raised(make: Callable[[], BaseException], handling: BaseException) -> BaseException:
+    """What ``make()`` raises while ``handling`` is handled (its ``__context__``)."""
+    try:
+        try:
+            raise handling
+        except BaseException:
+            raise make()  # noqa: B904 - the implicit context is what is under test
+    except BaseException as exc:
+        return exc
+
+
+def test_an_error_raised_while_handling_an_outage_is_a_fault_unless_it_wraps_it() -> None:
+    """A bug (a KeyError) raised while handling a refused connection was classed as an
+    outage (the implicit ``__context__`` was followed), logged as one WARNING line and
+    its traceback lost. ``__cause__`` always counts; ``__context__`` only behind the
+    MLflow and ``requests`` errors, which wrap what they handle so."""
+    refused = ConnectionRefusedError("refused")
+    assert not is_expected_outage(_raised(lambda: KeyError("model"), refused))
+    assert is_expected_outage(_raised(lambda: MlflowException("API request failed"), refused))
+    requests_error = _raised(lambda: requests.exceptions.ConnectionError("pool"), refused)
+    assert is_expected_outage(_raised(lambda: MlflowException("failed"), requests_error))
+    caused = KeyError("model")
+    caused.__cause__ = refused
+    assert is_expected_outage(caused)
+    suppressed = _raised(lambda: MlflowException("failed"), refused)
+    suppressed.__suppress_context__ = True
+    assert not is_expected_outage(suppressed)
 
 
 def _loader_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

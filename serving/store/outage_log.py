@@ -21,20 +21,40 @@ import time
 
 from serving.store.writer import is_outage
 
+#: Exceptions that wrap the error they handle without naming it as their cause (``raise
+#: X(...)`` in an ``except`` block): the model poll's MLflow client raises an
+#: ``MlflowException`` while handling the ``requests`` error, which ``requests`` raises
+#: while handling urllib3's. Only these pass an outage on through ``__context__``: any
+#: other exception raised while handling an outage (a ``KeyError`` in an ``except
+#: ConnectionError`` block) is a fault of its own. Named by module and class, so that
+#: this module imports neither.
+CONTEXT_WRAPPERS = frozenset(
+    {"mlflow.exceptions.MlflowException", "requests.exceptions.RequestException"}
+)
+
+
+def _wraps_its_context(exc: BaseException) -> bool:
+    return any(f"{c.__module__}.{c.__qualname__}" in CONTEXT_WRAPPERS for c in type(exc).__mro__)
+
 
 def is_expected_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says the store or the model registry cannot be reached for now
     (retrying mends it), not that the service is wrong: a database outage, or a refused,
-    reset or timed-out connection or a name that does not resolve, on its own or as the
-    cause of what was raised (the MLflow client raises an ``MlflowException`` from the
-    ``requests`` error from the socket's)."""
+    reset or timed-out connection or a name that does not resolve, on its own, as the
+    cause of what was raised (``raise ... from``), or as what one of the
+    :data:`CONTEXT_WRAPPERS` was raised while handling."""
     seen: set[int] = set()
     found: BaseException | None = exc
     while found is not None and id(found) not in seen:
         if is_outage(found) or isinstance(found, ConnectionError | TimeoutError | socket.gaierror):
             return True
         seen.add(id(found))
-        found = found.__cause__ or (None if found.__suppress_context__ else found.__context__)
+        if found.__cause__ is not None:
+            found = found.__cause__
+        elif _wraps_its_context(found) and not found.__suppress_context__:
+            found = found.__context__
+        else:
+            found = None
     return False
 
 
