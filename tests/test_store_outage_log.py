@@ -21,7 +21,7 @@ import requests
 import sqlalchemy as sa
 from mlflow.exceptions import MlflowException
 
-from bandit_core import load_policy
+from bandit_core import Policy, load_policy
 from benchmarks.faults import TcpProxy
 from eventstore.contract import PRODUCTION
 from eventstore.engine import make_engine
@@ -31,7 +31,7 @@ from serving.catalog.runtime import CatalogService
 from serving.models.loader import ModelLoader
 from serving.models.mlflow_source import MlflowModelSource
 from serving.models.recovery import recover
-from serving.models.sources import FileModelSource
+from serving.models.sources import FileModelSource, ModelRef
 from serving.replica_sync import ReplicaSync
 from serving.settings import Settings
 from serving.store.engine import checkpointer, store_engine
@@ -229,12 +229,14 @@ def test_the_model_poll_logs_a_store_outage_once_and_its_end(
     [warning] = [r for r in mine if r.levelno >= logging.WARNING]
     message = warning.getMessage()
     assert warning.levelno == logging.WARNING and all(r.exc_info is None for r in mine)
-    assert message.startswith("model poll failed: the event store is out of reach (")
+    recovery = "model poll (recovery of production version "
+    assert message.startswith(recovery) and ") failed: the event store is out of reach (" in message
     assert "OperationalError" in message and "\n" not in message
     assert sum(r.levelno == logging.DEBUG and "failed again" in r.getMessage() for r in mine) == 3
     [ended] = [r for r in mine if "answers again" in r.getMessage()]
     assert ended.levelno == logging.INFO
-    assert ended.getMessage().startswith("model poll: the event store answers again after ")
+    assert ended.getMessage().startswith(recovery)
+    assert "): the event store answers again after " in ended.getMessage()
     assert ended.getMessage().endswith("(4 failed reads)")
 
 
@@ -256,7 +258,8 @@ def test_the_model_poll_logs_a_registry_outage_once(
     mine = _loader_records(caplog)
     [warning] = [r for r in mine if r.levelno >= logging.WARNING]
     assert warning.getMessage().startswith(
-        "model poll failed: the model source mlflow is out of reach (MlflowException: "
+        "model poll (production lookup) failed: the model source mlflow is out of reach "
+        "(MlflowException: "
     )
     assert all(r.exc_info is None for r in mine)
     assert sum(r.levelno == logging.DEBUG and "failed again" in r.getMessage() for r in mine) == 2
@@ -304,3 +307,35 @@ def test_the_sqlite_checkpointer_logs_an_outage_once_and_its_end(
         "checkpointing the SQLite log failed: the store is out of reach (OperationalError: "
     )
     assert "Traceback" not in caplog.text
+
+
+class _DownloadRefused(FileModelSource):
+    """A registry whose lookups answer and whose artifact downloads are refused."""
+
+    def load(self, ref: ModelRef) -> Policy:
+        raise ConnectionRefusedError(f"artifact store refused the download of {ref.version}")
+
+
+def test_a_download_outage_beside_a_working_lookup_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lookup answers and the download keeps failing: one WARNING line naming the
+    download and its version over every poll. The two reads shared one log, so each poll
+    logged the lookup's "answers again" and the download's WARNING anew."""
+    caplog.set_level(logging.DEBUG, logger="serving.models.loader")
+    engine = make_engine(f"sqlite:///{tmp_path / 'events.db'}")
+    upgrade(engine)
+    source = _DownloadRefused({PRODUCTION: policy_file(tmp_path / "v.npz")})
+    loader = ModelLoader(source, EventStore(engine), interval_s=60.0, retry_failed_s=0.0)
+    for _ in range(4):
+        loader.poll()
+        assert loader.current is not None and loader.current.production is None
+    engine.dispose()
+    mine = _loader_records(caplog)
+    [warning] = [r for r in mine if r.levelno >= logging.WARNING]
+    version = source.resolve(PRODUCTION).version  # type: ignore[union-attr]
+    assert warning.getMessage().startswith(
+        f"model poll (download of production version {version}) failed: the model source "
+    )
+    assert not [r for r in mine if "answers again" in r.getMessage()]
+    assert sum(r.levelno == logging.DEBUG and "failed again" in r.getMessage() for r in mine) == 3

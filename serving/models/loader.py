@@ -71,6 +71,19 @@ class RolloutTarget(NamedTuple):
 
 log = logging.getLogger(__name__)
 
+#: What the model poll's outage lines name: the store, and its reads of it that are not
+#: a version's.
+STORE = "the event store"
+_ROLLOUT = "model poll (rollout read)"
+_INSTALL = "model poll (catch-up of the versions loaded)"
+
+
+def _loading(stage: str, role: Role, ref: ModelRef) -> str:
+    """The read of a version's load at ``stage``, as its outage lines name it."""
+    read = "download" if stage == "load" else "recovery"
+    return f"model poll ({read} of {role} version {ref.version})"
+
+
 FloatArray = NDArray[np.float64]
 
 
@@ -228,9 +241,11 @@ class ModelLoader:
         self.source = source
         self.store = store
         # an outage of the store or of the model source is logged once as it begins and
-        # once as it ends (it logged a line, or a traceback, at every poll while it lasted)
-        self._store_outage = OutageLog(log, "model poll", "the event store")
-        self._source_outage = OutageLog(log, "model poll", f"the model source {source.name}")
+        # once as it ends (it logged a line, or a traceback, at every poll while it
+        # lasted), per read: reads that fail apart (the rollout's and a recovery, a
+        # lookup and a download) shared one log, and a partial outage logged its start
+        # and its end at every poll
+        self._outages: dict[str, OutageLog] = {}
         self.interval_s = interval_s
         self.candidate_share = candidate_share
         self._on_swap = on_swap
@@ -308,18 +323,34 @@ class ModelLoader:
                     self._install(new, fresh)
                 except Exception as exc:
                     self._failed("recover", f"could not serve the versions loaded: {exc}")
-                    if not self._store_outage.outage(exc):
+                    if not self._outage(_INSTALL, STORE, exc):
                         log.warning(
                             "could not serve the new versions (%s); keeping what serves", exc
                         )
                     return False
                 if fresh:
-                    self._store_outage.succeeded()
+                    self._answered(_INSTALL)
                 names = [m.version if m else None for m in (production, candidate)]
                 log.info("serving production=%s candidate=%s share=%s", *names, new.candidate_share)
                 if self._on_swap is not None:
                     self._on_swap(new)
             return changed
+
+    @property
+    def _source_name(self) -> str:
+        return f"the model source {self.source.name}"
+
+    def _outage(self, what: str, source: str, exc: BaseException) -> bool:
+        """Log ``exc`` in the outage log of the read ``what`` (of ``source``): whether it
+        is an outage (:meth:`OutageLog.outage`)."""
+        return self._outages.setdefault(what, OutageLog(log, what, source)).outage(exc)
+
+    def _answered(self, what: str) -> None:
+        """The read ``what`` worked: the end of its outage, if one was under way, is
+        logged (and its log dropped: a version's reads end with it)."""
+        outage = self._outages.pop(what, None)
+        if outage is not None:
+            outage.succeeded()
 
     def _max_arms(self, policy: Policy) -> int | None:
         return None if self.arm_limit is None else self.arm_limit.of(policy)
@@ -341,11 +372,11 @@ class ModelLoader:
             target = call_within(self.lookup_deadline_s, "banditops-rollout-read", rollout)
         except Exception as exc:
             self._failed("rollout", f"could not read the rollout state: {exc}")
-            if not self._store_outage.outage(exc):
+            if not self._outage(_ROLLOUT, STORE, exc):
                 log.warning("could not read the rollout state: %s; keeping the share served", exc)
             kept = current.candidate
             return current.candidate_share, None if kept is None else (kept.version,), ()
-        self._store_outage.succeeded()
+        self._answered(_ROLLOUT)
         if target is None:
             return self.candidate_share, None, ()
         if not target.running:
@@ -369,10 +400,10 @@ class ModelLoader:
             )
         except Exception as exc:
             self._failed("unreachable", f"model source {self.source.name} unreachable: {exc}")
-            if not self._source_outage.outage(exc):
+            if not self._outage(f"model poll ({role} lookup)", self._source_name, exc):
                 log.warning("model source %s unreachable for %s: %s", self.source.name, role, exc)
             return serving
-        self._source_outage.succeeded()
+        self._answered(f"model poll ({role} lookup)")
         if role == PRODUCTION:
             self._production_found(ref is not None, role)
         if ref is None:
@@ -440,12 +471,14 @@ class ModelLoader:
             self._failed(stage, f"could not {stage} {role} version {ref.version}: {exc}")
             # the download reads the model source, the recovery the store: their outages
             # are logged once; anything else (a smoke test that raised) with its traceback
-            outage = {"load": self._source_outage, "recover": self._store_outage}.get(stage)
-            if outage is None or not outage.outage(exc):
+            source = {"load": self._source_name, "recover": STORE}.get(stage)
+            if source is None or not self._outage(_loading(stage, role, ref), source, exc):
                 log.exception(
                     "could not %s %s version %s; keeping %s", stage, role, ref.version, keeping
                 )
             return serving
+        for read in ("load", "recover"):
+            self._answered(_loading(read, role, ref))
         log.info("loaded %s %s (%d rewards replayed)", role, ref.version, model.applied_rewards)
         return model
 
