@@ -32,7 +32,7 @@ from serving.store.journal import (
     encode_record,
     read_records,
 )
-from serving.store.repository import EventStore, batch_landed, write_events
+from serving.store.repository import EventStore, RefusedReward, batch_landed, write_events
 from tests.serving_helpers import decision_row, reward_row
 
 pytest_plugins = ["tests.serving_fixtures"]
@@ -208,6 +208,21 @@ def test_a_grouped_request_is_journaled_in_one_append_and_written_in_one_batch(
     with engine.connect() as conn:
         assert batch_landed(conn, [fresh], [None])
         assert not batch_landed(conn, [other], [None])
+
+
+def test_a_batch_of_refusals_alone_is_written_again_after_an_unknown_commit(
+    engine: sa.Engine, rng: np.random.Generator
+) -> None:
+    """A batch holding only heads' refusals (an UPDATE of a stored reward) counted as
+    landed when its COMMIT's outcome was unknown, so a refusal that had not landed was
+    lost; written again, it sets what it set. With a row found by key, that row tells."""
+    decision = decision_row(rng)
+    with engine.begin() as conn:
+        (_, outcome) = write_events(conn, [decision, reward_row(decision.event_id, 1.0)])
+    refusal = RefusedReward(decision.event_id, outcome.ordinal)
+    with engine.connect() as conn:
+        assert not batch_landed(conn, [refusal], [None])
+        assert batch_landed(conn, [refusal, decision], [None, None])
 
 
 @contextlib.contextmanager

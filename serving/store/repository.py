@@ -271,7 +271,9 @@ def batch_landed(conn: Connection, items: Sequence[Item], results: Sequence[Any]
     row that can be found by key tells: a decision (a group's first) by ``event_id``, a
     reward by its id with its event and ordinal, a snapshot by id, a part by
     ``(parts_key, seq)``. A batch of deletions alone counts as there (written again, it
-    deletes nothing more)."""
+    deletes nothing more); one with a head's refusal (:class:`RefusedReward`, which no
+    key tells from a refusal written before) as absent: written again, its UPDATE sets
+    what it set (counted there, it was lost when the COMMIT had not landed)."""
     for item, result in zip(items, results, strict=True):
         first = next(decision_rows([item]), None)  # a group is whole or absent too
         if first is not None:
@@ -293,7 +295,7 @@ def batch_landed(conn: Connection, items: Sequence[Item], results: Sequence[Any]
         else:
             continue
         return conn.execute(found).first() is not None
-    return True
+    return not any(isinstance(item, RefusedReward) for item in items)
 
 
 def of_incarnation(
