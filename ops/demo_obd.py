@@ -11,13 +11,14 @@ user features, label-encoded item features).
 2. ``algorithm`` learns from the training impressions: each one is a decision among the
    campaign's items (context: the user's one-hot features; arm features: the item's,
    standardised; positions pooled), with the click as reward.
-3. On the holdout, IPS, SNIPS and DR (:mod:`validation.ope`; 95% percentile-bootstrap
-   intervals; DR's reward model the benchmark's cross-fitted logistic regression, one
-   per slot) estimate the click rate of the trained policy, of the logging policy
-   (uniform) and of BTS with the campaign's prior and no updates (the Open Bandit
-   protocol's evaluation policy), and the trained policy's difference to each of the two
-   others with a paired bootstrap interval (the same seed draws the same resampled rows
-   for every policy).
+3. On the holdout, IPS, SNIPS and DR (:mod:`validation.ope`; 95% bootstrap intervals,
+   the library's default interval, the gate's; DR's reward model the benchmark's
+   cross-fitted logistic regression, one per slot) estimate the click rate of the
+   trained policy, of the logging policy (uniform) and of BTS with the campaign's prior
+   and no updates (the Open Bandit protocol's evaluation policy), and the trained
+   policy's difference to each of the two others with the gate's paired bootstrap
+   interval (:func:`validation.ope.evaluate.paired_difference`: the same resampled rows
+   for both policies).
 4. On-policy references: the holdout's click rate for the logging policy, and the click
    rate of ``bts.csv`` over the holdout's period for BTS.
 
@@ -41,13 +42,11 @@ from bandit_core.catalog import ALGORITHMS, CATALOG
 from validation import obd
 from validation.ope import (
     LoggedBatch,
-    bootstrap_estimates,
     check_feedback,
     estimate,
-    percentile_interval,
     policy_action_dist,
-    round_terms,
 )
+from validation.ope.evaluate import paired_difference
 
 ESTIMATORS = ("ips", "snips", "dr")
 LEVEL = 0.95
@@ -84,20 +83,14 @@ def policy_options(algorithm: str, dim_user: int, dim_arm: int, ids: list[str]) 
     return options
 
 
-def _estimates(
-    feedback: Any, seed: int, n_resamples: int
-) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray]]:
-    """Each estimator's result and its bootstrap samples; estimator ``i`` resamples with
-    seed ``(seed, i)`` whatever the policy, so samples of two policies are paired."""
-    results, samples = {}, {}
-    for i, name in enumerate(ESTIMATORS):
-        result = estimate(
+def _estimates(feedback: Any, seed: int, n_resamples: int) -> dict[str, dict[str, Any]]:
+    """Each estimator's result; estimator ``i`` resamples with seed ``(seed, i)``."""
+    return {
+        name: estimate(
             name, feedback, np.random.default_rng([seed, i]), n_resamples=n_resamples, level=LEVEL
-        )
-        terms = round_terms(name, feedback)
-        samples[name] = bootstrap_estimates(terms, np.random.default_rng([seed, i]), n_resamples)
-        results[name] = result.to_dict()
-    return results, samples
+        ).to_dict()
+        for i, name in enumerate(ESTIMATORS)
+    }
 
 
 def run_obd_demo(
@@ -176,7 +169,7 @@ def run_obd_demo(
     period_start = stamps[cut]
     in_period = (bts_stamps >= period_start).to_numpy()
     policies: dict[str, dict[str, Any]] = {}
-    samples: dict[str, dict[str, np.ndarray]] = {}
+    feedbacks: dict[str, Any] = {}
     for name, dist in dists.items():
         feedback = check_feedback(
             batch.rewards,
@@ -186,7 +179,7 @@ def run_obd_demo(
             batch.positions,
             q_hat,
         )
-        policies[name], samples[name] = _estimates(feedback, seed, n_resamples)
+        policies[name], feedbacks[name] = _estimates(feedback, seed, n_resamples), feedback
     policies["trained"]["label"] = f"{algorithm} trained on the first {cut} impressions"
     policies["logging"]["label"] = "uniform random (the logging policy)"
     policies["bts"]["label"] = f"Bernoulli TS, {campaign} prior, no updates"
@@ -199,13 +192,20 @@ def run_obd_demo(
     differences: dict[str, dict[str, Any]] = {}
     for other in ("logging", "bts"):
         differences[other] = {}
-        for name in ESTIMATORS:
-            paired = samples["trained"][name] - samples[other][name]
-            low, high = percentile_interval(paired, LEVEL)
+        for i, name in enumerate(ESTIMATORS):
+            rng = np.random.default_rng([seed, i])
+            diff = paired_difference(
+                feedbacks["trained"],
+                feedbacks[other],
+                name,
+                rng,
+                n_resamples=n_resamples,
+                level=LEVEL,
+            )
             differences[other][name] = {
-                "value": policies["trained"][name]["value"] - policies[other][name]["value"],
-                "ci_low": low,
-                "ci_high": high,
+                "value": diff.value,
+                "ci_low": diff.ci_low,
+                "ci_high": diff.ci_high,
             }
     return {
         "campaign": campaign,

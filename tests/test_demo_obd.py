@@ -4,11 +4,13 @@ the numbers; the men sample (when present) checks the split and the references."
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from benchmarks import obd
 from ops.cli import app
 from ops.cli import demo as demo_command
 from ops.demo_obd import run_obd_demo
+from validation.ope import bootstrap
 
 #: The OBD demo's algorithm: ``banditops demo``'s default.
 ALGORITHM = inspect.signature(demo_command).parameters["algorithm"].default
@@ -118,6 +121,28 @@ def test_replay_trains_on_the_past_and_estimates_the_holdout(tmp_path: Path) -> 
     assert bts["on_policy_rounds"] == int(period.sum())
     assert bts["on_policy_ctr"] == pytest.approx(bts_raw.loc[period, "click"].mean())
     assert result["trained_minus"]["bts"]["dr"]["ci_low"] > 0
+
+
+def test_the_demo_s_intervals_are_the_gate_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every interval the demo reports, each policy's and each paired difference, is the
+    library's default (:data:`validation.ope.bootstrap.INTERVAL`), the gate's. The
+    differences were percentile intervals of the demo's own, narrower than the gate's
+    where clicks are rare."""
+    asked: list[str] = []
+
+    def spy(rng: np.random.Generator, n_resamples: int, interval: str) -> Any:
+        asked.append(interval)
+        return bootstrap.extra_draws(rng, n_resamples, interval)
+
+    for module in ("validation.ope.estimate", "validation.ope.evaluate"):
+        monkeypatch.setattr(importlib.import_module(module), "extra_draws", spy)
+    result = run_obd_demo(write_campaign(tmp_path), ALGORITHM, n_resamples=50, seed=1)
+    policies, estimators = len(result["policies"]), 3
+    differences = sum(len(d) for d in result["trained_minus"].values())
+    assert differences == 2 * estimators
+    assert asked == [bootstrap.INTERVAL] * (policies * estimators + differences)
 
 
 def test_demo_data_prints_the_tables_and_writes_json(tmp_path: Path) -> None:
