@@ -15,8 +15,8 @@ setting's true difference is known. On every window both policies are estimated 
 
 For a candidate no better than production, the share promoted is the gate's error; for a
 better one, its power. A one-sided test at the interval's level errs 2.5 % (with rare
-rewards the percentile bootstrap erred more; the event-adjusted interval, the default,
-is measured there by ``benchmarks.interval_coverage``: see docs/benchmarks.md).
+rewards the percentile bootstrap, the default, erred more; the event-adjusted interval,
+opt-in, is measured there by ``benchmarks.interval_coverage``: see docs/benchmarks.md).
 
 A second table is the champion–challenger case: ``n`` candidates, each as good as
 production (one arm each, all arms equal), are estimated on the same window, the one with

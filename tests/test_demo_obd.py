@@ -128,8 +128,8 @@ def test_the_demo_s_intervals_are_the_gate_s(
 ) -> None:
     """Every interval the demo reports, each policy's and each paired difference, is the
     library's default (:data:`validation.ope.bootstrap.INTERVAL`), the gate's. The
-    differences were percentile intervals of the demo's own, narrower than the gate's
-    where clicks are rare."""
+    differences were intervals the demo computed on its own, which could drift from the
+    gate's."""
     asked: list[str] = []
 
     def spy(rng: np.random.Generator, n_resamples: int, interval: str) -> Any:

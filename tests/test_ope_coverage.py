@@ -175,7 +175,7 @@ def test_intervals_cover_when_rewards_are_rare(name: str) -> None:
     covered, widths = [], []
     for _ in range(200):
         (fb,) = rare_window(rng, 2000, (0,))
-        est = estimate(name, fb, rng, n_resamples=N_RESAMPLES)
+        est = estimate(name, fb, rng, n_resamples=N_RESAMPLES, interval="event_adjusted")
         covered.append(est.ci_low <= 0.01 <= est.ci_high)
         widths.append(est.ci_high - est.ci_low)
     assert np.mean(covered) >= 0.93, np.mean(covered)
@@ -216,7 +216,11 @@ def test_the_paired_bound_agrees_with_the_exact_test_of_few_clicks(cand: int, pr
     # pass what it rejects at 0.5 % (between, at p ≈ 0.02, it is conservative).
     p_value = float(stats.binom.sf(cand - 1, cand + prod, 0.5))
     diff = paired_difference(
-        *clicked_window(cand, prod), "dr", np.random.default_rng(1), n_resamples=2000
+        *clicked_window(cand, prod),
+        "dr",
+        np.random.default_rng(1),
+        n_resamples=2000,
+        interval="event_adjusted",
     )
     if p_value > 0.025:
         assert diff.ci_low < 0.0, (p_value, diff)

@@ -89,8 +89,8 @@ class GateRule:
         (champion–challenger). The paired bound's level is then
         ``1 − (1 − LEVEL) / comparisons`` (Bonferroni): the best of several candidates no
         better than production, gated on the rounds it was chosen on at the plain level,
-        was promoted 3.5 % of the time for two and 5.2 % for five, where one alone is
-        promoted 1.5 % (2.2 % and 1.8 % at the shared level; ``benchmarks.gate_level``,
+        was promoted 4.3 % of the time for two and 6.8 % for five, where one alone is
+        promoted 2.2 % (2.2 % and 2.8 % at the shared level; ``benchmarks.gate_level``,
         400 windows). Where no paired difference exists (a
         self-normalised estimator, sharded) the unpaired rule compares the candidate's
         lower bound at that level too (:func:`lower_bound_at`); it decided at the plain

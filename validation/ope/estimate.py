@@ -53,8 +53,8 @@ class Estimate:
     value : float
         Point estimate of the evaluation policy's value.
     ci_low, ci_high : float
-        Bootstrap interval at ``level`` over ``n_resamples`` resamples (event-adjusted
-        percentile unless asked otherwise: :mod:`validation.ope.bootstrap`).
+        Bootstrap interval at ``level`` over ``n_resamples`` resamples (percentile unless
+        asked otherwise: :mod:`validation.ope.bootstrap`).
     ess : float
         Effective sample size of the weights the estimator applies.
     max_weight : float
@@ -168,7 +168,7 @@ def estimate(
     level : float
         Interval coverage in (0, 1).
     interval : str
-        ``"event_adjusted"`` (default) or ``"percentile"`` (the Open Bandit Pipeline's):
+        ``"percentile"`` (default, the Open Bandit Pipeline's) or ``"event_adjusted"``:
         :data:`validation.ope.bootstrap.INTERVALS`.
     **options
         See :func:`round_terms`.
